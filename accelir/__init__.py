@@ -1,0 +1,20 @@
+"""accelir: capture PyTorch, JAX and ONNX models into one typed graph IR, optimise it
+with passes you can watch one at a time, and lower it to ONNX Runtime or XLA."""
+
+from __future__ import annotations
+
+from . import ops
+from .errors import (AccelirError, LoweringError, NumericMismatchError, ParseError, PassError,
+                     UnsupportedOpError, VerificationError)
+from .interpreter import interpret, run_graph
+from .ir import Builder, DType, Graph, Node, TensorType, Value
+from .text import load, parse, print_graph, save
+from .verify import verify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AccelirError", "LoweringError", "NumericMismatchError", "ParseError", "PassError", "UnsupportedOpError",
+    "VerificationError", "Builder", "DType", "Graph", "Node", "TensorType", "Value", "interpret", "run_graph",
+    "load", "parse", "print_graph", "save", "verify", "ops",
+]

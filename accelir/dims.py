@@ -1,0 +1,261 @@
+"""Symbolic dimensions.
+
+A dimension is an ``int`` or a ``str`` holding a symbol (``"batch"``) or an integer
+polynomial over symbols (``"2*seq"``, ``"batch*seq+1"``).  Strings are kept in one
+canonical form, so two dims are equal exactly when their strings are equal.  Floor
+division and modulo that do not simplify become opaque atoms (``"(seq+1)//2"``).
+
+Parsing never evaluates code: it walks a whitelisted Python AST.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from typing import Mapping, Union
+
+__all__ = [
+    "Dim",
+    "canonical",
+    "dim_add",
+    "dim_sub",
+    "dim_mul",
+    "dim_floordiv",
+    "dim_mod",
+    "dim_prod",
+    "evaluate",
+    "symbols",
+    "is_static",
+]
+
+Dim = Union[int, str]
+
+# A polynomial: monomial (sorted tuple of atom names, with repetition) -> coefficient.
+_Poly = dict
+
+
+def _const(c: int) -> _Poly:
+    return {(): c} if c else {}
+
+
+def _atom(name: str) -> _Poly:
+    return {(name,): 1}
+
+
+def _padd(a: _Poly, b: _Poly, sign: int = 1) -> _Poly:
+    out = dict(a)
+    for m, c in b.items():
+        v = out.get(m, 0) + sign * c
+        if v:
+            out[m] = v
+        else:
+            out.pop(m, None)
+    return out
+
+
+def _pmul(a: _Poly, b: _Poly) -> _Poly:
+    out: _Poly = {}
+    for ma, ca in a.items():
+        for mb, cb in b.items():
+            m = tuple(sorted(ma + mb))
+            v = out.get(m, 0) + ca * cb
+            if v:
+                out[m] = v
+            else:
+                out.pop(m, None)
+    return out
+
+
+def _format(p: _Poly) -> Dim:
+    if not p:
+        return 0
+    if list(p) == [()]:
+        return p[()]
+    terms = []
+    for m in sorted(p, key=lambda m: (len(m) == 0, m)):
+        c = p[m]
+        body = "*".join(m)
+        if not m:
+            text = str(abs(c))
+        elif abs(c) == 1:
+            text = body
+        else:
+            text = f"{abs(c)}*{body}"
+        if not terms:
+            terms.append(text if c > 0 else f"-{text}")
+        else:
+            terms.append(("+" if c > 0 else "-") + text)
+    return "".join(terms)
+
+
+def _is_atom_name(s: str) -> bool:
+    return s.replace("_", "a").replace(".", "a").isalnum() and not s[0].isdigit()
+
+
+def _opaque(p: _Poly, op: str, q: int) -> _Poly:
+    text = _format(p)
+    inner = str(text) if isinstance(text, int) or _is_atom_name(text) else f"({text})"
+    return _atom(f"{inner}{op}{q}")
+
+
+def _pfloordiv(p: _Poly, q: _Poly) -> _Poly:
+    if list(q) != [()]:
+        raise ValueError("symbolic divisor is not supported")
+    d = q[()]
+    if d == 0:
+        raise ValueError("division by zero in a dimension")
+    if list(p) in ([], [()]):
+        return _const(p.get((), 0) // d)
+    if all(c % d == 0 for c in p.values()):
+        return {m: c // d for m, c in p.items()}
+    return _opaque(p, "//", d)
+
+
+def _pmod(p: _Poly, q: _Poly) -> _Poly:
+    if list(q) != [()]:
+        raise ValueError("symbolic divisor is not supported")
+    d = q[()]
+    if list(p) in ([], [()]):
+        return _const(p.get((), 0) % d)
+    if all(c % d == 0 for c in p.values()):
+        return {}
+    return _opaque(p, "%", d)
+
+
+_BINOPS = {ast.Add: lambda a, b: _padd(a, b), ast.Sub: lambda a, b: _padd(a, b, -1),
+           ast.Mult: _pmul, ast.FloorDiv: _pfloordiv, ast.Mod: _pmod}
+
+
+def _walk(node: ast.AST, text: str) -> _Poly:
+    if isinstance(node, ast.Expression):
+        return _walk(node.body, text)
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return _const(node.value)
+    if isinstance(node, ast.Name):
+        return _atom(node.id)
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        left = _walk(node.left, text)
+        right = _walk(node.right, text)
+        return _BINOPS[type(node.op)](left, right)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return _padd({}, _walk(node.operand, text), -1)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd):
+        return _walk(node.operand, text)
+    raise ValueError(f"not a dimension expression: {text!r}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> tuple:
+    if len(text) > 512:
+        raise ValueError("dimension expression too long")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as e:
+        raise ValueError(f"not a dimension expression: {text!r}") from e
+    return tuple(sorted(_walk(tree, text).items()))
+
+
+def _poly(d: Dim) -> _Poly:
+    if isinstance(d, bool):
+        raise TypeError(f"a dimension must be int or str, got {d!r}")
+    if isinstance(d, int):
+        return _const(d)
+    if isinstance(d, str):
+        return dict(_parse(d))
+    raise TypeError(f"a dimension must be int or str, got {type(d).__name__}")
+
+
+def canonical(d: Dim) -> Dim:
+    """The canonical form of ``d``: an int if it is constant, else a normalised string."""
+    if isinstance(d, int) and not isinstance(d, bool):
+        return d
+    return _format(_poly(d))
+
+
+def dim_add(a: Dim, b: Dim) -> Dim:
+    if type(a) is int and type(b) is int:
+        return a + b
+    return _format(_padd(_poly(a), _poly(b)))
+
+
+def dim_sub(a: Dim, b: Dim) -> Dim:
+    if type(a) is int and type(b) is int:
+        return a - b
+    return _format(_padd(_poly(a), _poly(b), -1))
+
+
+def dim_mul(a: Dim, b: Dim) -> Dim:
+    if type(a) is int and type(b) is int:
+        return a * b
+    return _format(_pmul(_poly(a), _poly(b)))
+
+
+def dim_floordiv(a: Dim, b: Dim) -> Dim:
+    if type(a) is int and type(b) is int:
+        return a // b
+    return _format(_pfloordiv(_poly(a), _poly(b)))
+
+
+def dim_mod(a: Dim, b: Dim) -> Dim:
+    if type(a) is int and type(b) is int:
+        return a % b
+    return _format(_pmod(_poly(a), _poly(b)))
+
+
+def dim_prod(dims) -> Dim:
+    out: Dim = 1
+    for d in dims:
+        out = dim_mul(out, d)
+    return out
+
+
+def is_static(d: Dim) -> bool:
+    return type(d) is int
+
+
+def symbols(d: Dim) -> set[str]:
+    """The symbol names a dim depends on (inside opaque atoms too)."""
+    if type(d) is int:
+        return set()
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(str(d), mode="eval")):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+    return names
+
+
+def evaluate(d: Dim, bindings: Mapping[str, int]) -> int:
+    """The value of ``d`` with each symbol replaced by its binding."""
+    if type(d) is int:
+        return d
+    if d in bindings:
+        return int(bindings[d])
+    tree = ast.parse(d, mode="eval")
+
+    def ev(node: ast.AST) -> int:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, ast.Name):
+            if node.id not in bindings:
+                raise KeyError(f"symbolic dim {node.id!r} has no value")
+            return int(bindings[node.id])
+        if isinstance(node, ast.BinOp):
+            a, b = ev(node.left), ev(node.right)
+            op = type(node.op)
+            if op is ast.Add:
+                return a + b
+            if op is ast.Sub:
+                return a - b
+            if op is ast.Mult:
+                return a * b
+            if op is ast.FloorDiv:
+                return a // b
+            if op is ast.Mod:
+                return a % b
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -ev(node.operand)
+        raise ValueError(f"not a dimension expression: {d!r}")
+
+    return ev(tree)

@@ -1,0 +1,593 @@
+"""The accelir graph IR: dtypes, tensor types, SSA values, nodes and graphs.
+
+Use-def information is kept true by construction: a node's inputs register a use on
+each input value when the node enters a graph, and every mutation goes through a
+few methods that keep both sides in step (``Node.replace_input``,
+``Value.replace_all_uses_with``, ``Graph.insert_before`` / ``insert_after`` /
+``append``, ``Graph.remove``, ``Graph.replace``).  Nodes are kept in topological
+order in a doubly linked list, so inserting next to a node is O(1).
+
+Constants are ``constant`` nodes whose ``name`` attribute keys into
+``Graph.constants`` (numpy arrays, shared with the framework's memory where
+possible).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import ml_dtypes
+import numpy as np
+
+from . import dims as _dims
+from .dims import Dim
+from .errors import VerificationError
+
+__all__ = ["DType", "TensorType", "Value", "Node", "Graph", "Builder", "freeze_attr"]
+
+
+class DType(enum.Enum):
+    """Element types.  The value is the short name used in the text form."""
+
+    f16 = "f16"
+    bf16 = "bf16"
+    f32 = "f32"
+    f64 = "f64"
+    i8 = "i8"
+    i16 = "i16"
+    i32 = "i32"
+    i64 = "i64"
+    u8 = "u8"
+    bool = "bool"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"DType.{self.value}"
+
+    @property
+    def numpy(self) -> np.dtype:
+        return _TO_NUMPY[self]
+
+    @property
+    def is_float(self) -> bool:
+        return self in (DType.f16, DType.bf16, DType.f32, DType.f64)
+
+    @property
+    def is_int(self) -> bool:
+        return self in (DType.i8, DType.i16, DType.i32, DType.i64, DType.u8)
+
+    @property
+    def is_signed(self) -> bool:
+        return self.is_float or self in (DType.i8, DType.i16, DType.i32, DType.i64)
+
+    @property
+    def itemsize(self) -> int:
+        return self.numpy.itemsize
+
+    @classmethod
+    def from_numpy(cls, dtype: Any) -> DType:
+        dt = np.dtype(dtype)
+        try:
+            return _FROM_NUMPY[dt]
+        except KeyError:
+            raise TypeError(f"numpy dtype {dt} has no accelir DType") from None
+
+    @classmethod
+    def parse(cls, text: str) -> DType:
+        try:
+            return cls(text)
+        except ValueError:
+            raise ValueError(f"unknown dtype {text!r}; expected one of "
+                             f"{', '.join(d.value for d in cls)}") from None
+
+
+_TO_NUMPY = {
+    DType.f16: np.dtype(np.float16),
+    DType.bf16: np.dtype(ml_dtypes.bfloat16),
+    DType.f32: np.dtype(np.float32),
+    DType.f64: np.dtype(np.float64),
+    DType.i8: np.dtype(np.int8),
+    DType.i16: np.dtype(np.int16),
+    DType.i32: np.dtype(np.int32),
+    DType.i64: np.dtype(np.int64),
+    DType.u8: np.dtype(np.uint8),
+    DType.bool: np.dtype(np.bool_),
+}
+_FROM_NUMPY = {v: k for k, v in _TO_NUMPY.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class TensorType:
+    """A tensor's dtype and shape; each dim is an int or a symbolic str."""
+
+    dtype: DType
+    shape: tuple[Dim, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dtype, DType):
+            raise TypeError(f"TensorType dtype must be a DType, got {self.dtype!r}")
+        shape = tuple(self.shape)
+        out = []
+        for d in shape:
+            if isinstance(d, (bool, np.bool_)):
+                raise TypeError(f"bad dim {d!r} in shape {shape}")
+            if isinstance(d, (int, np.integer)):
+                if d < 0:
+                    raise ValueError(f"negative dim {d} in shape {shape}")
+                out.append(int(d))
+            elif isinstance(d, str):
+                out.append(_dims.canonical(d))
+            else:
+                raise TypeError(f"bad dim {d!r} in shape {shape}")
+        object.__setattr__(self, "shape", tuple(out))
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_static(self) -> bool:
+        return all(type(d) is int for d in self.shape)
+
+    @property
+    def numel(self) -> Dim:
+        return _dims.dim_prod(self.shape)
+
+    @property
+    def nbytes(self) -> int | None:
+        n = self.numel
+        return n * self.dtype.itemsize if type(n) is int else None
+
+    def with_shape(self, shape: Sequence[Dim]) -> TensorType:
+        return TensorType(self.dtype, tuple(shape))
+
+    def with_dtype(self, dtype: DType) -> TensorType:
+        return TensorType(dtype, self.shape)
+
+    def __str__(self) -> str:
+        return f"{self.dtype.value}[{','.join(str(d) for d in self.shape)}]"
+
+    @classmethod
+    def of(cls, array: Any) -> TensorType:
+        a = np.asarray(array) if not hasattr(array, "dtype") else array
+        return cls(DType.from_numpy(a.dtype), tuple(int(d) for d in a.shape))
+
+
+def freeze_attr(value: Any) -> Any:
+    """Attribute values are immutable: lists become tuples, numpy scalars python ones."""
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze_attr(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.dtype):
+        return DType.from_numpy(value)
+    if isinstance(value, (dict, set, np.ndarray)):
+        raise TypeError(f"attribute values must be immutable scalars or tuples, got {type(value).__name__}")
+    return value
+
+
+class Value:
+    """One SSA value: a graph input or one output of a node."""
+
+    __slots__ = ("type", "name", "producer", "index", "graph", "_uses", "__weakref__")
+
+    def __init__(self, type: TensorType, name: str | None = None):
+        if not isinstance(type, TensorType):
+            raise TypeError(f"Value type must be a TensorType, got {type!r}")
+        self.type = type
+        self.name = name
+        self.producer: Node | None = None
+        self.index = 0
+        self.graph: Graph | None = None
+        self._uses: list[tuple[Node, int]] = []
+
+    @property
+    def dtype(self) -> DType:
+        return self.type.dtype
+
+    @property
+    def shape(self) -> tuple[Dim, ...]:
+        return self.type.shape
+
+    @property
+    def rank(self) -> int:
+        return len(self.type.shape)
+
+    def uses(self) -> list[tuple[Node, int]]:
+        """The (node, input index) pairs reading this value (a copy)."""
+        return list(self._uses)
+
+    def users(self) -> list[Node]:
+        seen: dict[int, Node] = {}
+        for n, _ in self._uses:
+            seen.setdefault(id(n), n)
+        return list(seen.values())
+
+    @property
+    def is_graph_input(self) -> bool:
+        return self.producer is None and self.graph is not None
+
+    @property
+    def is_graph_output(self) -> bool:
+        return self.graph is not None and any(o is self for o in self.graph.outputs)
+
+    @property
+    def is_constant(self) -> bool:
+        return self.producer is not None and self.producer.op == "constant"
+
+    @property
+    def const_value(self) -> np.ndarray | None:
+        """The array of a constant node's output, else None."""
+        p = self.producer
+        if p is None or p.op != "constant" or p.graph is None:
+            return None
+        return p.graph.constants.get(p.attrs["name"])
+
+    def replace_all_uses_with(self, other: Value) -> None:
+        """Point every use of this value, graph outputs included, at ``other``."""
+        if other is self:
+            return
+        for node, i in list(self._uses):
+            node.replace_input(i, other)
+        g = self.graph
+        if g is not None:
+            for i, o in enumerate(g.outputs):
+                if o is self:
+                    g.outputs[i] = other
+
+    def __repr__(self) -> str:
+        return f"Value({self.name or '?'}: {self.type})"
+
+
+class Node:
+    """One operation: ``outputs = op(inputs) {attrs} [regions]``."""
+
+    __slots__ = ("op", "_inputs", "attrs", "outputs", "regions", "meta", "graph", "_prev", "_next",
+                 "__weakref__")
+
+    def __init__(self, op: str, inputs: Sequence[Value], attrs: Mapping[str, Any] | None = None,
+                 output_types: Sequence[TensorType] = (), regions: Sequence[Graph] = (),
+                 meta: Mapping[str, Any] | None = None, names: Sequence[str | None] | None = None):
+        self.op = op
+        for v in inputs:
+            if not isinstance(v, Value):
+                raise TypeError(f"{op}: node inputs must be Values, got {type(v).__name__}")
+        self._inputs: list[Value] = list(inputs)
+        self.attrs: dict[str, Any] = {k: freeze_attr(v) for k, v in (attrs or {}).items()}
+        self.outputs: tuple[Value, ...] = ()
+        names = list(names) if names is not None else [None] * len(output_types)
+        outs = []
+        for i, t in enumerate(output_types):
+            v = Value(t, names[i] if i < len(names) else None)
+            v.producer = self
+            v.index = i
+            outs.append(v)
+        self.outputs = tuple(outs)
+        self.regions: tuple[Graph, ...] = tuple(regions)
+        for r in self.regions:
+            r.parent = self
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.graph: Graph | None = None
+        self._prev: Node | None = None
+        self._next: Node | None = None
+
+    @property
+    def inputs(self) -> tuple[Value, ...]:
+        return tuple(self._inputs)
+
+    @property
+    def output(self) -> Value:
+        if len(self.outputs) != 1:
+            raise ValueError(f"{self.op} has {len(self.outputs)} outputs; use .outputs")
+        return self.outputs[0]
+
+    def replace_input(self, index: int, value: Value) -> None:
+        """Make input ``index`` read ``value``, updating both use lists."""
+        old = self._inputs[index]
+        if old is value:
+            return
+        if self.graph is not None:
+            _remove_use(old, self, index)
+            value._uses.append((self, index))
+        self._inputs[index] = value
+
+    def source(self) -> str:
+        """A one-line description of where this node came from."""
+        m = self.meta
+        parts = []
+        for key in ("module", "source", "origin"):
+            if m.get(key):
+                parts.append(str(m[key]))
+        if m.get("pass"):
+            parts.append(f"made by {m['pass']}" + (f" ({m['rule']})" if m.get("rule") else ""))
+        return "; ".join(parts) if parts else "unknown origin"
+
+    def describe(self) -> str:
+        outs = ", ".join(str(o.type) for o in self.outputs)
+        name = self.outputs[0].name if self.outputs and self.outputs[0].name else None
+        label = f"'{self.op}'" + (f" (%{name})" if name else "")
+        return f"node {label} -> {outs} [{self.source()}]"
+
+    def __repr__(self) -> str:
+        return f"Node({self.op}, in={len(self._inputs)}, out={[str(o.type) for o in self.outputs]})"
+
+
+def _remove_use(value: Value, node: Node, index: int) -> None:
+    uses = value._uses
+    for k in range(len(uses) - 1, -1, -1):
+        n, i = uses[k]
+        if n is node and i == index:
+            del uses[k]
+            return
+    raise VerificationError(f"use list of {value!r} lacks ({node.op}, {index})", node)
+
+
+class Graph:
+    """A function: typed inputs, nodes in topological order, outputs, named constants."""
+
+    def __init__(self, name: str = "main"):
+        self.name = name
+        self.inputs: list[Value] = []
+        self.outputs: list[Value] = []
+        self.constants: dict[str, np.ndarray] = {}
+        self.meta: dict[str, Any] = {}
+        self.parent: Node | None = None
+        self._head: Node | None = None
+        self._tail: Node | None = None
+        self._len = 0
+        self._const_refs: dict[str, int] = {}
+        self._counter = itertools.count()
+
+    # ----- reading -------------------------------------------------------------------
+    @property
+    def nodes(self) -> Iterator[Node]:
+        """The nodes in order.  Safe against removing the current node while iterating."""
+        n = self._head
+        while n is not None:
+            nxt = n._next
+            yield n
+            n = nxt
+
+    def __iter__(self) -> Iterator[Node]:
+        return self.nodes
+
+    def __len__(self) -> int:
+        return self._len
+
+    def num_nodes(self, recursive: bool = True) -> int:
+        if not recursive:
+            return self._len
+        return sum(1 + sum(r.num_nodes() for r in n.regions) for n in self.nodes)
+
+    def op_histogram(self) -> dict[str, int]:
+        hist: dict[str, int] = {}
+        for n in self.nodes:
+            hist[n.op] = hist.get(n.op, 0) + 1
+            for r in n.regions:
+                for k, v in r.op_histogram().items():
+                    hist[k] = hist.get(k, 0) + v
+        return hist
+
+    def constant_value(self, v: Value) -> np.ndarray | None:
+        return v.const_value
+
+    # ----- building ------------------------------------------------------------------
+    def add_input(self, type: TensorType, name: str | None = None) -> Value:
+        v = Value(type, name)
+        v.graph = self
+        self.inputs.append(v)
+        return v
+
+    def set_outputs(self, outputs: Iterable[Value]) -> None:
+        outs = list(outputs)
+        for o in outs:
+            if not isinstance(o, Value):
+                raise TypeError(f"graph outputs must be Values, got {type(o).__name__}")
+        self.outputs = outs
+
+    def _link(self, node: Node, prev: Node | None, nxt: Node | None) -> None:
+        if node.graph is not None:
+            raise ValueError(f"{node.op} node is already in a graph")
+        node._prev, node._next = prev, nxt
+        if prev is None:
+            self._head = node
+        else:
+            prev._next = node
+        if nxt is None:
+            self._tail = node
+        else:
+            nxt._prev = node
+        node.graph = self
+        self._len += 1
+        for i, v in enumerate(node._inputs):
+            v._uses.append((node, i))
+        for o in node.outputs:
+            o.graph = self
+        if node.op == "constant":
+            name = node.attrs["name"]
+            self._const_refs[name] = self._const_refs.get(name, 0) + 1
+
+    def append(self, node: Node) -> Node:
+        self._link(node, self._tail, None)
+        return node
+
+    def insert_before(self, anchor: Node | None, node: Node) -> Node:
+        """Insert ``node`` before ``anchor`` (at the end when anchor is None)."""
+        if anchor is None:
+            return self.append(node)
+        self._check_owned(anchor)
+        self._link(node, anchor._prev, anchor)
+        return node
+
+    def insert_after(self, anchor: Node | None, node: Node) -> Node:
+        """Insert ``node`` after ``anchor`` (at the start when anchor is None)."""
+        if anchor is None:
+            self._link(node, None, self._head)
+            return node
+        self._check_owned(anchor)
+        self._link(node, anchor, anchor._next)
+        return node
+
+    def _check_owned(self, node: Node) -> None:
+        if node.graph is not self:
+            raise ValueError(f"{node.op} node is not in graph {self.name!r}")
+
+    def remove(self, node: Node) -> None:
+        """Remove a node none of whose outputs is still used (graph outputs count)."""
+        self._check_owned(node)
+        for o in node.outputs:
+            if o._uses:
+                users = ", ".join(sorted({u.op for u, _ in o._uses}))
+                raise VerificationError(
+                    f"cannot remove {node.describe()}: output {o.index} is still used by {users}", node)
+            if any(x is o for x in self.outputs):
+                raise VerificationError(f"cannot remove {node.describe()}: output {o.index} is a graph output",
+                                        node)
+        for i, v in enumerate(node._inputs):
+            _remove_use(v, node, i)
+        prev, nxt = node._prev, node._next
+        if prev is None:
+            self._head = nxt
+        else:
+            prev._next = nxt
+        if nxt is None:
+            self._tail = prev
+        else:
+            nxt._prev = prev
+        node._prev = node._next = None
+        node.graph = None
+        self._len -= 1
+        if node.op == "constant":
+            name = node.attrs["name"]
+            left = self._const_refs.get(name, 1) - 1
+            if left <= 0:
+                self._const_refs.pop(name, None)
+                self.constants.pop(name, None)
+            else:
+                self._const_refs[name] = left
+
+    def replace(self, node: Node, new_values: Sequence[Value]) -> None:
+        """Replace every use of ``node``'s outputs by ``new_values`` and remove it."""
+        if len(new_values) != len(node.outputs):
+            raise ValueError(f"{node.op} has {len(node.outputs)} outputs, got {len(new_values)} replacements")
+        for old, new in zip(node.outputs, new_values):
+            if old.type.dtype != new.type.dtype or old.type.rank != new.type.rank:
+                raise VerificationError(f"replacing {node.describe()}: {old.type} with {new.type} changes the type",
+                                        node)
+            old.replace_all_uses_with(new)
+        self.remove(node)
+
+    def make(self, op: str, inputs: Sequence[Value], attrs: Mapping[str, Any] | None = None, *,
+             regions: Sequence[Graph] = (), meta: Mapping[str, Any] | None = None,
+             names: Sequence[str | None] | None = None, before: Node | None = None,
+             output_types: Sequence[TensorType] | None = None) -> Node:
+        """Build a node, infer its output types from the op's type rule, and insert it."""
+        from .ops.registry import TypeRuleError, infer_types, normalize_attrs
+        try:
+            attrs = normalize_attrs(op, {k: freeze_attr(v) for k, v in (attrs or {}).items()})
+        except TypeRuleError as e:
+            raise VerificationError(str(e)) from None
+        if output_types is None:
+            output_types = infer_types(op, [v.type for v in inputs], attrs, regions=tuple(regions),
+                                       meta=meta)
+        node = Node(op, inputs, attrs, output_types, regions, meta, names)
+        if before is None:
+            self.append(node)
+        else:
+            self.insert_before(before, node)
+        return node
+
+    def apply(self, op: str, *inputs: Value, **attrs: Any) -> Value:
+        """Shorthand: append ``op(*inputs, **attrs)`` and return its single output."""
+        return self.make(op, inputs, attrs).output
+
+    def unique_constant_name(self, base: str) -> str:
+        name = base
+        while name in self.constants or name in self._const_refs:
+            name = f"{base}_{next(self._counter)}"
+        return name
+
+    def const(self, value: Any, dtype: DType | None = None, name: str | None = None, *,
+              before: Node | None = None, meta: Mapping[str, Any] | None = None) -> Value:
+        """Add a constant node holding ``value`` (an array, shared not copied, or a scalar)."""
+        if dtype is not None:
+            arr = np.asarray(value, dtype=dtype.numpy)
+        else:
+            arr = np.asarray(value)
+        DType.from_numpy(arr.dtype)  # raises for unsupported dtypes
+        name = self.unique_constant_name(name or "c")
+        self.constants[name] = arr
+        node = Node("constant", [], {"name": name}, [TensorType.of(arr)], meta=meta, names=[None])
+        if before is None:
+            self.append(node)
+        else:
+            self.insert_before(before, node)
+        return node.outputs[0]
+
+    def constant_ref(self, name: str, *, before: Node | None = None,
+                     meta: Mapping[str, Any] | None = None) -> Value:
+        """Another constant node reading the existing constant ``name``."""
+        arr = self.constants[name]
+        node = Node("constant", [], {"name": name}, [TensorType.of(arr)], meta=meta, names=[None])
+        self.insert_before(before, node)
+        return node.outputs[0]
+
+    def builder(self, before: Node | None = None, meta: Mapping[str, Any] | None = None) -> Builder:
+        return Builder(self, before, meta)
+
+    def __str__(self) -> str:
+        from .text import print_graph
+        return print_graph(self)
+
+    def __repr__(self) -> str:
+        return f"Graph({self.name!r}, inputs={len(self.inputs)}, nodes={self._len}, outputs={len(self.outputs)})"
+
+    # ----- persistence ---------------------------------------------------------------
+    def save(self, path: str) -> None:
+        """Write ``path`` (.air text) and, when there are large constants, ``path + '.npz'``."""
+        from .text import save
+        save(self, path)
+
+    def copy(self) -> Graph:
+        """A deep copy of the structure; constant arrays are shared, not copied."""
+        from .text import clone_graph
+        return clone_graph(self)
+
+
+class Builder:
+    """Inserts nodes at one place in a graph; used by decompositions and rewrites."""
+
+    __slots__ = ("graph", "before", "meta", "created")
+
+    def __init__(self, graph: Graph, before: Node | None = None, meta: Mapping[str, Any] | None = None):
+        self.graph = graph
+        self.before = before
+        self.meta = dict(meta or {})
+        self.created: list[Node] = []
+
+    def node(self, op: str, inputs: Sequence[Value], attrs: Mapping[str, Any] | None = None,
+             regions: Sequence[Graph] = (), output_types: Sequence[TensorType] | None = None) -> Node:
+        n = self.graph.make(op, inputs, attrs, regions=regions, meta=self.meta, before=self.before,
+                            output_types=output_types)
+        self.created.append(n)
+        return n
+
+    def op(self, op: str, *inputs: Value, **attrs: Any) -> Value:
+        return self.node(op, inputs, attrs).output
+
+    def ops(self, op: str, *inputs: Value, **attrs: Any) -> tuple[Value, ...]:
+        return self.node(op, inputs, attrs).outputs
+
+    def const(self, value: Any, dtype: DType | None = None, name: str | None = None) -> Value:
+        v = self.graph.const(value, dtype, name, before=self.before, meta=self.meta)
+        self.created.append(v.producer)
+        return v
+
+    def scalar(self, value: Any, like: Value | DType) -> Value:
+        dt = like if isinstance(like, DType) else like.dtype
+        return self.const(np.asarray(value, dtype=dt.numpy), name="c")

@@ -1,0 +1,575 @@
+"""The IR text form: printing, parsing, saving and loading.
+
+::
+
+    graph main(%x: f32[batch,128], %w: f32[128,64]) -> (f32[batch,64]) {
+      %0 = matmul(%x, %w) : f32[batch,64]
+      %1 = relu(%0) : f32[batch,64]
+      return %1
+    }
+
+Names are assigned at print time (a value's name hint when it is unique, else a
+number).  Constants with at most ``INLINE_LIMIT`` elements print their value
+inline; larger ones print only their name, and ``parse`` takes their arrays from a
+mapping or from the ``.npz`` saved beside the text.  ``print(parse(print(g)))`` is
+``print(g)``.  Parsing never evaluates code.  ``#`` starts a comment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import dims as D
+from .errors import ParseError, VerificationError
+from .ir import DType, Graph, Node, TensorType, Value
+
+__all__ = ["print_graph", "parse", "save", "load", "clone_graph", "INLINE_LIMIT"]
+
+INLINE_LIMIT = 16
+_NAME_OK = re.compile(r"[^A-Za-z0-9_.]")
+_KEYWORDS = {"true", "false", "none", "inf", "nan"}
+
+
+# ----- printing ----------------------------------------------------------------------
+
+def _fmt_scalar(x: Any, dtype: np.dtype | None = None) -> str:
+    if isinstance(x, (bool, np.bool_)):
+        return "true" if x else "false"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if isinstance(x, (float, np.floating)) or (dtype is not None and dtype.kind == "f"):
+        f = float(x)
+        if math.isnan(f):
+            return "nan"
+        if math.isinf(f):
+            return "inf" if f > 0 else "-inf"
+        text = str(x) if isinstance(x, np.floating) or type(x).__name__ == "bfloat16" else repr(f)
+        if not any(c in text for c in ".en"):
+            text += ".0"
+        return text
+    raise TypeError(f"cannot print {x!r}")
+
+
+def _fmt_attr(v: Any) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, DType):
+        return v.value
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, tuple):
+        return "[" + ", ".join(_fmt_attr(x) for x in v) + "]"
+    if isinstance(v, float):
+        return _fmt_scalar(v)
+    return _fmt_scalar(v)
+
+
+def _fmt_array(a: np.ndarray) -> str:
+    if a.ndim == 0:
+        return _fmt_scalar(a[()], a.dtype)
+    return "[" + ", ".join(_fmt_array(x) for x in a) + "]"
+
+
+class _Namer:
+    def __init__(self) -> None:
+        self.names: dict[int, str] = {}
+        self.used: set[str] = set()
+        self.counter = 0
+
+    def reserve(self, v: Value) -> None:
+        if v.name and id(v) not in self.names:
+            base = _NAME_OK.sub("_", v.name) or "v"
+            name = base
+            k = 1
+            while name in self.used:
+                name = f"{base}_{k}"
+                k += 1
+            self.names[id(v)] = name
+            self.used.add(name)
+
+    def __call__(self, v: Value) -> str:
+        n = self.names.get(id(v))
+        if n is None:
+            while str(self.counter) in self.used:
+                self.counter += 1
+            n = str(self.counter)
+            self.counter += 1
+            self.names[id(v)] = n
+            self.used.add(n)
+        return "%" + n
+
+
+def _print(g: Graph, indent: str, out: list[str], meta: bool) -> None:
+    namer = _Namer()
+    for v in g.inputs:
+        namer.reserve(v)
+    for n in g.nodes:
+        for o in n.outputs:
+            namer.reserve(o)
+    ins = ", ".join(f"{namer(v)}: {v.type}" for v in g.inputs)
+    outs = ", ".join(str(v.type) for v in g.outputs)
+    out.append(f"{indent}graph {g.name}({ins}) -> ({outs}) {{")
+    inner = indent + "  "
+    for n in g.nodes:
+        lhs = ", ".join(namer(o) for o in n.outputs)
+        args = ", ".join(namer(v) if id(v) in namer.names else "%<undefined>" for v in n.inputs)
+        attrs = dict(n.attrs)
+        if n.op == "constant":
+            arr = g.constants.get(n.attrs["name"])
+            if arr is not None and arr.size <= INLINE_LIMIT:
+                attrs["value"] = _fmt_array(arr)
+        attr_text = ""
+        if attrs:
+            parts = []
+            for k, v in attrs.items():
+                parts.append(f"{k}={v if k == 'value' and n.op == 'constant' else _fmt_attr(v)}")
+            attr_text = " {" + ", ".join(parts) + "}"
+        types = ", ".join(str(o.type) for o in n.outputs)
+        line = f"{inner}{lhs} = {n.op}({args}){attr_text} : {types}"
+        if meta and n.meta:
+            line += "  # " + n.source()
+        if n.regions:
+            out.append(line + " {")
+            for r in n.regions:
+                _print(r, inner + "  ", out, meta)
+            out.append(inner + "}")
+        else:
+            out.append(line)
+    out.append(f"{inner}return " + ", ".join(namer(v) if id(v) in namer.names else "%<undefined>"
+                                            for v in g.outputs))
+    out.append(indent + "}")
+
+
+def print_graph(g: Graph, *, meta: bool = False) -> str:
+    """The text form of ``g``; ``meta=True`` appends each node's provenance as a comment."""
+    out: list[str] = []
+    _print(g, "", out, meta)
+    return "\n".join(out) + "\n"
+
+
+# ----- parsing -----------------------------------------------------------------------
+
+class _Parser:
+    def __init__(self, text: str, constants: Mapping[str, np.ndarray]):
+        self.text = text
+        self.pos = 0
+        self.constants = constants
+        self.lines = text.split("\n")
+        self._line_starts = [0]
+        for i, ch in enumerate(text):
+            if ch == "\n":
+                self._line_starts.append(i + 1)
+
+    # -- positions and errors
+    def where(self, pos: int | None = None) -> tuple[int, int]:
+        import bisect
+        p = self.pos if pos is None else pos
+        line = bisect.bisect_right(self._line_starts, p) - 1
+        return line + 1, p - self._line_starts[line] + 1
+
+    def error(self, msg: str, pos: int | None = None) -> ParseError:
+        line, col = self.where(pos)
+        src = self.lines[line - 1] if line - 1 < len(self.lines) else ""
+        return ParseError(msg, line, col, src)
+
+    # -- lexing helpers
+    def skip(self) -> None:
+        t = self.text
+        while self.pos < len(t):
+            c = t[self.pos]
+            if c in " \t\r\n":
+                self.pos += 1
+            elif c == "#":
+                nl = t.find("\n", self.pos)
+                self.pos = len(t) if nl < 0 else nl
+            else:
+                break
+
+    def peek(self, s: str) -> bool:
+        self.skip()
+        return self.text.startswith(s, self.pos)
+
+    def accept(self, s: str) -> bool:
+        if self.peek(s):
+            self.pos += len(s)
+            return True
+        return False
+
+    def expect(self, s: str) -> None:
+        if not self.accept(s):
+            found = self.text[self.pos:self.pos + 12].split("\n")[0] or "end of input"
+            raise self.error(f"expected {s!r}, found {found!r}")
+
+    _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+    _VNAME = re.compile(r"%([A-Za-z0-9_.]+)")
+    _NUMBER = re.compile(r"-?(?:inf|nan|(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)")
+
+    def ident(self, what: str = "identifier") -> str:
+        self.skip()
+        m = self._IDENT.match(self.text, self.pos)
+        if not m:
+            raise self.error(f"expected {what}")
+        self.pos = m.end()
+        return m.group(0)
+
+    def vname(self) -> tuple[str, int]:
+        self.skip()
+        m = self._VNAME.match(self.text, self.pos)
+        if not m:
+            raise self.error("expected a value name like %x")
+        start = self.pos
+        self.pos = m.end()
+        return m.group(1), start
+
+    def string(self) -> str:
+        self.skip()
+        t = self.text
+        if not t.startswith('"', self.pos):
+            raise self.error("expected a string")
+        i = self.pos + 1
+        while i < len(t) and t[i] != '"':
+            if t[i] == "\\":
+                i += 1
+            if t[i] == "\n":
+                break
+            i += 1
+        if i >= len(t) or t[i] != '"':
+            raise self.error("unterminated string")
+        try:
+            s = json.loads(t[self.pos:i + 1])
+        except ValueError:
+            raise self.error("bad string escape") from None
+        self.pos = i + 1
+        return s
+
+    # -- types
+    def dtype(self) -> DType:
+        start = self.pos
+        name = self.ident("a dtype")
+        try:
+            return DType.parse(name)
+        except ValueError as e:
+            raise self.error(str(e), start) from None
+
+    def ttype(self) -> TensorType:
+        self.skip()
+        dt = self.dtype()
+        if self.text.startswith("[", self.pos) is False:
+            raise self.error("expected '[' after the dtype (a scalar is f32[])")
+        self.pos += 1
+        end = self.text.find("]", self.pos)
+        if end < 0:
+            raise self.error("unterminated shape")
+        body = self.text[self.pos:end]
+        dims: list = []
+        if body.strip():
+            offset = self.pos
+            for part in body.split(","):
+                p = part.strip()
+                if re.fullmatch(r"\d+", p):
+                    dims.append(int(p))
+                else:
+                    try:
+                        dims.append(D.canonical(p))
+                    except (ValueError, TypeError, SyntaxError, RecursionError):
+                        raise self.error(f"bad dimension {p!r}", offset) from None
+                offset += len(part) + 1
+        self.pos = end + 1
+        return TensorType(dt, tuple(dims))
+
+    # -- attribute values
+    def attr_value(self, depth: int = 0) -> Any:
+        if depth > 32:
+            raise self.error("attribute nested too deeply")
+        self.skip()
+        t = self.text
+        if self.pos >= len(t):
+            raise self.error("expected an attribute value")
+        c = t[self.pos]
+        if c == "[":
+            self.pos += 1
+            items = []
+            if not self.accept("]"):
+                while True:
+                    items.append(self.attr_value(depth + 1))
+                    if self.accept("]"):
+                        break
+                    self.expect(",")
+            return tuple(items)
+        if c == '"':
+            return self.string()
+        m = self._NUMBER.match(t, self.pos)
+        if m and not (m.group(0) in ("inf", "nan") and self._IDENT.match(t, self.pos).end() > m.end()):
+            self.pos = m.end()
+            s = m.group(0)
+            if re.fullmatch(r"-?\d+", s):
+                return int(s)
+            return float(s)
+        start = self.pos
+        word = self.ident("an attribute value")
+        if word == "true":
+            return True
+        if word == "false":
+            return False
+        if word == "none":
+            return None
+        try:
+            return DType.parse(word)
+        except ValueError:
+            raise self.error(f"unknown attribute value {word!r}", start) from None
+
+    # -- graphs
+    def graph(self, depth: int = 0) -> Graph:
+        if depth > 16:
+            raise self.error("regions nested too deeply")
+        self.skip()
+        start = self.pos
+        if self.ident("'graph'") != "graph":
+            raise self.error("expected 'graph'", start)
+        g = Graph(self.ident("a graph name"))
+        env: dict[str, Value] = {}
+        self.expect("(")
+        if not self.accept(")"):
+            while True:
+                name, pos = self.vname()
+                self.expect(":")
+                t = self.ttype()
+                if name in env:
+                    raise self.error(f"%{name} is defined twice", pos)
+                env[name] = g.add_input(t, name)
+                if self.accept(")"):
+                    break
+                self.expect(",")
+        self.expect("->")
+        self.expect("(")
+        out_types: list[TensorType] = []
+        if not self.accept(")"):
+            while True:
+                out_types.append(self.ttype())
+                if self.accept(")"):
+                    break
+                self.expect(",")
+        self.expect("{")
+        while True:
+            self.skip()
+            if self.peek("return"):
+                save = self.pos
+                self.ident()
+                if self.peek("%") or self.peek("}"):
+                    break
+                self.pos = save
+            self.node(g, env, depth)
+        outs: list[Value] = []
+        if not self.peek("}"):
+            while True:
+                name, pos = self.vname()
+                if name not in env:
+                    raise self.error(f"%{name} is not defined", pos)
+                outs.append(env[name])
+                if not self.accept(","):
+                    break
+        self.expect("}")
+        if len(outs) != len(out_types):
+            raise self.error(f"graph {g.name} declares {len(out_types)} outputs but returns {len(outs)}")
+        for i, (v, t) in enumerate(zip(outs, out_types)):
+            if v.type != t:
+                raise self.error(f"output {i} of graph {g.name} is {v.type}, declared {t}")
+        g.set_outputs(outs)
+        return g
+
+    def node(self, g: Graph, env: dict[str, Value], depth: int) -> None:
+        self.skip()
+        line_pos = self.pos
+        results: list[tuple[str, int]] = []
+        while True:
+            results.append(self.vname())
+            if not self.accept(","):
+                break
+        self.expect("=")
+        self.skip()
+        op_pos = self.pos
+        op = self.ident("an op name")
+        from .ops import registry
+        if not registry.is_registered(op):
+            raise self.error(f"unknown op {op!r}", op_pos)
+        self.expect("(")
+        inputs: list[Value] = []
+        if not self.accept(")"):
+            while True:
+                name, pos = self.vname()
+                if name not in env:
+                    raise self.error(f"%{name} is used before it is defined", pos)
+                inputs.append(env[name])
+                if self.accept(")"):
+                    break
+                self.expect(",")
+        attrs: dict[str, Any] = {}
+        value_pos = None
+        if self.peek("{"):
+            self.expect("{")
+            if not self.accept("}"):
+                while True:
+                    self.skip()
+                    kpos = self.pos
+                    key = self.ident("an attribute name")
+                    self.expect("=")
+                    if key in attrs:
+                        raise self.error(f"attribute {key!r} given twice", kpos)
+                    if key == "value":
+                        value_pos = self.pos
+                    attrs[key] = self.attr_value()
+                    if self.accept("}"):
+                        break
+                    self.expect(",")
+        self.expect(":")
+        types = [self.ttype()]
+        while self.accept(","):
+            types.append(self.ttype())
+        regions: list[Graph] = []
+        if self.peek("{"):
+            self.expect("{")
+            while not self.accept("}"):
+                regions.append(self.graph(depth + 1))
+        if len(types) != len(results):
+            raise self.error(f"{op}: {len(results)} results but {len(types)} types", line_pos)
+        for name, pos in results:
+            if name in env:
+                raise self.error(f"%{name} is defined twice", pos)
+        if op == "constant":
+            outs = self._constant(g, attrs, types, inputs, value_pos, line_pos, results[0][0])
+        else:
+            try:
+                node = g.make(op, inputs, attrs, regions=regions, names=[r[0] for r in results])
+            except (VerificationError, ValueError, TypeError) as e:
+                raise self.error(str(e), op_pos) from None
+            for i, (o, t) in enumerate(zip(node.outputs, types)):
+                if o.type != t:
+                    raise self.error(f"{op}: result {i} has type {o.type} by the type rule, text says {t}", op_pos)
+            outs = list(node.outputs)
+        for (name, _), v in zip(results, outs):
+            env[name] = v
+
+    def _constant(self, g, attrs, types, inputs, value_pos, pos, result_name) -> list[Value]:
+        if inputs or len(types) != 1:
+            raise self.error("constant takes no inputs and has one result", pos)
+        if set(attrs) - {"name", "value"} or not isinstance(attrs.get("name"), str):
+            raise self.error("constant needs {name=\"...\"} and optionally value=...", pos)
+        t = types[0]
+        name = attrs["name"]
+        if "value" in attrs:
+            try:
+                arr = np.asarray(attrs["value"], dtype=np.float64 if t.dtype.is_float else None)
+                arr = arr.astype(t.dtype.numpy)
+            except (ValueError, TypeError, OverflowError) as e:
+                raise self.error(f"bad constant value: {e}", value_pos) from None
+        else:
+            if name not in self.constants:
+                raise self.error(f"constant {name!r} has no value: pass constants= or keep the .npz beside the "
+                                 "text", pos)
+            arr = np.asarray(self.constants[name])
+        if arr.dtype != t.dtype.numpy or tuple(arr.shape) != t.shape:
+            raise self.error(f"constant {name!r} is {TensorType.of(arr)}, text says {t}", pos)
+        if name in g.constants:
+            if not np.array_equal(g.constants[name], arr, equal_nan=arr.dtype.kind == "f"):
+                raise self.error(f"constant name {name!r} is used twice with different values", pos)
+            v = g.constant_ref(name)
+        else:
+            v = g.const(arr, name=name)
+        v.name = result_name
+        return [v]
+
+
+def parse(text: str, constants: Mapping[str, np.ndarray] | None = None) -> Graph:
+    """Read a graph from its text form; large constants come from ``constants``."""
+    p = _Parser(text, constants or {})
+    try:
+        g = p.graph()
+        p.skip()
+        if p.pos != len(text):
+            raise p.error("unexpected text after the graph")
+    except RecursionError:
+        raise p.error("input nested too deeply") from None
+    return g
+
+
+# ----- files -------------------------------------------------------------------------
+
+_BF16_SUFFIX = "::bf16"
+
+
+def _collect_large(g: Graph, out: dict[str, np.ndarray]) -> None:
+    for n in g.nodes:
+        if n.op == "constant":
+            arr = g.constants[n.attrs["name"]]
+            if arr.size > INLINE_LIMIT:
+                out[n.attrs["name"]] = arr
+        for r in n.regions:
+            _collect_large(r, out)
+
+
+def save(g: Graph, path: str | os.PathLike) -> None:
+    """Write the text to ``path`` and large constants to ``path + '.npz'``."""
+    path = os.fspath(path)
+    large: dict[str, np.ndarray] = {}
+    _collect_large(g, large)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(print_graph(g))
+    if large:
+        arrays = {}
+        for k, a in large.items():
+            if a.dtype.name == "bfloat16":
+                arrays[k + _BF16_SUFFIX] = a.view(np.uint16)
+            else:
+                arrays[k] = a
+        np.savez(path + ".npz", **arrays)
+
+
+def load(path: str | os.PathLike, constants: Mapping[str, np.ndarray] | None = None) -> Graph:
+    """Read a graph saved by :func:`save` (text plus the optional ``.npz``)."""
+    path = os.fspath(path)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    consts: dict[str, np.ndarray] = {}
+    if os.path.exists(path + ".npz"):
+        import ml_dtypes
+        with np.load(path + ".npz", allow_pickle=False) as z:
+            for k in z.files:
+                if k.endswith(_BF16_SUFFIX):
+                    consts[k[: -len(_BF16_SUFFIX)]] = z[k].view(ml_dtypes.bfloat16)
+                else:
+                    consts[k] = z[k]
+    consts.update(constants or {})
+    return parse(text, consts)
+
+
+def clone_graph(g: Graph, value_map: dict[int, Value] | None = None) -> Graph:
+    """Deep-copy the structure of ``g``; constant arrays are shared, meta dicts copied."""
+    m: dict[int, Value] = value_map if value_map is not None else {}
+    out = Graph(g.name)
+    out.meta = dict(g.meta)
+    for v in g.inputs:
+        m[id(v)] = out.add_input(v.type, v.name)
+    for n in g.nodes:
+        if n.op == "constant":
+            name = n.attrs["name"]
+            if name in out.constants:
+                new = out.constant_ref(name, meta=n.meta)
+            else:
+                new = out.const(g.constants[name], name=name, meta=n.meta)
+            new.name = n.outputs[0].name
+            m[id(n.outputs[0])] = new
+            continue
+        regions = [clone_graph(r) for r in n.regions]
+        node = Node(n.op, [m[id(v)] for v in n.inputs], n.attrs, [o.type for o in n.outputs], regions,
+                    n.meta, [o.name for o in n.outputs])
+        out.append(node)
+        for a, b in zip(n.outputs, node.outputs):
+            m[id(a)] = b
+    out.set_outputs([m[id(v)] for v in g.outputs])
+    return out
