@@ -25,6 +25,7 @@ __all__ = [
     "dim_prod",
     "evaluate",
     "symbols",
+    "solve",
     "is_static",
 ]
 
@@ -222,6 +223,36 @@ def symbols(d: Dim) -> set[str]:
         if isinstance(node, ast.Name):
             names.add(node.id)
     return names
+
+
+def solve(d: Dim, value: int, bindings: Mapping[str, int]) -> tuple[str, int] | None:
+    """If ``d`` is ``k * sym + c`` with ``sym`` the only unbound symbol, the binding that makes it ``value``."""
+    if type(d) is int:
+        return None
+    p = _poly(d)
+    const = 0
+    unknown: list[tuple[str, int]] = []
+    for m, c in p.items():
+        if all(a in bindings for a in m):
+            term = c
+            for a in m:
+                term *= int(bindings[a])
+            const += term
+        else:
+            free = [a for a in m if a not in bindings]
+            if len(free) != 1 or not _is_atom_name(free[0]):
+                return None
+            k = c
+            for a in m:
+                if a in bindings:
+                    k *= int(bindings[a])
+            unknown.append((free[0], k))
+    if len({u[0] for u in unknown}) != 1:
+        return None
+    sym, k = unknown[0][0], sum(u[1] for u in unknown)
+    if k == 0 or (value - const) % k:
+        return None
+    return sym, (value - const) // k
 
 
 def evaluate(d: Dim, bindings: Mapping[str, int]) -> int:

@@ -61,6 +61,14 @@ def bind_symbols(types: Sequence[TensorType], arrays: Sequence[np.ndarray], what
                 b[d] = int(n)
             else:
                 pending.append((i, k, d, int(n)))
+    progress = True
+    while progress:
+        progress = False
+        for i, k, d, n in pending:
+            found = D.solve(d, n, b)
+            if found is not None and found[0] not in b:
+                b[found[0]] = found[1]
+                progress = True
     for i, k, d, n in pending:
         try:
             want = D.evaluate(d, b)

@@ -41,9 +41,10 @@ _KEYWORDS = {"true", "false", "none", "inf", "nan"}
 def _fmt_scalar(x: Any, dtype: np.dtype | None = None) -> str:
     if isinstance(x, (bool, np.bool_)):
         return "true" if x else "false"
-    if isinstance(x, (int, np.integer)):
+    is_float_dtype = dtype is not None and (dtype.kind == "f" or dtype.name == "bfloat16")
+    if isinstance(x, (int, np.integer)) and not is_float_dtype:
         return str(int(x))
-    if isinstance(x, (float, np.floating)) or (dtype is not None and dtype.kind == "f"):
+    if isinstance(x, (float, np.floating)) or is_float_dtype:
         f = float(x)
         if math.isnan(f):
             return "nan"

@@ -63,8 +63,6 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
             if TensorType.of(arr) != node.outputs[0].type:
                 raise _fail(node, f"constant {name!r} is {TensorType.of(arr)} but the node says "
                                   f"{node.outputs[0].type}")
-        elif check_types:
-            _check_node_types(node)
         for r in node.regions:
             if r.parent is not node:
                 raise _fail(node, f"region {r.name!r} does not point back at its node")
@@ -72,6 +70,8 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
                 verify(r, check_types=check_types)
             except VerificationError as e:
                 raise _fail(node, f"in region {r.name!r}: {e}") from None
+        if node.op != "constant" and check_types:
+            _check_node_types(node)
     if count != len(graph):
         raise VerificationError(f"graph {graph.name!r} node count is {len(graph)} but {count} nodes are linked")
     if graph._tail is not prev:

@@ -109,7 +109,7 @@ def _int_div(a, b):
         safe_b = np.where(b == 0, np.ones((), b.dtype), b)
         q = np.floor_divide(a, safe_b)
         r = a - q * safe_b
-        fix = (r != 0) & ((r < 0) != (safe_b < 0))
+        fix = (r != 0) & ((a < 0) != (safe_b < 0))
         q = np.where(fix, q + 1, q)
         return np.where(b == 0, np.zeros((), q.dtype), q).astype(a.dtype)
 

@@ -1,0 +1,124 @@
+"""Graph mutation keeps use lists true; symbolic dims have one canonical form."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from accelir import DType, Graph, TensorType, VerificationError, interpret, parse, verify
+from accelir import dims as D
+from accelir.ir import Node
+
+
+def small():
+    g = parse("""graph main(%x: f32[4], %y: f32[4]) -> (f32[4]) {
+  %a = add(%x, %y) : f32[4]
+  %b = mul(%a, %a) : f32[4]
+  %c = relu(%b) : f32[4]
+  return %c
+}
+""")
+    return g, {v.name: v for n in g.nodes for v in n.outputs} | {v.name: v for v in g.inputs}
+
+
+def test_use_lists_follow_mutation():
+    g, v = small()
+    a, b = v["a"], v["b"]
+    assert [(n.op, i) for n, i in a.uses()] == [("mul", 0), ("mul", 1)]
+    b.producer.replace_input(1, v["x"])
+    assert [(n.op, i) for n, i in a.uses()] == [("mul", 0)]
+    assert ("mul", 1) in [(n.op, i) for n, i in v["x"].uses()]
+    verify(g)
+
+
+def test_replace_all_uses_with_covers_graph_outputs():
+    g, v = small()
+    c = v["c"]
+    new = g.apply("neg", v["b"])
+    c.replace_all_uses_with(new)
+    assert g.outputs[0] is new
+    g.remove(c.producer)
+    verify(g)
+
+
+def test_remove_refuses_a_node_still_used():
+    g, v = small()
+    with pytest.raises(VerificationError, match="still used by mul"):
+        g.remove(v["a"].producer)
+    with pytest.raises(VerificationError, match="graph output"):
+        g.remove(v["c"].producer)
+
+
+def test_insert_before_and_after_keep_order():
+    g, v = small()
+    b = v["b"].producer
+    n1 = g.make("exp", [v["a"]], before=b)
+    n2 = Node("neg", [n1.output], {}, [n1.output.type])
+    g.insert_after(n1, n2)
+    assert [n.op for n in g.nodes] == ["add", "exp", "neg", "mul", "relu"]
+    b.replace_input(1, n2.output)
+    verify(g)
+    x = np.arange(4, dtype=np.float32)
+    (out,) = interpret(g, x, x)
+    np.testing.assert_allclose(out, np.maximum((2 * x) * -np.exp(2 * x), 0), rtol=1e-6)
+
+
+def test_replace_node_with_new_values():
+    g, v = small()
+    b = v["b"].producer
+    sq = g.make("pow", [v["a"], g.const(np.float32(2.0), before=b)], before=b)
+    g.replace(b, sq.outputs)
+    verify(g)
+    assert [n.op for n in g.nodes] == ["add", "constant", "pow", "relu"]
+
+
+def test_removing_the_last_constant_node_drops_its_array():
+    g = Graph()
+    c = g.const(np.ones(3, np.float32), name="w")
+    d = g.constant_ref("w")
+    g.set_outputs([d])
+    g.remove(c.producer)
+    assert "w" in g.constants
+    g.set_outputs([])
+    g.remove(d.producer)
+    assert "w" not in g.constants
+
+
+def test_constants_share_memory():
+    w = np.ones((256, 256), np.float32)
+    g = Graph()
+    v = g.const(w, name="w")
+    assert v.const_value is w
+    assert g.copy().constants["w"] is w
+
+
+def test_copy_is_deep_for_structure():
+    g, _ = small()
+    h = g.copy()
+    assert str(h) == str(g)
+    next(iter(h.nodes)).op = "sub"
+    assert str(h) != str(g)
+
+
+def test_tensor_type_canonicalises_dims():
+    assert TensorType(DType.f32, ("2 * b", 3)) == TensorType(DType.f32, ("b*2", 3))
+    assert str(TensorType(DType.i64, ())) == "i64[]"
+    with pytest.raises(ValueError):
+        TensorType(DType.f32, (-1,))
+    with pytest.raises(TypeError):
+        TensorType("f32", (1,))
+
+
+@pytest.mark.parametrize("expr,want", [("b+b", "2*b"), ("b*s - s*b", 0), ("(2*b)//2", "b"), ("4*s%2", 0),
+                                       ("3", 3), ("-b+2", "-b+2"), ("s0*s1", "s0*s1")])
+def test_dim_canonical(expr, want):
+    assert D.canonical(expr) == want
+
+
+def test_dim_evaluate_and_solve():
+    assert D.evaluate("(b+1)//2", {"b": 6}) == 3
+    assert D.solve("2*s+1", 9, {}) == ("s", 4)
+    assert D.solve("b*s", 12, {"b": 3}) == ("s", 4)
+    assert D.solve("b*s", 12, {}) is None
+    with pytest.raises(ValueError):
+        D.canonical("__import__('os')")

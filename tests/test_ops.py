@@ -1,0 +1,446 @@
+"""Every registered op: its reference against torch (or an independent numpy
+formulation) on random inputs, its type rule against the reference's result, with
+symbolic leading dims where the op allows, and each composite's decomposition
+against its reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from accelir import DType, Graph, TensorType, interpret, verify
+from accelir.ops import REGISTRY
+from accelir.ops.registry import TypeRuleError, broadcast_shapes
+
+RNG = np.random.default_rng(0)
+
+
+def f32(*shape, lo=-2.0, hi=2.0):
+    return RNG.uniform(lo, hi, size=shape).astype(np.float32)
+
+
+def ints(*shape, lo=-5, hi=6, dtype=np.int64):
+    return RNG.integers(lo, hi, size=shape).astype(dtype)
+
+
+def T(a):
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def build(op, arrays, attrs, symbolic=False, regions=()):
+    g = Graph()
+    ins = []
+    for i, a in enumerate(arrays):
+        t = TensorType.of(a)
+        if symbolic and t.rank:
+            t = t.with_shape(("n",) + t.shape[1:])
+        ins.append(g.add_input(t, f"x{i}"))
+    node = g.make(op, ins, attrs, regions=regions)
+    g.set_outputs(node.outputs)
+    verify(g)
+    return g
+
+
+# ----- the sample table: op -> list of (inputs, attrs, torch oracle, symbolic ok) -------------
+
+UNARY_TORCH = {
+    "neg": torch.neg, "abs": torch.abs, "exp": torch.exp, "log": torch.log, "log1p": torch.log1p,
+    "expm1": torch.expm1, "sqrt": torch.sqrt, "rsqrt": torch.rsqrt, "sin": torch.sin, "cos": torch.cos,
+    "tan": torch.tan, "asin": torch.asin, "acos": torch.acos, "atan": torch.atan, "sinh": torch.sinh,
+    "cosh": torch.cosh, "asinh": torch.asinh, "acosh": torch.acosh, "atanh": torch.atanh, "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid, "erf": torch.erf, "floor": torch.floor, "ceil": torch.ceil, "round": torch.round,
+    "sign": lambda x: torch.where(torch.isnan(x), x, torch.sign(x)), "reciprocal": torch.reciprocal, "relu": torch.relu, "isnan": torch.isnan,
+    "isinf": torch.isinf, "gelu": F.gelu, "silu": F.silu,
+}
+DOMAIN = {"log": (0.1, 3), "sqrt": (0.1, 3), "rsqrt": (0.1, 3), "log1p": (-0.5, 3), "asin": (-0.9, 0.9),
+          "acos": (-0.9, 0.9), "acosh": (1.1, 3), "atanh": (-0.9, 0.9), "reciprocal": (0.5, 2)}
+
+BINARY_TORCH = {
+    "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "pow": torch.pow,
+    "max": torch.maximum, "min": torch.minimum, "rem": torch.fmod, "atan2": torch.atan2,
+    "eq": torch.eq, "ne": torch.ne, "lt": torch.lt, "le": torch.le, "gt": torch.gt, "ge": torch.ge,
+}
+
+
+def samples():
+    s: dict[str, list] = {}
+    for op, fn in UNARY_TORCH.items():
+        lo, hi = DOMAIN.get(op, (-2, 2))
+        x = f32(3, 4, lo=lo, hi=hi)
+        if op == "round":
+            x = np.array([[0.5, 1.5, 2.5, -0.5], [-1.5, 0.49, 2.51, 3.0]], np.float32)
+        if op in ("isnan", "isinf", "relu", "sign"):
+            x = np.array([[np.nan, np.inf, -np.inf, 0.0], [1.0, -2.0, 3.0, -0.0]], np.float32)
+        attrs = {"approximate": "none"} if op == "gelu" else {}
+        s.setdefault(op, []).append(([x], attrs, lambda a, fn=fn: fn(*a), True))
+    s["gelu"].append(([f32(3, 4)], {"approximate": "tanh"}, lambda a: F.gelu(a[0], approximate="tanh"), True))
+    for op in ("neg", "abs", "sign", "relu"):
+        s[op].append(([ints(3, 4)], {}, lambda a, fn=UNARY_TORCH[op]: fn(*a), True))
+    s["not"] = [([RNG.random((3, 4)) > 0.5], {}, lambda a: torch.logical_not(a[0]), True),
+                ([ints(3, 4, dtype=np.int32)], {}, lambda a: torch.bitwise_not(a[0]), True)]
+    for op, fn in BINARY_TORCH.items():
+        lo = 0.5 if op == "pow" else -2
+        a, b = f32(2, 3, 4, lo=lo), f32(3, 1, lo=0.3 if op in ("div", "rem") else -2)
+        s.setdefault(op, []).append(([a, b], {}, lambda t, fn=fn: fn(*t), True))
+        if op not in ("atan2", "pow"):
+            x, y = ints(4, 5), ints(4, 5)
+            y = np.where(y == 0, 3, y)
+            if op == "div":
+                oracle = (lambda t: torch.div(t[0], t[1], rounding_mode="trunc"))
+            else:
+                oracle = (lambda t, fn=fn: fn(*t))
+            s[op].append(([x, y], {}, oracle, True))
+    s["pow"].append(([ints(3, 4, lo=-3, hi=4), ints(3, 4, lo=0, hi=4)], {}, lambda t: torch.pow(*t), True))
+    s["max"].append(([np.array([1.0, np.nan, 3.0], np.float32), np.array([np.nan, 2.0, 1.0], np.float32)], {},
+                     lambda t: torch.maximum(*t), True))
+    for op, fn in (("and", torch.bitwise_and), ("or", torch.bitwise_or), ("xor", torch.bitwise_xor)):
+        s[op] = [([RNG.random((3, 4)) > 0.5, RNG.random((1, 4)) > 0.5], {}, lambda t, fn=fn: fn(*t), True),
+                 ([ints(3, 4, dtype=np.int32), ints(3, 4, dtype=np.int32)], {}, lambda t, fn=fn: fn(*t), True)]
+    s["where"] = [([RNG.random((3, 4)) > 0.5, f32(3, 4), f32(1, 4)], {}, lambda t: torch.where(*t), True)]
+    s["cast"] = [([f32(3, 4, lo=-9, hi=9)], {"dtype": DType.i32}, lambda t: t[0].to(torch.int32), True),
+                 ([ints(3, 4)], {"dtype": DType.f32}, lambda t: t[0].to(torch.float32), True),
+                 ([f32(3, 4)], {"dtype": DType.bool}, lambda t: t[0].to(torch.bool), True),
+                 ([f32(3, 4)], {"dtype": DType.bf16}, lambda t: t[0].to(torch.bfloat16), True),
+                 ([f32(3, 4)], {"dtype": DType.f16}, lambda t: t[0].to(torch.float16), True)]
+    red = {"reduce_sum": torch.sum, "reduce_mean": torch.mean, "reduce_max": torch.amax, "reduce_min": torch.amin}
+    for op, fn in red.items():
+        s[op] = [([f32(2, 3, 4)], {"axes": (1, 2), "keepdims": False},
+                  lambda t, fn=fn: fn(t[0], dim=(1, 2)), True),
+                 ([f32(2, 3, 4)], {"axes": (-1,), "keepdims": True},
+                  lambda t, fn=fn: fn(t[0], dim=-1, keepdim=True), True)]
+    s["reduce_sum"].append(([ints(3, 4)], {"axes": (0,)}, lambda t: torch.sum(t[0], 0), False))
+    s["reduce_prod"] = [([f32(2, 3, 4)], {"axes": (1,)}, lambda t: torch.prod(t[0], 1), True)]
+    s["reduce_any"] = [([RNG.random((3, 4)) > 0.8], {"axes": (1,)}, lambda t: torch.any(t[0], 1), True)]
+    s["reduce_all"] = [([RNG.random((3, 4)) > 0.2], {"axes": (1,)}, lambda t: torch.all(t[0], 1), True)]
+    s["argmax"] = [([f32(3, 5)], {"axis": 1}, lambda t: torch.argmax(t[0], 1), True),
+                   ([f32(3, 5)], {"axis": 1, "keepdims": True}, lambda t: torch.argmax(t[0], 1, keepdim=True), True)]
+    s["argmin"] = [([f32(3, 5)], {"axis": -1}, lambda t: torch.argmin(t[0], -1), True)]
+    s["cumsum"] = [([f32(3, 5)], {"axis": 1}, lambda t: torch.cumsum(t[0], 1), True),
+                   ([f32(3, 5)], {"axis": 1, "reverse": True}, lambda t: torch.cumsum(t[0].flip(1), 1).flip(1), True),
+                   ([ints(3, 5)], {"axis": 1, "exclusive": True},
+                    lambda t: torch.cumsum(t[0], 1) - t[0], True)]
+    s["cumprod"] = [([f32(3, 5)], {"axis": 1}, lambda t: torch.cumprod(t[0], 1), True)]
+    s["cummax"] = [([f32(3, 5)], {"axis": 1}, lambda t: torch.cummax(t[0], 1).values, True)]
+    s["cummin"] = [([f32(3, 5)], {"axis": 0}, lambda t: torch.cummin(t[0], 0).values, False)]
+    s["sort"] = [([f32(3, 6)], {"axis": 1}, lambda t: torch.sort(t[0], dim=1, stable=True), True),
+                 ([ints(3, 6, lo=0, hi=3)], {"axis": 1, "descending": True},
+                  lambda t: torch.sort(t[0], dim=1, descending=True, stable=True), True)]
+    s["topk"] = [([np.stack([RNG.permutation(6) for _ in range(3)]).astype(np.float32)], {"k": 3, "axis": 1},
+                  lambda t: torch.topk(t[0], 3, 1), True),
+                 ([np.stack([RNG.permutation(6) for _ in range(3)]).astype(np.float32)],
+                  {"k": 2, "axis": 1, "largest": False}, lambda t: torch.topk(t[0], 2, 1, largest=False), True)]
+    s["matmul"] = [([f32(2, 3, 4), f32(4, 5)], {}, lambda t: torch.matmul(*t), True),
+                   ([f32(4), f32(2, 4, 3)], {}, lambda t: torch.matmul(*t), False),
+                   ([f32(3, 4), f32(4)], {}, lambda t: torch.matmul(*t), True),
+                   ([ints(3, 4), ints(4, 2)], {}, lambda t: torch.matmul(*t), True)]
+    s["dot_general"] = [([f32(2, 3, 4), f32(2, 4, 5)],
+                         {"lhs_contracting": (2,), "rhs_contracting": (1,), "lhs_batch": (0,), "rhs_batch": (0,)},
+                         lambda t: torch.einsum("bij,bjk->bik", *t), True),
+                        ([f32(3, 4, 2), f32(5, 4)], {"lhs_contracting": (1,), "rhs_contracting": (1,)},
+                         lambda t: torch.einsum("ikj,lk->ijl", *t), True)]
+    s["conv"] = [([f32(2, 4, 9, 8), f32(6, 2, 3, 3), f32(6)],
+                  {"stride": (2, 1), "padding": ((1, 1), (0, 2)), "dilation": (1, 2), "groups": 2},
+                  lambda t: F.conv2d(F.pad(t[0], (0, 2, 1, 1)), t[1], t[2], stride=(2, 1), dilation=(1, 2),
+                                     groups=2), True),
+                 ([f32(1, 3, 10), f32(4, 3, 3)], {"padding": ((1, 1),)},
+                  lambda t: F.conv1d(t[0], t[1], padding=1), True),
+                 ([f32(1, 2, 4, 4, 4), f32(3, 2, 2, 2, 2)], {"stride": (2, 2, 2)},
+                  lambda t: F.conv3d(t[0], t[1], stride=2), False),
+                 ([f32(1, 4, 5, 5), f32(4, 1, 3, 3)], {"groups": 4, "padding": ((1, 1), (1, 1))},
+                  lambda t: F.conv2d(t[0], t[1], padding=1, groups=4), True),
+                 # transposed conv as an lhs-dilated conv with a flipped, transposed kernel
+                 ([f32(1, 2, 4, 4), f32(3, 2, 3, 3)], {"lhs_dilation": (2, 2), "padding": ((2, 2), (2, 2))},
+                  lambda t: F.conv_transpose2d(t[0], t[1].flip(2, 3).transpose(0, 1), stride=2), False)]
+    s["max_pool"] = [([f32(2, 3, 7, 7)], {"kernel": (3, 3), "stride": (2, 2), "padding": ((1, 1), (1, 1))},
+                      lambda t: F.max_pool2d(t[0], 3, 2, 1), True),
+                     ([f32(1, 2, 8, 8)], {"kernel": (3, 3), "stride": (2, 2), "ceil_mode": True},
+                      lambda t: F.max_pool2d(t[0], 3, 2, ceil_mode=True), False),
+                     ([f32(1, 2, 9)], {"kernel": (2,), "stride": (2,), "dilation": (2,)},
+                      lambda t: F.max_pool1d(t[0], 2, 2, dilation=2), True)]
+    s["avg_pool"] = [([f32(2, 3, 7, 7)], {"kernel": (3, 3), "stride": (2, 2), "padding": ((1, 1), (1, 1))},
+                      lambda t: F.avg_pool2d(t[0], 3, 2, 1), True),
+                     ([f32(2, 3, 7, 7)], {"kernel": (3, 3), "stride": (2, 2), "padding": ((1, 1), (1, 1)),
+                                          "count_include_pad": False},
+                      lambda t: F.avg_pool2d(t[0], 3, 2, 1, count_include_pad=False), True),
+                     ([f32(1, 2, 8, 8)], {"kernel": (3, 3), "stride": (2, 2), "ceil_mode": True},
+                      lambda t: F.avg_pool2d(t[0], 3, 2, ceil_mode=True), False)]
+    s["reshape"] = [([f32(2, 3, 4)], {"shape": (6, 4)}, lambda t: t[0].reshape(6, 4), False)]
+    s["transpose"] = [([f32(2, 3, 4)], {"perm": (2, 0, 1)}, lambda t: t[0].permute(2, 0, 1), True)]
+    s["broadcast_to"] = [([f32(3, 1)], {"shape": (2, 3, 4)}, lambda t: t[0].expand(2, 3, 4), False)]
+    s["squeeze"] = [([f32(3, 1, 4, 1)], {"axes": (1, -1)}, lambda t: t[0].squeeze(-1).squeeze(1), True)]
+    s["unsqueeze"] = [([f32(3, 4)], {"axes": (0, 3)}, lambda t: t[0][None, :, :, None], True)]
+    s["slice"] = [([f32(5, 6)], {"starts": (1, 0), "stops": (4, 6), "steps": (2, 3), "axes": (0, 1)},
+                   lambda t: t[0][1:4:2, 0:6:3], False),
+                  ([f32(5, 6)], {"starts": (2,), "stops": (5,), "axes": (1,)}, lambda t: t[0][:, 2:5], True)]
+    s["reverse"] = [([f32(3, 4)], {"axes": (1,)}, lambda t: t[0].flip(1), True)]
+    s["concat"] = [([f32(2, 3), f32(2, 1), f32(2, 2)], {"axis": 1}, lambda t: torch.cat(t, 1), True)]
+    s["pad"] = [([f32(2, 3)], {"pads": ((1, 0), (2, 1)), "value": 1.5},
+                 lambda t: F.pad(t[0], (2, 1, 1, 0), value=1.5), False),
+                ([f32(1, 2, 5)], {"pads": ((0, 0), (0, 0), (2, 1)), "mode": "reflect"},
+                 lambda t: F.pad(t[0], (2, 1), mode="reflect"), True),
+                ([f32(1, 2, 5)], {"pads": ((0, 0), (0, 0), (2, 1)), "mode": "edge"},
+                 lambda t: F.pad(t[0], (2, 1), mode="replicate"), True)]
+    s["gather"] = [([f32(5, 3), ints(2, 4, lo=0, hi=5)], {"axis": 0},
+                    lambda t: t[0][t[1]], False),
+                   ([f32(2, 5), ints(3, lo=-5, hi=5)], {"axis": 1},
+                    lambda t: t[0][:, torch.where(t[1] < 0, t[1] + 5, t[1])], True)]
+    s["take_along_axis"] = [([f32(3, 5), ints(3, 2, lo=0, hi=5)], {"axis": 1},
+                             lambda t: torch.gather(t[0], 1, t[1]), True)]
+    idx_nd = np.array([[0, 1], [2, 0], [1, 1]], np.int64)
+    s["gather_nd"] = [([f32(3, 2, 4), idx_nd], {}, lambda t: t[0][t[1][:, 0], t[1][:, 1]], False),
+                      ([f32(2, 3, 4), np.array([[[1], [2]], [[0], [0]]], np.int64)], {"batch_dims": 1},
+                       lambda t: torch.stack([t[0][b][t[1][b][:, 0]] for b in range(2)]), False)]
+    s["scatter_elements"] = [([f32(3, 5), ints(3, 2, lo=0, hi=5), f32(3, 2)], {"axis": 1, "reduction": "add"},
+                              lambda t: t[0].scatter_add(1, t[1], t[2]), True),
+                             ([f32(3, 5), np.array([[0, 1], [2, 3], [4, 0]], np.int64), f32(3, 2)], {"axis": 1},
+                              lambda t: t[0].scatter(1, t[1], t[2]), True)]
+    s["scatter_nd"] = [([f32(4, 3), np.array([[1], [3]], np.int64), f32(2, 3)], {},
+                        lambda t: t[0].index_put((t[1][:, 0],), t[2]), False),
+                       ([f32(4, 3), np.array([[1], [1]], np.int64), f32(2, 3)], {"reduction": "add"},
+                        lambda t: t[0].index_put((t[1][:, 0],), t[2], accumulate=True), False)]
+    s["dynamic_slice"] = [([f32(5, 6), np.array(1, np.int64), np.array(4, np.int32)], {"sizes": (3, 3)},
+                           lambda t: t[0][1:4, 3:6], False),
+                          ([f32(5, 6), np.array(9, np.int64), np.array(-2, np.int64)], {"sizes": (2, 2)},
+                           lambda t: t[0][3:5, 0:2], False)]
+    s["dynamic_update_slice"] = [([f32(5, 6), f32(2, 3), np.array(4, np.int64), np.array(1, np.int64)], {},
+                                  lambda t: _dus_oracle(t[0], t[1], (3, 1)), False)]
+    s["iota"] = [([], {"shape": (3, 4), "axis": 1, "dtype": DType.i32},
+                  lambda t: torch.arange(4, dtype=torch.int32).expand(3, 4), False),
+                 ([], {"shape": (3, 2), "axis": 0, "dtype": DType.f32},
+                  lambda t: torch.arange(3, dtype=torch.float32)[:, None].expand(3, 2), False)]
+    s["softmax"] = [([f32(2, 3, 5)], {"axis": -1}, lambda t: torch.softmax(t[0], -1), True),
+                    ([f32(2, 3, 5)], {"axis": 1}, lambda t: torch.softmax(t[0], 1), True)]
+    s["log_softmax"] = [([f32(2, 5)], {"axis": -1}, lambda t: torch.log_softmax(t[0], -1), True)]
+    s["layer_norm"] = [([f32(2, 3, 8), f32(8), f32(8)], {"axis": -1, "epsilon": 1e-5},
+                        lambda t: F.layer_norm(t[0], (8,), t[1], t[2], 1e-5), True),
+                       ([f32(2, 3, 4)], {"axis": 1, "epsilon": 1e-3},
+                        lambda t: F.layer_norm(t[0], (3, 4), eps=1e-3), True)]
+    s["rms_norm"] = [([f32(2, 3, 8), f32(8)], {"epsilon": 1e-6},
+                      lambda t: F.rms_norm(t[0], (8,), t[1], 1e-6), True)]
+    s["skip_layer_norm"] = [([f32(2, 3, 8), f32(2, 3, 8), f32(8), f32(8)], {"epsilon": 1e-5},
+                             lambda t: (F.layer_norm(t[0] + t[1], (8,), t[2], t[3], 1e-5), t[0] + t[1]), True)]
+    s["skip_rms_norm"] = [([f32(2, 3, 8), f32(2, 3, 8), f32(8)], {"epsilon": 1e-6},
+                           lambda t: (F.rms_norm(t[0] + t[1], (8,), t[2], 1e-6), t[0] + t[1]), True)]
+    s["batch_norm"] = [([f32(2, 3, 4, 4), f32(3), f32(3), f32(3), f32(3, lo=0.5, hi=2)], {"epsilon": 1e-5},
+                        lambda t: F.batch_norm(t[0], t[3], t[4], t[1], t[2], False, 0.0, 1e-5), True)]
+    q, k, v = f32(2, 2, 4, 8), f32(2, 2, 6, 8), f32(2, 2, 6, 8)
+    s["attention"] = [([q, k, v], {}, lambda t: F.scaled_dot_product_attention(*t), True),
+                      ([q, k, v, RNG.random((2, 1, 4, 6)) > 0.3], {"scale": 0.2},
+                       lambda t: F.scaled_dot_product_attention(t[0], t[1], t[2], attn_mask=t[3], scale=0.2), True),
+                      ([q, k[:, :, :4], v[:, :, :4], f32(1, 1, 4, 4)], {"causal": True},
+                       lambda t: F.scaled_dot_product_attention(t[0], t[1], t[2],
+                                                                attn_mask=t[3] + _causal_bias(4), scale=None), True)]
+    s["linear"] = [([f32(2, 3, 4), f32(4, 5), f32(5)], {"activation": "gelu"},
+                    lambda t: F.gelu(t[0] @ t[1] + t[2]), True),
+                   ([f32(3, 4), f32(4, 5)], {}, lambda t: t[0] @ t[1], True),
+                   ([f32(3, 4), f32(4, 5), f32(5)], {"activation": "silu"}, lambda t: F.silu(t[0] @ t[1] + t[2]), True)]
+    s["fused_conv"] = [([f32(1, 3, 6, 6), f32(4, 3, 3, 3), f32(4)], {"padding": ((1, 1), (1, 1)), "activation": "relu"},
+                        lambda t: F.relu(F.conv2d(t[0], t[1], t[2], padding=1)), True)]
+    return s
+
+
+def _causal_bias(n):
+    return torch.triu(torch.full((n, n), float("-inf")), 1)
+
+
+def _dus_oracle(x, u, starts):
+    out = x.clone()
+    out[starts[0]:starts[0] + u.shape[0], starts[1]:starts[1] + u.shape[1]] = u
+    return out
+
+
+SAMPLES = samples()
+# ops whose tests build regions or constants by hand below
+HAND_TESTED = {"constant", "fusion", "cond", "while_loop", "scan"}
+
+
+def test_every_op_has_samples():
+    missing = sorted(set(REGISTRY) - set(SAMPLES) - HAND_TESTED)
+    assert not missing, f"ops without reference tests: {missing}"
+
+
+def _tol(dtype):
+    return {np.dtype(np.float32): 2e-5}.get(np.dtype(dtype), 0)
+
+
+CASES = [(op, i) for op in sorted(SAMPLES) for i in range(len(SAMPLES[op]))]
+
+
+def _to_np(t):
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+@pytest.mark.parametrize("op,i", CASES, ids=[f"{op}-{i}" for op, i in CASES])
+def test_reference_matches_torch(op, i):
+    arrays, attrs, oracle, _ = SAMPLES[op][i]
+    g = build(op, arrays, attrs)
+    got = interpret(g, *arrays)
+    with torch.no_grad():
+        want = oracle([T(a) for a in arrays])
+    want = list(want) if isinstance(want, (tuple, list)) or hasattr(want, "_fields") else [want]
+    assert len(got) == len(want)
+    for gv, wv, out in zip(got, want, g.outputs):
+        w = _to_np(wv)
+        assert gv.dtype == out.type.dtype.numpy
+        assert gv.shape == w.shape, (gv.shape, w.shape)
+        if gv.dtype.kind == "f" or gv.dtype.name == "bfloat16":
+            np.testing.assert_allclose(gv.astype(np.float64), w.astype(np.float64), rtol=2e-5, atol=2e-5,
+                                       equal_nan=True)
+        else:
+            np.testing.assert_array_equal(gv, w.astype(gv.dtype))
+
+
+def _shares_leading_dim(arrays):
+    return len({a.shape[0] for a in arrays if a.ndim}) == 1 and all(a.ndim for a in arrays)
+
+
+SYM_CASES = [(op, i) for op, i in CASES if SAMPLES[op][i][3] and _shares_leading_dim(SAMPLES[op][i][0])]
+
+
+@pytest.mark.parametrize("op,i", SYM_CASES, ids=[f"{op}-{i}" for op, i in SYM_CASES])
+def test_type_rule_with_symbolic_leading_dim(op, i):
+    arrays, attrs, _, _ = SAMPLES[op][i]
+    g = build(op, arrays, attrs, symbolic=True)
+    got = interpret(g, *arrays)  # the interpreter checks results against the symbolic types
+    static = interpret(build(op, arrays, attrs), *arrays)
+    for a, b in zip(got, static):
+        np.testing.assert_array_equal(a, b)
+
+
+COMPOSITES = sorted(n for n, d in REGISTRY.items() if d.composite)
+
+
+@pytest.mark.parametrize("op", COMPOSITES)
+def test_decomposition_matches_reference(op):
+    for arrays, attrs, _, _ in SAMPLES[op]:
+        g = build(op, arrays, attrs)
+        node = next(iter(g.nodes))
+        b = g.builder(before=node)
+        new = REGISTRY[op].decompose(b, list(node.inputs), node.attrs)
+        ref = interpret(g, *arrays)
+        g.replace(node, new)
+        verify(g)
+        assert not any(n.op == op for n in g.nodes)
+        got = interpret(g, *arrays)
+        for a, r in zip(got, ref):
+            np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,torch_dtype", [(np.float16, torch.float16), ("bfloat16", torch.bfloat16)])
+@pytest.mark.parametrize("op", ["exp", "tanh", "gelu", "softmax", "layer_norm", "matmul", "add", "reduce_sum"])
+def test_low_precision_rounds_once_like_torch(op, dtype, torch_dtype):
+    import ml_dtypes
+    npdt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    arrays, attrs, oracle, _ = SAMPLES[op][0]
+    arrays = [a.astype(npdt) if a.dtype.kind == "f" else a for a in arrays]
+    g = build(op, arrays, attrs)
+    got = interpret(g, *arrays)[0]
+    assert got.dtype == npdt
+    tin = [T(a.astype(np.float32)).to(torch_dtype) for a in arrays]
+    want = oracle(tin)
+    want = want[0] if isinstance(want, tuple) else want
+    np.testing.assert_allclose(got.astype(np.float32), want.float().numpy(), rtol=1e-2, atol=1e-2)
+
+
+def test_integer_division_and_remainder_truncate():
+    a = np.array([7, -7, 7, -7, 5], np.int32)
+    b = np.array([2, 2, -2, -2, 0], np.int32)
+    assert interpret(build("div", [a, b], {}), a, b)[0].tolist() == [3, -3, -3, 3, 0]
+    assert interpret(build("rem", [a, b], {}), a, b)[0].tolist() == [1, -1, 1, -1, 0]
+
+
+@pytest.mark.parametrize("a,b,want", [((3, 1), (1, 4), (3, 4)), ((5,), (2, 1, 5), (2, 1, 5)), ((), (2, 3), (2, 3)),
+                                      (("n", 1), (1, 4), ("n", 4)), (("n",), (1,), ("n",)), ((1,), ("n",), ("n",)),
+                                      (("n", 4), (3, 1), (3, 4))])
+def test_broadcast_shapes(a, b, want):
+    assert broadcast_shapes(a, b) == want
+
+
+@pytest.mark.parametrize("a,b", [((3,), (4,)), (("n",), ("m",)), ((2, 3), (3, 2))])
+def test_broadcast_shapes_rejects(a, b):
+    with pytest.raises(TypeRuleError):
+        broadcast_shapes(a, b)
+
+
+def test_elementwise_dtypes_must_match():
+    g = Graph()
+    x = g.add_input(TensorType(DType.f32, (2,)))
+    y = g.add_input(TensorType(DType.f16, (2,)))
+    with pytest.raises(Exception, match="insert an explicit cast"):
+        g.apply("add", x, y)
+
+
+def test_region_ops():
+    from accelir import parse
+    text = """
+graph main(%i: i64[], %x: f32[3]) -> (f32[3], f32[3]) {
+  %0 = cond(%i, %x) : f32[3] {
+    graph b0(%a: f32[3]) -> (f32[3]) {
+      %1 = neg(%a) : f32[3]
+      return %1
+    }
+    graph b1(%a: f32[3]) -> (f32[3]) {
+      %1 = exp(%a) : f32[3]
+      return %1
+    }
+  }
+  %2 = fusion(%0, %x) {kind="elementwise"} : f32[3] {
+    graph body(%a: f32[3], %b: f32[3]) -> (f32[3]) {
+      %1 = mul(%a, %b) : f32[3]
+      %2 = add(%1, %b) : f32[3]
+      return %2
+    }
+  }
+  return %0, %2
+}
+"""
+    g = parse(text)
+    verify(g)
+    x = f32(3)
+    for i, fn in ((0, np.negative), (1, np.exp), (7, np.exp)):
+        c, f = interpret(g, np.array(i), x)
+        np.testing.assert_allclose(c, fn(x), rtol=1e-6)
+        np.testing.assert_allclose(f, fn(x) * x + x, rtol=1e-6)
+
+
+def test_while_and_scan():
+    from accelir import parse
+    text = """
+graph main(%x: f32[4], %xs: f32[5,4]) -> (f32[4], i64[], f32[4], f32[5,4]) {
+  %n = constant() {name="zero", value=0} : i64[]
+  %w0, %w1 = while_loop(%x, %n) : f32[4], i64[] {
+    graph cond(%a: f32[4], %k: i64[]) -> (bool[]) {
+      %lim = constant() {name="lim", value=3} : i64[]
+      %c = lt(%k, %lim) : bool[]
+      return %c
+    }
+    graph body(%a: f32[4], %k: i64[]) -> (f32[4], i64[]) {
+      %one = constant() {name="one", value=1} : i64[]
+      %k2 = add(%k, %one) : i64[]
+      %a2 = add(%a, %a) : f32[4]
+      return %a2, %k2
+    }
+  }
+  %s0, %s1 = scan(%x, %xs) {num_carry=1, length=5} : f32[4], f32[5,4] {
+    graph body(%c: f32[4], %e: f32[4]) -> (f32[4], f32[4]) {
+      %c2 = add(%c, %e) : f32[4]
+      return %c2, %c2
+    }
+  }
+  return %w0, %w1, %s0, %s1
+}
+"""
+    g = parse(text)
+    verify(g)
+    x, xs = f32(4), f32(5, 4)
+    w0, w1, s0, s1 = interpret(g, x, xs)
+    np.testing.assert_allclose(w0, x * 8, rtol=1e-6)
+    assert int(w1) == 3
+    np.testing.assert_allclose(s1, x + np.cumsum(xs, 0), rtol=1e-5)
+    np.testing.assert_allclose(s0, s1[-1])
+    assert str(g) == str(parse(str(g)))
