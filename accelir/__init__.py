@@ -4,6 +4,7 @@ with passes you can watch one at a time, and lower it to ONNX Runtime or XLA."""
 from __future__ import annotations
 
 from . import ops
+from .api import CompiledModel, capture, optimize
 from .errors import (AccelirError, LoweringError, NumericMismatchError, ParseError, PassError,
                      UnsupportedOpError, VerificationError)
 from .interpreter import interpret, run_graph
@@ -16,5 +17,5 @@ __version__ = "0.1.0"
 __all__ = [
     "AccelirError", "LoweringError", "NumericMismatchError", "ParseError", "PassError", "UnsupportedOpError",
     "VerificationError", "Builder", "DType", "Graph", "Node", "TensorType", "Value", "interpret", "run_graph",
-    "load", "parse", "print_graph", "save", "verify", "ops",
+    "load", "parse", "print_graph", "save", "verify", "ops", "capture", "optimize", "CompiledModel",
 ]

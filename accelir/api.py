@@ -1,0 +1,320 @@
+"""The public entry points: ``capture`` a model into a Graph, ``optimize`` it into a
+runnable ``CompiledModel``.
+
+``optimize`` = capture (torch.export / jax.make_jaxpr / ONNX import) -> passes
+(``accelir.passes.pipeline(level)`` or the given list) -> lowering (ONNX for
+onnxruntime, or a jax function for XLA) -> a runner.  The user's model is never
+mutated, and no global framework state changes leak out.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import AccelirError, LoweringError
+from .interpreter import InterpreterError, bind_symbols, to_numpy
+from .ir import DType, Graph, TensorType
+
+__all__ = ["capture", "optimize", "CompiledModel", "OptimizeReport", "BACKENDS"]
+
+BACKENDS = ("onnxruntime", "xla")
+
+
+def _framework(obj: Any) -> str:
+    """'torch', 'onnx', 'graph', 'path' or 'jax' (any other callable)."""
+    if isinstance(obj, Graph):
+        return "graph"
+    if isinstance(obj, (str, os.PathLike)):
+        return "path"
+    for cls in type(obj).__mro__:
+        mod = cls.__module__ or ""
+        if mod.startswith("torch"):
+            return "torch"
+        if mod.startswith("onnx") and cls.__name__ == "ModelProto":
+            return "onnx"
+    if callable(obj):
+        return "jax"
+    raise AccelirError(f"cannot capture a {type(obj).__name__}: pass a torch.nn.Module, a torch.fx.GraphModule, "
+                       "a jax callable, an onnx.ModelProto, a path to .onnx / .air, or an accelir.Graph")
+
+
+def _as_args(example_inputs: Any) -> tuple:
+    if example_inputs is None:
+        return ()
+    if isinstance(example_inputs, tuple):
+        return example_inputs
+    if isinstance(example_inputs, list):
+        return tuple(example_inputs)
+    return (example_inputs,)
+
+
+def capture(model: Any, example_inputs: Any = None, dynamic_shapes: Any = None, *, method: str = "export",
+            example_kwargs: Mapping[str, Any] | None = None, **options: Any) -> Graph:
+    """Capture ``model`` into an accelir Graph.
+
+    torch modules go through ``torch.export`` (``method="fx"`` for torch.fx), jax
+    callables through ``jax.make_jaxpr`` (``dynamic_shapes`` is then the symbolic
+    shape spec), ONNX models and ``.onnx`` / ``.air`` paths are imported, and a Graph
+    is copied.
+    """
+    kind = _framework(model)
+    args = _as_args(example_inputs)
+    if kind == "graph":
+        return model.copy()
+    if kind == "path":
+        path = os.fspath(model)
+        if path.endswith(".air"):
+            from .text import load
+            return load(path)
+        if path.endswith(".onnx"):
+            from .frontends.onnx import import_onnx
+            return import_onnx(path, **options)
+        raise AccelirError(f"{path}: unknown file type; accelir reads .onnx and .air files")
+    if kind == "onnx":
+        from .frontends.onnx import import_onnx
+        return import_onnx(model, **options)
+    if kind == "torch":
+        from .frontends.torch import capture_torch
+        return capture_torch(model, args, dynamic_shapes=dynamic_shapes, method=method,
+                             example_kwargs=dict(example_kwargs or {}), **options)
+    from .frontends.jax import capture_jax
+    return capture_jax(model, args, example_kwargs=dict(example_kwargs or {}), symbolic_shapes=dynamic_shapes,
+                       **options)
+
+
+class _PlainSignature:
+    """Inputs are the positional arrays; outputs come back as one array or a list."""
+
+    def __init__(self, n_outputs: int):
+        self.n_outputs = n_outputs
+
+    def flatten(self, *args: Any, **kwargs: Any) -> list:
+        if kwargs:
+            raise AccelirError("this graph takes positional inputs only")
+        return list(args)
+
+    def unflatten(self, outputs: list) -> Any:
+        return outputs[0] if self.n_outputs == 1 else list(outputs)
+
+
+def _dtype_of(x: Any) -> DType | None:
+    dt = getattr(x, "dtype", None)
+    if dt is None:
+        return None
+    text = str(dt)
+    if text.startswith("torch."):
+        text = {"torch.float32": "float32", "torch.float16": "float16", "torch.bfloat16": "bfloat16",
+                "torch.float64": "float64", "torch.int64": "int64", "torch.int32": "int32", "torch.int16": "int16",
+                "torch.int8": "int8", "torch.uint8": "uint8", "torch.bool": "bool"}.get(text, text)
+    try:
+        import ml_dtypes  # noqa: F401 - registers bfloat16 with numpy
+        return DType.from_numpy(np.dtype(text))
+    except TypeError:
+        return None
+
+
+def check_inputs(graph: Graph, flat: Sequence[Any]) -> dict[str, int]:
+    """Check inputs against the graph's signature before running; return the symbol values."""
+    if len(flat) != len(graph.inputs):
+        raise AccelirError(f"the model takes {len(graph.inputs)} input tensors, got {len(flat)}")
+    for i, (v, x) in enumerate(zip(graph.inputs, flat)):
+        dt = _dtype_of(x)
+        if dt is not None and dt != v.type.dtype:
+            raise AccelirError(f"input {i} ({v.name}): dtype {dt} differs from the captured {v.type.dtype}")
+    types = [v.type for v in graph.inputs]
+    fakes = [_ShapeOnly(tuple(int(d) for d in x.shape), t.dtype.numpy) for x, t in zip(flat, types)]
+    try:
+        return bind_symbols(types, fakes, names=[v.name for v in graph.inputs])  # type: ignore[arg-type]
+    except InterpreterError as e:
+        raise AccelirError(str(e)) from None
+
+
+class _ShapeOnly:
+    """Stands in for an array where only its shape and dtype are checked."""
+
+    __slots__ = ("shape", "dtype", "ndim")
+
+    def __init__(self, shape: tuple, dtype: np.dtype):
+        self.shape = shape
+        self.dtype = dtype
+        self.ndim = len(shape)
+
+
+@dataclass
+class OptimizeReport:
+    """What ``optimize`` did: per-pass statistics, stage times and, for backend='auto', the timings."""
+
+    passes: Any = None
+    stages: dict[str, float] = field(default_factory=dict)
+    backends: dict[str, float] = field(default_factory=dict)
+    chosen: str = ""
+    nodes_before: int = 0
+    nodes_after: int = 0
+
+    def __str__(self) -> str:
+        lines = [f"nodes: {self.nodes_before} -> {self.nodes_after}"]
+        lines.append("stages: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in self.stages.items()))
+        if self.backends:
+            lines.append("backends (median latency on the example inputs):")
+            for name, t in sorted(self.backends.items(), key=lambda kv: kv[1]):
+                mark = "  <- chosen" if name == self.chosen else ""
+                lines.append(f"  {name:12s} {t * 1e3:9.3f} ms{mark}")
+        if self.passes is not None:
+            lines.append(str(self.passes))
+        return "\n".join(lines)
+
+
+def _build_runner(graph: Graph, backend: str, device: str) -> Callable[[list], list]:
+    if backend == "onnxruntime":
+        from .lowering.onnx import OnnxRuntimeModule, to_onnx
+        return OnnxRuntimeModule(to_onnx(graph), device=device)
+    if backend == "xla":
+        from .lowering.jax import JaxModule
+        return JaxModule(graph, device=device)
+    raise AccelirError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or 'auto'")
+
+
+def _time_runner(runner: Callable[[list], list], flat: list, repeats: int = 5) -> float:
+    for _ in range(2):
+        runner(flat)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        runner(flat)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class CompiledModel:
+    """An optimised model: call it like the original; inspect ``graph``, ``source_graph`` and ``report``."""
+
+    def __init__(self, graph: Graph, source_graph: Graph, runner: Callable[[list], list], *, backend: str,
+                 device: str, report: OptimizeReport, example_inputs: list):
+        self.graph = graph
+        self.source_graph = source_graph
+        self.backend = backend
+        self.device = device
+        self.report = report
+        self._runner = runner
+        self._example_inputs = example_inputs
+        self._signature = graph.meta.get("signature") or _PlainSignature(len(graph.outputs))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        flat = self._signature.flatten(*args, **kwargs)
+        check_inputs(self.graph, flat)
+        outputs = self._runner(list(flat))
+        return self._signature.unflatten(list(outputs))
+
+    def export(self, path: str | os.PathLike, *, overwrite: bool = False) -> str:
+        """Write the optimised model; the format follows the suffix:
+        .onnx, .mlir (StableHLO), .hlo (HLO text), .air (accelir IR), .dot (Graphviz), .html (report)."""
+        path = os.fspath(path)
+        if os.path.exists(path) and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix == ".onnx":
+            from .lowering.onnx import save_onnx, to_onnx
+            save_onnx(to_onnx(self.graph), path)
+        elif suffix == ".air":
+            self.graph.save(path)
+        elif suffix in (".mlir", ".hlo"):
+            from .lowering import jax as jax_lowering
+            fn = jax_lowering.stablehlo if suffix == ".mlir" else jax_lowering.hlo
+            _write_text(path, fn(self.graph, self._example_inputs))
+        elif suffix == ".dot":
+            from .visualize import to_dot
+            _write_text(path, to_dot(self.graph))
+        elif suffix == ".html":
+            from .visualize import to_html
+            _write_text(path, to_html(self.graph, report=self.report.passes))
+        else:
+            raise AccelirError(f"{path}: unknown export format {suffix!r}; use .onnx, .mlir, .hlo, .air, .dot or .html")
+        return path
+
+    def __repr__(self) -> str:
+        return (f"CompiledModel(backend={self.backend!r}, device={self.device!r}, "
+                f"nodes={self.report.nodes_before}->{self.report.nodes_after})")
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _numpy_inputs(flat: Sequence[Any]) -> list[np.ndarray]:
+    return [to_numpy(x) for x in flat]
+
+
+def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxruntime", device: str = "cpu",
+             level: int = 2, passes: Sequence[Any] | None = None, dynamic_shapes: Any = None,
+             debug: Mapping[str, Any] | None = None, example_kwargs: Mapping[str, Any] | None = None,
+             **capture_options: Any) -> CompiledModel:
+    """Capture, optimise and lower ``model``; returns a CompiledModel called like the model.
+
+    ``backend`` is "onnxruntime", "xla" or "auto" (build each available backend, time
+    it on the example inputs, keep the fastest); ``device`` "cpu" or "cuda".
+    ``passes`` (names or callables) replaces the pipeline of ``level`` (0-3).
+    ``debug`` takes the PassManager's options: print_after, dump_dir, check_numerics
+    (True to check with the example inputs), verify_each.
+    """
+    from .pass_manager import PassManager
+    from .passes import pipeline
+
+    if backend not in BACKENDS + ("auto",):
+        raise AccelirError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or 'auto'")
+    if device not in ("cpu", "cuda"):
+        raise AccelirError(f"unknown device {device!r}; choose 'cpu' or 'cuda'")
+    report = OptimizeReport()
+    t0 = time.perf_counter()
+    graph = capture(model, example_inputs, dynamic_shapes, example_kwargs=example_kwargs, **capture_options)
+    report.stages["capture"] = time.perf_counter() - t0
+    signature = graph.meta.get("signature") or _PlainSignature(len(graph.outputs))
+    args = _as_args(example_inputs)
+    flat = list(signature.flatten(*args, **dict(example_kwargs or {}))) if (args or example_kwargs) else []
+    source = graph.copy()
+    report.nodes_before = graph.num_nodes()
+
+    options = dict(debug or {})
+    if options.get("check_numerics") is True:
+        if not flat:
+            raise AccelirError("debug check_numerics=True needs example_inputs")
+        options["check_numerics"] = _numpy_inputs(flat)
+    target = None if backend == "auto" else backend
+    pass_list = list(passes) if passes is not None else pipeline(level, target=target)
+    pm = PassManager(pass_list, **options)
+    t0 = time.perf_counter()
+    pm.run(graph)
+    report.stages["passes"] = time.perf_counter() - t0
+    report.passes = pm.report
+    report.nodes_after = graph.num_nodes()
+
+    t0 = time.perf_counter()
+    if backend == "auto":
+        if not flat:
+            raise AccelirError("backend='auto' times each backend on the example inputs; pass example_inputs")
+        candidates: dict[str, Callable] = {}
+        errors = []
+        for name in BACKENDS:
+            try:
+                candidates[name] = _build_runner(graph, name, device)
+            except (AccelirError, ImportError) as e:
+                errors.append(f"{name}: {e}")
+        if not candidates:
+            raise LoweringError("no backend could be built: " + "; ".join(errors))
+        for name, runner in candidates.items():
+            report.backends[name] = _time_runner(runner, flat)
+        chosen = min(report.backends, key=report.backends.get)
+        runner = candidates[chosen]
+    else:
+        chosen = backend
+        runner = _build_runner(graph, backend, device)
+    report.chosen = chosen
+    report.stages["lowering"] = time.perf_counter() - t0
+    return CompiledModel(graph, source, runner, backend=chosen, device=device, report=report,
+                         example_inputs=_numpy_inputs(flat))
