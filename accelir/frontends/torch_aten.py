@@ -1,0 +1,1184 @@
+"""The aten op table of the PyTorch frontend: one rule per aten op (overload packet).
+
+A rule is ``rule(ctx, a) -> Value | tuple | python value``: ``a`` holds the op's
+arguments by their schema names with defaults filled in, ``ctx`` is a
+:class:`~accelir.frontends.torch.NodeContext` (builder, torch's result dtype and
+shape from ``meta["val"]``, operand helpers).  The IR has no type promotion, so
+rules cast operands to torch's result dtype (or, for comparisons, to the promoted
+dtype).  Composites stay composites: linear, layer_norm, gelu, softmax, sdpa ->
+attention, conv (with bias), batch_norm in eval mode.  Ops with no IR op are
+decomposed here (floor division, remainder, var, tril, ...).  In-place variants
+(``add_``) reuse the functional rule and rebind the mutated node.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.fx
+
+from .. import dims as D
+from ..ir import DType, Value
+from .torch import NodeContext
+
+__all__ = ["RULES", "resolve_aten", "bind_schema"]
+
+Rule = Callable[[NodeContext, dict], Any]
+RULES: dict[str, Rule] = {}
+_REQUIRED = object()
+_INT_MAX = 2 ** 62
+
+
+def rule(*names: str) -> Callable[[Rule], Rule]:
+    def deco(fn: Rule) -> Rule:
+        for n in names:
+            RULES[n] = fn
+        return fn
+    return deco
+
+
+# ----- argument binding --------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _schema(op: torch._ops.OpOverload) -> tuple:
+    return tuple((a.name, a.default_value if a.has_default_value() else _REQUIRED, a.kwarg_only)
+                 for a in op._schema.arguments)
+
+
+def bind_schema(op: torch._ops.OpOverload, args: tuple, kwargs: dict) -> dict:
+    """The op's arguments by schema name, defaults filled in."""
+    out = {}
+    schema = _schema(op)
+    for (name, _, _), v in zip(schema, args):
+        out[name] = v
+    for name, default, _ in schema[len(args):]:
+        if name in kwargs:
+            out[name] = kwargs[name]
+        elif default is not _REQUIRED:
+            out[name] = default
+    return out
+
+
+def resolve_aten(node: torch.fx.Node) -> tuple[str | None, Any, dict]:
+    t = node.target
+    if isinstance(t, torch._ops.OpOverload):
+        name = t._schema.name.split("::", 1)[1]
+        return name, t, bind_schema(t, node.args, node.kwargs)
+    if isinstance(t, torch._ops.HigherOrderOperator):
+        return t.name(), t, {}
+    if t is operator.getitem:
+        return None, t, {}
+    return None, t, {}
+
+
+# ----- helpers -----------------------------------------------------------------------
+
+def _axis(d: int, rank: int) -> int:
+    return d % rank if rank else 0
+
+
+def _full(ctx: NodeContext, value: Any) -> Value:
+    """A tensor of torch's result shape and dtype filled with ``value``."""
+    c = ctx.operand(value, ctx.out_dtype)
+    shape = ctx.out_shape
+    return c if shape == () else ctx.b.op("broadcast_to", c, shape=shape)
+
+
+def _to_out(ctx: NodeContext, arg: Any) -> Value:
+    return ctx.operand(arg, ctx.out_dtype)
+
+
+# ----- elementwise -------------------------------------------------------------------
+
+_UNARY = {
+    "abs": "abs", "neg": "neg", "negative": "neg", "exp": "exp", "log": "log", "log1p": "log1p", "expm1": "expm1",
+    "sqrt": "sqrt", "rsqrt": "rsqrt", "sin": "sin", "cos": "cos", "tan": "tan", "asin": "asin", "arcsin": "asin",
+    "acos": "acos", "arccos": "acos", "atan": "atan", "arctan": "atan", "sinh": "sinh", "cosh": "cosh",
+    "asinh": "asinh", "acosh": "acosh", "atanh": "atanh", "tanh": "tanh", "sigmoid": "sigmoid", "erf": "erf",
+    "floor": "floor", "ceil": "ceil", "sign": "sign", "reciprocal": "reciprocal", "relu": "relu", "silu": "silu",
+    "bitwise_not": "not", "isnan": "isnan", "isinf": "isinf",
+}
+_ROUNDING = {"floor", "ceil", "round", "trunc", "fix"}
+
+
+def _unary_rule(ir_op: str) -> Rule:
+    def fn(ctx: NodeContext, a: dict) -> Value:
+        x = ctx.value(a["self"])
+        if ctx.out_dtype is DType.bool and ir_op in ("isnan", "isinf"):
+            if not x.dtype.is_float:
+                return _full(ctx, False)
+            return ctx.b.op(ir_op, x)
+        if ir_op in _ROUNDING and not x.dtype.is_float:
+            return x
+        return ctx.b.op(ir_op, ctx.cast(x, ctx.out_dtype))
+    return fn
+
+
+for _name, _op in _UNARY.items():
+    RULES[_name] = _unary_rule(_op)
+
+
+@rule("round")
+def _round(ctx, a):
+    x = ctx.value(a["self"])
+    if not x.dtype.is_float:
+        return x
+    decimals = a.get("decimals", 0)
+    if not decimals:
+        return ctx.b.op("round", x)
+    k = ctx.const(10.0 ** decimals, x.dtype)
+    return ctx.b.op("div", ctx.b.op("round", ctx.b.op("mul", x, k)), k)
+
+
+def _trunc_values(ctx: NodeContext, x: Value) -> Value:
+    if not x.dtype.is_float:
+        return x
+    zero = ctx.const(0, x.dtype)
+    return ctx.b.op("where", ctx.b.op("lt", x, zero), ctx.b.op("ceil", x), ctx.b.op("floor", x))
+
+
+@rule("trunc", "fix")
+def _trunc(ctx, a):
+    return _trunc_values(ctx, ctx.value(a["self"]))
+
+
+@rule("logical_not")
+def _logical_not(ctx, a):
+    return ctx.b.op("not", _as_bool(ctx, a["self"]))
+
+
+def _as_bool(ctx: NodeContext, arg: Any) -> Value:
+    if ctx.is_tensor(arg):
+        return ctx.cast(ctx.value(arg), DType.bool)
+    return ctx.const(bool(ctx.scalar_of(arg)), DType.bool)
+
+
+_LOGICAL = {"logical_and": "and", "logical_or": "or", "logical_xor": "xor"}
+
+
+def _logical_rule(ir_op: str) -> Rule:
+    def fn(ctx, a):
+        return ctx.b.op(ir_op, _as_bool(ctx, a["self"]), _as_bool(ctx, a["other"]))
+    return fn
+
+
+for _name, _op in _LOGICAL.items():
+    RULES[_name] = _logical_rule(_op)
+
+# binary ops computed in torch's result dtype
+_ARITH = {"add": "add", "sub": "sub", "subtract": "sub", "mul": "mul", "multiply": "mul", "maximum": "max",
+          "minimum": "min", "fmax": "max", "fmin": "min", "atan2": "atan2", "arctan2": "atan2",
+          "bitwise_and": "and", "__and__": "and", "bitwise_or": "or", "__or__": "or", "bitwise_xor": "xor",
+          "__xor__": "xor", "pow": "pow", "float_power": "pow"}
+_COMPARE = {"eq": "eq", "ne": "ne", "lt": "lt", "le": "le", "gt": "gt", "ge": "ge", "less": "lt",
+            "less_equal": "le", "greater": "gt", "greater_equal": "ge", "not_equal": "ne"}
+
+
+def _binary_rule(ir_op: str) -> Rule:
+    def fn(ctx, a):
+        dt = ctx.out_dtype
+        other = a["other"] if "other" in a else a["exponent"]
+        x, y = ctx.operand(a["self"], dt), ctx.operand(other, dt)
+        alpha = a.get("alpha", 1)
+        if alpha is not None and alpha != 1:
+            y = ctx.b.op("mul", y, ctx.const(ctx.scalar_of(alpha), dt))
+        return ctx.b.op(ir_op, x, y)
+    return fn
+
+
+def _compare_rule(ir_op: str) -> Rule:
+    def fn(ctx, a):
+        dt = ctx.promote(a["self"], a["other"])
+        return ctx.b.op(ir_op, ctx.operand(a["self"], dt), ctx.operand(a["other"], dt))
+    return fn
+
+
+for _name, _op in _ARITH.items():
+    RULES[_name] = _binary_rule(_op)
+for _name, _op in _COMPARE.items():
+    RULES[_name] = _compare_rule(_op)
+
+
+@rule("rsub")
+def _rsub(ctx, a):
+    dt = ctx.out_dtype
+    x = ctx.operand(a["self"], dt)
+    if a.get("alpha", 1) != 1:
+        x = ctx.b.op("mul", x, ctx.const(a["alpha"], dt))
+    return ctx.b.op("sub", ctx.operand(a["other"], dt), x)
+
+
+@rule("max", "min")
+def _max_min(ctx, a):
+    name = ctx.name
+    if "other" in a:
+        return _binary_rule(name)(ctx, a)
+    if "dim" in a:
+        x = ctx.value(a["self"])
+        ax, keep = a["dim"], a["keepdim"]
+        vals = ctx.b.op(f"reduce_{name}", x, axes=(ax,), keepdims=keep)
+        idx = ctx.b.op(f"arg{name}", x, axis=ax, keepdims=keep)
+        return vals, idx
+    x = ctx.value(a["self"])
+    return ctx.b.op(f"reduce_{name}", x, axes=tuple(range(x.rank)))
+
+
+def _floor_div_values(ctx: NodeContext, x: Value, y: Value) -> Value:
+    """Python floor division: the IR's integer div truncates toward zero, so step the
+    quotient down where the remainder is nonzero and the signs differ."""
+    if x.dtype.is_float:
+        return ctx.b.op("floor", ctx.b.op("div", x, y))
+    q = ctx.b.op("div", x, y)
+    r = ctx.b.op("rem", x, y)
+    zero = ctx.const(0, x.dtype)
+    fix = ctx.b.op("and", ctx.b.op("ne", r, zero),
+                   ctx.b.op("ne", ctx.b.op("lt", r, zero), ctx.b.op("lt", y, zero)))
+    return ctx.b.op("sub", q, ctx.b.op("cast", fix, dtype=x.dtype))
+
+
+@rule("div", "divide", "true_divide")
+def _div(ctx, a):
+    dt = ctx.out_dtype
+    mode = a.get("rounding_mode")
+    if mode is None:
+        return ctx.b.op("div", ctx.operand(a["self"], dt), ctx.operand(a["other"], dt))
+    x, y = ctx.operand(a["self"], dt), ctx.operand(a["other"], dt)
+    if mode == "floor":
+        return _floor_div_values(ctx, x, y)
+    q = ctx.b.op("div", x, y)
+    return _trunc_values(ctx, q)
+
+
+@rule("floor_divide")
+def _floor_divide(ctx, a):
+    dt = ctx.out_dtype
+    return _floor_div_values(ctx, ctx.operand(a["self"], dt), ctx.operand(a["other"], dt))
+
+
+@rule("remainder")
+def _remainder(ctx, a):
+    """Python modulo (result has the divisor's sign) from the IR's fmod-style rem."""
+    dt = ctx.out_dtype
+    x, y = ctx.operand(a["self"], dt), ctx.operand(a["other"], dt)
+    r = ctx.b.op("rem", x, y)
+    zero = ctx.const(0, dt)
+    fix = ctx.b.op("and", ctx.b.op("ne", r, zero), ctx.b.op("ne", ctx.b.op("lt", r, zero), ctx.b.op("lt", y, zero)))
+    return ctx.b.op("where", fix, ctx.b.op("add", r, y), r)
+
+
+@rule("fmod")
+def _fmod(ctx, a):
+    dt = ctx.out_dtype
+    return ctx.b.op("rem", ctx.operand(a["self"], dt), ctx.operand(a["other"], dt))
+
+
+@rule("where")
+def _where(ctx, a):
+    dt = ctx.out_dtype
+    return ctx.b.op("where", _as_bool(ctx, a["condition"]), ctx.operand(a["self"], dt), ctx.operand(a["other"], dt))
+
+
+@rule("masked_fill")
+def _masked_fill(ctx, a):
+    dt = ctx.out_dtype
+    return ctx.b.op("where", _as_bool(ctx, a["mask"]), ctx.operand(a["value"], dt), ctx.operand(a["self"], dt))
+
+
+@rule("clamp", "clip", "clamp_min", "clamp_max", "hardtanh")
+def _clamp(ctx, a):
+    dt = ctx.out_dtype
+    y = ctx.operand(a["self"], dt)
+    lo = a.get("min", a.get("min_val"))
+    hi = a.get("max", a.get("max_val"))
+    if ctx.name == "hardtanh":
+        lo, hi = a["min_val"], a["max_val"]
+    if lo is not None:
+        y = ctx.b.op("max", y, ctx.operand(lo, dt))
+    if hi is not None:
+        y = ctx.b.op("min", y, ctx.operand(hi, dt))
+    return y
+
+
+@rule("relu6")
+def _relu6(ctx, a):
+    x = ctx.value(a["self"])
+    return ctx.b.op("min", ctx.b.op("relu", x), ctx.const(6, x.dtype))
+
+
+@rule("hardsigmoid", "hardswish")
+def _hard(ctx, a):
+    x = ctx.value(a["self"])
+    t = ctx.b.op("add", x, ctx.const(3, x.dtype))
+    t = ctx.b.op("min", ctx.b.op("max", t, ctx.const(0, x.dtype)), ctx.const(6, x.dtype))
+    t = ctx.b.op("div", t, ctx.const(6, x.dtype))
+    return t if ctx.name == "hardsigmoid" else ctx.b.op("mul", x, t)
+
+
+@rule("leaky_relu")
+def _leaky_relu(ctx, a):
+    x = ctx.value(a["self"])
+    neg = ctx.b.op("mul", x, ctx.const(a["negative_slope"], x.dtype))
+    return ctx.b.op("where", ctx.b.op("gt", x, ctx.const(0, x.dtype)), x, neg)
+
+
+@rule("elu")
+def _elu(ctx, a):
+    x = ctx.value(a["self"])
+    alpha, scale, in_scale = (ctx.const(a[k], x.dtype) for k in ("alpha", "scale", "input_scale"))
+    neg = ctx.b.op("mul", alpha, ctx.b.op("expm1", ctx.b.op("mul", x, in_scale)))
+    y = ctx.b.op("where", ctx.b.op("gt", x, ctx.const(0, x.dtype)), x, neg)
+    return ctx.b.op("mul", y, scale)
+
+
+@rule("softplus")
+def _softplus(ctx, a):
+    x = ctx.value(a["self"])
+    beta = ctx.const(a["beta"], x.dtype)
+    bx = ctx.b.op("mul", x, beta)
+    soft = ctx.b.op("div", ctx.b.op("log1p", ctx.b.op("exp", bx)), beta)
+    return ctx.b.op("where", ctx.b.op("gt", bx, ctx.const(a["threshold"], x.dtype)), x, soft)
+
+
+@rule("mish")
+def _mish(ctx, a):
+    x = ctx.value(a["self"])
+    sp = ctx.b.op("log1p", ctx.b.op("exp", x))
+    return ctx.b.op("mul", x, ctx.b.op("tanh", sp))
+
+
+@rule("gelu")
+def _gelu(ctx, a):
+    return ctx.b.op("gelu", ctx.value(a["self"]), approximate=a.get("approximate", "none"))
+
+
+@rule("lerp")
+def _lerp(ctx, a):
+    dt = ctx.out_dtype
+    x, y, w = ctx.operand(a["self"], dt), ctx.operand(a["end"], dt), ctx.operand(a["weight"], dt)
+    return ctx.b.op("add", x, ctx.b.op("mul", w, ctx.b.op("sub", y, x)))
+
+
+@rule("addcmul", "addcdiv")
+def _addc(ctx, a):
+    dt = ctx.out_dtype
+    t = ctx.b.op("mul" if ctx.name == "addcmul" else "div", ctx.operand(a["tensor1"], dt),
+                 ctx.operand(a["tensor2"], dt))
+    return ctx.b.op("add", ctx.operand(a["self"], dt), ctx.b.op("mul", t, ctx.operand(a["value"], dt)))
+
+
+@rule("square")
+def _square(ctx, a):
+    x = _to_out(ctx, a["self"])
+    return ctx.b.op("mul", x, x)
+
+
+@rule("exp2")
+def _exp2(ctx, a):
+    x = _to_out(ctx, a["self"])
+    return ctx.b.op("pow", ctx.const(2.0, x.dtype), x)
+
+
+@rule("log2", "log10")
+def _log_base(ctx, a):
+    x = _to_out(ctx, a["self"])
+    base = 2.0 if ctx.name == "log2" else 10.0
+    return ctx.b.op("div", ctx.b.op("log", x), ctx.const(np.log(base), x.dtype))
+
+
+# ----- dtype and identity ------------------------------------------------------------
+
+@rule("_to_copy", "to", "type_as", "_to_dtype", "clone", "contiguous", "alias", "detach", "lift_fresh_copy",
+      "lift_fresh", "_conj", "conj", "resolve_conj", "resolve_neg", "positive", "dropout", "feature_dropout",
+      "alpha_dropout", "view_as", "_unsafe_view_as")
+def _identity(ctx, a):
+    if ctx.name.endswith("dropout") and a.get("train") and a.get("p", 0) > 0:
+        raise ctx.unsupported("dropout in training mode is random; call model.eval() before capture")
+    x = ctx.value(a["self"] if "self" in a else a["input"])
+    x = ctx.cast(x, ctx.out_dtype)
+    if ctx.name == "view_as":
+        return ctx.b.op("reshape", x, shape=ctx.out_shape)
+    return x
+
+
+@rule("native_dropout")
+def _native_dropout(ctx, a):
+    if a.get("train") and a["p"] > 0:
+        raise ctx.unsupported("dropout in training mode is random; call model.eval() before capture")
+    x = ctx.value(a["input"])
+    return x, _full_like_type(ctx, 1, ctx.out_types()[1])
+
+
+def _full_like_type(ctx: NodeContext, value: Any, t) -> Value:
+    c = ctx.const(value, t.dtype)
+    return c if t.shape == () else ctx.b.op("broadcast_to", c, shape=t.shape)
+
+
+# ----- creation ----------------------------------------------------------------------
+
+@rule("full", "zeros", "ones", "empty", "full_like", "zeros_like", "ones_like", "empty_like", "new_full",
+      "new_zeros", "new_ones", "new_empty", "scalar_tensor", "fill", "empty_strided", "new_empty_strided")
+def _creation(ctx, a):
+    name = ctx.name
+    if name in ("full", "full_like", "new_full"):
+        value = a["fill_value"]
+    elif name == "scalar_tensor":
+        value = a["s"]
+    elif name == "fill":
+        value = a["value"]
+    elif "ones" in name:
+        value = 1
+    else:
+        value = 0
+    return _full(ctx, value)
+
+
+@rule("arange")
+def _arange(ctx, a):
+    start = ctx.scalar_of(a.get("start", 0))
+    step = ctx.scalar_of(a.get("step", 1))
+    n = ctx.out_shape[0]
+    dt = ctx.out_dtype
+    idx = ctx.b.op("iota", shape=(n,), dtype=DType.i64 if not dt.is_float else dt)
+    idx = ctx.cast(idx, dt)
+    if step != 1:
+        idx = ctx.b.op("mul", idx, ctx.operand(step, dt))
+    if start != 0:
+        idx = ctx.b.op("add", idx, ctx.operand(start, dt))
+    return idx
+
+
+@rule("tril", "triu")
+def _tri(ctx, a):
+    x = ctx.value(a["self"])
+    rows, cols = x.shape[-2], x.shape[-1]
+    r = ctx.b.op("iota", shape=(rows, cols), axis=0)
+    c = ctx.b.op("iota", shape=(rows, cols), axis=1)
+    diff = ctx.b.op("sub", c, r)
+    k = ctx.const(a["diagonal"], DType.i64)
+    keep = ctx.b.op("le" if ctx.name == "tril" else "ge", diff, k)
+    return ctx.b.op("where", keep, x, ctx.const(0, x.dtype))
+
+
+# ----- shape ops ---------------------------------------------------------------------
+
+@rule("view", "_unsafe_view", "reshape", "flatten", "unflatten", "view_copy", "_reshape_alias", "squeeze",
+      "squeeze_copy", "ravel", "atleast_1d", "atleast_2d", "atleast_3d")
+def _reshape(ctx, a):
+    x = ctx.value(a["self"])
+    shape = ctx.out_shape
+    return x if x.shape == shape else ctx.b.op("reshape", x, shape=shape)
+
+
+@rule("unsqueeze", "unsqueeze_copy")
+def _unsqueeze(ctx, a):
+    x = ctx.value(a["self"])
+    return ctx.b.op("unsqueeze", x, axes=(_axis(a["dim"], x.rank + 1),))
+
+
+@rule("expand", "expand_as", "broadcast_to", "expand_copy")
+def _expand(ctx, a):
+    x = ctx.value(a["self"])
+    shape = ctx.out_shape
+    return x if x.shape == shape else ctx.b.op("broadcast_to", x, shape=shape)
+
+
+@rule("permute", "permute_copy")
+def _permute(ctx, a):
+    x = ctx.value(a["self"])
+    perm = tuple(_axis(d, x.rank) for d in a["dims"])
+    return x if perm == tuple(range(x.rank)) else ctx.b.op("transpose", x, perm=perm)
+
+
+@rule("transpose", "swapaxes", "swapdims", "transpose_copy")
+def _transpose(ctx, a):
+    x = ctx.value(a["self"])
+    d0, d1 = (_axis(a[k], x.rank) for k in (("dim0", "dim1") if "dim0" in a else ("axis0", "axis1")))
+    perm = list(range(x.rank))
+    perm[d0], perm[d1] = perm[d1], perm[d0]
+    return x if d0 == d1 else ctx.b.op("transpose", x, perm=tuple(perm))
+
+
+@rule("t", "numpy_T", "mT")
+def _t(ctx, a):
+    x = ctx.value(a["self"])
+    if x.rank < 2:
+        return x
+    perm = list(range(x.rank))
+    perm[-1], perm[-2] = perm[-2], perm[-1]
+    if ctx.name in ("t", "numpy_T"):
+        perm = list(reversed(range(x.rank)))
+    return ctx.b.op("transpose", x, perm=tuple(perm))
+
+
+def _slice_bounds(size: D.Dim, start: Any, end: Any, step: int) -> tuple[D.Dim, D.Dim]:
+    def norm(v: Any, default: D.Dim) -> D.Dim:
+        if v is None:
+            return default
+        if isinstance(v, str):
+            return v
+        if type(size) is int:
+            v = v + size if v < 0 else v
+            return min(max(v, 0), size)
+        if v >= _INT_MAX:
+            return size
+        return D.dim_add(size, v) if v < 0 else v
+    lo, hi = norm(start, 0), norm(end, size)
+    if type(lo) is int and type(hi) is int and hi < lo:
+        hi = lo
+    return lo, hi
+
+
+@rule("slice", "slice_copy")
+def _slice(ctx, a):
+    x = ctx.value(a["self"])
+    ax = _axis(a["dim"], x.rank)
+    step = ctx.scalar_of(a["step"])
+    start, end = ctx.scalar_of(a["start"]), ctx.scalar_of(a["end"])
+    lo, hi = _slice_bounds(x.shape[ax], start, end, step)
+    if lo == 0 and hi == x.shape[ax] and step == 1:
+        return x
+    return ctx.b.op("slice", x, starts=(lo,), stops=(hi,), steps=(step,), axes=(ax,))
+
+
+@rule("narrow", "narrow_copy")
+def _narrow(ctx, a):
+    x = ctx.value(a["self"])
+    ax = _axis(a["dim"], x.rank)
+    start = ctx.scalar_of(a["start"])
+    if type(start) is int and start < 0:
+        start = D.dim_add(x.shape[ax], start)
+    stop = D.dim_add(start, ctx.scalar_of(a["length"]))
+    return ctx.b.op("slice", x, starts=(start,), stops=(stop,), steps=(1,), axes=(ax,))
+
+
+@rule("select", "select_copy")
+def _select(ctx, a):
+    x = ctx.value(a["self"])
+    ax = _axis(a["dim"], x.rank)
+    index = ctx.scalar_of(a["index"])
+    if isinstance(index, str) or type(x.shape[ax]) is not int:
+        idx = ctx.dim_value(index) if isinstance(index, str) else ctx.const(index, DType.i64)
+        return ctx.b.op("gather", x, idx, axis=ax)
+    index = index % x.shape[ax]
+    s = ctx.b.op("slice", x, starts=(index,), stops=(index + 1,), steps=(1,), axes=(ax,))
+    return ctx.b.op("squeeze", s, axes=(ax,))
+
+
+def _pieces(ctx: NodeContext, x: Value, ax: int, sizes: list[D.Dim]) -> tuple[Value, ...]:
+    outs, start = [], 0
+    for size in sizes:
+        stop = D.dim_add(start, size)
+        outs.append(ctx.b.op("slice", x, starts=(start,), stops=(stop,), steps=(1,), axes=(ax,)))
+        start = stop
+    return tuple(outs)
+
+
+@rule("split", "split_with_sizes", "chunk", "tensor_split", "unsafe_split", "split_copy",
+      "split_with_sizes_copy", "unsafe_chunk")
+def _split(ctx, a):
+    """Split along a dim; the piece sizes are read from torch's results."""
+    x = ctx.value(a["self"])
+    ax = _axis(a["dim"], x.rank)
+    sizes = [t.shape[ax] for t in ctx.out_types()]
+    return _pieces(ctx, x, ax, sizes)
+
+
+@rule("unbind", "unbind_copy")
+def _unbind(ctx, a):
+    x = ctx.value(a["self"])
+    ax = _axis(a["dim"], x.rank)
+    return tuple(ctx.b.op("squeeze", p, axes=(ax,)) for p in _pieces(ctx, x, ax, [1] * x.shape[ax]))
+
+
+@rule("cat", "concat", "concatenate")
+def _cat(ctx, a):
+    dt = ctx.out_dtype
+    vals = [ctx.cast(ctx.value(t), dt) for t in a["tensors"]]
+    # torch lets legacy 1-D empty tensors join any cat
+    vals = [v for v in vals if not (v.rank == 1 and v.shape[0] == 0)] or vals[:1]
+    if len(vals) == 1:
+        return vals[0]
+    return ctx.b.op("concat", *vals, axis=_axis(a["dim"], vals[0].rank))
+
+
+@rule("stack")
+def _stack(ctx, a):
+    dt = ctx.out_dtype
+    vals = [ctx.cast(ctx.value(t), dt) for t in a["tensors"]]
+    ax = _axis(a["dim"], vals[0].rank + 1)
+    vals = [ctx.b.op("unsqueeze", v, axes=(ax,)) for v in vals]
+    return vals[0] if len(vals) == 1 else ctx.b.op("concat", *vals, axis=ax)
+
+
+@rule("flip")
+def _flip(ctx, a):
+    x = ctx.value(a["self"])
+    return ctx.b.op("reverse", x, axes=tuple(sorted({_axis(d, x.rank) for d in a["dims"]})))
+
+
+@rule("roll")
+def _roll(ctx, a):
+    x = ctx.value(a["self"])
+    shifts, dims = list(a["shifts"]), list(a["dims"])
+    if not dims:
+        flat = ctx.b.op("reshape", x, shape=(x.type.numel,))
+        return ctx.b.op("reshape", _roll_axis(ctx, flat, shifts[0], 0), shape=x.shape)
+    for s, d in zip(shifts, dims):
+        x = _roll_axis(ctx, x, s, _axis(d, x.rank))
+    return x
+
+
+def _roll_axis(ctx: NodeContext, x: Value, shift: int, ax: int) -> Value:
+    n = x.shape[ax]
+    if type(n) is not int:
+        raise ctx.unsupported("roll along a symbolic dim is not supported")
+    k = shift % n if n else 0
+    if k == 0:
+        return x
+    tail = ctx.b.op("slice", x, starts=(n - k,), stops=(n,), steps=(1,), axes=(ax,))
+    head = ctx.b.op("slice", x, starts=(0,), stops=(n - k,), steps=(1,), axes=(ax,))
+    return ctx.b.op("concat", tail, head, axis=ax)
+
+
+@rule("repeat", "tile")
+def _repeat(ctx, a):
+    x = ctx.value(a["self"])
+    reps = ctx.dims(a["repeats"] if "repeats" in a else a["dims"])
+    if ctx.name == "tile" and len(reps) < x.rank:
+        reps = [1] * (x.rank - len(reps)) + reps
+    shape = [1] * (len(reps) - x.rank) + list(x.shape)
+    if len(shape) != x.rank:
+        x = ctx.b.op("reshape", x, shape=tuple(shape))
+    inter = tuple(d for pair in zip([1] * len(shape), shape) for d in pair)
+    wide = tuple(d for pair in zip(reps, shape) for d in pair)
+    y = ctx.b.op("broadcast_to", ctx.b.op("reshape", x, shape=inter), shape=wide)
+    return ctx.b.op("reshape", y, shape=ctx.out_shape)
+
+
+@rule("constant_pad_nd", "pad")
+def _pad(ctx, a):
+    x = ctx.value(a["self"])
+    pad = list(a["pad"])
+    mode = a.get("mode", "constant")
+    value = a.get("value") or 0.0
+    pairs = [(0, 0)] * x.rank
+    for i in range(len(pad) // 2):
+        pairs[x.rank - 1 - i] = (pad[2 * i], pad[2 * i + 1])
+    # negative padding crops
+    crops = [(max(-lo, 0), max(-hi, 0)) for lo, hi in pairs]
+    if any(lo or hi for lo, hi in crops):
+        axes = [i for i, c in enumerate(crops) if c != (0, 0)]
+        x = ctx.b.op("slice", x, starts=tuple(crops[i][0] for i in axes),
+                     stops=tuple(D.dim_sub(x.shape[i], crops[i][1]) for i in axes), axes=tuple(axes))
+    pairs = tuple((max(lo, 0), max(hi, 0)) for lo, hi in pairs)
+    ir_mode = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}.get(mode)
+    if ir_mode is None:
+        raise ctx.unsupported(f"pad mode {mode!r} is not supported (constant, reflect, replicate are)")
+    if all(p == (0, 0) for p in pairs):
+        return x
+    return ctx.b.op("pad", x, pads=pairs, mode=ir_mode, value=float(value))
+
+
+@rule("reflection_pad1d", "reflection_pad2d", "reflection_pad3d", "replication_pad1d", "replication_pad2d",
+      "replication_pad3d")
+def _pad_mode(ctx, a):
+    mode = "reflect" if ctx.name.startswith("reflection") else "replicate"
+    return _pad(ctx, {"self": a["self"], "pad": a["padding"], "mode": mode, "value": 0.0})
+
+
+# ----- indexing ----------------------------------------------------------------------
+
+@rule("embedding")
+def _embedding(ctx, a):
+    return ctx.b.op("gather", ctx.value(a["weight"]), ctx.value(a["indices"]), axis=0)
+
+
+@rule("index_select")
+def _index_select(ctx, a):
+    x = ctx.value(a["self"])
+    return ctx.b.op("gather", x, ctx.value(a["index"]), axis=_axis(a["dim"], x.rank))
+
+
+@rule("gather")
+def _gather(ctx, a):
+    x = ctx.value(a["self"])
+    return ctx.b.op("take_along_axis", x, ctx.value(a["index"]), axis=_axis(a["dim"], x.rank))
+
+
+@rule("take_along_dim")
+def _take_along_dim(ctx, a):
+    x, idx = ctx.value(a["self"]), ctx.value(a["indices"])
+    if a.get("dim") is None:
+        x = ctx.b.op("reshape", x, shape=(x.type.numel,))
+        idx = ctx.b.op("reshape", idx, shape=(idx.type.numel,))
+        return ctx.b.op("take_along_axis", x, idx, axis=0)
+    ax = _axis(a["dim"], x.rank)
+    shape = list(x.shape)
+    shape[ax] = idx.shape[ax]
+    idx = ctx.b.op("broadcast_to", idx, shape=tuple(shape)) if tuple(shape) != idx.shape else idx
+    return ctx.b.op("take_along_axis", x, idx, axis=ax)
+
+
+@rule("index")
+def _index(ctx, a):
+    """x[i0, i1, ...] with index tensors (None keeps a dim): gather for one index, else
+    gather_nd over the indexed dims moved to the front."""
+    x = ctx.value(a["self"])
+    indices = list(a["indices"])
+    pos = [i for i, t in enumerate(indices) if t is not None]
+    vals = [ctx.value(indices[i]) for i in pos]
+    if any(v.dtype is DType.bool for v in vals):
+        raise ctx.unsupported("boolean mask indexing has a data-dependent shape; use torch.where instead")
+    if len(pos) == 1:
+        return ctx.b.op("gather", x, vals[0], axis=pos[0])
+    from ..ops.registry import broadcast_shapes
+    bshape = broadcast_shapes(*(v.shape for v in vals))
+    vals = [ctx.cast(v if v.shape == bshape else ctx.b.op("broadcast_to", v, shape=bshape), DType.i64)
+            for v in vals]
+    stacked = ctx.b.op("concat", *[ctx.b.op("unsqueeze", v, axes=(len(bshape),)) for v in vals],
+                       axis=len(bshape))
+    rest = [i for i in range(x.rank) if i not in pos]
+    perm = tuple(pos + rest)
+    xt = x if perm == tuple(range(x.rank)) else ctx.b.op("transpose", x, perm=perm)
+    y = ctx.b.op("gather_nd", xt, stacked)
+    contiguous = pos == list(range(pos[0], pos[-1] + 1))
+    if contiguous and pos[0] > 0:
+        nb, lead = len(bshape), pos[0]
+        perm = tuple(range(nb, nb + lead)) + tuple(range(nb)) + tuple(range(nb + lead, y.rank))
+        y = ctx.b.op("transpose", y, perm=perm)
+    return y
+
+
+# ----- reductions --------------------------------------------------------------------
+
+def _reduce_axes(x: Value, dim: Any) -> tuple[int, ...]:
+    if dim is None or dim == [] or dim == ():
+        return tuple(range(x.rank))
+    dims = [dim] if isinstance(dim, int) else list(dim)
+    return tuple(sorted({_axis(d, x.rank) for d in dims}))
+
+
+_REDUCE = {"sum": "reduce_sum", "mean": "reduce_mean", "amax": "reduce_max", "amin": "reduce_min",
+           "prod": "reduce_prod", "any": "reduce_any", "all": "reduce_all", "nansum": "reduce_sum"}
+
+
+def _reduce_rule(ir_op: str) -> Rule:
+    def fn(ctx, a):
+        x = ctx.value(a["self"])
+        dt = ctx.out_dtype
+        x = ctx.cast(x, dt)
+        if ctx.name == "nansum":
+            x = ctx.b.op("where", ctx.b.op("isnan", x), ctx.const(0, dt), x)
+        return ctx.b.op(ir_op, x, axes=_reduce_axes(x, a.get("dim")), keepdims=bool(a.get("keepdim", False)))
+    return fn
+
+
+for _name, _op in _REDUCE.items():
+    RULES[_name] = _reduce_rule(_op)
+
+
+@rule("argmax", "argmin")
+def _argmax(ctx, a):
+    x = ctx.value(a["self"])
+    if a.get("dim") is None:
+        flat = ctx.b.op("reshape", x, shape=(x.type.numel,))
+        y = ctx.b.op(ctx.name, flat, axis=0)
+        return ctx.b.op("reshape", y, shape=ctx.out_shape) if a.get("keepdim") else y
+    return ctx.b.op(ctx.name, x, axis=_axis(a["dim"], x.rank), keepdims=bool(a["keepdim"]))
+
+
+@rule("var", "std", "var_mean", "std_mean")
+def _var(ctx, a):
+    types = ctx.out_types() if isinstance(ctx.val, (tuple, list)) else [ctx.out_type]
+    dt = types[0].dtype
+    x = ctx.cast(ctx.value(a["self"]), dt)
+    axes = _reduce_axes(x, a.get("dim"))
+    keep = bool(a.get("keepdim", False))
+    correction = a.get("correction")
+    if correction is None:
+        correction = 1 if a.get("unbiased", True) else 0
+    n = D.dim_prod(x.shape[i] for i in axes)
+    mean = ctx.b.op("reduce_mean", x, axes=axes, keepdims=True)
+    d = ctx.b.op("sub", x, mean)
+    ss = ctx.b.op("reduce_sum", ctx.b.op("mul", d, d), axes=axes, keepdims=keep)
+    denom = ctx.b.op("max", ctx.b.op("sub", ctx.cast(ctx.dim_value(n), dt) if isinstance(n, str)
+                                     else ctx.const(n, dt), ctx.const(correction, dt)), ctx.const(0, dt))
+    var = ctx.b.op("div", ss, denom)
+    out = ctx.b.op("sqrt", var) if ctx.name.startswith("std") else var
+    if ctx.name.endswith("_mean"):
+        return out, mean if keep else ctx.b.op("squeeze", mean, axes=axes)
+    return out
+
+
+@rule("logsumexp")
+def _logsumexp(ctx, a):
+    x = ctx.cast(ctx.value(a["self"]), ctx.out_dtype)
+    axes = _reduce_axes(x, a["dim"])
+    m = ctx.b.op("reduce_max", x, axes=axes, keepdims=True)
+    finite = ctx.b.op("where", ctx.b.op("isinf", m), ctx.const(0, x.dtype), m)
+    s = ctx.b.op("reduce_sum", ctx.b.op("exp", ctx.b.op("sub", x, finite)), axes=axes, keepdims=True)
+    y = ctx.b.op("add", ctx.b.op("log", s), finite)
+    return y if a["keepdim"] else ctx.b.op("squeeze", y, axes=axes)
+
+
+@rule("cumsum", "cumprod")
+def _cumsum(ctx, a):
+    x = ctx.cast(ctx.value(a["self"]), ctx.out_dtype)
+    return ctx.b.op(ctx.name, x, axis=_axis(a["dim"], max(x.rank, 1)))
+
+
+@rule("cummax", "cummin")
+def _cummax(ctx, a):
+    raise ctx.unsupported("cummax / cummin return indices, which accelir has no op for")
+
+
+@rule("topk")
+def _topk(ctx, a):
+    x = ctx.value(a["self"])
+    return ctx.b.ops("topk", x, k=int(ctx.scalar_of(a["k"])), axis=_axis(a["dim"], x.rank), largest=a["largest"])
+
+
+@rule("sort")
+def _sort(ctx, a):
+    x = ctx.value(a["self"])
+    return ctx.b.ops("sort", x, axis=_axis(a["dim"], x.rank), descending=a["descending"])
+
+
+@rule("argsort")
+def _argsort(ctx, a):
+    x = ctx.value(a["self"])
+    return ctx.b.ops("sort", x, axis=_axis(a["dim"], x.rank), descending=a["descending"])[1]
+
+
+# ----- linear algebra ----------------------------------------------------------------
+
+@rule("matmul", "mm", "bmm")
+def _matmul(ctx, a):
+    dt = ctx.out_dtype
+    return ctx.b.op("matmul", ctx.operand(a["self"], dt), ctx.operand(a["other"] if "other" in a else a["mat2"], dt))
+
+
+@rule("dot", "vdot", "inner", "mv")
+def _dot(ctx, a):
+    dt = ctx.out_dtype
+    other = a.get("other", a.get("vec", a.get("tensor")))
+    x, y = ctx.operand(a["self"], dt), ctx.operand(other, dt)
+    if ctx.name == "inner" and y.rank > 1:
+        perm = tuple(range(y.rank - 2)) + (y.rank - 1, y.rank - 2)
+        y = ctx.b.op("transpose", y, perm=perm)
+    return ctx.b.op("matmul", x, y)
+
+
+def _transposed_weight(ctx: NodeContext, w: Value) -> Value:
+    """torch keeps linear weights [out, in]; the IR's linear takes [in, out]."""
+    return ctx.b.op("transpose", w, perm=(1, 0))
+
+
+@rule("linear")
+def _linear(ctx, a):
+    x, w = ctx.value(a["input"]), ctx.value(a["weight"])
+    if w.rank == 1:
+        y = ctx.b.op("matmul", x, w)
+        return y if a["bias"] is None else ctx.b.op("add", y, ctx.value(a["bias"]))
+    inputs = [x, _transposed_weight(ctx, w)]
+    if a["bias"] is not None:
+        inputs.append(ctx.value(a["bias"]))
+    return ctx.b.op("linear", *inputs)
+
+
+@rule("addmm")
+def _addmm(ctx, a):
+    dt = ctx.out_dtype
+    bias, m1, m2 = (ctx.operand(a[k], dt) for k in ("self", "mat1", "mat2"))
+    beta, alpha = ctx.scalar_of(a["beta"]), ctx.scalar_of(a["alpha"])
+    if alpha != 1:
+        m1 = ctx.b.op("mul", m1, ctx.const(alpha, dt))
+    if beta == 0:
+        return ctx.b.op("matmul", m1, m2)
+    if beta != 1:
+        bias = ctx.b.op("mul", bias, ctx.const(beta, dt))
+    if bias.rank <= 1:
+        return ctx.b.op("linear", m1, m2, bias)
+    return ctx.b.op("add", ctx.b.op("matmul", m1, m2), bias)
+
+
+@rule("addmv", "addbmm", "baddbmm", "addr")
+def _addmm_family(ctx, a):
+    dt = ctx.out_dtype
+    names = {"addmv": ("mat", "vec"), "addbmm": ("batch1", "batch2"), "baddbmm": ("batch1", "batch2"),
+             "addr": ("vec1", "vec2")}[ctx.name]
+    p, q = (ctx.operand(a[k], dt) for k in names)
+    if ctx.name == "addr":
+        prod = ctx.b.op("mul", ctx.b.op("unsqueeze", p, axes=(1,)), ctx.b.op("unsqueeze", q, axes=(0,)))
+    else:
+        prod = ctx.b.op("matmul", p, q)
+    if ctx.name == "addbmm":
+        prod = ctx.b.op("reduce_sum", prod, axes=(0,))
+    beta, alpha = ctx.scalar_of(a["beta"]), ctx.scalar_of(a["alpha"])
+    if alpha != 1:
+        prod = ctx.b.op("mul", prod, ctx.const(alpha, dt))
+    if beta == 0:
+        return prod
+    base = ctx.operand(a["self"], dt)
+    if beta != 1:
+        base = ctx.b.op("mul", base, ctx.const(beta, dt))
+    return ctx.b.op("add", base, prod)
+
+
+# ----- nn composites -----------------------------------------------------------------
+
+@rule("softmax", "_softmax", "log_softmax", "_log_softmax", "special_softmax", "special_log_softmax")
+def _softmax(ctx, a):
+    x = ctx.cast(ctx.value(a["self"]), ctx.out_dtype)
+    op = "log_softmax" if "log_softmax" in ctx.name else "softmax"
+    if x.rank == 0:
+        return ctx.b.op("sub", x, x) if op == "log_softmax" else ctx.b.op("div", x, x)
+    return ctx.b.op(op, x, axis=_axis(a["dim"], x.rank))
+
+
+def _ones_for(ctx: NodeContext, x: Value, n: D.Dim, value: float) -> Value:
+    return ctx.b.op("broadcast_to", ctx.const(value, x.dtype), shape=(n,))
+
+
+@rule("layer_norm", "native_layer_norm")
+def _layer_norm(ctx, a):
+    x = ctx.value(a["input"])
+    shape = list(a["normalized_shape"])
+    w, bias = a["weight"], a["bias"]
+    inputs = [x]
+    if w is not None or bias is not None:
+        inputs.append(ctx.value(w) if w is not None else ctx.b.op("broadcast_to", ctx.const(1, x.dtype),
+                                                                  shape=x.shape[-len(shape):]))
+    if bias is not None:
+        inputs.append(ctx.value(bias))
+    eps = a["eps"] if a["eps"] is not None else 1e-5
+    y = ctx.b.op("layer_norm", *inputs, axis=-len(shape) if shape else -1, epsilon=eps)
+    if ctx.name == "native_layer_norm":
+        from .torch import _Missing
+        return y, _Missing("layer_norm's saved mean"), _Missing("layer_norm's saved rstd")
+    return y
+
+
+@rule("rms_norm")
+def _rms_norm(ctx, a):
+    x = ctx.value(a["input"])
+    shape = list(a["normalized_shape"])
+    eps = a["eps"] if a["eps"] is not None else float(torch.finfo(torch.float32 if x.dtype is DType.f32 else
+                                                                  getattr(torch, {"f16": "float16", "bf16":
+                                                                          "bfloat16", "f64": "float64"}[
+                                                                      x.dtype.value])).eps)
+    inputs = [x] + ([ctx.value(a["weight"])] if a["weight"] is not None else [])
+    return ctx.b.op("rms_norm", *inputs, axis=-len(shape), epsilon=eps)
+
+
+@rule("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit", "native_batch_norm",
+      "instance_norm")
+def _batch_norm(ctx, a):
+    from .torch import _Missing
+    training = a.get("training", a.get("use_input_stats", False))
+    if training or a.get("running_mean") is None:
+        raise ctx.unsupported("batch norm in training mode (batch statistics) is not supported; "
+                              "call model.eval() before capture")
+    x = ctx.value(a["input"])
+    c = x.shape[1]
+    w = ctx.value(a["weight"]) if a["weight"] is not None else _ones_for(ctx, x, c, 1.0)
+    b = ctx.value(a["bias"]) if a["bias"] is not None else _ones_for(ctx, x, c, 0.0)
+    mean, var = ctx.value(a["running_mean"]), ctx.value(a["running_var"])
+    dt = x.dtype
+    y = ctx.b.op("batch_norm", x, *(ctx.cast(v, dt) for v in (w, b, mean, var)), epsilon=a["eps"])
+    if ctx.name == "batch_norm":
+        return y
+    return y, _Missing("batch_norm's saved mean"), _Missing("batch_norm's saved invstd")
+
+
+@rule("group_norm")
+def _group_norm(ctx, a):
+    x = ctx.value(a["input"])
+    g = a["num_groups"]
+    n, c = x.shape[0], x.shape[1]
+    if type(c) is not int:
+        raise ctx.unsupported("group_norm needs a static channel dim")
+    grouped = ctx.b.op("reshape", x, shape=(n, g, D.dim_prod((c // g,) + tuple(x.shape[2:]))))
+    y = ctx.b.op("layer_norm", grouped, axis=-1, epsilon=a["eps"])
+    y = ctx.b.op("reshape", y, shape=x.shape)
+    shape = (c,) + (1,) * (x.rank - 2)
+    if a["weight"] is not None:
+        y = ctx.b.op("mul", y, ctx.b.op("reshape", ctx.value(a["weight"]), shape=shape))
+    if a["bias"] is not None:
+        y = ctx.b.op("add", y, ctx.b.op("reshape", ctx.value(a["bias"]), shape=shape))
+    return y
+
+
+@rule("scaled_dot_product_attention")
+def _sdpa(ctx, a):
+    if a["dropout_p"]:
+        raise ctx.unsupported("attention dropout is random; pass dropout_p=0 (model.eval()) before capture")
+    q, k, v = (ctx.value(a[n]) for n in ("query", "key", "value"))
+    hq, hk = q.shape[-3] if q.rank >= 3 else None, k.shape[-3] if k.rank >= 3 else None
+    if hq != hk and type(hq) is int and type(hk) is int and hk not in (1,) and hq % hk == 0:
+        k, v = (_repeat_heads(ctx, t, hq // hk) for t in (k, v))
+    inputs = [q, k, v]
+    mask = a["attn_mask"]
+    if mask is not None:
+        m = ctx.value(mask)
+        inputs.append(m if m.dtype is DType.bool else ctx.cast(m, q.dtype))
+    return ctx.b.op("attention", *inputs, scale=a["scale"], causal=bool(a["is_causal"]))
+
+
+def _repeat_heads(ctx: NodeContext, t: Value, rep: int) -> Value:
+    """Grouped-query attention: repeat each kv head ``rep`` times, as repeat_interleave on dim -3."""
+    *batch, h, length, d = t.shape
+    u = ctx.b.op("unsqueeze", t, axes=(t.rank - 2,))
+    u = ctx.b.op("broadcast_to", u, shape=(*batch, h, rep, length, d))
+    return ctx.b.op("reshape", u, shape=(*batch, h * rep, length, d))
+
+
+def _ntuple(v: Any, n: int) -> tuple[int, ...]:
+    if isinstance(v, int):
+        return (v,) * n
+    v = tuple(v)
+    return v * n if len(v) == 1 else v
+
+
+@rule("conv1d", "conv2d", "conv3d", "convolution", "_convolution", "conv_transpose1d", "conv_transpose2d",
+      "conv_transpose3d")
+def _conv(ctx, a):
+    x, w = ctx.value(a["input"]), ctx.value(a["weight"])
+    n = w.rank - 2
+    unbatched = x.rank == n + 1
+    if unbatched:
+        x = ctx.b.op("unsqueeze", x, axes=(0,))
+    stride, dilation = _ntuple(a["stride"], n), _ntuple(a["dilation"], n)
+    groups = a["groups"]
+    transposed = a.get("transposed", False) or ctx.name.startswith("conv_transpose")
+    padding = a["padding"]
+    if transposed:
+        y = _conv_transpose(ctx, x, w, stride, _ntuple(padding, n), dilation,
+                            _ntuple(a.get("output_padding", 0), n), groups)
+    else:
+        if isinstance(padding, str):
+            pads = _string_padding(ctx, padding, w, stride, dilation)
+        else:
+            pads = tuple((p, p) for p in _ntuple(padding, n))
+        y = ctx.b.op("conv", x, w, stride=stride, padding=pads, dilation=dilation, groups=groups)
+    if a["bias"] is not None:
+        y = _add_channel_bias(ctx, y, ctx.value(a["bias"]))
+    return ctx.b.op("squeeze", y, axes=(0,)) if unbatched else y
+
+
+def _add_channel_bias(ctx: NodeContext, y: Value, bias: Value) -> Value:
+    node = y.producer
+    if node is not None and node.op == "conv" and len(node.inputs) == 2 and len(y.uses()) == 0:
+        attrs = dict(node.attrs)
+        ctx.conv.graph.remove(node)
+        return ctx.b.op("conv", node.inputs[0], node.inputs[1], bias, **attrs)
+    shape = (1, bias.shape[0]) + (1,) * (y.rank - 2)
+    return ctx.b.op("add", y, ctx.b.op("reshape", bias, shape=shape))
+
+
+def _string_padding(ctx: NodeContext, mode: str, w: Value, stride, dilation) -> tuple:
+    if mode == "valid":
+        return tuple((0, 0) for _ in stride)
+    if any(s != 1 for s in stride):
+        raise ctx.unsupported("padding='same' needs stride 1")
+    pads = []
+    for k, d in zip(w.shape[2:], dilation):
+        total = d * (k - 1)
+        pads.append((total // 2, total - total // 2))
+    return tuple(pads)
+
+
+def _conv_transpose(ctx: NodeContext, x: Value, w: Value, stride, padding, dilation, output_padding,
+                    groups: int) -> Value:
+    """conv_transpose as a conv over the stride-dilated input with the flipped, swapped kernel."""
+    n = w.rank - 2
+    cin, cout_g = w.shape[0], w.shape[1]
+    ks = w.shape[2:]
+    wg = ctx.b.op("reshape", w, shape=(groups, cin // groups, cout_g) + tuple(ks))
+    wg = ctx.b.op("transpose", wg, perm=(0, 2, 1) + tuple(range(3, 3 + n)))
+    wf = ctx.b.op("reshape", wg, shape=(groups * cout_g, cin // groups) + tuple(ks))
+    wf = ctx.b.op("reverse", wf, axes=tuple(range(2, 2 + n)))
+    pads = []
+    for k, p, d, op in zip(ks, padding, dilation, output_padding):
+        lo = d * (k - 1) - p
+        pads.append((lo, lo + op))
+    if any(lo < 0 or hi < 0 for lo, hi in pads):
+        raise ctx.unsupported("conv_transpose with padding larger than the kernel span is not supported")
+    return ctx.b.op("conv", x, wf, stride=(1,) * n, padding=tuple(pads), dilation=dilation, groups=groups,
+                    lhs_dilation=stride)
+
+
+def _pool_rule(kind: str, n: int) -> Rule:
+    def fn(ctx, a):
+        x = ctx.value(a["self"])
+        unbatched = x.rank == n + 1
+        if unbatched:
+            x = ctx.b.op("unsqueeze", x, axes=(0,))
+        kernel = _ntuple(a["kernel_size"], n)
+        stride = _ntuple(a["stride"], n) if a["stride"] else kernel
+        pads = tuple((p, p) for p in _ntuple(a["padding"], n))
+        attrs = dict(kernel=kernel, stride=stride, padding=pads, ceil_mode=bool(a["ceil_mode"]))
+        if kind == "max_pool":
+            attrs["dilation"] = _ntuple(a["dilation"], n)
+        else:
+            if a.get("divisor_override"):
+                raise ctx.unsupported("avg_pool with divisor_override is not supported")
+            attrs["count_include_pad"] = bool(a["count_include_pad"])
+        y = ctx.b.op(kind, x, **attrs)
+        y = ctx.b.op("squeeze", y, axes=(0,)) if unbatched else y
+        if ctx.name.endswith("with_indices"):
+            from .torch import _Missing
+            return y, _Missing("max_pool indices")
+        return y
+    return fn
+
+
+for _n in (1, 2, 3):
+    RULES[f"max_pool{_n}d"] = RULES[f"max_pool{_n}d_with_indices"] = _pool_rule("max_pool", _n)
+    RULES[f"avg_pool{_n}d"] = _pool_rule("avg_pool", _n)
+
+
+def _adaptive_rule(kind: str, n: int) -> Rule:
+    def fn(ctx, a):
+        x = ctx.value(a["self"])
+        spatial = x.shape[-n:]
+        out = ctx.out_shape[-n:]
+        axes = tuple(range(x.rank - n, x.rank))
+        if all(o == 1 for o in out):
+            return ctx.b.op("reduce_mean" if kind == "avg_pool" else "reduce_max", x, axes=axes, keepdims=True)
+        if not all(type(s) is int and s % o == 0 for s, o in zip(spatial, out)):
+            raise ctx.unsupported(f"adaptive pooling from {spatial} to {out} needs sizes that divide evenly")
+        kernel = tuple(s // o for s, o in zip(spatial, out))
+        unbatched = x.rank == n + 1
+        if unbatched:
+            x = ctx.b.op("unsqueeze", x, axes=(0,))
+        y = ctx.b.op(kind, x, kernel=kernel, stride=kernel)
+        return ctx.b.op("squeeze", y, axes=(0,)) if unbatched else y
+    return fn
+
+
+for _n in (1, 2, 3):
+    RULES[f"adaptive_avg_pool{_n}d"] = RULES[f"_adaptive_avg_pool{_n}d"] = _adaptive_rule("avg_pool", _n)
+    RULES[f"adaptive_max_pool{_n}d"] = _adaptive_rule("max_pool", _n)
+
+
+# ----- in-place variants -------------------------------------------------------------
+
+def _inplace(fn: Rule) -> Rule:
+    """Run the functional rule; later readers of the mutated node see the new value."""
+    def wrapped(ctx, a):
+        out = fn(ctx, a)
+        target = a.get("self")
+        if isinstance(target, torch.fx.Node):
+            ctx.conv.env[target] = ctx.conv.check_result(ctx, out)
+        return out
+    return wrapped
+
+
+for _name in list(RULES):
+    if not _name.startswith("_") and not _name.endswith("_"):
+        RULES.setdefault(_name + "_", _inplace(RULES[_name]))
