@@ -9,6 +9,8 @@ from .errors import (AccelirError, LoweringError, NumericMismatchError, ParseErr
                      UnsupportedOpError, VerificationError)
 from .interpreter import interpret, run_graph
 from .ir import Builder, DType, Graph, Node, TensorType, Value
+from .pass_manager import PassManager
+from .bisect import bisect
 from .text import load, parse, print_graph, save
 from .verify import verify
 
@@ -18,4 +20,5 @@ __all__ = [
     "AccelirError", "LoweringError", "NumericMismatchError", "ParseError", "PassError", "UnsupportedOpError",
     "VerificationError", "Builder", "DType", "Graph", "Node", "TensorType", "Value", "interpret", "run_graph",
     "load", "parse", "print_graph", "save", "verify", "ops", "capture", "optimize", "CompiledModel",
+    "PassManager", "bisect",
 ]

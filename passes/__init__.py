@@ -1,0 +1,23 @@
+"""accelir.passes: the pattern-rewrite engine, the cleanup and fusion passes, the pipelines.
+
+A pass is a callable ``Graph -> bool`` (True when it changed the graph), registered by
+name in :mod:`.registry`.  ``pipeline(level)`` gives the default pass list of a level.
+"""
+
+from __future__ import annotations
+
+from .cse import CSE, cse
+from .dce import dce
+from .fold_constants import FoldConstants, fold_constants
+from .pattern import (Alt, Const, Match, NearMiss, Op, P, Pattern, Rule, RulePass, Var, apply_rules, rewrite_budget,
+                      rewrite_limit)
+from .pipeline import TARGETS, Target, pipeline
+from .registry import PASSES, get_pass, pass_name, register_pass
+from .simplify import simplify
+
+__all__ = [
+    "CSE", "cse", "dce", "FoldConstants", "fold_constants", "simplify",
+    "Alt", "Const", "Match", "NearMiss", "Op", "P", "Pattern", "Rule", "RulePass", "Var", "apply_rules",
+    "rewrite_budget", "rewrite_limit",
+    "TARGETS", "Target", "pipeline", "PASSES", "get_pass", "pass_name", "register_pass",
+]

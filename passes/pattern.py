@@ -659,7 +659,7 @@ class RulePass:
     """
 
     name: str
-    rules: tuple[Rule, ...]
+    rules: tuple[Rule, ...] = field(repr=False)
     max_iterations: int = 8
     verbose: bool = False
     veto: frozenset[str] = frozenset()

@@ -1,0 +1,313 @@
+"""The PassManager: runs passes to a fixed point and lets a person watch each one.
+
+Any callable ``Graph -> bool`` (True when it changed the graph) is a pass; registered
+passes show their registered name.  After each pass the manager can verify the graph,
+print it (or a unified diff of its text), dump it to a numbered file, and interpret it
+on example inputs to name the first pass whose outputs drift.  Each run records, per
+pass, its wall time, node counts before and after, op-histogram delta and whether it
+changed anything: ``pm.report`` prints as a table.
+
+When a pass raises (or breaks verification or numerics), the error names the pass and
+the passes that ran before it, and the graph is put back as it was before that pass.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, TextIO
+
+import numpy as np
+
+from .errors import NumericMismatchError, PassError, VerificationError
+from .interpreter import run_graph
+from .ir import DType, Graph
+from .text import print_graph, save
+from .verify import verify
+
+__all__ = ["PassManager", "PassRecord", "PassReport", "TOLERANCES", "compare_outputs"]
+
+PassFn = Callable[[Graph], bool]
+
+# dtype -> (rtol, atol) for check_numerics; ints and bool must match exactly
+TOLERANCES: dict[DType, tuple[float, float]] = {
+    DType.f64: (1e-9, 1e-9),
+    DType.f32: (1e-4, 1e-5),
+    DType.f16: (1e-2, 1e-3),
+    DType.bf16: (5e-2, 1e-2),
+}
+
+
+def _name(p: PassFn) -> str:
+    from accelir.passes.registry import pass_name
+    return pass_name(p)
+
+
+@dataclass
+class PassRecord:
+    """What one run of one pass did."""
+
+    index: int
+    name: str
+    iteration: int
+    seconds: float
+    nodes_before: int
+    nodes_after: int
+    changed: bool
+    op_delta: dict[str, int] = field(default_factory=dict)
+
+    def delta_text(self, limit: int = 6) -> str:
+        items = sorted(self.op_delta.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
+        text = " ".join(f"{'+' if d > 0 else ''}{d} {op}" for op, d in items[:limit])
+        return text + (" ..." if len(items) > limit else "")
+
+
+@dataclass
+class PassReport:
+    """The records of a PassManager run; ``str(report)`` is a table."""
+
+    records: list[PassRecord] = field(default_factory=list)
+    iterations: int = 0
+    converged: bool = True
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(r.seconds for r in self.records)
+
+    def by_pass(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for r in self.records:
+            out[r.name] = out.get(r.name, 0.0) + r.seconds
+        return out
+
+    def __str__(self) -> str:
+        head = ("#", "pass", "iter", "time ms", "nodes before", "nodes after", "changed", "op delta")
+        rows = [(str(r.index), r.name, str(r.iteration), f"{r.seconds * 1e3:.2f}", str(r.nodes_before),
+                 str(r.nodes_after), "yes" if r.changed else "-", r.delta_text()) for r in self.records]
+        widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+        right = {0, 2, 3, 4, 5}
+
+        def fmt(row: Sequence[str]) -> str:
+            cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+            return "  ".join(cells).rstrip()
+        lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+        first = self.records[0].nodes_before if self.records else 0
+        last = self.records[-1].nodes_after if self.records else 0
+        lines.append(f"total {self.total_seconds * 1e3:.2f} ms over {self.iterations} iteration(s); "
+                     f"nodes {first} -> {last}" + ("" if self.converged else "; did not reach a fixed point"))
+        return "\n".join(lines) + "\n"
+
+
+def compare_outputs(expected: Sequence[np.ndarray], got: Sequence[np.ndarray],
+                    tolerances: dict[DType, tuple[float, float]] | None = None
+                    ) -> tuple[int, float, float, str] | None:
+    """The first output that differs beyond its dtype's tolerance as (index, max abs, rel, what), else None."""
+    tol = TOLERANCES if tolerances is None else tolerances
+    if len(expected) != len(got):
+        return (min(len(expected), len(got)), float("inf"), float("inf"),
+                f"{len(got)} outputs instead of {len(expected)}")
+    for i, (e, g) in enumerate(zip(expected, got)):
+        e, g = np.asarray(e), np.asarray(g)
+        if e.shape != g.shape or e.dtype != g.dtype:
+            return i, float("inf"), float("inf"), f"{g.dtype}{list(g.shape)} instead of {e.dtype}{list(e.shape)}"
+        if e.size == 0:
+            continue
+        dt = DType.from_numpy(e.dtype)
+        if dt not in tol:
+            bad = e != g
+            if bad.any():
+                return i, float(np.max(np.abs(e.astype(np.float64) - g.astype(np.float64)))), float("inf"), \
+                    f"{int(bad.sum())} of {e.size} elements differ"
+            continue
+        rtol, atol = tol[dt]
+        ef, gf = e.astype(np.float64), g.astype(np.float64)
+        nan_e, nan_g = np.isnan(ef), np.isnan(gf)
+        if (nan_e != nan_g).any():
+            return i, float("nan"), float("nan"), f"NaN in {int((nan_e != nan_g).sum())} places where there was none"
+        ok = ~nan_e
+        with np.errstate(all="ignore"):
+            diff = np.where(ok, np.abs(ef - gf), 0.0)
+            same_inf = np.isinf(ef) & (ef == gf)
+            diff = np.where(same_inf, 0.0, diff)
+            limit = atol + rtol * np.abs(np.where(ok, ef, 0.0))
+        if (diff > limit).any():
+            err = float(diff.max())
+            scale = float(np.abs(np.where(ok & ~np.isinf(ef), ef, 0.0)).max())
+            rel = err / scale if scale > 0 else float("inf")
+            return i, err, rel, f"max abs error {err:.3g}, relative {rel:.3g} (rtol {rtol}, atol {atol})"
+    return None
+
+
+def _restore(graph: Graph, snapshot: Graph) -> None:
+    """Make ``graph`` (the caller's object) hold ``snapshot``'s contents.
+
+    Callers keep references to their Graph object, so rolling back a failed pass must
+    happen in place: the snapshot's state moves over and its nodes and values are
+    re-pointed at ``graph``.
+    """
+    parent = graph.parent
+    graph.__dict__.update(snapshot.__dict__)
+    graph.parent = parent
+    for v in graph.inputs:
+        v.graph = graph
+    for n in graph.nodes:
+        n.graph = graph
+        for o in n.outputs:
+            o.graph = graph
+
+
+def _file_part(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "pass"
+
+
+class PassManager:
+    """Run ``passes`` over a graph until none changes it (at most ``max_iterations`` rounds).
+
+    ``verify_each``: verify after every pass that changed the graph.
+    ``print_after``: None, ``"all"`` (print the graph after each pass) or ``"changed"``
+    (print a unified diff of the IR text after each pass that changed it).
+    ``dump_dir``: write ``000-input.air`` and ``NNN-after-<pass>.air`` after each pass
+    that changed the graph, and ``report.txt`` at the end.
+    ``check_numerics``: example inputs; after each changed pass the graph is interpreted
+    and compared with the input graph's outputs (tolerance by dtype, see TOLERANCES).
+    ``instrument``: called as ``instrument(record, graph)`` after each pass.
+    ``snapshot``: copy the graph before each pass so a failing pass can be rolled back.
+    """
+
+    def __init__(self, passes: Sequence[PassFn], verify_each: bool = True, print_after: str | None = None,
+                 dump_dir: str | os.PathLike | None = None, check_numerics: Sequence[Any] | None = None,
+                 max_iterations: int = 10, instrument: Callable[[PassRecord, Graph], None] | None = None,
+                 snapshot: bool = True, tolerances: dict[DType, tuple[float, float]] | None = None,
+                 stream: TextIO | None = None):
+        if print_after not in (None, "all", "changed"):
+            raise ValueError(f"print_after must be None, 'all' or 'changed', got {print_after!r}")
+        for p in passes:
+            if not callable(p):
+                raise TypeError(f"a pass must be a callable Graph -> bool, got {type(p).__name__}")
+        if max_iterations < 1:
+            raise ValueError("max_iterations must be at least 1")
+        self.passes = list(passes)
+        self.verify_each = verify_each
+        self.print_after = print_after
+        self.dump_dir = os.fspath(dump_dir) if dump_dir is not None else None
+        self.check_numerics = list(check_numerics) if check_numerics is not None else None
+        self.max_iterations = max_iterations
+        self.instrument = instrument
+        self.snapshot = snapshot
+        self.tolerances = tolerances
+        self.stream = stream
+        self.report = PassReport()
+        self._dumps = 0
+
+    @property
+    def names(self) -> list[str]:
+        return [_name(p) for p in self.passes]
+
+    def _out(self) -> TextIO:
+        return self.stream if self.stream is not None else sys.stdout
+
+    def _dump(self, graph: Graph, label: str) -> None:
+        if self.dump_dir is None:
+            return
+        path = os.path.join(self.dump_dir, f"{self._dumps:03d}-{_file_part(label)}.air")
+        self._dumps += 1
+        if self._dumps == 1:
+            save(graph, path)
+        else:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(print_graph(graph, meta=True))
+
+    def _write_report(self, extra: str = "") -> None:
+        if self.dump_dir is not None:
+            with open(os.path.join(self.dump_dir, "report.txt"), "w", encoding="utf-8") as f:
+                f.write(str(self.report) + extra)
+
+    def run(self, graph: Graph) -> bool:
+        """Run the passes on ``graph`` in place to a fixed point; True when anything changed."""
+        self.report = PassReport()
+        self._dumps = 0
+        if self.dump_dir is not None:
+            os.makedirs(self.dump_dir, exist_ok=True)
+            self._dump(graph, "input")
+        expected = run_graph(graph, self.check_numerics) if self.check_numerics is not None else None
+        history: list[str] = []
+        any_change = False
+        hist = graph.op_histogram()
+        converged = False
+        for it in range(1, self.max_iterations + 1):
+            self.report.iterations = it
+            round_change = False
+            for p in self.passes:
+                name = _name(p)
+                changed, hist = self._run_one(p, name, it, graph, hist, history, expected)
+                history.append(name)
+                round_change |= changed
+            any_change |= round_change
+            if not round_change:
+                converged = True
+                break
+        self.report.converged = converged
+        self._write_report()
+        return any_change
+
+    def _fail(self, graph: Graph, before: Graph | None, name: str, history: list[str], what: str) -> str:
+        if before is not None:
+            _restore(graph, before)
+        ran = ", ".join(history) if history else "none"
+        kept = (f"; the graph is left as it was before '{name}'" if before is not None
+                else "; the graph may be half-rewritten (snapshot=False)")
+        msg = f"pass '{name}' {what} (passes run before it: {ran}){kept}"
+        self._write_report(f"\nFAILED: {msg}\n")
+        return msg
+
+    def _run_one(self, p: PassFn, name: str, it: int, graph: Graph, hist: dict[str, int], history: list[str],
+                 expected: list[np.ndarray] | None) -> tuple[bool, dict[str, int]]:
+        before = graph.copy() if self.snapshot else None
+        text_before = print_graph(graph) if self.print_after == "changed" else None
+        n_before = graph.num_nodes()
+        t0 = time.perf_counter()
+        try:
+            changed = bool(p(graph))
+        except Exception as e:
+            raise PassError(self._fail(graph, before, name, history, f"raised {type(e).__name__}: {e}"),
+                            pass_name=name, previous=history) from e
+        seconds = time.perf_counter() - t0
+        new_hist = graph.op_histogram() if changed else hist
+        delta = {op: new_hist.get(op, 0) - hist.get(op, 0) for op in set(hist) | set(new_hist)}
+        rec = PassRecord(len(self.report.records), name, it, seconds, n_before, graph.num_nodes(), changed,
+                         {k: v for k, v in delta.items() if v})
+        self.report.records.append(rec)
+        if changed and self.verify_each:
+            try:
+                verify(graph)
+            except VerificationError as e:
+                self._dump(graph, f"after-{name}-invalid")
+                raise PassError(self._fail(graph, before, name, history, f"left an invalid graph: {e}"),
+                                pass_name=name, previous=history) from e
+        if changed and expected is not None:
+            got = run_graph(graph, self.check_numerics)
+            bad = compare_outputs(expected, got, self.tolerances)
+            if bad is not None:
+                idx, err, rel, what = bad
+                self._dump(graph, f"after-{name}-mismatch")
+                msg = self._fail(graph, before, name, history, f"changed output {idx}: {what}")
+                raise NumericMismatchError(msg, pass_name=name, output_index=idx, max_abs_error=err, rel_error=rel)
+        if changed:
+            self._dump(graph, f"after-{name}")
+        if self.print_after == "all" or (self.print_after == "changed" and changed):
+            out = self._out()
+            if self.print_after == "all":
+                out.write(f"// ----- after {name} (iteration {it}){'' if changed else ', unchanged'} -----\n")
+                out.write(print_graph(graph))
+            else:
+                diff = difflib.unified_diff(text_before.splitlines(keepends=True),
+                                            print_graph(graph).splitlines(keepends=True),
+                                            fromfile=f"before {name}", tofile=f"after {name}")
+                out.write("".join(diff))
+        if self.instrument is not None:
+            self.instrument(rec, graph)
+        return changed, new_hist

@@ -1,0 +1,34 @@
+"""Dead-code elimination: ``y = op(...)`` with ``y`` unused -> removed.
+
+Removes nodes none of whose outputs is read or returned, when the op is pure (a
+side-effecting op stays even when unused).  One backward sweep removes whole dead
+chains, since a node's users come after it; region bodies are swept too.  Unused
+graph inputs stay: they are the graph's signature.
+"""
+
+from __future__ import annotations
+
+from accelir.ir import Graph
+from accelir.ops import registry
+
+from .pattern import rewrite_budget
+from .registry import register_pass
+
+__all__ = ["dce"]
+
+
+@register_pass("dce", stage="cleanup", order=0)
+def dce(graph: Graph) -> bool:
+    """Remove unused pure nodes; True when something was removed."""
+    outputs = {id(v) for v in graph.outputs}
+    changed = False
+    for node in reversed(list(graph.nodes)):
+        if node.regions:
+            for r in node.regions:
+                changed |= dce(r)
+        if (registry.get(node.op).pure and not any(o._uses or id(o) in outputs for o in node.outputs)):
+            if not rewrite_budget.allow(lambda n=node: f"dce: remove {n.describe()}"):
+                return changed
+            graph.remove(node)
+            changed = True
+    return changed

@@ -1,0 +1,106 @@
+"""Constant folding: ``op(c1, c2, ...)`` with constant operands -> ``constant``.
+
+Evaluates a node whose operands are all constants (zero-operand ops like ``iota``
+included) with the op's numpy reference, the same code the interpreter runs, so the
+folded array has exactly the dtype and value the node would compute at run time.
+This folds the shape arithmetic frontends leave behind.
+
+Never folded: impure ops, ops with regions, nodes with symbolic output shapes, and
+results over ``max_bytes`` (default 1 MiB) unless they replace larger constant
+operands that die with the node, so a model never bloats.  A reference that raises
+(an out-of-range gather, say) leaves the node in place for the run time to report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from accelir.interpreter import InterpreterError
+from accelir.ir import Graph, Node
+from accelir.ops import registry
+
+from .pattern import provenance, remove_dead, rewrite_budget
+from .registry import register_pass
+
+__all__ = ["FoldConstants", "fold_constants", "evaluate_node"]
+
+MIB = 1 << 20
+
+
+def evaluate_node(node: Node, args: list[np.ndarray]) -> list[np.ndarray]:
+    """Run ``node``'s reference on ``args``; results are checked against the node's types."""
+    opdef = registry.get(node.op)
+    with np.errstate(all="ignore"):
+        results = [np.asarray(r) for r in opdef.reference(args, dict(node.attrs), node.regions)]
+    if len(results) != len(node.outputs):
+        raise InterpreterError(f"{node.describe()}: reference gave {len(results)} results")
+    for r, o in zip(results, node.outputs):
+        if r.dtype != o.type.dtype.numpy or r.shape != o.type.shape:
+            raise InterpreterError(f"{node.describe()}: reference gave {r.dtype}{list(r.shape)}, node says {o.type}")
+    return results
+
+
+def _dying_operand_bytes(node: Node) -> int:
+    """Bytes of the constant operands that only this node reads (they go when it folds)."""
+    seen: set[int] = set()
+    total = 0
+    for v in node.inputs:
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if all(u is node for u, _ in v._uses) and not v.is_graph_output:
+            total += v.const_value.nbytes
+    return total
+
+
+@dataclass(frozen=True)
+class FoldConstants:
+    """Fold nodes with all-constant operands; ``max_bytes`` caps each folded result."""
+
+    max_bytes: int = MIB
+
+    @property
+    def __name__(self) -> str:
+        return "fold_constants"
+
+    def foldable(self, node: Node) -> bool:
+        if node.op == "constant" or node.regions:
+            return False
+        opdef = registry.get(node.op)
+        if not opdef.pure or opdef.has_regions:
+            return False
+        if not all(o.type.is_static for o in node.outputs):
+            return False
+        return all(v.const_value is not None for v in node.inputs)
+
+    def __call__(self, graph: Graph) -> bool:
+        changed = False
+        for node in list(graph.nodes):
+            if node.regions:
+                for r in node.regions:
+                    changed |= self(r)
+                continue
+            if node.graph is not graph or not self.foldable(node):
+                continue
+            size = sum(o.type.nbytes for o in node.outputs)
+            if size > self.max_bytes and size > _dying_operand_bytes(node):
+                continue
+            try:
+                results = evaluate_node(node, [v.const_value for v in node.inputs])
+            except Exception:  # noqa: BLE001 - an op failing on constants fails at run time too
+                continue
+            if not rewrite_budget.allow(lambda n=node: f"fold_constants: fold {n.describe()}"):
+                return changed
+            meta = provenance(node, "fold_constants", node.op)
+            new = [graph.const(r, name=(o.name or "folded"), before=node, meta=meta)
+                   for r, o in zip(results, node.outputs)]
+            inputs = [v.producer for v in node.inputs]
+            graph.replace(node, new)
+            remove_dead(graph, inputs)
+            changed = True
+        return changed
+
+
+fold_constants = register_pass("fold_constants", stage="cleanup", order=10)(FoldConstants())
