@@ -94,8 +94,11 @@ class FoldConstants:
             if not rewrite_budget.allow(lambda n=node: f"fold_constants: fold {n.describe()}"):
                 return changed
             meta = provenance(node, "fold_constants", node.op)
-            new = [graph.const(r, name=(o.name or "folded"), before=node, meta=meta)
-                   for r, o in zip(results, node.outputs)]
+            new = []
+            for r, o in zip(results, node.outputs):
+                c = graph.const(r, name=o.name or "folded", before=node, meta=meta)
+                c.name = o.name
+                new.append(c)
             inputs = [v.producer for v in node.inputs]
             graph.replace(node, new)
             remove_dead(graph, inputs)
