@@ -1,0 +1,280 @@
+"""ONNX's backend node tests run through accelir: the conformance check of the ONNX frontend.
+
+Each node test is a model with input and expected output arrays.  They are read from
+``onnx/backend/test/data/node`` when the installed onnx ships that directory, and
+otherwise generated in memory from ``onnx.backend.test.case.node`` (the same code
+that writes those files).  Two paths are checked:
+
+- ``interpreter``: import -> accelir interpreter;
+- ``onnxruntime``: import -> level-2 passes -> ONNX lowering -> onnxruntime.
+
+A test is out of scope when it needs something the IR cannot hold (``scope_of``:
+the ops in ``onnx_ops.OUT_OF_SCOPE``, non-tensor types, dtypes without an accelir
+dtype); everything else counts, implemented or not.  ``python -m
+accelir.frontends.onnx_conformance`` prints the report.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from ..errors import AccelirError
+from .onnx import ONNX_DTYPES, DynamicValueError, import_onnx
+from .onnx_ops import OUT_OF_SCOPE, OUT_OF_SCOPE_DOMAINS
+
+__all__ = ["NodeCase", "CaseResult", "load_cases", "scope_of", "run_case", "run_suite", "summarize", "PATHS"]
+
+
+@dataclass
+class NodeCase:
+    name: str
+    model: Any
+    data_sets: list[tuple[list[np.ndarray], list[np.ndarray]]]
+    rtol: float = 1e-3
+    atol: float = 1e-7
+
+
+@dataclass
+class CaseResult:
+    name: str
+    scope: str  # "in" or the out-of-scope reason
+    status: dict[str, str] = field(default_factory=dict)  # path -> "pass" or the failure
+    specialised: bool = False
+
+
+def _load_pb_dir(case_dir: str) -> NodeCase:
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load(os.path.join(case_dir, "model.onnx"), load_external_data=False)
+    sets = []
+    for ds in sorted(d for d in os.listdir(case_dir) if d.startswith("test_data_set_")):
+        path = os.path.join(case_dir, ds)
+
+        def read(prefix: str) -> list[np.ndarray]:
+            out = []
+            files = sorted((f for f in os.listdir(path) if f.startswith(prefix)),
+                           key=lambda f: int(f[len(prefix):-3]))
+            for f in files:
+                t = onnx.TensorProto()
+                with open(os.path.join(path, f), "rb") as fh:
+                    t.ParseFromString(fh.read())
+                out.append(numpy_helper.to_array(t))
+            return out
+        sets.append((read("input_"), read("output_")))
+    return NodeCase(os.path.basename(case_dir), model, sets)
+
+
+def load_cases(names: Iterable[str] | None = None) -> list[NodeCase]:
+    """The ONNX backend node tests (all, or those named)."""
+    import onnx.backend.test
+    wanted = set(names) if names is not None else None
+    data_dir = os.path.join(os.path.dirname(onnx.backend.test.__file__), "data", "node")
+    if os.path.isdir(data_dir):
+        dirs = sorted(d for d in os.listdir(data_dir) if wanted is None or d in wanted)
+        return [_load_pb_dir(os.path.join(data_dir, d)) for d in dirs]
+    import warnings
+    from onnx.backend.test.case import node
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        cases = node.collect_testcases(None)
+    return [NodeCase(c.name, c.model, list(c.data_sets), c.rtol, c.atol) for c in cases
+            if wanted is None or c.name in wanted]
+
+
+# ----- scope -------------------------------------------------------------------------
+
+def _graphs_of(graph: Any) -> Iterable[Any]:
+    yield graph
+    for n in graph.node:
+        for a in n.attribute:
+            for g in ([a.g] if a.type == 5 else list(a.graphs) if a.type == 10 else []):
+                yield from _graphs_of(g)
+
+
+def _type_scope(tp: Any) -> str | None:
+    kind = tp.WhichOneof("value")
+    if kind != "tensor_type":
+        return "sequence / optional types" if kind else None
+    if tp.tensor_type.elem_type not in ONNX_DTYPES:
+        return "dtype outside the IR"
+    return None
+
+
+def scope_of(case: NodeCase) -> str:
+    """'in', or why the test is out of scope."""
+    m = case.model
+    nodes = [n for g in _graphs_of(m.graph) for n in g.node] + [n for f in m.functions for n in f.node]
+    for n in nodes:
+        dom = "" if n.domain in ("", "ai.onnx") else n.domain
+        if dom in OUT_OF_SCOPE_DOMAINS:
+            return OUT_OF_SCOPE_DOMAINS[dom]
+        if not dom and n.op_type in OUT_OF_SCOPE:
+            return OUT_OF_SCOPE[n.op_type]
+    for g in _graphs_of(m.graph):
+        for vi in list(g.input) + list(g.output):
+            why = _type_scope(vi.type)
+            if why:
+                return why
+        for t in g.initializer:
+            if t.data_type not in ONNX_DTYPES:
+                return "dtype outside the IR"
+    for n in nodes:
+        for a in n.attribute:
+            if a.name in ("to", "dtype", "output_dtype") and a.type == 2 and a.i and a.i not in ONNX_DTYPES:
+                return "dtype outside the IR"
+            if a.type == 4 and a.t.data_type not in ONNX_DTYPES:
+                return "dtype outside the IR"
+            if n.op_type == "BatchNormalization" and a.name == "training_mode" and a.i:
+                return OUT_OF_SCOPE["Adam"]
+    for inputs, outputs in case.data_sets:
+        for arr in list(inputs) + list(outputs):
+            if not isinstance(arr, np.ndarray) or arr.dtype.kind in "OUSc":
+                return "sequence / optional types" if not isinstance(arr, np.ndarray) else "dtype outside the IR"
+        names = [vi.name for vi in m.graph.input]
+        feeds = dict(zip(names, inputs))
+        for n in m.graph.node:
+            if n.op_type == "Dropout" and len(n.input) > 2 and n.input[2] in feeds and bool(feeds[n.input[2]]):
+                return OUT_OF_SCOPE["RandomNormal"]
+    return "in"
+
+
+# ----- running -----------------------------------------------------------------------
+
+def _compare(got: Sequence[np.ndarray], want: Sequence[np.ndarray], rtol: float, atol: float) -> str | None:
+    if len(got) != len(want):
+        return f"{len(got)} outputs, expected {len(want)}"
+    for i, (g, w) in enumerate(zip(got, want)):
+        g = np.asarray(g)
+        if g.dtype != w.dtype:
+            return f"output {i}: dtype {g.dtype}, expected {w.dtype}"
+        if g.shape != w.shape:
+            return f"output {i}: shape {g.shape}, expected {w.shape}"
+        try:
+            np.testing.assert_allclose(g.astype(np.float64) if g.dtype.kind == "f" and g.dtype.itemsize < 4 else g,
+                                       w.astype(np.float64) if w.dtype.kind == "f" and w.dtype.itemsize < 4 else w,
+                                       rtol=rtol, atol=atol)
+        except AssertionError as e:
+            lines = [ln for ln in str(e).splitlines() if "Max" in ln or "Mismatched" in ln]
+            return f"output {i} differs: {'; '.join(ln.strip() for ln in lines)}"
+    return None
+
+
+def _import(case: NodeCase, inputs: Sequence[np.ndarray]) -> tuple[Any, bool]:
+    """Import, binding shape-driving inputs to their test values when the model needs it."""
+    try:
+        return import_onnx(case.model), False
+    except DynamicValueError:
+        pass
+    names = [vi.name for vi in case.model.graph.input]
+    static: dict[str, np.ndarray] = {}
+    for _ in range(len(names)):
+        try:
+            return import_onnx(case.model, static_inputs=static), True
+        except DynamicValueError as e:
+            new = [n for n in e.input_names if n in names and n not in static]
+            if not new:
+                raise
+            for n in new:
+                static[n] = inputs[names.index(n)]
+    return import_onnx(case.model, static_inputs=static), True
+
+
+def _feeds(graph: Any, case: NodeCase, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    names = [vi.name for vi in case.model.graph.input]
+    by_name = dict(zip(names, inputs))
+    return [by_name[n] for n in graph.meta["signature"].input_names]
+
+
+def _run_interpreter(graph: Any, case: NodeCase, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    from ..interpreter import run_graph
+    with np.errstate(all="ignore"):
+        return run_graph(graph, _feeds(graph, case, inputs))
+
+
+def _run_onnxruntime(graph: Any, case: NodeCase, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+    from accelir.lowering.onnx import to_onnx
+    from accelir.passes.pipeline import run_pipeline
+    g = graph.copy()
+    g.meta.update(graph.meta)
+    run_pipeline(g, level=2)
+    model = to_onnx(g)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feeds = dict(zip([i.name for i in sess.get_inputs()], _feeds(graph, case, inputs)))
+    return sess.run(None, feeds)
+
+
+PATHS: dict[str, Callable[[Any, NodeCase, Sequence[np.ndarray]], list[np.ndarray]]] = {
+    "interpreter": _run_interpreter,
+    "onnxruntime": _run_onnxruntime,
+}
+
+
+def _short(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+
+
+def run_case(case: NodeCase, paths: Sequence[str] = ("interpreter",)) -> CaseResult:
+    res = CaseResult(case.name, scope_of(case))
+    if res.scope != "in":
+        return res
+    for path in paths:
+        status = "pass"
+        for inputs, outputs in case.data_sets:
+            try:
+                graph, res.specialised = _import(case, inputs)
+                got = PATHS[path](graph, case, inputs)
+                err = _compare(got, outputs, case.rtol, case.atol)
+                if err:
+                    status = f"mismatch: {err}"
+            except AccelirError as e:
+                status = f"error: {_short(e)}"
+            except Exception as e:
+                status = f"crash: {_short(e)}"
+            if status != "pass":
+                break
+        res.status[path] = status
+    return res
+
+
+def run_suite(paths: Sequence[str] = ("interpreter",), names: Iterable[str] | None = None) -> list[CaseResult]:
+    return [run_case(c, paths) for c in load_cases(names)]
+
+
+def summarize(results: Sequence[CaseResult], paths: Sequence[str]) -> dict[str, Any]:
+    inscope = [r for r in results if r.scope == "in"]
+    out: dict[str, Any] = {"total": len(results), "in_scope": len(inscope),
+                           "out_of_scope": dict(Counter(r.scope for r in results if r.scope != "in")),
+                           "specialised": sum(r.specialised for r in inscope)}
+    for p in paths:
+        passed = sum(r.status.get(p) == "pass" for r in inscope)
+        out[p] = {"passed": passed, "rate": passed / max(len(inscope), 1)}
+    return out
+
+
+def main(argv: Sequence[str]) -> int:
+    paths = [p for p in argv if p in PATHS] or ["interpreter"]
+    names = [a for a in argv if a.startswith("test_")] or None
+    t0 = time.perf_counter()
+    results = run_suite(paths, names)
+    summary = summarize(results, paths)
+    for r in results:
+        for p in paths:
+            if r.scope == "in" and r.status.get(p) != "pass":
+                print(f"FAIL [{p}] {r.name}: {r.status.get(p)}")
+    print(summary)
+    print(f"{time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

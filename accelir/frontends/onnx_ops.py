@@ -1,0 +1,1278 @@
+"""ONNX op rules: one function per ONNX op (or a table row for the simple ones) that
+builds the accelir nodes for an ONNX node.
+
+A rule gets a :class:`NodeContext` and returns the values of the node's outputs, or
+``None`` to fall back on the function body that the ONNX schema defines for the op
+(``Celu``, ``GroupNormalization``, the losses, ``Attention``, ...), which is then
+inlined like a model-local function.  ``OUT_OF_SCOPE`` lists, in one place, the ops
+the IR cannot represent and why; the importer and the conformance suite both read it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .. import dims as D
+from ..errors import UnsupportedOpError
+from ..ir import DType, Graph, TensorType, Value
+from ..ops import registry
+from .onnx import (_DTYPE_TO_ONNX, DynamicValueError, ImportScope, OnnxImportError, free_names, onnx_dtype,
+                   topo_order)
+
+__all__ = ["convert", "evaluate_known", "RULES", "MS_RULES", "OUT_OF_SCOPE", "NodeContext"]
+
+# ONNX op -> why the IR cannot hold it.  Everything else is in scope, implemented or not.
+OUT_OF_SCOPE: dict[str, str] = {
+    **{op: "string tensors" for op in ("StringConcat", "StringNormalizer", "StringSplit", "RegexFullMatch",
+                                       "TfIdfVectorizer")},
+    **{op: "sequence / optional types" for op in (
+        "SequenceAt", "SequenceConstruct", "SequenceEmpty", "SequenceErase", "SequenceInsert", "SequenceLength",
+        "SequenceMap", "SplitToSequence", "ConcatFromSequence", "Optional", "OptionalGetElement",
+        "OptionalHasElement")},
+    **{op: "random numbers" for op in ("Bernoulli", "RandomNormal", "RandomNormalLike", "RandomUniform",
+                                       "RandomUniformLike", "Multinomial")},
+    **{op: "output shape depends on the data" for op in ("NonZero", "Unique", "Compress", "NonMaxSuppression")},
+    **{op: "training ops" for op in ("Adagrad", "Adam", "Momentum", "Gradient")},
+    "ImageDecoder": "encoded image bytes",
+}
+
+# ops that read a domain other than the standard one, and why they are left out
+OUT_OF_SCOPE_DOMAINS: dict[str, str] = {
+    "ai.onnx.ml": "classical ML ops (trees, label encoders)",
+    "ai.onnx.preview.training": "training ops",
+    "ai.onnx.preview": "preview ops",
+}
+
+_HUGE = 1 << 62  # ONNX uses INT64_MAX / INT64_MIN as open slice ends
+
+
+class NodeContext:
+    """What a rule sees: the node, its input values, its attributes and a builder."""
+
+    def __init__(self, imp: Any, scope: ImportScope, node: Any, inputs: list[Value | None], label: str):
+        from onnx import helper
+        self.imp = imp
+        self.scope = scope
+        self.graph: Graph = scope.graph
+        self.node = node
+        self.inputs = inputs
+        self.label = label
+        self.opset = scope.opsets.get("", 1)
+        self.attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        origin = node.name or node.op_type
+        self.builder = self.graph.builder(meta={"origin": scope.origin_prefix + origin})
+
+    def input(self, i: int) -> Value | None:
+        return self.inputs[i] if i < len(self.inputs) else None
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        v = self.attrs.get(name, default)
+        return v.decode() if isinstance(v, bytes) else v
+
+    def wants(self, i: int) -> bool:
+        """Whether the node's output ``i`` is used (named)."""
+        return i < len(self.node.output) and bool(self.node.output[i])
+
+    def op(self, name: str, *ins: Value, **attrs: Any) -> Value:
+        return self.builder.op(name, *ins, **attrs)
+
+    def ops(self, name: str, *ins: Value, **attrs: Any) -> tuple[Value, ...]:
+        return self.builder.ops(name, *ins, **attrs)
+
+    def const(self, value: Any, dtype: DType | None = None) -> Value:
+        return self.builder.const(value, dtype, name="c")
+
+    def scalar(self, value: Any, like: Value | DType) -> Value:
+        return self.builder.scalar(value, like)
+
+    def known(self, i: int) -> np.ndarray | None:
+        v = self.input(i)
+        return None if v is None else self.imp.value_of(v)
+
+    def values(self, i: int, what: str) -> np.ndarray:
+        """Input ``i``'s value now; shape-like inputs must be computable at import."""
+        v = self.input(i)
+        arr = self.imp.value_of(v)
+        if arr is None:
+            names = self.imp.graph_inputs_behind(v)
+            raise DynamicValueError(f"its {what} (input {i}) is computed from run-time data"
+                                    + (f" (graph inputs {names})" if names else "")
+                                    + "; accelir needs it when building the graph: bind those inputs with "
+                                      "import_onnx(..., static_inputs=...) or fix the dims in the model", names)
+        return arr
+
+    def ints(self, i: int, what: str) -> tuple[D.Dim, ...]:
+        arr = self.values(i, what)
+        return tuple(x if isinstance(x, str) else int(x) for x in np.asarray(arr).reshape(-1))
+
+    def axes(self, input_index: int, attr: str = "axes") -> tuple[int, ...] | None:
+        """Axes from input ``input_index`` (newer opsets) or the attribute (older ones)."""
+        if self.input(input_index) is not None:
+            out = self.ints(input_index, attr)
+            if any(isinstance(a, str) for a in out):
+                raise DynamicValueError(f"its {attr} depend on symbolic dims")
+            return tuple(int(a) for a in out)
+        a = self.attr(attr)
+        return None if a is None else tuple(int(x) for x in a)
+
+    def unsupported(self, why: str) -> UnsupportedOpError:
+        return UnsupportedOpError(f"{self.label}: {why}", [self.node.op_type])
+
+
+Rule = Callable[[NodeContext], "Sequence[Value | None] | None"]
+RULES: dict[str, Rule] = {}
+MS_RULES: dict[str, Rule] = {}
+
+
+def rule(*names: str, table: dict[str, Rule] = RULES) -> Callable[[Rule], Rule]:
+    def deco(fn: Rule) -> Rule:
+        for n in names:
+            table[n] = fn
+        return fn
+    return deco
+
+
+def _norm_axis(ctx: NodeContext, axis: int, rank: int) -> int:
+    if not -rank <= axis < max(rank, 1):
+        raise OnnxImportError(f"{ctx.label}: axis {axis} is out of range for rank {rank}")
+    return axis % rank if rank else 0
+
+
+def _cast(ctx: NodeContext, v: Value, dt: DType) -> Value:
+    return v if v.dtype is dt else ctx.op("cast", v, dtype=dt)
+
+
+def _reshape(ctx: NodeContext, v: Value, shape: Sequence[D.Dim]) -> Value:
+    return v if tuple(v.shape) == tuple(shape) else ctx.op("reshape", v, shape=tuple(shape))
+
+
+# ----- elementwise tables ------------------------------------------------------------
+
+UNARY = {"Abs": "abs", "Neg": "neg", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Sin": "sin", "Cos": "cos",
+         "Tan": "tan", "Asin": "asin", "Acos": "acos", "Atan": "atan", "Sinh": "sinh", "Cosh": "cosh",
+         "Asinh": "asinh", "Acosh": "acosh", "Atanh": "atanh", "Tanh": "tanh", "Sigmoid": "sigmoid", "Erf": "erf",
+         "Floor": "floor", "Ceil": "ceil", "Round": "round", "Sign": "sign", "Reciprocal": "reciprocal",
+         "Relu": "relu", "Not": "not", "BitwiseNot": "not", "IsNaN": "isnan"}
+BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "And": "and", "Or": "or", "Xor": "xor",
+          "BitwiseAnd": "and", "BitwiseOr": "or", "BitwiseXor": "xor", "Equal": "eq", "Less": "lt",
+          "LessOrEqual": "le", "Greater": "gt", "GreaterOrEqual": "ge"}
+VARIADIC = {"Max": "max", "Min": "min", "Sum": "add", "Mean": "add"}
+
+
+def _unary(ctx: NodeContext) -> list[Value]:
+    return [ctx.op(UNARY[ctx.node.op_type], ctx.input(0))]
+
+
+def _binary(ctx: NodeContext) -> list[Value]:
+    return [ctx.op(BINARY[ctx.node.op_type], ctx.input(0), ctx.input(1))]
+
+
+def _variadic(ctx: NodeContext) -> list[Value]:
+    vals = [v for v in ctx.inputs if v is not None]
+    out = vals[0]
+    for v in vals[1:]:
+        out = ctx.op(VARIADIC[ctx.node.op_type], out, v)
+    if ctx.node.op_type == "Mean" and len(vals) > 1:
+        out = ctx.op("div", out, ctx.scalar(len(vals), out))
+    return [out]
+
+
+for _n in UNARY:
+    RULES[_n] = _unary
+for _n in BINARY:
+    RULES[_n] = _binary
+for _n in VARIADIC:
+    RULES[_n] = _variadic
+
+
+@rule("Identity")
+def _identity(ctx: NodeContext):
+    return [ctx.input(0)]
+
+
+@rule("Pow")
+def _pow(ctx: NodeContext):
+    x, y = ctx.input(0), ctx.input(1)
+    return [ctx.op("pow", x, _cast(ctx, y, x.dtype))]
+
+
+@rule("Mod")
+def _mod(ctx: NodeContext):
+    a, b = ctx.input(0), ctx.input(1)
+    r = ctx.op("rem", a, b)
+    if ctx.attr("fmod", 0) or not a.dtype.is_signed:
+        return [r]
+    zero = ctx.scalar(0, a)
+    # python modulo: the remainder takes the divisor's sign
+    fix = ctx.op("and", ctx.op("ne", r, zero), ctx.op("ne", ctx.op("lt", r, zero), ctx.op("lt", b, zero)))
+    return [ctx.op("where", fix, ctx.op("add", r, b), r)]
+
+
+@rule("BitShift")
+def _bitshift(ctx: NodeContext):
+    x, y = ctx.input(0), ctx.input(1)
+    factor = ctx.op("pow", ctx.scalar(2, x), y)
+    return [ctx.op("mul" if ctx.attr("direction") == "LEFT" else "div", x, factor)]
+
+
+@rule("IsInf")
+def _isinf(ctx: NodeContext):
+    x = ctx.input(0)
+    out = ctx.op("isinf", x)
+    pos, neg = ctx.attr("detect_positive", 1), ctx.attr("detect_negative", 1)
+    if pos and not neg:
+        out = ctx.op("and", out, ctx.op("gt", x, ctx.scalar(0, x)))
+    elif neg and not pos:
+        out = ctx.op("and", out, ctx.op("lt", x, ctx.scalar(0, x)))
+    elif not pos and not neg:
+        out = ctx.op("and", out, ctx.op("ne", x, x))
+    return [out]
+
+
+@rule("Where")
+def _where(ctx: NodeContext):
+    return [ctx.op("where", ctx.input(0), ctx.input(1), ctx.input(2))]
+
+
+@rule("Cast")
+def _cast_rule(ctx: NodeContext):
+    return [_cast(ctx, ctx.input(0), onnx_dtype(ctx.attr("to"), f"{ctx.label}: its 'to' type"))]
+
+
+@rule("CastLike")
+def _castlike(ctx: NodeContext):
+    return [_cast(ctx, ctx.input(0), ctx.input(1).dtype)]
+
+
+@rule("Clip")
+def _clip(ctx: NodeContext):
+    x = ctx.input(0)
+    lo, hi = ctx.input(1), ctx.input(2)
+    if ctx.opset < 11:
+        lo = ctx.scalar(ctx.attr("min"), x) if "min" in ctx.attrs else None
+        hi = ctx.scalar(ctx.attr("max"), x) if "max" in ctx.attrs else None
+    if lo is not None:
+        x = ctx.op("max", x, lo)
+    if hi is not None:
+        x = ctx.op("min", x, hi)
+    return [x]
+
+
+@rule("Gelu")
+def _gelu(ctx: NodeContext):
+    return [ctx.op("gelu", ctx.input(0), approximate=ctx.attr("approximate", "none"))]
+
+
+@rule("Swish")
+def _swish(ctx: NodeContext):
+    x = ctx.input(0)
+    alpha = ctx.attr("alpha", 1.0)
+    if alpha == 1.0:
+        return [ctx.op("silu", x)]
+    return [ctx.op("mul", x, ctx.op("sigmoid", ctx.op("mul", x, ctx.scalar(alpha, x))))]
+
+
+@rule("Softmax", "LogSoftmax")
+def _softmax(ctx: NodeContext):
+    x = ctx.input(0)
+    op = "softmax" if ctx.node.op_type == "Softmax" else "log_softmax"
+    if ctx.opset >= 13:
+        return [ctx.op(op, x, axis=_norm_axis(ctx, ctx.attr("axis", -1), x.rank))]
+    # before opset 13 the input is coerced to 2-D [prod(dims[:axis]), prod(dims[axis:])]
+    ax = _norm_axis(ctx, ctx.attr("axis", 1), x.rank)
+    if ax == x.rank - 1:
+        return [ctx.op(op, x, axis=ax)]
+    flat = _reshape(ctx, x, (D.dim_prod(x.shape[:ax]), D.dim_prod(x.shape[ax:])))
+    return [_reshape(ctx, ctx.op(op, flat, axis=1), x.shape)]
+
+
+@rule("Hardmax")
+def _hardmax(ctx: NodeContext):
+    x = ctx.input(0)
+    ax = _norm_axis(ctx, ctx.attr("axis", -1 if ctx.opset >= 13 else 1), x.rank)
+    if ctx.opset < 13 and ax != x.rank - 1:
+        return None
+    am = ctx.op("argmax", x, axis=ax, keepdims=True)
+    pos = ctx.op("iota", shape=x.shape, axis=ax, dtype=DType.i64)
+    return [_cast(ctx, ctx.op("eq", pos, am), x.dtype)]
+
+
+# ----- shapes ------------------------------------------------------------------------
+
+def _dim_tensor(ctx: NodeContext, d: D.Dim) -> Value:
+    """A 1-element i64 tensor holding dim ``d`` (a symbolic dim is counted at run time)."""
+    if type(d) is int:
+        return ctx.const(np.array([d], np.int64))
+    ones = ctx.op("broadcast_to", ctx.scalar(1, DType.i64), shape=(d,))
+    return ctx.op("reduce_sum", ones, axes=(0,), keepdims=True)
+
+
+def _shape_value(ctx: NodeContext, dims: Sequence[D.Dim]) -> Value:
+    if all(type(d) is int for d in dims):
+        return ctx.const(np.array(dims, np.int64).reshape(len(dims)))
+    parts = [_dim_tensor(ctx, d) for d in dims]
+    out = parts[0] if len(parts) == 1 else ctx.op("concat", *parts, axis=0)
+    ctx.imp.known[id(out)] = np.array(list(dims), dtype=object)
+    return out
+
+
+@rule("Shape")
+def _shape(ctx: NodeContext):
+    shape = ctx.input(0).shape
+    rank = len(shape)
+    start = ctx.attr("start", 0)
+    end = ctx.attr("end", rank)
+    start = min(max(start + rank if start < 0 else start, 0), rank)
+    end = min(max(end + rank if end < 0 else end, 0), rank)
+    return [_shape_value(ctx, shape[start:end])]
+
+
+@rule("Size")
+def _size(ctx: NodeContext):
+    n = D.dim_prod(ctx.input(0).shape)
+    if type(n) is int:
+        return [ctx.const(np.array(n, np.int64))]
+    out = ctx.op("reshape", _dim_tensor(ctx, n), shape=())
+    ctx.imp.known[id(out)] = np.array(n, dtype=object)
+    return [out]
+
+
+@rule("Reshape")
+def _reshape_rule(ctx: NodeContext):
+    x = ctx.input(0)
+    target = list(ctx.ints(1, "shape"))
+    allowzero = ctx.attr("allowzero", 0)
+    for i, d in enumerate(target):
+        if d == 0 and not allowzero:
+            if i >= x.rank:
+                raise OnnxImportError(f"{ctx.label}: shape entry {i} is 0 (copy) but the input has rank {x.rank}")
+            target[i] = x.shape[i]
+    if target.count(-1) > 1:
+        raise OnnxImportError(f"{ctx.label}: shape {target} has more than one -1")
+    if -1 in target:
+        k = target.index(-1)
+        rest = D.dim_prod([d for i, d in enumerate(target) if i != k])
+        total = D.dim_prod(x.shape)
+        if type(rest) is int and type(total) is int:
+            if rest == 0 or total % rest:
+                raise OnnxImportError(f"{ctx.label}: cannot reshape {x.type} to {target}")
+        target[k] = D.dim_floordiv(total, rest)
+    return [_reshape(ctx, x, target)]
+
+
+@rule("Flatten")
+def _flatten(ctx: NodeContext):
+    x = ctx.input(0)
+    ax = ctx.attr("axis", 1)
+    ax = ax + x.rank if ax < 0 else ax
+    return [_reshape(ctx, x, (D.dim_prod(x.shape[:ax]), D.dim_prod(x.shape[ax:])))]
+
+
+@rule("Squeeze")
+def _squeeze(ctx: NodeContext):
+    x = ctx.input(0)
+    axes = ctx.axes(1)
+    if axes is None:
+        axes = tuple(i for i, d in enumerate(x.shape) if d == 1)
+    return [ctx.op("squeeze", x, axes=tuple(_norm_axis(ctx, a, x.rank) for a in axes)) if axes else x]
+
+
+@rule("Unsqueeze")
+def _unsqueeze(ctx: NodeContext):
+    axes = ctx.axes(1)
+    return [ctx.op("unsqueeze", ctx.input(0), axes=axes)]
+
+
+@rule("Transpose")
+def _transpose(ctx: NodeContext):
+    x = ctx.input(0)
+    perm = tuple(ctx.attr("perm", range(x.rank - 1, -1, -1)))
+    return [x if perm == tuple(range(x.rank)) else ctx.op("transpose", x, perm=perm)]
+
+
+@rule("Expand")
+def _expand(ctx: NodeContext):
+    x = ctx.input(0)
+    shape = ctx.ints(1, "shape")
+    rank = max(x.rank, len(shape))
+    xs = (1,) * (rank - x.rank) + tuple(x.shape)
+    ts = (1,) * (rank - len(shape)) + tuple(shape)
+    out = tuple(b if a == 1 else a for a, b in zip(xs, ts))
+    return [x if out == tuple(x.shape) else ctx.op("broadcast_to", x, shape=out)]
+
+
+@rule("Concat")
+def _concat(ctx: NodeContext):
+    vals = [v for v in ctx.inputs if v is not None]
+    ax = _norm_axis(ctx, ctx.attr("axis"), vals[0].rank)
+    # ONNX allows empty operands; the IR's concat does too, but they add nothing
+    nonempty = [v for v in vals if v.shape[ax] != 0] or vals[:1]
+    return [nonempty[0] if len(nonempty) == 1 else ctx.op("concat", *nonempty, axis=ax)]
+
+
+def _slice_axis(ctx: NodeContext, x: Value, ax: int, start: D.Dim, stop: D.Dim, step: int) -> Value:
+    """x[start:stop:step] on one axis with ONNX's clamping (negative steps flip the axis)."""
+    dim = x.shape[ax]
+
+    def norm(v: D.Dim, lo: int, hi_off: int) -> D.Dim:
+        if isinstance(v, str):
+            return v
+        if v >= _HUGE // 4:
+            return D.dim_add(dim, hi_off)
+        if v <= -_HUGE // 4:
+            return lo
+        if v < 0:
+            v = D.dim_add(dim, v)
+        if type(v) is int and type(dim) is int:
+            v = min(max(v, lo), dim + hi_off)
+        elif type(v) is int:
+            v = max(v, lo)
+        return v
+
+    if step == 0:
+        raise OnnxImportError(f"{ctx.label}: slice step 0")
+    if step > 0:
+        s, e = norm(start, 0, 0), norm(stop, 0, 0)
+        if type(s) is int and type(e) is int and e < s:
+            e = s
+        if s == 0 and e == dim and step == 1:
+            return x
+        return ctx.op("slice", x, starts=(s,), stops=(e,), steps=(step,), axes=(ax,))
+    if type(dim) is not int:
+        raise ctx.unsupported("negative slice steps need a static dim")
+    s, e = norm(start, 0, -1), norm(stop, -1, -1)
+    # in flipped coordinates index i becomes dim - 1 - i
+    fs, fe = dim - 1 - s, dim - 1 - e
+    fe = max(fe, fs)
+    flipped = ctx.op("reverse", x, axes=(ax,))
+    if fs == 0 and fe == dim and step == -1:
+        return flipped
+    return ctx.op("slice", flipped, starts=(fs,), stops=(fe,), steps=(-step,), axes=(ax,))
+
+
+@rule("Slice")
+def _slice(ctx: NodeContext):
+    x = ctx.input(0)
+    if ctx.opset < 10:
+        starts, ends = ctx.attr("starts"), ctx.attr("ends")
+        axes = ctx.attr("axes", range(len(starts)))
+        steps = [1] * len(starts)
+    else:
+        starts, ends = ctx.ints(1, "starts"), ctx.ints(2, "ends")
+        axes = ctx.axes(3) or tuple(range(len(starts)))
+        steps = ctx.ints(4, "steps") if ctx.input(4) is not None else (1,) * len(starts)
+    if any(isinstance(s, str) for s in steps):
+        raise DynamicValueError("its steps depend on symbolic dims")
+    for st, en, ax, step in zip(starts, ends, axes, steps):
+        x = _slice_axis(ctx, x, _norm_axis(ctx, int(ax), x.rank), st, en, int(step))
+    return [x]
+
+
+@rule("Split")
+def _split(ctx: NodeContext):
+    x = ctx.input(0)
+    ax = _norm_axis(ctx, ctx.attr("axis", 0), x.rank)
+    n_out = len(ctx.node.output)
+    if ctx.input(1) is not None:
+        sizes = list(ctx.ints(1, "split"))
+    elif ctx.attr("split") is not None:
+        sizes = list(ctx.attr("split"))
+    else:
+        dim = x.shape[ax]
+        n = ctx.attr("num_outputs", n_out)
+        if type(dim) is not int:
+            if n == 1:
+                return [x]
+            raise ctx.unsupported("an even split of a symbolic dim")
+        chunk = -(-dim // n)
+        sizes = [min(chunk, dim - i * chunk) for i in range(n)]
+    outs, start = [], 0
+    for size in sizes:
+        stop = D.dim_add(start, size)
+        outs.append(ctx.op("slice", x, starts=(start,), stops=(stop,), axes=(ax,)))
+        start = stop
+    return outs
+
+
+@rule("Tile")
+def _tile(ctx: NodeContext):
+    x = ctx.input(0)
+    reps = ctx.ints(1, "repeats")
+    if all(r == 1 for r in reps):
+        return [x]
+    # [d0, d1] -> [1, d0, 1, d1] -> broadcast [r0, d0, r1, d1] -> [r0*d0, r1*d1]
+    inter = tuple(v for d in x.shape for v in (1, d))
+    big = tuple(v for r, d in zip(reps, x.shape) for v in (r, d))
+    b = ctx.op("broadcast_to", _reshape(ctx, x, inter), shape=big)
+    return [_reshape(ctx, b, tuple(D.dim_mul(r, d) for r, d in zip(reps, x.shape)))]
+
+
+@rule("ConstantOfShape")
+def _constant_of_shape(ctx: NodeContext):
+    shape = ctx.ints(0, "shape")
+    t = ctx.attrs.get("value")
+    fill = ctx.imp.array(t, f"{ctx.label}: its value") if t is not None else np.zeros(1, np.float32)
+    return [ctx.op("broadcast_to", ctx.const(fill.reshape(())), shape=shape)]
+
+
+@rule("Constant")
+def _constant(ctx: NodeContext):
+    a = ctx.node.attribute[0] if len(ctx.node.attribute) == 1 else None
+    if a is None:
+        raise OnnxImportError(f"{ctx.label}: a Constant needs exactly one value attribute")
+    scalars = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
+    if a.name == "value":
+        return [ctx.const(ctx.imp.array(a.t, f"{ctx.label}: its value"))]
+    if a.name in scalars:
+        return [ctx.const(np.asarray(ctx.attrs[a.name], dtype=scalars[a.name]))]
+    raise ctx.unsupported(f"constant attribute {a.name!r} (strings and sparse tensors are out of scope)")
+
+
+@rule("Range")
+def _range(ctx: NodeContext):
+    start, limit, delta = (ctx.known(i) for i in range(3))
+    dt = ctx.input(0).dtype
+    if start is not None and limit is not None and delta is not None and limit.dtype != object:
+        return [ctx.const(np.arange(start.item(), limit.item(), delta.item()).astype(dt.numpy))]
+    if start is None or delta is None or limit is None or start.dtype == object or delta.dtype == object:
+        return None
+    s, lim, d = int(start.item()), limit.item(), int(delta.item())
+    if d <= 0:
+        raise ctx.unsupported("a symbolic limit with a non-positive delta")
+    n = D.dim_floordiv(D.dim_add(D.dim_sub(lim, s), d - 1), d)
+    r = ctx.op("iota", shape=(n,), axis=0, dtype=dt)
+    if d != 1:
+        r = ctx.op("mul", r, ctx.scalar(d, dt))
+    return [ctx.op("add", r, ctx.scalar(s, dt)) if s else r]
+
+
+@rule("EyeLike")
+def _eyelike(ctx: NodeContext):
+    x = ctx.input(0)
+    if not x.type.is_static:
+        raise ctx.unsupported("a symbolic shape")
+    dt = onnx_dtype(ctx.attr("dtype"), ctx.label) if "dtype" in ctx.attrs else x.dtype
+    return [ctx.const(np.eye(*x.shape, k=ctx.attr("k", 0), dtype=dt.numpy))]
+
+
+@rule("Trilu")
+def _trilu(ctx: NodeContext):
+    x = ctx.input(0)
+    k = int(ctx.values(1, "k").item()) if ctx.input(1) is not None else 0
+    shape2 = tuple(x.shape[-2:])
+    rows = ctx.op("iota", shape=shape2, axis=0, dtype=DType.i64)
+    cols = ctx.op("iota", shape=shape2, axis=1, dtype=DType.i64)
+    diff = ctx.op("sub", cols, rows)
+    keep = ctx.op("ge" if ctx.attr("upper", 1) else "le", diff, ctx.scalar(k, DType.i64))
+    return [ctx.op("where", keep, x, ctx.scalar(0, x))]
+
+
+@rule("OneHot")
+def _onehot(ctx: NodeContext):
+    idx, values = ctx.input(0), ctx.input(2)
+    depth = ctx.values(1, "depth").item()
+    depth = int(depth)
+    rank = idx.rank + 1
+    ax = _norm_axis(ctx, ctx.attr("axis", -1), rank)
+    i64 = _cast(ctx, idx, DType.i64) if idx.dtype.is_int else _cast(ctx, idx, DType.i64)
+    d = ctx.scalar(depth, DType.i64)
+    i64 = ctx.op("where", ctx.op("lt", i64, ctx.scalar(0, DType.i64)), ctx.op("add", i64, d), i64)
+    pos = ctx.op("iota", shape=tuple(depth if i == ax else 1 for i in range(rank)), axis=ax, dtype=DType.i64)
+    hit = ctx.op("eq", ctx.op("unsqueeze", i64, axes=(ax,)), pos)
+    off = ctx.op("reshape", ctx.op("slice", values, starts=(0,), stops=(1,), axes=(0,)), shape=())
+    on = ctx.op("reshape", ctx.op("slice", values, starts=(1,), stops=(2,), axes=(0,)), shape=())
+    return [ctx.op("where", hit, on, off)]
+
+
+@rule("DepthToSpace", "SpaceToDepth")
+def _depth_space(ctx: NodeContext):
+    x = ctx.input(0)
+    b = ctx.attr("blocksize")
+    n, c, h, w = x.shape
+    if ctx.node.op_type == "SpaceToDepth":
+        y = _reshape(ctx, x, (n, c, D.dim_floordiv(h, b), b, D.dim_floordiv(w, b), b))
+        y = ctx.op("transpose", y, perm=(0, 3, 5, 1, 2, 4))
+        return [_reshape(ctx, y, (n, D.dim_mul(c, b * b), D.dim_floordiv(h, b), D.dim_floordiv(w, b)))]
+    cb = D.dim_floordiv(c, b * b)
+    if ctx.attr("mode", "DCR") == "DCR":
+        y = ctx.op("transpose", _reshape(ctx, x, (n, b, b, cb, h, w)), perm=(0, 3, 4, 1, 5, 2))
+    else:
+        y = ctx.op("transpose", _reshape(ctx, x, (n, cb, b, b, h, w)), perm=(0, 1, 4, 2, 5, 3))
+    return [_reshape(ctx, y, (n, cb, D.dim_mul(h, b), D.dim_mul(w, b)))]
+
+
+@rule("Pad")
+def _pad(ctx: NodeContext):
+    x = ctx.input(0)
+    mode = ctx.attr("mode", "constant")
+    if ctx.opset < 11:
+        pads, value = list(ctx.attr("pads")), ctx.attr("value", 0.0)
+        axes = tuple(range(x.rank))
+    else:
+        pads = list(ctx.ints(1, "pads"))
+        value = ctx.values(2, "constant_value").item() if ctx.input(2) is not None else 0
+        axes = ctx.axes(3) or tuple(range(x.rank))
+    if any(isinstance(p, str) for p in pads):
+        raise DynamicValueError("its pads depend on symbolic dims")
+    axes = [_norm_axis(ctx, a, x.rank) for a in axes]
+    n = len(axes)
+    per = [(0, 0)] * x.rank
+    for k, a in enumerate(axes):
+        per[a] = (int(pads[k]), int(pads[k + n]))
+    # negative pads crop
+    for a, (lo, hi) in enumerate(per):
+        if lo < 0 or hi < 0:
+            stop = D.dim_add(x.shape[a], min(hi, 0))
+            x = ctx.op("slice", x, starts=(max(-lo, 0),), stops=(stop,), axes=(a,))
+    per = [(max(lo, 0), max(hi, 0)) for lo, hi in per]
+    if all(p == (0, 0) for p in per):
+        return [x]
+    if mode == "wrap":
+        for a, (lo, hi) in enumerate(per):
+            parts = []
+            dim = x.shape[a]
+            if lo:
+                parts.append(ctx.op("slice", x, starts=(D.dim_sub(dim, lo),), stops=(dim,), axes=(a,)))
+            parts.append(x)
+            if hi:
+                parts.append(ctx.op("slice", x, starts=(0,), stops=(hi,), axes=(a,)))
+            if len(parts) > 1:
+                x = ctx.op("concat", *parts, axis=a)
+        return [x]
+    if mode not in ("constant", "reflect", "edge"):
+        raise ctx.unsupported(f"pad mode {mode!r}")
+    if isinstance(value, (bool, np.bool_)):
+        value = float(value)
+    return [ctx.op("pad", x, pads=tuple(per), mode=mode, value=float(value))]
+
+
+# ----- gather / scatter --------------------------------------------------------------
+
+@rule("Gather")
+def _gather(ctx: NodeContext):
+    return [ctx.op("gather", ctx.input(0), ctx.input(1), axis=_norm_axis(ctx, ctx.attr("axis", 0), ctx.input(0).rank))]
+
+
+@rule("GatherElements")
+def _gather_elements(ctx: NodeContext):
+    return [ctx.op("take_along_axis", ctx.input(0), ctx.input(1), axis=ctx.attr("axis", 0))]
+
+
+@rule("GatherND")
+def _gather_nd(ctx: NodeContext):
+    return [ctx.op("gather_nd", ctx.input(0), ctx.input(1), batch_dims=ctx.attr("batch_dims", 0))]
+
+
+@rule("ScatterElements", "Scatter")
+def _scatter_elements(ctx: NodeContext):
+    return [ctx.op("scatter_elements", ctx.input(0), ctx.input(1), ctx.input(2), axis=ctx.attr("axis", 0),
+                   reduction=ctx.attr("reduction", "none"))]
+
+
+@rule("ScatterND")
+def _scatter_nd(ctx: NodeContext):
+    return [ctx.op("scatter_nd", ctx.input(0), ctx.input(1), ctx.input(2), reduction=ctx.attr("reduction", "none"))]
+
+
+# ----- reductions and scans ----------------------------------------------------------
+
+REDUCE = {"ReduceSum": "reduce_sum", "ReduceMean": "reduce_mean", "ReduceMax": "reduce_max",
+          "ReduceMin": "reduce_min", "ReduceProd": "reduce_prod"}
+_BOOL_REDUCE = {"reduce_max": "reduce_any", "reduce_min": "reduce_all"}
+
+
+def _reduce_axes(ctx: NodeContext, x: Value) -> tuple[int, ...] | None:
+    """The reduced axes, or None for 'no reduction' (noop_with_empty_axes)."""
+    axes = ctx.axes(1) if ctx.input(1) is not None else (
+        tuple(ctx.attr("axes")) if ctx.attr("axes") is not None else None)
+    if not axes:
+        if ctx.attr("noop_with_empty_axes", 0):
+            return None
+        return tuple(range(x.rank))
+    return tuple(_norm_axis(ctx, a, x.rank) for a in axes)
+
+
+@rule(*REDUCE)
+def _reduce(ctx: NodeContext):
+    x = ctx.input(0)
+    axes = _reduce_axes(ctx, x)
+    if axes is None:
+        return [x]
+    op = REDUCE[ctx.node.op_type]
+    if x.dtype is DType.bool:
+        op = _BOOL_REDUCE.get(op, op)
+    if op == "reduce_mean" and not x.dtype.is_float:
+        return None
+    if op in ("reduce_max", "reduce_min") and any(x.shape[a] == 0 for a in axes):
+        return None
+    return [ctx.op(op, x, axes=axes, keepdims=bool(ctx.attr("keepdims", 1)))]
+
+
+@rule("ArgMax", "ArgMin")
+def _arg(ctx: NodeContext):
+    return [ctx.op(ctx.node.op_type.lower(), ctx.input(0), axis=ctx.attr("axis", 0),
+                   keepdims=bool(ctx.attr("keepdims", 1)), select_last_index=bool(ctx.attr("select_last_index", 0)))]
+
+
+@rule("TopK")
+def _topk(ctx: NodeContext):
+    x = ctx.input(0)
+    k = ctx.ints(1, "k")[0] if ctx.opset >= 10 else ctx.attr("k")
+    if isinstance(k, str):
+        raise DynamicValueError("its k depends on symbolic dims")
+    return list(ctx.ops("topk", x, k=int(k), axis=ctx.attr("axis", -1), largest=bool(ctx.attr("largest", 1))))
+
+
+@rule("CumSum", "CumProd")
+def _cum(ctx: NodeContext):
+    axis = ctx.ints(1, "axis")[0]
+    op = "cumsum" if ctx.node.op_type == "CumSum" else "cumprod"
+    return [ctx.op(op, ctx.input(0), axis=int(axis), exclusive=bool(ctx.attr("exclusive", 0)),
+                   reverse=bool(ctx.attr("reverse", 0)))]
+
+
+# ----- contractions, convolution, pooling --------------------------------------------
+
+@rule("MatMul")
+def _matmul(ctx: NodeContext):
+    return [ctx.op("matmul", ctx.input(0), ctx.input(1))]
+
+
+@rule("Gemm")
+def _gemm(ctx: NodeContext):
+    a, b, c = ctx.input(0), ctx.input(1), ctx.input(2)
+    if ctx.attr("transA", 0):
+        a = ctx.op("transpose", a, perm=(1, 0))
+    if ctx.attr("transB", 0):
+        b = ctx.op("transpose", b, perm=(1, 0))
+    y = ctx.op("matmul", a, b)
+    alpha, beta = ctx.attr("alpha", 1.0), ctx.attr("beta", 1.0)
+    if alpha != 1.0:
+        y = ctx.op("mul", y, ctx.scalar(alpha, y))
+    if c is not None:
+        if beta != 1.0:
+            c = ctx.op("mul", c, ctx.scalar(beta, c))
+        y = ctx.op("add", y, c)
+    return [y]
+
+
+def _spatial_padding(ctx: NodeContext, x: Value, kernel: Sequence[int], strides: Sequence[int],
+                     dilations: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    n = len(kernel)
+    auto = ctx.attr("auto_pad", "NOTSET")
+    if auto in ("NOTSET", ""):
+        pads = list(ctx.attr("pads", [0] * (2 * n)))
+        return tuple((int(pads[i]), int(pads[i + n])) for i in range(n))
+    if auto == "VALID":
+        return ((0, 0),) * n
+    out = []
+    for i in range(n):
+        size = x.shape[2 + i]
+        span = dilations[i] * (kernel[i] - 1) + 1
+        if strides[i] == 1:
+            total = span - 1
+        elif type(size) is int:
+            total = max(0, (-(-size // strides[i]) - 1) * strides[i] + span - size)
+        else:
+            raise ctx.unsupported(f"auto_pad {auto} with a stride on a symbolic spatial dim")
+        small, big = total // 2, total - total // 2
+        out.append((small, big) if auto == "SAME_UPPER" else (big, small))
+    return tuple(out)
+
+
+def _conv_attrs(ctx: NodeContext, x: Value, kernel: Sequence[int]) -> dict[str, Any]:
+    n = len(kernel)
+    strides = tuple(ctx.attr("strides", [1] * n))
+    dilations = tuple(ctx.attr("dilations", [1] * n))
+    return {"stride": strides, "dilation": dilations,
+            "padding": _spatial_padding(ctx, x, kernel, strides, dilations)}
+
+
+@rule("Conv")
+def _conv(ctx: NodeContext):
+    x, w, b = ctx.input(0), ctx.input(1), ctx.input(2)
+    attrs = _conv_attrs(ctx, x, w.shape[2:])
+    ins = [x, w] + ([b] if b is not None else [])
+    return [ctx.op("conv", *ins, groups=ctx.attr("group", 1), **attrs)]
+
+
+@rule("ConvTranspose")
+def _conv_transpose(ctx: NodeContext):
+    x, w, b = ctx.input(0), ctx.input(1), ctx.input(2)
+    n = x.rank - 2
+    g = ctx.attr("group", 1)
+    kernel = tuple(w.shape[2:])
+    if not all(type(k) is int for k in kernel) or not all(type(d) is int for d in x.shape[2:]):
+        raise ctx.unsupported("symbolic spatial or kernel dims")
+    strides = tuple(ctx.attr("strides", [1] * n))
+    dil = tuple(ctx.attr("dilations", [1] * n))
+    out_pad = tuple(ctx.attr("output_padding", [0] * n))
+    spans = [d * (k - 1) + 1 for d, k in zip(dil, kernel)]
+    full = [strides[i] * (x.shape[2 + i] - 1) + out_pad[i] + spans[i] for i in range(n)]
+    auto = ctx.attr("auto_pad", "NOTSET")
+    if ctx.attr("output_shape") is not None or auto in ("SAME_UPPER", "SAME_LOWER"):
+        want = list(ctx.attr("output_shape"))[-n:] if ctx.attr("output_shape") is not None else \
+            [x.shape[2 + i] * strides[i] for i in range(n)]
+        pads = []
+        for i in range(n):
+            total = full[i] - want[i]
+            lo = total // 2 if auto != "SAME_UPPER" else total - total // 2
+            if auto == "SAME_UPPER":
+                lo = total // 2
+            pads.append((lo, total - lo))
+    elif auto == "VALID":
+        pads = [(0, 0)] * n
+    else:
+        p = list(ctx.attr("pads", [0] * (2 * n)))
+        pads = [(int(p[i]), int(p[i + n])) for i in range(n)]
+    # the transposed conv is a conv of the stride-dilated input with the flipped, transposed kernel
+    cin, cout_g = w.shape[0], w.shape[1]
+    wk = _reshape(ctx, w, (g, cin // g, cout_g) + kernel)
+    wk = ctx.op("transpose", wk, perm=(0, 2, 1) + tuple(range(3, 3 + n)))
+    wk = _reshape(ctx, wk, (g * cout_g, cin // g) + kernel)
+    wk = ctx.op("reverse", wk, axes=tuple(range(2, 2 + n)))
+    conv_pad = tuple((spans[i] - 1 - pads[i][0], spans[i] - 1 - pads[i][1] + out_pad[i]) for i in range(n))
+    ins = [x, wk] + ([b] if b is not None else [])
+    y = ctx.op("conv", *ins, groups=g, lhs_dilation=strides, dilation=dil,
+               padding=tuple((max(lo, 0), max(hi, 0)) for lo, hi in conv_pad))
+    for i, (lo, hi) in enumerate(conv_pad):
+        if lo < 0 or hi < 0:
+            size = y.shape[2 + i]
+            y = ctx.op("slice", y, starts=(max(-lo, 0),), stops=(size - max(-hi, 0),), axes=(2 + i,))
+    return [y]
+
+
+@rule("MaxPool", "AveragePool", "LpPool")
+def _pool(ctx: NodeContext):
+    x = ctx.input(0)
+    if ctx.wants(1):
+        raise ctx.unsupported("the Indices output of MaxPool")
+    kernel = tuple(ctx.attr("kernel_shape"))
+    attrs = _conv_attrs(ctx, x, kernel)
+    if ctx.node.op_type == "AveragePool" and tuple(attrs["dilation"]) != (1,) * len(kernel):
+        return None
+    common = dict(kernel=kernel, stride=attrs["stride"], padding=attrs["padding"], dilation=attrs["dilation"],
+                  ceil_mode=bool(ctx.attr("ceil_mode", 0)))
+    if ctx.node.op_type == "MaxPool":
+        return [ctx.op("max_pool", x, **common)]
+    if ctx.node.op_type == "AveragePool":
+        return [ctx.op("avg_pool", x, count_include_pad=bool(ctx.attr("count_include_pad", 0)), **common)]
+    p = ctx.attr("p", 2)
+    powed = ctx.op("pow", ctx.op("abs", x), ctx.scalar(p, x))
+    total = ctx.op("mul", ctx.op("avg_pool", powed, count_include_pad=True, **common),
+                   ctx.scalar(math.prod(kernel), x))
+    return [ctx.op("pow", total, ctx.scalar(1.0 / p, x))]
+
+
+@rule("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool(ctx: NodeContext):
+    x = ctx.input(0)
+    op = "reduce_mean" if ctx.node.op_type == "GlobalAveragePool" else "reduce_max"
+    return [ctx.op(op, x, axes=tuple(range(2, x.rank)), keepdims=True)]
+
+
+# ----- normalisation -----------------------------------------------------------------
+
+@rule("BatchNormalization")
+def _batch_norm(ctx: NodeContext):
+    if ctx.attr("training_mode", 0) or any(ctx.wants(i) for i in range(1, 5)):
+        raise ctx.unsupported("training-mode batch normalization (running statistics outputs)")
+    ins = ctx.inputs[:5]
+    x = ins[0]
+    ins = [x] + [_cast(ctx, v, x.dtype) for v in ins[1:]]
+    return [ctx.op("batch_norm", *ins, epsilon=ctx.attr("epsilon", 1e-5))]
+
+
+@rule("LayerNormalization")
+def _layer_norm(ctx: NodeContext):
+    if ctx.wants(1) or ctx.wants(2):
+        return None
+    x = ctx.input(0)
+    ins = [x] + [v for v in ctx.inputs[1:3] if v is not None]
+    return [ctx.op("layer_norm", *ins, axis=_norm_axis(ctx, ctx.attr("axis", -1), x.rank),
+                   epsilon=ctx.attr("epsilon", 1e-5))]
+
+
+@rule("RMSNormalization")
+def _rms_norm(ctx: NodeContext):
+    x = ctx.input(0)
+    return [ctx.op("rms_norm", x, ctx.input(1), axis=_norm_axis(ctx, ctx.attr("axis", -1), x.rank),
+                   epsilon=ctx.attr("epsilon", 1e-5))]
+
+
+@rule("InstanceNormalization")
+def _instance_norm(ctx: NodeContext):
+    x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
+    y = ctx.op("layer_norm", x, axis=2, epsilon=ctx.attr("epsilon", 1e-5))
+    shape = (scale.shape[0],) + (1,) * (x.rank - 2)
+    return [ctx.op("add", ctx.op("mul", y, _reshape(ctx, scale, shape)), _reshape(ctx, bias, shape))]
+
+
+@rule("LpNormalization")
+def _lp_norm(ctx: NodeContext):
+    x = ctx.input(0)
+    ax = _norm_axis(ctx, ctx.attr("axis", -1), x.rank)
+    if ctx.attr("p", 2) == 1:
+        norm = ctx.op("reduce_sum", ctx.op("abs", x), axes=(ax,), keepdims=True)
+    else:
+        norm = ctx.op("sqrt", ctx.op("reduce_sum", ctx.op("mul", x, x), axes=(ax,), keepdims=True))
+    zero = ctx.scalar(0, x)
+    return [ctx.op("where", ctx.op("eq", norm, zero), zero, ctx.op("div", x, norm))]
+
+
+@rule("Dropout")
+def _dropout(ctx: NodeContext):
+    x = ctx.input(0)
+    training = ctx.known(2) if ctx.input(2) is not None else np.array(False)
+    if training is None or bool(np.asarray(training).item()):
+        raise UnsupportedOpError(f"{ctx.label}: training-mode Dropout draws random numbers (out of scope)")
+    outs = [x]
+    if ctx.wants(1):
+        outs.append(ctx.op("broadcast_to", ctx.const(np.array(True)), shape=x.shape))
+    return outs
+
+
+# ----- control flow ------------------------------------------------------------------
+
+def _region(ctx: NodeContext, gproto: Any, input_types: Sequence[TensorType], captures: Sequence[str],
+            name: str, captures_first: bool = False) -> Graph:
+    """A closed region for a subgraph: its declared inputs (typed by ``input_types``) and
+    one extra input per captured outer value (``captures``; outer constants are copied)."""
+    region = Graph(name)
+    scope = ImportScope(ctx.imp, region, ctx.scope, ctx.scope.opsets, closed=True,
+                        origin_prefix=ctx.scope.origin_prefix + (ctx.node.name or ctx.node.op_type) + "/")
+    declared: list[Value] = []
+
+    def add_captures() -> None:
+        for cname in captures:
+            outer = ctx.scope.lookup(cname, ctx.label)
+            arr = outer.const_value
+            if arr is not None:
+                scope.define(cname, region.const(arr, name=outer.producer.attrs["name"]))
+            else:
+                scope.define(cname, region.add_input(outer.type, cname))
+
+    if captures_first:
+        add_captures()
+    for vi, t in zip(gproto.input, input_types):
+        declared.append(region.add_input(t, vi.name))
+    if not captures_first:
+        add_captures()
+    outs = ctx.imp.translate(gproto, scope, declared, f"subgraph {gproto.name!r} of {ctx.label}")
+    region.set_outputs(outs)
+    return region
+
+
+def _captured_values(ctx: NodeContext, names: Sequence[str]) -> tuple[list[str], list[Value]]:
+    keep, vals = [], []
+    for n in names:
+        v = ctx.scope.lookup(n, ctx.label)
+        if v.const_value is None:
+            keep.append(n)
+            vals.append(v)
+    return keep, vals
+
+
+@rule("If")
+def _if(ctx: NodeContext):
+    cond = ctx.input(0)
+    then_g, else_g = ctx.attrs["then_branch"], ctx.attrs["else_branch"]
+    known = ctx.known(0)
+    if known is not None and known.dtype != object:
+        # a branch fixed at import is inlined (shape-dependent Ifs in exported models)
+        branch = then_g if bool(np.asarray(known).reshape(-1)[0]) else else_g
+        scope = ImportScope(ctx.imp, ctx.graph, ctx.scope, ctx.scope.opsets, closed=False,
+                            origin_prefix=ctx.scope.origin_prefix)
+        return ctx.imp.translate(branch, scope, [], f"branch of {ctx.label}")
+    names = list(dict.fromkeys(free_names(else_g) + free_names(then_g)))
+    _, vals = _captured_values(ctx, names)
+    regions = [_region(ctx, g, [], names, f"{ctx.node.name or 'if'}_{tag}") for g, tag in
+               ((else_g, "else"), (then_g, "then"))]
+    pred = _reshape(ctx, cond, ()) if cond.rank else cond
+    return list(ctx.builder.node("cond", [pred] + vals, regions=regions).outputs)
+
+
+@rule("Scan")
+def _scan(ctx: NodeContext):
+    body = ctx.attrs["body"]
+    n_scan = ctx.attr("num_scan_inputs")
+    vals = [v for v in ctx.inputs if v is not None]
+    states, xs = vals[:len(vals) - n_scan], vals[len(vals) - n_scan:]
+    in_axes = list(ctx.attr("scan_input_axes", [0] * n_scan))
+    in_dirs = list(ctx.attr("scan_input_directions", [0] * n_scan))
+    ready = []
+    for x, ax, rev in zip(xs, in_axes, in_dirs):
+        ax = _norm_axis(ctx, ax, x.rank)
+        if ax:
+            x = ctx.op("transpose", x, perm=(ax,) + tuple(i for i in range(x.rank) if i != ax))
+        if rev:
+            x = ctx.op("reverse", x, axes=(0,))
+        ready.append(x)
+    lengths = {x.shape[0] for x in ready}
+    if len(lengths) != 1 or type(next(iter(lengths))) is not int:
+        raise ctx.unsupported(f"scan lengths {sorted(map(str, lengths))} must be one static number")
+    length = lengths.pop()
+    names = free_names(body)
+    _, consts = _captured_values(ctx, names)
+    types = [s.type for s in states] + [x.type.with_shape(x.shape[1:]) for x in ready]
+    region = _region(ctx, body, types, names, f"{ctx.node.name or 'scan'}_body", captures_first=True)
+    outs = list(ctx.builder.node("scan", consts + states + ready, {"num_consts": len(consts),
+                                                                   "num_carry": len(states), "length": length},
+                                 regions=[region]).outputs)
+    n_out = len(outs) - len(states)
+    out_axes = list(ctx.attr("scan_output_axes", [0] * n_out))
+    out_dirs = list(ctx.attr("scan_output_directions", [0] * n_out))
+    for k in range(n_out):
+        y = outs[len(states) + k]
+        if out_dirs[k]:
+            y = ctx.op("reverse", y, axes=(0,))
+        ax = _norm_axis(ctx, out_axes[k], y.rank)
+        if ax:
+            perm = list(range(1, y.rank))
+            perm.insert(ax, 0)
+            y = ctx.op("transpose", y, perm=tuple(perm))
+        outs[len(states) + k] = y
+    return outs
+
+
+# ----- com.microsoft ops that accelir's own ONNX lowering emits -----------------------
+
+@rule("Gelu", table=MS_RULES)
+def _ms_gelu(ctx: NodeContext):
+    return [ctx.op("gelu", ctx.input(0))]
+
+
+@rule("FastGelu", "BiasGelu", table=MS_RULES)
+def _ms_bias_gelu(ctx: NodeContext):
+    x = ctx.input(0)
+    if ctx.input(1) is not None:
+        x = ctx.op("add", x, ctx.input(1))
+    return [ctx.op("gelu", x, approximate="tanh" if ctx.node.op_type == "FastGelu" else "none")]
+
+
+@rule("SkipLayerNormalization", "SkipSimplifiedLayerNormalization", table=MS_RULES)
+def _ms_skip_norm(ctx: NodeContext):
+    x, skip = ctx.input(0), ctx.input(1)
+    rms = ctx.node.op_type == "SkipSimplifiedLayerNormalization"
+    bias_index = 3 if rms else 4
+    if ctx.input(bias_index) is not None:
+        skip = ctx.op("add", skip, ctx.input(bias_index))
+    params = [ctx.input(2)] if rms else [ctx.input(2)] + ([ctx.input(3)] if ctx.input(3) is not None else [])
+    y, s = ctx.ops("skip_rms_norm" if rms else "skip_layer_norm", x, skip, *params,
+                   epsilon=ctx.attr("epsilon", 1e-5 if not rms else 1e-6))
+    if ctx.wants(1) or ctx.wants(2):
+        raise ctx.unsupported("the mean / inv_std_var outputs")
+    return [y, None, None, s]
+
+
+@rule("SimplifiedLayerNormalization", table=MS_RULES)
+def _ms_rms_norm(ctx: NodeContext):
+    x = ctx.input(0)
+    return [ctx.op("rms_norm", x, ctx.input(1), axis=_norm_axis(ctx, ctx.attr("axis", -1), x.rank),
+                   epsilon=ctx.attr("epsilon", 1e-5))]
+
+
+@rule("FusedMatMul", table=MS_RULES)
+def _ms_fused_matmul(ctx: NodeContext):
+    a, b = ctx.input(0), ctx.input(1)
+    for flag, i in (("transA", 0), ("transB", 1)):
+        if ctx.attr(flag, 0):
+            v = a if i == 0 else b
+            perm = tuple(range(v.rank - 2)) + (v.rank - 1, v.rank - 2)
+            v = ctx.op("transpose", v, perm=perm)
+            a, b = (v, b) if i == 0 else (a, v)
+    y = ctx.op("matmul", a, b)
+    alpha = ctx.attr("alpha", 1.0)
+    return [y if alpha == 1.0 else ctx.op("mul", y, ctx.scalar(alpha, y))]
+
+
+_MS_ACTIVATIONS = {"": "none", "Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
+
+
+@rule("FusedConv", table=MS_RULES)
+def _ms_fused_conv(ctx: NodeContext):
+    x, w, b = ctx.input(0), ctx.input(1), ctx.input(2)
+    if ctx.input(3) is not None:
+        raise ctx.unsupported("the Z (sum) input of FusedConv")
+    act = _MS_ACTIVATIONS.get(ctx.attr("activation", ""))
+    if act is None:
+        raise ctx.unsupported(f"FusedConv activation {ctx.attr('activation')!r}")
+    attrs = _conv_attrs(ctx, x, w.shape[2:])
+    ins = [x, w] + ([b] if b is not None else [])
+    return [ctx.op("fused_conv", *ins, groups=ctx.attr("group", 1), activation=act, **attrs)]
+
+
+# ----- function inlining -------------------------------------------------------------
+
+def _schema_function(ctx: NodeContext) -> Any | None:
+    """The FunctionProto the ONNX schema defines for this node's op, if any."""
+    import onnx
+    import onnx.defs
+    try:
+        schema = onnx.defs.get_schema(ctx.node.op_type, ctx.opset, "")
+    except Exception:
+        return None
+    data = b""
+    if schema.has_function:
+        versions = [v for v in schema.function_opset_versions if v <= ctx.opset]
+        if versions:
+            data = schema.get_function_with_opset_version(max(versions))
+    if not data and schema.has_context_dependent_function:
+        versions = [v for v in schema.context_dependent_function_opset_versions if v <= ctx.opset]
+        if versions:
+            types = []
+            for v in ctx.inputs:
+                tp = onnx.TypeProto()
+                if v is not None:
+                    tp = onnx.helper.make_tensor_type_proto(_DTYPE_TO_ONNX[v.dtype],
+                                                            [d if type(d) is int else str(d) for d in v.shape])
+                types.append(tp.SerializeToString())
+            data = schema.get_context_dependent_function_with_opset_version(
+                max(versions), ctx.node.SerializeToString(), types)
+    if not data:
+        return None
+    f = onnx.FunctionProto()
+    f.ParseFromString(data)
+    return f
+
+
+def _inline_function(ctx: NodeContext, fproto: Any, opsets: dict[str, int]) -> list[Value | None]:
+    import onnx
+    imp = ctx.imp
+    if imp.inline_depth > 32:
+        raise OnnxImportError(f"{ctx.label}: functions nest more than 32 deep (a recursive function?)")
+    scope = ImportScope(imp, ctx.graph, None, opsets, closed=True,
+                        origin_prefix=ctx.scope.origin_prefix + (ctx.node.name or ctx.node.op_type) + "/")
+    for name, v in zip(fproto.input, ctx.inputs):
+        if v is not None:
+            scope.define(name, v)
+    given = {a.name: a for a in ctx.node.attribute}
+    defaults = {a.name: a for a in fproto.attribute_proto}
+    nodes = []
+    for n in fproto.node:
+        m = onnx.NodeProto()
+        m.CopyFrom(n)
+        del m.attribute[:]
+        for a in n.attribute:
+            if a.ref_attr_name:
+                src = given.get(a.ref_attr_name) or defaults.get(a.ref_attr_name)
+                if src is None:
+                    continue
+                b = onnx.AttributeProto()
+                b.CopyFrom(src)
+                b.name = a.name
+                m.attribute.append(b)
+            else:
+                m.attribute.append(a)
+        nodes.append(m)
+    imp.inline_depth += 1
+    try:
+        for i in topo_order(nodes, f"function {fproto.name!r}"):
+            imp.convert_node(nodes[i], i, scope)
+    finally:
+        imp.inline_depth -= 1
+    return [scope.values.get(o) for o in fproto.output]
+
+
+def _function_opsets(outer: dict[str, int], fproto: Any) -> dict[str, int]:
+    from .onnx import _opset_map
+    out = dict(outer)
+    out.update(_opset_map(fproto.opset_import))
+    return out
+
+
+def convert(imp: Any, scope: ImportScope, node: Any, inputs: list[Value | None], label: str) -> list[Value | None]:
+    """The values of ``node``'s outputs, built into ``scope.graph``."""
+    local = imp.functions.get((node.domain, node.op_type))
+    ctx = NodeContext(imp, scope, node, inputs, label)
+    if local is not None:
+        return _inline_function(ctx, local, _function_opsets(scope.opsets, local))
+    domain = "" if node.domain in ("", "ai.onnx") else node.domain
+    if domain == "com.microsoft":
+        fn = MS_RULES.get(node.op_type)
+        if fn is None:
+            raise UnsupportedOpError(f"{label}: com.microsoft op {node.op_type!r} is not one accelir reads back "
+                                     f"(known: {', '.join(sorted(MS_RULES))})", [node.op_type])
+        return list(fn(ctx))
+    if domain:
+        why = OUT_OF_SCOPE_DOMAINS.get(domain, "an unknown domain")
+        raise UnsupportedOpError(f"{label}: domain {domain!r} ({why}) is not supported; only the standard ONNX "
+                                 "domain, com.microsoft ops accelir emits and model-local functions are",
+                                 [f"{domain}.{node.op_type}"])
+    if node.op_type in OUT_OF_SCOPE:
+        raise UnsupportedOpError(f"{label}: {node.op_type} is out of scope for accelir "
+                                 f"({OUT_OF_SCOPE[node.op_type]})", [node.op_type])
+    fn = RULES.get(node.op_type)
+    if fn is not None:
+        out = fn(ctx)
+        if out is not None:
+            return list(out)
+    body = _schema_function(ctx)
+    if body is not None:
+        return _inline_function(ctx, body, _function_opsets(scope.opsets, body))
+    if fn is not None:
+        raise UnsupportedOpError(f"{label}: this form of {node.op_type} is not supported", [node.op_type])
+    raise UnsupportedOpError(f"{label}: ONNX op {node.op_type} (opset {ctx.opset}) has no accelir mapping yet; "
+                             "open an issue with the model, or replace the op before importing", [node.op_type])
+
+
+# ----- import-time evaluation of small tensors ---------------------------------------
+
+_KNOWN_LIMIT = 1 << 16
+_SYM_ARITH = {"add": D.dim_add, "sub": D.dim_sub, "mul": D.dim_mul}
+_SYM_STRUCTURAL = {"concat", "gather", "slice", "unsqueeze", "squeeze", "reshape", "transpose", "broadcast_to",
+                   "reverse", "take_along_axis", "where"}
+_KEEP_NUMERIC = {"gather": (1,), "take_along_axis": (1,), "where": (0,)}  # index / condition operands
+
+
+def _sym_div(a: D.Dim, b: D.Dim) -> D.Dim:
+    if type(a) is int and type(b) is int:
+        q = abs(a) // abs(b) if b else 0
+        return q if (a >= 0) == (b >= 0) else -q
+    return D.dim_floordiv(a, b)  # shape arithmetic: dims are non-negative
+
+
+def _as_object(a: np.ndarray) -> np.ndarray:
+    if a.dtype == object:
+        return a
+    return np.array([int(x) for x in a.reshape(-1)], dtype=object).reshape(a.shape)
+
+
+def evaluate_known(node: Any, ins: list[np.ndarray]) -> list[np.ndarray] | None:
+    """Outputs of ``node`` on known inputs, or None when they cannot (or should not) be computed now."""
+    if any(a.size > _KNOWN_LIMIT for a in ins) or node.op in ("constant", "iota"):
+        return None
+    for v in node.attrs.values():
+        if isinstance(v, tuple) and any(isinstance(x, str) for x in v):
+            return None
+    try:
+        if not any(a.dtype == object for a in ins):
+            opdef = registry.get(node.op)
+            if not opdef.pure:
+                return None
+            outs = opdef.reference(list(ins), dict(node.attrs), ())
+            return [np.asarray(o).astype(v.dtype.numpy, copy=False) for o, v in zip(outs, node.outputs)]
+        if node.op in _SYM_ARITH or node.op == "div":
+            fn = _SYM_ARITH.get(node.op, _sym_div)
+            out = np.frompyfunc(fn, 2, 1)(_as_object(ins[0]), _as_object(ins[1]))
+        elif node.op == "neg":
+            out = np.frompyfunc(lambda d: D.dim_sub(0, d), 1, 1)(ins[0])
+        elif node.op == "cast" and node.attrs["dtype"].is_int:
+            out = ins[0]
+        elif node.op == "reduce_prod" and len(node.attrs["axes"]) == ins[0].ndim:
+            out = np.array(D.dim_prod(ins[0].reshape(-1).tolist()), dtype=object)
+        elif node.op in _SYM_STRUCTURAL:
+            keep = _KEEP_NUMERIC.get(node.op, ())
+            ins = [a if i in keep else _as_object(a) for i, a in enumerate(ins)]
+            out = registry.get(node.op).reference(list(ins), dict(node.attrs), ())[0]
+        else:
+            return None
+    except Exception:
+        return None
+    out = np.asarray(out, dtype=object) if not isinstance(out, np.ndarray) else out
+    if out.dtype == object and not any(isinstance(x, str) for x in out.reshape(-1)):
+        out = np.array(out.tolist(), dtype=node.outputs[0].dtype.numpy).reshape(out.shape)
+    return [out]
