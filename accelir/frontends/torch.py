@@ -135,6 +135,8 @@ def _module_path(stack: Mapping[str, Any] | None) -> str:
         return ""
     path = list(stack.values())[-1]
     path = path[0] if isinstance(path, tuple) else str(path)
+    if path.startswith("_empty_nn_module_stack"):
+        return ""
     # fx / dynamo spell paths as L['self'].h[0].attn; keep the state_dict form h.0.attn
     path = re.sub(r"^L\['self'\]\.?", "", path)
     return re.sub(r"\[(\d+)\]", r".\1", path).replace("._modules['", ".").replace("']", "")
@@ -348,7 +350,7 @@ class _Converter:
         """Raise one UnsupportedOpError listing every op (with where) that has no rule."""
         missing: list[tuple[str, dict[str, str]]] = []
         for node in gm.graph.nodes:
-            if node.op not in ("call_function", "call_method", "call_module"):
+            if node.op not in ("call_function", "call_method", "call_module") or _is_int_like(node.meta.get("val")):
                 continue
             name, _, _ = self.resolve(node)
             if not _is_python_op(node) and (name is None or (name not in self.rules and name not in _ASSERTS)):
@@ -528,8 +530,13 @@ def _dim_names(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes
     return names
 
 
+def _kwarg_names(in_spec: pytree.TreeSpec) -> tuple[str, ...]:
+    """The keyword names of an ``(args, kwargs)`` spec, in the order it flattens them."""
+    return tuple(in_spec.child(1).context or ()) if in_spec.num_children == 2 else ()
+
+
 def _reorder_kwargs(kwargs: dict, in_spec: pytree.TreeSpec) -> dict:
-    keys = in_spec.children_specs[1].context if in_spec.num_children == 2 else []
+    keys = _kwarg_names(in_spec)
     ordered = {k: kwargs[k] for k in keys if k in kwargs}
     ordered.update({k: v for k, v in kwargs.items() if k not in ordered})
     return ordered
@@ -592,8 +599,7 @@ def _capture_export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_s
         else:
             slots.append(("const", v))
     g.set_outputs(results)
-    kw_order = tuple(ep.call_spec.in_spec.children_specs[1].context) if ep.call_spec.in_spec.num_children == 2 \
-        else ()
+    kw_order = _kwarg_names(ep.call_spec.in_spec)
     g.meta["frontend"] = "torch"
     g.meta["signature"] = TorchSignature(ep.call_spec.in_spec, input_leaves, ep.call_spec.out_spec, slots, kw_order)
     return g

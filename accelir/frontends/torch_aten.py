@@ -1023,10 +1023,15 @@ def _sdpa(ctx, a):
         k, v = (_repeat_heads(ctx, t, hq // hk) for t in (k, v))
     inputs = [q, k, v]
     mask = a["attn_mask"]
-    if mask is not None:
-        m = ctx.value(mask)
-        inputs.append(m if m.dtype is DType.bool else ctx.cast(m, q.dtype))
-    return ctx.b.op("attention", *inputs, scale=a["scale"], causal=bool(a["is_causal"]))
+    if mask is None:
+        return ctx.b.op("attention", *inputs, scale=a["scale"], causal=bool(a["is_causal"]))
+    m = ctx.value(mask)
+    m = m if m.dtype is DType.bool else ctx.cast(m, q.dtype)
+    y = ctx.b.op("attention", *inputs, m, scale=a["scale"], causal=bool(a["is_causal"]))
+    # torch gives zeros, not NaN, for a query row whose keys are all masked out
+    keep = m if m.dtype is DType.bool else ctx.b.op("ne", m, ctx.const(-np.inf, m.dtype))
+    any_key = ctx.b.op("reduce_any", keep, axes=(m.rank - 1,), keepdims=True)
+    return ctx.b.op("where", any_key, y, ctx.const(0, y.dtype))
 
 
 def _repeat_heads(ctx: NodeContext, t: Value, rep: int) -> Value:
