@@ -1,0 +1,510 @@
+"""The ``accelir`` command line (also ``python -m accelir``).
+
+::
+
+    accelir optimize IN -o OUT [--level N] [--passes dce,cse,...] [--backend onnxruntime|xla]
+                     [--print-after all|changed] [--dump-dir DIR] [--check]
+    accelir show IN [--after-level N] [--passes ...] [--format text|dot|html] [-o OUT]
+    accelir bisect IN [--passes ...] [--level N] [-o DIR]
+    accelir bench IN [--backends onnxruntime,xla] [--repeats N]
+
+IN is an ``.onnx`` file, an ``.air`` file, or ``path/file.py:factory`` naming a
+function that returns ``(model, example_inputs)``.  OUT's suffix picks its format:
+``.onnx``, ``.air``, ``.mlir`` (StableHLO), ``.hlo``, ``.dot`` or ``.html``.
+
+Exit codes: 0 success, 1 error (one line on stderr; the traceback too with
+``--debug``), 2 usage.  Steps that take over a second show their progress when
+stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import progress
+from .errors import AccelirError, NumericMismatchError
+from .interpreter import run_graph, to_numpy
+from .ir import DType, Graph
+from .text import print_graph
+
+__all__ = ["main", "load_input", "random_inputs", "flat_arrays", "CHECK_TOLERANCES"]
+
+# Backends compute in their own order and use fused kernels, so an end-to-end check
+# against the interpreter needs a looser bound than the pass-by-pass check.
+CHECK_TOLERANCES: dict[DType, tuple[float, float]] = {
+    DType.f64: (1e-7, 1e-9),
+    DType.f32: (1e-3, 1e-4),
+    DType.f16: (2e-2, 2e-3),
+    DType.bf16: (1e-1, 2e-2),
+}
+_BACKENDS = ("onnxruntime", "xla")
+_FORMAT_BY_SUFFIX = {".html": "html", ".dot": "dot", ".air": "text", ".txt": "text"}
+
+
+class UsageError(AccelirError):
+    """The command line is malformed (exit code 2)."""
+
+
+# ----- inputs ------------------------------------------------------------------------
+
+@dataclass
+class LoadedInput:
+    """What IN names: something ``accelir.capture`` takes, and the example inputs if the factory gave them."""
+
+    model: Any
+    example_inputs: tuple | None
+    kind: str  # "onnx", "air" or "factory"
+
+
+def load_input(spec: str) -> LoadedInput:
+    """Resolve IN: an .onnx or .air path, or ``file.py:factory`` (called to get the model and its inputs)."""
+    if spec.endswith((".onnx", ".air")):
+        if not os.path.isfile(spec):
+            raise AccelirError(f"{spec}: no such file")
+        return LoadedInput(spec, None, "onnx" if spec.endswith(".onnx") else "air")
+    path, sep, factory = spec.rpartition(":")
+    if not sep or not path.endswith(".py") or not factory.isidentifier():
+        raise UsageError(f"{spec!r} is not an input: give an .onnx file, an .air file or path/file.py:factory")
+    if not os.path.isfile(path):
+        raise AccelirError(f"{path}: no such file")
+    name = "_accelir_input_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise AccelirError(f"{path}: cannot be imported as a python module")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    fn = getattr(module, factory, None)
+    if not callable(fn):
+        raise AccelirError(f"{path} has no function {factory!r}")
+    result = fn()
+    if not (isinstance(result, (tuple, list)) and len(result) == 2):
+        raise AccelirError(f"{path}:{factory}() must return (model, example_inputs), got {type(result).__name__}")
+    model, example = result
+    if example is not None and not isinstance(example, tuple):
+        example = tuple(example) if isinstance(example, list) else (example,)
+    return LoadedInput(model, example, "factory")
+
+
+def _parse_dims(items: Sequence[str]) -> dict[str, int]:
+    dims = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip().isdigit():
+            raise UsageError(f"--dim {item!r}: expected NAME=VALUE, e.g. --dim batch=4")
+        dims[name.strip()] = int(value)
+    return dims
+
+
+def random_inputs(graph: Graph, examples: Sequence[np.ndarray] | None = None, *, seed: int = 0,
+                  dims: dict[str, int] | None = None) -> list[np.ndarray]:
+    """Random arrays fitting ``graph``'s inputs.
+
+    With example arrays, each random input has its example's shape, floats are
+    normal, and integers and bools are drawn between the example's min and max, so
+    token ids stay inside the vocabulary and all-true masks stay all true.  Without
+    examples, symbolic dims take their value from ``dims`` (default 2), ints are 0
+    or 1 and bools are true.
+    """
+    from . import dims as D
+
+    rng = np.random.default_rng(seed)
+    bindings = dict(dims or {})
+    out = []
+    for i, v in enumerate(graph.inputs):
+        dt = v.type.dtype
+        if examples is not None:
+            ex = np.asarray(examples[i])
+            shape = ex.shape
+            low, high = (ex.min(), ex.max()) if ex.size and not dt.is_float else (0, 1)
+        else:
+            for d in v.type.shape:
+                for s in D.symbols(d):
+                    bindings.setdefault(s, 2)
+            shape = tuple(D.evaluate(d, bindings) for d in v.type.shape)
+            low, high = (0, 1) if dt.is_int else (1, 1)
+        if dt.is_float:
+            arr = rng.standard_normal(shape).astype(dt.numpy)
+        elif dt == DType.bool:
+            arr = rng.integers(int(low), int(high) + 1, size=shape).astype(bool)
+        else:
+            arr = rng.integers(int(low), int(high) + 1, size=shape).astype(dt.numpy)
+        out.append(arr)
+    return out
+
+
+def flat_arrays(obj: Any) -> list[np.ndarray]:
+    """The arrays in a model output (tensor, tuple, list, dict, ModelOutput, pytree), in order, as numpy."""
+    if obj is None:
+        return []
+    if isinstance(obj, dict):
+        return [a for v in obj.values() for a in flat_arrays(v)]
+    if isinstance(obj, (list, tuple)):
+        return [a for v in obj for a in flat_arrays(v)]
+    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
+        return [np.asarray(to_numpy(obj))]
+    if hasattr(obj, "to_tuple"):
+        return flat_arrays(obj.to_tuple())
+    raise AccelirError(f"cannot read arrays out of a {type(obj).__name__} output")
+
+
+def _flat_examples(graph: Graph, example_inputs: tuple | None) -> list[np.ndarray] | None:
+    if not example_inputs:
+        return None
+    signature = graph.meta.get("signature")
+    flat = signature.flatten(*example_inputs) if signature is not None else list(example_inputs)
+    return [np.asarray(to_numpy(x)) for x in flat]
+
+
+def _capture(inp: LoadedInput) -> Graph:
+    import accelir
+
+    with progress.step("capture"):
+        return accelir.capture(inp.model, inp.example_inputs)
+
+
+def _pass_list(names: str | None, level: int, target: str | None) -> list[Callable[[Graph], bool]]:
+    """The passes named in ``names`` (comma-separated), else the pipeline of ``level``."""
+    from .passes import get_pass, pipeline
+
+    if names:
+        out = []
+        for name in (n.strip() for n in names.split(",")):
+            if not name:
+                continue
+            try:
+                out.append(get_pass(name))
+            except (KeyError, ValueError) as e:
+                raise UsageError(f"--passes: {e.args[0] if e.args else name}") from None
+        return out
+    return pipeline(level, target=target)
+
+
+def _write(path: str, text: str, overwrite: bool) -> None:
+    if os.path.exists(path) and not overwrite:
+        raise AccelirError(f"{path} exists; pass --overwrite to replace it")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+# ----- optimize ----------------------------------------------------------------------
+
+class _LazyRunner:
+    """Builds the backend's session on first use, as its own progress step."""
+
+    def __init__(self, graph: Graph, backend: str, device: str):
+        self.graph = graph
+        self.backend = backend
+        self.device = device
+        self._run: Callable[[list], list] | None = None
+
+    def build(self) -> Callable[[list], list]:
+        if self._run is None:
+            with progress.step(f"{self.backend} session build"):
+                if self.backend == "onnxruntime":
+                    from .lowering.onnx import OnnxRuntimeModule, to_onnx
+                    self._run = OnnxRuntimeModule(to_onnx(self.graph), device=self.device)
+                else:
+                    from .lowering.jax import JaxModule
+                    self._run = JaxModule(self.graph)
+        return self._run
+
+    def __call__(self, flat: list) -> list:
+        return list(self.build()(flat))
+
+
+def _check(source: Graph, runner: _LazyRunner, inputs: list[np.ndarray], tolerances: dict) -> str:
+    from .pass_manager import compare_outputs
+
+    with progress.step("reference run"):
+        expected = run_graph(source, inputs)
+    with progress.step(f"{runner.backend} run"):
+        got = [np.asarray(to_numpy(x)) for x in runner(inputs)]
+    bad = compare_outputs(expected, got, tolerances)
+    if bad is not None:
+        index, err, rel, what = bad
+        raise NumericMismatchError(f"--check: output {index} of the optimised graph on {runner.backend} differs from "
+                                   f"the original graph on random inputs: {what}; rerun with --print-after changed "
+                                   "or use 'accelir bisect' to find the pass", output_index=index, max_abs_error=err,
+                                   rel_error=rel)
+    worst = max((float(np.max(np.abs(e.astype(np.float64) - g.astype(np.float64))))
+                 for e, g in zip(expected, got) if e.size and e.dtype.kind == "f"), default=0.0)
+    return f"check: {len(expected)} output(s) match the original graph on {runner.backend} (max abs error {worst:.3g})"
+
+
+def _tolerances(args: argparse.Namespace) -> dict[DType, tuple[float, float]]:
+    tol = dict(CHECK_TOLERANCES)
+    if args.rtol is not None or args.atol is not None:
+        for dt, (r, a) in tol.items():
+            tol[dt] = (args.rtol if args.rtol is not None else r, args.atol if args.atol is not None else a)
+    return tol
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    from .api import CompiledModel, OptimizeReport
+    from .pass_manager import PassManager
+
+    if os.path.exists(args.output) and not args.overwrite:
+        raise AccelirError(f"{args.output} exists; pass --overwrite to replace it")
+    backend = args.backend or ("xla" if args.output.endswith((".mlir", ".hlo")) else "onnxruntime")
+    inp = load_input(args.input)
+    report = OptimizeReport(chosen=backend)
+    t0 = time.perf_counter()
+    graph = _capture(inp)
+    report.stages["capture"] = time.perf_counter() - t0
+    source = graph.copy()
+    examples = _flat_examples(graph, inp.example_inputs)
+    dims = _parse_dims(args.dim)
+    pm = PassManager(_pass_list(args.passes, args.level, backend), print_after=args.print_after,
+                     dump_dir=args.dump_dir)
+    t0 = time.perf_counter()
+    with progress.step("passes"):
+        pm.run(graph)
+    report.stages["passes"] = time.perf_counter() - t0
+    report.passes = pm.report
+    report.nodes_before, report.nodes_after = source.num_nodes(), graph.num_nodes()
+    runner = _LazyRunner(graph, backend, args.device)
+    if args.check:
+        print(_check(source, runner, random_inputs(source, examples, seed=args.seed, dims=dims), _tolerances(args)))
+    export_inputs = examples if examples is not None else random_inputs(graph, dims=dims)
+    model = CompiledModel(graph, source, runner, backend=backend, device=args.device, report=report,
+                          example_inputs=export_inputs)
+    t0 = time.perf_counter()
+    with progress.step(f"writing {os.path.basename(args.output)}"):
+        model.export(args.output, overwrite=args.overwrite)
+    report.stages["export"] = time.perf_counter() - t0
+    if args.report:
+        print(pm.report, end="")
+    print(f"wrote {args.output}: {report.nodes_before} -> {report.nodes_after} nodes "
+          f"({', '.join(f'{k} {v:.2f} s' for k, v in report.stages.items())})")
+    return 0
+
+
+# ----- show --------------------------------------------------------------------------
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .pass_manager import PassManager
+
+    fmt = args.format or _FORMAT_BY_SUFFIX.get(os.path.splitext(args.output or "")[1].lower(), "text")
+    graph = _capture(load_input(args.input))
+    report = None
+    dumps: list[tuple[str, str]] | None = None
+    if args.after_level is not None or args.passes:
+        dumps = [("input", print_graph(graph))]
+
+        def keep_text(record: Any, g: Graph) -> None:
+            if record.changed:
+                dumps.append((f"{record.index:03d}-after-{record.name}", print_graph(g)))
+
+        level = 2 if args.after_level is None else args.after_level
+        pm = PassManager(_pass_list(args.passes, level, args.target), instrument=keep_text if fmt == "html" else None)
+        with progress.step("passes"):
+            pm.run(graph)
+        report = pm.report
+    if fmt == "text":
+        text = print_graph(graph, meta=args.meta)
+    elif fmt == "dot":
+        from .visualize import to_dot
+        text = to_dot(graph, show_constants=args.constants)
+    else:
+        from .visualize import to_html
+        with progress.step("drawing"):
+            text = to_html(graph, report, dumps, title=f"{os.path.basename(args.input)}", show_constants=args.constants)
+    if args.output:
+        _write(args.output, text, args.overwrite)
+        print(f"wrote {args.output} ({fmt}, {graph.num_nodes()} nodes)")
+    else:
+        sys.stdout.write(text)
+        if report is not None and fmt == "text":
+            sys.stderr.write(str(report))
+    return 0
+
+
+# ----- bisect ------------------------------------------------------------------------
+
+def _cmd_bisect(args: argparse.Namespace) -> int:
+    from .bisect import bisect
+    from .pass_manager import compare_outputs
+
+    inp = load_input(args.input)
+    graph = _capture(inp)
+    inputs = random_inputs(graph, _flat_examples(graph, inp.example_inputs), seed=args.seed,
+                           dims=_parse_dims(args.dim))
+    with progress.step("reference run"):
+        expected = run_graph(graph, inputs)
+    tolerances = _tolerances(args)
+
+    def check(g: Graph) -> bool:
+        return compare_outputs(expected, run_graph(g, inputs), tolerances) is None
+
+    with progress.step("bisect"):
+        result = bisect(graph, _pass_list(args.passes, args.level, None), check, out_dir=args.output)
+    print(result)
+    return 0
+
+
+# ----- bench -------------------------------------------------------------------------
+
+def _reference_system(inp: LoadedInput, graph: Graph, flat: list[np.ndarray]) -> tuple[str, Callable[[], Any]]:
+    """The model as its own framework runs it: eager torch, the jax callable, onnxruntime, or the interpreter."""
+    if inp.kind == "onnx":
+        import onnxruntime as ort
+        session = ort.InferenceSession(inp.model, providers=["CPUExecutionProvider"])
+        feed = {i.name: a for i, a in zip(session.get_inputs(), flat)}
+        return "onnxruntime (input file)", lambda: session.run(None, feed)
+    if inp.kind == "air":
+        return "interpreter", lambda: run_graph(graph, flat)
+    frontend = graph.meta.get("frontend")
+    if frontend == "torch":
+        import torch
+
+        def eager() -> Any:
+            with torch.no_grad():
+                return inp.model(*inp.example_inputs)
+        return "torch eager", eager
+    return f"{frontend or 'python'} eager", lambda: inp.model(*inp.example_inputs)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import accelir
+    from .timing import time_interleaved
+
+    inp = load_input(args.input)
+    graph = _capture(inp)
+    examples = _flat_examples(graph, inp.example_inputs)
+    flat = examples if examples is not None else random_inputs(graph, seed=args.seed, dims=_parse_dims(args.dim))
+    call_args = tuple(inp.example_inputs) if inp.kind == "factory" else tuple(flat)
+    name, eager = _reference_system(inp, graph, flat)
+    systems: dict[str, Callable[[], Any]] = {name: eager}
+    build: dict[str, float] = {name: 0.0}
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    for b in backends:
+        if b not in _BACKENDS:
+            raise UsageError(f"--backends: unknown backend {b!r}; choose from {', '.join(_BACKENDS)}")
+        t0 = time.perf_counter()
+        with progress.step(f"optimize for {b}"):
+            model = accelir.optimize(inp.model, inp.example_inputs, backend=b, level=args.level)
+        build[f"accelir -> {b}"] = time.perf_counter() - t0
+        systems[f"accelir -> {b}"] = (lambda m: lambda: m(*call_args))(model)
+    reference = flat_arrays(eager())
+    errors = {}
+    for label, fn in systems.items():
+        got = flat_arrays(fn())
+        errors[label] = max((float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64))))
+                             for r, g in zip(reference, got) if r.size), default=0.0)
+    with progress.step("timing"):
+        timings = time_interleaved(systems, warmup=args.warmup, repeats=args.repeats)
+    width = max(len(k) for k in systems)
+    print(f"{'system':{width}s}  {'median ms':>10s}  {'min-max ms':>17s}  {'build s':>8s}  {'max abs err':>11s}")
+    for label, t in timings.items():
+        span = f"{t.min * 1e3:.3f}-{t.max * 1e3:.3f}"
+        print(f"{label:{width}s}  {t.median * 1e3:10.3f}  {span:>17s}  {build[label]:8.2f}  {errors[label]:11.3g}")
+    return 0
+
+
+# ----- argument parsing --------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="print the traceback of an error")
+    common.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    common.add_argument("--dim", action="append", default=[], metavar="NAME=VALUE",
+                        help="value of a symbolic dim in random inputs (default 2); repeatable")
+    passes = argparse.ArgumentParser(add_help=False)
+    passes.add_argument("--level", type=int, choices=(0, 1, 2, 3), default=2, help="pipeline level (default 2)")
+    passes.add_argument("--passes", metavar="P1,P2,...", help="run these registered passes instead of a level")
+    tol = argparse.ArgumentParser(add_help=False)
+    tol.add_argument("--rtol", type=float, help="relative tolerance of the output comparison")
+    tol.add_argument("--atol", type=float, help="absolute tolerance of the output comparison")
+    inp_help = "an .onnx file, an .air file, or path/file.py:factory returning (model, example_inputs)"
+
+    parser = argparse.ArgumentParser(prog="accelir", description="Optimise, inspect, bisect and benchmark models "
+                                     "with accelir.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"accelir {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("optimize", parents=[common, passes, tol], help="optimise IN and write OUT",
+                       description="Capture IN, run the pass pipeline and write OUT in the format of its suffix "
+                       "(.onnx, .air, .mlir, .hlo, .dot, .html).")
+    p.add_argument("input", metavar="IN", help=inp_help)
+    p.add_argument("-o", "--output", metavar="OUT", required=True)
+    p.add_argument("--backend", choices=_BACKENDS, help="target of the pipeline and of --check "
+                   "(default: xla for .mlir/.hlo, else onnxruntime)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="onnxruntime execution provider")
+    p.add_argument("--print-after", choices=("all", "changed"), help="print the IR (or its diff) after each pass")
+    p.add_argument("--dump-dir", metavar="DIR", help="write numbered IR dumps after each pass that changed it")
+    p.add_argument("--check", action="store_true",
+                   help="run the optimised model on the backend and compare with the original graph on random inputs")
+    p.add_argument("--report", action="store_true", help="print the per-pass table")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=_cmd_optimize)
+
+    p = sub.add_parser("show", parents=[common], help="print or draw the IR",
+                       description="Print IN's IR, or render it as Graphviz dot or a self-contained HTML page.")
+    p.add_argument("input", metavar="IN", help=inp_help)
+    p.add_argument("--after-level", type=int, choices=(0, 1, 2, 3), help="show the graph after this pipeline level")
+    p.add_argument("--passes", metavar="P1,P2,...", help="show the graph after these registered passes")
+    p.add_argument("--target", choices=_BACKENDS, help="backend whose vetoes the pipeline applies")
+    p.add_argument("--format", choices=("text", "dot", "html"), help="default: from -o's suffix, else text")
+    p.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
+    p.add_argument("--meta", action="store_true", help="text: append each node's provenance")
+    p.add_argument("--constants", action="store_true", help="dot/html: draw constant nodes too")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=_cmd_show)
+
+    p = sub.add_parser("bisect", parents=[common, passes, tol], help="find the pass and rewrite that break IN",
+                       description="Run the pipeline with the interpreter checking outputs on random inputs; find the "
+                       "first pass, then the first rewrite inside it, that changes them; write a reproducer.")
+    p.add_argument("input", metavar="IN", help=inp_help)
+    p.add_argument("-o", "--output", metavar="DIR", default="accelir-bisect", help="reproducer directory")
+    p.set_defaults(func=_cmd_bisect)
+
+    p = sub.add_parser("bench", parents=[common], help="time IN eagerly and on each backend",
+                       description="Latency of the model as its framework runs it and through accelir on each backend, "
+                       "in interleaved rounds after warm-up.")
+    p.add_argument("input", metavar="IN", help=inp_help)
+    p.add_argument("--backends", default=",".join(_BACKENDS), help="comma-separated (default: all)")
+    p.add_argument("--level", type=int, choices=(0, 1, 2, 3), default=2)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=20)
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 1 error, 2 usage)."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits 2 on bad usage and 0 after --help / --version
+        return int(e.code) if isinstance(e.code, int) else 2
+    try:
+        with progress.activate(progress.Progress()):
+            return args.func(args)
+    except UsageError as e:
+        print(f"accelir {args.command}: error: {e} (see accelir {args.command} --help)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("accelir: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            traceback.print_exc()
+        first = (str(e).strip().splitlines() or [""])[0]
+        kind = "" if isinstance(e, AccelirError) else f"{type(e).__name__}: "
+        hint = "" if args.debug else " (--debug shows the traceback)"
+        print(f"accelir {args.command}: error: {kind}{first}{hint}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
