@@ -22,6 +22,7 @@ import importlib.util
 import inspect
 import json
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -68,48 +69,57 @@ class BisectResult:
         return text
 
 
-def pass_ref(p: PassFn) -> dict[str, str]:
-    """How to find ``p`` again in another process: its registered name or its import path."""
-    from accelir.passes.registry import PASSES, pass_name
-    name = pass_name(p)
-    if name in PASSES and PASSES[name].fn is p:
-        return {"name": name}
-    ref = {"name": name}
-    target = p if inspect.isfunction(p) or inspect.isclass(p) else type(p)
-    module = getattr(target, "__module__", None)
-    qual = getattr(target, "__qualname__", None)
-    if module and qual and "<" not in qual:
-        ref["import"] = f"{module}:{qual}"
-        ref["instance"] = "no" if target is p else "yes"
+def _import_path(p: PassFn) -> tuple[str, str] | None:
+    """``(module:attribute, file)`` under which ``p`` can be imported again, if any."""
+    if inspect.isfunction(p) and "<" not in p.__qualname__:
+        mod = sys.modules.get(p.__module__)
+        return f"{p.__module__}:{p.__qualname__}", getattr(mod, "__file__", "") or ""
+    # an instance (a RulePass, a configured dataclass): find the module global bound to it
+    for name, mod in list(sys.modules.items()):
+        if mod is None or name.startswith("_"):
+            continue
         try:
-            ref["file"] = os.path.abspath(inspect.getfile(target))
+            attrs = vars(mod)
         except TypeError:
-            pass
+            continue
+        for attr, v in list(attrs.items()):
+            if v is p and not attr.startswith("_"):
+                return f"{name}:{attr}", getattr(mod, "__file__", "") or ""
+    return None
+
+
+def pass_ref(p: PassFn) -> dict[str, str]:
+    """How to find ``p`` again in another process: its registered name and, if any, its import path."""
+    from accelir.passes.registry import pass_name
+    ref = {"name": pass_name(p)}
+    where = _import_path(p)
+    if where is not None:
+        ref["import"], ref["file"] = where
     return ref
 
 
 def resolve_pass(ref: dict[str, str]) -> PassFn:
-    """The pass ``pass_ref`` described: registered name, else module:qualname, else the file."""
+    """The pass ``pass_ref`` described: the registered name, else module:attribute, else the file."""
     from accelir.passes.pipeline import load_pass_modules
     from accelir.passes.registry import PASSES
     load_pass_modules()
-    if ref["name"] in PASSES and "import" not in ref:
+    if ref["name"] in PASSES:
         return PASSES[ref["name"]].fn
     if "import" not in ref:
         raise AccelirError(f"pass {ref['name']!r} is neither registered nor importable; register it with "
-                           "accelir.passes.register_pass to replay it")
+                           "accelir.passes.register_pass or bind it to a module global to replay it")
     module_name, qual = ref["import"].split(":")
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError:
-        if "file" not in ref:
+        if not ref.get("file"):
             raise
         spec = importlib.util.spec_from_file_location(module_name, ref["file"])
         obj = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(obj)
     for part in qual.split("."):
         obj = getattr(obj, part)
-    return obj() if ref.get("instance") == "yes" else obj
+    return obj
 
 
 def _safe_check(check: Check, graph: Graph) -> tuple[bool, str]:
@@ -247,7 +257,6 @@ def _write_reproducer(out: str, graph: Graph, before: Graph, passes: Sequence[Pa
 
 def replay(directory: str | os.PathLike, stream: Any = None) -> int:
     """Rerun a reproducer; prints what the first bad rewrite changes.  Returns 1 when it reproduces."""
-    import sys
     from accelir.passes.pattern import rewrite_limit
     out = stream if stream is not None else sys.stdout
     d = os.fspath(directory)

@@ -73,7 +73,7 @@ def pass_name(p: PassFn) -> str:
         return name
     for attr in ("name", "__name__"):
         v = getattr(p, attr, None)
-        if isinstance(v, str) and v != "<lambda>":
+        if isinstance(v, str):
             return v
     return type(p).__name__
 

@@ -1,0 +1,114 @@
+"""bisect: a deliberately wrong pass is caught by check_numerics, then found down to its single
+bad rewrite, and the reproducer replays it in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import accelir
+from accelir.errors import AccelirError, NumericMismatchError
+from accelir.passes import Const, P, Rule, RulePass, Var, cse, dce, fold_constants, rewrite_limit, simplify
+
+X = Var("x")
+
+# x * 2 -> x + x is right; exp(log(x)) -> x is wrong for x <= 0 (log gives NaN there)
+SLOPPY = RulePass("sloppy", (Rule("twice", P.mul(X, Const(2.0)), lambda m, b: b.op("add", m["x"], m["x"])),
+                             Rule("exp_log", P.exp(P.log(X)), lambda m, b: m["x"])))
+
+
+def _graph() -> accelir.Graph:
+    g = accelir.Graph()
+    x = g.add_input(accelir.TensorType(accelir.DType.f32, (8,)), "x")
+    y = g.add_input(accelir.TensorType(accelir.DType.f32, (8,)), "y")
+    two = g.const(np.float32(2.0))
+    v = x
+    for _ in range(6):
+        v = g.apply("mul", g.apply("add", v, y), two)
+    v = g.apply("mul", g.apply("exp", g.apply("log", y)), v)
+    for _ in range(5):
+        v = g.apply("mul", g.apply("add", v, y), two)
+    g.set_outputs([v])
+    return g
+
+
+def _inputs():
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal(8).astype(np.float32), rng.standard_normal(8).astype(np.float32)]
+
+
+PIPELINE = [dce, fold_constants, cse, simplify, SLOPPY]
+
+
+def _exp_log_position() -> int:
+    g = _graph()
+    for p in PIPELINE[:4]:
+        p(g)
+    with rewrite_limit(10 ** 9) as budget:
+        SLOPPY(g)
+        return next(i for i, what in enumerate(budget.log, 1) if "exp_log" in what)
+
+
+def test_check_numerics_catches_the_wrong_pass():
+    with pytest.raises(NumericMismatchError) as info:
+        accelir.PassManager(PIPELINE, check_numerics=_inputs()).run(_graph())
+    assert info.value.pass_name == "sloppy"
+    assert "NaN" in str(info.value)
+
+
+def test_bisect_finds_the_single_bad_rewrite(tmp_path):
+    g = _graph()
+    before = str(g)
+    k = _exp_log_position()
+    assert k > 1  # correct rewrites run before the bad one
+    res = accelir.bisect(g, PIPELINE, inputs=_inputs(), out_dir=tmp_path / "repro")
+    assert str(g) == before
+    assert res.found and res.pass_name == "sloppy" and res.invocation == 5 and res.iteration == 1
+    assert res.first_bad_rewrite == k and res.rewrites == 12
+    assert res.rewrite.startswith("sloppy: exp_log at node 'exp'")
+    assert "rewrite %d of 12" % k in str(res)
+
+    repro = tmp_path / "repro"
+    assert sorted(os.listdir(repro)) == ["before.air", "expected_000.npy", "input_000.npy", "input_001.npy",
+                                         "pipeline.json", "replay.py"]
+    info = json.loads((repro / "pipeline.json").read_text())
+    assert [p["name"] for p in info["passes"]] == ["dce", "fold_constants", "cse", "simplify", "sloppy"]
+    assert info["first_bad_limit"] == k and info["last_good_limit"] == k - 1
+    assert accelir.load(repro / "before.air").op_histogram()["log"] == 1
+
+    run = subprocess.run([sys.executable, str(repro / "replay.py")], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert run.returncode == 1, run.stderr
+    assert f"pass 'sloppy', rewrite {k}: sloppy: exp_log" in run.stdout
+    assert "last good: outputs match" in run.stdout
+    assert "first bad: output 0 differs: NaN" in run.stdout
+    assert "-  %" in run.stdout and "= log(%y)" in run.stdout
+
+
+def test_bisect_with_a_structural_check():
+    res = accelir.bisect(_graph(), PIPELINE, check=lambda g: "log" in g.op_histogram())
+    assert res.pass_name == "sloppy" and res.first_bad_rewrite == _exp_log_position()
+
+
+def test_bisect_reports_nothing_when_every_pass_is_fine():
+    res = accelir.bisect(_graph(), [dce, fold_constants, cse, simplify], inputs=_inputs())
+    assert not res.found and str(res) == "bisect: the check passes after every pass"
+
+
+def test_bisect_finds_a_pass_that_raises():
+    def crash(graph):
+        raise ValueError("broken")
+
+    res = accelir.bisect(_graph(), [simplify, crash], check=lambda g: True)
+    assert res.pass_name == "crash" and res.first_bad_rewrite == 0
+    assert "ValueError: broken" in res.reason
+
+
+def test_bisect_refuses_a_check_that_fails_on_the_input():
+    with pytest.raises(AccelirError, match="already fails on the input graph"):
+        accelir.bisect(_graph(), PIPELINE, check=lambda g: False)

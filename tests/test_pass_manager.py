@@ -1,0 +1,194 @@
+"""The PassManager: fixed point, report, dumps, printing, numeric checks, failures and rollback."""
+
+from __future__ import annotations
+
+import io
+import os
+import textwrap
+
+import numpy as np
+import pytest
+
+import accelir
+from accelir.errors import NumericMismatchError, PassError
+from accelir.passes import P, Rule, RulePass, Var, cse, dce, fold_constants, simplify
+from accelir.pass_manager import compare_outputs
+
+TEXT = textwrap.dedent("""
+    graph main(%x: f32[2,3]) -> (f32[2,3]) {
+      %one = constant() {name="one", value=1.0} : f32[]
+      %two = constant() {name="two", value=2.0} : f32[]
+      %dead = exp(%x) : f32[2,3]
+      %0 = mul(%x, %one) : f32[2,3]
+      %1 = mul(%0, %two) : f32[2,3]
+      %2 = mul(%two, %0) : f32[2,3]
+      %3 = add(%1, %2) : f32[2,3]
+      return %3
+    }""")
+
+
+def _graph():
+    return accelir.parse(TEXT)
+
+
+def _x():
+    return np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+
+
+# a deliberately wrong rewrite: x * 2 -> x + 2
+WRONG = RulePass("wrong_mul_two", (Rule("mul_two_to_add", P.mul(Var("x"), accelir.passes.Const(2.0)),
+                                        lambda m, b: b.op("add", m["x"], m.root.inputs[1])
+                                        if m.root.inputs[1].is_constant else b.op("add", m["x"], m.root.inputs[0])),))
+
+
+def test_runs_to_a_fixed_point_and_reports():
+    g = _graph()
+    pm = accelir.PassManager([dce, fold_constants, cse, simplify])
+    assert pm.run(g) is True
+    assert [n.op for n in g.nodes] == ["constant", "mul", "add"]
+    rep = pm.report
+    assert rep.iterations == 2 and rep.converged
+    assert [r.name for r in rep.records] == ["dce", "fold_constants", "cse", "simplify"] * 2
+    first = rep.records[0]
+    assert (first.nodes_before, first.nodes_after, first.changed, first.op_delta) == (7, 6, True, {"exp": -1})
+    assert rep.records[2].op_delta == {"mul": -1}
+    assert not any(r.changed for r in rep.records[4:])
+    table = str(rep)
+    lines = table.splitlines()
+    assert lines[0].split() == ["#", "pass", "iter", "time", "ms", "nodes", "before", "nodes", "after", "changed",
+                                "op", "delta"]
+    assert "-1 exp" in lines[2] and lines[2].split()[1] == "dce"
+    assert lines[-1].startswith("total ") and "nodes 7 -> 3" in lines[-1]
+    assert pm.run(g) is False
+
+
+def test_any_callable_is_a_pass_and_named_passes_show_their_name():
+    calls = []
+
+    def my_pass(graph):
+        calls.append(len(graph))
+        return False
+
+    pm = accelir.PassManager([my_pass, lambda g: False, simplify, fold_constants])
+    pm.run(_graph())
+    assert calls == [7, 5]
+    assert pm.names == ["my_pass", "<lambda>", "simplify", "fold_constants"]
+
+
+def test_stops_at_max_iterations_when_passes_keep_changing():
+    pm = accelir.PassManager([lambda g: True], max_iterations=3)
+    assert pm.run(_graph())
+    assert pm.report.iterations == 3 and not pm.report.converged
+    assert "did not reach a fixed point" in str(pm.report)
+
+
+def test_dump_dir_numbers_changed_passes_only(tmp_path):
+    g = _graph()
+    pm = accelir.PassManager([dce, fold_constants, cse, simplify], dump_dir=tmp_path)
+    pm.run(g)
+    files = sorted(os.listdir(tmp_path))
+    assert files == ["000-input.air", "001-after-dce.air", "002-after-cse.air", "003-after-simplify.air",
+                     "report.txt"]
+    assert str(accelir.load(tmp_path / "000-input.air")) == str(_graph())
+    assert accelir.parse((tmp_path / "003-after-simplify.air").read_text()).op_histogram() == \
+        {"constant": 1, "mul": 1, "add": 1}
+    assert "made by cse" not in (tmp_path / "003-after-simplify.air").read_text()
+    assert (tmp_path / "report.txt").read_text() == str(pm.report)
+
+
+def test_print_after_changed_prints_a_diff():
+    out = io.StringIO()
+    accelir.PassManager([dce, cse], print_after="changed", stream=out).run(_graph())
+    text = out.getvalue()
+    assert "--- before dce\n+++ after dce\n" in text
+    assert "-  %dead = exp(%x) : f32[2,3]\n" in text
+    assert "--- before cse\n+++ after cse\n" in text
+    assert text.count("+++") == 2
+
+
+def test_print_after_all_prints_every_pass():
+    out = io.StringIO()
+    accelir.PassManager([dce, fold_constants], print_after="all", stream=out).run(_graph())
+    text = out.getvalue()
+    assert text.count("graph main(") == 4
+    assert "after fold_constants (iteration 1), unchanged" in text
+
+
+def test_check_numerics_names_the_wrong_pass_and_rolls_back():
+    g = _graph()
+    pm = accelir.PassManager([dce, fold_constants, cse, simplify, WRONG], check_numerics=[_x()])
+    with pytest.raises(NumericMismatchError) as info:
+        pm.run(g)
+    e = info.value
+    assert e.pass_name == "wrong_mul_two" and e.output_index == 0 and e.max_abs_error > 1
+    assert "pass 'wrong_mul_two' changed output 0" in str(e)
+    assert "passes run before it: dce, fold_constants, cse, simplify" in str(e)
+    accelir.verify(g)
+    assert g.op_histogram() == {"constant": 1, "mul": 1, "add": 1}
+
+
+def test_check_numerics_passes_correct_pipelines():
+    g = _graph()
+    x = _x()
+    want = accelir.interpret(g, x)
+    accelir.PassManager([dce, fold_constants, cse, simplify], check_numerics=[x]).run(g)
+    np.testing.assert_allclose(accelir.interpret(g, x)[0], want[0], rtol=1e-6)
+
+
+def test_exception_in_a_pass_names_it_and_keeps_the_graph():
+    def explode(graph):
+        first = next(iter(graph.nodes))
+        graph.make("neg", [first.output], before=first)  # half a rewrite, then a crash
+        raise RuntimeError("boom")
+
+    g = _graph()
+    before = str(g)
+    with pytest.raises(PassError) as info:
+        accelir.PassManager([dce, explode]).run(g)
+    e = info.value
+    assert e.pass_name == "explode" and e.previous == ["dce"]
+    assert "pass 'explode' raised RuntimeError: boom (passes run before it: dce)" in str(e)
+    assert "left as it was before 'explode'" in str(e)
+    assert isinstance(e.__cause__, RuntimeError)
+    accelir.verify(g)
+    assert str(g) == before.replace("  %dead = exp(%x) : f32[2,3]\n", "")
+    accelir.PassManager([dce, fold_constants, cse, simplify]).run(g)
+    assert len(g) == 3
+
+
+def test_a_pass_that_breaks_the_ir_is_caught_by_verify_each():
+    def retype(graph):
+        for n in graph.nodes:
+            if n.op == "add":
+                n.attrs["bogus"] = 1
+        return True
+
+    g = _graph()
+    with pytest.raises(PassError, match="pass 'retype' left an invalid graph"):
+        accelir.PassManager([retype]).run(g)
+    accelir.verify(g)
+    accelir.PassManager([retype], verify_each=False, max_iterations=1).run(_graph())
+
+
+def test_instrument_sees_every_record():
+    seen = []
+    accelir.PassManager([dce, simplify], instrument=lambda rec, g: seen.append((rec.name, rec.changed, len(g)))
+                        ).run(_graph())
+    assert seen == [("dce", True, 6), ("simplify", True, 4), ("dce", False, 4), ("simplify", False, 4)]
+
+
+@pytest.mark.parametrize("dtype,delta,ok", [
+    (np.float32, 1e-6, True), (np.float32, 1e-2, False), (np.float16, 1e-3, True), (np.float64, 1e-6, False),
+    (np.int32, 0, True), (np.int32, 1, False),
+])
+def test_compare_outputs_tolerance_by_dtype(dtype, delta, ok):
+    a = np.ones((3,), dtype)
+    b = (a + np.asarray(delta).astype(dtype)).astype(dtype)
+    assert (compare_outputs([a], [b]) is None) is ok
+
+
+def test_compare_outputs_nan_and_shape():
+    a = np.array([1.0, np.nan], np.float32)
+    assert compare_outputs([a], [a.copy()]) is None
+    assert compare_outputs([a], [np.array([1.0, 2.0], np.float32)])[3].startswith("NaN")
+    assert compare_outputs([a], [a[:1]])[3] == "float32[1] instead of float32[2]"
