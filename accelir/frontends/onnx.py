@@ -354,6 +354,7 @@ class _Importer:
         self.known: dict[int, np.ndarray | None] = {}
         self.input_graph_deps: dict[int, frozenset[str]] = {}
         self.inline_depth = 0
+        self.main: Graph | None = None
 
     def fresh_symbols(self, base: str) -> Iterable[str]:
         while True:
@@ -447,7 +448,7 @@ class _Importer:
                 continue
             seen.add(id(x))
             if x.producer is None:
-                if x.graph is not None and x.graph.parent is None and x.name and x.name not in names:
+                if x.graph is self.main and x.name and x.name not in names:
                     names.append(x.name)
                 continue
             stack.extend(x.producer.inputs)
@@ -518,6 +519,7 @@ def import_onnx(model_or_path: Any, *, load_external: bool = True, base_dir: str
     gproto = model.graph
     imp = _Importer(model, base_dir, load_external)
     graph = Graph(_value_name(gproto.name or "main"))
+    imp.main = graph
     scope = ImportScope(imp, graph, None, opsets)
     static = dict(static_inputs or {})
     init_names = {t.name for t in gproto.initializer}

@@ -214,8 +214,24 @@ def _mod(ctx: NodeContext):
 @rule("BitShift")
 def _bitshift(ctx: NodeContext):
     x, y = ctx.input(0), ctx.input(1)
-    factor = ctx.op("pow", ctx.scalar(2, x), y)
-    return [ctx.op("mul" if ctx.attr("direction") == "LEFT" else "div", x, factor)]
+    bits = 8 * x.dtype.itemsize
+    zero = ctx.scalar(0, x)
+    valid = ctx.op("and", ctx.op("ge", y, zero), ctx.op("lt", y, ctx.scalar(bits, x)))
+    # shifting by 2**y: a product wraps like a left shift; a right shift is a floor division
+    wide = DType.i64 if x.dtype.is_signed else x.dtype
+    xw, yw = _cast(ctx, x, wide), _cast(ctx, ctx.op("where", valid, y, zero), wide)
+    factor = ctx.op("pow", ctx.scalar(2, wide), yw)
+    if ctx.attr("direction") == "LEFT":
+        return [ctx.op("where", valid, _cast(ctx, ctx.op("mul", xw, factor), x.dtype), zero)]
+    q = ctx.op("div", xw, factor)
+    if x.dtype.is_signed:
+        inexact = ctx.op("and", ctx.op("ne", ctx.op("rem", xw, factor), ctx.scalar(0, wide)),
+                         ctx.op("lt", xw, ctx.scalar(0, wide)))
+        q = ctx.op("where", inexact, ctx.op("sub", q, ctx.scalar(1, wide)), q)
+        overflow = ctx.op("where", ctx.op("lt", x, zero), ctx.scalar(-1, x), zero)
+    else:
+        overflow = zero
+    return [ctx.op("where", valid, _cast(ctx, q, x.dtype), overflow)]
 
 
 @rule("IsInf")
@@ -594,7 +610,8 @@ def _depth_space(ctx: NodeContext):
     n, c, h, w = x.shape
     if ctx.node.op_type == "SpaceToDepth":
         y = _reshape(ctx, x, (n, c, D.dim_floordiv(h, b), b, D.dim_floordiv(w, b), b))
-        y = ctx.op("transpose", y, perm=(0, 3, 5, 1, 2, 4))
+        perm = (0, 3, 5, 1, 2, 4) if ctx.attr("mode", "DCR") == "DCR" else (0, 1, 3, 5, 2, 4)
+        y = ctx.op("transpose", y, perm=perm)
         return [_reshape(ctx, y, (n, D.dim_mul(c, b * b), D.dim_floordiv(h, b), D.dim_floordiv(w, b)))]
     cb = D.dim_floordiv(c, b * b)
     if ctx.attr("mode", "DCR") == "DCR":
@@ -647,6 +664,148 @@ def _pad(ctx: NodeContext):
     if isinstance(value, (bool, np.bool_)):
         value = float(value)
     return [ctx.op("pad", x, pads=tuple(per), mode=mode, value=float(value))]
+
+
+# ----- resize ------------------------------------------------------------------------
+
+def _cubic_kernel(a: float) -> Callable[[np.ndarray], np.ndarray]:
+    def k(t: np.ndarray) -> np.ndarray:
+        t = np.abs(t)
+        near = ((a + 2) * t - (a + 3)) * t * t + 1
+        far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+        return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
+    return k
+
+
+def _source_coords(mode: str, out: int, size: int, scale: float, roi: tuple[float, float]) -> np.ndarray:
+    """Where each output index samples the input (ONNX Resize coordinate_transformation_mode)."""
+    i = np.arange(out, dtype=np.float64)
+    out_f = scale * size  # ONNX's formulas use the unrounded output width
+    if mode == "align_corners":
+        return np.zeros(out) if out_f == 1 else i * (size - 1) / (out_f - 1)
+    if mode == "asymmetric":
+        return i / scale
+    if mode == "tf_crop_and_resize":
+        lo, hi = roi
+        if out_f == 1:
+            return np.full(out, (hi - lo) * (size - 1) / 2 + lo * (size - 1))
+        return i * (hi - lo) * (size - 1) / (out_f - 1) + lo * (size - 1)
+    if mode == "pytorch_half_pixel":
+        return np.full(out, -0.5) if out_f == 1 else (i + 0.5) / scale - 0.5
+    if mode == "half_pixel":
+        return (i + 0.5) / scale - 0.5
+    if mode == "half_pixel_symmetric":
+        offset = size / 2 * (1 - out / (scale * size))
+        return offset + (i + 0.5) / scale - 0.5
+    raise ValueError(f"unknown coordinate_transformation_mode {mode!r}")
+
+
+def _nearest_index(x: np.ndarray, mode: str) -> np.ndarray:
+    if mode == "round_prefer_floor":
+        return np.ceil(x - 0.5)
+    if mode == "round_prefer_ceil":
+        return np.floor(x + 0.5)
+    if mode == "floor":
+        return np.floor(x)
+    if mode == "ceil":
+        return np.ceil(x)
+    raise ValueError(f"unknown nearest_mode {mode!r}")
+
+
+def resize_weights(size: int, out: int, scale: float, attrs: dict[str, Any],
+                   roi: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The [out, size] interpolation matrix of one axis and the mask of outputs that take
+    the extrapolation value (tf_crop_and_resize outside the input)."""
+    x = _source_coords(attrs["coord"], out, size, scale, roi)
+    outside = (x < 0) | (x > size - 1) if attrs["coord"] == "tf_crop_and_resize" else np.zeros(out, bool)
+    w = np.zeros((out, size))
+    rows = np.arange(out)
+    if attrs["mode"] == "nearest":
+        idx = np.clip(_nearest_index(x, attrs["nearest_mode"]), 0, size - 1).astype(np.int64)
+        w[rows, idx] = 1.0
+    else:
+        if attrs["mode"] == "linear":
+            kernel, support = (lambda t: np.clip(1 - np.abs(t), 0, None)), 1
+        else:
+            kernel, support = _cubic_kernel(attrs["cubic_a"]), 2
+        s = min(scale, 1.0) if attrs["antialias"] else 1.0
+        reach = int(math.ceil(support / s)) + 1
+        for off in range(-reach, reach + 1):
+            j = np.floor(x).astype(np.int64) + off
+            wt = kernel((j - x) * s)
+            inside = (j >= 0) & (j < size)
+            if attrs["exclude_outside"]:
+                wt = np.where(inside, wt, 0.0)
+            np.add.at(w, (rows, np.clip(j, 0, size - 1)), wt)
+        if attrs["antialias"] or attrs["exclude_outside"]:
+            w /= np.where(w.sum(1, keepdims=True) == 0, 1, w.sum(1, keepdims=True))
+    w[outside] = 0.0
+    return w, outside
+
+
+@rule("Resize", "Upsample")
+def _resize(ctx: NodeContext):
+    x = ctx.input(0)
+    upsample = ctx.node.op_type == "Upsample"
+    attrs = {"mode": ctx.attr("mode", "nearest"), "nearest_mode": ctx.attr("nearest_mode", "round_prefer_floor"),
+             "coord": ctx.attr("coordinate_transformation_mode", "half_pixel"),
+             "cubic_a": ctx.attr("cubic_coeff_a", -0.75), "antialias": bool(ctx.attr("antialias", 0)),
+             "exclude_outside": bool(ctx.attr("exclude_outside", 0))}
+    if attrs["mode"] == "bilinear":
+        attrs["mode"] = "linear"
+    if upsample or ctx.opset < 11:
+        # Upsample and Resize-10: (X, scales), asymmetric coordinates, nearest rounds down
+        attrs.update(coord="asymmetric", nearest_mode="floor")
+        scales_in, sizes_in, roi_in = (1 if ctx.opset >= 9 else None), None, None
+    else:
+        roi_in, scales_in, sizes_in = 1, 2, 3
+    rank = x.rank
+    axes = [_norm_axis(ctx, a, rank) for a in ctx.attr("axes", range(rank))]
+    if not all(type(x.shape[a]) is int for a in axes):
+        raise ctx.unsupported("resizing a symbolic dim")
+    in_sizes = [x.shape[a] for a in axes]
+    roi = [(0.0, 1.0)] * len(axes)
+    if roi_in is not None and ctx.input(roi_in) is not None and attrs["coord"] == "tf_crop_and_resize":
+        r = [float(v) for v in ctx.values(roi_in, "roi").reshape(-1)]
+        k = len(r) // 2
+        roi = [(r[i], r[i + k]) for i in (axes if k == rank else range(k))]
+    sizes = ctx.values(sizes_in, "sizes") if sizes_in is not None and ctx.input(sizes_in) is not None else None
+    if sizes is not None and sizes.size:
+        sizes = [int(v) for v in sizes.reshape(-1)]
+        sizes = [sizes[a] for a in axes] if len(sizes) == rank and len(axes) != rank else sizes
+        ratios = [o / i for o, i in zip(sizes, in_sizes)]
+        policy = ctx.attr("keep_aspect_ratio_policy", "stretch")
+        if policy != "stretch":
+            r = min(ratios) if policy == "not_larger" else max(ratios)
+            ratios = [r] * len(axes)
+            sizes = [int(math.floor(r * i + 0.5)) for i in in_sizes]
+        scales = ratios
+    else:
+        raw = ctx.values(scales_in, "scales") if scales_in is not None else np.asarray(ctx.attr("scales"))
+        scales = [float(v) for v in np.asarray(raw).reshape(-1)]
+        scales = [scales[a] for a in axes] if len(scales) == rank and len(axes) != rank else scales
+        sizes = [int(math.floor(i * (hi - lo) * sc)) for i, sc, (lo, hi) in zip(in_sizes, scales, roi)]
+    y = x
+    extrap = ctx.attr("extrapolation_value", 0.0)
+    for a, size, out, sc, rr in zip(axes, in_sizes, sizes, scales, roi):
+        if size == out and sc == 1.0 and attrs["coord"] != "tf_crop_and_resize":
+            continue
+        w, outside = resize_weights(size, out, sc, attrs, rr)
+        one_hot = np.all((w == 0) | (w == 1)) and np.all(w.sum(1)[~outside] == 1)
+        if one_hot and not outside.any():
+            y = ctx.op("gather", y, ctx.const(w.argmax(1).astype(np.int64)), axis=a)
+            continue
+        if not x.dtype.is_float:
+            raise ctx.unsupported(f"{attrs['mode']} resize of {x.dtype}")
+        z = ctx.op("dot_general", ctx.const(w.astype(x.dtype.numpy)), y, lhs_contracting=(1,), rhs_contracting=(a,))
+        perm = list(range(1, rank))
+        perm.insert(a, 0)
+        y = ctx.op("transpose", z, perm=tuple(perm)) if a else z
+        if outside.any():
+            mask = ctx.const((outside * extrap).astype(x.dtype.numpy).reshape(
+                tuple(out if i == a else 1 for i in range(rank))))
+            y = ctx.op("add", y, mask)
+    return [y]
 
 
 # ----- gather / scatter --------------------------------------------------------------
@@ -706,9 +865,17 @@ def _reduce(ctx: NodeContext):
         op = _BOOL_REDUCE.get(op, op)
     if op == "reduce_mean" and not x.dtype.is_float:
         return None
+    keepdims = bool(ctx.attr("keepdims", 1))
     if op in ("reduce_max", "reduce_min") and any(x.shape[a] == 0 for a in axes):
-        return None
-    return [ctx.op(op, x, axes=axes, keepdims=bool(ctx.attr("keepdims", 1)))]
+        # the identity of max / min over nothing: -inf / +inf (the dtype's extremes for ints)
+        shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)) if keepdims else \
+            tuple(d for i, d in enumerate(x.shape) if i not in axes)
+        info = np.finfo if x.dtype.is_float else np.iinfo
+        ident = -np.inf if x.dtype.is_float else info(x.dtype.numpy).min
+        if op == "reduce_min":
+            ident = np.inf if x.dtype.is_float else info(x.dtype.numpy).max
+        return [ctx.op("broadcast_to", ctx.scalar(ident, x), shape=shape)]
+    return [ctx.op(op, x, axes=axes, keepdims=keepdims)]
 
 
 @rule("ArgMax", "ArgMin")
@@ -819,9 +986,7 @@ def _conv_transpose(ctx: NodeContext):
         pads = []
         for i in range(n):
             total = full[i] - want[i]
-            lo = total // 2 if auto != "SAME_UPPER" else total - total // 2
-            if auto == "SAME_UPPER":
-                lo = total // 2
+            lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
             pads.append((lo, total - lo))
     elif auto == "VALID":
         pads = [(0, 0)] * n
@@ -852,8 +1017,6 @@ def _pool(ctx: NodeContext):
         raise ctx.unsupported("the Indices output of MaxPool")
     kernel = tuple(ctx.attr("kernel_shape"))
     attrs = _conv_attrs(ctx, x, kernel)
-    if ctx.node.op_type == "AveragePool" and tuple(attrs["dilation"]) != (1,) * len(kernel):
-        return None
     common = dict(kernel=kernel, stride=attrs["stride"], padding=attrs["padding"], dilation=attrs["dilation"],
                   ceil_mode=bool(ctx.attr("ceil_mode", 0)))
     if ctx.node.op_type == "MaxPool":
@@ -953,7 +1116,10 @@ def _region(ctx: NodeContext, gproto: Any, input_types: Sequence[TensorType], ca
             if arr is not None:
                 scope.define(cname, region.const(arr, name=outer.producer.attrs["name"]))
             else:
-                scope.define(cname, region.add_input(outer.type, cname))
+                inner = region.add_input(outer.type, cname)
+                # a shape computed outside stays known inside (Expand / Reshape in a loop body)
+                ctx.imp.known[id(inner)] = ctx.imp.value_of(outer)
+                scope.define(cname, inner)
 
     if captures_first:
         add_captures()
@@ -997,6 +1163,8 @@ def _if(ctx: NodeContext):
 
 @rule("Scan")
 def _scan(ctx: NodeContext):
+    if ctx.opset < 9:
+        raise ctx.unsupported("Scan before opset 9 (batched, with sequence_lens); re-export with opset >= 9")
     body = ctx.attrs["body"]
     n_scan = ctx.attr("num_scan_inputs")
     vals = [v for v in ctx.inputs if v is not None]
@@ -1139,7 +1307,15 @@ def _schema_function(ctx: NodeContext) -> Any | None:
     return f
 
 
-def _inline_function(ctx: NodeContext, fproto: Any, opsets: dict[str, int]) -> list[Value | None]:
+def _schema_defaults(ctx: NodeContext) -> dict[str, Any]:
+    import onnx.defs
+    schema = onnx.defs.get_schema(ctx.node.op_type, ctx.opset, "")
+    return {name: a.default_value for name, a in schema.attributes.items()
+            if a.default_value is not None and a.default_value.type != 0}
+
+
+def _inline_function(ctx: NodeContext, fproto: Any, opsets: dict[str, int],
+                     schema_defaults: dict[str, Any] | None = None) -> list[Value | None]:
     import onnx
     imp = ctx.imp
     if imp.inline_depth > 32:
@@ -1150,7 +1326,8 @@ def _inline_function(ctx: NodeContext, fproto: Any, opsets: dict[str, int]) -> l
         if v is not None:
             scope.define(name, v)
     given = {a.name: a for a in ctx.node.attribute}
-    defaults = {a.name: a for a in fproto.attribute_proto}
+    defaults = dict(schema_defaults or {})
+    defaults.update({a.name: a for a in fproto.attribute_proto})
     nodes = []
     for n in fproto.node:
         m = onnx.NodeProto()
@@ -1212,7 +1389,7 @@ def convert(imp: Any, scope: ImportScope, node: Any, inputs: list[Value | None],
             return list(out)
     body = _schema_function(ctx)
     if body is not None:
-        return _inline_function(ctx, body, _function_opsets(scope.opsets, body))
+        return _inline_function(ctx, body, _function_opsets(scope.opsets, body), _schema_defaults(ctx))
     if fn is not None:
         raise UnsupportedOpError(f"{label}: this form of {node.op_type} is not supported", [node.op_type])
     raise UnsupportedOpError(f"{label}: ONNX op {node.op_type} (opset {ctx.opset}) has no accelir mapping yet; "
