@@ -1,0 +1,97 @@
+"""Fold inference batch norm (and per-channel affine constants) into conv weights.
+
+Rewrites, when the conv weight, its bias and the folded parameters are constants::
+
+    batch_norm(conv(x, W, b), scale, bias, mean, var)  -> conv(x, W * k, (b - mean) * k + bias)
+                                                          with k = scale / sqrt(var + eps) per channel
+    mul(conv(x, W, b), c)                              -> conv(x, W * c, b * c)
+    add(conv(x, W, b), c) / sub(conv(x, W, b), c)      -> conv(x, W, b +/- c)
+
+``c`` varies only along the output channels (``[O, 1, 1]``, ``[1, O, 1, 1]``, a
+scalar), which is what a jax batch norm becomes once its statistics are folded.  The
+new weights are computed in float64 and rounded once to the weight's dtype.  A
+``fused_conv`` folds the same way while its activation is "none".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from accelir.ir import Builder, Node, Value
+
+from .fuse_idioms import param_shape_ok
+from .pattern import P, Const, Match, Op, Rule, RulePass
+from .registry import register_pass
+
+__all__ = ["fuse_conv_bn", "CONV_BN_RULES", "channel_vector"]
+
+
+def channel_vector(arr: np.ndarray, channels: int) -> np.ndarray:
+    """A per-channel constant (any shape varying only along the channel dim) as ``[channels]``."""
+    return np.broadcast_to(arr.reshape(-1) if arr.size == channels else arr.reshape(()), (channels,))
+
+
+def _weights(m: Match, conv: Node) -> tuple[np.ndarray, np.ndarray] | None:
+    """The conv's weight and bias (zeros when absent) as float64 arrays, or None."""
+    if conv.op == "fused_conv" and conv.attrs["activation"] != "none":
+        return None
+    w = conv.inputs[1].const_value
+    if w is None:
+        return m.reject(f"{conv.op}: the weight is not a constant")
+    if len(conv.inputs) == 3:
+        bias = conv.inputs[2].const_value
+        if bias is None:
+            return m.reject(f"{conv.op}: the bias is not a constant")
+        bias = bias.astype(np.float64)
+    else:
+        bias = np.zeros(w.shape[0], np.float64)
+    return w.astype(np.float64), bias
+
+
+def _rebuild(b: Builder, conv: Node, w: np.ndarray, bias: np.ndarray) -> Value:
+    dt = conv.inputs[1].dtype.numpy
+    name = conv.inputs[1].producer.attrs["name"]
+    new_w = b.const(w.astype(dt), name=f"{name}_folded")
+    new_b = b.const(bias.astype(dt), name=f"{name}_folded_bias")
+    return b.node(conv.op, [conv.inputs[0], new_w, new_b], conv.attrs).output
+
+
+def _batch_norm(m: Match, b: Builder) -> Value | None:
+    conv = m.node("conv")
+    got = _weights(m, conv)
+    if got is None:
+        return None
+    w, bias = got
+    scale, shift, mean, var = (m.const(k).astype(np.float64) for k in ("scale", "shift", "mean", "var"))
+    k = scale / np.sqrt(var + m.root.attrs["epsilon"])
+    w = w * k.reshape((-1,) + (1,) * (w.ndim - 1))
+    return _rebuild(b, conv, w, (bias - mean) * k + shift)
+
+
+def _affine(m: Match, b: Builder) -> Value | None:
+    conv = m.node("conv")
+    y = conv.output
+    c = m["c"]
+    if m.root.output.type != y.type or not param_shape_ok(c, y, (1,)):
+        return m.reject(f"{conv.op}: the {m.root.op} operand {c.type} is not per output channel")
+    got = _weights(m, conv)
+    if got is None:
+        return None
+    w, bias = got
+    vec = channel_vector(m.const("c").astype(np.float64), w.shape[0])
+    if m.root.op == "mul":
+        return _rebuild(b, conv, w * vec.reshape((-1,) + (1,) * (w.ndim - 1)), bias * vec)
+    if m.root.op == "sub" and m.root.inputs[0] is not y:
+        return None  # c - conv negates the conv: not a bias shift
+    return _rebuild(b, conv, w, bias + vec if m.root.op == "add" else bias - vec)
+
+
+_CONV = Op(("conv", "fused_conv"), any_operands=True, name="conv", single_use=True)
+
+CONV_BN_RULES = (
+    Rule("conv_batch_norm", P.batch_norm(_CONV, Const(name="scale"), Const(name="shift"), Const(name="mean"),
+                                         Const(name="var")), _batch_norm),
+    Rule("conv_affine", Op(("mul", "add", "sub"), _CONV, Const(name="c"), commutative=True), _affine),
+)
+
+fuse_conv_bn = register_pass("fuse_conv_bn", stage="fusion", order=70)(RulePass("fuse_conv_bn", CONV_BN_RULES))
