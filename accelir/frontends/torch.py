@@ -216,7 +216,7 @@ class NodeContext:
 
     def is_tensor(self, arg: Any) -> bool:
         return isinstance(arg, torch.Tensor) or (isinstance(arg, torch.fx.Node)
-                                                 and isinstance(self.conv.env.get(arg), Value))
+                                                 and isinstance(self.conv.env.get(arg), (Value, torch.Tensor)))
 
     def scalar_of(self, arg: Any) -> Any:
         """A python number (or symbolic dim) argument's value."""
@@ -285,6 +285,8 @@ class _Converter:
         self.dim_names = dict(dim_names)
         self.env: dict[torch.fx.Node, Any] = {}
         self.tensor_consts: dict[int, Value] = {}
+        self.tensor_names: dict[int, str] = {}
+        self.vals: dict[torch.fx.Node, Any] = {}
 
     # --- types
     def dim(self, d: Any) -> D.Dim:
@@ -305,11 +307,13 @@ class _Converter:
             v = self.env.get(arg)
             if isinstance(v, Value):
                 return v
+            if isinstance(v, torch.Tensor):
+                return self.tensor_constant(v, self.tensor_names.get(id(v)), ctx.meta if ctx else None)
             if isinstance(v, _Missing):
                 raise UnsupportedOpError(f"{v.what} is used by the graph; accelir captures inference only")
             raise VerificationError(f"fx node {arg.name} is not a tensor (it is {v!r})")
         if isinstance(arg, torch.Tensor):
-            return self.tensor_constant(arg, None, ctx.meta if ctx else None)
+            return self.tensor_constant(arg, self.tensor_names.get(id(arg)), ctx.meta if ctx else None)
         raise VerificationError(f"expected a tensor argument, got {arg!r}")
 
     def tensor_constant(self, t: torch.Tensor, name: str | None, meta: Mapping[str, str] | None) -> Value:
@@ -350,7 +354,9 @@ class _Converter:
         """Raise one UnsupportedOpError listing every op (with where) that has no rule."""
         missing: list[tuple[str, dict[str, str]]] = []
         for node in gm.graph.nodes:
-            if node.op not in ("call_function", "call_method", "call_module") or _is_int_like(node.meta.get("val")):
+            val = self.vals[node] if node in self.vals else node.meta.get("val")
+            if node.op not in ("call_function", "call_method", "call_module") or _is_int_like(val) or (
+                    node.op != "call_module" and _is_plain_python(val)):
                 continue
             name, _, _ = self.resolve(node)
             if not _is_python_op(node) and (name is None or (name not in self.rules and name not in _ASSERTS)):
@@ -378,11 +384,11 @@ class _Converter:
         raise VerificationError("fx graph has no output node")
 
     def convert_node(self, gm: torch.fx.GraphModule, node: torch.fx.Node) -> Any:
-        val = node.meta.get("val")
-        if val is None and "tensor_meta" in node.meta:
-            val = node.meta["tensor_meta"]
+        val = self.vals[node] if node in self.vals else node.meta.get("val")
         if _is_int_like(val):
             return self.dim(val)
+        if node.op != "call_module" and _is_plain_python(val):
+            return val
         name, target, args = self.resolve(node)
         if name in _ASSERTS:
             return None
@@ -440,6 +446,15 @@ def _fetch_attr(gm: torch.nn.Module, target: str) -> Any:
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _is_plain_python(val: Any) -> bool:
+    """A traced result that is a python number / size / tuple of them (fx's x.shape, x.size(1))."""
+    if isinstance(val, (bool, int, float)):
+        return True
+    if isinstance(val, (tuple, list, torch.Size)) and val:
+        return all(_is_plain_python(v) for v in val)
+    return False
 
 
 def _target_name(node: torch.fx.Node) -> str:

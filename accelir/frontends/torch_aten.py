@@ -25,7 +25,7 @@ from .. import dims as D
 from ..ir import DType, Value
 from .torch import NodeContext
 
-__all__ = ["RULES", "resolve_aten", "bind_schema"]
+__all__ = ["RULES", "resolve_aten", "bind_schema", "slice_bounds"]
 
 Rule = Callable[[NodeContext, dict], Any]
 RULES: dict[str, Rule] = {}
@@ -514,7 +514,7 @@ def _t(ctx, a):
     return ctx.b.op("transpose", x, perm=tuple(perm))
 
 
-def _slice_bounds(size: D.Dim, start: Any, end: Any, step: int) -> tuple[D.Dim, D.Dim]:
+def slice_bounds(size: D.Dim, start: Any, end: Any, step: int) -> tuple[D.Dim, D.Dim]:
     def norm(v: Any, default: D.Dim) -> D.Dim:
         if v is None:
             return default
@@ -538,7 +538,7 @@ def _slice(ctx, a):
     ax = _axis(a["dim"], x.rank)
     step = ctx.scalar_of(a["step"])
     start, end = ctx.scalar_of(a["start"]), ctx.scalar_of(a["end"])
-    lo, hi = _slice_bounds(x.shape[ax], start, end, step)
+    lo, hi = slice_bounds(x.shape[ax], start, end, step)
     if lo == 0 and hi == x.shape[ax] and step == 1:
         return x
     return ctx.b.op("slice", x, starts=(lo,), stops=(hi,), steps=(step,), axes=(ax,))
