@@ -36,7 +36,7 @@ from ..errors import AccelirError, UnsupportedOpError, VerificationError
 from ..ir import DType, Graph, TensorType, Value
 from ..ops import registry
 
-__all__ = ["import_onnx", "OnnxImportError", "DynamicValueError", "OnnxSignature", "ONNX_DTYPES",
+__all__ = ["import_onnx", "restore_onnx_interface", "OnnxImportError", "DynamicValueError", "OnnxSignature", "ONNX_DTYPES",
            "onnx_dtype", "tensor_to_array", "ImportScope"]
 
 
@@ -571,3 +571,78 @@ def import_onnx(model_or_path: Any, *, load_external: bool = True, base_dir: str
         "ir_version": int(model.ir_version),
     }
     return graph
+
+
+def _rename_everywhere(graph: Any, renames: Mapping[str, str]) -> None:
+    for n in graph.node:
+        n.input[:] = [renames.get(x, x) for x in n.input]
+        n.output[:] = [renames.get(x, x) for x in n.output]
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == 5 else list(a.graphs) if a.type == 10 else []):
+                _rename_everywhere(sub, renames)
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        vi.name = renames.get(vi.name, vi.name)
+    for t in graph.initializer:
+        t.name = renames.get(t.name, t.name)
+
+
+def _set_declared_dims(vi: Any, dims: Sequence[Any] | None) -> None:
+    if dims is None:
+        return
+    shape = vi.type.tensor_type.shape
+    if len(shape.dim) != len(dims):
+        return
+    for d, want in zip(shape.dim, dims):
+        if isinstance(want, int):
+            d.dim_value = want
+        elif isinstance(want, str):
+            d.dim_param = want
+        else:
+            d.Clear()
+
+
+def restore_onnx_interface(model: Any, graph: Graph) -> Any:
+    """Give a model lowered from an imported graph the original's interface, in place:
+    input / output names and declared dims (dim_params), producer, doc strings,
+    metadata_props and graph name, from ``graph.meta["onnx"]``.  Returns ``model``."""
+    meta = graph.meta.get("onnx")
+    if not meta:
+        return model
+    g = model.graph
+    targets: dict[str, str] = {}
+    for vi, m in zip(g.input, meta["inputs"]):
+        targets[vi.name] = m["name"]
+    for vi, m in zip(g.output, meta["outputs"]):
+        targets.setdefault(vi.name, m["name"])
+    used = {x for n in g.node for x in list(n.input) + list(n.output)} | {t.name for t in g.initializer} | \
+        {vi.name for vi in list(g.input) + list(g.output)}
+    renames = dict(targets)
+    wanted = set(targets.values())
+    # a name the interface needs that an inner value already has moves out of the way first
+    for name in used:
+        if name in wanted and name not in targets and targets.get(name) != name:
+            k = 1
+            while f"{name}__{k}" in used or f"{name}__{k}" in wanted:
+                k += 1
+            renames[name] = f"{name}__{k}"
+    _rename_everywhere(g, renames)
+    for vi, m in zip(g.input, meta["inputs"]):
+        _set_declared_dims(vi, m["dims"])
+        vi.doc_string = m["doc_string"]
+    for vi, m in zip(g.output, meta["outputs"]):
+        _set_declared_dims(vi, m["dims"])
+        vi.doc_string = m["doc_string"]
+    model.producer_name = meta["producer_name"] or model.producer_name
+    model.producer_version = meta["producer_version"]
+    model.doc_string = meta["doc_string"]
+    model.domain = meta["domain"]
+    model.model_version = meta["model_version"]
+    g.name = meta["graph_name"] or g.name
+    g.doc_string = meta["graph_doc_string"]
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update(meta["metadata_props"])
+    del model.metadata_props[:]
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    return model

@@ -207,11 +207,10 @@ def _run_interpreter(graph: Any, case: NodeCase, inputs: Sequence[np.ndarray]) -
 def _run_onnxruntime(graph: Any, case: NodeCase, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     import onnxruntime as ort
     from accelir.lowering.onnx import to_onnx
-    from accelir.passes.pipeline import run_pipeline
-    g = graph.copy()
-    g.meta.update(graph.meta)
-    run_pipeline(g, level=2)
-    model = to_onnx(g)
+    from accelir.pass_manager import PassManager
+    from accelir.passes import pipeline
+    PassManager(pipeline(2, "onnxruntime"), verify_each=False, snapshot=False).run(graph)
+    model = to_onnx(graph)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

@@ -291,6 +291,44 @@ def _swish(ctx: NodeContext):
     return [ctx.op("mul", x, ctx.op("sigmoid", ctx.op("mul", x, ctx.scalar(alpha, x))))]
 
 
+@rule("Elu", "Selu", "Celu", "LeakyRelu", "ThresholdedRelu", "HardSigmoid", "HardSwish", "Softplus", "Softsign",
+      "Mish", "Shrink")
+def _activation(ctx: NodeContext):
+    """Activations that older opsets define without a function body."""
+    x = ctx.input(0)
+    op = ctx.node.op_type
+    zero, one = ctx.scalar(0, x), ctx.scalar(1, x)
+
+    def k(name: str, default: float) -> Value:
+        return ctx.scalar(ctx.attr(name, default), x)
+    if op in ("Elu", "Selu", "Celu"):
+        alpha = ctx.attr("alpha", {"Elu": 1.0, "Celu": 1.0, "Selu": 1.67326319217681884765625}[op])
+        neg = ctx.op("expm1", x if op != "Celu" else ctx.op("div", x, ctx.scalar(alpha, x)))
+        y = ctx.op("where", ctx.op("gt", x, zero), x, ctx.op("mul", ctx.scalar(alpha, x), neg))
+        return [ctx.op("mul", k("gamma", 1.05070102214813232421875), y) if op == "Selu" else y]
+    if op == "LeakyRelu":
+        return [ctx.op("where", ctx.op("lt", x, zero), ctx.op("mul", x, k("alpha", 0.01)), x)]
+    if op == "ThresholdedRelu":
+        return [ctx.op("where", ctx.op("gt", x, k("alpha", 1.0)), x, zero)]
+    if op in ("HardSigmoid", "HardSwish"):
+        alpha = ctx.attr("alpha", 0.2 if op == "HardSigmoid" else 1 / 6)
+        lin = ctx.op("add", ctx.op("mul", x, ctx.scalar(alpha, x)), k("beta", 0.5))
+        hs = ctx.op("min", ctx.op("max", lin, zero), one)
+        return [hs if op == "HardSigmoid" else ctx.op("mul", x, hs)]
+    if op == "Shrink":
+        lambd, bias = k("lambd", 0.5), k("bias", 0.0)
+        return [ctx.op("where", ctx.op("lt", x, ctx.op("neg", lambd)), ctx.op("add", x, bias),
+                       ctx.op("where", ctx.op("gt", x, lambd), ctx.op("sub", x, bias), zero))]
+    if not x.dtype.is_float:
+        return None
+    softplus = ctx.op("log1p", ctx.op("exp", x))
+    if op == "Softplus":
+        return [softplus]
+    if op == "Softsign":
+        return [ctx.op("div", x, ctx.op("add", one, ctx.op("abs", x)))]
+    return [ctx.op("mul", x, ctx.op("tanh", softplus))]
+
+
 @rule("Softmax", "LogSoftmax")
 def _softmax(ctx: NodeContext):
     x = ctx.input(0)
@@ -370,12 +408,22 @@ def _reshape_rule(ctx: NodeContext):
         raise OnnxImportError(f"{ctx.label}: shape {target} has more than one -1")
     if -1 in target:
         k = target.index(-1)
-        rest = D.dim_prod([d for i, d in enumerate(target) if i != k])
-        total = D.dim_prod(x.shape)
-        if type(rest) is int and type(total) is int:
-            if rest == 0 or total % rest:
-                raise OnnxImportError(f"{ctx.label}: cannot reshape {x.type} to {target}")
-        target[k] = D.dim_floordiv(total, rest)
+        # cancel the dims both sides share, so symbolic ones need no division
+        have = list(x.shape)
+        rest = []
+        for i, d in enumerate(target):
+            if i == k:
+                continue
+            if d in have:
+                have.remove(d)
+            else:
+                rest.append(d)
+        total, rest_n = D.dim_prod(have), D.dim_prod(rest)
+        if type(rest_n) is not int:
+            raise ctx.unsupported(f"inferring the -1 of shape {target} from {x.type} needs a symbolic division")
+        if type(total) is int and (rest_n == 0 or total % rest_n):
+            raise OnnxImportError(f"{ctx.label}: cannot reshape {x.type} to {target}")
+        target[k] = D.dim_floordiv(total, rest_n)
     return [_reshape(ctx, x, target)]
 
 
