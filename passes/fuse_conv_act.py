@@ -36,7 +36,8 @@ def _bias(m: Match, b: Builder) -> Value | None:
     if arr is not None and type(channels) is int:
         vec = b.const(channel_vector(arr, channels), name=bias.producer.attrs["name"])
     elif pos >= 0 and bias.shape[pos] == channels:
-        vec = b.op("reshape", bias, shape=(channels,))
+        src = bias.producer.inputs[0] if bias.producer is not None and bias.producer.op == "reshape" else None
+        vec = src if src is not None and tuple(src.shape) == (channels,) else b.op("reshape", bias, shape=(channels,))
     else:
         # one value for every channel
         one = bias if bias.rank == 0 else b.op("reshape", bias, shape=())

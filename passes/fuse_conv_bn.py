@@ -15,6 +15,8 @@ new weights are computed in float64 and rounded once to the weight's dtype.  A
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from accelir.ir import Builder, Node, Value
@@ -50,7 +52,7 @@ def _weights(m: Match, conv: Node) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _rebuild(b: Builder, conv: Node, w: np.ndarray, bias: np.ndarray) -> Value:
     dt = conv.inputs[1].dtype.numpy
-    name = conv.inputs[1].producer.attrs["name"]
+    name = re.sub(r"_folded(_\d+)?$", "", conv.inputs[1].producer.attrs["name"])
     new_w = b.const(w.astype(dt), name=f"{name}_folded")
     new_b = b.const(bias.astype(dt), name=f"{name}_folded_bias")
     return b.node(conv.op, [conv.inputs[0], new_w, new_b], conv.attrs).output

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+import ml_dtypes
 import numpy as np
 
 from accelir.dims import Dim
@@ -87,7 +88,7 @@ def close(value: float | None, want: float, dtype: DType) -> bool:
     """``value`` is ``want`` rounded to ``dtype`` (within two ulps, relative)."""
     if value is None:
         return False
-    eps = float(np.finfo(dtype.numpy).eps) if dtype.is_float else 0.0
+    eps = float(ml_dtypes.finfo(dtype.numpy).eps) if dtype.is_float else 0.0
     return abs(value - want) <= 2.0 * eps * abs(want) + 1e-300
 
 

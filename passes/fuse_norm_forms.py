@@ -230,6 +230,10 @@ def _read(r: _Reader, y: Value, terms: list[Term], norm_leaf: Value, arg: Value)
     var_terms = p.variable_terms()
     if not var_terms or eps < 0:
         raise _Reject("epsilon is not a non-negative scalar constant")
+    for t in var_terms:
+        only = t.only()
+        if only is not None and all(d == 1 for d in only[0].shape) and reduction(only[0], ("mean",)) is None:
+            raise _Reject("epsilon is not a scalar constant")
     r.region.extend(p.nodes)
     kind = r.variance_terms(var_terms)
     x, axes = r.x, r.axes
