@@ -219,7 +219,9 @@ def _max_min(ctx, a):
         return _binary_rule(name)(ctx, a)
     if "dim" in a:
         x = ctx.value(a["self"])
-        ax, keep = a["dim"], a["keepdim"]
+        if x.rank == 0:
+            return x, ctx.const(0, DType.i64)
+        ax, keep = _axis(a["dim"], x.rank), a["keepdim"]
         vals = ctx.b.op(f"reduce_{name}", x, axes=(ax,), keepdims=keep)
         idx = ctx.b.op(f"arg{name}", x, axis=ax, keepdims=keep)
         return vals, idx
@@ -675,12 +677,29 @@ def _pad(ctx, a):
         x = ctx.b.op("slice", x, starts=tuple(crops[i][0] for i in axes),
                      stops=tuple(D.dim_sub(x.shape[i], crops[i][1]) for i in axes), axes=tuple(axes))
     pairs = tuple((max(lo, 0), max(hi, 0)) for lo, hi in pairs)
+    if mode == "circular":
+        return _circular_pad(ctx, x, pairs)
     ir_mode = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}.get(mode)
     if ir_mode is None:
-        raise ctx.unsupported(f"pad mode {mode!r} is not supported (constant, reflect, replicate are)")
+        raise ctx.unsupported(f"pad mode {mode!r} is not supported (constant, reflect, replicate, circular are)")
     if all(p == (0, 0) for p in pairs):
         return x
     return ctx.b.op("pad", x, pads=pairs, mode=ir_mode, value=float(value))
+
+
+def _circular_pad(ctx: NodeContext, x: Value, pairs: tuple) -> Value:
+    """Wrap-around padding: concat(x[-lo:], x, x[:hi]) on each padded dim."""
+    for ax, (lo, hi) in enumerate(pairs):
+        n = x.shape[ax]
+        parts = []
+        if lo:
+            parts.append(ctx.b.op("slice", x, starts=(D.dim_sub(n, lo),), stops=(n,), axes=(ax,)))
+        parts.append(x)
+        if hi:
+            parts.append(ctx.b.op("slice", x, starts=(0,), stops=(hi,), axes=(ax,)))
+        if len(parts) > 1:
+            x = ctx.b.op("concat", *parts, axis=ax)
+    return x
 
 
 @rule("reflection_pad1d", "reflection_pad2d", "reflection_pad3d", "replication_pad1d", "replication_pad2d",
@@ -700,6 +719,8 @@ def _embedding(ctx, a):
 @rule("index_select")
 def _index_select(ctx, a):
     x = ctx.value(a["self"])
+    if x.rank == 0:
+        return x
     return ctx.b.op("gather", x, ctx.value(a["index"]), axis=_axis(a["dim"], x.rank))
 
 
@@ -717,9 +738,13 @@ def _take_along_dim(ctx, a):
         idx = ctx.b.op("reshape", idx, shape=(idx.type.numel,))
         return ctx.b.op("take_along_axis", x, idx, axis=0)
     ax = _axis(a["dim"], x.rank)
-    shape = list(x.shape)
-    shape[ax] = idx.shape[ax]
-    idx = ctx.b.op("broadcast_to", idx, shape=tuple(shape)) if tuple(shape) != idx.shape else idx
+    from ..ops.registry import broadcast_shapes
+    common = list(broadcast_shapes(tuple(1 if i == ax else d for i, d in enumerate(x.shape)),
+                                   tuple(1 if i == ax else d for i, d in enumerate(idx.shape))))
+    xs, ids = list(common), list(common)
+    xs[ax], ids[ax] = x.shape[ax], idx.shape[ax]
+    x = ctx.b.op("broadcast_to", x, shape=tuple(xs)) if tuple(xs) != x.shape else x
+    idx = ctx.b.op("broadcast_to", idx, shape=tuple(ids)) if tuple(ids) != idx.shape else idx
     return ctx.b.op("take_along_axis", x, idx, axis=ax)
 
 
@@ -784,10 +809,10 @@ for _name, _op in _REDUCE.items():
 @rule("argmax", "argmin")
 def _argmax(ctx, a):
     x = ctx.value(a["self"])
-    if a.get("dim") is None:
+    if a.get("dim") is None or x.rank == 0:
         flat = ctx.b.op("reshape", x, shape=(x.type.numel,))
         y = ctx.b.op(ctx.name, flat, axis=0)
-        return ctx.b.op("reshape", y, shape=ctx.out_shape) if a.get("keepdim") else y
+        return ctx.b.op("reshape", y, shape=ctx.out_shape) if ctx.out_shape != () else y
     return ctx.b.op(ctx.name, x, axis=_axis(a["dim"], x.rank), keepdims=bool(a["keepdim"]))
 
 
@@ -831,11 +856,6 @@ def _cumsum(ctx, a):
     return ctx.b.op(ctx.name, x, axis=_axis(a["dim"], max(x.rank, 1)))
 
 
-@rule("cummax", "cummin")
-def _cummax(ctx, a):
-    raise ctx.unsupported("cummax / cummin return indices, which accelir has no op for")
-
-
 @rule("topk")
 def _topk(ctx, a):
     x = ctx.value(a["self"])
@@ -867,6 +887,8 @@ def _dot(ctx, a):
     dt = ctx.out_dtype
     other = a.get("other", a.get("vec", a.get("tensor")))
     x, y = ctx.operand(a["self"], dt), ctx.operand(other, dt)
+    if x.rank == 0 or y.rank == 0:
+        return ctx.b.op("mul", x, y)
     if ctx.name == "inner" and y.rank > 1:
         perm = tuple(range(y.rank - 2)) + (y.rank - 1, y.rank - 2)
         y = ctx.b.op("transpose", y, perm=perm)
@@ -956,11 +978,22 @@ def _layer_norm(ctx, a):
     if bias is not None:
         inputs.append(ctx.value(bias))
     eps = a["eps"] if a["eps"] is not None else 1e-5
-    y = ctx.b.op("layer_norm", *inputs, axis=-len(shape) if shape else -1, epsilon=eps)
+    axis = -len(shape) if shape else -1
+    y = ctx.b.op("layer_norm", *inputs, axis=axis, epsilon=eps)
     if ctx.name == "native_layer_norm":
-        from .torch import _Missing
-        return y, _Missing("layer_norm's saved mean"), _Missing("layer_norm's saved rstd")
+        # the saved statistics, in case the graph reads them (dead code otherwise)
+        axes = tuple(range(x.rank - len(shape), x.rank))
+        mean, rstd = _moments(ctx, x, axes, eps)
+        return y, mean, rstd
     return y
+
+
+def _moments(ctx: NodeContext, x: Value, axes: tuple[int, ...], eps: float) -> tuple[Value, Value]:
+    """Mean and 1 / sqrt(biased var + eps) over ``axes``, kept as size-1 dims."""
+    mean = ctx.b.op("reduce_mean", x, axes=axes, keepdims=True)
+    d = ctx.b.op("sub", x, mean)
+    var = ctx.b.op("reduce_mean", ctx.b.op("mul", d, d), axes=axes, keepdims=True)
+    return mean, ctx.b.op("rsqrt", ctx.b.op("add", var, ctx.const(eps, x.dtype)))
 
 
 @rule("rms_norm")
@@ -978,21 +1011,35 @@ def _rms_norm(ctx, a):
 @rule("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit", "native_batch_norm",
       "instance_norm")
 def _batch_norm(ctx, a):
-    from .torch import _Missing
     training = a.get("training", a.get("use_input_stats", False))
-    if training or a.get("running_mean") is None:
-        raise ctx.unsupported("batch norm in training mode (batch statistics) is not supported; "
-                              "call model.eval() before capture")
     x = ctx.value(a["input"])
     c = x.shape[1]
-    w = ctx.value(a["weight"]) if a["weight"] is not None else _ones_for(ctx, x, c, 1.0)
-    b = ctx.value(a["bias"]) if a["bias"] is not None else _ones_for(ctx, x, c, 0.0)
-    mean, var = ctx.value(a["running_mean"]), ctx.value(a["running_var"])
     dt = x.dtype
-    y = ctx.b.op("batch_norm", x, *(ctx.cast(v, dt) for v in (w, b, mean, var)), epsilon=a["eps"])
+    w = ctx.cast(ctx.value(a["weight"]), dt) if a["weight"] is not None else _ones_for(ctx, x, c, 1.0)
+    b = ctx.cast(ctx.value(a["bias"]), dt) if a["bias"] is not None else _ones_for(ctx, x, c, 0.0)
+    if training or a.get("running_mean") is None:
+        return _batch_stats_norm(ctx, x, w, b, a["eps"])
+    mean, var = ctx.value(a["running_mean"]), ctx.value(a["running_var"])
+    y = ctx.b.op("batch_norm", x, w, b, *(ctx.cast(v, dt) for v in (mean, var)), epsilon=a["eps"])
     if ctx.name == "batch_norm":
         return y
-    return y, _Missing("batch_norm's saved mean"), _Missing("batch_norm's saved invstd")
+    # eval-mode kernels return empty saved statistics
+    return (y,) + tuple(_full_like_type(ctx, 0, t) for t in ctx.out_types()[1:])
+
+
+def _batch_stats_norm(ctx: NodeContext, x: Value, w: Value, b: Value, eps: float) -> Any:
+    """Normalise with the statistics of this batch (training-mode batch norm, instance norm).
+    The running-statistics update is a state mutation, which capture rejects separately."""
+    instance = ctx.name == "instance_norm"
+    axes = tuple(range(2, x.rank)) if instance else (0,) + tuple(range(2, x.rank))
+    mean, rstd = _moments(ctx, x, axes, eps)
+    shape = (1, x.shape[1]) + (1,) * (x.rank - 2)
+    y = ctx.b.op("mul", ctx.b.op("sub", x, mean), rstd)
+    y = ctx.b.op("add", ctx.b.op("mul", y, ctx.b.op("reshape", w, shape=shape)), ctx.b.op("reshape", b, shape=shape))
+    if ctx.name in ("batch_norm", "instance_norm"):
+        return y
+    flat = (x.shape[1],)
+    return y, ctx.b.op("reshape", mean, shape=flat), ctx.b.op("reshape", rstd, shape=flat)
 
 
 @rule("group_norm")
@@ -1155,8 +1202,10 @@ def _adaptive_rule(kind: str, n: int) -> Rule:
         axes = tuple(range(x.rank - n, x.rank))
         if all(o == 1 for o in out):
             return ctx.b.op("reduce_mean" if kind == "avg_pool" else "reduce_max", x, axes=axes, keepdims=True)
-        if not all(type(s) is int and s % o == 0 for s, o in zip(spatial, out)):
-            raise ctx.unsupported(f"adaptive pooling from {spatial} to {out} needs sizes that divide evenly")
+        if not all(type(s) is int for s in spatial):
+            raise ctx.unsupported("adaptive pooling over symbolic spatial dims is not supported")
+        if not all(s % o == 0 for s, o in zip(spatial, out)):
+            return _adaptive_windows(ctx, x, kind, out)
         kernel = tuple(s // o for s, o in zip(spatial, out))
         unbatched = x.rank == n + 1
         if unbatched:
@@ -1164,6 +1213,23 @@ def _adaptive_rule(kind: str, n: int) -> Rule:
         y = ctx.b.op(kind, x, kernel=kernel, stride=kernel)
         return ctx.b.op("squeeze", y, axes=(0,)) if unbatched else y
     return fn
+
+
+def _adaptive_windows(ctx: NodeContext, x: Value, kind: str, out: tuple) -> Value:
+    """Adaptive pooling with uneven windows [floor(i*L/O), ceil((i+1)*L/O)), one spatial
+    dim at a time (mean and max over a box are separable)."""
+    reduce = "reduce_mean" if kind == "avg_pool" else "reduce_max"
+    n = len(out)
+    for k, o in enumerate(out):
+        ax = x.rank - n + k
+        size = x.shape[ax]
+        parts = []
+        for i in range(o):
+            lo, hi = (i * size) // o, -((-(i + 1) * size) // o)
+            win = ctx.b.op("slice", x, starts=(lo,), stops=(hi,), axes=(ax,))
+            parts.append(ctx.b.op(reduce, win, axes=(ax,), keepdims=True))
+        x = parts[0] if len(parts) == 1 else ctx.b.op("concat", *parts, axis=ax)
+    return x
 
 
 for _n in (1, 2, 3):
