@@ -220,7 +220,11 @@ class CompiledModel:
         suffix = os.path.splitext(path)[1].lower()
         if suffix == ".onnx":
             from .lowering.onnx import save_onnx, to_onnx
-            save_onnx(to_onnx(self.graph), path)
+            model = to_onnx(self.graph)
+            if self.graph.meta.get("frontend") == "onnx":
+                from .frontends.onnx import restore_onnx_interface
+                restore_onnx_interface(model, self.graph)
+            save_onnx(model, path)
         elif suffix == ".air":
             self.graph.save(path)
         elif suffix in (".mlir", ".hlo"):
