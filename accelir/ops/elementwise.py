@@ -244,7 +244,7 @@ def _cast_rule(types, attrs):
 def _cast_ref(inputs, attrs, regions):
     (x,) = inputs
     to: DType = attrs["dtype"]
-    if to.is_int and x.dtype.kind == "f":
+    if to.is_int and DType.from_numpy(x.dtype).is_float:  # bf16 has numpy kind "V", not "f"
         # float -> int truncates toward zero; NaN and out-of-range values are undefined,
         # so give them a fixed value instead of a platform-dependent one.
         with np.errstate(all="ignore"):
