@@ -148,12 +148,16 @@ def _graphs(graph: Graph) -> list[Graph]:
 
 
 def _all_types(graph: Graph):
-    for g in _graphs(graph):
-        for v in g.inputs:
-            yield v.type, None
+    """Every value's type with the node making it (None for graph inputs); nodes first,
+    so an error can name the node that produces an inexpressible dtype."""
+    graphs = _graphs(graph)
+    for g in graphs:
         for node in g.nodes:
             for o in node.outputs:
                 yield o.type, node
+    for g in graphs:
+        for v in g.inputs:
+            yield v.type, None
 
 
 def check_lowerable(graph: Graph) -> None:
@@ -369,12 +373,14 @@ class JaxModule:
     """A jit-compiled graph.  Inputs are numpy arrays, jax arrays or torch tensors
     (in graph input order); outputs come back as a list in the same framework
     (torch if any input is a torch tensor, else jax if any is a jax array, else numpy).
+    ``compiler_options`` go to XLA (e.g. ``{"xla_backend_optimization_level": 0}`` to
+    compile faster).
     """
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, compiler_options: Mapping[str, Any] | None = None):
         self.function = to_jax(graph)
         self.graph = graph
-        self._jitted = jax.jit(self.function.apply)
+        self._jitted = jax.jit(self.function.apply, compiler_options=dict(compiler_options or {}) or None)
 
     def __call__(self, *inputs: Any) -> list:
         kinds = {_framework(x) for x in inputs}
@@ -423,18 +429,21 @@ def _lowered(graph: Graph, example_inputs: Sequence[Any] | None, symbolic: bool)
         return jax.jit(fn.embedded).lower(*_input_specs(graph, example_inputs, symbolic))
 
 
-def stablehlo(graph: Graph, example_inputs: Sequence[Any] | None = None, *, symbolic: bool = False) -> str:
+def stablehlo(graph: Graph, example_inputs: Sequence[Any] | None = None, *, symbolic: bool = False,
+              debug_info: bool = False) -> str:
     """The StableHLO module text (``jax.jit(...).lower(...).as_text()``), constants inlined.
 
     Shapes come from ``example_inputs`` (arrays or ShapeDtypeStructs), or from the
     graph's symbolic dims when ``symbolic`` (dynamic dims in the module).
+    ``debug_info`` adds locations: each op's name scope is its node's module path.
     """
-    return _lowered(graph, example_inputs, symbolic).as_text()
+    return _lowered(graph, example_inputs, symbolic).as_text(debug_info=debug_info)
 
 
-def hlo(graph: Graph, example_inputs: Sequence[Any] | None = None) -> str:
-    """The HLO module text for the example inputs' shapes, constants inlined."""
-    return _lowered(graph, example_inputs, False).as_text(dialect="hlo")
+def hlo(graph: Graph, example_inputs: Sequence[Any] | None = None, *, debug_info: bool = False) -> str:
+    """The HLO module text for the example inputs' shapes, constants inlined; ``debug_info``
+    adds op metadata naming each node's module path."""
+    return _lowered(graph, example_inputs, False).as_text(dialect="hlo", debug_info=debug_info)
 
 
 def export_jax(graph: Graph, example_inputs: Sequence[Any] | None = None, symbolic: bool = True) -> bytes:
@@ -780,12 +789,11 @@ def _gather(ctx, x, idx, *, axis):
 @register_lowering("take_along_axis")
 def _take_along_axis(ctx, x, idx, *, axis):
     ax = axis % x.ndim
-    other = jnp.broadcast_shapes(tuple(1 if i == ax else d for i, d in enumerate(x.shape)),
-                                 tuple(1 if i == ax else d for i, d in enumerate(idx.shape)))
-    xs = jnp.broadcast_to(x, tuple(x.shape[ax] if i == ax else d for i, d in enumerate(other)))
-    ids = jnp.broadcast_to(_index(idx, x.shape[ax]), tuple(idx.shape[ax] if i == ax else d
-                                                            for i, d in enumerate(other)))
-    return jnp.take_along_axis(xs, ids, axis=ax, mode="clip")
+    # the result has the indices' shape (torch.gather): x's other dims are cut to match
+    limit = tuple(x.shape[i] if i == ax else idx.shape[i] for i in range(x.ndim))
+    if limit != tuple(x.shape):
+        x = lax.slice(x, (0,) * x.ndim, limit)
+    return jnp.take_along_axis(x, _index(idx, x.shape[ax]), axis=ax, mode="clip")
 
 
 @register_lowering("gather_nd")
@@ -805,6 +813,14 @@ def _gather_nd(ctx, x, idx, *, batch_dims):
 _SCATTER = {"none": lambda ref, u: ref.set(u), "add": lambda ref, u: ref.add(u),
             "mul": lambda ref, u: ref.multiply(u), "max": lambda ref, u: ref.max(u),
             "min": lambda ref, u: ref.min(u)}
+# jax has no bool add / multiply; on bools they are logical or / and, i.e. max / min
+_BOOL_SCATTER = {"add": "max", "mul": "min"}
+
+
+def _scatter(x, where, upd, reduction: str):
+    if x.dtype == jnp.bool_:
+        reduction = _BOOL_SCATTER.get(reduction, reduction)
+    return _SCATTER[reduction](x.at[where], upd)
 
 
 @register_lowering("scatter_elements")
@@ -814,19 +830,20 @@ def _scatter_elements(ctx, x, idx, upd, *, axis, reduction):
         upd = lax.slice(upd, (0,) * upd.ndim, tuple(idx.shape))
     where = [lax.broadcasted_iota(jnp.int32, idx.shape, d) for d in range(x.ndim)]
     where[ax] = _index(idx, x.shape[ax])
-    return _SCATTER[reduction](x.at[tuple(where)], upd)
+    return _scatter(x, tuple(where), upd, reduction)
 
 
 @register_lowering("scatter_nd")
 def _scatter_nd(ctx, x, idx, upd, *, reduction):
     k = idx.shape[-1]
     where = tuple(_index(idx[..., d], x.shape[d]) for d in range(k))
-    return _SCATTER[reduction](x.at[where], upd)
+    return _scatter(x, where, upd, reduction)
 
 
 def _starts(starts) -> list:
+    # lax counts negative starts from the end; the IR (like XLA) clamps them to 0
     wide = jax.dtypes.canonicalize_dtype(jnp.int64)
-    return [s.astype(wide) for s in starts]
+    return [jnp.maximum(s.astype(wide), 0) for s in starts]
 
 
 @register_lowering("dynamic_slice")

@@ -1,0 +1,577 @@
+"""The jax lowering: every registered op against the reference interpreter, for every
+dtype its type rule accepts, under jax.jit; symbolic dims through shape polymorphism;
+export artifacts; scoped x64; framework in / framework out; errors before tracing."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from accelir import DType, Graph, LoweringError, TensorType, interpret, verify
+from accelir.ops import REGISTRY
+from accelir.ops.registry import infer_types, normalize_attrs
+from accelir.errors import VerificationError
+import accelir.lowering.jax as lj
+from accelir.lowering.jax import (JAX_RULES, JaxModule, export_jax, hlo, load_exported, stablehlo, to_jax)
+
+# the per-op graphs have hundreds of tiny kernels: compile them without LLVM's slow passes
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+TOL = {DType.f16: 1e-2, DType.bf16: 4e-2, DType.f32: 2e-5, DType.f64: 1e-10}
+
+
+def data(dt: DType, shape, lo=-3.0, hi=3.0, seed=0, grid=None) -> np.ndarray:
+    """Random values of dtype dt in [lo, hi]; ints are drawn from the integers in range
+    (u8 from its non-negative part); ``grid`` snaps floats to multiples of it."""
+    rng = np.random.default_rng(seed)
+    if dt is DType.bool:
+        return rng.random(shape) > 0.5
+    if dt.is_float:
+        x = rng.uniform(lo, hi, size=shape)
+        if grid:
+            x = np.round(x / grid) * grid
+        return x.astype(dt.numpy)
+    lo_i = 0 if dt is DType.u8 else int(np.floor(lo))
+    return rng.integers(lo_i, max(int(np.ceil(hi)), lo_i + 1) + 1, size=shape).astype(dt.numpy)
+
+
+def ints(values, dt=DType.i32) -> np.ndarray:
+    return np.asarray(values, dtype=dt.numpy)
+
+
+# ----- the case table: op -> functions of a dtype giving (inputs, attrs[, regions]) -----
+
+Case = Callable[[DType], tuple]
+
+DOMAIN = {"log": (0.1, 3), "sqrt": (0.1, 3), "rsqrt": (0.1, 3), "log1p": (-0.5, 3), "asin": (-0.9, 0.9),
+          "acos": (-0.9, 0.9), "acosh": (1.1, 3), "atanh": (-0.9, 0.9), "reciprocal": (0.5, 3),
+          "tan": (-1.2, 1.2), "exp": (-3, 3), "cosh": (-3, 3), "sinh": (-3, 3)}
+ROUNDING = ("floor", "ceil", "round")
+
+
+def unary_case(op: str) -> Case:
+    lo, hi = DOMAIN.get(op, (-20, 20))
+
+    def case(dt):
+        if dt.is_float and op not in DOMAIN:
+            lo_f, hi_f = (-4, 4)
+        else:
+            lo_f, hi_f = lo, hi
+        return [data(dt, (3, 5), lo_f, hi_f, grid=0.25 if op in ROUNDING else None)], {}
+    return case
+
+
+def binary_case(op: str) -> Case:
+    def case(dt):
+        if op == "pow":
+            if dt.is_float:
+                return [data(dt, (2, 3, 4), 0.5, 2), data(dt, (3, 1), -2, 2, seed=1)], {}
+            return [data(dt, (2, 3, 4), -3, 3), data(dt, (3, 1), -2, 3, seed=1)], {}
+        grid = 0.5 if op in ("eq", "ne", "lt", "le", "gt", "ge", "max", "min") else None
+        a = data(dt, (2, 3, 4), -6, 6, grid=grid)
+        b = data(dt, (3, 1), -6, 6, seed=1, grid=grid)
+        if op in ("div", "rem") and dt.is_float:
+            b = np.where(np.abs(b.astype(np.float32)) < 0.5, 1.5, b).astype(dt.numpy)
+        if op in ("div", "rem") and dt.is_int:
+            b = b.copy()
+            b[0, 0] = 0  # x / 0 and x rem 0 are 0 for ints
+        return [a, b], {}
+    return case
+
+
+def region(in_types, build) -> Graph:
+    g = Graph("region")
+    ins = [g.add_input(t) for t in in_types]
+    g.set_outputs(build(g, *ins))
+    return g
+
+
+def combine(g, a, b):
+    return g.apply("or" if a.dtype is DType.bool else "add", a, b)
+
+
+def scale(g, a, b):
+    return g.apply("and" if a.dtype is DType.bool else "mul", a, b)
+
+
+def fusion_case(dt):
+    t = TensorType(dt, (3, 4))
+    body = region([t, t], lambda g, a, b: [combine(g, scale(g, a, b), a), g.apply("transpose", a, perm=(1, 0))])
+    return [data(dt, (3, 4)), data(dt, (3, 4), seed=1)], {"kind": "elementwise"}, [body]
+
+
+def cond_cases():
+    def branches(dt, n):
+        t = TensorType(dt, (3, 4))
+        picks = [lambda g, x, y: [x], lambda g, x, y: [y], lambda g, x, y: [g.apply("reverse", x, axes=(0,))]]
+        return [region([t, t], picks[i]) for i in range(n)]
+
+    def case(index, n):
+        return lambda dt: ([index, data(dt, (3, 4)), data(dt, (3, 4), seed=1)], {}, branches(dt, n))
+    return [case(np.asarray(True), 2), case(np.asarray(False), 2), case(ints(1), 3), case(ints(7), 3),
+            case(ints(-3, DType.i64), 3), case(ints(2, DType.u8), 3)]
+
+
+def while_case(dt):
+    counter = TensorType(DType.i32, ())
+    t = TensorType(dt, (2, 3))
+
+    def cond(g, i, acc):
+        return [g.apply("lt", i, g.const(np.int32(3)))]
+
+    def body(g, i, acc):
+        nxt = g.apply("not", acc) if dt is DType.bool else g.apply("add", acc, acc)
+        return [g.apply("add", i, g.const(np.int32(1))), nxt]
+    return [ints(0), data(dt, (2, 3), -2, 2)], {}, [region([counter, t], cond), region([counter, t], body)]
+
+
+def scan_case(reverse):
+    def case(dt):
+        c, carry, x = TensorType(dt, (3,)), TensorType(dt, (3,)), TensorType(dt, (3,))
+
+        def body(g, c, acc, x):
+            new = combine(g, acc, scale(g, x, c))
+            return [new, new, g.apply("reverse", x, axes=(0,))]
+        attrs = {"num_consts": 1, "num_carry": 1, "length": 4, "reverse": reverse}
+        return ([data(dt, (3,), -1, 1), data(dt, (3,), -1, 1, seed=1), data(dt, (4, 3), -1, 1, seed=2)], attrs,
+                [region([c, carry, x], body)])
+    return case
+
+
+def conv_cases(op):
+    extra = {"activation": "gelu"} if op == "fused_conv" else {}
+    return [
+        lambda dt: ([data(dt, (2, 4, 9), -1, 1), data(dt, (6, 2, 3), -1, 1, seed=1)],
+                    {"stride": (2,), "padding": ((1, 2),), "groups": 2, **extra}),
+        lambda dt: ([data(dt, (1, 3, 7, 6), -1, 1), data(dt, (4, 3, 3, 2), -1, 1, seed=1),
+                     data(dt, (4,), -1, 1, seed=2)],
+                    {"stride": (2, 1), "padding": ((1, 1), (0, 1)), "dilation": (1, 2), **extra}),
+        lambda dt: ([data(dt, (1, 2, 5), -1, 1), data(dt, (3, 2, 3), -1, 1, seed=1)],
+                    {"lhs_dilation": (2,), "padding": ((2, 2),), **({"activation": "relu"} if extra else {})}),
+    ]
+
+
+def pool_cases(op):
+    extra = [{"count_include_pad": False}] if op == "avg_pool" else [{}]
+    cases = []
+    for more in [{}] + extra:
+        cases += [
+            lambda dt, m=more: ([data(dt, (1, 2, 7, 8), -9, 9)],
+                                {"kernel": (3, 3), "stride": (2, 2), "padding": ((1, 1), (1, 0)), **m}),
+            lambda dt, m=more: ([data(dt, (2, 1, 7, 7), -9, 9)],
+                                {"kernel": (2, 2), "stride": (2, 2), "ceil_mode": True, "padding": ((1, 0), (0, 1)),
+                                 **m}),
+            lambda dt, m=more: ([data(dt, (1, 1, 9), -9, 9)], {"kernel": (2,), "dilation": (3,), **m}),
+        ]
+    return cases
+
+
+def attention_cases():
+    def qkv(dt):
+        return [data(dt, (2, 3, 5, 8), -1, 1), data(dt, (2, 3, 6, 8), -1, 1, seed=1), data(dt, (2, 3, 6, 4), -1, 1,
+                                                                                             seed=2)]
+    return [
+        lambda dt: (qkv(dt), {}),
+        lambda dt: (qkv(dt), {"causal": True, "scale": 0.3}),
+        lambda dt: (qkv(dt) + [data(DType.bool, (5, 6), seed=3) | np.eye(5, 6, dtype=bool)], {}),
+        lambda dt: (qkv(dt) + [data(dt, (3, 1, 6), -1, 1, seed=3)], {"causal": True}),
+    ]
+
+
+def cast_cases():
+    def case(to):
+        return lambda dt: ([data(dt, (3, 5), -40, 40) if dt.is_float else data(dt, (3, 5), -40, 40)],
+                           {"dtype": to})
+    return [case(to) for to in DType]
+
+
+def norm_cases(op):
+    skip = op.startswith("skip_")
+    two = op in ("layer_norm", "skip_layer_norm")
+
+    def case(params, axis):
+        def make(dt):
+            xs = [data(dt, (2, 3, 8))] + ([data(dt, (3, 8), seed=5)] if skip else [])
+            xs += [data(dt, (8,) if axis == -1 else (3, 8), seed=k + 1) for k in range(params)]
+            return xs, {"axis": axis, "epsilon": 1e-5}
+        return make
+    return [case(0, -1), case(2 if two else 1, -1), case(1, -2)]
+
+
+def slice_case(dt):
+    return [data(dt, (5, 6))], {"starts": (1, 0), "stops": (4, 6), "steps": (2, 4), "axes": (0, -1)}
+
+
+def dynamic_cases(op):
+    if op == "dynamic_slice":
+        return [lambda dt: ([data(dt, (5, 6)), ints(1), ints(4, DType.i64)], {"sizes": (2, 3)}),
+                lambda dt: ([data(dt, (5, 6)), ints(-2, DType.i8), ints(200, DType.u8)], {"sizes": (3, 6)})]
+    return [lambda dt: ([data(dt, (5, 6)), data(dt, (2, 3), seed=1), ints(1), ints(4, DType.i64)], {}),
+            lambda dt: ([data(dt, (5, 6)), data(dt, (3, 6), seed=1), ints(-2, DType.i8), ints(9, DType.u8)], {})]
+
+
+def scatter_cases(op):
+    reductions = ("none", "add", "mul", "max", "min")
+
+    def elements(red):
+        def make(dt):
+            if red == "none":
+                idx = np.stack([np.random.default_rng(c).permutation(4)[:2] for c in range(5)], axis=1)
+            else:
+                idx = np.random.default_rng(1).integers(-4, 4, size=(3, 5))
+            return [data(dt, (4, 5), -3, 3), idx.astype(np.int64), data(dt, (3, 6), -3, 3, seed=2)], \
+                {"axis": 0, "reduction": red}
+        return make
+
+    def nd(red, k):
+        def make(dt):
+            if red == "none":
+                idx = np.stack([np.random.default_rng(d).permutation(4)[:3] for d in range(k)], axis=1) - 1
+            else:
+                idx = np.random.default_rng(1).integers(0, 4, size=(3, k))
+            upd = data(dt, (3,) + (5,) * (2 - k), -3, 3, seed=2)
+            return [data(dt, (4, 5), -3, 3), idx.astype(np.int32), upd], {"reduction": red}
+        return make
+    if op == "scatter_elements":
+        return [elements(r) for r in reductions]
+    return [nd(r, k) for r in reductions for k in (1, 2)]
+
+
+def reduce_cases(op):
+    lo, hi = ((0.5, 1.5) if op == "reduce_prod" else (-3, 3))
+    return [lambda dt: ([data(dt, (2, 3, 4), lo, hi)], {"axes": (1,), "keepdims": False}),
+            lambda dt: ([data(dt, (2, 3, 4), lo, hi)], {"axes": (0, -1), "keepdims": True})]
+
+
+def cum_cases(op):
+    lo, hi = ((0.5, 1.5) if op == "cumprod" else (-3, 3))
+    variants = [{"axis": 1}, {"axis": 0, "reverse": True}]
+    if op in ("cumsum", "cumprod"):
+        variants += [{"axis": 1, "exclusive": True}, {"axis": -1, "exclusive": True, "reverse": True}]
+    return [lambda dt, a=a: ([data(dt, (3, 5), lo, hi)], a) for a in variants]
+
+
+def arg_cases():
+    return [lambda dt: ([data(dt, (3, 6), -3, 3)], {"axis": 1}),
+            lambda dt: ([data(dt, (3, 6), -3, 3)], {"axis": 0, "keepdims": True, "select_last_index": True})]
+
+
+def sort_cases(op):
+    if op == "sort":
+        variants = [{"axis": -1}, {"axis": 0, "descending": True}, {"axis": 1, "descending": True}]
+    else:
+        variants = [{"k": 3}, {"k": 2, "axis": 0, "largest": False}, {"k": 4, "largest": True}]
+    return [lambda dt, a=a: ([data(dt, (4, 6), -3, 3, grid=0.5)], a) for a in variants]
+
+
+def gather_cases(op):
+    if op == "gather":
+        return [lambda dt: ([data(dt, (5, 3)), ints([[0, -1], [4, -5], [2, 2]])], {"axis": 0}),
+                lambda dt: ([data(dt, (5, 3)), ints([2, -3, 0, 1], DType.i64)], {"axis": 1})]
+    if op == "take_along_axis":
+        return [lambda dt: ([data(dt, (3, 4)), ints([[0, -1], [3, 2], [-4, 1]], DType.i8)], {"axis": 1}),
+                lambda dt: ([data(dt, (3, 4)), ints([[0, 1, 2, 0, 3], [3, 3, -1, 0, 1], [2, 1, 0, -2, 2]], DType.i64)],
+                            {"axis": 1})]
+    return [lambda dt: ([data(dt, (3, 4, 5)), ints([[0, 1], [2, -1]])], {}),
+            lambda dt: ([data(dt, (3, 4, 5)), ints([[[1], [3]], [[0], [0]], [[-1], [2]]], DType.i64)],
+                        {"batch_dims": 1})]
+
+
+def linear_cases():
+    def case(act, bias):
+        return lambda dt: ([data(dt, (2, 3, 4), -1, 1), data(dt, (4, 5), -1, 1, seed=1)]
+                           + ([data(dt, (5,), -1, 1, seed=2)] if bias else []), {"activation": act})
+    return [case(a, b) for a in REGISTRY["linear"].attrs["activation"].choices for b in (True, False)]
+
+
+CASES: dict[str, list[Case]] = {
+    **{op: [unary_case(op)] for op in ("neg", "abs", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "sin", "cos",
+                                        "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh",
+                                        "tanh", "sigmoid", "erf", "floor", "ceil", "round", "sign", "reciprocal",
+                                        "relu", "not", "isnan", "isinf", "silu")},
+    **{op: [binary_case(op)] for op in ("add", "sub", "mul", "div", "pow", "max", "min", "rem", "atan2", "and", "or",
+                                         "xor", "eq", "ne", "lt", "le", "gt", "ge")},
+    "gelu": [lambda dt: ([data(dt, (3, 5))], {"approximate": "none"}),
+             lambda dt: ([data(dt, (3, 5))], {"approximate": "tanh"})],
+    "where": [lambda dt: ([data(DType.bool, (3, 1)), data(dt, (3, 4)), data(dt, (4,), seed=1)], {})],
+    "cast": cast_cases(),
+    **{op: reduce_cases(op) for op in ("reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "reduce_prod")},
+    **{op: [lambda dt: ([data(dt, (3, 4))], {"axes": (1,)}), lambda dt: ([data(dt, (2, 3, 4))], {"axes": (0, 2)})]
+       for op in ("reduce_any", "reduce_all")},
+    "argmax": arg_cases(), "argmin": arg_cases(),
+    **{op: cum_cases(op) for op in ("cumsum", "cumprod", "cummax", "cummin")},
+    "sort": sort_cases("sort"), "topk": sort_cases("topk"),
+    "matmul": [lambda dt: ([data(dt, (2, 3, 4), -2, 2), data(dt, (4, 5), -2, 2, seed=1)], {}),
+               lambda dt: ([data(dt, (4,), -2, 2), data(dt, (4, 5), -2, 2, seed=1)], {}),
+               lambda dt: ([data(dt, (3, 4), -2, 2), data(dt, (4,), -2, 2, seed=1)], {}),
+               lambda dt: ([data(dt, (2, 1, 3, 4), -2, 2), data(dt, (5, 4, 2), -2, 2, seed=1)], {})],
+    "dot_general": [lambda dt: ([data(dt, (2, 3, 4), -2, 2), data(dt, (2, 4, 5), -2, 2, seed=1)],
+                                {"lhs_contracting": (2,), "rhs_contracting": (1,), "lhs_batch": (0,),
+                                 "rhs_batch": (0,)}),
+                    lambda dt: ([data(dt, (3, 4), -2, 2), data(dt, (5, 4), -2, 2, seed=1)],
+                                {"lhs_contracting": (1,), "rhs_contracting": (1,)})],
+    "conv": conv_cases("conv"), "fused_conv": conv_cases("fused_conv"),
+    "max_pool": pool_cases("max_pool"), "avg_pool": pool_cases("avg_pool"),
+    "reshape": [lambda dt: ([data(dt, (2, 3, 4))], {"shape": (6, 4)})],
+    "transpose": [lambda dt: ([data(dt, (2, 3, 4))], {"perm": (2, 0, 1)})],
+    "broadcast_to": [lambda dt: ([data(dt, (3, 1))], {"shape": (2, 3, 4)})],
+    "squeeze": [lambda dt: ([data(dt, (2, 1, 3))], {"axes": (1,)})],
+    "unsqueeze": [lambda dt: ([data(dt, (2, 3))], {"axes": (0, -1)})],
+    "slice": [slice_case],
+    "reverse": [lambda dt: ([data(dt, (2, 3, 4))], {"axes": (0, -1)})],
+    "concat": [lambda dt: ([data(dt, (2, 3)), data(dt, (2, 1), seed=1), data(dt, (2, 2), seed=2)], {"axis": 1})],
+    "pad": [lambda dt: ([data(dt, (3, 4))], {"pads": ((1, 2), (0, 3)), "value": 1.5}),
+            lambda dt: ([data(dt, (3, 4))], {"pads": ((2, 1), (1, 2)), "mode": "reflect"}),
+            lambda dt: ([data(dt, (3, 4))], {"pads": ((0, 2), (3, 1)), "mode": "edge"})],
+    **{op: gather_cases(op) for op in ("gather", "take_along_axis", "gather_nd")},
+    **{op: scatter_cases(op) for op in ("scatter_elements", "scatter_nd")},
+    **{op: dynamic_cases(op) for op in ("dynamic_slice", "dynamic_update_slice")},
+    "iota": [lambda dt: ([], {"shape": (3, 4), "axis": 1, "dtype": dt})],
+    "constant": [lambda dt: ([], {"value": data(dt, (3, 30), seed=4)}),
+                 lambda dt: ([], {"value": data(dt, (2,), seed=5)})],
+    "softmax": [lambda dt: ([data(dt, (2, 5), -4, 4)], {"axis": -1}),
+                lambda dt: ([data(dt, (2, 5), -4, 4)], {"axis": 0})],
+    "log_softmax": [lambda dt: ([data(dt, (2, 5), -4, 4)], {"axis": 1})],
+    **{op: norm_cases(op) for op in ("layer_norm", "rms_norm", "skip_layer_norm", "skip_rms_norm")},
+    "batch_norm": [lambda dt: ([data(dt, (2, 3, 4, 4)), data(dt, (3,), seed=1), data(dt, (3,), seed=2),
+                                data(dt, (3,), seed=3), data(dt, (3,), 0.5, 2, seed=4)], {"epsilon": 1e-3})],
+    "attention": attention_cases(),
+    "linear": linear_cases(),
+    "fusion": [fusion_case],
+    "cond": cond_cases(),
+    "while_loop": [while_case],
+    "scan": [scan_case(False), scan_case(True)],
+}
+
+
+def build_op_graph(op: str) -> tuple[Graph, list[np.ndarray], list[str], set[DType]]:
+    """One graph holding every case of ``op`` for every dtype its type rule accepts."""
+    g = Graph(op)
+    arrays: list[np.ndarray] = []
+    outputs, labels, covered = [], [], set()
+    for k, case in enumerate(CASES[op]):
+        for dt in DType:
+            inputs, attrs, *rest = case(dt)
+            regions = rest[0] if rest else ()
+            if op == "constant":
+                value = attrs["value"]
+                outputs.append(g.const(value))
+                labels.append(f"case {k} {dt}")
+                covered.add(dt)
+                continue
+            try:
+                infer_types(op, [TensorType.of(a) for a in inputs], normalize_attrs(op, attrs),
+                            regions=tuple(regions))
+            except VerificationError:
+                continue
+            ins = [g.add_input(TensorType.of(a), f"x{len(arrays) + i}") for i, a in enumerate(inputs)]
+            arrays += inputs
+            node = g.make(op, ins, attrs, regions=regions)
+            outputs += node.outputs
+            labels += [f"case {k} {dt} output {i}" for i in range(len(node.outputs))]
+            covered.add(dt)
+    g.set_outputs(outputs)
+    verify(g)
+    return g, arrays, labels, covered
+
+
+def assert_close(got, want, dt: DType, label: str) -> None:
+    got = np.asarray(got)
+    assert got.dtype == want.dtype, f"{label}: dtype {got.dtype} != {want.dtype}"
+    assert got.shape == want.shape, f"{label}: shape {got.shape} != {want.shape}"
+    if want.dtype.kind == "f" or want.dtype.name == "bfloat16":
+        tol = TOL[DType.from_numpy(want.dtype)]
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=tol, atol=tol,
+                                   equal_nan=True, err_msg=label)
+    else:
+        np.testing.assert_array_equal(got, want, err_msg=label)
+
+
+def test_every_op_has_a_rule_and_a_case():
+    assert sorted(set(REGISTRY) - set(JAX_RULES)) == []
+    assert sorted(set(REGISTRY) - set(CASES)) == []
+
+
+@pytest.mark.parametrize("op", sorted(CASES))
+def test_op_matches_interpreter(op):
+    g, arrays, labels, covered = build_op_graph(op)
+    assert covered, f"{op}: no dtype was accepted by its type rule"
+    want = interpret(g, *arrays)
+    got = JaxModule(g, FAST_COMPILE)(*arrays)
+    assert len(got) == len(want)
+    for label, a, b in zip(labels, got, want):
+        assert_close(a, b, DType.from_numpy(b.dtype), f"{op} {label}")
+
+
+# ----- symbolic dims -----------------------------------------------------------------
+
+def symbolic_graph() -> Graph:
+    g = Graph("sym")
+    x = g.add_input(TensorType(DType.f32, ("batch", "seq", 8)), "x")
+    w = g.const(data(DType.f32, (8, 8), seed=7), name="w")
+    h = g.apply("gelu", g.apply("matmul", x, w))
+    flat = g.apply("reshape", h, shape=("batch*seq", 8))
+    pos = g.apply("iota", shape=("seq", 8), axis=0, dtype=DType.f32)
+    y = g.apply("add", h, pos)
+    head = g.apply("slice", y, starts=(1,), stops=("seq",), axes=(1,))
+    g.set_outputs([flat, head, g.apply("reduce_sum", y, axes=(1,))])
+    verify(g)
+    return g
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 8), (3, 7, 8)])
+def test_symbolic_attrs_follow_traced_shapes(shape):
+    g = symbolic_graph()
+    x = data(DType.f32, shape)
+    for got, want in zip(JaxModule(g)(x), interpret(g, x)):
+        assert_close(got, want, DType.f32, "symbolic")
+
+
+def test_export_is_shape_polymorphic_and_loads_back():
+    g = symbolic_graph()
+    text = stablehlo(g, symbolic=True)
+    assert "tensor<?x?x8xf32>" in text
+    fn = load_exported(export_jax(g))
+    for shape in [(1, 3, 8), (4, 6, 8)]:
+        x = data(DType.f32, shape, seed=3)
+        for got, want in zip(fn(x), interpret(g, x)):
+            assert isinstance(got, jax.Array)
+            assert_close(got, want, DType.f32, "exported")
+
+
+def test_static_export_and_text_forms():
+    g = symbolic_graph()
+    x = data(DType.f32, (2, 4, 8))
+    assert "tensor<2x4x8xf32>" in stablehlo(g, [x])
+    text = hlo(g, [x])
+    assert text.startswith("HloModule") and "f32[2,4,8]" in text
+    fn = load_exported(export_jax(g, [x], symbolic=False))
+    assert_close(fn(x)[0], interpret(g, x)[0], DType.f32, "static export")
+    with pytest.raises(LoweringError, match="symbolic input dims"):
+        stablehlo(g)
+
+
+def test_unbound_symbol_is_a_lowering_error():
+    g = Graph()
+    x = g.add_input(TensorType(DType.f32, (4,)), "x")
+    g.set_outputs([g.apply("add", x, g.apply("iota", shape=("n",), axis=0, dtype=DType.f32))])
+    with pytest.raises(LoweringError, match="'n'"):
+        to_jax(g)(np.zeros(4, np.float32))
+
+
+# ----- x64, frameworks, constants ----------------------------------------------------
+
+def wide_graph() -> Graph:
+    g = Graph()
+    x = g.add_input(TensorType(DType.i64, (3,)), "x")
+    y = g.add_input(TensorType(DType.f64, (3,)), "y")
+    g.set_outputs([g.apply("add", x, g.const(np.int64(2**40))), g.apply("mul", y, g.const(np.float64(1 + 2**-40)))])
+    return g
+
+
+def test_x64_is_scoped_to_the_lowering():
+    assert not jax.config.jax_enable_x64
+    g = wide_graph()
+    x, y = np.array([1, 2, 3], np.int64), np.array([1.0, 2.0, 3.0])
+    for fn in (to_jax(g), JaxModule(g), load_exported(export_jax(g))):
+        a, b = fn(x, y)
+        assert np.asarray(a).dtype == np.int64 and np.asarray(a).tolist() == [2**40 + 1, 2**40 + 2, 2**40 + 3]
+        assert np.asarray(b).dtype == np.float64 and np.asarray(b)[0] == 1 + 2**-40
+        assert not jax.config.jax_enable_x64
+    assert "i64" in stablehlo(g, [x, y])
+    assert not jax.config.jax_enable_x64
+    assert jnp.asarray(np.arange(3)).dtype == jnp.int32
+
+
+def small_graph() -> Graph:
+    g = Graph()
+    x = g.add_input(TensorType(DType.bf16, (2, 3)), "x")
+    m = g.add_input(TensorType(DType.bool, (2, 3)), "m")
+    y = g.apply("where", m, g.apply("tanh", x), x)
+    g.set_outputs([y, g.apply("not", m)])
+    return g
+
+
+def test_outputs_come_back_in_the_callers_framework():
+    g = small_graph()
+    x, m = data(DType.bf16, (2, 3)), data(DType.bool, (2, 3))
+    want = interpret(g, x, m)
+    mod = JaxModule(g)
+    outs = mod(x, m)
+    assert all(isinstance(o, np.ndarray) for o in outs)
+    outs = mod(jnp.asarray(x), jnp.asarray(m))
+    assert all(isinstance(o, jax.Array) for o in outs)
+    tx, tm = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16), torch.from_numpy(m)
+    outs = mod(tx, tm)
+    assert [o.dtype for o in outs] == [torch.bfloat16, torch.bool]
+    assert_close(outs[0].float().numpy().astype(want[0].dtype), want[0], DType.bf16, "torch bf16")
+    np.testing.assert_array_equal(outs[1].numpy(), want[1])
+
+
+def test_torch_tensors_cross_by_dlpack_without_copies():
+    t = torch.randn(4, 16)
+    a = lj._to_jax(t)
+    assert a.unsafe_buffer_pointer() == t.data_ptr()
+    back = lj._from_jax(a, "torch")
+    assert back.data_ptr() == a.unsafe_buffer_pointer()
+    strided = torch.randn(16, 4).t()
+    np.testing.assert_array_equal(np.asarray(lj._to_jax(strided)), strided.numpy())
+
+
+def test_large_constants_are_arguments_not_module_literals():
+    g = Graph()
+    x = g.add_input(TensorType(DType.f32, (2, 64)), "x")
+    w = g.const(data(DType.f32, (64, 64), seed=9), name="w")
+    g.set_outputs([g.apply("matmul", x, w)])
+    mod = JaxModule(g)
+    x0 = data(DType.f32, (2, 64))
+    signature = next(line for line in mod.lower(x0).as_text().splitlines() if "@main(" in line)
+    assert "tensor<64x64xf32>" in signature
+    assert_close(mod(x0)[0], interpret(g, x0)[0], DType.f32, "params")
+    assert list(to_jax(g).params) == ["0/w"]
+
+
+# ----- errors ------------------------------------------------------------------------
+
+def provenance_graph() -> Graph:
+    g = Graph()
+    x = g.add_input(TensorType(DType.f64, (3,)), "x")
+    node = g.make("relu", [x], meta={"module": "encoder.act", "source": "model.py:12"})
+    g.set_outputs([node.output])
+    return g
+
+
+def test_missing_rule_names_the_node_before_tracing(monkeypatch):
+    monkeypatch.delitem(JAX_RULES, "relu")
+    with pytest.raises(LoweringError, match=r"relu.*encoder\.act.*model\.py:12.*register_lowering"):
+        to_jax(provenance_graph())
+
+
+def test_inexpressible_dtype_names_the_node(monkeypatch):
+    monkeypatch.delitem(lj._JAX_DTYPES, DType.f64)
+    with pytest.raises(LoweringError, match=r"f64.*encoder\.act"):
+        JaxModule(provenance_graph())
+
+
+def test_wrong_input_dtype_is_refused():
+    with pytest.raises(LoweringError, match="expected f64"):
+        JaxModule(provenance_graph())(np.zeros(3, np.float32))
+
+
+def test_provenance_reaches_the_module_text():
+    g = provenance_graph()
+    assert "encoder.act" in hlo(g, [np.zeros(3)], debug_info=True)
+    assert "encoder.act" in stablehlo(g, [np.zeros(3)], debug_info=True)
+
+
+def test_reference_cast_from_bf16_truncates_and_saturates_like_other_floats():
+    g = Graph()
+    x = g.add_input(TensorType(DType.bf16, (4,)), "x")
+    g.set_outputs([g.apply("cast", x, dtype=DType.u8), g.apply("cast", x, dtype=DType.i8)])
+    values = np.array([-3.75, 2.5, 300.0, np.nan], dtype=DType.bf16.numpy)
+    u8, i8 = interpret(g, values)
+    assert u8.tolist() == [0, 2, 255, 0] and i8.tolist() == [-3, 2, 127, 0]
