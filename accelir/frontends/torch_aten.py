@@ -661,6 +661,17 @@ def _repeat(ctx, a):
     return ctx.b.op("reshape", y, shape=ctx.out_shape)
 
 
+@rule("repeat_interleave")
+def _repeat_interleave(ctx, a):
+    if ctx.is_tensor(a["repeats"]) or a.get("dim") is None:
+        raise ctx.unsupported("repeat_interleave with tensor repeats or without dim is not supported")
+    x = ctx.value(a["self"])
+    ax, rep = _axis(a["dim"], x.rank), ctx.dim(a["repeats"])
+    u = ctx.b.op("unsqueeze", x, axes=(ax + 1,))
+    shape = x.shape[:ax + 1] + (rep,) + x.shape[ax + 1:]
+    return ctx.b.op("reshape", ctx.b.op("broadcast_to", u, shape=shape), shape=ctx.out_shape)
+
+
 @rule("constant_pad_nd", "pad")
 def _pad(ctx, a):
     x = ctx.value(a["self"])

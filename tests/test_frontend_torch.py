@@ -1,0 +1,322 @@
+"""Unit tests of the torch frontend: both capture paths, the signature, constants,
+dynamic dims, type promotion, decompositions, provenance and error reporting.
+
+Every captured graph is run in the interpreter and compared with eager torch.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from accelir import run_graph, verify
+from accelir.errors import UnsupportedOpError
+from accelir.frontends.torch import capture_torch
+
+Dim = torch.export.Dim
+
+
+def _run(graph, *args, **kwargs):
+    sig = graph.meta["signature"]
+    outs = run_graph(graph, sig.flatten(*args, **kwargs))
+    return sig.unflatten([torch.from_numpy(np.array(o)) for o in outs])
+
+
+def _assert_close(got, want, tol=1e-5):
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys()
+        for k in want:
+            _assert_close(got[k], want[k], tol)
+    elif isinstance(want, (tuple, list)):
+        assert type(got) is type(want) and len(got) == len(want)
+        for g, w in zip(got, want):
+            _assert_close(g, w, tol)
+    else:
+        assert got.dtype == want.dtype and got.shape == want.shape
+        if want.dtype.is_floating_point:
+            torch.testing.assert_close(got, want.detach(), rtol=tol, atol=tol)
+        else:
+            assert torch.equal(got, want)
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv2(torch.relu(self.bn1(self.conv1(x)))) + x)
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.block = Block(8)
+        self.pool = nn.MaxPool2d(2)
+        self.avg = nn.AvgPool2d(2, ceil_mode=True)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = self.avg(self.pool(self.block(self.stem(x))))
+        feat = self.gap(y).flatten(1)
+        return {"logits": self.head(feat), "probs": feat[:, :4].softmax(-1)}
+
+
+def _cnn():
+    torch.manual_seed(0)
+    m = CNN().eval()
+    m.block.bn1.running_mean.normal_()
+    m.block.bn1.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+@pytest.mark.parametrize("method", ["export", "fx"])
+def test_mlp_matches_eager_and_keeps_model_untouched(method):
+    torch.manual_seed(0)
+    model = MLP()  # left in training mode on purpose: capture must not change it
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(3, 16)
+    g = capture_torch(model, (x,), method=method)
+    verify(g)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    _assert_close(_run(g, x), model(x))
+    assert g.op_histogram()["linear"] == 2 and "gelu" in g.op_histogram()
+
+
+@pytest.mark.parametrize("method", ["export", "fx"])
+def test_parameters_are_named_constants_sharing_memory(method):
+    model = MLP().eval()
+    g = capture_torch(model, (torch.randn(2, 16),), method=method)
+    assert {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"} <= set(g.constants)
+    assert np.shares_memory(g.constants["fc1.weight"], model.fc1.weight.detach().numpy())
+
+
+@pytest.mark.parametrize("method", ["export", "fx"])
+def test_cnn_with_batch_norm_pooling_and_residual(method):
+    model = _cnn()
+    x = torch.randn(2, 3, 16, 16)
+    g = capture_torch(model, (x,), method=method)
+    hist = g.op_histogram()
+    assert hist["batch_norm"] == 1 and hist["max_pool"] == 1 and hist["avg_pool"] == 1
+    # the conv bias stays on the conv node
+    assert any(n.op == "conv" and len(n.inputs) == 3 for n in g.nodes)
+    _assert_close(_run(g, x), model(x))
+
+
+def test_training_mode_batch_norm_uses_batch_statistics_without_updating_them():
+    model = _cnn().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 16, 16)
+    g = capture_torch(model, (x,))
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    _assert_close(_run(g, x), copy.deepcopy(model)(x), tol=1e-4)
+
+
+def test_dropout_in_training_mode_is_rejected():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).train()
+    with pytest.raises(UnsupportedOpError, match=r"dropout.*eval\(\)"):
+        capture_torch(model, (torch.randn(2, 4),))
+
+
+class Nested(nn.Module):
+    def forward(self, pair, extra, scale=2.0, opts=None):
+        a, b = pair
+        return a * scale + extra["bias"], {"sum": (a + b).sum(-1), "n": a.shape[0]}
+
+
+def test_nested_inputs_and_outputs_round_trip():
+    a, b, bias = torch.randn(3, 4), torch.randn(3, 4), torch.randn(4)
+    g = capture_torch(Nested(), ((a, b), {"bias": bias}))
+    got = _run(g, (a, b), {"bias": bias})
+    want = Nested()((a, b), {"bias": bias})
+    assert got[1]["n"] == 3
+    _assert_close(got[0], want[0])
+    _assert_close(got[1]["sum"], want[1]["sum"])
+    with pytest.raises(ValueError, match="structure"):
+        g.meta["signature"].flatten(a, {"bias": bias})
+
+
+def test_kwargs_in_any_order():
+    class KW(nn.Module):
+        def forward(self, x, *, y, z):
+            return x + 2 * y - z
+
+    x, y, z = torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3)
+    g = capture_torch(KW(), (x,), example_kwargs={"z": z, "y": y})
+    _assert_close(_run(g, x, y=y, z=z), KW()(x, y=y, z=z))
+
+
+class Promote(nn.Module):
+    def forward(self, ints, floats, mask, half):
+        return (ints + floats,  # i64 + f32 -> f32
+                ints * 2.5,  # python float scalar -> default dtype
+                floats.masked_fill(mask, -1.0),
+                (mask + ints).sum(),  # bool + i64
+                half + floats.sum(),  # f16 tensor + 0-d f32 tensor stays f16
+                ints // 3, ints % -3, floats // 0.7, torch.remainder(floats, -0.7),
+                torch.div(ints, 4, rounding_mode="trunc"), ints / 4, ints > 2.5, torch.where(mask, ints, 1.5))
+
+
+def test_type_promotion_and_python_division_semantics():
+    g = torch.Generator().manual_seed(0)
+    ints = torch.randint(-9, 9, (4, 5), generator=g)
+    floats = torch.randn(4, 5, generator=g) * 3
+    mask = torch.rand(4, 5, generator=g) > 0.5
+    half = torch.randn(4, 5, generator=g).half()
+    args = (ints, floats, mask, half)
+    g_ = capture_torch(Promote(), args)
+    verify(g_)
+    got, want = _run(g_, *args), Promote()(*args)
+    _assert_close(got, want, tol=1e-3)
+
+
+def test_dynamic_batch_dim_is_named_and_reusable():
+    model = MLP().eval()
+    g = capture_torch(model, (torch.randn(3, 16),), dynamic_shapes=({0: Dim("batch")},))
+    assert g.inputs[0].shape == ("batch", 16) and g.outputs[0].shape == ("batch", 4)
+    x = torch.randn(7, 16)
+    _assert_close(_run(g, x), model(x))
+
+
+def test_symbolic_dim_expressions():
+    class Cat(nn.Module):
+        def forward(self, x):
+            y = torch.cat([x, x], 0)
+            return y[1:], y.reshape(-1)
+
+    x = torch.randn(3, 4)
+    g = capture_torch(Cat(), (x,), dynamic_shapes=({0: Dim("n")},))
+    assert [o.shape for o in g.outputs] == [("2*n-1", 4), ("8*n",)]
+    x5 = torch.randn(5, 4)
+    _assert_close(_run(g, x5), Cat()(x5))
+
+
+class Unsupported(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Sequential(nn.Linear(4, 4))
+
+    def forward(self, x):
+        return torch.special.i0(self.inner(x)) + torch.erfinv(x.tanh()) + torch.special.i0(x)
+
+
+def test_unsupported_ops_are_all_listed_with_module_and_line():
+    with pytest.raises(UnsupportedOpError) as info:
+        capture_torch(Unsupported(), (torch.randn(2, 4),))
+    msg = str(info.value)
+    assert "special_i0" in msg and "erfinv" in msg
+    assert "module 'inner.0'" not in msg  # the ops sit in the top-level forward
+    assert msg.count("test_frontend_torch.py:") == 3
+    assert set(info.value.ops) == {"special_i0", "erfinv"}
+
+
+def test_fx_unsupported_leaf_module_is_named():
+    class Leaf(nn.Module):
+        def forward(self, x):
+            return x
+
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m, qualname):
+            return isinstance(m, Leaf) or super().is_leaf_module(m, qualname)
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.leaf = Leaf()
+
+        def forward(self, x):
+            return self.leaf(x).relu()
+
+    m = M()
+    gm = torch.fx.GraphModule(m, Tracer().trace(m))
+    with pytest.raises(UnsupportedOpError, match="Leaf"):
+        capture_torch(gm, (torch.randn(2),), method="fx")
+
+
+def test_fx_methods_operators_and_indexing():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 6)
+            self.norm = nn.LayerNorm(6)
+
+        def forward(self, ids, x):
+            h = self.norm(self.emb(ids))  # [b, s, 6]
+            b, s = ids.shape
+            h = h.view(b, s, 2, 3).permute(0, 2, 1, 3).reshape(b * 2, s, 3)
+            y = 1.0 - torch.sigmoid(h[:, 1:, ::2]) / 2
+            return y.transpose(1, 2).contiguous().float() @ x[..., None, :2].squeeze(-2).t().t(), h[0, -1]
+
+    torch.manual_seed(0)
+    m = M().eval()
+    ids, x = torch.randint(0, 10, (2, 5)), torch.randn(4, 3)
+    gm = torch.fx.symbolic_trace(m)
+    g = capture_torch(gm, (ids, x), method="fx")
+    _assert_close(_run(g, ids, x), m(ids, x))
+
+
+def test_attention_composites_and_grouped_query():
+    class Attn(nn.Module):
+        def forward(self, q, k, v, mask):
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+            b = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), is_causal=True)
+            return a, b
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 4, 5, 8, generator=g), torch.randn(2, 2, 5, 8, generator=g), torch.randn(2, 2, 5, 8,
+                                                                                                       generator=g)
+    mask = torch.rand(2, 1, 5, 5, generator=g) > 0.3
+    mask[0, 0, 0] = False  # a fully masked row: torch returns zeros there
+    graph = capture_torch(Attn(), (q, k, v, mask))
+    assert graph.op_histogram()["attention"] == 2
+    _assert_close(_run(graph, q, k, v, mask), Attn()(q, k, v, mask))
+
+
+def test_provenance_on_every_node():
+    model = _cnn()
+    g = capture_torch(model, (torch.randn(1, 3, 16, 16),))
+    convs = [n for n in g.nodes if n.op == "conv"]
+    assert [n.meta["module"] for n in convs] == ["stem", "block.conv1", "block.conv2"]
+    assert all(n.meta["source"].startswith("test_frontend_torch.py:") for n in convs)
+    assert all("origin" in n.meta for n in g.nodes if n.op != "constant")
+
+
+def test_in_place_ops_rebind_the_mutated_value():
+    class InPlace(nn.Module):
+        def forward(self, x):
+            y = x * 2
+            y.add_(1)
+            y.relu_()
+            return y + x
+
+    x = torch.randn(3, 4)
+    g = capture_torch(InPlace(), (x,))
+    _assert_close(_run(g, x), InPlace()(x))
+
+
+def test_bad_method_and_fx_dynamic_shapes_are_rejected():
+    with pytest.raises(ValueError, match="method"):
+        capture_torch(MLP(), (torch.randn(2, 16),), method="jit")
+    with pytest.raises(ValueError, match="export"):
+        capture_torch(MLP(), (torch.randn(2, 16),), dynamic_shapes=({0: Dim("b")},), method="fx")
