@@ -1,0 +1,1395 @@
+"""Lower an accelir Graph to ONNX.
+
+``to_onnx(graph, opset=None, target="onnxruntime" | "standard")`` walks the graph and
+calls one rule per IR op from ``ONNX_RULES`` (filled with ``register_lowering``, as
+jax registers a lowering per primitive).  A rule takes the lowering context, the IR
+node and the ONNX values of its inputs, and returns the ONNX values of its outputs.
+
+Choices a reader should know:
+
+* dtype gaps: ONNX Runtime's CPU kernels lack many dtypes (most ops have no f16,
+  bf16 or i8 kernel).  The lowering asks ONNX Runtime's kernel registry (or the ONNX
+  schema when onnxruntime is not installed) which dtypes an op takes and, where the
+  node's dtype is missing, casts its operands to the nearest wider dtype that has a
+  kernel and the result back.  This is exact: the IR computes f16 / bf16 in f32 and
+  rounds once, and integer results wrap the same way in a wider type.  Where no
+  wider dtype has a kernel (f64 conv, for instance) it raises ``LoweringError``
+  naming the node, before anything runs.  Both targets follow this policy, so every
+  model we write runs on ONNX Runtime.
+* symbolic dims become ``dim_param``; a shape-valued attribute holding symbols is
+  computed at run time from ``Shape`` of a value carrying each symbol (``dims``).
+* constants become initializers of the main graph (subgraphs read them by outer
+  scope); value names come from the IR; each ONNX node carries the provenance of its
+  IR node in ``metadata_props``.
+* regions: ``fusion`` is inlined, ``cond`` becomes ``If`` (a chain of them for an int
+  index), ``while_loop`` and ``scan`` become ``Loop``.
+* composites lower to a standard ONNX op where one exists at the opset
+  (LayerNormalization, Gelu, RMSNormalization, Attention), to ONNX Runtime's fused
+  kernels when ``target="onnxruntime"`` (SkipLayerNormalization,
+  SkipSimplifiedLayerNormalization, SimplifiedLayerNormalization, BiasGelu, FastGelu,
+  QuickGelu, FusedConv) where their semantics match exactly, and otherwise to the
+  op's own decomposition.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from accelir import dims as D
+from accelir.errors import LoweringError
+from accelir.ir import DType, Graph, Node, TensorType
+from accelir.ops import registry
+
+__all__ = ["ONNX_RULES", "MIN_OPSET", "SAME", "OnnxValue", "LoweringContext", "OnnxRuntimeModule", "register_lowering",
+           "to_onnx", "save_onnx", "default_opset", "supported_dtypes", "input_var", "EXTERNAL_DATA_THRESHOLD"]
+
+MIN_OPSET = 18
+MS_DOMAIN = "com.microsoft"
+EXTERNAL_DATA_THRESHOLD = 2 * 1024 ** 3 - 64 * 1024 ** 2  # protobuf's 2 GB limit, less room for the graph
+
+ONNX_DTYPE = {
+    DType.f16: TensorProto.FLOAT16, DType.bf16: TensorProto.BFLOAT16, DType.f32: TensorProto.FLOAT,
+    DType.f64: TensorProto.DOUBLE, DType.i8: TensorProto.INT8, DType.i16: TensorProto.INT16,
+    DType.i32: TensorProto.INT32, DType.i64: TensorProto.INT64, DType.u8: TensorProto.UINT8,
+    DType.bool: TensorProto.BOOL,
+}
+_TYPE_STR = {
+    DType.f16: "tensor(float16)", DType.bf16: "tensor(bfloat16)", DType.f32: "tensor(float)",
+    DType.f64: "tensor(double)", DType.i8: "tensor(int8)", DType.i16: "tensor(int16)", DType.i32: "tensor(int32)",
+    DType.i64: "tensor(int64)", DType.u8: "tensor(uint8)", DType.bool: "tensor(bool)",
+}
+_FROM_TYPE_STR = {v: k for k, v in _TYPE_STR.items()}
+
+# Where a dtype has no kernel, compute in the first of these that has one.
+_WIDER = {
+    DType.f16: (DType.f32, DType.f64), DType.bf16: (DType.f32, DType.f64), DType.f32: (DType.f64,),
+    DType.f64: (), DType.i8: (DType.i16, DType.i32, DType.i64), DType.u8: (DType.i16, DType.i32, DType.i64),
+    DType.i16: (DType.i32, DType.i64), DType.i32: (DType.i64,), DType.i64: (),
+    DType.bool: (DType.u8, DType.i32, DType.i64),
+}
+_VALUE_INPUT = {"Where": 1}  # the input whose dtype is the op's value dtype, where it is not the first
+_PROVENANCE_KEYS = ("module", "source", "origin", "pass", "rule")
+_INT64_MIN = np.iinfo(np.int64).min
+
+
+# ----- which dtypes an op has a kernel for -------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _ort_kernel_types() -> dict[tuple[str, str], list[tuple[int, int, dict[str, frozenset[str]]]]]:
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
+    table: dict[tuple[str, str], list] = {}
+    for k in ort_c.get_all_opkernel_def():
+        if k.provider != "CPUExecutionProvider":
+            continue
+        constraints = {var: frozenset(types) for var, types in k.type_constraints.items()}
+        table.setdefault((k.op_name, k.domain), []).append((k.version_range[0], k.version_range[1], constraints))
+    return table
+
+
+def _have_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _input_vars(op_type: str, domain: str, opset: int) -> tuple[tuple[str, ...], bool]:
+    """The type variable of each formal input of ``op_type`` (and whether the last is variadic)."""
+    version = 1 if domain == MS_DOMAIN else opset
+    try:
+        schema = onnx.defs.get_schema(op_type, version, domain)
+        return tuple(i.type_str for i in schema.inputs), bool(schema.inputs) and \
+            schema.inputs[-1].option == onnx.defs.OpSchema.FormalParameterOption.Variadic
+    except onnx.defs.SchemaError:
+        pass
+    if _have_onnxruntime():
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
+        for sch in ort_c.get_all_operator_schema():
+            if sch.name == op_type and sch.domain == domain:
+                return tuple(i.typeStr for i in sch.inputs), bool(sch.inputs) and "Variadic" in str(
+                    sch.inputs[-1].option)
+    return ("T",), True
+
+
+def input_var(op_type: str, domain: str, opset: int, index: int) -> str:
+    names, variadic = _input_vars(op_type, domain, opset)
+    if index < len(names):
+        return names[index]
+    return names[-1] if variadic and names else "T"
+
+
+@functools.lru_cache(maxsize=None)
+def supported_dtypes(op_type: str, domain: str, opset: int, var: str | None = None) -> frozenset[DType]:
+    """The dtypes type variable ``var`` (default: that of the first input) of ``op_type`` may take:
+    ONNX Runtime's CPU kernels where onnxruntime is installed, else the ONNX schema."""
+    var = var or input_var(op_type, domain, opset, 0)
+    version = 1 if domain == MS_DOMAIN else opset
+    types: set[str] = set()
+    if _have_onnxruntime():
+        for lo, hi, constraints in _ort_kernel_types().get((op_type, domain), []):
+            if lo <= version <= hi:
+                types |= constraints.get(var, frozenset())
+    else:
+        try:
+            schema = onnx.defs.get_schema(op_type, version, domain)
+        except onnx.defs.SchemaError:
+            return frozenset()
+        for c in schema.type_constraints:
+            if c.type_param_str == var:
+                types |= set(c.allowed_type_strs)
+    return frozenset(_FROM_TYPE_STR[t] for t in types if t in _FROM_TYPE_STR)
+
+
+@functools.lru_cache(maxsize=None)
+def default_opset() -> int:
+    """The newest opset both the onnx package and the installed onnxruntime have kernels for."""
+    newest = onnx.defs.onnx_opset_version()
+    if not _have_onnxruntime():
+        return newest
+    ort_newest = max(lo for (op, dom), defs in _ort_kernel_types().items() if dom == "" for lo, _, _ in defs)
+    return min(newest, ort_newest)
+
+
+# ----- values and the lowering context -----------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class OnnxValue:
+    """A value in the ONNX graph being built: its name and element type."""
+
+    name: str
+    dtype: DType
+
+
+_NONE = OnnxValue("", DType.f32)  # an omitted optional input
+SAME = "same"  # a result in the operands' dtype (see LoweringContext.kernel)
+
+
+class _ModelState:
+    """What every (sub)graph of one model shares: names, initializers, options."""
+
+    def __init__(self, opset: int, target: str):
+        self.opset = opset
+        self.target = target
+        self.names: set[str] = set()
+        self.initializers: list[TensorProto] = []
+        self.const_cache: dict[Any, OnnxValue] = {}
+        self.keep_alive: list[np.ndarray] = []
+        self.node_count = 0
+        self.uses_ms_domain = False
+
+    def fresh(self, hint: str) -> str:
+        hint = hint or "v"
+        name = hint
+        k = 1
+        while name in self.names:
+            name = f"{hint}_{k}"
+            k += 1
+        self.names.add(name)
+        return name
+
+
+class LoweringContext:
+    """One ONNX graph under construction (the main graph or a subgraph)."""
+
+    def __init__(self, state: _ModelState, parent: LoweringContext | None = None):
+        self.state = state
+        self.parent = parent
+        self.nodes: list[onnx.NodeProto] = []
+        self.node: Node | None = parent.node if parent else None
+        self._symbols: dict[str, tuple[OnnxValue, int]] = {}
+        self._dim_cache: dict[Any, OnnxValue] = {}
+        self._produced: dict[str, tuple[onnx.NodeProto, int]] = {}
+        self.composites: list[Node] = []  # the composite nodes whose decomposition is being lowered
+
+    @property
+    def opset(self) -> int:
+        return self.state.opset
+
+    @property
+    def target(self) -> str:
+        return self.state.target
+
+    # ----- errors -------------------------------------------------------------------
+    def error(self, message: str) -> LoweringError:
+        where = self.node.describe() if self.node is not None else "graph"
+        ctx: LoweringContext | None = self
+        while ctx is not None:
+            where += "".join(f" (in the decomposition of {n.describe()})" for n in reversed(ctx.composites))
+            ctx = ctx.parent
+        return LoweringError(f"ONNX lowering of {where}: {message}")
+
+    # ----- emitting nodes -----------------------------------------------------------
+    def op(self, op_type: str, *inputs: OnnxValue | None, dtype: DType | None = None,
+           out_dtypes: Sequence[DType | None] | None = None, domain: str = "", **attrs: Any) -> Any:
+        """Append ``op_type(*inputs, **attrs)`` and return its output.
+
+        With ``out_dtypes`` the node has one output per entry (None: an omitted optional output)
+        and a tuple is returned; else it has one output of ``dtype`` (default: the first input's).
+        """
+        single = out_dtypes is None
+        if single:
+            out_dtypes = [dtype if dtype is not None else next(v.dtype for v in inputs if v is not None and v.name)]
+        names = [v.name if v is not None else "" for v in inputs]
+        while names and not names[-1]:
+            names.pop()
+        base = self.node.op if self.node is not None else "node"
+        outs = [OnnxValue(self.state.fresh(f"{base}_{op_type}".lower()), d) if d is not None else _NONE
+                for d in out_dtypes]
+        self.state.node_count += 1
+        proto = helper.make_node(op_type, names, [o.name for o in outs],
+                                 name=f"{base}/{op_type}_{self.state.node_count}", domain=domain or None,
+                                 **{k: v for k, v in attrs.items() if v is not None})
+        if self.node is not None:
+            meta = self.node.meta
+            props = {"accelir.op": self.node.op}
+            props.update({k: str(meta[k]) for k in _PROVENANCE_KEYS if meta.get(k)})
+            helper.set_metadata_props(proto, props)
+        if domain == MS_DOMAIN:
+            self.state.uses_ms_domain = True
+        self.nodes.append(proto)
+        for i, o in enumerate(outs):
+            if o.name:
+                self._produced[o.name] = (proto, i)
+        return outs[0] if single else tuple(outs)
+
+    def const(self, value: Any, dtype: DType | None = None, name: str | None = None) -> OnnxValue:
+        """An initializer of the main graph; small arrays are shared by value."""
+        arr = np.asarray(value, dtype=dtype.numpy if dtype is not None else None)
+        dt = DType.from_numpy(arr.dtype)
+        key = (dt, arr.shape, arr.tobytes()) if arr.size <= 64 and name is None else None
+        cache = self.state.const_cache
+        if key is not None and key in cache:
+            return cache[key]
+        v = OnnxValue(self.state.fresh(name or f"const_{dt.value}"), dt)
+        tensor = numpy_helper.from_array(arr if arr.flags.c_contiguous else arr.copy(order="C"), v.name)
+        self.state.initializers.append(tensor)
+        if key is not None:
+            cache[key] = v
+        return v
+
+    def ints(self, values: Sequence[int]) -> OnnxValue:
+        return self.const(np.asarray(list(values), dtype=np.int64))
+
+    def cast(self, v: OnnxValue, dtype: DType) -> OnnxValue:
+        if v.dtype == dtype:
+            return v
+        return self.op("Cast", v, dtype=dtype, to=ONNX_DTYPE[dtype])
+
+    # ----- dtype gaps ---------------------------------------------------------------
+    def compute_dtype(self, dtype: DType, *op_types: str, domain: str = "", var: str | None = None) -> DType:
+        """``dtype`` if every op in ``op_types`` has a kernel for it, else the nearest wider dtype
+        that they all have; raises naming the node where there is none."""
+        for cand in (dtype,) + _WIDER[dtype]:
+            if all(cand in supported_dtypes(t, domain, self.opset, var if len(op_types) == 1 else
+                                            input_var(t, domain, self.opset, _VALUE_INPUT.get(t, 0)))
+                   for t in op_types):
+                return cand
+        raise self.error(f"onnxruntime has no {'/'.join(op_types)} kernel for {dtype} (nor a wider dtype it can "
+                         f"compute in exactly); cast the operands to a supported dtype before lowering")
+
+    def has_kernel(self, dtype: DType, *op_types: str, domain: str = "", var: str | None = None) -> bool:
+        """Whether the ops have a kernel for ``dtype`` or a wider dtype (see ``compute_dtype``)."""
+        try:
+            self.compute_dtype(dtype, *op_types, domain=domain, var=var)
+        except LoweringError:
+            return False
+        return True
+
+    def kernel(self, op_type: str, *inputs: OnnxValue | None, main: int = 0, result: DType | None = None,
+               results: Sequence[DType | str | None] | None = None, domain: str = "",
+               compute: DType | None = None, **attrs: Any) -> Any:
+        """Emit ``op_type`` with the operands of ``inputs[main]``'s dtype cast to a dtype it has a
+        kernel for, and the results of that dtype cast back.
+
+        ``result``: a fixed dtype of the single result (bool for a compare).  ``results``: one entry
+        per output: SAME (the operands' dtype), a fixed dtype, or None (omitted); returns a tuple.
+        ``compute``: the dtype to compute in, where the caller knows better than the kernel table.
+        """
+        dt = inputs[main].dtype
+        var = input_var(op_type, domain, self.opset, main)
+        cdt = compute or self.compute_dtype(dt, op_type, domain=domain, var=var)
+        # cast the operands bound to the same type variable as inputs[main]
+        xs = [self.cast(x, cdt) if x is not None and x.name and input_var(op_type, domain, self.opset, i) == var
+              else x for i, x in enumerate(inputs)]
+        if results is None:
+            out = self.op(op_type, *xs, dtype=result or cdt, domain=domain, **attrs)
+            return self.cast(out, dt) if result is None else out
+        outs = self.op(op_type, *xs, out_dtypes=[cdt if r == SAME else r for r in results], domain=domain,
+                       **attrs)
+        return tuple(self.cast(o, dt) if r == SAME else o for o, r in zip(outs, results))
+
+    # ----- symbolic dims ------------------------------------------------------------
+    def define(self, v: OnnxValue, shape: Sequence[D.Dim]) -> None:
+        """Record that ``v`` carries these dims, so ``dim`` can read symbols from its shape."""
+        for axis, d in enumerate(shape):
+            if isinstance(d, str):
+                self._symbols.setdefault(d, (v, axis))
+
+    def _find_symbol(self, d: str) -> tuple[OnnxValue, int] | None:
+        ctx: LoweringContext | None = self
+        while ctx is not None:
+            if d in ctx._symbols:
+                return ctx._symbols[d]
+            ctx = ctx.parent
+        return None
+
+    def dim(self, d: D.Dim) -> OnnxValue:
+        """A dim as a 1-element int64 tensor, computed at run time when it is symbolic."""
+        if type(d) is int:
+            return self.ints([d])
+        if d in self._dim_cache:
+            return self._dim_cache[d]
+        found = self._find_symbol(d)
+        if found is not None:
+            src, axis = found
+            out = self.op("Shape", src, dtype=DType.i64, start=axis, end=axis + 1)
+        else:
+            out = self._dim_expr(ast.parse(d, mode="eval").body, d)
+        self._dim_cache[d] = out
+        return out
+
+    def _dim_expr(self, tree: ast.AST, text: str) -> OnnxValue:
+        if isinstance(tree, ast.Constant) and type(tree.value) is int:
+            return self.ints([tree.value])
+        if isinstance(tree, ast.Name):
+            if self._find_symbol(tree.id) is None:
+                raise self.error(f"symbolic dim {tree.id!r} (in {text!r}) is not a dim of any input; "
+                                 "make it a dim of a graph input or give the shape statically")
+            return self.dim(tree.id)
+        if isinstance(tree, ast.UnaryOp) and isinstance(tree.op, ast.USub):
+            return self.op("Neg", self._dim_expr(tree.operand, text))
+        ops = {ast.Add: "Add", ast.Sub: "Sub", ast.Mult: "Mul", ast.FloorDiv: "Div", ast.Mod: "Mod"}
+        if isinstance(tree, ast.BinOp) and type(tree.op) in ops:
+            # dims are non-negative, so ONNX's truncating Div is floor division
+            return self.op(ops[type(tree.op)], self._dim_expr(tree.left, text), self._dim_expr(tree.right, text))
+        raise self.error(f"cannot compute dim {text!r}")
+
+    def dims(self, shape: Sequence[D.Dim]) -> OnnxValue:
+        """Materialise a dims tuple as a 1-D int64 tensor (a constant when every dim is static)."""
+        if all(type(d) is int for d in shape):
+            return self.ints(shape)
+        key = ("dims",) + tuple(shape)
+        if key in self._dim_cache:
+            return self._dim_cache[key]
+        parts: list[OnnxValue] = []
+        run: list[int] = []
+        for d in shape:
+            if type(d) is int:
+                run.append(d)
+                continue
+            if run:
+                parts.append(self.ints(run))
+                run = []
+            parts.append(self.dim(d))
+        if run:
+            parts.append(self.ints(run))
+        out = parts[0] if len(parts) == 1 else self.op("Concat", *parts, axis=0)
+        self._dim_cache[key] = out
+        return out
+
+    def scalar_dim(self, d: D.Dim) -> OnnxValue:
+        """A dim as a 0-d int64 tensor."""
+        if type(d) is int:
+            return self.const(np.asarray(d, dtype=np.int64))
+        return self.op("Squeeze", self.dim(d), self.ints([0]))
+
+    # ----- graphs -------------------------------------------------------------------
+    def emit_graph(self, graph: Graph, inputs: Sequence[OnnxValue]) -> list[OnnxValue]:
+        """Lower the nodes of ``graph`` into this context, its inputs bound to ``inputs``."""
+        env: dict[int, OnnxValue] = {}
+        for v, x in zip(graph.inputs, inputs):
+            env[id(v)] = x
+            self.define(x, v.shape)
+        outer = self.node
+        try:
+            for node in graph.nodes:
+                self.node = node
+                outs = self._lower_node(node, [env[id(v)] for v in node.inputs])
+                for v, o in zip(node.outputs, outs):
+                    env[id(v)] = o
+                    self.define(o, v.shape)
+        finally:
+            self.node = outer
+        return [env[id(v)] for v in graph.outputs]
+
+    def _lower_node(self, node: Node, xs: list[OnnxValue]) -> list[OnnxValue]:
+        rule = ONNX_RULES.get(node.op)
+        if rule is None:
+            raise self.error(f"no ONNX rule for op {node.op!r}; register one with "
+                             "accelir.lowering.onnx.register_lowering")
+        start = len(self.nodes)
+        outs = list(rule(self, node, xs))
+        if len(outs) != len(node.outputs):
+            raise self.error(f"the rule gave {len(outs)} outputs, the node has {len(node.outputs)}")
+        named = []
+        for v, o in zip(node.outputs, outs):
+            if o.dtype != v.dtype:
+                raise self.error(f"the rule gave {o.dtype} for an output of type {v.type}")
+            named.append(self._adopt_name(o, v.name, start))
+        return named
+
+    def _adopt_name(self, o: OnnxValue, hint: str | None, start: int) -> OnnxValue:
+        """Give a value made by the current rule its IR name, where nothing has read it yet."""
+        if not hint or o.name not in self._produced:
+            return o
+        proto, idx = self._produced[o.name]
+        recent = self.nodes[start:]
+        if any(o.name in n.input for n in recent) or not any(n is proto for n in recent):
+            return o
+        new = OnnxValue(self.state.fresh(hint), o.dtype)
+        proto.output[idx] = new.name
+        del self._produced[o.name]
+        self._produced[new.name] = (proto, idx)
+        return new
+
+    def subgraph(self, name: str, input_types: Sequence[TensorType],
+                 build: Callable[[LoweringContext, list[OnnxValue]], Sequence[OnnxValue]],
+                 output_types: Sequence[TensorType], input_hints: Sequence[str] | None = None) -> onnx.GraphProto:
+        """Build a subgraph (a Loop / If / Scan body) whose inputs have ``input_types``."""
+        sub = LoweringContext(self.state, self)
+        hints = list(input_hints or [f"{name}_in"] * len(input_types))
+        ins = [OnnxValue(self.state.fresh(h), t.dtype) for h, t in zip(hints, input_types)]
+        for v, t in zip(ins, input_types):
+            sub.define(v, t.shape)
+        outs = list(build(sub, ins))
+        out_names: list[OnnxValue] = []
+        for o in outs:
+            # a subgraph output must be made inside it (not be an input or an outer value), once
+            if o.name not in sub._produced or any(o.name == p.name for p in out_names):
+                o = sub.op("Identity", o)
+            out_names.append(o)
+        return helper.make_graph(sub.nodes, self.state.fresh(name),
+                                 [_value_info(v.name, t) for v, t in zip(ins, input_types)],
+                                 [_value_info(v.name, t) for v, t in zip(out_names, output_types)])
+
+
+def _value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, ONNX_DTYPE[t.dtype], [d if type(d) is int else str(d) for d in t.shape])
+
+
+Rule = Callable[[LoweringContext, Node, list[OnnxValue]], Sequence[OnnxValue]]
+ONNX_RULES: dict[str, Rule] = {}
+
+
+def register_lowering(*op_names: str) -> Callable[[Rule], Rule]:
+    """Register the decorated function as the ONNX rule of each op in ``op_names``."""
+    def deco(fn: Rule) -> Rule:
+        for name in op_names:
+            ONNX_RULES[name] = fn
+        return fn
+    return deco
+
+
+# ----- the model ----------------------------------------------------------------------
+
+def to_onnx(graph: Graph, opset: int | None = None, target: str = "onnxruntime") -> onnx.ModelProto:
+    """Lower ``graph`` to an ONNX model.
+
+    ``target="standard"`` uses only ops of the ai.onnx domain (the model passes
+    ``onnx.checker.check_model(full_check=True)``); ``"onnxruntime"`` may also use ONNX
+    Runtime's fused kernels.  ``opset`` defaults to ``default_opset()``.
+    """
+    if target not in ("onnxruntime", "standard"):
+        raise LoweringError(f"unknown ONNX target {target!r}; use 'onnxruntime' or 'standard'")
+    opset = default_opset() if opset is None else int(opset)
+    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise LoweringError(f"opset {opset} is not supported: use {MIN_OPSET} to {onnx.defs.onnx_opset_version()}")
+    state = _ModelState(opset, target)
+    ctx = LoweringContext(state)
+    inputs = []
+    for i, v in enumerate(graph.inputs):
+        ov = OnnxValue(state.fresh(v.name or f"input_{i}"), v.dtype)
+        inputs.append(ov)
+    outs = ctx.emit_graph(graph, inputs)
+    input_names = {v.name for v in inputs}
+    init_names = {t.name for t in state.initializers}
+    out_infos = []
+    seen: set[str] = set()
+    for i, (v, o) in enumerate(zip(graph.outputs, outs)):
+        if o.name in input_names or o.name in init_names or o.name in seen:
+            o = ctx.op("Identity", o)
+            o = ctx._adopt_name(o, v.name or f"output_{i}", len(ctx.nodes) - 1)
+        seen.add(o.name)
+        out_infos.append(_value_info(o.name, v.type))
+    g = helper.make_graph(ctx.nodes, graph.name or "main", [_value_info(ov.name, v.type)
+                                                              for ov, v in zip(inputs, graph.inputs)],
+                          out_infos, initializer=state.initializers)
+    imports = [helper.make_opsetid("", opset)]
+    if state.uses_ms_domain:
+        imports.append(helper.make_opsetid(MS_DOMAIN, 1))
+    model = helper.make_model(g, opset_imports=imports, producer_name="accelir")
+    frontend = graph.meta.get("frontend")
+    if frontend:
+        helper.set_model_props(model, {"accelir.frontend": str(frontend)})
+    return model
+
+
+def save_onnx(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> None:
+    """Write ``model`` to ``path``; with external data (``path + '.data'``) when ``external_data`` is
+    True, or when it is None and the weights exceed protobuf's 2 GB limit."""
+    path = os.fspath(path)
+    if external_data is None:
+        size = sum(len(t.raw_data) for t in model.graph.initializer)
+        external_data = size >= EXTERNAL_DATA_THRESHOLD
+    if external_data:
+        data = os.path.basename(path) + ".data"
+        if os.path.exists(os.path.join(os.path.dirname(path) or ".", data)):
+            os.remove(os.path.join(os.path.dirname(path) or ".", data))
+        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data,
+                        size_threshold=1024)
+    else:
+        onnx.save_model(model, path)
+
+
+@register_lowering("constant")
+def _lower_constant(ctx, node, xs):
+    """An initializer of the main graph, one per IR constant however many nodes read it."""
+    graph, name = node.graph, node.attrs["name"]
+    if name not in graph.constants:
+        raise ctx.error(f"constant {name!r} has no value in graph {graph.name!r}")
+    arr = graph.constants[name]
+    key = ("ir-constant", id(arr))
+    cache = ctx.state.const_cache
+    if key not in cache:
+        ctx.state.keep_alive.append(arr)  # ids stay unique while the key lives
+        cache[key] = ctx.const(arr, name=name)
+    return [cache[key]]
+
+
+# ----- elementwise rules ----------------------------------------------------------------
+
+_UNARY = {
+    "neg": "Neg", "abs": "Abs", "exp": "Exp", "log": "Log", "sqrt": "Sqrt", "sin": "Sin", "cos": "Cos", "tan": "Tan",
+    "asin": "Asin", "acos": "Acos", "atan": "Atan", "sinh": "Sinh", "cosh": "Cosh", "asinh": "Asinh",
+    "acosh": "Acosh", "atanh": "Atanh", "tanh": "Tanh", "sigmoid": "Sigmoid", "erf": "Erf", "floor": "Floor",
+    "ceil": "Ceil", "round": "Round", "sign": "Sign", "reciprocal": "Reciprocal",
+}
+_PREDICATES = {"isnan": "IsNaN", "isinf": "IsInf"}
+_BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "max": "Max", "min": "Min"}
+_COMPARE = {"eq": "Equal", "lt": "Less", "le": "LessOrEqual", "gt": "Greater", "ge": "GreaterOrEqual"}
+_LOGIC = {"and": ("And", "BitwiseAnd"), "or": ("Or", "BitwiseOr"), "xor": ("Xor", "BitwiseXor"),
+          "not": ("Not", "BitwiseNot")}
+
+
+def _simple(op_type: str, result: DType | None = None) -> Rule:
+    def rule(ctx: LoweringContext, node: Node, xs: list[OnnxValue]) -> list[OnnxValue]:
+        return [ctx.kernel(op_type, *xs, result=result)]
+    rule.__name__ = f"lower_{op_type}"
+    return rule
+
+
+for _ir, _onnx in _UNARY.items():
+    register_lowering(_ir)(_simple(_onnx))
+for _ir, _onnx in _BINARY.items():
+    register_lowering(_ir)(_simple(_onnx))
+for _ir, _onnx in {**_PREDICATES, **_COMPARE}.items():
+    register_lowering(_ir)(_simple(_onnx, DType.bool))
+
+
+@register_lowering("relu")
+def _lower_relu(ctx, node, xs):
+    (x,) = xs
+    if x.dtype.is_float:
+        return [ctx.kernel("Relu", x)]
+    return [ctx.kernel("Max", x, ctx.const(0, x.dtype))]
+
+
+@register_lowering("ne")
+def _lower_ne(ctx, node, xs):
+    return [ctx.op("Not", ctx.kernel("Equal", *xs, result=DType.bool))]
+
+
+@register_lowering("and", "or", "xor", "not")
+def _lower_logic(ctx, node, xs):
+    logical, bitwise = _LOGIC[node.op]
+    return [ctx.kernel(logical if xs[0].dtype is DType.bool else bitwise, *xs)]
+
+
+def _in_compute(ctx: LoweringContext, xs: Sequence[OnnxValue], op_types: Sequence[str],
+                body: Callable[[list[OnnxValue]], OnnxValue]) -> OnnxValue:
+    """Run ``body`` on ``xs`` cast to a dtype every op in ``op_types`` has a kernel for; cast back."""
+    dt = xs[0].dtype
+    cdt = ctx.compute_dtype(dt, *op_types)
+    return ctx.cast(body([ctx.cast(x, cdt) for x in xs]), dt)
+
+
+@register_lowering("rsqrt")
+def _lower_rsqrt(ctx, node, xs):
+    return [_in_compute(ctx, xs, ("Sqrt", "Reciprocal"), lambda v: ctx.op("Reciprocal", ctx.op("Sqrt", v[0])))]
+
+
+@register_lowering("log1p")
+def _lower_log1p(ctx, node, xs):
+    def body(v):
+        # log1p(x) = log(u) * x / (u - 1) with u = 1 + x (Goldberg): exact to a few ulp where log(1 + x)
+        # loses the low bits of x; u == 1 means x is below rounding, and log1p(x) = x there.
+        (x,) = v
+        one = ctx.const(1, x.dtype)
+        u = ctx.op("Add", x, one)
+        d = ctx.op("Sub", u, one)
+        ratio = ctx.op("Div", ctx.op("Mul", ctx.op("Log", u), x), d)
+        small = ctx.op("Equal", d, ctx.const(0, x.dtype), dtype=DType.bool)
+        big = ctx.op("IsInf", u, dtype=DType.bool)
+        return ctx.op("Where", small, x, ctx.op("Where", big, ctx.op("Log", u), ratio))
+    return [_in_compute(ctx, xs, ("Add", "Sub", "Log", "Mul", "Div", "Where", "IsInf"), body)]
+
+
+@register_lowering("expm1")
+def _lower_expm1(ctx, node, xs):
+    def body(v):
+        # expm1(x) = (u - 1) * x / log(u) with u = exp(x) (Kahan); u == 1 -> x, u - 1 == -1 -> -1
+        (x,) = v
+        one = ctx.const(1, x.dtype)
+        u = ctx.op("Exp", x)
+        d = ctx.op("Sub", u, one)
+        ratio = ctx.op("Div", ctx.op("Mul", d, x), ctx.op("Log", u))
+        small = ctx.op("Equal", u, one, dtype=DType.bool)
+        edge = ctx.op("Or", ctx.op("Equal", d, ctx.const(-1, x.dtype), dtype=DType.bool),
+                      ctx.op("IsInf", u, dtype=DType.bool))
+        return ctx.op("Where", small, x, ctx.op("Where", edge, d, ratio))
+    return [_in_compute(ctx, xs, ("Exp", "Sub", "Log", "Mul", "Div", "Where", "IsInf"), body)]
+
+
+def _int_guarded(ctx: LoweringContext, a: OnnxValue, b: OnnxValue, op_type: str, **attrs: Any) -> OnnxValue:
+    """``op_type(a, b)`` for ints with b == 0 giving 0 (the IR's rule) and, for signed division,
+    b == -1 giving -a (no INT_MIN / -1 trap)."""
+    zero = ctx.const(0, b.dtype)
+    is_zero = ctx.op("Equal", b, zero, dtype=DType.bool)
+    bad = is_zero
+    signed = b.dtype.is_signed and op_type == "Div"
+    if signed:
+        is_m1 = ctx.op("Equal", b, ctx.const(-1, b.dtype), dtype=DType.bool)
+        bad = ctx.op("Or", is_zero, is_m1)
+    safe_b = ctx.op("Where", bad, ctx.const(1, b.dtype), b)
+    out = ctx.op(op_type, a, safe_b, **attrs)
+    if signed:
+        out = ctx.op("Where", is_m1, ctx.op("Neg", a), out)
+    return ctx.op("Where", is_zero, ctx.const(0, a.dtype), out)
+
+
+@register_lowering("div", "rem")
+def _lower_div_rem(ctx, node, xs):
+    op_type, attrs = ("Div", {}) if node.op == "div" else ("Mod", {"fmod": 1})
+    if not xs[0].dtype.is_int:
+        return [ctx.kernel(op_type, *xs, **attrs)]
+    ops = (op_type, "Equal", "Where", "Neg") if xs[0].dtype.is_signed else (op_type, "Equal", "Where")
+    return [_in_compute(ctx, xs, ops, lambda v: _int_guarded(ctx, v[0], v[1], op_type, **attrs))]
+
+
+@register_lowering("pow")
+def _lower_pow(ctx, node, xs):
+    a, b = xs
+    if a.dtype.is_int and a.dtype.is_signed:
+        # the IR treats a negative integer exponent as 0
+        b = ctx.kernel("Max", b, ctx.const(0, b.dtype))
+    # base and exponent are separate type variables: compute both in one dtype both take
+    return [_in_compute(ctx, [a, b], ("Pow",), lambda v: ctx.op("Pow", v[0], v[1]))]
+
+
+@register_lowering("atan2")
+def _lower_atan2(ctx, node, xs):
+    def body(v):
+        y, x = v
+        zero = ctx.const(0, y.dtype)
+        pi = ctx.const(np.pi, y.dtype)
+        base = ctx.op("Atan", ctx.op("Div", y, x))
+        y_neg = ctx.op("Less", y, zero, dtype=DType.bool)
+        shifted = ctx.op("Where", y_neg, ctx.op("Sub", base, pi), ctx.op("Add", base, pi))
+        x_neg = ctx.op("Less", x, zero, dtype=DType.bool)
+        x_zero = ctx.op("Equal", x, zero, dtype=DType.bool)
+        axis = ctx.op("Mul", ctx.op("Sign", y), ctx.const(np.pi / 2, y.dtype))
+        return ctx.op("Where", x_zero, axis, ctx.op("Where", x_neg, shifted, base))
+    return [_in_compute(ctx, xs, ("Atan", "Div", "Less", "Where", "Sub", "Add", "Equal", "Sign", "Mul"), body)]
+
+
+@register_lowering("where")
+def _lower_where(ctx, node, xs):
+    return [ctx.kernel("Where", *xs, main=1)]
+
+
+@register_lowering("cast")
+def _lower_cast(ctx, node, xs):
+    (x,) = xs
+    to: DType = node.attrs["dtype"]
+    if to.is_int and x.dtype.is_float:
+        # float -> int truncates toward zero with NaN -> 0 and saturation (the IR's rule), where a
+        # plain Cast leaves NaN and out-of-range values undefined
+        cdt = ctx.compute_dtype(x.dtype, "Clip", "IsNaN", "Where")
+        xc = ctx.cast(x, cdt)
+        info = np.iinfo(to.numpy)
+        lo = np.asarray(info.min, dtype=cdt.numpy)
+        hi = np.asarray(info.max, dtype=cdt.numpy)
+        if float(hi) > info.max:
+            hi = np.nextafter(hi, np.asarray(0, cdt.numpy))
+        clipped = ctx.op("Clip", xc, ctx.const(lo), ctx.const(hi))
+        nan = ctx.op("IsNaN", xc, dtype=DType.bool)
+        xc = ctx.op("Where", nan, ctx.const(0, cdt), clipped)
+        return [ctx.cast(xc, to)]
+    return [ctx.cast(x, to)]
+
+
+# ----- reductions -----------------------------------------------------------------------
+
+_REDUCE = {"reduce_sum": "ReduceSum", "reduce_mean": "ReduceMean", "reduce_max": "ReduceMax",
+           "reduce_min": "ReduceMin", "reduce_prod": "ReduceProd", "reduce_any": "ReduceMax",
+           "reduce_all": "ReduceMin"}
+
+
+@register_lowering(*_REDUCE)
+def _lower_reduce(ctx, node, xs):
+    (x,) = xs
+    axes = node.attrs["axes"]
+    if not axes:
+        return [x]
+    out = ctx.kernel(_REDUCE[node.op], x, ctx.ints(axes), keepdims=int(node.attrs["keepdims"]))
+    return [out]
+
+
+@register_lowering("argmax", "argmin")
+def _lower_arg(ctx, node, xs):
+    op_type = "ArgMax" if node.op == "argmax" else "ArgMin"
+    return [ctx.kernel(op_type, xs[0], result=DType.i64, axis=node.attrs["axis"],
+                       keepdims=int(node.attrs["keepdims"]), select_last_index=int(node.attrs["select_last_index"]))]
+
+
+@register_lowering("cumsum")
+def _lower_cumsum(ctx, node, xs):
+    axis = ctx.const(np.asarray(node.attrs["axis"], dtype=np.int64))
+    return [ctx.kernel("CumSum", xs[0], axis, exclusive=int(node.attrs["exclusive"]),
+                       reverse=int(node.attrs["reverse"]))]
+
+
+_CUM_STEP = {"cumprod": "Mul", "cummax": "Max", "cummin": "Min"}
+
+
+def _identity_of(op: str, dtype: DType) -> np.ndarray:
+    if op == "cumprod":
+        return np.asarray(1, dtype=dtype.numpy)
+    if dtype.is_float:
+        return np.asarray(-np.inf if op == "cummax" else np.inf, dtype=dtype.numpy)
+    info = np.iinfo(dtype.numpy)
+    return np.asarray(info.min if op == "cummax" else info.max, dtype=dtype.numpy)
+
+
+@register_lowering("cumprod", "cummax", "cummin")
+def _lower_cum_scan(ctx, node, xs):
+    """A Scan over the axis moved to the front, carrying the running product / max / min."""
+    t = node.inputs[0].type
+    if t.rank == 0:
+        return [xs[0]]
+    step = _CUM_STEP[node.op]
+    cdt = ctx.compute_dtype(t.dtype, step)
+    axis = node.attrs["axis"] % t.rank
+    perm = [axis] + [i for i in range(t.rank) if i != axis]
+    inv = [perm.index(i) for i in range(t.rank)]
+    x = ctx.cast(xs[0], cdt)
+    xt = ctx.op("Transpose", x, perm=perm)
+    rest = tuple(t.shape[i] for i in perm[1:])
+    init = ctx.op("Expand", ctx.const(_identity_of(node.op, cdt)), ctx.dims(rest))
+    exclusive = node.attrs.get("exclusive", False)
+    carry_t = TensorType(cdt, rest)
+
+    def body(sub, ins):
+        carry, xi = ins
+        new = sub.op(step, carry, xi)
+        return [new, carry if exclusive else new]
+
+    g = ctx.subgraph(f"{node.op}_body", [carry_t, carry_t], body, [carry_t, carry_t])
+    direction = int(node.attrs["reverse"])
+    _, yt = ctx.op("Scan", init, xt, out_dtypes=(cdt, cdt), body=g, num_scan_inputs=1, scan_input_directions=[direction],
+                   scan_output_directions=[direction])
+    return [ctx.cast(ctx.op("Transpose", yt, perm=inv), t.dtype)]
+
+
+def _topk(ctx: LoweringContext, x: OnnxValue, k: OnnxValue, axis: int, largest: bool) -> tuple[OnnxValue, ...]:
+    # ONNX Runtime's TopK breaks ties by the lower index in both directions, as the IR's stable sort
+    return ctx.kernel("TopK", x, k, results=(SAME, DType.i64), axis=axis, largest=int(largest), sorted=1)
+
+
+@register_lowering("sort")
+def _lower_sort(ctx, node, xs):
+    t = node.inputs[0].type
+    axis = node.attrs["axis"] % t.rank
+    vals, idx = _topk(ctx, xs[0], ctx.dim(t.shape[axis]), axis, node.attrs["descending"])
+    return [vals, idx]
+
+
+@register_lowering("topk")
+def _lower_topk(ctx, node, xs):
+    t = node.inputs[0].type
+    vals, idx = _topk(ctx, xs[0], ctx.ints([node.attrs["k"]]), node.attrs["axis"] % t.rank, node.attrs["largest"])
+    return [vals, idx]
+
+
+# ----- contractions and windows ---------------------------------------------------------
+
+@register_lowering("matmul")
+def _lower_matmul(ctx, node, xs):
+    return [ctx.kernel("MatMul", *xs)]
+
+
+@register_lowering("dot_general")
+def _lower_dot_general(ctx, node, xs):
+    a, b = node.inputs
+    lc, rc, lb, rb = (node.attrs[k] for k in ("lhs_contracting", "rhs_contracting", "lhs_batch", "rhs_batch"))
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
+    la: list[str | None] = [None] * a.rank
+    ra: list[str | None] = [None] * b.rank
+    for x, y in list(zip(lb, rb)) + list(zip(lc, rc)):
+        la[x] = ra[y] = next(letters)
+    la = [c or next(letters) for c in la]
+    ra = [c or next(letters) for c in ra]
+    out = [la[x] for x in lb] + [la[i] for i in range(a.rank) if i not in lc and i not in lb] + \
+          [ra[i] for i in range(b.rank) if i not in rc and i not in rb]
+    return [ctx.kernel("Einsum", *xs, equation=f"{''.join(la)},{''.join(ra)}->{''.join(out)}")]
+
+
+def _dilate_input(ctx: LoweringContext, x: OnnxValue, shape: Sequence[D.Dim], lhs_dilation: Sequence[int]) -> OnnxValue:
+    """Insert d - 1 zeros between neighbours along each spatial dim (a transposed conv's input)."""
+    shape = list(shape)
+    for i, d in enumerate(lhs_dilation):
+        if d == 1:
+            continue
+        ax = 2 + i
+        size = shape[ax]
+        rank = len(shape)
+        u = ctx.op("Unsqueeze", x, ctx.ints([ax + 1]))
+        pads = [0] * (rank + 1) * 2
+        pads[rank + 1 + ax + 1] = d - 1
+        u = ctx.kernel("Pad", u, ctx.ints(pads))
+        widened = shape[:ax] + [D.dim_mul(size, d)] + shape[ax + 1:]
+        x = ctx.op("Reshape", u, ctx.dims(widened))
+        new = D.dim_add(D.dim_mul(D.dim_sub(size, 1), d), 1)
+        x = ctx.op("Slice", x, ctx.ints([0]), ctx.dim(new), ctx.ints([ax]))
+        shape[ax] = new
+    return x
+
+
+def _conv_attrs(ctx: LoweringContext, node: Node) -> tuple[dict[str, Any], OnnxValue | None]:
+    x_t, w_t = node.inputs[0].type, node.inputs[1].type
+    n = x_t.rank - 2
+    from accelir.ops.linalg import conv_params
+    stride, padding, dilation, lhs = conv_params(node.op, node.attrs, n)
+    if any(lo < 0 or hi < 0 for lo, hi in padding):
+        raise ctx.error("negative conv padding has no ONNX form; slice the input instead")
+    attrs = {"strides": list(stride), "pads": [p[0] for p in padding] + [p[1] for p in padding],
+             "dilations": list(dilation), "group": node.attrs["groups"], "kernel_shape": list(w_t.shape[2:])}
+    return attrs, lhs
+
+
+def _conv_input(ctx: LoweringContext, node: Node, xs: list[OnnxValue], lhs: Sequence[int]) -> list[OnnxValue]:
+    if all(d == 1 for d in lhs):
+        return list(xs)
+    return [_dilate_input(ctx, xs[0], node.inputs[0].shape, lhs)] + list(xs[1:])
+
+
+@register_lowering("conv")
+def _lower_conv(ctx, node, xs):
+    attrs, lhs = _conv_attrs(ctx, node)
+    return [ctx.kernel("Conv", *_conv_input(ctx, node, xs, lhs), **attrs)]
+
+
+_FUSED_CONV_ACT = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}
+
+
+@register_lowering("fused_conv")
+def _lower_fused_conv(ctx, node, xs):
+    attrs, lhs = _conv_attrs(ctx, node)
+    xs = _conv_input(ctx, node, xs, lhs)
+    act = node.attrs["activation"]
+    if ctx.target == "onnxruntime" and act in _FUSED_CONV_ACT:
+        cdt = ctx.compute_dtype(xs[0].dtype, "FusedConv", domain=MS_DOMAIN)
+        if cdt == ctx.compute_dtype(xs[0].dtype, "Conv"):
+            return [ctx.kernel("FusedConv", *xs, domain=MS_DOMAIN, activation=_FUSED_CONV_ACT[act], **attrs)]
+    return [_activation(ctx, ctx.kernel("Conv", *xs, **attrs), act)]
+
+
+def _pool_attrs(node: Node) -> dict[str, Any]:
+    n = node.inputs[0].rank - 2
+    kernel = node.attrs["kernel"]
+    stride = node.attrs["stride"] or (1,) * n
+    padding = node.attrs["padding"] or ((0, 0),) * n
+    dilation = node.attrs["dilation"] or (1,) * n
+    return {"kernel_shape": list(kernel), "strides": list(stride), "dilations": list(dilation),
+            "pads": [p[0] for p in padding] + [p[1] for p in padding], "ceil_mode": int(node.attrs["ceil_mode"])}
+
+
+@register_lowering("max_pool")
+def _lower_max_pool(ctx, node, xs):
+    return [ctx.kernel("MaxPool", xs[0], **_pool_attrs(node))]
+
+
+@register_lowering("avg_pool")
+def _lower_avg_pool(ctx, node, xs):
+    return [ctx.kernel("AveragePool", xs[0], count_include_pad=int(node.attrs["count_include_pad"]),
+                       **_pool_attrs(node))]
+
+
+# ----- shape and data movement ----------------------------------------------------------
+
+@register_lowering("reshape")
+def _lower_reshape(ctx, node, xs):
+    src = node.inputs[0].shape
+    target = list(node.attrs["shape"])
+    if tuple(target) == tuple(src):
+        return [xs[0]]
+    if 0 not in target:
+        # copy matching symbolic dims with 0 and let one remaining symbol be -1, so the shape stays a
+        # constant (ONNX Runtime's fusions match on constant shapes)
+        spec: list[Any] = [0 if isinstance(d, str) and i < len(src) and src[i] == d else d
+                           for i, d in enumerate(target)]
+        if sum(isinstance(d, str) for d in spec) <= 1:
+            return [ctx.op("Reshape", xs[0], ctx.ints([-1 if isinstance(d, str) else d for d in spec]))]
+    allow_zero = 1 if 0 in target else None
+    return [ctx.op("Reshape", xs[0], ctx.dims(target), allowzero=allow_zero)]
+
+
+@register_lowering("transpose")
+def _lower_transpose(ctx, node, xs):
+    return [ctx.kernel("Transpose", xs[0], perm=list(node.attrs["perm"]))]
+
+
+@register_lowering("broadcast_to")
+def _lower_broadcast_to(ctx, node, xs):
+    if tuple(node.attrs["shape"]) == node.inputs[0].shape:
+        return [xs[0]]
+    return [ctx.kernel("Expand", xs[0], ctx.dims(node.attrs["shape"]))]
+
+
+@register_lowering("squeeze", "unsqueeze")
+def _lower_squeeze(ctx, node, xs):
+    if not node.attrs["axes"]:
+        return [xs[0]]
+    return [ctx.kernel(node.op.capitalize(), xs[0], ctx.ints(node.attrs["axes"]))]
+
+
+@register_lowering("slice")
+def _lower_slice(ctx, node, xs):
+    a = node.attrs
+    if not a["axes"]:
+        return [xs[0]]
+    steps = a["steps"] or (1,) * len(a["axes"])
+    return [ctx.kernel("Slice", xs[0], ctx.dims(a["starts"]), ctx.dims(a["stops"]), ctx.ints(a["axes"]),
+                       ctx.ints(steps))]
+
+
+@register_lowering("reverse")
+def _lower_reverse(ctx, node, xs):
+    axes = node.attrs["axes"]
+    if not axes:
+        return [xs[0]]
+    n = len(axes)
+    return [ctx.kernel("Slice", xs[0], ctx.ints([-1] * n), ctx.ints([_INT64_MIN] * n), ctx.ints(axes),
+                       ctx.ints([-1] * n))]
+
+
+@register_lowering("concat")
+def _lower_concat(ctx, node, xs):
+    return [ctx.kernel("Concat", *xs, axis=node.attrs["axis"])]
+
+
+@register_lowering("pad")
+def _lower_pad(ctx, node, xs):
+    (x,) = xs
+    pads = node.attrs["pads"]
+    mode = node.attrs["mode"]
+    cdt = ctx.compute_dtype(x.dtype, "Pad")
+    value = None
+    if mode == "constant":
+        value = ctx.const(np.asarray(node.attrs["value"]).astype(x.dtype.numpy).astype(cdt.numpy))
+    out = ctx.op("Pad", ctx.cast(x, cdt), ctx.ints([p[0] for p in pads] + [p[1] for p in pads]), value, mode=mode)
+    return [ctx.cast(out, x.dtype)]
+
+
+def _index(ctx: LoweringContext, idx: OnnxValue) -> OnnxValue:
+    return idx if idx.dtype in (DType.i32, DType.i64) else ctx.cast(idx, DType.i64)
+
+
+@register_lowering("gather")
+def _lower_gather(ctx, node, xs):
+    return [ctx.kernel("Gather", xs[0], _index(ctx, xs[1]), axis=node.attrs["axis"])]
+
+
+@register_lowering("take_along_axis")
+def _lower_take_along_axis(ctx, node, xs):
+    x_t, i_t = node.inputs[0].type, node.inputs[1].type
+    ax = node.attrs["axis"] % x_t.rank
+    x = xs[0]
+    if any(x_t.shape[i] != i_t.shape[i] for i in range(x_t.rank) if i != ax):
+        # the IR broadcasts x over the non-axis dims of the indices; GatherElements does not
+        x = ctx.kernel("Expand", x, ctx.dims([1 if i == ax else d for i, d in enumerate(i_t.shape)]))
+    return [ctx.kernel("GatherElements", x, _index(ctx, xs[1]), axis=ax)]
+
+
+@register_lowering("gather_nd")
+def _lower_gather_nd(ctx, node, xs):
+    return [ctx.kernel("GatherND", xs[0], ctx.cast(xs[1], DType.i64), batch_dims=node.attrs["batch_dims"])]
+
+
+_SCATTER_REDUCE_DTYPES = (DType.f32, DType.f64, DType.i32, DType.i64)
+
+
+def _scatter(ctx: LoweringContext, op_type: str, x: OnnxValue, idx: OnnxValue, upd: OnnxValue, reduction: str,
+             **attrs: Any) -> OnnxValue:
+    """ONNX Runtime registers its scatter kernels for every dtype but implements the reductions for
+    f32, f64, i32 and i64 only: compute a reduction in the nearest of those."""
+    compute = None
+    if reduction != "none":
+        compute = next((d for d in (x.dtype,) + _WIDER[x.dtype] if d in _SCATTER_REDUCE_DTYPES), None)
+        if compute is None:
+            raise ctx.error(f"onnxruntime has no {op_type} reduction {reduction!r} for {x.dtype}")
+    return ctx.kernel(op_type, x, idx, upd, compute=compute, reduction=None if reduction == "none" else reduction,
+                      **attrs)
+
+
+@register_lowering("scatter_elements")
+def _lower_scatter_elements(ctx, node, xs):
+    x, idx, upd = xs
+    return [_scatter(ctx, "ScatterElements", x, _index(ctx, idx), upd, node.attrs["reduction"],
+                     axis=node.attrs["axis"])]
+
+
+@register_lowering("scatter_nd")
+def _lower_scatter_nd(ctx, node, xs):
+    x, idx, upd = xs
+    k = node.inputs[1].shape[-1]
+    idx = ctx.cast(idx, DType.i64)
+    # ScatterND takes no negative indices; count them from the end as the IR does
+    sizes = ctx.op("Shape", x, dtype=DType.i64, start=0, end=k)
+    neg = ctx.op("Less", idx, ctx.const(np.asarray(0, np.int64)), dtype=DType.bool)
+    idx = ctx.op("Where", neg, ctx.op("Add", idx, sizes), idx)
+    return [_scatter(ctx, "ScatterND", x, idx, upd, node.attrs["reduction"])]
+
+
+def _clamped_starts(ctx: LoweringContext, x: OnnxValue, starts: Sequence[OnnxValue],
+                    sizes: OnnxValue) -> OnnxValue:
+    """The run-time start indices, clamped to [0, dim - size] as lax does."""
+    st = ctx.op("Concat", *[ctx.op("Reshape", ctx.cast(s, DType.i64), ctx.ints([1])) for s in starts], axis=0)
+    hi = ctx.op("Sub", ctx.op("Shape", x, dtype=DType.i64), sizes)
+    return ctx.op("Min", ctx.op("Max", st, ctx.ints([0])), hi)
+
+
+@register_lowering("dynamic_slice")
+def _lower_dynamic_slice(ctx, node, xs):
+    x = xs[0]
+    sizes = ctx.dims(node.attrs["sizes"])
+    st = _clamped_starts(ctx, x, xs[1:], sizes)
+    return [ctx.kernel("Slice", x, st, ctx.op("Add", st, sizes))]
+
+
+@register_lowering("dynamic_update_slice")
+def _lower_dynamic_update_slice(ctx, node, xs):
+    """Pad the update (and a mask of it) out to x's shape at the start, then select."""
+    x, upd = xs[:2]
+    sizes = ctx.op("Shape", upd, dtype=DType.i64)
+    st = _clamped_starts(ctx, x, xs[2:], sizes)
+    after = ctx.op("Sub", ctx.op("Shape", x, dtype=DType.i64), ctx.op("Add", st, sizes))
+    pads = ctx.op("Concat", st, after, axis=0)
+    mask = ctx.op("Expand", ctx.const(np.asarray(True)), sizes)
+    mask = ctx.op("Pad", mask, pads, ctx.const(np.asarray(False)))
+    cdt = ctx.compute_dtype(upd.dtype, "Pad")
+    padded = ctx.cast(ctx.op("Pad", ctx.cast(upd, cdt), pads), upd.dtype)
+    return [ctx.kernel("Where", mask, padded, x, main=1)]
+
+
+@register_lowering("iota")
+def _lower_iota(ctx, node, xs):
+    shape = node.attrs["shape"]
+    ax = node.attrs["axis"] % len(shape)
+    dt: DType = node.attrs["dtype"]
+    r = ctx.op("Range", ctx.const(np.asarray(0, np.int64)), ctx.scalar_dim(shape[ax]),
+               ctx.const(np.asarray(1, np.int64)))
+    r = ctx.cast(r, dt)
+    if len(shape) > 1:
+        r = ctx.op("Reshape", r, ctx.ints([-1 if i == ax else 1 for i in range(len(shape))]))
+        r = ctx.kernel("Expand", r, ctx.dims(shape))
+    return [r]
+
+
+# ----- composites -----------------------------------------------------------------------
+
+def _decompose(ctx: LoweringContext, node: Node, xs: list[OnnxValue]) -> list[OnnxValue]:
+    """Lower a composite through its decomposition into core ops."""
+    opdef = registry.get(node.op)
+    scratch = Graph(f"{node.op}_decomposition")
+    ins = [scratch.add_input(v.type, v.name) for v in node.inputs]
+    outs = opdef.decompose(scratch.builder(meta=node.meta), ins, dict(node.attrs))
+    scratch.set_outputs(outs)
+    ctx.composites.append(node)
+    try:
+        return ctx.emit_graph(scratch, xs)
+    finally:
+        ctx.composites.pop()
+
+
+def _gelu(ctx: LoweringContext, x: OnnxValue, approximate: str, bias: OnnxValue | None = None) -> OnnxValue:
+    fused = "FastGelu" if approximate == "tanh" else ("BiasGelu" if bias is not None else "Gelu")
+    if ctx.target == "onnxruntime" and ctx.has_kernel(x.dtype, fused, domain=MS_DOMAIN):
+        return ctx.kernel(fused, x, bias, domain=MS_DOMAIN)
+    if bias is not None:
+        x = ctx.kernel("Add", x, bias)
+    if ctx.opset >= 20 and ctx.has_kernel(x.dtype, "Gelu"):
+        return ctx.kernel("Gelu", x, approximate=approximate)
+    return _decomposed_activation(ctx, x, "gelu", approximate=approximate)
+
+
+def _decomposed_activation(ctx: LoweringContext, x: OnnxValue, op: str, **attrs: Any) -> OnnxValue:
+    scratch = Graph(f"{op}_decomposition")
+    inp = scratch.add_input(TensorType(x.dtype, ()), None)
+    b = scratch.builder(meta=ctx.node.meta if ctx.node else None)
+    scratch.set_outputs(registry.get(op).decompose(b, [inp], registry.normalize_attrs(op, attrs)))
+    ctx.composites.append(ctx.node)
+    try:
+        return ctx.emit_graph(scratch, [x])[0]
+    finally:
+        ctx.composites.pop()
+
+
+def _silu(ctx: LoweringContext, x: OnnxValue) -> OnnxValue:
+    if ctx.target == "onnxruntime" and ctx.has_kernel(x.dtype, "QuickGelu", domain=MS_DOMAIN):
+        return ctx.kernel("QuickGelu", x, domain=MS_DOMAIN, alpha=1.0)
+    return _in_compute(ctx, [x], ("Sigmoid", "Mul"), lambda v: ctx.op("Mul", v[0], ctx.op("Sigmoid", v[0])))
+
+
+def _activation(ctx: LoweringContext, x: OnnxValue, act: str) -> OnnxValue:
+    if act == "none":
+        return x
+    if act in ("relu", "sigmoid", "tanh"):
+        return ctx.kernel(act.capitalize(), x)
+    if act == "silu":
+        return _silu(ctx, x)
+    return _gelu(ctx, x, "tanh" if act == "gelu_tanh" else "none")
+
+
+@register_lowering("gelu")
+def _lower_gelu(ctx, node, xs):
+    return [_gelu(ctx, xs[0], node.attrs["approximate"])]
+
+
+@register_lowering("silu")
+def _lower_silu(ctx, node, xs):
+    return [_silu(ctx, xs[0])]
+
+
+@register_lowering("softmax", "log_softmax")
+def _lower_softmax(ctx, node, xs):
+    return [ctx.kernel("Softmax" if node.op == "softmax" else "LogSoftmax", xs[0], axis=node.attrs["axis"])]
+
+
+def _norm_params(ctx: LoweringContext, node: Node, xs: list[OnnxValue], first: int, count: int
+                 ) -> list[OnnxValue | None]:
+    """Scale (ones when absent) and the optional bias of a norm node, in the normalised shape."""
+    x_t = node.inputs[0].type
+    axis = node.attrs["axis"] % x_t.rank
+    norm_shape = x_t.shape[axis:]
+    out: list[OnnxValue | None] = []
+    for k in range(count):
+        i = first + k
+        if i >= len(xs):
+            out.append(ctx.kernel("Expand", ctx.const(1, x_t.dtype), ctx.dims(norm_shape)) if k == 0 else None)
+            continue
+        p, p_t = xs[i], node.inputs[i].type
+        if p_t.shape != tuple(norm_shape):
+            p = ctx.kernel("Expand", p, ctx.dims(norm_shape))
+        out.append(p)
+    return out
+
+
+def _layer_norm(ctx: LoweringContext, node: Node, x: OnnxValue, params: list[OnnxValue | None]) -> OnnxValue:
+    return ctx.kernel("LayerNormalization", x, *params, axis=node.attrs["axis"], epsilon=node.attrs["epsilon"])
+
+
+def _rms_norm(ctx: LoweringContext, node: Node, x: OnnxValue, scale: OnnxValue) -> OnnxValue | None:
+    attrs = {"axis": node.attrs["axis"], "epsilon": node.attrs["epsilon"]}
+    if ctx.target == "onnxruntime" and ctx.has_kernel(x.dtype, "SimplifiedLayerNormalization"):
+        return ctx.kernel("SimplifiedLayerNormalization", x, scale, **attrs)
+    if ctx.opset >= 23 and ctx.has_kernel(x.dtype, "RMSNormalization"):
+        return ctx.kernel("RMSNormalization", x, scale, **attrs)
+    return None
+
+
+@register_lowering("layer_norm")
+def _lower_layer_norm(ctx, node, xs):
+    return [_layer_norm(ctx, node, xs[0], _norm_params(ctx, node, xs, 1, 2))]
+
+
+@register_lowering("rms_norm")
+def _lower_rms_norm(ctx, node, xs):
+    out = _rms_norm(ctx, node, xs[0], _norm_params(ctx, node, xs, 1, 1)[0])
+    return [out] if out is not None else _decompose(ctx, node, xs)
+
+
+def _skip_fusable(node: Node, n_params: int) -> bool:
+    """ONNX Runtime's skip norms take [B, S, H] or [T, H] input, a skip of the input's shape (or
+    [1, S, H] / [S, H]), 1-D params, and normalise the last dim."""
+    x, skip = node.inputs[0].type, node.inputs[1].type
+    if x.rank not in (2, 3) or node.attrs["axis"] % x.rank != x.rank - 1 or x.dtype not in (DType.f32, DType.f16):
+        return False
+    if skip.shape != x.shape and skip.shape not in (x.shape[-2:], (1,) + x.shape[-2:]):
+        return False
+    params = node.inputs[2:]
+    return len(params) >= n_params and all(p.rank == 1 and p.shape[0] == x.shape[-1] for p in params)
+
+
+_SKIP_RESULTS = (SAME, None, None, SAME)  # output, (mean, inv_std_var omitted), input + skip
+
+
+@register_lowering("skip_layer_norm")
+def _lower_skip_layer_norm(ctx, node, xs):
+    if ctx.target == "onnxruntime" and _skip_fusable(node, 1):
+        y, _, _, s = ctx.kernel("SkipLayerNormalization", *xs, results=_SKIP_RESULTS, domain=MS_DOMAIN,
+                                epsilon=node.attrs["epsilon"])
+        return [y, s]
+    s = ctx.kernel("Add", xs[0], xs[1])
+    return [_layer_norm(ctx, node, s, _norm_params(ctx, node, [s] + xs[2:], 1, 2)), s]
+
+
+@register_lowering("skip_rms_norm")
+def _lower_skip_rms_norm(ctx, node, xs):
+    if ctx.target == "onnxruntime" and _skip_fusable(node, 1):
+        y, _, _, s = ctx.kernel("SkipSimplifiedLayerNormalization", *xs, results=_SKIP_RESULTS, domain=MS_DOMAIN,
+                                epsilon=node.attrs["epsilon"])
+        return [y, s]
+    s = ctx.kernel("Add", xs[0], xs[1])
+    y = _rms_norm(ctx, node, s, _norm_params(ctx, node, [s] + xs[2:], 1, 1)[0])
+    return [y, s] if y is not None else _decompose(ctx, node, xs)
+
+
+@register_lowering("batch_norm")
+def _lower_batch_norm(ctx, node, xs):
+    # x, scale / bias and mean / var are three type variables: compute all in one dtype
+    return [_in_compute(ctx, xs, ("BatchNormalization",),
+                        lambda v: ctx.op("BatchNormalization", *v, epsilon=node.attrs["epsilon"]))]
+
+
+@register_lowering("attention")
+def _lower_attention(ctx, node, xs):
+    q, k, v = (x.type for x in node.inputs[:3])
+    mask = node.inputs[3].type if len(node.inputs) == 4 else None
+    fits = (ctx.opset >= 23 and q.rank == 4 and q.shape[:2] == k.shape[:2] == v.shape[:2]
+            and (mask is None or mask.rank <= 4) and ctx.has_kernel(q.dtype, "Attention"))
+    if not fits:
+        return _decompose(ctx, node, xs)
+    cdt = ctx.compute_dtype(q.dtype, "Attention")
+    ins = [ctx.cast(x, cdt) for x in xs[:3]] + [ctx.cast(m, cdt) if m.dtype == q.dtype else m for m in xs[3:]]
+    out = ctx.op("Attention", *ins, dtype=cdt, scale=node.attrs["scale"],
+                 is_causal=1 if node.attrs["causal"] else None)
+    return [ctx.cast(out, q.dtype)]
+
+
+@register_lowering("linear")
+def _lower_linear(ctx, node, xs):
+    act = node.attrs["activation"]
+    dt = xs[0].dtype
+    y = ctx.kernel("MatMul", xs[0], xs[1])
+    bias = xs[2] if len(xs) == 3 else None
+    bias_1d = bias is not None and node.inputs[2].type.rank == 1 and node.inputs[2].type.shape[0] == \
+        node.inputs[1].type.shape[1]
+    if ctx.target == "onnxruntime" and act in ("gelu", "gelu_tanh") and bias_1d and dt.is_float:
+        return [_gelu(ctx, y, "tanh" if act == "gelu_tanh" else "none", bias)]
+    if bias is not None:
+        y = ctx.kernel("Add", y, bias)
+    return [_activation(ctx, y, act)]
+
+
+# ----- regions --------------------------------------------------------------------------
+
+@register_lowering("fusion")
+def _lower_fusion(ctx, node, xs):
+    return ctx.emit_graph(node.regions[0], xs)
+
+
+def _branch(ctx: LoweringContext, node: Node, region: Graph, operands: list[OnnxValue], k: int) -> onnx.GraphProto:
+    """An If branch: no inputs of its own, it reads the operands by outer scope."""
+    return ctx.subgraph(f"{node.op}_branch{k}", [], lambda sub, _: sub.emit_graph(region, operands),
+                        [v.type for v in node.outputs])
+
+
+@register_lowering("cond")
+def _lower_cond(ctx, node, xs):
+    index, operands = xs[0], xs[1:]
+    regions = node.regions
+    n_out = len(node.outputs)
+    types = [v.dtype for v in node.outputs]
+    if index.dtype is DType.bool:
+        outs = ctx.op("If", index, out_dtypes=types, then_branch=_branch(ctx, node, regions[1],
+                      operands, 1), else_branch=_branch(ctx, node, regions[0], operands, 0))
+        return list(outs)
+    if len(regions) == 1:
+        return ctx.emit_graph(regions[0], operands)
+
+    # the index is clamped: index <= 0 picks branch 0, ..., anything past the end the last branch
+    def chain(c: LoweringContext, k: int) -> list[OnnxValue]:
+        if k == len(regions) - 1:
+            return c.emit_graph(regions[k], operands)
+        pred = c.op("LessOrEqual", index, c.const(k, index.dtype), dtype=DType.bool)
+        then_g = c.subgraph(f"cond_branch{k}", [], lambda s, _: s.emit_graph(regions[k], operands),
+                            [v.type for v in node.outputs])
+        else_g = c.subgraph(f"cond_else{k}", [], lambda s, _: chain(s, k + 1), [v.type for v in node.outputs])
+        res = c.op("If", pred, out_dtypes=types, then_branch=then_g, else_branch=else_g)
+        return list(res)
+
+    if index.dtype not in supported_dtypes("LessOrEqual", "", ctx.opset):
+        index = ctx.cast(index, DType.i64)
+    return chain(ctx, 0)
+
+
+@register_lowering("while_loop")
+def _lower_while_loop(ctx, node, xs):
+    """Loop: the condition runs on the initial state outside and on each new state inside the body."""
+    cond_g, body_g = node.regions
+    types = [v.type for v in node.inputs]
+    first = ctx.emit_graph(cond_g, xs)[0]
+
+    def body(sub, ins):
+        state = sub.emit_graph(body_g, ins[2:])
+        return [sub.emit_graph(cond_g, state)[0]] + state
+
+    g = ctx.subgraph("while_body", [TensorType(DType.i64, ()), TensorType(DType.bool, ())] + types, body,
+                     [TensorType(DType.bool, ())] + types)
+    outs = ctx.op("Loop", _NONE, first, *xs, out_dtypes=[t.dtype for t in types], body=g)
+    return list(outs)
+
+
+@register_lowering("scan")
+def _lower_scan(ctx, node, xs):
+    """Loop over ``length`` steps: consts are read by outer scope, x[i] is gathered per step and
+    the ys come back stacked (flipped afterwards for a reverse scan)."""
+    nc, nk, length = node.attrs["num_consts"], node.attrs["num_carry"], node.attrs["length"]
+    reverse = node.attrs["reverse"]
+    body_g = node.regions[0]
+    consts, carry, seqs = xs[:nc], xs[nc:nc + nk], xs[nc + nk:]
+    carry_t = [v.type for v in node.inputs[nc:nc + nk]]
+    y_t = [v.type for v in body_g.outputs[nk:]]
+
+    def body(sub, ins):
+        i = sub.op("Reshape", ins[0], sub.ints([]))  # the iteration count may come as [1]
+        if reverse:
+            i = sub.op("Sub", sub.const(np.asarray(length - 1, np.int64)), i)
+        slices = [sub.op("Gather", x, i, axis=0) for x in seqs]
+        outs = sub.emit_graph(body_g, list(consts) + list(ins[2:]) + slices)
+        return [sub.op("Identity", ins[1])] + outs
+
+    g = ctx.subgraph("scan_body", [TensorType(DType.i64, ()), TensorType(DType.bool, ())] + carry_t, body,
+                     [TensorType(DType.bool, ())] + carry_t + y_t)
+    outs = ctx.op("Loop", ctx.const(np.asarray(length, np.int64)), _NONE, *carry,
+                  out_dtypes=[t.dtype for t in carry_t + y_t], body=g)
+    outs = list(outs)
+    if reverse:
+        outs = outs[:nk] + [ctx.op("Slice", y, ctx.ints([-1]), ctx.ints([_INT64_MIN]), ctx.ints([0]), ctx.ints([-1]))
+                            for y in outs[nk:]]
+    return outs
+
+
+# The runner lives in its own module; it is re-exported here because callers reach for it beside to_onnx.
+from .onnxruntime import OnnxRuntimeModule  # noqa: E402

@@ -1,0 +1,205 @@
+"""Run an ONNX model (``to_onnx``'s output or a file) with ONNX Runtime.
+
+``OnnxRuntimeModule(model, device="cpu" | "cuda", session_options=None)`` wraps an
+``InferenceSession`` on the execution provider for the device.  Calling it with
+arrays in graph input order returns the outputs as a list: numpy arrays for numpy
+inputs, torch tensors for torch inputs.  On "cuda" it binds torch CUDA tensors to
+the session directly (IO binding), so inputs and outputs stay on the device.  A
+missing provider is a ``LoweringError`` that says how to install it, never a silent
+fall back to the CPU.  bf16 (which numpy lacks) goes in and out as ml_dtypes arrays.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import tempfile
+from typing import Any, Sequence
+
+import ml_dtypes
+import numpy as np
+import onnx
+
+from accelir import dims as D
+from accelir.errors import LoweringError
+from accelir.interpreter import to_numpy
+
+from .onnx import EXTERNAL_DATA_THRESHOLD, save_onnx
+
+__all__ = ["OnnxRuntimeModule", "PROVIDERS"]
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+_NP_OF_ONNX = {onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.BFLOAT16: _BF16,
+               onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+               onnx.TensorProto.INT8: np.int8, onnx.TensorProto.INT16: np.int16, onnx.TensorProto.INT32: np.int32,
+               onnx.TensorProto.INT64: np.int64, onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_}
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise LoweringError("onnxruntime is not installed: pip install 'accelir[onnx]' (CPU) or "
+                            "'accelir[gpu]' (CUDA)") from None
+    return onnxruntime
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+class OnnxRuntimeModule:
+    """An ONNX model ready to run on ONNX Runtime; call it with arrays in graph input order."""
+
+    def __init__(self, model: onnx.ModelProto | str | os.PathLike, device: str = "cpu",
+                 session_options: Any = None):
+        ort = _import_ort()
+        self._ort = ort
+        if device not in PROVIDERS:
+            raise LoweringError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+        provider = PROVIDERS[device]
+        if provider not in ort.get_available_providers():
+            raise LoweringError(
+                f"device {device!r} needs onnxruntime's {provider}, which this onnxruntime "
+                f"({ort.__version__}, providers: {', '.join(ort.get_available_providers())}) lacks; "
+                "install the GPU build with: pip uninstall onnxruntime && pip install 'accelir[gpu]'")
+        self.device = device
+        if session_options is None:
+            session_options = ort.SessionOptions()
+            session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = [provider] if device == "cpu" else [provider, PROVIDERS["cpu"]]
+        self.session = self._open(model, session_options, providers)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._output_shapes = [o.shape for o in self.session.get_outputs()]
+        self._input_shapes = [i.shape for i in self.session.get_inputs()]
+        self._output_types = [self._elem_type(t) for t in self.session.get_outputs()]
+
+    def _open(self, model, options, providers):
+        ort = self._ort
+        if not isinstance(model, onnx.ModelProto):
+            return ort.InferenceSession(os.fspath(model), options, providers=providers)
+        size = sum(len(t.raw_data) for t in model.graph.initializer)
+        if size < EXTERNAL_DATA_THRESHOLD:
+            return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        # over protobuf's 2 GB limit: go through a file with external data
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model.onnx")
+            save_onnx(model, path, external_data=True)
+            return ort.InferenceSession(path, options, providers=providers)
+
+    @staticmethod
+    def _elem_type(arg) -> np.dtype:
+        name = arg.type  # e.g. "tensor(float)"
+        table = {"tensor(float16)": np.float16, "tensor(bfloat16)": _BF16, "tensor(float)": np.float32,
+                 "tensor(double)": np.float64, "tensor(int8)": np.int8, "tensor(int16)": np.int16,
+                 "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(uint8)": np.uint8,
+                 "tensor(bool)": np.bool_}
+        return np.dtype(table.get(name, np.float32))
+
+    def __call__(self, *inputs: Any) -> list:
+        if len(inputs) != len(self.input_names):
+            raise LoweringError(f"the model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
+                                f"got {len(inputs)}")
+        as_torch = bool(inputs) and all(_is_torch(x) for x in inputs)
+        if self.device == "cuda" and as_torch:
+            return self._run_cuda(inputs)
+        binding = self.session.io_binding()
+        for name, x in zip(self.input_names, inputs):
+            binding.bind_ortvalue_input(name, self._to_ortvalue(to_numpy(x)))
+        for name in self.output_names:
+            binding.bind_output(name)
+        self.session.run_with_iobinding(binding)
+        outs = [self._from_ortvalue(v) for v in binding.get_outputs()]
+        if as_torch:
+            import torch
+            return [_torch_from_numpy(torch, o) for o in outs]
+        return outs
+
+    def _to_ortvalue(self, a: np.ndarray):
+        OrtValue = self._ort.OrtValue
+        a = np.ascontiguousarray(a) if a.ndim else np.asarray(a).copy()
+        if a.dtype == _BF16:
+            return OrtValue.ortvalue_from_numpy_with_onnx_type(a.view(np.uint16), onnx.TensorProto.BFLOAT16)
+        return OrtValue.ortvalue_from_numpy(a)
+
+    @staticmethod
+    def _from_ortvalue(v) -> np.ndarray:
+        if v.data_type() != "tensor(bfloat16)":
+            return v.numpy()
+        shape = tuple(v.shape())
+        n = int(np.prod(shape, dtype=np.int64))
+        if n == 0:
+            return np.zeros(shape, _BF16)
+        buf = (ctypes.c_uint16 * n).from_address(v.data_ptr())
+        return np.frombuffer(buf, dtype=np.uint16).copy().view(_BF16).reshape(shape)
+
+    def _output_shapes_for(self, inputs: Sequence[Any]) -> list[tuple[int, ...]] | None:
+        """Output shapes from the declared dim expressions and the input shapes, where they resolve."""
+        bindings: dict[str, int] = {}
+        for shape, x in zip(self._input_shapes, inputs):
+            for d, n in zip(shape, x.shape):
+                if isinstance(d, str) and d.isidentifier():
+                    bindings[d] = int(n)
+        out = []
+        for shape in self._output_shapes:
+            try:
+                out.append(tuple(d if isinstance(d, int) else D.evaluate(d, bindings) for d in shape))
+            except (KeyError, ValueError, SyntaxError, TypeError):
+                return None
+        return out
+
+    def _run_cuda(self, inputs: Sequence[Any]) -> list:
+        import torch
+        binding = self.session.io_binding()
+        keep = []
+        for name, x in zip(self.input_names, inputs):
+            x = x.contiguous()
+            if x.device.type != "cuda":
+                x = x.cuda()
+            keep.append(x)
+            binding.bind_input(name, "cuda", x.device.index or 0, _onnx_elem(x.dtype), list(x.shape), x.data_ptr())
+        shapes = self._output_shapes_for(keep)
+        dev = keep[0].device if keep else torch.device("cuda")
+        outs = []
+        if shapes is not None:
+            for name, shape, dt in zip(self.output_names, shapes, self._output_types):
+                t = torch.empty(shape, dtype=_torch_dtype(torch, dt), device=dev)
+                outs.append(t)
+                binding.bind_output(name, "cuda", dev.index or 0, _onnx_elem(t.dtype), list(shape), t.data_ptr())
+            self.session.run_with_iobinding(binding)
+            return outs
+        for name in self.output_names:
+            binding.bind_output(name, "cuda", dev.index or 0)
+        self.session.run_with_iobinding(binding)
+        # shapes that depend on values: ONNX Runtime allocated them; bring them over via DLPack where
+        # this onnxruntime build offers it, else through the host
+        results = []
+        for v in binding.get_outputs():
+            if hasattr(v, "to_dlpack"):
+                results.append(torch.from_dlpack(v.to_dlpack()))
+            else:
+                results.append(_torch_from_numpy(torch, self._from_ortvalue(v)).to(dev))
+        return results
+
+
+def _torch_dtype(torch, dt: np.dtype):
+    if dt == _BF16:
+        return torch.bfloat16
+    return torch.from_numpy(np.zeros(0, dt)).dtype
+
+
+def _onnx_elem(torch_dtype) -> Any:
+    """The numpy element type ONNX Runtime's bind_input / bind_output expect for a torch dtype."""
+    import torch
+    if torch_dtype == torch.bfloat16:
+        return _BF16
+    return torch.empty(0, dtype=torch_dtype).numpy().dtype.type
+
+
+def _torch_from_numpy(torch, a: np.ndarray):
+    if a.dtype == _BF16:
+        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(a))

@@ -1,0 +1,360 @@
+"""ONNX lowering: every op against the interpreter on ONNX Runtime, for every dtype it takes.
+
+Each case builds a one-node graph, lowers it (``target="onnxruntime"`` for every
+dtype; ``target="standard"`` for f32, also run through the ONNX checker), runs it on
+the CPU execution provider and compares with ``accelir.interpret`` on the same
+random inputs (fixed seeds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+import accelir
+from accelir import DType, Graph, LoweringError, TensorType
+from accelir.lowering.onnx import ONNX_RULES, to_onnx
+from accelir.lowering.onnxruntime import OnnxRuntimeModule
+from accelir.ops import REGISTRY, TypeRuleError, infer_types, normalize_attrs
+from accelir.errors import VerificationError
+
+ALL_DTYPES = list(DType)
+
+# (op, dtype) pairs with no exact ONNX Runtime CPU kernel: the lowering must refuse them by name.
+KNOWN_GAPS = {
+    ("conv", DType.f64), ("fused_conv", DType.f64),
+    ("max_pool", DType.i16), ("max_pool", DType.i32), ("max_pool", DType.i64),
+    ("avg_pool", DType.f64),
+    *((op, DType.f64) for op in ("tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "erf",
+                                 "atan2")),
+}
+KNOWN_CASE_GAPS = {("gelu", DType.f64), ("linear-gelu", DType.f64)}  # erf, through the decomposition
+
+
+@dataclass
+class Arg:
+    shape: tuple
+    kind: str = "any"
+    dtype: DType | None = None  # fixed dtype; None: the case's dtype
+    high: int = 0  # index inputs: values in [-high, high)
+
+
+@dataclass
+class Case:
+    op: str
+    args: list[Arg]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    regions: tuple = ()
+    label: str = ""
+    dtypes: tuple | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.op}{'-' + self.label if self.label else ''}"
+
+
+def _gen(arg: Arg, dt: DType, rng: np.random.Generator) -> np.ndarray:
+    shape = arg.shape
+    if dt is DType.bool:
+        return np.asarray(rng.random(shape) < 0.5)
+    if arg.kind == "index":
+        return rng.integers(-arg.high, arg.high, shape).astype(dt.numpy)
+    if arg.kind == "pindex":
+        return rng.integers(0, arg.high, shape).astype(dt.numpy)
+    if dt.is_int:
+        lo, hi = {"any": (-20, 21), "pos": (1, 6), "small": (-3, 4), "divisor": (-5, 6), "unit": (-1, 2),
+                  "ge1": (1, 5), "exp": (-2, 4)}[arg.kind]
+        if not dt.is_signed:
+            lo = max(lo, 0)
+        return rng.integers(lo, hi, shape).astype(dt.numpy)
+    if arg.kind == "any":  # half-integers: exercises ties in compares, sorts and round half to even
+        x = np.round(rng.normal(size=shape) * 4) / 2 + rng.normal(size=shape) * (rng.random(shape) < 0.5)
+    elif arg.kind == "pos":
+        x = rng.uniform(0.5, 3.0, shape)
+    elif arg.kind in ("unit", "small"):
+        x = rng.uniform(-0.9, 0.9, shape)
+    elif arg.kind == "ge1":
+        x = rng.uniform(1.1, 3.0, shape)
+    elif arg.kind == "divisor":
+        x = rng.choice([-1, 1], shape) * rng.uniform(0.5, 2.0, shape)
+    elif arg.kind == "exp":
+        x = rng.uniform(-2, 2, shape)
+    else:
+        raise ValueError(arg.kind)
+    return x.astype(dt.numpy)
+
+
+def _x(*shape, kind="any"):
+    return Arg(shape, kind)
+
+
+def _idx(*shape, high, dtype=DType.i64, kind="index"):
+    return Arg(shape, kind, dtype, high)
+
+
+UNARY_KIND = {"log": "pos", "sqrt": "pos", "rsqrt": "pos", "reciprocal": "divisor", "log1p": "unit",
+              "asin": "unit", "acos": "unit", "atanh": "unit", "acosh": "ge1", "expm1": "exp", "exp": "exp",
+              "tan": "unit", "cosh": "exp", "sinh": "exp"}
+UNARY = ["neg", "abs", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "sin", "cos", "tan", "asin", "acos", "atan",
+         "sinh", "cosh", "asinh", "acosh", "atanh", "tanh", "sigmoid", "erf", "floor", "ceil", "round", "sign",
+         "reciprocal", "relu", "not", "isnan", "isinf", "gelu", "silu"]
+BINARY = ["add", "sub", "mul", "max", "min", "atan2", "and", "or", "xor", "eq", "ne", "lt", "le", "gt", "ge"]
+
+
+def _region(text: str, **constants: Any) -> Graph:
+    return accelir.parse(text, {k: np.asarray(v) for k, v in constants.items()})
+
+
+def _cases() -> list[Case]:
+    c: list[Case] = []
+    for op in UNARY:
+        c.append(Case(op, [_x(2, 3, 4, kind=UNARY_KIND.get(op, "any"))]))
+    c.append(Case("gelu", [_x(2, 3, 4)], {"approximate": "tanh"}, label="tanh"))
+    for op in BINARY:
+        c.append(Case(op, [_x(2, 3, 4), _x(3, 4)]))
+    c.append(Case("div", [_x(2, 3, 4), _x(2, 3, 4, kind="divisor")]))
+    c.append(Case("rem", [_x(2, 3, 4), _x(2, 3, 4, kind="divisor")]))
+    c.append(Case("pow", [_x(2, 3, 4, kind="pos"), _x(2, 3, 4, kind="exp")]))
+    c.append(Case("where", [Arg((2, 3, 4), "any", DType.bool), _x(2, 3, 4), _x(3, 4)]))
+    for to in ALL_DTYPES:
+        c.append(Case("cast", [_x(2, 3, 4)], {"dtype": to}, label=to.value))
+    for op in ("reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "reduce_prod", "reduce_any", "reduce_all"):
+        c.append(Case(op, [_x(2, 3, 4, kind="pos" if op == "reduce_prod" else "any")], {"axes": (1,)}))
+        c.append(Case(op, [_x(2, 3, 4, kind="pos" if op == "reduce_prod" else "any")],
+                      {"axes": (0, 2), "keepdims": True}, label="keep"))
+    for op in ("argmax", "argmin"):
+        c.append(Case(op, [_x(3, 5)], {"axis": 1}))
+        c.append(Case(op, [_x(3, 5, kind="small")], {"axis": 0, "keepdims": True, "select_last_index": True},
+                      label="last"))
+    c.append(Case("cumsum", [_x(3, 4)], {"axis": 1}))
+    c.append(Case("cumsum", [_x(3, 4)], {"axis": 0, "exclusive": True, "reverse": True}, label="excl-rev"))
+    c.append(Case("cumprod", [_x(3, 4, kind="small")], {"axis": -1}))
+    c.append(Case("cumprod", [_x(3, 4, kind="small")], {"axis": 1, "exclusive": True, "reverse": True},
+                  label="excl-rev"))
+    c.append(Case("cummax", [_x(3, 4)], {"axis": 0}))
+    c.append(Case("cummin", [_x(3, 4)], {"axis": 1, "reverse": True}, label="rev"))
+    c.append(Case("sort", [_x(3, 6, kind="small")], {"axis": -1}))
+    c.append(Case("sort", [_x(3, 6, kind="small")], {"axis": 0, "descending": True}, label="desc"))
+    c.append(Case("topk", [_x(3, 6, kind="small")], {"k": 2, "axis": 1}))
+    c.append(Case("topk", [_x(3, 6, kind="small")], {"k": 3, "axis": -1, "largest": False}, label="smallest"))
+    c.append(Case("matmul", [_x(2, 3, 4, kind="small"), _x(4, 5, kind="small")]))
+    c.append(Case("matmul", [_x(4, kind="small"), _x(2, 4, 3, kind="small")], label="vec"))
+    c.append(Case("dot_general", [_x(2, 3, 4, kind="small"), _x(2, 4, 5, kind="small")],
+                  {"lhs_contracting": (2,), "rhs_contracting": (1,), "lhs_batch": (0,), "rhs_batch": (0,)}))
+    conv = {"stride": (2, 1), "padding": ((1, 0), (1, 1)), "dilation": (1, 2), "groups": 2}
+    c.append(Case("conv", [_x(1, 4, 6, 7), _x(6, 2, 3, 3), _x(6)], conv))
+    c.append(Case("conv", [_x(1, 2, 5), _x(3, 2, 3)], {"lhs_dilation": (2,), "padding": ((2, 2),)}, label="lhs"))
+    for act in ("none", "relu", "sigmoid", "tanh", "gelu", "silu"):
+        c.append(Case("fused_conv", [_x(1, 4, 6, 7), _x(6, 2, 3, 3), _x(6)], {**conv, "activation": act},
+                      label=act))
+    pool = {"kernel": (3, 3), "stride": (2, 2), "padding": ((1, 1), (0, 1))}
+    c.append(Case("max_pool", [_x(1, 2, 6, 7)], pool))
+    c.append(Case("max_pool", [_x(1, 2, 6, 7)], {**pool, "ceil_mode": True, "dilation": (1, 2)}, label="ceil"))
+    c.append(Case("avg_pool", [_x(1, 2, 6, 7)], pool))
+    c.append(Case("avg_pool", [_x(1, 2, 6, 7)], {**pool, "count_include_pad": False, "ceil_mode": True},
+                  label="ceil"))
+    c.append(Case("reshape", [_x(2, 3, 4)], {"shape": (6, 4)}))
+    c.append(Case("reshape", [_x(2, 0, 4)], {"shape": (0, 4, 5)}, label="zero"))
+    c.append(Case("transpose", [_x(2, 3, 4)], {"perm": (2, 0, 1)}))
+    c.append(Case("broadcast_to", [_x(3, 1)], {"shape": (2, 3, 4)}))
+    c.append(Case("squeeze", [_x(2, 1, 3)], {"axes": (1,)}))
+    c.append(Case("unsqueeze", [_x(2, 3)], {"axes": (0, -1)}))
+    c.append(Case("slice", [_x(4, 5)], {"starts": (0, 1), "stops": (2, 5), "steps": (1, 2), "axes": (0, 1)}))
+    c.append(Case("reverse", [_x(2, 3, 4)], {"axes": (0, 2)}))
+    c.append(Case("concat", [_x(2, 1), _x(2, 3), _x(2, 2)], {"axis": 1}))
+    c.append(Case("pad", [_x(3, 4)], {"pads": ((1, 2), (0, 1)), "value": 1.5}))
+    c.append(Case("pad", [_x(3, 4)], {"pads": ((1, 2), (2, 1)), "mode": "reflect"}, label="reflect"))
+    c.append(Case("pad", [_x(3, 4)], {"pads": ((1, 0), (2, 3)), "mode": "edge"}, label="edge"))
+    c.append(Case("gather", [_x(5, 3), _idx(2, 2, high=5)], {"axis": 0}))
+    c.append(Case("gather", [_x(5, 3), _idx(4, high=3, dtype=DType.u8, kind="pindex")], {"axis": 1}, label="u8"))
+    c.append(Case("take_along_axis", [_x(3, 4), _idx(3, 2, high=4)], {"axis": 1}))
+    c.append(Case("take_along_axis", [_x(1, 4), _idx(3, 2, high=4, dtype=DType.i32)], {"axis": 1}, label="bcast"))
+    c.append(Case("gather_nd", [_x(2, 3, 4), _idx(5, 2, high=2)]))
+    c.append(Case("gather_nd", [_x(2, 3, 4), _idx(2, 1, high=3, dtype=DType.i32)], {"batch_dims": 1},
+                  label="batch"))
+    scatter_idx = Arg((3, 2), "const", DType.i64)
+    for red in ("none", "add", "mul", "max", "min"):
+        c.append(Case("scatter_elements", [_x(3, 4), scatter_idx, _x(3, 2)], {"axis": 1, "reduction": red},
+                      label=red))
+        c.append(Case("scatter_nd", [_x(4, 3), Arg((2, 1), "const2", DType.i64), _x(2, 3)], {"reduction": red},
+                      label=red))
+    c.append(Case("dynamic_slice", [_x(5, 6), Arg((), "const-start1", DType.i32),
+                                    Arg((), "const-start2", DType.i64)], {"sizes": (2, 3)}))
+    c.append(Case("dynamic_update_slice", [_x(5, 6), _x(2, 3), Arg((), "const-start2", DType.i32),
+                                           Arg((), "const-start3", DType.i32)]))
+    c.append(Case("iota", [], {"shape": (2, 3), "axis": 1, "dtype": DType.f32}, dtypes=(DType.f32,)))
+    for dt in ALL_DTYPES:
+        if dt is not DType.bool:
+            c.append(Case("iota", [], {"shape": (3, 2, 2), "axis": 0, "dtype": dt}, label=dt.value, dtypes=(dt,)))
+    c.append(Case("softmax", [_x(2, 3, 4)], {"axis": 1}))
+    c.append(Case("log_softmax", [_x(2, 3, 4)], {"axis": -1}))
+    c.append(Case("layer_norm", [_x(2, 3, 8), _x(8), _x(8)], {"epsilon": 1e-3}))
+    c.append(Case("layer_norm", [_x(2, 3, 8), _x(3, 8)], {"axis": -2}, label="axis"))
+    c.append(Case("layer_norm", [_x(2, 3, 8)], label="plain"))
+    c.append(Case("rms_norm", [_x(2, 3, 8), _x(8)]))
+    c.append(Case("rms_norm", [_x(2, 3, 8)], {"axis": 1}, label="plain"))
+    c.append(Case("skip_layer_norm", [_x(2, 3, 8), _x(2, 3, 8), _x(8), _x(8)]))
+    c.append(Case("skip_layer_norm", [_x(2, 3, 8), _x(3, 8), _x(8)], label="bcast"))
+    c.append(Case("skip_layer_norm", [_x(2, 2, 3, 8), _x(2, 2, 3, 8)], {"axis": -2}, label="generic"))
+    c.append(Case("skip_rms_norm", [_x(2, 3, 8), _x(2, 3, 8), _x(8)]))
+    c.append(Case("skip_rms_norm", [_x(4, 8), _x(4, 8)], label="plain"))
+    c.append(Case("batch_norm", [_x(2, 3, 4, 4), _x(3), _x(3), _x(3), _x(3, kind="pos")]))
+    qkv = [_x(2, 2, 5, 8, kind="small"), _x(2, 2, 6, 8, kind="small"), _x(2, 2, 6, 8, kind="small")]
+    c.append(Case("attention", qkv))
+    c.append(Case("attention", qkv[:1] * 3, {"causal": True, "scale": 0.3}, label="causal"))
+    c.append(Case("attention", qkv + [Arg((5, 6), "mask", DType.bool)], label="boolmask"))
+    c.append(Case("attention", qkv + [_x(2, 1, 5, 6, kind="small")], label="floatmask"))
+    c.append(Case("attention", [_x(3, 5, 8, kind="small"), _x(3, 6, 8, kind="small"), _x(3, 6, 4, kind="small")],
+                  label="rank3"))
+    for act in ("none", "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh"):
+        c.append(Case("linear", [_x(2, 3, 4, kind="small"), _x(4, 5, kind="small"), _x(5)], {"activation": act},
+                      label=act))
+    c.append(Case("linear", [_x(3, 4, kind="small"), _x(4, 5, kind="small")], label="nobias"))
+    c.extend(_region_cases())
+    return c
+
+
+def _region_cases() -> list[Case]:
+    fusion = _region("""graph body(%a: f32[2,3], %b: f32[3]) -> (f32[2,3], f32[2,3]) {
+      %0 = add(%a, %b) : f32[2,3]
+      %1 = exp(%0) : f32[2,3]
+      return %1, %a
+    }""")
+    branch = "graph b{k}(%x: f32[2,3], %y: f32[3]) -> (f32[2,3]) {{\n  %0 = {op}(%x, %y) : f32[2,3]\n  return %0\n}}"
+    b = [_region(branch.format(k=k, op=op)) for k, op in enumerate(("add", "mul", "sub"))]
+    passthrough = _region("graph p(%x: f32[2,3], %y: f32[3]) -> (f32[2,3]) {\n  return %x\n}")
+    cond = _region("""graph c(%i: i64[], %x: f32[3]) -> (bool[]) {
+      %0 = constant() {name="five"} : i64[]
+      %1 = lt(%i, %0) : bool[]
+      return %1
+    }""", five=np.int64(5))
+    body = _region("""graph w(%i: i64[], %x: f32[3]) -> (i64[], f32[3]) {
+      %0 = constant() {name="one"} : i64[]
+      %1 = add(%i, %0) : i64[]
+      %2 = mul(%x, %x) : f32[3]
+      %3 = sin(%2) : f32[3]
+      return %1, %3
+    }""", one=np.int64(1))
+    scan = _region("""graph s(%k: f32[3], %c: f32[3], %x: f32[3]) -> (f32[3], f32[3], f32[]) {
+      %0 = mul(%x, %k) : f32[3]
+      %1 = add(%c, %0) : f32[3]
+      %2 = reduce_sum(%1) {axes=[0]} : f32[]
+      return %1, %0, %2
+    }""")
+    f32 = (DType.f32,)
+    idx = [Arg((), "cond-index", DType.i32)]
+    return [
+        Case("fusion", [_x(2, 3), _x(3)], regions=(fusion,), dtypes=f32),
+        Case("cond", [Arg((), "any", DType.bool), _x(2, 3), _x(3)], regions=(b[0], b[1]), label="bool", dtypes=f32),
+        Case("cond", idx + [_x(2, 3), _x(3)], regions=tuple(b), label="index", dtypes=f32),
+        Case("cond", idx + [_x(2, 3), _x(3)], regions=(b[0], passthrough), label="passthrough", dtypes=f32),
+        Case("while_loop", [Arg((), "const-zero", DType.i64), _x(3, kind="unit")], regions=(cond, body),
+             dtypes=f32),
+        Case("scan", [_x(3), _x(3), _x(4, 3)], {"num_consts": 1, "num_carry": 1, "length": 4},
+             regions=(scan,), dtypes=f32),
+        Case("scan", [_x(3), _x(3), _x(4, 3)], {"num_consts": 1, "num_carry": 1, "length": 4, "reverse": True},
+             regions=(scan,), label="reverse", dtypes=f32),
+    ]
+
+
+CASES = _cases()
+_CONSTS = {"const": np.array([[0, 3], [1, 2], [3, 0]]), "const2": np.array([[1], [-1]]), "const-start1": 1,
+           "const-start2": 4, "const-start3": -1, "const-zero": 0}
+
+
+def _build(case: Case, dt: DType) -> Graph | None:
+    types = [TensorType(a.dtype or dt, a.shape) for a in case.args]
+    try:
+        attrs = normalize_attrs(case.op, case.attrs)
+        infer_types(case.op, types, attrs, regions=case.regions)
+    except (TypeRuleError, VerificationError):
+        return None
+    g = Graph("case")
+    ins = [g.add_input(t, f"x{i}") for i, t in enumerate(types)]
+    node = g.make(case.op, ins, case.attrs, regions=case.regions, meta={"source": "test_case.py:1"})
+    g.set_outputs(node.outputs)
+    return g
+
+
+def _inputs(case: Case, dt: DType, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for a in case.args:
+        d = a.dtype or dt
+        if a.kind in _CONSTS:
+            out.append(np.asarray(_CONSTS[a.kind], dtype=d.numpy))
+        elif a.kind == "mask":
+            m = rng.random(a.shape) < 0.7
+            m[..., 0] = True  # no fully masked row
+            out.append(m)
+        elif a.kind == "cond-index":
+            out.append(np.asarray(seed % 5 - 1, dtype=d.numpy))
+        else:
+            out.append(_gen(a, d, rng))
+    return out
+
+
+def run_onnx(model: onnx.ModelProto, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    return OnnxRuntimeModule(model)(*inputs)
+
+
+TOL = {DType.f16: 4e-3, DType.bf16: 2e-2, DType.f32: 2e-5, DType.f64: 1e-10}
+
+
+def assert_close(got: np.ndarray, want: np.ndarray, dt: DType, what: str = "") -> None:
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} vs {want.dtype}"
+    assert got.shape == want.shape, f"{what}: shape {got.shape} vs {want.shape}"
+    if dt in TOL and want.dtype.kind not in "biu":
+        tol = TOL[dt]
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=tol, atol=tol,
+                                   equal_nan=True, err_msg=what)
+    else:
+        np.testing.assert_array_equal(got, want, err_msg=what)
+
+
+def _case_params():
+    for case in CASES:
+        for dt in case.dtypes or ALL_DTYPES:
+            if _build(case, dt) is not None:
+                yield pytest.param(case, dt, id=f"{case.id}-{dt.value}")
+
+
+@pytest.mark.parametrize("case,dt", list(_case_params()))
+def test_op_matches_interpreter(case: Case, dt: DType) -> None:
+    g = _build(case, dt)
+    if (case.op, dt) in KNOWN_GAPS or (case.id, dt) in KNOWN_CASE_GAPS:
+        with pytest.raises(LoweringError, match=case.op):
+            to_onnx(g)
+        return
+    model = to_onnx(g)
+    for seed in (0, 1):
+        xs = _inputs(case, dt, seed)
+        want = accelir.interpret(g, *xs)
+        got = run_onnx(model, xs)
+        for k, (a, b) in enumerate(zip(got, want)):
+            assert_close(a, b, dt, f"{case.id} {dt} output {k} seed {seed}")
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if _build(c, DType.f32) is not None], ids=lambda c: c.id)
+def test_standard_target_is_valid_onnx(case: Case) -> None:
+    g = _build(case, DType.f32)
+    model = to_onnx(g, target="standard")
+    onnx.checker.check_model(model, full_check=True)
+    assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)
+    xs = _inputs(case, DType.f32, 3)
+    for a, b in zip(run_onnx(model, xs), accelir.interpret(g, *xs)):
+        assert_close(a, b, DType.f32, case.id)
+
+
+def test_every_op_has_a_rule() -> None:
+    missing = sorted(set(REGISTRY) - set(ONNX_RULES))
+    assert not missing, f"ops without an ONNX rule: {missing}"
+
+
+def test_every_op_has_a_numeric_case() -> None:
+    covered = {c.op for c in CASES} | {"constant"}
+    assert sorted(set(REGISTRY) - covered) == []
