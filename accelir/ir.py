@@ -318,12 +318,13 @@ class Node:
 
 
 def _remove_use(value: Value, node: Node, index: int) -> None:
-    uses = value._uses
-    for k in range(len(uses) - 1, -1, -1):
-        n, i = uses[k]
-        if n is node and i == index:
-            del uses[k]
-            return
+    # list.index compares in C (nodes by identity): a constant read by thousands of
+    # nodes loses its uses one by one during rewrites, and a Python-level scan made that quadratic
+    try:
+        del value._uses[value._uses.index((node, index))]
+        return
+    except ValueError:
+        pass
     raise VerificationError(f"use list of {value!r} lacks ({node.op}, {index})", node)
 
 
