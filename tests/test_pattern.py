@@ -356,3 +356,14 @@ def test_unknown_op_in_pattern_is_an_error():
         P.mull(X, X)
     with pytest.raises(ValueError, match="unknown op"):
         Op("mull", X)
+
+
+def test_removing_many_readers_of_one_constant_keeps_use_lists_true():
+    g = accelir.Graph()
+    x = g.add_input(accelir.TensorType(accelir.DType.f32, (4,)), "x")
+    one = g.const(np.float32(1.0))
+    muls = [g.apply("mul", x, one) for _ in range(300)]
+    g.set_outputs([g.apply("concat", *muls, axis=0)])
+    assert apply_rules(g, [MUL_ONE]) == 300
+    accelir.verify(g)
+    assert one.producer.graph is None and g.op_histogram() == {"concat": 1}
