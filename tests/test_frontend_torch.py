@@ -284,8 +284,8 @@ def test_attention_composites_and_grouped_query():
             return a, b
 
     g = torch.Generator().manual_seed(0)
-    q, k, v = torch.randn(2, 4, 5, 8, generator=g), torch.randn(2, 2, 5, 8, generator=g), torch.randn(2, 2, 5, 8,
-                                                                                                       generator=g)
+    q = torch.randn(2, 4, 5, 8, generator=g)
+    k, v = torch.randn(2, 2, 5, 8, generator=g), torch.randn(2, 2, 5, 8, generator=g)
     mask = torch.rand(2, 1, 5, 5, generator=g) > 0.3
     mask[0, 0, 0] = False  # a fully masked row: torch returns zeros there
     graph = capture_torch(Attn(), (q, k, v, mask))

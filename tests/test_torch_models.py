@@ -93,7 +93,7 @@ def convnext():
 
 
 MODELS = {f.__name__: f for f in (gpt2, bert, distilbert, llama, t5_encoder, whisper_encoder, vit, resnet,
-                                   mobilenet_v2, convnext)}
+                                  mobilenet_v2, convnext)}
 
 
 def _randomise_norm_stats(model: torch.nn.Module) -> None:

@@ -23,7 +23,6 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.fx
 import torch.utils._pytree as pytree
@@ -33,7 +32,7 @@ from ..errors import UnsupportedOpError, VerificationError
 from ..interpreter import to_numpy
 from ..ir import Builder, DType, Graph, TensorType, Value
 
-__all__ = ["capture_torch", "TorchSignature", "NodeContext", "torch_dtype", "unsupported_ops"]
+__all__ = ["capture_torch", "TorchSignature", "NodeContext", "TORCH_DTYPES", "torch_dtype", "unsupported_ops"]
 
 TORCH_DTYPES: dict[torch.dtype, DType] = {
     torch.float16: DType.f16, torch.bfloat16: DType.bf16, torch.float32: DType.f32, torch.float64: DType.f64,
@@ -466,8 +465,8 @@ def _target_name(node: torch.fx.Node) -> str:
 
 def _is_python_op(node: torch.fx.Node) -> bool:
     """operator.* / builtins on sizes and python numbers run at capture time."""
-    return node.op == "call_function" and getattr(node.target, "__module__", None) in ("_operator", "builtins",
-                                                                                         "math", "operator")
+    module = getattr(node.target, "__module__", None)
+    return node.op == "call_function" and module in ("_operator", "builtins", "math", "operator")
 
 
 def _unsupported_error(missing: list[tuple[str, dict[str, str]]]) -> UnsupportedOpError:
@@ -595,14 +594,10 @@ def _capture_export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_s
         elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
             tensor = ep.state_dict[spec.target] if spec.target in ep.state_dict else ep.constants[spec.target]
             if isinstance(tensor, torch.Tensor) and node is not None and node.users:
-                inputs.append(_LazyConst(tensor, spec.target))
-            else:
-                inputs.append(tensor)
+                tensor = conv.tensor_constant(tensor, spec.target, {"origin": f"state_dict[{spec.target!r}]"})
+            inputs.append(tensor)
         else:
             raise UnsupportedOpError(f"export input kind {spec.kind.name} ({spec.target}) is not supported")
-    for i, v in enumerate(inputs):
-        if isinstance(v, _LazyConst):
-            inputs[i] = conv.tensor_constant(v.tensor, v.name, {"origin": f"state_dict[{v.name!r}]"})
     outs = conv.run(ep.graph_module, inputs)
     flat_outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
     results, slots = [], []
@@ -618,12 +613,6 @@ def _capture_export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_s
     g.meta["frontend"] = "torch"
     g.meta["signature"] = TorchSignature(ep.call_spec.in_spec, input_leaves, ep.call_spec.out_spec, slots, kw_order)
     return g
-
-
-@dataclass
-class _LazyConst:
-    tensor: torch.Tensor
-    name: str
 
 
 # ----- entry point -------------------------------------------------------------------

@@ -14,7 +14,6 @@ decomposed here (floor division, remainder, var, tril, ...).  In-place variants
 from __future__ import annotations
 
 import functools
-import operator
 from typing import Any, Callable
 
 import numpy as np
@@ -70,8 +69,6 @@ def resolve_aten(node: torch.fx.Node) -> tuple[str | None, Any, dict]:
         return name, t, bind_schema(t, node.args, node.kwargs)
     if isinstance(t, torch._ops.HigherOrderOperator):
         return t.name(), t, {}
-    if t is operator.getitem:
-        return None, t, {}
     return None, t, {}
 
 
@@ -1011,10 +1008,9 @@ def _moments(ctx: NodeContext, x: Value, axes: tuple[int, ...], eps: float) -> t
 def _rms_norm(ctx, a):
     x = ctx.value(a["input"])
     shape = list(a["normalized_shape"])
-    eps = a["eps"] if a["eps"] is not None else float(torch.finfo(torch.float32 if x.dtype is DType.f32 else
-                                                                  getattr(torch, {"f16": "float16", "bf16":
-                                                                          "bfloat16", "f64": "float64"}[
-                                                                      x.dtype.value])).eps)
+    from .torch import TORCH_DTYPES
+    torch_dt = next(t for t, d in TORCH_DTYPES.items() if d is x.dtype)
+    eps = a["eps"] if a["eps"] is not None else float(torch.finfo(torch_dt).eps)
     inputs = [x] + ([ctx.value(a["weight"])] if a["weight"] is not None else [])
     return ctx.b.op("rms_norm", *inputs, axis=-len(shape), epsilon=eps)
 

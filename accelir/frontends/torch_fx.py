@@ -134,8 +134,9 @@ MODULES: dict[type, Callable[[nn.Module, Any], tuple[str, dict]]] = {
 
 
 def _is_tensor(vals: Mapping[torch.fx.Node, Any], arg: Any) -> bool:
-    return isinstance(arg, torch.Tensor) or (isinstance(arg, torch.fx.Node) and isinstance(vals.get(arg),
-                                                                                            torch.Tensor))
+    if isinstance(arg, torch.fx.Node):
+        return isinstance(vals.get(arg), torch.Tensor)
+    return isinstance(arg, torch.Tensor)
 
 
 def _fits(schema: torch.FunctionSchema, args: tuple, kwargs: dict, vals: Mapping) -> dict | None:
@@ -215,8 +216,8 @@ def _resolver(gm: torch.fx.GraphModule, vals: Mapping) -> Callable[[torch.fx.Nod
         name = getattr(t, "__name__", None)
         if name and callable(t):
             # F.max_pool2d and friends are dispatchers named after their private variant
-            return _aten_call(name.lstrip("_") if hasattr(torch.ops.aten, name.lstrip("_")) else name, args, kwargs,
-                              vals)
+            public = name.lstrip("_")
+            return _aten_call(public if hasattr(torch.ops.aten, public) else name, args, kwargs, vals)
         return None, t, {}
     return resolve
 
