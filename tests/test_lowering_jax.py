@@ -575,3 +575,95 @@ def test_reference_cast_from_bf16_truncates_and_saturates_like_other_floats():
     values = np.array([-3.75, 2.5, 300.0, np.nan], dtype=DType.bf16.numpy)
     u8, i8 = interpret(g, values)
     assert u8.tolist() == [0, 2, 255, 0] and i8.tolist() == [-3, 2, 127, 0]
+
+
+# ----- end to end: models captured by the frontends, lowered to XLA, run, vs eager ---
+
+def relative_error(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+def optimized(graph: Graph) -> Graph:
+    from accelir import PassManager
+    from accelir.passes import pipeline
+    g = graph.copy()
+    PassManager(pipeline(2, "xla")).run(g)
+    return g
+
+
+@pytest.mark.parametrize("optimize", [False, True], ids=["captured", "optimized"])
+@pytest.mark.parametrize("name", ["gpt2", "bert", "resnet"])
+def test_torch_model_through_xla_matches_eager(name, optimize):
+    from test_torch_models import MODELS
+    from accelir.frontends.torch import capture_torch
+    import torch.utils._pytree as pytree
+
+    model, (args, kwargs) = MODELS[name]()
+    model.eval()
+    graph = capture_torch(model, args, example_kwargs=kwargs)
+    if optimize:
+        graph = optimized(graph)
+    sig = graph.meta["signature"]
+    outs = JaxModule(graph)(*sig.flatten(*args, **kwargs))
+    assert all(isinstance(o, torch.Tensor) for o in outs)
+    got = sig.unflatten(outs)
+    with torch.no_grad():
+        want = model(*args, **kwargs)
+    assert type(got) is type(want)
+    for a, b in zip(pytree.tree_leaves(got), pytree.tree_leaves(want)):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert relative_error(a.numpy(), b.numpy()) <= 1e-4
+
+
+def test_torch_gpt2_dynamic_shapes_through_export():
+    from test_torch_models import MODELS, _text_inputs
+    from accelir.frontends.torch import capture_torch
+
+    model, (args, kwargs) = MODELS["gpt2"]()
+    model.eval()
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=64)
+    dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    graph = capture_torch(model, args, dynamic, example_kwargs=kwargs)
+    sig = graph.meta["signature"]
+    fn = load_exported(export_jax(graph))
+    mod = JaxModule(graph)
+    for b, s in [(3, 5), (1, 11)]:
+        run_args, run_kwargs = _text_inputs(100, batch=b, seq=s)
+        with torch.no_grad():
+            want = model(*run_args, **run_kwargs).last_hidden_state.numpy()
+        flat = sig.flatten(*run_args, **run_kwargs)
+        assert relative_error(np.asarray(fn(*[t.numpy() for t in flat])[0]), want) <= 1e-4
+        assert relative_error(mod(*flat)[0].numpy(), want) <= 1e-4
+
+
+def flax_cases():
+    import test_flax_models as fm
+    rng = np.random.default_rng(5)
+    x8 = rng.standard_normal((3, 8)).astype(np.float32)
+    img = rng.standard_normal((2, 16, 16, 3)).astype(np.float32)
+    seq = rng.standard_normal((2, 5, 16)).astype(np.float32)
+    mask = np.tril(np.ones((2, 1, 5, 5), bool))
+    tokens = rng.integers(0, 17, (2, 6)).astype(np.int32)
+    return {"mlp": (fm.MLP(), (x8,)), "cnn": (fm.CNN(), (img,)), "encoder": (fm.EncoderBlock(), (seq, mask)),
+            "scan_decoder": (fm.Decoder(), (tokens,))}
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "encoder", "scan_decoder"])
+def test_flax_model_through_xla_matches_jit(name):
+    import test_flax_models as fm
+    from accelir.frontends.jax import capture_jax
+
+    model, inputs = flax_cases()[name]
+    variables = fm._init(model, *inputs)
+    graph = capture_jax(model.apply, (variables, *inputs))
+    sig = graph.meta["signature"]
+    flat = [jnp.asarray(a) for a in sig.flatten(variables, *inputs)]
+    outs = JaxModule(graph)(*flat)
+    assert all(isinstance(o, jax.Array) for o in outs)
+    got = sig.unflatten(outs)
+    want = jax.jit(model.apply)(variables, *inputs)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert relative_error(a, b) <= 1e-4
+    assert not jax.config.jax_enable_x64
