@@ -58,9 +58,12 @@ def const_array(v: Value, limit: int = _EVAL_LIMIT, depth: int = 4) -> np.ndarra
     node = v.producer
     if depth == 0 or node is None or node.regions or not node.inputs or len(node.outputs) != 1:
         return None
-    if node.op not in _SHAPE_ONLY and not registry.get(node.op).elementwise:
-        return None
-    if not v.type.is_static or v.type.numel > limit:
+    n = 1
+    for d in v.shape:
+        if type(d) is not int:
+            return None
+        n *= d
+    if n > limit or node.op not in _SHAPE_ONLY and not registry.get(node.op).elementwise:
         return None
     args = [const_array(i, limit, depth - 1) for i in node.inputs]
     if any(a is None for a in args):

@@ -6,14 +6,17 @@ Rewrites::
     add(dot_general(x, w), b)                 -> linear(x, w, b)            (contracting x's last dim, w's first)
     act(linear(x, w, b))                      -> linear(x, w, b) {activation=act}
     act(matmul(x, w))                         -> linear(x, w) {activation=act}
-    reshape(linear(reshape(x, [M, K]), ..), [*lead, N]) -> linear(x, ..)   (x [*lead, K]: torch addmm)
+    reshape(linear(reshape(x, [M, K]), ..), [*lead, N]) -> linear(reshape(x, [*lead, K]), ..)   (torch addmm)
 
-``act`` is relu, gelu (erf or tanh), silu, sigmoid or tanh; run after ``fuse_gelu``
+The last keeps the batch dims through the linear (prod(lead) = M), so an activation
+or norm after it sees the same shape as before; the inner reshape disappears when x
+already is ``[*lead, K]``.  ``act`` is relu, gelu (erf or tanh), silu, sigmoid or tanh; run after ``fuse_gelu``
 and ``fuse_silu`` so their decomposed forms are already composites.
 """
 
 from __future__ import annotations
 
+from accelir.dims import dim_prod
 from accelir.ir import Builder, Node, Value
 
 from .fuse_idioms import ACTIVATION_OF, as_param, param_shape_ok
@@ -70,12 +73,14 @@ def _activation(m: Match, b: Builder) -> Value | None:
 def _flatten(m: Match, b: Builder) -> Value | None:
     lin = m.node("lin")
     flat = lin.inputs[0]
-    if flat.producer is None or flat.producer.op != "reshape":
+    if flat.producer is None or flat.producer.op != "reshape" or flat.rank != 2:
         return None
-    x = flat.producer.inputs[0]
+    src = flat.producer.inputs[0]
     y = m.root.output
-    if x.rank < 2 or flat.rank != 2 or tuple(x.shape[:-1]) != tuple(y.shape[:-1]) or x.shape[-1] != flat.shape[-1]:
+    lead = tuple(y.shape[:-1])
+    if y.rank < 2 or dim_prod(lead) != flat.shape[0]:
         return None
+    x = src if tuple(src.shape) == lead + (flat.shape[1],) else b.op("reshape", src, shape=lead + (flat.shape[1],))
     return b.op("linear", x, *lin.inputs[1:], activation=lin.attrs["activation"])
 
 

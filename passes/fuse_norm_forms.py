@@ -36,6 +36,7 @@ class NormForm:
     scale: Value | None
     bias: Value | None
     region: list[Node]
+    factor: float = 1.0  # multiplies the scale (a uniform scale folded into a number)
 
 
 class _Reject(Exception):
@@ -260,9 +261,11 @@ def _read(r: _Reader, y: Value, terms: list[Term], norm_leaf: Value, arg: Value)
         elif s is not scale:
             raise _Reject("the scale differs between terms")
         numer.append((data[0], t.coef))
-    c0 = numer[0][1]
-    if c0 != 1.0:
-        raise _Reject(f"the normalised product has a constant factor {c0}")
+    # a uniform scale (all elements equal) reads as a constant factor c of the product
+    c = abs(numer[0][1])
+    numer = [(v, k / c) for v, k in numer]
+    if numer[0][1] != 1.0 and len(numer) == 1:
+        raise _Reject("the normalised product is negated")
     if kind == "rms":
         if len(numer) != 1 or numer[0][0] is not x:
             raise _Reject("the RMS norm does not multiply x itself")
@@ -288,7 +291,7 @@ def _read(r: _Reader, y: Value, terms: list[Term], norm_leaf: Value, arg: Value)
             raise _Reject(f"the {what} {prm.type} varies along axes that are not normalised")
     if y.type != x.type:
         raise _Reject(f"the result type {y.type} differs from x {x.type} (broadcast)")
-    return NormForm(kind, x, axes, eps, scale, bias, r.region)
+    return NormForm(kind, x, axes, eps, scale, bias, r.region, c)
 
 
 # ----- rules shared by fuse_layer_norm and fuse_rms_norm ----------------------------
@@ -297,14 +300,17 @@ _OP_OF_KIND = {"layer": "layer_norm", "rms": "rms_norm"}
 _MAX_PARAMS = {"layer_norm": 2, "rms_norm": 1}
 
 
-def _params(b: Builder, op: str, x: Value, axis: int, scale: Value | None, bias: Value | None) -> list[Value]:
-    """The composite's parameter inputs: a bias without a scale gets a scale of ones."""
+def _params(b: Builder, op: str, x: Value, axis: int, scale: Value | None, bias: Value | None,
+            factor: float = 1.0) -> list[Value]:
+    """The composite's parameter inputs: a bias without a scale gets a scale of ones (times ``factor``)."""
     rank = x.rank - axis
-    if bias is not None and scale is None:
+    if scale is None and (bias is not None or factor != 1.0):
         norm_shape = x.shape[axis:]
         if not all(type(d) is int for d in norm_shape):
-            raise _Reject("a bias without a scale needs a static normalised shape")
-        scale = b.const(np.ones(norm_shape, x.dtype.numpy), name="ones")
+            raise _Reject("a constant scale needs a static normalised shape")
+        scale = b.const(np.full(norm_shape, factor, x.dtype.numpy), name="scale")
+    elif factor != 1.0:
+        scale = b.op("mul", scale, b.scalar(factor, x))
     return [as_param(b, p, rank) for p in (scale, bias) if p is not None]
 
 
@@ -324,7 +330,7 @@ def _fuse(kind: str) -> Callable[[Match, Builder], Value | None]:
             return m.reject(f"{op}: intermediate {leak.op} is also used outside the pattern")
         axis = form.axes[0]
         try:
-            params = _params(b, op, form.x, axis, form.scale, form.bias)
+            params = _params(b, op, form.x, axis, form.scale, form.bias, form.factor)
         except _Reject as e:
             return m.reject(f"{op}: {e}")
         return b.op(op, form.x, *params, axis=axis - form.x.rank, epsilon=form.epsilon)

@@ -319,6 +319,28 @@ graph main(%x: f32[2,4,8], %w: f32[8], %b: f32[8]) -> (f32[2,4,8]) {
   return %0
 }
 """),
+    Case("layer_norm_uniform_scale", "fuse_layer_norm", """
+graph main(%x: f32[2,4,8]) -> (f32[2,4,8]) {
+  %eps = constant() {name="eps", value=1e-05} : f32[]
+  %w = constant() {name="w", value=[2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]} : f32[8]
+  %0 = reduce_mean(%x) {axes=[-1], keepdims=true} : f32[2,4,1]
+  %1 = sub(%x, %0) : f32[2,4,8]
+  %2 = mul(%1, %1) : f32[2,4,8]
+  %3 = reduce_mean(%2) {axes=[-1], keepdims=true} : f32[2,4,1]
+  %4 = add(%3, %eps) : f32[2,4,1]
+  %5 = rsqrt(%4) : f32[2,4,1]
+  %6 = mul(%1, %5) : f32[2,4,8]
+  %7 = mul(%w, %6) : f32[2,4,8]
+  return %7
+}
+""",
+         """
+graph main(%x: f32[2,4,8]) -> (f32[2,4,8]) {
+  %w = constant() {name="w", value=[2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]} : f32[8]
+  %0 = layer_norm(%x, %w) {axis=-1, epsilon=9.999999747378752e-06} : f32[2,4,8]
+  return %0
+}
+"""),
     Case("layer_norm_eps_not_constant", "fuse_layer_norm", """
 graph main(%x: f32[2,4,8], %e: f32[]) -> (f32[2,4,8]) {
   %0 = reduce_mean(%x) {axes=[-1], keepdims=true} : f32[2,4,1]
