@@ -26,7 +26,7 @@ from . import dims as _dims
 from .dims import Dim
 from .errors import VerificationError
 
-__all__ = ["DType", "TensorType", "Value", "Node", "Graph", "Builder", "freeze_attr"]
+__all__ = ["DType", "TensorType", "UseList", "Value", "Node", "Graph", "Builder", "freeze_attr"]
 
 
 class DType(enum.Enum):
@@ -171,6 +171,44 @@ def freeze_attr(value: Any) -> Any:
     return value
 
 
+class UseList:
+    """A value's (node, input index) uses: list-like to read, O(1) to add and remove."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self) -> None:
+        self._d: dict[tuple[int, int], tuple[Node, int]] = {}
+
+    def append(self, use: tuple[Node, int]) -> None:
+        self._d[(id(use[0]), use[1])] = use
+
+    def remove(self, use: tuple[Node, int]) -> None:
+        del self._d[(id(use[0]), use[1])]
+
+    def __contains__(self, use: object) -> bool:
+        return isinstance(use, tuple) and len(use) == 2 and (id(use[0]), use[1]) in self._d
+
+    def pop(self) -> tuple[Node, int]:
+        return self._d.popitem()[1]
+
+    def keys(self) -> set[tuple[int, int]]:
+        return set(self._d)
+
+    def __iter__(self) -> Iterator[tuple[Node, int]]:
+        return iter(list(self._d.values()))
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __bool__(self) -> bool:
+        return bool(self._d)
+
+    def __getitem__(self, i: int) -> tuple[Node, int]:
+        if i == 0 and self._d:
+            return next(iter(self._d.values()))
+        return list(self._d.values())[i]
+
+
 class Value:
     """One SSA value: a graph input or one output of a node."""
 
@@ -184,7 +222,7 @@ class Value:
         self.producer: Node | None = None
         self.index = 0
         self.graph: Graph | None = None
-        self._uses: list[tuple[Node, int]] = []
+        self._uses = UseList()
 
     @property
     def dtype(self) -> DType:
@@ -318,14 +356,10 @@ class Node:
 
 
 def _remove_use(value: Value, node: Node, index: int) -> None:
-    # list.index compares in C (nodes by identity): a constant read by thousands of
-    # nodes loses its uses one by one during rewrites, and a Python-level scan made that quadratic
     try:
-        del value._uses[value._uses.index((node, index))]
-        return
-    except ValueError:
-        pass
-    raise VerificationError(f"use list of {value!r} lacks ({node.op}, {index})", node)
+        value._uses.remove((node, index))
+    except KeyError:
+        raise VerificationError(f"use list of {value!r} lacks ({node.op}, {index})", node) from None
 
 
 class Graph:

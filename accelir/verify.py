@@ -80,20 +80,16 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
         if id(v) not in defined:
             raise VerificationError(f"graph {graph.name!r} output {i} ({v!r}) is not defined in the graph")
     # use lists must match the inputs exactly
-    for vid_values in (graph.inputs, [o for n in graph.nodes for o in n.outputs]):
-        for v in vid_values:
-            want = expected.get(id(v), [])
-            have = v._uses
-            if len(have) != len(want) or any(
-                    not any(h[0] is w[0] and h[1] == w[1] for h in have) for w in want):
-                users = ", ".join(f"{n.op}#{i}" for n, i in have)
-                raise VerificationError(
-                    f"use list of {v!r} is out of date: it records [{users}] but {len(want)} uses exist"
-                    + (f" (produced by {v.producer.describe()})" if v.producer else ""), v.producer)
-            for n, _ in have:
-                if id(n) not in members:
-                    raise VerificationError(f"{v!r} is used by a {n.op} node that is no longer in the graph",
-                                            n)
+    for v in list(graph.inputs) + [o for n in graph.nodes for o in n.outputs]:
+        want = {(id(n), i) for n, i in expected.get(id(v), [])}
+        if v._uses.keys() != want:
+            users = ", ".join(f"{n.op}#{i}" for n, i in v._uses)
+            raise VerificationError(
+                f"use list of {v!r} is out of date: it records [{users}] but {len(want)} uses exist"
+                + (f" (produced by {v.producer.describe()})" if v.producer else ""), v.producer)
+        for n, _ in v._uses:
+            if id(n) not in members:
+                raise VerificationError(f"{v!r} is used by a {n.op} node that is no longer in the graph", n)
 
 
 def _check_node_types(node: Node) -> None:
