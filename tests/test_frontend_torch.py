@@ -315,6 +315,17 @@ def test_in_place_ops_rebind_the_mutated_value():
     _assert_close(_run(g, x), InPlace()(x))
 
 
+def test_in_place_update_of_a_view_is_rejected():
+    class ViewWrite(nn.Module):
+        def forward(self, x):
+            y = x * 1
+            y[:, 0].mul_(2)
+            return y
+
+    with pytest.raises(UnsupportedOpError, match="view"):
+        capture_torch(ViewWrite(), (torch.randn(3, 4),))
+
+
 def test_bad_method_and_fx_dynamic_shapes_are_rejected():
     with pytest.raises(ValueError, match="method"):
         capture_torch(MLP(), (torch.randn(2, 16),), method="jit")

@@ -1246,11 +1246,21 @@ for _n in (1, 2, 3):
 
 # ----- in-place variants -------------------------------------------------------------
 
+_VIEWS = frozenset({"view", "_unsafe_view", "reshape", "slice", "select", "narrow", "transpose", "permute", "t",
+                    "expand", "unsqueeze", "squeeze", "as_strided", "diagonal", "split", "chunk", "unbind",
+                    "alias", "detach", "flatten", "unflatten"})
+
+
 def _inplace(fn: Rule) -> Rule:
-    """Run the functional rule; later readers of the mutated node see the new value."""
+    """Run the functional rule; later readers of the mutated node see the new value.
+    Mutating a view would also change its base, which the IR cannot express."""
     def wrapped(ctx, a):
-        out = fn(ctx, a)
         target = a.get("self")
+        if isinstance(target, torch.fx.Node) and isinstance(target.target, torch._ops.OpOverload) and \
+                target.target._schema.name.split("::", 1)[1] in _VIEWS:
+            raise ctx.unsupported("an in-place update of a view also changes its base tensor; use the "
+                                  "out-of-place op (x = x + y) or torch.Tensor.index_put / scatter")
+        out = fn(ctx, a)
         if isinstance(target, torch.fx.Node):
             ctx.conv.env[target] = ctx.conv.check_result(ctx, out)
         return out
