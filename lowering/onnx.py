@@ -521,9 +521,8 @@ def to_onnx(graph: Graph, opset: int | None = None, target: str = "onnxruntime")
             o = ctx._adopt_name(o, v.name or f"output_{i}", len(ctx.nodes) - 1)
         seen.add(o.name)
         out_infos.append(_value_info(o.name, v.type))
-    g = helper.make_graph(ctx.nodes, graph.name or "main", [_value_info(ov.name, v.type)
-                                                              for ov, v in zip(inputs, graph.inputs)],
-                          out_infos, initializer=state.initializers)
+    in_infos = [_value_info(ov.name, v.type) for ov, v in zip(inputs, graph.inputs)]
+    g = helper.make_graph(ctx.nodes, graph.name or "main", in_infos, out_infos, initializer=state.initializers)
     imports = [helper.make_opsetid("", opset)]
     if state.uses_ms_domain:
         imports.append(helper.make_opsetid(MS_DOMAIN, 1))
@@ -806,8 +805,8 @@ def _lower_cum_scan(ctx, node, xs):
 
     g = ctx.subgraph(f"{node.op}_body", [carry_t, carry_t], body, [carry_t, carry_t])
     direction = int(node.attrs["reverse"])
-    _, yt = ctx.op("Scan", init, xt, out_dtypes=(cdt, cdt), body=g, num_scan_inputs=1, scan_input_directions=[direction],
-                   scan_output_directions=[direction])
+    _, yt = ctx.op("Scan", init, xt, out_dtypes=(cdt, cdt), body=g, num_scan_inputs=1,
+                   scan_input_directions=[direction], scan_output_directions=[direction])
     return [ctx.cast(ctx.op("Transpose", yt, perm=inv), t.dtype)]
 
 
@@ -1319,7 +1318,6 @@ def _branch(ctx: LoweringContext, node: Node, region: Graph, operands: list[Onnx
 def _lower_cond(ctx, node, xs):
     index, operands = xs[0], xs[1:]
     regions = node.regions
-    n_out = len(node.outputs)
     types = [v.dtype for v in node.outputs]
     if index.dtype is DType.bool:
         outs = ctx.op("If", index, out_dtypes=types, then_branch=_branch(ctx, node, regions[1],

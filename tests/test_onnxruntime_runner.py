@@ -1,0 +1,287 @@
+"""OnnxRuntimeModule and whole models: captured with the torch frontend, lowered to ONNX, run on
+ONNX Runtime (CPU) and compared with eager torch; plus the model-level properties of to_onnx
+(symbolic dims, names, provenance, fused kernels, external data, errors)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import accelir
+from accelir import DType, Graph, LoweringError, TensorType
+from accelir.lowering.onnx import MS_DOMAIN, ONNX_RULES, default_opset, save_onnx, to_onnx
+from accelir.lowering.onnxruntime import OnnxRuntimeModule
+
+transformers = pytest.importorskip("transformers")
+from accelir.frontends.torch import capture_torch  # noqa: E402
+from torch.export import Dim  # noqa: E402
+
+
+def _text_inputs(vocab: int, batch: int = 2, seq: int = 8) -> tuple[tuple, dict]:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, vocab, (batch, seq), generator=g)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[0, -2:] = 0
+    return (ids,), {"attention_mask": mask}
+
+
+class SmallCNN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, stride=2, groups=2)
+        self.fc = torch.nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv1(x)))
+        x = torch.nn.functional.max_pool2d(torch.nn.functional.gelu(self.conv2(x)), 2)
+        return self.fc(x.mean(dim=(2, 3))).softmax(-1)
+
+
+def _gpt2():
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=64, use_cache=False)
+    return transformers.GPT2Model(cfg), _text_inputs(100)
+
+
+def _bert():
+    cfg = transformers.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
+                                  vocab_size=100, max_position_embeddings=64)
+    return transformers.BertModel(cfg), _text_inputs(100)
+
+
+def _cnn():
+    torch.manual_seed(0)
+    m = SmallCNN()
+    m.bn.running_mean.normal_(0, 0.1)
+    m.bn.running_var.uniform_(0.5, 1.5)
+    return m, ((torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2)),), {})
+
+
+MODELS = {"gpt2": _gpt2, "bert": _bert, "cnn": _cnn}
+
+
+def _leaves(out) -> list[torch.Tensor]:
+    return list(torch.utils._pytree.tree_leaves(out))
+
+
+def _check(model, args, kwargs, target, dynamic_shapes=None, run=None):
+    torch.manual_seed(0)
+    model.eval()
+    graph = capture_torch(model, args, dynamic_shapes, example_kwargs=kwargs)
+    onnx_model = to_onnx(graph, target=target)
+    if target == "standard":
+        onnx.checker.check_model(onnx_model, full_check=True)
+    runner = OnnxRuntimeModule(onnx_model)
+    sig = graph.meta["signature"]
+    run_args, run_kwargs = run or (args, kwargs)
+    got = sig.unflatten(runner(*sig.flatten(*run_args, **run_kwargs)))
+    with torch.no_grad():
+        want = model(*run_args, **run_kwargs)
+    for g, w in zip(_leaves(got), _leaves(want)):
+        assert isinstance(g, torch.Tensor) and g.shape == w.shape and g.dtype == w.dtype
+        err = float((g.double() - w.double()).abs().max() / w.double().abs().max().clamp_min(1e-30))
+        assert err <= 1e-4, f"relative error {err:.2e}"
+    return graph, onnx_model
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "standard"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_matches_eager(name, target):
+    model, (args, kwargs) = MODELS[name]()
+    _check(model, args, kwargs, target)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert"])
+def test_dynamic_batch_and_sequence(name):
+    model, (args, kwargs) = MODELS[name]()
+    batch, seq = Dim("batch"), Dim("seq", max=64)
+    dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    _, m = _check(model, args, kwargs, "onnxruntime", dynamic, run=_text_inputs(100, batch=3, seq=5))
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input]
+    assert dims == [["batch", "seq"], ["batch", "seq"]]
+
+
+def test_provenance_and_names_reach_the_onnx_nodes():
+    model, (args, kwargs) = _gpt2()
+    graph = capture_torch(model.eval(), args, example_kwargs=kwargs)
+    m = to_onnx(graph)
+    props = [{p.key: p.value for p in n.metadata_props} for n in m.graph.node]
+    assert all("accelir.op" in p for p in props)
+    assert any("modeling_gpt2.py:" in p.get("source", "") for p in props)
+    assert any(p.get("module", "").startswith("h.") for p in props)
+    assert [i.name for i in m.graph.input] == [v.name for v in graph.inputs]
+    assert len(m.graph.initializer) >= 10
+
+
+# ----- fused kernels ------------------------------------------------------------------
+
+def _one_node(op: str, types: list[TensorType], **attrs) -> Graph:
+    g = Graph("g")
+    ins = [g.add_input(t, f"x{i}") for i, t in enumerate(types)]
+    g.set_outputs(g.make(op, ins, attrs).outputs)
+    return g
+
+
+F32 = DType.f32
+
+
+@pytest.mark.parametrize("op,types,attrs,fused", [
+    ("skip_layer_norm", [(2, 3, 8), (2, 3, 8), (8,), (8,)], {}, "SkipLayerNormalization"),
+    ("skip_rms_norm", [(2, 3, 8), (2, 3, 8), (8,)], {}, "SkipSimplifiedLayerNormalization"),
+    ("linear", [(2, 3, 4), (4, 5), (5,)], {"activation": "gelu"}, "BiasGelu"),
+    ("linear", [(2, 3, 4), (4, 5), (5,)], {"activation": "gelu_tanh"}, "FastGelu"),
+    ("fused_conv", [(1, 2, 5, 5), (4, 2, 3, 3), (4,)], {"activation": "relu"}, "FusedConv"),
+    ("silu", [(2, 3)], {}, "QuickGelu"),
+    ("gelu", [(2, 3)], {}, "Gelu"),
+])
+def test_onnxruntime_target_uses_fused_kernels(op, types, attrs, fused):
+    g = _one_node(op, [TensorType(F32, s) for s in types], **attrs)
+    ort_model, std_model = to_onnx(g), to_onnx(g, target="standard")
+    assert fused in {n.op_type for n in ort_model.graph.node if n.domain == MS_DOMAIN}
+    assert all(n.domain == "" for n in std_model.graph.node)
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=s).astype(np.float32) for s in types]
+    want = accelir.interpret(g, *xs)
+    for m in (ort_model, std_model):
+        for a, b in zip(OnnxRuntimeModule(m)(*xs), want):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_standard_ops_at_the_default_opset():
+    assert default_opset() >= 23
+    types = [TensorType(F32, (2, 2, 5, 8))] * 3
+    m = to_onnx(_one_node("attention", types, causal=True), target="standard")
+    assert [n.op_type for n in m.graph.node] == ["Attention"]
+    m = to_onnx(_one_node("rms_norm", [TensorType(F32, (2, 8)), TensorType(F32, (8,))]), target="standard")
+    assert [n.op_type for n in m.graph.node] == ["RMSNormalization"]
+    m = to_onnx(_one_node("layer_norm", [TensorType(F32, (2, 8)), TensorType(F32, (8,))]), target="standard")
+    assert "LayerNormalization" in {n.op_type for n in m.graph.node}
+
+
+def test_older_opset_decomposes_what_it_lacks():
+    types = [TensorType(F32, (2, 2, 5, 8))] * 3
+    g = _one_node("attention", types, causal=True)
+    m = to_onnx(g, opset=18, target="standard")
+    onnx.checker.check_model(m, full_check=True)
+    assert m.opset_import[0].version == 18 and "Attention" not in {n.op_type for n in m.graph.node}
+    xs = [np.random.default_rng(1).normal(size=(2, 2, 5, 8)).astype(np.float32) for _ in range(3)]
+    np.testing.assert_allclose(OnnxRuntimeModule(m)(*xs)[0], accelir.interpret(g, *xs)[0], rtol=1e-5, atol=1e-5)
+
+
+# ----- symbolic dims --------------------------------------------------------------------
+
+SYMBOLIC = """graph main(%x: f32[b,s,8], %y: f32[s]) -> (f32[b,s,2,4], f32[b,s,8], i64[s,b], f32[b,1]) {
+  %0 = reshape(%x) {shape=["b", "s", 2, 4]} : f32[b,s,2,4]
+  %1 = reshape(%x) {shape=["s", "b", 8]} : f32[s,b,8]
+  %2 = reshape(%1) {shape=["b", "s", 8]} : f32[b,s,8]
+  %3 = broadcast_to(%y) {shape=["b", "s", 8]} : f32[b,s,8]
+  %4 = iota() {shape=["s", "b"], axis=1, dtype=i64} : i64[s,b]
+  %5 = slice(%x) {starts=[0, 1], stops=["b", 2], axes=[0, 2]} : f32[b,s,1]
+  %6 = reduce_sum(%5) {axes=[1]} : f32[b,1]
+  %7 = add(%2, %3) : f32[b,s,8]
+  return %0, %7, %4, %6
+}"""
+
+
+def test_symbolic_dims_are_computed_at_run_time():
+    text = SYMBOLIC.replace("broadcast_to(%y) {shape", "broadcast_to(%8) {shape")
+    text = text.replace('  %3 = ', '  %8 = reshape(%y) {shape=["s", 1]} : f32[s,1]\n  %3 = ')
+    g = accelir.parse(text)
+    m = to_onnx(g)
+    assert [d.dim_param for d in m.graph.input[0].type.tensor_type.shape.dim[:2]] == ["b", "s"]
+    runner = OnnxRuntimeModule(m)
+    for b, s in ((2, 3), (4, 1)):
+        rng = np.random.default_rng(b)
+        xs = [rng.normal(size=(b, s, 8)).astype(np.float32), rng.normal(size=(s,)).astype(np.float32)]
+        for got, want in zip(runner(*xs), accelir.interpret(g, *xs)):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_a_symbol_no_input_carries_is_an_error():
+    g = Graph("g")
+    g.add_input(TensorType(F32, (3,)), "x")
+    g.set_outputs([g.apply("iota", shape=("n",), dtype=DType.f32)])
+    with pytest.raises(LoweringError, match="'iota'.*symbolic dim 'n'"):
+        to_onnx(g)
+
+
+# ----- errors, files, the runner --------------------------------------------------------
+
+def test_missing_rule_names_the_node(monkeypatch):
+    g = _one_node("erf", [TensorType(F32, (2,))])
+    next(iter(g.nodes)).meta["source"] = "model.py:7"
+    monkeypatch.delitem(ONNX_RULES, "erf")
+    with pytest.raises(LoweringError, match=r"'erf'.*model\.py:7.*register_lowering"):
+        to_onnx(g)
+
+
+def test_dtype_gap_is_refused_before_running():
+    g = _one_node("conv", [TensorType(DType.f64, (1, 2, 5, 5)), TensorType(DType.f64, (3, 2, 3, 3))])
+    with pytest.raises(LoweringError, match="'conv'.*no Conv kernel for f64"):
+        to_onnx(g)
+
+
+def test_bad_target_and_opset():
+    g = _one_node("erf", [TensorType(F32, (2,))])
+    with pytest.raises(LoweringError, match="target"):
+        to_onnx(g, target="tvm")
+    with pytest.raises(LoweringError, match="opset"):
+        to_onnx(g, opset=11)
+
+
+def test_external_data_round_trip(tmp_path):
+    g = Graph("g")
+    x = g.add_input(TensorType(F32, (4, 300)), "x")
+    w = g.const(np.random.default_rng(0).normal(size=(300, 300)).astype(np.float32), name="weight")
+    g.set_outputs([g.apply("matmul", x, w)])
+    m = to_onnx(g)
+    path = tmp_path / "m.onnx"
+    save_onnx(m, path, external_data=True)
+    assert (tmp_path / "m.onnx.data").stat().st_size >= 300 * 300 * 4
+    assert path.stat().st_size < 10_000
+    onnx.checker.check_model(str(path))
+    xs = np.ones((4, 300), np.float32)
+    np.testing.assert_allclose(OnnxRuntimeModule(path)(xs)[0], accelir.interpret(g, xs)[0], rtol=1e-5, atol=1e-4)
+    save_onnx(m, tmp_path / "inline.onnx")
+    assert not (tmp_path / "inline.onnx.data").exists()
+
+
+def test_runner_takes_and_returns_torch_tensors_and_bf16():
+    g = _one_node("mul", [TensorType(DType.bf16, (2, 3))] * 2)
+    runner = OnnxRuntimeModule(to_onnx(g))
+    a = torch.randn(2, 3).to(torch.bfloat16)
+    (out,) = runner(a, a)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, a * a)
+    (out,) = runner(a.float().numpy().astype(accelir.DType.bf16.numpy), a.float().numpy().astype(
+        accelir.DType.bf16.numpy))
+    assert out.dtype == accelir.DType.bf16.numpy
+
+
+def test_runner_checks_arity():
+    runner = OnnxRuntimeModule(to_onnx(_one_node("erf", [TensorType(F32, (2,))])))
+    with pytest.raises(LoweringError, match="takes 1 inputs"):
+        runner()
+
+
+def test_cuda_without_its_provider_says_how_to_install(monkeypatch):
+    import onnxruntime
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(LoweringError, match=r"accelir\[gpu\]"):
+        OnnxRuntimeModule(to_onnx(_one_node("erf", [TensorType(F32, (2,))])), device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_io_binding_keeps_tensors_on_the_device():
+    import onnxruntime
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime-gpu is not installed")
+    g = accelir.parse("graph g(%x: f32[n,4]) -> (f32[n,4]) {\n  %0 = tanh(%x) : f32[n,4]\n  return %0\n}")
+    runner = OnnxRuntimeModule(to_onnx(g), device="cuda")
+    x = torch.randn(3, 4, device="cuda")
+    (y,) = runner(x)
+    assert y.device.type == "cuda"
+    torch.testing.assert_close(y, torch.tanh(x))
