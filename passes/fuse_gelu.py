@@ -17,7 +17,7 @@ import math
 
 from accelir.ir import Builder, Value
 
-from .fuse_idioms import close, outside_users, polynomial
+from .fuse_idioms import close, outside_users, polynomial, reaches
 from .pattern import Match, Op, Rule, RulePass
 from .registry import register_pass
 
@@ -31,9 +31,13 @@ _FORMS = {
     "tanh": ({1: _SQRT_2_OVER_PI, 3: _SQRT_2_OVER_PI * 0.044715}, "tanh"),
 }
 
+_ATOMS = frozenset(_FORMS)
+
 
 def _gelu(m: Match, b: Builder) -> Value | None:
     y = m.root.output
+    if not reaches(y, _ATOMS, 4):
+        return None
     poly = polynomial(y)
     if poly is None or len(poly.terms) != 2 or poly.constant() != 0.0:
         return None

@@ -32,7 +32,7 @@ from accelir.ops import registry
 
 __all__ = [
     "Term", "Polynomial", "Reduction", "const_array", "scalar", "close", "peel_unit_dims", "polynomial",
-    "reduction", "outside_users", "keepdims_shape", "param_shape_ok", "as_param", "ACTIVATION_OF",
+    "reduction", "reaches", "outside_users", "keepdims_shape", "param_shape_ok", "as_param", "ACTIVATION_OF",
 ]
 
 # A constant subexpression is evaluated when its result has at most this many elements.
@@ -260,6 +260,26 @@ def polynomial(v: Value, root: bool = True) -> Polynomial | None:
     except _Budget:
         return None
     return Polynomial(terms, r.nodes)
+
+
+def reaches(v: Value, ops: frozenset[str] | set[str], depth: int = 5) -> bool:
+    """Whether a node of one of ``ops`` feeds ``v`` through at most ``depth`` arithmetic or
+    shape-only nodes: a cheap test that keeps rules from reading every ``mul`` in a graph."""
+    seen: set[int] = set()
+    frontier = [v]
+    for _ in range(depth):
+        nxt = []
+        for u in frontier:
+            n = u.producer
+            if n is None or id(n) in seen:
+                continue
+            seen.add(id(n))
+            if n.op in ops:
+                return True
+            if n.op in _ARITH or n.op in _SHAPE_ONLY or n.op == "max":
+                nxt.extend(n._inputs)
+        frontier = nxt
+    return False
 
 
 def monomial(v: Value, nodes: list[Node]) -> Term | None:

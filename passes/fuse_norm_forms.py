@@ -21,7 +21,7 @@ import numpy as np
 from accelir.ir import Builder, Node, Value
 
 from .fuse_idioms import (Term, as_param, keepdims_shape, outside_users, param_shape_ok, peel_unit_dims, polynomial,
-                          reduction, scalar)
+                          reaches, reduction, scalar)
 from .pattern import P, Match, Op, Rule, Var
 
 __all__ = ["NormForm", "read_norm", "norm_rules"]
@@ -46,6 +46,7 @@ class _Reject(Exception):
 # (leaf op, power of the leaf in the product) -> the exponent it applies to (var + eps)
 _NORMALISERS = {("rsqrt", 1), ("sqrt", -1)}
 _POW_NORMALISERS = {(-0.5, 1), (0.5, -1)}
+_NORMALISER_OPS = frozenset({"rsqrt", "sqrt", "pow"})
 
 
 def _normaliser_arg(leaf: Value, power: int) -> Value | None:
@@ -196,7 +197,7 @@ def _is_centered(v: Value) -> bool:
 
 def read_norm(y: Value) -> NormForm | str | None:
     """Read ``y`` as a normalisation; None when it is not one, a str when it nearly is (why not)."""
-    if not y.dtype.is_float:
+    if not y.dtype.is_float or not reaches(y, _NORMALISER_OPS, 5):
         return None
     poly = polynomial(y)
     if poly is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from accelir.ir import Builder, Value
 
-from .fuse_idioms import close, outside_users, polynomial
+from .fuse_idioms import close, outside_users, polynomial, reaches
 from .pattern import Match, Op, Rule, RulePass
 from .registry import register_pass
 
@@ -47,8 +47,13 @@ def _sigmoid_of(atom: Value, power: int, region: list) -> Value | None:
     return x
 
 
+_ATOMS = frozenset({"sigmoid", "exp"})
+
+
 def _silu(m: Match, b: Builder) -> Value | None:
     y = m.root.output
+    if not reaches(y, _ATOMS, 4):
+        return None
     poly = polynomial(y)
     if poly is None or len(poly.terms) != 1:
         return None

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 from accelir.ir import Builder, Node, Value
 
-from .fuse_idioms import keepdims_shape, outside_users, polynomial, reduction
+from .fuse_idioms import keepdims_shape, outside_users, polynomial, reaches, reduction
 from .pattern import Match, Op, Rule, RulePass
 from .registry import register_pass
 
 __all__ = ["fuse_softmax", "SOFTMAX_RULES"]
+
+_EXP = frozenset({"exp"})
+_LOG = frozenset({"log"})
 
 
 def _unshift(arg: Value, axis: int, region: list[Node]) -> Value:
@@ -71,6 +74,8 @@ def _finish(m: Match, b: Builder, op: str, x: Value, axis: int, region: list[Nod
 
 
 def _softmax(m: Match, b: Builder) -> Value | None:
+    if not reaches(m.root.output, _EXP, 3):
+        return None
     poly = polynomial(m.root.output)
     if poly is None or len(poly.terms) != 1 or poly.terms[0].coef != 1.0 or len(poly.terms[0].leaves) != 2:
         return None
@@ -92,6 +97,8 @@ def _softmax(m: Match, b: Builder) -> Value | None:
 
 
 def _log_softmax(m: Match, b: Builder) -> Value | None:
+    if not reaches(m.root.output, _LOG, 3):
+        return None
     poly = polynomial(m.root.output)
     if poly is None or len(poly.terms) < 2:
         return None
