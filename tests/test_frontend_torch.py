@@ -331,3 +331,15 @@ def test_bad_method_and_fx_dynamic_shapes_are_rejected():
         capture_torch(MLP(), (torch.randn(2, 16),), method="jit")
     with pytest.raises(ValueError, match="export"):
         capture_torch(MLP(), (torch.randn(2, 16),), dynamic_shapes=({0: Dim("b")},), method="fx")
+
+
+def test_diff_with_prepend_and_bool():
+    class M(torch.nn.Module):
+        def forward(self, x, b):
+            return torch.diff(x, dim=1), torch.diff(x, n=2, dim=0, prepend=x[:1]), torch.diff(b, dim=-1)
+
+    x = torch.randn(4, 6)
+    b = torch.rand(3, 5) > 0.5
+    g = capture_torch(M(), (x, b))
+    for got, want in zip(run_graph(g, [x.numpy(), b.numpy()]), M()(x, b)):
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-6)

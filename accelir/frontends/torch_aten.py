@@ -543,6 +543,25 @@ def _slice(ctx, a):
     return ctx.b.op("slice", x, starts=(lo,), stops=(hi,), steps=(step,), axes=(ax,))
 
 
+@rule("diff")
+def _diff(ctx, a):
+    """diff(x, n, dim, prepend, append): n times x[1:] - x[:-1] along dim (xor for bool)."""
+    dt = ctx.out_dtype
+    x = ctx.cast(ctx.value(a["self"]), dt)
+    ax = _axis(a["dim"], x.rank)
+    pre, post = a.get("prepend"), a.get("append")
+    parts = ([ctx.cast(ctx.value(pre), dt)] if pre is not None else []) + [x] + \
+        ([ctx.cast(ctx.value(post), dt)] if post is not None else [])
+    if len(parts) > 1:
+        x = ctx.b.op("concat", *parts, axis=ax)
+    for _ in range(a["n"]):
+        size = x.shape[ax]
+        hi = ctx.b.op("slice", x, starts=(1,), stops=(size,), steps=(1,), axes=(ax,))
+        lo = ctx.b.op("slice", x, starts=(0,), stops=(D.dim_sub(size, 1),), steps=(1,), axes=(ax,))
+        x = ctx.b.op("ne" if dt is DType.bool else "sub", hi, lo)
+    return x
+
+
 @rule("narrow", "narrow_copy")
 def _narrow(ctx, a):
     x = ctx.value(a["self"])
