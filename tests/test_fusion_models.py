@@ -2,7 +2,8 @@
 torch frontend, a flax transformer through the jax frontend (tiny configs).
 
 Every test counts the fused ops after the level-2 pipeline and checks the optimised
-graph, run by the interpreter, against the framework's own output.
+graph, run by the interpreter, against the framework's own output; the flax model is
+also grouped into elementwise fusion regions (the XLA path) and checked the same way.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import pytest
 
 import accelir
 from accelir import PassManager
-from accelir.passes import pipeline
+from accelir.passes import get_pass, pipeline
+from accelir.passes.pipeline import load_pass_modules
 
+load_pass_modules()
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -134,6 +137,11 @@ def test_flax_transformer() -> None:
 
     g = accelir.capture(f, (x,))
     before = len(g)
+    grouped = g.copy()
+    assert get_pass("fuse_elementwise")(grouped)
+    accelir.verify(grouped)
+    assert grouped.op_histogram()["fusion"] >= 10
+    _check(grouped, [x], np.asarray(f(x)))
     counts = _optimise(g)
     assert counts == {"layer_norm": 1, "skip_layer_norm": 3, "skip_rms_norm": 1, "attention": 2, "linear": 5,
                       "dot_general": 8}
