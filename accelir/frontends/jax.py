@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import gc
 import os
 import re
 from dataclasses import dataclass
@@ -387,6 +388,20 @@ def _open(j: Any) -> tuple[Any, list]:
 
 # ----- entry point -------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=256)
+def _symbolic_shape(spec: str) -> tuple:
+    # one scope for every capture: the same spec gives the same dim objects, so jax's trace
+    # caches of inner jitted functions hit as they do for a plain make_jaxpr
+    import jax
+    return tuple(jax.export.symbolic_shape(spec, scope=_scope()))
+
+
+@functools.lru_cache(maxsize=1)
+def _scope() -> Any:
+    import jax
+    return jax.export.SymbolicScope()
+
+
 def _abstract_args(args: tuple, symbolic_shapes: Sequence[Any] | None) -> tuple:
     """Replace the arrays that have a shape spec by ShapeDtypeStructs with symbolic dims."""
     if symbolic_shapes is None:
@@ -395,12 +410,10 @@ def _abstract_args(args: tuple, symbolic_shapes: Sequence[Any] | None) -> tuple:
     if len(symbolic_shapes) != len(args):
         raise ValueError(f"symbolic_shapes needs one entry per positional argument ({len(args)}), "
                          f"got {len(symbolic_shapes)}")
-    scope = jax.export.SymbolicScope()
-
     def leaf(spec: Any, arr: Any) -> Any:
         if spec is None:
             return arr
-        shape = jax.export.symbolic_shape(spec, scope=scope)
+        shape = _symbolic_shape(spec)
         if len(shape) != np.ndim(arr):
             raise ValueError(f"shape spec {spec!r} has rank {len(shape)}, the example array has shape "
                              f"{np.shape(arr)}")
@@ -461,14 +474,22 @@ def capture_jax(fn: Callable, example_args: Sequence[Any], *, example_kwargs: di
     graph = Graph(_graph_name(fn))
     problems: list[_Problem] = []
     conv = _Converter(graph, problems, RULES)
-    inputs: list[Value] = []
-    for i, (var, leaf, name) in enumerate(zip(jaxpr.invars, leaves, names)):
-        pretty = _input_name(name)
-        if keep[i]:
-            inputs.append(graph.add_input(aval_type(var.aval), pretty))
-        else:
-            inputs.append(conv.constant(np.asarray(leaf), name=pretty))
-    outputs = conv.run(jaxpr, closed.consts, inputs)
+    # the conversion only allocates objects that stay alive; cyclic GC passes over jax's large
+    # heap would cost more than the conversion itself
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        inputs: list[Value] = []
+        for i, (var, leaf, name) in enumerate(zip(jaxpr.invars, leaves, names)):
+            pretty = _input_name(name)
+            if keep[i]:
+                inputs.append(graph.add_input(aval_type(var.aval), pretty))
+            else:
+                inputs.append(conv.constant(np.asarray(leaf), name=pretty))
+        outputs = conv.run(jaxpr, closed.consts, inputs)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     if problems:
         ops = sorted({p.primitive for p in problems})
         raise UnsupportedOpError(
