@@ -204,9 +204,9 @@ class _LazyRunner:
         self.graph = graph
         self.backend = backend
         self.device = device
-        self._run: Callable[[list], list] | None = None
+        self._run: Callable[..., list] | None = None
 
-    def build(self) -> Callable[[list], list]:
+    def build(self) -> Callable[..., list]:
         if self._run is None:
             with progress.step(f"{self.backend} session build"):
                 if self.backend == "onnxruntime":
@@ -218,7 +218,7 @@ class _LazyRunner:
         return self._run
 
     def __call__(self, flat: list) -> list:
-        return list(self.build()(flat))
+        return list(self.build()(*flat))
 
 
 def _check(source: Graph, runner: _LazyRunner, inputs: list[np.ndarray], tolerances: dict) -> str:

@@ -1,0 +1,488 @@
+"""The peer benchmark: accelir against torch eager, torch.compile, torch.onnx.export + ONNX Runtime and jax.jit.
+
+    python -m benchmarks.run [--models gpt2,bert,...] [--systems ...] [--quick] [--threads N] [--out DIR]
+
+For each model (see ``benchmarks/models.py``) every system that applies is built
+in turn, recording its build time (export / compile / ``optimize()``, plus the
+first call, where jit compilers do their work), the peak memory the build added
+(resident set high-water mark, reset before each build), and the largest
+difference of its outputs from the framework's own eager run.  Then the systems
+are timed side by side in interleaved rounds after warm-ups, all with the same
+thread count.  Results go to ``benchmarks/results/`` (git-ignored): a JSON file, a
+markdown table and a PNG bar chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["SYSTEMS", "Cell", "main", "run_model"]
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+@dataclass
+class Built:
+    """A system ready to time: ``call()`` runs the model once and returns its outputs."""
+
+    call: Callable[[], Any]
+    notes: str = ""
+    build_s: float | None = None  # when the builder timed its own part (else the whole build is timed)
+    peak_added_bytes: int | None = None
+
+
+@dataclass
+class Cell:
+    """One (model, system) result; times in seconds, memory in bytes."""
+
+    model: str
+    system: str
+    median_s: float | None = None
+    min_s: float | None = None
+    max_s: float | None = None
+    runs: int = 0
+    build_s: float | None = None
+    first_call_s: float | None = None
+    peak_added_bytes: int | None = None
+    max_abs_error: float | None = None
+    error: str = ""
+    notes: str = ""
+
+
+@dataclass
+class Context:
+    threads: int
+    tmp: str
+    framework: str
+    weight_bytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ----- memory ------------------------------------------------------------------------
+
+class PeakMemory:
+    """Resident memory a block added at its peak: the kernel's high-water mark, reset before the block.
+
+    Linux only (``/proc/self/clear_refs``); elsewhere ``added`` stays None.
+    """
+
+    def __init__(self) -> None:
+        self.added: int | None = None
+
+    @staticmethod
+    def _status(key: str) -> int | None:
+        try:
+            with open("/proc/self/status", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+        return None
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+                f.write("5")
+            self._before = self._status("VmRSS")
+        except OSError:
+            self._before = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        peak = self._status("VmHWM")
+        if self._before is not None and peak is not None:
+            self.added = max(0, peak - self._before)
+
+
+# ----- systems -----------------------------------------------------------------------
+
+def _session_options(threads: int) -> Any:
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return so
+
+
+def _ort_session(path: str, threads: int) -> Any:
+    import onnxruntime as ort
+    return ort.InferenceSession(path, _session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def _ort_call(session: Any, inputs: tuple) -> Callable[[], Any]:
+    names = [i.name for i in session.get_inputs()]
+    if len(names) != len(inputs):
+        raise RuntimeError(f"the exported model takes {len(names)} inputs ({', '.join(names)}), not {len(inputs)}")
+    feed = {name: np.asarray(x.numpy()) for name, x in zip(names, inputs)}
+    return lambda: session.run(None, feed)
+
+
+def _torch_eager(model: Any, inputs: tuple, ctx: Context) -> Built:
+    import torch
+
+    def call() -> Any:
+        with torch.no_grad():
+            return model(*inputs)
+    return Built(call)
+
+
+def _torch_compile(model: Any, inputs: tuple, ctx: Context) -> Built:
+    import torch
+    compiled = torch.compile(model)
+
+    def call() -> Any:
+        with torch.no_grad():
+            return compiled(*inputs)
+    return Built(call, notes="inductor, default mode; build time = first call")
+
+
+def _onnx_export(dynamo: bool) -> Callable[[Any, tuple, Context], Built]:
+    def build(model: Any, inputs: tuple, ctx: Context) -> Built:
+        import torch
+        path = os.path.join(ctx.tmp, f"model-{'dynamo' if dynamo else 'ts'}.onnx")
+        with torch.no_grad():
+            torch.onnx.export(model, inputs, path, dynamo=dynamo)
+        return Built(_ort_call(_ort_session(path, ctx.threads), inputs))
+    return build
+
+
+def _jax_jit(fn: Any, inputs: tuple, ctx: Context) -> Built:
+    import jax
+    jitted = jax.jit(fn)
+    return Built(lambda: jax.block_until_ready(jitted(*inputs)), notes="build time = first call (trace + compile)")
+
+
+def _accelir(backend: str) -> Callable[[Any, tuple, Context], Built]:
+    def build(model: Any, inputs: tuple, ctx: Context) -> Built:
+        import accelir
+        with PeakMemory() as mem:
+            t0 = time.perf_counter()
+            cm = accelir.optimize(model, inputs, backend=backend)
+            seconds = time.perf_counter() - t0
+        ctx.extra[f"accelir_{backend}"] = {"nodes_before": cm.report.nodes_before,
+                                           "nodes_after": cm.report.nodes_after,
+                                           "stages_s": dict(cm.report.stages)}
+        notes = ", ".join(f"{k} {v:.2f} s" for k, v in cm.report.stages.items())
+        if backend == "onnxruntime":
+            # optimize() builds its session with onnxruntime's default thread count; time the same
+            # optimised graph on a session with the benchmark's fixed threads, like the exporters' sessions
+            from accelir.interpreter import to_numpy
+            from accelir.lowering.onnx import OnnxRuntimeModule, to_onnx
+            runner = OnnxRuntimeModule(to_onnx(cm.graph), session_options=_session_options(ctx.threads))
+            flat = [to_numpy(x) for x in cm.graph.meta["signature"].flatten(*inputs)]
+            return Built(lambda: runner(*flat), notes, seconds, mem.added)
+
+        def call() -> Any:
+            import jax
+            return jax.block_until_ready(cm(*inputs)) if ctx.framework == "jax" else cm(*inputs)
+        return Built(call, notes, seconds, mem.added)
+    return build
+
+
+def _jax_eager(fn: Any, inputs: tuple, ctx: Context) -> Built:
+    import jax
+    return Built(lambda: jax.block_until_ready(fn(*inputs)), notes="op by op, no jit")
+
+
+# name -> (frameworks it applies to, builder); the first of a framework is its eager reference
+SYSTEMS: dict[str, tuple[tuple[str, ...], Callable[[Any, tuple, Context], Built]]] = {
+    "torch eager": (("torch",), _torch_eager),
+    "jax eager": (("jax",), _jax_eager),
+    "torch.compile": (("torch",), _torch_compile),
+    "onnx (torchscript) + ort": (("torch",), _onnx_export(dynamo=False)),
+    "onnx (dynamo) + ort": (("torch",), _onnx_export(dynamo=True)),
+    "jax.jit": (("jax",), _jax_jit),
+    "accelir -> ort": (("torch", "jax"), _accelir("onnxruntime")),
+    "accelir -> xla": (("torch", "jax"), _accelir("xla")),
+}
+_EAGER = {"torch": "torch eager", "jax": "jax eager"}
+
+
+def _max_error(reference: list[np.ndarray], got: list[np.ndarray]) -> float:
+    """Largest difference over the outputs both sides have, matched in order (exporters may drop None outputs)."""
+    worst = 0.0
+    for r, g in zip(reference, got):
+        if r.shape != g.shape:
+            return float("inf")
+        if r.size:
+            worst = max(worst, float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64)))))
+    return worst
+
+
+def _weight_bytes(framework: str, model: Any, inputs: tuple) -> int:
+    if framework == "torch":
+        return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    import jax
+    return sum(int(np.asarray(c).nbytes) for c in jax.make_jaxpr(model)(*inputs).consts)
+
+
+def run_model(name: str, systems: list[str], *, quick: bool, threads: int, warmup: int, repeats: int,
+              budget_s: float, log: Callable[[str], None]) -> tuple[list[Cell], dict[str, Any]]:
+    """Build every applicable system for one model, then time them in interleaved rounds."""
+    from accelir.cli import flat_arrays
+    from accelir.timing import time_interleaved
+    from benchmarks.models import MODELS
+
+    spec = MODELS[name]
+    model, inputs = spec.build(quick)
+    info = {"description": spec.description, "framework": spec.framework,
+            "weight_bytes": _weight_bytes(spec.framework, model, inputs)}
+    wanted = [s for s in systems if spec.framework in SYSTEMS[s][0]]
+    eager = _EAGER[spec.framework]
+    if eager not in wanted:
+        wanted.insert(0, eager)
+    cells: dict[str, Cell] = {}
+    built: dict[str, Callable[[], Any]] = {}
+    reference: list[np.ndarray] | None = None
+    with tempfile.TemporaryDirectory(prefix="accelir-bench-") as tmp:
+        ctx = Context(threads, tmp, spec.framework, info["weight_bytes"])
+        for system in wanted:
+            cell = cells[system] = Cell(name, system)
+            log(f"{name}: building {system}")
+            try:
+                with PeakMemory() as mem:
+                    t0 = time.perf_counter()
+                    b = SYSTEMS[system][1](model, inputs, ctx)
+                    cell.build_s = time.perf_counter() - t0 if b.build_s is None else b.build_s
+                    t0 = time.perf_counter()
+                    out = flat_arrays(b.call())
+                    cell.first_call_s = time.perf_counter() - t0
+                cell.peak_added_bytes = mem.added if b.peak_added_bytes is None else b.peak_added_bytes
+                cell.notes = b.notes
+                if system == eager:
+                    reference = out
+                cell.max_abs_error = _max_error(reference, out) if reference is not None else None
+                built[system] = b.call
+            except Exception as e:  # noqa: BLE001 - one failing system must not stop the others
+                cell.error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+                log(f"{name}: {system} failed: {cell.error}")
+                if os.environ.get("ACCELIR_BENCH_DEBUG"):
+                    traceback.print_exc()
+        log(f"{name}: timing {len(built)} systems, interleaved")
+        timings = time_interleaved(built, warmup=warmup, repeats=repeats, budget_s=budget_s)
+    for system, t in timings.items():
+        c = cells[system]
+        c.median_s, c.min_s, c.max_s, c.runs = t.median, t.min, t.max, len(t.runs)
+    info.update(ctx.extra)
+    return list(cells.values()), info
+
+
+# ----- reporting ---------------------------------------------------------------------
+
+def _ms(s: float | None) -> str:
+    return "-" if s is None else f"{s * 1e3:.2f}"
+
+
+def _latency(c: Cell) -> str:
+    if c.error:
+        return "failed"
+    if c.median_s is None:
+        return "-"
+    return f"{_ms(c.median_s)} ({_ms(c.min_s)}-{_ms(c.max_s)})"
+
+
+def _targets(cells: list[Cell], info: dict[str, dict]) -> list[tuple[str, str, str]]:
+    """(target, model, measured) rows for the goals the benchmark is judged by."""
+    by = {(c.model, c.system): c for c in cells if not c.error and c.median_s is not None}
+    rows = []
+    for model, meta in info.items():
+        acc = by.get((model, "accelir -> ort"))
+        if meta["framework"] == "torch":
+            peers = [by[(model, s)] for s in ("onnx (torchscript) + ort", "onnx (dynamo) + ort") if (model, s) in by]
+            if acc and peers:
+                best = min(peers, key=lambda c: c.median_s)
+                rows.append(("accelir->ort latency / best torch.onnx.export+ort (<= 1.0)", model,
+                             f"{acc.median_s / best.median_s:.2f} (vs {best.system})"))
+            dyn = by.get((model, "onnx (dynamo) + ort"))
+            if acc and dyn:
+                rows.append(("optimize() time / dynamo export + session build (<= 0.3)", model,
+                             f"{acc.build_s / dyn.build_s:.2f} ({acc.build_s:.1f} s vs {dyn.build_s:.1f} s)"))
+        else:
+            jit = by.get((model, "jax.jit"))
+            xla = by.get((model, "accelir -> xla"))
+            if jit and xla:
+                rows.append(("accelir->xla latency / jax.jit (<= 1.05)", model, f"{xla.median_s / jit.median_s:.2f}"))
+            if jit and acc:
+                rows.append(("accelir->ort latency / jax.jit (reported)", model, f"{acc.median_s / jit.median_s:.2f}"))
+        if acc and acc.peak_added_bytes is not None and meta["weight_bytes"]:
+            rows.append(("peak memory added by optimize() / weight bytes (<= 1.5)", model,
+                         f"{acc.peak_added_bytes / meta['weight_bytes']:.2f} "
+                         f"({acc.peak_added_bytes / 2 ** 20:.0f} MiB vs {meta['weight_bytes'] / 2 ** 20:.0f} MiB)"))
+    return rows
+
+
+def markdown(cells: list[Cell], info: dict[str, dict], meta: dict[str, Any]) -> str:
+    models = list(info)
+    systems = [s for s in SYSTEMS if any(c.system == s for c in cells)]
+    by = {(c.model, c.system): c for c in cells}
+    size = "quick (miniature models)" if meta["quick"] else "full-size models"
+    out = [f"Latency in ms, median (min-max) of up to {meta['repeats']} interleaved rounds after {meta['warmup']} "
+           f"warm-ups; batch 1; {meta['threads']} thread(s) per runtime; {meta['machine']}, load average "
+           f"{meta['load_average'][0]:.1f} at the end; {size}.",
+           "", "| model | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
+    for m in models:
+        out.append(f"| {m} | " + " | ".join(_latency(by[(m, s)]) if (m, s) in by else "" for s in systems) + " |")
+    out += ["", "Build time in s (export / compile / optimize(), first call included) / peak memory added in MiB / "
+            "max abs error vs eager:", "", "| model | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
+    for m in models:
+        row = []
+        for s in systems:
+            c = by.get((m, s))
+            if c is None:
+                row.append("")
+            elif c.error:
+                row.append(f"failed: {c.error[:80]}")
+            else:
+                build = (c.build_s or 0.0) + (c.first_call_s or 0.0)
+                mem = "-" if c.peak_added_bytes is None else f"{c.peak_added_bytes / 2 ** 20:.0f}"
+                err = "-" if c.max_abs_error is None else f"{c.max_abs_error:.1e}"
+                row.append(f"{build:.2f} / {mem} / {err}")
+        out.append(f"| {m} | " + " | ".join(row) + " |")
+    targets = _targets(cells, info)
+    if targets:
+        out += ["", "| target | model | measured |", "|---|---|---|"]
+        out += [f"| {t} | {m} | {v} |" for t, m, v in targets]
+    return "\n".join(out) + "\n"
+
+
+def bar_chart(cells: list[Cell], info: dict[str, dict], path: str) -> str | None:
+    """Latency relative to each model's baseline (torch eager; jax.jit for jax models, whose op-by-op eager run
+    is only the numeric reference), log scale, min-max whiskers; None if matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    models = list(info)
+    systems = [s for s in SYSTEMS if s != "jax eager" and any(c.system == s and c.median_s for c in cells)]
+    by = {(c.model, c.system): c for c in cells if c.median_s}
+    baseline = {"torch": "torch eager", "jax": "jax.jit"}
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(models) + 2), 5))
+    width = 0.8 / max(1, len(systems))
+    for k, s in enumerate(systems):
+        xs, ys, lo, hi = [], [], [], []
+        for i, m in enumerate(models):
+            c = by.get((m, s))
+            base = by.get((m, baseline[info[m]["framework"]]))
+            if c is None or base is None:
+                continue
+            xs.append(i + (k - (len(systems) - 1) / 2) * width)
+            ys.append(c.median_s / base.median_s)
+            lo.append((c.median_s - c.min_s) / base.median_s)
+            hi.append((c.max_s - c.median_s) / base.median_s)
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=s, color=f"C{list(SYSTEMS).index(s)}")
+    ax.axhline(1.0, color="#444", lw=0.8, ls="--")
+    ax.set_xticks(range(len(models)), models)
+    ax.set_yscale("log")
+    ax.set_ylabel("latency / torch eager or jax.jit (lower is better)")
+    ax.set_title("accelir vs peers, CPU, batch 1 (median, min-max whiskers)")
+    ax.legend(fontsize=8, ncols=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _set_threads(threads: int) -> None:
+    """One thread count for every system: torch's pools here, ORT's through session options, XLA's through
+    its flags (set before jax is imported)."""
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}").strip()
+    import torch
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set by an earlier parallel region in this process
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="gpt2,bert,vit,resnet50,flax_transformer,flax_cnn",
+                        help="comma-separated, from: " + ", ".join(_model_names()))
+    parser.add_argument("--systems", default=None, help="comma-separated, from: " + ", ".join(SYSTEMS)
+                        + " (default: all; with --quick all but torch.compile, whose inductor build takes minutes)")
+    parser.add_argument("--quick", action="store_true", help="miniature models and few rounds")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads of every runtime (default 1: on a shared machine more threads measure the "
+                        "other load more than the model)")
+    parser.add_argument("--warmup", type=int, default=None, help="default 3 (1 with --quick)")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds; default 20 (5 with --quick)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="stop adding rounds for a model after this many seconds (default 120, 10 with --quick)")
+    parser.add_argument("--out", default=RESULTS, help="output directory (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    default_systems = [s for s in SYSTEMS if not (args.quick and s == "torch.compile")]
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()] if args.systems else default_systems
+    unknown = [m for m in models if m not in _model_names()] + [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        parser.error(f"unknown model or system: {', '.join(unknown)}")
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    repeats = args.repeats if args.repeats is not None else (5 if args.quick else 20)
+    budget = args.budget_s if args.budget_s is not None else (10.0 if args.quick else 120.0)
+    _set_threads(args.threads)
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    cells: list[Cell] = []
+    info: dict[str, dict] = {}
+    for name in models:
+        c, i = run_model(name, systems, quick=args.quick, threads=args.threads, warmup=warmup, repeats=repeats,
+                         budget_s=budget, log=log)
+        cells += c
+        info[name] = i
+        gc.collect()
+    meta = {"quick": args.quick, "threads": args.threads, "warmup": warmup, "repeats": repeats,
+            "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs".replace("  ", " "),
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "python": platform.python_version(), "versions": _versions(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump({"meta": meta, "models": info, "cells": [asdict(c) for c in cells]}, f, indent=1)
+    table = markdown(cells, info, meta)
+    with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
+        f.write(table)
+    chart = bar_chart(cells, info, os.path.join(args.out, "results.png"))
+    print(table)
+    print(f"wrote {args.out}/results.json, results.md, "
+          + ("results.png" if chart else "no chart (matplotlib is not installed: pip install matplotlib)"))
+    return 0
+
+
+def _model_names() -> list[str]:
+    from benchmarks.models import MODELS
+    return list(MODELS)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for mod in ("torch", "jax", "onnx", "onnxruntime", "transformers", "flax", "accelir"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            out[mod] = "missing"
+    return out
+
+
+if __name__ == "__main__":
+    if not __package__:  # run as benchmarks/run.py: make the repo root importable, as ``-m`` does
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.exit(main())
