@@ -258,6 +258,18 @@ def test_scatter_forms():
     capture_and_check(fn, x, i, j)
 
 
+def test_vmapped_indexing():
+    x = _randn(3, 5, 4)
+    i = np.array([1, 0, 4], np.int32)
+    v = _randn(3, 4)
+
+    def fn(x, i, v):
+        return (jax.vmap(lambda r, k: r[k])(x, i), jax.vmap(lambda r, k, u: r.at[k].set(u))(x, i, v),
+                jax.vmap(lambda r, k, u: r.at[k, 2].add(u[0]))(x, i, v),
+                jax.vmap(lambda r, k: r[:, k])(x, i % 4), jax.vmap(lambda r, k: jnp.take(r, k, axis=0))(x, i))
+    capture_and_check(fn, x, i, v)
+
+
 def test_embedding_lookup_drops_nothing_in_bounds():
     table = _randn(11, 8)
     tok = np.array([[1, 2, 10], [0, 5, 6]], np.int32)
@@ -265,13 +277,19 @@ def test_embedding_lookup_drops_nothing_in_bounds():
     assert g.op_histogram().get("gather") == 1
 
 
-def test_unsupported_gather_form_names_params():
+def test_batched_gather_nd_form():
     x = _randn(4, 5, 6)
-    i = np.zeros((4, 3, 2), np.int32)
+    i = RNG.integers(0, 5, (4, 3, 2)).astype(np.int32)
     dn = lax.GatherDimensionNumbers(offset_dims=(), collapsed_slice_dims=(1, 2), start_index_map=(1, 2),
                                     operand_batching_dims=(0,), start_indices_batching_dims=(0,))
-    with pytest.raises(UnsupportedOpError, match="gather.*slice_sizes"):
-        capture_jax(lambda x, i: lax.gather(x, i, dn, (1, 1, 1), mode="clip"), (x, i))
+    capture_and_check(lambda x, i: lax.gather(x, i, dn, (1, 1, 1), mode="clip"), x, i)
+
+
+def test_unsupported_scatter_form_names_params():
+    x = _randn(4, 5, 6)
+    i = np.array([1, 0, 3], np.int32)
+    with pytest.raises(UnsupportedOpError, match="scatter at test_frontend_jax.py:[0-9]+ .*ScatterDimensionNumbers"):
+        capture_jax(lambda x, i: x.at[i, 1:3].set(0.0), (x, i))
 
 
 # ----- control flow ------------------------------------------------------------------

@@ -7,7 +7,9 @@ lax.gather and lax.scatter are general; the forms that jnp indexing, ``jnp.take`
   dims, whole (or leading) windows on the others -> ``gather`` (one indexed dim) or
   ``gather_nd`` after moving the indexed dims first;
 * one indexed dim with every other dim a batching dim -> ``take_along_axis``;
-* point updates on some dims, whole windows on the others -> ``scatter_nd``.
+* point updates on some dims, whole windows on the others -> ``scatter_nd``;
+* other batching dims (``vmap`` of indexing) become point lookups whose index is an
+  iota over the matching indices dim, then take the forms above.
 
 Out-of-bounds handling follows the equation's mode: ``CLIP`` clamps the indices,
 ``FILL_OR_DROP`` fills gathered rows with the fill value and drops scattered ones (the
@@ -111,11 +113,15 @@ def _window_prefix(cx: EqnContext, x: Value, dims: Sequence[int], sizes: Sequenc
 def _gather(cx: EqnContext, x: Value, idx: Value, *, dimension_numbers: Any, slice_sizes: Sequence[Any],
             mode: Any, fill_value: Any = None, **p: Any) -> Value:
     dn = dimension_numbers
-    if dn.operand_batching_dims:
-        return _gather_batched(cx, x, idx, dn, to_dims(slice_sizes), _mode(mode), fill_value)
     sizes = to_dims(slice_sizes)
     sim = [int(d) for d in dn.start_index_map]
     collapsed = {int(d) for d in dn.collapsed_slice_dims}
+    if dn.operand_batching_dims:
+        if _is_take_along_axis(dn, sizes, idx):
+            return _gather_batched(cx, x, idx, dn, sizes, _mode(mode), fill_value)
+        idx, extra = _unbatch(cx, idx, dn.operand_batching_dims, dn.start_indices_batching_dims)
+        sim += extra
+        collapsed |= set(extra)
     windowed = [d for d in sim if sizes[d] != 1]
     if any(type(sizes[d]) is not int for d in windowed):
         raise Unsupported(f"a gather window of symbolic size ({dn}, slice_sizes={tuple(slice_sizes)})")
@@ -166,19 +172,35 @@ def _expand_windows(cx: EqnContext, idx: Value, windows: list[int]) -> Value:
     return cx.op("add", spread, cx.const(offsets))
 
 
+def _unbatch(cx: EqnContext, idx: Value, operand_dims: Sequence[Any], index_dims: Sequence[Any]
+             ) -> tuple[Value, list[int]]:
+    """Batching dims as explicit point lookups: operand dim d reads index iota(index dim j).
+
+    Returns the indices with one more component per batching dim and those operand dims."""
+    nb = idx.rank - 1
+    parts = [idx]
+    for j in index_dims:
+        parts.append(cx.op("iota", shape=tuple(idx.shape[:nb]) + (1,), axis=int(j), dtype=idx.dtype))
+    return cx.op("concat", *parts, axis=nb), [int(d) for d in operand_dims]
+
+
+def _is_take_along_axis(dn: Any, sizes: tuple, idx: Value) -> bool:
+    sim = [int(d) for d in dn.start_index_map]
+    obd = [int(d) for d in dn.operand_batching_dims]
+    sibd = [int(d) for d in dn.start_indices_batching_dims]
+    extra = [j for j in range(idx.rank - 1) if j not in sibd]
+    return (len(sim) == 1 and [int(d) for d in dn.collapsed_slice_dims] == sim and sizes[sim[0]] == 1
+            and all(sizes[d] == 1 for d in obd) and len(extra) <= 1)
+
+
 def _gather_batched(cx: EqnContext, x: Value, idx: Value, dn: Any, sizes: tuple, mode: str,
                     fill_value: Any) -> Value:
     """take_along_axis: one indexed dim, every dim but the offsets a batching dim."""
     obd = [int(d) for d in dn.operand_batching_dims]
     sibd = [int(d) for d in dn.start_indices_batching_dims]
-    sim = [int(d) for d in dn.start_index_map]
-    collapsed = [int(d) for d in dn.collapsed_slice_dims]
     nb = idx.rank - 1
     extra = [j for j in range(nb) if j not in sibd]
-    if len(sim) != 1 or collapsed != sim or sizes[sim[0]] != 1 or any(sizes[d] != 1 for d in obd) \
-            or len(extra) > 1:
-        raise Unsupported(f"a batched gather that is not a take_along_axis ({dn}, slice_sizes={sizes})")
-    axis = sim[0]
+    axis = int(dn.start_index_map[0])
     offset_dims = [d for d in range(x.rank) if d != axis and d not in obd]
     x = _window_prefix(cx, x, offset_dims, sizes)
     idx, valid = _gather_guard(cx, idx, [x.shape[axis]], mode)
@@ -224,9 +246,13 @@ def _scatter_nd(cx: EqnContext, x: Value, idx: Value, upd: Value, dn: Any, mode:
     sdims = [int(d) for d in dn.scatter_dims_to_operand_dims]
     inserted = {int(d) for d in dn.inserted_window_dims}
     uwd = [int(d) for d in dn.update_window_dims]
+    if dn.operand_batching_dims:
+        idx, extra = _unbatch(cx, idx, dn.operand_batching_dims, dn.scatter_indices_batching_dims)
+        sdims += extra
+        inserted |= set(extra)
     window_dims = [d for d in range(x.rank) if d not in inserted]
     rest = [d for d in range(x.rank) if d not in sdims]
-    if dn.operand_batching_dims or set(sdims) != inserted or window_dims != rest or any(
+    if set(sdims) != inserted or window_dims != rest or any(
             upd.shape[u] != x.shape[d] for u, d in zip(uwd, window_dims)):
         raise Unsupported(f"a scatter that is not point updates with whole windows ({dn})")
     if x.dtype is DType.bool and reduction != "none":
