@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..errors import AccelirError
+from ..ir import DType
 from .onnx import ONNX_DTYPES, DynamicValueError, import_onnx
 from .onnx_ops import OUT_OF_SCOPE, OUT_OF_SCOPE_DOMAINS
 
@@ -84,8 +85,13 @@ def load_cases(names: Iterable[str] | None = None) -> list[NodeCase]:
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         cases = node.collect_testcases(None)
-    return [NodeCase(c.name, c.model, list(c.data_sets), c.rtol, c.atol) for c in cases
-            if wanted is None or c.name in wanted]
+    return [NodeCase(c.name, c.model, [(_arrays(i), _arrays(o)) for i, o in c.data_sets], c.rtol, c.atol)
+            for c in cases if wanted is None or c.name in wanted]
+
+
+def _arrays(values: Sequence[Any]) -> list[Any]:
+    """0-d results come back from the case generators as numpy scalars; they are tensors too."""
+    return [np.asarray(v) if isinstance(v, np.generic) else v for v in values]
 
 
 # ----- scope -------------------------------------------------------------------------
@@ -146,6 +152,8 @@ def scope_of(case: NodeCase) -> str:
 
 
 # ----- running -----------------------------------------------------------------------
+
+_BF16 = DType.bf16.numpy
 
 # f16 / bf16 results are computed in f32 and rounded once, where ONNX's reference rounds
 # after every step: allow a few units in the last place
@@ -210,12 +218,40 @@ def _run_onnxruntime(graph: Any, case: NodeCase, inputs: Sequence[np.ndarray]) -
     from accelir.pass_manager import PassManager
     from accelir.passes import pipeline
     PassManager(pipeline(2, "onnxruntime"), verify_each=False, snapshot=False).run(graph)
-    model = to_onnx(graph)
+    model = _bf16_io_as_f32(to_onnx(graph))
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    feeds = dict(zip([i.name for i in sess.get_inputs()], _feeds(graph, case, inputs)))
-    return sess.run(None, feeds)
+    flat = [a.astype(np.float32) if a.dtype == _BF16 else a for a in _feeds(graph, case, inputs)]
+    outs = sess.run(None, dict(zip([i.name for i in sess.get_inputs()], flat)))
+    return [o.astype(_BF16) if v.dtype is DType.bf16 else o for o, v in zip(outs, graph.outputs)]
+
+
+def _bf16_io_as_f32(model: Any) -> Any:
+    """onnxruntime's python binding cannot pass bfloat16 arrays: bf16 graph inputs and
+    outputs get a Cast to / from f32 at the boundary (exact both ways for bf16 values)."""
+    import onnx
+    from onnx import TensorProto, helper
+    g = model.graph
+    front, back = [], []
+    for vi in g.input:
+        if vi.type.tensor_type.elem_type == TensorProto.BFLOAT16:
+            outer = vi.name + "__f32"
+            front.append(helper.make_node("Cast", [outer], [vi.name], to=TensorProto.BFLOAT16))
+            vi.name = outer
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT
+    for vi in g.output:
+        if vi.type.tensor_type.elem_type == TensorProto.BFLOAT16:
+            outer = vi.name + "__f32"
+            back.append(helper.make_node("Cast", [vi.name], [outer], to=TensorProto.FLOAT))
+            vi.name = outer
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT
+    if front or back:
+        nodes = front + list(g.node) + back
+        del g.node[:]
+        g.node.extend(nodes)
+        onnx.checker.check_model(model)
+    return model
 
 
 PATHS: dict[str, Callable[[Any, NodeCase, Sequence[np.ndarray]], list[np.ndarray]]] = {

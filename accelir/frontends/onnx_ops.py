@@ -597,12 +597,13 @@ def _constant(ctx: NodeContext):
 
 @rule("Range")
 def _range(ctx: NodeContext):
-    start, limit, delta = (ctx.known(i) for i in range(3))
+    # the output length is (limit - start) / delta: the IR needs it when building the graph
+    start, limit, delta = (ctx.values(i, what) for i, what in enumerate(("start", "limit", "delta")))
     dt = ctx.input(0).dtype
-    if start is not None and limit is not None and delta is not None and limit.dtype != object:
+    if limit.dtype != object and start.dtype != object and delta.dtype != object:
         return [ctx.const(np.arange(start.item(), limit.item(), delta.item()).astype(dt.numpy))]
-    if start is None or delta is None or limit is None or start.dtype == object or delta.dtype == object:
-        return None
+    if start.dtype == object or delta.dtype == object:
+        raise DynamicValueError("its start and delta must not depend on symbolic dims")
     s, lim, d = int(start.item()), limit.item(), int(delta.item())
     if d <= 0:
         raise ctx.unsupported("a symbolic limit with a non-positive delta")
@@ -909,20 +910,24 @@ def _reduce(ctx: NodeContext):
     if axes is None:
         return [x]
     op = REDUCE[ctx.node.op_type]
-    if x.dtype is DType.bool:
-        op = _BOOL_REDUCE.get(op, op)
     if op == "reduce_mean" and not x.dtype.is_float:
         return None
     keepdims = bool(ctx.attr("keepdims", 1))
     if op in ("reduce_max", "reduce_min") and any(x.shape[a] == 0 for a in axes):
-        # the identity of max / min over nothing: -inf / +inf (the dtype's extremes for ints)
+        # the identity of max / min over nothing: -inf / +inf (the dtype's extremes for ints, False / True)
         shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)) if keepdims else \
             tuple(d for i, d in enumerate(x.shape) if i not in axes)
-        info = np.finfo if x.dtype.is_float else np.iinfo
-        ident = -np.inf if x.dtype.is_float else info(x.dtype.numpy).min
-        if op == "reduce_min":
-            ident = np.inf if x.dtype.is_float else info(x.dtype.numpy).max
+        lowest = op == "reduce_max"
+        if x.dtype is DType.bool:
+            ident = not lowest
+        elif x.dtype.is_float:
+            ident = -np.inf if lowest else np.inf
+        else:
+            info = np.iinfo(x.dtype.numpy)
+            ident = info.min if lowest else info.max
         return [ctx.op("broadcast_to", ctx.scalar(ident, x), shape=shape)]
+    if x.dtype is DType.bool:
+        op = _BOOL_REDUCE.get(op, op)
     return [ctx.op(op, x, axes=axes, keepdims=keepdims)]
 
 
