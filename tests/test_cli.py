@@ -1,0 +1,285 @@
+"""Tests of the accelir command line: each command, its outputs, exit codes and error messages."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import accelir
+from accelir.cli import flat_arrays, main, random_inputs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+AIR = """graph main(%x: f32[batch,4], %w: f32[4,3]) -> (f32[batch,3]) {
+  %one = constant() {name="one", value=1.0} : f32[]
+  %0 = matmul(%x, %w) : f32[batch,3]
+  %1 = mul(%0, %one) : f32[batch,3]
+  %2 = relu(%1) : f32[batch,3]
+  %3 = tanh(%1) : f32[batch,3]
+  return %2
+}
+"""
+
+FACTORY = """
+import torch
+
+
+class MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(8, 16)
+        self.fc2 = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        return torch.softmax(self.fc2(torch.relu(self.fc1(x))) * 1.0, dim=-1)
+
+
+def make():
+    torch.manual_seed(0)
+    return MLP().eval(), (torch.randn(3, 8),)
+
+
+def not_a_pair():
+    return 42
+"""
+
+# A deliberately wrong pass, registered when the factory module is imported (subprocess tests only:
+# the pass registry is process-wide).
+WRONG_PASS = FACTORY + """
+from accelir.passes import Op, Rule, RulePass, Var, register_pass
+
+register_pass("relu_to_neg")(RulePass("relu_to_neg", (
+    Rule("relu_to_neg", Op("relu", Var("x")), lambda m, b: b.op("neg", m["x"])),)))
+"""
+
+
+@pytest.fixture
+def air(tmp_path):
+    path = tmp_path / "m.air"
+    path.write_text(AIR)
+    return str(path)
+
+
+@pytest.fixture
+def factory(tmp_path):
+    path = tmp_path / "model_factory.py"
+    path.write_text(FACTORY)
+    return str(path)
+
+
+def _cli(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-m", "accelir", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# ----- show --------------------------------------------------------------------------
+
+def test_show_prints_ir_that_parses_back(air, capsys):
+    assert main(["show", air]) == 0
+    out = capsys.readouterr().out
+    assert out == accelir.print_graph(accelir.parse(AIR))
+
+
+def test_show_after_level_prints_optimised_ir_and_report(air, capsys):
+    assert main(["show", air, "--after-level", "1"]) == 0
+    captured = capsys.readouterr()
+    g = accelir.parse(captured.out)
+    assert g.op_histogram() == {"matmul": 1, "relu": 1}
+    assert "simplify" in captured.err and "nodes 5 -> 2" in captured.err
+
+
+def test_show_dot_and_html_files(air, tmp_path, capsys):
+    dot, page = tmp_path / "g.dot", tmp_path / "g.html"
+    assert main(["show", air, "-o", str(dot)]) == 0
+    assert dot.read_text().startswith('digraph "main"')
+    assert main(["show", air, "--after-level", "2", "-o", str(page)]) == 0
+    html = page.read_text()
+    assert "<svg" in html and '<table class="report">' in html
+    # the pass-by-pass section shows simplify removing the multiply by one
+    assert re.search(r'<span class="del">-  %1 = mul\(%0, %one\)', html)
+    assert main(["show", air, "-o", str(page)]) == 1
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["show", air, "--format", "dot"]) == 0
+    assert capsys.readouterr().out.startswith('digraph "main"')
+
+
+# ----- optimize ----------------------------------------------------------------------
+
+def test_optimize_air_to_air_with_dumps_and_diffs(air, tmp_path, capsys):
+    out, dumps = tmp_path / "o.air", tmp_path / "dumps"
+    rc = main(["optimize", air, "-o", str(out), "--level", "1", "--dump-dir", str(dumps), "--print-after", "changed",
+               "--report"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "+++" in text and "-  %3 = tanh(%1)" in text
+    assert re.search(r"wrote .*o\.air: 5 -> 2 nodes", text)
+    assert accelir.load(str(out)).op_histogram() == {"matmul": 1, "relu": 1}
+    names = sorted(os.listdir(dumps))
+    assert names[0] == "000-input.air" and "report.txt" in names
+    assert any(n.endswith("after-simplify.air") for n in names)
+
+
+def test_optimize_factory_to_onnx_with_check(factory, tmp_path, capsys):
+    import onnxruntime as ort
+    import torch
+
+    out = tmp_path / "mlp.onnx"
+    assert main(["optimize", f"{factory}:make", "-o", str(out), "--check"]) == 0
+    text = capsys.readouterr().out
+    assert "check: 1 output(s) match the original graph on onnxruntime" in text
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(3).standard_normal((3, 8)).astype(np.float32)
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    namespace: dict = {}
+    exec(compile(FACTORY, "factory", "exec"), namespace)
+    model, _ = namespace["make"]()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_optimize_onnx_in_onnx_out(tmp_path, capsys):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "one"], ["m"]), helper.make_node("Relu", ["m"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], [one])
+    src = tmp_path / "in.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    out = tmp_path / "out.onnx"
+    assert main(["optimize", str(src), "-o", str(out), "--check", "--dim", "n=5"]) == 0
+    assert "check: 1 output(s) match" in capsys.readouterr().out
+    optimized = onnx.load(str(out))
+    assert [n.op_type for n in optimized.graph.node] == ["Relu"]
+    x = np.random.default_rng(0).standard_normal((7, 4)).astype(np.float32)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, np.maximum(x, 0))
+
+
+def test_optimize_to_stablehlo_and_hlo(air, tmp_path, capsys):
+    mlir, hlo = tmp_path / "m.mlir", tmp_path / "m.hlo"
+    assert main(["optimize", air, "-o", str(mlir), "--check"]) == 0
+    assert "on xla" in capsys.readouterr().out
+    assert "stablehlo." in mlir.read_text()
+    assert main(["optimize", air, "-o", str(hlo)]) == 0
+    assert "HloModule" in hlo.read_text()
+
+
+# ----- errors and exit codes ---------------------------------------------------------
+
+def test_errors_are_one_line_with_exit_code_1(air, factory, tmp_path, capsys):
+    assert main(["show", str(tmp_path / "missing.air")]) == 1
+    assert "missing.air: no such file" in _one_error_line(capsys.readouterr().err)
+    assert main(["optimize", f"{factory}:not_a_pair", "-o", str(tmp_path / "x.air")]) == 1
+    assert "must return (model, example_inputs)" in _one_error_line(capsys.readouterr().err)
+    (tmp_path / "bad.air").write_text("graph main(%x: f32[2]) -> (f32[2]) {\n  %0 = nope(%x) : f32[2]\n")
+    assert main(["show", str(tmp_path / "bad.air")]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("accelir show: error: ") and "--debug" in line
+    assert main(["optimize", air, "-o", air]) == 1
+    assert "exists" in _one_error_line(capsys.readouterr().err)
+
+
+def test_debug_prints_the_traceback(tmp_path, capsys):
+    (tmp_path / "bad.air").write_text("graph main(%x: f32[2]) -> (f32[2]) {\n  %0 = nope(%x) : f32[2]\n")
+    assert main(["show", str(tmp_path / "bad.air"), "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "ParseError" in err
+
+
+def test_usage_errors_exit_2(air, capsys):
+    assert main([]) == 2
+    assert main(["optimize", air]) == 2  # no -o
+    assert main(["show", air, "--format", "png"]) == 2
+    assert main(["show", "model.pt"]) == 2
+    assert "not an input" in capsys.readouterr().err
+    assert main(["optimize", air, "-o", "x.air", "--passes", "dce,no_such_pass"]) == 2
+    assert "no pass named 'no_such_pass'" in capsys.readouterr().err
+    assert main(["optimize", air, "-o", "never-written.air", "--check", "--dim", "batch"]) == 2
+    assert "expected NAME=VALUE" in capsys.readouterr().err
+    assert main(["--version"]) == 0
+
+
+# ----- bisect, bench and the entry points (subprocesses) -----------------------------
+
+def test_bisect_names_the_wrong_pass_and_writes_a_reproducer(tmp_path):
+    path = tmp_path / "wrong.py"
+    path.write_text(WRONG_PASS)
+    repro = tmp_path / "repro"
+    r = _cli("bisect", f"{path}:make", "--passes", "dce,relu_to_neg,cse", "-o", str(repro))
+    assert r.returncode == 0, r.stderr
+    assert "bisect: pass 'relu_to_neg'" in r.stdout and "rewrite 1 of 1" in r.stdout
+    assert (repro / "replay.py").exists() and (repro / "before.air").exists()
+    assert "\r" not in r.stderr  # no progress display when stderr is not a terminal
+
+
+def test_check_catches_a_wrong_pass(tmp_path):
+    path = tmp_path / "wrong.py"
+    path.write_text(WRONG_PASS)
+    r = _cli("optimize", f"{path}:make", "-o", str(tmp_path / "o.onnx"), "--passes", "relu_to_neg", "--check")
+    assert r.returncode == 1
+    line = _one_error_line(r.stderr)
+    assert "--check: output 0 of the optimised graph on onnxruntime differs" in line
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_bench_prints_a_latency_table(factory):
+    r = _cli("bench", f"{factory}:make", "--backends", "onnxruntime", "--repeats", "3", "--warmup", "1")
+    assert r.returncode == 0, r.stderr
+    rows = {line.split("  ")[0].strip(): line for line in r.stdout.splitlines()[1:]}
+    assert set(rows) == {"torch eager", "accelir -> onnxruntime"}
+    err = float(rows["accelir -> onnxruntime"].split()[-1])
+    assert err < 1e-5
+
+
+def test_console_script_and_module_entry_point(air):
+    r = _cli("show", air)
+    assert r.returncode == 0 and r.stdout.startswith("graph main(")
+    script = shutil.which("accelir", path=os.path.dirname(sys.executable))
+    if script is None:
+        pytest.skip("the accelir console script is not installed in this environment")
+    r = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == f"accelir {accelir.__version__}"
+
+
+# ----- helpers -----------------------------------------------------------------------
+
+def test_random_inputs_follow_examples_and_dims():
+    g = accelir.parse(textwrap.dedent("""\
+        graph main(%ids: i64[batch,seq], %mask: bool[batch,seq], %x: f32[batch,4]) -> (f32[batch,4]) {
+          return %x
+        }
+        """))
+    ids = np.array([[5, 9, 7]])
+    mask = np.ones((1, 3), bool)
+    x = np.zeros((1, 4), np.float32)
+    a, b, c = random_inputs(g, [ids, mask, x], seed=1)
+    assert a.shape == (1, 3) and a.dtype == np.int64 and a.min() >= 5 and a.max() <= 9
+    assert b.all() and c.dtype == np.float32 and c.std() > 0
+    a, b, c = random_inputs(g, dims={"batch": 3})
+    assert a.shape == (3, 2) and set(np.unique(a)) <= {0, 1} and b.all() and c.shape == (3, 4)
+
+
+def test_flat_arrays_walks_nested_outputs():
+    import torch
+    out = {"a": torch.ones(2), "b": (np.zeros(3), [torch.zeros(1, 2)]), "none": None}
+    shapes = [a.shape for a in flat_arrays(out)]
+    assert shapes == [(2,), (3,), (1, 2)]
