@@ -285,11 +285,22 @@ def test_batched_gather_nd_form():
     capture_and_check(lambda x, i: lax.gather(x, i, dn, (1, 1, 1), mode="clip"), x, i)
 
 
-def test_unsupported_scatter_form_names_params():
+def test_scatter_windows_at_indices():
     x = _randn(4, 5, 6)
     i = np.array([1, 0, 3], np.int32)
+    capture_and_check(lambda x, i: (x.at[i, 1:3].set(0.0), x.at[i, 3:].add(jnp.ones((3, 2, 6))),
+                                    x.at[i, 1:3].set(0.0, mode="clip"), x.at[i * 3, 2:4].multiply(-1.0),
+                                    lax.dynamic_update_slice(x, jnp.ones((1, 2, 6)), (i[0], 4, 0))), x, i)
+
+
+def test_unsupported_scatter_form_names_params():
+    x = _randn(4, 5, 6)
+    i = np.array([[1], [0]], np.int32)
+    dn = lax.ScatterDimensionNumbers(update_window_dims=(1, 2), inserted_window_dims=(0,),
+                                     scatter_dims_to_operand_dims=(0,))
+    # a window smaller than its dim on a dim that is not indexed
     with pytest.raises(UnsupportedOpError, match="scatter at test_frontend_jax.py:[0-9]+ .*ScatterDimensionNumbers"):
-        capture_jax(lambda x, i: x.at[i, 1:3].set(0.0), (x, i))
+        capture_jax(lambda x, i: lax.scatter(x, i, jnp.ones((2, 3, 6)), dn), (x, i))
 
 
 # ----- control flow ------------------------------------------------------------------

@@ -7,7 +7,8 @@ lax.gather and lax.scatter are general; the forms that jnp indexing, ``jnp.take`
   dims, whole (or leading) windows on the others -> ``gather`` (one indexed dim) or
   ``gather_nd`` after moving the indexed dims first;
 * one indexed dim with every other dim a batching dim -> ``take_along_axis``;
-* point updates on some dims, whole windows on the others -> ``scatter_nd``;
+* updates of points or static windows at the indices, whole windows on the other dims
+  -> ``scatter_nd``;
 * other batching dims (``vmap`` of indexing) become point lookups whose index is an
   iota over the matching indices dim, then take the forms above.
 
@@ -252,31 +253,37 @@ def _scatter_nd(cx: EqnContext, x: Value, idx: Value, upd: Value, dn: Any, mode:
         inserted |= set(extra)
     window_dims = [d for d in range(x.rank) if d not in inserted]
     rest = [d for d in range(x.rank) if d not in sdims]
-    if set(sdims) != inserted or window_dims != rest or any(
-            upd.shape[u] != x.shape[d] for u, d in zip(uwd, window_dims)):
-        raise Unsupported(f"a scatter that is not point updates with whole windows ({dn})")
+    window_of = dict(zip(window_dims, uwd))  # operand dim -> its updates dim
+    windowed = [d for d in sdims if d not in inserted]
+    if (not inserted <= set(sdims) or any(upd.shape[window_of[d]] != x.shape[d] for d in rest)
+            or any(type(upd.shape[window_of[d]]) is not int for d in windowed)):
+        raise Unsupported(f"a scatter that is not updates of points or static windows at the indices and "
+                          f"whole windows elsewhere ({dn})")
     if x.dtype is DType.bool and reduction != "none":
         raise Unsupported(f"scatter reduction {reduction!r} on bool")
     xt = _transpose(cx, x, sdims + rest)
     scatter_pos = [u for u in range(upd.rank) if u not in uwd]
-    ut = _transpose(cx, upd, scatter_pos + uwd)
+    ut = _transpose(cx, upd, scatter_pos + [window_of[d] for d in windowed] + [window_of[d] for d in rest])
     k = len(sdims)
-    bounds = [x.shape[d] for d in sdims]
-    if mode == "PROMISE_IN_BOUNDS" or _in_bounds(idx, bounds):
-        r = cx.op("scatter_nd", xt, idx, ut, reduction=reduction)
-    elif mode == "CLIP":
-        hi = [b - 1 for b in _static_bounds(bounds, "an index guard")]
-        r = cx.op("scatter_nd", xt, _clamp(cx, idx, hi), ut, reduction=reduction)
-    elif mode == "FILL_OR_DROP":
-        # out-of-bounds updates are dropped: send them to a padding slot and cut it off afterwards
-        dims = _static_bounds(bounds, "an index guard")
-        valid = _valid_rows(cx, idx, [b - 1 for b in dims])
-        safe = cx.op("where", cx.op("unsqueeze", valid, axes=(-1,)), idx, cx.const(np.asarray(dims), idx.dtype))
-        padded = cx.op("pad", xt, pads=tuple((0, 1) if a < k else (0, 0) for a in range(x.rank)))
-        r = cx.op("scatter_nd", padded, safe, ut, reduction=reduction)
-        r = cx.op("slice", r, starts=(0,) * k, stops=tuple(dims), axes=tuple(range(k)))
-    else:
+    sizes = [upd.shape[window_of[d]] if d in windowed else 1 for d in sdims]
+    # a window of w must start in [0, dim - w]
+    bounds = [x.shape[d] if w == 1 else x.shape[d] - w + 1 for d, w in zip(sdims, sizes)]
+    guard = not (mode == "PROMISE_IN_BOUNDS" or _in_bounds(idx, bounds))
+    if guard and mode == "CLIP":
+        idx = _clamp(cx, idx, [b - 1 for b in _static_bounds(bounds, "an index guard")])
+    elif guard and mode == "FILL_OR_DROP":
+        # out-of-bounds windows are dropped: send them to a padding slot and cut it off afterwards
+        dims = _static_bounds([x.shape[d] for d in sdims], "an index guard")
+        valid = _valid_rows(cx, idx, [b - 1 for b in _static_bounds(bounds, "an index guard")])
+        idx = cx.op("where", cx.op("unsqueeze", valid, axes=(-1,)), idx, cx.const(np.asarray(dims), idx.dtype))
+        xt = cx.op("pad", xt, pads=tuple((0, sizes[a]) if a < k else (0, 0) for a in range(x.rank)))
+    elif guard:
         raise Unsupported(f"scatter mode {mode}")
+    if windowed:
+        idx = _expand_windows(cx, idx, sizes)
+    r = cx.op("scatter_nd", xt, idx, ut, reduction=reduction)
+    if guard and mode == "FILL_OR_DROP":
+        r = cx.op("slice", r, starts=(0,) * k, stops=tuple(x.shape[d] for d in sdims), axes=tuple(range(k)))
     perm = sdims + rest
     inv = [0] * len(perm)
     for i, d in enumerate(perm):
