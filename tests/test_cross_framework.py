@@ -9,7 +9,6 @@ import pytest
 torch = pytest.importorskip("torch")
 jax = pytest.importorskip("jax")
 nn = pytest.importorskip("flax.linen")
-import jax.numpy as jnp  # noqa: E402
 
 import accelir  # noqa: E402
 from accelir.frontends.jax import capture_jax  # noqa: E402

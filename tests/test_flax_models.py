@@ -7,11 +7,9 @@ import pytest
 
 jax = pytest.importorskip("jax")
 nn = pytest.importorskip("flax.linen")
-import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import accelir  # noqa: E402
-from accelir.frontends.jax import capture_jax  # noqa: E402
 
 from test_frontend_jax import assert_close, capture_and_check  # noqa: E402
 

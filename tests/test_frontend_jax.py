@@ -203,7 +203,8 @@ def test_shape_ops():
     x = _randn(2, 3, 4)
     capture_and_check(lambda x: (x.reshape(6, 4), x.T, jnp.transpose(x, (1, 0, 2)), x[:, None, :, 1],
                                  jnp.expand_dims(x, 0), jnp.squeeze(x[:1]), x[::-1, :, ::2], x[1:, 1:3],
-                                 jnp.concatenate([x, x * 2], 1), jnp.pad(x, ((0, 0), (1, 2), (3, 0)), constant_values=-1.5),
+                                 jnp.concatenate([x, x * 2], 1),
+                                 jnp.pad(x, ((0, 0), (1, 2), (3, 0)), constant_values=-1.5),
                                  jnp.broadcast_to(x[:, :1], (5, 2, 3, 4)), jnp.arange(12).reshape(3, 4),
                                  jnp.split(x, 2, axis=2), jnp.flip(x, (0, 2)), jnp.tile(x, (1, 2, 1)),
                                  jnp.stack([x, x], -1), lax.pad(x, 0.0, ((0, 0, 0), (-1, 1, 0), (1, -2, 0)))), x)
@@ -411,6 +412,26 @@ def test_symbolic_spec_pytree_and_conv():
     assert g.outputs[0].type.shape[0] == "n"
 
 
+def test_symbolic_spatial_dims_conv_and_pool():
+    import flax.linen as nn
+    x = _randn(2, 9, 8, 3)
+    w = _randn(3, 3, 3, 4)
+
+    def fn(x, w):
+        y = lax.conv_general_dilated(x, w, (2, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return nn.max_pool(y, (2, 2), strides=(2, 2))
+    g = capture_and_check(fn, x, w, symbolic_shapes=("n, h, w, 3", None))
+    assert all(type(d) is str for d in g.outputs[0].type.shape[:3])
+    x2 = _randn(1, 12, 10, 3)
+    assert_close(accelir.run_graph(g, [x2, w]), jax.jit(fn)(x2, w))
+
+
+def test_accelir_capture_dispatches_jax_callables():
+    x = _randn(3, 4)
+    g = accelir.capture(lambda v: jnp.tanh(v) * 2, (x,), dynamic_shapes=("b, 4",))
+    assert g.meta["frontend"] == "jax" and g.inputs[0].type.shape == ("b", 4)
+
+
 # ----- provenance and errors ---------------------------------------------------------
 
 def test_provenance_source_line_and_module():
@@ -429,6 +450,11 @@ def test_provenance_source_line_and_module():
     assert matmul.meta["module"].endswith("Block/proj")
     mul = next(n for n in g if n.op == "mul")
     assert mul.meta["source"].startswith("test_frontend_jax.py:")
+
+
+def test_unsupported_input_dtype():
+    with pytest.raises(UnsupportedOpError, match="arg0.*uint32"):
+        capture_jax(lambda k: k + 1, (np.zeros(3, np.uint32),))
 
 
 def test_unsupported_lists_every_primitive():

@@ -69,10 +69,19 @@ def _dtype(dt: Any) -> DType:
 _DIM_CALLS = {"floordiv": ast.FloorDiv, "mod": ast.Mod}
 
 
+def _is_zero(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and node.value == 0
+
+
 def _dim_ast(node: ast.AST) -> ast.AST:
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _DIM_CALLS \
             and len(node.args) == 2:
         return ast.BinOp(_dim_ast(node.args[0]), _DIM_CALLS[node.func.id](), _dim_ast(node.args[1]))
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "max" \
+            and len(node.args) == 2 and any(_is_zero(a) for a in node.args):
+        # jax clamps computed sizes at 0 (e.g. a conv's output); in a run where every dim is
+        # valid the other operand is already >= 0
+        return _dim_ast(node.args[1] if _is_zero(node.args[0]) else node.args[0])
     if isinstance(node, ast.Call):
         raise Unsupported(f"symbolic dim operation {ast.unparse(node)!r} has no accelir form")
     for name, value in ast.iter_fields(node):
@@ -100,6 +109,25 @@ def to_dims(shape: Sequence[Any]) -> tuple:
 
 def aval_type(aval: Any) -> TensorType:
     return TensorType(_dtype(aval.dtype), to_dims(aval.shape))
+
+
+_UNKNOWN_DIM = "unknown_dim"
+
+
+def _loose_type(aval: Any) -> TensorType:
+    """aval_type, with a placeholder for a dim or dtype accelir cannot spell (types to check against and
+    stand-ins for the results of unsupported equations)."""
+    try:
+        dt = _dtype(aval.dtype)
+    except Unsupported:
+        dt = DType.f32
+    dims = []
+    for d in aval.shape:
+        try:
+            dims.append(to_dim(d))
+        except Unsupported:
+            dims.append(_UNKNOWN_DIM)
+    return TensorType(dt, tuple(dims))
 
 
 @functools.lru_cache(maxsize=None)
@@ -194,10 +222,6 @@ class EqnContext:
         self.b = b
         self.out_types = out_types
 
-    @property
-    def graph(self) -> Graph:
-        return self.conv.graph
-
     def op(self, op: str, *inputs: Value, **attrs: Any) -> Value:
         return self.b.op(op, *inputs, **attrs)
 
@@ -213,10 +237,10 @@ class EqnContext:
 
     def region(self, closed_jaxpr: Any, input_types: Sequence[TensorType], name: str,
                closure: Sequence[Value] = ()) -> Graph:
-        return self.conv.region(closed_jaxpr, input_types, name, closure, self.eqn)
+        return self.conv.region(closed_jaxpr, input_types, name, closure)
 
     def inline(self, jaxpr: Any, consts: Sequence[Any], args: Sequence[Value]) -> list[Value]:
-        return self.conv.inline(jaxpr, consts, args, self.eqn)
+        return self.conv.inline(jaxpr, consts, args)
 
 
 Rule = Callable[..., Any]
@@ -291,8 +315,8 @@ class _Converter:
         src = _source_line(eqn.source_info.traceback)
         if src:
             meta["source"] = src
+        out_types = [_loose_type(v.aval) for v in eqn.outvars]
         try:
-            out_types = [aval_type(v.aval) for v in eqn.outvars]
             rule = self.rules.get(name)
             if rule is None:
                 raise Unsupported("")
@@ -301,8 +325,7 @@ class _Converter:
             outs = rule(cx, *ins, **eqn.params)
         except Unsupported as e:
             self.problems.append(_Problem(name, _short_params(eqn.params), src, str(e)))
-            return [Value(aval_type(v.aval)) if _known_dtype(v.aval) else Value(TensorType(DType.f32, ()))
-                    for v in eqn.outvars]
+            return [Value(t) for t in out_types]
         if isinstance(outs, Value):
             outs = [outs]
         outs = list(outs)
@@ -324,11 +347,12 @@ class _Converter:
                 f"{[str(t) for t in want]} [{where}]; this is a frontend bug, please report it")
 
     # calls and regions
-    def inline(self, jaxpr: Any, consts: Sequence[Any], args: Sequence[Value], eqn: Any) -> list[Value]:
+    def inline(self, jaxpr: Any, consts: Sequence[Any], args: Sequence[Value]) -> list[Value]:
+        """Convert a called jaxpr in place, its name stack under the calling equation's."""
         return self.run(jaxpr, consts, args, prefix=self._stack)
 
     def region(self, closed_jaxpr: Any, input_types: Sequence[TensorType], name: str,
-               closure: Sequence[Value], eqn: Any) -> Graph:
+               closure: Sequence[Value]) -> Graph:
         """A closed region graph for ``closed_jaxpr``: its leading invars read ``closure`` values
         (constants, copied into the region), the rest are region inputs of ``input_types``."""
         jaxpr, consts = _open(closed_jaxpr)
@@ -369,14 +393,6 @@ def _live_equations(jaxpr: Any) -> list:
             live.update(v for v in eqn.invars if not isinstance(v, core.Literal))
     keep.reverse()
     return keep
-
-
-def _known_dtype(aval: Any) -> bool:
-    try:
-        _dtype(aval.dtype)
-        return True
-    except Unsupported:
-        return False
 
 
 def _open(j: Any) -> tuple[Any, list]:
@@ -483,7 +499,11 @@ def capture_jax(fn: Callable, example_args: Sequence[Any], *, example_kwargs: di
         for i, (var, leaf, name) in enumerate(zip(jaxpr.invars, leaves, names)):
             pretty = _input_name(name)
             if keep[i]:
-                inputs.append(graph.add_input(aval_type(var.aval), pretty))
+                try:
+                    t = aval_type(var.aval)
+                except Unsupported as e:
+                    raise UnsupportedOpError(f"jax frontend: input {pretty!r} ({var.aval}): {e}") from None
+                inputs.append(graph.add_input(t, pretty))
             else:
                 inputs.append(conv.constant(np.asarray(leaf), name=pretty))
         outputs = conv.run(jaxpr, closed.consts, inputs)

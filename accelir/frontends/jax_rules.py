@@ -12,11 +12,9 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-import numpy as np
-
 from .. import dims as D
-from ..ir import DType, TensorType, Value
-from .jax import EqnContext, Unsupported, _dtype, _open, static_value, to_dim, to_dims
+from ..ir import DType, Graph, TensorType, Value
+from .jax import EqnContext, Unsupported, _Converter, _dtype, _open, static_value, to_dim, to_dims
 from .jax_indexing import INDEXING_RULES
 
 __all__ = ["RULES"]
@@ -521,8 +519,6 @@ def _state_region(cx: EqnContext, closed: Any, fixed: list[Value], state: list[V
                   name: str, passthrough: bool):
     """A while region over the whole state: reads the consts in ``keep`` and the carry; the body
     returns the consts unchanged followed by the new carry."""
-    from ..ir import Graph
-    from .jax import _Converter
     jaxpr, consts = _open(closed)
     region = Graph(name)
     sub = _Converter(region, cx.conv.problems, cx.conv.rules)
