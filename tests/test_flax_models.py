@@ -185,3 +185,12 @@ def test_nnx_module_closed_over_and_split():
     g2 = capture_and_check(pure, state, x)
     assert len(g2.inputs) == 1 + len(jax.tree_util.tree_leaves(state))
     assert any("proj" in (i.name or "") for i in g2.inputs)
+
+
+@pytest.mark.slow
+def test_full_size_scanned_decoder():
+    tokens = RNG.integers(0, 1000, (1, 32)).astype(np.int32)
+    m = Decoder(vocab=1000, dim=768, layers=12)
+    v = _init(m, tokens)
+    g = capture_and_check(m.apply, v, tokens, params_as_constants=True, rel=1e-4)
+    assert g.op_histogram()["scan"] == 1

@@ -322,6 +322,24 @@ def test_cond_while_scan_fori():
     assert hist["cond"] == 2 and hist["scan"] >= 2 and hist["while_loop"] >= 1
 
 
+def test_loops_closing_over_run_time_values_and_nesting():
+    x = _randn(4, 3)
+
+    def fn(x):
+        limit = jnp.abs(x).sum()
+        n, y = lax.while_loop(lambda s: s[1].sum() < limit * 4, lambda s: (s[0] + 1, s[1] + jnp.abs(x) + 0.5),
+                              (0, x))
+
+        def step(carry, row):
+            inner = lax.cond(row.sum() > 0, lambda r: r * carry, lambda r: r - carry, row)
+            return carry + inner.mean(), inner
+        c, ys = lax.scan(step, x.mean(), x)
+        return n, y, c, ys
+    g = capture_and_check(fn, x)
+    scan = next(n for n in g if n.op == "scan")
+    assert any(n.op == "cond" for n in scan.regions[0])
+
+
 def test_cond_branch_count_and_closure():
     x = _randn(3)
     w = _randn(3)
