@@ -111,6 +111,22 @@ def test_mlp():
     assert g.op_histogram()["matmul"] == 3
 
 
+def test_bf16_encoder_block():
+    import jax.numpy as jnp
+    x = RNG.standard_normal((2, 5, 16)).astype(jnp.bfloat16)
+
+    class Bf16Block(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.MultiHeadDotProductAttention(num_heads=2, dtype=jnp.bfloat16, deterministic=True)(
+                nn.LayerNorm(dtype=jnp.bfloat16)(x))
+            return x + nn.Dense(16, dtype=jnp.bfloat16)(nn.gelu(nn.Dense(32, dtype=jnp.bfloat16)(x + h)))
+    m = Bf16Block()
+    v = _init(m, x)
+    g = capture_and_check(m.apply, v, x, rel=2e-2)
+    assert any(n.output.type.dtype.value == "bf16" for n in g if n.op == "matmul")
+
+
 def test_cnn_batchnorm_pool_residual():
     x = RNG.standard_normal((2, 16, 16, 3)).astype(np.float32)
     m = CNN()

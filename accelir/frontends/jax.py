@@ -192,8 +192,10 @@ def static_value(v: Value, limit: int = 64) -> np.ndarray | None:
         if a is None:
             return None
         args.append(a)
-    return np.asarray(opdef.reference(args, dict(node.attrs), ())[v.index])
-
+    try:
+        return np.asarray(opdef.reference(args, dict(node.attrs), ())[v.index])
+    except Exception:  # a reference that rejects these operands: the value is just not known here
+        return None
 
 
 # ----- the converter -----------------------------------------------------------------
