@@ -1506,3 +1506,7 @@ def evaluate_known(node: Any, ins: list[np.ndarray]) -> list[np.ndarray] | None:
     if out.dtype == object and not any(isinstance(x, str) for x in out.reshape(-1)):
         out = np.array(out.tolist(), dtype=node.outputs[0].dtype.numpy).reshape(out.shape)
     return [out]
+
+
+# op families kept in their own modules; importing them registers their rules here
+from . import onnx_einsum, onnx_quantize, onnx_recurrent  # noqa: E402,F401
