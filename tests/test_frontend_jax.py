@@ -179,7 +179,7 @@ def test_reductions():
     capture_and_check(lambda x: (x.sum((0, 2)), x.max(1), x.min(), x.prod(-1), jnp.any(x > 1, 0),
                                  jnp.all(x > -2, (1, 2)), jnp.argmax(x, 1), jnp.argmin(x, 2), x.mean(),
                                  jnp.cumsum(x, 1), jnp.cumprod(x, 0), lax.cummax(x, 2), lax.cummin(x, 1, reverse=True),
-                                 lax.reduce_max(x > 0, (1,))), x)
+                                 lax.reduce_max(x > 0, (1,)), jnp.argmax(x > 0.5, 1)), x)
 
 
 def test_pooling():
@@ -468,6 +468,14 @@ def test_provenance_source_line_and_module():
     assert matmul.meta["module"].endswith("Block/proj")
     mul = next(n for n in g if n.op == "mul")
     assert mul.meta["source"].startswith("test_frontend_jax.py:")
+
+
+def test_type_rule_refusals_are_reported_with_the_rest():
+    x = RNG.integers(0, 5, (1, 6, 6, 1)).astype(np.int32)
+    with pytest.raises(UnsupportedOpError) as info:
+        capture_jax(lambda v: (lax.reduce_window(v, 0, lax.add, (1, 2, 2, 1), (1, 1, 1, 1), "VALID"),
+                               lax.erf_inv(v.astype(jnp.float32))), (x,))
+    assert "reduce_window_sum" in info.value.ops and "erf_inv" in info.value.ops
 
 
 def test_unsupported_input_dtype():

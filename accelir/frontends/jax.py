@@ -325,7 +325,8 @@ class _Converter:
             self._stack = stack
             cx = EqnContext(self, eqn, Builder(self.graph, None, meta), out_types)
             outs = rule(cx, *ins, **eqn.params)
-        except Unsupported as e:
+        except (Unsupported, VerificationError) as e:
+            # VerificationError: an IR type rule refused the operands (a dtype or form the op lacks)
             self.problems.append(_Problem(name, _short_params(eqn.params), src, str(e)))
             return [Value(t) for t in out_types]
         if isinstance(outs, Value):

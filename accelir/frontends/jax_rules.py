@@ -257,6 +257,8 @@ for _name, _op in _REDUCE.items():
 
 def _arg(op: str):
     def rule(cx: EqnContext, x: Value, *, axes: Sequence[int], index_dtype: Any, **p: Any) -> Value:
+        if x.dtype is DType.bool:  # the IR arg-reductions take numbers; False < True as 0 < 1
+            x = cx.op("cast", x, dtype=DType.i8)
         return _to_dtype(cx, cx.op(op, x, axis=int(axes[0])), _dtype(index_dtype))
     return rule
 
