@@ -52,6 +52,8 @@ __all__ = [
     "export_jax",
     "load_exported",
     "x64_scope",
+    "jax_device",
+    "check_lowerable",
     "PARAM_MIN_ELEMENTS",
 ]
 
@@ -313,7 +315,7 @@ class JaxFunction:
             for name, arr in g.constants.items():
                 key = _key(self._prefixes[id(g)], name)
                 (self.params if arr.size > PARAM_MIN_ELEMENTS else self._small)[key] = arr
-        self._device_params: dict[str, Any] | None = None
+        self._device_params: dict[Any, dict[str, Any]] = {}
 
     def apply(self, params: Mapping[str, Any], *inputs: Any) -> list:
         return _Lowering(self._prefixes, params, self._small).run(self.graph, *inputs)
@@ -322,12 +324,13 @@ class JaxFunction:
         """``apply`` with the constants baked in: a self-contained function for export."""
         return self.apply(self.params, *inputs)
 
-    def device_params(self) -> dict[str, Any]:
-        """The large constants as jax arrays on the default device (made once)."""
-        if self._device_params is None:
+    def device_params(self, device: Any = None) -> dict[str, Any]:
+        """The large constants as jax arrays on ``device`` (default: jax's first device), made once."""
+        device = device or jax.devices()[0]
+        if device not in self._device_params:
             with x64_scope(self.needs_x64):
-                self._device_params = {k: jnp.asarray(v) for k, v in self.params.items()}
-        return self._device_params
+                self._device_params[device] = {k: jax.device_put(v, device) for k, v in self.params.items()}
+        return self._device_params[device]
 
     def __call__(self, *inputs: Any) -> list:
         with x64_scope(self.needs_x64):
@@ -350,14 +353,20 @@ def _framework(x: Any) -> str:
     return "numpy"
 
 
-def _to_jax(x: Any) -> Any:
+def _to_jax(x: Any, device: Any = None) -> Any:
+    """A jax array of x (torch through DLPack, sharing memory); moved only if it is on
+    another device than ``device``."""
     kind = _framework(x)
     if kind == "torch":
         t = x.detach()
-        return jax.dlpack.from_dlpack(t if t.is_contiguous() else t.contiguous())
-    if kind == "jax":
-        return x
-    return jnp.asarray(np.asarray(x))
+        a = jax.dlpack.from_dlpack(t if t.is_contiguous() else t.contiguous())
+    elif kind == "jax":
+        a = x
+    else:
+        return jax.device_put(np.asarray(x), device) if device is not None else jnp.asarray(np.asarray(x))
+    if device is not None and a.devices() != {device}:
+        a = jax.device_put(a, device)
+    return a
 
 
 def _from_jax(x: Any, kind: str) -> Any:
@@ -369,30 +378,57 @@ def _from_jax(x: Any, kind: str) -> Any:
     return x
 
 
+_PLATFORMS = {"cpu": "cpu", "cuda": "gpu", "gpu": "gpu", "tpu": "tpu"}
+
+
+def jax_device(device: str | None) -> Any:
+    """The jax device for "cpu" / "cuda" (or "gpu", "tpu"); None is jax's default device."""
+    if device is None:
+        return jax.devices()[0]
+    if device not in _PLATFORMS:
+        raise LoweringError(f"unknown device {device!r}; choose one of {', '.join(_PLATFORMS)}")
+    try:
+        return jax.devices(_PLATFORMS[device])[0]
+    except RuntimeError:
+        have = ", ".join(sorted({d.platform for d in jax.devices()}))
+        raise LoweringError(f"jax has no {device} device here (it has: {have}); install a jax build for it "
+                            "(for CUDA: pip install 'jax[cuda12]') or use device='cpu'") from None
+
+
 class JaxModule:
-    """A jit-compiled graph.  Inputs are numpy arrays, jax arrays or torch tensors
-    (in graph input order); outputs come back as a list in the same framework
-    (torch if any input is a torch tensor, else jax if any is a jax array, else numpy).
+    """A jit-compiled graph on one jax device.
+
+    Call it with the inputs in graph input order, or with one list of them; each is a
+    numpy array, a jax array or a torch tensor (torch through DLPack, no copy on the
+    same device).  Outputs come back as a list in the caller's framework: torch if any
+    input is a torch tensor, else jax if any is a jax array, else numpy.
     ``compiler_options`` go to XLA (e.g. ``{"xla_backend_optimization_level": 0}`` to
     compile faster).
     """
 
-    def __init__(self, graph: Graph, compiler_options: Mapping[str, Any] | None = None):
+    def __init__(self, graph: Graph, device: str | None = None, compiler_options: Mapping[str, Any] | None = None):
         self.function = to_jax(graph)
         self.graph = graph
+        self.device = jax_device(device)
         self._jitted = jax.jit(self.function.apply, compiler_options=dict(compiler_options or {}) or None)
 
+    def _arguments(self, inputs: tuple) -> list:
+        if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)):
+            inputs = tuple(inputs[0])
+        return [self.function.device_params(self.device)] + [_to_jax(x, self.device) for x in inputs]
+
     def __call__(self, *inputs: Any) -> list:
-        kinds = {_framework(x) for x in inputs}
+        flat = inputs[0] if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) else inputs
+        kinds = {_framework(x) for x in flat}
         kind = "torch" if "torch" in kinds else "jax" if "jax" in kinds else "numpy"
         with x64_scope(self.function.needs_x64):
-            outs = self._jitted(self.function.device_params(), *[_to_jax(x) for x in inputs])
+            outs = self._jitted(*self._arguments(inputs))
             return [_from_jax(o, kind) for o in outs]
 
     def lower(self, *example_inputs: Any):
         """The ``jax.stages.Lowered`` of the compiled function for these inputs."""
         with x64_scope(self.function.needs_x64):
-            return self._jitted.lower(self.function.device_params(), *[_to_jax(x) for x in example_inputs])
+            return self._jitted.lower(*self._arguments(example_inputs))
 
 
 # ----- export ------------------------------------------------------------------------
