@@ -147,6 +147,18 @@ def test_cnn_params_frozen_and_symbolic_batch():
     assert_close(accelir.run_graph(g, [x3]), m.apply(v, x3), 2e-5)
 
 
+def test_conv_transpose_group_norm_rms_norm_circular_depthwise():
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            y = nn.ConvTranspose(4, (3, 3), strides=(2, 2))(x)
+            y = nn.RMSNorm()(nn.GroupNorm(num_groups=2)(y))
+            return nn.Conv(4, (3, 3), feature_group_count=4, padding="CIRCULAR")(y)
+    x = RNG.standard_normal((2, 5, 5, 4)).astype(np.float32)
+    m = Net()
+    capture_and_check(m.apply, _init(m, x), x, rel=3e-5)
+
+
 def test_transformer_encoder_block():
     x = RNG.standard_normal((2, 5, 16)).astype(np.float32)
     mask = np.tril(np.ones((2, 1, 5, 5), bool))

@@ -122,6 +122,16 @@ def test_layer_norm_by_hand_one_hot_take_along_axis():
     capture_and_check(fn, x)
 
 
+def test_more_jax_nn_and_numpy():
+    x = _randn(2, 6, 8)
+    capture_and_check(lambda x: (
+        jax.nn.dot_product_attention(x[:, :, None], x[:, :, None], x[:, :, None], is_causal=True),
+        jnp.linalg.norm(x, axis=-1), jnp.triu(x[0]), jnp.roll(x, 2, axis=1), jnp.repeat(x, 2, axis=1),
+        jax.nn.standardize(x, axis=-1), jax.nn.glu(x), jnp.einsum("bij,bkj->bik", x, x), jax.nn.log_sigmoid(x),
+        jax.nn.elu(x), jax.nn.leaky_relu(x), jax.nn.relu6(x), jax.nn.mish(x), jnp.max(x, where=x > 0, initial=0.0),
+        jnp.nan_to_num(x / 0), jnp.median(x, axis=-1), jnp.eye(3), jnp.var(x, ddof=1), jnp.any(jnp.isnan(x))), x)
+
+
 def test_bf16_matmul_and_softmax():
     a = _randn(4, 16).astype(jnp.bfloat16)
     b = _randn(16, 8).astype(jnp.bfloat16)
