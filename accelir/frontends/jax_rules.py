@@ -170,12 +170,26 @@ def _dot_general(cx, a, b, *, dimension_numbers: Any, **p):
     dt = cx.out_types[0].dtype
     a, b = _to_dtype(cx, a, dt), _to_dtype(cx, b, dt)
     n = len(lb)
-    plain = not lb and not rb and b.rank in (1, 2) and a.rank >= 1 and lc == (a.rank - 1,) and rc == (0,)
     batched = (n > 0 and lb == rb == tuple(range(n)) and a.rank == b.rank == n + 2
                and lc == (n + 1,) and rc == (n,))
-    if plain or batched:
+    if batched:
         return cx.op("matmul", a, b)
+    k = len(lc)
+    if not lb and k and lc == tuple(range(a.rank - k, a.rank)) and rc == tuple(range(k)) and a.rank > k:
+        return _flat_matmul(cx, a, b, k)
     return cx.op("dot_general", a, b, lhs_contracting=lc, rhs_contracting=rc, lhs_batch=lb, rhs_batch=rb)
+
+
+def _flat_matmul(cx: EqnContext, a: Value, b: Value, k: int) -> Value:
+    """x[..., *K] . w[*K, *N] as a matmul of [..., prod K] by [prod K, prod N] (flax Dense and
+    DenseGeneral), so the matmul + bias fusions see it; the weight reshapes fold as constants."""
+    lfree, rfree = a.shape[:a.rank - k], b.shape[k:]
+    contract = D.dim_prod(a.shape[a.rank - k:])
+    x = a if k == 1 else cx.op("reshape", a, shape=lfree + (contract,))
+    wshape = (contract,) if not rfree else (contract, D.dim_prod(rfree))
+    w = b if tuple(b.shape) == wshape else cx.op("reshape", b, shape=wshape)
+    y = cx.op("matmul", x, w)
+    return y if len(rfree) == 1 or not rfree else cx.op("reshape", y, shape=lfree + tuple(rfree))
 
 
 def _perm_inverse(perm: Sequence[int]) -> tuple[int, ...]:
