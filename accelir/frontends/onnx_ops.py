@@ -1509,4 +1509,4 @@ def evaluate_known(node: Any, ins: list[np.ndarray]) -> list[np.ndarray] | None:
 
 
 # op families kept in their own modules; importing them registers their rules here
-from . import onnx_einsum, onnx_quantize, onnx_recurrent  # noqa: E402,F401
+from . import onnx_einsum, onnx_quantize, onnx_recurrent, onnx_signal  # noqa: E402,F401

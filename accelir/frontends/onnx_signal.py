@@ -1,0 +1,154 @@
+"""ONNX signal ops on the IR: ``DFT`` and ``STFT`` as one matmul with a cos / sin matrix
+(built at import; the complex axis is ONNX's trailing [real, imag] dim), and
+``MelWeightMatrix`` as the constant it is.
+
+A DFT along an axis of length ``L`` to ``n`` points is a linear map from the ``L x c_in``
+input values (``c_in`` = 1 real or 2 complex) to the ``K x c_out`` outputs, so padding,
+truncation, one-sided output, the inverse's ``1/n`` and the inverse of a one-sided
+spectrum (Hermitian symmetry: ``irfft``) all live in the matrix.  Angles are reduced
+modulo ``n`` before the trig functions, so large ``j * k`` loses no accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import dims as D
+from ..ir import DType, Value
+from .onnx import onnx_dtype
+from .onnx_ops import NodeContext, _cast, _norm_axis, _reshape, rule
+
+__all__ = ["dft_matrix"]
+
+
+def dft_matrix(length: int, n: int, c_in: int, inverse: bool, onesided: bool) -> np.ndarray:
+    """The [length * c_in, K * c_out] f64 matrix of an ONNX DFT (K, c_out as ONNX's DFT gives them)."""
+    irfft = inverse and onesided
+    m = min(length, n // 2 + 1 if irfft else n)  # input points that count (the rest is truncated)
+    k_out = n if inverse or not onesided else n // 2 + 1
+    j = np.arange(m)[:, None]
+    k = np.arange(k_out)[None, :]
+    # forward: e^{-i t}; inverse: e^{+i t} / n, with t = 2 pi j k / n; rows are inputs, columns outputs
+    theta = 2 * np.pi * ((j * k) % n) / n
+    cos, sin = np.cos(theta), np.sin(theta)
+    sign = 1.0 if inverse else -1.0
+    scale = 1.0 / n if inverse else 1.0
+    if irfft:
+        # input bin j stands for itself and its mirror n - j: twice, except DC and Nyquist
+        weight = np.where((np.arange(m) == 0) | (2 * np.arange(m) == n), 1.0, 2.0)[:, None]
+        cos, sin = cos * weight, sin * weight
+        # real output only: Re(X e^{+it}) = Xr cos t - Xi sin t
+        blocks = {(0, 0): cos, (1, 0): -sin}
+        c_out = 1
+    else:
+        # (Xr + i Xi)(cos t + i sign sin t)
+        blocks = {(0, 0): cos, (0, 1): sign * sin, (1, 0): -sign * sin, (1, 1): cos}
+        c_out = 2
+    mat = np.zeros((length, c_in, k_out, c_out))
+    for (ci, co), blk in blocks.items():
+        if ci < c_in:
+            mat[:m, ci, :, co] = blk * scale
+    return mat.reshape(length * c_in, k_out * c_out)
+
+
+def _apply_linear_axis(ctx: NodeContext, x: Value, axis: int, mat: np.ndarray, c_out: int) -> Value:
+    """Applies ``mat`` to the (axis, last) dims of ``x`` and puts the result back in place."""
+    rank = x.rank
+    rest = [i for i in range(rank - 1) if i != axis]
+    y = x
+    if axis != rank - 2:
+        y = ctx.op("transpose", y, perm=tuple(rest) + (axis, rank - 1))
+    lead = tuple(x.shape[i] for i in rest)
+    y = _reshape(ctx, y, lead + (D.dim_mul(x.shape[axis], x.shape[-1]),))
+    # summed in f64 like ONNX's reference (an FFT in complex128): outputs that cancel to zero stay near zero
+    y = ctx.op("dot_general", _cast(ctx, y, DType.f64), ctx.const(mat), lhs_contracting=(len(lead),),
+               rhs_contracting=(0,))
+    y = _cast(ctx, y, x.dtype)
+    k_out = mat.shape[1] // c_out
+    y = _reshape(ctx, y, lead + (k_out, c_out))
+    if axis != rank - 2:
+        perm = list(range(len(lead)))
+        perm.insert(axis, len(lead))
+        y = ctx.op("transpose", y, perm=tuple(perm) + (len(lead) + 1,))
+    return y
+
+
+def _static(ctx: NodeContext, d: D.Dim, what: str) -> int:
+    if type(d) is not int:
+        raise ctx.unsupported(f"a symbolic {what} ({d!r}): the transform matrix is built at import")
+    return d
+
+
+@rule("DFT")
+def _dft(ctx: NodeContext):
+    x = ctx.input(0)
+    if not x.dtype.is_float:
+        raise ctx.unsupported(f"a DFT of {x.dtype}")
+    if ctx.opset >= 20:
+        axis = int(ctx.values(2, "axis").item()) if ctx.input(2) is not None else -2
+    else:
+        axis = ctx.attr("axis", 1)
+    axis = _norm_axis(ctx, axis, x.rank)
+    if axis == x.rank - 1:
+        raise ctx.unsupported("a transform over the trailing [real, imag] dim")
+    inverse, onesided = bool(ctx.attr("inverse", 0)), bool(ctx.attr("onesided", 0))
+    length = _static(ctx, x.shape[axis], "signal length")
+    if ctx.input(1) is not None:
+        n = int(ctx.values(1, "dft_length").item())
+    else:
+        n = 2 * (length - 1) if inverse and onesided else length
+    c_in = _static(ctx, x.shape[-1], "complex dim")
+    if c_in not in (1, 2) or n <= 0:
+        raise ctx.unsupported(f"a trailing dim of {c_in} (1: real, 2: complex) with {n} points")
+    mat = dft_matrix(length, n, c_in, inverse, onesided)
+    return [_apply_linear_axis(ctx, x, axis, mat, 1 if inverse and onesided else 2)]
+
+
+@rule("STFT")
+def _stft(ctx: NodeContext):
+    x, window = ctx.input(0), ctx.input(2)
+    step = int(ctx.values(1, "frame_step").item())
+    length = _static(ctx, x.shape[1], "signal length")
+    if ctx.input(3) is not None:
+        frame = int(ctx.values(3, "frame_length").item())
+    else:
+        frame = _static(ctx, window.shape[0], "window length") if window is not None else length
+    width = _static(ctx, window.shape[0], "window length") if window is not None else frame
+    frames = 1 + (length - frame) // step
+    if frames <= 0 or step <= 0:
+        raise ctx.unsupported(f"{frames} frames of {frame} samples every {step}")
+    # frame f holds samples f*step ... f*step+width-1; those past the end read zero
+    starts = np.arange(frames)[:, None] * step + np.arange(width)[None, :]
+    inside = starts < length
+    y = ctx.op("gather", x, ctx.const(np.where(inside, starts, 0).astype(np.int64)), axis=1)
+    if window is not None:
+        y = ctx.op("mul", y, _reshape(ctx, window, (1, 1, width, 1)))
+    if not inside.all():
+        y = ctx.op("mul", y, ctx.const(inside.astype(x.dtype.numpy)[None, :, :, None]))
+    c_in = _static(ctx, x.shape[-1], "complex dim")
+    mat = dft_matrix(width, frame, c_in, False, bool(ctx.attr("onesided", 1)))
+    return [_apply_linear_axis(ctx, y, 2, mat, 2)]
+
+
+@rule("MelWeightMatrix")
+def _mel_weight_matrix(ctx: NodeContext):
+    bins, dft_length = (int(ctx.values(i, what).item()) for i, what in ((0, "num_mel_bins"), (1, "dft_length")))
+    rate = ctx.values(2, "sample_rate").item()
+    lo, hi = (float(ctx.values(i, what).item()) for i, what in ((3, "lower_edge_hertz"), (4, "upper_edge_hertz")))
+    dt = onnx_dtype(ctx.attr("output_datatype", 1), f"{ctx.label}: its output_datatype")
+    # mel = 2595 log10(1 + f / 700); bins + 2 points spread evenly on the mel scale
+    lo_mel, hi_mel = (2595 * math.log1p(f / 700) / math.log(10) for f in (lo, hi))
+    mel = np.arange(bins + 2) * ((hi_mel - lo_mel) / (bins + 2)) + lo_mel
+    edges = (((dft_length + 1) * (700 * np.expm1(mel / 2595 * np.log(10)))) // rate).astype(int)
+    out = np.zeros((dft_length // 2 + 1, bins))
+    for i in range(bins):
+        left, center, right = edges[i], edges[i + 1], edges[i + 2]
+        if center == left:
+            out[center, i] = 1
+        else:
+            out[left:center + 1, i] = (np.arange(left, center + 1) - left) / (center - left)
+        if right > center:
+            out[center:right, i] = (right - np.arange(center, right)) / (right - center)
+    return [ctx.const(out.astype(dt.numpy))]
