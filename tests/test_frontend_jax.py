@@ -402,6 +402,14 @@ def test_pytree_signature_and_kwargs():
     assert_close(out, fn(params, x, scale=np.float32(2.0)))
 
 
+def test_python_scalar_arguments():
+    x = _randn(3)
+    g = capture_jax(lambda v, s, n: v * s + n, (x, 2.0, 3))
+    sig = g.meta["signature"]
+    out = sig.unflatten(accelir.run_graph(g, sig.flatten(x, 0.5, 7)))
+    assert_close(out, jax.jit(lambda v, s, n: v * s + n)(x, 0.5, 7))
+
+
 def test_params_as_constants():
     params = {"w": _randn(4, 3), "b": _randn(3)}
     x = _randn(2, 4)

@@ -38,18 +38,25 @@ class Unsupported(Exception):
 
 @dataclass(frozen=True)
 class JaxSignature:
-    """How to flatten a call's pytree arguments into graph inputs and rebuild its output pytree."""
+    """How to flatten a call's pytree arguments into graph inputs and rebuild its output pytree.
+
+    ``keep`` marks the leaves that are graph inputs (frozen parameters are not: the graph
+    holds their captured values); ``dtypes`` are the graph inputs' dtypes, which python
+    scalars among the arguments take, as jax would give them."""
 
     in_tree: Any
     keep: tuple[bool, ...]
     out_tree: Any
+    dtypes: tuple[np.dtype, ...] = ()
 
     def flatten(self, *args: Any, **kwargs: Any) -> list:
         import jax
         leaves, tree = jax.tree_util.tree_flatten((args, kwargs))
         if tree != self.in_tree:
             raise TypeError(f"arguments do not match the captured structure: got {tree}, captured {self.in_tree}")
-        return [leaf for leaf, k in zip(leaves, self.keep) if k]
+        flat = [leaf for leaf, k in zip(leaves, self.keep) if k]
+        return [np.asarray(x, dtype=dt) if isinstance(x, (bool, int, float)) else x
+                for x, dt in zip(flat, self.dtypes)] if self.dtypes else flat
 
     def unflatten(self, flat_outputs: list) -> Any:
         import jax
@@ -471,7 +478,8 @@ def capture_jax(fn: Callable, example_args: Sequence[Any], *, example_kwargs: di
 
     ``params_as_constants`` freezes the leaves of the first argument (a parameter
     pytree) as named constants instead of graph inputs, which lets constant folding
-    see them.  ``symbolic_shapes`` has one entry per positional argument: None (static),
+    see them; the graph then keeps the captured values whatever params a later call
+    passes.  ``symbolic_shapes`` has one entry per positional argument: None (static),
     a ``jax.export.symbolic_shape`` spec string such as ``"batch, 128"``, or a pytree of
     such strings matching the argument; dims named alike are the same symbol.
     """
@@ -522,7 +530,8 @@ def capture_jax(fn: Callable, example_args: Sequence[Any], *, example_kwargs: di
               "accelir/frontends/jax_rules.py.", ops)
     graph.set_outputs(outputs)
     graph.meta["frontend"] = "jax"
-    graph.meta["signature"] = JaxSignature(in_tree, keep, jax.tree_util.tree_structure(out_shape))
+    graph.meta["signature"] = JaxSignature(in_tree, keep, jax.tree_util.tree_structure(out_shape),
+                                           tuple(v.type.dtype.numpy for v in graph.inputs))
     return graph
 
 
