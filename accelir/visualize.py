@@ -25,7 +25,7 @@ from .ir import Graph, Node, Value
 from .ops import registry
 from .text import _Namer, print_graph
 
-__all__ = ["to_dot", "to_html", "layout", "read_dump_dir"]
+__all__ = ["to_dot", "to_html", "read_dump_dir"]
 
 # Fill colours by op family; the families come from the registry module an op is defined in.
 _COLOURS = {
@@ -182,7 +182,7 @@ def to_dot(graph: Graph, *, show_constants: bool = False) -> str:
 
 # ----- layout ------------------------------------------------------------------------
 
-def layout(boxes: Sequence[_Box], edges: Sequence[_Edge]) -> dict[str, tuple[float, float]]:
+def _layout(boxes: Sequence[_Box], edges: Sequence[_Edge]) -> dict[str, tuple[float, float]]:
     """Top-left corner of each box: layers by longest path from the sources, ordered to follow their operands.
 
     networkx gives the layering (topological generations); sources are then moved
@@ -256,7 +256,7 @@ def _pack(keys: list[str], ideal: Mapping[str, float | None], boxes: Mapping[str
 
 def _svg(graph: Graph, show_constants: bool) -> str:
     boxes, edges = _collect(graph, show_constants)
-    pos = layout(boxes, edges)
+    pos = _layout(boxes, edges)
     by_key = {b.key: b for b in boxes}
     width = max(pos[b.key][0] + b.width for b in boxes) + _MARGIN
     height = max(pos[b.key][1] for b in boxes) + _BOX_HEIGHT + _MARGIN

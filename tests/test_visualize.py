@@ -11,7 +11,7 @@ import pytest
 
 import accelir
 from accelir import progress
-from accelir.visualize import layout, read_dump_dir, to_dot, to_html
+from accelir.visualize import _collect, _layout, read_dump_dir, to_dot, to_html
 
 MLP = """graph main(%x: f32[batch,4], %w: f32[4,3]) -> (f32[batch,3], f32[batch,3]) {
   %0 = matmul(%x, %w) : f32[batch,3]
@@ -121,9 +121,8 @@ def test_layout_moves_late_inputs_next_to_their_user():
   return %3
 }
 """)
-    from accelir.visualize import _collect
     boxes, edges = _collect(g, False)
-    pos = layout(boxes, edges)
+    pos = _layout(boxes, edges)
     assert pos["in1"][1] == pos["n2"][1]  # same layer as the last exp, right above the add
 
 
