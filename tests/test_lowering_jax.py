@@ -682,3 +682,21 @@ def test_flax_model_through_xla_matches_jit(name):
         assert a.shape == b.shape and a.dtype == b.dtype
         assert relative_error(a, b) <= 1e-4
     assert not jax.config.jax_enable_x64
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gpt2", "bert", "resnet"])
+def test_full_size_torch_model_through_xla(name):
+    from test_torch_models import _full_size
+    from accelir.frontends.torch import capture_torch
+    import torch.utils._pytree as pytree
+
+    model, (args, kwargs) = _full_size(name)
+    model.eval()
+    graph = optimized(capture_torch(model, args, example_kwargs=kwargs))
+    sig = graph.meta["signature"]
+    got = sig.unflatten(JaxModule(graph)(*sig.flatten(*args, **kwargs)))
+    with torch.no_grad():
+        want = model(*args, **kwargs)
+    for a, b in zip(pytree.tree_leaves(got), pytree.tree_leaves(want)):
+        assert relative_error(a.numpy(), b.numpy()) <= 1e-4
