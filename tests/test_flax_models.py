@@ -175,6 +175,10 @@ def test_scanned_decoder_with_causal_mask():
     assert g.op_histogram()["scan"] == 1
     scan = next(n for n in g if n.op == "scan")
     assert scan.attrs["length"] == 2 and any(n.op == "softmax" or n.op == "exp" for n in scan.regions[0])
+    # provenance reaches into regions and through jax's jitted helpers
+    body = list(scan.regions[0])
+    assert any(n.meta.get("module", "").endswith("EncoderBlock_0/LayerNorm_0") for n in body)
+    assert all(n.meta.get("source", "").startswith("test_flax_models.py:") for n in g if n.op == "gather")
 
 
 def test_scanned_decoder_dynamic_batch_and_seq():

@@ -265,6 +265,7 @@ class _Converter:
         self._literals: dict[tuple, Value] = {}
         self._module_names: dict[Any, str] = {}
         self._stack: Any = None
+        self._source: str | None = None
 
     # values
     def constant(self, arr: np.ndarray, b: Builder | None = None, name: str = "c") -> Value:
@@ -300,8 +301,16 @@ class _Converter:
         return text
 
     # walking
-    def run(self, jaxpr: Any, consts: Sequence[Any], args: Sequence[Value], prefix: Any = None) -> list[Value]:
-        """Convert ``jaxpr`` with its constvars bound to ``consts`` (arrays or Values) and invars to ``args``."""
+    @property
+    def caller(self) -> tuple[Any, str | None]:
+        """(name stack, source line) of the equation being converted, for the jaxprs it calls."""
+        return self._stack, self._source
+
+    def run(self, jaxpr: Any, consts: Sequence[Any], args: Sequence[Value],
+            caller: tuple[Any, str | None] = (None, None)) -> list[Value]:
+        """Convert ``jaxpr`` with its constvars bound to ``consts`` (arrays or Values) and invars to ``args``;
+        equations of a called jaxpr nest under the ``caller``'s name stack and fall back to its source line."""
+        prefix, source = caller
         # closed-over arrays become constants when first read, so unused ones leave no node
         pending = {var: c for var, c in zip(jaxpr.constvars, consts)}
         env = _LazyEnv(pending, self)
@@ -310,18 +319,19 @@ class _Converter:
         for eqn in _live_equations(jaxpr):
             stack = eqn.source_info.name_stack if prefix is None else prefix + eqn.source_info.name_stack
             ins = [self._read(env, a) for a in eqn.invars]
-            outs = self._equation(eqn, ins, stack)
+            outs = self._equation(eqn, ins, stack, source)
             for var, v in zip(eqn.outvars, outs):
                 env[var] = v
         return [self._read(env, a) for a in jaxpr.outvars]
 
-    def _equation(self, eqn: Any, ins: list[Value], stack: Any) -> list[Value]:
+    def _equation(self, eqn: Any, ins: list[Value], stack: Any, caller_source: str | None) -> list[Value]:
         name = eqn.primitive.name
         meta: dict[str, Any] = {"origin": name}
         module = self._module(stack)
         if module:
             meta["module"] = module
-        src = _source_line(eqn.source_info.traceback)
+        # jax's own jitted helpers (jnp.take, _where, ...) carry no user frame: use the caller's line
+        src = _source_line(eqn.source_info.traceback) or caller_source
         if src:
             meta["source"] = src
         out_types = [_loose_type(v.aval) for v in eqn.outvars]
@@ -329,7 +339,7 @@ class _Converter:
             rule = self.rules.get(name)
             if rule is None:
                 raise Unsupported("")
-            self._stack = stack
+            self._stack, self._source = stack, src
             cx = EqnContext(self, eqn, Builder(self.graph, None, meta), out_types)
             outs = rule(cx, *ins, **eqn.params)
         except (Unsupported, VerificationError) as e:
@@ -359,7 +369,7 @@ class _Converter:
     # calls and regions
     def inline(self, jaxpr: Any, consts: Sequence[Any], args: Sequence[Value]) -> list[Value]:
         """Convert a called jaxpr in place, its name stack under the calling equation's."""
-        return self.run(jaxpr, consts, args, prefix=self._stack)
+        return self.run(jaxpr, consts, args, self.caller)
 
     def region(self, closed_jaxpr: Any, input_types: Sequence[TensorType], name: str,
                closure: Sequence[Value]) -> Graph:
@@ -373,7 +383,7 @@ class _Converter:
             arr = v.const_value
             bound.append(sub.constant(arr, name="const"))
         args = bound + [region.add_input(t) for t in input_types]
-        region.set_outputs(sub.run(jaxpr, consts, args, prefix=self._stack))
+        region.set_outputs(sub.run(jaxpr, consts, args, self.caller))
         return region
 
 

@@ -541,7 +541,7 @@ def _state_region(cx: EqnContext, closed: Any, fixed: list[Value], state: list[V
     ins = [region.add_input(t) for t in _types(state)]
     bound = [sub.constant(v.const_value, name="const") for v in fixed]
     args = bound + [ins[i] for i in keep] + ins[carry_from:]
-    outs = sub.run(jaxpr, consts, args, prefix=cx.conv._stack)
+    outs = sub.run(jaxpr, consts, args, cx.conv.caller)
     region.set_outputs(ins[:carry_from] + outs if passthrough else outs)
     return region
 
