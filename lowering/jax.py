@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from accelir import dims
 from accelir.errors import AccelirError, LoweringError
 from accelir.ir import DType, Graph, Node, TensorType
 from accelir.ops import registry
@@ -288,8 +289,8 @@ class _Lowering:
             want = jnp.dtype(_JAX_DTYPES[v.dtype])
             if jnp.dtype(o.dtype) != want:
                 o = lax.convert_element_type(o, want)
-            if len(o.shape) != v.rank or any(type(d) is int and type(n) is int and d != n
-                                            for d, n in zip(v.shape, o.shape)):
+            static_mismatch = any(type(d) is int and type(n) is int and d != n for d, n in zip(v.shape, o.shape))
+            if len(o.shape) != v.rank or static_mismatch:
                 raise LoweringError(f"the jax rule of {node.describe()} gave shape {tuple(o.shape)}, the node "
                                     f"says {v.type}")
             fixed.append(o)
@@ -442,7 +443,7 @@ def _input_specs(graph: Graph, example_inputs: Sequence[Any] | None, symbolic: b
     if symbolic:
         scope = jax.export.SymbolicScope()
         names = sorted({s for v in graph.inputs for d in v.shape if type(d) is not int
-                        for s in _symbol_names(d)})
+                        for s in dims.symbols(d)})
         symbols = {n: jax.export.symbolic_shape(n, scope=scope)[0] for n in names}
         return [jax.ShapeDtypeStruct(tuple(_eval_dim(d, symbols) for d in v.shape), _JAX_DTYPES[v.dtype])
                 for v in graph.inputs]
@@ -453,10 +454,6 @@ def _input_specs(graph: Graph, example_inputs: Sequence[Any] | None, symbolic: b
                             "shapes, or pass symbolic=True")
     return [jax.ShapeDtypeStruct(tuple(np.shape(x)), _JAX_DTYPES[v.dtype])
             for v, x in zip(graph.inputs, example_inputs)]
-
-
-def _symbol_names(d: str) -> set[str]:
-    return {n.id for n in ast.walk(ast.parse(d, mode="eval")) if isinstance(n, ast.Name)}
 
 
 def _lowered(graph: Graph, example_inputs: Sequence[Any] | None, symbolic: bool):

@@ -172,8 +172,8 @@ def pool_cases(op):
 
 def attention_cases():
     def qkv(dt):
-        return [data(dt, (2, 3, 5, 8), -1, 1), data(dt, (2, 3, 6, 8), -1, 1, seed=1), data(dt, (2, 3, 6, 4), -1, 1,
-                                                                                             seed=2)]
+        return [data(dt, (2, 3, 5, 8), -1, 1), data(dt, (2, 3, 6, 8), -1, 1, seed=1),
+                data(dt, (2, 3, 6, 4), -1, 1, seed=2)]
     return [
         lambda dt: (qkv(dt), {}),
         lambda dt: (qkv(dt), {"causal": True, "scale": 0.3}),
@@ -288,13 +288,15 @@ def linear_cases():
     return [case(a, b) for a in REGISTRY["linear"].attrs["activation"].choices for b in (True, False)]
 
 
+UNARY_OPS = ("neg", "abs", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "sin", "cos", "tan", "asin", "acos",
+             "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "tanh", "sigmoid", "erf", "floor", "ceil", "round",
+             "sign", "reciprocal", "relu", "not", "isnan", "isinf", "silu")
+BINARY_OPS = ("add", "sub", "mul", "div", "pow", "max", "min", "rem", "atan2", "and", "or", "xor", "eq", "ne", "lt",
+              "le", "gt", "ge")
+
 CASES: dict[str, list[Case]] = {
-    **{op: [unary_case(op)] for op in ("neg", "abs", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "sin", "cos",
-                                        "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh",
-                                        "tanh", "sigmoid", "erf", "floor", "ceil", "round", "sign", "reciprocal",
-                                        "relu", "not", "isnan", "isinf", "silu")},
-    **{op: [binary_case(op)] for op in ("add", "sub", "mul", "div", "pow", "max", "min", "rem", "atan2", "and", "or",
-                                         "xor", "eq", "ne", "lt", "le", "gt", "ge")},
+    **{op: [unary_case(op)] for op in UNARY_OPS},
+    **{op: [binary_case(op)] for op in BINARY_OPS},
     "gelu": [lambda dt: ([data(dt, (3, 5))], {"approximate": "none"}),
              lambda dt: ([data(dt, (3, 5))], {"approximate": "tanh"})],
     "where": [lambda dt: ([data(DType.bool, (3, 1)), data(dt, (3, 4)), data(dt, (4,), seed=1)], {})],
