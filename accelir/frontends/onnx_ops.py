@@ -1066,14 +1066,16 @@ def _conv_transpose(ctx: NodeContext):
 @rule("MaxPool", "AveragePool", "LpPool")
 def _pool(ctx: NodeContext):
     x = ctx.input(0)
-    if ctx.wants(1):
-        raise ctx.unsupported("the Indices output of MaxPool")
     kernel = tuple(ctx.attr("kernel_shape"))
     attrs = _conv_attrs(ctx, x, kernel)
     common = dict(kernel=kernel, stride=attrs["stride"], padding=attrs["padding"], dilation=attrs["dilation"],
                   ceil_mode=bool(ctx.attr("ceil_mode", 0)))
     if ctx.node.op_type == "MaxPool":
-        return [ctx.op("max_pool", x, **common)]
+        y = ctx.op("max_pool", x, **common)
+        if not ctx.wants(1):
+            return [y]
+        from .onnx_indexing import maxpool_indices
+        return [y, maxpool_indices(ctx, x, y)]
     if ctx.node.op_type == "AveragePool":
         return [ctx.op("avg_pool", x, count_include_pad=bool(ctx.attr("count_include_pad", 0)), **common)]
     p = ctx.attr("p", 2)
@@ -1137,6 +1139,23 @@ def _lp_norm(ctx: NodeContext):
         norm = ctx.op("sqrt", ctx.op("reduce_sum", ctx.op("mul", x, x), axes=(ax,), keepdims=True))
     zero = ctx.scalar(0, x)
     return [ctx.op("where", ctx.op("eq", norm, zero), zero, ctx.op("div", x, norm))]
+
+
+@rule("LRN")
+def _lrn(ctx: NodeContext):
+    """x / (bias + alpha / size * sum of x^2 over the size channels around each one)^beta."""
+    x = ctx.input(0)
+    size = ctx.attr("size")
+    alpha, beta, bias = ctx.attr("alpha", 1e-4), ctx.attr("beta", 0.75), ctx.attr("bias", 1.0)
+    n, c = x.shape[:2]
+    # channels become a spatial dim of a 2-D sum pool: [N, 1, C, rest]
+    sq = _reshape(ctx, ctx.op("mul", x, x), (n, 1, c, D.dim_prod(x.shape[2:])))
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    window = ctx.op("avg_pool", sq, kernel=(size, 1), stride=(1, 1), padding=((lo, hi), (0, 0)),
+                    count_include_pad=True)
+    total = _reshape(ctx, window, x.shape)
+    scale = ctx.op("add", ctx.scalar(bias, x), ctx.op("mul", total, ctx.scalar(alpha, x)))
+    return [ctx.op("div", x, ctx.op("pow", scale, ctx.scalar(beta, x)))]
 
 
 @rule("Dropout")
@@ -1257,6 +1276,111 @@ def _scan(ctx: NodeContext):
             y = ctx.op("transpose", y, perm=tuple(perm))
         outs[len(states) + k] = y
     return outs
+
+
+def _loop_body(body: Any, inputs: Sequence[str], outputs: Sequence[str], true_names: Sequence[str]) -> Any:
+    """A copy of a Loop body with the given inputs and outputs (by name); ``true_names`` become
+    Constant true nodes (an iteration condition fixed for the whole loop)."""
+    import onnx
+    from onnx import helper
+    g = onnx.GraphProto()
+    g.CopyFrom(body)
+    by_name = {vi.name: vi for vi in body.input}
+    del g.input[:]
+    g.input.extend(by_name.get(n) or helper.make_empty_tensor_value_info(n) for n in inputs)
+    out_by_name = {vi.name: vi for vi in body.output}
+    del g.output[:]
+    g.output.extend(out_by_name[n] for n in outputs)
+    consts = [helper.make_node("Constant", [], [n], value=helper.make_tensor(n, onnx.TensorProto.BOOL, [], [True]))
+              for n in true_names]
+    nodes = consts + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    return g
+
+
+def _condition_fixed(body: Any) -> bool:
+    """Whether a Loop body hands its condition on unchanged (or always says true)."""
+    cond_in, cond_out = body.input[1].name, body.output[0].name
+    if cond_out == cond_in:
+        return True
+    for n in body.node:
+        if cond_out in n.output:
+            if n.op_type == "Identity" and n.input[0] == cond_in:
+                return True
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].type == 4:
+                from onnx import numpy_helper
+                return bool(np.all(numpy_helper.to_array(n.attribute[0].t)))
+    return False
+
+
+@rule("Loop")
+def _loop(ctx: NodeContext):
+    body = ctx.attrs["body"]
+    m_in, c_in = ctx.input(0), ctx.input(1)
+    init = list(ctx.inputs[2:])
+    n_state = len(init)
+    n_scan = len(body.output) - 1 - n_state
+    if len(body.input) != 2 + n_state or n_scan < 0:
+        raise OnnxImportError(f"{ctx.label}: the body takes {len(body.input)} inputs and gives {len(body.output)} "
+                              f"outputs for {n_state} loop-carried values")
+    iter_name, cond_name = body.input[0].name, body.input[1].name
+    state_names = [vi.name for vi in body.input[2:]]
+    fixed = _condition_fixed(body)
+    if n_scan and not fixed:
+        raise ctx.unsupported("scan outputs of a loop whose body can stop it early: the number of iterations "
+                              "sets their shape, which the IR needs when building the graph")
+    trips = ctx.known(0) if m_in is not None else None
+    first = ctx.known(1) if c_in is not None else np.array(True)
+    if n_scan:
+        trips = ctx.values(0, "trip count") if m_in is not None else None
+        if trips is None:
+            raise ctx.unsupported("scan outputs of a loop without a trip count")
+        first = ctx.values(1, "initial condition") if c_in is not None else first
+    static = trips is not None and trips.dtype != object and first is not None and first.dtype != object
+    i64 = TensorType(DType.i64, ())
+    if fixed and static:
+        # a fixed number of iterations: a scan over the iteration numbers
+        length = int(np.asarray(trips).item()) if bool(np.asarray(first).item()) else 0
+        proto = _loop_body(body, state_names + [iter_name], [vi.name for vi in body.output[1:]], [cond_name])
+        names = free_names(proto)
+        _, consts = _captured_values(ctx, names)
+        region = _region(ctx, proto, [v.type for v in init] + [i64], names, f"{ctx.node.name or 'loop'}_body",
+                         captures_first=True)
+        steps = ctx.op("iota", shape=(max(length, 0),), axis=0, dtype=DType.i64)
+        return list(ctx.builder.node("scan", consts + init + [steps],
+                                     {"num_consts": len(consts), "num_carry": n_state, "length": max(length, 0)},
+                                     regions=[region]).outputs)
+    # otherwise a while loop over (iteration, trip count, condition, state..., captured values...)
+    taken = {vi.name for vi in body.input} | {o for n in body.node for o in n.output}
+    trip_name = f"{iter_name}__trips"
+    while trip_name in taken:
+        trip_name += "_"
+    proto = _loop_body(body, [iter_name, trip_name, cond_name] + state_names,
+                       [vi.name for vi in body.output[:1 + n_state]], [])
+    names = free_names(proto)
+    _, caps = _captured_values(ctx, names)
+    bool0 = TensorType(DType.bool, ())
+    m = _cast(ctx, m_in, DType.i64) if m_in is not None else ctx.scalar(np.iinfo(np.int64).max, DType.i64)
+    c = c_in if c_in is not None else ctx.scalar(True, DType.bool)
+    m, c = (_reshape(ctx, v, ()) for v in (m, c))
+    carried = [ctx.scalar(0, DType.i64), m, c] + init
+    body_g = _region(ctx, proto, [i64, i64, bool0] + [v.type for v in init], names,
+                     f"{ctx.node.name or 'loop'}_body")
+    # the body region's inputs are (iteration, trips, cond, state..., captures...); its outputs gain
+    # the next iteration number, the trip count and the captures, to carry them round
+    ins = body_g.inputs
+    b = body_g.builder(meta=ctx.builder.meta)
+    outs = list(body_g.outputs)
+    nxt = b.op("add", ins[0], b.scalar(1, DType.i64))
+    cond_out = outs[0] if outs[0].rank == 0 else b.op("reshape", outs[0], shape=())
+    body_g.set_outputs([nxt, ins[1], cond_out] + outs[1:] + list(ins[3 + n_state:]))
+    cond_g = Graph(f"{ctx.node.name or 'loop'}_cond")
+    cin = [cond_g.add_input(v.type, f"s{k}") for k, v in enumerate(carried + caps)]
+    cb = cond_g.builder(meta=ctx.builder.meta)
+    cond_g.set_outputs([cb.op("and", cb.op("lt", cin[0], cin[1]), cin[2])])
+    outs = ctx.builder.node("while_loop", carried + caps, regions=[cond_g, body_g]).outputs
+    return list(outs[3:3 + n_state])
 
 
 # ----- com.microsoft ops that accelir's own ONNX lowering emits -----------------------
@@ -1509,4 +1633,4 @@ def evaluate_known(node: Any, ins: list[np.ndarray]) -> list[np.ndarray] | None:
 
 
 # op families kept in their own modules; importing them registers their rules here
-from . import onnx_einsum, onnx_quantize, onnx_recurrent, onnx_signal  # noqa: E402,F401
+from . import onnx_einsum, onnx_indexing, onnx_quantize, onnx_recurrent, onnx_signal  # noqa: E402,F401

@@ -18,9 +18,10 @@ import numpy as np
 
 from ..ir import Builder, DType, Graph, TensorType, Value
 from .onnx import OnnxImportError
+from .onnx_indexing import reverse_prefixes
 from .onnx_ops import NodeContext, _cast, _reshape, rule
 
-__all__ = ["ACTIVATIONS", "reverse_prefixes"]
+__all__ = ["ACTIVATIONS"]
 
 # name -> (function of (builder, x, alpha, beta), default alpha or None if unused, default beta or None)
 Activation = Callable[[Builder, Value, float, float], Value]
@@ -98,18 +99,6 @@ def _activations(ctx: NodeContext, num_dir: int) -> list[list[Act]]:
         beta = next(betas, db) if db is not None else 0.0
         fns.append(lambda b, x, fn=fn, alpha=alpha, beta=beta: fn(b, x, alpha, beta))
     return [fns[d * per_dir:(d + 1) * per_dir] for d in range(num_dir)]
-
-
-def reverse_prefixes(ctx: NodeContext, x: Value, lengths: Value, time_axis: int, batch_axis: int) -> Value:
-    """ONNX ReverseSequence: along ``time_axis``, reverses the first ``lengths[b]`` items of
-    each batch row ``b`` and keeps the rest in place."""
-    steps = x.shape[time_axis]
-    idx_shape = tuple(steps if i == time_axis else x.shape[i] if i == batch_axis else 1 for i in range(x.rank))
-    t = ctx.op("iota", shape=idx_shape, axis=time_axis, dtype=DType.i64)
-    n = _reshape(ctx, _cast(ctx, lengths, DType.i64),
-                 tuple(x.shape[batch_axis] if i == batch_axis else 1 for i in range(x.rank)))
-    src = ctx.op("where", ctx.op("lt", t, n), ctx.op("sub", ctx.op("sub", n, ctx.scalar(1, DType.i64)), t), t)
-    return ctx.op("take_along_axis", x, ctx.op("broadcast_to", src, shape=x.shape), axis=time_axis)
 
 
 def _slice_cols(b: Builder, x: Value, k: int, hidden: int, count: int = 1) -> Value:

@@ -1,0 +1,185 @@
+"""ONNX ops that move elements to computed positions, as IR gathers and scatters:
+``ReverseSequence``, ``TensorScatter``, ``MaxPool``'s ``Indices`` output, ``MaxUnpool``
+and ``Col2Im``; and ``Det`` of small matrices as a gather over the permutations.
+
+The window ops need static spatial dims: their position tables (which input element
+each window slot reads, or which image pixel each column entry adds to) are built at
+import with numpy, and a slot that falls in the padding points at one extra "dump"
+element past the end, which is then dropped (a scatter) or holds the identity (a gather).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Sequence
+
+import numpy as np
+
+from .. import dims as D
+from ..ir import DType, Value
+from .onnx_ops import NodeContext, _cast, _conv_attrs, _norm_axis, _reshape, rule
+
+__all__ = ["reverse_prefixes", "window_positions", "maxpool_indices"]
+
+
+def reverse_prefixes(ctx: NodeContext, x: Value, lengths: Value, time_axis: int, batch_axis: int) -> Value:
+    """ONNX ReverseSequence: along ``time_axis``, reverses the first ``lengths[b]`` items of
+    each batch row ``b`` and keeps the rest in place."""
+    steps = x.shape[time_axis]
+    idx_shape = tuple(steps if i == time_axis else x.shape[i] if i == batch_axis else 1 for i in range(x.rank))
+    t = ctx.op("iota", shape=idx_shape, axis=time_axis, dtype=DType.i64)
+    n = _reshape(ctx, _cast(ctx, lengths, DType.i64),
+                 tuple(x.shape[batch_axis] if i == batch_axis else 1 for i in range(x.rank)))
+    src = ctx.op("where", ctx.op("lt", t, n), ctx.op("sub", ctx.op("sub", n, ctx.scalar(1, DType.i64)), t), t)
+    return ctx.op("take_along_axis", x, ctx.op("broadcast_to", src, shape=x.shape), axis=time_axis)
+
+
+@rule("ReverseSequence")
+def _reverse_sequence(ctx: NodeContext):
+    x = ctx.input(0)
+    time_axis = _norm_axis(ctx, ctx.attr("time_axis", 0), x.rank)
+    batch_axis = _norm_axis(ctx, ctx.attr("batch_axis", 1), x.rank)
+    return [reverse_prefixes(ctx, x, ctx.input(1), time_axis, batch_axis)]
+
+
+@rule("TensorScatter")
+def _tensor_scatter(ctx: NodeContext):
+    cache, update, where = ctx.input(0), ctx.input(1), ctx.input(2)
+    axis = _norm_axis(ctx, ctx.attr("axis", -2), cache.rank)
+    if axis == 0:
+        raise ctx.unsupported("axis 0: the write position is per batch row (dim 0)")
+    # row b writes update[b, ..., s, ...] to position write_indices[b] + s (modulo the length if circular)
+    pos = ctx.op("iota", shape=update.shape, axis=axis, dtype=DType.i64)
+    if where is not None:
+        start = _reshape(ctx, _cast(ctx, where, DType.i64), (cache.shape[0],) + (1,) * (cache.rank - 1))
+        pos = ctx.op("add", pos, start)
+    if ctx.attr("mode", "linear") == "circular":
+        pos = ctx.op("rem", pos, ctx.scalar(cache.shape[axis], DType.i64))
+    return [ctx.op("scatter_elements", cache, pos, update, axis=axis)]
+
+
+def _static_dims(ctx: NodeContext, dims: Sequence[D.Dim], what: str) -> tuple[int, ...]:
+    if not all(type(d) is int for d in dims):
+        raise ctx.unsupported(f"symbolic {what} {list(dims)}: the position table is built at import")
+    return tuple(int(d) for d in dims)
+
+
+def window_positions(size: Sequence[int], blocks: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
+                     pad_lo: Sequence[int], dilation: Sequence[int],
+                     order: str = "C") -> tuple[np.ndarray, np.ndarray]:
+    """For each window position (rows, row-major over ``blocks``) and kernel slot (columns,
+    row-major over ``kernel``): the flat index of the pixel it covers in an image of
+    ``size`` (``order`` "C" row-major, "F" column-major) and whether it lies inside."""
+    grids = np.meshgrid(*[np.arange(b) for b in blocks], *[np.arange(k) for k in kernel], indexing="ij")
+    n = len(size)
+    coords = [grids[d] * stride[d] - pad_lo[d] + grids[n + d] * dilation[d] for d in range(n)]
+    inside = np.ones(coords[0].shape, bool)
+    for d in range(n):
+        inside &= (coords[d] >= 0) & (coords[d] < size[d])
+    clipped = [np.clip(c, 0, s - 1) for c, s in zip(coords, size)]
+    flat = np.ravel_multi_index(clipped, size, order=order)
+    rows = int(np.prod(blocks))
+    return flat.reshape(rows, -1), inside.reshape(rows, -1)
+
+
+def maxpool_indices(ctx: NodeContext, x: Value, pooled: Value) -> Value:
+    """MaxPool's Indices output: the flat index (over N, C and the spatial dims) of each
+    window's first maximum, spatial dims row-major or (storage_order 1) column-major."""
+    size = _static_dims(ctx, x.shape[2:], "spatial dims")
+    out = _static_dims(ctx, pooled.shape[2:], "pooled dims")
+    kernel = tuple(ctx.attr("kernel_shape"))
+    attrs = _conv_attrs(ctx, x, kernel)
+    lo = [p[0] for p in attrs["padding"]]
+    read, inside = window_positions(size, out, kernel, attrs["stride"], lo, attrs["dilation"])
+    order = "F" if ctx.attr("storage_order", 0) else "C"
+    report, _ = window_positions(size, out, kernel, attrs["stride"], lo, attrs["dilation"], order)
+    pixels = math.prod(size)
+    n, c = x.shape[:2]
+    flat = _reshape(ctx, x, (n, c, pixels))
+    lowest = -np.inf if x.dtype.is_float else np.iinfo(x.dtype.numpy).min
+    # padding slots read a dump pixel holding the lowest value, so they never win
+    dump = ctx.op("broadcast_to", ctx.scalar(lowest, x), shape=(n, c, 1))
+    flat = ctx.op("concat", flat, dump, axis=2)
+    table = np.where(inside, read, pixels).astype(np.int64)
+    windows = ctx.op("gather", flat, ctx.const(table.reshape(-1)), axis=2)
+    windows = _reshape(ctx, windows, (n, c) + table.shape)
+    best = ctx.op("argmax", windows, axis=3, keepdims=True)
+    where = ctx.op("broadcast_to", ctx.const(report.astype(np.int64)), shape=(n, c) + table.shape)
+    spatial = ctx.op("take_along_axis", where, best, axis=3)
+    plane = ctx.op("iota", shape=(n, c, table.shape[0], 1), axis=0, dtype=DType.i64)
+    plane = ctx.op("add", ctx.op("mul", plane, ctx.scalar(c, DType.i64)),
+                   ctx.op("iota", shape=(n, c, table.shape[0], 1), axis=1, dtype=DType.i64))
+    index = ctx.op("add", ctx.op("mul", plane, ctx.scalar(pixels, DType.i64)), spatial)
+    return _reshape(ctx, index, pooled.shape)
+
+
+@rule("MaxUnpool")
+def _max_unpool(ctx: NodeContext):
+    x, idx = ctx.input(0), ctx.input(1)
+    kernel = tuple(ctx.attr("kernel_shape"))
+    k = len(kernel)
+    strides = tuple(ctx.attr("strides", [1] * k))
+    pads = tuple(ctx.attr("pads", [0] * (2 * k)))
+    size = _static_dims(ctx, x.shape, "input dims")
+    # the indices address the unpooled tensor of the inferred shape; output_shape only pads its end
+    inferred = size[:2] + tuple((size[2 + d] - 1) * strides[d] - pads[d] - pads[k + d] + kernel[d] for d in range(k))
+    total = math.prod(inferred)
+    zeros = ctx.op("broadcast_to", ctx.scalar(0, x), shape=(total,))
+    y = ctx.op("scatter_nd", zeros, _reshape(ctx, _cast(ctx, idx, DType.i64), (math.prod(size), 1)),
+               _reshape(ctx, x, (math.prod(size),)))
+    y = _reshape(ctx, y, inferred)
+    if ctx.input(2) is not None:
+        want = [int(v) for v in ctx.values(2, "output_shape").reshape(-1)]
+        extra = [w - i for w, i in zip(want, inferred)]
+        if len(want) != len(inferred) or any(e < 0 for e in extra):
+            raise ctx.unsupported(f"output_shape {want} smaller than the unpooled shape {list(inferred)}")
+        if any(extra):
+            y = ctx.op("pad", y, pads=tuple((0, e) for e in extra))
+    return [y]
+
+
+@rule("Col2Im")
+def _col2im(ctx: NodeContext):
+    x = ctx.input(0)
+    image = tuple(int(v) for v in ctx.values(1, "image_shape").reshape(-1))
+    block = tuple(int(v) for v in ctx.values(2, "block_shape").reshape(-1))
+    k = len(image)
+    strides = tuple(ctx.attr("strides", [1] * k))
+    dil = tuple(ctx.attr("dilations", [1] * k))
+    pads = tuple(ctx.attr("pads", [0] * (2 * k)))
+    blocks = tuple((image[d] + pads[d] + pads[k + d] - dil[d] * (block[d] - 1) - 1) // strides[d] + 1
+                   for d in range(k))
+    n = x.shape[0]
+    ck, length = _static_dims(ctx, x.shape[1:], "column dims")
+    slots = math.prod(block)
+    if ck % slots or length != math.prod(blocks):
+        raise ctx.unsupported(f"an input {x.type} that does not match blocks {list(blocks)} of {list(block)}")
+    c = ck // slots
+    at, inside = window_positions(image, blocks, block, strides, pads[:k], dil)  # [L, slots]
+    pixels = math.prod(image)
+    table = np.where(inside, at, pixels).T.reshape(-1).astype(np.int64)  # input order: slot-major, then L
+    cols = _reshape(ctx, x, (n, c, slots * length))
+    idx = ctx.op("broadcast_to", ctx.const(table), shape=(n, c, slots * length))
+    canvas = ctx.op("broadcast_to", ctx.scalar(0, x), shape=(n, c, pixels + 1))
+    summed = ctx.op("scatter_elements", canvas, idx, cols, axis=2, reduction="add")
+    summed = ctx.op("slice", summed, starts=(0,), stops=(pixels,), axes=(2,))
+    return [_reshape(ctx, summed, (n, c) + image)]
+
+
+@rule("Det")
+def _det(ctx: NodeContext):
+    """Leibniz's sum over permutations (small static matrices): sum_p sign(p) prod_i a[i, p(i)]."""
+    x = ctx.input(0)
+    size = x.shape[-1]
+    if type(size) is not int or x.shape[-2] != size or size > 5:
+        raise ctx.unsupported(f"a determinant of {x.type}: static square matrices up to 5x5 only")
+    perms = list(itertools.permutations(range(size)))
+    table = np.array([[i * size + p[i] for i in range(size)] for p in perms], np.int64)
+    signs = np.array([(-1) ** sum(p[i] > p[j] for i in range(size) for j in range(i + 1, size)) for p in perms])
+    lead = tuple(x.shape[:-2])
+    flat = _reshape(ctx, x, lead + (size * size,))
+    terms = ctx.op("gather", flat, ctx.const(table.reshape(-1)), axis=len(lead))
+    terms = ctx.op("reduce_prod", _reshape(ctx, terms, lead + table.shape), axes=(len(lead) + 1,))
+    return [ctx.op("reduce_sum", ctx.op("mul", terms, ctx.const(signs.astype(x.dtype.numpy))),
+                   axes=(len(lead),))]
