@@ -452,7 +452,7 @@ def _input_specs(graph: Graph, example_inputs: Sequence[Any] | None, symbolic: b
             return [jax.ShapeDtypeStruct(v.shape, _JAX_DTYPES[v.dtype]) for v in graph.inputs]
         raise LoweringError(f"graph {graph.name!r} has symbolic input dims: give example inputs for concrete "
                             "shapes, or pass symbolic=True")
-    return [jax.ShapeDtypeStruct(tuple(np.shape(x)), _JAX_DTYPES[v.dtype])
+    return [jax.ShapeDtypeStruct(tuple(x.shape) if hasattr(x, "shape") else np.shape(x), _JAX_DTYPES[v.dtype])
             for v, x in zip(graph.inputs, example_inputs)]
 
 

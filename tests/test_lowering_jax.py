@@ -702,3 +702,19 @@ def test_full_size_torch_model_through_xla(name):
         want = model(*args, **kwargs)
     for a, b in zip(pytree.tree_leaves(got), pytree.tree_leaves(want)):
         assert relative_error(a.numpy(), b.numpy()) <= 1e-4
+
+
+def test_flax_scan_decoder_with_symbolic_batch_and_seq_through_export():
+    import test_flax_models as fm
+    from accelir.frontends.jax import capture_jax
+
+    rng = np.random.default_rng(6)
+    model = fm.Decoder()
+    variables = fm._init(model, rng.integers(0, 17, (2, 6)).astype(np.int32))
+    graph = capture_jax(model.apply, (variables, rng.integers(0, 17, (2, 6)).astype(np.int32)),
+                        params_as_constants=True, symbolic_shapes=(None, "b, s"))
+    assert graph.inputs[0].shape == ("b", "s")
+    fn = load_exported(export_jax(graph))
+    for shape in [(3, 4), (1, 9)]:
+        tokens = rng.integers(0, 17, shape).astype(np.int32)
+        assert relative_error(fn(tokens)[0], jax.jit(model.apply)(variables, tokens)) <= 1e-4
