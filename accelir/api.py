@@ -170,7 +170,7 @@ class OptimizeReport:
         return "\n".join(lines)
 
 
-def _build_runner(graph: Graph, backend: str, device: str) -> Callable[[list], list]:
+def _build_runner(graph: Graph, backend: str, device: str) -> Callable[..., list]:
     if backend == "onnxruntime":
         from .lowering.onnx import OnnxRuntimeModule, to_onnx
         return OnnxRuntimeModule(to_onnx(graph), device=device)
@@ -180,13 +180,13 @@ def _build_runner(graph: Graph, backend: str, device: str) -> Callable[[list], l
     raise AccelirError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or 'auto'")
 
 
-def _time_runner(runner: Callable[[list], list], flat: list, repeats: int = 5) -> float:
+def _time_runner(runner: Callable[..., list], flat: list, repeats: int = 5) -> float:
     for _ in range(2):
-        runner(flat)
+        runner(*flat)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        runner(flat)
+        runner(*flat)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -194,7 +194,7 @@ def _time_runner(runner: Callable[[list], list], flat: list, repeats: int = 5) -
 class CompiledModel:
     """An optimised model: call it like the original; inspect ``graph``, ``source_graph`` and ``report``."""
 
-    def __init__(self, graph: Graph, source_graph: Graph, runner: Callable[[list], list], *, backend: str,
+    def __init__(self, graph: Graph, source_graph: Graph, runner: Callable[..., list], *, backend: str,
                  device: str, report: OptimizeReport, example_inputs: list):
         self.graph = graph
         self.source_graph = source_graph
@@ -208,7 +208,7 @@ class CompiledModel:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         flat = self._signature.flatten(*args, **kwargs)
         check_inputs(self.graph, flat)
-        outputs = self._runner(list(flat))
+        outputs = self._runner(*flat)
         return self._signature.unflatten(list(outputs))
 
     def export(self, path: str | os.PathLike, *, overwrite: bool = False) -> str:

@@ -1,0 +1,166 @@
+"""accelir.optimize end to end: every model kind, both backends, output structure,
+input checks, export formats, and no mutation or global state leaking out."""
+
+from __future__ import annotations
+
+import copy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2Config, GPT2Model
+
+import accelir
+from accelir import AccelirError
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    torch.manual_seed(0)
+    model = GPT2Model(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=32,
+                                 use_cache=False)).eval()
+    ids = torch.randint(0, 100, (2, 8))
+    return model, ids
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "xla"])
+def test_torch_model_keeps_model_output_and_matches_eager(gpt2, backend):
+    model, ids = gpt2
+    before = copy.deepcopy(model.state_dict())
+    cm = accelir.optimize(model, (ids,), backend=backend)
+    out = cm(ids)
+    with torch.no_grad():
+        ref = model(ids)
+    assert type(out).__name__ == type(ref).__name__
+    assert isinstance(out.last_hidden_state, torch.Tensor)
+    assert rel_err(out.last_hidden_state, ref.last_hidden_state) < 1e-4
+    assert cm.report.nodes_after < cm.report.nodes_before
+    assert "attention" in cm.graph.op_histogram()
+    assert cm.source_graph.num_nodes() == cm.report.nodes_before
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert not model.training
+
+
+def test_wrong_batch_size_names_the_input_and_dim(gpt2):
+    model, ids = gpt2
+    cm = accelir.optimize(model, (ids,))
+    with pytest.raises(AccelirError, match=r"input 0 .*dim 0 is 3.*captured with 2"):
+        cm(torch.randint(0, 100, (3, 8)))
+
+
+def test_dynamic_batch_serves_other_sizes(gpt2):
+    model, ids = gpt2
+    batch = torch.export.Dim("batch", min=1, max=16)
+    cm = accelir.optimize(model, (ids,), dynamic_shapes=({0: batch},))
+    ids3 = torch.randint(0, 100, (3, 8))
+    with torch.no_grad():
+        ref = model(ids3).last_hidden_state
+    assert rel_err(cm(ids3).last_hidden_state, ref) < 1e-4
+
+
+def test_jax_function_returns_pytree_of_jax_arrays():
+    def fn(params, x):
+        h = jnp.tanh(x @ params["w"] + params["b"])
+        return {"h": h, "sum": h.sum(-1)}
+
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.standard_normal((4, 3)), jnp.float32), "b": jnp.zeros(3, jnp.float32)}
+    x = jnp.asarray(rng.standard_normal((2, 4)), jnp.float32)
+    ref = jax.jit(fn)(params, x)
+    for backend in ("xla", "onnxruntime"):
+        out = accelir.optimize(fn, (params, x), backend=backend)(params, x)
+        assert set(out) == {"h", "sum"}
+        assert rel_err(out["h"], ref["h"]) < 1e-5
+        assert rel_err(out["sum"], ref["sum"]) < 1e-5
+
+
+def test_graph_and_numpy_inputs_give_numpy():
+    g = accelir.parse("""graph main(%x: f32[2,3]) -> (f32[2,3]) {
+  %0 = exp(%x) : f32[2,3]
+  %1 = log(%0) : f32[2,3]
+  return %1
+}
+""")
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    cm = accelir.optimize(g, (x,), level=1)
+    out = cm(x)
+    assert isinstance(out, np.ndarray)
+    np.testing.assert_allclose(out, x, rtol=1e-5, atol=1e-6)
+    assert g.num_nodes() == 2  # the caller's graph is untouched
+
+
+def test_onnx_model_round_trip(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+    node = helper.make_node("Relu", ["x"], ["y"], name="relu0")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    path = tmp_path / "in.onnx"
+    onnx.save(model, path)
+    cm = accelir.optimize(str(path))
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    (y,) = cm(x)  # like InferenceSession.run, an ONNX model returns its list of outputs
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    out = cm.export(tmp_path / "out.onnx")
+    m2 = onnx.load(out)
+    assert [i.name for i in m2.graph.input] == ["x"] and [o.name for o in m2.graph.output] == ["y"]
+
+
+def test_backend_auto_times_both_and_reports(gpt2):
+    model, ids = gpt2
+    cm = accelir.optimize(model, (ids,), backend="auto")
+    assert set(cm.report.backends) == {"onnxruntime", "xla"}
+    assert cm.backend == min(cm.report.backends, key=cm.report.backends.get)
+    assert "chosen" in str(cm.report)
+
+
+def test_export_formats_and_no_overwrite(gpt2, tmp_path):
+    model, ids = gpt2
+    cm = accelir.optimize(model, (ids,))
+    for suffix, marker in ((".onnx", None), (".mlir", "stablehlo"), (".hlo", "HloModule"), (".air", "graph main"),
+                           (".dot", "digraph"), (".html", "<svg")):
+        path = cm.export(tmp_path / f"m{suffix}")
+        if marker:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                assert marker in f.read()
+    with pytest.raises(FileExistsError):
+        cm.export(tmp_path / "m.onnx")
+    cm.export(tmp_path / "m.onnx", overwrite=True)
+    with pytest.raises(AccelirError, match="unknown export format"):
+        cm.export(tmp_path / "m.xyz")
+
+
+def test_debug_options_reach_the_pass_manager(gpt2, tmp_path):
+    model, ids = gpt2
+    cm = accelir.optimize(model, (ids,), debug={"dump_dir": str(tmp_path / "dumps"), "check_numerics": True})
+    dumps = sorted(p.name for p in (tmp_path / "dumps").iterdir())
+    assert dumps[0].startswith("000-") and "report.txt" in dumps
+    assert cm.report.passes is not None
+
+
+def test_no_global_state_leaks(gpt2):
+    model, ids = gpt2
+    state = (torch.get_default_dtype(), torch.get_num_threads(), torch.is_grad_enabled(),
+             jax.config.jax_enable_x64)
+    accelir.optimize(model, (ids,), backend="xla")(ids)
+    accelir.optimize(model, (ids,), backend="onnxruntime")(ids)
+    assert state == (torch.get_default_dtype(), torch.get_num_threads(), torch.is_grad_enabled(),
+                     jax.config.jax_enable_x64)
+
+
+def test_bad_arguments():
+    with pytest.raises(AccelirError, match="unknown backend"):
+        accelir.optimize(lambda x: x, (np.ones(2, np.float32),), backend="tvm")
+    with pytest.raises(AccelirError, match="cannot capture"):
+        accelir.capture(42)
+    with pytest.raises(AccelirError, match="unknown file type"):
+        accelir.capture("model.pt")
