@@ -444,3 +444,17 @@ graph main(%x: f32[4], %xs: f32[5,4]) -> (f32[4], i64[], f32[4], f32[5,4]) {
     np.testing.assert_allclose(s1, x + np.cumsum(xs, 0), rtol=1e-5)
     np.testing.assert_allclose(s0, s1[-1])
     assert str(g) == str(parse(str(g)))
+
+
+def test_descending_sort_of_integer_extremes():
+    x = np.array([[-128, 127, 0, -128, 5]], np.int8)
+    vals, idx = interpret(build("sort", [x], {"axis": 1, "descending": True}), x)
+    assert vals.tolist() == [[127, 5, 0, -128, -128]]
+    assert idx.tolist() == [[1, 4, 2, 0, 3]]
+
+
+def test_take_along_axis_indices_smaller_than_x_like_torch_gather():
+    x = f32(4, 5)
+    idx = ints(2, 3, lo=0, hi=4)
+    (got,) = interpret(build("take_along_axis", [x, idx], {"axis": 0}), x, idx)
+    np.testing.assert_array_equal(got, torch.gather(T(x), 0, T(idx)).numpy())

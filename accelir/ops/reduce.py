@@ -172,9 +172,8 @@ def _stable_order(x, axis, descending):
             return np.argsort(key, axis=axis, kind="stable")
         if xc.dtype == np.bool_:
             xc = xc.astype(np.int8)
-        if xc.dtype.kind == "u":
-            xc = xc.astype(np.int64)
-        return np.argsort(-xc, axis=axis, kind="stable")
+        # ~x reverses the order of any integer dtype without the overflow of -x at the minimum
+        return np.argsort(~xc, axis=axis, kind="stable")
     return np.argsort(xc, axis=axis, kind="stable")
 
 

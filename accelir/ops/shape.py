@@ -272,6 +272,9 @@ def _take_along_rule(types, attrs):
     _index_dtype("take_along_axis", idx)
     if x.rank != idx.rank:
         raise TypeRuleError("take_along_axis: x and indices must have the same rank")
+    for d, (a, b) in enumerate(zip(x.shape, idx.shape)):
+        if d != attrs["axis"] % max(x.rank, 1) and type(a) is int and type(b) is int and b > a:
+            raise TypeRuleError(f"take_along_axis: indices dim {d} ({b}) exceeds x's ({a})")
     norm_axis("take_along_axis", attrs["axis"], x.rank)
     return [TensorType(x.dtype, idx.shape)]
 
@@ -281,13 +284,9 @@ def _take_along_ref(inputs, attrs, regions):
     ax = attrs["axis"] % x.ndim
     _check_bounds("take_along_axis", idx, x.shape[ax])
     idx = np.where(idx < 0, idx + x.shape[ax], idx).astype(np.int64)
-    shape = list(np.broadcast_shapes(tuple(s if i != ax else 1 for i, s in enumerate(x.shape)),
-                                     tuple(s if i != ax else 1 for i, s in enumerate(idx.shape))))
-    shape_x = list(shape)
-    shape_x[ax] = x.shape[ax]
-    shape_i = list(shape)
-    shape_i[ax] = idx.shape[ax]
-    return [np.take_along_axis(np.broadcast_to(x, shape_x), np.broadcast_to(idx, shape_i), axis=ax)]
+    # torch.gather / GatherElements: the output has the indices' shape; other dims index x directly
+    window = tuple(slice(None) if d == ax else slice(0, n) for d, n in enumerate(idx.shape))
+    return [np.take_along_axis(x[window], idx, axis=ax)]
 
 
 register(OpDef("take_along_axis", _take_along_rule, _take_along_ref, min_inputs=2, max_inputs=2,
