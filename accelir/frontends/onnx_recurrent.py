@@ -222,6 +222,8 @@ def _recurrent(ctx: NodeContext):
         live = ctx.op("lt", t, _reshape(ctx, _cast(ctx, lengths, DType.i64), (1, batch, 1)))
     zeros = ctx.op("broadcast_to", ctx.scalar(0, X), shape=(batch, hidden))
     inits = [ctx.input(5)] + ([ctx.input(6)] if kind == "LSTM" else [])
+    if layout:  # batch-major initial states: [batch, dir, H]
+        inits = [ctx.op("transpose", v, perm=(1, 0, 2)) if v is not None else None for v in inits]
     ys, finals = [], [[] for _ in inits]
     for d in range(num_dir):
         reverse = direction == "reverse" or d == 1
