@@ -383,3 +383,21 @@ def test_det_matches_numpy(n):
     x = _rng(13).standard_normal((2, 3, n, n)).astype(np.float32)
     m = _model([helper.make_node("Det", ["x"], ["y"])], [_vi("x", F32, [2, 3, n, n])], [_vi("y", F32, [2, 3])])
     np.testing.assert_allclose(_ours(m, {"x": x})[0], np.linalg.det(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("ftype", [TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16])
+def test_bitcast_float_int_round_trip_matches_numpy_view(ftype):
+    import ml_dtypes
+    fdt = ml_dtypes.bfloat16 if ftype == TensorProto.BFLOAT16 else helper.tensor_dtype_to_np_dtype(ftype)
+    info = ml_dtypes.finfo(fdt)
+    idt = {2: np.int16, 4: np.int32, 8: np.int64}[np.dtype(fdt).itemsize]
+    values = [0.0, -0.0, 1.0, -2.5, 3.75, float(info.max), -float(info.max), float(info.tiny),
+              float(info.smallest_subnormal), -float(info.smallest_subnormal) * 3, np.inf, -np.inf]
+    x = np.concatenate([np.array(values), _rng(14).standard_normal(20) * 1e3]).astype(fdt)
+    itype = {np.int16: TensorProto.INT16, np.int32: TensorProto.INT32, np.int64: TensorProto.INT64}[idt]
+    m = _model([helper.make_node("BitCast", ["x"], ["b"], to=itype),
+                helper.make_node("BitCast", ["b"], ["y"], to=ftype)],
+               [_vi("x", ftype, [x.size])], [_vi("b", itype, [x.size]), _vi("y", ftype, [x.size])], opset=26)
+    bits, back = _ours(m, {"x": x})
+    np.testing.assert_array_equal(bits, x.view(idt))
+    np.testing.assert_array_equal(back.view(idt), x.view(idt))

@@ -46,7 +46,8 @@ def test_interpreter_path_meets_floor(cases):
     summary, failures = _report(results, "interpreter")
     assert summary["interpreter"]["rate"] >= _floors()["interpreter"], "\n".join(failures)
     # the core ops must never regress, whatever the rate
-    must = ["test_matmul_2d", "test_conv_with_strides_padding", "test_softmax_axis_1", "test_layer_normalization_4d_axis1",
+    must = ["test_matmul_2d", "test_conv_with_strides_padding", "test_softmax_axis_1",
+            "test_layer_normalization_4d_axis1",
             "test_gather_0", "test_reshape_negative_dim", "test_slice_neg_steps", "test_if", "test_scan9_sum",
             "test_lstm_with_peepholes", "test_gru_bidirectional", "test_einsum_batch_matmul", "test_dft_rfft",
             "test_qlinearmatmul_3D_int8_float16", "test_range_float_type_positive_delta_expanded"]

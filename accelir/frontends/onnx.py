@@ -34,10 +34,8 @@ import numpy as np
 from .. import dims as D
 from ..errors import AccelirError, UnsupportedOpError, VerificationError
 from ..ir import DType, Graph, TensorType, Value
-from ..ops import registry
-
-__all__ = ["import_onnx", "restore_onnx_interface", "OnnxImportError", "DynamicValueError", "OnnxSignature", "ONNX_DTYPES",
-           "onnx_dtype", "tensor_to_array", "ImportScope"]
+__all__ = ["import_onnx", "restore_onnx_interface", "OnnxImportError", "DynamicValueError", "OnnxSignature",
+           "ONNX_DTYPES", "onnx_dtype", "tensor_to_array", "ImportScope"]
 
 
 class OnnxImportError(AccelirError):
@@ -145,7 +143,8 @@ def tensor_to_array(tensor: Any, base_dir: str | None = None, load_external: boo
     try:
         arr = numpy_helper.to_array(tensor)
     except Exception as e:
-        raise OnnxImportError(f"{label}: cannot decode its data ({type(e).__name__}: {e}); the file is corrupt") from None
+        raise OnnxImportError(f"{label}: cannot decode its data ({type(e).__name__}: {e}); "
+                              "the file is corrupt") from None
     if arr.size != numel:
         raise OnnxImportError(f"{label}: holds {arr.size} values, its shape {list(shape)} needs {numel}")
     return np.asarray(arr, dtype=dtype.numpy).reshape(shape)
@@ -365,7 +364,8 @@ class _Importer:
         return tensor_to_array(tensor, self.base_dir, self.load_external, what)
 
     # -- graphs --
-    def translate(self, gproto: Any, scope: ImportScope, input_values: Sequence[Value] | None, label: str) -> list[Value]:
+    def translate(self, gproto: Any, scope: ImportScope, input_values: Sequence[Value] | None,
+                  label: str) -> list[Value]:
         """Fill ``scope.graph`` from ``gproto``; returns the values of its outputs."""
         g = scope.graph
         if input_values is not None:
@@ -481,7 +481,8 @@ def _load(model_or_path: Any, base_dir: str | None) -> tuple[Any, str | None]:
         where = repr(path)
         base_dir = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(path))
     else:
-        raise OnnxImportError(f"import_onnx takes an onnx.ModelProto, bytes or a path, got {type(model_or_path).__name__}")
+        raise OnnxImportError("import_onnx takes an onnx.ModelProto, bytes or a path, "
+                              f"got {type(model_or_path).__name__}")
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)

@@ -258,6 +258,85 @@ def _cast_rule(ctx: NodeContext):
     return [_cast(ctx, ctx.input(0), onnx_dtype(ctx.attr("to"), f"{ctx.label}: its 'to' type"))]
 
 
+# float format -> (mantissa bits, exponent bias, the integer type of its width)
+_FLOAT_BITS = {DType.f64: (52, 1023, DType.i64), DType.f32: (23, 127, DType.i32), DType.f16: (10, 15, DType.i16),
+               DType.bf16: (7, 127, DType.i16)}
+
+
+def _float_to_bits(ctx: NodeContext, x: Value) -> Value:
+    """The IEEE bit pattern of a float as a signed int of its width, by arithmetic (exact in
+    f64 and i64): sign, exponent field and mantissa field assembled; NaN gives the quiet NaN."""
+    m, bias, out = _FLOAT_BITS[x.dtype]
+    f, i64 = DType.f64, DType.i64
+    v = _cast(ctx, x, f)
+    a = ctx.op("abs", v)
+    two = ctx.scalar(2.0, f)
+    # exponent: floor(log2 |x|), corrected by one where log rounds across a power of two
+    e = ctx.op("floor", ctx.op("div", ctx.op("log", a), ctx.scalar(math.log(2), f)))
+    one = ctx.scalar(1, f)
+    e = ctx.op("where", ctx.op("ge", ctx.op("div", a, ctx.op("pow", two, e)), two), ctx.op("add", e, one), e)
+    e = ctx.op("where", ctx.op("lt", ctx.op("div", a, ctx.op("pow", two, e)), one), ctx.op("sub", e, one), e)
+    normal = ctx.op("ge", e, ctx.scalar(1 - bias, f))
+    scaled = ctx.op("div", a, ctx.op("pow", two, ctx.op("where", normal, e, ctx.scalar(0, f))))
+    frac = ctx.op("mul", ctx.op("sub", scaled, one), ctx.scalar(2.0 ** m, f))
+    tiny = ctx.op("mul", ctx.op("mul", a, ctx.scalar(2.0 ** (bias - 1), f)), ctx.scalar(2.0 ** m, f))
+    field = ctx.op("where", normal, ctx.op("add", e, ctx.scalar(bias, f)), ctx.scalar(0, f))
+    mant = ctx.op("where", normal, frac, tiny)
+    top = (2 * bias + 1) << m  # exponent all ones
+    special = ctx.op("or", ctx.op("isinf", v), ctx.op("isnan", v))
+    field = ctx.op("where", special, ctx.scalar(0, f), field)
+    mant = ctx.op("where", special, ctx.scalar(0, f), mant)
+    bits = ctx.op("add", ctx.op("mul", _cast(ctx, field, i64), ctx.scalar(1 << m, i64)), _cast(ctx, mant, i64))
+    bits = ctx.op("where", ctx.op("isinf", v), ctx.scalar(top, i64), bits)
+    bits = ctx.op("where", ctx.op("isnan", v), ctx.scalar(top | (1 << (m - 1)), i64), bits)
+    zero = ctx.scalar(0, f)
+    negative = ctx.op("or", ctx.op("lt", v, zero),
+                      ctx.op("and", ctx.op("eq", v, zero), ctx.op("lt", ctx.op("div", ctx.scalar(1, f), v), zero)))
+    width = 8 * out.itemsize
+    # a set sign bit makes the signed pattern bits - 2**(width-1)
+    low = ctx.scalar(np.iinfo(np.int64).min if width == 64 else -(1 << (width - 1)), i64)
+    return _cast(ctx, ctx.op("where", negative, ctx.op("add", bits, low), bits), out)
+
+
+def _bits_to_float(ctx: NodeContext, x: Value, to: DType) -> Value:
+    """The float whose IEEE bit pattern a signed int holds (the inverse of ``_float_to_bits``)."""
+    m, bias, _ = _FLOAT_BITS[to]
+    f, i64 = DType.f64, DType.i64
+    width = 8 * x.dtype.itemsize
+    b = _cast(ctx, x, i64)
+    negative = ctx.op("lt", b, ctx.scalar(0, i64))
+    low = ctx.scalar(np.iinfo(np.int64).min if width == 64 else -(1 << (width - 1)), i64)
+    mag = ctx.op("where", negative, ctx.op("sub", b, low), b)
+    field = ctx.op("div", mag, ctx.scalar(1 << m, i64))
+    mant = _cast(ctx, ctx.op("rem", mag, ctx.scalar(1 << m, i64)), f)
+    ef = _cast(ctx, field, f)
+    two = ctx.scalar(2.0, f)
+    normal = ctx.op("mul", ctx.op("add", ctx.scalar(1, f), ctx.op("mul", mant, ctx.scalar(2.0 ** -m, f))),
+                    ctx.op("pow", two, ctx.op("sub", ef, ctx.scalar(bias, f))))
+    tiny = ctx.op("mul", mant, ctx.op("pow", two, ctx.scalar(float(1 - bias - m), f)))
+    y = ctx.op("where", ctx.op("eq", field, ctx.scalar(0, i64)), tiny, normal)
+    special = ctx.op("where", ctx.op("eq", mant, ctx.scalar(0, f)), ctx.scalar(np.inf, f), ctx.scalar(np.nan, f))
+    y = ctx.op("where", ctx.op("eq", field, ctx.scalar(2 * bias + 1, i64)), special, y)
+    return _cast(ctx, ctx.op("where", negative, ctx.op("neg", y), y), to)
+
+
+@rule("BitCast")
+def _bitcast(ctx: NodeContext):
+    x = ctx.input(0)
+    to = onnx_dtype(ctx.attr("to"), f"{ctx.label}: its 'to' type")
+    if x.dtype.itemsize != to.itemsize:
+        raise OnnxImportError(f"{ctx.label}: BitCast from {x.dtype} to {to} changes the width")
+    if x.dtype is to:
+        return [x]
+    if not x.dtype.is_float and not to.is_float:
+        return [_cast(ctx, x, to)]  # same width: the integer cast wraps, keeping the bits
+    if x.dtype.is_float and not to.is_float and _FLOAT_BITS[x.dtype][2] is to:
+        return [_float_to_bits(ctx, x)]
+    if to.is_float and not x.dtype.is_float and _FLOAT_BITS[to][2] is x.dtype:
+        return [_bits_to_float(ctx, x, to)]
+    raise ctx.unsupported(f"a BitCast from {x.dtype} to {to} (float <-> signed int of its width only)")
+
+
 @rule("CastLike")
 def _castlike(ctx: NodeContext):
     return [_cast(ctx, ctx.input(0), ctx.input(1).dtype)]
