@@ -23,9 +23,23 @@ from .registry import register_pass
 __all__ = ["CSE", "cse"]
 
 
+def _strict(value: Any) -> Hashable:
+    """``value`` as a key equal only to identical values.
+
+    In python ``-0.0 == 0.0`` and ``1 == 1.0 == True``; keying on the type (and on the
+    repr of floats) keeps them apart.
+    """
+    t = type(value)
+    if t is tuple:
+        return (tuple, tuple(_strict(v) for v in value))
+    if t is float:
+        return (float, repr(value))
+    return (t, value)
+
+
 def _attr_key(attrs: dict[str, Any]) -> Hashable:
-    # -0.0 == 0.0 and 1 == 1.0 == True in python; key on the type and repr so they stay apart
-    return tuple((k, type(v).__name__, repr(v)) for k, v in sorted(attrs.items()))
+    items = sorted(attrs.items()) if len(attrs) > 1 else attrs.items()
+    return tuple((k, _strict(v)) for k, v in items)
 
 
 @dataclass(frozen=True)
@@ -39,6 +53,7 @@ class CSE:
         return "cse"
 
     def key(self, graph: Graph, node: Node) -> Hashable | None:
+        """The node's identity for merging, or None when it must not be merged."""
         if node.regions:
             return None
         if node.op == "constant":
@@ -50,29 +65,34 @@ class CSE:
         opdef = registry.get(node.op)
         if not opdef.pure:
             return None
-        ids = [id(v) for v in node.inputs]
-        if opdef.commutative and len(ids) == 2:
-            ids.sort()
-        return (node.op, tuple(ids), _attr_key(node.attrs))
+        ins = node._inputs
+        if opdef.commutative and len(ins) == 2:
+            a, b = id(ins[0]), id(ins[1])
+            ids: tuple[int, ...] = (a, b) if a <= b else (b, a)
+        else:
+            ids = tuple(map(id, ins))
+        attrs = node.attrs
+        return (node.op, ids, _attr_key(attrs) if attrs else ())
 
     def __call__(self, graph: Graph) -> bool:
         changed = False
         seen: dict[Hashable, Node] = {}
-        for node in list(graph.nodes):
+        node = graph._head
+        while node is not None:
+            # the successor is read first: merging removes ``node`` from the list
+            nxt = node._next
             if node.regions:
                 for r in node.regions:
                     changed |= self(r)
             k = self.key(graph, node)
-            if k is None:
-                continue
-            first = seen.get(k)
-            if first is None:
-                seen[k] = node
-                continue
-            if not rewrite_budget.allow(lambda n=node: f"cse: merge {n.describe()}"):
-                return changed
-            graph.replace(node, list(first.outputs))
-            changed = True
+            if k is not None:
+                first = seen.setdefault(k, node)
+                if first is not node:
+                    if not rewrite_budget.allow(lambda n=node: f"cse: merge {n.describe()}"):
+                        return changed
+                    graph.replace(node, list(first.outputs))
+                    changed = True
+            node = nxt
         return changed
 
 

@@ -22,13 +22,17 @@ def dce(graph: Graph) -> bool:
     """Remove unused pure nodes; True when something was removed."""
     outputs = {id(v) for v in graph.outputs}
     changed = False
-    for node in reversed(list(graph.nodes)):
+    node = graph._tail
+    while node is not None:
+        # the predecessor is read first: removing ``node`` unlinks it
+        prev = node._prev
         if node.regions:
             for r in node.regions:
                 changed |= dce(r)
-        if (registry.get(node.op).pure and not any(o._uses or id(o) in outputs for o in node.outputs)):
+        if not any(o._uses or id(o) in outputs for o in node.outputs) and registry.get(node.op).pure:
             if not rewrite_budget.allow(lambda n=node: f"dce: remove {n.describe()}"):
                 return changed
             graph.remove(node)
             changed = True
+        node = prev
     return changed

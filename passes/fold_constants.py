@@ -66,43 +66,55 @@ class FoldConstants:
         return "fold_constants"
 
     def foldable(self, node: Node) -> bool:
+        # the cheap test first: most nodes read something that is not a constant
+        for v in node._inputs:
+            p = v.producer
+            if p is None or p.op != "constant":
+                return False
         if node.op == "constant" or node.regions:
             return False
         opdef = registry.get(node.op)
         if not opdef.pure or opdef.has_regions:
             return False
-        if not all(o.type.is_static for o in node.outputs):
-            return False
-        return all(v.const_value is not None for v in node.inputs)
+        return all(o.type.is_static for o in node.outputs)
 
     def __call__(self, graph: Graph) -> bool:
         changed = False
-        for node in list(graph.nodes):
+        node = graph._head
+        while node is not None:
+            # one forward sweep: a folded node's users come after it and see its constant.
+            # The successor is read after folding, since folding inserts constants before it.
             if node.regions:
                 for r in node.regions:
                     changed |= self(r)
+                node = node._next
                 continue
-            if node.graph is not graph or not self.foldable(node):
+            if not self.foldable(node):
+                node = node._next
                 continue
             size = sum(o.type.nbytes for o in node.outputs)
             if size > self.max_bytes and size > _dying_operand_bytes(node):
+                node = node._next
                 continue
             try:
-                results = evaluate_node(node, [v.const_value for v in node.inputs])
+                results = evaluate_node(node, [v.const_value for v in node._inputs])
             except Exception:  # noqa: BLE001 - an op failing on constants fails at run time too
+                node = node._next
                 continue
             if not rewrite_budget.allow(lambda n=node: f"fold_constants: fold {n.describe()}"):
                 return changed
+            nxt = node._next
             meta = provenance(node, "fold_constants", node.op)
             new = []
             for r, o in zip(results, node.outputs):
                 c = graph.const(r, name=o.name or "folded", before=node, meta=meta)
                 c.name = o.name
                 new.append(c)
-            inputs = [v.producer for v in node.inputs]
+            inputs = [v.producer for v in node._inputs]
             graph.replace(node, new)
             remove_dead(graph, inputs)
             changed = True
+            node = nxt
         return changed
 
 

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -146,6 +147,14 @@ class Pattern:
     def matches(self, value: Value, b: Bindings, attempt: _Attempt) -> Iterator[Bindings]:
         raise NotImplementedError
 
+    def quick(self, value: Value) -> bool:
+        """A cheap necessary condition for a match (ops and arities only, no bindings).
+
+        The driver calls it before the full match so that the many nodes a rule does
+        not fit are turned away without generators, bindings or a builder.
+        """
+        return True
+
     @property
     def depth(self) -> int:
         return 0
@@ -197,16 +206,26 @@ class Const(Pattern):
     def _label(self) -> str:
         return self.name or "operand"
 
+    def quick(self, value: Value) -> bool:
+        p = value.producer
+        return p is not None and p.op == "constant"
+
     def _equal(self, arr: np.ndarray) -> bool:
         if arr.size == 0:
             return False
         if arr.dtype == np.bool_ or isinstance(self.value, bool):
             return bool(np.all(arr == bool(self.value)))
-        a = arr.astype(np.float64, copy=False)
         want = float(self.value)
-        if np.isnan(want):
-            return bool(np.all(np.isnan(a)))
-        lo, hi = a.min(), a.max()
+        if arr.size == 1:
+            # the common case, a scalar: plain floats instead of array reductions
+            lo = hi = float(arr.reshape(-1)[0])
+            if math.isnan(want):
+                return math.isnan(lo)
+        else:
+            a = arr.astype(np.float64, copy=False)
+            if math.isnan(want):
+                return bool(np.all(np.isnan(a)))
+            lo, hi = a.min(), a.max()
         tol = self.atol + self.rtol * abs(want)
         return bool(abs(lo - want) <= tol and abs(hi - want) <= tol)
 
@@ -272,6 +291,29 @@ class Op(Pattern):
 
     def root_ops(self) -> tuple[str, ...]:
         return self.ops
+
+    def quick(self, value: Value) -> bool:
+        node = value.producer
+        if node is None or node.op not in self.ops:
+            return False
+        if self.output is not None and value.index != self.output:
+            return False
+        if self.single_use and len(value._uses) != 1:
+            return False
+        pats = self.operands
+        if pats is None:
+            return True
+        ins = node._inputs
+        if len(ins) != len(pats):
+            return False
+        if self.commutative:
+            p, q = pats
+            a, b = ins
+            return (p.quick(a) and q.quick(b)) or (p.quick(b) and q.quick(a))
+        for p, v in zip(pats, ins):
+            if not p.quick(v):
+                return False
+        return True
 
     def _label(self) -> str:
         return self.name or "/".join(self.ops)
@@ -344,6 +386,12 @@ class Alt(Pattern):
 
     def root_ops(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(o for p in self.alternatives for o in p.root_ops()))
+
+    def quick(self, value: Value) -> bool:
+        for p in self.alternatives:
+            if p.quick(value):
+                return True
+        return False
 
     def matches(self, value: Value, b: Bindings, attempt: _Attempt) -> Iterator[Bindings]:
         for p in self.alternatives:
@@ -473,14 +521,16 @@ def remove_dead(graph: Graph, nodes: Sequence[Node], released: list[Value] | Non
     the removed nodes read are appended to ``released`` (they lost a use).  Returns how
     many nodes were removed.
     """
-    outputs = {id(v) for v in graph.outputs}
+    outputs: set[int] | None = None
     stack = list(nodes)
     removed = 0
     while stack:
         n = stack.pop()
-        if n.graph is not graph or not registry.get(n.op).pure:
+        if n.graph is not graph or any(o._uses for o in n.outputs):
             continue
-        if any(o._uses or id(o) in outputs for o in n.outputs):
+        if outputs is None:
+            outputs = {id(v) for v in graph.outputs}
+        if any(id(o) in outputs for o in n.outputs) or not registry.get(n.op).pure:
             continue
         inputs = list(n._inputs)
         graph.remove(n)
@@ -493,18 +543,53 @@ def remove_dead(graph: Graph, nodes: Sequence[Node], released: list[Value] | Non
 
 # ----- the driver --------------------------------------------------------------------
 
+class _RuleBuilder(Builder):
+    """The builder a rule's ``fn`` gets: inserts before the root, with the root's provenance.
+
+    Most calls of ``fn`` build nothing (the rule declines), so the provenance meta is
+    only computed when a node is actually built.
+    """
+
+    __slots__ = ("_root", "_pass_name", "_rule")
+
+    def __init__(self, graph: Graph, root: Node, pass_name: str | None, rule: str):
+        self.graph = graph
+        self.before = root
+        self.created = []
+        self._root = root
+        self._pass_name = pass_name
+        self._rule = rule
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached while the ``meta`` slot is still unset
+        if name != "meta":
+            raise AttributeError(name)
+        self.meta = provenance(self._root, self._pass_name, self._rule)
+        return self.meta
+
+
+def _root_only(p: Pattern) -> bool:
+    """Whether ``p`` constrains nothing but the root op and output index (``Op(ops, any_operands=True)``).
+
+    Such a rule's ``fn`` does the matching itself; the driver calls it without a match attempt.
+    """
+    return (type(p) is Op and p.operands is None and p.name is None and not p.attrs and p.where is None
+            and not p.single_use and p.output in (0, None))
+
+
 class _Driver:
     def __init__(self, graph: Graph, rules: Sequence[Rule], pass_name: str | None, verbose: bool,
                  max_iterations: int, veto: frozenset[str]):
         self.graph = graph
         self.pass_name = pass_name
         self.verbose = verbose
-        self.by_op: dict[str, list[Rule]] = {}
+        by_op: dict[str, list[tuple[Rule, bool]]] = {}
         for r in rules:
             if r.name in veto:
                 continue
             for o in r.pattern.root_ops():
-                self.by_op.setdefault(o, []).append(r)
+                by_op.setdefault(o, []).append((r, _root_only(r.pattern)))
+        self.by_op = {op: tuple(rs) for op, rs in by_op.items()}
         self.depth = max((r.pattern.depth for r in rules), default=1)
         self.max_rewrites = max_iterations * (len(graph) + 1)
         self.near: dict[tuple[str, int], NearMiss] = {}
@@ -514,7 +599,8 @@ class _Driver:
         self.fired: dict[str, int] = {}
 
     def push(self, node: Node) -> None:
-        if node not in self.queued and node.graph is self.graph:
+        # only nodes some rule roots at are worth queueing
+        if node.op in self.by_op and node not in self.queued and node.graph is self.graph:
             self.queued.add(node)
             self.stack.append(node)
 
@@ -542,39 +628,51 @@ class _Driver:
                 self.push(v._uses[0][0])
 
     def run(self) -> int:
-        for n in reversed(list(self.graph.nodes)):
-            if n.op in self.by_op:
-                self.queued.add(n)
-                self.stack.append(n)
-        while self.stack:
-            node = self.stack.pop()
-            self.queued.discard(node)
-            if node.graph is not self.graph:
+        graph, by_op, stack, queued = self.graph, self.by_op, self.stack, self.queued
+        # seed the worklist with the nodes some rule roots at, first node on top
+        n = graph._tail
+        while n is not None:
+            if n.op in by_op:
+                queued.add(n)
+                stack.append(n)
+            n = n._prev
+        # the limit is set around a whole pass run, so it cannot appear in the middle of one
+        limited = rewrite_budget.limit is not None
+        while stack:
+            node = stack.pop()
+            queued.discard(node)
+            if node.graph is not graph or not node.outputs:
                 continue
-            rules = self.by_op.get(node.op)
-            if not rules:
-                continue
-            for rule in rules:
-                if rewrite_budget.exhausted:
-                    self.stack.clear()
+            for rule, root_only in by_op[node.op]:
+                if limited and rewrite_budget.exhausted:
+                    stack.clear()
                     break
-                if self.try_rule(rule, node):
+                if self.try_rule(rule, root_only, node):
                     break
         if self.verbose:
             for nm in list(self.near.values()):
-                if nm.node.graph is not self.graph:
+                if nm.node.graph is not graph:
                     del self.near[(nm.rule, id(nm.node))]
         return self.rewrites
 
-    def try_rule(self, rule: Rule, node: Node) -> bool:
-        root_value = node.outputs[0] if node.outputs else None
-        if root_value is None:
-            return False
-        attempt = _Attempt(self.verbose)
-        builder = Builder(self.graph, node, provenance(node, self.pass_name, rule.name))
-        for b in rule.pattern.matches(root_value, {}, attempt):
-            match = Match(node, b, attempt)
-            result = rule.fn(match, builder)
+    def try_rule(self, rule: Rule, root_only: bool, node: Node) -> bool:
+        root_value = node.outputs[0]
+        verbose = self.verbose
+        attempt = _Attempt(verbose)
+        if root_only:
+            # the root op is the whole pattern and the worklist only holds nodes of its ops
+            attempt.progress = 1
+            matches: Iterable[Bindings] = ({},)
+        else:
+            # near misses are reported from the full match, so only a quiet run may skip it
+            if not verbose and not rule.pattern.quick(root_value):
+                return False
+            matches = rule.pattern.matches(root_value, {}, attempt)
+        builder: _RuleBuilder | None = None
+        for b in matches:
+            if builder is None:
+                builder = _RuleBuilder(self.graph, node, self.pass_name, rule.name)
+            result = rule.fn(Match(node, b, attempt), builder)
             if result is None:
                 self.discard(builder)
                 continue
@@ -585,7 +683,7 @@ class _Driver:
                 return False
             self.commit(rule, node, new, builder)
             return True
-        if self.verbose and attempt.best_progress >= rule.near_miss_depth and attempt.reason:
+        if verbose and attempt.best_progress >= rule.near_miss_depth and attempt.reason:
             self.near[(rule.name, id(node))] = NearMiss(rule.name, attempt.reason, node)
         return False
 
@@ -599,6 +697,8 @@ class _Driver:
                                         f"{node.describe()}; a rule must keep the exact type", node)
 
     def discard(self, builder: Builder) -> None:
+        if not builder.created:
+            return
         for n in reversed(builder.created):
             if n.graph is self.graph and not any(o._uses for o in n.outputs):
                 self.graph.remove(n)
@@ -643,10 +743,12 @@ def apply_rules(graph: Graph, rules: Sequence[Rule], *, max_iterations: int = 8,
         if near_misses is not None:
             near_misses.extend(d.near.values())
     if regions:
-        for n in list(graph.nodes):
+        n = graph._head
+        while n is not None:
             for r in n.regions:
                 count += apply_rules(r, rules, max_iterations=max_iterations, verbose=verbose, pass_name=pass_name,
                                      near_misses=near_misses, veto=veto)
+            n = n._next
     return count
 
 

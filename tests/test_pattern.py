@@ -367,3 +367,53 @@ def test_removing_many_readers_of_one_constant_keeps_use_lists_true():
     assert apply_rules(g, [MUL_ONE]) == 300
     accelir.verify(g)
     assert one.producer.graph is None and g.op_histogram() == {"concat": 1}
+
+
+def test_quick_prefilter_is_a_necessary_condition():
+    # quick() may only turn away values the full match rejects too: check both on every value
+    pats = [P.mul(X, Const(1.0)), P.mul(P.neg(X), Const(name="c")), P.neg(P.neg(X)),
+            Op(("add", "sub"), P.exp(X), X), Alt(P.neg(X), P.exp(X)), P.add(X, X), P.sub(X, Const(1.0)),
+            Op("neg", X, single_use=True)]
+    g = accelir.parse("""graph main(%x: f32[4]) -> (f32[4], f32[4]) {
+  %c = constant() {name="c", value=1.0} : f32[]
+  %n = neg(%x) : f32[4]
+  %nn = neg(%n) : f32[4]
+  %m1 = mul(%c, %x) : f32[4]
+  %m2 = mul(%n, %c) : f32[4]
+  %e = exp(%nn) : f32[4]
+  %a = add(%x, %e) : f32[4]
+  %s = sub(%e, %c) : f32[4]
+  %d = add(%a, %a) : f32[4]
+  %o = add(%d, %m1) : f32[4]
+  %o2 = add(%o, %m2) : f32[4]
+  return %o2, %s
+}""")
+    from accelir.passes.pattern import _Attempt
+    values = [o for n in g.nodes for o in n.outputs] + list(g.inputs)
+    matched = 0
+    for p in pats:
+        for v in values:
+            full = any(True for _ in p.matches(v, {}, _Attempt(False)))
+            assert not full or p.quick(v), (p, v)
+            matched += full
+    assert matched >= 8
+
+
+def test_root_only_rules_see_every_node_of_their_ops_once():
+    seen = []
+
+    def fn(m, b):
+        seen.append(m.root.op)
+        return m.reject("not this one")
+
+    near = []
+    g = accelir.parse("""graph main(%x: f32[4]) -> (f32[4]) {
+  %0 = neg(%x) : f32[4]
+  %1 = exp(%0) : f32[4]
+  %2 = neg(%1) : f32[4]
+  return %2
+}""")
+    rule = Rule("look", Op(("neg",), any_operands=True), fn, near_miss_depth=1)
+    assert apply_rules(g, [rule], verbose=True, near_misses=near) == 0
+    assert seen == ["neg", "neg"]
+    assert [x.reason for x in near] == ["not this one", "not this one"]
