@@ -1,7 +1,7 @@
 """Bisect a miscompile down to one pass and then to one rewrite, and write a reproducer.
 
 ``bisect(graph, passes, check)`` runs the passes the way the PassManager does (rounds
-until nothing changes) on a copy of ``graph`` and checks the graph after each pass
+until nothing changes, see ``FixedPoint``) on a copy of ``graph`` and checks the graph after each pass
 that changed it.  At the first pass run after which ``check`` fails, it uses the
 global rewrite counter every pass consults (``accelir.passes.rewrite_limit``, like
 LLVM's ``-opt-bisect-limit``) to binary-search the smallest number of rewrites inside
@@ -31,7 +31,7 @@ import numpy as np
 from .errors import AccelirError
 from .interpreter import run_graph, to_numpy
 from .ir import Graph
-from .pass_manager import compare_outputs
+from .pass_manager import FixedPoint, compare_outputs
 from .text import load, print_graph, save
 
 __all__ = ["bisect", "BisectResult", "replay", "pass_ref", "resolve_pass"]
@@ -171,31 +171,32 @@ def bisect(graph: Graph, passes: Sequence[PassFn], check: Check | None = None, *
         raise AccelirError(f"bisect: the check already fails on the input graph ({why}); nothing to bisect")
     g = graph.copy()
     invocation = 0
-    for it in range(1, max_iterations + 1):
-        round_change = False
-        for p in passes:
+    before: Graph | None = None
+    loop = FixedPoint(passes, max_iterations)
+    for it, p in loop:
+        # the copy stays the graph before the pass until a pass changes it
+        if before is None:
             before = g.copy()
-            with rewrite_limit(None) as budget:
-                try:
-                    changed = bool(p(g))
-                    err = None
-                except Exception as e:  # noqa: BLE001
-                    changed, err = True, f"{type(e).__name__}: {e}"
-                total = budget.count
-            invocation += 1
-            if err is None and not changed:
-                continue
-            round_change = True
-            good, why = (False, f"the pass raised {err}") if err else _safe_check(check, g)
-            if good:
-                continue
-            result = _narrow(p, before, check, total + (1 if err else 0), why)
-            result.pass_name, result.invocation, result.iteration = pass_name(p), invocation, it
-            if out_dir is not None:
-                result.reproducer = _write_reproducer(os.fspath(out_dir), graph, before, passes, p, result, inputs)
-            return result
-        if not round_change:
-            break
+        with rewrite_limit(None) as budget:
+            try:
+                changed = bool(p(g))
+                err = None
+            except Exception as e:  # noqa: BLE001
+                changed, err = True, f"{type(e).__name__}: {e}"
+            total = budget.count
+        invocation += 1
+        loop.done(changed)
+        if err is None and not changed:
+            continue
+        good, why = (False, f"the pass raised {err}") if err else _safe_check(check, g)
+        if good:
+            before = None
+            continue
+        result = _narrow(p, before, check, total + (1 if err else 0), why)
+        result.pass_name, result.invocation, result.iteration = pass_name(p), invocation, it
+        if out_dir is not None:
+            result.reproducer = _write_reproducer(os.fspath(out_dir), graph, before, passes, p, result, inputs)
+        return result
     return BisectResult(None)
 
 

@@ -9,27 +9,36 @@ changed anything: ``pm.report`` prints as a table.
 
 When a pass raises (or breaks verification or numerics), the error names the pass and
 the passes that ran before it, and the graph is put back as it was before that pass.
+
+The fixed point is reached without needless work: a pass is taken to be a function of
+the graph, so one that reported no change is not run again until another pass has
+changed the graph (:class:`FixedPoint`, shared with ``bisect``).  The rollback state is
+a :class:`Snapshot` of the graph's own objects rather than a copy, taken again only
+after a pass changed the graph; and the cyclic garbage collector is paused while the
+passes run, since its sweeps would walk a large graph over and over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import gc
 import os
 import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Callable, Iterator, Sequence, TextIO
 
 import numpy as np
 
 from .errors import NumericMismatchError, PassError, VerificationError
 from .interpreter import run_graph
-from .ir import DType, Graph
+from .ir import DType, Graph, Node, UseList
 from .text import print_graph, save
 from .verify import verify
 
-__all__ = ["PassManager", "PassRecord", "PassReport", "TOLERANCES", "compare_outputs"]
+__all__ = ["PassManager", "PassRecord", "PassReport", "TOLERANCES", "compare_outputs", "FixedPoint", "Snapshot"]
 
 PassFn = Callable[[Graph], bool]
 
@@ -142,22 +151,122 @@ def compare_outputs(expected: Sequence[np.ndarray], got: Sequence[np.ndarray],
     return None
 
 
-def _restore(graph: Graph, snapshot: Graph) -> None:
-    """Make ``graph`` (the caller's object) hold ``snapshot``'s contents.
+class Snapshot:
+    """The state of a graph, restorable in place: a failed pass is undone with it.
 
-    Callers keep references to their Graph object, so rolling back a failed pass must
-    happen in place: the snapshot's state moves over and its nodes and values are
-    re-pointed at ``graph``.
+    Nothing is copied but the containers: each node keeps its object and gets back its
+    inputs, attributes, meta, links and output names and types; the graph gets back
+    its fields (the caller holds the Graph object, so rollback must happen in place).
+    Use lists are rebuilt from the restored inputs, which also drops the uses of any
+    node the failed pass had added.  Region bodies are snapshotted the same way.
+    Taking a snapshot costs a few list and dict copies per node, not a deep copy.
     """
-    parent = graph.parent
-    graph.__dict__.update(snapshot.__dict__)
-    graph.parent = parent
-    for v in graph.inputs:
-        v.graph = graph
-    for n in graph.nodes:
-        n.graph = graph
-        for o in n.outputs:
-            o.graph = graph
+
+    __slots__ = ("graph", "fields", "nodes", "inputs", "regions")
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.fields = {k: v.copy() if isinstance(v, (list, dict)) else v for k, v in vars(graph).items()}
+        self.inputs = [(v, v.name, v.type) for v in graph.inputs]
+        nodes = []
+        regions = []
+        n = graph._head
+        while n is not None:
+            outs = n.outputs
+            nodes.append((n, n.op, list(n._inputs), dict(n.attrs), dict(n.meta), outs,
+                          [(o.name, o.type) for o in outs], n.regions))
+            for r in n.regions:
+                regions.append(Snapshot(r))
+            n = n._next
+        self.nodes = nodes
+        self.regions = regions
+
+    def restore(self) -> None:
+        g = self.graph
+        for k, v in self.fields.items():
+            setattr(g, k, v.copy() if isinstance(v, (list, dict)) else v)
+        for v, name, type_ in self.inputs:
+            v.name, v.type, v.graph, v._uses = name, type_, g, UseList()
+        prev: Node | None = None
+        for n, op, inputs, attrs, meta, outs, out_state, regions in self.nodes:
+            n.op, n._inputs, n.attrs, n.meta, n.outputs, n.regions = op, list(inputs), dict(attrs), dict(meta), \
+                outs, regions
+            n.graph, n._prev, n._next = g, prev, None
+            if prev is not None:
+                prev._next = n
+            prev = n
+            for o, (name, type_) in zip(outs, out_state):
+                o.name, o.type, o.graph, o._uses = name, type_, g, UseList()
+        for n, *_ in self.nodes:
+            for i, v in enumerate(n._inputs):
+                v._uses.append((n, i))
+            for r in n.regions:
+                r.parent = n
+        for r in self.regions:
+            r.restore()
+
+
+class FixedPoint:
+    """The fixed-point loop over a pass list, shared by the PassManager and ``bisect``.
+
+    Iterating yields ``(iteration, pass)``; after running the pass the caller reports
+    ``done(changed)``.  Rounds repeat until one changes nothing (at most
+    ``max_iterations``).  A pass is a function of the graph: one that reported no change
+    is skipped until some pass changes the graph again, so the last round of a run
+    only reruns the passes that came before the last change.
+    """
+
+    def __init__(self, passes: Sequence[PassFn], max_iterations: int):
+        self.passes = list(passes)
+        self.max_iterations = max_iterations
+        self.iteration = 0
+        self.converged = False
+        self.any_change = False
+        self._changes = 0
+        self._clean_at: list[int | None] = [None] * len(self.passes)
+        self._current = -1
+        self._round_change = False
+
+    def __iter__(self) -> Iterator[tuple[int, PassFn]]:
+        for it in range(1, self.max_iterations + 1):
+            self.iteration = it
+            self._round_change = False
+            for i, p in enumerate(self.passes):
+                if self._clean_at[i] == self._changes:
+                    continue
+                self._current = i
+                yield it, p
+            if not self._round_change:
+                self.converged = True
+                return
+
+    def done(self, changed: bool) -> None:
+        """Record whether the pass just yielded changed the graph."""
+        if changed:
+            self._changes += 1
+            self._round_change = self.any_change = True
+            self._clean_at[self._current] = None
+        else:
+            self._clean_at[self._current] = self._changes
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while the passes run.
+
+    A large graph is hundreds of thousands of long-lived objects (nodes, values, use
+    lists) and the passes allocate many short-lived ones, so the collector would keep
+    walking the whole graph to find little garbage.  Nodes the passes drop (they form
+    node <-> value cycles) are collected once it runs again.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _file_part(name: str) -> str:
@@ -175,7 +284,11 @@ class PassManager:
     ``check_numerics``: example inputs; after each changed pass the graph is interpreted
     and compared with the input graph's outputs (tolerance by dtype, see TOLERANCES).
     ``instrument``: called as ``instrument(record, graph)`` after each pass.
-    ``snapshot``: copy the graph before each pass so a failing pass can be rolled back.
+    ``snapshot``: record the graph's state before each pass (see :class:`Snapshot`) so a
+    failing pass can be rolled back.
+
+    A pass that reported no change is not run again until another pass changes the
+    graph (see :class:`FixedPoint`); such skipped runs leave no record in the report.
     """
 
     def __init__(self, passes: Sequence[PassFn], verify_each: bool = True, print_after: str | None = None,
@@ -202,6 +315,8 @@ class PassManager:
         self.stream = stream
         self.report = PassReport()
         self._dumps = 0
+        self._snapshot: Snapshot | None = None
+        self._text: str | None = None
 
     @property
     def names(self) -> list[str]:
@@ -235,28 +350,26 @@ class PassManager:
             self._dump(graph, "input")
         expected = run_graph(graph, self.check_numerics) if self.check_numerics is not None else None
         history: list[str] = []
-        any_change = False
         hist = graph.op_histogram()
-        converged = False
-        for it in range(1, self.max_iterations + 1):
-            self.report.iterations = it
-            round_change = False
-            for p in self.passes:
+        loop = FixedPoint(self.passes, self.max_iterations)
+        self._snapshot = None
+        self._text = None
+        with _collector_paused():
+            for it, p in loop:
+                self.report.iterations = it
                 name = _name(p)
                 changed, hist = self._run_one(p, name, it, graph, hist, history, expected)
+                loop.done(changed)
                 history.append(name)
-                round_change |= changed
-            any_change |= round_change
-            if not round_change:
-                converged = True
-                break
-        self.report.converged = converged
+        self._snapshot = None
+        self._text = None
+        self.report.converged = loop.converged
         self._write_report()
-        return any_change
+        return loop.any_change
 
-    def _fail(self, graph: Graph, before: Graph | None, name: str, history: list[str], what: str) -> str:
+    def _fail(self, graph: Graph, before: Snapshot | None, name: str, history: list[str], what: str) -> str:
         if before is not None:
-            _restore(graph, before)
+            before.restore()
         ran = ", ".join(history) if history else "none"
         kept = (f"; the graph is left as it was before '{name}'" if before is not None
                 else "; the graph may be half-rewritten (snapshot=False)")
@@ -266,9 +379,13 @@ class PassManager:
 
     def _run_one(self, p: PassFn, name: str, it: int, graph: Graph, hist: dict[str, int], history: list[str],
                  expected: list[np.ndarray] | None) -> tuple[bool, dict[str, int]]:
-        before = graph.copy() if self.snapshot else None
-        text_before = print_graph(graph) if self.print_after == "changed" else None
-        n_before = graph.num_nodes()
+        # the snapshot and the text of the graph stay valid until a pass changes it
+        if self.snapshot and self._snapshot is None:
+            self._snapshot = Snapshot(graph)
+        before = self._snapshot
+        if self.print_after == "changed" and self._text is None:
+            self._text = print_graph(graph)
+        n_before = sum(hist.values())
         t0 = time.perf_counter()
         try:
             changed = bool(p(graph))
@@ -276,10 +393,14 @@ class PassManager:
             raise PassError(self._fail(graph, before, name, history, f"raised {type(e).__name__}: {e}"),
                             pass_name=name, previous=history) from e
         seconds = time.perf_counter() - t0
-        new_hist = graph.op_histogram() if changed else hist
-        delta = {op: new_hist.get(op, 0) - hist.get(op, 0) for op in set(hist) | set(new_hist)}
-        rec = PassRecord(len(self.report.records), name, it, seconds, n_before, graph.num_nodes(), changed,
-                         {k: v for k, v in delta.items() if v})
+        if changed:
+            new_hist = graph.op_histogram()
+            delta = {op: new_hist.get(op, 0) - hist.get(op, 0) for op in set(hist) | set(new_hist)}
+            delta = {k: v for k, v in delta.items() if v}
+        else:
+            new_hist, delta = hist, {}
+        rec = PassRecord(len(self.report.records), name, it, seconds, n_before, sum(new_hist.values()), changed,
+                         delta)
         self.report.records.append(rec)
         if changed and self.verify_each:
             try:
@@ -297,6 +418,7 @@ class PassManager:
                 msg = self._fail(graph, before, name, history, f"changed output {idx}: {what}")
                 raise NumericMismatchError(msg, pass_name=name, output_index=idx, max_abs_error=err, rel_error=rel)
         if changed:
+            self._snapshot = None
             self._dump(graph, f"after-{name}")
         if self.print_after == "all" or (self.print_after == "changed" and changed):
             out = self._out()
@@ -304,10 +426,11 @@ class PassManager:
                 out.write(f"// ----- after {name} (iteration {it}){'' if changed else ', unchanged'} -----\n")
                 out.write(print_graph(graph))
             else:
-                diff = difflib.unified_diff(text_before.splitlines(keepends=True),
-                                            print_graph(graph).splitlines(keepends=True),
+                text = print_graph(graph)
+                diff = difflib.unified_diff(self._text.splitlines(keepends=True), text.splitlines(keepends=True),
                                             fromfile=f"before {name}", tofile=f"after {name}")
                 out.write("".join(diff))
+                self._text = text
         if self.instrument is not None:
             self.instrument(rec, graph)
         return changed, new_hist

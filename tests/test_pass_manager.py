@@ -106,12 +106,14 @@ def test_print_after_changed_prints_a_diff():
     assert text.count("+++") == 2
 
 
-def test_print_after_all_prints_every_pass():
+def test_print_after_all_prints_every_pass_run():
     out = io.StringIO()
     accelir.PassManager([dce, fold_constants], print_after="all", stream=out).run(_graph())
     text = out.getvalue()
-    assert text.count("graph main(") == 4
+    # fold_constants changed nothing and nothing changed after it: round 2 does not rerun it
+    assert text.count("graph main(") == 3
     assert "after fold_constants (iteration 1), unchanged" in text
+    assert "after dce (iteration 2), unchanged" in text and "fold_constants (iteration 2)" not in text
 
 
 def test_check_numerics_names_the_wrong_pass_and_rolls_back():
@@ -192,3 +194,103 @@ def test_compare_outputs_nan_and_shape():
     assert compare_outputs([a], [a.copy()]) is None
     assert compare_outputs([a], [np.array([1.0, 2.0], np.float32)])[3].startswith("NaN")
     assert compare_outputs([a], [a[:1]])[3] == "float32[1] instead of float32[2]"
+
+
+def test_a_pass_that_changed_nothing_waits_for_a_change():
+    calls = {"before": 0, "after": 0}
+
+    def before(graph):
+        calls["before"] += 1
+        return False
+
+    def after(graph):
+        calls["after"] += 1
+        return False
+
+    pm = accelir.PassManager([before, simplify, after])
+    assert pm.run(_graph()) is True
+    # round 2 reruns `before` (simplify changed the graph since), then simplify; `after`
+    # saw the final graph in round 1 already
+    assert calls == {"before": 2, "after": 1}
+    assert [r.name for r in pm.report.records] == ["before", "simplify", "after", "before", "simplify"]
+    assert pm.report.iterations == 2 and pm.report.converged
+
+
+REGION_TEXT = textwrap.dedent("""
+    graph main(%x: f32[4]) -> (f32[4], f32[4]) {
+      %one = constant() {name="one", value=1.0} : f32[]
+      %0 = mul(%x, %one) : f32[4]
+      %1 = fusion(%0) {kind="elementwise"} : f32[4] {
+        graph body(%a: f32[4]) -> (f32[4]) {
+          %2 = neg(%a) : f32[4]
+          %3 = neg(%2) : f32[4]
+          return %3
+        }
+      }
+      %4 = exp(%1) : f32[4]
+      return %4, %0
+    }""")
+
+
+def test_rollback_undoes_every_kind_of_change():
+    def vandal(graph):
+        simplify(graph)  # rewrites in the graph and in the region body
+        first = next(iter(graph.nodes))
+        first.attrs["bogus"] = 1
+        first.meta["pass"] = "vandal"
+        for n in graph.nodes:
+            if n.op == "exp":
+                n.outputs[0].name = "renamed"
+                graph.make("neg", [n.outputs[0]])
+        graph.const(np.float32(3.0), name="extra")
+        graph.outputs.reverse()
+        raise RuntimeError("vandal gives up")
+
+    g = accelir.parse(REGION_TEXT)
+    before = accelir.print_graph(g, meta=True)
+    with pytest.raises(PassError, match="pass 'vandal' raised RuntimeError"):
+        accelir.PassManager([vandal]).run(g)
+    assert accelir.print_graph(g, meta=True) == before
+    accelir.verify(g)
+    assert "extra" not in g.constants
+    # the restored use lists are true: the graph optimises like a fresh parse
+    fresh = accelir.parse(REGION_TEXT)
+    for graph in (g, fresh):
+        accelir.PassManager([dce, simplify]).run(graph)
+    assert str(g) == str(fresh)
+    x = np.random.default_rng(1).standard_normal(4).astype(np.float32)
+    np.testing.assert_allclose(accelir.interpret(g, x)[0], accelir.interpret(accelir.parse(REGION_TEXT), x)[0])
+
+
+def test_rollback_of_a_later_pass_keeps_the_earlier_passes_work():
+    def breaks(graph):
+        for n in graph.nodes:
+            if n.op == "add":
+                n.attrs["bogus"] = 1
+        return True
+
+    g = _graph()
+    with pytest.raises(PassError, match="pass 'breaks' left an invalid graph"):
+        accelir.PassManager([dce, cse, breaks]).run(g)
+    accelir.verify(g)
+    assert g.op_histogram() == {"constant": 2, "mul": 2, "add": 1}
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_garbage_collector_is_left_as_it_was(enabled):
+    import gc
+
+    def boom(graph):
+        assert not gc.isenabled()
+        raise RuntimeError("boom")
+
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        accelir.PassManager([dce, simplify]).run(_graph())
+        assert gc.isenabled() is enabled
+        with pytest.raises(PassError):
+            accelir.PassManager([boom]).run(_graph())
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
