@@ -214,10 +214,10 @@ class _LazyRunner:
                     self._run = OnnxRuntimeModule(to_onnx(self.graph), device=self.device)
                 else:
                     from .lowering.jax import JaxModule
-                    self._run = JaxModule(self.graph)
+                    self._run = JaxModule(self.graph, device=self.device)
         return self._run
 
-    def __call__(self, flat: list) -> list:
+    def __call__(self, *flat: Any) -> list:
         return list(self.build()(*flat))
 
 
@@ -227,7 +227,7 @@ def _check(source: Graph, runner: _LazyRunner, inputs: list[np.ndarray], toleran
     with progress.step("reference run"):
         expected = run_graph(source, inputs)
     with progress.step(f"{runner.backend} run"):
-        got = [np.asarray(to_numpy(x)) for x in runner(inputs)]
+        got = [np.asarray(to_numpy(x)) for x in runner(*inputs)]
     bad = compare_outputs(expected, got, tolerances)
     if bad is not None:
         index, err, rel, what = bad
@@ -431,7 +431,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT", required=True)
     p.add_argument("--backend", choices=_BACKENDS, help="target of the pipeline and of --check "
                    "(default: xla for .mlir/.hlo, else onnxruntime)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="onnxruntime execution provider")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the --check run")
     p.add_argument("--print-after", choices=("all", "changed"), help="print the IR (or its diff) after each pass")
     p.add_argument("--dump-dir", metavar="DIR", help="write numbered IR dumps after each pass that changed it")
     p.add_argument("--check", action="store_true",
