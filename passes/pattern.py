@@ -658,15 +658,16 @@ class _Driver:
     def try_rule(self, rule: Rule, root_only: bool, node: Node) -> bool:
         root_value = node.outputs[0]
         verbose = self.verbose
-        attempt = _Attempt(verbose)
         if root_only:
             # the root op is the whole pattern and the worklist only holds nodes of its ops
+            attempt = _Attempt(verbose)
             attempt.progress = 1
             matches: Iterable[Bindings] = ({},)
         else:
             # near misses are reported from the full match, so only a quiet run may skip it
             if not verbose and not rule.pattern.quick(root_value):
                 return False
+            attempt = _Attempt(verbose)
             matches = rule.pattern.matches(root_value, {}, attempt)
         builder: _RuleBuilder | None = None
         for b in matches:
