@@ -78,44 +78,45 @@ class FoldConstants:
             return False
         return all(o.type.is_static for o in node.outputs)
 
+    def fold(self, graph: Graph, node: Node) -> bool:
+        """Replace the foldable ``node`` by constants; False when the size cap, the reference
+        or the rewrite budget says no."""
+        size = sum(o.type.nbytes for o in node.outputs)
+        if size > self.max_bytes and size > _dying_operand_bytes(node):
+            return False
+        try:
+            results = evaluate_node(node, [v.const_value for v in node._inputs])
+        except Exception:  # noqa: BLE001 - an op failing on constants fails at run time too
+            return False
+        if not rewrite_budget.allow(lambda: f"fold_constants: fold {node.describe()}"):
+            return False
+        meta = provenance(node, "fold_constants", node.op)
+        new = []
+        for r, o in zip(results, node.outputs):
+            c = graph.const(r, name=o.name or "folded", before=node, meta=meta)
+            c.name = o.name
+            new.append(c)
+        inputs = [v.producer for v in node._inputs]
+        graph.replace(node, new)
+        remove_dead(graph, inputs)
+        return True
+
     def __call__(self, graph: Graph) -> bool:
         changed = False
         node = graph._head
         while node is not None:
-            # one forward sweep: a folded node's users come after it and see its constant.
-            # The successor is read after folding, since folding inserts constants before it.
+            # One forward sweep: a folded node's users come after it and read its constants.
+            # Folding only inserts and removes nodes before the successor, so it stays valid.
+            nxt = node._next
             if node.regions:
                 for r in node.regions:
                     changed |= self(r)
-                node = node._next
-                continue
-            if not self.foldable(node):
-                node = node._next
-                continue
-            size = sum(o.type.nbytes for o in node.outputs)
-            if size > self.max_bytes and size > _dying_operand_bytes(node):
-                node = node._next
-                continue
-            try:
-                results = evaluate_node(node, [v.const_value for v in node._inputs])
-            except Exception:  # noqa: BLE001 - an op failing on constants fails at run time too
-                node = node._next
-                continue
-            if not rewrite_budget.allow(lambda n=node: f"fold_constants: fold {n.describe()}"):
-                return changed
-            nxt = node._next
-            meta = provenance(node, "fold_constants", node.op)
-            new = []
-            for r, o in zip(results, node.outputs):
-                c = graph.const(r, name=o.name or "folded", before=node, meta=meta)
-                c.name = o.name
-                new.append(c)
-            inputs = [v.producer for v in node._inputs]
-            graph.replace(node, new)
-            remove_dead(graph, inputs)
-            changed = True
+            elif self.foldable(node):
+                if self.fold(graph, node):
+                    changed = True
+                elif rewrite_budget.exhausted:
+                    return changed
             node = nxt
         return changed
-
 
 fold_constants = register_pass("fold_constants", stage="cleanup", order=10)(FoldConstants())

@@ -553,15 +553,13 @@ class _RuleBuilder(Builder):
     __slots__ = ("_root", "_pass_name", "_rule")
 
     def __init__(self, graph: Graph, root: Node, pass_name: str | None, rule: str):
-        self.graph = graph
-        self.before = root
-        self.created = []
+        super().__init__(graph, root)
+        del self.meta  # an unset slot: the first read goes to __getattr__
         self._root = root
         self._pass_name = pass_name
         self._rule = rule
 
     def __getattr__(self, name: str) -> Any:
-        # only reached while the ``meta`` slot is still unset
         if name != "meta":
             raise AttributeError(name)
         self.meta = provenance(self._root, self._pass_name, self._rule)
