@@ -119,4 +119,5 @@ class FoldConstants:
             node = nxt
         return changed
 
+
 fold_constants = register_pass("fold_constants", stage="cleanup", order=10)(FoldConstants())

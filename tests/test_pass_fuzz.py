@@ -25,7 +25,7 @@ from accelir.passes import pipeline
 DTYPES = (DType.f32, DType.f64, DType.i32)
 SHAPES = ((), (3,), (2, 3), (1, 3), (2, 1), (4, 2, 3))
 ELEMENTWISE = tuple(sorted(n for n, d in registry.REGISTRY.items()
-                     if d.elementwise and not d.attrs and d.min_inputs <= 2 and n != "where"))
+                           if d.elementwise and not d.attrs and d.min_inputs <= 2 and n != "where"))
 SPECIAL = ("cast", "where", "transpose", "reshape", "squeeze", "unsqueeze", "broadcast_to", "slice", "reduce_sum",
            "reduce_max", "reduce_mean", "concat")
 
