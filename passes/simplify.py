@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
-
 from accelir.ir import Builder, DType, Node, Value
 
 from .pattern import Const, Match, Op, P, Rule, RulePass, Var
