@@ -45,15 +45,18 @@ from onnx import TensorProto, helper, numpy_helper
 
 from accelir import dims as D
 from accelir.errors import LoweringError
-from accelir.ir import DType, Graph, Node, TensorType
+from accelir.ir import DType, Graph, Node, TensorType, Value
 from accelir.ops import registry
 
 __all__ = ["ONNX_RULES", "MIN_OPSET", "SAME", "OnnxValue", "LoweringContext", "OnnxRuntimeModule", "register_lowering",
-           "to_onnx", "save_onnx", "default_opset", "supported_dtypes", "input_var", "EXTERNAL_DATA_THRESHOLD"]
+           "to_onnx", "to_onnx_external", "save_onnx", "default_opset", "supported_dtypes", "input_var",
+           "EXTERNAL_DATA_THRESHOLD", "EXTERNAL_WEIGHT_BYTES", "EXTERNAL_LOCATION"]
 
 MIN_OPSET = 18
 MS_DOMAIN = "com.microsoft"
 EXTERNAL_DATA_THRESHOLD = 2 * 1024 ** 3 - 64 * 1024 ** 2  # protobuf's 2 GB limit, less room for the graph
+EXTERNAL_WEIGHT_BYTES = 1024  # to_onnx_external leaves initializers of this size and up out of the model
+EXTERNAL_LOCATION = "accelir:in-memory"
 
 ONNX_DTYPE = {
     DType.f16: TensorProto.FLOAT16, DType.bf16: TensorProto.BFLOAT16, DType.f32: TensorProto.FLOAT,
@@ -150,14 +153,41 @@ def supported_dtypes(op_type: str, domain: str, opset: int, var: str | None = No
     return frozenset(_FROM_TYPE_STR[t] for t in types if t in _FROM_TYPE_STR)
 
 
+def _has_kernel_at(defs: list[tuple[int, int, Any]], since: int) -> bool:
+    """Whether ONNX Runtime binds a node of schema version ``since`` to one of these kernels: an
+    open-ended kernel only serves the version it starts at."""
+    return any(lo == since or lo < since <= hi < 2 ** 31 - 1 for lo, hi, _ in defs)
+
+
 @functools.lru_cache(maxsize=None)
 def default_opset() -> int:
-    """The newest opset both the onnx package and the installed onnxruntime have kernels for."""
+    """The newest opset both the onnx package and the installed onnxruntime have kernels for.
+
+    At an opset where a function op (Attention-25, ReduceLogSum-28, ...) is newer than
+    ONNX Runtime's kernel for it, ONNX Runtime silently inlines the function body
+    instead of running its kernel, so such an opset is not fully supported.
+    """
     newest = onnx.defs.onnx_opset_version()
     if not _have_onnxruntime():
         return newest
-    ort_newest = max(lo for (op, dom), defs in _ort_kernel_types().items() if dom == "" for lo, _, _ in defs)
-    return min(newest, ort_newest)
+    table = _ort_kernel_types()
+    ort_newest = max(lo for (op, dom), defs in table.items() if dom == "" for lo, _, _ in defs)
+    for opset in range(min(newest, ort_newest), MIN_OPSET, -1):
+        inlined = False
+        for (op, dom), defs in table.items():
+            if dom != "":
+                continue
+            try:
+                schema = onnx.defs.get_schema(op, opset, dom)
+            except onnx.defs.SchemaError:
+                continue
+            if (schema.has_function or schema.has_context_dependent_function) and \
+                    not _has_kernel_at(defs, schema.since_version):
+                inlined = True
+                break
+        if not inlined:
+            return opset
+    return MIN_OPSET
 
 
 # ----- values and the lowering context -----------------------------------------------
@@ -181,7 +211,8 @@ class _ModelState:
         self.opset = opset
         self.target = target
         self.names: set[str] = set()
-        self.initializers: list[TensorProto] = []
+        # initializer name -> value; written out at the end, for the names live nodes read
+        self.tensors: dict[str, np.ndarray] = {}
         self.const_cache: dict[Any, OnnxValue] = {}
         self.keep_alive: list[np.ndarray] = []
         self.node_count = 0
@@ -210,6 +241,7 @@ class LoweringContext:
         self._dim_cache: dict[Any, OnnxValue] = {}
         self._produced: dict[str, tuple[onnx.NodeProto, int]] = {}
         self.composites: list[Node] = []  # the composite nodes whose decomposition is being lowered
+        self._env: dict[int, OnnxValue] = {}
 
     @property
     def opset(self) -> int:
@@ -263,7 +295,8 @@ class LoweringContext:
         return outs[0] if single else tuple(outs)
 
     def const(self, value: Any, dtype: DType | None = None, name: str | None = None) -> OnnxValue:
-        """An initializer of the main graph; small arrays are shared by value."""
+        """An initializer of the main graph (written out only if a node reads it); small arrays are
+        shared by value."""
         arr = np.asarray(value, dtype=dtype.numpy if dtype is not None else None)
         dt = DType.from_numpy(arr.dtype)
         key = (dt, arr.shape, arr.tobytes()) if arr.size <= 64 and name is None else None
@@ -271,8 +304,7 @@ class LoweringContext:
         if key is not None and key in cache:
             return cache[key]
         v = OnnxValue(self.state.fresh(name or f"const_{dt.value}"), dt)
-        tensor = numpy_helper.from_array(arr if arr.flags.c_contiguous else arr.copy(order="C"), v.name)
-        self.state.initializers.append(tensor)
+        self.state.tensors[v.name] = arr
         if key is not None:
             cache[key] = v
         return v
@@ -410,7 +442,8 @@ class LoweringContext:
         for v, x in zip(graph.inputs, inputs):
             env[id(v)] = x
             self.define(x, v.shape)
-        outer = self.node
+        outer, outer_env = self.node, self._env
+        self._env = env
         try:
             for node in graph.nodes:
                 self.node = node
@@ -419,8 +452,37 @@ class LoweringContext:
                     env[id(v)] = o
                     self.define(o, v.shape)
         finally:
-            self.node = outer
+            self.node, self._env = outer, outer_env
         return [env[id(v)] for v in graph.outputs]
+
+    def value_of(self, v: Value) -> OnnxValue | None:
+        """The ONNX value an IR value of the graph being lowered became (None: not lowered here).
+
+        A rule may read past its operands with it, to absorb the ops that made them (the
+        head split before an attention); the ops it bypasses vanish when nothing else reads them.
+        """
+        return self._env.get(id(v))
+
+    def constant_array(self, v: Value) -> np.ndarray | None:
+        """The array of an IR value made by a ``constant`` node, else None."""
+        p = v.producer
+        if p is None or p.op != "constant":
+            return None
+        return p.graph.constants.get(p.attrs["name"])
+
+    def transposed_weight(self, v: Value) -> OnnxValue | None:
+        """An initializer holding the transpose of the 2-D constant ``v`` without copying, where ``v``'s
+        array is a transposed view (folding ``transpose(weight)`` leaves torch's [N, K] linear weights
+        so): the caller reads it with transB."""
+        arr = self.constant_array(v)
+        if arr is None or arr.ndim != 2 or arr.flags.c_contiguous or not arr.flags.f_contiguous:
+            return None
+        key = ("ir-constant-T", id(arr))
+        cache = self.state.const_cache
+        if key not in cache:
+            self.state.keep_alive.append(arr)
+            cache[key] = self.const(arr.T, name=f"{v.producer.attrs['name']}_t")
+        return cache[key]
 
     def _lower_node(self, node: Node, xs: list[OnnxValue]) -> list[OnnxValue]:
         rule = ONNX_RULES.get(node.op)
@@ -468,7 +530,7 @@ class LoweringContext:
             if o.name not in sub._produced or any(o.name == p.name for p in out_names):
                 o = sub.op("Identity", o)
             out_names.append(o)
-        return helper.make_graph(sub.nodes, self.state.fresh(name),
+        return helper.make_graph(_live_nodes(sub.nodes, [v.name for v in out_names]), self.state.fresh(name),
                                  [_value_info(v.name, t) for v, t in zip(ins, input_types)],
                                  [_value_info(v.name, t) for v, t in zip(out_names, output_types)])
 
@@ -499,6 +561,24 @@ def to_onnx(graph: Graph, opset: int | None = None, target: str = "onnxruntime")
     ``onnx.checker.check_model(full_check=True)``); ``"onnxruntime"`` may also use ONNX
     Runtime's fused kernels.  ``opset`` defaults to ``default_opset()``.
     """
+    return _lower(graph, opset, target, external=False)[0]
+
+
+def to_onnx_external(graph: Graph, opset: int | None = None, target: str = "onnxruntime"
+                     ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """``to_onnx`` with the weights left out of the model, for ONNX Runtime to read in place.
+
+    Each initializer of at least ``EXTERNAL_WEIGHT_BYTES`` is declared as external data
+    (location ``EXTERNAL_LOCATION``) and returned in the dict, name -> the graph's own
+    array (uncopied: a view of the framework's parameter where the frontend shared it).
+    Hand them to ``SessionOptions.add_external_initializers``, as ``OnnxRuntimeModule``
+    does with a Graph; the model alone is not loadable (``to_onnx`` is for files).
+    """
+    return _lower(graph, opset, target, external=True)
+
+
+def _lower(graph: Graph, opset: int | None, target: str, external: bool
+           ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     if target not in ("onnxruntime", "standard"):
         raise LoweringError(f"unknown ONNX target {target!r}; use 'onnxruntime' or 'standard'")
     opset = default_opset() if opset is None else int(opset)
@@ -506,31 +586,84 @@ def to_onnx(graph: Graph, opset: int | None = None, target: str = "onnxruntime")
         raise LoweringError(f"opset {opset} is not supported: use {MIN_OPSET} to {onnx.defs.onnx_opset_version()}")
     state = _ModelState(opset, target)
     ctx = LoweringContext(state)
-    inputs = []
-    for i, v in enumerate(graph.inputs):
-        ov = OnnxValue(state.fresh(v.name or f"input_{i}"), v.dtype)
-        inputs.append(ov)
+    inputs = [OnnxValue(state.fresh(v.name or f"input_{i}"), v.dtype) for i, v in enumerate(graph.inputs)]
     outs = ctx.emit_graph(graph, inputs)
     input_names = {v.name for v in inputs}
-    init_names = {t.name for t in state.initializers}
     out_infos = []
     seen: set[str] = set()
     for i, (v, o) in enumerate(zip(graph.outputs, outs)):
-        if o.name in input_names or o.name in init_names or o.name in seen:
+        if o.name in input_names or o.name in state.tensors or o.name in seen:
             o = ctx.op("Identity", o)
             o = ctx._adopt_name(o, v.name or f"output_{i}", len(ctx.nodes) - 1)
         seen.add(o.name)
         out_infos.append(_value_info(o.name, v.type))
-    in_infos = [_value_info(ov.name, v.type) for ov, v in zip(inputs, graph.inputs)]
-    g = helper.make_graph(ctx.nodes, graph.name or "main", in_infos, out_infos, initializer=state.initializers)
-    imports = [helper.make_opsetid("", opset)]
+    nodes = _live_nodes(ctx.nodes, [o.name for o in out_infos])
+
+    # built in place: make_graph / make_model would copy every weight once more
+    model = onnx.ModelProto(ir_version=onnx.IR_VERSION, producer_name="accelir")
+    g = model.graph
+    g.name = graph.name or "main"
+    g.node.extend(nodes)
+    g.input.extend(_value_info(ov.name, v.type) for ov, v in zip(inputs, graph.inputs))
+    g.output.extend(out_infos)
+    read = set().union(*(_names_read(n) for n in nodes)) if nodes else set()
+    weights: dict[str, np.ndarray] = {}
+    for name, arr in state.tensors.items():
+        if name not in read:
+            continue
+        if external and arr.nbytes >= EXTERNAL_WEIGHT_BYTES:
+            _external_stub(g.initializer.add(), name, arr)
+            weights[name] = arr
+        else:
+            _fill_tensor(g.initializer.add(), name, arr)
+    model.opset_import.append(helper.make_opsetid("", opset))
     if state.uses_ms_domain:
-        imports.append(helper.make_opsetid(MS_DOMAIN, 1))
-    model = helper.make_model(g, opset_imports=imports, producer_name="accelir")
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     frontend = graph.meta.get("frontend")
     if frontend:
         helper.set_model_props(model, {"accelir.frontend": str(frontend)})
-    return model
+    return model, weights
+
+
+def _names_read(node: onnx.NodeProto) -> set[str]:
+    """The values ``node`` reads, with those its subgraphs read from outer scopes."""
+    names = {i for i in node.input if i}
+    for a in node.attribute:
+        for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            for n in sub.node:
+                names |= _names_read(n)
+    return names
+
+
+def _live_nodes(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> list[onnx.NodeProto]:
+    """The nodes that the ``outputs`` depend on (a rule that absorbs the ops that made its operands
+    leaves them unread)."""
+    needed = set(outputs)
+    live = []
+    for n in reversed(nodes):
+        if any(o in needed for o in n.output if o):
+            live.append(n)
+            needed |= _names_read(n)
+    live.reverse()
+    return live
+
+
+def _fill_tensor(t: TensorProto, name: str, arr: np.ndarray) -> None:
+    t.name = name
+    t.data_type = ONNX_DTYPE[DType.from_numpy(arr.dtype)]
+    t.dims.extend(arr.shape)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    t.raw_data = np.ascontiguousarray(arr).tobytes()
+
+
+def _external_stub(t: TensorProto, name: str, arr: np.ndarray) -> None:
+    t.name = name
+    t.data_type = ONNX_DTYPE[DType.from_numpy(arr.dtype)]
+    t.dims.extend(arr.shape)
+    t.data_location = TensorProto.EXTERNAL
+    entry = t.external_data.add()
+    entry.key, entry.value = "location", EXTERNAL_LOCATION
 
 
 def save_onnx(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> None:
@@ -1286,18 +1419,40 @@ def _lower_attention(ctx, node, xs):
     return [ctx.cast(out, q.dtype)]
 
 
+def _gemm(ctx: LoweringContext, node: Node, xs: list[OnnxValue]) -> OnnxValue | None:
+    """``x @ w + b`` as one Gemm over x flattened to [M, K], where Gemm has a kernel for the dtype:
+    the bias is added in the product's epilogue, the weight is prepacked once at session start, and
+    a weight stored transposed is read in place through transB; else None."""
+    x_t, w_t = node.inputs[0].type, node.inputs[1].type
+    k, n = w_t.shape
+    if x_t.rank < 2 or type(k) is not int or x_t.dtype not in supported_dtypes("Gemm", "", ctx.opset):
+        return None
+    w = ctx.transposed_weight(node.inputs[1])
+    lead = tuple(x_t.shape[:-1])
+    x = xs[0]
+    if x_t.rank > 2:
+        m = D.dim_prod(lead)
+        x = ctx.op("Reshape", x, ctx.ints([m if type(m) is int else -1, k]))
+    y = ctx.op("Gemm", x, xs[1] if w is None else w, xs[2] if len(xs) == 3 else None,
+               transB=None if w is None else 1)
+    return y if x_t.rank == 2 else ctx.op("Reshape", y, ctx.dims(lead + (n,)))
+
+
 @register_lowering("linear")
 def _lower_linear(ctx, node, xs):
     act = node.attrs["activation"]
-    dt = xs[0].dtype
-    y = ctx.kernel("MatMul", xs[0], xs[1])
     bias = xs[2] if len(xs) == 3 else None
     bias_1d = bias is not None and node.inputs[2].type.rank == 1 and node.inputs[2].type.shape[0] == \
         node.inputs[1].type.shape[1]
-    if ctx.target == "onnxruntime" and act in ("gelu", "gelu_tanh") and bias_1d and dt.is_float:
+    # BiasGelu / FastGelu add the bias in their own pass over the product
+    gelu_bias = ctx.target == "onnxruntime" and act in ("gelu", "gelu_tanh") and bias_1d and xs[0].dtype.is_float
+    y = _gemm(ctx, node, xs[:2] if gelu_bias else xs)
+    if y is None:
+        y = ctx.kernel("MatMul", xs[0], xs[1])
+        if bias is not None and not gelu_bias:
+            y = ctx.kernel("Add", y, bias)
+    if gelu_bias:
         return [_gelu(ctx, y, "tanh" if act == "gelu_tanh" else "none", bias)]
-    if bias is not None:
-        y = ctx.kernel("Add", y, bias)
     return [_activation(ctx, y, act)]
 
 

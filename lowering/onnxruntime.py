@@ -1,9 +1,13 @@
 """Run an ONNX model (``to_onnx``'s output or a file) with ONNX Runtime.
 
-``OnnxRuntimeModule(model, device="cpu" | "cuda", session_options=None)`` wraps an
-``InferenceSession`` on the execution provider for the device.  Calling it with
-arrays in graph input order returns the outputs as a list: numpy arrays for numpy
-inputs, torch tensors for torch inputs.  On "cuda" it binds torch CUDA tensors to
+``OnnxRuntimeModule(model, device="cpu" | "cuda", session_options=None, threads=None)``
+wraps an ``InferenceSession`` on the execution provider for the device.  ``model`` is
+an ``onnx.ModelProto``, a path, or an accelir ``Graph``: a Graph is lowered with its
+weights kept out of the model and handed to ONNX Runtime as external initializers,
+which it reads in place, so the session holds no second copy of them (only the
+packed forms its matmul kernels make) and no serialised copy is ever made.  Calling
+it with arrays in graph input order returns the outputs as a list: numpy arrays for
+numpy inputs, torch tensors for torch inputs.  On "cuda" it binds torch CUDA tensors to
 the session directly (IO binding), so inputs and outputs stay on the device.  A
 missing provider is a ``LoweringError`` that says how to install it, never a silent
 fall back to the CPU.  bf16 (which numpy lacks) goes in and out as ml_dtypes arrays.
@@ -23,8 +27,9 @@ import onnx
 from accelir import dims as D
 from accelir.errors import LoweringError
 from accelir.interpreter import to_numpy
+from accelir.ir import Graph
 
-from .onnx import EXTERNAL_DATA_THRESHOLD, save_onnx
+from .onnx import EXTERNAL_DATA_THRESHOLD, save_onnx, to_onnx, to_onnx_external
 
 __all__ = ["OnnxRuntimeModule", "PROVIDERS"]
 
@@ -53,8 +58,11 @@ def _is_torch(x: Any) -> bool:
 class OnnxRuntimeModule:
     """An ONNX model ready to run on ONNX Runtime; call it with arrays in graph input order."""
 
-    def __init__(self, model: onnx.ModelProto | str | os.PathLike, device: str = "cpu",
-                 session_options: Any = None):
+    def __init__(self, model: onnx.ModelProto | str | os.PathLike | Graph, device: str = "cpu",
+                 session_options: Any = None, threads: int | None = None):
+        """``session_options``: used as given (default: ORT_ENABLE_ALL); ``threads``: the intra-op
+        thread count of the default options.  With ``session_options`` a Graph's weights go inside
+        the model, since external initializers would be added to (and stay in) the caller's options."""
         ort = _import_ort()
         self._ort = ort
         if device not in PROVIDERS:
@@ -66,9 +74,23 @@ class OnnxRuntimeModule:
                 f"({ort.__version__}, providers: {', '.join(ort.get_available_providers())}) lacks; "
                 "install the GPU build with: pip uninstall onnxruntime && pip install 'accelir[gpu]'")
         self.device = device
-        if session_options is None:
+        self._weights: list[Any] = []  # external initializers must outlive the session
+        own_options = session_options is None
+        if own_options:
             session_options = ort.SessionOptions()
             session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if threads:
+                session_options.intra_op_num_threads = threads
+        elif threads:
+            raise LoweringError("give the thread count in session_options, or threads without session_options")
+        if isinstance(model, Graph):
+            if own_options:
+                model, weights = to_onnx_external(model)
+                self._weights = [self._to_ortvalue(a) for a in weights.values()]
+                if weights:
+                    session_options.add_external_initializers(list(weights), self._weights)
+            else:
+                model = to_onnx(model)
         providers = [provider] if device == "cpu" else [provider, PROVIDERS["cpu"]]
         self.session = self._open(model, session_options, providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -81,7 +103,7 @@ class OnnxRuntimeModule:
         ort = self._ort
         if not isinstance(model, onnx.ModelProto):
             return ort.InferenceSession(os.fspath(model), options, providers=providers)
-        size = sum(len(t.raw_data) for t in model.graph.initializer)
+        size = sum(_embedded_bytes(t) for t in model.graph.initializer)
         if size < EXTERNAL_DATA_THRESHOLD:
             return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
         # over protobuf's 2 GB limit: go through a file with external data
@@ -183,6 +205,13 @@ class OnnxRuntimeModule:
             else:
                 results.append(_torch_from_numpy(torch, self._from_ortvalue(v)).to(dev))
         return results
+
+
+def _embedded_bytes(t: onnx.TensorProto) -> int:
+    """The size of an initializer's data inside the model, from its shape (reading raw_data copies it)."""
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return 0
+    return int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
 
 
 def _torch_dtype(torch, dt: np.dtype):
