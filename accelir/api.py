@@ -172,8 +172,8 @@ class OptimizeReport:
 
 def _build_runner(graph: Graph, backend: str, device: str) -> Callable[..., list]:
     if backend == "onnxruntime":
-        from .lowering.onnx import OnnxRuntimeModule, to_onnx
-        return OnnxRuntimeModule(to_onnx(graph), device=device)
+        from .lowering.onnx import OnnxRuntimeModule
+        return OnnxRuntimeModule(graph, device=device)
     if backend == "xla":
         from .lowering.jax import JaxModule
         return JaxModule(graph, device=device)
