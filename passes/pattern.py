@@ -208,7 +208,16 @@ class Const(Pattern):
 
     def quick(self, value: Value) -> bool:
         p = value.producer
-        return p is not None and p.op == "constant"
+        if p is None or p.op != "constant":
+            return False
+        if self.scalar or self.value is not None:
+            # most constants next to an identity's op are not its neutral element
+            arr = value.const_value
+            if arr is None or (self.scalar and arr.size != 1):
+                return False
+            if self.value is not None and not self._equal(arr):
+                return False
+        return True
 
     def _equal(self, arr: np.ndarray) -> bool:
         if arr.size == 0:
@@ -262,7 +271,7 @@ class Op(Pattern):
     ``output``: which output of the producer (None: any).
     """
 
-    __slots__ = ("ops", "operands", "name", "attrs", "where", "single_use", "commutative", "output")
+    __slots__ = ("ops", "operands", "name", "attrs", "where", "single_use", "commutative", "output", "_same")
 
     def __init__(self, op: str | Sequence[str], *operands: Pattern, name: str | None = None,
                  attrs: Mapping[str, Any] | None = None, where: Callable[[Node], bool] | None = None,
@@ -284,6 +293,9 @@ class Op(Pattern):
             commutative = all(registry.get(o).commutative for o in self.ops)
         self.commutative = commutative and self.operands is not None and len(self.operands) == 2
         self.output = output
+        # operand positions captured under one name (``sub(x, x)``): quick() wants one value there
+        named = [(i, p.name) for i, p in enumerate(self.operands or ()) if type(p) is Var and p.name]
+        self._same = tuple((i, j) for i, a in named for j, b in named if i < j and a == b)
 
     @property
     def depth(self) -> int:
@@ -306,6 +318,9 @@ class Op(Pattern):
         ins = node._inputs
         if len(ins) != len(pats):
             return False
+        for i, j in self._same:
+            if ins[i] is not ins[j]:
+                return False
         if self.commutative:
             p, q = pats
             a, b = ins

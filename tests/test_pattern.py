@@ -373,7 +373,7 @@ def test_quick_prefilter_is_a_necessary_condition():
     # quick() may only turn away values the full match rejects too: check both on every value
     pats = [P.mul(X, Const(1.0)), P.mul(P.neg(X), Const(name="c")), P.neg(P.neg(X)),
             Op(("add", "sub"), P.exp(X), X), Alt(P.neg(X), P.exp(X)), P.add(X, X), P.sub(X, Const(1.0)),
-            Op("neg", X, single_use=True)]
+            Op("neg", X, single_use=True), P.mul(X, Const(name="s", scalar=True)), P.sub(X, X)]
     g = accelir.parse("""graph main(%x: f32[4]) -> (f32[4], f32[4]) {
   %c = constant() {name="c", value=1.0} : f32[]
   %n = neg(%x) : f32[4]
