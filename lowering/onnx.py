@@ -463,18 +463,11 @@ class LoweringContext:
         """
         return self._env.get(id(v))
 
-    def constant_array(self, v: Value) -> np.ndarray | None:
-        """The array of an IR value made by a ``constant`` node, else None."""
-        p = v.producer
-        if p is None or p.op != "constant":
-            return None
-        return p.graph.constants.get(p.attrs["name"])
-
     def transposed_weight(self, v: Value) -> OnnxValue | None:
         """An initializer holding the transpose of the 2-D constant ``v`` without copying, where ``v``'s
         array is a transposed view (folding ``transpose(weight)`` leaves torch's [N, K] linear weights
         so): the caller reads it with transB."""
-        arr = self.constant_array(v)
+        arr = v.const_value
         if arr is None or arr.ndim != 2 or arr.flags.c_contiguous or not arr.flags.f_contiguous:
             return None
         key = ("ir-constant-T", id(arr))
@@ -1404,8 +1397,74 @@ def _lower_batch_norm(ctx, node, xs):
                         lambda v: ctx.op("BatchNormalization", *v, epsilon=node.attrs["epsilon"]))]
 
 
+def _split_heads(ctx: LoweringContext, v: Value) -> tuple[OnnxValue, int] | None:
+    """``(x, N)`` where ``v = transpose(reshape(x, [B, S, N, H]), (0, 2, 1, 3))`` splits the lowered
+    [B, S, N * H] value ``x`` into heads; else None."""
+    t = v.producer
+    if t is None or t.op != "transpose" or tuple(t.attrs["perm"]) != (0, 2, 1, 3):
+        return None
+    r = t.inputs[0].producer
+    if r is None or r.op != "reshape":
+        return None
+    x = r.inputs[0]
+    b, s, n, h = r.outputs[0].shape
+    if x.rank != 3 or tuple(x.shape[:2]) != (b, s) or type(n) is not int or type(h) is not int \
+            or x.shape[2] != n * h:
+        return None
+    lowered = ctx.value_of(x)
+    return None if lowered is None else (lowered, n)
+
+
+def _attention_bias(ctx: LoweringContext, m_t: TensorType, m: OnnxValue, shape: Sequence[D.Dim]) -> OnnxValue:
+    """An IR attention mask as MultiHeadAttention's additive bias: [B or 1, N or 1, S, T] float, a
+    bool mask becoming 0 where it keeps and -inf where it drops (as the IR's where(mask, s, -inf))."""
+    dims = (1,) * (4 - m_t.rank) + tuple(m_t.shape)
+    if m_t.rank < 4:
+        m = ctx.op("Reshape", m, ctx.dims(dims))
+    if dims[2:] != tuple(shape[2:]):
+        dims = dims[:2] + tuple(shape[2:])
+        m = ctx.op("Expand", m, ctx.dims(dims))
+    if m.dtype is DType.bool:
+        dt = ctx.node.inputs[0].dtype
+        m = ctx.op("Where", m, ctx.const(0, dt), ctx.const(-np.inf, dt), dtype=dt)
+    return m
+
+
+def _multi_head_attention(ctx: LoweringContext, node: Node, xs: list[OnnxValue]) -> OnnxValue | None:
+    """ONNX Runtime's MultiHeadAttention over the [B, S, N * H] values that q, k and v were split into
+    heads from (the split, the scale, the mask and causal masking all happen inside the kernel),
+    its [B, S, N * Hv] result brought back to the IR's [B, N, S, Hv]; None where it does not fit."""
+    q_t, k_t, v_t = (x.type for x in node.inputs[:3])
+    if ctx.target != "onnxruntime" or q_t.rank != 4 or \
+            q_t.dtype not in supported_dtypes("MultiHeadAttention", MS_DOMAIN, ctx.opset):
+        return None
+    if not tuple(q_t.shape[:2]) == tuple(k_t.shape[:2]) == tuple(v_t.shape[:2]) or k_t.shape[2] != v_t.shape[2]:
+        return None
+    split = [_split_heads(ctx, v) for v in node.inputs[:3]]
+    if any(p is None for p in split) or len({p[1] for p in split}) != 1:
+        return None
+    (q, n), (k, _), (v, _) = split
+    out_shape = node.outputs[0].shape  # [B, N, S, Hv]
+    s, t = q_t.shape[2], k_t.shape[2]
+    causal = node.attrs["causal"]
+    if causal and s != t:
+        return None  # MultiHeadAttention's causal mask is aligned bottom-right, the IR's top-left
+    bias = None
+    if len(xs) == 4:
+        bias = _attention_bias(ctx, node.inputs[3].type, xs[3], (q_t.shape[0], n, s, t))
+    scale = node.attrs["scale"]
+    y = ctx.op("MultiHeadAttention", q, k, v, None, None, bias, domain=MS_DOMAIN, num_heads=n,
+               scale=float(scale if scale is not None else 1.0 / np.sqrt(q_t.shape[3])),
+               unidirectional=1 if causal else None)
+    y = ctx.op("Reshape", y, ctx.ints([0, 0, n, out_shape[3]]))
+    return ctx.op("Transpose", y, perm=[0, 2, 1, 3])
+
+
 @register_lowering("attention")
 def _lower_attention(ctx, node, xs):
+    fused = _multi_head_attention(ctx, node, xs)
+    if fused is not None:
+        return [fused]
     q, k, v = (x.type for x in node.inputs[:3])
     mask = node.inputs[3].type if len(node.inputs) == 4 else None
     fits = (ctx.opset >= 23 and q.rank == 4 and q.shape[:2] == k.shape[:2] == v.shape[:2]

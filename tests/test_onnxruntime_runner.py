@@ -11,7 +11,7 @@ import torch
 
 import accelir
 from accelir import DType, Graph, LoweringError, TensorType
-from accelir.lowering.onnx import MS_DOMAIN, ONNX_RULES, default_opset, save_onnx, to_onnx
+from accelir.lowering.onnx import MS_DOMAIN, ONNX_RULES, default_opset, save_onnx, to_onnx, to_onnx_external
 from accelir.lowering.onnxruntime import OnnxRuntimeModule
 
 transformers = pytest.importorskip("transformers")
@@ -285,3 +285,177 @@ def test_cuda_io_binding_keeps_tensors_on_the_device():
     (y,) = runner(x)
     assert y.device.type == "cuda"
     torch.testing.assert_close(y, torch.tanh(x))
+
+
+# ----- attention as MultiHeadAttention ------------------------------------------------------
+
+def _heads(g: Graph, x, n: int):
+    """[B, S, N*H] -> [B, N, S, H], the head split MultiHeadAttention absorbs."""
+    b, s, d = x.type.shape
+    return g.apply("transpose", g.apply("reshape", x, shape=(b, s, n, d // n)), perm=(0, 2, 1, 3))
+
+
+def _mha_graph(b, s, t, n=2, h=4, hv=4, mask=None, **attrs) -> Graph:
+    g = Graph("g")
+    q = g.add_input(TensorType(F32, (b, s, n * h)), "q")
+    k = g.add_input(TensorType(F32, (b, t, n * h)), "k")
+    v = g.add_input(TensorType(F32, (b, t, n * hv)), "v")
+    ins = [_heads(g, q, n), _heads(g, k, n), _heads(g, v, n)]
+    if mask is not None:
+        ins.append(g.add_input(mask, "mask"))
+    y = g.apply("attention", *ins, **attrs)
+    y = g.apply("reshape", g.apply("transpose", y, perm=(0, 2, 1, 3)), shape=(b, s, n * hv))
+    g.set_outputs([y])
+    return g
+
+
+def _random_inputs(g: Graph, sizes: dict[str, int], seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for v in g.inputs:
+        shape = tuple(sizes.get(d, d) for d in v.type.shape)
+        if v.type.dtype is DType.bool:
+            m = rng.random(shape) < 0.7
+            m[..., 0] = True  # every query keeps a key: no all-masked row
+            out.append(m)
+        else:
+            out.append(rng.normal(size=shape).astype(v.type.dtype.numpy))
+    return out
+
+
+MHA_CASES = {
+    "plain": dict(b=2, s=5, t=5),
+    "cross, v head dim": dict(b=2, s=3, t=6, hv=3),
+    "scale": dict(b=1, s=4, t=4, scale=0.3),
+    "causal": dict(b=2, s=5, t=5, causal=True),
+    "bool mask [1,1,S,T]": dict(b=2, s=4, t=4, mask=TensorType(DType.bool, (1, 1, 4, 4))),
+    "bool padding [B,1,1,T]": dict(b=2, s=3, t=5, mask=TensorType(DType.bool, (2, 1, 1, 5))),
+    "float mask [B,N,S,T]": dict(b=2, s=3, t=5, mask=TensorType(F32, (2, 2, 3, 5))),
+    "float mask [T]": dict(b=1, s=3, t=5, mask=TensorType(F32, (5,))),
+    "causal + mask": dict(b=2, s=4, t=4, causal=True, mask=TensorType(DType.bool, (2, 1, 1, 4))),
+    "symbolic": dict(b="b", s="s", t="s", causal=True, mask=TensorType(DType.bool, ("b", 1, 1, "s"))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MHA_CASES))
+def test_attention_becomes_multi_head_attention(case):
+    g = _mha_graph(**MHA_CASES[case])
+    model, weights = to_onnx_external(g)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MultiHeadAttention") == 1 and "Attention" not in ops
+    runner = OnnxRuntimeModule(g)
+    for sizes in ({"b": 2, "s": 5}, {"b": 1, "s": 3}):
+        xs = _random_inputs(g, sizes)
+        np.testing.assert_allclose(runner(*xs)[0], accelir.interpret(g, *xs)[0], rtol=1e-5, atol=1e-5)
+        if not any(isinstance(d, str) for v in g.inputs for d in v.type.shape):
+            break
+
+
+def test_attention_outside_multi_head_attention_semantics_keeps_the_standard_op():
+    # causal with fewer queries than keys: MultiHeadAttention aligns the mask bottom-right, the IR top-left
+    g = _mha_graph(b=1, s=3, t=5, causal=True)
+    ops = [n.op_type for n in to_onnx(g).graph.node]
+    assert "MultiHeadAttention" not in ops and "Attention" in ops
+    xs = _random_inputs(g, {})
+    np.testing.assert_allclose(OnnxRuntimeModule(g)(*xs)[0], accelir.interpret(g, *xs)[0], rtol=1e-5, atol=1e-5)
+    assert "MultiHeadAttention" not in {n.op_type for n in to_onnx(_mha_graph(b=2, s=4, t=4), target="standard")
+                                        .graph.node}
+
+
+# ----- linear as Gemm, weights in place -----------------------------------------------------
+
+def _linear_graph(x_shape, w: np.ndarray | None, bias: tuple | None = (20,), activation="none",
+                  dtype: DType = F32) -> Graph:
+    g = Graph("g")
+    x = g.add_input(TensorType(dtype, x_shape), "x")
+    wv = g.add_input(TensorType(dtype, (16, 20)), "w") if w is None else g.const(w, name="weight")
+    ins = [x, wv]
+    if bias is not None:
+        ins.append(g.const((np.arange(np.prod(bias)).reshape(bias) / 7).astype(dtype.numpy), name="bias"))
+    g.set_outputs([g.apply("linear", *ins, activation=activation)])
+    return g
+
+
+# an F-ordered view, as folding transpose(weight) leaves it; big enough to be an external initializer
+_W = np.random.default_rng(3).normal(size=(20, 16)).astype(np.float32).T
+
+
+@pytest.mark.parametrize("x_shape,w,bias,activation,trans_b", [
+    ((6, 16), _W, (20,), "none", 1),
+    ((2, 3, 16), _W, (20,), "relu", 1),
+    ((2, 3, 16), np.ascontiguousarray(_W), (1,), "none", None),
+    (("b", 3, 16), _W, None, "gelu", 1),
+    (("b", "s", 16), None, (20,), "gelu_tanh", None),
+])
+def test_linear_is_one_gemm(x_shape, w, bias, activation, trans_b):
+    g = _linear_graph(x_shape, w, bias, activation)
+    model, weights = to_onnx_external(g)
+    gemm = [n for n in model.graph.node if n.op_type == "Gemm"]
+    assert len(gemm) == 1 and "MatMul" not in {n.op_type for n in model.graph.node}
+    assert {a.name: a.i for a in gemm[0].attribute}.get("transB") == trans_b
+    if w is not None:  # the initializer is the weight's own memory, read in place by the session
+        assert any(np.shares_memory(a, w) for a in weights.values())
+    xs = _random_inputs(g, {"b": 2, "s": 3})
+    want = accelir.interpret(g, *xs)[0]
+    for runner in (OnnxRuntimeModule(g), OnnxRuntimeModule(to_onnx(g))):
+        np.testing.assert_allclose(runner(*xs)[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_integer_linear_keeps_matmul():
+    g = _linear_graph((2, 16), (np.arange(320).reshape(20, 16).T % 3).astype(np.int32), (20,), dtype=DType.i32)
+    assert "Gemm" not in {n.op_type for n in to_onnx(g).graph.node}
+    xs = [np.arange(32, dtype=np.int32).reshape(2, 16) % 5]
+    np.testing.assert_array_equal(OnnxRuntimeModule(g)(*xs)[0], accelir.interpret(g, *xs)[0])
+
+
+# ----- the runner built from a Graph ---------------------------------------------------------
+
+def test_external_weights_stay_out_of_the_model():
+    w = np.random.default_rng(0).normal(size=(300, 300)).astype(np.float32)
+    g = Graph("g")
+    x = g.add_input(TensorType(F32, (4, 300)), "x")
+    g.set_outputs([g.apply("matmul", x, g.const(w, name="weight")), g.apply("add", x, g.const(np.float32(1.0)))])
+    model, weights = to_onnx_external(g)
+    assert list(weights) == ["weight"] and weights["weight"] is w
+    (stub,) = [t for t in model.graph.initializer if t.name == "weight"]
+    assert stub.data_location == onnx.TensorProto.EXTERNAL and not stub.raw_data
+    assert model.ByteSize() < 10_000
+    xs = np.ones((4, 300), np.float32)
+    for runner in (OnnxRuntimeModule(g), OnnxRuntimeModule(g, threads=1), OnnxRuntimeModule(g, session_options=(
+            __import__("onnxruntime").SessionOptions()))):
+        for got, want in zip(runner(xs), accelir.interpret(g, xs)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_unread_initializers_and_dead_nodes_are_dropped():
+    g = _mha_graph(b=1, s=4, t=4, mask=TensorType(DType.bool, (1, 1, 4, 4)))
+    m = to_onnx(g)
+    read = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
+    assert all(any(o in read for o in n.output) for n in m.graph.node)
+    assert all(t.name in read for t in m.graph.initializer)
+
+
+def test_onnxruntime_runs_the_default_opset_kernels_without_inlining(tmp_path):
+    import onnxruntime
+    types = [TensorType(F32, (1, 2, 5, 8))] * 3
+    m = to_onnx(_one_node("attention", types, causal=True), target="standard")
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    OnnxRuntimeModule(m, session_options=options)
+    assert [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node] == ["Attention"]
+
+
+@pytest.mark.parametrize("name,fused", [("gpt2", {"MultiHeadAttention", "Gemm", "SkipLayerNormalization"}),
+                                        ("bert", {"MultiHeadAttention", "Gemm", "SkipLayerNormalization"}),
+                                        ("cnn", {"FusedConv"})])
+def test_optimized_model_matches_eager_on_fused_kernels(name, fused):
+    model, (args, kwargs) = MODELS[name]()
+    torch.manual_seed(0)
+    model.eval()
+    cm = accelir.optimize(model, args, example_kwargs=kwargs, backend="onnxruntime")
+    assert fused <= {n.op_type for n in to_onnx(cm.graph).graph.node}
+    with torch.no_grad():
+        want = model(*args, **kwargs)
+    for got, w in zip(_leaves(cm(*args, **kwargs)), _leaves(want)):
+        err = float((got.double() - w.double()).abs().max() / w.double().abs().max().clamp_min(1e-30))
+        assert err <= 1e-4, f"relative error {err:.2e}"
