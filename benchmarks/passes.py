@@ -5,11 +5,11 @@ node counts before / after level 2 and the pipeline time on GPT-2 small
 flax transformer.
 
 Each row gives wall and CPU seconds: on a shared machine the wall time also counts
-other processes, the CPU time only this one.  Model rows show the fastest of
-``--repeat`` runs, each on a fresh copy of the captured graph.  ``--checked`` also
-times the PassManager's defaults (``verify_each=True`` with rollback snapshots).
+other processes, the CPU time only this one.  Every row shows the fastest of
+``--repeat`` runs, each on a fresh copy of the graph.  ``--checked`` also times the
+PassManager's defaults (``verify_each=True`` with rollback snapshots).
 
-    python benchmarks/passes.py [--sizes 10000 100000] [--gpt2] [--flax] [--level 2] [--checked] [--repeat 5]
+    python benchmarks/passes.py [--sizes 10000 100000] [--gpt2] [--flax] [--level 2] [--checked] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -86,16 +86,16 @@ def _row(label: str, before: int, g: Graph, t: Timing) -> None:
           + ", ".join(f"{k} {v:.3f}s" for k, v in slow) + ")", flush=True)
 
 
-def bench_synthetic(sizes: list[int], level: int, checked: bool) -> None:
+def bench_synthetic(sizes: list[int], level: int, checked: bool, repeat: int) -> None:
     times: dict[int, Timing] = {}
     for n in sizes:
         g = synthetic_graph(n)
         before = g.num_nodes()
-        times[n] = t = time_pipeline(g, level)
-        _row(f"synthetic {n}", before, g, t)
+        times[n], out = best_of(g, level, False, repeat)
+        _row(f"synthetic {n}", before, out, times[n])
         if checked:
-            g2 = synthetic_graph(n)
-            _row("  with verify_each, snapshots", before, g2, time_pipeline(g2, level, checked=True))
+            t, out = best_of(g, level, True, repeat)
+            _row("  with verify_each, snapshots", before, out, t)
     if len(sizes) >= 2:
         a, b = sorted(sizes)[0], sorted(sizes)[-1]
         print(f"growth: {b / a:.0f}x nodes -> {times[b].wall / times[a].wall:.1f}x wall time, "
@@ -161,9 +161,9 @@ def main() -> None:
     ap.add_argument("--gpt2", action="store_true")
     ap.add_argument("--flax", action="store_true")
     ap.add_argument("--checked", action="store_true", help="also time PassManager's verify_each and snapshots")
-    ap.add_argument("--repeat", type=int, default=5, help="runs per model; the fastest is shown")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per row; the fastest is shown")
     args = ap.parse_args()
-    bench_synthetic(args.sizes, args.level, args.checked)
+    bench_synthetic(args.sizes, args.level, args.checked, args.repeat)
     if args.gpt2:
         bench_gpt2(args.level, args.checked, args.repeat)
     if args.flax:
