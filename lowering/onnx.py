@@ -26,9 +26,13 @@ Choices a reader should know:
 * composites lower to a standard ONNX op where one exists at the opset
   (LayerNormalization, Gelu, RMSNormalization, Attention), to ONNX Runtime's fused
   kernels when ``target="onnxruntime"`` (SkipLayerNormalization,
-  SkipSimplifiedLayerNormalization, SimplifiedLayerNormalization, BiasGelu, FastGelu,
-  QuickGelu, FusedConv) where their semantics match exactly, and otherwise to the
-  op's own decomposition.
+  SkipSimplifiedLayerNormalization, SimplifiedLayerNormalization, FastGelu, Gelu,
+  QuickGelu, FusedConv, MultiHeadAttention) where their semantics match exactly, and
+  otherwise to the op's own decomposition.  ``linear`` is one Gemm over the input
+  flattened to 2-D (bias in the epilogue, a transposed weight read through transB).
+* weights: ``to_onnx_external`` leaves them out of the model for ONNX Runtime to read
+  in place (``OnnxRuntimeModule(graph)`` does this), so a session holds no copy of
+  the weights beyond the packed forms its kernels make.
 """
 
 from __future__ import annotations
@@ -1257,12 +1261,10 @@ def _decompose(ctx: LoweringContext, node: Node, xs: list[OnnxValue]) -> list[On
         ctx.composites.pop()
 
 
-def _gelu(ctx: LoweringContext, x: OnnxValue, approximate: str, bias: OnnxValue | None = None) -> OnnxValue:
-    fused = "FastGelu" if approximate == "tanh" else ("BiasGelu" if bias is not None else "Gelu")
+def _gelu(ctx: LoweringContext, x: OnnxValue, approximate: str) -> OnnxValue:
+    fused = "FastGelu" if approximate == "tanh" else "Gelu"
     if ctx.target == "onnxruntime" and ctx.has_kernel(x.dtype, fused, domain=MS_DOMAIN):
-        return ctx.kernel(fused, x, bias, domain=MS_DOMAIN)
-    if bias is not None:
-        x = ctx.kernel("Add", x, bias)
+        return ctx.kernel(fused, x, domain=MS_DOMAIN)
     if ctx.opset >= 20 and ctx.has_kernel(x.dtype, "Gelu"):
         return ctx.kernel("Gelu", x, approximate=approximate)
     return _decomposed_activation(ctx, x, "gelu", approximate=approximate)
@@ -1499,20 +1501,14 @@ def _gemm(ctx: LoweringContext, node: Node, xs: list[OnnxValue]) -> OnnxValue | 
 
 @register_lowering("linear")
 def _lower_linear(ctx, node, xs):
-    act = node.attrs["activation"]
-    bias = xs[2] if len(xs) == 3 else None
-    bias_1d = bias is not None and node.inputs[2].type.rank == 1 and node.inputs[2].type.shape[0] == \
-        node.inputs[1].type.shape[1]
-    # BiasGelu / FastGelu add the bias in their own pass over the product
-    gelu_bias = ctx.target == "onnxruntime" and act in ("gelu", "gelu_tanh") and bias_1d and xs[0].dtype.is_float
-    y = _gemm(ctx, node, xs[:2] if gelu_bias else xs)
+    # Gemm's bias epilogue plus a plain activation beats a bias-taking activation (BiasGelu, FastGelu
+    # with bias): ORT's kernels for those are slower than its Gelu
+    y = _gemm(ctx, node, xs)
     if y is None:
         y = ctx.kernel("MatMul", xs[0], xs[1])
-        if bias is not None and not gelu_bias:
-            y = ctx.kernel("Add", y, bias)
-    if gelu_bias:
-        return [_gelu(ctx, y, "tanh" if act == "gelu_tanh" else "none", bias)]
-    return [_activation(ctx, y, act)]
+        if len(xs) == 3:
+            y = ctx.kernel("Add", y, xs[2])
+    return [_activation(ctx, y, node.attrs["activation"])]
 
 
 # ----- regions --------------------------------------------------------------------------

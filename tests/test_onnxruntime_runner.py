@@ -131,7 +131,7 @@ F32 = DType.f32
 @pytest.mark.parametrize("op,types,attrs,fused", [
     ("skip_layer_norm", [(2, 3, 8), (2, 3, 8), (8,), (8,)], {}, "SkipLayerNormalization"),
     ("skip_rms_norm", [(2, 3, 8), (2, 3, 8), (8,)], {}, "SkipSimplifiedLayerNormalization"),
-    ("linear", [(2, 3, 4), (4, 5), (5,)], {"activation": "gelu"}, "BiasGelu"),
+    ("linear", [(2, 3, 4), (4, 5), (5,)], {"activation": "gelu"}, "Gelu"),
     ("linear", [(2, 3, 4), (4, 5), (5,)], {"activation": "gelu_tanh"}, "FastGelu"),
     ("fused_conv", [(1, 2, 5, 5), (4, 2, 3, 3), (4,)], {"activation": "relu"}, "FusedConv"),
     ("silu", [(2, 3)], {}, "QuickGelu"),
