@@ -19,8 +19,10 @@ A capture name used twice must bind the same value both times (``x - x``).
 :func:`apply_rules` rewrites a graph to a fixed point with a worklist: every node is
 visited once, and a rewrite re-queues only the nodes it can have changed (new nodes,
 the users of the replacement up to the deepest pattern's depth, and producers whose
-values lost a use), so a 100k-node graph is not rescanned.  Nodes a rewrite made dead
-are removed.  Each node a rule builds records ``meta["pass"]`` / ``meta["rule"]`` and
+values lost a use), so a 100k-node graph is not rescanned.  Only nodes whose op roots
+some rule are queued, and each pattern's :meth:`Pattern.quick` test (ops, arities,
+constant values, no bindings) turns most of them away before a full match.  Nodes a
+rewrite made dead are removed.  Each node a rule builds records ``meta["pass"]`` / ``meta["rule"]`` and
 keeps the ``module`` / ``source`` / ``origin`` provenance of the node it replaced.
 
 Every rewrite in every pass first asks :data:`rewrite_budget` (the global rewrite
