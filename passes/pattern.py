@@ -22,8 +22,9 @@ the users of the replacement up to the deepest pattern's depth, and producers wh
 values lost a use), so a 100k-node graph is not rescanned.  Only nodes whose op roots
 some rule are queued, and each pattern's :meth:`Pattern.quick` test (ops, arities,
 constant values, no bindings) turns most of them away before a full match.  Nodes a
-rewrite made dead are removed.  Each node a rule builds records ``meta["pass"]`` / ``meta["rule"]`` and
-keeps the ``module`` / ``source`` / ``origin`` provenance of the node it replaced.
+rewrite made dead are removed.  Each node a rule builds records ``meta["pass"]`` /
+``meta["rule"]`` and keeps the ``module`` / ``source`` / ``origin`` provenance of the
+node it replaced.
 
 Every rewrite in every pass first asks :data:`rewrite_budget` (the global rewrite
 counter, like LLVM's ``-opt-bisect-limit``); once the limit set by
