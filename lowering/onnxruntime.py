@@ -98,6 +98,7 @@ class OnnxRuntimeModule:
         self._output_shapes = [o.shape for o in self.session.get_outputs()]
         self._input_shapes = [i.shape for i in self.session.get_inputs()]
         self._output_types = [self._elem_type(t) for t in self.session.get_outputs()]
+        self._plain_io = all(a.type != "tensor(bfloat16)" for a in self.session.get_inputs() + self.session.get_outputs())
 
     def _open(self, model, options, providers):
         ort = self._ort
@@ -128,13 +129,17 @@ class OnnxRuntimeModule:
         as_torch = bool(inputs) and all(_is_torch(x) for x in inputs)
         if self.device == "cuda" and as_torch:
             return self._run_cuda(inputs)
-        binding = self.session.io_binding()
-        for name, x in zip(self.input_names, inputs):
-            binding.bind_ortvalue_input(name, self._to_ortvalue(to_numpy(x)))
-        for name in self.output_names:
-            binding.bind_output(name)
-        self.session.run_with_iobinding(binding)
-        outs = [self._from_ortvalue(v) for v in binding.get_outputs()]
+        if self._plain_io:
+            outs = self.session.run(self.output_names, {n: to_numpy(x) for n, x in zip(self.input_names, inputs)})
+        else:
+            # bf16, which numpy lacks, goes in and out as OrtValues
+            binding = self.session.io_binding()
+            for name, x in zip(self.input_names, inputs):
+                binding.bind_ortvalue_input(name, self._to_ortvalue(to_numpy(x)))
+            for name in self.output_names:
+                binding.bind_output(name)
+            self.session.run_with_iobinding(binding)
+            outs = [self._from_ortvalue(v) for v in binding.get_outputs()]
         if as_torch:
             import torch
             return [_torch_from_numpy(torch, o) for o in outs]
