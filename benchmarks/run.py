@@ -180,10 +180,10 @@ def _accelir(backend: str) -> Callable[[Any, tuple, Context], Built]:
         notes = ", ".join(f"{k} {v:.2f} s" for k, v in cm.report.stages.items())
         if backend == "onnxruntime":
             # optimize() builds its session with onnxruntime's default thread count; time the same
-            # optimised graph on a session with the benchmark's fixed threads, like the exporters' sessions
+            # optimised graph on a session built the same way with the benchmark's fixed thread count
             from accelir.interpreter import to_numpy
-            from accelir.lowering.onnx import OnnxRuntimeModule, to_onnx
-            runner = OnnxRuntimeModule(to_onnx(cm.graph), session_options=_session_options(ctx.threads))
+            from accelir.lowering.onnx import OnnxRuntimeModule
+            runner = OnnxRuntimeModule(cm.graph, threads=ctx.threads)
             flat = [to_numpy(x) for x in cm.graph.meta["signature"].flatten(*inputs)]
             return Built(lambda: runner(*flat), notes, seconds, mem.added)
 
