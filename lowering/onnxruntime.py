@@ -34,6 +34,7 @@ from .onnx import EXTERNAL_DATA_THRESHOLD, save_onnx, to_onnx, to_onnx_external
 __all__ = ["OnnxRuntimeModule", "PROVIDERS"]
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+_CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 _NP_OF_ONNX = {onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.BFLOAT16: _BF16,
@@ -102,16 +103,20 @@ class OnnxRuntimeModule:
 
     def _open(self, model, options, providers):
         ort = self._ort
+        # ORT's CPU SkipLayerNormalization kernels are several times slower than the Add + norm
+        # they would replace (see lowering.onnx)
+        disabled = _CPU_DISABLED_OPTIMIZERS if self.device == "cpu" else None
         if not isinstance(model, onnx.ModelProto):
-            return ort.InferenceSession(os.fspath(model), options, providers=providers)
+            return ort.InferenceSession(os.fspath(model), options, providers=providers, disabled_optimizers=disabled)
         size = sum(_embedded_bytes(t) for t in model.graph.initializer)
         if size < EXTERNAL_DATA_THRESHOLD:
-            return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+            return ort.InferenceSession(model.SerializeToString(), options, providers=providers,
+                                        disabled_optimizers=disabled)
         # over protobuf's 2 GB limit: go through a file with external data
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.onnx")
             save_onnx(model, path, external_data=True)
-            return ort.InferenceSession(path, options, providers=providers)
+            return ort.InferenceSession(path, options, providers=providers, disabled_optimizers=disabled)
 
     @staticmethod
     def _elem_type(arg) -> np.dtype:

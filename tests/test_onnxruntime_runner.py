@@ -129,8 +129,6 @@ F32 = DType.f32
 
 
 @pytest.mark.parametrize("op,types,attrs,fused", [
-    ("skip_layer_norm", [(2, 3, 8), (2, 3, 8), (8,), (8,)], {}, "SkipLayerNormalization"),
-    ("skip_rms_norm", [(2, 3, 8), (2, 3, 8), (8,)], {}, "SkipSimplifiedLayerNormalization"),
     ("linear", [(2, 3, 4), (4, 5), (5,)], {"activation": "gelu"}, "Gelu"),
     ("linear", [(2, 3, 4), (4, 5), (5,)], {"activation": "gelu_tanh"}, "FastGelu"),
     ("fused_conv", [(1, 2, 5, 5), (4, 2, 3, 3), (4,)], {"activation": "relu"}, "FusedConv"),
@@ -148,6 +146,22 @@ def test_onnxruntime_target_uses_fused_kernels(op, types, attrs, fused):
     for m in (ort_model, std_model):
         for a, b in zip(OnnxRuntimeModule(m)(*xs), want):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op,types,norm", [
+    ("skip_layer_norm", [(2, 3, 8), (2, 3, 8), (8,), (8,)], "LayerNormalization"),
+    ("skip_rms_norm", [(2, 3, 8), (2, 3, 8), (8,)], "SimplifiedLayerNormalization"),
+])
+def test_skip_norms_stay_add_and_norm_on_the_cpu(op, types, norm, tmp_path):
+    import onnxruntime
+    g = _one_node(op, [TensorType(F32, s) for s in types])
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    runner = OnnxRuntimeModule(to_onnx(g), session_options=options)
+    assert [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node] == ["Add", norm]
+    xs = [np.random.default_rng(0).normal(size=s).astype(np.float32) for s in types]
+    for a, b in zip(runner(*xs), accelir.interpret(g, *xs)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_standard_ops_at_the_default_opset():
@@ -445,8 +459,8 @@ def test_onnxruntime_runs_the_default_opset_kernels_without_inlining(tmp_path):
     assert [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node] == ["Attention"]
 
 
-@pytest.mark.parametrize("name,fused", [("gpt2", {"MultiHeadAttention", "Gemm", "SkipLayerNormalization"}),
-                                        ("bert", {"MultiHeadAttention", "Gemm", "SkipLayerNormalization"}),
+@pytest.mark.parametrize("name,fused", [("gpt2", {"MultiHeadAttention", "Gemm", "LayerNormalization"}),
+                                        ("bert", {"MultiHeadAttention", "Gemm", "LayerNormalization"}),
                                         ("cnn", {"FusedConv"})])
 def test_optimized_model_matches_eager_on_fused_kernels(name, fused):
     model, (args, kwargs) = MODELS[name]()
