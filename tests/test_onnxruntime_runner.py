@@ -473,3 +473,19 @@ def test_optimized_model_matches_eager_on_fused_kernels(name, fused):
     for got, w in zip(_leaves(cm(*args, **kwargs)), _leaves(want)):
         err = float((got.double() - w.double()).abs().max() / w.double().abs().max().clamp_min(1e-30))
         assert err <= 1e-4, f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert"])
+def test_optimized_model_with_dynamic_batch_and_sequence(name):
+    model, (args, kwargs) = MODELS[name]()
+    model.eval()
+    batch, seq = Dim("batch"), Dim("seq", max=64)
+    dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    cm = accelir.optimize(model, args, example_kwargs=kwargs, dynamic_shapes=dynamic, backend="onnxruntime")
+    assert "MultiHeadAttention" in {n.op_type for n in to_onnx(cm.graph).graph.node}
+    run_args, run_kwargs = _text_inputs(100, batch=3, seq=5)
+    with torch.no_grad():
+        want = model(*run_args, **run_kwargs)
+    for got, w in zip(_leaves(cm(*run_args, **run_kwargs)), _leaves(want)):
+        err = float((got.double() - w.double()).abs().max() / w.double().abs().max().clamp_min(1e-30))
+        assert err <= 1e-4, f"relative error {err:.2e}"
