@@ -343,3 +343,13 @@ def test_diff_with_prepend_and_bool():
     g = capture_torch(M(), (x, b))
     for got, want in zip(run_graph(g, [x.numpy(), b.numpy()]), M()(x, b)):
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-6)
+
+
+def test_export_failure_is_one_clear_error():
+    from transformers import GPT2Config, GPT2Model
+
+    from accelir import AccelirError
+    model = GPT2Model(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, bos_token_id=0,
+                                 eos_token_id=0)).eval()
+    with pytest.raises(AccelirError, match=r"torch.export could not capture GPT2Model .*use_cache=False"):
+        capture_torch(model, (torch.randint(0, 64, (1, 8)),))

@@ -28,7 +28,7 @@ import torch.fx
 import torch.utils._pytree as pytree
 
 from .. import dims as D
-from ..errors import UnsupportedOpError, VerificationError
+from ..errors import AccelirError, UnsupportedOpError, VerificationError
 from ..interpreter import to_numpy
 from ..ir import Builder, DType, Graph, TensorType, Value
 
@@ -556,18 +556,31 @@ def _reorder_kwargs(kwargs: dict, in_spec: pytree.TreeSpec) -> dict:
     return ordered
 
 
+def _export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: Any,
+            strict: bool | None) -> Any:
+    """torch.export, non-strict first then strict; a failure of both becomes one clear AccelirError."""
+    errors: list[tuple[str, Exception]] = []
+    for mode in ((False, True) if strict is None else (strict,)):
+        try:
+            return torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes, strict=mode)
+        except Exception as e:  # torch raises many unrelated types here
+            errors.append(("strict" if mode else "non-strict", e))
+    text = " ".join(f"{type(e).__name__} {e}" for _, e in errors)
+    hint = "Rewrite the failing code path, or try method='fx'."
+    if "Cache" in text:
+        hint = ("transformers models that return a key/value cache need use_cache=False "
+                "(in the config or as a call argument). " + hint)
+    tried = "; ".join(f"{mode}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                      for mode, e in errors)
+    raise AccelirError(f"torch.export could not capture {type(model).__name__} ({tried}). {hint}") from errors[-1][1]
+
+
 def _capture_export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: Any,
                     strict: bool | None) -> Graph:
     from torch.export.graph_signature import InputKind, OutputKind, TensorArgument
     from .torch_aten import RULES, resolve_aten
 
-    if strict is None:
-        try:
-            ep = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes, strict=False)
-        except Exception:
-            ep = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes, strict=True)
-    else:
-        ep = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes, strict=strict)
+    ep = _export(model, args, kwargs, dynamic_shapes, strict)
     sig = ep.graph_signature
     mutated = [s for s in sig.output_specs if s.kind not in (OutputKind.USER_OUTPUT,)]
     if mutated:
