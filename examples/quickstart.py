@@ -20,7 +20,7 @@ from transformers import GPT2Config, GPT2Model
 import accelir
 from accelir.timing import time_interleaved
 
-__all__ = ["build_model", "main"]
+__all__ = ["build_model", "gpt2", "main"]
 
 
 def build_model(full: bool) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -30,13 +30,20 @@ def build_model(full: bool) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor
         config = GPT2Config()
         seq = 128
     else:
-        config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, n_positions=128)
+        config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, n_positions=128, bos_token_id=0,
+                            eos_token_id=0)
         seq = 16
     # One forward pass over a whole sequence: no KV cache to return.
     config.use_cache = False
     model = GPT2Model(config).eval()
     ids = torch.randint(0, config.vocab_size, (1, seq))
     return model, ids, torch.ones_like(ids)
+
+
+def gpt2() -> tuple[torch.nn.Module, tuple[torch.Tensor]]:
+    """Factory for the command line: ``accelir optimize examples/quickstart.py:gpt2 -o gpt2.onnx``."""
+    model, ids, _ = build_model(os.environ.get("ACCELIR_FULL") == "1")
+    return model, (ids,)
 
 
 def main(argv: list[str] | None = None) -> int:
