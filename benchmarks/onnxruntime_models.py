@@ -1,0 +1,285 @@
+"""accelir -> ONNX Runtime (CPU) against torch.onnx.export + ONNX Runtime, side by side.
+
+    python -m benchmarks.onnxruntime_models [--models gpt2,bert,vit,resnet50] [--threads 2] [--repeats 30]
+        [--level 2] [--quick] [--tracemalloc] [--profile DIR]
+
+For each model of ``benchmarks/models.py`` (transformers GPT-2 small, BERT-base,
+ViT-base, ResNet-50 from their configs with random weights, batch 1) it builds
+
+- ``accelir``: ``accelir.optimize(model, inputs, backend="onnxruntime", level=...)``,
+- ``torchscript``: ``torch.onnx.export(dynamo=False)`` + an ONNX Runtime session,
+- ``dynamo``: ``torch.onnx.export(dynamo=True)`` + an ONNX Runtime session,
+
+every session with ORT_ENABLE_ALL and the same intra-op thread count, checks each
+one's first output against eager torch (error relative to the output's peak), then
+times them in interleaved rounds (A B C A B C ...) and prints the median latency
+(min-max, and the spread of the middle half as a measure of noise) and the ratio of
+accelir to the best exporter.  It also reports the build times (``optimize()`` =
+capture + passes + lowering + session build, against each export + session build)
+and the resident memory ``optimize()`` added at its peak in a fresh process, as a
+multiple of the model's weight bytes (``--tracemalloc`` adds Python's traced peak,
+which slows the capture down).  ``--profile DIR`` writes ONNX Runtime profiles of the sessions and
+prints where each spends its time, by op type.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import gc
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["main", "run_model", "profile_by_op", "optimize_memory"]
+
+SYSTEMS = ("accelir", "torchscript", "dynamo")
+
+
+@dataclass
+class Result:
+    """One system on one model: its callable, build time, error vs eager, latencies (seconds)."""
+
+    call: Callable[[], Any]
+    session: Any
+    profiled_session: Callable[[str], Any]  # profile file prefix -> a session like the timed one, profiling
+    build_s: float
+    rel_error: float = float("nan")
+    runs: list[float] = field(default_factory=list)
+    notes: str = ""
+
+
+def session_options(threads: int, profile_prefix: str | None = None) -> Any:
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return so
+
+
+def _session(model: bytes | str, threads: int, profile_prefix: str | None = None) -> Any:
+    import onnxruntime as ort
+    return ort.InferenceSession(model, session_options(threads, profile_prefix), providers=["CPUExecutionProvider"])
+
+
+def _first_array(out: Any) -> np.ndarray:
+    from accelir.cli import flat_arrays
+    return flat_arrays(out)[0]
+
+
+def _rel_error(got: np.ndarray, want: np.ndarray) -> float:
+    if got.shape != want.shape:
+        return float("inf")
+    return float(np.abs(got.astype(np.float64) - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+def optimize_memory(name: str, quick: bool, level: int, traced: bool) -> dict[str, Any]:
+    """In a fresh process (so no earlier work has warmed the heap or loaded the libraries): build the
+    model, then measure the resident memory ``optimize()`` adds at its peak (and, with ``traced``,
+    Python's traced peak of a second run)."""
+    import accelir
+    from benchmarks.models import MODELS
+    from benchmarks.run import PeakMemory
+
+    model, inputs = MODELS[name].build(quick)
+    with PeakMemory() as mem:
+        accelir.optimize(model, inputs, backend="onnxruntime", level=level)
+    out: dict[str, Any] = {"rss_added": mem.added}
+    if traced:
+        gc.collect()
+        tracemalloc.start()
+        accelir.optimize(model, inputs, backend="onnxruntime", level=level)
+        out["traced_peak"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return out
+
+
+def _build_accelir(model: Any, inputs: tuple, threads: int, level: int) -> Result:
+    import accelir
+    from accelir.interpreter import to_numpy
+    from accelir.lowering.onnx import OnnxRuntimeModule, to_onnx
+
+    t0 = time.perf_counter()
+    cm = accelir.optimize(model, inputs, backend="onnxruntime", level=level)
+    build = time.perf_counter() - t0
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in cm.report.stages.items())
+    # optimize() opens its session with ONNX Runtime's default thread count: time the same graph
+    # through the same runner with the benchmark's thread count
+    runner = OnnxRuntimeModule(cm.graph, threads=threads)
+    flat = [to_numpy(x) for x in cm.graph.meta["signature"].flatten(*inputs)]
+
+    def profiled(prefix: str) -> Any:
+        return OnnxRuntimeModule(cm.graph, session_options=session_options(threads, prefix)).session
+    return Result(lambda: runner(*flat), runner.session, profiled, build,
+                  notes=f"{stages}; {cm.report.nodes_before}->{cm.report.nodes_after} IR nodes, "
+                        f"{len(to_onnx(cm.graph).graph.node)} ONNX nodes")
+
+
+def _build_export(model: Any, inputs: tuple, threads: int, dynamo: bool, tmp: str) -> Result:
+    import torch
+    path = os.path.join(tmp, f"{'dynamo' if dynamo else 'torchscript'}.onnx")
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        torch.onnx.export(model, inputs, path, dynamo=dynamo)
+    session = _session(path, threads)
+    build = time.perf_counter() - t0
+    names = [i.name for i in session.get_inputs()]
+    feed = {n: x.numpy() for n, x in zip(names, inputs)}
+    return Result(lambda: session.run(None, feed), session, lambda prefix: _session(path, threads, prefix), build)
+
+
+def profile_by_op(session: Any, feeds: dict[str, np.ndarray], runs: int) -> tuple[float, list[tuple[str, float, int]]]:
+    """Run a profiling ``session`` ``runs`` times; return the sum of the nodes' median kernel times (ms)
+    and, per op type, that sum and the node count, largest first.  Medians per node keep a run that
+    another process preempted from counting."""
+    for _ in range(runs + 3):
+        session.run(None, feeds)
+    with open(session.end_profiling(), encoding="utf-8") as f:
+        events = json.load(f)
+    per_node: dict[str, list[float]] = collections.defaultdict(list)
+    op_of: dict[str, str] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_node[e["name"]].append(e["dur"])
+            op_of[e["name"]] = e["args"].get("op_name", "?")
+    per_op: dict[str, float] = collections.defaultdict(float)
+    count: dict[str, int] = collections.defaultdict(int)
+    for name, durs in per_node.items():
+        per_op[op_of[name]] += statistics.median(durs[3:] or durs) / 1e3
+        count[op_of[name]] += 1
+    rows = sorted(((op, t, count[op]) for op, t in per_op.items()), key=lambda r: -r[1])
+    return sum(per_op.values()), rows
+
+
+def run_model(name: str, *, quick: bool, threads: int, level: int, warmup: int, repeats: int, traced: bool,
+              profile_dir: str | None, log: Callable[[str], None]) -> dict[str, Any]:
+    import torch
+    from accelir.timing import time_interleaved
+    from benchmarks.models import MODELS
+
+    spec = MODELS[name]
+    model, inputs = spec.build(quick)
+    weight_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    with torch.no_grad():
+        want = _first_array(model(*inputs)).astype(np.float64)
+    log(f"{name}: peak memory of optimize() in a fresh process")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        memory = pool.submit(optimize_memory, name, quick, level, traced).result()
+    results: dict[str, Result] = {}
+    with tempfile.TemporaryDirectory(prefix="accelir-ort-bench-") as tmp:
+        for system in SYSTEMS:
+            log(f"{name}: building {system}")
+            if system == "accelir":
+                r = _build_accelir(model, inputs, threads, level)
+            else:
+                r = _build_export(model, inputs, threads, system == "dynamo", tmp)
+            r.rel_error = _rel_error(_first_array(r.call()), want)
+            results[system] = r
+            gc.collect()
+        log(f"{name}: timing, {repeats} interleaved rounds")
+        timings = time_interleaved({s: r.call for s, r in results.items()}, warmup=warmup, repeats=repeats)
+        for s, t in timings.items():
+            results[s].runs = list(t.runs)
+        profiles = {}
+        if profile_dir:
+            os.makedirs(profile_dir, exist_ok=True)
+            for s, r in results.items():
+                feeds = {i.name: a for i, a in zip(r.session.get_inputs(), _feeds(r, inputs))}
+                profiles[s] = profile_by_op(r.profiled_session(os.path.join(profile_dir, f"{name}-{s}")), feeds,
+                                            max(5, repeats // 3))
+    return {"model": name, "description": spec.description, "weight_bytes": weight_bytes, "memory": memory,
+            "results": results, "profiles": profiles}
+
+
+def _feeds(r: Result, inputs: tuple) -> list[np.ndarray]:
+    from accelir.interpreter import to_numpy
+    return [to_numpy(x) for x in inputs][:len(r.session.get_inputs())]
+
+
+def _quartiles(runs: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(runs, n=4) if len(runs) >= 2 else [runs[0]] * 3
+    return q[0], q[2]
+
+
+def report(rows: list[dict[str, Any]], threads: int) -> str:
+    lines = [f"batch 1, ONNX Runtime CPU, ORT_ENABLE_ALL, {threads} intra-op threads for every session; "
+             f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
+             "", "| model | system | median ms (min-max) | IQR/median | rel err vs eager | build s | notes |",
+             "|---|---|---|---|---|---|---|"]
+    summary = ["", "| model | accelir / best export | optimize() / (dynamo export + session) | "
+               "optimize() peak RSS added / weights |", "|---|---|---|---|"]
+    for row in rows:
+        res: dict[str, Result] = row["results"]
+        for s, r in res.items():
+            med = statistics.median(r.runs)
+            q1, q3 = _quartiles(r.runs)
+            lines.append(f"| {row['model']} | {s} | {med * 1e3:.2f} ({min(r.runs) * 1e3:.2f}-{max(r.runs) * 1e3:.2f}) "
+                         f"| {(q3 - q1) / med:.2f} | {r.rel_error:.1e} | {r.build_s:.1f} | {r.notes} |")
+        best = min(statistics.median(res[s].runs) for s in ("torchscript", "dynamo"))
+        ratio = statistics.median(res["accelir"].runs) / best
+        mem = row["memory"]
+        rss = mem.get("rss_added")
+        mem_text = f"{rss / row['weight_bytes']:.2f}x" if rss is not None else "n/a"
+        if "traced_peak" in mem:
+            mem_text += f" (traced {mem['traced_peak'] / row['weight_bytes']:.2f}x)"
+        summary.append(f"| {row['model']} | {ratio:.3f} | {res['accelir'].build_s / res['dynamo'].build_s:.2f} "
+                       f"| {mem_text} of {row['weight_bytes'] / 2 ** 20:.0f} MiB |")
+        for s, (total, ops) in row["profiles"].items():
+            summary.append(f"\nprofile {row['model']} / {s}: {total:.2f} ms of node medians; by op type (ms, nodes): "
+                           + ", ".join(f"{op} {t:.2f} ({n})" for op, t, n in ops[:12]))
+    return "\n".join(lines + summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.models import MODELS
+    torch_models = [n for n, m in MODELS.items() if m.framework == "torch"]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(torch_models), help="comma-separated, from: " +
+                    ", ".join(torch_models))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="intra-op threads of every session (default 1: on a shared machine more threads measure "
+                    "the other load more than the model)")
+    ap.add_argument("--level", type=int, default=2, help="accelir optimisation level (0: capture + lowering only)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=30, help="interleaved rounds")
+    ap.add_argument("--quick", action="store_true", help="miniature models (a smoke test, not a measurement)")
+    ap.add_argument("--tracemalloc", action="store_true", help="also run optimize() under tracemalloc")
+    ap.add_argument("--profile", default=None, metavar="DIR", help="write ONNX Runtime profiles here")
+    args = ap.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in torch_models]
+    if unknown:
+        ap.error(f"unknown model: {', '.join(unknown)}")
+    import torch
+    torch.set_num_threads(args.threads)
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    rows = []
+    for name in models:
+        rows.append(run_model(name, quick=args.quick, threads=args.threads, level=args.level, warmup=args.warmup,
+                              repeats=args.repeats, traced=args.tracemalloc, profile_dir=args.profile, log=log))
+        gc.collect()
+    print(report(rows, args.threads))
+    return 0
+
+
+if __name__ == "__main__":
+    if not __package__:  # run as a script: make the repo root importable, as ``-m`` does
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.exit(main())
