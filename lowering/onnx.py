@@ -45,7 +45,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from accelir import dims as D
 from accelir.errors import LoweringError

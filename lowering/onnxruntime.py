@@ -99,7 +99,8 @@ class OnnxRuntimeModule:
         self._output_shapes = [o.shape for o in self.session.get_outputs()]
         self._input_shapes = [i.shape for i in self.session.get_inputs()]
         self._output_types = [self._elem_type(t) for t in self.session.get_outputs()]
-        self._plain_io = all(a.type != "tensor(bfloat16)" for a in self.session.get_inputs() + self.session.get_outputs())
+        io = self.session.get_inputs() + self.session.get_outputs()
+        self._plain_io = all(a.type != "tensor(bfloat16)" for a in io)
 
     def _open(self, model, options, providers):
         ort = self._ort
