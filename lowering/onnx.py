@@ -1382,8 +1382,8 @@ def _lower_batch_norm(ctx, node, xs):
                         lambda v: ctx.op("BatchNormalization", *v, epsilon=node.attrs["epsilon"]))]
 
 
-def _split_heads(ctx: LoweringContext, v: Value) -> tuple[OnnxValue, int] | None:
-    """``(x, N)`` where ``v = transpose(reshape(x, [B, S, N, H]), (0, 2, 1, 3))`` splits the lowered
+def _split_heads(v: Value) -> tuple[Value, int] | None:
+    """``(x, N)`` where ``v = transpose(reshape(x, [B, S, N, H]), (0, 2, 1, 3))`` splits the
     [B, S, N * H] value ``x`` into heads; else None."""
     t = v.producer
     if t is None or t.op != "transpose" or tuple(t.attrs["perm"]) != (0, 2, 1, 3):
@@ -1396,8 +1396,28 @@ def _split_heads(ctx: LoweringContext, v: Value) -> tuple[OnnxValue, int] | None
     if x.rank != 3 or tuple(x.shape[:2]) != (b, s) or type(n) is not int or type(h) is not int \
             or x.shape[2] != n * h:
         return None
-    lowered = ctx.value_of(x)
-    return None if lowered is None else (lowered, n)
+    return x, n
+
+
+def _qkv_projection(parts: Sequence[Value]) -> Node | None:
+    """The ``linear`` whose output q, k and v are consecutive equal slices of along the last axis, in
+    that order (a packed QKV projection, as GPT-2's c_attn); else None."""
+    slices = [v.producer for v in parts]
+    if any(p is None or p.op != "slice" for p in slices) or len({id(p.inputs[0]) for p in slices}) != 1:
+        return None
+    lin = slices[0].inputs[0].producer
+    if lin is None or lin.op != "linear" or lin.attrs["activation"] != "none" or lin.inputs[0].rank != 3:
+        return None
+    d = parts[0].shape[2]
+    for i, p in enumerate(slices):
+        a = p.attrs
+        if [ax % 3 for ax in a["axes"]] != [2] or tuple(a["steps"] or (1,)) != (1,) or \
+                tuple(a["starts"]) != (i * d,) or tuple(a["stops"]) != ((i + 1) * d,):
+            return None
+    w = lin.inputs[1].type
+    if w.shape[1] != 3 * d or (len(lin.inputs) == 3 and lin.inputs[2].type.shape != (3 * d,)):
+        return None
+    return lin
 
 
 def _attention_bias(ctx: LoweringContext, m_t: TensorType, m: OnnxValue, shape: Sequence[D.Dim]) -> OnnxValue:
@@ -1416,32 +1436,45 @@ def _attention_bias(ctx: LoweringContext, m_t: TensorType, m: OnnxValue, shape: 
 
 
 def _multi_head_attention(ctx: LoweringContext, node: Node, xs: list[OnnxValue]) -> OnnxValue | None:
-    """ONNX Runtime's MultiHeadAttention over the [B, S, N * H] values that q, k and v were split into
-    heads from (the split, the scale, the mask and causal masking all happen inside the kernel),
-    its [B, S, N * Hv] result brought back to the IR's [B, N, S, Hv]; None where it does not fit."""
+    """ONNX Runtime's fused attention over the [B, S, N * H] values that q, k and v were split into
+    heads from (the split, the scale, the mask and causal masking all happen inside the kernel), its
+    [B, S, N * Hv] result brought back to the IR's [B, N, S, Hv]; None where it does not fit.
+
+    Where q, k and v are slices of one packed projection, ``Attention`` computes that projection too
+    (one kernel for the Gemm, the split and the attention); else ``MultiHeadAttention``."""
     q_t, k_t, v_t = (x.type for x in node.inputs[:3])
     if ctx.target != "onnxruntime" or q_t.rank != 4 or \
             q_t.dtype not in supported_dtypes("MultiHeadAttention", MS_DOMAIN, ctx.opset):
         return None
     if not tuple(q_t.shape[:2]) == tuple(k_t.shape[:2]) == tuple(v_t.shape[:2]) or k_t.shape[2] != v_t.shape[2]:
         return None
-    split = [_split_heads(ctx, v) for v in node.inputs[:3]]
+    split = [_split_heads(v) for v in node.inputs[:3]]
     if any(p is None for p in split) or len({p[1] for p in split}) != 1:
         return None
-    (q, n), (k, _), (v, _) = split
-    out_shape = node.outputs[0].shape  # [B, N, S, Hv]
+    n = split[0][1]
     s, t = q_t.shape[2], k_t.shape[2]
     causal = node.attrs["causal"]
     if causal and s != t:
-        return None  # MultiHeadAttention's causal mask is aligned bottom-right, the IR's top-left
+        return None  # ORT's causal mask is aligned bottom-right, the IR's top-left
     bias = None
     if len(xs) == 4:
         bias = _attention_bias(ctx, node.inputs[3].type, xs[3], (q_t.shape[0], n, s, t))
     scale = node.attrs["scale"]
-    y = ctx.op("MultiHeadAttention", q, k, v, None, None, bias, domain=MS_DOMAIN, num_heads=n,
-               scale=float(scale if scale is not None else 1.0 / np.sqrt(q_t.shape[3])),
-               unidirectional=1 if causal else None)
-    y = ctx.op("Reshape", y, ctx.ints([0, 0, n, out_shape[3]]))
+    scale = float(scale if scale is not None else 1.0 / np.sqrt(q_t.shape[3]))
+    lin = _qkv_projection([p[0] for p in split])
+    if lin is not None and q_t.dtype in supported_dtypes("Attention", MS_DOMAIN, ctx.opset):
+        op_type, operands = "Attention", list(lin.inputs)
+    else:
+        op_type, operands = "MultiHeadAttention", [p[0] for p in split]
+    lowered = [ctx.value_of(v) for v in operands]
+    if any(v is None for v in lowered):
+        return None
+    if op_type == "Attention":  # input, weights, bias, mask_index, past, attention_bias
+        ins = lowered[:2] + [lowered[2] if len(lowered) == 3 else None, None, None, bias]
+    else:  # query, key, value, bias, key_padding_mask, attention_bias
+        ins = lowered + [None, None, bias]
+    y = ctx.op(op_type, *ins, domain=MS_DOMAIN, num_heads=n, scale=scale, unidirectional=1 if causal else None)
+    y = ctx.op("Reshape", y, ctx.ints([0, 0, n, node.outputs[0].shape[3]]))
     return ctx.op("Transpose", y, perm=[0, 2, 1, 3])
 
 
