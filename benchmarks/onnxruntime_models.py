@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["main", "run_model", "profile_by_op", "optimize_memory"]
+__all__ = ["main", "run_model", "profile_by_op", "build_memory"]
 
 SYSTEMS = ("accelir", "torchscript", "dynamo")
 
@@ -87,15 +87,20 @@ def _rel_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got.astype(np.float64) - want).max() / max(np.abs(want).max(), 1e-30))
 
 
-def optimize_memory(name: str, quick: bool, level: int, traced: bool) -> dict[str, Any]:
+def build_memory(name: str, quick: bool, level: int, traced: bool, system: str) -> dict[str, Any]:
     """In a fresh process (so no earlier work has warmed the heap or loaded the libraries): build the
-    model, then measure the resident memory ``optimize()`` adds at its peak (and, with ``traced``,
-    Python's traced peak of a second run)."""
+    model, then measure the resident memory that building ``system`` adds at its peak: for accelir
+    ``optimize()`` (and, with ``traced``, Python's traced peak of a second run), for an exporter the
+    export and its session."""
     import accelir
     from benchmarks.models import MODELS
     from benchmarks.run import PeakMemory
 
     model, inputs = MODELS[name].build(quick)
+    if system != "accelir":
+        with tempfile.TemporaryDirectory(prefix="accelir-ort-bench-") as tmp, PeakMemory() as mem:
+            _build_export(model, inputs, 1, system == "dynamo", tmp)
+        return {"rss_added": mem.added}
     with PeakMemory() as mem:
         accelir.optimize(model, inputs, backend="onnxruntime", level=level)
     out: dict[str, Any] = {"rss_added": mem.added}
@@ -176,9 +181,11 @@ def run_model(name: str, *, quick: bool, threads: int, level: int, warmup: int, 
     weight_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
     with torch.no_grad():
         want = _first_array(model(*inputs)).astype(np.float64)
-    log(f"{name}: peak memory of optimize() in a fresh process")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        memory = pool.submit(optimize_memory, name, quick, level, traced).result()
+    memory: dict[str, dict[str, Any]] = {}
+    for system in SYSTEMS:
+        log(f"{name}: peak memory of building {system} in a fresh process")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            memory[system] = pool.submit(build_memory, name, quick, level, traced, system).result()
     results: dict[str, Result] = {}
     with tempfile.TemporaryDirectory(prefix="accelir-ort-bench-") as tmp:
         for system in SYSTEMS:
@@ -221,7 +228,7 @@ def report(rows: list[dict[str, Any]], threads: int) -> str:
              "", "| model | system | median ms (min-max) | IQR/median | rel err vs eager | build s | notes |",
              "|---|---|---|---|---|---|---|"]
     summary = ["", "| model | accelir / best export | optimize() / (dynamo export + session) | "
-               "optimize() peak RSS added / weights |", "|---|---|---|---|"]
+               "peak RSS added / weights: optimize(), torchscript, dynamo (export + session) |", "|---|---|---|---|"]
     for row in rows:
         res: dict[str, Result] = row["results"]
         for s, r in res.items():
@@ -231,11 +238,13 @@ def report(rows: list[dict[str, Any]], threads: int) -> str:
                          f"| {(q3 - q1) / med:.2f} | {r.rel_error:.1e} | {r.build_s:.1f} | {r.notes} |")
         best = min(statistics.median(res[s].runs) for s in ("torchscript", "dynamo"))
         ratio = statistics.median(res["accelir"].runs) / best
-        mem = row["memory"]
-        rss = mem.get("rss_added")
-        mem_text = f"{rss / row['weight_bytes']:.2f}x" if rss is not None else "n/a"
-        if "traced_peak" in mem:
-            mem_text += f" (traced {mem['traced_peak'] / row['weight_bytes']:.2f}x)"
+        texts = []
+        for s, mem in row["memory"].items():
+            rss = mem.get("rss_added")
+            texts.append(f"{rss / row['weight_bytes']:.2f}x" if rss is not None else "n/a")
+            if "traced_peak" in mem:
+                texts[-1] += f" (traced {mem['traced_peak'] / row['weight_bytes']:.2f}x)"
+        mem_text = ", ".join(texts)
         summary.append(f"| {row['model']} | {ratio:.3f} | {res['accelir'].build_s / res['dynamo'].build_s:.2f} "
                        f"| {mem_text} of {row['weight_bytes'] / 2 ** 20:.0f} MiB |")
         for s, (total, ops) in row["profiles"].items():

@@ -1456,9 +1456,6 @@ def _multi_head_attention(ctx: LoweringContext, node: Node, xs: list[OnnxValue])
     causal = node.attrs["causal"]
     if causal and s != t:
         return None  # ORT's causal mask is aligned bottom-right, the IR's top-left
-    bias = None
-    if len(xs) == 4:
-        bias = _attention_bias(ctx, node.inputs[3].type, xs[3], (q_t.shape[0], n, s, t))
     scale = node.attrs["scale"]
     scale = float(scale if scale is not None else 1.0 / np.sqrt(q_t.shape[3]))
     lin = _qkv_projection([p[0] for p in split])
@@ -1469,6 +1466,7 @@ def _multi_head_attention(ctx: LoweringContext, node: Node, xs: list[OnnxValue])
     lowered = [ctx.value_of(v) for v in operands]
     if any(v is None for v in lowered):
         return None
+    bias = _attention_bias(ctx, node.inputs[3].type, xs[3], (q_t.shape[0], n, s, t)) if len(xs) == 4 else None
     if op_type == "Attention":  # input, weights, bias, mask_index, past, attention_bias
         ins = lowered[:2] + [lowered[2] if len(lowered) == 3 else None, None, None, bias]
     else:  # query, key, value, bias, key_padding_mask, attention_bias
