@@ -11,6 +11,8 @@ numpy inputs, torch tensors for torch inputs.  On "cuda" it binds torch CUDA ten
 the session directly (IO binding), so inputs and outputs stay on the device.  A
 missing provider is a ``LoweringError`` that says how to install it, never a silent
 fall back to the CPU.  bf16 (which numpy lacks) goes in and out as ml_dtypes arrays.
+On the CPU the session runs without ORT's SkipLayerNormFusion, whose fused kernel is
+slower there than the Add + LayerNormalization it replaces.
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ class OnnxRuntimeModule:
             if threads:
                 session_options.intra_op_num_threads = threads
         elif threads:
-            raise LoweringError("give the thread count in session_options, or threads without session_options")
+            raise LoweringError("OnnxRuntimeModule takes threads or session_options, not both: set "
+                                "intra_op_num_threads in the session options")
         if isinstance(model, Graph):
             if own_options:
                 model, weights = to_onnx_external(model)
@@ -103,21 +106,21 @@ class OnnxRuntimeModule:
         self._plain_io = all(a.type != "tensor(bfloat16)" for a in io)
 
     def _open(self, model, options, providers):
-        ort = self._ort
         # ORT's CPU SkipLayerNormalization kernels are several times slower than the Add + norm
         # they would replace (see lowering.onnx)
         disabled = _CPU_DISABLED_OPTIMIZERS if self.device == "cpu" else None
+
+        def session(source):
+            return self._ort.InferenceSession(source, options, providers=providers, disabled_optimizers=disabled)
         if not isinstance(model, onnx.ModelProto):
-            return ort.InferenceSession(os.fspath(model), options, providers=providers, disabled_optimizers=disabled)
-        size = sum(_embedded_bytes(t) for t in model.graph.initializer)
-        if size < EXTERNAL_DATA_THRESHOLD:
-            return ort.InferenceSession(model.SerializeToString(), options, providers=providers,
-                                        disabled_optimizers=disabled)
+            return session(os.fspath(model))
+        if sum(_embedded_bytes(t) for t in model.graph.initializer) < EXTERNAL_DATA_THRESHOLD:
+            return session(model.SerializeToString())
         # over protobuf's 2 GB limit: go through a file with external data
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.onnx")
             save_onnx(model, path, external_data=True)
-            return ort.InferenceSession(path, options, providers=providers, disabled_optimizers=disabled)
+            return session(path)
 
     @staticmethod
     def _elem_type(arg) -> np.dtype:

@@ -473,6 +473,13 @@ def test_external_weights_stay_out_of_the_model():
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
+def test_threads_and_session_options_are_exclusive():
+    import onnxruntime
+    with pytest.raises(LoweringError, match="threads or session_options"):
+        OnnxRuntimeModule(_one_node("erf", [TensorType(F32, (2,))]), session_options=onnxruntime.SessionOptions(),
+                          threads=2)
+
+
 def test_unread_initializers_and_dead_nodes_are_dropped():
     g = _mha_graph(b=1, s=4, t=4, mask=TensorType(DType.bool, (1, 1, 4, 4)))
     m = to_onnx(g)
