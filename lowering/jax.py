@@ -18,7 +18,15 @@ attributes (a reshape target over ``batch``) follow the traced shapes.  f16 / bf
 computes in f32 and rounds once, like the reference interpreter.  Graphs with i64 /
 f64 values run inside ``jax.enable_x64``; the global setting is never changed.
 Large constants are passed to the compiled function as arguments instead of being
-baked into the module, so compiling a model with big weights stays fast.
+baked into the module, so compiling a model with big weights stays fast; convolution
+weights are the exception (below).
+
+Convolutions run channels-last, as XLA's CPU backend runs them best (the IR is
+channels-first): values may be held transposed (:class:`Permuted`), layout-aware rules
+work on them in that layout and ``transpose`` only relabels, so a conv chain has no
+transposes between its convs.  Convolution weights are held channels-last and baked
+into the module: XLA's CPU conv kernels pack constant weights once, at compile time,
+where weights passed as arguments are packed on every call.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ __all__ = [
     "to_jax",
     "JaxFunction",
     "JaxModule",
+    "Permuted",
     "stablehlo",
     "hlo",
     "export_jax",
@@ -62,6 +71,7 @@ Rule = Callable[..., Any]
 
 JAX_RULES: dict[str, Rule] = {}
 _UPCAST: set[str] = set()
+_LAYOUT_AWARE: set[str] = set()
 
 # Constants with more elements than this become arguments of the compiled function;
 # smaller ones are inlined so XLA can fold them.
@@ -83,18 +93,21 @@ _WIDE = (DType.i64, DType.f64)
 _HALF = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
 
 
-def register_lowering(op: str, *, upcast: bool = False) -> Callable[[Rule], Rule]:
+def register_lowering(op: str, *, upcast: bool = False, layout: bool = False) -> Callable[[Rule], Rule]:
     """Register ``rule(ctx, *arrays, **attrs)`` as the lowering of ``op``.
 
     ``upcast=True`` hands f16 / bf16 inputs to the rule as f32; the results are
-    rounded back to the node's dtypes once.
+    rounded back to the node's dtypes once.  ``layout=True`` hands the rule values held
+    transposed (:class:`Permuted`) as they are; other rules see every input in the
+    IR's own layout.  Any rule may return Permuted values.
     """
     def deco(rule: Rule) -> Rule:
         JAX_RULES[op] = rule
-        if upcast:
-            _UPCAST.add(op)
-        else:
-            _UPCAST.discard(op)
+        for flag, table in ((upcast, _UPCAST), (layout, _LAYOUT_AWARE)):
+            if flag:
+                table.add(op)
+            else:
+                table.discard(op)
         return rule
     return deco
 
@@ -102,6 +115,127 @@ def register_lowering(op: str, *, upcast: bool = False) -> Callable[[Rule], Rule
 def x64_scope(enabled: bool) -> contextlib.AbstractContextManager:
     """A context with 64-bit jax types when ``enabled``; the global config is untouched."""
     return jax.enable_x64(True) if enabled else contextlib.nullcontext()
+
+
+# ----- layouts -----------------------------------------------------------------------
+
+class Permuted:
+    """A value held transposed: ``data`` is ``jnp.transpose(value, perm)``.
+
+    The IR is channels-first, but XLA's CPU convolutions (and its fused conv chains) run
+    channels-last.  So convolutions take and give channels-last data, ``transpose`` only
+    relabels, and layout-aware rules (elementwise, pooling, reductions, batch norm,
+    concat, fusion bodies) work on the data in whatever layout it is held; other rules
+    see the value itself, made by one transpose.  A chain of convs then runs without
+    transposes between them.  ``shape`` / ``ndim`` / ``dtype`` are the value's own.
+    """
+
+    __slots__ = ("data", "perm")
+
+    def __init__(self, data: Any, perm: tuple[int, ...]):
+        self.data = data
+        self.perm = perm
+
+    @property
+    def dtype(self) -> Any:
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape[k] for k in _inverse(self.perm))
+
+
+def _inverse(perm: Sequence[int]) -> tuple[int, ...]:
+    out = [0] * len(perm)
+    for k, p in enumerate(perm):
+        out[p] = k
+    return tuple(out)
+
+
+def _held(data: Any, perm: tuple[int, ...]) -> Any:
+    """``data`` as held under ``perm`` (a plain array when perm is the identity)."""
+    return data if perm == tuple(range(len(perm))) else Permuted(data, perm)
+
+
+def _parts(a: Any) -> tuple[Any, tuple[int, ...]]:
+    return (a.data, a.perm) if isinstance(a, Permuted) else (a, tuple(range(a.ndim)))
+
+
+def _moved(data: Any, axes: Sequence[int]) -> Any:
+    """``jnp.transpose(data, axes)``; a plain reshape when only unit dims move."""
+    kept = [a for a in axes if not (type(data.shape[a]) is int and data.shape[a] == 1)]
+    if kept == sorted(kept):
+        return jnp.reshape(data, tuple(data.shape[a] for a in axes))
+    return jnp.transpose(data, axes)
+
+
+def _logical(a: Any) -> Any:
+    """The value itself, in the IR's layout."""
+    return _moved(a.data, _inverse(a.perm)) if isinstance(a, Permuted) else a
+
+
+def _in_layout(a: Any, perm: tuple[int, ...]) -> Any:
+    """The data of ``a`` held under ``perm``; a lower-rank operand is first given the leading
+    unit dims that broadcasting would give it."""
+    data, have = _parts(a)
+    if len(have) < len(perm):
+        data = jnp.reshape(data, (1,) * (len(perm) - len(have)) + tuple(data.shape))
+        have = tuple(range(len(perm)))
+    if have == perm:
+        return data
+    inv = _inverse(have)
+    return _moved(data, tuple(inv[p] for p in perm))
+
+
+def _with_data(a: Any, fn: Callable[[Any], Any]) -> Any:
+    data, perm = _parts(a)
+    return _held(fn(data), perm)
+
+
+def _physical(t: Sequence[Any], perm: Sequence[int]) -> tuple:
+    """A per-axis tuple of the value (window sizes, pads, limits) in the order of its data."""
+    return tuple(t[p] for p in perm)
+
+
+def _channels_last(rank: int) -> tuple[int, ...]:
+    return (0, *range(2, rank), 1)
+
+
+def _broadcasts(a: Any, ref: Any) -> bool:
+    """Whether ``a`` is broadcast against the same-or-higher-rank ``ref`` (a bias, a scale)."""
+    if a.ndim < ref.ndim:
+        return True
+    return any(type(d) is int and d == 1 and not (type(r) is int and r == 1) for d, r in zip(a.shape, ref.shape))
+
+
+def _common_layout(args: Sequence[Any]) -> tuple[int, ...] | None:
+    """The layout a pointwise op over ``args`` computes in: that of its transposed operands
+    when they agree and every other operand is broadcast against them (re-laying that out
+    costs little); else None, and the op computes in the IR's layout."""
+    held = [a for a in args if isinstance(a, Permuted)]
+    perms = {a.perm for a in held}
+    if len(perms) != 1:
+        return None
+    ref = max(held, key=lambda a: a.ndim)
+    if any(not isinstance(a, Permuted) and not _broadcasts(a, ref) for a in args):
+        return None
+    if any(a.ndim > ref.ndim for a in args):
+        return None
+    return ref.perm
+
+
+def _pointwise(rule: Rule) -> Rule:
+    """``rule`` of an op that treats every element alike, run in the common layout of its operands."""
+    def layout_rule(ctx: RuleContext, *args: Any, **attrs: Any) -> Any:
+        perm = _common_layout(args)
+        if perm is None:
+            return rule(ctx, *[_logical(a) for a in args], **attrs)
+        return _held(rule(ctx, *[_in_layout(a, perm) for a in args], **attrs), perm)
+    return layout_rule
 
 
 # ----- symbolic dims ------------------------------------------------------------------
@@ -197,10 +331,11 @@ class RuleContext:
     def out_types(self) -> tuple[TensorType, ...]:
         return tuple(o.type for o in self.node.outputs)
 
-    def region(self, index: int) -> Callable[..., list]:
-        """Region ``index`` as a function of jax arrays returning a list of arrays."""
+    def region(self, index: int, *, keep_layout: bool = False) -> Callable[..., list]:
+        """Region ``index`` as a function of jax arrays returning a list of arrays;
+        ``keep_layout`` lets its outputs come back as Permuted values."""
         graph = self.node.regions[index]
-        return functools.partial(self.lowering.run, graph, bindings=self.bindings)
+        return functools.partial(self.lowering.run, graph, bindings=self.bindings, keep_layout=keep_layout)
 
     def constant(self, name: str) -> Any:
         return self.lowering.constant(self.node.graph, name)
@@ -217,12 +352,12 @@ class _Lowering:
     prefixes: Mapping[int, str]
     params: Mapping[str, Any]
     small: Mapping[str, np.ndarray] = field(default_factory=dict)
+    layouts: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     def constant(self, graph: Graph, name: str) -> Any:
         key = _key(self.prefixes[id(graph)], name)
-        if key in self.params:
-            return self.params[key]
-        return jnp.asarray(self.small[key])
+        value = self.params[key] if key in self.params else jnp.asarray(self.small[key])
+        return Permuted(value, self.layouts[key]) if key in self.layouts else value
 
     def bind_inputs(self, graph: Graph, args: Sequence[Any], bindings: dict[str, Any]) -> None:
         if len(args) != len(graph.inputs):
@@ -256,7 +391,8 @@ class _Lowering:
                                         f"{e.args[0]!r}, which no input of the graph carries") from None
         return attrs
 
-    def run(self, graph: Graph, *args: Any, bindings: Mapping[str, Any] | None = None) -> list:
+    def run(self, graph: Graph, *args: Any, bindings: Mapping[str, Any] | None = None,
+            keep_layout: bool = False) -> list:
         b = dict(bindings or {})
         self.bind_inputs(graph, args, b)
         env: dict[int, Any] = {id(v): a for v, a in zip(graph.inputs, args)}
@@ -264,13 +400,17 @@ class _Lowering:
             outs = self.lower_node(node, [env[id(v)] for v in node.inputs], b)
             for v, o in zip(node.outputs, outs):
                 env[id(v)] = o
-        return [env[id(v)] for v in graph.outputs]
+        outs = [env[id(v)] for v in graph.outputs]
+        return outs if keep_layout else [_logical(o) for o in outs]
 
     def lower_node(self, node: Node, args: list, bindings: Mapping[str, Any]) -> list:
         rule = JAX_RULES[node.op]
         attrs = self.resolve_attrs(node, bindings)
+        if node.op not in _LAYOUT_AWARE:
+            args = [_logical(a) for a in args]
         if node.op in _UPCAST:
-            args = [a.astype(jnp.float32) if jnp.dtype(a.dtype) in _HALF else a for a in args]
+            args = [_with_data(a, lambda d: d.astype(jnp.float32)) if jnp.dtype(a.dtype) in _HALF else a
+                    for a in args]
         ctx = RuleContext(node, self, bindings)
         scope = str(node.meta.get("module") or node.op)
         try:
@@ -288,7 +428,7 @@ class _Lowering:
         for v, o in zip(node.outputs, outs):
             want = jnp.dtype(_JAX_DTYPES[v.dtype])
             if jnp.dtype(o.dtype) != want:
-                o = lax.convert_element_type(o, want)
+                o = _with_data(o, lambda d: lax.convert_element_type(d, want))
             static_mismatch = any(type(d) is int and type(n) is int and d != n for d, n in zip(v.shape, o.shape))
             if len(o.shape) != v.rank or static_mismatch:
                 raise LoweringError(f"the jax rule of {node.describe()} gave shape {tuple(o.shape)}, the node "
@@ -297,11 +437,34 @@ class _Lowering:
         return fixed
 
 
+_CONVS = ("conv", "fused_conv")
+
+
+def _weight_layouts(graphs: Sequence[Graph], prefixes: Mapping[int, str]) -> dict[str, tuple[int, ...]]:
+    """Constant keys whose every read is a convolution's weight, with the channels-last
+    permutation they are best held in (OIHW -> HWIO)."""
+    verdict: dict[str, bool] = {}
+    ranks: dict[str, int] = {}
+    for g in graphs:
+        for node in g.nodes:
+            if node.op != "constant":
+                continue
+            key = _key(prefixes[id(g)], node.attrs["name"])
+            out = node.outputs[0]
+            as_weight = bool(out.uses()) and all(user.op in _CONVS and i == 1 for user, i in out.uses())
+            verdict[key] = verdict.get(key, True) and as_weight
+            ranks[key] = out.rank
+    return {k: (*range(2, ranks[k]), 1, 0) for k, ok in verdict.items() if ok}
+
+
 class JaxFunction:
     """A graph as a jax function.  Call it on arrays in graph input order.
 
     ``apply(params, *inputs)`` is pure and traceable (jit it, export it); ``params``
     maps names to the large constants (``self.params`` holds them as numpy arrays).
+    Constants read only as convolution weights are held channels-last (kernel dims,
+    input channels, output channels; ``layouts`` maps their names to that permutation)
+    and inlined with the small constants, so no call transposes or repacks them.
     """
 
     def __init__(self, graph: Graph):
@@ -310,16 +473,20 @@ class JaxFunction:
         self.needs_x64 = _needs_x64(graph)
         graphs = _graphs(graph)
         self._prefixes = {id(g): str(i) for i, g in enumerate(graphs)}
+        self.layouts = _weight_layouts(graphs, self._prefixes)
         self.params: dict[str, np.ndarray] = {}
         self._small: dict[str, np.ndarray] = {}
         for g in graphs:
             for name, arr in g.constants.items():
                 key = _key(self._prefixes[id(g)], name)
-                (self.params if arr.size > PARAM_MIN_ELEMENTS else self._small)[key] = arr
+                if key in self.layouts:
+                    self._small[key] = np.transpose(arr, self.layouts[key])
+                else:
+                    (self.params if arr.size > PARAM_MIN_ELEMENTS else self._small)[key] = arr
         self._device_params: dict[Any, dict[str, Any]] = {}
 
     def apply(self, params: Mapping[str, Any], *inputs: Any) -> list:
-        return _Lowering(self._prefixes, params, self._small).run(self.graph, *inputs)
+        return _Lowering(self._prefixes, params, self._small, self.layouts).run(self.graph, *inputs)
 
     def embedded(self, *inputs: Any) -> list:
         """``apply`` with the constants baked in: a self-contained function for export."""
@@ -564,10 +731,11 @@ def _elementwise_rule(fn: Callable) -> Rule:
 
 
 for _name, _fn in _ELEMENTWISE.items():
-    register_lowering(_name, upcast=True)(_elementwise_rule(_fn))
+    register_lowering(_name, upcast=True, layout=True)(_pointwise(_elementwise_rule(_fn)))
 
 
-@register_lowering("cast")
+@register_lowering("cast", layout=True)
+@_pointwise
 def _cast(ctx, x, *, dtype):
     to = jnp.dtype(_JAX_DTYPES[dtype])
     if dtype is DType.bool:
@@ -593,12 +761,21 @@ _REDUCTIONS = {"reduce_sum": jnp.sum, "reduce_mean": jnp.mean, "reduce_max": jnp
 
 def _reduce_rule(fn: Callable) -> Rule:
     def rule(ctx, x, *, axes, keepdims):
-        return fn(x, axis=_axes(axes, x.ndim), keepdims=keepdims)
+        data, perm = _parts(x)
+        logical = _axes(axes, x.ndim)
+        inv = _inverse(perm)
+        y = fn(data, axis=tuple(sorted(inv[a] for a in logical)), keepdims=keepdims)
+        if keepdims:
+            return _held(y, perm)
+        # the kept axes stay in the order the data holds them
+        kept = [p for p in perm if p not in logical]
+        order = sorted(kept)
+        return _held(y, tuple(order.index(p) for p in kept))
     return rule
 
 
 for _name, _fn in _REDUCTIONS.items():
-    register_lowering(_name, upcast=True)(_reduce_rule(_fn))
+    register_lowering(_name, upcast=True, layout=True)(_reduce_rule(_fn))
 
 
 def _arg_rule(fn: Callable) -> Rule:
@@ -693,30 +870,37 @@ _ACTIVATIONS: dict[str, Callable] = {
 }
 
 
-def _conv(x, w, bias, attrs: Mapping[str, Any]):
+def _conv(x, w, bias, attrs: Mapping[str, Any]) -> Permuted:
+    """The conv channels-last: data [N, *S, C] and kernel [*K, I, O], which is how XLA's
+    CPU backend runs it; the result is held channels-last for the next layout-aware op."""
     n = x.ndim - 2
     stride, padding, dilation, lhs_dilation = conv_params("conv", attrs, n)
-    y = lax.conv_general_dilated(x, w, window_strides=stride, padding=padding, lhs_dilation=lhs_dilation,
-                                 rhs_dilation=dilation, feature_group_count=attrs["groups"],
+    spatial = tuple(range(1, n + 1))
+    numbers = lax.ConvDimensionNumbers(lhs_spec=(0, n + 1, *spatial), rhs_spec=(n + 1, n, *range(n)),
+                                       out_spec=(0, n + 1, *spatial))
+    last = _channels_last(n + 2)
+    y = lax.conv_general_dilated(_in_layout(x, last), _in_layout(w, (*range(2, n + 2), 1, 0)), window_strides=stride,
+                                 padding=padding, lhs_dilation=lhs_dilation, rhs_dilation=dilation,
+                                 dimension_numbers=numbers, feature_group_count=attrs["groups"],
                                  preferred_element_type=_accumulator(x.dtype))
     if bias is not None:
-        y = y + bias.astype(y.dtype).reshape((1, -1) + (1,) * n)
-    return y
+        y = y + _logical(bias).astype(y.dtype)
+    return Permuted(y, last)
 
 
-@register_lowering("conv")
+@register_lowering("conv", layout=True)
 def _conv_rule(ctx, x, w, bias=None, **attrs):
     return _conv(x, w, bias, attrs)
 
 
-@register_lowering("fused_conv", upcast=True)
+@register_lowering("fused_conv", upcast=True, layout=True)
 def _fused_conv(ctx, x, w, bias=None, *, activation, **attrs):
-    return _ACTIVATIONS[activation](_conv(x, w, bias, attrs))
+    return _with_data(_conv(x, w, bias, attrs), _ACTIVATIONS[activation])
 
 
 def _pool_window(x, kernel, stride, padding, dilation, ceil_mode):
-    """reduce_window geometry: window, strides, padding (ceil mode's extra on the high side),
-    dilation, and the output sizes when ceil mode needs the result cut."""
+    """reduce_window geometry in [N, C, *S] order: window, strides, padding (ceil mode's
+    extra on the high side), dilation, and the output shape when ceil mode needs the result cut."""
     n = len(kernel)
     stride = stride or (1,) * n
     padding = padding or ((0, 0),) * n
@@ -731,39 +915,45 @@ def _pool_window(x, kernel, stride, padding, dilation, ceil_mode):
             out = pool_output_dim(size, k, stride[i], lo, hi, dilation[i], True)
             extra[i] = max(0, (out - 1) * stride[i] + dilation[i] * (k - 1) + 1 - (size + lo + hi))
             cut.append(out)
+        cut = tuple(x.shape[:2]) + tuple(cut)
     pads = ((0, 0), (0, 0)) + tuple((lo, hi + e) for (lo, hi), e in zip(padding, extra))
     return (1, 1) + tuple(kernel), (1, 1) + tuple(stride), pads, (1, 1) + tuple(dilation), padding, extra, cut
 
 
-def _cut(y, cut):
+def _cut(y, cut, perm):
     if cut is None:
         return y
-    return lax.slice(y, (0,) * y.ndim, tuple(y.shape[:2]) + tuple(cut))
+    return lax.slice(y, (0,) * y.ndim, _physical(cut, perm))
 
 
-@register_lowering("max_pool")
+@register_lowering("max_pool", layout=True)
 def _max_pool(ctx, x, *, kernel, stride, padding, dilation, ceil_mode):
+    data, perm = _parts(x)
     window, strides, pads, dil, _, _, cut = _pool_window(x, kernel, stride, padding, dilation, ceil_mode)
     low = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
-    y = lax.reduce_window(x, jnp.asarray(low, x.dtype), lax.max, window, strides, pads, window_dilation=dil)
-    return _cut(y, cut)
+    window, strides, pads, dil = (_physical(t, perm) for t in (window, strides, pads, dil))
+    y = lax.reduce_window(data, jnp.asarray(low, x.dtype), lax.max, window, strides, pads, window_dilation=dil)
+    return _held(_cut(y, cut, perm), perm)
 
 
-@register_lowering("avg_pool", upcast=True)
+@register_lowering("avg_pool", upcast=True, layout=True)
 def _avg_pool(ctx, x, *, kernel, stride, padding, dilation, ceil_mode, count_include_pad):
+    data, perm = _parts(x)
     window, strides, pads, dil, padding, extra, cut = _pool_window(x, kernel, stride, padding, dilation, ceil_mode)
+    window, strides, dil = (_physical(t, perm) for t in (window, strides, dil))
     zero = jnp.zeros((), x.dtype)
-    total = lax.reduce_window(x, zero, lax.add, window, strides, pads, window_dilation=dil)
+    total = lax.reduce_window(data, zero, lax.add, window, strides, _physical(pads, perm), window_dilation=dil)
     spatial = tuple(x.shape[2:])
     if count_include_pad:
         # the zero padding counts, the ceil-mode overhang does not
-        ones = jnp.ones((1, 1) + tuple(s + lo + hi for s, (lo, hi) in zip(spatial, padding)), x.dtype)
+        ones = (1, 1) + tuple(s + lo + hi for s, (lo, hi) in zip(spatial, padding))
         count_pads = ((0, 0), (0, 0)) + tuple((0, e) for e in extra)
     else:
-        ones = jnp.ones((1, 1) + spatial, x.dtype)
+        ones = (1, 1) + spatial
         count_pads = pads
-    count = lax.reduce_window(ones, zero, lax.add, window, strides, count_pads, window_dilation=dil)
-    return _cut(total / count, cut)
+    count = lax.reduce_window(jnp.ones(_physical(ones, perm), x.dtype), zero, lax.add, window, strides,
+                              _physical(count_pads, perm), window_dilation=dil)
+    return _held(_cut(total / count, cut, perm), perm)
 
 
 # ----- rules: shape and data movement ------------------------------------------------
@@ -774,11 +964,28 @@ def _constant(ctx, *, name):
 
 
 register_lowering("reshape")(lambda ctx, x, *, shape: jnp.reshape(x, shape))
-register_lowering("transpose")(lambda ctx, x, *, perm: jnp.transpose(x, perm))
+
+
+@register_lowering("transpose", layout=True)
+def _transpose(ctx, x, *, perm):
+    # no data moves: the same data is held under the composed permutation
+    data, held = _parts(x)
+    inv = _inverse(perm)
+    return _held(data, tuple(inv[p] for p in held))
+
+
 register_lowering("broadcast_to")(lambda ctx, x, *, shape: jnp.broadcast_to(x, shape))
 register_lowering("squeeze")(lambda ctx, x, *, axes: jnp.squeeze(x, _axes(axes, x.ndim)))
 register_lowering("reverse")(lambda ctx, x, *, axes: jnp.flip(x, _axes(axes, x.ndim)))
-register_lowering("concat")(lambda ctx, *xs, axis: jnp.concatenate(xs, axis=axis))
+
+
+@register_lowering("concat", layout=True)
+def _concat(ctx, *xs, axis):
+    perms = {_parts(x)[1] for x in xs}
+    if len(perms) != 1:
+        return jnp.concatenate([_logical(x) for x in xs], axis=axis)
+    perm = perms.pop()
+    return _held(jnp.concatenate([_parts(x)[0] for x in xs], axis=_inverse(perm)[axis % len(perm)]), perm)
 
 
 @register_lowering("unsqueeze")
@@ -896,9 +1103,9 @@ def _iota(ctx, *, shape, axis, dtype):
 
 # ----- rules: composites -------------------------------------------------------------
 
-register_lowering("gelu", upcast=True)(
-    lambda ctx, x, *, approximate: jax.nn.gelu(x, approximate=approximate == "tanh"))
-register_lowering("silu", upcast=True)(lambda ctx, x: jax.nn.silu(x))
+register_lowering("gelu", upcast=True, layout=True)(
+    _pointwise(lambda ctx, x, *, approximate: jax.nn.gelu(x, approximate=approximate == "tanh")))
+register_lowering("silu", upcast=True, layout=True)(_pointwise(lambda ctx, x: jax.nn.silu(x)))
 register_lowering("softmax", upcast=True)(lambda ctx, x, *, axis: jax.nn.softmax(x, axis=axis))
 register_lowering("log_softmax", upcast=True)(lambda ctx, x, *, axis: jax.nn.log_softmax(x, axis=axis))
 
@@ -945,11 +1152,15 @@ def _skip_rms_norm(ctx, x, skip, scale=None, *, axis, epsilon):
     return [_rms_norm_math(s, scale, axis, epsilon), s]
 
 
-@register_lowering("batch_norm", upcast=True)
+@register_lowering("batch_norm", upcast=True, layout=True)
 def _batch_norm(ctx, x, scale, bias, mean, var, *, epsilon):
-    shape = (1, -1) + (1,) * (x.ndim - 2)
+    data, perm = _parts(x)
+    # per-channel vectors along the axis where the data holds the channels
+    shape = [1] * x.ndim
+    shape[_inverse(perm)[1]] = -1
+    scale, bias, mean, var = (_logical(a).reshape(shape) for a in (scale, bias, mean, var))
     k = lax.rsqrt(var + jnp.asarray(epsilon, var.dtype)) * scale
-    return (x - mean.reshape(shape)) * k.reshape(shape) + bias.reshape(shape)
+    return _held((data - mean) * k + bias, perm)
 
 
 @register_lowering("attention", upcast=True)
@@ -978,9 +1189,9 @@ def _linear(ctx, x, w, bias=None, *, activation):
 
 # ----- rules: regions ----------------------------------------------------------------
 
-@register_lowering("fusion")
+@register_lowering("fusion", layout=True)
 def _fusion(ctx, *args, kind):
-    return ctx.region(0)(*args)
+    return ctx.region(0, keep_layout=True)(*args)
 
 
 @register_lowering("cond")

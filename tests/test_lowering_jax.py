@@ -543,6 +543,70 @@ def test_large_constants_are_arguments_not_module_literals():
     assert list(to_jax(g).params) == ["0/w"]
 
 
+# ----- layouts -----------------------------------------------------------------------
+
+def conv_chain(channels_last_io: bool) -> Graph:
+    """NHWC (or NCHW) image -> conv, relu, batch norm, pools, concat, a fusion body, reductions:
+    every layout-aware rule on channels-last data, checked against the interpreter."""
+    rng = np.random.default_rng(3)
+
+    def const(g, *shape):
+        return g.const(rng.uniform(-1, 1, shape).astype(np.float32))
+
+    g = Graph("chain")
+    x = g.add_input(TensorType(DType.f32, (2, 9, 9, 3) if channels_last_io else (2, 3, 9, 9)), "x")
+    full = g.add_input(TensorType(DType.f32, (2, 8, 5, 5)), "full")
+    t = g.apply("transpose", x, perm=(0, 3, 1, 2)) if channels_last_io else x
+    c1 = g.apply("conv", t, const(g, 8, 3, 3, 3), const(g, 8), padding=((1, 1), (1, 1)))
+    bn = g.apply("batch_norm", g.apply("relu", c1), const(g, 8), const(g, 8), const(g, 8),
+                 g.const(rng.uniform(0.5, 2, 8).astype(np.float32)), epsilon=1e-5)
+    mp = g.apply("max_pool", bn, kernel=(3, 3), stride=(2, 2), padding=((1, 1), (1, 1)), ceil_mode=True)
+    ap = g.apply("avg_pool", mp, kernel=(3, 3), stride=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=False)
+    c2 = g.apply("fused_conv", mp, const(g, 8, 8, 1, 1), activation="relu")
+    mixed = g.apply("add", c2, full)  # a full-size operand in the IR's layout
+    cat = g.apply("concat", c2, ap, axis=1)
+    scaled = g.apply("mul", cat, const(g, 16, 1, 1))
+    tt = TensorType(DType.f32, (2, 16, 5, 5))
+    body = region([tt, tt], lambda r, a, b: [r.apply("mul", r.apply("sigmoid", a), b)])
+    fused = g.make("fusion", [scaled, cat], {"kind": "elementwise"}, regions=[body]).output
+    pooled = g.apply("reduce_mean", fused, axes=(2, 3), keepdims=False)
+    peak = g.apply("reduce_max", fused, axes=(1,), keepdims=True)
+    out = g.apply("conv", fused, const(g, 4, 16, 3, 3), padding=((1, 1), (1, 1)))
+    out = g.apply("transpose", out, perm=(0, 2, 3, 1)) if channels_last_io else out
+    g.set_outputs([pooled, peak, mixed, out])
+    verify(g)
+    return g
+
+
+@pytest.mark.parametrize("channels_last_io", [True, False])
+def test_channels_last_convs_match_interpreter(channels_last_io):
+    g = conv_chain(channels_last_io)
+    rng = np.random.default_rng(4)
+    arrays = [rng.standard_normal(tuple(v.shape)).astype(np.float32) for v in g.inputs]
+    want = interpret(g, *arrays)
+    got = JaxModule(g, compiler_options=FAST_COMPILE)(*arrays)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert_close(a, b, DType.f32, f"output {i}")
+    # conv weights are held channels-last and inlined, not passed per call
+    fn = to_jax(g)
+    assert fn.layouts and not set(fn.layouts) & set(fn.params)
+
+
+def test_conv_chain_has_no_transposes_between_convs():
+    from accelir.passes import dce
+
+    def transposes(channels_last_io: bool) -> int:
+        g = conv_chain(channels_last_io)
+        # keep the outputs whose layout the chain chooses (the add of an NCHW input is one transpose)
+        g.set_outputs([g.outputs[0], g.outputs[3]])
+        dce(g)
+        return stablehlo(g, [np.zeros(tuple(v.shape), np.float32) for v in g.inputs]).count("stablehlo.transpose")
+
+    # NHWC in and out: none at all; NCHW in and out: one into the first conv, one out of the last
+    assert transposes(True) == 0
+    assert transposes(False) == 2
+
+
 # ----- errors ------------------------------------------------------------------------
 
 def provenance_graph() -> Graph:
