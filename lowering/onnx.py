@@ -30,9 +30,10 @@ Choices a reader should know:
   otherwise to the op's own decomposition.  ``linear`` is one Gemm over the input
   flattened to 2-D (bias in the epilogue, a transposed weight read through transB);
   the skip norms stay Add + norm (ORT's fused skip-norm CPU kernels are the slower).
-* weights: ``to_onnx_external`` leaves them out of the model for ONNX Runtime to read
-  in place (``OnnxRuntimeModule(graph)`` does this), so a session holds no copy of
-  the weights beyond the packed forms its kernels make.
+* weights: ``to_onnx_external`` leaves them out of the model and hands ONNX Runtime
+  the graph's arrays directly (``OnnxRuntimeModule(graph)`` does this): ORT makes its
+  one copy (packed, for the matmul kernels) from them, where an embedded model would
+  first copy them into the proto, its serialised bytes and ORT's parse of those.
 """
 
 from __future__ import annotations
@@ -563,7 +564,7 @@ def to_onnx(graph: Graph, opset: int | None = None, target: str = "onnxruntime")
 
 def to_onnx_external(graph: Graph, opset: int | None = None, target: str = "onnxruntime"
                      ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """``to_onnx`` with the weights left out of the model, for ONNX Runtime to read in place.
+    """``to_onnx`` with the weights left out of the model, for ONNX Runtime to take from memory.
 
     Each initializer of at least ``EXTERNAL_WEIGHT_BYTES`` is declared as external data
     (location ``EXTERNAL_LOCATION``) and returned in the dict, name -> the graph's own
@@ -1497,7 +1498,7 @@ def _lower_attention(ctx, node, xs):
 def _gemm(ctx: LoweringContext, node: Node, xs: list[OnnxValue]) -> OnnxValue | None:
     """``x @ w + b`` as one Gemm over x flattened to [M, K], where Gemm has a kernel for the dtype:
     the bias is added in the product's epilogue, the weight is prepacked once at session start, and
-    a weight stored transposed is read in place through transB; else None."""
+    a weight stored transposed is read as it lies through transB; else None."""
     x_t, w_t = node.inputs[0].type, node.inputs[1].type
     k, n = w_t.shape
     if x_t.rank < 2 or type(k) is not int or x_t.dtype not in supported_dtypes("Gemm", "", ctx.opset):

@@ -3,9 +3,9 @@
 ``OnnxRuntimeModule(model, device="cpu" | "cuda", session_options=None, threads=None)``
 wraps an ``InferenceSession`` on the execution provider for the device.  ``model`` is
 an ``onnx.ModelProto``, a path, or an accelir ``Graph``: a Graph is lowered with its
-weights kept out of the model and handed to ONNX Runtime as external initializers,
-which it reads in place, so the session holds no second copy of them (only the
-packed forms its matmul kernels make) and no serialised copy is ever made.  Calling
+weights kept out of the model and handed to ONNX Runtime as external initializers:
+ORT copies each once (packing the matmul weights), and no proto or serialised copy
+of them is made, which halves the peak memory and the session build time.  Calling
 it with arrays in graph input order returns the outputs as a list: numpy arrays for
 numpy inputs, torch tensors for torch inputs.  On "cuda" it binds torch CUDA tensors to
 the session directly (IO binding), so inputs and outputs stay on the device.  A

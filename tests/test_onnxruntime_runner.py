@@ -408,7 +408,7 @@ def test_packed_qkv_projection_folds_into_attention(order, bias, causal, fused):
         np.testing.assert_allclose(runner(*xs)[0], accelir.interpret(g, *xs)[0], rtol=1e-5, atol=1e-5)
 
 
-# ----- linear as Gemm, weights in place -----------------------------------------------------
+# ----- linear as Gemm, weights as they lie -----------------------------------------------------
 
 def _linear_graph(x_shape, w: np.ndarray | None, bias: tuple | None = (20,), activation="none",
                   dtype: DType = F32) -> Graph:
@@ -439,7 +439,7 @@ def test_linear_is_one_gemm(x_shape, w, bias, activation, trans_b):
     gemm = [n for n in model.graph.node if n.op_type == "Gemm"]
     assert len(gemm) == 1 and "MatMul" not in {n.op_type for n in model.graph.node}
     assert {a.name: a.i for a in gemm[0].attribute}.get("transB") == trans_b
-    if w is not None:  # the initializer is the weight's own memory, read in place by the session
+    if w is not None:  # the initializer ORT is handed is the weight's own memory, not a copy
         assert any(np.shares_memory(a, w) for a in weights.values())
     xs = _random_inputs(g, {"b": 2, "s": 3})
     want = accelir.interpret(g, *xs)[0]
