@@ -592,6 +592,21 @@ def test_channels_last_convs_match_interpreter(channels_last_io):
     assert fn.layouts and not set(fn.layouts) & set(fn.params)
 
 
+def test_channels_last_convs_with_symbolic_batch_export():
+    rng = np.random.default_rng(6)
+    g = Graph()
+    x = g.add_input(TensorType(DType.f32, ("batch", 3, 8, 8)), "x")
+    w = g.const(rng.uniform(-1, 1, (4, 3, 3, 3)).astype(np.float32))
+    y = g.apply("max_pool", g.apply("relu", g.apply("conv", x, w, padding=((1, 1), (1, 1)))), kernel=(2, 2),
+                stride=(2, 2))
+    g.set_outputs([g.apply("reduce_mean", y, axes=(1,), keepdims=True), y])
+    fn = load_exported(export_jax(g))
+    for batch in (1, 3):
+        x0 = data(DType.f32, (batch, 3, 8, 8), seed=batch)
+        for i, (got, want) in enumerate(zip(fn(x0), interpret(g, x0))):
+            assert_close(got, want, DType.f32, f"batch {batch} output {i}")
+
+
 def test_conv_chain_has_no_transposes_between_convs():
     from accelir.passes import dce
 
