@@ -302,3 +302,35 @@ def test_dtype_of_graph_inputs():
                [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["n"])])
     g = import_onnx(m)
     assert g.inputs[0].dtype is DType.f16 and g.outputs[0].dtype is DType.bf16
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert"])
+def test_fused_attention_that_accelir_emits_reads_back(name):
+    """Optimised transformers lower to com.microsoft Attention / MultiHeadAttention; importing that
+    ONNX again gives an IR graph whose interpreter output matches onnxruntime's."""
+    import torch
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
+
+    import accelir
+    from accelir.lowering.onnx import OnnxRuntimeModule, to_onnx
+
+    torch.manual_seed(0)
+    if name == "gpt2":
+        model = GPT2Model(GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=64, n_positions=16, use_cache=False,
+                                     bos_token_id=0, eos_token_id=0)).eval()
+    else:
+        model = BertModel(BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                                     vocab_size=64, max_position_embeddings=16)).eval()
+    ids = torch.randint(0, 64, (2, 8))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    cm = accelir.optimize(model, (ids,), example_kwargs={"attention_mask": mask})
+    proto = to_onnx(cm.graph)
+    fused = {n.op_type for n in proto.graph.node if n.domain == "com.microsoft"}
+    assert fused & {"Attention", "MultiHeadAttention"}, fused
+    g = import_onnx(proto)
+    assert "attention" in g.op_histogram()
+    feeds = [ids.numpy(), mask.numpy()]
+    want = OnnxRuntimeModule(proto)(*feeds)
+    got = accelir.interpret(g, *feeds)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5)

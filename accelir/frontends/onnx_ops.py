@@ -1529,6 +1529,68 @@ def _ms_fused_conv(ctx: NodeContext):
     return [ctx.op("fused_conv", *ins, groups=ctx.attr("group", 1), activation=act, **attrs)]
 
 
+def _heads(ctx: NodeContext, x: Value, n: int) -> Value:
+    """[B, S, N * H] -> [B, N, S, H]."""
+    b, seq, d = x.shape
+    if type(d) is not int or d % n:
+        raise ctx.unsupported(f"hidden size {d} that does not split into {n} heads")
+    return ctx.op("transpose", ctx.op("reshape", x, shape=(b, seq, n, d // n)), perm=(0, 2, 1, 3))
+
+
+def _ms_attention_core(ctx: NodeContext, q: Value, k: Value, v: Value, bias_index: int,
+                       unsupported: Sequence[tuple[int, str]]) -> list[Value]:
+    """MultiHeadAttention / Attention over [B, S, N * H] q, k, v with an optional additive
+    attention_bias [B or 1, N or 1, S, T], as the IR's attention on [B, N, S, H] heads."""
+    for i, what in unsupported:
+        if ctx.input(i) is not None:
+            raise ctx.unsupported(f"the {what} input")
+    if ctx.attr("do_rotary", 0) or ctx.attr("past_present_share_buffer", 0):
+        raise ctx.unsupported("rotary embedding / shared past buffers")
+    n = ctx.attr("num_heads")
+    qh, kh, vh = (_heads(ctx, x, n) for x in (q, k, v))
+    scale = ctx.attr("scale", 0.0)
+    causal = bool(ctx.attr("unidirectional", 0))
+    if causal and qh.shape[2] != kh.shape[2]:
+        # ORT aligns its causal mask bottom-right, the IR top-left: they agree on square scores only
+        raise ctx.unsupported("unidirectional attention over different query and key lengths")
+    ins = [qh, kh, vh] + ([ctx.input(bias_index)] if ctx.input(bias_index) is not None else [])
+    y = ctx.op("attention", *ins, scale=float(scale) if scale else None, causal=causal)
+    y = ctx.op("transpose", y, perm=(0, 2, 1, 3))
+    b, seq, heads, h = y.shape
+    return [ctx.op("reshape", y, shape=(b, seq, D.dim_mul(heads, h)))]
+
+
+@rule("MultiHeadAttention", table=MS_RULES)
+def _ms_multi_head_attention(ctx: NodeContext):
+    q, k, v = ctx.input(0), ctx.input(1), ctx.input(2)
+    if k is None or v is None or q.rank != 3 or k.rank != 3 or v.rank != 3:
+        raise ctx.unsupported("packed or BNSH-layout query / key / value (accelir reads [B, S, N * H] q, k, v)")
+    if ctx.input(3) is not None:
+        d = q.shape[2]
+        parts = [ctx.op("slice", ctx.input(3), starts=(i * d,), stops=((i + 1) * d,), steps=(1,), axes=(0,))
+                 for i in range(3)]
+        q, k, v = (ctx.op("add", x, p) for x, p in zip((q, k, v), parts))
+    if ctx.wants(1) or ctx.wants(2):
+        raise ctx.unsupported("the present_key / present_value outputs")
+    return _ms_attention_core(ctx, q, k, v, 5, ((4, "key_padding_mask"), (6, "past_key"), (7, "past_value")))
+
+
+@rule("Attention", table=MS_RULES)
+def _ms_attention(ctx: NodeContext):
+    x, w, bias = ctx.input(0), ctx.input(1), ctx.input(2)
+    sizes = ctx.attr("qkv_hidden_sizes")
+    if sizes and len(set(sizes)) != 1:
+        raise ctx.unsupported("unequal qkv_hidden_sizes")
+    if ctx.wants(1):
+        raise ctx.unsupported("the present output")
+    qkv = ctx.op("matmul", x, w)
+    if bias is not None:
+        qkv = ctx.op("add", qkv, bias)
+    d = qkv.shape[2] // 3
+    q, k, v = (ctx.op("slice", qkv, starts=(i * d,), stops=((i + 1) * d,), steps=(1,), axes=(2,)) for i in range(3))
+    return _ms_attention_core(ctx, q, k, v, 5, ((3, "mask_index"), (4, "past"), (6, "past_sequence_length")))
+
+
 # ----- function inlining -------------------------------------------------------------
 
 def _schema_function(ctx: NodeContext) -> Any | None:
