@@ -221,9 +221,7 @@ def _common_layout(args: Sequence[Any]) -> tuple[int, ...] | None:
     if len(perms) != 1:
         return None
     ref = max(held, key=lambda a: a.ndim)
-    if any(not isinstance(a, Permuted) and not _broadcasts(a, ref) for a in args):
-        return None
-    if any(a.ndim > ref.ndim for a in args):
+    if any(a.ndim > ref.ndim or (not isinstance(a, Permuted) and not _broadcasts(a, ref)) for a in args):
         return None
     return ref.perm
 
@@ -563,6 +561,11 @@ def jax_device(device: str | None) -> Any:
                             "(for CUDA: pip install 'jax[cuda12]') or use device='cpu'") from None
 
 
+def _one_list(inputs: tuple) -> tuple:
+    """The inputs of a call given either as arguments or as one list of them."""
+    return tuple(inputs[0]) if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) else inputs
+
+
 class JaxModule:
     """A jit-compiled graph on one jax device.
 
@@ -578,16 +581,22 @@ class JaxModule:
         self.function = to_jax(graph)
         self.graph = graph
         self.device = jax_device(device)
-        self._jitted = jax.jit(self.function.apply, compiler_options=dict(compiler_options or {}) or None)
+        keys = tuple(self.function.params)
+
+        def run(values: tuple, *inputs: Any) -> list:
+            return self.function.apply(dict(zip(keys, values)), *inputs)
+
+        # the parameters go in as one tuple made once: a dict argument is flattened, key-sorted, on every call
+        self._jitted = jax.jit(run, compiler_options=dict(compiler_options or {}) or None)
+        params = self.function.device_params(self.device)
+        self._values = tuple(params[k] for k in keys)
 
     def _arguments(self, inputs: tuple) -> list:
-        if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)):
-            inputs = tuple(inputs[0])
-        return [self.function.device_params(self.device)] + [_to_jax(x, self.device) for x in inputs]
+        return [self._values] + [_to_jax(x, self.device) for x in inputs]
 
     def __call__(self, *inputs: Any) -> list:
-        flat = inputs[0] if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) else inputs
-        kinds = {_framework(x) for x in flat}
+        inputs = _one_list(inputs)
+        kinds = {_framework(x) for x in inputs}
         kind = "torch" if "torch" in kinds else "jax" if "jax" in kinds else "numpy"
         with x64_scope(self.function.needs_x64):
             outs = self._jitted(*self._arguments(inputs))
@@ -596,7 +605,7 @@ class JaxModule:
     def lower(self, *example_inputs: Any):
         """The ``jax.stages.Lowered`` of the compiled function for these inputs."""
         with x64_scope(self.function.needs_x64):
-            return self._jitted.lower(*self._arguments(example_inputs))
+            return self._jitted.lower(*self._arguments(_one_list(example_inputs)))
 
 
 # ----- export ------------------------------------------------------------------------
