@@ -528,3 +528,15 @@ def test_optimized_model_with_dynamic_batch_and_sequence(name):
     for got, w in zip(_leaves(cm(*run_args, **run_kwargs)), _leaves(want)):
         err = float((got.double() - w.double()).abs().max() / w.double().abs().max().clamp_min(1e-30))
         assert err <= 1e-4, f"relative error {err:.2e}"
+
+
+def test_bf16_weights_go_to_onnxruntime_as_external_initializers():
+    g = Graph("g")
+    x = g.add_input(TensorType(DType.bf16, (2, 32)), "x")
+    w = g.const(np.random.default_rng(0).normal(size=(32, 32)).astype(DType.bf16.numpy), name="w")
+    g.set_outputs([g.apply("matmul", x, w)])
+    assert list(to_onnx_external(g)[1]) == ["w"]
+    xs = np.random.default_rng(1).normal(size=(2, 32)).astype(DType.bf16.numpy)
+    got, want = OnnxRuntimeModule(g)(xs)[0], accelir.interpret(g, xs)[0]
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
