@@ -1409,6 +1409,8 @@ def _qkv_projection(parts: Sequence[Value]) -> Node | None:
     lin = slices[0].inputs[0].producer
     if lin is None or lin.op != "linear" or lin.attrs["activation"] != "none" or lin.inputs[0].rank != 3:
         return None
+    if len(lin.outputs[0].uses()) != 3 or lin.outputs[0].is_graph_output:
+        return None  # the projection is needed on its own too: it stays a Gemm
     d = parts[0].shape[2]
     for i, p in enumerate(slices):
         a = p.attrs

@@ -376,7 +376,7 @@ def test_attention_outside_multi_head_attention_semantics_keeps_the_standard_op(
                                         .graph.node}
 
 
-def _packed_qkv_graph(order=(0, 1, 2), bias=True, causal=True, n=2, h=4) -> Graph:
+def _packed_qkv_graph(order=(0, 1, 2), bias=True, causal=True, expose=False, n=2, h=4) -> Graph:
     """linear(x, W [16, 3 N H]) sliced into q, k, v (as GPT-2's c_attn), split into heads, attention."""
     g = Graph("g")
     rng = np.random.default_rng(5)
@@ -389,23 +389,26 @@ def _packed_qkv_graph(order=(0, 1, 2), bias=True, causal=True, n=2, h=4) -> Grap
     qkv = g.apply("linear", *ins)
     parts = [g.apply("slice", qkv, starts=(i * d,), stops=((i + 1) * d,), axes=(2,), steps=(1,)) for i in order]
     y = g.apply("attention", *[_heads(g, p, n) for p in parts], mask, causal=causal)
-    g.set_outputs([g.apply("reshape", g.apply("transpose", y, perm=(0, 2, 1, 3)), shape=("b", "s", d))])
+    g.set_outputs([g.apply("reshape", g.apply("transpose", y, perm=(0, 2, 1, 3)), shape=("b", "s", d))]
+                  + ([qkv] if expose else []))
     return g
 
 
-@pytest.mark.parametrize("order,bias,causal,fused", [
-    ((0, 1, 2), True, True, "Attention"),
-    ((0, 1, 2), False, False, "Attention"),
-    ((1, 0, 2), True, True, "MultiHeadAttention"),  # not q, k, v in order: the projection stays a Gemm
+@pytest.mark.parametrize("order,bias,causal,expose,fused", [
+    ((0, 1, 2), True, True, False, "Attention"),
+    ((0, 1, 2), False, False, False, "Attention"),
+    ((1, 0, 2), True, True, False, "MultiHeadAttention"),  # not q, k, v in order: the projection stays a Gemm
+    ((0, 1, 2), True, True, True, "MultiHeadAttention"),  # the projection is an output too: not computed twice
 ])
-def test_packed_qkv_projection_folds_into_attention(order, bias, causal, fused):
-    g = _packed_qkv_graph(order, bias, causal)
+def test_packed_qkv_projection_folds_into_attention(order, bias, causal, expose, fused):
+    g = _packed_qkv_graph(order, bias, causal, expose)
     ops = [n.op_type for n in to_onnx_external(g)[0].graph.node]
     assert fused in ops and ("Gemm" in ops) == (fused == "MultiHeadAttention")
     runner = OnnxRuntimeModule(g)
     for sizes in ({"b": 2, "s": 5}, {"b": 1, "s": 3}):
         xs = _random_inputs(g, sizes)
-        np.testing.assert_allclose(runner(*xs)[0], accelir.interpret(g, *xs)[0], rtol=1e-5, atol=1e-5)
+        for got, want in zip(runner(*xs), accelir.interpret(g, *xs)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 # ----- linear as Gemm, weights as they lie -----------------------------------------------------
