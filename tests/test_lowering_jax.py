@@ -557,11 +557,14 @@ def conv_chain(channels_last_io: bool) -> Graph:
     x = g.add_input(TensorType(DType.f32, (2, 9, 9, 3) if channels_last_io else (2, 3, 9, 9)), "x")
     full = g.add_input(TensorType(DType.f32, (2, 8, 5, 5)), "full")
     t = g.apply("transpose", x, perm=(0, 3, 1, 2)) if channels_last_io else x
-    c1 = g.apply("conv", t, const(g, 8, 3, 3, 3), const(g, 8), padding=((1, 1), (1, 1)))
+    shared = const(g, 8, 3, 3, 3)  # a conv weight read by another op too stays in the IR's layout
+    c1 = g.apply("conv", t, shared, const(g, 8), padding=((1, 1), (1, 1)))
     bn = g.apply("batch_norm", g.apply("relu", c1), const(g, 8), const(g, 8), const(g, 8),
                  g.const(rng.uniform(0.5, 2, 8).astype(np.float32)), epsilon=1e-5)
     mp = g.apply("max_pool", bn, kernel=(3, 3), stride=(2, 2), padding=((1, 1), (1, 1)), ceil_mode=True)
     ap = g.apply("avg_pool", mp, kernel=(3, 3), stride=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=False)
+    ceil = g.apply("avg_pool", mp, kernel=(2, 2), stride=(2, 2), padding=((1, 0), (0, 1)), ceil_mode=True,
+                   count_include_pad=True)
     c2 = g.apply("fused_conv", mp, const(g, 8, 8, 1, 1), activation="relu")
     mixed = g.apply("add", c2, full)  # a full-size operand in the IR's layout
     cat = g.apply("concat", c2, ap, axis=1)
@@ -573,7 +576,7 @@ def conv_chain(channels_last_io: bool) -> Graph:
     peak = g.apply("reduce_max", fused, axes=(1,), keepdims=True)
     out = g.apply("conv", fused, const(g, 4, 16, 3, 3), padding=((1, 1), (1, 1)))
     out = g.apply("transpose", out, perm=(0, 2, 3, 1)) if channels_last_io else out
-    g.set_outputs([pooled, peak, mixed, out])
+    g.set_outputs([pooled, peak, mixed, out, g.apply("reduce_sum", shared, axes=(1, 2, 3)), ceil])
     verify(g)
     return g
 
@@ -587,9 +590,9 @@ def test_channels_last_convs_match_interpreter(channels_last_io):
     got = JaxModule(g, compiler_options=FAST_COMPILE)(*arrays)
     for i, (a, b) in enumerate(zip(got, want)):
         assert_close(a, b, DType.f32, f"output {i}")
-    # conv weights are held channels-last and inlined, not passed per call
+    # the weights read only by convs are held channels-last and inlined, not passed per call
     fn = to_jax(g)
-    assert fn.layouts and not set(fn.layouts) & set(fn.params)
+    assert len(fn.layouts) == 2 and not set(fn.layouts) & set(fn.params)
 
 
 def test_channels_last_convs_with_symbolic_batch_export():
