@@ -14,6 +14,7 @@ __all__ = [
     "LoweringError",
     "NumericMismatchError",
     "PassError",
+    "CaptureError",
 ]
 
 
@@ -27,6 +28,10 @@ class UnsupportedOpError(AccelirError):
     def __init__(self, message: str, ops: list[str] | None = None):
         super().__init__(message)
         self.ops = list(ops or [])
+
+
+class CaptureError(AccelirError):
+    """The framework's own tracer (torch.export, jax.make_jaxpr) could not capture the model."""
 
 
 class VerificationError(AccelirError):

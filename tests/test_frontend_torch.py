@@ -348,8 +348,8 @@ def test_diff_with_prepend_and_bool():
 def test_export_failure_is_one_clear_error():
     from transformers import GPT2Config, GPT2Model
 
-    from accelir import AccelirError
+    from accelir import CaptureError
     model = GPT2Model(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, bos_token_id=0,
                                  eos_token_id=0)).eval()
-    with pytest.raises(AccelirError, match=r"torch.export could not capture GPT2Model .*use_cache=False"):
+    with pytest.raises(CaptureError, match=r"torch.export could not capture GPT2Model .*use_cache=False"):
         capture_torch(model, (torch.randint(0, 64, (1, 8)),))

@@ -28,7 +28,7 @@ import torch.fx
 import torch.utils._pytree as pytree
 
 from .. import dims as D
-from ..errors import AccelirError, UnsupportedOpError, VerificationError
+from ..errors import CaptureError, UnsupportedOpError, VerificationError
 from ..interpreter import to_numpy
 from ..ir import Builder, DType, Graph, TensorType, Value
 
@@ -558,7 +558,7 @@ def _reorder_kwargs(kwargs: dict, in_spec: pytree.TreeSpec) -> dict:
 
 def _export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: Any,
             strict: bool | None) -> Any:
-    """torch.export, non-strict first then strict; a failure of both becomes one clear AccelirError."""
+    """torch.export, non-strict first then strict; a failure of both becomes one clear CaptureError."""
     errors: list[tuple[str, Exception]] = []
     for mode in ((False, True) if strict is None else (strict,)):
         try:
@@ -572,7 +572,7 @@ def _export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: A
                 "(in the config or as a call argument). " + hint)
     tried = "; ".join(f"{mode}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
                       for mode, e in errors)
-    raise AccelirError(f"torch.export could not capture {type(model).__name__} ({tried}). {hint}") from errors[-1][1]
+    raise CaptureError(f"torch.export could not capture {type(model).__name__} ({tried}). {hint}") from errors[-1][1]
 
 
 def _capture_export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: Any,
