@@ -53,7 +53,7 @@ from accelir.errors import LoweringError
 from accelir.ir import DType, Graph, Node, TensorType, Value
 from accelir.ops import registry
 
-__all__ = ["ONNX_RULES", "MIN_OPSET", "SAME", "OnnxValue", "LoweringContext", "OnnxRuntimeModule", "register_lowering",
+__all__ = ["ONNX_RULES", "ONNX_DTYPE", "ONNX_TYPE_STRINGS", "MIN_OPSET", "SAME", "OnnxValue", "LoweringContext", "OnnxRuntimeModule", "register_lowering",
            "to_onnx", "to_onnx_external", "save_onnx", "default_opset", "supported_dtypes", "input_var",
            "EXTERNAL_DATA_THRESHOLD", "EXTERNAL_WEIGHT_BYTES", "EXTERNAL_LOCATION"]
 
@@ -74,7 +74,7 @@ _TYPE_STR = {
     DType.f64: "tensor(double)", DType.i8: "tensor(int8)", DType.i16: "tensor(int16)", DType.i32: "tensor(int32)",
     DType.i64: "tensor(int64)", DType.u8: "tensor(uint8)", DType.bool: "tensor(bool)",
 }
-_FROM_TYPE_STR = {v: k for k, v in _TYPE_STR.items()}
+ONNX_TYPE_STRINGS = {v: k for k, v in _TYPE_STR.items()}  # onnxruntime's "tensor(float)" -> DType
 
 # Where a dtype has no kernel, compute in the first of these that has one.
 _WIDER = {
@@ -155,7 +155,7 @@ def supported_dtypes(op_type: str, domain: str, opset: int, var: str | None = No
         for c in schema.type_constraints:
             if c.type_param_str == var:
                 types |= set(c.allowed_type_strs)
-    return frozenset(_FROM_TYPE_STR[t] for t in types if t in _FROM_TYPE_STR)
+    return frozenset(ONNX_TYPE_STRINGS[t] for t in types if t in ONNX_TYPE_STRINGS)
 
 
 def _has_kernel_at(defs: list[tuple[int, int, Any]], since: int) -> bool:
@@ -1616,5 +1616,10 @@ def _lower_scan(ctx, node, xs):
     return outs
 
 
-# The runner lives in its own module; it is re-exported here because callers reach for it beside to_onnx.
-from .onnxruntime import OnnxRuntimeModule  # noqa: E402
+def __getattr__(name: str) -> Any:
+    # The runner lives in its own module, which imports this one; it is re-exported lazily here
+    # because callers reach for it beside to_onnx.
+    if name == "OnnxRuntimeModule":
+        from .onnxruntime import OnnxRuntimeModule
+        return OnnxRuntimeModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,7 +31,7 @@ from accelir.errors import LoweringError
 from accelir.interpreter import to_numpy
 from accelir.ir import Graph
 
-from .onnx import EXTERNAL_DATA_THRESHOLD, save_onnx, to_onnx, to_onnx_external
+from .onnx import EXTERNAL_DATA_THRESHOLD, ONNX_TYPE_STRINGS, save_onnx, to_onnx, to_onnx_external
 
 __all__ = ["OnnxRuntimeModule", "PROVIDERS"]
 
@@ -39,10 +39,6 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
-_NP_OF_ONNX = {onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.BFLOAT16: _BF16,
-               onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
-               onnx.TensorProto.INT8: np.int8, onnx.TensorProto.INT16: np.int16, onnx.TensorProto.INT32: np.int32,
-               onnx.TensorProto.INT64: np.int64, onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.BOOL: np.bool_}
 
 
 def _import_ort():
@@ -124,12 +120,8 @@ class OnnxRuntimeModule:
 
     @staticmethod
     def _elem_type(arg) -> np.dtype:
-        name = arg.type  # e.g. "tensor(float)"
-        table = {"tensor(float16)": np.float16, "tensor(bfloat16)": _BF16, "tensor(float)": np.float32,
-                 "tensor(double)": np.float64, "tensor(int8)": np.int8, "tensor(int16)": np.int16,
-                 "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(uint8)": np.uint8,
-                 "tensor(bool)": np.bool_}
-        return np.dtype(table.get(name, np.float32))
+        dt = ONNX_TYPE_STRINGS.get(arg.type)  # e.g. "tensor(float)"
+        return dt.numpy if dt is not None else np.dtype(np.float32)
 
     def __call__(self, *inputs: Any) -> list:
         if len(inputs) != len(self.input_names):

@@ -34,6 +34,7 @@ import numpy as np
 from .. import dims as D
 from ..errors import AccelirError, UnsupportedOpError, VerificationError
 from ..ir import DType, Graph, TensorType, Value
+from ..lowering.onnx import ONNX_DTYPE
 __all__ = ["import_onnx", "restore_onnx_interface", "OnnxImportError", "DynamicValueError", "OnnxSignature",
            "ONNX_DTYPES", "onnx_dtype", "tensor_to_array", "ImportScope"]
 
@@ -51,12 +52,10 @@ class DynamicValueError(UnsupportedOpError):
         self.input_names = list(input_names)
 
 
-# TensorProto.DataType -> DType; others (strings, float8, 4-bit, unsigned > 8 bit, complex) have no IR dtype.
-ONNX_DTYPES: dict[int, DType] = {
-    1: DType.f32, 2: DType.u8, 3: DType.i8, 5: DType.i16, 6: DType.i32, 7: DType.i64, 9: DType.bool,
-    10: DType.f16, 11: DType.f64, 16: DType.bf16,
-}
-_DTYPE_TO_ONNX = {v: k for k, v in ONNX_DTYPES.items()}
+# TensorProto.DataType -> DType, the inverse of the lowering's table; others (strings, float8, 4-bit,
+# unsigned > 8 bit, complex) have no IR dtype.
+ONNX_DTYPES: dict[int, DType] = {v: k for k, v in ONNX_DTYPE.items()}
+_DTYPE_TO_ONNX = ONNX_DTYPE
 
 
 def onnx_dtype(elem_type: int, what: str) -> DType:
