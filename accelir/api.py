@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .errors import AccelirError, LoweringError
-from .interpreter import InterpreterError, bind_symbols, to_numpy
+from .interpreter import InterpreterError, bind_shapes, to_numpy
 from .ir import DType, Graph, TensorType
 
 __all__ = ["capture", "optimize", "CompiledModel", "OptimizeReport", "BACKENDS"]
@@ -104,17 +104,15 @@ class _PlainSignature:
 
 
 def _dtype_of(x: Any) -> DType | None:
+    """The accelir dtype of a numpy / torch / jax array, None where it has none."""
     dt = getattr(x, "dtype", None)
     if dt is None:
         return None
-    text = str(dt)
-    if text.startswith("torch."):
-        text = {"torch.float32": "float32", "torch.float16": "float16", "torch.bfloat16": "bfloat16",
-                "torch.float64": "float64", "torch.int64": "int64", "torch.int32": "int32", "torch.int16": "int16",
-                "torch.int8": "int8", "torch.uint8": "uint8", "torch.bool": "bool"}.get(text, text)
+    if type(x).__module__.startswith("torch"):
+        from .frontends.torch import TORCH_DTYPES
+        return TORCH_DTYPES.get(dt)
     try:
-        import ml_dtypes  # noqa: F401 - registers bfloat16 with numpy
-        return DType.from_numpy(np.dtype(text))
+        return DType.from_numpy(dt)
     except TypeError:
         return None
 
@@ -127,23 +125,11 @@ def check_inputs(graph: Graph, flat: Sequence[Any]) -> dict[str, int]:
         dt = _dtype_of(x)
         if dt is not None and dt != v.type.dtype:
             raise AccelirError(f"input {i} ({v.name}): dtype {dt} differs from the captured {v.type.dtype}")
-    types = [v.type for v in graph.inputs]
-    fakes = [_ShapeOnly(tuple(int(d) for d in x.shape), t.dtype.numpy) for x, t in zip(flat, types)]
     try:
-        return bind_symbols(types, fakes, names=[v.name for v in graph.inputs])  # type: ignore[arg-type]
+        return bind_shapes([v.type for v in graph.inputs], [tuple(int(d) for d in x.shape) for x in flat],
+                           names=[v.name for v in graph.inputs])
     except InterpreterError as e:
         raise AccelirError(str(e)) from None
-
-
-class _ShapeOnly:
-    """Stands in for an array where only its shape and dtype are checked."""
-
-    __slots__ = ("shape", "dtype", "ndim")
-
-    def __init__(self, shape: tuple, dtype: np.dtype):
-        self.shape = shape
-        self.dtype = dtype
-        self.ndim = len(shape)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from .errors import AccelirError
 from .ir import Graph, Node, TensorType, Value
 from .ops import registry
 
-__all__ = ["run_graph", "interpret", "bind_symbols", "to_numpy", "InterpreterError"]
+__all__ = ["run_graph", "interpret", "bind_symbols", "bind_shapes", "to_numpy", "InterpreterError"]
 
 
 class InterpreterError(AccelirError):
@@ -32,25 +32,34 @@ def to_numpy(x: Any) -> np.ndarray:
         t = x.detach()
         if t.device.type != "cpu":
             t = t.cpu()
-        if str(t.dtype) == "torch.bfloat16":
+        if str(t.dtype) == "torch.bfloat16":  # numpy has no bf16: reinterpret the bits as ml_dtypes'
             import ml_dtypes
-            return t.view(dtype=__import__("torch").int16).numpy().view(ml_dtypes.bfloat16)
+            import torch
+            return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
         return t.numpy()
     return np.asarray(x)
 
 
 def bind_symbols(types: Sequence[TensorType], arrays: Sequence[np.ndarray], what: str = "input",
                  bindings: dict[str, int] | None = None, names: Sequence[str | None] | None = None) -> dict[str, int]:
-    """Check arrays against types and return the values of plain symbolic dims."""
+    """Check arrays' dtypes and shapes against types and return the values of symbolic dims."""
+    for i, (t, a) in enumerate(zip(types, arrays)):
+        if a.dtype != t.dtype.numpy:
+            label = f"{what} {i}" + (f" ({names[i]})" if names and names[i] else "")
+            raise InterpreterError(f"{label}: expected dtype {t.dtype}, got {a.dtype}")
+    return bind_shapes(types, [tuple(a.shape) for a in arrays], what, bindings, names)
+
+
+def bind_shapes(types: Sequence[TensorType], shapes: Sequence[tuple[int, ...]], what: str = "input",
+                bindings: dict[str, int] | None = None, names: Sequence[str | None] | None = None) -> dict[str, int]:
+    """Check concrete shapes against types and return the values of symbolic dims."""
     b = dict(bindings or {})
     pending: list[tuple[int, int, Any, int]] = []
-    for i, (t, a) in enumerate(zip(types, arrays)):
+    for i, (t, shape) in enumerate(zip(types, shapes)):
         label = f"{what} {i}" + (f" ({names[i]})" if names and names[i] else "")
-        if a.dtype != t.dtype.numpy:
-            raise InterpreterError(f"{label}: expected dtype {t.dtype}, got {a.dtype}")
-        if a.ndim != t.rank:
-            raise InterpreterError(f"{label}: expected rank {t.rank} ({t}), got shape {tuple(a.shape)}")
-        for k, (d, n) in enumerate(zip(t.shape, a.shape)):
+        if len(shape) != t.rank:
+            raise InterpreterError(f"{label}: expected rank {t.rank} ({t}), got shape {tuple(shape)}")
+        for k, (d, n) in enumerate(zip(t.shape, shape)):
             if type(d) is int:
                 if d != n:
                     raise InterpreterError(f"{label}: dim {k} is {n}, the graph was captured with {d} ({t}); "
