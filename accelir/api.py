@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import AccelirError, LoweringError
 from .interpreter import InterpreterError, bind_shapes, to_numpy
-from .ir import DType, Graph, TensorType
+from .ir import DType, Graph
 
 __all__ = ["capture", "optimize", "CompiledModel", "OptimizeReport", "BACKENDS"]
 

@@ -556,6 +556,23 @@ def _reorder_kwargs(kwargs: dict, in_spec: pytree.TreeSpec) -> dict:
     return ordered
 
 
+def bind_outputs(conv: _Converter, leaves: Sequence[Any]) -> tuple[list[Value], list]:
+    """The graph outputs among a model's output leaves, and each leaf's slot for TorchSignature:
+    its index among the outputs, or ("const", value) for a python value the model returns."""
+    results: list[Value] = []
+    slots: list = []
+    for o in leaves:
+        v = conv.env.get(o) if isinstance(o, torch.fx.Node) else o
+        if isinstance(v, torch.Tensor):
+            v = conv.value(o)
+        if isinstance(v, Value):
+            slots.append(len(results))
+            results.append(v)
+        else:
+            slots.append(("const", v))
+    return results, slots
+
+
 def _export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: Any,
             strict: bool | None) -> Any:
     """torch.export, non-strict first then strict; a failure of both becomes one clear CaptureError."""
@@ -612,15 +629,7 @@ def _capture_export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_s
         else:
             raise UnsupportedOpError(f"export input kind {spec.kind.name} ({spec.target}) is not supported")
     outs = conv.run(ep.graph_module, inputs)
-    flat_outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-    results, slots = [], []
-    for o in flat_outs:
-        v = conv.env.get(o) if isinstance(o, torch.fx.Node) else o
-        if isinstance(v, Value):
-            slots.append(len(results))
-            results.append(v)
-        else:
-            slots.append(("const", v))
+    results, slots = bind_outputs(conv, list(outs) if isinstance(outs, (list, tuple)) else [outs])
     g.set_outputs(results)
     kw_order = _kwarg_names(ep.call_spec.in_spec)
     g.meta["frontend"] = "torch"

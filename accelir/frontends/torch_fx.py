@@ -21,7 +21,7 @@ import torch.utils._pytree as pytree
 
 from ..errors import UnsupportedOpError
 from ..ir import DType, Graph, Value
-from .torch import NodeContext, TorchSignature
+from .torch import NodeContext, TorchSignature, bind_outputs
 from .torch_aten import RULES, bind_schema, resolve_aten, slice_bounds
 
 __all__ = ["capture_fx", "MODULES", "FX_RULES"]
@@ -298,16 +298,7 @@ def capture_fx(model: Any, args: tuple, kwargs: dict, converter_cls: type) -> Gr
             bound_inputs.append(v)
     out = conv.run(gm, bound_inputs)
     out_leaves, out_spec = pytree.tree_flatten(out)
-    results, slots = [], []
-    for o in out_leaves:
-        v = conv.env.get(o) if isinstance(o, torch.fx.Node) else o
-        if isinstance(v, torch.Tensor):
-            v = conv.value(o)
-        if isinstance(v, Value):
-            slots.append(len(results))
-            results.append(v)
-        else:
-            slots.append(("const", v))
+    results, slots = bind_outputs(conv, out_leaves)
     g.set_outputs(results)
     g.meta["frontend"] = "torch"
     g.meta["signature"] = TorchSignature(in_spec, input_leaves, out_spec, slots, tuple(kwargs))
