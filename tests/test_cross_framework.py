@@ -4,17 +4,16 @@ the same numbers in the interpreter, and each matches its own framework."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-torch = pytest.importorskip("torch")
-jax = pytest.importorskip("jax")
-nn = pytest.importorskip("flax.linen")
+import torch
+import jax
+import flax.linen as nn
 
-import accelir  # noqa: E402
-from accelir.frontends.jax import capture_jax  # noqa: E402
-from accelir.frontends.torch import capture_torch  # noqa: E402
+import accelir
+from accelir.frontends.jax import capture_jax
+from accelir.frontends.torch import capture_torch
 
-from test_frontend_jax import assert_close  # noqa: E402
+from test_frontend_jax import assert_close
 
 VOCAB, DIM, HEADS, MLP, LAYERS, EPS = 23, 16, 2, 32, 2, 1e-5
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-jax = pytest.importorskip("jax")
-nn = pytest.importorskip("flax.linen")
-from flax import nnx  # noqa: E402
+import jax
+import flax.linen as nn
+from flax import nnx
 
-import accelir  # noqa: E402
+import accelir
 
-from test_frontend_jax import assert_close, capture_and_check  # noqa: E402
+from test_frontend_jax import assert_close, capture_and_check
 
 RNG = np.random.default_rng(1)
 KEY = jax.random.PRNGKey(0)

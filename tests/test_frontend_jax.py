@@ -7,13 +7,13 @@ import functools
 import numpy as np
 import pytest
 
-jax = pytest.importorskip("jax")
-import jax.numpy as jnp  # noqa: E402
-from jax import lax  # noqa: E402
+import jax
+import jax.numpy as jnp
+from jax import lax
 
-import accelir  # noqa: E402
-from accelir.errors import UnsupportedOpError  # noqa: E402
-from accelir.frontends.jax import capture_jax  # noqa: E402
+import accelir
+from accelir.errors import UnsupportedOpError
+from accelir.frontends.jax import capture_jax
 
 RNG = np.random.default_rng(0)
 

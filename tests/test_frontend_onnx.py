@@ -176,7 +176,7 @@ def test_com_microsoft_ops_read_back():
 
 
 def test_round_trip_keeps_interface_and_metadata():
-    lowering = pytest.importorskip("accelir.lowering.onnx")
+    from accelir.lowering import onnx as lowering
     m = _mlp()
     g = import_onnx(m)
     out = restore_onnx_interface(lowering.to_onnx(g), g)

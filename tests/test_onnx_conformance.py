@@ -56,7 +56,6 @@ def test_interpreter_path_meets_floor(cases):
 
 
 def test_onnxruntime_path_sample(cases):
-    pytest.importorskip("accelir.lowering.onnx")
     inscope = [c for c in cases if conf.scope_of(c) == "in"][::10]
     results = [conf.run_case(c, ["onnxruntime"]) for c in inscope]
     summary, failures = _report(results, "onnxruntime")
@@ -65,7 +64,6 @@ def test_onnxruntime_path_sample(cases):
 
 @pytest.mark.slow
 def test_onnxruntime_path_meets_floor(cases):
-    pytest.importorskip("accelir.lowering.onnx")
     results = [conf.run_case(c, ["onnxruntime"]) for c in cases]
     summary, failures = _report(results, "onnxruntime")
     assert summary["onnxruntime"]["rate"] >= _floors()["onnxruntime"], "\n".join(failures)

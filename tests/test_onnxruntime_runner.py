@@ -8,15 +8,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import transformers
+from torch.export import Dim
 
 import accelir
 from accelir import DType, Graph, LoweringError, TensorType
 from accelir.lowering.onnx import MS_DOMAIN, ONNX_RULES, default_opset, save_onnx, to_onnx, to_onnx_external
+from accelir.frontends.torch import capture_torch
 from accelir.lowering.onnxruntime import OnnxRuntimeModule
-
-transformers = pytest.importorskip("transformers")
-from accelir.frontends.torch import capture_torch  # noqa: E402
-from torch.export import Dim  # noqa: E402
 
 
 def _text_inputs(vocab: int, batch: int = 2, seq: int = 8) -> tuple[tuple, dict]:
