@@ -481,6 +481,50 @@ graph main(%x: f32[8,16], %w: f32[16,32], %b: f32[8,1]) -> (f32[8,32]) {
 }
 """,
          UNCHANGED, why="does not vary along the output features only"),
+    Case("parallel_linear_qkv", "fuse_parallel_linear", """
+graph main(%x: f32[B,3,4]) -> (f32[B,3,2], f32[B,3,3], f32[B,3,2]) {
+  %w1 = constant() {name="w1", value=[[0.5, -1.0], [0.25, 2.0], [1.5, -0.5], [0.0, 1.0]]} : f32[4,2]
+  %b1 = constant() {name="b1", value=[0.5, -0.25]} : f32[2]
+  %w2 = constant() {name="w2", value=[[1.0, 0.0, -1.0], [0.5, 0.5, 0.5], [2.0, -2.0, 1.0], [0.0, 0.25, 0.75]]} : f32[4,3]
+  %w3 = constant() {name="w3", value=[[1.0, 2.0], [3.0, 4.0], [-1.0, -2.0], [0.5, 0.5]]} : f32[4,2]
+  %0 = linear(%x, %w1, %b1) {activation="none"} : f32[B,3,2]
+  %1 = matmul(%x, %w2) : f32[B,3,3]
+  %2 = relu(%1) : f32[B,3,3]
+  %3 = linear(%x, %w3) {activation="none"} : f32[B,3,2]
+  return %0, %2, %3
+}
+""",
+         """
+graph main(%x: f32[B,3,4]) -> (f32[B,3,2], f32[B,3,3], f32[B,3,2]) {
+  %0 = constant() {name="w1_merged"} : f32[4,7]
+  %1 = constant() {name="w1_merged_bias", value=[0.5, -0.25, 0.0, 0.0, 0.0, 0.0, 0.0]} : f32[7]
+  %3 = linear(%x, %0, %1) {activation="none"} : f32[B,3,7]
+  %4 = slice(%3) {starts=[0], stops=[2], steps=[], axes=[2]} : f32[B,3,2]
+  %5 = slice(%3) {starts=[2], stops=[5], steps=[], axes=[2]} : f32[B,3,3]
+  %6 = slice(%3) {starts=[5], stops=[7], steps=[], axes=[2]} : f32[B,3,2]
+  %2 = relu(%5) : f32[B,3,3]
+  return %4, %2, %6
+}
+"""),
+    Case("parallel_linear_other_activation", "fuse_parallel_linear", """
+graph main(%x: f32[3,4]) -> (f32[3,2], f32[3,2]) {
+  %w1 = constant() {name="w1", value=[[0.5, -1.0], [0.25, 2.0], [1.5, -0.5], [0.0, 1.0]]} : f32[4,2]
+  %w2 = constant() {name="w2", value=[[1.0, 2.0], [3.0, 4.0], [-1.0, -2.0], [0.5, 0.5]]} : f32[4,2]
+  %0 = linear(%x, %w1) {activation="relu"} : f32[3,2]
+  %1 = linear(%x, %w2) {activation="none"} : f32[3,2]
+  return %0, %1
+}
+""",
+         UNCHANGED),
+    Case("parallel_linear_weight_input", "fuse_parallel_linear", """
+graph main(%x: f32[3,4], %w2: f32[4,2]) -> (f32[3,2], f32[3,2]) {
+  %w1 = constant() {name="w1", value=[[0.5, -1.0], [0.25, 2.0], [1.5, -0.5], [0.0, 1.0]]} : f32[4,2]
+  %0 = linear(%x, %w1) {activation="none"} : f32[3,2]
+  %1 = linear(%x, %w2) {activation="none"} : f32[3,2]
+  return %0, %1
+}
+""",
+         UNCHANGED, why="the weight is not a constant"),
     Case("attention_eager", "fuse_attention", """
 graph main(%q: f32[2,4,5,8], %k: f32[2,4,6,8], %v: f32[2,4,6,8], %m: f32[2,1,5,6]) -> (f32[2,4,5,8]) {
   %d = constant() {name="d", value=2.8284271247461903} : f32[]
@@ -812,6 +856,6 @@ def test_pipelines_place_the_fusion_passes() -> None:
     names = [pass_name(p) for p in pipeline(2)]
     fusion = names[names.index("fuse_gelu"):]
     assert fusion == ["fuse_gelu", "fuse_silu", "fuse_softmax", "fuse_layer_norm", "fuse_rms_norm", "fuse_skip_norm",
-                      "fuse_attention", "fuse_linear", "fuse_conv_bn", "fuse_conv_act"]
+                      "fuse_attention", "fuse_linear", "fuse_parallel_linear", "fuse_conv_bn", "fuse_conv_act"]
     assert "fuse_elementwise" not in names
     assert [pass_name(p) for p in pipeline(3, "xla")][-1] == "fuse_elementwise"
