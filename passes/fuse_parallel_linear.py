@@ -13,6 +13,11 @@ gated MLP), and a packed query/key/value projection is what ONNX Runtime's fused
 graph; a member without a bias gets zeros when another has one.  The concatenated
 weights are new constants (the originals stay where other nodes still read them);
 weights are never copied into float64, so the merge is exact.
+
+Projections that each reach one fused ``attention`` through nothing but their head
+split (a reshape and a transpose) are left alone: the ONNX lowering reads them as
+MultiHeadAttention's separate inputs at the speed of the packed form, and merging
+would hold a second copy of weights the caller's model already owns.
 """
 
 from __future__ import annotations
@@ -53,6 +58,17 @@ def _member(node: Node) -> tuple[Value, np.ndarray, np.ndarray | None, str] | st
     return x, w, b, activation
 
 
+def _attention_reader(v: Value) -> Node | None:
+    """The ``attention`` that reads ``v`` through a head split (reshape, transpose) alone, else None."""
+    for _ in range(2):
+        users = v.users()
+        if len(users) != 1 or users[0].op not in ("reshape", "transpose") or v.is_graph_output:
+            return None
+        v = users[0].output
+    users = v.users()
+    return users[0] if len(users) == 1 and users[0].op == "attention" and not v.is_graph_output else None
+
+
 @dataclass(frozen=True)
 class FuseParallelLinear:
     """The pass: ``FuseParallelLinear()(graph) -> changed``; ``verbose`` records near misses."""
@@ -86,6 +102,13 @@ class FuseParallelLinear:
             groups.setdefault((id(x), w.shape[0], w.dtype.str, activation), []).append((node, w, b))
         for members in groups.values():
             if len(members) < 2:
+                continue
+            readers = {id(_attention_reader(n.output)) for n, _, _ in members}
+            if len(readers) == 1 and _attention_reader(members[0][0].output) is not None:
+                if self.verbose:
+                    self.near_misses.append(NearMiss(
+                        self.name, "the projections feed one fused attention through their head split alone",
+                        members[0][0]))
                 continue
             if not rewrite_budget.allow(
                     lambda m=members: f"{self.name}: {len(m)} projections of {m[0][0].inputs[0]!r} "

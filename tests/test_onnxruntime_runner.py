@@ -501,7 +501,7 @@ def test_onnxruntime_runs_the_default_opset_kernels_without_inlining(tmp_path):
 
 
 @pytest.mark.parametrize("name,fused", [("gpt2", {"Attention", "Gemm", "LayerNormalization"}),
-                                        ("bert", {"Attention", "Gemm", "LayerNormalization"}),  # q, k, v packed into one projection
+                                        ("bert", {"MultiHeadAttention", "Gemm", "LayerNormalization"}),
                                         ("cnn", {"FusedConv"})])
 def test_optimized_model_matches_eager_on_fused_kernels(name, fused):
     model, (args, kwargs) = MODELS[name]()
