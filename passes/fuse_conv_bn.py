@@ -34,7 +34,8 @@ def channel_vector(arr: np.ndarray, channels: int) -> np.ndarray:
 
 
 def _weights(m: Match, conv: Node) -> tuple[np.ndarray, np.ndarray] | None:
-    """The conv's weight and bias (zeros when absent) as float64 arrays, or None."""
+    """The conv's weight (as stored: products with the float64 factors are float64 without a float64
+    copy of it first) and bias (float64, zeros when absent), or None."""
     if conv.op == "fused_conv" and conv.attrs["activation"] != "none":
         return None
     w = conv.inputs[1].const_value
@@ -47,13 +48,13 @@ def _weights(m: Match, conv: Node) -> tuple[np.ndarray, np.ndarray] | None:
         bias = bias.astype(np.float64)
     else:
         bias = np.zeros(w.shape[0], np.float64)
-    return w.astype(np.float64), bias
+    return w, bias
 
 
 def _rebuild(b: Builder, conv: Node, w: np.ndarray, bias: np.ndarray) -> Value:
     dt = conv.inputs[1].dtype.numpy
     name = re.sub(r"_folded(_\d+)?$", "", conv.inputs[1].producer.attrs["name"])
-    new_w = b.const(w.astype(dt), name=f"{name}_folded")
+    new_w = b.const(w if w.dtype == dt else w.astype(dt), name=f"{name}_folded")  # an unchanged weight is shared
     new_b = b.const(bias.astype(dt), name=f"{name}_folded_bias")
     return b.node(conv.op, [conv.inputs[0], new_w, new_b], conv.attrs).output
 
@@ -66,7 +67,7 @@ def _batch_norm(m: Match, b: Builder) -> Value | None:
     w, bias = got
     scale, shift, mean, var = (m.const(k).astype(np.float64) for k in ("scale", "shift", "mean", "var"))
     k = scale / np.sqrt(var + m.root.attrs["epsilon"])
-    w = w * k.reshape((-1,) + (1,) * (w.ndim - 1))
+    w = np.multiply(w, k.reshape((-1,) + (1,) * (w.ndim - 1)), dtype=np.float64)
     return _rebuild(b, conv, w, (bias - mean) * k + shift)
 
 
@@ -82,7 +83,8 @@ def _affine(m: Match, b: Builder) -> Value | None:
     w, bias = got
     vec = channel_vector(m.const("c").astype(np.float64), w.shape[0])
     if m.root.op == "mul":
-        return _rebuild(b, conv, w * vec.reshape((-1,) + (1,) * (w.ndim - 1)), bias * vec)
+        return _rebuild(b, conv, np.multiply(w, vec.reshape((-1,) + (1,) * (w.ndim - 1)), dtype=np.float64),
+                        bias * vec)
     if m.root.op == "sub" and m.root.inputs[0] is not y:
         return None  # c - conv negates the conv: not a bias shift
     return _rebuild(b, conv, w, bias + vec if m.root.op == "add" else bias - vec)
