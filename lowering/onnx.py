@@ -646,13 +646,29 @@ def _live_nodes(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> list
     return live
 
 
+def _backing_bytes(arr: np.ndarray) -> bytes | None:
+    """The ``bytes`` object ``arr`` views from its first byte to its last, else None: an initializer
+    read from an ONNX file is such a view, and handing protobuf those bytes saves a copy."""
+    base = arr.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if type(base) is not bytes or len(base) != arr.nbytes or not arr.flags.c_contiguous or \
+            arr.dtype.byteorder == ">":
+        return None
+    start = np.frombuffer(base, np.uint8, count=min(1, len(base))).__array_interface__["data"][0]
+    return base if arr.__array_interface__["data"][0] == start else None
+
+
 def _fill_tensor(t: TensorProto, name: str, arr: np.ndarray) -> None:
     t.name = name
     t.data_type = ONNX_DTYPE[DType.from_numpy(arr.dtype)]
     t.dims.extend(arr.shape)
-    if arr.dtype.byteorder == ">":
-        arr = arr.astype(arr.dtype.newbyteorder("<"))
-    t.raw_data = np.ascontiguousarray(arr).tobytes()
+    raw = _backing_bytes(arr) if arr.nbytes else None
+    if raw is None:
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        raw = np.ascontiguousarray(arr).tobytes()
+    t.raw_data = raw
 
 
 def _external_stub(t: TensorProto, name: str, arr: np.ndarray) -> None:
