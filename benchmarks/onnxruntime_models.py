@@ -15,10 +15,12 @@ one's first output against eager torch (error relative to the output's peak), th
 times them in interleaved rounds (A B C A B C ...) and prints the median latency
 (min-max, and the spread of the middle half as a measure of noise) and the ratio of
 accelir to the best exporter.  It also reports the build times (``optimize()`` =
-capture + passes + lowering + session build, against each export + session build)
-and the resident memory ``optimize()`` added at its peak in a fresh process, as a
-multiple of the model's weight bytes (``--tracemalloc`` adds Python's traced peak,
-which slows the capture down).  ``--profile DIR`` writes ONNX Runtime profiles of the sessions and
+capture + passes + lowering + session build, against each export + session build),
+each system in its own fresh process: cold (the first build there, which pays the
+one-time costs every system has: torch.export's and onnxruntime's lazy imports and
+first-call set-up) and warm (a second build in the same process); and the resident
+memory the first build added at its peak, as a multiple of the model's weight bytes
+(``--tracemalloc`` adds Python's traced peak, which slows the capture down).  ``--profile DIR`` writes ONNX Runtime profiles of the sessions and
 prints where each spends its time, by op type.
 """
 
@@ -89,22 +91,31 @@ def _rel_error(got: np.ndarray, want: np.ndarray) -> float:
 
 def build_memory(name: str, quick: bool, level: int, traced: bool, system: str) -> dict[str, Any]:
     """In a fresh process (so no earlier work has warmed the heap or loaded the libraries): build the
-    model, then measure the resident memory that building ``system`` adds at its peak: for accelir
-    ``optimize()`` (and, with ``traced``, Python's traced peak of a second run), for an exporter the
-    export and its session."""
+    model, then build ``system`` twice: for accelir ``optimize()``, for an exporter the export and its
+    session.  Returns the resident memory the first build added at its peak (``rss_added``), the
+    seconds of the first build (``cold_s``) and of the second (``warm_s``), and with ``traced``
+    Python's traced peak of a third accelir build."""
     import accelir
     from benchmarks.models import MODELS
     from benchmarks.run import PeakMemory
 
     model, inputs = MODELS[name].build(quick)
-    if system != "accelir":
-        with tempfile.TemporaryDirectory(prefix="accelir-ort-bench-") as tmp, PeakMemory() as mem:
-            _build_export(model, inputs, 1, system == "dynamo", tmp)
-        return {"rss_added": mem.added}
-    with PeakMemory() as mem:
-        accelir.optimize(model, inputs, backend="onnxruntime", level=level)
-    out: dict[str, Any] = {"rss_added": mem.added}
-    if traced:
+    with tempfile.TemporaryDirectory(prefix="accelir-ort-bench-") as tmp:
+        def build() -> None:
+            if system == "accelir":
+                accelir.optimize(model, inputs, backend="onnxruntime", level=level)
+            else:
+                _build_export(model, inputs, 1, system == "dynamo", tmp)
+        with PeakMemory() as mem:
+            t0 = time.perf_counter()
+            build()
+            cold = time.perf_counter() - t0
+        gc.collect()
+        t0 = time.perf_counter()
+        build()
+        warm = time.perf_counter() - t0
+    out: dict[str, Any] = {"rss_added": mem.added, "cold_s": cold, "warm_s": warm}
+    if traced and system == "accelir":
         gc.collect()
         tracemalloc.start()
         accelir.optimize(model, inputs, backend="onnxruntime", level=level)
@@ -183,7 +194,7 @@ def run_model(name: str, *, quick: bool, threads: int, level: int, warmup: int, 
         want = _first_array(model(*inputs)).astype(np.float64)
     memory: dict[str, dict[str, Any]] = {}
     for system in SYSTEMS:
-        log(f"{name}: peak memory of building {system} in a fresh process")
+        log(f"{name}: build time and peak memory of {system} in a fresh process")
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             memory[system] = pool.submit(build_memory, name, quick, level, traced, system).result()
     results: dict[str, Result] = {}
@@ -225,10 +236,11 @@ def _quartiles(runs: list[float]) -> tuple[float, float]:
 def report(rows: list[dict[str, Any]], threads: int) -> str:
     lines = [f"batch 1, ONNX Runtime CPU, ORT_ENABLE_ALL, {threads} intra-op threads for every session; "
              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
-             "", "| model | system | median ms (min-max) | IQR/median | rel err vs eager | build s | notes |",
+             "", "| model | system | median ms (min-max) | IQR/median | rel err vs eager | build s here | notes |",
              "|---|---|---|---|---|---|---|"]
-    summary = ["", "| model | accelir / best export | optimize() / (dynamo export + session) | "
-               "peak RSS added / weights: optimize(), torchscript, dynamo (export + session) |", "|---|---|---|---|"]
+    summary = ["", "| model | accelir / best export | optimize() / (dynamo export + session), cold; warm | "
+               "build s cold (warm): optimize(), torchscript, dynamo | "
+               "peak RSS added / weights: optimize(), torchscript, dynamo (export + session) |", "|---|---|---|---|---|"]
     for row in rows:
         res: dict[str, Result] = row["results"]
         for s, r in res.items():
@@ -245,7 +257,10 @@ def report(rows: list[dict[str, Any]], threads: int) -> str:
             if "traced_peak" in mem:
                 texts[-1] += f" (traced {mem['traced_peak'] / row['weight_bytes']:.2f}x)"
         mem_text = ", ".join(texts)
-        summary.append(f"| {row['model']} | {ratio:.3f} | {res['accelir'].build_s / res['dynamo'].build_s:.2f} "
+        fresh = row["memory"]
+        build_ratio = " ; ".join(f"{fresh['accelir'][k] / fresh['dynamo'][k]:.2f}" for k in ("cold_s", "warm_s"))
+        build_text = ", ".join(f"{fresh[s]['cold_s']:.1f} ({fresh[s]['warm_s']:.1f})" for s in SYSTEMS)
+        summary.append(f"| {row['model']} | {ratio:.3f} | {build_ratio} | {build_text} "
                        f"| {mem_text} of {row['weight_bytes'] / 2 ** 20:.0f} MiB |")
         for s, (total, ops) in row["profiles"].items():
             summary.append(f"\nprofile {row['model']} / {s}: {total:.2f} ms of node medians; by op type (ms, nodes): "
