@@ -21,6 +21,7 @@ from accelir.ir import DType, Graph, TensorType, Value
 from accelir.ops import registry
 from accelir.pass_manager import compare_outputs
 from accelir.passes import pipeline
+from accelir.passes.pipeline import load_pass_modules
 
 DTYPES = (DType.f32, DType.f64, DType.i32)
 SHAPES = ((), (3,), (2, 3), (1, 3), (2, 1), (4, 2, 3))
@@ -153,3 +154,41 @@ def test_level_2_pipeline_preserves_numerics(data):
     want = accelir.run_graph(g, args)
     accelir.PassManager(pipeline(2), check_numerics=args).run(g)
     _same(g, args, want, "level 2")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_parallel_projections_merge_without_changing_outputs(data):
+    """Projections of one input (linear with or without bias and activation, matmul, some with a
+    weight that is an input) next to other readers of it: merged or not, the outputs stay."""
+    dtype = data.draw(st.sampled_from((DType.f32, DType.f64)), "dtype")
+    lead = data.draw(st.sampled_from(((), (2,), (2, 3))), "lead")
+    k = data.draw(st.integers(1, 4), "k")
+    g = Graph("g")
+    x = g.add_input(TensorType(dtype, lead + (k,)), "x")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 16), "seed"))
+    outs = []
+    for i in range(data.draw(st.integers(1, 5), "projections")):
+        n = data.draw(st.integers(1, 4), f"n{i}")
+        if data.draw(st.booleans(), f"input_weight{i}"):
+            w = g.add_input(TensorType(dtype, (k, n)), f"w{i}")
+        else:
+            w = g.const(rng.standard_normal((k, n)).astype(dtype.numpy), name=f"w{i}")
+        kind = data.draw(st.sampled_from(("matmul", "linear", "linear_bias")), f"kind{i}")
+        act = data.draw(st.sampled_from(("none", "none", "relu", "tanh")), f"act{i}")
+        if kind == "matmul":
+            y = g.apply("matmul", x, w)
+        else:
+            bias = [g.const(rng.standard_normal(data.draw(st.sampled_from((n, 1)), f"b{i}")).astype(dtype.numpy))] \
+                if kind == "linear_bias" else []
+            y = g.apply("linear", x, w, *bias, activation=act)
+        outs.append(y)
+    if data.draw(st.booleans(), "other_reader"):
+        outs.append(g.apply("neg", x))
+    g.set_outputs(outs)
+    accelir.verify(g)
+    args = _inputs(g, 2)
+    want = accelir.run_graph(g, args)
+    load_pass_modules()
+    accelir.passes.get_pass("fuse_parallel_linear")(g)
+    _same(g, args, want, "fuse_parallel_linear")
