@@ -247,6 +247,7 @@ class LoweringContext:
         self._produced: dict[str, tuple[onnx.NodeProto, int]] = {}
         self.composites: list[Node] = []  # the composite nodes whose decomposition is being lowered
         self._env: dict[int, OnnxValue] = {}
+        self.split_outputs: dict[int, OnnxValue] = {}  # id(slice node) -> its part of a Split already emitted
 
     @property
     def opset(self) -> int:
@@ -1119,11 +1120,49 @@ def _lower_squeeze(ctx, node, xs):
     return [ctx.kernel(node.op.capitalize(), xs[0], ctx.ints(node.attrs["axes"]))]
 
 
+def _partition(node: Node) -> tuple[list[Node], int] | None:
+    """``(slices, axis)`` where every reader of ``node``'s operand is a unit-step slice along one static
+    axis and together they cut it into consecutive parts (a packed q, k, v projection, say), the slices
+    in order along the axis; else None."""
+    x = node.inputs[0]
+    if x.rank == 0:
+        return None
+    parts: list[tuple[int, int, Node]] = []
+    axis = None
+    for s in x.users():
+        a = s.attrs if s.op == "slice" else None
+        if a is None or s.graph is not node.graph or len(a["axes"]) != 1 or tuple(a["steps"] or (1,)) != (1,):
+            return None
+        ax = a["axes"][0] % x.rank
+        start, stop = a["starts"][0], a["stops"][0]
+        if axis not in (None, ax) or type(start) is not int or type(stop) is not int:
+            return None
+        axis = ax
+        parts.append((start, stop, s))
+    dim = x.shape[axis]
+    parts.sort(key=lambda p: (p[0], p[1]))
+    if len(parts) < 2 or type(dim) is not int or parts[0][0] != 0 or parts[-1][1] != dim or \
+            any(a[1] != b[0] or a[0] >= a[1] for a, b in zip(parts, parts[1:])):
+        return None
+    return [p[2] for p in parts], axis
+
+
 @register_lowering("slice")
 def _lower_slice(ctx, node, xs):
     a = node.attrs
     if not a["axes"]:
         return [xs[0]]
+    done = ctx.split_outputs.pop(id(node), None)
+    if done is not None:
+        return [done]
+    group = _partition(node)
+    if group is not None:  # one Split for all the parts, read back as each slice is lowered
+        slices, axis = group
+        sizes = [s.attrs["stops"][0] - s.attrs["starts"][0] for s in slices]
+        outs = ctx.kernel("Split", xs[0], ctx.ints(sizes), axis=axis, results=[SAME] * len(slices))
+        for s, o in zip(slices, outs):
+            ctx.split_outputs[id(s)] = o
+        return [ctx.split_outputs.pop(id(node))]
     steps = a["steps"] or (1,) * len(a["axes"])
     return [ctx.kernel("Slice", xs[0], ctx.dims(a["starts"]), ctx.dims(a["stops"]), ctx.ints(a["axes"]),
                        ctx.ints(steps))]

@@ -378,3 +378,25 @@ def test_initializers_viewing_whole_bytes_are_handed_over_without_a_copy():
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in to_onnx(g).graph.initializer}
     np.testing.assert_array_equal(inits["w"], arr)
     np.testing.assert_array_equal(inits["b"], arr[0])
+
+
+SPLIT_SRC = """
+graph main(%x: {dt}[2,3,7]) -> ({dt}[2,3,2], {dt}[2,3,3], {dt}[2,3,{last}]) {{
+  %0 = slice(%x) {{starts=[2], stops=[5], steps=[], axes=[2]}} : {dt}[2,3,3]
+  %1 = slice(%x) {{starts=[0], stops=[2], steps=[], axes=[-1]}} : {dt}[2,3,2]
+  %2 = neg(%0) : {dt}[2,3,3]
+  %3 = slice(%x) {{starts=[{start}], stops=[7], steps=[], axes=[2]}} : {dt}[2,3,{last}]
+  return %1, %2, %3
+}}
+"""
+
+
+@pytest.mark.parametrize("dt", ["f32", "f16", "i64"])
+@pytest.mark.parametrize("start,ops", [(5, ["Split", "Neg"]),  # the three parts cut x: one Split
+                                       (6, ["Slice", "Slice", "Neg", "Slice"])])  # a gap: slices as they are
+def test_slices_cutting_a_value_into_parts_lower_to_one_split(dt, start, ops):
+    g = accelir.parse(SPLIT_SRC.format(dt=dt, start=start, last=7 - start))
+    assert [n.op_type for n in to_onnx(g).graph.node if n.op_type not in ("Cast",)] == ops
+    x = (np.random.default_rng(0).standard_normal((2, 3, 7)) * 4).astype(DType.parse(dt).numpy)
+    for got, want in zip(OnnxRuntimeModule(g)(x), accelir.run_graph(g, [x])):
+        np.testing.assert_array_equal(got, want)
