@@ -90,6 +90,8 @@ _JAX_DTYPES: dict[DType, Any] = {
     DType.bool: jnp.bool_,
 }
 _WIDE = (DType.i64, DType.f64)
+# composites lowered through their decomposition: gathers at computed indices, no jax.image / lax counterpart
+_DECOMPOSED = ("grid_sample", "roi_align")
 _HALF = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
 
 
@@ -312,7 +314,8 @@ def check_lowerable(graph: Graph) -> None:
 
 
 def _needs_x64(graph: Graph) -> bool:
-    return any(t.dtype in _WIDE for t, _ in _all_types(graph))
+    # decompositions index with i64, and their values are not the graph's own
+    return any(t.dtype in _WIDE for t, _ in _all_types(graph)) or any(n.op in _DECOMPOSED for n in _walk(graph))
 
 
 # ----- the lowering ------------------------------------------------------------------
@@ -1194,6 +1197,25 @@ def _linear(ctx, x, w, bias=None, *, activation):
     if bias is not None:
         y = y + bias
     return _ACTIVATIONS[activation](y)
+
+
+def _via_decomposition(ctx, *args, **attrs):
+    """Lower a composite that jax has no kernel for through its decomposition into core ops."""
+    node = ctx.node
+    scratch = Graph(f"{node.op}_decomposition")
+    ins = [scratch.add_input(v.type, v.name) for v in node.inputs]
+    try:
+        outs = registry.get(node.op).decompose(scratch.builder(meta=node.meta), ins, dict(node.attrs))
+    except registry.TypeRuleError as e:
+        raise LoweringError(f"jax lowering of {node.describe()}: {e}") from None
+    scratch.set_outputs(outs)
+    prefix = f"{node.op}_decomposition"
+    sub = _Lowering({id(scratch): prefix}, {}, {_key(prefix, k): v for k, v in scratch.constants.items()})
+    return sub.run(scratch, *args, bindings=ctx.bindings)
+
+
+for _op in _DECOMPOSED:
+    register_lowering(_op)(_via_decomposition)
 
 
 # ----- rules: regions ----------------------------------------------------------------

@@ -30,6 +30,8 @@ Choices a reader should know:
   otherwise to the op's own decomposition.  ``linear`` is one Gemm over the input
   flattened to 2-D (bias in the epilogue, a transposed weight read through transB);
   the skip norms stay Add + norm (ORT's fused skip-norm CPU kernels are the slower).
+  ``grid_sample`` / ``roi_align`` become GridSample / RoiAlign where ONNX Runtime has a
+  kernel at the opset that agrees with the ONNX reference, else their decompositions.
 * weights: ``to_onnx_external`` leaves them out of the model and hands ONNX Runtime
   the graph's arrays directly (``OnnxRuntimeModule(graph)`` does this): ORT makes its
   one copy (packed, for the matmul kernels) from them, where an embedded model would
@@ -1436,6 +1438,48 @@ def _lower_batch_norm(ctx, node, xs):
     # x, scale / bias and mean / var are three type variables: compute all in one dtype
     return [_in_compute(ctx, xs, ("BatchNormalization",),
                         lambda v: ctx.op("BatchNormalization", *v, epsilon=node.attrs["epsilon"]))]
+
+
+def _runs_native(ctx: LoweringContext, op_type: str, dtype: DType) -> bool:
+    """Whether ONNX Runtime has a kernel for ``op_type`` at the version this opset selects, for ``dtype`` or
+    a wider dtype: a kernel registered open-ended from an older version does not serve a newer one
+    (RoiAlign-16's does not run RoiAlign-22)."""
+    if _have_onnxruntime():
+        since = onnx.defs.get_schema(op_type, ctx.opset, "").since_version
+        if not _has_kernel_at(_ort_kernel_types().get((op_type, ""), []), since):
+            return False
+    return ctx.has_kernel(dtype, op_type)
+
+
+# GridSample-16 names the modes bilinear / bicubic and takes 4-D inputs only; GridSample-20 is N-D.
+_GRID_SAMPLE_16_MODES = {"linear": "bilinear", "nearest": "nearest", "cubic": "bicubic"}
+
+
+@register_lowering("grid_sample")
+def _lower_grid_sample(ctx, node, xs):
+    x_t, a = node.inputs[0].type, node.attrs
+    # ONNX Runtime's kernel samples cubic only in 2-D, and with border padding clamps each tap rather than
+    # the coordinate as the ONNX reference does: those take the decomposition
+    spatial_ok = x_t.rank == 4 or (ctx.opset >= 20 and a["mode"] != "cubic")
+    if spatial_ok and (a["mode"], a["padding_mode"]) != ("cubic", "border") and \
+            _runs_native(ctx, "GridSample", x_t.dtype):
+        cdt = ctx.compute_dtype(x_t.dtype, "GridSample")
+        mode = a["mode"] if ctx.opset >= 20 else _GRID_SAMPLE_16_MODES[a["mode"]]
+        # X and grid are separate type variables: cast the grid along with X
+        return [ctx.kernel("GridSample", xs[0], ctx.cast(xs[1], cdt), compute=cdt, mode=mode,
+                           padding_mode=a["padding_mode"], align_corners=int(a["align_corners"]))]
+    return _decompose(ctx, node, xs)
+
+
+@register_lowering("roi_align")
+def _lower_roi_align(ctx, node, xs):
+    x, rois, batch = xs
+    if _runs_native(ctx, "RoiAlign", x.dtype):
+        return [ctx.kernel("RoiAlign", x, rois, ctx.cast(batch, DType.i64), **node.attrs)]
+    if node.attrs["sampling_ratio"] == 0:
+        raise ctx.error(f"onnxruntime has no RoiAlign kernel at opset {ctx.opset}, and adaptive sampling "
+                        "(sampling_ratio=0) has no decomposition; lower at opset 21 or below, or set sampling_ratio")
+    return _decompose(ctx, node, xs)
 
 
 def _split_heads(v: Value) -> tuple[Value, int] | None:

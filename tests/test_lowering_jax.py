@@ -281,6 +281,28 @@ def gather_cases(op):
                         {"batch_dims": 1})]
 
 
+def grid_sample_cases():
+    def case(shape, grid_shape, mode, pad, align):
+        return lambda dt: ([data(dt, shape, -1, 1), data(dt, grid_shape, -1.3, 1.3, seed=1)],
+                           {"mode": mode, "padding_mode": pad, "align_corners": align})
+    return [case((2, 3, 5, 6), (2, 4, 7, 2), "linear", "zeros", False),
+            case((2, 3, 5, 6), (2, 4, 7, 2), "cubic", "border", True),
+            case((2, 3, 5, 6), (2, 4, 7, 2), "nearest", "reflection", False),
+            case((1, 2, 4, 5, 3), (1, 3, 4, 2, 3), "linear", "reflection", True)]
+
+
+def roi_align_cases():
+    def case(attrs):
+        def make(dt):
+            corner = data(DType.f32, (4, 2), -2, 6, seed=1)
+            rois = np.concatenate([corner, corner + data(DType.f32, (4, 2), 0, 5, seed=2)], axis=1)
+            return [data(dt, (2, 3, 8, 9), -1, 1), rois.astype(dt.numpy), ints([1, 0, 1, 1], DType.i64)], attrs
+        return make
+    return [case({"output_height": 3, "output_width": 2, "sampling_ratio": 2}),
+            case({"mode": "max", "output_height": 2, "output_width": 3, "sampling_ratio": 3, "spatial_scale": 0.8,
+                  "coordinate_transformation_mode": "output_half_pixel"})]
+
+
 def linear_cases():
     def case(act, bias):
         return lambda dt: ([data(dt, (2, 3, 4), -1, 1), data(dt, (4, 5), -1, 1, seed=1)]
@@ -343,6 +365,8 @@ CASES: dict[str, list[Case]] = {
                                 data(dt, (3,), seed=3), data(dt, (3,), 0.5, 2, seed=4)], {"epsilon": 1e-3})],
     "attention": attention_cases(),
     "linear": linear_cases(),
+    "grid_sample": grid_sample_cases(),
+    "roi_align": roi_align_cases(),
     "fusion": [fusion_case],
     "cond": cond_cases(),
     "while_loop": [while_case],

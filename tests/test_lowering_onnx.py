@@ -83,6 +83,11 @@ def _gen(arg: Arg, dt: DType, rng: np.random.Generator) -> np.ndarray:
         x = rng.choice([-1, 1], shape) * rng.uniform(0.5, 2.0, shape)
     elif arg.kind == "exp":
         x = rng.uniform(-2, 2, shape)
+    elif arg.kind == "grid":  # normalised sample coordinates, some outside [-1, 1] to exercise the padding
+        x = rng.uniform(-1.3, 1.3, shape)
+    elif arg.kind == "roi":  # boxes (x1, y1, x2, y2), some reaching past the image
+        corner = rng.uniform(-2, 6, shape[:-1] + (2,))
+        x = np.concatenate([corner, corner + rng.uniform(0, 5, shape[:-1] + (2,))], axis=-1)
     else:
         raise ValueError(arg.kind)
     return x.astype(dt.numpy)
@@ -214,6 +219,18 @@ def _cases() -> list[Case]:
         c.append(Case("linear", [_x(2, 3, 4, kind="small"), _x(4, 5, kind="small"), _x(5)], {"activation": act},
                       label=act))
     c.append(Case("linear", [_x(3, 4, kind="small"), _x(4, 5, kind="small")], label="nobias"))
+    x4, grid4 = _x(2, 3, 5, 6), Arg((2, 4, 7, 2), "grid")
+    for mode, pad, align in (("linear", "zeros", False), ("nearest", "border", True), ("cubic", "reflection", False),
+                             ("cubic", "border", True), ("nearest", "reflection", False)):
+        c.append(Case("grid_sample", [x4, grid4], {"mode": mode, "padding_mode": pad, "align_corners": align},
+                      label=f"{mode}-{pad}"))
+    c.append(Case("grid_sample", [_x(1, 2, 4, 5, 3), Arg((1, 3, 4, 2, 3), "grid")],
+                  {"mode": "linear", "padding_mode": "reflection", "align_corners": True}, label="3d"))
+    roi_args = [_x(2, 3, 8, 9), Arg((4, 4), "roi"), _idx(4, high=2, kind="pindex")]
+    c.append(Case("roi_align", roi_args, {"output_height": 3, "output_width": 2, "sampling_ratio": 2}))
+    c.append(Case("roi_align", roi_args[:2] + [_idx(4, high=2, dtype=DType.i32, kind="pindex")],
+                  {"mode": "max", "output_height": 2, "output_width": 3, "sampling_ratio": 3, "spatial_scale": 0.8,
+                   "coordinate_transformation_mode": "output_half_pixel"}, label="max"))
     c.extend(_region_cases())
     return c
 

@@ -238,7 +238,45 @@ def samples():
                    ([f32(3, 4), f32(4, 5), f32(5)], {"activation": "silu"}, lambda t: F.silu(t[0] @ t[1] + t[2]), True)]
     s["fused_conv"] = [([f32(1, 3, 6, 6), f32(4, 3, 3, 3), f32(4)], {"padding": ((1, 1), (1, 1)), "activation": "relu"},
                         lambda t: F.relu(F.conv2d(t[0], t[1], t[2], padding=1)), True)]
+    g4, g5 = f32(2, 4, 7, 2, lo=-1.3, hi=1.3), f32(1, 3, 4, 2, 3, lo=-1.3, hi=1.3)
+    s["grid_sample"] = [([f32(2, 3, 5, 6), g4], attrs, _grid_sample_oracle(attrs), True) for attrs in (
+        {"mode": "linear", "padding_mode": "zeros", "align_corners": False},
+        {"mode": "nearest", "padding_mode": "border", "align_corners": True},
+        {"mode": "cubic", "padding_mode": "reflection", "align_corners": False})]
+    s["grid_sample"].append(([f32(1, 2, 4, 5, 3), g5], {"mode": "linear", "padding_mode": "reflection",
+                                                        "align_corners": True},
+                             _grid_sample_oracle({"mode": "linear", "padding_mode": "reflection",
+                                                  "align_corners": True}), True))
+    xy = f32(3, 2, lo=-2, hi=8)
+    rois = np.concatenate([xy, xy + f32(3, 2, lo=0, hi=6)], axis=1)
+    s["roi_align"] = [([f32(3, 2, 9, 10), rois, np.array([2, 0, 2], np.int64)], attrs,
+                       _onnx_oracle("RoiAlign", attrs), True) for attrs in (
+        {"output_height": 3, "output_width": 4, "sampling_ratio": 2, "spatial_scale": 0.9},
+        {"mode": "max", "output_height": 2, "output_width": 2, "sampling_ratio": 3,
+         "coordinate_transformation_mode": "output_half_pixel"})]
     return s
+
+
+def _grid_sample_oracle(attrs):
+    mode = {"linear": "bilinear", "nearest": "nearest", "cubic": "bicubic"}[attrs["mode"]]
+    return lambda t: F.grid_sample(t[0], t[1], mode=mode, padding_mode=attrs["padding_mode"],
+                                   align_corners=attrs["align_corners"])
+
+
+def _onnx_oracle(op_type, attrs):
+    """ONNX's reference implementation of op_type where torch has no counterpart."""
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    def run(t):
+        arrays = [a.numpy() for a in t]
+        names = [f"x{i}" for i in range(len(arrays))]
+        node = helper.make_node(op_type, names, ["y"], **attrs)
+        graph = helper.make_graph([node], "oracle", [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(
+            a.dtype), a.shape) for n, a in zip(names, arrays)], [helper.make_tensor_value_info("y", 0, None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+        return torch.from_numpy(ReferenceEvaluator(model).run(None, dict(zip(names, arrays)))[0])
+    return run
 
 
 def _causal_bias(n):

@@ -936,6 +936,55 @@ def _resize(ctx: NodeContext):
     return [y]
 
 
+# ----- sampling: GridSample / RoiAlign --------------------------------------------------
+
+# GridSample-16 names its modes bilinear / bicubic; GridSample-20 renamed them linear / cubic
+_GRID_SAMPLE_MODES = {16: {"bilinear": "linear", "nearest": "nearest", "bicubic": "cubic"},
+                      20: {"linear": "linear", "nearest": "nearest", "cubic": "cubic"}}
+
+
+def _choice(ctx: NodeContext, name: str, default: str, allowed: Sequence[str]) -> str:
+    value = ctx.attr(name, default)
+    if value not in allowed:
+        raise ctx.unsupported(f"{name}={value!r} is not one of {', '.join(allowed)} (opset {ctx.opset})")
+    return value
+
+
+def _float_input(ctx: NodeContext, v: Value, what: str) -> None:
+    if not v.dtype.is_float:
+        raise ctx.unsupported(f"{what} of dtype {v.dtype}: accelir samples float tensors only; cast it first")
+
+
+@rule("GridSample")
+def _grid_sample(ctx: NodeContext):
+    x, grid = ctx.input(0), ctx.input(1)
+    _float_input(ctx, x, "X")
+    names = _GRID_SAMPLE_MODES[20 if ctx.opset >= 20 else 16]
+    mode = names[_choice(ctx, "mode", "linear" if ctx.opset >= 20 else "bilinear", tuple(names))]
+    pad = _choice(ctx, "padding_mode", "zeros", ("zeros", "border", "reflection"))
+    # X and grid may differ in dtype: sample in the wider one, return X's
+    dt = grid.dtype if grid.dtype.numpy.itemsize > x.dtype.numpy.itemsize else x.dtype
+    y = ctx.op("grid_sample", _cast(ctx, x, dt), _cast(ctx, grid, dt), mode=mode, padding_mode=pad,
+               align_corners=bool(ctx.attr("align_corners", 0)))
+    return [_cast(ctx, y, x.dtype)]
+
+
+@rule("RoiAlign")
+def _roi_align(ctx: NodeContext):
+    x, rois, batch = ctx.input(0), ctx.input(1), ctx.input(2)
+    _float_input(ctx, x, "X")
+    # RoiAlign-10 has no coordinate_transformation_mode and samples as output_half_pixel does
+    coords = _choice(ctx, "coordinate_transformation_mode", "half_pixel" if ctx.opset >= 16 else "output_half_pixel",
+                     ("half_pixel", "output_half_pixel") if ctx.opset >= 16 else ("output_half_pixel",))
+    attrs = {k: ctx.attr(k, 1) for k in ("output_height", "output_width")}
+    attrs["sampling_ratio"] = ctx.attr("sampling_ratio", 0)
+    if attrs["output_height"] < 1 or attrs["output_width"] < 1 or attrs["sampling_ratio"] < 0:
+        raise ctx.unsupported(f"output_height / output_width must be >= 1 and sampling_ratio >= 0, got {attrs}")
+    return [ctx.op("roi_align", x, _cast(ctx, rois, x.dtype), batch, mode=_choice(ctx, "mode", "avg", ("avg", "max")),
+                   spatial_scale=float(ctx.attr("spatial_scale", 1.0)), coordinate_transformation_mode=coords,
+                   **attrs)]
+
+
 # ----- gather / scatter --------------------------------------------------------------
 
 @rule("Gather")

@@ -1,6 +1,7 @@
 """Composite ops that fusion targets: gelu, silu, softmax, log_softmax, layer_norm,
 rms_norm, batch_norm (inference), attention, linear, fused_conv, skip_layer_norm,
-skip_rms_norm.
+skip_rms_norm; and the sampling ops grid_sample and roi_align (ONNX GridSample and
+RoiAlign, decomposed into gathers at computed indices).
 
 Each has a numpy reference (computing f16 / bf16 in f32) and a decomposition into
 core ops, used by backends without a fused kernel and checked against the reference
@@ -12,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.special
 
+from .. import dims as _dims
 from ..ir import Builder, DType, TensorType, Value
 from .linalg import CONV_ATTRS, _conv_rule, conv_params, conv_reference
 from .registry import (ACTIVATIONS, AttrSpec, OpDef, TypeRuleError, broadcast_shapes, norm_axis,
@@ -464,3 +466,384 @@ def _fused_conv_decompose(b, inputs, attrs):
 register(OpDef("fused_conv", _fused_conv_rule, _fused_conv_ref, min_inputs=2, max_inputs=3,
                attrs={**CONV_ATTRS, "activation": AttrSpec("str", "none", ACTIVATIONS)}, composite=True,
                decompose=_fused_conv_decompose, doc="activation(conv(x, w) + b)"))
+
+
+# ----- grid_sample / roi_align ---------------------------------------------------------
+
+_CUBIC_A = -0.75  # Keys' cubic convolution coefficient, as ONNX GridSample and torch use
+_GRID_MODES = ("linear", "nearest", "cubic")
+_GRID_PADDING = ("zeros", "border", "reflection")
+
+
+def _static_dims(op: str, dims, what: str) -> tuple[int, ...]:
+    if not all(type(d) is int for d in dims):
+        raise TypeRuleError(f"{op}: the decomposition needs static {what}, got {list(dims)}")
+    return tuple(dims)
+
+
+def _grid_sample_rule(types, attrs):
+    x, grid = types
+    _float_only("grid_sample", x)
+    same_dtype("grid_sample", types)
+    r = x.rank - 2
+    if r < 1 or grid.rank != x.rank or grid.shape[-1] != r:
+        raise TypeRuleError(f"grid_sample: x must be [N, C, *spatial] and grid [N, *out, {max(r, 1)}] of the "
+                            f"same rank, got {x} and {grid}")
+    if x.shape[0] != grid.shape[0]:
+        raise TypeRuleError(f"grid_sample: batch dims differ ({x.shape[0]} vs {grid.shape[0]})")
+    return [TensorType(x.dtype, tuple(x.shape[:2]) + tuple(grid.shape[1:-1]))]
+
+
+def _gs_bounds(size: int, align_corners: bool) -> tuple[float, float]:
+    return (0.0, size - 1.0) if align_corners else (-0.5, size - 0.5)
+
+
+def _gs_reflect_np(x, lo: float, hi: float):
+    """Fold x into [lo, hi] by reflecting at the nearer border until it lies inside."""
+    span = hi - lo
+    if span <= 0:
+        return np.full_like(x, lo)
+    below = x < lo
+    d = np.where(below, lo - x, x - hi)
+    k = np.floor(d / span)
+    r = d - k * span
+    toward_lo = below == (np.mod(k, 2) == 0)
+    return np.where((x < lo) | (x > hi), np.where(toward_lo, lo + r, hi - r), x).astype(x.dtype)
+
+
+def _cubic_coeffs(t):
+    """Keys' cubic weights of the taps at -1, 0, 1, 2 for a fraction t in [0, 1)."""
+    a = _CUBIC_A
+    s, u, v = t + 1, 1 - t, 2 - t
+    return [((a * s - 5 * a) * s + 8 * a) * s - 4 * a, ((a + 2) * t - (a + 3)) * t * t + 1,
+            ((a + 2) * u - (a + 3)) * u * u + 1, ((a * v - 5 * a) * v + 8 * a) * v - 4 * a]
+
+
+def _gs_taps_np(x, size: int, attrs):
+    """Per spatial dim: [(integer index, weight, in bounds)] for the taps of one source coordinate."""
+    lo, hi = _gs_bounds(size, attrs["align_corners"])
+    mode, pad = attrs["mode"], attrs["padding_mode"]
+    if mode == "nearest":
+        taps = [(np.rint(x), np.ones_like(x))]
+    else:
+        base = np.floor(x)
+        t = x - base
+        if mode == "linear":
+            taps = [(base, 1 - t), (base + 1, t)]
+        else:
+            taps = [(base + k - 1, w) for k, w in enumerate(_cubic_coeffs(t))]
+    out = []
+    for i, w in taps:
+        if mode == "nearest" and pad == "border":
+            i = np.where((i < lo) | (i > hi), np.clip(i, 0, size - 1), i)
+        if pad == "reflection":
+            i = _gs_reflect_np(i, lo, hi)
+        ok = (i >= 0) & (i <= size - 1) if pad == "zeros" else np.ones(i.shape, bool)
+        out.append((np.clip(i, 0, size - 1).astype(np.int64), w, ok))
+    return out
+
+
+def _gs_source_np(g, size: int, attrs):
+    """The source coordinate of normalised grid values g along a dim of this size, padded as ONNX
+    GridSample pads coordinates (before the taps)."""
+    if attrs["align_corners"]:
+        x = (g + 1) / 2 * (size - 1)
+    else:
+        x = ((g + 1) * size - 1) / 2
+    if attrs["mode"] == "nearest":
+        return x  # nearest pads the rounded coordinate (see _gs_taps_np)
+    lo, hi = _gs_bounds(size, attrs["align_corners"])
+    if attrs["padding_mode"] == "border":
+        x = np.where((x < lo) | (x > hi), np.clip(x, 0, size - 1), x)
+    elif attrs["padding_mode"] == "reflection":
+        x = _gs_reflect_np(x, lo, hi)
+    return x
+
+
+def _grid_sample_ref(xs, a):
+    x, grid = xs
+    n, c, sizes = x.shape[0], x.shape[1], x.shape[2:]
+    r = len(sizes)
+    out_sp = grid.shape[1:-1]
+    flat = np.moveaxis(x, 1, -1).reshape(n, -1, c)
+    # grid's last dim lists coordinates innermost first (x = width, y = height, ...)
+    taps = [_gs_taps_np(_gs_source_np(grid[..., r - 1 - d], sizes[d], a), sizes[d], a) for d in range(r)]
+    strides = [int(np.prod(sizes[d + 1:], dtype=np.int64)) for d in range(r)]
+    batch = np.arange(n).reshape((n,) + (1,) * len(out_sp))
+    y = np.zeros((n,) + tuple(out_sp) + (c,), x.dtype)
+    for combo in np.ndindex(*[len(t) for t in taps]):
+        idx, w, ok = 0, 1, True
+        for d, k in enumerate(combo):
+            i_d, w_d, ok_d = taps[d][k]
+            idx, w, ok = idx + i_d * strides[d], w * w_d, ok & ok_d
+        y += np.where(ok[..., None], flat[batch, idx], 0) * w[..., None]
+    return np.moveaxis(y, -1, 1)
+
+
+def _gs_reflect_ir(b: Builder, x: Value, lo: float, hi: float) -> Value:
+    span = hi - lo
+    if span <= 0:
+        return b.op("broadcast_to", b.scalar(lo, x), shape=x.shape)
+    lo_c, hi_c = b.scalar(lo, x), b.scalar(hi, x)
+    below, above = b.op("lt", x, lo_c), b.op("gt", x, hi_c)
+    d = b.op("where", below, b.op("sub", lo_c, x), b.op("sub", x, hi_c))
+    k = b.op("floor", b.op("div", d, b.scalar(span, x)))
+    r = b.op("sub", d, b.op("mul", k, b.scalar(span, x)))
+    even = b.op("eq", b.op("rem", k, b.scalar(2.0, x)), b.scalar(0.0, x))
+    folded = b.op("where", b.op("eq", below, even), b.op("add", lo_c, r), b.op("sub", hi_c, r))
+    return b.op("where", b.op("or", below, above), folded, x)
+
+
+def _clip_ir(b: Builder, x: Value, lo: float, hi: float) -> Value:
+    return b.op("min", b.op("max", x, b.scalar(lo, x)), b.scalar(hi, x))
+
+
+def _pad_outside_ir(b: Builder, x: Value, size: int, attrs) -> Value:
+    """border: clamp coordinates outside [lo, hi] to [0, size - 1]; reflection: fold them in."""
+    lo, hi = _gs_bounds(size, attrs["align_corners"])
+    if attrs["padding_mode"] == "border":
+        outside = b.op("or", b.op("lt", x, b.scalar(lo, x)), b.op("gt", x, b.scalar(hi, x)))
+        return b.op("where", outside, _clip_ir(b, x, 0.0, size - 1.0), x)
+    if attrs["padding_mode"] == "reflection":
+        return _gs_reflect_ir(b, x, lo, hi)
+    return x
+
+
+def _gs_taps_ir(b: Builder, g: Value, size: int, attrs) -> list[tuple[Value, Value | None, Value | None]]:
+    """The decomposition's _gs_taps_np(_gs_source_np(...)): (i64 index, weight or None, in-bounds or None)."""
+    one = b.scalar(1.0, g)
+    if attrs["align_corners"]:
+        x = b.op("mul", b.op("mul", b.op("add", g, one), b.scalar(0.5, g)), b.scalar(size - 1.0, g))
+    else:
+        x = b.op("mul", b.op("sub", b.op("mul", b.op("add", g, one), b.scalar(float(size), g)), one),
+                 b.scalar(0.5, g))
+    mode = attrs["mode"]
+    if mode == "nearest":
+        taps = [(b.op("round", x), None)]
+    else:
+        x = _pad_outside_ir(b, x, size, attrs)
+        base = b.op("floor", x)
+        t = b.op("sub", x, base)
+        if mode == "linear":
+            taps = [(base, b.op("sub", one, t)), (b.op("add", base, one), t)]
+        else:
+            taps = [(b.op("add", base, b.scalar(k - 1.0, g)) if k != 1 else base, w)
+                    for k, w in enumerate(_cubic_coeffs_ir(b, t))]
+    out = []
+    for i, w in taps:
+        ok = None
+        if mode == "nearest" and attrs["padding_mode"] != "zeros":
+            i = _pad_outside_ir(b, i, size, attrs)
+        elif attrs["padding_mode"] == "reflection":
+            i = _gs_reflect_ir(b, i, *_gs_bounds(size, attrs["align_corners"]))
+        if attrs["padding_mode"] == "zeros":
+            ok = b.op("and", b.op("ge", i, b.scalar(0.0, i)), b.op("le", i, b.scalar(size - 1.0, i)))
+        out.append((b.op("cast", _clip_ir(b, i, 0.0, size - 1.0), dtype=DType.i64), w, ok))
+    return out
+
+
+def _cubic_coeffs_ir(b: Builder, t: Value) -> list[Value]:
+    a = _CUBIC_A
+
+    def poly(s: Value, c3: float, c2: float, c1: float, c0: float) -> Value:
+        acc = b.op("add", b.op("mul", b.scalar(c3, s), s), b.scalar(c2, s))
+        acc = b.op("add", b.op("mul", acc, s), b.scalar(c1, s))
+        return b.op("add", b.op("mul", acc, s), b.scalar(c0, s))
+
+    far = (a, -5 * a, 8 * a, -4 * a)  # |s| in [1, 2)
+    near = (a + 2, -(a + 3), 0.0, 1.0)  # |s| in [0, 1)
+    one, two = b.scalar(1.0, t), b.scalar(2.0, t)
+    return [poly(b.op("add", t, one), *far), poly(t, *near), poly(b.op("sub", one, t), *near),
+            poly(b.op("sub", two, t), *far)]
+
+
+def _low_precision_in_f32(b: Builder, inputs: list[Value]) -> tuple[list[Value], DType]:
+    dt = inputs[0].dtype
+    if dt in (DType.f16, DType.bf16):
+        return [b.op("cast", v, dtype=DType.f32) if v.dtype is dt else v for v in inputs], dt
+    return list(inputs), dt
+
+
+def _grid_sample_decompose(b, inputs, attrs):
+    (x, grid), dt = _low_precision_in_f32(b, inputs)
+    n, c = x.shape[0], x.shape[1]
+    sizes = _static_dims("grid_sample", x.shape[2:], "spatial dims of x")
+    r = len(sizes)
+    out_sp = tuple(grid.shape[1:-1])
+    taps = []
+    for d in range(r):
+        g = b.op("squeeze", b.op("slice", grid, starts=(r - 1 - d,), stops=(r - d,), axes=(grid.rank - 1,)),
+                 axes=(grid.rank - 1,))
+        taps.append(_gs_taps_ir(b, g, sizes[d], attrs))
+    total = int(np.prod(sizes))
+    strides = [int(np.prod(sizes[d + 1:], dtype=np.int64)) for d in range(r)]
+    flat = b.op("reshape", b.op("transpose", x, perm=(0,) + tuple(range(2, r + 2)) + (1,)),
+                shape=(_dims.dim_mul(n, total), c))
+    batch = b.op("mul", b.op("iota", shape=(n,) + out_sp, axis=0, dtype=DType.i64), b.scalar(total, DType.i64))
+    y = None
+    for combo in np.ndindex(*[len(t) for t in taps]):
+        idx, w, ok = batch, None, None
+        for d, k in enumerate(combo):
+            i_d, w_d, ok_d = taps[d][k]
+            idx = b.op("add", idx, b.op("mul", i_d, b.scalar(strides[d], DType.i64)) if strides[d] != 1 else i_d)
+            w = w_d if w is None else (w if w_d is None else b.op("mul", w, w_d))
+            ok = ok_d if ok is None else (ok if ok_d is None else b.op("and", ok, ok_d))
+        v = b.op("gather", flat, idx, axis=0)
+        if ok is not None:
+            v = b.op("where", b.op("unsqueeze", ok, axes=(-1,)), v, b.scalar(0.0, v))
+        if w is not None:
+            v = b.op("mul", v, b.op("unsqueeze", w, axes=(-1,)))
+        y = v if y is None else b.op("add", y, v)
+    y = b.op("transpose", y, perm=(0, r + 1) + tuple(range(1, r + 1)))
+    return [b.op("cast", y, dtype=dt) if y.dtype is not dt else y]
+
+
+register(OpDef("grid_sample", _grid_sample_rule, _wrap(_grid_sample_ref), min_inputs=2, max_inputs=2,
+               attrs={"mode": AttrSpec("str", "linear", _GRID_MODES),
+                      "padding_mode": AttrSpec("str", "zeros", _GRID_PADDING),
+                      "align_corners": AttrSpec("bool", False)},
+               composite=True, decompose=_grid_sample_decompose,
+               doc="ONNX GridSample: y[n, c, *o] samples x[n, c] at grid[n, *o] (normalised to [-1, 1], the "
+                   "innermost spatial dim first) by nearest (round half to even), linear or cubic (Keys, "
+                   "a=-0.75) interpolation; padding_mode zeros / border / reflection; align_corners maps -1 and "
+                   "1 to the corner pixels' centres instead of their outer edges"))
+
+
+_ROI_COORDS = ("half_pixel", "output_half_pixel")
+
+
+def _roi_align_rule(types, attrs):
+    x, rois, idx = types
+    _float_only("roi_align", x)
+    same_dtype("roi_align", [x, rois])
+    if not idx.dtype.is_int:
+        raise TypeRuleError(f"roi_align: batch_indices must be an integer tensor, got {idx.dtype}")
+    if x.rank != 4 or rois.rank != 2 or idx.rank != 1 or (type(rois.shape[1]) is int and rois.shape[1] != 4):
+        raise TypeRuleError(f"roi_align: x must be [N, C, H, W], rois [R, 4] and batch_indices [R], got {x}, "
+                            f"{rois} and {idx}")
+    if rois.shape[0] != idx.shape[0]:
+        raise TypeRuleError(f"roi_align: rois and batch_indices count different rois ({rois.shape[0]} vs "
+                            f"{idx.shape[0]})")
+    if attrs["output_height"] < 1 or attrs["output_width"] < 1 or attrs["sampling_ratio"] < 0:
+        raise TypeRuleError("roi_align: output_height and output_width must be >= 1 and sampling_ratio >= 0")
+    return [TensorType(x.dtype, (rois.shape[0], x.shape[1], attrs["output_height"], attrs["output_width"]))]
+
+
+def _roi_axis_np(start, length, pooled: int, grid: int, size: int):
+    """The sample rows (or columns) of one roi: low / high indices [pooled, grid] and their weights, zero for
+    samples outside [-1, size]."""
+    bin_ = length / pooled
+    p = np.arange(pooled, dtype=length.dtype)[:, None]
+    i = np.arange(grid, dtype=length.dtype)[None, :] + np.asarray(0.5, length.dtype)
+    y = start + p * bin_ + i * bin_ / grid
+    valid = ((y >= -1) & (y <= size)).astype(y.dtype)
+    y = np.maximum(y, 0)
+    low = np.floor(y)
+    edge = low >= size - 1
+    low = np.where(edge, size - 1, low)
+    frac = np.where(edge, 0, y - low).astype(y.dtype)
+    high = np.where(edge, size - 1, low + 1)
+    return [(low.astype(np.int64), (1 - frac) * valid), (high.astype(np.int64), frac * valid)]
+
+
+def _roi_align_ref(xs, a):
+    x, rois, batch = xs
+    c, h, w = x.shape[1:]
+    oh, ow, sr = a["output_height"], a["output_width"], a["sampling_ratio"]
+    half = a["coordinate_transformation_mode"] == "half_pixel"
+    box = rois * np.asarray(a["spatial_scale"], x.dtype) - np.asarray(0.5 if half else 0.0, x.dtype)
+    out = np.zeros((rois.shape[0], c, oh, ow), x.dtype)
+    for r in range(rois.shape[0]):
+        x1, y1, x2, y2 = box[r]
+        rh, rw = (y2 - y1, x2 - x1) if half else (max(y2 - y1, x.dtype.type(1)), max(x2 - x1, x.dtype.type(1)))
+        gh, gw = (sr, sr) if sr > 0 else (int(np.ceil(rh / oh)), int(np.ceil(rw / ow)))
+        if gh <= 0 or gw <= 0:
+            continue
+        img = x[batch[r]]
+        terms = [img[:, yi[:, :, None, None], xi[None, None]] * (wy[:, :, None, None] * wx[None, None])
+                 for yi, wy in _roi_axis_np(y1, rh, oh, gh, h) for xi, wx in _roi_axis_np(x1, rw, ow, gw, w)]
+        if a["mode"] == "avg":
+            out[r] = np.sum(terms, axis=0).sum(axis=(2, 4)) / (gh * gw)
+        else:
+            out[r] = np.max(terms, axis=0).max(axis=(2, 4))
+    return out
+
+
+def _roi_axis_ir(b: Builder, start: Value, end: Value, pooled: int, grid: int, size: int, half: bool
+                 ) -> list[tuple[Value, Value]]:
+    length = b.op("sub", end, start)
+    if not half:
+        length = b.op("max", length, b.scalar(1.0, length))
+    bin_ = b.op("unsqueeze", b.op("div", length, b.scalar(float(pooled), length)), axes=(1,))
+    dt = start.dtype.numpy
+    p = b.const(np.repeat(np.arange(pooled), grid).astype(dt))
+    i = b.const(np.tile(np.arange(grid) + 0.5, pooled).astype(dt))
+    y = b.op("add", b.op("add", b.op("unsqueeze", start, axes=(1,)), b.op("mul", p, bin_)),
+             b.op("div", b.op("mul", i, bin_), b.scalar(float(grid), start)))
+    valid = b.op("and", b.op("ge", y, b.scalar(-1.0, y)), b.op("le", y, b.scalar(float(size), y)))
+    y = b.op("max", y, b.scalar(0.0, y))
+    low = b.op("floor", y)
+    last = b.scalar(size - 1.0, y)
+    edge = b.op("ge", low, last)
+    low = b.op("where", edge, last, low)
+    frac = b.op("where", edge, b.scalar(0.0, y), b.op("sub", y, low))
+    high = b.op("where", edge, last, b.op("add", low, b.scalar(1.0, y)))
+    vf = b.op("cast", valid, dtype=y.dtype)
+    return [(b.op("cast", low, dtype=DType.i64), b.op("mul", b.op("sub", b.scalar(1.0, y), frac), vf)),
+            (b.op("cast", high, dtype=DType.i64), b.op("mul", frac, vf))]
+
+
+def _roi_align_decompose(b, inputs, attrs):
+    (x, rois, batch), dt = _low_precision_in_f32(b, inputs)
+    sr = attrs["sampling_ratio"]
+    if sr <= 0:
+        raise TypeRuleError("roi_align: the decomposition needs sampling_ratio > 0; adaptive sampling (0) takes a "
+                            "data-dependent number of samples per bin: set sampling_ratio or use a backend with a "
+                            "RoiAlign kernel (ONNX Runtime)")
+    n, c = x.shape[:2]
+    h, w = _static_dims("roi_align", x.shape[2:], "spatial dims of x")
+    oh, ow = attrs["output_height"], attrs["output_width"]
+    half = attrs["coordinate_transformation_mode"] == "half_pixel"
+    box = b.op("mul", rois, b.scalar(attrs["spatial_scale"], rois))
+    if half:
+        box = b.op("sub", box, b.scalar(0.5, rois))
+    x1, y1, x2, y2 = (b.op("squeeze", b.op("slice", box, starts=(k,), stops=(k + 1,), axes=(1,)), axes=(1,))
+                      for k in range(4))
+    rows = _roi_axis_ir(b, y1, y2, oh, sr, h, half)
+    cols = _roi_axis_ir(b, x1, x2, ow, sr, w, half)
+    base = b.op("reshape", b.op("mul", b.op("cast", batch, dtype=DType.i64), b.scalar(h * w, DType.i64)),
+                shape=(rois.shape[0], 1, 1))
+    flat = b.op("reshape", b.op("transpose", x, perm=(0, 2, 3, 1)), shape=(_dims.dim_mul(n, h * w), c))
+    combine = "add" if attrs["mode"] == "avg" else "max"
+    acc = None
+    for yi, wy in rows:
+        for xi, wx in cols:
+            idx = b.op("add", b.op("add", base, b.op("unsqueeze", b.op("mul", yi, b.scalar(w, DType.i64)),
+                                                     axes=(2,))), b.op("unsqueeze", xi, axes=(1,)))
+            wt = b.op("mul", b.op("unsqueeze", wy, axes=(2,)), b.op("unsqueeze", wx, axes=(1,)))
+            v = b.op("mul", b.op("gather", flat, idx, axis=0), b.op("unsqueeze", wt, axes=(-1,)))
+            acc = v if acc is None else b.op(combine, acc, v)
+    acc = b.op("reshape", acc, shape=(rois.shape[0], oh, sr, ow, sr, c))
+    y = b.op("reduce_mean" if attrs["mode"] == "avg" else "reduce_max", acc, axes=(2, 4))
+    y = b.op("transpose", y, perm=(0, 3, 1, 2))
+    return [b.op("cast", y, dtype=dt) if y.dtype is not dt else y]
+
+
+def _roi_align_ref_outer(inputs, attrs, regions):
+    # batch_indices stay integers; x and rois compute in f32 when they are f16 / bf16
+    dt = inputs[0].dtype
+    with np.errstate(all="ignore"):
+        out = _roi_align_ref([_in_compute(inputs[0]), _in_compute(inputs[1]), inputs[2].astype(np.int64)], attrs)
+    return [out.astype(dt, copy=False)]
+
+
+register(OpDef("roi_align", _roi_align_rule, _roi_align_ref_outer, min_inputs=3, max_inputs=3,
+               attrs={"mode": AttrSpec("str", "avg", ("avg", "max")),
+                      "output_height": AttrSpec("int", 1), "output_width": AttrSpec("int", 1),
+                      "sampling_ratio": AttrSpec("int", 0), "spatial_scale": AttrSpec("float", 1.0),
+                      "coordinate_transformation_mode": AttrSpec("str", "half_pixel", _ROI_COORDS)},
+               composite=True, decompose=_roi_align_decompose,
+               doc="ONNX RoiAlign: y[r, c] pools x[batch_indices[r], c] over roi r = (x1, y1, x2, y2) * "
+                   "spatial_scale (less 0.5 for half_pixel) cut into output_height x output_width bins, each "
+                   "the avg or max of sampling_ratio^2 bilinear samples (0: ceil(bin size) per dim); samples "
+                   "outside [-1, size] count as 0"))
