@@ -91,7 +91,7 @@ _JAX_DTYPES: dict[DType, Any] = {
 }
 _WIDE = (DType.i64, DType.f64)
 # composites lowered through their decomposition: gathers at computed indices, no jax.image / lax counterpart
-_DECOMPOSED = ("grid_sample", "roi_align")
+_DECOMPOSED = ("grid_sample", "roi_align", "deform_conv")
 _HALF = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
 
 

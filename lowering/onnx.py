@@ -30,8 +30,9 @@ Choices a reader should know:
   otherwise to the op's own decomposition.  ``linear`` is one Gemm over the input
   flattened to 2-D (bias in the epilogue, a transposed weight read through transB);
   the skip norms stay Add + norm (ORT's fused skip-norm CPU kernels are the slower).
-  ``grid_sample`` / ``roi_align`` become GridSample / RoiAlign where ONNX Runtime has a
-  kernel at the opset that agrees with the ONNX reference, else their decompositions.
+  ``grid_sample`` / ``roi_align`` / ``deform_conv`` become GridSample / RoiAlign /
+  DeformConv where ONNX Runtime has a kernel at the opset that agrees with the ONNX
+  reference, else their decompositions.
 * weights: ``to_onnx_external`` leaves them out of the model and hands ONNX Runtime
   the graph's arrays directly (``OnnxRuntimeModule(graph)`` does this): ORT makes its
   one copy (packed, for the matmul kernels) from them, where an embedded model would
@@ -1445,7 +1446,10 @@ def _runs_native(ctx: LoweringContext, op_type: str, dtype: DType) -> bool:
     a wider dtype: a kernel registered open-ended from an older version does not serve a newer one
     (RoiAlign-16's does not run RoiAlign-22)."""
     if _have_onnxruntime():
-        since = onnx.defs.get_schema(op_type, ctx.opset, "").since_version
+        try:
+            since = onnx.defs.get_schema(op_type, ctx.opset, "").since_version
+        except onnx.defs.SchemaError:  # newer than this opset
+            return False
         if not _has_kernel_at(_ort_kernel_types().get((op_type, ""), []), since):
             return False
     return ctx.has_kernel(dtype, op_type)
@@ -1480,6 +1484,14 @@ def _lower_roi_align(ctx, node, xs):
         raise ctx.error(f"onnxruntime has no RoiAlign kernel at opset {ctx.opset}, and adaptive sampling "
                         "(sampling_ratio=0) has no decomposition; lower at opset 21 or below, or set sampling_ratio")
     return _decompose(ctx, node, xs)
+
+
+@register_lowering("deform_conv")
+def _lower_deform_conv(ctx, node, xs):
+    if not _runs_native(ctx, "DeformConv", node.inputs[0].dtype):
+        return _decompose(ctx, node, xs)
+    attrs, _ = _conv_attrs(ctx, node)
+    return [ctx.kernel("DeformConv", *xs, offset_group=node.attrs["offset_groups"], **attrs)]
 
 
 def _split_heads(v: Value) -> tuple[Value, int] | None:

@@ -195,8 +195,9 @@ def test_grid_sample_attributes_outside_the_spec_are_refused(opset, attrs, match
         import_onnx(_onnx_model("GridSample", [x, grid], opset, **attrs)[0])
 
 
-@pytest.mark.parametrize("opset,attrs", [(10, {}), (16, {}), (16, {"coordinate_transformation_mode": "output_half_pixel",
-                                                                   "mode": "max", "sampling_ratio": 2})])
+@pytest.mark.parametrize("opset,attrs", [
+    (10, {}), (16, {}),
+    (16, {"coordinate_transformation_mode": "output_half_pixel", "mode": "max", "sampling_ratio": 2})])
 def test_roi_align_import_across_opsets(opset, attrs):
     rng = np.random.default_rng(14)
     x, rois, batch = rng.standard_normal((2, 3, 8, 8)).astype(np.float32), _rois(15, 4, 7), np.array([0, 1, 1, 0])

@@ -303,6 +303,15 @@ def roi_align_cases():
                   "coordinate_transformation_mode": "output_half_pixel"})]
 
 
+def deform_conv_cases():
+    return [lambda dt: ([data(dt, (2, 4, 5, 5), -1, 1), data(dt, (2, 2, 2, 2), -1, 1, seed=1),
+                         data(dt, (2, 16, 5, 5), -2, 2, seed=2), data(dt, (2,), -1, 1, seed=3),
+                         data(dt, (2, 8, 5, 5), 0, 1, seed=4)],
+                        {"padding": ((1, 0), (0, 1)), "groups": 2, "offset_groups": 2}),
+            lambda dt: ([data(dt, (1, 2, 4, 5), -1, 1), data(dt, (3, 2, 2, 3), -1, 1, seed=1),
+                         data(dt, (1, 12, 2, 2), -2, 2, seed=2)], {"stride": (1, 2), "dilation": (2, 1)})]
+
+
 def linear_cases():
     def case(act, bias):
         return lambda dt: ([data(dt, (2, 3, 4), -1, 1), data(dt, (4, 5), -1, 1, seed=1)]
@@ -367,6 +376,7 @@ CASES: dict[str, list[Case]] = {
     "linear": linear_cases(),
     "grid_sample": grid_sample_cases(),
     "roi_align": roi_align_cases(),
+    "deform_conv": deform_conv_cases(),
     "fusion": [fusion_case],
     "cond": cond_cases(),
     "while_loop": [while_case],

@@ -231,6 +231,10 @@ def _cases() -> list[Case]:
     c.append(Case("roi_align", roi_args[:2] + [_idx(4, high=2, dtype=DType.i32, kind="pindex")],
                   {"mode": "max", "output_height": 2, "output_width": 3, "sampling_ratio": 3, "spatial_scale": 0.8,
                    "coordinate_transformation_mode": "output_half_pixel"}, label="max"))
+    c.append(Case("deform_conv", [_x(2, 4, 5, 5), _x(2, 2, 2, 2), _x(2, 16, 5, 5), _x(2), _x(2, 8, 5, 5, kind="unit")],
+                  {"padding": ((1, 0), (0, 1)), "groups": 2, "offset_groups": 2}))
+    c.append(Case("deform_conv", [_x(1, 2, 4, 5), _x(3, 2, 2, 3), _x(1, 12, 2, 2)],
+                  {"stride": (1, 2), "dilation": (2, 1)}, label="strided"))
     c.extend(_region_cases())
     return c
 

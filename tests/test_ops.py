@@ -254,6 +254,13 @@ def samples():
         {"output_height": 3, "output_width": 4, "sampling_ratio": 2, "spatial_scale": 0.9},
         {"mode": "max", "output_height": 2, "output_width": 2, "sampling_ratio": 3,
          "coordinate_transformation_mode": "output_half_pixel"})]
+    deform = [([f32(2, 4, 5, 5), f32(2, 2, 2, 2), f32(2, 16, 5, 5), f32(2), f32(2, 8, 5, 5, lo=0, hi=1)],
+               {"padding": ((1, 0), (0, 1)), "groups": 2, "offset_groups": 2},
+               {"pads": [1, 0, 0, 1], "group": 2, "offset_group": 2}),
+              ([f32(2, 2, 4, 5), f32(3, 2, 2, 3), f32(2, 12, 2, 2)], {"stride": (1, 2), "dilation": (2, 1)},
+               {"strides": [1, 2], "dilations": [2, 1]})]
+    s["deform_conv"] = [(arrays, attrs, _onnx_oracle("DeformConv", onnx_attrs), True)
+                        for arrays, attrs, onnx_attrs in deform]
     return s
 
 

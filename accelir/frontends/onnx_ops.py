@@ -936,7 +936,7 @@ def _resize(ctx: NodeContext):
     return [y]
 
 
-# ----- sampling: GridSample / RoiAlign --------------------------------------------------
+# ----- sampling: GridSample / RoiAlign / DeformConv ---------------------------------------
 
 # GridSample-16 names its modes bilinear / bicubic; GridSample-20 renamed them linear / cubic
 _GRID_SAMPLE_MODES = {16: {"bilinear": "linear", "nearest": "nearest", "bicubic": "cubic"},
@@ -983,6 +983,24 @@ def _roi_align(ctx: NodeContext):
     return [ctx.op("roi_align", x, _cast(ctx, rois, x.dtype), batch, mode=_choice(ctx, "mode", "avg", ("avg", "max")),
                    spatial_scale=float(ctx.attr("spatial_scale", 1.0)), coordinate_transformation_mode=coords,
                    **attrs)]
+
+
+@rule("DeformConv")
+def _deform_conv(ctx: NodeContext):
+    x, w, offset, bias, mask = (ctx.input(i) for i in range(5))
+    _float_input(ctx, x, "X")
+    if x.rank != 4:
+        raise ctx.unsupported(f"DeformConv over {x.rank - 2} spatial dims: only 2-d (X [N, C, H, W]) is supported")
+    kernel = tuple(w.shape[2:])
+    if tuple(ctx.attr("kernel_shape", kernel)) != kernel:
+        raise ctx.unsupported(f"kernel_shape {list(ctx.attr('kernel_shape'))} differs from W's {list(kernel)}")
+    if mask is not None and bias is None:  # the IR's inputs are positional: a mask comes after a bias
+        if type(w.shape[0]) is not int:
+            raise ctx.unsupported("a mask without a bias needs a static output channel count")
+        bias = ctx.const(np.zeros(w.shape[0], x.dtype.numpy))
+    ins = [v for v in (x, w, offset, bias, mask) if v is not None]
+    return [ctx.op("deform_conv", *ins, groups=ctx.attr("group", 1), offset_groups=ctx.attr("offset_group", 1),
+                   **_conv_attrs(ctx, x, kernel))]
 
 
 # ----- gather / scatter --------------------------------------------------------------

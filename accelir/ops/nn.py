@@ -847,3 +847,116 @@ register(OpDef("roi_align", _roi_align_rule, _roi_align_ref_outer, min_inputs=3,
                    "spatial_scale (less 0.5 for half_pixel) cut into output_height x output_width bins, each "
                    "the avg or max of sampling_ratio^2 bilinear samples (0: ceil(bin size) per dim); samples "
                    "outside [-1, size] count as 0"))
+
+
+_DEFORM_ATTRS = {"stride": AttrSpec("ints", ()), "padding": AttrSpec("pairs", ()), "dilation": AttrSpec("ints", ()),
+                 "groups": AttrSpec("int", 1), "offset_groups": AttrSpec("int", 1)}
+
+
+def _deform_conv_rule(types, attrs):
+    x, w, offset = types[:3]
+    if x.rank != 4:
+        raise TypeRuleError(f"deform_conv: x must be [N, C, H, W] (2-d only), got {x}")
+    same_dtype("deform_conv", types)
+    (out,) = _conv_rule([x, w] + list(types[3:4]), attrs, op="deform_conv")
+    og, (kh, kw) = attrs["offset_groups"], w.shape[2:]
+    if og < 1 or (type(x.shape[1]) is int and x.shape[1] % og):
+        raise TypeRuleError(f"deform_conv: {x.shape[1]} channels do not split into {og} offset groups")
+    for t, per, what in ((offset, 2, "offset"), *((m, 1, "mask") for m in types[4:])):
+        want = (out.shape[0], og * kh * kw * per) + tuple(out.shape[2:])
+        if t.rank != 4 or any(type(a) is int and type(b) is int and a != b for a, b in zip(t.shape, want)):
+            raise TypeRuleError(f"deform_conv: {what} must be {list(want)}, got {t}")
+    return [out]
+
+
+def _deform_conv_geometry(x_shape, w_shape, attrs):
+    stride, padding, dilation, _ = conv_params("deform_conv", attrs, 2)
+    return stride, tuple(lo for lo, _ in padding), dilation, tuple(w_shape[2:])
+
+
+def _deform_conv_ref(xs, a):
+    x, w, offset = xs[:3]
+    n, c, h, wd = x.shape
+    o, oh, ow = w.shape[0], offset.shape[2], offset.shape[3]
+    g, og = a["groups"], a["offset_groups"]
+    stride, pad, dil, (kh, kw) = _deform_conv_geometry(x.shape, w.shape, a)
+    off = offset.reshape(n, og, kh, kw, 2, oh, ow)
+    # sample rows / columns: the plain conv's tap position plus the learned offset
+    rows = (np.arange(kh) * dil[0])[:, None, None, None] + (np.arange(oh) * stride[0] - pad[0])[:, None]
+    cols = (np.arange(kw) * dil[1])[:, None, None] + (np.arange(ow) * stride[1] - pad[1])
+    py, px = rows + off[:, :, :, :, 0], cols + off[:, :, :, :, 1]
+    img = x.reshape(n, og, c // og, h, wd)
+    bi, gi = np.arange(n).reshape(n, 1, 1, 1, 1, 1), np.arange(og).reshape(1, og, 1, 1, 1, 1)
+    sampled = 0
+    for yi in (np.floor(py), np.floor(py) + 1):
+        for xi in (np.floor(px), np.floor(px) + 1):
+            ok = (yi >= 0) & (yi <= h - 1) & (xi >= 0) & (xi <= wd - 1)
+            v = img[bi, gi, :, np.clip(yi, 0, h - 1).astype(np.int64), np.clip(xi, 0, wd - 1).astype(np.int64)]
+            weight = (1 - np.abs(py - yi)) * (1 - np.abs(px - xi))
+            sampled = sampled + np.where(ok[..., None], v, 0) * weight[..., None]
+    if len(xs) == 5:
+        sampled = sampled * xs[4].reshape(n, og, kh, kw, oh, ow)[..., None]
+    patches = np.moveaxis(sampled, -1, 2).reshape(n, g, (c // g) * kh * kw, oh * ow)
+    y = np.matmul(w.reshape(1, g, o // g, -1), patches).reshape(n, o, oh, ow)
+    return y + xs[3].reshape(1, o, 1, 1) if len(xs) > 3 else y
+
+
+def _deform_conv_decompose(b, inputs, attrs):
+    ins, dt = _low_precision_in_f32(b, inputs)
+    x, w, offset = ins[:3]
+    n, c = x.shape[:2]
+    h, wd = _static_dims("deform_conv", x.shape[2:], "spatial dims of x")
+    o, oh, ow = w.shape[0], offset.shape[2], offset.shape[3]
+    g, og = attrs["groups"], attrs["offset_groups"]
+    stride, pad, dil, (kh, kw) = _deform_conv_geometry(x.shape, w.shape, attrs)
+    cg = _dims.dim_floordiv(c, og)
+    off = b.op("reshape", offset, shape=(n, og, kh, kw, 2, oh, ow))
+    f = x.dtype.numpy
+    rows = b.const(((np.arange(kh) * dil[0])[:, None, None, None] + (np.arange(oh) * stride[0] - pad[0])[:, None])
+                   .astype(f))
+    cols = b.const(((np.arange(kw) * dil[1])[:, None, None] + (np.arange(ow) * stride[1] - pad[1])).astype(f))
+    py, px = (b.op("add", base, b.op("squeeze", b.op("slice", off, starts=(k,), stops=(k + 1,), axes=(4,)),
+                                     axes=(4,))) for k, base in ((0, rows), (1, cols)))
+    flat = b.op("reshape", b.op("transpose", b.op("reshape", x, shape=(n, og, cg, h, wd)), perm=(0, 1, 3, 4, 2)),
+                shape=(_dims.dim_mul(n, og * h * wd), cg))
+    image = b.op("add", b.op("mul", b.op("iota", shape=(n, og, 1, 1, 1, 1), axis=0, dtype=DType.i64),
+                             b.scalar(og, DType.i64)),
+                 b.op("iota", shape=(n, og, 1, 1, 1, 1), axis=1, dtype=DType.i64))
+    base = b.op("mul", image, b.scalar(h * wd, DType.i64))
+    one = b.scalar(1.0, py)
+    corners = []
+    for p, size in ((py, h), (px, wd)):
+        low = b.op("floor", p)
+        taps = []
+        for i in (low, b.op("add", low, one)):
+            ok = b.op("and", b.op("ge", i, b.scalar(0.0, i)), b.op("le", i, b.scalar(size - 1.0, i)))
+            weight = b.op("sub", one, b.op("abs", b.op("sub", p, i)))
+            taps.append((b.op("cast", _clip_ir(b, i, 0.0, size - 1.0), dtype=DType.i64), weight, ok))
+        corners.append(taps)
+    sampled = None
+    for yi, wy, oky in corners[0]:
+        for xi, wx, okx in corners[1]:
+            idx = b.op("add", base, b.op("add", b.op("mul", yi, b.scalar(wd, DType.i64)), xi))
+            v = b.op("where", b.op("unsqueeze", b.op("and", oky, okx), axes=(-1,)), b.op("gather", flat, idx, axis=0),
+                     b.scalar(0.0, flat))
+            v = b.op("mul", v, b.op("unsqueeze", b.op("mul", wy, wx), axes=(-1,)))
+            sampled = v if sampled is None else b.op("add", sampled, v)
+    if len(ins) == 5:
+        mask = b.op("reshape", ins[4], shape=(n, og, kh, kw, oh, ow, 1))
+        sampled = b.op("mul", sampled, mask)
+    patches = b.op("reshape", b.op("transpose", sampled, perm=(0, 1, 6, 2, 3, 4, 5)),
+                   shape=(n, g, _dims.dim_mul(_dims.dim_floordiv(c, g), kh * kw), _dims.dim_mul(oh, ow)))
+    kernel = b.op("reshape", w, shape=(1, g, _dims.dim_floordiv(o, g), _dims.dim_mul(_dims.dim_floordiv(c, g),
+                                                                                      kh * kw)))
+    y = b.op("reshape", b.op("matmul", kernel, patches), shape=(n, o, oh, ow))
+    if len(ins) > 3:
+        y = b.op("add", y, b.op("reshape", ins[3], shape=(1, o, 1, 1)))
+    return [b.op("cast", y, dtype=dt) if y.dtype is not dt else y]
+
+
+register(OpDef("deform_conv", _deform_conv_rule, _wrap(_deform_conv_ref), min_inputs=3, max_inputs=5,
+               attrs=dict(_DEFORM_ATTRS), composite=True, decompose=_deform_conv_decompose,
+               doc="ONNX DeformConv (2-d): conv of x [N, C, H, W] with w [O, C/groups, kH, kW] where each tap reads "
+                   "x bilinearly (zeros outside) at its position plus offset [N, offset_groups*kH*kW*2, oH, oW] "
+                   "((dy, dx) per tap), times mask [N, offset_groups*kH*kW, oH, oW] when given, plus bias [O]; "
+                   "offset groups split the channels of x"))
