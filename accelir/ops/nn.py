@@ -1,7 +1,7 @@
 """Composite ops that fusion targets: gelu, silu, softmax, log_softmax, layer_norm,
 rms_norm, batch_norm (inference), attention, linear, fused_conv, skip_layer_norm,
-skip_rms_norm; and the sampling ops grid_sample and roi_align (ONNX GridSample and
-RoiAlign, decomposed into gathers at computed indices).
+skip_rms_norm; and the sampling ops grid_sample, roi_align and deform_conv (ONNX
+GridSample, RoiAlign and DeformConv, decomposed into gathers at computed indices).
 
 Each has a numpy reference (computing f16 / bf16 in f32) and a decomposition into
 core ops, used by backends without a fused kernel and checked against the reference
@@ -869,7 +869,7 @@ def _deform_conv_rule(types, attrs):
     return [out]
 
 
-def _deform_conv_geometry(x_shape, w_shape, attrs):
+def _deform_conv_geometry(w_shape, attrs):
     stride, padding, dilation, _ = conv_params("deform_conv", attrs, 2)
     return stride, tuple(lo for lo, _ in padding), dilation, tuple(w_shape[2:])
 
@@ -879,7 +879,7 @@ def _deform_conv_ref(xs, a):
     n, c, h, wd = x.shape
     o, oh, ow = w.shape[0], offset.shape[2], offset.shape[3]
     g, og = a["groups"], a["offset_groups"]
-    stride, pad, dil, (kh, kw) = _deform_conv_geometry(x.shape, w.shape, a)
+    stride, pad, dil, (kh, kw) = _deform_conv_geometry(w.shape, a)
     off = offset.reshape(n, og, kh, kw, 2, oh, ow)
     # sample rows / columns: the plain conv's tap position plus the learned offset
     rows = (np.arange(kh) * dil[0])[:, None, None, None] + (np.arange(oh) * stride[0] - pad[0])[:, None]
@@ -908,7 +908,7 @@ def _deform_conv_decompose(b, inputs, attrs):
     h, wd = _static_dims("deform_conv", x.shape[2:], "spatial dims of x")
     o, oh, ow = w.shape[0], offset.shape[2], offset.shape[3]
     g, og = attrs["groups"], attrs["offset_groups"]
-    stride, pad, dil, (kh, kw) = _deform_conv_geometry(x.shape, w.shape, attrs)
+    stride, pad, dil, (kh, kw) = _deform_conv_geometry(w.shape, attrs)
     cg = _dims.dim_floordiv(c, og)
     off = b.op("reshape", offset, shape=(n, og, kh, kw, 2, oh, ow))
     f = x.dtype.numpy
