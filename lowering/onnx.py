@@ -147,8 +147,12 @@ def supported_dtypes(op_type: str, domain: str, opset: int, var: str | None = No
     version = 1 if domain == MS_DOMAIN else opset
     types: set[str] = set()
     if _have_onnxruntime():
+        try:  # a node of this opset has its schema's version, which is what ONNX Runtime binds kernels by
+            since = onnx.defs.get_schema(op_type, version, domain).since_version
+        except onnx.defs.SchemaError:
+            since = None  # a schema of ONNX Runtime's own (its contrib ops): any kernel covering the version
         for lo, hi, constraints in _ort_kernel_types().get((op_type, domain), []):
-            if lo <= version <= hi:
+            if (lo <= version <= hi) if since is None else _has_kernel_at([(lo, hi, constraints)], since):
                 types |= constraints.get(var, frozenset())
     else:
         try:
@@ -1441,20 +1445,6 @@ def _lower_batch_norm(ctx, node, xs):
                         lambda v: ctx.op("BatchNormalization", *v, epsilon=node.attrs["epsilon"]))]
 
 
-def _runs_native(ctx: LoweringContext, op_type: str, dtype: DType) -> bool:
-    """Whether ONNX Runtime has a kernel for ``op_type`` at the version this opset selects, for ``dtype`` or
-    a wider dtype: a kernel registered open-ended from an older version does not serve a newer one
-    (RoiAlign-16's does not run RoiAlign-22)."""
-    if _have_onnxruntime():
-        try:
-            since = onnx.defs.get_schema(op_type, ctx.opset, "").since_version
-        except onnx.defs.SchemaError:  # newer than this opset
-            return False
-        if not _has_kernel_at(_ort_kernel_types().get((op_type, ""), []), since):
-            return False
-    return ctx.has_kernel(dtype, op_type)
-
-
 # GridSample-16 names the modes bilinear / bicubic and takes 4-D inputs only; GridSample-20 is N-D.
 _GRID_SAMPLE_16_MODES = {"linear": "bilinear", "nearest": "nearest", "cubic": "bicubic"}
 
@@ -1466,7 +1456,7 @@ def _lower_grid_sample(ctx, node, xs):
     # the coordinate as the ONNX reference does: those take the decomposition
     spatial_ok = x_t.rank == 4 or (ctx.opset >= 20 and a["mode"] != "cubic")
     if spatial_ok and (a["mode"], a["padding_mode"]) != ("cubic", "border") and \
-            _runs_native(ctx, "GridSample", x_t.dtype):
+            ctx.has_kernel(x_t.dtype, "GridSample"):
         cdt = ctx.compute_dtype(x_t.dtype, "GridSample")
         mode = a["mode"] if ctx.opset >= 20 else _GRID_SAMPLE_16_MODES[a["mode"]]
         # X and grid are separate type variables: cast the grid along with X
@@ -1478,7 +1468,7 @@ def _lower_grid_sample(ctx, node, xs):
 @register_lowering("roi_align")
 def _lower_roi_align(ctx, node, xs):
     x, rois, batch = xs
-    if _runs_native(ctx, "RoiAlign", x.dtype):
+    if ctx.has_kernel(x.dtype, "RoiAlign"):
         return [ctx.kernel("RoiAlign", x, rois, ctx.cast(batch, DType.i64), **node.attrs)]
     if node.attrs["sampling_ratio"] == 0:
         raise ctx.error(f"onnxruntime has no RoiAlign kernel at opset {ctx.opset}, and adaptive sampling "
@@ -1488,7 +1478,7 @@ def _lower_roi_align(ctx, node, xs):
 
 @register_lowering("deform_conv")
 def _lower_deform_conv(ctx, node, xs):
-    if not _runs_native(ctx, "DeformConv", node.inputs[0].dtype):
+    if not ctx.has_kernel(node.inputs[0].dtype, "DeformConv"):
         return _decompose(ctx, node, xs)
     attrs, _ = _conv_attrs(ctx, node)
     return [ctx.kernel("DeformConv", *xs, offset_group=node.attrs["offset_groups"], **attrs)]

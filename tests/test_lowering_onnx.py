@@ -421,3 +421,13 @@ def test_slices_cutting_a_value_into_parts_lower_to_one_split(dt, start, ops):
     x = (np.random.default_rng(0).standard_normal((2, 3, 7)) * 4).astype(DType.parse(dt).numpy)
     for got, want in zip(OnnxRuntimeModule(g)(x), accelir.run_graph(g, [x])):
         np.testing.assert_array_equal(got, want)
+
+
+def test_kernel_dtypes_follow_the_schema_version_an_opset_selects():
+    from accelir.lowering.onnx import supported_dtypes
+    # onnxruntime registers RoiAlign from version 16 on, open-ended: it runs RoiAlign-16 nodes
+    # (opsets 16-21) but not RoiAlign-22 ones, which opset 22 and newer select
+    assert supported_dtypes("RoiAlign", "", 21) == {DType.f32, DType.f64}
+    assert supported_dtypes("RoiAlign", "", 24) == frozenset()
+    # onnxruntime's own schemas (no onnx schema to take a version from) keep every kernel covering the opset
+    assert DType.f32 in supported_dtypes("SimplifiedLayerNormalization", "", 24)
