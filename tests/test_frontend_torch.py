@@ -353,3 +353,16 @@ def test_export_failure_is_one_clear_error():
                                  eos_token_id=0)).eval()
     with pytest.raises(CaptureError, match=r"torch.export could not capture GPT2Model .*use_cache=False"):
         capture_torch(model, (torch.randint(0, 64, (1, 8)),))
+
+
+class _PoolWithIndices(nn.Module):
+    def forward(self, x):
+        return F.max_pool2d(x, 3, stride=2, padding=1, return_indices=True)
+
+
+@pytest.mark.parametrize("method", ["export", "fx"])
+def test_a_returned_result_the_graph_does_not_compute_is_refused(method):
+    # max_pool's indices: returning them must fail by name, not come back as a placeholder object
+    why = "returns max_pool indices" if method == "export" else "max_pool2d_with_indices has no accelir mapping"
+    with pytest.raises(UnsupportedOpError, match=why):
+        capture_torch(_PoolWithIndices(), (torch.randn(1, 2, 7, 7),), method=method)

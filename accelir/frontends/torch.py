@@ -565,6 +565,9 @@ def bind_outputs(conv: _Converter, leaves: Sequence[Any]) -> tuple[list[Value], 
         v = conv.env.get(o) if isinstance(o, torch.fx.Node) else o
         if isinstance(v, torch.Tensor):
             v = conv.value(o)
+        if isinstance(v, _Missing):
+            raise UnsupportedOpError(f"the model returns {v.what} (fx node {o.name}), which accelir does not "
+                                     "compute; return only the other results")
         if isinstance(v, Value):
             slots.append(len(results))
             results.append(v)
