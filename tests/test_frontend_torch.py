@@ -356,13 +356,35 @@ def test_export_failure_is_one_clear_error():
 
 
 class _PoolWithIndices(nn.Module):
+    def __init__(self, f, **kw):
+        super().__init__()
+        self.f, self.kw = f, kw
+
     def forward(self, x):
-        return F.max_pool2d(x, 3, stride=2, padding=1, return_indices=True)
+        return self.f(x, return_indices=True, **self.kw)
 
 
-@pytest.mark.parametrize("method", ["export", "fx"])
-def test_a_returned_result_the_graph_does_not_compute_is_refused(method):
-    # max_pool's indices: returning them must fail by name, not come back as a placeholder object
-    why = "returns max_pool indices" if method == "export" else "max_pool2d_with_indices has no accelir mapping"
-    with pytest.raises(UnsupportedOpError, match=why):
-        capture_torch(_PoolWithIndices(), (torch.randn(1, 2, 7, 7),), method=method)
+@pytest.mark.parametrize("f,shape,kw", [
+    (F.max_pool2d, (1, 2, 7, 7), dict(kernel_size=3, stride=2, padding=1)),
+    (F.max_pool2d, (2, 3, 8, 9), dict(kernel_size=(2, 3), stride=(2, 1), padding=(1, 1), dilation=(2, 1), ceil_mode=True)),
+    (F.max_pool1d, (2, 10), dict(kernel_size=3, stride=2, ceil_mode=True)),  # unbatched
+    (F.max_pool3d, (1, 2, 5, 6, 5), dict(kernel_size=2, stride=2, padding=1, ceil_mode=True)),
+    (F.max_pool2d, (1, 1, 5, 5), dict(kernel_size=2, stride=1)),  # with a NaN and an all -inf window
+])
+def test_max_pool_indices_match_torch(f, shape, kw):
+    # small integers make ties: the first maximum in kernel order wins, as in torch
+    x = torch.tensor(np.random.default_rng(0).integers(-3, 3, shape).astype(np.float32))
+    if shape == (1, 1, 5, 5):
+        x[0, 0, 1, 1] = float("nan")
+        x[0, 0, 3:, 3:] = float("-inf")
+    model = _PoolWithIndices(f, **kw)
+    got = run_graph(capture_torch(model, (x,)), [x.numpy()])
+    want = model(x)
+    np.testing.assert_array_equal(got[0], want[0].numpy())
+    assert got[1].dtype == np.int64
+    np.testing.assert_array_equal(got[1], want[1].numpy())
+
+
+def test_fx_capture_refuses_max_pool_indices_by_name():
+    with pytest.raises(UnsupportedOpError, match="max_pool2d_with_indices has no accelir mapping"):
+        capture_torch(_PoolWithIndices(F.max_pool2d, kernel_size=2), (torch.randn(1, 2, 4, 4),), method="fx")

@@ -172,13 +172,6 @@ def _where(meta: Mapping[str, str]) -> str:
 
 # ----- conversion --------------------------------------------------------------------
 
-class _Missing:
-    """A node result the graph cannot provide (e.g. batch_norm's saved statistics)."""
-
-    def __init__(self, what: str):
-        self.what = what
-
-
 class NodeContext:
     """What an aten rule sees: a builder at the right place and the node's meta."""
 
@@ -308,8 +301,6 @@ class _Converter:
                 return v
             if isinstance(v, torch.Tensor):
                 return self.tensor_constant(v, self.tensor_names.get(id(v)), ctx.meta if ctx else None)
-            if isinstance(v, _Missing):
-                raise UnsupportedOpError(f"{v.what} is used by the graph; accelir captures inference only")
             raise VerificationError(f"fx node {arg.name} is not a tensor (it is {v!r})")
         if isinstance(arg, torch.Tensor):
             return self.tensor_constant(arg, self.tensor_names.get(id(arg)), ctx.meta if ctx else None)
@@ -565,9 +556,6 @@ def bind_outputs(conv: _Converter, leaves: Sequence[Any]) -> tuple[list[Value], 
         v = conv.env.get(o) if isinstance(o, torch.fx.Node) else o
         if isinstance(v, torch.Tensor):
             v = conv.value(o)
-        if isinstance(v, _Missing):
-            raise UnsupportedOpError(f"the model returns {v.what} (fx node {o.name}), which accelir does not "
-                                     "compute; return only the other results")
         if isinstance(v, Value):
             slots.append(len(results))
             results.append(v)

@@ -14,6 +14,7 @@ decomposed here (floor division, remainder, var, tril, ...).  In-place variants
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any, Callable
 
 import numpy as np
@@ -1207,12 +1208,43 @@ def _pool_rule(kind: str, n: int) -> Rule:
                 raise ctx.unsupported("avg_pool with divisor_override is not supported")
             attrs["count_include_pad"] = bool(a["count_include_pad"])
         y = ctx.b.op(kind, x, **attrs)
-        y = ctx.b.op("squeeze", y, axes=(0,)) if unbatched else y
         if ctx.name.endswith("with_indices"):
-            from .torch import _Missing
-            return y, _Missing("max_pool indices")
-        return y
+            i = _max_pool_indices(ctx, x, y, kernel, stride, pads, attrs["dilation"])
+            if unbatched:
+                y, i = (ctx.b.op("squeeze", v, axes=(0,)) for v in (y, i))
+            return y, i
+        return ctx.b.op("squeeze", y, axes=(0,)) if unbatched else y
     return fn
+
+
+def _max_pool_indices(ctx: NodeContext, x: Value, y: Value, kernel, stride, pads, dilation) -> Value:
+    """torch's max-pool indices: for each output, the flat position in its [N, C] plane of the window's
+    first maximum in kernel order (a NaN taken as it comes; an all -inf window keeps its first real
+    position).  A running argmax over the kernel taps, each tap a strided slice of the padded input
+    and of the padded plane of positions (-1 in the padding, which is never taken)."""
+    n = len(kernel)
+    spatial, out = x.shape[2:], y.shape[2:]
+    if not all(type(d) is int for d in tuple(spatial) + tuple(out)):
+        raise ctx.unsupported("max_pool indices need static spatial dims")
+    b = ctx.b
+    # right padding so that every window ceil_mode admits lies inside
+    widths = tuple((lo, max(0, (o - 1) * s + (k - 1) * d + 1 - size - lo))
+                   for (lo, _), o, s, k, d, size in zip(pads, out, stride, kernel, dilation, spatial))
+    xp = b.op("pad", x, pads=((0, 0), (0, 0)) + widths, value=float("-inf"))
+    plane = b.const(np.arange(int(np.prod(spatial)), dtype=np.int64).reshape(spatial))
+    pos = b.op("pad", plane, pads=widths, value=-1.0)
+    best = b.scalar(float("-inf"), x)
+    index = b.scalar(-1, DType.i64)
+    for tap in itertools.product(*(range(k) for k in kernel)):
+        starts = [t * d for t, d in zip(tap, dilation)]
+        stops = [st + (o - 1) * s + 1 for st, o, s in zip(starts, out, stride)]
+        v = b.op("slice", xp, starts=starts, stops=stops, steps=stride, axes=tuple(range(2, 2 + n)))
+        p = b.op("slice", pos, starts=starts, stops=stops, steps=stride, axes=tuple(range(n)))
+        first = b.op("and", b.op("lt", index, b.scalar(0, DType.i64)), b.op("ge", p, b.scalar(0, DType.i64)))
+        take = b.op("or", b.op("or", b.op("gt", v, best), b.op("isnan", v)), first)
+        best = b.op("where", take, v, best)
+        index = b.op("where", take, p, index)
+    return index
 
 
 for _n in (1, 2, 3):
