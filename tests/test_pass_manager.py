@@ -31,6 +31,17 @@ def _graph():
     return accelir.parse(TEXT)
 
 
+def _invalidating_pass(name: str):
+    """A pass named ``name`` that gives every add an attribute its op does not have: an invalid graph."""
+    def invalidate(graph):
+        for n in graph.nodes:
+            if n.op == "add":
+                n.attrs["bogus"] = 1
+        return True
+    invalidate.__name__ = name
+    return invalidate
+
+
 def _x():
     return np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
 
@@ -159,12 +170,7 @@ def test_exception_in_a_pass_names_it_and_keeps_the_graph():
 
 
 def test_a_pass_that_breaks_the_ir_is_caught_by_verify_each():
-    def retype(graph):
-        for n in graph.nodes:
-            if n.op == "add":
-                n.attrs["bogus"] = 1
-        return True
-
+    retype = _invalidating_pass("retype")
     g = _graph()
     with pytest.raises(PassError, match="pass 'retype' left an invalid graph"):
         accelir.PassManager([retype]).run(g)
@@ -263,12 +269,7 @@ def test_rollback_undoes_every_kind_of_change():
 
 
 def test_rollback_of_a_later_pass_keeps_the_earlier_passes_work():
-    def breaks(graph):
-        for n in graph.nodes:
-            if n.op == "add":
-                n.attrs["bogus"] = 1
-        return True
-
+    breaks = _invalidating_pass("breaks")
     g = _graph()
     with pytest.raises(PassError, match="pass 'breaks' left an invalid graph"):
         accelir.PassManager([dce, cse, breaks]).run(g)
