@@ -103,8 +103,8 @@ class FuseParallelLinear:
         for members in groups.values():
             if len(members) < 2:
                 continue
-            readers = {id(_attention_reader(n.output)) for n, _, _ in members}
-            if len(readers) == 1 and _attention_reader(members[0][0].output) is not None:
+            readers = [_attention_reader(n.output) for n, _, _ in members]
+            if readers[0] is not None and all(r is readers[0] for r in readers):
                 if self.verbose:
                     self.near_misses.append(NearMiss(
                         self.name, "the projections feed one fused attention through their head split alone",
@@ -124,13 +124,12 @@ class FuseParallelLinear:
         activation = first.attrs.get("activation", "none")
         widths = [w.shape[1] for _, w, _ in members]
         w = np.concatenate([w for _, w, _ in members], axis=1)
+        biases = [bias for _, _, bias in members]
         b = None
-        if any(b is not None for _, _, b in members):
-            b = np.concatenate([bb if bb is not None else np.zeros(n, w.dtype)
-                                for (_, _, bb), n in zip(members, widths)])
-        meta = provenance(first, self.name, "linear")
-        build = graph.builder(before=first, meta=meta)
-        base = first.inputs[1].producer.attrs.get("name", "w") if first.inputs[1].producer else "w"
+        if any(bias is not None for bias in biases):
+            b = np.concatenate([bias if bias is not None else np.zeros(n, w.dtype) for bias, n in zip(biases, widths)])
+        build = graph.builder(before=first, meta=provenance(first, self.name, "linear"))
+        base = first.inputs[1].producer.attrs["name"]  # the weight is a constant
         operands = [x, build.const(w, name=f"{base}_merged")]
         if b is not None:
             operands.append(build.const(b, name=f"{base}_merged_bias"))
