@@ -536,7 +536,7 @@ class LoweringContext:
             if o.name not in sub._produced or any(o.name == p.name for p in out_names):
                 o = sub.op("Identity", o)
             out_names.append(o)
-        return helper.make_graph(_live_nodes(sub.nodes, [v.name for v in out_names]), self.state.fresh(name),
+        return helper.make_graph(_live_nodes(sub.nodes, [v.name for v in out_names])[0], self.state.fresh(name),
                                  [_value_info(v.name, t) for v, t in zip(ins, input_types)],
                                  [_value_info(v.name, t) for v, t in zip(out_names, output_types)])
 
@@ -603,7 +603,8 @@ def _lower(graph: Graph, opset: int | None, target: str, external: bool
             o = ctx._adopt_name(o, v.name or f"output_{i}", len(ctx.nodes) - 1)
         seen.add(o.name)
         out_infos.append(_value_info(o.name, v.type))
-    nodes = _live_nodes(ctx.nodes, [o.name for o in out_infos])
+    # ``needed``: the values the live nodes read, and the outputs (never initializers: those got an Identity)
+    nodes, needed = _live_nodes(ctx.nodes, [o.name for o in out_infos])
 
     # built in place: make_graph / make_model would copy every weight once more
     model = onnx.ModelProto(ir_version=onnx.IR_VERSION, producer_name="accelir")
@@ -612,10 +613,9 @@ def _lower(graph: Graph, opset: int | None, target: str, external: bool
     g.node.extend(nodes)
     g.input.extend(_value_info(ov.name, v.type) for ov, v in zip(inputs, graph.inputs))
     g.output.extend(out_infos)
-    read = set().union(*(_names_read(n) for n in nodes)) if nodes else set()
     weights: dict[str, np.ndarray] = {}
     for name, arr in state.tensors.items():
-        if name not in read:
+        if name not in needed:
             continue
         if external and arr.nbytes >= EXTERNAL_WEIGHT_BYTES:
             _external_stub(g.initializer.add(), name, arr)
@@ -641,9 +641,9 @@ def _names_read(node: onnx.NodeProto) -> set[str]:
     return names
 
 
-def _live_nodes(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> list[onnx.NodeProto]:
+def _live_nodes(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> tuple[list[onnx.NodeProto], set[str]]:
     """The nodes that the ``outputs`` depend on (a rule that absorbs the ops that made its operands
-    leaves them unread)."""
+    leaves them unread), and the names those nodes read together with the outputs."""
     needed = set(outputs)
     live = []
     for n in reversed(nodes):
@@ -651,7 +651,7 @@ def _live_nodes(nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -> list
             live.append(n)
             needed |= _names_read(n)
     live.reverse()
-    return live
+    return live, needed
 
 
 def _backing_bytes(arr: np.ndarray) -> bytes | None:
@@ -1505,21 +1505,19 @@ def _qkv_projection(parts: Sequence[Value]) -> Node | None:
     """The ``linear`` whose output q, k and v are consecutive equal slices of along the last axis, in
     that order (a packed QKV projection, as GPT-2's c_attn); else None."""
     slices = [v.producer for v in parts]
-    if any(p is None or p.op != "slice" for p in slices) or len({id(p.inputs[0]) for p in slices}) != 1:
+    if any(p is None or p.op != "slice" for p in slices):
+        return None
+    # the three slices must be all that reads the projection (else it is needed on its own too: it
+    # stays a Gemm), cutting it along the last axis in q, k, v order
+    group = _partition(slices[0])
+    if group is None or group[1] != 2 or len(group[0]) != 3 or any(a is not b for a, b in zip(group[0], slices)):
         return None
     lin = slices[0].inputs[0].producer
-    if lin is None or lin.op != "linear" or lin.attrs["activation"] != "none" or lin.inputs[0].rank != 3:
+    if lin is None or lin.op != "linear" or lin.attrs["activation"] != "none" or lin.inputs[0].rank != 3 or \
+            lin.outputs[0].is_graph_output:
         return None
-    if len(lin.outputs[0].uses()) != 3 or lin.outputs[0].is_graph_output:
-        return None  # the projection is needed on its own too: it stays a Gemm
     d = parts[0].shape[2]
-    for i, p in enumerate(slices):
-        a = p.attrs
-        if [ax % 3 for ax in a["axes"]] != [2] or tuple(a["steps"] or (1,)) != (1,) or \
-                tuple(a["starts"]) != (i * d,) or tuple(a["stops"]) != ((i + 1) * d,):
-            return None
-    w = lin.inputs[1].type
-    if w.shape[1] != 3 * d or (len(lin.inputs) == 3 and lin.inputs[2].type.shape != (3 * d,)):
+    if any(p.shape[2] != d for p in parts) or (len(lin.inputs) == 3 and lin.inputs[2].type.shape != (3 * d,)):
         return None
     return lin
 
