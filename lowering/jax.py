@@ -48,6 +48,7 @@ from accelir.errors import AccelirError, LoweringError
 from accelir.ir import DType, Graph, Node, TensorType
 from accelir.ops import registry
 from accelir.ops.linalg import conv_params, pool_output_dim
+from accelir.ops.shape import inverse_perm
 
 __all__ = [
     "JAX_RULES",
@@ -148,14 +149,7 @@ class Permuted:
 
     @property
     def shape(self) -> tuple:
-        return tuple(self.data.shape[k] for k in _inverse(self.perm))
-
-
-def _inverse(perm: Sequence[int]) -> tuple[int, ...]:
-    out = [0] * len(perm)
-    for k, p in enumerate(perm):
-        out[p] = k
-    return tuple(out)
+        return tuple(self.data.shape[k] for k in inverse_perm(self.perm))
 
 
 def _held(data: Any, perm: tuple[int, ...]) -> Any:
@@ -177,7 +171,7 @@ def _moved(data: Any, axes: Sequence[int]) -> Any:
 
 def _logical(a: Any) -> Any:
     """The value itself, in the IR's layout."""
-    return _moved(a.data, _inverse(a.perm)) if isinstance(a, Permuted) else a
+    return _moved(a.data, inverse_perm(a.perm)) if isinstance(a, Permuted) else a
 
 
 def _in_layout(a: Any, perm: tuple[int, ...]) -> Any:
@@ -189,7 +183,7 @@ def _in_layout(a: Any, perm: tuple[int, ...]) -> Any:
         have = tuple(range(len(perm)))
     if have == perm:
         return data
-    inv = _inverse(have)
+    inv = inverse_perm(have)
     return _moved(data, tuple(inv[p] for p in perm))
 
 
@@ -205,6 +199,11 @@ def _physical(t: Sequence[Any], perm: Sequence[int]) -> tuple:
 
 def _channels_last(rank: int) -> tuple[int, ...]:
     return (0, *range(2, rank), 1)
+
+
+def _kernel_last(rank: int) -> tuple[int, ...]:
+    """A conv weight's [O, I, *spatial] as [*spatial, I, O], the layout the channels-last convs read."""
+    return (*range(2, rank), 1, 0)
 
 
 def _broadcasts(a: Any, ref: Any) -> bool:
@@ -455,7 +454,7 @@ def _weight_layouts(graphs: Sequence[Graph], prefixes: Mapping[int, str]) -> dic
             as_weight = bool(out.uses()) and all(user.op in _CONVS and i == 1 for user, i in out.uses())
             verdict[key] = verdict.get(key, True) and as_weight
             ranks[key] = out.rank
-    return {k: (*range(2, ranks[k]), 1, 0) for k, ok in verdict.items() if ok}
+    return {k: _kernel_last(ranks[k]) for k, ok in verdict.items() if ok}
 
 
 class JaxFunction:
@@ -775,7 +774,7 @@ def _reduce_rule(fn: Callable) -> Rule:
     def rule(ctx, x, *, axes, keepdims):
         data, perm = _parts(x)
         logical = _axes(axes, x.ndim)
-        inv = _inverse(perm)
+        inv = inverse_perm(perm)
         y = fn(data, axis=tuple(sorted(inv[a] for a in logical)), keepdims=keepdims)
         if keepdims:
             return _held(y, perm)
@@ -891,7 +890,7 @@ def _conv(x, w, bias, attrs: Mapping[str, Any]) -> Permuted:
     numbers = lax.ConvDimensionNumbers(lhs_spec=(0, n + 1, *spatial), rhs_spec=(n + 1, n, *range(n)),
                                        out_spec=(0, n + 1, *spatial))
     last = _channels_last(n + 2)
-    y = lax.conv_general_dilated(_in_layout(x, last), _in_layout(w, (*range(2, n + 2), 1, 0)), window_strides=stride,
+    y = lax.conv_general_dilated(_in_layout(x, last), _in_layout(w, _kernel_last(n + 2)), window_strides=stride,
                                  padding=padding, lhs_dilation=lhs_dilation, rhs_dilation=dilation,
                                  dimension_numbers=numbers, feature_group_count=attrs["groups"],
                                  preferred_element_type=_accumulator(x.dtype))
@@ -982,7 +981,7 @@ register_lowering("reshape")(lambda ctx, x, *, shape: jnp.reshape(x, shape))
 def _transpose(ctx, x, *, perm):
     # no data moves: the same data is held under the composed permutation
     data, held = _parts(x)
-    inv = _inverse(perm)
+    inv = inverse_perm(perm)
     return _held(data, tuple(inv[p] for p in held))
 
 
@@ -997,7 +996,7 @@ def _concat(ctx, *xs, axis):
     if len(perms) != 1:
         return jnp.concatenate([_logical(x) for x in xs], axis=axis)
     perm = perms.pop()
-    return _held(jnp.concatenate([_parts(x)[0] for x in xs], axis=_inverse(perm)[axis % len(perm)]), perm)
+    return _held(jnp.concatenate([_parts(x)[0] for x in xs], axis=inverse_perm(perm)[axis % len(perm)]), perm)
 
 
 @register_lowering("unsqueeze")
@@ -1169,7 +1168,7 @@ def _batch_norm(ctx, x, scale, bias, mean, var, *, epsilon):
     data, perm = _parts(x)
     # per-channel vectors along the axis where the data holds the channels
     shape = [1] * x.ndim
-    shape[_inverse(perm)[1]] = -1
+    shape[inverse_perm(perm)[1]] = -1
     scale, bias, mean, var = (_logical(a).reshape(shape) for a in (scale, bias, mean, var))
     k = lax.rsqrt(var + jnp.asarray(epsilon, var.dtype)) * scale
     return _held((data - mean) * k + bias, perm)

@@ -152,7 +152,7 @@ def supported_dtypes(op_type: str, domain: str, opset: int, var: str | None = No
         except onnx.defs.SchemaError:
             since = None  # a schema of ONNX Runtime's own (its contrib ops): any kernel covering the version
         for lo, hi, constraints in _ort_kernel_types().get((op_type, domain), []):
-            if (lo <= version <= hi) if since is None else _has_kernel_at([(lo, hi, constraints)], since):
+            if (lo <= version <= hi) if since is None else _binds(lo, hi, since):
                 types |= constraints.get(var, frozenset())
     else:
         try:
@@ -165,10 +165,10 @@ def supported_dtypes(op_type: str, domain: str, opset: int, var: str | None = No
     return frozenset(ONNX_TYPE_STRINGS[t] for t in types if t in ONNX_TYPE_STRINGS)
 
 
-def _has_kernel_at(defs: list[tuple[int, int, Any]], since: int) -> bool:
-    """Whether ONNX Runtime binds a node of schema version ``since`` to one of these kernels: an
-    open-ended kernel only serves the version it starts at."""
-    return any(lo == since or lo < since <= hi < 2 ** 31 - 1 for lo, hi, _ in defs)
+def _binds(lo: int, hi: int, since: int) -> bool:
+    """Whether ONNX Runtime binds a node of schema version ``since`` to a kernel registered for versions
+    ``lo`` to ``hi``: an open-ended kernel only serves the version it starts at."""
+    return lo == since or lo < since <= hi < 2 ** 31 - 1
 
 
 @functools.lru_cache(maxsize=None)
@@ -194,7 +194,7 @@ def default_opset() -> int:
             except onnx.defs.SchemaError:
                 continue
             if (schema.has_function or schema.has_context_dependent_function) and \
-                    not _has_kernel_at(defs, schema.since_version):
+                    not any(_binds(lo, hi, schema.since_version) for lo, hi, _ in defs):
                 inlined = True
                 break
         if not inlined:

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from .. import dims as D
 from ..ir import DType, Graph, TensorType, Value
+from ..ops.shape import inverse_perm
 from .jax import EqnContext, Unsupported, _Converter, _dtype, _open, static_value, to_dim, to_dims
 from .jax_indexing import INDEXING_RULES
 
@@ -192,13 +193,6 @@ def _flat_matmul(cx: EqnContext, a: Value, b: Value, k: int) -> Value:
     return y if len(rfree) == 1 or not rfree else cx.op("reshape", y, shape=lfree + tuple(rfree))
 
 
-def _perm_inverse(perm: Sequence[int]) -> tuple[int, ...]:
-    inv = [0] * len(perm)
-    for i, p in enumerate(perm):
-        inv[p] = i
-    return tuple(inv)
-
-
 def _transpose(cx: EqnContext, x: Value, perm: Sequence[int]) -> Value:
     perm = tuple(int(p) for p in perm)
     return x if perm == tuple(range(len(perm))) else cx.op("transpose", x, perm=perm)
@@ -222,7 +216,7 @@ def _conv(cx, lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation, 
         pads = [(max(lo, 0), max(hi, 0)) for lo, hi in pads]
     y = cx.op("conv", x, w, stride=tuple(int(s) for s in window_strides), padding=tuple(pads),
               dilation=tuple(int(d) for d in rhs_dilation), groups=int(feature_group_count), lhs_dilation=lhs_dil)
-    return _transpose(cx, y, _perm_inverse(dimension_numbers.out_spec))
+    return _transpose(cx, y, inverse_perm(dimension_numbers.out_spec))
 
 
 def _static_pads(padding: Sequence[Any]) -> list[tuple[int, int]]:
@@ -330,7 +324,7 @@ def _reduce_window(cx: EqnContext, x: Value, kind: str, window, strides, padding
                   cx.scalar(math.prod(attrs["kernel"]), xs))
     if len(lead) != 2:
         y = cx.op("reshape", y, shape=tuple(lead) + y.shape[2:])
-    return _transpose(cx, y, _perm_inverse(perm))
+    return _transpose(cx, y, inverse_perm(perm))
 
 
 for _kind in ("max", "min", "sum"):

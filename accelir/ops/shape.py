@@ -14,7 +14,7 @@ from .. import dims as D
 from ..ir import DType, TensorType
 from .registry import AttrSpec, OpDef, TypeRuleError, broadcast_shapes, norm_axis, register, same_dtype
 
-__all__ = ["slice_output_dim"]
+__all__ = ["slice_output_dim", "inverse_perm"]
 
 
 def _numel_equal(a, b) -> bool:
@@ -58,6 +58,14 @@ def _reshape_ref(inputs, attrs, regions):
 
 register(OpDef("reshape", _reshape_rule, _reshape_ref, attrs={"shape": AttrSpec("dims")},
                doc="same elements in row-major order, new shape (explicit dims, symbolic allowed)"))
+
+
+def inverse_perm(perm) -> tuple[int, ...]:
+    """The permutation that undoes ``perm``: transposing by ``perm`` then by this is the identity."""
+    out = [0] * len(perm)
+    for k, p in enumerate(perm):
+        out[p] = k
+    return tuple(out)
 
 
 def _transpose_rule(types, attrs):
