@@ -516,3 +516,14 @@ def test_unsupported_lists_every_primitive():
     assert "erf_inv" in text and "population_count" in text
     assert text.count("erf_inv at test_frontend_jax.py:") == 2
     assert info.value.ops == ["erf_inv", "population_count"]
+
+
+@pytest.mark.parametrize("f,shapes", [(lambda v, m: v @ m, [(4,), (4, 5)]), (lambda v, w: v @ w, [(4,), (4,)]),
+                                      (lambda a, b: jnp.tensordot(a, b, 2), [(2, 3), (2, 3, 5)])])
+def test_a_contraction_of_all_of_x_is_a_matmul(f, shapes):
+    # x's every dim contracted against w's leading dims: a matmul the linear fusions see, not a dot_general
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    g = capture_jax(f, args)
+    assert "matmul" in g.op_histogram() and "dot_general" not in g.op_histogram()
+    np.testing.assert_allclose(accelir.run_graph(g, args)[0], np.asarray(f(*args)), rtol=1e-5, atol=1e-5)

@@ -176,7 +176,7 @@ def _dot_general(cx, a, b, *, dimension_numbers: Any, **p):
     if batched:
         return cx.op("matmul", a, b)
     k = len(lc)
-    if not lb and k and lc == tuple(range(a.rank - k, a.rank)) and rc == tuple(range(k)) and a.rank > k:
+    if not lb and k and lc == tuple(range(a.rank - k, a.rank)) and rc == tuple(range(k)):
         return _flat_matmul(cx, a, b, k)
     return cx.op("dot_general", a, b, lhs_contracting=lc, rhs_contracting=rc, lhs_batch=lb, rhs_batch=rb)
 
