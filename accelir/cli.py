@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import progress
+from .api import BACKENDS, _build_runner
 from .errors import AccelirError, NumericMismatchError
 from .interpreter import run_graph, to_numpy
 from .ir import DType, Graph
@@ -46,7 +47,6 @@ CHECK_TOLERANCES: dict[DType, tuple[float, float]] = {
     DType.f16: (2e-2, 2e-3),
     DType.bf16: (1e-1, 2e-2),
 }
-_BACKENDS = ("onnxruntime", "xla")
 _FORMAT_BY_SUFFIX = {".html": "html", ".dot": "dot", ".air": "text", ".txt": "text"}
 
 
@@ -209,12 +209,7 @@ class _LazyRunner:
     def build(self) -> Callable[..., list]:
         if self._run is None:
             with progress.step(f"{self.backend} session build"):
-                if self.backend == "onnxruntime":
-                    from .lowering.onnx import OnnxRuntimeModule, to_onnx
-                    self._run = OnnxRuntimeModule(to_onnx(self.graph), device=self.device)
-                else:
-                    from .lowering.jax import JaxModule
-                    self._run = JaxModule(self.graph, device=self.device)
+                self._run = _build_runner(self.graph, self.backend, self.device)
         return self._run
 
     def __call__(self, *flat: Any) -> list:
@@ -379,8 +374,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     build: dict[str, float] = {name: 0.0}
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     for b in backends:
-        if b not in _BACKENDS:
-            raise UsageError(f"--backends: unknown backend {b!r}; choose from {', '.join(_BACKENDS)}")
+        if b not in BACKENDS:
+            raise UsageError(f"--backends: unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
         t0 = time.perf_counter()
         with progress.step(f"optimize for {b}"):
             model = accelir.optimize(inp.model, inp.example_inputs, backend=b, level=args.level)
@@ -429,7 +424,7 @@ def _parser() -> argparse.ArgumentParser:
                        "(.onnx, .air, .mlir, .hlo, .dot, .html).")
     p.add_argument("input", metavar="IN", help=inp_help)
     p.add_argument("-o", "--output", metavar="OUT", required=True)
-    p.add_argument("--backend", choices=_BACKENDS, help="target of the pipeline and of --check "
+    p.add_argument("--backend", choices=BACKENDS, help="target of the pipeline and of --check "
                    "(default: xla for .mlir/.hlo, else onnxruntime)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the --check run")
     p.add_argument("--print-after", choices=("all", "changed"), help="print the IR (or its diff) after each pass")
@@ -445,7 +440,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="IN", help=inp_help)
     p.add_argument("--after-level", type=int, choices=(0, 1, 2, 3), help="show the graph after this pipeline level")
     p.add_argument("--passes", metavar="P1,P2,...", help="show the graph after these registered passes")
-    p.add_argument("--target", choices=_BACKENDS, help="backend whose vetoes the pipeline applies")
+    p.add_argument("--target", choices=BACKENDS, help="backend whose vetoes the pipeline applies")
     p.add_argument("--format", choices=("text", "dot", "html"), help="default: from -o's suffix, else text")
     p.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
     p.add_argument("--meta", action="store_true", help="text: append each node's provenance")
@@ -464,7 +459,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Latency of the model as its framework runs it and through accelir on each backend, "
                        "in interleaved rounds after warm-up.")
     p.add_argument("input", metavar="IN", help=inp_help)
-    p.add_argument("--backends", default=",".join(_BACKENDS), help="comma-separated (default: all)")
+    p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (default: all)")
     p.add_argument("--level", type=int, choices=(0, 1, 2, 3), default=2)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20)
