@@ -28,6 +28,7 @@ import numpy as np
 
 from accelir.ir import Graph, Node, Value
 
+from .fuse_conv_bn import channel_vector
 from .pattern import NearMiss, provenance, remove_dead, rewrite_budget
 from .registry import register_pass
 
@@ -54,7 +55,7 @@ def _member(node: Node) -> tuple[Value, np.ndarray, np.ndarray | None, str] | st
         b = node.inputs[2].const_value
         if b is None:
             return "the bias is not a constant"
-        b = np.broadcast_to(b.reshape(-1) if b.ndim else b, (w.shape[1],))
+        b = channel_vector(b, w.shape[1])
     return x, w, b, activation
 
 

@@ -829,15 +829,7 @@ def _roi_align_decompose(b, inputs, attrs):
     return [b.op("cast", y, dtype=dt) if y.dtype is not dt else y]
 
 
-def _roi_align_ref_outer(inputs, attrs, regions):
-    # batch_indices stay integers; x and rois compute in f32 when they are f16 / bf16
-    dt = inputs[0].dtype
-    with np.errstate(all="ignore"):
-        out = _roi_align_ref([_in_compute(inputs[0]), _in_compute(inputs[1]), inputs[2].astype(np.int64)], attrs)
-    return [out.astype(dt, copy=False)]
-
-
-register(OpDef("roi_align", _roi_align_rule, _roi_align_ref_outer, min_inputs=3, max_inputs=3,
+register(OpDef("roi_align", _roi_align_rule, _wrap(_roi_align_ref), min_inputs=3, max_inputs=3,
                attrs={"mode": AttrSpec("str", "avg", ("avg", "max")),
                       "output_height": AttrSpec("int", 1), "output_width": AttrSpec("int", 1),
                       "sampling_ratio": AttrSpec("int", 0), "spatial_scale": AttrSpec("float", 1.0),
