@@ -16,9 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .. import dims as D
 from ..ir import DType, Value
-from .onnx_ops import NodeContext, _cast, _conv_attrs, _norm_axis, _reshape, rule
+from .onnx_ops import NodeContext, _cast, _conv_attrs, _norm_axis, _reshape, _static_dims, rule
 
 __all__ = ["reverse_prefixes", "window_positions", "maxpool_indices"]
 
@@ -59,12 +58,6 @@ def _tensor_scatter(ctx: NodeContext):
     return [ctx.op("scatter_elements", cache, pos, update, axis=axis)]
 
 
-def _static_dims(ctx: NodeContext, dims: Sequence[D.Dim], what: str) -> tuple[int, ...]:
-    if not all(type(d) is int for d in dims):
-        raise ctx.unsupported(f"symbolic {what} {list(dims)}: the position table is built at import")
-    return tuple(int(d) for d in dims)
-
-
 def window_positions(size: Sequence[int], blocks: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
                      pad_lo: Sequence[int], dilation: Sequence[int],
                      order: str = "C") -> tuple[np.ndarray, np.ndarray]:
@@ -86,8 +79,8 @@ def window_positions(size: Sequence[int], blocks: Sequence[int], kernel: Sequenc
 def maxpool_indices(ctx: NodeContext, x: Value, pooled: Value) -> Value:
     """MaxPool's Indices output: the flat index (over N, C and the spatial dims) of each
     window's first maximum, spatial dims row-major or (storage_order 1) column-major."""
-    size = _static_dims(ctx, x.shape[2:], "spatial dims")
-    out = _static_dims(ctx, pooled.shape[2:], "pooled dims")
+    size = _static_dims(ctx, x.shape[2:], "spatial dims", "position table")
+    out = _static_dims(ctx, pooled.shape[2:], "pooled dims", "position table")
     kernel = tuple(ctx.attr("kernel_shape"))
     attrs = _conv_attrs(ctx, x, kernel)
     lo = [p[0] for p in attrs["padding"]]
@@ -121,7 +114,7 @@ def _max_unpool(ctx: NodeContext):
     k = len(kernel)
     strides = tuple(ctx.attr("strides", [1] * k))
     pads = tuple(ctx.attr("pads", [0] * (2 * k)))
-    size = _static_dims(ctx, x.shape, "input dims")
+    size = _static_dims(ctx, x.shape, "input dims", "position table")
     # the indices address the unpooled tensor of the inferred shape; output_shape only pads its end
     inferred = size[:2] + tuple((size[2 + d] - 1) * strides[d] - pads[d] - pads[k + d] + kernel[d] for d in range(k))
     total = math.prod(inferred)
@@ -151,7 +144,7 @@ def _col2im(ctx: NodeContext):
     blocks = tuple((image[d] + pads[d] + pads[k + d] - dil[d] * (block[d] - 1) - 1) // strides[d] + 1
                    for d in range(k))
     n = x.shape[0]
-    ck, length = _static_dims(ctx, x.shape[1:], "column dims")
+    ck, length = _static_dims(ctx, x.shape[1:], "column dims", "position table")
     slots = math.prod(block)
     if ck % slots or length != math.prod(blocks):
         raise ctx.unsupported(f"an input {x.type} that does not match blocks {list(blocks)} of {list(block)}")

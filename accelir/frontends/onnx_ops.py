@@ -141,6 +141,13 @@ def _norm_axis(ctx: NodeContext, axis: int, rank: int) -> int:
     return axis % rank if rank else 0
 
 
+def _static_dims(ctx: NodeContext, dims: Sequence[D.Dim], what: str, built: str) -> tuple[int, ...]:
+    """``dims`` as ints, or the error naming ``what`` is symbolic and which import-time ``built`` needs it."""
+    if not all(type(d) is int for d in dims):
+        raise ctx.unsupported(f"symbolic {what} {list(dims)}: the {built} is built at import")
+    return tuple(int(d) for d in dims)
+
+
 def _cast(ctx: NodeContext, v: Value, dt: DType) -> Value:
     return v if v.dtype is dt else ctx.op("cast", v, dtype=dt)
 

@@ -18,7 +18,7 @@ import numpy as np
 from .. import dims as D
 from ..ir import DType, Value
 from .onnx import onnx_dtype
-from .onnx_ops import NodeContext, _cast, _norm_axis, _reshape, rule
+from .onnx_ops import NodeContext, _cast, _norm_axis, _reshape, _static_dims, rule
 
 __all__ = ["dft_matrix"]
 
@@ -76,9 +76,7 @@ def _apply_linear_axis(ctx: NodeContext, x: Value, axis: int, mat: np.ndarray, c
 
 
 def _static(ctx: NodeContext, d: D.Dim, what: str) -> int:
-    if type(d) is not int:
-        raise ctx.unsupported(f"a symbolic {what} ({d!r}): the transform matrix is built at import")
-    return d
+    return _static_dims(ctx, (d,), what, "transform matrix")[0]
 
 
 @rule("DFT")
