@@ -254,7 +254,7 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
     (True to check with the example inputs), verify_each.
     """
     from .pass_manager import PassManager
-    from .passes import pipeline
+    from .passes import get_pass, pipeline
 
     if backend not in BACKENDS + ("auto",):
         raise AccelirError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or 'auto'")
@@ -276,7 +276,13 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
             raise AccelirError("debug check_numerics=True needs example_inputs")
         options["check_numerics"] = _numpy_inputs(flat)
     target = None if backend == "auto" else backend
-    pass_list = list(passes) if passes is not None else pipeline(level, target=target)
+    if passes is None:
+        pass_list = pipeline(level, target=target)
+    else:
+        try:
+            pass_list = [get_pass(p) if isinstance(p, str) else p for p in passes]
+        except KeyError as e:
+            raise AccelirError(f"optimize(passes=...): {e.args[0]}") from None
     pm = PassManager(pass_list, **options)
     t0 = time.perf_counter()
     pm.run(graph)

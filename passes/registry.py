@@ -59,6 +59,10 @@ def register_pass(name: str, *, stage: str | None = None, order: int = 100,
 
 
 def get_pass(name: str) -> PassFn:
+    """The pass registered as ``name``; the ``passes/*.py`` modules are imported first, so every one
+    of them has registered its passes."""
+    from .pipeline import load_pass_modules
+    load_pass_modules()
     try:
         return PASSES[name].fn
     except KeyError:

@@ -14,6 +14,7 @@ from transformers import GPT2Config, GPT2Model
 
 import accelir
 from accelir import AccelirError
+from accelir.errors import NumericMismatchError
 
 
 def rel_err(a, b):
@@ -145,6 +146,17 @@ def test_debug_options_reach_the_pass_manager(gpt2, tmp_path):
     dumps = sorted(p.name for p in (tmp_path / "dumps").iterdir())
     assert dumps[0].startswith("000-") and "report.txt" in dumps
     assert cm.report.passes is not None
+
+    def add_to_sub(graph):  # wrong on purpose: check_numerics=True must name it
+        for n in graph.nodes:
+            if n.op == "add":
+                graph.replace(n, list(graph.make("sub", list(n.inputs), before=n).outputs))
+                return True
+        return False
+    with pytest.raises(NumericMismatchError, match="add_to_sub"):
+        accelir.optimize(model, (ids,), passes=["dce", add_to_sub], debug={"check_numerics": True})
+    with pytest.raises(AccelirError, match="no pass named 'no_such_pass'"):
+        accelir.optimize(model, (ids,), passes=["no_such_pass"])
 
 
 def test_no_global_state_leaks(gpt2):
