@@ -24,7 +24,6 @@ from typing import Any, Callable
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from accelir.timing import time_interleaved
 
@@ -97,18 +96,10 @@ def optimize_accelir(src: str, dst: str) -> float:
     return took
 
 
-def session(path: str, threads: int) -> ort.InferenceSession:
-    """An onnxruntime CPU session with all graph optimisations and a fixed thread count."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-
-
 def measure(files: dict[str, str], feeds: dict[str, np.ndarray], runs: int, threads: int) -> dict[str, tuple]:
     """Per file: (node count, file bytes, median ms, min ms, outputs), the sessions timed in interleaved rounds."""
-    sessions = {kind: session(path, threads) for kind, path in files.items()}
+    from benchmarks.run import ort_session
+    sessions = {kind: ort_session(path, threads) for kind, path in files.items()}
     calls = {}
     outputs = {}
     for kind, sess in sessions.items():
@@ -164,4 +155,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    if not __package__:  # run as a script: make the repo root importable, as ``-m`` does
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.exit(main(sys.argv[1:]))

@@ -61,23 +61,6 @@ class Result:
     notes: str = ""
 
 
-def session_options(threads: int, profile_prefix: str | None = None) -> Any:
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    if profile_prefix:
-        so.enable_profiling = True
-        so.profile_file_prefix = profile_prefix
-    return so
-
-
-def _session(model: bytes | str, threads: int, profile_prefix: str | None = None) -> Any:
-    import onnxruntime as ort
-    return ort.InferenceSession(model, session_options(threads, profile_prefix), providers=["CPUExecutionProvider"])
-
-
 def _first_array(out: Any) -> np.ndarray:
     from accelir.cli import flat_arrays
     return flat_arrays(out)[0]
@@ -128,6 +111,7 @@ def _build_accelir(model: Any, inputs: tuple, threads: int, level: int) -> Resul
     import accelir
     from accelir.interpreter import to_numpy
     from accelir.lowering.onnx import OnnxRuntimeModule, to_onnx
+    from benchmarks.run import session_options
 
     t0 = time.perf_counter()
     cm = accelir.optimize(model, inputs, backend="onnxruntime", level=level)
@@ -147,15 +131,16 @@ def _build_accelir(model: Any, inputs: tuple, threads: int, level: int) -> Resul
 
 def _build_export(model: Any, inputs: tuple, threads: int, dynamo: bool, tmp: str) -> Result:
     import torch
+    from benchmarks.run import ort_session
     path = os.path.join(tmp, f"{'dynamo' if dynamo else 'torchscript'}.onnx")
     t0 = time.perf_counter()
     with torch.no_grad():
         torch.onnx.export(model, inputs, path, dynamo=dynamo)
-    session = _session(path, threads)
+    session = ort_session(path, threads)
     build = time.perf_counter() - t0
     names = [i.name for i in session.get_inputs()]
     feed = {n: x.numpy() for n, x in zip(names, inputs)}
-    return Result(lambda: session.run(None, feed), session, lambda prefix: _session(path, threads, prefix), build)
+    return Result(lambda: session.run(None, feed), session, lambda prefix: ort_session(path, threads, prefix), build)
 
 
 def profile_by_op(session: Any, feeds: dict[str, np.ndarray], runs: int) -> tuple[float, list[tuple[str, float, int]]]:

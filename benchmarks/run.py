@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["SYSTEMS", "Cell", "main", "run_model"]
+__all__ = ["SYSTEMS", "Cell", "main", "run_model", "session_options", "ort_session"]
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -110,18 +110,24 @@ class PeakMemory:
 
 # ----- systems -----------------------------------------------------------------------
 
-def _session_options(threads: int) -> Any:
+def session_options(threads: int, profile_prefix: str | None = None) -> Any:
+    """ONNX Runtime options every benchmark session uses: all graph optimisations, ``threads``
+    intra-op threads, one inter-op thread; profiling to ``profile_prefix`` when given."""
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     return so
 
 
-def _ort_session(path: str, threads: int) -> Any:
+def ort_session(model: bytes | str, threads: int, profile_prefix: str | None = None) -> Any:
+    """A CPU session over ``model`` (a path or serialized bytes) with ``session_options``."""
     import onnxruntime as ort
-    return ort.InferenceSession(path, _session_options(threads), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, session_options(threads, profile_prefix), providers=["CPUExecutionProvider"])
 
 
 def _ort_call(session: Any, inputs: tuple) -> Callable[[], Any]:
@@ -157,7 +163,7 @@ def _onnx_export(dynamo: bool) -> Callable[[Any, tuple, Context], Built]:
         path = os.path.join(ctx.tmp, f"model-{'dynamo' if dynamo else 'ts'}.onnx")
         with torch.no_grad():
             torch.onnx.export(model, inputs, path, dynamo=dynamo)
-        return Built(_ort_call(_ort_session(path, ctx.threads), inputs))
+        return Built(_ort_call(ort_session(path, ctx.threads), inputs))
     return build
 
 
