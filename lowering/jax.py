@@ -1201,13 +1201,11 @@ def _linear(ctx, x, w, bias=None, *, activation):
 def _via_decomposition(ctx, *args, **attrs):
     """Lower a composite that jax has no kernel for through its decomposition into core ops."""
     node = ctx.node
-    scratch = Graph(f"{node.op}_decomposition")
-    ins = [scratch.add_input(v.type, v.name) for v in node.inputs]
     try:
-        outs = registry.get(node.op).decompose(scratch.builder(meta=node.meta), ins, dict(node.attrs))
+        scratch = registry.decomposition_graph(node.op, [v.type for v in node.inputs], node.attrs, node.meta,
+                                               [v.name for v in node.inputs])
     except registry.TypeRuleError as e:
         raise LoweringError(f"jax lowering of {node.describe()}: {e}") from None
-    scratch.set_outputs(outs)
     prefix = f"{node.op}_decomposition"
     sub = _Lowering({id(scratch): prefix}, {}, {_key(prefix, k): v for k, v in scratch.constants.items()})
     return sub.run(scratch, *args, bindings=ctx.bindings)

@@ -1312,11 +1312,8 @@ def _lower_iota(ctx, node, xs):
 
 def _decompose(ctx: LoweringContext, node: Node, xs: list[OnnxValue]) -> list[OnnxValue]:
     """Lower a composite through its decomposition into core ops."""
-    opdef = registry.get(node.op)
-    scratch = Graph(f"{node.op}_decomposition")
-    ins = [scratch.add_input(v.type, v.name) for v in node.inputs]
-    outs = opdef.decompose(scratch.builder(meta=node.meta), ins, dict(node.attrs))
-    scratch.set_outputs(outs)
+    scratch = registry.decomposition_graph(node.op, [v.type for v in node.inputs], node.attrs, node.meta,
+                                           [v.name for v in node.inputs])
     ctx.composites.append(node)
     try:
         return ctx.emit_graph(scratch, xs)
@@ -1334,10 +1331,8 @@ def _gelu(ctx: LoweringContext, x: OnnxValue, approximate: str) -> OnnxValue:
 
 
 def _decomposed_activation(ctx: LoweringContext, x: OnnxValue, op: str, **attrs: Any) -> OnnxValue:
-    scratch = Graph(f"{op}_decomposition")
-    inp = scratch.add_input(TensorType(x.dtype, ()), None)
-    b = scratch.builder(meta=ctx.node.meta if ctx.node else None)
-    scratch.set_outputs(registry.get(op).decompose(b, [inp], registry.normalize_attrs(op, attrs)))
+    scratch = registry.decomposition_graph(op, [TensorType(x.dtype, ())], registry.normalize_attrs(op, attrs),
+                                           ctx.node.meta if ctx.node else None)
     ctx.composites.append(ctx.node)
     try:
         return ctx.emit_graph(scratch, [x])[0]
