@@ -343,6 +343,42 @@ def test_maxpool_indices_and_unpool_match_onnxruntime(attrs):
     _same(_ours(m2, {"x": x}), _theirs(m2, {"x": x}), rtol=0, atol=0)
 
 
+def _first_max_indices(x, kernel, stride, pads, dilation):
+    """torch's max-pool index rule over [N, C, H, W], flat over N, C, H, W as ONNX counts: the first
+    maximum of a window's real taps in kernel order, a NaN taken as it comes."""
+    n, c, h, w = x.shape
+    oh = (h + 2 * pads[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * pads[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    out = np.zeros((n, c, oh, ow), np.int64)
+    for b, ch, i, j in np.ndindex(n, c, oh, ow):
+        best, at = -np.inf, -1
+        for ki, kj in np.ndindex(*kernel):
+            r, q = i * stride[0] - pads[0] + ki * dilation[0], j * stride[1] - pads[1] + kj * dilation[1]
+            if 0 <= r < h and 0 <= q < w:
+                v = x[b, ch, r, q]
+                if at < 0 or v > best or np.isnan(v):
+                    best, at = v, r * w + q
+                    if np.isnan(v):
+                        break
+        out[b, ch, i, j] = (b * c + ch) * h * w + at
+    return out
+
+
+def test_maxpool_indices_of_an_all_minus_inf_window_are_its_first_real_position():
+    """With dilation 2 and padding 3 a window's first tap lies two slots outside the input; when the
+    window is all -inf its index is still its first real tap's, never that of a padding slot."""
+    x = _rng(13).standard_normal((1, 2, 7, 8)).astype(np.float32)
+    x[0, 0, :, :4] = -np.inf
+    x[0, 1, :4, :] = -np.inf
+    x[0, 1, 5, 3] = np.nan
+    attrs = dict(kernel_shape=[3, 3], pads=[3, 3, 3, 3], strides=[2, 2], dilations=[2, 2])
+    m = _model([helper.make_node("MaxPool", ["x"], ["y", "i"], **attrs)],
+               [_vi("x", F32, [1, 2, 7, 8])], [_vi("y", F32, None), _vi("i", TensorProto.INT64, None)], opset=12)
+    got = _ours(m, {"x": x})
+    np.testing.assert_array_equal(got[1], _first_max_indices(x, (3, 3), (2, 2), (3, 3), (2, 2)))
+    np.testing.assert_array_equal(got[0], np.take(x, got[1]))
+
+
 def test_col2im_matches_onnxruntime():
     x = _rng(10).standard_normal((2, 3 * 4, 12)).astype(np.float32)
     m = _model([helper.make_node("Col2Im", ["x", "img", "blk"], ["y"], strides=[2, 1], pads=[1, 0, 0, 1],

@@ -78,7 +78,8 @@ def window_positions(size: Sequence[int], blocks: Sequence[int], kernel: Sequenc
 
 def maxpool_indices(ctx: NodeContext, x: Value, pooled: Value) -> Value:
     """MaxPool's Indices output: the flat index (over N, C and the spatial dims) of each
-    window's first maximum, spatial dims row-major or (storage_order 1) column-major."""
+    window's first maximum in kernel order (never a padding position), spatial dims row-major
+    or (storage_order 1) column-major."""
     size = _static_dims(ctx, x.shape[2:], "spatial dims", "position table")
     out = _static_dims(ctx, pooled.shape[2:], "pooled dims", "position table")
     kernel = tuple(ctx.attr("kernel_shape"))
@@ -87,6 +88,11 @@ def maxpool_indices(ctx: NodeContext, x: Value, pooled: Value) -> Value:
     read, inside = window_positions(size, out, kernel, attrs["stride"], lo, attrs["dilation"])
     order = "F" if ctx.attr("storage_order", 0) else "C"
     report, _ = window_positions(size, out, kernel, attrs["stride"], lo, attrs["dilation"], order)
+    # each window's real taps first, in kernel order, then its padding taps: argmax takes the first of
+    # equal maxima, so a window of -inf next to the padding reports its first real position, as torch
+    # does, never a padding slot
+    taps = np.argsort(~inside, axis=1, kind="stable")
+    read, inside, report = (np.take_along_axis(t, taps, axis=1) for t in (read, inside, report))
     pixels = math.prod(size)
     n, c = x.shape[:2]
     flat = _reshape(ctx, x, (n, c, pixels))
