@@ -34,8 +34,7 @@ def channel_vector(arr: np.ndarray, channels: int) -> np.ndarray:
 
 
 def _weights(m: Match, conv: Node) -> tuple[np.ndarray, np.ndarray] | None:
-    """The conv's weight (as stored: products with the float64 factors are float64 without a float64
-    copy of it first) and bias (float64, zeros when absent), or None."""
+    """The conv's weight (as stored) and bias (float64, zeros when absent), or None."""
     if conv.op == "fused_conv" and conv.attrs["activation"] != "none":
         return None
     w = conv.inputs[1].const_value
@@ -51,9 +50,29 @@ def _weights(m: Match, conv: Node) -> tuple[np.ndarray, np.ndarray] | None:
     return w, bias
 
 
-def _rebuild(b: Builder, conv: Node, w: np.ndarray, bias: np.ndarray) -> Value:
+_CHUNK_BYTES = 1 << 18  # float64 products per step: a cache-sized scratch, never a float64 copy of the weight
+
+
+def _scaled(w: np.ndarray, k: np.ndarray, dt: np.dtype) -> np.ndarray:
+    """``w * k`` per output channel (``k`` float64, one per row of ``w``), each product taken in
+    float64 and rounded once to ``dt``, a few rows at a time."""
+    out = np.empty(w.shape, dt)
+    row = max(1, w[0].size if w.shape[0] else 1)
+    step = max(1, _CHUNK_BYTES // (8 * row))
+    k = k.reshape((-1,) + (1,) * (w.ndim - 1))
+    scratch = np.empty((min(step, w.shape[0]),) + w.shape[1:], np.float64)
+    for i in range(0, w.shape[0], step):
+        j = min(i + step, w.shape[0])
+        out[i:j] = np.multiply(w[i:j], k[i:j], out=scratch[:j - i])
+    return out
+
+
+def _rebuild(b: Builder, conv: Node, w: np.ndarray, bias: np.ndarray, k: np.ndarray | None = None) -> Value:
+    """The conv with weight ``w`` (scaled by ``k`` per output channel where given) and ``bias``."""
     dt = conv.inputs[1].dtype.numpy
     name = re.sub(r"_folded(_\d+)?$", "", conv.inputs[1].producer.attrs["name"])
+    if k is not None:
+        w = _scaled(w, k, dt)
     new_w = b.const(w if w.dtype == dt else w.astype(dt), name=f"{name}_folded")  # an unchanged weight is shared
     new_b = b.const(bias.astype(dt), name=f"{name}_folded_bias")
     return b.node(conv.op, [conv.inputs[0], new_w, new_b], conv.attrs).output
@@ -67,8 +86,7 @@ def _batch_norm(m: Match, b: Builder) -> Value | None:
     w, bias = got
     scale, shift, mean, var = (m.const(k).astype(np.float64) for k in ("scale", "shift", "mean", "var"))
     k = scale / np.sqrt(var + m.root.attrs["epsilon"])
-    w = np.multiply(w, k.reshape((-1,) + (1,) * (w.ndim - 1)), dtype=np.float64)
-    return _rebuild(b, conv, w, (bias - mean) * k + shift)
+    return _rebuild(b, conv, w, (bias - mean) * k + shift, k)
 
 
 def _affine(m: Match, b: Builder) -> Value | None:
@@ -83,8 +101,7 @@ def _affine(m: Match, b: Builder) -> Value | None:
     w, bias = got
     vec = channel_vector(m.const("c").astype(np.float64), w.shape[0])
     if m.root.op == "mul":
-        return _rebuild(b, conv, np.multiply(w, vec.reshape((-1,) + (1,) * (w.ndim - 1)), dtype=np.float64),
-                        bias * vec)
+        return _rebuild(b, conv, w, bias * vec, vec)
     if m.root.op == "sub" and m.root.inputs[0] is not y:
         return None  # c - conv negates the conv: not a bias shift
     return _rebuild(b, conv, w, bias + vec if m.root.op == "add" else bias - vec)

@@ -860,6 +860,27 @@ def test_conv_batch_norm_folding_matches_the_unfolded_graph() -> None:
     _assert_close(accelir.run_graph(g, xs), want)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_conv_batch_norm_folds_a_large_weight_in_float64_rounded_once(dtype) -> None:
+    """A weight spanning many of the fold's row chunks gets each product in float64, rounded once."""
+    rng = np.random.default_rng(4)
+    g = accelir.Graph()
+    x = g.add_input(TensorType(DType.from_numpy(np.dtype(dtype)), (1, 64, 5, 5)), "x")
+    w_arr = rng.standard_normal((301, 64, 3, 3)).astype(dtype)
+    w = g.const(w_arr, name="w")
+    scale, shift, mean = (rng.standard_normal(301) for _ in range(3))
+    var = rng.random(301) + 0.5
+    y = g.apply("conv", x, w, padding=((1, 1), (1, 1)))
+    y = g.apply("batch_norm", y, *(g.const(p.astype(dtype)) for p in (scale, shift, mean, var)), epsilon=1e-3)
+    g.set_outputs([y])
+    assert get_pass("fuse_conv_bn")(g)
+    (conv,) = [n for n in g.nodes if n.op == "conv"]
+    k = scale.astype(dtype).astype(np.float64) / np.sqrt(var.astype(dtype).astype(np.float64) + 1e-3)
+    want = (w_arr.astype(np.float64) * k[:, None, None, None]).astype(dtype)
+    np.testing.assert_array_equal(conv.inputs[1].const_value, want)
+    assert w_arr.nbytes * 8 // np.dtype(dtype).itemsize > 4 * (1 << 18)  # several chunks
+
+
 def test_elementwise_fusion_is_a_fixed_point_and_fuses_inside_nothing_else() -> None:
     case = next(c for c in CASES if c.name == "elementwise_chain")
     g = accelir.parse(case.src)
