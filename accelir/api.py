@@ -9,6 +9,9 @@ mutated, and no global framework state changes leak out.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gc
 import os
 import statistics
 import time
@@ -54,6 +57,43 @@ def _as_args(example_inputs: Any) -> tuple:
     return (example_inputs,)
 
 
+_freezing = False  # an _existing_objects_frozen block is open
+
+
+@contextlib.contextmanager
+def _existing_objects_frozen():
+    """Keep the cyclic garbage collector's full collections to the objects made inside the block.
+
+    A capture allocates enough to set off full collections, and each one walks every object
+    the process holds (torch's and transformers' modules alone are hundreds of thousands),
+    about 0.3 s per walk.  Objects that existed before the block are moved to the permanent
+    generation (``gc.freeze``) and back again after it (``gc.unfreeze``), so nothing is
+    left changed; garbage made inside the block is collected as usual.  Where the caller
+    froze objects already, or disabled the collector, the block leaves the collector alone.
+    """
+    global _freezing
+    # (inside an enclosing block nothing is counted: get_freeze_count walks every frozen object)
+    if _freezing or not gc.isenabled() or gc.get_freeze_count():
+        yield
+        return
+    _freezing = True
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        _freezing = False
+
+
+def _objects_frozen_during(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _existing_objects_frozen():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@_objects_frozen_during
 def capture(model: Any, example_inputs: Any = None, dynamic_shapes: Any = None, *, method: str = "export",
             example_kwargs: Mapping[str, Any] | None = None, **options: Any) -> Graph:
     """Capture ``model`` into an accelir Graph.
@@ -241,6 +281,7 @@ def _numpy_inputs(flat: Sequence[Any]) -> list[np.ndarray]:
     return [to_numpy(x) for x in flat]
 
 
+@_objects_frozen_during
 def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxruntime", device: str = "cpu",
              level: int = 2, passes: Sequence[Any] | None = None, dynamic_shapes: Any = None,
              debug: Mapping[str, Any] | None = None, example_kwargs: Mapping[str, Any] | None = None,

@@ -4,6 +4,7 @@ input checks, export formats, and no mutation or global state leaking out."""
 from __future__ import annotations
 
 import copy
+import gc
 
 import jax
 import jax.numpy as jnp
@@ -162,11 +163,54 @@ def test_debug_options_reach_the_pass_manager(gpt2, tmp_path):
 def test_no_global_state_leaks(gpt2):
     model, ids = gpt2
     state = (torch.get_default_dtype(), torch.get_num_threads(), torch.is_grad_enabled(),
-             jax.config.jax_enable_x64)
+             jax.config.jax_enable_x64, gc.isenabled(), gc.get_freeze_count())
     accelir.optimize(model, (ids,), backend="xla")(ids)
     accelir.optimize(model, (ids,), backend="onnxruntime")(ids)
+    accelir.capture(model, (ids,))
     assert state == (torch.get_default_dtype(), torch.get_num_threads(), torch.is_grad_enabled(),
-                     jax.config.jax_enable_x64)
+                     jax.config.jax_enable_x64, gc.isenabled(), gc.get_freeze_count())
+
+
+def test_collector_skips_existing_objects_and_collects_new_garbage():
+    """optimize() freezes the objects that existed before it for its duration: a full collection
+    inside it sees none of them, still collects the cycles made inside, and the freeze is undone."""
+    import weakref
+
+    class Node:
+        pass
+
+    gc.collect()  # counts at zero: no automatic collection before the call starts
+    old = Node()
+    old.self = old
+    old_ref = weakref.ref(old)
+    del old  # cyclic garbage from before the call: frozen for the call's duration
+    seen = {}
+
+    def probe(x):
+        new = Node()
+        new.self = new
+        new_ref = weakref.ref(new)
+        del new
+        seen["frozen"] = gc.get_freeze_count()
+        gc.collect()
+        seen["old alive"], seen["new alive"] = old_ref() is not None, new_ref() is not None
+        return x * 2
+
+    assert gc.get_freeze_count() == 0
+    accelir.capture(probe, (np.ones(2, np.float32),))
+    assert seen == {"frozen": seen["frozen"], "old alive": True, "new alive": False} and seen["frozen"] > 0
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert old_ref() is None  # back with the rest once the call returns
+
+    # a caller's own freeze is left as it is
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        accelir.capture(probe, (np.ones(2, np.float32),))
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
 
 
 def test_bad_arguments():
