@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["main", "run_model", "profile_by_op", "build_memory"]
+__all__ = ["main", "run_model", "profile_by_op", "build_memory", "compile_bytecode"]
 
 SYSTEMS = ("accelir", "torchscript", "dynamo")
 
@@ -166,6 +166,18 @@ def profile_by_op(session: Any, feeds: dict[str, np.ndarray], runs: int) -> tupl
     return sum(per_op.values()), rows
 
 
+def compile_bytecode() -> None:
+    """Write accelir's bytecode caches, as pip does when it installs a package, so that a fresh
+    process imports accelir as it imports torch: without compiling the sources first (which an
+    editable install under PYTHONDONTWRITEBYTECODE would make every fresh process do)."""
+    import compileall
+
+    import accelir.lowering
+    import accelir.passes
+    for pkg in (accelir, accelir.passes, accelir.lowering):
+        compileall.compile_dir(os.path.dirname(pkg.__file__), quiet=1)
+
+
 def run_model(name: str, *, quick: bool, threads: int, level: int, warmup: int, repeats: int, traced: bool,
               profile_dir: str | None, log: Callable[[str], None]) -> dict[str, Any]:
     import torch
@@ -279,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
+    compile_bytecode()
     rows = []
     for name in models:
         rows.append(run_model(name, quick=args.quick, threads=args.threads, level=args.level, warmup=args.warmup,
