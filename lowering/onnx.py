@@ -55,6 +55,7 @@ from accelir import dims as D
 from accelir.errors import LoweringError
 from accelir.ir import DType, Graph, Node, TensorType, Value
 from accelir.ops import registry
+from accelir.ops.nn import split_heads
 
 __all__ = ["ONNX_RULES", "ONNX_DTYPE", "ONNX_TYPE_STRINGS", "MIN_OPSET", "SAME", "OnnxValue", "LoweringContext", "OnnxRuntimeModule", "register_lowering",
            "to_onnx", "to_onnx_external", "save_onnx", "default_opset", "supported_dtypes", "input_var",
@@ -1479,23 +1480,6 @@ def _lower_deform_conv(ctx, node, xs):
     return [ctx.kernel("DeformConv", *xs, offset_group=node.attrs["offset_groups"], **attrs)]
 
 
-def _split_heads(v: Value) -> tuple[Value, int] | None:
-    """``(x, N)`` where ``v = transpose(reshape(x, [B, S, N, H]), (0, 2, 1, 3))`` splits the
-    [B, S, N * H] value ``x`` into heads; else None."""
-    t = v.producer
-    if t is None or t.op != "transpose" or tuple(t.attrs["perm"]) != (0, 2, 1, 3):
-        return None
-    r = t.inputs[0].producer
-    if r is None or r.op != "reshape":
-        return None
-    x = r.inputs[0]
-    b, s, n, h = r.outputs[0].shape
-    if x.rank != 3 or tuple(x.shape[:2]) != (b, s) or type(n) is not int or type(h) is not int \
-            or x.shape[2] != n * h:
-        return None
-    return x, n
-
-
 def _qkv_projection(parts: Sequence[Value]) -> Node | None:
     """The ``linear`` whose output q, k and v are consecutive equal slices of along the last axis, in
     that order (a packed QKV projection, as GPT-2's c_attn); else None."""
@@ -1545,7 +1529,7 @@ def _multi_head_attention(ctx: LoweringContext, node: Node, xs: list[OnnxValue])
         return None
     if not tuple(q_t.shape[:2]) == tuple(k_t.shape[:2]) == tuple(v_t.shape[:2]) or k_t.shape[2] != v_t.shape[2]:
         return None
-    split = [_split_heads(v) for v in node.inputs[:3]]
+    split = [split_heads(v) for v in node.inputs[:3]]
     if any(p is None for p in split) or len({p[1] for p in split}) != 1:
         return None
     n = split[0][1]

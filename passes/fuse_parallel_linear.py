@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from accelir.ir import Graph, Node, Value
+from accelir.ops.nn import split_heads
 
 from .fuse_conv_bn import channel_vector
 from .pattern import NearMiss, provenance, remove_dead, rewrite_budget
@@ -60,12 +61,15 @@ def _member(node: Node) -> tuple[Value, np.ndarray, np.ndarray | None, str] | st
 
 
 def _attention_reader(v: Value) -> Node | None:
-    """The ``attention`` that reads ``v`` through a head split (reshape, transpose) alone, else None."""
-    for _ in range(2):
+    """The ``attention`` that reads ``v`` through nothing but its head split (``split_heads``, the
+    form the ONNX lowering reads projections from), else None."""
+    for op in ("reshape", "transpose"):
         users = v.users()
-        if len(users) != 1 or users[0].op not in ("reshape", "transpose") or v.is_graph_output:
+        if len(users) != 1 or users[0].op != op or v.is_graph_output:
             return None
         v = users[0].output
+    if split_heads(v) is None:
+        return None
     users = v.users()
     return users[0] if len(users) == 1 and users[0].op == "attention" and not v.is_graph_output else None
 

@@ -544,6 +544,41 @@ graph main(%x: f32[1,3,4]) -> (f32[1,2,3,2]) {
 }
 """,
          UNCHANGED, why="feed one fused attention"),
+    Case("parallel_linear_attention_other_split", "fuse_parallel_linear", """
+graph main(%x: f32[1,3,4]) -> (f32[2,1,3,2]) {
+  %wq = constant() {name="wq", value=[[-0.75, -0.5, -0.25, 0.0], [0.25, 0.5, 0.75, -0.75], [-0.5, -0.25, 0.0, 0.25], [0.5, 0.75, -0.75, -0.5]]} : f32[4,4]
+  %wk = constant() {name="wk", value=[[-0.75, -0.25, 0.25, 0.75], [-0.5, 0.0, 0.5, -0.75], [-0.25, 0.25, 0.75, -0.5], [0.0, 0.5, -0.75, -0.25]]} : f32[4,4]
+  %wv = constant() {name="wv", value=[[-0.75, 0.0, 0.75, -0.25], [0.5, -0.5, 0.25, -0.75], [0.0, 0.75, -0.25, 0.5], [-0.5, 0.25, -0.75, 0.0]]} : f32[4,4]
+  %q = linear(%x, %wq) {activation="none"} : f32[1,3,4]
+  %k = linear(%x, %wk) {activation="none"} : f32[1,3,4]
+  %v = linear(%x, %wv) {activation="none"} : f32[1,3,4]
+  %q1 = reshape(%q) {shape=[1, 3, 2, 2]} : f32[1,3,2,2]
+  %k1 = reshape(%k) {shape=[1, 3, 2, 2]} : f32[1,3,2,2]
+  %v1 = reshape(%v) {shape=[1, 3, 2, 2]} : f32[1,3,2,2]
+  %q2 = transpose(%q1) {perm=[2, 0, 1, 3]} : f32[2,1,3,2]
+  %k2 = transpose(%k1) {perm=[2, 0, 1, 3]} : f32[2,1,3,2]
+  %v2 = transpose(%v1) {perm=[2, 0, 1, 3]} : f32[2,1,3,2]
+  %0 = attention(%q2, %k2, %v2) {scale=0.5, causal=false} : f32[2,1,3,2]
+  return %0
+}
+""",
+         """
+graph main(%x: f32[1,3,4]) -> (f32[2,1,3,2]) {
+  %1 = constant() {name="wq_merged"} : f32[4,12]
+  %2 = linear(%x, %1) {activation="none"} : f32[1,3,12]
+  %3 = slice(%2) {starts=[0], stops=[4], steps=[], axes=[2]} : f32[1,3,4]
+  %4 = slice(%2) {starts=[4], stops=[8], steps=[], axes=[2]} : f32[1,3,4]
+  %5 = slice(%2) {starts=[8], stops=[12], steps=[], axes=[2]} : f32[1,3,4]
+  %q1 = reshape(%3) {shape=[1, 3, 2, 2]} : f32[1,3,2,2]
+  %k1 = reshape(%4) {shape=[1, 3, 2, 2]} : f32[1,3,2,2]
+  %v1 = reshape(%5) {shape=[1, 3, 2, 2]} : f32[1,3,2,2]
+  %q2 = transpose(%q1) {perm=[2, 0, 1, 3]} : f32[2,1,3,2]
+  %k2 = transpose(%k1) {perm=[2, 0, 1, 3]} : f32[2,1,3,2]
+  %v2 = transpose(%v1) {perm=[2, 0, 1, 3]} : f32[2,1,3,2]
+  %0 = attention(%q2, %k2, %v2) {scale=0.5, causal=false} : f32[2,1,3,2]
+  return %0
+}
+"""),  # not the head split the ONNX lowering reads projections from: merged
     Case("attention_eager", "fuse_attention", """
 graph main(%q: f32[2,4,5,8], %k: f32[2,4,6,8], %v: f32[2,4,6,8], %m: f32[2,1,5,6]) -> (f32[2,4,5,8]) {
   %d = constant() {name="d", value=2.8284271247461903} : f32[]

@@ -19,7 +19,7 @@ from .linalg import CONV_ATTRS, _conv_rule, conv_params, conv_reference
 from .registry import (ACTIVATIONS, AttrSpec, OpDef, TypeRuleError, broadcast_shapes, norm_axis,
                        np_dtype_compute, register, same_dtype)
 
-__all__ = ["activation_reference", "decompose_activation"]
+__all__ = ["activation_reference", "decompose_activation", "split_heads"]
 
 
 def _float_only(op: str, t: TensorType) -> None:
@@ -402,6 +402,23 @@ register(OpDef("attention", _attention_rule, _attention_ref_outer, min_inputs=3,
                composite=True, decompose=_attention_decompose,
                doc="softmax(q k^T * scale + mask) v over [..., L, D]; scale defaults to 1/sqrt(D); bool mask "
                    "True keeps; causal keeps j <= i (top-left aligned, as torch sdpa)"))
+
+
+def split_heads(v: Value) -> tuple[Value, int] | None:
+    """``(x, N)`` where ``v = transpose(reshape(x, [B, S, N, H]), (0, 2, 1, 3))`` splits the
+    [B, S, N * H] value ``x`` into the [B, N, S, H] heads an ``attention`` reads; else None."""
+    t = v.producer
+    if t is None or t.op != "transpose" or tuple(t.attrs["perm"]) != (0, 2, 1, 3):
+        return None
+    r = t.inputs[0].producer
+    if r is None or r.op != "reshape":
+        return None
+    x = r.inputs[0]
+    b, s, n, h = r.outputs[0].shape
+    if x.rank != 3 or tuple(x.shape[:2]) != (b, s) or type(n) is not int or type(h) is not int \
+            or x.shape[2] != n * h:
+        return None
+    return x, n
 
 
 # ----- linear / fused_conv -----------------------------------------------------------
