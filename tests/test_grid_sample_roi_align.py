@@ -148,6 +148,51 @@ def test_roi_align_lowers_to_its_decomposition_where_onnxruntime_has_no_kernel()
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("combine", ["add", "max"])
+def test_gather_taps_combines_every_tap_combination(combine):
+    """The helper the sampling decompositions share, on its own: dim 0 with weights and bounds, dim 1
+    with neither, an infinite pixel that only out-of-bounds taps read, against a numpy loop."""
+    from accelir.ops.nn import _gather_taps
+    rng = np.random.default_rng(11)
+    table = rng.standard_normal((12, 3)).astype(np.float32)
+    table[5] = np.inf
+    i0 = rng.integers(0, 3, (2, 4, 2))
+    ok0 = rng.random((2, 4, 2)) > 0.3
+    i0[~ok0] = 1  # out-of-bounds taps point at the row holding inf
+    i0[ok0 & (i0 == 1)] = 0
+    w0 = rng.standard_normal((2, 4, 2)).astype(np.float32)
+    i1 = rng.integers(0, 4, (1, 4, 3))
+    base = np.array([[0], [0]])
+    g = Graph("taps")
+    ins = [g.add_input(TensorType.of(a), n) for a, n in ((table, "t"), (i0, "i0"), (ok0, "ok0"), (w0, "w0"),
+                                                         (i1, "i1"), (base, "b"))]
+    b = g.builder()
+    t, gi0, gok0, gw0, gi1, gb = ins
+    g.set_outputs([_gather_taps(b, t, gb, [(gi0, gw0, gok0), (gi1, None, None)], (4, 1), combine)])
+    verify(g)
+    want = np.full((2, 4, 3), -np.inf if combine == "max" else 0.0)
+    for k0, k1 in itertools.product(range(2), range(3)):
+        rows = table[i0[..., k0] * 4 + i1[..., k1]]
+        v = np.where(ok0[..., k0, None], rows, 0) * w0[..., k0, None]
+        want = np.maximum(want, v) if combine == "max" else want + v
+    got = interpret(g, table, i0, ok0, w0, i1, base)[0]
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_grid_sample_decomposition_reads_zeros_past_an_infinite_border_pixel(mode):
+    x, grid = _grid_inputs(12, (5, 6), (4, 7))
+    x[:, :, 0, :] = np.inf  # the top row: taps above it are out of bounds and must read 0, not inf * 0
+    grid[..., 1] = np.where(grid[..., 1] < -0.7, -1.3, 0.2)
+    g = _graph("grid_sample", [x, grid], mode=mode, padding_mode="zeros", align_corners=True)
+    want = interpret(g, x, grid)[0]
+    got = np.asarray(JaxModule(g)(x, grid)[0])
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert not np.isnan(want).any()
+
+
 def test_grid_sample_with_symbolic_batch_through_xla():
     x, grid = _grid_inputs(10, (5, 6), (3, 4))
     g = _graph("grid_sample", [x, grid], symbolic=True, mode="cubic", padding_mode="border")

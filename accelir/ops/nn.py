@@ -10,6 +10,9 @@ in the tests.
 
 from __future__ import annotations
 
+import itertools
+from typing import Sequence
+
 import numpy as np
 import scipy.special
 
@@ -582,19 +585,25 @@ def _grid_sample_ref(xs, a):
     n, c, sizes = x.shape[0], x.shape[1], x.shape[2:]
     r = len(sizes)
     out_sp = grid.shape[1:-1]
-    flat = np.moveaxis(x, 1, -1).reshape(n, -1, c)
+    total = int(np.prod(sizes, dtype=np.int64))
+    rows = np.moveaxis(x, 1, -1).reshape(n * total, c)
     # grid's last dim lists coordinates innermost first (x = width, y = height, ...)
     taps = [_gs_taps_np(_gs_source_np(grid[..., r - 1 - d], sizes[d], a), sizes[d], a) for d in range(r)]
     strides = [int(np.prod(sizes[d + 1:], dtype=np.int64)) for d in range(r)]
-    batch = np.arange(n).reshape((n,) + (1,) * len(out_sp))
-    y = np.zeros((n,) + tuple(out_sp) + (c,), x.dtype)
-    for combo in np.ndindex(*[len(t) for t in taps]):
-        idx, w, ok = 0, 1, True
-        for d, k in enumerate(combo):
-            i_d, w_d, ok_d = taps[d][k]
-            idx, w, ok = idx + i_d * strides[d], w * w_d, ok & ok_d
-        y += np.where(ok[..., None], flat[batch, idx], 0) * w[..., None]
-    return np.moveaxis(y, -1, 1)
+    batch = np.arange(n).reshape((n,) + (1,) * len(out_sp)) * total
+    return np.moveaxis(_sum_taps_np(rows, batch, taps, strides).astype(x.dtype), -1, 1)
+
+
+def _sum_taps_np(rows: np.ndarray, base: np.ndarray, taps, strides) -> np.ndarray:
+    """Over every combination of one tap per dim (``taps[d]``: [(index, weight, in bounds)]): the sum of
+    ``rows[base + sum_d index_d * strides[d]] * prod_d weight_d``, zero for a tap out of bounds."""
+    out = 0
+    for combo in itertools.product(*taps):
+        idx, w, ok = base, 1, True
+        for (i, w_d, ok_d), stride in zip(combo, strides):
+            idx, w, ok = idx + i * stride, w * w_d, ok & ok_d
+        out = out + np.where(np.asarray(ok)[..., None], rows[idx], 0) * np.asarray(w)[..., None]
+    return out
 
 
 def _gs_reflect_ir(b: Builder, x: Value, lo: float, hi: float) -> Value:
@@ -626,52 +635,109 @@ def _pad_outside_ir(b: Builder, x: Value, size: int, attrs) -> Value:
     return x
 
 
-def _gs_taps_ir(b: Builder, g: Value, size: int, attrs) -> list[tuple[Value, Value | None, Value | None]]:
-    """The decomposition's _gs_taps_np(_gs_source_np(...)): (i64 index, weight or None, in-bounds or None)."""
+def _gs_source_ir(b: Builder, g: Value, size: int, align_corners: bool) -> Value:
+    """The decomposition's _gs_source_np before padding: normalised g to a pixel coordinate."""
     one = b.scalar(1.0, g)
-    if attrs["align_corners"]:
-        x = b.op("mul", b.op("mul", b.op("add", g, one), b.scalar(0.5, g)), b.scalar(size - 1.0, g))
-    else:
-        x = b.op("mul", b.op("sub", b.op("mul", b.op("add", g, one), b.scalar(float(size), g)), one),
-                 b.scalar(0.5, g))
+    if align_corners:
+        return b.op("mul", b.op("mul", b.op("add", g, one), b.scalar(0.5, g)), b.scalar(size - 1.0, g))
+    return b.op("mul", b.op("sub", b.op("mul", b.op("add", g, one), b.scalar(float(size), g)), one),
+                b.scalar(0.5, g))
+
+
+def _pixel_taps_ir(b: Builder, x: Value, size: int, attrs) -> tuple[Value, Value | None, Value | None]:
+    """The taps that sample pixel coordinate ``x`` along a dim of ``size`` (_gs_taps_np's), stacked on a
+    new last axis: (i64 index, weight or None, in-bounds or None), each ``x.shape + [T]``."""
     mode = attrs["mode"]
     if mode == "nearest":
-        taps = [(b.op("round", x), None)]
+        i, w = b.op("unsqueeze", b.op("round", x), axes=(-1,)), None
     else:
         x = _pad_outside_ir(b, x, size, attrs)
-        base = b.op("floor", x)
-        t = b.op("sub", x, base)
-        if mode == "linear":
-            taps = [(base, b.op("sub", one, t)), (b.op("add", base, one), t)]
-        else:
-            taps = [(b.op("add", base, b.scalar(k - 1.0, g)) if k != 1 else base, w)
-                    for k, w in enumerate(_cubic_coeffs_ir(b, t))]
-    out = []
-    for i, w in taps:
-        ok = None
-        if mode == "nearest" and attrs["padding_mode"] != "zeros":
-            i = _pad_outside_ir(b, i, size, attrs)
-        elif attrs["padding_mode"] == "reflection":
-            i = _gs_reflect_ir(b, i, *_gs_bounds(size, attrs["align_corners"]))
-        if attrs["padding_mode"] == "zeros":
-            ok = b.op("and", b.op("ge", i, b.scalar(0.0, i)), b.op("le", i, b.scalar(size - 1.0, i)))
-        out.append((b.op("cast", _clip_ir(b, i, 0.0, size - 1.0), dtype=DType.i64), w, ok))
-    return out
+        offsets = (0.0, 1.0) if mode == "linear" else (-1.0, 0.0, 1.0, 2.0)
+        i = b.op("add", b.op("unsqueeze", b.op("floor", x), axes=(-1,)), b.const(np.array(offsets, x.dtype.numpy)))
+        dist = b.op("abs", b.op("sub", b.op("unsqueeze", x, axes=(-1,)), i))  # in [0, 2)
+        w = b.op("sub", b.scalar(1.0, x), dist) if mode == "linear" else _cubic_weight_ir(b, dist)
+    ok = None
+    if mode == "nearest" and attrs["padding_mode"] != "zeros":
+        i = _pad_outside_ir(b, i, size, attrs)
+    elif attrs["padding_mode"] == "reflection":
+        i = _gs_reflect_ir(b, i, *_gs_bounds(size, attrs["align_corners"]))
+    if attrs["padding_mode"] == "zeros":
+        ok = b.op("and", b.op("ge", i, b.scalar(0.0, i)), b.op("le", i, b.scalar(size - 1.0, i)))
+    return b.op("cast", _clip_ir(b, i, 0.0, size - 1.0), dtype=DType.i64), w, ok
 
 
-def _cubic_coeffs_ir(b: Builder, t: Value) -> list[Value]:
+def _cubic_weight_ir(b: Builder, s: Value) -> Value:
+    """Keys' cubic kernel at distance s in [0, 2): the weights _cubic_coeffs gives its four taps."""
     a = _CUBIC_A
 
-    def poly(s: Value, c3: float, c2: float, c1: float, c0: float) -> Value:
+    def poly(c3: float, c2: float, c1: float, c0: float) -> Value:
         acc = b.op("add", b.op("mul", b.scalar(c3, s), s), b.scalar(c2, s))
         acc = b.op("add", b.op("mul", acc, s), b.scalar(c1, s))
         return b.op("add", b.op("mul", acc, s), b.scalar(c0, s))
 
-    far = (a, -5 * a, 8 * a, -4 * a)  # |s| in [1, 2)
-    near = (a + 2, -(a + 3), 0.0, 1.0)  # |s| in [0, 1)
-    one, two = b.scalar(1.0, t), b.scalar(2.0, t)
-    return [poly(b.op("add", t, one), *far), poly(t, *near), poly(b.op("sub", one, t), *near),
-            poly(b.op("sub", two, t), *far)]
+    near = poly(a + 2, -(a + 3), 0.0, 1.0)  # s in [0, 1)
+    far = poly(a, -5 * a, 8 * a, -4 * a)  # s in [1, 2)
+    return b.op("where", b.op("lt", s, b.scalar(1.0, s)), near, far)
+
+
+def _gather_taps(b: Builder, flat: Value, base: Value, taps: Sequence[tuple[Value, Value | None, Value | None]],
+                 strides: Sequence[int], combine: str = "add") -> Value:
+    """Rows of ``flat`` [rows, C] read at every combination of one tap per dim, and combined.
+
+    ``taps[d]`` holds dim d's taps on a last axis of their own: (i64 index ``[..., T_d]``, weight or
+    None (1), in-bounds or None (always)), the leading dims of all dims' taps and ``base`` broadcasting
+    together.  Returns ``[..., C]``: over the combinations, the sum (``combine="add"``) or the max of
+    ``flat[base + sum_d index_d * strides[d]] * prod_d weight_d``, a tap out of bounds reading zero.
+
+    The indices and weights of all combinations are computed at once (they have no C axis); the
+    rows are then gathered one combination at a time, so no more than one output's worth of them
+    is held at a time.  An out-of-bounds combination reads a row of zeros put in front of ``flat``
+    (a weight of zero would turn an infinite pixel into NaN).
+    """
+    r = len(taps)
+    lead = max([base.rank] + [t[0].rank - 1 for t in taps])
+
+    def spread(v: Value, d: int) -> Value:
+        """``[..., T_d]`` -> ``[..., 1 (d times), T_d, 1 (r - 1 - d times)]`` at rank ``lead + r``."""
+        if v.rank - 1 < lead:
+            v = b.op("unsqueeze", v, axes=tuple(range(lead - v.rank + 1)))
+        axes = tuple(range(lead, lead + d)) + tuple(range(lead + d + 1, lead + r))
+        return b.op("unsqueeze", v, axes=axes) if axes else v
+
+    padded = any(ok is not None for _, _, ok in taps)
+    if padded:  # row 0 reads zeros, the others shift by one
+        flat = b.op("concat", b.op("broadcast_to", b.scalar(0.0, flat), shape=(1, flat.shape[1])), flat, axis=0)
+        base = b.op("add", base, b.scalar(1, DType.i64))
+    if base.rank < lead:
+        base = b.op("unsqueeze", base, axes=tuple(range(lead - base.rank)))
+    idx = b.op("unsqueeze", base, axes=tuple(range(lead, lead + r)))
+    weight = inside = None
+    for d, (i, w, ok) in enumerate(taps):
+        i = b.op("mul", i, b.scalar(strides[d], DType.i64)) if strides[d] != 1 else i
+        idx = b.op("add", idx, spread(i, d))
+        if w is not None:
+            weight = spread(w, d) if weight is None else b.op("mul", weight, spread(w, d))
+        if ok is not None:
+            inside = spread(ok, d) if inside is None else b.op("and", inside, spread(ok, d))
+    if padded:
+        idx = b.op("where", inside, idx, b.scalar(0, DType.i64))
+    if weight is not None:
+        weight = b.op("unsqueeze", weight, axes=(-1,))
+    tap_axes = tuple(range(lead, lead + r))
+    counts = [t[0].shape[-1] for t in taps]
+    acc = None
+    for combo in np.ndindex(*counts):
+        def pick(v: Value) -> Value:
+            """Combination ``combo`` of ``v``, whose tap axes may be 1 (the dim has no weights)."""
+            at = [(k if v.shape[a] != 1 else 0) for k, a in zip(combo, tap_axes)]
+            if v.shape[lead:lead + r] == (1,) * r:
+                return v
+            return b.op("slice", v, starts=at, stops=[k + 1 for k in at], axes=tap_axes)
+        v = b.op("gather", flat, pick(idx), axis=0)  # [..., 1 (r times), C]
+        if weight is not None:
+            v = b.op("mul", v, pick(weight))
+        acc = v if acc is None else b.op(combine, acc, v)
+    return b.op("squeeze", acc, axes=tap_axes)
 
 
 def _low_precision_in_f32(b: Builder, inputs: list[Value]) -> tuple[list[Value], DType]:
@@ -691,26 +757,13 @@ def _grid_sample_decompose(b, inputs, attrs):
     for d in range(r):
         g = b.op("squeeze", b.op("slice", grid, starts=(r - 1 - d,), stops=(r - d,), axes=(grid.rank - 1,)),
                  axes=(grid.rank - 1,))
-        taps.append(_gs_taps_ir(b, g, sizes[d], attrs))
+        taps.append(_pixel_taps_ir(b, _gs_source_ir(b, g, sizes[d], attrs["align_corners"]), sizes[d], attrs))
     total = int(np.prod(sizes))
     strides = [int(np.prod(sizes[d + 1:], dtype=np.int64)) for d in range(r)]
     flat = b.op("reshape", b.op("transpose", x, perm=(0,) + tuple(range(2, r + 2)) + (1,)),
                 shape=(_dims.dim_mul(n, total), c))
     batch = b.op("mul", b.op("iota", shape=(n,) + out_sp, axis=0, dtype=DType.i64), b.scalar(total, DType.i64))
-    y = None
-    for combo in np.ndindex(*[len(t) for t in taps]):
-        idx, w, ok = batch, None, None
-        for d, k in enumerate(combo):
-            i_d, w_d, ok_d = taps[d][k]
-            idx = b.op("add", idx, b.op("mul", i_d, b.scalar(strides[d], DType.i64)) if strides[d] != 1 else i_d)
-            w = w_d if w is None else (w if w_d is None else b.op("mul", w, w_d))
-            ok = ok_d if ok is None else (ok if ok_d is None else b.op("and", ok, ok_d))
-        v = b.op("gather", flat, idx, axis=0)
-        if ok is not None:
-            v = b.op("where", b.op("unsqueeze", ok, axes=(-1,)), v, b.scalar(0.0, v))
-        if w is not None:
-            v = b.op("mul", v, b.op("unsqueeze", w, axes=(-1,)))
-        y = v if y is None else b.op("add", y, v)
+    y = _gather_taps(b, flat, batch, taps, strides)
     y = b.op("transpose", y, perm=(0, r + 1) + tuple(range(1, r + 1)))
     return [b.op("cast", y, dtype=dt) if y.dtype is not dt else y]
 
@@ -787,7 +840,8 @@ def _roi_align_ref(xs, a):
 
 
 def _roi_axis_ir(b: Builder, start: Value, end: Value, pooled: int, grid: int, size: int, half: bool
-                 ) -> list[tuple[Value, Value]]:
+                 ) -> tuple[Value, Value]:
+    """_roi_axis_np's low and high taps stacked on a last axis: i64 indices and weights [R, pooled * grid, 2]."""
     length = b.op("sub", end, start)
     if not half:
         length = b.op("max", length, b.scalar(1.0, length))
@@ -805,9 +859,11 @@ def _roi_axis_ir(b: Builder, start: Value, end: Value, pooled: int, grid: int, s
     low = b.op("where", edge, last, low)
     frac = b.op("where", edge, b.scalar(0.0, y), b.op("sub", y, low))
     high = b.op("where", edge, last, b.op("add", low, b.scalar(1.0, y)))
-    vf = b.op("cast", valid, dtype=y.dtype)
-    return [(b.op("cast", low, dtype=DType.i64), b.op("mul", b.op("sub", b.scalar(1.0, y), frac), vf)),
-            (b.op("cast", high, dtype=DType.i64), b.op("mul", frac, vf))]
+    vf = b.op("unsqueeze", b.op("cast", valid, dtype=y.dtype), axes=(-1,))
+    index = b.op("concat", *(b.op("unsqueeze", v, axes=(-1,)) for v in (low, high)), axis=-1)
+    frac = b.op("unsqueeze", frac, axes=(-1,))
+    weight = b.op("concat", b.op("sub", b.scalar(1.0, y), frac), frac, axis=-1)
+    return b.op("cast", index, dtype=DType.i64), b.op("mul", weight, vf)
 
 
 def _roi_align_decompose(b, inputs, attrs):
@@ -831,15 +887,11 @@ def _roi_align_decompose(b, inputs, attrs):
     base = b.op("reshape", b.op("mul", b.op("cast", batch, dtype=DType.i64), b.scalar(h * w, DType.i64)),
                 shape=(rois.shape[0], 1, 1))
     flat = b.op("reshape", b.op("transpose", x, perm=(0, 2, 3, 1)), shape=(_dims.dim_mul(n, h * w), c))
-    combine = "add" if attrs["mode"] == "avg" else "max"
-    acc = None
-    for yi, wy in rows:
-        for xi, wx in cols:
-            idx = b.op("add", b.op("add", base, b.op("unsqueeze", b.op("mul", yi, b.scalar(w, DType.i64)),
-                                                     axes=(2,))), b.op("unsqueeze", xi, axes=(1,)))
-            wt = b.op("mul", b.op("unsqueeze", wy, axes=(2,)), b.op("unsqueeze", wx, axes=(1,)))
-            v = b.op("mul", b.op("gather", flat, idx, axis=0), b.op("unsqueeze", wt, axes=(-1,)))
-            acc = v if acc is None else b.op(combine, acc, v)
+    # rows [R, oh * sr] against columns [R, ow * sr]: every bilinear sample, weighted corners summed
+    # (avg) or their max taken (max, as ONNX Runtime does)
+    taps = [(b.op("unsqueeze", i, axes=(axis,)), b.op("unsqueeze", wt, axes=(axis,)), None)
+            for (i, wt), axis in ((rows, 2), (cols, 1))]
+    acc = _gather_taps(b, flat, base, taps, (w, 1), "add" if attrs["mode"] == "avg" else "max")
     acc = b.op("reshape", acc, shape=(rois.shape[0], oh, sr, ow, sr, c))
     y = b.op("reduce_mean" if attrs["mode"] == "avg" else "reduce_max", acc, axes=(2, 4))
     y = b.op("transpose", y, perm=(0, 3, 1, 2))
@@ -883,6 +935,9 @@ def _deform_conv_geometry(w_shape, attrs):
     return stride, tuple(lo for lo, _ in padding), dilation, tuple(w_shape[2:])
 
 
+_BILINEAR_ZEROS = {"mode": "linear", "padding_mode": "zeros", "align_corners": False}
+
+
 def _deform_conv_ref(xs, a):
     x, w, offset = xs[:3]
     n, c, h, wd = x.shape
@@ -894,15 +949,10 @@ def _deform_conv_ref(xs, a):
     rows = (np.arange(kh) * dil[0])[:, None, None, None] + (np.arange(oh) * stride[0] - pad[0])[:, None]
     cols = (np.arange(kw) * dil[1])[:, None, None] + (np.arange(ow) * stride[1] - pad[1])
     py, px = rows + off[:, :, :, :, 0], cols + off[:, :, :, :, 1]
-    img = x.reshape(n, og, c // og, h, wd)
-    bi, gi = np.arange(n).reshape(n, 1, 1, 1, 1, 1), np.arange(og).reshape(1, og, 1, 1, 1, 1)
-    sampled = 0
-    for yi in (np.floor(py), np.floor(py) + 1):
-        for xi in (np.floor(px), np.floor(px) + 1):
-            ok = (yi >= 0) & (yi <= h - 1) & (xi >= 0) & (xi <= wd - 1)
-            v = img[bi, gi, :, np.clip(yi, 0, h - 1).astype(np.int64), np.clip(xi, 0, wd - 1).astype(np.int64)]
-            weight = (1 - np.abs(py - yi)) * (1 - np.abs(px - xi))
-            sampled = sampled + np.where(ok[..., None], v, 0) * weight[..., None]
+    rows = np.moveaxis(x.reshape(n, og, c // og, h * wd), 2, -1).reshape(n * og * h * wd, c // og)
+    image = (np.arange(n * og).reshape(n, og, 1, 1, 1, 1)) * (h * wd)
+    taps = [_gs_taps_np(p, size, _BILINEAR_ZEROS) for p, size in ((py, h), (px, wd))]
+    sampled = _sum_taps_np(rows, image, taps, (wd, 1))
     if len(xs) == 5:
         sampled = sampled * xs[4].reshape(n, og, kh, kw, oh, ow)[..., None]
     patches = np.moveaxis(sampled, -1, 2).reshape(n, g, (c // g) * kh * kw, oh * ow)
@@ -932,24 +982,8 @@ def _deform_conv_decompose(b, inputs, attrs):
                              b.scalar(og, DType.i64)),
                  b.op("iota", shape=(n, og, 1, 1, 1, 1), axis=1, dtype=DType.i64))
     base = b.op("mul", image, b.scalar(h * wd, DType.i64))
-    one = b.scalar(1.0, py)
-    corners = []
-    for p, size in ((py, h), (px, wd)):
-        low = b.op("floor", p)
-        taps = []
-        for i in (low, b.op("add", low, one)):
-            ok = b.op("and", b.op("ge", i, b.scalar(0.0, i)), b.op("le", i, b.scalar(size - 1.0, i)))
-            weight = b.op("sub", one, b.op("abs", b.op("sub", p, i)))
-            taps.append((b.op("cast", _clip_ir(b, i, 0.0, size - 1.0), dtype=DType.i64), weight, ok))
-        corners.append(taps)
-    sampled = None
-    for yi, wy, oky in corners[0]:
-        for xi, wx, okx in corners[1]:
-            idx = b.op("add", base, b.op("add", b.op("mul", yi, b.scalar(wd, DType.i64)), xi))
-            v = b.op("where", b.op("unsqueeze", b.op("and", oky, okx), axes=(-1,)), b.op("gather", flat, idx, axis=0),
-                     b.scalar(0.0, flat))
-            v = b.op("mul", v, b.op("unsqueeze", b.op("mul", wy, wx), axes=(-1,)))
-            sampled = v if sampled is None else b.op("add", sampled, v)
+    taps = [_pixel_taps_ir(b, p, size, _BILINEAR_ZEROS) for p, size in ((py, h), (px, wd))]
+    sampled = _gather_taps(b, flat, base, taps, (wd, 1))
     if len(ins) == 5:
         mask = b.op("reshape", ins[4], shape=(n, og, kh, kw, oh, ow, 1))
         sampled = b.op("mul", sampled, mask)
