@@ -388,6 +388,15 @@ class Graph:
             yield n
             n = nxt
 
+    @property
+    def reversed_nodes(self) -> Iterator[Node]:
+        """The nodes last to first.  Safe against removing the current node while iterating."""
+        n = self._tail
+        while n is not None:
+            prev = n._prev
+            yield n
+            n = prev
+
     def __iter__(self) -> Iterator[Node]:
         return self.nodes
 

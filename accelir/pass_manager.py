@@ -170,14 +170,12 @@ class Snapshot:
         self.inputs = [(v, v.name, v.type) for v in graph.inputs]
         nodes = []
         regions = []
-        n = graph._head
-        while n is not None:
+        for n in graph.nodes:
             outs = n.outputs
             nodes.append((n, n.op, list(n._inputs), dict(n.attrs), dict(n.meta), outs,
                           [(o.name, o.type) for o in outs], n.regions))
             for r in n.regions:
                 regions.append(Snapshot(r))
-            n = n._next
         self.nodes = nodes
         self.regions = regions
 

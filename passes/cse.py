@@ -77,10 +77,7 @@ class CSE:
     def __call__(self, graph: Graph) -> bool:
         changed = False
         seen: dict[Hashable, Node] = {}
-        node = graph._head
-        while node is not None:
-            # the successor is read first: merging removes ``node`` from the list
-            nxt = node._next
+        for node in graph.nodes:  # (which reads the successor first: merging removes ``node``)
             if node.regions:
                 for r in node.regions:
                     changed |= self(r)
@@ -92,7 +89,6 @@ class CSE:
                         return changed
                     graph.replace(node, list(first.outputs))
                     changed = True
-            node = nxt
         return changed
 
 

@@ -22,10 +22,7 @@ def dce(graph: Graph) -> bool:
     """Remove unused pure nodes; True when something was removed."""
     outputs = {id(v) for v in graph.outputs}
     changed = False
-    node = graph._tail
-    while node is not None:
-        # the predecessor is read first: removing ``node`` unlinks it
-        prev = node._prev
+    for node in graph.reversed_nodes:  # (which reads the predecessor first: removing ``node`` unlinks it)
         if node.regions:
             for r in node.regions:
                 changed |= dce(r)
@@ -34,5 +31,4 @@ def dce(graph: Graph) -> bool:
                 return changed
             graph.remove(node)
             changed = True
-        node = prev
     return changed

@@ -103,11 +103,9 @@ class FoldConstants:
 
     def __call__(self, graph: Graph) -> bool:
         changed = False
-        node = graph._head
-        while node is not None:
-            # One forward sweep: a folded node's users come after it and read its constants.
-            # Folding only inserts and removes nodes before the successor, so it stays valid.
-            nxt = node._next
+        # One forward sweep: a folded node's users come after it and read its constants.  Folding
+        # only inserts and removes nodes before the successor, which Graph.nodes has already read.
+        for node in graph.nodes:
             if node.regions:
                 for r in node.regions:
                     changed |= self(r)
@@ -116,7 +114,6 @@ class FoldConstants:
                     changed = True
                 elif rewrite_budget.exhausted:
                     return changed
-            node = nxt
         return changed
 
 

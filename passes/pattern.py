@@ -646,12 +646,10 @@ class _Driver:
     def run(self) -> int:
         graph, by_op, stack, queued = self.graph, self.by_op, self.stack, self.queued
         # seed the worklist with the nodes some rule roots at, first node on top
-        n = graph._tail
-        while n is not None:
+        for n in graph.reversed_nodes:
             if n.op in by_op:
                 queued.add(n)
                 stack.append(n)
-            n = n._prev
         # the limit is set around a whole pass run, so it cannot appear in the middle of one
         limited = rewrite_budget.limit is not None
         while stack:
@@ -760,12 +758,10 @@ def apply_rules(graph: Graph, rules: Sequence[Rule], *, max_iterations: int = 8,
         if near_misses is not None:
             near_misses.extend(d.near.values())
     if regions:
-        n = graph._head
-        while n is not None:
+        for n in graph.nodes:
             for r in n.regions:
                 count += apply_rules(r, rules, max_iterations=max_iterations, verbose=verbose, pass_name=pass_name,
                                      near_misses=near_misses, veto=veto)
-            n = n._next
     return count
 
 

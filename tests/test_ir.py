@@ -49,6 +49,28 @@ def test_remove_refuses_a_node_still_used():
         g.remove(v["c"].producer)
 
 
+def test_node_walks_survive_removing_the_current_node():
+    """Graph.nodes and Graph.reversed_nodes read the next node before yielding one, so a pass may
+    remove the node it is looking at (dce walks backwards, cse forwards)."""
+    g, v = small()
+    g.set_outputs([v["a"]])
+    seen = []
+    for n in g.reversed_nodes:
+        seen.append(n.op)
+        if n.op != "add":
+            g.remove(n)
+    assert seen == ["relu", "mul", "add"] and [n.op for n in g.nodes] == ["add"]
+    g, v = small()
+    forward = []
+    for n in g.nodes:
+        forward.append(n.op)
+        if n.op == "mul":
+            v["c"].producer.replace_input(0, v["a"])
+            g.remove(n)
+    assert forward == ["add", "mul", "relu"] and [n.op for n in g.nodes] == ["add", "relu"]
+    verify(g)
+
+
 def test_insert_before_and_after_keep_order():
     g, v = small()
     b = v["b"].producer
