@@ -484,11 +484,16 @@ class LoweringContext:
         arr = v.const_value
         if arr is None or arr.ndim != 2 or arr.flags.c_contiguous or not arr.flags.f_contiguous:
             return None
-        key = ("ir-constant-T", id(arr))
+        return self.array_initializer(arr, f"{v.producer.attrs['name']}_t", transposed=True)
+
+    def array_initializer(self, arr: np.ndarray, name: str, transposed: bool = False) -> OnnxValue:
+        """The initializer holding IR array ``arr`` (or its transpose, a view), one however many nodes
+        read it: keyed by the array's identity, kept unique by holding the array while the key lives."""
+        key = ("ir-constant-T" if transposed else "ir-constant", id(arr))
         cache = self.state.const_cache
         if key not in cache:
             self.state.keep_alive.append(arr)
-            cache[key] = self.const(arr.T, name=f"{v.producer.attrs['name']}_t")
+            cache[key] = self.const(arr.T if transposed else arr, name=name)
         return cache[key]
 
     def _lower_node(self, node: Node, xs: list[OnnxValue]) -> list[OnnxValue]:
@@ -712,13 +717,7 @@ def _lower_constant(ctx, node, xs):
     graph, name = node.graph, node.attrs["name"]
     if name not in graph.constants:
         raise ctx.error(f"constant {name!r} has no value in graph {graph.name!r}")
-    arr = graph.constants[name]
-    key = ("ir-constant", id(arr))
-    cache = ctx.state.const_cache
-    if key not in cache:
-        ctx.state.keep_alive.append(arr)  # ids stay unique while the key lives
-        cache[key] = ctx.const(arr, name=name)
-    return [cache[key]]
+    return [ctx.array_initializer(graph.constants[name], name)]
 
 
 # ----- elementwise rules ----------------------------------------------------------------
