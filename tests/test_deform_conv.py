@@ -8,13 +8,13 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import helper
 
 from accelir import Graph, TensorType, UnsupportedOpError, interpret, run_graph, verify
 from accelir.frontends.onnx import import_onnx
 from accelir.lowering.jax import JaxModule
 from accelir.lowering.onnx import to_onnx
 from accelir.lowering.onnxruntime import OnnxRuntimeModule
+from onnx_single_node import single_node_model
 
 # (x shape, kernel, out channels, strides, dilations, pads (begin..., end...), group, offset_group, bias, mask)
 CONFIGS = [
@@ -39,15 +39,8 @@ def _inputs(seed, shape, kernel, out, strides, dilations, pads, group, offset_gr
 
 
 def _model(arrays, opset, **attrs):
-    names = ["X", "W", "offset", "B" if "B" in arrays else "", "mask" if "mask" in arrays else ""]
-    while not names[-1]:
-        names.pop()
-    node = helper.make_node("DeformConv", names, ["Y"], **attrs)
-    inputs = [helper.make_tensor_value_info(n, 1, arrays[n].shape) for n in names if n]
-    model = helper.make_model(helper.make_graph([node], "m", inputs, [helper.make_tensor_value_info("Y", 1, None)]),
-                              opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 10
-    return model, {n: arrays[n] for n in names if n}
+    return single_node_model("DeformConv", {n: arrays.get(n) for n in ("X", "W", "offset", "B", "mask")}, opset,
+                             **attrs)
 
 
 def _onnx_attrs(kernel, strides, dilations, pads, group, offset_group):

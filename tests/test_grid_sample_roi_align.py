@@ -12,14 +12,13 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from onnx import TensorProto, helper
-from onnx.reference import ReferenceEvaluator
 
 from accelir import DType, Graph, LoweringError, TensorType, UnsupportedOpError, interpret, run_graph, verify
 from accelir.frontends.onnx import import_onnx
 from accelir.lowering.jax import JaxModule
 from accelir.lowering.onnx import to_onnx
 from accelir.lowering.onnxruntime import OnnxRuntimeModule
+from onnx_single_node import reference_output, single_node_model
 
 TORCH_MODE = {"linear": "bilinear", "nearest": "nearest", "cubic": "bicubic"}
 
@@ -33,23 +32,6 @@ def _graph(op: str, arrays: list[np.ndarray], symbolic: bool = False, **attrs) -
     g.set_outputs([g.apply(op, *ins, **attrs)])
     verify(g)
     return g
-
-
-def _onnx_model(op_type: str, arrays: list[np.ndarray], opset: int, **attrs):
-    names = [f"x{i}" for i in range(len(arrays))]
-    inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-              for n, a in zip(names, arrays)]
-    node = helper.make_node(op_type, names, ["y"], **attrs)
-    out = helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(arrays[0].dtype), None)
-    model = helper.make_model(helper.make_graph([node], "m", inputs, [out]),
-                              opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 10
-    return model, dict(zip(names, arrays))
-
-
-def _onnx_reference(op_type: str, arrays: list[np.ndarray], **attrs) -> np.ndarray:
-    model, feeds = _onnx_model(op_type, arrays, 21, **attrs)
-    return ReferenceEvaluator(model).run(None, feeds)[0]
 
 
 def _grid_inputs(seed: int, spatial: tuple[int, ...], out: tuple[int, ...], n: int = 2, c: int = 3):
@@ -75,7 +57,7 @@ def test_grid_sample_2d_reference_matches_torch(mode, pad, align):
     got = interpret(_graph("grid_sample", [x, grid], mode=mode, padding_mode=pad, align_corners=align), x, grid)[0]
     if (mode, pad) == ("cubic", "border"):
         # torch clamps each cubic tap; ONNX clamps the coordinate first (onnx.reference, onnxruntime's tests)
-        want = _onnx_reference("GridSample", [x, grid], mode=mode, padding_mode=pad, align_corners=int(align))
+        want = reference_output("GridSample", [x, grid], mode=mode, padding_mode=pad, align_corners=int(align))
     else:
         want = F.grid_sample(torch.from_numpy(x), torch.from_numpy(grid), mode=TORCH_MODE[mode], padding_mode=pad,
                              align_corners=align).numpy()
@@ -83,10 +65,10 @@ def test_grid_sample_2d_reference_matches_torch(mode, pad, align):
 
 
 @pytest.mark.parametrize("mode,pad,align", GRID_COMBOS)
-def test_grid_sample_3d_reference_matches_onnx_reference(mode, pad, align):
+def test_grid_sample_3d_reference_matchesreference_output(mode, pad, align):
     x, grid = _grid_inputs(1, (3, 4, 3), (2, 3, 2), n=1, c=2)
     got = interpret(_graph("grid_sample", [x, grid], mode=mode, padding_mode=pad, align_corners=align), x, grid)[0]
-    want = _onnx_reference("GridSample", [x, grid], mode=mode, padding_mode=pad, align_corners=int(align))
+    want = reference_output("GridSample", [x, grid], mode=mode, padding_mode=pad, align_corners=int(align))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -101,14 +83,14 @@ def test_grid_sample_of_a_single_pixel_reflects_to_it():
 
 @pytest.mark.parametrize("mode,coords,ratio", list(itertools.product(("avg", "max"), ("half_pixel",
                                                                                       "output_half_pixel"), (0, 2))))
-def test_roi_align_reference_matches_onnx_reference(mode, coords, ratio):
+def test_roi_align_reference_matchesreference_output(mode, coords, ratio):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 3, 9, 11)).astype(np.float32)
     rois, batch = _rois(4, 5, 10) / 0.5, np.array([1, 0, 1, 0, 1], np.int64)
     attrs = dict(mode=mode, coordinate_transformation_mode=coords, sampling_ratio=ratio, spatial_scale=0.5,
                  output_height=3, output_width=4)
     got = interpret(_graph("roi_align", [x, rois, batch], **attrs), x, rois, batch)[0]
-    np.testing.assert_allclose(got, _onnx_reference("RoiAlign", [x, rois, batch], **attrs), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, reference_output("RoiAlign", [x, rois, batch], **attrs), rtol=1e-5, atol=1e-5)
 
 
 def test_roi_align_decomposition_needs_a_sampling_ratio():
@@ -213,7 +195,7 @@ def _import_and_run(model, feeds):
 @pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
 def test_grid_sample_16_mode_names(mode):
     x, grid = _grid_inputs(11, (4, 5), (3, 3))
-    model, feeds = _onnx_model("GridSample", [x, grid], 16, mode=mode, padding_mode="reflection")
+    model, feeds = single_node_model("GridSample", [x, grid], 16, mode=mode, padding_mode="reflection")
     g, got = _import_and_run(model, feeds)
     assert next(n for n in g.nodes if n.op == "grid_sample").attrs["mode"] == {"bilinear": "linear",
                                                                                 "bicubic": "cubic"}.get(mode, mode)
@@ -223,7 +205,7 @@ def test_grid_sample_16_mode_names(mode):
 
 def test_grid_sample_defaults_and_mixed_dtypes():
     x, grid = _grid_inputs(12, (4, 5), (3, 3))
-    model, feeds = _onnx_model("GridSample", [x.astype(np.float16), grid], 22)
+    model, feeds = single_node_model("GridSample", [x.astype(np.float16), grid], 22)
     g, got = _import_and_run(model, feeds)
     assert got.dtype == np.float16
     want = F.grid_sample(torch.from_numpy(x.astype(np.float16).astype(np.float32)), torch.from_numpy(grid),
@@ -237,7 +219,7 @@ def test_grid_sample_defaults_and_mixed_dtypes():
 def test_grid_sample_attributes_outside_the_spec_are_refused(opset, attrs, match):
     x, grid = _grid_inputs(13, (3, 3), (2, 2))
     with pytest.raises(UnsupportedOpError, match=match):
-        import_onnx(_onnx_model("GridSample", [x, grid], opset, **attrs)[0])
+        import_onnx(single_node_model("GridSample", [x, grid], opset, **attrs)[0])
 
 
 @pytest.mark.parametrize("opset,attrs", [
@@ -246,7 +228,7 @@ def test_grid_sample_attributes_outside_the_spec_are_refused(opset, attrs, match
 def test_roi_align_import_across_opsets(opset, attrs):
     rng = np.random.default_rng(14)
     x, rois, batch = rng.standard_normal((2, 3, 8, 8)).astype(np.float32), _rois(15, 4, 7), np.array([0, 1, 1, 0])
-    model, feeds = _onnx_model("RoiAlign", [x, rois, batch], opset, output_height=3, output_width=2,
+    model, feeds = single_node_model("RoiAlign", [x, rois, batch], opset, output_height=3, output_width=2,
                                spatial_scale=0.75, **attrs)
     _, got = _import_and_run(model, feeds)
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
@@ -259,13 +241,13 @@ def test_roi_align_import_across_opsets(opset, attrs):
 def test_roi_align_attributes_outside_the_spec_are_refused(opset, attrs, match):
     x, rois, batch = np.zeros((1, 1, 4, 4), np.float32), _rois(16, 2, 3), np.zeros(2, np.int64)
     with pytest.raises(UnsupportedOpError, match=match):
-        import_onnx(_onnx_model("RoiAlign", [x, rois, batch], opset, **attrs)[0])
+        import_onnx(single_node_model("RoiAlign", [x, rois, batch], opset, **attrs)[0])
 
 
 def test_integer_images_are_refused_by_name():
     x, grid = np.zeros((1, 1, 3, 3), np.int32), np.zeros((1, 2, 2, 2), np.float32)
     with pytest.raises(UnsupportedOpError, match="GridSample.*int32|X of dtype i32"):
-        import_onnx(_onnx_model("GridSample", [x, grid], 22)[0])
+        import_onnx(single_node_model("GridSample", [x, grid], 22)[0])
 
 
 def test_type_rules_reject_mismatched_operands():

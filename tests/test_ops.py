@@ -272,18 +272,8 @@ def _grid_sample_oracle(attrs):
 
 def _onnx_oracle(op_type, attrs):
     """ONNX's reference implementation of op_type where torch has no counterpart."""
-    from onnx import helper
-    from onnx.reference import ReferenceEvaluator
-
-    def run(t):
-        arrays = [a.numpy() for a in t]
-        names = [f"x{i}" for i in range(len(arrays))]
-        node = helper.make_node(op_type, names, ["y"], **attrs)
-        graph = helper.make_graph([node], "oracle", [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(
-            a.dtype), a.shape) for n, a in zip(names, arrays)], [helper.make_tensor_value_info("y", 0, None)])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-        return torch.from_numpy(ReferenceEvaluator(model).run(None, dict(zip(names, arrays)))[0])
-    return run
+    from onnx_single_node import reference_output
+    return lambda t: torch.from_numpy(reference_output(op_type, [a.numpy() for a in t], **attrs))
 
 
 def _causal_bias(n):
