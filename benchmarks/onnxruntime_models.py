@@ -1,7 +1,7 @@
 """accelir -> ONNX Runtime (CPU) against torch.onnx.export + ONNX Runtime, side by side.
 
     python -m benchmarks.onnxruntime_models [--models gpt2,bert,vit,resnet50] [--threads 2] [--repeats 30]
-        [--level 2] [--quick] [--tracemalloc] [--profile DIR]
+        [--build-runs 3] [--level 2] [--quick] [--tracemalloc] [--profile DIR]
 
 For each model of ``benchmarks/models.py`` (transformers GPT-2 small, BERT-base,
 ViT-base, ResNet-50 from their configs with random weights, batch 1) it builds
@@ -20,8 +20,10 @@ each system in its own fresh process: cold (the first build there, which pays th
 one-time costs every system has: torch.export's and onnxruntime's lazy imports and
 first-call set-up) and warm (a second build in the same process); and the resident
 memory the first build added at its peak, as a multiple of the model's weight bytes
-(``--tracemalloc`` adds Python's traced peak, which slows the capture down).  ``--profile DIR`` writes ONNX Runtime profiles of the sessions and
-prints where each spends its time, by op type.
+(``--tracemalloc`` adds Python's traced peak, which slows the capture down).  Each is
+the median of ``--build-runs`` fresh processes per system, the systems taking turns.
+``--profile DIR`` writes ONNX Runtime profiles of the sessions and prints where each
+spends its time, by op type.
 """
 
 from __future__ import annotations
@@ -179,7 +181,7 @@ def compile_bytecode() -> None:
 
 
 def run_model(name: str, *, quick: bool, threads: int, level: int, warmup: int, repeats: int, traced: bool,
-              profile_dir: str | None, log: Callable[[str], None]) -> dict[str, Any]:
+              profile_dir: str | None, log: Callable[[str], None], build_runs: int = 3) -> dict[str, Any]:
     import torch
     from accelir.timing import time_interleaved
     from benchmarks.models import MODELS
@@ -189,11 +191,14 @@ def run_model(name: str, *, quick: bool, threads: int, level: int, warmup: int, 
     weight_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
     with torch.no_grad():
         want = _first_array(model(*inputs)).astype(np.float64)
-    memory: dict[str, dict[str, Any]] = {}
-    for system in SYSTEMS:
-        log(f"{name}: build time and peak memory of {system} in a fresh process")
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            memory[system] = pool.submit(build_memory, name, quick, level, traced, system).result()
+    fresh: dict[str, list[dict[str, Any]]] = {s: [] for s in SYSTEMS}
+    for k in range(build_runs):  # the systems take turns, so a slow spell of the machine hits them all
+        for system in SYSTEMS:
+            log(f"{name}: build time and peak memory of {system} in a fresh process ({k + 1} of {build_runs})")
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                fresh[system].append(pool.submit(build_memory, name, quick, level, traced, system).result())
+    memory = {s: {key: statistics.median(r[key] for r in runs) for key in runs[0] if runs[0][key] is not None}
+              for s, runs in fresh.items()}
     results: dict[str, Result] = {}
     with tempfile.TemporaryDirectory(prefix="accelir-ort-bench-") as tmp:
         for system in SYSTEMS:
@@ -236,7 +241,7 @@ def report(rows: list[dict[str, Any]], threads: int) -> str:
              "", "| model | system | median ms (min-max) | IQR/median | rel err vs eager | build s here | notes |",
              "|---|---|---|---|---|---|---|"]
     summary = ["", "| model | accelir / best export | optimize() / (dynamo export + session), cold; warm | "
-               "build s cold (warm): optimize(), torchscript, dynamo | "
+               "build s cold (warm), medians: optimize(), torchscript, dynamo | "
                "peak RSS added / weights: optimize(), torchscript, dynamo (export + session) |", "|---|---|---|---|---|"]
     for row in rows:
         res: dict[str, Result] = row["results"]
@@ -278,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=30, help="interleaved rounds")
     ap.add_argument("--quick", action="store_true", help="miniature models (a smoke test, not a measurement)")
+    ap.add_argument("--build-runs", type=int, default=3,
+                    help="fresh processes per system for the build times and peak memory (median reported)")
     ap.add_argument("--tracemalloc", action="store_true", help="also run optimize() under tracemalloc")
     ap.add_argument("--profile", default=None, metavar="DIR", help="write ONNX Runtime profiles here")
     args = ap.parse_args(argv)
@@ -295,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in models:
         rows.append(run_model(name, quick=args.quick, threads=args.threads, level=args.level, warmup=args.warmup,
-                              repeats=args.repeats, traced=args.tracemalloc, profile_dir=args.profile, log=log))
+                              repeats=args.repeats, traced=args.tracemalloc, profile_dir=args.profile, log=log,
+                              build_runs=args.build_runs))
         gc.collect()
     print(report(rows, args.threads))
     return 0
