@@ -500,9 +500,26 @@ def test_onnxruntime_runs_the_default_opset_kernels_without_inlining(tmp_path):
     assert [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node] == ["Attention"]
 
 
+def test_batch_norms_left_to_onnxruntime_are_folded_into_its_conv_kernels(tmp_path):
+    """The onnxruntime pipeline leaves conv + batch_norm for onnxruntime to fold (one copy of the
+    conv weights fewer while the session is built); its session has no BatchNormalization left."""
+    import onnxruntime
+    model, (args, kwargs) = MODELS["cnn"]()
+    model.eval()
+    cm = accelir.optimize(model, args, backend="onnxruntime")
+    assert "batch_norm" in cm.graph.op_histogram()
+    assert "fused_conv" in accelir.optimize(model, args, backend="xla").graph.op_histogram()
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    OnnxRuntimeModule(cm.graph, session_options=options)
+    ops = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+    assert "FusedConv" in ops and "BatchNormalization" not in ops
+
+
 @pytest.mark.parametrize("name,fused", [("gpt2", {"Attention", "Gemm", "LayerNormalization"}),
                                         ("bert", {"MultiHeadAttention", "Gemm", "LayerNormalization"}),
-                                        ("cnn", {"FusedConv"})])
+                                        ("cnn", {"Conv", "BatchNormalization"})])
 def test_optimized_model_matches_eager_on_fused_kernels(name, fused):
     model, (args, kwargs) = MODELS[name]()
     torch.manual_seed(0)
