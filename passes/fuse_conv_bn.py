@@ -57,8 +57,7 @@ def _scaled(w: np.ndarray, k: np.ndarray, dt: np.dtype) -> np.ndarray:
     """``w * k`` per output channel (``k`` float64, one per row of ``w``), each product taken in
     float64 and rounded once to ``dt``, a few rows at a time."""
     out = np.empty(w.shape, dt)
-    row = max(1, w[0].size if w.shape[0] else 1)
-    step = max(1, _CHUNK_BYTES // (8 * row))
+    step = max(1, _CHUNK_BYTES // (8 * max(1, int(np.prod(w.shape[1:])))))
     k = k.reshape((-1,) + (1,) * (w.ndim - 1))
     scratch = np.empty((min(step, w.shape[0]),) + w.shape[1:], np.float64)
     for i in range(0, w.shape[0], step):
@@ -71,9 +70,8 @@ def _rebuild(b: Builder, conv: Node, w: np.ndarray, bias: np.ndarray, k: np.ndar
     """The conv with weight ``w`` (scaled by ``k`` per output channel where given) and ``bias``."""
     dt = conv.inputs[1].dtype.numpy
     name = re.sub(r"_folded(_\d+)?$", "", conv.inputs[1].producer.attrs["name"])
-    if k is not None:
-        w = _scaled(w, k, dt)
-    new_w = b.const(w if w.dtype == dt else w.astype(dt), name=f"{name}_folded")  # an unchanged weight is shared
+    # an unscaled weight (a bias-only fold) is shared, not copied
+    new_w = b.const(w if k is None else _scaled(w, k, dt), name=f"{name}_folded")
     new_b = b.const(bias.astype(dt), name=f"{name}_folded_bias")
     return b.node(conv.op, [conv.inputs[0], new_w, new_b], conv.attrs).output
 
