@@ -949,10 +949,10 @@ def _deform_conv_ref(xs, a):
     rows = (np.arange(kh) * dil[0])[:, None, None, None] + (np.arange(oh) * stride[0] - pad[0])[:, None]
     cols = (np.arange(kw) * dil[1])[:, None, None] + (np.arange(ow) * stride[1] - pad[1])
     py, px = rows + off[:, :, :, :, 0], cols + off[:, :, :, :, 1]
-    rows = np.moveaxis(x.reshape(n, og, c // og, h * wd), 2, -1).reshape(n * og * h * wd, c // og)
-    image = (np.arange(n * og).reshape(n, og, 1, 1, 1, 1)) * (h * wd)
+    pixels = np.moveaxis(x.reshape(n, og, c // og, h * wd), 2, -1).reshape(n * og * h * wd, c // og)
+    image = np.arange(n * og).reshape(n, og, 1, 1, 1, 1) * (h * wd)
     taps = [_gs_taps_np(p, size, _BILINEAR_ZEROS) for p, size in ((py, h), (px, wd))]
-    sampled = _sum_taps_np(rows, image, taps, (wd, 1))
+    sampled = _sum_taps_np(pixels, image, taps, (wd, 1))
     if len(xs) == 5:
         sampled = sampled * xs[4].reshape(n, og, kh, kw, oh, ow)[..., None]
     patches = np.moveaxis(sampled, -1, 2).reshape(n, g, (c // g) * kh * kw, oh * ow)
