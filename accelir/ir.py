@@ -69,6 +69,14 @@ class DType(enum.Enum):
     def itemsize(self) -> int:
         return self.numpy.itemsize
 
+    @property
+    def lowest(self) -> float | int:
+        """The value below every other of the dtype: -inf for floats, the minimum for integers
+        (what a max-reduction starts from and pads with)."""
+        if self.is_float:
+            return float("-inf")
+        return 0 if self is DType.bool else int(np.iinfo(self.numpy).min)
+
     @classmethod
     def from_numpy(cls, dtype: Any) -> DType:
         dt = np.dtype(dtype)

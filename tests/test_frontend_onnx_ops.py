@@ -344,8 +344,9 @@ def test_maxpool_indices_and_unpool_match_onnxruntime(attrs):
 
 
 def _first_max_indices(x, kernel, stride, pads, dilation):
-    """torch's max-pool index rule over [N, C, H, W], flat over N, C, H, W as ONNX counts: the first
-    maximum of a window's real taps in kernel order, a NaN taken as it comes."""
+    """The ONNX import's max-pool index rule over [N, C, H, W], flat over N, C, H, W as ONNX counts:
+    the first maximum of a window's real taps in kernel order, the first NaN counting as the
+    maximum (torch's rule, except that of several NaNs torch reports the last)."""
     n, c, h, w = x.shape
     oh = (h + 2 * pads[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
     ow = (w + 2 * pads[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1

@@ -385,6 +385,19 @@ def test_max_pool_indices_match_torch(f, shape, kw):
     np.testing.assert_array_equal(got[1], want[1].numpy())
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.float32])
+def test_max_pool_indices_of_integers_and_of_several_nans_match_torch(dtype):
+    """Integers pad with their minimum; of two NaNs in one window torch reports the last."""
+    x = torch.tensor(np.random.default_rng(1).integers(-50, 50, (1, 2, 6, 6))).to(dtype)
+    if dtype.is_floating_point:
+        x[0, 0, 0, 0] = x[0, 0, 1, 1] = float("nan")
+    model = _PoolWithIndices(F.max_pool2d, kernel_size=3, stride=2, padding=1)
+    got = run_graph(capture_torch(model, (x,)), [x.numpy()])
+    want = model(x)
+    np.testing.assert_array_equal(got[0], want[0].numpy())
+    np.testing.assert_array_equal(got[1], want[1].numpy())
+
+
 def test_fx_capture_refuses_max_pool_indices_by_name():
     with pytest.raises(UnsupportedOpError, match="max_pool2d_with_indices has no accelir mapping"):
         capture_torch(_PoolWithIndices(F.max_pool2d, kernel_size=2), (torch.randn(1, 2, 4, 4),), method="fx")

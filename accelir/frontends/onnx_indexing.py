@@ -96,7 +96,7 @@ def maxpool_indices(ctx: NodeContext, x: Value, pooled: Value) -> Value:
     pixels = math.prod(size)
     n, c = x.shape[:2]
     flat = _reshape(ctx, x, (n, c, pixels))
-    lowest = -np.inf if x.dtype.is_float else np.iinfo(x.dtype.numpy).min
+    lowest = x.dtype.lowest
     # padding slots read a dump pixel holding the lowest value, so they never win
     dump = ctx.op("broadcast_to", ctx.scalar(lowest, x), shape=(n, c, 1))
     flat = ctx.op("concat", flat, dump, axis=2)

@@ -1230,10 +1230,10 @@ def _max_pool_indices(ctx: NodeContext, x: Value, y: Value, kernel, stride, pads
     # right padding so that every window ceil_mode admits lies inside
     widths = tuple((lo, max(0, (o - 1) * s + (k - 1) * d + 1 - size - lo))
                    for (lo, _), o, s, k, d, size in zip(pads, out, stride, kernel, dilation, spatial))
-    xp = b.op("pad", x, pads=((0, 0), (0, 0)) + widths, value=float("-inf"))
+    xp = b.op("pad", x, pads=((0, 0), (0, 0)) + widths, value=float(x.dtype.lowest))
     plane = b.const(np.arange(int(np.prod(spatial)), dtype=np.int64).reshape(spatial))
     pos = b.op("pad", plane, pads=widths, value=-1.0)
-    best = b.scalar(float("-inf"), x)
+    best = b.scalar(x.dtype.lowest, x)
     index = b.scalar(-1, DType.i64)
     for tap in itertools.product(*(range(k) for k in kernel)):
         starts = [t * d for t, d in zip(tap, dilation)]
@@ -1241,7 +1241,9 @@ def _max_pool_indices(ctx: NodeContext, x: Value, y: Value, kernel, stride, pads
         v = b.op("slice", xp, starts=starts, stops=stops, steps=stride, axes=tuple(range(2, 2 + n)))
         p = b.op("slice", pos, starts=starts, stops=stops, steps=stride, axes=tuple(range(n)))
         first = b.op("and", b.op("lt", index, b.scalar(0, DType.i64)), b.op("ge", p, b.scalar(0, DType.i64)))
-        take = b.op("or", b.op("or", b.op("gt", v, best), b.op("isnan", v)), first)
+        take = b.op("or", b.op("gt", v, best), first)
+        if x.dtype.is_float:
+            take = b.op("or", take, b.op("isnan", v))
         best = b.op("where", take, v, best)
         index = b.op("where", take, p, index)
     return index
