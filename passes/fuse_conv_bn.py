@@ -70,8 +70,8 @@ def _rebuild(b: Builder, conv: Node, w: np.ndarray, bias: np.ndarray, k: np.ndar
     """The conv with weight ``w`` (scaled by ``k`` per output channel where given) and ``bias``."""
     dt = conv.inputs[1].dtype.numpy
     name = re.sub(r"_folded(_\d+)?$", "", conv.inputs[1].producer.attrs["name"])
-    # an unscaled weight (a bias-only fold) is shared, not copied
-    new_w = b.const(w if k is None else _scaled(w, k, dt), name=f"{name}_folded")
+    # an unscaled weight (a bias-only fold) stays the constant it was
+    new_w = conv.inputs[1] if k is None else b.const(_scaled(w, k, dt), name=f"{name}_folded")
     new_b = b.const(bias.astype(dt), name=f"{name}_folded_bias")
     return b.node(conv.op, [conv.inputs[0], new_w, new_b], conv.attrs).output
 
