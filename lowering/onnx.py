@@ -56,6 +56,7 @@ from accelir.errors import LoweringError
 from accelir.ir import DType, Graph, Node, TensorType, Value
 from accelir.ops import registry
 from accelir.ops.nn import split_heads
+from accelir.ops.shape import inverse_perm
 
 __all__ = ["ONNX_RULES", "ONNX_DTYPE", "ONNX_TYPE_STRINGS", "MIN_OPSET", "SAME", "OnnxValue", "LoweringContext", "OnnxRuntimeModule", "register_lowering",
            "to_onnx", "to_onnx_external", "save_onnx", "default_opset", "supported_dtypes", "input_var",
@@ -945,7 +946,7 @@ def _lower_cum_scan(ctx, node, xs):
     cdt = ctx.compute_dtype(t.dtype, step)
     axis = node.attrs["axis"] % t.rank
     perm = [axis] + [i for i in range(t.rank) if i != axis]
-    inv = [perm.index(i) for i in range(t.rank)]
+    inv = inverse_perm(perm)
     x = ctx.cast(xs[0], cdt)
     xt = ctx.op("Transpose", x, perm=perm)
     rest = tuple(t.shape[i] for i in perm[1:])
@@ -1312,8 +1313,11 @@ def _lower_iota(ctx, node, xs):
 
 def _decompose(ctx: LoweringContext, node: Node, xs: list[OnnxValue]) -> list[OnnxValue]:
     """Lower a composite through its decomposition into core ops."""
-    scratch = registry.decomposition_graph(node.op, [v.type for v in node.inputs], node.attrs, node.meta,
-                                           [v.name for v in node.inputs])
+    try:
+        scratch = registry.decomposition_graph(node.op, [v.type for v in node.inputs], node.attrs, node.meta,
+                                               [v.name for v in node.inputs])
+    except registry.TypeRuleError as e:
+        raise ctx.error(f"no ONNX kernel serves it here and its decomposition does not apply: {e}") from None
     ctx.composites.append(node)
     try:
         return ctx.emit_graph(scratch, xs)

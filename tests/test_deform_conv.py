@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from accelir import Graph, TensorType, UnsupportedOpError, interpret, run_graph, verify
+from accelir import DType, Graph, LoweringError, TensorType, UnsupportedOpError, interpret, run_graph, verify
 from accelir.frontends.onnx import import_onnx
 from accelir.lowering.jax import JaxModule
 from accelir.lowering.onnx import to_onnx
@@ -98,3 +98,15 @@ def test_forms_outside_the_ir_are_refused(shape, kernel, attrs, match):
               "offset": np.zeros((1, taps * len(kernel)) + (3,) * len(kernel), np.float32)}
     with pytest.raises(UnsupportedOpError, match=match):
         import_onnx(_model(arrays, 22, **attrs)[0])
+
+
+def test_decomposition_with_symbolic_output_dims_is_refused_by_name():
+    g = Graph("deform")
+    ins = [g.add_input(TensorType(DType.f32, shape), n) for shape, n in (((1, 4, 6, 6), "x"), ((2, 4, 3, 3), "w"),
+                                                                   ((1, 18, "h", "w"), "offset"))]
+    g.set_outputs([g.apply("deform_conv", *ins)])
+    with pytest.raises(LoweringError, match="deform_conv.*decomposition needs static output dims of offset"):
+        to_onnx(g, opset=18)
+    arrays = [np.zeros(shape, np.float32) for shape in ((1, 4, 6, 6), (2, 4, 3, 3), (1, 18, 4, 4))]
+    with pytest.raises(LoweringError, match="deform_conv.*static output dims of offset"):
+        JaxModule(g)(*arrays)

@@ -965,7 +965,9 @@ def _deform_conv_decompose(b, inputs, attrs):
     x, w, offset = ins[:3]
     n, c = x.shape[:2]
     h, wd = _static_dims("deform_conv", x.shape[2:], "spatial dims of x")
-    o, oh, ow = w.shape[0], offset.shape[2], offset.shape[3]
+    oh, ow = _static_dims("deform_conv", offset.shape[2:], "output dims of offset")
+    _static_dims("deform_conv", w.shape[2:], "kernel dims of w")
+    o = w.shape[0]
     g, og = attrs["groups"], attrs["offset_groups"]
     stride, pad, dil, (kh, kw) = _deform_conv_geometry(w.shape, attrs)
     cg = _dims.dim_floordiv(c, og)
