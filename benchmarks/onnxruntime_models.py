@@ -112,7 +112,7 @@ def build_memory(name: str, quick: bool, level: int, traced: bool, system: str) 
 def _build_accelir(model: Any, inputs: tuple, threads: int, level: int) -> Result:
     import accelir
     from accelir.interpreter import to_numpy
-    from accelir.lowering.onnx import OnnxRuntimeModule, to_onnx
+    from accelir.lowering.onnx import OnnxRuntimeModule, to_onnx_external
     from benchmarks.run import session_options
 
     t0 = time.perf_counter()
@@ -128,7 +128,7 @@ def _build_accelir(model: Any, inputs: tuple, threads: int, level: int) -> Resul
         return OnnxRuntimeModule(cm.graph, session_options=session_options(threads, prefix)).session
     return Result(lambda: runner(*flat), runner.session, profiled, build,
                   notes=f"{stages}; {cm.report.nodes_before}->{cm.report.nodes_after} IR nodes, "
-                        f"{len(to_onnx(cm.graph).graph.node)} ONNX nodes")
+                        f"{len(to_onnx_external(cm.graph)[0].graph.node)} ONNX nodes")
 
 
 def _build_export(model: Any, inputs: tuple, threads: int, dynamo: bool, tmp: str) -> Result:
@@ -196,9 +196,11 @@ def run_model(name: str, *, quick: bool, threads: int, level: int, warmup: int, 
         for system in SYSTEMS:
             log(f"{name}: build time and peak memory of {system} in a fresh process ({k + 1} of {build_runs})")
             with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                fresh[system].append(pool.submit(build_memory, name, quick, level, traced, system).result())
-    memory = {s: {key: statistics.median(r[key] for r in runs) for key in runs[0] if runs[0][key] is not None}
-              for s, runs in fresh.items()}
+                # one traced build is enough: it is slow and reported once
+                fresh[system].append(pool.submit(build_memory, name, quick, level, traced and k == 0,
+                                                 system).result())
+    memory = {s: {key: statistics.median(r[key] for r in runs if r.get(key) is not None)
+                  for key in runs[0] if runs[0][key] is not None} for s, runs in fresh.items()}
     results: dict[str, Result] = {}
     with tempfile.TemporaryDirectory(prefix="accelir-ort-bench-") as tmp:
         for system in SYSTEMS:
