@@ -21,7 +21,6 @@ from accelir.ir import DType, Graph, TensorType, Value
 from accelir.ops import registry
 from accelir.pass_manager import compare_outputs
 from accelir.passes import pipeline
-from accelir.passes.pipeline import load_pass_modules
 
 DTYPES = (DType.f32, DType.f64, DType.i32)
 SHAPES = ((), (3,), (2, 3), (1, 3), (2, 1), (4, 2, 3))
@@ -189,6 +188,5 @@ def test_parallel_projections_merge_without_changing_outputs(data):
     accelir.verify(g)
     args = _inputs(g, 2)
     want = accelir.run_graph(g, args)
-    load_pass_modules()
     accelir.passes.get_pass("fuse_parallel_linear")(g)
     _same(g, args, want, "fuse_parallel_linear")
