@@ -55,7 +55,7 @@ from accelir import dims as D
 from accelir.errors import LoweringError
 from accelir.ir import DType, Graph, Node, TensorType, Value
 from accelir.ops import registry
-from accelir.ops.nn import split_heads
+from accelir.ops.nn import GRID_MODE_OLD_NAMES, split_heads
 from accelir.ops.shape import inverse_perm
 
 __all__ = ["ONNX_RULES", "ONNX_DTYPE", "ONNX_TYPE_STRINGS", "MIN_OPSET", "SAME", "OnnxValue", "LoweringContext", "OnnxRuntimeModule", "register_lowering",
@@ -1444,10 +1444,8 @@ def _lower_batch_norm(ctx, node, xs):
                         lambda v: ctx.op("BatchNormalization", *v, epsilon=node.attrs["epsilon"]))]
 
 
-# GridSample-16 names the modes bilinear / bicubic and takes 4-D inputs only; GridSample-20 is N-D.
-_GRID_SAMPLE_16_MODES = {"linear": "bilinear", "nearest": "nearest", "cubic": "bicubic"}
-
-
+# GridSample-16 names the modes bilinear / bicubic (GRID_MODE_OLD_NAMES) and takes 4-D inputs only;
+# GridSample-20 is N-D.
 @register_lowering("grid_sample")
 def _lower_grid_sample(ctx, node, xs):
     x_t, a = node.inputs[0].type, node.attrs
@@ -1457,7 +1455,7 @@ def _lower_grid_sample(ctx, node, xs):
     if spatial_ok and (a["mode"], a["padding_mode"]) != ("cubic", "border") and \
             ctx.has_kernel(x_t.dtype, "GridSample"):
         cdt = ctx.compute_dtype(x_t.dtype, "GridSample")
-        mode = a["mode"] if ctx.opset >= 20 else _GRID_SAMPLE_16_MODES[a["mode"]]
+        mode = a["mode"] if ctx.opset >= 20 else GRID_MODE_OLD_NAMES[a["mode"]]
         # X and grid are separate type variables: cast the grid along with X
         return [ctx.kernel("GridSample", xs[0], ctx.cast(xs[1], cdt), compute=cdt, mode=mode,
                            padding_mode=a["padding_mode"], align_corners=int(a["align_corners"]))]

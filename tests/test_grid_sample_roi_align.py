@@ -16,11 +16,12 @@ import torch.nn.functional as F
 from accelir import DType, Graph, LoweringError, TensorType, UnsupportedOpError, interpret, run_graph, verify
 from accelir.frontends.onnx import import_onnx
 from accelir.lowering.jax import JaxModule
+from accelir.ops.nn import GRID_MODE_OLD_NAMES
 from accelir.lowering.onnx import to_onnx
 from accelir.lowering.onnxruntime import OnnxRuntimeModule
 from onnx_single_node import reference_output, single_node_model
 
-TORCH_MODE = {"linear": "bilinear", "nearest": "nearest", "cubic": "bicubic"}
+TORCH_MODE = GRID_MODE_OLD_NAMES
 
 
 def _graph(op: str, arrays: list[np.ndarray], symbolic: bool = False, **attrs) -> Graph:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from accelir import DType, Graph, TensorType, interpret, verify
+from accelir.ops.nn import GRID_MODE_OLD_NAMES
 from accelir.ops import REGISTRY
 from accelir.ops.registry import TypeRuleError, broadcast_shapes
 
@@ -265,7 +266,7 @@ def samples():
 
 
 def _grid_sample_oracle(attrs):
-    mode = {"linear": "bilinear", "nearest": "nearest", "cubic": "bicubic"}[attrs["mode"]]
+    mode = GRID_MODE_OLD_NAMES[attrs["mode"]]  # torch's names
     return lambda t: F.grid_sample(t[0], t[1], mode=mode, padding_mode=attrs["padding_mode"],
                                    align_corners=attrs["align_corners"])
 

@@ -19,6 +19,7 @@ from .. import dims as D
 from ..errors import UnsupportedOpError
 from ..ir import DType, Graph, TensorType, Value
 from ..ops import registry
+from ..ops.nn import GRID_MODE_OLD_NAMES
 from .onnx import (_DTYPE_TO_ONNX, DynamicValueError, ImportScope, OnnxImportError, free_names, onnx_dtype,
                    topo_order)
 
@@ -946,8 +947,8 @@ def _resize(ctx: NodeContext):
 # ----- sampling: GridSample / RoiAlign / DeformConv ---------------------------------------
 
 # GridSample-16 names its modes bilinear / bicubic; GridSample-20 renamed them linear / cubic
-_GRID_SAMPLE_MODES = {16: {"bilinear": "linear", "nearest": "nearest", "bicubic": "cubic"},
-                      20: {"linear": "linear", "nearest": "nearest", "cubic": "cubic"}}
+_GRID_SAMPLE_MODES = {16: {old: mode for mode, old in GRID_MODE_OLD_NAMES.items()},
+                      20: {mode: mode for mode in GRID_MODE_OLD_NAMES}}
 
 
 def _choice(ctx: NodeContext, name: str, default: str, allowed: Sequence[str]) -> str:

@@ -22,7 +22,7 @@ from .linalg import CONV_ATTRS, _conv_rule, conv_params, conv_reference
 from .registry import (ACTIVATIONS, AttrSpec, OpDef, TypeRuleError, broadcast_shapes, norm_axis,
                        np_dtype_compute, register, same_dtype)
 
-__all__ = ["activation_reference", "decompose_activation", "split_heads"]
+__all__ = ["activation_reference", "decompose_activation", "split_heads", "GRID_MODE_OLD_NAMES"]
 
 
 def _float_only(op: str, t: TensorType) -> None:
@@ -492,6 +492,8 @@ register(OpDef("fused_conv", _fused_conv_rule, _fused_conv_ref, min_inputs=2, ma
 
 _CUBIC_A = -0.75  # Keys' cubic convolution coefficient, as ONNX GridSample and torch use
 _GRID_MODES = ("linear", "nearest", "cubic")
+# each mode's name in torch's grid_sample and in ONNX GridSample before opset 20
+GRID_MODE_OLD_NAMES = {"linear": "bilinear", "nearest": "nearest", "cubic": "bicubic"}
 _GRID_PADDING = ("zeros", "border", "reflection")
 
 
