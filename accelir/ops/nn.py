@@ -743,10 +743,13 @@ def _gather_taps(b: Builder, flat: Value, base: Value, taps: Sequence[tuple[Valu
 
 
 def _low_precision_in_f32(b: Builder, inputs: list[Value]) -> tuple[list[Value], DType]:
+    """The inputs of the first input's dtype cast to the dtype references compute it in
+    (``np_dtype_compute``: f32 for f16 / bf16), and that first dtype."""
     dt = inputs[0].dtype
-    if dt in (DType.f16, DType.bf16):
-        return [b.op("cast", v, dtype=DType.f32) if v.dtype is dt else v for v in inputs], dt
-    return list(inputs), dt
+    compute = DType.from_numpy(np_dtype_compute(dt.numpy))
+    if compute is dt:
+        return list(inputs), dt
+    return [b.op("cast", v, dtype=compute) if v.dtype is dt else v for v in inputs], dt
 
 
 def _grid_sample_decompose(b, inputs, attrs):
