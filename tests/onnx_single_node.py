@@ -37,3 +37,19 @@ def reference_output(op_type: str, inputs: Mapping[str, np.ndarray | None] | Seq
     from onnx.reference import ReferenceEvaluator
     model, feeds = single_node_model(op_type, inputs, opset, **attrs)
     return ReferenceEvaluator(model).run(None, feeds)[0]
+
+
+def onnxruntime_outputs(model: ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """The model's outputs under ONNX Runtime's CPU provider."""
+    import onnxruntime
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, dict(feeds))
+
+
+def import_and_run(model: ModelProto, feeds: Mapping[str, np.ndarray]):
+    """accelir's import of the model (verified) and its outputs under the interpreter."""
+    from accelir import run_graph, verify
+    from accelir.frontends.onnx import import_onnx
+    g = import_onnx(model)
+    verify(g)
+    return g, run_graph(g, g.meta["signature"].flatten(dict(feeds)))

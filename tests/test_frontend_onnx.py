@@ -7,12 +7,12 @@ import os
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from accelir import AccelirError, DType, UnsupportedOpError, run_graph, verify
 from accelir.frontends.onnx import DynamicValueError, OnnxImportError, import_onnx, restore_onnx_interface
+from onnx_single_node import onnxruntime_outputs
 
 RNG = np.random.default_rng(0)
 
@@ -25,9 +25,7 @@ def _model(nodes, inputs, outputs, inits=(), opset=21, functions=(), extra_opset
     return m
 
 
-def _ort(model, feeds):
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
+_ort = onnxruntime_outputs
 
 
 def _check(model, feeds, rtol=1e-5, atol=1e-6):

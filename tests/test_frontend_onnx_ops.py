@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from accelir import run_graph, verify
 from accelir.frontends.onnx import import_onnx
 from accelir.frontends.onnx_einsum import parse_einsum
+from onnx_single_node import import_and_run, onnxruntime_outputs
 
 F32 = TensorProto.FLOAT
 
@@ -32,14 +32,10 @@ def _vi(name, elem, shape):
 
 
 def _ours(model, feeds):
-    g = import_onnx(model)
-    verify(g)
-    return run_graph(g, g.meta["signature"].flatten(feeds))
+    return import_and_run(model, feeds)[1]
 
 
-def _theirs(model, feeds):
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
+_theirs = onnxruntime_outputs
 
 
 def _same(got, want, rtol=1e-5, atol=1e-6):

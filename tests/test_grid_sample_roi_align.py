@@ -8,18 +8,17 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
 
-from accelir import DType, Graph, LoweringError, TensorType, UnsupportedOpError, interpret, run_graph, verify
+from accelir import DType, Graph, LoweringError, TensorType, UnsupportedOpError, interpret, verify
 from accelir.frontends.onnx import import_onnx
 from accelir.lowering.jax import JaxModule
-from accelir.ops.nn import GRID_MODE_OLD_NAMES
 from accelir.lowering.onnx import to_onnx
 from accelir.lowering.onnxruntime import OnnxRuntimeModule
-from onnx_single_node import reference_output, single_node_model
+from accelir.ops.nn import GRID_MODE_OLD_NAMES
+from onnx_single_node import import_and_run, onnxruntime_outputs, reference_output, single_node_model
 
 TORCH_MODE = GRID_MODE_OLD_NAMES
 
@@ -188,9 +187,8 @@ def test_grid_sample_with_symbolic_batch_through_xla():
 # ----- import -------------------------------------------------------------------------
 
 def _import_and_run(model, feeds):
-    g = import_onnx(model)
-    verify(g)
-    return g, run_graph(g, g.meta["signature"].flatten(feeds))[0]
+    g, outs = import_and_run(model, feeds)
+    return g, outs[0]
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
@@ -200,7 +198,7 @@ def test_grid_sample_16_mode_names(mode):
     g, got = _import_and_run(model, feeds)
     assert next(n for n in g.nodes if n.op == "grid_sample").attrs["mode"] == {"bilinear": "linear",
                                                                                 "bicubic": "cubic"}.get(mode, mode)
-    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    want = onnxruntime_outputs(model, feeds)[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -232,7 +230,7 @@ def test_roi_align_import_across_opsets(opset, attrs):
     model, feeds = single_node_model("RoiAlign", [x, rois, batch], opset, output_height=3, output_width=2,
                                spatial_scale=0.75, **attrs)
     _, got = _import_and_run(model, feeds)
-    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    want = onnxruntime_outputs(model, feeds)[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
