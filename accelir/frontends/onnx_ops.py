@@ -969,7 +969,7 @@ def _grid_sample(ctx: NodeContext):
     _float_input(ctx, x, "X")
     names = _GRID_SAMPLE_MODES[20 if ctx.opset >= 20 else 16]
     mode = names[_choice(ctx, "mode", "linear" if ctx.opset >= 20 else "bilinear", tuple(names))]
-    pad = _choice(ctx, "padding_mode", "zeros", ("zeros", "border", "reflection"))
+    pad = _choice(ctx, "padding_mode", "zeros", registry.get("grid_sample").attrs["padding_mode"].choices)
     # X and grid may differ in dtype: sample in the wider one, return X's
     dt = grid.dtype if grid.dtype.numpy.itemsize > x.dtype.numpy.itemsize else x.dtype
     y = ctx.op("grid_sample", _cast(ctx, x, dt), _cast(ctx, grid, dt), mode=mode, padding_mode=pad,
@@ -988,7 +988,7 @@ def _roi_align(ctx: NodeContext):
     attrs["sampling_ratio"] = ctx.attr("sampling_ratio", 0)
     if attrs["output_height"] < 1 or attrs["output_width"] < 1 or attrs["sampling_ratio"] < 0:
         raise ctx.unsupported(f"output_height / output_width must be >= 1 and sampling_ratio >= 0, got {attrs}")
-    return [ctx.op("roi_align", x, _cast(ctx, rois, x.dtype), batch, mode=_choice(ctx, "mode", "avg", ("avg", "max")),
+    return [ctx.op("roi_align", x, _cast(ctx, rois, x.dtype), batch, mode=_choice(ctx, "mode", "avg", registry.get("roi_align").attrs["mode"].choices),
                    spatial_scale=float(ctx.attr("spatial_scale", 1.0)), coordinate_transformation_mode=coords,
                    **attrs)]
 
