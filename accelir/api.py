@@ -27,6 +27,7 @@ from .ir import DType, Graph
 __all__ = ["capture", "optimize", "CompiledModel", "OptimizeReport", "BACKENDS"]
 
 BACKENDS = ("onnxruntime", "xla")
+_EXPORT_SUFFIXES = (".onnx", ".mlir", ".hlo", ".air", ".dot", ".html")
 
 
 def _framework(obj: Any) -> str:
@@ -239,42 +240,42 @@ class CompiledModel:
 
     def export(self, path: str | os.PathLike, *, overwrite: bool = False) -> str:
         """Write the optimised model; the format follows the suffix:
-        .onnx, .mlir (StableHLO), .hlo (HLO text), .air (accelir IR), .dot (Graphviz), .html (report)."""
+        .onnx, .mlir (StableHLO), .hlo (HLO text), .air (accelir IR), .dot (Graphviz), .html (report).
+
+        Every file (sidecars included: ``.air.npz``, ``.onnx.data``) is written to a temporary
+        beside it and renamed into place, so an interrupted export leaves no partial file; an
+        existing one is replaced only with ``overwrite``."""
+        from .fileio import check_output, write_text_atomic
         path = os.fspath(path)
-        if os.path.exists(path) and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
         suffix = os.path.splitext(path)[1].lower()
+        if suffix not in _EXPORT_SUFFIXES:
+            raise AccelirError(f"{path}: unknown export format {suffix!r}; use .onnx, .mlir, .hlo, .air, .dot or .html")
+        check_output(path, overwrite)
         if suffix == ".onnx":
             from .lowering.onnx import save_onnx, to_onnx
             model = to_onnx(self.graph)
             if self.graph.meta.get("frontend") == "onnx":
                 from .frontends.onnx import restore_onnx_interface
                 restore_onnx_interface(model, self.graph)
-            save_onnx(model, path)
+            save_onnx(model, path, overwrite=overwrite)
         elif suffix == ".air":
-            self.graph.save(path)
+            from .text import save
+            save(self.graph, path, overwrite=overwrite)
         elif suffix in (".mlir", ".hlo"):
             from .lowering import jax as jax_lowering
             fn = jax_lowering.stablehlo if suffix == ".mlir" else jax_lowering.hlo
-            _write_text(path, fn(self.graph, self._example_inputs))
+            write_text_atomic(path, fn(self.graph, self._example_inputs), overwrite=overwrite)
         elif suffix == ".dot":
             from .visualize import to_dot
-            _write_text(path, to_dot(self.graph))
-        elif suffix == ".html":
-            from .visualize import to_html
-            _write_text(path, to_html(self.graph, report=self.report.passes))
+            write_text_atomic(path, to_dot(self.graph), overwrite=overwrite)
         else:
-            raise AccelirError(f"{path}: unknown export format {suffix!r}; use .onnx, .mlir, .hlo, .air, .dot or .html")
+            from .visualize import to_html
+            write_text_atomic(path, to_html(self.graph, report=self.report.passes), overwrite=overwrite)
         return path
 
     def __repr__(self) -> str:
         return (f"CompiledModel(backend={self.backend!r}, device={self.device!r}, "
                 f"nodes={self.report.nodes_before}->{self.report.nodes_after})")
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
 
 
 def _numpy_inputs(flat: Sequence[Any]) -> list[np.ndarray]:

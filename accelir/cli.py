@@ -189,10 +189,8 @@ def _pass_list(names: str | None, level: int, target: str | None) -> list[Callab
 
 
 def _write(path: str, text: str, overwrite: bool) -> None:
-    if os.path.exists(path) and not overwrite:
-        raise AccelirError(f"{path} exists; pass --overwrite to replace it")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    from .fileio import write_text_atomic
+    write_text_atomic(path, text, overwrite=overwrite, what="--overwrite")
 
 
 # ----- optimize ----------------------------------------------------------------------

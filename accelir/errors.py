@@ -15,6 +15,7 @@ __all__ = [
     "NumericMismatchError",
     "PassError",
     "CaptureError",
+    "OutputExistsError",
 ]
 
 
@@ -53,6 +54,10 @@ class ParseError(AccelirError):
         if source_line:
             text += f"\n  {source_line}\n  {' ' * (column - 1)}^"
         super().__init__(text)
+
+
+class OutputExistsError(AccelirError, FileExistsError):
+    """A file accelir would write already exists and overwriting was not asked for."""
 
 
 class LoweringError(AccelirError):

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import dims as D
-from .errors import ParseError, VerificationError
+from .errors import AccelirError, ParseError, VerificationError
 from .ir import DType, Graph, Node, TensorType, Value
 
 __all__ = ["print_graph", "parse", "save", "load", "clone_graph", "INLINE_LIMIT"]
@@ -473,7 +473,11 @@ class _Parser:
             if name not in self.constants:
                 raise self.error(f"constant {name!r} has no value: pass constants= or keep the .npz beside the "
                                  "text", pos)
-            arr = np.asarray(self.constants[name])
+            try:
+                read = getattr(self.constants, "read", None)
+                arr = read(name, t) if read is not None else np.asarray(self.constants[name])
+            except ValueError as e:
+                raise self.error(f"constant {name!r}: {e}", pos) from None
         if arr.dtype != t.dtype.numpy or tuple(arr.shape) != t.shape:
             raise self.error(f"constant {name!r} is {TensorType.of(arr)}, text says {t}", pos)
         if name in g.constants:
@@ -501,7 +505,10 @@ def parse(text: str, constants: Mapping[str, np.ndarray] | None = None) -> Graph
 
 # ----- files -------------------------------------------------------------------------
 
-_BF16_SUFFIX = "::bf16"
+_BF16_SUFFIX = "::bf16"  # how files written before the entry table marked bfloat16 arrays
+_TABLE = "accelir.constants"  # the .npz entry mapping entry names to constant names (JSON, as uint8)
+_NPY_HEADER_ROOM = 65536 + 16  # the most an .npy header adds to an entry's data
+_TABLE_LIMIT = 64 * 1024 ** 2
 
 
 def _collect_large(g: Graph, out: dict[str, np.ndarray]) -> None:
@@ -514,39 +521,163 @@ def _collect_large(g: Graph, out: dict[str, np.ndarray]) -> None:
             _collect_large(r, out)
 
 
-def save(g: Graph, path: str | os.PathLike) -> None:
-    """Write the text to ``path`` and large constants to ``path + '.npz'``."""
+def _npz_entries(large: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The ``.npz`` entries for ``large``: constant names may be anything (``/``, ``..``, NUL, a
+    thousand characters), zip entry names may not, so entries are numbered and a table maps them
+    back to the names."""
+    arrays: dict[str, np.ndarray] = {}
+    table: dict[str, dict[str, Any]] = {}
+    for i, (name, a) in enumerate(large.items()):
+        key = f"c{i}"
+        info: dict[str, Any] = {"name": name}
+        if a.dtype.name == "bfloat16":
+            info["dtype"] = "bfloat16"
+            a = a.view(np.uint16)
+        arrays[key] = a
+        table[key] = info
+    arrays[_TABLE] = np.frombuffer(json.dumps(table).encode("utf-8"), np.uint8)
+    return arrays
+
+
+def save(g: Graph, path: str | os.PathLike, *, overwrite: bool = True) -> None:
+    """Write the text to ``path`` and large constants to ``path + '.npz'``, each through a
+    temporary renamed into place (the ``.npz`` first); ``overwrite=False`` refuses to replace
+    either file."""
+    from .fileio import atomic_outputs
     path = os.fspath(path)
     large: dict[str, np.ndarray] = {}
     _collect_large(g, large)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(print_graph(g))
-    if large:
-        arrays = {}
-        for k, a in large.items():
-            if a.dtype.name == "bfloat16":
-                arrays[k + _BF16_SUFFIX] = a.view(np.uint16)
-            else:
-                arrays[k] = a
-        np.savez(path + ".npz", **arrays)
+    text = print_graph(g)
+    npz = path + ".npz"
+    with atomic_outputs(path, npz, overwrite=overwrite) as out:
+        if large:
+            with open(out.temp(npz), "wb") as f:
+                np.savez(f, **_npz_entries(large))
+        with open(out.temp(path), "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+class _NpzConstants(Mapping[str, np.ndarray]):
+    """The constants of a saved ``.npz``, read one entry at a time when the text names it.
+
+    An entry is inflated only after its declared size is checked against the type the text
+    gives the constant, so a small zip cannot expand into gigabytes.
+    """
+
+    def __init__(self, path: str):
+        import zipfile
+        self.path = path
+        try:
+            self._npz = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise AccelirError(f"{path}: not a readable .npz file ({e}); save the graph again") from None
+        if not hasattr(self._npz, "files"):
+            raise AccelirError(f"{path}: holds one array, not the named arrays of an .npz")
+        self._sizes = {i.filename[:-4]: i.file_size for i in self._npz.zip.infolist() if i.filename.endswith(".npy")}
+        self._entries: dict[str, tuple[str, str | None]] = {}  # constant name -> (entry, dtype)
+        if _TABLE in self._sizes:
+            for key, info in self._table().items():
+                self._entries[info["name"]] = (key, info.get("dtype"))
+        else:
+            for key in self._npz.files:
+                if key.endswith(_BF16_SUFFIX):
+                    self._entries[key[: -len(_BF16_SUFFIX)]] = (key, "bfloat16")
+                else:
+                    self._entries[key] = (key, None)
+
+    def _table(self) -> dict[str, dict[str, Any]]:
+        if self._sizes[_TABLE] > _TABLE_LIMIT:
+            raise AccelirError(f"{self.path}: its table of constants is {self._sizes[_TABLE]} bytes; "
+                               "this is not a file accelir wrote")
+        try:
+            table = json.loads(self._npz[_TABLE].tobytes().decode("utf-8"))
+            if not all(isinstance(v, dict) and isinstance(v.get("name"), str) and k in self._sizes
+                       for k, v in table.items()):
+                raise ValueError("an entry is not {name: ...} or names no array")
+        except (ValueError, AttributeError) as e:
+            raise AccelirError(f"{self.path}: bad table of constants ({e}); save the graph again") from None
+        return table
+
+    def close(self) -> None:
+        self._npz.close()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.read(name, None)
+
+    def read(self, name: str, t: TensorType | None) -> np.ndarray:
+        """The array of constant ``name``; with ``t``, refused unread when its entry is larger
+        than an array of type ``t``."""
+        import zipfile
+        key, dtype = self._entries[name]
+        if t is not None:
+            if not all(type(d) is int for d in t.shape):
+                raise ValueError(f"its type {t} has symbolic dims; a constant's shape is concrete")
+            limit = math.prod(t.shape) * t.dtype.numpy.itemsize + _NPY_HEADER_ROOM
+            if self._sizes[key] > limit:
+                raise ValueError(f"its .npz entry holds {self._sizes[key]} bytes, more than a {t} needs")
+        try:
+            arr = self._npz[key]
+        except ValueError as e:
+            if "allow_pickle" in str(e):
+                raise ValueError("its .npz entry is a pickled object array, which accelir never loads; "
+                                 "save plain numeric arrays") from None
+            raise
+        except (OSError, zipfile.BadZipFile, EOFError) as e:
+            raise ValueError(f"its .npz entry cannot be read ({e})") from None
+        if dtype == "bfloat16":
+            import ml_dtypes
+            arr = arr.view(ml_dtypes.bfloat16)
+        return arr
 
 
 def load(path: str | os.PathLike, constants: Mapping[str, np.ndarray] | None = None) -> Graph:
-    """Read a graph saved by :func:`save` (text plus the optional ``.npz``)."""
+    """Read a graph saved by :func:`save` (text plus the optional ``.npz``).
+
+    Only the ``.npz`` entries the text names are read; ``constants`` take precedence over them.
+    """
     path = os.fspath(path)
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    consts: dict[str, np.ndarray] = {}
-    if os.path.exists(path + ".npz"):
-        import ml_dtypes
-        with np.load(path + ".npz", allow_pickle=False) as z:
-            for k in z.files:
-                if k.endswith(_BF16_SUFFIX):
-                    consts[k[: -len(_BF16_SUFFIX)]] = z[k].view(ml_dtypes.bfloat16)
-                else:
-                    consts[k] = z[k]
-    consts.update(constants or {})
-    return parse(text, consts)
+    if not os.path.exists(path + ".npz"):
+        return parse(text, constants)
+    npz = _NpzConstants(path + ".npz")
+    try:
+        return parse(text, _Overlay(constants or {}, npz))
+    finally:
+        npz.close()
+
+
+class _Overlay(Mapping[str, np.ndarray]):
+    """``first``'s arrays, else the ``.npz``'s (read lazily, with the type the text expects)."""
+
+    def __init__(self, first: Mapping[str, np.ndarray], npz: _NpzConstants):
+        self.first, self.npz = first, npz
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.first or name in self.npz
+
+    def __iter__(self):
+        return iter(set(self.first) | set(self.npz))
+
+    def __len__(self) -> int:
+        return len(set(self.first) | set(self.npz))
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.read(name, None)
+
+    def read(self, name: str, t: TensorType | None) -> np.ndarray:
+        if name in self.first:
+            return np.asarray(self.first[name])
+        return self.npz.read(name, t)
 
 
 def clone_graph(g: Graph, value_map: dict[int, Value] | None = None) -> Graph:

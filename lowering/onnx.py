@@ -45,7 +45,7 @@ import ast
 import functools
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -53,6 +53,7 @@ from onnx import TensorProto, helper
 
 from accelir import dims as D
 from accelir.errors import LoweringError
+from accelir.fileio import atomic_outputs
 from accelir.ir import DType, Graph, Node, TensorType, Value
 from accelir.ops import registry
 from accelir.ops.nn import GRID_MODE_OLD_NAMES, split_heads
@@ -695,21 +696,51 @@ def _external_stub(t: TensorProto, name: str, arr: np.ndarray) -> None:
     entry.key, entry.value = "location", EXTERNAL_LOCATION
 
 
-def save_onnx(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> None:
+def save_onnx(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None, *,
+              overwrite: bool = False) -> None:
     """Write ``model`` to ``path``; with external data (``path + '.data'``) when ``external_data`` is
-    True, or when it is None and the weights exceed protobuf's 2 GB limit."""
+    True, or when it is None and the weights exceed protobuf's 2 GB limit.
+
+    Both files go through temporaries (``accelir.fileio``): an interrupted save leaves no
+    truncated model.  An existing ``path`` or ``.data`` is replaced only with ``overwrite``.
+    With external data the model's large initializers are moved out of it, in place, as
+    ``onnx.save_model`` does.
+    """
     path = os.fspath(path)
     if external_data is None:
         size = sum(len(t.raw_data) for t in model.graph.initializer)
         external_data = size >= EXTERNAL_DATA_THRESHOLD
-    if external_data:
-        data = os.path.basename(path) + ".data"
-        if os.path.exists(os.path.join(os.path.dirname(path) or ".", data)):
-            os.remove(os.path.join(os.path.dirname(path) or ".", data))
-        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data,
-                        size_threshold=1024)
-    else:
-        onnx.save_model(model, path)
+    data_path = path + ".data"
+    with atomic_outputs(path, data_path, overwrite=overwrite) as out:
+        if external_data:
+            _write_external_data(model, out.temp(data_path), os.path.basename(data_path))
+        with open(out.temp(path), "wb") as f:
+            f.write(model.SerializeToString())
+
+
+def _initializers(graph: onnx.GraphProto) -> Iterator[TensorProto]:
+    """The initializers of ``graph`` and of its subgraphs (Loop / If / Scan bodies)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _initializers(sub)
+
+
+def _write_external_data(model: onnx.ModelProto, data_file: str, location: str, threshold: int = 1024,
+                         align: int = 64) -> None:
+    """Move every initializer of ``threshold`` bytes and up into ``data_file`` (offsets aligned to
+    ``align``), pointing the model at ``location``, the name the file will have beside it."""
+    from onnx.external_data_helper import set_external_data
+    with open(data_file, "wb") as f:
+        for t in _initializers(model.graph):
+            if not t.HasField("raw_data") or len(t.raw_data) < threshold:
+                continue
+            f.write(b"\0" * (-f.tell() % align))
+            offset = f.tell()
+            f.write(t.raw_data)
+            set_external_data(t, location, offset, len(t.raw_data))
+            t.ClearField("raw_data")
 
 
 @register_lowering("constant")

@@ -1,0 +1,231 @@
+"""Files accelir writes and reads: exports are atomic and honour ``overwrite`` (sidecars
+included), a dangling symlink is refused, any constant name survives the ``.npz``, loading
+reads only what the text names, and exported ONNX models load in ONNX Runtime."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from onnx import TensorProto, helper
+
+import accelir
+from accelir import AccelirError, DType, Graph, ParseError, TensorType, load, parse
+from accelir.errors import OutputExistsError
+from accelir.lowering.onnx import save_onnx, to_onnx
+from accelir.text import print_graph, save
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def add_weight_graph(n: int = 64, name: str = "w", seed: int = 0) -> Graph:
+    """``x + w`` with ``w`` a random f32[n] constant (large enough for the .npz when n > 16)."""
+    g = Graph("main")
+    x = g.add_input(TensorType(DType.f32, (n,)), "x")
+    w = g.const(np.random.default_rng(seed).standard_normal(n).astype(np.float32), name=name)
+    g.set_outputs([g.make("add", [x, w], {}).outputs[0]])
+    return g
+
+
+def ort_run(path_or_model, feeds):
+    source = path_or_model.SerializeToString() if isinstance(path_or_model, onnx.ModelProto) else str(path_or_model)
+    return onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+# ----- interrupted exports -------------------------------------------------------------
+
+_CHILD = textwrap.dedent("""
+    import os, sys, time
+    import numpy as np
+    sys.path.insert(0, {repo!r})
+    import accelir
+    from accelir import DType, Graph, TensorType
+    from accelir.lowering import onnx as lowering_onnx
+    fmt, stage, path = sys.argv[1:4]
+
+    g = Graph("main")
+    x = g.add_input(TensorType(DType.f32, (1 << 20,)), "x")
+    w = g.const(np.random.default_rng(1).standard_normal(1 << 20).astype(np.float32), name="w")
+    g.set_outputs([g.make("add", [x, w], {{}}).outputs[0]])
+
+    def wait():
+        print("ready", flush=True)
+        time.sleep(60)
+
+    real_replace = os.replace
+    def replace(src, dst):
+        if stage == "renaming" and not dst.endswith((".npz", ".data")):
+            wait()  # the sidecar is in place, the main file not yet
+        real_replace(src, dst)
+    os.replace = replace
+
+    real_savez = np.savez
+    def savez(f, **arrays):
+        real_savez(f, **arrays)
+        if stage == "writing":
+            wait()
+    np.savez = savez
+    real_data = lowering_onnx._write_external_data
+    def write_data(*args, **kwargs):
+        real_data(*args, **kwargs)
+        if stage == "writing":
+            wait()
+    lowering_onnx._write_external_data = write_data
+
+    if fmt == "onnx-data":
+        lowering_onnx.save_onnx(lowering_onnx.to_onnx(g), path, external_data=True, overwrite=True)
+    else:
+        cm = accelir.optimize(g, (np.zeros(1 << 20, np.float32),), backend="onnxruntime", level=0)
+        cm.export(path, overwrite=True)
+    print("done", flush=True)
+""")
+
+
+def _interrupt_export(tmp_path, fmt: str, stage: str, sig: int) -> str:
+    path = str(tmp_path / ("m.air" if fmt == "air" else "m.onnx"))
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD.format(repo=REPO))
+    proc = subprocess.Popen([sys.executable, str(script), fmt, stage, path], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "ready", proc.stderr.read()
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    return path
+
+
+def _assert_complete_or_absent(path: str, fmt: str, old: np.ndarray | None) -> None:
+    """The target holds the old complete model (``old``: its weight) or, where ``old`` is None,
+    nothing at all."""
+    if old is None:
+        assert not os.path.exists(path)
+        return
+    x = np.zeros(old.shape, np.float32)
+    if fmt == "air":
+        g = load(path)
+        np.testing.assert_array_equal(g.constants["w"], old)
+    else:
+        np.testing.assert_array_equal(ort_run(path, {"x": x})[0], old)
+
+
+@pytest.mark.parametrize("fmt,stage,sig,existing", [
+    ("air", "writing", signal.SIGINT, False),
+    ("air", "renaming", signal.SIGTERM, False),
+    ("air", "writing", signal.SIGTERM, True),
+    ("onnx", "renaming", signal.SIGINT, True),
+    ("onnx-data", "writing", signal.SIGTERM, False),
+    ("onnx-data", "renaming", signal.SIGINT, True),
+])
+def test_interrupted_export_leaves_no_partial_file(tmp_path, fmt, stage, sig, existing):
+    old = None
+    target = tmp_path / ("m.air" if fmt == "air" else "m.onnx")
+    if existing:
+        g = add_weight_graph(1 << 20, seed=2)
+        old = g.constants["w"]
+        if fmt == "air":
+            save(g, target)
+        else:
+            save_onnx(to_onnx(g), target, external_data=fmt == "onnx-data")
+    path = _interrupt_export(tmp_path, fmt, stage, sig)
+    # the old model stays until the new one's files are all written; past that point, a model
+    # with a sidecar is removed before the sidecar is replaced, so it can never read the new one
+    kept = old if stage == "writing" or fmt == "onnx" else None
+    _assert_complete_or_absent(path, fmt, kept)
+    if sig == signal.SIGINT:  # KeyboardInterrupt: the temporaries are removed
+        assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+# ----- overwrite, sidecars and symlinks --------------------------------------------------
+
+def _compiled(n: int = 64) -> accelir.CompiledModel:
+    return accelir.optimize(add_weight_graph(n), (np.zeros(n, np.float32),), backend="onnxruntime", level=0)
+
+
+def test_air_export_refuses_an_existing_npz_sidecar(tmp_path):
+    (tmp_path / "m.air.npz").write_bytes(b"precious")
+    with pytest.raises(OutputExistsError, match=r"m\.air\.npz exists; pass overwrite=True"):
+        _compiled().export(tmp_path / "m.air")
+    assert (tmp_path / "m.air.npz").read_bytes() == b"precious"
+    assert not (tmp_path / "m.air").exists() and os.listdir(tmp_path) == ["m.air.npz"]
+    _compiled().export(tmp_path / "m.air", overwrite=True)
+    assert load(tmp_path / "m.air").constants["w"].shape == (64,)
+
+
+def test_onnx_external_data_refuses_an_existing_data_file(tmp_path):
+    (tmp_path / "m.onnx.data").write_bytes(b"precious")
+    model = to_onnx(add_weight_graph(4096))
+    with pytest.raises(OutputExistsError, match=r"m\.onnx\.data exists"):
+        save_onnx(model, tmp_path / "m.onnx", external_data=True)
+    assert (tmp_path / "m.onnx.data").read_bytes() == b"precious"
+    assert not (tmp_path / "m.onnx").exists()
+    save_onnx(model, tmp_path / "m.onnx", external_data=True, overwrite=True)
+    w = add_weight_graph(4096).constants["w"]
+    np.testing.assert_array_equal(ort_run(tmp_path / "m.onnx", {"x": np.zeros(4096, np.float32)})[0], w)
+
+
+def test_export_refuses_existing_files_and_is_an_accelir_error(tmp_path):
+    cm = _compiled()
+    for suffix in (".onnx", ".air", ".dot"):
+        cm.export(tmp_path / f"m{suffix}")
+        with pytest.raises(AccelirError, match="exists; pass overwrite=True"):
+            cm.export(tmp_path / f"m{suffix}")
+        cm.export(tmp_path / f"m{suffix}", overwrite=True)
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_overwriting_with_a_graph_that_needs_no_npz_removes_the_stale_one(tmp_path):
+    save(add_weight_graph(64), tmp_path / "m.air")
+    assert (tmp_path / "m.air.npz").exists()
+    save(add_weight_graph(8), tmp_path / "m.air", overwrite=True)
+    assert not (tmp_path / "m.air.npz").exists()
+    assert load(tmp_path / "m.air").constants["w"].shape == (8,)
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".air", ".html"])
+def test_dangling_symlink_at_the_output_is_refused(tmp_path, suffix):
+    link = tmp_path / f"m{suffix}"
+    os.symlink(tmp_path / "elsewhere" / "target", link)
+    with pytest.raises(AccelirError, match="dangling symbolic link"):
+        _compiled().export(link, overwrite=True)
+    assert os.path.islink(link) and not (tmp_path / "elsewhere").exists()
+
+
+def test_dangling_symlink_sidecar_is_refused(tmp_path):
+    os.symlink(tmp_path / "nowhere.npz", tmp_path / "m.air.npz")
+    with pytest.raises(AccelirError, match="dangling symbolic link"):
+        save(add_weight_graph(64), tmp_path / "m.air", overwrite=True)
+    assert not (tmp_path / "nowhere.npz").exists() and not (tmp_path / "m.air").exists()
+
+
+# ----- constant names in the .npz ------------------------------------------------------
+
+HOSTILE_NAMES = ["a/b", "../../escape", "/etc/passwd", "nul\x00byte", "n" * 1000, "w.npy", "w::bf16",
+                 "accelir.constants", "c0", "sp ace", "ünï"]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES, ids=range(len(HOSTILE_NAMES)))
+def test_hostile_constant_names_round_trip_through_the_npz(tmp_path, name):
+    g = add_weight_graph(64, name=name)
+    save(g, tmp_path / "m.air")
+    with zipfile.ZipFile(tmp_path / "m.air.npz") as z:
+        for entry in z.namelist():
+            assert "/" not in entry and "\x00" not in entry and len(entry) < 64
+    g2 = load(tmp_path / "m.air")
+    assert list(g2.constants) == [name]
+    np.testing.assert_array_equal(g2.constants[name], g.constants[name])
+    assert print_graph(g2) == print_graph(g)
+    assert set(os.listdir(tmp_path)) == {"m.air", "m.air.npz"}
