@@ -229,3 +229,37 @@ def test_hostile_constant_names_round_trip_through_the_npz(tmp_path, name):
     np.testing.assert_array_equal(g2.constants[name], g.constants[name])
     assert print_graph(g2) == print_graph(g)
     assert set(os.listdir(tmp_path)) == {"m.air", "m.air.npz"}
+
+
+# ----- exported ONNX models are valid --------------------------------------------------
+
+def _passthrough_model() -> onnx.ModelProto:
+    """A valid model whose outputs are its input ``x`` and ``y = relu(x)`` listed twice."""
+    info = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, 3])  # noqa: E731
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [info("x")],
+                              [info("x"), info("y"), info("y")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_output_that_is_an_input_or_repeated_exports_a_valid_model(tmp_path):
+    model = _passthrough_model()
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    expected = ort_run(model, {"x": x})
+    cm = accelir.optimize(model, (x,), backend="onnxruntime")
+    for got in cm(x):
+        assert got.shape == (2, 3)
+    cm.export(tmp_path / "m.onnx")
+    onnx.checker.check_model(onnx.load(tmp_path / "m.onnx"), full_check=True)
+    for got, want in zip(ort_run(tmp_path / "m.onnx", {"x": x}), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    # the same graph through .air, and written directly as IR text
+    cm.export(tmp_path / "m.air")
+    text = """graph main(%x: f32[2,3]) -> (f32[2,3], f32[2,3], f32[2,3]) {
+      %y = relu(%x) : f32[2,3]
+      return %x, %y, %y
+    }"""
+    for g in (load(tmp_path / "m.air"), parse(text)):
+        cm2 = accelir.optimize(g, (x,), backend="onnxruntime")
+        path = cm2.export(tmp_path / "again.onnx", overwrite=True)
+        for got, want in zip(ort_run(path, {"x": x}), expected, strict=True):
+            np.testing.assert_array_equal(got, want)

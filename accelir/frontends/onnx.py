@@ -613,7 +613,10 @@ def restore_onnx_interface(model: Any, graph: Graph) -> Any:
     for vi, m in zip(g.input, meta["inputs"]):
         targets[vi.name] = m["name"]
     for vi, m in zip(g.output, meta["outputs"]):
-        targets.setdefault(vi.name, m["name"])
+        # an output that the source named after an input or an earlier output keeps the lowering's
+        # unique name (an Identity made it): one name defined twice is a model ONNX Runtime refuses
+        if m["name"] not in targets.values():
+            targets.setdefault(vi.name, m["name"])
     used = {x for n in g.node for x in list(n.input) + list(n.output)} | {t.name for t in g.initializer} | \
         {vi.name for vi in list(g.input) + list(g.output)}
     renames = dict(targets)
