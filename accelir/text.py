@@ -32,8 +32,20 @@ from .ir import DType, Graph, Node, TensorType, Value
 __all__ = ["print_graph", "parse", "save", "load", "clone_graph", "INLINE_LIMIT"]
 
 INLINE_LIMIT = 16
-_NAME_OK = re.compile(r"[^A-Za-z0-9_.]")
+_MAX_DIM = 2 ** 63 - 1  # an int64, as every backend holds a dim
+MAX_REGION_DEPTH = 256  # regions inside regions; deeper text is refused, not a RecursionError
+_BARE_VALUE = re.compile(r"[A-Za-z0-9_.]+")
+_BARE_GRAPH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _KEYWORDS = {"true", "false", "none", "inf", "nan"}
+
+
+def _quoted(name: str) -> str:
+    return json.dumps(name, ensure_ascii=False)
+
+
+def _graph_name(name: str) -> str:
+    """A graph's name as printed: bare when it reads as an identifier, else quoted."""
+    return name if _BARE_GRAPH.fullmatch(name) else _quoted(name)
 
 
 # ----- printing ----------------------------------------------------------------------
@@ -85,7 +97,7 @@ class _Namer:
 
     def reserve(self, v: Value) -> None:
         if v.name and id(v) not in self.names:
-            base = _NAME_OK.sub("_", v.name) or "v"
+            base = v.name
             name = base
             k = 1
             while name in self.used:
@@ -103,7 +115,7 @@ class _Namer:
             self.counter += 1
             self.names[id(v)] = n
             self.used.add(n)
-        return "%" + n
+        return "%" + (n if _BARE_VALUE.fullmatch(n) else _quoted(n))
 
 
 def _print(g: Graph, indent: str, out: list[str], meta: bool) -> None:
@@ -115,7 +127,7 @@ def _print(g: Graph, indent: str, out: list[str], meta: bool) -> None:
             namer.reserve(o)
     ins = ", ".join(f"{namer(v)}: {v.type}" for v in g.inputs)
     outs = ", ".join(str(v.type) for v in g.outputs)
-    out.append(f"{indent}graph {g.name}({ins}) -> ({outs}) {{")
+    out.append(f"{indent}graph {_graph_name(g.name)}({ins}) -> ({outs}) {{")
     inner = indent + "  "
     for n in g.nodes:
         lhs = ", ".join(namer(o) for o in n.outputs)
@@ -221,12 +233,21 @@ class _Parser:
 
     def vname(self) -> tuple[str, int]:
         self.skip()
+        start = self.pos
+        if self.text.startswith('%"', start):
+            self.pos += 1
+            return self.string(), start
         m = self._VNAME.match(self.text, self.pos)
         if not m:
-            raise self.error("expected a value name like %x")
-        start = self.pos
+            raise self.error("expected a value name like %x or %\"x y\"")
         self.pos = m.end()
         return m.group(1), start
+
+    def graph_name(self) -> str:
+        self.skip()
+        if self.text.startswith('"', self.pos):
+            return self.string()
+        return self.ident("a graph name")
 
     def string(self) -> str:
         self.skip()
@@ -273,16 +294,24 @@ class _Parser:
             offset = self.pos
             for part in body.split(","):
                 p = part.strip()
+                at = offset + len(part) - len(part.lstrip())
                 if re.fullmatch(r"\d+", p):
-                    dims.append(int(p))
+                    d: Any = int(p)
                 else:
                     try:
-                        dims.append(D.canonical(p))
-                    except (ValueError, TypeError, SyntaxError, RecursionError):
-                        raise self.error(f"bad dimension {p!r}", offset) from None
+                        d = D.canonical(p)
+                    except (ValueError, TypeError, SyntaxError, RecursionError, OverflowError):
+                        raise self.error(f"bad dimension {p!r}", at) from None
+                if type(d) is int and not 0 <= d <= _MAX_DIM:
+                    raise self.error(f"dimension {p} is out of range: a dim is 0 to {_MAX_DIM} or a symbol", at)
+                dims.append(d)
                 offset += len(part) + 1
+        try:
+            t = TensorType(dt, tuple(dims))
+        except (ValueError, TypeError) as e:
+            raise self.error(f"bad type: {e}") from None
         self.pos = end + 1
-        return TensorType(dt, tuple(dims))
+        return t
 
     # -- attribute values
     def attr_value(self, depth: int = 0) -> Any:
@@ -327,13 +356,13 @@ class _Parser:
 
     # -- graphs
     def graph(self, depth: int = 0) -> Graph:
-        if depth > 16:
-            raise self.error("regions nested too deeply")
+        if depth > MAX_REGION_DEPTH:
+            raise self.error(f"regions nested more than {MAX_REGION_DEPTH} deep")
         self.skip()
         start = self.pos
         if self.ident("'graph'") != "graph":
             raise self.error("expected 'graph'", start)
-        g = Graph(self.ident("a graph name"))
+        g = Graph(self.graph_name())
         env: dict[str, Value] = {}
         self.expect("(")
         if not self.accept(")"):

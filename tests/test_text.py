@@ -135,3 +135,97 @@ def test_hostile_text_never_evaluates(monkeypatch):
         with pytest.raises(ParseError):
             parse(text)
     assert not called
+
+
+@pytest.mark.parametrize("text,col,msg", [
+    ("graph main(%x: f32[-1]) -> (f32[2]) {\n  return %x\n}", 20, "out of range"),
+    ("graph main(%x: f32[2, -7]) -> (f32[2]) {\n  return %x\n}", 23, "out of range"),
+    ("graph main(%x: f32[99999999999999999999]) -> (f32[2]) {\n  return %x\n}", 20, "out of range"),
+    ("graph main(%x: f32[9223372036854775808]) -> (f32[2]) {\n  return %x\n}", 20, "out of range"),
+])
+def test_negative_and_huge_dims_are_parse_errors(text, col, msg):
+    with pytest.raises(ParseError, match=msg) as e:
+        parse(text)
+    assert (e.value.line, e.value.column) == (1, col), str(e.value)
+
+
+def test_huge_integers_anywhere_are_parse_errors():
+    """A 20-digit integer as a constant value or as any int attribute of any op: a ParseError
+    naming the line, never a raw OverflowError from numpy."""
+    from accelir.ops import REGISTRY
+    with pytest.raises(ParseError, match="bad constant value") as e:
+        parse('graph main() -> (i64[]) {\n  %0 = constant() {name="c", value=99999999999999999999} : i64[]\n'
+              '  return %0\n}')
+    assert e.value.line == 2
+    for op, opdef in sorted(REGISTRY.items()):
+        for attr in opdef.attrs or {}:
+            for value in ("99999999999999999999", "[-99999999999999999999, 1]"):
+                text = (f"graph main(%a: f32[2,3], %b: f32[2,3]) -> (f32[2,3]) {{\n"
+                        f"  %0 = {op}(%a, %b) {{{attr}={value}}} : f32[2,3]\n  return %0\n}}")
+                try:
+                    parse(text)  # a float attribute takes it
+                except ParseError as e:
+                    assert e.line == 2
+
+
+def _nested(depth: int) -> Graph:
+    g = Graph(f"region{depth}")
+    x = g.add_input(TensorType(DType.f32, (2,)), "x")
+    if depth == 0:
+        y = g.make("relu", [x], {}).outputs[0]
+    else:
+        y = g.make("fusion", [x], {}, regions=[_nested(depth - 1)]).outputs[0]
+    g.set_outputs([y])
+    return g
+
+
+def test_deeply_nested_regions_round_trip():
+    g = _nested(40)
+    text = str(g)
+    assert str(parse(text)) == text
+    x = np.arange(2, dtype=np.float32) - 1
+    np.testing.assert_array_equal(interpret(parse(text), x)[0], np.maximum(x, 0))
+
+
+NAMES = ["café", "1main", "my graph", "", "graph", "%x", 'quo"te', "tab\there", "新しい", "a/b:0", "0", "1.5"]
+
+
+@pytest.mark.parametrize("name", NAMES, ids=range(len(NAMES)))
+def test_any_graph_and_value_name_round_trips_exactly(name):
+    g = Graph(name)
+    x = g.add_input(TensorType(DType.f32, (2,)), name or None)
+    y = g.make("relu", [x], {}, names=[name + " out"]).outputs[0]
+    c = g.const(np.arange(2, dtype=np.float32), name=name + " weight")
+    g.set_outputs([g.make("add", [y, c], {}, names=["0"]).outputs[0]])
+    text = str(g)
+    g2 = parse(text)
+    assert str(g2) == text
+    assert g2.name == name
+    if name:
+        assert g2.inputs[0].name == name
+    assert list(g2.nodes)[0].outputs[0].name == name + " out"
+    assert list(g2.constants) == [name + " weight"]
+
+
+def test_names_round_trip_property():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    names = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+
+    @settings(max_examples=150, deadline=None, derandomize=True)
+    @given(graph=names, values=st.lists(names, min_size=3, max_size=3))
+    def check(graph, values):
+        g = Graph(graph)
+        x = g.add_input(TensorType(DType.f32, (2,)), values[0] or None)
+        y = g.make("neg", [x], {}, names=[values[1] or None]).outputs[0]
+        g.set_outputs([g.make("relu", [y], {}, names=[values[2] or None]).outputs[0]])
+        text = str(g)
+        g2 = parse(text)
+        assert str(g2) == text and g2.name == graph
+        got = [v.name for v in (g2.inputs[0], *(n.outputs[0] for n in g2.nodes))]
+        for want, have in zip(values, got):
+            if want and values.count(want) == 1:
+                assert have == want
+
+    check()
