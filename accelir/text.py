@@ -598,8 +598,8 @@ class _NpzConstants(Mapping[str, np.ndarray]):
         self.path = path
         try:
             self._npz = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, zipfile.BadZipFile) as e:
-            raise AccelirError(f"{path}: not a readable .npz file ({e}); save the graph again") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise AccelirError(f"{path}: not a readable .npz file ({e or 'empty'}); save the graph again") from None
         if not hasattr(self._npz, "files"):
             raise AccelirError(f"{path}: holds one array, not the named arrays of an .npz")
         self._sizes = {i.filename[:-4]: i.file_size for i in self._npz.zip.infolist() if i.filename.endswith(".npy")}

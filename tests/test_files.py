@@ -263,3 +263,65 @@ def test_output_that_is_an_input_or_repeated_exports_a_valid_model(tmp_path):
         path = cm2.export(tmp_path / "again.onnx", overwrite=True)
         for got, want in zip(ort_run(path, {"x": x}), expected, strict=True):
             np.testing.assert_array_equal(got, want)
+
+
+# ----- loading reads only what the text names, and only as much as it declares ----------
+
+_W_TEXT = """graph main(%x: f32[64]) -> (f32[64]) {
+  %0 = constant() {name="w"} : f32[64]
+  %1 = add(%x, %0) : f32[64]
+  return %1
+}
+"""
+
+
+def _write_air(tmp_path, **entries) -> str:
+    path = tmp_path / "m.air"
+    path.write_text(_W_TEXT)
+    np.savez_compressed(tmp_path / "m.air.npz", **entries)
+    return str(path)
+
+
+def test_load_reads_only_the_entries_the_text_names(tmp_path, monkeypatch):
+    w = np.arange(64, dtype=np.float32)
+    bomb = np.zeros(64 * 1024 ** 2, np.uint8)  # 64 MB that deflates to about 64 KB
+    path = _write_air(tmp_path, w=w, unused=bomb, pickled=np.array([{"a": 1}], dtype=object))
+    assert os.path.getsize(path + ".npz") < 1024 ** 2
+    reads = []
+    real = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, name, *a, **k: reads.append(name) or real(self, name, *a, **k))
+    g = load(path)
+    np.testing.assert_array_equal(g.constants["w"], w)
+    assert reads == ["w.npy"]
+
+
+def test_an_entry_larger_than_its_declared_type_is_refused_unread(tmp_path, monkeypatch):
+    path = _write_air(tmp_path, w=np.zeros(64 * 1024 ** 2, np.float32))  # 256 MB declared as f32[64]
+    reads = []
+    real = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, name, *a, **k: reads.append(name) or real(self, name, *a, **k))
+    with pytest.raises(ParseError, match=r"constant 'w': its \.npz entry holds 268435\d+ bytes, more than a f32\[64\]") as e:
+        load(path)
+    assert e.value.line == 2 and reads == []
+
+
+def test_a_pickled_entry_is_a_clear_error(tmp_path):
+    path = _write_air(tmp_path, w=np.array([object()] * 64, dtype=object))
+    with pytest.raises(ParseError, match="pickled object array, which accelir never loads"):
+        load(path)
+
+
+@pytest.mark.parametrize("content", [b"not a zip", b""])
+def test_an_unreadable_npz_is_a_clear_error(tmp_path, content):
+    (tmp_path / "m.air").write_text(_W_TEXT)
+    (tmp_path / "m.air.npz").write_bytes(content)
+    with pytest.raises(AccelirError, match=r"m\.air\.npz: not a readable \.npz"):
+        load(tmp_path / "m.air")
+
+
+def test_npz_written_before_the_entry_table_still_loads(tmp_path):
+    import ml_dtypes
+    w = np.linspace(-1, 1, 64).astype(ml_dtypes.bfloat16)
+    (tmp_path / "m.air").write_text(_W_TEXT.replace("f32", "bf16"))
+    np.savez(tmp_path / "m.air.npz", **{"w::bf16": w.view(np.uint16)})
+    np.testing.assert_array_equal(load(tmp_path / "m.air").constants["w"], w)
