@@ -553,12 +553,17 @@ def _collect_large(g: Graph, out: dict[str, np.ndarray]) -> None:
 def _npz_entries(large: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The ``.npz`` entries for ``large``: constant names may be anything (``/``, ``..``, NUL, a
     thousand characters), zip entry names may not, so entries are numbered and a table maps them
-    back to the names."""
+    back to the names.  A splat is stored as its scalar, with its shape in the table."""
+    from .splat import splat_scalar
     arrays: dict[str, np.ndarray] = {}
     table: dict[str, dict[str, Any]] = {}
     for i, (name, a) in enumerate(large.items()):
         key = f"c{i}"
         info: dict[str, Any] = {"name": name}
+        scalar = splat_scalar(a)
+        if scalar is not None:
+            info["shape"] = list(a.shape)
+            a = scalar
         if a.dtype.name == "bfloat16":
             info["dtype"] = "bfloat16"
             a = a.view(np.uint16)
@@ -586,6 +591,10 @@ def save(g: Graph, path: str | os.PathLike, *, overwrite: bool = True) -> None:
             f.write(text)
 
 
+def _is_shape(shape: Any) -> bool:
+    return isinstance(shape, list) and all(type(d) is int and 0 <= d <= _MAX_DIM for d in shape)
+
+
 class _NpzConstants(Mapping[str, np.ndarray]):
     """The constants of a saved ``.npz``, read one entry at a time when the text names it.
 
@@ -603,16 +612,16 @@ class _NpzConstants(Mapping[str, np.ndarray]):
         if not hasattr(self._npz, "files"):
             raise AccelirError(f"{path}: holds one array, not the named arrays of an .npz")
         self._sizes = {i.filename[:-4]: i.file_size for i in self._npz.zip.infolist() if i.filename.endswith(".npy")}
-        self._entries: dict[str, tuple[str, str | None]] = {}  # constant name -> (entry, dtype)
+        self._entries: dict[str, tuple[str, dict[str, Any]]] = {}  # constant name -> (entry, its table row)
         if _TABLE in self._sizes:
             for key, info in self._table().items():
-                self._entries[info["name"]] = (key, info.get("dtype"))
+                self._entries[info["name"]] = (key, info)
         else:
             for key in self._npz.files:
                 if key.endswith(_BF16_SUFFIX):
-                    self._entries[key[: -len(_BF16_SUFFIX)]] = (key, "bfloat16")
+                    self._entries[key[: -len(_BF16_SUFFIX)]] = (key, {"dtype": "bfloat16"})
                 else:
-                    self._entries[key] = (key, None)
+                    self._entries[key] = (key, {})
 
     def _table(self) -> dict[str, dict[str, Any]]:
         if self._sizes[_TABLE] > _TABLE_LIMIT:
@@ -623,6 +632,8 @@ class _NpzConstants(Mapping[str, np.ndarray]):
             if not all(isinstance(v, dict) and isinstance(v.get("name"), str) and k in self._sizes
                        for k, v in table.items()):
                 raise ValueError("an entry is not {name: ...} or names no array")
+            if not all(_is_shape(v.get("shape", [])) for v in table.values()):
+                raise ValueError("a splat's shape is not a list of dims")
         except (ValueError, AttributeError) as e:
             raise AccelirError(f"{self.path}: bad table of constants ({e}); save the graph again") from None
         return table
@@ -646,11 +657,12 @@ class _NpzConstants(Mapping[str, np.ndarray]):
         """The array of constant ``name``; with ``t``, refused unread when its entry is larger
         than an array of type ``t``."""
         import zipfile
-        key, dtype = self._entries[name]
+        key, info = self._entries[name]
+        splat = info.get("shape")
         if t is not None:
             if not all(type(d) is int for d in t.shape):
                 raise ValueError(f"its type {t} has symbolic dims; a constant's shape is concrete")
-            limit = math.prod(t.shape) * t.dtype.numpy.itemsize + _NPY_HEADER_ROOM
+            limit = (1 if splat is not None else math.prod(t.shape)) * t.dtype.numpy.itemsize + _NPY_HEADER_ROOM
             if self._sizes[key] > limit:
                 raise ValueError(f"its .npz entry holds {self._sizes[key]} bytes, more than a {t} needs")
         try:
@@ -662,9 +674,14 @@ class _NpzConstants(Mapping[str, np.ndarray]):
             raise
         except (OSError, zipfile.BadZipFile, EOFError) as e:
             raise ValueError(f"its .npz entry cannot be read ({e})") from None
-        if dtype == "bfloat16":
+        if info.get("dtype") == "bfloat16":
             import ml_dtypes
             arr = arr.view(ml_dtypes.bfloat16)
+        if splat is not None:
+            if arr.ndim != 0:
+                raise ValueError(f"its .npz entry is a splat of shape {list(splat)} but holds {arr.shape}, "
+                                 "not one value")
+            arr = np.broadcast_to(arr, tuple(splat))  # one element in memory, like the folded original
         return arr
 
 

@@ -49,6 +49,7 @@ from accelir.ir import DType, Graph, Node, TensorType
 from accelir.ops import registry
 from accelir.ops.linalg import conv_params, pool_output_dim
 from accelir.ops.shape import inverse_perm
+from accelir.splat import splat_scalar
 
 __all__ = [
     "JAX_RULES",
@@ -353,10 +354,15 @@ class _Lowering:
     params: Mapping[str, Any]
     small: Mapping[str, np.ndarray] = field(default_factory=dict)
     layouts: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    splats: Mapping[str, tuple[np.ndarray, tuple[int, ...]]] = field(default_factory=dict)
 
     def constant(self, graph: Graph, name: str) -> Any:
         key = _key(self.prefixes[id(graph)], name)
-        value = self.params[key] if key in self.params else jnp.asarray(self.small[key])
+        if key in self.splats:  # a broadcast of one scalar in the program, not a big device constant
+            scalar, shape = self.splats[key]
+            value = jnp.broadcast_to(jnp.asarray(scalar), shape)
+        else:
+            value = self.params[key] if key in self.params else jnp.asarray(self.small[key])
         return Permuted(value, self.layouts[key]) if key in self.layouts else value
 
     def bind_inputs(self, graph: Graph, args: Sequence[Any], bindings: dict[str, Any]) -> None:
@@ -476,17 +482,22 @@ class JaxFunction:
         self.layouts = _weight_layouts(graphs, self._prefixes)
         self.params: dict[str, np.ndarray] = {}
         self._small: dict[str, np.ndarray] = {}
+        self._splats: dict[str, tuple[np.ndarray, tuple[int, ...]]] = {}  # key -> (scalar, shape held in)
         for g in graphs:
             for name, arr in g.constants.items():
                 key = _key(self._prefixes[id(g)], name)
-                if key in self.layouts:
-                    self._small[key] = np.transpose(arr, self.layouts[key])
+                held = np.transpose(arr, self.layouts[key]) if key in self.layouts else arr
+                scalar = splat_scalar(held)
+                if scalar is not None:
+                    self._splats[key] = (scalar, held.shape)
+                elif key in self.layouts:
+                    self._small[key] = held
                 else:
                     (self.params if arr.size > PARAM_MIN_ELEMENTS else self._small)[key] = arr
         self._device_params: dict[Any, dict[str, Any]] = {}
 
     def apply(self, params: Mapping[str, Any], *inputs: Any) -> list:
-        return _Lowering(self._prefixes, params, self._small, self.layouts).run(self.graph, *inputs)
+        return _Lowering(self._prefixes, params, self._small, self.layouts, self._splats).run(self.graph, *inputs)
 
     def embedded(self, *inputs: Any) -> list:
         """``apply`` with the constants baked in: a self-contained function for export."""

@@ -58,6 +58,7 @@ from accelir.ir import DType, Graph, Node, TensorType, Value
 from accelir.ops import registry
 from accelir.ops.nn import GRID_MODE_OLD_NAMES, split_heads
 from accelir.ops.shape import inverse_perm
+from accelir.splat import splat_scalar
 
 __all__ = ["ONNX_RULES", "ONNX_DTYPE", "ONNX_TYPE_STRINGS", "MIN_OPSET", "SAME", "OnnxValue", "LoweringContext", "OnnxRuntimeModule", "register_lowering",
            "to_onnx", "to_onnx_external", "save_onnx", "default_opset", "supported_dtypes", "input_var",
@@ -745,11 +746,27 @@ def _write_external_data(model: onnx.ModelProto, data_file: str, location: str, 
 
 @register_lowering("constant")
 def _lower_constant(ctx, node, xs):
-    """An initializer of the main graph, one per IR constant however many nodes read it."""
+    """An initializer of the main graph, one per IR constant however many nodes read it; a splat
+    (one value repeated, see ``accelir.splat``) is a ConstantOfShape of its scalar instead, so the
+    model holds one element rather than the whole array."""
     graph, name = node.graph, node.attrs["name"]
     if name not in graph.constants:
         raise ctx.error(f"constant {name!r} has no value in graph {graph.name!r}")
-    return [ctx.array_initializer(graph.constants[name], name)]
+    arr = graph.constants[name]
+    scalar = splat_scalar(arr)
+    if scalar is not None and _constant_of_shape_takes(ctx, node.outputs[0].dtype):
+        value = TensorProto()
+        _fill_tensor(value, "value", scalar.reshape(1))
+        return [ctx.op("ConstantOfShape", ctx.ints(arr.shape), dtype=node.outputs[0].dtype, value=value)]
+    return [ctx.array_initializer(arr, name)]
+
+
+def _constant_of_shape_takes(ctx: LoweringContext, dtype: DType) -> bool:
+    """Whether ConstantOfShape may make ``dtype`` at the model's opset: in its schema and, where
+    onnxruntime is installed, in its kernel."""
+    schema = onnx.defs.get_schema("ConstantOfShape", ctx.opset, "")
+    allowed = {t for c in schema.type_constraints if c.type_param_str == "T2" for t in c.allowed_type_strs}
+    return _TYPE_STR[dtype] in allowed and dtype in supported_dtypes("ConstantOfShape", "", ctx.opset, "T2")
 
 
 # ----- elementwise rules ----------------------------------------------------------------

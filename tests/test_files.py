@@ -325,3 +325,61 @@ def test_npz_written_before_the_entry_table_still_loads(tmp_path):
     (tmp_path / "m.air").write_text(_W_TEXT.replace("f32", "bf16"))
     np.savez(tmp_path / "m.air.npz", **{"w::bf16": w.view(np.uint16)})
     np.testing.assert_array_equal(load(tmp_path / "m.air").constants["w"], w)
+
+
+# ----- splat constants stay small ------------------------------------------------------
+
+def _splat_model(n: int = 500, count: int = 18) -> onnx.ModelProto:
+    """About 1.5 KB of ONNX: ``count`` ConstantOfShape / Expand-of-a-scalar weights of n x n (each
+    under the folding cap, so they fold into constants), added to ``x`` one after the other, and
+    one np.full initializer; written out in full they would be ``count`` MB."""
+    info = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, n])  # noqa: E731
+    inits = [onnx.numpy_helper.from_array(np.array([n, n], np.int64), "shape"),
+             onnx.numpy_helper.from_array(np.array(-3.0, np.float32), "scalar"),
+             onnx.numpy_helper.from_array(np.full((n, 4), np.float32(1.5)), "full")]
+    nodes, prev = [], "x"
+    for i in range(count):
+        if i % 2:
+            nodes.append(helper.make_node("Expand", ["scalar", "shape"], [f"c{i}"]))
+        else:
+            value = onnx.numpy_helper.from_array(np.array([0.5 + i], np.float32))
+            nodes.append(helper.make_node("ConstantOfShape", ["shape"], [f"c{i}"], value=value))
+        nodes.append(helper.make_node("Add", [prev, f"c{i}"], [f"a{i}"]))
+        prev = f"a{i}"
+    nodes.append(helper.make_node("MatMul", [prev, "full"], ["y"]))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, 4])
+    return helper.make_model(helper.make_graph(nodes, "splats", [info("x")], [y], inits),
+                             opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_splat_constants_export_small_and_exact(tmp_path):
+    model = _splat_model()
+    x = np.random.default_rng(0).standard_normal((500, 500)).astype(np.float32)
+    (expected,) = ort_run(model, {"x": x})
+    cm = accelir.optimize(model, (x,), backend="onnxruntime", level=1)
+    assert not [n for n in cm.graph.nodes if n.op not in ("constant", "add", "matmul")]  # folded
+    onnx_path = cm.export(tmp_path / "m.onnx")
+    air_path = cm.export(tmp_path / "m.air")
+    assert os.path.getsize(onnx_path) < 64 * 1024
+    assert os.path.getsize(air_path) + os.path.getsize(air_path + ".npz") < 64 * 1024
+    onnx.checker.check_model(onnx.load(onnx_path), full_check=True)
+    np.testing.assert_allclose(ort_run(onnx_path, {"x": x})[0], expected, rtol=1e-5, atol=1e-3)
+    loaded = load(air_path)
+    assert str(loaded) == str(cm.graph)
+    for a, b in zip(loaded.constants.values(), cm.graph.constants.values(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    again = accelir.optimize(loaded, (x,), backend="onnxruntime", level=0)(x)  # a Graph: one array
+    np.testing.assert_allclose(again, expected, rtol=1e-5, atol=1e-3)
+
+
+def test_splat_constants_stay_scalars_in_the_jax_lowering():
+    from accelir.lowering.jax import stablehlo, to_jax
+    model = _splat_model(n=300, count=4)
+    x = np.random.default_rng(1).standard_normal((300, 300)).astype(np.float32)
+    (expected,) = ort_run(model, {"x": x})
+    cm = accelir.optimize(model, (x,), backend="xla", level=1)
+    np.testing.assert_allclose(np.asarray(cm(x)[0]), expected, rtol=1e-5, atol=1e-3)
+    fn = to_jax(cm.graph)
+    assert fn.params == {}  # nothing of n x n goes to the device
+    text = stablehlo(cm.graph, [x])
+    assert "broadcast_in_dim" in text and len(text) < 16 * 1024
