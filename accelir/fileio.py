@@ -3,8 +3,9 @@
 Every file accelir writes (an exported model, an ``.air`` text and its ``.npz``, an
 ``.onnx`` and its ``.data``) is first written to a temporary file beside its target
 (same directory, so the rename stays on one file system) and then moved into place with
-``os.replace``.  An interrupted export (an exception, Ctrl-C, a kill) leaves the target
-as it was: absent, or the previous complete file.  A file with a sidecar renames the
+``os.replace``.  An interrupted export (an exception, Ctrl-C, SIGTERM, a kill) leaves
+the target as it was: absent, or the previous complete file; the temporaries are removed
+except after SIGKILL.  A file with a sidecar renames the
 sidecar first and the main file last, so the main file never names a sidecar that is
 not there yet.
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
+import threading
 from typing import Callable, Iterator, Sequence
 
 from .errors import AccelirError, OutputExistsError
@@ -105,19 +108,49 @@ class AtomicOutputs:
         self.temps.clear()
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived while temporaries were open."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception() -> Iterator[None]:
+    """In the main thread, let SIGTERM unwind the stack (so the temporaries are removed) and
+    then reach the handler that was there before: by default, the process still dies of it."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is None:
+        yield  # another thread, or a handler set outside Python that cannot be put back
+        return
+    def handler(signum, frame):
+        raise _Terminated()
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # no signals here (an embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, previous)
+        signal.raise_signal(signal.SIGTERM)  # the previous disposition: default terminates here
+        raise KeyboardInterrupt("terminated by SIGTERM while writing") from None
+    finally:
+        if signal.getsignal(signal.SIGTERM) is handler:
+            signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def atomic_outputs(*paths: str | os.PathLike, overwrite: bool = False,
                    what: str = "overwrite=True") -> Iterator[AtomicOutputs]:
     """Write ``paths`` (main file first, then sidecars) through temporaries: they replace the
     targets when the block ends normally, and are removed on any exception, KeyboardInterrupt
-    included, leaving the targets untouched."""
+    and SIGTERM included, leaving the targets untouched."""
     out = AtomicOutputs([os.fspath(p) for p in paths], overwrite, what)
-    try:
-        yield out
-        out.commit()
-    except BaseException:
-        out.discard()
-        raise
+    with _sigterm_as_exception():
+        try:
+            yield out
+            out.commit()
+        except BaseException:
+            out.discard()
+            raise
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[str], None], *, overwrite: bool = False,
