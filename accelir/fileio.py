@@ -50,6 +50,8 @@ def _temp_beside(path: str) -> str:
             continue
         except FileNotFoundError:
             raise AccelirError(f"cannot write {path}: the directory {directory} does not exist") from None
+        except OSError as e:
+            raise AccelirError(f"cannot write {path}: {e.strerror or e}") from None
         os.close(fd)
         return tmp
     raise AccelirError(f"cannot create a temporary file beside {path}")
@@ -148,6 +150,11 @@ def atomic_outputs(*paths: str | os.PathLike, overwrite: bool = False,
         try:
             yield out
             out.commit()
+        except OSError as e:
+            out.discard()
+            if isinstance(e, AccelirError):
+                raise
+            raise AccelirError(f"cannot write {out.paths[0]}: {e.strerror or e}") from e
         except BaseException:
             out.discard()
             raise

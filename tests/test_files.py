@@ -382,3 +382,30 @@ def test_splat_constants_stay_scalars_in_the_jax_lowering():
     assert fn.params == {}  # nothing of n x n goes to the device
     text = stablehlo(cm.graph, [x])
     assert "broadcast_in_dim" in text and len(text) < 16 * 1024
+
+
+def test_unwritable_directory_and_write_failures_are_accelir_errors(tmp_path, monkeypatch):
+    import builtins
+    with pytest.raises(AccelirError, match="does not exist"):
+        _compiled().export(tmp_path / "missing" / "m.onnx")
+
+    class DiskFull:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, mode="r", *a, **k:
+                        DiskFull(real_open(path, mode, *a, **k)) if "w" in mode else real_open(path, mode, *a, **k))
+    with pytest.raises(AccelirError, match=r"cannot write .*m\.air: No space left on device"):
+        save(add_weight_graph(8), tmp_path / "m.air")
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []  # the temporary is gone too
