@@ -355,7 +355,8 @@ class _Parser:
             raise self.error(f"unknown attribute value {word!r}", start) from None
 
     # -- graphs
-    def graph(self, depth: int = 0) -> Graph:
+    def graph(self, depth: int = 0, scope: str = "") -> Graph:
+        """A graph; ``scope`` says where it sits (see ``_region_scope``), for the ``.npz`` lookup."""
         if depth > MAX_REGION_DEPTH:
             raise self.error(f"regions nested more than {MAX_REGION_DEPTH} deep")
         self.skip()
@@ -386,6 +387,7 @@ class _Parser:
                     break
                 self.expect(",")
         self.expect("{")
+        index = 0
         while True:
             self.skip()
             if self.peek("return"):
@@ -394,7 +396,8 @@ class _Parser:
                 if self.peek("%") or self.peek("}"):
                     break
                 self.pos = save
-            self.node(g, env, depth)
+            self.node(g, env, depth, scope, index)
+            index += 1
         outs: list[Value] = []
         if not self.peek("}"):
             while True:
@@ -413,7 +416,7 @@ class _Parser:
         g.set_outputs(outs)
         return g
 
-    def node(self, g: Graph, env: dict[str, Value], depth: int) -> None:
+    def node(self, g: Graph, env: dict[str, Value], depth: int, scope: str, index: int) -> None:
         self.skip()
         line_pos = self.pos
         results: list[tuple[str, int]] = []
@@ -465,14 +468,14 @@ class _Parser:
         if self.peek("{"):
             self.expect("{")
             while not self.accept("}"):
-                regions.append(self.graph(depth + 1))
+                regions.append(self.graph(depth + 1, _region_scope(scope, index, len(regions))))
         if len(types) != len(results):
             raise self.error(f"{op}: {len(results)} results but {len(types)} types", line_pos)
         for name, pos in results:
             if name in env:
                 raise self.error(f"%{name} is defined twice", pos)
         if op == "constant":
-            outs = self._constant(g, attrs, types, inputs, value_pos, line_pos, results[0][0])
+            outs = self._constant(g, attrs, types, inputs, value_pos, line_pos, results[0][0], scope)
         else:
             try:
                 node = g.make(op, inputs, attrs, regions=regions, names=[r[0] for r in results])
@@ -485,7 +488,7 @@ class _Parser:
         for (name, _), v in zip(results, outs):
             env[name] = v
 
-    def _constant(self, g, attrs, types, inputs, value_pos, pos, result_name) -> list[Value]:
+    def _constant(self, g, attrs, types, inputs, value_pos, pos, result_name, scope) -> list[Value]:
         if inputs or len(types) != 1:
             raise self.error("constant takes no inputs and has one result", pos)
         if set(attrs) - {"name", "value"} or not isinstance(attrs.get("name"), str):
@@ -504,7 +507,7 @@ class _Parser:
                                  "text", pos)
             try:
                 read = getattr(self.constants, "read", None)
-                arr = read(name, t) if read is not None else np.asarray(self.constants[name])
+                arr = read(name, t, scope) if read is not None else np.asarray(self.constants[name])
             except ValueError as e:
                 raise self.error(f"constant {name!r}: {e}", pos) from None
         if arr.dtype != t.dtype.numpy or tuple(arr.shape) != t.shape:
@@ -540,26 +543,48 @@ _NPY_HEADER_ROOM = 65536 + 16  # the most an .npy header adds to an entry's data
 _TABLE_LIMIT = 64 * 1024 ** 2
 
 
-def _collect_large(g: Graph, out: dict[str, np.ndarray]) -> None:
-    for n in g.nodes:
+def _region_scope(scope: str, node_index: int, region_index: int) -> str:
+    """Where region ``region_index`` of node ``node_index`` (in text order) of the graph at ``scope``
+    sits: two regions may each have a constant "c" with different values."""
+    return f"{scope}/{node_index}.{region_index}"
+
+
+def _collect_large(g: Graph, out: dict[str, list[tuple[str, np.ndarray]]], scope: str = "") -> None:
+    """Constant name -> (scope, array) of every constant printed by name only, regions included."""
+    for i, n in enumerate(g.nodes):
         if n.op == "constant":
             arr = g.constants[n.attrs["name"]]
             if arr.size > INLINE_LIMIT:
-                out[n.attrs["name"]] = arr
-        for r in n.regions:
-            _collect_large(r, out)
+                out.setdefault(n.attrs["name"], []).append((scope, arr))
+        for k, r in enumerate(n.regions):
+            _collect_large(r, out, _region_scope(scope, i, k))
 
 
-def _npz_entries(large: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _distinct(uses: list[tuple[str, np.ndarray]]) -> list[tuple[np.ndarray, list[str] | None]]:
+    """The distinct arrays (by identity) of one name, each with the scopes that read it, or None
+    for all scopes where the name has one array."""
+    by_id: dict[int, tuple[np.ndarray, list[str]]] = {}
+    for scope, arr in uses:
+        by_id.setdefault(id(arr), (arr, []))[1].append(scope)
+    if len(by_id) == 1:
+        return [(arr, None) for arr, _ in by_id.values()]
+    return [(arr, sorted(set(scopes))) for arr, scopes in by_id.values()]
+
+
+def _npz_entries(large: Mapping[str, list[tuple[str, np.ndarray]]]) -> dict[str, np.ndarray]:
     """The ``.npz`` entries for ``large``: constant names may be anything (``/``, ``..``, NUL, a
     thousand characters), zip entry names may not, so entries are numbered and a table maps them
-    back to the names.  A splat is stored as its scalar, with its shape in the table."""
+    back to the names (and, for a name that regions use with different arrays, to the scopes
+    that read each).  A splat is stored as its scalar, with its shape in the table."""
     from .splat import splat_scalar
     arrays: dict[str, np.ndarray] = {}
     table: dict[str, dict[str, Any]] = {}
-    for i, (name, a) in enumerate(large.items()):
+    rows = [(name, a, scopes) for name, uses in large.items() for a, scopes in _distinct(uses)]
+    for i, (name, a, scopes) in enumerate(rows):
         key = f"c{i}"
         info: dict[str, Any] = {"name": name}
+        if scopes is not None:
+            info["scopes"] = scopes
         scalar = splat_scalar(a)
         if scalar is not None:
             info["shape"] = list(a.shape)
@@ -579,7 +604,7 @@ def save(g: Graph, path: str | os.PathLike, *, overwrite: bool = True) -> None:
     either file."""
     from .fileio import atomic_outputs
     path = os.fspath(path)
-    large: dict[str, np.ndarray] = {}
+    large: dict[str, list[tuple[str, np.ndarray]]] = {}
     _collect_large(g, large)
     text = print_graph(g)
     npz = path + ".npz"
@@ -612,16 +637,17 @@ class _NpzConstants(Mapping[str, np.ndarray]):
         if not hasattr(self._npz, "files"):
             raise AccelirError(f"{path}: holds one array, not the named arrays of an .npz")
         self._sizes = {i.filename[:-4]: i.file_size for i in self._npz.zip.infolist() if i.filename.endswith(".npy")}
-        self._entries: dict[str, tuple[str, dict[str, Any]]] = {}  # constant name -> (entry, its table row)
+        # constant name -> [(entry, its table row)]: one row, or one per array with its "scopes"
+        self._entries: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         if _TABLE in self._sizes:
             for key, info in self._table().items():
-                self._entries[info["name"]] = (key, info)
+                self._entries.setdefault(info["name"], []).append((key, info))
         else:
             for key in self._npz.files:
                 if key.endswith(_BF16_SUFFIX):
-                    self._entries[key[: -len(_BF16_SUFFIX)]] = (key, {"dtype": "bfloat16"})
+                    self._entries[key[: -len(_BF16_SUFFIX)]] = [(key, {"dtype": "bfloat16"})]
                 else:
-                    self._entries[key] = (key, {})
+                    self._entries[key] = [(key, {})]
 
     def _table(self) -> dict[str, dict[str, Any]]:
         if self._sizes[_TABLE] > _TABLE_LIMIT:
@@ -634,6 +660,8 @@ class _NpzConstants(Mapping[str, np.ndarray]):
                 raise ValueError("an entry is not {name: ...} or names no array")
             if not all(_is_shape(v.get("shape", [])) for v in table.values()):
                 raise ValueError("a splat's shape is not a list of dims")
+            if not all(isinstance(v.get("scopes", []), list) for v in table.values()):
+                raise ValueError("a constant's scopes are not a list")
         except (ValueError, AttributeError) as e:
             raise AccelirError(f"{self.path}: bad table of constants ({e}); save the graph again") from None
         return table
@@ -653,11 +681,16 @@ class _NpzConstants(Mapping[str, np.ndarray]):
     def __getitem__(self, name: str) -> np.ndarray:
         return self.read(name, None)
 
-    def read(self, name: str, t: TensorType | None) -> np.ndarray:
-        """The array of constant ``name``; with ``t``, refused unread when its entry is larger
-        than an array of type ``t``."""
+    def read(self, name: str, t: TensorType | None, scope: str = "") -> np.ndarray:
+        """The array of constant ``name`` as the graph at ``scope`` reads it; with ``t``, refused
+        unread when its entry is larger than an array of type ``t``."""
         import zipfile
-        key, info = self._entries[name]
+        rows = self._entries[name]
+        found = [r for r in rows if "scopes" not in r[1] or scope in r[1]["scopes"]]
+        if len(found) != 1:
+            raise ValueError(f"its .npz has {len(found)} arrays for the graph at {scope or 'the top'}; "
+                             "save the graph again")
+        key, info = found[0]
         splat = info.get("shape")
         if t is not None:
             if not all(type(d) is int for d in t.shape):
@@ -720,10 +753,10 @@ class _Overlay(Mapping[str, np.ndarray]):
     def __getitem__(self, name: str) -> np.ndarray:
         return self.read(name, None)
 
-    def read(self, name: str, t: TensorType | None) -> np.ndarray:
+    def read(self, name: str, t: TensorType | None, scope: str = "") -> np.ndarray:
         if name in self.first:
             return np.asarray(self.first[name])
-        return self.npz.read(name, t)
+        return self.npz.read(name, t, scope)
 
 
 def clone_graph(g: Graph, value_map: dict[int, Value] | None = None) -> Graph:

@@ -409,3 +409,27 @@ def test_unwritable_directory_and_write_failures_are_accelir_errors(tmp_path, mo
         save(add_weight_graph(8), tmp_path / "m.air")
     monkeypatch.undo()
     assert os.listdir(tmp_path) == []  # the temporary is gone too
+
+
+def test_regions_with_same_constant_name_and_different_values_round_trip(tmp_path):
+    """Each region is its own graph, so two may each hold a constant "c": the .npz keeps both."""
+    from accelir import interpret
+
+    def body(offset: float) -> Graph:
+        r = Graph("body")
+        x = r.add_input(TensorType(DType.f32, (32,)), "x")
+        c = r.const(np.arange(32, dtype=np.float32) + offset, name="c")
+        r.set_outputs([r.make("add", [x, c], {}).outputs[0]])
+        return r
+
+    g = Graph("main")
+    x = g.add_input(TensorType(DType.f32, (32,)), "x")
+    y = g.make("fusion", [x], {}, regions=[body(100.0)]).outputs[0]
+    y = g.make("fusion", [y], {}, regions=[body(1000.0)]).outputs[0]
+    c = g.const(np.arange(32, dtype=np.float32) * 10, name="c")
+    g.set_outputs([g.make("add", [y, c], {}).outputs[0]])
+    save(g, tmp_path / "m.air")
+    loaded = load(tmp_path / "m.air")
+    assert str(loaded) == str(g)
+    x = np.random.default_rng(0).standard_normal(32).astype(np.float32)
+    np.testing.assert_array_equal(interpret(loaded, x)[0], interpret(g, x)[0])
