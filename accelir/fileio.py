@@ -3,11 +3,10 @@
 Every file accelir writes (an exported model, an ``.air`` text and its ``.npz``, an
 ``.onnx`` and its ``.data``) is first written to a temporary file beside its target
 (same directory, so the rename stays on one file system) and then moved into place with
-``os.replace``.  An interrupted export (an exception, Ctrl-C, SIGTERM, a kill) leaves
+``os.replace``.  An interrupted export (an exception, Ctrl-C, SIGTERM, SIGKILL) leaves
 the target as it was: absent, or the previous complete file; the temporaries are removed
-except after SIGKILL.  A file with a sidecar renames the
-sidecar first and the main file last, so the main file never names a sidecar that is
-not there yet.
+except after SIGKILL.  A file with a sidecar renames the sidecar first and the main file
+last, so the main file never names a sidecar that is not there yet.
 """
 
 from __future__ import annotations
@@ -64,8 +63,8 @@ class AtomicOutputs:
     overwrite rule first); only the files asked for are written.  ``commit()`` moves them into
     place, sidecars first; when it replaces a main file that has a sidecar it removes the old
     main file first, so an interruption leaves no main file rather than an old one reading a
-    new sidecar.  With ``overwrite``, a declared sidecar that was not written this
-    time is removed after the main file is in place, so no stale sidecar outlives its text.
+    new sidecar.  With ``overwrite``, a declared sidecar that was not written this time is
+    removed after the main file is in place, so no stale sidecar outlives its main file.
     """
 
     def __init__(self, paths: Sequence[str], overwrite: bool, what: str = "overwrite=True"):
