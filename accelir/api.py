@@ -20,7 +20,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import AccelirError, LoweringError
+from .call_checks import CallForm, check_ids, describe_inputs, expect_array, id_bounds
+from .errors import AccelirError, InputError, LoweringError
 from .interpreter import InterpreterError, bind_shapes, to_numpy
 from .ir import DType, Graph
 
@@ -157,19 +158,32 @@ def _dtype_of(x: Any) -> DType | None:
         return None
 
 
+def flatten_inputs(graph: Graph, signature: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list:
+    """The graph inputs of a call; a call that does not fit the captured structure is an InputError."""
+    try:
+        return list(signature.flatten(*args, **kwargs))
+    except (TypeError, ValueError) as e:
+        from .frontends.onnx import OnnxSignature
+        if isinstance(signature, OnnxSignature):  # its messages are written for users
+            raise InputError(str(e)) from None
+        raise InputError(f"the inputs do not match the structure the model was captured with: it takes "
+                         f"{describe_inputs(graph)}") from None
+
+
 def check_inputs(graph: Graph, flat: Sequence[Any]) -> dict[str, int]:
     """Check inputs against the graph's signature before running; return the symbol values."""
     if len(flat) != len(graph.inputs):
-        raise AccelirError(f"the model takes {len(graph.inputs)} input tensors, got {len(flat)}")
+        raise InputError(f"the model takes {describe_inputs(graph)}, got {len(flat)}")
     for i, (v, x) in enumerate(zip(graph.inputs, flat)):
+        expect_array(f"input {i} ({v.name})", x, v)
         dt = _dtype_of(x)
         if dt is not None and dt != v.type.dtype:
-            raise AccelirError(f"input {i} ({v.name}): dtype {dt} differs from the captured {v.type.dtype}")
+            raise InputError(f"input {i} ({v.name}): dtype {dt} differs from the captured {v.type.dtype}")
     try:
         return bind_shapes([v.type for v in graph.inputs], [tuple(int(d) for d in x.shape) for x in flat],
                            names=[v.name for v in graph.inputs])
     except InterpreterError as e:
-        raise AccelirError(str(e)) from None
+        raise InputError(str(e)) from None
 
 
 @dataclass
@@ -221,7 +235,7 @@ class CompiledModel:
     """An optimised model: call it like the original; inspect ``graph``, ``source_graph`` and ``report``."""
 
     def __init__(self, graph: Graph, source_graph: Graph, runner: Callable[..., list], *, backend: str,
-                 device: str, report: OptimizeReport, example_inputs: list):
+                 device: str, report: OptimizeReport, example_inputs: list, call_form: CallForm | None = None):
         self.graph = graph
         self.source_graph = source_graph
         self.backend = backend
@@ -230,10 +244,15 @@ class CompiledModel:
         self._runner = runner
         self._example_inputs = example_inputs
         self._signature = graph.meta.get("signature") or _PlainSignature(len(graph.outputs))
+        self._call_form = call_form
+        self._id_bounds = id_bounds(graph)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        flat = self._signature.flatten(*args, **kwargs)
+        if self._call_form is not None:
+            args, kwargs = self._call_form.bind(self.graph, args, kwargs)
+        flat = flatten_inputs(self.graph, self._signature, args, kwargs)
         check_inputs(self.graph, flat)
+        check_ids(self.graph, self._id_bounds, flat)
         outputs = self._runner(*flat)
         return self._signature.unflatten(list(outputs))
 
@@ -354,4 +373,14 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
     report.chosen = chosen
     report.stages["lowering"] = time.perf_counter() - t0
     return CompiledModel(graph, source, runner, backend=chosen, device=device, report=report,
-                         example_inputs=_numpy_inputs(flat))
+                         example_inputs=_numpy_inputs(flat), call_form=_call_form(model, args, example_kwargs, flat))
+
+
+def _call_form(model: Any, args: tuple, kwargs: Mapping[str, Any] | None, flat: list) -> CallForm | None:
+    """How calls of a torch module or jax callable map onto the arguments it was captured with."""
+    kind = _framework(model)
+    if kind == "torch" and callable(getattr(model, "forward", None)):
+        return CallForm.of(model.forward, args, dict(kwargs or {}), flat)
+    if kind == "jax":
+        return CallForm.of(model, args, dict(kwargs or {}), flat)
+    return None

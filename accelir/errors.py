@@ -15,6 +15,7 @@ __all__ = [
     "NumericMismatchError",
     "PassError",
     "CaptureError",
+    "InputError",
 ]
 
 
@@ -32,6 +33,10 @@ class UnsupportedOpError(AccelirError):
 
 class CaptureError(AccelirError):
     """The framework's own tracer (torch.export, jax.make_jaxpr) could not capture the model."""
+
+
+class InputError(AccelirError):
+    """A compiled model was called with inputs that do not fit it (count, keyword, type, shape, ids)."""
 
 
 class VerificationError(AccelirError):
