@@ -85,7 +85,11 @@ def load_input(spec: str) -> LoadedInput:
     fn = getattr(module, factory, None)
     if not callable(fn):
         raise AccelirError(f"{path} has no function {factory!r}")
-    result = fn()
+    try:
+        result = fn()
+    except SystemExit as e:  # the factory's own command-line handling must not end accelir
+        raise AccelirError(f"{path}:{factory}() called sys.exit({e.code!r}); a factory must return "
+                           "(model, example_inputs)") from None
     if not (isinstance(result, (tuple, list)) and len(result) == 2):
         raise AccelirError(f"{path}:{factory}() must return (model, example_inputs), got {type(result).__name__}")
     model, example = result

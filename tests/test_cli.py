@@ -48,6 +48,11 @@ def make():
 
 def not_a_pair():
     return 42
+
+
+def exits():
+    import sys
+    sys.exit(3)
 """
 
 # A deliberately wrong pass, registered when the factory module is imported (subprocess tests only:
@@ -196,6 +201,14 @@ def test_errors_are_one_line_with_exit_code_1(air, factory, tmp_path, capsys):
     assert line.startswith("accelir show: error: ") and "--debug" in line
     assert main(["optimize", air, "-o", air]) == 1
     assert "exists" in _one_error_line(capsys.readouterr().err)
+
+
+def test_a_factory_that_exits_is_an_error(factory, tmp_path, capsys):
+    assert main(["optimize", f"{factory}:exits", "-o", str(tmp_path / "x.air")]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"accelir optimize: error: {factory}:exits() called sys.exit(3); a factory must return "
+                           "(model, example_inputs)")
+    assert not (tmp_path / "x.air").exists()
 
 
 def test_debug_prints_the_traceback(tmp_path, capsys):
