@@ -15,6 +15,7 @@ import gc
 import os
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -194,6 +195,7 @@ class OptimizeReport:
     stages: dict[str, float] = field(default_factory=dict)
     backends: dict[str, float] = field(default_factory=dict)
     chosen: str = ""
+    failed: dict[str, str] = field(default_factory=dict)
     nodes_before: int = 0
     nodes_after: int = 0
 
@@ -205,6 +207,8 @@ class OptimizeReport:
             for name, t in sorted(self.backends.items(), key=lambda kv: kv[1]):
                 mark = "  <- chosen" if name == self.chosen else ""
                 lines.append(f"  {name:12s} {t * 1e3:9.3f} ms{mark}")
+        for name, reason in self.failed.items():
+            lines.append(f"  {name:12s} failed: {reason}")
         if self.passes is not None:
             lines.append(str(self.passes))
         return "\n".join(lines)
@@ -218,6 +222,35 @@ def _build_runner(graph: Graph, backend: str, device: str) -> Callable[..., list
         from .lowering.jax import JaxModule
         return JaxModule(graph, device=device)
     raise AccelirError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or 'auto'")
+
+
+def _first_line(e: BaseException) -> str:
+    text = (str(e).strip().splitlines() or [""])[0]
+    return text if isinstance(e, AccelirError) else f"{type(e).__name__}: {text}"
+
+
+def _fastest_backend(graph: Graph, device: str, flat: list, report: OptimizeReport) -> tuple[str, Callable]:
+    """backend='auto': build and time each backend on the example inputs, keep the fastest.
+
+    A backend that fails to build or to run is skipped with a warning and its error kept in
+    ``report.failed``, so one backend's gap does not cost the user the other; when every
+    backend fails, the error names each cause."""
+    candidates: dict[str, Callable] = {}
+    for name in BACKENDS:
+        try:
+            runner = _build_runner(graph, name, device)
+            report.backends[name] = _time_runner(runner, flat)
+        except Exception as e:  # noqa: BLE001 - whatever stops one backend, the other may still serve
+            report.failed[name] = _first_line(e)
+            continue
+        candidates[name] = runner
+    if not candidates:
+        raise LoweringError("backend='auto': no backend could run the model: "
+                            + "; ".join(f"{k}: {v}" for k, v in report.failed.items()))
+    chosen = min(report.backends, key=report.backends.get)
+    for name, reason in report.failed.items():
+        warnings.warn(f"backend='auto': {name} failed ({reason}); using {chosen}", stacklevel=4)
+    return chosen, candidates[chosen]
 
 
 def _time_runner(runner: Callable[..., list], flat: list, repeats: int = 5) -> float:
@@ -354,19 +387,7 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
     if backend == "auto":
         if not flat:
             raise AccelirError("backend='auto' times each backend on the example inputs; pass example_inputs")
-        candidates: dict[str, Callable] = {}
-        errors = []
-        for name in BACKENDS:
-            try:
-                candidates[name] = _build_runner(graph, name, device)
-            except (AccelirError, ImportError) as e:
-                errors.append(f"{name}: {e}")
-        if not candidates:
-            raise LoweringError("no backend could be built: " + "; ".join(errors))
-        for name, runner in candidates.items():
-            report.backends[name] = _time_runner(runner, flat)
-        chosen = min(report.backends, key=report.backends.get)
-        runner = candidates[chosen]
+        chosen, runner = _fastest_backend(graph, device, flat, report)
     else:
         chosen = backend
         runner = _build_runner(graph, backend, device)

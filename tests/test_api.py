@@ -359,3 +359,33 @@ def test_onnx_gather_ids_count_from_the_end_and_stop_at_the_table(backend):
     for bad_id, lo in ((5, -5), (-6, -5)):
         with pytest.raises(accelir.InputError, match=rf"id {bad_id} is out of range .* valid ids are {lo}..4$"):
             cm(np.array([0, bad_id, 1]))
+
+
+def test_backend_auto_falls_back_when_one_backend_fails(monkeypatch):
+    from accelir.errors import LoweringError
+    from accelir.lowering import jax as jax_lowering
+    from accelir.lowering import onnx as onnx_lowering
+
+    def refuse(*args, **kwargs):
+        raise LoweringError("exp: refused here")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("exporter crashed\nsecond line")
+
+    g = accelir.parse("""graph main(%x: f32[2,3]) -> (f32[2,3]) {
+  %0 = exp(%x) : f32[2,3]
+  return %0
+}
+""")
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    monkeypatch.setitem(jax_lowering.JAX_RULES, "exp", refuse)
+    with pytest.warns(UserWarning, match=r"^backend='auto': xla failed \(exp: refused here\); using onnxruntime$"):
+        cm = accelir.optimize(g, (x,), backend="auto", level=0)
+    assert cm.backend == "onnxruntime" and set(cm.report.backends) == {"onnxruntime"}
+    assert cm.report.failed == {"xla": "exp: refused here"}
+    assert "xla          failed: exp: refused here" in str(cm.report)
+    np.testing.assert_allclose(cm(x), np.exp(x), rtol=1e-6)
+    monkeypatch.setitem(onnx_lowering.ONNX_RULES, "exp", crash)
+    with pytest.raises(LoweringError, match=r"^backend='auto': no backend could run the model: "
+                       r"onnxruntime: RuntimeError: exporter crashed; xla: exp: refused here$"):
+        accelir.optimize(g, (x,), backend="auto", level=0)
