@@ -179,6 +179,50 @@ def test_optimize_onnx_in_onnx_out(tmp_path, capsys):
     np.testing.assert_array_equal(got, np.maximum(x, 0))
 
 
+def _mul_relu_onnx(path) -> str:
+    import onnx
+    from onnx import TensorProto, helper
+
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["m"]), helper.make_node("Relu", ["m"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], [two])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+def test_check_of_an_onnx_file_compares_with_onnxruntime_on_the_file(tmp_path, capsys, monkeypatch):
+    from accelir.frontends import onnx_ops
+
+    src = _mul_relu_onnx(tmp_path / "in.onnx")
+    with monkeypatch.context() as patch:
+        # an import that gets Relu wrong: the imported graph and the optimised one agree with each other
+        patch.setitem(onnx_ops.RULES, "Relu", lambda ctx: [ctx.op("abs", ctx.input(0))])
+        for backend in ("onnxruntime", "xla"):
+            assert main(["optimize", src, "-o", str(tmp_path / f"bad-{backend}.onnx"), "--check",
+                         "--backend", backend]) == 1
+            line = _one_error_line(capsys.readouterr().err)
+            assert (f"--check: output 0 of the optimised graph on {backend} differs from onnxruntime on the input "
+                    "file on random inputs: ") in line
+            assert "accelir's import of the file already differs" in line
+            assert not (tmp_path / f"bad-{backend}.onnx").exists()
+    assert main(["optimize", src, "-o", str(tmp_path / "out.onnx"), "--check"]) == 0
+    assert "check: 1 output(s) match onnxruntime on the input file on onnxruntime" in capsys.readouterr().out
+
+
+def test_check_of_an_onnx_file_points_at_a_wrong_pass(tmp_path, capsys, monkeypatch):
+    from accelir.passes import Op, Rule, RulePass, Var, registry
+
+    relu_to_neg = RulePass("relu_to_neg", (
+        Rule("relu_to_neg", Op("relu", Var("x")), lambda m, b: b.op("neg", m["x"])),))
+    monkeypatch.setitem(registry.PASSES, "relu_to_neg", registry.PassInfo("relu_to_neg", relu_to_neg, None, 100, None))
+    src = _mul_relu_onnx(tmp_path / "in.onnx")
+    assert main(["optimize", src, "-o", str(tmp_path / "out.onnx"), "--check", "--passes", "relu_to_neg"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "differs from onnxruntime on the input file" in line and "use 'accelir bisect' to find the pass" in line
+
+
 def test_optimize_to_stablehlo_and_hlo(air, tmp_path, capsys):
     mlir, hlo = tmp_path / "m.mlir", tmp_path / "m.hlo"
     assert main(["optimize", air, "-o", str(mlir), "--check"]) == 0
