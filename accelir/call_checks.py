@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from .errors import InputError
+from .interpreter import to_numpy
 from .ir import Graph, Value
 
 __all__ = ["CallForm", "IdBound", "describe_inputs", "expect_array", "id_bounds", "check_ids"]
@@ -184,13 +185,22 @@ def id_bounds(graph: Graph) -> list[IdBound]:
     return bounds
 
 
+def _min_max(x: Any) -> tuple[int, int]:
+    """torch's aminmax for a torch tensor (on its device), else a numpy view (no copy, no jax dispatch)."""
+    if type(x).__module__.startswith("torch"):
+        lo, hi = x.aminmax()
+        return int(lo), int(hi)
+    a = to_numpy(x)
+    return int(a.min()), int(a.max())
+
+
 def check_ids(graph: Graph, bounds: Sequence[IdBound], flat: Sequence[Any]) -> None:
     """Raise an InputError if an input's ids fall outside a table they index (a min and a max per input)."""
     for b in bounds:
         x = flat[b.index]
         if 0 in tuple(x.shape):
             continue
-        lo, hi = int(x.min()), int(x.max())
+        lo, hi = _min_max(x)
         if lo < b.low or hi >= b.size:
             bad = hi if hi >= b.size else lo
             v = graph.inputs[b.index]
