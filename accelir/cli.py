@@ -263,7 +263,7 @@ def _check(inp: LoadedInput, source: Graph, runner: _LazyRunner, inputs: list[np
                                    max_abs_error=err, rel_error=rel)
     worst = max((float(np.max(np.abs(e.astype(np.float64) - g.astype(np.float64))))
                  for e, g in zip(expected, got) if e.size and e.dtype.kind == "f"), default=0.0)
-    return f"check: {len(expected)} output(s) match {reference} on {runner.backend} (max abs error {worst:.3g})"
+    return f"check: {len(expected)} output(s) on {runner.backend} match {reference} (max abs error {worst:.3g})"
 
 
 def _tolerances(args: argparse.Namespace) -> dict[DType, tuple[float, float]]:
