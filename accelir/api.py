@@ -131,15 +131,27 @@ def capture(model: Any, example_inputs: Any = None, dynamic_shapes: Any = None, 
 
 
 class _PlainSignature:
-    """Inputs are the positional arrays; outputs come back as one array or a list."""
+    """Inputs are arrays in graph input order, or by input name; outputs come back as one array or a list."""
 
-    def __init__(self, n_outputs: int):
+    def __init__(self, n_outputs: int, input_names: Sequence[str | None] = ()):
         self.n_outputs = n_outputs
+        self.input_names = list(input_names)
 
     def flatten(self, *args: Any, **kwargs: Any) -> list:
-        if kwargs:
-            raise AccelirError("this graph takes positional inputs only")
-        return list(args)
+        if not kwargs:
+            return list(args)
+        given = dict(zip(self.input_names, args))
+        for k, v in kwargs.items():
+            if k not in self.input_names:
+                raise InputError(f"unknown keyword argument {k!r}: the graph's inputs are "
+                                 f"{', '.join(str(n) for n in self.input_names)}")
+            if k in given:
+                raise InputError(f"input {k} is given twice, by position and by keyword")
+            given[k] = v
+        missing = [str(n) for n in self.input_names if n not in given]
+        if missing:
+            raise InputError(f"missing input{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+        return [given[n] for n in self.input_names]
 
     def unflatten(self, outputs: list) -> Any:
         return outputs[0] if self.n_outputs == 1 else list(outputs)
@@ -276,7 +288,8 @@ class CompiledModel:
         self.report = report
         self._runner = runner
         self._example_inputs = example_inputs
-        self._signature = graph.meta.get("signature") or _PlainSignature(len(graph.outputs))
+        self._signature = (graph.meta.get("signature")
+                           or _PlainSignature(len(graph.outputs), [v.name for v in graph.inputs]))
         self._call_form = call_form
         self._id_bounds = id_bounds(graph)
 
@@ -357,7 +370,7 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
     t0 = time.perf_counter()
     graph = capture(model, example_inputs, dynamic_shapes, example_kwargs=example_kwargs, **capture_options)
     report.stages["capture"] = time.perf_counter() - t0
-    signature = graph.meta.get("signature") or _PlainSignature(len(graph.outputs))
+    signature = graph.meta.get("signature") or _PlainSignature(len(graph.outputs), [v.name for v in graph.inputs])
     args = _as_args(example_inputs)
     flat = list(signature.flatten(*args, **dict(example_kwargs or {}))) if (args or example_kwargs) else []
     source = graph.copy()

@@ -328,6 +328,9 @@ def test_onnx_and_numpy_callers_get_one_line_errors():
         cm(x, x)
     with pytest.raises(accelir.InputError, match=r"^input 0 \(x\): got None"):
         cm(None)
+    np.testing.assert_allclose(cm(x=x), np.exp(x), rtol=1e-6)  # a graph's inputs go by name too
+    with pytest.raises(accelir.InputError, match=r"^unknown keyword argument 'y': the graph's inputs are x$"):
+        cm(y=x)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "xla"])
