@@ -15,12 +15,14 @@ import gc
 import os
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import AccelirError, LoweringError
+from .call_checks import CallForm, check_ids, describe_inputs, expect_array, id_bounds
+from .errors import AccelirError, InputError, LoweringError
 from .interpreter import InterpreterError, bind_shapes, to_numpy
 from .ir import DType, Graph
 
@@ -130,15 +132,27 @@ def capture(model: Any, example_inputs: Any = None, dynamic_shapes: Any = None, 
 
 
 class _PlainSignature:
-    """Inputs are the positional arrays; outputs come back as one array or a list."""
+    """Inputs are arrays in graph input order, or by input name; outputs come back as one array or a list."""
 
-    def __init__(self, n_outputs: int):
+    def __init__(self, n_outputs: int, input_names: Sequence[str | None] = ()):
         self.n_outputs = n_outputs
+        self.input_names = list(input_names)
 
     def flatten(self, *args: Any, **kwargs: Any) -> list:
-        if kwargs:
-            raise AccelirError("this graph takes positional inputs only")
-        return list(args)
+        if not kwargs:
+            return list(args)
+        given = dict(zip(self.input_names, args))
+        for k, v in kwargs.items():
+            if k not in self.input_names:
+                raise InputError(f"unknown keyword argument {k!r}: the graph's inputs are "
+                                 f"{', '.join(str(n) for n in self.input_names)}")
+            if k in given:
+                raise InputError(f"input {k} is given twice, by position and by keyword")
+            given[k] = v
+        missing = [str(n) for n in self.input_names if n not in given]
+        if missing:
+            raise InputError(f"missing input{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+        return [given[n] for n in self.input_names]
 
     def unflatten(self, outputs: list) -> Any:
         return outputs[0] if self.n_outputs == 1 else list(outputs)
@@ -158,19 +172,32 @@ def _dtype_of(x: Any) -> DType | None:
         return None
 
 
+def flatten_inputs(graph: Graph, signature: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list:
+    """The graph inputs of a call; a call that does not fit the captured structure is an InputError."""
+    try:
+        return list(signature.flatten(*args, **kwargs))
+    except (TypeError, ValueError) as e:
+        from .frontends.onnx import OnnxSignature
+        if isinstance(signature, OnnxSignature):  # its messages are written for users
+            raise InputError(str(e)) from None
+        raise InputError(f"the inputs do not match the structure the model was captured with: it takes "
+                         f"{describe_inputs(graph)}") from None
+
+
 def check_inputs(graph: Graph, flat: Sequence[Any]) -> dict[str, int]:
     """Check inputs against the graph's signature before running; return the symbol values."""
     if len(flat) != len(graph.inputs):
-        raise AccelirError(f"the model takes {len(graph.inputs)} input tensors, got {len(flat)}")
+        raise InputError(f"the model takes {describe_inputs(graph)}, got {len(flat)}")
     for i, (v, x) in enumerate(zip(graph.inputs, flat)):
+        expect_array(f"input {i} ({v.name})", x, v)
         dt = _dtype_of(x)
         if dt is not None and dt != v.type.dtype:
-            raise AccelirError(f"input {i} ({v.name}): dtype {dt} differs from the captured {v.type.dtype}")
+            raise InputError(f"input {i} ({v.name}): dtype {dt} differs from the captured {v.type.dtype}")
     try:
         return bind_shapes([v.type for v in graph.inputs], [tuple(int(d) for d in x.shape) for x in flat],
                            names=[v.name for v in graph.inputs])
     except InterpreterError as e:
-        raise AccelirError(str(e)) from None
+        raise InputError(str(e)) from None
 
 
 @dataclass
@@ -181,6 +208,7 @@ class OptimizeReport:
     stages: dict[str, float] = field(default_factory=dict)
     backends: dict[str, float] = field(default_factory=dict)
     chosen: str = ""
+    failed: dict[str, str] = field(default_factory=dict)
     nodes_before: int = 0
     nodes_after: int = 0
 
@@ -192,6 +220,8 @@ class OptimizeReport:
             for name, t in sorted(self.backends.items(), key=lambda kv: kv[1]):
                 mark = "  <- chosen" if name == self.chosen else ""
                 lines.append(f"  {name:12s} {t * 1e3:9.3f} ms{mark}")
+        for name, reason in self.failed.items():
+            lines.append(f"  {name:12s} failed: {reason}")
         if self.passes is not None:
             lines.append(str(self.passes))
         return "\n".join(lines)
@@ -205,6 +235,35 @@ def _build_runner(graph: Graph, backend: str, device: str) -> Callable[..., list
         from .lowering.jax import JaxModule
         return JaxModule(graph, device=device)
     raise AccelirError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or 'auto'")
+
+
+def _first_line(e: BaseException) -> str:
+    text = (str(e).strip().splitlines() or [""])[0]
+    return text if isinstance(e, AccelirError) else f"{type(e).__name__}: {text}"
+
+
+def _fastest_backend(graph: Graph, device: str, flat: list, report: OptimizeReport) -> tuple[str, Callable]:
+    """backend='auto': build and time each backend on the example inputs, keep the fastest.
+
+    A backend that fails to build or to run is skipped with a warning and its error kept in
+    ``report.failed``, so one backend's gap does not cost the user the other; when every
+    backend fails, the error names each cause."""
+    candidates: dict[str, Callable] = {}
+    for name in BACKENDS:
+        try:
+            runner = _build_runner(graph, name, device)
+            report.backends[name] = _time_runner(runner, flat)
+        except Exception as e:  # noqa: BLE001 - whatever stops one backend, the other may still serve
+            report.failed[name] = _first_line(e)
+            continue
+        candidates[name] = runner
+    if not candidates:
+        raise LoweringError("backend='auto': no backend could run the model: "
+                            + "; ".join(f"{k}: {v}" for k, v in report.failed.items()))
+    chosen = min(report.backends, key=report.backends.get)
+    for name, reason in report.failed.items():
+        warnings.warn(f"backend='auto': {name} failed ({reason}); using {chosen}", stacklevel=4)
+    return chosen, candidates[chosen]
 
 
 def _time_runner(runner: Callable[..., list], flat: list, repeats: int = 5) -> float:
@@ -222,7 +281,7 @@ class CompiledModel:
     """An optimised model: call it like the original; inspect ``graph``, ``source_graph`` and ``report``."""
 
     def __init__(self, graph: Graph, source_graph: Graph, runner: Callable[..., list], *, backend: str,
-                 device: str, report: OptimizeReport, example_inputs: list):
+                 device: str, report: OptimizeReport, example_inputs: list, call_form: CallForm | None = None):
         self.graph = graph
         self.source_graph = source_graph
         self.backend = backend
@@ -230,11 +289,17 @@ class CompiledModel:
         self.report = report
         self._runner = runner
         self._example_inputs = example_inputs
-        self._signature = graph.meta.get("signature") or _PlainSignature(len(graph.outputs))
+        self._signature = (graph.meta.get("signature")
+                           or _PlainSignature(len(graph.outputs), [v.name for v in graph.inputs]))
+        self._call_form = call_form
+        self._id_bounds = id_bounds(graph)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        flat = self._signature.flatten(*args, **kwargs)
+        if self._call_form is not None:
+            args, kwargs = self._call_form.bind(self.graph, args, kwargs)
+        flat = flatten_inputs(self.graph, self._signature, args, kwargs)
         check_inputs(self.graph, flat)
+        check_ids(self.graph, self._id_bounds, flat)
         outputs = self._runner(*flat)
         return self._signature.unflatten(list(outputs))
 
@@ -306,7 +371,7 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
     t0 = time.perf_counter()
     graph = capture(model, example_inputs, dynamic_shapes, example_kwargs=example_kwargs, **capture_options)
     report.stages["capture"] = time.perf_counter() - t0
-    signature = graph.meta.get("signature") or _PlainSignature(len(graph.outputs))
+    signature = graph.meta.get("signature") or _PlainSignature(len(graph.outputs), [v.name for v in graph.inputs])
     args = _as_args(example_inputs)
     flat = list(signature.flatten(*args, **dict(example_kwargs or {}))) if (args or example_kwargs) else []
     source = graph.copy()
@@ -336,23 +401,21 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
     if backend == "auto":
         if not flat:
             raise AccelirError("backend='auto' times each backend on the example inputs; pass example_inputs")
-        candidates: dict[str, Callable] = {}
-        errors = []
-        for name in BACKENDS:
-            try:
-                candidates[name] = _build_runner(graph, name, device)
-            except (AccelirError, ImportError) as e:
-                errors.append(f"{name}: {e}")
-        if not candidates:
-            raise LoweringError("no backend could be built: " + "; ".join(errors))
-        for name, runner in candidates.items():
-            report.backends[name] = _time_runner(runner, flat)
-        chosen = min(report.backends, key=report.backends.get)
-        runner = candidates[chosen]
+        chosen, runner = _fastest_backend(graph, device, flat, report)
     else:
         chosen = backend
         runner = _build_runner(graph, backend, device)
     report.chosen = chosen
     report.stages["lowering"] = time.perf_counter() - t0
     return CompiledModel(graph, source, runner, backend=chosen, device=device, report=report,
-                         example_inputs=_numpy_inputs(flat))
+                         example_inputs=_numpy_inputs(flat), call_form=_call_form(model, args, example_kwargs, flat))
+
+
+def _call_form(model: Any, args: tuple, kwargs: Mapping[str, Any] | None, flat: list) -> CallForm | None:
+    """How calls of a torch module or jax callable map onto the arguments it was captured with."""
+    kind = _framework(model)
+    if kind == "torch" and callable(getattr(model, "forward", None)):
+        return CallForm.of(model.forward, args, dict(kwargs or {}), flat)
+    if kind == "jax":
+        return CallForm.of(model, args, dict(kwargs or {}), flat)
+    return None

@@ -85,7 +85,11 @@ def load_input(spec: str) -> LoadedInput:
     fn = getattr(module, factory, None)
     if not callable(fn):
         raise AccelirError(f"{path} has no function {factory!r}")
-    result = fn()
+    try:
+        result = fn()
+    except SystemExit as e:  # the factory's own command-line handling must not end accelir
+        raise AccelirError(f"{path}:{factory}() called sys.exit({e.code!r}); a factory must return "
+                           "(model, example_inputs)") from None
     if not (isinstance(result, (tuple, list)) and len(result) == 2):
         raise AccelirError(f"{path}:{factory}() must return (model, example_inputs), got {type(result).__name__}")
     model, example = result
@@ -214,23 +218,50 @@ class _LazyRunner:
         return list(self.build()(*flat))
 
 
-def _check(source: Graph, runner: _LazyRunner, inputs: list[np.ndarray], tolerances: dict) -> str:
-    from .pass_manager import compare_outputs
+def _onnx_session(path: str) -> Any:
+    """onnxruntime on CPU on a file as it is: the independent reference for ONNX inputs."""
+    import onnxruntime as ort
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
+
+def _run_onnx_file(path: str, source: Graph, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """The file's outputs from onnxruntime, fed by input name (inputs follow ``source``'s order)."""
+    signature = source.meta["signature"]
+    session = _onnx_session(path)
+    return [np.asarray(o) for o in session.run(list(signature.output_names),
+                                               dict(zip(signature.input_names, inputs)))]
+
+
+def _mismatch(expected: list[np.ndarray], got: list[np.ndarray], tolerances: dict) -> tuple | None:
+    from .pass_manager import compare_outputs
+    return compare_outputs(expected, [np.asarray(to_numpy(x)) for x in got], tolerances)
+
+
+def _check(inp: LoadedInput, source: Graph, runner: _LazyRunner, inputs: list[np.ndarray], tolerances: dict) -> str:
+    """Run the optimised graph on its backend against a reference on random inputs.
+
+    For an ONNX file the reference is onnxruntime on the file itself, so a wrong import is
+    caught too, and on a mismatch the interpreter on the imported graph says whether the
+    import or the passes went wrong; otherwise it is the interpreter on the captured graph."""
+    onnx_file = inp.kind == "onnx"
+    reference = "onnxruntime on the input file" if onnx_file else "the original graph"
     with progress.step("reference run"):
-        expected = run_graph(source, inputs)
+        expected = _run_onnx_file(inp.model, source, inputs) if onnx_file else run_graph(source, inputs)
     with progress.step(f"{runner.backend} run"):
         got = [np.asarray(to_numpy(x)) for x in runner(*inputs)]
-    bad = compare_outputs(expected, got, tolerances)
+    bad = _mismatch(expected, got, tolerances)
     if bad is not None:
         index, err, rel, what = bad
+        if onnx_file and _mismatch(expected, run_graph(source, inputs), tolerances) is not None:
+            hint = "accelir's import of the file already differs (see 'accelir show IN'), before any pass"
+        else:
+            hint = "rerun with --print-after changed or use 'accelir bisect' to find the pass"
         raise NumericMismatchError(f"--check: output {index} of the optimised graph on {runner.backend} differs from "
-                                   f"the original graph on random inputs: {what}; rerun with --print-after changed "
-                                   "or use 'accelir bisect' to find the pass", output_index=index, max_abs_error=err,
-                                   rel_error=rel)
+                                   f"{reference} on random inputs: {what}; {hint}", output_index=index,
+                                   max_abs_error=err, rel_error=rel)
     worst = max((float(np.max(np.abs(e.astype(np.float64) - g.astype(np.float64))))
                  for e, g in zip(expected, got) if e.size and e.dtype.kind == "f"), default=0.0)
-    return f"check: {len(expected)} output(s) match the original graph on {runner.backend} (max abs error {worst:.3g})"
+    return f"check: {len(expected)} output(s) on {runner.backend} match {reference} (max abs error {worst:.3g})"
 
 
 def _tolerances(args: argparse.Namespace) -> dict[DType, tuple[float, float]]:
@@ -266,7 +297,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     report.nodes_before, report.nodes_after = source.num_nodes(), graph.num_nodes()
     runner = _LazyRunner(graph, backend, args.device)
     if args.check:
-        print(_check(source, runner, random_inputs(source, examples, seed=args.seed, dims=dims), _tolerances(args)))
+        print(_check(inp, source, runner, random_inputs(source, examples, seed=args.seed, dims=dims),
+                     _tolerances(args)))
     export_inputs = examples if examples is not None else random_inputs(graph, dims=dims)
     model = CompiledModel(graph, source, runner, backend=backend, device=args.device, report=report,
                           example_inputs=export_inputs)
@@ -341,8 +373,7 @@ def _cmd_bisect(args: argparse.Namespace) -> int:
 def _reference_system(inp: LoadedInput, graph: Graph, flat: list[np.ndarray]) -> tuple[str, Callable[[], Any]]:
     """The model as its own framework runs it: eager torch, the jax callable, onnxruntime, or the interpreter."""
     if inp.kind == "onnx":
-        import onnxruntime as ort
-        session = ort.InferenceSession(inp.model, providers=["CPUExecutionProvider"])
+        session = _onnx_session(inp.model)
         feed = {i.name: a for i, a in zip(session.get_inputs(), flat)}
         return "onnxruntime (input file)", lambda: session.run(None, feed)
     if inp.kind == "air":
@@ -428,7 +459,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--print-after", choices=("all", "changed"), help="print the IR (or its diff) after each pass")
     p.add_argument("--dump-dir", metavar="DIR", help="write numbered IR dumps after each pass that changed it")
     p.add_argument("--check", action="store_true",
-                   help="run the optimised model on the backend and compare with the original graph on random inputs")
+                   help="run the optimised model on the backend and compare on random inputs with onnxruntime on "
+                   "IN (an .onnx file), else with the original graph")
     p.add_argument("--report", action="store_true", help="print the per-pass table")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_cmd_optimize)

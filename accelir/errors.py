@@ -16,6 +16,7 @@ __all__ = [
     "PassError",
     "CaptureError",
     "OutputExistsError",
+    "InputError",
 ]
 
 
@@ -33,6 +34,10 @@ class UnsupportedOpError(AccelirError):
 
 class CaptureError(AccelirError):
     """The framework's own tracer (torch.export, jax.make_jaxpr) could not capture the model."""
+
+
+class InputError(AccelirError):
+    """A compiled model was called with inputs that do not fit it (count, keyword, type, shape, ids)."""
 
 
 class VerificationError(AccelirError):

@@ -8,25 +8,34 @@ This folds the shape arithmetic frontends leave behind.
 Never folded: impure ops, ops with regions, nodes with symbolic output shapes, and
 results over ``max_bytes`` (default 1 MiB) unless they replace larger constant
 operands that die with the node, so a model never bloats.  A reference that raises
-(an out-of-range gather, say) leaves the node in place for the run time to report.
+what valid ops raise on bad values (an out-of-range gather, an empty max) leaves the
+node in place for the run time to report, and says why in the log and in
+``near_misses``; any other exception is a bug in the reference and propagates.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from accelir.errors import AccelirError
 from accelir.interpreter import InterpreterError
 from accelir.ir import Graph, Node
 from accelir.ops import registry
 
-from .pattern import provenance, remove_dead, rewrite_budget
+from .pattern import NearMiss, provenance, remove_dead, rewrite_budget
 from .registry import register_pass
 
 __all__ = ["FoldConstants", "fold_constants", "evaluate_node"]
 
 MIB = 1 << 20
+log = logging.getLogger(__name__)
+
+# What a reference raises on valid ops given bad values: an out-of-range index, an empty
+# reduction, a failed type check (InterpreterError), an overflow.  The run time fails on them too.
+REFERENCE_ERRORS = (AccelirError, IndexError, ValueError, ArithmeticError)
 
 
 def evaluate_node(node: Node, args: list[np.ndarray]) -> list[np.ndarray]:
@@ -57,9 +66,12 @@ def _dying_operand_bytes(node: Node) -> int:
 
 @dataclass(frozen=True)
 class FoldConstants:
-    """Fold nodes with all-constant operands; ``max_bytes`` caps each folded result."""
+    """Fold nodes with all-constant operands; ``max_bytes`` caps each folded result.
+
+    ``near_misses`` lists, after a run, the nodes left unfolded because their reference raised."""
 
     max_bytes: int = MIB
+    near_misses: list[NearMiss] = field(default_factory=list, compare=False, hash=False, repr=False)
 
     @property
     def __name__(self) -> str:
@@ -86,7 +98,10 @@ class FoldConstants:
             return False
         try:
             results = evaluate_node(node, [v.const_value for v in node._inputs])
-        except Exception:  # noqa: BLE001 - an op failing on constants fails at run time too
+        except REFERENCE_ERRORS as e:  # an op failing on constants fails at run time too
+            reason = f"left unfolded: its reference raised {type(e).__name__}: {e}"
+            log.info("fold_constants: %s %s", node.describe(), reason)
+            self.near_misses.append(NearMiss("fold_constants", reason, node))
             return False
         if not rewrite_budget.allow(lambda: f"fold_constants: fold {node.describe()}"):
             return False
@@ -102,13 +117,17 @@ class FoldConstants:
         return True
 
     def __call__(self, graph: Graph) -> bool:
+        self.near_misses.clear()
+        return self._run(graph)
+
+    def _run(self, graph: Graph) -> bool:
         changed = False
         # One forward sweep: a folded node's users come after it and read its constants.  Folding
         # only inserts and removes nodes before the successor, which Graph.nodes has already read.
         for node in graph.nodes:
             if node.regions:
                 for r in node.regions:
-                    changed |= self(r)
+                    changed |= self._run(r)
             elif self.foldable(node):
                 if self.fold(graph, node):
                     changed = True

@@ -220,3 +220,175 @@ def test_bad_arguments():
         accelir.capture(42)
     with pytest.raises(AccelirError, match="unknown file type"):
         accelir.capture("model.pt")
+
+
+class Embedder(torch.nn.Module):
+    """Token ids and an optional mask, as a language model takes them."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(10, 4)
+
+    def forward(self, input_ids, attention_mask=None):
+        h = self.emb(input_ids)
+        if attention_mask is not None:
+            h = h * attention_mask[..., None].to(h.dtype)
+        return h.sum(-1)
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    torch.manual_seed(0)
+    return Embedder().eval(), torch.tensor([[1, 2, 3]]), torch.tensor([[1, 1, 0]])
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "xla"])
+def test_call_errors_name_the_inputs(embedder, backend):
+    model, ids, mask = embedder
+    cm = accelir.optimize(model, (ids, mask), backend=backend)
+    expected = r"the model takes 2 inputs \(input_ids, attention_mask\)"
+    cases = [((ids,), {}, "missing input attention_mask: " + expected + ", got 1"),
+             ((ids, mask, mask), {}, expected + ", got 3"),
+             ((None, mask), {}, r"input input_ids: got None; expected a tensor of dtype i64 and shape \[1, 3\]"),
+             ((3, mask), {}, r"input input_ids: got a python int \(3\); expected a tensor of dtype i64"),
+             ((ids, mask), {"token_type_ids": mask}, "unknown keyword argument 'token_type_ids': " + expected),
+             ((ids,), {"input_ids": ids}, "input input_ids is given twice")]
+    for args, kwargs, message in cases:
+        with pytest.raises(accelir.InputError, match=f"^{message}") as info:
+            cm(*args, **kwargs)
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "xla"])
+def test_keyword_arguments_map_to_the_captured_signature(embedder, backend):
+    model, ids, mask = embedder
+    with torch.no_grad():
+        ref = model(ids, mask)
+    cm = accelir.optimize(model, (ids, mask), backend=backend)
+    for args, kwargs in (((ids,), {"attention_mask": mask}), ((), {"input_ids": ids, "attention_mask": mask})):
+        torch.testing.assert_close(cm(*args, **kwargs), ref)
+    cm = accelir.optimize(model, (ids,), example_kwargs={"attention_mask": mask}, backend=backend)
+    torch.testing.assert_close(cm(ids, mask), ref)
+    cm = accelir.optimize(model, (ids,), backend=backend)  # captured without the mask
+    torch.testing.assert_close(cm(ids, attention_mask=None), model(ids).detach())
+    with pytest.raises(accelir.InputError, match="input attention_mask was not among the inputs the model was "
+                       r"optimised with \(input_ids\); pass it in optimize's example inputs"):
+        cm(ids, attention_mask=mask)
+
+
+def test_jax_keyword_arguments_and_errors():
+    def fn(x, scale=None, *, bias):
+        y = jnp.tanh(x) + bias
+        return y if scale is None else y * scale
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    ref = np.asarray(fn(x, bias=b))
+    for backend in ("xla", "onnxruntime"):
+        cm = accelir.optimize(fn, (x,), example_kwargs={"bias": b}, backend=backend)
+        np.testing.assert_allclose(cm(x=x, bias=b), ref, rtol=1e-6)
+        np.testing.assert_allclose(cm(x, None, bias=b), ref, rtol=1e-6)
+        with pytest.raises(accelir.InputError, match=r"^unknown keyword argument 'z': the model takes 2 inputs "
+                           r"\(x, bias\)$"):
+            cm(x, bias=b, z=b)
+        with pytest.raises(accelir.InputError, match=r"^missing input bias"):
+            cm(x)
+        with pytest.raises(accelir.InputError, match=r"^input x: got None; expected a tensor of dtype f32 and "
+                           r"shape \[2, 3\]$"):
+            cm(None, bias=b)
+
+
+def _gather_onnx(rows: int = 5):
+    from onnx import TensorProto, helper, numpy_helper
+    table = np.arange(rows * 2, dtype=np.float32).reshape(rows, 2)
+    node = helper.make_node("Gather", ["table", "ids"], ["y"], axis=0)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2])],
+                              initializer=[numpy_helper.from_array(table, "table")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_onnx_and_numpy_callers_get_one_line_errors():
+    cm = accelir.optimize(_gather_onnx())
+    ids = np.array([0, 1, 2])
+    for args, message in (((None,), r"input 0 \(ids\): got None; expected a tensor of dtype i64 and shape \[3\]"),
+                          ((1.5,), r"input 0 \(ids\): got a python float \(1.5\)"),
+                          ((ids, ids), r"the model takes 1 inputs? \(ids\), got 2")):
+        with pytest.raises(accelir.InputError, match=f"^{message}"):
+            cm(*args)
+    g = accelir.parse("""graph main(%x: f32[2,3]) -> (f32[2,3]) {
+  %0 = exp(%x) : f32[2,3]
+  return %0
+}
+""")
+    cm = accelir.optimize(g)
+    x = np.ones((2, 3), np.float32)
+    with pytest.raises(accelir.InputError, match=r"^the model takes 1 input tensor \(x: f32\[2,3\]\), got 2$"):
+        cm(x, x)
+    with pytest.raises(accelir.InputError, match=r"^input 0 \(x\): got None"):
+        cm(None)
+    np.testing.assert_allclose(cm(x=x), np.exp(x), rtol=1e-6)  # a graph's inputs go by name too
+    with pytest.raises(accelir.InputError, match=r"^unknown keyword argument 'y': the graph's inputs are x$"):
+        cm(y=x)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "xla"])
+def test_out_of_vocabulary_ids_raise_on_both_backends(gpt2, embedder, backend):
+    model, ids = gpt2
+    cm = accelir.optimize(model, (ids,), backend=backend)
+    for bad_id in (100, -1):  # torch's embedding takes 0..vocab-1 only
+        bad = ids.clone()
+        bad[1, 3] = bad_id
+        with pytest.raises(accelir.InputError, match=rf"^input 0 \(input_ids\): id {bad_id} is out of range for the "
+                           r"table 'wte.weight' of 100 rows \(read by gather .*\); valid ids are 0..99$"):
+            cm(bad)
+    small, small_ids, mask = embedder
+    cm = accelir.optimize(small, (small_ids, mask), backend=backend)
+    with pytest.raises(accelir.InputError, match=r"id 10 is out of range for the table 'emb.weight' of 10 rows"):
+        cm(torch.tensor([[0, 10, 2]]), mask)
+    with torch.no_grad():
+        torch.testing.assert_close(cm(torch.tensor([[0, 9, 2]]), mask), small(torch.tensor([[0, 9, 2]]), mask))
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "xla"])
+def test_onnx_gather_ids_count_from_the_end_and_stop_at_the_table(backend):
+    import onnxruntime as ort
+    model = _gather_onnx(rows=5)
+    cm = accelir.optimize(model, backend=backend)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ids = np.array([-5, -1, 4])  # ONNX Gather counts negative ids from the end
+    np.testing.assert_array_equal(cm(ids)[0], session.run(None, {"ids": ids})[0])
+    for bad_id, lo in ((5, -5), (-6, -5)):
+        with pytest.raises(accelir.InputError, match=rf"id {bad_id} is out of range .* valid ids are {lo}..4$"):
+            cm(np.array([0, bad_id, 1]))
+
+
+def test_backend_auto_falls_back_when_one_backend_fails(monkeypatch):
+    from accelir.errors import LoweringError
+    from accelir.lowering import jax as jax_lowering
+    from accelir.lowering import onnx as onnx_lowering
+
+    def refuse(*args, **kwargs):
+        raise LoweringError("exp: refused here")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("exporter crashed\nsecond line")
+
+    g = accelir.parse("""graph main(%x: f32[2,3]) -> (f32[2,3]) {
+  %0 = exp(%x) : f32[2,3]
+  return %0
+}
+""")
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    monkeypatch.setitem(jax_lowering.JAX_RULES, "exp", refuse)
+    with pytest.warns(UserWarning, match=r"^backend='auto': xla failed \(exp: refused here\); using onnxruntime$"):
+        cm = accelir.optimize(g, (x,), backend="auto", level=0)
+    assert cm.backend == "onnxruntime" and set(cm.report.backends) == {"onnxruntime"}
+    assert cm.report.failed == {"xla": "exp: refused here"}
+    assert "xla          failed: exp: refused here" in str(cm.report)
+    np.testing.assert_allclose(cm(x), np.exp(x), rtol=1e-6)
+    monkeypatch.setitem(onnx_lowering.ONNX_RULES, "exp", crash)
+    with pytest.raises(LoweringError, match=r"^backend='auto': no backend could run the model: "
+                       r"onnxruntime: RuntimeError: exporter crashed; xla: exp: refused here$"):
+        accelir.optimize(g, (x,), backend="auto", level=0)

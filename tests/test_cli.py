@@ -48,6 +48,11 @@ def make():
 
 def not_a_pair():
     return 42
+
+
+def exits():
+    import sys
+    sys.exit(3)
 """
 
 # A deliberately wrong pass, registered when the factory module is imported (subprocess tests only:
@@ -140,7 +145,7 @@ def test_optimize_factory_to_onnx_with_check(factory, tmp_path, capsys):
     out = tmp_path / "mlp.onnx"
     assert main(["optimize", f"{factory}:make", "-o", str(out), "--check"]) == 0
     text = capsys.readouterr().out
-    assert "check: 1 output(s) match the original graph on onnxruntime" in text
+    assert "check: 1 output(s) on onnxruntime match the original graph" in text
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(3).standard_normal((3, 8)).astype(np.float32)
     got = session.run(None, {session.get_inputs()[0].name: x})[0]
@@ -166,12 +171,56 @@ def test_optimize_onnx_in_onnx_out(tmp_path, capsys):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
     out = tmp_path / "out.onnx"
     assert main(["optimize", str(src), "-o", str(out), "--check", "--dim", "n=5"]) == 0
-    assert "check: 1 output(s) match" in capsys.readouterr().out
+    assert "check: 1 output(s) on onnxruntime match onnxruntime on the input file" in capsys.readouterr().out
     optimized = onnx.load(str(out))
     assert [n.op_type for n in optimized.graph.node] == ["Relu"]
     x = np.random.default_rng(0).standard_normal((7, 4)).astype(np.float32)
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_array_equal(got, np.maximum(x, 0))
+
+
+def _mul_relu_onnx(path) -> str:
+    import onnx
+    from onnx import TensorProto, helper
+
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["m"]), helper.make_node("Relu", ["m"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], [two])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+def test_check_of_an_onnx_file_compares_with_onnxruntime_on_the_file(tmp_path, capsys, monkeypatch):
+    from accelir.frontends import onnx_ops
+
+    src = _mul_relu_onnx(tmp_path / "in.onnx")
+    with monkeypatch.context() as patch:
+        # an import that gets Relu wrong: the imported graph and the optimised one agree with each other
+        patch.setitem(onnx_ops.RULES, "Relu", lambda ctx: [ctx.op("abs", ctx.input(0))])
+        for backend in ("onnxruntime", "xla"):
+            assert main(["optimize", src, "-o", str(tmp_path / f"bad-{backend}.onnx"), "--check",
+                         "--backend", backend]) == 1
+            line = _one_error_line(capsys.readouterr().err)
+            assert (f"--check: output 0 of the optimised graph on {backend} differs from onnxruntime on the input "
+                    "file on random inputs: ") in line
+            assert "accelir's import of the file already differs" in line
+            assert not (tmp_path / f"bad-{backend}.onnx").exists()
+    assert main(["optimize", src, "-o", str(tmp_path / "out.onnx"), "--check"]) == 0
+    assert "check: 1 output(s) on onnxruntime match onnxruntime on the input file" in capsys.readouterr().out
+
+
+def test_check_of_an_onnx_file_points_at_a_wrong_pass(tmp_path, capsys, monkeypatch):
+    from accelir.passes import Op, Rule, RulePass, Var, registry
+
+    relu_to_neg = RulePass("relu_to_neg", (
+        Rule("relu_to_neg", Op("relu", Var("x")), lambda m, b: b.op("neg", m["x"])),))
+    monkeypatch.setitem(registry.PASSES, "relu_to_neg", registry.PassInfo("relu_to_neg", relu_to_neg, None, 100, None))
+    src = _mul_relu_onnx(tmp_path / "in.onnx")
+    assert main(["optimize", src, "-o", str(tmp_path / "out.onnx"), "--check", "--passes", "relu_to_neg"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "differs from onnxruntime on the input file" in line and "use 'accelir bisect' to find the pass" in line
 
 
 def test_optimize_to_stablehlo_and_hlo(air, tmp_path, capsys):
@@ -196,6 +245,14 @@ def test_errors_are_one_line_with_exit_code_1(air, factory, tmp_path, capsys):
     assert line.startswith("accelir show: error: ") and "--debug" in line
     assert main(["optimize", air, "-o", air]) == 1
     assert "exists" in _one_error_line(capsys.readouterr().err)
+
+
+def test_a_factory_that_exits_is_an_error(factory, tmp_path, capsys):
+    assert main(["optimize", f"{factory}:exits", "-o", str(tmp_path / "x.air")]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"accelir optimize: error: {factory}:exits() called sys.exit(3); a factory must return "
+                           "(model, example_inputs)")
+    assert not (tmp_path / "x.air").exists()
 
 
 def test_debug_prints_the_traceback(tmp_path, capsys):

@@ -359,6 +359,43 @@ def test_fold_constants_leaves_a_node_whose_reference_fails():
     assert str(g) == textwrap.dedent(text).strip("\n") + "\n"
 
 
+def test_fold_constants_says_why_it_left_a_node(caplog):
+    g = accelir.parse(textwrap.dedent("""
+        graph main() -> (f32[1]) {
+          %c = constant() {name="c", value=[1.0, 2.0]} : f32[2]
+          %i = constant() {name="i", value=[5]} : i64[1]
+          %0 = gather(%c, %i) {axis=0} : f32[1]
+          return %0
+        }"""))
+    fold = FoldConstants()
+    with caplog.at_level("INFO", logger="accelir.passes.fold_constants"):
+        assert not fold(g)
+    reason = "left unfolded: its reference raised IndexError: gather: index out of range for a dim of size 2"
+    (record,) = caplog.records
+    assert record.getMessage().startswith("fold_constants: node 'gather'") and record.getMessage().endswith(reason)
+    (miss,) = fold.near_misses
+    assert miss.rule == "fold_constants" and miss.reason == reason and miss.node.op == "gather"
+    assert fold(accelir.parse("graph main(%x: f32[2]) -> (f32[2]) {\n  return %x\n}\n")) is False
+    assert fold.near_misses == []  # each run reports its own
+
+
+def test_fold_constants_does_not_hide_a_broken_reference(monkeypatch):
+    from accelir.ops import registry
+
+    def broken(inputs, attrs, regions):
+        return [inputs[0] + attrs["no_such_attr"]]
+
+    monkeypatch.setattr(registry.get("exp"), "reference", broken)
+    g = accelir.parse(textwrap.dedent("""
+        graph main() -> (f32[2]) {
+          %c = constant() {name="c", value=[1.0, 2.0]} : f32[2]
+          %0 = exp(%c) : f32[2]
+          return %0
+        }"""))
+    with pytest.raises(KeyError, match="no_such_attr"):
+        fold_constants(g)
+
+
 def test_fold_constants_folds_inside_regions_but_not_region_nodes():
     check(fold_constants, """
         graph main(%x: f32[]) -> (f32[]) {
