@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from . import ops
 from .api import CompiledModel, capture, optimize
-from .errors import (AccelirError, CaptureError, InputError, LoweringError, NumericMismatchError, ParseError, PassError,
-                     UnsupportedOpError, VerificationError)
+from .errors import (AccelirError, CaptureError, InputError, LoweringError, NumericMismatchError, OutputExistsError,
+                     ParseError, PassError, UnsupportedOpError, VerificationError)
 from .interpreter import interpret, run_graph
 from .ir import Builder, DType, Graph, Node, TensorType, Value
 from .pass_manager import PassManager
@@ -17,8 +17,8 @@ from .verify import verify
 __version__ = "0.1.0"
 
 __all__ = [
-    "AccelirError", "CaptureError", "InputError", "LoweringError", "NumericMismatchError", "ParseError", "PassError",
-    "UnsupportedOpError", "VerificationError", "Builder", "DType", "Graph", "Node", "TensorType", "Value", "interpret", "run_graph",
+    "AccelirError", "CaptureError", "InputError", "LoweringError", "NumericMismatchError", "OutputExistsError", "ParseError",
+    "PassError", "UnsupportedOpError", "VerificationError", "Builder", "DType", "Graph", "Node", "TensorType", "Value", "interpret", "run_graph",
     "load", "parse", "print_graph", "save", "verify", "ops", "capture", "optimize", "CompiledModel",
     "PassManager", "bisect",
 ]
