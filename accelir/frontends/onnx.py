@@ -341,6 +341,81 @@ def free_names(graph: Any) -> list[str]:
     return free
 
 
+# ----- the inlining budget ----------------------------------------------------------
+
+MAX_INLINED_NODES = 1 << 17
+"""How many nodes inlining a model's local functions may produce (``import_onnx``'s
+``max_inlined_nodes``).  Functions that call each other twice per level grow as 2**depth:
+a 1.5 KB file can ask for billions of nodes.  A real model inlines a few thousand; the
+importer builds about 5,000 nodes a second, so the budget also bounds the import's time."""
+
+MAX_FUNCTION_DEPTH = 32  # calls nested deeper than this are refused (real models nest a few levels)
+
+
+def _subgraphs(node: Any) -> list[Any]:
+    return [g for a in node.attribute for g in ([a.g] if a.type == 5 else list(a.graphs) if a.type == 10 else [])]
+
+
+def _call_key(node: Any) -> tuple:
+    """Calls with the same function, inputs and attributes compute the same values (ONNX
+    functions are pure): the importer inlines such a call once and reuses its outputs."""
+    return (node.domain, node.op_type, tuple(node.input), tuple(a.SerializeToString() for a in node.attribute))
+
+
+class _InlineCost:
+    """The number of nodes inlining would produce, computed bottom-up over the call graph
+    before anything is built, so a function-call bomb is refused in microseconds."""
+
+    def __init__(self, functions: Mapping[tuple[str, str], Any]):
+        self.functions = functions
+        self.sizes: dict[tuple[str, str], int] = {}
+
+    def of_nodes(self, nodes: Iterable[Any], stack: tuple[tuple[str, str], ...], plain: bool) -> int:
+        """Nodes produced by the local-function calls among ``nodes`` and their subgraphs,
+        plus, if ``plain``, the other nodes (those of a function body are inlined too)."""
+        total, seen = 0, set()
+        for n in nodes:
+            key = (n.domain, n.op_type)
+            if key in self.functions:
+                call = _call_key(n)
+                if call not in seen:
+                    seen.add(call)
+                    total += self.of_function(key, stack)
+            else:
+                total += plain
+            for g in _subgraphs(n):
+                total += self.of_nodes(g.node, stack, plain)
+        return total
+
+    def of_function(self, key: tuple[str, str], stack: tuple[tuple[str, str], ...]) -> int:
+        """Nodes one call of function ``key`` expands to, nested calls included."""
+        if key in self.sizes:
+            return self.sizes[key]
+        path = " -> ".join(f"{k[1]!r}" for k in (*stack, key))
+        if key in stack:
+            raise OnnxImportError(f"local function {key[1]!r} calls itself ({path}); ONNX functions cannot be "
+                                  "recursive")
+        if len(stack) >= MAX_FUNCTION_DEPTH:
+            raise OnnxImportError(f"local functions nest more than {MAX_FUNCTION_DEPTH} deep ({path})")
+        self.sizes[key] = self.of_nodes(self.functions[key].node, (*stack, key), plain=True)
+        return self.sizes[key]
+
+
+def check_inline_budget(model: Any, budget: int) -> None:
+    """Refuse, before building anything, a model whose local functions would inline to
+    more than ``budget`` nodes (or that calls them recursively)."""
+    if not len(model.functions):
+        return
+    cost = _InlineCost({(f.domain, f.name): f for f in model.functions})
+    total = cost.of_nodes(model.graph.node, (), plain=False)
+    if total > budget:
+        worst = max(cost.sizes, key=cost.sizes.__getitem__)
+        whole = f" ({total:,} for the whole model)" if total != cost.sizes[worst] else ""
+        raise OnnxImportError(f"inlining local function {worst[1]!r} would build {cost.sizes[worst]:,} nodes{whole}, "
+                              f"over the budget of {budget:,} (calls that repeat at every level of nesting grow "
+                              "exponentially); if the model is genuine, raise import_onnx(..., max_inlined_nodes=...)")
+
+
 class _Importer:
     def __init__(self, model: Any, base_dir: str | None, load_external: bool):
         self.model = model
@@ -352,6 +427,7 @@ class _Importer:
         self.known: dict[int, np.ndarray | None] = {}
         self.input_graph_deps: dict[int, frozenset[str]] = {}
         self.inline_depth = 0
+        self.inlined: dict[tuple, list[Value | None]] = {}  # reused outputs of identical calls
         self.main: Graph | None = None
 
     def fresh_symbols(self, base: str) -> Iterable[str]:
@@ -505,17 +581,20 @@ def _value_info_meta(vi: Any) -> dict[str, Any]:
 
 
 def import_onnx(model_or_path: Any, *, load_external: bool = True, base_dir: str | None = None,
-                static_inputs: Mapping[str, Any] | None = None) -> Graph:
+                static_inputs: Mapping[str, Any] | None = None,
+                max_inlined_nodes: int = MAX_INLINED_NODES) -> Graph:
     """Import an ONNX model (a ModelProto, serialized bytes or a path) into an accelir Graph.
 
     ``base_dir`` is where external data lives for a ModelProto given in memory (a
     path's own directory otherwise).  ``static_inputs`` binds graph inputs to fixed
     arrays, turning them into constants: use it for inputs that drive shapes.
+    ``max_inlined_nodes`` caps the nodes that inlining local functions may build.
     """
     model, base_dir = _load(model_or_path, base_dir)
     opsets = _opset_map(model.opset_import)
     if "" not in opsets:
         raise OnnxImportError("the model imports no version of the standard ONNX domain (opset_import lacks '')")
+    check_inline_budget(model, max_inlined_nodes)
     gproto = model.graph
     imp = _Importer(model, base_dir, load_external)
     graph = Graph(_value_name(gproto.name or "main"))

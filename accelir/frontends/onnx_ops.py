@@ -20,8 +20,8 @@ from ..errors import UnsupportedOpError
 from ..ir import DType, Graph, TensorType, Value
 from ..ops import registry
 from ..ops.nn import GRID_MODE_OLD_NAMES
-from .onnx import (_DTYPE_TO_ONNX, DynamicValueError, ImportScope, OnnxImportError, free_names, onnx_dtype,
-                   topo_order)
+from .onnx import (_DTYPE_TO_ONNX, MAX_FUNCTION_DEPTH, DynamicValueError, ImportScope, OnnxImportError, _call_key,
+                   free_names, onnx_dtype, topo_order)
 
 __all__ = ["convert", "evaluate_known", "RULES", "MS_RULES", "OUT_OF_SCOPE", "NodeContext"]
 
@@ -1711,8 +1711,9 @@ def _inline_function(ctx: NodeContext, fproto: Any, opsets: dict[str, int],
                      schema_defaults: dict[str, Any] | None = None) -> list[Value | None]:
     import onnx
     imp = ctx.imp
-    if imp.inline_depth > 32:
-        raise OnnxImportError(f"{ctx.label}: functions nest more than 32 deep (a recursive function?)")
+    if imp.inline_depth > MAX_FUNCTION_DEPTH:
+        raise OnnxImportError(f"{ctx.label}: functions nest more than {MAX_FUNCTION_DEPTH} deep "
+                              "(a recursive function?)")
     scope = ImportScope(imp, ctx.graph, None, opsets, closed=True,
                         origin_prefix=ctx.scope.origin_prefix + (ctx.node.name or ctx.node.op_type) + "/")
     for name, v in zip(fproto.input, ctx.inputs):
@@ -1759,7 +1760,11 @@ def convert(imp: Any, scope: ImportScope, node: Any, inputs: list[Value | None],
     local = imp.functions.get((node.domain, node.op_type))
     ctx = NodeContext(imp, scope, node, inputs, label)
     if local is not None:
-        return _inline_function(ctx, local, _function_opsets(scope.opsets, local))
+        # an identical call in the same graph (same inputs and attributes) reuses the first one's outputs
+        key = (id(scope.graph), _call_key(node)[:2], tuple(id(v) for v in inputs), _call_key(node)[3])
+        if key not in imp.inlined:
+            imp.inlined[key] = _inline_function(ctx, local, _function_opsets(scope.opsets, local))
+        return imp.inlined[key]
     domain = "" if node.domain in ("", "ai.onnx") else node.domain
     if domain == "com.microsoft":
         fn = MS_RULES.get(node.op_type)
