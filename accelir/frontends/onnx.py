@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 import keyword
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ def _external_array(tensor: Any, dtype: DType, shape: tuple[int, ...], base_dir:
     path = _resolve_external(base_dir, info.get("location", ""), tensor.name)
     try:
         offset = int(info.get("offset", 0))
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize  # Python ints: an int64 product can wrap to 0
         length = int(info.get("length", nbytes))
     except ValueError:
         raise OnnxImportError(f"initializer {tensor.name!r}: external data offset / length are not integers") from None
@@ -132,7 +133,7 @@ def tensor_to_array(tensor: Any, base_dir: str | None = None, load_external: boo
             raise OnnxImportError(f"{label} keeps its data in an external file and load_external=False; "
                                   "import with load_external=True")
         return _external_array(tensor, dtype, shape, base_dir)
-    numel = int(np.prod(shape, dtype=np.int64))
+    numel = math.prod(shape)  # Python ints: dims like [2**32, 2**32, 16] wrap to 0 in int64
     if tensor.HasField("raw_data") and dtype is not DType.bool:
         raw = tensor.raw_data
         if len(raw) != numel * dtype.itemsize:

@@ -20,6 +20,7 @@ from ..errors import UnsupportedOpError
 from ..ir import DType, Graph, TensorType, Value
 from ..ops import registry
 from ..ops.nn import GRID_MODE_OLD_NAMES
+from ..passes.fold_constants import FoldConstants
 from .onnx import (_DTYPE_TO_ONNX, MAX_FUNCTION_DEPTH, DynamicValueError, ImportScope, OnnxImportError, _call_key,
                    free_names, onnx_dtype, topo_order)
 
@@ -48,6 +49,17 @@ OUT_OF_SCOPE_DOMAINS: dict[str, str] = {
 }
 
 _HUGE = 1 << 62  # ONNX uses INT64_MAX / INT64_MIN as open slice ends
+
+# The most bytes one value computed at import may take: the fold_constants pass's cap, so
+# the importer builds no constant the pass would refuse to fold.  A larger Range or EyeLike
+# stays a run-time computation; sizes are Python ints, which do not wrap around.
+IMPORT_VALUE_BYTES: int = FoldConstants.max_bytes
+
+
+def fits_import_budget(shape: Sequence[D.Dim], dtype: DType) -> bool:
+    """Whether a value of ``shape`` and ``dtype`` may be computed at import (symbolic: no)."""
+    n = D.dim_prod(shape)
+    return type(n) is int and n * dtype.itemsize <= IMPORT_VALUE_BYTES
 
 
 class NodeContext:
@@ -97,6 +109,9 @@ class NodeContext:
         """Input ``i``'s value now; shape-like inputs must be computable at import."""
         v = self.input(i)
         arr = self.imp.value_of(v)
+        if arr is None and not fits_import_budget(v.shape, v.dtype):
+            raise OnnxImportError(f"its {what} (input {i}) is {v.type}, {_bytes(v.type)}: over the "
+                                  f"{IMPORT_VALUE_BYTES:,} bytes a value computed at import may take")
         if arr is None:
             names = self.imp.graph_inputs_behind(v)
             raise DynamicValueError(f"its {what} (input {i}) is computed from run-time data"
@@ -682,19 +697,41 @@ def _constant(ctx: NodeContext):
     raise ctx.unsupported(f"constant attribute {a.name!r} (strings and sparse tensors are out of scope)")
 
 
+def _bytes(t: TensorType) -> str:
+    n = D.dim_prod(t.shape)
+    return f"{n * t.dtype.itemsize:,} bytes" if type(n) is int else "a symbolic size"
+
+
+def _range_length(ctx: NodeContext, start: Any, limit: Any, delta: Any) -> int:
+    """ONNX's max(ceil((limit - start) / delta), 0), exact for integers."""
+    if delta == 0:
+        raise OnnxImportError(f"{ctx.label}: its delta is 0")
+    if all(isinstance(v, (int, np.integer)) for v in (start, limit, delta)):
+        return max(-((int(start) - int(limit)) // int(delta)), 0)
+    n = (float(limit) - float(start)) / float(delta)
+    if not math.isfinite(n):
+        raise OnnxImportError(f"{ctx.label}: start {start}, limit {limit} and delta {delta} give no finite length")
+    return max(math.ceil(n), 0)
+
+
 @rule("Range")
 def _range(ctx: NodeContext):
     # the output length is (limit - start) / delta: the IR needs it when building the graph
     start, limit, delta = (ctx.values(i, what) for i, what in enumerate(("start", "limit", "delta")))
     dt = ctx.input(0).dtype
-    if limit.dtype != object and start.dtype != object and delta.dtype != object:
-        return [ctx.const(np.arange(start.item(), limit.item(), delta.item()).astype(dt.numpy))]
     if start.dtype == object or delta.dtype == object:
         raise DynamicValueError("its start and delta must not depend on symbolic dims")
-    s, lim, d = int(start.item()), limit.item(), int(delta.item())
-    if d <= 0:
+    s, d = start.item(), delta.item()
+    if limit.dtype != object:
+        n: D.Dim = _range_length(ctx, s, limit.item(), d)
+        if fits_import_budget((n,), dt):
+            return [ctx.const(np.arange(s, limit.item(), d).astype(dt.numpy))]
+    elif d <= 0:
         raise ctx.unsupported("a symbolic limit with a non-positive delta")
-    n = D.dim_floordiv(D.dim_add(D.dim_sub(lim, s), d - 1), d)
+    else:
+        s, d = int(s), int(d)
+        n = D.dim_floordiv(D.dim_add(D.dim_sub(limit.item(), s), d - 1), d)
+    # a symbolic or large range is computed at run time: start + i * delta
     r = ctx.op("iota", shape=(n,), axis=0, dtype=dt)
     if d != 1:
         r = ctx.op("mul", r, ctx.scalar(d, dt))
@@ -704,10 +741,16 @@ def _range(ctx: NodeContext):
 @rule("EyeLike")
 def _eyelike(ctx: NodeContext):
     x = ctx.input(0)
-    if not x.type.is_static:
-        raise ctx.unsupported("a symbolic shape")
     dt = onnx_dtype(ctx.attr("dtype"), ctx.label) if "dtype" in ctx.attrs else x.dtype
-    return [ctx.const(np.eye(*x.shape, k=ctx.attr("k", 0), dtype=dt.numpy))]
+    k = int(ctx.attr("k", 0))
+    if x.rank != 2:
+        raise OnnxImportError(f"{ctx.label}: EyeLike takes a 2-D input, got {x.type}")
+    if fits_import_budget(x.shape, dt):
+        return [ctx.const(np.eye(*x.shape, k=k, dtype=dt.numpy))]
+    # a symbolic or large identity is computed at run time: 1 where col - row == k
+    rows = ctx.op("iota", shape=tuple(x.shape), axis=0, dtype=DType.i64)
+    cols = ctx.op("iota", shape=tuple(x.shape), axis=1, dtype=DType.i64)
+    return [_cast(ctx, ctx.op("eq", ctx.op("sub", cols, rows), ctx.scalar(k, DType.i64)), dt)]
 
 
 @rule("Trilu")
@@ -1820,6 +1863,8 @@ def evaluate_known(node: Any, ins: list[np.ndarray]) -> list[np.ndarray] | None:
     """Outputs of ``node`` on known inputs, or None when they cannot (or should not) be computed now."""
     if any(a.size > _KNOWN_LIMIT for a in ins) or node.op in ("constant", "iota"):
         return None
+    if any(type(D.dim_prod(o.shape)) is int and not fits_import_budget(o.shape, o.dtype) for o in node.outputs):
+        return None  # a small input can make a huge output (broadcast_to, pad, tile)
     for v in node.attrs.values():
         if isinstance(v, tuple) and any(isinstance(x, str) for x in v):
             return None
