@@ -9,6 +9,8 @@ import time
 import tracemalloc
 
 import numpy as np
+import onnx
+import onnx.defs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -232,3 +234,107 @@ def test_pad_and_tile_to_huge_stay_run_time_nodes():
                         (helper.make_node("Tile", ["x", "p"], ["y"]), _init("p", np.array([20000, 20000])))]:
         g = _bounded(_model([node], [], [_f32("y", None)], [x, extra]))
         assert g.outputs[0].type.shape in ((20002, 20002), (40000, 40000)) and _largest_constant(g) <= 32
+
+
+# ----- what the ONNX spec forbids is refused -------------------------------------------
+
+def _relu_model(opset):
+    return _model([helper.make_node("Relu", ["x"], ["y"])], [_f32("x", [2])], [_f32("y", [2])], opset=opset)
+
+
+@pytest.mark.parametrize("opset", [0, -1, onnx.defs.onnx_opset_version() + 1, 1000])
+def test_opsets_no_onnx_release_defines_are_refused(opset):
+    newest = onnx.defs.onnx_opset_version()
+    with pytest.raises(OnnxImportError, match=rf"the model imports opset {opset} of domain 'ai.onnx'; valid versions "
+                                              rf"are 1..{newest} \(installed onnx"):
+        import_onnx(_relu_model(opset))
+
+
+def test_newest_opset_and_function_opsets():
+    x = RNG.standard_normal(2).astype(np.float32)
+    _, (y,) = import_and_run(_relu_model(onnx.defs.onnx_opset_version()), {"x": x})
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    f = helper.make_function("local", "f", ["x"], ["y"], [helper.make_node("Relu", ["x"], ["y"])],
+                             [helper.make_opsetid("", 0)])
+    m = _model([_call("f", ["x"], "y")], [_f32("x", [2])], [_f32("y", [2])], functions=[f])
+    with pytest.raises(OnnxImportError, match="local function 'f' imports opset 0 of domain 'ai.onnx'"):
+        import_onnx(m)
+
+
+@pytest.mark.parametrize("elem_type,values,bad,rng", [
+    (TensorProto.INT8, [300, 5], 300, r"i8's range \[-128, 127\]"),
+    (TensorProto.INT16, [-40000], -40000, r"i16's range \[-32768, 32767\]"),
+    (TensorProto.UINT8, [-1, 1], -1, r"u8's range \[0, 255\]"),
+    (TensorProto.BOOL, [2, 1], 2, r"bool's range \[0, 1\]"),
+    (TensorProto.FLOAT16, [70000], 70000, r"the range of f16's 16 bits \[0, 65535\]")])
+def test_stored_values_out_of_their_dtype_range_are_refused(elem_type, values, bad, rng):
+    t = TensorProto(name="c", data_type=elem_type, dims=[len(values)], int32_data=values)
+    out = helper.make_tensor_value_info("y", elem_type, [len(values)])
+    as_init = _model([helper.make_node("Identity", ["c"], ["y"])], [], [out], [t])
+    as_const = _model([helper.make_node("Constant", [], ["y"], value=t)], [], [out])
+    with pytest.raises(OnnxImportError, match=rf"initializer 'c' is \w+ but holds {bad} in int32_data, outside {rng}"):
+        import_onnx(as_init)
+    with pytest.raises(OnnxImportError, match=rf"\(Constant\): its value is \w+ but holds {bad} in int32_data"):
+        import_onnx(as_const)
+
+
+def test_stored_values_in_range_match_onnxruntime():
+    inits = [TensorProto(name="a", data_type=TensorProto.INT8, dims=[3], int32_data=[-128, 0, 127]),
+             TensorProto(name="b", data_type=TensorProto.UINT8, dims=[2], int32_data=[0, 255]),
+             TensorProto(name="c", data_type=TensorProto.BOOL, dims=[2], int32_data=[0, 1])]
+    outs = [helper.make_tensor_value_info(n, t, None) for n, t in (("ya", TensorProto.INT8),
+                                                                   ("yb", TensorProto.UINT8), ("yc", TensorProto.BOOL))]
+    m = _model([helper.make_node("Identity", [n], ["y" + n]) for n in "abc"], [], outs, inits)
+    _, got = import_and_run(m, {})
+    for a, b in zip(got, onnxruntime_outputs(m, {})):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+def _w(value, name="w"):
+    return _init(name, np.asarray(value, np.float32))
+
+
+@pytest.mark.parametrize("inputs,inits,nodes,msg", [
+    ([_f32("x", [2]), _f32("x", [3])], [], [helper.make_node("Relu", ["x"], ["y"])],
+     r"graph 'g' declares input 'x' twice; input names must be unique"),
+    ([_f32("x", [2])], [_w([1, 2]), _w([3, 4])], [helper.make_node("Add", ["x", "w"], ["y"])],
+     r"graph 'g' has two initializers named 'w'"),
+    ([_f32("x", [2]), _f32("w", [2])], [_init("w", np.array([1, 2]))], [helper.make_node("Add", ["x", "w"], ["y"])],
+     r"initializer 'w' \(INT64\[2\]\) does not match input 'w' \(FLOAT, 2\)"),
+    ([_f32("x", [2]), _f32("w", [2])], [_w([1, 2, 3])], [helper.make_node("Add", ["x", "w"], ["y"])],
+     r"initializer 'w' \(FLOAT\[3\]\) does not match input 'w' \(FLOAT, 2\)"),
+    ([_f32("x", [2])], [_w([1, 2])], [helper.make_node("Relu", ["x"], ["w"]), helper.make_node("Add", ["x", "w"], ["y"])],
+     r"ONNX node '#0' \(Relu\) in graph 'g' redefines initializer 'w'"),
+])
+def test_names_defined_twice_are_refused(inputs, inits, nodes, msg):
+    with pytest.raises(OnnxImportError, match=msg):
+        import_onnx(_model(nodes, inputs, [_f32("y", [2])], inits))
+
+
+def test_names_defined_twice_in_a_subgraph_are_refused():
+    body = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "then", [], [_f32("y", [2])],
+                             initializer=[_w([1, 2], "k"), _w([3, 4], "k")])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "else", [], [_f32("y", [2])])
+    m = _model([helper.make_node("If", ["c"], ["y"], then_branch=body, else_branch=other)],
+               [helper.make_tensor_value_info("c", TensorProto.BOOL, []), _f32("x", [2])], [_f32("y", [2])])
+    with pytest.raises(OnnxImportError, match="two initializers named 'k'"):
+        import_onnx(m)
+
+
+def test_initializer_as_the_default_of_an_input_still_imports():
+    # IR < 4 lists initializers among the inputs; a dim_param there matches any dim
+    x = RNG.standard_normal(2).astype(np.float32)
+    m = _model([helper.make_node("Add", ["x", "w"], ["y"])], [_f32("x", [2]), _f32("w", ["n"])], [_f32("y", [2])],
+               [_w([1.0, 2.0])])
+    _, (y,) = import_and_run(m, {"x": x})
+    np.testing.assert_allclose(y, x + np.array([1.0, 2.0], np.float32))
+
+
+def test_air_text_refuses_duplicate_graph_input_names():
+    from accelir import ParseError
+    from accelir.text import parse
+    with pytest.raises(ParseError, match="1:24: %x is defined twice"):
+        parse("graph main(%x: f32[2], %x: f32[3]) -> (f32[2]) {\n  %0 = relu(%x) : f32[2]\n  return %0\n}")
+    with pytest.raises(ParseError, match="2:3: %x is defined twice"):
+        parse("graph main(%x: f32[2]) -> (f32[2]) {\n  %x = relu(%x) : f32[2]\n  return %x\n}")

@@ -37,7 +37,8 @@ from ..errors import AccelirError, UnsupportedOpError, VerificationError
 from ..ir import DType, Graph, TensorType, Value
 from ..lowering.onnx import ONNX_DTYPE
 __all__ = ["import_onnx", "restore_onnx_interface", "OnnxImportError", "DynamicValueError", "OnnxSignature",
-           "ONNX_DTYPES", "onnx_dtype", "tensor_to_array", "ImportScope"]
+           "ONNX_DTYPES", "onnx_dtype", "tensor_to_array", "ImportScope", "MAX_INLINED_NODES", "check_opsets",
+           "check_names"]
 
 
 class OnnxImportError(AccelirError):
@@ -140,6 +141,7 @@ def tensor_to_array(tensor: Any, base_dir: str | None = None, load_external: boo
             raise OnnxImportError(f"{label}: raw data has {len(raw)} bytes, its shape {list(shape)} of {dtype} "
                                   f"needs {numel * dtype.itemsize} (truncated or corrupt)")
         return np.frombuffer(raw, dtype=dtype.numpy).reshape(shape)
+    _check_stored_range(tensor, dtype, label)
     try:
         arr = numpy_helper.to_array(tensor)
     except Exception as e:
@@ -148,6 +150,29 @@ def tensor_to_array(tensor: Any, base_dir: str | None = None, load_external: boo
     if arr.size != numel:
         raise OnnxImportError(f"{label}: holds {arr.size} values, its shape {list(shape)} needs {numel}")
     return np.asarray(arr, dtype=dtype.numpy).reshape(shape)
+
+
+def _check_stored_range(tensor: Any, dtype: DType, label: str) -> None:
+    """Values kept in a wider field than their type (int8 / int16 / uint8 / bool in int32_data,
+    float16 / bfloat16 as bits) must fit the type; numpy would wrap 300 to 44 silently."""
+    if dtype.is_float and dtype.itemsize != 2:
+        return
+    values = tensor.int32_data
+    if not len(values):
+        return
+    if dtype is DType.bool:
+        lo, hi = 0, 1
+    elif dtype.is_float:  # float16 / bfloat16: their 16 bits as an unsigned integer
+        lo, hi = 0, 0xFFFF
+    else:
+        info = np.iinfo(dtype.numpy)
+        lo, hi = int(info.min), int(info.max)
+    low, high = min(values), max(values)
+    if low < lo or high > hi:
+        bad = low if low < lo else high
+        what = f"the range of {dtype}'s 16 bits" if dtype.is_float else f"{dtype}'s range"
+        raise OnnxImportError(f"{label} is {dtype} but holds {bad} in int32_data, outside {what} [{lo}, {hi}]; "
+                              "the model is corrupt")
 
 
 # ----- the signature ----------------------------------------------------------------
@@ -266,6 +291,19 @@ def _opset_map(opset_import: Iterable[Any]) -> dict[str, int]:
     return out
 
 
+def check_opsets(opsets: Mapping[str, int], where: str) -> None:
+    """Refuse opset versions no ONNX release defines: below 1, or beyond the installed onnx's
+    (whose schemas the importer reads the ops' semantics and function bodies from)."""
+    import onnx.defs
+    newest = onnx.defs.onnx_opset_version()
+    for domain, version in opsets.items():
+        if version < 1 or (domain == "" and version > newest):
+            name = repr(domain or "ai.onnx")
+            raise OnnxImportError(f"{where} imports opset {version} of domain {name}; valid versions are 1.."
+                                  f"{newest if domain == '' else 'n'} (installed onnx {onnx.__version__}); fix "
+                                  "opset_import, or upgrade onnx for a newer opset")
+
+
 def _node_label(node: Any, index: int) -> str:
     name = node.name or f"#{index}"
     dom = f"{node.domain}." if node.domain not in ("", "ai.onnx") else ""
@@ -315,6 +353,46 @@ def topo_order(nodes: Sequence[Any], label: str) -> list[int]:
         raise OnnxImportError(f"{_node_label(nodes[stuck], stuck)} in {label} is on a cycle: its inputs depend on "
                               "its own outputs")
     return order
+
+
+def _same_type(info: Any, tensor: Any) -> bool:
+    """Whether an initializer fits the input declared under its name (dim_params match any dim)."""
+    tt = info.type.tensor_type
+    if info.type.WhichOneof("value") != "tensor_type" or tt.elem_type != tensor.data_type:
+        return False
+    if not tt.HasField("shape"):
+        return True
+    dims = tt.shape.dim
+    return len(dims) == len(tensor.dims) and all(
+        d.WhichOneof("value") != "dim_value" or d.dim_value == t for d, t in zip(dims, tensor.dims))
+
+
+def check_names(gproto: Any, label: str) -> None:
+    """Each name is defined once in a graph: inputs and initializers are unique, a node output
+    does not redefine either, and an initializer under an input's name (that input's default)
+    has the input's type."""
+    inputs: dict[str, Any] = {}
+    for vi in gproto.input:
+        if vi.name in inputs:
+            raise OnnxImportError(f"{label} declares input {vi.name!r} twice; input names must be unique")
+        inputs[vi.name] = vi
+    inits: set[str] = set()
+    for t in gproto.initializer:
+        if t.name in inits:
+            raise OnnxImportError(f"{label} has two initializers named {t.name!r}; names must be unique")
+        inits.add(t.name)
+        if t.name in inputs and not _same_type(inputs[t.name], t):
+            import onnx
+            declared = onnx.helper.printable_type(inputs[t.name].type)
+            raise OnnxImportError(f"{label}: initializer {t.name!r} ({onnx.TensorProto.DataType.Name(t.data_type)}"
+                                  f"{list(t.dims)}) does not match input {t.name!r} ({declared}), whose default "
+                                  "value it is")
+    for i, n in enumerate(gproto.node):
+        for o in n.output:
+            if o in inputs or o in inits:
+                what = "input" if o in inputs else "initializer"
+                raise OnnxImportError(f"{_node_label(n, i)} in {label} redefines {what} {o!r}; each name is "
+                                      "defined once")
 
 
 def _all_reads(node: Any) -> list[str]:
@@ -444,6 +522,7 @@ class _Importer:
                   label: str) -> list[Value]:
         """Fill ``scope.graph`` from ``gproto``; returns the values of its outputs."""
         g = scope.graph
+        check_names(gproto, label)
         if input_values is not None:
             for vi, v in zip(gproto.input, input_values):
                 scope.define(vi.name, v)
@@ -595,6 +674,9 @@ def import_onnx(model_or_path: Any, *, load_external: bool = True, base_dir: str
     opsets = _opset_map(model.opset_import)
     if "" not in opsets:
         raise OnnxImportError("the model imports no version of the standard ONNX domain (opset_import lacks '')")
+    check_opsets(opsets, "the model")
+    for f in model.functions:
+        check_opsets(_opset_map(f.opset_import), f"local function {f.name!r}")
     check_inline_budget(model, max_inlined_nodes)
     gproto = model.graph
     imp = _Importer(model, base_dir, load_external)
