@@ -13,6 +13,7 @@ import onnx
 import onnx.defs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 from accelir.frontends.onnx import OnnxImportError, import_onnx
 from onnx_single_node import import_and_run, onnxruntime_outputs
@@ -338,3 +339,29 @@ def test_air_text_refuses_duplicate_graph_input_names():
         parse("graph main(%x: f32[2], %x: f32[3]) -> (f32[2]) {\n  %0 = relu(%x) : f32[2]\n  return %0\n}")
     with pytest.raises(ParseError, match="2:3: %x is defined twice"):
         parse("graph main(%x: f32[2]) -> (f32[2]) {\n  %x = relu(%x) : f32[2]\n  return %x\n}")
+
+
+@pytest.mark.parametrize("shape,sizes,attrs", [
+    ((1, 1, 300, 2), (1, 1, 900, 3), {"mode": "linear"}),
+    ((1, 2, 64, 8), (1, 2, 16, 8), {"mode": "cubic", "antialias": 1}),
+    ((1, 1, 40, 6), (1, 1, 25, 9), {"mode": "cubic", "exclude_outside": 1, "coordinate_transformation_mode": "asymmetric"}),
+    ((1, 1, 5, 7), (1, 1, 12, 3), {"mode": "nearest"}),
+])
+def test_resize_by_taps_matches_onnxruntime(shape, sizes, attrs):
+    out = _f32("y", None)
+    m = _model([helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], **attrs)], [_f32("x", list(shape))], [out],
+               [_init("sizes", np.array(sizes, np.int64))])
+    feeds = {"x": RNG.standard_normal(shape).astype(np.float32)}
+    g, (y,) = import_and_run(m, feeds)
+    want = ReferenceEvaluator(m).run(None, feeds)[0]  # onnxruntime rounds its coordinates to f32 (4e-5 off)
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+    # tables grow with the output and the kernel, not with output * input
+    assert _largest_constant(g) <= 8 * 16 * max(sizes)
+
+
+def test_huge_resize_is_refused_before_building_its_tables():
+    m = _model([helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear")], [_f32("x", [1, 1, 4, 100_000])],
+               [_f32("y", None)], [_init("sizes", np.array([1, 1, 200_000, 200_000], np.int64))])
+    with pytest.raises(OnnxImportError, match=r"\(Resize\): resizing an axis of 4 to 200000 needs interpolation "
+                                              r"tables of about 7,200,000 bytes, over the 1,048,576 bytes"):
+        _bounded(m)

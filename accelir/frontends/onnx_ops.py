@@ -891,17 +891,16 @@ def _nearest_index(x: np.ndarray, mode: str) -> np.ndarray:
     raise ValueError(f"unknown nearest_mode {mode!r}")
 
 
-def resize_weights(size: int, out: int, scale: float, attrs: dict[str, Any],
-                   roi: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """The [out, size] interpolation matrix of one axis and the mask of outputs that take
-    the extrapolation value (tf_crop_and_resize outside the input)."""
+def resize_taps(ctx: NodeContext, size: int, out: int, scale: float, attrs: dict[str, Any],
+                roi: tuple[float, float], itemsize: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One axis's interpolation as taps: for each output, the input indices it reads
+    ([out, taps]) and their weights, and the mask of outputs that take the extrapolation
+    value (tf_crop_and_resize outside the input).  Taps, not an [out, size] matrix, so the
+    tables grow with the output and the kernel's reach only; they must fit the import budget."""
     x = _source_coords(attrs["coord"], out, size, scale, roi)
     outside = (x < 0) | (x > size - 1) if attrs["coord"] == "tf_crop_and_resize" else np.zeros(out, bool)
-    w = np.zeros((out, size))
-    rows = np.arange(out)
     if attrs["mode"] == "nearest":
-        idx = np.clip(_nearest_index(x, attrs["nearest_mode"]), 0, size - 1).astype(np.int64)
-        w[rows, idx] = 1.0
+        kernel, support, s, offsets = None, 0.5, 1.0, [0]
     else:
         if attrs["mode"] == "linear":
             kernel, support = (lambda t: np.clip(1 - np.abs(t), 0, None)), 1
@@ -909,17 +908,33 @@ def resize_weights(size: int, out: int, scale: float, attrs: dict[str, Any],
             kernel, support = _cubic_kernel(attrs["cubic_a"]), 2
         s = min(scale, 1.0) if attrs["antialias"] else 1.0
         reach = int(math.ceil(support / s)) + 1
-        for off in range(-reach, reach + 1):
+        offsets = range(-reach, reach + 1)
+    # a row has at most ceil(2 * support / s) + 1 taps of nonzero weight: check before building them
+    need = out * (int(math.ceil(2 * support / s)) + 1) * (8 + itemsize)
+    if need > IMPORT_VALUE_BYTES:
+        raise OnnxImportError(f"{ctx.label}: resizing an axis of {size} to {out} needs interpolation tables of "
+                              f"about {need:,} bytes, over the {IMPORT_VALUE_BYTES:,} bytes a table built at "
+                              "import may take")
+    if kernel is None:
+        idx = np.clip(_nearest_index(x, attrs["nearest_mode"]), 0, size - 1).astype(np.int64)[:, None]
+        wts = np.ones((out, 1))
+    else:
+        cols, weights = [], []
+        for off in offsets:
             j = np.floor(x).astype(np.int64) + off
             wt = kernel((j - x) * s)
-            inside = (j >= 0) & (j < size)
             if attrs["exclude_outside"]:
-                wt = np.where(inside, wt, 0.0)
-            np.add.at(w, (rows, np.clip(j, 0, size - 1)), wt)
+                wt = np.where((j >= 0) & (j < size), wt, 0.0)
+            if np.any(wt != 0):  # taps no output uses are left out
+                cols.append(np.clip(j, 0, size - 1))
+                weights.append(wt)
+        idx = np.stack(cols, 1) if cols else np.zeros((out, 1), np.int64)
+        wts = np.stack(weights, 1) if weights else np.zeros((out, 1))
         if attrs["antialias"] or attrs["exclude_outside"]:
-            w /= np.where(w.sum(1, keepdims=True) == 0, 1, w.sum(1, keepdims=True))
-    w[outside] = 0.0
-    return w, outside
+            total = wts.sum(1, keepdims=True)
+            wts = wts / np.where(total == 0, 1, total)
+    wts[outside] = 0.0
+    return idx, wts, outside
 
 
 @rule("Resize", "Upsample")
@@ -969,17 +984,18 @@ def _resize(ctx: NodeContext):
     for a, size, out, sc, rr in zip(axes, in_sizes, sizes, scales, roi):
         if size == out and sc == 1.0 and attrs["coord"] != "tf_crop_and_resize":
             continue
-        w, outside = resize_weights(size, out, sc, attrs, rr)
-        one_hot = np.all((w == 0) | (w == 1)) and np.all(w.sum(1)[~outside] == 1)
-        if one_hot and not outside.any():
-            y = ctx.op("gather", y, ctx.const(w.argmax(1).astype(np.int64)), axis=a)
+        idx, wts, outside = resize_taps(ctx, size, out, sc, attrs, rr, x.dtype.itemsize)
+        if idx.shape[1] == 1 and np.all(wts[~outside] == 1) and not outside.any():
+            y = ctx.op("gather", y, ctx.const(idx[:, 0]), axis=a)
             continue
         if not x.dtype.is_float:
             raise ctx.unsupported(f"{attrs['mode']} resize of {x.dtype}")
-        z = ctx.op("dot_general", ctx.const(w.astype(x.dtype.numpy)), y, lhs_contracting=(1,), rhs_contracting=(a,))
-        perm = list(range(1, rank))
-        perm.insert(a, 0)
-        y = ctx.op("transpose", z, perm=tuple(perm)) if a else z
+        # y[..., i, ...] = sum over taps t of wts[i, t] * y[..., idx[i, t], ...]
+        taps = idx.shape[1]
+        g = ctx.op("gather", y, ctx.const(idx.reshape(-1)), axis=a)
+        g = _reshape(ctx, g, tuple(y.shape[:a]) + (out, taps) + tuple(y.shape[a + 1:]))
+        w = ctx.const(wts.astype(x.dtype.numpy).reshape((out, taps) + (1,) * (rank - a - 1)))
+        y = ctx.op("reduce_sum", ctx.op("mul", g, w), axes=(a + 1,), keepdims=False)
         if outside.any():
             mask = ctx.const((outside * extrap).astype(x.dtype.numpy).reshape(
                 tuple(out if i == a else 1 for i in range(rank))))
