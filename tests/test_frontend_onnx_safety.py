@@ -365,3 +365,36 @@ def test_huge_resize_is_refused_before_building_its_tables():
     with pytest.raises(OnnxImportError, match=r"\(Resize\): resizing an axis of 4 to 200000 needs interpolation "
                                               r"tables of about 7,200,000 bytes, over the 1,048,576 bytes"):
         _bounded(m)
+
+
+@pytest.mark.parametrize("length,c_in,n,inverse,onesided", [
+    (300, 2, 300, 0, 0),   # complex DFT
+    (500, 1, 300, 0, 0),   # real input, truncated to 300 points
+    (600, 1, 600, 0, 1),   # one-sided (rfft)
+    (201, 2, 400, 1, 1),   # inverse of a one-sided spectrum (irfft)
+    (256, 2, 256, 1, 0),   # inverse
+])
+def test_dft_matrix_over_the_budget_is_computed_at_run_time(length, c_in, n, inverse, onesided):
+    node = helper.make_node("DFT", ["x", "n", ""], ["y"], inverse=inverse, onesided=onesided)
+    m = _model([node], [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [2, length, c_in])],
+               [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)], [_init("n", np.int64(n))], opset=20)
+    x = RNG.standard_normal((2, length, c_in))
+    g, (y,) = import_and_run(m, {"x": x})
+    assert _largest_constant(g) <= 1 << 20
+    z = x[..., 0] + 1j * x[..., 1] if c_in == 2 else x[..., 0]
+    if inverse and onesided:
+        want = np.fft.irfft(z, n, axis=1)[..., None]
+    else:
+        f = (np.fft.ifft if inverse else np.fft.rfft if onesided else np.fft.fft)(z, n, axis=1)
+        want = np.stack([f.real, f.imag], -1)
+    np.testing.assert_allclose(y, want, rtol=1e-9, atol=1e-9)
+
+
+def test_mel_weight_matrix_over_the_budget_is_refused():
+    ins = [("bins", np.int32(4000)), ("len", np.int32(4096)), ("rate", np.int32(16000)),
+           ("lo", np.float32(20.0)), ("hi", np.float32(8000.0))]
+    m = _model([helper.make_node("MelWeightMatrix", [n for n, _ in ins], ["y"])], [], [_f32("y", None)],
+               [_init(n, v) for n, v in ins])
+    with pytest.raises(OnnxImportError, match=r"\(MelWeightMatrix\): its output f32\[2049,4000\] takes "
+                                              r"32,784,000 bytes, over the 1,048,576 bytes"):
+        _bounded(m)
