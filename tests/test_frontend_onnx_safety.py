@@ -398,3 +398,19 @@ def test_mel_weight_matrix_over_the_budget_is_refused():
     with pytest.raises(OnnxImportError, match=r"\(MelWeightMatrix\): its output f32\[2049,4000\] takes "
                                               r"32,784,000 bytes, over the 1,048,576 bytes"):
         _bounded(m)
+
+
+def test_stft_frame_table_over_the_budget_is_computed_at_run_time():
+    length, frame, step = 70_003, 64, 32  # 2,186 frames of 64 samples: a 1.1 MB position table
+    window = np.hanning(frame)
+    m = _model([helper.make_node("STFT", ["x", "step", "w"], ["y"], onesided=1)],
+               [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, length, 1])],
+               [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)],
+               [_init("step", np.int64(step)), _init("w", window)], opset=17)
+    x = RNG.standard_normal((1, length, 1))
+    g, (y,) = import_and_run(m, {"x": x})
+    assert _largest_constant(g) <= 1 << 20
+    frames = 1 + (length - frame) // step
+    segs = np.stack([x[0, f * step:f * step + frame, 0] * window for f in range(frames)])
+    f = np.fft.rfft(segs, axis=1)
+    np.testing.assert_allclose(y[0], np.stack([f.real, f.imag], -1), rtol=1e-9, atol=1e-9)

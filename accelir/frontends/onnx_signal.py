@@ -138,6 +138,22 @@ def _dft(ctx: NodeContext):
     return [_apply_linear_axis(ctx, x, axis, mat, 1 if inverse and onesided else 2)]
 
 
+def _frame_starts(ctx: NodeContext, frames: int, step: int, width: int, length: int, clip: bool) -> Value:
+    """[frames, width]: the sample each frame position reads (f * step + i; with ``clip``,
+    positions past the end read sample 0, to be masked), a constant when it fits the import
+    budget, else computed at run time."""
+    if fits_import_budget((frames, width), DType.i64):
+        starts = np.arange(frames, dtype=np.int64)[:, None] * step + np.arange(width, dtype=np.int64)[None, :]
+        return ctx.const(np.where(starts < length, starts, 0) if clip else starts)
+    f = ctx.op("iota", shape=(frames, width), axis=0, dtype=DType.i64)
+    i = ctx.op("iota", shape=(frames, width), axis=1, dtype=DType.i64)
+    starts = ctx.op("add", ctx.op("mul", f, ctx.scalar(step, DType.i64)), i)
+    if not clip:
+        return starts
+    inside = ctx.op("lt", starts, ctx.scalar(length, DType.i64))
+    return ctx.op("where", inside, starts, ctx.scalar(0, DType.i64))
+
+
 @rule("STFT")
 def _stft(ctx: NodeContext):
     x, window = ctx.input(0), ctx.input(2)
@@ -152,13 +168,13 @@ def _stft(ctx: NodeContext):
     if frames <= 0 or step <= 0:
         raise ctx.unsupported(f"{frames} frames of {frame} samples every {step}")
     # frame f holds samples f*step ... f*step+width-1; those past the end read zero
-    starts = np.arange(frames)[:, None] * step + np.arange(width)[None, :]
-    inside = starts < length
-    y = ctx.op("gather", x, ctx.const(np.where(inside, starts, 0).astype(np.int64)), axis=1)
+    y = ctx.op("gather", x, _frame_starts(ctx, frames, step, width, length, clip=True), axis=1)
     if window is not None:
         y = ctx.op("mul", y, _reshape(ctx, window, (1, 1, width, 1)))
-    if not inside.all():
-        y = ctx.op("mul", y, ctx.const(inside.astype(x.dtype.numpy)[None, :, :, None]))
+    if (frames - 1) * step + width > length:
+        inside = ctx.op("lt", _frame_starts(ctx, frames, step, width, length, clip=False),
+                        ctx.scalar(length, DType.i64))
+        y = ctx.op("mul", y, _reshape(ctx, _cast(ctx, inside, x.dtype), (1, frames, width, 1)))
     c_in = _static(ctx, x.shape[-1], "complex dim")
     mat = dft_operator(ctx, width, frame, c_in, False, bool(ctx.attr("onesided", 1)))
     return [_apply_linear_axis(ctx, y, 2, mat, 2)]
