@@ -279,10 +279,18 @@ def test_stored_values_out_of_their_dtype_range_are_refused(elem_type, values, b
         import_onnx(as_const)
 
 
+def test_raw_bools_other_than_0_and_1_are_refused():
+    t = TensorProto(name="c", data_type=TensorProto.BOOL, dims=[3], raw_data=bytes([1, 0, 7]))
+    m = _model([helper.make_node("Identity", ["c"], ["y"])], [], [helper.make_tensor_value_info("y", TensorProto.BOOL, [3])],
+               [t])
+    with pytest.raises(OnnxImportError, match=r"initializer 'c' is bool but holds 7 in raw_data, outside bool's range"):
+        import_onnx(m)
+
+
 def test_stored_values_in_range_match_onnxruntime():
     inits = [TensorProto(name="a", data_type=TensorProto.INT8, dims=[3], int32_data=[-128, 0, 127]),
              TensorProto(name="b", data_type=TensorProto.UINT8, dims=[2], int32_data=[0, 255]),
-             TensorProto(name="c", data_type=TensorProto.BOOL, dims=[2], int32_data=[0, 1])]
+             TensorProto(name="c", data_type=TensorProto.BOOL, dims=[2], raw_data=bytes([1, 0]))]
     outs = [helper.make_tensor_value_info(n, t, None) for n, t in (("ya", TensorProto.INT8),
                                                                    ("yb", TensorProto.UINT8), ("yc", TensorProto.BOOL))]
     m = _model([helper.make_node("Identity", [n], ["y" + n]) for n in "abc"], [], outs, inits)

@@ -154,11 +154,13 @@ def tensor_to_array(tensor: Any, base_dir: str | None = None, load_external: boo
 
 def _check_stored_range(tensor: Any, dtype: DType, label: str) -> None:
     """Values kept in a wider field than their type (int8 / int16 / uint8 / bool in int32_data,
-    float16 / bfloat16 as bits) must fit the type; numpy would wrap 300 to 44 silently."""
+    float16 / bfloat16 as bits) and raw bool bytes must fit the type; numpy would wrap 300 to
+    44, or keep a bool byte of 7, silently."""
     if dtype.is_float and dtype.itemsize != 2:
         return
-    values = tensor.int32_data
-    if not len(values):
+    raw = dtype is DType.bool and tensor.HasField("raw_data")  # one byte per bool
+    values = np.frombuffer(tensor.raw_data, np.uint8) if raw else np.asarray(tensor.int32_data, np.int64)
+    if not values.size:
         return
     if dtype is DType.bool:
         lo, hi = 0, 1
@@ -167,11 +169,12 @@ def _check_stored_range(tensor: Any, dtype: DType, label: str) -> None:
     else:
         info = np.iinfo(dtype.numpy)
         lo, hi = int(info.min), int(info.max)
-    low, high = min(values), max(values)
+    low, high = int(values.min()), int(values.max())
     if low < lo or high > hi:
         bad = low if low < lo else high
         what = f"the range of {dtype}'s 16 bits" if dtype.is_float else f"{dtype}'s range"
-        raise OnnxImportError(f"{label} is {dtype} but holds {bad} in int32_data, outside {what} [{lo}, {hi}]; "
+        field = "raw_data" if raw else "int32_data"
+        raise OnnxImportError(f"{label} is {dtype} but holds {bad} in {field}, outside {what} [{lo}, {hi}]; "
                               "the model is corrupt")
 
 
