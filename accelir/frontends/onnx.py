@@ -5,15 +5,20 @@ directory, corrupt or truncated files, cycles, unknown domains and unsupported t
 all raise an :class:`AccelirError` naming the node), turns initializers into named
 constants (external data memory-mapped, not read), ``dim_param`` into symbolic
 dims, ``If`` / ``Loop`` / ``Scan`` into region nodes, and inlines local functions
-and the function bodies that the ONNX schemas define for composite ops.  The op
-rules live in ``onnx_ops``; this module is the model walker.
+and the function bodies that the ONNX schemas define for composite ops.  Inlining is
+sized before it starts (``MAX_INLINED_NODES``; identical calls are inlined once), and
+what the spec forbids (unknown opsets, names defined twice, stored values outside
+their dtype) is refused.  The op rules live in ``onnx_ops``; this module is the model
+walker.
 
 Shape-valued inputs (Reshape's shape, Slice's starts, ...) must be known when the
 graph is built, because the IR keeps shapes as attributes.  The importer therefore
 evaluates small integer tensors as it goes, symbolic dims included (``Shape`` of an
 input with a ``dim_param`` gives ``["batch", 128]``), the way onnxsim and TVM do.
 A shape that depends on run-time data raises :class:`DynamicValueError`; binding
-that input with ``static_inputs`` specialises the model instead.
+that input with ``static_inputs`` specialises the model instead.  No value computed at
+import may exceed the fold pass's cap (``onnx_ops.IMPORT_VALUE_BYTES``): a larger
+Range, EyeLike or DFT matrix is computed at run time instead.
 
 What the round trip needs is kept in ``graph.meta["onnx"]``: input and output names
 and declared types (dim_params included), the producer, doc strings,
