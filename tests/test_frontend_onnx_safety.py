@@ -281,8 +281,8 @@ def test_stored_values_out_of_their_dtype_range_are_refused(elem_type, values, b
 
 def test_raw_bools_other_than_0_and_1_are_refused():
     t = TensorProto(name="c", data_type=TensorProto.BOOL, dims=[3], raw_data=bytes([1, 0, 7]))
-    m = _model([helper.make_node("Identity", ["c"], ["y"])], [], [helper.make_tensor_value_info("y", TensorProto.BOOL, [3])],
-               [t])
+    out = helper.make_tensor_value_info("y", TensorProto.BOOL, [3])
+    m = _model([helper.make_node("Identity", ["c"], ["y"])], [], [out], [t])
     with pytest.raises(OnnxImportError, match=r"initializer 'c' is bool but holds 7 in raw_data, outside bool's range"):
         import_onnx(m)
 
@@ -313,7 +313,8 @@ def _w(value, name="w"):
      r"initializer 'w' \(INT64\[2\]\) does not match input 'w' \(FLOAT, 2\)"),
     ([_f32("x", [2]), _f32("w", [2])], [_w([1, 2, 3])], [helper.make_node("Add", ["x", "w"], ["y"])],
      r"initializer 'w' \(FLOAT\[3\]\) does not match input 'w' \(FLOAT, 2\)"),
-    ([_f32("x", [2])], [_w([1, 2])], [helper.make_node("Relu", ["x"], ["w"]), helper.make_node("Add", ["x", "w"], ["y"])],
+    ([_f32("x", [2])], [_w([1, 2])],
+     [helper.make_node("Relu", ["x"], ["w"]), helper.make_node("Add", ["x", "w"], ["y"])],
      r"ONNX node '#0' \(Relu\) in graph 'g' redefines initializer 'w'"),
 ])
 def test_names_defined_twice_are_refused(inputs, inits, nodes, msg):
@@ -352,7 +353,8 @@ def test_air_text_refuses_duplicate_graph_input_names():
 @pytest.mark.parametrize("shape,sizes,attrs", [
     ((1, 1, 300, 2), (1, 1, 900, 3), {"mode": "linear"}),
     ((1, 2, 64, 8), (1, 2, 16, 8), {"mode": "cubic", "antialias": 1}),
-    ((1, 1, 40, 6), (1, 1, 25, 9), {"mode": "cubic", "exclude_outside": 1, "coordinate_transformation_mode": "asymmetric"}),
+    ((1, 1, 40, 6), (1, 1, 25, 9),
+     {"mode": "cubic", "exclude_outside": 1, "coordinate_transformation_mode": "asymmetric"}),
     ((1, 1, 5, 7), (1, 1, 12, 3), {"mode": "nearest"}),
 ])
 def test_resize_by_taps_matches_onnxruntime(shape, sizes, attrs):
@@ -368,8 +370,9 @@ def test_resize_by_taps_matches_onnxruntime(shape, sizes, attrs):
 
 
 def test_huge_resize_is_refused_before_building_its_tables():
-    m = _model([helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear")], [_f32("x", [1, 1, 4, 100_000])],
-               [_f32("y", None)], [_init("sizes", np.array([1, 1, 200_000, 200_000], np.int64))])
+    m = _model([helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear")],
+               [_f32("x", [1, 1, 4, 100_000])], [_f32("y", None)],
+               [_init("sizes", np.array([1, 1, 200_000, 200_000], np.int64))])
     with pytest.raises(OnnxImportError, match=r"\(Resize\): resizing an axis of 4 to 200000 needs interpolation "
                                               r"tables of about 7,200,000 bytes, over the 1,048,576 bytes"):
         _bounded(m)
