@@ -425,3 +425,25 @@ def test_stft_frame_table_over_the_budget_is_computed_at_run_time():
     segs = np.stack([x[0, f * step:f * step + frame, 0] * window for f in range(frames)])
     f = np.fft.rfft(segs, axis=1)
     np.testing.assert_allclose(y[0], np.stack([f.real, f.imag], -1), rtol=1e-9, atol=1e-9)
+
+
+def test_maxpool_indices_tables_are_computed_at_run_time():
+    # 200 x 200 windows of 2 x 2: position tables of 1.28 MB each, once built at import
+    m = _model([helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1])],
+               [_f32("x", [1, 2, 399, 399])], [_f32("y", None), _i64("i", None)])
+    x = RNG.standard_normal((1, 2, 399, 399)).astype(np.float32)
+    g, got = import_and_run(m, {"x": x})
+    assert _largest_constant(g) <= 1 << 20
+    for a, b in zip(got, onnxruntime_outputs(m, {"x": x})):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_col2im_tables_are_computed_at_run_time():
+    image, block = (150, 150), (3, 3)
+    length = (image[0] - 2) * (image[1] - 2)  # 21,904 blocks of 9 slots: a 1.6 MB table
+    m = _model([helper.make_node("Col2Im", ["x", "image", "block"], ["y"])], [_f32("x", [1, 9, length])],
+               [_f32("y", None)], [_init("image", np.array(image)), _init("block", np.array(block))], opset=18)
+    x = RNG.standard_normal((1, 9, length)).astype(np.float32)
+    g, (y,) = import_and_run(m, {"x": x})
+    assert _largest_constant(g) <= 1 << 20
+    np.testing.assert_allclose(y, onnxruntime_outputs(m, {"x": x})[0], rtol=1e-5, atol=1e-5)
