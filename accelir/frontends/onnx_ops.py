@@ -897,8 +897,6 @@ def resize_taps(ctx: NodeContext, size: int, out: int, scale: float, attrs: dict
     ([out, taps]) and their weights, and the mask of outputs that take the extrapolation
     value (tf_crop_and_resize outside the input).  Taps, not an [out, size] matrix, so the
     tables grow with the output and the kernel's reach only; they must fit the import budget."""
-    x = _source_coords(attrs["coord"], out, size, scale, roi)
-    outside = (x < 0) | (x > size - 1) if attrs["coord"] == "tf_crop_and_resize" else np.zeros(out, bool)
     if attrs["mode"] == "nearest":
         kernel, support, s, offsets = None, 0.5, 1.0, [0]
     else:
@@ -915,6 +913,8 @@ def resize_taps(ctx: NodeContext, size: int, out: int, scale: float, attrs: dict
         raise OnnxImportError(f"{ctx.label}: resizing an axis of {size} to {out} needs interpolation tables of "
                               f"about {need:,} bytes, over the {IMPORT_VALUE_BYTES:,} bytes a table built at "
                               "import may take")
+    x = _source_coords(attrs["coord"], out, size, scale, roi)
+    outside = (x < 0) | (x > size - 1) if attrs["coord"] == "tf_crop_and_resize" else np.zeros(out, bool)
     if kernel is None:
         idx = np.clip(_nearest_index(x, attrs["nearest_mode"]), 0, size - 1).astype(np.int64)[:, None]
         wts = np.ones((out, 1))
@@ -1064,7 +1064,7 @@ def _deform_conv(ctx: NodeContext):
     if mask is not None and bias is None:  # the IR's inputs are positional: a mask comes after a bias
         if type(w.shape[0]) is not int:
             raise ctx.unsupported("a mask without a bias needs a static output channel count")
-        bias = ctx.const(np.zeros(w.shape[0], x.dtype.numpy))
+        bias = ctx.op("broadcast_to", ctx.scalar(0, x), shape=(w.shape[0],))
     ins = [v for v in (x, w, offset, bias, mask) if v is not None]
     return [ctx.op("deform_conv", *ins, groups=ctx.attr("group", 1), offset_groups=ctx.attr("offset_group", 1),
                    **_conv_attrs(ctx, x, kernel))]
