@@ -157,7 +157,7 @@ def _largest_constant(g):
     return max((a.nbytes for a in g.constants.values()), default=0)
 
 
-def test_import_budget_is_the_fold_passs_cap():
+def test_import_budget_is_the_fold_pass_cap():
     from accelir.frontends.onnx_ops import IMPORT_VALUE_BYTES
     from accelir.passes.fold_constants import FoldConstants
     assert IMPORT_VALUE_BYTES == FoldConstants().max_bytes
