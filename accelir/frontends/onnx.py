@@ -5,15 +5,20 @@ directory, corrupt or truncated files, cycles, unknown domains and unsupported t
 all raise an :class:`AccelirError` naming the node), turns initializers into named
 constants (external data memory-mapped, not read), ``dim_param`` into symbolic
 dims, ``If`` / ``Loop`` / ``Scan`` into region nodes, and inlines local functions
-and the function bodies that the ONNX schemas define for composite ops.  The op
-rules live in ``onnx_ops``; this module is the model walker.
+and the function bodies that the ONNX schemas define for composite ops.  Inlining is
+sized before it starts (``MAX_INLINED_NODES``; identical calls are inlined once), and
+what the spec forbids (unknown opsets, names defined twice, stored values outside
+their dtype) is refused.  The op rules live in ``onnx_ops``; this module is the model
+walker.
 
 Shape-valued inputs (Reshape's shape, Slice's starts, ...) must be known when the
 graph is built, because the IR keeps shapes as attributes.  The importer therefore
 evaluates small integer tensors as it goes, symbolic dims included (``Shape`` of an
 input with a ``dim_param`` gives ``["batch", 128]``), the way onnxsim and TVM do.
 A shape that depends on run-time data raises :class:`DynamicValueError`; binding
-that input with ``static_inputs`` specialises the model instead.
+that input with ``static_inputs`` specialises the model instead.  No value computed at
+import may exceed the fold pass's cap (``onnx_ops.IMPORT_VALUE_BYTES``): a larger
+Range, EyeLike or DFT matrix is computed at run time instead.
 
 What the round trip needs is kept in ``graph.meta["onnx"]``: input and output names
 and declared types (dim_params included), the producer, doc strings,
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import heapq
 import keyword
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -36,7 +42,8 @@ from ..errors import AccelirError, UnsupportedOpError, VerificationError
 from ..ir import DType, Graph, TensorType, Value
 from ..lowering.onnx import ONNX_DTYPE
 __all__ = ["import_onnx", "restore_onnx_interface", "OnnxImportError", "DynamicValueError", "OnnxSignature",
-           "ONNX_DTYPES", "onnx_dtype", "tensor_to_array", "ImportScope"]
+           "ONNX_DTYPES", "onnx_dtype", "tensor_to_array", "ImportScope", "MAX_INLINED_NODES", "check_opsets",
+           "check_names"]
 
 
 class OnnxImportError(AccelirError):
@@ -101,7 +108,7 @@ def _external_array(tensor: Any, dtype: DType, shape: tuple[int, ...], base_dir:
     path = _resolve_external(base_dir, info.get("location", ""), tensor.name)
     try:
         offset = int(info.get("offset", 0))
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize  # Python ints: an int64 product can wrap to 0
         length = int(info.get("length", nbytes))
     except ValueError:
         raise OnnxImportError(f"initializer {tensor.name!r}: external data offset / length are not integers") from None
@@ -132,13 +139,14 @@ def tensor_to_array(tensor: Any, base_dir: str | None = None, load_external: boo
             raise OnnxImportError(f"{label} keeps its data in an external file and load_external=False; "
                                   "import with load_external=True")
         return _external_array(tensor, dtype, shape, base_dir)
-    numel = int(np.prod(shape, dtype=np.int64))
+    numel = math.prod(shape)  # Python ints: dims like [2**32, 2**32, 16] wrap to 0 in int64
     if tensor.HasField("raw_data") and dtype is not DType.bool:
         raw = tensor.raw_data
         if len(raw) != numel * dtype.itemsize:
             raise OnnxImportError(f"{label}: raw data has {len(raw)} bytes, its shape {list(shape)} of {dtype} "
                                   f"needs {numel * dtype.itemsize} (truncated or corrupt)")
         return np.frombuffer(raw, dtype=dtype.numpy).reshape(shape)
+    _check_stored_range(tensor, dtype, label)
     try:
         arr = numpy_helper.to_array(tensor)
     except Exception as e:
@@ -147,6 +155,32 @@ def tensor_to_array(tensor: Any, base_dir: str | None = None, load_external: boo
     if arr.size != numel:
         raise OnnxImportError(f"{label}: holds {arr.size} values, its shape {list(shape)} needs {numel}")
     return np.asarray(arr, dtype=dtype.numpy).reshape(shape)
+
+
+def _check_stored_range(tensor: Any, dtype: DType, label: str) -> None:
+    """Values kept in a wider field than their type (int8 / int16 / uint8 / bool in int32_data,
+    float16 / bfloat16 as bits) and raw bool bytes must fit the type; numpy would wrap 300 to
+    44, or keep a bool byte of 7, silently."""
+    if dtype.is_float and dtype.itemsize != 2:
+        return
+    raw = dtype is DType.bool and tensor.HasField("raw_data")  # one byte per bool
+    values = np.frombuffer(tensor.raw_data, np.uint8) if raw else np.asarray(tensor.int32_data, np.int64)
+    if not values.size:
+        return
+    if dtype is DType.bool:
+        lo, hi = 0, 1
+    elif dtype.is_float:  # float16 / bfloat16: their 16 bits as an unsigned integer
+        lo, hi = 0, 0xFFFF
+    else:
+        info = np.iinfo(dtype.numpy)
+        lo, hi = int(info.min), int(info.max)
+    low, high = int(values.min()), int(values.max())
+    if low < lo or high > hi:
+        bad = low if low < lo else high
+        what = f"the range of {dtype}'s 16 bits" if dtype.is_float else f"{dtype}'s range"
+        field = "raw_data" if raw else "int32_data"
+        raise OnnxImportError(f"{label} is {dtype} but holds {bad} in {field}, outside {what} [{lo}, {hi}]; "
+                              "the model is corrupt")
 
 
 # ----- the signature ----------------------------------------------------------------
@@ -265,6 +299,19 @@ def _opset_map(opset_import: Iterable[Any]) -> dict[str, int]:
     return out
 
 
+def check_opsets(opsets: Mapping[str, int], where: str) -> None:
+    """Refuse opset versions no ONNX release defines: below 1, or beyond the installed onnx's
+    (whose schemas the importer reads the ops' semantics and function bodies from)."""
+    import onnx.defs
+    newest = onnx.defs.onnx_opset_version()
+    for domain, version in opsets.items():
+        if version < 1 or (domain == "" and version > newest):
+            name = repr(domain or "ai.onnx")
+            raise OnnxImportError(f"{where} imports opset {version} of domain {name}; valid versions are 1.."
+                                  f"{newest if domain == '' else 'n'} (installed onnx {onnx.__version__}); fix "
+                                  "opset_import, or upgrade onnx for a newer opset")
+
+
 def _node_label(node: Any, index: int) -> str:
     name = node.name or f"#{index}"
     dom = f"{node.domain}." if node.domain not in ("", "ai.onnx") else ""
@@ -316,6 +363,46 @@ def topo_order(nodes: Sequence[Any], label: str) -> list[int]:
     return order
 
 
+def _same_type(info: Any, tensor: Any) -> bool:
+    """Whether an initializer fits the input declared under its name (dim_params match any dim)."""
+    tt = info.type.tensor_type
+    if info.type.WhichOneof("value") != "tensor_type" or tt.elem_type != tensor.data_type:
+        return False
+    if not tt.HasField("shape"):
+        return True
+    dims = tt.shape.dim
+    return len(dims) == len(tensor.dims) and all(
+        d.WhichOneof("value") != "dim_value" or d.dim_value == t for d, t in zip(dims, tensor.dims))
+
+
+def check_names(gproto: Any, label: str) -> None:
+    """Each name is defined once in a graph: inputs and initializers are unique, a node output
+    does not redefine either, and an initializer under an input's name (that input's default)
+    has the input's type."""
+    inputs: dict[str, Any] = {}
+    for vi in gproto.input:
+        if vi.name in inputs:
+            raise OnnxImportError(f"{label} declares input {vi.name!r} twice; input names must be unique")
+        inputs[vi.name] = vi
+    inits: set[str] = set()
+    for t in gproto.initializer:
+        if t.name in inits:
+            raise OnnxImportError(f"{label} has two initializers named {t.name!r}; names must be unique")
+        inits.add(t.name)
+        if t.name in inputs and not _same_type(inputs[t.name], t):
+            import onnx
+            declared = onnx.helper.printable_type(inputs[t.name].type)
+            raise OnnxImportError(f"{label}: initializer {t.name!r} ({onnx.TensorProto.DataType.Name(t.data_type)}"
+                                  f"{list(t.dims)}) does not match input {t.name!r} ({declared}), whose default "
+                                  "value it is")
+    for i, n in enumerate(gproto.node):
+        for o in n.output:
+            if o in inputs or o in inits:
+                what = "input" if o in inputs else "initializer"
+                raise OnnxImportError(f"{_node_label(n, i)} in {label} redefines {what} {o!r}; each name is "
+                                      "defined once")
+
+
 def _all_reads(node: Any) -> list[str]:
     """Names a node reads: its inputs and the free names of its subgraphs."""
     reads = [x for x in node.input if x]
@@ -341,6 +428,81 @@ def free_names(graph: Any) -> list[str]:
     return free
 
 
+# ----- the inlining budget ----------------------------------------------------------
+
+MAX_INLINED_NODES = 1 << 17
+"""How many nodes inlining a model's local functions may produce (``import_onnx``'s
+``max_inlined_nodes``).  Functions that call each other twice per level grow as 2**depth:
+a 1.5 KB file can ask for billions of nodes.  A real model inlines a few thousand; the
+importer builds about 5,000 nodes a second, so the budget also bounds the import's time."""
+
+MAX_FUNCTION_DEPTH = 32  # calls nested deeper than this are refused (real models nest a few levels)
+
+
+def _subgraphs(node: Any) -> list[Any]:
+    return [g for a in node.attribute for g in ([a.g] if a.type == 5 else list(a.graphs) if a.type == 10 else [])]
+
+
+def _call_key(node: Any) -> tuple:
+    """Calls with the same function, inputs and attributes compute the same values (ONNX
+    functions are pure): the importer inlines such a call once and reuses its outputs."""
+    return (node.domain, node.op_type, tuple(node.input), tuple(a.SerializeToString() for a in node.attribute))
+
+
+class _InlineCost:
+    """The number of nodes inlining would produce, computed bottom-up over the call graph
+    before anything is built, so a function-call bomb is refused in microseconds."""
+
+    def __init__(self, functions: Mapping[tuple[str, str], Any]):
+        self.functions = functions
+        self.sizes: dict[tuple[str, str], int] = {}
+
+    def of_nodes(self, nodes: Iterable[Any], stack: tuple[tuple[str, str], ...], plain: bool) -> int:
+        """Nodes produced by the local-function calls among ``nodes`` and their subgraphs,
+        plus, if ``plain``, the other nodes (those of a function body are inlined too)."""
+        total, seen = 0, set()
+        for n in nodes:
+            key = (n.domain, n.op_type)
+            if key in self.functions:
+                call = _call_key(n)
+                if call not in seen:
+                    seen.add(call)
+                    total += self.of_function(key, stack)
+            else:
+                total += plain
+            for g in _subgraphs(n):
+                total += self.of_nodes(g.node, stack, plain)
+        return total
+
+    def of_function(self, key: tuple[str, str], stack: tuple[tuple[str, str], ...]) -> int:
+        """Nodes one call of function ``key`` expands to, nested calls included."""
+        if key in self.sizes:
+            return self.sizes[key]
+        path = " -> ".join(f"{k[1]!r}" for k in (*stack, key))
+        if key in stack:
+            raise OnnxImportError(f"local function {key[1]!r} calls itself ({path}); ONNX functions cannot be "
+                                  "recursive")
+        if len(stack) >= MAX_FUNCTION_DEPTH:
+            raise OnnxImportError(f"local functions nest more than {MAX_FUNCTION_DEPTH} deep ({path})")
+        self.sizes[key] = self.of_nodes(self.functions[key].node, (*stack, key), plain=True)
+        return self.sizes[key]
+
+
+def check_inline_budget(model: Any, budget: int) -> None:
+    """Refuse, before building anything, a model whose local functions would inline to
+    more than ``budget`` nodes (or that calls them recursively)."""
+    if not len(model.functions):
+        return
+    cost = _InlineCost({(f.domain, f.name): f for f in model.functions})
+    total = cost.of_nodes(model.graph.node, (), plain=False)
+    if total > budget:
+        worst = max(cost.sizes, key=cost.sizes.__getitem__)
+        whole = f" ({total:,} for the whole model)" if total != cost.sizes[worst] else ""
+        raise OnnxImportError(f"inlining local function {worst[1]!r} would build {cost.sizes[worst]:,} nodes{whole}, "
+                              f"over the budget of {budget:,} (calls that repeat at every level of nesting grow "
+                              "exponentially); if the model is genuine, raise import_onnx(..., max_inlined_nodes=...)")
+
+
 class _Importer:
     def __init__(self, model: Any, base_dir: str | None, load_external: bool):
         self.model = model
@@ -352,6 +514,7 @@ class _Importer:
         self.known: dict[int, np.ndarray | None] = {}
         self.input_graph_deps: dict[int, frozenset[str]] = {}
         self.inline_depth = 0
+        self.inlined: dict[tuple, list[Value | None]] = {}  # reused outputs of identical calls
         self.main: Graph | None = None
 
     def fresh_symbols(self, base: str) -> Iterable[str]:
@@ -367,6 +530,7 @@ class _Importer:
                   label: str) -> list[Value]:
         """Fill ``scope.graph`` from ``gproto``; returns the values of its outputs."""
         g = scope.graph
+        check_names(gproto, label)
         if input_values is not None:
             for vi, v in zip(gproto.input, input_values):
                 scope.define(vi.name, v)
@@ -505,17 +669,23 @@ def _value_info_meta(vi: Any) -> dict[str, Any]:
 
 
 def import_onnx(model_or_path: Any, *, load_external: bool = True, base_dir: str | None = None,
-                static_inputs: Mapping[str, Any] | None = None) -> Graph:
+                static_inputs: Mapping[str, Any] | None = None,
+                max_inlined_nodes: int = MAX_INLINED_NODES) -> Graph:
     """Import an ONNX model (a ModelProto, serialized bytes or a path) into an accelir Graph.
 
     ``base_dir`` is where external data lives for a ModelProto given in memory (a
     path's own directory otherwise).  ``static_inputs`` binds graph inputs to fixed
     arrays, turning them into constants: use it for inputs that drive shapes.
+    ``max_inlined_nodes`` caps the nodes that inlining local functions may build.
     """
     model, base_dir = _load(model_or_path, base_dir)
     opsets = _opset_map(model.opset_import)
     if "" not in opsets:
         raise OnnxImportError("the model imports no version of the standard ONNX domain (opset_import lacks '')")
+    check_opsets(opsets, "the model")
+    for f in model.functions:
+        check_opsets(_opset_map(f.opset_import), f"local function {f.name!r}")
+    check_inline_budget(model, max_inlined_nodes)
     gproto = model.graph
     imp = _Importer(model, base_dir, load_external)
     graph = Graph(_value_name(gproto.name or "main"))

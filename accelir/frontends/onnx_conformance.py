@@ -11,7 +11,10 @@ that writes those files).  Two paths are checked:
 A test is out of scope when it needs something the IR cannot hold (``scope_of``:
 the ops in ``onnx_ops.OUT_OF_SCOPE``, non-tensor types, dtypes without an accelir
 dtype); everything else counts, implemented or not.  ``python -m
-accelir.frontends.onnx_conformance`` prints the report.
+accelir.frontends.onnx_conformance [interpreter] [onnxruntime] [--expected]`` prints the
+report: the number of cases, those out of scope by reason, and per path the passes and how
+many of them need specialisation; ``--expected`` adds the lines of the pinned list that
+tests/test_onnx_conformance.py checks.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from ..ir import DType
 from .onnx import ONNX_DTYPES, DynamicValueError, import_onnx
 from .onnx_ops import OUT_OF_SCOPE, OUT_OF_SCOPE_DOMAINS
 
-__all__ = ["NodeCase", "CaseResult", "load_cases", "scope_of", "run_case", "run_suite", "summarize", "PATHS"]
+__all__ = ["NodeCase", "CaseResult", "load_cases", "scope_of", "run_case", "run_suite", "summarize", "report",
+           "expected_lines", "PATHS"]
 
 
 @dataclass
@@ -90,8 +94,16 @@ def load_cases(names: Iterable[str] | None = None) -> list[NodeCase]:
 
 
 def _arrays(values: Sequence[Any]) -> list[Any]:
-    """0-d results come back from the case generators as numpy scalars; they are tensors too."""
-    return [np.asarray(v) if isinstance(v, np.generic) else v for v in values]
+    """The case generators give numpy arrays, numpy scalars (0-d results) or, for dtypes numpy
+    lacks (bfloat16, float8, 4-bit), TensorProtos; all of them are tensors.  Lists stay as they
+    are: they are the sequence-typed values."""
+    from onnx import TensorProto, numpy_helper
+    out: list[Any] = []
+    for v in values:
+        if isinstance(v, TensorProto):
+            v = numpy_helper.to_array(v)
+        out.append(np.asarray(v) if isinstance(v, np.generic) else v)
+    return out
 
 
 # ----- scope -------------------------------------------------------------------------
@@ -304,14 +316,41 @@ def run_suite(paths: Sequence[str] = ("interpreter",), names: Iterable[str] | No
 
 
 def summarize(results: Sequence[CaseResult], paths: Sequence[str]) -> dict[str, Any]:
+    """Counts for a report: all cases, out of scope by reason, in scope, and per path the
+    passes and how many of them pass only after specialisation (shape-like inputs bound)."""
     inscope = [r for r in results if r.scope == "in"]
+    reasons = Counter(r.scope for r in results if r.scope != "in")
     out: dict[str, Any] = {"total": len(results), "in_scope": len(inscope),
-                           "out_of_scope": dict(Counter(r.scope for r in results if r.scope != "in")),
+                           "out_of_scope": dict(reasons.most_common()),
                            "specialised": sum(r.specialised for r in inscope)}
     for p in paths:
-        passed = sum(r.status.get(p) == "pass" for r in inscope)
-        out[p] = {"passed": passed, "rate": passed / max(len(inscope), 1)}
+        passing = [r for r in inscope if r.status.get(p) == "pass"]
+        out[p] = {"passed": len(passing), "rate": len(passing) / max(len(inscope), 1),
+                  "passed_specialised": sum(r.specialised for r in passing),
+                  "failing": sorted(r.name for r in inscope if r.status.get(p) != "pass")}
     return out
+
+
+def report(summary: dict[str, Any], paths: Sequence[str]) -> str:
+    """The summary as text: what ``python -m accelir.frontends.onnx_conformance`` prints."""
+    import onnx
+    lines = [f"ONNX backend node tests (onnx {onnx.__version__}): {summary['total']}",
+             f"out of scope: {summary['total'] - summary['in_scope']}"]
+    lines += [f"  {n:5d}  {why}" for why, n in summary["out_of_scope"].items()]
+    lines.append(f"in scope: {summary['in_scope']}")
+    for p in paths:
+        s = summary[p]
+        lines.append(f"{p}: {s['passed']}/{summary['in_scope']} pass ({s['rate']:.2%}), "
+                     f"{s['passed_specialised']} of them only after specialisation (shape-like inputs bound)")
+    return "\n".join(lines)
+
+
+def expected_lines(summary: dict[str, Any], paths: Sequence[str]) -> list[str]:
+    """The pinned counts and known failures, in the format of tests/data/onnx_conformance_expected.txt."""
+    lines = [f"total {summary['total']}", f"in_scope {summary['in_scope']}"]
+    for p in paths:
+        lines += [f"{p} {name}" for name in summary[p]["failing"]]
+    return lines
 
 
 def main(argv: Sequence[str]) -> int:
@@ -324,7 +363,9 @@ def main(argv: Sequence[str]) -> int:
         for p in paths:
             if r.scope == "in" and r.status.get(p) != "pass":
                 print(f"FAIL [{p}] {r.name}: {r.status.get(p)}")
-    print(summary)
+    print(report(summary, paths))
+    if "--expected" in argv:
+        print("\n".join(expected_lines(summary, paths)))
     print(f"{time.perf_counter() - t0:.1f} s")
     return 0
 

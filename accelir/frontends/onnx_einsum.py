@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
-
-from ..ir import Value
+from ..ir import DType, Value
 from .onnx import OnnxImportError
 from .onnx_ops import NodeContext, _reshape, rule
 
@@ -70,7 +68,8 @@ def _diagonals(ctx: NodeContext, x: Value, term: Term) -> tuple[Value, Term]:
         rest = [i for i in range(x.rank) if i not in (p, q)]
         y = ctx.op("transpose", x, perm=tuple(rest) + (p, q))
         y = _reshape(ctx, y, tuple(x.shape[i] for i in rest) + (n * n,))
-        x = ctx.op("gather", y, ctx.const(np.arange(n, dtype=np.int64) * (n + 1)), axis=len(rest))
+        diagonal = ctx.op("mul", ctx.op("iota", shape=(n,), axis=0, dtype=DType.i64), ctx.scalar(n + 1, DType.i64))
+        x = ctx.op("gather", y, diagonal, axis=len(rest))
         term = [term[i] for i in rest] + [tok]
     return x, term
 

@@ -3,9 +3,10 @@
 and ``Col2Im``; and ``Det`` of small matrices as a gather over the permutations.
 
 The window ops need static spatial dims: their position tables (which input element
-each window slot reads, or which image pixel each column entry adds to) are built at
-import with numpy, and a slot that falls in the padding points at one extra "dump"
-element past the end, which is then dropped (a scatter) or holds the identity (a gather).
+each window slot reads, or which image pixel each column entry adds to) are computed in
+the graph from iotas (the fold pass makes the small ones constants), and a slot that
+falls in the padding points at one extra "dump" element past the end, which is then
+dropped (a scatter) or holds the identity (a gather).
 """
 
 from __future__ import annotations
@@ -58,22 +59,33 @@ def _tensor_scatter(ctx: NodeContext):
     return [ctx.op("scatter_elements", cache, pos, update, axis=axis)]
 
 
-def window_positions(size: Sequence[int], blocks: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
-                     pad_lo: Sequence[int], dilation: Sequence[int],
-                     order: str = "C") -> tuple[np.ndarray, np.ndarray]:
+def window_positions(ctx: NodeContext, size: Sequence[int], blocks: Sequence[int], kernel: Sequence[int],
+                     stride: Sequence[int], pad_lo: Sequence[int], dilation: Sequence[int],
+                     order: str = "C") -> tuple[Value, Value]:
     """For each window position (rows, row-major over ``blocks``) and kernel slot (columns,
     row-major over ``kernel``): the flat index of the pixel it covers in an image of
-    ``size`` (``order`` "C" row-major, "F" column-major) and whether it lies inside."""
-    grids = np.meshgrid(*[np.arange(b) for b in blocks], *[np.arange(k) for k in kernel], indexing="ij")
+    ``size`` (``order`` "C" row-major, "F" column-major) and whether it lies inside.
+
+    Computed in the graph from iotas, not at import: the tables grow with the output times
+    the kernel (a 360 x 480 image pooled 2 x 2 needs 1.4 MB each)."""
     n = len(size)
-    coords = [grids[d] * stride[d] - pad_lo[d] + grids[n + d] * dilation[d] for d in range(n)]
-    inside = np.ones(coords[0].shape, bool)
+    grid = tuple(blocks) + tuple(kernel)
+    i64 = DType.i64
+    inside: Value | None = None
+    flat: Value | None = None
     for d in range(n):
-        inside &= (coords[d] >= 0) & (coords[d] < size[d])
-    clipped = [np.clip(c, 0, s - 1) for c, s in zip(coords, size)]
-    flat = np.ravel_multi_index(clipped, size, order=order)
-    rows = int(np.prod(blocks))
-    return flat.reshape(rows, -1), inside.reshape(rows, -1)
+        at = ctx.op("add", ctx.op("mul", ctx.op("iota", shape=grid, axis=d, dtype=i64), ctx.scalar(stride[d], i64)),
+                    ctx.op("mul", ctx.op("iota", shape=grid, axis=n + d, dtype=i64), ctx.scalar(dilation[d], i64)))
+        if pad_lo[d]:
+            at = ctx.op("sub", at, ctx.scalar(pad_lo[d], i64))
+        ok = ctx.op("and", ctx.op("ge", at, ctx.scalar(0, i64)), ctx.op("lt", at, ctx.scalar(size[d], i64)))
+        inside = ok if inside is None else ctx.op("and", inside, ok)
+        clipped = ctx.op("max", ctx.op("min", at, ctx.scalar(size[d] - 1, i64)), ctx.scalar(0, i64))
+        step = math.prod(size[d + 1:]) if order == "C" else math.prod(size[:d])
+        term = ctx.op("mul", clipped, ctx.scalar(step, i64)) if step != 1 else clipped
+        flat = term if flat is None else ctx.op("add", flat, term)
+    shape = (math.prod(blocks), math.prod(kernel))
+    return _reshape(ctx, flat, shape), _reshape(ctx, inside, shape)
 
 
 def maxpool_indices(ctx: NodeContext, x: Value, pooled: Value) -> Value:
@@ -85,14 +97,11 @@ def maxpool_indices(ctx: NodeContext, x: Value, pooled: Value) -> Value:
     kernel = tuple(ctx.attr("kernel_shape"))
     attrs = _conv_attrs(ctx, x, kernel)
     lo = [p[0] for p in attrs["padding"]]
-    read, inside = window_positions(size, out, kernel, attrs["stride"], lo, attrs["dilation"])
-    order = "F" if ctx.attr("storage_order", 0) else "C"
-    report, _ = window_positions(size, out, kernel, attrs["stride"], lo, attrs["dilation"], order)
-    # each window's real taps first, in kernel order, then its padding taps: argmax takes the first of
-    # equal maxima, so a window of -inf next to the padding reports its first real position, as torch
-    # does, never a padding slot
-    taps = np.argsort(~inside, axis=1, kind="stable")
-    read, inside, report = (np.take_along_axis(t, taps, axis=1) for t in (read, inside, report))
+    read, inside = window_positions(ctx, size, out, kernel, attrs["stride"], lo, attrs["dilation"])
+    report = read
+    if ctx.attr("storage_order", 0):
+        report, _ = window_positions(ctx, size, out, kernel, attrs["stride"], lo, attrs["dilation"], "F")
+    rows, slots = read.shape
     pixels = math.prod(size)
     n, c = x.shape[:2]
     flat = _reshape(ctx, x, (n, c, pixels))
@@ -100,15 +109,20 @@ def maxpool_indices(ctx: NodeContext, x: Value, pooled: Value) -> Value:
     # padding slots read a dump pixel holding the lowest value, so they never win
     dump = ctx.op("broadcast_to", ctx.scalar(lowest, x), shape=(n, c, 1))
     flat = ctx.op("concat", flat, dump, axis=2)
-    table = np.where(inside, read, pixels).astype(np.int64)
-    windows = ctx.op("gather", flat, ctx.const(table.reshape(-1)), axis=2)
-    windows = _reshape(ctx, windows, (n, c) + table.shape)
+    table = ctx.op("where", inside, read, ctx.scalar(pixels, DType.i64))
+    windows = ctx.op("gather", flat, _reshape(ctx, table, (rows * slots,)), axis=2)
+    windows = _reshape(ctx, windows, (n, c, rows, slots))
     best = ctx.op("argmax", windows, axis=3, keepdims=True)
-    where = ctx.op("broadcast_to", ctx.const(report.astype(np.int64)), shape=(n, c) + table.shape)
-    spatial = ctx.op("take_along_axis", where, best, axis=3)
-    plane = ctx.op("iota", shape=(n, c, table.shape[0], 1), axis=0, dtype=DType.i64)
+    # ... except where every real tap holds the lowest value too: then a padding slot may come
+    # first in kernel order; the window's first real position is reported instead, as torch does
+    grid = (n, c, rows, slots)
+    real = ctx.op("take_along_axis", ctx.op("broadcast_to", inside, shape=grid), best, axis=3)
+    first_real = ctx.op("argmax", _cast(ctx, inside, DType.i32), axis=1, keepdims=True)
+    best = ctx.op("where", real, best, ctx.op("broadcast_to", first_real, shape=(n, c, rows, 1)))
+    spatial = ctx.op("take_along_axis", ctx.op("broadcast_to", report, shape=grid), best, axis=3)
+    plane = ctx.op("iota", shape=(n, c, rows, 1), axis=0, dtype=DType.i64)
     plane = ctx.op("add", ctx.op("mul", plane, ctx.scalar(c, DType.i64)),
-                   ctx.op("iota", shape=(n, c, table.shape[0], 1), axis=1, dtype=DType.i64))
+                   ctx.op("iota", shape=(n, c, rows, 1), axis=1, dtype=DType.i64))
     index = ctx.op("add", ctx.op("mul", plane, ctx.scalar(pixels, DType.i64)), spatial)
     return _reshape(ctx, index, pooled.shape)
 
@@ -155,11 +169,12 @@ def _col2im(ctx: NodeContext):
     if ck % slots or length != math.prod(blocks):
         raise ctx.unsupported(f"an input {x.type} that does not match blocks {list(blocks)} of {list(block)}")
     c = ck // slots
-    at, inside = window_positions(image, blocks, block, strides, pads[:k], dil)  # [L, slots]
+    at, inside = window_positions(ctx, image, blocks, block, strides, pads[:k], dil)  # [L, slots]
     pixels = math.prod(image)
-    table = np.where(inside, at, pixels).T.reshape(-1).astype(np.int64)  # input order: slot-major, then L
+    table = ctx.op("where", inside, at, ctx.scalar(pixels, DType.i64))
+    table = _reshape(ctx, ctx.op("transpose", table, perm=(1, 0)), (slots * length,))  # slot-major, then L
     cols = _reshape(ctx, x, (n, c, slots * length))
-    idx = ctx.op("broadcast_to", ctx.const(table), shape=(n, c, slots * length))
+    idx = ctx.op("broadcast_to", table, shape=(n, c, slots * length))
     canvas = ctx.op("broadcast_to", ctx.scalar(0, x), shape=(n, c, pixels + 1))
     summed = ctx.op("scatter_elements", canvas, idx, cols, axis=2, reduction="add")
     summed = ctx.op("slice", summed, starts=(0,), stops=(pixels,), axes=(2,))

@@ -20,8 +20,9 @@ from ..errors import UnsupportedOpError
 from ..ir import DType, Graph, TensorType, Value
 from ..ops import registry
 from ..ops.nn import GRID_MODE_OLD_NAMES
-from .onnx import (_DTYPE_TO_ONNX, DynamicValueError, ImportScope, OnnxImportError, free_names, onnx_dtype,
-                   topo_order)
+from ..passes.fold_constants import FoldConstants
+from .onnx import (_DTYPE_TO_ONNX, MAX_FUNCTION_DEPTH, DynamicValueError, ImportScope, OnnxImportError, _call_key,
+                   free_names, onnx_dtype, topo_order)
 
 __all__ = ["convert", "evaluate_known", "RULES", "MS_RULES", "OUT_OF_SCOPE", "NodeContext"]
 
@@ -48,6 +49,17 @@ OUT_OF_SCOPE_DOMAINS: dict[str, str] = {
 }
 
 _HUGE = 1 << 62  # ONNX uses INT64_MAX / INT64_MIN as open slice ends
+
+# The most bytes one value computed at import may take: the fold_constants pass's cap, so
+# the importer builds no constant the pass would refuse to fold.  A larger Range or EyeLike
+# stays a run-time computation; sizes are Python ints, which do not wrap around.
+IMPORT_VALUE_BYTES: int = FoldConstants.max_bytes
+
+
+def fits_import_budget(shape: Sequence[D.Dim], dtype: DType) -> bool:
+    """Whether a value of ``shape`` and ``dtype`` may be computed at import (symbolic: no)."""
+    n = D.dim_prod(shape)
+    return type(n) is int and n * dtype.itemsize <= IMPORT_VALUE_BYTES
 
 
 class NodeContext:
@@ -97,6 +109,9 @@ class NodeContext:
         """Input ``i``'s value now; shape-like inputs must be computable at import."""
         v = self.input(i)
         arr = self.imp.value_of(v)
+        if arr is None and not fits_import_budget(v.shape, v.dtype):
+            raise OnnxImportError(f"its {what} (input {i}) is {v.type}, {_bytes(v.type)}: over the "
+                                  f"{IMPORT_VALUE_BYTES:,} bytes a value computed at import may take")
         if arr is None:
             names = self.imp.graph_inputs_behind(v)
             raise DynamicValueError(f"its {what} (input {i}) is computed from run-time data"
@@ -682,19 +697,41 @@ def _constant(ctx: NodeContext):
     raise ctx.unsupported(f"constant attribute {a.name!r} (strings and sparse tensors are out of scope)")
 
 
+def _bytes(t: TensorType) -> str:
+    n = D.dim_prod(t.shape)
+    return f"{n * t.dtype.itemsize:,} bytes" if type(n) is int else "a symbolic size"
+
+
+def _range_length(ctx: NodeContext, start: Any, limit: Any, delta: Any) -> int:
+    """ONNX's max(ceil((limit - start) / delta), 0), exact for integers."""
+    if delta == 0:
+        raise OnnxImportError(f"{ctx.label}: its delta is 0")
+    if all(isinstance(v, (int, np.integer)) for v in (start, limit, delta)):
+        return max(-((int(start) - int(limit)) // int(delta)), 0)
+    n = (float(limit) - float(start)) / float(delta)
+    if not math.isfinite(n):
+        raise OnnxImportError(f"{ctx.label}: start {start}, limit {limit} and delta {delta} give no finite length")
+    return max(math.ceil(n), 0)
+
+
 @rule("Range")
 def _range(ctx: NodeContext):
     # the output length is (limit - start) / delta: the IR needs it when building the graph
     start, limit, delta = (ctx.values(i, what) for i, what in enumerate(("start", "limit", "delta")))
     dt = ctx.input(0).dtype
-    if limit.dtype != object and start.dtype != object and delta.dtype != object:
-        return [ctx.const(np.arange(start.item(), limit.item(), delta.item()).astype(dt.numpy))]
     if start.dtype == object or delta.dtype == object:
         raise DynamicValueError("its start and delta must not depend on symbolic dims")
-    s, lim, d = int(start.item()), limit.item(), int(delta.item())
-    if d <= 0:
+    s, d = start.item(), delta.item()
+    if limit.dtype != object:
+        n: D.Dim = _range_length(ctx, s, limit.item(), d)
+        if fits_import_budget((n,), dt):
+            return [ctx.const(np.arange(s, limit.item(), d).astype(dt.numpy))]
+    elif d <= 0:
         raise ctx.unsupported("a symbolic limit with a non-positive delta")
-    n = D.dim_floordiv(D.dim_add(D.dim_sub(lim, s), d - 1), d)
+    else:
+        s, d = int(s), int(d)
+        n = D.dim_floordiv(D.dim_add(D.dim_sub(limit.item(), s), d - 1), d)
+    # a symbolic or large range is computed at run time: start + i * delta
     r = ctx.op("iota", shape=(n,), axis=0, dtype=dt)
     if d != 1:
         r = ctx.op("mul", r, ctx.scalar(d, dt))
@@ -704,10 +741,16 @@ def _range(ctx: NodeContext):
 @rule("EyeLike")
 def _eyelike(ctx: NodeContext):
     x = ctx.input(0)
-    if not x.type.is_static:
-        raise ctx.unsupported("a symbolic shape")
     dt = onnx_dtype(ctx.attr("dtype"), ctx.label) if "dtype" in ctx.attrs else x.dtype
-    return [ctx.const(np.eye(*x.shape, k=ctx.attr("k", 0), dtype=dt.numpy))]
+    k = int(ctx.attr("k", 0))
+    if x.rank != 2:
+        raise OnnxImportError(f"{ctx.label}: EyeLike takes a 2-D input, got {x.type}")
+    if fits_import_budget(x.shape, dt):
+        return [ctx.const(np.eye(*x.shape, k=k, dtype=dt.numpy))]
+    # a symbolic or large identity is computed at run time: 1 where col - row == k
+    rows = ctx.op("iota", shape=tuple(x.shape), axis=0, dtype=DType.i64)
+    cols = ctx.op("iota", shape=tuple(x.shape), axis=1, dtype=DType.i64)
+    return [_cast(ctx, ctx.op("eq", ctx.op("sub", cols, rows), ctx.scalar(k, DType.i64)), dt)]
 
 
 @rule("Trilu")
@@ -848,17 +891,14 @@ def _nearest_index(x: np.ndarray, mode: str) -> np.ndarray:
     raise ValueError(f"unknown nearest_mode {mode!r}")
 
 
-def resize_weights(size: int, out: int, scale: float, attrs: dict[str, Any],
-                   roi: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """The [out, size] interpolation matrix of one axis and the mask of outputs that take
-    the extrapolation value (tf_crop_and_resize outside the input)."""
-    x = _source_coords(attrs["coord"], out, size, scale, roi)
-    outside = (x < 0) | (x > size - 1) if attrs["coord"] == "tf_crop_and_resize" else np.zeros(out, bool)
-    w = np.zeros((out, size))
-    rows = np.arange(out)
+def resize_taps(ctx: NodeContext, size: int, out: int, scale: float, attrs: dict[str, Any],
+                roi: tuple[float, float], itemsize: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One axis's interpolation as taps: for each output, the input indices it reads
+    ([out, taps]) and their weights, and the mask of outputs that take the extrapolation
+    value (tf_crop_and_resize outside the input).  Taps, not an [out, size] matrix, so the
+    tables grow with the output and the kernel's reach only; they must fit the import budget."""
     if attrs["mode"] == "nearest":
-        idx = np.clip(_nearest_index(x, attrs["nearest_mode"]), 0, size - 1).astype(np.int64)
-        w[rows, idx] = 1.0
+        kernel, support, s, offsets = None, 0.5, 1.0, [0]
     else:
         if attrs["mode"] == "linear":
             kernel, support = (lambda t: np.clip(1 - np.abs(t), 0, None)), 1
@@ -866,17 +906,35 @@ def resize_weights(size: int, out: int, scale: float, attrs: dict[str, Any],
             kernel, support = _cubic_kernel(attrs["cubic_a"]), 2
         s = min(scale, 1.0) if attrs["antialias"] else 1.0
         reach = int(math.ceil(support / s)) + 1
-        for off in range(-reach, reach + 1):
+        offsets = range(-reach, reach + 1)
+    # a row has at most ceil(2 * support / s) + 1 taps of nonzero weight: check before building them
+    need = out * (int(math.ceil(2 * support / s)) + 1) * (8 + itemsize)
+    if need > IMPORT_VALUE_BYTES:
+        raise OnnxImportError(f"{ctx.label}: resizing an axis of {size} to {out} needs interpolation tables of "
+                              f"about {need:,} bytes, over the {IMPORT_VALUE_BYTES:,} bytes a table built at "
+                              "import may take")
+    x = _source_coords(attrs["coord"], out, size, scale, roi)
+    outside = (x < 0) | (x > size - 1) if attrs["coord"] == "tf_crop_and_resize" else np.zeros(out, bool)
+    if kernel is None:
+        idx = np.clip(_nearest_index(x, attrs["nearest_mode"]), 0, size - 1).astype(np.int64)[:, None]
+        wts = np.ones((out, 1))
+    else:
+        cols, weights = [], []
+        for off in offsets:
             j = np.floor(x).astype(np.int64) + off
             wt = kernel((j - x) * s)
-            inside = (j >= 0) & (j < size)
             if attrs["exclude_outside"]:
-                wt = np.where(inside, wt, 0.0)
-            np.add.at(w, (rows, np.clip(j, 0, size - 1)), wt)
+                wt = np.where((j >= 0) & (j < size), wt, 0.0)
+            if np.any(wt != 0):  # taps no output uses are left out
+                cols.append(np.clip(j, 0, size - 1))
+                weights.append(wt)
+        idx = np.stack(cols, 1) if cols else np.zeros((out, 1), np.int64)
+        wts = np.stack(weights, 1) if weights else np.zeros((out, 1))
         if attrs["antialias"] or attrs["exclude_outside"]:
-            w /= np.where(w.sum(1, keepdims=True) == 0, 1, w.sum(1, keepdims=True))
-    w[outside] = 0.0
-    return w, outside
+            total = wts.sum(1, keepdims=True)
+            wts = wts / np.where(total == 0, 1, total)
+    wts[outside] = 0.0
+    return idx, wts, outside
 
 
 @rule("Resize", "Upsample")
@@ -926,17 +984,18 @@ def _resize(ctx: NodeContext):
     for a, size, out, sc, rr in zip(axes, in_sizes, sizes, scales, roi):
         if size == out and sc == 1.0 and attrs["coord"] != "tf_crop_and_resize":
             continue
-        w, outside = resize_weights(size, out, sc, attrs, rr)
-        one_hot = np.all((w == 0) | (w == 1)) and np.all(w.sum(1)[~outside] == 1)
-        if one_hot and not outside.any():
-            y = ctx.op("gather", y, ctx.const(w.argmax(1).astype(np.int64)), axis=a)
+        idx, wts, outside = resize_taps(ctx, size, out, sc, attrs, rr, x.dtype.itemsize)
+        if idx.shape[1] == 1 and np.all(wts[~outside] == 1) and not outside.any():
+            y = ctx.op("gather", y, ctx.const(idx[:, 0]), axis=a)
             continue
         if not x.dtype.is_float:
             raise ctx.unsupported(f"{attrs['mode']} resize of {x.dtype}")
-        z = ctx.op("dot_general", ctx.const(w.astype(x.dtype.numpy)), y, lhs_contracting=(1,), rhs_contracting=(a,))
-        perm = list(range(1, rank))
-        perm.insert(a, 0)
-        y = ctx.op("transpose", z, perm=tuple(perm)) if a else z
+        # y[..., i, ...] = sum over taps t of wts[i, t] * y[..., idx[i, t], ...]
+        taps = idx.shape[1]
+        g = ctx.op("gather", y, ctx.const(idx.reshape(-1)), axis=a)
+        g = _reshape(ctx, g, tuple(y.shape[:a]) + (out, taps) + tuple(y.shape[a + 1:]))
+        w = ctx.const(wts.astype(x.dtype.numpy).reshape((out, taps) + (1,) * (rank - a - 1)))
+        y = ctx.op("reduce_sum", ctx.op("mul", g, w), axes=(a + 1,), keepdims=False)
         if outside.any():
             mask = ctx.const((outside * extrap).astype(x.dtype.numpy).reshape(
                 tuple(out if i == a else 1 for i in range(rank))))
@@ -1005,7 +1064,7 @@ def _deform_conv(ctx: NodeContext):
     if mask is not None and bias is None:  # the IR's inputs are positional: a mask comes after a bias
         if type(w.shape[0]) is not int:
             raise ctx.unsupported("a mask without a bias needs a static output channel count")
-        bias = ctx.const(np.zeros(w.shape[0], x.dtype.numpy))
+        bias = ctx.op("broadcast_to", ctx.scalar(0, x), shape=(w.shape[0],))
     ins = [v for v in (x, w, offset, bias, mask) if v is not None]
     return [ctx.op("deform_conv", *ins, groups=ctx.attr("group", 1), offset_groups=ctx.attr("offset_group", 1),
                    **_conv_attrs(ctx, x, kernel))]
@@ -1711,8 +1770,9 @@ def _inline_function(ctx: NodeContext, fproto: Any, opsets: dict[str, int],
                      schema_defaults: dict[str, Any] | None = None) -> list[Value | None]:
     import onnx
     imp = ctx.imp
-    if imp.inline_depth > 32:
-        raise OnnxImportError(f"{ctx.label}: functions nest more than 32 deep (a recursive function?)")
+    if imp.inline_depth > MAX_FUNCTION_DEPTH:
+        raise OnnxImportError(f"{ctx.label}: functions nest more than {MAX_FUNCTION_DEPTH} deep "
+                              "(a recursive function?)")
     scope = ImportScope(imp, ctx.graph, None, opsets, closed=True,
                         origin_prefix=ctx.scope.origin_prefix + (ctx.node.name or ctx.node.op_type) + "/")
     for name, v in zip(fproto.input, ctx.inputs):
@@ -1759,7 +1819,11 @@ def convert(imp: Any, scope: ImportScope, node: Any, inputs: list[Value | None],
     local = imp.functions.get((node.domain, node.op_type))
     ctx = NodeContext(imp, scope, node, inputs, label)
     if local is not None:
-        return _inline_function(ctx, local, _function_opsets(scope.opsets, local))
+        # an identical call in the same graph (same inputs and attributes) reuses the first one's outputs
+        key = (id(scope.graph), _call_key(node)[:2], tuple(id(v) for v in inputs), _call_key(node)[3])
+        if key not in imp.inlined:
+            imp.inlined[key] = _inline_function(ctx, local, _function_opsets(scope.opsets, local))
+        return imp.inlined[key]
     domain = "" if node.domain in ("", "ai.onnx") else node.domain
     if domain == "com.microsoft":
         fn = MS_RULES.get(node.op_type)
@@ -1815,6 +1879,8 @@ def evaluate_known(node: Any, ins: list[np.ndarray]) -> list[np.ndarray] | None:
     """Outputs of ``node`` on known inputs, or None when they cannot (or should not) be computed now."""
     if any(a.size > _KNOWN_LIMIT for a in ins) or node.op in ("constant", "iota"):
         return None
+    if any(type(D.dim_prod(o.shape)) is int and not fits_import_budget(o.shape, o.dtype) for o in node.outputs):
+        return None  # a small input can make a huge output (broadcast_to, pad, tile)
     for v in node.attrs.values():
         if isinstance(v, tuple) and any(isinstance(x, str) for x in v):
             return None

@@ -182,7 +182,7 @@ def _recurrent_weights(ctx: NodeContext, kind: str, d: int, hidden: int) -> tupl
         wb = ctx.op("slice", bias, starts=(0,), stops=(G * hidden,), axes=(0,))
         rb = ctx.op("slice", bias, starts=(G * hidden,), stops=(2 * G * hidden,), axes=(0,))
     else:
-        wb = rb = ctx.const(np.zeros(G * hidden, W.dtype.numpy))
+        wb = rb = ctx.op("broadcast_to", ctx.scalar(0, W), shape=(G * hidden,))
     if kind != "GRU":
         consts = [r_t]
         if kind == "LSTM" and ctx.input(7) is not None:
@@ -190,7 +190,7 @@ def _recurrent_weights(ctx: NodeContext, kind: str, d: int, hidden: int) -> tupl
         return ctx.op("add", wb, rb), consts
     # GRU keeps the h gate's recurrent bias inside the loop (it sits under the reset gate)
     rb_zr = ctx.op("slice", rb, starts=(0,), stops=(2 * hidden,), axes=(0,))
-    in_bias = ctx.op("add", wb, ctx.op("concat", rb_zr, ctx.const(np.zeros(hidden, W.dtype.numpy)), axis=0))
+    in_bias = ctx.op("add", wb, ctx.op("concat", rb_zr, ctx.op("broadcast_to", ctx.scalar(0, W), shape=(hidden,)), axis=0))
     r_zr = ctx.op("slice", r_t, starts=(0,), stops=(2 * hidden,), axes=(1,))
     r_h = ctx.op("slice", r_t, starts=(2 * hidden,), stops=(3 * hidden,), axes=(1,))
     rb_h = ctx.op("slice", rb, starts=(2 * hidden,), stops=(3 * hidden,), axes=(0,))

@@ -16,11 +16,12 @@ import math
 import numpy as np
 
 from .. import dims as D
-from ..ir import DType, Value
-from .onnx import onnx_dtype
-from .onnx_ops import NodeContext, _cast, _norm_axis, _reshape, _static_dims, rule
+from ..ir import DType, TensorType, Value
+from .onnx import OnnxImportError, onnx_dtype
+from .onnx_ops import (IMPORT_VALUE_BYTES, NodeContext, _cast, _norm_axis, _reshape, _static_dims, fits_import_budget,
+                       rule)
 
-__all__ = ["dft_matrix"]
+__all__ = ["dft_matrix", "dft_operator"]
 
 
 def dft_matrix(length: int, n: int, c_in: int, inverse: bool, onesided: bool) -> np.ndarray:
@@ -53,7 +54,41 @@ def dft_matrix(length: int, n: int, c_in: int, inverse: bool, onesided: bool) ->
     return mat.reshape(length * c_in, k_out * c_out)
 
 
-def _apply_linear_axis(ctx: NodeContext, x: Value, axis: int, mat: np.ndarray, c_out: int) -> Value:
+def dft_operator(ctx: NodeContext, length: int, n: int, c_in: int, inverse: bool, onesided: bool) -> Value:
+    """``dft_matrix`` as a constant when it fits the import budget, else the same matrix
+    computed at run time from iotas (a 4096-point DFT's matrix takes 268 MB)."""
+    irfft = inverse and onesided
+    m = min(length, n // 2 + 1 if irfft else n)
+    k_out = n if inverse or not onesided else n // 2 + 1
+    c_out = 1 if irfft else 2
+    if fits_import_budget((length * c_in, k_out * c_out), DType.f64):
+        return ctx.const(dft_matrix(length, n, c_in, inverse, onesided))
+    f64 = DType.f64
+    j = ctx.op("iota", shape=(m, k_out), axis=0, dtype=DType.i64)
+    k = ctx.op("iota", shape=(m, k_out), axis=1, dtype=DType.i64)
+    turns = ctx.op("rem", ctx.op("mul", j, k), ctx.scalar(n, DType.i64))
+    theta = ctx.op("mul", _cast(ctx, turns, f64), ctx.scalar(2 * np.pi / n, f64))
+    cos, sin = ctx.op("cos", theta), ctx.op("sin", theta)
+    scale = ctx.scalar(1.0 / n if inverse else 1.0, f64)
+    cos, sin = ctx.op("mul", cos, scale), ctx.op("mul", sin, scale)
+    if irfft:
+        single = ctx.op("or", ctx.op("eq", j, ctx.scalar(0, DType.i64)),
+                        ctx.op("eq", ctx.op("add", j, j), ctx.scalar(n, DType.i64)))
+        weight = ctx.op("where", single, ctx.scalar(1.0, f64), ctx.scalar(2.0, f64))
+        cos, sin = ctx.op("mul", cos, weight), ctx.op("mul", sin, weight)
+        blocks = [[cos], [ctx.op("neg", sin)]]
+    else:
+        sign = 1.0 if inverse else -1.0
+        signed_sin = ctx.op("mul", sin, ctx.scalar(sign, f64))
+        blocks = [[cos, signed_sin], [ctx.op("neg", signed_sin), cos]]
+    rows = [ctx.op("concat", *[ctx.op("unsqueeze", b, axes=(2,)) for b in row], axis=2) for row in blocks[:c_in]]
+    mat = ctx.op("concat", *[ctx.op("unsqueeze", r, axes=(1,)) for r in rows], axis=1)  # [m, c_in, K, c_out]
+    if length > m:  # input points past the transform's length are truncated: zero rows
+        mat = ctx.op("pad", mat, pads=((0, length - m), (0, 0), (0, 0), (0, 0)), mode="constant", value=0.0)
+    return _reshape(ctx, mat, (length * c_in, k_out * c_out))
+
+
+def _apply_linear_axis(ctx: NodeContext, x: Value, axis: int, mat: Value, c_out: int) -> Value:
     """Applies ``mat`` to the (axis, last) dims of ``x`` and puts the result back in place."""
     rank = x.rank
     rest = [i for i in range(rank - 1) if i != axis]
@@ -63,8 +98,7 @@ def _apply_linear_axis(ctx: NodeContext, x: Value, axis: int, mat: np.ndarray, c
     lead = tuple(x.shape[i] for i in rest)
     y = _reshape(ctx, y, lead + (D.dim_mul(x.shape[axis], x.shape[-1]),))
     # summed in f64 like ONNX's reference (an FFT in complex128): outputs that cancel to zero stay near zero
-    y = ctx.op("dot_general", _cast(ctx, y, DType.f64), ctx.const(mat), lhs_contracting=(len(lead),),
-               rhs_contracting=(0,))
+    y = ctx.op("dot_general", _cast(ctx, y, DType.f64), mat, lhs_contracting=(len(lead),), rhs_contracting=(0,))
     y = _cast(ctx, y, x.dtype)
     k_out = mat.shape[1] // c_out
     y = _reshape(ctx, y, lead + (k_out, c_out))
@@ -100,8 +134,24 @@ def _dft(ctx: NodeContext):
     c_in = _static(ctx, x.shape[-1], "complex dim")
     if c_in not in (1, 2) or n <= 0:
         raise ctx.unsupported(f"a trailing dim of {c_in} (1: real, 2: complex) with {n} points")
-    mat = dft_matrix(length, n, c_in, inverse, onesided)
+    mat = dft_operator(ctx, length, n, c_in, inverse, onesided)
     return [_apply_linear_axis(ctx, x, axis, mat, 1 if inverse and onesided else 2)]
+
+
+def _frame_starts(ctx: NodeContext, frames: int, step: int, width: int, length: int, clip: bool) -> Value:
+    """[frames, width]: the sample each frame position reads (f * step + i; with ``clip``,
+    positions past the end read sample 0, to be masked), a constant when it fits the import
+    budget, else computed at run time."""
+    if fits_import_budget((frames, width), DType.i64):
+        starts = np.arange(frames, dtype=np.int64)[:, None] * step + np.arange(width, dtype=np.int64)[None, :]
+        return ctx.const(np.where(starts < length, starts, 0) if clip else starts)
+    f = ctx.op("iota", shape=(frames, width), axis=0, dtype=DType.i64)
+    i = ctx.op("iota", shape=(frames, width), axis=1, dtype=DType.i64)
+    starts = ctx.op("add", ctx.op("mul", f, ctx.scalar(step, DType.i64)), i)
+    if not clip:
+        return starts
+    inside = ctx.op("lt", starts, ctx.scalar(length, DType.i64))
+    return ctx.op("where", inside, starts, ctx.scalar(0, DType.i64))
 
 
 @rule("STFT")
@@ -118,15 +168,15 @@ def _stft(ctx: NodeContext):
     if frames <= 0 or step <= 0:
         raise ctx.unsupported(f"{frames} frames of {frame} samples every {step}")
     # frame f holds samples f*step ... f*step+width-1; those past the end read zero
-    starts = np.arange(frames)[:, None] * step + np.arange(width)[None, :]
-    inside = starts < length
-    y = ctx.op("gather", x, ctx.const(np.where(inside, starts, 0).astype(np.int64)), axis=1)
+    y = ctx.op("gather", x, _frame_starts(ctx, frames, step, width, length, clip=True), axis=1)
     if window is not None:
         y = ctx.op("mul", y, _reshape(ctx, window, (1, 1, width, 1)))
-    if not inside.all():
-        y = ctx.op("mul", y, ctx.const(inside.astype(x.dtype.numpy)[None, :, :, None]))
+    if (frames - 1) * step + width > length:
+        inside = ctx.op("lt", _frame_starts(ctx, frames, step, width, length, clip=False),
+                        ctx.scalar(length, DType.i64))
+        y = ctx.op("mul", y, _reshape(ctx, _cast(ctx, inside, x.dtype), (1, frames, width, 1)))
     c_in = _static(ctx, x.shape[-1], "complex dim")
-    mat = dft_matrix(width, frame, c_in, False, bool(ctx.attr("onesided", 1)))
+    mat = dft_operator(ctx, width, frame, c_in, False, bool(ctx.attr("onesided", 1)))
     return [_apply_linear_axis(ctx, y, 2, mat, 2)]
 
 
@@ -136,11 +186,16 @@ def _mel_weight_matrix(ctx: NodeContext):
     rate = ctx.values(2, "sample_rate").item()
     lo, hi = (float(ctx.values(i, what).item()) for i, what in ((3, "lower_edge_hertz"), (4, "upper_edge_hertz")))
     dt = onnx_dtype(ctx.attr("output_datatype", 1), f"{ctx.label}: its output_datatype")
+    shape = (dft_length // 2 + 1, bins)
+    if min(shape) < 0 or not fits_import_budget(shape, dt):
+        raise OnnxImportError(f"{ctx.label}: its output {TensorType(dt, shape)} takes "
+                              f"{math.prod(shape) * dt.itemsize:,} bytes, over the {IMPORT_VALUE_BYTES:,} bytes a "
+                              "value computed at import may take")
     # mel = 2595 log10(1 + f / 700); bins + 2 points spread evenly on the mel scale
     lo_mel, hi_mel = (2595 * math.log1p(f / 700) / math.log(10) for f in (lo, hi))
     mel = np.arange(bins + 2) * ((hi_mel - lo_mel) / (bins + 2)) + lo_mel
     edges = (((dft_length + 1) * (700 * np.expm1(mel / 2595 * np.log(10)))) // rate).astype(int)
-    out = np.zeros((dft_length // 2 + 1, bins))
+    out = np.zeros(shape)
     for i in range(bins):
         left, center, right = edges[i], edges[i + 1], edges[i + 2]
         if center == left:
