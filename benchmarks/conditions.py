@@ -198,11 +198,15 @@ def check_outputs(reference: Sequence[np.ndarray], got: Sequence[np.ndarray]) ->
     return ""
 
 
-def session_call(session: Any, arrays: Sequence[Any]) -> Callable[[], Any]:
-    """``session.run`` on a feed made once: the inputs converted to numpy before timing, as for every session."""
+def session_call(session: Any, arrays: Sequence[Any], owner: Any = None) -> Callable[[], Any]:
+    """``session.run`` on a feed made once: the inputs converted to numpy before timing, as for every session.
+    ``owner`` (e.g. the OnnxRuntimeModule whose external weights the session uses) is kept alive with the call."""
     from accelir.interpreter import to_numpy
     names = [i.name for i in session.get_inputs()]
     if len(names) != len(arrays):
         raise RuntimeError(f"the ONNX model takes {len(names)} inputs ({', '.join(names)}), not {len(arrays)}")
     feed = {name: to_numpy(x) for name, x in zip(names, arrays)}
-    return lambda: session.run(None, feed)
+
+    def call(owner: Any = owner) -> Any:
+        return session.run(None, feed)
+    return call

@@ -129,7 +129,7 @@ def measure(files: dict[str, str], inputs: list[np.ndarray], want: list[np.ndarr
     out: dict[str, Measured] = {}
     calls = {}
     for kind, path in files.items():
-        got = ort_session(path, threads).run(None, dict(zip([f"input_{i}" for i in range(len(inputs))], inputs)))
+        got = session_call(ort_session(path, threads), inputs)()
         wrong = check_outputs(want, got)
         error = float("nan") if wrong else max((float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in
                                                 zip(got, want) if a.size), default=0.0)

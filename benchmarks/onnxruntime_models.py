@@ -143,7 +143,7 @@ def _build_accelir(model: Any, inputs: tuple, threads: int, level: int) -> Resul
 
     def profiled(prefix: str) -> Any:
         return OnnxRuntimeModule(cm.graph, session_options=session_options(threads, prefix)).session
-    return Result(session_call(runner.session, flat), runner.session, profiled, build,
+    return Result(session_call(runner.session, flat, runner), runner.session, profiled, build,
                   notes=f"{stages}; {cm.report.nodes_before}->{cm.report.nodes_after} IR nodes, "
                         f"{len(to_onnx_external(cm.graph)[0].graph.node)} ONNX nodes")
 

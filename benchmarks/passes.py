@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         args.repeat = 1 if args.quick else 3
     global GUARD
     GUARD = guard_from(args, threads=1)
+    ROWS.clear()
     bench_synthetic(args.sizes, args.level, args.checked, args.repeat)
     if args.gpt2:
         bench_gpt2(args.level, args.checked, args.repeat, args.quick)

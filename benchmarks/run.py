@@ -209,7 +209,7 @@ def _accelir(backend: str) -> Callable[[Any, tuple, Context], Built]:
         if backend == "onnxruntime":
             from accelir.lowering.onnx import OnnxRuntimeModule
             runner = OnnxRuntimeModule(cm.graph, threads=ctx.threads)
-            return Built(session_call(runner.session, flat), notes, seconds, mem.added)
+            return Built(session_call(runner.session, flat, runner), notes, seconds, mem.added)
         return Built(xla_call(cm.graph, flat), notes, seconds, mem.added)
     return build
 
