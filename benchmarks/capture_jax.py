@@ -25,7 +25,7 @@ import numpy as np
 if not __package__:  # run as a script: make the repo root importable, as ``-m`` does
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from accelir.frontends.jax import capture_jax  # noqa: E402
-from benchmarks.conditions import add_load_arguments, guard_from, machine  # noqa: E402
+from benchmarks.conditions import add_load_arguments, guard_from, machine, rotated  # noqa: E402
 
 __all__ = ["main", "Transformer"]
 
@@ -70,12 +70,13 @@ class Transformer(nn.Module):
 
 
 def _best_interleaved(fns: dict, repeat: int) -> dict:
-    """Best time of each function, runs interleaved so that load from other processes hits all alike."""
+    """Best time of each function, runs interleaved (the order rotating) so that load from other
+    processes hits all alike."""
     best = {name: float("inf") for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
+    for k in range(repeat):
+        for name in rotated(list(fns), k):
             start = time.perf_counter()
-            fn()
+            fns[name]()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
 

@@ -25,9 +25,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Load", "LoadGuard", "add_load_arguments", "check_outputs", "session_call", "machine"]
+__all__ = ["Load", "LoadGuard", "add_load_arguments", "check_outputs", "session_call", "machine", "rotated"]
 
 DEFAULT_MAX_LOAD = 0.5
+
+
+def rotated(items: Sequence[Any], round_: int) -> list[Any]:
+    """``items`` starting at ``round_`` (mod their count): rounds that take turns rotate, as
+    ``accelir.timing.time_interleaved`` does, so that no system always goes first."""
+    k = round_ % len(items) if items else 0
+    return list(items[k:]) + list(items[:k])
 
 
 def machine() -> str:

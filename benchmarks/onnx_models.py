@@ -15,7 +15,7 @@ difference from eager torch, and the machine's load before and after the model (
 run under load prints no table unless ``--allow-load`` is given).
 
     python benchmarks/onnx_models.py            # full-size models
-    python benchmarks/onnx_models.py --quick    # the tiny GPT-2, one optimisation run, two rounds: a check of the harness
+    python benchmarks/onnx_models.py --quick    # the tiny GPT-2, one optimisation run, two rounds (a check)
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import onnx
 if not __package__:  # run as a script: make the repo root importable, as ``-m`` does
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from accelir.timing import time_interleaved  # noqa: E402
-from benchmarks.conditions import add_load_arguments, check_outputs, guard_from, session_call  # noqa: E402
+from benchmarks.conditions import add_load_arguments, check_outputs, guard_from, rotated, session_call  # noqa: E402
 
 __all__ = ["MODELS", "export", "optimize_accelir", "optimize_onnxsim", "measure", "main"]
 
@@ -177,10 +177,10 @@ def main(argv: list[str]) -> int:
                 # measure the page cache, the allocator's state and the other load as much as the optimiser
                 optimisers = {"onnxsim": optimize_onnxsim, "accelir": optimize_accelir}
                 times: dict[str, list[float]] = {kind: [] for kind in optimisers}
-                for _ in range(opt_runs):
-                    for kind, fn in list(optimisers.items()):
+                for k in range(opt_runs):
+                    for kind in rotated(list(optimisers), k):
                         try:
-                            times[kind].append(fn(raw, os.path.join(tmp, f"{name}.{kind}.onnx")))
+                            times[kind].append(optimisers[kind](raw, os.path.join(tmp, f"{name}.{kind}.onnx")))
                         except Exception as e:  # a failing optimiser is a row of the table, not the end of the run
                             print(f"{name}: {kind} failed: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
                             del optimisers[kind], times[kind]

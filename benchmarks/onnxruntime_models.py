@@ -55,7 +55,7 @@ import numpy as np
 
 if not __package__:  # run as a script: make the repo root importable, as ``-m`` does
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.conditions import LoadGuard, add_load_arguments, check_outputs, guard_from, session_call
+from benchmarks.conditions import LoadGuard, add_load_arguments, check_outputs, guard_from, rotated, session_call
 
 __all__ = ["main", "run_model", "profile_by_op", "build_memory", "compile_bytecode"]
 
@@ -233,7 +233,7 @@ def _run_model(name: str, *, quick: bool, threads: int, level: int, warmup: int,
         want = flat_arrays(model(*inputs))
     fresh: dict[str, list[dict[str, Any]]] = {s: [] for s in BUILDERS}
     for k in range(build_runs):  # the systems take turns, so a slow spell of the machine hits them all
-        for system in BUILDERS:
+        for system in rotated(BUILDERS, k):
             log(f"{name}: build time and peak memory of {system} in a fresh process ({k + 1} of {build_runs})")
             with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 # one traced build is enough: it is slow and reported once

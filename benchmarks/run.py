@@ -398,7 +398,8 @@ def markdown(cells: list[Cell], info: dict[str, dict], meta: dict[str, Any]) -> 
         out.append(f"| {m} | " + " | ".join(_latency(by[(m, s)]) if (m, s) in by else "" for s in systems)
                    + f" | {info[m].get('load_text', '')} |")
     out += ["", "Build time in s (export / compile / optimize(), first call included) / peak memory added in MiB / "
-            "max abs error vs the reference (eager torch, jax.jit):", "", "| model | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
+            "max abs error vs the reference (eager torch, jax.jit):", "",
+            "| model | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
     for m in models:
         row = []
         for s in systems:

@@ -225,3 +225,8 @@ def test_build_time_is_against_the_fastest_export_and_memory_shows_every_peer():
     fresh = {"accelir": {"cold_s": 2.0}, "torchscript": {"cold_s": 1.0}, "dynamo": {"cold_s": 10.0}}
     assert onnxruntime_models._build_ratio(fresh, "cold_s") == "2.00 (torchscript)"
 
+
+
+def test_rounds_that_take_turns_rotate():
+    from benchmarks.conditions import rotated
+    assert [rotated("abc", k) for k in range(4)] == [list("abc"), list("bca"), list("cab"), list("abc")]
