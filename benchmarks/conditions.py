@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Load", "LoadGuard", "add_load_arguments", "check_outputs", "session_call", "machine", "rotated"]
+__all__ = ["Load", "LoadGuard", "add_load_arguments", "guard_from", "check_outputs", "session_call", "machine",
+           "cpu_count", "rotated"]
 
 DEFAULT_MAX_LOAD = 0.5
 
@@ -37,9 +38,16 @@ def rotated(items: Sequence[Any], round_: int) -> list[Any]:
     return list(items[k:]) + list(items[:k])
 
 
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity set where the OS tells it, else all of them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def machine() -> str:
     """The machine in a few words: architecture, processor, CPU count."""
-    return f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs".replace("  ", " ")
+    return f"{platform.machine()} {platform.processor() or ''} {cpu_count()} CPUs".replace("  ", " ")
 
 
 def _loadavg() -> tuple[float, float, float] | None:
@@ -75,8 +83,9 @@ class LoadGuard:
     threads: int = 1
     allow_load: bool = False
     max_load: float = DEFAULT_MAX_LOAD
-    cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
+    cpus: int = field(default_factory=cpu_count)
     loads: list[Load] = field(default_factory=list)
+    start_load: tuple[float, float, float] | None = None
     _started: bool = False
 
     @property
@@ -99,7 +108,8 @@ class LoadGuard:
 
     def start(self) -> None:
         """Refuse to start on a busy machine (a SystemExit with the reason) unless load is allowed."""
-        why = self._why(_loadavg(), False, "at the start")
+        self.start_load = _loadavg()
+        why = self._why(self.start_load, False, "at the start")
         self._started = True
         if why and not self.allow_load:
             raise SystemExit(f"benchmark refused: {why}. Rerun on a quiet machine, or pass --allow-load to "
@@ -117,14 +127,14 @@ class LoadGuard:
             self.loads.append(holder[0])
 
     def reasons(self) -> list[str]:
-        out = []
+        """Why the run counts as taken under load: one line per reading over the limit."""
+        out = [self._why(self.start_load, False, "at the start")] if self._started else []
         for k, load in enumerate(self.loads):
             for reading, ours, when in ((load.before, self._started or k > 0, "before a measurement"),
                                         (load.after, True, "after a measurement")):
                 why = self._why(reading, ours, when)
-                if why:
-                    out.append(why)
-        return out
+                out.append(why)
+        return [why for why in out if why]
 
     @property
     def under_load(self) -> bool:
@@ -132,7 +142,8 @@ class LoadGuard:
 
     def header(self) -> str:
         """One line for the top of a table: the machine, the load over the run, and whether it was quiet."""
-        readings = [r[0] for load in self.loads for r in (load.before, load.after) if r is not None]
+        readings = [r[0] for r in [self.start_load] + [r for load in self.loads for r in (load.before, load.after)]
+                    if r is not None]
         span = f"load average {min(readings):.2f}-{max(readings):.2f}" if readings else "load average unknown"
         text = f"{machine()}; {span} over the run (1 min; limit {self.limit:.2f} from other processes)"
         if self.under_load:

@@ -520,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
     conditions = guard.finish()  # refuses a table taken under load unless --allow-load
     meta = {"quick": args.quick, "threads": args.threads, "warmup": warmup, "repeats": repeats,
-            "machine": machine(), "cpus": os.cpu_count(), "conditions": conditions, "under_load": guard.under_load,
+            "machine": machine(), "cpus": guard.cpus, "conditions": conditions, "under_load": guard.under_load,
             "loads": [load.as_dict() for load in guard.loads],
             "python": platform.python_version(), "versions": _versions(), "date": time.strftime("%Y-%m-%d %H:%M")}
     os.makedirs(args.out, exist_ok=True)

@@ -44,14 +44,15 @@ def _assert_ran(proc: subprocess.CompletedProcess) -> str:
 @pytest.mark.parametrize("script", ["capture_torch.py", "capture_jax.py"])
 def test_quick_capture_scripts_state_their_settings_and_load(script):
     out = _assert_ran(_run_script([f"benchmarks/{script}", "--quick", "--allow-load"]))
-    assert f"{os.cpu_count()} CPUs" in out and "load " in out
+    assert f"{conditions.cpu_count()} CPUs" in out and "load " in out
     assert "thread" in out
 
 
 def test_quick_passes_states_threads_machine_sizes():
     out = _assert_ran(_run_script(["benchmarks/passes.py", "--quick", "--allow-load", "--sizes", "300", "600"]))
     settings = next(line for line in out.splitlines() if line.startswith("settings:"))
-    assert "one Python thread" in settings and "sizes 300, 600" in settings and f"{os.cpu_count()} CPUs" in settings
+    assert "one Python thread" in settings and "sizes 300, 600" in settings
+    assert f"{conditions.cpu_count()} CPUs" in settings
     assert out.count("load ") >= 3  # the header and one per row
 
 
@@ -73,14 +74,14 @@ def test_quick_onnxruntime_models():
     for system in ("| accelir |", "| torchscript |", "| torchscript + accelir's options |", "| dynamo |",
                    "| dynamo + accelir's options |"):
         assert system in out
-    assert "wrong output" not in out and "fastest export" in out and f"on {os.cpu_count()} CPUs" in out
+    assert "wrong output" not in out and "fastest export" in out and f"on {conditions.cpu_count()} CPUs" in out
 
 
 def test_quick_onnx_models():
     out = _assert_ran(_run_script(["benchmarks/onnx_models.py", "--quick", "--allow-load"], timeout=180))
     rows = [line for line in out.splitlines() if line.startswith("gpt2")]
     assert [r.split()[1] for r in rows] == ["raw", "onnxsim", "accelir"]
-    assert all("wrong output" not in r and f"on {os.cpu_count()} CPUs" in r for r in rows)
+    assert all("wrong output" not in r and f"on {conditions.cpu_count()} CPUs" in r for r in rows)
 
 
 def test_quick_gpu_check_says_what_is_missing():
@@ -230,3 +231,12 @@ def test_build_time_is_against_the_fastest_export_and_memory_shows_every_peer():
 def test_rounds_that_take_turns_rotate():
     from benchmarks.conditions import rotated
     assert [rotated("abc", k) for k in range(4)] == [list("abc"), list("bca"), list("cab"), list("abc")]
+
+
+def test_a_busy_start_marks_the_table_even_when_the_run_was_quiet(monkeypatch):
+    _loads(monkeypatch, 3.0, 0.0, 0.0)
+    guard = LoadGuard(threads=1, cpus=4, allow_load=True)
+    guard.start()
+    with guard.watch():
+        pass
+    assert guard.finish().startswith("TAKEN UNDER LOAD")
