@@ -1,8 +1,10 @@
 """Latency measurement shared by ``accelir bench`` and the peer benchmark.
 
-Several callables are timed in interleaved rounds (A B C A B C ...) after their
-warm-up runs, so that a slow phase of a shared machine (another process, thermal
-throttling) falls on every system alike instead of on whichever ran during it.
+Several callables are timed in interleaved rounds after their warm-up runs, so that
+a slow phase of a shared machine (another process, thermal throttling) falls on every
+system alike instead of on whichever ran during it.  The order rotates each round
+(A B C, B C A, C A B, ...), so that no system always runs first (after a pause, on
+cold caches) or always after the same neighbour.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ class Timing:
 
 def time_interleaved(fns: Mapping[str, Callable[[], object]], *, warmup: int = 3, repeats: int = 10,
                      budget_s: float | None = None) -> dict[str, Timing]:
-    """Warm each callable up, then time one call of each per round for ``repeats`` rounds.
+    """Warm each callable up, then time one call of each per round for ``repeats`` rounds, the
+    order rotating by one each round.
 
     ``budget_s`` stops adding rounds once that much time has passed (after at least
     three), so that a slow model does not hold a quick benchmark run for minutes.
@@ -48,9 +51,12 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, warmup: int = 3
         for _ in range(warmup):
             fn()
     runs: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
     start = time.perf_counter()
     for k in range(repeats):
-        for name, fn in fns.items():
+        shift = k % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            fn = fns[name]
             t0 = time.perf_counter()
             fn()
             runs[name].append(time.perf_counter() - t0)

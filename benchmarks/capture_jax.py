@@ -4,20 +4,28 @@ Builds a flax.linen transformer (12 layers, hidden 768, 12 heads, MLP 3072 by de
 and times, best of ``--repeat`` runs each, a bare ``jax.make_jaxpr(model.apply)`` and
 ``accelir.frontends.jax.capture_jax`` (which includes its own make_jaxpr), with the
 params as graph inputs and frozen as constants.  The target is capture <= 1.5x make_jaxpr.
+The output names the settings (machine, sizes) and the machine's load before and
+after; a run under load prints no figures unless ``--allow-load`` is given.
 
     python benchmarks/capture_jax.py [--layers 12] [--hidden 768] [--repeat 5] [--scan] [--dynamic]
+    python benchmarks/capture_jax.py --quick     # one 64-wide layer, one run: a check that it runs
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import flax.linen as nn
 import jax
 import numpy as np
 
-from accelir.frontends.jax import capture_jax
+if not __package__:  # run as a script: make the repo root importable, as ``-m`` does
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from accelir.frontends.jax import capture_jax  # noqa: E402
+from benchmarks.conditions import add_load_arguments, guard_from, machine, rotated  # noqa: E402
 
 __all__ = ["main", "Transformer"]
 
@@ -62,35 +70,45 @@ class Transformer(nn.Module):
 
 
 def _best_interleaved(fns: dict, repeat: int) -> dict:
-    """Best time of each function, runs interleaved so that load from other processes hits all alike."""
+    """Best time of each function, runs interleaved (the order rotating) so that load from other
+    processes hits all alike."""
     best = {name: float("inf") for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
+    for k in range(repeat):
+        for name in rotated(list(fns), k):
             start = time.perf_counter()
-            fn()
+            fns[name]()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--hidden", type=int, default=768)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--layers", type=int, default=None, help="default 12 (1 with --quick)")
+    parser.add_argument("--hidden", type=int, default=None, help="default 768 (64 with --quick)")
+    parser.add_argument("--seq", type=int, default=None, help="default 128 (16 with --quick)")
+    parser.add_argument("--repeat", type=int, default=None, help="default 5 (1 with --quick)")
     parser.add_argument("--scan", action="store_true", help="stack the layers with nn.scan")
     parser.add_argument("--dynamic", action="store_true", help="batch and sequence as symbolic dims")
-    opts = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="one 64-wide layer, a 1000-token vocabulary, one run: "
+                        "a check that the script runs, not a measurement")
+    add_load_arguments(parser)
+    opts = parser.parse_args(argv)
+    for name, full, quick in (("layers", 12, 1), ("hidden", 768, 64), ("seq", 128, 16), ("repeat", 5, 1)):
+        if getattr(opts, name) is None:
+            setattr(opts, name, quick if opts.quick else full)
+    guard = guard_from(opts, threads=1)
 
-    model = Transformer(hidden=opts.hidden, heads=max(1, opts.hidden // 64), mlp=4 * opts.hidden,
-                        layers=opts.layers, scan=opts.scan)
+    model = Transformer(vocab=1000 if opts.quick else 32000, hidden=opts.hidden, heads=max(1, opts.hidden // 64),
+                        mlp=4 * opts.hidden, layers=opts.layers, scan=opts.scan)
     tokens = np.zeros((1, opts.seq), np.int32)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)
     params = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     symbolic = (None, "b, s") if opts.dynamic else None
     n_params = sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(shapes))
-    print(f"flax transformer: {opts.layers} layers, hidden {opts.hidden}, {n_params / 1e6:.1f}M params, "
-          f"{'nn.scan' if opts.scan else 'unrolled'}{', dynamic batch/seq' if opts.dynamic else ''}")
+    lines = [f"flax transformer: {opts.layers} layers, hidden {opts.hidden}, seq {opts.seq}, "
+             f"{n_params / 1e6:.1f}M params, {'nn.scan' if opts.scan else 'unrolled'}"
+             f"{', dynamic batch/seq' if opts.dynamic else ''}; best of {opts.repeat}, interleaved; {machine()}, "
+             f"jax {jax.__version__} (tracing is single-threaded Python)"]
 
     traced = (params, tokens) if symbolic is None else (params, jax.ShapeDtypeStruct(
         jax.export.symbolic_shape("b, s"), np.int32))
@@ -104,16 +122,21 @@ def main() -> None:
         "frozen": lambda: capture_jax(fresh(), (params, tokens), params_as_constants=True,
                                       symbolic_shapes=symbolic),
     }
-    for fn in fns.values():  # warm-up: the first trace pays for imports and jax's caches
-        fn()
-    best = _best_interleaved(fns, opts.repeat)
+    with guard.watch() as load:
+        for fn in fns.values():  # warm-up: the first trace pays for imports and jax's caches
+            fn()
+        best = _best_interleaved(fns, opts.repeat)
+    lines[0] += f"; {load[0]}"
     t_jaxpr = best["make_jaxpr"]
-    print(f"make_jaxpr {t_jaxpr * 1e3:.0f} ms")
+    lines.append(f"make_jaxpr {t_jaxpr * 1e3:.0f} ms")
     for mode in ("inputs", "frozen"):
         graph = fns[mode]()
-        print(f"params {mode}: capture_jax {best[mode] * 1e3:.0f} ms, ratio {best[mode] / t_jaxpr:.2f}x "
-              f"(target <= 1.5x), {graph.num_nodes()} nodes")
+        lines.append(f"params {mode}: capture_jax {best[mode] * 1e3:.0f} ms, ratio {best[mode] / t_jaxpr:.2f}x "
+                     f"(target <= 1.5x), {graph.num_nodes()} nodes")
+    print(guard.finish())
+    print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

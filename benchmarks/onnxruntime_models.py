@@ -1,7 +1,7 @@
 """accelir -> ONNX Runtime (CPU) against torch.onnx.export + ONNX Runtime, side by side.
 
     python -m benchmarks.onnxruntime_models [--models gpt2,bert,vit,resnet50] [--threads 2] [--repeats 30]
-        [--build-runs 3] [--level 2] [--quick] [--tracemalloc] [--profile DIR]
+        [--build-runs 3] [--level 2] [--quick] [--tracemalloc] [--profile DIR] [--allow-load]
 
 For each model of ``benchmarks/models.py`` (transformers GPT-2 small, BERT-base,
 ViT-base, ResNet-50 from their configs with random weights, batch 1) it builds
@@ -10,12 +10,17 @@ ViT-base, ResNet-50 from their configs with random weights, batch 1) it builds
 - ``torchscript``: ``torch.onnx.export(dynamo=False)`` + an ONNX Runtime session,
 - ``dynamo``: ``torch.onnx.export(dynamo=True)`` + an ONNX Runtime session,
 
-every session with ORT_ENABLE_ALL and the same intra-op thread count, checks each
-one's first output against eager torch (error relative to the output's peak), then
-times them in interleaved rounds (A B C A B C ...) and prints the median latency
+every session with ORT_ENABLE_ALL and the same intra-op thread count; each exported
+file also runs on a second session with accelir's own session options (the graph
+optimizers accelir turns off on the CPU: SkipLayerNormFusion), so that the peers get
+what accelir gives itself.  It checks every output of each against eager torch (a
+tolerance by dtype, relative to the output's peak; a wrong one is flagged and not
+timed), then times them in interleaved rounds, the order rotating each round, each a
+bare ``session.run`` on a numpy feed made beforehand, and prints the median latency
 (min-max, and the spread of the middle half as a measure of noise) and the ratio of
 accelir to the best exporter.  It also reports the build times (``optimize()`` =
-capture + passes + lowering + session build, against each export + session build),
+capture + passes + lowering + session build, against each export + session build,
+and their ratio to the fastest export),
 each system in its own fresh process: cold (the first build there, which pays the
 one-time costs every system has: torch.export's and onnxruntime's lazy imports and
 first-call set-up) and warm (a second build in the same process); and the resident
@@ -23,7 +28,10 @@ memory the first build added at its peak, as a multiple of the model's weight by
 (``--tracemalloc`` adds Python's traced peak, which slows the capture down).  Each is
 the median of ``--build-runs`` fresh processes per system, the systems taking turns.
 ``--profile DIR`` writes ONNX Runtime profiles of the sessions and prints where each
-spends its time, by op type.
+spends its time, by op type.  The machine's load before and after each model goes in
+its row; a run under load prints no table unless ``--allow-load`` is given (see
+``benchmarks/conditions.py``).  ``--quick`` runs the GPT-2 miniature, one fresh build
+per system and two rounds: a check that the script runs, not a measurement.
 """
 
 from __future__ import annotations
@@ -45,9 +53,17 @@ from typing import Any, Callable
 
 import numpy as np
 
+if not __package__:  # run as a script: make the repo root importable, as ``-m`` does
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.conditions import LoadGuard, add_load_arguments, check_outputs, guard_from, rotated, session_call
+
 __all__ = ["main", "run_model", "profile_by_op", "build_memory", "compile_bytecode"]
 
-SYSTEMS = ("accelir", "torchscript", "dynamo")
+BUILDERS = ("accelir", "torchscript", "dynamo")
+EXPORTERS = ("torchscript", "dynamo")
+ACCELIR_OPTIONS = " + accelir's options"
+# every session timed: accelir's, and each exported file on the benchmark's options and on accelir's
+SYSTEMS = ("accelir",) + tuple(s + v for s in EXPORTERS for v in ("", ACCELIR_OPTIONS))
 
 
 @dataclass
@@ -59,19 +75,20 @@ class Result:
     profiled_session: Callable[[str], Any]  # profile file prefix -> a session like the timed one, profiling
     build_s: float
     rel_error: float = float("nan")
+    wrong: str = ""  # why the outputs differ from eager torch; a wrong system is not timed
     runs: list[float] = field(default_factory=list)
     notes: str = ""
+    path: str = ""  # the exported file, for an exporter
 
 
-def _first_array(out: Any) -> np.ndarray:
-    from accelir.cli import flat_arrays
-    return flat_arrays(out)[0]
-
-
-def _rel_error(got: np.ndarray, want: np.ndarray) -> float:
-    if got.shape != want.shape:
-        return float("inf")
-    return float(np.abs(got.astype(np.float64) - want).max() / max(np.abs(want).max(), 1e-30))
+def _rel_error(got: list[np.ndarray], want: list[np.ndarray]) -> float:
+    """The largest error over the outputs, relative to each output's peak."""
+    worst = 0.0
+    for g, w in zip(got, want):
+        if g.size and np.issubdtype(w.dtype, np.number):
+            w64 = w.astype(np.float64)
+            worst = max(worst, float(np.abs(g.astype(np.float64) - w64).max() / max(np.abs(w64).max(), 1e-30)))
+    return worst
 
 
 def build_memory(name: str, quick: bool, level: int, traced: bool, system: str) -> dict[str, Any]:
@@ -126,7 +143,7 @@ def _build_accelir(model: Any, inputs: tuple, threads: int, level: int) -> Resul
 
     def profiled(prefix: str) -> Any:
         return OnnxRuntimeModule(cm.graph, session_options=session_options(threads, prefix)).session
-    return Result(lambda: runner(*flat), runner.session, profiled, build,
+    return Result(session_call(runner.session, flat, runner), runner.session, profiled, build,
                   notes=f"{stages}; {cm.report.nodes_before}->{cm.report.nodes_after} IR nodes, "
                         f"{len(to_onnx_external(cm.graph)[0].graph.node)} ONNX nodes")
 
@@ -140,9 +157,20 @@ def _build_export(model: Any, inputs: tuple, threads: int, dynamo: bool, tmp: st
         torch.onnx.export(model, inputs, path, dynamo=dynamo)
     session = ort_session(path, threads)
     build = time.perf_counter() - t0
-    names = [i.name for i in session.get_inputs()]
-    feed = {n: x.numpy() for n, x in zip(names, inputs)}
-    return Result(lambda: session.run(None, feed), session, lambda prefix: ort_session(path, threads, prefix), build)
+    return Result(session_call(session, inputs), session, lambda prefix: ort_session(path, threads, prefix), build,
+                  path=path)
+
+
+def _with_accelir_options(export: Result, inputs: tuple, threads: int) -> Result:
+    """The exported file of ``export`` on a session with accelir's options; its build is the session's."""
+    from benchmarks.run import ort_session
+    path = export.path
+    t0 = time.perf_counter()
+    session = ort_session(path, threads, accelir_options=True)
+    build = time.perf_counter() - t0
+    return Result(session_call(session, inputs), session,
+                  lambda prefix: ort_session(path, threads, prefix, accelir_options=True), build,
+                  notes="the same file, SkipLayerNormFusion off; build = the session only")
 
 
 def profile_by_op(session: Any, feeds: dict[str, np.ndarray], runs: int) -> tuple[float, list[tuple[str, float, int]]]:
@@ -181,8 +209,20 @@ def compile_bytecode() -> None:
 
 
 def run_model(name: str, *, quick: bool, threads: int, level: int, warmup: int, repeats: int, traced: bool,
-              profile_dir: str | None, log: Callable[[str], None], build_runs: int = 3) -> dict[str, Any]:
+              profile_dir: str | None, log: Callable[[str], None], build_runs: int = 3,
+              guard: LoadGuard | None = None) -> dict[str, Any]:
+    guard = guard or LoadGuard(threads=threads, allow_load=True)
+    with guard.watch() as load:
+        row = _run_model(name, quick=quick, threads=threads, level=level, warmup=warmup, repeats=repeats,
+                         traced=traced, profile_dir=profile_dir, log=log, build_runs=build_runs)
+    row["load"] = load[0]
+    return row
+
+
+def _run_model(name: str, *, quick: bool, threads: int, level: int, warmup: int, repeats: int, traced: bool,
+               profile_dir: str | None, log: Callable[[str], None], build_runs: int) -> dict[str, Any]:
     import torch
+    from accelir.cli import flat_arrays
     from accelir.timing import time_interleaved
     from benchmarks.models import MODELS
 
@@ -190,10 +230,10 @@ def run_model(name: str, *, quick: bool, threads: int, level: int, warmup: int, 
     model, inputs = spec.build(quick)
     weight_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
     with torch.no_grad():
-        want = _first_array(model(*inputs)).astype(np.float64)
-    fresh: dict[str, list[dict[str, Any]]] = {s: [] for s in SYSTEMS}
+        want = flat_arrays(model(*inputs))
+    fresh: dict[str, list[dict[str, Any]]] = {s: [] for s in BUILDERS}
     for k in range(build_runs):  # the systems take turns, so a slow spell of the machine hits them all
-        for system in SYSTEMS:
+        for system in rotated(BUILDERS, k):
             log(f"{name}: build time and peak memory of {system} in a fresh process ({k + 1} of {build_runs})")
             with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 # one traced build is enough: it is slow and reported once
@@ -203,28 +243,35 @@ def run_model(name: str, *, quick: bool, threads: int, level: int, warmup: int, 
                   for key in runs[0] if runs[0][key] is not None} for s, runs in fresh.items()}
     results: dict[str, Result] = {}
     with tempfile.TemporaryDirectory(prefix="accelir-ort-bench-") as tmp:
-        for system in SYSTEMS:
+        for system in BUILDERS:
             log(f"{name}: building {system}")
             if system == "accelir":
-                r = _build_accelir(model, inputs, threads, level)
+                results[system] = _build_accelir(model, inputs, threads, level)
             else:
-                r = _build_export(model, inputs, threads, system == "dynamo", tmp)
-            r.rel_error = _rel_error(_first_array(r.call()), want)
-            results[system] = r
+                results[system] = _build_export(model, inputs, threads, system == "dynamo", tmp)
+                results[system + ACCELIR_OPTIONS] = _with_accelir_options(results[system], inputs, threads)
             gc.collect()
+        for system in SYSTEMS:
+            r = results[system]
+            got = flat_arrays(r.call())
+            r.wrong = check_outputs(want, got)
+            r.rel_error = float("nan") if r.wrong else _rel_error(got, want)
+            if r.wrong:
+                log(f"{name}: {system} gives a wrong output, not timed: {r.wrong}")
+        right = {s: r for s, r in results.items() if not r.wrong}
         log(f"{name}: timing, {repeats} interleaved rounds")
-        timings = time_interleaved({s: r.call for s, r in results.items()}, warmup=warmup, repeats=repeats)
+        timings = time_interleaved({s: right[s].call for s in SYSTEMS if s in right}, warmup=warmup, repeats=repeats)
         for s, t in timings.items():
             results[s].runs = list(t.runs)
         profiles = {}
         if profile_dir:
             os.makedirs(profile_dir, exist_ok=True)
-            for s, r in results.items():
+            for s, r in right.items():
                 feeds = {i.name: a for i, a in zip(r.session.get_inputs(), _feeds(r, inputs))}
                 profiles[s] = profile_by_op(r.profiled_session(os.path.join(profile_dir, f"{name}-{s}")), feeds,
                                             max(5, repeats // 3))
     return {"model": name, "description": spec.description, "weight_bytes": weight_bytes, "memory": memory,
-            "results": results, "profiles": profiles}
+            "results": {s: results[s] for s in SYSTEMS}, "profiles": profiles}
 
 
 def _feeds(r: Result, inputs: tuple) -> list[np.ndarray]:
@@ -237,23 +284,46 @@ def _quartiles(runs: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
-def report(rows: list[dict[str, Any]], threads: int) -> str:
-    lines = [f"batch 1, ONNX Runtime CPU, ORT_ENABLE_ALL, {threads} intra-op threads for every session; "
-             f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
+def _median_ms(r: Result) -> str:
+    if r.wrong:
+        return "wrong output"
+    return f"{statistics.median(r.runs) * 1e3:.2f} ({min(r.runs) * 1e3:.2f}-{max(r.runs) * 1e3:.2f})"
+
+
+def _build_ratio(fresh: dict[str, dict[str, float]], key: str) -> str:
+    """optimize()'s build time over the fastest exporter's (export + session), naming it."""
+    fastest = min(EXPORTERS, key=lambda s: fresh[s][key])
+    return f"{fresh['accelir'][key] / fresh[fastest][key]:.2f} ({fastest})"
+
+
+def report(rows: list[dict[str, Any]], threads: int, conditions: str) -> str:
+    lines = [conditions, "",
+             f"batch 1, ONNX Runtime CPU, ORT_ENABLE_ALL, {threads} intra-op thread(s) for every session; "
+             f"\"{ACCELIR_OPTIONS.strip(' +')}\": the exported file on a session with accelir's own options "
+             "(SkipLayerNormFusion off); each timed as session.run on a numpy feed made beforehand, the order "
+             "rotating each round",
              "", "| model | system | median ms (min-max) | IQR/median | rel err vs eager | build s here | notes |",
              "|---|---|---|---|---|---|---|"]
-    summary = ["", "| model | accelir / best export | optimize() / (dynamo export + session), cold; warm | "
-               "build s cold (warm), medians: optimize(), torchscript, dynamo | "
-               "peak RSS added / weights: optimize(), torchscript, dynamo (export + session) |", "|---|---|---|---|---|"]
+    summary = ["", "| model | accelir / best export, either options | optimize() / (fastest export + session), "
+               "cold; warm | build s cold (warm), medians: optimize(), torchscript, dynamo | "
+               "peak RSS added / weights: optimize(), torchscript, dynamo (export + session) | load |",
+               "|---|---|---|---|---|---|"]
     for row in rows:
         res: dict[str, Result] = row["results"]
         for s, r in res.items():
+            if r.wrong:
+                lines.append(f"| {row['model']} | {s} | wrong output | | {r.wrong} | {r.build_s:.1f} | {r.notes} |")
+                continue
             med = statistics.median(r.runs)
             q1, q3 = _quartiles(r.runs)
-            lines.append(f"| {row['model']} | {s} | {med * 1e3:.2f} ({min(r.runs) * 1e3:.2f}-{max(r.runs) * 1e3:.2f}) "
+            lines.append(f"| {row['model']} | {s} | {_median_ms(r)} "
                          f"| {(q3 - q1) / med:.2f} | {r.rel_error:.1e} | {r.build_s:.1f} | {r.notes} |")
-        best = min(statistics.median(res[s].runs) for s in ("torchscript", "dynamo"))
-        ratio = statistics.median(res["accelir"].runs) / best
+        peers = [s for s in SYSTEMS if s != "accelir" and not res[s].wrong]
+        if res["accelir"].wrong or not peers:
+            ratio = "wrong output" if res["accelir"].wrong else "no right peer"
+        else:
+            best = min(peers, key=lambda s: statistics.median(res[s].runs))
+            ratio = f"{statistics.median(res['accelir'].runs) / statistics.median(res[best].runs):.3f} (vs {best})"
         texts = []
         for s, mem in row["memory"].items():
             rss = mem.get("rss_added")
@@ -262,10 +332,10 @@ def report(rows: list[dict[str, Any]], threads: int) -> str:
                 texts[-1] += f" (traced {mem['traced_peak'] / row['weight_bytes']:.2f}x)"
         mem_text = ", ".join(texts)
         fresh = row["memory"]
-        build_ratio = " ; ".join(f"{fresh['accelir'][k] / fresh['dynamo'][k]:.2f}" for k in ("cold_s", "warm_s"))
-        build_text = ", ".join(f"{fresh[s]['cold_s']:.1f} ({fresh[s]['warm_s']:.1f})" for s in SYSTEMS)
-        summary.append(f"| {row['model']} | {ratio:.3f} | {build_ratio} | {build_text} "
-                       f"| {mem_text} of {row['weight_bytes'] / 2 ** 20:.0f} MiB |")
+        build_ratio = "; ".join(_build_ratio(fresh, k) for k in ("cold_s", "warm_s"))
+        build_text = ", ".join(f"{fresh[s]['cold_s']:.1f} ({fresh[s]['warm_s']:.1f})" for s in BUILDERS)
+        summary.append(f"| {row['model']} | {ratio} | {build_ratio} | {build_text} "
+                       f"| {mem_text} of {row['weight_bytes'] / 2 ** 20:.0f} MiB | {row['load']} |")
         for s, (total, ops) in row["profiles"].items():
             summary.append(f"\nprofile {row['model']} / {s}: {total:.2f} ms of node medians; by op type (ms, nodes): "
                            + ", ".join(f"{op} {t:.2f} ({n})" for op, t, n in ops[:12]))
@@ -276,24 +346,33 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.models import MODELS
     torch_models = [n for n, m in MODELS.items() if m.framework == "torch"]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=",".join(torch_models), help="comma-separated, from: " +
-                    ", ".join(torch_models))
+    ap.add_argument("--models", default=None, help="comma-separated, from: " + ", ".join(torch_models)
+                    + " (default: all; with --quick gpt2)")
     ap.add_argument("--threads", type=int, default=1,
                     help="intra-op threads of every session (default 1: on a shared machine more threads measure "
                     "the other load more than the model)")
     ap.add_argument("--level", type=int, default=2, help="accelir optimisation level (0: capture + lowering only)")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=30, help="interleaved rounds")
-    ap.add_argument("--quick", action="store_true", help="miniature models (a smoke test, not a measurement)")
-    ap.add_argument("--build-runs", type=int, default=3,
-                    help="fresh processes per system for the build times and peak memory (median reported)")
+    ap.add_argument("--warmup", type=int, default=None, help="default 3 (1 with --quick)")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds; default 30 (2 with --quick)")
+    ap.add_argument("--quick", action="store_true",
+                    help="the GPT-2 miniature, one fresh build per system, two rounds (a check that the script runs, "
+                    "not a measurement)")
+    ap.add_argument("--build-runs", type=int, default=None,
+                    help="fresh processes per system for the build times and peak memory (median reported; "
+                    "default 3, 1 with --quick)")
     ap.add_argument("--tracemalloc", action="store_true", help="also run optimize() under tracemalloc")
     ap.add_argument("--profile", default=None, metavar="DIR", help="write ONNX Runtime profiles here")
+    add_load_arguments(ap)
     args = ap.parse_args(argv)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = [m.strip() for m in (args.models or ("gpt2" if args.quick else ",".join(torch_models))).split(",")
+              if m.strip()]
     unknown = [m for m in models if m not in torch_models]
     if unknown:
         ap.error(f"unknown model: {', '.join(unknown)}")
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    repeats = args.repeats if args.repeats is not None else (2 if args.quick else 30)
+    build_runs = args.build_runs if args.build_runs is not None else (1 if args.quick else 3)
+    guard = guard_from(args, args.threads)
     import torch
     torch.set_num_threads(args.threads)
 
@@ -303,15 +382,13 @@ def main(argv: list[str] | None = None) -> int:
     compile_bytecode()
     rows = []
     for name in models:
-        rows.append(run_model(name, quick=args.quick, threads=args.threads, level=args.level, warmup=args.warmup,
-                              repeats=args.repeats, traced=args.tracemalloc, profile_dir=args.profile, log=log,
-                              build_runs=args.build_runs))
+        rows.append(run_model(name, quick=args.quick, threads=args.threads, level=args.level, warmup=warmup,
+                              repeats=repeats, traced=args.tracemalloc, profile_dir=args.profile, log=log,
+                              build_runs=build_runs, guard=guard))
         gc.collect()
-    print(report(rows, args.threads))
+    print(report(rows, args.threads, guard.finish()))
     return 0
 
 
 if __name__ == "__main__":
-    if not __package__:  # run as a script: make the repo root importable, as ``-m`` does
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.exit(main())

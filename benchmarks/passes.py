@@ -7,22 +7,32 @@ flax transformer.
 Each row gives wall and CPU seconds: on a shared machine the wall time also counts
 other processes, the CPU time only this one.  Every row shows the fastest of
 ``--repeat`` runs, each on a fresh copy of the graph.  ``--checked`` also times the
-PassManager's defaults (``verify_each=True`` with rollback snapshots).
+PassManager's defaults (``verify_each=True`` with rollback snapshots).  The output
+starts with the settings (machine, threads, sizes, level, repeats, versions) and every
+row carries the machine's load before and after it; a run under load prints no figures
+unless ``--allow-load`` is given (see ``benchmarks/conditions.py``).
 
     python benchmarks/passes.py [--sizes 10000 100000] [--gpt2] [--flax] [--level 2] [--checked] [--repeat 3]
+    python benchmarks/passes.py --quick     # 1,000 and 2,000 nodes, one run each: a check that it runs
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
+import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-import accelir
-from accelir.ir import DType, Graph, TensorType
-from accelir.passes import pipeline
+if not __package__:  # run as a script: make the repo root importable, as ``-m`` does
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import accelir  # noqa: E402
+from accelir.ir import DType, Graph, TensorType  # noqa: E402
+from accelir.passes import pipeline  # noqa: E402
+from benchmarks.conditions import LoadGuard, add_load_arguments, guard_from, machine  # noqa: E402
 
 __all__ = ["synthetic_graph", "Timing", "time_pipeline", "best_of"]
 
@@ -79,52 +89,68 @@ def best_of(g: Graph, level: int, checked: bool, repeat: int) -> tuple[Timing, G
     return min(runs, key=lambda r: r[0].wall)
 
 
-def _row(label: str, before: int, g: Graph, t: Timing) -> None:
+# every row's figures are taken under this guard, which records the load around each; the rows are
+# printed at the end, once the guard has seen that the machine was quiet (or load is allowed)
+GUARD = LoadGuard(allow_load=True)
+ROWS: list[str] = []
+
+
+def _emit(line: str) -> None:
+    ROWS.append(line)
+    print(line, file=sys.stderr, flush=True)  # progress; the table goes to stdout at the end
+
+
+def _row(label: str, before: int, g: Graph, t: Timing, load: str) -> None:
     slow = sorted(t.pm.report.by_pass().items(), key=lambda kv: -kv[1])[:3]
-    print(f"{label:<30} nodes {before:>7} -> {g.num_nodes():>6}  {t.wall:7.3f} s wall {t.cpu:7.3f} s cpu  "
+    _emit(f"{label:<30} nodes {before:>7} -> {g.num_nodes():>6}  {t.wall:7.3f} s wall {t.cpu:7.3f} s cpu  "
           f"({t.pm.report.iterations} rounds, {len(t.pm.report.records)} pass runs; slowest: "
-          + ", ".join(f"{k} {v:.3f}s" for k, v in slow) + ")", flush=True)
+          + ", ".join(f"{k} {v:.3f}s" for k, v in slow) + f"; {load})")
+
+
+def _timed_row(label: str, g: Graph, level: int, checked: bool, repeat: int) -> tuple[Timing, Graph]:
+    """The best of ``repeat`` runs on copies of ``g``, printed as a row with the load around it."""
+    with GUARD.watch() as load:
+        t, out = best_of(g, level, checked, repeat)
+    _row(label, g.num_nodes(), out, t, str(load[0]))
+    return t, out
 
 
 def bench_synthetic(sizes: list[int], level: int, checked: bool, repeat: int) -> None:
     times: dict[int, Timing] = {}
     for n in sizes:
         g = synthetic_graph(n)
-        before = g.num_nodes()
-        times[n], out = best_of(g, level, False, repeat)
-        _row(f"synthetic {n}", before, out, times[n])
+        times[n], _ = _timed_row(f"synthetic {n}", g, level, False, repeat)
         if checked:
-            t, out = best_of(g, level, True, repeat)
-            _row("  with verify_each, snapshots", before, out, t)
+            _timed_row("  with verify_each, snapshots", g, level, True, repeat)
     if len(sizes) >= 2:
         a, b = sorted(sizes)[0], sorted(sizes)[-1]
-        print(f"growth: {b / a:.0f}x nodes -> {times[b].wall / times[a].wall:.1f}x wall time, "
+        _emit(f"growth: {b / a:.0f}x nodes -> {times[b].wall / times[a].wall:.1f}x wall time, "
               f"{times[b].cpu / times[a].cpu:.1f}x cpu time")
 
 
 def _bench_model(label: str, g: Graph, level: int, checked: bool, repeat: int) -> None:
-    before = g.num_nodes()
-    t, out = best_of(g, level, False, repeat)
-    _row(label, before, out, t)
+    _, out = _timed_row(label, g, level, False, repeat)
     if checked:
-        tc, out_checked = best_of(g, level, True, repeat)
-        _row("  with verify_each, snapshots", before, out_checked, tc)
-    print("  ops after:", dict(sorted(out.op_histogram().items(), key=lambda kv: -kv[1])[:12]))
+        _timed_row("  with verify_each, snapshots", g, level, True, repeat)
+    _emit("  ops after: " + str(dict(sorted(out.op_histogram().items(), key=lambda kv: -kv[1])[:12])))
 
 
-def bench_gpt2(level: int, checked: bool, repeat: int) -> None:
+def bench_gpt2(level: int, checked: bool, repeat: int, quick: bool = False) -> None:
     import torch
     from transformers import GPT2Config, GPT2Model
     torch.manual_seed(0)
-    model = GPT2Model(GPT2Config(use_cache=False)).eval()
-    ids = torch.randint(0, 50257, (1, 64))
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000) if quick else GPT2Config()
+    config.use_cache = False
+    model = GPT2Model(config).eval()
+    ids = torch.randint(0, config.vocab_size, (1, 16 if quick else 64))
+    label = f"GPT-2 {'miniature' if quick else 'small'} (seq {ids.shape[1]})"
     t0 = time.perf_counter()
     g = accelir.capture(model, (ids,))
-    print(f"GPT-2 small captured in {time.perf_counter() - t0:.1f} s", flush=True)
-    _bench_model("GPT-2 small (seq 64)", g, level, checked, repeat)
+    _emit(f"{label} captured in {time.perf_counter() - t0:.1f} s")
+    _bench_model(label, g, level, checked, repeat)
 
 
-def bench_flax(level: int, checked: bool, repeat: int) -> None:
+def bench_flax(level: int, checked: bool, repeat: int, quick: bool = False) -> None:
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -143,32 +169,58 @@ def bench_flax(level: int, checked: bool, repeat: int) -> None:
     class Transformer(nn.Module):
         @nn.compact
         def __call__(self, x):
-            for _ in range(4):
+            for _ in range(blocks):
                 x = Block()(x)
             return x
 
+    blocks = 1 if quick else 4
     model = Transformer()
     x = jnp.ones((2, 16, 64), jnp.float32)
     params = model.init(jax.random.PRNGKey(0), x)
     g = accelir.capture(lambda x: model.apply(params, x), (x,))
-    _bench_model("flax transformer (4 blocks)", g, level, checked, repeat)
+    _bench_model(f"flax transformer ({blocks} block{'s' if blocks > 1 else ''})", g, level, checked, repeat)
 
 
-def main() -> None:
+def settings(args: argparse.Namespace) -> str:
+    """What the figures were taken with: the machine, threads, sizes, level, runs and versions."""
+    blas = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ}
+    return (f"settings: {machine()}; one Python thread runs the passes (numpy's BLAS, used by constant folding, "
+            f"{'with ' + ', '.join(f'{k}={v}' for k, v in blas.items()) if blas else 'with its default threads'}); "
+            f"synthetic sizes {', '.join(str(n) for n in args.sizes) or 'none'}; level {args.level}; best of "
+            f"{args.repeat} run(s) per row; verify_each {'also timed' if args.checked else 'off'}; "
+            f"python {platform.python_version()}, numpy {np.__version__}, accelir {accelir.__version__}")
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=None, help="synthetic graph sizes (default 10000 100000, "
+                    "1000 2000 with --quick)")
     ap.add_argument("--level", type=int, default=2)
     ap.add_argument("--gpt2", action="store_true")
     ap.add_argument("--flax", action="store_true")
     ap.add_argument("--checked", action="store_true", help="also time PassManager's verify_each and snapshots")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per row; the fastest is shown")
-    args = ap.parse_args()
+    ap.add_argument("--repeat", type=int, default=None, help="runs per row; the fastest is shown (default 3, 1 with "
+                    "--quick)")
+    ap.add_argument("--quick", action="store_true", help="small sizes, one run, the miniature GPT-2 and a one-block "
+                    "flax model with --gpt2 / --flax: a check that the script runs, not a measurement")
+    add_load_arguments(ap)
+    args = ap.parse_args(argv)
+    if args.sizes is None:
+        args.sizes = [1_000, 2_000] if args.quick else [10_000, 100_000]
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    global GUARD
+    GUARD = guard_from(args, threads=1)
+    ROWS.clear()
     bench_synthetic(args.sizes, args.level, args.checked, args.repeat)
     if args.gpt2:
-        bench_gpt2(args.level, args.checked, args.repeat)
+        bench_gpt2(args.level, args.checked, args.repeat, args.quick)
     if args.flax:
-        bench_flax(args.level, args.checked, args.repeat)
+        bench_flax(args.level, args.checked, args.repeat, args.quick)
+    conditions = GUARD.finish()  # refuses figures taken under load unless --allow-load
+    print("\n".join([conditions, settings(args)] + ROWS))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

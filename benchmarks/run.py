@@ -6,10 +6,17 @@ For each model (see ``benchmarks/models.py``) every system that applies is built
 in turn, recording its build time (export / compile / ``optimize()``, plus the
 first call, where jit compilers do their work), the peak memory the build added
 (resident set high-water mark, reset before each build), and the largest
-difference of its outputs from the framework's own eager run.  Then the systems
-are timed side by side in interleaved rounds after warm-ups, all with the same
-thread count.  Results go to ``benchmarks/results/`` (git-ignored): a JSON file, a
-markdown table and a PNG bar chart.
+difference of its outputs from the reference (eager torch for torch models,
+jax.jit for jax models); a system whose output is wrong is flagged and not timed.
+Then the systems are timed side by side in interleaved rounds after warm-ups, the
+order rotating each round, all with the same thread count, each from inputs
+already in its runtime's form (torch tensors, numpy arrays for ONNX Runtime, jax
+arrays for XLA) to its outputs.  Each ONNX Runtime peer is timed twice: with the
+benchmark's session options and with accelir's own (SkipLayerNormFusion off on the
+CPU).  The machine's load before and after each model goes with its figures; a
+run under load writes no table unless ``--allow-load`` is given (see
+``benchmarks/conditions.py``).  Results go to ``benchmarks/results/``
+(git-ignored): a JSON file, a markdown table and a PNG bar chart.
 """
 
 from __future__ import annotations
@@ -28,7 +35,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["SYSTEMS", "Cell", "main", "run_model", "session_options", "ort_session"]
+if not __package__:  # run as benchmarks/run.py: make the repo root importable, as ``-m`` does
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.conditions import LoadGuard, add_load_arguments, check_outputs, guard_from, machine, session_call
+
+__all__ = ["SYSTEMS", "Cell", "main", "run_model", "session_options", "ort_session", "xla_call"]
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -58,6 +69,7 @@ class Cell:
     peak_added_bytes: int | None = None
     max_abs_error: float | None = None
     error: str = ""
+    wrong: str = ""  # why the output differs from the reference; such a cell is not timed
     notes: str = ""
 
 
@@ -112,7 +124,8 @@ class PeakMemory:
 
 def session_options(threads: int, profile_prefix: str | None = None) -> Any:
     """ONNX Runtime options every benchmark session uses: all graph optimisations, ``threads``
-    intra-op threads, one inter-op thread; profiling to ``profile_prefix`` when given."""
+    intra-op threads, one inter-op thread; profiling to ``profile_prefix`` when given.
+    accelir's own sessions add ``disabled_optimizers`` (see ``ort_session``)."""
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -124,18 +137,14 @@ def session_options(threads: int, profile_prefix: str | None = None) -> Any:
     return so
 
 
-def ort_session(model: bytes | str, threads: int, profile_prefix: str | None = None) -> Any:
-    """A CPU session over ``model`` (a path or serialized bytes) with ``session_options``."""
+def ort_session(model: bytes | str, threads: int, profile_prefix: str | None = None,
+                accelir_options: bool = False) -> Any:
+    """A CPU session over ``model`` (a path or serialized bytes) with ``session_options``; with
+    ``accelir_options`` also the graph optimizers accelir turns off for its own CPU sessions."""
     import onnxruntime as ort
-    return ort.InferenceSession(model, session_options(threads, profile_prefix), providers=["CPUExecutionProvider"])
-
-
-def _ort_call(session: Any, inputs: tuple) -> Callable[[], Any]:
-    names = [i.name for i in session.get_inputs()]
-    if len(names) != len(inputs):
-        raise RuntimeError(f"the exported model takes {len(names)} inputs ({', '.join(names)}), not {len(inputs)}")
-    feed = {name: np.asarray(x.numpy()) for name, x in zip(names, inputs)}
-    return lambda: session.run(None, feed)
+    from accelir.lowering.onnxruntime import disabled_optimizers
+    return ort.InferenceSession(model, session_options(threads, profile_prefix), providers=["CPUExecutionProvider"],
+                                disabled_optimizers=disabled_optimizers("cpu") if accelir_options else None)
 
 
 def _torch_eager(model: Any, inputs: tuple, ctx: Context) -> Built:
@@ -157,13 +166,22 @@ def _torch_compile(model: Any, inputs: tuple, ctx: Context) -> Built:
     return Built(call, notes="inductor, default mode; build time = first call")
 
 
-def _onnx_export(dynamo: bool) -> Callable[[Any, tuple, Context], Built]:
+ACCELIR_OPTIONS = ", accelir's session options"
+
+
+def _onnx_export(dynamo: bool, accelir_options: bool = False) -> Callable[[Any, tuple, Context], Built]:
+    """An exporter + ONNX Runtime; with ``accelir_options`` the same file (exported once per model) on a
+    session with accelir's session options, its build time then only the session's."""
     def build(model: Any, inputs: tuple, ctx: Context) -> Built:
         import torch
         path = os.path.join(ctx.tmp, f"model-{'dynamo' if dynamo else 'ts'}.onnx")
-        with torch.no_grad():
-            torch.onnx.export(model, inputs, path, dynamo=dynamo)
-        return Built(_ort_call(ort_session(path, ctx.threads), inputs))
+        notes = ""
+        if not os.path.exists(path):
+            with torch.no_grad():
+                torch.onnx.export(model, inputs, path, dynamo=dynamo)
+        elif accelir_options:
+            notes = "the file exported for the column without accelir's options; build time = session only"
+        return Built(session_call(ort_session(path, ctx.threads, accelir_options=accelir_options), inputs), notes)
     return build
 
 
@@ -184,20 +202,28 @@ def _accelir(backend: str) -> Callable[[Any, tuple, Context], Built]:
                                            "nodes_after": cm.report.nodes_after,
                                            "stages_s": dict(cm.report.stages)}
         notes = ", ".join(f"{k} {v:.2f} s" for k, v in cm.report.stages.items())
+        flat = list(cm.graph.meta["signature"].flatten(*inputs))
+        # optimize() builds its runner with the runtime's default thread count: time the same optimised
+        # graph on a runner built the same way with the benchmark's thread count, from inputs already in
+        # the runtime's form, as every peer is timed
         if backend == "onnxruntime":
-            # optimize() builds its session with onnxruntime's default thread count; time the same
-            # optimised graph on a session built the same way with the benchmark's fixed thread count
-            from accelir.interpreter import to_numpy
             from accelir.lowering.onnx import OnnxRuntimeModule
             runner = OnnxRuntimeModule(cm.graph, threads=ctx.threads)
-            flat = [to_numpy(x) for x in cm.graph.meta["signature"].flatten(*inputs)]
-            return Built(lambda: runner(*flat), notes, seconds, mem.added)
-
-        def call() -> Any:
-            import jax
-            return jax.block_until_ready(cm(*inputs)) if ctx.framework == "jax" else cm(*inputs)
-        return Built(call, notes, seconds, mem.added)
+            return Built(session_call(runner.session, flat, runner), notes, seconds, mem.added)
+        return Built(xla_call(cm.graph, flat), notes, seconds, mem.added)
     return build
+
+
+def xla_call(graph: Any, flat: list, device: str | None = None) -> Callable[[], Any]:
+    """A JaxModule of ``graph`` called on jax arrays made once (on ``device``), its outputs ready, as
+    jax.jit is timed."""
+    import jax
+    from accelir.interpreter import to_numpy
+    from accelir.lowering.jax import JaxModule, x64_scope
+    runner = JaxModule(graph, device=device)
+    with x64_scope(runner.function.needs_x64):
+        arrays = [jax.device_put(to_numpy(x), runner.device) for x in flat]
+    return lambda: jax.block_until_ready(runner(*arrays))
 
 
 def _jax_eager(fn: Any, inputs: tuple, ctx: Context) -> Built:
@@ -205,28 +231,30 @@ def _jax_eager(fn: Any, inputs: tuple, ctx: Context) -> Built:
     return Built(lambda: jax.block_until_ready(fn(*inputs)), notes="op by op, no jit")
 
 
-# name -> (frameworks it applies to, builder); the first of a framework is its eager reference
+# name -> (frameworks it applies to, builder)
 SYSTEMS: dict[str, tuple[tuple[str, ...], Callable[[Any, tuple, Context], Built]]] = {
     "torch eager": (("torch",), _torch_eager),
     "jax eager": (("jax",), _jax_eager),
     "torch.compile": (("torch",), _torch_compile),
     "onnx (torchscript) + ort": (("torch",), _onnx_export(dynamo=False)),
+    "onnx (torchscript) + ort" + ACCELIR_OPTIONS: (("torch",), _onnx_export(dynamo=False, accelir_options=True)),
     "onnx (dynamo) + ort": (("torch",), _onnx_export(dynamo=True)),
+    "onnx (dynamo) + ort" + ACCELIR_OPTIONS: (("torch",), _onnx_export(dynamo=True, accelir_options=True)),
     "jax.jit": (("jax",), _jax_jit),
     "accelir -> ort": (("torch", "jax"), _accelir("onnxruntime")),
     "accelir -> xla": (("torch", "jax"), _accelir("xla")),
 }
-_EAGER = {"torch": "torch eager", "jax": "jax eager"}
+# the system whose outputs every other one is checked against
+REFERENCE = {"torch": "torch eager", "jax": "jax.jit"}
+EXPORTERS = [s for s in SYSTEMS if s.startswith("onnx (")]
 
 
 def _max_error(reference: list[np.ndarray], got: list[np.ndarray]) -> float:
-    """Largest difference over the outputs both sides have, matched in order (exporters may drop None outputs)."""
+    """Largest difference over the outputs (check_outputs has said that they match in number and shape)."""
     worst = 0.0
     for r, g in zip(reference, got):
-        if r.shape != g.shape:
-            return float("inf")
-        if r.size:
-            worst = max(worst, float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64)))))
+        if r.size and np.issubdtype(r.dtype, np.number):
+            worst = max(worst, float(np.nanmax(np.abs(r.astype(np.float64) - g.astype(np.float64)), initial=0.0)))
     return worst
 
 
@@ -238,8 +266,10 @@ def _weight_bytes(framework: str, model: Any, inputs: tuple) -> int:
 
 
 def run_model(name: str, systems: list[str], *, quick: bool, threads: int, warmup: int, repeats: int,
-              budget_s: float, log: Callable[[str], None]) -> tuple[list[Cell], dict[str, Any]]:
-    """Build every applicable system for one model, then time them in interleaved rounds."""
+              budget_s: float, log: Callable[[str], None],
+              guard: LoadGuard | None = None) -> tuple[list[Cell], dict[str, Any]]:
+    """Build every applicable system for one model (the reference first), check each one's outputs
+    against the reference, then time the right ones in interleaved rounds."""
     from accelir.cli import flat_arrays
     from accelir.timing import time_interleaved
     from benchmarks.models import MODELS
@@ -248,14 +278,13 @@ def run_model(name: str, systems: list[str], *, quick: bool, threads: int, warmu
     model, inputs = spec.build(quick)
     info = {"description": spec.description, "framework": spec.framework,
             "weight_bytes": _weight_bytes(spec.framework, model, inputs)}
-    wanted = [s for s in systems if spec.framework in SYSTEMS[s][0]]
-    eager = _EAGER[spec.framework]
-    if eager not in wanted:
-        wanted.insert(0, eager)
+    reference_system = REFERENCE[spec.framework]
+    wanted = [reference_system] + [s for s in systems if spec.framework in SYSTEMS[s][0] and s != reference_system]
     cells: dict[str, Cell] = {}
     built: dict[str, Callable[[], Any]] = {}
     reference: list[np.ndarray] | None = None
-    with tempfile.TemporaryDirectory(prefix="accelir-bench-") as tmp:
+    guard = guard or LoadGuard(threads=threads, allow_load=True)
+    with guard.watch() as load, tempfile.TemporaryDirectory(prefix="accelir-bench-") as tmp:
         ctx = Context(threads, tmp, spec.framework, info["weight_bytes"])
         for system in wanted:
             cell = cells[system] = Cell(name, system)
@@ -270,10 +299,17 @@ def run_model(name: str, systems: list[str], *, quick: bool, threads: int, warmu
                     cell.first_call_s = time.perf_counter() - t0
                 cell.peak_added_bytes = mem.added if b.peak_added_bytes is None else b.peak_added_bytes
                 cell.notes = b.notes
-                if system == eager:
+                if system == reference_system:
                     reference = out
-                cell.max_abs_error = _max_error(reference, out) if reference is not None else None
-                built[system] = b.call
+                if reference is None:
+                    cell.wrong = f"no reference: {reference_system} failed"
+                else:
+                    cell.wrong = check_outputs(reference, out)
+                    cell.max_abs_error = None if cell.wrong else _max_error(reference, out)
+                if cell.wrong:
+                    log(f"{name}: {system} gives a wrong output, not timed: {cell.wrong}")
+                else:
+                    built[system] = b.call
             except Exception as e:  # noqa: BLE001 - one failing system must not stop the others
                 cell.error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
                 log(f"{name}: {system} failed: {cell.error}")
@@ -285,6 +321,8 @@ def run_model(name: str, systems: list[str], *, quick: bool, threads: int, warmu
         c = cells[system]
         c.median_s, c.min_s, c.max_s, c.runs = t.median, t.min, t.max, len(t.runs)
     info.update(ctx.extra)
+    info["load"] = load[0].as_dict()
+    info["load_text"] = str(load[0])
     return list(cells.values()), info
 
 
@@ -297,6 +335,8 @@ def _ms(s: float | None) -> str:
 def _latency(c: Cell) -> str:
     if c.error:
         return "failed"
+    if c.wrong:
+        return "wrong output"
     if c.median_s is None:
         return "-"
     return f"{_ms(c.median_s)} ({_ms(c.min_s)}-{_ms(c.max_s)})"
@@ -309,20 +349,23 @@ def _ratio(a: Cell, b: Cell) -> str:
 
 def _targets(cells: list[Cell], info: dict[str, dict]) -> list[tuple[str, str, str]]:
     """(target, model, measured) rows for the goals the benchmark is judged by."""
-    by = {(c.model, c.system): c for c in cells if not c.error and c.median_s is not None}
+    by = {(c.model, c.system): c for c in cells if not c.error and not c.wrong and c.median_s is not None}
     rows = []
     for model, meta in info.items():
         acc = by.get((model, "accelir -> ort"))
         if meta["framework"] == "torch":
-            peers = [by[(model, s)] for s in ("onnx (torchscript) + ort", "onnx (dynamo) + ort") if (model, s) in by]
+            peers = [by[(model, s)] for s in EXPORTERS if (model, s) in by]
             if acc and peers:
                 best = min(peers, key=lambda c: c.median_s)
-                rows.append(("accelir->ort latency / best torch.onnx.export+ort (<= 1.0)", model,
-                             f"{_ratio(acc, best)} (vs {best.system})"))
-            dyn = by.get((model, "onnx (dynamo) + ort"))
-            if acc and dyn:
-                rows.append(("optimize() time / dynamo export + session build (<= 0.3)", model,
-                             f"{acc.build_s / dyn.build_s:.2f} ({acc.build_s:.1f} s vs {dyn.build_s:.1f} s)"))
+                rows.append(("accelir->ort latency / best torch.onnx.export+ort, either session options (<= 1.0)",
+                             model, f"{_ratio(acc, best)} (vs {best.system})"))
+            # the variants with accelir's options reuse their exporter's file: their build is a session only
+            exports = [by[(model, s)] for s in EXPORTERS if (model, s) in by and not s.endswith(ACCELIR_OPTIONS)]
+            if acc and exports:
+                fastest = min(exports, key=lambda c: c.build_s)
+                rows.append(("optimize() time / fastest export + session build (<= 0.3)", model,
+                             f"{acc.build_s / fastest.build_s:.2f} ({acc.build_s:.1f} s vs {fastest.build_s:.1f} s, "
+                             f"{fastest.system})"))
         else:
             jit = by.get((model, "jax.jit"))
             xla = by.get((model, "accelir -> xla"))
@@ -334,6 +377,10 @@ def _targets(cells: list[Cell], info: dict[str, dict]) -> list[tuple[str, str, s
             rows.append(("peak memory added by optimize() / weight bytes (<= 1.5)", model,
                          f"{acc.peak_added_bytes / meta['weight_bytes']:.2f} "
                          f"({acc.peak_added_bytes / 2 ** 20:.0f} MiB vs {meta['weight_bytes'] / 2 ** 20:.0f} MiB)"))
+            builds = [c for (m, s), c in by.items() if m == model and c.peak_added_bytes is not None
+                      and not s.endswith(ACCELIR_OPTIONS)]
+            rows.append(("peak memory added by each build / weight bytes (reported)", model,
+                         ", ".join(f"{c.system} {c.peak_added_bytes / meta['weight_bytes']:.2f}" for c in builds)))
     return rows
 
 
@@ -342,14 +389,17 @@ def markdown(cells: list[Cell], info: dict[str, dict], meta: dict[str, Any]) -> 
     systems = [s for s in SYSTEMS if any(c.system == s for c in cells)]
     by = {(c.model, c.system): c for c in cells}
     size = "quick (miniature models)" if meta["quick"] else "full-size models"
-    out = [f"Latency in ms, median (min-max) of up to {meta['repeats']} interleaved rounds after {meta['warmup']} "
-           f"warm-ups; batch 1; {meta['threads']} thread(s) per runtime; {meta['machine']}, load average "
-           f"{meta['load_average'][0]:.1f} at the end; {size}.",
-           "", "| model | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
+    out = [meta["conditions"], "",
+           f"Latency in ms, median (min-max) of up to {meta['repeats']} interleaved rounds (the order rotating each "
+           f"round) after {meta['warmup']} warm-ups; batch 1; {meta['threads']} thread(s) per runtime; inputs "
+           f"already in each runtime's form; {size}. Load: the 1-minute load average before -> after the model.",
+           "", "| model | " + " | ".join(systems) + " | load |", "|---|" + "---|" * (len(systems) + 1)]
     for m in models:
-        out.append(f"| {m} | " + " | ".join(_latency(by[(m, s)]) if (m, s) in by else "" for s in systems) + " |")
+        out.append(f"| {m} | " + " | ".join(_latency(by[(m, s)]) if (m, s) in by else "" for s in systems)
+                   + f" | {info[m].get('load_text', '')} |")
     out += ["", "Build time in s (export / compile / optimize(), first call included) / peak memory added in MiB / "
-            "max abs error vs eager:", "", "| model | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
+            "max abs error vs the reference (eager torch, jax.jit):", "",
+            "| model | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
     for m in models:
         row = []
         for s in systems:
@@ -358,6 +408,8 @@ def markdown(cells: list[Cell], info: dict[str, dict], meta: dict[str, Any]) -> 
                 row.append("")
             elif c.error:
                 row.append(f"failed: {c.error[:80]}")
+            elif c.wrong:
+                row.append(f"wrong output: {c.wrong[:80]}")
             else:
                 build = (c.build_s or 0.0) + (c.first_call_s or 0.0)
                 mem = "-" if c.peak_added_bytes is None else f"{c.peak_added_bytes / 2 ** 20:.0f}"
@@ -425,29 +477,34 @@ def _set_threads(threads: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="gpt2,bert,vit,resnet50,flax_transformer,flax_cnn",
-                        help="comma-separated, from: " + ", ".join(_model_names()))
+    parser.add_argument("--models", default=None,
+                        help="comma-separated, from: " + ", ".join(_model_names()) + " (default: all; with --quick "
+                        "gpt2,flax_cnn, one model of each framework)")
     parser.add_argument("--systems", default=None, help="comma-separated, from: " + ", ".join(SYSTEMS)
                         + " (default: all; with --quick all but torch.compile, whose inductor build takes minutes)")
-    parser.add_argument("--quick", action="store_true", help="miniature models and few rounds")
+    parser.add_argument("--quick", action="store_true",
+                        help="miniature models, two rounds: a check that the script runs, not a measurement")
     parser.add_argument("--threads", type=int, default=1,
                         help="threads of every runtime (default 1: on a shared machine more threads measure the "
                         "other load more than the model)")
     parser.add_argument("--warmup", type=int, default=None, help="default 3 (1 with --quick)")
-    parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds; default 20 (5 with --quick)")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds; default 20 (2 with --quick)")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="stop adding rounds for a model after this many seconds (default 120, 10 with --quick)")
     parser.add_argument("--out", default=RESULTS, help="output directory (default benchmarks/results)")
+    add_load_arguments(parser)
     args = parser.parse_args(argv)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models_arg = args.models or ("gpt2,flax_cnn" if args.quick else ",".join(_model_names()))
+    models = [m.strip() for m in models_arg.split(",") if m.strip()]
     default_systems = [s for s in SYSTEMS if not (args.quick and s == "torch.compile")]
     systems = [s.strip() for s in args.systems.split(",") if s.strip()] if args.systems else default_systems
     unknown = [m for m in models if m not in _model_names()] + [s for s in systems if s not in SYSTEMS]
     if unknown:
         parser.error(f"unknown model or system: {', '.join(unknown)}")
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
-    repeats = args.repeats if args.repeats is not None else (5 if args.quick else 20)
+    repeats = args.repeats if args.repeats is not None else (2 if args.quick else 20)
     budget = args.budget_s if args.budget_s is not None else (10.0 if args.quick else 120.0)
+    guard = guard_from(args, args.threads)
     _set_threads(args.threads)
 
     def log(msg: str) -> None:
@@ -457,13 +514,14 @@ def main(argv: list[str] | None = None) -> int:
     info: dict[str, dict] = {}
     for name in models:
         c, i = run_model(name, systems, quick=args.quick, threads=args.threads, warmup=warmup, repeats=repeats,
-                         budget_s=budget, log=log)
+                         budget_s=budget, log=log, guard=guard)
         cells += c
         info[name] = i
         gc.collect()
+    conditions = guard.finish()  # refuses a table taken under load unless --allow-load
     meta = {"quick": args.quick, "threads": args.threads, "warmup": warmup, "repeats": repeats,
-            "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs".replace("  ", " "),
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "machine": machine(), "cpus": guard.cpus, "conditions": conditions, "under_load": guard.under_load,
+            "loads": [load.as_dict() for load in guard.loads],
             "python": platform.python_version(), "versions": _versions(), "date": time.strftime("%Y-%m-%d %H:%M")}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
@@ -494,6 +552,4 @@ def _versions() -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    if not __package__:  # run as benchmarks/run.py: make the repo root importable, as ``-m`` does
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.exit(main())

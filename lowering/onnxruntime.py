@@ -33,10 +33,18 @@ from accelir.ir import Graph
 
 from .onnx import EXTERNAL_DATA_THRESHOLD, ONNX_TYPE_STRINGS, save_onnx, to_onnx, to_onnx_external
 
-__all__ = ["OnnxRuntimeModule", "PROVIDERS"]
+__all__ = ["OnnxRuntimeModule", "PROVIDERS", "disabled_optimizers"]
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-_CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
+_CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+
+
+def disabled_optimizers(device: str) -> list[str] | None:
+    """The ORT graph optimizers accelir turns off on ``device`` (``InferenceSession``'s
+    ``disabled_optimizers``): on the CPU, SkipLayerNormFusion, whose fused kernel is slower
+    there than the Add + LayerNormalization it replaces.  Public so that a comparison can
+    give other ONNX files the same session."""
+    return list(_CPU_DISABLED_OPTIMIZERS) if device == "cpu" else None
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -104,7 +112,7 @@ class OnnxRuntimeModule:
     def _open(self, model, options, providers):
         # ORT's CPU SkipLayerNormalization kernels are several times slower than the Add + norm
         # they would replace (see lowering.onnx)
-        disabled = _CPU_DISABLED_OPTIMIZERS if self.device == "cpu" else None
+        disabled = disabled_optimizers(self.device)
 
         def session(source):
             return self._ort.InferenceSession(source, options, providers=providers, disabled_optimizers=disabled)

@@ -1,0 +1,242 @@
+"""The benchmark scripts: each one's ``--quick`` runs (so none of them rots), and the rules
+that make their numbers say what they measure: load recorded and a loaded table refused,
+wrong outputs flagged and not timed, the order of systems rotating, peers given accelir's
+session options, build time against the fastest exporter, every peer's memory shown.
+
+The ``--quick`` runs pass ``--allow-load``: test machines are busy, and a quick run is a
+check that the script works, not a measurement.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from accelir.timing import time_interleaved
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # benchmarks/ is a folder of the repo, not of the installed package
+    sys.path.insert(0, str(ROOT))
+from benchmarks import conditions  # noqa: E402
+from benchmarks.conditions import LoadGuard, check_outputs  # noqa: E402
+
+
+def _run_script(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _assert_ran(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    return proc.stdout
+
+
+# ----- every script's --quick --------------------------------------------------------
+
+@pytest.mark.parametrize("script", ["capture_torch.py", "capture_jax.py"])
+def test_quick_capture_scripts_state_their_settings_and_load(script):
+    out = _assert_ran(_run_script([f"benchmarks/{script}", "--quick", "--allow-load"]))
+    assert f"{conditions.cpu_count()} CPUs" in out and "load " in out
+    assert "thread" in out
+
+
+def test_quick_passes_states_threads_machine_sizes():
+    out = _assert_ran(_run_script(["benchmarks/passes.py", "--quick", "--allow-load", "--sizes", "300", "600"]))
+    settings = next(line for line in out.splitlines() if line.startswith("settings:"))
+    assert "one Python thread" in settings and "sizes 300, 600" in settings
+    assert f"{conditions.cpu_count()} CPUs" in settings
+    assert out.count("load ") >= 3  # the header and one per row
+
+
+def test_quick_run_writes_every_column(tmp_path):
+    out = _assert_ran(_run_script(["-m", "benchmarks.run", "--quick", "--allow-load", "--out", str(tmp_path)],
+                                  timeout=240))
+    table = (tmp_path / "results.md").read_text()
+    assert table.splitlines()[0] in out.splitlines()
+    for column in ("torch eager", "onnx (dynamo) + ort, accelir's session options",
+                   "onnx (torchscript) + ort, accelir's session options", "jax.jit", "accelir -> ort",
+                   "accelir -> xla", "| load |"):
+        assert column in table
+    assert "wrong output" not in table and "failed" not in table
+    assert "fastest export + session build" in table and "peak memory added by each build" in table
+
+
+def test_quick_onnxruntime_models():
+    out = _assert_ran(_run_script(["-m", "benchmarks.onnxruntime_models", "--quick", "--allow-load"], timeout=240))
+    for system in ("| accelir |", "| torchscript |", "| torchscript + accelir's options |", "| dynamo |",
+                   "| dynamo + accelir's options |"):
+        assert system in out
+    assert "wrong output" not in out and "fastest export" in out and f"on {conditions.cpu_count()} CPUs" in out
+
+
+def test_quick_onnx_models():
+    out = _assert_ran(_run_script(["benchmarks/onnx_models.py", "--quick", "--allow-load"], timeout=180))
+    rows = [line for line in out.splitlines() if line.startswith("gpt2")]
+    assert [r.split()[1] for r in rows] == ["raw", "onnxsim", "accelir"]
+    assert all("wrong output" not in r and f"on {conditions.cpu_count()} CPUs" in r for r in rows)
+
+
+def test_quick_gpu_check_says_what_is_missing():
+    import torch
+    proc = _run_script(["benchmarks/gpu_check.py", "--quick", "--allow-load"])
+    if torch.cuda.is_available():
+        _assert_ran(proc)
+        return
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "gpu_check needs a GPU: torch sees no CUDA device" in proc.stderr
+    assert "--device cpu" in proc.stderr
+
+
+# ----- the load --------------------------------------------------------------------------
+
+def _loads(monkeypatch, *readings: float) -> None:
+    values = iter(readings)
+    last = [readings[-1]]
+
+    def loadavg() -> tuple[float, float, float]:
+        last[0] = next(values, last[0])
+        return (last[0], last[0], last[0])
+    monkeypatch.setattr(conditions.os, "getloadavg", loadavg)
+
+
+def test_a_busy_machine_is_refused_at_the_start(monkeypatch):
+    _loads(monkeypatch, 3.0)
+    guard = LoadGuard(threads=1, cpus=4)
+    with pytest.raises(SystemExit, match=r"load average at the start was 3\.00.*--allow-load"):
+        guard.start()
+
+
+def test_load_during_the_run_refuses_the_table_or_marks_it(monkeypatch):
+    _loads(monkeypatch, 0.1, 0.2, 4.0)  # start, before the measurement, after it
+    guard = LoadGuard(threads=1, cpus=4)
+    guard.start()
+    with guard.watch() as load:
+        pass
+    assert str(load[0]) == "load 0.20 -> 4.00 on 4 CPUs"
+    with pytest.raises(SystemExit, match="table not written"):
+        guard.finish()
+    guard.allow_load = True
+    assert guard.finish().startswith("TAKEN UNDER LOAD")
+
+
+def test_the_benchmark_own_threads_are_counted_out(monkeypatch):
+    _loads(monkeypatch, 0.1, 0.1, 2.2)  # after: 2 of our threads + 0.2 of others, 2 free cores allow 1.0
+    guard = LoadGuard(threads=2, cpus=4)
+    guard.start()
+    with guard.watch():
+        pass
+    assert not guard.finish().startswith("TAKEN UNDER LOAD")
+
+
+def test_a_script_writes_no_figures_under_load(monkeypatch, capsys):
+    from benchmarks import passes
+    _loads(monkeypatch, 0.0, 0.0, 9.0)
+    with pytest.raises(SystemExit, match="table not written"):
+        passes.main(["--sizes", "200", "--repeat", "1"])
+    assert "synthetic" not in capsys.readouterr().out
+
+
+# ----- outputs checked, order rotated -----------------------------------------------
+
+def test_check_outputs_by_dtype():
+    want = [np.linspace(-2, 2, 50, dtype=np.float32), np.arange(4, dtype=np.int64)]
+    assert check_outputs(want, [want[0] + 1e-4, want[1]]) == ""
+    assert "max abs error" in check_outputs(want, [want[0] + 1e-2, want[1]])
+    assert "elements differ" in check_outputs(want, [want[0], want[1] + 1])
+    assert "shape" in check_outputs(want, [want[0][:3], want[1]])
+    assert "outputs instead of" in check_outputs(want, want[:1])
+    assert "NaN" in check_outputs(want, [np.where(want[0] > 1, np.nan, want[0]), want[1]])
+
+
+def test_a_wrong_output_is_flagged_and_not_timed(monkeypatch):
+    from benchmarks import run
+    from benchmarks.run import Built
+
+    def off_by_one(model, inputs, ctx):
+        import torch
+        return Built(lambda: model(*inputs).last_hidden_state + torch.tensor(1.0))
+    monkeypatch.setitem(run.SYSTEMS, "off by one", (("torch",), off_by_one))
+    cells, info = run.run_model("gpt2", ["torch eager", "off by one"], quick=True, threads=1, warmup=0, repeats=2,
+                                budget_s=5.0, log=lambda _: None)
+    by = {c.system: c for c in cells}
+    assert by["off by one"].wrong.startswith("output 0: max abs error")
+    assert by["off by one"].runs == 0 and by["off by one"].median_s is None
+    assert by["torch eager"].runs == 2 and not by["torch eager"].wrong
+    assert "wrong output" in run.markdown(cells, {"gpt2": info}, {"conditions": "", "repeats": 2, "warmup": 0,
+                                                                   "threads": 1, "quick": True})
+
+
+def test_the_order_of_systems_rotates_each_round():
+    calls: list[str] = []
+    time_interleaved({k: (lambda k=k: calls.append(k)) for k in "abc"}, warmup=0, repeats=3)
+    assert calls == list("abcbcacab")
+
+
+# ----- accelir's session options for the peers ---------------------------------------
+
+def _add_layer_norm_model() -> bytes:
+    """x + y followed by LayerNormalization: what ORT's SkipLayerNormFusion fuses."""
+    rng = np.random.default_rng(0)
+    scale = helper.make_tensor("scale", TensorProto.FLOAT, [16], rng.standard_normal(16).astype(np.float32))
+    bias = helper.make_tensor("bias", TensorProto.FLOAT, [16], rng.standard_normal(16).astype(np.float32))
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "y"], ["s"]),
+         helper.make_node("LayerNormalization", ["s", "scale", "bias"], ["out"], axis=-1, epsilon=1e-5)],
+        "add_ln", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 8, 16]) for n in ("x", "y")],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 16])], [scale, bias])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_peers_can_get_accelir_session_options(tmp_path):
+    from benchmarks.onnxruntime_models import profile_by_op
+    from benchmarks.run import ort_session
+    model = _add_layer_norm_model()
+    rng = np.random.default_rng(1)
+    feeds = {n: rng.standard_normal((1, 8, 16)).astype(np.float32) for n in ("x", "y")}
+    ops = {}
+    for accelir_options in (False, True):
+        session = ort_session(model, 1, str(tmp_path / f"p{accelir_options}"), accelir_options=accelir_options)
+        ops[accelir_options] = {op for op, _, _ in profile_by_op(session, feeds, 1)[1]}
+    assert "SkipLayerNormalization" in ops[False]
+    assert "SkipLayerNormalization" not in ops[True] and "LayerNormalization" in ops[True]
+
+
+# ----- build time against the fastest exporter, memory of every peer ---------------------
+
+def test_build_time_is_against_the_fastest_export_and_memory_shows_every_peer():
+    from benchmarks import onnxruntime_models
+    from benchmarks.run import Cell, _targets
+    mib = 2 ** 20
+    cells = [Cell("m", "onnx (torchscript) + ort", median_s=1.0, min_s=1.0, build_s=1.0, peak_added_bytes=30 * mib),
+             Cell("m", "onnx (dynamo) + ort", median_s=1.0, min_s=1.0, build_s=10.0, peak_added_bytes=10 * mib),
+             Cell("m", "accelir -> ort", median_s=1.0, min_s=1.0, build_s=2.0, peak_added_bytes=20 * mib)]
+    rows = {t: v for t, _, v in _targets(cells, {"m": {"framework": "torch", "weight_bytes": 10 * mib}})}
+    assert rows["optimize() time / fastest export + session build (<= 0.3)"].startswith("2.00")
+    assert rows["peak memory added by each build / weight bytes (reported)"] == \
+        "onnx (torchscript) + ort 3.00, onnx (dynamo) + ort 1.00, accelir -> ort 2.00"
+    fresh = {"accelir": {"cold_s": 2.0}, "torchscript": {"cold_s": 1.0}, "dynamo": {"cold_s": 10.0}}
+    assert onnxruntime_models._build_ratio(fresh, "cold_s") == "2.00 (torchscript)"
+
+
+
+def test_rounds_that_take_turns_rotate():
+    from benchmarks.conditions import rotated
+    assert [rotated("abc", k) for k in range(4)] == [list("abc"), list("bca"), list("cab"), list("abc")]
+
+
+def test_a_busy_start_marks_the_table_even_when_the_run_was_quiet(monkeypatch):
+    _loads(monkeypatch, 3.0, 0.0, 0.0)
+    guard = LoadGuard(threads=1, cpus=4, allow_load=True)
+    guard.start()
+    with guard.watch():
+        pass
+    assert guard.finish().startswith("TAKEN UNDER LOAD")
