@@ -9,7 +9,8 @@ order in a doubly linked list, so inserting next to a node is O(1).
 
 Constants are ``constant`` nodes whose ``name`` attribute keys into
 ``Graph.constants`` (numpy arrays, shared with the framework's memory where
-possible).
+possible, and therefore read-only views: a pass builds new arrays, it never writes
+into a constant).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from . import dims as _dims
 from .dims import Dim
 from .errors import VerificationError
 
-__all__ = ["DType", "TensorType", "UseList", "Value", "Node", "Graph", "Builder", "freeze_attr"]
+__all__ = ["DType", "TensorType", "UseList", "Value", "Node", "Graph", "Builder", "freeze_attr", "readonly_view"]
 
 
 class DType(enum.Enum):
@@ -177,6 +178,21 @@ def freeze_attr(value: Any) -> Any:
     if isinstance(value, (dict, set, np.ndarray)):
         raise TypeError(f"attribute values must be immutable scalars or tuples, got {type(value).__name__}")
     return value
+
+
+def readonly_view(arr: np.ndarray) -> np.ndarray:
+    """A view of ``arr`` that cannot be written through; ``arr`` itself keeps its flags.
+
+    Graph constants share memory with the framework's tensors (torch parameters, jax
+    and numpy arrays), so writing into them would change the user's model behind its
+    back, and no rollback could undo it.  A pass that needs a changed array builds a
+    new one (``arr.copy()``, ``np.where``, ...).
+    """
+    if not arr.flags.writeable:
+        return arr
+    view = arr.view()
+    view.flags.writeable = False
+    return view
 
 
 class UseList:
@@ -566,14 +582,19 @@ class Graph:
 
     def const(self, value: Any, dtype: DType | None = None, name: str | None = None, *,
               before: Node | None = None, meta: Mapping[str, Any] | None = None) -> Value:
-        """Add a constant node holding ``value`` (an array, shared not copied, or a scalar)."""
+        """Add a constant node holding ``value`` (an array, shared not copied, or a scalar).
+
+        The graph keeps a read-only view (see :func:`readonly_view`): the array may be the
+        memory of the user's weights, so a pass that writes into it fails instead of
+        changing the user's model.
+        """
         if dtype is not None:
             arr = np.asarray(value, dtype=dtype.numpy)
         else:
             arr = np.asarray(value)
         DType.from_numpy(arr.dtype)  # raises for unsupported dtypes
         name = self.unique_constant_name(name or "c")
-        self.constants[name] = arr
+        self.constants[name] = readonly_view(arr)
         node = Node("constant", [], {"name": name}, [TensorType.of(arr)], meta=meta, names=[None])
         if before is None:
             self.append(node)

@@ -110,8 +110,22 @@ def test_constants_share_memory():
     w = np.ones((256, 256), np.float32)
     g = Graph()
     v = g.const(w, name="w")
-    assert v.const_value is w
-    assert g.copy().constants["w"] is w
+    assert v.const_value.base is w
+    assert g.copy().constants["w"] is v.const_value
+
+
+def test_constants_are_read_only_views_and_the_users_array_stays_writable():
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    g = Graph()
+    v = g.const(w, name="w")
+    assert np.shares_memory(v.const_value, w) and not v.const_value.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        v.const_value[...] = 0
+    with pytest.raises(ValueError, match="read-only"):
+        np.multiply(v.const_value, 2, out=v.const_value)
+    assert w.flags.writeable and np.array_equal(w, np.arange(6, dtype=np.float32).reshape(2, 3))
+    for h in (g.copy(), parse(str(g))):
+        assert not h.constants["w"].flags.writeable
 
 
 def test_copy_is_deep_for_structure():

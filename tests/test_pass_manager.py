@@ -295,3 +295,68 @@ def test_the_garbage_collector_is_left_as_it_was(enabled):
         assert gc.isenabled() is enabled
     finally:
         gc.enable() if was else gc.disable()
+
+
+# ----- a pass cannot write into the user's weights ---------------------------------------
+
+def _zero_constants_in_place(graph):
+    """A wrong pass: it writes into every constant array instead of building new ones."""
+    for arr in graph.constants.values():
+        np.multiply(arr, 0, out=arr)
+    return True
+
+
+def _write_and_raise_pass(graph):
+    for arr in graph.constants.values():
+        arr[...] = 0
+    return True
+
+
+def test_a_pass_writing_into_torch_weights_fails_and_leaves_the_model_alone():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).eval()
+    bits = {k: v.detach().reshape(-1).view(torch.uint8).clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 4)
+    with pytest.raises(PassError, match="pass '_zero_constants_in_place' raised ValueError: .*read-only") as info:
+        accelir.optimize(model, (x,), passes=[_zero_constants_in_place])
+    assert info.value.pass_name == "_zero_constants_in_place"
+    g = accelir.capture(model, (x,))
+    with pytest.raises(PassError, match="pass '_write_and_raise_pass' raised ValueError: .*read-only"):
+        accelir.PassManager([_write_and_raise_pass]).run(g)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v.reshape(-1).view(torch.uint8), bits[k]), k
+    np.testing.assert_allclose(accelir.interpret(g, x.numpy())[0], model(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_pass_writing_into_jax_constants_leaves_the_numpy_arrays_alone():
+    jnp = pytest.importorskip("jax.numpy")
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((3, 4)).astype(np.float32)
+    params = {"w": rng.standard_normal((4, 3)).astype(np.float32)}
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    kept = table.copy(), params["w"].copy()
+    from accelir.frontends.jax import capture_jax
+    g = capture_jax(lambda p, x: jnp.tanh(x @ p["w"]) @ table, (params, x), params_as_constants=True)
+    with pytest.raises(PassError, match="pass '_zero_constants_in_place' raised ValueError"):
+        accelir.PassManager([_zero_constants_in_place]).run(g)
+    np.testing.assert_array_equal(table, kept[0])
+    np.testing.assert_array_equal(params["w"], kept[1])
+    assert table.flags.writeable and params["w"].flags.writeable
+    want = np.asarray(jnp.tanh(x @ params["w"]) @ table)
+    np.testing.assert_allclose(accelir.interpret(g, x)[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_pass_writing_into_onnx_initializers_leaves_the_model_alone():
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+    w = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(w, "w")]), opset_imports=[helper.make_opsetid("", 17)])
+    serialized = model.SerializeToString()
+    with pytest.raises(PassError, match="pass '_write_and_raise_pass' raised ValueError"):
+        accelir.optimize(model, (np.ones((2, 4), np.float32),), passes=[_write_and_raise_pass])
+    assert model.SerializeToString() == serialized
