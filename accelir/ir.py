@@ -27,7 +27,8 @@ from . import dims as _dims
 from .dims import Dim
 from .errors import VerificationError
 
-__all__ = ["DType", "TensorType", "UseList", "Value", "Node", "Graph", "Builder", "freeze_attr", "readonly_view"]
+__all__ = ["DType", "TensorType", "UseList", "Value", "Node", "Graph", "Builder", "freeze_attr", "readonly_view",
+           "Snapshot", "Fingerprint"]
 
 
 class DType(enum.Enum):
@@ -631,6 +632,25 @@ class Graph:
         from .text import clone_graph
         return clone_graph(self)
 
+    # ----- change tracking -----------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """The graph's state, restorable in place with :meth:`restore` (see :class:`Snapshot`)."""
+        return Snapshot(self)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Put the graph back as it was when ``snapshot`` was taken (a failed pass is undone so)."""
+        if snapshot.graph is not self:
+            raise ValueError(f"the snapshot was taken of another graph than {self.name!r}")
+        snapshot.restore()
+
+    def fingerprint(self) -> Fingerprint:
+        """What the graph computes, cheaply comparable: equal fingerprints mean nothing changed."""
+        return Fingerprint(self)
+
+    def signature(self) -> tuple[tuple[tuple[Value, TensorType], ...], tuple[TensorType, ...]]:
+        """The calling convention: the input values with their types, and the output types."""
+        return tuple((v, v.type) for v in self.inputs), tuple(v.type for v in self.outputs)
+
 
 class Builder:
     """Inserts nodes at one place in a graph; used by decompositions and rewrites."""
@@ -664,3 +684,88 @@ class Builder:
     def scalar(self, value: Any, like: Value | DType) -> Value:
         dt = like if isinstance(like, DType) else like.dtype
         return self.const(np.asarray(value, dtype=dt.numpy), name="c")
+
+
+class Snapshot:
+    """The state of a graph, restorable in place: a failed pass is undone with it.
+
+    Nothing is copied but the containers: each node keeps its object and gets back its
+    inputs, attributes, meta, links and output names and types; the graph gets back
+    its fields (the caller holds the Graph object, so rollback must happen in place).
+    Use lists are rebuilt from the restored inputs, which also drops the uses of any
+    node the failed pass had added.  Region bodies are snapshotted the same way.
+    Taking a snapshot costs a few list and dict copies per node, not a deep copy.
+    """
+
+    __slots__ = ("graph", "fields", "nodes", "inputs", "regions")
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.fields = {k: v.copy() if isinstance(v, (list, dict)) else v for k, v in vars(graph).items()}
+        self.inputs = [(v, v.name, v.type) for v in graph.inputs]
+        nodes = []
+        regions = []
+        for n in graph.nodes:
+            outs = n.outputs
+            nodes.append((n, n.op, list(n._inputs), dict(n.attrs), dict(n.meta), outs,
+                          [(o.name, o.type) for o in outs], n.regions))
+            for r in n.regions:
+                regions.append(Snapshot(r))
+        self.nodes = nodes
+        self.regions = regions
+
+    def restore(self) -> None:
+        g = self.graph
+        for k, v in self.fields.items():
+            setattr(g, k, v.copy() if isinstance(v, (list, dict)) else v)
+        for v, name, type_ in self.inputs:
+            v.name, v.type, v.graph, v._uses = name, type_, g, UseList()
+        prev: Node | None = None
+        for n, op, inputs, attrs, meta, outs, out_state, regions in self.nodes:
+            n.op, n._inputs, n.attrs, n.meta, n.outputs, n.regions = op, list(inputs), dict(attrs), dict(meta), \
+                outs, regions
+            n.graph, n._prev, n._next = g, prev, None
+            if prev is not None:
+                prev._next = n
+            prev = n
+            for o, (name, type_) in zip(outs, out_state):
+                o.name, o.type, o.graph, o._uses = name, type_, g, UseList()
+        for n, *_ in self.nodes:
+            for i, v in enumerate(n._inputs):
+                v._uses.append((n, i))
+            for r in n.regions:
+                r.parent = n
+        for r in self.regions:
+            r.restore()
+
+
+class Fingerprint:
+    """What a graph computes, to tell whether a pass changed it without trusting the pass's word.
+
+    Per node (regions included): the node itself, its op, attributes, input and output
+    values and the output types; per graph: the input and output values, the input
+    types and each constant's name and array.  Objects are compared by identity, arrays
+    are neither copied nor read, so taking one is O(nodes).  The fingerprint holds the
+    objects it names, so no new object can take the identity of one a pass dropped.
+    Value names and meta are left out: they do not change what the graph computes.
+    """
+
+    __slots__ = ("_key", "_arrays")
+
+    def __init__(self, graph: Graph):
+        self._arrays: list[np.ndarray] = []
+        self._key = self._structure(graph)
+
+    def _structure(self, g: Graph) -> tuple:
+        self._arrays.extend(g.constants.values())
+        consts = tuple(sorted((k, id(a)) for k, a in g.constants.items()))
+        nodes = tuple((n, n.op, dict(n.attrs), tuple(n._inputs), n.outputs, tuple(o.type for o in n.outputs),
+                       tuple(self._structure(r) for r in n.regions)) for n in g.nodes)
+        return tuple(g.inputs), tuple(v.type for v in g.inputs), tuple(g.outputs), consts, nodes
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Fingerprint):
+            return NotImplemented
+        return self._key == other._key
+
+    __hash__ = None  # type: ignore[assignment]

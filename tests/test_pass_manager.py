@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -360,3 +361,125 @@ def test_a_pass_writing_into_onnx_initializers_leaves_the_model_alone():
     with pytest.raises(PassError, match="pass '_write_and_raise_pass' raised ValueError"):
         accelir.optimize(model, (np.ones((2, 4), np.float32),), passes=[_write_and_raise_pass])
     assert model.SerializeToString() == serialized
+
+
+# ----- the PassManager checks what a pass did, not what it says -------------------------
+
+def _dce_saying(result):
+    """dce that reports ``result`` instead of whether it changed the graph."""
+    def quiet_dce(graph):
+        dce(graph)
+        return result
+    return quiet_dce
+
+
+@pytest.mark.parametrize("result", [False, None])
+def test_a_change_the_pass_does_not_report_is_still_seen(result):
+    g = _graph()
+    pm = accelir.PassManager([_dce_saying(result)], max_iterations=2)
+    with pytest.warns(accelir.pass_manager.PassReturnWarning,
+                      match=f"pass 'quiet_dce' returned {result} but changed the graph"):
+        assert pm.run(g) is True
+    first, second = pm.report.records
+    assert (first.changed, first.nodes_before, first.nodes_after, first.op_delta) == (True, 7, 6, {"exp": -1})
+    assert first.note == f"returned {result} but changed the graph" and not second.changed and not second.note
+    assert f"note: #0 quiet_dce returned {result} but changed the graph" in str(pm.report)
+
+
+def test_an_unreported_wrong_change_is_caught_by_the_numeric_check_and_rolled_back():
+    def wrong_quietly(graph):
+        WRONG(graph)
+        return False
+
+    g = _graph()
+    before = str(g)
+    with pytest.warns(accelir.pass_manager.PassReturnWarning), pytest.raises(NumericMismatchError) as info:
+        accelir.PassManager([wrong_quietly], check_numerics=[_x()]).run(g)
+    assert info.value.pass_name == "wrong_quietly"
+    assert str(g) == before
+
+
+def test_an_unreported_invalid_change_is_caught_by_verify_each():
+    invalidate = _invalidating_pass("quiet_invalidate")
+    g = _graph()
+    before = str(g)
+    with pytest.warns(accelir.pass_manager.PassReturnWarning), \
+            pytest.raises(PassError, match="pass 'quiet_invalidate' left an invalid graph"):
+        accelir.PassManager([_returning_none(invalidate)]).run(g)
+    assert str(g) == before
+
+
+def _returning_none(p):
+    def wrapped(graph):
+        p(graph)
+    wrapped.__name__ = p.__name__
+    return wrapped
+
+
+def test_a_keyboard_interrupt_inside_a_pass_rolls_the_graph_back():
+    def interrupted(graph):
+        simplify(graph)  # a finished rewrite, then half of another one
+        first = next(iter(graph.nodes))
+        graph.make("neg", [first.output], before=first)
+        graph.const(np.float32(3.0), name="extra")
+        raise KeyboardInterrupt
+
+    g = accelir.parse(REGION_TEXT)
+    before = accelir.print_graph(g, meta=True)
+    with pytest.raises(KeyboardInterrupt):
+        accelir.PassManager([dce, interrupted]).run(g)
+    assert accelir.print_graph(g, meta=True) == before
+    assert "extra" not in g.constants
+    accelir.verify(g)
+    fresh = accelir.parse(REGION_TEXT)
+    for graph in (g, fresh):
+        accelir.PassManager([dce, simplify]).run(graph)
+    assert str(g) == str(fresh)
+
+
+def _add_input(graph):
+    graph.add_input(accelir.TensorType(accelir.DType.f32, (3,)), "y")
+    return True
+
+
+def _drop_input(graph):
+    graph.inputs.pop()
+    return True
+
+
+def _add_output(graph):
+    graph.set_outputs(graph.outputs + graph.outputs)
+    return True
+
+
+def _cast_output(graph):
+    graph.set_outputs([graph.apply("cast", graph.outputs[0], dtype=accelir.DType.f16)])
+    return True
+
+
+def _transpose_output(graph):
+    graph.set_outputs([graph.apply("transpose", graph.outputs[0], perm=(1, 0))])
+    return False
+
+
+@pytest.mark.parametrize("wrong,what", [
+    (_add_input, "input 1 (%y: f32[3]) added"),
+    (_drop_input, "input 0 (%x: f32[2,3]) removed"),
+    (_add_output, "2 outputs instead of 1"),
+    (_cast_output, "output 0 is f16[2,3] instead of f32[2,3]"),
+    (_transpose_output, "output 0 is f32[3,2] instead of f32[2,3]"),
+])
+def test_a_pass_that_changes_the_signature_is_named_and_rolled_back(wrong, what):
+    g = _graph()
+    before = accelir.print_graph(g, meta=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", accelir.pass_manager.PassReturnWarning)
+        with pytest.raises(PassError) as info:
+            accelir.PassManager([dce, wrong], verify_each=False).run(g)
+    e = info.value
+    assert e.pass_name == wrong.__name__
+    assert str(e).startswith(f"pass '{wrong.__name__}' changed the graph's signature: {what} "
+                             "(passes run before it: dce); the graph is left as it was")
+    assert isinstance(e.__cause__, accelir.VerificationError)
+    assert accelir.print_graph(g, meta=True) == before.replace("  %dead = exp(%x) : f32[2,3]\n", "")
+    accelir.verify(g)
