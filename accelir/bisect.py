@@ -176,10 +176,11 @@ def bisect(graph: Graph, passes: Sequence[PassFn], check: Check | None = None, *
     for it, p in loop:
         # the copy stays the graph before the pass until a pass changes it
         if before is None:
-            before = g.copy()
+            before, fingerprint = g.copy(), g.fingerprint()
         with rewrite_limit(None) as budget:
             try:
-                changed = bool(p(g))
+                # a pass that changed the graph without saying so is checked all the same
+                changed = bool(p(g)) or g.fingerprint() != fingerprint
                 err = None
             except Exception as e:  # noqa: BLE001
                 changed, err = True, f"{type(e).__name__}: {e}"

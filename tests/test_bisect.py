@@ -112,3 +112,12 @@ def test_bisect_finds_a_pass_that_raises():
 def test_bisect_refuses_a_check_that_fails_on_the_input():
     with pytest.raises(AccelirError, match="already fails on the input graph"):
         accelir.bisect(_graph(), PIPELINE, check=lambda g: False)
+
+
+def test_bisect_finds_a_wrong_pass_that_says_it_changed_nothing():
+    def quiet_sloppy(graph):
+        SLOPPY(graph)
+        return False
+
+    res = accelir.bisect(_graph(), PIPELINE[:4] + [quiet_sloppy], inputs=_inputs())
+    assert res.pass_name == "quiet_sloppy" and res.first_bad_rewrite == _exp_log_position()
