@@ -38,14 +38,14 @@ from typing import Any, Callable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from .errors import NumericMismatchError, PassError, VerificationError
+from .errors import AccelirError, NumericMismatchError, PassError, VerificationError
 from .interpreter import run_graph
 from .ir import DType, Fingerprint, Graph, Snapshot, Value
 from .text import print_graph, save
 from .verify import verify
 
 __all__ = ["PassManager", "PassRecord", "PassReport", "PassReturnWarning", "TOLERANCES", "compare_outputs",
-           "FixedPoint", "Snapshot", "signature_change"]
+           "FixedPoint", "Snapshot", "signature_change", "prepare_output_dir", "DUMP_FILES"]
 
 PassFn = Callable[[Graph], bool]
 
@@ -227,6 +227,43 @@ def _collector_paused() -> Iterator[None]:
         gc.enable()
 
 
+# what the PassManager writes into dump_dir: 000-input.air (+ .npz), NNN-after-<pass>.air, report.txt
+DUMP_FILES = re.compile(r"\d{3,}-[A-Za-z0-9_.-]+\.air(\.npz)?|report\.txt")
+
+
+def _few(names: Sequence[str], limit: int = 4) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def prepare_output_dir(path: str | os.PathLike, ours: re.Pattern[str], overwrite: bool, what: str) -> str:
+    """Create the directory ``path``, or make sure writing into it loses nothing of the user's.
+
+    A non-empty directory is refused unless ``overwrite``, so dumps from an earlier run
+    never sit beside new ones and no file is replaced by surprise.  With ``overwrite``
+    only the files accelir writes there (names matching ``ours``) are removed; any
+    other entry is refused before anything is removed.  ``what`` names the argument in
+    the errors.  Returns the path as a str.
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise AccelirError(f"{what} {path!r} is a file, not a directory; choose a directory")
+    os.makedirs(path, exist_ok=True)
+    entries = sorted(os.listdir(path))
+    if not entries:
+        return path
+    foreign = [e for e in entries if not (ours.fullmatch(e) and os.path.isfile(os.path.join(path, e)))]
+    if foreign:
+        raise AccelirError(f"{what} {path!r} holds files accelir did not write ({_few(foreign)}); choose an "
+                           "empty or new directory")
+    if not overwrite:
+        raise AccelirError(f"{what} {path!r} holds the files of an earlier run ({_few(entries)}); pass "
+                           "overwrite=True (--overwrite on the command line) to replace them, or choose an empty "
+                           "or new directory")
+    for e in entries:
+        os.remove(os.path.join(path, e))
+    return path
+
+
 def _file_part(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "pass"
 
@@ -238,7 +275,10 @@ class PassManager:
     ``print_after``: None, ``"all"`` (print the graph after each pass) or ``"changed"``
     (print a unified diff of the IR text after each pass that changed it).
     ``dump_dir``: write ``000-input.air`` and ``NNN-after-<pass>.air`` after each pass
-    that changed the graph, and ``report.txt`` at the end.
+    that changed the graph, and ``report.txt`` at the end.  The directory is created if
+    missing and must be empty; ``overwrite=True`` lets the dumps of an earlier run there
+    be replaced (see :func:`prepare_output_dir`).  Later runs of the same manager
+    replace its own dumps.
     ``check_numerics``: example inputs; after each changed pass the graph is interpreted
     and compared with the input graph's outputs (tolerance by dtype, see TOLERANCES).
     ``instrument``: called as ``instrument(record, graph)`` after each pass.
@@ -253,7 +293,7 @@ class PassManager:
                  dump_dir: str | os.PathLike | None = None, check_numerics: Sequence[Any] | None = None,
                  max_iterations: int = 10, instrument: Callable[[PassRecord, Graph], None] | None = None,
                  snapshot: bool = True, tolerances: dict[DType, tuple[float, float]] | None = None,
-                 stream: TextIO | None = None):
+                 stream: TextIO | None = None, overwrite: bool = False):
         if print_after not in (None, "all", "changed"):
             raise ValueError(f"print_after must be None, 'all' or 'changed', got {print_after!r}")
         for p in passes:
@@ -271,8 +311,10 @@ class PassManager:
         self.snapshot = snapshot
         self.tolerances = tolerances
         self.stream = stream
+        self.overwrite = overwrite
         self.report = PassReport()
         self._dumps = 0
+        self._dumped = False
         self._snapshot: Snapshot | None = None
         self._fingerprint: Fingerprint | None = None
         self._signature: Any = None
@@ -306,7 +348,9 @@ class PassManager:
         self.report = PassReport()
         self._dumps = 0
         if self.dump_dir is not None:
-            os.makedirs(self.dump_dir, exist_ok=True)
+            # the dumps of this manager's earlier runs are its own to replace
+            prepare_output_dir(self.dump_dir, DUMP_FILES, self.overwrite or self._dumped, "dump_dir")
+            self._dumped = True
             self._dump(graph, "input")
         expected = run_graph(graph, self.check_numerics) if self.check_numerics is not None else None
         history: list[str] = []

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import accelir
-from accelir.errors import NumericMismatchError, PassError
+from accelir.errors import AccelirError, NumericMismatchError, PassError
 from accelir.passes import P, Rule, RulePass, Var, cse, dce, fold_constants, simplify
 from accelir.pass_manager import compare_outputs
 
@@ -483,3 +483,65 @@ def test_a_pass_that_changes_the_signature_is_named_and_rolled_back(wrong, what)
     assert isinstance(e.__cause__, accelir.VerificationError)
     assert accelir.print_graph(g, meta=True) == before.replace("  %dead = exp(%x) : f32[2,3]\n", "")
     accelir.verify(g)
+
+
+# ----- dump_dir keeps what it holds -----------------------------------------------------
+
+FULL = [dce, fold_constants, cse, simplify]
+
+
+def test_dump_dir_is_created_when_missing(tmp_path):
+    dumps = tmp_path / "a" / "b"
+    accelir.PassManager([dce], dump_dir=dumps).run(_graph())
+    assert sorted(os.listdir(dumps)) == ["000-input.air", "001-after-dce.air", "report.txt"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_dump_dir_with_the_users_files_is_refused(tmp_path, overwrite):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "001-after-dce.air").write_text("an earlier dump")
+    with pytest.raises(AccelirError, match=r"dump_dir '.*' holds files accelir did not write \(notes.txt\); "
+                                           "choose an empty or new directory"):
+        accelir.PassManager([dce], dump_dir=tmp_path, overwrite=overwrite).run(_graph())
+    assert sorted(os.listdir(tmp_path)) == ["001-after-dce.air", "notes.txt"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_earlier_dumps_are_replaced_only_when_asked(tmp_path):
+    accelir.PassManager(FULL, dump_dir=tmp_path).run(_graph())
+    earlier = sorted(os.listdir(tmp_path))
+    assert len(earlier) == 5
+    with pytest.raises(AccelirError, match=r"holds the files of an earlier run \(000-input.air, 001-after-dce.air, "
+                                           r"002-after-cse.air, 003-after-simplify.air and 1 more\); pass "
+                                           r"overwrite=True \(--overwrite on the command line\)"):
+        accelir.PassManager([dce], dump_dir=tmp_path).run(_graph())
+    assert sorted(os.listdir(tmp_path)) == earlier
+    pm = accelir.PassManager([dce], dump_dir=tmp_path, overwrite=True)
+    pm.run(_graph())
+    # no stale dump of the earlier, longer pipeline is left beside the new ones
+    assert sorted(os.listdir(tmp_path)) == ["000-input.air", "001-after-dce.air", "report.txt"]
+    # a manager's later runs replace its own dumps
+    pm.run(accelir.parse(str(_graph()).replace("%dead = exp(%x)", "%dead = neg(%x)")))
+    assert sorted(os.listdir(tmp_path)) == ["000-input.air", "001-after-dce.air", "report.txt"]
+    assert "neg" in (tmp_path / "000-input.air").read_text()
+
+
+def test_dump_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(AccelirError, match="is a file, not a directory"):
+        accelir.PassManager([dce], dump_dir=tmp_path / "f").run(_graph())
+
+
+def test_cli_optimize_dump_dir_needs_overwrite_to_replace_earlier_dumps(tmp_path, capsys):
+    from accelir.cli import main
+    air = tmp_path / "m.air"
+    air.write_text(TEXT)
+    dumps = tmp_path / "dumps"
+    args = ["optimize", str(air), "--passes", "dce", "--dump-dir", str(dumps)]
+    assert main(args + ["-o", str(tmp_path / "o1.air")]) == 0
+    assert main(args + ["-o", str(tmp_path / "o2.air")]) == 1
+    assert "holds the files of an earlier run" in capsys.readouterr().err
+    assert not (tmp_path / "o2.air").exists()
+    (dumps / "report.txt").unlink()
+    assert main(args + ["-o", str(tmp_path / "o2.air"), "--overwrite"]) == 0
+    assert sorted(os.listdir(dumps)) == ["000-input.air", "001-after-dce.air", "report.txt"]
