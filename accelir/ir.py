@@ -738,6 +738,36 @@ class Snapshot:
         for r in self.regions:
             r.restore()
 
+    def changed(self) -> bool:
+        """Whether the graph now computes something else than when the snapshot was taken.
+
+        The same test as comparing :class:`Fingerprint` s (value names and meta do not
+        count), but against the state the snapshot holds anyway, walking the graph once
+        without building anything.
+        """
+        g, fields = self.graph, self.fields
+        if g.inputs != fields["inputs"] or g.outputs != fields["outputs"] or \
+                any(v.type != t for v, _, t in self.inputs):
+            return True
+        consts = fields["constants"]
+        if len(g.constants) != len(consts) or any(consts.get(k) is not a for k, a in g.constants.items()):
+            return True
+        nodes, regions = self.nodes, iter(self.regions)
+        if g._len != len(nodes):
+            return True
+        for n, (was, op, inputs, attrs, _, outs, out_state, rs) in zip(g.nodes, nodes):
+            if n is not was or n.op != op or n._inputs != inputs or n.attrs != attrs or n.outputs is not outs \
+                    or n.regions != rs:
+                return True
+            for o, (_, t) in zip(outs, out_state):
+                if o.type is not t and o.type != t:
+                    return True
+            for _ in rs:
+                if next(regions).changed():
+                    return True
+        last = nodes[-1][0] if nodes else None
+        return (last._next if last is not None else g._head) is not None
+
 
 class Fingerprint:
     """What a graph computes, to tell whether a pass changed it without trusting the pass's word.
@@ -750,22 +780,57 @@ class Fingerprint:
     Value names and meta are left out: they do not change what the graph computes.
     """
 
-    __slots__ = ("_key", "_arrays")
+    __slots__ = ("_key",)
 
     def __init__(self, graph: Graph):
-        self._arrays: list[np.ndarray] = []
-        self._key = self._structure(graph)
+        self._key: list[Any] = []
+        self._add(graph)
 
-    def _structure(self, g: Graph) -> tuple:
-        self._arrays.extend(g.constants.values())
-        consts = tuple(sorted((k, id(a)) for k, a in g.constants.items()))
-        nodes = tuple((n, n.op, dict(n.attrs), tuple(n._inputs), n.outputs, tuple(o.type for o in n.outputs),
-                       tuple(self._structure(r) for r in n.regions)) for n in g.nodes)
-        return tuple(g.inputs), tuple(v.type for v in g.inputs), tuple(g.outputs), consts, nodes
+    def _add(self, g: Graph) -> None:
+        # one flat list, every variable-length part preceded by its length: the cheapest form
+        # to build (this runs after every pass that reports no change) and to compare
+        key = self._key
+        app = key.append
+        app(len(g.inputs))
+        key += g.inputs
+        key += [v.type for v in g.inputs]
+        app(len(g.outputs))
+        key += g.outputs
+        app(len(g.constants))
+        for name, arr in g.constants.items():
+            app(name)
+            app(_Same(arr))
+        for n in g.nodes:
+            app(n)
+            app(n.op)
+            app(n.attrs.copy() if n.attrs else None)
+            app(len(n._inputs))
+            key += n._inputs
+            app(len(n.outputs))
+            for o in n.outputs:
+                app(o)
+                app(o.type)
+            app(len(n.regions))
+            for r in n.regions:
+                self._add(r)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Fingerprint):
             return NotImplemented
         return self._key == other._key
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _Same:
+    """Holds an array and compares by identity: the fingerprint neither reads nor copies it."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.obj is self.obj
 
     __hash__ = None  # type: ignore[assignment]

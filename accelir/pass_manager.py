@@ -18,9 +18,9 @@ and a change it did not report is verified, checked and noted in the report all 
 The fixed point is reached without needless work: a pass is taken to be a function of
 the graph, so one that reported no change is not run again until another pass has
 changed the graph (:class:`FixedPoint`, shared with ``bisect``).  The rollback state is
-a :class:`Snapshot` of the graph's own objects rather than a copy, taken again (with the
-fingerprint) only after a pass changed the graph; and the cyclic garbage collector is paused while the
-passes run, since its sweeps would walk a large graph over and over.
+a :class:`Snapshot` of the graph's own objects rather than a copy, taken again (with
+the fingerprint) only after a pass changed the graph; and the cyclic garbage collector
+is paused while the passes run, since its sweeps would walk a large graph over and over.
 """
 
 from __future__ import annotations
@@ -383,10 +383,11 @@ class PassManager:
 
     def _run_one(self, p: PassFn, name: str, it: int, graph: Graph, hist: dict[str, int], history: list[str],
                  expected: list[np.ndarray] | None) -> tuple[bool, dict[str, int]]:
-        # the fingerprint, signature, snapshot and text of the graph stay valid until a pass changes it
-        if self._fingerprint is None:
-            self._fingerprint, self._signature = graph.fingerprint(), graph.signature()
+        # the signature, snapshot (or fingerprint) and text of the graph stay valid until a pass changes it
+        if self._signature is None:
+            self._signature = graph.signature()
             self._snapshot = graph.snapshot() if self.snapshot else None
+            self._fingerprint = None if self.snapshot else graph.fingerprint()
         before = self._snapshot
         if self.print_after == "changed" and self._text is None:
             self._text = print_graph(graph)
@@ -469,7 +470,8 @@ class PassManager:
         """
         if result:
             return True, ""
-        if graph.fingerprint() == self._fingerprint:
+        # the snapshot, when there is one, serves as the fingerprint
+        if not (self._snapshot.changed() if self._snapshot is not None else graph.fingerprint() != self._fingerprint):
             return False, ""
         note = f"returned {result!r} but changed the graph"
         warnings.warn(f"pass '{name}' {note}; it is treated as changed (a pass returns True when it changes the "
@@ -490,15 +492,16 @@ def signature_change(before: tuple[tuple[tuple[Value, Any], ...], tuple[Any, ...
     old_in, old_out = before
     new_in, new_out = graph.signature()
     changes: list[str] = []
-    old_ids = {id(v): (i, t) for i, (v, t) in enumerate(old_in)}
+    old_at = {id(v): i for i, (v, _) in enumerate(old_in)}
     new_ids = {id(v) for v, _ in new_in}
     changes += [f"{_describe_input(v, t, i)} removed" for i, (v, t) in enumerate(old_in) if id(v) not in new_ids]
     for i, (v, t) in enumerate(new_in):
-        if id(v) not in old_ids:
+        j = old_at.get(id(v))
+        if j is None:
             changes.append(f"{_describe_input(v, t, i)} added")
-        elif old_ids[id(v)][1] != t:
-            changes.append(f"{_describe_input(v, old_ids[id(v)][1], old_ids[id(v)][0])} became {t}")
-    kept = [id(v) for v, _ in new_in if id(v) in old_ids]
+        elif old_in[j][1] != t:
+            changes.append(f"{_describe_input(v, old_in[j][1], j)} became {t}")
+    kept = [id(v) for v, _ in new_in if id(v) in old_at]
     if not changes and kept != [id(v) for v, _ in old_in]:
         changes.append("inputs reordered")
     if len(new_out) != len(old_out):
