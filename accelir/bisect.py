@@ -22,6 +22,7 @@ import importlib.util
 import inspect
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -31,13 +32,16 @@ import numpy as np
 from .errors import AccelirError
 from .interpreter import run_graph, to_numpy
 from .ir import Graph
-from .pass_manager import FixedPoint, compare_outputs
+from .pass_manager import FixedPoint, compare_outputs, prepare_output_dir
 from .text import load, print_graph, save
 
 __all__ = ["bisect", "BisectResult", "replay", "pass_ref", "resolve_pass"]
 
 PassFn = Callable[[Graph], bool]
 Check = Callable[[Graph], bool]
+
+# what _write_reproducer writes: a directory holding only these may be overwritten
+REPRODUCER_FILES = re.compile(r"before\.air(\.npz)?|pipeline\.json|replay\.py|(input|expected)_\d{3,}\.npy")
 
 
 @dataclass
@@ -153,12 +157,15 @@ def numeric_check(graph: Graph, inputs: Sequence[Any]) -> Check:
 
 
 def bisect(graph: Graph, passes: Sequence[PassFn], check: Check | None = None, *, inputs: Sequence[Any] | None = None,
-           out_dir: str | os.PathLike | None = None, max_iterations: int = 10) -> BisectResult:
+           out_dir: str | os.PathLike | None = None, max_iterations: int = 10,
+           overwrite: bool = False) -> BisectResult:
     """Find the first pass run, then the first rewrite in it, after which ``check(graph)`` fails.
 
     ``check`` returns True for a good graph (raising counts as bad).  Without a check,
     ``inputs`` give one: outputs must match the input graph's within dtype tolerance.
-    ``graph`` is not modified.  With ``out_dir`` a reproducer is written there.
+    ``graph`` is not modified.  With ``out_dir`` a reproducer is written there: the
+    directory is created if missing and must be empty, or hold only an earlier
+    reproducer and ``overwrite=True`` (checked, and cleared, before the search starts).
     """
     from accelir.passes.pattern import rewrite_limit
     from accelir.passes.registry import pass_name
@@ -169,6 +176,8 @@ def bisect(graph: Graph, passes: Sequence[PassFn], check: Check | None = None, *
     ok, why = _safe_check(check, graph)
     if not ok:
         raise AccelirError(f"bisect: the check already fails on the input graph ({why}); nothing to bisect")
+    if out_dir is not None:
+        out_dir = prepare_output_dir(out_dir, REPRODUCER_FILES, overwrite, "bisect out_dir")
     g = graph.copy()
     invocation = 0
     before: Graph | None = None
@@ -176,10 +185,11 @@ def bisect(graph: Graph, passes: Sequence[PassFn], check: Check | None = None, *
     for it, p in loop:
         # the copy stays the graph before the pass until a pass changes it
         if before is None:
-            before = g.copy()
+            before, fingerprint = g.copy(), g.fingerprint()
         with rewrite_limit(None) as budget:
             try:
-                changed = bool(p(g))
+                # a pass that changed the graph without saying so is checked all the same
+                changed = bool(p(g)) or g.fingerprint() != fingerprint
                 err = None
             except Exception as e:  # noqa: BLE001
                 changed, err = True, f"{type(e).__name__}: {e}"
@@ -195,7 +205,7 @@ def bisect(graph: Graph, passes: Sequence[PassFn], check: Check | None = None, *
         result = _narrow(p, before, check, total + (1 if err else 0), why)
         result.pass_name, result.invocation, result.iteration = pass_name(p), invocation, it
         if out_dir is not None:
-            result.reproducer = _write_reproducer(os.fspath(out_dir), graph, before, passes, p, result, inputs)
+            result.reproducer = _write_reproducer(out_dir, graph, before, passes, p, result, inputs)
         return result
     return BisectResult(None)
 
@@ -222,7 +232,6 @@ def _narrow(p: PassFn, before: Graph, check: Check, total: int, why: str) -> Bis
 
 def _write_reproducer(out: str, graph: Graph, before: Graph, passes: Sequence[PassFn], failing: PassFn,
                       result: BisectResult, inputs: Sequence[Any] | None) -> str:
-    os.makedirs(out, exist_ok=True)
     save(before, os.path.join(out, "before.air"))
     info = {
         "passes": [pass_ref(p) for p in passes],

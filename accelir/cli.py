@@ -3,9 +3,9 @@
 ::
 
     accelir optimize IN -o OUT [--level N] [--passes dce,cse,...] [--backend onnxruntime|xla]
-                     [--print-after all|changed] [--dump-dir DIR] [--check]
+                     [--print-after all|changed] [--dump-dir DIR] [--check] [--overwrite]
     accelir show IN [--after-level N] [--passes ...] [--format text|dot|html] [-o OUT]
-    accelir bisect IN [--passes ...] [--level N] [-o DIR]
+    accelir bisect IN [--passes ...] [--level N] [-o DIR] [--overwrite]
     accelir bench IN [--backends onnxruntime,xla] [--repeats N]
 
 IN is an ``.onnx`` file, an ``.air`` file, or ``path/file.py:factory`` naming a
@@ -288,7 +288,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     examples = _flat_examples(graph, inp.example_inputs)
     dims = _parse_dims(args.dim)
     pm = PassManager(_pass_list(args.passes, args.level, backend), print_after=args.print_after,
-                     dump_dir=args.dump_dir)
+                     dump_dir=args.dump_dir, overwrite=args.overwrite)
     t0 = time.perf_counter()
     with progress.step("passes"):
         pm.run(graph)
@@ -363,7 +363,8 @@ def _cmd_bisect(args: argparse.Namespace) -> int:
     inputs = random_inputs(graph, _flat_examples(graph, inp.example_inputs), seed=args.seed,
                            dims=_parse_dims(args.dim))
     with progress.step("bisect"):
-        result = bisect(graph, _pass_list(args.passes, args.level, None), inputs=inputs, out_dir=args.output)
+        result = bisect(graph, _pass_list(args.passes, args.level, None), inputs=inputs, out_dir=args.output,
+                        overwrite=args.overwrite)
     print(result)
     return 0
 
@@ -457,12 +458,13 @@ def _parser() -> argparse.ArgumentParser:
                    "(default: xla for .mlir/.hlo, else onnxruntime)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the --check run")
     p.add_argument("--print-after", choices=("all", "changed"), help="print the IR (or its diff) after each pass")
-    p.add_argument("--dump-dir", metavar="DIR", help="write numbered IR dumps after each pass that changed it")
+    p.add_argument("--dump-dir", metavar="DIR", help="write numbered IR dumps after each pass that changed it "
+                   "(DIR must be empty, or hold only earlier dumps and --overwrite be given)")
     p.add_argument("--check", action="store_true",
                    help="run the optimised model on the backend and compare on random inputs with onnxruntime on "
                    "IN (an .onnx file), else with the original graph")
     p.add_argument("--report", action="store_true", help="print the per-pass table")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists, and earlier dumps in --dump-dir")
     p.set_defaults(func=_cmd_optimize)
 
     p = sub.add_parser("show", parents=[common], help="print or draw the IR",
@@ -483,6 +485,7 @@ def _parser() -> argparse.ArgumentParser:
                        "first pass, then the first rewrite inside it, that changes them; write a reproducer.")
     p.add_argument("input", metavar="IN", help=inp_help)
     p.add_argument("-o", "--output", metavar="DIR", default="accelir-bisect", help="reproducer directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier reproducer in DIR")
     p.set_defaults(func=_cmd_bisect)
 
     p = sub.add_parser("bench", parents=[common], help="time IN eagerly and on each backend",

@@ -9,7 +9,8 @@ order in a doubly linked list, so inserting next to a node is O(1).
 
 Constants are ``constant`` nodes whose ``name`` attribute keys into
 ``Graph.constants`` (numpy arrays, shared with the framework's memory where
-possible).
+possible, and therefore read-only views: a pass builds new arrays, it never writes
+into a constant).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from . import dims as _dims
 from .dims import Dim
 from .errors import VerificationError
 
-__all__ = ["DType", "TensorType", "UseList", "Value", "Node", "Graph", "Builder", "freeze_attr"]
+__all__ = ["DType", "TensorType", "UseList", "Value", "Node", "Graph", "Builder", "freeze_attr", "readonly_view",
+           "Snapshot", "Fingerprint"]
 
 
 class DType(enum.Enum):
@@ -177,6 +179,21 @@ def freeze_attr(value: Any) -> Any:
     if isinstance(value, (dict, set, np.ndarray)):
         raise TypeError(f"attribute values must be immutable scalars or tuples, got {type(value).__name__}")
     return value
+
+
+def readonly_view(arr: np.ndarray) -> np.ndarray:
+    """A view of ``arr`` that cannot be written through; ``arr`` itself keeps its flags.
+
+    Graph constants share memory with the framework's tensors (torch parameters, jax
+    and numpy arrays), so writing into them would change the user's model behind its
+    back, and no rollback could undo it.  A pass that needs a changed array builds a
+    new one (``arr.copy()``, ``np.where``, ...).
+    """
+    if not arr.flags.writeable:
+        return arr
+    view = arr.view()
+    view.flags.writeable = False
+    return view
 
 
 class UseList:
@@ -566,14 +583,19 @@ class Graph:
 
     def const(self, value: Any, dtype: DType | None = None, name: str | None = None, *,
               before: Node | None = None, meta: Mapping[str, Any] | None = None) -> Value:
-        """Add a constant node holding ``value`` (an array, shared not copied, or a scalar)."""
+        """Add a constant node holding ``value`` (an array, shared not copied, or a scalar).
+
+        The graph keeps a read-only view (see :func:`readonly_view`): the array may be the
+        memory of the user's weights, so a pass that writes into it fails instead of
+        changing the user's model.
+        """
         if dtype is not None:
             arr = np.asarray(value, dtype=dtype.numpy)
         else:
             arr = np.asarray(value)
         DType.from_numpy(arr.dtype)  # raises for unsupported dtypes
         name = self.unique_constant_name(name or "c")
-        self.constants[name] = arr
+        self.constants[name] = readonly_view(arr)
         node = Node("constant", [], {"name": name}, [TensorType.of(arr)], meta=meta, names=[None])
         if before is None:
             self.append(node)
@@ -610,6 +632,25 @@ class Graph:
         from .text import clone_graph
         return clone_graph(self)
 
+    # ----- change tracking -----------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """The graph's state, restorable in place with :meth:`restore` (see :class:`Snapshot`)."""
+        return Snapshot(self)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Put the graph back as it was when ``snapshot`` was taken (a failed pass is undone so)."""
+        if snapshot.graph is not self:
+            raise ValueError(f"the snapshot was taken of another graph than {self.name!r}")
+        snapshot.restore()
+
+    def fingerprint(self) -> Fingerprint:
+        """What the graph computes, cheaply comparable: equal fingerprints mean nothing changed."""
+        return Fingerprint(self)
+
+    def signature(self) -> tuple[tuple[tuple[Value, TensorType], ...], tuple[TensorType, ...]]:
+        """The calling convention: the input values with their types, and the output types."""
+        return tuple((v, v.type) for v in self.inputs), tuple(v.type for v in self.outputs)
+
 
 class Builder:
     """Inserts nodes at one place in a graph; used by decompositions and rewrites."""
@@ -643,3 +684,153 @@ class Builder:
     def scalar(self, value: Any, like: Value | DType) -> Value:
         dt = like if isinstance(like, DType) else like.dtype
         return self.const(np.asarray(value, dtype=dt.numpy), name="c")
+
+
+class Snapshot:
+    """The state of a graph, restorable in place: a failed pass is undone with it.
+
+    Nothing is copied but the containers: each node keeps its object and gets back its
+    inputs, attributes, meta, links and output names and types; the graph gets back
+    its fields (the caller holds the Graph object, so rollback must happen in place).
+    Use lists are rebuilt from the restored inputs, which also drops the uses of any
+    node the failed pass had added.  Region bodies are snapshotted the same way.
+    Taking a snapshot costs a few list and dict copies per node, not a deep copy.
+    """
+
+    __slots__ = ("graph", "fields", "nodes", "inputs", "regions")
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.fields = {k: v.copy() if isinstance(v, (list, dict)) else v for k, v in vars(graph).items()}
+        self.inputs = [(v, v.name, v.type) for v in graph.inputs]
+        nodes = []
+        regions = []
+        for n in graph.nodes:
+            outs = n.outputs
+            nodes.append((n, n.op, list(n._inputs), dict(n.attrs), dict(n.meta), outs,
+                          [(o.name, o.type) for o in outs], n.regions))
+            for r in n.regions:
+                regions.append(Snapshot(r))
+        self.nodes = nodes
+        self.regions = regions
+
+    def restore(self) -> None:
+        g = self.graph
+        for k, v in self.fields.items():
+            setattr(g, k, v.copy() if isinstance(v, (list, dict)) else v)
+        for v, name, type_ in self.inputs:
+            v.name, v.type, v.graph, v._uses = name, type_, g, UseList()
+        prev: Node | None = None
+        for n, op, inputs, attrs, meta, outs, out_state, regions in self.nodes:
+            n.op, n._inputs, n.attrs, n.meta, n.outputs, n.regions = op, list(inputs), dict(attrs), dict(meta), \
+                outs, regions
+            n.graph, n._prev, n._next = g, prev, None
+            if prev is not None:
+                prev._next = n
+            prev = n
+            for o, (name, type_) in zip(outs, out_state):
+                o.name, o.type, o.graph, o._uses = name, type_, g, UseList()
+        for n, *_ in self.nodes:
+            for i, v in enumerate(n._inputs):
+                v._uses.append((n, i))
+            for r in n.regions:
+                r.parent = n
+        for r in self.regions:
+            r.restore()
+
+    def changed(self) -> bool:
+        """Whether the graph now computes something else than when the snapshot was taken.
+
+        The same test as comparing :class:`Fingerprint` s (value names and meta do not
+        count), but against the state the snapshot holds anyway, walking the graph once
+        without building anything.
+        """
+        g, fields = self.graph, self.fields
+        if g.inputs != fields["inputs"] or g.outputs != fields["outputs"] or \
+                any(v.type != t for v, _, t in self.inputs):
+            return True
+        consts = fields["constants"]
+        if len(g.constants) != len(consts) or any(consts.get(k) is not a for k, a in g.constants.items()):
+            return True
+        nodes, regions = self.nodes, iter(self.regions)
+        if g._len != len(nodes):
+            return True
+        for n, (was, op, inputs, attrs, _, outs, out_state, rs) in zip(g.nodes, nodes):
+            if n is not was or n.op != op or n._inputs != inputs or n.attrs != attrs or n.outputs is not outs \
+                    or n.regions != rs:
+                return True
+            for o, (_, t) in zip(outs, out_state):
+                if o.type is not t and o.type != t:
+                    return True
+            for _ in rs:
+                if next(regions).changed():
+                    return True
+        last = nodes[-1][0] if nodes else None
+        return (last._next if last is not None else g._head) is not None
+
+
+class Fingerprint:
+    """What a graph computes, to tell whether a pass changed it without trusting the pass's word.
+
+    Per node (regions included): the node itself, its op, attributes, input and output
+    values and the output types; per graph: the input and output values, the input
+    types and each constant's name and array.  Objects are compared by identity, arrays
+    are neither copied nor read, so taking one is O(nodes).  The fingerprint holds the
+    objects it names, so no new object can take the identity of one a pass dropped.
+    Value names and meta are left out: they do not change what the graph computes.
+    """
+
+    __slots__ = ("_key",)
+
+    def __init__(self, graph: Graph):
+        self._key: list[Any] = []
+        self._add(graph)
+
+    def _add(self, g: Graph) -> None:
+        # one flat list, every variable-length part preceded by its length: the cheapest form
+        # to build (this runs after every pass that reports no change) and to compare
+        key = self._key
+        app = key.append
+        app(len(g.inputs))
+        key += g.inputs
+        key += [v.type for v in g.inputs]
+        app(len(g.outputs))
+        key += g.outputs
+        app(len(g.constants))
+        for name, arr in g.constants.items():
+            app(name)
+            app(_Same(arr))
+        for n in g.nodes:
+            app(n)
+            app(n.op)
+            app(n.attrs.copy() if n.attrs else None)
+            app(len(n._inputs))
+            key += n._inputs
+            app(len(n.outputs))
+            for o in n.outputs:
+                app(o)
+                app(o.type)
+            app(len(n.regions))
+            for r in n.regions:
+                self._add(r)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Fingerprint):
+            return NotImplemented
+        return self._key == other._key
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _Same:
+    """Holds an array and compares by identity: the fingerprint neither reads nor copies it."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.obj is self.obj
+
+    __hash__ = None  # type: ignore[assignment]

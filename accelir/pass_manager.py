@@ -7,15 +7,20 @@ on example inputs to name the first pass whose outputs drift.  Each run records,
 pass, its wall time, node counts before and after, op-histogram delta and whether it
 changed anything: ``pm.report`` prints as a table.
 
-When a pass raises (or breaks verification or numerics), the error names the pass and
-the passes that ran before it, and the graph is put back as it was before that pass.
+When a pass raises (or breaks verification or numerics, or changes the graph's
+signature: its inputs, the number of its outputs or their types), the error names the
+pass and the passes that ran before it, and the graph is put back as it was before
+that pass; a KeyboardInterrupt inside a pass rolls the graph back too, then goes on.
+Whether a pass changed the graph is not taken on its word alone: one that returns
+False (or None) is checked against a :class:`~accelir.ir.Fingerprint` of the graph,
+and a change it did not report is verified, checked and noted in the report all the same.
 
 The fixed point is reached without needless work: a pass is taken to be a function of
 the graph, so one that reported no change is not run again until another pass has
 changed the graph (:class:`FixedPoint`, shared with ``bisect``).  The rollback state is
-a :class:`Snapshot` of the graph's own objects rather than a copy, taken again only
-after a pass changed the graph; and the cyclic garbage collector is paused while the
-passes run, since its sweeps would walk a large graph over and over.
+a :class:`Snapshot` of the graph's own objects rather than a copy, taken again (with
+the fingerprint) only after a pass changed the graph; and the cyclic garbage collector
+is paused while the passes run, since its sweeps would walk a large graph over and over.
 """
 
 from __future__ import annotations
@@ -27,18 +32,20 @@ import os
 import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from .errors import NumericMismatchError, PassError, VerificationError
+from .errors import AccelirError, NumericMismatchError, PassError, VerificationError
 from .interpreter import run_graph
-from .ir import DType, Graph, Node, UseList
+from .ir import DType, Fingerprint, Graph, Snapshot, Value
 from .text import print_graph, save
 from .verify import verify
 
-__all__ = ["PassManager", "PassRecord", "PassReport", "TOLERANCES", "compare_outputs", "FixedPoint", "Snapshot"]
+__all__ = ["PassManager", "PassRecord", "PassReport", "PassReturnWarning", "TOLERANCES", "compare_outputs",
+           "FixedPoint", "Snapshot", "signature_change", "prepare_output_dir", "DUMP_FILES"]
 
 PassFn = Callable[[Graph], bool]
 
@@ -49,6 +56,10 @@ TOLERANCES: dict[DType, tuple[float, float]] = {
     DType.f16: (1e-2, 1e-3),
     DType.bf16: (5e-2, 1e-2),
 }
+
+
+class PassReturnWarning(UserWarning):
+    """A pass's return value said it changed nothing, but it changed the graph."""
 
 
 def _name(p: PassFn) -> str:
@@ -68,6 +79,7 @@ class PassRecord:
     nodes_after: int
     changed: bool
     op_delta: dict[str, int] = field(default_factory=dict)
+    note: str = ""
 
     def delta_text(self, limit: int = 6) -> str:
         items = sorted(self.op_delta.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
@@ -104,6 +116,7 @@ class PassReport:
             cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
             return "  ".join(cells).rstrip()
         lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+        lines += [f"note: #{r.index} {r.name} {r.note}" for r in self.records if r.note]
         first = self.records[0].nodes_before if self.records else 0
         last = self.records[-1].nodes_after if self.records else 0
         lines.append(f"total {self.total_seconds * 1e3:.2f} ms over {self.iterations} iteration(s); "
@@ -149,59 +162,6 @@ def compare_outputs(expected: Sequence[np.ndarray], got: Sequence[np.ndarray],
             rel = err / scale if scale > 0 else float("inf")
             return i, err, rel, f"max abs error {err:.3g}, relative {rel:.3g} (rtol {rtol}, atol {atol})"
     return None
-
-
-class Snapshot:
-    """The state of a graph, restorable in place: a failed pass is undone with it.
-
-    Nothing is copied but the containers: each node keeps its object and gets back its
-    inputs, attributes, meta, links and output names and types; the graph gets back
-    its fields (the caller holds the Graph object, so rollback must happen in place).
-    Use lists are rebuilt from the restored inputs, which also drops the uses of any
-    node the failed pass had added.  Region bodies are snapshotted the same way.
-    Taking a snapshot costs a few list and dict copies per node, not a deep copy.
-    """
-
-    __slots__ = ("graph", "fields", "nodes", "inputs", "regions")
-
-    def __init__(self, graph: Graph):
-        self.graph = graph
-        self.fields = {k: v.copy() if isinstance(v, (list, dict)) else v for k, v in vars(graph).items()}
-        self.inputs = [(v, v.name, v.type) for v in graph.inputs]
-        nodes = []
-        regions = []
-        for n in graph.nodes:
-            outs = n.outputs
-            nodes.append((n, n.op, list(n._inputs), dict(n.attrs), dict(n.meta), outs,
-                          [(o.name, o.type) for o in outs], n.regions))
-            for r in n.regions:
-                regions.append(Snapshot(r))
-        self.nodes = nodes
-        self.regions = regions
-
-    def restore(self) -> None:
-        g = self.graph
-        for k, v in self.fields.items():
-            setattr(g, k, v.copy() if isinstance(v, (list, dict)) else v)
-        for v, name, type_ in self.inputs:
-            v.name, v.type, v.graph, v._uses = name, type_, g, UseList()
-        prev: Node | None = None
-        for n, op, inputs, attrs, meta, outs, out_state, regions in self.nodes:
-            n.op, n._inputs, n.attrs, n.meta, n.outputs, n.regions = op, list(inputs), dict(attrs), dict(meta), \
-                outs, regions
-            n.graph, n._prev, n._next = g, prev, None
-            if prev is not None:
-                prev._next = n
-            prev = n
-            for o, (name, type_) in zip(outs, out_state):
-                o.name, o.type, o.graph, o._uses = name, type_, g, UseList()
-        for n, *_ in self.nodes:
-            for i, v in enumerate(n._inputs):
-                v._uses.append((n, i))
-            for r in n.regions:
-                r.parent = n
-        for r in self.regions:
-            r.restore()
 
 
 class FixedPoint:
@@ -267,6 +227,43 @@ def _collector_paused() -> Iterator[None]:
         gc.enable()
 
 
+# what the PassManager writes into dump_dir: 000-input.air (+ .npz), NNN-after-<pass>.air, report.txt
+DUMP_FILES = re.compile(r"\d{3,}-[A-Za-z0-9_.-]+\.air(\.npz)?|report\.txt")
+
+
+def _few(names: Sequence[str], limit: int = 4) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def prepare_output_dir(path: str | os.PathLike, ours: re.Pattern[str], overwrite: bool, what: str) -> str:
+    """Create the directory ``path``, or make sure writing into it loses nothing of the user's.
+
+    A non-empty directory is refused unless ``overwrite``, so dumps from an earlier run
+    never sit beside new ones and no file is replaced by surprise.  With ``overwrite``
+    only the files accelir writes there (names matching ``ours``) are removed; any
+    other entry is refused before anything is removed.  ``what`` names the argument in
+    the errors.  Returns the path as a str.
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise AccelirError(f"{what} {path!r} is a file, not a directory; choose a directory")
+    os.makedirs(path, exist_ok=True)
+    entries = sorted(os.listdir(path))
+    if not entries:
+        return path
+    foreign = [e for e in entries if not (ours.fullmatch(e) and os.path.isfile(os.path.join(path, e)))]
+    if foreign:
+        raise AccelirError(f"{what} {path!r} holds files accelir did not write ({_few(foreign)}); choose an "
+                           "empty or new directory")
+    if not overwrite:
+        raise AccelirError(f"{what} {path!r} holds the files of an earlier run ({_few(entries)}); pass "
+                           "overwrite=True (--overwrite on the command line) to replace them, or choose an empty "
+                           "or new directory")
+    for e in entries:
+        os.remove(os.path.join(path, e))
+    return path
+
+
 def _file_part(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "pass"
 
@@ -278,7 +275,10 @@ class PassManager:
     ``print_after``: None, ``"all"`` (print the graph after each pass) or ``"changed"``
     (print a unified diff of the IR text after each pass that changed it).
     ``dump_dir``: write ``000-input.air`` and ``NNN-after-<pass>.air`` after each pass
-    that changed the graph, and ``report.txt`` at the end.
+    that changed the graph, and ``report.txt`` at the end.  The directory is created if
+    missing and must be empty; ``overwrite=True`` lets the dumps of an earlier run there
+    be replaced (see :func:`prepare_output_dir`).  Later runs of the same manager
+    replace its own dumps.
     ``check_numerics``: example inputs; after each changed pass the graph is interpreted
     and compared with the input graph's outputs (tolerance by dtype, see TOLERANCES).
     ``instrument``: called as ``instrument(record, graph)`` after each pass.
@@ -293,7 +293,7 @@ class PassManager:
                  dump_dir: str | os.PathLike | None = None, check_numerics: Sequence[Any] | None = None,
                  max_iterations: int = 10, instrument: Callable[[PassRecord, Graph], None] | None = None,
                  snapshot: bool = True, tolerances: dict[DType, tuple[float, float]] | None = None,
-                 stream: TextIO | None = None):
+                 stream: TextIO | None = None, overwrite: bool = False):
         if print_after not in (None, "all", "changed"):
             raise ValueError(f"print_after must be None, 'all' or 'changed', got {print_after!r}")
         for p in passes:
@@ -311,9 +311,13 @@ class PassManager:
         self.snapshot = snapshot
         self.tolerances = tolerances
         self.stream = stream
+        self.overwrite = overwrite
         self.report = PassReport()
         self._dumps = 0
+        self._dumped = False
         self._snapshot: Snapshot | None = None
+        self._fingerprint: Fingerprint | None = None
+        self._signature: Any = None
         self._text: str | None = None
 
     @property
@@ -344,13 +348,15 @@ class PassManager:
         self.report = PassReport()
         self._dumps = 0
         if self.dump_dir is not None:
-            os.makedirs(self.dump_dir, exist_ok=True)
+            # the dumps of this manager's earlier runs are its own to replace
+            prepare_output_dir(self.dump_dir, DUMP_FILES, self.overwrite or self._dumped, "dump_dir")
+            self._dumped = True
             self._dump(graph, "input")
         expected = run_graph(graph, self.check_numerics) if self.check_numerics is not None else None
         history: list[str] = []
         hist = graph.op_histogram()
         loop = FixedPoint(self.passes, self.max_iterations)
-        self._snapshot = None
+        self._fingerprint = self._signature = self._snapshot = None
         self._text = None
         with _collector_paused():
             for it, p in loop:
@@ -359,7 +365,7 @@ class PassManager:
                 changed, hist = self._run_one(p, name, it, graph, hist, history, expected)
                 loop.done(changed)
                 history.append(name)
-        self._snapshot = None
+        self._fingerprint = self._signature = self._snapshot = None
         self._text = None
         self.report.converged = loop.converged
         self._write_report()
@@ -367,7 +373,7 @@ class PassManager:
 
     def _fail(self, graph: Graph, before: Snapshot | None, name: str, history: list[str], what: str) -> str:
         if before is not None:
-            before.restore()
+            graph.restore(before)
         ran = ", ".join(history) if history else "none"
         kept = (f"; the graph is left as it was before '{name}'" if before is not None
                 else "; the graph may be half-rewritten (snapshot=False)")
@@ -377,46 +383,24 @@ class PassManager:
 
     def _run_one(self, p: PassFn, name: str, it: int, graph: Graph, hist: dict[str, int], history: list[str],
                  expected: list[np.ndarray] | None) -> tuple[bool, dict[str, int]]:
-        # the snapshot and the text of the graph stay valid until a pass changes it
-        if self.snapshot and self._snapshot is None:
-            self._snapshot = Snapshot(graph)
+        # the signature, snapshot (or fingerprint) and text of the graph stay valid until a pass changes it
+        if self._signature is None:
+            self._signature = graph.signature()
+            self._snapshot = graph.snapshot() if self.snapshot else None
+            self._fingerprint = None if self.snapshot else graph.fingerprint()
         before = self._snapshot
         if self.print_after == "changed" and self._text is None:
             self._text = print_graph(graph)
-        n_before = sum(hist.values())
-        t0 = time.perf_counter()
         try:
-            changed = bool(p(graph))
-        except Exception as e:
-            raise PassError(self._fail(graph, before, name, history, f"raised {type(e).__name__}: {e}"),
-                            pass_name=name, previous=history) from e
-        seconds = time.perf_counter() - t0
+            changed, rec, new_hist = self._run_checked(p, name, it, graph, hist, history, expected, before)
+        except BaseException as e:
+            # an interrupt (Ctrl-C) or exit inside the pass or its checks leaves the graph as it
+            # was before the pass; errors were rolled back and reported by _fail already
+            if not isinstance(e, Exception) and before is not None:
+                graph.restore(before)
+            raise
         if changed:
-            new_hist = graph.op_histogram()
-            delta = {op: new_hist.get(op, 0) - hist.get(op, 0) for op in set(hist) | set(new_hist)}
-            delta = {k: v for k, v in delta.items() if v}
-        else:
-            new_hist, delta = hist, {}
-        rec = PassRecord(len(self.report.records), name, it, seconds, n_before, sum(new_hist.values()), changed,
-                         delta)
-        self.report.records.append(rec)
-        if changed and self.verify_each:
-            try:
-                verify(graph)
-            except VerificationError as e:
-                self._dump(graph, f"after-{name}-invalid")
-                raise PassError(self._fail(graph, before, name, history, f"left an invalid graph: {e}"),
-                                pass_name=name, previous=history) from e
-        if changed and expected is not None:
-            got = run_graph(graph, self.check_numerics)
-            bad = compare_outputs(expected, got, self.tolerances)
-            if bad is not None:
-                idx, err, rel, what = bad
-                self._dump(graph, f"after-{name}-mismatch")
-                msg = self._fail(graph, before, name, history, f"changed output {idx}: {what}")
-                raise NumericMismatchError(msg, pass_name=name, output_index=idx, max_abs_error=err, rel_error=rel)
-        if changed:
-            self._snapshot = None
+            self._fingerprint = self._signature = self._snapshot = None
             self._dump(graph, f"after-{name}")
         if self.print_after == "all" or (self.print_after == "changed" and changed):
             out = self._out()
@@ -432,3 +416,95 @@ class PassManager:
         if self.instrument is not None:
             self.instrument(rec, graph)
         return changed, new_hist
+
+    def _run_checked(self, p: PassFn, name: str, it: int, graph: Graph, hist: dict[str, int], history: list[str],
+                     expected: list[np.ndarray] | None, before: Snapshot | None
+                     ) -> tuple[bool, PassRecord, dict[str, int]]:
+        """Run one pass, record it, and check what it did; a failed check rolls the graph back."""
+        n_before = sum(hist.values())
+        t0 = time.perf_counter()
+        try:
+            result = p(graph)
+        except Exception as e:
+            raise PassError(self._fail(graph, before, name, history, f"raised {type(e).__name__}: {e}"),
+                            pass_name=name, previous=history) from e
+        seconds = time.perf_counter() - t0
+        changed, note = self._changed(graph, name, result)
+        if changed:
+            new_hist = graph.op_histogram()
+            delta = {op: new_hist.get(op, 0) - hist.get(op, 0) for op in set(hist) | set(new_hist)}
+            delta = {k: v for k, v in delta.items() if v}
+        else:
+            new_hist, delta = hist, {}
+        rec = PassRecord(len(self.report.records), name, it, seconds, n_before, sum(new_hist.values()), changed,
+                         delta, note)
+        self.report.records.append(rec)
+        if changed:
+            what = signature_change(self._signature, graph)
+            if what is not None:
+                msg = self._fail(graph, before, name, history, f"changed the graph's signature: {what}")
+                raise PassError(msg, pass_name=name, previous=history) from VerificationError(what)
+        if changed and self.verify_each:
+            try:
+                verify(graph)
+            except VerificationError as e:
+                self._dump(graph, f"after-{name}-invalid")
+                raise PassError(self._fail(graph, before, name, history, f"left an invalid graph: {e}"),
+                                pass_name=name, previous=history) from e
+        if changed and expected is not None:
+            got = run_graph(graph, self.check_numerics)
+            bad = compare_outputs(expected, got, self.tolerances)
+            if bad is not None:
+                idx, err, rel, what = bad
+                self._dump(graph, f"after-{name}-mismatch")
+                msg = self._fail(graph, before, name, history, f"changed output {idx}: {what}")
+                raise NumericMismatchError(msg, pass_name=name, output_index=idx, max_abs_error=err, rel_error=rel)
+        return changed, rec, new_hist
+
+    def _changed(self, graph: Graph, name: str, result: Any) -> tuple[bool, str]:
+        """Whether the pass changed the graph, and a note when its return value said otherwise.
+
+        A pass that says it changed the graph is taken at its word (rerunning it is
+        harmless); one that says it did not is checked against the fingerprint, since
+        trusting it would skip verification and the numeric check of a real change.
+        """
+        if result:
+            return True, ""
+        # the snapshot, when there is one, serves as the fingerprint
+        if not (self._snapshot.changed() if self._snapshot is not None else graph.fingerprint() != self._fingerprint):
+            return False, ""
+        note = f"returned {result!r} but changed the graph"
+        warnings.warn(f"pass '{name}' {note}; it is treated as changed (a pass returns True when it changes the "
+                      "graph)", PassReturnWarning, stacklevel=2)
+        return True, note
+
+
+def _describe_input(v: Value, t: Any, index: int) -> str:
+    return f"input {index} ({'%' + v.name + ': ' if v.name else ''}{t})"
+
+
+def signature_change(before: tuple[tuple[tuple[Value, Any], ...], tuple[Any, ...]], graph: Graph) -> str | None:
+    """What differs between ``graph``'s signature and ``before`` (see ``Graph.signature``), else None.
+
+    Inputs are matched by identity, so a removed input is named as removed rather than
+    as every later input changing type; outputs are matched by position.
+    """
+    old_in, old_out = before
+    new_in, new_out = graph.signature()
+    changes: list[str] = []
+    old_at = {id(v): i for i, (v, _) in enumerate(old_in)}
+    new_ids = {id(v) for v, _ in new_in}
+    changes += [f"{_describe_input(v, t, i)} removed" for i, (v, t) in enumerate(old_in) if id(v) not in new_ids]
+    for i, (v, t) in enumerate(new_in):
+        j = old_at.get(id(v))
+        if j is None:
+            changes.append(f"{_describe_input(v, t, i)} added")
+        elif old_in[j][1] != t:
+            changes.append(f"{_describe_input(v, old_in[j][1], j)} became {t}")
+    kept = [id(v) for v, _ in new_in if id(v) in old_at]
+    if not changes and kept != [id(v) for v, _ in old_in]:
+        changes.append("inputs reordered")
+    if len(new_out) != len(old_out):
+        changes.append(f"{len(new_out)} outputs instead of {len(old_out)}")
+    changes += [f"output {i} is {t} instead of {o}" for i, (o, t) in enumerate(zip(old_out, new_out)) if o != t]
+    return "; ".join(changes) if changes else None

@@ -112,3 +112,58 @@ def test_bisect_finds_a_pass_that_raises():
 def test_bisect_refuses_a_check_that_fails_on_the_input():
     with pytest.raises(AccelirError, match="already fails on the input graph"):
         accelir.bisect(_graph(), PIPELINE, check=lambda g: False)
+
+
+def test_bisect_finds_a_wrong_pass_that_says_it_changed_nothing():
+    def quiet_sloppy(graph):
+        SLOPPY(graph)
+        return False
+
+    res = accelir.bisect(_graph(), PIPELINE[:4] + [quiet_sloppy], inputs=_inputs())
+    assert res.pass_name == "quiet_sloppy" and res.first_bad_rewrite == _exp_log_position()
+
+
+# ----- the reproducer directory keeps what it holds ----------------------------------------
+
+def _calls(counter):
+    def counted(graph):
+        counter.append(1)
+        return SLOPPY(graph)
+    counted.__name__ = "sloppy"
+    return counted
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_bisect_refuses_an_out_dir_with_the_users_files_before_searching(tmp_path, overwrite):
+    (tmp_path / "data.npy").write_bytes(b"mine")
+    calls = []
+    with pytest.raises(AccelirError, match=r"bisect out_dir '.*' holds files accelir did not write \(data.npy\)"):
+        accelir.bisect(_graph(), PIPELINE[:4] + [_calls(calls)], inputs=_inputs(), out_dir=tmp_path,
+                       overwrite=overwrite)
+    assert calls == [] and os.listdir(tmp_path) == ["data.npy"] and (tmp_path / "data.npy").read_bytes() == b"mine"
+
+
+def test_bisect_replaces_an_earlier_reproducer_only_when_asked(tmp_path):
+    repro = tmp_path / "repro"
+    accelir.bisect(_graph(), PIPELINE, inputs=_inputs(), out_dir=repro)
+    (repro / "input_002.npy").write_bytes(b"stale")  # as if an earlier run had had three inputs
+    with pytest.raises(AccelirError, match="holds the files of an earlier run .*pass overwrite=True"):
+        accelir.bisect(_graph(), PIPELINE, inputs=_inputs(), out_dir=repro)
+    assert (repro / "input_002.npy").read_bytes() == b"stale"
+    res = accelir.bisect(_graph(), PIPELINE, inputs=_inputs(), out_dir=repro, overwrite=True)
+    assert res.found and sorted(os.listdir(repro)) == ["before.air", "expected_000.npy", "input_000.npy",
+                                                       "input_001.npy", "pipeline.json", "replay.py"]
+
+
+def test_cli_bisect_overwrite_flag(tmp_path, capsys):
+    from accelir.cli import main
+    air = tmp_path / "m.air"
+    _graph().save(str(air))
+    repro = tmp_path / "repro"
+    repro.mkdir()
+    (repro / "pipeline.json").write_text("{}")
+    assert main(["bisect", str(air), "--passes", "dce,cse", "-o", str(repro)]) == 1
+    assert "holds the files of an earlier run (pipeline.json)" in capsys.readouterr().err
+    assert main(["bisect", str(air), "--passes", "dce,cse", "-o", str(repro), "--overwrite"]) == 0
+    assert "the check passes after every pass" in capsys.readouterr().out
+    assert os.listdir(repro) == []

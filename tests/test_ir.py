@@ -110,8 +110,22 @@ def test_constants_share_memory():
     w = np.ones((256, 256), np.float32)
     g = Graph()
     v = g.const(w, name="w")
-    assert v.const_value is w
-    assert g.copy().constants["w"] is w
+    assert v.const_value.base is w
+    assert g.copy().constants["w"] is v.const_value
+
+
+def test_constants_are_read_only_views_and_the_users_array_stays_writable():
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    g = Graph()
+    v = g.const(w, name="w")
+    assert np.shares_memory(v.const_value, w) and not v.const_value.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        v.const_value[...] = 0
+    with pytest.raises(ValueError, match="read-only"):
+        np.multiply(v.const_value, 2, out=v.const_value)
+    assert w.flags.writeable and np.array_equal(w, np.arange(6, dtype=np.float32).reshape(2, 3))
+    for h in (g.copy(), parse(str(g))):
+        assert not h.constants["w"].flags.writeable
 
 
 def test_copy_is_deep_for_structure():
@@ -144,3 +158,73 @@ def test_dim_evaluate_and_solve():
     assert D.solve("b*s", 12, {}) is None
     with pytest.raises(ValueError):
         D.canonical("__import__('os')")
+
+
+REGION = """graph main(%x: f32[4]) -> (f32[4]) {
+  %w = constant() {name="w", value=[1.0, 2.0, 3.0, 4.0]} : f32[4]
+  %a = mul(%x, %w) : f32[4]
+  %f = fusion(%a) {kind="elementwise"} : f32[4] {
+    graph body(%p: f32[4]) -> (f32[4]) {
+      %q = neg(%p) : f32[4]
+      return %q
+    }
+  }
+  return %f
+}
+"""
+
+
+def _node(g, op):
+    return next(n for n in g.nodes if n.op == op)
+
+
+def _bypass_first_node(g):
+    first = next(iter(g.nodes))
+    first.output.replace_all_uses_with(first.inputs[0])
+    g.remove(first)
+
+
+@pytest.mark.parametrize("change", [
+    lambda g: _node(g, "mul").replace_input(1, g.inputs[0]),
+    lambda g: _node(g, "mul").attrs.update(bogus=1),
+    lambda g: setattr(_node(g, "mul"), "op", "add"),
+    lambda g: g.apply("exp", g.inputs[0]),
+    lambda g: g.outputs[0].replace_all_uses_with(_node(g, "mul").output),
+    lambda g: g.constants.update(w=np.zeros(4, np.float32)),
+    lambda g: setattr(_node(g, "mul").output, "type", TensorType(DType.f16, (4,))),
+    lambda g: setattr(next(iter(_node(g, "fusion").regions[0].nodes)), "op", "exp"),
+    lambda g: g.add_input(TensorType(DType.f32, (1,)), "extra"),
+    lambda g: g.apply("neg", g.inputs[0]),
+    lambda g: _bypass_first_node(_node(g, "fusion").regions[0]),
+])
+def test_fingerprint_and_snapshot_see_every_change_to_what_the_graph_computes(change):
+    g = parse(REGION)
+    fp, snap = g.fingerprint(), g.snapshot()
+    assert g.fingerprint() == fp and not snap.changed()
+    change(g)
+    assert g.fingerprint() != fp and snap.changed()
+
+
+def test_fingerprint_and_snapshot_ignore_names_and_meta():
+    g = parse(REGION)
+    fp, snap = g.fingerprint(), g.snapshot()
+    mul = _node(g, "mul")
+    mul.output.name = "renamed"
+    mul.meta["pass"] = "someone"
+    g.inputs[0].name = "input"
+    assert g.fingerprint() == fp and not snap.changed()
+
+
+def test_snapshot_and_restore_through_the_graph():
+    g = parse(REGION)
+    text, fp, sig = str(g), g.fingerprint(), g.signature()
+    snap = g.snapshot()
+    _node(g, "mul").replace_input(1, g.inputs[0])
+    g.add_input(TensorType(DType.f32, (1,)), "extra")
+    g.set_outputs([g.apply("exp", g.inputs[0])])
+    assert g.signature() != sig
+    g.restore(snap)
+    assert str(g) == text and g.fingerprint() == fp and g.signature() == sig
+    verify(g)
+    with pytest.raises(ValueError, match="another graph"):
+        parse(REGION).restore(snap)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import io
 import os
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
 
 import accelir
-from accelir.errors import NumericMismatchError, PassError
+from accelir.errors import AccelirError, NumericMismatchError, PassError
 from accelir.passes import P, Rule, RulePass, Var, cse, dce, fold_constants, simplify
 from accelir.pass_manager import compare_outputs
 
@@ -295,3 +296,258 @@ def test_the_garbage_collector_is_left_as_it_was(enabled):
         assert gc.isenabled() is enabled
     finally:
         gc.enable() if was else gc.disable()
+
+
+# ----- a pass cannot write into the user's weights ---------------------------------------
+
+def _zero_constants_in_place(graph):
+    """A wrong pass: it writes into every constant array instead of building new ones."""
+    for arr in graph.constants.values():
+        np.multiply(arr, 0, out=arr)
+    return True
+
+
+def _write_and_raise_pass(graph):
+    for arr in graph.constants.values():
+        arr[...] = 0
+    return True
+
+
+def test_a_pass_writing_into_torch_weights_fails_and_leaves_the_model_alone():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).eval()
+    bits = {k: v.detach().reshape(-1).view(torch.uint8).clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 4)
+    with pytest.raises(PassError, match="pass '_zero_constants_in_place' raised ValueError: .*read-only") as info:
+        accelir.optimize(model, (x,), passes=[_zero_constants_in_place])
+    assert info.value.pass_name == "_zero_constants_in_place"
+    g = accelir.capture(model, (x,))
+    with pytest.raises(PassError, match="pass '_write_and_raise_pass' raised ValueError: .*read-only"):
+        accelir.PassManager([_write_and_raise_pass]).run(g)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v.reshape(-1).view(torch.uint8), bits[k]), k
+    np.testing.assert_allclose(accelir.interpret(g, x.numpy())[0], model(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_pass_writing_into_jax_constants_leaves_the_numpy_arrays_alone():
+    jnp = pytest.importorskip("jax.numpy")
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((3, 4)).astype(np.float32)
+    params = {"w": rng.standard_normal((4, 3)).astype(np.float32)}
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    kept = table.copy(), params["w"].copy()
+    from accelir.frontends.jax import capture_jax
+    g = capture_jax(lambda p, x: jnp.tanh(x @ p["w"]) @ table, (params, x), params_as_constants=True)
+    with pytest.raises(PassError, match="pass '_zero_constants_in_place' raised ValueError"):
+        accelir.PassManager([_zero_constants_in_place]).run(g)
+    np.testing.assert_array_equal(table, kept[0])
+    np.testing.assert_array_equal(params["w"], kept[1])
+    assert table.flags.writeable and params["w"].flags.writeable
+    want = np.asarray(jnp.tanh(x @ params["w"]) @ table)
+    np.testing.assert_allclose(accelir.interpret(g, x)[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_pass_writing_into_onnx_initializers_leaves_the_model_alone():
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+    w = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(w, "w")]), opset_imports=[helper.make_opsetid("", 17)])
+    serialized = model.SerializeToString()
+    with pytest.raises(PassError, match="pass '_write_and_raise_pass' raised ValueError"):
+        accelir.optimize(model, (np.ones((2, 4), np.float32),), passes=[_write_and_raise_pass])
+    assert model.SerializeToString() == serialized
+
+
+# ----- the PassManager checks what a pass did, not what it says -------------------------
+
+def _dce_saying(result):
+    """dce that reports ``result`` instead of whether it changed the graph."""
+    def quiet_dce(graph):
+        dce(graph)
+        return result
+    return quiet_dce
+
+
+@pytest.mark.parametrize("result,snapshot", [(False, True), (None, True), (False, False)])
+def test_a_change_the_pass_does_not_report_is_still_seen(result, snapshot):
+    g = _graph()
+    pm = accelir.PassManager([_dce_saying(result)], max_iterations=2, snapshot=snapshot)
+    with pytest.warns(accelir.pass_manager.PassReturnWarning,
+                      match=f"pass 'quiet_dce' returned {result} but changed the graph"):
+        assert pm.run(g) is True
+    first, second = pm.report.records
+    assert (first.changed, first.nodes_before, first.nodes_after, first.op_delta) == (True, 7, 6, {"exp": -1})
+    assert first.note == f"returned {result} but changed the graph" and not second.changed and not second.note
+    assert f"note: #0 quiet_dce returned {result} but changed the graph" in str(pm.report)
+
+
+def test_an_unreported_wrong_change_is_caught_by_the_numeric_check_and_rolled_back():
+    def wrong_quietly(graph):
+        WRONG(graph)
+        return False
+
+    g = _graph()
+    before = str(g)
+    with pytest.warns(accelir.pass_manager.PassReturnWarning), pytest.raises(NumericMismatchError) as info:
+        accelir.PassManager([wrong_quietly], check_numerics=[_x()]).run(g)
+    assert info.value.pass_name == "wrong_quietly"
+    assert str(g) == before
+
+
+def test_an_unreported_invalid_change_is_caught_by_verify_each():
+    invalidate = _invalidating_pass("quiet_invalidate")
+    g = _graph()
+    before = str(g)
+    with pytest.warns(accelir.pass_manager.PassReturnWarning), \
+            pytest.raises(PassError, match="pass 'quiet_invalidate' left an invalid graph"):
+        accelir.PassManager([_returning_none(invalidate)]).run(g)
+    assert str(g) == before
+
+
+def _returning_none(p):
+    def wrapped(graph):
+        p(graph)
+    wrapped.__name__ = p.__name__
+    return wrapped
+
+
+def test_a_keyboard_interrupt_inside_a_pass_rolls_the_graph_back():
+    def interrupted(graph):
+        simplify(graph)  # a finished rewrite, then half of another one
+        first = next(iter(graph.nodes))
+        graph.make("neg", [first.output], before=first)
+        graph.const(np.float32(3.0), name="extra")
+        raise KeyboardInterrupt
+
+    g = accelir.parse(REGION_TEXT)
+    before = accelir.print_graph(g, meta=True)
+    with pytest.raises(KeyboardInterrupt):
+        accelir.PassManager([dce, interrupted]).run(g)
+    assert accelir.print_graph(g, meta=True) == before
+    assert "extra" not in g.constants
+    accelir.verify(g)
+    fresh = accelir.parse(REGION_TEXT)
+    for graph in (g, fresh):
+        accelir.PassManager([dce, simplify]).run(graph)
+    assert str(g) == str(fresh)
+
+
+def _add_input(graph):
+    graph.add_input(accelir.TensorType(accelir.DType.f32, (3,)), "y")
+    return True
+
+
+def _drop_input(graph):
+    graph.inputs.pop()
+    return True
+
+
+def _retype_input(graph):
+    graph.inputs[0].type = accelir.TensorType(accelir.DType.f32, (3, 2))
+    return True
+
+
+def _add_output(graph):
+    graph.set_outputs(graph.outputs + graph.outputs)
+    return True
+
+
+def _cast_output(graph):
+    graph.set_outputs([graph.apply("cast", graph.outputs[0], dtype=accelir.DType.f16)])
+    return True
+
+
+def _transpose_output(graph):
+    graph.set_outputs([graph.apply("transpose", graph.outputs[0], perm=(1, 0))])
+    return False
+
+
+@pytest.mark.parametrize("wrong,what", [
+    (_add_input, "input 1 (%y: f32[3]) added"),
+    (_drop_input, "input 0 (%x: f32[2,3]) removed"),
+    (_retype_input, "input 0 (%x: f32[2,3]) became f32[3,2]"),
+    (_add_output, "2 outputs instead of 1"),
+    (_cast_output, "output 0 is f16[2,3] instead of f32[2,3]"),
+    (_transpose_output, "output 0 is f32[3,2] instead of f32[2,3]"),
+])
+def test_a_pass_that_changes_the_signature_is_named_and_rolled_back(wrong, what):
+    g = _graph()
+    before = accelir.print_graph(g, meta=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", accelir.pass_manager.PassReturnWarning)
+        with pytest.raises(PassError) as info:
+            accelir.PassManager([dce, wrong], verify_each=False).run(g)
+    e = info.value
+    assert e.pass_name == wrong.__name__
+    assert str(e).startswith(f"pass '{wrong.__name__}' changed the graph's signature: {what} "
+                             "(passes run before it: dce); the graph is left as it was")
+    assert isinstance(e.__cause__, accelir.VerificationError)
+    assert accelir.print_graph(g, meta=True) == before.replace("  %dead = exp(%x) : f32[2,3]\n", "")
+    accelir.verify(g)
+
+
+# ----- dump_dir keeps what it holds -----------------------------------------------------
+
+FULL = [dce, fold_constants, cse, simplify]
+
+
+def test_dump_dir_is_created_when_missing(tmp_path):
+    dumps = tmp_path / "a" / "b"
+    accelir.PassManager([dce], dump_dir=dumps).run(_graph())
+    assert sorted(os.listdir(dumps)) == ["000-input.air", "001-after-dce.air", "report.txt"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_dump_dir_with_the_users_files_is_refused(tmp_path, overwrite):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "001-after-dce.air").write_text("an earlier dump")
+    with pytest.raises(AccelirError, match=r"dump_dir '.*' holds files accelir did not write \(notes.txt\); "
+                                           "choose an empty or new directory"):
+        accelir.PassManager([dce], dump_dir=tmp_path, overwrite=overwrite).run(_graph())
+    assert sorted(os.listdir(tmp_path)) == ["001-after-dce.air", "notes.txt"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_earlier_dumps_are_replaced_only_when_asked(tmp_path):
+    accelir.PassManager(FULL, dump_dir=tmp_path).run(_graph())
+    earlier = sorted(os.listdir(tmp_path))
+    assert len(earlier) == 5
+    with pytest.raises(AccelirError, match=r"holds the files of an earlier run \(000-input.air, 001-after-dce.air, "
+                                           r"002-after-cse.air, 003-after-simplify.air and 1 more\); pass "
+                                           r"overwrite=True \(--overwrite on the command line\)"):
+        accelir.PassManager([dce], dump_dir=tmp_path).run(_graph())
+    assert sorted(os.listdir(tmp_path)) == earlier
+    pm = accelir.PassManager([dce], dump_dir=tmp_path, overwrite=True)
+    pm.run(_graph())
+    # no stale dump of the earlier, longer pipeline is left beside the new ones
+    assert sorted(os.listdir(tmp_path)) == ["000-input.air", "001-after-dce.air", "report.txt"]
+    # a manager's later runs replace its own dumps
+    pm.run(accelir.parse(str(_graph()).replace("%dead = exp(%x)", "%dead = neg(%x)")))
+    assert sorted(os.listdir(tmp_path)) == ["000-input.air", "001-after-dce.air", "report.txt"]
+    assert "neg" in (tmp_path / "000-input.air").read_text()
+
+
+def test_dump_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(AccelirError, match="is a file, not a directory"):
+        accelir.PassManager([dce], dump_dir=tmp_path / "f").run(_graph())
+
+
+def test_cli_optimize_dump_dir_needs_overwrite_to_replace_earlier_dumps(tmp_path, capsys):
+    from accelir.cli import main
+    air = tmp_path / "m.air"
+    air.write_text(TEXT)
+    dumps = tmp_path / "dumps"
+    args = ["optimize", str(air), "--passes", "dce", "--dump-dir", str(dumps)]
+    assert main(args + ["-o", str(tmp_path / "o1.air")]) == 0
+    assert main(args + ["-o", str(tmp_path / "o2.air")]) == 1
+    assert "holds the files of an earlier run" in capsys.readouterr().err
+    assert not (tmp_path / "o2.air").exists()
+    (dumps / "report.txt").unlink()
+    assert main(args + ["-o", str(tmp_path / "o2.air"), "--overwrite"]) == 0
+    assert sorted(os.listdir(dumps)) == ["000-input.air", "001-after-dce.air", "report.txt"]
