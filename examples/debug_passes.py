@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     # 1. watch the level-2 pipeline, pass by pass
     dumps = os.path.join(out_dir, "dumps")
     optimized = graph.copy()
-    pm = accelir.PassManager(pipeline(2), print_after="changed", dump_dir=dumps)
+    # overwrite: a second run into the same --out replaces its own dumps (and refuses other files)
+    pm = accelir.PassManager(pipeline(2), print_after="changed", dump_dir=dumps, overwrite=True)
     pm.run(optimized)
     print(pm.report)
     print(f"dumps in {dumps}: {', '.join(sorted(os.listdir(dumps)))}\n")
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("check_numerics did not notice the wrong pass")
 
     # 3. bisect: the pass, then the first rewrite inside it, and a reproducer
-    result = accelir.bisect(graph, broken, inputs=inputs, out_dir=os.path.join(out_dir, "bisect"))
+    result = accelir.bisect(graph, broken, inputs=inputs, out_dir=os.path.join(out_dir, "bisect"),
+                            overwrite=True)
     print(result)
     if result.pass_name != "fast_gelu" or result.first_bad_rewrite != 1:
         raise SystemExit(f"bisect did not narrow the failure to fast_gelu's first rewrite: {result}")

@@ -75,3 +75,11 @@ def test_example_runs_full_size(name, tmp_path, capsys):
     out = capsys.readouterr().out
     for text in expected:
         assert text in out
+
+
+def test_debug_passes_runs_again_into_the_same_directory(tmp_path, capsys, monkeypatch):
+    """Its dumps and reproducer replace their own files from the run before."""
+    monkeypatch.delenv("ACCELIR_FULL", raising=False)
+    for _ in range(2):
+        assert _run_main("debug_passes", ["--out", str(tmp_path)]) == 0
+    assert "bisect: pass 'fast_gelu'" in capsys.readouterr().out
