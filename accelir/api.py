@@ -357,8 +357,9 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
     ``backend`` is "onnxruntime", "xla" or "auto" (build each available backend, time
     it on the example inputs, keep the fastest); ``device`` "cpu" or "cuda".
     ``passes`` (names or callables) replaces the pipeline of ``level`` (0-3).
-    ``debug`` takes the PassManager's options: print_after, dump_dir, check_numerics
-    (True to check with the example inputs), verify_each.
+    ``debug`` takes the PassManager's options: print_after, dump_dir (with overwrite=True
+    to replace the dumps of an earlier run there), check_numerics (True to check with the
+    example inputs), verify_each.
     """
     from .pass_manager import PassManager
     from .passes import get_pass, pipeline
