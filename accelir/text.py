@@ -498,6 +498,7 @@ class _Parser:
         if "value" in attrs:
             try:
                 arr = np.asarray(attrs["value"], dtype=np.float64 if t.dtype.is_float else None)
+                _check_stored_range(arr, t.dtype)
                 arr = arr.astype(t.dtype.numpy)
             except (ValueError, TypeError, OverflowError) as e:
                 raise self.error(f"bad constant value: {e}", value_pos) from None
@@ -520,6 +521,17 @@ class _Parser:
             v = g.const(arr, name=name)
         v.name = result_name
         return [v]
+
+
+def _check_stored_range(arr: np.ndarray, dtype: DType) -> None:
+    """Refuse inline values an integer or bool constant cannot hold (a cast would wrap them)."""
+    if dtype.is_float or arr.size == 0:
+        return
+    if arr.dtype.kind not in "biu":
+        raise ValueError(f"{dtype.name} takes integers, got {arr.dtype.name} values")
+    lo, hi = (0, 1) if dtype is DType.bool else (int(np.iinfo(dtype.numpy).min), int(np.iinfo(dtype.numpy).max))
+    if int(arr.min()) < lo or int(arr.max()) > hi:
+        raise ValueError(f"{dtype.name} holds {lo}..{hi}, got values from {int(arr.min())} to {int(arr.max())}")
 
 
 def parse(text: str, constants: Mapping[str, np.ndarray] | None = None) -> Graph:

@@ -229,3 +229,12 @@ def test_names_round_trip_property():
                 assert have == want
 
     check()
+
+
+@pytest.mark.parametrize("dtype,value", [("u8", "[300, 1]"), ("i8", "[-129]"), ("i8", "[1.5]"), ("bool", "[2]"),
+                                         ("i32", "[4294967296]")])
+def test_inline_integer_constants_out_of_range_are_parse_errors(dtype, value):
+    n = value.count(",") + 1
+    text = f'graph g() -> ({dtype}[{n}]) {{\n  %0 = constant() {{name="c", value={value}}} : {dtype}[{n}]\n  return %0\n}}'
+    with pytest.raises(ParseError, match="bad constant value"):
+        parse(text)
