@@ -25,8 +25,8 @@ import numpy as np
 from accelir.errors import VerificationError
 from accelir.ir import Builder, Node, Value
 
-from .fuse_idioms import scalar
 from .pattern import Match, Op, Rule, RulePass
+from .recognizers import scalar
 from .registry import register_pass
 
 __all__ = ["fuse_attention", "ATTENTION_RULES"]

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from accelir.ir import Builder, Value
 
-from .fuse_conv_bn import channel_vector
-from .fuse_idioms import ACTIVATION_OF, param_shape_ok
 from .pattern import P, Match, Op, Rule, RulePass, Var
+from .recognizers import ACTIVATION_OF, channel_vector, param_shape_ok
 from .registry import register_pass
 
 __all__ = ["fuse_conv_act", "CONV_ACT_RULES"]

@@ -21,16 +21,11 @@ import numpy as np
 
 from accelir.ir import Builder, Node, Value
 
-from .fuse_idioms import param_shape_ok
 from .pattern import P, Const, Match, Op, Rule, RulePass
+from .recognizers import channel_vector, param_shape_ok
 from .registry import register_pass
 
-__all__ = ["fuse_conv_bn", "CONV_BN_RULES", "channel_vector"]
-
-
-def channel_vector(arr: np.ndarray, channels: int) -> np.ndarray:
-    """A per-channel constant (any shape varying only along the channel dim) as ``[channels]``."""
-    return np.broadcast_to(arr.reshape(-1) if arr.size == channels else arr.reshape(()), (channels,))
+__all__ = ["fuse_conv_bn", "CONV_BN_RULES"]
 
 
 def _weights(m: Match, conv: Node) -> tuple[np.ndarray, np.ndarray] | None:

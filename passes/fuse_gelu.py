@@ -17,8 +17,8 @@ import math
 
 from accelir.ir import Builder, Value
 
-from .fuse_idioms import close, outside_users, polynomial, reaches
 from .pattern import Match, Op, Rule, RulePass
+from .recognizers import close, outside_users, polynomial, reaches
 from .registry import register_pass
 
 __all__ = ["fuse_gelu", "GELU_RULES"]

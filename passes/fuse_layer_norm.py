@@ -1,6 +1,6 @@
 """Fuse the decomposed layer norm into the ``layer_norm`` composite.
 
-Rewrites (the forms :mod:`fuse_norm_forms` reads: two-pass, torch-style and the flax
+Rewrites (the forms :mod:`norm_forms` reads: two-pass, torch-style and the flax
 fast variance, means spelled any way, products in any order)::
 
     (x - mean(x)) * rsqrt(var(x) + eps) * scale + bias   -> layer_norm(x, scale, bias) {axis, epsilon}
@@ -14,7 +14,7 @@ that fails one check is left alone and (verbose) says which.
 
 from __future__ import annotations
 
-from .fuse_norm_forms import norm_rules
+from .norm_forms import norm_rules
 from .pattern import RulePass
 from .registry import register_pass
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 from accelir.dims import dim_prod
 from accelir.ir import Builder, Node, Value
 
-from .fuse_idioms import ACTIVATION_OF, as_param, param_shape_ok
 from .pattern import P, Match, Op, Rule, RulePass, Var
+from .recognizers import ACTIVATION_OF, as_param, param_shape_ok
 from .registry import register_pass
 
 __all__ = ["fuse_linear", "LINEAR_RULES"]

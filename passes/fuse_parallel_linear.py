@@ -29,8 +29,8 @@ import numpy as np
 from accelir.ir import Graph, Node, Value
 from accelir.ops.nn import split_heads
 
-from .fuse_conv_bn import channel_vector
 from .pattern import NearMiss, provenance, remove_dead, rewrite_budget
+from .recognizers import channel_vector
 from .registry import register_pass
 
 __all__ = ["FuseParallelLinear", "fuse_parallel_linear"]

@@ -12,7 +12,7 @@ scalar constant, and scale may vary only along the normalised axes.
 
 from __future__ import annotations
 
-from .fuse_norm_forms import norm_rules
+from .norm_forms import norm_rules
 from .pattern import RulePass
 from .registry import register_pass
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from accelir.ir import Builder, Value
 
-from .fuse_idioms import close, outside_users, polynomial, reaches
 from .pattern import Match, Op, Rule, RulePass
+from .recognizers import close, outside_users, polynomial, reaches
 from .registry import register_pass
 
 __all__ = ["fuse_silu", "SILU_RULES"]

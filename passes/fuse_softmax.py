@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from accelir.ir import Builder, Node, Value
 
-from .fuse_idioms import keepdims_shape, outside_users, polynomial, reaches, reduction
 from .pattern import Match, Op, Rule, RulePass
+from .recognizers import keepdims_shape, outside_users, polynomial, reaches, reduction
 from .registry import register_pass
 
 __all__ = ["fuse_softmax", "SOFTMAX_RULES"]

@@ -20,9 +20,9 @@ import numpy as np
 
 from accelir.ir import Builder, Node, Value
 
-from .fuse_idioms import (Term, as_param, keepdims_shape, outside_users, param_shape_ok, peel_unit_dims, polynomial,
-                          reaches, reduction, scalar)
 from .pattern import P, Match, Op, Rule, Var
+from .recognizers import (Term, as_param, keepdims_shape, outside_users, param_shape_ok, peel_unit_dims, polynomial,
+                           reaches, reduction, scalar)
 
 __all__ = ["NormForm", "read_norm", "norm_rules"]
 

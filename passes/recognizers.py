@@ -1,5 +1,7 @@
 """Recognisers shared by the fusion passes: the many spellings of one computation.
 
+This module is a library for passes, not a pass: it registers nothing.
+
 Frontends spell the same maths in different ways: a mean is ``reduce_mean`` or
 ``reduce_sum`` then ``div`` by N (jax) or ``mul`` by 1/N; ``0.5 * x * t`` is grouped
 either way round; a keepdims result is re-broadcast with ``reshape``, ``unsqueeze`` or
@@ -32,7 +34,8 @@ from accelir.ops import registry
 
 __all__ = [
     "Term", "Polynomial", "Reduction", "const_array", "scalar", "close", "peel_unit_dims", "polynomial",
-    "reduction", "reaches", "outside_users", "keepdims_shape", "param_shape_ok", "as_param", "ACTIVATION_OF",
+    "reduction", "reaches", "outside_users", "keepdims_shape", "param_shape_ok", "as_param", "channel_vector",
+    "ACTIVATION_OF",
 ]
 
 # A constant subexpression is evaluated when its result has at most this many elements.
@@ -364,6 +367,11 @@ def param_shape_ok(p: Value, x: Value, axes: Sequence[int]) -> bool:
         if d != 1 and (k not in axes or d != x.shape[k]):
             return False
     return True
+
+
+def channel_vector(arr: np.ndarray, channels: int) -> np.ndarray:
+    """A per-channel constant (any shape varying only along the channel dim) as ``[channels]``."""
+    return np.broadcast_to(arr.reshape(-1) if arr.size == channels else arr.reshape(()), (channels,))
 
 
 def as_param(b, p: Value, rank: int) -> Value:
