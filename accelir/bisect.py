@@ -104,9 +104,7 @@ def pass_ref(p: PassFn) -> dict[str, str]:
 
 def resolve_pass(ref: dict[str, str]) -> PassFn:
     """The pass ``pass_ref`` described: the registered name, else module:attribute, else the file."""
-    from accelir.passes.pipeline import load_pass_modules
     from accelir.passes.registry import PASSES
-    load_pass_modules()
     if ref["name"] in PASSES:
         return PASSES[ref["name"]].fn
     if "import" not in ref:

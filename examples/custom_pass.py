@@ -41,7 +41,8 @@ def _reciprocal(m: Match, b: Builder) -> Value | None:
     return b.op("mul", m["x"], b.const((1 / c.astype(np.float64)).astype(c.dtype), name="reciprocal"))
 
 
-# Registered by name (no pipeline stage), so PassManager reports and `accelir optimize --passes` can use it.
+# Registered by name, so PassManager reports and `accelir optimize --passes` can use it (registering adds
+# no pass to the default pipelines: those are the explicit lists in passes/pipeline.py).
 div_by_constant = register_pass("div_by_constant")(
     RulePass("div_by_constant", (Rule("div_to_mul", Op("div", Var("x"), Const(name="c")), _reciprocal,
                                       near_miss_depth=1),), verbose=True))

@@ -1,7 +1,9 @@
 """accelir.passes: the pattern-rewrite engine, the cleanup and fusion passes, the pipelines.
 
 A pass is a callable ``Graph -> bool`` (True when it changed the graph), registered by
-name in :mod:`.registry`.  ``pipeline(level)`` gives the default pass list of a level.
+name in :mod:`.registry`.  ``pipeline(level)`` gives the default pass list of a level,
+from the explicit lists in :mod:`.pipeline`.  :mod:`.recognizers` and
+:mod:`.norm_forms` are libraries the fusion passes share, not passes.
 """
 
 from __future__ import annotations

@@ -92,4 +92,4 @@ class CSE:
         return changed
 
 
-cse = register_pass("cse", stage="cleanup", order=20)(CSE())
+cse = register_pass("cse")(CSE())

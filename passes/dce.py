@@ -17,7 +17,7 @@ from .registry import register_pass
 __all__ = ["dce"]
 
 
-@register_pass("dce", stage="cleanup", order=0)
+@register_pass("dce")
 def dce(graph: Graph) -> bool:
     """Remove unused pure nodes; True when something was removed."""
     outputs = {id(v) for v in graph.outputs}

@@ -136,4 +136,4 @@ class FoldConstants:
         return changed
 
 
-fold_constants = register_pass("fold_constants", stage="cleanup", order=10)(FoldConstants())
+fold_constants = register_pass("fold_constants")(FoldConstants())

@@ -219,5 +219,5 @@ def _attention(m: Match, b: Builder) -> Value | None:
 ATTENTION_RULES = (Rule("attention", Op(("matmul", "dot_general"), any_operands=True), _attention,
                         near_miss_depth=1),)
 
-fuse_attention = register_pass("fuse_attention", stage="fusion", order=50)(
+fuse_attention = register_pass("fuse_attention")(
     RulePass("fuse_attention", ATTENTION_RULES))

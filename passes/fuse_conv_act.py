@@ -61,4 +61,4 @@ CONV_ACT_RULES = (
                                                 single_use=True)), _activation),
 )
 
-fuse_conv_act = register_pass("fuse_conv_act", stage="fusion", order=80)(RulePass("fuse_conv_act", CONV_ACT_RULES))
+fuse_conv_act = register_pass("fuse_conv_act")(RulePass("fuse_conv_act", CONV_ACT_RULES))

@@ -108,4 +108,4 @@ CONV_BN_RULES = (
     Rule("conv_affine", Op(("mul", "add", "sub"), _CONV, Const(name="c"), commutative=True), _affine),
 )
 
-fuse_conv_bn = register_pass("fuse_conv_bn", stage="fusion", order=70)(RulePass("fuse_conv_bn", CONV_BN_RULES))
+fuse_conv_bn = register_pass("fuse_conv_bn")(RulePass("fuse_conv_bn", CONV_BN_RULES))

@@ -115,4 +115,4 @@ class FuseElementwise:
         remove_dead(graph, consts)
 
 
-fuse_elementwise = register_pass("fuse_elementwise", stage="target", order=90, targets=("xla",))(FuseElementwise())
+fuse_elementwise = register_pass("fuse_elementwise")(FuseElementwise())

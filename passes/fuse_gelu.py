@@ -86,5 +86,5 @@ def _gelu(m: Match, b: Builder) -> Value | None:
 
 GELU_RULES = (Rule("gelu", Op(("mul", "add", "sub"), any_operands=True), _gelu, near_miss_depth=1),)
 
-fuse_gelu = register_pass("fuse_gelu", stage="fusion", order=10)(
+fuse_gelu = register_pass("fuse_gelu")(
     RulePass("fuse_gelu", GELU_RULES))

@@ -22,5 +22,5 @@ __all__ = ["fuse_layer_norm", "LAYER_NORM_RULES"]
 
 LAYER_NORM_RULES = norm_rules("layer")
 
-fuse_layer_norm = register_pass("fuse_layer_norm", stage="fusion", order=30)(
+fuse_layer_norm = register_pass("fuse_layer_norm")(
     RulePass("fuse_layer_norm", LAYER_NORM_RULES))

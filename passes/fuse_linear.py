@@ -94,4 +94,4 @@ LINEAR_RULES = (
     Rule("linear_flatten", P.reshape(Op("linear", any_operands=True, name="lin", single_use=True)), _flatten),
 )
 
-fuse_linear = register_pass("fuse_linear", stage="fusion", order=60)(RulePass("fuse_linear", LINEAR_RULES))
+fuse_linear = register_pass("fuse_linear")(RulePass("fuse_linear", LINEAR_RULES))

@@ -148,4 +148,4 @@ class FuseParallelLinear:
             remove_dead(graph, [node])  # and its weight constants, once nothing else reads them
 
 
-fuse_parallel_linear = register_pass("fuse_parallel_linear", stage="fusion", order=65)(FuseParallelLinear())
+fuse_parallel_linear = register_pass("fuse_parallel_linear")(FuseParallelLinear())

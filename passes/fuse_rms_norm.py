@@ -20,5 +20,5 @@ __all__ = ["fuse_rms_norm", "RMS_NORM_RULES"]
 
 RMS_NORM_RULES = norm_rules("rms")
 
-fuse_rms_norm = register_pass("fuse_rms_norm", stage="fusion", order=30)(
+fuse_rms_norm = register_pass("fuse_rms_norm")(
     RulePass("fuse_rms_norm", RMS_NORM_RULES))

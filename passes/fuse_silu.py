@@ -81,5 +81,5 @@ def _silu(m: Match, b: Builder) -> Value | None:
 
 SILU_RULES = (Rule("silu", Op(("mul", "div"), any_operands=True), _silu, near_miss_depth=1),)
 
-fuse_silu = register_pass("fuse_silu", stage="fusion", order=10)(
+fuse_silu = register_pass("fuse_silu")(
     RulePass("fuse_silu", SILU_RULES))

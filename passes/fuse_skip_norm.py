@@ -107,4 +107,4 @@ class FuseSkipNorm:
             graph.remove(add)
 
 
-fuse_skip_norm = register_pass("fuse_skip_norm", stage="fusion", order=40)(FuseSkipNorm())
+fuse_skip_norm = register_pass("fuse_skip_norm")(FuseSkipNorm())

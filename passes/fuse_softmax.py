@@ -130,5 +130,5 @@ SOFTMAX_RULES = (
     Rule("log_softmax", Op("sub", any_operands=True), _log_softmax, near_miss_depth=1),
 )
 
-fuse_softmax = register_pass("fuse_softmax", stage="fusion", order=20)(
+fuse_softmax = register_pass("fuse_softmax")(
     RulePass("fuse_softmax", SOFTMAX_RULES))

@@ -1,27 +1,68 @@
 """The default pipelines: ``pipeline(level, target=None) -> list of passes``.
 
+The pass lists below are the whole story, read top to bottom: a pass runs by default
+only where one of these lists names it, in the order written.
+
 - 0: nothing
 - 1: cleanup: ``dce``, ``fold_constants``, ``cse``, ``simplify``
-- 2 (default): cleanup + every registered ``fusion`` pass (the ``passes/fuse_*.py``
-  modules register themselves; this module imports them, so new ones join as they land)
-- 3: level 2 + the ``target`` passes registered for ``target``
+- 2 (default): cleanup + the fusions
+- 3: level 2 + the passes of ``target`` (``xla``: ``fuse_elementwise``)
 
 A target may veto rewrites its backend cannot use: a :class:`Target` names vetoed
 passes (``"fuse_attention"``) or single rules of a rule pass
 (``"fuse_gelu:gelu_tanh"``).  The PassManager runs the list to a fixed point.
+A new pass registers its name in :mod:`.registry` and joins a pipeline here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from dataclasses import dataclass
 
+from .cse import cse
+from .dce import dce
+from .fold_constants import fold_constants
+from .fuse_attention import fuse_attention
+from .fuse_conv_act import fuse_conv_act
+from .fuse_conv_bn import fuse_conv_bn
+from .fuse_elementwise import fuse_elementwise
+from .fuse_gelu import fuse_gelu
+from .fuse_layer_norm import fuse_layer_norm
+from .fuse_linear import fuse_linear
+from .fuse_parallel_linear import fuse_parallel_linear
+from .fuse_rms_norm import fuse_rms_norm
+from .fuse_silu import fuse_silu
+from .fuse_skip_norm import fuse_skip_norm
+from .fuse_softmax import fuse_softmax
 from .pattern import RulePass
-from .registry import PassFn, pass_name, passes_in_stage
+from .registry import PassFn, pass_name
+from .simplify import simplify
 
-__all__ = ["Target", "TARGETS", "pipeline", "load_pass_modules"]
+__all__ = ["Target", "TARGETS", "CLEANUP", "FUSION", "TARGET_PASSES", "pipeline"]
+
+# level 1
+CLEANUP: tuple[PassFn, ...] = (dce, fold_constants, cse, simplify)
+
+# level 2: cleanup, then the fusions; a fusion that reads what another makes runs after it
+FUSION: tuple[PassFn, ...] = (
+    fuse_gelu,             # gelu and silu first: linear and conv take them as their activation
+    fuse_silu,
+    fuse_softmax,          # before fuse_attention, which reads a softmax
+    fuse_layer_norm,
+    fuse_rms_norm,
+    fuse_skip_norm,        # reads the layer_norm / rms_norm nodes fused above
+    fuse_attention,
+    fuse_linear,
+    fuse_parallel_linear,  # merges sibling linear nodes, with their activation
+    fuse_conv_bn,          # folds into a conv whose activation is still "none" ...
+    fuse_conv_act,         # ... so the activation joins the conv after it
+)
+
+# level 3: each target's own passes, after the fusions
+TARGET_PASSES: dict[str, tuple[PassFn, ...]] = {
+    "onnxruntime": (),
+    "xla": (fuse_elementwise,),  # the remaining elementwise chains, as one region XLA fuses into a loop
+}
 
 
 @dataclass(frozen=True)
@@ -53,19 +94,6 @@ TARGETS: dict[str, Target] = {
     "xla": Target("xla"),
 }
 
-_loaded = False
-
-
-def load_pass_modules() -> None:
-    """Import every ``passes/*.py`` module once, so each registers its passes."""
-    global _loaded
-    if _loaded:
-        return
-    from . import __path__ as pkg_path
-    for mod in pkgutil.iter_modules(pkg_path):
-        importlib.import_module(f"{__package__}.{mod.name}")
-    _loaded = True
-
 
 def pipeline(level: int = 2, target: str | Target | None = None) -> list[PassFn]:
     """The passes of optimisation ``level`` (0-3), with ``target``'s vetoes applied."""
@@ -76,16 +104,14 @@ def pipeline(level: int = 2, target: str | Target | None = None) -> list[PassFn]
             target = TARGETS[target]
         except KeyError:
             raise ValueError(f"unknown target {target!r}; known: {', '.join(sorted(TARGETS))}") from None
-    load_pass_modules()
-    stages = ("cleanup", "fusion", "target")[:level]
-    tname = target.name if target is not None else None
+    passes = () if level == 0 else CLEANUP if level == 1 else CLEANUP + FUSION
+    if level == 3 and target is not None:
+        passes += TARGET_PASSES.get(target.name, ())
     out: list[PassFn] = []
-    for stage in stages:
-        for info in passes_in_stage(stage, tname if stage == "target" else None):
-            p = info.fn
-            if target is not None:
-                if not target.allows(p):
-                    continue
-                p = target.restrict(p)
-            out.append(p)
+    for p in passes:
+        if target is not None:
+            if not target.allows(p):
+                continue
+            p = target.restrict(p)
+        out.append(p)
     return out

@@ -131,4 +131,4 @@ RULES: tuple[Rule, ...] = (
     Rule("where_const", P.where(Const(name="c"), Var(), Var()), _where_const),
 )
 
-simplify = register_pass("simplify", stage="cleanup", order=30)(RulePass("simplify", RULES))
+simplify = register_pass("simplify")(RulePass("simplify", RULES))

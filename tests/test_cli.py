@@ -216,7 +216,7 @@ def test_check_of_an_onnx_file_points_at_a_wrong_pass(tmp_path, capsys, monkeypa
 
     relu_to_neg = RulePass("relu_to_neg", (
         Rule("relu_to_neg", Op("relu", Var("x")), lambda m, b: b.op("neg", m["x"])),))
-    monkeypatch.setitem(registry.PASSES, "relu_to_neg", registry.PassInfo("relu_to_neg", relu_to_neg, None, 100, None))
+    monkeypatch.setitem(registry.PASSES, "relu_to_neg", registry.PassInfo("relu_to_neg", relu_to_neg))
     src = _mul_relu_onnx(tmp_path / "in.onnx")
     assert main(["optimize", src, "-o", str(tmp_path / "out.onnx"), "--check", "--passes", "relu_to_neg"]) == 1
     line = _one_error_line(capsys.readouterr().err)

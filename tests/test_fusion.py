@@ -14,9 +14,6 @@ from accelir import DType, TensorType
 from accelir.ops import registry
 from accelir.passes import get_pass, pipeline, pass_name, rewrite_limit
 from accelir.passes.fuse_conv_bn import _CHUNK_BYTES
-from accelir.passes.pipeline import load_pass_modules
-
-load_pass_modules()
 
 UNCHANGED = None
 TOL = {DType.f32: 2e-5, DType.f16: 2e-3, DType.bf16: 2e-2}

@@ -16,9 +16,6 @@ import pytest
 import accelir
 from accelir import PassManager
 from accelir.passes import get_pass, pipeline
-from accelir.passes.pipeline import load_pass_modules
-
-load_pass_modules()
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
