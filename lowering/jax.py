@@ -1213,8 +1213,8 @@ def _via_decomposition(ctx, *args, **attrs):
     """Lower a composite that jax has no kernel for through its decomposition into core ops."""
     node = ctx.node
     try:
-        scratch = registry.decomposition_graph(node.op, [v.type for v in node.inputs], node.attrs, node.meta,
-                                               [v.name for v in node.inputs])
+        scratch = Graph.decomposition(node.op, [v.type for v in node.inputs], node.attrs, node.meta,
+                                      [v.name for v in node.inputs])
     except registry.TypeRuleError as e:
         raise LoweringError(f"jax lowering of {node.describe()}: {e}") from None
     prefix = f"{node.op}_decomposition"

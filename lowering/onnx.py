@@ -1362,8 +1362,8 @@ def _lower_iota(ctx, node, xs):
 def _decompose(ctx: LoweringContext, node: Node, xs: list[OnnxValue]) -> list[OnnxValue]:
     """Lower a composite through its decomposition into core ops."""
     try:
-        scratch = registry.decomposition_graph(node.op, [v.type for v in node.inputs], node.attrs, node.meta,
-                                               [v.name for v in node.inputs])
+        scratch = Graph.decomposition(node.op, [v.type for v in node.inputs], node.attrs, node.meta,
+                                      [v.name for v in node.inputs])
     except registry.TypeRuleError as e:
         raise ctx.error(f"no ONNX kernel serves it here and its decomposition does not apply: {e}") from None
     ctx.composites.append(node)
@@ -1383,8 +1383,8 @@ def _gelu(ctx: LoweringContext, x: OnnxValue, approximate: str) -> OnnxValue:
 
 
 def _decomposed_activation(ctx: LoweringContext, x: OnnxValue, op: str, **attrs: Any) -> OnnxValue:
-    scratch = registry.decomposition_graph(op, [TensorType(x.dtype, ())], registry.normalize_attrs(op, attrs),
-                                           ctx.node.meta if ctx.node else None)
+    scratch = Graph.decomposition(op, [TensorType(x.dtype, ())], registry.normalize_attrs(op, attrs),
+                                  ctx.node.meta if ctx.node else None)
     ctx.composites.append(ctx.node)
     try:
         return ctx.emit_graph(scratch, [x])[0]

@@ -16,7 +16,7 @@ import numpy as np
 from .. import dims as _dims
 from ..dims import Dim
 from ..errors import AccelirError, VerificationError
-from ..ir import DType, TensorType
+from ..types import DType, TensorType
 
 __all__ = [
     "AttrSpec",
@@ -28,7 +28,6 @@ __all__ = [
     "is_registered",
     "normalize_attrs",
     "infer_types",
-    "decomposition_graph",
     "broadcast_shapes",
     "REQUIRED",
     "ACTIVATIONS",
@@ -141,19 +140,6 @@ def get(name: str) -> OpDef:
         return REGISTRY[name]
     except KeyError:
         raise TypeRuleError(f"unknown op {name!r}") from None
-
-
-def decomposition_graph(op: str, input_types: Sequence[TensorType], attrs: Mapping[str, Any],
-                        meta: Mapping[str, Any] | None = None, input_names: Sequence[str | None] | None = None):
-    """A graph computing composite ``op`` (attributes already normalised) from inputs of
-    ``input_types`` through its decomposition into core ops, its nodes carrying ``meta``; backends
-    without a kernel for the composite lower this graph instead."""
-    from ..ir import Graph
-    scratch = Graph(f"{op}_decomposition")
-    names = input_names or [None] * len(input_types)
-    ins = [scratch.add_input(t, n) for t, n in zip(input_types, names)]
-    scratch.set_outputs(get(op).decompose(scratch.builder(meta=meta), ins, dict(attrs)))
-    return scratch
 
 
 def normalize_attrs(op: str, attrs: Mapping[str, Any]) -> dict[str, Any]:
