@@ -24,6 +24,7 @@ import numpy as np
 from .dims import Dim
 from .errors import VerificationError
 from .ops import registry
+from .printer import print_graph, save
 from .types import DType, TensorType, freeze_attr
 
 __all__ = ["DType", "TensorType", "UseList", "Value", "Node", "Graph", "Builder", "freeze_attr", "readonly_view",
@@ -476,7 +477,6 @@ class Graph:
         return scratch
 
     def __str__(self) -> str:
-        from .text import print_graph
         return print_graph(self)
 
     def __repr__(self) -> str:
@@ -485,13 +485,36 @@ class Graph:
     # ----- persistence ---------------------------------------------------------------
     def save(self, path: str) -> None:
         """Write ``path`` (.air text) and, when there are large constants, ``path + '.npz'``."""
-        from .text import save
         save(self, path)
 
-    def copy(self) -> Graph:
-        """A deep copy of the structure; constant arrays are shared, not copied."""
-        from .text import clone_graph
-        return clone_graph(self)
+    def copy(self, value_map: dict[int, Value] | None = None) -> Graph:
+        """A deep copy of the structure; constant arrays are shared, not copied, meta dicts copied.
+
+        ``value_map``, when given, receives ``id(old value) -> new value`` for the graph's inputs
+        and node outputs (not those inside regions)."""
+        m: dict[int, Value] = value_map if value_map is not None else {}
+        out = Graph(self.name)
+        out.meta = dict(self.meta)
+        for v in self.inputs:
+            m[id(v)] = out.add_input(v.type, v.name)
+        for n in self.nodes:
+            if n.op == "constant":
+                name = n.attrs["name"]
+                if name in out.constants:
+                    new = out.constant_ref(name, meta=n.meta)
+                else:
+                    new = out.const(self.constants[name], name=name, meta=n.meta)
+                new.name = n.outputs[0].name
+                m[id(n.outputs[0])] = new
+                continue
+            regions = [r.copy() for r in n.regions]
+            node = Node(n.op, [m[id(v)] for v in n.inputs], n.attrs, [o.type for o in n.outputs], regions,
+                        n.meta, [o.name for o in n.outputs])
+            out.append(node)
+            for a, b in zip(n.outputs, node.outputs):
+                m[id(a)] = b
+        out.set_outputs([m[id(v)] for v in self.outputs])
+        return out
 
     # ----- change tracking -----------------------------------------------------------
     def snapshot(self) -> Snapshot:

@@ -1,4 +1,5 @@
-"""The IR text form: printing, parsing, saving and loading.
+"""The IR text form: parsing and loading here, printing and saving in :mod:`accelir.printer`
+(re-exported here).
 
 ::
 
@@ -28,142 +29,13 @@ import numpy as np
 from . import dims as D
 from .errors import AccelirError, ParseError, VerificationError
 from .ir import DType, Graph, Node, TensorType, Value
+from .printer import CONSTANTS_TABLE, INLINE_LIMIT, print_graph, region_scope, save
 
-__all__ = ["print_graph", "parse", "save", "load", "clone_graph", "INLINE_LIMIT"]
+__all__ = ["print_graph", "parse", "save", "load", "INLINE_LIMIT"]
 
-INLINE_LIMIT = 16
 _MAX_DIM = 2 ** 63 - 1  # an int64, as every backend holds a dim
 MAX_REGION_DEPTH = 256  # regions inside regions; deeper text is refused, not a RecursionError
-_BARE_VALUE = re.compile(r"[A-Za-z0-9_.]+")
-_BARE_GRAPH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _KEYWORDS = {"true", "false", "none", "inf", "nan"}
-
-
-def _quoted(name: str) -> str:
-    return json.dumps(name, ensure_ascii=False)
-
-
-def _graph_name(name: str) -> str:
-    """A graph's name as printed: bare when it reads as an identifier, else quoted."""
-    return name if _BARE_GRAPH.fullmatch(name) else _quoted(name)
-
-
-# ----- printing ----------------------------------------------------------------------
-
-def _fmt_scalar(x: Any, dtype: np.dtype | None = None) -> str:
-    if isinstance(x, (bool, np.bool_)):
-        return "true" if x else "false"
-    is_float_dtype = dtype is not None and (dtype.kind == "f" or dtype.name == "bfloat16")
-    if isinstance(x, (int, np.integer)) and not is_float_dtype:
-        return str(int(x))
-    if isinstance(x, (float, np.floating)) or is_float_dtype:
-        f = float(x)
-        if math.isnan(f):
-            return "nan"
-        if math.isinf(f):
-            return "inf" if f > 0 else "-inf"
-        text = str(x) if isinstance(x, np.floating) or type(x).__name__ == "bfloat16" else repr(f)
-        if not any(c in text for c in ".en"):
-            text += ".0"
-        return text
-    raise TypeError(f"cannot print {x!r}")
-
-
-def _fmt_attr(v: Any) -> str:
-    if v is None:
-        return "none"
-    if isinstance(v, DType):
-        return v.value
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, tuple):
-        return "[" + ", ".join(_fmt_attr(x) for x in v) + "]"
-    if isinstance(v, float):
-        return _fmt_scalar(v)
-    return _fmt_scalar(v)
-
-
-def _fmt_array(a: np.ndarray) -> str:
-    if a.ndim == 0:
-        return _fmt_scalar(a[()], a.dtype)
-    return "[" + ", ".join(_fmt_array(x) for x in a) + "]"
-
-
-class _Namer:
-    def __init__(self) -> None:
-        self.names: dict[int, str] = {}
-        self.used: set[str] = set()
-        self.counter = 0
-
-    def reserve(self, v: Value) -> None:
-        if v.name and id(v) not in self.names:
-            base = v.name
-            name = base
-            k = 1
-            while name in self.used:
-                name = f"{base}_{k}"
-                k += 1
-            self.names[id(v)] = name
-            self.used.add(name)
-
-    def __call__(self, v: Value) -> str:
-        n = self.names.get(id(v))
-        if n is None:
-            while str(self.counter) in self.used:
-                self.counter += 1
-            n = str(self.counter)
-            self.counter += 1
-            self.names[id(v)] = n
-            self.used.add(n)
-        return "%" + (n if _BARE_VALUE.fullmatch(n) else _quoted(n))
-
-
-def _print(g: Graph, indent: str, out: list[str], meta: bool) -> None:
-    namer = _Namer()
-    for v in g.inputs:
-        namer.reserve(v)
-    for n in g.nodes:
-        for o in n.outputs:
-            namer.reserve(o)
-    ins = ", ".join(f"{namer(v)}: {v.type}" for v in g.inputs)
-    outs = ", ".join(str(v.type) for v in g.outputs)
-    out.append(f"{indent}graph {_graph_name(g.name)}({ins}) -> ({outs}) {{")
-    inner = indent + "  "
-    for n in g.nodes:
-        lhs = ", ".join(namer(o) for o in n.outputs)
-        args = ", ".join(namer(v) if id(v) in namer.names else "%<undefined>" for v in n.inputs)
-        attrs = dict(n.attrs)
-        if n.op == "constant":
-            arr = g.constants.get(n.attrs["name"])
-            if arr is not None and arr.size <= INLINE_LIMIT:
-                attrs["value"] = _fmt_array(arr)
-        attr_text = ""
-        if attrs:
-            parts = []
-            for k, v in attrs.items():
-                parts.append(f"{k}={v if k == 'value' and n.op == 'constant' else _fmt_attr(v)}")
-            attr_text = " {" + ", ".join(parts) + "}"
-        types = ", ".join(str(o.type) for o in n.outputs)
-        line = f"{inner}{lhs} = {n.op}({args}){attr_text} : {types}"
-        if meta and n.meta:
-            line += "  # " + n.source()
-        if n.regions:
-            out.append(line + " {")
-            for r in n.regions:
-                _print(r, inner + "  ", out, meta)
-            out.append(inner + "}")
-        else:
-            out.append(line)
-    out.append(f"{inner}return " + ", ".join(namer(v) if id(v) in namer.names else "%<undefined>"
-                                            for v in g.outputs))
-    out.append(indent + "}")
-
-
-def print_graph(g: Graph, *, meta: bool = False) -> str:
-    """The text form of ``g``; ``meta=True`` appends each node's provenance as a comment."""
-    out: list[str] = []
-    _print(g, "", out, meta)
-    return "\n".join(out) + "\n"
 
 
 # ----- parsing -----------------------------------------------------------------------
@@ -356,7 +228,7 @@ class _Parser:
 
     # -- graphs
     def graph(self, depth: int = 0, scope: str = "") -> Graph:
-        """A graph; ``scope`` says where it sits (see ``_region_scope``), for the ``.npz`` lookup."""
+        """A graph; ``scope`` says where it sits (see ``region_scope``), for the ``.npz`` lookup."""
         if depth > MAX_REGION_DEPTH:
             raise self.error(f"regions nested more than {MAX_REGION_DEPTH} deep")
         self.skip()
@@ -468,7 +340,7 @@ class _Parser:
         if self.peek("{"):
             self.expect("{")
             while not self.accept("}"):
-                regions.append(self.graph(depth + 1, _region_scope(scope, index, len(regions))))
+                regions.append(self.graph(depth + 1, region_scope(scope, index, len(regions))))
         if len(types) != len(results):
             raise self.error(f"{op}: {len(results)} results but {len(types)} types", line_pos)
         for name, pos in results:
@@ -550,82 +422,8 @@ def parse(text: str, constants: Mapping[str, np.ndarray] | None = None) -> Graph
 # ----- files -------------------------------------------------------------------------
 
 _BF16_SUFFIX = "::bf16"  # how files written before the entry table marked bfloat16 arrays
-_TABLE = "accelir.constants"  # the .npz entry mapping entry names to constant names (JSON, as uint8)
 _NPY_HEADER_ROOM = 65536 + 16  # the most an .npy header adds to an entry's data
 _TABLE_LIMIT = 64 * 1024 ** 2
-
-
-def _region_scope(scope: str, node_index: int, region_index: int) -> str:
-    """Where region ``region_index`` of node ``node_index`` (in text order) of the graph at ``scope``
-    sits: two regions may each have a constant "c" with different values."""
-    return f"{scope}/{node_index}.{region_index}"
-
-
-def _collect_large(g: Graph, out: dict[str, list[tuple[str, np.ndarray]]], scope: str = "") -> None:
-    """Constant name -> (scope, array) of every constant printed by name only, regions included."""
-    for i, n in enumerate(g.nodes):
-        if n.op == "constant":
-            arr = g.constants[n.attrs["name"]]
-            if arr.size > INLINE_LIMIT:
-                out.setdefault(n.attrs["name"], []).append((scope, arr))
-        for k, r in enumerate(n.regions):
-            _collect_large(r, out, _region_scope(scope, i, k))
-
-
-def _distinct(uses: list[tuple[str, np.ndarray]]) -> list[tuple[np.ndarray, list[str] | None]]:
-    """The distinct arrays (by identity) of one name, each with the scopes that read it, or None
-    for all scopes where the name has one array."""
-    by_id: dict[int, tuple[np.ndarray, list[str]]] = {}
-    for scope, arr in uses:
-        by_id.setdefault(id(arr), (arr, []))[1].append(scope)
-    if len(by_id) == 1:
-        return [(arr, None) for arr, _ in by_id.values()]
-    return [(arr, sorted(set(scopes))) for arr, scopes in by_id.values()]
-
-
-def _npz_entries(large: Mapping[str, list[tuple[str, np.ndarray]]]) -> dict[str, np.ndarray]:
-    """The ``.npz`` entries for ``large``: constant names may be anything (``/``, ``..``, NUL, a
-    thousand characters), zip entry names may not, so entries are numbered and a table maps them
-    back to the names (and, for a name that regions use with different arrays, to the scopes
-    that read each).  A splat is stored as its scalar, with its shape in the table."""
-    from .splat import splat_scalar
-    arrays: dict[str, np.ndarray] = {}
-    table: dict[str, dict[str, Any]] = {}
-    rows = [(name, a, scopes) for name, uses in large.items() for a, scopes in _distinct(uses)]
-    for i, (name, a, scopes) in enumerate(rows):
-        key = f"c{i}"
-        info: dict[str, Any] = {"name": name}
-        if scopes is not None:
-            info["scopes"] = scopes
-        scalar = splat_scalar(a)
-        if scalar is not None:
-            info["shape"] = list(a.shape)
-            a = scalar
-        if a.dtype.name == "bfloat16":
-            info["dtype"] = "bfloat16"
-            a = a.view(np.uint16)
-        arrays[key] = a
-        table[key] = info
-    arrays[_TABLE] = np.frombuffer(json.dumps(table).encode("utf-8"), np.uint8)
-    return arrays
-
-
-def save(g: Graph, path: str | os.PathLike, *, overwrite: bool = True) -> None:
-    """Write the text to ``path`` and large constants to ``path + '.npz'``, each through a
-    temporary renamed into place (the ``.npz`` first); ``overwrite=False`` refuses to replace
-    either file."""
-    from .fileio import atomic_outputs
-    path = os.fspath(path)
-    large: dict[str, list[tuple[str, np.ndarray]]] = {}
-    _collect_large(g, large)
-    text = print_graph(g)
-    npz = path + ".npz"
-    with atomic_outputs(path, npz, overwrite=overwrite) as out:
-        if large:
-            with open(out.temp(npz), "wb") as f:
-                np.savez(f, **_npz_entries(large))
-        with open(out.temp(path), "w", encoding="utf-8") as f:
-            f.write(text)
 
 
 def _is_shape(shape: Any) -> bool:
@@ -651,7 +449,7 @@ class _NpzConstants(Mapping[str, np.ndarray]):
         self._sizes = {i.filename[:-4]: i.file_size for i in self._npz.zip.infolist() if i.filename.endswith(".npy")}
         # constant name -> [(entry, its table row)]: one row, or one per array with its "scopes"
         self._entries: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-        if _TABLE in self._sizes:
+        if CONSTANTS_TABLE in self._sizes:
             for key, info in self._table().items():
                 self._entries.setdefault(info["name"], []).append((key, info))
         else:
@@ -662,11 +460,11 @@ class _NpzConstants(Mapping[str, np.ndarray]):
                     self._entries[key] = [(key, {})]
 
     def _table(self) -> dict[str, dict[str, Any]]:
-        if self._sizes[_TABLE] > _TABLE_LIMIT:
-            raise AccelirError(f"{self.path}: its table of constants is {self._sizes[_TABLE]} bytes; "
+        if self._sizes[CONSTANTS_TABLE] > _TABLE_LIMIT:
+            raise AccelirError(f"{self.path}: its table of constants is {self._sizes[CONSTANTS_TABLE]} bytes; "
                                "this is not a file accelir wrote")
         try:
-            table = json.loads(self._npz[_TABLE].tobytes().decode("utf-8"))
+            table = json.loads(self._npz[CONSTANTS_TABLE].tobytes().decode("utf-8"))
             if not all(isinstance(v, dict) and isinstance(v.get("name"), str) and k in self._sizes
                        for k, v in table.items()):
                 raise ValueError("an entry is not {name: ...} or names no array")
@@ -769,30 +567,3 @@ class _Overlay(Mapping[str, np.ndarray]):
         if name in self.first:
             return np.asarray(self.first[name])
         return self.npz.read(name, t, scope)
-
-
-def clone_graph(g: Graph, value_map: dict[int, Value] | None = None) -> Graph:
-    """Deep-copy the structure of ``g``; constant arrays are shared, meta dicts copied."""
-    m: dict[int, Value] = value_map if value_map is not None else {}
-    out = Graph(g.name)
-    out.meta = dict(g.meta)
-    for v in g.inputs:
-        m[id(v)] = out.add_input(v.type, v.name)
-    for n in g.nodes:
-        if n.op == "constant":
-            name = n.attrs["name"]
-            if name in out.constants:
-                new = out.constant_ref(name, meta=n.meta)
-            else:
-                new = out.const(g.constants[name], name=name, meta=n.meta)
-            new.name = n.outputs[0].name
-            m[id(n.outputs[0])] = new
-            continue
-        regions = [clone_graph(r) for r in n.regions]
-        node = Node(n.op, [m[id(v)] for v in n.inputs], n.attrs, [o.type for o in n.outputs], regions,
-                    n.meta, [o.name for o in n.outputs])
-        out.append(node)
-        for a, b in zip(n.outputs, node.outputs):
-            m[id(a)] = b
-    out.set_outputs([m[id(v)] for v in g.outputs])
-    return out

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .ir import Graph, Node, Value
 from .ops import registry
-from .text import _Namer, print_graph
+from .printer import Namer, print_graph
 
 __all__ = ["to_dot", "to_html", "read_dump_dir"]
 
@@ -100,7 +100,7 @@ def _attr_text(node: Node) -> str:
 
 
 def _collect(graph: Graph, show_constants: bool) -> tuple[list[_Box], list[_Edge]]:
-    namer = _Namer()
+    namer = Namer()
     for v in graph.inputs:
         namer.reserve(v)
     for n in graph.nodes:
