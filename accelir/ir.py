@@ -8,6 +8,11 @@ few methods that keep both sides in step (``Node.replace_input``,
 ``append``, ``Graph.remove``, ``Graph.replace``).  Nodes are kept in topological
 order in a doubly linked list, so inserting next to a node is O(1).
 
+Reading is free and public, so passes need no field of this module's objects:
+``Node.inputs`` is the node's own tuple, ``Value.uses`` a read-only view of its use
+list (``uses()`` a list copy) and ``Value.num_uses`` its length, ``Node.prev`` /
+``Node.next`` and ``Graph.first`` / ``Graph.last`` walk the list.
+
 Constants are ``constant`` nodes whose ``name`` attribute keys into
 ``Graph.constants`` (numpy arrays, shared with the framework's memory where
 possible, and therefore read-only views: a pass builds new arrays, it never writes
@@ -47,24 +52,30 @@ def readonly_view(arr: np.ndarray) -> np.ndarray:
 
 
 class UseList:
-    """A value's (node, input index) uses: list-like to read, O(1) to add and remove."""
+    """A value's (node, input index) uses, as ``Value.uses`` shows them: a read-only view, list-like
+    to read without a copy (``len``, ``in``, ``[0]``), and ``uses()`` gives a list copy.
+
+    Only the graph methods of this module add and drop uses (``_add`` / ``_discard``, O(1)), so the
+    lists stay true; iterating walks a snapshot, so a caller may rewrite uses while it iterates.
+    """
 
     __slots__ = ("_d",)
 
     def __init__(self) -> None:
         self._d: dict[tuple[int, int], tuple[Node, int]] = {}
 
-    def append(self, use: tuple[Node, int]) -> None:
+    def _add(self, use: tuple[Node, int]) -> None:
         self._d[(id(use[0]), use[1])] = use
 
-    def remove(self, use: tuple[Node, int]) -> None:
+    def _discard(self, use: tuple[Node, int]) -> None:
         del self._d[(id(use[0]), use[1])]
+
+    def __call__(self) -> list[tuple[Node, int]]:
+        """The uses as a new list (``value.uses()``)."""
+        return list(self._d.values())
 
     def __contains__(self, use: object) -> bool:
         return isinstance(use, tuple) and len(use) == 2 and (id(use[0]), use[1]) in self._d
-
-    def pop(self) -> tuple[Node, int]:
-        return self._d.popitem()[1]
 
     def keys(self) -> set[tuple[int, int]]:
         return set(self._d)
@@ -111,9 +122,16 @@ class Value:
     def rank(self) -> int:
         return len(self.type.shape)
 
-    def uses(self) -> list[tuple[Node, int]]:
-        """The (node, input index) pairs reading this value (a copy)."""
-        return list(self._uses)
+    @property
+    def uses(self) -> UseList:
+        """The (node, input index) pairs reading this value: a read-only view, no copy;
+        ``uses()`` gives a list copy."""
+        return self._uses
+
+    @property
+    def num_uses(self) -> int:
+        """How many (node, input index) pairs read this value; graph outputs do not count."""
+        return len(self._uses._d)
 
     def users(self) -> list[Node]:
         seen: dict[int, Node] = {}
@@ -170,7 +188,7 @@ class Node:
         for v in inputs:
             if not isinstance(v, Value):
                 raise TypeError(f"{op}: node inputs must be Values, got {type(v).__name__}")
-        self._inputs: list[Value] = list(inputs)
+        self._inputs: tuple[Value, ...] = tuple(inputs)
         self.attrs: dict[str, Any] = {k: freeze_attr(v) for k, v in (attrs or {}).items()}
         self.outputs: tuple[Value, ...] = ()
         names = list(names) if names is not None else [None] * len(output_types)
@@ -191,7 +209,18 @@ class Node:
 
     @property
     def inputs(self) -> tuple[Value, ...]:
-        return tuple(self._inputs)
+        """The input values; a tuple the node keeps (rebuilt by ``replace_input``), so reading is free."""
+        return self._inputs
+
+    @property
+    def prev(self) -> Node | None:
+        """The node before this one in its graph (None for the first, or outside a graph)."""
+        return self._prev
+
+    @property
+    def next(self) -> Node | None:
+        """The node after this one in its graph (None for the last, or outside a graph)."""
+        return self._next
 
     @property
     def output(self) -> Value:
@@ -206,8 +235,9 @@ class Node:
             return
         if self.graph is not None:
             _remove_use(old, self, index)
-            value._uses.append((self, index))
-        self._inputs[index] = value
+            value._uses._add((self, index))
+        ins = self._inputs
+        self._inputs = ins[:index] + (value,) + ins[index + 1:]
 
     def source(self) -> str:
         """A one-line description of where this node came from."""
@@ -232,7 +262,7 @@ class Node:
 
 def _remove_use(value: Value, node: Node, index: int) -> None:
     try:
-        value._uses.remove((node, index))
+        value._uses._discard((node, index))
     except KeyError:
         raise VerificationError(f"use list of {value!r} lacks ({node.op}, {index})", node) from None
 
@@ -271,6 +301,16 @@ class Graph:
             prev = n._prev
             yield n
             n = prev
+
+    @property
+    def first(self) -> Node | None:
+        """The first node (None when the graph has none)."""
+        return self._head
+
+    @property
+    def last(self) -> Node | None:
+        """The last node (None when the graph has none)."""
+        return self._tail
 
     def __iter__(self) -> Iterator[Node]:
         return self.nodes
@@ -324,7 +364,7 @@ class Graph:
         node.graph = self
         self._len += 1
         for i, v in enumerate(node._inputs):
-            v._uses.append((node, i))
+            v._uses._add((node, i))
         for o in node.outputs:
             o.graph = self
         if node.op == "constant":
@@ -591,7 +631,7 @@ class Snapshot:
         regions = []
         for n in graph.nodes:
             outs = n.outputs
-            nodes.append((n, n.op, list(n._inputs), dict(n.attrs), dict(n.meta), outs,
+            nodes.append((n, n.op, n._inputs, dict(n.attrs), dict(n.meta), outs,
                           [(o.name, o.type) for o in outs], n.regions))
             for r in n.regions:
                 regions.append(Snapshot(r))
@@ -606,7 +646,7 @@ class Snapshot:
             v.name, v.type, v.graph, v._uses = name, type_, g, UseList()
         prev: Node | None = None
         for n, op, inputs, attrs, meta, outs, out_state, regions in self.nodes:
-            n.op, n._inputs, n.attrs, n.meta, n.outputs, n.regions = op, list(inputs), dict(attrs), dict(meta), \
+            n.op, n._inputs, n.attrs, n.meta, n.outputs, n.regions = op, inputs, dict(attrs), dict(meta), \
                 outs, regions
             n.graph, n._prev, n._next = g, prev, None
             if prev is not None:
@@ -616,7 +656,7 @@ class Snapshot:
                 o.name, o.type, o.graph, o._uses = name, type_, g, UseList()
         for n, *_ in self.nodes:
             for i, v in enumerate(n._inputs):
-                v._uses.append((n, i))
+                v._uses._add((n, i))
             for r in n.regions:
                 r.parent = n
         for r in self.regions:

@@ -37,7 +37,7 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
         members.add(id(node))
         if node.graph is not graph:
             raise _fail(node, "node's graph pointer is wrong")
-        if node._prev is not prev:
+        if node.prev is not prev:
             raise _fail(node, "node list links are broken")
         prev = node
         if not registry.is_registered(node.op):
@@ -74,7 +74,7 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
             _check_node_types(node)
     if count != len(graph):
         raise VerificationError(f"graph {graph.name!r} node count is {len(graph)} but {count} nodes are linked")
-    if graph._tail is not prev:
+    if graph.last is not prev:
         raise VerificationError(f"graph {graph.name!r} tail link is wrong")
     for i, v in enumerate(graph.outputs):
         if id(v) not in defined:
@@ -82,12 +82,12 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
     # use lists must match the inputs exactly
     for v in list(graph.inputs) + [o for n in graph.nodes for o in n.outputs]:
         want = {(id(n), i) for n, i in expected.get(id(v), [])}
-        if v._uses.keys() != want:
-            users = ", ".join(f"{n.op}#{i}" for n, i in v._uses)
+        if v.uses.keys() != want:
+            users = ", ".join(f"{n.op}#{i}" for n, i in v.uses)
             raise VerificationError(
                 f"use list of {v!r} is out of date: it records [{users}] but {len(want)} uses exist"
                 + (f" (produced by {v.producer.describe()})" if v.producer else ""), v.producer)
-        for n, _ in v._uses:
+        for n, _ in v.uses:
             if id(n) not in members:
                 raise VerificationError(f"{v!r} is used by a {n.op} node that is no longer in the graph", n)
 

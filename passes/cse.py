@@ -65,7 +65,7 @@ class CSE:
         opdef = registry.get(node.op)
         if not opdef.pure:
             return None
-        ins = node._inputs
+        ins = node.inputs
         if opdef.commutative and len(ins) == 2:
             a, b = id(ins[0]), id(ins[1])
             ids: tuple[int, ...] = (a, b) if a <= b else (b, a)

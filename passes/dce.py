@@ -26,7 +26,7 @@ def dce(graph: Graph) -> bool:
         if node.regions:
             for r in node.regions:
                 changed |= dce(r)
-        if not any(o._uses or id(o) in outputs for o in node.outputs) and registry.get(node.op).pure:
+        if not any(o.num_uses or id(o) in outputs for o in node.outputs) and registry.get(node.op).pure:
             if not rewrite_budget.allow(lambda n=node: f"dce: remove {n.describe()}"):
                 return changed
             graph.remove(node)

@@ -59,7 +59,7 @@ def _dying_operand_bytes(node: Node) -> int:
         if id(v) in seen:
             continue
         seen.add(id(v))
-        if all(u is node for u, _ in v._uses) and not v.is_graph_output:
+        if all(u is node for u, _ in v.uses) and not v.is_graph_output:
             total += v.const_value.nbytes
     return total
 
@@ -79,7 +79,7 @@ class FoldConstants:
 
     def foldable(self, node: Node) -> bool:
         # the cheap test first: most nodes read something that is not a constant
-        for v in node._inputs:
+        for v in node.inputs:
             p = v.producer
             if p is None or p.op != "constant":
                 return False
@@ -97,7 +97,7 @@ class FoldConstants:
         if size > self.max_bytes and size > _dying_operand_bytes(node):
             return False
         try:
-            results = evaluate_node(node, [v.const_value for v in node._inputs])
+            results = evaluate_node(node, [v.const_value for v in node.inputs])
         except REFERENCE_ERRORS as e:  # an op failing on constants fails at run time too
             reason = f"left unfolded: its reference raised {type(e).__name__}: {e}"
             log.info("fold_constants: %s %s", node.describe(), reason)
@@ -111,7 +111,7 @@ class FoldConstants:
             c = graph.const(r, name=o.name or "folded", before=node, meta=meta)
             c.name = o.name
             new.append(c)
-        inputs = [v.producer for v in node._inputs]
+        inputs = [v.producer for v in node.inputs]
         graph.replace(node, new)
         remove_dead(graph, inputs)
         return True

@@ -56,7 +56,7 @@ class _Scores:
 
 
 def _single_use(v: Value) -> bool:
-    return len(v._uses) == 1 and not v.is_graph_output
+    return v.num_uses == 1 and not v.is_graph_output
 
 
 def _peel_scale(v: Value, sc: _Scores) -> Value:

@@ -45,7 +45,7 @@ def _group(root: Node, taken: set[int]) -> list[Node]:
         if id(p) in members or id(p) in taken or not _fusible(p):
             continue
         out = p.outputs[0]
-        if out.is_graph_output or any(id(u) not in members for u, _ in out._uses):
+        if out.is_graph_output or any(id(u) not in members for u, _ in out.uses):
             continue
         members[id(p)] = p
         work.extend(v.producer for v in p.inputs if v.producer is not None)

@@ -100,7 +100,7 @@ class FuseParallelLinear:
             if got is None:
                 continue
             if isinstance(got, str):
-                if self.verbose and len(node.inputs[0]._uses) > 1:
+                if self.verbose and node.inputs[0].num_uses > 1:
                     self.near_misses.append(NearMiss(self.name, f"{node.op}: {got}", node))
                 continue
             x, w, b, activation = got

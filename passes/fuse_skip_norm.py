@@ -33,12 +33,12 @@ _SCAN_LIMIT = 256
 def _readers_before(add: Node, norm: Node) -> set[int] | None:
     """Ids of the nodes strictly between ``add`` and ``norm``; None when the norm is too far."""
     seen: set[int] = set()
-    n = add._next
+    n = add.next
     while n is not None and n is not norm:
         if len(seen) >= _SCAN_LIMIT:
             return None
         seen.add(id(n))
-        n = n._next
+        n = n.next
     return seen
 
 

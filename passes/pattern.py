@@ -313,12 +313,12 @@ class Op(Pattern):
             return False
         if self.output is not None and value.index != self.output:
             return False
-        if self.single_use and len(value._uses) != 1:
+        if self.single_use and value.num_uses != 1:
             return False
         pats = self.operands
         if pats is None:
             return True
-        ins = node._inputs
+        ins = node.inputs
         if len(ins) != len(pats):
             return False
         for i, j in self._same:
@@ -354,7 +354,7 @@ class Op(Pattern):
         if self.where is not None and not self.where(node):
             attempt.fail(lambda: f"{self._label()}: node predicate failed")
             return
-        if self.single_use and (len(value._uses) != 1 or value.is_graph_output):
+        if self.single_use and (value.num_uses != 1 or value.is_graph_output):
             attempt.fail(lambda: f"{self._label()} has other users (needs a single use)")
             return
         b2 = _bind(self.name, value, b, attempt)
@@ -364,7 +364,7 @@ class Op(Pattern):
         if self.operands is None:
             yield b2
             return
-        inputs = node._inputs
+        inputs = node.inputs
         if len(inputs) != len(self.operands):
             attempt.fail(lambda: f"{self._label()}: has {len(inputs)} inputs, expected {len(self.operands)}")
             return
@@ -544,13 +544,13 @@ def remove_dead(graph: Graph, nodes: Sequence[Node], released: list[Value] | Non
     removed = 0
     while stack:
         n = stack.pop()
-        if n.graph is not graph or any(o._uses for o in n.outputs):
+        if n.graph is not graph or any(o.num_uses for o in n.outputs):
             continue
         if outputs is None:
             outputs = {id(v) for v in graph.outputs}
         if any(id(o) in outputs for o in n.outputs) or not registry.get(n.op).pure:
             continue
-        inputs = list(n._inputs)
+        inputs = list(n.inputs)
         graph.remove(n)
         removed += 1
         if released is not None:
@@ -626,7 +626,7 @@ class _Driver:
         for _ in range(self.depth):
             nxt: list[Value] = []
             for v in frontier:
-                for u, _i in v._uses:
+                for u, _i in v.uses:
                     if u not in seen:
                         seen.add(u)
                         self.push(u)
@@ -640,8 +640,8 @@ class _Driver:
         for v in values:
             if v.producer is not None:
                 self.push(v.producer)
-            if len(v._uses) == 1:
-                self.push(v._uses[0][0])
+            if v.num_uses == 1:
+                self.push(v.uses[0][0])
 
     def run(self) -> int:
         graph, by_op, stack, queued = self.graph, self.by_op, self.stack, self.queued
@@ -715,7 +715,7 @@ class _Driver:
         if not builder.created:
             return
         for n in reversed(builder.created):
-            if n.graph is self.graph and not any(o._uses for o in n.outputs):
+            if n.graph is self.graph and not any(o.num_uses for o in n.outputs):
                 self.graph.remove(n)
         builder.created.clear()
 
@@ -727,7 +727,7 @@ class _Driver:
             raise PassError(f"rules did not reach a fixed point after {self.rewrites - 1} rewrites "
                             f"(most fired: {top}); two rules probably undo each other",
                             pass_name=self.pass_name or "apply_rules", previous=[])
-        released = list(node._inputs)
+        released = list(node.inputs)
         self.graph.replace(node, new)
         for n in builder.created:
             self.push(n)

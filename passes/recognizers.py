@@ -202,7 +202,7 @@ class _Reader:
         node = v.producer
         if node is None or len(node.outputs) != 1 or node.op not in _ARITH:
             return self.leaf(v)
-        if not root and (len(v._uses) != 1 or v.is_graph_output):
+        if not root and (v.num_uses != 1 or v.is_graph_output):
             return self.leaf(v)
         c = scalar(v)
         if c is not None:
@@ -280,7 +280,7 @@ def reaches(v: Value, ops: frozenset[str] | set[str], depth: int = 5) -> bool:
             if n.op in ops:
                 return True
             if n.op in _ARITH or n.op in _SHAPE_ONLY or n.op == "max":
-                nxt.extend(n._inputs)
+                nxt.extend(n.inputs)
         frontier = nxt
     return False
 
@@ -324,7 +324,7 @@ def reduction(v: Value, kinds: Sequence[str] = ("mean",), coef: float = 1.0) -> 
         # jnp.max(initial=-inf) spells the max as max(reduce_max(x), -inf)
         a, b = node.inputs
         for m, c in ((a, b), (b, a)):
-            if scalar(c) == -np.inf and len(m._uses) == 1:
+            if scalar(c) == -np.inf and m.num_uses == 1:
                 nodes.append(node)
                 v = peel_unit_dims(m, nodes)
                 break
@@ -398,7 +398,7 @@ def outside_users(nodes: Iterable[Node], root: Node) -> Node | None:
         for o in n.outputs:
             if o.is_graph_output:
                 return n
-            for u, _ in o._uses:
+            for u, _ in o.uses:
                 if id(u) not in inside:
                     return n
     return None

@@ -31,6 +31,32 @@ def test_use_lists_follow_mutation():
     verify(g)
 
 
+def test_cheap_accessors_read_without_copies_and_follow_mutation():
+    g, v = small()
+    a, b, c = v["a"], v["b"], v["c"]
+    mul = b.producer
+    ins = mul.inputs
+    assert ins is mul.inputs and ins == (a, a)  # the node's own tuple, not a fresh copy per read
+    view = a.uses
+    assert view is a.uses and a.num_uses == 2 and len(view) == 2 and (mul, 1) in view
+    assert [(n.op, i) for n, i in view] == [("mul", 0), ("mul", 1)]
+    copy = a.uses()
+    assert isinstance(copy, list) and copy == [(mul, 0), (mul, 1)]
+    mul.replace_input(1, v["x"])
+    assert mul.inputs == (a, v["x"]) and ins == (a, a)  # an old read keeps what it saw
+    assert a.num_uses == 1 and len(view) == 1 and (mul, 1) not in view and len(copy) == 2
+    assert v["x"].num_uses == 2 and c.num_uses == 0  # a graph output is not a use
+    assert not hasattr(view, "append") and not hasattr(view, "remove") and not hasattr(view, "pop")
+    add, relu = a.producer, c.producer
+    assert g.first is add and g.last is relu
+    assert add.prev is None and add.next is mul and mul.prev is add and mul.next is relu and relu.next is None
+    new = g.apply("neg", c)
+    assert relu.next is new.producer and g.last is new.producer and new.producer.prev is relu
+    g.remove(new.producer)
+    assert g.last is relu and relu.next is None and new.producer.prev is None and new.producer.next is None
+    verify(g)
+
+
 def test_replace_all_uses_with_covers_graph_outputs():
     g, v = small()
     c = v["c"]
