@@ -26,7 +26,7 @@ from .errors import AccelirError, InputError, LoweringError
 from .interpreter import InterpreterError, bind_shapes, to_numpy
 from .ir import DType, Graph
 
-__all__ = ["capture", "optimize", "CompiledModel", "OptimizeReport", "BACKENDS"]
+__all__ = ["capture", "optimize", "CompiledModel", "OptimizeReport", "BACKENDS", "build_runner"]
 
 BACKENDS = ("onnxruntime", "xla")
 _EXPORT_SUFFIXES = (".onnx", ".mlir", ".hlo", ".air", ".dot", ".html")
@@ -227,7 +227,9 @@ class OptimizeReport:
         return "\n".join(lines)
 
 
-def _build_runner(graph: Graph, backend: str, device: str) -> Callable[..., list]:
+def build_runner(graph: Graph, backend: str, device: str) -> Callable[..., list]:
+    """A callable running ``graph`` on ``backend`` ("onnxruntime" or "xla") and ``device``, taking the
+    flat input arrays and returning the output arrays; ``optimize`` and the command line both use it."""
     if backend == "onnxruntime":
         from .lowering.onnx import OnnxRuntimeModule
         return OnnxRuntimeModule(graph, device=device)
@@ -251,7 +253,7 @@ def _fastest_backend(graph: Graph, device: str, flat: list, report: OptimizeRepo
     candidates: dict[str, Callable] = {}
     for name in BACKENDS:
         try:
-            runner = _build_runner(graph, name, device)
+            runner = build_runner(graph, name, device)
             report.backends[name] = _time_runner(runner, flat)
         except Exception as e:  # noqa: BLE001 - whatever stops one backend, the other may still serve
             report.failed[name] = _first_line(e)
@@ -405,7 +407,7 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
         chosen, runner = _fastest_backend(graph, device, flat, report)
     else:
         chosen = backend
-        runner = _build_runner(graph, backend, device)
+        runner = build_runner(graph, backend, device)
     report.chosen = chosen
     report.stages["lowering"] = time.perf_counter() - t0
     return CompiledModel(graph, source, runner, backend=chosen, device=device, report=report,

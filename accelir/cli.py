@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import progress
-from .api import BACKENDS, _build_runner
+from .api import BACKENDS, build_runner
 from .errors import AccelirError, NumericMismatchError
 from .interpreter import run_graph, to_numpy
 from .ir import DType, Graph
@@ -211,7 +211,7 @@ class _LazyRunner:
     def build(self) -> Callable[..., list]:
         if self._run is None:
             with progress.step(f"{self.backend} session build"):
-                self._run = _build_runner(self.graph, self.backend, self.device)
+                self._run = build_runner(self.graph, self.backend, self.device)
         return self._run
 
     def __call__(self, *flat: Any) -> list:

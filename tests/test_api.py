@@ -392,3 +392,24 @@ def test_backend_auto_falls_back_when_one_backend_fails(monkeypatch):
     with pytest.raises(LoweringError, match=r"^backend='auto': no backend could run the model: "
                        r"onnxruntime: RuntimeError: exporter crashed; xla: exp: refused here$"):
         accelir.optimize(g, (x,), backend="auto", level=0)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "xla"])
+def test_build_runner_runs_a_graph_like_the_interpreter(backend):
+    from accelir.api import build_runner
+    g = accelir.parse("""graph main(%x: f32[2,3], %y: f32[2,3]) -> (f32[2,3]) {
+  %0 = mul(%x, %y) : f32[2,3]
+  %1 = tanh(%0) : f32[2,3]
+  return %1
+}
+""")
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((2, 3), dtype=np.float32), rng.standard_normal((2, 3), dtype=np.float32)
+    (got,) = build_runner(g, backend, "cpu")(x, y)
+    np.testing.assert_allclose(np.asarray(got), np.tanh(x * y), rtol=1e-6, atol=1e-6)
+
+
+def test_build_runner_refuses_an_unknown_backend():
+    from accelir.api import build_runner
+    with pytest.raises(AccelirError, match="unknown backend 'tvm'"):
+        build_runner(accelir.parse("graph main(%x: f32[1]) -> (f32[1]) {\n  return %x\n}\n"), "tvm", "cpu")
