@@ -229,7 +229,7 @@ class OptimizeReport:
 
 def _build_runner(graph: Graph, backend: str, device: str) -> Callable[..., list]:
     if backend == "onnxruntime":
-        from .lowering.onnx import OnnxRuntimeModule
+        from .lowering.onnxruntime import OnnxRuntimeModule
         return OnnxRuntimeModule(graph, device=device)
     if backend == "xla":
         from .lowering.jax import JaxModule
