@@ -1,7 +1,8 @@
 """Lowering to XLA through JAX: Graph -> a function over ``jax.numpy`` / ``jax.lax``.
 
 Each op has one rule in ``JAX_RULES`` (filled by ``register_lowering``), as jax
-registers one lowering per primitive.  A rule is ``rule(ctx, *arrays, **attrs)`` and
+registers one lowering per primitive; a composite op without one lowers through its
+decomposition (``rule_for``).  A rule is ``rule(ctx, *arrays, **attrs)`` and
 returns an array or a list of arrays; ``ctx`` gives the node, its regions as
 callables and the graph's constants.
 
@@ -40,7 +41,7 @@ from __future__ import annotations
 # the rule modules register their rules on import
 from . import control, elementwise, linalg, nn, reduce, shape  # noqa: F401
 from .context import (JAX_RULES, PARAM_MIN_ELEMENTS, JaxFunction, RuleContext, check_lowerable, register_lowering,
-                      to_jax, x64_scope)
+                      rule_for, to_jax, x64_scope)
 from .export import export_jax, hlo, load_exported, stablehlo
 from .layout import Permuted
 from .runner import JaxModule, jax_device
@@ -49,6 +50,7 @@ __all__ = [
     "JAX_RULES",
     "RuleContext",
     "register_lowering",
+    "rule_for",
     "to_jax",
     "JaxFunction",
     "JaxModule",

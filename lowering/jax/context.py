@@ -51,8 +51,6 @@ JAX_DTYPES: dict[DType, Any] = {
     DType.bool: jnp.bool_,
 }
 _WIDE = (DType.i64, DType.f64)
-# composites lowered through their decomposition: gathers at computed indices, no jax.image / lax counterpart
-_DECOMPOSED = ("grid_sample", "roi_align", "deform_conv")
 HALF_DTYPES = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
 
 
@@ -73,6 +71,16 @@ def register_lowering(op: str, *, upcast: bool = False, layout: bool = False) ->
                 table.discard(op)
         return rule
     return deco
+
+
+def rule_for(op: str) -> Rule | None:
+    """The rule that lowers ``op``: its own, else for a composite its decomposition into core ops (as
+    jax's ``mlir.lower_fun``), so a composite needs a rule only where jax has a better kernel; None
+    when there is neither."""
+    rule = JAX_RULES.get(op)
+    if rule is None and registry.is_registered(op) and registry.get(op).decompose is not None:
+        return lower_via_decomposition
+    return rule
 
 
 def x64_scope(enabled: bool) -> contextlib.AbstractContextManager:
@@ -151,7 +159,7 @@ def _all_types(graph: Graph):
 
 def check_lowerable(graph: Graph) -> None:
     """Raise a LoweringError naming the first node JAX cannot express, before tracing."""
-    missing = [n for n in _walk(graph) if n.op not in JAX_RULES]
+    missing = [n for n in _walk(graph) if rule_for(n.op) is None]
     if missing:
         ops = sorted({n.op for n in missing})
         raise LoweringError(
@@ -167,7 +175,8 @@ def check_lowerable(graph: Graph) -> None:
 
 def _needs_x64(graph: Graph) -> bool:
     # decompositions index with i64, and their values are not the graph's own
-    return any(t.dtype in _WIDE for t, _ in _all_types(graph)) or any(n.op in _DECOMPOSED for n in _walk(graph))
+    return any(t.dtype in _WIDE for t, _ in _all_types(graph)) or \
+        any(rule_for(n.op) is lower_via_decomposition for n in _walk(graph))
 
 
 # ----- the lowering ------------------------------------------------------------------
@@ -262,7 +271,7 @@ class Lowering:
         return outs if keep_layout else [logical(o) for o in outs]
 
     def lower_node(self, node: Node, args: list, bindings: Mapping[str, Any]) -> list:
-        rule = JAX_RULES[node.op]
+        rule = rule_for(node.op)
         attrs = self.resolve_attrs(node, bindings)
         if node.op not in _LAYOUT_AWARE:
             args = [logical(a) for a in args]
@@ -407,8 +416,8 @@ def from_jax_array(x: Any, kind: str) -> Any:
     return x
 
 
-def _via_decomposition(ctx, *args, **attrs):
-    """Lower a composite that jax has no kernel for through its decomposition into core ops."""
+def lower_via_decomposition(ctx, *args, **attrs):
+    """Lower a composite that has no rule of its own through its decomposition into core ops."""
     node = ctx.node
     try:
         scratch = registry.decomposition_graph(node.op, [v.type for v in node.inputs], node.attrs, node.meta,
@@ -418,7 +427,3 @@ def _via_decomposition(ctx, *args, **attrs):
     prefix = f"{node.op}_decomposition"
     sub = Lowering({id(scratch): prefix}, {}, {constant_key(prefix, k): v for k, v in scratch.constants.items()})
     return sub.run(scratch, *args, bindings=ctx.bindings)
-
-
-for _op in _DECOMPOSED:
-    register_lowering(_op)(_via_decomposition)

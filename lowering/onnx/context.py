@@ -18,6 +18,7 @@ from onnx import helper
 from accelir import dims as D
 from accelir.errors import LoweringError
 from accelir.ir import DType, Graph, Node, TensorType, Value
+from accelir.ops import registry
 
 from .kernels import MS_DOMAIN, ONNX_DTYPE, WIDER_DTYPES, input_var, supported_dtypes
 
@@ -319,7 +320,7 @@ class LoweringContext:
         return cache[key]
 
     def _lower_node(self, node: Node, xs: list[OnnxValue]) -> list[OnnxValue]:
-        rule = ONNX_RULES.get(node.op)
+        rule = rule_for(node.op)
         if rule is None:
             raise self.error(f"no ONNX rule for op {node.op!r}; register one with "
                              "accelir.lowering.onnx.register_lowering")
@@ -384,6 +385,30 @@ def register_lowering(*op_names: str) -> Callable[[Rule], Rule]:
             ONNX_RULES[name] = fn
         return fn
     return deco
+
+
+def rule_for(op: str) -> Rule | None:
+    """The rule that lowers ``op``: its own, else for a composite its decomposition into core ops (as
+    jax's ``mlir.lower_fun``), so a composite needs a rule only where ONNX has a better kernel; None
+    when there is neither."""
+    rule = ONNX_RULES.get(op)
+    if rule is None and registry.is_registered(op) and registry.get(op).decompose is not None:
+        return lower_via_decomposition
+    return rule
+
+
+def lower_via_decomposition(ctx: LoweringContext, node: Node, xs: list[OnnxValue]) -> list[OnnxValue]:
+    """Lower a composite through its decomposition into core ops."""
+    try:
+        scratch = registry.decomposition_graph(node.op, [v.type for v in node.inputs], node.attrs, node.meta,
+                                               [v.name for v in node.inputs])
+    except registry.TypeRuleError as e:
+        raise ctx.error(f"no ONNX kernel serves it here and its decomposition does not apply: {e}") from None
+    ctx.composites.append(node)
+    try:
+        return ctx.emit_graph(scratch, xs)
+    finally:
+        ctx.composites.pop()
 
 
 def names_read(node: onnx.NodeProto) -> set[str]:

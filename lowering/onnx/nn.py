@@ -16,7 +16,7 @@ from accelir.ops import registry
 from accelir.ops.nn import GRID_MODE_OLD_NAMES, split_heads
 
 from .kernels import MS_DOMAIN, supported_dtypes
-from .context import LoweringContext, OnnxValue, in_compute, register_lowering
+from .context import LoweringContext, OnnxValue, in_compute, lower_via_decomposition, register_lowering
 from .linalg import conv_attrs, conv_input
 from .shape import slice_partition
 
@@ -36,20 +36,6 @@ def _lower_fused_conv(ctx, node, xs):
 
 
 # ----- composites -----------------------------------------------------------------------
-
-def _decompose(ctx: LoweringContext, node: Node, xs: list[OnnxValue]) -> list[OnnxValue]:
-    """Lower a composite through its decomposition into core ops."""
-    try:
-        scratch = registry.decomposition_graph(node.op, [v.type for v in node.inputs], node.attrs, node.meta,
-                                               [v.name for v in node.inputs])
-    except registry.TypeRuleError as e:
-        raise ctx.error(f"no ONNX kernel serves it here and its decomposition does not apply: {e}") from None
-    ctx.composites.append(node)
-    try:
-        return ctx.emit_graph(scratch, xs)
-    finally:
-        ctx.composites.pop()
-
 
 def _gelu(ctx: LoweringContext, x: OnnxValue, approximate: str) -> OnnxValue:
     fused = "FastGelu" if approximate == "tanh" else "Gelu"
@@ -142,7 +128,7 @@ def _lower_layer_norm(ctx, node, xs):
 @register_lowering("rms_norm")
 def _lower_rms_norm(ctx, node, xs):
     out = _rms_norm(ctx, node, xs[0], _norm_params(ctx, node, xs, 1, 1)[0])
-    return [out] if out is not None else _decompose(ctx, node, xs)
+    return [out] if out is not None else lower_via_decomposition(ctx, node, xs)
 
 
 # The residual add stays an Add before the norm: ONNX Runtime's CPU SkipLayerNormalization and
@@ -160,7 +146,7 @@ def _lower_skip_layer_norm(ctx, node, xs):
 def _lower_skip_rms_norm(ctx, node, xs):
     s = ctx.kernel("Add", xs[0], xs[1])
     y = _rms_norm(ctx, node, s, _norm_params(ctx, node, xs, 2, 1)[0])
-    return [y, s] if y is not None else _decompose(ctx, node, xs)
+    return [y, s] if y is not None else lower_via_decomposition(ctx, node, xs)
 
 
 @register_lowering("batch_norm")
@@ -185,7 +171,7 @@ def _lower_grid_sample(ctx, node, xs):
         # X and grid are separate type variables: cast the grid along with X
         return [ctx.kernel("GridSample", xs[0], ctx.cast(xs[1], cdt), compute=cdt, mode=mode,
                            padding_mode=a["padding_mode"], align_corners=int(a["align_corners"]))]
-    return _decompose(ctx, node, xs)
+    return lower_via_decomposition(ctx, node, xs)
 
 
 @register_lowering("roi_align")
@@ -196,13 +182,13 @@ def _lower_roi_align(ctx, node, xs):
     if node.attrs["sampling_ratio"] == 0:
         raise ctx.error(f"onnxruntime has no RoiAlign kernel at opset {ctx.opset}, and adaptive sampling "
                         "(sampling_ratio=0) has no decomposition; lower at opset 21 or below, or set sampling_ratio")
-    return _decompose(ctx, node, xs)
+    return lower_via_decomposition(ctx, node, xs)
 
 
 @register_lowering("deform_conv")
 def _lower_deform_conv(ctx, node, xs):
     if not ctx.has_kernel(node.inputs[0].dtype, "DeformConv"):
-        return _decompose(ctx, node, xs)
+        return lower_via_decomposition(ctx, node, xs)
     attrs, _ = conv_attrs(ctx, node)
     return [ctx.kernel("DeformConv", *xs, offset_group=node.attrs["offset_groups"], **attrs)]
 
@@ -294,7 +280,7 @@ def _lower_attention(ctx, node, xs):
     fits = (ctx.opset >= 23 and q.rank == 4 and q.shape[:2] == k.shape[:2] == v.shape[:2]
             and (mask is None or mask.rank <= 4) and ctx.has_kernel(q.dtype, "Attention"))
     if not fits:
-        return _decompose(ctx, node, xs)
+        return lower_via_decomposition(ctx, node, xs)
     cdt = ctx.compute_dtype(q.dtype, "Attention")
     ins = [ctx.cast(x, cdt) for x in xs[:3]] + [ctx.cast(m, cdt) if m.dtype == q.dtype else m for m in xs[3:]]
     out = ctx.op("Attention", *ins, dtype=cdt, scale=node.attrs["scale"],
