@@ -14,13 +14,12 @@ import itertools
 from typing import Sequence
 
 import numpy as np
-import scipy.special
 
 from .. import dims as _dims
 from ..ir import Builder, DType, TensorType, Value
+from .activations import ACTIVATIONS, activation
 from .linalg import CONV_ATTRS, _conv_rule, conv_params, conv_reference
-from .registry import (ACTIVATIONS, AttrSpec, OpDef, TypeRuleError, broadcast_shapes, norm_axis,
-                       np_dtype_compute, register, same_dtype)
+from .registry import AttrSpec, OpDef, TypeRuleError, broadcast_shapes, norm_axis, np_dtype_compute, register, same_dtype
 
 __all__ = ["activation_reference", "decompose_activation", "split_heads", "GRID_MODE_OLD_NAMES"]
 
@@ -34,46 +33,16 @@ def _in_compute(x: np.ndarray) -> np.ndarray:
     return x.astype(np_dtype_compute(x.dtype), copy=False)
 
 
-def _gelu_ref(x):
-    return 0.5 * x * (1.0 + scipy.special.erf(x * np.asarray(1.0 / np.sqrt(2.0), x.dtype)))
-
-
-def _gelu_tanh_ref(x):
-    c = np.asarray(np.sqrt(2.0 / np.pi), x.dtype)
-    return 0.5 * x * (1.0 + np.tanh(c * (x + np.asarray(0.044715, x.dtype) * x * x * x)))
-
-
 def activation_reference(x: np.ndarray, act: str) -> np.ndarray:
-    """Apply a named activation to an array already in its compute dtype."""
-    if act == "none":
-        return x
-    if act == "relu":
-        return np.where(x > 0, x, np.where(np.isnan(x), x, np.zeros((), x.dtype)))
-    if act == "gelu":
-        return _gelu_ref(x)
-    if act == "gelu_tanh":
-        return _gelu_tanh_ref(x)
-    if act == "silu":
-        return x * scipy.special.expit(x)
-    if act == "sigmoid":
-        return scipy.special.expit(x)
-    if act == "tanh":
-        return np.tanh(x)
-    raise ValueError(f"unknown activation {act!r}")
+    """Apply a named activation (a row of ``activations.ACTIVATION_TABLE``) to an array already in its
+    compute dtype."""
+    return activation(act).reference(x)
 
 
 def decompose_activation(b: Builder, x: Value, act: str) -> Value:
-    if act == "none":
-        return x
-    if act in ("relu", "sigmoid", "tanh"):
-        return b.op(act, x)
-    if act == "gelu":
-        return b.op("gelu", x, approximate="none")
-    if act == "gelu_tanh":
-        return b.op("gelu", x, approximate="tanh")
-    if act == "silu":
-        return b.op("silu", x)
-    raise ValueError(f"unknown activation {act!r}")
+    """The IR op of activation ``act`` applied to ``x`` (``x`` itself for "none")."""
+    a = activation(act)
+    return x if a.op is None else b.op(a.op, x, **dict(a.attrs))
 
 
 def _unary_float_rule(op):

@@ -24,6 +24,7 @@ from accelir import dims
 from accelir.errors import AccelirError, LoweringError
 from accelir.ir import DType, Graph, Node, TensorType
 from accelir.ops import registry
+from accelir.ops.activations import activation
 from accelir.splat import splat_scalar
 
 from .layout import Permuted, common_layout, held, in_layout, kernel_last, logical, with_data
@@ -81,6 +82,13 @@ def rule_for(op: str) -> Rule | None:
     if rule is None and registry.is_registered(op) and registry.get(op).decompose is not None:
         return lower_via_decomposition
     return rule
+
+
+def apply_activation(ctx: RuleContext, x: Any, act: str) -> Any:
+    """``x`` through activation ``act`` (the ``activation`` attribute of linear / fused_conv): the rule
+    of the IR op that the activation table names for it."""
+    a = activation(act)
+    return x if a.op is None else JAX_RULES[a.op](ctx, x, **dict(a.attrs))
 
 
 def x64_scope(enabled: bool) -> contextlib.AbstractContextManager:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import jax
@@ -19,7 +18,7 @@ def _is_int(x: Any) -> bool:
     return jnp.issubdtype(x.dtype, jnp.integer)
 
 
-def relu(x):
+def _relu(x):
     return jnp.maximum(x, jnp.zeros((), x.dtype))
 
 
@@ -53,7 +52,7 @@ _ELEMENTWISE: dict[str, Callable] = {
     "asin": jnp.arcsin, "acos": jnp.arccos, "atan": jnp.arctan, "sinh": jnp.sinh, "cosh": jnp.cosh,
     "asinh": jnp.arcsinh, "acosh": jnp.arccosh, "atanh": jnp.arctanh, "tanh": jnp.tanh,
     "sigmoid": jax.nn.sigmoid, "erf": lax.erf, "floor": jnp.floor, "ceil": jnp.ceil, "round": jnp.round,
-    "sign": jnp.sign, "reciprocal": jnp.reciprocal, "relu": relu, "not": jnp.invert,
+    "sign": jnp.sign, "reciprocal": jnp.reciprocal, "relu": _relu, "not": jnp.invert,
     "isnan": jnp.isnan, "isinf": jnp.isinf,
     "add": jnp.add, "sub": jnp.subtract, "mul": jnp.multiply, "div": _div, "pow": _pow,
     "max": jnp.maximum, "min": jnp.minimum, "rem": _rem, "atan2": jnp.arctan2,
@@ -87,14 +86,3 @@ def _cast(ctx, x, *, dtype):
         t = jnp.clip(jnp.trunc(x), info.min, info.max)
         return lax.convert_element_type(jnp.where(jnp.isnan(x), jnp.zeros_like(t), t), to)
     return lax.convert_element_type(x, to)
-
-
-ACTIVATION_FNS: dict[str, Callable] = {
-    "none": lambda x: x,
-    "relu": relu,
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
-    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
-    "silu": jax.nn.silu,
-    "sigmoid": jax.nn.sigmoid,
-    "tanh": jnp.tanh,
-}

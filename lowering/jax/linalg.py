@@ -10,8 +10,7 @@ from jax import lax
 from accelir.ops.linalg import conv_params, pool_output_dim
 
 from .layout import Permuted, channels_last, held, in_layout, kernel_last, logical, parts, physical, with_data
-from .context import HALF_DTYPES, register_lowering
-from .elementwise import ACTIVATION_FNS
+from .context import HALF_DTYPES, apply_activation, register_lowering
 
 # ----- rules: contractions, conv, pooling --------------------------------------------
 
@@ -55,7 +54,7 @@ def _conv_rule(ctx, x, w, bias=None, **attrs):
 
 @register_lowering("fused_conv", upcast=True, layout=True)
 def _fused_conv(ctx, x, w, bias=None, *, activation, **attrs):
-    return with_data(_conv(x, w, bias, attrs), ACTIVATION_FNS[activation])
+    return with_data(_conv(x, w, bias, attrs), lambda y: apply_activation(ctx, y, activation))
 
 
 def _pool_window(x, kernel, stride, padding, dilation, ceil_mode):

@@ -10,8 +10,7 @@ from jax import lax
 from accelir.ops.shape import inverse_perm
 
 from .layout import held, logical, parts
-from .context import pointwise, register_lowering
-from .elementwise import ACTIVATION_FNS
+from .context import apply_activation, pointwise, register_lowering
 
 # ----- rules: composites -------------------------------------------------------------
 
@@ -96,4 +95,4 @@ def _linear(ctx, x, w, bias=None, *, activation):
     y = jnp.matmul(x, w)
     if bias is not None:
         y = y + bias
-    return ACTIVATION_FNS[activation](y)
+    return apply_activation(ctx, y, activation)

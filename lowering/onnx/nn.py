@@ -13,6 +13,7 @@ import numpy as np
 from accelir import dims as D
 from accelir.ir import DType, Node, TensorType, Value
 from accelir.ops import registry
+from accelir.ops.activations import activation
 from accelir.ops.nn import GRID_MODE_OLD_NAMES, split_heads
 
 from .kernels import MS_DOMAIN, supported_dtypes
@@ -20,19 +21,16 @@ from .context import LoweringContext, OnnxValue, in_compute, lower_via_decomposi
 from .linalg import conv_attrs, conv_input
 from .shape import slice_partition
 
-_FUSED_CONV_ACT = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}
-
-
 @register_lowering("fused_conv")
 def _lower_fused_conv(ctx, node, xs):
     attrs, lhs = conv_attrs(ctx, node)
     xs = conv_input(ctx, node, xs, lhs)
-    act = node.attrs["activation"]
-    if ctx.target == "onnxruntime" and act in _FUSED_CONV_ACT:
+    act = activation(node.attrs["activation"])
+    if ctx.target == "onnxruntime" and act.ort_fused_conv:
         cdt = ctx.compute_dtype(xs[0].dtype, "FusedConv", domain=MS_DOMAIN)
         if cdt == ctx.compute_dtype(xs[0].dtype, "Conv"):
-            return [ctx.kernel("FusedConv", *xs, domain=MS_DOMAIN, activation=_FUSED_CONV_ACT[act], **attrs)]
-    return [_activation(ctx, ctx.kernel("Conv", *xs, **attrs), act)]
+            return [ctx.kernel("FusedConv", *xs, domain=MS_DOMAIN, activation=act.onnx_op, **attrs)]
+    return [_activation(ctx, ctx.kernel("Conv", *xs, **attrs), act.name)]
 
 
 # ----- composites -----------------------------------------------------------------------
@@ -63,13 +61,17 @@ def _silu(ctx: LoweringContext, x: OnnxValue) -> OnnxValue:
 
 
 def _activation(ctx: LoweringContext, x: OnnxValue, act: str) -> OnnxValue:
-    if act == "none":
+    """``x`` through activation ``act`` (the ``activation`` attribute of linear / fused_conv): the plain
+    ONNX op the activation table names, else the lowering of its IR op (gelu, silu)."""
+    a = activation(act)
+    if a.op is None:
         return x
-    if act in ("relu", "sigmoid", "tanh"):
-        return ctx.kernel(act.capitalize(), x)
-    if act == "silu":
-        return _silu(ctx, x)
-    return _gelu(ctx, x, "tanh" if act == "gelu_tanh" else "none")
+    if a.onnx_op is not None:
+        return ctx.kernel(a.onnx_op, x)
+    return _ACTIVATION_OPS[a.op](ctx, x, **dict(a.attrs))
+
+
+_ACTIVATION_OPS = {"gelu": _gelu, "silu": _silu}  # the composite IR ops an activation may be
 
 
 @register_lowering("gelu")
