@@ -8,10 +8,8 @@ export share.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import functools
-import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -104,35 +102,6 @@ def pointwise(rule: Rule) -> Rule:
             return rule(ctx, *[logical(a) for a in args], **attrs)
         return held(rule(ctx, *[in_layout(a, perm) for a in args], **attrs), perm)
     return layout_rule
-
-
-# ----- symbolic dims ------------------------------------------------------------------
-
-_DIM_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-            ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
-
-
-def eval_dim(d: Any, bindings: Mapping[str, Any]) -> Any:
-    """The value of dim ``d`` with its symbols bound to traced dims.
-
-    Unlike ``accelir.dims.evaluate`` the bound values need not be ints: under shape
-    polymorphism they are jax symbolic dims, which support the same arithmetic.
-    """
-    if type(d) is int:
-        return d
-
-    def ev(node: ast.AST) -> Any:
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            return node.value
-        if isinstance(node, ast.Name):
-            return bindings[node.id]
-        if isinstance(node, ast.BinOp) and type(node.op) in _DIM_OPS:
-            return _DIM_OPS[type(node.op)](ev(node.left), ev(node.right))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -ev(node.operand)
-        raise ValueError(f"not a dimension expression: {d!r}")
-
-    return ev(ast.parse(d, mode="eval").body)
 
 
 # ----- checking a graph before lowering ----------------------------------------------
@@ -260,7 +229,8 @@ class Lowering:
         for k, spec in registry.get(node.op).attrs.items():
             if spec.kind == "dims" and any(type(d) is not int for d in attrs[k]):
                 try:
-                    attrs[k] = tuple(eval_dim(d, bindings) for d in attrs[k])
+                    # bound values may be jax symbolic dims (shape polymorphism): they have the same arithmetic
+                    attrs[k] = tuple(dims.evaluate_with(d, bindings.__getitem__) for d in attrs[k])
                 except KeyError as e:
                     raise LoweringError(f"{node.describe()}: attribute {k}={list(attrs[k])} uses symbolic dim "
                                         f"{e.args[0]!r}, which no input of the graph carries") from None

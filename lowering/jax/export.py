@@ -14,7 +14,7 @@ from accelir import dims
 from accelir.errors import LoweringError
 from accelir.ir import Graph
 
-from .context import JAX_DTYPES, eval_dim, to_jax, to_jax_array, x64_scope
+from .context import JAX_DTYPES, to_jax, to_jax_array, x64_scope
 
 # ----- export ------------------------------------------------------------------------
 
@@ -29,7 +29,8 @@ def _input_specs(graph: Graph, example_inputs: Sequence[Any] | None, symbolic: b
         names = sorted({s for v in graph.inputs for d in v.shape if type(d) is not int
                         for s in dims.symbols(d)})
         symbols = {n: jax.export.symbolic_shape(n, scope=scope)[0] for n in names}
-        return [jax.ShapeDtypeStruct(tuple(eval_dim(d, symbols) for d in v.shape), JAX_DTYPES[v.dtype])
+        return [jax.ShapeDtypeStruct(tuple(dims.evaluate_with(d, symbols.__getitem__) for d in v.shape),
+                                     JAX_DTYPES[v.dtype])
                 for v in graph.inputs]
     if example_inputs is None:
         if all(v.type.is_static for v in graph.inputs):

@@ -7,7 +7,6 @@ subgraphs, widens dtypes that have no kernel, and computes symbolic dims at run 
 
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -24,6 +23,7 @@ from .kernels import MS_DOMAIN, ONNX_DTYPE, WIDER_DTYPES, input_var, supported_d
 
 _VALUE_INPUT = {"Where": 1}  # the input whose dtype is the op's value dtype, where it is not the first
 _PROVENANCE_KEYS = ("module", "source", "origin", "pass", "rule")
+_DIM_OPS = {"+": "Add", "-": "Sub", "*": "Mul", "//": "Div", "%": "Mod"}  # the ONNX op of each dim operator
 
 
 # ----- values and the lowering context -----------------------------------------------
@@ -223,25 +223,23 @@ class LoweringContext:
             src, axis = found
             out = self.op("Shape", src, dtype=DType.i64, start=axis, end=axis + 1)
         else:
-            out = self._dim_expr(ast.parse(d, mode="eval").body, d)
+            out = self._dim_expr(d)
         self._dim_cache[d] = out
         return out
 
-    def _dim_expr(self, tree: ast.AST, text: str) -> OnnxValue:
-        if isinstance(tree, ast.Constant) and type(tree.value) is int:
-            return self.ints([tree.value])
-        if isinstance(tree, ast.Name):
-            if self._find_symbol(tree.id) is None:
-                raise self.error(f"symbolic dim {tree.id!r} (in {text!r}) is not a dim of any input; "
+    def _dim_expr(self, d: str) -> OnnxValue:
+        """Nodes computing dim expression ``d`` from the dims of the values carrying its symbols."""
+        def symbol(name: str) -> OnnxValue:
+            if self._find_symbol(name) is None:
+                raise self.error(f"symbolic dim {name!r} (in {d!r}) is not a dim of any input; "
                                  "make it a dim of a graph input or give the shape statically")
-            return self.dim(tree.id)
-        if isinstance(tree, ast.UnaryOp) and isinstance(tree.op, ast.USub):
-            return self.op("Neg", self._dim_expr(tree.operand, text))
-        ops = {ast.Add: "Add", ast.Sub: "Sub", ast.Mult: "Mul", ast.FloorDiv: "Div", ast.Mod: "Mod"}
-        if isinstance(tree, ast.BinOp) and type(tree.op) in ops:
-            # dims are non-negative, so ONNX's truncating Div is floor division
-            return self.op(ops[type(tree.op)], self._dim_expr(tree.left, text), self._dim_expr(tree.right, text))
-        raise self.error(f"cannot compute dim {text!r}")
+            return self.dim(name)
+
+        try:  # dims are non-negative, so ONNX's truncating Div is floor division
+            return D.evaluate_with(d, symbol, const=lambda c: self.ints([c]),
+                                   binop=lambda op, a, b: self.op(_DIM_OPS[op], a, b), neg=lambda a: self.op("Neg", a))
+        except ValueError:
+            raise self.error(f"cannot compute dim {d!r}") from None
 
     def dims(self, shape: Sequence[D.Dim]) -> OnnxValue:
         """Materialise a dims tuple as a 1-D int64 tensor (a constant when every dim is static)."""

@@ -16,8 +16,8 @@ from accelir.errors import LoweringError
 from accelir.fileio import atomic_outputs
 from accelir.ir import DType, Graph
 
-from .kernels import (EXTERNAL_DATA_THRESHOLD, EXTERNAL_LOCATION, EXTERNAL_WEIGHT_BYTES, MIN_OPSET, MS_DOMAIN, ONNX_DTYPE,
-                      default_opset)
+from .kernels import (EXTERNAL_DATA_THRESHOLD, EXTERNAL_LOCATION, EXTERNAL_WEIGHT_BYTES, MIN_OPSET, MS_DOMAIN,
+                      ONNX_DTYPE, default_opset)
 from .context import LoweringContext, ModelState, OnnxValue, live_nodes, value_info
 
 # ----- the model ----------------------------------------------------------------------
