@@ -18,7 +18,7 @@ import numpy as np
 from .. import dims as _dims
 from ..ir import Builder, DType, TensorType, Value
 from .activations import ACTIVATIONS, activation
-from .linalg import CONV_ATTRS, _conv_rule, conv_params, conv_reference
+from .linalg import CONV_ATTRS, conv_type_rule, conv_params, conv_reference
 from .registry import AttrSpec, OpDef, TypeRuleError, broadcast_shapes, norm_axis, np_dtype_compute, register, same_dtype
 
 __all__ = ["activation_reference", "decompose_activation", "split_heads", "GRID_MODE_OLD_NAMES"]
@@ -433,7 +433,7 @@ register(OpDef("linear", _linear_rule, _wrap(_linear_ref), min_inputs=2, max_inp
 
 
 def _fused_conv_rule(types, attrs):
-    out = _conv_rule(types, attrs, op="fused_conv")
+    out = conv_type_rule(types, attrs, op="fused_conv")
     return out
 
 
@@ -893,7 +893,7 @@ def _deform_conv_rule(types, attrs):
     if x.rank != 4:
         raise TypeRuleError(f"deform_conv: x must be [N, C, H, W] (2-d only), got {x}")
     same_dtype("deform_conv", types)
-    (out,) = _conv_rule([x, w] + list(types[3:4]), attrs, op="deform_conv")
+    (out,) = conv_type_rule([x, w] + list(types[3:4]), attrs, op="deform_conv")
     og, (kh, kw) = attrs["offset_groups"], w.shape[2:]
     if og < 1 or (type(x.shape[1]) is int and x.shape[1] % og):
         raise TypeRuleError(f"deform_conv: {x.shape[1]} channels do not split into {og} offset groups")
