@@ -231,7 +231,7 @@ def build_runner(graph: Graph, backend: str, device: str) -> Callable[..., list]
     """A callable running ``graph`` on ``backend`` ("onnxruntime" or "xla") and ``device``, taking the
     flat input arrays and returning the output arrays; ``optimize`` and the command line both use it."""
     if backend == "onnxruntime":
-        from .lowering.onnx import OnnxRuntimeModule
+        from .lowering.onnxruntime import OnnxRuntimeModule
         return OnnxRuntimeModule(graph, device=device)
     if backend == "xla":
         from .lowering.jax import JaxModule

@@ -5,14 +5,17 @@ polynomial over symbols (``"2*seq"``, ``"batch*seq+1"``).  Strings are kept in o
 canonical form, so two dims are equal exactly when their strings are equal.  Floor
 division and modulo that do not simplify become opaque atoms (``"(seq+1)//2"``).
 
-Parsing never evaluates code: it walks a whitelisted Python AST.
+Parsing never evaluates code: it walks a whitelisted Python AST, in one place
+(``evaluate_with``), which evaluates a dim in any algebra: the polynomial canonical form,
+ints (``evaluate``), jax symbolic dims and ONNX nodes computing a dim at run time.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
-from typing import Mapping, Union
+import operator
+from typing import Any, Callable, Mapping, TypeVar, Union
 
 __all__ = [
     "Dim",
@@ -24,12 +27,14 @@ __all__ = [
     "dim_mod",
     "dim_prod",
     "evaluate",
+    "evaluate_with",
     "symbols",
     "solve",
     "is_static",
 ]
 
 Dim = Union[int, str]
+T = TypeVar("T")
 
 # A polynomial: monomial (sorted tuple of atom names, with repetition) -> coefficient.
 _Poly = dict
@@ -123,37 +128,25 @@ def _pmod(p: _Poly, q: _Poly) -> _Poly:
     return _opaque(p, "%", d)
 
 
-_BINOPS = {ast.Add: lambda a, b: _padd(a, b), ast.Sub: lambda a, b: _padd(a, b, -1),
-           ast.Mult: _pmul, ast.FloorDiv: _pfloordiv, ast.Mod: _pmod}
+_POLY_BINOPS = {"+": _padd, "-": lambda a, b: _padd(a, b, -1), "*": _pmul, "//": _pfloordiv, "%": _pmod}
 
 
-def _walk(node: ast.AST, text: str) -> _Poly:
-    if isinstance(node, ast.Expression):
-        return _walk(node.body, text)
-    if isinstance(node, ast.Constant) and type(node.value) is int:
-        return _const(node.value)
-    if isinstance(node, ast.Name):
-        return _atom(node.id)
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        left = _walk(node.left, text)
-        right = _walk(node.right, text)
-        return _BINOPS[type(node.op)](left, right)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return _padd({}, _walk(node.operand, text), -1)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd):
-        return _walk(node.operand, text)
-    raise ValueError(f"not a dimension expression: {text!r}")
+@functools.lru_cache(maxsize=4096)
+def _tree(text: str) -> ast.AST:
+    """The expression tree of a dim's text (parsed, never evaluated)."""
+    if len(text) > 512:
+        raise ValueError("dimension expression too long")
+    try:
+        return ast.parse(text.strip(), mode="eval").body
+    except SyntaxError as e:
+        raise ValueError(f"not a dimension expression: {text!r}") from e
 
 
 @functools.lru_cache(maxsize=4096)
 def _parse(text: str) -> tuple:
-    if len(text) > 512:
-        raise ValueError("dimension expression too long")
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as e:
-        raise ValueError(f"not a dimension expression: {text!r}") from e
-    return tuple(sorted(_walk(tree, text).items()))
+    poly = evaluate_with(text, _atom, const=_const, binop=lambda op, a, b: _POLY_BINOPS[op](a, b),
+                         neg=lambda a: _padd({}, a, -1))
+    return tuple(sorted(poly.items()))
 
 
 def _poly(d: Dim) -> _Poly:
@@ -219,7 +212,7 @@ def symbols(d: Dim) -> set[str]:
     if type(d) is int:
         return set()
     names: set[str] = set()
-    for node in ast.walk(ast.parse(str(d), mode="eval")):
+    for node in ast.walk(_tree(str(d))):
         if isinstance(node, ast.Name):
             names.add(node.id)
     return names
@@ -255,38 +248,51 @@ def solve(d: Dim, value: int, bindings: Mapping[str, int]) -> tuple[str, int] | 
     return sym, (value - const) // k
 
 
+_PY_BINOPS: dict[str, Callable[[Any, Any], Any]] = {"+": operator.add, "-": operator.sub, "*": operator.mul,
+                                                  "//": operator.floordiv, "%": operator.mod}
+_AST_BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "//", ast.Mod: "%"}
+
+
+def evaluate_with(d: Dim, symbol: Callable[[str], T], *, const: Callable[[int], T] = int,
+                  binop: Callable[[str, T, T], T] | None = None, neg: Callable[[T], T] = operator.neg) -> T:
+    """The value of dim ``d`` in any algebra: ``symbol(name)`` gives each symbol's value, ``const(c)`` each
+    integer's, ``binop(op, a, b)`` combines two values (``op`` one of ``+ - * // %``; by default Python's
+    operators) and ``neg`` negates.
+
+    The one walker of dim expressions: ints (``evaluate``), jax's symbolic dims under shape
+    polymorphism, ONNX nodes computing a dim at run time all evaluate a dim through it.
+    """
+    combine = binop or (lambda op, a, b: _PY_BINOPS[op](a, b))
+    text = str(d)
+
+    def ev(node: ast.AST) -> T:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return const(node.value)
+        if isinstance(node, ast.Name):
+            return symbol(node.id)
+        if isinstance(node, ast.BinOp) and type(node.op) in _AST_BINOPS:
+            return combine(_AST_BINOPS[type(node.op)], ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return neg(ev(node.operand))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd):
+            return ev(node.operand)
+        raise ValueError(f"not a dimension expression: {text!r}")
+
+    if type(d) is int:
+        return const(d)
+    return ev(_tree(text))
+
+
 def evaluate(d: Dim, bindings: Mapping[str, int]) -> int:
     """The value of ``d`` with each symbol replaced by its binding."""
     if type(d) is int:
         return d
     if d in bindings:
         return int(bindings[d])
-    tree = ast.parse(d, mode="eval")
 
-    def ev(node: ast.AST) -> int:
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            return node.value
-        if isinstance(node, ast.Name):
-            if node.id not in bindings:
-                raise KeyError(f"symbolic dim {node.id!r} has no value")
-            return int(bindings[node.id])
-        if isinstance(node, ast.BinOp):
-            a, b = ev(node.left), ev(node.right)
-            op = type(node.op)
-            if op is ast.Add:
-                return a + b
-            if op is ast.Sub:
-                return a - b
-            if op is ast.Mult:
-                return a * b
-            if op is ast.FloorDiv:
-                return a // b
-            if op is ast.Mod:
-                return a % b
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -ev(node.operand)
-        raise ValueError(f"not a dimension expression: {d!r}")
+    def symbol(name: str) -> int:
+        if name not in bindings:
+            raise KeyError(f"symbolic dim {name!r} has no value")
+        return int(bindings[name])
 
-    return ev(tree)
+    return evaluate_with(d, symbol)

@@ -129,7 +129,8 @@ def build_memory(name: str, quick: bool, level: int, traced: bool, system: str) 
 def _build_accelir(model: Any, inputs: tuple, threads: int, level: int) -> Result:
     import accelir
     from accelir.interpreter import to_numpy
-    from accelir.lowering.onnx import OnnxRuntimeModule, to_onnx_external
+    from accelir.lowering.onnx import to_onnx_external
+    from accelir.lowering.onnxruntime import OnnxRuntimeModule
     from benchmarks.run import session_options
 
     t0 = time.perf_counter()

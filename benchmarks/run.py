@@ -207,7 +207,7 @@ def _accelir(backend: str) -> Callable[[Any, tuple, Context], Built]:
         # graph on a runner built the same way with the benchmark's thread count, from inputs already in
         # the runtime's form, as every peer is timed
         if backend == "onnxruntime":
-            from accelir.lowering.onnx import OnnxRuntimeModule
+            from accelir.lowering.onnxruntime import OnnxRuntimeModule
             runner = OnnxRuntimeModule(cm.graph, threads=ctx.threads)
             return Built(session_call(runner.session, flat, runner), notes, seconds, mem.added)
         return Built(xla_call(cm.graph, flat), notes, seconds, mem.added)

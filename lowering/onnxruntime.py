@@ -31,7 +31,8 @@ from accelir.errors import LoweringError
 from accelir.interpreter import to_numpy
 from accelir.ir import Graph
 
-from .onnx import EXTERNAL_DATA_THRESHOLD, ONNX_TYPE_STRINGS, save_onnx, to_onnx, to_onnx_external
+from .onnx.kernels import EXTERNAL_DATA_THRESHOLD, ONNX_TYPE_STRINGS
+from .onnx.model import save_onnx, to_onnx, to_onnx_external
 
 __all__ = ["OnnxRuntimeModule", "PROVIDERS", "disabled_optimizers"]
 

@@ -31,6 +31,7 @@ import numpy as np
 from accelir.dims import Dim
 from accelir.ir import DType, Node, Value
 from accelir.ops import registry
+from accelir.ops.activations import ACTIVATION_TABLE
 
 __all__ = [
     "Term", "Polynomial", "Reduction", "const_array", "scalar", "close", "peel_unit_dims", "polynomial",
@@ -47,8 +48,7 @@ _MAX_NODES = 48
 _MAX_TERMS = 8
 
 # unary op (with attrs) -> activation name of linear / fused_conv
-ACTIVATION_OF = {("relu", ()): "relu", ("sigmoid", ()): "sigmoid", ("tanh", ()): "tanh", ("silu", ()): "silu",
-                 ("gelu", (("approximate", "none"),)): "gelu", ("gelu", (("approximate", "tanh"),)): "gelu_tanh"}
+ACTIVATION_OF = {(a.op, a.attrs): a.name for a in ACTIVATION_TABLE.values() if a.op is not None}
 
 _SHAPE_ONLY = ("reshape", "unsqueeze", "squeeze", "broadcast_to")
 

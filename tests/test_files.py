@@ -48,7 +48,7 @@ _CHILD = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     import accelir
     from accelir import DType, Graph, TensorType
-    from accelir.lowering import onnx as lowering_onnx
+    from accelir.lowering.onnx import model as lowering_onnx
     fmt, stage, path = sys.argv[1:4]
 
     g = Graph("main")

@@ -310,7 +310,8 @@ def test_fused_attention_that_accelir_emits_reads_back(name):
     from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
 
     import accelir
-    from accelir.lowering.onnx import OnnxRuntimeModule, to_onnx
+    from accelir.lowering.onnx import to_onnx
+    from accelir.lowering.onnxruntime import OnnxRuntimeModule
 
     torch.manual_seed(0)
     if name == "gpt2":

@@ -382,7 +382,7 @@ def test_every_op_has_a_numeric_case() -> None:
 
 
 def test_initializers_viewing_whole_bytes_are_handed_over_without_a_copy():
-    from accelir.lowering.onnx import _backing_bytes
+    from accelir.lowering.onnx.model import _backing_bytes
     raw = np.arange(12, dtype=np.float32).tobytes()
     arr = np.frombuffer(raw, np.float32).reshape(3, 4)
     assert _backing_bytes(arr) is raw

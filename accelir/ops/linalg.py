@@ -15,7 +15,7 @@ from .. import dims as D
 from ..ir import DType, TensorType
 from .registry import AttrSpec, OpDef, TypeRuleError, broadcast_shapes, np_dtype_compute, register, same_dtype
 
-__all__ = ["conv_output_dim", "pool_output_dim", "conv_reference"]
+__all__ = ["conv_output_dim", "pool_output_dim", "conv_reference", "conv_type_rule"]
 
 
 def _dims_match(a, b) -> bool:
@@ -137,7 +137,8 @@ def conv_params(op, attrs, n):
             get("lhs_dilation", (1,) * n))
 
 
-def _conv_rule(types, attrs, op="conv"):
+def conv_type_rule(types, attrs, op="conv"):
+    """The type rule of conv, shared by the ops that convolve (fused_conv, deform_conv) under their own name."""
     x, w = types[0], types[1]
     dt = same_dtype(op, types)
     if not dt.is_float:
@@ -217,7 +218,7 @@ def _conv_ref(inputs, attrs, regions):
     return [conv_reference(x, w, b, stride, padding, dilation, attrs["groups"], lhs_dil)]
 
 
-register(OpDef("conv", _conv_rule, _conv_ref, min_inputs=2, max_inputs=3, attrs=dict(CONV_ATTRS),
+register(OpDef("conv", conv_type_rule, _conv_ref, min_inputs=2, max_inputs=3, attrs=dict(CONV_ATTRS),
                doc="N-d convolution (cross-correlation) of x [N, C, *S] with w [O, C/groups, *K], optional "
                    "bias [O]; padding is ((lo, hi), ...) per spatial dim; lhs_dilation dilates the input"))
 

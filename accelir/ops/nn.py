@@ -14,13 +14,12 @@ import itertools
 from typing import Sequence
 
 import numpy as np
-import scipy.special
 
 from .. import dims as _dims
 from ..ir import Builder, DType, TensorType, Value
-from .linalg import CONV_ATTRS, _conv_rule, conv_params, conv_reference
-from .registry import (ACTIVATIONS, AttrSpec, OpDef, TypeRuleError, broadcast_shapes, norm_axis,
-                       np_dtype_compute, register, same_dtype)
+from .activations import ACTIVATIONS, activation
+from .linalg import CONV_ATTRS, conv_type_rule, conv_params, conv_reference
+from .registry import AttrSpec, OpDef, TypeRuleError, broadcast_shapes, norm_axis, np_dtype_compute, register, same_dtype
 
 __all__ = ["activation_reference", "decompose_activation", "split_heads", "GRID_MODE_OLD_NAMES"]
 
@@ -34,46 +33,16 @@ def _in_compute(x: np.ndarray) -> np.ndarray:
     return x.astype(np_dtype_compute(x.dtype), copy=False)
 
 
-def _gelu_ref(x):
-    return 0.5 * x * (1.0 + scipy.special.erf(x * np.asarray(1.0 / np.sqrt(2.0), x.dtype)))
-
-
-def _gelu_tanh_ref(x):
-    c = np.asarray(np.sqrt(2.0 / np.pi), x.dtype)
-    return 0.5 * x * (1.0 + np.tanh(c * (x + np.asarray(0.044715, x.dtype) * x * x * x)))
-
-
 def activation_reference(x: np.ndarray, act: str) -> np.ndarray:
-    """Apply a named activation to an array already in its compute dtype."""
-    if act == "none":
-        return x
-    if act == "relu":
-        return np.where(x > 0, x, np.where(np.isnan(x), x, np.zeros((), x.dtype)))
-    if act == "gelu":
-        return _gelu_ref(x)
-    if act == "gelu_tanh":
-        return _gelu_tanh_ref(x)
-    if act == "silu":
-        return x * scipy.special.expit(x)
-    if act == "sigmoid":
-        return scipy.special.expit(x)
-    if act == "tanh":
-        return np.tanh(x)
-    raise ValueError(f"unknown activation {act!r}")
+    """Apply a named activation (a row of ``activations.ACTIVATION_TABLE``) to an array already in its
+    compute dtype."""
+    return activation(act).reference(x)
 
 
 def decompose_activation(b: Builder, x: Value, act: str) -> Value:
-    if act == "none":
-        return x
-    if act in ("relu", "sigmoid", "tanh"):
-        return b.op(act, x)
-    if act == "gelu":
-        return b.op("gelu", x, approximate="none")
-    if act == "gelu_tanh":
-        return b.op("gelu", x, approximate="tanh")
-    if act == "silu":
-        return b.op("silu", x)
-    raise ValueError(f"unknown activation {act!r}")
+    """The IR op of activation ``act`` applied to ``x`` (``x`` itself for "none")."""
+    a = activation(act)
+    return x if a.op is None else b.op(a.op, x, **dict(a.attrs))
 
 
 def _unary_float_rule(op):
@@ -464,7 +433,7 @@ register(OpDef("linear", _linear_rule, _wrap(_linear_ref), min_inputs=2, max_inp
 
 
 def _fused_conv_rule(types, attrs):
-    out = _conv_rule(types, attrs, op="fused_conv")
+    out = conv_type_rule(types, attrs, op="fused_conv")
     return out
 
 
@@ -924,7 +893,7 @@ def _deform_conv_rule(types, attrs):
     if x.rank != 4:
         raise TypeRuleError(f"deform_conv: x must be [N, C, H, W] (2-d only), got {x}")
     same_dtype("deform_conv", types)
-    (out,) = _conv_rule([x, w] + list(types[3:4]), attrs, op="deform_conv")
+    (out,) = conv_type_rule([x, w] + list(types[3:4]), attrs, op="deform_conv")
     og, (kh, kw) = attrs["offset_groups"], w.shape[2:]
     if og < 1 or (type(x.shape[1]) is int and x.shape[1] % og):
         raise TypeRuleError(f"deform_conv: {x.shape[1]} channels do not split into {og} offset groups")

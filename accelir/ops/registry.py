@@ -17,6 +17,7 @@ from .. import dims as _dims
 from ..dims import Dim
 from ..errors import AccelirError, VerificationError
 from ..types import DType, TensorType
+from .activations import ACTIVATIONS  # re-exported: the activation table lives in activations.py
 
 __all__ = [
     "AttrSpec",
@@ -34,8 +35,6 @@ __all__ = [
 ]
 
 REQUIRED = object()
-
-ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh")
 
 
 class TypeRuleError(AccelirError):

@@ -1,0 +1,407 @@
+"""The jax lowering itself: the rule table, the rule context, one trace of a graph, and ``to_jax``.
+
+A rule is ``rule(ctx, *arrays, **attrs)`` registered with ``register_lowering``; a composite op with
+no rule lowers through its decomposition into core ops.  Symbolic dims are bound at trace time to
+the dims of the inputs.  Also the conversions between numpy / torch / jax arrays the runner and
+export share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from accelir import dims
+from accelir.errors import AccelirError, LoweringError
+from accelir.ir import DType, Graph, Node, TensorType
+from accelir.ops import registry
+from accelir.ops.activations import activation
+from accelir.splat import splat_scalar
+
+from .layout import Permuted, common_layout, held, in_layout, kernel_last, logical, with_data
+
+Rule = Callable[..., Any]
+
+JAX_RULES: dict[str, Rule] = {}
+_UPCAST: set[str] = set()
+_LAYOUT_AWARE: set[str] = set()
+
+# Constants with more elements than this become arguments of the compiled function;
+# smaller ones are inlined so XLA can fold them.
+PARAM_MIN_ELEMENTS = 64
+
+JAX_DTYPES: dict[DType, Any] = {
+    DType.f16: jnp.float16,
+    DType.bf16: jnp.bfloat16,
+    DType.f32: jnp.float32,
+    DType.f64: jnp.float64,
+    DType.i8: jnp.int8,
+    DType.i16: jnp.int16,
+    DType.i32: jnp.int32,
+    DType.i64: jnp.int64,
+    DType.u8: jnp.uint8,
+    DType.bool: jnp.bool_,
+}
+_WIDE = (DType.i64, DType.f64)
+HALF_DTYPES = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
+
+
+def register_lowering(op: str, *, upcast: bool = False, layout: bool = False) -> Callable[[Rule], Rule]:
+    """Register ``rule(ctx, *arrays, **attrs)`` as the lowering of ``op``.
+
+    ``upcast=True`` hands f16 / bf16 inputs to the rule as f32; the results are
+    rounded back to the node's dtypes once.  ``layout=True`` hands the rule values held
+    transposed (:class:`Permuted`) as they are; other rules see every input in the
+    IR's own layout.  Any rule may return Permuted values.
+    """
+    def deco(rule: Rule) -> Rule:
+        JAX_RULES[op] = rule
+        for flag, table in ((upcast, _UPCAST), (layout, _LAYOUT_AWARE)):
+            if flag:
+                table.add(op)
+            else:
+                table.discard(op)
+        return rule
+    return deco
+
+
+def rule_for(op: str) -> Rule | None:
+    """The rule that lowers ``op``: its own, else for a composite its decomposition into core ops (as
+    jax's ``mlir.lower_fun``), so a composite needs a rule only where jax has a better kernel; None
+    when there is neither."""
+    rule = JAX_RULES.get(op)
+    if rule is None and registry.is_registered(op) and registry.get(op).decompose is not None:
+        return lower_via_decomposition
+    return rule
+
+
+def apply_activation(ctx: RuleContext, x: Any, act: str) -> Any:
+    """``x`` through activation ``act`` (the ``activation`` attribute of linear / fused_conv): the rule
+    of the IR op that the activation table names for it."""
+    a = activation(act)
+    return x if a.op is None else JAX_RULES[a.op](ctx, x, **dict(a.attrs))
+
+
+def x64_scope(enabled: bool) -> contextlib.AbstractContextManager:
+    """A context with 64-bit jax types when ``enabled``; the global config is untouched."""
+    return jax.enable_x64(True) if enabled else contextlib.nullcontext()
+
+
+def pointwise(rule: Rule) -> Rule:
+    """``rule`` of an op that treats every element alike, run in the common layout of its operands."""
+    def layout_rule(ctx: RuleContext, *args: Any, **attrs: Any) -> Any:
+        perm = common_layout(args)
+        if perm is None:
+            return rule(ctx, *[logical(a) for a in args], **attrs)
+        return held(rule(ctx, *[in_layout(a, perm) for a in args], **attrs), perm)
+    return layout_rule
+
+
+# ----- checking a graph before lowering ----------------------------------------------
+
+def _walk(graph: Graph):
+    for node in graph.nodes:
+        yield node
+        for region in node.regions:
+            yield from _walk(region)
+
+
+def _graphs(graph: Graph) -> list[Graph]:
+    out = [graph]
+    for node in graph.nodes:
+        for region in node.regions:
+            out.extend(_graphs(region))
+    return out
+
+
+def _all_types(graph: Graph):
+    """Every value's type with the node making it (None for graph inputs); nodes first,
+    so an error can name the node that produces an inexpressible dtype."""
+    graphs = _graphs(graph)
+    for g in graphs:
+        for node in g.nodes:
+            for o in node.outputs:
+                yield o.type, node
+    for g in graphs:
+        for v in g.inputs:
+            yield v.type, None
+
+
+def check_lowerable(graph: Graph) -> None:
+    """Raise a LoweringError naming the first node JAX cannot express, before tracing."""
+    missing = [n for n in _walk(graph) if rule_for(n.op) is None]
+    if missing:
+        ops = sorted({n.op for n in missing})
+        raise LoweringError(
+            f"the jax lowering has no rule for {', '.join(ops)} (first: {missing[0].describe()}); "
+            "register one with accelir.lowering.jax.register_lowering(op) or rewrite the op into "
+            "ops that have one")
+    for t, node in _all_types(graph):
+        if t.dtype not in JAX_DTYPES:
+            where = node.describe() if node is not None else f"a graph input of type {t}"
+            raise LoweringError(f"the jax lowering cannot express dtype {t.dtype} ({where}); cast it to a "
+                                "supported dtype first")
+
+
+def _needs_x64(graph: Graph) -> bool:
+    # decompositions index with i64, and their values are not the graph's own
+    return any(t.dtype in _WIDE for t, _ in _all_types(graph)) or \
+        any(rule_for(n.op) is lower_via_decomposition for n in _walk(graph))
+
+
+# ----- the lowering ------------------------------------------------------------------
+
+@dataclass
+class RuleContext:
+    """What a rule may ask about the node it lowers."""
+
+    node: Node
+    lowering: Lowering
+    bindings: Mapping[str, Any]
+
+    @property
+    def out_types(self) -> tuple[TensorType, ...]:
+        return tuple(o.type for o in self.node.outputs)
+
+    def region(self, index: int, *, keep_layout: bool = False) -> Callable[..., list]:
+        """Region ``index`` as a function of jax arrays returning a list of arrays;
+        ``keep_layout`` lets its outputs come back as Permuted values."""
+        graph = self.node.regions[index]
+        return functools.partial(self.lowering.run, graph, bindings=self.bindings, keep_layout=keep_layout)
+
+    def constant(self, name: str) -> Any:
+        return self.lowering.constant(self.node.graph, name)
+
+
+def constant_key(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}"
+
+
+@dataclass
+class Lowering:
+    """One trace of a graph: its parameters (arrays or tracers) and graph ids."""
+
+    prefixes: Mapping[int, str]
+    params: Mapping[str, Any]
+    small: Mapping[str, np.ndarray] = field(default_factory=dict)
+    layouts: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    splats: Mapping[str, tuple[np.ndarray, tuple[int, ...]]] = field(default_factory=dict)
+
+    def constant(self, graph: Graph, name: str) -> Any:
+        key = constant_key(self.prefixes[id(graph)], name)
+        if key in self.splats:  # a broadcast of one scalar in the program, not a big device constant
+            scalar, shape = self.splats[key]
+            value = jnp.broadcast_to(jnp.asarray(scalar), shape)
+        else:
+            value = self.params[key] if key in self.params else jnp.asarray(self.small[key])
+        return Permuted(value, self.layouts[key]) if key in self.layouts else value
+
+    def bind_inputs(self, graph: Graph, args: Sequence[Any], bindings: dict[str, Any]) -> None:
+        if len(args) != len(graph.inputs):
+            raise LoweringError(f"graph {graph.name!r} takes {len(graph.inputs)} inputs, got {len(args)}")
+        for i, (v, a) in enumerate(zip(graph.inputs, args)):
+            label = f"graph {graph.name!r} input {i}" + (f" ({v.name})" if v.name else "")
+            want = jnp.dtype(JAX_DTYPES[v.dtype])
+            if jnp.dtype(a.dtype) != want or len(a.shape) != v.rank:
+                raise LoweringError(f"{label}: expected {v.type}, got {jnp.dtype(a.dtype).name}"
+                                    f"[{','.join(str(d) for d in a.shape)}]; convert the input to the captured "
+                                    "dtype and rank")
+            for k, (d, n) in enumerate(zip(v.shape, a.shape)):
+                if type(d) is int:
+                    if type(n) is not int or n != d:
+                        raise LoweringError(f"{label}: dim {k} is {n}, the graph was captured with {d} ({v.type}); "
+                                            "declare it dynamic to vary it")
+                elif d.isidentifier():
+                    old = bindings.get(d)
+                    if old is not None and type(old) is int and type(n) is int and old != n:
+                        raise LoweringError(f"{label}: dim {k} ({d}) is {n}, but {d} = {old} elsewhere")
+                    bindings.setdefault(d, n)
+
+    def resolve_attrs(self, node: Node, bindings: Mapping[str, Any]) -> dict[str, Any]:
+        attrs = dict(node.attrs)
+        for k, spec in registry.get(node.op).attrs.items():
+            if spec.kind == "dims" and any(type(d) is not int for d in attrs[k]):
+                try:
+                    # bound values may be jax symbolic dims (shape polymorphism): they have the same arithmetic
+                    attrs[k] = tuple(dims.evaluate_with(d, bindings.__getitem__) for d in attrs[k])
+                except KeyError as e:
+                    raise LoweringError(f"{node.describe()}: attribute {k}={list(attrs[k])} uses symbolic dim "
+                                        f"{e.args[0]!r}, which no input of the graph carries") from None
+        return attrs
+
+    def run(self, graph: Graph, *args: Any, bindings: Mapping[str, Any] | None = None,
+            keep_layout: bool = False) -> list:
+        b = dict(bindings or {})
+        self.bind_inputs(graph, args, b)
+        env: dict[int, Any] = {id(v): a for v, a in zip(graph.inputs, args)}
+        for node in graph.nodes:
+            outs = self.lower_node(node, [env[id(v)] for v in node.inputs], b)
+            for v, o in zip(node.outputs, outs):
+                env[id(v)] = o
+        outs = [env[id(v)] for v in graph.outputs]
+        return outs if keep_layout else [logical(o) for o in outs]
+
+    def lower_node(self, node: Node, args: list, bindings: Mapping[str, Any]) -> list:
+        rule = rule_for(node.op)
+        attrs = self.resolve_attrs(node, bindings)
+        if node.op not in _LAYOUT_AWARE:
+            args = [logical(a) for a in args]
+        if node.op in _UPCAST:
+            args = [with_data(a, lambda d: d.astype(jnp.float32)) if jnp.dtype(a.dtype) in HALF_DTYPES else a
+                    for a in args]
+        ctx = RuleContext(node, self, bindings)
+        scope = str(node.meta.get("module") or node.op)
+        try:
+            with jax.named_scope(scope):
+                result = rule(ctx, *args, **attrs)
+        except AccelirError:
+            raise
+        except Exception as e:
+            raise LoweringError(f"lowering {node.describe()} to jax failed: {type(e).__name__}: {e}") from e
+        outs = list(result) if isinstance(result, (list, tuple)) else [result]
+        if len(outs) != len(node.outputs):
+            raise LoweringError(f"the jax rule of {node.describe()} gave {len(outs)} results, "
+                                f"the node has {len(node.outputs)}")
+        fixed = []
+        for v, o in zip(node.outputs, outs):
+            want = jnp.dtype(JAX_DTYPES[v.dtype])
+            if jnp.dtype(o.dtype) != want:
+                o = with_data(o, lambda d: lax.convert_element_type(d, want))
+            static_mismatch = any(type(d) is int and type(n) is int and d != n for d, n in zip(v.shape, o.shape))
+            if len(o.shape) != v.rank or static_mismatch:
+                raise LoweringError(f"the jax rule of {node.describe()} gave shape {tuple(o.shape)}, the node "
+                                    f"says {v.type}")
+            fixed.append(o)
+        return fixed
+
+
+_CONVS = ("conv", "fused_conv")
+
+
+def _weight_layouts(graphs: Sequence[Graph], prefixes: Mapping[int, str]) -> dict[str, tuple[int, ...]]:
+    """Constant keys whose every read is a convolution's weight, with the channels-last
+    permutation they are best held in (OIHW -> HWIO)."""
+    verdict: dict[str, bool] = {}
+    ranks: dict[str, int] = {}
+    for g in graphs:
+        for node in g.nodes:
+            if node.op != "constant":
+                continue
+            key = constant_key(prefixes[id(g)], node.attrs["name"])
+            out = node.outputs[0]
+            as_weight = bool(out.uses()) and all(user.op in _CONVS and i == 1 for user, i in out.uses())
+            verdict[key] = verdict.get(key, True) and as_weight
+            ranks[key] = out.rank
+    return {k: kernel_last(ranks[k]) for k, ok in verdict.items() if ok}
+
+
+class JaxFunction:
+    """A graph as a jax function.  Call it on arrays in graph input order.
+
+    ``apply(params, *inputs)`` is pure and traceable (jit it, export it); ``params``
+    maps names to the large constants (``self.params`` holds them as numpy arrays).
+    Constants read only as convolution weights are held channels-last (kernel dims,
+    input channels, output channels; ``layouts`` maps their names to that permutation)
+    and inlined with the small constants, so no call transposes or repacks them.
+    """
+
+    def __init__(self, graph: Graph):
+        check_lowerable(graph)
+        self.graph = graph
+        self.needs_x64 = _needs_x64(graph)
+        graphs = _graphs(graph)
+        self._prefixes = {id(g): str(i) for i, g in enumerate(graphs)}
+        self.layouts = _weight_layouts(graphs, self._prefixes)
+        self.params: dict[str, np.ndarray] = {}
+        self._small: dict[str, np.ndarray] = {}
+        self._splats: dict[str, tuple[np.ndarray, tuple[int, ...]]] = {}  # key -> (scalar, shape held in)
+        for g in graphs:
+            for name, arr in g.constants.items():
+                key = constant_key(self._prefixes[id(g)], name)
+                held = np.transpose(arr, self.layouts[key]) if key in self.layouts else arr
+                scalar = splat_scalar(held)
+                if scalar is not None:
+                    self._splats[key] = (scalar, held.shape)
+                elif key in self.layouts:
+                    self._small[key] = held
+                else:
+                    (self.params if arr.size > PARAM_MIN_ELEMENTS else self._small)[key] = arr
+        self._device_params: dict[Any, dict[str, Any]] = {}
+
+    def apply(self, params: Mapping[str, Any], *inputs: Any) -> list:
+        return Lowering(self._prefixes, params, self._small, self.layouts, self._splats).run(self.graph, *inputs)
+
+    def embedded(self, *inputs: Any) -> list:
+        """``apply`` with the constants baked in: a self-contained function for export."""
+        return self.apply(self.params, *inputs)
+
+    def device_params(self, device: Any = None) -> dict[str, Any]:
+        """The large constants as jax arrays on ``device`` (default: jax's first device), made once."""
+        device = device or jax.devices()[0]
+        if device not in self._device_params:
+            with x64_scope(self.needs_x64):
+                self._device_params[device] = {k: jax.device_put(v, device) for k, v in self.params.items()}
+        return self._device_params[device]
+
+    def __call__(self, *inputs: Any) -> list:
+        with x64_scope(self.needs_x64):
+            return self.apply(self.device_params(), *[to_jax_array(x) for x in inputs])
+
+
+def to_jax(graph: Graph) -> JaxFunction:
+    """``graph`` as a callable over jax arrays (a LoweringError first if it cannot be expressed)."""
+    return JaxFunction(graph)
+
+
+def framework_of(x: Any) -> str:
+    mod = type(x).__module__
+    if mod.startswith("torch"):
+        return "torch"
+    if isinstance(x, jax.Array):
+        return "jax"
+    return "numpy"
+
+
+def to_jax_array(x: Any, device: Any = None) -> Any:
+    """A jax array of x (torch through DLPack, sharing memory); moved only if it is on
+    another device than ``device``."""
+    kind = framework_of(x)
+    if kind == "torch":
+        t = x.detach()
+        a = jax.dlpack.from_dlpack(t if t.is_contiguous() else t.contiguous())
+    elif kind == "jax":
+        a = x
+    else:
+        return jax.device_put(np.asarray(x), device) if device is not None else jnp.asarray(np.asarray(x))
+    if device is not None and a.devices() != {device}:
+        a = jax.device_put(a, device)
+    return a
+
+
+def from_jax_array(x: Any, kind: str) -> Any:
+    if kind == "torch":
+        import torch
+        return torch.from_dlpack(x)
+    if kind == "numpy":
+        return np.asarray(x)
+    return x
+
+
+def lower_via_decomposition(ctx, *args, **attrs):
+    """Lower a composite that has no rule of its own through its decomposition into core ops."""
+    node = ctx.node
+    try:
+        scratch = Graph.decomposition(node.op, [v.type for v in node.inputs], node.attrs, node.meta,
+                                      [v.name for v in node.inputs])
+    except registry.TypeRuleError as e:
+        raise LoweringError(f"jax lowering of {node.describe()}: {e}") from None
+    prefix = f"{node.op}_decomposition"
+    sub = Lowering({id(scratch): prefix}, {}, {constant_key(prefix, k): v for k, v in scratch.constants.items()})
+    return sub.run(scratch, *args, bindings=ctx.bindings)

@@ -1,0 +1,98 @@
+"""jax rules: composites (activations, softmax, norms, attention, linear)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from accelir.ops.shape import inverse_perm
+
+from .layout import held, logical, parts
+from .context import apply_activation, pointwise, register_lowering
+
+# ----- rules: composites -------------------------------------------------------------
+
+register_lowering("gelu", upcast=True, layout=True)(
+    pointwise(lambda ctx, x, *, approximate: jax.nn.gelu(x, approximate=approximate == "tanh")))
+register_lowering("silu", upcast=True, layout=True)(pointwise(lambda ctx, x: jax.nn.silu(x)))
+register_lowering("softmax", upcast=True)(lambda ctx, x, *, axis: jax.nn.softmax(x, axis=axis))
+register_lowering("log_softmax", upcast=True)(lambda ctx, x, *, axis: jax.nn.log_softmax(x, axis=axis))
+
+
+def _norm_axes(x, axis: int) -> tuple[int, ...]:
+    return tuple(range(axis % x.ndim, x.ndim))
+
+
+def _layer_norm_math(x, scale, bias, axis, epsilon):
+    axes = _norm_axes(x, axis)
+    d = x - jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.mean(d * d, axis=axes, keepdims=True)
+    y = d * lax.rsqrt(var + jnp.asarray(epsilon, x.dtype))
+    if scale is not None:
+        y = y * scale
+    return y + bias if bias is not None else y
+
+
+def _rms_norm_math(x, scale, axis, epsilon):
+    ms = jnp.mean(x * x, axis=_norm_axes(x, axis), keepdims=True)
+    y = x * lax.rsqrt(ms + jnp.asarray(epsilon, x.dtype))
+    return y * scale if scale is not None else y
+
+
+@register_lowering("layer_norm", upcast=True)
+def _layer_norm(ctx, x, scale=None, bias=None, *, axis, epsilon):
+    return _layer_norm_math(x, scale, bias, axis, epsilon)
+
+
+@register_lowering("rms_norm", upcast=True)
+def _rms_norm(ctx, x, scale=None, *, axis, epsilon):
+    return _rms_norm_math(x, scale, axis, epsilon)
+
+
+@register_lowering("skip_layer_norm", upcast=True)
+def _skip_layer_norm(ctx, x, skip, scale=None, bias=None, *, axis, epsilon):
+    s = x + skip
+    return [_layer_norm_math(s, scale, bias, axis, epsilon), s]
+
+
+@register_lowering("skip_rms_norm", upcast=True)
+def _skip_rms_norm(ctx, x, skip, scale=None, *, axis, epsilon):
+    s = x + skip
+    return [_rms_norm_math(s, scale, axis, epsilon), s]
+
+
+@register_lowering("batch_norm", upcast=True, layout=True)
+def _batch_norm(ctx, x, scale, bias, mean, var, *, epsilon):
+    data, perm = parts(x)
+    # per-channel vectors along the axis where the data holds the channels
+    shape = [1] * x.ndim
+    shape[inverse_perm(perm)[1]] = -1
+    scale, bias, mean, var = (logical(a).reshape(shape) for a in (scale, bias, mean, var))
+    k = lax.rsqrt(var + jnp.asarray(epsilon, var.dtype)) * scale
+    return held((data - mean) * k + bias, perm)
+
+
+@register_lowering("attention", upcast=True)
+def _attention(ctx, q, k, v, mask=None, *, scale, causal):
+    if scale is None:
+        d = q.shape[-1]
+        scale = 1.0 / np.sqrt(d) if type(d) is int else lax.rsqrt(jnp.asarray(d, q.dtype))
+    s = jnp.matmul(q, jnp.swapaxes(k, -1, -2)) * jnp.asarray(scale, q.dtype)
+    neg = jnp.asarray(-jnp.inf, s.dtype)
+    if causal:
+        shape = (q.shape[-2], k.shape[-2])
+        keep = lax.broadcasted_iota(jnp.int32, shape, 0) >= lax.broadcasted_iota(jnp.int32, shape, 1)
+        s = jnp.where(keep, s, neg)
+    if mask is not None:
+        s = jnp.where(mask, s, neg) if mask.dtype == jnp.bool_ else s + mask
+    return jnp.matmul(jax.nn.softmax(s, axis=-1), v)
+
+
+@register_lowering("linear", upcast=True)
+def _linear(ctx, x, w, bias=None, *, activation):
+    y = jnp.matmul(x, w)
+    if bias is not None:
+        y = y + bias
+    return apply_activation(ctx, y, activation)

@@ -1,0 +1,174 @@
+"""Model assembly and serialisation: ``to_onnx`` / ``to_onnx_external`` build the ModelProto from
+the context's nodes and initializers; ``save_onnx`` writes it, with external data past protobuf's
+size limit.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from accelir.errors import LoweringError
+from accelir.fileio import atomic_outputs
+from accelir.ir import DType, Graph
+
+from .kernels import (EXTERNAL_DATA_THRESHOLD, EXTERNAL_LOCATION, EXTERNAL_WEIGHT_BYTES, MIN_OPSET, MS_DOMAIN,
+                      ONNX_DTYPE, default_opset)
+from .context import LoweringContext, ModelState, OnnxValue, live_nodes, value_info
+
+# ----- the model ----------------------------------------------------------------------
+
+def to_onnx(graph: Graph, opset: int | None = None, target: str = "onnxruntime") -> onnx.ModelProto:
+    """Lower ``graph`` to an ONNX model.
+
+    ``target="standard"`` uses only ops of the ai.onnx domain (the model passes
+    ``onnx.checker.check_model(full_check=True)``); ``"onnxruntime"`` may also use ONNX
+    Runtime's fused kernels.  ``opset`` defaults to ``default_opset()``.
+    """
+    return _lower(graph, opset, target, external=False)[0]
+
+
+def to_onnx_external(graph: Graph, opset: int | None = None, target: str = "onnxruntime"
+                     ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """``to_onnx`` with the weights left out of the model, for ONNX Runtime to take from memory.
+
+    Each initializer of at least ``EXTERNAL_WEIGHT_BYTES`` is declared as external data
+    (location ``EXTERNAL_LOCATION``) and returned in the dict, name -> the graph's own
+    array (uncopied: a view of the framework's parameter where the frontend shared it).
+    Hand them to ``SessionOptions.add_external_initializers``, as ``OnnxRuntimeModule``
+    does with a Graph; the model alone is not loadable (``to_onnx`` is for files).
+    """
+    return _lower(graph, opset, target, external=True)
+
+
+def _lower(graph: Graph, opset: int | None, target: str, external: bool
+           ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    if target not in ("onnxruntime", "standard"):
+        raise LoweringError(f"unknown ONNX target {target!r}; use 'onnxruntime' or 'standard'")
+    opset = default_opset() if opset is None else int(opset)
+    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise LoweringError(f"opset {opset} is not supported: use {MIN_OPSET} to {onnx.defs.onnx_opset_version()}")
+    state = ModelState(opset, target)
+    ctx = LoweringContext(state)
+    inputs = [OnnxValue(state.fresh(v.name or f"input_{i}"), v.dtype) for i, v in enumerate(graph.inputs)]
+    outs = ctx.emit_graph(graph, inputs)
+    input_names = {v.name for v in inputs}
+    out_infos = []
+    seen: set[str] = set()
+    for i, (v, o) in enumerate(zip(graph.outputs, outs)):
+        if o.name in input_names or o.name in state.tensors or o.name in seen:
+            o = ctx.op("Identity", o)
+            o = ctx._adopt_name(o, v.name or f"output_{i}", len(ctx.nodes) - 1)
+        seen.add(o.name)
+        out_infos.append(value_info(o.name, v.type))
+    # ``needed``: the values the live nodes read, and the outputs (never initializers: those got an Identity)
+    nodes, needed = live_nodes(ctx.nodes, [o.name for o in out_infos])
+
+    # built in place: make_graph / make_model would copy every weight once more
+    model = onnx.ModelProto(ir_version=onnx.IR_VERSION, producer_name="accelir")
+    g = model.graph
+    g.name = graph.name or "main"
+    g.node.extend(nodes)
+    g.input.extend(value_info(ov.name, v.type) for ov, v in zip(inputs, graph.inputs))
+    g.output.extend(out_infos)
+    weights: dict[str, np.ndarray] = {}
+    for name, arr in state.tensors.items():
+        if name not in needed:
+            continue
+        if external and arr.nbytes >= EXTERNAL_WEIGHT_BYTES:
+            _external_stub(g.initializer.add(), name, arr)
+            weights[name] = arr
+        else:
+            fill_tensor(g.initializer.add(), name, arr)
+    model.opset_import.append(helper.make_opsetid("", opset))
+    if state.uses_ms_domain:
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    frontend = graph.meta.get("frontend")
+    if frontend:
+        helper.set_model_props(model, {"accelir.frontend": str(frontend)})
+    return model, weights
+
+
+def _backing_bytes(arr: np.ndarray) -> bytes | None:
+    """The ``bytes`` object ``arr`` views from its first byte to its last, else None: an initializer
+    read from an ONNX file is such a view, and handing protobuf those bytes saves a copy."""
+    base = arr.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if type(base) is not bytes or len(base) != arr.nbytes or not arr.flags.c_contiguous or \
+            arr.dtype.byteorder == ">":
+        return None
+    start = np.frombuffer(base, np.uint8, count=min(1, len(base))).__array_interface__["data"][0]
+    return base if arr.__array_interface__["data"][0] == start else None
+
+
+def fill_tensor(t: TensorProto, name: str, arr: np.ndarray) -> None:
+    t.name = name
+    t.data_type = ONNX_DTYPE[DType.from_numpy(arr.dtype)]
+    t.dims.extend(arr.shape)
+    raw = _backing_bytes(arr) if arr.nbytes else None
+    if raw is None:
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        raw = np.ascontiguousarray(arr).tobytes()
+    t.raw_data = raw
+
+
+def _external_stub(t: TensorProto, name: str, arr: np.ndarray) -> None:
+    t.name = name
+    t.data_type = ONNX_DTYPE[DType.from_numpy(arr.dtype)]
+    t.dims.extend(arr.shape)
+    t.data_location = TensorProto.EXTERNAL
+    entry = t.external_data.add()
+    entry.key, entry.value = "location", EXTERNAL_LOCATION
+
+
+def save_onnx(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None, *,
+              overwrite: bool = False) -> None:
+    """Write ``model`` to ``path``; with external data (``path + '.data'``) when ``external_data`` is
+    True, or when it is None and the weights exceed protobuf's 2 GB limit.
+
+    Both files go through temporaries (``accelir.fileio``): an interrupted save leaves no
+    truncated model.  An existing ``path`` or ``.data`` is replaced only with ``overwrite``.
+    With external data the model's large initializers are moved out of it, in place, as
+    ``onnx.save_model`` does.
+    """
+    path = os.fspath(path)
+    if external_data is None:
+        size = sum(len(t.raw_data) for t in model.graph.initializer)
+        external_data = size >= EXTERNAL_DATA_THRESHOLD
+    data_path = path + ".data"
+    with atomic_outputs(path, data_path, overwrite=overwrite) as out:
+        if external_data:
+            _write_external_data(model, out.temp(data_path), os.path.basename(data_path))
+        with open(out.temp(path), "wb") as f:
+            f.write(model.SerializeToString())
+
+
+def _initializers(graph: onnx.GraphProto) -> Iterator[TensorProto]:
+    """The initializers of ``graph`` and of its subgraphs (Loop / If / Scan bodies)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _initializers(sub)
+
+
+def _write_external_data(model: onnx.ModelProto, data_file: str, location: str, threshold: int = 1024,
+                         align: int = 64) -> None:
+    """Move every initializer of ``threshold`` bytes and up into ``data_file`` (offsets aligned to
+    ``align``), pointing the model at ``location``, the name the file will have beside it."""
+    from onnx.external_data_helper import set_external_data
+    with open(data_file, "wb") as f:
+        for t in _initializers(model.graph):
+            if not t.HasField("raw_data") or len(t.raw_data) < threshold:
+                continue
+            f.write(b"\0" * (-f.tell() % align))
+            offset = f.tell()
+            f.write(t.raw_data)
+            set_external_data(t, location, offset, len(t.raw_data))
+            t.ClearField("raw_data")
