@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from accelir import AccelirError, DType, UnsupportedOpError, run_graph, verify
 from accelir.frontends.onnx import DynamicValueError, OnnxImportError, import_onnx, restore_onnx_interface
-from onnx_single_node import onnxruntime_outputs
+from accelir.testing import onnxruntime_outputs
 
 RNG = np.random.default_rng(0)
 

@@ -5,13 +5,12 @@ onnxruntime's own kernels or numpy, beyond the cases ONNX's node tests cover."""
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from accelir.frontends.onnx import import_onnx
 from accelir.frontends.onnx_einsum import parse_einsum
-from onnx_single_node import import_and_run, onnxruntime_outputs
+from accelir.testing import import_and_run, onnxruntime_outputs
 
 F32 = TensorProto.FLOAT
 
@@ -49,8 +48,9 @@ def _lowered(model, feeds):
     """import -> ONNX lowering -> onnxruntime (the lowering of scan / while_loop regions included)."""
     from accelir.lowering.onnx import to_onnx
     g = import_onnx(model)
-    sess = ort.InferenceSession(to_onnx(g).SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, dict(zip([i.name for i in sess.get_inputs()], g.meta["signature"].flatten(feeds))))
+    lowered = to_onnx(g)
+    return onnxruntime_outputs(lowered, dict(zip([i.name for i in lowered.graph.input],
+                                                 g.meta["signature"].flatten(feeds))))
 
 
 # ----- Einsum ------------------------------------------------------------------------

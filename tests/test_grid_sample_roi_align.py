@@ -18,7 +18,7 @@ from accelir.lowering.jax import JaxModule
 from accelir.lowering.onnx import to_onnx
 from accelir.lowering.onnxruntime import OnnxRuntimeModule
 from accelir.ops.nn import GRID_MODE_OLD_NAMES
-from onnx_single_node import import_and_run, onnxruntime_outputs, reference_output, single_node_model
+from accelir.testing import import_and_run, onnxruntime_outputs, reference_output, single_node_model
 
 TORCH_MODE = GRID_MODE_OLD_NAMES
 
