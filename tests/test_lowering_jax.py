@@ -18,6 +18,7 @@ from accelir.ops.registry import infer_types, normalize_attrs
 from accelir.errors import VerificationError
 import accelir.lowering.jax as lj
 from accelir.lowering.jax import (JAX_RULES, JaxModule, export_jax, hlo, load_exported, stablehlo, to_jax)
+from accelir.testing import assert_close, relative_error
 
 # the per-op graphs have hundreds of tiny kernels: compile them without LLVM's slow passes
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
@@ -421,18 +422,6 @@ def build_op_graph(op: str) -> tuple[Graph, list[np.ndarray], list[str], set[DTy
     return g, arrays, labels, covered
 
 
-def assert_close(got, want, dt: DType, label: str) -> None:
-    got = np.asarray(got)
-    assert got.dtype == want.dtype, f"{label}: dtype {got.dtype} != {want.dtype}"
-    assert got.shape == want.shape, f"{label}: shape {got.shape} != {want.shape}"
-    if want.dtype.kind == "f" or want.dtype.name == "bfloat16":
-        tol = TOL[DType.from_numpy(want.dtype)]
-        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=tol, atol=tol,
-                                   equal_nan=True, err_msg=label)
-    else:
-        np.testing.assert_array_equal(got, want, err_msg=label)
-
-
 def test_every_op_has_a_rule_and_a_case():
     assert sorted(set(REGISTRY) - set(JAX_RULES)) == []
     assert sorted(set(REGISTRY) - set(CASES)) == []
@@ -446,7 +435,7 @@ def test_op_matches_interpreter(op):
     got = JaxModule(g, compiler_options=FAST_COMPILE)(*arrays)
     assert len(got) == len(want)
     for label, a, b in zip(labels, got, want):
-        assert_close(a, b, DType.from_numpy(b.dtype), f"{op} {label}")
+        assert_close(a, b, TOL, err_msg=f"{op} {label}")
 
 
 # ----- symbolic dims -----------------------------------------------------------------
@@ -470,7 +459,7 @@ def test_symbolic_attrs_follow_traced_shapes(shape):
     g = symbolic_graph()
     x = data(DType.f32, shape)
     for got, want in zip(JaxModule(g)(x), interpret(g, x)):
-        assert_close(got, want, DType.f32, "symbolic")
+        assert_close(got, want, TOL, err_msg="symbolic")
 
 
 def test_export_is_shape_polymorphic_and_loads_back():
@@ -482,7 +471,7 @@ def test_export_is_shape_polymorphic_and_loads_back():
         x = data(DType.f32, shape, seed=3)
         for got, want in zip(fn(x), interpret(g, x)):
             assert isinstance(got, jax.Array)
-            assert_close(got, want, DType.f32, "exported")
+            assert_close(got, want, TOL, err_msg="exported")
 
 
 def test_static_export_and_text_forms():
@@ -492,7 +481,7 @@ def test_static_export_and_text_forms():
     text = hlo(g, [x])
     assert text.startswith("HloModule") and "f32[2,4,8]" in text
     fn = load_exported(export_jax(g, [x], symbolic=False))
-    assert_close(fn(x)[0], interpret(g, x)[0], DType.f32, "static export")
+    assert_close(fn(x)[0], interpret(g, x)[0], TOL, err_msg="static export")
     with pytest.raises(LoweringError, match="symbolic input dims"):
         stablehlo(g)
 
@@ -550,7 +539,7 @@ def test_outputs_come_back_in_the_callers_framework():
     tx, tm = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16), torch.from_numpy(m)
     outs = mod(tx, tm)
     assert [o.dtype for o in outs] == [torch.bfloat16, torch.bool]
-    assert_close(outs[0].float().numpy().astype(want[0].dtype), want[0], DType.bf16, "torch bf16")
+    assert_close(outs[0].float().numpy().astype(want[0].dtype), want[0], TOL, err_msg="torch bf16")
     np.testing.assert_array_equal(outs[1].numpy(), want[1])
 
 
@@ -573,7 +562,7 @@ def test_large_constants_are_arguments_not_module_literals():
     x0 = data(DType.f32, (2, 64))
     signature = next(line for line in mod.lower(x0).as_text().splitlines() if "@main(" in line)
     assert "tensor<64x64xf32>" in signature
-    assert_close(mod(x0)[0], interpret(g, x0)[0], DType.f32, "params")
+    assert_close(mod(x0)[0], interpret(g, x0)[0], TOL, err_msg="params")
     assert list(to_jax(g).params) == ["0/w"]
 
 
@@ -623,7 +612,7 @@ def test_channels_last_convs_match_interpreter(channels_last_io):
     want = interpret(g, *arrays)
     got = JaxModule(g, compiler_options=FAST_COMPILE)(*arrays)
     for i, (a, b) in enumerate(zip(got, want)):
-        assert_close(a, b, DType.f32, f"output {i}")
+        assert_close(a, b, TOL, err_msg=f"output {i}")
     # the weights read only by convs are held channels-last and inlined, not passed per call
     fn = to_jax(g)
     assert len(fn.layouts) == 2 and not set(fn.layouts) & set(fn.params)
@@ -641,7 +630,7 @@ def test_channels_last_convs_with_symbolic_batch_export():
     for batch in (1, 3):
         x0 = data(DType.f32, (batch, 3, 8, 8), seed=batch)
         for i, (got, want) in enumerate(zip(fn(x0), interpret(g, x0))):
-            assert_close(got, want, DType.f32, f"batch {batch} output {i}")
+            assert_close(got, want, TOL, err_msg=f"batch {batch} output {i}")
 
 
 def test_conv_chain_has_no_transposes_between_convs():
@@ -711,11 +700,6 @@ def test_reference_cast_from_bf16_truncates_and_saturates_like_other_floats():
 
 
 # ----- end to end: models captured by the frontends, lowered to XLA, run, vs eager ---
-
-def relative_error(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
-
 
 def optimized(graph: Graph) -> Graph:
     from accelir import PassManager

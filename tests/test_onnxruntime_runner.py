@@ -16,6 +16,7 @@ from accelir import DType, Graph, LoweringError, TensorType
 from accelir.lowering.onnx import MS_DOMAIN, ONNX_RULES, default_opset, save_onnx, to_onnx, to_onnx_external
 from accelir.frontends.torch import capture_torch
 from accelir.lowering.onnxruntime import OnnxRuntimeModule
+from accelir.testing import random_inputs
 
 
 def _text_inputs(vocab: int, batch: int = 2, seq: int = 8) -> tuple[tuple, dict]:
@@ -323,17 +324,8 @@ def _mha_graph(b, s, t, n=2, h=4, hv=4, mask=None, **attrs) -> Graph:
 
 
 def _random_inputs(g: Graph, sizes: dict[str, int], seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for v in g.inputs:
-        shape = tuple(sizes.get(d, d) for d in v.type.shape)
-        if v.type.dtype is DType.bool:
-            m = rng.random(shape) < 0.7
-            m[..., 0] = True  # every query keeps a key: no all-masked row
-            out.append(m)
-        else:
-            out.append(rng.normal(size=shape).astype(v.type.dtype.numpy))
-    return out
+    """Random inputs; a bool input is a mask in which every query keeps a key (no all-masked row)."""
+    return random_inputs(g, seed, sizes=sizes, true_fraction=0.7, keep_first=True)
 
 
 MHA_CASES = {
