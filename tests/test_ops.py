@@ -297,10 +297,6 @@ def test_every_op_has_samples():
     assert not missing, f"ops without reference tests: {missing}"
 
 
-def _tol(dtype):
-    return {np.dtype(np.float32): 2e-5}.get(np.dtype(dtype), 0)
-
-
 CASES = [(op, i) for op in sorted(SAMPLES) for i in range(len(SAMPLES[op]))]
 
 
