@@ -385,12 +385,12 @@ def test_quick_prefilter_is_a_necessary_condition():
   %o2 = add(%o, %m2) : f32[4]
   return %o2, %s
 }""")
-    from accelir.passes.pattern import _Attempt
+    from accelir.passes.pattern import MatchAttempt
     values = [o for n in g.nodes for o in n.outputs] + list(g.inputs)
     matched = 0
     for p in pats:
         for v in values:
-            full = any(True for _ in p.matches(v, {}, _Attempt(False)))
+            full = any(True for _ in p.matches(v, {}, MatchAttempt(False)))
             assert not full or p.quick(v), (p, v)
             matched += full
     assert matched >= 8
