@@ -11,11 +11,11 @@ import pytest
 
 import accelir
 from accelir import DType, TensorType
+from accelir.testing import assert_close, random_inputs
 from accelir.ops import registry
 from accelir.passes import get_pass, pipeline, pass_name, rewrite_limit
 from accelir.passes.fuse_conv_bn import _CHUNK_BYTES
 from accelir.passes.pipeline import load_pass_modules
-from accelir.testing import assert_close, random_inputs
 
 load_pass_modules()
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from accelir import DType, Graph, LoweringError, TensorType, interpret, verify
+from accelir.testing import assert_close, relative_error
 from accelir.ops import REGISTRY
 from accelir.ops.registry import infer_types, normalize_attrs
 from accelir.errors import VerificationError
 import accelir.lowering.jax as lj
 from accelir.lowering.jax import (JAX_RULES, JaxModule, export_jax, hlo, load_exported, stablehlo, to_jax)
-from accelir.testing import assert_close, relative_error
 
 # the per-op graphs have hundreds of tiny kernels: compile them without LLVM's slow passes
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
@@ -734,7 +734,7 @@ def test_torch_model_through_xla_matches_eager(name, optimize):
 
 
 def test_torch_gpt2_dynamic_shapes_through_export():
-    from test_torch_models import MODELS, _text_inputs
+    from test_torch_models import MODELS, text_inputs
     from accelir.frontends.torch import capture_torch
 
     model, (args, kwargs) = MODELS["gpt2"]()
@@ -746,7 +746,7 @@ def test_torch_gpt2_dynamic_shapes_through_export():
     fn = load_exported(export_jax(graph))
     mod = JaxModule(graph)
     for b, s in [(3, 5), (1, 11)]:
-        run_args, run_kwargs = _text_inputs(100, batch=b, seq=s)
+        run_args, run_kwargs = text_inputs(100, batch=b, seq=s)
         with torch.no_grad():
             want = model(*run_args, **run_kwargs).last_hidden_state.numpy()
         flat = sig.flatten(*run_args, **run_kwargs)
@@ -772,7 +772,7 @@ def test_flax_model_through_xla_matches_jit(name):
     from accelir.frontends.jax import capture_jax
 
     model, inputs = flax_cases()[name]
-    variables = fm._init(model, *inputs)
+    variables = fm.init_variables(model, *inputs)
     graph = capture_jax(model.apply, (variables, *inputs))
     sig = graph.meta["signature"]
     flat = [jnp.asarray(a) for a in sig.flatten(variables, *inputs)]
@@ -789,11 +789,11 @@ def test_flax_model_through_xla_matches_jit(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["gpt2", "bert", "resnet"])
 def test_full_size_torch_model_through_xla(name):
-    from test_torch_models import _full_size
+    from test_torch_models import full_size
     from accelir.frontends.torch import capture_torch
     import torch.utils._pytree as pytree
 
-    model, (args, kwargs) = _full_size(name)
+    model, (args, kwargs) = full_size(name)
     model.eval()
     graph = optimized(capture_torch(model, args, example_kwargs=kwargs))
     sig = graph.meta["signature"]
@@ -810,7 +810,7 @@ def test_flax_scan_decoder_with_symbolic_batch_and_seq_through_export():
 
     rng = np.random.default_rng(6)
     model = fm.Decoder()
-    variables = fm._init(model, rng.integers(0, 17, (2, 6)).astype(np.int32))
+    variables = fm.init_variables(model, rng.integers(0, 17, (2, 6)).astype(np.int32))
     graph = capture_jax(model.apply, (variables, rng.integers(0, 17, (2, 6)).astype(np.int32)),
                         params_as_constants=True, symbolic_shapes=(None, "b, s"))
     assert graph.inputs[0].shape == ("b", "s")

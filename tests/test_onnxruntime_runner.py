@@ -17,14 +17,7 @@ from accelir.lowering.onnx import MS_DOMAIN, ONNX_RULES, default_opset, save_onn
 from accelir.frontends.torch import capture_torch
 from accelir.lowering.onnxruntime import OnnxRuntimeModule
 from accelir.testing import random_inputs
-
-
-def _text_inputs(vocab: int, batch: int = 2, seq: int = 8) -> tuple[tuple, dict]:
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, vocab, (batch, seq), generator=g)
-    mask = torch.ones(batch, seq, dtype=torch.long)
-    mask[0, -2:] = 0
-    return (ids,), {"attention_mask": mask}
+from test_torch_models import text_inputs
 
 
 class SmallCNN(torch.nn.Module):
@@ -43,13 +36,13 @@ class SmallCNN(torch.nn.Module):
 
 def _gpt2():
     cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=64, use_cache=False)
-    return transformers.GPT2Model(cfg), _text_inputs(100)
+    return transformers.GPT2Model(cfg), text_inputs(100)
 
 
 def _bert():
     cfg = transformers.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
                                   vocab_size=100, max_position_embeddings=64)
-    return transformers.BertModel(cfg), _text_inputs(100)
+    return transformers.BertModel(cfg), text_inputs(100)
 
 
 def _cnn():
@@ -99,7 +92,7 @@ def test_dynamic_batch_and_sequence(name):
     model, (args, kwargs) = MODELS[name]()
     batch, seq = Dim("batch"), Dim("seq", max=64)
     dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
-    _, m = _check(model, args, kwargs, "onnxruntime", dynamic, run=_text_inputs(100, batch=3, seq=5))
+    _, m = _check(model, args, kwargs, "onnxruntime", dynamic, run=text_inputs(100, batch=3, seq=5))
     dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input]
     assert dims == [["batch", "seq"], ["batch", "seq"]]
 
@@ -533,7 +526,7 @@ def test_optimized_model_with_dynamic_batch_and_sequence(name):
     dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
     cm = accelir.optimize(model, args, example_kwargs=kwargs, dynamic_shapes=dynamic, backend="onnxruntime")
     assert {"MultiHeadAttention", "Attention"} & {n.op_type for n in to_onnx(cm.graph).graph.node}
-    run_args, run_kwargs = _text_inputs(100, batch=3, seq=5)
+    run_args, run_kwargs = text_inputs(100, batch=3, seq=5)
     with torch.no_grad():
         want = model(*run_args, **run_kwargs)
     for got, w in zip(_leaves(cm(*run_args, **run_kwargs)), _leaves(want)):
