@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
 import numpy as np
 
-from .interpreter import run_graph
+from .interpreter import run_graph, to_numpy
 from .ir import DType, Graph
 from .pass_manager import TOLERANCES
 from .verify import verify
@@ -22,7 +22,7 @@ from .verify import verify
 if TYPE_CHECKING:
     from onnx import ModelProto
 
-__all__ = ["random_inputs", "assert_close", "relative_error", "onnxruntime_outputs", "reference_outputs",
+__all__ = ["random_inputs", "assert_close", "assert_relative_close", "relative_error", "onnxruntime_outputs", "reference_outputs",
            "single_node_model", "reference_output", "import_and_run"]
 
 # a tolerance table (dtype -> rtol = atol, or (rtol, atol)), or one rtol = atol / (rtol, atol) for every float
@@ -98,6 +98,30 @@ def assert_close(got: Any, want: Any, tolerances: Tolerances | None = None, *, d
     assert len(got) == len(want), f"{err_msg}: {len(got)} outputs instead of {len(want)}"
     for i, (g, w) in enumerate(zip(got, want)):
         _assert_one_close(g, w, tol, dtype, f"{err_msg} output {i}".strip())
+
+
+def assert_relative_close(got: Sequence[Any], want: Sequence[Any], rel: float, err_msg: str = "") -> None:
+    """Framework outputs (numpy, torch or jax arrays, leaf by leaf) match within ``rel`` of the
+    largest finite magnitude of each expected leaf: the check for whole models, whose outputs
+    mix magnitudes so that no per-element tolerance fits them all.
+
+    Dtypes and shapes must be equal, integer and bool leaves equal exactly, and NaN / inf
+    stand where they stand in ``want``.
+    """
+    assert len(got) == len(want), f"{err_msg}: {len(got)} outputs instead of {len(want)}"
+    for k, (g, w) in enumerate(zip(got, want)):
+        g, w = to_numpy(g), to_numpy(w)
+        what = f"{err_msg} output {k}".strip()
+        assert g.dtype == w.dtype and g.shape == w.shape, f"{what}: {g.dtype}{list(g.shape)} != {w.dtype}{list(w.shape)}"
+        if w.dtype.kind in "biu":
+            np.testing.assert_array_equal(g, w, err_msg=what)
+            continue
+        g64, w64 = g.astype(np.float64), w.astype(np.float64)
+        finite = np.isfinite(w64)
+        assert np.array_equal(g64[~finite], w64[~finite], equal_nan=True), f"{what}: NaN / inf differ"
+        scale = max(float(np.max(np.abs(w64[finite]), initial=0.0)), 1e-30)
+        err = float(np.max(np.abs(g64[finite] - w64[finite]), initial=0.0))
+        assert err <= rel * scale, f"{what}: max abs error {err:.3g} > {rel} * {scale:.3g}"
 
 
 def relative_error(got: Any, want: Any) -> float:

@@ -7,7 +7,7 @@ import pytest
 
 import accelir
 from accelir import DType
-from accelir.testing import (assert_close, onnxruntime_outputs, random_inputs, reference_output,
+from accelir.testing import (assert_close, assert_relative_close, onnxruntime_outputs, random_inputs, reference_output,
                              relative_error, single_node_model)
 
 
@@ -69,3 +69,19 @@ def test_oracles_agree_on_one_node():
     m2, feeds2 = single_node_model("Clip", {"x": x, "min": None, "max": np.array(1.0, np.float32)}, 21)
     assert list(m2.graph.node[0].input) == ["x", "", "max"] and list(feeds2) == ["x", "max"]
     np.testing.assert_array_equal(onnxruntime_outputs(m2, feeds2)[0], np.minimum(x, 1))
+
+
+def test_assert_relative_close_scales_by_the_largest_expected_magnitude():
+    import torch
+    want = [np.array([100.0, 1.0, np.inf], np.float32), np.array([3, 4])]
+    assert_relative_close([np.array([100.0, 1.009, np.inf], np.float32), np.array([3, 4])], want, 1e-4)
+    for got in ([np.array([100.0, 1.02, np.inf], np.float32), np.array([3, 4])],  # 0.02 > 1e-4 * 100
+                [np.array([100.0, 1.0, -np.inf], np.float32), np.array([3, 4])],  # inf of the other sign
+                [np.array([100.0, 1.0, np.inf], np.float32), np.array([3, 5])],  # ints exactly
+                [np.array([100.0, 1.0, np.inf], np.float64), np.array([3, 4])]):  # dtype
+        with pytest.raises(AssertionError):
+            assert_relative_close(got, want, 1e-4)
+    t = torch.tensor([1.0, 2.0], dtype=torch.bfloat16)  # torch leaves, bf16 included
+    assert_relative_close([t], [t.clone()], 0.0)
+    with pytest.raises(AssertionError):
+        assert_relative_close([t], [t.float()], 1.0)

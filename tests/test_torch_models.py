@@ -17,6 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 from accelir import run_graph, verify  # noqa: E402
 from accelir.frontends.torch import capture_torch  # noqa: E402
+from accelir.testing import assert_relative_close  # noqa: E402
 
 Dim = torch.export.Dim
 TOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
@@ -128,12 +129,7 @@ def check_model(model: torch.nn.Module, args: tuple, kwargs: dict, dtype: torch.
     with torch.no_grad():
         want = model(*run_args, **run_kwargs)
     assert type(got) is type(want)
-    got_leaves, want_leaves = pytree.tree_leaves(got), pytree.tree_leaves(want)
-    assert len(got_leaves) == len(want_leaves)
-    for g, w in zip(got_leaves, want_leaves):
-        assert g.shape == w.shape and g.dtype == w.dtype
-        err = (g.double() - w.double()).abs().max() / w.double().abs().max().clamp_min(1e-30)
-        assert err <= TOL[dtype], f"relative error {float(err):.2e} > {TOL[dtype]}"
+    assert_relative_close(pytree.tree_leaves(got), pytree.tree_leaves(want), TOL[dtype])
     return graph
 
 
