@@ -53,7 +53,7 @@ from accelir.ops import registry
 __all__ = [
     "Pattern", "Op", "Var", "Const", "Alt", "P", "Match", "Rule", "NearMiss", "RulePass",
     "RewriteBudget", "rewrite_budget", "rewrite_limit", "apply_rules", "provenance", "remove_dead",
-    "same_type",
+    "same_type", "MatchAttempt",
 ]
 
 log = logging.getLogger("accelir.passes")
@@ -111,8 +111,11 @@ def rewrite_limit(limit: int | None) -> Iterator[RewriteBudget]:
 
 # ----- patterns ----------------------------------------------------------------------
 
-class _Attempt:
-    """State of one match attempt at one root: progress made and the best failure reason."""
+class MatchAttempt:
+    """State of one match attempt at one root: progress made and the best failure reason.
+
+    Public because it is the third argument of ``Pattern.matches``: a custom pattern
+    reports why it does not fit through ``attempt.fail(reason)``."""
 
     __slots__ = ("verbose", "progress", "best_progress", "reason")
 
@@ -128,7 +131,7 @@ class _Attempt:
             self.reason = reason() if callable(reason) else reason
 
 
-def _bind(name: str | None, value: Value, b: Bindings, attempt: _Attempt) -> Bindings | None:
+def _bind(name: str | None, value: Value, b: Bindings, attempt: MatchAttempt) -> Bindings | None:
     if name is None:
         return b
     old = b.get(name)
@@ -147,7 +150,7 @@ class Pattern:
 
     name: str | None = None
 
-    def matches(self, value: Value, b: Bindings, attempt: _Attempt) -> Iterator[Bindings]:
+    def matches(self, value: Value, b: Bindings, attempt: MatchAttempt) -> Iterator[Bindings]:
         raise NotImplementedError
 
     def quick(self, value: Value) -> bool:
@@ -175,7 +178,7 @@ class Var(Pattern):
         self.name = name
         self.where = where
 
-    def matches(self, value: Value, b: Bindings, attempt: _Attempt) -> Iterator[Bindings]:
+    def matches(self, value: Value, b: Bindings, attempt: MatchAttempt) -> Iterator[Bindings]:
         if self.where is not None and not self.where(value):
             attempt.fail(lambda: f"{self.name or 'operand'} does not satisfy its predicate")
             return
@@ -241,7 +244,7 @@ class Const(Pattern):
         tol = self.atol + self.rtol * abs(want)
         return bool(abs(lo - want) <= tol and abs(hi - want) <= tol)
 
-    def matches(self, value: Value, b: Bindings, attempt: _Attempt) -> Iterator[Bindings]:
+    def matches(self, value: Value, b: Bindings, attempt: MatchAttempt) -> Iterator[Bindings]:
         arr = value.const_value
         if arr is None:
             attempt.fail(lambda: f"{self._label()} not a {'scalar ' if self.scalar else ''}constant")
@@ -336,7 +339,7 @@ class Op(Pattern):
     def _label(self) -> str:
         return self.name or "/".join(self.ops)
 
-    def matches(self, value: Value, b: Bindings, attempt: _Attempt) -> Iterator[Bindings]:
+    def matches(self, value: Value, b: Bindings, attempt: MatchAttempt) -> Iterator[Bindings]:
         node = value.producer
         if node is None or node.op not in self.ops:
             found = node.op if node is not None else "a graph input"
@@ -379,7 +382,7 @@ class Op(Pattern):
 
 
 def _match_all(pats: Sequence[Pattern], values: Sequence[Value], i: int, b: Bindings,
-               attempt: _Attempt) -> Iterator[Bindings]:
+               attempt: MatchAttempt) -> Iterator[Bindings]:
     if i == len(pats):
         yield b
         return
@@ -411,7 +414,7 @@ class Alt(Pattern):
                 return True
         return False
 
-    def matches(self, value: Value, b: Bindings, attempt: _Attempt) -> Iterator[Bindings]:
+    def matches(self, value: Value, b: Bindings, attempt: MatchAttempt) -> Iterator[Bindings]:
         for p in self.alternatives:
             for b2 in p.matches(value, b, attempt):
                 out = _bind(self.name, value, b2, attempt)
@@ -444,7 +447,7 @@ class Match:
 
     __slots__ = ("root", "graph", "bindings", "_attempt")
 
-    def __init__(self, root: Node, bindings: Bindings, attempt: _Attempt):
+    def __init__(self, root: Node, bindings: Bindings, attempt: MatchAttempt):
         self.root = root
         self.graph = root.graph
         self.bindings = bindings
@@ -674,14 +677,14 @@ class _Driver:
         verbose = self.verbose
         if root_only:
             # the root op is the whole pattern and the worklist only holds nodes of its ops
-            attempt = _Attempt(verbose)
+            attempt = MatchAttempt(verbose)
             attempt.progress = 1
             matches: Iterable[Bindings] = ({},)
         else:
             # near misses are reported from the full match, so only a quiet run may skip it
             if not verbose and not rule.pattern.quick(root_value):
                 return False
-            attempt = _Attempt(verbose)
+            attempt = MatchAttempt(verbose)
             matches = rule.pattern.matches(root_value, {}, attempt)
         builder: _RuleBuilder | None = None
         for b in matches:

@@ -13,7 +13,7 @@ from accelir.frontends.onnx import import_onnx
 from accelir.lowering.jax import JaxModule
 from accelir.lowering.onnx import to_onnx
 from accelir.lowering.onnxruntime import OnnxRuntimeModule
-from onnx_single_node import onnxruntime_outputs, single_node_model
+from accelir.testing import onnxruntime_outputs, single_node_model
 
 # (x shape, kernel, out channels, strides, dilations, pads (begin..., end...), group, offset_group, bias, mask)
 CONFIGS = [

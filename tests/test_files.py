@@ -13,7 +13,6 @@ import zipfile
 
 import numpy as np
 import onnx
-import onnxruntime
 import pytest
 from onnx import TensorProto, helper
 
@@ -21,6 +20,7 @@ import accelir
 from accelir import AccelirError, DType, Graph, ParseError, TensorType, load, parse
 from accelir.errors import OutputExistsError
 from accelir.lowering.onnx import save_onnx, to_onnx
+from accelir.testing import onnxruntime_outputs
 from accelir.text import print_graph, save
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,11 +33,6 @@ def add_weight_graph(n: int = 64, name: str = "w", seed: int = 0) -> Graph:
     w = g.const(np.random.default_rng(seed).standard_normal(n).astype(np.float32), name=name)
     g.set_outputs([g.make("add", [x, w], {}).outputs[0]])
     return g
-
-
-def ort_run(path_or_model, feeds):
-    source = path_or_model.SerializeToString() if isinstance(path_or_model, onnx.ModelProto) else str(path_or_model)
-    return onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
 # ----- interrupted exports -------------------------------------------------------------
@@ -119,7 +114,7 @@ def _assert_complete_or_absent(path: str, fmt: str, old: np.ndarray | None) -> N
         g = load(path)
         np.testing.assert_array_equal(g.constants["w"], old)
     else:
-        np.testing.assert_array_equal(ort_run(path, {"x": x})[0], old)
+        np.testing.assert_array_equal(onnxruntime_outputs(path, {"x": x})[0], old)
 
 
 @pytest.mark.parametrize("fmt,stage,sig,existing", [
@@ -173,7 +168,7 @@ def test_onnx_external_data_refuses_an_existing_data_file(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
     save_onnx(model, tmp_path / "m.onnx", external_data=True, overwrite=True)
     w = add_weight_graph(4096).constants["w"]
-    np.testing.assert_array_equal(ort_run(tmp_path / "m.onnx", {"x": np.zeros(4096, np.float32)})[0], w)
+    np.testing.assert_array_equal(onnxruntime_outputs(tmp_path / "m.onnx", {"x": np.zeros(4096, np.float32)})[0], w)
 
 
 def test_export_refuses_existing_files_and_is_an_accelir_error(tmp_path):
@@ -243,13 +238,13 @@ def _passthrough_model() -> onnx.ModelProto:
 def test_output_that_is_an_input_or_repeated_exports_a_valid_model(tmp_path):
     model = _passthrough_model()
     x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
-    expected = ort_run(model, {"x": x})
+    expected = onnxruntime_outputs(model, {"x": x})
     cm = accelir.optimize(model, (x,), backend="onnxruntime")
     for got in cm(x):
         assert got.shape == (2, 3)
     cm.export(tmp_path / "m.onnx")
     onnx.checker.check_model(onnx.load(tmp_path / "m.onnx"), full_check=True)
-    for got, want in zip(ort_run(tmp_path / "m.onnx", {"x": x}), expected, strict=True):
+    for got, want in zip(onnxruntime_outputs(tmp_path / "m.onnx", {"x": x}), expected, strict=True):
         np.testing.assert_array_equal(got, want)
     # the same graph through .air, and written directly as IR text
     cm.export(tmp_path / "m.air")
@@ -260,7 +255,7 @@ def test_output_that_is_an_input_or_repeated_exports_a_valid_model(tmp_path):
     for g in (load(tmp_path / "m.air"), parse(text)):
         cm2 = accelir.optimize(g, (x,), backend="onnxruntime")
         path = cm2.export(tmp_path / "again.onnx", overwrite=True)
-        for got, want in zip(ort_run(path, {"x": x}), expected, strict=True):
+        for got, want in zip(onnxruntime_outputs(path, {"x": x}), expected, strict=True):
             np.testing.assert_array_equal(got, want)
 
 
@@ -364,7 +359,7 @@ def _splat_model(n: int = 500, count: int = 18) -> onnx.ModelProto:
 def test_splat_constants_export_small_and_exact(tmp_path):
     model = _splat_model()
     x = np.random.default_rng(0).standard_normal((500, 500)).astype(np.float32)
-    (expected,) = ort_run(model, {"x": x})
+    (expected,) = onnxruntime_outputs(model, {"x": x})
     cm = accelir.optimize(model, (x,), backend="onnxruntime", level=1)
     assert not [n for n in cm.graph.nodes if n.op not in ("constant", "add", "matmul")]  # folded
     onnx_path = cm.export(tmp_path / "m.onnx")
@@ -372,7 +367,7 @@ def test_splat_constants_export_small_and_exact(tmp_path):
     assert os.path.getsize(onnx_path) < 64 * 1024
     assert os.path.getsize(air_path) + os.path.getsize(air_path + ".npz") < 64 * 1024
     onnx.checker.check_model(onnx.load(onnx_path), full_check=True)
-    np.testing.assert_allclose(ort_run(onnx_path, {"x": x})[0], expected, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(onnxruntime_outputs(onnx_path, {"x": x})[0], expected, rtol=1e-5, atol=1e-3)
     loaded = load(air_path)
     assert str(loaded) == str(cm.graph)
     for a, b in zip(loaded.constants.values(), cm.graph.constants.values(), strict=True):
@@ -385,7 +380,7 @@ def test_splat_constants_stay_scalars_in_the_jax_lowering():
     from accelir.lowering.jax import stablehlo, to_jax
     model = _splat_model(n=300, count=4)
     x = np.random.default_rng(1).standard_normal((300, 300)).astype(np.float32)
-    (expected,) = ort_run(model, {"x": x})
+    (expected,) = onnxruntime_outputs(model, {"x": x})
     cm = accelir.optimize(model, (x,), backend="xla", level=1)
     np.testing.assert_allclose(np.asarray(cm(x)[0]), expected, rtol=1e-5, atol=1e-3)
     fn = to_jax(cm.graph)

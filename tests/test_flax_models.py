@@ -94,7 +94,7 @@ class Decoder(nn.Module):
         return x @ self.variables["params"]["Embed_0"]["embedding"].T
 
 
-def _init(model, *args):
+def init_variables(model, *args):
     """Random variables of the model's shapes (variances positive); eval_shape spares an XLA compile."""
     def draw(path, s):
         if "var" in jax.tree_util.keystr(path):
@@ -106,7 +106,7 @@ def _init(model, *args):
 def test_mlp():
     x = RNG.standard_normal((3, 8)).astype(np.float32)
     m = MLP()
-    v = _init(m, x)
+    v = init_variables(m, x)
     g = capture_and_check(m.apply, v, x)
     assert g.op_histogram()["matmul"] == 3
 
@@ -122,7 +122,7 @@ def test_bf16_encoder_block():
                 nn.LayerNorm(dtype=jnp.bfloat16)(x))
             return x + nn.Dense(16, dtype=jnp.bfloat16)(nn.gelu(nn.Dense(32, dtype=jnp.bfloat16)(x + h)))
     m = Bf16Block()
-    v = _init(m, x)
+    v = init_variables(m, x)
     g = capture_and_check(m.apply, v, x, rel=2e-2)
     assert any(n.output.type.dtype.value == "bf16" for n in g if n.op == "matmul")
 
@@ -130,7 +130,7 @@ def test_bf16_encoder_block():
 def test_cnn_batchnorm_pool_residual():
     x = RNG.standard_normal((2, 16, 16, 3)).astype(np.float32)
     m = CNN()
-    v = _init(m, x)
+    v = init_variables(m, x)
     g = capture_and_check(m.apply, v, x, rel=2e-5)
     hist = g.op_histogram()
     assert hist["conv"] == 3 and hist["max_pool"] == 1 and hist["avg_pool"] == 1
@@ -139,7 +139,7 @@ def test_cnn_batchnorm_pool_residual():
 def test_cnn_params_frozen_and_symbolic_batch():
     x = RNG.standard_normal((2, 16, 16, 3)).astype(np.float32)
     m = CNN()
-    v = _init(m, x)
+    v = init_variables(m, x)
     g = capture_and_check(m.apply, v, x, params_as_constants=True, symbolic_shapes=(None, "n, 16, 16, 3"),
                           rel=2e-5)
     assert [i.name for i in g.inputs] == ["arg1"] and g.inputs[0].type.shape == ("n", 16, 16, 3)
@@ -156,21 +156,21 @@ def test_conv_transpose_group_norm_rms_norm_circular_depthwise():
             return nn.Conv(4, (3, 3), feature_group_count=4, padding="CIRCULAR")(y)
     x = RNG.standard_normal((2, 5, 5, 4)).astype(np.float32)
     m = Net()
-    capture_and_check(m.apply, _init(m, x), x, rel=3e-5)
+    capture_and_check(m.apply, init_variables(m, x), x, rel=3e-5)
 
 
 def test_transformer_encoder_block():
     x = RNG.standard_normal((2, 5, 16)).astype(np.float32)
     mask = np.tril(np.ones((2, 1, 5, 5), bool))
     m = EncoderBlock()
-    v = _init(m, x, mask)
+    v = init_variables(m, x, mask)
     capture_and_check(m.apply, v, x, mask)
 
 
 def test_scanned_decoder_with_causal_mask():
     tokens = RNG.integers(0, 17, (2, 6)).astype(np.int32)
     m = Decoder()
-    v = _init(m, tokens)
+    v = init_variables(m, tokens)
     g = capture_and_check(m.apply, v, tokens)
     assert g.op_histogram()["scan"] == 1
     scan = next(n for n in g if n.op == "scan")
@@ -184,7 +184,7 @@ def test_scanned_decoder_with_causal_mask():
 def test_scanned_decoder_dynamic_batch_and_seq():
     tokens = RNG.integers(0, 17, (2, 6)).astype(np.int32)
     m = Decoder()
-    v = _init(m, tokens)
+    v = init_variables(m, tokens)
     g = capture_and_check(m.apply, v, tokens, symbolic_shapes=(None, "b, s"))
     assert g.outputs[0].type.shape == ("b", "s", 17)
     t2 = RNG.integers(0, 17, (3, 4)).astype(np.int32)
@@ -223,6 +223,6 @@ def test_nnx_module_closed_over_and_split():
 def test_full_size_scanned_decoder():
     tokens = RNG.integers(0, 1000, (1, 32)).astype(np.int32)
     m = Decoder(vocab=1000, dim=768, layers=12)
-    v = _init(m, tokens)
+    v = init_variables(m, tokens)
     g = capture_and_check(m.apply, v, tokens, params_as_constants=True, rel=1e-4)
     assert g.op_histogram()["scan"] == 1

@@ -14,6 +14,7 @@ from jax import lax
 import accelir
 from accelir.errors import UnsupportedOpError
 from accelir.frontends.jax import capture_jax
+from accelir.testing import assert_relative_close
 
 RNG = np.random.default_rng(0)
 
@@ -24,21 +25,7 @@ def _randn(*shape, dtype=np.float32):
 
 def assert_close(out, ref, rel=1e-5):
     """Outputs match ``ref`` leaf by leaf: dtype and shape exactly, values within rel * max|ref|."""
-    ref = [np.asarray(r) for r in jax.tree_util.tree_leaves(ref)]
-    out = jax.tree_util.tree_leaves(out)
-    assert len(out) == len(ref)
-    for k, (o, r) in enumerate(zip(out, ref)):
-        o = np.asarray(o)
-        assert o.dtype == r.dtype and o.shape == r.shape, (k, o.dtype, o.shape, r.dtype, r.shape)
-        if r.dtype.kind in "biu":
-            np.testing.assert_array_equal(o, r, err_msg=f"output {k}")
-            continue
-        o64, r64 = o.astype(np.float64), r.astype(np.float64)
-        finite = np.isfinite(r64)
-        assert np.array_equal(o64[~finite], r64[~finite], equal_nan=True), f"output {k}: NaN / inf differ"
-        scale = max(float(np.max(np.abs(r64[finite]), initial=0.0)), 1e-30)
-        err = float(np.max(np.abs(o64[finite] - r64[finite]), initial=0.0))
-        assert err <= rel * scale, f"output {k}: max abs error {err:.3g} > {rel} * {scale:.3g}"
+    assert_relative_close(jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(ref), rel)
 
 
 def capture_and_check(fn, *args, rel=1e-5, run_args=None, **capture_kwargs):

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from accelir import AccelirError, DType, UnsupportedOpError, run_graph, verify
 from accelir.frontends.onnx import DynamicValueError, OnnxImportError, import_onnx, restore_onnx_interface
-from onnx_single_node import onnxruntime_outputs
+from accelir.testing import assert_close, onnxruntime_outputs
 
 RNG = np.random.default_rng(0)
 
@@ -31,10 +31,7 @@ _ort = onnxruntime_outputs
 def _check(model, feeds, rtol=1e-5, atol=1e-6):
     g = import_onnx(model)
     verify(g)
-    got = run_graph(g, g.meta["signature"].flatten(feeds))
-    for a, b in zip(got, _ort(model, feeds)):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+    assert_close(run_graph(g, g.meta["signature"].flatten(feeds)), _ort(model, feeds), (rtol, atol))
     return g
 
 

@@ -5,13 +5,12 @@ onnxruntime's own kernels or numpy, beyond the cases ONNX's node tests cover."""
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from accelir.frontends.onnx import import_onnx
 from accelir.frontends.onnx_einsum import parse_einsum
-from onnx_single_node import import_and_run, onnxruntime_outputs
+from accelir.testing import assert_close, import_and_run, onnxruntime_outputs
 
 F32 = TensorProto.FLOAT
 
@@ -38,19 +37,13 @@ def _ours(model, feeds):
 _theirs = onnxruntime_outputs
 
 
-def _same(got, want, rtol=1e-5, atol=1e-6):
-    assert len(got) == len(want)
-    for a, b in zip(got, want):
-        assert a.dtype == b.dtype and a.shape == b.shape, (a.dtype, a.shape, b.dtype, b.shape)
-        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
-
-
 def _lowered(model, feeds):
     """import -> ONNX lowering -> onnxruntime (the lowering of scan / while_loop regions included)."""
     from accelir.lowering.onnx import to_onnx
     g = import_onnx(model)
-    sess = ort.InferenceSession(to_onnx(g).SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, dict(zip([i.name for i in sess.get_inputs()], g.meta["signature"].flatten(feeds))))
+    lowered = to_onnx(g)
+    return onnxruntime_outputs(lowered, dict(zip([i.name for i in lowered.graph.input],
+                                                 g.meta["signature"].flatten(feeds))))
 
 
 # ----- Einsum ------------------------------------------------------------------------
@@ -156,9 +149,9 @@ def _theirs_time_major(m, feeds):
 def test_recurrent_matches_onnxruntime(kind, options):
     m, feeds = _recurrent_model(kind, seq=4, batch=3, size=5, hidden=6, **options)
     want = _theirs_time_major(m, feeds) if options.get("layout") else _theirs(m, feeds)
-    _same(_ours(m, feeds), want, rtol=1e-4, atol=1e-5)
+    assert_close(_ours(m, feeds), want, (1e-4, 1e-5))
     if kind == "LSTM":
-        _same(_lowered(m, feeds), want, rtol=1e-4, atol=1e-5)
+        assert_close(_lowered(m, feeds), want, (1e-4, 1e-5))
 
 
 def test_recurrent_is_a_scan():
@@ -180,7 +173,7 @@ def test_quantize_rounds_half_to_even_and_saturates(zp_type, zp):
                 helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"], axis=0)],
                [_vi("x", F32, [2, 6])], [_vi("q", zp_type, [2, 6]), _vi("d", F32, [2, 6])],
                [numpy_helper.from_array(per_axis, "s"), numpy_helper.from_array(zps, "z")], opset=21)
-    _same(_ours(m, {"x": x}), _theirs(m, {"x": x}), rtol=0, atol=0)
+    assert_close(_ours(m, {"x": x}), _theirs(m, {"x": x}), (0, 0))
 
 
 def test_blocked_quantize_matches_onnxruntime():
@@ -212,7 +205,7 @@ def test_integer_matmuls_match_onnxruntime(op):
             ("ys", 0.5, np.float32), ("yz", 100, np.uint8))]
         out = _vi("y", u8, [2, 3, 4])
     m = _model([node], [_vi("a", u8, [2, 3, 8]), _vi("b", u8, [8, 4])], [out], inits, opset=13)
-    _same(_ours(m, {"a": a, "b": b}), _theirs(m, {"a": a, "b": b}), rtol=0, atol=0)
+    assert_close(_ours(m, {"a": a, "b": b}), _theirs(m, {"a": a, "b": b}), (0, 0))
 
 
 def test_conv_integer_matches_onnxruntime():
@@ -222,7 +215,7 @@ def test_conv_integer_matches_onnxruntime():
     m = _model([helper.make_node("ConvInteger", ["x", "w", "xz"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2])],
                [_vi("x", TensorProto.UINT8, [1, 2, 6, 6])], [_vi("y", TensorProto.INT32, None)],
                [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(9, np.uint8), "xz")], opset=13)
-    _same(_ours(m, {"x": x}), _theirs(m, {"x": x}), rtol=0, atol=0)
+    assert_close(_ours(m, {"x": x}), _theirs(m, {"x": x}), (0, 0))
 
 
 # ----- DFT / STFT --------------------------------------------------------------------
@@ -262,7 +255,7 @@ def test_stft_matches_onnxruntime():
                [_vi("x", F32, [2, 40, 1])], [_vi("y", F32, None)],
                [numpy_helper.from_array(np.array(3, np.int64), "step"), numpy_helper.from_array(window, "window")],
                opset=17)
-    _same(_ours(m, {"x": x}), _theirs(m, {"x": x}), rtol=1e-4, atol=1e-4)
+    assert_close(_ours(m, {"x": x}), _theirs(m, {"x": x}), (1e-4, 1e-4))
 
 
 # ----- Loop --------------------------------------------------------------------------
@@ -303,8 +296,8 @@ def test_loop_matches_onnxruntime(trip_count_input, stop_early, scan_output, op)
     x = np.array([1.0, 0.5, 2.0], np.float32)
     feeds = {"x": x, **({"M": np.array(5, np.int64)} if trip_count_input else {})}
     want = _theirs(m, feeds)
-    _same(_ours(m, feeds), want)
-    _same(_lowered(m, feeds), want)
+    assert_close(_ours(m, feeds), want, (1e-5, 1e-6))
+    assert_close(_lowered(m, feeds), want, (1e-5, 1e-6))
 
 
 def test_loop_with_scan_outputs_and_early_exit_is_refused():
@@ -319,7 +312,7 @@ def test_lrn_matches_onnxruntime():
     x = _rng(8).standard_normal((2, 7, 3, 4)).astype(np.float32)
     m = _model([helper.make_node("LRN", ["x"], ["y"], size=5, alpha=0.3, beta=0.6, bias=1.5)],
                [_vi("x", F32, [2, 7, 3, 4])], [_vi("y", F32, [2, 7, 3, 4])], opset=13)
-    _same(_ours(m, {"x": x}), _theirs(m, {"x": x}))
+    assert_close(_ours(m, {"x": x}), _theirs(m, {"x": x}), (1e-5, 1e-6))
 
 
 @pytest.mark.parametrize("attrs", [dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]),
@@ -329,14 +322,14 @@ def test_maxpool_indices_and_unpool_match_onnxruntime(attrs):
     x = _rng(9).standard_normal((2, 3, 7, 7)).astype(np.float32)
     m = _model([helper.make_node("MaxPool", ["x"], ["y", "i"], **attrs)],
                [_vi("x", F32, [2, 3, 7, 7])], [_vi("y", F32, None), _vi("i", TensorProto.INT64, None)], opset=12)
-    _same(_ours(m, {"x": x}), _theirs(m, {"x": x}), rtol=0, atol=0)
+    assert_close(_ours(m, {"x": x}), _theirs(m, {"x": x}), (0, 0))
     if "storage_order" in attrs or "ceil_mode" in attrs:
         return
     unpool = {k: v for k, v in attrs.items() if k in ("kernel_shape", "pads", "strides")}
     m2 = _model([helper.make_node("MaxPool", ["x"], ["y", "i"], **attrs),
                  helper.make_node("MaxUnpool", ["y", "i"], ["u"], **unpool)],
                 [_vi("x", F32, [2, 3, 7, 7])], [_vi("u", F32, None)], opset=12)
-    _same(_ours(m2, {"x": x}), _theirs(m2, {"x": x}), rtol=0, atol=0)
+    assert_close(_ours(m2, {"x": x}), _theirs(m2, {"x": x}), (0, 0))
 
 
 def _first_max_indices(x, kernel, stride, pads, dilation):
@@ -383,7 +376,7 @@ def test_col2im_matches_onnxruntime():
                [_vi("x", F32, [2, 12, 12])], [_vi("y", F32, None)],
                [numpy_helper.from_array(np.array([6, 5], np.int64), "img"),
                 numpy_helper.from_array(np.array([2, 2], np.int64), "blk")], opset=18)
-    _same(_ours(m, {"x": x}), _theirs(m, {"x": x}))
+    assert_close(_ours(m, {"x": x}), _theirs(m, {"x": x}), (1e-5, 1e-6))
 
 
 @pytest.mark.parametrize("time_axis, batch_axis", [(0, 1), (1, 0)])
@@ -393,7 +386,7 @@ def test_reverse_sequence_matches_onnxruntime(time_axis, batch_axis):
                [_vi("x", F32, list(x.shape)), _vi("n", TensorProto.INT64, [4])], [_vi("y", F32, list(x.shape))],
                opset=10)
     feeds = {"x": x, "n": np.array([5, 1, 3, 0], np.int64)}
-    _same(_ours(m, feeds), _theirs(m, feeds), rtol=0, atol=0)
+    assert_close(_ours(m, feeds), _theirs(m, feeds), (0, 0))
 
 
 def test_tensor_scatter_circular():

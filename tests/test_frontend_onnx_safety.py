@@ -13,10 +13,9 @@ import onnx
 import onnx.defs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 
 from accelir.frontends.onnx import OnnxImportError, import_onnx
-from onnx_single_node import import_and_run, onnxruntime_outputs
+from accelir.testing import import_and_run, onnxruntime_outputs, reference_outputs
 
 RNG = np.random.default_rng(0)
 LOCAL = helper.make_opsetid("local", 1)
@@ -363,7 +362,7 @@ def test_resize_by_taps_matches_onnxruntime(shape, sizes, attrs):
                [_init("sizes", np.array(sizes, np.int64))])
     feeds = {"x": RNG.standard_normal(shape).astype(np.float32)}
     g, (y,) = import_and_run(m, feeds)
-    want = ReferenceEvaluator(m).run(None, feeds)[0]  # onnxruntime rounds its coordinates to f32 (4e-5 off)
+    want = reference_outputs(m, feeds)[0]  # onnxruntime rounds its coordinates to f32 (4e-5 off)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
     # tables grow with the output and the kernel, not with output * input
     assert _largest_constant(g) <= 8 * 16 * max(sizes)

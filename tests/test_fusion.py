@@ -11,6 +11,7 @@ import pytest
 
 import accelir
 from accelir import DType, TensorType
+from accelir.testing import assert_close, random_inputs
 from accelir.ops import registry
 from accelir.passes import get_pass, pipeline, pass_name, rewrite_limit
 from accelir.passes.fuse_conv_bn import _CHUNK_BYTES
@@ -29,25 +30,8 @@ class Case:
 
 
 def _inputs(g: accelir.Graph, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for v in g.inputs:
-        shape = [d if isinstance(d, int) else 3 for d in v.shape]
-        if v.dtype is DType.bool:
-            a = rng.random(shape) > 0.3
-            if a.ndim:
-                a[..., 0] = True  # every query keeps a key
-            out.append(a)
-        else:
-            out.append(rng.standard_normal(shape).astype(v.dtype.numpy))
-    return out
-
-
-def _assert_close(got: list[np.ndarray], want: list[np.ndarray], dtype: DType = DType.f32) -> None:
-    tol = TOL[dtype]
-    for i, (a, b) in enumerate(zip(got, want)):
-        np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=tol, atol=tol,
-                                   err_msg=f"output {i}")
+    """Random inputs; a bool input is a mask in which every query keeps a key."""
+    return random_inputs(g, seed, true_fraction=0.7, keep_first=True)
 
 
 def _run(p, g: accelir.Graph):
@@ -753,7 +737,7 @@ def test_rewrite(case: Case) -> None:
     expected = before if case.expected is None else case.expected.lstrip("\n")
     assert str(g) == expected
     assert changed == (case.expected is not None)
-    _assert_close(accelir.run_graph(g, xs), want)
+    assert_close(accelir.run_graph(g, xs), want, TOL, dtype=DType.f32)
     if case.why is not None:
         assert any(case.why in m.reason for m in misses), [m.reason for m in misses]
 
@@ -805,7 +789,7 @@ def test_decomposition_fuses_back(op: str, attrs: dict, shapes: list, passes: li
             assert got == pytest.approx(float(np.asarray(v, dtype.numpy)), rel=TOL[dtype]), k
         elif v is not None:
             assert got == v, k
-    _assert_close(accelir.run_graph(g, xs), want, dtype)
+    assert_close(accelir.run_graph(g, xs), want, TOL, dtype=dtype)
 
 
 def test_rewritten_nodes_keep_provenance() -> None:
@@ -857,7 +841,7 @@ graph main(%x: f32[2,8], %r: f32[2,8], %w: f32[8]) -> (f32[2,8], f32[2,8], f32[2
   return %2, %1, %3
 }
 """
-    _assert_close(accelir.run_graph(g, xs), want)
+    assert_close(accelir.run_graph(g, xs), want, TOL, dtype=DType.f32)
 
 
 def test_conv_batch_norm_folding_matches_the_unfolded_graph() -> None:
@@ -876,7 +860,7 @@ def test_conv_batch_norm_folding_matches_the_unfolded_graph() -> None:
         assert get_pass(name)(g)
     accelir.verify(g)
     assert [n.op for n in g.nodes if n.op != "constant"] == ["fused_conv"]
-    _assert_close(accelir.run_graph(g, xs), want)
+    assert_close(accelir.run_graph(g, xs), want, TOL, dtype=DType.f32)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])

@@ -18,7 +18,7 @@ from accelir.lowering.jax import JaxModule
 from accelir.lowering.onnx import to_onnx
 from accelir.lowering.onnxruntime import OnnxRuntimeModule
 from accelir.ops.nn import GRID_MODE_OLD_NAMES
-from onnx_single_node import import_and_run, onnxruntime_outputs, reference_output, single_node_model
+from accelir.testing import import_and_run, onnxruntime_outputs, reference_output, single_node_model
 
 TORCH_MODE = GRID_MODE_OLD_NAMES
 
@@ -134,7 +134,7 @@ def test_roi_align_lowers_to_its_decomposition_where_onnxruntime_has_no_kernel()
 def test_gather_taps_combines_every_tap_combination(combine):
     """The helper the sampling decompositions share, on its own: dim 0 with weights and bounds, dim 1
     with neither, an infinite pixel that only out-of-bounds taps read, against a numpy loop."""
-    from accelir.ops.nn import _gather_taps
+    from accelir.ops.nn import gather_taps
     rng = np.random.default_rng(11)
     table = rng.standard_normal((12, 3)).astype(np.float32)
     table[5] = np.inf
@@ -150,7 +150,7 @@ def test_gather_taps_combines_every_tap_combination(combine):
                                                          (i1, "i1"), (base, "b"))]
     b = g.builder()
     t, gi0, gok0, gw0, gi1, gb = ins
-    g.set_outputs([_gather_taps(b, t, gb, [(gi0, gw0, gok0), (gi1, None, None)], (4, 1), combine)])
+    g.set_outputs([gather_taps(b, t, gb, [(gi0, gw0, gok0), (gi1, None, None)], (4, 1), combine)])
     verify(g)
     want = np.full((2, 4, 3), -np.inf if combine == "max" else 0.0)
     for k0, k1 in itertools.product(range(2), range(3)):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from accelir import DType, Graph, LoweringError, TensorType, interpret, verify
+from accelir.testing import assert_close, relative_error
 from accelir.ops import REGISTRY
 from accelir.ops.registry import infer_types, normalize_attrs
 from accelir.errors import VerificationError
@@ -422,18 +423,6 @@ def build_op_graph(op: str) -> tuple[Graph, list[np.ndarray], list[str], set[DTy
     return g, arrays, labels, covered
 
 
-def assert_close(got, want, dt: DType, label: str) -> None:
-    got = np.asarray(got)
-    assert got.dtype == want.dtype, f"{label}: dtype {got.dtype} != {want.dtype}"
-    assert got.shape == want.shape, f"{label}: shape {got.shape} != {want.shape}"
-    if want.dtype.kind == "f" or want.dtype.name == "bfloat16":
-        tol = TOL[DType.from_numpy(want.dtype)]
-        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=tol, atol=tol,
-                                   equal_nan=True, err_msg=label)
-    else:
-        np.testing.assert_array_equal(got, want, err_msg=label)
-
-
 def test_every_op_has_a_rule_and_a_case():
     assert sorted(op for op in REGISTRY if rule_for(op) is None) == []
     assert sorted(set(REGISTRY) - set(CASES)) == []
@@ -447,7 +436,7 @@ def test_op_matches_interpreter(op):
     got = JaxModule(g, compiler_options=FAST_COMPILE)(*arrays)
     assert len(got) == len(want)
     for label, a, b in zip(labels, got, want):
-        assert_close(a, b, DType.from_numpy(b.dtype), f"{op} {label}")
+        assert_close(a, b, TOL, err_msg=f"{op} {label}")
 
 
 # ----- symbolic dims -----------------------------------------------------------------
@@ -471,7 +460,7 @@ def test_symbolic_attrs_follow_traced_shapes(shape):
     g = symbolic_graph()
     x = data(DType.f32, shape)
     for got, want in zip(JaxModule(g)(x), interpret(g, x)):
-        assert_close(got, want, DType.f32, "symbolic")
+        assert_close(got, want, TOL, err_msg="symbolic")
 
 
 def test_export_is_shape_polymorphic_and_loads_back():
@@ -483,7 +472,7 @@ def test_export_is_shape_polymorphic_and_loads_back():
         x = data(DType.f32, shape, seed=3)
         for got, want in zip(fn(x), interpret(g, x)):
             assert isinstance(got, jax.Array)
-            assert_close(got, want, DType.f32, "exported")
+            assert_close(got, want, TOL, err_msg="exported")
 
 
 def test_static_export_and_text_forms():
@@ -493,7 +482,7 @@ def test_static_export_and_text_forms():
     text = hlo(g, [x])
     assert text.startswith("HloModule") and "f32[2,4,8]" in text
     fn = load_exported(export_jax(g, [x], symbolic=False))
-    assert_close(fn(x)[0], interpret(g, x)[0], DType.f32, "static export")
+    assert_close(fn(x)[0], interpret(g, x)[0], TOL, err_msg="static export")
     with pytest.raises(LoweringError, match="symbolic input dims"):
         stablehlo(g)
 
@@ -551,7 +540,7 @@ def test_outputs_come_back_in_the_callers_framework():
     tx, tm = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16), torch.from_numpy(m)
     outs = mod(tx, tm)
     assert [o.dtype for o in outs] == [torch.bfloat16, torch.bool]
-    assert_close(outs[0].float().numpy().astype(want[0].dtype), want[0], DType.bf16, "torch bf16")
+    assert_close(outs[0].float().numpy().astype(want[0].dtype), want[0], TOL, err_msg="torch bf16")
     np.testing.assert_array_equal(outs[1].numpy(), want[1])
 
 
@@ -574,7 +563,7 @@ def test_large_constants_are_arguments_not_module_literals():
     x0 = data(DType.f32, (2, 64))
     signature = next(line for line in mod.lower(x0).as_text().splitlines() if "@main(" in line)
     assert "tensor<64x64xf32>" in signature
-    assert_close(mod(x0)[0], interpret(g, x0)[0], DType.f32, "params")
+    assert_close(mod(x0)[0], interpret(g, x0)[0], TOL, err_msg="params")
     assert list(to_jax(g).params) == ["0/w"]
 
 
@@ -624,7 +613,7 @@ def test_channels_last_convs_match_interpreter(channels_last_io):
     want = interpret(g, *arrays)
     got = JaxModule(g, compiler_options=FAST_COMPILE)(*arrays)
     for i, (a, b) in enumerate(zip(got, want)):
-        assert_close(a, b, DType.f32, f"output {i}")
+        assert_close(a, b, TOL, err_msg=f"output {i}")
     # the weights read only by convs are held channels-last and inlined, not passed per call
     fn = to_jax(g)
     assert len(fn.layouts) == 2 and not set(fn.layouts) & set(fn.params)
@@ -642,7 +631,7 @@ def test_channels_last_convs_with_symbolic_batch_export():
     for batch in (1, 3):
         x0 = data(DType.f32, (batch, 3, 8, 8), seed=batch)
         for i, (got, want) in enumerate(zip(fn(x0), interpret(g, x0))):
-            assert_close(got, want, DType.f32, f"batch {batch} output {i}")
+            assert_close(got, want, TOL, err_msg=f"batch {batch} output {i}")
 
 
 def test_conv_chain_has_no_transposes_between_convs():
@@ -713,11 +702,6 @@ def test_reference_cast_from_bf16_truncates_and_saturates_like_other_floats():
 
 # ----- end to end: models captured by the frontends, lowered to XLA, run, vs eager ---
 
-def relative_error(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
-
-
 def optimized(graph: Graph) -> Graph:
     from accelir import PassManager
     from accelir.passes import pipeline
@@ -751,7 +735,7 @@ def test_torch_model_through_xla_matches_eager(name, optimize):
 
 
 def test_torch_gpt2_dynamic_shapes_through_export():
-    from test_torch_models import MODELS, _text_inputs
+    from test_torch_models import MODELS, text_inputs
     from accelir.frontends.torch import capture_torch
 
     model, (args, kwargs) = MODELS["gpt2"]()
@@ -763,7 +747,7 @@ def test_torch_gpt2_dynamic_shapes_through_export():
     fn = load_exported(export_jax(graph))
     mod = JaxModule(graph)
     for b, s in [(3, 5), (1, 11)]:
-        run_args, run_kwargs = _text_inputs(100, batch=b, seq=s)
+        run_args, run_kwargs = text_inputs(100, batch=b, seq=s)
         with torch.no_grad():
             want = model(*run_args, **run_kwargs).last_hidden_state.numpy()
         flat = sig.flatten(*run_args, **run_kwargs)
@@ -789,7 +773,7 @@ def test_flax_model_through_xla_matches_jit(name):
     from accelir.frontends.jax import capture_jax
 
     model, inputs = flax_cases()[name]
-    variables = fm._init(model, *inputs)
+    variables = fm.init_variables(model, *inputs)
     graph = capture_jax(model.apply, (variables, *inputs))
     sig = graph.meta["signature"]
     flat = [jnp.asarray(a) for a in sig.flatten(variables, *inputs)]
@@ -806,11 +790,11 @@ def test_flax_model_through_xla_matches_jit(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["gpt2", "bert", "resnet"])
 def test_full_size_torch_model_through_xla(name):
-    from test_torch_models import _full_size
+    from test_torch_models import full_size
     from accelir.frontends.torch import capture_torch
     import torch.utils._pytree as pytree
 
-    model, (args, kwargs) = _full_size(name)
+    model, (args, kwargs) = full_size(name)
     model.eval()
     graph = optimized(capture_torch(model, args, example_kwargs=kwargs))
     sig = graph.meta["signature"]
@@ -827,7 +811,7 @@ def test_flax_scan_decoder_with_symbolic_batch_and_seq_through_export():
 
     rng = np.random.default_rng(6)
     model = fm.Decoder()
-    variables = fm._init(model, rng.integers(0, 17, (2, 6)).astype(np.int32))
+    variables = fm.init_variables(model, rng.integers(0, 17, (2, 6)).astype(np.int32))
     graph = capture_jax(model.apply, (variables, rng.integers(0, 17, (2, 6)).astype(np.int32)),
                         params_as_constants=True, symbolic_shapes=(None, "b, s"))
     assert graph.inputs[0].shape == ("b", "s")

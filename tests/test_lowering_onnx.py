@@ -21,6 +21,7 @@ from accelir.lowering.onnx import ONNX_RULES, to_onnx
 from accelir.lowering.onnxruntime import OnnxRuntimeModule
 from accelir.ops import REGISTRY, TypeRuleError, infer_types, normalize_attrs
 from accelir.errors import VerificationError
+from accelir.testing import assert_close
 
 ALL_DTYPES = list(DType)
 
@@ -326,17 +327,6 @@ def run_onnx(model: onnx.ModelProto, inputs: list[np.ndarray]) -> list[np.ndarra
 TOL = {DType.f16: 4e-3, DType.bf16: 2e-2, DType.f32: 2e-5, DType.f64: 1e-10}
 
 
-def assert_close(got: np.ndarray, want: np.ndarray, dt: DType, what: str = "") -> None:
-    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} vs {want.dtype}"
-    assert got.shape == want.shape, f"{what}: shape {got.shape} vs {want.shape}"
-    if dt in TOL and want.dtype.kind not in "biu":
-        tol = TOL[dt]
-        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=tol, atol=tol,
-                                   equal_nan=True, err_msg=what)
-    else:
-        np.testing.assert_array_equal(got, want, err_msg=what)
-
-
 def _case_params():
     for case in CASES:
         for dt in case.dtypes or ALL_DTYPES:
@@ -357,7 +347,7 @@ def test_op_matches_interpreter(case: Case, dt: DType) -> None:
         want = accelir.interpret(g, *xs)
         got = run_onnx(model, xs)
         for k, (a, b) in enumerate(zip(got, want)):
-            assert_close(a, b, dt, f"{case.id} {dt} output {k} seed {seed}")
+            assert_close(a, b, TOL, dtype=dt, err_msg=f"{case.id} {dt} output {k} seed {seed}")
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if _build(c, DType.f32) is not None], ids=lambda c: c.id)
@@ -368,7 +358,7 @@ def test_standard_target_is_valid_onnx(case: Case) -> None:
     assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)
     xs = _inputs(case, DType.f32, 3)
     for a, b in zip(run_onnx(model, xs), accelir.interpret(g, *xs)):
-        assert_close(a, b, DType.f32, case.id)
+        assert_close(a, b, TOL, dtype=DType.f32, err_msg=case.id)
 
 
 def test_every_op_has_a_rule() -> None:

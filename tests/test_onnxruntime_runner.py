@@ -16,14 +16,8 @@ from accelir import DType, Graph, LoweringError, TensorType
 from accelir.lowering.onnx import MS_DOMAIN, ONNX_RULES, default_opset, save_onnx, to_onnx, to_onnx_external
 from accelir.frontends.torch import capture_torch
 from accelir.lowering.onnxruntime import OnnxRuntimeModule
-
-
-def _text_inputs(vocab: int, batch: int = 2, seq: int = 8) -> tuple[tuple, dict]:
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, vocab, (batch, seq), generator=g)
-    mask = torch.ones(batch, seq, dtype=torch.long)
-    mask[0, -2:] = 0
-    return (ids,), {"attention_mask": mask}
+from accelir.testing import assert_relative_close, random_inputs
+from test_torch_models import text_inputs
 
 
 class SmallCNN(torch.nn.Module):
@@ -42,13 +36,13 @@ class SmallCNN(torch.nn.Module):
 
 def _gpt2():
     cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=64, use_cache=False)
-    return transformers.GPT2Model(cfg), _text_inputs(100)
+    return transformers.GPT2Model(cfg), text_inputs(100)
 
 
 def _bert():
     cfg = transformers.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
                                   vocab_size=100, max_position_embeddings=64)
-    return transformers.BertModel(cfg), _text_inputs(100)
+    return transformers.BertModel(cfg), text_inputs(100)
 
 
 def _cnn():
@@ -79,10 +73,8 @@ def _check(model, args, kwargs, target, dynamic_shapes=None, run=None):
     got = sig.unflatten(runner(*sig.flatten(*run_args, **run_kwargs)))
     with torch.no_grad():
         want = model(*run_args, **run_kwargs)
-    for g, w in zip(_leaves(got), _leaves(want)):
-        assert isinstance(g, torch.Tensor) and g.shape == w.shape and g.dtype == w.dtype
-        err = float((g.double() - w.double()).abs().max() / w.double().abs().max().clamp_min(1e-30))
-        assert err <= 1e-4, f"relative error {err:.2e}"
+    assert all(isinstance(g, torch.Tensor) for g in _leaves(got))  # torch in, torch out
+    assert_relative_close(_leaves(got), _leaves(want), 1e-4)
     return graph, onnx_model
 
 
@@ -98,7 +90,7 @@ def test_dynamic_batch_and_sequence(name):
     model, (args, kwargs) = MODELS[name]()
     batch, seq = Dim("batch"), Dim("seq", max=64)
     dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
-    _, m = _check(model, args, kwargs, "onnxruntime", dynamic, run=_text_inputs(100, batch=3, seq=5))
+    _, m = _check(model, args, kwargs, "onnxruntime", dynamic, run=text_inputs(100, batch=3, seq=5))
     dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input]
     assert dims == [["batch", "seq"], ["batch", "seq"]]
 
@@ -323,17 +315,8 @@ def _mha_graph(b, s, t, n=2, h=4, hv=4, mask=None, **attrs) -> Graph:
 
 
 def _random_inputs(g: Graph, sizes: dict[str, int], seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for v in g.inputs:
-        shape = tuple(sizes.get(d, d) for d in v.type.shape)
-        if v.type.dtype is DType.bool:
-            m = rng.random(shape) < 0.7
-            m[..., 0] = True  # every query keeps a key: no all-masked row
-            out.append(m)
-        else:
-            out.append(rng.normal(size=shape).astype(v.type.dtype.numpy))
-    return out
+    """Random inputs; a bool input is a mask in which every query keeps a key (no all-masked row)."""
+    return random_inputs(g, seed, sizes=sizes, true_fraction=0.7, keep_first=True)
 
 
 MHA_CASES = {
@@ -528,9 +511,7 @@ def test_optimized_model_matches_eager_on_fused_kernels(name, fused):
     assert fused <= {n.op_type for n in to_onnx(cm.graph).graph.node}
     with torch.no_grad():
         want = model(*args, **kwargs)
-    for got, w in zip(_leaves(cm(*args, **kwargs)), _leaves(want)):
-        err = float((got.double() - w.double()).abs().max() / w.double().abs().max().clamp_min(1e-30))
-        assert err <= 1e-4, f"relative error {err:.2e}"
+    assert_relative_close(_leaves(cm(*args, **kwargs)), _leaves(want), 1e-4)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "bert"])
@@ -541,12 +522,10 @@ def test_optimized_model_with_dynamic_batch_and_sequence(name):
     dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
     cm = accelir.optimize(model, args, example_kwargs=kwargs, dynamic_shapes=dynamic, backend="onnxruntime")
     assert {"MultiHeadAttention", "Attention"} & {n.op_type for n in to_onnx(cm.graph).graph.node}
-    run_args, run_kwargs = _text_inputs(100, batch=3, seq=5)
+    run_args, run_kwargs = text_inputs(100, batch=3, seq=5)
     with torch.no_grad():
         want = model(*run_args, **run_kwargs)
-    for got, w in zip(_leaves(cm(*run_args, **run_kwargs)), _leaves(want)):
-        err = float((got.double() - w.double()).abs().max() / w.double().abs().max().clamp_min(1e-30))
-        assert err <= 1e-4, f"relative error {err:.2e}"
+    assert_relative_close(_leaves(cm(*run_args, **run_kwargs)), _leaves(want), 1e-4)
 
 
 def test_bf16_weights_go_to_onnxruntime_as_external_initializers():

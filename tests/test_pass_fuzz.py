@@ -21,6 +21,7 @@ from accelir.ir import DType, Graph, TensorType, Value
 from accelir.ops import registry
 from accelir.pass_manager import compare_outputs
 from accelir.passes import pipeline
+from accelir.testing import random_inputs
 
 DTYPES = (DType.f32, DType.f64, DType.i32)
 SHAPES = ((), (3,), (2, 3), (1, 3), (2, 1), (4, 2, 3))
@@ -114,14 +115,7 @@ def build_graph(data: st.DataObject, max_nodes: int = 12) -> Graph:
 
 
 def _inputs(g: Graph, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for v in g.inputs:
-        if v.dtype.is_int:
-            out.append(rng.integers(-5, 6, v.shape).astype(v.dtype.numpy))
-        else:
-            out.append(rng.standard_normal(v.shape).astype(v.dtype.numpy))
-    return out
+    return random_inputs(g, seed, int_range=(-5, 6))
 
 
 def _same(g: Graph, args, want, label: str) -> None:

@@ -11,27 +11,13 @@ import pytest
 import accelir
 from accelir.passes import CSE, FoldConstants, cse, dce, fold_constants, pipeline, rewrite_limit, simplify
 from accelir.passes.simplify import RULES
-
-
-def _inputs(g, seed=0):
-    rng = np.random.default_rng(seed)
-    out = []
-    for v in g.inputs:
-        dt = v.type.dtype.numpy
-        shape = tuple(d if isinstance(d, int) else 3 for d in v.type.shape)
-        if v.type.dtype is accelir.DType.bool:
-            out.append(rng.random(shape) < 0.5)
-        elif v.type.dtype.is_int:
-            out.append(rng.integers(-20, 20, shape).astype(dt))
-        else:
-            out.append(rng.standard_normal(shape).astype(dt))
-    return out
+from accelir.testing import random_inputs
 
 
 def check(p, before: str, after: str, changed: bool = True):
     """Run pass ``p`` on ``before``: the text must become ``after`` and the outputs stay equal."""
     g = accelir.parse(textwrap.dedent(before))
-    args = _inputs(g)
+    args = random_inputs(g)
     want = accelir.interpret(g, *args)
     assert bool(p(g)) is changed
     accelir.verify(g)
@@ -496,7 +482,7 @@ def test_level_1_pipeline_to_fixed_point():
           %5 = neg(%4) : f32[3,2]
           return %5
         }"""))
-    pm = accelir.PassManager(pipeline(1), check_numerics=_inputs(g))
+    pm = accelir.PassManager(pipeline(1), check_numerics=random_inputs(g))
     pm.run(g)
     assert str(g) == textwrap.dedent("""\
         graph main(%x: f32[2,3]) -> (f32[3,2]) {

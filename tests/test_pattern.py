@@ -7,6 +7,7 @@ import pytest
 
 import accelir
 from accelir.errors import PassError, VerificationError
+from accelir.testing import random_inputs
 from accelir.passes.pattern import (Alt, Const, Op, P, Rule, RulePass, Var, apply_rules, rewrite_budget,
                                     rewrite_limit, same_type)
 
@@ -23,10 +24,6 @@ NEG_NEG = Rule("neg_neg", P.neg(P.neg(X)), lambda m, b: m["x"])
 
 def _run(g, *inputs):
     return accelir.interpret(g, *inputs)
-
-
-def _rand(*shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
 def _rewrite(text, rules, **kw):
@@ -77,7 +74,7 @@ def test_nested_commutative_match_backtracks():
   return %1
 }
 """
-    x = _rand(4)
+    (x,) = random_inputs(g)
     np.testing.assert_allclose(_run(g, x)[0], 3 * x, rtol=1e-6)
 
 
@@ -147,7 +144,7 @@ def test_single_use_constraint():
     assert n == 0
     g, n = _rewrite(text.replace("return %1, %0", "return %1, %1"), [rule])
     assert n == 1
-    x = _rand(4)
+    (x,) = random_inputs(g)
     np.testing.assert_allclose(_run(g, x)[0], np.exp(-x), rtol=1e-6)
 
 
@@ -167,7 +164,7 @@ def test_alt_matches_either_form():
 }""", [rule])
     assert n == 2
     assert g.op_histogram() == {"silu": 2}
-    x, y = _rand(4, seed=1), _rand(4, seed=2)
+    x, y = random_inputs(g, seed=1)
     out = _run(g, x, y)
     np.testing.assert_allclose(out[1], y / (1 + np.exp(-y)), rtol=1e-5)
 
@@ -312,7 +309,7 @@ def test_rewrites_inside_regions():
   return %0
 }""", [NEG_NEG])
     assert n == 1
-    x = _rand(4)
+    (x,) = random_inputs(g)
     np.testing.assert_allclose(_run(g, x)[0], np.exp(x), rtol=1e-6)
 
 
@@ -388,12 +385,12 @@ def test_quick_prefilter_is_a_necessary_condition():
   %o2 = add(%o, %m2) : f32[4]
   return %o2, %s
 }""")
-    from accelir.passes.pattern import _Attempt
+    from accelir.passes.pattern import MatchAttempt
     values = [o for n in g.nodes for o in n.outputs] + list(g.inputs)
     matched = 0
     for p in pats:
         for v in values:
-            full = any(True for _ in p.matches(v, {}, _Attempt(False)))
+            full = any(True for _ in p.matches(v, {}, MatchAttempt(False)))
             assert not full or p.quick(v), (p, v)
             matched += full
     assert matched >= 8

@@ -17,12 +17,13 @@ transformers = pytest.importorskip("transformers")
 
 from accelir import run_graph, verify  # noqa: E402
 from accelir.frontends.torch import capture_torch  # noqa: E402
+from accelir.testing import assert_relative_close  # noqa: E402
 
 Dim = torch.export.Dim
 TOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 
 
-def _text_inputs(vocab: int, batch: int = 2, seq: int = 8) -> tuple[tuple, dict]:
+def text_inputs(vocab: int, batch: int = 2, seq: int = 8) -> tuple[tuple, dict]:
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, vocab, (batch, seq), generator=g)
     mask = torch.ones(batch, seq, dtype=torch.long)
@@ -36,30 +37,30 @@ def _image(batch: int = 2, size: int = 32, channels: int = 3) -> tuple[tuple, di
 
 def gpt2():
     cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=64, use_cache=False)
-    return transformers.GPT2Model(cfg), _text_inputs(100)
+    return transformers.GPT2Model(cfg), text_inputs(100)
 
 
 def bert():
     cfg = transformers.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
                                   vocab_size=100, max_position_embeddings=64)
-    return transformers.BertModel(cfg), _text_inputs(100)
+    return transformers.BertModel(cfg), text_inputs(100)
 
 
 def distilbert():
     cfg = transformers.DistilBertConfig(n_layers=2, dim=64, n_heads=4, hidden_dim=128, vocab_size=100,
                                         max_position_embeddings=64)
-    return transformers.DistilBertModel(cfg), _text_inputs(100)
+    return transformers.DistilBertModel(cfg), text_inputs(100)
 
 
 def llama():
     cfg = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
                                    intermediate_size=128, vocab_size=100, max_position_embeddings=64, use_cache=False)
-    return transformers.LlamaModel(cfg), _text_inputs(100)
+    return transformers.LlamaModel(cfg), text_inputs(100)
 
 
 def t5_encoder():
     cfg = transformers.T5Config(num_layers=2, d_model=64, num_heads=4, d_kv=16, d_ff=128, vocab_size=100)
-    return transformers.T5EncoderModel(cfg), _text_inputs(100)
+    return transformers.T5EncoderModel(cfg), text_inputs(100)
 
 
 def whisper_encoder():
@@ -128,12 +129,7 @@ def check_model(model: torch.nn.Module, args: tuple, kwargs: dict, dtype: torch.
     with torch.no_grad():
         want = model(*run_args, **run_kwargs)
     assert type(got) is type(want)
-    got_leaves, want_leaves = pytree.tree_leaves(got), pytree.tree_leaves(want)
-    assert len(got_leaves) == len(want_leaves)
-    for g, w in zip(got_leaves, want_leaves):
-        assert g.shape == w.shape and g.dtype == w.dtype
-        err = (g.double() - w.double()).abs().max() / w.double().abs().max().clamp_min(1e-30)
-        assert err <= TOL[dtype], f"relative error {float(err):.2e} > {TOL[dtype]}"
+    assert_relative_close(pytree.tree_leaves(got), pytree.tree_leaves(want), TOL[dtype])
     return graph
 
 
@@ -157,7 +153,7 @@ def test_dynamic_batch_and_sequence(name):
     model, (args, kwargs) = MODELS[name]()
     batch, seq = Dim("batch"), Dim("seq", max=64)
     dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
-    run_args, run_kwargs = _text_inputs(100, batch=3, seq=5)
+    run_args, run_kwargs = text_inputs(100, batch=3, seq=5)
     graph = check_model(model, args, kwargs, dynamic_shapes=dynamic, run_args=run_args, run_kwargs=run_kwargs)
     assert [v.shape for v in graph.inputs] == [("batch", "seq"), ("batch", "seq")]
     assert graph.outputs[0].shape[:2] == ("batch", "seq")
@@ -179,15 +175,15 @@ def test_provenance_names_modules_and_lines():
     assert "h.0.attn.c_attn.weight" in graph.constants
 
 
-def _full_size(name: str):
+def full_size(name: str):
     if name == "gpt2":
-        return transformers.GPT2Model(transformers.GPT2Config(use_cache=False)), _text_inputs(50257, seq=32)
+        return transformers.GPT2Model(transformers.GPT2Config(use_cache=False)), text_inputs(50257, seq=32)
     if name == "bert":
-        return transformers.BertModel(transformers.BertConfig()), _text_inputs(30522, seq=32)
+        return transformers.BertModel(transformers.BertConfig()), text_inputs(30522, seq=32)
     if name == "llama":
         cfg = transformers.LlamaConfig(num_hidden_layers=4, hidden_size=1024, num_attention_heads=16,
                                        num_key_value_heads=4, intermediate_size=2816, use_cache=False)
-        return transformers.LlamaModel(cfg), _text_inputs(32000, seq=32)
+        return transformers.LlamaModel(cfg), text_inputs(32000, seq=32)
     if name == "vit":
         return transformers.ViTModel(transformers.ViTConfig()), _image(batch=1, size=224)
     return transformers.ResNetModel(transformers.ResNetConfig()), _image(batch=1, size=224)
@@ -196,5 +192,5 @@ def _full_size(name: str):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["gpt2", "bert", "llama", "vit", "resnet"])
 def test_full_size_model(name):
-    model, (args, kwargs) = _full_size(name)
+    model, (args, kwargs) = full_size(name)
     check_model(model, args, kwargs)

@@ -11,7 +11,7 @@ import pytest
 
 import accelir
 from accelir import progress
-from accelir.visualize import _collect, _layout, read_dump_dir, to_dot, to_html
+from accelir.visualize import read_dump_dir, to_dot, to_html
 
 MLP = """graph main(%x: f32[batch,4], %w: f32[4,3]) -> (f32[batch,3], f32[batch,3]) {
   %0 = matmul(%x, %w) : f32[batch,3]
@@ -121,9 +121,11 @@ def test_layout_moves_late_inputs_next_to_their_user():
   return %3
 }
 """)
-    boxes, edges = _collect(g, False)
-    pos = _layout(boxes, edges)
-    assert pos["in1"][1] == pos["n2"][1]  # same layer as the last exp, right above the add
+    tops = {}
+    for node in _svg(to_html(g)).findall(f".//{_svg_ns('g')}[@class='node']"):
+        tops[node.find(_svg_ns("title")).text.splitlines()[0]] = float(node.find(_svg_ns("rect")).get("y"))
+    # same layer as the last exp, right above the add
+    assert tops["graph input %late: f32[3]"] == tops["%2 = exp : f32[3]"] > tops["%1 = exp : f32[3]"]
 
 
 def test_region_nodes_summarise_their_body():

@@ -651,7 +651,7 @@ def _cubic_weight_ir(b: Builder, s: Value) -> Value:
     return b.op("where", b.op("lt", s, b.scalar(1.0, s)), near, far)
 
 
-def _gather_taps(b: Builder, flat: Value, base: Value, taps: Sequence[tuple[Value, Value | None, Value | None]],
+def gather_taps(b: Builder, flat: Value, base: Value, taps: Sequence[tuple[Value, Value | None, Value | None]],
                  strides: Sequence[int], combine: str = "add") -> Value:
     """Rows of ``flat`` [rows, C] read at every combination of one tap per dim, and combined.
 
@@ -737,7 +737,7 @@ def _grid_sample_decompose(b, inputs, attrs):
     flat = b.op("reshape", b.op("transpose", x, perm=(0,) + tuple(range(2, r + 2)) + (1,)),
                 shape=(_dims.dim_mul(n, total), c))
     batch = b.op("mul", b.op("iota", shape=(n,) + out_sp, axis=0, dtype=DType.i64), b.scalar(total, DType.i64))
-    y = _gather_taps(b, flat, batch, taps, strides)
+    y = gather_taps(b, flat, batch, taps, strides)
     y = b.op("transpose", y, perm=(0, r + 1) + tuple(range(1, r + 1)))
     return [b.op("cast", y, dtype=dt) if y.dtype is not dt else y]
 
@@ -865,7 +865,7 @@ def _roi_align_decompose(b, inputs, attrs):
     # (avg) or their max taken (max, as ONNX Runtime does)
     taps = [(b.op("unsqueeze", i, axes=(axis,)), b.op("unsqueeze", wt, axes=(axis,)), None)
             for (i, wt), axis in ((rows, 2), (cols, 1))]
-    acc = _gather_taps(b, flat, base, taps, (w, 1), "add" if attrs["mode"] == "avg" else "max")
+    acc = gather_taps(b, flat, base, taps, (w, 1), "add" if attrs["mode"] == "avg" else "max")
     acc = b.op("reshape", acc, shape=(rois.shape[0], oh, sr, ow, sr, c))
     y = b.op("reduce_mean" if attrs["mode"] == "avg" else "reduce_max", acc, axes=(2, 4))
     y = b.op("transpose", y, perm=(0, 3, 1, 2))
@@ -959,7 +959,7 @@ def _deform_conv_decompose(b, inputs, attrs):
                  b.op("iota", shape=(n, og, 1, 1, 1, 1), axis=1, dtype=DType.i64))
     base = b.op("mul", image, b.scalar(h * wd, DType.i64))
     taps = [_pixel_taps_ir(b, p, size, _BILINEAR_ZEROS) for p, size in ((py, h), (px, wd))]
-    sampled = _gather_taps(b, flat, base, taps, (wd, 1))
+    sampled = gather_taps(b, flat, base, taps, (wd, 1))
     if len(ins) == 5:
         mask = b.op("reshape", ins[4], shape=(n, og, kh, kw, oh, ow, 1))
         sampled = b.op("mul", sampled, mask)
