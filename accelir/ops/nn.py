@@ -21,7 +21,7 @@ from .activations import ACTIVATIONS, activation
 from .linalg import CONV_ATTRS, conv_type_rule, conv_params, conv_reference
 from .registry import AttrSpec, OpDef, TypeRuleError, broadcast_shapes, norm_axis, np_dtype_compute, register, same_dtype
 
-__all__ = ["activation_reference", "decompose_activation", "split_heads", "GRID_MODE_OLD_NAMES"]
+__all__ = ["activation_reference", "decompose_activation", "split_heads", "GRID_MODE_OLD_NAMES", "gather_taps"]
 
 
 def _float_only(op: str, t: TensorType) -> None:
