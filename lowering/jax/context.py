@@ -20,6 +20,7 @@ from jax import lax
 
 from accelir import dims
 from accelir.errors import AccelirError, LoweringError
+from accelir.interpreter import to_numpy
 from accelir.ir import DType, Graph, Node, TensorType
 from accelir.ops import registry
 from accelir.ops.activations import activation
@@ -370,9 +371,19 @@ def framework_of(x: Any) -> str:
 
 
 def to_jax_array(x: Any, device: Any = None) -> Any:
-    """A jax array of x (torch through DLPack, sharing memory); moved only if it is on
-    another device than ``device``."""
+    """A jax array of x, sharing memory where it can; moved only if it is on another
+    device than ``device``.
+
+    A torch CPU tensor goes in as its numpy view, like a numpy array, not through DLPack:
+    the owner of a DLPack buffer is released by torch's deleter on whichever XLA thread
+    drops the buffer last, and that deleter takes the GIL; at interpreter exit the thread
+    cannot have it, exits inside XLA's C++ frames and aborts the process ("terminate
+    called without an active exception").  jax releases the numpy owner of the host
+    buffers it aliases on a Python thread.  Tensors on other devices go through DLPack.
+    """
     kind = framework_of(x)
+    if kind == "torch" and x.device.type == "cpu":
+        return jax.device_put(to_numpy(x), device)
     if kind == "torch":
         t = x.detach()
         a = jax.dlpack.from_dlpack(t if t.is_contiguous() else t.contiguous())
