@@ -568,6 +568,32 @@ def _one_list(inputs: tuple) -> tuple:
     return tuple(inputs[0]) if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) else inputs
 
 
+# XLA's CPU backend hands these fusions, and reductions, to YNNPACK by default.  Its
+# reduce fusion gets reduce(dot or conv(x, broadcast(w))) wrong, as a network with
+# constant-filled weights makes it: NaN or 1e34 where XLA's own emitters give the sum,
+# different from one process to the next, as from reading memory it does not own.
+# accelir keeps the default set but the reduce fusion; XLA's emitters run reductions.
+_YNN_FUSIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+_YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+
+
+@functools.cache
+def _cpu_compiler_options() -> dict[str, Any]:
+    """The XLA options accelir compiles with on CPU; empty where this jaxlib lacks them."""
+    options = {_YNN_OPTION: _YNN_FUSIONS}
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=options).lower(np.float32(0)).compile()
+    except Exception:  # an XLA without YNNPACK fusions (or with other names) rejects the option
+        return {}
+    return options
+
+
+def _compiler_options(device: Any, user: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """accelir's XLA options for ``device`` under the caller's ``compiler_options``."""
+    base = _cpu_compiler_options() if device.platform == "cpu" else {}
+    return {**base, **dict(user or {})} or None
+
+
 class JaxModule:
     """A jit-compiled graph on one jax device.
 
@@ -576,7 +602,7 @@ class JaxModule:
     same device).  Outputs come back as a list in the caller's framework: torch if any
     input is a torch tensor, else jax if any is a jax array, else numpy.
     ``compiler_options`` go to XLA (e.g. ``{"xla_backend_optimization_level": 0}`` to
-    compile faster).
+    compile faster), over accelir's own on CPU (``_cpu_compiler_options``).
     """
 
     def __init__(self, graph: Graph, device: str | None = None, compiler_options: Mapping[str, Any] | None = None):
@@ -589,7 +615,7 @@ class JaxModule:
             return self.function.apply(dict(zip(keys, values)), *inputs)
 
         # the parameters go in as one tuple made once: a dict argument is flattened, key-sorted, on every call
-        self._jitted = jax.jit(run, compiler_options=dict(compiler_options or {}) or None)
+        self._jitted = jax.jit(run, compiler_options=_compiler_options(self.device, compiler_options))
         params = self.function.device_params(self.device)
         self._values = tuple(params[k] for k in keys)
 
