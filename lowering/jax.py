@@ -1143,8 +1143,26 @@ def _iota(ctx, *, shape, axis, dtype):
 register_lowering("gelu", upcast=True, layout=True)(
     _pointwise(lambda ctx, x, *, approximate: jax.nn.gelu(x, approximate=approximate == "tanh")))
 register_lowering("silu", upcast=True, layout=True)(_pointwise(lambda ctx, x: jax.nn.silu(x)))
-register_lowering("softmax", upcast=True)(lambda ctx, x, *, axis: jax.nn.softmax(x, axis=axis))
-register_lowering("log_softmax", upcast=True)(lambda ctx, x, *, axis: jax.nn.log_softmax(x, axis=axis))
+def _settled(x):
+    """``x``, computed once for all its readers.
+
+    XLA copies a cheap producer (a mean's scaling, attention's ``* scale``) into every
+    fusion that reads it and there may contract it with the next op into one FMA; a
+    softmax then takes its max over one rounding of x and subtracts it from another,
+    and where x is large (|x| > 1e9 or so the two differ by more than exp's range) every
+    exponent overflows or underflows: NaN.  A division is too costly for XLA to copy, so
+    it is computed once; it divides by an exact 1 that XLA cannot fold (0 for NaN, which
+    stays NaN).  optimization_barrier would say this, but XLA's CPU pipeline drops it.
+    """
+    return x / (x == x).astype(x.dtype)
+
+
+def _softmax(x, axis: int):
+    return jax.nn.softmax(_settled(x), axis=axis)
+
+
+register_lowering("softmax", upcast=True)(lambda ctx, x, *, axis: _softmax(x, axis))
+register_lowering("log_softmax", upcast=True)(lambda ctx, x, *, axis: jax.nn.log_softmax(_settled(x), axis=axis))
 
 
 def _norm_axes(x, axis: int) -> tuple[int, ...]:
@@ -1213,7 +1231,7 @@ def _attention(ctx, q, k, v, mask=None, *, scale, causal):
         s = jnp.where(keep, s, neg)
     if mask is not None:
         s = jnp.where(mask, s, neg) if mask.dtype == jnp.bool_ else s + mask
-    return jnp.matmul(jax.nn.softmax(s, axis=-1), v)
+    return jnp.matmul(_softmax(s, -1), v)
 
 
 @register_lowering("linear", upcast=True)
