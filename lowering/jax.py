@@ -45,6 +45,7 @@ from jax import lax
 
 from accelir import dims
 from accelir.errors import AccelirError, LoweringError
+from accelir.interpreter import to_numpy
 from accelir.ir import DType, Graph, Node, TensorType
 from accelir.ops import registry
 from accelir.ops.linalg import conv_params, pool_output_dim
@@ -522,9 +523,19 @@ def _framework(x: Any) -> str:
 
 
 def _to_jax(x: Any, device: Any = None) -> Any:
-    """A jax array of x (torch through DLPack, sharing memory); moved only if it is on
-    another device than ``device``."""
+    """A jax array of x, sharing memory where it can; moved only if it is on another
+    device than ``device``.
+
+    A torch CPU tensor goes in as its numpy view, like a numpy array, not through DLPack:
+    the owner of a DLPack buffer is released by torch's deleter on whichever XLA thread
+    drops the buffer last, and that deleter takes the GIL; at interpreter exit the thread
+    cannot have it, exits inside XLA's C++ frames and aborts the process ("terminate
+    called without an active exception").  jax releases the numpy owner of the host
+    buffers it aliases on a Python thread.  Tensors on other devices go through DLPack.
+    """
     kind = _framework(x)
+    if kind == "torch" and x.device.type == "cpu":
+        return jax.device_put(to_numpy(x), device)
     if kind == "torch":
         t = x.detach()
         a = jax.dlpack.from_dlpack(t if t.is_contiguous() else t.contiguous())

@@ -554,7 +554,7 @@ def test_outputs_come_back_in_the_callers_framework():
     np.testing.assert_array_equal(outs[1].numpy(), want[1])
 
 
-def test_torch_tensors_cross_by_dlpack_without_copies():
+def test_torch_tensors_cross_without_copies():
     t = torch.randn(4, 16)
     a = lj._to_jax(t)
     assert a.unsafe_buffer_pointer() == t.data_ptr()

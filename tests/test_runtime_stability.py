@@ -105,8 +105,42 @@ def _compare(got: list, want: list) -> dict:
             "error": max(float(np.abs(g - w).max()) / s for g, w, s in zip(got, want, scale))}
 
 
+def _chain_graph(n: int, d: int) -> accelir.Graph:
+    """x0 @ x1 @ ... @ x(n-1), each input f32[d,d]."""
+    t = f"f32[{d},{d}]"
+    lines = [f"graph chain({', '.join(f'%x{i}: {t}' for i in range(n))}) -> ({t}) {{", f"  %y1 = matmul(%x0, %x1) : {t}"]
+    lines += [f"  %y{i} = matmul(%y{i - 1}, %x{i}) : {t}" for i in range(2, n)]
+    return accelir.parse("\n".join(lines + [f"  return %y{n - 1}", "}"]))
+
+
+def _run_and_exit() -> None:
+    """Run a graph of many torch inputs on both backends and let the process exit right after.
+
+    XLA runs it on a worker thread that drops each input's buffer when done; were a torch
+    input's owner released there (DLPack), the release would need the GIL, which the thread
+    cannot have once the interpreter is exiting.  A long GIL switch interval keeps the main
+    thread from handing the GIL over on request, as a busy caller would."""
+    import torch
+    from accelir.lowering.jax import JaxModule
+    from accelir.lowering.onnxruntime import OnnxRuntimeModule
+
+    torch.manual_seed(0)
+    xs = [torch.randn(192, 192) / 192 ** 0.5 for _ in range(64)]
+    want = xs[0]
+    for x in xs[1:]:
+        want = want @ x
+    graph = _chain_graph(len(xs), 192)
+    for runner in (OnnxRuntimeModule(graph), JaxModule(graph)):
+        torch.testing.assert_close(runner(*xs)[0], want, rtol=1e-3, atol=1e-5)
+    print(json.dumps({"exit": {"finite": True, "error": 0.0}}), flush=True)
+    sys.setswitchinterval(100.0)
+    runner(*xs)  # the last thing the process does: XLA's thread may still be dropping the inputs
+
+
 def _worker(specs: list[str]) -> None:
     """Run each ``model:level`` spec in this process; print one JSON line of results."""
+    if specs == ["exit"]:
+        return _run_and_exit()
     out = {}
     for spec in specs:
         name, level = spec.rsplit(":", 1)
@@ -117,10 +151,10 @@ def _worker(specs: list[str]) -> None:
 def _in_fresh_processes(specs: list[str], runs: int) -> list[dict]:
     env = dict(os.environ, MALLOC_PERTURB_="165", PYTHONPATH=os.path.dirname(__file__))
     results = []
-    for _ in range(runs):
+    for run in range(runs):
         proc = subprocess.run([sys.executable, __file__, *specs], env=env, capture_output=True, text=True,
                               timeout=900)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.returncode == 0, f"process {run} of {runs} exited with {proc.returncode}: {proc.stderr[-3000:]}"
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return results
 
@@ -134,6 +168,15 @@ def _check(results: list[dict], tol: float) -> None:
 
 def test_squeezenet_on_xla_in_fresh_processes():
     _check(_in_fresh_processes(["light_squeezenet:0", "light_squeezenet:2"], runs=3), tol=1e-4)
+
+
+def test_processes_exit_cleanly_after_both_backends():
+    _check(_in_fresh_processes(["exit"], runs=6), tol=0.0)
+
+
+@pytest.mark.slow
+def test_processes_exit_cleanly_after_both_backends_many_times():
+    _check(_in_fresh_processes(["exit"], runs=40), tol=0.0)
 
 
 @pytest.mark.slow
