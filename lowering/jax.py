@@ -8,8 +8,8 @@ callables and the graph's constants.
 * ``to_jax(graph)`` -> a :class:`JaxFunction`: call it on arrays in graph input order
   to get a list of jax arrays; ``.apply(params, *inputs)`` is the pure, traceable form.
 * :class:`JaxModule` jit-compiles it and takes numpy arrays, jax arrays or torch
-  tensors (torch through DLPack, without copies on the same device); results come back
-  in the caller's framework.
+  tensors (CPU tensors as numpy views, others through DLPack: no copies on the same
+  device); results come back in the caller's framework.
 * ``stablehlo`` / ``hlo`` give the module text, ``export_jax`` / ``load_exported`` a
   serialized ``jax.export`` artifact (symbolic dims become jax shape polymorphism).
 
@@ -609,8 +609,8 @@ class JaxModule:
     """A jit-compiled graph on one jax device.
 
     Call it with the inputs in graph input order, or with one list of them; each is a
-    numpy array, a jax array or a torch tensor (torch through DLPack, no copy on the
-    same device).  Outputs come back as a list in the caller's framework: torch if any
+    numpy array, a jax array or a torch tensor (no copy on the same device: CPU tensors
+    as numpy views, others through DLPack).  Outputs come back as a list in the caller's framework: torch if any
     input is a torch tensor, else jax if any is a jax array, else numpy.
     ``compiler_options`` go to XLA (e.g. ``{"xla_backend_optimization_level": 0}`` to
     compile faster), over accelir's own on CPU (``_cpu_compiler_options``).
