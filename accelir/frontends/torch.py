@@ -29,7 +29,7 @@ import torch.utils._pytree as pytree
 
 from .. import dims as D
 from ..errors import CaptureError, UnsupportedOpError, VerificationError
-from ..interpreter import to_numpy
+from ..arrays import to_numpy
 from ..ir import Builder, DType, Graph, TensorType, Value
 
 __all__ = ["capture_torch", "TorchSignature", "NodeContext", "TORCH_DTYPES", "torch_dtype", "unsupported_ops"]
