@@ -16,10 +16,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..ir import Builder, DType, Graph, TensorType, Value
-from .onnx import OnnxImportError
-from .onnx_indexing import reverse_prefixes
-from .onnx_ops import NodeContext, _cast, _reshape, rule
+from ...ir import Builder, DType, Graph, TensorType, Value
+from .context import NodeContext, OnnxImportError, cast, reshape, reverse_prefixes, rule
+
 
 __all__ = ["ACTIVATIONS"]
 
@@ -107,7 +106,7 @@ def _slice_cols(b: Builder, x: Value, k: int, hidden: int, count: int = 1) -> Va
 
 def _row(ctx: NodeContext, v: Value, d: int) -> Value:
     """``v[d]`` of a per-direction parameter."""
-    return _reshape(ctx, ctx.op("slice", v, starts=(d,), stops=(d + 1,), axes=(0,)), tuple(v.shape[1:]))
+    return reshape(ctx, ctx.op("slice", v, starts=(d,), stops=(d + 1,), axes=(0,)), tuple(v.shape[1:]))
 
 
 class _Cell:
@@ -219,7 +218,7 @@ def _recurrent(ctx: NodeContext):
     live = None
     if lengths is not None:
         t = ctx.op("iota", shape=(steps, batch, 1), axis=0, dtype=DType.i64)
-        live = ctx.op("lt", t, _reshape(ctx, _cast(ctx, lengths, DType.i64), (1, batch, 1)))
+        live = ctx.op("lt", t, reshape(ctx, cast(ctx, lengths, DType.i64), (1, batch, 1)))
     zeros = ctx.op("broadcast_to", ctx.scalar(0, X), shape=(batch, hidden))
     inits = [ctx.input(5)] + ([ctx.input(6)] if kind == "LSTM" else [])
     if layout:  # batch-major initial states: [batch, dir, H]
