@@ -19,10 +19,11 @@ import numpy as np
 from ... import dims as D
 from ...ir import Builder, DType, Graph, TensorType, Value
 from ...ops import registry
+from ..base import RuleContext, RuleTable
 
 
 __all__ = ["Unsupported", "jax_dtype", "to_dim", "to_dims", "aval_type", "static_value", "EqnContext", "Rule", "RULES",
-           "open_jaxpr", "to_dtype", "transpose", "static_pads"]
+           "open_jaxpr", "transpose", "static_pads", "rule"]
 
 
 class Unsupported(Exception):
@@ -107,7 +108,7 @@ def static_value(v: Value, limit: int = 64) -> np.ndarray | None:
         return None
 
 
-class EqnContext:
+class EqnContext(RuleContext):
     """What a rule sees: a builder carrying the equation's provenance, its output types and helpers."""
 
     __slots__ = ("conv", "eqn", "b", "out_types")
@@ -118,18 +119,9 @@ class EqnContext:
         self.b = b
         self.out_types = out_types
 
-    def op(self, op: str, *inputs: Value, **attrs: Any) -> Value:
-        return self.b.op(op, *inputs, **attrs)
-
-    def ops(self, op: str, *inputs: Value, **attrs: Any) -> tuple[Value, ...]:
-        return self.b.ops(op, *inputs, **attrs)
-
     def const(self, value: Any, dtype: DType | None = None) -> Value:
+        # through the converter: equal small constants are one node
         return self.conv.constant(np.asarray(value, dtype=dtype.numpy if dtype else None), self.b)
-
-    def scalar(self, value: Any, like: Value | DType) -> Value:
-        dt = like if isinstance(like, DType) else like.dtype
-        return self.conv.constant(np.asarray(value, dtype=dt.numpy), self.b)
 
     def region(self, closed_jaxpr: Any, input_types: Sequence[TensorType], name: str,
                closure: Sequence[Value] = ()) -> Graph:
@@ -142,7 +134,8 @@ class EqnContext:
 Rule = Callable[..., Any]
 
 
-RULES: dict[str, Rule] = {}
+RULES = RuleTable()
+rule = RULES.rule
 
 
 def open_jaxpr(j: Any) -> tuple[Any, list]:
@@ -150,11 +143,6 @@ def open_jaxpr(j: Any) -> tuple[Any, list]:
     if hasattr(j, "consts"):
         return j.jaxpr, list(j.consts)
     return j, []
-
-
-def to_dtype(cx: EqnContext, x: Value, dt: DType) -> Value:
-    """``x`` cast to ``dt`` (the IR has no implicit promotion)."""
-    return x if x.dtype == dt else cx.op("cast", x, dtype=dt)
 
 
 def transpose(cx: EqnContext, x: Value, perm: Sequence[int]) -> Value:

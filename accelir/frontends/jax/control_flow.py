@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ...ir import Graph, TensorType, Value
-from .context import RULES, EqnContext, open_jaxpr
+from .context import RULES, EqnContext, open_jaxpr, rule
 
 
 __all__: list[str] = []
@@ -23,7 +23,7 @@ def _call(param: str):
 for _name, _param in (("jit", "jaxpr"), ("pjit", "jaxpr"), ("closed_call", "call_jaxpr"), ("core_call", "call_jaxpr"),
                       ("remat2", "jaxpr"), ("checkpoint", "jaxpr"), ("custom_jvp_call", "call_jaxpr"),
                       ("custom_vjp_call", "call_jaxpr"), ("custom_vjp_call_jaxpr", "fun_jaxpr")):
-    RULES[_name] = _call(_param)
+    RULES.add(_call(_param), _name)
 
 
 def _split_closure(values: Sequence[Value]) -> tuple[list[Value], list[Value]]:
@@ -38,11 +38,13 @@ def _types(values: Sequence[Value]) -> list[TensorType]:
     return [v.type for v in values]
 
 
+@rule("cond")
 def _cond(cx, index, *operands, branches, **p):
     regions = [cx.region(br, _types(operands), f"branch{k}") for k, br in enumerate(branches)]
     return list(cx.b.node("cond", [index, *operands], regions=regions).outputs)
 
 
+@rule("while")
 def _while(cx, *args, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts, **p):
     cconsts, bconsts, init = args[:cond_nconsts], args[cond_nconsts:cond_nconsts + body_nconsts], \
         args[cond_nconsts + body_nconsts:]
@@ -74,6 +76,7 @@ def _state_region(cx: EqnContext, closed: Any, fixed: list[Value], state: list[V
     return region
 
 
+@rule("scan")
 def _scan(cx, *args, jaxpr, length, reverse, num_consts, num_carry, **p):
     consts, rest = args[:num_consts], list(args[num_consts:])
     fixed, dyn = _split_closure(consts)
@@ -86,4 +89,3 @@ def _scan(cx, *args, jaxpr, length, reverse, num_consts, num_carry, **p):
     return list(node.outputs)
 
 
-RULES.update({"cond": _cond, "while": _while, "scan": _scan})

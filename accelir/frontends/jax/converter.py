@@ -15,7 +15,7 @@ import numpy as np
 
 from ...errors import VerificationError
 from ...ir import Builder, DType, Graph, TensorType, Value
-from .context import EqnContext, Rule, Unsupported, jax_dtype, open_jaxpr, to_dim
+from .context import EqnContext, Rule, Unsupported, jax_dtype, open_jaxpr, rule, to_dim
 
 
 __all__ = ["Converter", "Problem"]

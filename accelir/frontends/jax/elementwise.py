@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...ir import DType, Value
-from .context import RULES, EqnContext, Unsupported, jax_dtype, to_dim
+from .context import RULES, EqnContext, Unsupported, jax_dtype, rule, to_dim
 
 
 __all__: list[str] = []
@@ -42,9 +42,9 @@ def _binary(name: str, op: str):
 
 
 for _name, _op in _UNARY.items():
-    RULES[_name] = _unary(_op)
+    RULES.add(_unary(_op), _name)
 for _name, _op in _BINARY.items():
-    RULES[_name] = _binary(_name, _op)
+    RULES.add(_binary(_name, _op), _name)
 
 
 def _identity(cx: EqnContext, *xs: Value, **params: Any) -> list[Value]:
@@ -53,25 +53,30 @@ def _identity(cx: EqnContext, *xs: Value, **params: Any) -> list[Value]:
 
 for _name in ("copy", "copy_p", "stop_gradient", "optimization_barrier", "sharding_constraint", "device_put",
               "mesh_cast", "reshard"):
-    RULES[_name] = _identity
+    RULES.add(_identity, _name)
 
 
+@rule("square")
 def _square(cx, x, **p):
     return cx.op("mul", x, x)
 
 
+@rule("exp2")
 def _exp2(cx, x, **p):
     return cx.op("pow", cx.scalar(2.0, x), x)
 
 
+@rule("erfc")
 def _erfc(cx, x, **p):
     return cx.op("sub", cx.scalar(1.0, x), cx.op("erf", x))
 
 
+@rule("is_finite")
 def _is_finite(cx, x, **p):
     return cx.op("not", cx.op("or", cx.op("isnan", x), cx.op("isinf", x)))
 
 
+@rule("integer_pow")
 def _integer_pow(cx, x, *, y: int, **p):
     """Binary exponentiation in jax's own multiplication order, so the rounding matches."""
     if y == 0:
@@ -88,6 +93,7 @@ def _integer_pow(cx, x, *, y: int, **p):
     return cx.op("div", cx.scalar(1, x), acc) if y < 0 else acc
 
 
+@rule("round")
 def _round(cx, x, *, rounding_method: Any, **p):
     if int(rounding_method) == 1:
         return cx.op("round", x)
@@ -100,10 +106,12 @@ def _round(cx, x, *, rounding_method: Any, **p):
     return cx.op("mul", cx.op("sign", x), mag)
 
 
+@rule("clamp")
 def _clamp(cx, lo, x, hi, **p):
     return cx.op("min", cx.op("max", x, lo), hi)
 
 
+@rule("select_n")
 def _select_n(cx, pred, *cases, **p):
     if len(cases) == 1:
         return cases[0]
@@ -115,6 +123,7 @@ def _select_n(cx, pred, *cases, **p):
     return out
 
 
+@rule("convert_element_type")
 def _convert(cx, x, *, new_dtype: Any, **p):
     dt = jax_dtype(new_dtype)
     return x if dt == x.dtype else cx.op("cast", x, dtype=dt)
@@ -123,6 +132,7 @@ def _convert(cx, x, *, new_dtype: Any, **p):
 _PRECISION_DTYPES = {(8, 7): DType.bf16, (5, 10): DType.f16, (8, 23): DType.f32, (11, 52): DType.f64}
 
 
+@rule("reduce_precision")
 def _reduce_precision(cx, x, *, exponent_bits: int, mantissa_bits: int, **p):
     dt = _PRECISION_DTYPES.get((exponent_bits, mantissa_bits))
     if dt is None:
@@ -132,16 +142,9 @@ def _reduce_precision(cx, x, *, exponent_bits: int, mantissa_bits: int, **p):
     return cx.op("cast", cx.op("cast", x, dtype=dt), dtype=x.dtype)
 
 
-RULES.update({"square": _square, "exp2": _exp2, "erfc": _erfc, "is_finite": _is_finite,
-              "integer_pow": _integer_pow, "round": _round, "clamp": _clamp, "select_n": _select_n,
-              "convert_element_type": _convert, "reduce_precision": _reduce_precision})
-
-
+@rule("dim_as_value")
 def _dim_as_value(cx, *, dim: Any, dtype: Any = None, **p):
     # the IR has no shape-of op: the sum of a ones vector of that length is the dim's value
     dt = cx.out_types[0].dtype
     ones = cx.op("broadcast_to", cx.scalar(1, dt), shape=(to_dim(dim),))
     return cx.op("reduce_sum", ones, axes=(0,))
-
-
-RULES["dim_as_value"] = _dim_as_value

@@ -27,7 +27,7 @@ import numpy as np
 
 from ... import dims as D
 from ...ir import DType, Value
-from .context import RULES, EqnContext, Unsupported, to_dims, transpose
+from .context import RULES, EqnContext, Unsupported, rule, to_dims, transpose
 
 
 __all__: list[str] = []
@@ -107,6 +107,7 @@ def _window_prefix(cx: EqnContext, x: Value, dims: Sequence[int], sizes: Sequenc
     return cx.op("slice", x, starts=tuple(0 for _ in cut), stops=tuple(sizes[d] for d in cut), axes=tuple(cut))
 
 
+@rule("gather")
 def _gather(cx: EqnContext, x: Value, idx: Value, *, dimension_numbers: Any, slice_sizes: Sequence[Any],
             mode: Any, fill_value: Any = None, **p: Any) -> Value:
     dn = dimension_numbers
@@ -287,6 +288,5 @@ def _scatter_nd(cx: EqnContext, x: Value, idx: Value, upd: Value, dn: Any, mode:
     return transpose(cx, r, inv)
 
 
-RULES["gather"] = _gather
 for _name, _red in _SCATTER_REDUCTION.items():
-    RULES[_name] = _scatter(_red)
+    RULES.add(_scatter(_red), _name)

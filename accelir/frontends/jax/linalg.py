@@ -8,7 +8,7 @@ from ... import dims as D
 from ...ir import Value
 from ...ops.shape import inverse_perm
 from ..decompositions import crop_negative_pads
-from .context import RULES, EqnContext, Unsupported, static_pads, to_dtype, transpose
+from .context import EqnContext, Unsupported, rule, static_pads, transpose
 
 
 __all__: list[str] = []
@@ -16,11 +16,12 @@ __all__: list[str] = []
 
 # ----- contractions ------------------------------------------------------------------
 
+@rule("dot_general")
 def _dot_general(cx, a, b, *, dimension_numbers: Any, **p):
     (lc, rc), (lb, rb) = dimension_numbers
     lc, rc, lb, rb = (tuple(int(i) for i in t) for t in (lc, rc, lb, rb))
     dt = cx.out_types[0].dtype
-    a, b = to_dtype(cx, a, dt), to_dtype(cx, b, dt)
+    a, b = cx.cast(a, dt), cx.cast(b, dt)
     n = len(lb)
     batched = (n > 0 and lb == rb == tuple(range(n)) and a.rank == b.rank == n + 2
                and lc == (n + 1,) and rc == (n,))
@@ -44,12 +45,13 @@ def _flat_matmul(cx: EqnContext, a: Value, b: Value, k: int) -> Value:
     return y if len(rfree) == 1 or not rfree else cx.op("reshape", y, shape=lfree + tuple(rfree))
 
 
+@rule("conv_general_dilated")
 def _conv(cx, lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
           feature_group_count, batch_group_count, **p):
     if batch_group_count != 1:
         raise Unsupported("batch_group_count != 1 (a convolution's weight gradient) has no IR conv form")
     dt = cx.out_types[0].dtype
-    lhs, rhs = to_dtype(cx, lhs, dt), to_dtype(cx, rhs, dt)
+    lhs, rhs = cx.cast(lhs, dt), cx.cast(rhs, dt)
     # the IR conv is channels-first: x [N, C, *S], w [O, I/groups, *K]
     x = transpose(cx, lhs, dimension_numbers.lhs_spec)
     w = transpose(cx, rhs, dimension_numbers.rhs_spec)
@@ -65,4 +67,3 @@ def _conv(cx, lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation, 
     return transpose(cx, y, inverse_perm(dimension_numbers.out_spec))
 
 
-RULES.update({"dot_general": _dot_general, "conv_general_dilated": _conv})

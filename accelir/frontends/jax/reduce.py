@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from ... import dims as D
 from ...ir import DType, Value
 from ...ops.shape import inverse_perm
-from .context import RULES, EqnContext, Unsupported, jax_dtype, static_pads, to_dtype, transpose
+from .context import RULES, EqnContext, Unsupported, jax_dtype, rule, static_pads, transpose
 
 
 __all__: list[str] = []
@@ -33,14 +33,14 @@ def _reduce(name: str, op: str):
 
 
 for _name, _op in _REDUCE.items():
-    RULES[_name] = _reduce(_name, _op)
+    RULES.add(_reduce(_name, _op), _name)
 
 
 def _arg(op: str):
     def rule(cx: EqnContext, x: Value, *, axes: Sequence[int], index_dtype: Any, **p: Any) -> Value:
         if x.dtype is DType.bool:  # the IR arg-reductions take numbers; False < True as 0 < 1
             x = cx.op("cast", x, dtype=DType.i8)
-        return to_dtype(cx, cx.op(op, x, axis=int(axes[0])), jax_dtype(index_dtype))
+        return cx.cast(cx.op(op, x, axis=int(axes[0])), jax_dtype(index_dtype))
     return rule
 
 
@@ -50,9 +50,10 @@ def _cumulative(op: str):
     return rule
 
 
-RULES.update({"argmax": _arg("argmax"), "argmin": _arg("argmin")})
+RULES.add(_arg("argmax"), "argmax")
+RULES.add(_arg("argmin"), "argmin")
 for _kind in ("sum", "prod", "max", "min"):
-    RULES[f"cum{_kind}"] = _cumulative(f"cum{_kind}")
+    RULES.add(_cumulative(f"cum{_kind}"), f"cum{_kind}")
 
 
 def _window(kind: str):
@@ -101,7 +102,7 @@ def _reduce_window(cx: EqnContext, x: Value, kind: str, window, strides, padding
 
 
 for _kind in ("max", "min", "sum"):
-    RULES[f"reduce_window_{_kind}"] = _window(_kind)
+    RULES.add(_window(_kind), f"reduce_window_{_kind}")
 
 
 # ----- sort / top_k ------------------------------------------------------------------
@@ -112,6 +113,7 @@ def _is_iota_along(v: Value, axis: int, shape: tuple) -> bool:
             and tuple(node.attrs["shape"]) == tuple(shape))
 
 
+@rule("sort")
 def _sort(cx, *xs, dimension, is_stable, num_keys, **p):
     if num_keys != 1:
         raise Unsupported(f"a sort on {num_keys} keys (lexicographic) has no IR form")
@@ -120,15 +122,15 @@ def _sort(cx, *xs, dimension, is_stable, num_keys, **p):
     outs = [values]
     for other in xs[1:]:
         if _is_iota_along(other, axis, tuple(xs[0].shape)):
-            outs.append(to_dtype(cx, order, other.dtype))  # argsort
+            outs.append(cx.cast(order, other.dtype))  # argsort
         else:
             outs.append(cx.op("take_along_axis", other, order, axis=axis))
     return outs
 
 
+@rule("top_k")
 def _top_k(cx, x, *, k, axis=-1, **p):
     values, idx = cx.ops("topk", x, k=int(k), axis=int(axis), largest=True)
-    return [values, to_dtype(cx, idx, cx.out_types[1].dtype)]
+    return [values, cx.cast(idx, cx.out_types[1].dtype)]
 
 
-RULES.update({"sort": _sort, "top_k": _top_k})

@@ -6,7 +6,7 @@ from typing import Any
 
 from ... import dims as D
 from ..decompositions import crop_negative_pads
-from .context import RULES, Unsupported, jax_dtype, static_value, to_dim, to_dims, transpose
+from .context import Unsupported, jax_dtype, rule, static_value, to_dim, to_dims, transpose
 
 
 __all__: list[str] = []
@@ -14,6 +14,7 @@ __all__: list[str] = []
 
 # ----- shapes ------------------------------------------------------------------------
 
+@rule("broadcast_in_dim")
 def _broadcast_in_dim(cx, x, *, shape, broadcast_dimensions, **p):
     shape = to_dims(shape)
     bdims = tuple(int(d) for d in broadcast_dimensions)
@@ -25,6 +26,7 @@ def _broadcast_in_dim(cx, x, *, shape, broadcast_dimensions, **p):
     return x if tuple(x.shape) == shape else cx.op("broadcast_to", x, shape=shape)
 
 
+@rule("reshape")
 def _reshape(cx, x, *, new_sizes, dimensions=None, **p):
     if dimensions is not None:
         x = transpose(cx, x, dimensions)
@@ -32,18 +34,22 @@ def _reshape(cx, x, *, new_sizes, dimensions=None, **p):
     return x if tuple(x.shape) == shape else cx.op("reshape", x, shape=shape)
 
 
+@rule("transpose")
 def _transpose_rule(cx, x, *, permutation, **p):
     return transpose(cx, x, permutation)
 
 
+@rule("squeeze")
 def _squeeze(cx, x, *, dimensions, **p):
     return cx.op("squeeze", x, axes=tuple(int(d) for d in dimensions)) if dimensions else x
 
 
+@rule("rev")
 def _rev(cx, x, *, dimensions, **p):
     return cx.op("reverse", x, axes=tuple(int(d) for d in dimensions)) if dimensions else x
 
 
+@rule("slice")
 def _slice(cx, x, *, start_indices, limit_indices, strides=None, **p):
     starts, stops, steps, axes = [], [], [], []
     for ax, (lo, hi) in enumerate(zip(start_indices, limit_indices)):
@@ -61,10 +67,12 @@ def _slice(cx, x, *, start_indices, limit_indices, strides=None, **p):
                  steps=tuple(steps) if any(s != 1 for s in steps) else ())
 
 
+@rule("concatenate")
 def _concatenate(cx, *xs, dimension, **p):
     return xs[0] if len(xs) == 1 else cx.op("concat", *xs, axis=int(dimension))
 
 
+@rule("pad")
 def _pad(cx, x, value, *, padding_config, **p):
     fill = static_value(value)
     if fill is None:
@@ -80,10 +88,12 @@ def _pad(cx, x, value, *, padding_config, **p):
     return cx.op("pad", x, pads=pads, value=float(fill))
 
 
+@rule("iota")
 def _iota(cx, *, dtype, shape, dimension, **p):
     return cx.op("iota", shape=to_dims(shape), axis=int(dimension), dtype=jax_dtype(dtype))
 
 
+@rule("split")
 def _split(cx, x, *, sizes, axis, **p):
     axis = int(axis)
     outs = []
@@ -95,22 +105,26 @@ def _split(cx, x, *, sizes, axis, **p):
     return outs
 
 
+@rule("dynamic_slice")
 def _dynamic_slice(cx, x, *starts, slice_sizes, **p):
     if len(starts) != x.rank:
         raise Unsupported("dynamic_slice with dynamic slice sizes")
     return cx.op("dynamic_slice", x, *starts, sizes=to_dims(slice_sizes))
 
 
+@rule("dynamic_update_slice")
 def _dynamic_update_slice(cx, x, update, *starts, **p):
     return cx.op("dynamic_update_slice", x, update, *starts)
 
 
+@rule("stack")
 def _stack(cx, *xs, axis, **p):
     axis = int(axis)
     parts = [cx.op("unsqueeze", x, axes=(axis,)) for x in xs]
     return parts[0] if len(parts) == 1 else cx.op("concat", *parts, axis=axis)
 
 
+@rule("tile")
 def _tile(cx, x, *, reps, **p):
     reps = tuple(int(r) for r in reps)
     if len(reps) != x.rank:
@@ -121,8 +135,3 @@ def _tile(cx, x, *, reps, **p):
     return cx.op("reshape", wide, shape=tuple(D.dim_mul(r, d) for r, d in zip(reps, x.shape)))
 
 
-RULES.update({"stack": _stack, "tile": _tile})
-RULES.update({"broadcast_in_dim": _broadcast_in_dim, "reshape": _reshape, "transpose": _transpose_rule,
-              "squeeze": _squeeze, "rev": _rev, "slice": _slice, "concatenate": _concatenate, "pad": _pad,
-              "iota": _iota, "split": _split, "dynamic_slice": _dynamic_slice,
-              "dynamic_update_slice": _dynamic_update_slice})

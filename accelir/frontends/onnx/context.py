@@ -20,10 +20,11 @@ from ... import dims as D
 from ...errors import UnsupportedOpError
 from ...ir import DType, Graph, TensorType, Value
 from ...passes.fold_constants import FoldConstants
+from ..base import RuleContext, RuleTable
 from .proto import DynamicValueError, ImportScope, OnnxImportError, free_names, onnx_dtype
 
 __all__ = ["NodeContext", "Rule", "RULES", "MS_RULES", "rule", "HUGE", "IMPORT_VALUE_BYTES", "fits_import_budget",
-           "value_bytes", "norm_axis", "static_dims", "cast", "reshape", "conv_attrs", "reverse_prefixes",
+           "value_bytes", "norm_axis", "static_dims", "reshape", "conv_attrs", "reverse_prefixes",
            # from .proto, for the rules
            "OnnxImportError", "DynamicValueError", "ImportScope", "onnx_dtype", "free_names"]
 
@@ -42,8 +43,8 @@ def fits_import_budget(shape: Sequence[D.Dim], dtype: DType) -> bool:
     return type(n) is int and n * dtype.itemsize <= IMPORT_VALUE_BYTES
 
 
-class NodeContext:
-    """What a rule sees: the node, its input values, its attributes and a builder."""
+class NodeContext(RuleContext):
+    """What a rule sees: the node, its input values, its attributes and a builder (``b``)."""
 
     def __init__(self, imp: Any, scope: ImportScope, node: Any, inputs: list[Value | None], label: str):
         from onnx import helper
@@ -56,7 +57,7 @@ class NodeContext:
         self.opset = scope.opsets.get("", 1)
         self.attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         origin = node.name or node.op_type
-        self.builder = self.graph.builder(meta={"origin": scope.origin_prefix + origin})
+        self.b = self.graph.builder(meta={"origin": scope.origin_prefix + origin})
 
     def input(self, i: int) -> Value | None:
         return self.inputs[i] if i < len(self.inputs) else None
@@ -68,18 +69,6 @@ class NodeContext:
     def wants(self, i: int) -> bool:
         """Whether the node's output ``i`` is used (named)."""
         return i < len(self.node.output) and bool(self.node.output[i])
-
-    def op(self, name: str, *ins: Value, **attrs: Any) -> Value:
-        return self.builder.op(name, *ins, **attrs)
-
-    def ops(self, name: str, *ins: Value, **attrs: Any) -> tuple[Value, ...]:
-        return self.builder.ops(name, *ins, **attrs)
-
-    def const(self, value: Any, dtype: DType | None = None) -> Value:
-        return self.builder.const(value, dtype, name="c")
-
-    def scalar(self, value: Any, like: Value | DType) -> Value:
-        return self.builder.scalar(value, like)
 
     def known(self, i: int) -> np.ndarray | None:
         v = self.input(i)
@@ -119,16 +108,9 @@ class NodeContext:
 
 
 Rule = Callable[[NodeContext], "Sequence[Value | None] | None"]
-RULES: dict[str, Rule] = {}
-MS_RULES: dict[str, Rule] = {}
-
-
-def rule(*names: str, table: dict[str, Rule] = RULES) -> Callable[[Rule], Rule]:
-    def deco(fn: Rule) -> Rule:
-        for n in names:
-            table[n] = fn
-        return fn
-    return deco
+RULES = RuleTable()  # the standard domain's ops
+MS_RULES = RuleTable()  # com.microsoft ops
+rule = RULES.rule
 
 
 def norm_axis(ctx: NodeContext, axis: int, rank: int) -> int:
@@ -142,10 +124,6 @@ def static_dims(ctx: NodeContext, dims: Sequence[D.Dim], what: str, built: str) 
     if not all(type(d) is int for d in dims):
         raise ctx.unsupported(f"symbolic {what} {list(dims)}: the {built} is built at import")
     return tuple(int(d) for d in dims)
-
-
-def cast(ctx: NodeContext, v: Value, dt: DType) -> Value:
-    return v if v.dtype is dt else ctx.op("cast", v, dtype=dt)
 
 
 def reshape(ctx: NodeContext, v: Value, shape: Sequence[D.Dim]) -> Value:
@@ -196,7 +174,7 @@ def reverse_prefixes(ctx: NodeContext, x: Value, lengths: Value, time_axis: int,
     steps = x.shape[time_axis]
     idx_shape = tuple(steps if i == time_axis else x.shape[i] if i == batch_axis else 1 for i in range(x.rank))
     t = ctx.op("iota", shape=idx_shape, axis=time_axis, dtype=DType.i64)
-    n = reshape(ctx, cast(ctx, lengths, DType.i64),
+    n = reshape(ctx, ctx.cast(lengths, DType.i64),
                  tuple(x.shape[batch_axis] if i == batch_axis else 1 for i in range(x.rank)))
     src = ctx.op("where", ctx.op("lt", t, n), ctx.op("sub", ctx.op("sub", n, ctx.scalar(1, DType.i64)), t), t)
     return ctx.op("take_along_axis", x, ctx.op("broadcast_to", src, shape=x.shape), axis=time_axis)

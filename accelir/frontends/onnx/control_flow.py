@@ -7,7 +7,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...ir import DType, Graph, TensorType, Value
-from .context import ImportScope, NodeContext, OnnxImportError, cast, free_names, norm_axis, reshape, rule
+from .context import ImportScope, NodeContext, OnnxImportError, free_names, norm_axis, reshape, rule
+
 
 __all__: list[str] = []
 
@@ -70,7 +71,7 @@ def _if(ctx: NodeContext):
     regions = [_region(ctx, g, [], names, f"{ctx.node.name or 'if'}_{tag}") for g, tag in
                ((else_g, "else"), (then_g, "then"))]
     pred = reshape(ctx, cond, ()) if cond.rank else cond
-    return list(ctx.builder.node("cond", [pred] + vals, regions=regions).outputs)
+    return list(ctx.b.node("cond", [pred] + vals, regions=regions).outputs)
 
 
 @rule("Scan")
@@ -99,7 +100,7 @@ def _scan(ctx: NodeContext):
     _, consts = _captured_values(ctx, names)
     types = [s.type for s in states] + [x.type.with_shape(x.shape[1:]) for x in ready]
     region = _region(ctx, body, types, names, f"{ctx.node.name or 'scan'}_body", captures_first=True)
-    outs = list(ctx.builder.node("scan", consts + states + ready, {"num_consts": len(consts),
+    outs = list(ctx.b.node("scan", consts + states + ready, {"num_consts": len(consts),
                                                                    "num_carry": len(states), "length": length},
                                  regions=[region]).outputs)
     n_out = len(outs) - len(states)
@@ -188,7 +189,7 @@ def _loop(ctx: NodeContext):
         region = _region(ctx, proto, [v.type for v in init] + [i64], names, f"{ctx.node.name or 'loop'}_body",
                          captures_first=True)
         steps = ctx.op("iota", shape=(max(length, 0),), axis=0, dtype=DType.i64)
-        return list(ctx.builder.node("scan", consts + init + [steps],
+        return list(ctx.b.node("scan", consts + init + [steps],
                                      {"num_consts": len(consts), "num_carry": n_state, "length": max(length, 0)},
                                      regions=[region]).outputs)
     # otherwise a while loop over (iteration, trip count, condition, state..., captured values...)
@@ -201,7 +202,7 @@ def _loop(ctx: NodeContext):
     names = free_names(proto)
     _, caps = _captured_values(ctx, names)
     bool0 = TensorType(DType.bool, ())
-    m = cast(ctx, m_in, DType.i64) if m_in is not None else ctx.scalar(np.iinfo(np.int64).max, DType.i64)
+    m = ctx.cast(m_in, DType.i64) if m_in is not None else ctx.scalar(np.iinfo(np.int64).max, DType.i64)
     c = c_in if c_in is not None else ctx.scalar(True, DType.bool)
     m, c = (reshape(ctx, v, ()) for v in (m, c))
     carried = [ctx.scalar(0, DType.i64), m, c] + init
@@ -210,14 +211,14 @@ def _loop(ctx: NodeContext):
     # the body region's inputs are (iteration, trips, cond, state..., captures...); its outputs gain
     # the next iteration number, the trip count and the captures, to carry them round
     ins = body_g.inputs
-    b = body_g.builder(meta=ctx.builder.meta)
+    b = body_g.builder(meta=ctx.b.meta)
     outs = list(body_g.outputs)
     nxt = b.op("add", ins[0], b.scalar(1, DType.i64))
     cond_out = outs[0] if outs[0].rank == 0 else b.op("reshape", outs[0], shape=())
     body_g.set_outputs([nxt, ins[1], cond_out] + outs[1:] + list(ins[3 + n_state:]))
     cond_g = Graph(f"{ctx.node.name or 'loop'}_cond")
     cin = [cond_g.add_input(v.type, f"s{k}") for k, v in enumerate(carried + caps)]
-    cb = cond_g.builder(meta=ctx.builder.meta)
+    cb = cond_g.builder(meta=ctx.b.meta)
     cond_g.set_outputs([cb.op("and", cb.op("lt", cin[0], cin[1]), cin[2])])
-    outs = ctx.builder.node("while_loop", carried + caps, regions=[cond_g, body_g]).outputs
+    outs = ctx.b.node("while_loop", carried + caps, regions=[cond_g, body_g]).outputs
     return list(outs[3:3 + n_state])

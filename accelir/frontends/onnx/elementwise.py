@@ -10,7 +10,8 @@ import numpy as np
 
 from ... import dims as D
 from ...ir import DType, Value
-from .context import RULES, NodeContext, OnnxImportError, cast, norm_axis, onnx_dtype, reshape, rule
+from .context import RULES, NodeContext, OnnxImportError, norm_axis, onnx_dtype, reshape, rule
+
 
 __all__: list[str] = []
 
@@ -45,11 +46,11 @@ def _variadic(ctx: NodeContext) -> list[Value]:
 
 
 for _n in UNARY:
-    RULES[_n] = _unary
+    RULES.add(_unary, _n)
 for _n in BINARY:
-    RULES[_n] = _binary
+    RULES.add(_binary, _n)
 for _n in VARIADIC:
-    RULES[_n] = _variadic
+    RULES.add(_variadic, _n)
 
 
 @rule("Identity")
@@ -60,7 +61,7 @@ def _identity(ctx: NodeContext):
 @rule("Pow")
 def _pow(ctx: NodeContext):
     x, y = ctx.input(0), ctx.input(1)
-    return [ctx.op("pow", x, cast(ctx, y, x.dtype))]
+    return [ctx.op("pow", x, ctx.cast(y, x.dtype))]
 
 
 @rule("Mod")
@@ -83,10 +84,10 @@ def _bitshift(ctx: NodeContext):
     valid = ctx.op("and", ctx.op("ge", y, zero), ctx.op("lt", y, ctx.scalar(bits, x)))
     # shifting by 2**y: a product wraps like a left shift; a right shift is a floor division
     wide = DType.i64 if x.dtype.is_signed else x.dtype
-    xw, yw = cast(ctx, x, wide), cast(ctx, ctx.op("where", valid, y, zero), wide)
+    xw, yw = ctx.cast(x, wide), ctx.cast(ctx.op("where", valid, y, zero), wide)
     factor = ctx.op("pow", ctx.scalar(2, wide), yw)
     if ctx.attr("direction") == "LEFT":
-        return [ctx.op("where", valid, cast(ctx, ctx.op("mul", xw, factor), x.dtype), zero)]
+        return [ctx.op("where", valid, ctx.cast(ctx.op("mul", xw, factor), x.dtype), zero)]
     q = ctx.op("div", xw, factor)
     if x.dtype.is_signed:
         inexact = ctx.op("and", ctx.op("ne", ctx.op("rem", xw, factor), ctx.scalar(0, wide)),
@@ -95,7 +96,7 @@ def _bitshift(ctx: NodeContext):
         overflow = ctx.op("where", ctx.op("lt", x, zero), ctx.scalar(-1, x), zero)
     else:
         overflow = zero
-    return [ctx.op("where", valid, cast(ctx, q, x.dtype), overflow)]
+    return [ctx.op("where", valid, ctx.cast(q, x.dtype), overflow)]
 
 
 @rule("IsInf")
@@ -119,7 +120,7 @@ def _where(ctx: NodeContext):
 
 @rule("Cast")
 def _cast_rule(ctx: NodeContext):
-    return [cast(ctx, ctx.input(0), onnx_dtype(ctx.attr("to"), f"{ctx.label}: its 'to' type"))]
+    return [ctx.cast(ctx.input(0), onnx_dtype(ctx.attr("to"), f"{ctx.label}: its 'to' type"))]
 
 
 # float format -> (mantissa bits, exponent bias, the integer type of its width)
@@ -132,7 +133,7 @@ def _float_to_bits(ctx: NodeContext, x: Value) -> Value:
     f64 and i64): sign, exponent field and mantissa field assembled; NaN gives the quiet NaN."""
     m, bias, out = _FLOAT_BITS[x.dtype]
     f, i64 = DType.f64, DType.i64
-    v = cast(ctx, x, f)
+    v = ctx.cast(x, f)
     a = ctx.op("abs", v)
     two = ctx.scalar(2.0, f)
     # exponent: floor(log2 |x|), corrected by one where log rounds across a power of two
@@ -150,7 +151,7 @@ def _float_to_bits(ctx: NodeContext, x: Value) -> Value:
     special = ctx.op("or", ctx.op("isinf", v), ctx.op("isnan", v))
     field = ctx.op("where", special, ctx.scalar(0, f), field)
     mant = ctx.op("where", special, ctx.scalar(0, f), mant)
-    bits = ctx.op("add", ctx.op("mul", cast(ctx, field, i64), ctx.scalar(1 << m, i64)), cast(ctx, mant, i64))
+    bits = ctx.op("add", ctx.op("mul", ctx.cast(field, i64), ctx.scalar(1 << m, i64)), ctx.cast(mant, i64))
     bits = ctx.op("where", ctx.op("isinf", v), ctx.scalar(top, i64), bits)
     bits = ctx.op("where", ctx.op("isnan", v), ctx.scalar(top | (1 << (m - 1)), i64), bits)
     zero = ctx.scalar(0, f)
@@ -159,7 +160,7 @@ def _float_to_bits(ctx: NodeContext, x: Value) -> Value:
     width = 8 * out.itemsize
     # a set sign bit makes the signed pattern bits - 2**(width-1)
     low = ctx.scalar(np.iinfo(np.int64).min if width == 64 else -(1 << (width - 1)), i64)
-    return cast(ctx, ctx.op("where", negative, ctx.op("add", bits, low), bits), out)
+    return ctx.cast(ctx.op("where", negative, ctx.op("add", bits, low), bits), out)
 
 
 def _bits_to_float(ctx: NodeContext, x: Value, to: DType) -> Value:
@@ -167,13 +168,13 @@ def _bits_to_float(ctx: NodeContext, x: Value, to: DType) -> Value:
     m, bias, _ = _FLOAT_BITS[to]
     f, i64 = DType.f64, DType.i64
     width = 8 * x.dtype.itemsize
-    b = cast(ctx, x, i64)
+    b = ctx.cast(x, i64)
     negative = ctx.op("lt", b, ctx.scalar(0, i64))
     low = ctx.scalar(np.iinfo(np.int64).min if width == 64 else -(1 << (width - 1)), i64)
     mag = ctx.op("where", negative, ctx.op("sub", b, low), b)
     field = ctx.op("div", mag, ctx.scalar(1 << m, i64))
-    mant = cast(ctx, ctx.op("rem", mag, ctx.scalar(1 << m, i64)), f)
-    ef = cast(ctx, field, f)
+    mant = ctx.cast(ctx.op("rem", mag, ctx.scalar(1 << m, i64)), f)
+    ef = ctx.cast(field, f)
     two = ctx.scalar(2.0, f)
     normal = ctx.op("mul", ctx.op("add", ctx.scalar(1, f), ctx.op("mul", mant, ctx.scalar(2.0 ** -m, f))),
                     ctx.op("pow", two, ctx.op("sub", ef, ctx.scalar(bias, f))))
@@ -181,7 +182,7 @@ def _bits_to_float(ctx: NodeContext, x: Value, to: DType) -> Value:
     y = ctx.op("where", ctx.op("eq", field, ctx.scalar(0, i64)), tiny, normal)
     special = ctx.op("where", ctx.op("eq", mant, ctx.scalar(0, f)), ctx.scalar(np.inf, f), ctx.scalar(np.nan, f))
     y = ctx.op("where", ctx.op("eq", field, ctx.scalar(2 * bias + 1, i64)), special, y)
-    return cast(ctx, ctx.op("where", negative, ctx.op("neg", y), y), to)
+    return ctx.cast(ctx.op("where", negative, ctx.op("neg", y), y), to)
 
 
 @rule("BitCast")
@@ -193,7 +194,7 @@ def _bitcast(ctx: NodeContext):
     if x.dtype is to:
         return [x]
     if not x.dtype.is_float and not to.is_float:
-        return [cast(ctx, x, to)]  # same width: the integer cast wraps, keeping the bits
+        return [ctx.cast(x, to)]  # same width: the integer cast wraps, keeping the bits
     if x.dtype.is_float and not to.is_float and _FLOAT_BITS[x.dtype][2] is to:
         return [_float_to_bits(ctx, x)]
     if to.is_float and not x.dtype.is_float and _FLOAT_BITS[to][2] is x.dtype:
@@ -203,7 +204,7 @@ def _bitcast(ctx: NodeContext):
 
 @rule("CastLike")
 def _castlike(ctx: NodeContext):
-    return [cast(ctx, ctx.input(0), ctx.input(1).dtype)]
+    return [ctx.cast(ctx.input(0), ctx.input(1).dtype)]
 
 
 @rule("Clip")
@@ -294,4 +295,4 @@ def _hardmax(ctx: NodeContext):
         return None
     am = ctx.op("argmax", x, axis=ax, keepdims=True)
     pos = ctx.op("iota", shape=x.shape, axis=ax, dtype=DType.i64)
-    return [cast(ctx, ctx.op("eq", pos, am), x.dtype)]
+    return [ctx.cast(ctx.op("eq", pos, am), x.dtype)]

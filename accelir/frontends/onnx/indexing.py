@@ -11,7 +11,7 @@ import itertools
 import numpy as np
 
 from ...ir import DType
-from .context import NodeContext, cast, norm_axis, reshape, reverse_prefixes, rule
+from .context import NodeContext, norm_axis, reshape, reverse_prefixes, rule
 
 
 __all__: list[str] = []
@@ -34,7 +34,7 @@ def _tensor_scatter(ctx: NodeContext):
     # row b writes update[b, ..., s, ...] to position write_indices[b] + s (modulo the length if circular)
     pos = ctx.op("iota", shape=update.shape, axis=axis, dtype=DType.i64)
     if where is not None:
-        start = reshape(ctx, cast(ctx, where, DType.i64), (cache.shape[0],) + (1,) * (cache.rank - 1))
+        start = reshape(ctx, ctx.cast(where, DType.i64), (cache.shape[0],) + (1,) * (cache.rank - 1))
         pos = ctx.op("add", pos, start)
     if ctx.attr("mode", "linear") == "circular":
         pos = ctx.op("rem", pos, ctx.scalar(cache.shape[axis], DType.i64))

@@ -6,17 +6,18 @@ from typing import Sequence
 
 from ... import dims as D
 from ...ir import Value
-from .context import MS_RULES, NodeContext, conv_attrs, norm_axis, rule
+from .context import MS_RULES, NodeContext, conv_attrs, norm_axis
+
 
 __all__: list[str] = []
 
 
-@rule("Gelu", table=MS_RULES)
+@MS_RULES.rule("Gelu")
 def _ms_gelu(ctx: NodeContext):
     return [ctx.op("gelu", ctx.input(0))]
 
 
-@rule("FastGelu", "BiasGelu", table=MS_RULES)
+@MS_RULES.rule("FastGelu", "BiasGelu")
 def _ms_bias_gelu(ctx: NodeContext):
     x = ctx.input(0)
     if ctx.input(1) is not None:
@@ -24,7 +25,7 @@ def _ms_bias_gelu(ctx: NodeContext):
     return [ctx.op("gelu", x, approximate="tanh" if ctx.node.op_type == "FastGelu" else "none")]
 
 
-@rule("SkipLayerNormalization", "SkipSimplifiedLayerNormalization", table=MS_RULES)
+@MS_RULES.rule("SkipLayerNormalization", "SkipSimplifiedLayerNormalization")
 def _ms_skip_norm(ctx: NodeContext):
     x, skip = ctx.input(0), ctx.input(1)
     rms = ctx.node.op_type == "SkipSimplifiedLayerNormalization"
@@ -39,14 +40,14 @@ def _ms_skip_norm(ctx: NodeContext):
     return [y, None, None, s]
 
 
-@rule("SimplifiedLayerNormalization", table=MS_RULES)
+@MS_RULES.rule("SimplifiedLayerNormalization")
 def _ms_rms_norm(ctx: NodeContext):
     x = ctx.input(0)
     return [ctx.op("rms_norm", x, ctx.input(1), axis=norm_axis(ctx, ctx.attr("axis", -1), x.rank),
                    epsilon=ctx.attr("epsilon", 1e-5))]
 
 
-@rule("FusedMatMul", table=MS_RULES)
+@MS_RULES.rule("FusedMatMul")
 def _ms_fused_matmul(ctx: NodeContext):
     a, b = ctx.input(0), ctx.input(1)
     for flag, i in (("transA", 0), ("transB", 1)):
@@ -63,7 +64,7 @@ def _ms_fused_matmul(ctx: NodeContext):
 _MS_ACTIVATIONS = {"": "none", "Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
 
 
-@rule("FusedConv", table=MS_RULES)
+@MS_RULES.rule("FusedConv")
 def _ms_fused_conv(ctx: NodeContext):
     x, w, b = ctx.input(0), ctx.input(1), ctx.input(2)
     if ctx.input(3) is not None:
@@ -107,7 +108,7 @@ def _ms_attention_core(ctx: NodeContext, q: Value, k: Value, v: Value, bias_inde
     return [ctx.op("reshape", y, shape=(b, seq, D.dim_mul(heads, h)))]
 
 
-@rule("MultiHeadAttention", table=MS_RULES)
+@MS_RULES.rule("MultiHeadAttention")
 def _ms_multi_head_attention(ctx: NodeContext):
     q, k, v = ctx.input(0), ctx.input(1), ctx.input(2)
     if k is None or v is None or q.rank != 3 or k.rank != 3 or v.rank != 3:
@@ -122,7 +123,7 @@ def _ms_multi_head_attention(ctx: NodeContext):
     return _ms_attention_core(ctx, q, k, v, 5, ((4, "key_padding_mask"), (6, "past_key"), (7, "past_value")))
 
 
-@rule("Attention", table=MS_RULES)
+@MS_RULES.rule("Attention")
 def _ms_attention(ctx: NodeContext):
     x, w, bias = ctx.input(0), ctx.input(1), ctx.input(2)
     sizes = ctx.attr("qkv_hidden_sizes")

@@ -6,7 +6,8 @@ import numpy as np
 
 from ... import dims as D
 from ...errors import UnsupportedOpError
-from .context import NodeContext, cast, conv_attrs, norm_axis, reshape, rule
+from .context import NodeContext, conv_attrs, norm_axis, reshape, rule
+
 
 __all__: list[str] = []
 
@@ -94,7 +95,7 @@ def _batch_norm(ctx: NodeContext):
         raise ctx.unsupported("training-mode batch normalization (running statistics outputs)")
     ins = ctx.inputs[:5]
     x = ins[0]
-    ins = [x] + [cast(ctx, v, x.dtype) for v in ins[1:]]
+    ins = [x] + [ctx.cast(v, x.dtype) for v in ins[1:]]
     return [ctx.op("batch_norm", *ins, epsilon=ctx.attr("epsilon", 1e-5))]
 
 

@@ -14,7 +14,8 @@ import math
 from typing import Sequence
 
 from ...ir import DType, Value
-from .context import NodeContext, cast, conv_attrs, reshape, rule, static_dims
+from .context import NodeContext, conv_attrs, reshape, rule, static_dims
+
 
 __all__ = ["window_positions", "maxpool_indices"]
 
@@ -105,7 +106,7 @@ def maxpool_indices(ctx: NodeContext, x: Value, pooled: Value) -> Value:
     # first in kernel order; the window's first real position is reported instead, as torch does
     grid = (n, c, rows, slots)
     real = ctx.op("take_along_axis", ctx.op("broadcast_to", inside, shape=grid), best, axis=3)
-    first_real = ctx.op("argmax", cast(ctx, inside, DType.i32), axis=1, keepdims=True)
+    first_real = ctx.op("argmax", ctx.cast(inside, DType.i32), axis=1, keepdims=True)
     best = ctx.op("where", real, best, ctx.op("broadcast_to", first_real, shape=(n, c, rows, 1)))
     spatial = ctx.op("take_along_axis", ctx.op("broadcast_to", report, shape=grid), best, axis=3)
     plane = ctx.op("iota", shape=(n, c, rows, 1), axis=0, dtype=DType.i64)
@@ -127,7 +128,7 @@ def _max_unpool(ctx: NodeContext):
     inferred = size[:2] + tuple((size[2 + d] - 1) * strides[d] - pads[d] - pads[k + d] + kernel[d] for d in range(k))
     total = math.prod(inferred)
     zeros = ctx.op("broadcast_to", ctx.scalar(0, x), shape=(total,))
-    y = ctx.op("scatter_nd", zeros, reshape(ctx, cast(ctx, idx, DType.i64), (math.prod(size), 1)),
+    y = ctx.op("scatter_nd", zeros, reshape(ctx, ctx.cast(idx, DType.i64), (math.prod(size), 1)),
                reshape(ctx, x, (math.prod(size),)))
     y = reshape(ctx, y, inferred)
     if ctx.input(2) is not None:

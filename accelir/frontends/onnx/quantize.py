@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir import DType, Value
-from .context import NodeContext, cast, conv_attrs, norm_axis, onnx_dtype, reshape, rule
+from .context import NodeContext, conv_attrs, norm_axis, onnx_dtype, reshape, rule
 
 
 __all__: list[str] = []
@@ -51,10 +51,10 @@ def _quant_param(ctx: NodeContext, p: Value, x: Value, axis: int, block_size: in
 def _saturate(ctx: NodeContext, v: Value, zero_point: Value | None, out: DType) -> Value:
     """``cast(clip(v + zero_point, range of out))`` for an integral-valued float tensor ``v``."""
     if zero_point is not None:
-        v = ctx.op("add", v, cast(ctx, zero_point, v.dtype))
+        v = ctx.op("add", v, ctx.cast(zero_point, v.dtype))
     lo, hi = _range_of(out)
     v = ctx.op("min", ctx.op("max", v, ctx.scalar(lo, v)), ctx.scalar(hi, v))
-    return cast(ctx, v, out)
+    return ctx.cast(v, out)
 
 
 @rule("QuantizeLinear")
@@ -71,10 +71,10 @@ def _quantize(ctx: NodeContext):
         raise ctx.unsupported(f"quantising to {out}")
     precision = onnx_dtype(ctx.attr("precision"), ctx.label) if ctx.attr("precision") else \
         (x.dtype if x.dtype.is_float else DType.f32)
-    q = ctx.op("div", cast(ctx, x, precision), cast(ctx, _quant_param(ctx, scale, x, axis, block), precision))
+    q = ctx.op("div", ctx.cast(x, precision), ctx.cast(_quant_param(ctx, scale, x, axis, block), precision))
     # rounded in the compute type like ONNX, then widened so adding the zero point is exact
     wide = DType.f64 if precision is DType.f64 else DType.f32
-    q = cast(ctx, ctx.op("round", q), wide)
+    q = ctx.cast(ctx.op("round", q), wide)
     zp = _quant_param(ctx, zp, x, axis, block) if zp is not None else None
     return [_saturate(ctx, q, zp, out)]
 
@@ -86,23 +86,23 @@ def _dequantize(ctx: NodeContext):
     out = onnx_dtype(ctx.attr("output_dtype"), f"{ctx.label}: its output_dtype") if ctx.attr("output_dtype") \
         else scale.dtype
     wide = DType.f64 if scale.dtype is DType.f64 else DType.f32
-    y = cast(ctx, x, wide)
+    y = ctx.cast(x, wide)
     if zp is not None:
-        y = ctx.op("sub", y, cast(ctx, _quant_param(ctx, zp, x, axis, block), wide))
-    y = ctx.op("mul", y, cast(ctx, _quant_param(ctx, scale, x, axis, block), wide))
-    return [cast(ctx, y, out)]
+        y = ctx.op("sub", y, ctx.cast(_quant_param(ctx, zp, x, axis, block), wide))
+    y = ctx.op("mul", y, ctx.cast(_quant_param(ctx, scale, x, axis, block), wide))
+    return [ctx.cast(y, out)]
 
 
 def _centered(ctx: NodeContext, v: Value, zp: Value | None, row_axis: int | None) -> Value:
     """``v - zero_point`` in i32; a 1-D zero point of ``a`` holds one value per row (``row_axis``)."""
-    out = cast(ctx, v, DType.i32)
+    out = ctx.cast(v, DType.i32)
     if zp is None:
         return out
     if zp.rank == 1 and all(type(d) is int for d in zp.shape) and zp.shape[0] == 1:
         zp = reshape(ctx, zp, ())
     elif zp.rank == 1 and row_axis is not None:
         zp = reshape(ctx, zp, (zp.shape[0], 1))
-    return ctx.op("sub", out, cast(ctx, zp, DType.i32))
+    return ctx.op("sub", out, ctx.cast(zp, DType.i32))
 
 
 def _integer_product(ctx: NodeContext, a: Value, a_zp: Value | None, b: Value, b_zp: Value | None,
@@ -115,15 +115,15 @@ def _integer_product(ctx: NodeContext, a: Value, a_zp: Value | None, b: Value, b
     terms = np.prod([d if type(d) is int else 1 << 30 for d in b.shape[1:]], dtype=np.float64)
     span = 2 ** (8 * max(a.dtype.itemsize, 1) + 8 * max(b.dtype.itemsize, 1))
     compute = DType.f32 if a.dtype.itemsize == b.dtype.itemsize == 1 and terms * span < 2 ** 24 else DType.f64
-    x = cast(ctx, _centered(ctx, a, a_zp, None), compute)
+    x = ctx.cast(_centered(ctx, a, a_zp, None), compute)
     w = _centered(ctx, b, None, None)
     if b_zp is not None:
         # one zero point per output channel
         shape = (b_zp.shape[0],) + (1,) * (b.rank - 1) if b_zp.rank == 1 and b_zp.shape[0] != 1 else ()
-        w = ctx.op("sub", w, reshape(ctx, cast(ctx, b_zp, DType.i32), shape))
+        w = ctx.op("sub", w, reshape(ctx, ctx.cast(b_zp, DType.i32), shape))
     attrs = conv_attrs(ctx, a, b.shape[2:])
-    y = ctx.op("conv", x, cast(ctx, w, compute), groups=ctx.attr("group", 1), **attrs)
-    return cast(ctx, y, DType.i32)
+    y = ctx.op("conv", x, ctx.cast(w, compute), groups=ctx.attr("group", 1), **attrs)
+    return ctx.cast(y, DType.i32)
 
 
 @rule("MatMulInteger", "ConvInteger")
@@ -151,7 +151,7 @@ def _qlinear(ctx: NodeContext):
     sa = _as_scalar_or_rows(ctx, a_scale, not conv, 2)
     sb = _as_scalar_or_rows(ctx, b_scale, conv, acc.rank - 1)
     factor = ctx.op("div", ctx.op("mul", sa, sb), _as_scalar_or_rows(ctx, y_scale, False, 1))
-    y = ctx.op("round", ctx.op("mul", cast(ctx, acc, DType.f64), cast(ctx, factor, DType.f64)))
+    y = ctx.op("round", ctx.op("mul", ctx.cast(acc, DType.f64), ctx.cast(factor, DType.f64)))
     out = y_zp.dtype if y_zp is not None else a.dtype
     zp = _as_scalar_or_rows(ctx, y_zp, False, 1) if y_zp is not None else None
     return [_saturate(ctx, y, zp, out)]

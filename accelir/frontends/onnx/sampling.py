@@ -10,7 +10,8 @@ import numpy as np
 from ...ir import Value
 from ...ops import registry
 from ...ops.nn import GRID_MODE_OLD_NAMES
-from .context import IMPORT_VALUE_BYTES, NodeContext, OnnxImportError, cast, conv_attrs, norm_axis, reshape, rule
+from .context import IMPORT_VALUE_BYTES, NodeContext, OnnxImportError, conv_attrs, norm_axis, reshape, rule
+
 
 __all__ = ["resize_taps"]
 
@@ -199,9 +200,9 @@ def _grid_sample(ctx: NodeContext):
     pad = _choice(ctx, "padding_mode", "zeros", registry.get("grid_sample").attrs["padding_mode"].choices)
     # X and grid may differ in dtype: sample in the wider one, return X's
     dt = grid.dtype if grid.dtype.numpy.itemsize > x.dtype.numpy.itemsize else x.dtype
-    y = ctx.op("grid_sample", cast(ctx, x, dt), cast(ctx, grid, dt), mode=mode, padding_mode=pad,
+    y = ctx.op("grid_sample", ctx.cast(x, dt), ctx.cast(grid, dt), mode=mode, padding_mode=pad,
                align_corners=bool(ctx.attr("align_corners", 0)))
-    return [cast(ctx, y, x.dtype)]
+    return [ctx.cast(y, x.dtype)]
 
 
 @rule("RoiAlign")
@@ -215,7 +216,7 @@ def _roi_align(ctx: NodeContext):
     attrs["sampling_ratio"] = ctx.attr("sampling_ratio", 0)
     if attrs["output_height"] < 1 or attrs["output_width"] < 1 or attrs["sampling_ratio"] < 0:
         raise ctx.unsupported(f"output_height / output_width must be >= 1 and sampling_ratio >= 0, got {attrs}")
-    return [ctx.op("roi_align", x, cast(ctx, rois, x.dtype), batch, mode=_choice(ctx, "mode", "avg", registry.get("roi_align").attrs["mode"].choices),
+    return [ctx.op("roi_align", x, ctx.cast(rois, x.dtype), batch, mode=_choice(ctx, "mode", "avg", registry.get("roi_align").attrs["mode"].choices),
                    spatial_scale=float(ctx.attr("spatial_scale", 1.0)), coordinate_transformation_mode=coords,
                    **attrs)]
 

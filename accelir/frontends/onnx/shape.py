@@ -9,8 +9,9 @@ import numpy as np
 
 from ... import dims as D
 from ...ir import DType, Value
-from .context import (HUGE, DynamicValueError, NodeContext, OnnxImportError, cast, fits_import_budget, norm_axis,
+from .context import (HUGE, DynamicValueError, NodeContext, OnnxImportError, fits_import_budget, norm_axis,
                       onnx_dtype, reshape, rule)
+
 
 __all__: list[str] = []
 
@@ -302,7 +303,7 @@ def _eyelike(ctx: NodeContext):
     # a symbolic or large identity is computed at run time: 1 where col - row == k
     rows = ctx.op("iota", shape=tuple(x.shape), axis=0, dtype=DType.i64)
     cols = ctx.op("iota", shape=tuple(x.shape), axis=1, dtype=DType.i64)
-    return [cast(ctx, ctx.op("eq", ctx.op("sub", cols, rows), ctx.scalar(k, DType.i64)), dt)]
+    return [ctx.cast(ctx.op("eq", ctx.op("sub", cols, rows), ctx.scalar(k, DType.i64)), dt)]
 
 
 @rule("Trilu")
@@ -324,7 +325,7 @@ def _onehot(ctx: NodeContext):
     depth = int(depth)
     rank = idx.rank + 1
     ax = norm_axis(ctx, ctx.attr("axis", -1), rank)
-    i64 = cast(ctx, idx, DType.i64) if idx.dtype.is_int else cast(ctx, idx, DType.i64)
+    i64 = ctx.cast(idx, DType.i64) if idx.dtype.is_int else ctx.cast(idx, DType.i64)
     d = ctx.scalar(depth, DType.i64)
     i64 = ctx.op("where", ctx.op("lt", i64, ctx.scalar(0, DType.i64)), ctx.op("add", i64, d), i64)
     pos = ctx.op("iota", shape=tuple(depth if i == ax else 1 for i in range(rank)), axis=ax, dtype=DType.i64)

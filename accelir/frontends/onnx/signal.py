@@ -17,8 +17,8 @@ import numpy as np
 
 from ... import dims as D
 from ...ir import DType, TensorType, Value
-from .context import (IMPORT_VALUE_BYTES, NodeContext, OnnxImportError, cast, fits_import_budget, norm_axis,
-                      onnx_dtype, reshape, rule, static_dims)
+from .context import (IMPORT_VALUE_BYTES, NodeContext, OnnxImportError, fits_import_budget, norm_axis, onnx_dtype,
+                      reshape, rule, static_dims)
 
 
 __all__ = ["dft_matrix", "dft_operator"]
@@ -67,7 +67,7 @@ def dft_operator(ctx: NodeContext, length: int, n: int, c_in: int, inverse: bool
     j = ctx.op("iota", shape=(m, k_out), axis=0, dtype=DType.i64)
     k = ctx.op("iota", shape=(m, k_out), axis=1, dtype=DType.i64)
     turns = ctx.op("rem", ctx.op("mul", j, k), ctx.scalar(n, DType.i64))
-    theta = ctx.op("mul", cast(ctx, turns, f64), ctx.scalar(2 * np.pi / n, f64))
+    theta = ctx.op("mul", ctx.cast(turns, f64), ctx.scalar(2 * np.pi / n, f64))
     cos, sin = ctx.op("cos", theta), ctx.op("sin", theta)
     scale = ctx.scalar(1.0 / n if inverse else 1.0, f64)
     cos, sin = ctx.op("mul", cos, scale), ctx.op("mul", sin, scale)
@@ -98,8 +98,8 @@ def _apply_linear_axis(ctx: NodeContext, x: Value, axis: int, mat: Value, c_out:
     lead = tuple(x.shape[i] for i in rest)
     y = reshape(ctx, y, lead + (D.dim_mul(x.shape[axis], x.shape[-1]),))
     # summed in f64 like ONNX's reference (an FFT in complex128): outputs that cancel to zero stay near zero
-    y = ctx.op("dot_general", cast(ctx, y, DType.f64), mat, lhs_contracting=(len(lead),), rhs_contracting=(0,))
-    y = cast(ctx, y, x.dtype)
+    y = ctx.op("dot_general", ctx.cast(y, DType.f64), mat, lhs_contracting=(len(lead),), rhs_contracting=(0,))
+    y = ctx.cast(y, x.dtype)
     k_out = mat.shape[1] // c_out
     y = reshape(ctx, y, lead + (k_out, c_out))
     if axis != rank - 2:
@@ -174,7 +174,7 @@ def _stft(ctx: NodeContext):
     if (frames - 1) * step + width > length:
         inside = ctx.op("lt", _frame_starts(ctx, frames, step, width, length, clip=False),
                         ctx.scalar(length, DType.i64))
-        y = ctx.op("mul", y, reshape(ctx, cast(ctx, inside, x.dtype), (1, frames, width, 1)))
+        y = ctx.op("mul", y, reshape(ctx, ctx.cast(inside, x.dtype), (1, frames, width, 1)))
     c_in = _static(ctx, x.shape[-1], "complex dim")
     mat = dft_operator(ctx, width, frame, c_in, False, bool(ctx.attr("onesided", 1)))
     return [_apply_linear_axis(ctx, y, 2, mat, 2)]

@@ -24,6 +24,7 @@ import torch.fx
 from ... import dims as D
 from ...errors import UnsupportedOpError
 from ...ir import Builder, DType, TensorType, Value
+from ..base import RuleContext, RuleTable
 
 
 __all__ = ["TORCH_DTYPES", "torch_dtype", "source_of", "NodeContext", "Rule", "RULES", "rule", "bind_schema",
@@ -54,8 +55,8 @@ def source_of(meta: Mapping[str, str]) -> str:
 
 # ----- conversion --------------------------------------------------------------------
 
-class NodeContext:
-    """What an aten rule sees: a builder at the right place and the node's meta."""
+class NodeContext(RuleContext):
+    """What an aten rule sees: a builder (``b``) at the right place and the node's meta."""
 
     __slots__ = ("conv", "node", "b", "val", "meta", "name")
 
@@ -103,12 +104,6 @@ class NodeContext:
     def dims(self, args: Sequence[Any]) -> list[D.Dim]:
         return [self.dim(a) for a in args]
 
-    def const(self, value: Any, dtype: DType) -> Value:
-        return self.b.scalar(value, dtype)
-
-    def cast(self, v: Value, dtype: DType) -> Value:
-        return v if v.dtype is dtype else self.b.op("cast", v, dtype=dtype)
-
     def operand(self, arg: Any, dtype: DType) -> Value:
         """A tensor argument cast to ``dtype``, or a python scalar as a 0-d constant of it."""
         if self.is_tensor(arg):
@@ -149,17 +144,10 @@ def _promote(keys: tuple) -> DType:
 
 
 Rule = Callable[[NodeContext, dict], Any]
-RULES: dict[str, Rule] = {}
+RULES = RuleTable()
+rule = RULES.rule
 _REQUIRED = object()
 INT_MAX = 2 ** 62
-
-
-def rule(*names: str) -> Callable[[Rule], Rule]:
-    def deco(fn: Rule) -> Rule:
-        for n in names:
-            RULES[n] = fn
-        return fn
-    return deco
 
 
 # ----- argument binding --------------------------------------------------------------
@@ -263,4 +251,5 @@ def add_inplace_variants() -> None:
     driver calls it once, after importing the rule modules."""
     for name in list(RULES):
         if not name.startswith("_") and not name.endswith("_"):
-            RULES.setdefault(name + "_", _inplace(RULES[name]))
+            if name + "_" not in RULES:
+                RULES.add(_inplace(RULES[name]), name + "_")

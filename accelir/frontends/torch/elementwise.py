@@ -40,7 +40,7 @@ def _unary_rule(ir_op: str) -> Rule:
 
 
 for _name, _op in _UNARY.items():
-    RULES[_name] = _unary_rule(_op)
+    RULES.add(_unary_rule(_op), _name)
 
 
 @rule("round")
@@ -88,7 +88,7 @@ def _logical_rule(ir_op: str) -> Rule:
 
 
 for _name, _op in _LOGICAL.items():
-    RULES[_name] = _logical_rule(_op)
+    RULES.add(_logical_rule(_op), _name)
 
 # binary ops computed in torch's result dtype
 _ARITH = {"add": "add", "sub": "sub", "subtract": "sub", "mul": "mul", "multiply": "mul", "maximum": "max",
@@ -119,9 +119,9 @@ def _compare_rule(ir_op: str) -> Rule:
 
 
 for _name, _op in _ARITH.items():
-    RULES[_name] = _binary_rule(_op)
+    RULES.add(_binary_rule(_op), _name)
 for _name, _op in _COMPARE.items():
-    RULES[_name] = _compare_rule(_op)
+    RULES.add(_compare_rule(_op), _name)
 
 
 @rule("rsub")

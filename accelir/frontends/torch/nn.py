@@ -286,8 +286,8 @@ def _max_pool_indices(ctx: NodeContext, x: Value, y: Value, kernel, stride, pads
 
 
 for _n in (1, 2, 3):
-    RULES[f"max_pool{_n}d"] = RULES[f"max_pool{_n}d_with_indices"] = _pool_rule("max_pool", _n)
-    RULES[f"avg_pool{_n}d"] = _pool_rule("avg_pool", _n)
+    RULES.add(_pool_rule("max_pool", _n), f"max_pool{_n}d", f"max_pool{_n}d_with_indices")
+    RULES.add(_pool_rule("avg_pool", _n), f"avg_pool{_n}d")
 
 
 def _adaptive_rule(kind: str, n: int) -> Rule:
@@ -329,5 +329,5 @@ def _adaptive_windows(ctx: NodeContext, x: Value, kind: str, out: tuple) -> Valu
 
 
 for _n in (1, 2, 3):
-    RULES[f"adaptive_avg_pool{_n}d"] = RULES[f"_adaptive_avg_pool{_n}d"] = _adaptive_rule("avg_pool", _n)
-    RULES[f"adaptive_max_pool{_n}d"] = _adaptive_rule("max_pool", _n)
+    RULES.add(_adaptive_rule("avg_pool", _n), f"adaptive_avg_pool{_n}d", f"_adaptive_avg_pool{_n}d")
+    RULES.add(_adaptive_rule("max_pool", _n), f"adaptive_max_pool{_n}d")

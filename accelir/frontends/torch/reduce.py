@@ -37,7 +37,7 @@ def _reduce_rule(ir_op: str) -> Rule:
 
 
 for _name, _op in _REDUCE.items():
-    RULES[_name] = _reduce_rule(_op)
+    RULES.add(_reduce_rule(_op), _name)
 
 
 @rule("argmax", "argmin")
