@@ -10,6 +10,7 @@ import numpy as np
 
 from ... import dims as D
 from ...ir import DType, Value
+from ..decompositions import python_mod
 from .context import RULES, NodeContext, OnnxImportError, norm_axis, onnx_dtype, reshape, rule
 
 
@@ -67,13 +68,9 @@ def _pow(ctx: NodeContext):
 @rule("Mod")
 def _mod(ctx: NodeContext):
     a, b = ctx.input(0), ctx.input(1)
-    r = ctx.op("rem", a, b)
     if ctx.attr("fmod", 0) or not a.dtype.is_signed:
-        return [r]
-    zero = ctx.scalar(0, a)
-    # python modulo: the remainder takes the divisor's sign
-    fix = ctx.op("and", ctx.op("ne", r, zero), ctx.op("ne", ctx.op("lt", r, zero), ctx.op("lt", b, zero)))
-    return [ctx.op("where", fix, ctx.op("add", r, b), r)]
+        return [ctx.op("rem", a, b)]
+    return [python_mod(ctx.b, a, b)]
 
 
 @rule("BitShift")

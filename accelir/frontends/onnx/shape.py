@@ -9,6 +9,7 @@ import numpy as np
 
 from ... import dims as D
 from ...ir import DType, Value
+from ..decompositions import crop_negative_pads, triangle, wrap_pad
 from .context import (HUGE, DynamicValueError, NodeContext, OnnxImportError, fits_import_budget, norm_axis,
                       onnx_dtype, reshape, rule)
 
@@ -310,12 +311,7 @@ def _eyelike(ctx: NodeContext):
 def _trilu(ctx: NodeContext):
     x = ctx.input(0)
     k = int(ctx.values(1, "k").item()) if ctx.input(1) is not None else 0
-    shape2 = tuple(x.shape[-2:])
-    rows = ctx.op("iota", shape=shape2, axis=0, dtype=DType.i64)
-    cols = ctx.op("iota", shape=shape2, axis=1, dtype=DType.i64)
-    diff = ctx.op("sub", cols, rows)
-    keep = ctx.op("ge" if ctx.attr("upper", 1) else "le", diff, ctx.scalar(k, DType.i64))
-    return [ctx.op("where", keep, x, ctx.scalar(0, x))]
+    return [triangle(ctx.b, x, k, upper=bool(ctx.attr("upper", 1)))]
 
 
 @rule("OneHot")
@@ -371,26 +367,12 @@ def _pad(ctx: NodeContext):
     per = [(0, 0)] * x.rank
     for k, a in enumerate(axes):
         per[a] = (int(pads[k]), int(pads[k + n]))
-    # negative pads crop
-    for a, (lo, hi) in enumerate(per):
-        if lo < 0 or hi < 0:
-            stop = D.dim_add(x.shape[a], min(hi, 0))
-            x = ctx.op("slice", x, starts=(max(-lo, 0),), stops=(stop,), axes=(a,))
+    x = crop_negative_pads(ctx.b, x, per)
     per = [(max(lo, 0), max(hi, 0)) for lo, hi in per]
     if all(p == (0, 0) for p in per):
         return [x]
     if mode == "wrap":
-        for a, (lo, hi) in enumerate(per):
-            parts = []
-            dim = x.shape[a]
-            if lo:
-                parts.append(ctx.op("slice", x, starts=(D.dim_sub(dim, lo),), stops=(dim,), axes=(a,)))
-            parts.append(x)
-            if hi:
-                parts.append(ctx.op("slice", x, starts=(0,), stops=(hi,), axes=(a,)))
-            if len(parts) > 1:
-                x = ctx.op("concat", *parts, axis=a)
-        return [x]
+        return [wrap_pad(ctx.b, x, per)]
     if mode not in ("constant", "reflect", "edge"):
         raise ctx.unsupported(f"pad mode {mode!r}")
     if isinstance(value, (bool, np.bool_)):

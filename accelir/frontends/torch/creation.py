@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ...ir import DType
+from ..decompositions import triangle
 from .context import full, full_like_type, rule
 
 
@@ -69,10 +70,4 @@ def _arange(ctx, a):
 @rule("tril", "triu")
 def _tri(ctx, a):
     x = ctx.value(a["self"])
-    rows, cols = x.shape[-2], x.shape[-1]
-    r = ctx.b.op("iota", shape=(rows, cols), axis=0)
-    c = ctx.b.op("iota", shape=(rows, cols), axis=1)
-    diff = ctx.b.op("sub", c, r)
-    k = ctx.const(a["diagonal"], DType.i64)
-    keep = ctx.b.op("le" if ctx.name == "tril" else "ge", diff, k)
-    return ctx.b.op("where", keep, x, ctx.const(0, x.dtype))
+    return triangle(ctx.b, x, int(a["diagonal"]), upper=ctx.name == "triu")

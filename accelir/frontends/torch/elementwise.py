@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from ...ir import DType, Value
+from ..decompositions import floor_div, python_mod
 from .context import RULES, NodeContext, Rule, full, rule, to_out, wrap_axis
 
 
@@ -150,19 +151,6 @@ def _max_min(ctx, a):
     return ctx.b.op(f"reduce_{name}", x, axes=tuple(range(x.rank)))
 
 
-def _floor_div_values(ctx: NodeContext, x: Value, y: Value) -> Value:
-    """Python floor division: the IR's integer div truncates toward zero, so step the
-    quotient down where the remainder is nonzero and the signs differ."""
-    if x.dtype.is_float:
-        return ctx.b.op("floor", ctx.b.op("div", x, y))
-    q = ctx.b.op("div", x, y)
-    r = ctx.b.op("rem", x, y)
-    zero = ctx.const(0, x.dtype)
-    fix = ctx.b.op("and", ctx.b.op("ne", r, zero),
-                   ctx.b.op("ne", ctx.b.op("lt", r, zero), ctx.b.op("lt", y, zero)))
-    return ctx.b.op("sub", q, ctx.b.op("cast", fix, dtype=x.dtype))
-
-
 @rule("div", "divide", "true_divide")
 def _div(ctx, a):
     dt = ctx.out_dtype
@@ -171,7 +159,7 @@ def _div(ctx, a):
         return ctx.b.op("div", ctx.operand(a["self"], dt), ctx.operand(a["other"], dt))
     x, y = ctx.operand(a["self"], dt), ctx.operand(a["other"], dt)
     if mode == "floor":
-        return _floor_div_values(ctx, x, y)
+        return floor_div(ctx.b, x, y)
     q = ctx.b.op("div", x, y)
     return _trunc_values(ctx, q)
 
@@ -179,7 +167,7 @@ def _div(ctx, a):
 @rule("floor_divide")
 def _floor_divide(ctx, a):
     dt = ctx.out_dtype
-    return _floor_div_values(ctx, ctx.operand(a["self"], dt), ctx.operand(a["other"], dt))
+    return floor_div(ctx.b, ctx.operand(a["self"], dt), ctx.operand(a["other"], dt))
 
 
 @rule("remainder")
@@ -187,10 +175,7 @@ def _remainder(ctx, a):
     """Python modulo (result has the divisor's sign) from the IR's fmod-style rem."""
     dt = ctx.out_dtype
     x, y = ctx.operand(a["self"], dt), ctx.operand(a["other"], dt)
-    r = ctx.b.op("rem", x, y)
-    zero = ctx.const(0, dt)
-    fix = ctx.b.op("and", ctx.b.op("ne", r, zero), ctx.b.op("ne", ctx.b.op("lt", r, zero), ctx.b.op("lt", y, zero)))
-    return ctx.b.op("where", fix, ctx.b.op("add", r, y), r)
+    return python_mod(ctx.b, x, y)
 
 
 @rule("fmod")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ... import dims as D
 from ...ir import DType, Value
+from ..decompositions import crop_negative_pads, wrap_pad
 from .context import NodeContext, rule, slice_bounds, wrap_axis
 
 
@@ -227,36 +228,16 @@ def _pad(ctx, a):
     pairs = [(0, 0)] * x.rank
     for i in range(len(pad) // 2):
         pairs[x.rank - 1 - i] = (pad[2 * i], pad[2 * i + 1])
-    # negative padding crops
-    crops = [(max(-lo, 0), max(-hi, 0)) for lo, hi in pairs]
-    if any(lo or hi for lo, hi in crops):
-        axes = [i for i, c in enumerate(crops) if c != (0, 0)]
-        x = ctx.b.op("slice", x, starts=tuple(crops[i][0] for i in axes),
-                     stops=tuple(D.dim_sub(x.shape[i], crops[i][1]) for i in axes), axes=tuple(axes))
+    x = crop_negative_pads(ctx.b, x, pairs)
     pairs = tuple((max(lo, 0), max(hi, 0)) for lo, hi in pairs)
     if mode == "circular":
-        return _circular_pad(ctx, x, pairs)
+        return wrap_pad(ctx.b, x, pairs)
     ir_mode = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}.get(mode)
     if ir_mode is None:
         raise ctx.unsupported(f"pad mode {mode!r} is not supported (constant, reflect, replicate, circular are)")
     if all(p == (0, 0) for p in pairs):
         return x
     return ctx.b.op("pad", x, pads=pairs, mode=ir_mode, value=float(value))
-
-
-def _circular_pad(ctx: NodeContext, x: Value, pairs: tuple) -> Value:
-    """Wrap-around padding: concat(x[-lo:], x, x[:hi]) on each padded dim."""
-    for ax, (lo, hi) in enumerate(pairs):
-        n = x.shape[ax]
-        parts = []
-        if lo:
-            parts.append(ctx.b.op("slice", x, starts=(D.dim_sub(n, lo),), stops=(n,), axes=(ax,)))
-        parts.append(x)
-        if hi:
-            parts.append(ctx.b.op("slice", x, starts=(0,), stops=(hi,), axes=(ax,)))
-        if len(parts) > 1:
-            x = ctx.b.op("concat", *parts, axis=ax)
-    return x
 
 
 @rule("reflection_pad1d", "reflection_pad2d", "reflection_pad3d", "replication_pad1d", "replication_pad2d",
