@@ -47,3 +47,30 @@ def test_crop_negative_pads_drops_what_negative_pads_remove():
     g = Graph("noop")
     v = g.add_input(TensorType(DType.f32, (2, 3)))
     assert dec.crop_negative_pads(g.builder(), v, [(1, 0), (0, 2)]) is v  # nothing to crop: no node
+
+
+def test_instance_norm_matches_numpy():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    scale, bias = rng.standard_normal(3).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    mean = x.mean(axis=(2, 3), keepdims=True)
+    var = x.var(axis=(2, 3), keepdims=True)
+    want = (x - mean) / np.sqrt(var + 1e-5) * scale[:, None, None] + bias[:, None, None]
+    got = _run(lambda b, v, s, t: dec.instance_norm(b, v, s, t, 1e-5), x, scale, bias)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_instance_norm_uses_the_shared_decomposition_and_matches_eager():
+    torch = pytest.importorskip("torch")
+    from accelir.frontends.torch import capture_torch
+
+    torch.manual_seed(0)
+    m = torch.nn.InstanceNorm2d(3, affine=True).eval()
+    with torch.no_grad():
+        m.weight.uniform_(0.5, 1.5)
+        m.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 3, 6, 5)
+    g = capture_torch(m, (x,))
+    assert any(n.op == "layer_norm" for n in g.nodes)
+    (got,) = run_graph(g, [x.numpy()])
+    np.testing.assert_allclose(got, m(x).detach().numpy(), rtol=1e-4, atol=1e-5)

@@ -11,7 +11,7 @@ from typing import Sequence
 from .. import dims as D
 from ..ir import Builder, DType, Value
 
-__all__ = ["python_mod", "floor_div", "triangle", "crop_negative_pads", "wrap_pad"]
+__all__ = ["python_mod", "floor_div", "triangle", "crop_negative_pads", "wrap_pad", "instance_norm"]
 
 
 def _remainder_fix(b: Builder, r: Value, y: Value) -> Value:
@@ -78,3 +78,12 @@ def wrap_pad(b: Builder, x: Value, pads: Sequence[tuple[int, int]]) -> Value:
         if len(parts) > 1:
             x = b.op("concat", *parts, axis=ax)
     return x
+
+
+def instance_norm(b: Builder, x: Value, scale: Value, bias: Value, eps: float) -> Value:
+    """Instance normalisation of ``x`` [N, C, *spatial]: each (n, c) slice normalised over
+    its spatial dims (the layer_norm composite from axis 2, so the fusions and lowerings
+    see it), then scaled and shifted per channel by ``scale`` and ``bias`` [C]."""
+    y = b.op("layer_norm", x, axis=2, epsilon=eps)
+    shape = (scale.shape[0],) + (1,) * (x.rank - 2)
+    return b.op("add", b.op("mul", y, b.op("reshape", scale, shape=shape)), b.op("reshape", bias, shape=shape))

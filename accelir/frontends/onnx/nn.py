@@ -6,6 +6,7 @@ import numpy as np
 
 from ... import dims as D
 from ...errors import UnsupportedOpError
+from ..decompositions import instance_norm
 from .context import NodeContext, conv_attrs, norm_axis, reshape, rule
 
 
@@ -119,9 +120,7 @@ def _rms_norm(ctx: NodeContext):
 @rule("InstanceNormalization")
 def _instance_norm(ctx: NodeContext):
     x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
-    y = ctx.op("layer_norm", x, axis=2, epsilon=ctx.attr("epsilon", 1e-5))
-    shape = (scale.shape[0],) + (1,) * (x.rank - 2)
-    return [ctx.op("add", ctx.op("mul", y, reshape(ctx, scale, shape)), reshape(ctx, bias, shape))]
+    return [instance_norm(ctx.b, x, scale, bias, ctx.attr("epsilon", 1e-5))]
 
 
 @rule("LpNormalization")

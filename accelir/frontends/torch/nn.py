@@ -10,6 +10,7 @@ import torch
 
 from ... import dims as D
 from ...ir import DType, Value
+from ..decompositions import instance_norm
 from .context import RULES, TORCH_DTYPES, NodeContext, Rule, full_like_type, rule, wrap_axis
 
 
@@ -81,6 +82,8 @@ def _batch_norm(ctx, a):
     w = ctx.cast(ctx.value(a["weight"]), dt) if a["weight"] is not None else _ones_for(ctx, x, c, 1.0)
     b = ctx.cast(ctx.value(a["bias"]), dt) if a["bias"] is not None else _ones_for(ctx, x, c, 0.0)
     if training or a.get("running_mean") is None:
+        if ctx.name == "instance_norm":
+            return instance_norm(ctx.b, x, w, b, a["eps"])
         return _batch_stats_norm(ctx, x, w, b, a["eps"])
     mean, var = ctx.value(a["running_mean"]), ctx.value(a["running_var"])
     y = ctx.b.op("batch_norm", x, w, b, *(ctx.cast(v, dt) for v in (mean, var)), epsilon=a["eps"])
@@ -91,15 +94,14 @@ def _batch_norm(ctx, a):
 
 
 def _batch_stats_norm(ctx: NodeContext, x: Value, w: Value, b: Value, eps: float) -> Any:
-    """Normalise with the statistics of this batch (training-mode batch norm, instance norm).
+    """Normalise with the statistics of this batch (training-mode batch norm).
     The running-statistics update is a state mutation, which capture rejects separately."""
-    instance = ctx.name == "instance_norm"
-    axes = tuple(range(2, x.rank)) if instance else (0,) + tuple(range(2, x.rank))
+    axes = (0,) + tuple(range(2, x.rank))
     mean, rstd = _moments(ctx, x, axes, eps)
     shape = (1, x.shape[1]) + (1,) * (x.rank - 2)
     y = ctx.b.op("mul", ctx.b.op("sub", x, mean), rstd)
     y = ctx.b.op("add", ctx.b.op("mul", y, ctx.b.op("reshape", w, shape=shape)), ctx.b.op("reshape", b, shape=shape))
-    if ctx.name in ("batch_norm", "instance_norm"):
+    if ctx.name == "batch_norm":
         return y
     flat = (x.shape[1],)
     return y, ctx.b.op("reshape", mean, shape=flat), ctx.b.op("reshape", rstd, shape=flat)
