@@ -21,7 +21,6 @@ from ...ir import Builder, DType, Graph, TensorType, Value
 from ...ops import registry
 from ..base import RuleContext, RuleTable
 
-
 __all__ = ["Unsupported", "jax_dtype", "to_dim", "to_dims", "aval_type", "static_value", "EqnContext", "Rule", "RULES",
            "open_jaxpr", "transpose", "static_pads", "rule"]
 

@@ -7,7 +7,6 @@ from typing import Any, Sequence
 from ...ir import Graph, TensorType, Value
 from .context import RULES, EqnContext, open_jaxpr, rule
 
-
 __all__: list[str] = []
 
 

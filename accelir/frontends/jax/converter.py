@@ -17,7 +17,6 @@ from ...errors import VerificationError
 from ...ir import Builder, DType, Graph, TensorType, Value
 from .context import EqnContext, Rule, Unsupported, jax_dtype, open_jaxpr, rule, to_dim
 
-
 __all__ = ["Converter", "Problem"]
 
 

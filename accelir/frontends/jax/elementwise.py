@@ -7,7 +7,6 @@ from typing import Any
 from ...ir import DType, Value
 from .context import RULES, EqnContext, Unsupported, jax_dtype, rule, to_dim
 
-
 __all__: list[str] = []
 
 

@@ -29,7 +29,6 @@ from ... import dims as D
 from ...ir import DType, Value
 from .context import RULES, EqnContext, Unsupported, rule, to_dims, transpose
 
-
 __all__: list[str] = []
 
 

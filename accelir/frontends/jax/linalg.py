@@ -10,7 +10,6 @@ from ...ops.shape import inverse_perm
 from ..decompositions import crop_negative_pads
 from .context import EqnContext, Unsupported, rule, static_pads, transpose
 
-
 __all__: list[str] = []
 
 

@@ -10,7 +10,6 @@ from ...ir import DType, Value
 from ...ops.shape import inverse_perm
 from .context import RULES, EqnContext, Unsupported, jax_dtype, rule, static_pads, transpose
 
-
 __all__: list[str] = []
 
 

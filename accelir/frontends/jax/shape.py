@@ -8,7 +8,6 @@ from ... import dims as D
 from ..decompositions import crop_negative_pads
 from .context import Unsupported, jax_dtype, rule, static_value, to_dim, to_dims, transpose
 
-
 __all__: list[str] = []
 
 

@@ -9,7 +9,6 @@ import numpy as np
 from ...ir import DType, Graph, TensorType, Value
 from .context import ImportScope, NodeContext, OnnxImportError, free_names, norm_axis, reshape, rule
 
-
 __all__: list[str] = []
 
 

@@ -12,7 +12,6 @@ from typing import Sequence
 from ...ir import DType, Value
 from .context import NodeContext, OnnxImportError, reshape, rule
 
-
 __all__ = ["parse_einsum"]
 
 Term = list[str]

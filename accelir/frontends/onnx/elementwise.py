@@ -13,7 +13,6 @@ from ...ir import DType, Value
 from ..decompositions import python_mod
 from .context import RULES, NodeContext, OnnxImportError, norm_axis, onnx_dtype, reshape, rule
 
-
 __all__: list[str] = []
 
 

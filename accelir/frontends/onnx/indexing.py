@@ -13,7 +13,6 @@ import numpy as np
 from ...ir import DType
 from .context import NodeContext, norm_axis, reshape, reverse_prefixes, rule
 
-
 __all__: list[str] = []
 
 

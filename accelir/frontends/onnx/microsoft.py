@@ -8,7 +8,6 @@ from ... import dims as D
 from ...ir import Value
 from .context import MS_RULES, NodeContext, conv_attrs, norm_axis
 
-
 __all__: list[str] = []
 
 

@@ -9,7 +9,6 @@ from ...errors import UnsupportedOpError
 from ..decompositions import instance_norm
 from .context import NodeContext, conv_attrs, norm_axis, reshape, rule
 
-
 __all__: list[str] = []
 
 

@@ -16,7 +16,6 @@ from typing import Sequence
 from ...ir import DType, Value
 from .context import NodeContext, conv_attrs, reshape, rule, static_dims
 
-
 __all__ = ["window_positions", "maxpool_indices"]
 
 

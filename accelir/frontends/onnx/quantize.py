@@ -16,7 +16,6 @@ import numpy as np
 from ...ir import DType, Value
 from .context import NodeContext, conv_attrs, norm_axis, onnx_dtype, reshape, rule
 
-
 __all__: list[str] = []
 
 

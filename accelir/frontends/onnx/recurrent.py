@@ -19,7 +19,6 @@ import numpy as np
 from ...ir import Builder, DType, Graph, TensorType, Value
 from .context import NodeContext, OnnxImportError, reshape, reverse_prefixes, rule
 
-
 __all__ = ["ACTIVATIONS"]
 
 # name -> (function of (builder, x, alpha, beta), default alpha or None if unused, default beta or None)

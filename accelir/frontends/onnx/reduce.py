@@ -7,7 +7,6 @@ import numpy as np
 from ...ir import DType, Value
 from .context import DynamicValueError, NodeContext, norm_axis, rule
 
-
 __all__: list[str] = []
 
 

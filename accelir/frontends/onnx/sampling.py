@@ -12,7 +12,6 @@ from ...ops import registry
 from ...ops.nn import GRID_MODE_OLD_NAMES
 from .context import IMPORT_VALUE_BYTES, NodeContext, OnnxImportError, conv_attrs, norm_axis, reshape, rule
 
-
 __all__ = ["resize_taps"]
 
 

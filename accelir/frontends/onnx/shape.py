@@ -13,7 +13,6 @@ from ..decompositions import crop_negative_pads, triangle, wrap_pad
 from .context import (HUGE, DynamicValueError, NodeContext, OnnxImportError, fits_import_budget, norm_axis,
                       onnx_dtype, reshape, rule)
 
-
 __all__: list[str] = []
 
 

@@ -20,7 +20,6 @@ from ...ir import DType, TensorType, Value
 from .context import (IMPORT_VALUE_BYTES, NodeContext, OnnxImportError, fits_import_budget, norm_axis, onnx_dtype,
                       reshape, rule, static_dims)
 
-
 __all__ = ["dft_matrix", "dft_operator"]
 
 

@@ -26,9 +26,9 @@ from ...errors import UnsupportedOpError
 from ...ir import Builder, DType, TensorType, Value
 from ..base import RuleContext, RuleTable
 
-
 __all__ = ["TORCH_DTYPES", "torch_dtype", "source_of", "NodeContext", "Rule", "RULES", "rule", "bind_schema",
-           "resolve_aten", "slice_bounds", "wrap_axis", "full", "full_like_type", "to_out", "INT_MAX", "add_inplace_variants"]
+           "resolve_aten", "slice_bounds", "wrap_axis", "full", "full_like_type", "to_out", "INT_MAX",
+           "add_inplace_variants"]
 
 TORCH_DTYPES: dict[torch.dtype, DType] = {
     torch.float16: DType.f16, torch.bfloat16: DType.bf16, torch.float32: DType.f32, torch.float64: DType.f64,

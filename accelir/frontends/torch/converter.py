@@ -21,7 +21,6 @@ from ...errors import UnsupportedOpError, VerificationError
 from ...ir import Graph, TensorType, Value
 from .context import TORCH_DTYPES, NodeContext, source_of, torch_dtype
 
-
 __all__ = ["Converter", "TorchSignature", "bind_outputs", "provenance", "ASSERTS", "is_python_op", "target_name"]
 
 # ops that only check or constrain; they produce nothing the graph needs
@@ -339,7 +338,8 @@ def _unsupported_error(missing: list[tuple[str, dict[str, str]]]) -> Unsupported
         lines.append("The graph also uses these unsupported ops:")
         for name, m in missing[1:]:
             lines.append(f"  - {name} at {source_of(m)}")
-    lines.append("Rewrite the model to avoid them, or add a rule for each in the family module of accelir/frontends/torch/.")
+    lines.append("Rewrite the model to avoid them, or add a rule for each in the family module of "
+                 "accelir/frontends/torch/.")
     names = list(dict.fromkeys(n for n, _ in missing))
     return UnsupportedOpError("\n".join(lines), names)
 

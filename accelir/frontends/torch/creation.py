@@ -6,7 +6,6 @@ from ...ir import DType
 from ..decompositions import triangle
 from .context import full, full_like_type, rule
 
-
 __all__: list[str] = []
 
 

@@ -10,7 +10,6 @@ from ...ir import DType, Value
 from ..decompositions import floor_div, python_mod
 from .context import RULES, NodeContext, Rule, full, rule, to_out, wrap_axis
 
-
 __all__: list[str] = []
 
 

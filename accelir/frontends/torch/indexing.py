@@ -6,7 +6,6 @@ from ...ir import DType
 from ...ops.registry import broadcast_shapes
 from .context import rule, wrap_axis
 
-
 __all__: list[str] = []
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from ...ir import Value
 from .context import NodeContext, rule
 
-
 __all__: list[str] = []
 
 

@@ -13,7 +13,6 @@ from ...ir import DType, Value
 from ..decompositions import instance_norm
 from .context import RULES, TORCH_DTYPES, NodeContext, Rule, full_like_type, rule, wrap_axis
 
-
 __all__: list[str] = []
 
 

@@ -8,7 +8,6 @@ from ... import dims as D
 from ...ir import Value
 from .context import RULES, Rule, rule, wrap_axis
 
-
 __all__: list[str] = []
 
 

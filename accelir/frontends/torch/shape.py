@@ -7,7 +7,6 @@ from ...ir import DType, Value
 from ..decompositions import crop_negative_pads, wrap_pad
 from .context import NodeContext, rule, slice_bounds, wrap_axis
 
-
 __all__: list[str] = []
 
 
