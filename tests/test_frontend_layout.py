@@ -13,7 +13,7 @@ import accelir.frontends
 
 ROOT = os.path.dirname(accelir.frontends.__file__)
 # modules of a frontend package that are not rule modules, and the package-level modules they may import
-NOT_RULES = {"__init__", "driver", "context", "proto", "converter", "fx", "conformance"}
+NOT_RULES = {"__init__", "driver", "context", "proto", "evaluate", "converter", "fx", "conformance"}
 LOWER = {"context", "proto"}  # what a rule module may import from its own package
 
 
