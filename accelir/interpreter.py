@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from . import dims as D
+from .arrays import to_numpy  # re-exported: callers import it from here too
 from .errors import AccelirError
 from .ir import Graph, Node, TensorType, Value
 from .ops import registry
@@ -21,23 +22,6 @@ __all__ = ["run_graph", "interpret", "bind_symbols", "bind_shapes", "to_numpy", 
 
 class InterpreterError(AccelirError):
     """A node failed or produced a result that disagrees with its declared type."""
-
-
-def to_numpy(x: Any) -> np.ndarray:
-    """numpy view of a numpy / torch / jax array or python scalar (no copy where possible)."""
-    if isinstance(x, np.ndarray):
-        return x
-    mod = type(x).__module__
-    if mod.startswith("torch"):
-        t = x.detach()
-        if t.device.type != "cpu":
-            t = t.cpu()
-        if str(t.dtype) == "torch.bfloat16":  # numpy has no bf16: reinterpret the bits as ml_dtypes'
-            import ml_dtypes
-            import torch
-            return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-        return t.numpy()
-    return np.asarray(x)
 
 
 def bind_symbols(types: Sequence[TensorType], arrays: Sequence[np.ndarray], what: str = "input",

@@ -193,7 +193,7 @@ def _mul_relu_onnx(path) -> str:
 
 
 def test_check_of_an_onnx_file_compares_with_onnxruntime_on_the_file(tmp_path, capsys, monkeypatch):
-    from accelir.frontends import onnx_ops
+    from accelir.frontends.onnx import context as onnx_ops
 
     src = _mul_relu_onnx(tmp_path / "in.onnx")
     with monkeypatch.context() as patch:

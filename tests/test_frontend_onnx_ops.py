@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from accelir.frontends.onnx import import_onnx
-from accelir.frontends.onnx_einsum import parse_einsum
+from accelir.frontends.onnx.einsum import parse_einsum
 from accelir.testing import assert_close, import_and_run, onnxruntime_outputs
 
 F32 = TensorProto.FLOAT

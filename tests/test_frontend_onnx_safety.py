@@ -157,7 +157,7 @@ def _largest_constant(g):
 
 
 def test_import_budget_is_the_fold_pass_cap():
-    from accelir.frontends.onnx_ops import IMPORT_VALUE_BYTES
+    from accelir.frontends.onnx.context import IMPORT_VALUE_BYTES
     from accelir.passes.fold_constants import FoldConstants
     assert IMPORT_VALUE_BYTES == FoldConstants().max_bytes
 

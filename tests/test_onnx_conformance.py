@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-from accelir.frontends import onnx_conformance as conf
-from accelir.frontends.onnx_ops import OUT_OF_SCOPE
+from accelir.frontends.onnx import conformance as conf
+from accelir.frontends.onnx import OUT_OF_SCOPE
 
 EXPECTED_FILE = os.path.join(os.path.dirname(__file__), "data", "onnx_conformance_expected.txt")
 
@@ -51,7 +51,7 @@ def check_against_list(results: list[conf.CaseResult], path: str) -> None:
     fixed = sorted(pinned[path] - failing)
     assert not new, f"{path}: {len(new)} case(s) newly failing:\n" + "\n".join(f"{n}: {status[n]}" for n in new)
     assert not fixed, (f"{path}: {fixed} now pass: take them off {EXPECTED_FILE} (the README's numbers come "
-                       "from it; `python -m accelir.frontends.onnx_conformance interpreter onnxruntime "
+                       "from it; `python -m accelir.frontends.onnx.conformance interpreter onnxruntime "
                        "--expected` prints the new list)")
     print(f"\n{path}: {len(status) - len(failing)}/{len(status)} in scope pass")
 

@@ -32,7 +32,7 @@ from torch.testing._internal.common_methods_invocations import op_db  # noqa: E4
 from accelir import run_graph  # noqa: E402
 from accelir.errors import AccelirError, CaptureError  # noqa: E402
 from accelir.frontends.torch import capture_torch  # noqa: E402
-from accelir.frontends.torch_aten import RULES  # noqa: E402
+from accelir.frontends.torch.context import RULES  # noqa: E402
 
 RATES = pathlib.Path(__file__).parent / "data" / "torch_opinfo_pass_rates.json"
 FAST_SAMPLES = 2

@@ -20,7 +20,7 @@ from jax import lax
 
 from accelir import dims
 from accelir.errors import AccelirError, LoweringError
-from accelir.interpreter import to_numpy
+from accelir.arrays import to_numpy
 from accelir.ir import DType, Graph, Node, TensorType
 from accelir.ops import registry
 from accelir.ops.activations import activation

@@ -19,12 +19,12 @@ import torch.fx
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
-from ..errors import UnsupportedOpError
-from ..ir import DType, Graph, Value
-from .torch import NodeContext, TorchSignature, bind_outputs
-from .torch_aten import RULES, bind_schema, resolve_aten, slice_bounds
+from ...errors import UnsupportedOpError
+from ...ir import DType, Graph, Value
+from .context import RULES, NodeContext, bind_schema, resolve_aten, slice_bounds
+from .converter import Converter, TorchSignature, bind_outputs
 
-__all__ = ["capture_fx", "MODULES", "FX_RULES"]
+__all__ = ["capture_fx", "MODULES"]
 
 # python operators on tensors -> aten op
 _OPERATORS: dict[Callable, str] = {
@@ -252,9 +252,6 @@ def _getitem(ctx: NodeContext, a: dict) -> Value:
     return x
 
 
-FX_RULES = {**RULES, "tensor_getitem": _getitem}
-
-
 def _record_values(gm: torch.fx.GraphModule, inputs: list) -> dict[torch.fx.Node, Any]:
     """Run ``gm`` once and keep each node's result (its shape and dtype source)."""
     vals: dict[torch.fx.Node, Any] = {}
@@ -270,7 +267,8 @@ def _record_values(gm: torch.fx.GraphModule, inputs: list) -> dict[torch.fx.Node
     return vals
 
 
-def capture_fx(model: Any, args: tuple, kwargs: dict, converter_cls: type) -> Graph:
+def capture_fx(model: Any, args: tuple, kwargs: dict) -> Graph:
+    """Capture ``model`` (a GraphModule, or a module that torch.fx.symbolic_trace traces) with static shapes."""
     gm = model if isinstance(model, torch.fx.GraphModule) else torch.fx.symbolic_trace(model)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     params = list(inspect.signature(gm.forward).parameters.values())
@@ -280,7 +278,7 @@ def capture_fx(model: Any, args: tuple, kwargs: dict, converter_cls: type) -> Gr
     leaves, in_spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
     leaf_index = {id(v): i for i, v in enumerate(leaves)}
 
-    conv = converter_cls(FX_RULES, None, {})
+    conv = Converter({**RULES, "tensor_getitem": _getitem}, None, {})  # the aten rules plus fx's getitem
     conv.vals = _record_values(gm, inputs)
     conv.resolve = _resolver(gm, conv.vals)
     for name, t in list(gm.named_parameters()) + list(gm.named_buffers()):

@@ -15,11 +15,10 @@ import math
 
 import numpy as np
 
-from .. import dims as D
-from ..ir import DType, TensorType, Value
-from .onnx import OnnxImportError, onnx_dtype
-from .onnx_ops import (IMPORT_VALUE_BYTES, NodeContext, _cast, _norm_axis, _reshape, _static_dims, fits_import_budget,
-                       rule)
+from ... import dims as D
+from ...ir import DType, TensorType, Value
+from .context import (IMPORT_VALUE_BYTES, NodeContext, OnnxImportError, fits_import_budget, norm_axis, onnx_dtype,
+                      reshape, rule, static_dims)
 
 __all__ = ["dft_matrix", "dft_operator"]
 
@@ -67,7 +66,7 @@ def dft_operator(ctx: NodeContext, length: int, n: int, c_in: int, inverse: bool
     j = ctx.op("iota", shape=(m, k_out), axis=0, dtype=DType.i64)
     k = ctx.op("iota", shape=(m, k_out), axis=1, dtype=DType.i64)
     turns = ctx.op("rem", ctx.op("mul", j, k), ctx.scalar(n, DType.i64))
-    theta = ctx.op("mul", _cast(ctx, turns, f64), ctx.scalar(2 * np.pi / n, f64))
+    theta = ctx.op("mul", ctx.cast(turns, f64), ctx.scalar(2 * np.pi / n, f64))
     cos, sin = ctx.op("cos", theta), ctx.op("sin", theta)
     scale = ctx.scalar(1.0 / n if inverse else 1.0, f64)
     cos, sin = ctx.op("mul", cos, scale), ctx.op("mul", sin, scale)
@@ -85,7 +84,7 @@ def dft_operator(ctx: NodeContext, length: int, n: int, c_in: int, inverse: bool
     mat = ctx.op("concat", *[ctx.op("unsqueeze", r, axes=(1,)) for r in rows], axis=1)  # [m, c_in, K, c_out]
     if length > m:  # input points past the transform's length are truncated: zero rows
         mat = ctx.op("pad", mat, pads=((0, length - m), (0, 0), (0, 0), (0, 0)), mode="constant", value=0.0)
-    return _reshape(ctx, mat, (length * c_in, k_out * c_out))
+    return reshape(ctx, mat, (length * c_in, k_out * c_out))
 
 
 def _apply_linear_axis(ctx: NodeContext, x: Value, axis: int, mat: Value, c_out: int) -> Value:
@@ -96,12 +95,12 @@ def _apply_linear_axis(ctx: NodeContext, x: Value, axis: int, mat: Value, c_out:
     if axis != rank - 2:
         y = ctx.op("transpose", y, perm=tuple(rest) + (axis, rank - 1))
     lead = tuple(x.shape[i] for i in rest)
-    y = _reshape(ctx, y, lead + (D.dim_mul(x.shape[axis], x.shape[-1]),))
+    y = reshape(ctx, y, lead + (D.dim_mul(x.shape[axis], x.shape[-1]),))
     # summed in f64 like ONNX's reference (an FFT in complex128): outputs that cancel to zero stay near zero
-    y = ctx.op("dot_general", _cast(ctx, y, DType.f64), mat, lhs_contracting=(len(lead),), rhs_contracting=(0,))
-    y = _cast(ctx, y, x.dtype)
+    y = ctx.op("dot_general", ctx.cast(y, DType.f64), mat, lhs_contracting=(len(lead),), rhs_contracting=(0,))
+    y = ctx.cast(y, x.dtype)
     k_out = mat.shape[1] // c_out
-    y = _reshape(ctx, y, lead + (k_out, c_out))
+    y = reshape(ctx, y, lead + (k_out, c_out))
     if axis != rank - 2:
         perm = list(range(len(lead)))
         perm.insert(axis, len(lead))
@@ -110,7 +109,7 @@ def _apply_linear_axis(ctx: NodeContext, x: Value, axis: int, mat: Value, c_out:
 
 
 def _static(ctx: NodeContext, d: D.Dim, what: str) -> int:
-    return _static_dims(ctx, (d,), what, "transform matrix")[0]
+    return static_dims(ctx, (d,), what, "transform matrix")[0]
 
 
 @rule("DFT")
@@ -122,7 +121,7 @@ def _dft(ctx: NodeContext):
         axis = int(ctx.values(2, "axis").item()) if ctx.input(2) is not None else -2
     else:
         axis = ctx.attr("axis", 1)
-    axis = _norm_axis(ctx, axis, x.rank)
+    axis = norm_axis(ctx, axis, x.rank)
     if axis == x.rank - 1:
         raise ctx.unsupported("a transform over the trailing [real, imag] dim")
     inverse, onesided = bool(ctx.attr("inverse", 0)), bool(ctx.attr("onesided", 0))
@@ -170,11 +169,11 @@ def _stft(ctx: NodeContext):
     # frame f holds samples f*step ... f*step+width-1; those past the end read zero
     y = ctx.op("gather", x, _frame_starts(ctx, frames, step, width, length, clip=True), axis=1)
     if window is not None:
-        y = ctx.op("mul", y, _reshape(ctx, window, (1, 1, width, 1)))
+        y = ctx.op("mul", y, reshape(ctx, window, (1, 1, width, 1)))
     if (frames - 1) * step + width > length:
         inside = ctx.op("lt", _frame_starts(ctx, frames, step, width, length, clip=False),
                         ctx.scalar(length, DType.i64))
-        y = ctx.op("mul", y, _reshape(ctx, _cast(ctx, inside, x.dtype), (1, frames, width, 1)))
+        y = ctx.op("mul", y, reshape(ctx, ctx.cast(inside, x.dtype), (1, frames, width, 1)))
     c_in = _static(ctx, x.shape[-1], "complex dim")
     mat = dft_operator(ctx, width, frame, c_in, False, bool(ctx.attr("onesided", 1)))
     return [_apply_linear_axis(ctx, y, 2, mat, 2)]

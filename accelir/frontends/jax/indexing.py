@@ -25,24 +25,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import dims as D
-from ..ir import DType, Value
-from .jax import EqnContext, Unsupported, to_dims
+from ... import dims as D
+from ...ir import DType, Value
+from .context import RULES, EqnContext, Unsupported, rule, to_dims, transpose
 
-__all__ = ["INDEXING_RULES"]
+__all__: list[str] = []
 
 
 def _mode(mode: Any) -> str:
     return getattr(mode, "name", str(mode))
 
 
-def _transpose(cx: EqnContext, x: Value, perm: Sequence[int]) -> Value:
-    perm = tuple(perm)
-    return x if perm == tuple(range(len(perm))) else cx.op("transpose", x, perm=perm)
-
-
 def _permute_labels(cx: EqnContext, x: Value, have: list, want: list) -> Value:
-    return _transpose(cx, x, [have.index(label) for label in want])
+    return transpose(cx, x, [have.index(label) for label in want])
 
 
 def _static_bounds(bounds: Sequence[Any], what: str) -> list[int]:
@@ -111,6 +106,7 @@ def _window_prefix(cx: EqnContext, x: Value, dims: Sequence[int], sizes: Sequenc
     return cx.op("slice", x, starts=tuple(0 for _ in cut), stops=tuple(sizes[d] for d in cut), axes=tuple(cut))
 
 
+@rule("gather")
 def _gather(cx: EqnContext, x: Value, idx: Value, *, dimension_numbers: Any, slice_sizes: Sequence[Any],
             mode: Any, fill_value: Any = None, **p: Any) -> Value:
     dn = dimension_numbers
@@ -128,7 +124,7 @@ def _gather(cx: EqnContext, x: Value, idx: Value, *, dimension_numbers: Any, sli
         raise Unsupported(f"a gather window of symbolic size ({dn}, slice_sizes={tuple(slice_sizes)})")
     rest = [d for d in range(x.rank) if d not in sim]
     x = _window_prefix(cx, x, rest, sizes)
-    xt = _transpose(cx, x, sim + rest)
+    xt = transpose(cx, x, sim + rest)
     # a window of w along an indexed dim must start in [0, dim - w]
     bounds = [D.dim_sub(x.shape[d], sizes[d] - 1) if d in windowed else x.shape[d] for d in sim]
     idx, valid = _gather_guard(cx, idx, bounds, _mode(mode))
@@ -261,9 +257,9 @@ def _scatter_nd(cx: EqnContext, x: Value, idx: Value, upd: Value, dn: Any, mode:
                           f"whole windows elsewhere ({dn})")
     if x.dtype is DType.bool and reduction != "none":
         raise Unsupported(f"scatter reduction {reduction!r} on bool")
-    xt = _transpose(cx, x, sdims + rest)
+    xt = transpose(cx, x, sdims + rest)
     scatter_pos = [u for u in range(upd.rank) if u not in uwd]
-    ut = _transpose(cx, upd, scatter_pos + [window_of[d] for d in windowed] + [window_of[d] for d in rest])
+    ut = transpose(cx, upd, scatter_pos + [window_of[d] for d in windowed] + [window_of[d] for d in rest])
     k = len(sdims)
     sizes = [upd.shape[window_of[d]] if d in windowed else 1 for d in sdims]
     # a window of w must start in [0, dim - w]
@@ -288,9 +284,8 @@ def _scatter_nd(cx: EqnContext, x: Value, idx: Value, upd: Value, dn: Any, mode:
     inv = [0] * len(perm)
     for i, d in enumerate(perm):
         inv[d] = i
-    return _transpose(cx, r, inv)
+    return transpose(cx, r, inv)
 
 
-INDEXING_RULES = {"gather": _gather}
 for _name, _red in _SCATTER_REDUCTION.items():
-    INDEXING_RULES[_name] = _scatter(_red)
+    RULES.add(_scatter(_red), _name)

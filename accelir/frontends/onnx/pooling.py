@@ -1,6 +1,5 @@
-"""ONNX ops that move elements to computed positions, as IR gathers and scatters:
-``ReverseSequence``, ``TensorScatter``, ``MaxPool``'s ``Indices`` output, ``MaxUnpool``
-and ``Col2Im``; and ``Det`` of small matrices as a gather over the permutations.
+"""ONNX pooling rules: MaxPool / AveragePool / LpPool (with MaxPool's indices), the global
+pools, MaxUnpool and Col2Im, which share the window arithmetic below.
 
 The window ops need static spatial dims: their position tables (which input element
 each window slot reads, or which image pixel each column entry adds to) are computed in
@@ -11,52 +10,41 @@ dropped (a scatter) or holds the identity (a gather).
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Sequence
 
-import numpy as np
+from ...ir import DType, Value
+from .context import NodeContext, conv_attrs, reshape, rule, static_dims
 
-from ..ir import DType, Value
-from .onnx_ops import NodeContext, _cast, _conv_attrs, _norm_axis, _reshape, _static_dims, rule
-
-__all__ = ["reverse_prefixes", "window_positions", "maxpool_indices"]
+__all__ = ["window_positions", "maxpool_indices"]
 
 
-def reverse_prefixes(ctx: NodeContext, x: Value, lengths: Value, time_axis: int, batch_axis: int) -> Value:
-    """ONNX ReverseSequence: along ``time_axis``, reverses the first ``lengths[b]`` items of
-    each batch row ``b`` and keeps the rest in place."""
-    steps = x.shape[time_axis]
-    idx_shape = tuple(steps if i == time_axis else x.shape[i] if i == batch_axis else 1 for i in range(x.rank))
-    t = ctx.op("iota", shape=idx_shape, axis=time_axis, dtype=DType.i64)
-    n = _reshape(ctx, _cast(ctx, lengths, DType.i64),
-                 tuple(x.shape[batch_axis] if i == batch_axis else 1 for i in range(x.rank)))
-    src = ctx.op("where", ctx.op("lt", t, n), ctx.op("sub", ctx.op("sub", n, ctx.scalar(1, DType.i64)), t), t)
-    return ctx.op("take_along_axis", x, ctx.op("broadcast_to", src, shape=x.shape), axis=time_axis)
-
-
-@rule("ReverseSequence")
-def _reverse_sequence(ctx: NodeContext):
+@rule("MaxPool", "AveragePool", "LpPool")
+def _pool(ctx: NodeContext):
     x = ctx.input(0)
-    time_axis = _norm_axis(ctx, ctx.attr("time_axis", 0), x.rank)
-    batch_axis = _norm_axis(ctx, ctx.attr("batch_axis", 1), x.rank)
-    return [reverse_prefixes(ctx, x, ctx.input(1), time_axis, batch_axis)]
+    kernel = tuple(ctx.attr("kernel_shape"))
+    attrs = conv_attrs(ctx, x, kernel)
+    common = dict(kernel=kernel, stride=attrs["stride"], padding=attrs["padding"], dilation=attrs["dilation"],
+                  ceil_mode=bool(ctx.attr("ceil_mode", 0)))
+    if ctx.node.op_type == "MaxPool":
+        y = ctx.op("max_pool", x, **common)
+        if not ctx.wants(1):
+            return [y]
+        return [y, maxpool_indices(ctx, x, y)]
+    if ctx.node.op_type == "AveragePool":
+        return [ctx.op("avg_pool", x, count_include_pad=bool(ctx.attr("count_include_pad", 0)), **common)]
+    p = ctx.attr("p", 2)
+    powed = ctx.op("pow", ctx.op("abs", x), ctx.scalar(p, x))
+    total = ctx.op("mul", ctx.op("avg_pool", powed, count_include_pad=True, **common),
+                   ctx.scalar(math.prod(kernel), x))
+    return [ctx.op("pow", total, ctx.scalar(1.0 / p, x))]
 
 
-@rule("TensorScatter")
-def _tensor_scatter(ctx: NodeContext):
-    cache, update, where = ctx.input(0), ctx.input(1), ctx.input(2)
-    axis = _norm_axis(ctx, ctx.attr("axis", -2), cache.rank)
-    if axis == 0:
-        raise ctx.unsupported("axis 0: the write position is per batch row (dim 0)")
-    # row b writes update[b, ..., s, ...] to position write_indices[b] + s (modulo the length if circular)
-    pos = ctx.op("iota", shape=update.shape, axis=axis, dtype=DType.i64)
-    if where is not None:
-        start = _reshape(ctx, _cast(ctx, where, DType.i64), (cache.shape[0],) + (1,) * (cache.rank - 1))
-        pos = ctx.op("add", pos, start)
-    if ctx.attr("mode", "linear") == "circular":
-        pos = ctx.op("rem", pos, ctx.scalar(cache.shape[axis], DType.i64))
-    return [ctx.op("scatter_elements", cache, pos, update, axis=axis)]
+@rule("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool(ctx: NodeContext):
+    x = ctx.input(0)
+    op = "reduce_mean" if ctx.node.op_type == "GlobalAveragePool" else "reduce_max"
+    return [ctx.op(op, x, axes=tuple(range(2, x.rank)), keepdims=True)]
 
 
 def window_positions(ctx: NodeContext, size: Sequence[int], blocks: Sequence[int], kernel: Sequence[int],
@@ -85,17 +73,17 @@ def window_positions(ctx: NodeContext, size: Sequence[int], blocks: Sequence[int
         term = ctx.op("mul", clipped, ctx.scalar(step, i64)) if step != 1 else clipped
         flat = term if flat is None else ctx.op("add", flat, term)
     shape = (math.prod(blocks), math.prod(kernel))
-    return _reshape(ctx, flat, shape), _reshape(ctx, inside, shape)
+    return reshape(ctx, flat, shape), reshape(ctx, inside, shape)
 
 
 def maxpool_indices(ctx: NodeContext, x: Value, pooled: Value) -> Value:
     """MaxPool's Indices output: the flat index (over N, C and the spatial dims) of each
     window's first maximum in kernel order (never a padding position), spatial dims row-major
     or (storage_order 1) column-major."""
-    size = _static_dims(ctx, x.shape[2:], "spatial dims", "position table")
-    out = _static_dims(ctx, pooled.shape[2:], "pooled dims", "position table")
+    size = static_dims(ctx, x.shape[2:], "spatial dims", "position table")
+    out = static_dims(ctx, pooled.shape[2:], "pooled dims", "position table")
     kernel = tuple(ctx.attr("kernel_shape"))
-    attrs = _conv_attrs(ctx, x, kernel)
+    attrs = conv_attrs(ctx, x, kernel)
     lo = [p[0] for p in attrs["padding"]]
     read, inside = window_positions(ctx, size, out, kernel, attrs["stride"], lo, attrs["dilation"])
     report = read
@@ -104,27 +92,27 @@ def maxpool_indices(ctx: NodeContext, x: Value, pooled: Value) -> Value:
     rows, slots = read.shape
     pixels = math.prod(size)
     n, c = x.shape[:2]
-    flat = _reshape(ctx, x, (n, c, pixels))
+    flat = reshape(ctx, x, (n, c, pixels))
     lowest = x.dtype.lowest
     # padding slots read a dump pixel holding the lowest value, so they never win
     dump = ctx.op("broadcast_to", ctx.scalar(lowest, x), shape=(n, c, 1))
     flat = ctx.op("concat", flat, dump, axis=2)
     table = ctx.op("where", inside, read, ctx.scalar(pixels, DType.i64))
-    windows = ctx.op("gather", flat, _reshape(ctx, table, (rows * slots,)), axis=2)
-    windows = _reshape(ctx, windows, (n, c, rows, slots))
+    windows = ctx.op("gather", flat, reshape(ctx, table, (rows * slots,)), axis=2)
+    windows = reshape(ctx, windows, (n, c, rows, slots))
     best = ctx.op("argmax", windows, axis=3, keepdims=True)
     # ... except where every real tap holds the lowest value too: then a padding slot may come
     # first in kernel order; the window's first real position is reported instead, as torch does
     grid = (n, c, rows, slots)
     real = ctx.op("take_along_axis", ctx.op("broadcast_to", inside, shape=grid), best, axis=3)
-    first_real = ctx.op("argmax", _cast(ctx, inside, DType.i32), axis=1, keepdims=True)
+    first_real = ctx.op("argmax", ctx.cast(inside, DType.i32), axis=1, keepdims=True)
     best = ctx.op("where", real, best, ctx.op("broadcast_to", first_real, shape=(n, c, rows, 1)))
     spatial = ctx.op("take_along_axis", ctx.op("broadcast_to", report, shape=grid), best, axis=3)
     plane = ctx.op("iota", shape=(n, c, rows, 1), axis=0, dtype=DType.i64)
     plane = ctx.op("add", ctx.op("mul", plane, ctx.scalar(c, DType.i64)),
                    ctx.op("iota", shape=(n, c, rows, 1), axis=1, dtype=DType.i64))
     index = ctx.op("add", ctx.op("mul", plane, ctx.scalar(pixels, DType.i64)), spatial)
-    return _reshape(ctx, index, pooled.shape)
+    return reshape(ctx, index, pooled.shape)
 
 
 @rule("MaxUnpool")
@@ -134,14 +122,14 @@ def _max_unpool(ctx: NodeContext):
     k = len(kernel)
     strides = tuple(ctx.attr("strides", [1] * k))
     pads = tuple(ctx.attr("pads", [0] * (2 * k)))
-    size = _static_dims(ctx, x.shape, "input dims", "position table")
+    size = static_dims(ctx, x.shape, "input dims", "position table")
     # the indices address the unpooled tensor of the inferred shape; output_shape only pads its end
     inferred = size[:2] + tuple((size[2 + d] - 1) * strides[d] - pads[d] - pads[k + d] + kernel[d] for d in range(k))
     total = math.prod(inferred)
     zeros = ctx.op("broadcast_to", ctx.scalar(0, x), shape=(total,))
-    y = ctx.op("scatter_nd", zeros, _reshape(ctx, _cast(ctx, idx, DType.i64), (math.prod(size), 1)),
-               _reshape(ctx, x, (math.prod(size),)))
-    y = _reshape(ctx, y, inferred)
+    y = ctx.op("scatter_nd", zeros, reshape(ctx, ctx.cast(idx, DType.i64), (math.prod(size), 1)),
+               reshape(ctx, x, (math.prod(size),)))
+    y = reshape(ctx, y, inferred)
     if ctx.input(2) is not None:
         want = [int(v) for v in ctx.values(2, "output_shape").reshape(-1)]
         extra = [w - i for w, i in zip(want, inferred)]
@@ -164,7 +152,7 @@ def _col2im(ctx: NodeContext):
     blocks = tuple((image[d] + pads[d] + pads[k + d] - dil[d] * (block[d] - 1) - 1) // strides[d] + 1
                    for d in range(k))
     n = x.shape[0]
-    ck, length = _static_dims(ctx, x.shape[1:], "column dims", "position table")
+    ck, length = static_dims(ctx, x.shape[1:], "column dims", "position table")
     slots = math.prod(block)
     if ck % slots or length != math.prod(blocks):
         raise ctx.unsupported(f"an input {x.type} that does not match blocks {list(blocks)} of {list(block)}")
@@ -172,28 +160,10 @@ def _col2im(ctx: NodeContext):
     at, inside = window_positions(ctx, image, blocks, block, strides, pads[:k], dil)  # [L, slots]
     pixels = math.prod(image)
     table = ctx.op("where", inside, at, ctx.scalar(pixels, DType.i64))
-    table = _reshape(ctx, ctx.op("transpose", table, perm=(1, 0)), (slots * length,))  # slot-major, then L
-    cols = _reshape(ctx, x, (n, c, slots * length))
+    table = reshape(ctx, ctx.op("transpose", table, perm=(1, 0)), (slots * length,))  # slot-major, then L
+    cols = reshape(ctx, x, (n, c, slots * length))
     idx = ctx.op("broadcast_to", table, shape=(n, c, slots * length))
     canvas = ctx.op("broadcast_to", ctx.scalar(0, x), shape=(n, c, pixels + 1))
     summed = ctx.op("scatter_elements", canvas, idx, cols, axis=2, reduction="add")
     summed = ctx.op("slice", summed, starts=(0,), stops=(pixels,), axes=(2,))
-    return [_reshape(ctx, summed, (n, c) + image)]
-
-
-@rule("Det")
-def _det(ctx: NodeContext):
-    """Leibniz's sum over permutations (small static matrices): sum_p sign(p) prod_i a[i, p(i)]."""
-    x = ctx.input(0)
-    size = x.shape[-1]
-    if type(size) is not int or x.shape[-2] != size or size > 5:
-        raise ctx.unsupported(f"a determinant of {x.type}: static square matrices up to 5x5 only")
-    perms = list(itertools.permutations(range(size)))
-    table = np.array([[i * size + p[i] for i in range(size)] for p in perms], np.int64)
-    signs = np.array([(-1) ** sum(p[i] > p[j] for i in range(size) for j in range(i + 1, size)) for p in perms])
-    lead = tuple(x.shape[:-2])
-    flat = _reshape(ctx, x, lead + (size * size,))
-    terms = ctx.op("gather", flat, ctx.const(table.reshape(-1)), axis=len(lead))
-    terms = ctx.op("reduce_prod", _reshape(ctx, terms, lead + table.shape), axes=(len(lead) + 1,))
-    return [ctx.op("reduce_sum", ctx.op("mul", terms, ctx.const(signs.astype(x.dtype.numpy))),
-                   axes=(len(lead),))]
+    return [reshape(ctx, summed, (n, c) + image)]

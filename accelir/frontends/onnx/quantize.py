@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import DType, Value
-from .onnx import onnx_dtype
-from .onnx_ops import NodeContext, _cast, _conv_attrs, _norm_axis, _reshape, rule
+from ...ir import DType, Value
+from .context import NodeContext, conv_attrs, norm_axis, onnx_dtype, reshape, rule
 
 __all__: list[str] = []
 
@@ -30,19 +29,19 @@ def _quant_param(ctx: NodeContext, p: Value, x: Value, axis: int, block_size: in
     if p.rank == 0:
         return p
     if all(type(d) is int for d in p.shape) and int(np.prod(p.shape)) == 1:
-        return _reshape(ctx, p, ())
-    ax = _norm_axis(ctx, axis, x.rank)
+        return reshape(ctx, p, ())
+    ax = norm_axis(ctx, axis, x.rank)
     if not block_size:
         if p.rank != 1:
             raise ctx.unsupported(f"a per-axis parameter of shape {list(p.shape)}: it must be 1-D without block_size")
-        return _reshape(ctx, p, tuple(p.shape[0] if i == ax else 1 for i in range(x.rank)))
+        return reshape(ctx, p, tuple(p.shape[0] if i == ax else 1 for i in range(x.rank)))
     if p.rank != x.rank:
         raise ctx.unsupported(f"blocked quantisation needs a parameter of rank {x.rank}, got {list(p.shape)}")
     # repeat each block's parameter block_size times along the axis, then trim a ragged last block
     n = p.shape[ax]
     spread = ctx.op("unsqueeze", p, axes=(ax + 1,))
     spread = ctx.op("broadcast_to", spread, shape=p.shape[:ax + 1] + (block_size,) + p.shape[ax + 1:])
-    spread = _reshape(ctx, spread, p.shape[:ax] + (n * block_size,) + p.shape[ax + 1:])
+    spread = reshape(ctx, spread, p.shape[:ax] + (n * block_size,) + p.shape[ax + 1:])
     if n * block_size != x.shape[ax]:
         spread = ctx.op("slice", spread, starts=(0,), stops=(x.shape[ax],), axes=(ax,))
     return spread
@@ -51,10 +50,10 @@ def _quant_param(ctx: NodeContext, p: Value, x: Value, axis: int, block_size: in
 def _saturate(ctx: NodeContext, v: Value, zero_point: Value | None, out: DType) -> Value:
     """``cast(clip(v + zero_point, range of out))`` for an integral-valued float tensor ``v``."""
     if zero_point is not None:
-        v = ctx.op("add", v, _cast(ctx, zero_point, v.dtype))
+        v = ctx.op("add", v, ctx.cast(zero_point, v.dtype))
     lo, hi = _range_of(out)
     v = ctx.op("min", ctx.op("max", v, ctx.scalar(lo, v)), ctx.scalar(hi, v))
-    return _cast(ctx, v, out)
+    return ctx.cast(v, out)
 
 
 @rule("QuantizeLinear")
@@ -71,10 +70,10 @@ def _quantize(ctx: NodeContext):
         raise ctx.unsupported(f"quantising to {out}")
     precision = onnx_dtype(ctx.attr("precision"), ctx.label) if ctx.attr("precision") else \
         (x.dtype if x.dtype.is_float else DType.f32)
-    q = ctx.op("div", _cast(ctx, x, precision), _cast(ctx, _quant_param(ctx, scale, x, axis, block), precision))
+    q = ctx.op("div", ctx.cast(x, precision), ctx.cast(_quant_param(ctx, scale, x, axis, block), precision))
     # rounded in the compute type like ONNX, then widened so adding the zero point is exact
     wide = DType.f64 if precision is DType.f64 else DType.f32
-    q = _cast(ctx, ctx.op("round", q), wide)
+    q = ctx.cast(ctx.op("round", q), wide)
     zp = _quant_param(ctx, zp, x, axis, block) if zp is not None else None
     return [_saturate(ctx, q, zp, out)]
 
@@ -86,23 +85,23 @@ def _dequantize(ctx: NodeContext):
     out = onnx_dtype(ctx.attr("output_dtype"), f"{ctx.label}: its output_dtype") if ctx.attr("output_dtype") \
         else scale.dtype
     wide = DType.f64 if scale.dtype is DType.f64 else DType.f32
-    y = _cast(ctx, x, wide)
+    y = ctx.cast(x, wide)
     if zp is not None:
-        y = ctx.op("sub", y, _cast(ctx, _quant_param(ctx, zp, x, axis, block), wide))
-    y = ctx.op("mul", y, _cast(ctx, _quant_param(ctx, scale, x, axis, block), wide))
-    return [_cast(ctx, y, out)]
+        y = ctx.op("sub", y, ctx.cast(_quant_param(ctx, zp, x, axis, block), wide))
+    y = ctx.op("mul", y, ctx.cast(_quant_param(ctx, scale, x, axis, block), wide))
+    return [ctx.cast(y, out)]
 
 
 def _centered(ctx: NodeContext, v: Value, zp: Value | None, row_axis: int | None) -> Value:
     """``v - zero_point`` in i32; a 1-D zero point of ``a`` holds one value per row (``row_axis``)."""
-    out = _cast(ctx, v, DType.i32)
+    out = ctx.cast(v, DType.i32)
     if zp is None:
         return out
     if zp.rank == 1 and all(type(d) is int for d in zp.shape) and zp.shape[0] == 1:
-        zp = _reshape(ctx, zp, ())
+        zp = reshape(ctx, zp, ())
     elif zp.rank == 1 and row_axis is not None:
-        zp = _reshape(ctx, zp, (zp.shape[0], 1))
-    return ctx.op("sub", out, _cast(ctx, zp, DType.i32))
+        zp = reshape(ctx, zp, (zp.shape[0], 1))
+    return ctx.op("sub", out, ctx.cast(zp, DType.i32))
 
 
 def _integer_product(ctx: NodeContext, a: Value, a_zp: Value | None, b: Value, b_zp: Value | None,
@@ -115,15 +114,15 @@ def _integer_product(ctx: NodeContext, a: Value, a_zp: Value | None, b: Value, b
     terms = np.prod([d if type(d) is int else 1 << 30 for d in b.shape[1:]], dtype=np.float64)
     span = 2 ** (8 * max(a.dtype.itemsize, 1) + 8 * max(b.dtype.itemsize, 1))
     compute = DType.f32 if a.dtype.itemsize == b.dtype.itemsize == 1 and terms * span < 2 ** 24 else DType.f64
-    x = _cast(ctx, _centered(ctx, a, a_zp, None), compute)
+    x = ctx.cast(_centered(ctx, a, a_zp, None), compute)
     w = _centered(ctx, b, None, None)
     if b_zp is not None:
         # one zero point per output channel
         shape = (b_zp.shape[0],) + (1,) * (b.rank - 1) if b_zp.rank == 1 and b_zp.shape[0] != 1 else ()
-        w = ctx.op("sub", w, _reshape(ctx, _cast(ctx, b_zp, DType.i32), shape))
-    attrs = _conv_attrs(ctx, a, b.shape[2:])
-    y = ctx.op("conv", x, _cast(ctx, w, compute), groups=ctx.attr("group", 1), **attrs)
-    return _cast(ctx, y, DType.i32)
+        w = ctx.op("sub", w, reshape(ctx, ctx.cast(b_zp, DType.i32), shape))
+    attrs = conv_attrs(ctx, a, b.shape[2:])
+    y = ctx.op("conv", x, ctx.cast(w, compute), groups=ctx.attr("group", 1), **attrs)
+    return ctx.cast(y, DType.i32)
 
 
 @rule("MatMulInteger", "ConvInteger")
@@ -134,9 +133,9 @@ def _integer_op(ctx: NodeContext):
 
 def _as_scalar_or_rows(ctx: NodeContext, p: Value, rows: bool, rank: int) -> Value:
     if p.rank == 1 and all(type(d) is int for d in p.shape) and p.shape[0] == 1:
-        return _reshape(ctx, p, ())
+        return reshape(ctx, p, ())
     if p.rank == 1 and rows:
-        return _reshape(ctx, p, (p.shape[0],) + (1,) * (rank - 1))
+        return reshape(ctx, p, (p.shape[0],) + (1,) * (rank - 1))
     return p
 
 
@@ -146,12 +145,12 @@ def _qlinear(ctx: NodeContext):
     a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp = (ctx.input(i) for i in range(8))
     acc = _integer_product(ctx, a, a_zp, b, b_zp, conv)
     if conv and ctx.input(8) is not None:
-        acc = ctx.op("add", acc, _reshape(ctx, ctx.input(8), (ctx.input(8).shape[0],) + (1,) * (acc.rank - 2)))
+        acc = ctx.op("add", acc, reshape(ctx, ctx.input(8), (ctx.input(8).shape[0],) + (1,) * (acc.rank - 2)))
     # the rescale factor is formed in the scales' type; ONNX's reference applies it in f64
     sa = _as_scalar_or_rows(ctx, a_scale, not conv, 2)
     sb = _as_scalar_or_rows(ctx, b_scale, conv, acc.rank - 1)
     factor = ctx.op("div", ctx.op("mul", sa, sb), _as_scalar_or_rows(ctx, y_scale, False, 1))
-    y = ctx.op("round", ctx.op("mul", _cast(ctx, acc, DType.f64), _cast(ctx, factor, DType.f64)))
+    y = ctx.op("round", ctx.op("mul", ctx.cast(acc, DType.f64), ctx.cast(factor, DType.f64)))
     out = y_zp.dtype if y_zp is not None else a.dtype
     zp = _as_scalar_or_rows(ctx, y_zp, False, 1) if y_zp is not None else None
     return [_saturate(ctx, y, zp, out)]

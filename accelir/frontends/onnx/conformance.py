@@ -9,9 +9,9 @@ that writes those files).  Two paths are checked:
 - ``onnxruntime``: import -> level-2 passes -> ONNX lowering -> onnxruntime.
 
 A test is out of scope when it needs something the IR cannot hold (``scope_of``:
-the ops in ``onnx_ops.OUT_OF_SCOPE``, non-tensor types, dtypes without an accelir
+the ops in ``driver.OUT_OF_SCOPE``, non-tensor types, dtypes without an accelir
 dtype); everything else counts, implemented or not.  ``python -m
-accelir.frontends.onnx_conformance [interpreter] [onnxruntime] [--expected]`` prints the
+accelir.frontends.onnx.conformance [interpreter] [onnxruntime] [--expected]`` prints the
 report: the number of cases, those out of scope by reason, and per path the passes and how
 many of them need specialisation; ``--expected`` adds the lines of the pinned list that
 tests/test_onnx_conformance.py checks.
@@ -28,10 +28,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import AccelirError
-from ..ir import DType
-from .onnx import ONNX_DTYPES, DynamicValueError, import_onnx
-from .onnx_ops import OUT_OF_SCOPE, OUT_OF_SCOPE_DOMAINS
+from ...errors import AccelirError
+from ...ir import DType
+from .driver import OUT_OF_SCOPE, OUT_OF_SCOPE_DOMAINS, import_onnx
+from .proto import ONNX_DTYPES, DynamicValueError
 
 __all__ = ["NodeCase", "CaseResult", "load_cases", "scope_of", "run_case", "run_suite", "summarize", "report",
            "expected_lines", "PATHS"]
@@ -231,7 +231,7 @@ def _feeds(graph: Any, case: NodeCase, inputs: Sequence[np.ndarray]) -> list[np.
 
 
 def _run_interpreter(graph: Any, case: NodeCase, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    from ..interpreter import run_graph
+    from ...interpreter import run_graph
     with np.errstate(all="ignore"):
         return run_graph(graph, _feeds(graph, case, inputs))
 
@@ -332,7 +332,7 @@ def summarize(results: Sequence[CaseResult], paths: Sequence[str]) -> dict[str, 
 
 
 def report(summary: dict[str, Any], paths: Sequence[str]) -> str:
-    """The summary as text: what ``python -m accelir.frontends.onnx_conformance`` prints."""
+    """The summary as text: what ``python -m accelir.frontends.onnx.conformance`` prints."""
     import onnx
     lines = [f"ONNX backend node tests (onnx {onnx.__version__}): {summary['total']}",
              f"out of scope: {summary['total'] - summary['in_scope']}"]

@@ -16,10 +16,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..ir import Builder, DType, Graph, TensorType, Value
-from .onnx import OnnxImportError
-from .onnx_indexing import reverse_prefixes
-from .onnx_ops import NodeContext, _cast, _reshape, rule
+from ...ir import Builder, DType, Graph, TensorType, Value
+from .context import NodeContext, OnnxImportError, reshape, reverse_prefixes, rule
 
 __all__ = ["ACTIVATIONS"]
 
@@ -107,7 +105,7 @@ def _slice_cols(b: Builder, x: Value, k: int, hidden: int, count: int = 1) -> Va
 
 def _row(ctx: NodeContext, v: Value, d: int) -> Value:
     """``v[d]`` of a per-direction parameter."""
-    return _reshape(ctx, ctx.op("slice", v, starts=(d,), stops=(d + 1,), axes=(0,)), tuple(v.shape[1:]))
+    return reshape(ctx, ctx.op("slice", v, starts=(d,), stops=(d + 1,), axes=(0,)), tuple(v.shape[1:]))
 
 
 class _Cell:
@@ -158,7 +156,7 @@ class _Cell:
     def body(self, consts: Sequence[Value], carry: Sequence[Value], gx_type: TensorType,
              masked: bool, name: str) -> Graph:
         region = Graph(name)
-        b = region.builder(meta=self.ctx.builder.meta)
+        b = region.builder(meta=self.ctx.b.meta)
         cs = [region.add_input(v.type, f"w{i}") for i, v in enumerate(consts)]
         ks = [region.add_input(v.type, n) for v, n in zip(carry, ("h", "c"))]
         gx = region.add_input(gx_type, "gx")
@@ -219,7 +217,7 @@ def _recurrent(ctx: NodeContext):
     live = None
     if lengths is not None:
         t = ctx.op("iota", shape=(steps, batch, 1), axis=0, dtype=DType.i64)
-        live = ctx.op("lt", t, _reshape(ctx, _cast(ctx, lengths, DType.i64), (1, batch, 1)))
+        live = ctx.op("lt", t, reshape(ctx, ctx.cast(lengths, DType.i64), (1, batch, 1)))
     zeros = ctx.op("broadcast_to", ctx.scalar(0, X), shape=(batch, hidden))
     inits = [ctx.input(5)] + ([ctx.input(6)] if kind == "LSTM" else [])
     if layout:  # batch-major initial states: [batch, dir, H]
@@ -236,7 +234,7 @@ def _recurrent(ctx: NodeContext):
         body = cell.body(consts, carry, gx.type.with_shape(gx.shape[1:]), live is not None,
                          f"{ctx.node.name or kind.lower()}_{'bwd' if reverse else 'fwd'}")
         scanned = [gx] + ([live] if live is not None else [])
-        outs = ctx.builder.node("scan", consts + carry + scanned,
+        outs = ctx.b.node("scan", consts + carry + scanned,
                                 {"num_consts": len(consts), "num_carry": len(carry), "length": steps,
                                  "reverse": reverse and lengths is None}, regions=[body]).outputs
         y = outs[len(carry)]

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..ir import DType, Value
-from .onnx import OnnxImportError
-from .onnx_ops import NodeContext, _reshape, rule
+from ...ir import DType, Value
+from .context import NodeContext, OnnxImportError, reshape, rule
 
 __all__ = ["parse_einsum"]
 
@@ -67,7 +66,7 @@ def _diagonals(ctx: NodeContext, x: Value, term: Term) -> tuple[Value, Term]:
             raise ctx.unsupported(f"a diagonal over dims {x.shape[p]} and {x.shape[q]} (static and equal only)")
         rest = [i for i in range(x.rank) if i not in (p, q)]
         y = ctx.op("transpose", x, perm=tuple(rest) + (p, q))
-        y = _reshape(ctx, y, tuple(x.shape[i] for i in rest) + (n * n,))
+        y = reshape(ctx, y, tuple(x.shape[i] for i in rest) + (n * n,))
         diagonal = ctx.op("mul", ctx.op("iota", shape=(n,), axis=0, dtype=DType.i64), ctx.scalar(n + 1, DType.i64))
         x = ctx.op("gather", y, diagonal, axis=len(rest))
         term = [term[i] for i in rest] + [tok]

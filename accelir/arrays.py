@@ -1,0 +1,30 @@
+"""Array conversion shared by the frontends, the interpreter and the runners.
+
+A leaf module (numpy only, framework modules imported lazily) so that a frontend
+can turn a framework tensor into numpy without importing the interpreter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["to_numpy"]
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """numpy view of a numpy / torch / jax array or python scalar (no copy where possible)."""
+    if isinstance(x, np.ndarray):
+        return x
+    mod = type(x).__module__
+    if mod.startswith("torch"):
+        t = x.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        if str(t.dtype) == "torch.bfloat16":  # numpy has no bf16: reinterpret the bits as ml_dtypes'
+            import ml_dtypes
+            import torch
+            return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return t.numpy()
+    return np.asarray(x)

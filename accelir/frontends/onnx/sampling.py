@@ -1,0 +1,238 @@
+"""ONNX resampling rules: Resize / Upsample, GridSample, RoiAlign, DeformConv."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ...ir import Value
+from ...ops import registry
+from ...ops.nn import GRID_MODE_OLD_NAMES
+from .context import IMPORT_VALUE_BYTES, NodeContext, OnnxImportError, conv_attrs, norm_axis, reshape, rule
+
+__all__ = ["resize_taps"]
+
+
+def _cubic_kernel(a: float) -> Callable[[np.ndarray], np.ndarray]:
+    def k(t: np.ndarray) -> np.ndarray:
+        t = np.abs(t)
+        near = ((a + 2) * t - (a + 3)) * t * t + 1
+        far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+        return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
+    return k
+
+
+def _source_coords(mode: str, out: int, size: int, scale: float, roi: tuple[float, float]) -> np.ndarray:
+    """Where each output index samples the input (ONNX Resize coordinate_transformation_mode)."""
+    i = np.arange(out, dtype=np.float64)
+    out_f = scale * size  # ONNX's formulas use the unrounded output width
+    if mode == "align_corners":
+        return np.zeros(out) if out_f == 1 else i * (size - 1) / (out_f - 1)
+    if mode == "asymmetric":
+        return i / scale
+    if mode == "tf_crop_and_resize":
+        lo, hi = roi
+        if out_f == 1:
+            return np.full(out, (hi - lo) * (size - 1) / 2 + lo * (size - 1))
+        return i * (hi - lo) * (size - 1) / (out_f - 1) + lo * (size - 1)
+    if mode == "pytorch_half_pixel":
+        return np.full(out, -0.5) if out_f == 1 else (i + 0.5) / scale - 0.5
+    if mode == "half_pixel":
+        return (i + 0.5) / scale - 0.5
+    if mode == "half_pixel_symmetric":
+        offset = size / 2 * (1 - out / (scale * size))
+        return offset + (i + 0.5) / scale - 0.5
+    raise ValueError(f"unknown coordinate_transformation_mode {mode!r}")
+
+
+def _nearest_index(x: np.ndarray, mode: str) -> np.ndarray:
+    if mode == "round_prefer_floor":
+        return np.ceil(x - 0.5)
+    if mode == "round_prefer_ceil":
+        return np.floor(x + 0.5)
+    if mode == "floor":
+        return np.floor(x)
+    if mode == "ceil":
+        return np.ceil(x)
+    raise ValueError(f"unknown nearest_mode {mode!r}")
+
+
+def resize_taps(ctx: NodeContext, size: int, out: int, scale: float, attrs: dict[str, Any],
+                roi: tuple[float, float], itemsize: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One axis's interpolation as taps: for each output, the input indices it reads
+    ([out, taps]) and their weights, and the mask of outputs that take the extrapolation
+    value (tf_crop_and_resize outside the input).  Taps, not an [out, size] matrix, so the
+    tables grow with the output and the kernel's reach only; they must fit the import budget."""
+    if attrs["mode"] == "nearest":
+        kernel, support, s, offsets = None, 0.5, 1.0, [0]
+    else:
+        if attrs["mode"] == "linear":
+            kernel, support = (lambda t: np.clip(1 - np.abs(t), 0, None)), 1
+        else:
+            kernel, support = _cubic_kernel(attrs["cubic_a"]), 2
+        s = min(scale, 1.0) if attrs["antialias"] else 1.0
+        reach = int(math.ceil(support / s)) + 1
+        offsets = range(-reach, reach + 1)
+    # a row has at most ceil(2 * support / s) + 1 taps of nonzero weight: check before building them
+    need = out * (int(math.ceil(2 * support / s)) + 1) * (8 + itemsize)
+    if need > IMPORT_VALUE_BYTES:
+        raise OnnxImportError(f"{ctx.label}: resizing an axis of {size} to {out} needs interpolation tables of "
+                              f"about {need:,} bytes, over the {IMPORT_VALUE_BYTES:,} bytes a table built at "
+                              "import may take")
+    x = _source_coords(attrs["coord"], out, size, scale, roi)
+    outside = (x < 0) | (x > size - 1) if attrs["coord"] == "tf_crop_and_resize" else np.zeros(out, bool)
+    if kernel is None:
+        idx = np.clip(_nearest_index(x, attrs["nearest_mode"]), 0, size - 1).astype(np.int64)[:, None]
+        wts = np.ones((out, 1))
+    else:
+        cols, weights = [], []
+        for off in offsets:
+            j = np.floor(x).astype(np.int64) + off
+            wt = kernel((j - x) * s)
+            if attrs["exclude_outside"]:
+                wt = np.where((j >= 0) & (j < size), wt, 0.0)
+            if np.any(wt != 0):  # taps no output uses are left out
+                cols.append(np.clip(j, 0, size - 1))
+                weights.append(wt)
+        idx = np.stack(cols, 1) if cols else np.zeros((out, 1), np.int64)
+        wts = np.stack(weights, 1) if weights else np.zeros((out, 1))
+        if attrs["antialias"] or attrs["exclude_outside"]:
+            total = wts.sum(1, keepdims=True)
+            wts = wts / np.where(total == 0, 1, total)
+    wts[outside] = 0.0
+    return idx, wts, outside
+
+
+@rule("Resize", "Upsample")
+def _resize(ctx: NodeContext):
+    x = ctx.input(0)
+    upsample = ctx.node.op_type == "Upsample"
+    attrs = {"mode": ctx.attr("mode", "nearest"), "nearest_mode": ctx.attr("nearest_mode", "round_prefer_floor"),
+             "coord": ctx.attr("coordinate_transformation_mode", "half_pixel"),
+             "cubic_a": ctx.attr("cubic_coeff_a", -0.75), "antialias": bool(ctx.attr("antialias", 0)),
+             "exclude_outside": bool(ctx.attr("exclude_outside", 0))}
+    if attrs["mode"] == "bilinear":
+        attrs["mode"] = "linear"
+    if upsample or ctx.opset < 11:
+        # Upsample and Resize-10: (X, scales), asymmetric coordinates, nearest rounds down
+        attrs.update(coord="asymmetric", nearest_mode="floor")
+        scales_in, sizes_in, roi_in = (1 if ctx.opset >= 9 else None), None, None
+    else:
+        roi_in, scales_in, sizes_in = 1, 2, 3
+    rank = x.rank
+    axes = [norm_axis(ctx, a, rank) for a in ctx.attr("axes", range(rank))]
+    if not all(type(x.shape[a]) is int for a in axes):
+        raise ctx.unsupported("resizing a symbolic dim")
+    in_sizes = [x.shape[a] for a in axes]
+    roi = [(0.0, 1.0)] * len(axes)
+    if roi_in is not None and ctx.input(roi_in) is not None and attrs["coord"] == "tf_crop_and_resize":
+        r = [float(v) for v in ctx.values(roi_in, "roi").reshape(-1)]
+        k = len(r) // 2
+        roi = [(r[i], r[i + k]) for i in (axes if k == rank else range(k))]
+    sizes = ctx.values(sizes_in, "sizes") if sizes_in is not None and ctx.input(sizes_in) is not None else None
+    if sizes is not None and sizes.size:
+        sizes = [int(v) for v in sizes.reshape(-1)]
+        sizes = [sizes[a] for a in axes] if len(sizes) == rank and len(axes) != rank else sizes
+        ratios = [o / i for o, i in zip(sizes, in_sizes)]
+        policy = ctx.attr("keep_aspect_ratio_policy", "stretch")
+        if policy != "stretch":
+            r = min(ratios) if policy == "not_larger" else max(ratios)
+            ratios = [r] * len(axes)
+            sizes = [int(math.floor(r * i + 0.5)) for i in in_sizes]
+        scales = ratios
+    else:
+        raw = ctx.values(scales_in, "scales") if scales_in is not None else np.asarray(ctx.attr("scales"))
+        scales = [float(v) for v in np.asarray(raw).reshape(-1)]
+        scales = [scales[a] for a in axes] if len(scales) == rank and len(axes) != rank else scales
+        sizes = [int(math.floor(i * (hi - lo) * sc)) for i, sc, (lo, hi) in zip(in_sizes, scales, roi)]
+    y = x
+    extrap = ctx.attr("extrapolation_value", 0.0)
+    for a, size, out, sc, rr in zip(axes, in_sizes, sizes, scales, roi):
+        if size == out and sc == 1.0 and attrs["coord"] != "tf_crop_and_resize":
+            continue
+        idx, wts, outside = resize_taps(ctx, size, out, sc, attrs, rr, x.dtype.itemsize)
+        if idx.shape[1] == 1 and np.all(wts[~outside] == 1) and not outside.any():
+            y = ctx.op("gather", y, ctx.const(idx[:, 0]), axis=a)
+            continue
+        if not x.dtype.is_float:
+            raise ctx.unsupported(f"{attrs['mode']} resize of {x.dtype}")
+        # y[..., i, ...] = sum over taps t of wts[i, t] * y[..., idx[i, t], ...]
+        taps = idx.shape[1]
+        g = ctx.op("gather", y, ctx.const(idx.reshape(-1)), axis=a)
+        g = reshape(ctx, g, tuple(y.shape[:a]) + (out, taps) + tuple(y.shape[a + 1:]))
+        w = ctx.const(wts.astype(x.dtype.numpy).reshape((out, taps) + (1,) * (rank - a - 1)))
+        y = ctx.op("reduce_sum", ctx.op("mul", g, w), axes=(a + 1,), keepdims=False)
+        if outside.any():
+            mask = ctx.const((outside * extrap).astype(x.dtype.numpy).reshape(
+                tuple(out if i == a else 1 for i in range(rank))))
+            y = ctx.op("add", y, mask)
+    return [y]
+
+
+# ----- sampling: GridSample / RoiAlign / DeformConv ---------------------------------------
+
+# GridSample-16 names its modes bilinear / bicubic; GridSample-20 renamed them linear / cubic
+_GRID_SAMPLE_MODES = {16: {old: mode for mode, old in GRID_MODE_OLD_NAMES.items()},
+                      20: {mode: mode for mode in GRID_MODE_OLD_NAMES}}
+
+
+def _choice(ctx: NodeContext, name: str, default: str, allowed: Sequence[str]) -> str:
+    value = ctx.attr(name, default)
+    if value not in allowed:
+        raise ctx.unsupported(f"{name}={value!r} is not one of {', '.join(allowed)} (opset {ctx.opset})")
+    return value
+
+
+def _float_input(ctx: NodeContext, v: Value, what: str) -> None:
+    if not v.dtype.is_float:
+        raise ctx.unsupported(f"{what} of dtype {v.dtype}: accelir samples float tensors only; cast it first")
+
+
+@rule("GridSample")
+def _grid_sample(ctx: NodeContext):
+    x, grid = ctx.input(0), ctx.input(1)
+    _float_input(ctx, x, "X")
+    names = _GRID_SAMPLE_MODES[20 if ctx.opset >= 20 else 16]
+    mode = names[_choice(ctx, "mode", "linear" if ctx.opset >= 20 else "bilinear", tuple(names))]
+    pad = _choice(ctx, "padding_mode", "zeros", registry.get("grid_sample").attrs["padding_mode"].choices)
+    # X and grid may differ in dtype: sample in the wider one, return X's
+    dt = grid.dtype if grid.dtype.numpy.itemsize > x.dtype.numpy.itemsize else x.dtype
+    y = ctx.op("grid_sample", ctx.cast(x, dt), ctx.cast(grid, dt), mode=mode, padding_mode=pad,
+               align_corners=bool(ctx.attr("align_corners", 0)))
+    return [ctx.cast(y, x.dtype)]
+
+
+@rule("RoiAlign")
+def _roi_align(ctx: NodeContext):
+    x, rois, batch = ctx.input(0), ctx.input(1), ctx.input(2)
+    _float_input(ctx, x, "X")
+    # RoiAlign-10 has no coordinate_transformation_mode and samples as output_half_pixel does
+    coords = _choice(ctx, "coordinate_transformation_mode", "half_pixel" if ctx.opset >= 16 else "output_half_pixel",
+                     ("half_pixel", "output_half_pixel") if ctx.opset >= 16 else ("output_half_pixel",))
+    attrs = {k: ctx.attr(k, 1) for k in ("output_height", "output_width")}
+    attrs["sampling_ratio"] = ctx.attr("sampling_ratio", 0)
+    if attrs["output_height"] < 1 or attrs["output_width"] < 1 or attrs["sampling_ratio"] < 0:
+        raise ctx.unsupported(f"output_height / output_width must be >= 1 and sampling_ratio >= 0, got {attrs}")
+    return [ctx.op("roi_align", x, ctx.cast(rois, x.dtype), batch, mode=_choice(ctx, "mode", "avg", registry.get("roi_align").attrs["mode"].choices),
+                   spatial_scale=float(ctx.attr("spatial_scale", 1.0)), coordinate_transformation_mode=coords,
+                   **attrs)]
+
+
+@rule("DeformConv")
+def _deform_conv(ctx: NodeContext):
+    x, w, offset, bias, mask = (ctx.input(i) for i in range(5))
+    _float_input(ctx, x, "X")
+    if x.rank != 4:
+        raise ctx.unsupported(f"DeformConv over {x.rank - 2} spatial dims: only 2-d (X [N, C, H, W]) is supported")
+    kernel = tuple(w.shape[2:])
+    if tuple(ctx.attr("kernel_shape", kernel)) != kernel:
+        raise ctx.unsupported(f"kernel_shape {list(ctx.attr('kernel_shape'))} differs from W's {list(kernel)}")
+    if mask is not None and bias is None:  # the IR's inputs are positional: a mask comes after a bias
+        if type(w.shape[0]) is not int:
+            raise ctx.unsupported("a mask without a bias needs a static output channel count")
+        bias = ctx.op("broadcast_to", ctx.scalar(0, x), shape=(w.shape[0],))
+    ins = [v for v in (x, w, offset, bias, mask) if v is not None]
+    return [ctx.op("deform_conv", *ins, groups=ctx.attr("group", 1), offset_groups=ctx.attr("offset_group", 1),
+                   **conv_attrs(ctx, x, kernel))]

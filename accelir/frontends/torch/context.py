@@ -1,0 +1,255 @@
+"""The PyTorch rule context: what every aten rule module imports.
+
+A rule is ``rule(ctx, a) -> Value | tuple | python value``: ``a`` holds the op's
+arguments by their schema names with defaults filled in (:func:`bind_schema`), ``ctx``
+is a :class:`NodeContext` (builder, torch's result dtype and shape from
+``meta["val"]``, operand helpers).  The IR has no type promotion, so rules cast
+operands to torch's result dtype (or, for comparisons, to the promoted dtype).
+Composites stay composites: linear, layer_norm, gelu, softmax, sdpa -> attention,
+conv (with bias), batch_norm in eval mode.  Ops with no IR op are decomposed in the
+rules (floor division, remainder, var, tril, ...).  In-place variants (``add_``)
+reuse the functional rule and rebind the mutated node (:func:`add_inplace_variants`).
+Rules register with :func:`rule` into ``RULES``; rule modules import this module
+(and shared ones), never the driver nor each other.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.fx
+
+from ... import dims as D
+from ...errors import UnsupportedOpError
+from ...ir import Builder, DType, TensorType, Value
+from ..base import RuleContext, RuleTable
+
+__all__ = ["TORCH_DTYPES", "torch_dtype", "source_of", "NodeContext", "Rule", "RULES", "rule", "bind_schema",
+           "resolve_aten", "slice_bounds", "wrap_axis", "full", "full_like_type", "to_out", "INT_MAX",
+           "add_inplace_variants"]
+
+TORCH_DTYPES: dict[torch.dtype, DType] = {
+    torch.float16: DType.f16, torch.bfloat16: DType.bf16, torch.float32: DType.f32, torch.float64: DType.f64,
+    torch.int8: DType.i8, torch.int16: DType.i16, torch.int32: DType.i32, torch.int64: DType.i64,
+    torch.uint8: DType.u8, torch.bool: DType.bool,
+}
+_TO_TORCH = {v: k for k, v in TORCH_DTYPES.items()}
+
+def torch_dtype(dt: torch.dtype) -> DType:
+    try:
+        return TORCH_DTYPES[dt]
+    except KeyError:
+        raise UnsupportedOpError(f"torch dtype {dt} has no accelir dtype; supported: "
+                                 f"{', '.join(str(d) for d in TORCH_DTYPES)}") from None
+
+
+def source_of(meta: Mapping[str, str]) -> str:
+    """Where a node came from, in words: its module path and source line."""
+    parts = [f"module {meta['module']!r}" if meta.get("module") else "the top-level module"]
+    if meta.get("source"):
+        parts.append(meta["source"])
+    return ", ".join(parts)
+
+
+# ----- conversion --------------------------------------------------------------------
+
+class NodeContext(RuleContext):
+    """What an aten rule sees: a builder (``b``) at the right place and the node's meta."""
+
+    __slots__ = ("conv", "node", "b", "val", "meta", "name")
+
+    def __init__(self, conv: Any, node: torch.fx.Node, val: Any, meta: dict[str, str], name: str):
+        self.conv = conv
+        self.node = node
+        self.val = val
+        self.meta = meta
+        self.name = name
+        self.b = Builder(conv.graph, None, meta)
+
+    # --- the node's own result
+    @property
+    def out_type(self) -> TensorType:
+        return self.conv.tensor_type(self.val)
+
+    @property
+    def out_dtype(self) -> DType:
+        return torch_dtype(self.val.dtype)
+
+    @property
+    def out_shape(self) -> tuple[D.Dim, ...]:
+        return self.conv.shape(self.val.shape)
+
+    def out_types(self) -> list[TensorType | None]:
+        return [self.conv.tensor_type(v) if isinstance(v, torch.Tensor) else None for v in self.val]
+
+    # --- operands
+    def value(self, arg: Any) -> Value:
+        """The IR value of a tensor argument."""
+        return self.conv.value(arg, self)
+
+    def is_tensor(self, arg: Any) -> bool:
+        return isinstance(arg, torch.Tensor) or (isinstance(arg, torch.fx.Node)
+                                                 and isinstance(self.conv.env.get(arg), (Value, torch.Tensor)))
+
+    def scalar_of(self, arg: Any) -> Any:
+        """A python number (or symbolic dim) argument's value."""
+        return self.conv.python(arg)
+
+    def dim(self, arg: Any) -> D.Dim:
+        v = self.conv.python(arg)
+        return v if isinstance(v, str) else int(v)
+
+    def dims(self, args: Sequence[Any]) -> list[D.Dim]:
+        return [self.dim(a) for a in args]
+
+    def operand(self, arg: Any, dtype: DType) -> Value:
+        """A tensor argument cast to ``dtype``, or a python scalar as a 0-d constant of it."""
+        if self.is_tensor(arg):
+            return self.cast(self.value(arg), dtype)
+        x = self.conv.python(arg)
+        if isinstance(x, str):
+            return self.cast(self.dim_value(x), dtype)
+        return self.const(x, dtype)
+
+    def dim_value(self, d: D.Dim) -> Value:
+        """A symbolic size as a 0-d i64 tensor: the sum of ``d`` ones (the IR has no shape-of op)."""
+        ones = self.b.op("broadcast_to", self.const(1, DType.i64), shape=(d,))
+        return self.b.op("reduce_sum", ones, axes=(0,))
+
+    def promote(self, *args: Any) -> DType:
+        """torch's result dtype for these operands (tensors, 0-d tensors and python scalars rank apart)."""
+        keys = []
+        for a in args:
+            if self.is_tensor(a):
+                v = self.value(a)
+                keys.append((v.dtype, v.rank == 0))
+            else:
+                x = self.conv.python(a)
+                keys.append(int if isinstance(x, str) else type(x))
+        return _promote(tuple(keys))
+
+    def unsupported(self, why: str) -> UnsupportedOpError:
+        return UnsupportedOpError(f"torch op {self.name} at {source_of(self.meta)}: {why}", [self.name])
+
+
+@functools.lru_cache(maxsize=512)
+def _promote(keys: tuple) -> DType:
+    from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dtypes
+    reps = [torch.empty(() if k[1] else (1,), dtype=_TO_TORCH[k[0]]) if isinstance(k, tuple) else k(1)
+            for k in keys]
+    _, result = elementwise_dtypes(*reps, type_promotion_kind=ELEMENTWISE_TYPE_PROMOTION_KIND.DEFAULT)
+    return torch_dtype(result)
+
+
+Rule = Callable[[NodeContext, dict], Any]
+RULES = RuleTable()
+rule = RULES.rule
+_REQUIRED = object()
+INT_MAX = 2 ** 62
+
+
+# ----- argument binding --------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _schema(op: torch._ops.OpOverload) -> tuple:
+    return tuple((a.name, a.default_value if a.has_default_value() else _REQUIRED, a.kwarg_only)
+                 for a in op._schema.arguments)
+
+
+def bind_schema(op: torch._ops.OpOverload, args: tuple, kwargs: dict) -> dict:
+    """The op's arguments by schema name, defaults filled in."""
+    out = {}
+    schema = _schema(op)
+    for (name, _, _), v in zip(schema, args):
+        out[name] = v
+    for name, default, _ in schema[len(args):]:
+        if name in kwargs:
+            out[name] = kwargs[name]
+        elif default is not _REQUIRED:
+            out[name] = default
+    return out
+
+
+def resolve_aten(node: torch.fx.Node) -> tuple[str | None, Any, dict]:
+    t = node.target
+    if isinstance(t, torch._ops.OpOverload):
+        name = t._schema.name.split("::", 1)[1]
+        return name, t, bind_schema(t, node.args, node.kwargs)
+    if isinstance(t, torch._ops.HigherOrderOperator):
+        return t.name(), t, {}
+    return None, t, {}
+
+
+# ----- helpers -----------------------------------------------------------------------
+
+def wrap_axis(d: int, rank: int) -> int:
+    return d % rank if rank else 0
+
+
+def full(ctx: NodeContext, value: Any) -> Value:
+    """A tensor of torch's result shape and dtype filled with ``value``."""
+    c = ctx.operand(value, ctx.out_dtype)
+    shape = ctx.out_shape
+    return c if shape == () else ctx.b.op("broadcast_to", c, shape=shape)
+
+
+def full_like_type(ctx: NodeContext, value: Any, t: TensorType) -> Value:
+    """A tensor of type ``t`` filled with ``value`` (the extra outputs torch returns alongside a result)."""
+    c = ctx.const(value, t.dtype)
+    return c if t.shape == () else ctx.b.op("broadcast_to", c, shape=t.shape)
+
+
+def to_out(ctx: NodeContext, arg: Any) -> Value:
+    return ctx.operand(arg, ctx.out_dtype)
+
+
+def slice_bounds(size: D.Dim, start: Any, end: Any, step: int) -> tuple[D.Dim, D.Dim]:
+    def norm(v: Any, default: D.Dim) -> D.Dim:
+        if v is None:
+            return default
+        if isinstance(v, str):
+            return v
+        if type(size) is int:
+            v = v + size if v < 0 else v
+            return min(max(v, 0), size)
+        if v >= INT_MAX:
+            return size
+        return D.dim_add(size, v) if v < 0 else v
+    lo, hi = norm(start, 0), norm(end, size)
+    if type(lo) is int and type(hi) is int and hi < lo:
+        hi = lo
+    return lo, hi
+
+
+# ----- in-place variants -------------------------------------------------------------
+
+_VIEWS = frozenset({"view", "_unsafe_view", "reshape", "slice", "select", "narrow", "transpose", "permute", "t",
+                    "expand", "unsqueeze", "squeeze", "as_strided", "diagonal", "split", "chunk", "unbind",
+                    "alias", "detach", "flatten", "unflatten"})
+
+
+def _inplace(fn: Rule) -> Rule:
+    """Run the functional rule; later readers of the mutated node see the new value.
+    Mutating a view would also change its base, which the IR cannot express."""
+    def wrapped(ctx, a):
+        target = a.get("self")
+        if isinstance(target, torch.fx.Node) and isinstance(target.target, torch._ops.OpOverload) and \
+                target.target._schema.name.split("::", 1)[1] in _VIEWS:
+            raise ctx.unsupported("an in-place update of a view also changes its base tensor; use the "
+                                  "out-of-place op (x = x + y) or torch.Tensor.index_put / scatter")
+        out = fn(ctx, a)
+        if isinstance(target, torch.fx.Node):
+            ctx.conv.env[target] = ctx.conv.check_result(ctx, out)
+        return out
+    return wrapped
+
+
+def add_inplace_variants() -> None:
+    """Register ``op_`` for every functional rule ``op`` that has none of its own; the
+    driver calls it once, after importing the rule modules."""
+    for name in list(RULES):
+        if not name.startswith("_") and not name.endswith("_"):
+            if name + "_" not in RULES:
+                RULES.add(_inplace(RULES[name]), name + "_")

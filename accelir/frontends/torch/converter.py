@@ -1,0 +1,361 @@
+"""The walker shared by both torch capture paths (torch.export and torch.fx): fx
+graphs node by node into the IR, keeping fx node -> IR value, with the provenance of
+each node (module path, source line) and the model's input / output signature.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.fx
+import torch.utils._pytree as pytree
+
+from ... import dims as D
+from ...arrays import to_numpy
+from ...errors import UnsupportedOpError, VerificationError
+from ...ir import Graph, TensorType, Value
+from .context import TORCH_DTYPES, NodeContext, source_of, torch_dtype
+
+__all__ = ["Converter", "TorchSignature", "bind_outputs", "provenance", "ASSERTS", "is_python_op", "target_name"]
+
+# ops that only check or constrain; they produce nothing the graph needs
+ASSERTS = frozenset({"_assert_tensor_metadata", "_assert_scalar", "_assert_async", "sym_constrain_range",
+                      "sym_constrain_range_for_size", "_print", "_check_is_size"})
+
+
+# ----- signature ---------------------------------------------------------------------
+
+@dataclass
+class TorchSignature:
+    """How the model's own call maps to the graph's flat inputs and back.
+
+    ``in_spec`` is the pytree spec of ``(args, kwargs)``; ``input_leaves`` lists, in
+    graph input order, which of its leaves are graph inputs (the others were
+    specialised into the graph).  ``out_spec`` rebuilds the model's output
+    structure; ``output_slots`` gives for each output leaf its graph output index,
+    or ``("const", value)`` for a leaf that is not a tensor.
+    """
+
+    in_spec: pytree.TreeSpec
+    input_leaves: list[int]
+    out_spec: pytree.TreeSpec
+    output_slots: list[Any]
+    kwarg_order: tuple[str, ...] = ()
+
+    def flatten(self, *args: Any, **kwargs: Any) -> list:
+        """The graph inputs (still torch tensors) from the model's own call."""
+        ordered = {k: kwargs[k] for k in self.kwarg_order if k in kwargs}
+        ordered.update({k: v for k, v in kwargs.items() if k not in ordered})
+        leaves, spec = pytree.tree_flatten((tuple(args), ordered))
+        if spec != self.in_spec:
+            raise ValueError(f"inputs do not match the structure the graph was captured with:\n"
+                             f"  captured: {self.in_spec}\n  given:    {spec}")
+        return [leaves[i] for i in self.input_leaves]
+
+    def unflatten(self, flat_outputs: Sequence[Any]) -> Any:
+        """The model's output structure (tuple, dict, ModelOutput, ...) from graph outputs."""
+        leaves = [slot[1] if isinstance(slot, tuple) else flat_outputs[slot] for slot in self.output_slots]
+        return pytree.tree_unflatten(leaves, self.out_spec)
+
+
+# ----- symbolic dims -----------------------------------------------------------------
+
+def _sympy_to_dim(expr: Any, names: Mapping[str, str]) -> D.Dim:
+    import sympy
+    from torch.utils._sympy.functions import CeilDiv, FloorDiv, Mod, PythonMod
+
+    def walk(e: Any) -> D.Dim:
+        if e.is_Integer:
+            return int(e)
+        if e.is_Symbol:
+            return names.get(e.name, e.name)
+        if isinstance(e, sympy.Add):
+            return functools.reduce(D.dim_add, (walk(a) for a in e.args))
+        if isinstance(e, sympy.Mul):
+            return functools.reduce(D.dim_mul, (walk(a) for a in e.args))
+        if isinstance(e, FloorDiv):
+            return D.dim_floordiv(walk(e.args[0]), walk(e.args[1]))
+        if isinstance(e, CeilDiv):
+            a, b = walk(e.args[0]), walk(e.args[1])
+            return D.dim_floordiv(D.dim_add(a, D.dim_sub(b, 1)), b)
+        if isinstance(e, (Mod, PythonMod, sympy.Mod)):
+            return D.dim_mod(walk(e.args[0]), walk(e.args[1]))
+        if isinstance(e, sympy.Pow) and e.exp.is_Integer and int(e.exp) > 0:
+            return D.dim_prod([walk(e.base)] * int(e.exp))
+        raise UnsupportedOpError(f"symbolic size {e} cannot be expressed as an accelir dim (only +, *, //, % "
+                                 "of symbols and integers are); mark fewer dims dynamic")
+
+    return walk(expr)
+
+
+def _is_int_like(x: Any) -> bool:
+    return isinstance(x, (int, torch.SymInt)) and not isinstance(x, bool)
+
+
+# ----- provenance --------------------------------------------------------------------
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+_TORCH_DIR = os.path.dirname(torch.__file__)
+
+
+def _module_path(stack: Mapping[str, Any] | None) -> str:
+    if not stack:
+        return ""
+    path = list(stack.values())[-1]
+    path = path[0] if isinstance(path, tuple) else str(path)
+    if path.startswith("_empty_nn_module_stack"):
+        return ""
+    # fx / dynamo spell paths as L['self'].h[0].attn; keep the state_dict form h.0.attn
+    path = re.sub(r"^L\['self'\]\.?", "", path)
+    return re.sub(r"\[(\d+)\]", r".\1", path).replace("._modules['", ".").replace("']", "")
+
+
+def _source_line(trace: str | None) -> str:
+    if not trace:
+        return ""
+    frames = _FRAME.findall(trace)
+    if not frames:
+        return ""
+    user = [f for f in frames if not f[0].startswith(_TORCH_DIR)]
+    file, line = (user or frames)[-1]
+    return f"{os.path.basename(file)}:{line}"
+
+
+def provenance(node: torch.fx.Node, origin: str) -> dict[str, str]:
+    meta = {"origin": origin}
+    module = _module_path(node.meta.get("nn_module_stack"))
+    if module:
+        meta["module"] = module
+    source = _source_line(node.meta.get("stack_trace"))
+    if source:
+        meta["source"] = source
+    return meta
+
+
+class Converter:
+    """Walks fx graphs node by node, keeping fx node -> IR value (or python value)."""
+
+    def __init__(self, rules: Mapping[str, Callable], resolve: Callable[[torch.fx.Node], tuple[str, Any, dict]],
+                 dim_names: Mapping[str, str]):
+        self.graph = Graph("main")
+        self.rules = rules
+        self.resolve = resolve
+        self.dim_names = dict(dim_names)
+        self.env: dict[torch.fx.Node, Any] = {}
+        self.tensor_consts: dict[int, Value] = {}
+        self.tensor_names: dict[int, str] = {}
+        self.vals: dict[torch.fx.Node, Any] = {}
+
+    # --- types
+    def dim(self, d: Any) -> D.Dim:
+        if isinstance(d, torch.SymInt):
+            expr = d.node.expr
+            return int(expr) if expr.is_number else _sympy_to_dim(expr, self.dim_names)
+        return int(d)
+
+    def shape(self, shape: Sequence[Any]) -> tuple[D.Dim, ...]:
+        return tuple(self.dim(d) for d in shape)
+
+    def tensor_type(self, val: torch.Tensor) -> TensorType:
+        return TensorType(torch_dtype(val.dtype), self.shape(val.shape))
+
+    # --- values
+    def value(self, arg: Any, ctx: NodeContext | None = None) -> Value:
+        if isinstance(arg, torch.fx.Node):
+            v = self.env.get(arg)
+            if isinstance(v, Value):
+                return v
+            if isinstance(v, torch.Tensor):
+                return self.tensor_constant(v, self.tensor_names.get(id(v)), ctx.meta if ctx else None)
+            raise VerificationError(f"fx node {arg.name} is not a tensor (it is {v!r})")
+        if isinstance(arg, torch.Tensor):
+            return self.tensor_constant(arg, self.tensor_names.get(id(arg)), ctx.meta if ctx else None)
+        raise VerificationError(f"expected a tensor argument, got {arg!r}")
+
+    def tensor_constant(self, t: torch.Tensor, name: str | None, meta: Mapping[str, str] | None) -> Value:
+        """A constant node sharing ``t``'s memory; one per tensor (and name)."""
+        key = id(t)
+        v = self.tensor_consts.get(key)
+        if v is not None:
+            return v
+        if t.is_complex() or t.dtype not in TORCH_DTYPES:
+            raise UnsupportedOpError(f"constant {name or ''} has dtype {t.dtype}, which accelir does not support")
+        arr = to_numpy(t)
+        if not isinstance(t, torch.nn.Parameter) and name is None:
+            arr = arr.copy()  # anonymous tensors may be freed or reused by torch after capture
+        v = self.graph.const(arr, name=name or "c", meta=dict(meta or {}))
+        self.tensor_consts[key] = v
+        return v
+
+    def python(self, arg: Any) -> Any:
+        """A non-tensor argument as a python value (fx nodes of SymInts become dims)."""
+        if isinstance(arg, torch.fx.Node):
+            v = self.env.get(arg)
+            if isinstance(v, Value):
+                raise VerificationError(f"fx node {arg.name} is a tensor where a number was expected")
+            return v
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(self.python(a) for a in arg)
+        if isinstance(arg, torch.SymInt):
+            return self.dim(arg)
+        if isinstance(arg, (torch.SymFloat, torch.SymBool)):
+            expr = arg.node.expr
+            if expr.is_number:
+                return float(expr) if isinstance(arg, torch.SymFloat) else bool(expr)
+            raise UnsupportedOpError(f"data-dependent symbolic value {expr} is not supported")
+        return arg
+
+    # --- nodes
+    def check_supported(self, gm: torch.fx.GraphModule) -> None:
+        """Raise one UnsupportedOpError listing every op (with where) that has no rule."""
+        missing: list[tuple[str, dict[str, str]]] = []
+        for node in gm.graph.nodes:
+            val = self.vals[node] if node in self.vals else node.meta.get("val")
+            if node.op not in ("call_function", "call_method", "call_module") or _is_int_like(val) or (
+                    node.op != "call_module" and _is_plain_python(val)):
+                continue
+            name, _, _ = self.resolve(node)
+            if not is_python_op(node) and (name is None or (name not in self.rules and name not in ASSERTS)):
+                label = name or target_name(node)
+                missing.append((label, provenance(node, label)))
+            elif name in _HIGHER_ORDER:
+                self.check_supported(getattr(gm, node.args[_HIGHER_ORDER[name]].target))
+        if missing:
+            raise _unsupported_error(missing)
+
+    def run(self, gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> Any:
+        """Convert ``gm``'s graph with placeholders bound to ``inputs``; returns the output args."""
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        for p, v in zip(placeholders, inputs):
+            self.env[p] = v
+        for node in gm.graph.nodes:
+            if node.op == "placeholder":
+                continue
+            if node.op == "output":
+                return node.args[0]
+            if node.op == "get_attr":
+                self.env[node] = _fetch_attr(gm, node.target)
+                continue
+            self.env[node] = self.convert_node(gm, node)
+        raise VerificationError("fx graph has no output node")
+
+    def convert_node(self, gm: torch.fx.GraphModule, node: torch.fx.Node) -> Any:
+        val = self.vals[node] if node in self.vals else node.meta.get("val")
+        if _is_int_like(val):
+            return self.dim(val)
+        if node.op != "call_module" and _is_plain_python(val):
+            return val
+        name, target, args = self.resolve(node)
+        if name in ASSERTS:
+            return None
+        if name in _HIGHER_ORDER:
+            sub = getattr(gm, node.args[_HIGHER_ORDER[name]].target)
+            outs = self.run(sub, [self.env.get(a) if isinstance(a, torch.fx.Node) else a
+                                  for a in node.args[_HIGHER_ORDER[name] + 1:]])
+            return tuple(self.env[o] for o in outs) if isinstance(outs, (tuple, list)) else self.env[outs]
+        meta = provenance(node, name if name else target_name(node))
+        if name not in self.rules:
+            if is_python_op(node):
+                return node.target(*self.python(node.args), **{k: self.python(v) for k, v in node.kwargs.items()})
+            raise _unsupported_error([(name or target_name(node), meta)])
+        ctx = NodeContext(self, node, val, meta, name)
+        try:
+            out = self.rules[name](ctx, args)
+        except UnsupportedOpError:
+            raise
+        except VerificationError as e:
+            raise VerificationError(f"torch op {name} at {source_of(meta)}: {e}") from e
+        return self.check_result(ctx, out)
+
+    def check_result(self, ctx: NodeContext, out: Any) -> Any:
+        """Make the result agree with torch's dtype; a wrong rank or static size is a bug."""
+        if isinstance(out, Value):
+            want = ctx.out_type
+            if out.dtype is not want.dtype:
+                out = ctx.cast(out, want.dtype)
+            if out.rank != want.rank or any(type(a) is int and type(b) is int and a != b
+                                            for a, b in zip(out.shape, want.shape)):
+                raise VerificationError(f"torch op {ctx.name} at {source_of(ctx.meta)}: mapped to {out.type}, "
+                                        f"torch says {want}")
+            if out.producer is not None and out.producer.graph is ctx.conv.graph:
+                if ctx.node.name and out.name is None:
+                    out.name = ctx.node.name
+            return out
+        if isinstance(out, (tuple, list)):
+            vals = ctx.val if isinstance(ctx.val, (tuple, list)) else [None] * len(out)
+            fixed = []
+            for o, v in zip(out, vals):
+                if isinstance(o, Value) and isinstance(v, torch.Tensor):
+                    sub = NodeContext(ctx.conv, ctx.node, v, ctx.meta, ctx.name)
+                    o = self.check_result(sub, o)
+                fixed.append(o)
+            return tuple(fixed)
+        return out
+
+
+# higher-order ops whose body is a submodule to inline: name -> index of the submodule arg
+_HIGHER_ORDER = {"wrap_with_set_grad_enabled": 1, "wrap_with_autocast": 4}
+
+
+def _fetch_attr(gm: torch.nn.Module, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _is_plain_python(val: Any) -> bool:
+    """A traced result that is a python number / size / tuple of them (fx's x.shape, x.size(1))."""
+    if isinstance(val, (bool, int, float)):
+        return True
+    if isinstance(val, (tuple, list, torch.Size)) and val:
+        return all(_is_plain_python(v) for v in val)
+    return False
+
+
+def target_name(node: torch.fx.Node) -> str:
+    t = node.target
+    if isinstance(t, str):
+        return t
+    return getattr(t, "__name__", str(t))
+
+
+def is_python_op(node: torch.fx.Node) -> bool:
+    """operator.* / builtins on sizes and python numbers run at capture time."""
+    module = getattr(node.target, "__module__", None)
+    return node.op == "call_function" and module in ("_operator", "builtins", "math", "operator")
+
+
+def _unsupported_error(missing: list[tuple[str, dict[str, str]]]) -> UnsupportedOpError:
+    first, meta = missing[0]
+    lines = [f"torch op {first} has no accelir mapping (at {source_of(meta)}; origin {meta.get('origin')})."]
+    if len(missing) > 1:
+        lines.append("The graph also uses these unsupported ops:")
+        for name, m in missing[1:]:
+            lines.append(f"  - {name} at {source_of(m)}")
+    lines.append("Rewrite the model to avoid them, or add a rule for each in the family module of "
+                 "accelir/frontends/torch/.")
+    names = list(dict.fromkeys(n for n, _ in missing))
+    return UnsupportedOpError("\n".join(lines), names)
+
+
+def bind_outputs(conv: Converter, leaves: Sequence[Any]) -> tuple[list[Value], list]:
+    """The graph outputs among a model's output leaves, and each leaf's slot for TorchSignature:
+    its index among the outputs, or ("const", value) for a python value the model returns."""
+    results: list[Value] = []
+    slots: list = []
+    for o in leaves:
+        v = conv.env.get(o) if isinstance(o, torch.fx.Node) else o
+        if isinstance(v, torch.Tensor):
+            v = conv.value(o)
+        if isinstance(v, Value):
+            slots.append(len(results))
+            results.append(v)
+        else:
+            slots.append(("const", v))
+    return results, slots
