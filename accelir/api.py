@@ -23,7 +23,8 @@ import numpy as np
 
 from .call_checks import CallForm, check_ids, describe_inputs, expect_array, id_bounds
 from .errors import AccelirError, InputError, LoweringError
-from .interpreter import InterpreterError, bind_shapes, to_numpy
+from .arrays import to_numpy
+from .interpreter import InterpreterError, bind_shapes
 from .ir import DType, Graph
 
 __all__ = ["capture", "optimize", "CompiledModel", "OptimizeReport", "BACKENDS", "build_runner"]

@@ -30,7 +30,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import AccelirError
-from .interpreter import run_graph, to_numpy
+from .arrays import to_numpy
+from .interpreter import run_graph
 from .ir import Graph
 from .pass_manager import FixedPoint, compare_outputs, prepare_output_dir
 from .text import load, print_graph, save

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from .errors import InputError
-from .interpreter import to_numpy
+from .arrays import to_numpy
 from .ir import Graph, Value
 
 __all__ = ["CallForm", "IdBound", "describe_inputs", "expect_array", "id_bounds", "check_ids"]

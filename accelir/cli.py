@@ -33,7 +33,8 @@ import numpy as np
 from . import progress
 from .api import BACKENDS, build_runner
 from .errors import AccelirError, NumericMismatchError
-from .interpreter import run_graph, to_numpy
+from .arrays import to_numpy
+from .interpreter import run_graph
 from .ir import DType, Graph
 from .text import print_graph
 

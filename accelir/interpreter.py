@@ -12,12 +12,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from . import dims as D
-from .arrays import to_numpy  # re-exported: callers import it from here too
+from .arrays import to_numpy
 from .errors import AccelirError
 from .ir import Graph, Node, TensorType, Value
 from .ops import registry
 
-__all__ = ["run_graph", "interpret", "bind_symbols", "bind_shapes", "to_numpy", "InterpreterError"]
+__all__ = ["run_graph", "interpret", "bind_symbols", "bind_shapes", "InterpreterError"]
 
 
 class InterpreterError(AccelirError):

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
 import numpy as np
 
-from .interpreter import run_graph, to_numpy
+from .arrays import to_numpy
+from .interpreter import run_graph
 from .ir import DType, Graph
 from .pass_manager import TOLERANCES
 from .verify import verify

@@ -219,7 +219,7 @@ def check_outputs(reference: Sequence[np.ndarray], got: Sequence[np.ndarray]) ->
 def session_call(session: Any, arrays: Sequence[Any], owner: Any = None) -> Callable[[], Any]:
     """``session.run`` on a feed made once: the inputs converted to numpy before timing, as for every session.
     ``owner`` (e.g. the OnnxRuntimeModule whose external weights the session uses) is kept alive with the call."""
-    from accelir.interpreter import to_numpy
+    from accelir.arrays import to_numpy
     names = [i.name for i in session.get_inputs()]
     if len(names) != len(arrays):
         raise RuntimeError(f"the ONNX model takes {len(names)} inputs ({', '.join(names)}), not {len(arrays)}")

@@ -128,7 +128,7 @@ def build_memory(name: str, quick: bool, level: int, traced: bool, system: str) 
 
 def _build_accelir(model: Any, inputs: tuple, threads: int, level: int) -> Result:
     import accelir
-    from accelir.interpreter import to_numpy
+    from accelir.arrays import to_numpy
     from accelir.lowering.onnx import to_onnx_external
     from accelir.lowering.onnxruntime import OnnxRuntimeModule
     from benchmarks.run import session_options
@@ -276,7 +276,7 @@ def _run_model(name: str, *, quick: bool, threads: int, level: int, warmup: int,
 
 
 def _feeds(r: Result, inputs: tuple) -> list[np.ndarray]:
-    from accelir.interpreter import to_numpy
+    from accelir.arrays import to_numpy
     return [to_numpy(x) for x in inputs][:len(r.session.get_inputs())]
 
 

@@ -218,7 +218,7 @@ def xla_call(graph: Any, flat: list, device: str | None = None) -> Callable[[], 
     """A JaxModule of ``graph`` called on jax arrays made once (on ``device``), its outputs ready, as
     jax.jit is timed."""
     import jax
-    from accelir.interpreter import to_numpy
+    from accelir.arrays import to_numpy
     from accelir.lowering.jax import JaxModule, x64_scope
     runner = JaxModule(graph, device=device)
     with x64_scope(runner.function.needs_x64):

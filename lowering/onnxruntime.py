@@ -28,7 +28,7 @@ import onnx
 
 from accelir import dims as D
 from accelir.errors import LoweringError
-from accelir.interpreter import to_numpy
+from accelir.arrays import to_numpy
 from accelir.ir import Graph
 
 from .onnx.kernels import EXTERNAL_DATA_THRESHOLD, ONNX_TYPE_STRINGS
