@@ -291,7 +291,7 @@ def _median_ms(r: Result) -> str:
     return f"{statistics.median(r.runs) * 1e3:.2f} ({min(r.runs) * 1e3:.2f}-{max(r.runs) * 1e3:.2f})"
 
 
-def _build_ratio(fresh: dict[str, dict[str, float]], key: str) -> str:
+def build_ratio_text(fresh: dict[str, dict[str, float]], key: str) -> str:
     """optimize()'s build time over the fastest exporter's (export + session), naming it."""
     fastest = min(EXPORTERS, key=lambda s: fresh[s][key])
     return f"{fresh['accelir'][key] / fresh[fastest][key]:.2f} ({fastest})"
@@ -333,7 +333,7 @@ def report(rows: list[dict[str, Any]], threads: int, conditions: str) -> str:
                 texts[-1] += f" (traced {mem['traced_peak'] / row['weight_bytes']:.2f}x)"
         mem_text = ", ".join(texts)
         fresh = row["memory"]
-        build_ratio = "; ".join(_build_ratio(fresh, k) for k in ("cold_s", "warm_s"))
+        build_ratio = "; ".join(build_ratio_text(fresh, k) for k in ("cold_s", "warm_s"))
         build_text = ", ".join(f"{fresh[s]['cold_s']:.1f} ({fresh[s]['warm_s']:.1f})" for s in BUILDERS)
         summary.append(f"| {row['model']} | {ratio} | {build_ratio} | {build_text} "
                        f"| {mem_text} of {row['weight_bytes'] / 2 ** 20:.0f} MiB | {row['load']} |")

@@ -347,7 +347,7 @@ def _ratio(a: Cell, b: Cell) -> str:
     return f"{a.median_s / b.median_s:.2f} (min {a.min_s / b.min_s:.2f})"
 
 
-def _targets(cells: list[Cell], info: dict[str, dict]) -> list[tuple[str, str, str]]:
+def target_rows(cells: list[Cell], info: dict[str, dict]) -> list[tuple[str, str, str]]:
     """(target, model, measured) rows for the goals the benchmark is judged by."""
     by = {(c.model, c.system): c for c in cells if not c.error and not c.wrong and c.median_s is not None}
     rows = []
@@ -416,7 +416,7 @@ def markdown(cells: list[Cell], info: dict[str, dict], meta: dict[str, Any]) -> 
                 err = "-" if c.max_abs_error is None else f"{c.max_abs_error:.1e}"
                 row.append(f"{build:.2f} / {mem} / {err}")
         out.append(f"| {m} | " + " | ".join(row) + " |")
-    targets = _targets(cells, info)
+    targets = target_rows(cells, info)
     if targets:
         out += ["", "| target | model | measured |", "|---|---|---|"]
         out += [f"| {t} | {m} | {v} |" for t, m, v in targets]

@@ -45,14 +45,14 @@ def _weights(m: Match, conv: Node) -> tuple[np.ndarray, np.ndarray] | None:
     return w, bias
 
 
-_CHUNK_BYTES = 1 << 18  # float64 products per step: a cache-sized scratch, never a float64 copy of the weight
+CHUNK_BYTES = 1 << 18  # float64 products per step: a cache-sized scratch, never a float64 copy of the weight
 
 
 def _scaled(w: np.ndarray, k: np.ndarray, dt: np.dtype) -> np.ndarray:
     """``w * k`` per output channel (``k`` float64, one per row of ``w``), each product taken in
     float64 and rounded once to ``dt``, a few rows at a time."""
     out = np.empty(w.shape, dt)
-    step = max(1, _CHUNK_BYTES // (8 * max(1, int(np.prod(w.shape[1:])))))
+    step = max(1, CHUNK_BYTES // (8 * max(1, int(np.prod(w.shape[1:])))))
     k = k.reshape((-1,) + (1,) * (w.ndim - 1))
     scratch = np.empty((min(step, w.shape[0]),) + w.shape[1:], np.float64)
     for i in range(0, w.shape[0], step):

@@ -214,17 +214,17 @@ def test_peers_can_get_accelir_session_options(tmp_path):
 
 def test_build_time_is_against_the_fastest_export_and_memory_shows_every_peer():
     from benchmarks import onnxruntime_models
-    from benchmarks.run import Cell, _targets
+    from benchmarks.run import Cell, target_rows
     mib = 2 ** 20
     cells = [Cell("m", "onnx (torchscript) + ort", median_s=1.0, min_s=1.0, build_s=1.0, peak_added_bytes=30 * mib),
              Cell("m", "onnx (dynamo) + ort", median_s=1.0, min_s=1.0, build_s=10.0, peak_added_bytes=10 * mib),
              Cell("m", "accelir -> ort", median_s=1.0, min_s=1.0, build_s=2.0, peak_added_bytes=20 * mib)]
-    rows = {t: v for t, _, v in _targets(cells, {"m": {"framework": "torch", "weight_bytes": 10 * mib}})}
+    rows = {t: v for t, _, v in target_rows(cells, {"m": {"framework": "torch", "weight_bytes": 10 * mib}})}
     assert rows["optimize() time / fastest export + session build (<= 0.3)"].startswith("2.00")
     assert rows["peak memory added by each build / weight bytes (reported)"] == \
         "onnx (torchscript) + ort 3.00, onnx (dynamo) + ort 1.00, accelir -> ort 2.00"
     fresh = {"accelir": {"cold_s": 2.0}, "torchscript": {"cold_s": 1.0}, "dynamo": {"cold_s": 10.0}}
-    assert onnxruntime_models._build_ratio(fresh, "cold_s") == "2.00 (torchscript)"
+    assert onnxruntime_models.build_ratio_text(fresh, "cold_s") == "2.00 (torchscript)"
 
 
 

@@ -68,6 +68,7 @@ _CHILD = textwrap.dedent("""
         if stage == "writing":
             wait()
     np.savez = savez
+    # fault injection: the child pauses inside the private writer of the .data file
     real_data = lowering_onnx._write_external_data
     def write_data(*args, **kwargs):
         real_data(*args, **kwargs)

@@ -14,7 +14,7 @@ from accelir import DType, TensorType
 from accelir.testing import assert_close, random_inputs
 from accelir.ops import registry
 from accelir.passes import get_pass, pipeline, pass_name, rewrite_limit
-from accelir.passes.fuse_conv_bn import _CHUNK_BYTES
+from accelir.passes.fuse_conv_bn import CHUNK_BYTES
 
 UNCHANGED = None
 TOL = {DType.f32: 2e-5, DType.f16: 2e-3, DType.bf16: 2e-2}
@@ -881,7 +881,7 @@ def test_conv_batch_norm_folds_a_large_weight_in_float64_rounded_once(dtype) -> 
     k = scale.astype(dtype).astype(np.float64) / np.sqrt(var.astype(dtype).astype(np.float64) + 1e-3)
     want = (w_arr.astype(np.float64) * k[:, None, None, None]).astype(dtype)
     np.testing.assert_array_equal(conv.inputs[1].const_value, want)
-    assert w_arr.size * 8 > 4 * _CHUNK_BYTES  # its float64 products span several of the fold's chunks
+    assert w_arr.size * 8 > 4 * CHUNK_BYTES  # its float64 products span several of the fold's chunks
 
 
 def test_elementwise_fusion_is_a_fixed_point_and_fuses_inside_nothing_else() -> None:

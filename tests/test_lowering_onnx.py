@@ -372,16 +372,16 @@ def test_every_op_has_a_numeric_case() -> None:
 
 
 def test_initializers_viewing_whole_bytes_are_handed_over_without_a_copy():
-    from accelir.lowering.onnx.model import _backing_bytes
+    from accelir.lowering.onnx.model import backing_bytes
     raw = np.arange(12, dtype=np.float32).tobytes()
     arr = np.frombuffer(raw, np.float32).reshape(3, 4)
-    assert _backing_bytes(arr) is raw
+    assert backing_bytes(arr) is raw
     # a part, a transposed view, a copy and a big-endian view all go through tobytes
-    assert _backing_bytes(arr[1:]) is None
-    assert _backing_bytes(np.frombuffer(raw, np.float32, count=6)) is None
-    assert _backing_bytes(arr.T) is None
-    assert _backing_bytes(arr.copy()) is None
-    assert _backing_bytes(np.frombuffer(raw, ">f4")) is None
+    assert backing_bytes(arr[1:]) is None
+    assert backing_bytes(np.frombuffer(raw, np.float32, count=6)) is None
+    assert backing_bytes(arr.T) is None
+    assert backing_bytes(arr.copy()) is None
+    assert backing_bytes(np.frombuffer(raw, ">f4")) is None
     g = Graph("g")
     x = g.add_input(TensorType(DType.f32, (2, 3)), "x")
     y = g.apply("matmul", x, g.const(arr, name="w"))

@@ -1,4 +1,8 @@
-"""The verifier rejects each kind of broken graph and names the node and its origin."""
+"""The verifier rejects each kind of broken graph and names the node and its origin.
+
+The public methods of ``ir.py`` cannot build a broken graph, so the tests that need one
+corrupt the graph's private links (``_head``, ``_prev``, ``_uses`` ...) behind its back:
+the only place in the tests that reads underscore fields, and on purpose."""
 
 from __future__ import annotations
 

@@ -93,7 +93,7 @@ def _lower(graph: Graph, opset: int | None, target: str, external: bool
     return model, weights
 
 
-def _backing_bytes(arr: np.ndarray) -> bytes | None:
+def backing_bytes(arr: np.ndarray) -> bytes | None:
     """The ``bytes`` object ``arr`` views from its first byte to its last, else None: an initializer
     read from an ONNX file is such a view, and handing protobuf those bytes saves a copy."""
     base = arr.base
@@ -110,7 +110,7 @@ def fill_tensor(t: TensorProto, name: str, arr: np.ndarray) -> None:
     t.name = name
     t.data_type = ONNX_DTYPE[DType.from_numpy(arr.dtype)]
     t.dims.extend(arr.shape)
-    raw = _backing_bytes(arr) if arr.nbytes else None
+    raw = backing_bytes(arr) if arr.nbytes else None
     if raw is None:
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
