@@ -27,6 +27,7 @@ __all__ = [
     "register",
     "get",
     "is_registered",
+    "rule_or_decomposition",
     "normalize_attrs",
     "infer_types",
     "broadcast_shapes",
@@ -132,6 +133,17 @@ def register(opdef: OpDef) -> OpDef:
 
 def is_registered(name: str) -> bool:
     return name in REGISTRY
+
+
+def rule_or_decomposition(rules: Mapping[str, Any], op: str, via_decomposition: Any) -> Any:
+    """A backend's rule for ``op``: its own in ``rules``, else for a composite
+    ``via_decomposition`` (the backend's lowering through the op's decomposition into core
+    ops, as jax's ``mlir.lower_fun``), so a composite needs a rule only where the backend has
+    a better kernel; None when there is neither."""
+    rule = rules.get(op)
+    if rule is None and op in REGISTRY and REGISTRY[op].decompose is not None:
+        return via_decomposition
+    return rule
 
 
 def get(name: str) -> OpDef:

@@ -74,13 +74,9 @@ def register_lowering(op: str, *, upcast: bool = False, layout: bool = False) ->
 
 
 def rule_for(op: str) -> Rule | None:
-    """The rule that lowers ``op``: its own, else for a composite its decomposition into core ops (as
-    jax's ``mlir.lower_fun``), so a composite needs a rule only where jax has a better kernel; None
-    when there is neither."""
-    rule = JAX_RULES.get(op)
-    if rule is None and registry.is_registered(op) and registry.get(op).decompose is not None:
-        return lower_via_decomposition
-    return rule
+    """The rule that lowers ``op``: its own, else for a composite its decomposition (a composite
+    needs a rule only where jax has a better kernel); None when there is neither."""
+    return registry.rule_or_decomposition(JAX_RULES, op, lower_via_decomposition)
 
 
 def apply_activation(ctx: RuleContext, x: Any, act: str) -> Any:
