@@ -15,7 +15,7 @@ from . import dims as D
 from .arrays import to_numpy
 from .errors import AccelirError
 from .ir import Graph, Node, TensorType, Value
-from .ops import registry
+from .ops import control, registry
 
 __all__ = ["run_graph", "interpret", "bind_symbols", "bind_shapes", "InterpreterError"]
 
@@ -152,3 +152,6 @@ def run_graph(graph: Graph, inputs: Sequence[Any], *, bindings: Mapping[str, int
 def interpret(graph: Graph, *inputs: Any) -> list[np.ndarray]:
     """Run ``graph`` on numpy, torch or jax arrays; returns numpy arrays."""
     return run_graph(graph, list(inputs))
+
+
+control.set_region_runner(run_graph)  # the region ops' references run their regions here

@@ -7,15 +7,25 @@ MLIR's IsolatedFromAbove, so regions can be printed, verified and interpreted al
 
 from __future__ import annotations
 
-from ..ir import DType, TensorType
+from ..types import DType, TensorType
 from .registry import AttrSpec, OpDef, TypeRuleError, register
 
-__all__: list[str] = []
+__all__ = ["set_region_runner"]
+
+# The references of these ops run their regions, which is the interpreter's job; the
+# interpreter sits above the ops (it reads their references), so it hands its runner down
+# when it is imported rather than being imported from here.
+_region_runner = None
+
+
+def set_region_runner(run) -> None:
+    """Install ``run(graph, inputs) -> outputs``, which the region ops' references call."""
+    global _region_runner
+    _region_runner = run
 
 
 def _run(region, args):
-    from ..interpreter import run_graph
-    return run_graph(region, list(args))
+    return _region_runner(region, list(args))
 
 
 def _types_match(op, what, got, want):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.special
 
-from ..ir import DType, TensorType
+from ..types import DType, TensorType
 from .registry import (AttrSpec, OpDef, TypeRuleError, broadcast_shapes, np_dtype_compute, register,
                        same_dtype)
 

@@ -12,7 +12,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import dims as D
-from ..ir import DType, TensorType
+from ..types import DType, TensorType
 from .registry import AttrSpec, OpDef, TypeRuleError, broadcast_shapes, np_dtype_compute, register, same_dtype
 
 __all__ = ["conv_output_dim", "pool_output_dim", "conv_reference", "conv_type_rule"]

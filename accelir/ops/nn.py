@@ -11,15 +11,18 @@ in the tests.
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .. import dims as _dims
-from ..ir import Builder, DType, TensorType, Value
+from ..types import DType, TensorType
 from .activations import ACTIVATIONS, activation
 from .linalg import CONV_ATTRS, conv_type_rule, conv_params, conv_reference
 from .registry import AttrSpec, OpDef, TypeRuleError, broadcast_shapes, norm_axis, np_dtype_compute, register, same_dtype
+
+if TYPE_CHECKING:  # decompositions are handed a Builder; ir imports the ops, not the reverse
+    from ..ir import Builder, Value
 
 __all__ = ["activation_reference", "decompose_activation", "split_heads", "GRID_MODE_OLD_NAMES", "gather_taps"]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import DType, TensorType
+from ..types import DType, TensorType
 from .registry import AttrSpec, OpDef, TypeRuleError, norm_axis, np_dtype_compute, register
 
 __all__ = ["REDUCTIONS", "reduced_shape"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import dims as D
-from ..ir import DType, TensorType
+from ..types import DType, TensorType
 from .registry import AttrSpec, OpDef, TypeRuleError, broadcast_shapes, norm_axis, register, same_dtype
 
 __all__ = ["slice_output_dim", "inverse_perm"]

@@ -330,10 +330,10 @@ class LoweringContext:
         for v, o in zip(node.outputs, outs):
             if o.dtype != v.dtype:
                 raise self.error(f"the rule gave {o.dtype} for an output of type {v.type}")
-            named.append(self._adopt_name(o, v.name, start))
+            named.append(self.adopt_name(o, v.name, start))
         return named
 
-    def _adopt_name(self, o: OnnxValue, hint: str | None, start: int) -> OnnxValue:
+    def adopt_name(self, o: OnnxValue, hint: str | None, start: int) -> OnnxValue:
         """Give a value made by the current rule its IR name, where nothing has read it yet."""
         if not hint or o.name not in self._produced:
             return o

@@ -62,7 +62,7 @@ def _lower(graph: Graph, opset: int | None, target: str, external: bool
     for i, (v, o) in enumerate(zip(graph.outputs, outs)):
         if o.name in input_names or o.name in state.tensors or o.name in seen:
             o = ctx.op("Identity", o)
-            o = ctx._adopt_name(o, v.name or f"output_{i}", len(ctx.nodes) - 1)
+            o = ctx.adopt_name(o, v.name or f"output_{i}", len(ctx.nodes) - 1)
         seen.add(o.name)
         out_infos.append(value_info(o.name, v.type))
     # ``needed``: the values the live nodes read, and the outputs (never initializers: those got an Identity)
