@@ -15,7 +15,7 @@ import pytest
 
 import accelir
 from accelir.cli import DEFAULT_BACKEND, DEFAULT_LEVEL, build_parser, flat_arrays, main, random_inputs
-from accelir.passes import PASSES, TARGETS, pass_name, pipeline
+from accelir.passes import PASSES, TARGETS, RulePass, pass_name, pipeline
 from accelir.testing import onnxruntime_outputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -319,17 +319,32 @@ def _pipelines_printed(out: str) -> dict[tuple[str | None, int], list[str]]:
     return got
 
 
-def test_passes_lists_every_pass_with_its_doc_and_every_pipeline(capsys):
+def _user_pass(graph) -> bool:
+    """Rewrite nothing, for the pass list.
+
+    Only this first line is listed."""
+    return False
+
+
+def test_passes_lists_every_pass_with_its_doc_and_every_pipeline(capsys, monkeypatch):
     import importlib
 
+    from accelir.passes import registry
+
+    monkeypatch.setitem(registry.PASSES, "user_pass", registry.PassInfo("user_pass", _user_pass))
+    monkeypatch.setitem(registry.PASSES, "user_rules", registry.PassInfo("user_rules", RulePass("user_rules", ())))
     assert main(["passes"]) == 0
     out = capsys.readouterr().out
     listed = dict(re.findall(r"^  (\w+) +(\S.*)$", out.split("\npipelines", 1)[0], re.M))
     assert set(listed) == set(PASSES)
-    for name in PASSES:
+    built_in = {pass_name(p) for t in (None, *TARGETS) for p in pipeline(3, t)}
+    assert built_in <= set(PASSES)
+    for name in built_in:  # other tests may register passes of their own
         module = importlib.import_module(f"accelir.passes.{name}")
         assert listed[name] == module.__doc__.strip().splitlines()[0], name
     assert listed["dce"].startswith("Dead-code elimination")
+    assert listed["user_pass"] == "Rewrite nothing, for the pass list."
+    assert listed["user_rules"] == "(no docstring)"  # not RulePass's own docstring
     expected = {(t, level): [pass_name(p) for p in pipeline(level, t)] for t in (None, *TARGETS) for level in range(4)}
     assert _pipelines_printed(out) == expected
     # the targets differ where the pipeline module says they do
