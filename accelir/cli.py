@@ -338,9 +338,13 @@ def _tolerances(args: argparse.Namespace) -> dict[DType, tuple[float, float]]:
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
-    from .api import CompiledModel, OptimizeReport
+    from .api import _EXPORT_SUFFIXES, CompiledModel, OptimizeReport
     from .pass_manager import PassManager
 
+    suffix = os.path.splitext(args.output)[1].lower()
+    if suffix not in _EXPORT_SUFFIXES:
+        raise UsageError(f"-o {args.output}: unknown format {suffix or 'without a suffix'!r}; the suffix picks it: "
+                         f"{', '.join(_EXPORT_SUFFIXES)}")
     _check_output(args.output, args.overwrite)
     backend = args.backend or _default_backend(args.output)
     inp = load_input(args.input)

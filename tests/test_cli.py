@@ -440,6 +440,14 @@ def test_a_missing_output_directory_is_refused_before_capture(script, tmp_path, 
     assert not (tmp_path / "no").exists()
 
 
+def test_an_unknown_output_format_is_refused_before_capture(script, tmp_path, capsys):
+    for name, shown in (("m.txt", "'.txt'"), ("m", "'without a suffix'")):
+        assert main(["optimize", f"{script}:make", "-o", str(tmp_path / name)]) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert f"unknown format {shown}; the suffix picks it: .onnx, .mlir, .hlo, .air, .dot, .html" in line
+    assert not script.with_suffix(".called").exists()
+
+
 # ----- show draws what optimize writes ---------------------------------------------------
 
 def _conv_bn_onnx(path) -> str:
