@@ -5,7 +5,7 @@
     accelir optimize IN -o OUT [--level N | --passes dce,cse,...] [--backend onnxruntime|xla]
                      [--print-after all|changed] [--dump-dir DIR] [--check] [--overwrite]
     accelir show IN [--after-level N [--target onnxruntime|xla] | --passes ...] [--format text|dot|html] [-o OUT]
-    accelir bisect IN [--level N | --passes ...] [-o DIR] [--overwrite]
+    accelir bisect IN [--level N [--target onnxruntime|xla] | --passes ...] [-o DIR] [--overwrite]
     accelir bench IN [--backends onnxruntime,xla] [--repeats N]
     accelir passes
 
@@ -451,8 +451,8 @@ def _cmd_bisect(args: argparse.Namespace) -> int:
     inputs = random_inputs(graph, _flat_examples(graph, inp.example_inputs), seed=args.seed,
                            dims=_parse_dims(args.dim))
     with progress.step("bisect"):
-        result = bisect(graph, _pass_list(args.passes, args.level, None), inputs=inputs, out_dir=args.output,
-                        overwrite=args.overwrite)
+        passes = _pass_list(args.passes, args.level, None if args.passes else args.target or DEFAULT_BACKEND)
+        result = bisect(graph, passes, inputs=inputs, out_dir=args.output, overwrite=args.overwrite)
     print(result)
     return 0
 
@@ -542,8 +542,8 @@ def _cmd_passes(args: argparse.Namespace) -> int:
     print("registered passes (run any list of them with --passes P1,P2,...):")
     for name in sorted(PASSES):
         print(f"  {name:{width}s}  {_pass_doc(name, PASSES[name].fn)}")
-    print("\npipelines (optimize --level N --backend TARGET, show --after-level N --target TARGET; "
-          "bisect and accelir.passes.pipeline(N) use no target):")
+    print("\npipelines (optimize and bisect --level N --backend TARGET, show --after-level N --target TARGET; "
+          "accelir.passes.pipeline(N) uses no target):")
     for target in (None, *TARGETS):
         if target is None:
             print("  no target:")
@@ -559,14 +559,15 @@ def _cmd_passes(args: argparse.Namespace) -> int:
 
 _LEVELS = (0, 1, 2, 3)
 
+_TARGET_WITH_PASSES = "--target picks a level's pipeline for a backend, --passes runs the named passes as they are"
 # Options that make no sense together, per command: (option, option, why).  Giving both is a
 # usage error: silently preferring one would run something else than the user asked for.
 _CONTRADICTIONS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "optimize": (("--level", "--passes", "--passes runs the named passes instead of a level's pipeline"),),
-    "bisect": (("--level", "--passes", "--passes runs the named passes instead of a level's pipeline"),),
+    "bisect": (("--level", "--passes", "--passes runs the named passes instead of a level's pipeline"),
+               ("--target", "--passes", _TARGET_WITH_PASSES)),
     "show": (("--after-level", "--passes", "--passes runs the named passes instead of a level's pipeline"),
-             ("--target", "--passes", "--target picks a level's pipeline for a backend, --passes runs the named "
-              "passes as they are")),
+             ("--target", "--passes", _TARGET_WITH_PASSES)),
 }
 # Options that do nothing without another one, per command: (option, the option it needs).
 _NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -619,6 +620,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _add_target(p: argparse.ArgumentParser, level_option: str) -> None:
+    """--target (alias --backend): the backend a level's pipeline is for, by default optimize's, so
+    that show and bisect see the passes optimize runs (a target vetoes some, adds its own at level 3)."""
+    p.add_argument("--target", "--backend", dest="target", choices=BACKENDS,
+                   help=f"backend the {level_option} pipeline is for, as optimize's --backend (default: "
+                   f"{DEFAULT_BACKEND}, optimize's default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command; each option's help shows its default."""
     debug = _Parser(add_help=False)
@@ -666,9 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="IN", help=inp_help)
     p.add_argument("--after-level", type=int, choices=_LEVELS, help="show the graph after this pipeline level")
     p.add_argument("--passes", metavar="P1,P2,...", help="show the graph after these registered passes")
-    p.add_argument("--target", "--backend", dest="target", choices=BACKENDS,
-                   help=f"backend the --after-level pipeline is for, as optimize's --backend (default: "
-                   f"{DEFAULT_BACKEND}, optimize's default)")
+    _add_target(p, "--after-level")
     p.add_argument("--format", choices=("text", "dot", "html"), help="default: from -o's suffix, else text")
     p.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
     p.add_argument("--meta", action="store_true", help="text: append each node's provenance")
@@ -680,6 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the pipeline with the interpreter checking outputs on random inputs; find the "
                        "first pass, then the first rewrite inside it, that changes them; write a reproducer.")
     p.add_argument("input", metavar="IN", help=inp_help)
+    _add_target(p, "--level")
     p.add_argument("-o", "--output", metavar="DIR", default="accelir-bisect", help="reproducer directory")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier reproducer in DIR")
     p.set_defaults(func=_cmd_bisect)

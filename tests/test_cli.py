@@ -355,6 +355,7 @@ def test_passes_lists_every_pass_with_its_doc_and_every_pipeline(capsys, monkeyp
     (["optimize", "{air}", "-o", "{out}", "--level", "2", "--passes", "dce"], ("--level", "--passes")),
     (["optimize", "{air}", "-o", "{out}", "--passes", "dce", "--level=1"], ("--level", "--passes")),
     (["bisect", "{air}", "--level", "1", "--passes", "dce", "-o", "{out}"], ("--level", "--passes")),
+    (["bisect", "{air}", "--passes", "dce", "--target", "xla", "-o", "{out}"], ("--target", "--passes")),
     (["show", "{air}", "--after-level", "2", "--passes", "dce", "-o", "{out}"], ("--after-level", "--passes")),
     (["show", "{air}", "--passes", "dce", "--backend", "xla", "-o", "{out}"], ("--target", "--passes")),
     (["show", "{air}", "--target", "xla", "-o", "{out}"], ("--target", "--after-level")),
@@ -373,6 +374,26 @@ def test_argparse_usage_errors_are_one_line_too(air, capsys):
     line = _one_error_line(capsys.readouterr().err)
     assert line == ("accelir optimize: error: the following arguments are required: -o/--output "
                     "(see accelir optimize --help)")
+
+
+def test_bisect_runs_the_pipeline_optimize_runs(tmp_path, capsys, monkeypatch):
+    from accelir.passes import Op, Rule, Var
+    from accelir.passes.pipeline import TARGET_PASSES
+
+    air = str(tmp_path / "tanh_relu.air")
+    (tmp_path / "tanh_relu.air").write_text(
+        "graph main(%x: f32[2,3]) -> (f32[2,3]) {\n  %0 = tanh(%x) : f32[2,3]\n  %1 = relu(%0) : f32[2,3]\n"
+        "  return %1\n}\n")
+
+    relu_to_neg = RulePass("relu_to_neg", (
+        Rule("relu_to_neg", Op("relu", Var("x")), lambda m, b: b.op("neg", m["x"])),))
+    monkeypatch.setitem(TARGET_PASSES, "xla", (relu_to_neg,))  # a wrong pass only XLA's level 3 runs
+    assert main(["optimize", air, "-o", str(tmp_path / "o.air"), "--level", "3", "--backend", "xla", "--check"]) == 1
+    assert "--check: output 0 of the optimised graph on xla differs" in _one_error_line(capsys.readouterr().err)
+    assert main(["bisect", air, "--level", "3", "--backend", "xla", "-o", str(tmp_path / "xla")]) == 0
+    assert "bisect: pass 'relu_to_neg'" in capsys.readouterr().out
+    assert main(["bisect", air, "--level", "3", "-o", str(tmp_path / "default")]) == 0  # onnxruntime's level 3
+    assert "the check passes after every pass" in capsys.readouterr().out
 
 
 # ----- factories and outputs that cannot work ---------------------------------------
