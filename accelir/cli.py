@@ -2,31 +2,35 @@
 
 ::
 
-    accelir optimize IN -o OUT [--level N] [--passes dce,cse,...] [--backend onnxruntime|xla]
+    accelir optimize IN -o OUT [--level N | --passes dce,cse,...] [--backend onnxruntime|xla]
                      [--print-after all|changed] [--dump-dir DIR] [--check] [--overwrite]
-    accelir show IN [--after-level N] [--passes ...] [--format text|dot|html] [-o OUT]
-    accelir bisect IN [--passes ...] [--level N] [-o DIR] [--overwrite]
+    accelir show IN [--after-level N [--target onnxruntime|xla] | --passes ...] [--format text|dot|html] [-o OUT]
+    accelir bisect IN [--level N [--target onnxruntime|xla] | --passes ...] [-o DIR] [--overwrite]
     accelir bench IN [--backends onnxruntime,xla] [--repeats N]
+    accelir passes
 
 IN is an ``.onnx`` file, an ``.air`` file, or ``path/file.py:factory`` naming a
-function that returns ``(model, example_inputs)``.  OUT's suffix picks its format:
-``.onnx``, ``.air``, ``.mlir`` (StableHLO), ``.hlo``, ``.dot`` or ``.html``.
+function that takes no arguments and returns ``(model, example_inputs)``.  OUT's
+suffix picks its format: ``.onnx``, ``.air``, ``.mlir`` (StableHLO), ``.hlo``,
+``.dot`` or ``.html``.
 
 Exit codes: 0 success, 1 error (one line on stderr; the traceback too with
-``--debug``), 2 usage.  Steps that take over a second show their progress when
-stderr is a terminal.
+``--debug``), 2 usage (one line too: options that contradict each other, or one
+that has no effect without another, are usage errors, not silent choices).  Steps
+that take over a second show their progress when stderr is a terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import os
 import sys
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import numpy as np
 
@@ -38,7 +42,8 @@ from .interpreter import run_graph
 from .ir import DType, Graph
 from .text import print_graph
 
-__all__ = ["main", "load_input", "random_inputs", "flat_arrays", "CHECK_TOLERANCES"]
+__all__ = ["main", "build_parser", "load_input", "random_inputs", "flat_arrays", "CHECK_TOLERANCES", "DEFAULT_BACKEND",
+           "DEFAULT_LEVEL"]
 
 # Backends compute in their own order and use fused kernels, so an end-to-end check
 # against the interpreter needs a looser bound than the pass-by-pass check.
@@ -49,6 +54,10 @@ CHECK_TOLERANCES: dict[DType, tuple[float, float]] = {
     DType.bf16: (1e-1, 2e-2),
 }
 _FORMAT_BY_SUFFIX = {".html": "html", ".dot": "dot", ".air": "text", ".txt": "text"}
+DEFAULT_LEVEL = 2  # the pipeline level when neither --level nor --passes is given
+DEFAULT_BACKEND = "onnxruntime"  # what optimize targets unless OUT is .mlir / .hlo or --backend says otherwise
+_FACTORY_CONTRACT = ("a factory must return (model, example_inputs) and take no arguments, e.g. "
+                     "def make(): return Net().eval(), (torch.randn(1, 8),)")
 
 
 class UsageError(AccelirError):
@@ -86,17 +95,54 @@ def load_input(spec: str) -> LoadedInput:
     fn = getattr(module, factory, None)
     if not callable(fn):
         raise AccelirError(f"{path} has no function {factory!r}")
+    _refuse_non_factory(f"{path}:{factory}", fn)
     try:
         result = fn()
     except SystemExit as e:  # the factory's own command-line handling must not end accelir
-        raise AccelirError(f"{path}:{factory}() called sys.exit({e.code!r}); a factory must return "
-                           "(model, example_inputs)") from None
-    if not (isinstance(result, (tuple, list)) and len(result) == 2):
-        raise AccelirError(f"{path}:{factory}() must return (model, example_inputs), got {type(result).__name__}")
+        raise AccelirError(f"{path}:{factory}() called sys.exit({e.code!r}); {_FACTORY_CONTRACT}") from None
+    if not _is_model_and_inputs(result):
+        raise AccelirError(f"{path}:{factory}() returned {_describe(result)}; {_FACTORY_CONTRACT}")
     model, example = result
     if example is not None and not isinstance(example, tuple):
         example = tuple(example) if isinstance(example, list) else (example,)
     return LoadedInput(model, example, "factory")
+
+
+def _refuse_non_factory(spec: str, fn: Callable[..., Any]) -> None:
+    """Refuse, before calling it, a function that cannot be a factory.
+
+    A script's ``main`` reads ``sys.argv`` (accelir's own arguments, here) and returns an
+    exit code; calling it would run the script, not hand over a model.  A function with
+    required parameters has nothing accelir could pass it."""
+    if spec.endswith(":main") or getattr(fn, "__name__", None) == "main":
+        raise AccelirError(f"{spec} is a script's entry point, not a factory; {_FACTORY_CONTRACT}")
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable without a signature: let the call decide
+        return
+    required = [p.name for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if required:
+        raise AccelirError(f"{spec} takes arguments ({', '.join(required)}); {_FACTORY_CONTRACT}")
+
+
+def _is_model_and_inputs(result: Any) -> bool:
+    """Whether a factory's result is a pair whose first element ``accelir.capture`` takes."""
+    from .api import _framework
+
+    if not (isinstance(result, (tuple, list)) and len(result) == 2):
+        return False
+    try:
+        _framework(result[0])
+    except AccelirError:
+        return False
+    return True
+
+
+def _describe(value: Any) -> str:
+    """A short name of what a factory returned: ``int``, ``(int, str)``."""
+    if isinstance(value, (tuple, list)) and len(value) <= 4:
+        return "(" + ", ".join(type(v).__name__ for v in value) + ("," if len(value) == 1 else "") + ")"
+    return type(value).__name__
 
 
 def _parse_dims(items: Sequence[str]) -> dict[str, int]:
@@ -176,8 +222,8 @@ def _capture(inp: LoadedInput) -> Graph:
         return accelir.capture(inp.model, inp.example_inputs)
 
 
-def _pass_list(names: str | None, level: int, target: str | None) -> list[Callable[[Graph], bool]]:
-    """The passes named in ``names`` (comma-separated), else the pipeline of ``level``."""
+def _pass_list(names: str | None, level: int | None, target: str | None) -> list[Callable[[Graph], bool]]:
+    """The passes named in ``names`` (comma-separated), else the pipeline of ``level`` (None: the default)."""
     from .passes import get_pass, pipeline
 
     if names:
@@ -190,7 +236,25 @@ def _pass_list(names: str | None, level: int, target: str | None) -> list[Callab
             except (KeyError, ValueError) as e:
                 raise UsageError(f"--passes: {e.args[0] if e.args else name}") from None
         return out
-    return pipeline(level, target=target)
+    return pipeline(DEFAULT_LEVEL if level is None else level, target=target)
+
+
+def _default_backend(output: str | None) -> str:
+    """The backend optimize targets without --backend: XLA for the files only XLA writes."""
+    return "xla" if output is not None and output.endswith((".mlir", ".hlo")) else DEFAULT_BACKEND
+
+
+def _check_output(path: str, overwrite: bool) -> None:
+    """Refuse OUT before any work (capture can take minutes): an existing file without
+    --overwrite, a directory, or a path whose directory does not exist."""
+    from .fileio import check_output
+
+    check_output(path, overwrite, what="--overwrite")
+    directory = os.path.dirname(path)
+    if directory and not os.path.isdir(directory):
+        what = "is not a directory" if os.path.exists(directory) else "does not exist"
+        raise AccelirError(f"cannot write {path}: {directory} {what}; create the directory first or choose "
+                           "another output path")
 
 
 def _write(path: str, text: str, overwrite: bool) -> None:
@@ -274,12 +338,15 @@ def _tolerances(args: argparse.Namespace) -> dict[DType, tuple[float, float]]:
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
-    from .api import CompiledModel, OptimizeReport
+    from .api import _EXPORT_SUFFIXES, CompiledModel, OptimizeReport
     from .pass_manager import PassManager
 
-    if os.path.exists(args.output) and not args.overwrite:
-        raise AccelirError(f"{args.output} exists; pass --overwrite to replace it")
-    backend = args.backend or ("xla" if args.output.endswith((".mlir", ".hlo")) else "onnxruntime")
+    suffix = os.path.splitext(args.output)[1].lower()
+    if suffix not in _EXPORT_SUFFIXES:
+        raise UsageError(f"-o {args.output}: unknown format {suffix or 'without a suffix'!r}; the suffix picks it: "
+                         f"{', '.join(_EXPORT_SUFFIXES)}")
+    _check_output(args.output, args.overwrite)
+    backend = args.backend or _default_backend(args.output)
     inp = load_input(args.input)
     report = OptimizeReport(chosen=backend)
     t0 = time.perf_counter()
@@ -316,34 +383,54 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
 
 # ----- show --------------------------------------------------------------------------
 
+def _show_pipeline(args: argparse.Namespace) -> tuple[list[Callable[[Graph], bool]], str] | None:
+    """The passes show runs and what the picture is of ("after level 2 for target onnxruntime"), or None.
+
+    A level's pipeline targets what optimize targets unless --target says otherwise, so
+    that show draws the graph optimize writes."""
+    if args.passes:
+        return _pass_list(args.passes, None, None), f"after passes {args.passes}"
+    if args.after_level is None:
+        return None
+    target = args.target or DEFAULT_BACKEND
+    return _pass_list(None, args.after_level, target), f"after level {args.after_level} for target {target}"
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     from .pass_manager import PassManager
 
     fmt = args.format or _FORMAT_BY_SUFFIX.get(os.path.splitext(args.output or "")[1].lower(), "text")
+    if args.output:
+        _check_output(args.output, args.overwrite)
+    steps = _show_pipeline(args)
     graph = _capture(load_input(args.input))
+    title = os.path.basename(args.input)
     report = None
     dumps: list[tuple[str, str]] | None = None
-    if args.after_level is not None or args.passes:
+    if steps is not None:
+        passes, what = steps
+        title = f"{title} {what}"
         dumps = [("input", print_graph(graph))]
 
         def keep_text(record: Any, g: Graph) -> None:
             if record.changed:
                 dumps.append((f"{record.index:03d}-after-{record.name}", print_graph(g)))
 
-        level = 2 if args.after_level is None else args.after_level
-        pm = PassManager(_pass_list(args.passes, level, args.target), instrument=keep_text if fmt == "html" else None)
+        pm = PassManager(passes, instrument=keep_text if fmt == "html" else None)
         with progress.step("passes"):
             pm.run(graph)
         report = pm.report
     if fmt == "text":
         text = print_graph(graph, meta=args.meta)
+        if steps is not None:  # a comment line: the text still parses back
+            text = f"# {title}\n{text}"
     elif fmt == "dot":
         from .visualize import to_dot
         text = to_dot(graph, show_constants=args.constants)
     else:
         from .visualize import to_html
         with progress.step("drawing"):
-            text = to_html(graph, report, dumps, title=f"{os.path.basename(args.input)}", show_constants=args.constants)
+            text = to_html(graph, report, dumps, title=title, show_constants=args.constants)
     if args.output:
         _write(args.output, text, args.overwrite)
         print(f"wrote {args.output} ({fmt}, {graph.num_nodes()} nodes)")
@@ -364,8 +451,8 @@ def _cmd_bisect(args: argparse.Namespace) -> int:
     inputs = random_inputs(graph, _flat_examples(graph, inp.example_inputs), seed=args.seed,
                            dims=_parse_dims(args.dim))
     with progress.step("bisect"):
-        result = bisect(graph, _pass_list(args.passes, args.level, None), inputs=inputs, out_dir=args.output,
-                        overwrite=args.overwrite)
+        passes = _pass_list(args.passes, args.level, None if args.passes else args.target or DEFAULT_BACKEND)
+        result = bisect(graph, passes, inputs=inputs, out_dir=args.output, overwrite=args.overwrite)
     print(result)
     return 0
 
@@ -428,35 +515,149 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----- passes ------------------------------------------------------------------------
+
+def _pass_doc(name: str, fn: Any) -> str:
+    """The first docstring line of pass ``name``.
+
+    A built-in pass lives in the module of its name, whose docstring opens with what it
+    rewrites, while the pass object itself is often a generic ``RulePass`` or pass class;
+    any other pass speaks through its own function's or class's docstring."""
+    from . import passes as package
+    from .passes import RulePass
+
+    home = sys.modules.get(f"{package.__name__}.{name}")
+    doc = home.__doc__ if home is not None and getattr(home, name, None) is fn else None
+    if not doc and not isinstance(fn, RulePass):
+        doc = inspect.getdoc(fn)
+    lines = (doc or "").strip().splitlines()
+    return lines[0] if lines else "(no docstring)"
+
+
+def _cmd_passes(args: argparse.Namespace) -> int:
+    """Print the registered passes and, for each target and level, the pipeline's passes in order."""
+    from .passes import PASSES, TARGETS, pass_name, pipeline
+
+    width = max(len(name) for name in PASSES)
+    print("registered passes (run any list of them with --passes P1,P2,...):")
+    for name in sorted(PASSES):
+        print(f"  {name:{width}s}  {_pass_doc(name, PASSES[name].fn)}")
+    print("\npipelines (optimize and bisect --level N --backend TARGET, show --after-level N --target TARGET; "
+          "accelir.passes.pipeline(N) uses no target):")
+    for target in (None, *TARGETS):
+        if target is None:
+            print("  no target:")
+        else:
+            print(f"  target {target} (vetoes: {', '.join(sorted(TARGETS[target].vetoes)) or 'none'}):")
+        for level in _LEVELS:
+            names = [pass_name(p) for p in pipeline(level, target)]
+            print(f"    level {level}: {', '.join(names) or '(no passes)'}")
+    return 0
+
+
 # ----- argument parsing --------------------------------------------------------------
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="print the traceback of an error")
-    common.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-    common.add_argument("--dim", action="append", default=[], metavar="NAME=VALUE",
-                        help="value of a symbolic dim in random inputs (default 2); repeatable")
-    passes = argparse.ArgumentParser(add_help=False)
-    passes.add_argument("--level", type=int, choices=(0, 1, 2, 3), default=2, help="pipeline level (default 2)")
+_LEVELS = (0, 1, 2, 3)
+
+_TARGET_WITH_PASSES = "--target picks a level's pipeline for a backend, --passes runs the named passes as they are"
+# Options that make no sense together, per command: (option, option, why).  Giving both is a
+# usage error: silently preferring one would run something else than the user asked for.
+_CONTRADICTIONS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "optimize": (("--level", "--passes", "--passes runs the named passes instead of a level's pipeline"),),
+    "bisect": (("--level", "--passes", "--passes runs the named passes instead of a level's pipeline"),
+               ("--target", "--passes", _TARGET_WITH_PASSES)),
+    "show": (("--after-level", "--passes", "--passes runs the named passes instead of a level's pipeline"),
+             ("--target", "--passes", _TARGET_WITH_PASSES)),
+}
+# Options that do nothing without another one, per command: (option, the option it needs).
+_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "optimize": (("--rtol", "--check"), ("--atol", "--check")),
+    "show": (("--target", "--after-level"),),
+}
+
+
+def _given(args: argparse.Namespace, option: str) -> bool:
+    """Whether ``option`` was on the command line (such options default to None or False)."""
+    value = getattr(args, option.lstrip("-").replace("-", "_"))
+    return value is not None and value is not False
+
+
+def _refuse_contradictions(args: argparse.Namespace) -> None:
+    for a, b, why in _CONTRADICTIONS.get(args.command, ()):
+        if _given(args, a) and _given(args, b):
+            raise UsageError(f"{a} and {b} contradict each other: {why}; give one of them")
+    for a, b in _NEEDS.get(args.command, ()):
+        if _given(args, a) and not _given(args, b):
+            raise UsageError(f"{a} has no effect without {b}; add {b} or leave out {a}")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help where X is a value.
+
+    An option that is off by default (None, False, an empty list) says in its own help what
+    happens without it, so "(default: None)" would be noise."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if _has_default_value(action) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _has_default_value(action: argparse.Action) -> bool:
+    default = action.default
+    return default is not None and default is not False and default is not argparse.SUPPRESS and default != []
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with accelir's help layout and its one-line errors (no usage block above them)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_target(p: argparse.ArgumentParser, level_option: str) -> None:
+    """--target (alias --backend): the backend a level's pipeline is for, by default optimize's, so
+    that show and bisect see the passes optimize runs (a target vetoes some, adds its own at level 3)."""
+    p.add_argument("--target", "--backend", dest="target", choices=BACKENDS,
+                   help=f"backend the {level_option} pipeline is for, as optimize's --backend (default: "
+                   f"{DEFAULT_BACKEND}, optimize's default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command; each option's help shows its default."""
+    debug = _Parser(add_help=False)
+    debug.add_argument("--debug", action="store_true", help="print the traceback of an error")
+    rand = _Parser(add_help=False)
+    rand.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    rand.add_argument("--dim", action="append", default=[], metavar="NAME=VALUE",
+                      help="value of a symbolic dim in random inputs (default 2); repeatable")
+    passes = _Parser(add_help=False)
+    passes.add_argument("--level", type=int, choices=_LEVELS,
+                        help=f"pipeline level; see 'accelir passes' (default: {DEFAULT_LEVEL})")
     passes.add_argument("--passes", metavar="P1,P2,...", help="run these registered passes instead of a level")
-    tol = argparse.ArgumentParser(add_help=False)
-    tol.add_argument("--rtol", type=float, help="relative tolerance of the output comparison")
-    tol.add_argument("--atol", type=float, help="absolute tolerance of the output comparison")
+    tol = _Parser(add_help=False)
+    tol.add_argument("--rtol", type=float, help="relative tolerance of --check (default: by dtype, 1e-3 for f32)")
+    tol.add_argument("--atol", type=float, help="absolute tolerance of --check (default: by dtype, 1e-4 for f32)")
     inp_help = "an .onnx file, an .air file, or path/file.py:factory returning (model, example_inputs)"
 
-    parser = argparse.ArgumentParser(prog="accelir", description="Optimise, inspect, bisect and benchmark models "
-                                     "with accelir.")
+    parser = _Parser(prog="accelir", description="Optimise, inspect, bisect and benchmark models with accelir.")
     from . import __version__
     parser.add_argument("--version", action="version", version=f"accelir {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("optimize", parents=[common, passes, tol], help="optimise IN and write OUT",
+    p = sub.add_parser("optimize", parents=[debug, rand, passes, tol], help="optimise IN and write OUT",
                        description="Capture IN, run the pass pipeline and write OUT in the format of its suffix "
                        "(.onnx, .air, .mlir, .hlo, .dot, .html).")
     p.add_argument("input", metavar="IN", help=inp_help)
-    p.add_argument("-o", "--output", metavar="OUT", required=True)
+    p.add_argument("-o", "--output", metavar="OUT", required=True,
+                   help="the file to write; its suffix picks the format and its directory must exist")
     p.add_argument("--backend", choices=BACKENDS, help="target of the pipeline and of --check "
-                   "(default: xla for .mlir/.hlo, else onnxruntime)")
+                   f"(default: xla for .mlir/.hlo, else {DEFAULT_BACKEND})")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the --check run")
     p.add_argument("--print-after", choices=("all", "changed"), help="print the IR (or its diff) after each pass")
     p.add_argument("--dump-dir", metavar="DIR", help="write numbered IR dumps after each pass that changed it "
@@ -468,12 +669,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists, and earlier dumps in --dump-dir")
     p.set_defaults(func=_cmd_optimize)
 
-    p = sub.add_parser("show", parents=[common], help="print or draw the IR",
-                       description="Print IN's IR, or render it as Graphviz dot or a self-contained HTML page.")
+    p = sub.add_parser("show", parents=[debug], help="print or draw the IR",
+                       description="Print IN's IR, or render it as Graphviz dot or a self-contained HTML page; with "
+                       "--after-level, the graph that optimize would write.")
     p.add_argument("input", metavar="IN", help=inp_help)
-    p.add_argument("--after-level", type=int, choices=(0, 1, 2, 3), help="show the graph after this pipeline level")
+    p.add_argument("--after-level", type=int, choices=_LEVELS, help="show the graph after this pipeline level")
     p.add_argument("--passes", metavar="P1,P2,...", help="show the graph after these registered passes")
-    p.add_argument("--target", choices=BACKENDS, help="backend whose vetoes the pipeline applies")
+    _add_target(p, "--after-level")
     p.add_argument("--format", choices=("text", "dot", "html"), help="default: from -o's suffix, else text")
     p.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
     p.add_argument("--meta", action="store_true", help="text: append each node's provenance")
@@ -481,34 +683,41 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_cmd_show)
 
-    p = sub.add_parser("bisect", parents=[common, passes], help="find the pass and rewrite that break IN",
+    p = sub.add_parser("bisect", parents=[debug, rand, passes], help="find the pass and rewrite that break IN",
                        description="Run the pipeline with the interpreter checking outputs on random inputs; find the "
                        "first pass, then the first rewrite inside it, that changes them; write a reproducer.")
     p.add_argument("input", metavar="IN", help=inp_help)
+    _add_target(p, "--level")
     p.add_argument("-o", "--output", metavar="DIR", default="accelir-bisect", help="reproducer directory")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier reproducer in DIR")
     p.set_defaults(func=_cmd_bisect)
 
-    p = sub.add_parser("bench", parents=[common], help="time IN eagerly and on each backend",
+    p = sub.add_parser("bench", parents=[debug, rand], help="time IN eagerly and on each backend",
                        description="Latency of the model as its framework runs it and through accelir on each backend, "
                        "in interleaved rounds after warm-up.")
     p.add_argument("input", metavar="IN", help=inp_help)
-    p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (default: all)")
-    p.add_argument("--level", type=int, choices=(0, 1, 2, 3), default=2)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated backends to time")
+    p.add_argument("--level", type=int, choices=_LEVELS, default=DEFAULT_LEVEL, help="pipeline level")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs of each system first")
+    p.add_argument("--repeats", type=int, default=20, help="timed rounds (each system once per round)")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("passes", parents=[debug], help="list the registered passes and the pipelines",
+                       description="Each registered pass with the first line of its docstring, then the passes of "
+                       "each pipeline level for each target, in the order they run, and the target's vetoes.")
+    p.set_defaults(func=_cmd_passes)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 error, 2 usage)."""
-    parser = _parser()
+    parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits 2 on bad usage and 0 after --help / --version
         return int(e.code) if isinstance(e.code, int) else 2
     try:
+        _refuse_contradictions(args)
         with progress.activate(progress.Progress()):
             return args.func(args)
     except UsageError as e:

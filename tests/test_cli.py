@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 
 import accelir
-from accelir.cli import flat_arrays, main, random_inputs
+from accelir.cli import DEFAULT_BACKEND, DEFAULT_LEVEL, build_parser, flat_arrays, main, random_inputs
+from accelir.passes import PASSES, TARGETS, RulePass, pass_name, pipeline
 from accelir.testing import onnxruntime_outputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -273,6 +275,239 @@ def test_usage_errors_exit_2(air, capsys):
     assert main(["optimize", air, "-o", "never-written.air", "--check", "--dim", "batch"]) == 2
     assert "expected NAME=VALUE" in capsys.readouterr().err
     assert main(["--version"]) == 0
+
+
+# ----- help, the pass list and contradictory options -----------------------------------
+
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+def test_every_option_has_help_and_shows_its_default():
+    parser = build_parser()
+    commands = _commands(parser)
+    assert {"optimize", "show", "bisect", "bench", "passes"} <= set(commands)
+    for name, p in [("accelir", parser), *commands.items()]:
+        page = " ".join(p.format_help().split())  # argparse wraps lines at spaces only
+        for action in p._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)):
+                continue
+            label = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help and action.help.strip(), f"{label} has no help"
+            default = action.default
+            if default is not None and default is not False and default != []:
+                assert f"(default: {default})" in page, f"{label}: its default {default!r} is not in the help"
+    level = " ".join(commands["optimize"].format_help().split())
+    assert f"(default: {DEFAULT_LEVEL})" in level and f"else {DEFAULT_BACKEND})" in level
+
+
+def _pipelines_printed(out: str) -> dict[tuple[str | None, int], list[str]]:
+    """{(target, level): pass names} from the pipeline section of ``accelir passes``."""
+    got: dict[tuple[str | None, int], list[str]] = {}
+    target: str | None = None
+    for line in out.split("\npipelines", 1)[1].splitlines()[1:]:
+        header = re.fullmatch(r"  (?:no target|target (\w+) \(vetoes: (.*)\)):", line)
+        if header:
+            target = header.group(1)
+            if target is not None:
+                vetoes = set() if header.group(2) == "none" else set(header.group(2).split(", "))
+                assert vetoes == set(TARGETS[target].vetoes), line
+            continue
+        level, names = re.fullmatch(r"    level (\d): (.*)", line).groups()
+        got[(target, int(level))] = [] if names == "(no passes)" else names.split(", ")
+    return got
+
+
+def _user_pass(graph) -> bool:
+    """Rewrite nothing, for the pass list.
+
+    Only this first line is listed."""
+    return False
+
+
+def test_passes_lists_every_pass_with_its_doc_and_every_pipeline(capsys, monkeypatch):
+    import importlib
+
+    from accelir.passes import registry
+
+    monkeypatch.setitem(registry.PASSES, "user_pass", registry.PassInfo("user_pass", _user_pass))
+    monkeypatch.setitem(registry.PASSES, "user_rules", registry.PassInfo("user_rules", RulePass("user_rules", ())))
+    assert main(["passes"]) == 0
+    out = capsys.readouterr().out
+    listed = dict(re.findall(r"^  (\w+) +(\S.*)$", out.split("\npipelines", 1)[0], re.M))
+    assert set(listed) == set(PASSES)
+    built_in = {pass_name(p) for t in (None, *TARGETS) for p in pipeline(3, t)}
+    assert built_in <= set(PASSES)
+    for name in built_in:  # other tests may register passes of their own
+        module = importlib.import_module(f"accelir.passes.{name}")
+        assert listed[name] == module.__doc__.strip().splitlines()[0], name
+    assert listed["dce"].startswith("Dead-code elimination")
+    assert listed["user_pass"] == "Rewrite nothing, for the pass list."
+    assert listed["user_rules"] == "(no docstring)"  # not RulePass's own docstring
+    expected = {(t, level): [pass_name(p) for p in pipeline(level, t)] for t in (None, *TARGETS) for level in range(4)}
+    assert _pipelines_printed(out) == expected
+    # the targets differ where the pipeline module says they do
+    assert "fuse_elementwise" in expected[("xla", 3)] and "fuse_elementwise" not in expected[("onnxruntime", 3)]
+
+
+@pytest.mark.parametrize("argv, options", [
+    (["optimize", "{air}", "-o", "{out}", "--level", "2", "--passes", "dce"], ("--level", "--passes")),
+    (["optimize", "{air}", "-o", "{out}", "--passes", "dce", "--level=1"], ("--level", "--passes")),
+    (["bisect", "{air}", "--level", "1", "--passes", "dce", "-o", "{out}"], ("--level", "--passes")),
+    (["bisect", "{air}", "--passes", "dce", "--target", "xla", "-o", "{out}"], ("--target", "--passes")),
+    (["show", "{air}", "--after-level", "2", "--passes", "dce", "-o", "{out}"], ("--after-level", "--passes")),
+    (["show", "{air}", "--passes", "dce", "--backend", "xla", "-o", "{out}"], ("--target", "--passes")),
+    (["show", "{air}", "--target", "xla", "-o", "{out}"], ("--target", "--after-level")),
+    (["optimize", "{air}", "-o", "{out}", "--rtol", "1e-2"], ("--rtol", "--check")),
+])
+def test_contradictory_options_are_one_line_usage_errors(air, tmp_path, capsys, argv, options):
+    out = tmp_path / "out"
+    assert main([a.format(air=air, out=out) for a in argv]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"accelir {argv[0]}: error: ") and all(o in line for o in options), line
+    assert not out.exists()
+
+
+def test_argparse_usage_errors_are_one_line_too(air, capsys):
+    assert main(["optimize", air]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == ("accelir optimize: error: the following arguments are required: -o/--output "
+                    "(see accelir optimize --help)")
+
+
+def test_bisect_runs_the_pipeline_optimize_runs(tmp_path, capsys, monkeypatch):
+    from accelir.passes import Op, Rule, Var
+    from accelir.passes.pipeline import TARGET_PASSES
+
+    air = str(tmp_path / "tanh_relu.air")
+    (tmp_path / "tanh_relu.air").write_text(
+        "graph main(%x: f32[2,3]) -> (f32[2,3]) {\n  %0 = tanh(%x) : f32[2,3]\n  %1 = relu(%0) : f32[2,3]\n"
+        "  return %1\n}\n")
+
+    relu_to_neg = RulePass("relu_to_neg", (
+        Rule("relu_to_neg", Op("relu", Var("x")), lambda m, b: b.op("neg", m["x"])),))
+    monkeypatch.setitem(TARGET_PASSES, "xla", (relu_to_neg,))  # a wrong pass only XLA's level 3 runs
+    assert main(["optimize", air, "-o", str(tmp_path / "o.air"), "--level", "3", "--backend", "xla", "--check"]) == 1
+    assert "--check: output 0 of the optimised graph on xla differs" in _one_error_line(capsys.readouterr().err)
+    assert main(["bisect", air, "--level", "3", "--backend", "xla", "-o", str(tmp_path / "xla")]) == 0
+    assert "bisect: pass 'relu_to_neg'" in capsys.readouterr().out
+    assert main(["bisect", air, "--level", "3", "-o", str(tmp_path / "default")]) == 0  # onnxruntime's level 3
+    assert "the check passes after every pass" in capsys.readouterr().out
+
+
+# ----- factories and outputs that cannot work ---------------------------------------
+
+SCRIPT = """
+import argparse
+import pathlib
+
+CALLED = pathlib.Path(__file__).with_suffix(".called")
+
+
+def main(argv=None):
+    CALLED.touch()
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.parse_args(argv)
+    return 0
+
+
+def needs_size(size):
+    CALLED.touch()
+
+
+def pair_of_ints():
+    return 0, 1
+
+
+def make():
+    import torch
+    CALLED.touch()
+    return torch.nn.Linear(2, 2), (torch.ones(1, 2),)
+"""
+
+
+@pytest.fixture
+def script(tmp_path):
+    path = tmp_path / "train.py"
+    path.write_text(SCRIPT)
+    return path
+
+
+def test_a_script_main_is_refused_before_it_runs(script, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["optimize", f"{script}:main", "-o", str(out)]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{script}:main is a script's entry point, not a factory" in line
+    assert "must return (model, example_inputs) and take no arguments, e.g. def make():" in line
+    assert not script.with_suffix(".called").exists() and not out.exists()
+    assert main(["optimize", f"{script}:needs_size", "-o", str(out)]) == 1
+    assert f"{script}:needs_size takes arguments (size); a factory must return" in _one_error_line(
+        capsys.readouterr().err)
+    assert not script.with_suffix(".called").exists()
+    assert main(["show", f"{script}:pair_of_ints"]) == 1
+    assert f"{script}:pair_of_ints() returned (int, int); a factory must return" in _one_error_line(
+        capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("command", ["optimize", "show"])
+def test_a_missing_output_directory_is_refused_before_capture(script, tmp_path, capsys, command):
+    out = tmp_path / "no" / "such" / "m.onnx"
+    assert main([command, f"{script}:make", "-o", str(out)]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"cannot write {out}: {out.parent} does not exist; create the directory first" in line
+    assert not script.with_suffix(".called").exists()  # the factory never ran
+    assert not (tmp_path / "no").exists()
+
+
+def test_an_unknown_output_format_is_refused_before_capture(script, tmp_path, capsys):
+    for name, shown in (("m.txt", "'.txt'"), ("m", "'without a suffix'")):
+        assert main(["optimize", f"{script}:make", "-o", str(tmp_path / name)]) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert f"unknown format {shown}; the suffix picks it: .onnx, .mlir, .hlo, .air, .dot, .html" in line
+    assert not script.with_suffix(".called").exists()
+
+
+# ----- show draws what optimize writes ---------------------------------------------------
+
+def _conv_bn_onnx(path) -> str:
+    """Conv -> BatchNormalization -> Relu: onnxruntime's target leaves the batch norm unfolded, XLA's folds it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {"w": rng.standard_normal((4, 3, 3, 3)), "b": rng.standard_normal(4),
+               "scale": rng.standard_normal(4), "shift": rng.standard_normal(4),
+               "mean": rng.standard_normal(4), "var": rng.uniform(0.5, 2.0, 4)}
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["n"]),
+         helper.make_node("Relu", ["n"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [numpy_helper.from_array(a.astype(np.float32), k) for k, a in weights.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+def test_show_after_level_draws_the_graph_optimize_writes(tmp_path, capsys):
+    src = _conv_bn_onnx(tmp_path / "convbn.onnx")
+    histograms = {}
+    for target, extra in ((DEFAULT_BACKEND, []), ("xla", ["--target", "xla"])):
+        assert main(["show", src, "--after-level", "2", *extra]) == 0
+        text = capsys.readouterr().out
+        assert text.splitlines()[0] == f"# convbn.onnx after level 2 for target {target}"
+        written = tmp_path / f"{target}.air"
+        backend = [] if target == DEFAULT_BACKEND else ["--backend", target]
+        assert main(["optimize", src, "-o", str(written), *backend]) == 0
+        capsys.readouterr()
+        assert text.split("\n", 1)[1] == accelir.print_graph(accelir.load(str(written))), target
+        histograms[target] = accelir.load(str(written)).op_histogram()
+    assert histograms[DEFAULT_BACKEND] != histograms["xla"]  # the picture depends on the target
+    page = tmp_path / "g.html"
+    assert main(["show", src, "--after-level", "2", "--backend", "xla", "-o", str(page)]) == 0
+    assert "<title>convbn.onnx after level 2 for target xla</title>" in page.read_text()
 
 
 # ----- bisect, bench and the entry points (subprocesses) -----------------------------
