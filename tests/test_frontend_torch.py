@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import accelir
 from accelir import run_graph, verify
 from accelir.errors import UnsupportedOpError
 from accelir.frontends.torch import capture_torch
@@ -401,3 +402,30 @@ def test_max_pool_indices_of_integers_and_of_several_nans_match_torch(dtype):
 def test_fx_capture_refuses_max_pool_indices_by_name():
     with pytest.raises(UnsupportedOpError, match="max_pool2d_with_indices has no accelir mapping"):
         capture_torch(_PoolWithIndices(F.max_pool2d, kernel_size=2), (torch.randn(1, 2, 4, 4),), method="fx")
+
+
+# ----- breadth: shape-like ops, copy_, in-place updates, norms, weight norm, functions -----
+
+def _as_torch(out):
+    """A compiled model's outputs (numpy / jax arrays, or torch tensors) as torch tensors, structure kept."""
+    if isinstance(out, (tuple, list)):
+        return type(out)(_as_torch(o) for o in out)
+    if isinstance(out, dict):
+        return {k: _as_torch(v) for k, v in out.items()}
+    return out if isinstance(out, torch.Tensor) else torch.from_numpy(np.array(out))
+
+
+def _check_backends(model, args, tol=1e-5):
+    """accelir.optimize on both backends gives what calling the model (module or function) gives."""
+    want = model(*args)
+    for backend in ("onnxruntime", "xla"):
+        _assert_close(_as_torch(accelir.optimize(model, args, backend=backend)(*args)), want, tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_zero_dim_outputs_stay_zero_dim_on_both_backends(dtype):
+    class M(nn.Module):
+        def forward(self, x):
+            return x.sum(), x.amax(-1)
+
+    _check_backends(M(), (torch.randn(2, 3, generator=torch.Generator().manual_seed(9)).to(dtype),), 1e-2)
