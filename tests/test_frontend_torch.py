@@ -7,6 +7,7 @@ Every captured graph is run in the interpreter and compared with eager torch.
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -316,15 +317,23 @@ def test_in_place_ops_rebind_the_mutated_value():
     _assert_close(_run(g, x), InPlace()(x))
 
 
-def test_in_place_update_of_a_view_is_rejected():
+@pytest.mark.parametrize("method", ["export", "fx"])
+def test_in_place_update_of_a_view_is_rejected(method):
     class ViewWrite(nn.Module):
         def forward(self, x):
             y = x * 1
             y[:, 0].mul_(2)
             return y
 
-    with pytest.raises(UnsupportedOpError, match="view"):
-        capture_torch(ViewWrite(), (torch.randn(3, 4),))
+    class SplitWrite(nn.Module):
+        def forward(self, x):
+            y = x * 1
+            y.split(2, dim=1)[0].add_(1)
+            return y
+
+    for model in (ViewWrite(), SplitWrite()):
+        with pytest.raises(UnsupportedOpError, match="view"):
+            capture_torch(model, (torch.randn(3, 4),), method=method)
 
 
 def test_bad_method_and_fx_dynamic_shapes_are_rejected():
@@ -420,6 +429,159 @@ def _check_backends(model, args, tol=1e-5):
     want = model(*args)
     for backend in ("onnxruntime", "xla"):
         _assert_close(_as_torch(accelir.optimize(model, args, backend=backend)(*args)), want, tol)
+
+
+def _random(shape, dtype, gen):
+    if dtype is torch.bool:
+        return torch.rand(shape, generator=gen) > 0.5
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=gen).to(dtype)
+    return torch.randint(-9, 9, shape, generator=gen).to(dtype)
+
+
+class _ShapeLikes(nn.Module):
+    def forward(self, x, y, z):
+        a, b = z[0], x[0, :3]
+        ij = torch.meshgrid(a, b, indexing="ij")
+        xy = torch.meshgrid(a, b, y[0], indexing="xy")
+        return x.reshape_as(y), x.view_as(y), z.expand_as(y), ij[0], ij[1], xy[0], xy[1], xy[2]
+
+
+@pytest.mark.parametrize("method", ["export", "fx"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int64, torch.bool])
+def test_reshape_as_view_as_expand_as_and_meshgrid_match_torch(dtype, method):
+    gen = torch.Generator().manual_seed(0)
+    args = (_random((2, 6), dtype, gen), _random((3, 4), dtype, gen), _random((1, 4), dtype, gen))
+    g = capture_torch(_ShapeLikes(), args, method=method)
+    verify(g)
+    _assert_close(_run(g, *args), _ShapeLikes()(*args))
+    if dtype is torch.float32 and method == "export":
+        _check_backends(_ShapeLikes(), args)
+
+
+class _Copy(nn.Module):
+    def forward(self, x, y):
+        buf = torch.zeros_like(y)
+        buf.copy_(x)  # broadcast and cast into buf, which is read again below
+        return buf * y, buf
+
+
+@pytest.mark.parametrize("method", ["export", "fx"])
+@pytest.mark.parametrize("src,dst", [(torch.float64, torch.float32), (torch.int64, torch.float32),
+                                     (torch.float32, torch.int32), (torch.bool, torch.int64)])
+def test_copy_into_a_fresh_tensor_broadcasts_and_casts(src, dst, method):
+    gen = torch.Generator().manual_seed(1)
+    args = (_random((4,), src, gen), _random((3, 4), dst, gen))
+    g = capture_torch(_Copy(), args, method=method)
+    _assert_close(_run(g, *args), _Copy()(*args))
+
+
+class _InPlaceChain(nn.Module):
+    def forward(self, x):
+        y = x.clone()
+        y.add_(1)
+        first = y * x  # reads y after the update
+        y.mul_(x).sub_(0.5, alpha=2).clamp_(-1.0, 2.0)
+        z = F.dropout(y, 0.3, training=False, inplace=True).relu_()
+        return first, y, z + x
+
+
+@pytest.mark.parametrize("method", ["export", "fx"])
+def test_a_value_read_after_an_in_place_update_sees_the_update(method):
+    class Simple(nn.Module):
+        def forward(self, x):
+            y = x.clone()
+            y.add_(1)
+            return y * x, y
+
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(2))
+    for model in (Simple(), _InPlaceChain()):
+        g = capture_torch(model, (x,), method=method)
+        _assert_close(_run(g, x), model(x))
+    if method == "export":
+        _check_backends(Simple(), (x,))
+
+
+_HALF_TOL = {torch.float16: 1e-2, torch.bfloat16: 3e-2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("ord", [2, 1, math.inf, -math.inf, 0, 3.5, -1.5])
+def test_vector_norm_matches_torch(ord, dtype):
+    class M(nn.Module):
+        def forward(self, x):
+            return (torch.linalg.vector_norm(x, ord), torch.linalg.vector_norm(x, ord, dim=-1, keepdim=True),
+                    torch.linalg.vector_norm(x, ord, dim=(0, 2)))
+
+    x = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(3)).to(dtype)
+    x[0, 1, :2] = 0  # zeros: counted by ord 0, infinite powers for negative ords
+    g = capture_torch(M(), (x,))
+    _assert_close(_run(g, x), M()(x), _HALF_TOL.get(dtype, 1e-5))
+    if ord == 3.5 and dtype is torch.float32:
+        _check_backends(M(), (x,))
+
+
+class _Norms(nn.Module):
+    """ConvNeXt V2's global response normalisation, then torch.linalg / torch.norm spellings of norms."""
+
+    def forward(self, x):
+        gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+        grn = x * (gx / (gx.mean(dim=-1, keepdim=True) + 1e-6))
+        return (grn, torch.linalg.matrix_norm(x), torch.linalg.matrix_norm(x, 1),
+                torch.linalg.matrix_norm(x, -1, keepdim=True), torch.linalg.matrix_norm(x, math.inf, dim=(0, 2)),
+                torch.linalg.matrix_norm(x, -math.inf), torch.linalg.norm(x, dim=(1, 2)), torch.linalg.norm(x[0]),
+                torch.linalg.norm(x, 3, dim=1), torch.linalg.norm(x[0], math.inf), torch.norm(x),
+                torch.norm(x, p=1, dim=2, keepdim=True), x.norm(dim=1), x.norm(p="fro", dim=(1, 2)))
+
+
+@pytest.mark.parametrize("method", ["export", "fx"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matrix_norms_and_torch_norm_match_torch(dtype, method):
+    x = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(4)).to(dtype)
+    g = capture_torch(_Norms(), (x,), method=method)
+    _assert_close(_run(g, x), _Norms()(x))
+    if dtype is torch.float32 and method == "export":
+        _check_backends(_Norms(), (x,))
+
+
+@pytest.mark.parametrize("method", ["export", "fx"])
+@pytest.mark.parametrize("ord", ["nuc", 2, -2])
+def test_matrix_norms_that_need_singular_values_are_refused_by_name(ord, method):
+    class M(nn.Module):
+        def forward(self, x):
+            return torch.linalg.matrix_norm(x, ord)
+
+    with pytest.raises(UnsupportedOpError) as info:
+        capture_torch(M(), (torch.randn(3, 3),), method=method)
+    assert "svd" in str(info.value).lower() or "singular values" in str(info.value)
+
+
+def _weight_normed_conv(api, dim):
+    """wav2vec2's positional convolution: a grouped Conv1d under weight norm over dim 2, then GELU;
+    the magnitudes are scaled away from the initial ||v|| so that the normalisation shows."""
+    torch.manual_seed(5)
+    conv = nn.Conv1d(8, 8, 5, padding=2, groups=2)
+    if api == "parametrizations":
+        conv = torch.nn.utils.parametrizations.weight_norm(conv, name="weight", dim=dim)
+        g = conv.parametrizations.weight.original0
+    else:
+        conv = torch.nn.utils.weight_norm(conv, name="weight", dim=dim)
+        g = conv.weight_g
+    with torch.no_grad():
+        g.mul_(torch.rand(g.shape) + 0.5)
+    return nn.Sequential(conv, nn.GELU()).eval()
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm.*:FutureWarning")
+@pytest.mark.parametrize("dim", [2, 0, None])
+@pytest.mark.parametrize("api", ["parametrizations", "hook"])
+def test_weight_norm_conv1d_matches_torch(api, dim):
+    model = _weight_normed_conv(api, dim)
+    x = torch.randn(2, 8, 11, generator=torch.Generator().manual_seed(6))
+    g = capture_torch(model, (x,))
+    _assert_close(_run(g, x), model(x), 1e-5)
+    if api == "parametrizations" and dim == 2:
+        _check_backends(model, (x,))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -16,6 +16,7 @@ Rules register with :func:`rule` into ``RULES``; rule modules import this module
 from __future__ import annotations
 
 import functools
+import operator
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -227,7 +228,19 @@ def slice_bounds(size: D.Dim, start: Any, end: Any, step: int) -> tuple[D.Dim, D
 
 _VIEWS = frozenset({"view", "_unsafe_view", "reshape", "slice", "select", "narrow", "transpose", "permute", "t",
                     "expand", "unsqueeze", "squeeze", "as_strided", "diagonal", "split", "chunk", "unbind",
-                    "alias", "detach", "flatten", "unflatten"})
+                    "alias", "detach", "flatten", "unflatten", "view_as", "expand_as", "reshape_as", "movedim",
+                    "swapaxes", "swapdims", "mT", "numpy_T", "split_with_sizes", "tensor_split",
+                    "tensor_getitem"})
+
+
+def _is_view(conv: Any, node: Any) -> bool:
+    """Whether fx node ``node`` (of either capture path) is a view of another tensor: a view op,
+    x[...] on the fx path, or a piece of a split."""
+    if not isinstance(node, torch.fx.Node) or node.op not in ("call_function", "call_method"):
+        return False
+    if node.target is operator.getitem and isinstance(conv.env.get(node.args[0]), (tuple, list)):
+        return _is_view(conv, node.args[0])
+    return conv.resolve(node)[0] in _VIEWS
 
 
 def _inplace(fn: Rule) -> Rule:
@@ -235,15 +248,25 @@ def _inplace(fn: Rule) -> Rule:
     Mutating a view would also change its base, which the IR cannot express."""
     def wrapped(ctx, a):
         target = a.get("self")
-        if isinstance(target, torch.fx.Node) and isinstance(target.target, torch._ops.OpOverload) and \
-                target.target._schema.name.split("::", 1)[1] in _VIEWS:
+        if _is_view(ctx.conv, target):
             raise ctx.unsupported("an in-place update of a view also changes its base tensor; use the "
                                   "out-of-place op (x = x + y) or torch.Tensor.index_put / scatter")
-        out = fn(ctx, a)
-        if isinstance(target, torch.fx.Node):
-            ctx.conv.env[target] = ctx.conv.check_result(ctx, out)
+        out = ctx.conv.check_result(ctx, fn(ctx, a))
+        # an in-place op returns its input: in y.mul_(x).add_(1) the add_ updates y as well
+        node = target
+        while isinstance(node, torch.fx.Node):
+            ctx.conv.env[node] = out
+            node = _updated_by(ctx.conv, node)
         return out
     return wrapped
+
+
+def _updated_by(conv: Any, node: torch.fx.Node) -> Any:
+    """The tensor an in-place op node updated (its ``self``); None for any other node."""
+    if node.op not in ("call_function", "call_method"):
+        return None
+    name, _, args = conv.resolve(node)
+    return args.get("self") if name and name.endswith("_") and name[:-1] in RULES else None
 
 
 def add_inplace_variants() -> None:
