@@ -584,6 +584,23 @@ def test_weight_norm_conv1d_matches_torch(api, dim):
         _check_backends(model, (x,))
 
 
+def _softplus_shift(x, y, scale: float = 2.0):
+    return F.softplus(x) * scale + y.sum(-1, keepdim=True), x.mean()
+
+
+def test_a_plain_function_on_torch_tensors_is_captured_through_torch():
+    gen = torch.Generator().manual_seed(7)
+    x, y = torch.randn(3, 4, generator=gen), torch.randn(3, 5, generator=gen)
+    g = accelir.capture(_softplus_shift, (x, y), dynamic_shapes={"x": {0: Dim("n")}, "y": {0: Dim("n")}})
+    assert g.meta["frontend"] == "torch" and g.inputs[0].shape == ("n", 4)
+    x7, y7 = torch.randn(7, 4, generator=gen), torch.randn(7, 5, generator=gen)
+    _assert_close(_run(g, x7, y7), _softplus_shift(x7, y7))
+    _check_backends(_softplus_shift, (x, y))
+    _check_backends(torch.relu, (x,))
+    cm = accelir.optimize(_softplus_shift, (x, y))
+    _assert_close(_as_torch(cm(x, y=y)), _softplus_shift(x, y))  # called as the function is
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_zero_dim_outputs_stay_zero_dim_on_both_backends(dtype):
     class M(nn.Module):
