@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import accelir
 from accelir import run_graph, verify
-from accelir.errors import UnsupportedOpError
+from accelir.errors import CaptureError, UnsupportedOpError
 from accelir.frontends.torch import capture_torch
 
 Dim = torch.export.Dim
@@ -599,6 +599,25 @@ def test_a_plain_function_on_torch_tensors_is_captured_through_torch():
     _check_backends(torch.relu, (x,))
     cm = accelir.optimize(_softplus_shift, (x, y))
     _assert_close(_as_torch(cm(x, y=y)), _softplus_shift(x, y))  # called as the function is
+
+
+class _DataDependent(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2
+        return x - 1
+
+
+def test_fx_tracing_failure_after_the_export_hint_is_one_clear_capture_error():
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(8))
+    with pytest.raises(CaptureError, match="method='fx'"):
+        accelir.capture(_DataDependent(), (x,))
+    with pytest.raises(CaptureError) as info:
+        accelir.capture(_DataDependent(), (x,), method="fx")
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.startswith("torch.fx could not trace _DataDependent (TraceError: ") and "torch.where" in msg
+    assert isinstance(info.value.__cause__, torch.fx.proxy.TraceError)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -19,7 +19,7 @@ import torch.fx
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
-from ...errors import UnsupportedOpError
+from ...errors import AccelirError, CaptureError, UnsupportedOpError
 from ...ir import DType, Graph, Value
 from .context import RULES, NodeContext, bind_schema, resolve_aten, slice_bounds
 from .converter import Converter, TorchSignature, bind_outputs
@@ -278,9 +278,24 @@ def _record_values(gm: torch.fx.GraphModule, inputs: list) -> dict[torch.fx.Node
     return vals
 
 
+def _symbolic_trace(model: Any) -> torch.fx.GraphModule:
+    """torch.fx.symbolic_trace; a tracing failure (fx's TraceError, or whatever the model's python
+    raises on a Proxy) becomes one CaptureError naming the model and the way out."""
+    try:
+        return torch.fx.symbolic_trace(model)
+    except AccelirError:
+        raise
+    except Exception as e:  # the model's own code runs on proxies here and may raise anything
+        what = getattr(model, "__name__", None) or type(model).__name__
+        text = (str(e).strip().splitlines() or [""])[0]
+        raise CaptureError(f"torch.fx could not trace {what} ({type(e).__name__}: {text}). fx cannot follow "
+                           "python control flow on tensor values: rewrite that code path with tensor ops "
+                           "(torch.where, torch.cond) so that torch.export or torch.fx can capture it.") from e
+
+
 def capture_fx(model: Any, args: tuple, kwargs: dict) -> Graph:
     """Capture ``model`` (a GraphModule, or a module that torch.fx.symbolic_trace traces) with static shapes."""
-    gm = model if isinstance(model, torch.fx.GraphModule) else torch.fx.symbolic_trace(model)
+    gm = model if isinstance(model, torch.fx.GraphModule) else _symbolic_trace(model)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     params = list(inspect.signature(gm.forward).parameters.values())
     bound = inspect.signature(gm.forward).bind(*args, **kwargs)
