@@ -288,9 +288,10 @@ def _symbolic_trace(model: Any) -> torch.fx.GraphModule:
     except Exception as e:  # the model's own code runs on proxies here and may raise anything
         what = getattr(model, "__name__", None) or type(model).__name__
         text = (str(e).strip().splitlines() or [""])[0]
-        raise CaptureError(f"torch.fx could not trace {what} ({type(e).__name__}: {text}). fx cannot follow "
-                           "python control flow on tensor values: rewrite that code path with tensor ops "
-                           "(torch.where, torch.cond) so that torch.export or torch.fx can capture it.") from e
+        raise CaptureError(f"torch.fx could not trace {what} ({type(e).__name__}: {text}). fx runs forward on "
+                           "placeholders, which cannot steer python control flow nor take item assignment: "
+                           "rewrite that code path with tensor ops (torch.where, torch.cond, index_put) or use "
+                           "method='export' where it captures the model.") from e
 
 
 def capture_fx(model: Any, args: tuple, kwargs: dict) -> Graph:
