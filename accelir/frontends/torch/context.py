@@ -243,22 +243,79 @@ def _is_view(conv: Any, node: Any) -> bool:
     return conv.resolve(node)[0] in _VIEWS
 
 
-def _inplace(fn: Rule) -> Rule:
-    """Run the functional rule; later readers of the mutated node see the new value.
-    Mutating a view would also change its base, which the IR cannot express."""
+def _inplace(fn: Rule, functional: str) -> Rule:
+    """Run the functional rule (under its own name: rules branch on it, addcdiv_ is no addcmul_);
+    later readers of the mutated node see the new value.
+    An update of a slice (step 1) or select view, as torch.export leaves ``y[:, 1:3] = v``
+    (slice + copy_), is written back into its base; other views are refused."""
     def wrapped(ctx, a):
         target = a.get("self")
-        if _is_view(ctx.conv, target):
-            raise ctx.unsupported("an in-place update of a view also changes its base tensor; use the "
-                                  "out-of-place op (x = x + y) or torch.Tensor.index_put / scatter")
-        out = ctx.conv.check_result(ctx, fn(ctx, a))
+        chain = _view_chain(ctx.conv, target) if _is_view(ctx.conv, target) else [target]
+        if chain is None or (len(chain) > 1 and _read_stale_alias(ctx.conv, chain, ctx.node)):
+            raise ctx.unsupported("an in-place update of this view also changes its base tensor and its "
+                                  "other views; use the out-of-place op (x = x + y) or torch.Tensor.index_put "
+                                  "/ scatter")
+        for view in reversed(chain[:-1]):  # the views as they are now, after earlier updates of the base
+            ctx.conv.env[view] = ctx.conv.convert_node(None, view)
+        out = ctx.conv.check_result(ctx, fn(NodeContext(ctx.conv, ctx.node, ctx.val, ctx.meta, functional), a))
+        new = _write_back(ctx, chain, out)
         # an in-place op returns its input: in y.mul_(x).add_(1) the add_ updates y as well
-        node = target
+        node = chain[-1]
         while isinstance(node, torch.fx.Node):
-            ctx.conv.env[node] = out
+            ctx.conv.env[node] = new
             node = _updated_by(ctx.conv, node)
         return out
     return wrapped
+
+
+def _view_chain(conv: Any, node: torch.fx.Node) -> list | None:
+    """``node`` and the views it was taken through, down to its base (last): each a select or a
+    slice of step 1 with static bounds; None for any other view."""
+    chain = [node]
+    while _is_view(conv, chain[-1]):
+        name, _, args = conv.resolve(chain[-1])
+        if name not in ("slice", "select") or (name == "slice" and conv.python(args["step"]) != 1):
+            return None
+        chain.append(args["self"])
+    return chain
+
+
+def _read_stale_alias(conv: Any, chain: list, at: torch.fx.Node) -> bool:
+    """Whether another view of the chain's base, taken before ``at``, is read after it: it would
+    have to see the update too."""
+    stack, seen = [chain[-1]], set(chain)
+    while stack:
+        for user in stack.pop().users:
+            if user in seen or not user < at or not _is_view(conv, user):
+                continue
+            seen.add(user)
+            if any(not r < at for r in user.users if r not in seen):
+                return True
+            stack.append(user)
+    return False
+
+
+def _write_back(ctx: NodeContext, chain: list, new: Value) -> Value:
+    """Write ``new``, the updated ``chain[0]``, into each view's base in turn; rebind the views.
+    Returns the base's new value."""
+    for view, parent in zip(chain, chain[1:]):
+        ctx.conv.env[view] = new
+        name, _, args = ctx.conv.resolve(view)
+        base = ctx.conv.value(parent)
+        ax = wrap_axis(args["dim"], base.rank)
+        size = base.shape[ax]
+        if name == "select":
+            start = ctx.scalar_of(args["index"])
+            if not isinstance(start, int) or not isinstance(size, int):
+                raise ctx.unsupported("an in-place update of a select needs a static index and dim")
+            start %= size
+            new = ctx.b.op("unsqueeze", new, axes=(ax,))
+        else:
+            start = slice_bounds(size, ctx.scalar_of(args["start"]), ctx.scalar_of(args["end"]), 1)[0]
+        starts = [ctx.const(0, DType.i64)] * base.rank
+        starts[ax] = ctx.dim_value(start) if isinstance(start, str) else ctx.const(start, DType.i64)
+        new = ctx.b.op("dynamic_update_slice", base, new, *starts)
+    return new
 
 
 def _updated_by(conv: Any, node: torch.fx.Node) -> Any:
@@ -275,4 +332,4 @@ def add_inplace_variants() -> None:
     for name in list(RULES):
         if not name.startswith("_") and not name.endswith("_"):
             if name + "_" not in RULES:
-                RULES.add(_inplace(RULES[name]), name + "_")
+                RULES.add(_inplace(RULES[name], name), name + "_")
