@@ -545,7 +545,8 @@ def test_vector_norm_matches_torch(ord, dtype):
     class M(nn.Module):
         def forward(self, x):
             return (torch.linalg.vector_norm(x, ord), torch.linalg.vector_norm(x, ord, dim=-1, keepdim=True),
-                    torch.linalg.vector_norm(x, ord, dim=(0, 2)))
+                    torch.linalg.vector_norm(x, ord, dim=(0, 2)),
+                    torch.linalg.vector_norm(x, ord, 1, dtype=torch.float64))
 
     x = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(3)).to(dtype)
     x[0, 1, :2] = 0  # zeros: counted by ord 0, infinite powers for negative ords

@@ -8,7 +8,8 @@ operands to torch's result dtype (or, for comparisons, to the promoted dtype).
 Composites stay composites: linear, layer_norm, gelu, softmax, sdpa -> attention,
 conv (with bias), batch_norm in eval mode.  Ops with no IR op are decomposed in the
 rules (floor division, remainder, var, tril, ...).  In-place variants (``add_``)
-reuse the functional rule and rebind the mutated node (:func:`add_inplace_variants`).
+reuse the functional rule and rebind the mutated node and its aliases; an update of a
+slice or select view is written back into its base (:func:`add_inplace_variants`).
 Rules register with :func:`rule` into ``RULES``; rule modules import this module
 (and shared ones), never the driver nor each other.
 """
