@@ -682,3 +682,40 @@ def test_in_place_variants_of_rules_that_cover_several_ops_compute_their_own_op(
     b = torch.rand(4, 4, generator=gen) + 0.5
     g = capture_torch(M(), (x, a, b), method=method)
     _assert_close(_run(g, x, a, b), M()(x, a, b))
+
+
+class _IndexPut(nn.Module):
+    def forward(self, x, idx, v, m, rows, cols):
+        y = x * 1
+        y[idx[1:]] = v[1:]  # index_put_ of whole rows, a negative index among them
+        y[m] = v[0]  # a boolean mask of rows, one value per column
+        y[y > 1] = 1  # a full-shape mask, one value
+        z = x * 1
+        z.index_put_((idx,), v[0], accumulate=True)  # a duplicated row adds twice; v[0] broadcasts
+        w = x * 1
+        w[rows, cols] = v[:, 0]  # two index tensors: single elements
+        return y, z, w
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64])
+def test_index_put_as_export_leaves_item_assignment_matches_torch(dtype):
+    gen = torch.Generator().manual_seed(12)
+    x, v = _random((5, 3), dtype, gen), _random((3, 3), dtype, gen)
+    idx, m = torch.tensor([0, -1, 0]), torch.rand(5, generator=gen) > 0.5
+    rows, cols = torch.tensor([1, 2, 4]), torch.tensor([0, 2, -1])
+    args = (x, idx, v, m, rows, cols)
+    want = _IndexPut()(*args)
+    _assert_close(_run(capture_torch(_IndexPut(), args), *args), want)
+    if dtype is torch.float32:
+        _check_backends(_IndexPut(), args)
+
+
+def test_index_put_after_a_skipped_dim_is_refused_by_name():
+    class M(nn.Module):
+        def forward(self, x, idx):
+            y = x * 1
+            y[:, idx] = 0.0
+            return y
+
+    with pytest.raises(UnsupportedOpError, match=r"index_put.*skipped"):
+        capture_torch(M(), (torch.randn(3, 4), torch.tensor([0, 2])))

@@ -1,10 +1,10 @@
-"""aten indexing rules: embedding, index_select, gather, take_along_dim, advanced indexing."""
+"""aten indexing rules: embedding, index_select, gather, take_along_dim, advanced indexing, index_put."""
 
 from __future__ import annotations
 
-from ...ir import DType
+from ...ir import DType, Value
 from ...ops.registry import broadcast_shapes
-from .context import rule, wrap_axis
+from .context import NodeContext, rule, wrap_axis
 
 __all__: list[str] = []
 
@@ -74,3 +74,51 @@ def _index(ctx, a):
         perm = tuple(range(nb, nb + lead)) + tuple(range(nb)) + tuple(range(nb + lead, y.rank))
         y = ctx.b.op("transpose", y, perm=perm)
     return y
+
+
+@rule("index_put")
+def _index_put(ctx, a):
+    """x[i0, i1, ...] = values (+= with accumulate), as torch.export leaves ``y[idx] = v``:
+    scatter_nd over the leading indexed dims, or a where for a boolean mask."""
+    x = ctx.value(a["self"])
+    indices = list(a["indices"])
+    while indices and indices[-1] is None:
+        indices.pop()
+    if not indices or any(i is None for i in indices):
+        raise ctx.unsupported("index_put with a skipped (':') dim before an index tensor is not supported; "
+                              "move the indexed dims first (transpose) or use torch.scatter")
+    vals = [ctx.value(i) for i in indices]
+    values = ctx.cast(ctx.value(a["values"]), x.dtype)
+    if any(v.dtype is DType.bool for v in vals):
+        return _masked_put(ctx, x, vals, values, bool(a["accumulate"]))
+    bshape = broadcast_shapes(*(v.shape for v in vals))
+    k = len(vals)
+    cols = []
+    for d, v in enumerate(vals):
+        v = ctx.cast(v if v.shape == bshape else ctx.b.op("broadcast_to", v, shape=bshape), DType.i64)
+        if type(x.shape[d]) is int:  # torch takes negative indices from the end
+            neg = ctx.b.op("lt", v, ctx.const(0, DType.i64))
+            v = ctx.b.op("where", neg, ctx.b.op("add", v, ctx.const(x.shape[d], DType.i64)), v)
+        cols.append(ctx.b.op("unsqueeze", v, axes=(len(bshape),)))
+    stacked = cols[0] if k == 1 else ctx.b.op("concat", *cols, axis=len(bshape))
+    upd_shape = tuple(bshape) + tuple(x.shape[k:])
+    if values.shape != upd_shape:
+        values = ctx.b.op("broadcast_to", values, shape=upd_shape)
+    return ctx.b.op("scatter_nd", x, stacked, values, reduction="add" if a["accumulate"] else "none")
+
+
+def _masked_put(ctx: NodeContext, x: Value, masks: list[Value], values: Value, accumulate: bool) -> Value:
+    """x[mask] = values where the values do not depend on how many elements the mask selects
+    (one value, or one per trailing position): a where over the mask."""
+    mask = masks[0]
+    rest = x.rank - mask.rank
+    if values.rank == rest + 1 and values.shape[0] == 1:
+        values = ctx.b.op("squeeze", values, axes=(0,))
+    if len(masks) != 1 or values.rank > rest:
+        raise ctx.unsupported("index_put with a boolean mask takes one mask and values that broadcast to the "
+                              "dims after it (y[mask] = v); use torch.where(mask, v, y)")
+    if rest:
+        mask = ctx.b.op("reshape", mask, shape=mask.shape + (1,) * rest)
+    if accumulate:
+        values = ctx.b.op("add", x, values)
+    return ctx.b.op("where", mask, values, x)
