@@ -271,7 +271,7 @@ def _inplace(fn: Rule, functional: str) -> Rule:
 
 def _view_chain(conv: Any, node: torch.fx.Node) -> list | None:
     """``node`` and the views it was taken through, down to its base (last): each a select or a
-    slice of step 1 with static bounds; None for any other view."""
+    slice of step 1; None for any other view."""
     chain = [node]
     while _is_view(conv, chain[-1]):
         name, _, args = conv.resolve(chain[-1])
@@ -282,9 +282,9 @@ def _view_chain(conv: Any, node: torch.fx.Node) -> list | None:
 
 
 def _read_stale_alias(conv: Any, chain: list, at: torch.fx.Node) -> bool:
-    """Whether another view of the chain's base, taken before ``at``, is read after it: it would
-    have to see the update too."""
-    stack, seen = [chain[-1]], set(chain)
+    """Whether another view of the chain's base or of a view in the chain, taken before ``at``, is
+    read after it: it would have to see the update too."""
+    stack, seen = list(chain), set(chain)
     while stack:
         for user in stack.pop().users:
             if user in seen or not user < at or not _is_view(conv, user):
