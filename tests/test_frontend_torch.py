@@ -719,12 +719,28 @@ def test_index_put_as_export_leaves_item_assignment_matches_torch(dtype):
         _check_backends(_IndexPut(), args)
 
 
-def test_index_put_after_a_skipped_dim_is_refused_by_name():
+def test_index_put_after_skipped_dims_matches_torch():
     class M(nn.Module):
-        def forward(self, x, idx):
+        def forward(self, x, idx, v):
             y = x * 1
-            y[:, idx] = 0.0
+            y[:, idx] = v  # index dims in place: values [2, 3, 5]
+            z = x * 1
+            z[:, :, idx[:2], idx[1:]] += v[0, 0, 0, :2]  # adjacent index dims after two skipped ones
+            w = x * 1
+            w[idx[:2], :, idx[1:]] = v[0, 0, 0]  # index dims apart: they lead
+            return y, z, w
+
+    gen = torch.Generator().manual_seed(13)
+    x, v = torch.randn(2, 4, 3, 5, generator=gen), torch.randn(2, 3, 3, 5, generator=gen)
+    args = (x, torch.tensor([0, -1, 2]), v)
+    _assert_close(_run(capture_torch(M(), args), *args), M()(*args))
+    _check_backends(M(), args)
+
+    class Masked(nn.Module):
+        def forward(self, x, m):
+            y = x * 1
+            y[:, m] = 0.0
             return y
 
-    with pytest.raises(UnsupportedOpError, match=r"index_put.*skipped"):
-        capture_torch(M(), (torch.randn(3, 4), torch.tensor([0, 2])))
+    with pytest.raises(UnsupportedOpError, match=r"index_put.*mask"):
+        capture_torch(Masked(), (torch.randn(3, 4), torch.rand(4, generator=gen) > 0.5))
