@@ -33,8 +33,18 @@ BACKENDS = ("onnxruntime", "xla")
 _EXPORT_SUFFIXES = (".onnx", ".mlir", ".hlo", ".air", ".dot", ".html")
 
 
-def _framework(obj: Any) -> str:
-    """'torch', 'onnx', 'graph', 'path' or 'jax' (any other callable)."""
+def _holds_torch_tensor(example: Any) -> bool:
+    """Whether example inputs (nested tuples, lists, dicts) hold a torch tensor; read without importing torch."""
+    if isinstance(example, (tuple, list)):
+        return any(_holds_torch_tensor(x) for x in example)
+    if isinstance(example, Mapping):
+        return any(_holds_torch_tensor(x) for x in example.values())
+    return any(c.__module__ == "torch" and c.__name__ == "Tensor" for c in type(example).__mro__)
+
+
+def _framework(obj: Any, example: Any = ()) -> str:
+    """'torch', 'onnx', 'graph', 'path' or 'jax' (any other callable, unless its ``example`` inputs
+    hold torch tensors: a plain function on torch tensors is captured through torch)."""
     if isinstance(obj, Graph):
         return "graph"
     if isinstance(obj, (str, os.PathLike)):
@@ -46,7 +56,7 @@ def _framework(obj: Any) -> str:
         if mod.startswith("onnx") and cls.__name__ == "ModelProto":
             return "onnx"
     if callable(obj):
-        return "jax"
+        return "torch" if _holds_torch_tensor(example) else "jax"
     raise AccelirError(f"cannot capture a {type(obj).__name__}: pass a torch.nn.Module, a torch.fx.GraphModule, "
                        "a jax callable, an onnx.ModelProto, a path to .onnx / .air, or an accelir.Graph")
 
@@ -107,8 +117,8 @@ def capture(model: Any, example_inputs: Any = None, dynamic_shapes: Any = None, 
     shape spec), ONNX models and ``.onnx`` / ``.air`` paths are imported, and a Graph
     is copied.
     """
-    kind = _framework(model)
     args = _as_args(example_inputs)
+    kind = _framework(model, (args, example_kwargs))
     if kind == "graph":
         return model.copy()
     if kind == "path":

@@ -244,6 +244,7 @@ def _onnx_elem(torch_dtype) -> Any:
 
 
 def _torch_from_numpy(torch, a: np.ndarray):
+    a = np.ascontiguousarray(a) if a.ndim else np.array(a)  # ascontiguousarray makes a 0-d array 1-d
     if a.dtype == _BF16:
-        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(a))
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)

@@ -8,7 +8,8 @@ operands to torch's result dtype (or, for comparisons, to the promoted dtype).
 Composites stay composites: linear, layer_norm, gelu, softmax, sdpa -> attention,
 conv (with bias), batch_norm in eval mode.  Ops with no IR op are decomposed in the
 rules (floor division, remainder, var, tril, ...).  In-place variants (``add_``)
-reuse the functional rule and rebind the mutated node (:func:`add_inplace_variants`).
+reuse the functional rule and rebind the mutated node and its aliases; an update of a
+slice or select view is written back into its base (:func:`add_inplace_variants`).
 Rules register with :func:`rule` into ``RULES``; rule modules import this module
 (and shared ones), never the driver nor each other.
 """
@@ -16,6 +17,7 @@ Rules register with :func:`rule` into ``RULES``; rule modules import this module
 from __future__ import annotations
 
 import functools
+import operator
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -227,23 +229,102 @@ def slice_bounds(size: D.Dim, start: Any, end: Any, step: int) -> tuple[D.Dim, D
 
 _VIEWS = frozenset({"view", "_unsafe_view", "reshape", "slice", "select", "narrow", "transpose", "permute", "t",
                     "expand", "unsqueeze", "squeeze", "as_strided", "diagonal", "split", "chunk", "unbind",
-                    "alias", "detach", "flatten", "unflatten"})
+                    "alias", "detach", "flatten", "unflatten", "view_as", "expand_as", "reshape_as", "movedim",
+                    "swapaxes", "swapdims", "mT", "numpy_T", "split_with_sizes", "tensor_split",
+                    "tensor_getitem"})
 
 
-def _inplace(fn: Rule) -> Rule:
-    """Run the functional rule; later readers of the mutated node see the new value.
-    Mutating a view would also change its base, which the IR cannot express."""
+def _is_view(conv: Any, node: Any) -> bool:
+    """Whether fx node ``node`` (of either capture path) is a view of another tensor: a view op,
+    x[...] on the fx path, or a piece of a split."""
+    if not isinstance(node, torch.fx.Node) or node.op not in ("call_function", "call_method"):
+        return False
+    if node.target is operator.getitem and isinstance(conv.env.get(node.args[0]), (tuple, list)):
+        return _is_view(conv, node.args[0])
+    return conv.resolve(node)[0] in _VIEWS
+
+
+def _inplace(fn: Rule, functional: str) -> Rule:
+    """Run the functional rule (under its own name: rules branch on it, addcdiv_ is no addcmul_);
+    later readers of the mutated node see the new value.
+    An update of a slice (step 1) or select view, as torch.export leaves ``y[:, 1:3] = v``
+    (slice + copy_), is written back into its base; other views are refused."""
     def wrapped(ctx, a):
         target = a.get("self")
-        if isinstance(target, torch.fx.Node) and isinstance(target.target, torch._ops.OpOverload) and \
-                target.target._schema.name.split("::", 1)[1] in _VIEWS:
-            raise ctx.unsupported("an in-place update of a view also changes its base tensor; use the "
-                                  "out-of-place op (x = x + y) or torch.Tensor.index_put / scatter")
-        out = fn(ctx, a)
-        if isinstance(target, torch.fx.Node):
-            ctx.conv.env[target] = ctx.conv.check_result(ctx, out)
+        chain = _view_chain(ctx.conv, target) if _is_view(ctx.conv, target) else [target]
+        if chain is None or (len(chain) > 1 and _read_stale_alias(ctx.conv, chain, ctx.node)):
+            raise ctx.unsupported("an in-place update of this view also changes its base tensor and its "
+                                  "other views; use the out-of-place op (x = x + y) or torch.Tensor.index_put "
+                                  "/ scatter")
+        for view in reversed(chain[:-1]):  # the views as they are now, after earlier updates of the base
+            ctx.conv.env[view] = ctx.conv.convert_node(None, view)
+        out = ctx.conv.check_result(ctx, fn(NodeContext(ctx.conv, ctx.node, ctx.val, ctx.meta, functional), a))
+        new = _write_back(ctx, chain, out)
+        # an in-place op returns its input: in y.mul_(x).add_(1) the add_ updates y as well
+        node = chain[-1]
+        while isinstance(node, torch.fx.Node):
+            ctx.conv.env[node] = new
+            node = _updated_by(ctx.conv, node)
         return out
     return wrapped
+
+
+def _view_chain(conv: Any, node: torch.fx.Node) -> list | None:
+    """``node`` and the views it was taken through, down to its base (last): each a select or a
+    slice of step 1; None for any other view."""
+    chain = [node]
+    while _is_view(conv, chain[-1]):
+        name, _, args = conv.resolve(chain[-1])
+        if name not in ("slice", "select") or (name == "slice" and conv.python(args["step"]) != 1):
+            return None
+        chain.append(args["self"])
+    return chain
+
+
+def _read_stale_alias(conv: Any, chain: list, at: torch.fx.Node) -> bool:
+    """Whether another view of the chain's base or of a view in the chain, taken before ``at``, is
+    read after it: it would have to see the update too."""
+    stack, seen = list(chain), set(chain)
+    while stack:
+        for user in stack.pop().users:
+            if user in seen or not user < at or not _is_view(conv, user):
+                continue
+            seen.add(user)
+            if any(not r < at for r in user.users if r not in seen):
+                return True
+            stack.append(user)
+    return False
+
+
+def _write_back(ctx: NodeContext, chain: list, new: Value) -> Value:
+    """Write ``new``, the updated ``chain[0]``, into each view's base in turn; rebind the views.
+    Returns the base's new value."""
+    for view, parent in zip(chain, chain[1:]):
+        ctx.conv.env[view] = new
+        name, _, args = ctx.conv.resolve(view)
+        base = ctx.conv.value(parent)
+        ax = wrap_axis(args["dim"], base.rank)
+        size = base.shape[ax]
+        if name == "select":
+            start = ctx.scalar_of(args["index"])
+            if not isinstance(start, int) or not isinstance(size, int):
+                raise ctx.unsupported("an in-place update of a select needs a static index and dim")
+            start %= size
+            new = ctx.b.op("unsqueeze", new, axes=(ax,))
+        else:
+            start = slice_bounds(size, ctx.scalar_of(args["start"]), ctx.scalar_of(args["end"]), 1)[0]
+        starts = [ctx.const(0, DType.i64)] * base.rank
+        starts[ax] = ctx.dim_value(start) if isinstance(start, str) else ctx.const(start, DType.i64)
+        new = ctx.b.op("dynamic_update_slice", base, new, *starts)
+    return new
+
+
+def _updated_by(conv: Any, node: torch.fx.Node) -> Any:
+    """The tensor an in-place op node updated (its ``self``); None for any other node."""
+    if node.op not in ("call_function", "call_method"):
+        return None
+    name, _, args = conv.resolve(node)
+    return args.get("self") if name and name.endswith("_") and name[:-1] in RULES else None
 
 
 def add_inplace_variants() -> None:
@@ -252,4 +333,4 @@ def add_inplace_variants() -> None:
     for name in list(RULES):
         if not name.startswith("_") and not name.endswith("_"):
             if name + "_" not in RULES:
-                RULES.add(_inplace(RULES[name]), name + "_")
+                RULES.add(_inplace(RULES[name], name), name + "_")

@@ -24,6 +24,14 @@ def _identity(ctx, a):
     return x
 
 
+@rule("copy")
+def _copy(ctx, a):
+    """``self``'s shape and dtype holding ``src`` (broadcast); ``copy_`` is its in-place variant."""
+    src = ctx.cast(ctx.value(a["src"]), ctx.out_dtype)
+    shape = ctx.out_shape
+    return src if src.shape == shape else ctx.b.op("broadcast_to", src, shape=shape)
+
+
 @rule("native_dropout")
 def _native_dropout(ctx, a):
     if a.get("train") and a["p"] > 0:

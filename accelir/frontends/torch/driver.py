@@ -18,7 +18,7 @@ model's input / output pytree specs are kept in ``graph.meta["signature"]``.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.fx
@@ -178,9 +178,30 @@ def _capture_export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_s
 
 # ----- entry point -------------------------------------------------------------------
 
+def _function_module(fn: Callable) -> torch.nn.Module:
+    """A plain function on torch tensors as a module whose forward calls it: torch.export takes
+    modules only.  The forward keeps the function's signature (so ``dynamic_shapes`` and keyword
+    inputs name its parameters) and the class its name (so errors name the function); a bound
+    method of a module keeps that module as a submodule, its parameters stay parameters."""
+    def forward(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    try:
+        sig = inspect.signature(fn)
+        this = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
+        forward.__signature__ = sig.replace(parameters=[this, *sig.parameters.values()])  # type: ignore[attr-defined]
+    except (TypeError, ValueError):  # builtins without a python signature take (*args, **kwargs)
+        pass
+    module = type(getattr(fn, "__name__", type(fn).__name__), (torch.nn.Module,), {"forward": forward})()
+    owner = getattr(fn, "__self__", None)
+    if isinstance(owner, torch.nn.Module):
+        module.owner = owner
+    return module
+
+
 def capture_torch(model: Any, example_inputs: Any = (), dynamic_shapes: Any = None, method: str = "export",
                   example_kwargs: Mapping[str, Any] | None = None, *, strict: bool | None = None) -> Graph:
-    """Capture a torch model as an accelir Graph.
+    """Capture a torch model (a module, or a plain function on torch tensors) as an accelir Graph.
 
     ``example_inputs`` is a tuple of positional arguments (a single tensor is taken as
     one argument); ``dynamic_shapes`` is torch.export's form, e.g.
@@ -192,7 +213,9 @@ def capture_torch(model: Any, example_inputs: Any = (), dynamic_shapes: Any = No
     kwargs = dict(example_kwargs or {})
     if method == "export":
         if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"method='export' needs a torch.nn.Module, got {type(model).__name__}")
+            if not callable(model):
+                raise TypeError(f"method='export' needs a torch.nn.Module or a function, got {type(model).__name__}")
+            model = _function_module(model)
         with torch.no_grad():
             return _capture_export(model, args, kwargs, dynamic_shapes, strict)
     if method == "fx":

@@ -19,7 +19,7 @@ import torch.fx
 import torch.nn as nn
 import torch.utils._pytree as pytree
 
-from ...errors import UnsupportedOpError
+from ...errors import AccelirError, CaptureError, UnsupportedOpError
 from ...ir import DType, Graph, Value
 from .context import RULES, NodeContext, bind_schema, resolve_aten, slice_bounds
 from .converter import Converter, TorchSignature, bind_outputs
@@ -43,16 +43,24 @@ _FUNCTIONS: dict[Any, Callable[..., tuple[str, dict]]] = {
                                             "running_mean": running_mean, "running_var": running_var,
                                             "training": training, "eps": eps}),
     nn.functional.dropout: lambda input, p=0.5, training=True, inplace=False: (
-        "dropout", {"input": input, "p": p, "train": training}),
+        ("dropout_", {"self": input, "p": p, "train": training}) if inplace
+        else ("dropout", {"input": input, "p": p, "train": training})),
     nn.functional.softmax: lambda input, dim=None, _stacklevel=3, dtype=None: (
         "softmax", {"self": input, "dim": dim, "dtype": dtype}),
     nn.functional.log_softmax: lambda input, dim=None, _stacklevel=3, dtype=None: (
         "log_softmax", {"self": input, "dim": dim, "dtype": dtype}),
     torch.flatten: lambda input, start_dim=0, end_dim=-1: ("flatten", {"self": input}),
+    torch.meshgrid: lambda *tensors, indexing=None: ("meshgrid", {
+        "tensors": list(tensors[0] if len(tensors) == 1 and isinstance(tensors[0], (list, tuple)) else tensors),
+        "indexing": indexing}),
+    torch.norm: lambda input, p="fro", dim=None, keepdim=False, out=None, dtype=None: (
+        "norm", {"self": input, "p": p, "dim": dim, "keepdim": keepdim}),
 }
 _CASTS = {"float": torch.float32, "double": torch.float64, "half": torch.float16, "bfloat16": torch.bfloat16,
           "int": torch.int32, "long": torch.int64, "bool": torch.bool, "short": torch.int16, "char": torch.int8,
           "byte": torch.uint8}
+# tensor methods that take the arguments of a python function in _FUNCTIONS
+_METHOD_FUNCTIONS = {"norm": torch.norm}
 _VARARG_METHODS = {"view": "size", "reshape": "shape", "permute": "dims", "expand": "size", "repeat": "repeats",
                    "tile": "dims", "flip": "dims"}
 
@@ -195,6 +203,9 @@ def _resolver(gm: torch.fx.GraphModule, vals: Mapping) -> Callable[[torch.fx.Nod
         if node.op == "call_method":
             if t in _CASTS:
                 return "_to_copy", t, {"self": args[0]}
+            if t in _METHOD_FUNCTIONS:
+                name, a = _FUNCTIONS[_METHOD_FUNCTIONS[t]](*args, **kwargs)
+                return name, t, a
             if t in ("to", "type", "type_as", "contiguous", "clone", "detach", "cpu", "cuda"):
                 return "_to_copy", t, {"self": args[0]}
             if t in _VARARG_METHODS and len(args) > 1 and not isinstance(args[1], (list, tuple, torch.Size)):
@@ -267,9 +278,25 @@ def _record_values(gm: torch.fx.GraphModule, inputs: list) -> dict[torch.fx.Node
     return vals
 
 
+def _symbolic_trace(model: Any) -> torch.fx.GraphModule:
+    """torch.fx.symbolic_trace; a tracing failure (fx's TraceError, or whatever the model's python
+    raises on a Proxy) becomes one CaptureError naming the model and the way out."""
+    try:
+        return torch.fx.symbolic_trace(model)
+    except AccelirError:
+        raise
+    except Exception as e:  # the model's own code runs on proxies here and may raise anything
+        what = getattr(model, "__name__", None) or type(model).__name__
+        text = (str(e).strip().splitlines() or [""])[0]
+        raise CaptureError(f"torch.fx could not trace {what} ({type(e).__name__}: {text}). fx runs forward on "
+                           "placeholders, which cannot steer python control flow nor take item assignment: "
+                           "rewrite that code path with tensor ops (torch.where, torch.cond, index_put) or use "
+                           "method='export' where it captures the model.") from e
+
+
 def capture_fx(model: Any, args: tuple, kwargs: dict) -> Graph:
     """Capture ``model`` (a GraphModule, or a module that torch.fx.symbolic_trace traces) with static shapes."""
-    gm = model if isinstance(model, torch.fx.GraphModule) else torch.fx.symbolic_trace(model)
+    gm = model if isinstance(model, torch.fx.GraphModule) else _symbolic_trace(model)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     params = list(inspect.signature(gm.forward).parameters.values())
     bound = inspect.signature(gm.forward).bind(*args, **kwargs)

@@ -1,10 +1,10 @@
-"""aten indexing rules: embedding, index_select, gather, take_along_dim, advanced indexing."""
+"""aten indexing rules: embedding, index_select, gather, take_along_dim, advanced indexing, index_put."""
 
 from __future__ import annotations
 
-from ...ir import DType
+from ...ir import DType, Value
 from ...ops.registry import broadcast_shapes
-from .context import rule, wrap_axis
+from .context import NodeContext, rule, wrap_axis
 
 __all__: list[str] = []
 
@@ -74,3 +74,63 @@ def _index(ctx, a):
         perm = tuple(range(nb, nb + lead)) + tuple(range(nb)) + tuple(range(nb + lead, y.rank))
         y = ctx.b.op("transpose", y, perm=perm)
     return y
+
+
+@rule("index_put")
+def _index_put(ctx, a):
+    """x[..., i0, i1, ...] = values (+= with accumulate), as torch.export leaves ``y[idx] = v``:
+    scatter_nd over the indexed dims moved to the front, or a where for a boolean mask."""
+    x = ctx.value(a["self"])
+    indices = list(a["indices"]) + [None] * (x.rank - len(a["indices"]))
+    pos = [d for d, i in enumerate(indices) if i is not None]
+    vals = [ctx.value(indices[d]) for d in pos]
+    values = ctx.cast(ctx.value(a["values"]), x.dtype)
+    if any(v.dtype is DType.bool for v in vals):
+        if pos != [0]:
+            raise ctx.unsupported("index_put with a boolean mask after a skipped (':') dim is not supported; "
+                                  "use torch.where(mask, v, y)")
+        return _masked_put(ctx, x, vals, values, bool(a["accumulate"]))
+    bshape = tuple(broadcast_shapes(*(v.shape for v in vals)))
+    cols = []
+    for d, v in zip(pos, vals):
+        v = ctx.cast(v if v.shape == bshape else ctx.b.op("broadcast_to", v, shape=bshape), DType.i64)
+        if type(x.shape[d]) is int:  # torch takes negative indices from the end
+            neg = ctx.b.op("lt", v, ctx.const(0, DType.i64))
+            v = ctx.b.op("where", neg, ctx.b.op("add", v, ctx.const(x.shape[d], DType.i64)), v)
+        cols.append(ctx.b.op("unsqueeze", v, axes=(len(bshape),)))
+    stacked = cols[0] if len(cols) == 1 else ctx.b.op("concat", *cols, axis=len(bshape))
+    rest = [d for d in range(x.rank) if d not in pos]
+    perm = tuple(pos + rest)
+    xt = x if perm == tuple(range(x.rank)) else ctx.b.op("transpose", x, perm=perm)
+    # torch's values are shaped as x[..., i0, i1, ...] reads: the index dims stay in place when the
+    # indexed dims are adjacent, else they lead; scatter_nd wants them leading
+    lead = pos[0] if pos == list(range(pos[0], pos[-1] + 1)) else 0
+    read = tuple(x.shape[d] for d in rest[:lead]) + bshape + tuple(x.shape[d] for d in rest[lead:])
+    if values.shape != read:
+        values = ctx.b.op("broadcast_to", values, shape=read)
+    if lead:
+        nb = len(bshape)
+        values = ctx.b.op("transpose", values, perm=tuple(range(lead, lead + nb)) + tuple(range(lead))
+                          + tuple(range(lead + nb, values.rank)))
+    y = ctx.b.op("scatter_nd", xt, stacked, values, reduction="add" if a["accumulate"] else "none")
+    if xt is x:
+        return y
+    inverse = tuple(perm.index(d) for d in range(x.rank))
+    return ctx.b.op("transpose", y, perm=inverse)
+
+
+def _masked_put(ctx: NodeContext, x: Value, masks: list[Value], values: Value, accumulate: bool) -> Value:
+    """x[mask] = values where the values do not depend on how many elements the mask selects
+    (one value, or one per trailing position): a where over the mask."""
+    mask = masks[0]
+    rest = x.rank - mask.rank
+    if values.rank == rest + 1 and values.shape[0] == 1:
+        values = ctx.b.op("squeeze", values, axes=(0,))
+    if len(masks) != 1 or values.rank > rest:
+        raise ctx.unsupported("index_put with a boolean mask takes one mask and values that broadcast to the "
+                              "dims after it (y[mask] = v); use torch.where(mask, v, y)")
+    if rest:
+        mask = ctx.b.op("reshape", mask, shape=mask.shape + (1,) * rest)
+    if accumulate:
+        values = ctx.b.op("add", x, values)
+    return ctx.b.op("where", mask, values, x)

@@ -1,12 +1,13 @@
-"""aten reduction, scan and sort rules."""
+"""aten reduction, scan, sort and norm rules (vector, matrix and weight norms as core-op decompositions)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ... import dims as D
-from ...ir import Value
-from .context import RULES, Rule, rule, wrap_axis
+from ...ir import DType, Value
+from .context import RULES, NodeContext, Rule, rule, wrap_axis
 
 __all__: list[str] = []
 
@@ -105,3 +106,93 @@ def _sort(ctx, a):
 def _argsort(ctx, a):
     x = ctx.value(a["self"])
     return ctx.b.ops("sort", x, axis=wrap_axis(a["dim"], x.rank), descending=a["descending"])[1]
+
+
+# ----- norms -------------------------------------------------------------------------
+
+def _norm_input(ctx: NodeContext, x: Value) -> Value:
+    """``x`` in the dtype a norm is computed in: torch's result dtype, widened to f32 for f16 / bf16
+    (torch accumulates half-precision norms in float too)."""
+    dt = ctx.out_dtype
+    return ctx.cast(x, DType.f32 if dt in (DType.f16, DType.bf16) else dt)
+
+
+def _vector_norm(ctx: NodeContext, x: Value, p: float, axes: tuple[int, ...], keep: bool) -> Value:
+    """The ``p``-norm of ``x`` over ``axes`` from core ops: the max / min of |x| for +-inf, the count
+    of non-zeros for 0, the root of the sum of squares for 2, (sum |x|^p)^(1/p) otherwise."""
+    b = ctx.b
+    if p == 0:
+        nonzero = ctx.cast(b.op("ne", x, ctx.scalar(0, x)), x.dtype)
+        return b.op("reduce_sum", nonzero, axes=axes, keepdims=keep)
+    if p == 2:
+        return b.op("sqrt", b.op("reduce_sum", b.op("mul", x, x), axes=axes, keepdims=keep))
+    mag = b.op("abs", x)
+    if p in (math.inf, -math.inf):
+        return b.op("reduce_max" if p > 0 else "reduce_min", mag, axes=axes, keepdims=keep)
+    if p == 1:
+        return b.op("reduce_sum", mag, axes=axes, keepdims=keep)
+    total = b.op("reduce_sum", b.op("pow", mag, ctx.scalar(p, x)), axes=axes, keepdims=keep)
+    return b.op("pow", total, ctx.scalar(1.0 / p, x))
+
+
+def _matrix_norm(ctx: NodeContext, x: Value, ord: Any, dims: Any, keep: bool) -> Value:
+    """Matrix norms that need no singular values: Frobenius, and the max / min absolute column
+    (ord +-1) or row (ord +-inf) sum over the two ``dims``."""
+    d0, d1 = (wrap_axis(d, x.rank) for d in dims)
+    both = tuple(sorted((d0, d1)))
+    if ord == "fro":
+        return _vector_norm(ctx, x, 2.0, both, keep)
+    if isinstance(ord, (int, float)) and abs(ord) in (1, math.inf):
+        summed, picked = (d0, d1) if abs(ord) == 1 else (d1, d0)
+        s = ctx.b.op("reduce_sum", ctx.b.op("abs", x), axes=(summed,), keepdims=True)
+        y = ctx.b.op("reduce_max" if ord > 0 else "reduce_min", s, axes=(picked,), keepdims=True)
+        return y if keep else ctx.b.op("squeeze", y, axes=both)
+    raise ctx.unsupported(f"matrix norm ord={ord!r} needs singular values, which accelir has no op for; "
+                          "use ord 'fro', 1, -1, inf or -inf")
+
+
+@rule("linalg_vector_norm")
+def _linalg_vector_norm(ctx, a):
+    x = _norm_input(ctx, ctx.value(a["self"]))
+    return _vector_norm(ctx, x, float(ctx.scalar_of(a["ord"])), _reduce_axes(x, a["dim"]), bool(a["keepdim"]))
+
+
+@rule("linalg_matrix_norm")
+def _linalg_matrix_norm(ctx, a):
+    x = _norm_input(ctx, ctx.value(a["self"]))
+    return _matrix_norm(ctx, x, ctx.scalar_of(a["ord"]), a["dim"], bool(a["keepdim"]))
+
+
+@rule("norm", "linalg_norm")
+def _norm(ctx, a):
+    """torch.norm / Tensor.norm (``p``) and torch.linalg.norm (``ord``): a matrix norm for a string
+    order or, in linalg.norm, a numeric order over two dims (or of a matrix); else a vector norm."""
+    x = _norm_input(ctx, ctx.value(a["self"]))
+    ord = ctx.scalar_of(a["p"] if "p" in a else a["ord"])
+    dim, keep = a.get("dim"), bool(a.get("keepdim", False))
+    dims = [dim] if isinstance(dim, int) else list(dim or [])
+    if ctx.name == "linalg_norm" and ord is not None and not isinstance(ord, str) and \
+            (len(dims) == 2 or (not dims and x.rank == 2)):
+        return _matrix_norm(ctx, x, ord, dims or (-2, -1), keep)
+    if ord == "fro" and len(dims) <= 2:
+        ord = 2.0
+    if isinstance(ord, str):
+        return _matrix_norm(ctx, x, ord, dims or (-2, -1), keep)
+    return _vector_norm(ctx, x, 2.0 if ord is None else float(ord), _reduce_axes(x, dim), keep)
+
+
+@rule("_weight_norm", "_weight_norm_interface")
+def _weight_norm(ctx, a):
+    """Weight normalisation: ``v * g / ||v||``, the 2-norm over every dim of ``v`` but ``dim``
+    (over all of ``v`` for dim=-1); ``_weight_norm_interface`` also returns the norms."""
+    types = ctx.out_types() if isinstance(ctx.val, (tuple, list)) else [ctx.out_type]
+    v = ctx.value(a["v"])
+    wide = DType.f32 if v.dtype in (DType.f16, DType.bf16) else v.dtype
+    dim = a["dim"]
+    axes = tuple(range(v.rank)) if dim == -1 else tuple(i for i in range(v.rank) if i != wrap_axis(dim, v.rank))
+    norm = _vector_norm(ctx, ctx.cast(v, wide), 2.0, axes, True)
+    scale = ctx.b.op("div", ctx.cast(ctx.value(a["g"]), wide), norm)
+    w = ctx.cast(ctx.b.op("mul", ctx.cast(v, wide), scale), types[0].dtype)
+    if len(types) == 1:
+        return w
+    return w, ctx.b.op("reshape", norm, shape=types[1].shape)

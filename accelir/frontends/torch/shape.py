@@ -13,7 +13,7 @@ __all__: list[str] = []
 # ----- shape ops ---------------------------------------------------------------------
 
 @rule("view", "_unsafe_view", "reshape", "flatten", "unflatten", "view_copy", "_reshape_alias", "squeeze",
-      "squeeze_copy", "ravel", "atleast_1d", "atleast_2d", "atleast_3d")
+      "squeeze_copy", "ravel", "atleast_1d", "atleast_2d", "atleast_3d", "reshape_as")
 def _reshape(ctx, a):
     x = ctx.value(a["self"])
     shape = ctx.out_shape
@@ -160,6 +160,23 @@ def _stack(ctx, a):
     ax = wrap_axis(a["dim"], vals[0].rank + 1)
     vals = [ctx.b.op("unsqueeze", v, axes=(ax,)) for v in vals]
     return vals[0] if len(vals) == 1 else ctx.b.op("concat", *vals, axis=ax)
+
+
+@rule("meshgrid")
+def _meshgrid(ctx, a):
+    """Each 0-d / 1-d tensor laid along its own axis and broadcast to the common grid; "xy"
+    indexing swaps the first two axes (the cartesian convention)."""
+    indexing = a.get("indexing") or "ij"
+    if indexing not in ("ij", "xy"):
+        raise ctx.unsupported(f"meshgrid indexing {indexing!r} is not supported ('ij' and 'xy' are)")
+    vals = [ctx.value(t) for t in a["tensors"]]
+    grid = ctx.out_types()[0].shape
+    outs = []
+    for i, v in enumerate(vals):
+        ax = {0: 1, 1: 0}.get(i, i) if indexing == "xy" and len(vals) > 1 else i
+        shape = tuple(grid[ax] if k == ax else 1 for k in range(len(grid)))
+        outs.append(ctx.b.op("broadcast_to", ctx.b.op("reshape", v, shape=shape), shape=grid))
+    return tuple(outs)
 
 
 @rule("flip")
