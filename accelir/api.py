@@ -27,10 +27,10 @@ from .arrays import to_numpy
 from .interpreter import InterpreterError, bind_shapes
 from .ir import DType, Graph
 
-__all__ = ["capture", "optimize", "CompiledModel", "OptimizeReport", "BACKENDS", "build_runner"]
+__all__ = ["capture", "optimize", "CompiledModel", "OptimizeReport", "BACKENDS", "EXPORT_SUFFIXES", "build_runner", "model_kind"]
 
 BACKENDS = ("onnxruntime", "xla")
-_EXPORT_SUFFIXES = (".onnx", ".mlir", ".hlo", ".air", ".dot", ".html")
+EXPORT_SUFFIXES = (".onnx", ".mlir", ".hlo", ".air", ".dot", ".html")
 
 
 def _holds_torch_tensor(example: Any) -> bool:
@@ -42,7 +42,7 @@ def _holds_torch_tensor(example: Any) -> bool:
     return any(c.__module__ == "torch" and c.__name__ == "Tensor" for c in type(example).__mro__)
 
 
-def _framework(obj: Any, example: Any = ()) -> str:
+def model_kind(obj: Any, example: Any = ()) -> str:
     """'torch', 'onnx', 'graph', 'path' or 'jax' (any other callable, unless its ``example`` inputs
     hold torch tensors: a plain function on torch tensors is captured through torch)."""
     if isinstance(obj, Graph):
@@ -118,7 +118,7 @@ def capture(model: Any, example_inputs: Any = None, dynamic_shapes: Any = None, 
     is copied.
     """
     args = _as_args(example_inputs)
-    kind = _framework(model, (args, example_kwargs))
+    kind = model_kind(model, (args, example_kwargs))
     if kind == "graph":
         return model.copy()
     if kind == "path":
@@ -326,7 +326,7 @@ class CompiledModel:
         from .fileio import check_output, write_text_atomic
         path = os.fspath(path)
         suffix = os.path.splitext(path)[1].lower()
-        if suffix not in _EXPORT_SUFFIXES:
+        if suffix not in EXPORT_SUFFIXES:
             raise AccelirError(f"{path}: unknown export format {suffix!r}; use .onnx, .mlir, .hlo, .air, .dot or .html")
         check_output(path, overwrite)
         if suffix == ".onnx":
@@ -427,7 +427,7 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
 
 def _call_form(model: Any, args: tuple, kwargs: Mapping[str, Any] | None, flat: list) -> CallForm | None:
     """How calls of a torch module or jax callable map onto the arguments it was captured with."""
-    kind = _framework(model)
+    kind = model_kind(model)
     if kind == "torch" and callable(getattr(model, "forward", None)):
         return CallForm.of(model.forward, args, dict(kwargs or {}), flat)
     if kind == "jax":

@@ -127,12 +127,12 @@ def _refuse_non_factory(spec: str, fn: Callable[..., Any]) -> None:
 
 def _is_model_and_inputs(result: Any) -> bool:
     """Whether a factory's result is a pair whose first element ``accelir.capture`` takes."""
-    from .api import _framework
+    from .api import model_kind
 
     if not (isinstance(result, (tuple, list)) and len(result) == 2):
         return False
     try:
-        _framework(result[0])
+        model_kind(result[0])
     except AccelirError:
         return False
     return True
@@ -338,13 +338,13 @@ def _tolerances(args: argparse.Namespace) -> dict[DType, tuple[float, float]]:
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
-    from .api import _EXPORT_SUFFIXES, CompiledModel, OptimizeReport
+    from .api import EXPORT_SUFFIXES, CompiledModel, OptimizeReport
     from .pass_manager import PassManager
 
     suffix = os.path.splitext(args.output)[1].lower()
-    if suffix not in _EXPORT_SUFFIXES:
+    if suffix not in EXPORT_SUFFIXES:
         raise UsageError(f"-o {args.output}: unknown format {suffix or 'without a suffix'!r}; the suffix picks it: "
-                         f"{', '.join(_EXPORT_SUFFIXES)}")
+                         f"{', '.join(EXPORT_SUFFIXES)}")
     _check_output(args.output, args.overwrite)
     backend = args.backend or _default_backend(args.output)
     inp = load_input(args.input)
