@@ -89,6 +89,17 @@ class Namer:
         self.used: set[str] = set()
         self.counter = 0
 
+    @classmethod
+    def for_graph(cls, g: Graph) -> Namer:
+        """A namer that has reserved the name hints of ``g``'s inputs and node outputs, in order."""
+        namer = cls()
+        for v in g.inputs:
+            namer.reserve(v)
+        for n in g.nodes:
+            for o in n.outputs:
+                namer.reserve(o)
+        return namer
+
     def reserve(self, v: Value) -> None:
         if v.name and id(v) not in self.names:
             base = v.name
@@ -113,12 +124,7 @@ class Namer:
 
 
 def _print(g: Graph, indent: str, out: list[str], meta: bool) -> None:
-    namer = Namer()
-    for v in g.inputs:
-        namer.reserve(v)
-    for n in g.nodes:
-        for o in n.outputs:
-            namer.reserve(o)
+    namer = Namer.for_graph(g)
     ins = ", ".join(f"{namer(v)}: {v.type}" for v in g.inputs)
     outs = ", ".join(str(v.type) for v in g.outputs)
     out.append(f"{indent}graph {_graph_name(g.name)}({ins}) -> ({outs}) {{")

@@ -100,12 +100,7 @@ def _attr_text(node: Node) -> str:
 
 
 def _collect(graph: Graph, show_constants: bool) -> tuple[list[_Box], list[_Edge]]:
-    namer = Namer()
-    for v in graph.inputs:
-        namer.reserve(v)
-    for n in graph.nodes:
-        for o in n.outputs:
-            namer.reserve(o)
+    namer = Namer.for_graph(graph)
     boxes: list[_Box] = []
     edges: list[_Edge] = []
     where: dict[int, tuple[str, int, int]] = {}  # value id -> (box key, output index, output count)
