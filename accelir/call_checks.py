@@ -182,7 +182,24 @@ def id_bounds(graph: Graph) -> list[IdBound]:
                         bounds.append(b)
                 elif k == 0 and (node.op in _SAME_IDS or (node.op == "cast" and node.outputs[0].type.dtype.is_int)):
                     stack.append(node.outputs[0])
+                elif k == 2 and node.op == "where" and _wraps_negative_ids(node, value):
+                    stack.append(node.outputs[0])
     return bounds
+
+
+def _made_by(v: Value, op: str, x: Value) -> Any:
+    """The node that made ``v`` as ``op(x, constant)``, or None."""
+    node = v.producer
+    if node is None or node.op != op or node.inputs[0] is not x:
+        return None
+    return node if node.inputs[1].producer is not None and node.inputs[1].producer.op == "constant" else None
+
+
+def _wraps_negative_ids(node: Any, x: Value) -> bool:
+    """Whether ``node`` is ``where(lt(x, c), add(x, n), x)``: the wrap of negative ids that
+    jax's indexing puts before a gather, which keeps the ids' range check meaningful."""
+    cond, wrapped, _ = node.inputs
+    return _made_by(cond, "lt", x) is not None and _made_by(wrapped, "add", x) is not None
 
 
 def _min_max(x: Any) -> tuple[int, int]:

@@ -358,6 +358,26 @@ def test_onnx_gather_ids_count_from_the_end_and_stop_at_the_table(backend):
             cm(np.array([0, bad_id, 1]))
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "xla"])
+def test_jax_indexing_ids_agree_with_jax_or_raise_on_both_backends(backend):
+    table = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
+
+    def index(ids):  # jax's x[ids]: negative ids wrap, out-of-range ones are the caller's promise
+        return jnp.asarray(table)[ids] * 2
+
+    def take(ids):  # jnp.take fills out-of-range rows with NaN: defined, so both backends must match it
+        return jnp.take(jnp.asarray(table), ids, axis=0) * 2
+
+    ids = np.array([[1, 2, 3]], dtype=np.int32)
+    fine, bad = np.array([[1, -3, 9]], dtype=np.int32), np.array([[1, 12, -11]], dtype=np.int32)
+    cm = accelir.optimize(index, (ids,), backend=backend)
+    np.testing.assert_array_equal(np.asarray(cm(fine)), np.asarray(index(fine)))
+    with pytest.raises(accelir.InputError, match=r"id (12|-11) is out of range for the table .* of 10 rows"):
+        cm(bad)
+    cm = accelir.optimize(take, (ids,), backend=backend)
+    np.testing.assert_array_equal(np.asarray(cm(bad)), np.asarray(take(bad)))
+
+
 def test_backend_auto_falls_back_when_one_backend_fails(monkeypatch):
     from accelir.errors import LoweringError
     from accelir.lowering import jax as jax_lowering
