@@ -5,32 +5,32 @@ from __future__ import annotations
 from ... import dims as D
 from ...ir import DType, Value
 from ..decompositions import crop_negative_pads, wrap_pad
-from .context import NodeContext, rule, slice_bounds, wrap_axis
+from .context import RULES, NodeContext, rule, slice_bounds, wrap_axis
 
 __all__: list[str] = []
 
 
 # ----- shape ops ---------------------------------------------------------------------
 
-@rule("view", "_unsafe_view", "reshape", "flatten", "unflatten", "view_copy", "_reshape_alias", "squeeze",
-      "squeeze_copy", "ravel", "atleast_1d", "atleast_2d", "atleast_3d", "reshape_as")
-def _reshape(ctx, a):
-    x = ctx.value(a["self"])
-    shape = ctx.out_shape
-    return x if x.shape == shape else ctx.b.op("reshape", x, shape=shape)
+def _to_out_shape(ir_op: str):
+    """A rule that gives ``self`` the node's output shape through ``ir_op`` (nothing when it has it)."""
+    def to_out_shape(ctx, a):
+        x = ctx.value(a["self"])
+        shape = ctx.out_shape
+        return x if x.shape == shape else ctx.b.op(ir_op, x, shape=shape)
+    return to_out_shape
+
+
+RULES.add(_to_out_shape("reshape"), "view", "_unsafe_view", "reshape", "flatten", "unflatten", "view_copy",
+          "_reshape_alias", "squeeze", "squeeze_copy", "ravel", "atleast_1d", "atleast_2d", "atleast_3d",
+          "reshape_as")
+RULES.add(_to_out_shape("broadcast_to"), "expand", "expand_as", "broadcast_to", "expand_copy")
 
 
 @rule("unsqueeze", "unsqueeze_copy")
 def _unsqueeze(ctx, a):
     x = ctx.value(a["self"])
     return ctx.b.op("unsqueeze", x, axes=(wrap_axis(a["dim"], x.rank + 1),))
-
-
-@rule("expand", "expand_as", "broadcast_to", "expand_copy")
-def _expand(ctx, a):
-    x = ctx.value(a["self"])
-    shape = ctx.out_shape
-    return x if x.shape == shape else ctx.b.op("broadcast_to", x, shape=shape)
 
 
 @rule("permute", "permute_copy")
