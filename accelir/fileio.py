@@ -117,8 +117,9 @@ class _Terminated(BaseException):
 def _sigterm_as_exception() -> Iterator[None]:
     """In the main thread, let SIGTERM unwind the stack (so the temporaries are removed) and
     then reach the handler that was there before: by default, the process still dies of it."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is None:
-        yield  # another thread, or a handler set outside Python that cannot be put back
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous is None or previous is signal.SIG_IGN:
+        yield  # another thread, a handler set outside Python that cannot be put back, or SIGTERM ignored
         return
     def handler(signum, frame):
         raise _Terminated()

@@ -534,8 +534,11 @@ def load(path: str | os.PathLike, constants: Mapping[str, np.ndarray] | None = N
     Only the ``.npz`` entries the text names are read; ``constants`` take precedence over them.
     """
     path = os.fspath(path)
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise AccelirError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
     if not os.path.exists(path + ".npz"):
         return parse(text, constants)
     npz = _NpzConstants(path + ".npz")

@@ -241,8 +241,8 @@ def test_output_that_is_an_input_or_repeated_exports_a_valid_model(tmp_path):
     x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
     expected = onnxruntime_outputs(model, {"x": x})
     cm = accelir.optimize(model, (x,), backend="onnxruntime")
-    for got in cm(x):
-        assert got.shape == (2, 3)
+    for got, want in zip(cm(x), expected, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), want)
     cm.export(tmp_path / "m.onnx")
     onnx.checker.check_model(onnx.load(tmp_path / "m.onnx"), full_check=True)
     for got, want in zip(onnxruntime_outputs(tmp_path / "m.onnx", {"x": x}), expected, strict=True):
@@ -439,3 +439,26 @@ def test_regions_with_same_constant_name_and_different_values_round_trip(tmp_pat
     assert str(loaded) == str(g)
     x = np.random.default_rng(0).standard_normal(32).astype(np.float32)
     np.testing.assert_array_equal(interpret(loaded, x)[0], interpret(g, x)[0])
+
+
+@pytest.mark.parametrize("content", [None, b"\xff\xfe not text"])
+def test_loading_a_missing_or_binary_air_file_is_an_accelir_error(tmp_path, content):
+    path = tmp_path / "m.air"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(accelir.AccelirError, match=r"^cannot read .*m\.air"):
+        accelir.load(path)
+
+
+def test_an_ignored_sigterm_stays_ignored_while_writing(tmp_path):
+    from accelir.fileio import write_atomic
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        def writer(tmp):
+            os.kill(os.getpid(), signal.SIGTERM)
+            with open(tmp, "wb") as f:
+                f.write(b"done")
+        write_atomic(tmp_path / "out.bin", writer)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (tmp_path / "out.bin").read_bytes() == b"done"
