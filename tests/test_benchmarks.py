@@ -27,7 +27,7 @@ from benchmarks import conditions  # noqa: E402
 from benchmarks.conditions import LoadGuard, check_outputs  # noqa: E402
 
 
-def _run_script(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+def _run_script(args: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -58,7 +58,7 @@ def test_quick_passes_states_threads_machine_sizes():
 
 def test_quick_run_writes_every_column(tmp_path):
     out = _assert_ran(_run_script(["-m", "benchmarks.run", "--quick", "--allow-load", "--out", str(tmp_path)],
-                                  timeout=240))
+                                  timeout=900))
     table = (tmp_path / "results.md").read_text()
     assert table.splitlines()[0] in out.splitlines()
     for column in ("torch eager", "onnx (dynamo) + ort, accelir's session options",
@@ -70,7 +70,7 @@ def test_quick_run_writes_every_column(tmp_path):
 
 
 def test_quick_onnxruntime_models():
-    out = _assert_ran(_run_script(["-m", "benchmarks.onnxruntime_models", "--quick", "--allow-load"], timeout=240))
+    out = _assert_ran(_run_script(["-m", "benchmarks.onnxruntime_models", "--quick", "--allow-load"], timeout=900))
     for system in ("| accelir |", "| torchscript |", "| torchscript + accelir's options |", "| dynamo |",
                    "| dynamo + accelir's options |"):
         assert system in out
@@ -78,7 +78,7 @@ def test_quick_onnxruntime_models():
 
 
 def test_quick_onnx_models():
-    out = _assert_ran(_run_script(["benchmarks/onnx_models.py", "--quick", "--allow-load"], timeout=180))
+    out = _assert_ran(_run_script(["benchmarks/onnx_models.py", "--quick", "--allow-load"], timeout=900))
     rows = [line for line in out.splitlines() if line.startswith("gpt2")]
     assert [r.split()[1] for r in rows] == ["raw", "onnxsim", "accelir"]
     assert all("wrong output" not in r and f"on {conditions.cpu_count()} CPUs" in r for r in rows)
@@ -141,7 +141,7 @@ def test_a_script_writes_no_figures_under_load(monkeypatch, capsys):
     from benchmarks import passes
     _loads(monkeypatch, 0.0, 0.0, 9.0)
     with pytest.raises(SystemExit, match="table not written"):
-        passes.main(["--sizes", "200", "--repeat", "1"])
+        passes.main(["--sizes", "200", "--repeat", "1", "--max-load", "0"])
     assert "synthetic" not in capsys.readouterr().out
 
 

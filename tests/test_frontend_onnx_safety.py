@@ -63,6 +63,11 @@ def doubling_model(levels: int, shared: bool) -> object:
     return _model([_call("f0", ["x"], "y")], [_f32("x", [3])], [_f32("y", [3])], functions=funcs)
 
 
+# Unbounded imports (the bombs below) take minutes or exhaust memory; bounded ones take well
+# under a second. The limit sits far from both, so a loaded CI machine does not trip it.
+BOUNDED_S = 20.0
+
+
 # ----- local functions ---------------------------------------------------------------
 
 @pytest.mark.parametrize("levels", [18, 30])
@@ -71,7 +76,7 @@ def test_function_call_bomb_is_refused_in_bounded_time(levels):
     with pytest.raises(OnnxImportError, match=rf"local function 'f0' would build {2 ** levels:,} nodes, "
                                               r"over the budget of 131,072 .*max_inlined_nodes"):
         import_onnx(doubling_model(levels, shared=False))
-    assert time.perf_counter() - t0 < 2.0
+    assert time.perf_counter() - t0 < BOUNDED_S
 
 
 @pytest.mark.parametrize("levels", [18, 30])
@@ -79,7 +84,7 @@ def test_identical_calls_are_inlined_once(levels):
     x = np.array([-1.5, 0.25, 3.0], np.float32)
     t0 = time.perf_counter()
     g, (y,) = import_and_run(doubling_model(levels, shared=True), {"x": x})
-    assert time.perf_counter() - t0 < 2.0
+    assert time.perf_counter() - t0 < BOUNDED_S
     assert len(list(g.nodes)) <= levels + 2  # one relu and one add per level
     np.testing.assert_array_equal(y, np.float32(2.0 ** levels) * np.maximum(x, 0))  # exact: powers of two
 
@@ -119,7 +124,7 @@ def test_recursive_functions_are_refused():
     t0 = time.perf_counter()
     with pytest.raises(OnnxImportError, match=r"local function 'ping' calls itself \('ping' -> 'pong' -> 'ping'\)"):
         import_onnx(m)
-    assert time.perf_counter() - t0 < 2.0
+    assert time.perf_counter() - t0 < BOUNDED_S
 
 
 def test_function_called_inside_a_subgraph_counts_towards_the_budget():
@@ -139,7 +144,7 @@ def _init(name, array):
     return numpy_helper.from_array(np.asarray(array), name)
 
 
-def _bounded(model, seconds=2.0, peak_bytes=64 << 20):
+def _bounded(model, seconds=None, peak_bytes=64 << 20):
     """Import ``model``, checking that it takes under ``seconds`` and allocates under ``peak_bytes``."""
     tracemalloc.start()
     t0 = time.perf_counter()
@@ -148,7 +153,7 @@ def _bounded(model, seconds=2.0, peak_bytes=64 << 20):
     finally:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        assert time.perf_counter() - t0 < seconds
+        assert time.perf_counter() - t0 < (BOUNDED_S if seconds is None else seconds)
         assert peak < peak_bytes, f"import allocated {peak:,} bytes"
 
 
