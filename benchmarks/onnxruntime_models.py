@@ -106,8 +106,8 @@ def build_memory(name: str, quick: bool, level: int, traced: bool, system: str) 
         def build() -> None:
             if system == "accelir":
                 accelir.optimize(model, inputs, backend="onnxruntime", level=level)
-            else:
-                _build_export(model, inputs, 1, system == "dynamo", tmp)
+            else:  # the session as optimize() opens its own: ONNX Runtime's default thread count (0)
+                _build_export(model, inputs, 0, system == "dynamo", tmp)
         with PeakMemory() as mem:
             t0 = time.perf_counter()
             build()
