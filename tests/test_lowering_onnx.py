@@ -227,6 +227,10 @@ def _cases() -> list[Case]:
                       label=f"{mode}-{pad}"))
     c.append(Case("grid_sample", [_x(1, 2, 4, 5, 3), Arg((1, 3, 4, 2, 3), "grid")],
                   {"mode": "linear", "padding_mode": "reflection", "align_corners": True}, label="3d"))
+    for mode, coord, sizes in (("linear", "half_pixel", (7, 3)), ("cubic", "align_corners", (8, 10)),
+                               ("nearest", "asymmetric", (8, 15)), ("cubic", "half_pixel", (3, 2))):
+        c.append(Case("resize", [_x(2, 3, 4, 5)], {"axes": (2, 3), "sizes": sizes, "mode": mode, "coord": coord,
+                                                   "scales": (sizes[0] / 4, sizes[1] / 5)}, label=f"{mode}-{coord}"))
     roi_args = [_x(2, 3, 8, 9), Arg((4, 4), "roi"), _idx(4, high=2, kind="pindex")]
     c.append(Case("roi_align", roi_args, {"output_height": 3, "output_width": 2, "sampling_ratio": 2}))
     c.append(Case("roi_align", roi_args[:2] + [_idx(4, high=2, dtype=DType.i32, kind="pindex")],

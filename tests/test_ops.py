@@ -248,6 +248,14 @@ def samples():
                                                         "align_corners": True},
                              _grid_sample_oracle({"mode": "linear", "padding_mode": "reflection",
                                                   "align_corners": True}), True))
+    s["resize"] = [([f32(2, 3, 4, 5)], {"axes": (2, 3), "sizes": (7, 3), "scales": (7 / 4, 3 / 5), "mode": "linear"},
+                    lambda t: F.interpolate(t[0], size=(7, 3), mode="bilinear", align_corners=False), True),
+                   ([f32(2, 3, 4, 5)], {"axes": (2, 3), "sizes": (6, 9), "scales": (1.5, 1.8), "mode": "cubic",
+                                        "coord": "align_corners"},
+                    lambda t: F.interpolate(t[0], size=(6, 9), mode="bicubic", align_corners=True), True),
+                   ([f32(2, 3, 5)], {"axes": (2,), "sizes": (10,), "scales": (2.0,), "coord": "asymmetric",
+                                     "nearest_mode": "floor"},
+                    lambda t: F.interpolate(t[0], scale_factor=2, mode="nearest"), True)]
     xy = f32(3, 2, lo=-2, hi=8)
     rois = np.concatenate([xy, xy + f32(3, 2, lo=0, hi=6)], axis=1)
     s["roi_align"] = [([f32(3, 2, 9, 10), rois, np.array([2, 0, 2], np.int64)], attrs,

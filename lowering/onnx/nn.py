@@ -15,6 +15,7 @@ from accelir.ir import DType, Graph, Node, TensorType, Value
 from accelir.ops import registry
 from accelir.ops.activations import activation
 from accelir.ops.nn import GRID_MODE_OLD_NAMES, split_heads
+from accelir.ops.resize import nearest_index
 
 from .kernels import MS_DOMAIN, supported_dtypes
 from .context import LoweringContext, OnnxValue, in_compute, lower_via_decomposition, register_lowering
@@ -174,6 +175,45 @@ def _lower_grid_sample(ctx, node, xs):
         return [ctx.kernel("GridSample", xs[0], ctx.cast(xs[1], cdt), compute=cdt, mode=mode,
                            padding_mode=a["padding_mode"], align_corners=int(a["align_corners"]))]
     return lower_via_decomposition(ctx, node, xs)
+
+
+def _ort_resize_inputs(x_t: TensorType, a: dict[str, Any]) -> tuple[str, list] | None:
+    """How ONNX Runtime's Resize kernel can express ``resize`` as this graph states it: ("scales", ...)
+    or ("sizes", ...) per axis; None where its CPU kernel refuses the case or computes it
+    differently from ONNX's reference (cubic outside 2-D / NCHW planes; pytorch_half_pixel onto one
+    pixel, which the kernel samples at 0 rather than -0.5)."""
+    axes, sizes, scales = a["axes"], a["sizes"], a["scales"]
+    if a["mode"] == "cubic" and not (x_t.rank == 2 or (x_t.rank == 4 and set(axes) <= {2, 3})):
+        return None
+    if a["coord"] == "pytorch_half_pixel" and 1 in sizes:
+        return None
+    # the kernel computes coordinates in float32: where that rounds to another pixel, it is not ours
+    if a["mode"] == "nearest" and not all(
+            np.array_equal(nearest_index(x_t.shape[ax], out, sc, a), nearest_index(x_t.shape[ax], out, sc, a, np.float32))
+            for ax, out, sc in zip(axes, sizes, scales)):
+        return None
+    if all(abs(sc - out / x_t.shape[ax]) <= 1e-12 * sc for ax, out, sc in zip(axes, sizes, scales)):
+        return "sizes", list(sizes)
+    # given factors: the kernel sizes the output floor(input * scale), which must be ours, and
+    # align_corners / half_pixel_symmetric read the rounded output where ONNX reads the unrounded one
+    if a["coord"] not in ("align_corners", "half_pixel_symmetric") and all(int(np.float32(sc) * np.float32(x_t.shape[ax])) == out for ax, out, sc in zip(axes, sizes, scales)):
+        return "scales", list(scales)
+    return None
+
+
+@register_lowering("resize")
+def _lower_resize(ctx, node, xs):
+    x_t, a = node.inputs[0].type, node.attrs
+    how = _ort_resize_inputs(x_t, a) if ctx.opset >= 19 else None
+    if how is None or not ctx.has_kernel(x_t.dtype, "Resize"):
+        return lower_via_decomposition(ctx, node, xs)
+    kind, values = how
+    scales = ctx.const(np.asarray(values, np.float32)) if kind == "scales" else None
+    sizes = ctx.ints(values) if kind == "sizes" else None
+    return [ctx.kernel("Resize", xs[0], None, scales, sizes, axes=list(a["axes"]), mode=a["mode"],
+                       coordinate_transformation_mode=a["coord"], nearest_mode=a["nearest_mode"],
+                       cubic_coeff_a=a["cubic_a"], exclude_outside=int(a["exclude_outside"]),
+                       antialias=int(a["antialias"]))]
 
 
 @register_lowering("roi_align")

@@ -3,106 +3,27 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ...ir import Value
 from ...ops import registry
 from ...ops.nn import GRID_MODE_OLD_NAMES
+from ...ops.resize import resize_taps, taps_bytes
 from .context import IMPORT_VALUE_BYTES, NodeContext, OnnxImportError, conv_attrs, norm_axis, reshape, rule
 
-__all__ = ["resize_taps"]
+__all__: list[str] = []
 
 
-def _cubic_kernel(a: float) -> Callable[[np.ndarray], np.ndarray]:
-    def k(t: np.ndarray) -> np.ndarray:
-        t = np.abs(t)
-        near = ((a + 2) * t - (a + 3)) * t * t + 1
-        far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
-        return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
-    return k
-
-
-def _source_coords(mode: str, out: int, size: int, scale: float, roi: tuple[float, float]) -> np.ndarray:
-    """Where each output index samples the input (ONNX Resize coordinate_transformation_mode)."""
-    i = np.arange(out, dtype=np.float64)
-    out_f = scale * size  # ONNX's formulas use the unrounded output width
-    if mode == "align_corners":
-        return np.zeros(out) if out_f == 1 else i * (size - 1) / (out_f - 1)
-    if mode == "asymmetric":
-        return i / scale
-    if mode == "tf_crop_and_resize":
-        lo, hi = roi
-        if out_f == 1:
-            return np.full(out, (hi - lo) * (size - 1) / 2 + lo * (size - 1))
-        return i * (hi - lo) * (size - 1) / (out_f - 1) + lo * (size - 1)
-    if mode == "pytorch_half_pixel":
-        return np.full(out, -0.5) if out_f == 1 else (i + 0.5) / scale - 0.5
-    if mode == "half_pixel":
-        return (i + 0.5) / scale - 0.5
-    if mode == "half_pixel_symmetric":
-        offset = size / 2 * (1 - out / (scale * size))
-        return offset + (i + 0.5) / scale - 0.5
-    raise ValueError(f"unknown coordinate_transformation_mode {mode!r}")
-
-
-def _nearest_index(x: np.ndarray, mode: str) -> np.ndarray:
-    if mode == "round_prefer_floor":
-        return np.ceil(x - 0.5)
-    if mode == "round_prefer_ceil":
-        return np.floor(x + 0.5)
-    if mode == "floor":
-        return np.floor(x)
-    if mode == "ceil":
-        return np.ceil(x)
-    raise ValueError(f"unknown nearest_mode {mode!r}")
-
-
-def resize_taps(ctx: NodeContext, size: int, out: int, scale: float, attrs: dict[str, Any],
-                roi: tuple[float, float], itemsize: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One axis's interpolation as taps: for each output, the input indices it reads
-    ([out, taps]) and their weights, and the mask of outputs that take the extrapolation
-    value (tf_crop_and_resize outside the input).  Taps, not an [out, size] matrix, so the
-    tables grow with the output and the kernel's reach only; they must fit the import budget."""
-    if attrs["mode"] == "nearest":
-        kernel, support, s, offsets = None, 0.5, 1.0, [0]
-    else:
-        if attrs["mode"] == "linear":
-            kernel, support = (lambda t: np.clip(1 - np.abs(t), 0, None)), 1
-        else:
-            kernel, support = _cubic_kernel(attrs["cubic_a"]), 2
-        s = min(scale, 1.0) if attrs["antialias"] else 1.0
-        reach = int(math.ceil(support / s)) + 1
-        offsets = range(-reach, reach + 1)
-    # a row has at most ceil(2 * support / s) + 1 taps of nonzero weight: check before building them
-    need = out * (int(math.ceil(2 * support / s)) + 1) * (8 + itemsize)
+def _check_budget(ctx: NodeContext, size: int, out: int, scale: float, attrs: dict[str, Any], itemsize: int) -> None:
+    """Refuse an axis whose interpolation tables (built at import or when the ``resize`` op is
+    decomposed) would exceed the import budget."""
+    need = taps_bytes(out, scale, attrs, itemsize)
     if need > IMPORT_VALUE_BYTES:
         raise OnnxImportError(f"{ctx.label}: resizing an axis of {size} to {out} needs interpolation tables of "
                               f"about {need:,} bytes, over the {IMPORT_VALUE_BYTES:,} bytes a table built at "
                               "import may take")
-    x = _source_coords(attrs["coord"], out, size, scale, roi)
-    outside = (x < 0) | (x > size - 1) if attrs["coord"] == "tf_crop_and_resize" else np.zeros(out, bool)
-    if kernel is None:
-        idx = np.clip(_nearest_index(x, attrs["nearest_mode"]), 0, size - 1).astype(np.int64)[:, None]
-        wts = np.ones((out, 1))
-    else:
-        cols, weights = [], []
-        for off in offsets:
-            j = np.floor(x).astype(np.int64) + off
-            wt = kernel((j - x) * s)
-            if attrs["exclude_outside"]:
-                wt = np.where((j >= 0) & (j < size), wt, 0.0)
-            if np.any(wt != 0):  # taps no output uses are left out
-                cols.append(np.clip(j, 0, size - 1))
-                weights.append(wt)
-        idx = np.stack(cols, 1) if cols else np.zeros((out, 1), np.int64)
-        wts = np.stack(weights, 1) if weights else np.zeros((out, 1))
-        if attrs["antialias"] or attrs["exclude_outside"]:
-            total = wts.sum(1, keepdims=True)
-            wts = wts / np.where(total == 0, 1, total)
-    wts[outside] = 0.0
-    return idx, wts, outside
 
 
 @rule("Resize", "Upsample")
@@ -147,12 +68,22 @@ def _resize(ctx: NodeContext):
         scales = [float(v) for v in np.asarray(raw).reshape(-1)]
         scales = [scales[a] for a in axes] if len(scales) == rank and len(axes) != rank else scales
         sizes = [int(math.floor(i * (hi - lo) * sc)) for i, sc, (lo, hi) in zip(in_sizes, scales, roi)]
+    if attrs["coord"] != "tf_crop_and_resize":
+        keep = [(a, out, sc) for a, size, out, sc in zip(axes, in_sizes, sizes, scales) if size != out or sc != 1.0]
+        if not keep:
+            return [x]
+        if attrs["mode"] != "nearest" and not x.dtype.is_float:
+            raise ctx.unsupported(f"{attrs['mode']} resize of {x.dtype}")
+        for a, size, out, sc in zip(axes, in_sizes, sizes, scales):
+            _check_budget(ctx, size, out, sc, attrs, x.dtype.itemsize)
+        return [ctx.op("resize", x, axes=tuple(a for a, _, _ in keep), sizes=tuple(o for _, o, _ in keep),
+                       scales=tuple(float(sc) for _, _, sc in keep), **attrs)]
+    # tf_crop_and_resize: a region of interest and an extrapolation value, written out in core ops
     y = x
     extrap = ctx.attr("extrapolation_value", 0.0)
     for a, size, out, sc, rr in zip(axes, in_sizes, sizes, scales, roi):
-        if size == out and sc == 1.0 and attrs["coord"] != "tf_crop_and_resize":
-            continue
-        idx, wts, outside = resize_taps(ctx, size, out, sc, attrs, rr, x.dtype.itemsize)
+        _check_budget(ctx, size, out, sc, attrs, x.dtype.itemsize)
+        idx, wts, outside = resize_taps(size, out, sc, attrs, rr)
         if idx.shape[1] == 1 and np.all(wts[~outside] == 1) and not outside.any():
             y = ctx.op("gather", y, ctx.const(idx[:, 0]), axis=a)
             continue

@@ -10,6 +10,7 @@ import torch
 
 from ... import dims as D
 from ...ir import DType, Value
+from ...ops.resize import nearest_index
 from ..decompositions import instance_norm
 from .context import RULES, TORCH_DTYPES, NodeContext, Rule, full_like_type, rule, wrap_axis
 
@@ -332,3 +333,85 @@ def _adaptive_windows(ctx: NodeContext, x: Value, kind: str, out: tuple) -> Valu
 for _n in (1, 2, 3):
     RULES.add(_adaptive_rule("avg_pool", _n), f"adaptive_avg_pool{_n}d", f"_adaptive_avg_pool{_n}d")
     RULES.add(_adaptive_rule("max_pool", _n), f"adaptive_max_pool{_n}d")
+
+
+# ----- interpolation (F.interpolate) ------------------------------------------------------------
+# Where torch's kernels sample the input, in ONNX Resize's terms: legacy nearest reads floor(i / s)
+# (asymmetric, floor); nearest-exact reads floor((i + 0.5) / s) (half_pixel, round half up); linear
+# and cubic read (i + 0.5) / s - 0.5 (half_pixel; torch's clamp of negative coordinates for linear
+# lands on the same pixel as clamping the index) or, with align_corners, i * (in - 1) / (out - 1).
+# s is the caller's scale factor when given (torch divides by it), else out / in. Nearest rounds in
+# float32, which can pick a neighbouring pixel at exact boundaries: those take a gather of torch's own
+# index table.
+
+_INTERPOLATE_MODES = {"nearest": "nearest", "_nearest_exact": "nearest", "linear": "linear",
+                      "bilinear": "linear", "trilinear": "linear", "bicubic": "cubic"}
+
+
+def _interpolate(ctx: NodeContext, a: dict[str, Any], kind: str, antialias: bool) -> Value:
+    x = ctx.value(a["input"])
+    out_shape = ctx.out_shape
+    spatial = range(2, x.rank)
+    sizes = tuple(out_shape[d] for d in spatial)
+    if not all(type(s) is int for s in sizes) or not all(type(x.shape[d]) is int for d in spatial):
+        raise ctx.unsupported("interpolating a symbolic spatial dim; give example inputs of the size to compile "
+                              "for, or keep the spatial dims static in dynamic_shapes")
+    align = bool(a.get("align_corners") or False)
+    factors = a.get("scale_factors")
+    if factors is not None and not align:
+        scales = tuple(float(f) for f in factors)
+    else:
+        scales = tuple(o / x.shape[d] for o, d in zip(sizes, spatial))
+    mode = _INTERPOLATE_MODES[kind]
+    if mode == "nearest":
+        exact = kind == "_nearest_exact"
+        attrs = {"coord": "half_pixel" if exact else "asymmetric",
+                 "nearest_mode": "round_prefer_ceil" if exact else "floor"}
+        tables = [_torch_nearest_index(x.shape[d], out, factors[k] if factors is not None else None, exact)
+                  for k, (d, out) in enumerate(zip(spatial, sizes))]
+        agree = all(np.array_equal(t, nearest_index(x.shape[d], out, sc, attrs))
+                    for t, d, out, sc in zip(tables, spatial, sizes, scales))
+        if not agree:
+            # torch rounds in float32: where that picks another pixel than Resize's formula, gather
+            # exactly the pixels torch picks
+            y = x
+            for t, d in zip(tables, spatial):
+                y = ctx.b.op("gather", y, ctx.const(t), axis=d)
+            return y
+    else:
+        attrs = {"coord": "align_corners" if align else "half_pixel", "cubic_a": -0.75}
+        if antialias:
+            # torch's antialiased kernels (PIL's): taps outside the image are left out, not clamped to
+            # its edge, and bicubic is Keys' a = -0.5
+            attrs.update(exclude_outside=True, cubic_a=-0.5 if mode == "cubic" else -0.75)
+    return ctx.b.op("resize", x, axes=tuple(spatial), sizes=sizes, scales=scales, mode=mode,
+                    antialias=antialias, **attrs)
+
+
+def _torch_nearest_index(size: int, out: int, factor: float | None, exact: bool) -> np.ndarray:
+    """The input pixel torch's nearest kernels read for each output pixel, with their float32
+    arithmetic (aten/src/ATen/native/UpSample.h: nearest_idx, nearest_neighbor_exact_compute_source_index)."""
+    i = np.arange(out)
+    if not exact and out == size:
+        return i
+    if not exact and out == 2 * size:
+        return i >> 1
+    scale = np.float32(1.0 / factor) if factor is not None and factor > 0 else np.float32(size) / np.float32(out)
+    pos = (i.astype(np.float32) + np.float32(0.5)) * scale if exact else i.astype(np.float32) * scale
+    return np.minimum(np.floor(pos).astype(np.int64), size - 1)
+
+
+def _interpolate_rule(kind: str, antialias: bool = False) -> Rule:
+    def rule_fn(ctx, a):
+        return _interpolate(ctx, a, kind, antialias)
+    return rule_fn
+
+
+for _kind, _names in {"nearest": ("upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d"),
+                      "_nearest_exact": ("_upsample_nearest_exact1d", "_upsample_nearest_exact2d",
+                                         "_upsample_nearest_exact3d"),
+                      "linear": ("upsample_linear1d",), "bilinear": ("upsample_bilinear2d",),
+                      "trilinear": ("upsample_trilinear3d",), "bicubic": ("upsample_bicubic2d",)}.items():
+    RULES.add(_interpolate_rule(_kind), *_names)
+RULES.add(_interpolate_rule("bilinear", antialias=True), "_upsample_bilinear2d_aa")
+RULES.add(_interpolate_rule("bicubic", antialias=True), "_upsample_bicubic2d_aa")
