@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
+import numpy as np
+
 from ...ir import DType, Value
 from ...ops.registry import broadcast_shapes
 from .context import NodeContext, rule, wrap_axis
@@ -134,3 +139,91 @@ def _masked_put(ctx: NodeContext, x: Value, masks: list[Value], values: Value, a
     if accumulate:
         values = ctx.b.op("add", x, values)
     return ctx.b.op("where", mask, values, x)
+
+
+# ----- scatter family: scatter, scatter_add, scatter_reduce, index_add, index_copy --------------
+
+_SCATTER_REDUCE = {"sum": "add", "add": "add", "prod": "mul", "multiply": "mul", "amax": "max", "amin": "min"}
+
+
+def _scatter_src(ctx: NodeContext, x: Value, idx: Value, src: Any) -> Value:
+    """torch's src as ONNX ScatterElements needs it: the index's shape (torch reads only that corner
+    of a larger src), a scalar value broadcast to it."""
+    if not ctx.is_tensor(src):
+        return ctx.b.op("broadcast_to", ctx.const(src, x.dtype), shape=idx.shape)
+    v = ctx.cast(ctx.value(src), x.dtype)
+    if v.shape != idx.shape:
+        v = ctx.b.op("slice", v, starts=(0,) * v.rank, stops=tuple(idx.shape), axes=tuple(range(v.rank)))
+    return v
+
+
+def _neutral(reduction: str, dt: DType) -> Any:
+    """The element a reduction starts from: include_self=False writes it where an index lands."""
+    if reduction in ("add", "mul"):
+        return 0 if reduction == "add" else 1
+    if dt is DType.bool:
+        return reduction == "min"
+    if dt.is_float:
+        return -math.inf if reduction == "max" else math.inf
+    info = np.iinfo(dt.numpy)
+    return int(info.min if reduction == "max" else info.max)
+
+
+def _scatter_reduced(ctx: NodeContext, x: Value, ax: int, idx: Value, src: Value, reduce: str,
+                     include_self: bool) -> Value:
+    if reduce == "mean":
+        if not x.dtype.is_float:
+            raise ctx.unsupported(f"scatter_reduce 'mean' of {x.dtype} (torch divides with floor); cast to float")
+        ones = ctx.b.op("broadcast_to", ctx.const(1, x.dtype), shape=idx.shape)
+        zeros = ctx.b.op("broadcast_to", ctx.const(0, x.dtype), shape=x.shape)
+        count = ctx.b.op("scatter_elements", zeros, idx, ones, axis=ax, reduction="add")
+        total = _scatter_reduced(ctx, x, ax, idx, src, "sum", include_self)
+        if include_self:
+            count = ctx.b.op("add", count, ctx.const(1, x.dtype))
+        else:
+            count = ctx.b.op("where", ctx.b.op("eq", count, ctx.const(0, x.dtype)), ctx.const(1, x.dtype), count)
+        return ctx.b.op("div", total, count)
+    reduction = _SCATTER_REDUCE[reduce]
+    if not include_self:
+        fill = ctx.b.op("broadcast_to", ctx.const(_neutral(reduction, x.dtype), x.dtype), shape=idx.shape)
+        x = ctx.b.op("scatter_elements", x, idx, fill, axis=ax, reduction="none")
+    return ctx.b.op("scatter_elements", x, idx, src, axis=ax, reduction=reduction)
+
+
+@rule("scatter", "scatter_add", "scatter_reduce")
+def _scatter(ctx, a):
+    x = ctx.value(a["self"])
+    ax = wrap_axis(a["dim"], x.rank)
+    idx = ctx.cast(ctx.value(a["index"]), DType.i64)
+    if x.rank == 0:
+        raise ctx.unsupported("scatter into a 0-d tensor")
+    src = _scatter_src(ctx, x, idx, a["src"] if "src" in a else a["value"])
+    reduce = "sum" if ctx.name == "scatter_add" else a.get("reduce")
+    if reduce is None:
+        return ctx.b.op("scatter_elements", x, idx, src, axis=ax, reduction="none")
+    if reduce not in _SCATTER_REDUCE and reduce != "mean":
+        raise ctx.unsupported(f"scatter reduce={reduce!r}")
+    return _scatter_reduced(ctx, x, ax, idx, src, reduce, bool(a.get("include_self", True)))
+
+
+@rule("index_add", "index_copy", "index_reduce")
+def _index_add(ctx, a):
+    """x.index_add(dim, index, source): source's slices along dim go to the rows index names, as
+    a scatter_elements whose indices are index broadcast along the other dims."""
+    x = ctx.value(a["self"])
+    if x.rank == 0:
+        raise ctx.unsupported(f"{ctx.name} into a 0-d tensor")
+    ax = wrap_axis(a["dim"], x.rank)
+    src = ctx.cast(ctx.value(a["source"]), x.dtype)
+    index = ctx.cast(ctx.value(a["index"]), DType.i64)
+    n = index.shape[0] if index.rank else 1
+    idx = ctx.b.op("reshape", index, shape=tuple(n if d == ax else 1 for d in range(x.rank)))
+    idx = ctx.b.op("broadcast_to", idx, shape=src.shape)
+    if ctx.name == "index_copy":
+        return ctx.b.op("scatter_elements", x, idx, src, axis=ax, reduction="none")
+    if ctx.name == "index_reduce":
+        return _scatter_reduced(ctx, x, ax, idx, src, a["reduce"], bool(a.get("include_self", True)))
+    alpha = a.get("alpha", 1)
+    if alpha != 1:
+        src = ctx.b.op("mul", src, ctx.const(alpha, x.dtype))
+    return ctx.b.op("scatter_elements", x, idx, src, axis=ax, reduction="add")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...ir import Value
+from ...ir import DType, Value
 from .context import NodeContext, rule
 
 __all__: list[str] = []
@@ -83,3 +83,32 @@ def _addmm_family(ctx, a):
     if beta != 1:
         base = ctx.b.op("mul", base, ctx.const(beta, dt))
     return ctx.b.op("add", base, prod)
+
+
+@rule("_grouped_mm")
+def _grouped_mm(ctx, a):
+    """torch._grouped_mm: with ``offs`` (cumulative row ends of each group), the rows of a 2-d A in
+    group g multiply B[g]; without, a batched matmul. Rows pick their group's product from every
+    group's: G products where one suffices, but every op static and no data-dependent shape."""
+    x, w = ctx.value(a["self"]), ctx.value(a["mat2"])
+    dt = ctx.out_dtype
+    x, w = ctx.cast(x, dt), ctx.cast(w, dt)
+    offs = a.get("offs")
+    if offs is None:
+        y = ctx.b.op("matmul", x, w)
+    elif x.rank == 2 and w.rank == 3:
+        m = x.shape[0]
+        ends = ctx.cast(ctx.value(offs), DType.i64)                      # [G]
+        rows = ctx.b.op("iota", shape=(m, 1), axis=0, dtype=DType.i64)  # [M, 1]
+        group = ctx.b.op("reduce_sum", ctx.cast(ctx.b.op("ge", rows, ends), DType.i64), axes=(1,),
+                         keepdims=False)                                  # rows past g's end
+        every = ctx.b.op("matmul", ctx.b.op("unsqueeze", x, axes=(0,)), w)  # [G, M, N]
+        n = every.shape[2]
+        pick = ctx.b.op("broadcast_to", ctx.b.op("reshape", group, shape=(1, m, 1)), shape=(1, m, n))
+        y = ctx.b.op("squeeze", ctx.b.op("take_along_axis", every, pick, axis=0), axes=(0,))
+    else:
+        raise ctx.unsupported(f"_grouped_mm of a rank-{x.rank} and a rank-{w.rank} operand with offs "
+                              "(accelir takes 2-d A with 3-d B)")
+    if a.get("bias") is not None:
+        y = ctx.b.op("add", y, ctx.cast(ctx.value(a["bias"]), dt))
+    return y

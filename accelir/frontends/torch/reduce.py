@@ -196,3 +196,43 @@ def _weight_norm(ctx, a):
     if len(types) == 1:
         return w
     return w, ctx.b.op("reshape", norm, shape=types[1].shape)
+
+
+@rule("histc")
+def _histc(ctx, a):
+    """torch.histc: counts of x in ``bins`` equal bins over [min, max] (the data's range when min ==
+    max), values outside left out, x == max in the last bin. The bin of each element is computed as
+    torch's kernel computes it, trunc((x - min) * bins / (max - min)), in x's dtype."""
+    x = ctx.value(a["self"])
+    if not x.dtype.is_float:
+        raise ctx.unsupported(f"histc of {x.dtype} (torch takes floating inputs only)")
+    bins, lo, hi = int(a.get("bins", 100)), float(a.get("min", 0)), float(a.get("max", 0))
+    if bins <= 0:
+        raise ctx.unsupported(f"histc with bins={bins}; give bins > 0")
+    flat = ctx.b.op("reshape", x, shape=(x.type.numel,)) if x.rank != 1 else x
+    if lo == hi:
+        axes = (0,)
+        low = ctx.b.op("reduce_min", flat, axes=axes, keepdims=False)
+        high = ctx.b.op("reduce_max", flat, axes=axes, keepdims=False)
+        same = ctx.b.op("eq", low, high)
+        low = ctx.b.op("where", same, ctx.b.op("sub", low, ctx.scalar(1, x)), low)
+        high = ctx.b.op("where", same, ctx.b.op("add", high, ctx.scalar(1, x)), high)
+    else:
+        if lo > hi:
+            raise ctx.unsupported(f"histc with min {lo} > max {hi}")
+        low, high = ctx.scalar(lo, x), ctx.scalar(hi, x)
+    inside = ctx.b.op("and", ctx.b.op("ge", flat, low), ctx.b.op("le", flat, high))
+    pos = ctx.b.op("div", ctx.b.op("mul", ctx.b.op("sub", flat, low), ctx.scalar(bins, x)), ctx.b.op("sub", high, low))
+    pos = ctx.b.op("where", inside, pos, ctx.scalar(0, x))
+    idx = ctx.b.op("min", ctx.cast(pos, DType.i64), ctx.const(bins - 1, DType.i64))
+    idx = ctx.b.op("where", inside, idx, ctx.const(bins, DType.i64))  # the rest goes to a bin cut off below
+    zeros = ctx.b.op("broadcast_to", ctx.scalar(0, x), shape=(bins + 1,))
+    ones = ctx.b.op("broadcast_to", ctx.scalar(1, x), shape=flat.shape)
+    counts = ctx.b.op("scatter_elements", zeros, idx, ones, axis=0, reduction="add")
+    return ctx.b.op("slice", counts, starts=(0,), stops=(bins,), axes=(0,))
+
+
+@rule("bincount")
+def _bincount(ctx, a):
+    raise ctx.unsupported("bincount's output length is the largest value in its input, known only at run time; "
+                          "use torch.histc or one_hot(x, n).sum(0) with a fixed n")
