@@ -192,38 +192,43 @@ def _scatter_reduced(ctx: NodeContext, x: Value, ax: int, idx: Value, src: Value
 
 @rule("scatter", "scatter_add", "scatter_reduce")
 def _scatter(ctx, a):
-    x = ctx.value(a["self"])
-    ax = wrap_axis(a["dim"], x.rank)
-    idx = ctx.cast(ctx.value(a["index"]), DType.i64)
-    if x.rank == 0:
-        raise ctx.unsupported("scatter into a 0-d tensor")
+    x0 = ctx.value(a["self"])
+    x, ax = _as_1d(ctx, x0), wrap_axis(a["dim"], max(x0.rank, 1))
+    idx = _as_1d(ctx, ctx.cast(ctx.value(a["index"]), DType.i64))
     src = _scatter_src(ctx, x, idx, a["src"] if "src" in a else a["value"])
     reduce = "sum" if ctx.name == "scatter_add" else a.get("reduce")
     if reduce is None:
-        return ctx.b.op("scatter_elements", x, idx, src, axis=ax, reduction="none")
-    if reduce not in _SCATTER_REDUCE and reduce != "mean":
+        y = ctx.b.op("scatter_elements", x, idx, src, axis=ax, reduction="none")
+    elif reduce not in _SCATTER_REDUCE and reduce != "mean":
         raise ctx.unsupported(f"scatter reduce={reduce!r}")
-    return _scatter_reduced(ctx, x, ax, idx, src, reduce, bool(a.get("include_self", True)))
+    else:
+        y = _scatter_reduced(ctx, x, ax, idx, src, reduce, bool(a.get("include_self", True)))
+    return y if x0.rank else ctx.b.op("reshape", y, shape=())
+
+
+def _as_1d(ctx: NodeContext, v: Value) -> Value:
+    """A 0-d operand as one element (torch scatters into and from 0-d tensors as if 1-d)."""
+    return ctx.b.op("reshape", v, shape=(1,)) if v.rank == 0 else v
 
 
 @rule("index_add", "index_copy", "index_reduce")
 def _index_add(ctx, a):
     """x.index_add(dim, index, source): source's slices along dim go to the rows index names, as
     a scatter_elements whose indices are index broadcast along the other dims."""
-    x = ctx.value(a["self"])
-    if x.rank == 0:
-        raise ctx.unsupported(f"{ctx.name} into a 0-d tensor")
-    ax = wrap_axis(a["dim"], x.rank)
-    src = ctx.cast(ctx.value(a["source"]), x.dtype)
+    x0 = ctx.value(a["self"])
+    x, ax = _as_1d(ctx, x0), wrap_axis(a["dim"], max(x0.rank, 1))
+    src = _as_1d(ctx, ctx.cast(ctx.value(a["source"]), x.dtype))
     index = ctx.cast(ctx.value(a["index"]), DType.i64)
     n = index.shape[0] if index.rank else 1
     idx = ctx.b.op("reshape", index, shape=tuple(n if d == ax else 1 for d in range(x.rank)))
     idx = ctx.b.op("broadcast_to", idx, shape=src.shape)
     if ctx.name == "index_copy":
-        return ctx.b.op("scatter_elements", x, idx, src, axis=ax, reduction="none")
-    if ctx.name == "index_reduce":
-        return _scatter_reduced(ctx, x, ax, idx, src, a["reduce"], bool(a.get("include_self", True)))
-    alpha = a.get("alpha", 1)
-    if alpha != 1:
-        src = ctx.b.op("mul", src, ctx.const(alpha, x.dtype))
-    return ctx.b.op("scatter_elements", x, idx, src, axis=ax, reduction="add")
+        y = ctx.b.op("scatter_elements", x, idx, src, axis=ax, reduction="none")
+    elif ctx.name == "index_reduce":
+        y = _scatter_reduced(ctx, x, ax, idx, src, a["reduce"], bool(a.get("include_self", True)))
+    else:
+        alpha = a.get("alpha", 1)
+        if alpha != 1:
+            src = ctx.b.op("mul", src, ctx.const(alpha, x.dtype))
+        y = ctx.b.op("scatter_elements", x, idx, src, axis=ax, reduction="add")
+    return y if x0.rank else ctx.b.op("reshape", y, shape=())
