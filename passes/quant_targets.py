@@ -7,6 +7,7 @@ copy of the same float graph with some positions kept in float, so positions are
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -58,11 +59,12 @@ def quant_targets(graph: Graph) -> list[QuantTarget]:
 
 
 def layer_name(node: Node) -> str:
-    """A node's name for reports: the module it came from, else its weight constant's name."""
-    for key in ("module", "origin"):
-        if node.meta.get(key):
-            return str(node.meta[key])
+    """A node's name for reports: the module its weight came from (a fused node's own provenance may
+    be its activation's), else the node's module, else its weight constant's name."""
     w = node.inputs[1].producer if len(node.inputs) > 1 else None
+    for meta in ((w.meta if w is not None else {}), node.meta):
+        if meta.get("module"):
+            return str(meta["module"])
     if w is not None and w.op == "constant":
         return str(w.attrs["name"])
     return node.describe()
@@ -81,6 +83,8 @@ def rewrite_targets(graph: Graph, keep: frozenset[int], pass_name: str,
     for t in quant_targets(graph):
         if t.position in keep:
             continue
+        # operands as they are now: an earlier rewrite may have replaced the value x was
+        t = dataclasses.replace(t, x=t.node.inputs[0], bias=t.node.inputs[2] if t.bias is not None else None)
         if not rewrite_budget.allow(lambda: f"{pass_name}: quantise {t.node.describe()}"):
             break
         b = graph.builder(before=t.node, meta=provenance(t.node, pass_name, t.node.op))

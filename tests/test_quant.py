@@ -239,6 +239,23 @@ def test_quantize_dynamic_text():
     _check_numerics(_parse(SRC), g, 0.999)
 
 
+def test_chained_layers_read_the_quantised_layer_before():
+    text = """
+graph main(%x: f32[3,4]) -> (f32[3,2]) {
+  %w = constant() {name="w", value=[[0.5, -1.0, 0.1, 0.2], [0.25, 0.0, 0.3, 0.4], [-0.125, 0.5, 0.6, 0.7], [1.0, 0.75, 0.8, 0.9]]} : f32[4,4]
+  %v = constant() {name="v", value=[[0.5, -1.0], [0.25, 0.0], [-0.125, 0.5], [1.0, 0.75]]} : f32[4,2]
+  %0 = linear(%x, %w) {activation="gelu"} : f32[3,4]
+  %1 = matmul(%0, %v) : f32[3,2]
+  return %1
+}"""
+    for p in (QuantizeDynamic(), QuantizeWeights()):
+        g = _parse(text)
+        assert p(g) is True
+        accelir.verify(g)
+        ops = [n for n in g.nodes if n.op != "constant"]
+        assert ops[1].inputs[0] is ops[0].outputs[0]
+
+
 def test_quantize_dynamic_keeps_the_given_positions_and_never_quantises_twice():
     g = _parse(SRC)
     positions = [i for i, n in enumerate(g.nodes) if n.op in ("linear", "matmul")]
