@@ -59,14 +59,16 @@ def quant_targets(graph: Graph) -> list[QuantTarget]:
 
 
 def layer_name(node: Node) -> str:
-    """A node's name for reports: the module its weight came from (a fused node's own provenance may
-    be its activation's), else the node's module, else its weight constant's name."""
+    """A node's name for reports: the module its weight came from (a fused node's own provenance may be
+    its activation's), else the node's module; else its weight constant's name, or for a weight a pass
+    computed (a folded transpose) the source node it came from."""
     w = node.inputs[1].producer if len(node.inputs) > 1 else None
-    for meta in ((w.meta if w is not None else {}), node.meta):
+    wmeta = w.meta if w is not None else {}
+    for meta in (wmeta, node.meta):
         if meta.get("module"):
             return str(meta["module"])
     if w is not None and w.op == "constant":
-        return str(w.attrs["name"])
+        return str(wmeta["origin"]) if wmeta.get("pass") and wmeta.get("origin") else str(w.attrs["name"])
     return node.describe()
 
 
