@@ -323,3 +323,27 @@ def test_quantize_weights_refuses_bad_options(options, word):
 
 def test_passes_are_registered_and_named():
     assert pass_name(QuantizeWeights(bits=8)) == "quantize_weights" and pass_name(QuantizeDynamic(keep=frozenset({1}))) == "quantize_dynamic"
+
+
+def test_xla_contracts_int8_into_int32_and_holds_int4_weights():
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((64, 32)).astype(np.float32)
+    g = Graph("g")
+    x = g.add_input(TensorType(DType.f32, (2, 64)), "x")
+    g.set_outputs([g.apply("matmul", x, g.const(w, name="w")), g.apply("linear", x, g.const(w, name="v"))])
+    QuantizeDynamic(keep=frozenset({3}))(g)
+    assert [n.op for n in g.nodes if n.op != "constant"] == ["dynamic_quant_linear", "linear"]
+    h = _linear_graph(w)
+    QuantizeWeights()(h)
+    from accelir.lowering.jax import stablehlo
+    text = stablehlo(g, [np.zeros((2, 64), np.float32)])
+    assert "(tensor<2x64xi8>, tensor<64x32xi8>) -> tensor<2x32xi32>" in text
+    text4 = stablehlo(h, [np.zeros((2, 64), np.float32)])
+    assert "xi4>" in text4 and "-> tensor<2x32xf32>" in text4
+
+
+def _linear_graph(w: np.ndarray) -> Graph:
+    g = Graph("g")
+    x = g.add_input(TensorType(DType.f32, (2, 64)), "x")
+    g.set_outputs([g.apply("linear", x, g.const(w, name="w"))])
+    return g
