@@ -15,13 +15,14 @@ the layers to leave in float32.  The orchestration is the same for every precisi
 4. when only keeping every layer meets the budget, raise a :class:`PrecisionError` naming the layers
    that break it; a user never gets a silently worse model, nor a silently unquantised one.
 
-fp16 / bf16 join through :data:`PRECISION_PASSES` the same way; a precision missing from it is refused
+A pass ``make`` returns must leave a graph it has converted alone (the PassManager reruns it to a fixed
+point, and its own insertions move the positions ``keep`` names).  fp16 / bf16 join through
+:data:`PRECISION_PASSES` the same way; a precision missing from it is refused
 with an error naming those that are available.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -31,11 +32,27 @@ from .accuracy import PRECISIONS, Budget, Errors, measure
 from .errors import AccelirError
 from .ir import Graph
 
-__all__ = ["PRECISION_PASSES", "PrecisionError", "PrecisionReport", "LayerError", "check_precision",
+__all__ = ["PRECISION_PASSES", "Precision", "quantisable_layers", "PrecisionError", "PrecisionReport", "LayerError", "check_precision",
            "choose_precision", "apply_precision"]
 
 Runner = Callable[..., list]
 PassFactory = Callable[[frozenset], Callable[[Graph], bool]]
+#: the layers a precision pass may change: (position in ``graph.nodes`` order, name) of each
+LayerFinder = Callable[[Graph], list[tuple[int, Any]]]
+
+
+def quantisable_layers(graph: Graph) -> list[tuple[int, Any]]:
+    """(position, node) of each float matmul / linear with a constant weight: what quantisation changes."""
+    from .passes.quant_targets import quant_targets
+    return [(t.position, t.node) for t in quant_targets(graph)]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A precision's pass factory ``make(keep) -> pass`` and the finder of the layers its ``keep`` names."""
+
+    make: PassFactory
+    layers: LayerFinder = quantisable_layers
 
 
 def _int8(keep: frozenset) -> Callable[[Graph], bool]:
@@ -48,8 +65,9 @@ def _int4(keep: frozenset) -> Callable[[Graph], bool]:
     return QuantizeWeights(bits=4, block_size=32, keep=keep)
 
 
-#: precision -> its pass factory ``make(keep)``; fp32 needs none.
-PRECISION_PASSES: dict[str, PassFactory] = {"int8": _int8, "int4": _int4}
+#: precision -> how to get it; fp32 needs nothing.  fp16 / bf16 join here as
+#: ``Precision(lambda keep: ConvertFloat(dtype, keep=keep), layers=...)``.
+PRECISION_PASSES: dict[str, Precision] = {"int8": Precision(_int8), "int4": Precision(_int4)}
 
 
 class PrecisionError(AccelirError):
@@ -96,8 +114,8 @@ class PrecisionReport:
         return "\n".join(lines)
 
 
-def check_precision(precision: str) -> PassFactory | None:
-    """The pass factory of ``precision`` (None for fp32); a clear error for one that is unknown or not built."""
+def check_precision(precision: str) -> Precision | None:
+    """How to get ``precision`` (None for fp32); a clear error for one that is unknown or not built."""
     if precision not in PRECISIONS:
         raise PrecisionError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
@@ -112,21 +130,21 @@ def check_precision(precision: str) -> PassFactory | None:
 class _Trials:
     """Runs the quantised graph for a keep-set on the backend and measures it; each keep-set once."""
 
-    def __init__(self, graph: Graph, make: PassFactory, samples: Sequence[list[np.ndarray]],
+    def __init__(self, graph: Graph, precision: Precision, samples: Sequence[list[np.ndarray]],
                  build: Callable[[Graph], Runner]):
-        from .passes.quant_targets import layer_name, quant_targets
-        self.make, self.build, self.samples = make, build, samples
+        from .passes.quant_targets import layer_name
+        self.make, self.build, self.samples = precision.make, build, samples
         self.probe = graph.copy()
-        targets = quant_targets(self.probe)
-        self.positions = [t.position for t in targets]
-        self.names = _unique([layer_name(t.node) for t in targets])
+        layers = precision.layers(self.probe)
+        self.positions = [p for p, _ in layers]
+        self.names = _unique([layer_name(node) for _, node in layers])
         self.n_outputs = len(self.probe.outputs)
         self.outputs = list(self.probe.outputs)
         graph_inputs = {id(v) for v in self.probe.inputs}
         # each layer's output and input, read back to measure the error the layer adds
-        self.layer_index = [self._index(t.node.outputs[0]) for t in targets]
-        self.layer_inputs = [None if id(t.node.inputs[0]) in graph_inputs else self._index(t.node.inputs[0])
-                             for t in targets]
+        self.layer_index = [self._index(node.outputs[0]) for _, node in layers]
+        self.layer_inputs = [None if not node.inputs or id(node.inputs[0]) in graph_inputs
+                             else self._index(node.inputs[0]) for _, node in layers]
         self.probe.set_outputs(self.outputs)
         self.reference = self._run(self.probe)
         self.count = 0
@@ -186,15 +204,15 @@ def choose_precision(graph: Graph, precision: str, accuracy: Any, samples: Seque
     """The pass that puts ``graph`` (float32, optimised) in ``precision`` within the budget ``accuracy`` on
     ``samples`` (flat numpy input lists), measured by running graphs built with ``build(graph)``, and its
     report; None for fp32.  ``graph`` is not changed: the caller runs the pass."""
-    make = check_precision(precision)
+    chosen = check_precision(precision)
     budget = Budget.parse(accuracy, precision)
     report = PrecisionReport(precision, budget, samples=len(samples))
-    if make is None:
+    if chosen is None:
         return None, report
     if not samples:
         raise PrecisionError(f"precision={precision!r} checks its accuracy budget on inputs: pass example "
                              "inputs or calibration=[...]")
-    trials = _Trials(graph, make, samples, build)
+    trials = _Trials(graph, chosen, samples, build)
     errors, layers, inputs = trials.measure(frozenset())
     added = [_badness(out, budget) - _badness(x, budget) for out, x in zip(layers, inputs)]
     keep: frozenset = frozenset()
@@ -209,7 +227,7 @@ def choose_precision(graph: Graph, precision: str, accuracy: Any, samples: Seque
     report.trials = trials.count
     report.layers = [LayerError(n, p, p in keep, e, a)
                      for n, p, e, a in zip(trials.names, trials.positions, layers, added)]
-    return make(keep), report
+    return chosen.make(keep), report
 
 
 def _fewest_kept(trials: _Trials, budget: Budget, ranked: list[int]) -> frozenset | None:

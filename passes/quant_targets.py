@@ -62,7 +62,7 @@ def layer_name(node: Node) -> str:
     """A node's name for reports: the module its weight came from (a fused node's own provenance may be
     its activation's), else the node's module; else its weight constant's name, or for a weight a pass
     computed (a folded transpose) the source node it came from."""
-    w = node.inputs[1].producer if len(node.inputs) > 1 else None
+    w = node.inputs[1].producer if len(node.inputs) > 1 and node.op in ("matmul", "linear") else None
     wmeta = w.meta if w is not None else {}
     for meta in (wmeta, node.meta):
         if meta.get("module"):

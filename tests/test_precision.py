@@ -147,3 +147,49 @@ def test_cli_precision_and_accuracy(tmp_path, capsys):
     assert main(["optimize", f"{factory}:make", "-o", str(out), "--overwrite", "--precision", "int4",
                  "--accuracy", "max_abs=0"]) == 1
     assert "unless every layer stays in float32" in capsys.readouterr().err
+
+
+def test_orchestration_is_generic_over_the_pass_factory(monkeypatch):
+    """A precision is any ``make(keep)`` with the layers it changes: here one that rounds each relu's output
+    to a tenth, which ruins the second relu (values near 0.01) and not the first, so the second is kept."""
+    from accelir.ir import Graph
+    from accelir.precision import Precision
+
+    def relus(graph: Graph):
+        return [(i, n) for i, n in enumerate(graph.nodes) if n.op == "relu"]
+
+    def make(keep: frozenset):
+        def round_relus(graph: Graph) -> bool:
+            if any(n.meta.get("rounded") for n in graph.nodes):
+                return False  # like the quantisation passes: a converted graph is left alone
+            changed = False
+            for i, n in relus(graph):
+                if i in keep:
+                    continue
+                n.meta["rounded"] = changed = True
+                y = n.output
+                uses = list(y.uses)
+                b = graph.builder(before=n.next)
+                ten = b.scalar(10.0, y)
+                r = b.op("div", b.op("round", b.op("mul", y, ten)), ten)
+                for u, k in uses:
+                    u.replace_input(k, r)
+                graph.outputs = [r if o is y else o for o in graph.outputs]
+            return changed
+        return round_relus
+    monkeypatch.setitem(PRECISION_PASSES, "fp16", Precision(make, relus))
+    g = accelir.parse("""
+graph main(%x: f32[16,8]) -> (f32[16,8]) {
+  %s = constant() {name="s", value=0.01} : f32[]
+  %t = constant() {name="t", value=100.0} : f32[]
+  %0 = relu(%x) : f32[16,8]
+  %1 = mul(%0, %s) : f32[16,8]
+  %2 = relu(%1) : f32[16,8]
+  %3 = mul(%2, %t) : f32[16,8]
+  return %3
+}""")
+    x = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32) * 3
+    cm = accelir.optimize(g, (x,), precision="fp16", accuracy={"cosine": 0.99}, level=0)
+    rep = cm.report.precision
+    assert [(layer.position, layer.kept) for layer in rep.layers] == [(2, False), (4, True)]
+    assert rep.errors.cosine >= 0.99 and [n.op for n in cm.graph.nodes].count("round") == 1
