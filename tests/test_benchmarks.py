@@ -77,6 +77,11 @@ def test_quick_precision_against_onnxruntimes_quantisers():
     assert "vs peer" in out and f"on {conditions.cpu_count()} CPUs" in out
 
 
+def test_quick_int8_kernels_compares_the_three_forms():
+    out = _assert_ran(_run_script(["-m", "benchmarks.int8_kernels", "--quick", "--allow-load"], timeout=300))
+    assert "| [4,64] x [64,64] | " in out and "(1.00x)" in out and "MatMulIntegerToFloat" in out
+
+
 def test_quick_onnxruntime_models():
     out = _assert_ran(_run_script(["-m", "benchmarks.onnxruntime_models", "--quick", "--allow-load"], timeout=900))
     for system in ("| accelir |", "| torchscript |", "| torchscript + accelir's options |", "| dynamo |",

@@ -2,10 +2,11 @@
 
 ``dynamic_quant_linear`` becomes onnxruntime's ``DynamicQuantizeMatMul`` (com.microsoft): one kernel
 that quantises x as ``DynamicQuantizeLinear`` does, multiplies in int32 and rescales, the bias in its
-epilogue.  On the CPU here it runs as fast as ``DynamicQuantizeLinear`` + ``MatMulIntegerToFloat`` and
-as the standard ``DynamicQuantizeLinear`` + ``MatMulInteger`` + rescale (all within 1 % on a
-[128, 768] x [768, 3072] product) and all three give the same bits; the standard form is what
-``target="standard"`` gets.  ``matmul_nbits`` becomes ``MatMulNBits`` (its operands are already in
+epilogue.  The three forms give the same bits; ``benchmarks/int8_kernels.py`` times them on BERT-base's
+projection shapes, and on the CPU here DynamicQuantizeMatMul was never slower than
+``DynamicQuantizeLinear`` + ``MatMulIntegerToFloat`` or the standard ``DynamicQuantizeLinear`` +
+``MatMulInteger`` + rescale (ties within 2 % at most shapes, the other two up to 2-6x slower at some).
+The standard form is what ``target="standard"`` gets.  ``matmul_nbits`` becomes ``MatMulNBits`` (its operands are already in
 that kernel's layout), or the op's decomposition for ``target="standard"``.
 """
 
