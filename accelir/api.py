@@ -427,7 +427,9 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
         t0 = time.perf_counter()
         samples = ([_numpy_inputs(signature.flatten(*_as_args(c))) for c in calibration] if calibration is not None
                    else [_numpy_inputs(flat)] if flat else [])
-        report.precision = apply_precision(graph, precision, accuracy, samples, backend=backend, device=device)
+        measured_on = "onnxruntime" if backend == "auto" else backend  # auto chooses after: measure on one
+        report.precision = apply_precision(graph, precision, accuracy, samples,
+                                           lambda g: build_runner(g, measured_on, device))
         report.stages["precision"] = time.perf_counter() - t0
     report.nodes_after = graph.num_nodes()
 

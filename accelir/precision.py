@@ -264,16 +264,13 @@ def _budget_error(precision: str, budget: Budget, errors: Errors, trials: _Trial
         f"it, worst first: {', '.join(shown)}{more}. Loosen accuracy=..., or choose a wider precision")
 
 
-def apply_precision(graph: Graph, precision: str, accuracy: Any, samples: Sequence[list[np.ndarray]], *,
-                    backend: str, device: str = "cpu") -> PrecisionReport:
+def apply_precision(graph: Graph, precision: str, accuracy: Any, samples: Sequence[list[np.ndarray]],
+                    build: Callable[[Graph], Runner]) -> PrecisionReport:
     """Put the optimised float32 ``graph`` in ``precision`` in place, within the budget ``accuracy`` on
-    ``samples``, measured on ``backend`` ("auto" measures on onnxruntime); the report says how it went.
-    ``optimize`` and the command line both call this."""
-    from .api import BACKENDS, build_runner
+    ``samples``, measured by running graphs built with ``build(graph)`` (the backend's runner); the
+    report says how it went.  ``optimize`` and the command line both call this."""
     from .pass_manager import PassManager
-    measure_on = backend if backend in BACKENDS else "onnxruntime"
-    chosen, report = choose_precision(graph, precision, accuracy, samples,
-                                      lambda g: build_runner(g, measure_on, device))
+    chosen, report = choose_precision(graph, precision, accuracy, samples, build)
     if chosen is not None:
         PassManager([chosen]).run(graph)
     return report

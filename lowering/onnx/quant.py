@@ -16,7 +16,7 @@ from accelir.ir import DType
 
 from .context import NO_VALUE, lower_via_decomposition, register_lowering
 from .kernels import MS_DOMAIN
-from .nn import _activation
+from .nn import apply_activation
 
 
 @register_lowering("dynamic_quant_linear")
@@ -31,7 +31,7 @@ def _lower_dynamic_quant_linear(ctx, node, xs):
         y = ctx.op("Mul", ctx.cast(acc, DType.f32), ctx.op("Mul", scale, w_scale))
         if bias.name:
             y = ctx.op("Add", y, bias)
-    return [_activation(ctx, y, node.attrs["activation"])]
+    return [apply_activation(ctx, y, node.attrs["activation"])]
 
 
 @register_lowering("matmul_nbits")
@@ -50,4 +50,4 @@ def _lower_matmul_nbits(ctx, node, xs):
     y = ctx.op("MatMulNBits", x, b, flat_scales, zp, NO_VALUE, bias, domain=MS_DOMAIN,
                K=node.inputs[0].shape[-1], N=n, bits=a["bits"], block_size=a["block_size"],
                accuracy_level=a["accuracy_level"])
-    return [_activation(ctx, y, a["activation"])]
+    return [apply_activation(ctx, y, a["activation"])]
