@@ -347,3 +347,13 @@ def _linear_graph(w: np.ndarray) -> Graph:
     x = g.add_input(TensorType(DType.f32, (2, 64)), "x")
     g.set_outputs([g.apply("linear", x, g.const(w, name="w"))])
     return g
+
+
+def test_matmul_nbits_with_a_symbolic_k_is_a_lowering_error_naming_the_node():
+    g = Graph("g")
+    x = g.add_input(TensorType(DType.f32, (2, "k")), "x")
+    b = g.const(np.zeros((3, 2, 16), np.uint8), name="b")
+    s = g.const(np.ones((3, 2), np.float32), name="s")
+    g.set_outputs([g.apply("matmul_nbits", x, b, s)])
+    with pytest.raises(accelir.LoweringError, match=r"matmul_nbits.*static K and N, got K='k'"):
+        to_onnx(g)

@@ -43,11 +43,13 @@ def _lower_matmul_nbits(ctx, node, xs):
     rest = list(xs[3:])
     zp = rest.pop(0) if a["zero_points"] else NO_VALUE
     bias = rest.pop(0) if rest else NO_VALUE
-    n = node.inputs[1].shape[0]
+    n, k = node.inputs[1].shape[0], node.inputs[0].shape[-1]
+    if type(k) is not int or type(n) is not int:
+        raise ctx.error(f"MatMulNBits needs static K and N, got K={k!r}, N={n!r}; give x a static last dim")
     flat_scales = ctx.op("Reshape", scales, ctx.ints([-1]))
     if zp.name:
         zp = ctx.op("Reshape", zp, ctx.ints([-1]))
     y = ctx.op("MatMulNBits", x, b, flat_scales, zp, NO_VALUE, bias, domain=MS_DOMAIN,
-               K=node.inputs[0].shape[-1], N=n, bits=a["bits"], block_size=a["block_size"],
+               K=k, N=n, bits=a["bits"], block_size=a["block_size"],
                accuracy_level=a["accuracy_level"])
     return [apply_activation(ctx, y, a["activation"])]
