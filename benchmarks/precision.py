@@ -20,7 +20,8 @@ MatMulNBitsQuantizer takes MatMul only, so GPT-2's Conv1D layers, exported as Ge
 the ratio of accelir's quantised model to the peer (target <= 1.0x, at a cosine no
 lower than the peer's) and to accelir's own fp32 (the speed-up a user gets for the accuracy shown).
 The machine's load is recorded; a run under load prints no table unless ``--allow-load`` is given
-(``benchmarks/conditions.py``).  ``--quick`` runs miniatures of each model and three rounds: a check
+(``benchmarks/conditions.py``).  Generation's per-token decode speed with int4 weights is not measured
+here: it needs the KV-cache generation path, which this script does not build on.  ``--quick`` runs miniatures of each model and three rounds: a check
 that the script runs, not a measurement.
 """
 
