@@ -17,7 +17,7 @@ from accelir.errors import AccelirError
 from accelir.lowering.jax import JaxModule
 from accelir.lowering.onnx import to_onnx
 from accelir.lowering.onnxruntime import OnnxRuntimeModule
-from accelir.ops.quant import (dynamic_quant_accumulate, pack_nbits, quantize_blockwise, quantize_dynamic_activation,
+from accelir.ops.quant import (pack_nbits, quantize_blockwise, quantize_dynamic_activation,
                                quantize_per_channel, unpack_nbits)
 from accelir.passes import QuantizeDynamic, QuantizeWeights, get_pass, pass_name
 

@@ -32,7 +32,7 @@ from .activations import ACTIVATIONS, activation
 from .registry import AttrSpec, OpDef, TypeRuleError, register
 
 __all__ = ["QUANT_OPS", "quantize_dynamic_activation", "quantize_per_channel", "quantize_blockwise",
-           "pack_nbits", "unpack_nbits", "dequantize_nbits", "nbits_blocks"]
+           "pack_nbits", "unpack_nbits", "dequantize_nbits", "nbits_blocks", "dynamic_quant_accumulate"]
 
 #: The ops a quantisation pass leaves; quantising a graph holding them again changes nothing.
 QUANT_OPS = ("dynamic_quant_linear", "matmul_nbits")
