@@ -222,6 +222,8 @@ class OptimizeReport:
     failed: dict[str, str] = field(default_factory=dict)
     nodes_before: int = 0
     nodes_after: int = 0
+    precision: Any = None  # an accelir.precision.PrecisionReport where optimize(precision=...) quantised
+
 
     def __str__(self) -> str:
         lines = [f"nodes: {self.nodes_before} -> {self.nodes_after}"]
@@ -235,6 +237,8 @@ class OptimizeReport:
             lines.append(f"  {name:12s} failed: {reason}")
         if self.passes is not None:
             lines.append(str(self.passes))
+        if self.precision is not None:
+            lines.append(str(self.precision))
         return "\n".join(lines)
 
 
@@ -364,6 +368,7 @@ def _numpy_inputs(flat: Sequence[Any]) -> list[np.ndarray]:
 def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxruntime", device: str = "cpu",
              level: int = 2, passes: Sequence[Any] | None = None, dynamic_shapes: Any = None,
              debug: Mapping[str, Any] | None = None, example_kwargs: Mapping[str, Any] | None = None,
+             precision: str = "fp32", accuracy: Any = None, calibration: Sequence[Any] | None = None,
              **capture_options: Any) -> CompiledModel:
     """Capture, optimise and lower ``model``; returns a CompiledModel called like the model.
 
@@ -373,14 +378,23 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
     ``debug`` takes the PassManager's options: print_after, dump_dir (with overwrite=True
     to replace the dumps of an earlier run there), check_numerics (True to check with the
     example inputs), verify_each.
+    ``precision`` ("fp32", "int8", "int4"; see :mod:`accelir.precision`) lowers the precision of the
+    optimised graph within the budget ``accuracy`` (``{"cosine": 0.999}``, "cosine=0.999", default per
+    precision), checked on the example inputs or on ``calibration`` (a list of input tuples) against
+    float32; ``report.precision`` gives each layer's error and the layers kept in float32.
     """
     from .pass_manager import PassManager
     from .passes import get_pass, pipeline
+    from .precision import apply_precision, check_precision
 
     if backend not in BACKENDS + ("auto",):
         raise AccelirError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or 'auto'")
     if device not in ("cpu", "cuda"):
         raise AccelirError(f"unknown device {device!r}; choose 'cpu' or 'cuda'")
+    check_precision(precision)
+    if accuracy is not None:
+        from .accuracy import Budget
+        Budget.parse(accuracy, precision)  # a bad budget is refused before the capture
     report = OptimizeReport()
     t0 = time.perf_counter()
     graph = capture(model, example_inputs, dynamic_shapes, example_kwargs=example_kwargs, **capture_options)
@@ -409,6 +423,14 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
     pm.run(graph)
     report.stages["passes"] = time.perf_counter() - t0
     report.passes = pm.report
+    if precision != "fp32":
+        t0 = time.perf_counter()
+        samples = ([_numpy_inputs(signature.flatten(*_as_args(c))) for c in calibration] if calibration is not None
+                   else [_numpy_inputs(flat)] if flat else [])
+        measured_on = "onnxruntime" if backend == "auto" else backend  # auto chooses after: measure on one
+        report.precision = apply_precision(graph, precision, accuracy, samples,
+                                           lambda g: build_runner(g, measured_on, device))
+        report.stages["precision"] = time.perf_counter() - t0
     report.nodes_after = graph.num_nodes()
 
     t0 = time.perf_counter()

@@ -35,6 +35,7 @@ from typing import Any, Callable, NoReturn, Sequence
 import numpy as np
 
 from . import progress
+from .accuracy import PRECISIONS
 from .api import BACKENDS, build_runner
 from .errors import AccelirError, NumericMismatchError
 from .arrays import to_numpy
@@ -329,6 +330,20 @@ def _check(inp: LoadedInput, source: Graph, runner: _LazyRunner, inputs: list[np
     return f"check: {len(expected)} output(s) on {runner.backend} match {reference} (max abs error {worst:.3g})"
 
 
+def _check_budget(source: Graph, runner: _LazyRunner, inputs: list[np.ndarray], budget: Any) -> str:
+    """--check of a reduced-precision model: its accuracy budget against the original graph on random inputs."""
+    from .accuracy import measure
+    with progress.step("reference run"):
+        expected = run_graph(source, inputs)
+    with progress.step(f"{runner.backend} run"):
+        errors = measure(expected, runner(*inputs))
+    broken = budget.violations(errors)
+    if broken:
+        raise NumericMismatchError(f"--check: the reduced-precision model on {runner.backend} breaks its accuracy "
+                                   f"budget {budget} on random inputs: {'; '.join(broken)}")
+    return f"check: on {runner.backend} within the accuracy budget {budget} of the original graph ({errors})"
+
+
 def _tolerances(args: argparse.Namespace) -> dict[DType, tuple[float, float]]:
     tol = dict(CHECK_TOLERANCES)
     if args.rtol is not None or args.atol is not None:
@@ -346,6 +361,10 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         raise UsageError(f"-o {args.output}: unknown format {suffix or 'without a suffix'!r}; the suffix picks it: "
                          f"{', '.join(EXPORT_SUFFIXES)}")
     _check_output(args.output, args.overwrite)
+    from .accuracy import Budget
+    from .precision import check_precision
+    check_precision(args.precision)
+    Budget.parse(args.accuracy, args.precision)  # a bad precision or budget is refused before the capture
     backend = args.backend or _default_backend(args.output)
     inp = load_input(args.input)
     report = OptimizeReport(chosen=backend)
@@ -362,11 +381,23 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         pm.run(graph)
     report.stages["passes"] = time.perf_counter() - t0
     report.passes = pm.report
+    if args.precision != "fp32":
+        from .precision import apply_precision
+        samples = [examples if examples is not None else random_inputs(source, seed=args.seed, dims=dims)]
+        t0 = time.perf_counter()
+        with progress.step(f"precision {args.precision}"):
+            report.precision = apply_precision(graph, args.precision, args.accuracy, samples,
+                                               lambda g: build_runner(g, backend, args.device))
+        report.stages["precision"] = time.perf_counter() - t0
+        print(report.precision)
     report.nodes_before, report.nodes_after = source.num_nodes(), graph.num_nodes()
     runner = _LazyRunner(graph, backend, args.device)
     if args.check:
-        print(_check(inp, source, runner, random_inputs(source, examples, seed=args.seed, dims=dims),
-                     _tolerances(args)))
+        check_inputs = random_inputs(source, examples, seed=args.seed, dims=dims)
+        if report.precision is not None:
+            print(_check_budget(source, runner, check_inputs, report.precision.budget))
+        else:
+            print(_check(inp, source, runner, check_inputs, _tolerances(args)))
     export_inputs = examples if examples is not None else random_inputs(graph, dims=dims)
     model = CompiledModel(graph, source, runner, backend=backend, device=args.device, report=report,
                           example_inputs=export_inputs)
@@ -667,6 +698,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "IN (an .onnx file), else with the original graph")
     p.add_argument("--report", action="store_true", help="print the per-pass table")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists, and earlier dumps in --dump-dir")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="quantise (int8: dynamic int8, int4: blockwise int4 weights) within --accuracy, keeping in "
+                   "float32 the layers that break it (default: fp32)")
+    p.add_argument("--accuracy", metavar="MEASURE=V,...", help="accuracy budget of --precision against float32 on "
+                   "the example inputs, e.g. cosine=0.999 or max_rel=1e-2 (default: the precision's own)")
     p.set_defaults(func=_cmd_optimize)
 
     p = sub.add_parser("show", parents=[debug], help="print or draw the IR",

@@ -15,10 +15,13 @@ from .pattern import (Alt, Const, Match, NearMiss, Op, P, Pattern, Rule, RulePas
                       rewrite_limit)
 from .pipeline import TARGETS, Target, pipeline
 from .registry import PASSES, get_pass, pass_name, register_pass
+from .quantize_dynamic import QuantizeDynamic, quantize_dynamic
+from .quantize_weights import QuantizeWeights, quantize_weights
 from .simplify import simplify
 
 __all__ = [
     "CSE", "cse", "dce", "FoldConstants", "fold_constants", "simplify",
+    "QuantizeDynamic", "quantize_dynamic", "QuantizeWeights", "quantize_weights",
     "Alt", "Const", "Match", "NearMiss", "Op", "P", "Pattern", "Rule", "RulePass", "Var", "apply_rules",
     "rewrite_budget", "rewrite_limit",
     "TARGETS", "Target", "pipeline", "PASSES", "get_pass", "pass_name", "register_pass",

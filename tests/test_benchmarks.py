@@ -69,6 +69,19 @@ def test_quick_run_writes_every_column(tmp_path):
     assert "fastest export + session build" in table and "peak memory added by each build" in table
 
 
+def test_quick_precision_against_onnxruntimes_quantisers():
+    out = _assert_ran(_run_script(["-m", "benchmarks.precision", "--quick", "--allow-load"], timeout=900))
+    for row in ("| bert | accelir int8 |", "| bert | ort quantize_dynamic |", "| gpt2 | accelir int4 |",
+                "| qwen2 | ort MatMulNBitsQuantizer (block 32) |", "| qwen2 | accelir fp32 |"):
+        assert row in out
+    assert "vs peer" in out and f"on {conditions.cpu_count()} CPUs" in out
+
+
+def test_quick_int8_kernels_compares_the_three_forms():
+    out = _assert_ran(_run_script(["-m", "benchmarks.int8_kernels", "--quick", "--allow-load"], timeout=300))
+    assert "| [4,64] x [64,64] | " in out and "(1.00x)" in out and "MatMulIntegerToFloat" in out
+
+
 def test_quick_onnxruntime_models():
     out = _assert_ran(_run_script(["-m", "benchmarks.onnxruntime_models", "--quick", "--allow-load"], timeout=900))
     for system in ("| accelir |", "| torchscript |", "| torchscript + accelir's options |", "| dynamo |",

@@ -240,7 +240,26 @@ def _cases() -> list[Case]:
                   {"padding": ((1, 0), (0, 1)), "groups": 2, "offset_groups": 2}))
     c.append(Case("deform_conv", [_x(1, 2, 4, 5), _x(3, 2, 2, 3), _x(1, 12, 2, 2)],
                   {"stride": (1, 2), "dilation": (2, 1)}, label="strided"))
+    c.extend(_quant_cases())
     c.extend(_region_cases())
+    return c
+
+
+def _quant_cases() -> list[Case]:
+    f32, i8, u8 = (DType.f32,), DType.i8, DType.u8
+    scale = Arg((5,), "pos", DType.f32)
+    c = [Case("dynamic_quant_linear", [_x(2, 3, 8), Arg((8, 5), "any", i8), scale, Arg((5,), "any", DType.f32)],
+              {"activation": "gelu"}, dtypes=f32),
+         Case("dynamic_quant_linear", [_x(3, 8, kind="pos"), Arg((8, 5), "any", i8), scale], label="nobias",
+              dtypes=f32)]
+    for bits, block, k in ((4, 32, 40), (8, 16, 20)):
+        nb = -(-k // block)
+        packed, scales = Arg((5, nb, block * bits // 8), "any", u8), Arg((5, nb), "pos", DType.f32)
+        c.append(Case("matmul_nbits", [_x(2, k), packed, scales], {"bits": bits, "block_size": block},
+                      label=f"{bits}bit", dtypes=f32))
+        c.append(Case("matmul_nbits", [_x(2, k), packed, scales, Arg((5, -(-nb * bits // 8)), "any", u8), _x(5)],
+                      {"bits": bits, "block_size": block, "zero_points": True, "activation": "relu"},
+                      label=f"{bits}bit-zp-bias", dtypes=f32))
     return c
 
 

@@ -270,7 +270,56 @@ def samples():
                {"strides": [1, 2], "dilations": [2, 1]})]
     s["deform_conv"] = [(arrays, attrs, _onnx_oracle("DeformConv", onnx_attrs), True)
                         for arrays, attrs, onnx_attrs in deform]
+    s.update(_quant_samples())
     return s
+
+
+def _quant_samples():
+    """dynamic_quant_linear and matmul_nbits against the same arithmetic written in torch."""
+    u8 = lambda *shape: RNG.integers(0, 256, size=shape).astype(np.uint8)  # noqa: E731
+    w8 = ints(8, 5, lo=-127, hi=128, dtype=np.int8)
+    return {
+        "dynamic_quant_linear": [
+            ([f32(2, 3, 8), w8, f32(5, lo=0.01, hi=0.1), f32(5)], {"activation": "gelu"},
+             lambda t: F.gelu(_torch_dynamic_quant(t)), True),
+            ([f32(3, 8, lo=0.5, hi=3.0), w8, f32(5, lo=0.01, hi=0.1)], {}, _torch_dynamic_quant, True)],
+        "matmul_nbits": [
+            ([f32(2, 40), u8(3, 2, 16), f32(3, 2, lo=0.01, hi=0.1)], {"bits": 4, "block_size": 32},
+             lambda t: _torch_nbits(t, 4, 32), True),
+            ([f32(2, 40), u8(3, 2, 16), f32(3, 2, lo=0.01, hi=0.1), u8(3, 1), f32(3)],
+             {"bits": 4, "block_size": 32, "zero_points": True, "activation": "relu"},
+             lambda t: F.relu(_torch_nbits(t, 4, 32)), True),
+            ([f32(2, 20), u8(3, 2, 16), f32(3, 2, lo=0.01, hi=0.1), f32(3)], {"bits": 8, "block_size": 16},
+             lambda t: _torch_nbits(t, 8, 16), True)],
+    }
+
+
+def _torch_dynamic_quant(t):
+    """DynamicQuantizeLinear on x (uint8, per tensor), int64 products with the int8 weight, rescale, bias."""
+    x, w, ws = t[:3]
+    lo, hi = torch.clamp(x.min(), max=0.0), torch.clamp(x.max(), min=0.0)
+    scale = (hi - lo) / 255.0
+    zp = torch.round(torch.clamp(-lo / scale, 0, 255))
+    q = torch.clamp(torch.round(x / scale) + zp, 0, 255)
+    acc = (q.to(torch.int64) - zp.to(torch.int64)) @ w.to(torch.int64)
+    y = acc.to(torch.float32) * (scale * ws)
+    return y + t[3] if len(t) == 4 else y
+
+
+def _torch_nbits(t, bits, block):
+    """MatMulNBits' layout read in torch: nibbles low first, (q - zero point) * scale per block."""
+    x, b, scales = t[:3]
+    zero = 1 << (bits - 1)
+    n, nb, _ = b.shape
+
+    def unpack(p):
+        p = p.to(torch.int32)
+        return torch.stack([p & 15, p >> 4], dim=-1).flatten(-2) if bits == 4 else p
+    q = unpack(b).reshape(n, nb, block).to(torch.float32)
+    zp = unpack(t[3])[:, :nb].to(torch.float32)[..., None] if len(t) > 3 and t[3].dtype == torch.uint8 else zero
+    w = ((q - zp) * scales[..., None]).reshape(n, nb * block)[:, :x.shape[-1]]
+    y = x @ w.T
+    return y + t[-1] if t[-1].dtype == torch.float32 and t[-1].ndim == 1 else y
 
 
 def _grid_sample_oracle(attrs):

@@ -31,7 +31,7 @@ def _lower_fused_conv(ctx, node, xs):
         cdt = ctx.compute_dtype(xs[0].dtype, "FusedConv", domain=MS_DOMAIN)
         if cdt == ctx.compute_dtype(xs[0].dtype, "Conv"):
             return [ctx.kernel("FusedConv", *xs, domain=MS_DOMAIN, activation=act.onnx_op, **attrs)]
-    return [_activation(ctx, ctx.kernel("Conv", *xs, **attrs), act.name)]
+    return [apply_activation(ctx, ctx.kernel("Conv", *xs, **attrs), act.name)]
 
 
 # ----- composites -----------------------------------------------------------------------
@@ -61,7 +61,7 @@ def _silu(ctx: LoweringContext, x: OnnxValue) -> OnnxValue:
     return in_compute(ctx, [x], ("Sigmoid", "Mul"), lambda v: ctx.op("Mul", v[0], ctx.op("Sigmoid", v[0])))
 
 
-def _activation(ctx: LoweringContext, x: OnnxValue, act: str) -> OnnxValue:
+def apply_activation(ctx: LoweringContext, x: OnnxValue, act: str) -> OnnxValue:
     """``x`` through activation ``act`` (the ``activation`` attribute of linear / fused_conv): the plain
     ONNX op the activation table names, else the lowering of its IR op (gelu, silu)."""
     a = activation(act)
@@ -358,4 +358,4 @@ def _lower_linear(ctx, node, xs):
         y = ctx.kernel("MatMul", xs[0], xs[1])
         if len(xs) == 3:
             y = ctx.kernel("Add", y, xs[2])
-    return [_activation(ctx, y, node.attrs["activation"])]
+    return [apply_activation(ctx, y, node.attrs["activation"])]

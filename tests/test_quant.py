@@ -1,0 +1,359 @@
+"""Integer quantisation: the arithmetic of dynamic_quant_linear / matmul_nbits against onnxruntime's
+own kernels and independent numpy references, their lowerings on both backends, and the passes
+quantize_dynamic / quantize_weights as IR text in, IR text out plus numerics."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import accelir
+from accelir.accuracy import measure
+from accelir import DType, Graph, TensorType
+from accelir.errors import AccelirError
+from accelir.lowering.jax import JaxModule
+from accelir.lowering.onnx import to_onnx
+from accelir.lowering.onnxruntime import OnnxRuntimeModule
+from accelir.ops.quant import (pack_nbits, quantize_blockwise, quantize_dynamic_activation,
+                               quantize_per_channel, unpack_nbits)
+from accelir.passes import QuantizeDynamic, QuantizeWeights, get_pass, pass_name
+
+RUNNERS = {"onnxruntime": OnnxRuntimeModule, "xla": JaxModule}
+
+
+def _session(nodes, inputs, outputs, initializers=()):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _activations(rng: np.random.Generator) -> list[np.ndarray]:
+    """Inputs that exercise the range rules: mixed signs, all positive, all negative, all zero, one value,
+    a huge outlier, values on the quantisation grid (ties)."""
+    base = rng.standard_normal((6, 33)).astype(np.float32)
+    grid = (np.arange(-20, 20, dtype=np.float32) * 0.5)[None]
+    return [base, np.abs(base) + 1, -np.abs(base) - 0.5, np.zeros((3, 4), np.float32), np.full((2, 2), 3.5, np.float32),
+            np.concatenate([base[0], [1e6]]).astype(np.float32)[None], grid, base * 1e-30]
+
+
+# ----- the arithmetic ----------------------------------------------------------------------
+
+def test_activation_quantisation_is_onnxruntimes_bit_for_bit():
+    sess = _session([helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"])],
+                    [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                    [helper.make_tensor_value_info(n, t, None) for n, t in
+                     (("q", TensorProto.UINT8), ("s", TensorProto.FLOAT), ("z", TensorProto.UINT8))])
+    for x in _activations(np.random.default_rng(0)):
+        q, s, z = sess.run(None, {"x": x})
+        rq, rs, rz = quantize_dynamic_activation(x)
+        np.testing.assert_array_equal(rq, q)
+        assert (rs, rz) == (s, z)
+
+
+def test_per_channel_weights_are_symmetric_int8():
+    w = np.random.default_rng(1).standard_normal((16, 5)).astype(np.float32)
+    w[:, 3] = 0
+    q, scale = quantize_per_channel(w)
+    assert q.dtype == np.int8 and np.abs(q).max() == 127 and (q[:, 3] == 0).all()
+    np.testing.assert_array_equal(np.abs(q).max(axis=0)[[0, 1, 2, 4]], 127)
+    assert np.all(np.abs(q * scale - w) <= scale / 2 + 1e-7)
+
+
+def _blocks_by_loop(values: np.ndarray, bits: int) -> np.ndarray:
+    """The MatMulNBits byte layout written out element by element: for 4 bits value 2i of a row in the
+    low nibble of byte i, value 2i + 1 in the high nibble."""
+    per = 8 // bits
+    rows = values.reshape(-1, values.shape[-1])
+    out = np.zeros((rows.shape[0], -(-rows.shape[1] // per)), np.uint8)
+    for r in range(rows.shape[0]):
+        for i, v in enumerate(rows[r]):
+            out[r, i // per] |= int(v) << (bits * (i % per))
+    return out.reshape(values.shape[:-1] + (out.shape[1],))
+
+
+@pytest.mark.parametrize("bits,width", [(4, 32), (4, 7), (8, 16)])
+def test_pack_nbits_is_the_block_layout(bits, width):
+    values = np.random.default_rng(2).integers(0, 1 << bits, (3, 2, width)).astype(np.uint8)
+    packed = pack_nbits(values, bits)
+    np.testing.assert_array_equal(packed, _blocks_by_loop(values, bits))
+    np.testing.assert_array_equal(unpack_nbits(packed, bits, width), values)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_blockwise_quantisation_error_is_half_a_step(bits, symmetric):
+    w = np.random.default_rng(3).standard_normal((70, 6)).astype(np.float32)
+    q, scales, zp = quantize_blockwise(w, bits, 32, symmetric)
+    assert q.shape == (6, 96) and scales.shape == (6, 3) and q.max() < (1 << bits)
+    deq = (q.reshape(6, 3, 32).astype(np.float32) - zp[..., None]) * scales[..., None]
+    err = np.abs(deq.reshape(6, 96)[:, :70].T - w)
+    step = np.repeat(np.abs(scales), 32, axis=1)[:, :70].T
+    # symmetric maps a block's extreme to -2^(bits-1), so the far end of the other side clips by up to a step
+    assert np.all(err <= (step if symmetric else step / 2) + 1e-6)
+    assert np.mean(err <= step / 2 + 1e-6) > 0.95
+
+
+@pytest.mark.parametrize("accuracy_level", [0, 1, 4])
+@pytest.mark.parametrize("bits,block,symmetric", [(4, 32, True), (4, 64, False), (4, 128, True), (8, 32, False)])
+def test_matmul_nbits_reference_matches_onnxruntimes_kernel(bits, block, symmetric, accuracy_level):
+    """The op's reference against MatMulNBits built by hand: equal at accuracy levels 0 and 1 (f32
+    arithmetic), within the int8 quantisation of x at level 4."""
+    rng = np.random.default_rng(4)
+    k, n = 200, 24
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    q, scales, zp = quantize_blockwise(w, bits, block, symmetric)
+    nb = scales.shape[1]
+    b = pack_nbits(q.reshape(n, nb, block), bits)
+    inits = [numpy_helper.from_array(b, "b"), numpy_helper.from_array(scales.reshape(-1), "s")]
+    names = ["x", "b", "s"]
+    operands = [x, b, scales]
+    if not symmetric:
+        zpp = pack_nbits(zp, bits)
+        inits.append(numpy_helper.from_array(zpp.reshape(-1), "zp"))
+        names.append("zp")
+        operands.append(zpp)
+    sess = _session([helper.make_node("MatMulNBits", names, ["y"], domain="com.microsoft", K=k, N=n, bits=bits,
+                                      block_size=block, accuracy_level=accuracy_level)],
+                    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, k])],
+                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    want = sess.run(None, {"x": x})[0]
+    g = Graph("g")
+    ins = [g.add_input(TensorType.of(a)) for a in operands]
+    g.set_outputs([g.apply("matmul_nbits", *ins, bits=bits, block_size=block, zero_points=not symmetric,
+                           accuracy_level=accuracy_level)])
+    got = accelir.interpret(g, *operands)[0]
+    if accuracy_level < 2:
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+    else:
+        assert measure([want], [got]).cosine > 0.999
+
+
+# ----- the lowerings -------------------------------------------------------------------------
+
+def _dynamic_graph(w: np.ndarray, bias: np.ndarray | None) -> tuple[Graph, np.ndarray, np.ndarray]:
+    q, scale = quantize_per_channel(w)
+    g = Graph("g")
+    x = g.add_input(TensorType(DType.f32, ("b", 5, w.shape[0])), "x")
+    ops = [x, g.const(q, name="w_i8"), g.const(scale, name="w_scale")]
+    if bias is not None:
+        ops.append(g.const(bias, name="bias"))
+    g.set_outputs([g.apply("dynamic_quant_linear", *ops)])
+    return g, q, scale
+
+
+@pytest.mark.parametrize("backend", sorted(RUNNERS))
+def test_dynamic_int8_lowering_is_the_integer_reference_bit_for_bit(backend):
+    """The int32 accumulator, read back from the rescaled output, equals numpy's integer product of
+    x quantised by onnxruntime's rules with the int8 weight; the float result is the op's reference."""
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((96, 40)) * 0.05).astype(np.float32)
+    g, q, scale = _dynamic_graph(w, None)
+    runner = RUNNERS[backend](g)
+    for x in (rng.standard_normal((2, 5, 96)).astype(np.float32), np.abs(rng.standard_normal((1, 5, 96))).astype(np.float32)):
+        got = np.asarray(runner(x)[0])
+        xq, xs, xz = quantize_dynamic_activation(x)
+        acc = np.matmul(xq.astype(np.int64) - int(xz), q.astype(np.int64))
+        np.testing.assert_array_equal(np.rint(got / (xs * scale)).astype(np.int64), acc)
+        np.testing.assert_allclose(got, accelir.interpret(g, x)[0], rtol=1e-6, atol=1e-6)
+        assert measure([x @ w], [got]).cosine > 0.999
+
+
+def test_dynamic_int8_lowers_to_one_onnxruntime_kernel_and_to_standard_onnx():
+    w = np.random.default_rng(6).standard_normal((16, 8)).astype(np.float32)
+    g, _, _ = _dynamic_graph(w, np.ones(8, np.float32))
+    assert [n.op_type for n in to_onnx(g).graph.node] == ["DynamicQuantizeMatMul"]
+    std = to_onnx(g, target="standard")
+    onnx.checker.check_model(std, full_check=True)
+    assert [n.op_type for n in std.graph.node] == ["DynamicQuantizeLinear", "MatMulInteger", "Cast", "Mul", "Mul", "Add"]
+    x = np.random.default_rng(7).standard_normal((2, 5, 16)).astype(np.float32)
+    np.testing.assert_array_equal(OnnxRuntimeModule(std)(x)[0], OnnxRuntimeModule(g)(x)[0])
+
+
+@pytest.mark.parametrize("backend", sorted(RUNNERS))
+@pytest.mark.parametrize("bits,block,symmetric", [(4, 32, True), (4, 64, False), (8, 128, True)])
+def test_matmul_nbits_lowering_matches_the_reference(backend, bits, block, symmetric):
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((130, 12)).astype(np.float32)
+    g = Graph("g")
+    x = g.add_input(TensorType(DType.f32, ("b", 130)), "x")
+    g.set_outputs([g.apply("linear", x, g.const(w, name="w"), g.const(np.ones(12, np.float32), name="bias"),
+                           activation="relu")])
+    QuantizeWeights(bits=bits, block_size=block, symmetric=symmetric)(g)
+    assert [n.op for n in g.nodes if n.op != "constant"] == ["matmul_nbits"]
+    xs = rng.standard_normal((3, 130)).astype(np.float32)
+    got = np.asarray(RUNNERS[backend](g)(xs)[0])
+    np.testing.assert_allclose(got, accelir.interpret(g, xs)[0], rtol=1e-5, atol=1e-4)
+    if backend == "onnxruntime":
+        assert [n.op_type for n in to_onnx(g).graph.node if n.op_type != "Reshape"] == ["MatMulNBits", "Relu"]
+
+
+# ----- the passes ----------------------------------------------------------------------------
+
+SRC = """
+graph main(%x: f32[b,4]) -> (f32[b,2], f32[b,2]) {
+  %w = constant() {name="w", value=[[0.5, -1.0], [0.25, 0.0], [-0.125, 0.5], [1.0, 0.75]]} : f32[4,2]
+  %bias = constant() {name="bias", value=[0.1, -0.2]} : f32[2]
+  %0 = linear(%x, %w, %bias) {activation="relu"} : f32[b,2]
+  %1 = matmul(%x, %w) : f32[b,2]
+  return %0, %1
+}
+"""
+
+DYNAMIC = """
+graph main(%x: f32[b,4]) -> (f32[b,2], f32[b,2]) {
+  %bias = constant() {name="bias", value=[0.1, -0.2]} : f32[2]
+  %0 = constant() {name="w_i8", value=[[64, -127], [32, 0], [-16, 64], [127, 95]]} : i8[4,2]
+  %1 = constant() {name="w_scale", value=[0.007874016, 0.007874016]} : f32[2]
+  %2 = dynamic_quant_linear(%x, %0, %1, %bias) {activation="relu"} : f32[b,2]
+  %3 = constant() {name="w_i8", value=[[64, -127], [32, 0], [-16, 64], [127, 95]]} : i8[4,2]
+  %4 = constant() {name="w_scale", value=[0.007874016, 0.007874016]} : f32[2]
+  %5 = dynamic_quant_linear(%x, %3, %4) {activation="none"} : f32[b,2]
+  return %2, %5
+}
+"""  # one weight read twice is quantised once: both nodes read the same constants
+
+
+def _parse(text: str) -> Graph:
+    return accelir.parse(text)
+
+
+def _text(g: Graph) -> str:
+    return str(g).strip()
+
+
+def _check_numerics(before: Graph, after: Graph, cosine: float) -> None:
+    x = np.random.default_rng(9).standard_normal((6, 4)).astype(np.float32)
+    errors = measure(accelir.interpret(before, x), accelir.interpret(after, x))
+    assert errors.cosine > cosine, errors
+
+
+def test_quantize_dynamic_text():
+    g = _parse(SRC)
+    assert get_pass("quantize_dynamic")(g) is True
+    accelir.verify(g)
+    assert _text(g) == DYNAMIC.strip()
+    _check_numerics(_parse(SRC), g, 0.999)
+
+
+def test_chained_layers_read_the_quantised_layer_before():
+    text = """
+graph main(%x: f32[3,4]) -> (f32[3,2]) {
+  %w = constant() {name="w", value=[[0.5, -1.0, 0.1, 0.2], [0.25, 0.0, 0.3, 0.4], [-0.125, 0.5, 0.6, 0.7], [1.0, 0.75, 0.8, 0.9]]} : f32[4,4]
+  %v = constant() {name="v", value=[[0.5, -1.0], [0.25, 0.0], [-0.125, 0.5], [1.0, 0.75]]} : f32[4,2]
+  %0 = linear(%x, %w) {activation="gelu"} : f32[3,4]
+  %1 = matmul(%0, %v) : f32[3,2]
+  return %1
+}"""
+    for p in (QuantizeDynamic(), QuantizeWeights()):
+        g = _parse(text)
+        assert p(g) is True
+        accelir.verify(g)
+        ops = [n for n in g.nodes if n.op != "constant"]
+        assert ops[1].inputs[0] is ops[0].outputs[0]
+
+
+def test_quantize_dynamic_keeps_the_given_positions_and_never_quantises_twice():
+    g = _parse(SRC)
+    positions = [i for i, n in enumerate(g.nodes) if n.op in ("linear", "matmul")]
+    assert QuantizeDynamic(keep=frozenset({positions[1]}))(g) is True
+    assert [n.op for n in g.nodes if n.op != "constant"] == ["dynamic_quant_linear", "matmul"]
+    before = _text(g)
+    assert QuantizeDynamic()(g) is False and QuantizeWeights()(g) is False
+    assert _text(g) == before
+
+
+def test_quantize_dynamic_leaves_non_constant_weights_and_other_dtypes():
+    text = """
+graph main(%x: f32[3,4], %w: f32[4,2], %h: f16[3,4], %v: f16[4,2]) -> (f32[3,2], f16[3,2]) {
+  %0 = matmul(%x, %w) : f32[3,2]
+  %1 = matmul(%h, %v) : f16[3,2]
+  return %0, %1
+}"""
+    g = _parse(text)
+    assert QuantizeDynamic()(g) is False
+    assert _text(g) == text.strip()
+
+
+def test_quantize_weights_text():
+    rng = np.random.default_rng(10)
+    w = rng.standard_normal((40, 3)).astype(np.float32)
+    g = Graph("main")
+    x = g.add_input(TensorType(DType.f32, ("b", 40)), "x")
+    g.set_outputs([g.apply("matmul", x, g.const(w, name="w"))])
+    before = g.copy()
+    assert get_pass("quantize_weights")(g) is True
+    accelir.verify(g)
+    text = _text(g)
+    lines = text.splitlines()
+    assert lines[2].startswith('  %1 = constant() {name="w_scale", value=[[')
+    assert lines[1:2] + lines[3:5] == [
+        '  %0 = constant() {name="w_q4"} : u8[3,2,16]',
+        '  %2 = matmul_nbits(%x, %0, %1) {bits=4, block_size=32, zero_points=false, accuracy_level=0, '
+        'activation="none"} : f32[b,3]',
+        '  return %2']
+    q, scales, _ = quantize_blockwise(w, 4, 32, True)
+    np.testing.assert_array_equal(g.constants["w_q4"], _blocks_by_loop(q.reshape(3, 2, 32), 4))
+    np.testing.assert_array_equal(g.constants["w_scale"], scales)
+    xs = rng.standard_normal((5, 40)).astype(np.float32)
+    assert measure(accelir.interpret(before, xs), accelir.interpret(g, xs)).cosine > 0.99
+
+
+def test_quantize_weights_with_zero_points_and_options():
+    g = _parse(SRC)
+    QuantizeWeights(bits=8, block_size=64, symmetric=False, accuracy_level=4)(g)
+    ops = [n for n in g.nodes if n.op == "matmul_nbits"]
+    assert len(ops) == 2
+    assert dict(ops[0].attrs) == {"bits": 8, "block_size": 64, "zero_points": True, "accuracy_level": 4,
+                                  "activation": "relu"}
+    assert [v.type for v in ops[0].inputs[1:]] == [TensorType(DType.u8, (2, 1, 64)), TensorType(DType.f32, (2, 1)),
+                                                   TensorType(DType.u8, (2, 1)), TensorType(DType.f32, (2,))]
+    _check_numerics(_parse(SRC), g, 0.9999)
+
+
+@pytest.mark.parametrize("options,word", [({"bits": 3}, "bits"), ({"block_size": 48}, "block_size"),
+                                          ({"accuracy_level": 7}, "accuracy_level")])
+def test_quantize_weights_refuses_bad_options(options, word):
+    with pytest.raises(AccelirError, match=word):
+        QuantizeWeights(**options)
+
+
+def test_passes_are_registered_and_named():
+    assert pass_name(QuantizeWeights(bits=8)) == "quantize_weights" and pass_name(QuantizeDynamic(keep=frozenset({1}))) == "quantize_dynamic"
+
+
+def test_xla_contracts_int8_into_int32_and_holds_int4_weights():
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((64, 32)).astype(np.float32)
+    g = Graph("g")
+    x = g.add_input(TensorType(DType.f32, (2, 64)), "x")
+    g.set_outputs([g.apply("matmul", x, g.const(w, name="w")), g.apply("linear", x, g.const(w, name="v"))])
+    QuantizeDynamic(keep=frozenset({3}))(g)
+    assert [n.op for n in g.nodes if n.op != "constant"] == ["dynamic_quant_linear", "linear"]
+    h = _linear_graph(w)
+    QuantizeWeights()(h)
+    from accelir.lowering.jax import stablehlo
+    text = stablehlo(g, [np.zeros((2, 64), np.float32)])
+    assert "(tensor<2x64xi8>, tensor<64x32xi8>) -> tensor<2x32xi32>" in text
+    text4 = stablehlo(h, [np.zeros((2, 64), np.float32)])
+    assert "xi4>" in text4 and "-> tensor<2x32xf32>" in text4
+
+
+def _linear_graph(w: np.ndarray) -> Graph:
+    g = Graph("g")
+    x = g.add_input(TensorType(DType.f32, (2, 64)), "x")
+    g.set_outputs([g.apply("linear", x, g.const(w, name="w"))])
+    return g
+
+
+def test_matmul_nbits_with_a_symbolic_k_is_a_lowering_error_naming_the_node():
+    g = Graph("g")
+    x = g.add_input(TensorType(DType.f32, (2, "k")), "x")
+    b = g.const(np.zeros((3, 2, 16), np.uint8), name="b")
+    s = g.const(np.ones((3, 2), np.float32), name="s")
+    g.set_outputs([g.apply("matmul_nbits", x, b, s)])
+    with pytest.raises(accelir.LoweringError, match=r"matmul_nbits.*static K and N, got K='k'"):
+        to_onnx(g)
