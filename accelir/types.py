@@ -33,6 +33,9 @@ class DType(enum.Enum):
     i32 = "i32"
     i64 = "i64"
     u8 = "u8"
+    u16 = "u16"
+    u32 = "u32"
+    u64 = "u64"
     bool = "bool"
 
     def __str__(self) -> str:
@@ -51,7 +54,7 @@ class DType(enum.Enum):
 
     @property
     def is_int(self) -> bool:
-        return self in (DType.i8, DType.i16, DType.i32, DType.i64, DType.u8)
+        return self in (DType.i8, DType.i16, DType.i32, DType.i64, DType.u8, DType.u16, DType.u32, DType.u64)
 
     @property
     def is_signed(self) -> bool:
@@ -96,6 +99,9 @@ _TO_NUMPY = {
     DType.i32: np.dtype(np.int32),
     DType.i64: np.dtype(np.int64),
     DType.u8: np.dtype(np.uint8),
+    DType.u16: np.dtype(np.uint16),
+    DType.u32: np.dtype(np.uint32),
+    DType.u64: np.dtype(np.uint64),
     DType.bool: np.dtype(np.bool_),
 }
 _FROM_NUMPY = {v: k for k, v in _TO_NUMPY.items()}

@@ -46,9 +46,12 @@ def _zeros_like(m: Match, b: Builder) -> Value | None:
 # dtype -> the dtypes that represent every one of its values exactly
 _EXACT_WIDENINGS: dict[DType, frozenset[DType]] = {
     DType.bool: frozenset(DType) - {DType.bool},
-    DType.u8: frozenset({DType.i16, DType.i32, DType.i64, DType.f16, DType.bf16, DType.f32, DType.f64}),
+    DType.u8: frozenset({DType.u16, DType.u32, DType.u64, DType.i16, DType.i32, DType.i64, DType.f16, DType.bf16,
+                         DType.f32, DType.f64}),
     DType.i8: frozenset({DType.i16, DType.i32, DType.i64, DType.f16, DType.bf16, DType.f32, DType.f64}),
     DType.i16: frozenset({DType.i32, DType.i64, DType.f32, DType.f64}),
+    DType.u16: frozenset({DType.u32, DType.u64, DType.i32, DType.i64, DType.f32, DType.f64}),
+    DType.u32: frozenset({DType.u64, DType.i64, DType.f64}),
     DType.i32: frozenset({DType.i64, DType.f64}),
     DType.f16: frozenset({DType.f32, DType.f64}),
     DType.bf16: frozenset({DType.f32, DType.f64}),

@@ -48,6 +48,9 @@ JAX_DTYPES: dict[DType, Any] = {
     DType.i32: jnp.int32,
     DType.i64: jnp.int64,
     DType.u8: jnp.uint8,
+    DType.u16: jnp.uint16,
+    DType.u32: jnp.uint32,
+    DType.u64: jnp.uint64,
     DType.bool: jnp.bool_,
 }
 _WIDE = (DType.i64, DType.f64)

@@ -83,6 +83,7 @@ def _cast(ctx, x, *, dtype):
         # float -> int truncates toward zero; NaN -> 0 and out-of-range values saturate,
         # matching the reference rather than the platform's convert.
         info = jnp.iinfo(to)
-        t = jnp.clip(jnp.trunc(x), info.min, info.max)
+        # the bounds as x's float type: uint64's maximum overflows jax's parsing of a Python int
+        t = jnp.clip(jnp.trunc(x), jnp.asarray(float(info.min), x.dtype), jnp.asarray(float(info.max), x.dtype))
         return lax.convert_element_type(jnp.where(jnp.isnan(x), jnp.zeros_like(t), t), to)
     return lax.convert_element_type(x, to)

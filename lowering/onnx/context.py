@@ -19,7 +19,7 @@ from accelir.errors import LoweringError
 from accelir.ir import DType, Graph, Node, TensorType, Value
 from accelir.ops import registry
 
-from .kernels import MS_DOMAIN, ONNX_DTYPE, WIDER_DTYPES, input_var, supported_dtypes
+from .kernels import INT64_MIN, MS_DOMAIN, ONNX_DTYPE, ORDER_AS_INT64, SAME_BITS_AS_INT64, WIDER_DTYPES, input_var, supported_dtypes
 
 _VALUE_INPUT = {"Where": 1}  # the input whose dtype is the op's value dtype, where it is not the first
 _PROVENANCE_KEYS = ("module", "source", "origin", "pass", "rule")
@@ -158,7 +158,10 @@ class LoweringContext:
     def compute_dtype(self, dtype: DType, *op_types: str, domain: str = "", var: str | None = None) -> DType:
         """``dtype`` if every op in ``op_types`` has a kernel for it, else the nearest wider dtype
         that they all have; raises naming the node where there is none."""
-        for cand in (dtype,) + WIDER_DTYPES[dtype]:
+        candidates = (dtype,) + WIDER_DTYPES[dtype]
+        if dtype is DType.u64 and all(t in SAME_BITS_AS_INT64 | ORDER_AS_INT64 for t in op_types):
+            candidates += (DType.i64,)
+        for cand in candidates:
             if all(cand in supported_dtypes(t, domain, self.opset, var if len(op_types) == 1 else
                                             input_var(t, domain, self.opset, _VALUE_INPUT.get(t, 0)))
                    for t in op_types):
@@ -188,14 +191,19 @@ class LoweringContext:
         var = input_var(op_type, domain, self.opset, main)
         cdt = compute or self.compute_dtype(dt, op_type, domain=domain, var=var)
         # cast the operands bound to the same type variable as inputs[main]
-        xs = [self.cast(x, cdt) if x is not None and x.name and input_var(op_type, domain, self.opset, i) == var
-              else x for i, x in enumerate(inputs)]
+        flip = dt is DType.u64 and cdt is DType.i64 and op_type in ORDER_AS_INT64
+        xs = [self._flip(self.cast(x, cdt), flip) if x is not None and x.name and
+              input_var(op_type, domain, self.opset, i) == var else x for i, x in enumerate(inputs)]
         if results is None:
             out = self.op(op_type, *xs, dtype=result or cdt, domain=domain, **attrs)
-            return self.cast(out, dt) if result is None else out
+            return self.cast(self._flip(out, flip), dt) if result is None else out
         outs = self.op(op_type, *xs, out_dtypes=[cdt if r == SAME else r for r in results], domain=domain,
                        **attrs)
-        return tuple(self.cast(o, dt) if r == SAME else o for o, r in zip(outs, results))
+        return tuple(self.cast(self._flip(o, flip), dt) if r == SAME else o for o, r in zip(outs, results))
+
+    def _flip(self, v: OnnxValue, flip: bool) -> OnnxValue:
+        """``v`` (int64 holding uint64 bits) with its top bit flipped: unsigned order as signed order."""
+        return self.op("BitwiseXor", v, self.const(np.asarray(INT64_MIN, np.int64))) if flip else v
 
     # ----- symbolic dims ------------------------------------------------------------
     def define(self, v: OnnxValue, shape: Sequence[D.Dim]) -> None:

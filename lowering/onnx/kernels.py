@@ -25,12 +25,14 @@ ONNX_DTYPE = {
     DType.f16: TensorProto.FLOAT16, DType.bf16: TensorProto.BFLOAT16, DType.f32: TensorProto.FLOAT,
     DType.f64: TensorProto.DOUBLE, DType.i8: TensorProto.INT8, DType.i16: TensorProto.INT16,
     DType.i32: TensorProto.INT32, DType.i64: TensorProto.INT64, DType.u8: TensorProto.UINT8,
+    DType.u16: TensorProto.UINT16, DType.u32: TensorProto.UINT32, DType.u64: TensorProto.UINT64,
     DType.bool: TensorProto.BOOL,
 }
 DTYPE_TYPE_STRINGS = {  # DType -> its type string in ONNX schemas and onnxruntime
     DType.f16: "tensor(float16)", DType.bf16: "tensor(bfloat16)", DType.f32: "tensor(float)",
     DType.f64: "tensor(double)", DType.i8: "tensor(int8)", DType.i16: "tensor(int16)", DType.i32: "tensor(int32)",
     DType.i64: "tensor(int64)", DType.u8: "tensor(uint8)", DType.bool: "tensor(bool)",
+    DType.u16: "tensor(uint16)", DType.u32: "tensor(uint32)", DType.u64: "tensor(uint64)",
 }
 ONNX_TYPE_STRINGS = {v: k for k, v in DTYPE_TYPE_STRINGS.items()}  # onnxruntime's "tensor(float)" -> DType
 
@@ -39,8 +41,21 @@ WIDER_DTYPES = {
     DType.f16: (DType.f32, DType.f64), DType.bf16: (DType.f32, DType.f64), DType.f32: (DType.f64,),
     DType.f64: (), DType.i8: (DType.i16, DType.i32, DType.i64), DType.u8: (DType.i16, DType.i32, DType.i64),
     DType.i16: (DType.i32, DType.i64), DType.i32: (DType.i64,), DType.i64: (),
+    DType.u16: (DType.i32, DType.i64), DType.u32: (DType.i64,), DType.u64: (),
     DType.bool: (DType.u8, DType.i32, DType.i64),
 }
+
+
+# Ops whose result bits are the same in any two's-complement reading of their operands (data
+# movement, and arithmetic modulo 2**64): a uint64 operand without a kernel computes in int64,
+# reached by a Cast, which onnxruntime performs modulo 2**64 both ways. Ordering, division and
+# powers read the sign, so they are not here.
+SAME_BITS_AS_INT64 = frozenset({"Neg", "Add", "Sub", "Mul", "Where", "ReduceSum", "ReduceProd", "CumSum", "MatMul",
+                                "Gemm", "Einsum", "Identity", "Reshape", "Transpose", "Concat", "Slice", "Gather",
+                                "Expand", "Pad", "Tile", "Squeeze", "Unsqueeze"})
+# Ops that only compare their operands: a uint64 operand computes in int64 with its top bit flipped
+# (x XOR 2**63 orders as signed as x does as unsigned), the results flipped back.
+ORDER_AS_INT64 = frozenset({"ReduceMax", "ReduceMin", "ArgMax", "ArgMin", "TopK", "Max", "Min"})
 
 
 INT64_MIN = np.iinfo(np.int64).min

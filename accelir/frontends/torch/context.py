@@ -35,7 +35,8 @@ __all__ = ["TORCH_DTYPES", "torch_dtype", "source_of", "NodeContext", "Rule", "R
 TORCH_DTYPES: dict[torch.dtype, DType] = {
     torch.float16: DType.f16, torch.bfloat16: DType.bf16, torch.float32: DType.f32, torch.float64: DType.f64,
     torch.int8: DType.i8, torch.int16: DType.i16, torch.int32: DType.i32, torch.int64: DType.i64,
-    torch.uint8: DType.u8, torch.bool: DType.bool,
+    torch.uint8: DType.u8, torch.uint16: DType.u16, torch.uint32: DType.u32, torch.uint64: DType.u64,
+    torch.bool: DType.bool,
 }
 _TO_TORCH = {v: k for k, v in TORCH_DTYPES.items()}
 
