@@ -407,16 +407,21 @@ def _cmd_show(args: argparse.Namespace) -> int:
     title = os.path.basename(args.input)
     report = None
     dumps: list[tuple[str, str]] | None = None
+    frames = None
     if steps is not None:
+        from .viewer import Frames, dump_label
         passes, what = steps
         title = f"{title} {what}"
-        dumps = [("input", print_graph(graph))]
+        dumps = [(dump_label(0, "input"), print_graph(graph))]
+        frames = Frames(graph, show_constants=args.constants) if fmt == "html" else None
 
-        def keep_text(record: Any, g: Graph) -> None:
+        def keep(record: Any, g: Graph) -> None:
+            """The text and structure after each changed pass, named as a --dump-dir would name them."""
             if record.changed:
-                dumps.append((f"{record.index:03d}-after-{record.name}", print_graph(g)))
+                frames(record, g)
+                dumps.append((dump_label(len(dumps), f"after-{record.name}"), print_graph(g)))
 
-        pm = PassManager(passes, instrument=keep_text if fmt == "html" else None)
+        pm = PassManager(passes, instrument=keep if fmt == "html" else None)
         with progress.step("passes"):
             pm.run(graph)
         report = pm.report
@@ -430,7 +435,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     else:
         from .visualize import to_html
         with progress.step("drawing"):
-            text = to_html(graph, report, dumps, title=title, show_constants=args.constants)
+            text = to_html(graph, report, dumps, title=title, show_constants=args.constants, frames=frames)
     if args.output:
         _write(args.output, text, args.overwrite)
         print(f"wrote {args.output} ({fmt}, {graph.num_nodes()} nodes)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -123,6 +124,18 @@ def test_show_dot_and_html_files(air, tmp_path, capsys):
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert main(["show", air, "--format", "dot"]) == 0
     assert capsys.readouterr().out.startswith('digraph "main"')
+
+
+def test_show_html_names_each_graph_as_the_dump_files(air, tmp_path):
+    page, out, dumps = tmp_path / "g.html", tmp_path / "o.air", tmp_path / "dumps"
+    assert main(["show", air, "--after-level", "2", "-o", str(page)]) == 0
+    assert main(["optimize", air, "-o", str(out), "--level", "2", "--dump-dir", str(dumps)]) == 0
+    names = sorted(p.name[:-4] for p in dumps.glob("*.air"))
+    html = page.read_text()
+    frames = json.loads(re.search(r'id="accelir-data">(.*?)</script>', html).group(1))["frames"]
+    assert [f["label"] for f in frames] == names
+    diffs = re.findall(r"<summary><b>([^<]+)</b>", html)
+    assert diffs == names[1:]
 
 
 # ----- optimize ----------------------------------------------------------------------
