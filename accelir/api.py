@@ -372,7 +372,8 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
     ``passes`` (names or callables) replaces the pipeline of ``level`` (0-3).
     ``debug`` takes the PassManager's options: print_after, dump_dir (with overwrite=True
     to replace the dumps of an earlier run there), check_numerics (True to check with the
-    example inputs), verify_each.
+    example inputs), verify_each, explain (True: ``report.passes.unfused`` lists each candidate
+    the fusion passes left unfused, with the reason and the module and source line).
     """
     from .pass_manager import PassManager
     from .passes import get_pass, pipeline

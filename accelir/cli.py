@@ -446,6 +446,28 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----- explain -----------------------------------------------------------------------
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    """Run the pipeline optimize runs with near misses recorded; print each candidate left unfused."""
+    from .explain import explain_text
+    from .pass_manager import PassManager
+    from .passes import pass_name
+
+    level = DEFAULT_LEVEL if args.level is None else args.level
+    passes = _pass_list(None, level, args.target or DEFAULT_BACKEND)
+    names = [pass_name(p) for p in passes]
+    if args.pass_name is not None and args.pass_name not in names:
+        raise UsageError(f"--pass {args.pass_name}: the level {level} pipeline has no such pass; it runs "
+                         f"{', '.join(names)}")
+    graph = _capture(load_input(args.input))
+    pm = PassManager(passes, explain=True)
+    with progress.step("passes"):
+        pm.run(graph)
+    sys.stdout.write(explain_text(pm.report.unfused, args.pass_name))
+    return 0
+
+
 # ----- bisect ------------------------------------------------------------------------
 
 def _cmd_bisect(args: argparse.Namespace) -> int:
@@ -687,6 +709,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--constants", action="store_true", help="dot/html: draw constant nodes too")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_cmd_show)
+
+    p = sub.add_parser("explain", parents=[debug], help="why a fusion did not happen",
+                       description="Run the pipeline optimize runs and list, per fusion pass, each candidate it left "
+                       "unfused: the rule, its reason, and the node's module path and source line.")
+    p.add_argument("input", metavar="IN", help=inp_help)
+    p.add_argument("--level", type=int, choices=_LEVELS, help=f"pipeline level (default: {DEFAULT_LEVEL})")
+    _add_target(p, "--level")
+    p.add_argument("--pass", dest="pass_name", metavar="NAME", help="list this pass's candidates only")
+    p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("bisect", parents=[debug, rand, passes], help="find the pass and rewrite that break IN",
                        description="Run the pipeline with the interpreter checking outputs on random inputs; find the "

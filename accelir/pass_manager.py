@@ -94,6 +94,7 @@ class PassReport:
     records: list[PassRecord] = field(default_factory=list)
     iterations: int = 0
     converged: bool = True
+    unfused: list[Any] = field(default_factory=list)  # explain=True: accelir.explain.Unfused, by pass
 
     @property
     def total_seconds(self) -> float:
@@ -121,7 +122,11 @@ class PassReport:
         last = self.records[-1].nodes_after if self.records else 0
         lines.append(f"total {self.total_seconds * 1e3:.2f} ms over {self.iterations} iteration(s); "
                      f"nodes {first} -> {last}" + ("" if self.converged else "; did not reach a fixed point"))
-        return "\n".join(lines) + "\n"
+        text = "\n".join(lines) + "\n"
+        if self.unfused:
+            from .explain import explain_text
+            text += explain_text(self.unfused)
+        return text
 
 
 def compare_outputs(expected: Sequence[np.ndarray], got: Sequence[np.ndarray],
@@ -284,6 +289,9 @@ class PassManager:
     ``instrument``: called as ``instrument(record, graph)`` after each pass.
     ``snapshot``: record the graph's state before each pass (see :class:`Snapshot`) so a
     failing pass can be rolled back.
+    ``explain``: run the passes that can record near misses verbose, and list in
+    ``report.unfused`` each candidate they left unfused, with the reason and provenance
+    (see :mod:`accelir.explain`).
 
     A pass that reported no change is not run again until another pass changes the
     graph (see :class:`FixedPoint`); such skipped runs leave no record in the report.
@@ -293,7 +301,7 @@ class PassManager:
                  dump_dir: str | os.PathLike | None = None, check_numerics: Sequence[Any] | None = None,
                  max_iterations: int = 10, instrument: Callable[[PassRecord, Graph], None] | None = None,
                  snapshot: bool = True, tolerances: dict[DType, tuple[float, float]] | None = None,
-                 stream: TextIO | None = None, overwrite: bool = False):
+                 stream: TextIO | None = None, overwrite: bool = False, explain: bool = False):
         if print_after not in (None, "all", "changed"):
             raise ValueError(f"print_after must be None, 'all' or 'changed', got {print_after!r}")
         for p in passes:
@@ -301,7 +309,11 @@ class PassManager:
                 raise TypeError(f"a pass must be a callable Graph -> bool, got {type(p).__name__}")
         if max_iterations < 1:
             raise ValueError("max_iterations must be at least 1")
+        if explain:
+            from .explain import explaining
+            passes = [explaining(p) for p in passes]
         self.passes = list(passes)
+        self.explain = explain
         self.verify_each = verify_each
         self.print_after = print_after
         self.dump_dir = os.fspath(dump_dir) if dump_dir is not None else None
@@ -356,6 +368,10 @@ class PassManager:
         history: list[str] = []
         hist = graph.op_histogram()
         loop = FixedPoint(self.passes, self.max_iterations)
+        explainer = None
+        if self.explain:
+            from .explain import Explainer
+            explainer = Explainer()
         self._fingerprint = self._signature = self._snapshot = None
         self._text = None
         with _collector_paused():
@@ -364,10 +380,14 @@ class PassManager:
                 name = _name(p)
                 changed, hist = self._run_one(p, name, it, graph, hist, history, expected)
                 loop.done(changed)
+                if explainer is not None:
+                    explainer.after(name, p)
                 history.append(name)
         self._fingerprint = self._signature = self._snapshot = None
         self._text = None
         self.report.converged = loop.converged
+        if explainer is not None:
+            self.report.unfused = explainer.unfused()
         self._write_report()
         return loop.any_change
 
