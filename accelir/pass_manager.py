@@ -232,7 +232,8 @@ def _collector_paused() -> Iterator[None]:
         gc.enable()
 
 
-# what the PassManager writes into dump_dir: 000-input.air (+ .npz), NNN-after-<pass>.air, report.txt
+# what the PassManager writes into dump_dir: 000-input.air (+ .npz), NNN-after-<pass>.air (+ .npz of the constants
+# the input lacks; the rest by reference to 000-input.air.npz), report.txt
 DUMP_FILES = re.compile(r"\d{3,}-[A-Za-z0-9_.-]+\.air(\.npz)?|report\.txt")
 
 
@@ -327,6 +328,7 @@ class PassManager:
         self.report = PassReport()
         self._dumps = 0
         self._dumped = False
+        self._input_arrays: tuple[str, dict[str, list[np.ndarray]]] = ("", {})
         self._snapshot: Snapshot | None = None
         self._fingerprint: Fingerprint | None = None
         self._signature: Any = None
@@ -342,13 +344,13 @@ class PassManager:
     def _dump(self, graph: Graph, label: str) -> None:
         if self.dump_dir is None:
             return
-        path = os.path.join(self.dump_dir, f"{self._dumps:03d}-{_file_part(label)}.air")
+        name = f"{self._dumps:03d}-{_file_part(label)}.air"
+        path = os.path.join(self.dump_dir, name)
         self._dumps += 1
         if self._dumps == 1:
-            save(graph, path)
-        else:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(print_graph(graph, meta=True))
+            self._input_arrays = (name + ".npz", save(graph, path))
+        else:  # the input's weights by reference; only a pass's new constants get their own .npz
+            save(graph, path, meta=True, shared=self._input_arrays)
 
     def _write_report(self, extra: str = "") -> None:
         if self.dump_dir is not None:
@@ -386,6 +388,7 @@ class PassManager:
         self._fingerprint = self._signature = self._snapshot = None
         self._text = None
         self.report.converged = loop.converged
+        self._input_arrays = ("", {})
         if explainer is not None:
             self.report.unfused = explainer.unfused()
         self._write_report()

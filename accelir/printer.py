@@ -23,9 +23,10 @@ from .types import DType
 # Graph and Value in the annotations are accelir.ir's; they are not imported, since ir imports
 # this module (str(graph)) and printing reads nothing but their fields.
 
-__all__ = ["print_graph", "save", "Namer", "INLINE_LIMIT", "CONSTANTS_TABLE", "region_scope"]
+__all__ = ["print_graph", "save", "Namer", "INLINE_LIMIT", "CONSTANTS_TABLE", "SHARED_CONSTANTS", "region_scope"]
 
 INLINE_LIMIT = 16
+SHARED_CONSTANTS = "# constants also in: "  # a saved text's first line naming another .npz beside it
 CONSTANTS_TABLE = "accelir.constants"  # the .npz entry mapping entry names to constant names (JSON, as uint8)
 _BARE_VALUE = re.compile(r"[A-Za-z0-9_.]+")
 _BARE_GRAPH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -220,14 +221,30 @@ def _npz_entries(large: Mapping[str, list[tuple[str, np.ndarray]]]) -> dict[str,
     return arrays
 
 
-def save(g: Graph, path: str | os.PathLike, *, overwrite: bool = True) -> None:
+def save(g: Graph, path: str | os.PathLike, *, overwrite: bool = True, meta: bool = False,
+         shared: tuple[str, Mapping[str, list[np.ndarray]]] | None = None) -> dict[str, list[np.ndarray]]:
     """Write the text to ``path`` and large constants to ``path + '.npz'``, each through a
     temporary renamed into place (the ``.npz`` first); ``overwrite=False`` refuses to replace
-    either file."""
+    either file.  ``meta`` appends each node's provenance as a comment.
+
+    ``shared=(npz, arrays)`` saves a graph whose constants are mostly in another ``.npz``
+    beside it (a pass's dump next to the input's): a name whose arrays are all among
+    ``arrays[name]`` (the same objects) is not written again, and the text's first line,
+    ``# constants also in: <npz>``, tells :func:`accelir.text.load` where to read it.
+    Returns, by name, the large arrays the graph reads (for a later ``shared``).
+    """
     path = os.fspath(path)
     large: dict[str, list[tuple[str, np.ndarray]]] = {}
     _collect_large(g, large)
-    text = print_graph(g)
+    text = print_graph(g, meta=meta)
+    arrays = {name: [a for a, _ in _distinct(uses)] for name, uses in large.items()}
+    if shared is not None:
+        other, known = shared
+        referenced = {name for name in large
+                      if {id(a) for a in arrays[name]} <= {id(a) for a in known.get(name, ())}}
+        if referenced:
+            text = f"{SHARED_CONSTANTS}{other}\n{text}"
+        large = {name: uses for name, uses in large.items() if name not in referenced}
     npz = path + ".npz"
     with atomic_outputs(path, npz, overwrite=overwrite) as out:
         if large:
@@ -235,3 +252,4 @@ def save(g: Graph, path: str | os.PathLike, *, overwrite: bool = True) -> None:
                 np.savez(f, **_npz_entries(large))
         with open(out.temp(path), "w", encoding="utf-8") as f:
             f.write(text)
+    return arrays
