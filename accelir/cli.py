@@ -35,7 +35,7 @@ from typing import Any, Callable, NoReturn, Sequence
 import numpy as np
 
 from . import progress
-from .api import BACKENDS, build_runner
+from .api import BACKENDS, _first_line, build_runner
 from .errors import AccelirError, NumericMismatchError
 from .arrays import to_numpy
 from .interpreter import run_graph
@@ -319,6 +319,9 @@ def _check(inp: LoadedInput, source: Graph, runner: _LazyRunner, inputs: list[np
         index, err, rel, what = bad
         if onnx_file and _mismatch(expected, run_graph(source, inputs), tolerances) is not None:
             hint = "accelir's import of the file already differs (see 'accelir show IN'), before any pass"
+        elif _mismatch(expected, run_graph(runner.graph, inputs), tolerances) is None:
+            hint = ("no pass is to blame: the interpreter on the optimised graph matches; "
+                    + _lowering_verdict(runner.graph, inputs, tolerances, runner.device))
         else:
             hint = "rerun with --print-after changed or use 'accelir bisect' to find the pass"
         raise NumericMismatchError(f"--check: output {index} of the optimised graph on {runner.backend} differs from "
@@ -327,6 +330,38 @@ def _check(inp: LoadedInput, source: Graph, runner: _LazyRunner, inputs: list[np
     worst = max((float(np.max(np.abs(e.astype(np.float64) - g.astype(np.float64))))
                  for e, g in zip(expected, got) if e.size and e.dtype.kind == "f"), default=0.0)
     return f"check: {len(expected)} output(s) on {runner.backend} match {reference} (max abs error {worst:.3g})"
+
+
+def _lowering_verdict(graph: Graph, inputs: list[np.ndarray], tolerances: dict, device: str = "cpu") -> str:
+    """Which backends' lowerings of ``graph`` change its outputs, the interpreter on it being the reference."""
+    expected = run_graph(graph, inputs)
+    bad, good = [], []
+    for backend in BACKENDS:
+        try:
+            got = build_runner(graph, backend, device)(*inputs)
+        except Exception as e:  # noqa: BLE001 - a backend that cannot run is a finding, not a crash
+            bad.append(f"the lowering to {backend} cannot run it ({_first_line(e)})")
+            continue
+        miss = _mismatch(expected, list(got), tolerances)
+        (good if miss is None else bad).append(
+            f"the lowering to {backend}" + ("" if miss is None else f" (output {miss[0]}: {miss[3]})"))
+    if not bad:
+        return ("every backend's lowering matches the interpreter on these inputs; try other inputs (--seed) or "
+                "tolerances (--rtol, --atol)")
+    return "; ".join(bad) + " differs from the interpreter" + (f" ({', '.join(good)} matches it)" if good else "")
+
+
+def _outside_passes(inp: LoadedInput, source: Graph, optimised: Graph, inputs: list[np.ndarray],
+                    tolerances: dict) -> str:
+    """When every pass keeps the outputs: whether the import (an .onnx input, against onnxruntime on the
+    file) or a backend's lowering (against the interpreter on the optimised graph) changes them."""
+    verdict = []
+    if inp.kind == "onnx":
+        miss = _mismatch(_run_onnx_file(inp.model, source, inputs), run_graph(source, inputs), tolerances)
+        verdict.append("the import differs from onnxruntime on the file" + (f" (output {miss[0]}: {miss[3]})"
+                       if miss else "") if miss else "the import matches onnxruntime on the file")
+    verdict.append(_lowering_verdict(optimised, inputs, tolerances))
+    return "no pass is to blame, so look at the import or the lowering: " + "; ".join(verdict)
 
 
 def _tolerances(args: argparse.Namespace) -> dict[DType, tuple[float, float]]:
@@ -481,6 +516,12 @@ def _cmd_bisect(args: argparse.Namespace) -> int:
         passes = _pass_list(args.passes, args.level, None if args.passes else args.target or DEFAULT_BACKEND)
         result = bisect(graph, passes, inputs=inputs, out_dir=args.output, overwrite=args.overwrite)
     print(result)
+    if not result.found:
+        from .pass_manager import PassManager
+        optimised = graph.copy()
+        with progress.step("lowering check"):
+            PassManager(passes).run(optimised)
+            print(_outside_passes(inp, graph, optimised, inputs, dict(CHECK_TOLERANCES)))
     return 0
 
 

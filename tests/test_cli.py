@@ -588,3 +588,30 @@ def test_flat_arrays_walks_nested_outputs():
     out = {"a": torch.ones(2), "b": (np.zeros(3), [torch.zeros(1, 2)]), "none": None}
     shapes = [a.shape for a in flat_arrays(out)]
     assert shapes == [(2,), (3,), (1, 2)]
+
+
+def test_a_wrong_lowering_is_named_not_sent_to_bisect(tmp_path, capsys, monkeypatch):
+    from accelir.lowering.onnx import ONNX_RULES
+
+    air = str(tmp_path / "tanh.air")
+    (tmp_path / "tanh.air").write_text(
+        "graph main(%x: f32[2,3]) -> (f32[2,3]) {\n  %0 = tanh(%x) : f32[2,3]\n  %1 = relu(%0) : f32[2,3]\n"
+        "  return %1\n}\n")
+    monkeypatch.setitem(ONNX_RULES, "tanh", ONNX_RULES["sigmoid"])  # onnxruntime's lowering of tanh goes wrong
+    assert main(["optimize", air, "-o", str(tmp_path / "o.air"), "--check"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "differs from the original graph on random inputs" in line
+    assert ("no pass is to blame: the interpreter on the optimised graph matches; the lowering to onnxruntime "
+            "(output 0: max abs error") in line
+    assert "differs from the interpreter (the lowering to xla matches it)" in line and "bisect" not in line
+    assert main(["bisect", air, "-o", str(tmp_path / "repro")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "bisect: the check passes after every pass"
+    assert out[1].startswith("no pass is to blame, so look at the import or the lowering: the lowering to "
+                             "onnxruntime (output 0: max abs error")
+    assert out[1].endswith("differs from the interpreter (the lowering to xla matches it)")
+    monkeypatch.undo()
+    assert main(["bisect", air, "-o", str(tmp_path / "repro2")]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith(
+        "every backend's lowering matches the interpreter on these inputs; try other inputs (--seed) or tolerances "
+        "(--rtol, --atol)")
