@@ -91,13 +91,16 @@ def load_input(spec: str) -> LoadedInput:
     if module_spec is None or module_spec.loader is None:
         raise AccelirError(f"{path}: cannot be imported as a python module")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    # importing the script (torch, transformers) and building the model can take many seconds: say so
+    with progress.step(f"loading {os.path.basename(path)}"):
+        module_spec.loader.exec_module(module)
     fn = getattr(module, factory, None)
     if not callable(fn):
         raise AccelirError(f"{path} has no function {factory!r}")
     _refuse_non_factory(f"{path}:{factory}", fn)
     try:
-        result = fn()
+        with progress.step(f"{os.path.basename(path)}:{factory}()"):
+            result = fn()
     except SystemExit as e:  # the factory's own command-line handling must not end accelir
         raise AccelirError(f"{path}:{factory}() called sys.exit({e.code!r}); {_FACTORY_CONTRACT}") from None
     if not _is_model_and_inputs(result):

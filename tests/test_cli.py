@@ -615,3 +615,21 @@ def test_a_wrong_lowering_is_named_not_sent_to_bisect(tmp_path, capsys, monkeypa
     assert capsys.readouterr().out.splitlines()[1].endswith(
         "every backend's lowering matches the interpreter on these inputs; try other inputs (--seed) or tolerances "
         "(--rtol, --atol)")
+
+
+def test_a_slow_factory_shows_progress_while_it_loads(tmp_path):
+    import io
+
+    from accelir import progress
+    from accelir.cli import load_input
+
+    path = tmp_path / "slow_factory.py"
+    path.write_text("import time\n\nimport torch\n\ntime.sleep(0.3)\n\n\ndef make():\n    time.sleep(0.3)\n"
+                    "    return torch.nn.Linear(2, 2), (torch.zeros(1, 2),)\n")
+    stream = io.StringIO()
+    with progress.activate(progress.Progress(stream, enabled=True, delay=0.05, interval=0.02)):
+        loaded = load_input(f"{path}:make")
+    assert loaded.kind == "factory"
+    text = stream.getvalue()
+    assert re.search(r"loading slow_factory\.py: done in 0\.\d s\n", text)
+    assert re.search(r"slow_factory\.py:make\(\): done in 0\.\d s\n", text)
