@@ -450,14 +450,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
         from .viewer import Frames, dump_label
         passes, what = steps
         title = f"{title} {what}"
-        dumps = [(dump_label(0, "input"), print_graph(graph))]
         frames = Frames(graph, show_constants=args.constants) if fmt == "html" else None
+        dumps = [(dump_label(0, "input"), print_graph(graph, stable=frames and frames.stable))]
 
         def keep(record: Any, g: Graph) -> None:
             """The text and structure after each changed pass, named as a --dump-dir would name them."""
             if record.changed:
                 frames(record, g)
-                dumps.append((dump_label(len(dumps), f"after-{record.name}"), print_graph(g)))
+                dumps.append((dump_label(len(dumps), f"after-{record.name}"), print_graph(g, stable=frames.stable)))
 
         pm = PassManager(passes, instrument=keep if fmt == "html" else None)
         with progress.step("passes"):

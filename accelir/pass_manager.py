@@ -41,6 +41,7 @@ import numpy as np
 from .errors import AccelirError, NumericMismatchError, PassError, VerificationError
 from .interpreter import run_graph
 from .ir import DType, Fingerprint, Graph, Snapshot, Value
+from .printer import StableNumbers
 from .text import print_graph, save
 from .verify import verify
 
@@ -329,6 +330,7 @@ class PassManager:
         self._dumps = 0
         self._dumped = False
         self._input_arrays: tuple[str, dict[str, list[np.ndarray]]] = ("", {})
+        self._stable = StableNumbers()  # one run's prints and dumps number a value the same way
         self._snapshot: Snapshot | None = None
         self._fingerprint: Fingerprint | None = None
         self._signature: Any = None
@@ -348,9 +350,9 @@ class PassManager:
         path = os.path.join(self.dump_dir, name)
         self._dumps += 1
         if self._dumps == 1:
-            self._input_arrays = (name + ".npz", save(graph, path))
+            self._input_arrays = (name + ".npz", save(graph, path, stable=self._stable))
         else:  # the input's weights by reference; only a pass's new constants get their own .npz
-            save(graph, path, meta=True, shared=self._input_arrays)
+            save(graph, path, meta=True, shared=self._input_arrays, stable=self._stable)
 
     def _write_report(self, extra: str = "") -> None:
         if self.dump_dir is not None:
@@ -360,6 +362,7 @@ class PassManager:
     def run(self, graph: Graph) -> bool:
         """Run the passes on ``graph`` in place to a fixed point; True when anything changed."""
         self.report = PassReport()
+        self._stable = StableNumbers()
         self._dumps = 0
         if self.dump_dir is not None:
             # the dumps of this manager's earlier runs are its own to replace
@@ -389,6 +392,7 @@ class PassManager:
         self._text = None
         self.report.converged = loop.converged
         self._input_arrays = ("", {})
+        self._stable = StableNumbers()
         if explainer is not None:
             self.report.unfused = explainer.unfused()
         self._write_report()
@@ -413,7 +417,7 @@ class PassManager:
             self._fingerprint = None if self.snapshot else graph.fingerprint()
         before = self._snapshot
         if self.print_after == "changed" and self._text is None:
-            self._text = print_graph(graph)
+            self._text = print_graph(graph, stable=self._stable)
         try:
             changed, rec, new_hist = self._run_checked(p, name, it, graph, hist, history, expected, before)
         except BaseException as e:
@@ -429,9 +433,9 @@ class PassManager:
             out = self._out()
             if self.print_after == "all":
                 out.write(f"// ----- after {name} (iteration {it}){'' if changed else ', unchanged'} -----\n")
-                out.write(print_graph(graph))
+                out.write(print_graph(graph, stable=self._stable))
             else:
-                text = print_graph(graph)
+                text = print_graph(graph, stable=self._stable)
                 diff = difflib.unified_diff(self._text.splitlines(keepends=True), text.splitlines(keepends=True),
                                             fromfile=f"before {name}", tofile=f"after {name}")
                 out.write("".join(diff))

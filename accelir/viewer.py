@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .ir import Graph, Node, Value
 from .ops import registry
-from .printer import Namer
+from .printer import Namer, StableNumbers
 
 __all__ = ["Frames", "frame_of", "family", "COLOURS", "dump_label"]
 
@@ -114,14 +114,16 @@ class Edge:
 
 
 def frame_of(graph: Graph, show_constants: bool = False, key_of: Callable[[Node, int], str] | None = None,
-             misses: Mapping[int, list[str]] | None = None) -> tuple[list[Item], list[Edge]]:
+             misses: Mapping[int, list[str]] | None = None,
+             stable: StableNumbers | None = None) -> tuple[list[Item], list[Edge]]:
     """The items and edges drawn for ``graph``.
 
     Constants are folded into their users' details unless ``show_constants``.
     ``key_of(node, position)`` names a node's item (default ``n<position>``); ``misses``
-    maps ``id(node)`` to its "why not fused" lines.
+    maps ``id(node)`` to its "why not fused" lines; ``stable`` numbers values as the
+    printer does (see :class:`~accelir.printer.StableNumbers`).
     """
-    namer = Namer.for_graph(graph)
+    namer = Namer.for_graph(graph, stable)
     key_of = key_of or (lambda node, k: f"n{k}")
     misses = misses or {}
     items: list[Item] = []
@@ -217,6 +219,7 @@ class Frames:
         self.frames: list[dict[str, Any]] = []
         self._keys: dict[int, tuple[str, Node]] = {}
         self._nodes: dict[str, Node] = {}
+        self.stable = StableNumbers()  # value names as in the dumps and diffs of the same run
         self.add("000-input", None, graph)
 
     def _key(self, node: Node, position: int) -> str:
@@ -230,7 +233,7 @@ class Frames:
     def add(self, label: str, pass_name: str | None, graph: Graph,
             misses: Mapping[int, list[str]] | None = None) -> dict[str, Any]:
         """Record ``graph`` as the frame ``label`` (after ``pass_name``); returns the frame."""
-        items, edges = frame_of(graph, self.show_constants, self._key, misses)
+        items, edges = frame_of(graph, self.show_constants, self._key, misses, self.stable)
         frame = _frame_json(label, pass_name, items, edges)
         if self.frames:
             before = {n["key"] for n in self.frames[-1]["items"]}
