@@ -427,6 +427,7 @@ SCRIPT = r"""
   draw(); fit();
   if (hash.find) { findBox.value = hash.find[0]; search(hash.find[0], true); }
   if (hash.select) { select(hash.select[0]); centreOn(hash.select[0]); }
-  view.setAttribute('data-ready-ms', (performance.now() - T0).toFixed(1));
+  view.setAttribute('data-ready-ms', (performance.now() - T0).toFixed(1));  // the script: data, layout, drawing
+  view.setAttribute('data-open-ms', performance.now().toFixed(1));  // since the page was asked for
 })();
 """
