@@ -22,7 +22,7 @@ from .ir import Graph, Node, Value
 from .ops import registry
 from .printer import Namer, StableNumbers
 
-__all__ = ["Frames", "frame_of", "family", "COLOURS", "dump_label"]
+__all__ = ["Frames", "frame_of", "frames_json", "family", "COLOURS", "dump_label"]
 
 # Fill colours by op family; the families come from the registry module an op is defined in.
 COLOURS = {

@@ -11,7 +11,7 @@ operand's side still show as two edges.
 
 The page is driven by the mouse (wheel zoom, drag pan, click for details) and, for
 headless tests and links, by the URL hash: ``#find=TEXT``, ``#select=KEY``,
-``#frame=LABEL``, ``#depth=N``, ``#expand=PATH`` joined with ``&``.
+``#frame=LABEL``, ``#depth=N``, ``#expand=PATH``, ``#collapse=PATH`` joined with ``&``.
 """
 
 from __future__ import annotations
@@ -58,15 +58,21 @@ SCRIPT = r"""
   var view = document.getElementById('view'), svg = document.getElementById('graph');
   var panel = document.getElementById('details'), info = document.getElementById('frameinfo');
   var mini = document.getElementById('minimap');
-  var st = {frame: DATA.frames.length - 1, depth: 0, expanded: {}, compare: false, sel: null, find: '',
+  var st = {frame: DATA.frames.length - 1, depth: 0, expanded: {}, collapsed: {}, compare: false, sel: null, find: '',
             hits: [], hit: -1, s: 1, tx: 0, ty: 0};
   var cur = null;  // the drawn view: {items, byKey, pos, w, h}
 
   function esc(t) { return String(t).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;')
                                     .replace(/"/g, '&quot;'); }
   function groupOf(it) {
-    if (!st.depth || !it.module) return it.key;
-    var parts = it.module.split('.'), d = Math.min(st.depth, parts.length);
+    if (!it.module) return it.key;
+    var parts = it.module.split('.');
+    for (var c = 1; c <= parts.length; c++) {  // a layer collapsed by hand, outermost first
+      var q = parts.slice(0, c).join('.');
+      if (st.collapsed[q]) return 'g:' + q;
+    }
+    if (!st.depth) return it.key;
+    var d = Math.min(st.depth, parts.length);
     for (;;) {
       var p = parts.slice(0, d).join('.');
       if (!st.expanded[p]) return 'g:' + p;
@@ -308,7 +314,11 @@ SCRIPT = r"""
     var n = ev.target.closest ? ev.target.closest('.node') : null;
     if (!n) return;
     var key = n.getAttribute('data-key');
-    if (key.slice(0, 2) === 'g:') { st.expanded[key.slice(2)] = true; draw(); centreOn(firstBoxOf(key.slice(2))); }
+    if (key.slice(0, 2) === 'g:') {
+      var p = key.slice(2);
+      if (st.collapsed[p]) delete st.collapsed[p]; else st.expanded[p] = true;
+      draw(); centreOn(firstBoxOf(p));
+    }
     else select(key);
   });
   function firstBoxOf(prefix) {
@@ -388,6 +398,12 @@ SCRIPT = r"""
   document.getElementById('copy').onclick = function () {
     if (navigator.clipboard) navigator.clipboard.writeText(panel.textContent);
   };
+  document.getElementById('collapse').onclick = function () {
+    var v = st.sel && cur.g.byKey[st.sel], m = v && v.members[0] && v.members[0].module;
+    if (!m) return;
+    Object.keys(st.expanded).forEach(function (p) { if (p === m || p.indexOf(m + '.') === 0) delete st.expanded[p]; });
+    st.collapsed[m] = true; draw(); centreOn('g:' + m);
+  };
   document.getElementById('zin').onclick = function () { zoomAt(1.25, view.clientWidth / 2, view.clientHeight / 2); };
   document.getElementById('zout').onclick = function () { zoomAt(0.8, view.clientWidth / 2, view.clientHeight / 2); };
   document.getElementById('zfit').onclick = fit;
@@ -423,6 +439,7 @@ SCRIPT = r"""
   if (hash.compare) st.compare = compare.checked = true;
   if (hash.depth) { st.depth = +hash.depth[0]; depthSel.value = st.depth; }
   (hash.expand || []).forEach(function (p) { st.expanded[p] = true; });
+  (hash.collapse || []).forEach(function (p) { st.collapsed[p] = true; });
   frameSel.value = st.frame;
   draw(); fit();
   if (hash.find) { findBox.value = hash.find[0]; search(hash.find[0], true); }

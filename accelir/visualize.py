@@ -233,7 +233,9 @@ def to_html(graph: Graph, report: Any = None, pass_dumps: Sequence[tuple[str, st
              f'<div class="toolbar"><small>{legend}</small> <small id="frameinfo"></small></div>',
              '<div id="main"><div id="view"><svg xmlns="http://www.w3.org/2000/svg" id="graph" '
              'font-family="Helvetica, Arial, sans-serif"></svg><canvas id="minimap" width="20" height="20"></canvas>'
-             '</div><div id="panel"><button id="copy">copy</button><pre id="details"></pre></div></div>']
+             '</div><div id="panel"><button id="copy">copy</button> <button id="collapse" title="draw the selected node\'s '
+             'module as one box; click the box to open it again">collapse its layer</button><pre id="details"></pre>'
+             '</div></div>']
     if unfused:
         parts += ["<h2>Why not fused</h2>", _unfused_html(unfused)]
     if report is not None:

@@ -170,6 +170,13 @@ def test_layers_collapse_by_module_path(tmp_path):
     drawn = boxes(dom)
     assert "g:h.0" in drawn and "g:h.1" not in drawn and "g:h.1.attn" in drawn
     _check_every_edge_drawn_clear_of(dom, drawn)
+    # one layer collapsed by hand, the rest drawn node by node
+    dom = dump_dom(page, tmp_path, "collapse=h.0.attn")
+    drawn = boxes(dom)
+    assert "g:h.0.attn" in drawn and not [k for k in drawn if k.startswith("g:") and k != "g:h.0.attn"]
+    attn = [it["key"] for it in page_data(page)["frames"][-1]["items"] if it["module"].startswith("h.0.attn")]
+    assert attn and not set(attn) & set(drawn)
+    _check_every_edge_drawn_clear_of(dom, drawn)
 
 
 def _check_every_edge_drawn_clear_of(dom: str, drawn) -> None:
