@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import re
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -226,3 +227,22 @@ def test_opens_fast_and_fits(tmp_path):
     assert ready < 1000
     scale = float(re.search(r'<g id="vp" transform="translate\([-\d.]+,[-\d.]+\) scale\(([\d.e-]+)\)"', dom).group(1))
     assert 0 < scale <= 1
+
+
+def test_export_html_draws_the_graph_after_each_pass(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4)).eval()
+    x = torch.randn(2, 8)
+    seen = []
+    cm = accelir.optimize(model, (x,), debug={"pass_graphs": True, "instrument": lambda r, g: seen.append(r.name)})
+    np.testing.assert_allclose(cm(x), model(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+    assert seen  # the user's own instrument still runs
+    page = (tmp_path / "m.html")
+    cm.export(page)
+    data = page_data(page.read_text())
+    changed = [r.name for r in cm.report.passes.records if r.changed]
+    assert [f["pass"] for f in data["frames"]] == [None, *changed]
+    assert data["frames"][-1]["replaced"]  # the last pass fused something
+    plain = accelir.optimize(model, (x,))
+    plain.export(tmp_path / "plain.html")
+    assert len(page_data((tmp_path / "plain.html").read_text())["frames"]) == 1
