@@ -459,7 +459,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
                 frames(record, g)
                 dumps.append((dump_label(len(dumps), f"after-{record.name}"), print_graph(g, stable=frames.stable)))
 
-        pm = PassManager(passes, instrument=keep if fmt == "html" else None)
+        # the page lists, next to each node, why a fusion pass left it alone
+        pm = PassManager(passes, instrument=keep if fmt == "html" else None, explain=fmt == "html")
         with progress.step("passes"):
             pm.run(graph)
         report = pm.report

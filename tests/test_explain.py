@@ -127,3 +127,10 @@ def test_html_shows_the_reason_next_to_the_node(factory, tmp_path):
     assert item["label"] == "matmul" and item["miss"] == 1
     dom = dump_dom(page, tmp_path, f"select={item['key']}")
     assert f"why not fused:\n  fuse_attention: attention: attention: {REASON}" in element_text(dom, "details")
+
+
+def test_show_html_lists_why_not_fused(factory, tmp_path):
+    page = tmp_path / "g.html"
+    assert main(["show", f"{factory}:make", "--after-level", "2", "-o", str(page)]) == 0
+    html = page.read_text()
+    assert "<h2>Why not fused</h2>" in html and f"<td>attention: {REASON}</td>" in html
