@@ -430,6 +430,34 @@ SCRIPT = r"""
     };
   });
 
+  // ----- #selftest: drive the mouse handlers with synthetic events, report in #selftest (for headless tests) -----
+  function selftest() {
+    var out = {}, r = view.getBoundingClientRect();
+    function ptr(type, target, x, y) {
+      target.dispatchEvent(new PointerEvent(type, {clientX: x, clientY: y, bubbles: true}));
+    }
+    var s0 = st.s;
+    view.dispatchEvent(new WheelEvent('wheel', {deltaY: -400, clientX: r.left + 50, clientY: r.top + 50,
+                                                bubbles: true, cancelable: true}));
+    out.wheel = st.s / s0;
+    var tx = st.tx, ty = st.ty;
+    ptr('pointerdown', svg, r.left + 100, r.top + 100); ptr('pointermove', svg, r.left + 160, r.top + 130);
+    ptr('pointerup', svg, r.left + 160, r.top + 130);
+    out.drag = [st.tx - tx, st.ty - ty];
+    var node = svg.querySelector('.node:not(.group)[data-key^="n"]');
+    if (node) {
+      var b = node.getBoundingClientRect();
+      ptr('pointerdown', node.querySelector('rect'), b.left + 2, b.top + 2);
+      ptr('pointerup', node.querySelector('rect'), b.left + 2, b.top + 2);
+      out.click = {key: node.getAttribute('data-key'), selected: st.sel, panel: panel.textContent.split('\n')[0]};
+    }
+    findBox.value = 'RETURN'; findBox.dispatchEvent(new Event('input'));
+    out.find = document.getElementById('hits').textContent;
+    document.getElementById('zfit').click();
+    out.fit = st.s;
+    document.getElementById('selftest').textContent = JSON.stringify(out);
+  }
+
   // ----- the URL hash: #find=..&select=..&frame=..&depth=..&expand=.. -----
   var hash = {};
   location.hash.replace(/^#/, '').split('&').forEach(function (kv) {
@@ -444,6 +472,7 @@ SCRIPT = r"""
   draw(); fit();
   if (hash.find) { findBox.value = hash.find[0]; search(hash.find[0], true); }
   if (hash.select) { select(hash.select[0]); centreOn(hash.select[0]); }
+  if (hash.selftest) selftest();
   view.setAttribute('data-ready-ms', (performance.now() - T0).toFixed(1));  // the script: data, layout, drawing
   view.setAttribute('data-open-ms', performance.now().toFixed(1));  // since the page was asked for
 })();

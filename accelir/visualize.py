@@ -235,7 +235,7 @@ def to_html(graph: Graph, report: Any = None, pass_dumps: Sequence[tuple[str, st
              'font-family="Helvetica, Arial, sans-serif"></svg><canvas id="minimap" width="20" height="20"></canvas>'
              '</div><div id="panel"><button id="copy">copy</button> <button id="collapse" title="draw the selected node\'s '
              'module as one box; click the box to open it again">collapse its layer</button><pre id="details"></pre>'
-             '</div></div>']
+             '</div></div><pre id="selftest" hidden></pre>']
     if unfused:
         parts += ["<h2>Why not fused</h2>", _unfused_html(unfused)]
     if report is not None:

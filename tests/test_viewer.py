@@ -4,6 +4,7 @@ details panel, collapsed layers and the graph after each pass (see accelir.viewe
 from __future__ import annotations
 
 import functools
+import json
 import re
 
 import numpy as np
@@ -246,3 +247,16 @@ def test_export_html_draws_the_graph_after_each_pass(tmp_path):
     plain = accelir.optimize(model, (x,))
     plain.export(tmp_path / "plain.html")
     assert len(page_data((tmp_path / "plain.html").read_text())["frames"]) == 1
+
+
+def test_mouse_zoom_pan_click_and_typed_search(tmp_path):
+    page = to_html(_resnet())
+    got = json.loads(element_text(dump_dom(page, tmp_path, "selftest=1"), "selftest"))
+    assert got["wheel"] > 1.5  # the wheel turned towards the user zooms in
+    assert got["drag"] == [60, 30]  # the view follows the pointer
+    click = got["click"]
+    assert click["selected"] == click["key"]
+    item = next(it for it in page_data(page)["frames"][-1]["items"] if it["key"] == click["key"])
+    assert click["panel"] == item["details"].splitlines()[0]
+    assert got["find"] == "1 match"  # the return box, whatever the case typed
+    assert 0 < got["fit"] <= 1
