@@ -272,9 +272,9 @@ def save(g: Graph, path: str | os.PathLike, *, overwrite: bool = True, meta: boo
     if shared is not None:
         other, known = shared
         # a name regions read with different arrays is stored by scope, and scopes move when a pass
-        # rewrites the graph, so only a name with one array is read from the other file
+        # rewrites the graph, so only a name with one array, in both graphs, is read from the other file
         referenced = {name for name in large
-                      if len(arrays[name]) == 1 and id(arrays[name][0]) in {id(a) for a in known.get(name, ())}}
+                      if len(arrays[name]) == 1 and [id(a) for a in known.get(name, ())] == [id(arrays[name][0])]}
         if referenced:
             text = f"{SHARED_CONSTANTS}{other}\n{text}"
         large = {name: uses for name, uses in large.items() if name not in referenced}
