@@ -110,9 +110,10 @@ def _cell(column: str, value: Any) -> str:
         else f"<td>{text}</td>"
 
 
-def _report_html(report: Any) -> str:
+def _report_html(report: Any, drawn: Sequence[str] = ()) -> str:
     """The per-pass table: human headers, times in ms; the passes that changed the graph first, each
-    naming the dump of the graph after it (click to draw that graph), the others folded away."""
+    naming the dump of the graph after it (a click draws that graph when it is among ``drawn``), the
+    others folded away."""
     rows = _report_rows(report)
     if rows is None:
         return f"<pre>{html.escape(str(report))}</pre>"
@@ -128,8 +129,9 @@ def _report_html(report: Any) -> str:
             quiet.append(f"<tr>{cells}<td></td></tr>")
             continue
         label = dump_label(len(changed) + 1, f"after-{r.get('name', 'pass')}")
-        changed.append(f'<tr class="pick" data-frame="{html.escape(label)}" title="draw the graph after this pass">'
-                       f"{cells}<td><a>{html.escape(label)}</a></td></tr>")
+        pick = (f' class="pick" data-frame="{html.escape(label)}" title="draw the graph after this pass"'
+                if label in drawn else "")
+        changed.append(f"<tr{pick}>{cells}<td>{html.escape(label)}</td></tr>")
     table = f'<table class="report"><tr>{head}<th>graph after (dump)</th></tr>{"".join(changed)}</table>'
     if quiet:
         names = sorted({str(r.get("name")) for r in rows if not r.get("changed")})
@@ -239,7 +241,7 @@ def to_html(graph: Graph, report: Any = None, pass_dumps: Sequence[tuple[str, st
     if unfused:
         parts += ["<h2>Why not fused</h2>", _unfused_html(unfused)]
     if report is not None:
-        parts += ["<h2>Passes</h2>", _report_html(report)]
+        parts += ["<h2>Passes</h2>", _report_html(report, [f["label"] for f in frames.frames])]
     parts += ["<h2>Op histogram</h2>", _histogram_html(graph)]
     if pass_dumps is not None:
         dumps = _as_dumps(pass_dumps)

@@ -219,6 +219,7 @@ def test_pass_table_is_readable(tmp_path):
     assert quiet and f"<summary>{len(quiet)} runs changed nothing" in page
     # the graph comes before the tables
     assert page.index('id="graph"') < page.index('<table class="report">')
+    assert 'class="pick"' not in page  # without the graphs after each pass, a row has none to draw
 
 
 def test_opens_fast_and_fits(tmp_path):
