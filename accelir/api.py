@@ -223,7 +223,7 @@ class OptimizeReport:
     nodes_before: int = 0
     nodes_after: int = 0
     precision: Any = None  # an accelir.precision.PrecisionReport where optimize(precision=...) quantised
-
+    frames: Any = field(default=None, repr=False)  # debug pass_graphs=True: accelir.viewer.Frames
 
     def __str__(self) -> str:
         lines = [f"nodes: {self.nodes_before} -> {self.nodes_after}"]
@@ -352,7 +352,8 @@ class CompiledModel:
             write_text_atomic(path, to_dot(self.graph), overwrite=overwrite)
         else:
             from .visualize import to_html
-            write_text_atomic(path, to_html(self.graph, report=self.report.passes), overwrite=overwrite)
+            write_text_atomic(path, to_html(self.graph, report=self.report.passes, frames=self.report.frames),
+                              overwrite=overwrite)
         return path
 
     def __repr__(self) -> str:
@@ -377,7 +378,10 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
     ``passes`` (names or callables) replaces the pipeline of ``level`` (0-3).
     ``debug`` takes the PassManager's options: print_after, dump_dir (with overwrite=True
     to replace the dumps of an earlier run there), check_numerics (True to check with the
-    example inputs), verify_each.
+    example inputs), verify_each, pass_graphs (True: keep the graph after each pass, so that
+    ``export(".html")`` can draw any of them with what the pass changed), explain (True:
+    ``report.passes.unfused`` lists each candidate the fusion passes left unfused, with the reason
+    and the module and source line).
     ``precision`` ("fp32", "int8", "int4"; see :mod:`accelir.precision`) lowers the precision of the
     optimised graph within the budget ``accuracy`` (``{"cosine": 0.999}``, "cosine=0.999", default per
     precision), checked on the example inputs or on ``calibration`` (a list of input tuples) against
@@ -418,6 +422,10 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
             pass_list = [get_pass(p) if isinstance(p, str) else p for p in passes]
         except KeyError as e:
             raise AccelirError(f"optimize(passes=...): {e.args[0]}") from None
+    if options.pop("pass_graphs", False):  # the graph after each pass, for export(".html")
+        from .viewer import Frames
+        report.frames = Frames(graph)
+        options["instrument"] = _both(report.frames, options.get("instrument"))
     pm = PassManager(pass_list, **options)
     t0 = time.perf_counter()
     pm.run(graph)
@@ -445,6 +453,18 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
     report.stages["lowering"] = time.perf_counter() - t0
     return CompiledModel(graph, source, runner, backend=chosen, device=device, report=report,
                          example_inputs=_numpy_inputs(flat), call_form=_call_form(model, args, example_kwargs, flat))
+
+
+def _both(first: Callable[[Any, Graph], None], second: Callable[[Any, Graph], None] | None
+          ) -> Callable[[Any, Graph], None]:
+    """A PassManager instrument calling ``first`` then, if given, the user's own ``second``."""
+    if second is None:
+        return first
+
+    def both(record: Any, graph: Graph) -> None:
+        first(record, graph)
+        second(record, graph)
+    return both
 
 
 def _call_form(model: Any, args: tuple, kwargs: Mapping[str, Any] | None, flat: list) -> CallForm | None:

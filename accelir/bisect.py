@@ -57,6 +57,7 @@ class BisectResult:
     rewrite: str = ""
     reason: str = ""
     reproducer: str | None = None
+    unreplayable: str = ""  # why replay.py cannot rerun the failing pass, when it cannot
 
     @property
     def found(self) -> bool:
@@ -71,6 +72,9 @@ class BisectResult:
                 f"breaks the check at {where}")
         if self.reproducer:
             text += f"\nreproducer: {self.reproducer} (python {os.path.join(self.reproducer, 'replay.py')})"
+        if self.unreplayable:
+            text += f"\nreplay.py cannot rerun pass '{self.pass_name}': {self.unreplayable}; define it at module " \
+                    "level or register it with accelir.passes.register_pass"
         return text
 
 
@@ -94,35 +98,63 @@ def _import_path(p: PassFn) -> tuple[str, str] | None:
 
 
 def pass_ref(p: PassFn) -> dict[str, str]:
-    """How to find ``p`` again in another process: its registered name and, if any, its import path."""
-    from accelir.passes.registry import pass_name
+    """How to find ``p`` again in another process: its registered name and, if any, its import path
+    (module:qualified name and the file); else ``why`` it cannot be found again."""
+    from accelir.passes.registry import PASSES, pass_name
     ref = {"name": pass_name(p)}
     where = _import_path(p)
     if where is not None:
         ref["import"], ref["file"] = where
+    elif ref["name"] not in PASSES or PASSES[ref["name"]].fn is not p:
+        qual = getattr(p, "__qualname__", type(p).__qualname__)
+        ref["why"] = (f"{qual} is defined inside a function" if "<locals>" in qual or "<lambda>" in qual
+                      else f"no module binds it to a name ({qual})")
     return ref
 
 
 def resolve_pass(ref: dict[str, str]) -> PassFn:
-    """The pass ``pass_ref`` described: the registered name, else module:attribute, else the file."""
+    """The pass ``pass_ref`` described: the registered name, else module:attribute, else the same
+    attribute of the file it was defined in (a user's script: loaded under a name other than
+    ``__main__``, so its ``if __name__ == "__main__":`` block does not run again)."""
     from accelir.passes.registry import PASSES
     if ref["name"] in PASSES:
         return PASSES[ref["name"]].fn
     if "import" not in ref:
-        raise AccelirError(f"pass {ref['name']!r} is neither registered nor importable; register it with "
-                           "accelir.passes.register_pass or bind it to a module global to replay it")
+        raise AccelirError(f"pass {ref['name']!r} cannot be replayed: {ref.get('why') or 'it was not importable'}; "
+                           "define it at module level or register it with accelir.passes.register_pass")
     module_name, qual = ref["import"].split(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError:
-        if not ref.get("file"):
-            raise
-        spec = importlib.util.spec_from_file_location(module_name, ref["file"])
-        obj = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(obj)
-    for part in qual.split("."):
-        obj = getattr(obj, part)
+    obj: Any = None
+    if module_name != "__main__":
+        try:
+            obj = _attribute(importlib.import_module(module_name), qual)
+        except (ImportError, AttributeError):
+            obj = None
+    if obj is None and ref.get("file"):
+        obj = _attribute(_load_file(ref["file"], module_name), qual)
+    if obj is None:
+        where = f"{ref['file']} or " if ref.get("file") else ""
+        raise AccelirError(f"pass {ref['name']!r} cannot be replayed: {qual} is not in {where}module {module_name}; "
+                           "rerun the bisect with the pass's current code")
     return obj
+
+
+def _attribute(obj: Any, qual: str) -> Any:
+    for part in qual.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _load_file(path: str, module_name: str) -> Any:
+    """The module of the script at ``path``, imported under a private name (never ``__main__``)."""
+    if not os.path.exists(path):
+        raise AccelirError(f"the pass's source file {path} is gone; rerun the bisect")
+    name = "accelir_replay_" + re.sub(r"\W", "_", module_name if module_name != "__main__" else
+                                      os.path.splitext(os.path.basename(path))[0])
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look their module up by name
+    spec.loader.exec_module(module)
+    return module
 
 
 def _safe_check(check: Check, graph: Graph) -> tuple[bool, str]:
@@ -232,9 +264,11 @@ def _narrow(p: PassFn, before: Graph, check: Check, total: int, why: str) -> Bis
 def _write_reproducer(out: str, graph: Graph, before: Graph, passes: Sequence[PassFn], failing: PassFn,
                       result: BisectResult, inputs: Sequence[Any] | None) -> str:
     save(before, os.path.join(out, "before.air"))
+    failing_ref = pass_ref(failing)
+    result.unreplayable = failing_ref.get("why", "")
     info = {
         "passes": [pass_ref(p) for p in passes],
-        "failing_pass": pass_ref(failing),
+        "failing_pass": failing_ref,
         "invocation": result.invocation,
         "iteration": result.iteration,
         "rewrites_in_pass": result.rewrites,
@@ -259,8 +293,9 @@ def _write_reproducer(out: str, graph: Graph, before: Graph, passes: Sequence[Pa
     with open(os.path.join(out, "replay.py"), "w", encoding="utf-8") as f:
         f.write('"""Replay an accelir bisect: rerun the failing pass on before.air with the last good and the\n'
                 'first bad rewrite limit, show the IR difference and, with inputs, the output error."""\n\n'
-                "import os\nimport sys\n\nfrom accelir.bisect import replay\n\n"
-                "sys.exit(replay(os.path.dirname(os.path.abspath(__file__))))\n")
+                "import os\nimport sys\n\nfrom accelir import AccelirError\nfrom accelir.bisect import replay\n\n"
+                "try:\n    sys.exit(replay(os.path.dirname(os.path.abspath(__file__))))\n"
+                "except AccelirError as e:\n    sys.exit(f\"replay: {e}\")\n")
     return out
 
 

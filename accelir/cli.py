@@ -36,7 +36,7 @@ import numpy as np
 
 from . import progress
 from .accuracy import PRECISIONS
-from .api import BACKENDS, build_runner
+from .api import BACKENDS, _first_line, build_runner
 from .errors import AccelirError, NumericMismatchError
 from .arrays import to_numpy
 from .interpreter import run_graph
@@ -92,13 +92,16 @@ def load_input(spec: str) -> LoadedInput:
     if module_spec is None or module_spec.loader is None:
         raise AccelirError(f"{path}: cannot be imported as a python module")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    # importing the script (torch, transformers) and building the model can take many seconds: say so
+    with progress.step(f"loading {os.path.basename(path)}"):
+        module_spec.loader.exec_module(module)
     fn = getattr(module, factory, None)
     if not callable(fn):
         raise AccelirError(f"{path} has no function {factory!r}")
     _refuse_non_factory(f"{path}:{factory}", fn)
     try:
-        result = fn()
+        with progress.step(f"{os.path.basename(path)}:{factory}()"):
+            result = fn()
     except SystemExit as e:  # the factory's own command-line handling must not end accelir
         raise AccelirError(f"{path}:{factory}() called sys.exit({e.code!r}); {_FACTORY_CONTRACT}") from None
     if not _is_model_and_inputs(result):
@@ -320,6 +323,9 @@ def _check(inp: LoadedInput, source: Graph, runner: _LazyRunner, inputs: list[np
         index, err, rel, what = bad
         if onnx_file and _mismatch(expected, run_graph(source, inputs), tolerances) is not None:
             hint = "accelir's import of the file already differs (see 'accelir show IN'), before any pass"
+        elif _mismatch(expected, run_graph(runner.graph, inputs), tolerances) is None:
+            hint = ("no pass is to blame: the interpreter on the optimised graph matches; "
+                    + _lowering_verdict(runner.graph, inputs, tolerances, runner.device))
         else:
             hint = "rerun with --print-after changed or use 'accelir bisect' to find the pass"
         raise NumericMismatchError(f"--check: output {index} of the optimised graph on {runner.backend} differs from "
@@ -342,6 +348,36 @@ def _check_budget(source: Graph, runner: _LazyRunner, inputs: list[np.ndarray], 
         raise NumericMismatchError(f"--check: the reduced-precision model on {runner.backend} breaks its accuracy "
                                    f"budget {budget} on random inputs: {'; '.join(broken)}")
     return f"check: on {runner.backend} within the accuracy budget {budget} of the original graph ({errors})"
+def _lowering_verdict(graph: Graph, inputs: list[np.ndarray], tolerances: dict, device: str = "cpu") -> str:
+    """Which backends' lowerings of ``graph`` change its outputs, the interpreter on it being the reference."""
+    expected = run_graph(graph, inputs)
+    bad, good = [], []
+    for backend in BACKENDS:
+        try:
+            got = build_runner(graph, backend, device)(*inputs)
+        except Exception as e:  # noqa: BLE001 - a backend that cannot run is a finding, not a crash
+            bad.append(f"the lowering to {backend} cannot run it ({_first_line(e)})")
+            continue
+        miss = _mismatch(expected, list(got), tolerances)
+        (good if miss is None else bad).append(
+            f"the lowering to {backend}" + ("" if miss is None else f" (output {miss[0]}: {miss[3]})"))
+    if not bad:
+        return ("every backend's lowering matches the interpreter on these inputs; try other inputs (--seed) or "
+                "tolerances (--rtol, --atol)")
+    return "; ".join(bad) + " differs from the interpreter" + (f" ({', '.join(good)} matches it)" if good else "")
+
+
+def _outside_passes(inp: LoadedInput, source: Graph, optimised: Graph, inputs: list[np.ndarray],
+                    tolerances: dict) -> str:
+    """When every pass keeps the outputs: whether the import (an .onnx input, against onnxruntime on the
+    file) or a backend's lowering (against the interpreter on the optimised graph) changes them."""
+    verdict = []
+    if inp.kind == "onnx":
+        miss = _mismatch(_run_onnx_file(inp.model, source, inputs), run_graph(source, inputs), tolerances)
+        verdict.append("the import differs from onnxruntime on the file" + (f" (output {miss[0]}: {miss[3]})"
+                       if miss else "") if miss else "the import matches onnxruntime on the file")
+    verdict.append(_lowering_verdict(optimised, inputs, tolerances))
+    return "no pass is to blame, so look at the import or the lowering: " + "; ".join(verdict)
 
 
 def _tolerances(args: argparse.Namespace) -> dict[DType, tuple[float, float]]:
@@ -438,16 +474,22 @@ def _cmd_show(args: argparse.Namespace) -> int:
     title = os.path.basename(args.input)
     report = None
     dumps: list[tuple[str, str]] | None = None
+    frames = None
     if steps is not None:
+        from .viewer import Frames, dump_label
         passes, what = steps
         title = f"{title} {what}"
-        dumps = [("input", print_graph(graph))]
+        frames = Frames(graph, show_constants=args.constants) if fmt == "html" else None
+        dumps = [(dump_label(0, "input"), print_graph(graph, stable=frames and frames.stable))]
 
-        def keep_text(record: Any, g: Graph) -> None:
+        def keep(record: Any, g: Graph) -> None:
+            """The text and structure after each changed pass, named as a --dump-dir would name them."""
             if record.changed:
-                dumps.append((f"{record.index:03d}-after-{record.name}", print_graph(g)))
+                frames(record, g)
+                dumps.append((dump_label(len(dumps), f"after-{record.name}"), print_graph(g, stable=frames.stable)))
 
-        pm = PassManager(passes, instrument=keep_text if fmt == "html" else None)
+        # the page lists, next to each node, why a fusion pass left it alone
+        pm = PassManager(passes, instrument=keep if fmt == "html" else None, explain=fmt == "html")
         with progress.step("passes"):
             pm.run(graph)
         report = pm.report
@@ -461,7 +503,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     else:
         from .visualize import to_html
         with progress.step("drawing"):
-            text = to_html(graph, report, dumps, title=title, show_constants=args.constants)
+            text = to_html(graph, report, dumps, title=title, show_constants=args.constants, frames=frames)
     if args.output:
         _write(args.output, text, args.overwrite)
         print(f"wrote {args.output} ({fmt}, {graph.num_nodes()} nodes)")
@@ -469,6 +511,28 @@ def _cmd_show(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         if report is not None and fmt == "text":
             sys.stderr.write(str(report))
+    return 0
+
+
+# ----- explain -----------------------------------------------------------------------
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    """Run the pipeline optimize runs with near misses recorded; print each candidate left unfused."""
+    from .explain import explain_text
+    from .pass_manager import PassManager
+    from .passes import pass_name
+
+    level = DEFAULT_LEVEL if args.level is None else args.level
+    passes = _pass_list(None, level, args.target or DEFAULT_BACKEND)
+    names = [pass_name(p) for p in passes]
+    if args.pass_name is not None and args.pass_name not in names:
+        raise UsageError(f"--pass {args.pass_name}: the level {level} pipeline has no such pass; it runs "
+                         f"{', '.join(names)}")
+    graph = _capture(load_input(args.input))
+    pm = PassManager(passes, explain=True)
+    with progress.step("passes"):
+        pm.run(graph)
+    sys.stdout.write(explain_text(pm.report.unfused, args.pass_name))
     return 0
 
 
@@ -485,6 +549,12 @@ def _cmd_bisect(args: argparse.Namespace) -> int:
         passes = _pass_list(args.passes, args.level, None if args.passes else args.target or DEFAULT_BACKEND)
         result = bisect(graph, passes, inputs=inputs, out_dir=args.output, overwrite=args.overwrite)
     print(result)
+    if not result.found:
+        from .pass_manager import PassManager
+        optimised = graph.copy()
+        with progress.step("lowering check"):
+            PassManager(passes).run(optimised)
+            print(_outside_passes(inp, graph, optimised, inputs, dict(CHECK_TOLERANCES)))
     return 0
 
 
@@ -718,6 +788,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--constants", action="store_true", help="dot/html: draw constant nodes too")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_cmd_show)
+
+    p = sub.add_parser("explain", parents=[debug], help="why a fusion did not happen",
+                       description="Run the pipeline optimize runs and list, per fusion pass, each candidate it left "
+                       "unfused: the rule, its reason, and the node's module path and source line.")
+    p.add_argument("input", metavar="IN", help=inp_help)
+    p.add_argument("--level", type=int, choices=_LEVELS, help=f"pipeline level (default: {DEFAULT_LEVEL})")
+    _add_target(p, "--level")
+    p.add_argument("--pass", dest="pass_name", metavar="NAME", help="list this pass's candidates only")
+    p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("bisect", parents=[debug, rand, passes], help="find the pass and rewrite that break IN",
                        description="Run the pipeline with the interpreter checking outputs on random inputs; find the "

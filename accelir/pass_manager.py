@@ -41,6 +41,7 @@ import numpy as np
 from .errors import AccelirError, NumericMismatchError, PassError, VerificationError
 from .interpreter import run_graph
 from .ir import DType, Fingerprint, Graph, Snapshot, Value
+from .printer import StableNumbers
 from .text import print_graph, save
 from .verify import verify
 
@@ -94,6 +95,7 @@ class PassReport:
     records: list[PassRecord] = field(default_factory=list)
     iterations: int = 0
     converged: bool = True
+    unfused: list[Any] = field(default_factory=list)  # explain=True: accelir.explain.Unfused, by pass
 
     @property
     def total_seconds(self) -> float:
@@ -121,7 +123,11 @@ class PassReport:
         last = self.records[-1].nodes_after if self.records else 0
         lines.append(f"total {self.total_seconds * 1e3:.2f} ms over {self.iterations} iteration(s); "
                      f"nodes {first} -> {last}" + ("" if self.converged else "; did not reach a fixed point"))
-        return "\n".join(lines) + "\n"
+        text = "\n".join(lines) + "\n"
+        if self.unfused:
+            from .explain import explain_text
+            text += explain_text(self.unfused)
+        return text
 
 
 def compare_outputs(expected: Sequence[np.ndarray], got: Sequence[np.ndarray],
@@ -227,7 +233,8 @@ def _collector_paused() -> Iterator[None]:
         gc.enable()
 
 
-# what the PassManager writes into dump_dir: 000-input.air (+ .npz), NNN-after-<pass>.air, report.txt
+# what the PassManager writes into dump_dir: 000-input.air (+ .npz), NNN-after-<pass>.air (+ .npz of the constants
+# the input lacks; the rest by reference to 000-input.air.npz), report.txt
 DUMP_FILES = re.compile(r"\d{3,}-[A-Za-z0-9_.-]+\.air(\.npz)?|report\.txt")
 
 
@@ -284,6 +291,9 @@ class PassManager:
     ``instrument``: called as ``instrument(record, graph)`` after each pass.
     ``snapshot``: record the graph's state before each pass (see :class:`Snapshot`) so a
     failing pass can be rolled back.
+    ``explain``: run the passes that can record near misses verbose, and list in
+    ``report.unfused`` each candidate they left unfused, with the reason and provenance
+    (see :mod:`accelir.explain`).
 
     A pass that reported no change is not run again until another pass changes the
     graph (see :class:`FixedPoint`); such skipped runs leave no record in the report.
@@ -293,7 +303,7 @@ class PassManager:
                  dump_dir: str | os.PathLike | None = None, check_numerics: Sequence[Any] | None = None,
                  max_iterations: int = 10, instrument: Callable[[PassRecord, Graph], None] | None = None,
                  snapshot: bool = True, tolerances: dict[DType, tuple[float, float]] | None = None,
-                 stream: TextIO | None = None, overwrite: bool = False):
+                 stream: TextIO | None = None, overwrite: bool = False, explain: bool = False):
         if print_after not in (None, "all", "changed"):
             raise ValueError(f"print_after must be None, 'all' or 'changed', got {print_after!r}")
         for p in passes:
@@ -301,7 +311,11 @@ class PassManager:
                 raise TypeError(f"a pass must be a callable Graph -> bool, got {type(p).__name__}")
         if max_iterations < 1:
             raise ValueError("max_iterations must be at least 1")
+        if explain:
+            from .explain import explaining
+            passes = [explaining(p) for p in passes]
         self.passes = list(passes)
+        self.explain = explain
         self.verify_each = verify_each
         self.print_after = print_after
         self.dump_dir = os.fspath(dump_dir) if dump_dir is not None else None
@@ -315,6 +329,8 @@ class PassManager:
         self.report = PassReport()
         self._dumps = 0
         self._dumped = False
+        self._input_arrays: tuple[str, dict[str, list[np.ndarray]]] = ("", {})
+        self._stable = StableNumbers()  # one run's prints and dumps number a value the same way
         self._snapshot: Snapshot | None = None
         self._fingerprint: Fingerprint | None = None
         self._signature: Any = None
@@ -330,13 +346,13 @@ class PassManager:
     def _dump(self, graph: Graph, label: str) -> None:
         if self.dump_dir is None:
             return
-        path = os.path.join(self.dump_dir, f"{self._dumps:03d}-{_file_part(label)}.air")
+        name = f"{self._dumps:03d}-{_file_part(label)}.air"
+        path = os.path.join(self.dump_dir, name)
         self._dumps += 1
         if self._dumps == 1:
-            save(graph, path)
-        else:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(print_graph(graph, meta=True))
+            self._input_arrays = (name + ".npz", save(graph, path, stable=self._stable))
+        else:  # the input's weights by reference; only a pass's new constants get their own .npz
+            save(graph, path, meta=True, shared=self._input_arrays, stable=self._stable)
 
     def _write_report(self, extra: str = "") -> None:
         if self.dump_dir is not None:
@@ -346,6 +362,7 @@ class PassManager:
     def run(self, graph: Graph) -> bool:
         """Run the passes on ``graph`` in place to a fixed point; True when anything changed."""
         self.report = PassReport()
+        self._stable = StableNumbers()
         self._dumps = 0
         if self.dump_dir is not None:
             # the dumps of this manager's earlier runs are its own to replace
@@ -356,6 +373,10 @@ class PassManager:
         history: list[str] = []
         hist = graph.op_histogram()
         loop = FixedPoint(self.passes, self.max_iterations)
+        explainer = None
+        if self.explain:
+            from .explain import Explainer
+            explainer = Explainer()
         self._fingerprint = self._signature = self._snapshot = None
         self._text = None
         with _collector_paused():
@@ -364,10 +385,16 @@ class PassManager:
                 name = _name(p)
                 changed, hist = self._run_one(p, name, it, graph, hist, history, expected)
                 loop.done(changed)
+                if explainer is not None:
+                    explainer.after(name, p)
                 history.append(name)
         self._fingerprint = self._signature = self._snapshot = None
         self._text = None
         self.report.converged = loop.converged
+        self._input_arrays = ("", {})
+        self._stable = StableNumbers()
+        if explainer is not None:
+            self.report.unfused = explainer.unfused()
         self._write_report()
         return loop.any_change
 
@@ -390,7 +417,7 @@ class PassManager:
             self._fingerprint = None if self.snapshot else graph.fingerprint()
         before = self._snapshot
         if self.print_after == "changed" and self._text is None:
-            self._text = print_graph(graph)
+            self._text = print_graph(graph, stable=self._stable)
         try:
             changed, rec, new_hist = self._run_checked(p, name, it, graph, hist, history, expected, before)
         except BaseException as e:
@@ -406,9 +433,9 @@ class PassManager:
             out = self._out()
             if self.print_after == "all":
                 out.write(f"// ----- after {name} (iteration {it}){'' if changed else ', unchanged'} -----\n")
-                out.write(print_graph(graph))
+                out.write(print_graph(graph, stable=self._stable))
             else:
-                text = print_graph(graph)
+                text = print_graph(graph, stable=self._stable)
                 diff = difflib.unified_diff(self._text.splitlines(keepends=True), text.splitlines(keepends=True),
                                             fromfile=f"before {name}", tofile=f"after {name}")
                 out.write("".join(diff))

@@ -23,9 +23,10 @@ from .types import DType
 # Graph and Value in the annotations are accelir.ir's; they are not imported, since ir imports
 # this module (str(graph)) and printing reads nothing but their fields.
 
-__all__ = ["print_graph", "save", "Namer", "INLINE_LIMIT", "CONSTANTS_TABLE", "region_scope"]
+__all__ = ["print_graph", "save", "Namer", "StableNumbers", "INLINE_LIMIT", "CONSTANTS_TABLE", "SHARED_CONSTANTS", "region_scope"]
 
 INLINE_LIMIT = 16
+SHARED_CONSTANTS = "# constants also in: "  # a saved text's first line naming another .npz beside it
 CONSTANTS_TABLE = "accelir.constants"  # the .npz entry mapping entry names to constant names (JSON, as uint8)
 _BARE_VALUE = re.compile(r"[A-Za-z0-9_.]+")
 _BARE_GRAPH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -81,18 +82,42 @@ def _fmt_array(a: np.ndarray) -> str:
     return "[" + ", ".join(_fmt_array(x) for x in a) + "]"
 
 
-class Namer:
-    """Names values at print time: a value's name hint when it is still free, else a number."""
+class StableNumbers:
+    """Numbers for unnamed values that stay the same across prints of a graph that passes rewrite in place.
+
+    The printer numbers unnamed values in order, so removing one node would renumber
+    every later line and a diff between passes would show them all as changed.  With
+    one ``StableNumbers`` shared by the prints, a value keeps the number it got when it
+    was first printed and a new value gets a number never used before.  The values are
+    kept alive, so their identities are not reused for other values.
+    """
 
     def __init__(self) -> None:
+        self._numbers: dict[int, tuple[Value, int]] = {}
+        self._next = 0
+
+    def number(self, v: Value) -> int:
+        got = self._numbers.get(id(v))
+        if got is None:
+            got = self._numbers[id(v)] = (v, self._next)
+            self._next += 1
+        return got[1]
+
+
+class Namer:
+    """Names values at print time: a value's name hint when it is still free, else a number
+    (from ``stable`` when given, see :class:`StableNumbers`)."""
+
+    def __init__(self, stable: StableNumbers | None = None) -> None:
         self.names: dict[int, str] = {}
         self.used: set[str] = set()
         self.counter = 0
+        self.stable = stable
 
     @classmethod
-    def for_graph(cls, g: Graph) -> Namer:
+    def for_graph(cls, g: Graph, stable: StableNumbers | None = None) -> Namer:
         """A namer that has reserved the name hints of ``g``'s inputs and node outputs, in order."""
-        namer = cls()
+        namer = cls(stable)
         for v in g.inputs:
             namer.reserve(v)
         for n in g.nodes:
@@ -113,6 +138,10 @@ class Namer:
 
     def __call__(self, v: Value) -> str:
         n = self.names.get(id(v))
+        if n is None and self.stable is not None and str(self.stable.number(v)) not in self.used:
+            n = str(self.stable.number(v))
+            self.names[id(v)] = n
+            self.used.add(n)
         if n is None:
             while str(self.counter) in self.used:
                 self.counter += 1
@@ -123,8 +152,8 @@ class Namer:
         return "%" + (n if _BARE_VALUE.fullmatch(n) else _quoted(n))
 
 
-def _print(g: Graph, indent: str, out: list[str], meta: bool) -> None:
-    namer = Namer.for_graph(g)
+def _print(g: Graph, indent: str, out: list[str], meta: bool, stable: StableNumbers | None = None) -> None:
+    namer = Namer.for_graph(g, stable)
     ins = ", ".join(f"{namer(v)}: {v.type}" for v in g.inputs)
     outs = ", ".join(str(v.type) for v in g.outputs)
     out.append(f"{indent}graph {_graph_name(g.name)}({ins}) -> ({outs}) {{")
@@ -150,7 +179,7 @@ def _print(g: Graph, indent: str, out: list[str], meta: bool) -> None:
         if n.regions:
             out.append(line + " {")
             for r in n.regions:
-                _print(r, inner + "  ", out, meta)
+                _print(r, inner + "  ", out, meta, stable)
             out.append(inner + "}")
         else:
             out.append(line)
@@ -159,10 +188,11 @@ def _print(g: Graph, indent: str, out: list[str], meta: bool) -> None:
     out.append(indent + "}")
 
 
-def print_graph(g: Graph, *, meta: bool = False) -> str:
-    """The text form of ``g``; ``meta=True`` appends each node's provenance as a comment."""
+def print_graph(g: Graph, *, meta: bool = False, stable: StableNumbers | None = None) -> str:
+    """The text form of ``g``; ``meta=True`` appends each node's provenance as a comment; ``stable``
+    keeps value numbers the same across prints (see :class:`StableNumbers`)."""
     out: list[str] = []
-    _print(g, "", out, meta)
+    _print(g, "", out, meta, stable)
     return "\n".join(out) + "\n"
 
 
@@ -220,14 +250,34 @@ def _npz_entries(large: Mapping[str, list[tuple[str, np.ndarray]]]) -> dict[str,
     return arrays
 
 
-def save(g: Graph, path: str | os.PathLike, *, overwrite: bool = True) -> None:
+def save(g: Graph, path: str | os.PathLike, *, overwrite: bool = True, meta: bool = False,
+         shared: tuple[str, Mapping[str, list[np.ndarray]]] | None = None,
+         stable: StableNumbers | None = None) -> dict[str, list[np.ndarray]]:
     """Write the text to ``path`` and large constants to ``path + '.npz'``, each through a
     temporary renamed into place (the ``.npz`` first); ``overwrite=False`` refuses to replace
-    either file."""
+    either file.  ``meta`` appends each node's provenance as a comment; ``stable`` numbers values
+    as :func:`print_graph` does.
+
+    ``shared=(npz, arrays)`` saves a graph whose constants are mostly in another ``.npz``
+    beside it (a pass's dump next to the input's): a name whose arrays are all among
+    ``arrays[name]`` (the same objects) is not written again, and the text's first line,
+    ``# constants also in: <npz>``, tells :func:`accelir.text.load` where to read it.
+    Returns, by name, the large arrays the graph reads (for a later ``shared``).
+    """
     path = os.fspath(path)
     large: dict[str, list[tuple[str, np.ndarray]]] = {}
     _collect_large(g, large)
-    text = print_graph(g)
+    text = print_graph(g, meta=meta, stable=stable)
+    arrays = {name: [a for a, _ in _distinct(uses)] for name, uses in large.items()}
+    if shared is not None:
+        other, known = shared
+        # a name regions read with different arrays is stored by scope, and scopes move when a pass
+        # rewrites the graph, so only a name with one array, in both graphs, is read from the other file
+        referenced = {name for name in large
+                      if len(arrays[name]) == 1 and [id(a) for a in known.get(name, ())] == [id(arrays[name][0])]}
+        if referenced:
+            text = f"{SHARED_CONSTANTS}{other}\n{text}"
+        large = {name: uses for name, uses in large.items() if name not in referenced}
     npz = path + ".npz"
     with atomic_outputs(path, npz, overwrite=overwrite) as out:
         if large:
@@ -235,3 +285,4 @@ def save(g: Graph, path: str | os.PathLike, *, overwrite: bool = True) -> None:
                 np.savez(f, **_npz_entries(large))
         with open(out.temp(path), "w", encoding="utf-8") as f:
             f.write(text)
+    return arrays

@@ -22,14 +22,14 @@ import json
 import math
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from . import dims as D
 from .errors import AccelirError, ParseError, VerificationError
 from .ir import DType, Graph, Node, TensorType, Value
-from .printer import CONSTANTS_TABLE, INLINE_LIMIT, print_graph, region_scope, save
+from .printer import CONSTANTS_TABLE, INLINE_LIMIT, SHARED_CONSTANTS, print_graph, region_scope, save
 
 __all__ = ["print_graph", "parse", "save", "load", "INLINE_LIMIT"]
 
@@ -376,8 +376,10 @@ class _Parser:
                 raise self.error(f"bad constant value: {e}", value_pos) from None
         else:
             if name not in self.constants:
-                raise self.error(f"constant {name!r} has no value: pass constants= or keep the .npz beside the "
-                                 "text", pos)
+                where = getattr(self.constants, "where", None)
+                raise self.error(f"constant {name!r} has no value: " + (
+                    f"looked for it in {where}; keep the .npz files beside the text" if where else
+                    "pass constants= or keep the .npz beside the text"), pos)
             try:
                 read = getattr(self.constants, "read", None)
                 arr = read(name, t, scope) if read is not None else np.asarray(self.constants[name])
@@ -531,7 +533,10 @@ class _NpzConstants(Mapping[str, np.ndarray]):
 def load(path: str | os.PathLike, constants: Mapping[str, np.ndarray] | None = None) -> Graph:
     """Read a graph saved by :func:`save` (text plus the optional ``.npz``).
 
-    Only the ``.npz`` entries the text names are read; ``constants`` take precedence over them.
+    Only the ``.npz`` entries the text names are read; ``constants`` take precedence over them,
+    then the ``.npz`` beside the text, then one its first line names (``# constants also in:``,
+    as a PassManager's dumps name the input's).  A constant found in none of them is an error
+    naming the files it was looked for in.
     """
     path = os.fspath(path)
     try:
@@ -539,29 +544,34 @@ def load(path: str | os.PathLike, constants: Mapping[str, np.ndarray] | None = N
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise AccelirError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
-    if not os.path.exists(path + ".npz"):
-        return parse(text, constants)
-    npz = _NpzConstants(path + ".npz")
+    files = [path + ".npz"]
+    if text.startswith(SHARED_CONSTANTS):
+        other = text[len(SHARED_CONSTANTS):text.find("\n")].strip()
+        files.append(os.path.join(os.path.dirname(path), os.path.basename(other)))
+    npzs = [_NpzConstants(f) for f in files if os.path.exists(f)]
+    where = " or ".join(f if os.path.exists(f) else f"{f} (missing)" for f in files)
     try:
-        return parse(text, _Overlay(constants or {}, npz))
+        return parse(text, _Overlay(constants or {}, npzs, where))
     finally:
-        npz.close()
+        for npz in npzs:
+            npz.close()
 
 
 class _Overlay(Mapping[str, np.ndarray]):
-    """``first``'s arrays, else the ``.npz``'s (read lazily, with the type the text expects)."""
+    """``first``'s arrays, else those of the first ``.npz`` holding the name (read lazily, with the
+    type the text expects); ``where`` names the files, for the error when none does."""
 
-    def __init__(self, first: Mapping[str, np.ndarray], npz: _NpzConstants):
-        self.first, self.npz = first, npz
+    def __init__(self, first: Mapping[str, np.ndarray], npzs: Sequence[_NpzConstants], where: str):
+        self.first, self.npzs, self.where = first, list(npzs), where
 
     def __contains__(self, name: object) -> bool:
-        return name in self.first or name in self.npz
+        return name in self.first or any(name in n for n in self.npzs)
 
     def __iter__(self):
-        return iter(set(self.first) | set(self.npz))
+        return iter(set(self.first).union(*self.npzs))
 
     def __len__(self) -> int:
-        return len(set(self.first) | set(self.npz))
+        return len(set(self.first).union(*self.npzs))
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.read(name, None)
@@ -569,4 +579,4 @@ class _Overlay(Mapping[str, np.ndarray]):
     def read(self, name: str, t: TensorType | None, scope: str = "") -> np.ndarray:
         if name in self.first:
             return np.asarray(self.first[name])
-        return self.npz.read(name, t, scope)
+        return next(n for n in self.npzs if name in n).read(name, t, scope)

@@ -167,3 +167,70 @@ def test_cli_bisect_overwrite_flag(tmp_path, capsys):
     assert main(["bisect", str(air), "--passes", "dce,cse", "-o", str(repro), "--overwrite"]) == 0
     assert "the check passes after every pass" in capsys.readouterr().out
     assert os.listdir(repro) == []
+
+
+USER_SCRIPT = '''
+import sys
+
+import numpy as np
+
+import accelir
+
+GRAPH = """graph main(%x: f32[2,3]) -> (f32[2,3]) {
+  %0 = tanh(%x) : f32[2,3]
+  %1 = relu(%0) : f32[2,3]
+  return %1
+}
+"""
+
+
+def relu_to_neg(graph):
+    """A wrong pass of the user's own: relu(x) -> neg(x)."""
+    changed = False
+    for n in list(graph.nodes):
+        if n.op == "relu":
+            n.outputs[0].replace_all_uses_with(graph.builder(before=n).op("neg", n.inputs[0]))
+            graph.remove(n)
+            changed = True
+    return changed
+
+
+def nested():
+    def hidden(graph):
+        return relu_to_neg(graph)
+    return hidden
+
+
+if __name__ == "__main__":
+    print("main ran")
+    p = relu_to_neg if sys.argv[1] == "top" else nested()
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    print(accelir.bisect(accelir.parse(GRAPH), [p], inputs=[x], out_dir=sys.argv[2]))
+'''
+
+
+def test_replay_reruns_a_pass_defined_in_the_users_script(tmp_path):
+    script = tmp_path / "my_passes.py"
+    script.write_text(USER_SCRIPT)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    made = run(str(script), "top", "repro")
+    assert made.returncode == 0, made.stderr
+    assert "bisect: pass 'relu_to_neg'" in made.stdout and "cannot rerun" not in made.stdout
+    info = json.loads((tmp_path / "repro" / "pipeline.json").read_text())
+    assert info["failing_pass"] == {"name": "relu_to_neg", "import": "__main__:relu_to_neg", "file": str(script)}
+    replayed = subprocess.run([sys.executable, str(tmp_path / "repro" / "replay.py")], capture_output=True, text=True,
+                              timeout=120)  # from another directory: the script is found by its file
+    assert replayed.returncode == 1, replayed.stderr
+    assert "main ran" not in replayed.stdout  # the script's main block does not run again
+    assert "first bad: output 0 differs" in replayed.stdout
+    # a pass defined inside a function cannot be found again: bisect and replay.py say so
+    made = run(str(script), "nested", "repro2")
+    assert ("replay.py cannot rerun pass 'hidden': nested.<locals>.hidden is defined inside a function; define it at "
+            "module level or register it") in made.stdout
+    replayed = run(str(tmp_path / "repro2" / "replay.py"))
+    assert replayed.returncode == 1 and replayed.stderr.strip().splitlines() == [
+        "replay: pass 'hidden' cannot be replayed: nested.<locals>.hidden is defined inside a function; define it at "
+        "module level or register it with accelir.passes.register_pass"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -123,6 +124,18 @@ def test_show_dot_and_html_files(air, tmp_path, capsys):
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert main(["show", air, "--format", "dot"]) == 0
     assert capsys.readouterr().out.startswith('digraph "main"')
+
+
+def test_show_html_names_each_graph_as_the_dump_files(air, tmp_path):
+    page, out, dumps = tmp_path / "g.html", tmp_path / "o.air", tmp_path / "dumps"
+    assert main(["show", air, "--after-level", "2", "-o", str(page)]) == 0
+    assert main(["optimize", air, "-o", str(out), "--level", "2", "--dump-dir", str(dumps)]) == 0
+    names = sorted(p.name[:-4] for p in dumps.glob("*.air"))
+    html = page.read_text()
+    frames = json.loads(re.search(r'id="accelir-data">(.*?)</script>', html).group(1))["frames"]
+    assert [f["label"] for f in frames] == names
+    diffs = re.findall(r"<summary><b>([^<]+)</b>", html)
+    assert diffs == names[1:]
 
 
 # ----- optimize ----------------------------------------------------------------------
@@ -575,3 +588,48 @@ def test_flat_arrays_walks_nested_outputs():
     out = {"a": torch.ones(2), "b": (np.zeros(3), [torch.zeros(1, 2)]), "none": None}
     shapes = [a.shape for a in flat_arrays(out)]
     assert shapes == [(2,), (3,), (1, 2)]
+
+
+def test_a_wrong_lowering_is_named_not_sent_to_bisect(tmp_path, capsys, monkeypatch):
+    from accelir.lowering.onnx import ONNX_RULES
+
+    air = str(tmp_path / "tanh.air")
+    (tmp_path / "tanh.air").write_text(
+        "graph main(%x: f32[2,3]) -> (f32[2,3]) {\n  %0 = tanh(%x) : f32[2,3]\n  %1 = relu(%0) : f32[2,3]\n"
+        "  return %1\n}\n")
+    monkeypatch.setitem(ONNX_RULES, "tanh", ONNX_RULES["sigmoid"])  # onnxruntime's lowering of tanh goes wrong
+    assert main(["optimize", air, "-o", str(tmp_path / "o.air"), "--check"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "differs from the original graph on random inputs" in line
+    assert ("no pass is to blame: the interpreter on the optimised graph matches; the lowering to onnxruntime "
+            "(output 0: max abs error") in line
+    assert "differs from the interpreter (the lowering to xla matches it)" in line and "bisect" not in line
+    assert main(["bisect", air, "-o", str(tmp_path / "repro")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "bisect: the check passes after every pass"
+    assert out[1].startswith("no pass is to blame, so look at the import or the lowering: the lowering to "
+                             "onnxruntime (output 0: max abs error")
+    assert out[1].endswith("differs from the interpreter (the lowering to xla matches it)")
+    monkeypatch.undo()
+    assert main(["bisect", air, "-o", str(tmp_path / "repro2")]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith(
+        "every backend's lowering matches the interpreter on these inputs; try other inputs (--seed) or tolerances "
+        "(--rtol, --atol)")
+
+
+def test_a_slow_factory_shows_progress_while_it_loads(tmp_path):
+    import io
+
+    from accelir import progress
+    from accelir.cli import load_input
+
+    path = tmp_path / "slow_factory.py"
+    path.write_text("import time\n\nimport torch\n\ntime.sleep(0.3)\n\n\ndef make():\n    time.sleep(0.3)\n"
+                    "    return torch.nn.Linear(2, 2), (torch.zeros(1, 2),)\n")
+    stream = io.StringIO()
+    with progress.activate(progress.Progress(stream, enabled=True, delay=0.05, interval=0.02)):
+        loaded = load_input(f"{path}:make")
+    assert loaded.kind == "factory"
+    text = stream.getvalue()
+    assert re.search(r"loading slow_factory\.py: done in 0\.\d s\n", text)
+    assert re.search(r"slow_factory\.py:make\(\): done in 0\.\d s\n", text)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 import re
 import time
-import xml.etree.ElementTree as ET
 
 import pytest
 
 import accelir
 from accelir import progress
 from accelir.visualize import read_dump_dir, to_dot, to_html
+from browser import Box, boxes, dump_dom, page_data
 
 MLP = """graph main(%x: f32[batch,4], %w: f32[4,3]) -> (f32[batch,3], f32[batch,3]) {
   %0 = matmul(%x, %w) : f32[batch,3]
@@ -34,14 +34,6 @@ REGION = """graph main(%x: f32[2,3]) -> (f32[2,3]) {
   return %0
 }
 """
-
-
-def _svg(page: str) -> ET.Element:
-    return ET.fromstring(page[page.index("<svg"):page.index("</svg>") + len("</svg>")])
-
-
-def _svg_ns(tag: str) -> str:
-    return "{http://www.w3.org/2000/svg}" + tag
 
 
 def test_dot_has_every_node_and_edge():
@@ -82,37 +74,38 @@ def test_html_is_self_contained_and_well_formed():
     # nothing to fetch: no external scripts, stylesheets or images
     assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', page)
     assert "<link" not in page
-    svg = _svg(page)
-    rects = svg.findall(f".//{_svg_ns('rect')}")
-    assert len(rects) == 2 + 4 + 1  # inputs, ops (constant hidden), return
-    paths = svg.findall(f".//{_svg_ns('g')}[@class='edges']/{_svg_ns('path')}")
-    assert len(paths) == 7
+    (frame,) = page_data(page)["frames"]
+    assert [it["label"] for it in frame["items"]] == ["%x", "%w", "matmul", "add", "relu", "tanh", "return"]
+    assert len(frame["edges"]) == 7  # the constant is folded into add's details
     hist = re.findall(r'</span>([a-z_]+)</td><td class="num">(\d+)</td>', page)
     assert dict((k, int(v)) for k, v in hist) == g.op_histogram()
 
 
-def test_layout_puts_users_below_operands_without_overlap():
-    g = accelir.parse(MLP)
-    page = to_html(g)
-    boxes = {}
-    for node in _svg(page).findall(f".//{_svg_ns('g')}[@class='node']"):
-        r = node.find(_svg_ns("rect"))
-        boxes[node.get("data-op")] = tuple(float(r.get(k)) for k in ("x", "y", "width", "height"))
-    assert boxes["matmul"][1] > boxes["%x"][1]
-    assert boxes["add"][1] > boxes["matmul"][1]
-    assert boxes["relu"][1] == boxes["tanh"][1] > boxes["add"][1]
-    assert boxes["return"][1] > boxes["relu"][1]
-    for a, (ax, ay, aw, ah) in boxes.items():
-        for b, (bx, by, bw, bh) in boxes.items():
+def _drawn(page: str, tmp_path) -> dict[str, Box]:
+    """The boxes the browser drew, by the first line of their details."""
+    labels = {it["key"]: it["details"].splitlines()[0] for it in page_data(page)["frames"][-1]["items"]}
+    return {labels[k]: b for k, b in boxes(dump_dom(page, tmp_path)).items()}
+
+
+def test_layout_puts_users_below_operands_without_overlap(tmp_path):
+    drawn = _drawn(to_html(accelir.parse(MLP)), tmp_path)
+    box = {k.split(" = ")[-1].split(" :")[0] if " = " in k else k.split(":")[0].split()[-1]: (b.x, b.y, b.w, b.h)
+           for k, b in drawn.items()}
+    assert box["matmul"][1] > box["%x"][1]
+    assert box["add"][1] > box["matmul"][1]
+    assert box["relu"][1] == box["tanh"][1] > box["add"][1]
+    assert box["outputs"][1] > box["relu"][1]
+    for a, (ax, ay, aw, ah) in box.items():
+        for b, (bx, by, bw, bh) in box.items():
             if a < b and ay == by:
                 assert ax + aw <= bx or bx + bw <= ax, f"{a} overlaps {b}"
     # siblings sit centred under their common operand
-    add_centre = boxes["add"][0] + boxes["add"][2] / 2
-    mid = (boxes["relu"][0] + boxes["tanh"][0] + boxes["tanh"][2]) / 2
+    add_centre = box["add"][0] + box["add"][2] / 2
+    mid = (box["relu"][0] + box["tanh"][0] + box["tanh"][2]) / 2
     assert abs(add_centre - mid) < 1.0
 
 
-def test_layout_moves_late_inputs_next_to_their_user():
+def test_layout_moves_late_inputs_next_to_their_user(tmp_path):
     g = accelir.parse("""graph main(%x: f32[3], %late: f32[3]) -> (f32[3]) {
   %0 = exp(%x) : f32[3]
   %1 = exp(%0) : f32[3]
@@ -121,9 +114,7 @@ def test_layout_moves_late_inputs_next_to_their_user():
   return %3
 }
 """)
-    tops = {}
-    for node in _svg(to_html(g)).findall(f".//{_svg_ns('g')}[@class='node']"):
-        tops[node.find(_svg_ns("title")).text.splitlines()[0]] = float(node.find(_svg_ns("rect")).get("y"))
+    tops = {k: b.y for k, b in _drawn(to_html(g), tmp_path).items()}
     # same layer as the last exp, right above the add
     assert tops["graph input %late: f32[3]"] == tops["%2 = exp : f32[3]"] > tops["%1 = exp : f32[3]"]
 
