@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .call_checks import CallForm, check_ids, describe_inputs, expect_array, id_bounds
-from .errors import AccelirError, InputError, LoweringError
+from .errors import AccelirError, InputError, LoweringError, first_line
 from .arrays import to_numpy
 from .interpreter import InterpreterError, bind_shapes
 from .ir import DType, Graph
@@ -254,11 +254,6 @@ def build_runner(graph: Graph, backend: str, device: str) -> Callable[..., list]
     raise AccelirError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or 'auto'")
 
 
-def _first_line(e: BaseException) -> str:
-    text = (str(e).strip().splitlines() or [""])[0]
-    return text if isinstance(e, AccelirError) else f"{type(e).__name__}: {text}"
-
-
 def _fastest_backend(graph: Graph, device: str, flat: list, report: OptimizeReport) -> tuple[str, Callable]:
     """backend='auto': build and time each backend on the example inputs, keep the fastest.
 
@@ -271,7 +266,7 @@ def _fastest_backend(graph: Graph, device: str, flat: list, report: OptimizeRepo
             runner = build_runner(graph, name, device)
             report.backends[name] = _time_runner(runner, flat)
         except Exception as e:  # noqa: BLE001 - whatever stops one backend, the other may still serve
-            report.failed[name] = _first_line(e)
+            report.failed[name] = first_line(e)
             continue
         candidates[name] = runner
     if not candidates:

@@ -36,8 +36,8 @@ import numpy as np
 
 from . import progress
 from .accuracy import PRECISIONS
-from .api import BACKENDS, _first_line, build_runner
-from .errors import AccelirError, NumericMismatchError
+from .api import BACKENDS, build_runner
+from .errors import AccelirError, NumericMismatchError, first_line
 from .arrays import to_numpy
 from .interpreter import run_graph
 from .ir import DType, Graph
@@ -356,7 +356,7 @@ def _lowering_verdict(graph: Graph, inputs: list[np.ndarray], tolerances: dict, 
         try:
             got = build_runner(graph, backend, device)(*inputs)
         except Exception as e:  # noqa: BLE001 - a backend that cannot run is a finding, not a crash
-            bad.append(f"the lowering to {backend} cannot run it ({_first_line(e)})")
+            bad.append(f"the lowering to {backend} cannot run it ({first_line(e)})")
             continue
         miss = _mismatch(expected, list(got), tolerances)
         (good if miss is None else bad).append(

@@ -17,6 +17,7 @@ __all__ = [
     "CaptureError",
     "OutputExistsError",
     "InputError",
+    "first_line",
 ]
 
 
@@ -88,3 +89,9 @@ class PassError(AccelirError):
         super().__init__(message)
         self.pass_name = pass_name
         self.previous = list(previous)
+
+
+def first_line(e: BaseException) -> str:
+    """One line for a report: an accelir error's message, another exception's type and message."""
+    text = (str(e).strip().splitlines() or [""])[0]
+    return text if isinstance(e, AccelirError) else f"{type(e).__name__}: {text}"

@@ -271,7 +271,7 @@ def prepare_output_dir(path: str | os.PathLike, ours: re.Pattern[str], overwrite
     return path
 
 
-def _file_part(name: str) -> str:
+def file_part(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "pass"
 
 
@@ -346,7 +346,7 @@ class PassManager:
     def _dump(self, graph: Graph, label: str) -> None:
         if self.dump_dir is None:
             return
-        name = f"{self._dumps:03d}-{_file_part(label)}.air"
+        name = f"{self._dumps:03d}-{file_part(label)}.air"
         path = os.path.join(self.dump_dir, name)
         self._dumps += 1
         if self._dumps == 1:

@@ -56,8 +56,8 @@ def family(op: str) -> str:
 
 def dump_label(number: int, what: str) -> str:
     """The name a PassManager gives the dump ``number`` of ``what`` (``001-after-cse``), without ``.air``."""
-    from .pass_manager import _file_part
-    return f"{number:03d}-{_file_part(what)}"
+    from .pass_manager import file_part
+    return f"{number:03d}-{file_part(what)}"
 
 
 def region_summary(node: Node) -> str:
