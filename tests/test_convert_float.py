@@ -161,3 +161,34 @@ def test_numerics_match_torch_in_the_same_precisions(dtype, backend):
     # and within the precision's default budget of the f32 graph
     f32 = accelir.interpret(accelir.parse(_text(MLP)), *args)
     assert accelir.accuracy.DEFAULT_BUDGETS["fp16" if dtype == "f16" else "bf16"].met(measure(f32, got))
+
+
+CONV_NORM_MATMUL = """
+graph main(%x: f32[2,3,6,6], %w: f32[8,3,3,3], %g: f32[8], %b: f32[8], %m: f32[8,4]) -> (f32[36,2,4]) {
+  %c = conv(%x, %w) {stride=[1, 1], padding=[[1, 1], [1, 1]], dilation=[1, 1], groups=1} : f32[2,8,6,6]
+  %r = reshape(%c) {shape=[2, 8, 36]} : f32[2,8,36]
+  %t = transpose(%r) {perm=[0, 2, 1]} : f32[2,36,8]
+  %n = layer_norm(%t, %g, %b) {axis=-1, epsilon=1e-05} : f32[2,36,8]
+  %t2 = transpose(%n) {perm=[1, 0, 2]} : f32[36,2,8]
+  %y = matmul(%t2, %m) : f32[36,2,4]
+  return %y
+}
+"""
+
+
+def test_f16_conv_norm_matmul_runs_on_onnxruntime():
+    """ONNX Runtime's NchwcTransformer crashed building this f16 graph's CPU session; accelir turns it
+    off for models with f16 casts."""
+    g = accelir.parse(_text(CONV_NORM_MATMUL))
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal(s).astype(np.float32) for s in [(2, 3, 6, 6), (8, 3, 3, 3), (8,), (8,), (8, 4)]]
+    f32 = accelir.interpret(g, *args)
+    convert_float16(g)
+    x, w, gamma, beta, m = (torch.from_numpy(a) for a in args)
+    h = torch.nn.functional.conv2d(x.half(), w.half(), padding=1).reshape(2, 8, 36).transpose(1, 2)
+    n = torch.nn.functional.layer_norm(h.float(), (8,), gamma, beta, eps=1e-5).half().transpose(0, 1)
+    want = (n @ m.half()).float().numpy()
+    for run in (OnnxRuntimeModule(g), JaxModule(g)):
+        got = run(*args)
+        np.testing.assert_allclose(got[0], want, rtol=5e-3, atol=5e-3)
+        assert accelir.accuracy.DEFAULT_BUDGETS["fp16"].met(measure(f32, got))
