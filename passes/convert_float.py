@@ -5,8 +5,10 @@ Every node whose floating inputs and outputs are all f32 computes in the low typ
 whose f32 reference overflows or loses too much in f16: norms, softmax, sums and means,
 exponentials and logarithms, powers), or its position in ``graph.nodes`` order is in
 ``keep`` (a precision search reruns the pass on fresh copies of one float graph with a
-growing ``keep``), or it has regions (a body computes in its own types).  Integer and
-bool values are left alone; so are other float types (an f64 island stays f64).
+growing ``keep``), or it has regions (a body computes in its own types), or it quantises
+or dequantises (an imported quantised model's scales stay as the model gave them, so its
+integers do not change).  Integer and bool values are left alone; so are other float types
+(an f64 island stays f64).
 
 The rewrite, one forward sweep:
 
@@ -39,6 +41,7 @@ import numpy as np
 
 from accelir.ir import DType, Graph, Node, TensorType, Value
 from accelir.ops import registry
+from accelir.ops.qdq import QDQ_OPS
 
 from .pattern import rewrite_budget
 from .registry import register_pass
@@ -100,7 +103,8 @@ class ConvertFloat:
 
     def lowers(self, node: Node, position: int) -> bool:
         """Whether ``node`` (at ``position`` in the graph's order) is to compute in the low type."""
-        if node.op == "constant" or node.op in REGION_OPS or node.regions or node.op in self.keep_ops:
+        if node.op == "constant" or node.op in REGION_OPS or node.regions or node.op in self.keep_ops \
+                or node.op in QDQ_OPS:
             return False
         if position in self.keep or node.meta.get(_KEEP_META):
             return False

@@ -192,3 +192,29 @@ def test_f16_conv_norm_matmul_runs_on_onnxruntime():
         got = run(*args)
         np.testing.assert_allclose(got[0], want, rtol=5e-3, atol=5e-3)
         assert accelir.accuracy.DEFAULT_BUDGETS["fp16"].met(measure(f32, got))
+
+
+def test_quantised_ops_keep_their_scales():
+    """A QDQ model's quantise / dequantise nodes stay f32, so its integers are the model's; the float
+    op between them goes low."""
+    text = _text("""
+        graph main(%x: f32[2,4]) -> (u8[2,4]) {
+          %s = constant() {name="s", value=0.1} : f32[]
+          %z = constant() {name="z", value=128} : u8[]
+          %q = quantize_linear(%x, %s, %z) : u8[2,4]
+          %d = dequantize_linear(%q, %s, %z) : f32[2,4]
+          %r = relu(%d) : f32[2,4]
+          %y = quantize_linear(%r, %s, %z) : u8[2,4]
+          return %y
+        }""")
+    g = accelir.parse(text)
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32) * 5
+    want = accelir.interpret(g, x)
+    convert_float16(g)
+    accelir.verify(g)
+    ops = {n.op: n for n in g.nodes}
+    assert ops["quantize_linear"].inputs[0].dtype is accelir.DType.f32
+    assert ops["dequantize_linear"].outputs[0].dtype is accelir.DType.f32
+    assert ops["relu"].outputs[0].dtype is accelir.DType.f16
+    np.testing.assert_array_equal(accelir.interpret(g, x)[0], want[0])
+    np.testing.assert_array_equal(OnnxRuntimeModule(g)(x)[0], want[0])
