@@ -98,7 +98,14 @@ def test_overflowing_matmul_is_kept_and_named():
     assert find_float_precision(g, [x, w, v], "bf16").kept == ()
 
 
-def test_bisection_keeps_the_nodes_that_break_the_budget():
+def _backend(name):
+    if name == "interpreter":
+        return None
+    return lambda g, xs: build_runner(g, name, "cpu")(*xs)
+
+
+@pytest.mark.parametrize("runner", ["interpreter", "onnxruntime", "xla"])
+def test_bisection_keeps_the_nodes_that_break_the_budget(runner):
     # 1000 + small: f16 spaces 1000's neighbours 0.5 apart, so the cancellation loses the small part
     g = accelir.parse("""
         graph main(%x: f32[64]) -> (f32[64]) {
@@ -111,7 +118,7 @@ def test_bisection_keeps_the_nodes_that_break_the_budget():
     x = (np.random.default_rng(0).standard_normal(64) * 0.1).astype(np.float32)
     assert not Budget.parse(None, "fp16").met(measure(accelir.interpret(g, x), accelir.interpret(
         _converted(g), x)))
-    found = find_float_precision(g, [x], "f16")
+    found = find_float_precision(g, [x], "f16", run=_backend(runner))
     assert found.kept_names() == ["%a", "%b"]
     assert [layer.reason for layer in found.layers if layer.kept] == ["lowering it breaks the budget"] * 2
     assert "%y = mul(%0, %0) : f16[64]" in str(found.graph)
