@@ -218,3 +218,36 @@ def test_quantised_ops_keep_their_scales():
     assert ops["relu"].outputs[0].dtype is accelir.DType.f16
     np.testing.assert_array_equal(accelir.interpret(g, x)[0], want[0])
     np.testing.assert_array_equal(OnnxRuntimeModule(g)(x)[0], want[0])
+
+
+def _small_transformer(name: str):
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
+    torch.manual_seed(0)
+    if name == "bert":
+        return BertModel(BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                    vocab_size=100)).eval()
+    return GPT2Model(GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=100, bos_token_id=0, eos_token_id=0,
+                                use_cache=False)).eval()
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2"])
+def test_small_transformers_within_their_budgets_on_both_backends(name):
+    """Captured and fused, then converted: f16 on both backends and bf16 on XLA stay within the
+    precision's default budget of eager torch in float32."""
+    from accelir.api import build_runner
+    from accelir.pass_manager import PassManager
+    from accelir.passes import pipeline
+    model = _small_transformer(name)
+    ids = torch.randint(0, 100, (1, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = [model(ids).last_hidden_state.numpy()]
+    g = accelir.capture(model, (ids,))
+    PassManager(pipeline(2)).run(g)
+    for dtype, precision, backends in (("f16", "fp16", ("onnxruntime", "xla")), ("bf16", "bf16", ("xla",))):
+        low = g.copy()
+        ConvertFloat(dtype)(low)
+        assert sum(n.op == "linear" and n.outputs[0].dtype.value == dtype for n in low.nodes) >= 8
+        for backend in backends:
+            got = build_runner(low, backend, "cpu")(ids.numpy())[:1]
+            errors = measure(want, got)
+            assert accelir.accuracy.DEFAULT_BUDGETS[precision].met(errors), (dtype, backend, str(errors))
