@@ -69,6 +69,10 @@ class FloatPrecision:
     budget: Budget
     dtype: str
 
+    def __iter__(self):
+        """``graph, kept, layers = find_float_precision(...)`` unpacks the three results callers use."""
+        return iter((self.graph, self.kept, self.layers))
+
     def kept_names(self) -> list[str]:
         """The names of the nodes kept in float32 by value (overflow or budget), in graph order."""
         at = {layer.position: layer.name for layer in self.layers}
@@ -129,21 +133,26 @@ def _overflowing(graph: Graph, inputs: Sequence[Any], positions: Sequence[int], 
 
 def find_float_precision(graph: Graph, inputs: Sequence[Any], dtype: str = "f16",
                          budget: Budget | Mapping[str, float] | str | None = None, *,
-                         keep_ops: frozenset[str] | None = None, run: Runner | None = None,
-                         max_kept: int = 64) -> FloatPrecision:
+                         calibration: Sequence[Sequence[Any]] = (), keep_ops: frozenset[str] | None = None,
+                         run: Runner | None = None, max_kept: int = 64) -> FloatPrecision:
     """Convert ``graph`` (not changed) to ``dtype``, keeping in f32 the nodes whose low precision
-    breaks ``budget`` (default: the precision's) on ``inputs``; ``run(graph, inputs)`` runs a graph
-    (default: the interpreter)."""
+    breaks ``budget`` (default: the precision's) on ``inputs`` and on each input tuple of
+    ``calibration`` (the worst of them counts); ``run(graph, inputs)`` runs a graph (default: the
+    interpreter)."""
     if dtype not in LOW_DTYPES:
         raise AccelirError(f"float precision {dtype!r}: choose one of {', '.join(LOW_DTYPES)}")
     budget = Budget.parse(budget, _PRECISION_OF[dtype])
     run = run or _interpret
     options = ConvertFloat(dtype) if keep_ops is None else ConvertFloat(dtype, keep_ops=frozenset(keep_ops))
+    sets = [list(inputs), *(list(c) for c in calibration)]
     probe, positions = _probe(graph)
     n_out = len(graph.outputs)
-    ref = [np.asarray(v) for v in run(probe, inputs)]
-    want, inner = ref[:n_out], ref[n_out:]
-    reasons = _overflowing(graph, inputs, positions, inner, options.low)
+    wants, inners, reasons = [], [], {}
+    for args in sets:
+        ref = [np.asarray(v) for v in run(probe, args)]
+        wants.append(ref[:n_out])
+        inners.append(ref[n_out:])
+        reasons.update(_overflowing(graph, args, positions, ref[n_out:], options.low))
 
     def convert(keep: set[int]) -> Graph:
         g = graph.copy()
@@ -151,7 +160,11 @@ def find_float_precision(graph: Graph, inputs: Sequence[Any], dtype: str = "f16"
         return g
 
     def errors_with(keep: set[int]) -> Errors:
-        return measure(want, run(convert(keep), inputs))
+        g = convert(keep)
+        errors = Errors()
+        for want, args in zip(wants, sets):
+            errors = errors.worst(measure(want, run(g, args)))
+        return errors
 
     keep = set(reasons)
     nodes = list(graph.nodes)
@@ -167,9 +180,14 @@ def find_float_precision(graph: Graph, inputs: Sequence[Any], dtype: str = "f16"
         reasons[candidates[culprit]] = "lowering it breaks the budget"
         start = culprit + 1
         errors = errors_with(keep)
-    final = convert(keep)
-    return FloatPrecision(final, tuple(sorted(keep)), _layers(graph, probe, positions, keep, reasons, inner,
-                                                              options, run, inputs), errors, budget, dtype)
+    mixed = probe.copy()
+    ConvertFloat(options.dtype, options.keep_ops, frozenset(keep))(mixed)
+    per_node = [Errors()] * len(positions)
+    for inner, args in zip(inners, sets):
+        got = list(run(mixed, args))[n_out:]
+        per_node = [e.worst(measure([w], [g])) for e, w, g in zip(per_node, inner, got)]
+    return FloatPrecision(convert(keep), tuple(sorted(keep)), _layers(graph, positions, per_node, keep, reasons,
+                                                                      options), errors, budget, dtype)
 
 
 def _first_breaking(candidates: list[int], start: int, keep: set[int], budget: Budget,
@@ -188,20 +206,16 @@ def _first_breaking(candidates: list[int], start: int, keep: set[int], budget: B
     return lo
 
 
-def _layers(graph: Graph, probe: Graph, positions: list[int], keep: set[int], reasons: dict[int, str],
-            inner: list[np.ndarray], options: ConvertFloat, run: Runner, inputs: Sequence[Any]
-            ) -> tuple[LayerError, ...]:
-    """Each f32 node's output in the final mixed graph against its float32 value."""
-    mixed = probe.copy()
-    ConvertFloat(options.dtype, options.keep_ops, frozenset(keep))(mixed)
-    got = list(run(mixed, inputs))[len(graph.outputs):]
+def _layers(graph: Graph, positions: list[int], per_node: list[Errors], keep: set[int], reasons: dict[int, str],
+            options: ConvertFloat) -> tuple[LayerError, ...]:
+    """Each f32 node: whether it stays f32 and why, and how far its output drifted in the final graph."""
     nodes = list(graph.nodes)
     out = []
-    for position, w, g in zip(positions, inner, got):
+    for position, errors in zip(positions, per_node):
         node = nodes[position]
         kept = not options.lowers(node, position) or position in keep
         reason = reasons.get(position, "keep-list" if node.op in options.keep_ops else "")
-        out.append(LayerError(position, node_label(node, position), node.op, measure([w], [g]), kept, reason))
+        out.append(LayerError(position, node_label(node, position), node.op, errors, kept, reason))
     return tuple(out)
 
 

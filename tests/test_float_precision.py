@@ -96,6 +96,12 @@ def test_overflowing_matmul_is_kept_and_named():
     assert Budget.parse(None, "fp16").met(measure([want], accelir.interpret(found.graph, x, w, v)))
     # bf16 has f32's range: nothing overflows there
     assert find_float_precision(g, [x, w, v], "bf16").kept == ()
+    # small example inputs overflow nothing; a calibration tuple with the large ones does
+    small = [x / 60, w / 60, v]
+    assert find_float_precision(g, small, "f16").kept == ()
+    graph, kept, layers = find_float_precision(g, small, "f16", calibration=[(x, w, v)])
+    assert kept == found.kept and [layer.name for layer in layers if layer.kept] == ["%scores", "%t"]
+    assert graph is not g and str(graph) == str(found.graph)
 
 
 def _backend(name):
