@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from accelir.errors import VerificationError
 from accelir.ir import DType, Graph, Node, TensorType, Value
 from accelir.ops import registry
 from accelir.ops.qdq import QDQ_OPS
@@ -184,7 +185,7 @@ class _Conversion:
         try:
             new = g.make(node.op, inputs, self._attrs(node), meta=node.meta, before=node,
                          names=[o.name for o in node.outputs])
-        except registry.TypeRuleError:
+        except (registry.TypeRuleError, VerificationError):
             return  # the op takes no low type here: it stays f32, its new casts are swept away
         self.changed = True
         after = new.next
