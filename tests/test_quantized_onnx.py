@@ -120,8 +120,10 @@ def test_import_keeps_quantisation_and_runs_bit_for_bit(kind, tmp_path):
     for op, ir in (("QLinearConv", "qlinear_conv"), ("ConvInteger", "conv_integer"), ("QuantizeLinear",
                    "quantize_linear"), ("DynamicQuantizeLinear", "dynamic_quantize_linear")):
         assert hist.get(ir, 0) == sum(n.op_type == op for n in model.graph.node), (op, hist)
-    # the ONNX lowering writes the same quantised ops back
-    assert _op_types(to_onnx(g)) == _op_types(model)
+    # the ONNX lowering writes the same quantised ops back, and they import as the same graph
+    lowered = to_onnx(g)
+    assert _op_types(lowered) == _op_types(model)
+    assert import_onnx(lowered).op_histogram() == hist
     _assert_same(accelir.interpret(g, x), want)
     _assert_same(OnnxRuntimeModule(g)(x), want)
     # XLA runs the decompositions: the integers agree exactly, the float rescales within rounding
