@@ -207,3 +207,28 @@ def test_gelu_between_dequantize_and_quantize_is_not_fused():
   return %y
 }}""")
     assert fuse_gelu(free) is True and "gelu(" in str(free)
+
+
+def test_sibling_projections_of_a_dequantized_input_stay_apart():
+    from accelir.passes.fuse_parallel_linear import fuse_parallel_linear
+    rng = np.random.default_rng(0)
+    consts = {"w1": rng.standard_normal((8, 6)).astype(np.float32), "w2": rng.standard_normal((8, 6)).astype(np.float32)}
+    body = """
+  %w1 = constant() {name="w1"} : f32[8,6]
+  %w2 = constant() {name="w2"} : f32[8,6]
+  %a = matmul(%xf, %w1) : f32[4,6]
+  %b = matmul(%xf, %w2) : f32[4,6]"""
+    g = accelir.parse(f"""graph main(%x: u8[4,8]) -> (u8[4,6], u8[4,6]) {{
+  %s = constant() {{name="s", value=0.05}} : f32[]
+  %z = constant() {{name="z", value=128}} : u8[]
+  %xf = dequantize_linear(%x, %s, %z) : f32[4,8]{body}
+  %qa = quantize_linear(%a, %s, %z) : u8[4,6]
+  %qb = quantize_linear(%b, %s, %z) : u8[4,6]
+  return %qa, %qb
+}}""", consts)
+    before = str(g)
+    assert fuse_parallel_linear(g) is False and str(g) == before
+    free = accelir.parse(f"""graph main(%xf: f32[4,8]) -> (f32[4,6], f32[4,6]) {{{body}
+  return %a, %b
+}}""", consts)
+    assert fuse_parallel_linear(free) is True
