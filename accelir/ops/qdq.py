@@ -39,6 +39,7 @@ from .registry import AttrSpec, OpDef, TypeRuleError, norm_axis, register
 __all__ = ["QUANTIZED_DTYPES", "QDQ_OPS"]
 
 QUANTIZED_DTYPES = (DType.u8, DType.i8, DType.i16, DType.i32)
+_QUANTIZE_TO = (DType.u8, DType.i8, DType.i16)  # ONNX quantises to no i32 (whose range f32 cannot hold)
 _AXIS_ATTRS = {"axis": AttrSpec("int", 1), "block_size": AttrSpec("int", 0)}
 
 
@@ -77,8 +78,9 @@ def _quantize_rule(types, attrs):
     x, scale, zp = types
     if not x.dtype.is_float or scale.dtype is not x.dtype:
         raise TypeRuleError(f"quantize_linear: x and scale must be one float dtype, got {x.dtype} and {scale.dtype}")
-    if zp.dtype not in QUANTIZED_DTYPES:
-        raise TypeRuleError(f"quantize_linear: zero_point must be one of {', '.join(map(str, QUANTIZED_DTYPES))}")
+    if zp.dtype not in _QUANTIZE_TO:
+        raise TypeRuleError(f"quantize_linear: zero_point must be one of {', '.join(map(str, _QUANTIZE_TO))}, "
+                            f"got {zp.dtype}")
     _same_layout("quantize_linear", scale, zp)
     _check_param("quantize_linear", "scale", scale, x, attrs["axis"], attrs["block_size"])
     return [TensorType(zp.dtype, x.shape)]
@@ -164,7 +166,7 @@ def _dynamic_quantize_rule(types, attrs):
 
 def _spread(p: np.ndarray, shape: tuple[int, ...], axis: int, block: int) -> np.ndarray:
     """A scale or zero point laid out to broadcast against a tensor of ``shape``."""
-    if p.ndim == 0 or p.size == 1 and p.ndim == 1:
+    if p.ndim == 0 or (p.size == 1 and p.ndim == 1):
         return p.reshape(())
     ax = axis % len(shape)
     if not block:
@@ -181,7 +183,7 @@ def _quantize(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, out: DType) -> n
     """``saturate(round(x / scale) + zp)``; scale and zp already spread to x."""
     compute = np.float64 if x.dtype == np.float64 else np.float32
     q = np.round(x.astype(compute) / scale.astype(compute))
-    return _saturate(q.astype(np.float64 if compute is np.float64 else np.float32) + zp.astype(np.float32), out)
+    return _saturate(q + zp.astype(compute), out)
 
 
 def _quantize_ref(inputs, attrs, regions):
