@@ -116,7 +116,7 @@ def _overflowing(graph: Graph, inputs: Sequence[Any], positions: Sequence[int], 
                  low: DType) -> dict[int, str]:
     """The positions of the nodes that read or make a finite f32 value beyond ``low``'s range, with why;
     ``values`` are the f32 outputs of the nodes at ``positions``."""
-    limit = float(ml_dtypes.finfo(low.numpy).max)  # (numpy's finfo knows no bf16)
+    limit = float(ml_dtypes.finfo(low.numpy).max)
     nodes = list(graph.nodes)
     big = {id(nodes[p].outputs[0]) for p, v in zip(positions, values) if _beyond(v, limit)}
     big |= {id(x) for x, a in zip(graph.inputs, inputs) if x.dtype is DType.f32 and _beyond(to_numpy(a), limit)}

@@ -13,7 +13,8 @@ integers do not change).  Integer and bool values are left alone; so are other f
 The rewrite, one forward sweep:
 
 - an f32 constant read by a low node becomes a low constant, converted once here, not a
-  cast at run time (the f32 constant stays while a kept node still reads it);
+  cast at run time (the f32 constant stays while a kept node still reads it); finite values
+  beyond the low type's range saturate to its largest instead of becoming inf;
 - a low node reads the low twin of each f32 operand: its producer's low output, or a
   ``cast`` inserted once per value where an f32 value (a graph input, a kept node's
   output) enters the low part;
@@ -37,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from accelir.errors import VerificationError
@@ -48,7 +50,7 @@ from .pattern import rewrite_budget
 from .registry import register_pass
 
 __all__ = ["ConvertFloat", "DEFAULT_KEEP_OPS", "LOW_DTYPES", "REGION_OPS", "convert_float16", "convert_bfloat16",
-           "low_precision_nodes"]
+           "low_precision_nodes", "saturate"]
 
 #: The ops that stay f32 by default: their reference squares, sums or exponentiates, so an
 #: f16 result overflows (65504 is f16's largest) or drowns small terms in large ones.
@@ -65,6 +67,16 @@ REGION_OPS: frozenset[str] = frozenset({"fusion", "cond", "scan", "while_loop"})
 LOW_DTYPES: dict[str, DType] = {"f16": DType.f16, "bf16": DType.bf16}
 
 _KEEP_META = "keep_precision"
+
+
+def saturate(arr: np.ndarray, low: DType) -> np.ndarray:
+    """``arr`` in ``low`` with its finite values clipped to ``low``'s range: a mask constant such as
+    f32's lowest (-3.4e38) becomes f16's lowest, not -inf (which turns ``0 * mask`` into NaN);
+    infinities stay infinite."""
+    top = float(ml_dtypes.finfo(low.numpy).max)
+    with np.errstate(invalid="ignore"):
+        clipped = np.where(np.isfinite(arr), np.clip(arr, -top, top), arr)
+    return clipped.astype(low.numpy)
 
 
 def _float_types(node: Node) -> list[DType]:
@@ -156,7 +168,7 @@ class _Conversion:
         if src is not None:
             found = src
         elif v.is_constant:
-            arr = np.asarray(v.const_value).astype(self.low.numpy)
+            arr = saturate(np.asarray(v.const_value), self.low)
             found = self.graph.const(arr, name=f"{v.producer.attrs['name']}_{self.low}", before=v.producer.next,
                                      meta=v.producer.meta)
             self.made.append(found.producer)

@@ -251,3 +251,27 @@ def test_small_transformers_within_their_budgets_on_both_backends(name):
             got = build_runner(low, backend, "cpu")(ids.numpy())[:1]
             errors = measure(want, got)
             assert accelir.accuracy.DEFAULT_BUDGETS[precision].met(errors), (dtype, backend, str(errors))
+
+
+def test_mask_constants_saturate_instead_of_overflowing():
+    """transformers' additive mask, ``(1 - mask) * finfo(f32).min``: in f16 the constant becomes
+    -65504, so the unmasked positions get 0 * -65504 = 0, not 0 * -inf = NaN."""
+    text = _text("""
+        graph main(%x: f32[2,4], %keep: bool[2,4]) -> (f32[2,4]) {
+          %low = constant() {name="low", value=-3.4028234663852886e+38} : f32[]
+          %one = constant() {name="one", value=1.0} : f32[]
+          %m = cast(%keep) {dtype=f32} : f32[2,4]
+          %inv = sub(%one, %m) : f32[2,4]
+          %bias = mul(%inv, %low) : f32[2,4]
+          %s = add(%x, %bias) : f32[2,4]
+          %p = softmax(%s) {axis=-1} : f32[2,4]
+          return %p
+        }""")
+    g = accelir.parse(text)
+    convert_float16(g)
+    assert 'constant() {name="low_f16", value=-6.55e+04} : f16[]' in str(g)  # f16's lowest, -65504
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    keep = np.array([[True, False, True, True], [False, False, True, False]])
+    want = torch.softmax(torch.from_numpy(x).masked_fill(~torch.from_numpy(keep), float("-inf")), -1).numpy()
+    for got in (accelir.interpret(g, x, keep), OnnxRuntimeModule(g)(x, keep), JaxModule(g)(x, keep)):
+        np.testing.assert_allclose(got[0], want, rtol=2e-3, atol=2e-3)
