@@ -232,3 +232,13 @@ def test_sibling_projections_of_a_dequantized_input_stay_apart():
   return %a, %b
 }}""", consts)
     assert fuse_parallel_linear(free) is True
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "xla"])
+def test_optimize_a_qdq_model_end_to_end(backend, tmp_path):
+    model = _quantised("qdq-per-channel", tmp_path)
+    x = _feeds()
+    cm = accelir.optimize(model, (x,), backend=backend)
+    assert cm.graph.op_histogram()["dequantize_linear"] == sum(n.op_type == "DequantizeLinear"
+                                                               for n in model.graph.node)
+    _assert_same(cm(x), _onnxruntime(model, x), float_atol=1e-5 if backend == "xla" else 0.0)
