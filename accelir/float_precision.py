@@ -223,7 +223,7 @@ def _layers(graph: Graph, positions: list[int], per_node: list[Errors], keep: se
 
 #: The IR ops a low precision is for, and the ONNX op each lowers to: without a kernel for them
 #: the precision buys nothing but casts.
-_COMPUTE_OPS = {"matmul": "MatMul", "dot_general": "MatMul", "linear": "Gemm", "conv": "Conv",
+_COMPUTE_OPS = {"matmul": "MatMul", "dot_general": "Einsum", "linear": "Gemm", "conv": "Conv",
                 "fused_conv": "Conv"}
 
 

@@ -170,3 +170,15 @@ def test_f16_runs_on_onnxruntime_cpu():
     x, w = rng.standard_normal((4, 8)).astype(np.float32), rng.standard_normal((8, 8)).astype(np.float32)
     want = (torch.from_numpy(x).half() @ torch.from_numpy(w).half()).float().numpy()
     np.testing.assert_allclose(build_runner(g, "onnxruntime", "cpu")(x, w)[0], want, rtol=2e-3, atol=2e-3)
+
+
+def test_bf16_refusal_names_the_onnx_op_the_node_lowers_to():
+    """dot_general lowers to Einsum: the refusal looks up (and names) Einsum's kernels."""
+    g = accelir.parse("""
+        graph main(%x: f32[2,3,4], %w: f32[2,4,5]) -> (f32[2,3,5]) {
+          %0 = dot_general(%x, %w) {lhs_contracting=[2], rhs_contracting=[1], lhs_batch=[0], rhs_batch=[0]} : f32[2,3,5]
+          return %0
+        }""")
+    ConvertFloat("bf16")(g)
+    with pytest.raises(AccelirError, match="no bf16 CPU kernel for Einsum"):
+        build_runner(g, "onnxruntime", "cpu")
