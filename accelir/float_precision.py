@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-import ml_dtypes
 import numpy as np
 
 from .accuracy import Budget, Errors, measure
@@ -33,7 +32,7 @@ from .arrays import to_numpy
 from .errors import AccelirError, LoweringError
 from .interpreter import run_graph
 from .ir import DType, Graph, Node
-from .passes.convert_float import LOW_DTYPES, ConvertFloat, low_precision_nodes
+from .passes.convert_float import LOW_DTYPES, ConvertFloat, finite_max, low_precision_nodes
 
 __all__ = ["FloatPrecision", "LayerError", "find_float_precision", "check_backend_precision", "node_label"]
 
@@ -116,7 +115,7 @@ def _overflowing(graph: Graph, inputs: Sequence[Any], positions: Sequence[int], 
                  low: DType) -> dict[int, str]:
     """The positions of the nodes that read or make a finite f32 value beyond ``low``'s range, with why;
     ``values`` are the f32 outputs of the nodes at ``positions``."""
-    limit = float(ml_dtypes.finfo(low.numpy).max)
+    limit = finite_max(low)
     nodes = list(graph.nodes)
     big = {id(nodes[p].outputs[0]) for p, v in zip(positions, values) if _beyond(v, limit)}
     big |= {id(x) for x, a in zip(graph.inputs, inputs) if x.dtype is DType.f32 and _beyond(to_numpy(a), limit)}

@@ -41,7 +41,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from accelir.errors import VerificationError
+from accelir.errors import AccelirError, VerificationError
 from accelir.ir import DType, Graph, Node, TensorType, Value
 from accelir.ops import registry
 from accelir.ops.qdq import QDQ_OPS
@@ -50,7 +50,7 @@ from .pattern import rewrite_budget
 from .registry import register_pass
 
 __all__ = ["ConvertFloat", "DEFAULT_KEEP_OPS", "LOW_DTYPES", "REGION_OPS", "convert_float16", "convert_bfloat16",
-           "low_precision_nodes", "saturate"]
+           "finite_max", "low_precision_nodes", "saturate"]
 
 #: The ops that stay f32 by default: their reference squares, sums or exponentiates, so an
 #: f16 result overflows (65504 is f16's largest) or drowns small terms in large ones.
@@ -69,11 +69,16 @@ LOW_DTYPES: dict[str, DType] = {"f16": DType.f16, "bf16": DType.bf16}
 _KEEP_META = "keep_precision"
 
 
+def finite_max(low: DType) -> float:
+    """The largest finite value of ``low`` (f16: 65504); numpy's finfo knows no bf16."""
+    return float(ml_dtypes.finfo(low.numpy).max)
+
+
 def saturate(arr: np.ndarray, low: DType) -> np.ndarray:
     """``arr`` in ``low`` with its finite values clipped to ``low``'s range: a mask constant such as
     f32's lowest (-3.4e38) becomes f16's lowest, not -inf (which turns ``0 * mask`` into NaN);
     infinities stay infinite."""
-    top = float(ml_dtypes.finfo(low.numpy).max)
+    top = finite_max(low)
     with np.errstate(invalid="ignore"):
         clipped = np.where(np.isfinite(arr), np.clip(arr, -top, top), arr)
     return clipped.astype(low.numpy)
@@ -102,7 +107,7 @@ class ConvertFloat:
 
     def __post_init__(self) -> None:
         if self.dtype not in LOW_DTYPES:
-            raise ValueError(f"ConvertFloat: dtype must be one of {', '.join(LOW_DTYPES)}, got {self.dtype!r}")
+            raise AccelirError(f"ConvertFloat: dtype must be one of {', '.join(LOW_DTYPES)}, got {self.dtype!r}")
         object.__setattr__(self, "keep_ops", frozenset(self.keep_ops))
         object.__setattr__(self, "keep", frozenset(self.keep))
 

@@ -12,6 +12,7 @@ import torch
 
 import accelir
 from accelir.accuracy import measure
+from accelir.errors import AccelirError
 from accelir.lowering.jax.runner import JaxModule
 from accelir.lowering.onnxruntime import OnnxRuntimeModule
 from accelir.passes import ConvertFloat, convert_bfloat16, convert_float16, get_pass
@@ -128,7 +129,7 @@ def test_keep_ops_and_no_io_types():
 
 
 def test_unknown_dtype_is_refused():
-    with pytest.raises(ValueError, match="f16, bf16"):
+    with pytest.raises(AccelirError, match="f16, bf16"):
         ConvertFloat("f8")
 
 
