@@ -242,3 +242,21 @@ def test_optimize_a_qdq_model_end_to_end(backend, tmp_path):
     assert cm.graph.op_histogram()["dequantize_linear"] == sum(n.op_type == "DequantizeLinear"
                                                                for n in model.graph.node)
     _assert_same(cm(x), _onnxruntime(model, x), float_atol=1e-5 if backend == "xla" else 0.0)
+
+
+def test_blocked_quantisation_before_opset_21_lowers_through_its_decomposition():
+    g = accelir.parse("""
+        graph main(%x: f32[3,5], %s: f32[3,3]) -> (i8[3,5]) {
+          %z = constant() {name="z", value=[[0, 1, -1], [2, 0, 0], [0, 0, 3]]} : i8[3,3]
+          %q = quantize_linear(%x, %s, %z) {axis=1, block_size=2} : i8[3,5]
+          return %q
+        }""")
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((3, 5)) * 50).astype(np.float32)
+    s = rng.uniform(0.2, 1.0, (3, 3)).astype(np.float32)
+    want = accelir.interpret(g, x, s)
+    for opset, native in ((18, False), (21, True)):
+        model = to_onnx(g, opset=opset)
+        onnx.checker.check_model(model)
+        assert ("QuantizeLinear" in _op_types(model)) is native
+        np.testing.assert_array_equal(OnnxRuntimeModule(model)(x, s)[0], want[0])

@@ -51,9 +51,14 @@ def _axis_attrs(node: Node) -> dict[str, Any]:
     return attrs
 
 
+def _blocked_before_21(ctx: LoweringContext, node: Node) -> bool:
+    """Blocked scales came with opset 21: an older opset lowers them through the decomposition."""
+    return bool(node.attrs["block_size"]) and ctx.opset < 21
+
+
 @register_lowering("quantize_linear")
 def _lower_quantize(ctx, node, xs):
-    if not _has_kernel(ctx, "QuantizeLinear", node, {0: 0, 2: 2}):
+    if _blocked_before_21(ctx, node) or not _has_kernel(ctx, "QuantizeLinear", node, {0: 0, 2: 2}):
         return lower_via_decomposition(ctx, node, xs)
     zp = _zero_point(ctx, node.inputs[2], xs[2])
     return [ctx.op("QuantizeLinear", xs[0], xs[1], zp, dtype=node.outputs[0].dtype, **_axis_attrs(node))]
@@ -61,7 +66,7 @@ def _lower_quantize(ctx, node, xs):
 
 @register_lowering("dequantize_linear")
 def _lower_dequantize(ctx, node, xs):
-    if not _has_kernel(ctx, "DequantizeLinear", node, {0: 0, 1: 1}):
+    if _blocked_before_21(ctx, node) or not _has_kernel(ctx, "DequantizeLinear", node, {0: 0, 1: 1}):
         return lower_via_decomposition(ctx, node, xs)
     zero = node.inputs[2].const_value
     zp = NO_VALUE if zero is not None and not np.any(zero) else xs[2]  # (i32 takes none but 0)
