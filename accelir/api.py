@@ -245,6 +245,8 @@ class OptimizeReport:
 def build_runner(graph: Graph, backend: str, device: str) -> Callable[..., list]:
     """A callable running ``graph`` on ``backend`` ("onnxruntime" or "xla") and ``device``, taking the
     flat input arrays and returning the output arrays; ``optimize`` and the command line both use it."""
+    from .float_precision import check_backend_precision
+    check_backend_precision(graph, backend, device)
     if backend == "onnxruntime":
         from .lowering.onnxruntime import OnnxRuntimeModule
         return OnnxRuntimeModule(graph, device=device)

@@ -38,14 +38,26 @@ __all__ = ["OnnxRuntimeModule", "PROVIDERS", "disabled_optimizers"]
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+_NCHWC = "NchwcTransformer"
 
 
-def disabled_optimizers(device: str) -> list[str] | None:
+def disabled_optimizers(device: str, model: onnx.ModelProto | None = None) -> list[str] | None:
     """The ORT graph optimizers accelir turns off on ``device`` (``InferenceSession``'s
     ``disabled_optimizers``): on the CPU, SkipLayerNormFusion, whose fused kernel is slower
-    there than the Add + LayerNormalization it replaces.  Public so that a comparison can
-    give other ONNX files the same session."""
-    return list(_CPU_DISABLED_OPTIMIZERS) if device == "cpu" else None
+    there than the Add + LayerNormalization it replaces; and for a ``model`` with f16 / bf16
+    casts, NchwcTransformer, which crashes ONNX Runtime 1.32's CPU session (a segfault while
+    building it) on a Conv whose output goes through f16 casts, transposes and a LayerNormalization
+    into a MatMul.  Public so that a comparison can give other ONNX files the same session."""
+    if device != "cpu":
+        return None
+    extra = [_NCHWC] if model is not None and _casts_to_low_floats(model) else []
+    return list(_CPU_DISABLED_OPTIMIZERS) + extra
+
+
+def _casts_to_low_floats(model: onnx.ModelProto) -> bool:
+    low = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    return any(n.op_type == "Cast" and any(a.name == "to" and a.i in low for a in n.attribute)
+               for n in model.graph.node)
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -113,7 +125,7 @@ class OnnxRuntimeModule:
     def _open(self, model, options, providers):
         # ORT's CPU SkipLayerNormalization kernels are several times slower than the Add + norm
         # they would replace (see lowering.onnx)
-        disabled = disabled_optimizers(self.device)
+        disabled = disabled_optimizers(self.device, model if isinstance(model, onnx.ModelProto) else None)
 
         def session(source):
             return self._ort.InferenceSession(source, options, providers=providers, disabled_optimizers=disabled)

@@ -8,6 +8,7 @@ from the explicit lists in :mod:`.pipeline`.  :mod:`.recognizers` and
 
 from __future__ import annotations
 
+from .convert_float import ConvertFloat, convert_bfloat16, convert_float16
 from .cse import CSE, cse
 from .dce import dce
 from .fold_constants import FoldConstants, fold_constants
@@ -20,8 +21,8 @@ from .quantize_weights import QuantizeWeights, quantize_weights
 from .simplify import simplify
 
 __all__ = [
-    "CSE", "cse", "dce", "FoldConstants", "fold_constants", "simplify",
-    "QuantizeDynamic", "quantize_dynamic", "QuantizeWeights", "quantize_weights",
+    "ConvertFloat", "convert_float16", "convert_bfloat16", "CSE", "cse", "dce", "FoldConstants", "fold_constants",
+    "simplify", "QuantizeDynamic", "quantize_dynamic", "QuantizeWeights", "quantize_weights",
     "Alt", "Const", "Match", "NearMiss", "Op", "P", "Pattern", "Rule", "RulePass", "Var", "apply_rules",
     "rewrite_budget", "rewrite_limit",
     "TARGETS", "Target", "pipeline", "PASSES", "get_pass", "pass_name", "register_pass",

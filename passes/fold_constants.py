@@ -5,7 +5,7 @@ included) with the op's numpy reference, the same code the interpreter runs, so 
 folded array has exactly the dtype and value the node would compute at run time.
 This folds the shape arithmetic frontends leave behind.
 
-Never folded: impure ops, ops with regions, nodes with symbolic output shapes, and
+Never folded: a ``dequantize_linear`` (a quantised weight stays quantised), impure ops, ops with regions, nodes with symbolic output shapes, and
 results over ``max_bytes`` (default 1 MiB) unless they replace larger constant
 operands that die with the node, so a model never bloats.  A reference that raises
 what valid ops raise on bad values (an out-of-range gather, an empty max) leaves the
@@ -31,6 +31,10 @@ from .registry import register_pass
 __all__ = ["FoldConstants", "fold_constants", "evaluate_node"]
 
 MIB = 1 << 20
+
+#: Never folded, though their operands are constants: a quantised weight stays quantised, so that
+#: its DequantizeLinear -> op -> QuantizeLinear group still runs as an integer kernel.
+KEEP_QUANTISED = frozenset({"dequantize_linear"})
 log = logging.getLogger(__name__)
 
 # What a reference raises on valid ops given bad values: an out-of-range index, an empty
@@ -83,7 +87,7 @@ class FoldConstants:
             p = v.producer
             if p is None or p.op != "constant":
                 return False
-        if node.op == "constant" or node.regions:
+        if node.op == "constant" or node.regions or node.op in KEEP_QUANTISED:
             return False
         opdef = registry.get(node.op)
         if not opdef.pure or opdef.has_regions:

@@ -29,7 +29,7 @@ import numpy as np
 from accelir.ir import Graph, Node, Value
 from accelir.ops.nn import split_heads
 
-from .pattern import NearMiss, provenance, remove_dead, rewrite_budget
+from .pattern import NearMiss, provenance, qdq_group_member, remove_dead, rewrite_budget
 from .recognizers import channel_vector
 from .registry import register_pass
 
@@ -51,6 +51,9 @@ def _member(node: Node) -> tuple[Value, np.ndarray, np.ndarray | None, str] | st
     w = w_v.const_value
     if w is None:
         return "the weight is not a constant"
+    member = qdq_group_member(node)
+    if member is not None:
+        return f"{member.describe()} is part of a quantised (QDQ) group"
     b = None
     if len(node.inputs) == 3:
         b = node.inputs[2].const_value

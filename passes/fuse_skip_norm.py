@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from accelir.ir import Graph, Node
 
-from .pattern import NearMiss, provenance, rewrite_budget
+from .pattern import NearMiss, provenance, qdq_group_member, rewrite_budget
 from .registry import register_pass
 
 __all__ = ["FuseSkipNorm", "fuse_skip_norm"]
@@ -80,6 +80,10 @@ class FuseSkipNorm:
                 x, skip = b, a
             else:
                 self._miss(norm, "neither operand of the residual add has the sum's shape")
+                continue
+            member = qdq_group_member(norm) or qdq_group_member(add)
+            if member is not None:
+                self._miss(norm, f"{member.describe()} is part of a quantised (QDQ) group")
                 continue
             if not rewrite_budget.allow(lambda: f"{self.name}: {_SKIP_OF[norm.op]} at {norm.describe()}"):
                 return changed

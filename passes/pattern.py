@@ -53,7 +53,7 @@ from accelir.ops import registry
 __all__ = [
     "Pattern", "Op", "Var", "Const", "Alt", "P", "Match", "Rule", "NearMiss", "RulePass",
     "RewriteBudget", "rewrite_budget", "rewrite_limit", "apply_rules", "provenance", "remove_dead",
-    "same_type", "MatchAttempt",
+    "same_type", "MatchAttempt", "qdq_group_member",
 ]
 
 log = logging.getLogger("accelir.passes")
@@ -535,6 +535,33 @@ def provenance(node: Node, pass_name: str | None, rule: str | None) -> dict[str,
     return meta
 
 
+def qdq_group_member(root: Node) -> Node | None:
+    """A node among ``root`` and the producers only it reads (what a rewrite at ``root`` absorbs)
+    that belongs to a DequantizeLinear -> op -> QuantizeLinear group: it reads a ``dequantize_linear``
+    output or feeds a ``quantize_linear``; None when there is none.
+
+    ONNX Runtime (and any QDQ consumer) turns such a group into an integer kernel by the op
+    between the pair, so a rewrite of the op, or one that absorbs it into a fused op, would
+    leave a float kernel where the model asked for an integer one.
+    """
+    taken = {id(root)}
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        if n.op == "quantize_linear" or any(v.producer is not None and v.producer.op == "dequantize_linear"
+                                            for v in n.inputs) \
+                or any(u.op == "quantize_linear" for o in n.outputs for u, _ in o.uses):
+            return n
+        for v in n.inputs:
+            p = v.producer
+            if p is None or id(p) in taken or p.op in ("constant", "dequantize_linear") or v.is_graph_output:
+                continue
+            if all(id(u) in taken for o in p.outputs for u, _ in o.uses):
+                taken.add(id(p))
+                stack.append(p)
+    return None
+
+
 def remove_dead(graph: Graph, nodes: Sequence[Node], released: list[Value] | None = None) -> int:
     """Remove the given nodes and, transitively, their producers once nothing reads them.
 
@@ -688,6 +715,10 @@ class _Driver:
             matches = rule.pattern.matches(root_value, {}, attempt)
         builder: _RuleBuilder | None = None
         for b in matches:
+            member = qdq_group_member(node)
+            if member is not None:
+                attempt.fail(lambda: f"{rule.name}: {member.describe()} is part of a quantised (QDQ) group")
+                break
             if builder is None:
                 builder = _RuleBuilder(self.graph, node, self.pass_name, rule.name)
             result = rule.fn(Match(node, b, attempt), builder)

@@ -321,6 +321,38 @@ def linear_cases():
     return [case(a, b) for a in REGISTRY["linear"].attrs["activation"].choices for b in (True, False)]
 
 
+def qdq_cases() -> dict[str, list[Case]]:
+    """The quantised ops through their decompositions: integers bit for bit with the interpreter."""
+    u8, i8, f32 = DType.u8, DType.i8, DType.f32
+
+    def q(shape, dt=u8, seed=0):
+        return data(dt, shape, -128 if dt is i8 else 0, 127 if dt is i8 else 255, seed=seed)
+
+    def s(shape=(), seed=0):
+        return data(f32, shape, 0.002, 0.02, seed=seed)
+    pad = {"padding": ((1, 1), (1, 1))}
+    return {
+        "quantize_linear": [
+            lambda dt: ([data(dt, (3, 4), -40, 40, grid=0.5), np.asarray(0.5, dt.numpy), q((), seed=1)], {}),
+            lambda dt: ([data(f32, (2, 3, 4), -100, 100), data(f32, (3,), 0.25, 2, seed=1), q((3,), i8, 2)],
+                        {"axis": 1}),
+            lambda dt: ([data(f32, (3, 5), -50, 50), data(f32, (3, 3), 0.2, 1, seed=1), q((3, 3), i8, 2)],
+                        {"axis": 1, "block_size": 2})],
+        "dequantize_linear": [
+            lambda dt: ([q((3, 4)), np.asarray(0.5, dt.numpy), q((), seed=1)], {}),
+            lambda dt: ([q((3, 2), i8), data(f32, (3,), 0.25, 2, seed=1), q((3,), i8, 2)], {"axis": 0})],
+        "dynamic_quantize_linear": [lambda dt: ([data(dt, (3, 4), -3, 5)], {})],
+        "matmul_integer": [lambda dt: ([q((2, 3, 4)), q((4, 5), i8, 1), q((), seed=2), q((5,), i8, 3)], {})],
+        "conv_integer": [lambda dt: ([q((1, 2, 5, 5)), q((3, 2, 3, 3), seed=1), q((), seed=2), q((3,), seed=3)],
+                                     pad)],
+        "qlinear_matmul": [lambda dt: ([q((2, 3, 4)), s(), q((), seed=1), q((4, 5), i8, 2), s((5,), 1),
+                                        q((5,), i8, 3), s(seed=2), q((), seed=4)], {})],
+        "qlinear_conv": [lambda dt: ([q((1, 2, 5, 5)), s(), q((), seed=1), q((3, 2, 3, 3), i8, 2), s((3,), 1),
+                                      q((3,), i8, 3), s(seed=2), q((), seed=4), data(DType.i32, (3,), -500, 500)],
+                                     pad)],
+    }
+
+
 UNARY_OPS = ("neg", "abs", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "sin", "cos", "tan", "asin", "acos",
              "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "tanh", "sigmoid", "erf", "floor", "ceil", "round",
              "sign", "reciprocal", "relu", "not", "isnan", "isinf", "silu")
@@ -403,6 +435,7 @@ CASES: dict[str, list[Case]] = {
     "cond": cond_cases(),
     "while_loop": [while_case],
     "scan": [scan_case(False), scan_case(True)],
+    **qdq_cases(),
 }
 
 

@@ -90,6 +90,8 @@ def _gen(arg: Arg, dt: DType, rng: np.random.Generator) -> np.ndarray:
         x = rng.choice([-1, 1], shape) * rng.uniform(0.5, 2.0, shape)
     elif arg.kind == "exp":
         x = rng.uniform(-2, 2, shape)
+    elif arg.kind == "scale":  # quantisation scales: the integer results stay mostly inside their range
+        x = rng.uniform(0.002, 0.02, shape)
     elif arg.kind == "grid":  # normalised sample coordinates, some outside [-1, 1] to exercise the padding
         x = rng.uniform(-1.3, 1.3, shape)
     elif arg.kind == "roi":  # boxes (x1, y1, x2, y2), some reaching past the image
@@ -248,6 +250,7 @@ def _cases() -> list[Case]:
                   {"stride": (1, 2), "dilation": (2, 1)}, label="strided"))
     c.extend(_quant_cases())
     c.extend(_region_cases())
+    c.extend(_qdq_cases())
     return c
 
 
@@ -267,6 +270,33 @@ def _quant_cases() -> list[Case]:
                       {"bits": bits, "block_size": block, "zero_points": True, "activation": "relu"},
                       label=f"{bits}bit-zp-bias", dtypes=f32))
     return c
+def _q(*shape, dtype=DType.u8, kind="any"):
+    return Arg(shape, kind, dtype)
+
+
+def _qdq_cases() -> list[Case]:
+    """The quantised ops: ONNX Runtime's integer kernels against the interpreter, bit for bit on the
+    integers; the per-channel ConvInteger zero point goes through the decomposition."""
+    f32 = (DType.f32,)
+    scale, pad = Arg((), "scale", DType.f32), {"padding": ((1, 1), (1, 1))}
+    return [
+        Case("quantize_linear", [_x(3, 4), _x(kind="pos"), _q()]),
+        Case("quantize_linear", [_x(2, 3, 4), _x(3, kind="pos"), _q(3, dtype=DType.i8)], {"axis": 1}, label="axis"),
+        Case("dequantize_linear", [_q(3, 4), _x(kind="pos"), _q()]),
+        Case("dequantize_linear", [_q(3, 2, dtype=DType.i8), _x(3, kind="pos"), _q(3, dtype=DType.i8)], {"axis": 0},
+             label="axis"),
+        Case("dynamic_quantize_linear", [_x(3, 4)]),
+        Case("matmul_integer", [_q(2, 3, 4), _q(4, 5, dtype=DType.i8), _q(), _q(5, dtype=DType.i8)], dtypes=f32),
+        Case("conv_integer", [_q(1, 2, 5, 5), _q(3, 2, 3, 3), _q(), _q()], pad, dtypes=f32),
+        Case("conv_integer", [_q(1, 2, 5, 5), _q(3, 2, 3, 3), _q(), _q(3)], pad, label="channel-zero-points",
+             dtypes=f32),
+        Case("qlinear_matmul", [_q(2, 3, 4), scale, _q(), _q(4, 5), scale, _q(), scale, _q()], dtypes=f32),
+        Case("qlinear_matmul", [_q(3, 4), scale, _q(), _q(4, 5, dtype=DType.i8), Arg((5,), "scale", DType.f32),
+                                _q(5, dtype=DType.i8), scale, _q()], label="per-column", dtypes=f32),
+        Case("qlinear_conv", [_q(1, 2, 5, 5), scale, _q(), _q(3, 2, 3, 3, dtype=DType.i8),
+                              Arg((3,), "scale", DType.f32), _q(dtype=DType.i8, kind="const-zero"), scale, _q(),
+                              _q(3, dtype=DType.i32)], pad, dtypes=f32),
+    ]
 
 
 def _region_cases() -> list[Case]:

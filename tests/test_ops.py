@@ -14,6 +14,7 @@ from accelir import DType, Graph, TensorType, interpret, verify
 from accelir.ops.nn import GRID_MODE_OLD_NAMES
 from accelir.ops import REGISTRY
 from accelir.ops.registry import TypeRuleError, broadcast_shapes
+from accelir.testing import onnxruntime_outputs
 
 RNG = np.random.default_rng(0)
 
@@ -271,6 +272,7 @@ def samples():
     s["deform_conv"] = [(arrays, attrs, _onnx_oracle("DeformConv", onnx_attrs), True)
                         for arrays, attrs, onnx_attrs in deform]
     s.update(_quant_samples())
+    s.update(_qdq_samples())
     return s
 
 
@@ -320,6 +322,81 @@ def _torch_nbits(t, bits, block):
     w = ((q - zp) * scales[..., None]).reshape(n, nb * block)[:, :x.shape[-1]]
     y = x @ w.T
     return y + t[-1] if t[-1].dtype == torch.float32 and t[-1].ndim == 1 else y
+
+
+def u8(*shape):
+    return RNG.integers(0, 256, size=shape).astype(np.uint8)
+
+
+def i8(*shape):
+    return RNG.integers(-128, 128, size=shape).astype(np.int8)
+
+
+def _qdq_samples():
+    """The quantised ops against ONNX Runtime's CPU kernels (bit for bit: those are the kernels an
+    imported quantised model runs on), and ONNX's reference where ONNX Runtime has no kernel."""
+    halves = np.round(f32(3, 4, lo=-40, hi=40) * 2) / 2  # ties: round half to even
+    scale, per_axis = np.float32(0.5), np.array([0.25, 0.5, 2.0], np.float32)
+    pad1 = {"padding": ((1, 1), (1, 1))}
+    return {
+        "quantize_linear": [
+            ([halves, np.array(scale), np.array(128, np.uint8)], {}, _ort_oracle("QuantizeLinear"), False),
+            ([f32(2, 3, 4, lo=-100, hi=100), per_axis, np.array([-3, 0, 5], np.int8)], {"axis": 1},
+             _ort_oracle("QuantizeLinear", axis=1), False),
+            ([f32(3, 5, lo=-50, hi=50), f32(3, 3, lo=0.2, hi=1.0), np.zeros((3, 3), np.int8)],
+             {"axis": 1, "block_size": 2}, _onnx_oracle("QuantizeLinear", {"axis": 1, "block_size": 2}), False)],
+        "dequantize_linear": [
+            ([u8(3, 4), np.array(scale), np.array(100, np.uint8)], {}, _ort_oracle("DequantizeLinear"), False),
+            ([i8(3, 2), per_axis, np.array([1, -2, 0], np.int8)], {"axis": 0},
+             _ort_oracle("DequantizeLinear", axis=0), False),
+            ([ints(4, lo=-1000, hi=1000, dtype=np.int32), np.array(scale), np.array(0, np.int32)], {},
+             lambda t: _ort_oracle("DequantizeLinear")(t[:2]), False)],
+        "dynamic_quantize_linear": [
+            ([f32(3, 4, lo=-3, hi=5)], {}, _ort_oracle("DynamicQuantizeLinear", outputs=3), False),
+            ([f32(5, lo=0.5, hi=2)], {}, _ort_oracle("DynamicQuantizeLinear", outputs=3), False)],
+        "matmul_integer": [
+            ([u8(2, 3, 4), u8(4, 5), np.array(120, np.uint8), np.array(7, np.uint8)], {},
+             _ort_oracle("MatMulInteger"), False),
+            ([u8(3, 4), i8(4, 5), np.array(3, np.uint8), i8(5)], {}, _ort_oracle("MatMulInteger"), False)],
+        "conv_integer": [
+            ([u8(1, 2, 5, 5), u8(3, 2, 3, 3), np.array(9, np.uint8), np.array(120, np.uint8)], pad1,
+             _ort_oracle("ConvInteger", pads=[1, 1, 1, 1]), False),
+            ([u8(1, 2, 4, 4), u8(3, 2, 2, 2), np.array(9, np.uint8), u8(3)], {"stride": (2, 2)},
+             _onnx_oracle("ConvInteger", {"strides": [2, 2]}), False)],
+        "qlinear_matmul": [
+            ([u8(2, 3, 4), np.array(0.02, np.float32), np.array(120, np.uint8), u8(4, 5),
+              np.array(0.03, np.float32), np.array(7, np.uint8), np.array(0.05, np.float32),
+              np.array(100, np.uint8)], {}, _ort_oracle("QLinearMatMul"), False),
+            ([u8(3, 4), np.array(0.02, np.float32), np.array(120, np.uint8), i8(4, 5),
+              f32(5, lo=0.01, hi=0.05), np.zeros(5, np.int8), np.array(0.04, np.float32),
+              np.array(3, np.uint8)], {}, _ort_oracle("QLinearMatMul"), False)],
+        "qlinear_conv": [
+            ([u8(1, 2, 5, 5), np.array(0.02, np.float32), np.array(120, np.uint8), i8(3, 2, 3, 3),
+              f32(3, lo=0.005, hi=0.02), np.zeros(3, np.int8), np.array(0.1, np.float32),
+              np.array(128, np.uint8), ints(3, lo=-500, hi=500, dtype=np.int32)], pad1,
+             _ort_oracle("QLinearConv", pads=[1, 1, 1, 1]), False),
+            ([u8(2, 2, 4, 4), np.array(0.05, np.float32), np.array(3, np.uint8), u8(2, 2, 2, 2),
+              np.array(0.01, np.float32), np.array(130, np.uint8), np.array(0.2, np.float32),
+              np.array(10, np.uint8)], {"stride": (2, 2)}, _ort_oracle("QLinearConv", strides=[2, 2]), False)],
+    }
+
+
+def _ort_oracle(op_type, outputs=1, **attrs):
+    """ONNX Runtime's CPU kernel for one node of op_type, as a torch oracle."""
+    def run(t):
+        from onnx import helper
+        arrays = [a.numpy() for a in t]
+        names = [f"x{i}" for i in range(len(arrays))]
+        node = helper.make_node(op_type, names, [f"y{i}" for i in range(outputs)], **attrs)
+        infos = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+                 for n, a in zip(names, arrays)]
+        outs = [helper.make_empty_tensor_value_info(f"y{i}") for i in range(outputs)]
+        model = helper.make_model(helper.make_graph([node], "oracle", infos, outs),
+                                  opset_imports=[helper.make_opsetid("", 21)])
+        model.ir_version = 10
+        got = onnxruntime_outputs(model, dict(zip(names, arrays)))
+        return tuple(torch.from_numpy(np.asarray(g)) for g in got) if outputs > 1 else torch.from_numpy(got[0])
+    return run
 
 
 def _grid_sample_oracle(attrs):

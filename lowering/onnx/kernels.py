@@ -135,6 +135,25 @@ def supported_dtypes(op_type: str, domain: str, opset: int, var: str | None = No
     return frozenset(ONNX_TYPE_STRINGS[t] for t in types if t in ONNX_TYPE_STRINGS)
 
 
+def kernel_binds(op_type: str, domain: str, opset: int, dtypes: dict[str, DType]) -> bool:
+    """Whether one ONNX Runtime CPU kernel of ``op_type`` takes all of ``dtypes`` (type variable -> dtype)
+    together: the integer kernels are registered per combination (QLinearMatMul binds u8 x i8 -> u8
+    and i8 x i8 -> i8, not u8 x i8 -> i8), which :func:`supported_dtypes`, one variable at a time,
+    cannot tell.  Without onnxruntime, whether the ONNX schema allows each."""
+    if not _have_onnxruntime():
+        return all(dt in supported_dtypes(op_type, domain, opset, var) for var, dt in dtypes.items())
+    version = 1 if domain == MS_DOMAIN else opset
+    try:
+        since = onnx.defs.get_schema(op_type, version, domain).since_version
+    except onnx.defs.SchemaError:
+        since = None
+    for lo, hi, constraints in _ort_kernel_types().get((op_type, domain), []):
+        if ((lo <= version <= hi) if since is None else _binds(lo, hi, since)) and \
+                all(DTYPE_TYPE_STRINGS[dt] in constraints.get(var, ()) for var, dt in dtypes.items()):
+            return True
+    return False
+
+
 def _binds(lo: int, hi: int, since: int) -> bool:
     """Whether ONNX Runtime binds a node of schema version ``since`` to a kernel registered for versions
     ``lo`` to ``hi``: an open-ended kernel only serves the version it starts at."""
