@@ -379,7 +379,7 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
     ``export(".html")`` can draw any of them with what the pass changed), explain (True:
     ``report.passes.unfused`` lists each candidate the fusion passes left unfused, with the reason
     and the module and source line).
-    ``precision`` ("fp32", "int8", "int4"; see :mod:`accelir.precision`) lowers the precision of the
+    ``precision`` ("fp32", "fp16", "bf16", "int8", "int4"; see :mod:`accelir.precision`) lowers the precision of the
     optimised graph within the budget ``accuracy`` (``{"cosine": 0.999}``, "cosine=0.999", default per
     precision), checked on the example inputs or on ``calibration`` (a list of input tuples) against
     float32; ``report.precision`` gives each layer's error and the layers kept in float32.

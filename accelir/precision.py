@@ -16,9 +16,9 @@ the layers to leave in float32.  The orchestration is the same for every precisi
    that break it; a user never gets a silently worse model, nor a silently unquantised one.
 
 A pass ``make`` returns must leave a graph it has converted alone (the PassManager reruns it to a fixed
-point, and its own insertions move the positions ``keep`` names).  fp16 / bf16 join through
-:data:`PRECISION_PASSES` the same way; a precision missing from it is refused
-with an error naming those that are available.
+point, and its own insertions move the positions ``keep`` names).  fp16 / bf16 take the same pass
+factory form, but their nodes to keep are found by :func:`accelir.float_precision.find_float_precision`
+(values beyond the dtype's range first, then bisection over nodes), run on the same backend.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ class Precision:
 
     make: PassFactory
     layers: LayerFinder = quantisable_layers
+    #: a float dtype ("f16", "bf16"): the nodes to keep are found by accelir.float_precision's search
+    #: (values beyond the dtype's range first, then bisection over nodes) rather than by layer ranking
+    search: str | None = None
 
 
 def _int8(keep: frozenset) -> Callable[[Graph], bool]:
@@ -65,9 +68,16 @@ def _int4(keep: frozenset) -> Callable[[Graph], bool]:
     return QuantizeWeights(bits=4, block_size=32, keep=keep)
 
 
-#: precision -> how to get it; fp32 needs nothing.  fp16 / bf16 join here as
-#: ``Precision(lambda keep: ConvertFloat(dtype, keep=keep), layers=...)``.
-PRECISION_PASSES: dict[str, Precision] = {"int8": Precision(_int8), "int4": Precision(_int4)}
+def _float(dtype: str) -> Precision:
+    def make(keep: frozenset) -> Callable[[Graph], bool]:
+        from .passes import ConvertFloat
+        return ConvertFloat(dtype, keep=keep)
+    return Precision(make, search=dtype)
+
+
+#: precision -> how to get it; fp32 needs nothing.
+PRECISION_PASSES: dict[str, Precision] = {"int8": Precision(_int8), "int4": Precision(_int4),
+                                          "fp16": _float("f16"), "bf16": _float("bf16")}
 
 
 class PrecisionError(AccelirError):
@@ -212,6 +222,8 @@ def choose_precision(graph: Graph, precision: str, accuracy: Any, samples: Seque
     if not samples:
         raise PrecisionError(f"precision={precision!r} checks its accuracy budget on inputs: pass example "
                              "inputs or calibration=[...]")
+    if chosen.search is not None:
+        return _choose_float(graph, chosen, budget, samples, build, report)
     trials = _Trials(graph, chosen, samples, build)
     errors, layers, inputs = trials.measure(frozenset())
     added = [_badness(out, budget) - _badness(x, budget) for out, x in zip(layers, inputs)]
@@ -228,6 +240,31 @@ def choose_precision(graph: Graph, precision: str, accuracy: Any, samples: Seque
     report.layers = [LayerError(n, p, p in keep, e, a)
                      for n, p, e, a in zip(trials.names, trials.positions, layers, added)]
     return chosen.make(keep), report
+
+
+def _choose_float(graph: Graph, chosen: Precision, budget: Budget, samples: Sequence[list[np.ndarray]],
+                  build: Callable[[Graph], Runner], report: PrecisionReport
+                  ) -> tuple[Callable[[Graph], bool], PrecisionReport]:
+    """fp16 / bf16: the nodes kept in float32 by accelir.float_precision's search, run on the backend."""
+    from .float_precision import find_float_precision
+
+    def run(g: Graph, args: Sequence[Any]) -> list:
+        return [np.asarray(o) for o in build(g)(*args)]
+    try:
+        found = find_float_precision(graph, samples[0], chosen.search, budget, calibration=samples[1:], run=run)
+    except AccelirError as e:
+        raise PrecisionError(str(e)) from None
+    if not budget.met(found.errors):
+        worst = sorted((layer for layer in found.layers if not layer.kept),
+                       key=lambda layer: -_badness(layer.errors, budget))[:5]
+        raise PrecisionError(
+            f"precision={report.precision!r} cannot meet the accuracy budget {budget} ({found.errors}; "
+            f"{'; '.join(budget.violations(found.errors))}) with {len(found.kept)} node(s) kept in float32; the "
+            f"worst nodes left low: {', '.join(f'{layer.name} ({layer.errors})' for layer in worst)}. Loosen "
+            "accuracy=..., or choose a wider precision")
+    report.errors = found.errors
+    report.layers = [LayerError(layer.name, layer.position, layer.kept, layer.errors, 0.0) for layer in found.layers]
+    return chosen.make(frozenset(found.kept)), report
 
 
 def _fewest_kept(trials: _Trials, budget: Budget, ranked: list[int]) -> frozenset | None:

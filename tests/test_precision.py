@@ -81,15 +81,28 @@ def test_budget_that_only_float_meets_is_an_error_naming_the_layers():
     assert all(f"{name} (cosine" in text for name in ("0", "2", "4"))
 
 
+@pytest.mark.parametrize("precision, backend", [("fp16", "onnxruntime"), ("fp16", "xla"), ("bf16", "xla")])
+def test_float_precisions_end_to_end_within_their_default_budgets(precision, backend):
+    m, x = _mlp(), _inputs(1)
+    cm = accelir.optimize(m, (x,), precision=precision, backend=backend)
+    rep = cm.report.precision
+    low = "f16" if precision == "fp16" else "bf16"
+    assert any(str(v.dtype) == low for n in cm.graph.nodes for v in n.outputs)
+    assert rep.budget.met(rep.errors) and rep.layers
+    assert Budget.parse(None, precision).met(measure([_eager(m, x)], [cm(x)]))
+
+
+def test_bf16_on_onnxruntime_cpu_names_what_works():
+    with pytest.raises(accelir.AccelirError, match="use backend='xla' or precision='fp16'"):
+        accelir.optimize(_mlp(), (_inputs(1),), precision="bf16", backend="onnxruntime")
+
+
 def test_bad_precision_and_budget_are_refused_before_capture():
     m = _mlp()
-    with pytest.raises(PrecisionError, match="'fp16' is not available in this build; use one of fp32, int8, int4"):
-        accelir.optimize(m, (_inputs(1),), precision="fp16")
     with pytest.raises(PrecisionError, match="unknown precision 'int3'"):
         accelir.optimize(m, (_inputs(1),), precision="int3")
     with pytest.raises(accelir.AccelirError, match="unknown measure 'cos'"):
         accelir.optimize(m, (_inputs(1),), precision="int8", accuracy={"cos": 0.9})
-    assert "fp16" not in PRECISION_PASSES and "bf16" not in PRECISION_PASSES
 
 
 def test_a_model_without_float_weights_is_left_as_it_is():
