@@ -1,0 +1,74 @@
+"""ONNX rules for the decode-step composites: ``rotary_embedding`` and ``group_query_attention``.
+
+On onnxruntime they become its com.microsoft kernels, elsewhere (or where the kernel's
+contract does not fit) their decompositions:
+
+* ``rotary_embedding`` -> ``RotaryEmbedding`` on the [B, N, S, H] input.  The kernel gathers
+  cos / sin rows from a cache by position id; the IR hands it the rows already gathered, so the
+  cache is those rows flattened to [B * S, rotary_dim / 2] and the position ids are 0 .. B * S - 1:
+  whatever computed cos / sin (a cache gathered by position, or ``cos(position * inv_freq)``)
+  stays in the graph, and the kernel does the rotation.
+* ``group_query_attention`` -> ``GroupQueryAttention`` for one new token (S == 1).  Every row's
+  ``seqlens_k`` is the whole past length P, so the kernel appends the new key at P, as the IR's
+  concat does, and left padding is the mask, passed as ``attention_bias``; the kernel's own
+  causal mask is then trivially true (the one query sits at the last position).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from accelir import dims as D
+from accelir.ir import DType
+
+from .context import lower_via_decomposition, register_lowering
+from .kernels import MS_DOMAIN, supported_dtypes
+from .nn import _attention_bias
+
+
+def _fits(ctx, dtype: DType, op_type: str) -> bool:
+    return ctx.target == "onnxruntime" and dtype in supported_dtypes(op_type, MS_DOMAIN, ctx.opset)
+
+
+@register_lowering("rotary_embedding")
+def _lower_rotary(ctx, node, xs):
+    x_t, cos_t = node.inputs[0].type, node.inputs[1].type
+    b, n, s, h = x_t.shape
+    r = node.attrs["rotary_dim"] or h
+    if not _fits(ctx, x_t.dtype, "RotaryEmbedding") or type(n) is not int or type(h) is not int:
+        return lower_via_decomposition(ctx, node, xs)
+    rows = ctx.dims((b, s, r // 2))
+    cos, sin = (ctx.op("Reshape", ctx.op("Expand", t, rows), ctx.ints([-1, r // 2])) for t in xs[1:])
+    count = ctx.op("Squeeze", ctx.op("Shape", cos, dtype=DType.i64, start=0, end=1), ctx.ints([0]))
+    zero, one = (ctx.const(np.asarray(i, np.int64)) for i in (0, 1))
+    positions = ctx.op("Reshape", ctx.op("Range", zero, count, one), ctx.dims((b, s)))
+    return [ctx.op("RotaryEmbedding", xs[0], positions, cos, sin, domain=MS_DOMAIN, num_heads=n,
+                   rotary_embedding_dim=r, interleaved=int(node.attrs["interleaved"]))]
+
+
+def _packed(ctx, v, heads: int, head_dim: int):
+    """[B, heads, S, H] -> the kernels' [B, S, heads * H]."""
+    return ctx.op("Reshape", ctx.op("Transpose", v, perm=[0, 2, 1, 3]), ctx.ints([0, 0, heads * head_dim]))
+
+
+@register_lowering("group_query_attention")
+def _lower_gqa(ctx, node, xs):
+    q_t, k_t, v_t, pk_t = (v.type for v in node.inputs[:4])
+    b, n, s, h = q_t.shape
+    kv = k_t.shape[1]
+    if not _fits(ctx, q_t.dtype, "GroupQueryAttention") or s != 1 or v_t.shape[3] != h \
+            or type(h) is not int:
+        return lower_via_decomposition(ctx, node, xs)
+    past = pk_t.shape[2]
+    total = D.dim_add(past, s)
+    seqlens = ctx.cast(ctx.op("Expand", ctx.dim(past), ctx.dims((b,))), DType.i32)
+    total_len = ctx.cast(ctx.scalar_dim(total), DType.i32)
+    bias = _attention_bias(ctx, node.inputs[5].type, xs[5], (b, n, s, total)) if len(xs) == 6 else None
+    scale = node.attrs["scale"]
+    scale = float(scale if scale is not None else 1.0 / np.sqrt(h))
+    y, present_k, present_v = ctx.op(
+        "GroupQueryAttention", _packed(ctx, xs[0], n, h), _packed(ctx, xs[1], kv, h), _packed(ctx, xs[2], kv, h),
+        xs[3], xs[4], seqlens, total_len, None, None, None, bias, out_dtypes=[q_t.dtype] * 3, domain=MS_DOMAIN,
+        num_heads=n, kv_num_heads=kv, scale=scale)
+    y = ctx.op("Transpose", ctx.op("Reshape", y, ctx.ints([0, 0, n, h])), perm=[0, 2, 1, 3])
+    return [y, present_k, present_v]
