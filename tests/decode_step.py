@@ -78,7 +78,7 @@ ARCHS: dict[str, Callable[[], transformers.PreTrainedModel]] = {
     "gpt2": gpt2, "llama": llama, "qwen2": qwen2, "mistral": mistral, "phi": phi, "gemma": gemma}
 
 
-def build(arch: str, attn: str = "eager") -> DecodeStep:
+def build(arch: str, attn: str = "sdpa") -> DecodeStep:
     """The decode step of ``arch`` with fixed random weights, in eval mode."""
     torch.manual_seed(0)
     model = ARCHS[arch]()
