@@ -1,6 +1,7 @@
 """Composite ops that fusion targets: gelu, silu, softmax, log_softmax, layer_norm,
 rms_norm, batch_norm (inference), attention, group_query_attention (decode attention over
-a kv cache), rotary_embedding, linear, fused_conv, skip_layer_norm, skip_rms_norm; and the sampling ops grid_sample, roi_align and deform_conv (ONNX
+a key / value cache), rotary_embedding, linear, fused_conv, skip_layer_norm,
+skip_rms_norm; and the sampling ops grid_sample, roi_align and deform_conv (ONNX
 GridSample, RoiAlign and DeformConv, decomposed into gathers at computed indices).
 
 Each has a numpy reference (computing f16 / bf16 in f32) and a decomposition into
@@ -24,7 +25,8 @@ from .registry import AttrSpec, OpDef, TypeRuleError, broadcast_shapes, norm_axi
 if TYPE_CHECKING:  # decompositions are handed a Builder; ir imports the ops, not the reverse
     from ..ir import Builder, Value
 
-__all__ = ["activation_reference", "decompose_activation", "split_heads", "repeat_kv", "GRID_MODE_OLD_NAMES", "gather_taps"]
+__all__ = ["activation_reference", "decompose_activation", "split_heads", "repeat_kv", "GRID_MODE_OLD_NAMES",
+           "gather_taps"]
 
 
 def _float_only(op: str, t: TensorType) -> None:
@@ -488,13 +490,13 @@ def _gqa_ref(inputs, attrs, regions):
 
 
 def repeat_kv(b: Builder, t: Value, rep: int) -> Value:
-    """Grouped-query attention's head repeat: [B, KV, L, H] -> [B, KV * rep, L, H], each kv head ``rep``
-    times in a row (``unsqueeze``, ``broadcast_to``, ``reshape``, as transformers' repeat_kv)."""
+    """Grouped-query attention's head repeat: [..., KV, L, H] -> [..., KV * rep, L, H], each kv head
+    ``rep`` times in a row (``unsqueeze``, ``broadcast_to``, ``reshape``, as transformers' repeat_kv)."""
     if rep == 1:
         return t
-    bsz, kv, length, d = t.shape
-    u = b.op("broadcast_to", b.op("unsqueeze", t, axes=(2,)), shape=(bsz, kv, rep, length, d))
-    return b.op("reshape", u, shape=(bsz, kv * rep, length, d))
+    *batch, kv, length, d = t.shape
+    u = b.op("broadcast_to", b.op("unsqueeze", t, axes=(t.rank - 2,)), shape=(*batch, kv, rep, length, d))
+    return b.op("reshape", u, shape=(*batch, kv * rep, length, d))
 
 
 def _gqa_decompose(b, inputs, attrs):
