@@ -114,7 +114,7 @@ def inputs(step: DecodeStep, past: int, batch: int = 3, pad: tuple[int, ...] = (
 
 def capture(step: DecodeStep, past: int = 5, batch: int = 3) -> accelir.Graph:
     """The decode step captured with torch.export, the past length a symbolic dim ``past``."""
-    P = torch.export.Dim("past", min=1, max=1024)
+    P = torch.export.Dim("past", min=0, max=1024)
     layers = kv_shape(step)[0]
     shapes = (None, {1: P + 1}, None, tuple({2: P} for _ in range(2 * layers)))
     return accelir.capture(step, inputs(step, past, batch), dynamic_shapes=shapes)

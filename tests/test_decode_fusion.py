@@ -188,8 +188,8 @@ def test_rewrite(name, pass_name, src, expected, why):
 
 # ----- transformers decode steps ----------------------------------------------------------------
 
-PASTS = (1, 7, 33)
-XLA_PASTS = (1, 33)  # each past length is one XLA compile
+PASTS = (0, 1, 7, 33)  # 0: the first token after an empty cache
+XLA_PASTS = (0, 33)  # each past length is one XLA compile
 ROTARY_ARCHS = {"llama", "qwen2", "mistral", "phi", "gemma"}
 # sdpa is what transformers picks by default; eager attention is fused by fuse_attention first
 ORT_CASES = [(a, "sdpa") for a in sorted(decode_step.ARCHS)] + [("gpt2", "eager"), ("llama", "eager")]
