@@ -11,7 +11,13 @@ contract does not fit) their decompositions:
 * ``group_query_attention`` -> ``GroupQueryAttention`` for one new token (S == 1).  Every row's
   ``seqlens_k`` is the whole past length P, so the kernel appends the new key at P, as the IR's
   concat does, and left padding is the mask, passed as ``attention_bias``; the kernel's own
-  causal mask is then trivially true (the one query sits at the last position).
+  causal mask is then trivially true (the one query sits at the last position).  q, k and v go in
+  as the [B, 1, heads * H] values their heads were split from, where they have one.
+
+The rotary embedding of q and k stays a RotaryEmbedding before the GroupQueryAttention rather
+than the latter's ``do_rotary``: with an empty past, onnxruntime 1.32's kernel takes the new
+token for a prompt and reads only the first row's position id, which rotates the keys of the
+other rows at the wrong position (and it needs rotary_dim / 2 to be a multiple of 8).
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from __future__ import annotations
 import numpy as np
 
 from accelir import dims as D
-from accelir.ir import DType
+from accelir.ir import DType, Value
+from accelir.ops.nn import split_heads
 
 from .context import lower_via_decomposition, register_lowering
 from .kernels import MS_DOMAIN, supported_dtypes
@@ -46,9 +53,15 @@ def _lower_rotary(ctx, node, xs):
                    rotary_embedding_dim=r, interleaved=int(node.attrs["interleaved"]))]
 
 
-def _packed(ctx, v, heads: int, head_dim: int):
-    """[B, heads, S, H] -> the kernels' [B, S, heads * H]."""
-    return ctx.op("Reshape", ctx.op("Transpose", v, perm=[0, 2, 1, 3]), ctx.ints([0, 0, heads * head_dim]))
+def _packed(ctx, v: Value, lowered, heads: int, head_dim: int):
+    """The IR's [B, heads, S, H] ``v`` (lowered to ``lowered``) as the kernel's [B, S, heads * H]: the
+    value its heads were split from where it has one, else a transpose and a reshape."""
+    split = split_heads(v)
+    if split is not None and split[1] == heads:
+        packed = ctx.value_of(split[0])
+        if packed is not None:
+            return packed
+    return ctx.op("Reshape", ctx.op("Transpose", lowered, perm=[0, 2, 1, 3]), ctx.ints([0, 0, heads * head_dim]))
 
 
 @register_lowering("group_query_attention")
@@ -66,9 +79,9 @@ def _lower_gqa(ctx, node, xs):
     bias = _attention_bias(ctx, node.inputs[5].type, xs[5], (b, n, s, total)) if len(xs) == 6 else None
     scale = node.attrs["scale"]
     scale = float(scale if scale is not None else 1.0 / np.sqrt(h))
+    q, k, v = (_packed(ctx, node.inputs[i], xs[i], heads, h) for i, heads in enumerate((n, kv, kv)))
     y, present_k, present_v = ctx.op(
-        "GroupQueryAttention", _packed(ctx, xs[0], n, h), _packed(ctx, xs[1], kv, h), _packed(ctx, xs[2], kv, h),
-        xs[3], xs[4], seqlens, total_len, None, None, None, bias, out_dtypes=[q_t.dtype] * 3, domain=MS_DOMAIN,
-        num_heads=n, kv_num_heads=kv, scale=scale)
+        "GroupQueryAttention", q, k, v, xs[3], xs[4], seqlens, total_len, None, None, None, bias,
+        out_dtypes=[q_t.dtype] * 3, domain=MS_DOMAIN, num_heads=n, kv_num_heads=kv, scale=scale)
     y = ctx.op("Transpose", ctx.op("Reshape", y, ctx.ints([0, 0, n, h])), perm=[0, 2, 1, 3])
     return [y, present_k, present_v]
