@@ -186,6 +186,26 @@ def test_rewrite(name, pass_name, src, expected, why):
     assert_close(accelir.interpret(g, *xs), want, 1e-5)
 
 
+SYMBOLIC_BATCH = """
+graph main(%x: f32[batch,4,1,16], %k: f32[batch,2,1,16], %v: f32[batch,2,1,16], %pk: f32[batch,2,past,16], %pv: f32[batch,2,past,16], %c: f32[batch,1,8], %s: f32[1,1,8]) -> (f32[batch,4,1,16], f32[batch,2,past+1,16], f32[batch,2,past+1,16]) {
+  %q = rotary_embedding(%x, %c, %s) {interleaved=false, rotary_dim=none} : f32[batch,4,1,16]
+  %kr = rotary_embedding(%k, %c, %s) {interleaved=true, rotary_dim=none} : f32[batch,2,1,16]
+  %0, %1, %2 = group_query_attention(%q, %kr, %v, %pk, %pv) {scale=0.3} : f32[batch,4,1,16], f32[batch,2,past+1,16], f32[batch,2,past+1,16]
+  return %0, %1, %2
+}
+"""
+
+
+def test_kernels_take_symbolic_batch_and_past():
+    g = accelir.parse(SYMBOLIC_BATCH)
+    kernels = collections.Counter(n.op_type for n in to_onnx(g).graph.node)
+    assert kernels["RotaryEmbedding"] == 2 and kernels["GroupQueryAttention"] == 1, kernels
+    cm = accelir.optimize(g, backend="onnxruntime", level=0)
+    for batch, past in ((2, 0), (5, 9)):
+        xs = random_inputs(g, batch, sizes={"batch": batch, "past": past})
+        assert_close(cm(*xs), accelir.interpret(g, *xs), 1e-5)
+
+
 # ----- transformers decode steps ----------------------------------------------------------------
 
 PASTS = (0, 1, 7, 33)  # 0: the first token after an empty cache

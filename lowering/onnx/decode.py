@@ -37,18 +37,27 @@ def _fits(ctx, dtype: DType, op_type: str) -> bool:
     return ctx.target == "onnxruntime" and dtype in supported_dtypes(op_type, MS_DOMAIN, ctx.opset)
 
 
+def _cache_rows(ctx, t, t_batch, b, s, half: int):
+    """A [b or 1, S, half] table as the kernel's cache rows [b * S, half], one per (row, position)."""
+    if t_batch != b:
+        t = ctx.op("Expand", t, ctx.dims((b, s, half)))
+    return ctx.op("Reshape", t, ctx.ints([-1, half]))
+
+
 @register_lowering("rotary_embedding")
 def _lower_rotary(ctx, node, xs):
-    x_t, cos_t = node.inputs[0].type, node.inputs[1].type
+    x_t = node.inputs[0].type
     b, n, s, h = x_t.shape
     r = node.attrs["rotary_dim"] or h
     if not _fits(ctx, x_t.dtype, "RotaryEmbedding") or type(n) is not int or type(h) is not int:
         return lower_via_decomposition(ctx, node, xs)
-    rows = ctx.dims((b, s, r // 2))
-    cos, sin = (ctx.op("Reshape", ctx.op("Expand", t, rows), ctx.ints([-1, r // 2])) for t in xs[1:])
-    count = ctx.op("Squeeze", ctx.op("Shape", cos, dtype=DType.i64, start=0, end=1), ctx.ints([0]))
-    zero, one = (ctx.const(np.asarray(i, np.int64)) for i in (0, 1))
-    positions = ctx.op("Reshape", ctx.op("Range", zero, count, one), ctx.dims((b, s)))
+    cos, sin = (_cache_rows(ctx, t, v.type.shape[0], b, s, r // 2) for t, v in zip(xs[1:], node.inputs[1:]))
+    n_rows = D.dim_mul(b, s)
+    if type(n_rows) is int:
+        positions = ctx.const(np.arange(n_rows, dtype=np.int64).reshape(b, s))
+    else:
+        zero, one = (ctx.const(np.asarray(i, np.int64)) for i in (0, 1))
+        positions = ctx.op("Reshape", ctx.op("Range", zero, ctx.scalar_dim(n_rows), one), ctx.dims((b, s)))
     return [ctx.op("RotaryEmbedding", xs[0], positions, cos, sin, domain=MS_DOMAIN, num_heads=n,
                    rotary_embedding_dim=r, interleaved=int(node.attrs["interleaved"]))]
 
