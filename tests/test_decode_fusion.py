@@ -15,7 +15,7 @@ import torch
 import accelir
 from accelir.accuracy import DEFAULT_BUDGETS, measure
 from accelir.lowering.onnx import to_onnx
-from accelir.passes import get_pass
+from accelir.passes import get_pass, rewrite_limit
 from accelir.testing import assert_close, random_inputs
 
 import decode_step
@@ -184,6 +184,21 @@ def test_rewrite(name, pass_name, src, expected, why):
         assert changed
         assert str(g).strip() == accelir.parse(expected).__str__().strip()
     assert_close(accelir.interpret(g, *xs), want, 1e-5)
+
+
+def test_decode_fusions_respect_the_rewrite_budget_and_keep_provenance():
+    g = _captured("llama", "sdpa")[1].copy()  # sdpa is captured as attention; nothing else fused yet
+    for p in ("fuse_decode_attention", "fuse_rotary"):
+        with rewrite_limit(0):
+            assert not get_pass(p)(g)
+    with rewrite_limit(1) as budget:
+        assert get_pass("fuse_decode_attention")(g) and get_pass("fuse_rotary")(g) is False
+        assert budget.count == 1
+    assert g.op_histogram()["group_query_attention"] == 1
+    (gqa,) = [n for n in g.nodes if n.op == "group_query_attention"]
+    assert gqa.meta["pass"] == "fuse_decode_attention" and gqa.meta.get("module")
+    assert get_pass("fuse_rotary")(g)
+    assert g.op_histogram()["rotary_embedding"] == 4
 
 
 SYMBOLIC_BATCH = """
