@@ -122,7 +122,7 @@ def _rotate_half_parts(add: Node) -> tuple[Value, Value, Value, list[Node]] | No
     for direct, rotated in (muls, muls[::-1]):
         for r, sin in (rotated.inputs, rotated.inputs[::-1]):
             x = _swapped_halves(r)
-            if x is None or x not in direct.inputs:
+            if x is None or not any(v is x for v in direct.inputs):
                 continue
             cos = direct.inputs[1] if direct.inputs[0] is x else direct.inputs[0]
             neg = r.producer.inputs[0].producer
