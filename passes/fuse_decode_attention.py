@@ -7,9 +7,10 @@ Rewrites, for q [B, N, S, H] and the cache's past keys / values [B, KV, P, H]::
     attention(q, repeat_kv(keys), repeat_kv(values), mask)
         -> y, keys', values' = group_query_attention(q, k, v, past_k, past_v, mask)
 
-where ``repeat_kv`` is transformers' grouped-head repeat, ``reshape(broadcast_to(unsqueeze(t,
-2), [B, KV, N / KV, T, H]), [B, N, T, H])`` (absent when KV == N), and the concats' other
-readers (the present keys and values the step returns) read the composite's outputs
+where ``repeat_kv`` is the grouped-head repeat ``reshape(broadcast_to(unsqueeze(t, 2), [B, KV,
+N / KV, T, H]), [B, N, T, H])`` (transformers' repeat_kv; jax's ``jnp.repeat`` inserts the unit
+dim with a reshape), absent where KV == N or where one kv head broadcasts, and the concats'
+other readers (the present keys and values the step returns) read the composite's outputs
 instead.  The mask (causal and padding, built from the attention mask) stays an input: the
 composite applies no mask of its own.  On onnxruntime the composite is one
 GroupQueryAttention kernel that appends the new keys to the cache and attends over it;
@@ -45,13 +46,14 @@ def _repeated(v: Value, heads: int) -> tuple[Value, list[Node]]:
     bc = r.inputs[0].producer
     if bc is None or bc.op != "broadcast_to" or bc.output.rank != 5:
         return v, []
-    un = bc.inputs[0].producer
-    if un is None or un.op != "unsqueeze" or tuple(un.attrs["axes"]) not in ((2,), (-3,)):
+    un = bc.inputs[0].producer  # the unit dim the heads are broadcast along: unsqueeze (torch), reshape (jax)
+    if un is None or un.op not in ("unsqueeze", "reshape"):
         return v, []
     t = un.inputs[0]
     bsz, kv, rep, length, d = bc.output.shape
-    if tuple(t.shape) != (bsz, kv, length, d) or type(kv) is not int or type(rep) is not int \
-            or kv * rep != heads or tuple(v.shape) != (bsz, heads, length, d):
+    if tuple(t.shape) != (bsz, kv, length, d) or tuple(un.output.shape) != (bsz, kv, 1, length, d) \
+            or type(kv) is not int or type(rep) is not int or kv * rep != heads \
+            or tuple(v.shape) != (bsz, heads, length, d):
         return v, []
     return t, [r, bc, un]
 

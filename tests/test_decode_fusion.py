@@ -230,6 +230,45 @@ def test_kernels_take_symbolic_batch_and_past():
         assert_close(cm(*xs), accelir.interpret(g, *xs), 1e-5)
 
 
+def _jax_decode_step():
+    """A decode step written in jax: rotate-half rotary, the cache concat, ``jnp.repeat`` of the kv heads."""
+    import jax
+    import jax.numpy as jnp
+    n, kv, h = 4, 2, 16
+    inv_freq = 1.0 / (10000 ** (np.arange(0, h, 2) / h))
+
+    def rotate_half(x):
+        return jnp.concatenate([-x[..., h // 2:], x[..., :h // 2]], axis=-1)
+
+    def step(q, k, v, past_k, past_v, pos, mask):
+        f = pos[:, :, None].astype(jnp.float32) * inv_freq
+        emb = jnp.concatenate([f, f], axis=-1)
+        c, s = jnp.cos(emb)[:, None], jnp.sin(emb)[:, None]
+        q, k = q * c + rotate_half(q) * s, k * c + rotate_half(k) * s
+        keys, values = jnp.concatenate([past_k, k], axis=2), jnp.concatenate([past_v, v], axis=2)
+        scores = jnp.einsum("bnqd,bnkd->bnqk", q, jnp.repeat(keys, n // kv, axis=1)) / np.sqrt(h) + mask
+        y = jnp.einsum("bnqk,bnkd->bnqd", jax.nn.softmax(scores, axis=-1), jnp.repeat(values, n // kv, axis=1))
+        return y, keys, values
+
+    rng = np.random.default_rng(0)
+    b, past = 3, 5
+    mask = np.zeros((b, 1, 1, past + 1), np.float32)
+    mask[1, ..., :2] = np.finfo(np.float32).min  # left padding
+    args = (rng.standard_normal((b, n, 1, h), np.float32), rng.standard_normal((b, kv, 1, h), np.float32),
+            rng.standard_normal((b, kv, 1, h), np.float32), rng.standard_normal((b, kv, past, h), np.float32),
+            rng.standard_normal((b, kv, past, h), np.float32), np.array([[5], [3], [5]], np.int32), mask)
+    return step, args
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "xla"])
+def test_jax_decode_step(backend):
+    step, args = _jax_decode_step()
+    cm = accelir.optimize(step, args, backend=backend)
+    ops = collections.Counter(n.op for n in cm.graph.nodes)
+    assert ops["group_query_attention"] == 1 and ops["rotary_embedding"] == 2 and ops["attention"] == 0, ops
+    assert_close([np.asarray(y) for y in cm(*args)], [np.asarray(y) for y in step(*args)], 1e-5)
+
+
 # ----- transformers decode steps ----------------------------------------------------------------
 
 PASTS = (0, 1, 7, 33)  # 0: the first token after an empty cache
