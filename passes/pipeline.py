@@ -25,12 +25,14 @@ from .fold_constants import fold_constants
 from .fuse_attention import fuse_attention
 from .fuse_conv_act import fuse_conv_act
 from .fuse_conv_bn import fuse_conv_bn
+from .fuse_decode_attention import fuse_decode_attention
 from .fuse_elementwise import fuse_elementwise
 from .fuse_gelu import fuse_gelu
 from .fuse_layer_norm import fuse_layer_norm
 from .fuse_linear import fuse_linear
 from .fuse_parallel_linear import fuse_parallel_linear
 from .fuse_rms_norm import fuse_rms_norm
+from .fuse_rotary import fuse_rotary
 from .fuse_silu import fuse_silu
 from .fuse_skip_norm import fuse_skip_norm
 from .fuse_softmax import fuse_softmax
@@ -52,6 +54,8 @@ FUSION: tuple[PassFn, ...] = (
     fuse_rms_norm,
     fuse_skip_norm,        # reads the layer_norm / rms_norm nodes fused above
     fuse_attention,
+    fuse_decode_attention,  # reads the attention nodes fused above, over a key / value cache
+    fuse_rotary,
     fuse_linear,
     fuse_parallel_linear,  # merges sibling linear nodes, with their activation
     fuse_conv_bn,          # folds into a conv whose activation is still "none" ...

@@ -899,6 +899,7 @@ def test_pipelines_place_the_fusion_passes() -> None:
     names = [pass_name(p) for p in pipeline(2)]
     fusion = names[names.index("fuse_gelu"):]
     assert fusion == ["fuse_gelu", "fuse_silu", "fuse_softmax", "fuse_layer_norm", "fuse_rms_norm", "fuse_skip_norm",
-                      "fuse_attention", "fuse_linear", "fuse_parallel_linear", "fuse_conv_bn", "fuse_conv_act"]
+                      "fuse_attention", "fuse_decode_attention", "fuse_rotary", "fuse_linear", "fuse_parallel_linear",
+                      "fuse_conv_bn", "fuse_conv_act"]
     assert "fuse_elementwise" not in names
     assert [pass_name(p) for p in pipeline(3, "xla")][-1] == "fuse_elementwise"

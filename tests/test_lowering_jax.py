@@ -184,6 +184,23 @@ def attention_cases():
     ]
 
 
+def rotary_cases():
+    def rot(dt, r):
+        return [data(dt, (2, 3, 4, 8), -1, 1), data(dt, (2, 4, r // 2), -1, 1, seed=1),
+                data(dt, (1, 4, r // 2), -1, 1, seed=2)]
+    return [lambda dt: (rot(dt, 8), {}), lambda dt: (rot(dt, 4), {"rotary_dim": 4}),
+            lambda dt: (rot(dt, 8), {"interleaved": True})]
+
+
+def gqa_cases():
+    def args(dt, n):
+        return [data(dt, (2, n, 1, 8), -1, 1), data(dt, (2, 2, 1, 8), -1, 1, seed=1),
+                data(dt, (2, 2, 1, 8), -1, 1, seed=2), data(dt, (2, 2, 5, 8), -1, 1, seed=3),
+                data(dt, (2, 2, 5, 8), -1, 1, seed=4)]
+    return [lambda dt: (args(dt, 4), {}),
+            lambda dt: (args(dt, 2) + [data(dt, (2, 1, 1, 6), -1, 1, seed=5)], {"scale": 0.3})]
+
+
 def cast_cases():
     def case(to):
         return lambda dt: ([data(dt, (3, 5), -40, 40) if dt.is_float else data(dt, (3, 5), -40, 40)],
@@ -407,6 +424,8 @@ CASES: dict[str, list[Case]] = {
     "batch_norm": [lambda dt: ([data(dt, (2, 3, 4, 4)), data(dt, (3,), seed=1), data(dt, (3,), seed=2),
                                 data(dt, (3,), seed=3), data(dt, (3,), 0.5, 2, seed=4)], {"epsilon": 1e-3})],
     "attention": attention_cases(),
+    "rotary_embedding": rotary_cases(),
+    "group_query_attention": gqa_cases(),
     "linear": linear_cases(),
     "dynamic_quant_linear": [
         lambda dt: ([data(dt, (2, 3, 8)), data(DType.i8, (8, 5), -127, 126, seed=1), data(DType.f32, (5,), 0.01, 0.1),

@@ -224,6 +224,18 @@ def _cases() -> list[Case]:
     c.append(Case("attention", qkv + [_x(2, 1, 5, 6, kind="small")], label="floatmask"))
     c.append(Case("attention", [_x(3, 5, 8, kind="small"), _x(3, 6, 8, kind="small"), _x(3, 6, 4, kind="small")],
                   label="rank3"))
+    rot = [_x(2, 3, 4, 8, kind="small"), _x(2, 4, 4, kind="small"), _x(1, 4, 4, kind="small")]
+    c.append(Case("rotary_embedding", rot))
+    half = [_x(2, 4, 2, kind="small"), _x(2, 4, 2, kind="small")]
+    c.append(Case("rotary_embedding", [rot[0], *half], {"rotary_dim": 4}, label="partial"))
+    c.append(Case("rotary_embedding", rot, {"interleaved": True}, label="interleaved"))
+    gqa = [_x(2, 4, 1, 8, kind="small"), _x(2, 2, 1, 8, kind="small"), _x(2, 2, 1, 8, kind="small"),
+           _x(2, 2, 5, 8, kind="small"), _x(2, 2, 5, 8, kind="small")]
+    c.append(Case("group_query_attention", gqa))
+    c.append(Case("group_query_attention", gqa + [_x(2, 1, 1, 6, kind="small")], {"scale": 0.3}, label="floatmask"))
+    c.append(Case("group_query_attention", gqa + [Arg((2, 1, 1, 6), "mask", DType.bool)], label="boolmask"))
+    c.append(Case("group_query_attention", [_x(2, 2, 3, 8, kind="small"), _x(2, 2, 3, 8, kind="small"),
+                                            _x(2, 2, 3, 8, kind="small")] + gqa[3:], label="mha-chunk"))
     for act in ("none", "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh"):
         c.append(Case("linear", [_x(2, 3, 4, kind="small"), _x(4, 5, kind="small"), _x(5)], {"activation": act},
                       label=act))

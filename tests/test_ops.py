@@ -234,6 +234,15 @@ def samples():
                       ([q, k[:, :, :4], v[:, :, :4], f32(1, 1, 4, 4)], {"causal": True},
                        lambda t: F.scaled_dot_product_attention(t[0], t[1], t[2],
                                                                 attn_mask=t[3] + _causal_bias(4), scale=None), True)]
+    x, cs, sn = f32(2, 3, 4, 8), f32(2, 4, 4), f32(1, 4, 4)
+    s["rotary_embedding"] = [([x, cs, sn], {}, lambda t: _rotate_half_oracle(*t, 8), True),
+                             ([x, cs[..., :2], sn[..., :2]], {"rotary_dim": 4},
+                              lambda t: _rotate_half_oracle(*t, 4), True),
+                             ([x, cs, sn], {"interleaved": True}, lambda t: _complex_rotary_oracle(*t), True)]
+    q, k, v, pk, pv = f32(2, 4, 1, 8), f32(2, 2, 1, 8), f32(2, 2, 1, 8), f32(2, 2, 5, 8), f32(2, 2, 5, 8)
+    s["group_query_attention"] = [([q, k, v, pk, pv], {}, _gqa_oracle(None), True),
+                                  ([q[:, :2], k, v, pk, pv, f32(2, 1, 1, 6)], {"scale": 0.3}, _gqa_oracle(0.3), True),
+                                  ([q, k, v, pk, pv, RNG.random((2, 1, 1, 6)) > 0.3], {}, _gqa_oracle(None), True)]
     s["linear"] = [([f32(2, 3, 4), f32(4, 5), f32(5)], {"activation": "gelu"},
                     lambda t: F.gelu(t[0] @ t[1] + t[2]), True),
                    ([f32(3, 4), f32(4, 5)], {}, lambda t: t[0] @ t[1], True),
@@ -409,6 +418,31 @@ def _onnx_oracle(op_type, attrs):
     """ONNX's reference implementation of op_type where torch has no counterpart."""
     from accelir.testing import reference_output
     return lambda t: torch.from_numpy(reference_output(op_type, [a.numpy() for a in t], **attrs))
+
+
+def _rotate_half_oracle(x, cos, sin, r):
+    """transformers' rotate-half rotary on the first ``r`` features, with cos / sin [B, S, r / 2]."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    c, s = (torch.cat([t, t], -1) for t in (cos, sin))
+    rot, _ = apply_rotary_pos_emb(x[..., :r], x[..., :r], c, s)
+    return torch.cat([rot, x[..., r:]], -1)
+
+
+def _complex_rotary_oracle(x, cos, sin):
+    """Interleaved rotary as a complex product: each (even, odd) pair times cos + i sin."""
+    z = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2).contiguous())
+    return torch.view_as_real(z * torch.complex(cos, sin)[:, None]).reshape(x.shape)
+
+
+def _gqa_oracle(scale):
+    """sdpa with grouped heads over the past keys / values and the new ones, and the present pair."""
+    def oracle(t):
+        q, k, v, pk, pv = t[:5]
+        keys, values = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
+        mask = t[5] if len(t) == 6 else None
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)
+        return y, keys, values
+    return oracle
 
 
 def _causal_bias(n):

@@ -9,7 +9,8 @@ from accelir.passes import RulePass, pass_name, pipeline
 
 _CLEANUP = ["dce", "fold_constants", "cse", "simplify"]
 _FUSION = ["fuse_gelu", "fuse_silu", "fuse_softmax", "fuse_layer_norm", "fuse_rms_norm", "fuse_skip_norm",
-           "fuse_attention", "fuse_linear", "fuse_parallel_linear", "fuse_conv_bn", "fuse_conv_act"]
+           "fuse_attention", "fuse_decode_attention", "fuse_rotary", "fuse_linear", "fuse_parallel_linear",
+           "fuse_conv_bn", "fuse_conv_act"]
 
 EXPECTED = {
     (0, None): [], (0, "onnxruntime"): [], (0, "xla"): [],

@@ -1,5 +1,6 @@
 """Composite ops that fusion targets: gelu, silu, softmax, log_softmax, layer_norm,
-rms_norm, batch_norm (inference), attention, linear, fused_conv, skip_layer_norm,
+rms_norm, batch_norm (inference), attention, group_query_attention (decode attention over
+a key / value cache), rotary_embedding, linear, fused_conv, skip_layer_norm,
 skip_rms_norm; and the sampling ops grid_sample, roi_align and deform_conv (ONNX
 GridSample, RoiAlign and DeformConv, decomposed into gathers at computed indices).
 
@@ -24,7 +25,8 @@ from .registry import AttrSpec, OpDef, TypeRuleError, broadcast_shapes, norm_axi
 if TYPE_CHECKING:  # decompositions are handed a Builder; ir imports the ops, not the reverse
     from ..ir import Builder, Value
 
-__all__ = ["activation_reference", "decompose_activation", "split_heads", "GRID_MODE_OLD_NAMES", "gather_taps"]
+__all__ = ["activation_reference", "decompose_activation", "split_heads", "repeat_kv", "GRID_MODE_OLD_NAMES",
+           "gather_taps"]
 
 
 def _float_only(op: str, t: TensorType) -> None:
@@ -377,6 +379,140 @@ register(OpDef("attention", _attention_rule, _attention_ref_outer, min_inputs=3,
                composite=True, decompose=_attention_decompose,
                doc="softmax(q k^T * scale + mask) v over [..., L, D]; scale defaults to 1/sqrt(D); bool mask "
                    "True keeps; causal keeps j <= i (top-left aligned, as torch sdpa)"))
+
+# ----- rotary embedding / decode attention ---------------------------------------------
+
+
+def _rotary_dim(op: str, x: TensorType, attrs) -> int:
+    h = x.shape[-1]
+    r = attrs["rotary_dim"] if attrs["rotary_dim"] is not None else h
+    if type(r) is not int or r <= 0 or r % 2 or (type(h) is int and r > h):
+        raise TypeRuleError(f"{op}: rotary_dim must be even, positive and at most the head dim {h}, got {r}")
+    return r
+
+
+def _rotary_rule(types, attrs):
+    x, cos, sin = types
+    _float_only("rotary_embedding", x)
+    same_dtype("rotary_embedding", [x, cos, sin])
+    if x.rank != 4 or cos.rank != 3 or sin.rank != 3:
+        raise TypeRuleError("rotary_embedding: x must be [B, N, S, H] and cos / sin [B, S, rotary_dim / 2]")
+    r = _rotary_dim("rotary_embedding", x, attrs)
+    want = (x.shape[0], x.shape[2], r // 2)
+    for name, t in (("cos", cos), ("sin", sin)):
+        if t.shape[-1] != r // 2:
+            raise TypeRuleError(f"rotary_embedding: {name} must end in rotary_dim / 2 = {r // 2}, got {t.shape}")
+        broadcast_shapes(t.shape, want, op=f"rotary_embedding {name}")
+    return [x]
+
+
+def _rotary_halves(x, r: int, interleaved: bool):
+    """The two rotated components of ``x``'s first ``r`` features (even / odd, or first / second half)."""
+    if interleaved:
+        return x[..., 0:r:2], x[..., 1:r:2]
+    return x[..., : r // 2], x[..., r // 2 : r]
+
+
+def _rotary_ref(xs, a):
+    x, cos, sin = xs
+    r = a["rotary_dim"] or x.shape[-1]
+    c, s = cos[:, None], sin[:, None]
+    x1, x2 = _rotary_halves(x, r, a["interleaved"])
+    y1, y2 = x1 * c - x2 * s, x2 * c + x1 * s
+    rot = np.stack([y1, y2], -1).reshape(*y1.shape[:-1], r) if a["interleaved"] else np.concatenate([y1, y2], -1)
+    return np.concatenate([rot, x[..., r:]], -1)
+
+
+def _rotary_decompose(b, inputs, attrs):
+    x, cos, sin = inputs
+    r = _rotary_dim("rotary_embedding", x.type, attrs)
+    c, s = (b.op("unsqueeze", t, axes=(1,)) for t in (cos, sin))
+    if attrs["interleaved"]:
+        x1, x2 = (b.op("slice", x, starts=(i,), stops=(r,), steps=(2,), axes=(3,)) for i in (0, 1))
+    else:
+        x1, x2 = (b.op("slice", x, starts=(i,), stops=(i + r // 2,), axes=(3,)) for i in (0, r // 2))
+    y1 = b.op("sub", b.op("mul", x1, c), b.op("mul", x2, s))
+    y2 = b.op("add", b.op("mul", x2, c), b.op("mul", x1, s))
+    if attrs["interleaved"]:
+        pairs = b.op("concat", *(b.op("unsqueeze", y, axes=(4,)) for y in (y1, y2)), axis=4)
+        rot = b.op("reshape", pairs, shape=tuple(x.shape[:3]) + (r,))
+    else:
+        rot = b.op("concat", y1, y2, axis=3)
+    if x.shape[-1] == r:
+        return [rot]
+    rest = b.op("slice", x, starts=(r,), stops=(x.shape[-1],), axes=(3,))
+    return [b.op("concat", rot, rest, axis=3)]
+
+
+register(OpDef("rotary_embedding", _rotary_rule, _wrap(_rotary_ref), min_inputs=3, max_inputs=3,
+               attrs={"interleaved": AttrSpec("bool", False), "rotary_dim": AttrSpec("optional_int", None)},
+               composite=True, decompose=_rotary_decompose,
+               doc="rotary position embedding of x [B, N, S, H] by cos / sin [B, S, rotary_dim / 2]: each pair "
+                   "(x1, x2) of the first rotary_dim features (halves, or even / odd when interleaved) becomes "
+                   "(x1 cos - x2 sin, x2 cos + x1 sin); the rest pass through"))
+
+
+def _gqa_rule(types, attrs):
+    q, k, v, pk, pv = types[:5]
+    _float_only("group_query_attention", q)
+    same_dtype("group_query_attention", [q, k, v, pk, pv])
+    if any(t.rank != 4 for t in (q, k, v, pk, pv)):
+        raise TypeRuleError("group_query_attention: q [B, N, S, H], k / v [B, KV, S, H] and past k / v "
+                            "[B, KV, P, H] must all be rank 4")
+    n, kv = q.shape[1], k.shape[1]
+    if type(n) is not int or type(kv) is not int or n % kv or kv != pk.shape[1] or v.shape[1] != kv \
+            or pv.shape[1] != kv:
+        raise TypeRuleError(f"group_query_attention: {n} query heads do not group into {kv} kv heads "
+                            f"(k {k.shape}, past k {pk.shape}, past v {pv.shape})")
+    if q.shape[3] != k.shape[3] or pk.shape[3] != k.shape[3] or pv.shape[3] != v.shape[3] \
+            or pk.shape[2] != pv.shape[2] or k.shape[2] != q.shape[2] or v.shape[2] != q.shape[2]:
+        raise TypeRuleError(f"group_query_attention: the head dims or lengths of q {q.shape}, k {k.shape}, "
+                            f"v {v.shape}, past k {pk.shape}, past v {pv.shape} do not fit")
+    total = _dims.dim_add(pk.shape[2], k.shape[2])
+    batch = broadcast_shapes(q.shape[:1], k.shape[:1], pk.shape[:1], op="group_query_attention")
+    if len(types) == 6:
+        m = types[5]
+        if m.dtype is not DType.bool and m.dtype != q.dtype:
+            raise TypeRuleError(f"group_query_attention: mask must be bool or {q.dtype}, got {m.dtype}")
+        broadcast_shapes(m.shape, batch + (n, q.shape[2], total), op="group_query_attention mask")
+    return [TensorType(q.dtype, batch + (n, q.shape[2], v.shape[3])),
+            TensorType(q.dtype, batch + (kv, total, k.shape[3])),
+            TensorType(q.dtype, batch + (kv, total, v.shape[3]))]
+
+
+def _gqa_ref(inputs, attrs, regions):
+    q, k, v, pk, pv = inputs[:5]
+    keys, values = np.concatenate([pk, k], 2), np.concatenate([pv, v], 2)
+    rep = q.shape[1] // k.shape[1]
+    y = _attention_ref_outer([q, np.repeat(keys, rep, 1), np.repeat(values, rep, 1), *inputs[5:]],
+                             {"scale": attrs["scale"], "causal": False}, regions)[0]
+    return [y, keys, values]
+
+
+def repeat_kv(b: Builder, t: Value, rep: int) -> Value:
+    """Grouped-query attention's head repeat: [..., KV, L, H] -> [..., KV * rep, L, H], each kv head
+    ``rep`` times in a row (``unsqueeze``, ``broadcast_to``, ``reshape``, as transformers' repeat_kv)."""
+    if rep == 1:
+        return t
+    *batch, kv, length, d = t.shape
+    u = b.op("broadcast_to", b.op("unsqueeze", t, axes=(t.rank - 2,)), shape=(*batch, kv, rep, length, d))
+    return b.op("reshape", u, shape=(*batch, kv * rep, length, d))
+
+
+def _gqa_decompose(b, inputs, attrs):
+    q, k, v, pk, pv = inputs[:5]
+    keys, values = b.op("concat", pk, k, axis=2), b.op("concat", pv, v, axis=2)
+    rep = q.shape[1] // k.shape[1]
+    y = b.op("attention", q, repeat_kv(b, keys, rep), repeat_kv(b, values, rep), *inputs[5:],
+             scale=attrs["scale"])
+    return [y, keys, values]
+
+
+register(OpDef("group_query_attention", _gqa_rule, _gqa_ref, min_inputs=5, max_inputs=6,
+               attrs={"scale": AttrSpec("optional_float", None)}, composite=True, decompose=_gqa_decompose,
+               doc="attention of q [B, N, S, H] over the kv heads [B, KV, P + S, H] = concat(past, new) on the "
+                   "length axis, each kv head serving N / KV query heads, with an optional mask over [.., S, P + S]; "
+                   "outputs the attention [B, N, S, Hv] and the present keys and values"))
 
 
 def split_heads(v: Value) -> tuple[Value, int] | None:

@@ -9,7 +9,8 @@ A composite op with no rule lowers through its decomposition into core ops.
 The package: ``kernels`` (which dtypes ONNX Runtime's kernels take, opset bounds),
 ``context`` (the lowering context and the rule table), ``model`` (model assembly and
 serialisation), and one rule module per op family (``elementwise``, ``reduce``,
-``linalg``, ``shape``, ``nn`` for composites, ``control`` for regions).  The runner,
+``linalg``, ``shape``, ``nn`` for composites, ``decode`` for rotary embeddings and decode
+attention, ``control`` for regions).  The runner,
 ``accelir.lowering.onnxruntime``, builds on this package; this package never imports it.
 
 Choices a reader should know:
@@ -50,7 +51,7 @@ Choices a reader should know:
 from __future__ import annotations
 
 # the rule modules register their rules on import
-from . import control, elementwise, linalg, nn, qdq, quant, reduce, shape  # noqa: F401
+from . import control, decode, elementwise, linalg, nn, qdq, quant, reduce, shape  # noqa: F401
 from .context import NO_VALUE, ONNX_RULES, SAME, LoweringContext, OnnxValue, register_lowering, rule_for
 from .kernels import (EXTERNAL_DATA_THRESHOLD, EXTERNAL_LOCATION, EXTERNAL_WEIGHT_BYTES, MIN_OPSET, MS_DOMAIN,
                       ONNX_DTYPE, ONNX_TYPE_STRINGS, default_opset, input_var, supported_dtypes)

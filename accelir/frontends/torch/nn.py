@@ -10,6 +10,7 @@ import torch
 
 from ... import dims as D
 from ...ir import DType, Value
+from ...ops.nn import repeat_kv
 from ...ops.resize import nearest_index
 from ..decompositions import instance_norm
 from .context import RULES, TORCH_DTYPES, NodeContext, Rule, full_like_type, rule, wrap_axis
@@ -132,7 +133,7 @@ def _sdpa(ctx, a):
     q, k, v = (ctx.value(a[n]) for n in ("query", "key", "value"))
     hq, hk = q.shape[-3] if q.rank >= 3 else None, k.shape[-3] if k.rank >= 3 else None
     if hq != hk and type(hq) is int and type(hk) is int and hk not in (1,) and hq % hk == 0:
-        k, v = (_repeat_heads(ctx, t, hq // hk) for t in (k, v))
+        k, v = (repeat_kv(ctx.b, t, hq // hk) for t in (k, v))
     inputs = [q, k, v]
     mask = a["attn_mask"]
     if mask is None:
@@ -144,14 +145,6 @@ def _sdpa(ctx, a):
     keep = m if m.dtype is DType.bool else ctx.b.op("ne", m, ctx.const(-np.inf, m.dtype))
     any_key = ctx.b.op("reduce_any", keep, axes=(m.rank - 1,), keepdims=True)
     return ctx.b.op("where", any_key, y, ctx.const(0, y.dtype))
-
-
-def _repeat_heads(ctx: NodeContext, t: Value, rep: int) -> Value:
-    """Grouped-query attention: repeat each kv head ``rep`` times, as repeat_interleave on dim -3."""
-    *batch, h, length, d = t.shape
-    u = ctx.b.op("unsqueeze", t, axes=(t.rank - 2,))
-    u = ctx.b.op("broadcast_to", u, shape=(*batch, h, rep, length, d))
-    return ctx.b.op("reshape", u, shape=(*batch, h * rep, length, d))
 
 
 def _ntuple(v: Any, n: int) -> tuple[int, ...]:
