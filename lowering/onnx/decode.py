@@ -30,7 +30,7 @@ from accelir.ops.nn import split_heads
 
 from .context import lower_via_decomposition, register_lowering
 from .kernels import MS_DOMAIN, supported_dtypes
-from .nn import _attention_bias
+from .nn import attention_bias
 
 
 def _fits(ctx, dtype: DType, op_type: str) -> bool:
@@ -85,7 +85,7 @@ def _lower_gqa(ctx, node, xs):
     total = D.dim_add(past, s)
     seqlens = ctx.cast(ctx.op("Expand", ctx.dim(past), ctx.dims((b,))), DType.i32)
     total_len = ctx.cast(ctx.scalar_dim(total), DType.i32)
-    bias = _attention_bias(ctx, node.inputs[5].type, xs[5], (b, n, s, total)) if len(xs) == 6 else None
+    bias = attention_bias(ctx, node.inputs[5].type, xs[5], (b, n, s, total)) if len(xs) == 6 else None
     scale = node.attrs["scale"]
     scale = float(scale if scale is not None else 1.0 / np.sqrt(h))
     q, k, v = (_packed(ctx, node.inputs[i], xs[i], heads, h) for i, heads in enumerate((n, kv, kv)))

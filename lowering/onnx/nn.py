@@ -256,7 +256,7 @@ def _qkv_projection(parts: Sequence[Value]) -> Node | None:
     return lin
 
 
-def _attention_bias(ctx: LoweringContext, m_t: TensorType, m: OnnxValue, shape: Sequence[D.Dim]) -> OnnxValue:
+def attention_bias(ctx: LoweringContext, m_t: TensorType, m: OnnxValue, shape: Sequence[D.Dim]) -> OnnxValue:
     """An IR attention mask as MultiHeadAttention's additive bias: [B or 1, N or 1, S, T] float, a
     bool mask becoming 0 where it keeps and -inf where it drops (as the IR's where(mask, s, -inf))."""
     dims = (1,) * (4 - m_t.rank) + tuple(m_t.shape)
@@ -302,7 +302,7 @@ def _multi_head_attention(ctx: LoweringContext, node: Node, xs: list[OnnxValue])
     lowered = [ctx.value_of(v) for v in operands]
     if any(v is None for v in lowered):
         return None
-    bias = _attention_bias(ctx, node.inputs[3].type, xs[3], (q_t.shape[0], n, s, t)) if len(xs) == 4 else None
+    bias = attention_bias(ctx, node.inputs[3].type, xs[3], (q_t.shape[0], n, s, t)) if len(xs) == 4 else None
     if op_type == "Attention":  # input, weights, bias, mask_index, past, attention_bias
         ins = lowered[:2] + [lowered[2] if len(lowered) == 3 else None, None, None, bias]
     else:  # query, key, value, bias, key_padding_mask, attention_bias
