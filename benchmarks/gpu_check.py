@@ -15,6 +15,11 @@ table.  ``--device cpu`` runs the same steps on the CPU (a dry run of the script
 where no GPU is at hand); ``--quick`` uses the 2-layer miniature and a few rounds.
 Without a GPU, ``--device cuda`` (the default) stops at once with a message that
 says what is missing.
+
+Then the reduced precisions (``--precisions fp16,bf16``, the default): ``optimize(...,
+precision=p, backend="xla")`` against torch eager with the model in the same dtype,
+each checked against float32 eager with accelir's accuracy budget for ``p`` (cosine,
+max_rel), then timed side by side with the float32 runs in the same interleaved rounds.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--quick", action="store_true", help="the 2-layer GPT-2 miniature, a few rounds")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 50, 3 with --quick)")
+    parser.add_argument("--precisions", default="fp16,bf16",
+                        help="reduced precisions to check and time next to float32, comma-separated ('' for none)")
     add_load_arguments(parser)
     args = parser.parse_args(argv)
     _require_gpu(args.device)
@@ -134,19 +141,71 @@ def _check(args: argparse.Namespace, repeats: int) -> tuple[bool, str]:
     build["torch.compile"] = time.perf_counter() - t0
 
     calls = {"torch eager": timed(eager), "torch.compile": timed(compiled_call), "accelir -> xla": accelir_call}
+    notes: dict[str, str] = {}
+    for precision in filter(None, args.precisions.split(",")):
+        low_calls, low_build, low_wrong, note = _low_precision(model, inputs, precision, args.device, reference, timed)
+        calls.update(low_calls)
+        build.update(low_build)
+        wrong.update(low_wrong)
+        notes.update(note)
+        ok = ok and not low_wrong.get(f"accelir -> xla {precision}")
     timings = time_interleaved({k: f for k, f in calls.items() if not wrong.get(k)}, warmup=1 if args.quick else 5,
                                repeats=repeats)
     base = timings["torch eager"].median
     lines = [f"{repeats} interleaved rounds (the order rotating each round), inputs already on the device",
-             f"{'system':16s} {'median ms':>10s} {'min-max ms':>17s} {'speedup':>9s} {'build s':>8s}"]
+             f"{'system':20s} {'median ms':>10s} {'min-max ms':>17s} {'speedup':>9s} {'build s':>8s}"]
     for name in calls:
         if wrong.get(name):
             lines.append(f"{name:16s} wrong output, not timed: {wrong[name]}")
             continue
         t = timings[name]
         span = f"{t.min * 1e3:.3f}-{t.max * 1e3:.3f}"
-        lines.append(f"{name:16s} {t.median * 1e3:10.3f} {span:>17s} {base / t.median:8.2f}x {build[name]:8.1f}")
+        lines.append(f"{name:20s} {t.median * 1e3:10.3f} {span:>17s} {base / t.median:8.2f}x {build[name]:8.1f}"
+                     + (f"  {notes[name]}" if name in notes else ""))
     return ok, "\n".join(lines)
+
+
+def _low_precision(model: Any, inputs: tuple, precision: str, device: str, reference: list,
+                   timed: Callable[[Callable[[], Any]], Callable[[], Any]]) -> tuple[dict, dict, dict, dict]:
+    """accelir at ``precision`` on XLA and torch eager with the model cast to the same dtype: their calls,
+    build times, wrong-output findings (against float32 eager, with accelir's budget for the precision)
+    and accuracy notes."""
+    import copy
+
+    import torch
+
+    import accelir
+    from accelir.accuracy import Budget, measure
+    from accelir.cli import flat_arrays
+    from benchmarks.run import xla_call
+
+    budget = Budget.parse(None, precision)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    calls, build, wrong, notes = {}, {}, {}, {}
+    t0 = time.perf_counter()
+    cm = accelir.optimize(model, inputs, backend="xla", device=device, precision=precision)
+    name = f"accelir -> xla {precision}"
+    calls[name] = xla_call(cm.graph, list(cm.graph.meta["signature"].flatten(*inputs)), device)
+    calls[name]()
+    build[name] = time.perf_counter() - t0
+    errors = measure(reference, flat_arrays(cm(*inputs)))
+    broken = budget.violations(errors)
+    kept = len(cm.report.precision.kept)
+    notes[name] = f"{errors}; {kept} node(s) kept in float32"
+    if broken:
+        wrong[name] = f"over the {precision} budget {budget}: {'; '.join(broken)}"
+    low_model = copy.deepcopy(model).to(dtype)
+    low_inputs = tuple(x.to(dtype) if x.is_floating_point() else x for x in inputs)
+
+    def eager_low() -> Any:
+        with torch.no_grad():
+            return low_model(*low_inputs)
+    name = f"torch eager {precision}"
+    calls[name], build[name] = timed(eager_low), 0.0
+    got = [g.astype("float32") for g in flat_arrays(eager_low())]
+    notes[name] = str(measure(reference, got))
+    print(f"{precision}: accelir {notes[f'accelir -> xla {precision}']}; torch eager {notes[name]}")
+    return calls, build, wrong, notes
 
 
 if __name__ == "__main__":
