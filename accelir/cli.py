@@ -9,7 +9,7 @@
     accelir bench IN [--backends onnxruntime,xla] [--repeats N]
     accelir passes
 
-IN is an ``.onnx`` file, an ``.air`` file, or ``path/file.py:factory`` naming a
+IN is an ``.onnx`` file, an ``.air`` file, a ``.keras`` file, or ``path/file.py:factory`` naming a
 function that takes no arguments and returns ``(model, example_inputs)``.  OUT's
 suffix picks its format: ``.onnx``, ``.air``, ``.mlir`` (StableHLO), ``.hlo``,
 ``.dot`` or ``.html``.
@@ -72,15 +72,15 @@ class LoadedInput:
 
     model: Any
     example_inputs: tuple | None
-    kind: str  # "onnx", "air" or "factory"
+    kind: str  # "onnx", "air", "keras" or "factory"
 
 
 def load_input(spec: str) -> LoadedInput:
     """Resolve IN: an .onnx or .air path, or ``file.py:factory`` (called to get the model and its inputs)."""
-    if spec.endswith((".onnx", ".air")):
+    if spec.endswith((".onnx", ".air", ".keras")):
         if not os.path.isfile(spec):
             raise AccelirError(f"{spec}: no such file")
-        return LoadedInput(spec, None, "onnx" if spec.endswith(".onnx") else "air")
+        return LoadedInput(spec, None, os.path.splitext(spec)[1][1:])
     path, sep, factory = spec.rpartition(":")
     if not sep or not path.endswith(".py") or not factory.isidentifier():
         raise UsageError(f"{spec!r} is not an input: give an .onnx file, an .air file or path/file.py:factory")
@@ -465,7 +465,7 @@ def _reference_system(inp: LoadedInput, graph: Graph, flat: list[np.ndarray]) ->
         session = _onnx_session(inp.model)
         feed = {i.name: a for i, a in zip(session.get_inputs(), flat)}
         return "onnxruntime (input file)", lambda: session.run(None, feed)
-    if inp.kind == "air":
+    if inp.kind in ("air", "keras"):
         return "interpreter", lambda: run_graph(graph, flat)
     frontend = graph.meta.get("frontend")
     if frontend == "torch":
@@ -643,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     tol = _Parser(add_help=False)
     tol.add_argument("--rtol", type=float, help="relative tolerance of --check (default: by dtype, 1e-3 for f32)")
     tol.add_argument("--atol", type=float, help="absolute tolerance of --check (default: by dtype, 1e-4 for f32)")
-    inp_help = "an .onnx file, an .air file, or path/file.py:factory returning (model, example_inputs)"
+    inp_help = "an .onnx file, an .air file, a .keras file, or path/file.py:factory returning (model, example_inputs)"
 
     parser = _Parser(prog="accelir", description="Optimise, inspect, bisect and benchmark models with accelir.")
     from . import __version__
