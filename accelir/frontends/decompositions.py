@@ -12,7 +12,7 @@ from .. import dims as D
 from ..ir import Builder, DType, Value
 
 __all__ = ["python_mod", "floor_div", "triangle", "crop_negative_pads", "wrap_pad", "instance_norm", "einsum",
-           "parse_einsum"]
+           "parse_einsum", "conv_transpose"]
 
 
 def _remainder_fix(b: Builder, r: Value, y: Value) -> Value:
@@ -88,6 +88,28 @@ def instance_norm(b: Builder, x: Value, scale: Value, bias: Value, eps: float) -
     y = b.op("layer_norm", x, axis=2, epsilon=eps)
     shape = (scale.shape[0],) + (1,) * (x.rank - 2)
     return b.op("add", b.op("mul", y, b.op("reshape", scale, shape=shape)), b.op("reshape", bias, shape=shape))
+
+
+def conv_transpose(b: Builder, x: Value, w: Value, stride: Sequence[int], padding: Sequence[int],
+                   dilation: Sequence[int], output_padding: Sequence[int], groups: int) -> Value:
+    """A transposed convolution (torch's conv_transpose, Caffe's Deconvolution; weight [C_in, C_out / groups,
+    *kernel]) as a conv over the stride-dilated input with the flipped, swapped kernel.  Padding beyond
+    the kernel span is a NotImplementedError."""
+    n = w.rank - 2
+    cin, cout_g = w.shape[0], w.shape[1]
+    ks = w.shape[2:]
+    wg = b.op("reshape", w, shape=(groups, cin // groups, cout_g) + tuple(ks))
+    wg = b.op("transpose", wg, perm=(0, 2, 1) + tuple(range(3, 3 + n)))
+    wf = b.op("reshape", wg, shape=(groups * cout_g, cin // groups) + tuple(ks))
+    wf = b.op("reverse", wf, axes=tuple(range(2, 2 + n)))
+    pads = []
+    for k, p, d, op in zip(ks, padding, dilation, output_padding):
+        lo = d * (k - 1) - p
+        pads.append((lo, lo + op))
+    if any(lo < 0 or hi < 0 for lo, hi in pads):
+        raise NotImplementedError("conv_transpose with padding larger than the kernel span is not supported")
+    return b.op("conv", x, wf, stride=(1,) * n, padding=tuple(pads), dilation=tuple(dilation), groups=groups,
+                lhs_dilation=tuple(stride))
 
 
 # ----- einsum (ONNX Einsum, torch.einsum) ---------------------------------------------
