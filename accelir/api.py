@@ -136,7 +136,10 @@ def capture(model: Any, example_inputs: Any = None, dynamic_shapes: Any = None, 
         if path.endswith(".keras"):
             from .frontends.keras import capture_keras, load_keras
             return capture_keras(load_keras(path), args, example_kwargs=example_kwargs, dynamic_shapes=dynamic_shapes)
-        raise AccelirError(f"{path}: unknown file type; accelir reads .onnx, .air and .keras files")
+        if path.endswith(".prototxt"):
+            from .frontends.caffe import capture_caffe
+            return capture_caffe(path, args, **options)
+        raise AccelirError(f"{path}: unknown file type; accelir reads .onnx, .air, .keras and .prototxt (Caffe) files")
     if kind == "onnx":
         from .frontends.onnx import import_onnx
         return import_onnx(model, **options)
