@@ -61,7 +61,7 @@ def _power(ctx: LayerContext):
     y = _affine(ctx, ctx.input(), float(p.get("scale")), float(p.get("shift")))
     power = float(p.get("power"))
     if power == 1.0:
-        return [y if y is not ctx.input() else ctx.op("mul", y, f32(ctx, 1.0))]
+        return [y]
     if power == 2.0:
         return [ctx.op("mul", y, y)]
     return [ctx.op("pow", y, f32(ctx, power))]

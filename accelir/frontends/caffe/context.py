@@ -9,7 +9,7 @@ IR through ``ctx.op``; every node it builds carries the layer's name, type and l
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from ...ir import Builder, DType, Graph, Value
 from ..base import RuleContext, RuleTable
 from .message import CaffeError, Message
 
-__all__ = ["LayerContext", "RULES", "rule", "CaffeError", "spatial_param", "channel_shape", "norm_axis"]
+__all__ = ["LayerContext", "RULES", "rule", "CaffeError", "spatial_param", "channel_shape", "f32", "blob_shape"]
 
 RULES = RuleTable()
 rule = RULES.rule
@@ -146,13 +146,5 @@ def channel_shape(x: Value, axis: int, n: int) -> tuple[int, ...]:
     return tuple(x.shape[axis:axis + n]) + (1,) * (x.rank - axis - n)
 
 
-def norm_axis(ctx: LayerContext, axis: int, rank: int) -> int:
-    return ctx.axis(axis, rank)
-
-
 def f32(ctx: LayerContext, value: float) -> Value:
     return ctx.scalar(value, DType.f32)
-
-
-def any_of(*values: Any) -> Any:
-    return next((v for v in values if v is not None), None)

@@ -141,7 +141,7 @@ def _eltwise(ctx: LayerContext):
     coeff = [float(c) for c in p.list("coeff")]
     if coeff and (op != "SUM" or len(coeff) != len(xs)):
         raise ctx.fail(f"coeff needs operation SUM and one value per bottom ({len(xs)}), got {len(coeff)}")
-    terms = [x if not coeff or c == 1.0 else ctx.op("mul", x, f32(ctx, c)) for x, c in zip(xs, coeff or [1.0] * len(xs))]
+    terms = [x if c == 1.0 else ctx.op("mul", x, f32(ctx, c)) for x, c in zip(xs, coeff or [1.0] * len(xs))]
     name = {"SUM": "add", "PROD": "mul", "MAX": "max"}[op]
     y = terms[0]
     for t in terms[1:]:
