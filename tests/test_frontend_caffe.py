@@ -5,14 +5,21 @@ Caffe.  Every net runs on both accelir backends within the fp32 budget of ``acce
 
 from __future__ import annotations
 
+import pathlib
+import sys
+
 import numpy as np
 import pytest
 
 import accelir
 from accelir.accuracy import DEFAULT_BUDGETS, measure
 from accelir.frontends.caffe import CaffeError, capture_caffe, decode, encode, parse_text
-from caffe_nets import (batch_norm_scale, blob, conv, layer, mobilenet_ssd_net, opencv_forward, resnet_block_net,
-                        rng, write_net)
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # benchmarks/ is a folder of the repo, not of the installed package
+    sys.path.insert(0, str(ROOT))
+from benchmarks.caffe_nets import (batch_norm_scale, blob, conv, layer, mobilenet_ssd_net,  # noqa: E402
+                                   opencv_forward, resnet_block_net, rng, write_net)
 
 BUDGET = DEFAULT_BUDGETS["fp32"]
 BACKENDS = ("onnxruntime", "xla")

@@ -1,4 +1,4 @@
-"""Small Caffe nets written through accelir's own schema, shared by the Caffe tests and the benchmark.
+"""Caffe nets written through accelir's own schema, shared by the Caffe tests and ``benchmarks/caffe.py``.
 
 A net is described as the values of a ``NetParameter`` (``accelir.frontends.caffe.encode``'s
 form); layer weights are numpy arrays under ``"blobs"``.  ``write_net`` writes the deploy
@@ -117,23 +117,26 @@ def resnet_block_net(r: np.random.Generator, c: int = 16, blocks: Sequence[tuple
 
 
 def mobilenet_ssd_net(r: np.random.Generator, width: int = 8, stages: int = 3, classes: int = 4,
-                      image: int = 64) -> tuple[list[dict], list[str]]:
-    """A MobileNet-SSD-shaped net: depthwise-separable stages (grouped 3x3 + 1x1, BN, ReLU), and on the
-    last two feature maps SSD heads: loc / conf convolutions, Permute, Flatten, PriorBox, concatenated."""
+                      image: int = 64, extra: Sequence[int] = (), heads: int = 2) -> tuple[list[dict], list[str]]:
+    """A MobileNet-SSD-shaped net: depthwise-separable stages (grouped 3x3 + 1x1, BN, ReLU; each stage one
+    stride-2 block and ``extra[i]`` stride-1 ones), and on the last ``heads`` feature maps SSD heads:
+    loc / conf convolutions, Permute, Flatten, PriorBox, concatenated."""
     layers = [conv("conv0", "data", 3, width, 3, r, stride=2, pad=1, bias=False),
               *batch_norm_scale("conv0", "conv0", width, r), layer("conv0_relu", "ReLU", "conv0", "conv0")]
     x, c = "conv0", width
     features = []
     for i in range(stages):
-        dw, pw = f"conv{i + 1}_dw", f"conv{i + 1}"
-        layers += [conv(dw, x, c, c, 3, r, stride=2, pad=1, group=c, bias=False), *batch_norm_scale(dw, dw, c, r),
-                   layer(f"{dw}_relu", "ReLU", dw, dw),
-                   conv(pw, dw, c, 2 * c, 1, r, bias=False), *batch_norm_scale(pw, pw, 2 * c, r),
-                   layer(f"{pw}_relu", "ReLU", pw, pw)]
-        x, c = pw, 2 * c
+        for j in range(1 + (extra[i] if i < len(extra) else 0)):
+            dw, pw = f"conv{i + 1}_{j}_dw", f"conv{i + 1}_{j}"
+            c_out = 2 * c if j == 0 else c
+            layers += [conv(dw, x, c, c, 3, r, stride=2 if j == 0 else 1, pad=1, group=c, bias=False),
+                       *batch_norm_scale(dw, dw, c, r), layer(f"{dw}_relu", "ReLU", dw, dw),
+                       conv(pw, dw, c, c_out, 1, r, bias=False), *batch_norm_scale(pw, pw, c_out, r),
+                       layer(f"{pw}_relu", "ReLU", pw, pw)]
+            x, c = pw, c_out
         features.append((x, c))
     locs, confs, priors = [], [], []
-    for j, (f, fc) in enumerate(features[-2:]):
+    for j, (f, fc) in enumerate(features[-heads:]):
         n_priors = 4  # min size, sqrt(min * max), aspect ratio 2 and 1/2
         for kind, per in (("loc", 4), ("conf", classes)):
             name = f"{f}_mbox_{kind}"
@@ -141,7 +144,7 @@ def mobilenet_ssd_net(r: np.random.Generator, width: int = 8, stages: int = 3, c
                        layer(f"{name}_perm", "Permute", name, f"{name}_perm", permute_param={"order": [0, 2, 3, 1]}),
                        layer(f"{name}_flat", "Flatten", f"{name}_perm", f"{name}_flat", flatten_param={"axis": 1})]
             (locs if kind == "loc" else confs).append(f"{name}_flat")
-        size = image * (0.2 + 0.3 * j)
+        size = image * (0.2 + 0.7 * j / max(heads - 1, 1))
         layers.append(layer(f"{f}_mbox_priorbox", "PriorBox", [f, "data"], f"{f}_mbox_priorbox",
                             prior_box_param={"min_size": [size], "max_size": [size * 1.5], "aspect_ratio": [2.0],
                                              "flip": True, "clip": False, "variance": [0.1, 0.1, 0.2, 0.2],
@@ -157,3 +160,39 @@ def mobilenet_ssd_net(r: np.random.Generator, width: int = 8, stages: int = 3, c
                      flatten_param={"axis": 1}),
                layer("mbox_priorbox", "Concat", priors, "mbox_priorbox", concat_param={"axis": 2})]
     return layers, ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"]
+
+
+def bottleneck_resnet_net(r: np.random.Generator, depths: Sequence[int] = (3, 4, 6, 3),
+                          widths: Sequence[int] = (64, 128, 256, 512), classes: int = 1000) -> list[dict]:
+    """A ResNet-50-shaped net: 7x7 stem, max pool, bottleneck blocks (1x1, 3x3, 1x1 at 4x width, BN + Scale,
+    projection shortcuts), global average pool, InnerProduct, Softmax."""
+    stem = widths[0]
+    layers = [conv("conv1", "data", 3, stem, 7, r, stride=2, pad=3, bias=False),
+              *batch_norm_scale("conv1", "conv1", stem, r), layer("conv1_relu", "ReLU", "conv1", "conv1"),
+              layer("pool1", "Pooling", "conv1", "pool1", pooling_param={"pool": "MAX", "kernel_size": [3],
+                                                                        "stride": [2]})]
+    x, c_in = "pool1", stem
+    for s, (depth, width) in enumerate(zip(depths, widths)):
+        for i in range(depth):
+            b, stride, c_out = f"res{s + 2}{chr(97 + i)}", 2 if i == 0 and s > 0 else 1, 4 * width
+            layers += [conv(f"{b}_2a", x, c_in, width, 1, r, stride=stride, bias=False),
+                       *batch_norm_scale(f"{b}_2a", f"{b}_2a", width, r),
+                       layer(f"{b}_2a_relu", "ReLU", f"{b}_2a", f"{b}_2a"),
+                       conv(f"{b}_2b", f"{b}_2a", width, width, 3, r, pad=1, bias=False),
+                       *batch_norm_scale(f"{b}_2b", f"{b}_2b", width, r),
+                       layer(f"{b}_2b_relu", "ReLU", f"{b}_2b", f"{b}_2b"),
+                       conv(f"{b}_2c", f"{b}_2b", width, c_out, 1, r, bias=False),
+                       *batch_norm_scale(f"{b}_2c", f"{b}_2c", c_out, r)]
+            short = x
+            if i == 0:
+                layers += [conv(f"{b}_1", x, c_in, c_out, 1, r, stride=stride, bias=False),
+                           *batch_norm_scale(f"{b}_1", f"{b}_1", c_out, r)]
+                short = f"{b}_1"
+            layers += [layer(b, "Eltwise", [short, f"{b}_2c"], b), layer(f"{b}_relu", "ReLU", b, b)]
+            x, c_in = b, c_out
+    w = r.standard_normal((classes, c_in)).astype(np.float32) / np.sqrt(c_in)
+    return layers + [layer("pool5", "Pooling", x, "pool5", pooling_param={"pool": "AVE", "global_pooling": True}),
+                     layer("fc1000", "InnerProduct", "pool5", "fc1000",
+                           [w, r.standard_normal(classes).astype(np.float32) * 0.1],
+                           inner_product_param={"num_output": classes}),
+                     layer("prob", "Softmax", "fc1000", "prob")]
