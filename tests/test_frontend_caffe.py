@@ -270,6 +270,40 @@ def test_prior_box(tmp_path):
                {"feat": _x((1, 2, 3, 4)), "data": _x((1, 3, 48, 64), seed=2)}, ["prior"])
 
 
+def caffe_interp_reference(x, h_out, w_out):
+    """Caffe's caffe_cpu_interp2 (bilinear, corners aligned), written out per output pixel."""
+    n, c, h, w = x.shape
+    out = np.zeros((n, c, h_out, w_out), np.float64)
+    for i in range(h_out):
+        y = (h - 1) / (h_out - 1) * i if h_out > 1 else 0.0
+        y0 = int(y)
+        y1, fy = min(y0 + 1, h - 1), y - y0
+        for j in range(w_out):
+            xx = (w - 1) / (w_out - 1) * j if w_out > 1 else 0.0
+            x0 = int(xx)
+            x1, fx = min(x0 + 1, w - 1), xx - x0
+            out[:, :, i, j] = ((1 - fy) * ((1 - fx) * x[:, :, y0, x0] + fx * x[:, :, y0, x1])
+                               + fy * ((1 - fx) * x[:, :, y1, x0] + fx * x[:, :, y1, x1]))
+    return out
+
+
+# OpenCV sizes a shrink_factor-only Interp as empty: numpy is the reference there
+@pytest.mark.parametrize("params, shape, out", [({"zoom_factor": 2}, (1, 2, 3, 4), (5, 7)),
+                                                ({"height": 7, "width": 5}, (2, 3, 4, 6), (7, 5)),
+                                                ({"shrink_factor": 2}, (1, 2, 7, 9), (4, 5))])
+def test_interp(tmp_path, params, shape, out):
+    _check_net(tmp_path, [layer("interp", "Interp", "data", "interp", interp_param=params)], {"data": _x(shape)},
+               ["interp"], oracle=None if "shrink_factor" in params else "opencv",
+               reference=lambda x: [caffe_interp_reference(x, *out)])
+
+
+def test_upsample_nearest(tmp_path):
+    # OpenCV reads no upsample_param: numpy is the reference
+    _check_net(tmp_path, [layer("up", "Upsample", "data", "up", upsample_param={"scale": 2})],
+               {"data": _x((1, 3, 2, 3))}, ["up"], oracle=None,
+               reference=lambda x: [x.repeat(2, axis=2).repeat(2, axis=3)])
+
+
 # ----- nets ---------------------------------------------------------------------------
 
 def test_resnet_block_net(tmp_path):
@@ -354,6 +388,16 @@ def test_wire_and_text_round_trip():
     assert text.get("input_dim") == [1, -2, 3, 4]
 
 
+def test_a_fork_field_under_a_known_number_with_another_wire_type_is_skipped():
+    # DeepLab's interp_param { height: 5 } sits under number 143, BVLC's input_param: a varint, not a message
+    body = b"\x0a\x01x" + bytes([0xFA, 0x08, 0x02, 0x08, 0x05])  # name "x"; field 143 (wire 2) = {field 1: 5}
+    varint = b"\x0a\x01x" + bytes([0xF8, 0x08, 0x05])              # name "x"; field 143 (wire 0) = 5
+    for layer_bytes in (body, varint):
+        net = decode(bytes([0xA2, 0x06, len(layer_bytes)]) + layer_bytes)
+        got = net.list("layer")[0].get("input_param")
+        assert got.type == "InputParameter" and not got.list("shape")
+
+
 def test_text_format_features():
     m = parse_text("""# comment
 name: 'a' "b"   # adjacent strings join
@@ -421,6 +465,15 @@ def test_prototxt_that_is_not_text_format(tmp_path):
     bad.write_text('name: "n"\nlayer { name: "x" type: "ReLU" = }\n')
     with pytest.raises(CaffeError, match=r"bad.prototxt:2: .* is not protobuf text format"):
         capture_caffe(bad)
+
+
+def test_detection_output_is_refused_naming_its_inputs(tmp_path):
+    layers, outputs = mobilenet_ssd_net(rng(0))
+    layers.append(layer("detection_out", "DetectionOutput", outputs, "detection_out",
+                        detection_output_param={"num_classes": 4, "nms_param": {"nms_threshold": 0.45}}))
+    proto, model = write_net(str(tmp_path), layers, {"data": (1, 3, 64, 64)})
+    with pytest.raises(CaffeError, match=r"layer 'detection_out' \(DetectionOutput, .*:\d+\): .*mbox_loc"):
+        capture_caffe(proto, caffemodel=model)
 
 
 def test_errors_are_one_line(tmp_path):

@@ -99,6 +99,11 @@ _PARAMS: list[tuple[str, int, int | None, list[Field]]] = [
     ("inner_product_param", 117, 17, [_f(1, "num_output", "uint"), _f(2, "bias_term", "bool", True),
                                       _f(5, "axis", "int", 1), _f(6, "transpose", "bool", False)]),
     ("input_param", 143, None, [_r(1, "shape", "msg:BlobShape")]),
+    # DeepLab's and PSPNet's forks number interp_param 143, which BVLC gave input_param: it is read from
+    # the prototxt only (number 0: never taken from the wire; a caffemodel's copy of a layer's params is unused)
+    ("interp_param", 0, None, [_f(1, "height", "int", 0), _f(2, "width", "int", 0), _f(3, "zoom_factor", "int", 1),
+                               _f(4, "shrink_factor", "int", 1), _f(5, "pad_beg", "int", 0),
+                               _f(6, "pad_end", "int", 0)]),
     ("log_param", 134, None, [_f(1, "base", "float", -1.0), _f(2, "scale", "float", 1.0),
                               _f(3, "shift", "float", 0.0)]),
     ("lrn_param", 118, 18, [_f(1, "local_size", "uint", 5), _f(2, "alpha", "float", 1.0), _f(3, "beta", "float", 0.75),
@@ -126,6 +131,8 @@ _PARAMS: list[tuple[str, int, int | None, list[Field]]] = [
                                 _f(4, "bias_term", "bool", False)]),
     ("slice_param", 126, 31, [_f(1, "slice_dim", "uint", 1), _r(2, "slice_point", "uint"), _f(3, "axis", "int", 1)]),
     ("softmax_param", 125, 39, [_f(2, "axis", "int", 1)]),
+    # the nearest-neighbour Upsample of the YOLOv3 Caffe ports (upsample_param, a number BVLC leaves free)
+    ("upsample_param", 149, None, [_f(1, "scale", "uint", 1)]),
 ]
 
 
@@ -158,7 +165,8 @@ def _build() -> dict[str, dict[str, Field]]:
 
 
 MESSAGES: dict[str, dict[str, Field]] = _build()
-_BY_NUMBER: dict[str, dict[int, Field]] = {m: {f.number: f for f in fs.values()} for m, fs in MESSAGES.items()}
+_BY_NUMBER: dict[str, dict[int, Field]] = {m: {f.number: f for f in fs.values() if f.number}
+                                           for m, fs in MESSAGES.items()}
 
 
 def fields_of(message: str) -> dict[str, Field]:

@@ -19,6 +19,16 @@ from .schema import ENUMS, MESSAGES, field_by_number
 __all__ = ["decode", "encode"]
 
 _FIXED = {"float": ("<f4", 4, 5), "double": ("<f8", 8, 1)}
+# the wire types each kind of field may arrive in (repeated scalars also packed, as wire type 2)
+_WIRE_TYPES = {"varint": (0, 2), "float": (5, 2), "double": (1, 2), "bytes": (2,)}
+
+
+def _wire_kind(kind: str) -> str:
+    if kind in ("float", "double"):
+        return kind
+    if kind in ("string", "bytes") or kind.startswith("msg:"):
+        return "bytes"
+    return "varint"
 
 
 class _Reader:
@@ -54,6 +64,8 @@ class _Reader:
             if number == 0:
                 raise self.fail(f"field number 0 in {type}", start)
             f = field_by_number(type, number)
+            if f is not None and wire not in _WIRE_TYPES[_wire_kind(f.kind)]:
+                f = None  # another fork's field under the same number: skipped, as unknown ones are
             if wire == 0:
                 value, pos = self.varint(pos, end)
                 if f is not None:
