@@ -119,7 +119,8 @@ def capture(model: Any, example_inputs: Any = None, dynamic_shapes: Any = None, 
     torch modules go through ``torch.export`` (``method="fx"`` for torch.fx), jax
     callables through ``jax.make_jaxpr`` (``dynamic_shapes`` is then the symbolic
     shape spec), ONNX models and ``.onnx`` / ``.air`` paths are imported, and a Graph
-    is copied.
+    is copied.  Keras 3 models and ``.keras`` files go through the frontend of their Keras
+    backend; a Caffe ``.prototxt`` is read with ``caffemodel=`` (its weights) among ``options``.
     """
     args = _as_args(example_inputs)
     kind = model_kind(model, (args, example_kwargs))
