@@ -336,7 +336,7 @@ def test_in_place_layers_are_ssa_and_values_are_named_after_layers(tmp_path):
     layers = [conv("conv1", "data", 3, 4, 3, r), layer("relu1", "ReLU", "conv1", "conv1"),
               layer("scale1", "Scale", "conv1", "conv1", [r.uniform(0.5, 1, 4).astype(np.float32)])]
     proto, model = write_net(str(tmp_path), layers, {"data": (1, 3, 5, 5)})
-    g = capture_caffe(proto, caffemodel=model)
+    g = accelir.capture(proto, caffemodel=model)
     accelir.verify(g)
     names = [n.output.name for n in g.nodes if n.op != "constant"]
     assert names[:2] == ["conv1", "relu1"] and names[-1] == "scale1", names
