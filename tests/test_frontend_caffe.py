@@ -433,6 +433,17 @@ def test_blob_shape_mismatch_names_the_layer(tmp_path):
         capture_caffe(proto, caffemodel=model)
 
 
+def test_bottoms_whose_shapes_do_not_fit_the_layer(tmp_path):
+    proto, model = write_net(str(tmp_path), [layer("cat", "Concat", ["a", "b"], "cat", concat_param={"axis": 1})],
+                             {"a": (1, 2, 3, 3), "b": (1, 2, 4, 3)})
+    with pytest.raises(CaffeError, match=r"layer 'cat' \(Concat, .*deploy.prototxt:\d+\): concat: dim 2 differs"):
+        capture_caffe(proto, caffemodel=model)
+    proto, model = write_net(str(tmp_path), [layer("sum", "Eltwise", ["a", "b"], "sum")],
+                             {"a": (1, 2, 3, 3), "b": (1, 2, 4, 3)})
+    with pytest.raises(CaffeError, match=r"layer 'sum' \(Eltwise, .*\): bottoms have different shapes"):
+        capture_caffe(proto, caffemodel=model)
+
+
 def test_caffemodel_missing_blobs(tmp_path):
     proto, _ = _two_layer_net(tmp_path)
     other = tmp_path / "other.caffemodel"
