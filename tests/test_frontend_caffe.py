@@ -473,6 +473,9 @@ def test_prototxt_that_is_not_text_format(tmp_path):
     bad.write_text('name: "n"\nlayer {\n  name: "x" type: "ReLU" bottom: "data" top: "x" }}\n')
     with pytest.raises(CaffeError, match=r"bad.prototxt:3: expected a field name, found '}'"):
         capture_caffe(bad)
+    bad.write_text('name: "n"\nlayer {\n  name: "x" type: "ReLU"\n')  # truncated
+    with pytest.raises(CaffeError, match=r"bad.prototxt:4: the message opened on line 2 is not closed"):
+        capture_caffe(bad)
     bad.write_text('name: "n"\nlayer { name: "x" type: "ReLU" = }\n')
     with pytest.raises(CaffeError, match=r"bad.prototxt:2: .* is not protobuf text format"):
         capture_caffe(bad)
