@@ -207,6 +207,46 @@ def keras_file_command_line() -> None:
 
 
 @case
+def keras_file_corrupt() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "bad.keras")
+        with open(path, "wb") as f:
+            f.write(b"not a zip archive")
+        try:
+            accelir.optimize(path, (image((1, 3)),))
+        except accelir.AccelirError as e:
+            assert "\n" not in str(e) and "bad.keras" in str(e) and "load_model" in str(e), str(e)
+        else:
+            raise AssertionError("a corrupt .keras file was read")
+
+
+@case
+def keras_file_in_a_process_that_never_imported_keras() -> None:
+    """Without KERAS_BACKEND (and ~/.keras/keras.json naming tensorflow), a .keras file loads on jax."""
+    import subprocess
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    x = image((2, 6))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        np.save(os.path.join(tmp, "x.npy"), x)
+        os.makedirs(os.path.join(tmp, ".keras"))
+        with open(os.path.join(tmp, ".keras", "keras.json"), "w") as f:
+            f.write('{"backend": "tensorflow"}')
+        script = ("import os, sys, numpy as np, accelir; x = np.load(sys.argv[2]); "
+                  "y = accelir.optimize(sys.argv[1], (x,))(x); "
+                  "assert 'KERAS_BACKEND' not in os.environ; import keras; print(keras.config.backend()); "
+                  "np.save(sys.argv[3], y)")
+        env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "KERAS_HOME")} | {"HOME": tmp}
+        proc = subprocess.run([sys.executable, "-c", script, path, os.path.join(tmp, "x.npy"),
+                               os.path.join(tmp, "y.npy")], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.strip().splitlines()[-1] == "jax", proc.stdout
+        errors = measure([model(x, training=False)], [np.load(os.path.join(tmp, "y.npy"))])
+    assert BUDGET.met(errors), f"{errors} breaks {BUDGET}"
+
+
+@case
 def tensorflow_backend_refused() -> None:
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     real = keras.config.backend

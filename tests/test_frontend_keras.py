@@ -19,7 +19,9 @@ import pytest
 HERE = pathlib.Path(__file__).resolve().parent
 CASES = ["sequential", "functional_dict_outputs", "functional_list_outputs", "subclassed", "transformer_block",
          "mobilenet_v2_small", "backend_tensors_in_and_out", "keras_file", "keras_file_command_line",
-         "tensorflow_backend_refused"]
+         "keras_file_corrupt", "tensorflow_backend_refused"]
+# cases that do not depend on the backend of the process running them: run once
+ONCE = ["keras_file_in_a_process_that_never_imported_keras"]
 SLOW_CASES = ["mobilenet_v2", "resnet50", "efficientnet_b0", "convnext_tiny"]
 BACKENDS = ("jax", "torch")
 
@@ -41,6 +43,12 @@ def fast_results(request):
 def test_keras_case(fast_results, case):
     backend, results = fast_results
     assert results[case] is None, f"{backend} backend: {results[case]}"
+
+
+@pytest.mark.parametrize("case", ONCE)
+def test_keras_case_once(case):
+    results = _run_cases(BACKENDS[0], [case], timeout=600)
+    assert results[case] is None, results[case]
 
 
 @pytest.mark.slow

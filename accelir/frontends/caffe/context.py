@@ -90,9 +90,6 @@ class LayerContext(RuleContext):
     def blob(self, i: int, shape: Sequence[int], init: str = "weight", label: str | None = None) -> Value:
         return self.b.const(self.blob_array(i, shape, init), name=f"{self.name}.{label or f'blob{i}'}")
 
-    def blob_count(self) -> int | None:
-        return None if self.blobs is None else len(self.blobs)
-
 
 def blob_shape(blob: Message) -> tuple[int, ...] | None:
     """A blob's shape: its ``shape`` message, or the legacy num / channels / height / width."""

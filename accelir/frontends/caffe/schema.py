@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Field", "MESSAGES", "ENUMS", "fields_of", "V1_LAYER_TYPES"]
+__all__ = ["Field", "MESSAGES", "ENUMS", "V1_LAYER_TYPES", "field_by_number"]
 
 
 @dataclass(frozen=True)
@@ -169,9 +169,6 @@ _BY_NUMBER: dict[str, dict[int, Field]] = {m: {f.number: f for f in fs.values() 
                                            for m, fs in MESSAGES.items()}
 
 
-def fields_of(message: str) -> dict[str, Field]:
-    return MESSAGES[message]
-
-
 def field_by_number(message: str, number: int) -> Field | None:
+    """The field the wire format numbers ``number`` in ``message``; None for a field the schema lacks."""
     return _BY_NUMBER[message].get(number)
