@@ -157,6 +157,66 @@ def test_log_with_base_scale_and_shift(tmp_path):
                ["act"], oracle=None, reference=lambda x: [np.log10(0.5 + 2.0 * x)])
 
 
+# OpenCV has no Clip or Threshold layer and ignores Swish's beta: numpy is the reference, OpenCV too where it can
+@pytest.mark.parametrize("type, params, reference, oracle", [
+    ("Clip", {"clip_param": {"min": -0.5, "max": 0.8}}, lambda x: np.clip(x, -0.5, 0.8), None),
+    ("ReLU6", {}, lambda x: np.clip(x * 4, 0, 6) / 4, "opencv"),
+    ("Swish", {"swish_param": {"beta": 1.5}}, lambda x: x / (1 + np.exp(-1.5 * x)), None),
+    ("Swish", {}, lambda x: x / (1 + np.exp(-x)), "opencv"),
+    ("Threshold", {"threshold_param": {"threshold": 0.3}}, lambda x: (x > 0.3).astype(np.float32), None),
+])
+def test_more_activations(tmp_path, type, params, reference, oracle):
+    x = _x((2, 3, 4, 5))
+    if type == "ReLU6":
+        layers = [layer("pre", "Power", "data", "pre", power_param={"scale": 4.0}), layer("act", type, "pre", "act"),
+                  layer("post", "Power", "act", "post", power_param={"scale": 0.25})]
+        out = "post"
+    else:
+        layers, out = [layer("act", type, "data", "act", **params)], "act"
+    _check_net(tmp_path, layers, {"data": x}, [out], oracle=oracle, reference=lambda x: [reference(x)])
+
+
+@pytest.mark.parametrize("params", [{}, {"across_channels": True}, {"normalize_variance": False}])
+def test_mvn(tmp_path, params):
+    def reference(x):
+        axes = (1, 2, 3) if params.get("across_channels") else (2, 3)
+        c = x - x.mean(axis=axes, keepdims=True)
+        if params.get("normalize_variance", True) is False:
+            return [c]
+        return [c / (np.sqrt((c ** 2).mean(axis=axes, keepdims=True)) + 1e-9)]
+    _check_net(tmp_path, [layer("mvn", "MVN", "data", "mvn", mvn_param=params)], {"data": _x((2, 3, 4, 5))}, ["mvn"],
+               reference=reference)
+
+
+@pytest.mark.parametrize("operation, axis", [("SUM", 0), ("ASUM", 1), ("SUMSQ", 2), ("MEAN", -1)])
+def test_reduction(tmp_path, operation, axis):
+    def reference(x):
+        a = axis % x.ndim
+        y = {"ASUM": np.abs(x), "SUMSQ": x * x}.get(operation, x)
+        axes = tuple(range(a, x.ndim))
+        return [(y.mean(axis=axes) if operation == "MEAN" else y.sum(axis=axes)) * 0.5]
+    params = {"operation": operation, "axis": axis, "coeff": 0.5}
+    _check_net(tmp_path, [layer("red", "Reduction", "data", "red", reduction_param=params)],
+               {"data": _x((2, 3, 4, 5))}, ["red"], oracle=None, reference=reference)
+
+
+def test_shuffle_channel(tmp_path):
+    _check_net(tmp_path, [layer("shuffle", "ShuffleChannel", "data", "shuffle", shuffle_channel_param={"group": 3})],
+               {"data": _x((2, 6, 2, 3))}, ["shuffle"])
+
+
+# OpenCV's Tile does not read a Caffe tile_param: numpy is the reference
+def test_tile_and_shuffle_channel(tmp_path):
+    layers = [layer("tile", "Tile", "data", "tile", tile_param={"axis": 2, "tiles": 3}),
+              layer("shuffle", "ShuffleChannel", "tile", "shuffle", shuffle_channel_param={"group": 2})]
+
+    def reference(x):
+        t = np.tile(x, (1, 1, 3, 1))
+        n, c, h, w = t.shape
+        return [t.reshape(n, 2, c // 2, h, w).transpose(0, 2, 1, 3, 4).reshape(n, c, h, w)]
+    _check_net(tmp_path, layers, {"data": _x((2, 6, 2, 3))}, ["shuffle"], oracle=None, reference=reference)
+
+
 @pytest.mark.parametrize("shared", [False, True])
 def test_prelu(tmp_path, shared):
     slope = rng(0).uniform(0.05, 0.5, 1 if shared else 3).astype(np.float32)

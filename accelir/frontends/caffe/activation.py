@@ -1,5 +1,5 @@
 """Caffe's elementwise activation layers: ReLU (leaky), PReLU, ELU, Sigmoid, TanH, AbsVal,
-Power, Exp, Log, BNLL, Threshold."""
+Power, Exp, Log, BNLL, Threshold, Clip, ReLU6, Swish."""
 
 from __future__ import annotations
 
@@ -89,3 +89,29 @@ def _bnll(ctx: LayerContext):
     x = ctx.input()
     soft = ctx.op("log1p", ctx.op("exp", ctx.op("neg", ctx.op("abs", x))))
     return [ctx.op("add", ctx.op("max", x, f32(ctx, 0.0)), soft)]
+
+
+@rule("ReLU6")
+def _relu6(ctx: LayerContext):
+    return [ctx.op("min", ctx.op("relu", ctx.input()), f32(ctx, 6.0))]
+
+
+@rule("Clip")
+def _clip(ctx: LayerContext):
+    p = ctx.param("clip")
+    if not (p.has("min") and p.has("max")):
+        raise ctx.fail("clip_param needs min and max")
+    return [ctx.op("min", ctx.op("max", ctx.input(), f32(ctx, float(p.get("min")))), f32(ctx, float(p.get("max"))))]
+
+
+@rule("Swish")
+def _swish(ctx: LayerContext):
+    x = ctx.input()
+    beta = float(ctx.param("swish").get("beta"))
+    return [ctx.op("mul", x, ctx.op("sigmoid", x if beta == 1.0 else ctx.op("mul", x, f32(ctx, beta))))]
+
+
+@rule("Threshold")
+def _threshold(ctx: LayerContext):
+    x = ctx.input()
+    return [ctx.cast(ctx.op("gt", x, f32(ctx, float(ctx.param("threshold").get("threshold")))), x.dtype)]

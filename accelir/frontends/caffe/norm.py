@@ -1,4 +1,4 @@
-"""Caffe's normalisation and affine layers: BatchNorm, Scale, Bias, LRN, Normalize (SSD)."""
+"""Caffe's normalisation and affine layers: BatchNorm, Scale, Bias, LRN, MVN, Normalize (SSD)."""
 
 from __future__ import annotations
 
@@ -122,3 +122,17 @@ def _normalize(ctx: LayerContext):
     scale = ctx.blob_array(0, (1,) if shared else (int(x.shape[1]),), "scale")
     return [ctx.op("mul", y, ctx.b.const(scale.reshape(() if shared else channel_shape(x, 1, 1)),
                                          name=f"{ctx.name}.scale"))]
+
+
+@rule("MVN")
+def _mvn(ctx: LayerContext):
+    """Mean (and variance) normalisation over H x W, or C x H x W with across_channels: Caffe divides
+    by sqrt(var) + eps, not sqrt(var + eps)."""
+    p = ctx.param("mvn")
+    x = ctx.input()
+    axes = tuple(range(1 if p.get("across_channels") else 2, x.rank))
+    centred = ctx.op("sub", x, ctx.op("reduce_mean", x, axes=axes, keepdims=True))
+    if not p.get("normalize_variance"):
+        return [centred]
+    var = ctx.op("reduce_mean", ctx.op("mul", centred, centred), axes=axes, keepdims=True)
+    return [ctx.op("div", centred, ctx.op("add", ctx.op("sqrt", var), f32(ctx, float(p.get("eps")))))]

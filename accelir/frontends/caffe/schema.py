@@ -49,6 +49,7 @@ ENUMS: dict[str, dict[str, int]] = {
     "EltwiseOp": {"PROD": 0, "SUM": 1, "MAX": 2},
     "NormRegion": {"ACROSS_CHANNELS": 0, "WITHIN_CHANNEL": 1},
     "CodeType": {"CORNER": 1, "CENTER_SIZE": 2, "CORNER_SIZE": 3},
+    "ReductionOp": {"SUM": 1, "ASUM": 2, "SUMSQ": 3, "MEAN": 4},
     "Engine": {"DEFAULT": 0, "CAFFE": 1, "CUDNN": 2},
     "V1LayerType": {
         "NONE": 0, "ABSVAL": 35, "ACCURACY": 1, "ARGMAX": 30, "BNLL": 2, "CONCAT": 3, "CONTRASTIVE_LOSS": 37,
@@ -131,8 +132,19 @@ _PARAMS: list[tuple[str, int, int | None, list[Field]]] = [
                                 _f(4, "bias_term", "bool", False)]),
     ("slice_param", 126, 31, [_f(1, "slice_dim", "uint", 1), _r(2, "slice_point", "uint"), _f(3, "axis", "int", 1)]),
     ("softmax_param", 125, 39, [_f(2, "axis", "int", 1)]),
-    # the nearest-neighbour Upsample of the YOLOv3 Caffe ports (upsample_param, a number BVLC leaves free)
-    ("upsample_param", 149, None, [_f(1, "scale", "uint", 1)]),
+    # forks' layers, read from the prototxt only (number 0: forks disagree on their numbers, and a
+    # caffemodel's copy of a layer's params is unused): the YOLOv3 ports' nearest Upsample, ShuffleNet's
+    # ShuffleChannel
+    ("upsample_param", 0, None, [_f(1, "scale", "uint", 1)]),
+    ("shuffle_channel_param", 0, None, [_f(1, "group", "uint", 1)]),
+    ("threshold_param", 128, 25, [_f(1, "threshold", "float", 0.0)]),
+    ("swish_param", 147, None, [_f(1, "beta", "float", 1.0)]),
+    ("clip_param", 148, None, [_f(1, "min", "float"), _f(2, "max", "float")]),
+    ("mvn_param", 120, 34, [_f(1, "normalize_variance", "bool", True), _f(2, "across_channels", "bool", False),
+                            _f(3, "eps", "float", 1e-9)]),
+    ("tile_param", 138, None, [_f(1, "axis", "int", 1), _f(2, "tiles", "int")]),
+    ("reduction_param", 136, None, [_f(1, "operation", "enum:ReductionOp", "SUM"), _f(2, "axis", "int", 0),
+                                    _f(3, "coeff", "float", 1.0)]),
 ]
 
 

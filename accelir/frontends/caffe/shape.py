@@ -1,5 +1,5 @@
 """Caffe layers that route or reshape blobs: Concat, Slice, Split, Flatten, Reshape, Permute,
-Crop, Dropout, Eltwise, Softmax, ArgMax."""
+Crop, Dropout, Eltwise, Softmax, ArgMax, Tile, Reduction, ShuffleChannel."""
 
 from __future__ import annotations
 
@@ -173,3 +173,40 @@ def _argmax(ctx: LayerContext):
     if not with_values:
         return [idx]
     return [ctx.op("concat", idx, ctx.op("unsqueeze", values, axes=(1,)), axis=1)]
+
+
+@rule("Tile")
+def _tile(ctx: LayerContext):
+    p = ctx.param("tile")
+    x = ctx.input()
+    axis = ctx.axis(p.get("axis"), x.rank)
+    if not p.has("tiles") or int(p.get("tiles")) < 1:
+        raise ctx.fail("tile_param needs tiles >= 1")
+    n = int(p.get("tiles"))
+    return [ctx.op("concat", *[x] * n, axis=axis) if n > 1 else x]
+
+
+@rule("Reduction")
+def _reduction(ctx: LayerContext):
+    """SUM / ASUM / SUMSQ / MEAN over every axis from ``axis`` on, times coeff."""
+    p = ctx.param("reduction")
+    x = ctx.input()
+    axis = ctx.axis(p.get("axis"), x.rank) if x.rank else 0
+    op = p.get("operation")
+    y = {"ASUM": lambda: ctx.op("abs", x), "SUMSQ": lambda: ctx.op("mul", x, x)}.get(op, lambda: x)()
+    y = ctx.op("reduce_mean" if op == "MEAN" else "reduce_sum", y, axes=tuple(range(axis, x.rank)), keepdims=False)
+    coeff = float(p.get("coeff"))
+    return [y if coeff == 1.0 else ctx.op("mul", y, f32(ctx, coeff))]
+
+
+@rule("ShuffleChannel")
+def _shuffle_channel(ctx: LayerContext):
+    x = ctx.input()
+    g = int(ctx.param("shuffle_channel").get("group"))
+    c = int(x.shape[1])
+    if g < 1 or c % g:
+        raise ctx.fail(f"group {g} does not divide the {c} channels")
+    rest = tuple(x.shape[2:])
+    y = ctx.op("reshape", x, shape=(x.shape[0], g, c // g) + rest)
+    y = ctx.op("transpose", y, perm=(0, 2, 1) + tuple(range(3, 3 + len(rest))))
+    return [ctx.op("reshape", y, shape=(x.shape[0], c) + rest)]
