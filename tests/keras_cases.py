@@ -179,6 +179,15 @@ def backend_tensors_in_and_out() -> None:
 
 
 @case
+def variables_name_the_constants() -> None:
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="proj"),
+                              keras.layers.LayerNormalization(name="norm")], name="net")
+    g = accelir.capture(model, (image((2, 4)),))
+    want = {"net.proj.kernel", "net.proj.bias", "net.norm.gamma", "net.norm.beta"}
+    assert want <= set(g.constants), sorted(g.constants)
+
+
+@case
 def keras_file() -> None:
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4), keras.layers.BatchNormalization()])
     randomise_batch_norms(model)

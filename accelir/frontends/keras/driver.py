@@ -160,7 +160,20 @@ def _capture_jax_backend(model: Any, args: tuple, kwargs: dict, dynamic_shapes: 
                         symbolic_shapes=specs)
     graph.meta["signature"] = _VariablesBound(graph.meta["signature"], values)
     graph.meta["keras_backend"] = "jax"
+    _rename_constants(graph, {f"arg0.{n}": n for n in values})  # capture_jax names them after the argument
     return graph
+
+
+def _rename_constants(graph: Graph, names: Mapping[str, str]) -> None:
+    """Give the constants named in ``names`` their new names, so the IR reads ``dense.kernel``."""
+    for node in list(graph.nodes):
+        if node.op != "constant" or node.attrs["name"] not in names:
+            continue
+        value = node.output
+        new = graph.const(graph.constants[node.attrs["name"]], name=names[node.attrs["name"]], before=node,
+                          meta=node.meta)
+        new.name = value.name
+        graph.replace(node, [new])
 
 
 def _ir_dtype(array: Any) -> bool:
@@ -207,4 +220,15 @@ def _capture_torch_backend(model: Any, args: tuple, kwargs: dict, dynamic_shapes
     graph = capture_torch(KerasInference(), _to_torch(args), dynamic_shapes=dynamic_shapes,
                           example_kwargs=_to_torch(kwargs))
     graph.meta["keras_backend"] = "torch"
+    # torch.export lifts the variables as constants named lifted_tensor_N; the graph shares their memory
+    variables = list(model.variables)
+    by_address = {_address(v.value.detach().numpy()): n for v, n in zip(variables, _variable_names(variables))
+                  if v.value.device.type == "cpu"}
+    _rename_constants(graph, {name: by_address[_address(arr)] for name, arr in graph.constants.items()
+                              if _address(arr) in by_address})
     return graph
+
+
+def _address(arr: np.ndarray) -> tuple:
+    """Where an array's memory starts, with its shape and dtype: equal for two views of one tensor."""
+    return arr.__array_interface__["data"][0], arr.shape, arr.dtype.str
