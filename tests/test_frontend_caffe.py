@@ -421,6 +421,21 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "relu" top: "loss" include 
     np.testing.assert_array_equal(cm(x), np.maximum(x, 0))
 
 
+def test_v1_data_and_loss_layers_of_a_train_net(tmp_path):
+    text = """name: "n"
+layers { name: "data" type: DATA top: "data" top: "label" include { phase: TRAIN } }
+layers { name: "data" type: DATA top: "data" top: "label" include { phase: TEST } }
+layers { name: "relu" type: RELU bottom: "data" top: "relu" }
+layers { name: "loss" type: SOFTMAX_LOSS bottom: "relu" bottom: "label" top: "loss" }
+"""
+    path = tmp_path / "train_val.prototxt"
+    path.write_text(text)
+    x, label = _x((2, 3)), np.zeros((2, 1), np.float32)
+    g = capture_caffe(path, (x, label))
+    assert [v.name for v in g.inputs] == ["data", "label"] and [v.name for v in g.outputs] == ["relu"]
+    np.testing.assert_array_equal(accelir.optimize(str(path), (x, label))(x, label), np.maximum(x, 0))
+
+
 def test_without_caffemodel_weights_are_random_and_fixed(tmp_path):
     layers, outputs = mobilenet_ssd_net(rng(0))
     proto, _ = write_net(str(tmp_path), layers, {"data": (1, 3, 64, 64)})

@@ -17,7 +17,8 @@ from ...ir import Builder, DType, Graph, Value
 from ..base import RuleContext, RuleTable
 from .message import CaffeError, Message
 
-__all__ = ["LayerContext", "RULES", "rule", "CaffeError", "spatial_param", "channel_shape", "f32", "blob_shape"]
+__all__ = ["LayerContext", "RULES", "rule", "CaffeError", "spatial_param", "channel_shape", "f32", "blob_shape",
+           "layer_where"]
 
 RULES = RuleTable()
 rule = RULES.rule
@@ -34,8 +35,8 @@ class LayerContext(RuleContext):
         self.layer = layer
         self.type = type
         self.name = layer.get("name") or f"{type.lower()}_{layer.line}"
+        self.where = layer_where(layer, type, path)
         line = f":{layer.line}" if layer.line is not None else ""
-        self.where = f"layer {self.name!r} ({type}, {path}{line})"
         self.inputs = inputs
         self.graph = graph
         self.b = Builder(graph, None, {"origin": f"caffe {type}", "source": f"{path}{line}", "module": self.name})
@@ -89,6 +90,12 @@ class LayerContext(RuleContext):
 
     def blob(self, i: int, shape: Sequence[int], init: str = "weight", label: str | None = None) -> Value:
         return self.b.const(self.blob_array(i, shape, init), name=f"{self.name}.{label or f'blob{i}'}")
+
+
+def layer_where(layer: Message, type: str, path: str) -> str:
+    """How errors name a layer: ``layer 'conv1' (Convolution, deploy.prototxt:12)``."""
+    line = f":{layer.line}" if layer.line is not None else ""
+    return f"layer {layer.get('name')!r} ({type or 'no type'}, {path}{line})"
 
 
 def blob_shape(blob: Message) -> tuple[int, ...] | None:

@@ -20,7 +20,7 @@ import numpy as np
 from ...errors import AccelirError
 from ...ir import DType, Graph, TensorType, Value
 from . import activation, conv, norm, resize, shape, ssd
-from .context import RULES, LayerContext
+from .context import RULES, LayerContext, layer_where
 from .message import CaffeError, Message
 from .schema import V1_LAYER_TYPES
 from .textformat import parse_text
@@ -150,9 +150,11 @@ def capture_caffe(prototxt: str | os.PathLike, example_inputs: Sequence[Any] = (
     rng = np.random.default_rng(seed)
     for layer in layers:
         _map_layer(state, layer, weights, rng)
-    if not state.unused:
+    # the outputs: blobs no layer reads (an input only a skipped loss layer reads, a label, is none)
+    outputs = [v for v in state.unused.values() if v.producer is not None]
+    if not outputs:
         raise CaffeError(f"{path}: the net has no output blob")
-    graph.set_outputs(list(state.unused.values()))
+    graph.set_outputs(outputs)
     graph.meta["frontend"] = "caffe"
     return graph
 
@@ -160,11 +162,11 @@ def capture_caffe(prototxt: str | os.PathLike, example_inputs: Sequence[Any] = (
 def _map_layer(state: _Net, layer: Message, weights: dict[str, list[Message]] | None,
                rng: np.random.Generator) -> None:
     type = _layer_type(layer)
-    line = f":{layer.line}" if layer.line is not None else ""
-    where = f"layer {layer.get('name')!r} ({type or 'no type'}, {state.path}{line})"
+    where = layer_where(layer, type, state.path)
     tops = layer.list("top")
     if type in ("Input", "Data", "DummyData", "ImageData", "MemoryData", "HDF5Data"):
-        shapes = [tuple(int(d) for d in s.list("dim")) for s in layer.get("input_param").list("shape")]
+        declared = layer.get("input_param").list("shape") if layer.type == "LayerParameter" else []
+        shapes = [tuple(int(d) for d in s.list("dim")) for s in declared]
         for i, top in enumerate(tops):
             shape = shapes[i] if i < len(shapes) else (shapes[0] if len(shapes) == 1 else None)
             state.add_input(top, shape, where)
@@ -190,7 +192,7 @@ def _map_layer(state: _Net, layer: Message, weights: dict[str, list[Message]] | 
     if len(outs) != len(tops):
         raise CaffeError(f"{where}: makes {len(outs)} blob(s) but lists {len(tops)} top(s)")
     created = {n for n in ctx.b.created}
-    for i, (top, v) in enumerate(zip(tops, outs)):
+    for top, v in zip(tops, outs):
         if v.producer in created:  # name the layer's own values; pass-through ones (Split, Dropout) keep theirs
             v.name = ctx.name if len(tops) == 1 else f"{ctx.name}.{top}"
         state.set(top, v)

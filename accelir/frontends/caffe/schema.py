@@ -68,6 +68,9 @@ V1_LAYER_TYPES: dict[str, str] = {
     "FLATTEN": "Flatten", "INNER_PRODUCT": "InnerProduct", "LRN": "LRN", "POOLING": "Pooling", "POWER": "Power",
     "RELU": "ReLU", "SIGMOID": "Sigmoid", "SOFTMAX": "Softmax", "SPLIT": "Split", "SLICE": "Slice",
     "TANH": "TanH", "MVN": "MVN", "THRESHOLD": "Threshold", "SILENCE": "Silence",
+    "DATA": "Data", "IMAGE_DATA": "ImageData", "MEMORY_DATA": "MemoryData", "HDF5_DATA": "HDF5Data",
+    "DUMMY_DATA": "DummyData", "ACCURACY": "Accuracy", "SOFTMAX_LOSS": "SoftmaxWithLoss",
+    "EUCLIDEAN_LOSS": "EuclideanLoss", "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss",
 }
 
 _CONV = [_f(1, "num_output", "uint"), _f(2, "bias_term", "bool", True), _r(3, "pad", "uint"),
