@@ -17,7 +17,7 @@ from ...ir import Builder, DType, Graph, Value
 from ..base import RuleContext, RuleTable
 from .message import CaffeError, Message
 
-__all__ = ["LayerContext", "RULES", "rule", "CaffeError", "spatial_param", "channel_shape", "f32", "blob_shape",
+__all__ = ["LayerContext", "RULES", "rule", "CaffeError", "Message", "spatial_param", "channel_shape", "f32", "blob_shape",
            "layer_where"]
 
 RULES = RuleTable()

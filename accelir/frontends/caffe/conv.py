@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...ir import Value
 from ..decompositions import conv_transpose
-from .context import LayerContext, rule, spatial_param
+from .context import LayerContext, Message, rule, spatial_param
 
 __all__: list[str] = []
 
 
-def _conv_params(ctx: LayerContext):
+def _conv_params(ctx: LayerContext) -> tuple[Message, Value, tuple[int, ...], tuple[int, ...], tuple[int, ...],
+                                              tuple[int, ...], int, int]:
+    """A Convolution / Deconvolution layer's parameters, checked: the convolution_param message, the bottom,
+    kernel, stride, pad, dilation, num_output and group."""
     p = ctx.param("convolution")
     x = ctx.input()
     if p.get("axis") not in (1, 1 - x.rank):
@@ -26,7 +30,7 @@ def _conv_params(ctx: LayerContext):
     return p, x, kernel, stride, pad, dilation, int(p.get("num_output")), int(p.get("group"))
 
 
-def _channel_bias(ctx: LayerContext, y, n_out: int, p) -> object:
+def _channel_bias(ctx: LayerContext, y: Value, n_out: int, p: Message) -> Value:
     if not p.get("bias_term"):
         return y
     bias = ctx.blob(1, (n_out,), "bias", "bias")
