@@ -17,8 +17,8 @@ from ...ir import Builder, DType, Graph, Value
 from ..base import RuleContext, RuleTable
 from .message import CaffeError, Message
 
-__all__ = ["LayerContext", "RULES", "rule", "CaffeError", "Message", "spatial_param", "channel_shape", "f32", "blob_shape",
-           "layer_where"]
+__all__ = ["LayerContext", "RULES", "rule", "CaffeError", "Message", "spatial_param", "channel_shape", "f32",
+           "blob_shape", "layer_where"]
 
 RULES = RuleTable()
 rule = RULES.rule
