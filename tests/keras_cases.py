@@ -188,6 +188,24 @@ def variables_name_the_constants() -> None:
 
 
 @case
+def dynamic_batch() -> None:
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4), keras.layers.BatchNormalization()])
+    randomise_batch_norms(model)
+    if keras.config.backend() == "torch":
+        import torch
+        spec = ({0: torch.export.Dim("batch")},)
+    else:
+        spec = ("batch, 8",)
+    for backend in ACCELIR_BACKENDS:
+        cm = accelir.optimize(model, (image((2, 8)),), dynamic_shapes=spec, backend=backend)
+        assert cm.graph.inputs[0].type.shape[0] == "batch", cm.graph.inputs[0].type
+        for n in (1, 5):
+            x = image((n, 8), seed=n)
+            errors = measure([model(x, training=False)], [cm(x)])
+            assert BUDGET.met(errors), f"{backend}, batch {n}: {errors} breaks {BUDGET}"
+
+
+@case
 def keras_file() -> None:
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4), keras.layers.BatchNormalization()])
     randomise_batch_norms(model)

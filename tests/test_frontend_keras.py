@@ -18,8 +18,8 @@ import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
 CASES = ["sequential", "functional_dict_outputs", "functional_list_outputs", "subclassed", "transformer_block",
-         "mobilenet_v2_small", "backend_tensors_in_and_out", "variables_name_the_constants", "keras_file", "keras_file_command_line",
-         "keras_file_corrupt", "tensorflow_backend_refused"]
+         "mobilenet_v2_small", "backend_tensors_in_and_out", "variables_name_the_constants", "dynamic_batch",
+         "keras_file", "keras_file_command_line", "keras_file_corrupt", "tensorflow_backend_refused"]
 # cases that do not depend on the backend of the process running them: run once
 ONCE = ["keras_file_in_a_process_that_never_imported_keras"]
 SLOW_CASES = ["mobilenet_v2", "resnet50", "efficientnet_b0", "convnext_tiny"]

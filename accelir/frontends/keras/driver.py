@@ -217,6 +217,8 @@ def _capture_torch_backend(model: Any, args: tuple, kwargs: dict, dynamic_shapes
             return self.keras_model(*inputs, training=False, **kw)
 
     KerasInference.__name__ = _graph_name(model)
+    if isinstance(dynamic_shapes, (tuple, list)):  # one spec per model input: they are forward's *inputs
+        dynamic_shapes = (tuple(dynamic_shapes),)
     graph = capture_torch(KerasInference(), _to_torch(args), dynamic_shapes=dynamic_shapes,
                           example_kwargs=_to_torch(kwargs))
     graph.meta["keras_backend"] = "torch"
