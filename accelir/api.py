@@ -43,12 +43,15 @@ def _holds_torch_tensor(example: Any) -> bool:
 
 
 def model_kind(obj: Any, example: Any = ()) -> str:
-    """'torch', 'onnx', 'graph', 'path' or 'jax' (any other callable, unless its ``example`` inputs
+    """'torch', 'onnx', 'graph', 'path', 'keras' or 'jax' (any other callable, unless its ``example`` inputs
     hold torch tensors: a plain function on torch tensors is captured through torch)."""
     if isinstance(obj, Graph):
         return "graph"
     if isinstance(obj, (str, os.PathLike)):
         return "path"
+    from .frontends.keras import is_keras_model
+    if is_keras_model(obj):  # before torch: on Keras' torch backend a model is a torch.nn.Module too
+        return "keras"
     for cls in type(obj).__mro__:
         mod = cls.__module__ or ""
         if mod.startswith("torch"):
@@ -58,7 +61,8 @@ def model_kind(obj: Any, example: Any = ()) -> str:
     if callable(obj):
         return "torch" if _holds_torch_tensor(example) else "jax"
     raise AccelirError(f"cannot capture a {type(obj).__name__}: pass a torch.nn.Module, a torch.fx.GraphModule, "
-                       "a jax callable, an onnx.ModelProto, a path to .onnx / .air, or an accelir.Graph")
+                       "a jax callable, a Keras model, an onnx.ModelProto, a path to .onnx / .air / .keras, "
+                       "or an accelir.Graph")
 
 
 def _as_args(example_inputs: Any) -> tuple:
@@ -115,7 +119,8 @@ def capture(model: Any, example_inputs: Any = None, dynamic_shapes: Any = None, 
     torch modules go through ``torch.export`` (``method="fx"`` for torch.fx), jax
     callables through ``jax.make_jaxpr`` (``dynamic_shapes`` is then the symbolic
     shape spec), ONNX models and ``.onnx`` / ``.air`` paths are imported, and a Graph
-    is copied.
+    is copied.  Keras 3 models and ``.keras`` files go through the frontend of their Keras
+    backend; a Caffe ``.prototxt`` is read with ``caffemodel=`` (its weights) among ``options``.
     """
     args = _as_args(example_inputs)
     kind = model_kind(model, (args, example_kwargs))
@@ -129,10 +134,19 @@ def capture(model: Any, example_inputs: Any = None, dynamic_shapes: Any = None, 
         if path.endswith(".onnx"):
             from .frontends.onnx import import_onnx
             return import_onnx(path, **options)
-        raise AccelirError(f"{path}: unknown file type; accelir reads .onnx and .air files")
+        if path.endswith(".keras"):
+            from .frontends.keras import capture_keras, load_keras
+            return capture_keras(load_keras(path), args, example_kwargs=example_kwargs, dynamic_shapes=dynamic_shapes)
+        if path.endswith(".prototxt"):
+            from .frontends.caffe import capture_caffe
+            return capture_caffe(path, args, **options)
+        raise AccelirError(f"{path}: unknown file type; accelir reads .onnx, .air, .keras and .prototxt (Caffe) files")
     if kind == "onnx":
         from .frontends.onnx import import_onnx
         return import_onnx(model, **options)
+    if kind == "keras":
+        from .frontends.keras import capture_keras
+        return capture_keras(model, args, example_kwargs=example_kwargs, dynamic_shapes=dynamic_shapes)
     if kind == "torch":
         from .frontends.torch import capture_torch
         return capture_torch(model, args, dynamic_shapes=dynamic_shapes, method=method,

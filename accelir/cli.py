@@ -9,7 +9,8 @@
     accelir bench IN [--backends onnxruntime,xla] [--repeats N]
     accelir passes
 
-IN is an ``.onnx`` file, an ``.air`` file, or ``path/file.py:factory`` naming a
+IN is an ``.onnx`` file, an ``.air`` file, a ``.keras`` file, a Caffe ``.prototxt`` (with
+``--caffemodel``; random weights without it), or ``path/file.py:factory`` naming a
 function that takes no arguments and returns ``(model, example_inputs)``.  OUT's
 suffix picks its format: ``.onnx``, ``.air``, ``.mlir`` (StableHLO), ``.hlo``,
 ``.dot`` or ``.html``.
@@ -29,7 +30,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, NoReturn, Sequence
 
 import numpy as np
@@ -73,18 +74,24 @@ class LoadedInput:
 
     model: Any
     example_inputs: tuple | None
-    kind: str  # "onnx", "air" or "factory"
+    kind: str  # "onnx", "air", "keras", "prototxt" or "factory"
+    options: dict = field(default_factory=dict)  # capture options (a Caffe net's caffemodel)
 
 
-def load_input(spec: str) -> LoadedInput:
-    """Resolve IN: an .onnx or .air path, or ``file.py:factory`` (called to get the model and its inputs)."""
-    if spec.endswith((".onnx", ".air")):
+def load_input(spec: str, caffemodel: str | None = None) -> LoadedInput:
+    """Resolve IN: an .onnx, .air, .keras or .prototxt path, or ``file.py:factory`` (called to get the model
+    and its inputs)."""
+    if caffemodel is not None and not spec.endswith(".prototxt"):
+        raise UsageError(f"--caffemodel goes with a Caffe .prototxt, not {spec!r}")
+    if spec.endswith((".onnx", ".air", ".keras", ".prototxt")):
         if not os.path.isfile(spec):
             raise AccelirError(f"{spec}: no such file")
-        return LoadedInput(spec, None, "onnx" if spec.endswith(".onnx") else "air")
+        options = {"caffemodel": caffemodel} if caffemodel is not None else {}
+        return LoadedInput(spec, None, os.path.splitext(spec)[1][1:], options)
     path, sep, factory = spec.rpartition(":")
     if not sep or not path.endswith(".py") or not factory.isidentifier():
-        raise UsageError(f"{spec!r} is not an input: give an .onnx file, an .air file or path/file.py:factory")
+        raise UsageError(f"{spec!r} is not an input: give an .onnx, .air, .keras or .prototxt file, "
+                         "or path/file.py:factory")
     if not os.path.isfile(path):
         raise AccelirError(f"{path}: no such file")
     name = "_accelir_input_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
@@ -223,7 +230,7 @@ def _capture(inp: LoadedInput) -> Graph:
     import accelir
 
     with progress.step("capture"):
-        return accelir.capture(inp.model, inp.example_inputs)
+        return accelir.capture(inp.model, inp.example_inputs, **inp.options)
 
 
 def _pass_list(names: str | None, level: int | None, target: str | None) -> list[Callable[[Graph], bool]]:
@@ -402,7 +409,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     check_precision(args.precision)
     Budget.parse(args.accuracy, args.precision)  # a bad precision or budget is refused before the capture
     backend = args.backend or _default_backend(args.output)
-    inp = load_input(args.input)
+    inp = load_input(args.input, args.caffemodel)
     report = OptimizeReport(chosen=backend)
     t0 = time.perf_counter()
     graph = _capture(inp)
@@ -470,7 +477,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if args.output:
         _check_output(args.output, args.overwrite)
     steps = _show_pipeline(args)
-    graph = _capture(load_input(args.input))
+    graph = _capture(load_input(args.input, args.caffemodel))
     title = os.path.basename(args.input)
     report = None
     dumps: list[tuple[str, str]] | None = None
@@ -541,7 +548,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _cmd_bisect(args: argparse.Namespace) -> int:
     from .bisect import bisect
 
-    inp = load_input(args.input)
+    inp = load_input(args.input, args.caffemodel)
     graph = _capture(inp)
     inputs = random_inputs(graph, _flat_examples(graph, inp.example_inputs), seed=args.seed,
                            dims=_parse_dims(args.dim))
@@ -566,7 +573,7 @@ def _reference_system(inp: LoadedInput, graph: Graph, flat: list[np.ndarray]) ->
         session = _onnx_session(inp.model)
         feed = {i.name: a for i, a in zip(session.get_inputs(), flat)}
         return "onnxruntime (input file)", lambda: session.run(None, feed)
-    if inp.kind == "air":
+    if inp.kind in ("air", "keras", "prototxt"):
         return "interpreter", lambda: run_graph(graph, flat)
     frontend = graph.meta.get("frontend")
     if frontend == "torch":
@@ -583,7 +590,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import accelir
     from .timing import time_interleaved
 
-    inp = load_input(args.input)
+    inp = load_input(args.input, args.caffemodel)
     graph = _capture(inp)
     examples = _flat_examples(graph, inp.example_inputs)
     flat = examples if examples is not None else random_inputs(graph, seed=args.seed, dims=_parse_dims(args.dim))
@@ -744,14 +751,17 @@ def build_parser() -> argparse.ArgumentParser:
     tol = _Parser(add_help=False)
     tol.add_argument("--rtol", type=float, help="relative tolerance of --check (default: by dtype, 1e-3 for f32)")
     tol.add_argument("--atol", type=float, help="absolute tolerance of --check (default: by dtype, 1e-4 for f32)")
-    inp_help = "an .onnx file, an .air file, or path/file.py:factory returning (model, example_inputs)"
+    inp_help = ("an .onnx file, an .air file, a .keras file, a Caffe .prototxt, or path/file.py:factory returning "
+                "(model, example_inputs)")
+    caffe = _Parser(add_help=False)
+    caffe.add_argument("--caffemodel", metavar="FILE", help="the weights of a Caffe .prototxt IN (random without)")
 
     parser = _Parser(prog="accelir", description="Optimise, inspect, bisect and benchmark models with accelir.")
     from . import __version__
     parser.add_argument("--version", action="version", version=f"accelir {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("optimize", parents=[debug, rand, passes, tol], help="optimise IN and write OUT",
+    p = sub.add_parser("optimize", parents=[debug, caffe, rand, passes, tol], help="optimise IN and write OUT",
                        description="Capture IN, run the pass pipeline and write OUT in the format of its suffix "
                        "(.onnx, .air, .mlir, .hlo, .dot, .html).")
     p.add_argument("input", metavar="IN", help=inp_help)
@@ -775,7 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the example inputs, e.g. cosine=0.999 or max_rel=1e-2 (default: the precision's own)")
     p.set_defaults(func=_cmd_optimize)
 
-    p = sub.add_parser("show", parents=[debug], help="print or draw the IR",
+    p = sub.add_parser("show", parents=[debug, caffe], help="print or draw the IR",
                        description="Print IN's IR, or render it as Graphviz dot or a self-contained HTML page; with "
                        "--after-level, the graph that optimize would write.")
     p.add_argument("input", metavar="IN", help=inp_help)
@@ -789,7 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_cmd_show)
 
-    p = sub.add_parser("explain", parents=[debug], help="why a fusion did not happen",
+    p = sub.add_parser("explain", parents=[debug, caffe], help="why a fusion did not happen",
                        description="Run the pipeline optimize runs and list, per fusion pass, each candidate it left "
                        "unfused: the rule, its reason, and the node's module path and source line.")
     p.add_argument("input", metavar="IN", help=inp_help)
@@ -798,7 +808,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pass", dest="pass_name", metavar="NAME", help="list this pass's candidates only")
     p.set_defaults(func=_cmd_explain)
 
-    p = sub.add_parser("bisect", parents=[debug, rand, passes], help="find the pass and rewrite that break IN",
+    p = sub.add_parser("bisect", parents=[debug, caffe, rand, passes], help="find the pass and rewrite that break IN",
                        description="Run the pipeline with the interpreter checking outputs on random inputs; find the "
                        "first pass, then the first rewrite inside it, that changes them; write a reproducer.")
     p.add_argument("input", metavar="IN", help=inp_help)
@@ -807,7 +817,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier reproducer in DIR")
     p.set_defaults(func=_cmd_bisect)
 
-    p = sub.add_parser("bench", parents=[debug, rand], help="time IN eagerly and on each backend",
+    p = sub.add_parser("bench", parents=[debug, caffe, rand], help="time IN eagerly and on each backend",
                        description="Latency of the model as its framework runs it and through accelir on each backend, "
                        "in interleaved rounds after warm-up.")
     p.add_argument("input", metavar="IN", help=inp_help)

@@ -7,7 +7,7 @@ weights kept out of the model and handed to ONNX Runtime as external initializer
 ORT copies each once (packing the matmul weights), and no proto or serialised copy
 of them is made, which halves the peak memory and the session build time.  Calling
 it with arrays in graph input order returns the outputs as a list: numpy arrays for
-numpy inputs, torch tensors for torch inputs.  On "cuda" it binds torch CUDA tensors to
+numpy inputs, torch tensors for torch inputs, jax arrays for jax inputs.  On "cuda" it binds torch CUDA tensors to
 the session directly (IO binding), so inputs and outputs stay on the device.  A
 missing provider is a ``LoweringError`` that says how to install it, never a silent
 fall back to the CPU.  bf16 (which numpy lacks) goes in and out as ml_dtypes arrays.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import tempfile
 from typing import Any, Sequence
 
@@ -73,6 +74,11 @@ def _import_ort():
 
 def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch")
+
+
+def _is_jax(x: Any) -> bool:
+    jax = sys.modules.get("jax")  # a jax array exists only once jax is imported
+    return jax is not None and isinstance(x, jax.Array)
 
 
 class OnnxRuntimeModule:
@@ -165,6 +171,9 @@ class OnnxRuntimeModule:
         if as_torch:
             import torch
             return [_torch_from_numpy(torch, o) for o in outs]
+        if inputs and all(_is_jax(x) for x in inputs):  # jax in, jax out, as on the xla backend
+            import jax.numpy as jnp
+            return [jnp.asarray(o) for o in outs]
         return outs
 
     def _to_ortvalue(self, a: np.ndarray):

@@ -97,6 +97,16 @@ def test_quick_onnx_models():
     assert all("wrong output" not in r and f"on {conditions.cpu_count()} CPUs" in r for r in rows)
 
 
+def test_quick_caffe_states_conversion_time_and_latency_ratio():
+    out = _assert_ran(_run_script(["benchmarks/caffe.py", "--quick", "--allow-load"], timeout=600))
+    for net in ("resnet50-shaped", "mobilenet-ssd-shaped"):
+        line = next(i for i, text in enumerate(out.splitlines()) if text.startswith(net))
+        head, timing = out.splitlines()[line:line + 2]
+        assert "accelir conversion" in head and "OpenCV load" in head
+        assert "ratio accelir / opencv" in timing and "not timed" not in timing
+    assert f"{conditions.cpu_count()} CPUs" in out
+
+
 def test_quick_gpu_check_says_what_is_missing():
     import torch
     proc = _run_script(["benchmarks/gpu_check.py", "--quick", "--allow-load"])

@@ -744,3 +744,20 @@ def test_index_put_after_skipped_dims_matches_torch():
 
     with pytest.raises(UnsupportedOpError, match=r"index_put.*mask"):
         capture_torch(Masked(), (torch.randn(3, 4), torch.rand(4, generator=gen) > 0.5))
+
+
+@pytest.mark.parametrize("equation, shapes", [
+    ("bqhd,bkhd->bhqk", [(2, 5, 3, 4), (2, 6, 3, 4)]),   # attention scores, as Keras' MultiHeadAttention writes them
+    ("ii,ij->j", [(4, 4), (4, 3)]),                      # a diagonal and a contraction
+    ("...ij,jk", [(2, 3, 4), (4, 5)]),                   # ellipsis, implicit output
+    ("abc,cd,de->ae", [(2, 3, 4), (4, 5), (5, 6)]),       # three operands, b summed away
+])
+def test_einsum_matches_torch(equation, shapes):
+    class M(torch.nn.Module):
+        def forward(self, *xs):
+            return torch.einsum(equation, *xs)
+
+    gen = torch.Generator().manual_seed(0)
+    xs = tuple(torch.randn(s, generator=gen) for s in shapes)
+    (got,) = run_graph(capture_torch(M(), xs), [x.numpy() for x in xs])
+    np.testing.assert_allclose(got, M()(*xs).numpy(), rtol=1e-5, atol=1e-5)

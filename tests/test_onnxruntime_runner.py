@@ -538,3 +538,22 @@ def test_bf16_weights_go_to_onnxruntime_as_external_initializers():
     got, want = OnnxRuntimeModule(g)(xs)[0], accelir.interpret(g, xs)[0]
     assert got.dtype == want.dtype
     np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
+
+
+def test_jax_inputs_give_jax_outputs_as_on_xla():
+    import jax
+    import jax.numpy as jnp
+
+    def f(x, y):
+        return jnp.tanh(x) * y, x.sum(axis=1)
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 4)), jnp.float32)
+    y = jnp.asarray(np.random.default_rng(1).standard_normal((3, 4)), jnp.float32)
+    want = f(x, y)
+    for backend in ("onnxruntime", "xla"):
+        got = accelir.optimize(f, (x, y), backend=backend)(x, y)
+        assert all(isinstance(g, jax.Array) for g in got), f"{backend}: {[type(g).__name__ for g in got]}"
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, atol=1e-6)
+    got = accelir.optimize(f, (np.asarray(x), np.asarray(y)))(np.asarray(x), np.asarray(y))
+    assert all(type(g) is np.ndarray for g in got)  # numpy in, numpy out

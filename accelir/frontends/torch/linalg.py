@@ -1,8 +1,9 @@
-"""aten linear-algebra rules: matmul family, linear, addmm family."""
+"""aten linear-algebra rules: matmul family, einsum, linear, addmm family."""
 
 from __future__ import annotations
 
 from ...ir import DType, Value
+from ..decompositions import einsum
 from .context import NodeContext, rule
 
 __all__: list[str] = []
@@ -27,6 +28,15 @@ def _dot(ctx, a):
         perm = tuple(range(y.rank - 2)) + (y.rank - 1, y.rank - 2)
         y = ctx.b.op("transpose", y, perm=perm)
     return ctx.b.op("matmul", x, y)
+
+
+@rule("einsum")
+def _einsum(ctx, a):
+    dt = ctx.out_dtype
+    try:
+        return einsum(ctx.b, a["equation"], [ctx.operand(t, dt) for t in a["tensors"]])
+    except (ValueError, NotImplementedError) as e:
+        raise ctx.unsupported(str(e)) from None
 
 
 def _transposed_weight(ctx: NodeContext, w: Value) -> Value:

@@ -12,7 +12,7 @@ from ... import dims as D
 from ...ir import DType, Value
 from ...ops.nn import repeat_kv
 from ...ops.resize import nearest_index
-from ..decompositions import instance_norm
+from ..decompositions import conv_transpose, instance_norm
 from .context import RULES, TORCH_DTYPES, NodeContext, Rule, full_like_type, rule, wrap_axis
 
 __all__: list[str] = []
@@ -167,8 +167,11 @@ def _conv(ctx, a):
     transposed = a.get("transposed", False) or ctx.name.startswith("conv_transpose")
     padding = a["padding"]
     if transposed:
-        y = _conv_transpose(ctx, x, w, stride, _ntuple(padding, n), dilation,
-                            _ntuple(a.get("output_padding", 0), n), groups)
+        try:
+            y = conv_transpose(ctx.b, x, w, stride, _ntuple(padding, n), dilation,
+                               _ntuple(a.get("output_padding", 0), n), groups)
+        except NotImplementedError as e:
+            raise ctx.unsupported(str(e)) from None
     else:
         if isinstance(padding, str):
             pads = _string_padding(ctx, padding, w, stride, dilation)
@@ -200,26 +203,6 @@ def _string_padding(ctx: NodeContext, mode: str, w: Value, stride, dilation) -> 
         total = d * (k - 1)
         pads.append((total // 2, total - total // 2))
     return tuple(pads)
-
-
-def _conv_transpose(ctx: NodeContext, x: Value, w: Value, stride, padding, dilation, output_padding,
-                    groups: int) -> Value:
-    """conv_transpose as a conv over the stride-dilated input with the flipped, swapped kernel."""
-    n = w.rank - 2
-    cin, cout_g = w.shape[0], w.shape[1]
-    ks = w.shape[2:]
-    wg = ctx.b.op("reshape", w, shape=(groups, cin // groups, cout_g) + tuple(ks))
-    wg = ctx.b.op("transpose", wg, perm=(0, 2, 1) + tuple(range(3, 3 + n)))
-    wf = ctx.b.op("reshape", wg, shape=(groups * cout_g, cin // groups) + tuple(ks))
-    wf = ctx.b.op("reverse", wf, axes=tuple(range(2, 2 + n)))
-    pads = []
-    for k, p, d, op in zip(ks, padding, dilation, output_padding):
-        lo = d * (k - 1) - p
-        pads.append((lo, lo + op))
-    if any(lo < 0 or hi < 0 for lo, hi in pads):
-        raise ctx.unsupported("conv_transpose with padding larger than the kernel span is not supported")
-    return ctx.b.op("conv", x, wf, stride=(1,) * n, padding=tuple(pads), dilation=dilation, groups=groups,
-                    lhs_dilation=stride)
 
 
 def _pool_rule(kind: str, n: int) -> Rule:
