@@ -487,8 +487,14 @@ def test_type_rule_refusals_are_reported_with_the_rest():
 
 
 def test_unsupported_input_dtype():
-    with pytest.raises(UnsupportedOpError, match="arg0.*uint32"):
-        capture_jax(lambda k: k + 1, (np.zeros(3, np.uint32),))
+    with pytest.raises(UnsupportedOpError, match="arg0.*complex64"):
+        capture_jax(lambda k: k + 1, (np.zeros(3, np.complex64),))
+
+
+def test_unsigned_inputs_wrap_as_jax_does():
+    x = np.array([0, 7, 2 ** 32 - 1], np.uint32)
+    g = capture_jax(lambda k: k + np.uint32(1), (x,))
+    np.testing.assert_array_equal(accelir.interpret(g, x)[0], np.array([1, 8, 0], np.uint32))
 
 
 def test_unsupported_lists_every_primitive():
