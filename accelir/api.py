@@ -316,6 +316,12 @@ class CompiledModel:
         outputs = self._runner(*flat)
         return self._signature.unflatten(list(outputs))
 
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """Only a causal LM optimised with its key/value cache generates (``accelir.generation``)."""
+        raise AccelirError("generate() needs a key/value cache path, which this model lacks: optimize() captures one "
+                           "from a transformers causal LM (a torch model with generate() whose config has "
+                           "use_cache=True, called without dynamic_shapes or capture options)")
+
     def export(self, path: str | os.PathLike, *, overwrite: bool = False) -> str:
         """Write the optimised model; the format follows the suffix:
         .onnx, .mlir (StableHLO), .hlo (HLO text), .air (accelir IR), .dot (Graphviz), .html (report).
@@ -381,6 +387,10 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
         raise AccelirError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or 'auto'")
     if device not in ("cpu", "cuda"):
         raise AccelirError(f"unknown device {device!r}; choose 'cpu' or 'cuda'")
+    from .generation import is_causal_lm, optimize_causal_lm
+    if is_causal_lm(model) and dynamic_shapes is None and not example_kwargs and not capture_options:
+        return optimize_causal_lm(model, example_inputs, backend=backend, device=device, level=level, passes=passes,
+                                  debug=debug)
     report = OptimizeReport()
     t0 = time.perf_counter()
     graph = capture(model, example_inputs, dynamic_shapes, example_kwargs=example_kwargs, **capture_options)
