@@ -327,7 +327,7 @@ class GenerationModel(CompiledModel):
         new_tokens: list[torch.Tensor] = []
         eos_ids = torch.tensor(eos, dtype=torch.long)
         for step in range(max_new_tokens):
-            scores = torch.from_numpy(np.asarray(logits, np.float32))
+            scores = torch.tensor(np.asarray(logits), dtype=torch.float32)  # a copy: jax's arrays are read-only
             if eos and step < min_new_tokens:
                 scores = scores.clone()
                 scores[:, eos_ids] = -float("inf")
