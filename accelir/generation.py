@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -29,7 +30,7 @@ from .api import CompiledModel, OptimizeReport, build_runner
 from .errors import AccelirError, InputError
 from .ir import Graph
 
-__all__ = ["is_causal_lm", "optimize_causal_lm", "GenerationModel", "decode_path"]
+__all__ = ["is_causal_lm", "optimize_causal_lm", "GenerationModel", "GenerationTiming", "decode_path"]
 
 _CAPACITY_STEP = 64  # the XLA cache's capacity is rounded up to a multiple of this
 
@@ -326,11 +327,13 @@ class GenerationModel(CompiledModel):
         unfinished = torch.ones(ids.shape[0], dtype=torch.bool)
         new_tokens: list[torch.Tensor] = []
         eos_ids = torch.tensor(eos, dtype=torch.long)
+        # min_new_tokens masks the EOS scores; an EOS id outside the vocabulary (a tiny config's default) has none
+        eos_scored = eos_ids[(eos_ids >= 0) & (eos_ids < self.layout.vocab_size)]
         for step in range(max_new_tokens):
             scores = torch.tensor(np.asarray(logits), dtype=torch.float32)  # a copy: jax's arrays are read-only
             if eos and step < min_new_tokens:
                 scores = scores.clone()
-                scores[:, eos_ids] = -float("inf")
+                scores[:, eos_scored] = -float("inf")
             tokens = choose(scores)
             if eos:
                 tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad))
@@ -437,3 +440,34 @@ def _sampler(do_sample: bool, temperature: float, top_k: int | None, top_p: floa
         probs = torch.softmax(scores, dim=-1)
         return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
     return draw
+
+
+# ----- timing ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GenerationTiming:
+    """One generation's latency: to the first new token (prefill), and per token after it (decode)."""
+
+    first_token: float
+    per_token: float
+    tokens: Any
+
+    @staticmethod
+    def measure(generate: Callable[[Any], Any]) -> "GenerationTiming":
+        """Time ``generate(streamer)``, a call of ``generate`` (accelir's or transformers') that hands the
+        streamer its tokens: the streamer stamps each ``put`` after the first (the prompt's)."""
+        stamps: list[float] = []
+
+        class Clock:
+            def put(self, value: Any) -> None:
+                stamps.append(time.perf_counter())
+
+            def end(self) -> None:
+                pass
+
+        t0 = time.perf_counter()
+        tokens = generate(Clock())
+        new = stamps[1:]
+        steps = np.diff(new)
+        return GenerationTiming(new[0] - t0 if new else float("nan"),
+                                float(np.median(steps)) if len(steps) else float("nan"), tokens)

@@ -242,3 +242,30 @@ def test_export_writes_both_files_or_neither(tmp_path):
     assert (tmp_path / "lm.decode.onnx").read_text() == "keep"
     cm.export(str(tmp_path / "lm.onnx"), overwrite=True)
     assert sorted(os.listdir(tmp_path)) == ["lm.decode.onnx", "lm.onnx"]
+
+
+LM_FACTORY = """
+import torch
+import transformers
+
+
+def make():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=50, n_positions=32)
+    return transformers.GPT2LMHeadModel(config).eval(), (torch.randint(0, 50, (1, 5)),)
+"""
+
+
+def test_bench_generate_reports_first_token_and_per_token_latency(tmp_path, capsys):
+    from accelir.cli import main
+    path = tmp_path / "lm_factory.py"
+    path.write_text(LM_FACTORY)
+    assert main(["bench", f"{path}:make", "--generate", "8", "--backends", "onnxruntime", "--repeats", "2",
+                 "--warmup", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("8 new tokens after a prompt of 5, batch 1, greedy")
+    assert "first token ms" in lines[1] and "per token ms" in lines[1]
+    rows = {line.split("  ")[0].strip(): line.split() for line in lines[2:]}
+    assert set(rows) == {"transformers generate", "accelir -> onnxruntime"}
+    for row in rows.values():
+        assert float(row[-4]) > 0 and float(row[-3]) > 0 and row[-1] == "yes"
