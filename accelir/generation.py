@@ -140,16 +140,18 @@ class _OrtSteps:
         self.decode_session = decode.session
         self.device = "cuda" if prefill.device == "cuda" else "cpu"
         self.present: list[Any] = []
+        self._names = {id(s): ([i.name for i in s.get_inputs()], [o.name for o in s.get_outputs()])
+                       for s in (prefill.session, decode.session)}
 
     def _run(self, session: Any, feeds: Sequence[np.ndarray], past: Sequence[Any]) -> np.ndarray:
         binding = session.io_binding()
-        names = [i.name for i in session.get_inputs()]
-        for name, x in zip(names, feeds):
+        inputs, outputs = self._names[id(session)]
+        for name, x in zip(inputs, feeds):
             binding.bind_cpu_input(name, np.ascontiguousarray(x))
-        for name, v in zip(names[len(feeds):], past):
+        for name, v in zip(inputs[len(feeds):], past):
             binding.bind_ortvalue_input(name, v)
-        for o in session.get_outputs():
-            binding.bind_output(o.name, self.device)
+        for name in outputs:
+            binding.bind_output(name, self.device)
         session.run_with_iobinding(binding)
         outs = binding.get_outputs()
         self.present = list(outs[1:])

@@ -84,6 +84,16 @@ def test_quick_onnx_models():
     assert all("wrong output" not in r and f"on {conditions.cpu_count()} CPUs" in r for r in rows)
 
 
+def test_quick_generate_times_every_peer_or_says_why_not():
+    out = _assert_ran(_run_script(["benchmarks/generate.py", "--quick", "--allow-load", "--models", "qwen2-0.5b"],
+                                  timeout=900))
+    rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| ")}
+    for system in ("transformers eager", "transformers torch.compile static cache", "onnxruntime-genai builder fp32",
+                   "accelir -> onnxruntime", "accelir -> xla"):
+        assert rows[system].endswith("| yes |"), rows[system]  # timed, and greedy gives transformers' tokens
+    assert "not installable here" in rows["optimum ORTModelForCausalLM"]
+
+
 def test_quick_gpu_check_says_what_is_missing():
     import torch
     proc = _run_script(["benchmarks/gpu_check.py", "--quick", "--allow-load"])
