@@ -27,7 +27,8 @@ from .arrays import to_numpy
 from .interpreter import InterpreterError, bind_shapes
 from .ir import DType, Graph
 
-__all__ = ["capture", "optimize", "CompiledModel", "OptimizeReport", "BACKENDS", "EXPORT_SUFFIXES", "build_runner", "model_kind"]
+__all__ = ["capture", "optimize", "CompiledModel", "OptimizeReport", "BACKENDS", "EXPORT_SUFFIXES", "build_runner", "model_kind",
+           "register_model_path"]
 
 BACKENDS = ("onnxruntime", "xla")
 EXPORT_SUFFIXES = (".onnx", ".mlir", ".hlo", ".air", ".dot", ".html")
@@ -366,6 +367,18 @@ def _numpy_inputs(flat: Sequence[Any]) -> list[np.ndarray]:
     return [to_numpy(x) for x in flat]
 
 
+_MODEL_PATHS: list[tuple[Callable[[Any], bool], Callable[..., CompiledModel]]] = []
+
+
+def register_model_path(accepts: Callable[[Any], bool], optimize_fn: Callable[..., CompiledModel]) -> None:
+    """Route the models ``accepts`` takes (optimised without dynamic_shapes, example_kwargs or capture
+    options) to ``optimize_fn(model, example_inputs, backend=, device=, level=, passes=, debug=)``.
+
+    A module above this one (``accelir.generation``: causal LMs, captured as a prefill and a decode
+    graph) registers its path here, so this module never imports it."""
+    _MODEL_PATHS.append((accepts, optimize_fn))
+
+
 @_objects_frozen_during
 def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxruntime", device: str = "cpu",
              level: int = 2, passes: Sequence[Any] | None = None, dynamic_shapes: Any = None,
@@ -387,10 +400,10 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
         raise AccelirError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or 'auto'")
     if device not in ("cpu", "cuda"):
         raise AccelirError(f"unknown device {device!r}; choose 'cpu' or 'cuda'")
-    from .generation import is_causal_lm, optimize_causal_lm
-    if is_causal_lm(model) and dynamic_shapes is None and not example_kwargs and not capture_options:
-        return optimize_causal_lm(model, example_inputs, backend=backend, device=device, level=level, passes=passes,
-                                  debug=debug)
+    for accepts, special in _MODEL_PATHS:
+        if accepts(model) and dynamic_shapes is None and not example_kwargs and not capture_options:
+            return special(model, example_inputs, backend=backend, device=device, level=level, passes=passes,
+                           debug=debug)
     report = OptimizeReport()
     t0 = time.perf_counter()
     graph = capture(model, example_inputs, dynamic_shapes, example_kwargs=example_kwargs, **capture_options)

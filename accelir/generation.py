@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .api import CompiledModel, OptimizeReport, build_runner
+from .api import CompiledModel, OptimizeReport, build_runner, register_model_path
 from .errors import AccelirError, InputError
 from .ir import Graph
 
@@ -67,9 +67,10 @@ def _run_passes(graph: Graph, backend: str, level: int, passes: Sequence[Any] | 
         except KeyError as e:
             raise AccelirError(f"optimize(passes=...): {e.args[0]}") from None
     options = dict(debug or {})
-    if options.get("check_numerics") is True:
-        raise AccelirError("debug check_numerics=True is not available for causal LMs: pass the inputs of "
-                           "the prefill graph (input_ids, attention_mask, position_ids) as a list")
+    if options.get("check_numerics") is not None:
+        raise AccelirError("debug check_numerics is not available for a causal LM, whose prefill and decode graphs "
+                           "take different inputs: run PassManager(check_numerics=...) on cm.source_graph or "
+                           "cm.decode_source_graph")
     pm = PassManager(pass_list, **options)
     pm.run(graph)
     return pm.report
@@ -150,8 +151,9 @@ class _OrtSteps:
             binding.bind_cpu_input(name, np.ascontiguousarray(x))
         for name, v in zip(inputs[len(feeds):], past):
             binding.bind_ortvalue_input(name, v)
-        for name in outputs:
-            binding.bind_output(name, self.device)
+        binding.bind_output(outputs[0], "cpu")  # the logits, read by the sampler
+        for name in outputs[1:]:
+            binding.bind_output(name, self.device)  # the cache stays where the session runs
         session.run_with_iobinding(binding)
         outs = binding.get_outputs()
         self.present = list(outs[1:])
@@ -179,8 +181,7 @@ class _XlaSteps:
         pre_params = pre_fn.device_params(self.device)
         self.pre_params = pre_params
         self.dec_params = _shared_params(dec_fn, pre_fn, pre_params, self.device)
-        from .lowering.jax.runner import _compiler_options  # accelir's XLA options (CPU fault workarounds)
-        options = _compiler_options(self.device, None)
+        options = prefill.compiler_options  # accelir's XLA options (its CPU fault workarounds)
         self._prefill = jax.jit(_prefill_function(pre_fn), static_argnums=(4,), compiler_options=options)
         self._step = jax.jit(_step_function(dec_fn), donate_argnums=(1,), compiler_options=options)
         self.buffers: list[Any] = []
@@ -374,20 +375,10 @@ class GenerationModel(CompiledModel):
         path = os.fspath(path)
         if os.path.splitext(path)[1].lower() != ".onnx":
             return super().export(path, overwrite=overwrite)
-        from .fileio import atomic_outputs
-        from .lowering.onnx import to_onnx
-        from .lowering.onnx.kernels import EXTERNAL_DATA_THRESHOLD
-        from .lowering.onnx.model import _write_external_data
-        second = decode_path(path)
-        models = [(path, to_onnx(self.graph)), (second, to_onnx(self.decode_graph))]
-        files = [f for p, _ in models for f in (p, p + ".data")]
+        from .lowering.onnx import save_onnx_files, to_onnx
         # the prefill file is renamed into place last, so a reader never finds it without its decode graph
-        with atomic_outputs(path, *files[1:], overwrite=overwrite) as out:
-            for target, model in models:
-                if sum(len(t.raw_data) for t in model.graph.initializer) >= EXTERNAL_DATA_THRESHOLD:
-                    _write_external_data(model, out.temp(target + ".data"), os.path.basename(target) + ".data")
-                with open(out.temp(target), "wb") as f:
-                    f.write(model.SerializeToString())
+        save_onnx_files([(to_onnx(self.graph), path), (to_onnx(self.decode_graph), decode_path(path))],
+                        overwrite=overwrite)
         return path
 
     def __repr__(self) -> str:
@@ -473,3 +464,6 @@ class GenerationTiming:
         steps = np.diff(new)
         return GenerationTiming(new[0] - t0 if new else float("nan"),
                                 float(np.median(steps)) if len(steps) else float("nan"), tokens)
+
+
+register_model_path(is_causal_lm, optimize_causal_lm)

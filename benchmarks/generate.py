@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                         "the script runs, not a measurement")
     add_load_arguments(parser)
     opts = parser.parse_args(argv)
-    from benchmarks.run import _set_threads
+    from benchmarks.run import _set_threads  # noqa: PLC2701 - the thread setting every benchmark shares
     _set_threads(opts.threads)
     guard = guard_from(opts, threads=opts.threads)
     prompt = opts.prompt or (8 if opts.quick else 32)
