@@ -110,8 +110,16 @@ def test_cache_shapes_are_symbolic_in_the_ir():
     assert "-> (f32[batch,1,100], f32[batch,2,past+1,16]" in decode
     prefill = str(cm.graph).splitlines()[0]
     assert "%input_ids: i64[batch,seq]" in prefill and "f32[batch,2,seq,16]" in prefill
-    # the decode attention reads the past concatenated with the new keys / values, once per layer
-    assert sum(1 for n in cm.decode_graph.nodes if n.op == "attention") == 2
+    # the decode attention reads the past concatenated with the new keys / values (grouped-query heads
+    # repeated by reshape / broadcast), once per layer: the one form a decode-attention fusion matches
+    attentions = [n for n in cm.decode_graph.nodes if n.op == "attention"]
+    assert len(attentions) == 2
+    for layer, node in enumerate(attentions):
+        for operand, kind in ((node.inputs[1], "key"), (node.inputs[2], "value")):
+            while operand.producer.op in ("reshape", "broadcast", "broadcast_to", "expand", "unsqueeze"):
+                operand = operand.producer.inputs[0]
+            assert operand.producer.op == "concat" and operand.name == f"present_{kind}_{layer}"
+            assert operand.producer.inputs[0].name == f"past_{kind}_{layer}"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
