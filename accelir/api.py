@@ -28,7 +28,7 @@ from .interpreter import InterpreterError, bind_shapes
 from .ir import DType, Graph
 
 __all__ = ["capture", "optimize", "CompiledModel", "OptimizeReport", "BACKENDS", "EXPORT_SUFFIXES", "build_runner", "model_kind",
-           "register_model_path"]
+           "register_model_path", "pass_list"]
 
 BACKENDS = ("onnxruntime", "xla")
 EXPORT_SUFFIXES = (".onnx", ".mlir", ".hlo", ".air", ".dot", ".html")
@@ -367,6 +367,17 @@ def _numpy_inputs(flat: Sequence[Any]) -> list[np.ndarray]:
     return [to_numpy(x) for x in flat]
 
 
+def pass_list(passes: Sequence[Any] | None, level: int, target: str | None) -> list[Callable[[Graph], bool]]:
+    """optimize()'s passes: ``passes`` (names or callables) when given, else the pipeline of ``level`` for ``target``."""
+    from .passes import get_pass, pipeline
+    if passes is None:
+        return pipeline(level, target=target)
+    try:
+        return [get_pass(p) if isinstance(p, str) else p for p in passes]
+    except KeyError as e:
+        raise AccelirError(f"optimize(passes=...): {e.args[0]}") from None
+
+
 _MODEL_PATHS: list[tuple[Callable[[Any], bool], Callable[..., CompiledModel]]] = []
 
 
@@ -394,7 +405,6 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
     example inputs), verify_each.
     """
     from .pass_manager import PassManager
-    from .passes import get_pass, pipeline
 
     if backend not in BACKENDS + ("auto",):
         raise AccelirError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or 'auto'")
@@ -420,14 +430,7 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
             raise AccelirError("debug check_numerics=True needs example_inputs")
         options["check_numerics"] = _numpy_inputs(flat)
     target = None if backend == "auto" else backend
-    if passes is None:
-        pass_list = pipeline(level, target=target)
-    else:
-        try:
-            pass_list = [get_pass(p) if isinstance(p, str) else p for p in passes]
-        except KeyError as e:
-            raise AccelirError(f"optimize(passes=...): {e.args[0]}") from None
-    pm = PassManager(pass_list, **options)
+    pm = PassManager(pass_list(passes, level, target), **options)
     t0 = time.perf_counter()
     pm.run(graph)
     report.stages["passes"] = time.perf_counter() - t0

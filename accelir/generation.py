@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .api import CompiledModel, OptimizeReport, build_runner, register_model_path
+from .api import CompiledModel, OptimizeReport, build_runner, pass_list, register_model_path
 from .errors import AccelirError, InputError
 from .ir import Graph
 
@@ -58,20 +58,12 @@ def decode_path(path: str) -> str:
 def _run_passes(graph: Graph, backend: str, level: int, passes: Sequence[Any] | None,
                 debug: dict[str, Any] | None) -> Any:
     from .pass_manager import PassManager
-    from .passes import get_pass, pipeline
-    if passes is None:
-        pass_list = pipeline(level, target=backend)
-    else:
-        try:
-            pass_list = [get_pass(p) if isinstance(p, str) else p for p in passes]
-        except KeyError as e:
-            raise AccelirError(f"optimize(passes=...): {e.args[0]}") from None
     options = dict(debug or {})
     if options.get("check_numerics") is not None:
         raise AccelirError("debug check_numerics is not available for a causal LM, whose prefill and decode graphs "
                            "take different inputs: run PassManager(check_numerics=...) on cm.source_graph or "
                            "cm.decode_source_graph")
-    pm = PassManager(pass_list, **options)
+    pm = PassManager(pass_list(passes, level, backend), **options)
     pm.run(graph)
     return pm.report
 

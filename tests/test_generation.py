@@ -204,6 +204,8 @@ def test_bad_inputs_are_clear_errors_before_the_runtime(backend):
         cm.generate(ids, attention_mask=torch.ones(1, 3, dtype=torch.long), max_new_tokens=2)
     with pytest.raises(AccelirError, match="backend='auto': a causal LM generates on 'onnxruntime' or 'xla'"):
         accelir.optimize(model_of("gpt2"), (ids,), backend="auto")
+    with pytest.raises(AccelirError, match=r"optimize\(passes=...\): .*no_such_pass"):
+        accelir.optimize(model_of("gpt2"), (ids,), backend=backend, passes=["no_such_pass"])
 
 
 def test_a_model_without_a_cache_path_says_what_is_missing():
