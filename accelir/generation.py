@@ -11,10 +11,11 @@ its tokens; only the model steps run on the backend:
   step t are ORT-allocated OrtValues bound (IO binding) as the past inputs of step t+1;
   only the token ids, mask and positions go in and the logits come out through numpy.
 - xla: the cache is one fixed-capacity buffer per key / value and layer (prompt plus new
-  tokens, rounded up, at most the model's position limit).  A single jitted step runs the
-  decode graph over the whole buffer (the attention mask hides the slots not filled yet),
-  writes the new token's keys and values into it with ``lax.dynamic_update_slice`` and
-  donates the buffer, so XLA updates it in place; one compiled step serves every step.
+  tokens, rounded up to 64, at most the model's position limit).  The decode graph is
+  rewritten (:func:`in_place_cache`) so that each ``concat(past, new)`` becomes a
+  ``dynamic_update_slice`` of the new token's keys and values into the buffer, which the
+  attention then reads (the mask hides the slots not filled yet); the jitted step donates
+  the buffers, so XLA writes them in place, and one compiled step serves every step.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .api import CompiledModel, OptimizeReport, build_runner, pass_list, register_model_path
-from .errors import AccelirError, InputError
+from .errors import AccelirError, InputError, LoweringError
 from .ir import Graph
 
 __all__ = ["is_causal_lm", "optimize_causal_lm", "GenerationModel", "GenerationTiming", "decode_path"]
@@ -158,6 +159,32 @@ class _OrtSteps:
         return self._run(self.decode_session, (ids, mask, pos), self.present)
 
 
+def in_place_cache(decode: Graph) -> Graph:
+    """The decode graph over fixed-capacity cache buffers: each ``present = concat(past, new)`` (axis 2)
+    becomes ``dynamic_update_slice(cache, new, 0, 0, cache_index, 0)`` over a new input ``cache_*`` of
+    the present's type, at a new scalar input ``cache_index``; the attention then reads the buffer
+    itself, so a step writes one token's keys and values and copies nothing.  The past inputs stay
+    (unread): a caller passes any ``[batch, heads, capacity - 1, head_dim]`` array for them."""
+    from .ir import DType, TensorType
+    from .verify import verify
+    g = decode.copy()
+    index = g.add_input(TensorType(DType.i64, ()), "cache_index")
+    for v in list(g.outputs[1:]):
+        node = v.producer
+        if node is None or node.op != "concat" or node.attrs["axis"] % v.rank != 2 or not node.inputs[0].is_graph_input:
+            raise LoweringError(f"the decode graph's cache output {v.name} is not concat(past, new) on axis 2; "
+                                "the XLA generation path needs that form")
+        cache = g.add_input(v.type, v.name.replace("present", "cache"))
+        b = g.builder(before=node)
+        zero = b.scalar(0, DType.i64)
+        out = b.op("dynamic_update_slice", cache, node.inputs[1], zero, zero, index, zero)
+        v.replace_all_uses_with(out)
+        g.remove(node)
+        out.name = v.name
+    verify(g)
+    return g
+
+
 class _XlaSteps:
     """Prefill then decode steps under jax.jit, the cache a fixed-capacity buffer updated in place."""
 
@@ -168,7 +195,7 @@ class _XlaSteps:
         self.x64_scope = x64_scope
         self.device = prefill.device
         pre_fn = prefill.function
-        dec_fn = to_jax(decode)
+        dec_fn = to_jax(in_place_cache(decode))
         self.needs_x64 = pre_fn.needs_x64 or dec_fn.needs_x64
         pre_params = pre_fn.device_params(self.device)
         self.pre_params = pre_params
@@ -187,12 +214,12 @@ class _XlaSteps:
             return np.asarray(logits)
 
     def decode(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        # the step attends over every slot of the buffer plus the new token (last); unfilled slots are masked
-        full = np.zeros((mask.shape[0], self.capacity + 1), np.int64)
+        # the step attends over every slot of the buffer, the new token's included; unfilled slots are masked
+        full = np.zeros((mask.shape[0], self.capacity), np.int64)
         full[:, :self.filled] = mask[:, :-1]
-        full[:, -1] = 1
+        full[:, self.filled] = 1
         with self.x64_scope(self.needs_x64):
-            logits, self.buffers = self._step(self.dec_params, self.buffers, ids, full, pos, np.int32(self.filled))
+            logits, self.buffers = self._step(self.dec_params, self.buffers, ids, full, pos, np.int64(self.filled))
             self.filled += 1
             return np.asarray(logits)
 
@@ -225,15 +252,15 @@ def _prefill_function(fn: Any) -> Callable:
 
 
 def _step_function(fn: Any) -> Callable:
-    """The jitted decode step: run the decode graph over the buffers, write the new keys / values at ``index``."""
+    """The jitted decode step: ``in_place_cache``'s graph writes the new keys / values into the buffers
+    at ``index`` (``dynamic_update_slice``) and attends over them; its outputs are the updated buffers."""
     from jax import lax
 
     def step(params: dict, buffers: list, ids: Any, mask: Any, pos: Any, index: Any) -> tuple:
-        outs = fn.apply(params, ids, mask, pos, *buffers)
         capacity = buffers[0].shape[2]
-        new = [lax.dynamic_update_slice_in_dim(b, lax.slice_in_dim(p, capacity, capacity + 1, axis=2), index, axis=2)
-               for b, p in zip(buffers, outs[1:])]
-        return outs[0][:, -1, :], new
+        unread = [lax.slice_in_dim(b, 0, capacity - 1, axis=2) for b in buffers]  # the past inputs, dead
+        outs = fn.apply(params, ids, mask, pos, *unread, index, *buffers)
+        return outs[0][:, -1, :], outs[1:]
     return step
 
 

@@ -20,7 +20,7 @@ import transformers as T
 import accelir
 from accelir import AccelirError, InputError
 from accelir.accuracy import DEFAULT_BUDGETS, measure
-from accelir.generation import GenerationModel
+from accelir.generation import GenerationModel, in_place_cache
 
 _COMMON = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128, vocab_size=100,
                max_position_embeddings=64, initializer_range=0.2)
@@ -187,6 +187,17 @@ def test_xla_reuses_one_compiled_step_and_a_fixed_capacity_buffer():
     assert cm._stepper.buffers[0].shape == (2, 2, 64, 16)  # 7 + 24 tokens -> capacity 64 (the position limit)
     cm.generate(ids, attention_mask=mask, max_new_tokens=10)
     assert steps._cache_size() == before + 1
+    # the step writes the new token into the donated buffers (in place) and attends over them: no concat
+    old, filled = cm._stepper.buffers, cm._stepper.filled
+    cm._stepper.decode(ids[:, -1:].numpy(), np.ones((2, filled + 1), np.int64), np.full((2, 1), filled))
+    assert all(b.is_deleted() for b in old)
+    step_graph = in_place_cache(cm.decode_graph)
+    assert step_graph.op_histogram().get("dynamic_update_slice") == 4 and "concat" not in {
+        n.op for n in step_graph.nodes if n.outputs[0].name and n.outputs[0].name.startswith("present")}
+    assert str(step_graph).splitlines()[0].endswith(
+        "%cache_index: i64[], %cache_key_0: f32[batch,2,past+1,16], %cache_value_0: f32[batch,2,past+1,16], "
+        "%cache_key_1: f32[batch,2,past+1,16], %cache_value_1: f32[batch,2,past+1,16]) -> (f32[batch,1,100], "
+        "f32[batch,2,past+1,16], f32[batch,2,past+1,16], f32[batch,2,past+1,16], f32[batch,2,past+1,16]) {")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
