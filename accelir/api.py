@@ -27,7 +27,8 @@ from .arrays import to_numpy
 from .interpreter import InterpreterError, bind_shapes
 from .ir import DType, Graph
 
-__all__ = ["capture", "optimize", "CompiledModel", "OptimizeReport", "BACKENDS", "EXPORT_SUFFIXES", "build_runner", "model_kind"]
+__all__ = ["capture", "optimize", "CompiledModel", "OptimizeReport", "BACKENDS", "EXPORT_SUFFIXES", "build_runner", "model_kind",
+           "register_model_path", "pass_list"]
 
 BACKENDS = ("onnxruntime", "xla")
 EXPORT_SUFFIXES = (".onnx", ".mlir", ".hlo", ".air", ".dot", ".html")
@@ -331,6 +332,12 @@ class CompiledModel:
         outputs = self._runner(*flat)
         return self._signature.unflatten(list(outputs))
 
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """Only a causal LM optimised with its key/value cache generates (``accelir.generation``)."""
+        raise AccelirError("generate() needs a key/value cache path, which this model lacks: optimize() captures one "
+                           "from a transformers causal LM (a torch model with generate() whose config has "
+                           "use_cache=True, called without dynamic_shapes or capture options)")
+
     def export(self, path: str | os.PathLike, *, overwrite: bool = False) -> str:
         """Write the optimised model; the format follows the suffix:
         .onnx, .mlir (StableHLO), .hlo (HLO text), .air (accelir IR), .dot (Graphviz), .html (report).
@@ -376,6 +383,29 @@ def _numpy_inputs(flat: Sequence[Any]) -> list[np.ndarray]:
     return [to_numpy(x) for x in flat]
 
 
+def pass_list(passes: Sequence[Any] | None, level: int, target: str | None) -> list[Callable[[Graph], bool]]:
+    """optimize()'s passes: ``passes`` (names or callables) when given, else the pipeline of ``level`` for ``target``."""
+    from .passes import get_pass, pipeline
+    if passes is None:
+        return pipeline(level, target=target)
+    try:
+        return [get_pass(p) if isinstance(p, str) else p for p in passes]
+    except KeyError as e:
+        raise AccelirError(f"optimize(passes=...): {e.args[0]}") from None
+
+
+_MODEL_PATHS: list[tuple[Callable[[Any], bool], Callable[..., CompiledModel]]] = []
+
+
+def register_model_path(accepts: Callable[[Any], bool], optimize_fn: Callable[..., CompiledModel]) -> None:
+    """Route the models ``accepts`` takes (optimised without dynamic_shapes, example_kwargs or capture
+    options) to ``optimize_fn(model, example_inputs, backend=, device=, level=, passes=, debug=)``.
+
+    A module above this one (``accelir.generation``: causal LMs, captured as a prefill and a decode
+    graph) registers its path here, so this module never imports it."""
+    _MODEL_PATHS.append((accepts, optimize_fn))
+
+
 @_objects_frozen_during
 def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxruntime", device: str = "cpu",
              level: int = 2, passes: Sequence[Any] | None = None, dynamic_shapes: Any = None,
@@ -399,7 +429,6 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
     float32; ``report.precision`` gives each layer's error and the layers kept in float32.
     """
     from .pass_manager import PassManager
-    from .passes import get_pass, pipeline
     from .precision import apply_precision, check_precision
 
     if backend not in BACKENDS + ("auto",):
@@ -410,6 +439,14 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
     if accuracy is not None:
         from .accuracy import Budget
         Budget.parse(accuracy, precision)  # a bad budget is refused before the capture
+    for accepts, special in _MODEL_PATHS:
+        if accepts(model) and dynamic_shapes is None and not example_kwargs and not capture_options:
+            if precision != "fp32":
+                raise AccelirError(f"precision={precision!r} is not available for a causal LM's generation graphs "
+                                   "yet; optimize it in fp32, or export it and quantise the ONNX file with "
+                                   "`accelir optimize lm.onnx --precision ...`")
+            return special(model, example_inputs, backend=backend, device=device, level=level, passes=passes,
+                           debug=debug)
     report = OptimizeReport()
     t0 = time.perf_counter()
     graph = capture(model, example_inputs, dynamic_shapes, example_kwargs=example_kwargs, **capture_options)
@@ -426,18 +463,11 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
             raise AccelirError("debug check_numerics=True needs example_inputs")
         options["check_numerics"] = _numpy_inputs(flat)
     target = None if backend == "auto" else backend
-    if passes is None:
-        pass_list = pipeline(level, target=target)
-    else:
-        try:
-            pass_list = [get_pass(p) if isinstance(p, str) else p for p in passes]
-        except KeyError as e:
-            raise AccelirError(f"optimize(passes=...): {e.args[0]}") from None
     if options.pop("pass_graphs", False):  # the graph after each pass, for export(".html")
         from .viewer import Frames
         report.frames = Frames(graph)
         options["instrument"] = _both(report.frames, options.get("instrument"))
-    pm = PassManager(pass_list, **options)
+    pm = PassManager(pass_list(passes, level, target), **options)
     t0 = time.perf_counter()
     pm.run(graph)
     report.stages["passes"] = time.perf_counter() - t0

@@ -6,7 +6,7 @@
                      [--print-after all|changed] [--dump-dir DIR] [--check] [--overwrite]
     accelir show IN [--after-level N [--target onnxruntime|xla] | --passes ...] [--format text|dot|html] [-o OUT]
     accelir bisect IN [--level N [--target onnxruntime|xla] | --passes ...] [-o DIR] [--overwrite]
-    accelir bench IN [--backends onnxruntime,xla] [--repeats N]
+    accelir bench IN [--backends onnxruntime,xla] [--repeats N] [--generate N]
     accelir passes
 
 IN is an ``.onnx`` file, an ``.air`` file, a ``.keras`` file, a Caffe ``.prototxt`` (with
@@ -591,6 +591,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .timing import time_interleaved
 
     inp = load_input(args.input, args.caffemodel)
+    if args.generate is not None:
+        return _bench_generate(inp, args)
     graph = _capture(inp)
     examples = _flat_examples(graph, inp.example_inputs)
     flat = examples if examples is not None else random_inputs(graph, seed=args.seed, dims=_parse_dims(args.dim))
@@ -620,6 +622,53 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for label, t in timings.items():
         span = f"{t.min * 1e3:.3f}-{t.max * 1e3:.3f}"
         print(f"{label:{width}s}  {t.median * 1e3:10.3f}  {span:>17s}  {build[label]:8.2f}  {errors[label]:11.3g}")
+    return 0
+
+
+def _bench_generate(inp: LoadedInput, args: argparse.Namespace) -> int:
+    """``bench --generate N``: time to first token and per-token latency of N greedy tokens after the
+    example prompt, for transformers' eager generate and accelir on each backend, in interleaved rounds."""
+    import statistics
+
+    import accelir
+    from .generation import GenerationTiming, is_causal_lm
+
+    n = args.generate
+    if n < 1:
+        raise UsageError(f"--generate: the number of new tokens must be at least 1, got {n}")
+    if inp.kind != "factory" or not is_causal_lm(inp.model):
+        raise AccelirError(f"{args.input}: --generate needs a factory returning a transformers causal LM with "
+                           "use_cache=True and its prompt ids")
+    ids = inp.example_inputs[0]
+    options = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False)  # every system makes all n tokens
+    systems: dict[str, Callable[[Any], Any]] = {
+        "transformers generate": lambda streamer: inp.model.generate(ids, streamer=streamer, **options)}
+    build = {"transformers generate": 0.0}
+    for b in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        if b not in BACKENDS:
+            raise UsageError(f"--backends: unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+        t0 = time.perf_counter()
+        with progress.step(f"optimize for {b}"):
+            model = accelir.optimize(inp.model, (ids,), backend=b, level=args.level)
+        build[f"accelir -> {b}"] = time.perf_counter() - t0
+        systems[f"accelir -> {b}"] = (lambda m: lambda streamer: m.generate(ids, streamer=streamer, **options))(model)
+    runs: dict[str, list[GenerationTiming]] = {k: [] for k in systems}
+    with progress.step("timing"):
+        for r in range(args.warmup + args.repeats):
+            for label, fn in systems.items():
+                timing = GenerationTiming.measure(fn)
+                if r >= args.warmup:
+                    runs[label].append(timing)
+    reference = runs["transformers generate"][0].tokens.tolist() if args.repeats else None
+    width = max(len(k) for k in systems)
+    print(f"{n} new tokens after a prompt of {ids.shape[1]}, batch {ids.shape[0]}, greedy; medians of "
+          f"{args.repeats} runs")
+    print(f"{'system':{width}s}  {'first token ms':>14s}  {'per token ms':>12s}  {'build s':>8s}  same tokens")
+    for label, timings in runs.items():
+        first = statistics.median(t.first_token for t in timings) * 1e3 if timings else float("nan")
+        step = statistics.median(t.per_token for t in timings) * 1e3 if timings else float("nan")
+        same = "yes" if timings and timings[0].tokens.tolist() == reference else "no"
+        print(f"{label:{width}s}  {first:14.3f}  {step:12.3f}  {build[label]:8.2f}  {same}")
     return 0
 
 
@@ -825,6 +874,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=int, choices=_LEVELS, default=DEFAULT_LEVEL, help="pipeline level")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs of each system first")
     p.add_argument("--repeats", type=int, default=20, help="timed rounds (each system once per round)")
+    p.add_argument("--generate", type=int, metavar="N", default=None,
+                   help="time generating N tokens (IN: a factory of a causal LM and its prompt): time to first "
+                   "token and per-token latency")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("passes", parents=[debug], help="list the registered passes and the pipelines",

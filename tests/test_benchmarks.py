@@ -105,6 +105,14 @@ def test_quick_caffe_states_conversion_time_and_latency_ratio():
         assert "accelir conversion" in head and "OpenCV load" in head
         assert "ratio accelir / opencv" in timing and "not timed" not in timing
     assert f"{conditions.cpu_count()} CPUs" in out
+def test_quick_generate_times_every_peer_or_says_why_not():
+    out = _assert_ran(_run_script(["benchmarks/generate.py", "--quick", "--allow-load", "--models", "qwen2-0.5b"],
+                                  timeout=900))
+    rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| ")}
+    for system in ("transformers eager", "transformers torch.compile static cache", "onnxruntime-genai builder fp32",
+                   "accelir -> onnxruntime", "accelir -> xla"):
+        assert rows[system].endswith("| yes |"), rows[system]  # timed, and greedy gives transformers' tokens
+    assert "not installable here" in rows["optimum ORTModelForCausalLM"]
 
 
 def test_quick_gpu_check_says_what_is_missing():

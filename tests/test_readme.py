@@ -87,5 +87,9 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch):
         expected = ns["model"](ns["ids"]).last_hidden_state
     np.testing.assert_allclose(ns["out"].last_hidden_state.numpy(), expected.numpy(), rtol=1e-3, atol=1e-4)
     assert (tmp_path / "gpt2.onnx").is_file()
+    # the generation snippets: transformers' greedy tokens, and the exported pair run by plain onnxruntime
+    want = ns["lm"].generate(ns["prompt"], max_new_tokens=24, do_sample=False)
+    assert ns["tokens"].tolist() == want.tolist() and len(ns["new"]) == 24
+    assert (tmp_path / "lm.onnx").is_file() and (tmp_path / "lm.decode.onnx").is_file()
     # the pass-watching snippet: its dumps and report
     assert (tmp_path / "dumps" / "000-input.air").is_file() and (tmp_path / "dumps" / "report.txt").is_file()

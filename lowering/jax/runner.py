@@ -85,7 +85,8 @@ class JaxModule:
             return self.function.apply(dict(zip(keys, values)), *inputs)
 
         # the parameters go in as one tuple made once: a dict argument is flattened, key-sorted, on every call
-        self._jitted = jax.jit(run, compiler_options=_compiler_options(self.device, compiler_options))
+        self.compiler_options = _compiler_options(self.device, compiler_options)  # for other jits of this function
+        self._jitted = jax.jit(run, compiler_options=self.compiler_options)
         params = self.function.device_params(self.device)
         self._values = tuple(params[k] for k in keys)
 

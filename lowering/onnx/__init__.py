@@ -55,9 +55,9 @@ from . import control, decode, elementwise, linalg, nn, qdq, quant, reduce, shap
 from .context import NO_VALUE, ONNX_RULES, SAME, LoweringContext, OnnxValue, register_lowering, rule_for
 from .kernels import (EXTERNAL_DATA_THRESHOLD, EXTERNAL_LOCATION, EXTERNAL_WEIGHT_BYTES, MIN_OPSET, MS_DOMAIN,
                       ONNX_DTYPE, ONNX_TYPE_STRINGS, default_opset, input_var, supported_dtypes)
-from .model import save_onnx, to_onnx, to_onnx_external
+from .model import save_onnx, save_onnx_files, to_onnx, to_onnx_external
 
 __all__ = ["ONNX_RULES", "ONNX_DTYPE", "ONNX_TYPE_STRINGS", "MIN_OPSET", "MS_DOMAIN", "SAME", "NO_VALUE", "OnnxValue",
-           "LoweringContext", "register_lowering", "rule_for", "to_onnx", "to_onnx_external", "save_onnx",
+           "LoweringContext", "register_lowering", "rule_for", "to_onnx", "to_onnx_external", "save_onnx", "save_onnx_files",
            "default_opset", "supported_dtypes", "input_var", "EXTERNAL_DATA_THRESHOLD", "EXTERNAL_WEIGHT_BYTES",
            "EXTERNAL_LOCATION"]

@@ -6,7 +6,7 @@ size limit.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -137,16 +137,24 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike, external_data: bo
     With external data the model's large initializers are moved out of it, in place, as
     ``onnx.save_model`` does.
     """
-    path = os.fspath(path)
-    if external_data is None:
-        size = sum(len(t.raw_data) for t in model.graph.initializer)
-        external_data = size >= EXTERNAL_DATA_THRESHOLD
-    data_path = path + ".data"
-    with atomic_outputs(path, data_path, overwrite=overwrite) as out:
-        if external_data:
-            _write_external_data(model, out.temp(data_path), os.path.basename(data_path))
-        with open(out.temp(path), "wb") as f:
-            f.write(model.SerializeToString())
+    save_onnx_files([(model, path)], external_data, overwrite=overwrite)
+
+
+def save_onnx_files(models: Sequence[tuple[onnx.ModelProto, str | os.PathLike]], external_data: bool | None = None,
+                    *, overwrite: bool = False) -> None:
+    """``save_onnx`` for models that belong together (a prefill and a decode graph): every file is
+    written or, on any failure, none; the first model's file is renamed into place last."""
+    paths = [os.fspath(p) for _, p in models]
+    files = [f for p in paths for f in (p, p + ".data")]
+    with atomic_outputs(*files, overwrite=overwrite) as out:
+        for (model, _), path in zip(models, paths):
+            external = external_data
+            if external is None:
+                external = sum(len(t.raw_data) for t in model.graph.initializer) >= EXTERNAL_DATA_THRESHOLD
+            if external:
+                _write_external_data(model, out.temp(path + ".data"), os.path.basename(path) + ".data")
+            with open(out.temp(path), "wb") as f:
+                f.write(model.SerializeToString())
 
 
 def _initializers(graph: onnx.GraphProto) -> Iterator[TensorProto]:

@@ -233,16 +233,31 @@ class Converter:
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         for p, v in zip(placeholders, inputs):
             self.env[p] = v
+        checks_only = self._feeding_asserts_only(gm)
         for node in gm.graph.nodes:
             if node.op == "placeholder":
                 continue
             if node.op == "output":
                 return node.args[0]
+            if node in checks_only:  # a runtime assert's condition: not part of the computation
+                self.env[node] = None
+                continue
             if node.op == "get_attr":
                 self.env[node] = _fetch_attr(gm, node.target)
                 continue
             self.env[node] = self.convert_node(gm, node)
         raise VerificationError("fx graph has no output node")
+
+    def _feeding_asserts_only(self, gm: torch.fx.GraphModule) -> set[torch.fx.Node]:
+        """The call nodes whose results reach only runtime asserts (``_assert_scalar`` of a deferred guard,
+        say): their symbolic sizes may be beyond what an accelir dim expresses (``Min(...)``)."""
+        out: set[torch.fx.Node] = set()
+        for node in reversed(gm.graph.nodes):
+            if node.op != "call_function":
+                continue
+            if self.resolve(node)[0] in ASSERTS or (node.users and all(u in out for u in node.users)):
+                out.add(node)
+        return out
 
     def convert_node(self, gm: torch.fx.GraphModule, node: torch.fx.Node) -> Any:
         val = self.vals[node] if node in self.vals else node.meta.get("val")

@@ -114,12 +114,13 @@ def _reorder_kwargs(kwargs: dict, in_spec: pytree.TreeSpec) -> dict:
 
 
 def _export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: Any,
-            strict: bool | None) -> Any:
+            strict: bool | None, export_options: Mapping[str, Any] | None = None) -> Any:
     """torch.export, non-strict first then strict; a failure of both becomes one clear CaptureError."""
     errors: list[tuple[str, Exception]] = []
     for mode in ((False, True) if strict is None else (strict,)):
         try:
-            return torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes, strict=mode)
+            return torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes, strict=mode,
+                                       **dict(export_options or {}))
         except Exception as e:  # torch raises many unrelated types here
             errors.append(("strict" if mode else "non-strict", e))
     text = " ".join(f"{type(e).__name__} {e}" for _, e in errors)
@@ -133,10 +134,10 @@ def _export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: A
 
 
 def _capture_export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_shapes: Any,
-                    strict: bool | None) -> Graph:
+                    strict: bool | None, export_options: Mapping[str, Any] | None = None) -> Graph:
     from torch.export.graph_signature import InputKind, OutputKind, TensorArgument
 
-    ep = _export(model, args, kwargs, dynamic_shapes, strict)
+    ep = _export(model, args, kwargs, dynamic_shapes, strict, export_options)
     sig = ep.graph_signature
     mutated = [s for s in sig.output_specs if s.kind not in (OutputKind.USER_OUTPUT,)]
     if mutated:
@@ -200,7 +201,8 @@ def _function_module(fn: Callable) -> torch.nn.Module:
 
 
 def capture_torch(model: Any, example_inputs: Any = (), dynamic_shapes: Any = None, method: str = "export",
-                  example_kwargs: Mapping[str, Any] | None = None, *, strict: bool | None = None) -> Graph:
+                  example_kwargs: Mapping[str, Any] | None = None, *, strict: bool | None = None,
+                  export_options: Mapping[str, Any] | None = None) -> Graph:
     """Capture a torch model (a module, or a plain function on torch tensors) as an accelir Graph.
 
     ``example_inputs`` is a tuple of positional arguments (a single tensor is taken as
@@ -208,6 +210,8 @@ def capture_torch(model: Any, example_inputs: Any = (), dynamic_shapes: Any = No
     ``{"input_ids": {0: Dim("batch"), 1: Dim("seq")}}``.  ``method="fx"`` traces with
     ``torch.fx.symbolic_trace`` (static shapes) or takes a ``GraphModule`` as it is.
     The model is not mutated and stays in the train / eval mode it was in.
+    ``export_options`` go to ``torch.export.export`` as they are (e.g.
+    ``prefer_deferred_runtime_asserts_over_guards``).
     """
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     kwargs = dict(example_kwargs or {})
@@ -217,7 +221,7 @@ def capture_torch(model: Any, example_inputs: Any = (), dynamic_shapes: Any = No
                 raise TypeError(f"method='export' needs a torch.nn.Module or a function, got {type(model).__name__}")
             model = _function_module(model)
         with torch.no_grad():
-            return _capture_export(model, args, kwargs, dynamic_shapes, strict)
+            return _capture_export(model, args, kwargs, dynamic_shapes, strict, export_options)
     if method == "fx":
         if dynamic_shapes is not None:
             raise ValueError("method='fx' captures static shapes; use method='export' for dynamic_shapes")

@@ -1,0 +1,488 @@
+"""Text generation with a key/value cache: ``optimize(causal_lm, ...)`` and ``cm.generate(...)``.
+
+A transformers causal LM (a torch module with ``generate`` and ``config.use_cache``) is
+captured as a prefill graph and a decode graph (:mod:`accelir.frontends.torch.generation`),
+both run through the pass pipeline, and lowered for one backend.  The decoding loop
+(greedy, sampling with temperature / top-k / top-p, EOS and padding, ``min_new_tokens``,
+a streamer) follows transformers' ``generate`` step for step, so greedy decoding gives
+its tokens; only the model steps run on the backend:
+
+- onnxruntime: the cache never leaves the session's side.  The present keys/values of
+  step t are ORT-allocated OrtValues bound (IO binding) as the past inputs of step t+1;
+  only the token ids, mask and positions go in and the logits come out through numpy.
+- xla: the cache is one fixed-capacity buffer per key / value and layer (prompt plus new
+  tokens, rounded up to 64, at most the model's position limit).  The decode graph is
+  rewritten (:func:`in_place_cache`) so that each ``concat(past, new)`` becomes a
+  ``dynamic_update_slice`` of the new token's keys and values into the buffer, which the
+  attention then reads (the mask hides the slots not filled yet); the jitted step donates
+  the buffers, so XLA writes them in place, and one compiled step serves every step.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .api import CompiledModel, OptimizeReport, build_runner, pass_list, register_model_path
+from .errors import AccelirError, InputError, LoweringError
+from .ir import Graph
+
+__all__ = ["is_causal_lm", "optimize_causal_lm", "GenerationModel", "GenerationTiming", "decode_path"]
+
+_CAPACITY_STEP = 64  # the XLA cache's capacity is rounded up to a multiple of this
+
+
+def is_causal_lm(model: Any) -> bool:
+    """Whether ``model`` is a transformers causal LM with a cache path (optimize() then captures both graphs)."""
+    if not callable(getattr(model, "generate", None)) or getattr(model, "config", None) is None:
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    if not isinstance(model, torch.nn.Module):
+        return False
+    from .frontends.torch.generation import cache_path_problem
+    return cache_path_problem(model) is None
+
+
+def decode_path(path: str) -> str:
+    """``model.onnx`` -> ``model.decode.onnx``: where the decode graph goes beside the prefill graph."""
+    root, suffix = os.path.splitext(path)
+    return f"{root}.decode{suffix}"
+
+
+def _run_passes(graph: Graph, backend: str, level: int, passes: Sequence[Any] | None,
+                debug: dict[str, Any] | None) -> Any:
+    from .pass_manager import PassManager
+    options = dict(debug or {})
+    if options.get("check_numerics") is not None:
+        raise AccelirError("debug check_numerics is not available for a causal LM, whose prefill and decode graphs "
+                           "take different inputs: run PassManager(check_numerics=...) on cm.source_graph or "
+                           "cm.decode_source_graph")
+    pm = PassManager(pass_list(passes, level, backend), **options)
+    pm.run(graph)
+    return pm.report
+
+
+def optimize_causal_lm(model: Any, example_inputs: Any = None, *, backend: str = "onnxruntime", device: str = "cpu",
+                       level: int = 2, passes: Sequence[Any] | None = None,
+                       debug: dict[str, Any] | None = None) -> "GenerationModel":
+    """``optimize()`` for a causal LM: prefill and decode graphs, optimised and lowered for ``backend``."""
+    from .frontends.torch.generation import capture_causal_lm, name_cache_io
+    if backend not in ("onnxruntime", "xla"):
+        raise AccelirError(f"backend={backend!r}: a causal LM generates on 'onnxruntime' or 'xla'; choose one")
+    report = OptimizeReport()
+    t0 = time.perf_counter()
+    prefill, decode, layout = capture_causal_lm(model)
+    report.stages["capture"] = time.perf_counter() - t0
+    sources = (prefill.copy(), decode.copy())
+    report.nodes_before = prefill.num_nodes()
+    t0 = time.perf_counter()
+    report.passes = _run_passes(prefill, backend, level, passes, debug)
+    decode_report = _run_passes(decode, backend, level, passes, debug)
+    for g in (prefill, decode):
+        name_cache_io(g, layout)
+    report.stages["passes"] = time.perf_counter() - t0
+    report.nodes_after = prefill.num_nodes()
+    t0 = time.perf_counter()
+    runner = build_runner(prefill, backend, device)
+    stepper = (_OrtSteps(runner, build_runner(decode, backend, device)) if backend == "onnxruntime"
+               else _XlaSteps(runner, decode))
+    report.chosen = backend
+    report.stages["lowering"] = time.perf_counter() - t0
+    example = _example_prefill(example_inputs)
+    return GenerationModel(prefill, sources[0], runner, backend=backend, device=device, report=report,
+                           example_inputs=example, decode_graph=decode, decode_source_graph=sources[1],
+                           decode_report=decode_report, layout=layout, stepper=stepper,
+                           defaults=_token_defaults(model))
+
+
+def _example_prefill(example_inputs: Any) -> list:
+    """The prefill graph's inputs for the example ids (used by .mlir / .hlo export)."""
+    ids = example_inputs[0] if isinstance(example_inputs, (tuple, list)) and example_inputs else example_inputs
+    if ids is None or not hasattr(ids, "shape") or len(ids.shape) != 2:
+        return []
+    ids = np.asarray(ids, dtype=np.int64)
+    mask = np.ones_like(ids)
+    return [ids, mask, _positions(mask)]
+
+
+def _token_defaults(model: Any) -> dict[str, Any]:
+    """eos / pad token ids from the model's generation config, as transformers' generate reads them."""
+    config = getattr(model, "generation_config", None)
+    return {"eos_token_id": getattr(config, "eos_token_id", None), "pad_token_id": getattr(config, "pad_token_id", None)}
+
+
+def _positions(mask: np.ndarray) -> np.ndarray:
+    """Position ids from a 0/1 attention mask, as transformers' generate makes them: pads get 0."""
+    pos = np.cumsum(mask, axis=-1, dtype=np.int64) - 1
+    return np.where(mask == 0, 0, pos).astype(np.int64)
+
+
+# ----- the backends' steps -------------------------------------------------------------
+
+class _OrtSteps:
+    """Prefill then decode steps on onnxruntime, the cache held as OrtValues between steps."""
+
+    def __init__(self, prefill: Any, decode: Any):
+        self.prefill_session = prefill.session
+        self.decode_session = decode.session
+        self.device = "cuda" if prefill.device == "cuda" else "cpu"
+        self.present: list[Any] = []
+        self._names = {id(s): ([i.name for i in s.get_inputs()], [o.name for o in s.get_outputs()])
+                       for s in (prefill.session, decode.session)}
+
+    def _run(self, session: Any, feeds: Sequence[np.ndarray], past: Sequence[Any]) -> np.ndarray:
+        binding = session.io_binding()
+        inputs, outputs = self._names[id(session)]
+        for name, x in zip(inputs, feeds):
+            binding.bind_cpu_input(name, np.ascontiguousarray(x))
+        for name, v in zip(inputs[len(feeds):], past):
+            binding.bind_ortvalue_input(name, v)
+        binding.bind_output(outputs[0], "cpu")  # the logits, read by the sampler
+        for name in outputs[1:]:
+            binding.bind_output(name, self.device)  # the cache stays where the session runs
+        session.run_with_iobinding(binding)
+        outs = binding.get_outputs()
+        self.present = list(outs[1:])
+        return outs[0].numpy()[:, -1, :]
+
+    def prefill(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, capacity: int) -> np.ndarray:
+        return self._run(self.prefill_session, (ids, mask, pos), ())
+
+    def decode(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        return self._run(self.decode_session, (ids, mask, pos), self.present)
+
+
+def in_place_cache(decode: Graph) -> Graph:
+    """The decode graph over fixed-capacity cache buffers: each ``present = concat(past, new)`` (axis 2)
+    becomes ``dynamic_update_slice(cache, new, 0, 0, cache_index, 0)`` over a new input ``cache_*`` of
+    the present's type, at a new scalar input ``cache_index``; the attention then reads the buffer
+    itself, so a step writes one token's keys and values and copies nothing.  The past inputs stay
+    (unread): a caller passes any ``[batch, heads, capacity - 1, head_dim]`` array for them."""
+    from .ir import DType, TensorType
+    from .verify import verify
+    g = decode.copy()
+    index = g.add_input(TensorType(DType.i64, ()), "cache_index")
+    for v in list(g.outputs[1:]):
+        node = v.producer
+        if node is None or node.op != "concat" or node.attrs["axis"] % v.rank != 2 or not node.inputs[0].is_graph_input:
+            raise LoweringError(f"the decode graph's cache output {v.name} is not concat(past, new) on axis 2; "
+                                "the XLA generation path needs that form")
+        cache = g.add_input(v.type, v.name.replace("present", "cache"))
+        b = g.builder(before=node)
+        zero = b.scalar(0, DType.i64)
+        out = b.op("dynamic_update_slice", cache, node.inputs[1], zero, zero, index, zero)
+        v.replace_all_uses_with(out)
+        g.remove(node)
+        out.name = v.name
+    verify(g)
+    return g
+
+
+class _XlaSteps:
+    """Prefill then decode steps under jax.jit, the cache a fixed-capacity buffer updated in place."""
+
+    def __init__(self, prefill: Any, decode: Graph):
+        import jax
+        from .lowering.jax import to_jax
+        from .lowering.jax.context import x64_scope
+        self.x64_scope = x64_scope
+        self.device = prefill.device
+        pre_fn = prefill.function
+        dec_fn = to_jax(in_place_cache(decode))
+        self.needs_x64 = pre_fn.needs_x64 or dec_fn.needs_x64
+        pre_params = pre_fn.device_params(self.device)
+        self.pre_params = pre_params
+        self.dec_params = _shared_params(dec_fn, pre_fn, pre_params, self.device)
+        options = prefill.compiler_options  # accelir's XLA options (its CPU fault workarounds)
+        self._prefill = jax.jit(_prefill_function(pre_fn), static_argnums=(4,), compiler_options=options)
+        self._step = jax.jit(_step_function(dec_fn), donate_argnums=(1,), compiler_options=options)
+        self.buffers: list[Any] = []
+        self.filled = 0
+
+    def prefill(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, capacity: int) -> np.ndarray:
+        with self.x64_scope(self.needs_x64):
+            logits, self.buffers = self._prefill(self.pre_params, ids, mask, pos, capacity)
+            self.filled = ids.shape[1]
+            self.capacity = capacity
+            return np.asarray(logits)
+
+    def decode(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        # the step attends over every slot of the buffer, the new token's included; unfilled slots are masked
+        full = np.zeros((mask.shape[0], self.capacity), np.int64)
+        full[:, :self.filled] = mask[:, :-1]
+        full[:, self.filled] = 1
+        with self.x64_scope(self.needs_x64):
+            logits, self.buffers = self._step(self.dec_params, self.buffers, ids, full, pos, np.int64(self.filled))
+            self.filled += 1
+            return np.asarray(logits)
+
+
+def _shared_params(fn: Any, other: Any, other_device: dict[str, Any], device: Any) -> dict[str, Any]:
+    """``fn``'s device parameters, reusing ``other``'s device arrays for the same weights (both graphs hold
+    views of the model's tensors), so the decode graph does not put a second copy of them on the device."""
+    import jax
+    from .lowering.jax.context import x64_scope
+    out = {}
+    with x64_scope(fn.needs_x64):
+        for key, arr in fn.params.items():
+            mine = other.params.get(key)
+            same = (mine is not None and mine.shape == arr.shape and mine.dtype == arr.dtype
+                    and np.shares_memory(mine, arr) and mine.strides == arr.strides)
+            out[key] = other_device[key] if same else jax.device_put(arr, device)
+    return out
+
+
+def _prefill_function(fn: Any) -> Callable:
+    """The jitted prefill: the prompt's logits (last position) and the cache buffers padded to capacity."""
+    import jax.numpy as jnp
+
+    def prefill(params: dict, ids: Any, mask: Any, pos: Any, capacity: int) -> tuple:
+        outs = fn.apply(params, ids, mask, pos)
+        pad = capacity - ids.shape[1]
+        buffers = [jnp.pad(p, ((0, 0), (0, 0), (0, pad), (0, 0))) for p in outs[1:]]
+        return outs[0][:, -1, :], buffers
+    return prefill
+
+
+def _step_function(fn: Any) -> Callable:
+    """The jitted decode step: ``in_place_cache``'s graph writes the new keys / values into the buffers
+    at ``index`` (``dynamic_update_slice``) and attends over them; its outputs are the updated buffers."""
+    from jax import lax
+
+    def step(params: dict, buffers: list, ids: Any, mask: Any, pos: Any, index: Any) -> tuple:
+        capacity = buffers[0].shape[2]
+        unread = [lax.slice_in_dim(b, 0, capacity - 1, axis=2) for b in buffers]  # the past inputs, dead
+        outs = fn.apply(params, ids, mask, pos, *unread, index, *buffers)
+        return outs[0][:, -1, :], outs[1:]
+    return step
+
+
+# ----- the compiled model and its decoding loop --------------------------------------------
+
+class GenerationModel(CompiledModel):
+    """A compiled causal LM: ``cm(input_ids, attention_mask=None)`` runs the prefill graph and returns
+    a transformers ``CausalLMOutputWithPast``, like the model; ``cm.generate(...)`` decodes."""
+
+    def __init__(self, graph: Graph, source_graph: Graph, runner: Callable[..., list], *, decode_graph: Graph,
+                 decode_source_graph: Graph, decode_report: Any, layout: Any, stepper: Any,
+                 defaults: dict[str, Any], **kwargs: Any):
+        super().__init__(graph, source_graph, runner, **kwargs)
+        self.decode_graph = decode_graph
+        self.decode_source_graph = decode_source_graph
+        self.decode_report = decode_report
+        self.layout = layout
+        self._stepper = stepper
+        self._defaults = defaults
+
+    def __call__(self, input_ids: Any, attention_mask: Any = None, position_ids: Any = None) -> Any:
+        import torch
+        from transformers import DynamicCache
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+        ids, mask, as_numpy = self._prompt(input_ids, attention_mask)
+        pos = _positions(mask) if position_ids is None else np.asarray(position_ids, np.int64)
+        outs = self._runner(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(pos))
+        pairs = [(outs[i], outs[i + 1]) for i in range(1, len(outs), 2)]
+        result = CausalLMOutputWithPast(logits=outs[0], past_key_values=DynamicCache(pairs))
+        return result if not as_numpy else {"logits": outs[0].numpy(), "past_key_values": [o.numpy() for o in outs[1:]]}
+
+    def _prompt(self, input_ids: Any, attention_mask: Any) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The token ids and mask as int64 numpy arrays, checked before anything runs."""
+        as_numpy = isinstance(input_ids, np.ndarray)
+        ids = _int_array("input_ids", input_ids)
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise InputError(f"input_ids: expected token ids shaped [batch, sequence], got shape {list(ids.shape)}")
+        vocab = self.layout.vocab_size
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= vocab:
+            raise InputError(f"input_ids: token id {lo if lo < 0 else hi} is outside the vocabulary [0, {vocab}); "
+                             "use ids from the model's tokenizer")
+        if attention_mask is None:
+            mask = np.ones_like(ids)
+        else:
+            mask = _int_array("attention_mask", attention_mask)
+            if mask.shape != ids.shape:
+                raise InputError(f"attention_mask: shape {list(mask.shape)} differs from input_ids' {list(ids.shape)}")
+        return ids, mask, as_numpy
+
+    def capacity_for(self, total: int) -> int:
+        """The cache capacity a generation of ``total`` tokens (prompt + new) uses on XLA."""
+        capacity = -(-total // _CAPACITY_STEP) * _CAPACITY_STEP
+        limit = self.layout.max_positions
+        return min(capacity, limit) if limit else capacity
+
+    def generate(self, input_ids: Any, attention_mask: Any = None, max_new_tokens: int = 20, min_new_tokens: int = 0,
+                 do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, eos_token_id: int | Sequence[int] | None = None,
+                 pad_token_id: int | None = None, streamer: Any = None, generator: Any = None,
+                 seed: int | None = None) -> Any:
+        """Generate up to ``max_new_tokens`` tokens after the prompt; returns prompt and new tokens shaped
+        ``[batch, prompt + new]`` like ``model.generate``, torch in, torch out (numpy in, numpy out).
+
+        Greedy decoding (``do_sample=False``) gives transformers' tokens.  Sampling draws with
+        ``torch.multinomial`` from ``generator`` (a ``torch.Generator``), else from a generator
+        seeded with ``seed``, else from torch's global generator (``torch.manual_seed``).
+        Batches of several prompts are left-padded, with ``attention_mask`` 0 on the pads.
+        ``streamer`` gets ``put(prompt)``, ``put(tokens)`` per step and ``end()`` (``TextStreamer``).
+        Sequences that reach an EOS token continue with ``pad_token_id`` until all have ended.
+        """
+        import torch
+        ids, mask, as_numpy = self._prompt(input_ids, attention_mask)
+        self._check_length(ids.shape[1], max_new_tokens, min_new_tokens)
+        eos = _token_list(self._defaults["eos_token_id"] if eos_token_id is None else eos_token_id)
+        pad = pad_token_id if pad_token_id is not None else self._defaults["pad_token_id"]
+        if pad is None and eos:
+            pad = eos[0]
+        choose = _sampler(do_sample, temperature, top_k, top_p, generator, seed)
+        total = ids.shape[1] + max_new_tokens
+        position = _positions(mask)[:, -1:]
+        prompt = torch.from_numpy(ids)
+        if streamer is not None:
+            streamer.put(prompt)
+        logits = self._stepper.prefill(ids, mask, _positions(mask), self.capacity_for(total))
+        unfinished = torch.ones(ids.shape[0], dtype=torch.bool)
+        new_tokens: list[torch.Tensor] = []
+        eos_ids = torch.tensor(eos, dtype=torch.long)
+        # min_new_tokens masks the EOS scores; an EOS id outside the vocabulary (a tiny config's default) has none
+        eos_scored = eos_ids[(eos_ids >= 0) & (eos_ids < self.layout.vocab_size)]
+        for step in range(max_new_tokens):
+            scores = torch.tensor(np.asarray(logits), dtype=torch.float32)  # a copy: jax's arrays are read-only
+            if eos and step < min_new_tokens:
+                scores = scores.clone()
+                scores[:, eos_scored] = -float("inf")
+            tokens = choose(scores)
+            if eos:
+                tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad))
+            new_tokens.append(tokens)
+            if streamer is not None:
+                streamer.put(tokens)
+            if eos:
+                unfinished &= ~torch.isin(tokens, eos_ids)
+            if step == max_new_tokens - 1 or not unfinished.any():
+                break
+            mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], axis=1)
+            position = position + 1
+            logits = self._stepper.decode(tokens.numpy()[:, None].astype(np.int64), mask, position)
+        if streamer is not None:
+            streamer.end()
+        out = torch.cat([prompt] + [t[:, None] for t in new_tokens], dim=1)
+        if as_numpy:
+            return out.numpy()
+        return out.to(input_ids.device) if isinstance(input_ids, torch.Tensor) else out
+
+    def _check_length(self, prompt: int, max_new_tokens: int, min_new_tokens: int) -> None:
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        if not isinstance(min_new_tokens, int) or not 0 <= min_new_tokens <= max_new_tokens:
+            raise InputError(f"min_new_tokens must be an int from 0 to max_new_tokens ({max_new_tokens}), "
+                             f"got {min_new_tokens!r}")
+        limit = self.layout.max_positions
+        if limit and prompt + max_new_tokens > limit:
+            raise InputError(f"the prompt ({prompt} tokens) plus max_new_tokens ({max_new_tokens}) is "
+                             f"{prompt + max_new_tokens} tokens, over the model's max_position_embeddings "
+                             f"({limit}) and so the cache capacity; shorten the prompt or ask for fewer tokens")
+
+    def export(self, path: str | os.PathLike, *, overwrite: bool = False) -> str:
+        """As ``CompiledModel.export``; ``.onnx`` writes the prefill graph to ``path`` and the decode graph
+        beside it (``model.onnx`` -> ``model.decode.onnx``): both files or, on any failure, neither."""
+        path = os.fspath(path)
+        if os.path.splitext(path)[1].lower() != ".onnx":
+            return super().export(path, overwrite=overwrite)
+        from .lowering.onnx import save_onnx_files, to_onnx
+        # the prefill file is renamed into place last, so a reader never finds it without its decode graph
+        save_onnx_files([(to_onnx(self.graph), path), (to_onnx(self.decode_graph), decode_path(path))],
+                        overwrite=overwrite)
+        return path
+
+    def __repr__(self) -> str:
+        return f"Generation{super().__repr__()}"
+
+
+def _int_array(what: str, x: Any) -> np.ndarray:
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        raise InputError(f"{what}: expected a torch tensor or numpy array of token ids, got a {type(x).__name__}")
+    from .arrays import to_numpy
+    a = to_numpy(x)
+    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
+        raise InputError(f"{what}: token ids must be integers (int64), got dtype {getattr(x, 'dtype')}")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def _token_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    return [int(value)]
+
+
+def _sampler(do_sample: bool, temperature: float, top_k: int | None, top_p: float | None, generator: Any,
+             seed: int | None) -> Callable[[Any], Any]:
+    """Next tokens from ``[batch, vocab]`` scores: argmax, or a draw after transformers' warpers in
+    its order (temperature, top-k, top-p)."""
+    import torch
+    if not do_sample:
+        return lambda scores: torch.argmax(scores, dim=-1)
+    if not temperature > 0:
+        raise InputError(f"temperature must be > 0 when sampling, got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise InputError(f"top_k must be a positive int, got {top_k!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise InputError(f"top_p must be in (0, 1], got {top_p!r}")
+    if generator is None and seed is not None:
+        generator = torch.Generator().manual_seed(int(seed))
+
+    def draw(scores: Any) -> Any:
+        scores = scores / temperature
+        if top_k is not None and top_k < scores.shape[-1]:
+            kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
+            scores = scores.masked_fill(scores < kth, -float("inf"))
+        if top_p is not None and top_p < 1:
+            ordered, index = torch.sort(scores, descending=False, dim=-1)
+            cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+            drop = cumulative <= (1 - top_p)
+            drop[..., -1:] = False  # keep at least one token
+            scores = scores.masked_fill(drop.scatter(1, index, drop), -float("inf"))
+        probs = torch.softmax(scores, dim=-1)
+        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+    return draw
+
+
+# ----- timing ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GenerationTiming:
+    """One generation's latency: to the first new token (prefill), and per token after it (decode)."""
+
+    first_token: float
+    per_token: float
+    tokens: Any
+
+    @staticmethod
+    def measure(generate: Callable[[Any], Any]) -> "GenerationTiming":
+        """Time ``generate(streamer)``, a call of ``generate`` (accelir's or transformers') that hands the
+        streamer its tokens: the streamer stamps each ``put`` after the first (the prompt's)."""
+        stamps: list[float] = []
+
+        class Clock:
+            def put(self, value: Any) -> None:
+                stamps.append(time.perf_counter())
+
+            def end(self) -> None:
+                pass
+
+        t0 = time.perf_counter()
+        tokens = generate(Clock())
+        new = stamps[1:]
+        steps = np.diff(new)
+        return GenerationTiming(new[0] - t0 if new else float("nan"),
+                                float(np.median(steps)) if len(steps) else float("nan"), tokens)
+
+
+register_model_path(is_causal_lm, optimize_causal_lm)

@@ -1,0 +1,294 @@
+"""Generation with a key/value cache: optimize(causal_lm) and cm.generate() against transformers' generate.
+
+Tiny configs (2 layers, hidden 64, vocab 100) with random weights drawn wide enough
+(initializer_range 0.2) that greedy decoding does not settle on one token.  transformers'
+own ``generate`` is the oracle for the tokens; eager torch for the logits.  GPT-2 (learned
+positions, multi-head) and Llama (rotary, grouped-query) run by default on both backends;
+Qwen2, Mistral, Phi and Gemma under ``-m slow``.  Each model is captured once per module
+(``capture_causal_lm`` reuses the graphs of an unchanged model for the second backend).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import transformers as T
+
+import accelir
+from accelir import AccelirError, InputError
+from accelir.accuracy import DEFAULT_BUDGETS, measure
+from accelir.generation import GenerationModel, in_place_cache
+
+_COMMON = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128, vocab_size=100,
+               max_position_embeddings=64, initializer_range=0.2)
+ARCHS = {
+    "gpt2": lambda: T.GPT2LMHeadModel(T.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=64,
+                                                   initializer_range=0.2, bos_token_id=1, eos_token_id=2)),
+    "llama": lambda: T.LlamaForCausalLM(T.LlamaConfig(num_key_value_heads=2, **_COMMON)),
+    "qwen2": lambda: T.Qwen2ForCausalLM(T.Qwen2Config(num_key_value_heads=2, **_COMMON)),
+    "mistral": lambda: T.MistralForCausalLM(T.MistralConfig(num_key_value_heads=1, **_COMMON)),
+    "phi": lambda: T.PhiForCausalLM(T.PhiConfig(**_COMMON)),
+    "gemma": lambda: T.GemmaForCausalLM(T.GemmaConfig(num_key_value_heads=1, head_dim=16,
+                                                      **{**_COMMON, "initializer_range": 0.5})),
+}
+FAST = ("gpt2", "llama")
+BACKENDS = ("onnxruntime", "xla")
+NEW = 24
+
+_models: dict[str, torch.nn.Module] = {}
+_compiled: dict[tuple[str, str], GenerationModel] = {}
+
+
+def model_of(arch: str) -> torch.nn.Module:
+    if arch not in _models:
+        torch.manual_seed(0)
+        _models[arch] = ARCHS[arch]().eval()
+    return _models[arch]
+
+
+def compiled(arch: str, backend: str) -> GenerationModel:
+    if (arch, backend) not in _compiled:
+        cm = accelir.optimize(model_of(arch), (prompt(1)[0],), backend=backend)
+        assert isinstance(cm, GenerationModel)
+        _compiled[arch, backend] = cm
+    return _compiled[arch, backend]
+
+
+def prompt(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (avoiding the configs' special ids 0-2) and a mask; batch 3 is left-padded (3, 1, 0 pads)."""
+    g = torch.Generator().manual_seed(batch)
+    ids = torch.randint(3, 100, (batch, 7), generator=g)
+    mask = torch.ones(batch, 7, dtype=torch.long)
+    if batch == 3:
+        mask[0, :3] = 0
+        mask[1, :1] = 0
+        ids[mask == 0] = 0
+    return ids, mask
+
+
+def arch_params():
+    return [pytest.param(a, marks=() if a in FAST else pytest.mark.slow) for a in ARCHS]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("arch", arch_params())
+def test_greedy_tokens_equal_transformers(arch, backend):
+    model, cm = model_of(arch), compiled(arch, backend)
+    for batch in (1, 3):
+        ids, mask = prompt(batch)
+        want = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
+        got = cm.generate(ids, attention_mask=mask, max_new_tokens=NEW)
+        assert isinstance(got, torch.Tensor) and got.dtype == torch.long
+        assert got.tolist() == want.tolist(), f"batch {batch}"
+    assert len(set(want[:, 7:].flatten().tolist())) > 3  # the check is not one repeated token
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_call_gives_the_models_logits_and_cache(backend):
+    model, cm = model_of("llama"), compiled("llama", backend)
+    ids, mask = prompt(3)
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask, position_ids=torch.clamp(mask.cumsum(-1) - 1, min=0))
+    out = cm(ids, attention_mask=mask)
+    assert type(out).__name__ == "CausalLMOutputWithPast"
+    budget = DEFAULT_BUDGETS["fp32"]
+    errors = measure([ref.logits[mask.bool()]], [out.logits[mask.bool()]])
+    assert budget.met(errors), errors
+    ref_k = ref.past_key_values.layers[1].keys
+    assert out.past_key_values.layers[1].keys.shape == ref_k.shape
+    assert budget.met(measure([ref_k], [out.past_key_values.layers[1].keys]))
+
+
+def test_cache_shapes_are_symbolic_in_the_ir():
+    cm = compiled("llama", "onnxruntime")
+    decode = str(cm.decode_graph).splitlines()[0]
+    assert "%input_ids: i64[batch,1], %attention_mask: i64[batch,past+1]" in decode
+    assert "%past_key_0: f32[batch,2,past,16]" in decode and "%past_value_1: f32[batch,2,past,16]" in decode
+    assert "-> (f32[batch,1,100], f32[batch,2,past+1,16]" in decode
+    prefill = str(cm.graph).splitlines()[0]
+    assert "%input_ids: i64[batch,seq]" in prefill and "f32[batch,2,seq,16]" in prefill
+    # the decode attention reads the past concatenated with the new keys / values (grouped-query heads
+    # repeated by reshape / broadcast), once per layer: the one form a decode-attention fusion matches
+    attentions = [n for n in cm.decode_graph.nodes if n.op == "attention"]
+    assert len(attentions) == 2
+    for layer, node in enumerate(attentions):
+        for operand, kind in ((node.inputs[1], "key"), (node.inputs[2], "value")):
+            while operand.producer.op in ("reshape", "broadcast", "broadcast_to", "expand", "unsqueeze"):
+                operand = operand.producer.inputs[0]
+            assert operand.producer.op == "concat" and operand.name == f"present_{kind}_{layer}"
+            assert operand.producer.inputs[0].name == f"past_{kind}_{layer}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sampling_is_reproducible_and_draws_like_transformers(backend):
+    model, cm = model_of("llama"), compiled("llama", backend)
+    ids, mask = prompt(3)
+    options = dict(do_sample=True, temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=12)
+    torch.manual_seed(5)
+    want = model.generate(ids, attention_mask=mask, **options)
+    torch.manual_seed(5)
+    got = cm.generate(ids, attention_mask=mask, **options)
+    assert got.tolist() == want.tolist()  # the same warpers and draws as transformers
+    first = cm.generate(ids, attention_mask=mask, seed=11, **options)
+    again = cm.generate(ids, attention_mask=mask, generator=torch.Generator().manual_seed(11), **options)
+    other = cm.generate(ids, attention_mask=mask, seed=12, **options)
+    assert first.tolist() == again.tolist() and first.tolist() != other.tolist()
+
+
+def test_eos_padding_min_new_tokens_and_streamer_follow_transformers():
+    model, cm = model_of("llama"), compiled("llama", "onnxruntime")
+    ids, mask = prompt(3)
+    greedy = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
+    eos = int(greedy[1, 7 + 4])  # ends sequence 1 after five tokens
+    for options in (dict(eos_token_id=eos, pad_token_id=1), dict(eos_token_id=eos, pad_token_id=1, min_new_tokens=8)):
+        want = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, **options)
+        got = cm.generate(ids, attention_mask=mask, max_new_tokens=NEW, **options)
+        assert got.tolist() == want.tolist(), options
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def put(self, value):
+            self.calls.append(("put", value.tolist()))
+
+        def end(self):
+            self.calls.append(("end", None))
+
+    ref, mine = Recorder(), Recorder()
+    one = ids[2:]
+    model.generate(one, max_new_tokens=6, do_sample=False, streamer=ref)
+    out = cm.generate(one, max_new_tokens=6, streamer=mine)
+    assert mine.calls == ref.calls and len(mine.calls) == 8
+    assert [t for kind, v in mine.calls[1:-1] for t in v] == out[0, 7:].tolist()
+
+
+def test_onnxruntime_keeps_the_cache_in_ortvalues():
+    import onnxruntime
+    cm = compiled("llama", "onnxruntime")
+    ids, mask = prompt(1)
+    cm.generate(ids, attention_mask=mask, max_new_tokens=5)
+    present = cm._stepper.present
+    assert len(present) == 4 and all(isinstance(v, onnxruntime.OrtValue) for v in present)
+    assert present[0].shape() == [1, 2, 7 + 4, 16]  # the past of a sixth token: the prompt and four steps
+
+
+def test_xla_reuses_one_compiled_step_and_a_fixed_capacity_buffer():
+    cm = compiled("llama", "xla")
+    ids, mask = prompt(3)
+    ids, mask = ids[1:], mask[1:]  # batch 2: a shape no other test compiles
+    steps = cm._stepper._step
+    before = steps._cache_size()
+    cm.generate(ids, attention_mask=mask, max_new_tokens=NEW)
+    assert steps._cache_size() == before + 1  # one compiled step for all 23 decode steps
+    assert cm._stepper.buffers[0].shape == (2, 2, 64, 16)  # 7 + 24 tokens -> capacity 64 (the position limit)
+    cm.generate(ids, attention_mask=mask, max_new_tokens=10)
+    assert steps._cache_size() == before + 1
+    # the step writes the new token into the donated buffers (in place) and attends over them: no concat
+    old, filled = cm._stepper.buffers, cm._stepper.filled
+    cm._stepper.decode(ids[:, -1:].numpy(), np.ones((2, filled + 1), np.int64), np.full((2, 1), filled))
+    assert all(b.is_deleted() for b in old)
+    step_graph = in_place_cache(cm.decode_graph)
+    assert step_graph.op_histogram().get("dynamic_update_slice") == 4 and "concat" not in {
+        n.op for n in step_graph.nodes if n.outputs[0].name and n.outputs[0].name.startswith("present")}
+    assert str(step_graph).splitlines()[0].endswith(
+        "%cache_index: i64[], %cache_key_0: f32[batch,2,past+1,16], %cache_value_0: f32[batch,2,past+1,16], "
+        "%cache_key_1: f32[batch,2,past+1,16], %cache_value_1: f32[batch,2,past+1,16]) -> (f32[batch,1,100], "
+        "f32[batch,2,past+1,16], f32[batch,2,past+1,16], f32[batch,2,past+1,16], f32[batch,2,past+1,16]) {")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_inputs_are_clear_errors_before_the_runtime(backend):
+    cm = compiled("gpt2", backend)
+    ids, _ = prompt(1)
+    with pytest.raises(InputError, match=r"prompt \(7 tokens\) plus max_new_tokens \(60\).*max_position_embeddings "
+                                         r"\(64\)"):
+        cm.generate(ids, max_new_tokens=60)
+    with pytest.raises(InputError, match="token ids must be integers.*float32"):
+        cm.generate(ids.float(), max_new_tokens=2)
+    with pytest.raises(InputError, match=r"token id 100 is outside the vocabulary \[0, 100\)"):
+        cm.generate(torch.tensor([[5, 100]]), max_new_tokens=2)
+    with pytest.raises(InputError, match="attention_mask: shape"):
+        cm.generate(ids, attention_mask=torch.ones(1, 3, dtype=torch.long), max_new_tokens=2)
+    with pytest.raises(AccelirError, match="backend='auto': a causal LM generates on 'onnxruntime' or 'xla'"):
+        accelir.optimize(model_of("gpt2"), (ids,), backend="auto")
+    with pytest.raises(AccelirError, match=r"optimize\(passes=...\): .*no_such_pass"):
+        accelir.optimize(model_of("gpt2"), (ids,), backend=backend, passes=["no_such_pass"])
+
+
+def test_a_model_without_a_cache_path_says_what_is_missing():
+    torch.manual_seed(0)
+    model = T.GPT2LMHeadModel(T.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=50, n_positions=16,
+                                           use_cache=False)).eval()
+    ids = torch.randint(0, 50, (1, 4))
+    cm = accelir.optimize(model, (ids,))
+    assert not isinstance(cm, GenerationModel)
+    with pytest.raises(AccelirError, match="generate\\(\\) needs a key/value cache path.*use_cache=True"):
+        cm.generate(ids, max_new_tokens=2)
+    from accelir.errors import CaptureError
+    from accelir.frontends.torch.generation import capture_causal_lm
+    with pytest.raises(CaptureError, match="config has use_cache=False; set config.use_cache=True"):
+        capture_causal_lm(model)
+
+
+def test_export_writes_the_pair_and_plain_onnxruntime_generates_the_same_tokens(tmp_path):
+    import onnxruntime as ort
+    model, cm = model_of("gpt2"), compiled("gpt2", "onnxruntime")
+    path = str(tmp_path / "lm.onnx")
+    assert cm.export(path) == path
+    assert sorted(os.listdir(tmp_path)) == ["lm.decode.onnx", "lm.onnx"]
+    prefill, decode = ort.InferenceSession(path), ort.InferenceSession(str(tmp_path / "lm.decode.onnx"))
+    assert [i.name for i in decode.get_inputs()][:4] == ["input_ids", "attention_mask", "position_ids", "past_key_0"]
+    ids, _ = prompt(1)
+    feed = {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy()),
+            "position_ids": np.arange(7)[None]}
+    logits, *past = prefill.run(None, feed)
+    tokens = [int(logits[0, -1].argmax())]
+    for step in range(5):
+        feed = {"input_ids": np.array([[tokens[-1]]]), "attention_mask": np.ones((1, 8 + step), np.int64),
+                "position_ids": np.array([[7 + step]])}
+        feed.update({f"past_{kind}_{i // 2}": p for i, (kind, p) in enumerate(zip(["key", "value"] * 2, past))})
+        logits, *past = decode.run(None, feed)
+        tokens.append(int(logits[0, -1].argmax()))
+    assert tokens == model.generate(ids, max_new_tokens=6, do_sample=False)[0, 7:].tolist()
+
+
+def test_export_writes_both_files_or_neither(tmp_path):
+    cm = compiled("gpt2", "onnxruntime")
+    (tmp_path / "lm.decode.onnx").write_text("keep")
+    with pytest.raises(accelir.errors.OutputExistsError, match="lm.decode.onnx exists"):
+        cm.export(str(tmp_path / "lm.onnx"))
+    assert sorted(os.listdir(tmp_path)) == ["lm.decode.onnx"]
+    assert (tmp_path / "lm.decode.onnx").read_text() == "keep"
+    cm.export(str(tmp_path / "lm.onnx"), overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["lm.decode.onnx", "lm.onnx"]
+
+
+LM_FACTORY = """
+import torch
+import transformers
+
+
+def make():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=50, n_positions=32)
+    return transformers.GPT2LMHeadModel(config).eval(), (torch.randint(0, 50, (1, 5)),)
+"""
+
+
+def test_bench_generate_reports_first_token_and_per_token_latency(tmp_path, capsys):
+    from accelir.cli import main
+    path = tmp_path / "lm_factory.py"
+    path.write_text(LM_FACTORY)
+    assert main(["bench", f"{path}:make", "--generate", "8", "--backends", "onnxruntime", "--repeats", "2",
+                 "--warmup", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("8 new tokens after a prompt of 5, batch 1, greedy")
+    assert "first token ms" in lines[1] and "per token ms" in lines[1]
+    rows = {line.split("  ")[0].strip(): line.split() for line in lines[2:]}
+    assert set(rows) == {"transformers generate", "accelir -> onnxruntime"}
+    for row in rows.values():
+        assert float(row[-4]) > 0 and float(row[-3]) > 0 and row[-1] == "yes"
