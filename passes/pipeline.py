@@ -95,7 +95,9 @@ TARGETS: dict[str, Target] = {
     # is handed): ResNet-50's optimize() peaked at 4.6x its weight bytes with the fold and at
     # 3.7x without it, with the same latency.
     "onnxruntime": Target("onnxruntime", frozenset({"fuse_conv_bn:conv_batch_norm"})),
-    "xla": Target("xla"),
+    # XLA gains nothing from the decode-attention composite (it lowers to its decomposition), and the
+    # generation path writes the cache in place where it finds concat(past, new): keep that form there
+    "xla": Target("xla", frozenset({"fuse_decode_attention"})),
 }
 
 

@@ -110,9 +110,13 @@ def test_cache_shapes_are_symbolic_in_the_ir():
     assert "-> (f32[batch,1,100], f32[batch,2,past+1,16]" in decode
     prefill = str(cm.graph).splitlines()[0]
     assert "%input_ids: i64[batch,seq]" in prefill and "f32[batch,2,seq,16]" in prefill
-    # the decode attention reads the past concatenated with the new keys / values (grouped-query heads
-    # repeated by reshape / broadcast), once per layer: the one form a decode-attention fusion matches
-    attentions = [n for n in cm.decode_graph.nodes if n.op == "attention"]
+    # on onnxruntime every layer's decode attention is fused into GroupQueryAttention, the present
+    # keys / values its outputs
+    fused = [n for n in cm.decode_graph.nodes if n.op == "group_query_attention"]
+    assert len(fused) == 2 and not [n for n in cm.decode_graph.nodes if n.op == "attention"]
+    # on XLA it reads the past concatenated with the new keys / values (grouped-query heads repeated by
+    # reshape / broadcast), once per layer: the form the in-place cache write rewrites
+    attentions = [n for n in compiled("llama", "xla").decode_graph.nodes if n.op == "attention"]
     assert len(attentions) == 2
     for layer, node in enumerate(attentions):
         for operand, kind in ((node.inputs[1], "key"), (node.inputs[2], "value")):
