@@ -588,7 +588,7 @@ def _reference_system(inp: LoadedInput, graph: Graph, flat: list[np.ndarray]) ->
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     import accelir
-    from .timing import time_interleaved
+    from .timing import latency_table, time_interleaved
 
     inp = load_input(args.input, args.caffemodel)
     if args.generate is not None:
@@ -617,11 +617,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                              for r, g in zip(reference, got) if r.size), default=0.0)
     with progress.step("timing"):
         timings = time_interleaved(systems, warmup=args.warmup, repeats=args.repeats)
-    width = max(len(k) for k in systems)
-    print(f"{'system':{width}s}  {'median ms':>10s}  {'min-max ms':>17s}  {'build s':>8s}  {'max abs err':>11s}")
-    for label, t in timings.items():
-        span = f"{t.min * 1e3:.3f}-{t.max * 1e3:.3f}"
-        print(f"{label:{width}s}  {t.median * 1e3:10.3f}  {span:>17s}  {build[label]:8.2f}  {errors[label]:11.3g}")
+    print(latency_table(timings, name, {"build s": {k: f"{v:.2f}" for k, v in build.items()},
+                                        "max abs err": {k: f"{v:.3g}" for k, v in errors.items()}}))
     return 0
 
 

@@ -14,7 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-__all__ = ["Timing", "time_interleaved"]
+__all__ = ["Timing", "time_interleaved", "latency_table", "WIDE_SPREAD"]
+
+#: a spread (interquartile range / median) above this makes a figure unreliable: the table says so
+WIDE_SPREAD = 0.2
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,41 @@ class Timing:
     def max(self) -> float:
         return max(self.runs)
 
+    @property
+    def spread(self) -> float:
+        """The interquartile range relative to the median: how far one run is from the next."""
+        if len(self.runs) < 2:
+            return 0.0
+        q1, _, q3 = statistics.quantiles(self.runs, n=4, method="inclusive")
+        return (q3 - q1) / self.median if self.median > 0 else 0.0
+
     def __str__(self) -> str:
-        return f"{self.median * 1e3:.3f} ms ({self.min * 1e3:.3f}-{self.max * 1e3:.3f})"
+        return f"{self.median * 1e3:.3f} ms (spread {self.spread:.0%})"
+
+
+def latency_table(timings: Mapping[str, Timing], reference: str, extra: Mapping[str, Mapping[str, str]] | None = None,
+                  indent: str = "") -> str:
+    """The one form accelir reports speed in: each system's median, its spread (interquartile range /
+    median), and its time as a ratio of ``reference``'s median (below 1: faster); medians only are
+    compared, never a median with a minimum. ``extra``: more columns, column -> system -> text. A line
+    at the end warns when a spread is wide enough (> WIDE_SPREAD) to make a ratio unreliable."""
+    extra = extra or {}
+    width = max(len(k) for k in timings)
+    base = timings[reference].median
+    head = f"{'system':{width}s}  {'median ms':>10s}  {'spread':>6s}  {'time ratio':>10s}"
+    head += "".join(f"  {col:>11s}" for col in extra)
+    lines = [indent + head]
+    for name, t in timings.items():
+        row = f"{name:{width}s}  {t.median * 1e3:10.3f}  {t.spread:6.0%}  {t.median / base:10.2f}"
+        row += "".join(f"  {values.get(name, ''):>11s}" for values in extra.values())
+        lines.append(indent + row)
+    lines.append(f"{indent}time ratio: median / the median of {reference} (below 1 is faster); spread: interquartile "
+                 f"range / median over {len(timings[reference].runs)} interleaved runs")
+    wide = [name for name, t in timings.items() if t.spread > WIDE_SPREAD]
+    if wide:
+        lines.append(f"{indent}WARNING: wide spread ({', '.join(wide)}): another process or throttling disturbed the "
+                     "runs; these ratios are not reliable, repeat on a quiet machine with more --repeats")
+    return "\n".join(lines)
 
 
 def time_interleaved(fns: Mapping[str, Callable[[], object]], *, warmup: int = 3, repeats: int = 10,

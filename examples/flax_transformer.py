@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 import accelir
-from accelir.timing import time_interleaved
+from accelir.timing import latency_table, time_interleaved
 
 __all__ = ["Encoder", "build_model", "main"]
 
@@ -116,10 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "accelir -> xla": lambda: compiled["xla"](ids).block_until_ready(),
                                 "accelir -> onnxruntime": lambda: compiled["onnxruntime"](ids)},
                                repeats=args.repeats)
-    base = timings["jax.jit"].median
-    print("\nlatency (median, min-max):")
-    for name, t in timings.items():
-        print(f"  {name:24s} {t}  {t.median / base:5.2f}x the time of jax.jit")
+    print("\nlatency:")
+    print(latency_table(timings, "jax.jit", indent="  "))
     return 0
 
 

@@ -18,7 +18,7 @@ import torch
 from transformers import GPT2Config, GPT2Model
 
 import accelir
-from accelir.timing import time_interleaved
+from accelir.timing import latency_table, time_interleaved
 
 __all__ = ["build_model", "gpt2", "main"]
 
@@ -87,10 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "accelir -> onnxruntime": lambda: compiled["onnxruntime"](ids, attention_mask=mask),
                                 "accelir -> xla": lambda: compiled["xla"](ids, attention_mask=mask)},
                                repeats=args.repeats)
-    base = timings["torch eager"].median
-    print("\nlatency (median, min-max):")
-    for name, t in timings.items():
-        print(f"  {name:24s} {t}  {base / t.median:5.2f}x eager")
+    print("\nlatency:")
+    print(latency_table(timings, "torch eager", indent="  "))
 
     # 4. export: ONNX for any ONNX runtime, StableHLO for XLA, and an HTML report of the graph and passes
     for name, backend in (("gpt2.onnx", "onnxruntime"), ("gpt2.mlir", "xla"), ("gpt2.html", "onnxruntime")):

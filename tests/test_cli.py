@@ -549,10 +549,14 @@ def test_check_catches_a_wrong_pass(tmp_path):
 def test_bench_prints_a_latency_table(factory):
     r = _cli("bench", f"{factory}:make", "--backends", "onnxruntime", "--repeats", "3", "--warmup", "1")
     assert r.returncode == 0, r.stderr
-    rows = {line.split("  ")[0].strip(): line for line in r.stdout.splitlines()[1:]}
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["system", "median", "ms", "spread", "time", "ratio", "build", "s", "max", "abs", "err"]
+    rows = {line.split("  ")[0].strip(): line for line in lines[1:3]}
     assert set(rows) == {"torch eager", "accelir -> onnxruntime"}
+    assert float(rows["torch eager"].split()[4]) == 1.0  # the reference's time ratio
     err = float(rows["accelir -> onnxruntime"].split()[-1])
     assert err < 1e-5
+    assert lines[3].startswith("time ratio: median / the median of torch eager")
 
 
 def test_console_script_and_module_entry_point(air):
