@@ -24,7 +24,7 @@ from ...ir import DType, Graph, Value
 from .context import RULES, NodeContext, bind_schema, resolve_aten, slice_bounds
 from .converter import Converter, TorchSignature, bind_outputs
 
-__all__ = ["capture_fx", "MODULES"]
+__all__ = ["capture_fx", "fx_converter", "MODULES"]
 
 # python operators on tensors -> aten op
 _OPERATORS: dict[Callable, str] = {
@@ -163,13 +163,22 @@ def _fits(schema: torch.FunctionSchema, args: tuple, kwargs: dict, vals: Mapping
                 return None
             continue
         v = bound[p.name]
-        kind = str(p.type)
-        wants_tensor = kind in ("Tensor", "Tensor?")
-        if wants_tensor != _is_tensor(vals, v) and not (kind == "Tensor?" and v is None):
+        optional, base = _slot_type(p.type)
+        wants_tensor = isinstance(base, torch._C.TensorType)
+        if wants_tensor != _is_tensor(vals, v) and not (optional and v is None):
             return None
-        if kind == "Tensor[]" and not (isinstance(v, (list, tuple)) and all(_is_tensor(vals, t) for t in v)):
+        if (isinstance(base, torch._C.ListType) and isinstance(base.getElementType(), torch._C.TensorType)
+                and not (isinstance(v, (list, tuple)) and all(_is_tensor(vals, t) for t in v))):
             return None
     return bound
+
+
+def _slot_type(t: Any) -> tuple[bool, Any]:
+    """(optional, the type inside) of a schema argument's type; torch spells Tensor? as
+    Optional[Tensor] and Tensor[] as List[Tensor] in str(), so the type objects are read."""
+    if isinstance(t, torch._C.OptionalType):
+        return True, t.getElementType()
+    return False, t
 
 
 def _aten_call(name: str, args: tuple, kwargs: dict, vals: Mapping) -> tuple[str | None, Any, dict]:
@@ -294,6 +303,18 @@ def _symbolic_trace(model: Any) -> torch.fx.GraphModule:
                            "method='export' where it captures the model.") from e
 
 
+def fx_converter(gm: torch.fx.GraphModule, vals: dict[torch.fx.Node, Any]) -> Converter:
+    """A Converter for a graph of torch-level targets whose node results (real or fake tensors,
+    sizes) are ``vals``; raises one UnsupportedOpError listing the ops that have no rule."""
+    conv = Converter({**RULES, "tensor_getitem": _getitem}, None, {})  # the aten rules plus fx's getitem
+    conv.vals = vals
+    conv.resolve = _resolver(gm, conv.vals)
+    for name, t in list(gm.named_parameters()) + list(gm.named_buffers()):
+        conv.tensor_names.setdefault(id(t), name)
+    conv.check_supported(gm)
+    return conv
+
+
 def capture_fx(model: Any, args: tuple, kwargs: dict) -> Graph:
     """Capture ``model`` (a GraphModule, or a module that torch.fx.symbolic_trace traces) with static shapes."""
     gm = model if isinstance(model, torch.fx.GraphModule) else _symbolic_trace(model)
@@ -305,12 +326,7 @@ def capture_fx(model: Any, args: tuple, kwargs: dict) -> Graph:
     leaves, in_spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
     leaf_index = {id(v): i for i, v in enumerate(leaves)}
 
-    conv = Converter({**RULES, "tensor_getitem": _getitem}, None, {})  # the aten rules plus fx's getitem
-    conv.vals = _record_values(gm, inputs)
-    conv.resolve = _resolver(gm, conv.vals)
-    for name, t in list(gm.named_parameters()) + list(gm.named_buffers()):
-        conv.tensor_names.setdefault(id(t), name)
-    conv.check_supported(gm)
+    conv = fx_converter(gm, _record_values(gm, inputs))
     g = conv.graph
     bound_inputs, input_leaves = [], []
     for p, v in zip(placeholders, inputs):
