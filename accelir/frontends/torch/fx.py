@@ -192,15 +192,32 @@ def _aten_call(name: str, args: tuple, kwargs: dict, vals: Mapping) -> tuple[str
         kw = dict(kwargs)
         if "input" in kw and "input" not in {p.name for p in op._schema.arguments}:
             kw["self"] = kw.pop("input")
-        kw = {k: v for k, v in kw.items() if k not in ("inplace", "out")}
+        if kw.get("return_indices"):  # F.max_pool2d(..., return_indices=True) is another op
+            return None, None, {}
+        kw = {k: v for k, v in kw.items() if k not in ("inplace", "out", "return_indices")}
         bound = _fits(op._schema, args, kw, vals)
         if bound is not None:
             return name, op, bind_schema(op, (), bound)
     return None, None, {}
 
 
+def _literals(arg: Any, vals: Mapping) -> Any:
+    """Arguments with each fx node whose result is a python number replaced by that number
+    (an eps read with ``.item()``): rules take numbers as python values, as export passes them."""
+    if isinstance(arg, torch.fx.Node):
+        v = vals.get(arg)
+        return v if isinstance(v, (bool, int, float)) else arg
+    if isinstance(arg, (list, tuple)):
+        return type(arg)(_literals(a, vals) for a in arg)
+    return arg
+
+
 def _resolver(gm: torch.fx.GraphModule, vals: Mapping) -> Callable[[torch.fx.Node], tuple]:
     def resolve(node: torch.fx.Node) -> tuple[str | None, Any, dict]:
+        name, target, args = resolve_node(node)
+        return name, target, {k: _literals(v, vals) for k, v in args.items()}
+
+    def resolve_node(node: torch.fx.Node) -> tuple[str | None, Any, dict]:
         t, args, kwargs = node.target, tuple(node.args), dict(node.kwargs)
         if node.op == "call_module":
             mod = gm.get_submodule(t)
@@ -246,12 +263,16 @@ def _getitem(ctx: NodeContext, a: dict) -> Value:
     """x[...] with ints, slices, None, Ellipsis and at most one index tensor."""
     x = ctx.value(a["self"])
     index = a["index"] if isinstance(a["index"], tuple) else (a["index"],)
-    if sum(1 for i in index if isinstance(i, torch.fx.Node) and ctx.is_tensor(i)) > 1:
-        raise ctx.unsupported("indexing with several index tensors is not supported on the fx path")
     real = sum(1 for i in index if i is not None and i is not Ellipsis)
     items: list[Any] = []
     for i in index:
         items.extend([slice(None)] * (x.rank - real) if i is Ellipsis else [i])
+    tensors = [isinstance(i, torch.fx.Node) and ctx.is_tensor(i) for i in items]
+    if sum(tensors) > 1:
+        if not all(t or i == slice(None) for t, i in zip(tensors, items)):
+            raise ctx.unsupported("indexing with several index tensors mixed with numbers, slices or None is not "
+                                  "supported on the fx path")
+        return RULES["index"](ctx, {"self": a["self"], "indices": [i if t else None for t, i in zip(tensors, items)]})
     dim = 0
     for i in items:
         if i is None:
