@@ -134,7 +134,9 @@ def _reason(e: BaseException) -> str:
 
 
 def _compile(gm: Any, example_inputs: list, opts: BackendOptions) -> Callable[..., Any]:
+    import numpy as np
     import torch
+    import torch.utils._pytree as pytree
 
     from .api import optimize
     from .frontends.torch.dynamo import capture_dynamo
@@ -159,7 +161,11 @@ def _compile(gm: Any, example_inputs: list, opts: BackendOptions) -> Callable[..
     def run(*args: Any) -> Any:
         if scalars and any(args[i].item() != v for i, v in scalars.items()):
             return gm.forward(*args)  # a python number the graph baked in has changed
-        return compiled(*[args[i] for i in taken])
+        outputs = compiled(*[args[i] for i in taken])
+        if not taken:  # with no tensor to follow, the runners answer in numpy
+            from .arrays import to_torch
+            outputs = pytree.tree_map(lambda o: to_torch(o) if isinstance(o, np.ndarray) else o, outputs)
+        return outputs
 
     run.compiled_model = compiled  # type: ignore[attr-defined]
     return run

@@ -98,6 +98,24 @@ def test_graph_breaks_compile_each_graph(backend, compiles, capsys):
     assert all(c.backend == backend for c in compiles)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_outputs_are_tensors_for_strided_inputs_and_graphs_without_inputs(backend, compiles):
+    def f(x, y):
+        return x @ y, x, (x * 2)[:, :1]
+
+    def constant():
+        return torch.arange(3.0) * 2
+
+    x, y = torch.randn(4, 3).t(), torch.randn(4, 2)  # x is not contiguous
+    with torch.no_grad():
+        got = torch.compile(f, backend="accelir", options={"backend": backend})(x, y)
+        made = torch.compile(constant, backend="accelir", options={"backend": backend})()
+    assert all(isinstance(t, torch.Tensor) for t in got)
+    _assert_matches(got, f(x, y))
+    assert isinstance(made, torch.Tensor) and torch.equal(made, constant())
+    assert len(compiles) == 2
+
+
 def _bert():
     cfg = transformers.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
                                   vocab_size=100, max_position_embeddings=64)
