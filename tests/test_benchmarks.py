@@ -84,6 +84,15 @@ def test_quick_onnx_models():
     assert all("wrong output" not in r and f"on {conditions.cpu_count()} CPUs" in r for r in rows)
 
 
+def test_quick_torch_compile_compares_accelir_with_inductor_and_eager():
+    out = _assert_ran(_run_script(["-m", "benchmarks.torch_compile", "--quick", "--allow-load", "--models", "bert"],
+                                  timeout=900))
+    rows = [line.split("|")[2].strip() for line in out.splitlines() if line.startswith("| bert |")]
+    assert rows == ["eager", "inductor", "accelir -> onnxruntime", "accelir -> xla"]
+    assert "wrong output" not in out and "failed" not in out and "eager:" not in out
+    assert f"on {conditions.cpu_count()} CPUs" in out and "first call <= 0.5x inductor's" in out
+
+
 def test_quick_gpu_check_says_what_is_missing():
     import torch
     proc = _run_script(["benchmarks/gpu_check.py", "--quick", "--allow-load"])
