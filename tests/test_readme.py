@@ -87,5 +87,7 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch):
         expected = ns["model"](ns["ids"]).last_hidden_state
     np.testing.assert_allclose(ns["out"].last_hidden_state.numpy(), expected.numpy(), rtol=1e-3, atol=1e-4)
     assert (tmp_path / "gpt2.onnx").is_file()
+    # the torch.compile snippet
+    np.testing.assert_allclose(ns["fast"].last_hidden_state.numpy(), expected.numpy(), rtol=1e-3, atol=1e-4)
     # the pass-watching snippet: its dumps and report
     assert (tmp_path / "dumps" / "000-input.air").is_file() and (tmp_path / "dumps" / "report.txt").is_file()
