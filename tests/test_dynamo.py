@@ -197,6 +197,22 @@ def test_resnet_two_sizes_dynamic_compiles_once(backend, make, compiles):
     assert len(compiles) == 1
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mark_dynamic_under_inference_mode_compiles_once(backend, compiles):
+    torch.manual_seed(0)
+    model = SmallResNet().eval()
+    _randomise_norm_stats(model)
+    compiled = torch.compile(model, backend="accelir", options={"backend": backend})
+    g = torch.Generator().manual_seed(3)
+    with torch.inference_mode():
+        for batch in (2, 5):
+            x = torch.randn(batch, 3, 32, 32, generator=g)
+            torch._dynamo.mark_dynamic(x, 0)
+            _assert_matches(compiled(x), model(x))
+    assert len(compiles) == 1
+    assert compiles[0].graph.inputs[0].type.shape[0] != 2  # a symbol, not the first call's batch
+
+
 def test_gpt2_dynamic_matches_eager(compiles):
     """GPT-2's gelu reads math.pi, which Dynamo passes as a 0-d tensor: it is baked in."""
     torch.manual_seed(0)
