@@ -316,6 +316,13 @@ class CompiledModel:
         outputs = self._runner(*flat)
         return self._signature.unflatten(list(outputs))
 
+    def sharded_parameters(self) -> dict[str, Any]:
+        """The weights as placed over the mesh (jax arrays by name), for a model optimised with ``mesh=``."""
+        placed = getattr(self._runner, "sharded_parameters", None)
+        if placed is None:
+            raise AccelirError("sharded_parameters(): this model was not optimised with mesh= and sharding=")
+        return placed()
+
     def export(self, path: str | os.PathLike, *, overwrite: bool = False) -> str:
         """Write the optimised model; the format follows the suffix:
         .onnx, .mlir (StableHLO), .hlo (HLO text), .air (accelir IR), .dot (Graphviz), .html (report).
@@ -364,7 +371,7 @@ def _numpy_inputs(flat: Sequence[Any]) -> list[np.ndarray]:
 def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxruntime", device: str = "cpu",
              level: int = 2, passes: Sequence[Any] | None = None, dynamic_shapes: Any = None,
              debug: Mapping[str, Any] | None = None, example_kwargs: Mapping[str, Any] | None = None,
-             **capture_options: Any) -> CompiledModel:
+             mesh: Any = None, sharding: Any = None, **capture_options: Any) -> CompiledModel:
     """Capture, optimise and lower ``model``; returns a CompiledModel called like the model.
 
     ``backend`` is "onnxruntime", "xla" or "auto" (build each available backend, time
@@ -373,6 +380,9 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
     ``debug`` takes the PassManager's options: print_after, dump_dir (with overwrite=True
     to replace the dumps of an earlier run there), check_numerics (True to check with the
     example inputs), verify_each.
+    ``mesh`` (a ``jax.sharding.Mesh``) and ``sharding`` ("data-parallel", "tensor-parallel",
+    "fsdp" or a dict of regex -> PartitionSpec) split the model over the mesh's devices with
+    backend="xla" (:mod:`accelir.lowering.jax.sharding`).
     """
     from .pass_manager import PassManager
     from .passes import get_pass, pipeline
@@ -381,6 +391,9 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
         raise AccelirError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or 'auto'")
     if device not in ("cpu", "cuda"):
         raise AccelirError(f"unknown device {device!r}; choose 'cpu' or 'cuda'")
+    if (mesh is None) != (sharding is None) or (mesh is not None and backend != "xla"):
+        raise AccelirError("mesh= and sharding= go together, with backend='xla' (XLA's SPMD partitioner splits "
+                           "the model)")
     report = OptimizeReport()
     t0 = time.perf_counter()
     graph = capture(model, example_inputs, dynamic_shapes, example_kwargs=example_kwargs, **capture_options)
@@ -416,6 +429,9 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
         if not flat:
             raise AccelirError("backend='auto' times each backend on the example inputs; pass example_inputs")
         chosen, runner = _fastest_backend(graph, device, flat, report)
+    elif mesh is not None:
+        from .lowering.jax.sharding import ShardedJaxModule
+        chosen, runner = backend, ShardedJaxModule(graph, mesh, sharding)
     else:
         chosen = backend
         runner = build_runner(graph, backend, device)
