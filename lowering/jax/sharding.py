@@ -16,8 +16,9 @@ propagates the layouts through the program and inserts the collectives.
 - ``{regex: PartitionSpec}``: a weight takes the spec of the first regex that
   ``re.search`` finds in its name; the others are replicated.  Names are the graph's
   constant names, the model's ``state_dict`` names where the passes kept the weight as
-  it was; a weight the passes rewrote (transposed, merged) is named after its module,
-  ``<module>.weight`` / ``<module>.bias``.  Specs apply to the weight as the graph holds
+  it was; a weight the passes rewrote is named after its module, ``<module>.weight`` /
+  ``<module>.bias`` (transposed), ``<module>.merged_weight`` (sibling projections packed
+  into one, named after the first: q, k, v as ``q_proj.merged_weight``).  Specs apply to the weight as the graph holds
   it (``linear`` weights are ``[in, out]``).
 
 The data axis is the mesh axis named "data" (or "batch", "dp", "fsdp"), else the first;
@@ -85,7 +86,8 @@ def _weight_name(node: Node, name: str) -> str:
     if str(node.meta.get("origin", "")).startswith("state_dict") or not node.meta.get("module"):
         return name
     slots = {i for user, i in node.outputs[0].uses() if user.op in ("linear", "matmul", "conv", "fused_conv")}
-    return f"{node.meta['module']}.{'bias' if slots == {2} else 'weight'}"
+    merged = "merged_" if node.meta.get("pass") == "fuse_parallel_linear" else ""
+    return f"{node.meta['module']}.{merged}{'bias' if slots == {2} else 'weight'}"
 
 
 def _split(axis: str, rank: int, dim: int) -> PartitionSpec:
