@@ -93,6 +93,16 @@ def test_quick_torch_compile_compares_accelir_with_inductor_and_eager():
     assert f"on {conditions.cpu_count()} CPUs" in out and "first call <= 0.5x inductor's" in out
 
 
+def test_quick_sharding_reports_memory_latency_and_collectives():
+    out = _assert_ran(_run_script(["-m", "benchmarks.sharding", "--quick", "--allow-load"], timeout=600))
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ") and "---" not in line}
+    assert list(rows)[1:] == ["one device", "data-parallel", "fsdp", "tensor-parallel"]
+    assert "wrong output" not in out and f"on {conditions.cpu_count()} CPUs" in out
+    assert "all-gather" in rows["fsdp"] and "all-reduce 4 " in rows["tensor-parallel"]  # two a layer, as Megatron's
+    mib = {k: float(v.split("|")[2]) for k, v in rows.items() if k != "mode"}
+    assert mib["fsdp"] < mib["one device"] / 4 and mib["tensor-parallel"] < mib["one device"]
+
+
 def test_quick_gpu_check_says_what_is_missing():
     import torch
     proc = _run_script(["benchmarks/gpu_check.py", "--quick", "--allow-load"])
