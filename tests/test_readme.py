@@ -87,6 +87,9 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch):
         expected = ns["model"](ns["ids"]).last_hidden_state
     np.testing.assert_allclose(ns["out"].last_hidden_state.numpy(), expected.numpy(), rtol=1e-3, atol=1e-4)
     assert (tmp_path / "gpt2.onnx").is_file()
+    # the sharding snippet (on however many devices jax has here)
+    np.testing.assert_allclose(ns["split_out"].last_hidden_state.numpy(), expected.numpy(), rtol=1e-3, atol=1e-4)
+    assert ns["fc"].shape == tuple(ns["model"].h[0].mlp.c_fc.weight.shape)
     # the torch.compile snippet
     np.testing.assert_allclose(ns["fast"].last_hidden_state.numpy(), expected.numpy(), rtol=1e-3, atol=1e-4)
     # the pass-watching snippet: its dumps and report
