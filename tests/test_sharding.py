@@ -73,6 +73,13 @@ for mode, mesh in [("data-parallel", data), ("fsdp", data), ("tensor-parallel", 
     hlo = cm._runner.lower(ids).compile().as_text()
     for op in collectives[mode]:
         assert op in hlo, (mode, op)
+    if mode == "tensor-parallel":  # each linear's output pinned: column ones split on features, row ones whole
+        lowered = cm._runner.lower(ids).as_text()
+        pinned = cm._runner.plan.activations
+        assert len(pinned) >= 4 * cfg.num_hidden_layers and lowered.count("sharding_constraint") == len(pinned)
+        split_out = sum(1 for spec in pinned.values() if any(spec))
+        assert split_out >= 2 * cfg.num_hidden_layers and split_out == sum(
+            1 for line in lowered.splitlines() if "sharding_constraint" in line and '{"model"}]>' in line)
     if mode == "data-parallel":
         assert "all-reduce" not in hlo and "all-gather" not in hlo
         with x64_scope(True):  # int64 ids, as captured

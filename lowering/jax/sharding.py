@@ -48,7 +48,8 @@ from accelir.arrays import to_numpy, to_torch
 from accelir.errors import AccelirError, InputError
 from accelir.ir import Graph, Node
 
-from .context import constant_key, framework_of, from_jax_array, to_jax, x64_scope
+from .context import Lowering, constant_key, framework_of, from_jax_array, to_jax, x64_scope
+from .layout import Permuted
 from .runner import JaxModule, _compiler_options, _one_list
 
 __all__ = ["MODES", "ShardingPlan", "plan_sharding", "ShardedJaxModule"]
@@ -67,6 +68,7 @@ class ShardingPlan:
     params: dict[str, PartitionSpec] = field(default_factory=dict)
     inputs: list[PartitionSpec | None] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)  # parameter key -> name the rules match
+    activations: dict[int, PartitionSpec] = field(default_factory=dict)  # node id -> its output's layout
 
 
 def _axis(mesh: Mesh, preferred: tuple[str, ...], last: bool) -> str:
@@ -94,18 +96,24 @@ def _split(axis: str, rank: int, dim: int) -> PartitionSpec:
     return PartitionSpec(*[axis if d == dim else None for d in range(rank)])
 
 
-def _tensor_parallel(graph: Graph, axis: str) -> dict[str, PartitionSpec]:
-    """Megatron's column / row layout by constant name, from how values flow between linears."""
+def _tensor_parallel(graph: Graph, axis: str) -> tuple[dict[str, PartitionSpec], dict[int, PartitionSpec]]:
+    """Megatron's column / row layout by constant name, from how values flow between linears;
+    and the layout each linear's output is constrained to, by node id (column: features
+    split; row: whole, which is where XLA all-reduces)."""
     split: set[int] = set()  # ids of values split on their feature dim
     specs: dict[str, PartitionSpec] = {}
+    outputs: dict[int, PartitionSpec] = {}
     for node in graph.nodes:
         if node.op in ("linear", "matmul") and len(node.inputs) >= 2 and node.inputs[1].producer is not None \
                 and node.inputs[1].producer.op == "constant" and node.inputs[1].rank == 2:
             w = node.inputs[1].producer.attrs["name"]
+            rank = node.outputs[0].rank
             if id(node.inputs[0]) in split:  # row-parallel: the input's features arrive split
                 specs.setdefault(w, _split(axis, 2, 0))
+                outputs[id(node)] = PartitionSpec(*([None] * rank))
             else:  # column-parallel: output features split, bias with them
                 specs.setdefault(w, _split(axis, 2, 1))
+                outputs[id(node)] = _split(axis, rank, rank - 1)
                 if len(node.inputs) == 3 and node.inputs[2].producer is not None \
                         and node.inputs[2].producer.op == "constant":
                     specs.setdefault(node.inputs[2].producer.attrs["name"], _split(axis, 1, 0))
@@ -113,7 +121,7 @@ def _tensor_parallel(graph: Graph, axis: str) -> dict[str, PartitionSpec]:
             continue
         if node.op not in _REGION_ENDS and any(id(v) in split for v in node.inputs):
             split.update(id(o) for o in node.outputs)
-    return specs
+    return specs, outputs
 
 
 def _fsdp(arrays: Mapping[str, np.ndarray], size: int, axis: str) -> dict[str, PartitionSpec]:
@@ -185,7 +193,7 @@ def plan_sharding(graph: Graph, params: Mapping[str, np.ndarray], prefix: str, m
         batch = data
         plan.params = _fsdp({k: params[k] for k in names}, mesh.shape[data], data)
     elif sharding == "tensor-parallel":
-        by_name = _tensor_parallel(graph, model)
+        by_name, plan.activations = _tensor_parallel(graph, model)
         plan.params = {constant_key(prefix, n): s for n, s in by_name.items() if constant_key(prefix, n) in params}
     else:
         raise AccelirError(f"sharding must be one of {', '.join(map(repr, MODES))} or a dict of regex -> "
@@ -193,6 +201,20 @@ def plan_sharding(graph: Graph, params: Mapping[str, np.ndarray], prefix: str, m
     _check_divides(plan.params, params, names, mesh)
     plan.inputs = [PartitionSpec(batch) if batch is not None and v.rank >= 1 else None for v in graph.inputs]
     return plan
+
+
+@dataclass
+class _ConstrainedLowering(Lowering):
+    """A trace that pins the outputs of some nodes to a layout (``jax.lax.with_sharding_constraint``)."""
+
+    constraints: Mapping[int, NamedSharding] = field(default_factory=dict)
+
+    def lower_node(self, node: Node, args: list, bindings: Mapping[str, Any]) -> list:
+        outs = super().lower_node(node, args, bindings)
+        c = self.constraints.get(id(node))
+        if c is None or isinstance(outs[0], Permuted):
+            return outs
+        return [jax.lax.with_sharding_constraint(outs[0], c)] + outs[1:]
 
 
 class ShardedJaxModule(JaxModule):
@@ -209,10 +231,15 @@ class ShardedJaxModule(JaxModule):
         self.plan = plan_sharding(graph, self.function.params, "0", mesh, sharding)
         constraints = [None if s is None else NamedSharding(mesh, s) for s in self.plan.inputs]
 
+        activations = {k: NamedSharding(mesh, s) for k, s in self.plan.activations.items()}
+        fn = self.function
+
         def run(values: tuple, *inputs: Any) -> list:
             inputs = tuple(x if c is None else jax.lax.with_sharding_constraint(x, c)
                            for x, c in zip(inputs, constraints))
-            return self.function.apply(dict(zip(keys, values)), *inputs)
+            lowering = _ConstrainedLowering(fn._prefixes, dict(zip(keys, values)), fn._small, fn.layouts, fn._splats,
+                                            constraints=activations)
+            return lowering.run(graph, *inputs)
 
         self._jitted = jax.jit(run, compiler_options=_compiler_options(self.device, compiler_options))
         with x64_scope(self.function.needs_x64):
