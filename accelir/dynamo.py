@@ -29,7 +29,7 @@ import inspect
 import os
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from .errors import AccelirError
@@ -55,14 +55,13 @@ class BackendOptions:
     precision: str | None = None
     debug: Mapping[str, Any] | None = None
     fallback: bool = True
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def parse(cls, options: Mapping[str, Any] | None) -> BackendOptions:
         """Check the user's options: an unknown key or value is an AccelirError saying what is accepted."""
         from .api import BACKENDS
         options = dict(options or {})
-        known = [f for f in cls.__dataclass_fields__ if f != "extra"]
+        known = list(cls.__dataclass_fields__)
         unknown = sorted(set(options) - set(known))
         if unknown:
             raise AccelirError(f"torch.compile(backend='accelir'): unknown option{'s' if len(unknown) > 1 else ''} "

@@ -4,8 +4,8 @@
 for one device, then says how each weight and input is laid out over the mesh; GSPMD
 propagates the layouts through the program and inserts the collectives.
 
-- ``"data-parallel"``: weights replicated; every input split on its first (batch) dim
-  over the data axis.
+- ``"data-parallel"``: weights replicated; every input split (and pinned in the program)
+  on its first (batch) dim over the data axis.
 - ``"fsdp"``: the batch split as above, and each weight split over the data axis on its
   first dim that the axis divides: XLA gathers a layer's weights where it uses them.
 - ``"tensor-parallel"``: Megatron's layout, read off the graph: a ``linear`` (or
@@ -13,6 +13,8 @@ propagates the layouts through the program and inserts the collectives.
   column-parallel (``N`` split over the model axis, its bias too), one whose input comes
   out of a column-parallel layer (through activations, attention, reshapes) is
   row-parallel (``K`` split; XLA all-reduces its output).  Norms start a new region.
+  Each such linear's output is pinned to its layout (``with_sharding_constraint``:
+  features split after a column-parallel one, whole after a row-parallel one).
 - ``{regex: PartitionSpec}``: a weight takes the spec of the first regex that
   ``re.search`` finds in its name; the others are replicated.  Names are the graph's
   constant names, the model's ``state_dict`` names where the passes kept the weight as
