@@ -412,6 +412,9 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
     target = None if backend == "auto" else backend
     if passes is None:
         pass_list = pipeline(level, target=target)
+        if mesh is not None:
+            from .lowering.jax.sharding import fit_pipeline
+            pass_list = fit_pipeline(pass_list, sharding)
     else:
         try:
             pass_list = [get_pass(p) if isinstance(p, str) else p for p in passes]

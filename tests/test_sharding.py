@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("jax")
 
 CHECKS = r'''
-import sys
+import re, sys
 import numpy as np, torch, transformers, jax
 import accelir
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -73,6 +73,10 @@ for mode, mesh in [("data-parallel", data), ("fsdp", data), ("tensor-parallel", 
     hlo = cm._runner.lower(ids).compile().as_text()
     for op in collectives[mode]:
         assert op in hlo, (mode, op)
+    if mode == "tensor-parallel" and name == "llama" and mesh.shape["model"] == cfg.num_key_value_heads:
+        # q, k, v left unpacked split on head boundaries: Megatron's two all-reduces a layer, nothing reshuffled
+        assert "collective-permute" not in hlo, hlo
+        assert len(re.findall(r" all-reduce(?:-start)?\(", hlo)) == 2 * cfg.num_hidden_layers
     if mode == "tensor-parallel":  # each linear's output pinned: column ones split on features, row ones whole
         lowered = cm._runner.lower(ids).as_text()
         pinned = cm._runner.plan.activations

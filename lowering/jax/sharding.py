@@ -14,7 +14,8 @@ propagates the layouts through the program and inserts the collectives.
   out of a column-parallel layer (through activations, attention, reshapes) is
   row-parallel (``K`` split; XLA all-reduces its output).  Norms start a new region.
   Each such linear's output is pinned to its layout (``with_sharding_constraint``:
-  features split after a column-parallel one, whole after a row-parallel one).
+  features split after a column-parallel one, whole after a row-parallel one).  The
+  default pipeline then leaves q, k, v (and gate, up) unpacked (:func:`fit_pipeline`).
 - ``{regex: PartitionSpec}``: a weight takes the spec of the first regex that
   ``re.search`` finds in its name; the others are replicated.  Names are the graph's
   constant names, the model's ``state_dict`` names where the passes kept the weight as
@@ -54,13 +55,23 @@ from .context import Lowering, constant_key, framework_of, from_jax_array, to_ja
 from .layout import Permuted
 from .runner import JaxModule, _compiler_options, _one_list
 
-__all__ = ["MODES", "ShardingPlan", "plan_sharding", "ShardedJaxModule"]
+__all__ = ["MODES", "ShardingPlan", "plan_sharding", "fit_pipeline", "ShardedJaxModule"]
 
 MODES = ("data-parallel", "tensor-parallel", "fsdp")
 _DATA_AXES = ("data", "batch", "dp", "fsdp")
 _MODEL_AXES = ("model", "tensor", "tp", "mp")
 # ops after which a value is whole again on every device (Megatron's region boundaries)
 _REGION_ENDS = frozenset({"layer_norm", "skip_layer_norm", "rms_norm", "skip_rms_norm", "batch_norm", "gather"})
+
+
+def fit_pipeline(passes: list, sharding: str | Mapping[str, Any]) -> list:
+    """The default pipeline for a sharding mode: tensor-parallel leaves sibling projections
+    unpacked (no ``fuse_parallel_linear``), so q, k and v split on head boundaries; a packed
+    q|k|v split in contiguous columns does not, and XLA reshuffles it between devices."""
+    from accelir.passes.registry import pass_name
+    if sharding != "tensor-parallel":
+        return passes
+    return [p for p in passes if pass_name(p) != "fuse_parallel_linear"]
 
 
 @dataclass
