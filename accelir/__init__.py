@@ -15,6 +15,10 @@ from .bisect import bisect
 from .text import load, parse, print_graph, save
 from .verify import verify
 
+from .dynamo import register_if_dynamo_loaded as _register_dynamo_backend
+
+_register_dynamo_backend()  # torch.compile(backend="accelir"); the entry point covers a torch._dynamo loaded later
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -338,6 +338,13 @@ class CompiledModel:
                            "from a transformers causal LM (a torch model with generate() whose config has "
                            "use_cache=True, called without dynamic_shapes or capture options)")
 
+    def sharded_parameters(self) -> dict[str, Any]:
+        """The weights as placed over the mesh (jax arrays by name), for a model optimised with ``mesh=``."""
+        placed = getattr(self._runner, "sharded_parameters", None)
+        if placed is None:
+            raise AccelirError("sharded_parameters(): this model was not optimised with mesh= and sharding=")
+        return placed()
+
     def export(self, path: str | os.PathLike, *, overwrite: bool = False) -> str:
         """Write the optimised model; the format follows the suffix:
         .onnx, .mlir (StableHLO), .hlo (HLO text), .air (accelir IR), .dot (Graphviz), .html (report).
@@ -411,7 +418,7 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
              level: int = 2, passes: Sequence[Any] | None = None, dynamic_shapes: Any = None,
              debug: Mapping[str, Any] | None = None, example_kwargs: Mapping[str, Any] | None = None,
              precision: str = "fp32", accuracy: Any = None, calibration: Sequence[Any] | None = None,
-             **capture_options: Any) -> CompiledModel:
+             mesh: Any = None, sharding: Any = None, **capture_options: Any) -> CompiledModel:
     """Capture, optimise and lower ``model``; returns a CompiledModel called like the model.
 
     ``backend`` is "onnxruntime", "xla" or "auto" (build each available backend, time
@@ -427,6 +434,9 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
     optimised graph within the budget ``accuracy`` (``{"cosine": 0.999}``, "cosine=0.999", default per
     precision), checked on the example inputs or on ``calibration`` (a list of input tuples) against
     float32; ``report.precision`` gives each layer's error and the layers kept in float32.
+    ``mesh`` (a ``jax.sharding.Mesh``) and ``sharding`` ("data-parallel", "tensor-parallel",
+    "fsdp" or a dict of regex -> PartitionSpec) split the model over the mesh's devices with
+    backend="xla" (:mod:`accelir.lowering.jax.sharding`).
     """
     from .pass_manager import PassManager
     from .precision import apply_precision, check_precision
@@ -440,13 +450,16 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
         from .accuracy import Budget
         Budget.parse(accuracy, precision)  # a bad budget is refused before the capture
     for accepts, special in _MODEL_PATHS:
-        if accepts(model) and dynamic_shapes is None and not example_kwargs and not capture_options:
+        if accepts(model) and dynamic_shapes is None and not example_kwargs and not capture_options and mesh is None:
             if precision != "fp32":
                 raise AccelirError(f"precision={precision!r} is not available for a causal LM's generation graphs "
                                    "yet; optimize it in fp32, or export it and quantise the ONNX file with "
                                    "`accelir optimize lm.onnx --precision ...`")
             return special(model, example_inputs, backend=backend, device=device, level=level, passes=passes,
                            debug=debug)
+    if (mesh is None) != (sharding is None) or (mesh is not None and backend != "xla"):
+        raise AccelirError("mesh= and sharding= go together, with backend='xla' (XLA's SPMD partitioner splits "
+                           "the model)")
     report = OptimizeReport()
     t0 = time.perf_counter()
     graph = capture(model, example_inputs, dynamic_shapes, example_kwargs=example_kwargs, **capture_options)
@@ -467,7 +480,11 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
         from .viewer import Frames
         report.frames = Frames(graph)
         options["instrument"] = _both(report.frames, options.get("instrument"))
-    pm = PassManager(pass_list(passes, level, target), **options)
+    chosen_passes = pass_list(passes, level, target)
+    if passes is None and mesh is not None:
+        from .lowering.jax.sharding import fit_pipeline
+        chosen_passes = fit_pipeline(chosen_passes, sharding)
+    pm = PassManager(chosen_passes, **options)
     t0 = time.perf_counter()
     pm.run(graph)
     report.stages["passes"] = time.perf_counter() - t0
@@ -487,6 +504,9 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
         if not flat:
             raise AccelirError("backend='auto' times each backend on the example inputs; pass example_inputs")
         chosen, runner = _fastest_backend(graph, device, flat, report)
+    elif mesh is not None:
+        from .lowering.jax.sharding import ShardedJaxModule
+        chosen, runner = backend, ShardedJaxModule(graph, mesh, sharding)
     else:
         chosen = backend
         runner = build_runner(graph, backend, device)

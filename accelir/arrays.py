@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["to_numpy"]
+__all__ = ["to_numpy", "to_torch"]
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -28,3 +28,16 @@ def to_numpy(x: Any) -> np.ndarray:
             return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
         return t.numpy()
     return np.asarray(x)
+
+
+def to_torch(a: Any) -> Any:
+    """A torch CPU tensor of a numpy array (bf16 through its bits: torch reads no ml_dtypes array);
+    shares memory where the array is contiguous and writable."""
+    import torch
+    a = np.asarray(a)
+    a = np.ascontiguousarray(a) if a.ndim else np.array(a)  # ascontiguousarray makes a 0-d array 1-d
+    if not a.flags.writeable:
+        a = a.copy()
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)

@@ -29,7 +29,7 @@ import onnx
 
 from accelir import dims as D
 from accelir.errors import LoweringError
-from accelir.arrays import to_numpy
+from accelir.arrays import to_numpy, to_torch
 from accelir.ir import Graph
 
 from .onnx.kernels import EXTERNAL_DATA_THRESHOLD, ONNX_TYPE_STRINGS
@@ -265,7 +265,4 @@ def _onnx_elem(torch_dtype) -> Any:
 
 
 def _torch_from_numpy(torch, a: np.ndarray):
-    a = np.ascontiguousarray(a) if a.ndim else np.array(a)  # ascontiguousarray makes a 0-d array 1-d
-    if a.dtype == _BF16:
-        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(a)
+    return to_torch(a)

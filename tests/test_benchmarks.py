@@ -105,6 +105,8 @@ def test_quick_caffe_states_conversion_time_and_latency_ratio():
         assert "accelir conversion" in head and "OpenCV load" in head
         assert "ratio accelir / opencv" in timing and "not timed" not in timing
     assert f"{conditions.cpu_count()} CPUs" in out
+
+
 def test_quick_generate_times_every_peer_or_says_why_not():
     out = _assert_ran(_run_script(["benchmarks/generate.py", "--quick", "--allow-load", "--models", "qwen2-0.5b"],
                                   timeout=900))
@@ -113,6 +115,25 @@ def test_quick_generate_times_every_peer_or_says_why_not():
                    "accelir -> onnxruntime", "accelir -> xla"):
         assert rows[system].endswith("| yes |"), rows[system]  # timed, and greedy gives transformers' tokens
     assert "not installable here" in rows["optimum ORTModelForCausalLM"]
+
+
+def test_quick_torch_compile_compares_accelir_with_inductor_and_eager():
+    out = _assert_ran(_run_script(["-m", "benchmarks.torch_compile", "--quick", "--allow-load", "--models", "bert"],
+                                  timeout=900))
+    rows = [line.split("|")[2].strip() for line in out.splitlines() if line.startswith("| bert |")]
+    assert rows == ["eager", "inductor", "accelir -> onnxruntime", "accelir -> xla"]
+    assert "wrong output" not in out and "failed" not in out and "eager:" not in out
+    assert f"on {conditions.cpu_count()} CPUs" in out and "first call <= 0.5x inductor's" in out
+
+
+def test_quick_sharding_reports_memory_latency_and_collectives():
+    out = _assert_ran(_run_script(["-m", "benchmarks.sharding", "--quick", "--allow-load"], timeout=600))
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ") and "---" not in line}
+    assert list(rows)[1:] == ["one device", "data-parallel", "fsdp", "tensor-parallel"]
+    assert "wrong output" not in out and f"on {conditions.cpu_count()} CPUs" in out
+    assert "all-gather" in rows["fsdp"] and "all-reduce 4 " in rows["tensor-parallel"]  # two a layer, as Megatron's
+    mib = {k: float(v.split("|")[2]) for k, v in rows.items() if k != "mode"}
+    assert mib["fsdp"] < mib["one device"] / 4 and mib["tensor-parallel"] < mib["one device"]
 
 
 def test_quick_gpu_check_says_what_is_missing():

@@ -278,6 +278,25 @@ def test_fx_methods_operators_and_indexing():
     _assert_close(_run(g, ids, x), m(ids, x))
 
 
+def test_fx_functions_with_optional_and_list_tensor_arguments():
+    """torch functions bind to the aten overload whose Tensor? / Tensor[] slots the arguments fit."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 6))
+            self.b = nn.Parameter(torch.randn(4))
+            self.ln_w = nn.Parameter(torch.rand(4) + 0.5)
+
+        def forward(self, x):
+            h = F.layer_norm(F.linear(x, self.w, self.b), (4,), self.ln_w, None)
+            return torch.cat([h, F.linear(x, self.w)], dim=-1)
+
+    torch.manual_seed(0)
+    m, x = M(), torch.randn(3, 6)
+    g = capture_torch(m, (x,), method="fx")
+    _assert_close(_run(g, x), m(x))
+
+
 def test_attention_composites_and_grouped_query():
     class Attn(nn.Module):
         def forward(self, q, k, v, mask):

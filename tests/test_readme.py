@@ -91,5 +91,10 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch):
     want = ns["lm"].generate(ns["prompt"], max_new_tokens=24, do_sample=False)
     assert ns["tokens"].tolist() == want.tolist() and len(ns["new"]) == 24
     assert (tmp_path / "lm.onnx").is_file() and (tmp_path / "lm.decode.onnx").is_file()
+    # the sharding snippet (on however many devices jax has here)
+    np.testing.assert_allclose(ns["split_out"].last_hidden_state.numpy(), expected.numpy(), rtol=1e-3, atol=1e-4)
+    assert ns["fc"].shape == tuple(ns["model"].h[0].mlp.c_fc.weight.shape)
+    # the torch.compile snippet
+    np.testing.assert_allclose(ns["fast"].last_hidden_state.numpy(), expected.numpy(), rtol=1e-3, atol=1e-4)
     # the pass-watching snippet: its dumps and report
     assert (tmp_path / "dumps" / "000-input.air").is_file() and (tmp_path / "dumps" / "report.txt").is_file()

@@ -264,7 +264,7 @@ class Converter:
         if _is_int_like(val):
             return self.dim(val)
         if node.op != "call_module" and _is_plain_python(val):
-            return val
+            return self.python(tuple(val) if isinstance(val, torch.Size) else val)
         name, target, args = self.resolve(node)
         if name in ASSERTS:
             return None
@@ -325,8 +325,9 @@ def _fetch_attr(gm: torch.nn.Module, target: str) -> Any:
 
 
 def _is_plain_python(val: Any) -> bool:
-    """A traced result that is a python number / size / tuple of them (fx's x.shape, x.size(1))."""
-    if isinstance(val, (bool, int, float)):
+    """A traced result that is a python number / size / tuple of them (fx's x.shape, x.size(1));
+    sizes may be symbolic (Dynamo's torch.Size of SymInts)."""
+    if isinstance(val, (bool, int, float, torch.SymInt)):
         return True
     if isinstance(val, (tuple, list, torch.Size)) and val:
         return all(_is_plain_python(v) for v in val)

@@ -24,7 +24,7 @@ from ...ir import DType, Graph, Value
 from .context import RULES, NodeContext, bind_schema, resolve_aten, slice_bounds
 from .converter import Converter, TorchSignature, bind_outputs
 
-__all__ = ["capture_fx", "MODULES"]
+__all__ = ["capture_fx", "fx_converter", "MODULES"]
 
 # python operators on tensors -> aten op
 _OPERATORS: dict[Callable, str] = {
@@ -163,13 +163,22 @@ def _fits(schema: torch.FunctionSchema, args: tuple, kwargs: dict, vals: Mapping
                 return None
             continue
         v = bound[p.name]
-        kind = str(p.type)
-        wants_tensor = kind in ("Tensor", "Tensor?")
-        if wants_tensor != _is_tensor(vals, v) and not (kind == "Tensor?" and v is None):
+        optional, base = _slot_type(p.type)
+        wants_tensor = isinstance(base, torch._C.TensorType)
+        if wants_tensor != _is_tensor(vals, v) and not (optional and v is None):
             return None
-        if kind == "Tensor[]" and not (isinstance(v, (list, tuple)) and all(_is_tensor(vals, t) for t in v)):
+        if (isinstance(base, torch._C.ListType) and isinstance(base.getElementType(), torch._C.TensorType)
+                and not (isinstance(v, (list, tuple)) and all(_is_tensor(vals, t) for t in v))):
             return None
     return bound
+
+
+def _slot_type(t: Any) -> tuple[bool, Any]:
+    """(optional, the type inside) of a schema argument's type; torch spells Tensor? as
+    Optional[Tensor] and Tensor[] as List[Tensor] in str(), so the type objects are read."""
+    if isinstance(t, torch._C.OptionalType):
+        return True, t.getElementType()
+    return False, t
 
 
 def _aten_call(name: str, args: tuple, kwargs: dict, vals: Mapping) -> tuple[str | None, Any, dict]:
@@ -183,15 +192,32 @@ def _aten_call(name: str, args: tuple, kwargs: dict, vals: Mapping) -> tuple[str
         kw = dict(kwargs)
         if "input" in kw and "input" not in {p.name for p in op._schema.arguments}:
             kw["self"] = kw.pop("input")
-        kw = {k: v for k, v in kw.items() if k not in ("inplace", "out")}
+        if kw.get("return_indices"):  # F.max_pool2d(..., return_indices=True) is another op
+            return None, None, {}
+        kw = {k: v for k, v in kw.items() if k not in ("inplace", "out", "return_indices")}
         bound = _fits(op._schema, args, kw, vals)
         if bound is not None:
             return name, op, bind_schema(op, (), bound)
     return None, None, {}
 
 
+def _literals(arg: Any, vals: Mapping) -> Any:
+    """Arguments with each fx node whose result is a python number replaced by that number
+    (an eps read with ``.item()``): rules take numbers as python values, as export passes them."""
+    if isinstance(arg, torch.fx.Node):
+        v = vals.get(arg)
+        return v if isinstance(v, (bool, int, float)) else arg
+    if isinstance(arg, (list, tuple)):
+        return type(arg)(_literals(a, vals) for a in arg)
+    return arg
+
+
 def _resolver(gm: torch.fx.GraphModule, vals: Mapping) -> Callable[[torch.fx.Node], tuple]:
     def resolve(node: torch.fx.Node) -> tuple[str | None, Any, dict]:
+        name, target, args = resolve_node(node)
+        return name, target, {k: _literals(v, vals) for k, v in args.items()}
+
+    def resolve_node(node: torch.fx.Node) -> tuple[str | None, Any, dict]:
         t, args, kwargs = node.target, tuple(node.args), dict(node.kwargs)
         if node.op == "call_module":
             mod = gm.get_submodule(t)
@@ -237,12 +263,16 @@ def _getitem(ctx: NodeContext, a: dict) -> Value:
     """x[...] with ints, slices, None, Ellipsis and at most one index tensor."""
     x = ctx.value(a["self"])
     index = a["index"] if isinstance(a["index"], tuple) else (a["index"],)
-    if sum(1 for i in index if isinstance(i, torch.fx.Node) and ctx.is_tensor(i)) > 1:
-        raise ctx.unsupported("indexing with several index tensors is not supported on the fx path")
     real = sum(1 for i in index if i is not None and i is not Ellipsis)
     items: list[Any] = []
     for i in index:
         items.extend([slice(None)] * (x.rank - real) if i is Ellipsis else [i])
+    tensors = [isinstance(i, torch.fx.Node) and ctx.is_tensor(i) for i in items]
+    if sum(tensors) > 1:
+        if not all(t or i == slice(None) for t, i in zip(tensors, items)):
+            raise ctx.unsupported("indexing with several index tensors mixed with numbers, slices or None is not "
+                                  "supported on the fx path")
+        return RULES["index"](ctx, {"self": a["self"], "indices": [i if t else None for t, i in zip(tensors, items)]})
     dim = 0
     for i in items:
         if i is None:
@@ -294,6 +324,18 @@ def _symbolic_trace(model: Any) -> torch.fx.GraphModule:
                            "method='export' where it captures the model.") from e
 
 
+def fx_converter(gm: torch.fx.GraphModule, vals: dict[torch.fx.Node, Any]) -> Converter:
+    """A Converter for a graph of torch-level targets whose node results (real or fake tensors,
+    sizes) are ``vals``; raises one UnsupportedOpError listing the ops that have no rule."""
+    conv = Converter({**RULES, "tensor_getitem": _getitem}, None, {})  # the aten rules plus fx's getitem
+    conv.vals = vals
+    conv.resolve = _resolver(gm, conv.vals)
+    for name, t in list(gm.named_parameters()) + list(gm.named_buffers()):
+        conv.tensor_names.setdefault(id(t), name)
+    conv.check_supported(gm)
+    return conv
+
+
 def capture_fx(model: Any, args: tuple, kwargs: dict) -> Graph:
     """Capture ``model`` (a GraphModule, or a module that torch.fx.symbolic_trace traces) with static shapes."""
     gm = model if isinstance(model, torch.fx.GraphModule) else _symbolic_trace(model)
@@ -305,12 +347,7 @@ def capture_fx(model: Any, args: tuple, kwargs: dict) -> Graph:
     leaves, in_spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
     leaf_index = {id(v): i for i, v in enumerate(leaves)}
 
-    conv = Converter({**RULES, "tensor_getitem": _getitem}, None, {})  # the aten rules plus fx's getitem
-    conv.vals = _record_values(gm, inputs)
-    conv.resolve = _resolver(gm, conv.vals)
-    for name, t in list(gm.named_parameters()) + list(gm.named_buffers()):
-        conv.tensor_names.setdefault(id(t), name)
-    conv.check_supported(gm)
+    conv = fx_converter(gm, _record_values(gm, inputs))
     g = conv.graph
     bound_inputs, input_leaves = [], []
     for p, v in zip(placeholders, inputs):
