@@ -33,7 +33,7 @@ def jax_device(device: str | None) -> Any:
                             "(for CUDA: pip install 'jax[cuda12]') or use device='cpu'") from None
 
 
-def _one_list(inputs: tuple) -> tuple:
+def one_list(inputs: tuple) -> tuple:
     """The inputs of a call given either as arguments or as one list of them."""
     return tuple(inputs[0]) if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) else inputs
 
@@ -58,7 +58,7 @@ def _cpu_compiler_options() -> dict[str, Any]:
     return options
 
 
-def _compiler_options(device: Any, user: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def xla_compiler_options(device: Any, user: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """accelir's XLA options for ``device`` under the caller's ``compiler_options``."""
     base = _cpu_compiler_options() if device.platform == "cpu" else {}
     return {**base, **dict(user or {})} or None
@@ -85,7 +85,7 @@ class JaxModule:
             return self.function.apply(dict(zip(keys, values)), *inputs)
 
         # the parameters go in as one tuple made once: a dict argument is flattened, key-sorted, on every call
-        self.compiler_options = _compiler_options(self.device, compiler_options)  # for other jits of this function
+        self.compiler_options = xla_compiler_options(self.device, compiler_options)  # for other jits of this function
         self._jitted = jax.jit(run, compiler_options=self.compiler_options)
         params = self.function.device_params(self.device)
         self._values = tuple(params[k] for k in keys)
@@ -94,7 +94,7 @@ class JaxModule:
         return [self._values] + [to_jax_array(x, self.device) for x in inputs]
 
     def __call__(self, *inputs: Any) -> list:
-        inputs = _one_list(inputs)
+        inputs = one_list(inputs)
         kinds = {framework_of(x) for x in inputs}
         kind = "torch" if "torch" in kinds else "jax" if "jax" in kinds else "numpy"
         with x64_scope(self.function.needs_x64):
@@ -104,4 +104,4 @@ class JaxModule:
     def lower(self, *example_inputs: Any):
         """The ``jax.stages.Lowered`` of the compiled function for these inputs."""
         with x64_scope(self.function.needs_x64):
-            return self._jitted.lower(*self._arguments(_one_list(example_inputs)))
+            return self._jitted.lower(*self._arguments(one_list(example_inputs)))

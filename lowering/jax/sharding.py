@@ -53,7 +53,7 @@ from accelir.ir import Graph, Node
 
 from .context import Lowering, constant_key, framework_of, from_jax_array, to_jax, x64_scope
 from .layout import Permuted
-from .runner import JaxModule, _compiler_options, _one_list
+from .runner import JaxModule, xla_compiler_options, one_list
 
 __all__ = ["MODES", "ShardingPlan", "plan_sharding", "fit_pipeline", "ShardedJaxModule"]
 
@@ -254,7 +254,7 @@ class ShardedJaxModule(JaxModule):
                                             constraints=activations)
             return lowering.run(graph, *inputs)
 
-        self._jitted = jax.jit(run, compiler_options=_compiler_options(self.device, compiler_options))
+        self._jitted = jax.jit(run, compiler_options=xla_compiler_options(self.device, compiler_options))
         with x64_scope(self.function.needs_x64):
             self._values = tuple(self._place(self.function.params[k], self.plan.params.get(k, PartitionSpec()))
                                  for k in keys)
@@ -280,7 +280,7 @@ class ShardedJaxModule(JaxModule):
         return [self._values] + placed
 
     def __call__(self, *inputs: Any) -> list:
-        inputs = _one_list(inputs)
+        inputs = one_list(inputs)
         kinds = {framework_of(x) for x in inputs}
         kind = "torch" if "torch" in kinds else "jax" if "jax" in kinds else "numpy"
         with x64_scope(self.function.needs_x64):
