@@ -359,6 +359,8 @@ _PAD_MODES = ("constant", "reflect", "edge", "wrap")
 
 
 def _pad_axes_changed(types, attrs) -> list[int]:
+    if len(types) == 4:  # run-time axes: any dim may change
+        return list(range(types[0].rank))
     return _slice_axes_changed(types, attrs)
 
 
@@ -375,7 +377,8 @@ def _pad_dynamic_rule(types, attrs):
 def _pad_dynamic_ref(inputs, attrs, regions):
     x, pads = inputs[0], [int(p) for p in inputs[1]]
     value = inputs[2].reshape(-1)[0] if len(inputs) > 2 and inputs[2].size else np.zeros((), x.dtype)
-    axes = [a % x.ndim for a in (attrs["axes"] if attrs["axes"] is not None else range(x.ndim))]
+    axes = inputs[3] if len(inputs) == 4 else attrs["axes"] if attrs["axes"] is not None else range(x.ndim)
+    axes = [int(a) % x.ndim for a in axes]
     k = len(axes)
     if len(pads) != 2 * k:
         raise TypeRuleError(f"pad_dynamic: needs {2 * k} pads for {k} axes, got {len(pads)}")
@@ -392,9 +395,10 @@ def _pad_dynamic_ref(inputs, attrs, regions):
 
 
 _reg("pad_dynamic", _pad_dynamic_rule, _pad_dynamic_ref, lambda types, attrs: len(_pad_axes_changed(types, attrs)),
-     min_inputs=2, max_inputs=3,
+     min_inputs=2, max_inputs=4,
      attrs={"mode": AttrSpec("str", "constant", _PAD_MODES), "axes": AttrSpec("optional_ints", None)},
-     doc="ONNX Pad with run-time pads (all begins, then all ends; negative ones crop) and an optional value")
+     doc="ONNX Pad with run-time pads (all begins, then all ends; negative ones crop), an optional value "
+         "and, as a fourth operand, run-time axes (else the axes attribute, else all)")
 
 
 def _range_dynamic_rule(types, attrs):

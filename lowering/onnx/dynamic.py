@@ -31,7 +31,8 @@ def _lower_unique(ctx, node, xs):
 @register_lowering("compress")
 def _lower_compress(ctx, node, xs):
     axis = node.attrs["axis"]
-    return [ctx.kernel("Compress", xs[0], xs[1], **({} if axis is None else {"axis": axis}))]
+    compute = DType.f32 if xs[0].dtype is DType.bf16 else None  # exact: Compress only moves data
+    return [ctx.kernel("Compress", xs[0], xs[1], compute=compute, **({} if axis is None else {"axis": axis}))]
 
 
 @register_lowering("non_max_suppression")
@@ -74,7 +75,11 @@ def _lower_pad_dynamic(ctx, node, xs):
     cdt = ctx.compute_dtype(x.dtype, "Pad")
     value = ctx.cast(xs[2], cdt) if len(xs) > 2 else None
     axes = node.attrs["axes"]
-    ins = [ctx.cast(x, cdt), _i64(ctx, xs[1]), value] + ([ctx.ints(axes)] if axes is not None else [])
+    ins = [ctx.cast(x, cdt), _i64(ctx, xs[1]), value]
+    if len(xs) == 4:
+        ins.append(_i64(ctx, xs[3]))
+    elif axes is not None:
+        ins.append(ctx.ints(axes))
     return [ctx.cast(ctx.op("Pad", *ins, mode=node.attrs["mode"]), x.dtype)]
 
 

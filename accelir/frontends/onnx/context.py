@@ -74,6 +74,13 @@ class NodeContext(RuleContext):
         v = self.input(i)
         return None if v is None else self.imp.value_of(v)
 
+    def dynamic(self, i: int) -> bool:
+        """Whether input ``i`` is given but known only at run time.  A rule then keeps it as a value,
+        through a data-dependent op (accelir/ops/dynamic.py): onnxruntime runs it, XLA refuses it
+        naming the input; binding the input with ``static_inputs`` makes it known instead."""
+        v = self.input(i)
+        return v is not None and self.imp.value_of(v) is None
+
     def values(self, i: int, what: str) -> np.ndarray:
         """Input ``i``'s value now; shape-like inputs must be computable at import."""
         v = self.input(i)

@@ -39,7 +39,7 @@ import numpy as np
 from ... import dims as D
 from ...errors import AccelirError, UnsupportedOpError, VerificationError
 from ...ir import Graph, TensorType, Value
-from . import (control_flow, einsum, elementwise, indexing, microsoft, nn, pooling, quantize, recurrent, reduce,
+from . import (control_flow, dynamic, einsum, elementwise, indexing, microsoft, nn, pooling, quantize, recurrent, reduce,
                sampling, shape, signal)
 from .context import MS_RULES, RULES, NodeContext
 from .evaluate import evaluate_known
@@ -136,7 +136,6 @@ OUT_OF_SCOPE: dict[str, str] = {
         "OptionalHasElement")},
     **{op: "random numbers" for op in ("Bernoulli", "RandomNormal", "RandomNormalLike", "RandomUniform",
                                        "RandomUniformLike", "Multinomial")},
-    **{op: "output shape depends on the data" for op in ("NonZero", "Unique", "Compress", "NonMaxSuppression")},
     **{op: "training ops" for op in ("Adagrad", "Adam", "Momentum", "Gradient")},
     "ImageDecoder": "encoded image bytes",
 }

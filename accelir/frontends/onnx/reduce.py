@@ -63,6 +63,9 @@ def _arg(ctx: NodeContext):
 @rule("TopK")
 def _topk(ctx: NodeContext):
     x = ctx.input(0)
+    if ctx.opset >= 10 and ctx.dynamic(1):
+        return list(ctx.ops("topk_dynamic", x, ctx.input(1), axis=ctx.attr("axis", -1),
+                            largest=bool(ctx.attr("largest", 1))))
     k = ctx.ints(1, "k")[0] if ctx.opset >= 10 else ctx.attr("k")
     if isinstance(k, str):
         raise DynamicValueError("its k depends on symbolic dims")

@@ -11,7 +11,7 @@ from ... import dims as D
 from ...ir import DType, Value
 from ..decompositions import crop_negative_pads, triangle, wrap_pad
 from .context import (HUGE, DynamicValueError, NodeContext, OnnxImportError, fits_import_budget, norm_axis,
-                      onnx_dtype, reshape, rule)
+                      onnx_dtype, reshape, rule, static_dims)
 
 __all__: list[str] = []
 
@@ -57,8 +57,10 @@ def _size(ctx: NodeContext):
 @rule("Reshape")
 def _reshape_rule(ctx: NodeContext):
     x = ctx.input(0)
-    target = list(ctx.ints(1, "shape"))
     allowzero = ctx.attr("allowzero", 0)
+    if ctx.dynamic(1):
+        return [ctx.op("reshape_dynamic", x, ctx.input(1), allowzero=bool(allowzero))]
+    target = list(ctx.ints(1, "shape"))
     for i, d in enumerate(target):
         if d == 0 and not allowzero:
             if i >= x.rank:
@@ -120,6 +122,8 @@ def _transpose(ctx: NodeContext):
 @rule("Expand")
 def _expand(ctx: NodeContext):
     x = ctx.input(0)
+    if ctx.dynamic(1):
+        return [ctx.op("expand_dynamic", x, ctx.input(1))]
     shape = ctx.ints(1, "shape")
     rank = max(x.rank, len(shape))
     xs = (1,) * (rank - x.rank) + tuple(x.shape)
@@ -184,6 +188,8 @@ def _slice(ctx: NodeContext):
         starts, ends = ctx.attr("starts"), ctx.attr("ends")
         axes = ctx.attr("axes", range(len(starts)))
         steps = [1] * len(starts)
+    elif any(ctx.dynamic(i) for i in range(1, 5)):
+        return [_slice_dynamic(ctx, x)]
     else:
         starts, ends = ctx.ints(1, "starts"), ctx.ints(2, "ends")
         axes = ctx.axes(3) or tuple(range(len(starts)))
@@ -193,6 +199,22 @@ def _slice(ctx: NodeContext):
     for st, en, ax, step in zip(starts, ends, axes, steps):
         x = _slice_axis(ctx, x, norm_axis(ctx, int(ax), x.rank), st, en, int(step))
     return [x]
+
+
+def _slice_dynamic(ctx: NodeContext, x: Value) -> Value:
+    """Slice with run-time starts, ends, axes or steps; axes known at import stay an attribute,
+    so the dims they leave alone keep their size."""
+    ins = [x, ctx.input(1), ctx.input(2)]
+    if ctx.dynamic(3):
+        axes = None
+        ins.append(ctx.input(3))
+    elif ctx.input(3) is not None:
+        axes = ctx.axes(3)
+    else:
+        axes = tuple(range(static_dims(ctx, ctx.input(1).shape, "starts length", "slice")[0]))
+    if ctx.input(4) is not None:
+        ins.append(ctx.input(4))
+    return ctx.op("slice_dynamic", *ins, axes=axes)
 
 
 @rule("Split")
@@ -224,6 +246,8 @@ def _split(ctx: NodeContext):
 @rule("Tile")
 def _tile(ctx: NodeContext):
     x = ctx.input(0)
+    if ctx.dynamic(1):
+        return [ctx.op("tile_dynamic", x, ctx.input(1))]
     reps = ctx.ints(1, "repeats")
     if all(r == 1 for r in reps):
         return [x]
@@ -236,9 +260,12 @@ def _tile(ctx: NodeContext):
 
 @rule("ConstantOfShape")
 def _constant_of_shape(ctx: NodeContext):
-    shape = ctx.ints(0, "shape")
     t = ctx.attrs.get("value")
     fill = ctx.imp.array(t, f"{ctx.label}: its value") if t is not None else np.zeros(1, np.float32)
+    if ctx.dynamic(0):
+        return [ctx.op("constant_of_shape", ctx.input(0), value=float(fill.reshape(-1)[0]),
+                       dtype=DType.from_numpy(fill.dtype))]
+    shape = ctx.ints(0, "shape")
     return [ctx.op("broadcast_to", ctx.const(fill.reshape(())), shape=shape)]
 
 
@@ -269,7 +296,8 @@ def _range_length(ctx: NodeContext, start: Any, limit: Any, delta: Any) -> int:
 
 @rule("Range")
 def _range(ctx: NodeContext):
-    # the output length is (limit - start) / delta: the IR needs it when building the graph
+    if any(ctx.dynamic(i) for i in range(3)):  # its length is known only at run time
+        return [ctx.op("range_dynamic", *ctx.inputs[:3])]
     start, limit, delta = (ctx.values(i, what) for i, what in enumerate(("start", "limit", "delta")))
     dt = ctx.input(0).dtype
     if start.dtype == object or delta.dtype == object:
@@ -348,6 +376,17 @@ def _depth_space(ctx: NodeContext):
     return [reshape(ctx, y, (n, cb, D.dim_mul(h, b), D.dim_mul(w, b)))]
 
 
+def _pad_dynamic(ctx: NodeContext, x: Value, mode: str) -> Value:
+    """Pad with run-time pads, value or axes; axes known at import stay an attribute."""
+    ins = [x, ctx.input(1)]
+    if ctx.dynamic(3):  # the pad value is then always given, so the operands stay positional
+        value = ctx.input(2) if ctx.input(2) is not None else ctx.const(np.zeros((), x.dtype.numpy))
+        return ctx.op("pad_dynamic", *ins, value, ctx.input(3), mode=mode)
+    axes = ctx.axes(3)
+    ins += [ctx.input(2)] if ctx.input(2) is not None else []
+    return ctx.op("pad_dynamic", *ins, mode=mode, axes=None if axes is None else tuple(axes))
+
+
 @rule("Pad")
 def _pad(ctx: NodeContext):
     x = ctx.input(0)
@@ -355,6 +394,8 @@ def _pad(ctx: NodeContext):
     if ctx.opset < 11:
         pads, value = list(ctx.attr("pads")), ctx.attr("value", 0.0)
         axes = tuple(range(x.rank))
+    elif any(ctx.dynamic(i) for i in (1, 2, 3)):
+        return [_pad_dynamic(ctx, x, mode)]
     else:
         pads = list(ctx.ints(1, "pads"))
         value = ctx.values(2, "constant_value").item() if ctx.input(2) is not None else 0
