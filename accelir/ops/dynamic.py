@@ -334,7 +334,8 @@ def _slice_dynamic_ref(inputs, attrs, regions):
     return [np.ascontiguousarray(onnx_slice(x, starts, ends, axes, steps))]
 
 
-_reg("slice_dynamic", _slice_dynamic_rule, _slice_dynamic_ref, lambda types, attrs: len(_slice_axes_changed(types, attrs)),
+_reg("slice_dynamic", _slice_dynamic_rule, _slice_dynamic_ref,
+     lambda types, attrs: len(_slice_axes_changed(types, attrs)),
      min_inputs=3, max_inputs=5, attrs={"axes": AttrSpec("optional_ints", None)},
      doc="ONNX Slice with run-time starts and ends (x, starts, ends, [axes when not an attribute], [steps])")
 

@@ -39,8 +39,8 @@ import numpy as np
 from ... import dims as D
 from ...errors import AccelirError, UnsupportedOpError, VerificationError
 from ...ir import Graph, TensorType, Value
-from . import (control_flow, dynamic, einsum, elementwise, indexing, microsoft, nn, pooling, quantize, recurrent, reduce,
-               sampling, shape, signal)
+from . import (control_flow, dynamic, einsum, elementwise, indexing, microsoft, nn, pooling, quantize, recurrent,
+               reduce, sampling, shape, signal)
 from .context import MS_RULES, RULES, NodeContext
 from .evaluate import evaluate_known
 from .proto import (DTYPE_TO_ONNX, MAX_FUNCTION_DEPTH, MAX_INLINED_NODES, ONNX_DTYPES, DynamicValueError, ImportScope,
