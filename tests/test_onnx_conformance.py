@@ -54,6 +54,11 @@ def check_against_list(results: list[conf.CaseResult], path: str) -> None:
                        "from it; `python -m accelir.frontends.onnx.conformance interpreter onnxruntime "
                        "--expected` prints the new list)")
     print(f"\n{path}: {len(status) - len(failing)}/{len(status)} in scope pass")
+    counts, _ = _expected()
+    specialised = sorted(r.name for r in results if r.scope == "in" and r.specialised)
+    assert len(specialised) == counts["specialised"], (
+        f"{len(specialised)} in-scope cases need their shape-like inputs bound, {EXPECTED_FILE} pins "
+        f"{counts['specialised']}: update it if that is intended; now: {specialised[:20]}")
 
 
 def test_counts_are_pinned(cases, scopes):

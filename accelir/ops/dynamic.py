@@ -36,7 +36,7 @@ _SYMS = {ATTR: AttrSpec("symbols", ())}
 # The input whose run-time value decides each op's output size (errors name it; default 0).
 DECIDED_BY: dict[str, int] = {"compress": 1, "non_max_suppression": 1, "reshape_dynamic": 1,
                               "expand_dynamic": 1, "slice_dynamic": 1, "tile_dynamic": 1, "pad_dynamic": 1,
-                              "topk_dynamic": 1}
+                              "topk_dynamic": 1, "reduce_dynamic": 1}
 
 
 def _numel(t: TensorType) -> int | None:
@@ -464,3 +464,48 @@ _reg("constant_of_shape", _cos_rule, _cos_ref,
      lambda types, attrs: types[0].shape[0] if types[0].rank == 1 and type(types[0].shape[0]) is int else 0,
      attrs={"value": AttrSpec("float", 0.0), "dtype": AttrSpec("dtype", DType.f32)},
      doc="a tensor of a run-time shape filled with value (ONNX ConstantOfShape)")
+
+
+_REDUCTIONS = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min, "prod": np.prod}
+
+
+def _reduce_rank(types, attrs) -> int:
+    x, axes = types
+    n = axes.shape[0] if axes.rank == 1 else None
+    if type(n) is not int:
+        return 0
+    if attrs["keepdims"] or (n == 0 and attrs["noop_with_empty_axes"]):
+        return x.rank
+    return x.rank - n if n else 0
+
+
+def _reduce_dynamic_rule(types, attrs):
+    x, axes = types
+    _static_length("reduce_dynamic", "axes", axes)
+    if attrs["kind"] == "mean" and not x.dtype.is_float:
+        raise TypeRuleError(f"reduce_dynamic: mean of {x.dtype} (needs float)")
+    if attrs["kind"] in ("sum", "mean", "prod") and x.dtype is DType.bool:
+        raise TypeRuleError(f"reduce_dynamic: {attrs['kind']} of bool")
+    return [TensorType(x.dtype, _fresh_shape("reduce_dynamic", attrs, _reduce_rank(types, attrs)))]
+
+
+def _reduce_dynamic_ref(inputs, attrs, regions):
+    x, axes = inputs
+    axes = tuple(sorted({int(a) % x.ndim for a in axes})) if axes.size else None
+    if axes is None and attrs["noop_with_empty_axes"]:
+        return [x]
+    kind, extra = attrs["kind"], {}
+    if kind in ("max", "min"):
+        info = np.finfo(x.dtype) if x.dtype.kind == "f" else np.iinfo(x.dtype) if x.dtype.kind in "iu" else None
+        lowest = kind == "max"
+        extra["initial"] = (not lowest if info is None else -np.inf if x.dtype.kind == "f" and lowest else
+                            np.inf if x.dtype.kind == "f" else info.min if lowest else info.max)
+    out = _REDUCTIONS[kind](x, axis=axes, keepdims=attrs["keepdims"], **extra)
+    return [np.asarray(out).astype(x.dtype)]
+
+
+_reg("reduce_dynamic", _reduce_dynamic_rule, _reduce_dynamic_ref, _reduce_rank, min_inputs=2, max_inputs=2,
+     attrs={"kind": AttrSpec("str", "sum", tuple(_REDUCTIONS)), "keepdims": AttrSpec("bool", True),
+            "noop_with_empty_axes": AttrSpec("bool", False)},
+     doc="an ONNX reduction over run-time axes (empty: all, or none with noop_with_empty_axes); "
+         "max / min over nothing give the dtype's lowest / highest")

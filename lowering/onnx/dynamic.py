@@ -101,3 +101,13 @@ def _lower_constant_of_shape(ctx, node, xs):
     dt = node.attrs["dtype"]
     value = numpy_helper.from_array(np.asarray([node.attrs["value"]]).astype(dt.numpy))
     return [ctx.op("ConstantOfShape", _i64(ctx, xs[0]), dtype=dt, value=value)]
+
+
+@register_lowering("reduce_dynamic")
+def _lower_reduce_dynamic(ctx, node, xs):
+    op_type = "Reduce" + node.attrs["kind"].capitalize()
+    x = xs[0]
+    compute = DType.u8 if x.dtype is DType.bool else None  # max / min of bool: any / all in 0 / 1
+    out = ctx.kernel(op_type, x, _i64(ctx, xs[1]), compute=compute, keepdims=int(node.attrs["keepdims"]),
+                     noop_with_empty_axes=int(node.attrs["noop_with_empty_axes"]))
+    return [out]

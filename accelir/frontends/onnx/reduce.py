@@ -29,6 +29,10 @@ def _reduce_axes(ctx: NodeContext, x: Value) -> tuple[int, ...] | None:
 @rule(*REDUCE)
 def _reduce(ctx: NodeContext):
     x = ctx.input(0)
+    if ctx.dynamic(1) and (x.dtype.is_float or ctx.node.op_type != "ReduceMean"):
+        return [ctx.op("reduce_dynamic", x, ctx.input(1), kind=ctx.node.op_type[len("Reduce"):].lower(),
+                       keepdims=bool(ctx.attr("keepdims", 1)),
+                       noop_with_empty_axes=bool(ctx.attr("noop_with_empty_axes", 0)))]
     axes = _reduce_axes(ctx, x)
     if axes is None:
         return [x]
