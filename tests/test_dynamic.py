@@ -42,7 +42,7 @@ class Case:
     inputs: list[np.ndarray]  # every input a graph input: shape-like ones too, fed as they come
     n_out: int = 1
     attrs: dict[str, Any] = field(default_factory=dict)
-    ir_op: str = ""  # the data-dependent IR op the import must make
+    ir_op: str = ""  # the data-dependent IR op the import must make ("": none, XLA runs it too)
     opset: int = 19
 
 
@@ -112,6 +112,11 @@ def _cases() -> list[Case]:
              opset=20),
         Case("reduce_min_empty_axes", "ReduceMin", [x34, np.zeros(0, np.int64)], attrs={"keepdims": 0},
              ir_op="reduce_dynamic"),
+        Case("trilu_k", "Trilu", [r.standard_normal((2, 4, 5)).astype(np.float32), i64(-1)]),
+        Case("triu_k", "Trilu", [x34, i64(2)], attrs={"upper": 1}),
+        Case("cumsum_axis", "CumSum", [r.standard_normal((2, 3, 4)).astype(np.float32), np.asarray(1, np.int64)],
+             attrs={"reverse": 1}),
+        Case("cumsum_negative_axis", "CumSum", [x34, np.asarray(-2, np.int32)], attrs={"exclusive": 1}),
         Case("constant_of_shape", "ConstantOfShape", [i64(2, 3)],
              attrs={"value": h.make_tensor("v", T.INT32, [1], [7])}, ir_op="constant_of_shape"),
     ]
@@ -127,17 +132,23 @@ def test_op_matches_reference_evaluator_and_onnxruntime(case: Case) -> None:
     want = ReferenceEvaluator(model).run(None, feeds)
     direct = _ort(model, feeds)
     g = import_onnx(model)
-    assert case.ir_op in {n.op for n in g.nodes}, str(g)
-    assert unbacked_dims(g) or all(v.rank == 0 for v in g.outputs), "the import gave no unbacked dim"
+    ops = {n.op for n in g.nodes}
     verify(g)
     assert_text_round_trip(g)
-    got_interp = run_graph(g, case.inputs)
-    got_ort = _ort(to_onnx(g), {v.name: a for v, a in zip(g.inputs, case.inputs)})
+    got = {"interpreter": run_graph(g, case.inputs),
+           "onnxruntime": _ort(to_onnx(g), {v.name: a for v, a in zip(g.inputs, case.inputs)})}
+    if case.ir_op:
+        assert case.ir_op in ops, str(g)
+        assert unbacked_dims(g) or all(v.rank == 0 for v in g.outputs), "the import gave no unbacked dim"
+    else:  # written in core ops: no unbacked dim, and XLA runs it as well
+        assert not ops & set(DATA_DEPENDENT_OPS), str(g)
+        got["xla"] = [np.asarray(o) for o in to_jax(g)(*case.inputs)]
     for i, (w, d) in enumerate(zip(want, direct)):
-        for label, got in (("interpreter", got_interp[i]), ("onnxruntime", got_ort[i])):
-            assert got.dtype == w.dtype, f"{case.id} output {i} ({label})"
-            np.testing.assert_allclose(got, w, rtol=1e-6, err_msg=f"{case.id} output {i} ({label}) vs reference")
-            np.testing.assert_allclose(got, d, rtol=1e-6, err_msg=f"{case.id} output {i} ({label}) vs onnxruntime")
+        for label, outs in got.items():
+            got_i = outs[i]
+            assert got_i.dtype == w.dtype, f"{case.id} output {i} ({label})"
+            np.testing.assert_allclose(got_i, w, rtol=1e-6, err_msg=f"{case.id} output {i} ({label}) vs reference")
+            np.testing.assert_allclose(got_i, d, rtol=1e-6, err_msg=f"{case.id} output {i} ({label}) vs onnxruntime")
 
 
 def test_every_data_dependent_op_has_a_case() -> None:

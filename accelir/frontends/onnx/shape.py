@@ -337,7 +337,10 @@ def _eyelike(ctx: NodeContext):
 @rule("Trilu")
 def _trilu(ctx: NodeContext):
     x = ctx.input(0)
-    k = int(ctx.values(1, "k").item()) if ctx.input(1) is not None else 0
+    if ctx.dynamic(1):  # a run-time diagonal: the mask compares against the value
+        k = ctx.op("reshape", ctx.cast(ctx.input(1), DType.i64), shape=())
+    else:
+        k = int(ctx.values(1, "k").item()) if ctx.input(1) is not None else 0
     return [triangle(ctx.b, x, k, upper=bool(ctx.attr("upper", 1)))]
 
 
