@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .ir import Graph, Node
 
 __all__ = ["ATTR", "Unbacked", "introduced", "fresh_symbols", "unbacked_dims", "unbacked_in", "check_symbols",
-           "symbols_attr", "why_data_dependent"]
+           "symbols_attr", "why_data_dependent", "deciding_inputs"]
 
 ATTR = "syms"  # the attribute of a data-dependent node naming the dims it introduces
 
@@ -151,6 +151,17 @@ def _graph_inputs_behind(value: Any) -> list[str]:
             continue
         stack.extend(v.producer.inputs)
     return sorted(set(names))
+
+
+def deciding_inputs(graph: "Graph") -> list[str]:
+    """Names of the graph inputs whose values decide a size (those ``static_inputs`` can bind)."""
+    from .ops.dynamic import DECIDED_BY
+    names: set[str] = set()
+    for node in _walk(graph):
+        if registry.get(node.op).unbacked is not None:
+            v = node.inputs[min(DECIDED_BY.get(node.op, 0), len(node.inputs) - 1)]
+            names.update([v.name] if v.is_graph_input and v.name else _graph_inputs_behind(v))
+    return sorted(names)
 
 
 def why_data_dependent(node: "Node") -> str:

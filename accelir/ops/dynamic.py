@@ -28,15 +28,16 @@ import numpy as np
 from .. import dims as D
 from ..types import DType, TensorType
 from ..unbacked import ATTR, symbols_attr
-from .registry import AttrSpec, OpDef, TypeRuleError, norm_axis, register
 from .reduce import _stable_order
+from .registry import REGISTRY, AttrSpec, OpDef, TypeRuleError, norm_axis, register
+from .resize import onnx_resize_targets
 
 _SYMS = {ATTR: AttrSpec("symbols", ())}
 
 # The input whose run-time value decides each op's output size (errors name it; default 0).
 DECIDED_BY: dict[str, int] = {"compress": 1, "non_max_suppression": 1, "reshape_dynamic": 1,
                               "expand_dynamic": 1, "slice_dynamic": 1, "tile_dynamic": 1, "pad_dynamic": 1,
-                              "topk_dynamic": 1, "reduce_dynamic": 1}
+                              "topk_dynamic": 1, "reduce_dynamic": 1, "resize_dynamic": 1}
 
 
 def _numel(t: TensorType) -> int | None:
@@ -509,3 +510,37 @@ _reg("reduce_dynamic", _reduce_dynamic_rule, _reduce_dynamic_ref, _reduce_rank, 
             "noop_with_empty_axes": AttrSpec("bool", False)},
      doc="an ONNX reduction over run-time axes (empty: all, or none with noop_with_empty_axes); "
          "max / min over nothing give the dtype's lowest / highest")
+
+
+def _resize_dynamic_rule(types, attrs):
+    x, target = types
+    axes = attrs["axes"]
+    want = DType.i64 if attrs["by"] == "sizes" else DType.f32
+    if target.dtype is not want or target.rank != 1:
+        raise TypeRuleError(f"resize_dynamic: {attrs['by']} must be a 1-d {want} tensor, got {target}")
+    if any(not 0 <= a < x.rank for a in axes) or len(set(axes)) != len(axes):
+        raise TypeRuleError(f"resize_dynamic: axes {list(axes)} must be distinct dims of a rank-{x.rank} input")
+    if any(type(x.shape[a]) is not int for a in axes):
+        raise TypeRuleError(f"resize_dynamic: resized dims must be static, got {x}")
+    syms = iter(symbols_attr("resize_dynamic", attrs, len(axes)))
+    return [TensorType(x.dtype, tuple(next(syms) if i in axes else d for i, d in enumerate(x.shape)))]
+
+
+def _resize_dynamic_ref(inputs, attrs, regions):
+    x, target = inputs
+    axes = list(attrs["axes"])
+    by_sizes = attrs["by"] == "sizes"
+    sizes, scales = onnx_resize_targets([x.shape[a] for a in axes], axes, x.ndim, target if by_sizes else None,
+                                        None if by_sizes else target, attrs["policy"])
+    static = {k: v for k, v in attrs.items() if k in REGISTRY["resize"].attrs}
+    static.update(axes=tuple(axes), sizes=tuple(sizes), scales=tuple(scales))
+    return REGISTRY["resize"].reference([x], static, ())
+
+
+_reg("resize_dynamic", _resize_dynamic_rule, _resize_dynamic_ref, lambda types, attrs: len(attrs["axes"]),
+     min_inputs=2, max_inputs=2,
+     attrs={"axes": AttrSpec("ints"), "by": AttrSpec("str", "scales", ("scales", "sizes")),
+            "policy": AttrSpec("str", "stretch", ("stretch", "not_larger", "not_smaller")),
+            **{k: v for k, v in REGISTRY["resize"].attrs.items() if k not in ("axes", "sizes", "scales")}},
+     doc="ONNX Resize to run-time sizes (with keep_aspect_ratio_policy) or by run-time scales, given for "
+         "all dims or for axes; the interpolation attributes are resize's")

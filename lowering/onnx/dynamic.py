@@ -111,3 +111,13 @@ def _lower_reduce_dynamic(ctx, node, xs):
     out = ctx.kernel(op_type, x, _i64(ctx, xs[1]), compute=compute, keepdims=int(node.attrs["keepdims"]),
                      noop_with_empty_axes=int(node.attrs["noop_with_empty_axes"]))
     return [out]
+
+
+@register_lowering("resize_dynamic")
+def _lower_resize_dynamic(ctx, node, xs):
+    a = node.attrs
+    target = [xs[1], None] if a["by"] == "scales" else [None, _i64(ctx, xs[1])]
+    return [ctx.kernel("Resize", xs[0], None, *target, axes=list(a["axes"]), mode=a["mode"],
+                       coordinate_transformation_mode=a["coord"], nearest_mode=a["nearest_mode"],
+                       cubic_coeff_a=a["cubic_a"], exclude_outside=int(a["exclude_outside"]),
+                       antialias=int(a["antialias"]), keep_aspect_ratio_policy=a["policy"])]

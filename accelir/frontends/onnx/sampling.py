@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -10,7 +9,7 @@ import numpy as np
 from ...ir import Value
 from ...ops import registry
 from ...ops.nn import GRID_MODE_OLD_NAMES
-from ...ops.resize import resize_taps, taps_bytes
+from ...ops.resize import onnx_resize_targets, resize_taps, taps_bytes
 from .context import IMPORT_VALUE_BYTES, NodeContext, OnnxImportError, conv_attrs, norm_axis, reshape, rule
 
 __all__: list[str] = []
@@ -52,22 +51,17 @@ def _resize(ctx: NodeContext):
         r = [float(v) for v in ctx.values(roi_in, "roi").reshape(-1)]
         k = len(r) // 2
         roi = [(r[i], r[i + k]) for i in (axes if k == rank else range(k))]
+    policy = ctx.attr("keep_aspect_ratio_policy", "stretch")
+    runtime = [i for i in (scales_in, sizes_in) if i is not None and ctx.dynamic(i)]
+    if runtime and attrs["coord"] != "tf_crop_and_resize":
+        # sizes or scales known only at run time: ONNX Resize as it stands
+        return [ctx.op("resize_dynamic", x, ctx.input(runtime[0]), axes=tuple(axes), by="scales"
+                       if runtime[0] == scales_in else "sizes", policy=policy, **attrs)]
     sizes = ctx.values(sizes_in, "sizes") if sizes_in is not None and ctx.input(sizes_in) is not None else None
-    if sizes is not None and sizes.size:
-        sizes = [int(v) for v in sizes.reshape(-1)]
-        sizes = [sizes[a] for a in axes] if len(sizes) == rank and len(axes) != rank else sizes
-        ratios = [o / i for o, i in zip(sizes, in_sizes)]
-        policy = ctx.attr("keep_aspect_ratio_policy", "stretch")
-        if policy != "stretch":
-            r = min(ratios) if policy == "not_larger" else max(ratios)
-            ratios = [r] * len(axes)
-            sizes = [int(math.floor(r * i + 0.5)) for i in in_sizes]
-        scales = ratios
-    else:
+    raw = None
+    if sizes is None or not sizes.size:
         raw = ctx.values(scales_in, "scales") if scales_in is not None else np.asarray(ctx.attr("scales"))
-        scales = [float(v) for v in np.asarray(raw).reshape(-1)]
-        scales = [scales[a] for a in axes] if len(scales) == rank and len(axes) != rank else scales
-        sizes = [int(math.floor(i * (hi - lo) * sc)) for i, sc, (lo, hi) in zip(in_sizes, scales, roi)]
+    sizes, scales = onnx_resize_targets(in_sizes, axes, rank, sizes, raw, policy, roi)
     if attrs["coord"] != "tf_crop_and_resize":
         keep = [(a, out, sc) for a, size, out, sc in zip(axes, in_sizes, sizes, scales) if size != out or sc != 1.0]
         if not keep:
