@@ -463,10 +463,14 @@ class Graph:
         return node
 
     def _name_unbacked(self, op: str, inputs: Sequence[Value], attrs: dict[str, Any]) -> dict[str, Any]:
-        """A data-dependent node's attributes with fresh symbols for the dims it introduces."""
-        from .unbacked import fresh_symbols
-        n = registry.get(op).unbacked([v.type for v in inputs], attrs)
-        return {**attrs, "syms": fresh_symbols(self, n)}
+        """A data-dependent node's attributes with fresh symbols for the dims it introduces (none
+        where the operands are malformed: the type rule then says what is wrong)."""
+        from .unbacked import MAX_PER_NODE, fresh_symbols
+        try:
+            n = registry.get(op).unbacked([v.type for v in inputs], attrs)
+        except (registry.TypeRuleError, IndexError):
+            n = 0
+        return {**attrs, "syms": fresh_symbols(self, n if 0 <= n <= MAX_PER_NODE else 0)}
 
     def apply(self, op: str, *inputs: Value, **attrs: Any) -> Value:
         """Shorthand: append ``op(*inputs, **attrs)`` and return its single output."""

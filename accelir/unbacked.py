@@ -24,9 +24,10 @@ if TYPE_CHECKING:
     from .ir import Graph, Node
 
 __all__ = ["ATTR", "Unbacked", "introduced", "fresh_symbols", "unbacked_dims", "unbacked_in", "check_symbols",
-           "symbols_attr", "why_data_dependent", "deciding_inputs"]
+           "symbols_attr", "why_data_dependent", "deciding_input", "deciding_inputs", "data_dependent_behind"]
 
 ATTR = "syms"  # the attribute of a data-dependent node naming the dims it introduces
+MAX_PER_NODE = 1024  # more would be a malformed node (a rank or an output count out of reason)
 
 
 @dataclass(frozen=True)
@@ -153,22 +154,44 @@ def _graph_inputs_behind(value: Any) -> list[str]:
     return sorted(set(names))
 
 
+def data_dependent_behind(value: Any) -> "Node | None":
+    """The first data-dependent node ``value`` is computed through, by its inputs or by an
+    unbacked dim in the types on the way (a size read back as a value); None if there is none."""
+    found = unbacked_dims(_root(value.graph)) if value.graph is not None else {}
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        syms = sorted(s for d in v.shape for s in D.symbols(d) if s in found)
+        if syms:
+            return found[syms[0]].node
+        if v.producer is not None:
+            stack.extend(v.producer.inputs)
+    return None
+
+
+def deciding_input(node: "Node") -> int:
+    """The input of a data-dependent node whose run-time value decides its output size."""
+    from .ops.dynamic import DECIDED_BY
+    return min(DECIDED_BY.get(node.op, 0), len(node.inputs) - 1)
+
+
 def deciding_inputs(graph: "Graph") -> list[str]:
     """Names of the graph inputs whose values decide a size (those ``static_inputs`` can bind)."""
-    from .ops.dynamic import DECIDED_BY
     names: set[str] = set()
     for node in _walk(graph):
         if registry.get(node.op).unbacked is not None:
-            v = node.inputs[min(DECIDED_BY.get(node.op, 0), len(node.inputs) - 1)]
-            names.update([v.name] if v.is_graph_input and v.name else _graph_inputs_behind(v))
+            names.update(_graph_inputs_behind(node.inputs[deciding_input(node)]))
     return sorted(names)
 
 
 def why_data_dependent(node: "Node") -> str:
     """One line for a backend that needs static sizes: which node, which input decides its output
     size, which graph inputs that input comes from, and what to do."""
-    from .ops.dynamic import DECIDED_BY
-    i = min(DECIDED_BY.get(node.op, 0), len(node.inputs) - 1)
+    i = deciding_input(node)
     v = node.inputs[i]
     behind = _graph_inputs_behind(v)
     src = f" (graph input {v.name!r})" if v.is_graph_input else \

@@ -123,6 +123,12 @@ def _cases() -> list[Case]:
         Case("resize_sizes_policy", "Resize", [img, None, None, i64(3, 7)],
              attrs={"mode": "nearest", "axes": [2, 3], "keep_aspect_ratio_policy": "not_larger"},
              ir_op="resize_dynamic"),
+        Case("squeeze", "Squeeze", [x34.reshape(3, 1, 4, 1), i64(-1, 1)], ir_op="squeeze_dynamic"),
+        Case("unsqueeze", "Unsqueeze", [x34, i64(0, -1)], ir_op="unsqueeze_dynamic"),
+        Case("split", "Split", [r.standard_normal((2, 7)).astype(np.float32), i64(2, 0, 5)], n_out=3,
+             attrs={"axis": 1}, ir_op="split_dynamic"),
+        Case("onehot_depth", "OneHot", [i64(0, 3, -1, 2), np.asarray(5, np.int64),
+                                        np.asarray([-1, 4], np.float32)], attrs={"axis": 0}, ir_op="range_dynamic"),
         Case("constant_of_shape", "ConstantOfShape", [i64(2, 3)],
              attrs={"value": h.make_tensor("v", T.INT32, [1], [7])}, ir_op="constant_of_shape"),
     ]

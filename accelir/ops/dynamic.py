@@ -37,7 +37,8 @@ _SYMS = {ATTR: AttrSpec("symbols", ())}
 # The input whose run-time value decides each op's output size (errors name it; default 0).
 DECIDED_BY: dict[str, int] = {"compress": 1, "non_max_suppression": 1, "reshape_dynamic": 1,
                               "expand_dynamic": 1, "slice_dynamic": 1, "tile_dynamic": 1, "pad_dynamic": 1,
-                              "topk_dynamic": 1, "reduce_dynamic": 1, "resize_dynamic": 1}
+                              "topk_dynamic": 1, "reduce_dynamic": 1, "resize_dynamic": 1,
+                              "squeeze_dynamic": 1, "unsqueeze_dynamic": 1, "split_dynamic": 1}
 
 
 def _numel(t: TensorType) -> int | None:
@@ -544,3 +545,65 @@ _reg("resize_dynamic", _resize_dynamic_rule, _resize_dynamic_ref, lambda types, 
             **{k: v for k, v in REGISTRY["resize"].attrs.items() if k not in ("axes", "sizes", "scales")}},
      doc="ONNX Resize to run-time sizes (with keep_aspect_ratio_policy) or by run-time scales, given for "
          "all dims or for axes; the interpolation attributes are resize's")
+
+
+def _squeeze_rank(types, attrs, sign: int) -> int:
+    n = types[1].shape[0] if types[1].rank == 1 else None
+    return types[0].rank + sign * n if type(n) is int else 0
+
+
+def _squeeze_dynamic_rule(types, attrs, op="squeeze_dynamic", sign=-1):
+    x, axes = types
+    _static_length(op, "axes", axes)
+    rank = _squeeze_rank(types, attrs, sign)
+    if rank < 0:
+        raise TypeRuleError(f"{op}: {axes.shape[0]} axes for a rank-{x.rank} input")
+    return [TensorType(x.dtype, _fresh_shape(op, attrs, rank))]
+
+
+def _squeeze_dynamic_ref(inputs, attrs, regions):
+    x, axes = inputs
+    return [np.squeeze(x, axis=tuple(int(a) % x.ndim for a in axes))]
+
+
+def _unsqueeze_dynamic_ref(inputs, attrs, regions):
+    x, axes = inputs
+    return [np.expand_dims(x, tuple(int(a) % (x.ndim + len(axes)) for a in axes))]
+
+
+_reg("squeeze_dynamic", _squeeze_dynamic_rule, _squeeze_dynamic_ref,
+     lambda types, attrs: max(_squeeze_rank(types, attrs, -1), 0), min_inputs=2, max_inputs=2,
+     doc="drop the size-1 dims at run-time axes (ONNX Squeeze)")
+_reg("unsqueeze_dynamic", lambda types, attrs: _squeeze_dynamic_rule(types, attrs, "unsqueeze_dynamic", 1),
+     _unsqueeze_dynamic_ref, lambda types, attrs: _squeeze_rank(types, attrs, 1), min_inputs=2, max_inputs=2,
+     doc="insert size-1 dims at run-time axes of the output (ONNX Unsqueeze)")
+
+
+def _split_dynamic_rule(types, attrs):
+    x, split = types
+    _split_count(types, attrs)
+    ax = norm_axis("split_dynamic", attrs["axis"], x.rank)
+    syms = symbols_attr("split_dynamic", attrs, attrs["outputs"])
+    return [TensorType(x.dtype, tuple(u if i == ax else d for i, d in enumerate(x.shape))) for u in syms]
+
+
+def _split_dynamic_ref(inputs, attrs, regions):
+    x, split = inputs
+    ax = attrs["axis"] % x.ndim
+    sizes = [int(s) for s in split]
+    if len(sizes) != attrs["outputs"] or sum(sizes) != x.shape[ax] or min(sizes, default=0) < 0:
+        raise TypeRuleError(f"split_dynamic: sizes {sizes} do not split dim {x.shape[ax]} into "
+                            f"{attrs['outputs']} parts")
+    return np.split(x, np.cumsum(sizes)[:-1], axis=ax)
+
+
+def _split_count(types, attrs) -> int:
+    n = _static_length("split_dynamic", "split", types[1])
+    if attrs["outputs"] != n:
+        raise TypeRuleError(f"split_dynamic: {attrs['outputs']} outputs for {n} sizes")
+    return n
+
+
+_reg("split_dynamic", _split_dynamic_rule, _split_dynamic_ref, _split_count,
+     min_inputs=2, max_inputs=2, attrs={"axis": AttrSpec("int", 0), "outputs": AttrSpec("int")},
+     doc="split along axis into parts of run-time sizes (ONNX Split with a split input)")

@@ -121,3 +121,15 @@ def _lower_resize_dynamic(ctx, node, xs):
                        coordinate_transformation_mode=a["coord"], nearest_mode=a["nearest_mode"],
                        cubic_coeff_a=a["cubic_a"], exclude_outside=int(a["exclude_outside"]),
                        antialias=int(a["antialias"]), keep_aspect_ratio_policy=a["policy"])]
+
+
+@register_lowering("squeeze_dynamic", "unsqueeze_dynamic")
+def _lower_squeeze_dynamic(ctx, node, xs):
+    op_type = "Squeeze" if node.op == "squeeze_dynamic" else "Unsqueeze"
+    return [ctx.kernel(op_type, xs[0], _i64(ctx, xs[1]))]
+
+
+@register_lowering("split_dynamic")
+def _lower_split_dynamic(ctx, node, xs):
+    n = node.attrs["outputs"]
+    return list(ctx.kernel("Split", xs[0], _i64(ctx, xs[1]), results=(SAME,) * n, axis=node.attrs["axis"]))

@@ -100,6 +100,8 @@ def _flatten(ctx: NodeContext):
 @rule("Squeeze")
 def _squeeze(ctx: NodeContext):
     x = ctx.input(0)
+    if ctx.dynamic(1):
+        return [ctx.op("squeeze_dynamic", x, ctx.input(1))]
     axes = ctx.axes(1)
     if axes is None:
         axes = tuple(i for i, d in enumerate(x.shape) if d == 1)
@@ -108,6 +110,8 @@ def _squeeze(ctx: NodeContext):
 
 @rule("Unsqueeze")
 def _unsqueeze(ctx: NodeContext):
+    if ctx.dynamic(1):
+        return [ctx.op("unsqueeze_dynamic", ctx.input(0), ctx.input(1))]
     axes = ctx.axes(1)
     return [ctx.op("unsqueeze", ctx.input(0), axes=axes)]
 
@@ -222,6 +226,8 @@ def _split(ctx: NodeContext):
     x = ctx.input(0)
     ax = norm_axis(ctx, ctx.attr("axis", 0), x.rank)
     n_out = len(ctx.node.output)
+    if ctx.dynamic(1):
+        return list(ctx.ops("split_dynamic", x, ctx.input(1), axis=ax, outputs=n_out))
     if ctx.input(1) is not None:
         sizes = list(ctx.ints(1, "split"))
     elif ctx.attr("split") is not None:
@@ -297,7 +303,7 @@ def _range_length(ctx: NodeContext, start: Any, limit: Any, delta: Any) -> int:
 @rule("Range")
 def _range(ctx: NodeContext):
     if any(ctx.dynamic(i) for i in range(3)):  # its length is known only at run time
-        return [ctx.op("range_dynamic", *ctx.inputs[:3])]
+        return [ctx.op("range_dynamic", *(reshape(ctx, v, ()) for v in ctx.inputs[:3]))]
     start, limit, delta = (ctx.values(i, what) for i, what in enumerate(("start", "limit", "delta")))
     dt = ctx.input(0).dtype
     if start.dtype == object or delta.dtype == object:
@@ -347,14 +353,18 @@ def _trilu(ctx: NodeContext):
 @rule("OneHot")
 def _onehot(ctx: NodeContext):
     idx, values = ctx.input(0), ctx.input(2)
-    depth = ctx.values(1, "depth").item()
-    depth = int(depth)
     rank = idx.rank + 1
     ax = norm_axis(ctx, ctx.attr("axis", -1), rank)
-    i64 = ctx.cast(idx, DType.i64) if idx.dtype.is_int else ctx.cast(idx, DType.i64)
-    d = ctx.scalar(depth, DType.i64)
+    if ctx.dynamic(1):  # a run-time depth: positions 0 .. depth - 1 from a run-time range
+        d = ctx.op("reshape", ctx.cast(ctx.input(1), DType.i64), shape=())
+        line = ctx.op("range_dynamic", ctx.scalar(0, DType.i64), d, ctx.scalar(1, DType.i64))
+        pos = reshape(ctx, line, tuple(line.shape[0] if i == ax else 1 for i in range(rank)))
+    else:
+        depth = int(ctx.values(1, "depth").item())
+        d = ctx.scalar(depth, DType.i64)
+        pos = ctx.op("iota", shape=tuple(depth if i == ax else 1 for i in range(rank)), axis=ax, dtype=DType.i64)
+    i64 = ctx.cast(idx, DType.i64)
     i64 = ctx.op("where", ctx.op("lt", i64, ctx.scalar(0, DType.i64)), ctx.op("add", i64, d), i64)
-    pos = ctx.op("iota", shape=tuple(depth if i == ax else 1 for i in range(rank)), axis=ax, dtype=DType.i64)
     hit = ctx.op("eq", ctx.op("unsqueeze", i64, axes=(ax,)), pos)
     off = ctx.op("reshape", ctx.op("slice", values, starts=(0,), stops=(1,), axes=(0,)), shape=())
     on = ctx.op("reshape", ctx.op("slice", values, starts=(1,), stops=(2,), axes=(0,)), shape=())
