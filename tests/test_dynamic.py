@@ -235,6 +235,18 @@ def test_passes_keep_distinct_data_dependent_nodes() -> None:
     verify(compiled.graph)
 
 
+def test_folding_leaves_a_data_dependent_node_on_constants_alone() -> None:
+    """Its result would have a size the graph's types do not state (u0), so it stays a node."""
+    g = Graph("folded")
+    x = g.add_input(TensorType(DType.f32, (6,)), "x")
+    nz = g.apply("nonzero", g.const(np.array([0, 1, 0, 2, 3, 0], np.float32), name="c"))
+    y = g.apply("gather", x, g.apply("reshape", nz, shape=(nz.shape[1],)), axis=0)
+    g.set_outputs([g.apply("relu", y)])
+    compiled = accelir.optimize(g, backend="onnxruntime", level=3)
+    assert "nonzero" in {n.op for n in compiled.graph.nodes}
+    np.testing.assert_array_equal(compiled(np.arange(6, dtype=np.float32)), [1, 3, 4])
+
+
 # ----- compiled models ---------------------------------------------------------------
 
 def _nonzero_gather() -> onnx.ModelProto:
