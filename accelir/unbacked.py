@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from . import dims as D
 from .ops import registry
+from .ops.dynamic import ATTR, DECIDED_BY, symbols_attr
 
 if TYPE_CHECKING:
     from .ir import Graph, Node
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["ATTR", "Unbacked", "introduced", "fresh_symbols", "unbacked_dims", "unbacked_in", "check_symbols",
            "symbols_attr", "why_data_dependent", "deciding_input", "deciding_inputs", "data_dependent_behind"]
 
-ATTR = "syms"  # the attribute of a data-dependent node naming the dims it introduces
 MAX_PER_NODE = 1024  # more would be a malformed node (a rank or an output count out of reason)
 
 
@@ -45,15 +45,6 @@ def introduced(node: "Node") -> tuple[str, ...]:
     if not registry.is_registered(node.op) or registry.get(node.op).unbacked is None:
         return ()
     return tuple(node.attrs.get(ATTR, ()))
-
-
-def symbols_attr(op: str, attrs: Mapping[str, Any], n: int) -> tuple[str, ...]:
-    """A type rule's view of its ``syms`` attribute: exactly ``n`` symbols, or a TypeRuleError."""
-    syms = tuple(attrs.get(ATTR, ()))
-    if len(syms) != n:
-        raise registry.TypeRuleError(f"{op}: needs {n} unbacked dim symbol(s) in attribute {ATTR!r}, "
-                                     f"got {list(syms)} (build the node with Graph.make, which names them)")
-    return syms
 
 
 def _root(graph: "Graph") -> "Graph":
@@ -175,7 +166,6 @@ def data_dependent_behind(value: Any) -> "Node | None":
 
 def deciding_input(node: "Node") -> int:
     """The input of a data-dependent node whose run-time value decides its output size."""
-    from .ops.dynamic import DECIDED_BY
     return min(DECIDED_BY.get(node.op, 0), len(node.inputs) - 1)
 
 

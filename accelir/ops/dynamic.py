@@ -27,12 +27,22 @@ import numpy as np
 
 from .. import dims as D
 from ..types import DType, TensorType
-from ..unbacked import ATTR, symbols_attr
-from .reduce import _stable_order
+from .reduce import stable_order
 from .registry import REGISTRY, AttrSpec, OpDef, TypeRuleError, norm_axis, register
 from .resize import onnx_resize_targets
 
+ATTR = "syms"  # the attribute naming the unbacked dims a node introduces (accelir/unbacked.py)
 _SYMS = {ATTR: AttrSpec("symbols", ())}
+
+
+def symbols_attr(op: str, attrs: Mapping[str, Any], n: int) -> tuple[str, ...]:
+    """A type rule's view of its ``syms`` attribute: exactly ``n`` symbols, or a TypeRuleError."""
+    syms = tuple(attrs.get(ATTR, ()))
+    if len(syms) != n:
+        raise TypeRuleError(f"{op}: needs {n} unbacked dim symbol(s) in attribute {ATTR!r}, "
+                            f"got {list(syms)} (build the node with Graph.make, which names them)")
+    return syms
+
 
 # The input whose run-time value decides each op's output size (errors name it; default 0).
 DECIDED_BY: dict[str, int] = {"compress": 1, "non_max_suppression": 1, "reshape_dynamic": 1,
@@ -441,7 +451,7 @@ def _topk_dynamic_ref(inputs, attrs, regions):
     k = int(k.reshape(-1)[0])
     if not 0 <= k <= x.shape[axis]:
         raise TypeRuleError(f"topk_dynamic: k={k} out of range for dim {x.shape[axis]}")
-    order = np.take(_stable_order(x, axis, attrs["largest"]), np.arange(k), axis=axis)
+    order = np.take(stable_order(x, axis, attrs["largest"]), np.arange(k), axis=axis)
     return [np.take_along_axis(x, order, axis), order.astype(np.int64)]
 
 
