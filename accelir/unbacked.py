@@ -15,7 +15,7 @@ op's ``bounds`` rule and are read with :func:`unbacked_dims`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from . import dims as D
 from .ops import registry
@@ -24,7 +24,7 @@ from .ops.dynamic import ATTR, DECIDED_BY, symbols_attr
 if TYPE_CHECKING:
     from .ir import Graph, Node
 
-__all__ = ["ATTR", "Unbacked", "introduced", "fresh_symbols", "unbacked_dims", "unbacked_in", "check_symbols",
+__all__ = ["ATTR", "Unbacked", "introduced", "fresh_symbols", "unbacked_dims", "check_symbols",
            "symbols_attr", "why_data_dependent", "deciding_input", "deciding_inputs", "data_dependent_behind"]
 
 MAX_PER_NODE = 1024  # more would be a malformed node (a rank or an output count out of reason)
@@ -99,18 +99,6 @@ def unbacked_dims(graph: "Graph") -> dict[str, Unbacked]:
             bounds = opdef.bounds([v.type for v in node.inputs], node.attrs)
         for s, (lo, hi) in zip(syms, bounds):
             out[s] = Unbacked(s, node, lo, hi)
-    return out
-
-
-def unbacked_in(graph: "Graph", shape: Sequence[D.Dim]) -> list[tuple[int, str]]:
-    """``(axis, symbol)`` for each dim of ``shape`` that depends on an unbacked symbol of ``graph``."""
-    found = unbacked_dims(_root(graph))
-    out = []
-    for axis, d in enumerate(shape):
-        for s in sorted(D.symbols(d)):
-            if s in found:
-                out.append((axis, s))
-                break
     return out
 
 

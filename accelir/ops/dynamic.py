@@ -257,13 +257,9 @@ _reg("non_max_suppression", _nms_rule, _nms_ref, _fixed(1), bounds=_nms_bounds, 
 
 # ----- run-time-shaped shape ops ------------------------------------------------------
 
-def _fresh_shape(op: str, attrs: Mapping[str, Any], n: int) -> tuple[D.Dim, ...]:
-    return symbols_attr(op, attrs, n)
-
-
 def _reshape_dynamic_rule(types, attrs):
     x, shape = types
-    return [TensorType(x.dtype, _fresh_shape("reshape_dynamic", attrs,
+    return [TensorType(x.dtype, symbols_attr("reshape_dynamic", attrs,
                                              _static_length("reshape_dynamic", "shape", shape)))]
 
 
@@ -292,7 +288,7 @@ def _expand_rank(types) -> int:
 def _expand_dynamic_rule(types, attrs):
     x, shape = types
     _static_length("expand_dynamic", "shape", shape)
-    return [TensorType(x.dtype, _fresh_shape("expand_dynamic", attrs, _expand_rank(types)))]
+    return [TensorType(x.dtype, symbols_attr("expand_dynamic", attrs, _expand_rank(types)))]
 
 
 def _expand_dynamic_ref(inputs, attrs, regions):
@@ -356,7 +352,7 @@ def _tile_dynamic_rule(types, attrs):
     x, reps = types
     if _static_length("tile_dynamic", "repeats", reps) != x.rank:
         raise TypeRuleError(f"tile_dynamic: needs one repeat per dim ({x.rank}), got {reps}")
-    return [TensorType(x.dtype, _fresh_shape("tile_dynamic", attrs, x.rank))]
+    return [TensorType(x.dtype, symbols_attr("tile_dynamic", attrs, x.rank))]
 
 
 def _tile_dynamic_ref(inputs, attrs, regions):
@@ -465,7 +461,7 @@ _reg("topk_dynamic", _topk_dynamic_rule, _topk_dynamic_ref, _fixed(1),
 def _cos_rule(types, attrs):
     (shape,) = types
     n = _static_length("constant_of_shape", "shape", shape)
-    return [TensorType(attrs["dtype"], _fresh_shape("constant_of_shape", attrs, n))]
+    return [TensorType(attrs["dtype"], symbols_attr("constant_of_shape", attrs, n))]
 
 
 def _cos_ref(inputs, attrs, regions):
@@ -498,7 +494,7 @@ def _reduce_dynamic_rule(types, attrs):
         raise TypeRuleError(f"reduce_dynamic: mean of {x.dtype} (needs float)")
     if attrs["kind"] in ("sum", "mean", "prod") and x.dtype is DType.bool:
         raise TypeRuleError(f"reduce_dynamic: {attrs['kind']} of bool")
-    return [TensorType(x.dtype, _fresh_shape("reduce_dynamic", attrs, _reduce_rank(types, attrs)))]
+    return [TensorType(x.dtype, symbols_attr("reduce_dynamic", attrs, _reduce_rank(types, attrs)))]
 
 
 def _reduce_dynamic_ref(inputs, attrs, regions):
@@ -568,7 +564,7 @@ def _squeeze_dynamic_rule(types, attrs, op="squeeze_dynamic", sign=-1):
     rank = _squeeze_rank(types, attrs, sign)
     if rank < 0:
         raise TypeRuleError(f"{op}: {axes.shape[0]} axes for a rank-{x.rank} input")
-    return [TensorType(x.dtype, _fresh_shape(op, attrs, rank))]
+    return [TensorType(x.dtype, symbols_attr(op, attrs, rank))]
 
 
 def _squeeze_dynamic_ref(inputs, attrs, regions):
