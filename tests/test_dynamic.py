@@ -129,6 +129,9 @@ def _cases() -> list[Case]:
              attrs={"axis": 1}, ir_op="split_dynamic"),
         Case("onehot_depth", "OneHot", [i64(0, 3, -1, 2), np.asarray(5, np.int64),
                                         np.asarray([-1, 4], np.float32)], attrs={"axis": 0}, ir_op="range_dynamic"),
+        Case("resize_crop", "Resize", [img, np.asarray([0.1, 0.3, 0.9, 1.2], np.float32), None, i64(5, 4)],
+             attrs={"mode": "linear", "axes": [2, 3], "coordinate_transformation_mode": "tf_crop_and_resize",
+                    "extrapolation_value": 7.0}, ir_op="resize_dynamic"),
         Case("constant_of_shape", "ConstantOfShape", [i64(2, 3)],
              attrs={"value": h.make_tensor("v", T.INT32, [1], [7])}, ir_op="constant_of_shape"),
     ]

@@ -29,7 +29,7 @@ from .. import dims as D
 from ..types import DType, TensorType
 from .reduce import stable_order
 from .registry import REGISTRY, AttrSpec, OpDef, TypeRuleError, norm_axis, register
-from .resize import onnx_resize_targets
+from .resize import RESIZE_COORDS, crop_and_resize, onnx_resize_targets, onnx_roi
 
 ATTR = "syms"  # the attribute naming the unbacked dims a node introduces (accelir/unbacked.py)
 _SYMS = {ATTR: AttrSpec("symbols", ())}
@@ -520,7 +520,11 @@ _reg("reduce_dynamic", _reduce_dynamic_rule, _reduce_dynamic_ref, _reduce_rank, 
 
 
 def _resize_dynamic_rule(types, attrs):
-    x, target = types
+    x, target = types[:2]
+    if len(types) > 2 and (not types[2].dtype.is_float or types[2].rank != 1):
+        raise TypeRuleError(f"resize_dynamic: the region of interest must be a 1-d float tensor, got {types[2]}")
+    if (len(types) > 2) != (attrs["coord"] == "tf_crop_and_resize"):
+        raise TypeRuleError("resize_dynamic: a region of interest goes with coord tf_crop_and_resize, and only with it")
     axes = attrs["axes"]
     want = DType.i64 if attrs["by"] == "sizes" else DType.f32
     if target.dtype is not want or target.rank != 1:
@@ -534,23 +538,31 @@ def _resize_dynamic_rule(types, attrs):
 
 
 def _resize_dynamic_ref(inputs, attrs, regions):
-    x, target = inputs
+    x, target = inputs[:2]
     axes = list(attrs["axes"])
     by_sizes = attrs["by"] == "sizes"
-    sizes, scales = onnx_resize_targets([x.shape[a] for a in axes], axes, x.ndim, target if by_sizes else None,
-                                        None if by_sizes else target, attrs["policy"])
-    static = {k: v for k, v in attrs.items() if k in REGISTRY["resize"].attrs}
+    roi = onnx_roi(inputs[2], axes, x.ndim) if len(inputs) > 2 else None
+    in_sizes = [x.shape[a] for a in axes]
+    sizes, scales = onnx_resize_targets(in_sizes, axes, x.ndim, target if by_sizes else None,
+                                        None if by_sizes else target, attrs["policy"], roi)
+    if roi is not None:
+        plan = list(zip(axes, in_sizes, sizes, scales, roi))
+        return [crop_and_resize(x, plan, attrs, attrs["extrapolation"]).astype(x.dtype)]
+    static = {k: v for k, v in attrs.items() if k in REGISTRY["resize"].attrs}  # coord is one of resize's here
     static.update(axes=tuple(axes), sizes=tuple(sizes), scales=tuple(scales))
     return REGISTRY["resize"].reference([x], static, ())
 
 
 _reg("resize_dynamic", _resize_dynamic_rule, _resize_dynamic_ref, lambda types, attrs: len(attrs["axes"]),
-     min_inputs=2, max_inputs=2,
+     min_inputs=2, max_inputs=3,
      attrs={"axes": AttrSpec("ints"), "by": AttrSpec("str", "scales", ("scales", "sizes")),
             "policy": AttrSpec("str", "stretch", ("stretch", "not_larger", "not_smaller")),
-            **{k: v for k, v in REGISTRY["resize"].attrs.items() if k not in ("axes", "sizes", "scales")}},
+            **{k: v for k, v in REGISTRY["resize"].attrs.items() if k not in ("axes", "sizes", "scales")},
+            "coord": AttrSpec("str", "half_pixel", RESIZE_COORDS + ("tf_crop_and_resize",)),
+            "extrapolation": AttrSpec("float", 0.0)},
      doc="ONNX Resize to run-time sizes (with keep_aspect_ratio_policy) or by run-time scales, given for "
-         "all dims or for axes; the interpolation attributes are resize's")
+         "all dims or for axes, and with coord tf_crop_and_resize a region of interest (third operand) "
+         "and an extrapolation value; the interpolation attributes are resize's")
 
 
 def _squeeze_rank(types, attrs, sign: int) -> int:

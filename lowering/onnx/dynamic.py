@@ -117,7 +117,9 @@ def _lower_reduce_dynamic(ctx, node, xs):
 def _lower_resize_dynamic(ctx, node, xs):
     a = node.attrs
     target = [xs[1], None] if a["by"] == "scales" else [None, _i64(ctx, xs[1])]
-    return [ctx.kernel("Resize", xs[0], None, *target, axes=list(a["axes"]), mode=a["mode"],
+    roi = ctx.cast(xs[2], DType.f32) if len(xs) > 2 else None
+    extra = {"extrapolation_value": a["extrapolation"]} if roi is not None else {}
+    return [ctx.kernel("Resize", xs[0], roi, *target, axes=list(a["axes"]), mode=a["mode"], **extra,
                        coordinate_transformation_mode=a["coord"], nearest_mode=a["nearest_mode"],
                        cubic_coeff_a=a["cubic_a"], exclude_outside=int(a["exclude_outside"]),
                        antialias=int(a["antialias"]), keep_aspect_ratio_policy=a["policy"])]
