@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir import DType, Value
-from .context import DynamicValueError, NodeContext, norm_axis, rule
+from .context import DynamicValueError, NodeContext, norm_axis, rule, select_on_runtime_axis
 
 __all__: list[str] = []
 
@@ -81,19 +81,7 @@ def _cum(ctx: NodeContext):
     op = "cumsum" if ctx.node.op_type == "CumSum" else "cumprod"
     x = ctx.input(0)
     attrs = {"exclusive": bool(ctx.attr("exclusive", 0)), "reverse": bool(ctx.attr("reverse", 0))}
-    if ctx.dynamic(1):
-        return [_cum_on_runtime_axis(ctx, op, x, attrs)]
+    if ctx.dynamic(1):  # the scan along each axis, the one asked for selected at run time
+        return [select_on_runtime_axis(ctx, 1, x.rank, lambda a: ctx.op(op, x, axis=a, **attrs))]
     axis = ctx.ints(1, "axis")[0]
     return [ctx.op(op, x, axis=int(axis), **attrs)]
-
-
-def _cum_on_runtime_axis(ctx: NodeContext, op: str, x: Value, attrs: dict) -> Value:
-    """A scan along an axis known only at run time: the scan along each axis, the one asked
-    for selected (the output's shape is the input's whatever the axis, so every backend runs it)."""
-    axis = ctx.op("reshape", ctx.cast(ctx.input(1), DType.i64), shape=())
-    rank = ctx.scalar(x.rank, DType.i64)
-    axis = ctx.op("where", ctx.op("lt", axis, ctx.scalar(0, DType.i64)), ctx.op("add", axis, rank), axis)
-    out = ctx.op(op, x, axis=x.rank - 1, **attrs)
-    for a in range(x.rank - 1):
-        out = ctx.op("where", ctx.op("eq", axis, ctx.scalar(a, DType.i64)), ctx.op(op, x, axis=a, **attrs), out)
-    return out
