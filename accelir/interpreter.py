@@ -116,6 +116,7 @@ def run_graph(graph: Graph, inputs: Sequence[Any], *, bindings: Mapping[str, int
             if name not in graph.constants:
                 raise InterpreterError(f"constant {name!r} has no value in graph {graph.name!r}")
             results = [graph.constants[name]]
+            opdef = None
         else:
             opdef = registry.get(node.op)
             try:
@@ -139,6 +140,9 @@ def run_graph(graph: Graph, inputs: Sequence[Any], *, bindings: Mapping[str, int
             if r.ndim != want.rank or any(type(d) is int and d != n for d, n in zip(want.shape, r.shape)):
                 raise InterpreterError(f"{node.describe()}: reference gave shape {tuple(r.shape)}, node says {want}")
             env[id(v)] = r
+        if opdef is not None and opdef.unbacked is not None:  # the data decided these dims: bind them
+            b = bind_shapes([v.type for v in node.outputs], [env[id(v)].shape for v in node.outputs],
+                            f"{node.describe()} output", b)
         if observer is not None:
             observer(node, [env[id(v)] for v in node.outputs])
         for v in frees.get(pos, ()):

@@ -450,6 +450,8 @@ class Graph:
             attrs = registry.normalize_attrs(op, {k: freeze_attr(v) for k, v in (attrs or {}).items()})
         except registry.TypeRuleError as e:
             raise VerificationError(str(e)) from None
+        if registry.get(op).unbacked is not None and not attrs.get("syms"):
+            attrs = self._name_unbacked(op, inputs, attrs)
         if output_types is None:
             output_types = registry.infer_types(op, [v.type for v in inputs], attrs, regions=tuple(regions),
                                                 meta=meta)
@@ -459,6 +461,16 @@ class Graph:
         else:
             self.insert_before(before, node)
         return node
+
+    def _name_unbacked(self, op: str, inputs: Sequence[Value], attrs: dict[str, Any]) -> dict[str, Any]:
+        """A data-dependent node's attributes with fresh symbols for the dims it introduces (none
+        where the operands are malformed: the type rule then says what is wrong)."""
+        from .unbacked import MAX_PER_NODE, fresh_symbols
+        try:
+            n = registry.get(op).unbacked([v.type for v in inputs], attrs)
+        except (registry.TypeRuleError, IndexError):
+            n = 0
+        return {**attrs, "syms": fresh_symbols(self, n if 0 <= n <= MAX_PER_NODE else 0)}
 
     def apply(self, op: str, *inputs: Value, **attrs: Any) -> Value:
         """Shorthand: append ``op(*inputs, **attrs)`` and return its single output."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .errors import VerificationError
 from .ir import Graph, Node, TensorType
 from .ops import registry
+from .unbacked import check_symbols
 
 __all__ = ["verify"]
 
@@ -72,6 +73,10 @@ def verify(graph: Graph, *, check_types: bool = True) -> None:
                 raise _fail(node, f"in region {r.name!r}: {e}") from None
         if node.op != "constant" and check_types:
             _check_node_types(node)
+    if graph.parent is None:
+        stale = check_symbols(graph)
+        if stale is not None:
+            raise _fail(*stale)
     if count != len(graph):
         raise VerificationError(f"graph {graph.name!r} node count is {len(graph)} but {count} nodes are linked")
     if graph.last is not prev:

@@ -94,16 +94,28 @@ def test_shape_computed_from_symbolic_dims():
     assert str(g.outputs[0].type) == "f32[N,12]"
 
 
-def test_dynamic_shape_input_needs_binding():
+def test_dynamic_shape_input_stays_a_value_and_static_inputs_specialises():
     nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"])]
     m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6]),
                        helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
                [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    with pytest.raises(DynamicValueError, match="static_inputs") as e:
-        import_onnx(m)
-    assert e.value.input_names == ["shape"]
+    g = import_onnx(m)
+    assert [n.op for n in g.nodes] == ["reshape_dynamic"] and str(g.outputs[0].type) == "f32[u0,u1]"
     g = import_onnx(m, static_inputs={"shape": np.array([3, 4], np.int64)})
     assert [v.name for v in g.inputs] == ["x"] and str(g.outputs[0].type) == "f32[3,4]"
+
+
+def test_a_rule_that_cannot_take_a_data_dependent_size_names_the_inputs_to_bind():
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["r"]),
+             helper.make_node("Split", ["r"], ["a", "b"], axis=0, num_outputs=2)]
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6]),
+                       helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+               [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("a", "b")], opset=18)
+    with pytest.raises(DynamicValueError, match=r"Split.*even split.*reshape_dynamic.*\['shape'\].*static_inputs") as e:
+        import_onnx(m)
+    assert e.value.input_names == ["shape"]
+    g = import_onnx(m, static_inputs={"shape": np.array([4, 3], np.int64)})
+    assert [str(v.type) for v in g.outputs] == ["f32[2,3]", "f32[2,3]"]
 
 
 def test_if_with_captured_value_and_scan():

@@ -54,6 +54,12 @@ def check_against_list(results: list[conf.CaseResult], path: str) -> None:
                        "from it; `python -m accelir.frontends.onnx.conformance interpreter onnxruntime "
                        "--expected` prints the new list)")
     print(f"\n{path}: {len(status) - len(failing)}/{len(status)} in scope pass")
+    counts, _ = _expected()
+    specialised = sorted(r.name for r in results if r.scope == "in" and path in r.specialised_on
+                         and r.status[path] == "pass")
+    assert len(specialised) == counts[f"specialised_{path}"], (
+        f"{path}: {len(specialised)} passing cases need their shape-like inputs bound, {EXPECTED_FILE} pins "
+        f"{counts[f'specialised_{path}']}: update it if that is intended; now: {specialised[:20]}")
 
 
 def test_counts_are_pinned(cases, scopes):
@@ -95,14 +101,17 @@ def test_check_against_list_catches_both_directions():
 
 
 def test_report_counts_what_is_left_out():
-    results = [conf.CaseResult("test_a", "in", {"interpreter": "pass"}, specialised=True),
-               conf.CaseResult("test_b", "in", {"interpreter": "error: x"}, specialised=True),
+    results = [conf.CaseResult("test_a", "in", {"interpreter": "pass"}, True, {"interpreter"}),
+               conf.CaseResult("test_b", "in", {"interpreter": "error: x"}, True, {"interpreter"}),
+               conf.CaseResult("test_f", "in", {"interpreter": "pass"}),
                conf.CaseResult("test_c", "string tensors"), conf.CaseResult("test_d", "string tensors"),
                conf.CaseResult("test_e", "random numbers")]
     summary = conf.summarize(results, ["interpreter"])
     assert summary["out_of_scope"] == {"string tensors": 2, "random numbers": 1}
     assert summary["interpreter"]["passed_specialised"] == 1
     text = conf.report(summary, ["interpreter"])
-    assert ": 5\nout of scope: 3\n      2  string tensors\n      1  random numbers\nin scope: 2\n" in text
-    assert "interpreter: 1/2 pass (50.00%), 1 of them only after specialisation" in text
-    assert conf.expected_lines(summary, ["interpreter"]) == ["total 5", "in_scope 2", "interpreter test_b"]
+    assert ": 6\nout of scope: 3\n      2  string tensors\n      1  random numbers\nin scope: 3\n" in text
+    assert ("interpreter: 2/3 in scope pass (66.67%); 2/6 of all node cases (33.33%); 1 as they come, "
+            "1 only after specialisation") in text
+    assert conf.expected_lines(summary, ["interpreter"]) == ["total 6", "in_scope 3", "specialised_interpreter 1",
+                                                             "interpreter test_b"]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from accelir import DType, Graph, TensorType, interpret, verify
 from accelir.ops.nn import GRID_MODE_OLD_NAMES
 from accelir.ops import REGISTRY
+from accelir.ops.dynamic import DATA_DEPENDENT_OPS
 from accelir.ops.registry import TypeRuleError, broadcast_shapes
 from accelir.testing import onnxruntime_outputs
 
@@ -457,7 +458,8 @@ def _dus_oracle(x, u, starts):
 
 SAMPLES = samples()
 # ops whose tests build regions or constants by hand below
-HAND_TESTED = {"constant", "fusion", "cond", "while_loop", "scan"}
+# (the data-dependent ops: against onnx's ReferenceEvaluator and onnxruntime in test_dynamic.py)
+HAND_TESTED = {"constant", "fusion", "cond", "while_loop", "scan"} | set(DATA_DEPENDENT_OPS)
 
 
 def test_every_op_has_samples():

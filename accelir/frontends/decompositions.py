@@ -40,13 +40,15 @@ def floor_div(b: Builder, x: Value, y: Value) -> Value:
     return b.op("sub", q, b.op("cast", fix, dtype=x.dtype))
 
 
-def triangle(b: Builder, x: Value, k: int, upper: bool) -> Value:
+def triangle(b: Builder, x: Value, k: int | Value, upper: bool) -> Value:
     """``x`` with the elements off its upper (``triu``) or lower (``tril``) triangle set to
-    zero, over its last two dims; ``k`` shifts the diagonal (positive: above the main one)."""
+    zero, over its last two dims; ``k`` shifts the diagonal (positive: above the main one),
+    an int or a run-time i64 scalar."""
     shape2 = tuple(x.shape[-2:])
     rows = b.op("iota", shape=shape2, axis=0, dtype=DType.i64)
     cols = b.op("iota", shape=shape2, axis=1, dtype=DType.i64)
-    keep = b.op("ge" if upper else "le", b.op("sub", cols, rows), b.scalar(k, DType.i64))
+    kv = b.scalar(k, DType.i64) if isinstance(k, int) else k
+    keep = b.op("ge" if upper else "le", b.op("sub", cols, rows), kv)
     return b.op("where", keep, x, b.scalar(0, x))
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from ..types import DType, TensorType
 from .registry import AttrSpec, OpDef, TypeRuleError, norm_axis, np_dtype_compute, register
 
-__all__ = ["REDUCTIONS", "reduced_shape"]
+__all__ = ["REDUCTIONS", "reduced_shape", "stable_order"]
 
 
 def reduced_shape(op: str, shape, axes, keepdims: bool):
@@ -163,7 +163,7 @@ def _sort_rule(types, attrs):
     return [t, TensorType(DType.i64, t.shape)]
 
 
-def _stable_order(x, axis, descending):
+def stable_order(x, axis, descending):
     xc = x.astype(np_dtype_compute(x.dtype), copy=False)
     if descending:
         # stable descending order: sort the negated keys; NaN goes first like torch
@@ -180,7 +180,7 @@ def _stable_order(x, axis, descending):
 def _sort_ref(inputs, attrs, regions):
     (x,) = inputs
     axis = attrs["axis"] % x.ndim
-    order = _stable_order(x, axis, attrs["descending"])
+    order = stable_order(x, axis, attrs["descending"])
     return [np.take_along_axis(x, order, axis), order.astype(np.int64)]
 
 
@@ -205,7 +205,7 @@ def _topk_rule(types, attrs):
 def _topk_ref(inputs, attrs, regions):
     (x,) = inputs
     axis = attrs["axis"] % x.ndim
-    order = _stable_order(x, axis, attrs["largest"])
+    order = stable_order(x, axis, attrs["largest"])
     order = np.take(order, np.arange(attrs["k"]), axis=axis)
     return [np.take_along_axis(x, order, axis), order.astype(np.int64)]
 

@@ -57,6 +57,8 @@ _KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
     "floats": lambda x: isinstance(x, tuple) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                      for v in x),
     "dims": lambda x: isinstance(x, tuple) and all(_is_dim(v) for v in x),
+    "optional_ints": lambda x: x is None or (isinstance(x, tuple) and all(type(v) is int for v in x)),
+    "symbols": lambda x: isinstance(x, tuple) and all(isinstance(v, str) and v.isidentifier() for v in x),
     "dtype": lambda x: isinstance(x, DType),
     "pairs": lambda x: isinstance(x, tuple) and all(isinstance(p, tuple) and len(p) == 2
                                                     and all(type(v) is int for v in p) for p in x),
@@ -109,6 +111,10 @@ class OpDef:
     decompose: Callable | None = None
     has_regions: bool = False
     doc: str = ""
+    # Data-dependent ops: how many unbacked dims the node introduces (its ``syms`` attribute names
+    # them, fresh in the graph) and their bounds ``(low, high or None)``; see accelir/unbacked.py.
+    unbacked: Callable[[Sequence[TensorType], Mapping[str, Any]], int] | None = None
+    bounds: Callable[[Sequence[TensorType], Mapping[str, Any]], Sequence[tuple[int, int | None]]] | None = None
 
     def check_arity(self, n: int) -> None:
         if n < self.min_inputs or (self.max_inputs is not None and n > self.max_inputs):

@@ -25,7 +25,7 @@ from .registry import AttrSpec, OpDef, TypeRuleError, np_dtype_compute, register
 if TYPE_CHECKING:  # decompositions are handed a Builder; ir imports the ops, not the reverse
     from ..ir import Builder, Value
 
-__all__ = ["resize_taps", "nearest_index", "taps_bytes", "RESIZE_MODES", "RESIZE_COORDS", "NEAREST_MODES"]
+__all__ = ["onnx_resize_targets", "onnx_roi", "crop_and_resize", "resize_taps", "nearest_index", "taps_bytes", "RESIZE_MODES", "RESIZE_COORDS", "NEAREST_MODES"]
 
 RESIZE_MODES = ("nearest", "linear", "cubic")
 RESIZE_COORDS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "half_pixel_symmetric")
@@ -131,6 +131,51 @@ def resize_taps(size: int, out: int, scale: float, attrs: dict[str, Any],
             wts = wts / np.where(total == 0, 1, total)
     wts[outside] = 0.0
     return idx, wts, outside
+
+
+def onnx_resize_targets(in_sizes: list[int], axes: list[int], rank: int, sizes: np.ndarray | None,
+                        scales: Any, policy: str = "stretch",
+                        roi: list[tuple[float, float]] | None = None) -> tuple[list[int], list[float]]:
+    """ONNX Resize's output sizes and coordinate factors per resized axis, from its ``sizes``
+    (with ``keep_aspect_ratio_policy``) or else its ``scales``; given for all dims or for ``axes``.
+    The import calls it with values known then, ``resize_dynamic``'s reference with run-time ones."""
+    if sizes is not None and np.asarray(sizes).size:
+        out = [int(v) for v in np.asarray(sizes).reshape(-1)]
+        out = [out[a] for a in axes] if len(out) == rank and len(axes) != rank else out
+        ratios = [o / i for o, i in zip(out, in_sizes)]
+        if policy != "stretch":
+            r = min(ratios) if policy == "not_larger" else max(ratios)
+            ratios = [r] * len(axes)
+            out = [int(math.floor(r * i + 0.5)) for i in in_sizes]
+        return out, ratios
+    factors = [float(v) for v in np.asarray(scales).reshape(-1)]
+    factors = [factors[a] for a in axes] if len(factors) == rank and len(axes) != rank else factors
+    roi = roi or [(0.0, 1.0)] * len(axes)
+    return [int(math.floor(i * (hi - lo) * sc)) for i, sc, (lo, hi) in zip(in_sizes, factors, roi)], factors
+
+
+def onnx_roi(values: Any, axes: list[int], rank: int) -> list[tuple[float, float]]:
+    """ONNX Resize's region of interest (all starts, then all ends; for all dims or for ``axes``)
+    as a (start, end) pair per resized axis."""
+    r = [float(v) for v in np.asarray(values).reshape(-1)]
+    k = len(r) // 2
+    return [(r[i], r[i + k]) for i in (axes if k == rank else range(k))]
+
+
+def crop_and_resize(x: np.ndarray, plan: list[tuple[int, int, int, float, tuple[float, float]]],
+                    attrs: dict[str, Any], extrapolation: float) -> np.ndarray:
+    """tf_crop_and_resize on numpy: per (axis, size, out, scale, roi), the weighted taps, and the
+    extrapolation value where an output samples outside the input."""
+    y = x
+    for a, size, out, sc, rr in plan:
+        idx, wts, outside = resize_taps(size, out, sc, attrs, rr)
+        taps = idx.shape[1]
+        g = np.take(y, idx.reshape(-1), axis=a).reshape(y.shape[:a] + (out, taps) + y.shape[a + 1:])
+        w = wts.astype(y.dtype).reshape((out, taps) + (1,) * (y.ndim - a - 1))
+        y = (g * w).sum(axis=a + 1, dtype=y.dtype)
+        if outside.any():
+            y = y + (outside * extrapolation).astype(y.dtype).reshape((out,) + (1,) * (y.ndim - a - 1))
+    return y
 
 
 def _axes_plan(x: TensorType, attrs: dict[str, Any]) -> list[tuple[int, int, int, float]]:

@@ -39,7 +39,7 @@ where weights passed as arguments are packed on every call.
 from __future__ import annotations
 
 # the rule modules register their rules on import
-from . import control, elementwise, linalg, nn, quant, reduce, shape  # noqa: F401
+from . import control, dynamic, elementwise, linalg, nn, quant, reduce, shape  # noqa: F401
 from .context import (JAX_RULES, PARAM_MIN_ELEMENTS, JaxFunction, RuleContext, check_lowerable, register_lowering,
                       rule_for, to_jax, x64_scope)
 from .export import export_jax, hlo, load_exported, stablehlo

@@ -20,6 +20,7 @@ from jax import lax
 
 from accelir import dims
 from accelir.errors import AccelirError, LoweringError
+from accelir.unbacked import why_data_dependent
 from accelir.arrays import to_numpy
 from accelir.ir import DType, Graph, Node, TensorType
 from accelir.ops import registry
@@ -136,6 +137,9 @@ def _all_types(graph: Graph):
 
 def check_lowerable(graph: Graph) -> None:
     """Raise a LoweringError naming the first node JAX cannot express, before tracing."""
+    dynamic = next((n for n in _walk(graph) if registry.get(n.op).unbacked is not None), None)
+    if dynamic is not None:
+        raise LoweringError(why_data_dependent(dynamic))
     missing = [n for n in _walk(graph) if rule_for(n.op) is None]
     if missing:
         ops = sorted({n.op for n in missing})

@@ -24,7 +24,7 @@ from ..base import RuleContext, RuleTable
 from .proto import DynamicValueError, ImportScope, OnnxImportError, free_names, onnx_dtype
 
 __all__ = ["NodeContext", "Rule", "RULES", "MS_RULES", "rule", "HUGE", "IMPORT_VALUE_BYTES", "fits_import_budget",
-           "value_bytes", "norm_axis", "static_dims", "reshape", "conv_attrs", "reverse_prefixes",
+           "value_bytes", "norm_axis", "select_on_runtime_axis", "static_dims", "reshape", "conv_attrs", "reverse_prefixes",
            # from .proto, for the rules
            "OnnxImportError", "DynamicValueError", "ImportScope", "onnx_dtype", "free_names"]
 
@@ -74,6 +74,14 @@ class NodeContext(RuleContext):
         v = self.input(i)
         return None if v is None else self.imp.value_of(v)
 
+    def dynamic(self, i: int) -> bool:
+        """Whether input ``i`` is given but known only at run time.  A rule then keeps it as a value,
+        through a data-dependent op (accelir/ops/dynamic.py): onnxruntime runs it, XLA refuses it
+        naming the input; binding the input with ``static_inputs`` makes it known instead.  A value
+        unknown because it is over the import budget is not: ``values`` refuses it as too large."""
+        v = self.input(i)
+        return v is not None and self.imp.value_of(v) is None and fits_import_budget(v.shape, v.dtype)
+
     def values(self, i: int, what: str) -> np.ndarray:
         """Input ``i``'s value now; shape-like inputs must be computable at import."""
         v = self.input(i)
@@ -111,6 +119,29 @@ Rule = Callable[[NodeContext], "Sequence[Value | None] | None"]
 RULES = RuleTable()  # the standard domain's ops
 MS_RULES = RuleTable()  # com.microsoft ops
 rule = RULES.rule
+
+
+def select_on_runtime_axis(ctx: NodeContext, i: int, rank: int, build: Callable[[int], Value | None]) -> Value:
+    """The result for an axis known only at run time (input ``i``, negative counting from the end):
+    ``build(axis)`` for each axis that may be meant (None: not a valid one), the one asked for
+    selected.  Every backend runs it; it needs every axis to give a result of one type, as a
+    scan's do, else the axis must be bound (DynamicValueError)."""
+    refusal = DynamicValueError(f"its axis (input {i}) is known only at run time, and the result's shape "
+                                "depends on it", ctx.imp.graph_inputs_behind(ctx.input(i)))
+    try:
+        outs = {a: build(a) for a in range(rank)}
+    except (UnsupportedOpError, OnnxImportError):  # an axis it cannot be taken along
+        raise refusal from None
+    outs = {a: v for a, v in outs.items() if v is not None}
+    if not outs or len({v.type for v in outs.values()}) != 1:
+        raise refusal
+    axis = ctx.op("reshape", ctx.cast(ctx.input(i), DType.i64), shape=())
+    axis = ctx.op("where", ctx.op("lt", axis, ctx.scalar(0, DType.i64)),
+                  ctx.op("add", axis, ctx.scalar(rank, DType.i64)), axis)
+    *rest, (_, out) = sorted(outs.items())
+    for a, v in rest:
+        out = ctx.op("where", ctx.op("eq", axis, ctx.scalar(a, DType.i64)), v, out)
+    return out
 
 
 def norm_axis(ctx: NodeContext, axis: int, rank: int) -> int:

@@ -39,8 +39,9 @@ import numpy as np
 from ... import dims as D
 from ...errors import AccelirError, UnsupportedOpError, VerificationError
 from ...ir import Graph, TensorType, Value
-from . import (control_flow, einsum, elementwise, indexing, microsoft, nn, pooling, quantize, recurrent, reduce,
-               sampling, shape, signal)
+from ...unbacked import data_dependent_behind, deciding_input, deciding_inputs
+from . import (control_flow, dynamic, einsum, elementwise, indexing, microsoft, nn, pooling, quantize, recurrent,
+               reduce, sampling, shape, signal)
 from .context import MS_RULES, RULES, NodeContext
 from .evaluate import evaluate_known
 from .proto import (DTYPE_TO_ONNX, MAX_FUNCTION_DEPTH, MAX_INLINED_NODES, ONNX_DTYPES, DynamicValueError, ImportScope,
@@ -136,7 +137,6 @@ OUT_OF_SCOPE: dict[str, str] = {
         "OptionalHasElement")},
     **{op: "random numbers" for op in ("Bernoulli", "RandomNormal", "RandomNormalLike", "RandomUniform",
                                        "RandomUniformLike", "Multinomial")},
-    **{op: "output shape depends on the data" for op in ("NonZero", "Unique", "Compress", "NonMaxSuppression")},
     **{op: "training ops" for op in ("Adagrad", "Adam", "Momentum", "Gradient")},
     "ImageDecoder": "encoded image bytes",
 }
@@ -327,12 +327,13 @@ class _Importer:
             outputs = convert(self, scope, node, inputs, label)
         except DynamicValueError as e:
             raise DynamicValueError(_with_label(label, e), e.input_names) from None
-        except UnsupportedOpError as e:
+        except (UnsupportedOpError, VerificationError) as e:
+            self._refuse_data_dependent(label, e, inputs)
+            if isinstance(e, VerificationError):
+                raise VerificationError(f"{label}: the IR rejects the mapped node: {e}") from None
             raise UnsupportedOpError(_with_label(label, e), e.ops or [node.op_type]) from None
         except OnnxImportError as e:
             raise OnnxImportError(_with_label(label, e)) from None
-        except VerificationError as e:
-            raise VerificationError(f"{label}: the IR rejects the mapped node: {e}") from None
         except AccelirError:
             raise
         except Exception as e:  # a malformed attribute or tensor must not crash the importer
@@ -369,6 +370,26 @@ class _Importer:
                     result = outs[v.index]
         self.known[key] = result
         return result
+
+    def _refuse_data_dependent(self, label: str, e: AccelirError, inputs: list[Value | None]) -> None:
+        """A rule that cannot take an input computed through a data-dependent op (a size the data
+        decides, a value the import could not know): raise DynamicValueError naming the graph
+        inputs that op reads, which ``static_inputs`` can bind."""
+        for i, v in enumerate(inputs):
+            maker = data_dependent_behind(v) if v is not None else None
+            if maker is None:
+                continue
+            names = sorted(self.graph_inputs_behind(maker.inputs[deciding_input(maker)]))
+            raise DynamicValueError(f"{_with_label(label, e)}; its input {i} is computed through "
+                                    f"{maker.describe()}, whose result the data decides: bind graph inputs {names} "
+                                    "with import_onnx(..., static_inputs=...)", names) from None
+        # or it reads a run-time value of the graph inputs that decide sizes elsewhere (a condition)
+        names = sorted({n for v in inputs if v is not None for n in self.graph_inputs_behind(v)}
+                       & set(deciding_inputs(self.main)))
+        if names:
+            raise DynamicValueError(f"{_with_label(label, e)}; it reads graph inputs {names}, which "
+                                    "decide data-dependent sizes in this model: bind them with "
+                                    "import_onnx(..., static_inputs=...)", names) from None
 
     def graph_inputs_behind(self, v: Value) -> list[str]:
         """Names of the main-graph inputs ``v`` is computed from (for DynamicValueError)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir import DType, Value
-from .context import DynamicValueError, NodeContext, norm_axis, rule
+from .context import DynamicValueError, NodeContext, norm_axis, rule, select_on_runtime_axis
 
 __all__: list[str] = []
 
@@ -29,6 +29,10 @@ def _reduce_axes(ctx: NodeContext, x: Value) -> tuple[int, ...] | None:
 @rule(*REDUCE)
 def _reduce(ctx: NodeContext):
     x = ctx.input(0)
+    if ctx.dynamic(1) and (x.dtype.is_float or ctx.node.op_type != "ReduceMean"):
+        return [ctx.op("reduce_dynamic", x, ctx.input(1), kind=ctx.node.op_type[len("Reduce"):].lower(),
+                       keepdims=bool(ctx.attr("keepdims", 1)),
+                       noop_with_empty_axes=bool(ctx.attr("noop_with_empty_axes", 0)))]
     axes = _reduce_axes(ctx, x)
     if axes is None:
         return [x]
@@ -63,6 +67,9 @@ def _arg(ctx: NodeContext):
 @rule("TopK")
 def _topk(ctx: NodeContext):
     x = ctx.input(0)
+    if ctx.opset >= 10 and ctx.dynamic(1):
+        return list(ctx.ops("topk_dynamic", x, ctx.input(1), axis=ctx.attr("axis", -1),
+                            largest=bool(ctx.attr("largest", 1))))
     k = ctx.ints(1, "k")[0] if ctx.opset >= 10 else ctx.attr("k")
     if isinstance(k, str):
         raise DynamicValueError("its k depends on symbolic dims")
@@ -71,7 +78,10 @@ def _topk(ctx: NodeContext):
 
 @rule("CumSum", "CumProd")
 def _cum(ctx: NodeContext):
-    axis = ctx.ints(1, "axis")[0]
     op = "cumsum" if ctx.node.op_type == "CumSum" else "cumprod"
-    return [ctx.op(op, ctx.input(0), axis=int(axis), exclusive=bool(ctx.attr("exclusive", 0)),
-                   reverse=bool(ctx.attr("reverse", 0)))]
+    x = ctx.input(0)
+    attrs = {"exclusive": bool(ctx.attr("exclusive", 0)), "reverse": bool(ctx.attr("reverse", 0))}
+    if ctx.dynamic(1):  # the scan along each axis, the one asked for selected at run time
+        return [select_on_runtime_axis(ctx, 1, x.rank, lambda a: ctx.op(op, x, axis=a, **attrs))]
+    axis = ctx.ints(1, "axis")[0]
+    return [ctx.op(op, x, axis=int(axis), **attrs)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -10,7 +9,7 @@ import numpy as np
 from ...ir import Value
 from ...ops import registry
 from ...ops.nn import GRID_MODE_OLD_NAMES
-from ...ops.resize import resize_taps, taps_bytes
+from ...ops.resize import onnx_resize_targets, onnx_roi, resize_taps, taps_bytes
 from .context import IMPORT_VALUE_BYTES, NodeContext, OnnxImportError, conv_attrs, norm_axis, reshape, rule
 
 __all__: list[str] = []
@@ -47,27 +46,23 @@ def _resize(ctx: NodeContext):
     if not all(type(x.shape[a]) is int for a in axes):
         raise ctx.unsupported("resizing a symbolic dim")
     in_sizes = [x.shape[a] for a in axes]
+    policy = ctx.attr("keep_aspect_ratio_policy", "stretch")
+    crop = roi_in if (roi_in is not None and attrs["coord"] == "tf_crop_and_resize"
+                      and ctx.input(roi_in) is not None) else None
+    if any(i is not None and ctx.dynamic(i) for i in (scales_in, sizes_in, crop)):
+        # sizes, scales or region known only at run time: ONNX Resize as it stands
+        target, by = _resize_target(ctx, scales_in, sizes_in)
+        extra = [ctx.input(crop)] if crop is not None else []
+        return [ctx.op("resize_dynamic", x, target, *extra, axes=tuple(axes), by=by, policy=policy,
+                       extrapolation=float(ctx.attr("extrapolation_value", 0.0)), **attrs)]
     roi = [(0.0, 1.0)] * len(axes)
-    if roi_in is not None and ctx.input(roi_in) is not None and attrs["coord"] == "tf_crop_and_resize":
-        r = [float(v) for v in ctx.values(roi_in, "roi").reshape(-1)]
-        k = len(r) // 2
-        roi = [(r[i], r[i + k]) for i in (axes if k == rank else range(k))]
+    if crop is not None:
+        roi = onnx_roi(ctx.values(crop, "roi"), axes, rank)
     sizes = ctx.values(sizes_in, "sizes") if sizes_in is not None and ctx.input(sizes_in) is not None else None
-    if sizes is not None and sizes.size:
-        sizes = [int(v) for v in sizes.reshape(-1)]
-        sizes = [sizes[a] for a in axes] if len(sizes) == rank and len(axes) != rank else sizes
-        ratios = [o / i for o, i in zip(sizes, in_sizes)]
-        policy = ctx.attr("keep_aspect_ratio_policy", "stretch")
-        if policy != "stretch":
-            r = min(ratios) if policy == "not_larger" else max(ratios)
-            ratios = [r] * len(axes)
-            sizes = [int(math.floor(r * i + 0.5)) for i in in_sizes]
-        scales = ratios
-    else:
+    raw = None
+    if sizes is None or not sizes.size:
         raw = ctx.values(scales_in, "scales") if scales_in is not None else np.asarray(ctx.attr("scales"))
-        scales = [float(v) for v in np.asarray(raw).reshape(-1)]
-        scales = [scales[a] for a in axes] if len(scales) == rank and len(axes) != rank else scales
-        sizes = [int(math.floor(i * (hi - lo) * sc)) for i, sc, (lo, hi) in zip(in_sizes, scales, roi)]
+    sizes, scales = onnx_resize_targets(in_sizes, axes, rank, sizes, raw, policy, roi)
     if attrs["coord"] != "tf_crop_and_resize":
         keep = [(a, out, sc) for a, size, out, sc in zip(axes, in_sizes, sizes, scales) if size != out or sc != 1.0]
         if not keep:
@@ -100,6 +95,16 @@ def _resize(ctx: NodeContext):
                 tuple(out if i == a else 1 for i in range(rank))))
             y = ctx.op("add", y, mask)
     return [y]
+
+
+def _resize_target(ctx: NodeContext, scales_in: int | None, sizes_in: int | None) -> tuple[Value, str]:
+    """The given one of Resize's sizes and scales (the other is absent or empty), and which."""
+    for i, by in ((sizes_in, "sizes"), (scales_in, "scales")):
+        if i is not None and ctx.input(i) is not None:
+            known = ctx.known(i)
+            if known is None or known.size:
+                return ctx.input(i), by
+    raise OnnxImportError(f"{ctx.label}: Resize needs sizes or scales")
 
 
 # ----- sampling: GridSample / RoiAlign / DeformConv ---------------------------------------

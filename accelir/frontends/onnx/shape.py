@@ -11,7 +11,7 @@ from ... import dims as D
 from ...ir import DType, Value
 from ..decompositions import crop_negative_pads, triangle, wrap_pad
 from .context import (HUGE, DynamicValueError, NodeContext, OnnxImportError, fits_import_budget, norm_axis,
-                      onnx_dtype, reshape, rule)
+                      onnx_dtype, reshape, rule, static_dims)
 
 __all__: list[str] = []
 
@@ -57,8 +57,10 @@ def _size(ctx: NodeContext):
 @rule("Reshape")
 def _reshape_rule(ctx: NodeContext):
     x = ctx.input(0)
-    target = list(ctx.ints(1, "shape"))
     allowzero = ctx.attr("allowzero", 0)
+    if ctx.dynamic(1):
+        return [ctx.op("reshape_dynamic", x, ctx.input(1), allowzero=bool(allowzero))]
+    target = list(ctx.ints(1, "shape"))
     for i, d in enumerate(target):
         if d == 0 and not allowzero:
             if i >= x.rank:
@@ -98,6 +100,8 @@ def _flatten(ctx: NodeContext):
 @rule("Squeeze")
 def _squeeze(ctx: NodeContext):
     x = ctx.input(0)
+    if ctx.dynamic(1):
+        return [ctx.op("squeeze_dynamic", x, ctx.input(1))]
     axes = ctx.axes(1)
     if axes is None:
         axes = tuple(i for i, d in enumerate(x.shape) if d == 1)
@@ -106,6 +110,8 @@ def _squeeze(ctx: NodeContext):
 
 @rule("Unsqueeze")
 def _unsqueeze(ctx: NodeContext):
+    if ctx.dynamic(1):
+        return [ctx.op("unsqueeze_dynamic", ctx.input(0), ctx.input(1))]
     axes = ctx.axes(1)
     return [ctx.op("unsqueeze", ctx.input(0), axes=axes)]
 
@@ -120,6 +126,8 @@ def _transpose(ctx: NodeContext):
 @rule("Expand")
 def _expand(ctx: NodeContext):
     x = ctx.input(0)
+    if ctx.dynamic(1):
+        return [ctx.op("expand_dynamic", x, ctx.input(1))]
     shape = ctx.ints(1, "shape")
     rank = max(x.rank, len(shape))
     xs = (1,) * (rank - x.rank) + tuple(x.shape)
@@ -184,6 +192,8 @@ def _slice(ctx: NodeContext):
         starts, ends = ctx.attr("starts"), ctx.attr("ends")
         axes = ctx.attr("axes", range(len(starts)))
         steps = [1] * len(starts)
+    elif any(ctx.dynamic(i) for i in range(1, 5)):
+        return [_slice_dynamic(ctx, x)]
     else:
         starts, ends = ctx.ints(1, "starts"), ctx.ints(2, "ends")
         axes = ctx.axes(3) or tuple(range(len(starts)))
@@ -195,11 +205,29 @@ def _slice(ctx: NodeContext):
     return [x]
 
 
+def _slice_dynamic(ctx: NodeContext, x: Value) -> Value:
+    """Slice with run-time starts, ends, axes or steps; axes known at import stay an attribute,
+    so the dims they leave alone keep their size."""
+    ins = [x, ctx.input(1), ctx.input(2)]
+    if ctx.dynamic(3):
+        axes = None
+        ins.append(ctx.input(3))
+    elif ctx.input(3) is not None:
+        axes = ctx.axes(3)
+    else:
+        axes = tuple(range(static_dims(ctx, ctx.input(1).shape, "starts length", "slice")[0]))
+    if ctx.input(4) is not None:
+        ins.append(ctx.input(4))
+    return ctx.op("slice_dynamic", *ins, axes=axes)
+
+
 @rule("Split")
 def _split(ctx: NodeContext):
     x = ctx.input(0)
     ax = norm_axis(ctx, ctx.attr("axis", 0), x.rank)
     n_out = len(ctx.node.output)
+    if ctx.dynamic(1):
+        return list(ctx.ops("split_dynamic", x, ctx.input(1), axis=ax, outputs=n_out))
     if ctx.input(1) is not None:
         sizes = list(ctx.ints(1, "split"))
     elif ctx.attr("split") is not None:
@@ -224,6 +252,8 @@ def _split(ctx: NodeContext):
 @rule("Tile")
 def _tile(ctx: NodeContext):
     x = ctx.input(0)
+    if ctx.dynamic(1):
+        return [ctx.op("tile_dynamic", x, ctx.input(1))]
     reps = ctx.ints(1, "repeats")
     if all(r == 1 for r in reps):
         return [x]
@@ -236,9 +266,12 @@ def _tile(ctx: NodeContext):
 
 @rule("ConstantOfShape")
 def _constant_of_shape(ctx: NodeContext):
-    shape = ctx.ints(0, "shape")
     t = ctx.attrs.get("value")
     fill = ctx.imp.array(t, f"{ctx.label}: its value") if t is not None else np.zeros(1, np.float32)
+    if ctx.dynamic(0):
+        return [ctx.op("constant_of_shape", ctx.input(0), value=float(fill.reshape(-1)[0]),
+                       dtype=DType.from_numpy(fill.dtype))]
+    shape = ctx.ints(0, "shape")
     return [ctx.op("broadcast_to", ctx.const(fill.reshape(())), shape=shape)]
 
 
@@ -269,7 +302,8 @@ def _range_length(ctx: NodeContext, start: Any, limit: Any, delta: Any) -> int:
 
 @rule("Range")
 def _range(ctx: NodeContext):
-    # the output length is (limit - start) / delta: the IR needs it when building the graph
+    if any(ctx.dynamic(i) for i in range(3)):  # its length is known only at run time
+        return [ctx.op("range_dynamic", *(reshape(ctx, v, ()) for v in ctx.inputs[:3]))]
     start, limit, delta = (ctx.values(i, what) for i, what in enumerate(("start", "limit", "delta")))
     dt = ctx.input(0).dtype
     if start.dtype == object or delta.dtype == object:
@@ -309,21 +343,28 @@ def _eyelike(ctx: NodeContext):
 @rule("Trilu")
 def _trilu(ctx: NodeContext):
     x = ctx.input(0)
-    k = int(ctx.values(1, "k").item()) if ctx.input(1) is not None else 0
+    if ctx.dynamic(1):  # a run-time diagonal: the mask compares against the value
+        k = ctx.op("reshape", ctx.cast(ctx.input(1), DType.i64), shape=())
+    else:
+        k = int(ctx.values(1, "k").item()) if ctx.input(1) is not None else 0
     return [triangle(ctx.b, x, k, upper=bool(ctx.attr("upper", 1)))]
 
 
 @rule("OneHot")
 def _onehot(ctx: NodeContext):
     idx, values = ctx.input(0), ctx.input(2)
-    depth = ctx.values(1, "depth").item()
-    depth = int(depth)
     rank = idx.rank + 1
     ax = norm_axis(ctx, ctx.attr("axis", -1), rank)
-    i64 = ctx.cast(idx, DType.i64) if idx.dtype.is_int else ctx.cast(idx, DType.i64)
-    d = ctx.scalar(depth, DType.i64)
+    if ctx.dynamic(1):  # a run-time depth: positions 0 .. depth - 1 from a run-time range
+        d = ctx.op("reshape", ctx.cast(ctx.input(1), DType.i64), shape=())
+        line = ctx.op("range_dynamic", ctx.scalar(0, DType.i64), d, ctx.scalar(1, DType.i64))
+        pos = reshape(ctx, line, tuple(line.shape[0] if i == ax else 1 for i in range(rank)))
+    else:
+        depth = int(ctx.values(1, "depth").item())
+        d = ctx.scalar(depth, DType.i64)
+        pos = ctx.op("iota", shape=tuple(depth if i == ax else 1 for i in range(rank)), axis=ax, dtype=DType.i64)
+    i64 = ctx.cast(idx, DType.i64)
     i64 = ctx.op("where", ctx.op("lt", i64, ctx.scalar(0, DType.i64)), ctx.op("add", i64, d), i64)
-    pos = ctx.op("iota", shape=tuple(depth if i == ax else 1 for i in range(rank)), axis=ax, dtype=DType.i64)
     hit = ctx.op("eq", ctx.op("unsqueeze", i64, axes=(ax,)), pos)
     off = ctx.op("reshape", ctx.op("slice", values, starts=(0,), stops=(1,), axes=(0,)), shape=())
     on = ctx.op("reshape", ctx.op("slice", values, starts=(1,), stops=(2,), axes=(0,)), shape=())
@@ -348,6 +389,17 @@ def _depth_space(ctx: NodeContext):
     return [reshape(ctx, y, (n, cb, D.dim_mul(h, b), D.dim_mul(w, b)))]
 
 
+def _pad_dynamic(ctx: NodeContext, x: Value, mode: str) -> Value:
+    """Pad with run-time pads, value or axes; axes known at import stay an attribute."""
+    ins = [x, ctx.input(1)]
+    if ctx.dynamic(3):  # the pad value is then always given, so the operands stay positional
+        value = ctx.input(2) if ctx.input(2) is not None else ctx.const(np.zeros((), x.dtype.numpy))
+        return ctx.op("pad_dynamic", *ins, value, ctx.input(3), mode=mode)
+    axes = ctx.axes(3)
+    ins += [ctx.input(2)] if ctx.input(2) is not None else []
+    return ctx.op("pad_dynamic", *ins, mode=mode, axes=None if axes is None else tuple(axes))
+
+
 @rule("Pad")
 def _pad(ctx: NodeContext):
     x = ctx.input(0)
@@ -355,6 +407,8 @@ def _pad(ctx: NodeContext):
     if ctx.opset < 11:
         pads, value = list(ctx.attr("pads")), ctx.attr("value", 0.0)
         axes = tuple(range(x.rank))
+    elif any(ctx.dynamic(i) for i in (1, 2, 3)):
+        return [_pad_dynamic(ctx, x, mode)]
     else:
         pads = list(ctx.ints(1, "pads"))
         value = ctx.values(2, "constant_value").item() if ctx.input(2) is not None else 0

@@ -18,7 +18,7 @@ import numpy as np
 from ... import dims as D
 from ...ir import DType, TensorType, Value
 from .context import (IMPORT_VALUE_BYTES, NodeContext, OnnxImportError, fits_import_budget, norm_axis, onnx_dtype,
-                      reshape, rule, static_dims)
+                      reshape, rule, select_on_runtime_axis, static_dims)
 
 __all__ = ["dft_matrix", "dft_operator"]
 
@@ -117,6 +117,8 @@ def _dft(ctx: NodeContext):
     x = ctx.input(0)
     if not x.dtype.is_float:
         raise ctx.unsupported(f"a DFT of {x.dtype}")
+    if ctx.opset >= 20 and ctx.dynamic(2):  # the transform along each axis, the one asked for selected
+        return [select_on_runtime_axis(ctx, 2, x.rank, lambda a: _dft_along(ctx, x, a) if a < x.rank - 1 else None)]
     if ctx.opset >= 20:
         axis = int(ctx.values(2, "axis").item()) if ctx.input(2) is not None else -2
     else:
@@ -124,6 +126,10 @@ def _dft(ctx: NodeContext):
     axis = norm_axis(ctx, axis, x.rank)
     if axis == x.rank - 1:
         raise ctx.unsupported("a transform over the trailing [real, imag] dim")
+    return [_dft_along(ctx, x, axis)]
+
+
+def _dft_along(ctx: NodeContext, x: Value, axis: int) -> Value:
     inverse, onesided = bool(ctx.attr("inverse", 0)), bool(ctx.attr("onesided", 0))
     length = _static(ctx, x.shape[axis], "signal length")
     if ctx.input(1) is not None:
@@ -134,7 +140,7 @@ def _dft(ctx: NodeContext):
     if c_in not in (1, 2) or n <= 0:
         raise ctx.unsupported(f"a trailing dim of {c_in} (1: real, 2: complex) with {n} points")
     mat = dft_operator(ctx, length, n, c_in, inverse, onesided)
-    return [_apply_linear_axis(ctx, x, axis, mat, 1 if inverse and onesided else 2)]
+    return _apply_linear_axis(ctx, x, axis, mat, 1 if inverse and onesided else 2)
 
 
 def _frame_starts(ctx: NodeContext, frames: int, step: int, width: int, length: int, clip: bool) -> Value:

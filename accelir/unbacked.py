@@ -1,0 +1,180 @@
+"""Unbacked dims: sizes that the data decides (NonZero's count, a Reshape to a run-time shape).
+
+Like torch.export's ``u0``, such a dim is an ordinary symbolic dim (accelir/dims.py) whose
+symbol no graph input carries: the node that computes it introduces it, naming it in its
+``syms`` attribute (``u0``, ``u1``, ... fresh within the graph, regions included).  Keeping
+the name on the node keeps type rules pure functions of types and attributes, and lets
+the text format, ``copy()`` and the passes carry it with nothing special to do.
+
+Passes treat an unbacked dim as opaque: two of them are equal only when they are the same
+symbol, which is exactly the dims module's equality of canonical strings.  Bounds, where
+the op knows them (NonZero's count is at most the input's element count), come from the
+op's ``bounds`` rule and are read with :func:`unbacked_dims`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from . import dims as D
+from .ops import registry
+from .ops.dynamic import ATTR, DECIDED_BY, symbols_attr
+
+if TYPE_CHECKING:
+    from .ir import Graph, Node
+
+__all__ = ["ATTR", "Unbacked", "introduced", "fresh_symbols", "unbacked_dims", "check_symbols",
+           "symbols_attr", "why_data_dependent", "deciding_input", "deciding_inputs", "data_dependent_behind"]
+
+MAX_PER_NODE = 1024  # more would be a malformed node (a rank or an output count out of reason)
+
+
+@dataclass(frozen=True)
+class Unbacked:
+    """One unbacked dim: its symbol, the node introducing it and its bounds (``high`` None: unknown)."""
+
+    name: str
+    node: "Node"
+    low: int
+    high: int | None
+
+
+def introduced(node: "Node") -> tuple[str, ...]:
+    """The unbacked symbols ``node`` introduces (none for an op that computes no size from data)."""
+    if not registry.is_registered(node.op) or registry.get(node.op).unbacked is None:
+        return ()
+    return tuple(node.attrs.get(ATTR, ()))
+
+
+def _root(graph: "Graph") -> "Graph":
+    while graph.parent is not None:
+        graph = graph.parent.graph
+    return graph
+
+
+def _walk(graph: "Graph") -> Iterator["Node"]:
+    for n in graph.nodes:
+        yield n
+        for r in n.regions:
+            yield from _walk(r)
+
+
+def _input_symbols(graph: "Graph") -> set[str]:
+    out: set[str] = set()
+    for v in graph.inputs:
+        for d in v.shape:
+            out |= D.symbols(d)
+    return out
+
+
+def fresh_symbols(graph: "Graph", n: int) -> tuple[str, ...]:
+    """``n`` symbols ``u<k>`` that no dim of the graph (its root, regions included) uses yet."""
+    root = _root(graph)
+    used = _input_symbols(root)
+    for node in _walk(root):
+        used.update(introduced(node))
+        for r in node.regions:
+            used |= _input_symbols(r)
+    out: list[str] = []
+    k = 0
+    while len(out) < n:
+        name = f"u{k}"
+        if name not in used:
+            out.append(name)
+        k += 1
+    return tuple(out)
+
+
+def unbacked_dims(graph: "Graph") -> dict[str, Unbacked]:
+    """Every unbacked dim of ``graph`` (regions included) with the node introducing it and its bounds."""
+    out: dict[str, Unbacked] = {}
+    for node in _walk(graph):
+        syms = introduced(node)
+        if not syms:
+            continue
+        opdef = registry.get(node.op)
+        bounds: Sequence[tuple[int, int | None]] = ((0, None),) * len(syms)
+        if opdef.bounds is not None:
+            bounds = opdef.bounds([v.type for v in node.inputs], node.attrs)
+        for s, (lo, hi) in zip(syms, bounds):
+            out[s] = Unbacked(s, node, lo, hi)
+    return out
+
+
+def check_symbols(graph: "Graph") -> tuple["Node", str] | None:
+    """A node whose unbacked symbols are not fresh (introduced twice, or a graph input's symbol), with why."""
+    taken = {s: None for s in _input_symbols(graph)}
+    for node in _walk(graph):
+        for s in introduced(node):
+            if s in taken:
+                other = taken[s]
+                why = "a dim of a graph input" if other is None else f"also introduced by {other.describe()}"
+                return node, f"unbacked dim {s!r} is not fresh: it is {why}"
+            taken[s] = node
+    return None
+
+
+def _graph_inputs_behind(value: Any) -> list[str]:
+    """Names of the graph inputs ``value`` is computed from (constants do not count)."""
+    seen: set[int] = set()
+    names: list[str] = []
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if v.producer is None:
+            if v.is_graph_input:
+                names.append(v.name or "?")
+            continue
+        stack.extend(v.producer.inputs)
+    return sorted(set(names))
+
+
+def data_dependent_behind(value: Any) -> "Node | None":
+    """The first data-dependent node ``value`` is computed through, by its inputs or by an
+    unbacked dim in the types on the way (a size read back as a value); None if there is none."""
+    found = unbacked_dims(_root(value.graph)) if value.graph is not None else {}
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        syms = sorted(s for d in v.shape for s in D.symbols(d) if s in found)
+        if syms:
+            return found[syms[0]].node
+        if v.producer is not None:
+            stack.extend(v.producer.inputs)
+    return None
+
+
+def deciding_input(node: "Node") -> int:
+    """The input of a data-dependent node whose run-time value decides its output size."""
+    return min(DECIDED_BY.get(node.op, 0), len(node.inputs) - 1)
+
+
+def deciding_inputs(graph: "Graph") -> list[str]:
+    """Names of the graph inputs whose values decide a size (those ``static_inputs`` can bind)."""
+    names: set[str] = set()
+    for node in _walk(graph):
+        if registry.get(node.op).unbacked is not None:
+            names.update(_graph_inputs_behind(node.inputs[deciding_input(node)]))
+    return sorted(names)
+
+
+def why_data_dependent(node: "Node") -> str:
+    """One line for a backend that needs static sizes: which node, which input decides its output
+    size, which graph inputs that input comes from, and what to do."""
+    i = deciding_input(node)
+    v = node.inputs[i]
+    behind = _graph_inputs_behind(v)
+    src = f" (graph input {v.name!r})" if v.is_graph_input else \
+        (f" (computed from graph input(s) {', '.join(repr(n) for n in behind)})" if behind else "")
+    syms = ", ".join(introduced(node))
+    return (f"{node.describe()}: its output size ({syms}) depends on the run-time value of input {i}{src}, "
+            "and this backend needs static sizes; compile with backend=\"onnxruntime\", or bind the input "
+            "at import with static_inputs=...")

@@ -1,0 +1,137 @@
+"""ONNX rules of the data-dependent ops (accelir/ops/dynamic.py): each is the ONNX op of the
+same meaning, emitted directly; ONNX Runtime sizes the results at run time."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import numpy_helper
+
+from accelir.ir import DType
+
+from .context import SAME, register_lowering
+
+
+def _i64(ctx, v):
+    return ctx.cast(v, DType.i64)
+
+
+@register_lowering("nonzero")
+def _lower_nonzero(ctx, node, xs):
+    return [ctx.kernel("NonZero", xs[0], result=DType.i64)]
+
+
+@register_lowering("unique")
+def _lower_unique(ctx, node, xs):
+    axis = node.attrs["axis"]
+    extra = {} if axis is None else {"axis": axis}
+    return list(ctx.kernel("Unique", xs[0], results=(SAME, DType.i64, DType.i64, DType.i64),
+                           sorted=int(node.attrs["sorted"]), **extra))
+
+
+@register_lowering("compress")
+def _lower_compress(ctx, node, xs):
+    axis = node.attrs["axis"]
+    compute = DType.f32 if xs[0].dtype is DType.bf16 else None  # exact: Compress only moves data
+    return [ctx.kernel("Compress", xs[0], xs[1], compute=compute, **({} if axis is None else {"axis": axis}))]
+
+
+@register_lowering("non_max_suppression")
+def _lower_nms(ctx, node, xs):
+    ins = [ctx.cast(xs[0], DType.f32), ctx.cast(xs[1], DType.f32)]
+    if len(xs) > 2:
+        ins.append(_i64(ctx, xs[2]))
+    ins += [ctx.op("Reshape", ctx.cast(x, DType.f32), ctx.ints([1])) for x in xs[3:]]
+    return [ctx.op("NonMaxSuppression", *ins, dtype=DType.i64,
+                   center_point_box=node.attrs["center_point_box"])]
+
+
+@register_lowering("reshape_dynamic")
+def _lower_reshape_dynamic(ctx, node, xs):
+    extra = {"allowzero": 1} if node.attrs["allowzero"] else {}
+    return [ctx.kernel("Reshape", xs[0], _i64(ctx, xs[1]), **extra)]
+
+
+@register_lowering("expand_dynamic")
+def _lower_expand_dynamic(ctx, node, xs):
+    return [ctx.kernel("Expand", xs[0], _i64(ctx, xs[1]))]
+
+
+@register_lowering("slice_dynamic")
+def _lower_slice_dynamic(ctx, node, xs):
+    x, rest = xs[0], [_i64(ctx, v) for v in xs[1:]]
+    if node.attrs["axes"] is not None:
+        rest = rest[:2] + [ctx.ints(node.attrs["axes"])] + rest[2:]
+    return [ctx.kernel("Slice", x, *rest)]
+
+
+@register_lowering("tile_dynamic")
+def _lower_tile_dynamic(ctx, node, xs):
+    return [ctx.kernel("Tile", xs[0], _i64(ctx, xs[1]))]
+
+
+@register_lowering("pad_dynamic")
+def _lower_pad_dynamic(ctx, node, xs):
+    x = xs[0]
+    cdt = ctx.compute_dtype(x.dtype, "Pad")
+    value = ctx.cast(xs[2], cdt) if len(xs) > 2 else None
+    axes = node.attrs["axes"]
+    ins = [ctx.cast(x, cdt), _i64(ctx, xs[1]), value]
+    if len(xs) == 4:
+        ins.append(_i64(ctx, xs[3]))
+    elif axes is not None:
+        ins.append(ctx.ints(axes))
+    return [ctx.cast(ctx.op("Pad", *ins, mode=node.attrs["mode"]), x.dtype)]
+
+
+@register_lowering("range_dynamic")
+def _lower_range_dynamic(ctx, node, xs):
+    return [ctx.kernel("Range", *xs)]
+
+
+@register_lowering("topk_dynamic")
+def _lower_topk_dynamic(ctx, node, xs):
+    t = node.inputs[0].type
+    k = ctx.op("Reshape", _i64(ctx, xs[1]), ctx.ints([1]))
+    return list(ctx.kernel("TopK", xs[0], k, results=(SAME, DType.i64), axis=node.attrs["axis"] % t.rank,
+                           largest=int(node.attrs["largest"]), sorted=1))
+
+
+@register_lowering("constant_of_shape")
+def _lower_constant_of_shape(ctx, node, xs):
+    dt = node.attrs["dtype"]
+    value = numpy_helper.from_array(np.asarray([node.attrs["value"]]).astype(dt.numpy))
+    return [ctx.op("ConstantOfShape", _i64(ctx, xs[0]), dtype=dt, value=value)]
+
+
+@register_lowering("reduce_dynamic")
+def _lower_reduce_dynamic(ctx, node, xs):
+    op_type = "Reduce" + node.attrs["kind"].capitalize()
+    x = xs[0]
+    compute = DType.u8 if x.dtype is DType.bool else None  # max / min of bool: any / all in 0 / 1
+    out = ctx.kernel(op_type, x, _i64(ctx, xs[1]), compute=compute, keepdims=int(node.attrs["keepdims"]),
+                     noop_with_empty_axes=int(node.attrs["noop_with_empty_axes"]))
+    return [out]
+
+
+@register_lowering("resize_dynamic")
+def _lower_resize_dynamic(ctx, node, xs):
+    a = node.attrs
+    target = [xs[1], None] if a["by"] == "scales" else [None, _i64(ctx, xs[1])]
+    roi = ctx.cast(xs[2], DType.f32) if len(xs) > 2 else None
+    extra = {"extrapolation_value": a["extrapolation"]} if roi is not None else {}
+    return [ctx.kernel("Resize", xs[0], roi, *target, axes=list(a["axes"]), mode=a["mode"], **extra,
+                       coordinate_transformation_mode=a["coord"], nearest_mode=a["nearest_mode"],
+                       cubic_coeff_a=a["cubic_a"], exclude_outside=int(a["exclude_outside"]),
+                       antialias=int(a["antialias"]), keep_aspect_ratio_policy=a["policy"])]
+
+
+@register_lowering("squeeze_dynamic", "unsqueeze_dynamic")
+def _lower_squeeze_dynamic(ctx, node, xs):
+    op_type = "Squeeze" if node.op == "squeeze_dynamic" else "Unsqueeze"
+    return [ctx.kernel(op_type, xs[0], _i64(ctx, xs[1]))]
+
+
+@register_lowering("split_dynamic")
+def _lower_split_dynamic(ctx, node, xs):
+    n = node.attrs["outputs"]
+    return list(ctx.kernel("Split", xs[0], _i64(ctx, xs[1]), results=(SAME,) * n, axis=node.attrs["axis"]))
