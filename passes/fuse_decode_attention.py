@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from accelir.errors import VerificationError
 from accelir.ir import Graph, Node, Value
 from accelir.ops import TypeRuleError, infer_types, normalize_attrs
 
@@ -118,7 +119,7 @@ class FuseDecodeAttention:
         attrs = normalize_attrs("group_query_attention", {"scale": node.attrs["scale"]})
         try:
             infer_types("group_query_attention", [x.type for x in (q, nk, nv, pk, pv, *node.inputs[3:])], attrs)
-        except TypeRuleError as e:
+        except (TypeRuleError, VerificationError) as e:  # infer_types reports a type rule's refusal as the latter
             raise _Reject(f"the operands do not fit the composite ({e})") from None
         return pk, nk, keys, pv, nv, values
 

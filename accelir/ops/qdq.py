@@ -38,8 +38,8 @@ from .registry import AttrSpec, OpDef, TypeRuleError, norm_axis, register
 
 __all__ = ["QUANTIZED_DTYPES", "QDQ_OPS"]
 
-QUANTIZED_DTYPES = (DType.u8, DType.i8, DType.i16, DType.i32)
-_QUANTIZE_TO = (DType.u8, DType.i8, DType.i16)  # ONNX quantises to no i32 (whose range f32 cannot hold)
+QUANTIZED_DTYPES = (DType.u8, DType.i8, DType.u16, DType.i16, DType.i32)
+_QUANTIZE_TO = (DType.u8, DType.i8, DType.u16, DType.i16)  # ONNX quantises to no i32 (whose range f32 cannot hold)
 _AXIS_ATTRS = {"axis": AttrSpec("int", 1), "block_size": AttrSpec("int", 0)}
 
 
