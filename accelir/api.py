@@ -260,8 +260,6 @@ class OptimizeReport:
 def build_runner(graph: Graph, backend: str, device: str) -> Callable[..., list]:
     """A callable running ``graph`` on ``backend`` ("onnxruntime" or "xla") and ``device``, taking the
     flat input arrays and returning the output arrays; ``optimize`` and the command line both use it."""
-    from .float_precision import check_backend_precision
-    check_backend_precision(graph, backend, device)
     if backend == "onnxruntime":
         from .lowering.onnxruntime import OnnxRuntimeModule
         return OnnxRuntimeModule(graph, device=device)
@@ -494,6 +492,10 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
         samples = ([_numpy_inputs(signature.flatten(*_as_args(c))) for c in calibration] if calibration is not None
                    else [_numpy_inputs(flat)] if flat else [])
         measured_on = "onnxruntime" if backend == "auto" else backend  # auto chooses after: measure on one
+        if precision == "bf16":  # a conversion that buys nothing where the backend has no bf16 kernels
+            from .float_precision import check_precision_backend
+            measured_on = "xla" if backend == "auto" else measured_on
+            check_precision_backend(graph, precision, measured_on, device)
         report.precision = apply_precision(graph, precision, accuracy, samples,
                                            lambda g: build_runner(g, measured_on, device))
         report.stages["precision"] = time.perf_counter() - t0

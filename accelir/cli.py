@@ -425,7 +425,9 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     report.stages["passes"] = time.perf_counter() - t0
     report.passes = pm.report
     if args.precision != "fp32":
+        from .float_precision import check_precision_backend
         from .precision import apply_precision
+        check_precision_backend(graph, args.precision, backend, args.device)
         samples = [examples if examples is not None else random_inputs(source, seed=args.seed, dims=dims)]
         t0 = time.perf_counter()
         with progress.step(f"precision {args.precision}"):

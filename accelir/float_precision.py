@@ -34,7 +34,8 @@ from .interpreter import run_graph
 from .ir import DType, Graph, Node
 from .passes.convert_float import LOW_DTYPES, ConvertFloat, finite_max, low_precision_nodes
 
-__all__ = ["FloatPrecision", "LayerError", "find_float_precision", "check_backend_precision", "node_label"]
+__all__ = ["FloatPrecision", "LayerError", "find_float_precision", "check_backend_precision", "check_precision_backend",
+           "node_label"]
 
 Runner = Callable[[Graph, Sequence[Any]], Sequence[Any]]
 
@@ -240,3 +241,14 @@ def check_backend_precision(graph: Graph, backend: str, device: str) -> None:
             raise LoweringError(
                 f"bf16 on onnxruntime CPU: onnxruntime {onnxruntime.__version__} has no bf16 CPU kernel for "
                 f"{onnx_op} ({node.describe()}); use backend='xla' or precision='fp16'")
+
+
+def check_precision_backend(graph: Graph, precision: str, backend: str, device: str) -> None:
+    """Refuse ``precision="bf16"`` for the float32 ``graph`` where ``backend`` has no bf16 kernel for
+    its matmuls and convolutions: they would run in float32 between casts, slower than float32 itself
+    and no more compact. A graph already in bf16 (the user's own) still runs, through those casts."""
+    if precision != "bf16":
+        return
+    converted = graph.copy()
+    ConvertFloat("bf16")(converted)
+    check_backend_precision(converted, backend, device)

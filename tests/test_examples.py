@@ -20,9 +20,9 @@ EXAMPLES = os.path.join(ROOT, "examples")
 
 CASES = {
     "quickstart": (["--repeats", "2"], ["max abs error vs eager torch", "after level-2 passes", "accelir -> xla",
-                                        "gpt2.onnx", "gpt2.mlir", "gpt2.html"]),
+                                        "gpt2.onnx", "gpt2.mlir", "gpt2.html", "time ratio: median / the median of torch eager"]),
     "flax_transformer": (["--repeats", "2"], ["max abs error vs jax.jit", "composites after passes: attention",
-                                              "the time of jax.jit"]),
+                                              "time ratio: median / the median of jax.jit"]),
     "debug_passes": ([], ["+++ ", "check_numerics caught it: pass 'fast_gelu'", "bisect: pass 'fast_gelu'",
                           "passes.html"]),
     "export": ([], [".onnx  read back and run", ".air   read back and run", "StableHLO ops"]),

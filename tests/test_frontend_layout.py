@@ -14,7 +14,8 @@ import accelir.frontends
 ROOT = os.path.dirname(accelir.frontends.__file__)
 # modules of a frontend package that are not rule modules, and the package-level modules they may import
 NOT_RULES = {"__init__", "driver", "context", "proto", "evaluate", "converter", "fx", "conformance",
-             "schema", "message", "textformat", "wire"}
+             "schema", "message", "textformat", "wire",
+             "dynamo", "generation"}  # torch: drivers of their own (Dynamo's graphs; prefill + decode capture)
 LOWER = {"context", "proto"}  # what a rule module may import from its own package
 
 
