@@ -115,40 +115,33 @@ def check_symbols(graph: "Graph") -> tuple["Node", str] | None:
     return None
 
 
-def _graph_inputs_behind(value: Any) -> list[str]:
-    """Names of the graph inputs ``value`` is computed from (constants do not count)."""
+def _values_behind(value: Any) -> Iterator[Any]:
+    """``value`` and every value it is computed from, each once, depth first."""
     seen: set[int] = set()
-    names: list[str] = []
     stack = [value]
     while stack:
         v = stack.pop()
         if id(v) in seen:
             continue
         seen.add(id(v))
-        if v.producer is None:
-            if v.is_graph_input:
-                names.append(v.name or "?")
-            continue
-        stack.extend(v.producer.inputs)
-    return sorted(set(names))
+        yield v
+        if v.producer is not None:
+            stack.extend(v.producer.inputs)
+
+
+def _graph_inputs_behind(value: Any) -> list[str]:
+    """Names of the graph inputs ``value`` is computed from (constants do not count)."""
+    return sorted({v.name or "?" for v in _values_behind(value) if v.producer is None and v.is_graph_input})
 
 
 def data_dependent_behind(value: Any) -> "Node | None":
     """The first data-dependent node ``value`` is computed through, by its inputs or by an
     unbacked dim in the types on the way (a size read back as a value); None if there is none."""
     found = unbacked_dims(_root(value.graph)) if value.graph is not None else {}
-    seen: set[int] = set()
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if id(v) in seen:
-            continue
-        seen.add(id(v))
+    for v in _values_behind(value):
         syms = sorted(s for d in v.shape for s in D.symbols(d) if s in found)
         if syms:
             return found[syms[0]].node
-        if v.producer is not None:
-            stack.extend(v.producer.inputs)
     return None
 
 

@@ -7,7 +7,10 @@ GPT-2 small at 128 tokens, and a Qwen2-0.5B-sized config here) it builds
 
 - ``accelir fp32``: ``accelir.optimize(model, inputs)``;
 - ``accelir int8`` (BERT) or ``accelir int4`` (GPT-2, Qwen2): ``optimize(..., precision=...)``, with
-  the precision's default accuracy budget on the example inputs;
+  the precision's default accuracy budget on the example inputs (a model that cannot meet it gets a
+  row saying so, with the error's first line);
+- ``accelir int8 / int4, every layer``: the level-2 pipeline then the quantisation pass on every
+  quantisable layer, whatever the error: what the peer does, the like-for-like row;
 - the peer: the TorchScript export (``torch.onnx.export(dynamo=False)``) quantised by
   ``onnxruntime.quantization.quantize_dynamic`` (int8 weights per channel, as accelir's) for int8, or
   by ``MatMulNBitsQuantizer`` (4 bits, block 32, symmetric, accuracy level 0, as accelir's) for int4.
@@ -85,18 +88,29 @@ def _first(out: Any) -> np.ndarray:
     return np.asarray(to_numpy(first))
 
 
-def _accelir(model: Any, inputs: tuple, threads: int, precision: str) -> System:
+def _accelir(model: Any, inputs: tuple, threads: int, precision: str, every_layer: bool = False) -> System:
+    """accelir at ``precision`` within its default budget, or with ``every_layer`` every quantisable
+    layer quantised whatever the error (what onnxruntime's quantisers do: the like-for-like row)."""
     import accelir
     from accelir.arrays import to_numpy
     from accelir.lowering.onnxruntime import OnnxRuntimeModule
+    from accelir.passes import QuantizeDynamic, QuantizeWeights, pipeline
     t0 = time.perf_counter()
-    cm = accelir.optimize(model, inputs, precision=precision)
+    if every_layer:
+        quantise = QuantizeDynamic() if precision == "int8" else QuantizeWeights(bits=4, block_size=BLOCK_SIZE)
+        cm = accelir.optimize(model, inputs, passes=[*pipeline(2, "onnxruntime"), quantise])
+        rep = None
+    else:
+        cm = accelir.optimize(model, inputs, precision=precision)
     build = time.perf_counter() - t0
     runner = OnnxRuntimeModule(cm.graph, threads=threads)  # the benchmark's thread count, as for the peer
     flat = [to_numpy(x) for x in cm.graph.meta["signature"].flatten(*inputs)]
     call = session_call(runner.session, flat, runner)
-    rep = cm.report.precision
-    layers = "" if rep is None else f"{sum(not layer.kept for layer in rep.layers)}/{len(rep.layers)}"
+    rep = None if every_layer else cm.report.precision
+    if every_layer:
+        layers = f"all {sum(n.op in ('dynamic_quant_linear', 'matmul_nbits') for n in cm.graph.nodes)}"
+    else:
+        layers = "" if rep is None else f"{sum(not layer.kept for layer in rep.layers)}/{len(rep.layers)}"
     return System(call, np.asarray(call()[0]), build, layers)
 
 
@@ -149,15 +163,21 @@ def run_model(name: str, *, quick: bool, threads: int, repeats: int, guard: Load
     with torch.no_grad():
         reference = _first(model(*inputs))
     peer_name = "ort quantize_dynamic" if precision == "int8" else f"ort MatMulNBitsQuantizer (block {BLOCK_SIZE})"
+    from accelir.precision import PrecisionError
+    over_budget: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        systems = {"accelir fp32": _accelir(model, inputs, threads, "fp32"),
-                   f"accelir {precision}": _accelir(model, inputs, threads, precision),
-                   peer_name: _peer(model, inputs, threads, precision, tmp)}
+        systems = {"accelir fp32": _accelir(model, inputs, threads, "fp32")}
+        try:
+            systems[f"accelir {precision}"] = _accelir(model, inputs, threads, precision)
+        except PrecisionError as e:  # a row of its own: the budget this model cannot meet at this precision
+            over_budget[f"accelir {precision}"] = str(e).split("; the layers")[0]
+        systems[f"accelir {precision}, every layer"] = _accelir(model, inputs, threads, precision, every_layer=True)
+        systems[peer_name] = _peer(model, inputs, threads, precision, tmp)
         with guard.watch() as load:
             timings = time_interleaved({k: s.call for k, s in systems.items()}, warmup=2 if quick else 5,
                                        repeats=repeats)
     errors = {k: measure([reference], [s.output]) for k, s in systems.items()}
-    return {"model": name, "precision": precision, "peer": peer_name, "load": str(load[0]),
+    return {"model": name, "precision": precision, "peer": peer_name, "load": str(load[0]), "over_budget": over_budget,
             "systems": {k: {"median_ms": timings[k].median * 1e3, "cosine": errors[k].cosine,
                             "max_rel": errors[k].max_rel, "build_s": s.build_s, "layers": s.layers} for k, s in systems.items()}}
 
@@ -169,10 +189,11 @@ def report(rows: list[dict[str, Any]], threads: int, conditions: str) -> str:
              "| load |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         s = row["systems"]
-        quant = s[f"accelir {row['precision']}"]
         fp32 = s["accelir fp32"]
+        for name, why in row.get("over_budget", {}).items():
+            lines.append(f"| {row['model']} | {name} | not built: {why} | | | | | | | {row['load']} |")
         for name, r in s.items():
-            vs_peer = f"{quant['median_ms'] / s[row['peer']]['median_ms']:.2f}x" if name.startswith("accelir int") else ""
+            vs_peer = f"{r['median_ms'] / s[row['peer']]['median_ms']:.2f}x" if name.startswith("accelir int") else ""
             vs_fp32 = f"{r['median_ms'] / fp32['median_ms']:.2f}x"
             lines.append(f"| {row['model']} | {name} | {r['layers']} | {r['median_ms']:.3f} | {r['cosine']:.6f} | {r['max_rel']:.3g} | "
                          f"{r['build_s']:.1f} | {vs_peer} | {vs_fp32} | {row['load']} |")

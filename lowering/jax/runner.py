@@ -33,7 +33,7 @@ def jax_device(device: str | None) -> Any:
                             "(for CUDA: pip install 'jax[cuda12]') or use device='cpu'") from None
 
 
-def one_list(inputs: tuple) -> tuple:
+def _one_list(inputs: tuple) -> tuple:
     """The inputs of a call given either as arguments or as one list of them."""
     return tuple(inputs[0]) if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) else inputs
 
@@ -94,14 +94,18 @@ class JaxModule:
         return [self._values] + [to_jax_array(x, self.device) for x in inputs]
 
     def __call__(self, *inputs: Any) -> list:
-        inputs = one_list(inputs)
+        inputs = _one_list(inputs)
         kinds = {framework_of(x) for x in inputs}
         kind = "torch" if "torch" in kinds else "jax" if "jax" in kinds else "numpy"
         with x64_scope(self.function.needs_x64):
             outs = self._jitted(*self._arguments(inputs))
-            return [from_jax_array(o, kind) for o in outs]
+            return [self._output(o, kind) for o in outs]
+
+    def _output(self, o: Any, kind: str) -> Any:
+        """One output as the caller's framework holds it ("numpy", "torch" or "jax")."""
+        return from_jax_array(o, kind)
 
     def lower(self, *example_inputs: Any):
         """The ``jax.stages.Lowered`` of the compiled function for these inputs."""
         with x64_scope(self.function.needs_x64):
-            return self._jitted.lower(*self._arguments(one_list(example_inputs)))
+            return self._jitted.lower(*self._arguments(_one_list(example_inputs)))

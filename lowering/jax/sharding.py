@@ -53,7 +53,7 @@ from accelir.ir import Graph, Node
 
 from .context import Lowering, constant_key, framework_of, from_jax_array, to_jax, x64_scope
 from .layout import Permuted
-from .runner import JaxModule, xla_compiler_options, one_list
+from .runner import JaxModule, xla_compiler_options
 
 __all__ = ["MODES", "ShardingPlan", "plan_sharding", "fit_pipeline", "ShardedJaxModule"]
 
@@ -279,15 +279,10 @@ class ShardedJaxModule(JaxModule):
             placed.append(self._place(host, spec))
         return [self._values] + placed
 
-    def __call__(self, *inputs: Any) -> list:
-        inputs = one_list(inputs)
-        kinds = {framework_of(x) for x in inputs}
-        kind = "torch" if "torch" in kinds else "jax" if "jax" in kinds else "numpy"
-        with x64_scope(self.function.needs_x64):
-            outs = self._jitted(*self._arguments(inputs))
-            if kind == "torch":  # gathered to the host: torch takes no array split over devices
-                return [to_torch(np.asarray(o)) for o in outs]
-            return [from_jax_array(o, kind) for o in outs]
+    def _output(self, o: Any, kind: str) -> Any:
+        if kind == "torch":  # gathered to the host: torch takes no array split over devices
+            return to_torch(np.asarray(o))
+        return from_jax_array(o, kind)
 
     def sharded_parameters(self) -> dict[str, jax.Array]:
         """The placed weights by name (jax arrays, each laid out over the mesh)."""
