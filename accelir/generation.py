@@ -389,16 +389,45 @@ class GenerationModel(CompiledModel):
                              f"({limit}) and so the cache capacity; shorten the prompt or ask for fewer tokens")
 
     def export(self, path: str | os.PathLike, *, overwrite: bool = False) -> str:
-        """As ``CompiledModel.export``; ``.onnx`` writes the prefill graph to ``path`` and the decode graph
-        beside it (``model.onnx`` -> ``model.decode.onnx``): both files or, on any failure, neither."""
+        """As ``CompiledModel.export``; ``.onnx``, ``.mlir`` and ``.hlo`` write the prefill graph to ``path``
+        and the decode graph beside it (``model.onnx`` -> ``model.decode.onnx``): both files or, on any
+        failure, neither.  The decode graph's StableHLO keeps its batch and past length symbolic; its HLO
+        (static shapes) is for a past as long as the example prompt."""
         path = os.fspath(path)
-        if os.path.splitext(path)[1].lower() != ".onnx":
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix == ".onnx":
+            from .lowering.onnx import save_onnx_files, to_onnx
+            # the prefill file is renamed into place last, so a reader never finds it without its decode graph
+            save_onnx_files([(to_onnx(self.graph), path), (to_onnx(self.decode_graph), decode_path(path))],
+                            overwrite=overwrite)
+            return path
+        if suffix not in (".mlir", ".hlo"):
             return super().export(path, overwrite=overwrite)
-        from .lowering.onnx import save_onnx_files, to_onnx
-        # the prefill file is renamed into place last, so a reader never finds it without its decode graph
-        save_onnx_files([(to_onnx(self.graph), path), (to_onnx(self.decode_graph), decode_path(path))],
-                        overwrite=overwrite)
+        from .fileio import atomic_outputs
+        from .lowering import jax as jax_lowering
+        if suffix == ".mlir":
+            texts = [jax_lowering.stablehlo(self.graph, self._example_inputs),
+                     jax_lowering.stablehlo(self.decode_graph, symbolic=True)]
+        else:
+            texts = [jax_lowering.hlo(self.graph, self._example_inputs),
+                     jax_lowering.hlo(self.decode_graph, self._decode_examples())]
+        with atomic_outputs(path, decode_path(path), overwrite=overwrite) as out:
+            for target, text in zip((path, decode_path(path)), texts):
+                with open(out.temp(target), "w", encoding="utf-8") as f:
+                    f.write(text)
         return path
+
+    def _decode_examples(self) -> list[np.ndarray]:
+        """Inputs of the decode graph's shape for one step after the example prompt (their values do
+        not matter: they only give the HLO its static shapes)."""
+        from .dims import evaluate
+        ids = self._example_inputs[0]
+        bindings = {"batch": int(ids.shape[0]), "past": int(ids.shape[1])}
+        out = []
+        for v in self.decode_graph.inputs:
+            shape = tuple(evaluate(d, bindings) if not isinstance(d, int) else d for d in v.type.shape)
+            out.append(np.zeros(shape, v.type.dtype.numpy))
+        return out
 
     def __repr__(self) -> str:
         return f"Generation{super().__repr__()}"

@@ -271,6 +271,24 @@ def test_export_writes_both_files_or_neither(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["lm.decode.onnx", "lm.onnx"]
 
 
+@pytest.mark.parametrize("suffix", [".mlir", ".hlo"])
+def test_stablehlo_and_hlo_export_write_the_pair(tmp_path, suffix):
+    """The decode step's StableHLO keeps batch and past symbolic; its HLO is for a past as long as the
+    example prompt (static shapes)."""
+    cm = compiled("gpt2", "xla")
+    path = str(tmp_path / f"lm{suffix}")
+    assert cm.export(path) == path
+    assert sorted(os.listdir(tmp_path)) == sorted([f"lm{suffix}", f"lm.decode{suffix}"])
+    decode = (tmp_path / f"lm.decode{suffix}").read_text()
+    past = next(v for v in cm.decode_graph.inputs if v.name == "past_key_0").type.shape
+    batch, prompt_len = cm._example_inputs[0].shape
+    if suffix == ".mlir":
+        assert "func.func public @main" in decode and "tensor<?x" in decode  # dynamic batch / past
+    else:
+        static = f"f32[{batch},{past[1]},{prompt_len},{past[3]}]"
+        assert decode.startswith("HloModule") and static in decode, static
+
+
 LM_FACTORY = """
 import torch
 import transformers
