@@ -14,6 +14,7 @@ import onnx.defs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from accelir.errors import AccelirError
 from accelir.frontends.onnx import OnnxImportError, import_onnx
 from accelir.testing import import_and_run, onnxruntime_outputs, reference_outputs
 
@@ -458,3 +459,21 @@ def test_einsum_diagonal_of_a_declared_huge_matrix_imports_small():
     m = _model([helper.make_node("Einsum", ["x"], ["y"], equation="ii->i")], [_f32("x", [n, n])], [_f32("y", None)])
     g = _bounded(m)
     assert str(g.outputs[0].type) == f"f32[{n}]" and _largest_constant(g) <= 16
+
+
+def test_expand_to_a_shape_that_does_not_broadcast_is_refused():
+    # x is f32[3]; Expand to [4] does not broadcast (onnxruntime refuses it); it must not return x unchanged
+    m = _model([helper.make_node("Expand", ["x", "shape"], ["y"])], [_f32("x", [3])], [_f32("y", None)],
+               [_init("shape", np.array([4], np.int64))])
+    with pytest.raises(AccelirError, match="cannot broadcast dims 3 and 4"):
+        import_onnx(m)
+
+
+def test_expand_of_a_symbolic_dim_to_a_static_one_matches_onnxruntime():
+    # x is f32[n]; Expand to [4] with n == 1 at run time gives 4 elements, not x unchanged
+    m = _model([helper.make_node("Expand", ["x", "shape"], ["y"])], [_f32("x", ["n"])], [_f32("y", None)],
+               [_init("shape", np.array([4], np.int64))])
+    feeds = {"x": np.array([2.5], np.float32)}
+    _, (got,) = import_and_run(m, feeds)
+    (want,) = onnxruntime_outputs(m, feeds)
+    np.testing.assert_array_equal(got, want)

@@ -9,6 +9,7 @@ import numpy as np
 
 from ... import dims as D
 from ...ir import DType, Value
+from ...ops.registry import broadcast_shapes
 from ..decompositions import crop_negative_pads, triangle, wrap_pad
 from .context import (HUGE, DynamicValueError, NodeContext, OnnxImportError, fits_import_budget, norm_axis,
                       onnx_dtype, reshape, rule, static_dims)
@@ -128,11 +129,7 @@ def _expand(ctx: NodeContext):
     x = ctx.input(0)
     if ctx.dynamic(1):
         return [ctx.op("expand_dynamic", x, ctx.input(1))]
-    shape = ctx.ints(1, "shape")
-    rank = max(x.rank, len(shape))
-    xs = (1,) * (rank - x.rank) + tuple(x.shape)
-    ts = (1,) * (rank - len(shape)) + tuple(shape)
-    out = tuple(b if a == 1 else a for a, b in zip(xs, ts))
+    out = broadcast_shapes(x.shape, ctx.ints(1, "shape"), op=ctx.label)
     return [x if out == tuple(x.shape) else ctx.op("broadcast_to", x, shape=out)]
 
 
