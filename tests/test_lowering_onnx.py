@@ -515,3 +515,9 @@ def test_uint64_beyond_int64_computes_through_int64_bits() -> None:
     for gv, wv in zip(got, want):
         np.testing.assert_array_equal(gv, wv)
     assert want[2].tolist() == [2 ** 64 - 1, 2 ** 63 + 7]
+    # and against numpy's own uint64 arithmetic, not only the interpreter
+    with np.errstate(over="ignore"):
+        expected = [big + small, -big, big.max(1), big.argmax(1), np.sort(big, 1)[:, ::-1][:, :2],
+                    np.maximum(big, small)]
+    for gv, ev in zip(got, expected):
+        np.testing.assert_array_equal(gv, ev)
