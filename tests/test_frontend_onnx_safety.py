@@ -477,3 +477,12 @@ def test_expand_of_a_symbolic_dim_to_a_static_one_matches_onnxruntime():
     _, (got,) = import_and_run(m, feeds)
     (want,) = onnxruntime_outputs(m, feeds)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("reps", [[2], [2, 2, 2]])
+def test_tile_with_repeats_not_one_per_axis_is_refused(reps):
+    # onnxruntime refuses such a Tile; [2, 2, 2] on a rank-2 input must not import as f32[4,6]
+    m = _model([helper.make_node("Tile", ["x", "r"], ["y"])], [_f32("x", [2, 3])], [_f32("y", None)],
+               [_init("r", np.array(reps, np.int64))])
+    with pytest.raises(OnnxImportError, match=rf"{len(reps)} repeats for an input of rank 2"):
+        import_onnx(m)

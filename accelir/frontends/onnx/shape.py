@@ -252,6 +252,8 @@ def _tile(ctx: NodeContext):
     if ctx.dynamic(1):
         return [ctx.op("tile_dynamic", x, ctx.input(1))]
     reps = ctx.ints(1, "repeats")
+    if len(reps) != x.rank:
+        raise OnnxImportError(f"{ctx.label}: {len(reps)} repeats for an input of rank {x.rank}")
     if all(r == 1 for r in reps):
         return [x]
     # [d0, d1] -> [1, d0, 1, d1] -> broadcast [r0, d0, r1, d1] -> [r0*d0, r1*d1]
