@@ -592,6 +592,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import accelir
     from .timing import latency_table, time_interleaved
 
+    if args.repeats < 1:  # no timed run: no median to report
+        raise UsageError(f"--repeats: the number of timed rounds must be at least 1, got {args.repeats}")
+    if args.warmup < 0:
+        raise UsageError(f"--warmup: the number of untimed runs must be at least 0, got {args.warmup}")
     inp = load_input(args.input, args.caffemodel)
     if args.generate is not None:
         return _bench_generate(inp, args)
