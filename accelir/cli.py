@@ -488,8 +488,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         from .viewer import Frames, dump_label
         passes, what = steps
         title = f"{title} {what}"
-        frames = Frames(graph, show_constants=args.constants) if fmt == "html" else None
-        dumps = [(dump_label(0, "input"), print_graph(graph, stable=frames and frames.stable))]
+        if fmt == "html":  # only the page draws the passes' frames and diffs
+            frames = Frames(graph, show_constants=args.constants)
+            dumps = [(dump_label(0, "input"), print_graph(graph, stable=frames.stable))]
 
         def keep(record: Any, g: Graph) -> None:
             """The text and structure after each changed pass, named as a --dump-dir would name them."""
