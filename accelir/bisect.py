@@ -153,7 +153,12 @@ def _load_file(path: str, module_name: str) -> Any:
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and pickling look their module up by name
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # the script changed since the bisect, or fails on import
+        sys.modules.pop(name, None)
+        raise AccelirError(f"cannot load the pass's source file {path}: {type(e).__name__}: {e}; "
+                           "rerun the bisect") from e
     return module
 
 

@@ -488,8 +488,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         from .viewer import Frames, dump_label
         passes, what = steps
         title = f"{title} {what}"
-        frames = Frames(graph, show_constants=args.constants) if fmt == "html" else None
-        dumps = [(dump_label(0, "input"), print_graph(graph, stable=frames and frames.stable))]
+        if fmt == "html":  # only the page draws the passes' frames and diffs
+            frames = Frames(graph, show_constants=args.constants)
+            dumps = [(dump_label(0, "input"), print_graph(graph, stable=frames.stable))]
 
         def keep(record: Any, g: Graph) -> None:
             """The text and structure after each changed pass, named as a --dump-dir would name them."""
@@ -592,6 +593,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import accelir
     from .timing import latency_table, time_interleaved
 
+    if args.repeats < 1:  # no timed run: no median to report
+        raise UsageError(f"--repeats: the number of timed rounds must be at least 1, got {args.repeats}")
+    if args.warmup < 0:
+        raise UsageError(f"--warmup: the number of untimed runs must be at least 0, got {args.warmup}")
     inp = load_input(args.input, args.caffemodel)
     if args.generate is not None:
         return _bench_generate(inp, args)

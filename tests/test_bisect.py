@@ -234,3 +234,14 @@ def test_replay_reruns_a_pass_defined_in_the_users_script(tmp_path):
     assert replayed.returncode == 1 and replayed.stderr.strip().splitlines() == [
         "replay: pass 'hidden' cannot be replayed: nested.<locals>.hidden is defined inside a function; define it at "
         "module level or register it with accelir.passes.register_pass"]
+
+
+def test_replay_reports_a_source_file_that_no_longer_loads(tmp_path):
+    from accelir.bisect import resolve_pass
+
+    script = tmp_path / "broken_passes.py"
+    script.write_text("def relu_to_neg(graph:\n    return False\n")  # edited since the bisect: a syntax error
+    ref = {"name": "relu_to_neg", "import": "__main__:relu_to_neg", "file": str(script)}
+    with pytest.raises(accelir.AccelirError, match="cannot load the pass's source file .*SyntaxError"):
+        resolve_pass(ref)
+    assert "accelir_replay_broken_passes" not in sys.modules

@@ -559,6 +559,14 @@ def test_bench_prints_a_latency_table(factory):
     assert lines[3].startswith("time ratio: median / the median of torch eager")
 
 
+@pytest.mark.parametrize("flag, value", [("--repeats", "0"), ("--repeats", "-2"), ("--warmup", "-1")])
+def test_bench_rejects_no_timed_runs(factory, flag, value):
+    r = _cli("bench", f"{factory}:make", "--backends", "onnxruntime", flag, value)
+    assert r.returncode == 2
+    line = _one_error_line(r.stderr)
+    assert f"accelir bench: error: {flag}:" in line and "Traceback" not in r.stderr
+
+
 def test_console_script_and_module_entry_point(air):
     r = _cli("show", air)
     assert r.returncode == 0 and r.stdout.startswith("graph main(")
