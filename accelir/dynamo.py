@@ -60,9 +60,12 @@ class BackendOptions:
     def parse(cls, options: Mapping[str, Any] | None) -> BackendOptions:
         """Check the user's options: an unknown key or value is an AccelirError saying what is accepted."""
         from .api import BACKENDS
+        if options is not None and not isinstance(options, Mapping):
+            raise AccelirError(f"torch.compile(backend='accelir'): options must be a dict, got "
+                               f"{type(options).__name__}")
         options = dict(options or {})
         known = list(cls.__dataclass_fields__)
-        unknown = sorted(set(options) - set(known))
+        unknown = sorted(set(options) - set(known), key=repr)
         if unknown:
             raise AccelirError(f"torch.compile(backend='accelir'): unknown option{'s' if len(unknown) > 1 else ''} "
                                f"{', '.join(map(repr, unknown))}; the options are {', '.join(known)}")

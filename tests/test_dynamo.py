@@ -388,3 +388,12 @@ def test_found_by_name_through_the_entry_point_and_registered_by_import():
         "assert 'accelir' in r.list_backends() and r.lookup_backend('accelir') is accelir.dynamo.accelir_backend\n")
     # and importing accelir alone imports no torch
     _python("import sys, accelir\nassert 'torch' not in sys.modules, 'torch imported'\n")
+
+
+def test_options_that_are_not_a_dict_or_have_odd_keys_are_clear_errors():
+    from accelir import AccelirError
+    from accelir.dynamo import BackendOptions
+    with pytest.raises(AccelirError, match="options must be a dict, got str"):
+        BackendOptions.parse("fast")
+    with pytest.raises(AccelirError, match="unknown options 'x', 1;"):
+        BackendOptions.parse({1: 2, "x": 3})

@@ -134,3 +134,12 @@ def test_mesh_needs_sharding_and_xla():
         accelir.optimize(torch.nn.Linear(4, 4), (torch.randn(2, 4),), sharding="fsdp")
     with pytest.raises(accelir.AccelirError, match="not optimised with mesh="):
         accelir.optimize(torch.nn.Linear(4, 4), (torch.randn(2, 4),)).sharded_parameters()
+
+
+def test_sharding_rule_key_that_is_not_a_string_is_an_accelir_error():
+    import accelir
+    from jax.sharding import PartitionSpec
+
+    from accelir.lowering.jax.sharding import _by_rules
+    with pytest.raises(accelir.AccelirError, match="rule keys are regular expressions"):
+        _by_rules({5: PartitionSpec("model")}, {"w": "fc.weight"})

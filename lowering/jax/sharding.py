@@ -150,6 +150,9 @@ def _by_rules(rules: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, P
     """regex -> spec over the weights' names; a regex that matches nothing is an error."""
     out: dict[str, PartitionSpec] = {}
     for pattern, spec in rules.items():
+        if not isinstance(pattern, str):
+            raise AccelirError(f"sharding: the rule keys are regular expressions over the parameters' names; "
+                               f"got {pattern!r} ({type(pattern).__name__})")
         try:
             rx = re.compile(pattern)
         except re.error as e:

@@ -56,9 +56,8 @@ _FUNCTIONS: dict[Any, Callable[..., tuple[str, dict]]] = {
     torch.norm: lambda input, p="fro", dim=None, keepdim=False, out=None, dtype=None: (
         "norm", {"self": input, "p": p, "dim": dim, "keepdim": keepdim}),
 }
-_CASTS = {"float": torch.float32, "double": torch.float64, "half": torch.float16, "bfloat16": torch.bfloat16,
-          "int": torch.int32, "long": torch.int64, "bool": torch.bool, "short": torch.int16, "char": torch.int8,
-          "byte": torch.uint8}
+# tensor methods that cast (x.float(), x.long()): _to_copy, whose result type is the node's recorded value's
+_CASTS = frozenset({"float", "double", "half", "bfloat16", "int", "long", "bool", "short", "char", "byte"})
 # tensor methods that take the arguments of a python function in _FUNCTIONS
 _METHOD_FUNCTIONS = {"norm": torch.norm}
 _VARARG_METHODS = {"view": "size", "reshape": "shape", "permute": "dims", "expand": "size", "repeat": "repeats",
