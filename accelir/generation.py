@@ -296,7 +296,7 @@ class GenerationModel(CompiledModel):
         """The token ids and mask as int64 numpy arrays, checked before anything runs."""
         as_numpy = isinstance(input_ids, np.ndarray)
         ids = _int_array("input_ids", input_ids)
-        if ids.ndim != 2 or ids.shape[1] == 0:
+        if ids.ndim != 2 or ids.size == 0:
             raise InputError(f"input_ids: expected token ids shaped [batch, sequence], got shape {list(ids.shape)}")
         vocab = self.layout.vocab_size
         lo, hi = int(ids.min()), int(ids.max())
