@@ -309,6 +309,9 @@ class GenerationModel(CompiledModel):
             mask = _int_array("attention_mask", attention_mask)
             if mask.shape != ids.shape:
                 raise InputError(f"attention_mask: shape {list(mask.shape)} differs from input_ids' {list(ids.shape)}")
+            if ((mask != 0) & (mask != 1)).any():
+                raise InputError("attention_mask: expected 0 (padding) and 1 (token) only, got values "
+                                 f"{sorted(set(np.unique(mask).tolist()) - {0, 1})[:5]}")
         return ids, mask, as_numpy
 
     def capacity_for(self, total: int) -> int:
