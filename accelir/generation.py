@@ -296,7 +296,7 @@ class GenerationModel(CompiledModel):
         """The token ids and mask as int64 numpy arrays, checked before anything runs."""
         as_numpy = isinstance(input_ids, np.ndarray)
         ids = _int_array("input_ids", input_ids)
-        if ids.ndim != 2 or ids.shape[1] == 0:
+        if ids.ndim != 2 or ids.size == 0:
             raise InputError(f"input_ids: expected token ids shaped [batch, sequence], got shape {list(ids.shape)}")
         vocab = self.layout.vocab_size
         lo, hi = int(ids.min()), int(ids.max())
@@ -309,6 +309,9 @@ class GenerationModel(CompiledModel):
             mask = _int_array("attention_mask", attention_mask)
             if mask.shape != ids.shape:
                 raise InputError(f"attention_mask: shape {list(mask.shape)} differs from input_ids' {list(ids.shape)}")
+            if ((mask != 0) & (mask != 1)).any():
+                raise InputError("attention_mask: expected 0 (padding) and 1 (token) only, got values "
+                                 f"{sorted(set(np.unique(mask).tolist()) - {0, 1})[:5]}")
         return ids, mask, as_numpy
 
     def capacity_for(self, total: int) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import statistics
 import subprocess
@@ -88,6 +89,7 @@ def _ort_genai(model: Any, ids: Any, n: int, tmp: str, threads: int) -> Callable
     if proc.returncode != 0:
         lines = [x for x in proc.stderr.splitlines() if x.strip()]
         raise RuntimeError(f"the model builder failed: {lines[-1] if lines else proc.returncode}")
+    _set_genai_threads(os.path.join(out, "genai_config.json"), threads)
     config = og.Config(out)
     og_model = og.Model(config)
     prompt = ids.numpy().astype(np.int32)
@@ -106,8 +108,18 @@ def _ort_genai(model: Any, ids: Any, n: int, tmp: str, threads: int) -> Callable
             streamer.put(torch.tensor(token))
         streamer.end()
         return torch.cat([ids, torch.tensor([tokens])], dim=1)
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     return generate
+
+
+def _set_genai_threads(path: str, threads: int) -> None:
+    """The builder's session options with ``threads`` intra-op threads, as accelir's sessions get them:
+    left alone, onnxruntime-genai's session takes every core."""
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    options = config["model"]["decoder"].setdefault("session_options", {})
+    options["intra_op_num_threads"] = threads
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=4)
 
 
 def _accelir(backend: str) -> Callable[..., Callable[[Any], Any]]:

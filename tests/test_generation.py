@@ -217,6 +217,10 @@ def test_bad_inputs_are_clear_errors_before_the_runtime(backend):
         cm.generate(torch.tensor([[5, 100]]), max_new_tokens=2)
     with pytest.raises(InputError, match="attention_mask: shape"):
         cm.generate(ids, attention_mask=torch.ones(1, 3, dtype=torch.long), max_new_tokens=2)
+    with pytest.raises(InputError, match=r"input_ids: expected token ids shaped \[batch, sequence\], got shape \[0, 7\]"):
+        cm.generate(ids[:0], max_new_tokens=2)
+    with pytest.raises(InputError, match=r"attention_mask: expected 0 \(padding\) and 1 \(token\) only, got values \[9\]"):
+        cm.generate(ids, attention_mask=torch.full_like(ids, 9), max_new_tokens=2)
     with pytest.raises(AccelirError, match="backend='auto': a causal LM generates on 'onnxruntime' or 'xla'"):
         accelir.optimize(model_of("gpt2"), (ids,), backend="auto")
     with pytest.raises(AccelirError, match=r"optimize\(passes=...\): .*no_such_pass"):
