@@ -198,12 +198,16 @@ class _Conversion:
 
     def _lower(self, node: Node) -> None:
         g = self.graph
+        changed = self.changed
         inputs = [self.low_twin(v, node) if v.dtype is DType.f32 else v for v in node.inputs]
         try:
             new = g.make(node.op, inputs, self._attrs(node), meta=node.meta, before=node,
                          names=[o.name for o in node.outputs])
         except (registry.TypeRuleError, VerificationError):
-            return  # the op takes no low type here: it stays f32, its new casts are swept away
+            # the op takes no low type here: it stays f32, its new casts are swept away unless a
+            # later low node reads them (which reports its own change), so this node is no change
+            self.changed = changed
+            return
         self.changed = True
         after = new.next
         for old, out in zip(node.outputs, new.outputs):

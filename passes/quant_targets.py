@@ -1,4 +1,4 @@
-"""What the quantisation passes rewrite: float ``matmul`` / ``linear`` nodes with a constant weight.
+"""What the quantisation passes rewrite: float ``matmul`` / ``linear`` nodes with a constant, finite weight.
 
 A library the passes ``quantize_dynamic`` and ``quantize_weights`` share, not a pass.  A target is
 named by its position in ``graph.nodes`` order: the precision orchestrator reruns a pass on a fresh
@@ -46,6 +46,8 @@ def _target(position: int, node: Node) -> QuantTarget | None:
     weight = w.const_value
     if weight is None or weight.ndim != 2 or x.rank < 1:
         return None
+    if not np.isfinite(weight).all():
+        return None  # an inf or nan has no int scale: quantised, the whole channel / block would be garbage
     bias = node.inputs[2] if len(node.inputs) == 3 else None
     if bias is not None and bias.shape != (weight.shape[1],):
         return None  # a scalar bias broadcast over N: left in float, rare enough

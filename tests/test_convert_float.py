@@ -276,3 +276,17 @@ def test_mask_constants_saturate_instead_of_overflowing():
     want = torch.softmax(torch.from_numpy(x).masked_fill(~torch.from_numpy(keep), float("-inf")), -1).numpy()
     for got in (accelir.interpret(g, x, keep), OnnxRuntimeModule(g)(x, keep), JaxModule(g)(x, keep)):
         np.testing.assert_allclose(got[0], want, rtol=2e-3, atol=2e-3)
+
+
+def test_a_node_whose_op_takes_no_low_type_is_no_change():
+    # dynamic_quant_linear takes f32 x only: it stays f32, and the run reports no change, so a
+    # pass manager running to a fixed point stops
+    text = _text("""
+        graph main(%x: f32[3,4], %w: i8[4,2], %s: f32[2]) -> (f32[3,2]) {
+          %0 = dynamic_quant_linear(%x, %w, %s) {activation="none"} : f32[3,2]
+          return %0
+        }
+        """)
+    g = accelir.parse(text)
+    assert convert_float16(g) is False
+    assert str(g) == text

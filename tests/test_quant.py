@@ -278,6 +278,22 @@ graph main(%x: f32[3,4], %w: f32[4,2], %h: f16[3,4], %v: f16[4,2]) -> (f32[3,2],
     assert _text(g) == text.strip()
 
 
+def test_quantisation_passes_leave_a_weight_holding_inf_or_nan_in_float():
+    text = """
+graph main(%x: f32[3,4]) -> (f32[3,2]) {
+  %v = constant() {name="v", value=[[0.5, -1.0], [0.25, 0.0], [-0.125, 0.5], [1.0, 0.75]]} : f32[4,2]
+  %0 = matmul(%x, %v) : f32[3,2]
+  return %0
+}"""
+    for bad in (np.inf, np.nan):
+        for p in (QuantizeDynamic(), QuantizeWeights()):
+            g = _parse(text)
+            g.constants["v"] = g.constants["v"].copy()
+            g.constants["v"][1, 0] = bad
+            assert p(g) is False
+            assert [n.op for n in g.nodes] == ["constant", "matmul"]
+
+
 def test_quantize_weights_text():
     rng = np.random.default_rng(10)
     w = rng.standard_normal((40, 3)).astype(np.float32)

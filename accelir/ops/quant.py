@@ -29,6 +29,7 @@ import numpy as np
 
 from ..types import DType, TensorType
 from .activations import ACTIVATIONS, activation
+from .qdq import _quantize, dynamic_quantization_params
 from .registry import AttrSpec, OpDef, TypeRuleError, register
 
 __all__ = ["QUANT_OPS", "quantize_dynamic_activation", "quantize_per_channel", "quantize_blockwise",
@@ -47,15 +48,13 @@ def quantize_dynamic_activation(x: np.ndarray) -> tuple[np.ndarray, np.float32, 
 
     The range is widened to hold 0; scale = (max - min) / 255 (1 for a zero range); the zero
     point is ``round_half_even(clip(-min / scale, 0, 255))``; each value is
-    ``clip(round_half_even(x / scale) + zp, 0, 255)``, all in f32 as its kernel computes.
+    ``clip(round_half_even(x / scale) + zp, 0, 255)``, all in f32 as its kernel computes: the
+    arithmetic of the ``dynamic_quantize_linear`` op (``accelir.ops.qdq``), shared with it.
     """
     x = np.asarray(x, dtype=_F32)
-    lo = _F32(min(float(x.min()), 0.0)) if x.size else _F32(0)
-    hi = _F32(max(float(x.max()), 0.0)) if x.size else _F32(0)
-    scale = _F32(1.0) if hi == lo else _F32((hi - lo) / _F32(255.0))
-    zp = np.uint8(np.rint(np.clip(_F32(0.0) - lo / scale, _F32(0.0), _F32(255.0))))
+    scale, zp = dynamic_quantization_params(*((float(x.min()), float(x.max())) if x.size else (0.0, 0.0)))
     with np.errstate(all="ignore"):
-        q = np.clip(np.rint(x / scale) + _F32(zp), 0, 255).astype(np.uint8)
+        q = _quantize(x, np.asarray(scale), np.asarray(zp), DType.u8)
     return q, scale, zp
 
 
