@@ -176,6 +176,11 @@ def find_float_precision(graph: Graph, inputs: Sequence[Any], dtype: str = "f16"
             raise AccelirError(f"{dtype}: still over the budget {budget} ({errors}) with {max_kept} nodes kept in "
                                "f32 by value; raise max_kept, loosen the budget, or stay in fp32")
         culprit = _first_breaking(candidates, start, keep, budget, errors_with)
+        if culprit >= len(candidates):  # every candidate is kept already: no node's low precision is to blame
+            raise AccelirError(f"{dtype}: over the budget {budget} ({errors}) with every node that could be lowered "
+                               "kept in f32: the difference comes from the runner, not from the precision (its "
+                               "float32 differs from the reference, or its results vary from run to run); check "
+                               "on the interpreter (run=None) or loosen the budget")
         keep.add(candidates[culprit])
         reasons[candidates[culprit]] = "lowering it breaks the budget"
         start = culprit + 1

@@ -186,3 +186,20 @@ def test_bf16_refusal_names_the_onnx_op_the_node_lowers_to():
         }""")
     with pytest.raises(AccelirError, match="no bf16 CPU kernel for Einsum"):
         check_precision_backend(g, "bf16", "onnxruntime", "cpu")
+
+
+def test_a_runner_whose_results_vary_is_an_error_not_an_index_error():
+    """A runner whose results are off whatever the precision (here: every run after the reference) leaves
+    no node to blame once every candidate is kept: an AccelirError says so, not an IndexError."""
+    g = accelir.parse(MATMUL)
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((8, 8)).astype(np.float32)
+    calls = []
+
+    def run(graph, args):
+        calls.append(graph)
+        out = [np.asarray(o) for o in accelir.interpret(graph, *args)]
+        return [o + 100.0 for o in out] if len(calls) > 1 else out  # every run after the reference is off
+
+    with pytest.raises(AccelirError, match="the difference comes from the runner"):
+        find_float_precision(g, [x, w], "f16", {"max_rel": 0.5}, run=run)
