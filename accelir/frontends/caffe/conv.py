@@ -28,7 +28,7 @@ def _conv_params(ctx: LayerContext) -> tuple[Message, Value, tuple[int, ...], tu
     if not p.has("num_output"):
         raise ctx.fail("sets no num_output")
     n_out, group, c = int(p.get("num_output")), int(p.get("group")), x.shape[1]
-    if c % group or n_out % group:
+    if group < 1 or c % group or n_out % group:
         raise ctx.fail(f"group {group} does not divide the {c} input and {n_out} output channels")
     return p, x, kernel, stride, pad, dilation, n_out, group
 
