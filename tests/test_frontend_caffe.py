@@ -508,6 +508,27 @@ def test_blob_shape_mismatch_names_the_layer(tmp_path):
         capture_caffe(proto, caffemodel=model)
 
 
+@pytest.mark.parametrize("kind", ["Convolution", "Deconvolution"])
+def test_conv_group_zero_is_a_caffe_error(tmp_path, kind):
+    r = rng(0)
+    bad = layer("conv1", kind, "data", "conv1", [r.standard_normal((4, 3, 3, 3)), np.zeros(4)],
+                convolution_param={"num_output": 4, "kernel_size": [3], "group": 0})
+    proto, model = write_net(str(tmp_path), [bad], {"data": (1, 3, 5, 5)})
+    with pytest.raises(CaffeError, match=r"layer 'conv1' .*group 0 does not divide"):
+        capture_caffe(proto, caffemodel=model)
+
+
+@pytest.mark.parametrize("kind, param", [
+    ("Pooling", {"pooling_param": {"pool": "MAX", "kernel_size": [2], "stride": [0]}}),
+    ("Convolution", {"convolution_param": {"num_output": 4, "kernel_size": [3], "stride": [0]}}),
+])
+def test_zero_stride_is_a_caffe_error(tmp_path, kind, param):
+    blobs = [rng(0).standard_normal((4, 3, 3, 3)), np.zeros(4)] if kind == "Convolution" else []
+    proto, model = write_net(str(tmp_path), [layer("l", kind, "data", "l", blobs, **param)], {"data": (1, 3, 5, 5)})
+    with pytest.raises(CaffeError, match=r"layer 'l' .*must be at least"):
+        capture_caffe(proto, caffemodel=model)
+
+
 def test_bottoms_whose_shapes_do_not_fit_the_layer(tmp_path):
     proto, model = write_net(str(tmp_path), [layer("cat", "Concat", ["a", "b"], "cat", concat_param={"axis": 1})],
                              {"a": (1, 2, 3, 3), "b": (1, 2, 4, 3)})

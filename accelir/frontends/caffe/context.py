@@ -132,16 +132,19 @@ def spatial_param(ctx: LayerContext, p: Message, name: str, default: int | None,
     value for every spatial dim, or one per dim)."""
     field = {"kernel": "kernel_size"}.get(name, name)
     if n == 2 and (p.has(f"{name}_h") or p.has(f"{name}_w")):
-        return int(p.get(f"{name}_h")), int(p.get(f"{name}_w"))
-    values = [int(v) for v in p.list(field)]
-    if not values:
-        if default is None:
-            raise ctx.fail(f"sets no {field} (or {name}_h and {name}_w)")
-        return (default,) * n
-    if len(values) == 1:
-        return tuple(values) * n
-    if len(values) != n:
-        raise ctx.fail(f"{field} has {len(values)} values for {n} spatial dims")
+        values = [int(p.get(f"{name}_h")), int(p.get(f"{name}_w"))]
+    else:
+        values = [int(v) for v in p.list(field)]
+        if not values:
+            if default is None:
+                raise ctx.fail(f"sets no {field} (or {name}_h and {name}_w)")
+            return (default,) * n
+        if len(values) == 1:
+            values = values * n
+        elif len(values) != n:
+            raise ctx.fail(f"{field} has {len(values)} values for {n} spatial dims")
+    if name != "pad" and min(values) < 1:  # the schema's uint already keeps pad from going negative
+        raise ctx.fail(f"{name} {values} must be at least 1")
     return tuple(values)
 
 

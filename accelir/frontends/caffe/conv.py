@@ -27,7 +27,10 @@ def _conv_params(ctx: LayerContext) -> tuple[Message, Value, tuple[int, ...], tu
     dilation = dilation * n if len(dilation) == 1 else dilation
     if not p.has("num_output"):
         raise ctx.fail("sets no num_output")
-    return p, x, kernel, stride, pad, dilation, int(p.get("num_output")), int(p.get("group"))
+    n_out, group, c = int(p.get("num_output")), int(p.get("group")), x.shape[1]
+    if group < 1 or c % group or n_out % group:
+        raise ctx.fail(f"group {group} does not divide the {c} input and {n_out} output channels")
+    return p, x, kernel, stride, pad, dilation, n_out, group
 
 
 def _channel_bias(ctx: LayerContext, y: Value, n_out: int, p: Message) -> Value:
@@ -41,8 +44,6 @@ def _channel_bias(ctx: LayerContext, y: Value, n_out: int, p: Message) -> Value:
 def _convolution(ctx: LayerContext):
     p, x, kernel, stride, pad, dilation, n_out, group = _conv_params(ctx)
     c = x.shape[1]
-    if c % group or n_out % group:
-        raise ctx.fail(f"group {group} does not divide the {c} input and {n_out} output channels")
     w = ctx.blob(0, (n_out, c // group) + kernel, "weight", "weight")
     inputs = [x, w]
     if p.get("bias_term"):
@@ -55,8 +56,6 @@ def _convolution(ctx: LayerContext):
 def _deconvolution(ctx: LayerContext):
     p, x, kernel, stride, pad, dilation, n_out, group = _conv_params(ctx)
     c = x.shape[1]
-    if c % group or n_out % group:
-        raise ctx.fail(f"group {group} does not divide the {c} input and {n_out} output channels")
     w = ctx.blob(0, (c, n_out // group) + kernel, "weight", "weight")
     try:
         y = conv_transpose(ctx.b, x, w, stride, pad, dilation, (0,) * len(kernel), group)

@@ -34,14 +34,18 @@ RULE_MODULES = (activation, conv, norm, resize, shape, ssd)
 _SKIPPED = {"Silence", "Accuracy", "SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss"}
 
 
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise CaffeError(f"{path}: cannot be read ({e.strerror})") from None
+
+
 def read_prototxt(path: str | os.PathLike) -> Message:
     """The NetParameter of a prototxt file."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise CaffeError(f"{path}: cannot be read ({e.strerror})") from None
+    raw = _read_bytes(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -53,11 +57,7 @@ def read_prototxt(path: str | os.PathLike) -> Message:
 def read_caffemodel(path: str | os.PathLike) -> dict[str, list[Message]]:
     """The blobs of each layer of a caffemodel, by layer name (``layer`` and legacy ``layers``)."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise CaffeError(f"{path}: cannot be read ({e.strerror})") from None
+    data = _read_bytes(path)
     net = decode(data, "NetParameter", path)
     out: dict[str, list[Message]] = {}
     for layer in net.list("layer") + net.list("layers"):

@@ -144,8 +144,8 @@ def _capture_jax_backend(model: Any, args: tuple, kwargs: dict, dynamic_shapes: 
     names = _variable_names(trainable + frozen)
     # variables of a dtype the IR lacks (a Dropout's uint32 seed state, unused at inference) stay
     # closed over: jax makes constants of the closed-over arrays only where the trace uses them
-    values = {n: v.value for n, v in zip(names, trainable + frozen) if _ir_dtype(v.value)}
     everything = {n: v.value for n, v in zip(names, trainable + frozen)}
+    values = {n: a for n, a in everything.items() if _ir_dtype(a)}
     t_names, f_names = names[:len(trainable)], names[len(trainable):]
 
     def call(variables: dict, *inputs: Any, **kw: Any) -> Any:
