@@ -179,7 +179,7 @@ def _saturate(v: np.ndarray, dt: DType) -> np.ndarray:
     return np.clip(v, lo, hi).astype(dt.numpy)
 
 
-def _quantize(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, out: DType) -> np.ndarray:
+def quantize_array(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, out: DType) -> np.ndarray:
     """``saturate(round(x / scale) + zp)``; scale and zp already spread to x."""
     compute = np.float64 if x.dtype == np.float64 else np.float32
     q = np.round(x.astype(compute) / scale.astype(compute))
@@ -189,7 +189,7 @@ def _quantize(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, out: DType) -> n
 def _quantize_ref(inputs, attrs, regions):
     x, scale, zp = inputs
     axis, block = attrs["axis"], attrs["block_size"]
-    return [_quantize(x, _spread(scale, x.shape, axis, block), _spread(zp, x.shape, axis, block),
+    return [quantize_array(x, _spread(scale, x.shape, axis, block), _spread(zp, x.shape, axis, block),
                       DType.from_numpy(zp.dtype))]
 
 
@@ -265,7 +265,7 @@ def _dynamic_quantize_ref(inputs, attrs, regions):
     (x,) = inputs
     lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
     scale, zp = dynamic_quantization_params(lo, hi)
-    return [_quantize(x, np.asarray(scale), np.asarray(zp), DType.u8), np.asarray(scale, np.float32),
+    return [quantize_array(x, np.asarray(scale), np.asarray(zp), DType.u8), np.asarray(scale, np.float32),
             np.asarray(zp, np.uint8)]
 
 

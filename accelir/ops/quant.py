@@ -29,7 +29,7 @@ import numpy as np
 
 from ..types import DType, TensorType
 from .activations import ACTIVATIONS, activation
-from .qdq import _quantize, dynamic_quantization_params
+from .qdq import dynamic_quantization_params, quantize_array
 from .registry import AttrSpec, OpDef, TypeRuleError, register
 
 __all__ = ["QUANT_OPS", "quantize_dynamic_activation", "quantize_per_channel", "quantize_blockwise",
@@ -54,7 +54,7 @@ def quantize_dynamic_activation(x: np.ndarray) -> tuple[np.ndarray, np.float32, 
     x = np.asarray(x, dtype=_F32)
     scale, zp = dynamic_quantization_params(*((float(x.min()), float(x.max())) if x.size else (0.0, 0.0)))
     with np.errstate(all="ignore"):
-        q = _quantize(x, np.asarray(scale), np.asarray(zp), DType.u8)
+        q = quantize_array(x, np.asarray(scale), np.asarray(zp), DType.u8)
     return q, scale, zp
 
 
