@@ -9,7 +9,8 @@ is the same everywhere:
 * ``const(value, dtype=None)``: a constant tensor holding ``value`` (any shape), of
   ``dtype`` when given, else of numpy's dtype for ``value``;
 * ``scalar(value, like)``: a 0-d constant of ``like``'s dtype (a DType or a Value's);
-* ``cast(v, dtype)``: ``v`` as ``dtype``, with no node when it already is.
+* ``cast(v, dtype)``: ``v`` as ``dtype``, with no node when it already is;
+* ``dim_value(d)``: a (symbolic) size as a 0-d i64 tensor.
 
 Rules register into a :class:`RuleTable` by source op name, with ``@table.rule(name,
 ...)`` on a function or ``table.add(fn, name, ...)`` for rules built from a table row.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
+from .. import dims as D
 from ..ir import Builder, DType, Value
 
 __all__ = ["RuleContext", "RuleTable"]
@@ -47,6 +49,11 @@ class RuleContext:
 
     def cast(self, v: Value, dtype: DType) -> Value:
         return v if v.dtype is dtype else self.op("cast", v, dtype=dtype)
+
+    def dim_value(self, d: D.Dim) -> Value:
+        """A symbolic size as a 0-d i64 tensor: the sum of ``d`` ones (the IR has no shape-of op)."""
+        ones = self.b.op("broadcast_to", self.const(1, DType.i64), shape=(d,))
+        return self.b.op("reduce_sum", ones, axes=(0,))
 
 
 class RuleTable(dict):

@@ -116,11 +116,6 @@ class NodeContext(RuleContext):
             return self.cast(self.dim_value(x), dtype)
         return self.const(x, dtype)
 
-    def dim_value(self, d: D.Dim) -> Value:
-        """A symbolic size as a 0-d i64 tensor: the sum of ``d`` ones (the IR has no shape-of op)."""
-        ones = self.b.op("broadcast_to", self.const(1, DType.i64), shape=(d,))
-        return self.b.op("reduce_sum", ones, axes=(0,))
-
     def promote(self, *args: Any) -> DType:
         """torch's result dtype for these operands (tensors, 0-d tensors and python scalars rank apart)."""
         keys = []
