@@ -116,11 +116,18 @@ def resnet_block_net(r: np.random.Generator, c: int = 16, blocks: Sequence[tuple
     return layers
 
 
+# Caffe's defaults of detection_output_param fields that OpenCV's reader requires spelled out
+DETECTION_DEFAULTS = {"share_location": True, "background_label_id": 0, "code_type": "CORNER"}
+
+
 def mobilenet_ssd_net(r: np.random.Generator, width: int = 8, stages: int = 3, classes: int = 4,
-                      image: int = 64, extra: Sequence[int] = (), heads: int = 2) -> tuple[list[dict], list[str]]:
+                      image: int = 64, extra: Sequence[int] = (), heads: int = 2,
+                      detection: dict | None = None) -> tuple[list[dict], list[str]]:
     """A MobileNet-SSD-shaped net: depthwise-separable stages (grouped 3x3 + 1x1, BN, ReLU; each stage one
     stride-2 block and ``extra[i]`` stride-1 ones), and on the last ``heads`` feature maps SSD heads:
-    loc / conf convolutions, Permute, Flatten, PriorBox, concatenated."""
+    loc / conf convolutions, Permute, Flatten, PriorBox, concatenated.  With ``detection`` (the
+    ``detection_output_param`` values; ``num_classes`` is filled in) the net ends as a deployed SSD
+    does, with DetectionOutput; else its outputs are the layer's three bottoms."""
     layers = [conv("conv0", "data", 3, width, 3, r, stride=2, pad=1, bias=False),
               *batch_norm_scale("conv0", "conv0", width, r), layer("conv0_relu", "ReLU", "conv0", "conv0")]
     x, c = "conv0", width
@@ -159,7 +166,25 @@ def mobilenet_ssd_net(r: np.random.Generator, width: int = 8, stages: int = 3, c
                layer("mbox_conf_flatten", "Flatten", "mbox_conf_softmax", "mbox_conf_flatten",
                      flatten_param={"axis": 1}),
                layer("mbox_priorbox", "Concat", priors, "mbox_priorbox", concat_param={"axis": 2})]
-    return layers, ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"]
+    bottoms = ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"]
+    if detection is None:
+        return layers, bottoms
+    params = {"num_classes": classes, **DETECTION_DEFAULTS, **detection}
+    return layers + [layer("detection_out", "DetectionOutput", bottoms, "detection_out",
+                           detection_output_param=params)], ["detection_out"]
+
+
+def as_opencv_detections(rows: np.ndarray, count: int) -> np.ndarray:
+    """Caffe's (and accelir's) DetectionOutput blob laid out as OpenCV's dnn gives it: each image's rows
+    by descending score, then zero rows up to ``count`` (OpenCV's keep_top_k x batch); Caffe's
+    placeholder rows for "nothing detected" (label -1) are dropped."""
+    r = np.asarray(rows, np.float32).reshape(-1, 7)
+    r = r[r[:, 1] >= 0]
+    if len(r) > count:
+        raise ValueError(f"{len(r)} detections do not fit OpenCV's {count} rows")
+    out = np.zeros((count, 7), np.float32)
+    out[:len(r)] = r[np.lexsort((-r[:, 2], r[:, 0]))]  # stable: equal scores stay in label order
+    return out.reshape(1, 1, count, 7)
 
 
 def bottleneck_resnet_net(r: np.random.Generator, depths: Sequence[int] = (3, 4, 6, 3),

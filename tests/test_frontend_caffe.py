@@ -577,15 +577,6 @@ def test_prototxt_that_is_not_text_format(tmp_path):
         capture_caffe(bad)
 
 
-def test_detection_output_is_refused_naming_its_inputs(tmp_path):
-    layers, outputs = mobilenet_ssd_net(rng(0))
-    layers.append(layer("detection_out", "DetectionOutput", outputs, "detection_out",
-                        detection_output_param={"num_classes": 4, "nms_param": {"nms_threshold": 0.45}}))
-    proto, model = write_net(str(tmp_path), layers, {"data": (1, 3, 64, 64)})
-    with pytest.raises(CaffeError, match=r"layer 'detection_out' \(DetectionOutput, .*:\d+\): .*mbox_loc"):
-        capture_caffe(proto, caffemodel=model)
-
-
 def test_errors_are_one_line(tmp_path):
     proto, model = _two_layer_net(tmp_path, "Nope")
     with pytest.raises(CaffeError) as e:

@@ -3,8 +3,8 @@
 Layout: ``schema`` (accelir's own schema of the Caffe messages it reads, with Caffe's field
 numbers), ``message``, ``textformat`` (prototxt) and ``wire`` (caffemodel) read and write
 files through it; ``context`` is what layer rules import; one module per layer family
-holds the rules (``conv``, ``activation``, ``norm``, ``resize``, ``shape``, ``ssd``); ``driver`` is the
-entry point.
+holds the rules (``conv``, ``activation``, ``norm``, ``resize``, ``shape``, ``ssd``, ``detection``);
+``driver`` is the entry point.
 """
 
 from __future__ import annotations

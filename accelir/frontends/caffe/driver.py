@@ -19,7 +19,7 @@ import numpy as np
 
 from ...errors import AccelirError
 from ...ir import DType, Graph, TensorType, Value
-from . import activation, conv, norm, resize, shape, ssd
+from . import activation, conv, detection, norm, resize, shape, ssd
 from .context import RULES, LayerContext, layer_where
 from .message import CaffeError, Message
 from .schema import V1_LAYER_TYPES
@@ -28,7 +28,7 @@ from .wire import decode
 
 __all__ = ["capture_caffe", "read_prototxt", "read_caffemodel"]
 
-RULE_MODULES = (activation, conv, norm, resize, shape, ssd)
+RULE_MODULES = (activation, conv, detection, norm, resize, shape, ssd)
 
 # layers that only feed or judge training; a deploy net may still list them
 _SKIPPED = {"Silence", "Accuracy", "SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss"}

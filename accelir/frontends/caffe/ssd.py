@@ -1,6 +1,5 @@
-"""SSD's detection layers: PriorBox (a constant of the feature and image sizes); DetectionOutput
-(decoding and non-maximum suppression, whose output length depends on the data) is refused
-with the blobs to stop at."""
+"""SSD's PriorBox layer: a constant of the feature and image sizes (DetectionOutput, which
+decodes against these boxes, is in ``detection``)."""
 
 from __future__ import annotations
 
@@ -66,11 +65,3 @@ def _prior_box(ctx: LayerContext):
     except ValueError as e:
         raise ctx.fail(str(e)) from None
     return [ctx.b.const(boxes, name=f"{ctx.name}.priors")]
-
-
-@rule("DetectionOutput")
-def _detection_output(ctx: LayerContext):
-    bottoms = ", ".join(repr(b) for b in ctx.layer.list("bottom"))
-    raise ctx.fail("SSD's non-maximum suppression has a data-dependent output length, which accelir graphs do not "
-                   f"hold: remove this layer, so that its bottoms ({bottoms}) become the net's outputs, and run the "
-                   "box decoding and NMS on them (e.g. cv2.dnn.NMSBoxes)")
