@@ -2,9 +2,9 @@
 
 Two nets with random weights, written as a deploy prototxt and a caffemodel through accelir's
 own Caffe schema: a ResNet-50-shaped one (bottleneck blocks 3-4-6-3, 224 x 224) and a
-MobileNet-SSD-shaped one (depthwise-separable stages, SSD heads with PriorBox, 300 x 300).
-For each, the conversion time (``accelir.optimize`` of the files: read, capture, passes,
-ONNX Runtime session; the median of ``--convert-runs``) and OpenCV's own load time
+MobileNet-SSD-shaped one (depthwise-separable stages, SSD heads with PriorBox, DetectionOutput;
+300 x 300).  For each, the conversion time (``accelir.optimize`` of the files: read, capture,
+passes, ONNX Runtime session; the median of ``--convert-runs``) and OpenCV's own load time
 (``cv2.dnn.readNetFromCaffe``), then the latency of one inference of each system, timed in
 interleaved rounds after warm-up, the order rotating.  accelir's outputs are checked against
 OpenCV's (a wrong output is flagged and not timed).  The machine's load before and after is
@@ -28,7 +28,8 @@ import numpy as np
 if not __package__:  # run as a script: make the repo root importable, as ``-m`` does
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from accelir.timing import time_interleaved  # noqa: E402
-from benchmarks.caffe_nets import bottleneck_resnet_net, mobilenet_ssd_net, rng, write_net  # noqa: E402
+from benchmarks.caffe_nets import (as_opencv_detections, bottleneck_resnet_net, mobilenet_ssd_net, rng,  # noqa: E402
+                                   write_net)
 from benchmarks.conditions import add_load_arguments, check_outputs, guard_from, machine, rotated  # noqa: E402
 
 __all__ = ["NETS", "main"]
@@ -40,12 +41,19 @@ def _resnet50(quick: bool) -> tuple[list[dict], list[str], tuple[int, ...]]:
     return bottleneck_resnet_net(rng(0)), ["prob"], (1, 3, 224, 224)
 
 
+# MobileNet-SSD's deploy settings, but for the threshold (0.25 there): random weights spread 21 classes'
+# softmax flatly (scores 0.03-0.09), and 0.06 keeps about a tenth of them, so DetectionOutput has work to do
+_DETECTION = {"nms_param": {"nms_threshold": 0.45, "top_k": 100}, "code_type": "CENTER_SIZE", "keep_top_k": 100,
+              "confidence_threshold": 0.06}
+
+
 def _mobilenet_ssd(quick: bool) -> tuple[list[dict], list[str], tuple[int, ...]]:
     if quick:
-        layers, outputs = mobilenet_ssd_net(rng(0), width=8, stages=3, classes=4, image=64)
+        layers, outputs = mobilenet_ssd_net(rng(0), width=8, stages=3, classes=4, image=64,
+                                            detection={**_DETECTION, "confidence_threshold": 0.3})
         return layers, outputs, (1, 3, 64, 64)
     layers, outputs = mobilenet_ssd_net(rng(0), width=32, stages=6, classes=21, image=300, extra=(0, 1, 1, 5, 0, 0),
-                                        heads=4)
+                                        heads=4, detection=_DETECTION)
     return layers, outputs, (1, 3, 300, 300)
 
 
@@ -88,12 +96,17 @@ def measure(name: str, quick: bool, convert_runs: int, repeats: int) -> str:
         want = opencv()
         got = cm(x)
         got = got if isinstance(got, list) else [got]
+        ends = ""
+        if layers[-1]["type"] == "DetectionOutput":  # OpenCV orders and pads the rows its own way
+            rows = got[0].reshape(-1, 7)
+            ends = f"; ends with DetectionOutput ({int((rows[:, 1] >= 0).sum())} detections)"
+            got = [as_opencv_detections(got[0], want[0].shape[2])]
         wrong = check_outputs(want, got)
         head = (f"{name}: {len(layers)} layers, {size:.1f} MB caffemodel, input {list(shape)}; "
                 f"accelir conversion {statistics.median(convert) * 1e3:.0f} ms (capture "
                 f"{cm.report.stages['capture'] * 1e3:.0f}, passes {cm.report.stages['passes'] * 1e3:.0f}, "
                 f"session {cm.report.stages['lowering'] * 1e3:.0f}; {cm.report.nodes_before} -> "
-                f"{cm.report.nodes_after} nodes), OpenCV load {statistics.median(load) * 1e3:.0f} ms")
+                f"{cm.report.nodes_after} nodes), OpenCV load {statistics.median(load) * 1e3:.0f} ms{ends}")
         if wrong:
             return head + f"\n  accelir's outputs differ from OpenCV's ({wrong}): not timed"
         timings = time_interleaved({"accelir+onnxruntime": lambda: cm(x), "opencv dnn": opencv},

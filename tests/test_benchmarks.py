@@ -104,6 +104,8 @@ def test_quick_caffe_states_conversion_time_and_latency_ratio():
         head, timing = out.splitlines()[line:line + 2]
         assert "accelir conversion" in head and "OpenCV load" in head
         assert "ratio accelir / opencv" in timing and "not timed" not in timing
+    ssd = next(text for text in out.splitlines() if text.startswith("mobilenet-ssd-shaped"))
+    assert "ends with DetectionOutput" in ssd and "(0 detections)" not in ssd
     assert f"{conditions.cpu_count()} CPUs" in out
 
 
