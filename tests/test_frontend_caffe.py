@@ -529,6 +529,57 @@ def test_zero_stride_is_a_caffe_error(tmp_path, kind, param):
         capture_caffe(proto, caffemodel=model)
 
 
+def _w(*shape):
+    return rng(0).standard_normal(shape).astype(np.float32)
+
+
+# zero or negative sizes that Caffe's CHECKs refuse: each was taken silently (an empty or wrong blob) or
+# crashed in numpy / python before
+@pytest.mark.parametrize("kind, bottoms, blobs, params, message", [
+    ("Convolution", "data", [_w(4, 3, 3, 3), _w(4)], {"convolution_param": {"num_output": 4, "kernel_size": [3],
+                                                                             "dilation": [0]}},
+     r"dilation \[0, 0\] must be at least 1"),
+    ("Deconvolution", "data", [_w(3, 4, 3, 3), _w(4)], {"convolution_param": {"num_output": 4, "kernel_size": [3],
+                                                                               "dilation": [1, 0]}},
+     r"dilation \[1, 0\] must be at least 1"),
+    ("Convolution", "data", [_w(0, 3, 3, 3)], {"convolution_param": {"num_output": 0, "kernel_size": [3],
+                                                                      "bias_term": False}},
+     "num_output 0 must be at least 1"),
+    ("InnerProduct", "data", [_w(0, 75)], {"inner_product_param": {"num_output": 0, "bias_term": False}},
+     "num_output 0 must be at least 1"),
+    ("Pooling", "data", [], {"pooling_param": {"pool": "MAX", "kernel_size": [7]}},
+     r"kernel \[7, 7\] with pad \[0, 0\] does not fit the 5 x 5 bottom"),
+    ("ArgMax", "data", [], {"argmax_param": {"top_k": 0}}, "top_k 0 must be at least 1"),
+    ("Interp", "data", [], {"interp_param": {"shrink_factor": 0}}, "shrink_factor 0 must be at least 1"),
+    ("Interp", "data", [], {"interp_param": {"zoom_factor": 0}}, "zoom_factor 0 must be at least 1"),
+    ("Upsample", "data", [], {"upsample_param": {"scale": 0}}, "scale 0 must be at least 1"),
+    ("Slice", "data", [], {"slice_param": {"axis": 1, "slice_point": [0]}}, r"slice_point \[0\] does not cut"),
+    ("PriorBox", ["data", "data"], [], {"prior_box_param": {"min_size": [0.0]}}, r"min_size \[0.0\] must be positive"),
+    ("PriorBox", ["data", "data"], [], {"prior_box_param": {"min_size": [4.0], "aspect_ratio": [0.0]}},
+     r"aspect_ratio \[0.0\] must be positive"),
+    ("PriorBox", ["data", "data"], [], {"prior_box_param": {"min_size": [4.0], "img_size": 0}},
+     r"img_size \[0.0\] must be positive"),
+    ("PriorBox", ["data", "data"], [], {"prior_box_param": {"min_size": [4.0], "step": 0.0}},
+     r"step \[0.0\] must be positive"),
+    ("PriorBox", ["data", "data"], [], {"prior_box_param": {"min_size": [4.0], "variance": [-0.1]}},
+     r"variance \[-0.1\] must be positive"),
+    ("PriorBox", ["data", "data"], [], {"prior_box_param": {"min_size": [4.0], "max_size": [2.0]}},
+     r"max_size \[2.0\] must exceed min_size \[4.0\]"),
+])
+def test_zero_and_negative_sizes_are_caffe_errors(tmp_path, kind, bottoms, blobs, params, message):
+    tops = ["a", "b"] if kind == "Slice" else "l"
+    proto, model = write_net(str(tmp_path), [layer("l", kind, bottoms, tops, blobs, **params)],
+                             {"data": (1, 3, 5, 5)})
+    with pytest.raises(CaffeError, match=rf"layer 'l' \({kind}, .*deploy.prototxt:\d+\): {message}"):
+        capture_caffe(proto, caffemodel=model)
+
+
+def test_negative_input_dim_is_a_caffe_error(tmp_path):
+    proto, model = write_net(str(tmp_path), [layer("l", "ReLU", "data", "l")], {"data": (1, -1, 5, 5)})
+    with pytest.raises(CaffeError, match=r"deploy.prototxt: input 'data' has a negative dim in shape \[1, -1, 5, 5\]"):
+        capture_caffe(proto, caffemodel=model)
+
+
 def test_bottoms_whose_shapes_do_not_fit_the_layer(tmp_path):
     proto, model = write_net(str(tmp_path), [layer("cat", "Concat", ["a", "b"], "cat", concat_param={"axis": 1})],
                              {"a": (1, 2, 3, 3), "b": (1, 2, 4, 3)})

@@ -23,14 +23,20 @@ def _conv_params(ctx: LayerContext) -> tuple[Message, Value, tuple[int, ...], tu
     kernel = spatial_param(ctx, p, "kernel", None, n)
     stride = spatial_param(ctx, p, "stride", 1, n)
     pad = spatial_param(ctx, p, "pad", 0, n)
-    dilation = tuple(int(d) for d in p.list("dilation")) or (1,)
-    dilation = dilation * n if len(dilation) == 1 else dilation
-    if not p.has("num_output"):
-        raise ctx.fail("sets no num_output")
-    n_out, group, c = int(p.get("num_output")), int(p.get("group")), x.shape[1]
+    dilation = spatial_param(ctx, p, "dilation", 1, n)
+    n_out, group, c = _num_output(ctx, p), int(p.get("group")), x.shape[1]
     if group < 1 or c % group or n_out % group:
         raise ctx.fail(f"group {group} does not divide the {c} input and {n_out} output channels")
     return p, x, kernel, stride, pad, dilation, n_out, group
+
+
+def _num_output(ctx: LayerContext, p: Message) -> int:
+    if not p.has("num_output"):
+        raise ctx.fail("sets no num_output")
+    n_out = int(p.get("num_output"))
+    if n_out < 1:
+        raise ctx.fail(f"num_output {n_out} must be at least 1")
+    return n_out
 
 
 def _channel_bias(ctx: LayerContext, y: Value, n_out: int, p: Message) -> Value:
@@ -69,9 +75,7 @@ def _inner_product(ctx: LayerContext):
     p = ctx.param("inner_product")
     x = ctx.input()
     axis = ctx.axis(p.get("axis"), x.rank)
-    if not p.has("num_output"):
-        raise ctx.fail("sets no num_output")
-    n_out = int(p.get("num_output"))
+    n_out = _num_output(ctx, p)
     k = int(np.prod(x.shape[axis:]))
     if x.rank != axis + 1:
         x = ctx.op("reshape", x, shape=tuple(x.shape[:axis]) + (k,))
@@ -111,6 +115,9 @@ def _pooling(ctx: LayerContext):
         raise ctx.fail(f"pad {list(pad)} must be smaller than the kernel {list(kernel)}")
     sizes = x.shape[2:]
     want = [caffe_pool_size(int(n), k, s, q) for n, k, s, q in zip(sizes, kernel, stride, pad)]
+    if min(want) < 1:
+        raise ctx.fail(f"kernel {list(kernel)} with pad {list(pad)} does not fit the {int(sizes[0])} x "
+                       f"{int(sizes[1])} bottom")
     floor = [(int(n) + 2 * q - k) // s + 1 for n, k, s, q in zip(sizes, kernel, stride, pad)]
     attrs = dict(kernel=kernel, stride=stride, padding=tuple((q, q) for q in pad), ceil_mode=want != floor)
     if method == "MAX":

@@ -116,6 +116,8 @@ class _Net:
         if shape is None:
             raise CaffeError(f"{where}: input {name!r} has no shape; give input_shape / input_dim in the "
                              "prototxt, or example_inputs")
+        if min(shape, default=0) < 0:
+            raise CaffeError(f"{where}: input {name!r} has a negative dim in shape {list(shape)}")
         v = self.graph.add_input(TensorType(DType.f32, shape), name)
         self.set(name, v)
 

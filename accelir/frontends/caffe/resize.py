@@ -50,6 +50,9 @@ def _interp(ctx: LayerContext):
     elif len(ctx.inputs) > 1:  # the size of a second bottom
         h_out, w_out = int(ctx.input(1).shape[2]), int(ctx.input(1).shape[3])
     else:
+        for name, factor in (("zoom_factor", zoom), ("shrink_factor", shrink)):
+            if factor < 1:
+                raise ctx.fail(f"{name} {factor} must be at least 1")
         h_out, w_out = h_used, w_used
         if shrink != 1:
             h_out, w_out = (h_out - 1) // shrink + 1, (w_out - 1) // shrink + 1
@@ -67,6 +70,8 @@ def _upsample(ctx: LayerContext):
         raise ctx.fail("only the nearest-neighbour Upsample of one N x C x H x W bottom (upsample_param { scale }) "
                        "is supported")
     s = int(ctx.param("upsample").get("scale"))
+    if s < 1:
+        raise ctx.fail(f"scale {s} must be at least 1")
     h, w = int(x.shape[2]), int(x.shape[3])
     rows = np.repeat(np.eye(h, dtype=np.float32), s, axis=0)
     cols = np.repeat(np.eye(w, dtype=np.float32), s, axis=0)

@@ -30,7 +30,7 @@ def _slice(ctx: LayerContext):
     size = int(x.shape[axis])
     points = [int(q) for q in p.list("slice_point")]
     if points:
-        if len(points) != n_tops - 1 or points != sorted(points) or points[-1] >= size:
+        if len(points) != n_tops - 1 or any(b <= a for a, b in zip([0] + points, points)) or points[-1] >= size:
             raise ctx.fail(f"slice_point {points} does not cut axis {axis} (size {size}) into {n_tops} tops")
     else:
         if size % n_tops:
@@ -160,6 +160,8 @@ def _argmax(ctx: LayerContext):
     p = ctx.param("argmax")
     x = ctx.input()
     k = int(p.get("top_k"))
+    if k < 1:
+        raise ctx.fail(f"top_k {k} must be at least 1")
     with_values = p.get("out_max_val")
     if p.has("axis"):
         axis = ctx.axis(p.get("axis"), x.rank)

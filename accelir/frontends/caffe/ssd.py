@@ -10,11 +10,25 @@ from .context import LayerContext, rule
 __all__: list[str] = []
 
 
+def _check_sizes(p, mins: list[float], maxs: list[float]) -> None:
+    """Caffe's PriorBoxLayer checks: sizes, steps, aspect ratios and variances must be positive, and
+    each max_size must exceed its min_size (else boxes are empty, inverted or divide by zero)."""
+    given = {name: [float(v) for v in p.list(name)] for name in ("min_size", "aspect_ratio", "variance")}
+    given.update({name: [float(p.get(name))] for name in ("img_size", "img_h", "img_w", "step", "step_h", "step_w")
+                  if p.has(name)})
+    for name, values in given.items():
+        if any(not v > 0 for v in values):
+            raise ValueError(f"{name} {values} must be positive")
+    if any(mx <= mn for mn, mx in zip(mins, maxs)):
+        raise ValueError(f"max_size {maxs} must exceed min_size {mins}, one by one")
+
+
 def prior_boxes(p, feat_h: int, feat_w: int, img_h: int, img_w: int) -> np.ndarray:
     """SSD's PriorBoxLayer: for each cell (row-major), each prior as xmin, ymin, xmax, ymax
     normalised by the image size; then the variances.  Shape [1, 2, feat_h * feat_w * priors * 4]."""
     mins = [float(v) for v in p.list("min_size")]
     maxs = [float(v) for v in p.list("max_size")]
+    _check_sizes(p, mins, maxs)
     ratios = [1.0]
     for r in (float(v) for v in p.list("aspect_ratio")):
         for q in ([r, 1.0 / r] if p.get("flip") else [r]):
