@@ -5,7 +5,7 @@ Layout: ``proto`` reads ONNX protos (errors, dtypes, tensors, opsets, node order
 ``context`` is what op rules import (the rule context, the rule tables, shared helpers);
 one module per op family holds the rules (``elementwise``, ``shape``, ``reduce``,
 ``nn``, ``pooling``, ``sampling``, ``indexing``, ``einsum``, ``quantize``,
-``recurrent``, ``signal``, ``control_flow``, ``microsoft``); ``evaluate`` computes
+``recurrent``, ``signal``, ``control_flow``, ``sequence``, ``microsoft``); ``evaluate`` computes
 shape-like values at import; ``driver`` walks the model and dispatches each node to its
 rule; ``conformance`` runs ONNX's backend node tests
 (``python -m accelir.frontends.onnx.conformance``).
