@@ -155,8 +155,8 @@ def test_report_counts_what_is_left_out():
     assert summary["out_of_scope"] == {"string tensors": 2, "random numbers": 1}
     assert summary["interpreter"]["passed_specialised"] == 1
     text = conf.report(summary, ["interpreter"])
-    assert ": 6 (node 6; the `light` models stay out: they ship without inputs)\nout of scope: 3\n      2  string tensors\n" \
-           "      1  random numbers\nin scope: 3\n" in text
+    assert (": 6 (node 6; the `light` models stay out: they ship without inputs)\nout of scope: 3\n"
+            "      2  string tensors\n      1  random numbers\nin scope: 3\n") in text
     assert ("interpreter: 2/3 in scope pass (66.67%); 2/6 of all cases (33.33%); 1 as they come, "
             "1 only after specialisation") in text
     assert conf.expected_lines(summary, ["interpreter"]) == [
