@@ -46,12 +46,16 @@ def _lowered(model, feeds):
 
 
 def check(model, feeds, want=None):
-    """accelir's interpreter and its lowering in onnxruntime against onnxruntime on the original and
-    ``want``: onnx's ReferenceEvaluator unless given."""
+    """accelir's interpreter and its lowerings (onnxruntime, XLA) against onnxruntime on the original
+    and ``want``: onnx's ReferenceEvaluator unless given."""
+    from accelir.lowering.jax import to_jax
     want = reference_outputs(model, feeds) if want is None else want
     assert_close(onnxruntime_outputs(model, feeds), want, err_msg="onnxruntime alone")
-    assert_close(import_and_run(model, feeds)[1], want, err_msg="interpreter")
+    g, ours = import_and_run(model, feeds)
+    assert_close(ours, want, err_msg="interpreter")
     assert_close(_lowered(model, feeds), want, err_msg="accelir -> onnxruntime")
+    assert_close([np.asarray(o) for o in to_jax(g)(*g.meta["signature"].flatten(feeds))], want,
+                 err_msg="accelir -> XLA")
 
 
 def _feeds(seed=0, **shapes):

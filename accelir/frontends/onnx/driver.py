@@ -262,15 +262,15 @@ def convert(imp: Any, scope: ImportScope, node: Any, inputs: list[Value | None],
         raise UnsupportedOpError(f"{label}: domain {domain!r} ({why}) is not supported; only the standard ONNX "
                                  "domain, com.microsoft ops accelir emits and model-local functions are",
                                  [f"{domain}.{node.op_type}"])
+    if node.op_type in OUT_OF_SCOPE:
+        raise UnsupportedOpError(f"{label}: {node.op_type} is out of scope for accelir "
+                                 f"({OUT_OF_SCOPE[node.op_type]})", [node.op_type])
     given = [i for i, v in enumerate(inputs) if isinstance(v, StaticSequence)]
     if given and node.op_type not in sequence.TAKES_SEQUENCES:
         raise OnnxImportError(f"{label}: input {given[0]} is {inputs[given[0]].describe()}, and {node.op_type} "
                               "takes tensors; read an item with SequenceAt or join them with ConcatFromSequence")
     if node.op_type == "Identity" and given:
         return [inputs[0]]
-    if node.op_type in OUT_OF_SCOPE:
-        raise UnsupportedOpError(f"{label}: {node.op_type} is out of scope for accelir "
-                                 f"({OUT_OF_SCOPE[node.op_type]})", [node.op_type])
     fn = RULES.get(node.op_type)
     if fn is not None:
         out = fn(ctx)
