@@ -239,3 +239,37 @@ def test_concatenating_an_empty_sequence_is_refused():
                 helper.make_node("ConcatFromSequence", ["s"], ["y"], axis=0)], [], [_vi("y")])
     with pytest.raises(AccelirError, match=r"empty sequence"):
         import_onnx(m)
+
+
+def test_loop_reading_a_sequence_stops_where_its_condition_says():
+    """A loop that reads an outer sequence at its iteration number is unrolled; its condition,
+    computed in the body, is known at import in each iteration (3 of the 100 allowed run)."""
+    body = helper.make_graph(
+        [helper.make_node("SequenceAt", ["outer", "i"], ["item"]),
+         helper.make_node("Add", ["acc", "item"], ["acc_out"]),
+         helper.make_node("Add", ["i", "one"], ["i1"]),
+         helper.make_node("Less", ["i1", "three"], ["cond_out"])],
+        "body", [_vi("i", I64, []), _vi("cond", TensorProto.BOOL, []), _vi("acc", F32, [2])],
+        [_vi("cond_out", TensorProto.BOOL, []), _vi("acc_out", F32, [2])])
+    nodes = [helper.make_node("SplitToSequence", ["x"], ["outer"], axis=0, keepdims=0),
+             helper.make_node("Loop", ["trips", "", "zeros"], ["y"], body=body)]
+    m = _model(nodes, [_vi("x", F32, [5, 2])], [_vi("y")],
+               [_i64("trips", 100), _i64("one", 1), _i64("three", 3),
+                numpy_helper.from_array(np.zeros(2, np.float32), "zeros")])
+    x = _feeds(x=(5, 2))["x"]
+    check(m, {"x": x}, [x[0] + x[1] + x[2]])  # numpy: the ReferenceEvaluator's Loop reads the sequence as empty
+
+
+def test_scan_body_reading_an_outer_sequence():
+    """Each item a region reads becomes one region input (none for a constant item)."""
+    body = helper.make_graph([helper.make_node("SequenceAt", ["s", "one"], ["item"]),
+                              helper.make_node("Mul", ["item", "xi"], ["prod"]),
+                              helper.make_node("Add", ["state", "prod"], ["state_out"]),
+                              helper.make_node("Identity", ["state_out"], ["y"])],
+                             "body", [_vi("state", F32, [2]), _vi("xi", F32, [2])],
+                             [_vi("state_out", F32, [2]), _vi("y", F32, [2])])
+    nodes = [helper.make_node("SequenceConstruct", ["c", "a"], ["s"]),
+             helper.make_node("Scan", ["init", "xs"], ["final", "ys"], body=body, num_scan_inputs=1)]
+    m = _model(nodes, [_vi("a", F32, [2]), _vi("init", F32, [2]), _vi("xs", F32, [3, 2])],
+               [_vi("final"), _vi("ys")], [_i64("one", 1), numpy_helper.from_array(np.ones(2, np.float32), "c")])
+    check(m, _feeds(a=(2,), init=(2,), xs=(3, 2)))
