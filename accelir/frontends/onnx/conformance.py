@@ -485,10 +485,10 @@ def report(summary: dict[str, Any], paths: Sequence[str]) -> str:
             lines.append("accelir as they come / onnxruntime alone (target >= 95%): "
                          + "; ".join(_target(summary, p) for p in ours))
     if fams:
-        heads = ["family", "cases", "in scope"] + [f"{p} (as they come)" for p in ours] \
-            + ([ALONE] if ALONE in paths else [])
+        heads = ["family", "cases", "in scope"] + [f"{p}: pass = as they come + specialised" for p in ours] \
+            + ([f"{ALONE}: pass"] if ALONE in paths else [])
         rows = [[f, str(c["total"]), str(c["in_scope"])]
-                + [f"{c[p]['passed']} ({c[p]['as_they_come']})" for p in ours]
+                + [f"{c[p]['passed']} = {c[p]['as_they_come']} + {c[p]['passed_specialised']}" for p in ours]
                 + ([str(c[ALONE]["passed"])] if ALONE in paths else []) for f, c in fams.items()]
         widths = [max(len(r[k]) for r in [heads] + rows) for k in range(len(heads))]
         lines.append("per family:")
