@@ -156,7 +156,8 @@ def test_loop_carrying_a_sequence_is_unrolled():
 def test_loop_carrying_a_sequence_needs_its_trip_count_at_import():
     nodes, _ = _loop_building_a_sequence(3)
     m = _model(nodes, [_vi("x", F32, [2, 3]), _vi("trips", I64, [])], [_vi("y"), _vi("n", I64)])
-    with pytest.raises(DynamicValueError, match=r"'#1' \(Loop\).*trip count.*static_inputs") as e:
+    with pytest.raises(DynamicValueError, match=r"'#1' \(Loop\).*trip count.*static_inputs.*it carries a "
+                                                r"sequence, so it is unrolled at import") as e:
         import_onnx(m)
     assert e.value.input_names == ["trips"]
     # bound, it unrolls
@@ -189,7 +190,9 @@ def test_if_giving_sequences_of_one_length(cond, reads_outer):
 
 def test_if_giving_sequences_of_two_lengths_is_refused():
     m = _if_of_sequences(["a", "b"], ["a"])
-    with pytest.raises(UnsupportedOpError, match=r"\(If\).*different lengths.*known only at run time"):
+    with pytest.raises(UnsupportedOpError, match=r"\(If\): its then branch gives \(a sequence of 2 f32 tensors\) "
+                                                 r"and its else branch \(a sequence of 1 f32 tensors\), so a "
+                                                 r"sequence's length would be known only at run time"):
         import_onnx(m)
 
 
@@ -223,15 +226,40 @@ def test_a_position_known_only_at_run_time_is_refused():
 
 
 @pytest.mark.parametrize("node, match", [
-    (helper.make_node("SequenceAt", ["s", "two"], ["y"]), r"position 2 is out of range \[-2, 1\]"),
+    (helper.make_node("SequenceAt", ["s", "two"], ["y"]), r"position 2 is out of range \[-2, 1\] for a sequence "
+                                                          r"of 2 items"),
+    (helper.make_node("SequenceInsert", ["s", "a", "minus3"], ["y"]), r"position -3 is out of range \[-2, 2\]"),
     (helper.make_node("Add", ["s", "a"], ["y"]), r"input 0 is a sequence of 2 f32 tensors, and Add takes tensors"),
     (helper.make_node("SequenceAt", ["a", "two"], ["y"]), r"input 0 must be a sequence, got a tensor"),
-], ids=["position out of range", "a sequence fed to a tensor op", "a tensor fed as a sequence"])
+], ids=["position out of range", "insert out of range", "a sequence fed to a tensor op",
+        "a tensor fed as a sequence"])
 def test_misuse_is_an_import_error_naming_the_node(node, match):
     m = _model([helper.make_node("SequenceConstruct", ["a", "a"], ["s"]), node],
-               [_vi("a", F32, [2])], [_vi("y")], [_i64("two", 2)])
+               [_vi("a", F32, [2])], [_vi("y")], [_i64("two", 2), _i64("minus3", -3)])
     with pytest.raises(OnnxImportError, match=r"ONNX node '#1' \(\w+\): " + match):
         import_onnx(m)
+
+
+def test_erasing_from_an_empty_sequence_is_refused():
+    m = _model([helper.make_node("SequenceEmpty", [], ["s"]), helper.make_node("SequenceErase", ["s"], ["t"]),
+                helper.make_node("SequenceLength", ["t"], ["y"])], [], [_vi("y", I64)])
+    with pytest.raises(OnnxImportError, match=r"\(SequenceErase\): position -1 is out of range \[0, -1\] for a "
+                                              r"sequence of 0 items"):
+        import_onnx(m)
+
+
+def test_sequence_map_over_an_empty_sequence_gives_an_empty_one():
+    """Its items' type is the body's declared output type (f16 here; the sequence it maps is f32)."""
+    body = helper.make_graph([helper.make_node("Cast", ["item"], ["out"], to=TensorProto.FLOAT16)], "body",
+                             [_vi("item", F32, [2])],
+                             [_vi("out", TensorProto.FLOAT16, [2])])
+    m = _model([helper.make_node("SequenceEmpty", [], ["s"]),
+                helper.make_node("SequenceMap", ["s"], ["t"], body=body),
+                helper.make_node("SequenceInsert", ["t", "h"], ["u"]),
+                helper.make_node("SequenceLength", ["u"], ["y"])],
+               [_vi("h", TensorProto.FLOAT16, [2])], [_vi("y", I64)])
+    h = np.ones(2, np.float16)
+    assert_close(import_and_run(m, {"h": h})[1], onnxruntime_outputs(m, {"h": h}))
 
 
 def test_concatenating_an_empty_sequence_is_refused():

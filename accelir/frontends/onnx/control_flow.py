@@ -7,8 +7,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...ir import DType, Graph, TensorType, Value
-from .context import (ImportScope, NodeContext, OnnxImportError, StaticSequence, free_names, norm_axis, reshape,
-                      rule)
+from .context import (DynamicValueError, ImportScope, NodeContext, OnnxImportError, StaticSequence, free_names,
+                      norm_axis, reshape, rule)
 
 __all__: list[str] = []
 
@@ -74,6 +74,11 @@ def _gathered(outs: Sequence[Value], layout: Layout) -> list[Any]:
             for shape in layout]
 
 
+def _describe(layout: Layout) -> str:
+    return ", ".join("a tensor" if shape is None else f"a sequence of {shape[0]} {shape[1]} tensors"
+                     for shape in layout)
+
+
 def _captured_values(ctx: NodeContext, names: Sequence[str]) -> tuple[list[str], list[Value]]:
     """The captured names that become region inputs, and the outer values fed to them (a
     sequence's items that are not constants, in order)."""
@@ -105,9 +110,9 @@ def _if(ctx: NodeContext):
     regions = [_region(ctx, g, [], names, f"{ctx.node.name or 'if'}_{tag}", layout=lay) for g, tag, lay in
                ((else_g, "else", layouts[0]), (then_g, "then", layouts[1]))]
     if layouts[0] != layouts[1]:
-        raise ctx.unsupported(f"its branches give sequences of different lengths or types ({layouts[1]} and "
-                              f"{layouts[0]}: None is a tensor), so the result's length would be known only at run "
-                              "time; give both branches sequences of one length")
+        raise ctx.unsupported(f"its then branch gives ({_describe(layouts[1])}) and its else branch "
+                              f"({_describe(layouts[0])}), so a sequence's length would be known only at run time; "
+                              "give both branches sequences of one length")
     pred = reshape(ctx, cond, ()) if cond.rank else cond
     return _gathered(ctx.b.node("cond", [pred] + vals, regions=regions).outputs, layouts[0])
 
@@ -203,8 +208,11 @@ def _unrolled_loop(ctx: NodeContext, body: Any, init: list[Any], n_scan: int) ->
     """A Loop that carries or reads a sequence, unrolled at import: the body is imported once per
     iteration into the enclosing graph, so its sequences stay lists of tensors.  The trip count
     and each iteration's condition must be known at import."""
-    trips = ctx.values(0, "trip count").item() if ctx.input(0) is not None else None
-    go = bool(ctx.values(1, "initial condition").item()) if ctx.input(1) is not None else True
+    try:
+        trips = ctx.values(0, "trip count").item() if ctx.input(0) is not None else None
+        go = bool(ctx.values(1, "initial condition").item()) if ctx.input(1) is not None else True
+    except DynamicValueError as e:
+        raise DynamicValueError(f"{e} (it carries a sequence, so it is unrolled at import)", e.input_names) from None
     iter_name, cond_name = body.input[0].name, body.input[1].name
     state, scans = list(init), [[] for _ in range(n_scan)]
     i = 0

@@ -45,18 +45,17 @@ def _tensors(ctx: NodeContext, values: Sequence[Value], what: str) -> DType:
     return values[0].dtype
 
 
-def _position(ctx: NodeContext, i: int, low: int, high: int, default: int) -> int:
-    """Input ``i`` (a position into the sequence, ``default`` when absent), which must be known at
-    import and within [low, high]: negative counts from the back, as in Python's list."""
-    if ctx.input(i) is None:
-        return default
-    pos = ctx.ints(i, "position")
-    if len(pos) != 1 or type(pos[0]) is not int:
-        raise OnnxImportError(f"{ctx.label}: its position (input {i}) must be one integer, got {list(pos)}")
-    if not low <= pos[0] <= high:
-        raise OnnxImportError(f"{ctx.label}: position {pos[0]} is out of range [{low}, {high}] for the sequence's "
-                              f"{high - low} items" if high >= low else
-                              f"{ctx.label}: position {pos[0]} of an empty sequence")
+def _position(ctx: NodeContext, i: int, n: int, high: int, default: int) -> int:
+    """Input ``i`` (a position into a sequence of ``n`` items, ``default`` when absent), which must
+    be known at import and within [-n, high]: negative counts from the back, as in Python's list."""
+    pos: tuple = (default,)
+    if ctx.input(i) is not None:
+        pos = ctx.ints(i, "position")
+        if len(pos) != 1 or type(pos[0]) is not int:
+            raise OnnxImportError(f"{ctx.label}: its position (input {i}) must be one integer, got {list(pos)}")
+    if not -n <= pos[0] <= high:
+        raise OnnxImportError(f"{ctx.label}: position {pos[0]} is out of range [{-n}, {high}] for a sequence of "
+                              f"{n} items")
     return int(pos[0])
 
 
@@ -84,7 +83,7 @@ def _sequence_length(ctx: NodeContext):
 def _sequence_at(ctx: NodeContext):
     s = sequence_input(ctx, 0)
     n = len(s.items)
-    return [s.items[_position(ctx, 1, -n, n - 1, 0)]]
+    return [s.items[_position(ctx, 1, n, n - 1, 0)]]
 
 
 @rule("SequenceInsert")
@@ -96,7 +95,7 @@ def _sequence_insert(ctx: NodeContext):
                               "one type")
     n = len(s.items)
     items = list(s.items)
-    items.insert(_position(ctx, 2, -n, n, n), t)
+    items.insert(_position(ctx, 2, n, n, n), t)
     return [StaticSequence(tuple(items), s.dtype)]
 
 
@@ -105,7 +104,7 @@ def _sequence_erase(ctx: NodeContext):
     s = sequence_input(ctx, 0)
     n = len(s.items)
     items = list(s.items)
-    del items[_position(ctx, 1, -n, n - 1, -1)]
+    del items[_position(ctx, 1, n, n - 1, -1)]
     return [StaticSequence(tuple(items), s.dtype)]
 
 
@@ -188,6 +187,6 @@ def _sequence_map(ctx: NodeContext):
             scope.define(vi.name, v.items[k] if isinstance(v, StaticSequence) else v)
         for j, v in enumerate(ctx.imp.translate(body, scope, None, f"body of {ctx.label}, item {k}")):
             outs[j].append(v)
-    dtypes = [onnx_dtype(vi.type.sequence_type.elem_type.tensor_type.elem_type, f"{ctx.label} output {j}")
+    dtypes = [onnx_dtype(vi.type.tensor_type.elem_type, f"{ctx.label} output {j}")
               if not outs[j] else _tensors(ctx, outs[j], f"the body's output {j}") for j, vi in enumerate(body.output)]
     return [StaticSequence(tuple(items), dt) for items, dt in zip(outs, dtypes)]
