@@ -231,8 +231,10 @@ def test_a_position_known_only_at_run_time_is_refused():
     (helper.make_node("SequenceInsert", ["s", "a", "minus3"], ["y"]), r"position -3 is out of range \[-2, 2\]"),
     (helper.make_node("Add", ["s", "a"], ["y"]), r"input 0 is a sequence of 2 f32 tensors, and Add takes tensors"),
     (helper.make_node("SequenceAt", ["a", "two"], ["y"]), r"input 0 must be a sequence, got a tensor"),
+    (helper.make_node("SequenceInsert", ["s", "s"], ["y"]), r"inserts a sequence into a sequence; sequences of "
+                                                            r"sequences are out of scope"),
 ], ids=["position out of range", "insert out of range", "a sequence fed to a tensor op",
-        "a tensor fed as a sequence"])
+        "a tensor fed as a sequence", "a sequence of sequences"])
 def test_misuse_is_an_import_error_naming_the_node(node, match):
     m = _model([helper.make_node("SequenceConstruct", ["a", "a"], ["s"]), node],
                [_vi("a", F32, [2])], [_vi("y")], [_i64("two", 2), _i64("minus3", -3)])

@@ -25,7 +25,8 @@ from ..base import RuleContext, RuleTable
 from .proto import DynamicValueError, ImportScope, OnnxImportError, free_names, onnx_dtype
 
 __all__ = ["NodeContext", "Rule", "RULES", "MS_RULES", "rule", "HUGE", "IMPORT_VALUE_BYTES", "fits_import_budget",
-           "StaticSequence", "value_bytes", "norm_axis", "select_on_runtime_axis", "static_dims", "reshape", "conv_attrs", "reverse_prefixes",
+           "value_bytes", "norm_axis", "select_on_runtime_axis", "static_dims", "reshape", "conv_attrs", "reverse_prefixes",
+           "StaticSequence",
            # from .proto, for the rules
            "OnnxImportError", "DynamicValueError", "ImportScope", "onnx_dtype", "free_names"]
 

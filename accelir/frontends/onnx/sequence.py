@@ -90,6 +90,9 @@ def _sequence_at(ctx: NodeContext):
 def _sequence_insert(ctx: NodeContext):
     s = sequence_input(ctx, 0)
     t = ctx.input(1)
+    if isinstance(t, StaticSequence):
+        raise OnnxImportError(f"{ctx.label}: inserts a sequence into a sequence; sequences of sequences are out "
+                              "of scope")
     if t.dtype is not s.dtype:
         raise OnnxImportError(f"{ctx.label}: inserts a {t.dtype} tensor into {s.describe()}; a sequence holds "
                               "one type")
