@@ -99,6 +99,19 @@ def test_scope_is_explicit(scopes):
     # a sequence as a graph input or output stays out; one inside the graph, of a static length, is unrolled
     assert scopes["test_sequence_insert_at_back"] == "sequence / optional types"
     assert scopes["test_sequence_model1"] == "in"
+    # a sequence carried inside (a Loop body's input and output) is in scope
+    from onnx import TensorProto, helper
+    f32, i64, b = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
+    seq, vi = helper.make_tensor_sequence_value_info, helper.make_tensor_value_info
+    body = helper.make_graph([helper.make_node("SequenceInsert", ["s", "x"], ["s2"]),
+                              helper.make_node("Identity", ["c"], ["c2"])], "body",
+                             [vi("i", i64, []), vi("c", b, []), seq("s", f32, None)],
+                             [vi("c2", b, []), seq("s2", f32, None)])
+    g = helper.make_graph([helper.make_node("SequenceEmpty", [], ["e"]),
+                           helper.make_node("Loop", ["n", "", "e"], ["out"], body=body),
+                           helper.make_node("ConcatFromSequence", ["out"], ["y"], axis=0)], "g",
+                          [vi("x", f32, [2])], [vi("y", f32, None)], [helper.make_tensor("n", i64, [], [2])])
+    assert conf.scope_of(conf.NodeCase("test_loop_carrying_a_sequence", helper.make_model(g), [])) == "in"
     # the model families count too
     assert scopes["test_Conv2d"] == "in" and scopes["test_operator_add_broadcast"] == "in"
 

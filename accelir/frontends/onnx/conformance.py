@@ -165,8 +165,13 @@ def _graphs_of(graph: Any) -> Iterable[Any]:
                 yield from _graphs_of(g)
 
 
-def _type_scope(tp: Any) -> str | None:
+def _type_scope(tp: Any, main: bool) -> str | None:
+    """Why a value of this type is out of scope, if it is: a sequence only at the main graph's
+    boundary (inside, in a Loop body or an If branch, one of a static length is unrolled)."""
     kind = tp.WhichOneof("value")
+    if kind == "sequence_type" and not main:
+        elem = tp.sequence_type.elem_type
+        return _type_scope(elem, main) if elem.WhichOneof("value") else None
     if kind != "tensor_type":
         return "sequence / optional types" if kind else None
     if tp.tensor_type.elem_type not in ONNX_DTYPES:
@@ -186,7 +191,7 @@ def scope_of(case: NodeCase) -> str:
             return OUT_OF_SCOPE[n.op_type]
     for g in _graphs_of(m.graph):
         for vi in list(g.input) + list(g.output):
-            why = _type_scope(vi.type)
+            why = _type_scope(vi.type, g is m.graph)
             if why:
                 return why
         for t in g.initializer:
