@@ -1,8 +1,8 @@
 """ONNX sequences of a length known at import are unrolled into tensors
 (accelir/frontends/onnx/sequence.py; Loop and If carrying them in control_flow.py): each model
-is run through accelir's interpreter and its ONNX lowering in onnxruntime, against onnx's
-ReferenceEvaluator and onnxruntime on the original.  What cannot be unrolled is refused at
-the node, saying why."""
+is run through accelir's interpreter and its lowerings (onnxruntime, XLA), against onnx's
+ReferenceEvaluator (numpy where that evaluator mishandles a loop-carried sequence) and
+onnxruntime on the original.  What cannot be unrolled is refused at the node, saying why."""
 
 from __future__ import annotations
 
