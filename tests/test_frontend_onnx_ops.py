@@ -427,3 +427,24 @@ def test_bitcast_float_int_round_trip_matches_numpy_view(ftype):
     bits, back = _ours(m, {"x": x})
     np.testing.assert_array_equal(bits, x.view(idt))
     np.testing.assert_array_equal(back.view(idt), x.view(idt))
+
+
+# ----- PRelu before its function body (opset 16) ----------------------------------------
+
+@pytest.mark.parametrize("opset, x_shape, slope_shape", [(9, (2, 3, 4), (4,)), (9, (2, 3, 4), (3, 1)),
+                                                         (6, (2, 3, 4, 5), (3,)), (6, (2, 3), (1,))])
+def test_prelu_of_old_opsets_matches_onnxruntime_or_torch(opset, x_shape, slope_shape):
+    """Opset 7-15 broadcast the slope numpy-style (onnxruntime runs them); opset 6's 1-d slope runs
+    along the channel axis, as torch's prelu does (onnxruntime no longer runs opset 6)."""
+    import torch
+    rng = _rng(3)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    slope = rng.uniform(0.1, 0.5, slope_shape).astype(np.float32)
+    m = _model([helper.make_node("PRelu", ["x", "slope"], ["y"])], [_vi("x", F32, list(x_shape))],
+               [_vi("y", F32, list(x_shape))], [numpy_helper.from_array(slope, "slope")], opset=opset)
+    if opset >= 7:
+        want = _theirs(m, {"x": x})
+    else:
+        want = [torch.nn.functional.prelu(torch.from_numpy(x), torch.from_numpy(slope)).numpy()]
+    assert_close(_ours(m, {"x": x}), want)
+    assert_close(_lowered(m, {"x": x}), want)

@@ -5,9 +5,9 @@ Layout: ``proto`` reads ONNX protos (errors, dtypes, tensors, opsets, node order
 ``context`` is what op rules import (the rule context, the rule tables, shared helpers);
 one module per op family holds the rules (``elementwise``, ``shape``, ``reduce``,
 ``nn``, ``pooling``, ``sampling``, ``indexing``, ``einsum``, ``quantize``,
-``recurrent``, ``signal``, ``control_flow``, ``microsoft``); ``evaluate`` computes
+``recurrent``, ``signal``, ``control_flow``, ``sequence``, ``microsoft``); ``evaluate`` computes
 shape-like values at import; ``driver`` walks the model and dispatches each node to its
-rule; ``conformance`` runs ONNX's backend node tests
+rule; ``conformance`` runs ONNX's backend test cases
 (``python -m accelir.frontends.onnx.conformance``).
 """
 

@@ -12,6 +12,7 @@ nor each other.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ from .proto import DynamicValueError, ImportScope, OnnxImportError, free_names, 
 
 __all__ = ["NodeContext", "Rule", "RULES", "MS_RULES", "rule", "HUGE", "IMPORT_VALUE_BYTES", "fits_import_budget",
            "value_bytes", "norm_axis", "select_on_runtime_axis", "static_dims", "reshape", "conv_attrs", "reverse_prefixes",
+           "StaticSequence",
            # from .proto, for the rules
            "OnnxImportError", "DynamicValueError", "ImportScope", "onnx_dtype", "free_names"]
 
@@ -41,6 +43,19 @@ def fits_import_budget(shape: Sequence[D.Dim], dtype: DType) -> bool:
     """Whether a value of ``shape`` and ``dtype`` may be computed at import (symbolic: no)."""
     n = D.dim_prod(shape)
     return type(n) is int and n * dtype.itemsize <= IMPORT_VALUE_BYTES
+
+
+@dataclass(frozen=True)
+class StaticSequence:
+    """An ONNX sequence whose length is known at import: one Value per item.  The IR holds
+    tensors only, so the sequence ops (sequence.py) rewrite this list while importing and no
+    sequence reaches the graph; ``dtype`` is the element type (SequenceEmpty's, for an empty one)."""
+
+    items: tuple[Value, ...]
+    dtype: DType
+
+    def describe(self) -> str:
+        return f"a sequence of {len(self.items)} {self.dtype} tensors"
 
 
 class NodeContext(RuleContext):

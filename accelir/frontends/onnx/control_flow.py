@@ -7,31 +7,46 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...ir import DType, Graph, TensorType, Value
-from .context import ImportScope, NodeContext, OnnxImportError, free_names, norm_axis, reshape, rule
+from .context import (DynamicValueError, ImportScope, NodeContext, OnnxImportError, StaticSequence, free_names,
+                      norm_axis, reshape, rule)
 
 __all__: list[str] = []
 
+# how many iterations a Loop carrying a sequence may be unrolled into at import
+MAX_UNROLLED_ITERATIONS = 256
+
+
+Layout = list  # per output of a region: None for a tensor, the (length, dtype) of a sequence spread into its items
+
 
 def _region(ctx: NodeContext, gproto: Any, input_types: Sequence[TensorType], captures: Sequence[str],
-            name: str, captures_first: bool = False) -> Graph:
+            name: str, captures_first: bool = False, layout: Layout | None = None) -> Graph:
     """A closed region for a subgraph: its declared inputs (typed by ``input_types``) and
-    one extra input per captured outer value (``captures``; outer constants are copied)."""
+    one extra input per captured outer value (``captures``; outer constants are copied, a captured
+    sequence gives one per item).  Outputs that are sequences are spread into their items, their
+    shape recorded in ``layout``; without a ``layout`` to fill, a sequence output is refused."""
     region = Graph(name)
     scope = ImportScope(ctx.imp, region, ctx.scope, ctx.scope.opsets, closed=True,
                         origin_prefix=ctx.scope.origin_prefix + (ctx.node.name or ctx.node.op_type) + "/")
     declared: list[Value] = []
 
+    def captured(cname: str, outer: Value) -> Value:
+        arr = outer.const_value
+        if arr is not None:
+            return region.const(arr, name=outer.producer.attrs["name"])
+        inner = region.add_input(outer.type, cname)
+        # a shape computed outside stays known inside (Expand / Reshape in a loop body)
+        ctx.imp.known[id(inner)] = ctx.imp.value_of(outer)
+        return inner
+
     def add_captures() -> None:
         for cname in captures:
             outer = ctx.scope.lookup(cname, ctx.label)
-            arr = outer.const_value
-            if arr is not None:
-                scope.define(cname, region.const(arr, name=outer.producer.attrs["name"]))
+            if isinstance(outer, StaticSequence):
+                scope.define(cname, StaticSequence(tuple(captured(f"{cname}_{k}", v) for k, v in
+                                                         enumerate(outer.items)), outer.dtype))
             else:
-                inner = region.add_input(outer.type, cname)
-                # a shape computed outside stays known inside (Expand / Reshape in a loop body)
-                ctx.imp.known[id(inner)] = ctx.imp.value_of(outer)
-                scope.define(cname, inner)
+                scope.define(cname, captured(cname, outer))
 
     if captures_first:
         add_captures()
@@ -40,17 +55,41 @@ def _region(ctx: NodeContext, gproto: Any, input_types: Sequence[TensorType], ca
     if not captures_first:
         add_captures()
     outs = ctx.imp.translate(gproto, scope, declared, f"subgraph {gproto.name!r} of {ctx.label}")
-    region.set_outputs(outs)
+    if layout is None and any(isinstance(v, StaticSequence) for v in outs):
+        raise ctx.unsupported("its body returns a sequence, which only an If or a Loop unrolled at import "
+                              "(one that carries the sequence) can give back")
+    flat: list[Value] = []
+    for v in outs:
+        if layout is not None:
+            layout.append((len(v.items), v.dtype) if isinstance(v, StaticSequence) else None)
+        flat += list(v.items) if isinstance(v, StaticSequence) else [v]
+    region.set_outputs(flat)
     return region
 
 
+def _gathered(outs: Sequence[Value], layout: Layout) -> list[Any]:
+    """A region node's outputs with each spread sequence gathered back (``layout`` from ``_region``)."""
+    it = iter(outs)
+    return [next(it) if shape is None else StaticSequence(tuple(next(it) for _ in range(shape[0])), shape[1])
+            for shape in layout]
+
+
+def _describe(layout: Layout) -> str:
+    return ", ".join("a tensor" if shape is None else f"a sequence of {shape[0]} {shape[1]} tensors"
+                     for shape in layout)
+
+
 def _captured_values(ctx: NodeContext, names: Sequence[str]) -> tuple[list[str], list[Value]]:
+    """The captured names that become region inputs, and the outer values fed to them (a
+    sequence's items that are not constants, in order)."""
     keep, vals = [], []
     for n in names:
         v = ctx.scope.lookup(n, ctx.label)
-        if v.const_value is None:
+        items = v.items if isinstance(v, StaticSequence) else (v,)
+        given = [x for x in items if x.const_value is None]
+        if given or not isinstance(v, StaticSequence) and v.const_value is None:
             keep.append(n)
-            vals.append(v)
+            vals += given
     return keep, vals
 
 
@@ -67,10 +106,15 @@ def _if(ctx: NodeContext):
         return ctx.imp.translate(branch, scope, [], f"branch of {ctx.label}")
     names = list(dict.fromkeys(free_names(else_g) + free_names(then_g)))
     _, vals = _captured_values(ctx, names)
-    regions = [_region(ctx, g, [], names, f"{ctx.node.name or 'if'}_{tag}") for g, tag in
-               ((else_g, "else"), (then_g, "then"))]
+    layouts: tuple[Layout, Layout] = ([], [])
+    regions = [_region(ctx, g, [], names, f"{ctx.node.name or 'if'}_{tag}", layout=lay) for g, tag, lay in
+               ((else_g, "else", layouts[0]), (then_g, "then", layouts[1]))]
+    if layouts[0] != layouts[1]:
+        raise ctx.unsupported(f"its then branch gives ({_describe(layouts[1])}) and its else branch "
+                              f"({_describe(layouts[0])}), so a sequence's length would be known only at run time; "
+                              "give both branches sequences of one length")
     pred = reshape(ctx, cond, ()) if cond.rank else cond
-    return list(ctx.b.node("cond", [pred] + vals, regions=regions).outputs)
+    return _gathered(ctx.b.node("cond", [pred] + vals, regions=regions).outputs, layouts[0])
 
 
 @rule("Scan")
@@ -154,6 +198,52 @@ def _condition_fixed(body: Any) -> bool:
     return False
 
 
+def _reads_sequences(ctx: NodeContext, graphs: Sequence[Any], given: Sequence[Any]) -> bool:
+    """Whether control flow is handed a sequence: as an input, or as a value its subgraphs read."""
+    outer = [ctx.scope.lookup(n, ctx.label) for g in graphs for n in free_names(g)]
+    return any(isinstance(v, StaticSequence) for v in list(given) + outer)
+
+
+def _unrolled_loop(ctx: NodeContext, body: Any, init: list[Any], n_scan: int) -> list[Any]:
+    """A Loop that carries or reads a sequence, unrolled at import: the body is imported once per
+    iteration into the enclosing graph, so its sequences stay lists of tensors.  The trip count
+    and each iteration's condition must be known at import."""
+    try:
+        trips = ctx.values(0, "trip count").item() if ctx.input(0) is not None else None
+        go = bool(ctx.values(1, "initial condition").item()) if ctx.input(1) is not None else True
+    except DynamicValueError as e:
+        raise DynamicValueError(f"{e} (it carries a sequence, so it is unrolled at import)", e.input_names) from None
+    iter_name, cond_name = body.input[0].name, body.input[1].name
+    state, scans = list(init), [[] for _ in range(n_scan)]
+    i = 0
+    while go and (trips is None or i < trips):
+        if i == MAX_UNROLLED_ITERATIONS:
+            raise ctx.unsupported(f"it carries a sequence, so it is unrolled at import, and it runs over "
+                                  f"{MAX_UNROLLED_ITERATIONS} iterations; carry tensors instead")
+        scope = ImportScope(ctx.imp, ctx.graph, ctx.scope, ctx.scope.opsets, closed=False,
+                            origin_prefix=f"{ctx.scope.origin_prefix}{ctx.node.name or 'loop'}/{i}/")
+        scope.define(iter_name, ctx.scalar(i, DType.i64))
+        scope.define(cond_name, ctx.scalar(True, DType.bool))
+        for vi, v in zip(body.input[2:], state):
+            scope.define(vi.name, v)
+        outs = ctx.imp.translate(body, scope, None, f"body of {ctx.label}, iteration {i}")
+        state = outs[1:1 + len(state)]
+        for k, y in enumerate(outs[1 + len(state):]):
+            scans[k].append(y)
+        known = ctx.imp.value_of(outs[0]) if isinstance(outs[0], Value) else None
+        if known is None or known.dtype == object:
+            raise ctx.unsupported("it carries a sequence, so it is unrolled at import, and its body decides at run "
+                                  "time whether to go on, so the sequence's length is not known at import")
+        go = bool(np.asarray(known).reshape(-1)[0])
+        i += 1
+    if any(not ys for ys in scans):
+        raise ctx.unsupported("scan outputs of a loop that carries a sequence and runs no iteration: their shape "
+                              "is not known at import")
+    stacked = [ctx.op("concat", *[ctx.op("unsqueeze", y, axes=(0,)) for y in ys], axis=0) if len(ys) > 1
+               else ctx.op("unsqueeze", ys[0], axes=(0,)) for ys in scans]
+    return state + stacked
+
+
 @rule("Loop")
 def _loop(ctx: NodeContext):
     body = ctx.attrs["body"]
@@ -164,6 +254,8 @@ def _loop(ctx: NodeContext):
     if len(body.input) != 2 + n_state or n_scan < 0:
         raise OnnxImportError(f"{ctx.label}: the body takes {len(body.input)} inputs and gives {len(body.output)} "
                               f"outputs for {n_state} loop-carried values")
+    if _reads_sequences(ctx, [body], init):
+        return _unrolled_loop(ctx, body, init, n_scan)
     iter_name, cond_name = body.input[0].name, body.input[1].name
     state_names = [vi.name for vi in body.input[2:]]
     fixed = _condition_fixed(body)

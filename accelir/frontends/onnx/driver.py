@@ -41,8 +41,8 @@ from ...errors import AccelirError, UnsupportedOpError, VerificationError
 from ...ir import Graph, TensorType, Value
 from ...unbacked import data_dependent_behind, deciding_input, deciding_inputs
 from . import (control_flow, dynamic, einsum, elementwise, indexing, microsoft, nn, pooling, quantize, recurrent,
-               reduce, sampling, shape, signal)
-from .context import MS_RULES, RULES, NodeContext
+               reduce, sampling, sequence, shape, signal)
+from .context import MS_RULES, RULES, NodeContext, StaticSequence
 from .evaluate import evaluate_known
 from .proto import (DTYPE_TO_ONNX, MAX_FUNCTION_DEPTH, MAX_INLINED_NODES, ONNX_DTYPES, DynamicValueError, ImportScope,
                     OnnxImportError, call_key, check_inline_budget, check_names, check_opsets, node_label, onnx_dtype,
@@ -50,7 +50,7 @@ from .proto import (DTYPE_TO_ONNX, MAX_FUNCTION_DEPTH, MAX_INLINED_NODES, ONNX_D
 
 # the rule modules, by op family: importing them registers their rules in RULES / MS_RULES
 RULE_MODULES = (control_flow, einsum, elementwise, indexing, microsoft, nn, pooling, quantize, recurrent, reduce,
-                sampling, shape, signal)
+                sampling, sequence, shape, signal)
 
 __all__ = ["import_onnx", "restore_onnx_interface", "OnnxSignature", "convert", "OUT_OF_SCOPE",
            "OUT_OF_SCOPE_DOMAINS"]
@@ -102,9 +102,11 @@ def _symbol_name(text: str) -> str:
 def _read_type(type_proto: Any, what: str, symbols: dict[str, str], fresh: Iterable[str]) -> TensorType:
     """A TensorType for a ValueInfo's type; unnamed unknown dims get fresh symbols."""
     kind = type_proto.WhichOneof("value")
+    if kind == "sequence_type":
+        raise UnsupportedOpError(f"{what} is a sequence; {SEQUENCE_IO}")
     if kind != "tensor_type":
         raise UnsupportedOpError(f"{what} has ONNX type {kind or 'unset'}; accelir graphs take and return tensors "
-                                 "only (sequence, map and optional types are out of scope)")
+                                 "only (map and optional types are out of scope)")
     tt = type_proto.tensor_type
     dtype = onnx_dtype(tt.elem_type, what)
     if not tt.HasField("shape"):
@@ -131,15 +133,17 @@ def _read_type(type_proto: Any, what: str, symbols: dict[str, str], fresh: Itera
 OUT_OF_SCOPE: dict[str, str] = {
     **{op: "string tensors" for op in ("StringConcat", "StringNormalizer", "StringSplit", "RegexFullMatch",
                                        "TfIdfVectorizer")},
-    **{op: "sequence / optional types" for op in (
-        "SequenceAt", "SequenceConstruct", "SequenceEmpty", "SequenceErase", "SequenceInsert", "SequenceLength",
-        "SequenceMap", "SplitToSequence", "ConcatFromSequence", "Optional", "OptionalGetElement",
-        "OptionalHasElement")},
+    **{op: "sequence / optional types" for op in ("Optional", "OptionalGetElement", "OptionalHasElement")},
     **{op: "random numbers" for op in ("Bernoulli", "RandomNormal", "RandomNormalLike", "RandomUniform",
                                        "RandomUniformLike", "Multinomial")},
     **{op: "training ops" for op in ("Adagrad", "Adam", "Momentum", "Gradient")},
     "ImageDecoder": "encoded image bytes",
 }
+
+# why a sequence cannot cross the graph's boundary, and what to do instead
+SEQUENCE_IO = ("a sequence is unrolled at import only when its length is known there, which a graph input's or "
+               "output's is not: pass or return its tensors as separate inputs / outputs (ConcatFromSequence can "
+               "join them into one)")
 
 # ops that read a domain other than the standard one, and why they are left out
 OUT_OF_SCOPE_DOMAINS: dict[str, str] = {
@@ -261,6 +265,12 @@ def convert(imp: Any, scope: ImportScope, node: Any, inputs: list[Value | None],
     if node.op_type in OUT_OF_SCOPE:
         raise UnsupportedOpError(f"{label}: {node.op_type} is out of scope for accelir "
                                  f"({OUT_OF_SCOPE[node.op_type]})", [node.op_type])
+    given = [i for i, v in enumerate(inputs) if isinstance(v, StaticSequence)]
+    if given and node.op_type not in sequence.TAKES_SEQUENCES:
+        raise OnnxImportError(f"{label}: input {given[0]} is {inputs[given[0]].describe()}, and {node.op_type} "
+                              "takes tensors; read an item with SequenceAt or join them with ConcatFromSequence")
+    if node.op_type == "Identity" and given:
+        return [inputs[0]]
     fn = RULES.get(node.op_type)
     if fn is not None:
         out = fn(ctx)
@@ -343,7 +353,7 @@ class _Importer:
             raise OnnxImportError(f"{label}: produces {len(node.output)} outputs, the mapping gave {len(outputs)}")
         for name, v in zip(node.output, outputs):
             if name and v is not None:
-                if v.name is None and v.producer is not None:
+                if isinstance(v, Value) and v.name is None and v.producer is not None:
                     v.name = _value_name(name)
                 scope.define(name, v)
 
@@ -376,7 +386,7 @@ class _Importer:
         decides, a value the import could not know): raise DynamicValueError naming the graph
         inputs that op reads, which ``static_inputs`` can bind."""
         for i, v in enumerate(inputs):
-            maker = data_dependent_behind(v) if v is not None else None
+            maker = data_dependent_behind(v) if isinstance(v, Value) else None
             if maker is None:
                 continue
             names = sorted(self.graph_inputs_behind(maker.inputs[deciding_input(maker)]))
@@ -384,7 +394,7 @@ class _Importer:
                                     f"{maker.describe()}, whose result the data decides: bind graph inputs {names} "
                                     "with import_onnx(..., static_inputs=...)", names) from None
         # or it reads a run-time value of the graph inputs that decide sizes elsewhere (a condition)
-        names = sorted({n for v in inputs if v is not None for n in self.graph_inputs_behind(v)}
+        names = sorted({n for v in inputs if isinstance(v, Value) for n in self.graph_inputs_behind(v)}
                        & set(deciding_inputs(self.main)))
         if names:
             raise DynamicValueError(f"{_with_label(label, e)}; it reads graph inputs {names}, which "
@@ -505,6 +515,8 @@ def import_onnx(model_or_path: Any, *, load_external: bool = True, base_dir: str
     outs = imp.translate(gproto, scope, None, f"graph {gproto.name!r}")
     for vi, v in zip(gproto.output, outs):
         tt = vi.type.tensor_type
+        if isinstance(v, StaticSequence) or vi.type.WhichOneof("value") == "sequence_type":
+            raise UnsupportedOpError(f"graph output {vi.name!r} is a sequence; {SEQUENCE_IO}")
         if vi.type.WhichOneof("value") not in (None, "tensor_type"):
             raise UnsupportedOpError(f"graph output {vi.name!r} has ONNX type {vi.type.WhichOneof('value')}; "
                                      "only tensors are supported")

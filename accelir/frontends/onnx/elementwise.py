@@ -231,6 +231,19 @@ def _swish(ctx: NodeContext):
     return [ctx.op("mul", x, ctx.op("sigmoid", ctx.op("mul", x, ctx.scalar(alpha, x))))]
 
 
+@rule("PRelu")
+def _prelu(ctx: NodeContext):
+    """PRelu before opset 16, which gives it a function body: the slope broadcasts to x (opset 7
+    on); before opset 7 a 1-d slope of x's channel count runs along axis 1, the channel-wise
+    form that torch's exporter wrote then."""
+    if ctx.opset >= 16:
+        return None
+    x, slope = ctx.input(0), ctx.input(1)
+    if ctx.opset < 7 and slope.rank == 1 and x.rank > 2 and slope.shape[0] == x.shape[1] != 1:
+        slope = reshape(ctx, slope, (slope.shape[0],) + (1,) * (x.rank - 2))
+    return [ctx.op("where", ctx.op("lt", x, ctx.scalar(0, x)), ctx.op("mul", x, slope), x)]
+
+
 @rule("Elu", "Selu", "Celu", "LeakyRelu", "ThresholdedRelu", "HardSigmoid", "HardSwish", "Softplus", "Softsign",
       "Mish", "Shrink")
 def _activation(ctx: NodeContext):
