@@ -1,0 +1,238 @@
+"""Data-dependent sizes on XLA: padded to an upper bound with a valid length, sliced at the outputs.
+
+Each model is compiled once and called at several sizes of its data-dependent dims; the
+results must equal onnxruntime running the original ONNX model and onnx's ReferenceEvaluator
+(shapes included).  The padding is never zero-filled on purpose: a consumer that read it
+(a sum, a max, a gather from the end) would give another number.  Nodes that cannot be
+padded right are refused by name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx.reference import ReferenceEvaluator
+
+import accelir
+from accelir.errors import AccelirError, LoweringError
+from accelir.frontends.onnx import import_onnx
+from accelir.ir import DType, Graph, TensorType
+from accelir.lowering.jax import stablehlo, to_jax
+from test_dynamic import CASES, _boxes, _model, _nonzero_gather, _ort, _rng, _with_nonzeros, detection_model
+
+
+def _check(model: onnx.ModelProto, compiled, feeds: dict[str, np.ndarray]) -> None:
+    want = ReferenceEvaluator(model).run(None, feeds)
+    direct = _ort(model, feeds)
+    got = [np.asarray(o) for o in compiled(*feeds.values())]
+    assert len(got) == len(want)
+    for i, (g, w, d) in enumerate(zip(got, want, direct)):
+        assert g.shape == w.shape == d.shape and g.dtype == w.dtype, f"output {i}: {g.shape} {w.shape} {d.shape}"
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6, err_msg=f"output {i} vs reference")
+        np.testing.assert_allclose(g, d, rtol=1e-6, atol=1e-6, err_msg=f"output {i} vs onnxruntime")
+
+
+def _compiled_once(compiled) -> None:
+    """One XLA program served every call: the lengths are traced values, not shapes."""
+    assert compiled._runner._jitted._cache_size() == 1
+
+
+def _graph(nodes, inputs, outputs, inits=(), opset: int = 17) -> onnx.ModelProto:
+    g = h.make_graph(nodes, "m", inputs, [h.make_empty_tensor_value_info(o) for o in outputs], list(inits))
+    return h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+
+
+def _i64(name: str, *values: int) -> onnx.TensorProto:
+    return h.make_tensor(name, T.INT64, [len(values)], list(values))
+
+
+# ----- NonZero -> Gather, and consumers that must mask the padding --------------------
+
+def test_nonzero_gather_compiled_once_runs_at_every_count() -> None:
+    model = _nonzero_gather()
+    compiled = accelir.optimize(model, (_with_nonzeros(3, 1),), backend="xla")
+    for n, seed in ((3, 1), (7, 2), (0, 3), (10, 4)):
+        _check(model, compiled, {"x": _with_nonzeros(n, seed)})
+    _compiled_once(compiled)
+
+
+def _masked_consumers() -> onnx.ModelProto:
+    """x[nonzero(x)] into every consumer whose result would read the padding if it were not masked."""
+    nodes = [h.make_node("NonZero", ["x"], ["nz"]), h.make_node("Squeeze", ["nz", "zero"], ["idx"]),
+             h.make_node("Gather", ["x", "idx"], ["y"]),
+             h.make_node("ReduceSum", ["y"], ["sum"], keepdims=0),
+             h.make_node("ReduceMean", ["y"], ["mean"], keepdims=0),
+             h.make_node("ReduceMax", ["y"], ["max"], keepdims=0),
+             h.make_node("ReduceMin", ["y"], ["min"], keepdims=0),
+             h.make_node("ArgMin", ["y"], ["argmin"], keepdims=0),
+             h.make_node("ArgMax", ["y"], ["argmax_last"], keepdims=0, select_last_index=1),
+             h.make_node("Gather", ["y", "minus_one"], ["last"]),
+             h.make_node("TopK", ["y", "two"], ["top", "top_i"], largest=0),
+             h.make_node("Unsqueeze", ["y", "one"], ["y2d"]),
+             h.make_node("Softmax", ["y2d"], ["soft"], axis=1)]
+    return _graph(nodes, [h.make_tensor_value_info("x", T.FLOAT, [10])],
+                  ["y", "sum", "mean", "max", "min", "argmin", "argmax_last", "last", "top", "top_i", "soft"],
+                  [_i64("zero", 0), _i64("one", 1), h.make_tensor("minus_one", T.INT64, [], [-1]), _i64("two", 2)])
+
+
+def test_reductions_argmax_topk_and_gather_from_the_end_ignore_the_padding() -> None:
+    model = _masked_consumers()
+    r = _rng(7)
+    x = np.where(r.uniform(size=10) < 0.5, 0, r.uniform(-3, -1, 10)).astype(np.float32)  # negatives: a max over 0s
+    x[[1, 4, 8]] = [-2.0, -1.5, -2.0]  # ties for the last index
+    compiled = accelir.optimize(model, (x,), backend="xla")
+    _check(model, compiled, {"x": x})
+    for n, seed in ((2, 8), (9, 9), (5, 10)):
+        y = _with_nonzeros(n, seed)
+        y[y != 0] *= -1
+        _check(model, compiled, {"x": y})
+    _compiled_once(compiled)
+
+
+# ----- Compress, TopK with a computed k, Unique ----------------------------------------
+
+def test_compress_then_reduce_sum_and_mean_over_the_selection() -> None:
+    nodes = [h.make_node("Greater", ["x", "thr"], ["cond"]),
+             h.make_node("ReduceMax", ["x", "one"], ["row_max"], keepdims=0),
+             h.make_node("Greater", ["row_max", "thr"], ["rows"]),
+             h.make_node("Compress", ["x", "rows"], ["picked"], axis=0),
+             h.make_node("ReduceSum", ["picked", "zero"], ["sum0"], keepdims=1),
+             h.make_node("ReduceMean", ["picked", "one"], ["mean1"], keepdims=0),
+             h.make_node("Reshape", ["cond", "minus_one"], ["flat"]),
+             h.make_node("Compress", ["x", "flat"], ["flat_picked"]),
+             h.make_node("ReduceSum", ["flat_picked"], ["flat_sum"], keepdims=0)]
+    model = _graph(nodes, [h.make_tensor_value_info("x", T.FLOAT, [6, 4])],
+                   ["picked", "sum0", "mean1", "flat_picked", "flat_sum"],
+                   [h.make_tensor("thr", T.FLOAT, [], [0.8]), _i64("zero", 0), _i64("one", 1),
+                    _i64("minus_one", -1)], opset=18)
+    compiled = None
+    for seed, scale in ((0, 1.0), (1, 1.3), (2, 0.85), (3, 0.5)):
+        x = (_rng(seed).uniform(0, 1, (6, 4)) * scale).astype(np.float32)
+        compiled = compiled or accelir.optimize(model, (x,), backend="xla")
+        _check(model, compiled, {"x": x})
+    _compiled_once(compiled)
+
+
+def test_topk_with_a_k_computed_from_the_data() -> None:
+    """k = the number of positive entries of each call; values and indices, then a sum of the top ones."""
+    nodes = [h.make_node("Greater", ["x", "zero_f"], ["pos"]), h.make_node("Cast", ["pos"], ["pos_i"], to=T.INT64),
+             h.make_node("ReduceSum", ["pos_i"], ["k"], keepdims=1),
+             h.make_node("TopK", ["x", "k"], ["values", "indices"], axis=0),
+             h.make_node("ReduceSum", ["values"], ["total"], keepdims=0)]
+    model = _graph(nodes, [h.make_tensor_value_info("x", T.FLOAT, [9])], ["values", "indices", "total"],
+                   [h.make_tensor("zero_f", T.FLOAT, [], [0.0])])
+    compiled = None
+    for seed, shift in ((0, 0.0), (1, 0.4), (2, -0.4), (3, -2.0)):
+        x = (_rng(seed).uniform(-1, 1, 9) + shift).astype(np.float32)
+        compiled = compiled or accelir.optimize(model, (x,), backend="xla")
+        assert "topk_dynamic" in {n.op for n in compiled.graph.nodes}
+        _check(model, compiled, {"x": x})
+    _compiled_once(compiled)
+
+
+@pytest.mark.parametrize("attrs", [{}, {"sorted": 0}, {"axis": 0}, {"axis": 0, "sorted": 0}],
+                         ids=["sorted", "first_seen", "rows", "rows_first_seen"])
+def test_unique_every_output_at_two_distinct_counts(attrs: dict) -> None:
+    shape = [8, 2] if "axis" in attrs else [12]
+    model = _graph([h.make_node("Unique", ["x"], ["y", "first", "inverse", "counts"], **attrs)],
+                   [h.make_tensor_value_info("x", T.INT64, shape)], ["y", "first", "inverse", "counts"], opset=17)
+    compiled = None
+    for seed, high in ((0, 3), (1, 9)):
+        x = _rng(seed).integers(0, high, shape).astype(np.int64)
+        compiled = compiled or accelir.optimize(model, (x,), backend="xla")
+        _check(model, compiled, {"x": x})
+    _compiled_once(compiled)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.ir_op in ("nonzero", "unique", "compress",
+                                                                   "non_max_suppression", "topk_dynamic")],
+                         ids=lambda c: c.id)
+def test_every_bounded_data_dependent_op_case_on_xla(case) -> None:
+    model = _model(case)
+    feeds = {f"in{i}": a for i, a in enumerate(case.inputs) if a is not None}
+    _check(model, to_jax(import_onnx(model)), feeds)
+
+
+# ----- detection post-processing -------------------------------------------------------
+
+def test_detection_postprocessing_on_xla_at_several_counts() -> None:
+    """score threshold -> NonZero -> Gather -> TopK (k = min(count, 6)) -> NonMaxSuppression, each
+    stage on padded buffers (NMS reads only the valid boxes), matching both oracles."""
+    model = detection_model()
+    compiled = None
+    counts = set()
+    for seed, scale in ((3, 1.0), (4, 0.4), (5, 0.33), (6, 1.0), (7, 0.2)):
+        r = _rng(seed)
+        boxes, scores = _boxes(r, 16)[0], (r.uniform(0, 1, 16) * scale).astype(np.float32)
+        compiled = compiled or accelir.optimize(model, (boxes, scores), backend="xla")
+        _check(model, compiled, {"boxes": boxes, "scores": scores})
+        counts.add(compiled(boxes, scores)[0].shape[0])
+    assert len(counts) >= 3, counts  # the number of boxes kept varied
+    _compiled_once(compiled)
+
+
+def test_nms_with_a_run_time_box_limit_pads_to_every_box() -> None:
+    case = next(c for c in CASES if c.id == "nms")
+    inputs = [case.inputs[0], case.inputs[1], np.asarray([2], np.int64), *case.inputs[3:]]
+    model = _model(type(case)(case.id, case.op, inputs, ir_op=case.ir_op))
+    compiled = accelir.optimize(model, tuple(inputs), backend="xla")
+    for cap in (2, 0, 12):
+        feeds = {f"in{i}": a for i, a in enumerate(inputs)}
+        feeds["in2"] = np.asarray([cap], np.int64)
+        _check(model, compiled, feeds)
+    _compiled_once(compiled)
+
+
+# ----- refusals ------------------------------------------------------------------------
+
+def _nonzero_2d() -> tuple[Graph, object]:
+    g = Graph("nz2")
+    x = g.add_input(TensorType(DType.f32, (3, 4)), "x")
+    return g, g.apply("nonzero", x)
+
+
+def test_reshape_merging_a_data_dependent_dim_is_refused_by_name() -> None:
+    g, nz = _nonzero_2d()
+    g.set_outputs([g.apply("reshape", nz, shape=(nz.shape[1], 2))])
+    with pytest.raises(LoweringError, match=r"reshape.*merges or splits a data-dependent dim.*backend=\"onnxruntime\""):
+        accelir.optimize(g, backend="xla")
+
+
+def test_concat_along_a_data_dependent_dim_is_refused_by_name() -> None:
+    g, nz = _nonzero_2d()
+    g.set_outputs([g.apply("concat", nz, nz, axis=1)])
+    with pytest.raises(LoweringError, match=r"concat.*output dim 2\*u0 is computed from a data-dependent dim.*"
+                                            r"onnxruntime"):
+        accelir.optimize(g, backend="xla")
+
+
+def test_unique_of_a_padded_value_and_softmax_along_it_are_refused() -> None:
+    g, nz = _nonzero_2d()
+    g.set_outputs([g.make("unique", [nz], {"axis": 1, "sorted": True}).outputs[0]])
+    with pytest.raises(LoweringError, match=r"unique.*size is itself data-dependent.*onnxruntime"):
+        to_jax(g)
+    g, nz = _nonzero_2d()
+    g.set_outputs([g.apply("softmax", g.apply("cast", nz, dtype=DType.f32), axis=1)])
+    with pytest.raises(LoweringError, match=r"softmax.*axis 1 of input 0"):
+        to_jax(g)
+
+
+def test_onnxruntime_still_runs_what_xla_refuses() -> None:
+    g, nz = _nonzero_2d()
+    g.set_outputs([g.apply("concat", nz, nz, axis=1)])
+    x = np.asarray([[0, 1, 0, 2], [3, 0, 0, 0], [0, 0, 0, 4]], np.float32)
+    got = accelir.optimize(g, backend="onnxruntime")(x)
+    want = np.asarray(np.nonzero(x))
+    np.testing.assert_array_equal(got, np.concatenate([want, want], axis=1))
+
+
+def test_export_and_sharding_refuse_padded_programs() -> None:
+    g = import_onnx(_nonzero_gather())
+    with pytest.raises(LoweringError, match=r"data-dependent sizes.*Export \.onnx instead"):
+        stablehlo(g)
+    compiled = accelir.optimize(_nonzero_gather(), (_with_nonzeros(3, 1),), backend="xla")
+    with pytest.raises(AccelirError, match="data-dependent sizes"):
+        compiled.export("/tmp/never-written.mlir")
