@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx.reference import ReferenceEvaluator
@@ -236,3 +237,42 @@ def test_export_and_sharding_refuse_padded_programs() -> None:
     compiled = accelir.optimize(_nonzero_gather(), (_with_nonzeros(3, 1),), backend="xla")
     with pytest.raises(AccelirError, match="data-dependent sizes"):
         compiled.export("/tmp/never-written.mlir")
+
+
+# ----- the torch frontend's data-dependent ops -----------------------------------------
+
+class _Selections(torch.nn.Module):
+    """Boolean indexing (whole shape, leading dim, inner dim), masked_select with a broadcast mask, nonzero
+    feeding advanced indexing, and nonzero as a tuple: each a data-dependent size, reduced or returned."""
+
+    def forward(self, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
+        pos = x[x > 0]
+        idx = torch.nonzero(x < -0.5)
+        r, c = torch.nonzero(x > 0.5, as_tuple=True)
+        return (pos.sum(), pos * 2, x[rows].mean(0), x[:, cols].amax(1), torch.masked_select(x, cols) + 1,
+                idx, x[idx[:, 0], idx[:, 1]], r * 4 + c)
+
+
+def _selection_inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(5, 4, generator=g)
+    rows = torch.rand(5, generator=g) < 0.6
+    rows[seed % 5] = True  # a mean over no rows is nan on every backend alike; keep one
+    return x, rows, torch.rand(4, generator=g) < 0.5
+
+
+@pytest.mark.parametrize("backend", ["xla", "onnxruntime"])
+def test_torch_boolean_indexing_masked_select_and_nonzero(backend: str) -> None:
+    model = _Selections()
+    compiled = accelir.optimize(model, _selection_inputs(0), backend=backend)
+    sizes = set()
+    for seed in (0, 1, 2):
+        args = _selection_inputs(seed)
+        got, want = compiled(*args), model(*args)
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert isinstance(g, torch.Tensor) and g.shape == w.shape and g.dtype == w.dtype, f"output {i}"
+            torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6, msg=f"output {i}")
+        sizes.add(tuple(w.shape[0] for w in want[1:]))
+    assert len(sizes) == 3, sizes  # the data-dependent sizes differ from call to call
+    if backend == "xla":
+        _compiled_once(compiled)

@@ -144,6 +144,9 @@ def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
         return None
     if opdef.elementwise or op in _MOVERS or op in MASKED:
         return None
+    if op == "gather_nd":  # each output entry reads one row of indices; negative ones count from a static end
+        return "a gather_nd from a value whose size is data-dependent" \
+            if unbacked_axes(node.inputs[0].type, syms) else None
     if op == "reshape":
         return None if _reshape_keeps_axes(node, syms) else \
             "a reshape that merges or splits a data-dependent dim with others"
