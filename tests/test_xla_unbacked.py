@@ -276,3 +276,14 @@ def test_torch_boolean_indexing_masked_select_and_nonzero(backend: str) -> None:
     assert len(sizes) == 3, sizes  # the data-dependent sizes differ from call to call
     if backend == "xla":
         _compiled_once(compiled)
+
+
+def test_a_data_dependent_dim_broadcast_against_a_static_size_is_refused() -> None:
+    """The type rule takes u0 to equal 5 there; padded, XLA would add the padding as if it were values."""
+    g, nz = _nonzero_2d()
+    row = g.apply("reshape", g.apply("slice", nz, starts=(0,), stops=(1,), steps=(1,), axes=(0,)),
+                  shape=(nz.shape[1],))
+    g.set_outputs([g.apply("add", row, g.const(np.arange(5, dtype=np.int64), name="five"))])
+    assert g.outputs[0].shape == (5,)
+    with pytest.raises(LoweringError, match=r"add.*broadcasts the data-dependent dim u0 against size 5.*onnxruntime"):
+        to_jax(g)

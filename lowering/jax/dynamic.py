@@ -89,8 +89,9 @@ def _compress(ctx, x, cond, *, axis, **attrs):
     cond = _fill(cond, _valid(ctx, 1, cond.shape), False)
     bound = min(data.shape[ax], cond.shape[0])
     cond = cond[:bound]
-    if axis is not None and _valid(ctx, 0, x.shape, {ax}) is not None:  # x's own length caps the selection
-        sym = unbacked_axes(ctx.node.inputs[0].type, ctx.lowering.lengths)[ax]
+    sym = unbacked_axes(ctx.node.inputs[0].type, ctx.lowering.lengths).get(ax) if axis is not None or x.ndim == 1 \
+        else None
+    if sym is not None:  # x's own length caps the selection (a flattened x is 1-d or static: padding.py)
         cond = cond & (jnp.arange(bound, dtype=_I64) < ctx.length(sym))
     _set_lengths(ctx, jnp.sum(cond, dtype=_I64))
     return jnp.take(data, jnp.nonzero(cond, size=bound, fill_value=0)[0], axis=ax)

@@ -38,7 +38,7 @@ PRODUCERS = frozenset({"nonzero", "compress", "unique", "non_max_suppression", "
 MASKED = frozenset({"reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "reduce_prod", "reduce_any",
                     "reduce_all", "argmax", "argmin", "topk", "gather"})
 # ops that move entries without mixing them along any axis
-_MOVERS = frozenset({"transpose", "squeeze", "unsqueeze", "broadcast_to", "iota", "constant"})
+_MOVERS = frozenset({"transpose", "squeeze", "unsqueeze", "iota", "constant"})
 # ops that mix entries along the axes ``_mixed_axes`` names; fine where none of those is unbacked
 _AXIS_OPS = frozenset({"softmax", "log_softmax", "cumsum", "cumprod", "cummax", "cummin", "layer_norm", "rms_norm",
                        "sort", "concat", "take_along_axis", "matmul", "linear", "slice", "reverse"})
@@ -84,9 +84,9 @@ def _touched(node: Node, syms: Any) -> set[str]:
 def _mixed_axes(node: Node) -> list[tuple[int, int]]:
     """(input index, axis) pairs along which ``node`` mixes entries (an op of ``_AXIS_OPS``)."""
     x = node.inputs[0]
-    if node.op in ("matmul", "linear"):
+    if node.op in ("matmul", "linear"):  # linear's w is [K, N] as matmul's
         w = node.inputs[1]
-        return [(0, x.rank - 1)] + ([(1, max(w.rank - 2, 0))] if node.op == "matmul" else [(1, w.rank - 1)])
+        return [(0, x.rank - 1), (1, max(w.rank - 2, 0))]
     if node.op == "concat":
         return [(i, node.attrs["axis"] % x.rank) for i in range(len(node.inputs))]
     if node.op == "slice":
@@ -104,6 +104,17 @@ def _bare(node: Node, syms: Any) -> str | None:
         for d in v.shape:
             if _mentions(d, syms) and d not in syms:
                 return f"its output dim {d} is computed from a data-dependent dim"
+    return None
+
+
+def _why_broadcast(node: Node, syms: Any) -> str | None:
+    """An unbacked dim broadcast against a static size is assumed equal to it by the type rule; on a padded
+    buffer that would treat the padding as values, so each one must reach the output as itself."""
+    out = node.outputs[0].shape
+    for v in node.inputs:
+        for k, d in enumerate(v.shape):
+            if d in syms and out[len(out) - v.rank + k] != d:
+                return f"it broadcasts the data-dependent dim {d} against size {out[len(out) - v.rank + k]}"
     return None
 
 
@@ -142,8 +153,15 @@ def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
             if set(unbacked_axes(boxes, syms)) - {1} or set(unbacked_axes(scores, syms)) - {2}:
                 return "non_max_suppression with a data-dependent batch or class count"
         return None
-    if opdef.elementwise or op in _MOVERS or op in MASKED:
+    if opdef.elementwise or op == "broadcast_to":
+        return _why_broadcast(node, syms)
+    if op in _MOVERS or op in MASKED:
         return None
+    if op == "take_along_axis":  # the rule cuts x to the indices' other dims: those must be x's own
+        x, idx = node.inputs[0].shape, node.inputs[1].shape
+        ax = node.attrs["axis"] % len(x)
+        if any(d in syms and x[k] != d for k, d in enumerate(idx) if k != ax):
+            return "a take_along_axis whose indices have a data-dependent dim the value lacks"
     if op == "gather_nd":  # each output entry reads one row of indices; negative ones count from a static end
         return "a gather_nd from a value whose size is data-dependent" \
             if unbacked_axes(node.inputs[0].type, syms) else None
