@@ -287,3 +287,23 @@ def test_a_data_dependent_dim_broadcast_against_a_static_size_is_refused() -> No
     assert g.outputs[0].shape == (5,)
     with pytest.raises(LoweringError, match=r"add.*broadcasts the data-dependent dim u0 against size 5.*onnxruntime"):
         to_jax(g)
+
+
+class _MaskedSum(torch.nn.Module):
+    def forward(self, x: torch.Tensor):
+        y = x[x > 0]
+        return y.sum(), y * 2, torch.nonzero(x)
+
+
+def test_a_dynamic_batch_and_a_data_dependent_size_together_on_xla() -> None:
+    """The bound follows the batch each call brings (one program per batch size, none per count)."""
+    model = _MaskedSum()
+    batch = torch.export.Dim("batch", min=2, max=64)
+    compiled = accelir.optimize(model, (torch.randn(4, 3),), backend="xla", dynamic_shapes={"x": {0: batch}})
+    g = torch.Generator().manual_seed(5)
+    for b in (4, 9, 9):
+        x = torch.randn(b, 3, generator=g)
+        for i, (got, want) in enumerate(zip(compiled(x), model(x))):
+            assert got.shape == want.shape, f"output {i}"
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=f"output {i}")
+    assert compiled._runner._jitted._cache_size() == 2
