@@ -20,7 +20,7 @@ length, outside jit, so one compiled program serves every length.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from accelir import dims as D
 from accelir.errors import LoweringError
@@ -44,13 +44,6 @@ _AXIS_OPS = frozenset({"softmax", "log_softmax", "cumsum", "cumprod", "cummax", 
                        "sort", "concat", "take_along_axis", "matmul", "linear", "slice", "reverse"})
 
 REMEDY = 'compile with backend="onnxruntime", which runs data-dependent sizes as they come'
-
-
-def _walk(graph: Graph) -> Iterator[Node]:
-    for node in graph.nodes:
-        yield node
-        for region in node.regions:
-            yield from _walk(region)
 
 
 def unbacked_axes(t: TensorType, syms: Any) -> dict[int, str]:
