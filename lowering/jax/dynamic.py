@@ -226,9 +226,9 @@ for _op in _IDENTITY:
 def _reduce_mean(ctx, x, *, axes, keepdims):
     red = positive_axes(axes, x.ndim)
     mask = _valid(ctx, 0, x.shape, set(red))
-    total = JAX_RULES["reduce_sum"](ctx, _fill(x, mask, 0), axes=axes, keepdims=keepdims)
     if mask is None:
         return JAX_RULES["reduce_mean"](ctx, x, axes=axes, keepdims=keepdims)
+    total = JAX_RULES["reduce_sum"](ctx, _fill(x, mask, 0), axes=axes, keepdims=keepdims)
     count = jnp.sum(jnp.broadcast_to(mask, x.shape), axis=red, keepdims=keepdims, dtype=_I64)
     return total / count.astype(total.dtype)
 
