@@ -250,7 +250,7 @@ class _Selections(torch.nn.Module):
         idx = torch.nonzero(x < -0.5)
         r, c = torch.nonzero(x > 0.5, as_tuple=True)
         return (pos.sum(), pos * 2, x[rows].mean(0), x[:, cols].amax(1), torch.masked_select(x, cols) + 1,
-                idx, x[idx[:, 0], idx[:, 1]], r * 4 + c)
+                idx, x[idx[:, 0], idx[:, 1]], r * 4 + c, torch.sort(pos).values)
 
 
 def _selection_inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -307,3 +307,15 @@ def test_a_dynamic_batch_and_a_data_dependent_size_together_on_xla() -> None:
             assert got.shape == want.shape, f"output {i}"
             torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=f"output {i}")
     assert compiled._runner._jitted._cache_size() == 2
+
+
+def test_smallest_topk_keeps_a_nan_value_ahead_of_the_padding() -> None:
+    """Ascending, a NaN sorts after +inf: padding filled with +inf would be taken before it."""
+    nodes = [h.make_node("NonZero", ["x"], ["nz"]), h.make_node("Squeeze", ["nz", "zero"], ["idx"]),
+             h.make_node("Gather", ["x", "idx"], ["y"]), h.make_node("TopK", ["y", "three"], ["v", "i"], largest=0)]
+    model = _graph(nodes, [h.make_tensor_value_info("x", T.FLOAT, [8])], ["v", "i"],
+                   [_i64("zero", 0), _i64("three", 3)])
+    x = np.asarray([0, np.nan, 2, 0, 1, 0, 0, 0], np.float32)
+    compiled = accelir.optimize(model, (x,), backend="xla")
+    _check(model, compiled, {"x": x})
+    _check(model, compiled, {"x": np.asarray([5, 0, 3, np.nan, 0, 0, 4, np.inf], np.float32)})

@@ -64,6 +64,14 @@ def _extreme(dtype: Any, high: bool) -> Any:
     return info.max if high else info.min
 
 
+def _sort_fill(dtype: Any, descending: bool) -> Any:
+    """What padding holds to sort after every value: NaN, not +inf, ascending (a NaN value sorts after
+    +inf, and a tie keeps the lower index, the value's)."""
+    if jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+        return -np.inf if descending else np.nan
+    return _extreme(dtype, not descending)
+
+
 def _fill(x: Any, mask: Any, value: Any) -> Any:
     return x if mask is None else jnp.where(mask, x, jnp.asarray(value, x.dtype))
 
@@ -101,7 +109,7 @@ def _compress(ctx, x, cond, *, axis, **attrs):
 def _topk_dynamic(ctx, x, k, *, axis, largest, **attrs):
     ax = axis % x.ndim
     mask = _valid(ctx, 0, x.shape, {ax})
-    values, order = JAX_RULES["sort"](ctx, _fill(x, mask, _extreme(x.dtype, not largest)), axis=ax,
+    values, order = JAX_RULES["sort"](ctx, _fill(x, mask, _sort_fill(x.dtype, largest)), axis=ax,
                                       descending=largest)
     valid = x.shape[ax] if mask is None else ctx.length(ctx.node.inputs[0].shape[ax])
     _set_lengths(ctx, jnp.clip(k.reshape(-1)[0].astype(_I64), 0, valid))
@@ -258,8 +266,15 @@ register_padded("argmin")(_masked_arg("argmin", False))
 @register_padded("topk")
 def _topk(ctx, x, *, k, axis, largest):
     ax = axis % x.ndim
-    x = _fill(x, _valid(ctx, 0, x.shape, {ax}), _extreme(x.dtype, not largest))
+    x = _fill(x, _valid(ctx, 0, x.shape, {ax}), _sort_fill(x.dtype, largest))
     return JAX_RULES["topk"](ctx, x, k=k, axis=axis, largest=largest)
+
+
+@register_padded("sort")
+def _sort(ctx, x, *, axis, descending):
+    ax = axis % x.ndim
+    x = _fill(x, _valid(ctx, 0, x.shape, {ax}), _sort_fill(x.dtype, descending))
+    return JAX_RULES["sort"](ctx, x, axis=axis, descending=descending)
 
 
 @register_padded("gather")
