@@ -210,14 +210,17 @@ def test_concat_along_a_data_dependent_dim_is_refused_by_name() -> None:
         accelir.optimize(g, backend="xla")
 
 
-def test_unique_of_a_padded_value_and_softmax_along_it_are_refused() -> None:
+def test_unique_of_a_padded_value_and_a_matmul_contracting_it_are_refused() -> None:
     g, nz = _nonzero_2d()
     g.set_outputs([g.make("unique", [nz], {"axis": 1, "sorted": True}).outputs[0]])
     with pytest.raises(LoweringError, match=r"unique.*size is itself data-dependent.*onnxruntime"):
         to_jax(g)
     g, nz = _nonzero_2d()
-    g.set_outputs([g.apply("softmax", g.apply("cast", nz, dtype=DType.f32), axis=1)])
-    with pytest.raises(LoweringError, match=r"softmax.*axis 1 of input 0"):
+    f = g.apply("cast", nz, dtype=DType.f32)
+    g.set_outputs([g.apply("matmul", f, g.apply("transpose", f, perm=(1, 0)))])
+    assert g.outputs[0].shape == (2, 2)
+    with pytest.raises(LoweringError, match=r"matmul.*mixes entries along axis 1 of input 0, whose size is "
+                                            r"data-dependent"):
         to_jax(g)
 
 
@@ -319,3 +322,17 @@ def test_smallest_topk_keeps_a_nan_value_ahead_of_the_padding() -> None:
     compiled = accelir.optimize(model, (x,), backend="xla")
     _check(model, compiled, {"x": x})
     _check(model, compiled, {"x": np.asarray([5, 0, 3, np.nan, 0, 0, 4, np.inf], np.float32)})
+
+
+def test_softmax_and_cumulative_sums_along_a_padded_axis() -> None:
+    nodes = [h.make_node("NonZero", ["x"], ["nz"]), h.make_node("Squeeze", ["nz", "zero"], ["idx"]),
+             h.make_node("Gather", ["x", "idx"], ["y"]), h.make_node("Softmax", ["y"], ["soft"], axis=0),
+             h.make_node("LogSoftmax", ["y"], ["log_soft"], axis=0),
+             h.make_node("CumSum", ["y", "axis"], ["rev"], reverse=1),
+             h.make_node("CumSum", ["y", "axis"], ["rev_excl"], reverse=1, exclusive=1)]
+    model = _graph(nodes, [h.make_tensor_value_info("x", T.FLOAT, [10])], ["soft", "log_soft", "rev", "rev_excl"],
+                   [_i64("zero", 0), h.make_tensor("axis", T.INT64, [], [0])])
+    compiled = accelir.optimize(model, (_with_nonzeros(3, 1),), backend="xla")
+    for n, seed in ((3, 1), (8, 2), (1, 3)):
+        _check(model, compiled, {"x": _with_nonzeros(n, seed)})
+    _compiled_once(compiled)

@@ -277,6 +277,22 @@ def _sort(ctx, x, *, axis, descending):
     return JAX_RULES["sort"](ctx, x, axis=axis, descending=descending)
 
 
+# ops along one axis whose padded entries, so filled, leave every valid result as it is
+_ALONG = {"softmax": lambda dt: -np.inf, "log_softmax": lambda dt: -np.inf, "cumsum": lambda dt: 0,
+          "cumprod": lambda dt: 1, "cummax": lambda dt: _extreme(dt, False), "cummin": lambda dt: _extreme(dt, True)}
+
+
+def _masked_along(op: str):
+    def rule(ctx, x, **attrs):
+        mask = _valid(ctx, 0, x.shape, {attrs["axis"] % x.ndim}) if x.ndim else None
+        return JAX_RULES[op](ctx, _fill(x, mask, _ALONG[op](x.dtype)), **attrs)
+    return rule
+
+
+for _op in _ALONG:
+    register_padded(_op)(_masked_along(_op))
+
+
 @register_padded("gather")
 def _gather(ctx, x, idx, *, axis):
     """A negative index counts from the value's end, not from the end of its padded buffer."""

@@ -36,12 +36,12 @@ __all__ = ["PRODUCERS", "MASKED", "check_padding", "output_symbols", "introduced
 PRODUCERS = frozenset({"nonzero", "compress", "unique", "non_max_suppression", "topk_dynamic"})
 # ops whose padded rule masks the padding of an axis it mixes (reduced, sorted, indexed)
 MASKED = frozenset({"reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "reduce_prod", "reduce_any",
-                    "reduce_all", "argmax", "argmin", "topk", "sort", "gather"})
+                    "reduce_all", "argmax", "argmin", "topk", "sort", "gather", "softmax", "log_softmax", "cumsum",
+                    "cumprod", "cummax", "cummin"})
 # ops that move entries without mixing them along any axis
 _MOVERS = frozenset({"transpose", "squeeze", "unsqueeze", "iota", "constant"})
 # ops that mix entries along the axes ``_mixed_axes`` names; fine where none of those is unbacked
-_AXIS_OPS = frozenset({"softmax", "log_softmax", "cumsum", "cumprod", "cummax", "cummin", "layer_norm", "rms_norm",
-                       "concat", "take_along_axis", "matmul", "linear", "slice", "reverse"})
+_AXIS_OPS = frozenset({"layer_norm", "rms_norm", "concat", "take_along_axis", "matmul", "linear", "slice", "reverse"})
 
 REMEDY = 'compile with backend="onnxruntime", which runs data-dependent sizes as they come'
 
