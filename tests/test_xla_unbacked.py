@@ -21,7 +21,8 @@ import accelir
 from accelir.errors import AccelirError, LoweringError
 from accelir.frontends.onnx import import_onnx
 from accelir.ir import DType, Graph, TensorType
-from accelir.lowering.jax import stablehlo, to_jax
+from accelir.lowering.jax import JAX_RULES, PADDED_RULES, stablehlo, to_jax
+from accelir.lowering.jax.padding import MASKED, PRODUCERS
 from test_dynamic import CASES, _boxes, _model, _nonzero_gather, _ort, _rng, _with_nonzeros, detection_model
 
 
@@ -188,6 +189,12 @@ def test_nms_with_a_run_time_box_limit_pads_to_every_box() -> None:
 
 
 # ----- refusals ------------------------------------------------------------------------
+
+def test_every_masked_op_has_a_padded_rule_and_every_producer_a_rule_of_its_own() -> None:
+    assert sorted(MASKED - set(PADDED_RULES)) == []
+    refuse = JAX_RULES["range_dynamic"]
+    assert [op for op in sorted(PRODUCERS) if JAX_RULES[op] is refuse] == []
+
 
 def _nonzero_2d() -> tuple[Graph, object]:
     g = Graph("nz2")
