@@ -116,6 +116,46 @@ def _topk_dynamic(ctx, x, k, *, axis, largest, **attrs):
     return [values, order]
 
 
+def _slice_bounds(s: Any, e: Any, st: Any, n: Any) -> tuple[Any, Any]:
+    """ONNX Slice's start and length on a dim of length ``n``: negative starts and ends count from the end,
+    then clamp by the step's sign (as ``accelir.ops.dynamic.onnx_slice``); a step of 0 selects nothing."""
+    s, e = jnp.where(s < 0, s + n, s), jnp.where(e < 0, e + n, e)
+    up = st > 0
+    s = jnp.where(up, jnp.clip(s, 0, n), jnp.clip(s, 0, n - 1))
+    e = jnp.where(up, jnp.clip(e, 0, n), jnp.clip(e, -1, n - 1))
+    span, stride = jnp.where(up, e - s, s - e), jnp.maximum(jnp.abs(st), 1)
+    return s, jnp.where(st == 0, 0, jnp.maximum((span + stride - 1) // stride, 0))
+
+
+@register_lowering("slice_dynamic")
+def _slice_dynamic(ctx, x, starts, ends, *rest, axes, **attrs):
+    """Each sliced dim gathered from its run-time start by its step, to the dim's own size (the bound)."""
+    rest = list(rest)
+    k = starts.shape[0]
+    wanted = rest.pop(0) if axes is None and rest else jnp.asarray(tuple(axes or range(k)), _I64)
+    wanted = wanted.astype(_I64) % x.ndim
+    steps = rest[0] if rest else jnp.ones(k, _I64)
+    padded = unbacked_axes(ctx.node.inputs[0].type, ctx.lowering.lengths)
+    lengths = []
+    for a, d in enumerate(ctx.node.outputs[0].shape):
+        if d not in introduced(ctx.node):
+            continue
+        n = ctx.length(padded[a]) if a in padded else x.shape[a]
+        hit = wanted == a
+        found = jnp.any(hit)
+
+        def pick(v: Any, default: Any) -> Any:
+            return jnp.where(found, jnp.sum(jnp.where(hit, v.astype(_I64), 0)), default)
+
+        st = pick(steps, 1)
+        s, length = _slice_bounds(pick(starts, 0), pick(ends, n), st, n)
+        idx = jnp.clip(s + jnp.arange(x.shape[a], dtype=_I64) * st, 0, x.shape[a] - 1)
+        x = jnp.take(x, idx, axis=a)
+        lengths.append(length)
+    _set_lengths(ctx, *lengths)
+    return x
+
+
 @register_lowering("unique")
 def _unique(ctx, x, *, axis, sorted, **attrs):
     data, ax = (x.reshape(-1), None) if axis is None else (x, axis % x.ndim)

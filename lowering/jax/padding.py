@@ -6,7 +6,7 @@ first ``length`` entries along that axis are the value, the rest is padding whos
 are unspecified.  A node is lowered on such buffers only where that is provably right:
 
 - *producers* (``PRODUCERS``) compute the padded buffer and the length; their bound comes from
-  their input shapes (NonZero: the element count; Compress: the axis size; ...);
+  their input shapes (NonZero: the element count; Compress, TopK and Slice: the axis size; ...);
 - *transparent* nodes work on the padded buffer as they are: each valid output entry reads
   only valid input entries (elementwise ops, transposes, a gather whose indices are padded);
 - *masked* nodes (``MASKED``) mix entries along an unbacked axis (a reduction over it, a top-k
@@ -33,7 +33,7 @@ __all__ = ["PRODUCERS", "MASKED", "check_padding", "output_symbols", "introduced
            "refusal"]
 
 # data-dependent ops whose output size has an upper bound given their input shapes
-PRODUCERS = frozenset({"nonzero", "compress", "unique", "non_max_suppression", "topk_dynamic"})
+PRODUCERS = frozenset({"nonzero", "compress", "unique", "non_max_suppression", "topk_dynamic", "slice_dynamic"})
 # ops whose padded rule masks the padding of an axis it mixes (reduced, sorted, indexed)
 MASKED = frozenset({"reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "reduce_prod", "reduce_any",
                     "reduce_all", "argmax", "argmin", "topk", "sort", "gather", "softmax", "log_softmax", "cumsum",
