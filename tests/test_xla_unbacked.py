@@ -9,6 +9,7 @@ padded right are refused by name.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import onnx
 import pytest
@@ -263,13 +264,18 @@ def test_onnxruntime_still_runs_what_xla_refuses() -> None:
     np.testing.assert_array_equal(got, np.concatenate([want, want], axis=1))
 
 
-def test_export_and_sharding_refuse_padded_programs() -> None:
+def test_export_and_sharding_refuse_padded_programs(tmp_path) -> None:
     g = import_onnx(_nonzero_gather())
     with pytest.raises(LoweringError, match=r"data-dependent sizes.*Export \.onnx instead"):
         stablehlo(g)
     compiled = accelir.optimize(_nonzero_gather(), (_with_nonzeros(3, 1),), backend="xla")
     with pytest.raises(AccelirError, match="data-dependent sizes"):
-        compiled.export("/tmp/never-written.mlir")
+        compiled.export(str(tmp_path / "never-written.mlir"))
+    assert not list(tmp_path.iterdir())
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    with pytest.raises(AccelirError, match="data-dependent sizes, which a sharded program does not pad"):
+        accelir.optimize(_nonzero_gather(), (_with_nonzeros(3, 1),), backend="xla", mesh=mesh,
+                         sharding="data-parallel")
 
 
 # ----- the torch frontend's data-dependent ops -----------------------------------------
