@@ -2,7 +2,7 @@
 
 XLA compiles static shapes; these ops' output sizes come from run-time values.  Where the
 input shapes bound the size (``padding.PRODUCERS``: NonZero, Compress, Unique,
-NonMaxSuppression, TopK with a run-time k) the rule computes a buffer of the bound's size and
+NonMaxSuppression, TopK and Slice with run-time operands) the rule computes a buffer of the bound's size and
 records the valid length (``ctx.set_length``); the graph's consumers of such a dim run on the
 buffer as it is, or through the masked rules below (``register_padded``), and the runner
 slices the outputs (lowering/jax/padding.py says which nodes may do what).  The other ops
@@ -19,19 +19,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from accelir.errors import LoweringError
 from accelir.ops.dynamic import DATA_DEPENDENT_OPS
-from accelir.unbacked import introduced, why_data_dependent
+from accelir.unbacked import introduced
 
 from .context import JAX_RULES, RuleContext, register_lowering, register_padded
-from .padding import PRODUCERS, unbacked_axes
+from .padding import PRODUCERS, no_bound, unbacked_axes
 from .reduce import positive_axes
 
 _I64 = jnp.int64
 
 
 def _refuse(ctx, *args, **attrs):
-    raise LoweringError(why_data_dependent(ctx.node))
+    raise no_bound(ctx.node)
 
 
 for _op in DATA_DEPENDENT_OPS:
@@ -54,7 +53,7 @@ def _valid(ctx: RuleContext, i: int, shape: tuple[int, ...], axes: Any = None) -
 
 
 def _extreme(dtype: Any, high: bool) -> Any:
-    """The dtype's highest (or lowest) value: what a max (min) ignores."""
+    """The dtype's highest (or lowest) value: padding that a min (max) passes over."""
     dtype = jnp.dtype(dtype)
     if dtype == jnp.bool_:
         return high

@@ -30,7 +30,7 @@ from accelir.ops.dynamic import DATA_DEPENDENT_OPS
 from accelir.unbacked import introduced, unbacked_dims, why_data_dependent
 
 __all__ = ["PRODUCERS", "MASKED", "check_padding", "output_symbols", "introduced_sizes", "unbacked_axes",
-           "refusal"]
+           "refusal", "no_bound"]
 
 # data-dependent ops whose output size has an upper bound given their input shapes
 PRODUCERS = frozenset({"nonzero", "compress", "unique", "non_max_suppression", "topk_dynamic", "slice_dynamic"})
@@ -59,6 +59,12 @@ def refusal(node: Node, why: str) -> LoweringError:
     """The one-line refusal of ``node`` on XLA: what it does with the data-dependent dim, and the remedy."""
     return LoweringError(f"{node.describe()}: {why}; the XLA lowering pads data-dependent sizes only where the "
                          f"result is provably the same; {REMEDY}")
+
+
+def no_bound(node: Node) -> LoweringError:
+    """The refusal of a data-dependent op whose size has no upper bound to pad to."""
+    return LoweringError(why_data_dependent(node).replace(
+        "and this backend needs static sizes", "it has no upper bound, and XLA needs static sizes"))
 
 
 def _touched(node: Node, syms: Any) -> set[str]:
@@ -202,8 +208,7 @@ def check_padding(graph: Graph) -> None:
 def _check(graph: Graph, syms: set[str], in_region: bool) -> None:
     for node in graph.nodes:
         if node.op in DATA_DEPENDENT_OPS and node.op not in PRODUCERS:
-            raise LoweringError(why_data_dependent(node).replace(
-                "and this backend needs static sizes", "it has no upper bound, and XLA needs static sizes"))
+            raise no_bound(node)
         if _touched(node, syms) or node.op in PRODUCERS:
             why = _why_not(node, syms, in_region)
             if why is not None:
