@@ -135,7 +135,7 @@ def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
     op = node.op
     opdef = registry.get(op)
     if op in DATA_DEPENDENT_OPS and op not in PRODUCERS:
-        return None  # refused with why_data_dependent by the caller
+        return None  # _check refuses it first (no_bound)
     if in_region and op in PRODUCERS:
         return "a data-dependent size inside a region (loop or branch body)"
     bare = _bare(node, syms)
