@@ -175,6 +175,23 @@ def test_unique_every_output_at_two_distinct_counts(attrs: dict) -> None:
     _compiled_once(compiled)
 
 
+@pytest.mark.parametrize("attrs", [{}, {"sorted": 0}], ids=["sorted", "first_seen"])
+def test_unique_of_a_selection_leaves_the_padding_out(attrs: dict) -> None:
+    """Unique of x[nonzero(x)]: the padding (copies of some entry) must add no value and no count."""
+    nodes = [h.make_node("NonZero", ["x"], ["nz"]), h.make_node("Squeeze", ["nz", "zero"], ["idx"]),
+             h.make_node("Gather", ["x", "idx"], ["y"]),
+             h.make_node("Unique", ["y"], ["values", "first", "inverse", "counts"], **attrs)]
+    model = _graph(nodes, [h.make_tensor_value_info("x", T.FLOAT, [12])], ["values", "first", "inverse", "counts"],
+                   [_i64("zero", 0)])
+    compiled = None
+    for seed, zeros in ((0, 0.3), (1, 0.7), (2, 0.0)):
+        r = _rng(seed)
+        x = np.where(r.uniform(size=12) < zeros, 0, r.choice([-1.5, 2.0, 3.25, -7.0], 12)).astype(np.float32)
+        compiled = compiled or accelir.optimize(model, (x,), backend="xla")
+        _check(model, compiled, {"x": x})
+    _compiled_once(compiled)
+
+
 @pytest.mark.parametrize("case", [c for c in CASES if c.ir_op in PRODUCERS], ids=lambda c: c.id)
 def test_every_bounded_data_dependent_op_case_on_xla(case) -> None:
     model = _model(case)

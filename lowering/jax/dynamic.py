@@ -155,19 +155,47 @@ def _slice_dynamic(ctx, x, starts, ends, *rest, axes, **attrs):
     return x
 
 
+def _unique_flat(data: Any, valid: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """numpy's sorted unique of the valid entries of 1-d ``data`` (NaNs one value, as ``equal_nan``),
+    padded to ``data``'s size: values, first indices, the inverse map, counts, and how many there are.
+    A stable sort by (padding, value) puts each value's first index first and the padding last."""
+    n = data.shape[0]
+    keys = data.astype(jnp.uint8) if data.dtype == jnp.bool_ else data
+    pad, v, pos = lax.sort(((~valid).astype(jnp.uint8), keys, jnp.arange(n, dtype=_I64)), num_keys=2,
+                           is_stable=True)
+    same = v[1:] == v[:-1]
+    if jnp.issubdtype(v.dtype, jnp.floating):
+        same = same | (jnp.isnan(v[1:]) & jnp.isnan(v[:-1]))
+    ok = pad == 0
+    start = ok & jnp.concatenate([jnp.ones(1, bool), ~same])
+    group = jnp.cumsum(start, dtype=_I64) - 1
+    slot = jnp.where(start, group, n)  # n: dropped
+    y = jnp.zeros(n, data.dtype).at[slot].set(v.astype(data.dtype), mode="drop")
+    first = jnp.zeros(n, _I64).at[slot].set(pos, mode="drop")
+    counts = jnp.zeros(n, _I64).at[jnp.where(ok, group, n)].add(1, mode="drop")
+    inverse = jnp.zeros(n, _I64).at[pos].set(jnp.where(ok, group, 0))
+    return y, first, inverse, counts, jnp.sum(start, dtype=_I64)
+
+
 @register_lowering("unique")
 def _unique(ctx, x, *, axis, sorted, **attrs):
-    data, ax = (x.reshape(-1), None) if axis is None else (x, axis % x.ndim)
-    n = data.shape[0 if ax is None else ax]
-    y, first, inverse, counts = jnp.unique(data, axis=ax, size=n, return_index=True, return_inverse=True,
-                                           return_counts=True)
-    inverse = inverse.reshape(-1)
-    count = jnp.sum(counts > 0, dtype=_I64)
+    if axis is None:  # a padded x is 1-d here (padding.py): its padding is left out
+        mask = _valid(ctx, 0, x.shape)
+        y, first, inverse, counts, count = _unique_flat(x.reshape(-1), jnp.ones(x.size, bool) if mask is None
+                                                        else mask.reshape(-1))
+        ax, n = 0, x.size
+    else:
+        ax = axis % x.ndim
+        n = x.shape[ax]
+        y, first, inverse, counts = jnp.unique(x, axis=ax, size=n, return_index=True, return_inverse=True,
+                                               return_counts=True)
+        inverse = inverse.reshape(-1)
+        count = jnp.sum(counts > 0, dtype=_I64)
     if not sorted:  # ONNX: in order of first occurrence; the padding (counts 0) last
         slot = jnp.arange(n, dtype=_I64)
         order = jnp.argsort(jnp.where(slot < count, first, n + slot), stable=True)
         rank = jnp.zeros(n, _I64).at[order].set(slot)
-        y, first, counts, inverse = jnp.take(y, order, axis=ax or 0), first[order], counts[order], rank[inverse]
+        y, first, counts, inverse = jnp.take(y, order, axis=ax), first[order], counts[order], rank[inverse]
     _set_lengths(ctx, count)
     return [y, first.astype(_I64), inverse.astype(_I64), counts.astype(_I64)]
 

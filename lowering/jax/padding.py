@@ -142,8 +142,9 @@ def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
     if bare is not None:
         return bare
     if op in PRODUCERS:
-        if op == "unique" and unbacked_axes(node.inputs[0].type, syms):
-            return "unique of a value whose size is itself data-dependent"
+        if op == "unique" and unbacked_axes(node.inputs[0].type, syms) and (
+                node.attrs["axis"] is not None or node.inputs[0].rank > 1):
+            return "unique of slices or of a flattened value whose size is itself data-dependent"
         if op == "compress" and node.attrs["axis"] is None and node.inputs[0].rank > 1 \
                 and unbacked_axes(node.inputs[0].type, syms):
             return "compress of a flattened value with a data-dependent dim"
