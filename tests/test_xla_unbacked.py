@@ -24,12 +24,13 @@ from accelir.frontends.onnx import import_onnx
 from accelir.ir import DType, Graph, TensorType
 from accelir.lowering.jax import JAX_RULES, PADDED_RULES, stablehlo, to_jax
 from accelir.lowering.jax.padding import MASKED, PRODUCERS
-from test_dynamic import CASES, _boxes, _model, _nonzero_gather, _ort, _rng, _with_nonzeros, detection_model
+from test_dynamic import (CASES, detection_model, nonzero_gather_model, onnx_model, random_boxes, run_ort, seeded,
+                          with_nonzeros)
 
 
 def _check(model: onnx.ModelProto, compiled, feeds: dict[str, np.ndarray]) -> None:
     want = ReferenceEvaluator(model).run(None, feeds)
-    direct = _ort(model, feeds)
+    direct = run_ort(model, feeds)
     got = [np.asarray(o) for o in compiled(*feeds.values())]
     assert len(got) == len(want)
     for i, (g, w, d) in enumerate(zip(got, want, direct)):
@@ -55,10 +56,10 @@ def _i64(name: str, *values: int) -> onnx.TensorProto:
 # ----- NonZero -> Gather, and consumers that must mask the padding --------------------
 
 def test_nonzero_gather_compiled_once_runs_at_every_count() -> None:
-    model = _nonzero_gather()
-    compiled = accelir.optimize(model, (_with_nonzeros(3, 1),), backend="xla")
+    model = nonzero_gather_model()
+    compiled = accelir.optimize(model, (with_nonzeros(3, 1),), backend="xla")
     for n, seed in ((3, 1), (7, 2), (0, 3), (10, 4)):
-        _check(model, compiled, {"x": _with_nonzeros(n, seed)})
+        _check(model, compiled, {"x": with_nonzeros(n, seed)})
     _compiled_once(compiled)
 
 
@@ -83,13 +84,13 @@ def _masked_consumers() -> onnx.ModelProto:
 
 def test_reductions_argmax_topk_and_gather_from_the_end_ignore_the_padding() -> None:
     model = _masked_consumers()
-    r = _rng(7)
+    r = seeded(7)
     x = np.where(r.uniform(size=10) < 0.5, 0, r.uniform(-3, -1, 10)).astype(np.float32)  # negatives: a max over 0s
     x[[1, 4, 8]] = [-2.0, -1.5, -2.0]  # ties for the last index
     compiled = accelir.optimize(model, (x,), backend="xla")
     _check(model, compiled, {"x": x})
     for n, seed in ((2, 8), (9, 9), (5, 10)):
-        y = _with_nonzeros(n, seed)
+        y = with_nonzeros(n, seed)
         y[y != 0] *= -1
         _check(model, compiled, {"x": y})
     _compiled_once(compiled)
@@ -113,7 +114,7 @@ def test_compress_then_reduce_sum_and_mean_over_the_selection() -> None:
                     _i64("minus_one", -1)], opset=18)
     compiled = None
     for seed, scale in ((0, 1.0), (1, 1.3), (2, 0.85), (3, 0.5)):
-        x = (_rng(seed).uniform(0, 1, (6, 4)) * scale).astype(np.float32)
+        x = (seeded(seed).uniform(0, 1, (6, 4)) * scale).astype(np.float32)
         compiled = compiled or accelir.optimize(model, (x,), backend="xla")
         _check(model, compiled, {"x": x})
     _compiled_once(compiled)
@@ -129,7 +130,7 @@ def test_topk_with_a_k_computed_from_the_data() -> None:
                    [h.make_tensor("zero_f", T.FLOAT, [], [0.0])])
     compiled = None
     for seed, shift in ((0, 0.0), (1, 0.4), (2, -0.4), (3, -2.0)):
-        x = (_rng(seed).uniform(-1, 1, 9) + shift).astype(np.float32)
+        x = (seeded(seed).uniform(-1, 1, 9) + shift).astype(np.float32)
         compiled = compiled or accelir.optimize(model, (x,), backend="xla")
         assert "topk_dynamic" in {n.op for n in compiled.graph.nodes}
         _check(model, compiled, {"x": x})
@@ -153,7 +154,7 @@ def test_slices_with_computed_bounds_and_steps_then_a_sum() -> None:
                     _i64("minus_one", -1), _i64("minus_two", -2)])
     compiled = None
     for seed, shift in ((0, 0.0), (1, 0.6), (2, -0.7), (3, 2.0)):
-        r = _rng(seed)
+        r = seeded(seed)
         x, m = (r.uniform(-1, 1, 10) + shift).astype(np.float32), r.standard_normal((3, 7)).astype(np.float32)
         compiled = compiled or accelir.optimize(model, (x, m), backend="xla")
         assert "slice_dynamic" in {n.op for n in compiled.graph.nodes}
@@ -169,7 +170,7 @@ def test_unique_every_output_at_two_distinct_counts(attrs: dict) -> None:
                    [h.make_tensor_value_info("x", T.INT64, shape)], ["y", "first", "inverse", "counts"], opset=17)
     compiled = None
     for seed, high in ((0, 3), (1, 9)):
-        x = _rng(seed).integers(0, high, shape).astype(np.int64)
+        x = seeded(seed).integers(0, high, shape).astype(np.int64)
         compiled = compiled or accelir.optimize(model, (x,), backend="xla")
         _check(model, compiled, {"x": x})
     _compiled_once(compiled)
@@ -185,7 +186,7 @@ def test_unique_of_a_selection_leaves_the_padding_out(attrs: dict) -> None:
                    [_i64("zero", 0)])
     compiled = None
     for seed, zeros in ((0, 0.3), (1, 0.7), (2, 0.0)):
-        r = _rng(seed)
+        r = seeded(seed)
         x = np.where(r.uniform(size=12) < zeros, 0, r.choice([-1.5, 2.0, 3.25, -7.0], 12)).astype(np.float32)
         compiled = compiled or accelir.optimize(model, (x,), backend="xla")
         _check(model, compiled, {"x": x})
@@ -194,7 +195,7 @@ def test_unique_of_a_selection_leaves_the_padding_out(attrs: dict) -> None:
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.ir_op in PRODUCERS], ids=lambda c: c.id)
 def test_every_bounded_data_dependent_op_case_on_xla(case) -> None:
-    model = _model(case)
+    model = onnx_model(case)
     feeds = {f"in{i}": a for i, a in enumerate(case.inputs) if a is not None}
     _check(model, to_jax(import_onnx(model)), feeds)
 
@@ -208,8 +209,8 @@ def test_detection_postprocessing_on_xla_at_several_counts() -> None:
     compiled = None
     counts = set()
     for seed, scale in ((3, 1.0), (4, 0.4), (5, 0.33), (6, 1.0), (7, 0.2)):
-        r = _rng(seed)
-        boxes, scores = _boxes(r, 16)[0], (r.uniform(0, 1, 16) * scale).astype(np.float32)
+        r = seeded(seed)
+        boxes, scores = random_boxes(r, 16)[0], (r.uniform(0, 1, 16) * scale).astype(np.float32)
         compiled = compiled or accelir.optimize(model, (boxes, scores), backend="xla")
         _check(model, compiled, {"boxes": boxes, "scores": scores})
         counts.add(compiled(boxes, scores)[0].shape[0])
@@ -220,7 +221,7 @@ def test_detection_postprocessing_on_xla_at_several_counts() -> None:
 def test_nms_with_a_run_time_box_limit_pads_to_every_box() -> None:
     case = next(c for c in CASES if c.id == "nms")
     inputs = [case.inputs[0], case.inputs[1], np.asarray([2], np.int64), *case.inputs[3:]]
-    model = _model(type(case)(case.id, case.op, inputs, ir_op=case.ir_op))
+    model = onnx_model(type(case)(case.id, case.op, inputs, ir_op=case.ir_op))
     compiled = accelir.optimize(model, tuple(inputs), backend="xla")
     for cap in (2, 0, 12):
         feeds = {f"in{i}": a for i, a in enumerate(inputs)}
@@ -282,16 +283,16 @@ def test_onnxruntime_still_runs_what_xla_refuses() -> None:
 
 
 def test_export_and_sharding_refuse_padded_programs(tmp_path) -> None:
-    g = import_onnx(_nonzero_gather())
+    g = import_onnx(nonzero_gather_model())
     with pytest.raises(LoweringError, match=r"data-dependent sizes.*Export \.onnx instead"):
         stablehlo(g)
-    compiled = accelir.optimize(_nonzero_gather(), (_with_nonzeros(3, 1),), backend="xla")
+    compiled = accelir.optimize(nonzero_gather_model(), (with_nonzeros(3, 1),), backend="xla")
     with pytest.raises(AccelirError, match="data-dependent sizes"):
         compiled.export(str(tmp_path / "never-written.mlir"))
     assert not list(tmp_path.iterdir())
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     with pytest.raises(AccelirError, match="data-dependent sizes, which a sharded program does not pad"):
-        accelir.optimize(_nonzero_gather(), (_with_nonzeros(3, 1),), backend="xla", mesh=mesh,
+        accelir.optimize(nonzero_gather_model(), (with_nonzeros(3, 1),), backend="xla", mesh=mesh,
                          sharding="data-parallel")
 
 
@@ -385,7 +386,7 @@ def test_softmax_and_cumulative_sums_along_a_padded_axis() -> None:
              h.make_node("CumSum", ["y", "axis"], ["rev_excl"], reverse=1, exclusive=1)]
     model = _graph(nodes, [h.make_tensor_value_info("x", T.FLOAT, [10])], ["soft", "log_soft", "rev", "rev_excl"],
                    [_i64("zero", 0), h.make_tensor("axis", T.INT64, [], [0])])
-    compiled = accelir.optimize(model, (_with_nonzeros(3, 1),), backend="xla")
+    compiled = accelir.optimize(model, (with_nonzeros(3, 1),), backend="xla")
     for n, seed in ((3, 1), (8, 2), (1, 3)):
-        _check(model, compiled, {"x": _with_nonzeros(n, seed)})
+        _check(model, compiled, {"x": with_nonzeros(n, seed)})
     _compiled_once(compiled)
