@@ -390,3 +390,27 @@ def test_softmax_and_cumulative_sums_along_a_padded_axis() -> None:
     for n, seed in ((3, 1), (8, 2), (1, 3)):
         _check(model, compiled, {"x": with_nonzeros(n, seed)})
     _compiled_once(compiled)
+
+
+class _LabelsKept(torch.nn.Module):
+    """The distinct labels of the detections kept by a score threshold, with counts and inverse."""
+
+    def forward(self, labels: torch.Tensor, scores: torch.Tensor):
+        kept = labels[scores > 0.5]
+        values, inverse, counts = torch.unique(kept, return_inverse=True, return_counts=True)
+        return values, inverse, counts, torch.unique(labels)
+
+
+@pytest.mark.parametrize("backend", ["xla", "onnxruntime"])
+def test_torch_unique_of_the_kept_labels(backend: str) -> None:
+    model = _LabelsKept()
+    g = torch.Generator().manual_seed(11)
+    calls = [(torch.randint(0, k, (16,), generator=g), torch.rand(16, generator=g) * s)
+             for k, s in ((4, 1.0), (9, 1.4), (3, 0.6))]
+    compiled = accelir.optimize(model, calls[0], backend=backend)
+    for args in calls:
+        for i, (got, want) in enumerate(zip(compiled(*args), model(*args))):
+            assert got.shape == want.shape and got.dtype == want.dtype, f"output {i}"
+            assert torch.equal(got, want), f"output {i}"
+    if backend == "xla":
+        _compiled_once(compiled)

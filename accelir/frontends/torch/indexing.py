@@ -133,6 +133,20 @@ def _nonzero_numpy(ctx, a):
     return outs
 
 
+@rule("_unique2")
+def _unique2(ctx, a):
+    """torch.unique without dim: the sorted distinct values, the inverse map in x's shape and the
+    counts; an output not asked for is empty, as torch returns it."""
+    if not a.get("sorted", True):
+        raise ctx.unsupported("unique(sorted=False) returns torch's own order; use sorted=True")
+    x = ctx.value(a["self"])
+    y, _, inverse, counts = ctx.b.ops("unique", x, axis=None, sorted=True)
+    ctx.name_unbacked(y, ctx.val[0])
+    empty = ctx.const(np.zeros(0, np.int64), DType.i64)
+    inverse = ctx.b.op("reshape", inverse, shape=x.shape) if a.get("return_inverse", False) else empty
+    return y, inverse, counts if a.get("return_counts", False) else empty
+
+
 @rule("index_put")
 def _index_put(ctx, a):
     """x[..., i0, i1, ...] = values (+= with accumulate), as torch.export leaves ``y[idx] = v``:
