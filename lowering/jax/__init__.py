@@ -34,14 +34,18 @@ work on them in that layout and ``transpose`` only relabels, so a conv chain has
 transposes between its convs.  Convolution weights are held channels-last and baked
 into the module: XLA's CPU conv kernels pack constant weights once, at compile time,
 where weights passed as arguments are packed on every call.
+
+Data-dependent sizes (unbacked dims) run padded to an upper bound with their valid length
+beside them, and are sliced to it after the call (``padding`` says which nodes may meet them
+and how; ``dynamic`` holds the rules); what cannot be padded right is refused by name.
 """
 
 from __future__ import annotations
 
 # the rule modules register their rules on import
 from . import control, dynamic, elementwise, linalg, nn, quant, reduce, shape  # noqa: F401
-from .context import (JAX_RULES, PARAM_MIN_ELEMENTS, JaxFunction, RuleContext, check_lowerable, register_lowering,
-                      rule_for, to_jax, x64_scope)
+from .context import (JAX_RULES, PADDED_RULES, PARAM_MIN_ELEMENTS, JaxFunction, RuleContext, check_lowerable,
+                      register_lowering, register_padded, rule_for, to_jax, x64_scope)
 from .export import export_jax, hlo, load_exported, stablehlo
 from .layout import Permuted
 from .runner import JaxModule, jax_device
@@ -50,6 +54,8 @@ __all__ = [
     "JAX_RULES",
     "RuleContext",
     "register_lowering",
+    "PADDED_RULES",
+    "register_padded",
     "rule_for",
     "to_jax",
     "JaxFunction",

@@ -20,7 +20,7 @@ from jax import lax
 
 from accelir import dims
 from accelir.errors import AccelirError, LoweringError
-from accelir.unbacked import why_data_dependent
+from accelir.unbacked import unbacked_dims
 from accelir.arrays import to_numpy
 from accelir.ir import DType, Graph, Node, TensorType
 from accelir.ops import registry
@@ -28,10 +28,13 @@ from accelir.ops.activations import activation
 from accelir.splat import splat_scalar
 
 from .layout import Permuted, common_layout, held, in_layout, kernel_last, logical, with_data
+from .padding import check_padding, introduced_sizes, output_symbols
 
 Rule = Callable[..., Any]
 
 JAX_RULES: dict[str, Rule] = {}
+# rules of the ops ``padding.MASKED`` names, used in graphs with data-dependent sizes (lowering/jax/padding.py)
+PADDED_RULES: dict[str, Rule] = {}
 _UPCAST: set[str] = set()
 _LAYOUT_AWARE: set[str] = set()
 
@@ -73,6 +76,15 @@ def register_lowering(op: str, *, upcast: bool = False, layout: bool = False) ->
                 table.add(op)
             else:
                 table.discard(op)
+        return rule
+    return deco
+
+
+def register_padded(op: str) -> Callable[[Rule], Rule]:
+    """Register the rule of ``op`` in graphs with data-dependent sizes: it masks the padding of the
+    axes it mixes (``RuleContext.length`` gives an unbacked dim's valid length)."""
+    def deco(rule: Rule) -> Rule:
+        PADDED_RULES[op] = rule
         return rule
     return deco
 
@@ -137,9 +149,7 @@ def _all_types(graph: Graph):
 
 def check_lowerable(graph: Graph) -> None:
     """Raise a LoweringError naming the first node JAX cannot express, before tracing."""
-    dynamic = next((n for n in _walk(graph) if registry.get(n.op).unbacked is not None), None)
-    if dynamic is not None:
-        raise LoweringError(why_data_dependent(dynamic))
+    check_padding(graph)
     missing = [n for n in _walk(graph) if rule_for(n.op) is None]
     if missing:
         ops = sorted({n.op for n in missing})
@@ -183,6 +193,14 @@ class RuleContext:
     def constant(self, name: str) -> Any:
         return self.lowering.constant(self.node.graph, name)
 
+    def length(self, sym: str) -> Any:
+        """The valid length of unbacked dim ``sym`` (a traced i64 scalar); its padded size is ``bindings[sym]``."""
+        return self.lowering.lengths[sym]
+
+    def set_length(self, sym: str, length: Any) -> None:
+        """Record the valid length of an unbacked dim the node introduces."""
+        self.lowering.lengths[sym] = length
+
 
 def constant_key(prefix: str, name: str) -> str:
     return f"{prefix}/{name}"
@@ -197,6 +215,8 @@ class Lowering:
     small: Mapping[str, np.ndarray] = field(default_factory=dict)
     layouts: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     splats: Mapping[str, tuple[np.ndarray, tuple[int, ...]]] = field(default_factory=dict)
+    # a graph with data-dependent sizes: each unbacked dim's valid length (None: a graph without them)
+    lengths: dict[str, Any] | None = None
 
     def constant(self, graph: Graph, name: str) -> Any:
         key = constant_key(self.prefixes[id(graph)], name)
@@ -247,15 +267,18 @@ class Lowering:
         env: dict[int, Any] = {id(v): a for v, a in zip(graph.inputs, args)}
         for node in graph.nodes:
             outs = self.lower_node(node, [env[id(v)] for v in node.inputs], b)
+            if self.lengths is not None:  # the padded size of a data-dependent dim, for the attributes naming it
+                b.update(introduced_sizes(node, [o.shape for o in outs]))
             for v, o in zip(node.outputs, outs):
                 env[id(v)] = o
         outs = [env[id(v)] for v in graph.outputs]
         return outs if keep_layout else [logical(o) for o in outs]
 
     def lower_node(self, node: Node, args: list, bindings: Mapping[str, Any]) -> list:
-        rule = rule_for(node.op)
+        padded = self.lengths is not None and node.op in PADDED_RULES
+        rule = PADDED_RULES[node.op] if padded else rule_for(node.op)
         attrs = self.resolve_attrs(node, bindings)
-        if node.op not in _LAYOUT_AWARE:
+        if node.op not in _LAYOUT_AWARE or padded:
             args = [logical(a) for a in args]
         if node.op in _UPCAST:
             args = [with_data(a, lambda d: d.astype(jnp.float32)) if jnp.dtype(a.dtype) in HALF_DTYPES else a
@@ -314,12 +337,18 @@ class JaxFunction:
     Constants read only as convolution weights are held channels-last (kernel dims,
     input channels, output channels; ``layouts`` maps their names to that permutation)
     and inlined with the small constants, so no call transposes or repacks them.
+
+    A graph with data-dependent sizes (lowering/jax/padding.py) runs on padded buffers: ``apply``
+    returns its outputs padded, then the valid length of each unbacked dim in ``lengths_out``;
+    ``crop`` slices them to those lengths, outside any jit.
     """
 
     def __init__(self, graph: Graph):
         check_lowerable(graph)
         self.graph = graph
-        self.needs_x64 = _needs_x64(graph)
+        self.padded = bool(unbacked_dims(graph))
+        self.needs_x64 = _needs_x64(graph) or self.padded  # lengths and indices are i64
+        self.lengths_out = output_symbols(graph)
         graphs = _graphs(graph)
         self._prefixes = {id(g): str(i) for i, g in enumerate(graphs)}
         self.layouts = _weight_layouts(graphs, self._prefixes)
@@ -340,7 +369,24 @@ class JaxFunction:
         self._device_params: dict[Any, dict[str, Any]] = {}
 
     def apply(self, params: Mapping[str, Any], *inputs: Any) -> list:
-        return Lowering(self._prefixes, params, self._small, self.layouts, self._splats).run(self.graph, *inputs)
+        lowering = Lowering(self._prefixes, params, self._small, self.layouts, self._splats,
+                            lengths={} if self.padded else None)
+        outs = lowering.run(self.graph, *inputs)
+        if not self.padded:
+            return outs
+        return outs + [jnp.asarray(lowering.lengths[s], jnp.int64) for s in self.lengths_out]
+
+    def crop(self, results: Sequence[Any]) -> list:
+        """``apply``'s results as the graph's outputs: each padded buffer sliced to its valid lengths."""
+        if not self.padded:
+            return list(results)
+        n = len(self.graph.outputs)
+        lengths = dict(zip(self.lengths_out, (int(k) for k in jax.device_get(list(results[n:])))))
+        outs = []
+        for v, o in zip(self.graph.outputs, results[:n]):
+            cut = tuple(slice(0, lengths[d]) if d in lengths else slice(None) for d in v.shape)
+            outs.append(o[cut] if any(c.stop is not None for c in cut) else o)
+        return outs
 
     def embedded(self, *inputs: Any) -> list:
         """``apply`` with the constants baked in: a self-contained function for export."""
@@ -356,7 +402,7 @@ class JaxFunction:
 
     def __call__(self, *inputs: Any) -> list:
         with x64_scope(self.needs_x64):
-            return self.apply(self.device_params(), *[to_jax_array(x) for x in inputs])
+            return self.crop(self.apply(self.device_params(), *[to_jax_array(x) for x in inputs]))
 
 
 def to_jax(graph: Graph) -> JaxFunction:

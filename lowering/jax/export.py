@@ -14,9 +14,20 @@ from accelir import dims
 from accelir.errors import LoweringError
 from accelir.ir import Graph
 
-from .context import JAX_DTYPES, to_jax, to_jax_array, x64_scope
+from .context import JAX_DTYPES, JaxFunction, to_jax, to_jax_array, x64_scope
 
 # ----- export ------------------------------------------------------------------------
+
+def _exportable(graph: Graph) -> JaxFunction:
+    """``graph`` as a jax function whose outputs are the graph's own: one with data-dependent sizes runs
+    on padded buffers that only accelir's runner slices, so an exported module would return them unsliced."""
+    fn = to_jax(graph)
+    if fn.padded:
+        raise LoweringError(f"graph {graph.name!r} has data-dependent sizes, which XLA runs as padded buffers "
+                            "that accelir's runner slices after the call; an exported module cannot slice them. "
+                            "Export .onnx instead, or run the model through accelir")
+    return fn
+
 
 def _input_specs(graph: Graph, example_inputs: Sequence[Any] | None, symbolic: bool) -> list:
     """ShapeDtypeStructs for the graph inputs: symbolic dims as jax symbolic shapes,
@@ -42,7 +53,7 @@ def _input_specs(graph: Graph, example_inputs: Sequence[Any] | None, symbolic: b
 
 
 def _lowered(graph: Graph, example_inputs: Sequence[Any] | None, symbolic: bool):
-    fn = to_jax(graph)
+    fn = _exportable(graph)
     with x64_scope(fn.needs_x64):
         return jax.jit(fn.embedded).lower(*_input_specs(graph, example_inputs, symbolic))
 
@@ -70,7 +81,7 @@ def export_jax(graph: Graph, example_inputs: Sequence[Any] | None = None, symbol
     With ``symbolic`` the graph's symbolic dims stay dynamic (jax shape polymorphism);
     otherwise the example inputs fix the shapes.
     """
-    fn = to_jax(graph)
+    fn = _exportable(graph)
     with x64_scope(fn.needs_x64):
         specs = _input_specs(graph, example_inputs, symbolic)
         exported = jax.export.export(jax.jit(fn.embedded))(*specs)

@@ -98,7 +98,7 @@ class JaxModule:
         kinds = {framework_of(x) for x in inputs}
         kind = "torch" if "torch" in kinds else "jax" if "jax" in kinds else "numpy"
         with x64_scope(self.function.needs_x64):
-            outs = self._jitted(*self._arguments(inputs))
+            outs = self.function.crop(self._jitted(*self._arguments(inputs)))
             return [self._output(o, kind) for o in outs]
 
     def _output(self, o: Any, kind: str) -> Any:

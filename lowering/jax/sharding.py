@@ -240,6 +240,9 @@ class ShardedJaxModule(JaxModule):
     def __init__(self, graph: Graph, mesh: Mesh, sharding: str | Mapping[str, Any],
                  compiler_options: Mapping[str, Any] | None = None):
         self.function = to_jax(graph)
+        if self.function.padded:
+            raise AccelirError(f"graph {graph.name!r} has data-dependent sizes, which a sharded program does not "
+                               "pad; optimise it without mesh=, or with backend='onnxruntime'")
         self.graph = graph
         self.mesh = mesh
         self.device = mesh.devices.flat[0]

@@ -91,8 +91,8 @@ class NodeContext(RuleContext):
 
     def dynamic(self, i: int) -> bool:
         """Whether input ``i`` is given but known only at run time.  A rule then keeps it as a value,
-        through a data-dependent op (accelir/ops/dynamic.py): onnxruntime runs it, XLA refuses it
-        naming the input; binding the input with ``static_inputs`` makes it known instead.  A value
+        through a data-dependent op (accelir/ops/dynamic.py): onnxruntime runs it, XLA pads it where
+        a bound exists and otherwise refuses it naming the input; binding the input with ``static_inputs`` makes it known instead.  A value
         unknown because it is over the import budget is not: ``values`` refuses it as too large."""
         v = self.input(i)
         return v is not None and self.imp.value_of(v) is None and fits_import_budget(v.shape, v.dtype)

@@ -1,7 +1,7 @@
 """ONNX ops whose output sizes the data decides: NonZero, Unique, Compress, NonMaxSuppression.
 
 Each becomes the IR op of the same meaning (accelir/ops/dynamic.py), whose output carries
-an unbacked dim; onnxruntime runs it, XLA refuses it by name.
+an unbacked dim; onnxruntime runs it, XLA pads it to its upper bound (lowering/jax/padding.py).
 """
 
 from __future__ import annotations

@@ -84,6 +84,14 @@ class NodeContext(RuleContext):
     def out_shape(self) -> tuple[D.Dim, ...]:
         return self.conv.shape(self.val.shape)
 
+    def name_unbacked(self, out: Value, val: Any = None) -> Value:
+        """Name torch's data-dependent sizes (``u0``...) in this node's result (``val``, default the node's
+        own) after the IR's own symbols in ``out``, so later sizes that mention them read the same dims."""
+        for d, ours in zip((self.val if val is None else val).shape, out.shape):
+            if isinstance(d, torch.SymInt) and d.node.expr.is_Symbol and isinstance(ours, str):
+                self.conv.dim_names.setdefault(d.node.expr.name, ours)
+        return out
+
     def out_types(self) -> list[TensorType | None]:
         return [self.conv.tensor_type(v) if isinstance(v, torch.Tensor) else None for v in self.val]
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ... import dims as D
 from ...ir import DType, Value
 from ...ops.registry import broadcast_shapes
 from .context import NodeContext, rule, wrap_axis
@@ -61,7 +62,10 @@ def _index(ctx, a):
     pos = [i for i, t in enumerate(indices) if t is not None]
     vals = [ctx.value(indices[i]) for i in pos]
     if any(v.dtype is DType.bool for v in vals):
-        raise ctx.unsupported("boolean mask indexing has a data-dependent shape; use torch.where instead")
+        if len(pos) != 1:
+            raise ctx.unsupported("a boolean mask mixed with other indices is not supported; index with the "
+                                  "mask alone, or use torch.where")
+        return _select_by_mask(ctx, x, vals[0], pos[0])
     if len(pos) == 1:
         return ctx.b.op("gather", x, vals[0], axis=pos[0])
     bshape = broadcast_shapes(*(v.shape for v in vals))
@@ -79,6 +83,68 @@ def _index(ctx, a):
         perm = tuple(range(nb, nb + lead)) + tuple(range(nb)) + tuple(range(nb + lead, y.rank))
         y = ctx.b.op("transpose", y, perm=perm)
     return y
+
+
+def _select_by_mask(ctx: NodeContext, x: Value, mask: Value, at: int) -> Value:
+    """x[..., mask] with the mask over dims at, at+1, ...: those dims flattened into one, compressed by
+    the flattened mask. The result's size there is data-dependent (an unbacked dim)."""
+    k = mask.rank
+    shape = x.shape[:at] + (D.dim_prod(x.shape[at:at + k]),) + x.shape[at + k:]
+    flat_x = x if k == 1 else ctx.b.op("reshape", x, shape=shape)
+    flat_mask = mask if k == 1 else ctx.b.op("reshape", mask, shape=(D.dim_prod(mask.shape),))
+    return ctx.name_unbacked(ctx.b.op("compress", flat_x, flat_mask, axis=at))
+
+
+@rule("masked_select")
+def _masked_select(ctx, a):
+    """The entries of x where the mask holds, both broadcast together, in row-major order."""
+    x, mask = ctx.value(a["self"]), ctx.value(a["mask"])
+    common = tuple(broadcast_shapes(x.shape, mask.shape))
+    x = x if x.shape == common else ctx.b.op("broadcast_to", x, shape=common)
+    mask = mask if mask.shape == common else ctx.b.op("broadcast_to", mask, shape=common)
+    n = (D.dim_prod(common),)
+    flat_x = x if x.shape == n else ctx.b.op("reshape", x, shape=n)
+    flat_mask = mask if mask.shape == n else ctx.b.op("reshape", mask, shape=n)
+    return ctx.name_unbacked(ctx.b.op("compress", flat_x, flat_mask, axis=0))
+
+
+def _nonzero_rows(ctx: NodeContext, x: Value) -> Value:
+    """The IR's nonzero (one row per dim, one column per hit); a 0-d x as its one entry."""
+    return ctx.b.op("nonzero", x if x.rank else ctx.b.op("reshape", x, shape=(1,)))
+
+
+@rule("nonzero")
+def _nonzero(ctx, a):
+    """torch's nonzero is ONNX's transposed: one row per nonzero entry (with no columns for a 0-d x)."""
+    x = ctx.value(a["self"])
+    hits = ctx.b.op("transpose", _nonzero_rows(ctx, x), perm=(1, 0))
+    if x.rank == 0:
+        hits = ctx.b.op("slice", hits, starts=(0,), stops=(0,), steps=(1,), axes=(1,))
+    return ctx.name_unbacked(hits)
+
+
+@rule("nonzero_numpy")
+def _nonzero_numpy(ctx, a):
+    """nonzero(as_tuple=True): one index tensor per dim (one for a 0-d x)."""
+    rows = _nonzero_rows(ctx, ctx.value(a["self"]))
+    outs = tuple(ctx.b.op("squeeze", ctx.b.op("slice", rows, starts=(i,), stops=(i + 1,), steps=(1,), axes=(0,)),
+                          axes=(0,)) for i in range(rows.shape[0]))
+    ctx.name_unbacked(outs[0], ctx.val[0])
+    return outs
+
+
+@rule("_unique2")
+def _unique2(ctx, a):
+    """torch.unique without dim: the sorted distinct values, the inverse map in x's shape and the
+    counts; an output not asked for is empty, as torch returns it."""
+    if not a.get("sorted", True):
+        raise ctx.unsupported("unique(sorted=False) returns torch's own order; use sorted=True")
+    x = ctx.value(a["self"])
+    y, _, inverse, counts = ctx.b.ops("unique", x, axis=None, sorted=True)
+    ctx.name_unbacked(y, ctx.val[0])
+    empty = ctx.const(np.zeros(0, np.int64), DType.i64)
+    inverse = ctx.b.op("reshape", inverse, shape=x.shape) if a.get("return_inverse", False) else empty
+    return y, inverse, counts if a.get("return_counts", False) else empty
 
 
 @rule("index_put")

@@ -1,0 +1,241 @@
+"""Which nodes of a graph with data-dependent sizes XLA can run padded, and why the others not.
+
+XLA compiles static shapes.  A dim the data decides (an unbacked dim, accelir/unbacked.py) is
+held on XLA as a buffer of the dim's upper bound plus a valid length, a traced scalar: the
+first ``length`` entries along that axis are the value, the rest is padding whose contents
+are unspecified.  A node is lowered on such buffers only where that is provably right:
+
+- *producers* (``PRODUCERS``) compute the padded buffer and the length; their bound comes from
+  their input shapes (NonZero: the element count; Compress, TopK and Slice: the axis size; ...);
+- *transparent* nodes work on the padded buffer as they are: each valid output entry reads
+  only valid input entries (elementwise ops, transposes, a gather whose indices are padded);
+- *masked* nodes (``MASKED``) mix entries along an unbacked axis (a reduction over it, a top-k
+  along it, a gather reading it): their padded rule masks the padding first.
+
+Everything else that meets an unbacked dim is refused before tracing, naming the node and
+the dim, with ``backend="onnxruntime"`` as the remedy: a node is either padded-correct or
+refused, never silently wrong.  At the graph outputs the runner slices each buffer to its
+length, outside jit, so one compiled program serves every length.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from accelir import dims as D
+from accelir.errors import LoweringError
+from accelir.ir import Graph, Node, TensorType
+from accelir.ops import registry
+from accelir.ops.dynamic import DATA_DEPENDENT_OPS
+from accelir.unbacked import introduced, unbacked_dims, why_data_dependent
+
+__all__ = ["PRODUCERS", "MASKED", "check_padding", "output_symbols", "introduced_sizes", "unbacked_axes",
+           "refusal", "no_bound"]
+
+# data-dependent ops whose output size has an upper bound given their input shapes
+PRODUCERS = frozenset({"nonzero", "compress", "unique", "non_max_suppression", "topk_dynamic", "slice_dynamic"})
+# ops whose padded rule masks the padding of an axis it mixes (reduced, sorted, indexed)
+MASKED = frozenset({"reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "reduce_prod", "reduce_any",
+                    "reduce_all", "argmax", "argmin", "topk", "sort", "gather", "softmax", "log_softmax", "cumsum",
+                    "cumprod", "cummax", "cummin"})
+# ops that move entries without mixing them along any axis
+_MOVERS = frozenset({"transpose", "squeeze", "unsqueeze", "iota", "constant"})
+# ops that mix entries along the axes ``_mixed_axes`` names; fine where none of those is unbacked
+_AXIS_OPS = frozenset({"layer_norm", "rms_norm", "concat", "take_along_axis", "matmul", "linear", "slice", "reverse"})
+
+REMEDY = 'compile with backend="onnxruntime", which runs data-dependent sizes as they come'
+
+
+def unbacked_axes(t: TensorType, syms: Any) -> dict[int, str]:
+    """The axes of ``t`` whose dim is exactly one of the unbacked symbols ``syms``."""
+    return {k: d for k, d in enumerate(t.shape) if isinstance(d, str) and d in syms}
+
+
+def _mentions(d: Any, syms: Any) -> set[str]:
+    return set(D.symbols(d)) & set(syms) if isinstance(d, str) else set()
+
+
+def refusal(node: Node, why: str) -> LoweringError:
+    """The one-line refusal of ``node`` on XLA: what it does with the data-dependent dim, and the remedy."""
+    return LoweringError(f"{node.describe()}: {why}; the XLA lowering pads data-dependent sizes only where the "
+                         f"result is provably the same; {REMEDY}")
+
+
+def no_bound(node: Node) -> LoweringError:
+    """The refusal of a data-dependent op whose size has no upper bound to pad to."""
+    return LoweringError(why_data_dependent(node).replace(
+        "and this backend needs static sizes", "it has no upper bound, and XLA needs static sizes"))
+
+
+def _touched(node: Node, syms: Any) -> set[str]:
+    """The unbacked symbols in ``node``'s input / output types and its dims attributes."""
+    found: set[str] = set()
+    for v in (*node.inputs, *node.outputs):
+        for d in v.shape:
+            found |= _mentions(d, syms)
+    for k, spec in registry.get(node.op).attrs.items():
+        if spec.kind == "dims":
+            for d in node.attrs.get(k) or ():
+                found |= _mentions(d, syms)
+    return found
+
+
+def _mixed_axes(node: Node) -> list[tuple[int, int]]:
+    """(input index, axis) pairs along which ``node`` mixes entries (an op of ``_AXIS_OPS``)."""
+    x = node.inputs[0]
+    if node.op in ("matmul", "linear"):  # linear's w is [K, N] as matmul's
+        w = node.inputs[1]
+        return [(0, x.rank - 1), (1, max(w.rank - 2, 0))]
+    if node.op == "concat":
+        return [(i, node.attrs["axis"] % x.rank) for i in range(len(node.inputs))]
+    if node.op == "slice":
+        return [(0, a % x.rank) for a in node.attrs["axes"]]
+    if node.op == "reverse":
+        return [(0, a % x.rank) for a in node.attrs["axes"]]
+    if node.op in ("layer_norm", "rms_norm"):
+        return [(0, a) for a in range(node.attrs["axis"] % x.rank, x.rank)]
+    return [(0, node.attrs["axis"] % x.rank)]
+
+
+def _bare(node: Node, syms: Any) -> str | None:
+    """Why a value of ``node`` holds an unbacked symbol other than as a whole dim, or None."""
+    for v in node.outputs:
+        for d in v.shape:
+            if _mentions(d, syms) and d not in syms:
+                return f"its output dim {d} is computed from a data-dependent dim"
+    return None
+
+
+def _why_broadcast(node: Node, syms: Any) -> str | None:
+    """An unbacked dim broadcast against a static size is assumed equal to it by the type rule; on a padded
+    buffer that would treat the padding as values, so each one must reach the output as itself."""
+    out = node.outputs[0].shape
+    for v in node.inputs:
+        for k, d in enumerate(v.shape):
+            if d in syms and out[len(out) - v.rank + k] != d:
+                return f"it broadcasts the data-dependent dim {d} against size {out[len(out) - v.rank + k]}"
+    return None
+
+
+def _reshape_keeps_axes(node: Node, syms: Any) -> bool:
+    """A reshape keeps padding right when each unbacked dim stays one dim with the same static
+    extent before and after it: the padded buffer then reshapes as the value does."""
+    src, dst = node.inputs[0].shape, node.outputs[0].shape
+    for s in {d for d in src if d in syms} | {d for d in dst if d in syms}:
+        if list(src).count(s) != 1 or list(dst).count(s) != 1:
+            return False
+        i, j = src.index(s), dst.index(s)
+        if D.dim_prod(src[:i]) != D.dim_prod(dst[:j]) or D.dim_prod(src[i + 1:]) != D.dim_prod(dst[j + 1:]):
+            return False
+    return True
+
+
+def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
+    """Why ``node`` cannot run on padded buffers, or None when it can."""
+    op = node.op
+    opdef = registry.get(op)
+    if op in DATA_DEPENDENT_OPS and op not in PRODUCERS:
+        return None  # _check refuses it first (no_bound)
+    if in_region and op in PRODUCERS:
+        return "a data-dependent size inside a region (loop or branch body)"
+    bare = _bare(node, syms)
+    if bare is not None:
+        return bare
+    if op in PRODUCERS:
+        if op == "unique" and unbacked_axes(node.inputs[0].type, syms) and (
+                node.attrs["axis"] is not None or node.inputs[0].rank > 1):
+            return "unique of slices or of a flattened value whose size is itself data-dependent"
+        if op == "compress" and node.attrs["axis"] is None and node.inputs[0].rank > 1 \
+                and unbacked_axes(node.inputs[0].type, syms):
+            return "compress of a flattened value with a data-dependent dim"
+        if op == "non_max_suppression":
+            boxes, scores = node.inputs[0].type, node.inputs[1].type
+            if set(unbacked_axes(boxes, syms)) - {1} or set(unbacked_axes(scores, syms)) - {2}:
+                return "non_max_suppression with a data-dependent batch or class count"
+        return None
+    if opdef.elementwise or op == "broadcast_to":
+        return _why_broadcast(node, syms)
+    if op in _MOVERS or op in MASKED:
+        return None
+    if op == "take_along_axis":  # the rule cuts x to the indices' other dims: those must be x's own
+        x, idx = node.inputs[0].shape, node.inputs[1].shape
+        ax = node.attrs["axis"] % len(x)
+        if any(d in syms and x[k] != d for k, d in enumerate(idx) if k != ax):
+            return "a take_along_axis whose indices have a data-dependent dim the value lacks"
+    if op == "gather_nd":  # each output entry reads one row of indices; negative ones count from a static end
+        return "a gather_nd from a value whose size is data-dependent" \
+            if unbacked_axes(node.inputs[0].type, syms) else None
+    if op == "reshape":
+        return None if _reshape_keeps_axes(node, syms) else \
+            "a reshape that merges or splits a data-dependent dim with others"
+    if op == "fusion":
+        inner = [n.op for r in node.regions for n in r.nodes]
+        ok = all(registry.get(o).elementwise or o == "constant" for o in inner)
+        return None if ok else "a fusion region that is not elementwise"
+    if op in _AXIS_OPS:
+        for i, ax in _mixed_axes(node):
+            if i < len(node.inputs) and ax < node.inputs[i].rank and node.inputs[i].shape[ax] in syms:
+                if op == "slice" and _full_slice(node, ax):
+                    continue
+                return f"it mixes entries along axis {ax} of input {i}, whose size is data-dependent"
+        return None
+    return "its lowering is not known to be right on a padded buffer"
+
+
+def _full_slice(node: Node, axis: int) -> bool:
+    a = node.attrs
+    rank = node.inputs[0].rank
+    for k, ax in enumerate(a["axes"]):
+        if ax % rank == axis:
+            step = a["steps"][k] if a["steps"] else 1
+            return a["starts"][k] == 0 and a["stops"][k] == node.inputs[0].shape[axis] and step == 1
+    return True
+
+
+def check_padding(graph: Graph) -> None:
+    """Raise a LoweringError naming the first node that meets a data-dependent dim in a way XLA cannot
+    pad (or a data-dependent op with no upper bound); nothing for a graph without unbacked dims."""
+    syms = set(unbacked_dims(graph))
+    if not syms:
+        return
+    _check(graph, syms, in_region=False)
+    for v in graph.outputs:
+        for d in v.shape:
+            if _mentions(d, syms) and d not in syms:
+                raise LoweringError(f"graph output {v.name or '?'} has dim {d}, computed from a data-dependent dim; "
+                                    f"the XLA lowering slices outputs only to a whole data-dependent dim; {REMEDY}")
+
+
+def _check(graph: Graph, syms: set[str], in_region: bool) -> None:
+    for node in graph.nodes:
+        if node.op in DATA_DEPENDENT_OPS and node.op not in PRODUCERS:
+            raise no_bound(node)
+        if _touched(node, syms) or node.op in PRODUCERS:
+            why = _why_not(node, syms, in_region)
+            if why is not None:
+                raise refusal(node, why)
+        for region in node.regions:
+            _check(region, syms, in_region=True)
+
+
+def output_symbols(graph: Graph) -> tuple[str, ...]:
+    """The unbacked symbols the graph's outputs carry as whole dims, in order of first appearance: the
+    lengths the padded program returns after its outputs."""
+    syms = set(unbacked_dims(graph))
+    out: list[str] = []
+    for v in graph.outputs:
+        for d in v.shape:
+            if isinstance(d, str) and d in syms and d not in out:
+                out.append(d)
+    return tuple(out)
+
+
+def introduced_sizes(node: Node, shapes: Sequence[Sequence[int]]) -> dict[str, int]:
+    """The padded size of each unbacked dim ``node`` introduces, read off its outputs' ``shapes``."""
+    syms = set(introduced(node))
+    out: dict[str, int] = {}
+    for v, shape in zip(node.outputs, shapes):
+        for d, n in zip(v.shape, shape):
+            if isinstance(d, str) and d in syms:
+                out[d] = int(n)
+    return out
