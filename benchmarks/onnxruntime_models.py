@@ -282,9 +282,14 @@ def profile_report(rows: list[dict[str, Any]], threads: int, conditions: str) ->
              "the nodes' median kernel times (wall clock, so a busy machine inflates them)", "",
              "| model | system | cpu ms per run | IQR/median | accelir / system (cpu) | kernels ms |",
              "|---|---|---|---|---|---|"]
-    details = []
+    details, summary = [], []
     for row in rows:
         ours = statistics.median(row["cpu"]["accelir"]) if "accelir" in row["cpu"] else float("nan")
+        peers = [s for s in row["cpu"] if s != "accelir"]
+        if peers:
+            best = min(peers, key=lambda s: statistics.median(row["cpu"][s]))
+            summary.append(f"{row['model']}: accelir / best export, either options, by CPU time: "
+                           f"{ours / statistics.median(row['cpu'][best]):.3f} (vs {best})")
         for s in SYSTEMS:
             if row["wrong"].get(s):
                 lines.append(f"| {row['model']} | {s} | wrong output | | | {row['wrong'][s]} |")
@@ -295,7 +300,7 @@ def profile_report(rows: list[dict[str, Any]], threads: int, conditions: str) ->
             lines.append(f"| {row['model']} | {s} | {med * 1e3:.2f} | {(q3 - q1) / med:.3f} | {ours / med:.3f} "
                          f"| {total:.2f} |")
             details.append(f"{row['model']} / {s}: " + ", ".join(f"{op} {t:.2f} ({n})" for op, t, n in ops))
-    return "\n".join(lines + ["", "kernel ms by op type (nodes):"] + details)
+    return "\n".join(lines + [""] + summary + ["", "kernel ms by op type (nodes):"] + details)
 
 
 def run_model(name: str, *, quick: bool, threads: int, level: int, warmup: int, repeats: int, traced: bool,
