@@ -1,7 +1,7 @@
 """accelir -> ONNX Runtime (CPU) against torch.onnx.export + ONNX Runtime, side by side.
 
     python -m benchmarks.onnxruntime_models [--models gpt2,bert,vit,resnet50] [--threads 2] [--repeats 30]
-        [--build-runs 3] [--level 2] [--quick] [--tracemalloc] [--profile DIR] [--allow-load]
+        [--build-runs 3] [--level 2] [--quick] [--tracemalloc] [--profile DIR [--profile-only]] [--allow-load]
 
 For each model of ``benchmarks/models.py`` (transformers GPT-2 small, BERT-base,
 ViT-base, ResNet-50 from their configs with random weights, batch 1) it builds
@@ -28,8 +28,15 @@ memory the first build added at its peak, as a multiple of the model's weight by
 (``--tracemalloc`` adds Python's traced peak, which slows the capture down).  Each is
 the median of ``--build-runs`` fresh processes per system, the systems taking turns.
 ``--profile DIR`` writes ONNX Runtime profiles of the sessions and prints where each
-spends its time, by op type.  The machine's load before and after each model goes in
-its row; a run under load prints no table unless ``--allow-load`` is given (see
+spends its time, by op type.  ``--profile-only`` (with ``--profile``) skips the build
+times, the memory and the wall-clock timing: it builds every system here, then runs
+their profiling sessions in interleaved rounds and reports, per system, the CPU time of
+each ``session.run`` (``time.process_time``: with one intra-op thread the kernels run on
+the calling thread, so time other processes take from this one is not counted, which
+keeps the comparison usable on a busy machine, while wall-clock latency is not) and
+the kernels' time by op type; to see where one graph spends more than another's.  The
+machine's load before and after each model goes in its row; a run under load prints no
+table unless ``--allow-load`` is given (see
 ``benchmarks/conditions.py``).  ``--quick`` runs the GPT-2 miniature, one fresh build
 per system and two rounds: a check that the script runs, not a measurement.
 """
@@ -57,7 +64,7 @@ if not __package__:  # run as a script: make the repo root importable, as ``-m``
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.conditions import LoadGuard, add_load_arguments, check_outputs, guard_from, rotated, session_call
 
-__all__ = ["main", "run_model", "profile_by_op", "build_memory", "compile_bytecode"]
+__all__ = ["main", "run_model", "profile_by_op", "profile_model", "build_memory", "compile_bytecode"]
 
 BUILDERS = ("accelir", "torchscript", "dynamo")
 EXPORTERS = ("torchscript", "dynamo")
@@ -180,6 +187,12 @@ def profile_by_op(session: Any, feeds: dict[str, np.ndarray], runs: int) -> tupl
     another process preempted from counting."""
     for _ in range(runs + 3):
         session.run(None, feeds)
+    return kernel_times(session)
+
+
+def kernel_times(session: Any) -> tuple[float, list[tuple[str, float, int]]]:
+    """End a profiling ``session``'s profile; ``profile_by_op``'s summary of it (the first three
+    runs, the warm-up, left out)."""
     with open(session.end_profiling(), encoding="utf-8") as f:
         events = json.load(f)
     per_node: dict[str, list[float]] = collections.defaultdict(list)
@@ -207,6 +220,87 @@ def compile_bytecode() -> None:
     import accelir.passes
     for pkg in (accelir, accelir.passes, accelir.lowering):
         compileall.compile_dir(os.path.dirname(pkg.__file__), quiet=1)
+
+
+def _build_all(name: str, model: Any, inputs: tuple, threads: int, level: int, tmp: str,
+               log: Callable[[str], None]) -> dict[str, Result]:
+    """Every system of ``SYSTEMS`` built in this process (the exported files in ``tmp``)."""
+    results: dict[str, Result] = {}
+    for system in BUILDERS:
+        log(f"{name}: building {system}")
+        if system == "accelir":
+            results[system] = _build_accelir(model, inputs, threads, level)
+        else:
+            results[system] = _build_export(model, inputs, threads, system == "dynamo", tmp)
+            results[system + ACCELIR_OPTIONS] = _with_accelir_options(results[system], inputs, threads)
+        gc.collect()
+    return results
+
+
+def profile_model(name: str, *, quick: bool, threads: int, level: int, repeats: int, profile_dir: str,
+                  log: Callable[[str], None]) -> dict[str, Any]:
+    """``--profile-only``: every system built here, checked against eager torch, then its profiling
+    session run in ``repeats`` interleaved rounds (after three of warm-up), the order rotating each
+    round.  Returns per right system the CPU seconds of each run and ``kernel_times``' summary."""
+    import torch
+    from accelir.cli import flat_arrays
+    from benchmarks.models import MODELS
+
+    model, inputs = MODELS[name].build(quick)
+    with torch.no_grad():
+        want = flat_arrays(model(*inputs))
+    sessions: dict[str, Any] = {}
+    feeds: dict[str, dict[str, np.ndarray]] = {}
+    wrong: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="accelir-ort-bench-") as tmp:
+        results = _build_all(name, model, inputs, threads, level, tmp, log)
+        for system in SYSTEMS:
+            r = results[system]
+            wrong[system] = check_outputs(want, flat_arrays(r.call()))
+            if wrong[system]:
+                log(f"{name}: {system} gives a wrong output, not profiled: {wrong[system]}")
+                continue
+            sessions[system] = r.profiled_session(os.path.join(profile_dir, f"{name}-{system}"))
+            feeds[system] = {i.name: a for i, a in zip(sessions[system].get_inputs(), _feeds(r, inputs))}
+        log(f"{name}: profiling, {repeats} interleaved rounds")
+        cpu: dict[str, list[float]] = {s: [] for s in sessions}
+        for k in range(repeats + 3):
+            for s in rotated(list(sessions), k):
+                t0 = time.process_time()
+                sessions[s].run(None, feeds[s])
+                cpu[s].append(time.process_time() - t0)
+        profiles = {s: kernel_times(session) for s, session in sessions.items()}
+    return {"model": name, "cpu": {s: runs[3:] for s, runs in cpu.items()}, "profiles": profiles, "wrong": wrong}
+
+
+def profile_report(rows: list[dict[str, Any]], threads: int, conditions: str) -> str:
+    """``profile_model``'s rows: per system the median CPU ms per run and its ratio to accelir's, then
+    the kernel time by op type."""
+    lines = [conditions, "",
+             f"batch 1, ONNX Runtime CPU, ORT_ENABLE_ALL, {threads} intra-op thread(s), profiling on in every "
+             "session; cpu ms: process CPU time per session.run (median, IQR/median); kernels: the sum of "
+             "the nodes' median kernel times (wall clock, so a busy machine inflates them)", "",
+             "| model | system | cpu ms per run | IQR/median | accelir / system (cpu) | kernels ms |",
+             "|---|---|---|---|---|---|"]
+    details, summary = [], []
+    for row in rows:
+        ours = statistics.median(row["cpu"]["accelir"]) if "accelir" in row["cpu"] else float("nan")
+        peers = [s for s in row["cpu"] if s != "accelir"]
+        if peers:
+            best = min(peers, key=lambda s: statistics.median(row["cpu"][s]))
+            summary.append(f"{row['model']}: accelir / best export, either options, by CPU time: "
+                           f"{ours / statistics.median(row['cpu'][best]):.3f} (vs {best})")
+        for s in SYSTEMS:
+            if row["wrong"].get(s):
+                lines.append(f"| {row['model']} | {s} | wrong output | | | {row['wrong'][s]} |")
+                continue
+            med = statistics.median(row["cpu"][s])
+            q1, q3 = _quartiles(row["cpu"][s])
+            total, ops = row["profiles"][s]
+            lines.append(f"| {row['model']} | {s} | {med * 1e3:.2f} | {(q3 - q1) / med:.3f} | {ours / med:.3f} "
+                         f"| {total:.2f} |")
+            details.append(f"{row['model']} / {s}: " + ", ".join(f"{op} {t:.2f} ({n})" for op, t, n in ops))
+    return "\n".join(lines + [""] + summary + ["", "kernel ms by op type (nodes):"] + details)
 
 
 def run_model(name: str, *, quick: bool, threads: int, level: int, warmup: int, repeats: int, traced: bool,
@@ -242,16 +336,8 @@ def _run_model(name: str, *, quick: bool, threads: int, level: int, warmup: int,
                                                  system).result())
     memory = {s: {key: statistics.median(r[key] for r in runs if r.get(key) is not None)
                   for key in runs[0] if runs[0][key] is not None} for s, runs in fresh.items()}
-    results: dict[str, Result] = {}
     with tempfile.TemporaryDirectory(prefix="accelir-ort-bench-") as tmp:
-        for system in BUILDERS:
-            log(f"{name}: building {system}")
-            if system == "accelir":
-                results[system] = _build_accelir(model, inputs, threads, level)
-            else:
-                results[system] = _build_export(model, inputs, threads, system == "dynamo", tmp)
-                results[system + ACCELIR_OPTIONS] = _with_accelir_options(results[system], inputs, threads)
-            gc.collect()
+        results = _build_all(name, model, inputs, threads, level, tmp, log)
         for system in SYSTEMS:
             r = results[system]
             got = flat_arrays(r.call())
@@ -363,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
                     "default 3, 1 with --quick)")
     ap.add_argument("--tracemalloc", action="store_true", help="also run optimize() under tracemalloc")
     ap.add_argument("--profile", default=None, metavar="DIR", help="write ONNX Runtime profiles here")
+    ap.add_argument("--profile-only", action="store_true",
+                    help="with --profile: only the profiles, each system's CPU time per run and kernel time by op "
+                    "type, from interleaved rounds in this process (no build times, memory or wall-clock latency)")
     add_load_arguments(ap)
     args = ap.parse_args(argv)
     models = [m.strip() for m in (args.models or ("gpt2" if args.quick else ",".join(torch_models))).split(",")
@@ -370,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in models if m not in torch_models]
     if unknown:
         ap.error(f"unknown model: {', '.join(unknown)}")
+    if args.profile_only and not args.profile:
+        ap.error("--profile-only needs --profile DIR, where the profiles are written")
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     repeats = args.repeats if args.repeats is not None else (2 if args.quick else 30)
     build_runs = args.build_runs if args.build_runs is not None else (1 if args.quick else 3)
@@ -382,6 +473,15 @@ def main(argv: list[str] | None = None) -> int:
 
     compile_bytecode()
     rows = []
+    if args.profile_only:
+        os.makedirs(args.profile, exist_ok=True)
+        for name in models:
+            with guard.watch() as load:
+                rows.append(profile_model(name, quick=args.quick, threads=args.threads, level=args.level,
+                                          repeats=repeats, profile_dir=args.profile, log=log))
+            rows[-1]["model"] += f" ({load[0]})"
+        print(profile_report(rows, args.threads, guard.finish()))
+        return 0
     for name in models:
         rows.append(run_model(name, quick=args.quick, threads=args.threads, level=args.level, warmup=warmup,
                               repeats=repeats, traced=args.tracemalloc, profile_dir=args.profile, log=log,

@@ -15,11 +15,18 @@
   of zeros, a ``concat`` of one operand
 - ``where(c, a, b)`` with a constant all-true / all-false ``c`` -> ``a`` / ``b``
   (broadcast to the result shape when needed)
+- ``attention(q, k, v, mask)`` with a constant mask that keeps every key (all true, or an
+  additive mask of zeros) -> ``attention(q, k, v)``: the mask broadcasts into the result's
+  shape, never beyond it, so the result is the same without it.  Models that build their
+  mask from the sequence length alone (transformers' ViT) fold it into such a constant, and
+  the fused kernels would otherwise add it to every head's scores
 """
 
 from __future__ import annotations
 
 from typing import Callable
+
+import numpy as np
 
 from accelir.ir import Builder, DType, Node, Value
 
@@ -94,6 +101,16 @@ def _where_const(m: Match, b: Builder) -> Value | None:
     return pick if pick.type == out.type else b.op("broadcast_to", pick, shape=out.shape)
 
 
+def _keeps_every_key(mask: np.ndarray) -> bool:
+    """Whether an attention mask drops nothing: a bool mask all true, an additive one all zeros."""
+    return bool(mask.all()) if mask.dtype == np.bool_ else not mask.any()
+
+
+def _attention_without_mask(m: Match, b: Builder) -> Value | None:
+    q, k, v = m.root.inputs[:3]
+    return b.op("attention", q, k, v, **m.root.attrs)
+
+
 def _identity(node: Node) -> bool:
     """Whether ``node`` returns its first operand unchanged."""
     a = node.attrs
@@ -132,6 +149,8 @@ RULES: tuple[Rule, ...] = (
     Rule("transpose_transpose", P.transpose(P.transpose(X, name="inner")), _compose_transposes),
     Rule("view_view", Op(VIEW_OPS, Op(VIEW_OPS, X)), _merge_views),
     Rule("where_const", P.where(Const(name="c"), Var(), Var()), _where_const),
+    Rule("attention_keep_all_mask", P.attention(Var(), Var(), Var(), Const(name="mask", where=_keeps_every_key)),
+         _attention_without_mask),
 )
 
 simplify = register_pass("simplify")(RulePass("simplify", RULES))

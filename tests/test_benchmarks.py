@@ -90,6 +90,24 @@ def test_quick_onnxruntime_models():
     assert "wrong output" not in out and "fastest export" in out and f"on {conditions.cpu_count()} CPUs" in out
 
 
+def test_quick_onnxruntime_models_profile_only(tmp_path):
+    """--profile-only: each system's CPU time per run and kernel time by op type, and the profiles on disk."""
+    out = _assert_ran(_run_script(["-m", "benchmarks.onnxruntime_models", "--quick", "--allow-load", "--profile-only",
+                                   "--profile", str(tmp_path)], timeout=900))
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| gpt2 (load ")]
+    assert [r[1] for r in rows] == ["accelir", "torchscript", "torchscript + accelir's options", "dynamo",
+                                    "dynamo + accelir's options"]
+    assert rows[0][4] == "1.000" and all(float(r[2]) > 0 for r in rows)
+    assert "accelir / best export, either options, by CPU time: " in out and "fastest export" not in out
+    assert "/ accelir: Gemm " in out
+    assert len(list(tmp_path.glob("gpt2-*.json"))) == 5
+
+
+def test_profile_only_needs_a_profile_directory():
+    proc = _run_script(["-m", "benchmarks.onnxruntime_models", "--quick", "--allow-load", "--profile-only"])
+    assert proc.returncode == 2 and "--profile-only needs --profile DIR" in proc.stderr
+
+
 def test_quick_onnx_models():
     out = _assert_ran(_run_script(["benchmarks/onnx_models.py", "--quick", "--allow-load"], timeout=900))
     rows = [line for line in out.splitlines() if line.startswith("gpt2")]

@@ -162,6 +162,19 @@ SIMPLIFY_CASES = {
           %0 = broadcast_to(%y) {shape=[2, 3]} : f32[2,3]
           return %x, %0
         }"""),
+    "attention_keep_all_mask": ("""
+        graph main(%q: f32[1,2,3,4], %k: f32[1,2,3,4], %v: f32[1,2,3,4]) -> (f32[1,2,3,4], f32[1,2,3,4]) {
+          %m = constant() {name="m", value=[[[[true, true, true], [true, true, true], [true, true, true]]]]} : bool[1,1,3,3]
+          %z = constant() {name="z", value=[0.0, -0.0, 0.0]} : f32[3]
+          %0 = attention(%q, %k, %v, %m) {scale=0.5, causal=true} : f32[1,2,3,4]
+          %1 = attention(%q, %k, %v, %z) {scale=none, causal=false} : f32[1,2,3,4]
+          return %0, %1
+        }""", """
+        graph main(%q: f32[1,2,3,4], %k: f32[1,2,3,4], %v: f32[1,2,3,4]) -> (f32[1,2,3,4], f32[1,2,3,4]) {
+          %0 = attention(%q, %k, %v) {scale=0.5, causal=true} : f32[1,2,3,4]
+          %1 = attention(%q, %k, %v) {scale=none, causal=false} : f32[1,2,3,4]
+          return %0, %1
+        }"""),
 }
 
 
@@ -205,6 +218,15 @@ def test_simplify_rule(rule):
       %c = constant() {name="c", value=[true, false]} : bool[2]
       %0 = where(%c, %x, %y) : f32[2]
       return %0
+    }""",
+    # an attention mask that drops a key, and an additive one that is not all zeros
+    """
+    graph main(%q: f32[1,2,3,4], %k: f32[1,2,3,4], %v: f32[1,2,3,4]) -> (f32[1,2,3,4], f32[1,2,3,4]) {
+      %m = constant() {name="m", value=[true, false, true]} : bool[3]
+      %z = constant() {name="z", value=[0.0, 0.5, 0.0]} : f32[3]
+      %0 = attention(%q, %k, %v, %m) {scale=0.5, causal=false} : f32[1,2,3,4]
+      %1 = attention(%q, %k, %v, %z) {scale=0.5, causal=false} : f32[1,2,3,4]
+      return %0, %1
     }""",
     # a slice that drops elements
     """
