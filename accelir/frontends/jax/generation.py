@@ -1,0 +1,174 @@
+"""Capturing a flax decoder with its key/value cache as one decode-step graph.
+
+A ``flax.linen`` module whose attention keeps an autoregressive cache
+(``nn.MultiHeadDotProductAttention(decode=True)``, or any module writing a ``cache``
+collection) is passed bound to the variables ``module.init`` gave it, ``cache`` included:
+``optimize(module.bind(variables), (input_ids,))``.  Its cache is flax's: fixed capacity
+(the length of the ids ``init`` saw), written at a ``cache_index`` one token per call.
+So the model has one graph, the decode step
+
+    input_ids [batch, 1] (, attention_mask [batch, capacity]) (, position_ids [batch, 1]), cache...
+        -> logits [batch, 1, vocab], the updated cache...
+
+captured by the jax frontend from ``module.apply(variables, ..., mutable=["cache"])`` with
+the cache as explicit graph inputs and outputs (its flattened pytree, leaves named by their
+path: ``cache.Block_0.MultiHeadDotProductAttention_0.cached_key``), batch symbolic and the
+capacity the model's own.  A prompt goes through the same step one token at a time, as
+flax's own decoding loops feed it.  ``attention_mask`` and ``position_ids`` are passed when
+the module's ``__call__`` takes arguments of those names, in transformers' flax convention:
+the mask spans the cache's slots (1 on the tokens written so far and the new one, 0 on
+padding and empty slots); positions count each sequence's tokens, padding excluded.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ...errors import CaptureError
+from ...ir import Graph
+
+__all__ = ["FlaxCacheLayout", "flax_cache_problem", "is_flax_module", "capture_flax_decoder"]
+
+# what a step may take beside the ids, in this order, when the module's __call__ names it
+OPTIONAL_INPUTS = ("attention_mask", "position_ids")
+
+
+def is_flax_module(model: Any) -> bool:
+    """Whether ``model`` is a ``flax.linen.Module`` (read without importing flax where it is not loaded)."""
+    return any(c.__module__.startswith("flax.linen") and c.__name__ == "Module" for c in type(model).__mro__)
+
+
+def flax_cache_problem(model: Any) -> str | None:
+    """What keeps a flax module from decoding with a cache, or None when nothing does."""
+    if not is_flax_module(model):
+        return f"a {type(model).__name__} is not a flax.linen module"
+    if model.scope is None:
+        return (f"{type(model).__name__} is not bound to its variables; pass module.bind(variables), variables from "
+                "module.init(...) with its attention built with decode=True")
+    collections = set(model.variables)
+    if "cache" not in collections:
+        return (f"{type(model).__name__}'s variables hold no 'cache' collection (they hold "
+                f"{', '.join(sorted(collections)) or 'nothing'}); build its attention with decode=True "
+                "(nn.MultiHeadDotProductAttention(decode=True)) and bind the variables module.init gives it")
+    return None
+
+
+@dataclass(frozen=True)
+class FlaxCacheLayout:
+    """The step graph's interface: which optional inputs it takes, the cache's leaves and an empty cache."""
+
+    inputs: tuple[str, ...]  # "input_ids" and those of OPTIONAL_INPUTS the module takes
+    ids_dtype: np.dtype
+    cache_names: tuple[str, ...]
+    empty_row: tuple[np.ndarray, ...]  # each cache leaf of one sequence (batch 1) as init made it; 0-d leaves as is
+    vocab_size: int
+    max_positions: int  # the cache's capacity
+
+    def empty_cache(self, batch: int) -> list[np.ndarray]:
+        """A fresh cache for ``batch`` sequences: every row as ``init`` made it (0-d leaves, a shared index, alike)."""
+        return [leaf if leaf.ndim == 0 else np.ascontiguousarray(np.broadcast_to(leaf, (batch,) + leaf.shape[1:]))
+                for leaf in self.empty_row]
+
+    def step_inputs(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> list[np.ndarray]:
+        """The step graph's leading inputs for new tokens ``ids`` [batch, 1]: ``mask`` [batch, filled + 1]
+        (the slots written so far and the new token's) is padded with 0 over the empty slots."""
+        mask = np.pad(mask, ((0, 0), (0, self.max_positions - mask.shape[1])))
+        given = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        return [np.ascontiguousarray(given[k], dtype=self.ids_dtype) for k in self.inputs]
+
+    def describe_limit(self) -> str:
+        return (f"the model's cache capacity ({self.max_positions}, the length of the ids its cache was "
+                "initialised with)")
+
+
+def _call_parameters(module: Any) -> list[str]:
+    return list(inspect.signature(type(module).__call__).parameters)[1:]  # without self
+
+
+def _cache_leaves(cache: Any) -> tuple[list[str], list[np.ndarray], Any]:
+    import jax
+    from .driver import path_name
+    pairs, tree = jax.tree_util.tree_flatten_with_path(cache)
+    return [path_name(p) for p, _ in pairs], [np.asarray(x) for _, x in pairs], tree
+
+
+def _capacity(names: list[str], leaves: list[np.ndarray], module: Any) -> int:
+    """The cache's length: axis -3 of flax's ``cached_key`` / ``cached_value`` ([batch, length, heads, depth])."""
+    lengths = {int(x.shape[-3]) for n, x in zip(names, leaves)
+               if n.rsplit(".", 1)[-1] in ("cached_key", "cached_value") and x.ndim >= 3}
+    if len(lengths) != 1:
+        found = "no cached_key / cached_value leaf" if not lengths else f"lengths {sorted(lengths)}"
+        raise CaptureError(f"{type(module).__name__}'s cache has {found}: accelir reads the capacity from flax's "
+                           "MultiHeadDotProductAttention(decode=True) cache, [batch, length, heads, depth]")
+    return lengths.pop()
+
+
+def _batch_of(names: list[str], leaves: list[np.ndarray], module: Any) -> int:
+    """The batch the cache was initialised for: axis 0 of every leaf that is not a scalar."""
+    batches = {int(x.shape[0]) for x in leaves if x.ndim}
+    if len(batches) != 1:
+        raise CaptureError(f"{type(module).__name__}'s cache leaves disagree on their batch (axis 0): "
+                           f"{sorted(batches)}; accelir needs flax's layout, batch first")
+    return batches.pop()
+
+
+def _step_function(module: Any, tree: Any, inputs: tuple[str, ...]) -> Callable:
+    """``step(frozen, *inputs, *cache) -> (logits, *cache)``: one call of the module with the cache mutable."""
+    import jax
+
+    def step(frozen_variables: dict, *args: Any) -> tuple:
+        named = dict(zip(inputs, args))
+        cache = jax.tree_util.tree_unflatten(tree, args[len(inputs):])
+        logits, mutated = module.apply({**frozen_variables, "cache": cache}, named.pop("input_ids"), **named,
+                                       mutable=["cache"])
+        return (logits, *jax.tree_util.tree_leaves(mutated["cache"]))
+    return step
+
+
+def capture_flax_decoder(model: Any) -> tuple[Graph, FlaxCacheLayout]:
+    """The decode-step graph of a bound flax decoder and its cache layout (see the module docstring)."""
+    from flax.errors import FlaxError
+    from .driver import capture_jax
+    problem = flax_cache_problem(model)
+    if problem:
+        raise CaptureError(f"cannot capture a key/value cache path: {problem}")
+    module, variables = model.unbind()
+    frozen = {k: v for k, v in variables.items() if k != "cache"}
+    names, leaves, tree = _cache_leaves(variables["cache"])
+    capacity = _capacity(names, leaves, model)
+    _batch_of(names, leaves, model)
+    params = _call_parameters(module)
+    inputs = ("input_ids",) + tuple(k for k in OPTIONAL_INPUTS if k in params)
+    ids = np.zeros((1, 1), np.int32)
+    example = {"input_ids": ids, "attention_mask": np.ones((1, capacity), np.int32), "position_ids": ids}
+    specs = {"input_ids": "batch, 1", "attention_mask": f"batch, {capacity}", "position_ids": "batch, 1"}
+    row = tuple(x if x.ndim == 0 else x[:1] for x in leaves)
+    cache_specs = [None if x.ndim == 0 else ", ".join(["batch"] + [str(d) for d in x.shape[1:]]) for x in row]
+    step = _step_function(module, tree, inputs)
+    try:
+        graph = capture_jax(step, (frozen, *(example[k] for k in inputs), *row), params_as_constants=True,
+                            symbolic_shapes=(None, *(specs[k] for k in inputs), *cache_specs))
+    except (ValueError, TypeError, FlaxError) as e:  # flax's own checks of a decode call
+        raise CaptureError(f"cannot capture {type(model).__name__}'s decode step (one token, input_ids [batch, 1] "
+                           f"int32, with {', '.join(inputs[1:]) or 'no other input'}): {str(e).splitlines()[0]}") from None
+    logits = graph.outputs[0].type.shape
+    if len(graph.outputs) != len(leaves) + 1 or len(logits) != 3 or not isinstance(logits[-1], int):
+        raise CaptureError(f"{type(model).__name__} must return logits [batch, 1, vocab]; it returned "
+                           f"{[str(v.type) for v in graph.outputs[:len(graph.outputs) - len(leaves)]]}")
+    layout = FlaxCacheLayout(inputs=inputs, ids_dtype=np.dtype(np.int32), cache_names=tuple(names), empty_row=row,
+                             vocab_size=int(logits[-1]), max_positions=capacity)
+    name_step_io(graph, layout)
+    graph.meta.pop("signature", None)  # called with flat arrays by the generation driver
+    return graph, layout
+
+
+def name_step_io(graph: Graph, layout: FlaxCacheLayout) -> None:
+    """(Re)name the step graph's inputs and outputs; passes may rename output values."""
+    for v, name in zip(graph.inputs, layout.inputs + tuple(f"cache.{n}" for n in layout.cache_names)):
+        v.name = name
+    for v, name in zip(graph.outputs, ("logits",) + tuple(f"present.{n}" for n in layout.cache_names)):
+        v.name = name

@@ -1,0 +1,306 @@
+"""Generation with a flax decoder's cache: optimize(module.bind(variables)) and cm.generate() against a jax loop.
+
+The decoder is written here: 2 layers, width 32, vocab 100, nn.MultiHeadDotProductAttention with
+decode=True (flax's cache collection: cached_key / cached_value [batch, 64, heads, depth] and a
+cache_index), learned positions, weights drawn wide enough that greedy decoding does not settle on
+one token.  The oracle is a plain jax loop over ``module.apply(..., mutable=["cache"])``: the prompt
+fed one token at a time through the cache, as flax's decoding loops feed it, then argmax.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import accelir
+from accelir import AccelirError, InputError
+from accelir.errors import CaptureError
+from accelir.frontends.jax.generation import capture_flax_decoder
+from accelir.generation_flax import FlaxGenerationModel
+
+VOCAB, CAPACITY, NEW, PROMPT = 100, 64, 24, 7
+BACKENDS = ("onnxruntime", "xla")
+_wide = nn.initializers.normal(0.5)
+
+
+def _forward(ids, mask, positions):
+    """The decoder's body, called inside a compact __call__ (its submodules belong to that module)."""
+    x = nn.Embed(VOCAB, 32, embedding_init=_wide)(ids)
+    if positions is not None:
+        x = x + nn.Embed(CAPACITY, 32, embedding_init=_wide)(positions)
+    attend = None if mask is None else mask[:, None, None, :].astype(bool)
+    for _ in range(2):
+        h = nn.MultiHeadDotProductAttention(num_heads=2, decode=True, kernel_init=_wide)(nn.LayerNorm()(x), mask=attend)
+        x = x + h
+        x = x + nn.Dense(32, kernel_init=_wide)(nn.gelu(nn.Dense(64, kernel_init=_wide)(nn.LayerNorm()(x))))
+    return nn.Dense(VOCAB, kernel_init=_wide)(nn.LayerNorm()(x))
+
+
+class Decoder(nn.Module):
+    """Takes a mask over the cache's slots and positions (transformers' flax convention)."""
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask, position_ids):
+        return _forward(input_ids, attention_mask, position_ids)
+
+
+class MaskFreeDecoder(nn.Module):
+    """Takes the ids only: no way to hide padding."""
+
+    @nn.compact
+    def __call__(self, input_ids):
+        return _forward(input_ids, None, None)
+
+
+def init(module: nn.Module, *args) -> dict:
+    """Variables for a cache of CAPACITY slots (the length of the ids init sees), batch 1."""
+    full = jnp.zeros((1, CAPACITY), jnp.int32)
+    return module.init(jax.random.PRNGKey(0), full, *[full] * len(args))
+
+
+_bound: dict[str, nn.Module] = {}
+_compiled: dict[tuple[str, str], FlaxGenerationModel] = {}
+
+
+def bound(kind: str = "masked") -> nn.Module:
+    if kind not in _bound:
+        module = Decoder() if kind == "masked" else MaskFreeDecoder()
+        _bound[kind] = module.bind(init(module, *(["mask", "pos"] if kind == "masked" else [])))
+    return _bound[kind]
+
+
+def compiled(backend: str, kind: str = "masked") -> FlaxGenerationModel:
+    if (backend, kind) not in _compiled:
+        cm = accelir.optimize(bound(kind), (prompt(1)[0],), backend=backend)
+        assert isinstance(cm, FlaxGenerationModel)
+        _compiled[backend, kind] = cm
+    return _compiled[backend, kind]
+
+
+def prompt(batch: int) -> tuple[jax.Array, jax.Array]:
+    """int32 ids (3..99) and a mask; batch 3 is left-padded (3, 1, 0 pads)."""
+    rng = np.random.default_rng(batch)
+    ids = rng.integers(3, VOCAB, (batch, PROMPT)).astype(np.int32)
+    mask = np.ones((batch, PROMPT), np.int32)
+    if batch == 3:
+        mask[0, :3] = 0
+        mask[1, :1] = 0
+        ids[mask == 0] = 0
+    return jnp.asarray(ids), jnp.asarray(mask)
+
+
+@jax.jit
+def _apply(variables, ids, mask, positions):
+    logits, mutated = Decoder().apply(variables, ids, mask, positions, mutable=["cache"])
+    return logits[:, -1], mutated["cache"]
+
+
+def reference(ids, mask, new: int) -> np.ndarray:
+    """Greedy decoding with the flax model and its cache in plain jax: a fresh cache of the batch, the prompt
+    one token per call, then the argmax fed back; the mask spans the cache's slots, positions skip pads."""
+    variables = bound().variables
+    ids, mask = np.asarray(ids), np.asarray(mask)
+    batch = ids.shape[0]
+    cache = jax.tree_util.tree_map(lambda a: a if a.ndim == 0 else jnp.broadcast_to(a, (batch,) + a.shape[1:]),
+                                   variables["cache"])
+    slots = np.zeros((batch, CAPACITY), np.int32)
+    positions = np.cumsum(mask, axis=1) - 1
+    tokens, out = list(ids.T), []
+    for t in range(ids.shape[1] + new - 1):
+        slots[:, t] = mask[:, t] if t < ids.shape[1] else 1
+        pos = positions[:, t] if t < ids.shape[1] else positions[:, -1] + t - ids.shape[1] + 1
+        logits, cache = _apply({"params": variables["params"], "cache": cache}, tokens[t][:, None], slots,
+                               np.maximum(pos, 0)[:, None].astype(np.int32))
+        if t >= ids.shape[1] - 1:
+            tokens.append(np.asarray(logits).argmax(-1).astype(np.int32))
+            out.append(tokens[-1])
+    return np.concatenate([ids, np.stack(out, 1)], axis=1)
+
+
+def test_the_reference_loop_hides_left_padding():
+    """The oracle's own check: each left-padded row decodes as its prompt alone does."""
+    ids, mask = prompt(3)
+    padded = reference(ids, mask, NEW)
+    for row in range(3):
+        start = int(PROMPT - np.asarray(mask[row]).sum())
+        alone = reference(ids[row:row + 1, start:], mask[row:row + 1, start:], NEW)
+        assert padded[row, PROMPT:].tolist() == alone[0, PROMPT - start:].tolist(), row
+    assert len(set(padded[:, PROMPT:].flatten().tolist())) > 10  # not one repeated token
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_greedy_tokens_equal_the_jax_loop(backend):
+    cm = compiled(backend)
+    for batch in (1, 3):
+        ids, mask = prompt(batch)
+        got = cm.generate(ids, attention_mask=mask, max_new_tokens=NEW)
+        assert isinstance(got, jax.Array) and got.dtype == jnp.int32 and got.shape == (batch, PROMPT + NEW)
+        assert np.asarray(got).tolist() == reference(ids, mask, NEW).tolist(), f"batch {batch}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_model_without_a_mask_generates_unpadded_prompts_and_refuses_padded_ones(backend):
+    cm = compiled(backend, "mask-free")
+    ids, _ = prompt(1)
+    got = cm.generate(np.asarray(ids), max_new_tokens=5)  # numpy in, numpy out
+    assert isinstance(got, np.ndarray) and got.shape == (1, PROMPT + 5)
+    want = ids
+    variables = bound("mask-free").variables
+    apply = jax.jit(lambda v, x: MaskFreeDecoder().apply(v, x, mutable=["cache"]))
+    cache = variables["cache"]
+    for t in range(PROMPT + 4):
+        logits, mutated = apply({"params": variables["params"], "cache": cache}, want[:, t:t + 1])
+        cache = mutated["cache"]
+        if t >= PROMPT - 1:
+            want = jnp.concatenate([want, logits[:, -1].argmax(-1)[:, None].astype(jnp.int32)], axis=1)
+    assert got.tolist() == np.asarray(want).tolist()
+    ids, mask = prompt(3)
+    with pytest.raises(InputError, match="attention_mask has padding.*takes no attention_mask"):
+        cm.generate(ids, attention_mask=mask, max_new_tokens=2)
+
+
+def test_the_cache_is_explicit_in_the_ir_and_written_in_place():
+    cm = compiled("onnxruntime")
+    header = str(cm.graph).splitlines()[0]
+    assert header.startswith("graph step(%input_ids: i32[batch,1], %attention_mask: i32[batch,64], "
+                             "%position_ids: i32[batch,1], ")
+    for layer in (0, 1):
+        path = f"cache.MultiHeadDotProductAttention_{layer}"
+        assert f"%{path}.cache_index: i32[]" in header
+        assert f"%{path}.cached_key: f32[batch,64,2,16]" in header and f"%{path}.cached_value: f32[batch,64,2,16]" in header
+    assert header.endswith("-> (f32[batch,1,100], i32[], f32[batch,64,2,16], f32[batch,64,2,16], i32[], "
+                           "f32[batch,64,2,16], f32[batch,64,2,16]) {")
+    for backend in BACKENDS:  # the model writes one token's keys / values into each buffer
+        assert compiled(backend).graph.op_histogram().get("dynamic_update_slice") == 4
+
+
+def test_onnxruntime_keeps_the_cache_in_ortvalues():
+    import onnxruntime
+    cm = compiled("onnxruntime")
+    ids, mask = prompt(1)
+    cm.generate(ids, attention_mask=mask, max_new_tokens=5)
+    present = cm._stepper.present
+    assert len(present) == 6 and all(isinstance(v, onnxruntime.OrtValue) for v in present)
+    assert present[1].shape() == [1, CAPACITY, 2, 16] and int(present[0].numpy()) == PROMPT + 4
+
+
+def test_xla_reuses_one_compiled_step_and_donates_the_cache():
+    cm = compiled("xla")
+    ids, mask = prompt(3)
+    ids, mask = ids[1:], mask[1:]  # batch 2: a shape no other test compiles
+    step = cm._stepper._step
+    before = step._cache_size()
+    cm.generate(ids, attention_mask=mask, max_new_tokens=NEW)
+    assert step._cache_size() == before + 1  # one compiled step for the prompt and every new token
+    old = cm._stepper.buffers
+    assert int(old[0]) == PROMPT + NEW - 1 and old[1].shape == (2, CAPACITY, 2, 16)
+    cm._stepper.decode(np.asarray(ids[:, -1:]), np.ones((2, PROMPT + NEW), np.int64), np.full((2, 1), PROMPT + NEW - 1))
+    assert all(b.is_deleted() for b in old)  # donated: XLA wrote the step's cache over them
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sampling_is_reproducible(backend):
+    cm = compiled(backend)
+    ids, mask = prompt(3)
+    options = dict(do_sample=True, temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=12)
+    first = cm.generate(ids, attention_mask=mask, seed=11, **options)
+    again = cm.generate(ids, attention_mask=mask, generator=torch.Generator().manual_seed(11), **options)
+    other = cm.generate(ids, attention_mask=mask, seed=12, **options)
+    assert np.asarray(first).tolist() == np.asarray(again).tolist()
+    assert np.asarray(first).tolist() != np.asarray(other).tolist()
+    assert np.asarray(first)[:, :PROMPT].tolist() == np.asarray(ids).tolist()
+
+
+def test_eos_pads_finished_rows_and_the_streamer_gets_each_step():
+    cm = compiled("onnxruntime")
+    ids, mask = prompt(3)
+    greedy = reference(ids, mask, NEW)
+    eos = int(greedy[1, PROMPT + 4])  # ends row 1 after five tokens
+    got = np.asarray(cm.generate(ids, attention_mask=mask, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=1))
+    for row in range(3):
+        new = greedy[row, PROMPT:].tolist()
+        end = new.index(eos) + 1 if eos in new else NEW
+        want = new[:end] + [1] * (NEW - end)
+        assert got[row, PROMPT:PROMPT + len(want)].tolist() == want[:got.shape[1] - PROMPT], row
+    assert got[1, PROMPT + 5:].tolist() == [1] * (got.shape[1] - PROMPT - 5)
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def put(self, value):
+            self.calls.append(value.tolist())
+
+        def end(self):
+            self.calls.append("end")
+
+    streamer = Recorder()
+    out = cm.generate(ids[2:], max_new_tokens=6, streamer=streamer)
+    assert streamer.calls[0] == np.asarray(ids[2:]).tolist() and streamer.calls[-1] == "end"
+    assert [t for step in streamer.calls[1:-1] for t in step] == np.asarray(out)[0, PROMPT:].tolist()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_inputs_are_clear_errors_before_the_runtime(backend):
+    cm = compiled(backend)
+    ids, mask = prompt(1)
+    with pytest.raises(InputError, match=r"prompt \(7 tokens\) plus max_new_tokens \(60\) is 67 tokens, over the "
+                                         r"model's cache capacity \(64,"):
+        cm.generate(ids, max_new_tokens=60)
+    with pytest.raises(InputError, match="token ids must be integers.*float32"):
+        cm.generate(ids.astype(jnp.float32), max_new_tokens=2)
+    with pytest.raises(InputError, match=r"token id 100 is outside the vocabulary \[0, 100\)"):
+        cm.generate(jnp.array([[5, 100]], jnp.int32), max_new_tokens=2)
+    with pytest.raises(InputError, match=r"token id -1 is outside the vocabulary"):
+        cm.generate(jnp.array([[-1, 5]], jnp.int32), max_new_tokens=2)
+    with pytest.raises(AccelirError, match="backend='auto': a flax decoder generates on 'onnxruntime' or 'xla'"):
+        accelir.optimize(bound(), (ids,), backend="auto")
+
+
+def test_a_module_without_a_cache_says_what_is_missing():
+    module = Decoder()
+    variables = init(module, "mask", "pos")
+    params_only = module.bind({"params": variables["params"]})
+    with pytest.raises(CaptureError, match="variables hold no 'cache' collection \\(they hold params\\); build its "
+                                           "attention with decode=True"):
+        capture_flax_decoder(params_only)
+    with pytest.raises(CaptureError, match="Decoder is not bound to its variables; pass module.bind\\(variables\\)"):
+        capture_flax_decoder(module)
+
+    class Plain(nn.Module):  # no decode cache at all: optimize() takes it as a plain jax callable
+        @nn.compact
+        def __call__(self, input_ids):
+            return nn.Dense(VOCAB)(nn.Embed(VOCAB, 8)(input_ids))
+
+    plain = Plain().bind(Plain().init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32)))
+    ids = jnp.zeros((1, 4), jnp.int32)
+    cm = accelir.optimize(plain, (ids,))
+    assert not isinstance(cm, FlaxGenerationModel)
+    with pytest.raises(AccelirError, match="generate\\(\\) needs a key/value cache path.*'cache' collection"):
+        cm.generate(ids, max_new_tokens=2)
+
+
+def test_export_writes_the_step_graph_and_plain_onnxruntime_runs_it(tmp_path):
+    import onnxruntime as ort
+    cm = compiled("onnxruntime")
+    path = str(tmp_path / "decoder.onnx")
+    assert cm.export(path) == path
+    session = ort.InferenceSession(path)
+    names = [i.name for i in session.get_inputs()]
+    assert names[:4] == ["input_ids", "attention_mask", "position_ids",
+                         "cache.MultiHeadDotProductAttention_0.cache_index"]
+    ids, mask = prompt(1)
+    cache = [np.asarray(x) for x in jax.tree_util.tree_leaves(bound().variables["cache"])]
+    slots = np.zeros((1, CAPACITY), np.int32)
+    tokens = list(np.asarray(ids)[0])
+    for t in range(PROMPT + 3):
+        slots[0, t] = 1
+        logits, *cache = session.run(None, dict(zip(names, [np.array([[tokens[t]]], np.int32), slots,
+                                                            np.array([[t]], np.int32), *cache])))
+        if t >= PROMPT - 1:
+            tokens.append(int(logits[0, -1].argmax()))
+    assert tokens == reference(ids, mask, 4)[0].tolist()
