@@ -21,6 +21,7 @@ from accelir import AccelirError, InputError
 from accelir.errors import CaptureError
 from accelir.frontends.jax.generation import capture_flax_decoder
 from accelir.generation_flax import FlaxGenerationModel
+from flax import nnx
 
 VOCAB, CAPACITY, NEW, PROMPT = 100, 64, 24, 7
 BACKENDS = ("onnxruntime", "xla")
@@ -304,3 +305,59 @@ def test_export_writes_the_step_graph_and_plain_onnxruntime_runs_it(tmp_path):
         if t >= PROMPT - 1:
             tokens.append(int(logits[0, -1].argmax()))
     assert tokens == reference(ids, mask, 4)[0].tolist()
+
+
+class NnxDecoder(nnx.Module):
+    """The same decoder in flax.nnx: its nnx.MultiHeadAttention layers hold nnx.Cache state after init_cache."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(VOCAB, 32, embedding_init=_wide, rngs=rngs)
+        self.positions = nnx.Embed(CAPACITY, 32, embedding_init=_wide, rngs=rngs)
+        self.layers = nnx.List([nnx.MultiHeadAttention(num_heads=2, in_features=32, decode=True, kernel_init=_wide,
+                                                       rngs=rngs) for _ in range(2)])
+        self.norm = nnx.LayerNorm(32, rngs=rngs)
+        self.head = nnx.Linear(32, VOCAB, kernel_init=_wide, rngs=rngs)
+
+    def __call__(self, input_ids, attention_mask, position_ids):
+        x = self.embed(input_ids) + self.positions(position_ids)
+        for layer in self.layers:
+            x = x + layer(x, mask=attention_mask[:, None, None, :].astype(bool))
+        return self.head(self.norm(x))
+
+    def init_cache(self, batch: int) -> None:
+        for layer in self.layers:
+            layer.init_cache((batch, CAPACITY, 32))
+
+
+def nnx_reference(model: NnxDecoder, ids, mask, new: int) -> np.ndarray:
+    """Greedy decoding with a copy of the nnx model, its cache made by flax's init_cache for the batch."""
+    model = nnx.clone(model)
+    model.init_cache(ids.shape[0])
+    step = nnx.jit(lambda m, *inputs: m(*inputs)[:, -1])
+    ids, mask = np.asarray(ids), np.asarray(mask)
+    slots = np.zeros((ids.shape[0], CAPACITY), np.int32)
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
+    tokens = ids
+    for t in range(ids.shape[1] + new - 1):
+        slots[:, t] = mask[:, t] if t < ids.shape[1] else 1
+        pos = positions[:, t:t + 1] if t < ids.shape[1] else positions[:, -1:] + t - ids.shape[1] + 1
+        logits = step(model, tokens[:, t:t + 1], slots, pos)
+        if t >= ids.shape[1] - 1:
+            tokens = np.concatenate([tokens, np.asarray(logits).argmax(-1)[:, None].astype(np.int32)], axis=1)
+    return tokens
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_nnx_decoder_gives_the_tokens_of_its_own_loop(backend):
+    model = NnxDecoder(nnx.Rngs(0))
+    with pytest.raises(CaptureError, match="NnxDecoder holds no nnx.Cache state; .*call its init_cache"):
+        capture_flax_decoder(model)
+    model.init_cache(1)
+    cm = accelir.optimize(model, (prompt(1)[0],), backend=backend)
+    assert isinstance(cm, FlaxGenerationModel)
+    assert "%cache.layers.1.cached_key: f32[batch,64,2,16]" in str(cm.graph).splitlines()[0]
+    for batch in (1, 3):
+        ids, mask = prompt(batch)
+        want = nnx_reference(model, ids, mask, 12)
+        assert np.asarray(cm.generate(ids, attention_mask=mask, max_new_tokens=12)).tolist() == want.tolist()
+    assert len(set(want[:, PROMPT:].flatten().tolist())) > 5

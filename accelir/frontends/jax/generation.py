@@ -3,8 +3,10 @@
 A ``flax.linen`` module whose attention keeps an autoregressive cache
 (``nn.MultiHeadDotProductAttention(decode=True)``, or any module writing a ``cache``
 collection) is passed bound to the variables ``module.init`` gave it, ``cache`` included:
-``optimize(module.bind(variables), (input_ids,))``.  Its cache is flax's: fixed capacity
-(the length of the ids ``init`` saw), written at a ``cache_index`` one token per call.
+``optimize(module.bind(variables), (input_ids,))``; a ``flax.nnx`` module is passed as it is,
+after ``init_cache`` gave its ``nnx.MultiHeadAttention(decode=True)`` layers their
+``nnx.Cache`` state.  The cache is flax's: fixed capacity (the length ``init`` /
+``init_cache`` saw), written at a ``cache_index`` one token per call.
 So the model has one graph, the decode step
 
     input_ids [batch, 1] (, attention_mask [batch, capacity]) (, position_ids [batch, 1]), cache...
@@ -37,24 +39,47 @@ __all__ = ["FlaxCacheLayout", "flax_cache_problem", "is_flax_module", "capture_f
 OPTIONAL_INPUTS = ("attention_mask", "position_ids")
 
 
+def _flax_api(model: Any) -> str | None:
+    """"linen" or "nnx" for a flax module (read without importing flax where it is not loaded), else None."""
+    for c in type(model).__mro__:
+        if c.__name__ == "Module":
+            for api in ("linen", "nnx"):
+                if c.__module__.startswith(f"flax.{api}"):
+                    return api
+    return None
+
+
 def is_flax_module(model: Any) -> bool:
-    """Whether ``model`` is a ``flax.linen.Module`` (read without importing flax where it is not loaded)."""
-    return any(c.__module__.startswith("flax.linen") and c.__name__ == "Module" for c in type(model).__mro__)
+    """Whether ``model`` is a ``flax.linen`` or ``flax.nnx`` module."""
+    return _flax_api(model) is not None
 
 
 def flax_cache_problem(model: Any) -> str | None:
     """What keeps a flax module from decoding with a cache, or None when nothing does."""
-    if not is_flax_module(model):
-        return f"a {type(model).__name__} is not a flax.linen module"
+    api = _flax_api(model)
+    name = type(model).__name__
+    if api is None:
+        return f"a {name} is not a flax.linen or flax.nnx module"
+    if api == "nnx":
+        from flax import nnx
+        if not _leaves(nnx.state(model, nnx.Cache)):
+            return (f"{name} holds no nnx.Cache state; build its attention with decode=True "
+                    "(nnx.MultiHeadAttention(decode=True)) and call its init_cache(input_shape) first")
+        return None
     if model.scope is None:
-        return (f"{type(model).__name__} is not bound to its variables; pass module.bind(variables), variables from "
+        return (f"{name} is not bound to its variables; pass module.bind(variables), variables from "
                 "module.init(...) with its attention built with decode=True")
     collections = set(model.variables)
     if "cache" not in collections:
-        return (f"{type(model).__name__}'s variables hold no 'cache' collection (they hold "
+        return (f"{name}'s variables hold no 'cache' collection (they hold "
                 f"{', '.join(sorted(collections)) or 'nothing'}); build its attention with decode=True "
                 "(nn.MultiHeadDotProductAttention(decode=True)) and bind the variables module.init gives it")
     return None
+
+
+def _leaves(tree: Any) -> list:
+    import jax  # flax imports jax: only a flax module gets here
+    return jax.tree_util.tree_leaves(tree)
 
 
 @dataclass(frozen=True)
@@ -81,11 +106,11 @@ class FlaxCacheLayout:
         return [np.ascontiguousarray(given[k], dtype=self.ids_dtype) for k in self.inputs]
 
     def describe_limit(self) -> str:
-        return (f"the model's cache capacity ({self.max_positions}, the length of the ids its cache was "
-                "initialised with)")
+        return f"the model's cache capacity ({self.max_positions}, fixed when its cache was initialised)"
 
 
 def _call_parameters(module: Any) -> list[str]:
+    """The names ``module(...)`` takes (``__call__`` of its class, self left out)."""
     return list(inspect.signature(type(module).__call__).parameters)[1:]  # without self
 
 
@@ -93,7 +118,8 @@ def _cache_leaves(cache: Any) -> tuple[list[str], list[np.ndarray], Any]:
     import jax
     from .driver import path_name
     pairs, tree = jax.tree_util.tree_flatten_with_path(cache)
-    return [path_name(p) for p, _ in pairs], [np.asarray(x) for _, x in pairs], tree
+    names = [path_name(p) for p, _ in pairs]
+    return [n[:-len(".value")] if n.endswith(".value") else n for n in names], [np.asarray(x) for _, x in pairs], tree
 
 
 def _capacity(names: list[str], leaves: list[np.ndarray], module: Any) -> int:
@@ -116,17 +142,39 @@ def _batch_of(names: list[str], leaves: list[np.ndarray], module: Any) -> int:
     return batches.pop()
 
 
-def _step_function(module: Any, tree: Any, inputs: tuple[str, ...]) -> Callable:
-    """``step(frozen, *inputs, *cache) -> (logits, *cache)``: one call of the module with the cache mutable."""
+def _linen_parts(model: Any) -> tuple[Any, Any, Callable]:
+    """A bound linen module's weights (every collection but the cache), its cache, and
+    ``make_step(tree, inputs)``: ``step(weights, *inputs, *cache) -> (logits, *cache)``, one ``apply``
+    with the cache mutable."""
     import jax
+    module, variables = model.unbind()
 
-    def step(frozen_variables: dict, *args: Any) -> tuple:
-        named = dict(zip(inputs, args))
-        cache = jax.tree_util.tree_unflatten(tree, args[len(inputs):])
-        logits, mutated = module.apply({**frozen_variables, "cache": cache}, named.pop("input_ids"), **named,
-                                       mutable=["cache"])
-        return (logits, *jax.tree_util.tree_leaves(mutated["cache"]))
-    return step
+    def make_step(tree: Any, inputs: tuple[str, ...]) -> Callable:
+        def step(weights: dict, *args: Any) -> tuple:
+            named = dict(zip(inputs, args))
+            cache = jax.tree_util.tree_unflatten(tree, args[len(inputs):])
+            logits, mutated = module.apply({**weights, "cache": cache}, named.pop("input_ids"), **named,
+                                           mutable=["cache"])
+            return (logits, *jax.tree_util.tree_leaves(mutated["cache"]))
+        return step
+    return {k: v for k, v in variables.items() if k != "cache"}, variables["cache"], make_step
+
+
+def _nnx_parts(model: Any) -> tuple[Any, Any, Callable]:
+    """An nnx module's parameters, its ``nnx.Cache`` state, and ``make_step`` as for linen: the module merged
+    from its graph definition, the parameters, the cache and the rest of its state (closed over), then called."""
+    import jax
+    from flax import nnx
+    graphdef, cache, params, rest = nnx.split(model, nnx.Cache, nnx.Param, ...)
+
+    def make_step(tree: Any, inputs: tuple[str, ...]) -> Callable:
+        def step(weights: Any, *args: Any) -> tuple:
+            named = dict(zip(inputs, args))
+            merged = nnx.merge(graphdef, jax.tree_util.tree_unflatten(tree, args[len(inputs):]), weights, rest)
+            logits = merged(named.pop("input_ids"), **named)
+            return (logits, *jax.tree_util.tree_leaves(nnx.state(merged, nnx.Cache)))
+        return step
+    return params, cache, make_step
 
 
 def capture_flax_decoder(model: Any) -> tuple[Graph, FlaxCacheLayout]:
@@ -136,21 +184,20 @@ def capture_flax_decoder(model: Any) -> tuple[Graph, FlaxCacheLayout]:
     problem = flax_cache_problem(model)
     if problem:
         raise CaptureError(f"cannot capture a key/value cache path: {problem}")
-    module, variables = model.unbind()
-    frozen = {k: v for k, v in variables.items() if k != "cache"}
-    names, leaves, tree = _cache_leaves(variables["cache"])
+    weights, cache, make_step = (_linen_parts if _flax_api(model) == "linen" else _nnx_parts)(model)
+    names, leaves, tree = _cache_leaves(cache)
     capacity = _capacity(names, leaves, model)
     _batch_of(names, leaves, model)
-    params = _call_parameters(module)
+    params = _call_parameters(model)
     inputs = ("input_ids",) + tuple(k for k in OPTIONAL_INPUTS if k in params)
     ids = np.zeros((1, 1), np.int32)
     example = {"input_ids": ids, "attention_mask": np.ones((1, capacity), np.int32), "position_ids": ids}
     specs = {"input_ids": "batch, 1", "attention_mask": f"batch, {capacity}", "position_ids": "batch, 1"}
     row = tuple(x if x.ndim == 0 else x[:1] for x in leaves)
     cache_specs = [None if x.ndim == 0 else ", ".join(["batch"] + [str(d) for d in x.shape[1:]]) for x in row]
-    step = _step_function(module, tree, inputs)
+    step = make_step(tree, inputs)
     try:
-        graph = capture_jax(step, (frozen, *(example[k] for k in inputs), *row), params_as_constants=True,
+        graph = capture_jax(step, (weights, *(example[k] for k in inputs), *row), params_as_constants=True,
                             symbolic_shapes=(None, *(specs[k] for k in inputs), *cache_specs))
     except (ValueError, TypeError, FlaxError) as e:  # flax's own checks of a decode call
         raise CaptureError(f"cannot capture {type(model).__name__}'s decode step (one token, input_ids [batch, 1] "
