@@ -285,6 +285,28 @@ def test_a_module_without_a_cache_says_what_is_missing():
         cm.generate(ids, max_new_tokens=2)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_calling_the_model_runs_one_step_like_apply(backend):
+    from accelir.accuracy import DEFAULT_BUDGETS, measure
+    cm = compiled(backend)
+    ids, mask = prompt(3)
+    variables = bound().variables
+    cache = [np.asarray(x) + np.float32(0.1) * (x.ndim > 0) for x in jax.tree_util.tree_leaves(variables["cache"])]
+    cache = [np.broadcast_to(x, (3,) + x.shape[1:]) if x.ndim else np.int32(5) for x in cache]  # five slots filled
+    slots = np.zeros((3, CAPACITY), np.int32)
+    slots[:, :6] = 1
+    inputs = [np.asarray(ids)[:, 5:6], slots, np.full((3, 1), 5, np.int32)]
+    outs = cm(*inputs, *cache)
+    tree = jax.tree_util.tree_structure(variables["cache"])
+    want, mutated = Decoder().apply({"params": variables["params"], "cache": jax.tree_util.tree_unflatten(tree, cache)},
+                                    *inputs, mutable=["cache"])
+    want = [want, *jax.tree_util.tree_leaves(mutated["cache"])]
+    assert len(outs) == len(want) == 7
+    errors = measure([np.asarray(w) for w in want], [np.asarray(o) for o in outs])
+    assert DEFAULT_BUDGETS["fp32"].met(errors), errors
+    assert int(outs[1]) == 6
+
+
 def test_export_writes_the_step_graph_and_plain_onnxruntime_runs_it(tmp_path):
     import onnxruntime as ort
     cm = compiled("onnxruntime")
