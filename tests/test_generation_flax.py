@@ -375,6 +375,11 @@ def test_an_nnx_decoder_gives_the_tokens_of_its_own_loop(backend):
     with pytest.raises(CaptureError, match="NnxDecoder holds no nnx.Cache state; .*call its init_cache"):
         capture_flax_decoder(model)
     model.init_cache(1)
+    used = nnx.clone(model)
+    used(prompt(1)[0][:, :1], jnp.ones((1, CAPACITY), jnp.int32), jnp.zeros((1, 1), jnp.int32))
+    with pytest.raises(CaptureError, match="cache is not empty: layers.0.cache_index is 1; pass the module with "
+                                           "the cache init / init_cache made"):
+        accelir.optimize(used, (prompt(1)[0],), backend=backend)
     cm = accelir.optimize(model, (prompt(1)[0],), backend=backend)
     assert isinstance(cm, FlaxGenerationModel)
     assert "%cache.layers.1.cached_key: f32[batch,64,2,16]" in str(cm.graph).splitlines()[0]

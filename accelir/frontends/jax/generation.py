@@ -133,13 +133,17 @@ def _capacity(names: list[str], leaves: list[np.ndarray], module: Any) -> int:
     return lengths.pop()
 
 
-def _batch_of(names: list[str], leaves: list[np.ndarray], module: Any) -> int:
-    """The batch the cache was initialised for: axis 0 of every leaf that is not a scalar."""
+def _check_empty(names: list[str], leaves: list[np.ndarray], module: Any) -> None:
+    """The cache must be as ``init`` / ``init_cache`` made it, batch first: each new batch's cache is its
+    first row repeated, so a cache already written would start every generation after its tokens."""
     batches = {int(x.shape[0]) for x in leaves if x.ndim}
     if len(batches) != 1:
         raise CaptureError(f"{type(module).__name__}'s cache leaves disagree on their batch (axis 0): "
                            f"{sorted(batches)}; accelir needs flax's layout, batch first")
-    return batches.pop()
+    for name, x in zip(names, leaves):
+        if name.rsplit(".", 1)[-1] == "cache_index" and x.ndim == 0 and int(x) != 0:
+            raise CaptureError(f"{type(module).__name__}'s cache is not empty: {name} is {int(x)}; pass the module "
+                               "with the cache init / init_cache made, before any call")
 
 
 def _linen_parts(model: Any) -> tuple[Any, Any, Callable]:
@@ -187,7 +191,7 @@ def capture_flax_decoder(model: Any) -> tuple[Graph, FlaxCacheLayout]:
     weights, cache, make_step = (_linen_parts if _flax_api(model) == "linen" else _nnx_parts)(model)
     names, leaves, tree = _cache_leaves(cache)
     capacity = _capacity(names, leaves, model)
-    _batch_of(names, leaves, model)
+    _check_empty(names, leaves, model)
     params = _call_parameters(model)
     inputs = ("input_ids",) + tuple(k for k in OPTIONAL_INPUTS if k in params)
     ids = np.zeros((1, 1), np.int32)
