@@ -1,6 +1,9 @@
 """Generation for a flax decoder with its cache: ``optimize(module.bind(variables), (ids,))`` and ``cm.generate``.
 
-The module's decode step is captured as one graph (:mod:`accelir.frontends.jax.generation`),
+The model is a bound ``flax.linen`` module with a ``cache`` collection, a ``flax.nnx`` module
+with ``nnx.Cache`` state, or a :class:`CacheDecoder` (``apply_fn``, ``params`` and ``init_cache``
+of a jax decoder whose cache is an explicit pytree).  Its decode step is captured as one graph
+(:mod:`accelir.frontends.jax.generation`),
 run through the pass pipeline and lowered for one backend.  The decoding loop is the one of
 :class:`accelir.generation.GenerationModel` (greedy, sampling, EOS and padding, a streamer), so
 the flax path has the torch path's API and semantics; only the steps differ.  The cache is
@@ -22,16 +25,18 @@ import numpy as np
 
 from .api import CompiledModel, OptimizeReport, build_runner, register_model_path
 from .errors import AccelirError, InputError
+from .frontends.jax.generation import CacheDecoder
 from .generation import GenerationModel, OrtSteps, run_passes
 
 if TYPE_CHECKING:
     from .frontends.jax.generation import FlaxCacheLayout
 
-__all__ = ["is_flax_decoder", "optimize_flax_decoder", "FlaxGenerationModel"]
+__all__ = ["CacheDecoder", "is_flax_decoder", "optimize_flax_decoder", "FlaxGenerationModel"]
 
 
 def is_flax_decoder(model: Any) -> bool:
-    """Whether ``model`` is a flax.linen module bound to variables with a ``cache`` collection."""
+    """Whether ``model`` is a flax.linen module bound to variables with a ``cache`` collection, a flax.nnx
+    module with ``nnx.Cache`` state, or a :class:`CacheDecoder` (an explicit cache pytree)."""
     from .frontends.jax.generation import flax_cache_problem, is_flax_module
     return is_flax_module(model) and flax_cache_problem(model) is None
 

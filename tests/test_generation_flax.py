@@ -20,7 +20,7 @@ import accelir
 from accelir import AccelirError, InputError
 from accelir.errors import CaptureError
 from accelir.frontends.jax.generation import capture_flax_decoder
-from accelir.generation_flax import FlaxGenerationModel
+from accelir.generation_flax import CacheDecoder, FlaxGenerationModel
 from flax import nnx
 
 VOCAB, CAPACITY, NEW, PROMPT = 100, 64, 24, 7
@@ -57,9 +57,9 @@ class MaskFreeDecoder(nn.Module):
         return _forward(input_ids, None, None)
 
 
-def init(module: nn.Module, *args) -> dict:
-    """Variables for a cache of CAPACITY slots (the length of the ids init sees), batch 1."""
-    full = jnp.zeros((1, CAPACITY), jnp.int32)
+def init(module: nn.Module, *args, batch: int = 1) -> dict:
+    """Variables for a cache of CAPACITY slots (the length of the ids init sees)."""
+    full = jnp.zeros((batch, CAPACITY), jnp.int32)
     return module.init(jax.random.PRNGKey(0), full, *[full] * len(args))
 
 
@@ -94,32 +94,34 @@ def prompt(batch: int) -> tuple[jax.Array, jax.Array]:
     return jnp.asarray(ids), jnp.asarray(mask)
 
 
+def greedy_loop(step, cache, ids, mask, new: int) -> np.ndarray:
+    """Greedy decoding in plain jax: ``step(cache, ids [batch, 1], mask, positions) -> (logits [batch, vocab],
+    cache)`` takes the prompt one token per call, then the argmax fed back; the mask spans the cache's
+    slots (1 on the tokens so far), positions skip the pads."""
+    ids, mask = np.asarray(ids), np.asarray(mask)
+    slots = np.zeros((ids.shape[0], CAPACITY), np.int32)
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
+    tokens = ids
+    for t in range(ids.shape[1] + new - 1):
+        slots[:, t] = mask[:, t] if t < ids.shape[1] else 1
+        pos = positions[:, t:t + 1] if t < ids.shape[1] else positions[:, -1:] + t - ids.shape[1] + 1
+        logits, cache = step(cache, tokens[:, t:t + 1], slots.copy(), pos)  # jax may read a numpy input later
+        if t >= ids.shape[1] - 1:
+            tokens = np.concatenate([tokens, np.asarray(logits).argmax(-1)[:, None].astype(np.int32)], axis=1)
+    return tokens
+
+
 @jax.jit
-def _apply(variables, ids, mask, positions):
+def _linen_step(variables, ids, mask, positions):
     logits, mutated = Decoder().apply(variables, ids, mask, positions, mutable=["cache"])
     return logits[:, -1], mutated["cache"]
 
 
 def reference(ids, mask, new: int) -> np.ndarray:
-    """Greedy decoding with the flax model and its cache in plain jax: a fresh cache of the batch, the prompt
-    one token per call, then the argmax fed back; the mask spans the cache's slots, positions skip pads."""
-    variables = bound().variables
-    ids, mask = np.asarray(ids), np.asarray(mask)
-    batch = ids.shape[0]
-    cache = jax.tree_util.tree_map(lambda a: a if a.ndim == 0 else jnp.broadcast_to(a, (batch,) + a.shape[1:]),
-                                   variables["cache"])
-    slots = np.zeros((batch, CAPACITY), np.int32)
-    positions = np.cumsum(mask, axis=1) - 1
-    tokens, out = list(ids.T), []
-    for t in range(ids.shape[1] + new - 1):
-        slots[:, t] = mask[:, t] if t < ids.shape[1] else 1
-        pos = positions[:, t] if t < ids.shape[1] else positions[:, -1] + t - ids.shape[1] + 1
-        logits, cache = _apply({"params": variables["params"], "cache": cache}, tokens[t][:, None], slots,
-                               np.maximum(pos, 0)[:, None].astype(np.int32))
-        if t >= ids.shape[1] - 1:
-            tokens.append(np.asarray(logits).argmax(-1).astype(np.int32))
-            out.append(tokens[-1])
-    return np.concatenate([ids, np.stack(out, 1)], axis=1)
+    """The linen decoder's greedy tokens, from a cache flax's init makes for the batch."""
+    params = bound().variables["params"]
+    cache = init(Decoder(), "mask", "pos", batch=ids.shape[0])["cache"]
+    return greedy_loop(lambda c, *inputs: _linen_step({"params": params, "cache": c}, *inputs), cache, ids, mask, new)
 
 
 def test_the_reference_loop_hides_left_padding():
@@ -355,18 +357,8 @@ def nnx_reference(model: NnxDecoder, ids, mask, new: int) -> np.ndarray:
     """Greedy decoding with a copy of the nnx model, its cache made by flax's init_cache for the batch."""
     model = nnx.clone(model)
     model.init_cache(ids.shape[0])
-    step = nnx.jit(lambda m, *inputs: m(*inputs)[:, -1])
-    ids, mask = np.asarray(ids), np.asarray(mask)
-    slots = np.zeros((ids.shape[0], CAPACITY), np.int32)
-    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
-    tokens = ids
-    for t in range(ids.shape[1] + new - 1):
-        slots[:, t] = mask[:, t] if t < ids.shape[1] else 1
-        pos = positions[:, t:t + 1] if t < ids.shape[1] else positions[:, -1:] + t - ids.shape[1] + 1
-        logits = step(model, tokens[:, t:t + 1], slots, pos)
-        if t >= ids.shape[1] - 1:
-            tokens = np.concatenate([tokens, np.asarray(logits).argmax(-1)[:, None].astype(np.int32)], axis=1)
-    return tokens
+    last = nnx.jit(lambda m, *inputs: m(*inputs)[:, -1])
+    return greedy_loop(lambda cache, *inputs: (last(model, *inputs), None), None, ids, mask, new)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -388,3 +380,57 @@ def test_an_nnx_decoder_gives_the_tokens_of_its_own_loop(backend):
         want = nnx_reference(model, ids, mask, 12)
         assert np.asarray(cm.generate(ids, attention_mask=mask, max_new_tokens=12)).tolist() == want.tolist()
     assert len(set(want[:, PROMPT:].flatten().tolist())) > 5
+
+
+def jax_params() -> dict:
+    """A decoder in plain jax (no flax), its cache an explicit pytree: per layer keys and values [batch, 64, 2,
+    16], one shared write index."""
+    k = iter(jax.random.split(jax.random.PRNGKey(3), 8))
+    normal = lambda *shape: jax.random.normal(next(k), shape) * 0.5  # noqa: E731
+    return {"embed": normal(VOCAB, 32), "positions": normal(CAPACITY, 32), "head": normal(32, VOCAB),
+            "layers": [{"qkv": normal(32, 96), "out": normal(32, 32)} for _ in range(2)]}
+
+
+def jax_init_cache(batch: int) -> dict:
+    return {"index": jnp.zeros((), jnp.int32),
+            "layers": [{"k": jnp.zeros((batch, CAPACITY, 2, 16)), "v": jnp.zeros((batch, CAPACITY, 2, 16))}
+                       for _ in range(2)]}
+
+
+def jax_apply(params, cache, input_ids, attention_mask, position_ids):
+    x = params["embed"][input_ids] + params["positions"][position_ids]
+    visible = attention_mask[:, None, None, :] > 0
+    index, layers = cache["index"], []
+    for p, c in zip(params["layers"], cache["layers"]):
+        q, k, v = (t.reshape(x.shape[0], 1, 2, 16) for t in jnp.split(x @ p["qkv"], 3, axis=-1))
+        keys = jax.lax.dynamic_update_slice(c["k"], k, (0, index, 0, 0))
+        values = jax.lax.dynamic_update_slice(c["v"], v, (0, index, 0, 0))
+        scores = jnp.where(visible, jnp.einsum("bqhd,bkhd->bhqk", q, keys) / 4.0, -1e9)
+        x = x + jnp.tanh(jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, -1), values).reshape(x.shape) @ p["out"])
+        layers.append({"k": keys, "v": values})
+    return jnp.tanh(x) @ params["head"], {"index": index + 1, "layers": layers}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_explicit_cache_pytree_gives_the_tokens_of_its_own_loop(backend):
+    params = jax_params()
+    with pytest.raises(CaptureError, match="no cached_key / cached_value leaf"):  # leaves named k / v
+        accelir.optimize(CacheDecoder(jax_apply, params, jax_init_cache), (prompt(1)[0],), backend=backend)
+    cm = accelir.optimize(CacheDecoder(jax_apply, params, jax_init_cache, capacity=CAPACITY), (prompt(1)[0],),
+                          backend=backend)
+    assert isinstance(cm, FlaxGenerationModel)
+    header = str(cm.graph).splitlines()[0]
+    assert "%cache.index: i32[], %cache.layers.0.k: f32[batch,64,2,16]" in header
+    step = jax.jit(lambda cache, *inputs: (lambda out: (out[0][:, -1], out[1]))(jax_apply(params, cache, *inputs)))
+    for batch in (1, 3):
+        ids, mask = prompt(batch)
+        want = greedy_loop(step, jax_init_cache(batch), ids, mask, 12)
+        assert np.asarray(cm.generate(ids, attention_mask=mask, max_new_tokens=12)).tolist() == want.tolist()
+    assert len(set(want[:, PROMPT:].flatten().tolist())) > 5
+
+    def drops_a_layer(params, cache, input_ids, attention_mask, position_ids):
+        logits, new = jax_apply(params, cache, input_ids, attention_mask, position_ids)
+        return logits, {"index": new["index"], "layers": new["layers"][:1]}
+    with pytest.raises(CaptureError, match="returned a cache of another structure than it took"):
+        accelir.optimize(CacheDecoder(drops_a_layer, params, jax_init_cache, capacity=CAPACITY), (prompt(1)[0],),
+                         backend=backend)

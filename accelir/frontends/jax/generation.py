@@ -33,14 +33,33 @@ import numpy as np
 from ...errors import CaptureError
 from ...ir import Graph
 
-__all__ = ["FlaxCacheLayout", "flax_cache_problem", "is_flax_module", "capture_flax_decoder"]
+__all__ = ["CacheDecoder", "FlaxCacheLayout", "flax_cache_problem", "is_flax_module", "capture_flax_decoder",
+           "name_step_io"]
 
 # what a step may take beside the ids, in this order, when the module's __call__ names it
 OPTIONAL_INPUTS = ("attention_mask", "position_ids")
 
 
+@dataclass(frozen=True)
+class CacheDecoder:
+    """A jax decoder with an explicit cache pytree: ``apply_fn(params, cache, input_ids, ...) -> (logits,
+    cache)`` decodes one token per sequence (ids [batch, 1], logits [batch, 1, vocab]) and returns the
+    cache with that token written, of the same structure; it may also take ``attention_mask`` and
+    ``position_ids`` (by those names, as a flax module's ``__call__`` does).  ``init_cache(batch)`` gives
+    an empty cache, batch first.  ``capacity`` is how many tokens the cache holds; None reads it from
+    flax-style ``cached_key`` / ``cached_value`` leaves ([batch, length, heads, depth])."""
+
+    apply_fn: Callable[..., tuple]
+    params: Any
+    init_cache: Callable[[int], Any]
+    capacity: int | None = None
+
+
 def _flax_api(model: Any) -> str | None:
-    """"linen" or "nnx" for a flax module (read without importing flax where it is not loaded), else None."""
+    """"linen" or "nnx" for a flax module (read without importing flax where it is not loaded), "explicit" for
+    a CacheDecoder, else None."""
+    if isinstance(model, CacheDecoder):
+        return "explicit"
     for c in type(model).__mro__:
         if c.__name__ == "Module":
             for api in ("linen", "nnx"):
@@ -50,7 +69,7 @@ def _flax_api(model: Any) -> str | None:
 
 
 def is_flax_module(model: Any) -> bool:
-    """Whether ``model`` is a ``flax.linen`` or ``flax.nnx`` module."""
+    """Whether ``model`` is a ``flax.linen`` or ``flax.nnx`` module, or a :class:`CacheDecoder`."""
     return _flax_api(model) is not None
 
 
@@ -60,6 +79,9 @@ def flax_cache_problem(model: Any) -> str | None:
     name = type(model).__name__
     if api is None:
         return f"a {name} is not a flax.linen or flax.nnx module"
+    if api == "explicit":
+        return None if callable(model.apply_fn) and callable(model.init_cache) else \
+            "CacheDecoder's apply_fn and init_cache must be callables"
     if api == "nnx":
         from flax import nnx
         if not _leaves(nnx.state(model, nnx.Cache)):
@@ -89,14 +111,13 @@ class FlaxCacheLayout:
     inputs: tuple[str, ...]  # "input_ids" and those of OPTIONAL_INPUTS the module takes
     ids_dtype: np.dtype
     cache_names: tuple[str, ...]
-    empty_row: tuple[np.ndarray, ...]  # each cache leaf of one sequence (batch 1) as init made it; 0-d leaves as is
+    empty: Callable[[int], list[np.ndarray]]  # batch -> the leaves of an empty cache
     vocab_size: int
     max_positions: int  # the cache's capacity
 
     def empty_cache(self, batch: int) -> list[np.ndarray]:
-        """A fresh cache for ``batch`` sequences: every row as ``init`` made it (0-d leaves, a shared index, alike)."""
-        return [leaf if leaf.ndim == 0 else np.ascontiguousarray(np.broadcast_to(leaf, (batch,) + leaf.shape[1:]))
-                for leaf in self.empty_row]
+        """The leaves of a fresh cache for ``batch`` sequences."""
+        return self.empty(batch)
 
     def step_inputs(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> list[np.ndarray]:
         """The step graph's leading inputs for new tokens ``ids`` [batch, 1]: ``mask`` [batch, filled + 1]
@@ -109,9 +130,9 @@ class FlaxCacheLayout:
         return f"the model's cache capacity ({self.max_positions}, fixed when its cache was initialised)"
 
 
-def _call_parameters(module: Any) -> list[str]:
-    """The names ``module(...)`` takes (``__call__`` of its class, self left out)."""
-    return list(inspect.signature(type(module).__call__).parameters)[1:]  # without self
+def _call_parameters(fn: Callable) -> list[str]:
+    """The parameter names of ``fn`` (a module class's ``__call__`` or an apply function)."""
+    return list(inspect.signature(fn).parameters)
 
 
 def _cache_leaves(cache: Any) -> tuple[list[str], list[np.ndarray], Any]:
@@ -144,6 +165,16 @@ def _check_empty(names: list[str], leaves: list[np.ndarray], module: Any) -> Non
         if name.rsplit(".", 1)[-1] == "cache_index" and x.ndim == 0 and int(x) != 0:
             raise CaptureError(f"{type(module).__name__}'s cache is not empty: {name} is {int(x)}; pass the module "
                                "with the cache init / init_cache made, before any call")
+
+
+def _repeat_first_row(leaves: list[np.ndarray]) -> Callable[[int], list[np.ndarray]]:
+    """A module's empty cache for any batch: each leaf's first row as init made it, repeated (0-d leaves,
+    a shared index, as they are)."""
+    row = [x if x.ndim == 0 else x[:1] for x in leaves]
+
+    def empty(batch: int) -> list[np.ndarray]:
+        return [x if x.ndim == 0 else np.ascontiguousarray(np.broadcast_to(x, (batch,) + x.shape[1:])) for x in row]
+    return empty
 
 
 def _linen_parts(model: Any) -> tuple[Any, Any, Callable]:
@@ -181,36 +212,67 @@ def _nnx_parts(model: Any) -> tuple[Any, Any, Callable]:
     return params, cache, make_step
 
 
+def _explicit_parts(model: CacheDecoder) -> tuple[Any, Any, Callable]:
+    """A CacheDecoder's parameters, its empty cache of batch 1, and ``make_step`` as for linen."""
+    import jax
+
+    def make_step(tree: Any, inputs: tuple[str, ...]) -> Callable:
+        def step(weights: Any, *args: Any) -> tuple:
+            named = dict(zip(inputs, args))
+            cache = jax.tree_util.tree_unflatten(tree, args[len(inputs):])
+            logits, new = model.apply_fn(weights, cache, named.pop("input_ids"), **named)
+            leaves, new_tree = jax.tree_util.tree_flatten(new)
+            if new_tree != tree:
+                raise CaptureError(f"CacheDecoder.apply_fn returned a cache of another structure than it took: "
+                                   f"{new_tree}, not {tree}")
+            return (logits, *leaves)
+        return step
+    return model.params, model.init_cache(1), make_step
+
+
+def _flax_errors() -> tuple[type, ...]:
+    """flax's exception class, where flax is installed (a CacheDecoder needs only jax)."""
+    try:
+        from flax.errors import FlaxError
+    except ImportError:
+        return ()
+    return (FlaxError,)
+
+
+_PARTS = {"linen": _linen_parts, "nnx": _nnx_parts, "explicit": _explicit_parts}
+
+
 def capture_flax_decoder(model: Any) -> tuple[Graph, FlaxCacheLayout]:
     """The decode-step graph of a bound flax decoder and its cache layout (see the module docstring)."""
-    from flax.errors import FlaxError
     from .driver import capture_jax
     problem = flax_cache_problem(model)
     if problem:
         raise CaptureError(f"cannot capture a key/value cache path: {problem}")
-    weights, cache, make_step = (_linen_parts if _flax_api(model) == "linen" else _nnx_parts)(model)
+    api = _flax_api(model)
+    weights, cache, make_step = _PARTS[api](model)
     names, leaves, tree = _cache_leaves(cache)
-    capacity = _capacity(names, leaves, model)
+    capacity = model.capacity if api == "explicit" and model.capacity else _capacity(names, leaves, model)
     _check_empty(names, leaves, model)
-    params = _call_parameters(model)
+    params = _call_parameters(model.apply_fn if api == "explicit" else type(model).__call__)
     inputs = ("input_ids",) + tuple(k for k in OPTIONAL_INPUTS if k in params)
     ids = np.zeros((1, 1), np.int32)
     example = {"input_ids": ids, "attention_mask": np.ones((1, capacity), np.int32), "position_ids": ids}
     specs = {"input_ids": "batch, 1", "attention_mask": f"batch, {capacity}", "position_ids": "batch, 1"}
-    row = tuple(x if x.ndim == 0 else x[:1] for x in leaves)
+    empty = (lambda batch: _cache_leaves(model.init_cache(batch))[1]) if api == "explicit" else _repeat_first_row(leaves)
+    row = empty(1)
     cache_specs = [None if x.ndim == 0 else ", ".join(["batch"] + [str(d) for d in x.shape[1:]]) for x in row]
     step = make_step(tree, inputs)
     try:
         graph = capture_jax(step, (weights, *(example[k] for k in inputs), *row), params_as_constants=True,
                             symbolic_shapes=(None, *(specs[k] for k in inputs), *cache_specs))
-    except (ValueError, TypeError, FlaxError) as e:  # flax's own checks of a decode call
+    except (ValueError, TypeError, *_flax_errors()) as e:  # flax's own checks of a decode call
         raise CaptureError(f"cannot capture {type(model).__name__}'s decode step (one token, input_ids [batch, 1] "
                            f"int32, with {', '.join(inputs[1:]) or 'no other input'}): {str(e).splitlines()[0]}") from None
     logits = graph.outputs[0].type.shape
     if len(graph.outputs) != len(leaves) + 1 or len(logits) != 3 or not isinstance(logits[-1], int):
         raise CaptureError(f"{type(model).__name__} must return logits [batch, 1, vocab]; it returned "
                            f"{[str(v.type) for v in graph.outputs[:len(graph.outputs) - len(leaves)]]}")
-    layout = FlaxCacheLayout(inputs=inputs, ids_dtype=np.dtype(np.int32), cache_names=tuple(names), empty_row=row,
+    layout = FlaxCacheLayout(inputs=inputs, ids_dtype=np.dtype(np.int32), cache_names=tuple(names), empty=empty,
                              vocab_size=int(logits[-1]), max_positions=capacity)
     name_step_io(graph, layout)
     graph.meta.pop("signature", None)  # called with flat arrays by the generation driver
