@@ -174,7 +174,8 @@ def test_the_cache_is_explicit_in_the_ir_and_written_in_place():
     for layer in (0, 1):
         path = f"cache.MultiHeadDotProductAttention_{layer}"
         assert f"%{path}.cache_index: i32[]" in header
-        assert f"%{path}.cached_key: f32[batch,64,2,16]" in header and f"%{path}.cached_value: f32[batch,64,2,16]" in header
+        for kind in ("key", "value"):
+            assert f"%{path}.cached_{kind}: f32[batch,64,2,16]" in header
     assert header.endswith("-> (f32[batch,1,100], i32[], f32[batch,64,2,16], f32[batch,64,2,16], i32[], "
                            "f32[batch,64,2,16], f32[batch,64,2,16]) {")
     for backend in BACKENDS:  # the model writes one token's keys / values into each buffer
@@ -434,3 +435,20 @@ def test_an_explicit_cache_pytree_gives_the_tokens_of_its_own_loop(backend):
     with pytest.raises(CaptureError, match="returned a cache of another structure than it took"):
         accelir.optimize(CacheDecoder(drops_a_layer, params, jax_init_cache, capacity=CAPACITY), (prompt(1)[0],),
                          backend=backend)
+
+
+def test_a_step_that_does_not_fit_is_a_capture_error():
+    params = jax_params()
+
+    def flat_logits(params, cache, input_ids, attention_mask, position_ids):
+        logits, new = jax_apply(params, cache, input_ids, attention_mask, position_ids)
+        return logits[:, 0], new
+
+    def needs_more(params, cache, input_ids, attention_mask, position_ids, temperature):
+        return jax_apply(params, cache, input_ids, attention_mask, position_ids)
+
+    with pytest.raises(CaptureError, match=r"must return logits \[batch, 1, vocab\]; it returned \['f32\[batch,100\]'\]"):
+        capture_flax_decoder(CacheDecoder(flat_logits, params, jax_init_cache, capacity=CAPACITY))
+    with pytest.raises(CaptureError, match=r"cannot capture CacheDecoder's decode step \(one token, input_ids "
+                                           r"\[batch, 1\] int32, with attention_mask, position_ids\): .*temperature"):
+        capture_flax_decoder(CacheDecoder(needs_more, params, jax_init_cache, capacity=CAPACITY))

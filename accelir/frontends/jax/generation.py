@@ -243,8 +243,7 @@ _PARTS = {"linen": _linen_parts, "nnx": _nnx_parts, "explicit": _explicit_parts}
 
 
 def capture_flax_decoder(model: Any) -> tuple[Graph, FlaxCacheLayout]:
-    """The decode-step graph of a bound flax decoder and its cache layout (see the module docstring)."""
-    from .driver import capture_jax
+    """The decode-step graph of a flax decoder and its cache layout (see the module docstring)."""
     problem = flax_cache_problem(model)
     if problem:
         raise CaptureError(f"cannot capture a key/value cache path: {problem}")
@@ -255,28 +254,36 @@ def capture_flax_decoder(model: Any) -> tuple[Graph, FlaxCacheLayout]:
     _check_empty(names, leaves, model)
     params = _call_parameters(model.apply_fn if api == "explicit" else type(model).__call__)
     inputs = ("input_ids",) + tuple(k for k in OPTIONAL_INPUTS if k in params)
-    ids = np.zeros((1, 1), np.int32)
-    example = {"input_ids": ids, "attention_mask": np.ones((1, capacity), np.int32), "position_ids": ids}
-    specs = {"input_ids": "batch, 1", "attention_mask": f"batch, {capacity}", "position_ids": "batch, 1"}
-    empty = (lambda batch: _cache_leaves(model.init_cache(batch))[1]) if api == "explicit" else _repeat_first_row(leaves)
-    row = empty(1)
-    cache_specs = [None if x.ndim == 0 else ", ".join(["batch"] + [str(d) for d in x.shape[1:]]) for x in row]
-    step = make_step(tree, inputs)
-    try:
-        graph = capture_jax(step, (weights, *(example[k] for k in inputs), *row), params_as_constants=True,
-                            symbolic_shapes=(None, *(specs[k] for k in inputs), *cache_specs))
-    except (ValueError, TypeError, *_flax_errors()) as e:  # flax's own checks of a decode call
-        raise CaptureError(f"cannot capture {type(model).__name__}'s decode step (one token, input_ids [batch, 1] "
-                           f"int32, with {', '.join(inputs[1:]) or 'no other input'}): {str(e).splitlines()[0]}") from None
-    logits = graph.outputs[0].type.shape
-    if len(graph.outputs) != len(leaves) + 1 or len(logits) != 3 or not isinstance(logits[-1], int):
-        raise CaptureError(f"{type(model).__name__} must return logits [batch, 1, vocab]; it returned "
-                           f"{[str(v.type) for v in graph.outputs[:len(graph.outputs) - len(leaves)]]}")
+    empty = ((lambda batch: _cache_leaves(model.init_cache(batch))[1]) if api == "explicit"
+             else _repeat_first_row(leaves))
+    graph = _capture_step(model, make_step(tree, inputs), weights, inputs, empty(1), capacity)
     layout = FlaxCacheLayout(inputs=inputs, ids_dtype=np.dtype(np.int32), cache_names=tuple(names), empty=empty,
-                             vocab_size=int(logits[-1]), max_positions=capacity)
+                             vocab_size=int(graph.outputs[0].type.shape[-1]), max_positions=capacity)
     name_step_io(graph, layout)
     graph.meta.pop("signature", None)  # called with flat arrays by the generation driver
     return graph, layout
+
+
+def _capture_step(model: Any, step: Callable, weights: Any, inputs: tuple[str, ...], cache: list[np.ndarray],
+                  capacity: int) -> Graph:
+    """``step`` captured for one int32 token per sequence, batch symbolic, the weights as constants."""
+    from .driver import capture_jax
+    ids = np.zeros((1, 1), np.int32)
+    example = {"input_ids": ids, "attention_mask": np.ones((1, capacity), np.int32), "position_ids": ids}
+    specs = {"input_ids": "batch, 1", "attention_mask": f"batch, {capacity}", "position_ids": "batch, 1"}
+    cache_specs = [None if x.ndim == 0 else ", ".join(["batch"] + [str(d) for d in x.shape[1:]]) for x in cache]
+    try:
+        graph = capture_jax(step, (weights, *(example[k] for k in inputs), *cache), params_as_constants=True,
+                            symbolic_shapes=(None, *(specs[k] for k in inputs), *cache_specs))
+    except (ValueError, TypeError, *_flax_errors()) as e:  # flax's own checks of a decode call
+        raise CaptureError(f"cannot capture {type(model).__name__}'s decode step (one token, input_ids [batch, 1] "
+                           f"int32, with {', '.join(inputs[1:]) or 'no other input'}): "
+                           f"{str(e).splitlines()[0]}") from None
+    logits = graph.outputs[0].type.shape
+    if len(graph.outputs) != len(cache) + 1 or len(logits) != 3 or not isinstance(logits[-1], int):
+        raise CaptureError(f"{type(model).__name__} must return logits [batch, 1, vocab]; it returned "
+                           f"{[str(v.type) for v in graph.outputs[:len(graph.outputs) - len(cache)]]}")
+    return graph
 
 
 def name_step_io(graph: Graph, layout: FlaxCacheLayout) -> None:
