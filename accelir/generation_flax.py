@@ -143,6 +143,16 @@ class FlaxGenerationModel(GenerationModel):
     __call__ = CompiledModel.__call__
     export = CompiledModel.export
 
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`GenerationModel.generate`, whose decoding loop (transformers' order of warpers,
+        ``torch.multinomial`` draws) needs torch beside jax."""
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise AccelirError("generate() decodes with torch's sampling (the loop transformers' generate runs), and "
+                               "torch is not installed: pip install 'accelir[torch]'") from None
+        return super().generate(*args, **kwargs)
+
     def capacity_for(self, total: int) -> int:
         return self.layout.max_positions  # the model's own, fixed when its cache was initialised
 

@@ -265,6 +265,14 @@ def test_bad_inputs_are_clear_errors_before_the_runtime(backend):
         accelir.optimize(bound(), (ids,), backend="auto")
 
 
+def test_generate_without_torch_says_to_install_it(monkeypatch):
+    import sys
+    cm = compiled("onnxruntime")
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    with pytest.raises(AccelirError, match="torch is not installed: pip install 'accelir\\[torch\\]'"):
+        cm.generate(prompt(1)[0], max_new_tokens=2)
+
+
 def test_a_module_without_a_cache_says_what_is_missing():
     module = Decoder()
     variables = init(module, "mask", "pos")
