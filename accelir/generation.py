@@ -58,7 +58,7 @@ def decode_path(path: str) -> str:
 
 
 def run_passes(graph: Graph, backend: str, level: int, passes: Sequence[Any] | None,
-                debug: dict[str, Any] | None) -> Any:
+               debug: dict[str, Any] | None) -> Any:
     from .pass_manager import PassManager
     options = dict(debug or {})
     if options.get("check_numerics") is not None:
