@@ -445,6 +445,29 @@ def test_an_explicit_cache_pytree_gives_the_tokens_of_its_own_loop(backend):
                          backend=backend)
 
 
+class _ScanBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x, _):
+        return x + nn.MultiHeadDotProductAttention(num_heads=2, decode=True)(x), None
+
+
+class ScannedDecoder(nn.Module):
+    """Layers under nn.scan: each cache leaf gets a leading layers' axis."""
+
+    @nn.compact
+    def __call__(self, input_ids):
+        layers = nn.scan(_ScanBlock, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True}, length=2)
+        x, _ = layers()(nn.Embed(VOCAB, 32)(input_ids), None)
+        return nn.Dense(VOCAB)(x)
+
+
+def test_a_cache_stacked_over_layers_is_refused():
+    scanned = ScannedDecoder()
+    with pytest.raises(CaptureError, match=r"cache is stacked over layers \(.*cache_index has shape \[2\], not a "
+                                           r"scalar\): .*without nn.scan"):
+        accelir.optimize(scanned.bind(init(scanned)), (prompt(1)[0],))
+
+
 def test_a_step_that_does_not_fit_is_a_capture_error():
     params = jax_params()
 

@@ -162,7 +162,13 @@ def _check_empty(names: list[str], leaves: list[np.ndarray], module: Any) -> Non
         raise CaptureError(f"{type(module).__name__}'s cache leaves disagree on their batch (axis 0): "
                            f"{sorted(batches)}; accelir needs flax's layout, batch first")
     for name, x in zip(names, leaves):
-        if name.rsplit(".", 1)[-1] == "cache_index" and x.ndim == 0 and int(x) != 0:
+        if name.rsplit(".", 1)[-1] != "cache_index":
+            continue
+        if x.ndim:  # nn.scan / nnx.vmap over layers: the layers' axis leads, not the batch
+            raise CaptureError(f"{type(module).__name__}'s cache is stacked over layers ({name} has shape "
+                               f"{list(x.shape)}, not a scalar): accelir needs each layer's cache batch first; "
+                               "build the layers without nn.scan for decoding")
+        if int(x) != 0:
             raise CaptureError(f"{type(module).__name__}'s cache is not empty: {name} is {int(x)}; pass the module "
                                "with the cache init / init_cache made, before any call")
 
