@@ -178,8 +178,9 @@ def test_the_cache_is_explicit_in_the_ir_and_written_in_place():
             assert f"%{path}.cached_{kind}: f32[batch,64,2,16]" in header
     assert header.endswith("-> (f32[batch,1,100], i32[], f32[batch,64,2,16], f32[batch,64,2,16], i32[], "
                            "f32[batch,64,2,16], f32[batch,64,2,16]) {")
-    for backend in BACKENDS:  # the model writes one token's keys / values into each buffer
-        assert compiled(backend).graph.op_histogram().get("dynamic_update_slice") == 4
+    for backend in BACKENDS:  # the model writes one token's keys / values into each buffer, and attends over it
+        ops = compiled(backend).graph.op_histogram()
+        assert ops.get("dynamic_update_slice") == 4 and ops.get("attention") == 2 and "softmax" not in ops
 
 
 def test_onnxruntime_keeps_the_cache_in_ortvalues():
