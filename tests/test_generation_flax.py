@@ -1,10 +1,12 @@
 """Generation with a flax decoder's cache: optimize(module.bind(variables)) and cm.generate() against a jax loop.
 
-The decoder is written here: 2 layers, width 32, vocab 100, nn.MultiHeadDotProductAttention with
+The decoders are written here: 2 layers, width 32, vocab 100, nn.MultiHeadDotProductAttention with
 decode=True (flax's cache collection: cached_key / cached_value [batch, 64, heads, depth] and a
 cache_index), learned positions, weights drawn wide enough that greedy decoding does not settle on
-one token.  The oracle is a plain jax loop over ``module.apply(..., mutable=["cache"])``: the prompt
-fed one token at a time through the cache, as flax's decoding loops feed it, then argmax.
+one token; the same in flax.nnx, and one in plain jax with an explicit cache pytree.  The oracle is a
+plain jax loop over the model's own step (``module.apply(..., mutable=["cache"])``, the nnx module,
+the apply function), its cache made by flax for the batch: the prompt fed one token at a time
+through the cache, as flax's decoding loops feed it, then argmax.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 import accelir
 from accelir import AccelirError, InputError
 from accelir.errors import CaptureError
 from accelir.frontends.jax.generation import capture_flax_decoder
 from accelir.generation_flax import CacheDecoder, FlaxGenerationModel
-from flax import nnx
 
 VOCAB, CAPACITY, NEW, PROMPT = 100, 64, 24, 7
 BACKENDS = ("onnxruntime", "xla")
@@ -57,10 +59,11 @@ class MaskFreeDecoder(nn.Module):
         return _forward(input_ids, None, None)
 
 
-def init(module: nn.Module, *args, batch: int = 1) -> dict:
-    """Variables for a cache of CAPACITY slots (the length of the ids init sees)."""
+def init(module: nn.Module, inputs: int = 1, batch: int = 1) -> dict:
+    """Variables for a cache of CAPACITY slots (the length of the ids init sees); ``inputs``: how many
+    [batch, CAPACITY] int arrays the module's __call__ takes (ids, mask, positions)."""
     full = jnp.zeros((batch, CAPACITY), jnp.int32)
-    return module.init(jax.random.PRNGKey(0), full, *[full] * len(args))
+    return module.init(jax.random.PRNGKey(0), *[full] * inputs)
 
 
 _bound: dict[str, nn.Module] = {}
@@ -70,7 +73,7 @@ _compiled: dict[tuple[str, str], FlaxGenerationModel] = {}
 def bound(kind: str = "masked") -> nn.Module:
     if kind not in _bound:
         module = Decoder() if kind == "masked" else MaskFreeDecoder()
-        _bound[kind] = module.bind(init(module, *(["mask", "pos"] if kind == "masked" else [])))
+        _bound[kind] = module.bind(init(module, 3 if kind == "masked" else 1))
     return _bound[kind]
 
 
@@ -120,7 +123,7 @@ def _linen_step(variables, ids, mask, positions):
 def reference(ids, mask, new: int) -> np.ndarray:
     """The linen decoder's greedy tokens, from a cache flax's init makes for the batch."""
     params = bound().variables["params"]
-    cache = init(Decoder(), "mask", "pos", batch=ids.shape[0])["cache"]
+    cache = init(Decoder(), 3, batch=ids.shape[0])["cache"]
     return greedy_loop(lambda c, *inputs: _linen_step({"params": params, "cache": c}, *inputs), cache, ids, mask, new)
 
 
@@ -276,7 +279,7 @@ def test_generate_without_torch_says_to_install_it(monkeypatch):
 
 def test_a_module_without_a_cache_says_what_is_missing():
     module = Decoder()
-    variables = init(module, "mask", "pos")
+    variables = init(module, 3)
     params_only = module.bind({"params": variables["params"]})
     with pytest.raises(CaptureError, match="variables hold no 'cache' collection \\(they hold params\\); build its "
                                            "attention with decode=True"):
