@@ -6,6 +6,7 @@ from __future__ import annotations
 from . import ops
 from .api import CompiledModel, capture, optimize
 from . import generation  # registers optimize()'s path for causal LMs (a prefill and a decode graph)
+from . import generation_flax  # and for flax decoders with their cache (one decode-step graph)
 from .errors import (AccelirError, CaptureError, InputError, LoweringError, NumericMismatchError, OutputExistsError,
                      ParseError, PassError, UnsupportedOpError, VerificationError)
 from .interpreter import interpret, run_graph

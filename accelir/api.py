@@ -334,7 +334,10 @@ class CompiledModel:
         """Only a causal LM optimised with its key/value cache generates (``accelir.generation``)."""
         raise AccelirError("generate() needs a key/value cache path, which this model lacks: optimize() captures one "
                            "from a transformers causal LM (a torch model with generate() whose config has "
-                           "use_cache=True, called without dynamic_shapes or capture options)")
+                           "use_cache=True) or from a flax decoder with its cache (a flax.linen module bound to "
+                           "variables with a 'cache' collection, an nnx module after init_cache, or "
+                           "accelir.generation_flax.CacheDecoder), either called without dynamic_shapes or capture "
+                           "options")
 
     def sharded_parameters(self) -> dict[str, Any]:
         """The weights as placed over the mesh (jax arrays by name), for a model optimised with ``mesh=``."""

@@ -31,7 +31,8 @@ from .api import CompiledModel, OptimizeReport, build_runner, pass_list, registe
 from .errors import AccelirError, InputError, LoweringError
 from .ir import Graph
 
-__all__ = ["is_causal_lm", "optimize_causal_lm", "GenerationModel", "GenerationTiming", "decode_path"]
+__all__ = ["is_causal_lm", "optimize_causal_lm", "GenerationModel", "GenerationTiming", "decode_path", "OrtSteps",
+           "run_passes"]
 
 _CAPACITY_STEP = 64  # the XLA cache's capacity is rounded up to a multiple of this
 
@@ -56,8 +57,8 @@ def decode_path(path: str) -> str:
     return f"{root}.decode{suffix}"
 
 
-def _run_passes(graph: Graph, backend: str, level: int, passes: Sequence[Any] | None,
-                debug: dict[str, Any] | None) -> Any:
+def run_passes(graph: Graph, backend: str, level: int, passes: Sequence[Any] | None,
+               debug: dict[str, Any] | None) -> Any:
     from .pass_manager import PassManager
     options = dict(debug or {})
     if options.get("check_numerics") is not None:
@@ -83,15 +84,15 @@ def optimize_causal_lm(model: Any, example_inputs: Any = None, *, backend: str =
     sources = (prefill.copy(), decode.copy())
     report.nodes_before = prefill.num_nodes()
     t0 = time.perf_counter()
-    report.passes = _run_passes(prefill, backend, level, passes, debug)
-    decode_report = _run_passes(decode, backend, level, passes, debug)
+    report.passes = run_passes(prefill, backend, level, passes, debug)
+    decode_report = run_passes(decode, backend, level, passes, debug)
     for g in (prefill, decode):
         name_cache_io(g, layout)
     report.stages["passes"] = time.perf_counter() - t0
     report.nodes_after = prefill.num_nodes()
     t0 = time.perf_counter()
     runner = build_runner(prefill, backend, device)
-    stepper = (_OrtSteps(runner, build_runner(decode, backend, device)) if backend == "onnxruntime"
+    stepper = (OrtSteps(runner, build_runner(decode, backend, device)) if backend == "onnxruntime"
                else _XlaSteps(runner, decode))
     report.chosen = backend
     report.stages["lowering"] = time.perf_counter() - t0
@@ -126,7 +127,7 @@ def _positions(mask: np.ndarray) -> np.ndarray:
 
 # ----- the backends' steps -------------------------------------------------------------
 
-class _OrtSteps:
+class OrtSteps:
     """Prefill then decode steps on onnxruntime, the cache held as OrtValues between steps."""
 
     def __init__(self, prefill: Any, decode: Any):
@@ -377,6 +378,9 @@ class GenerationModel(CompiledModel):
         out = torch.cat([prompt] + [t[:, None] for t in new_tokens], dim=1)
         if as_numpy:
             return out.numpy()
+        if type(input_ids).__module__.startswith("jax"):  # jax in, jax out, in the ids' own dtype
+            import jax.numpy as jnp
+            return jnp.asarray(out.numpy().astype(input_ids.dtype))
         return out.to(input_ids.device) if isinstance(input_ids, torch.Tensor) else out
 
     def _check_length(self, prompt: int, max_new_tokens: int, min_new_tokens: int) -> None:
@@ -388,8 +392,8 @@ class GenerationModel(CompiledModel):
         limit = self.layout.max_positions
         if limit and prompt + max_new_tokens > limit:
             raise InputError(f"the prompt ({prompt} tokens) plus max_new_tokens ({max_new_tokens}) is "
-                             f"{prompt + max_new_tokens} tokens, over the model's max_position_embeddings "
-                             f"({limit}) and so the cache capacity; shorten the prompt or ask for fewer tokens")
+                             f"{prompt + max_new_tokens} tokens, over {self.layout.describe_limit()}; "
+                             "shorten the prompt or ask for fewer tokens")
 
     def export(self, path: str | os.PathLike, *, overwrite: bool = False) -> str:
         """As ``CompiledModel.export``; ``.onnx``, ``.mlir`` and ``.hlo`` write the prefill graph to ``path``

@@ -127,10 +127,10 @@ def _accelir(backend: str) -> Callable[..., Callable[[Any], Any]]:
         import accelir
         cm = accelir.optimize(model, (ids,), backend=backend)
         if backend == "onnxruntime":  # the benchmark's thread count, as benchmarks.run gives accelir's sessions
-            from accelir.generation import _OrtSteps
+            from accelir.generation import OrtSteps
             from accelir.lowering.onnxruntime import OnnxRuntimeModule
-            cm._stepper = _OrtSteps(OnnxRuntimeModule(cm.graph, threads=threads),
-                                    OnnxRuntimeModule(cm.decode_graph, threads=threads))
+            cm._stepper = OrtSteps(OnnxRuntimeModule(cm.graph, threads=threads),
+                                   OnnxRuntimeModule(cm.decode_graph, threads=threads))
         return lambda streamer: cm.generate(ids, max_new_tokens=n, min_new_tokens=n, streamer=streamer)
     return build
 

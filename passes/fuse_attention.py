@@ -128,6 +128,8 @@ def _scores(s: Value) -> _Scores:
         elif node.op == "where":
             cond, a, fill = node.inputs
             f = scalar(fill)
+            if f is None and fill.producer is not None and fill.producer.op == "broadcast_to":
+                f = scalar(fill.producer.inputs[0])  # a scalar broadcast to a shape with symbolic dims (jax's)
             if f is None:
                 raise _Reject("the where-mask fill is not a scalar constant")
             s, sc.mask = a, cond

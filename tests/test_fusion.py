@@ -610,6 +610,29 @@ graph main(%q: f32[2,5,8], %k: f32[2,6,8], %v: f32[2,6,8], %m: bool[2,5,6]) -> (
   return %3
 }
 """),
+    Case("attention_where_fill_broadcast_to_symbolic_shape", "fuse_attention", """
+graph main(%q: f32[b,5,8], %k: f32[b,6,8], %v: f32[b,6,8], %m: bool[b,5,6]) -> (f32[b,5,8]) {
+  %s = constant() {name="s", value=0.125} : f32[]
+  %big = constant() {name="big", value=-3.4028234663852886e+38} : f32[]
+  %0 = transpose(%k) {perm=[0, 2, 1]} : f32[b,8,6]
+  %1 = matmul(%q, %0) : f32[b,5,6]
+  %2 = mul(%1, %s) : f32[b,5,6]
+  %fill = broadcast_to(%big) {shape=["b", 5, 6]} : f32[b,5,6]
+  %3 = where(%m, %2, %fill) : f32[b,5,6]
+  %4 = softmax(%3) {axis=-1} : f32[b,5,6]
+  %5 = matmul(%4, %v) : f32[b,5,8]
+  return %5
+}
+""",
+         """
+graph main(%q: f32[b,5,8], %k: f32[b,6,8], %v: f32[b,6,8], %m: bool[b,5,6]) -> (f32[b,5,8]) {
+  %0 = constant() {name="c", value=0.0} : f32[]
+  %1 = constant() {name="c_0", value=-3.4028235e+38} : f32[]
+  %2 = where(%m, %0, %1) : f32[b,5,6]
+  %3 = attention(%q, %k, %v, %2) {scale=0.125, causal=false} : f32[b,5,8]
+  return %3
+}
+"""),  # jax's where fill: a scalar broadcast to the scores' shape, its batch symbolic
     Case("attention_mask_before_scale", "fuse_attention", """
 graph main(%q: f32[2,5,8], %k: f32[2,6,8], %v: f32[2,6,8], %m: f32[2,5,6]) -> (f32[2,5,8]) {
   %s = constant() {name="s", value=0.125} : f32[]

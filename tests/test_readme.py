@@ -91,6 +91,15 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch):
     want = ns["lm"].generate(ns["prompt"], max_new_tokens=24, do_sample=False)
     assert ns["tokens"].tolist() == want.tolist() and len(ns["new"]) == 24
     assert (tmp_path / "lm.onnx").is_file() and (tmp_path / "lm.decode.onnx").is_file()
+    # the flax snippet: greedy decoding in plain jax, the prompt fed one token at a time through the cache
+    cache, seq = ns["variables"]["cache"], [int(t) for t in ns["flax_ids"][0]]
+    for t in range(len(seq) + 7):
+        logits, mutated = ns["decoder"].apply({"params": ns["variables"]["params"], "cache": cache},
+                                              np.array([[seq[t]]], np.int32), mutable=["cache"])
+        cache = mutated["cache"]
+        if t >= 2:
+            seq.append(int(logits[0, -1].argmax()))
+    assert np.asarray(ns["flax_tokens"]).tolist() == [seq]
     # the sharding snippet (on however many devices jax has here)
     np.testing.assert_allclose(ns["split_out"].last_hidden_state.numpy(), expected.numpy(), rtol=1e-3, atol=1e-4)
     assert ns["fc"].shape == tuple(ns["model"].h[0].mlp.c_fc.weight.shape)

@@ -33,7 +33,7 @@ from .converter import Converter, Problem
 # the rule modules, by op family: importing them registers their rules in RULES
 RULE_MODULES = (control_flow, elementwise, indexing, linalg, reduce, shape)
 
-__all__ = ["capture_jax", "JaxSignature"]
+__all__ = ["capture_jax", "JaxSignature", "path_name"]
 
 
 @dataclass(frozen=True)
@@ -107,11 +107,11 @@ def _leaf_names(tree: Any) -> list[str]:
     import jax
     out = []
     for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        out.append(_path_name(path))
+        out.append(path_name(path))
     return out
 
 
-def _path_name(path: Sequence[Any]) -> str:
+def path_name(path: Sequence[Any]) -> str:
     parts = []
     for k in path:
         for attr in ("key", "name", "idx"):

@@ -68,6 +68,10 @@ class CacheLayout:
     vocab_size: int
     max_positions: int | None
 
+    def describe_limit(self) -> str:
+        """What bounds prompt plus new tokens, for the error that names it."""
+        return f"the model's max_position_embeddings ({self.max_positions}) and so the cache capacity"
+
     @property
     def past_names(self) -> list[str]:
         return [f"past_{kind}_{i}" for i in range(self.layers) for kind in ("key", "value")]
