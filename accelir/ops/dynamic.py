@@ -87,6 +87,14 @@ def _reg(name: str, rule, ref, unbacked, *, bounds=None, min_inputs=1, max_input
                    attrs={**(attrs or {}), **_SYMS}, unbacked=unbacked, bounds=bounds, doc=doc))
 
 
+def register_data_dependent(name: str, rule, ref, unbacked, *, decided_by: int = 0, **kw: Any) -> None:
+    """Registers an op of this family defined in another module (accelir/ops/runtime_sized.py), so
+    that the lowerings and the errors that walk ``DATA_DEPENDENT_OPS`` and ``DECIDED_BY`` meet it."""
+    if decided_by:
+        DECIDED_BY[name] = decided_by
+    _reg(name, rule, ref, unbacked, **kw)
+
+
 # ----- selections --------------------------------------------------------------------
 
 def _nonzero_rule(types, attrs):

@@ -9,6 +9,7 @@ from onnx import numpy_helper
 from accelir.ir import DType
 
 from .context import SAME, register_lowering
+from .kernels import ONNX_DTYPE
 
 
 def _i64(ctx, v):
@@ -135,3 +136,39 @@ def _lower_squeeze_dynamic(ctx, node, xs):
 def _lower_split_dynamic(ctx, node, xs):
     n = node.attrs["outputs"]
     return list(ctx.kernel("Split", xs[0], _i64(ctx, xs[1]), results=(SAME,) * n, axis=node.attrs["axis"]))
+
+
+# the signal and image ops of accelir/ops/runtime_sized.py: their ONNX ops, with the run-time operands
+
+@register_lowering("affine_grid_dynamic")
+def _lower_affine_grid_dynamic(ctx, node, xs):
+    return [ctx.kernel("AffineGrid", xs[0], _i64(ctx, xs[1]), align_corners=int(node.attrs["align_corners"]))]
+
+
+@register_lowering("col2im_dynamic")
+def _lower_col2im_dynamic(ctx, node, xs):
+    a = node.attrs
+    return [ctx.kernel("Col2Im", xs[0], _i64(ctx, xs[1]), _i64(ctx, xs[2]), strides=list(a["strides"]),
+                       dilations=list(a["dilations"]), pads=list(a["pads"]))]
+
+
+@register_lowering("dft_dynamic")
+def _lower_dft_dynamic(ctx, node, xs):
+    length = _i64(ctx, xs[2]) if len(xs) > 2 else None
+    return [ctx.kernel("DFT", xs[0], length, _i64(ctx, xs[1]), inverse=int(node.attrs["inverse"]),
+                       onesided=int(node.attrs["onesided"]))]
+
+
+@register_lowering("stft_dynamic")
+def _lower_stft_dynamic(ctx, node, xs):
+    return [ctx.kernel("STFT", xs[0], _i64(ctx, xs[1]), xs[2], onesided=int(node.attrs["onesided"]))]
+
+
+@register_lowering("mel_weight_matrix_dynamic")
+def _lower_mel_weight_matrix_dynamic(ctx, node, xs):
+    dt = node.attrs["dtype"]
+    cdt = dt if dt in (DType.f32, DType.f64) else DType.f32  # computed in float, as ONNX's reference does
+    ints = [_i64(ctx, x) for x in xs[:3]]
+    edges = [ctx.cast(x, DType.f32) for x in xs[3:]]
+    out = ctx.op("MelWeightMatrix", *ints, *edges, dtype=cdt, output_datatype=ONNX_DTYPE[cdt])
+    return [ctx.cast(out, dt)]

@@ -1,0 +1,152 @@
+"""Signal and image ops whose sizes come from a graph input (accelir/ops/runtime_sized.py): AffineGrid's
+size, Col2Im's image and block shapes, DFT's axis and length, STFT's frame step and length,
+MelWeightMatrix's sizes, and MaxUnpool's output_shape, fed as they come.
+
+Each model is imported once and compiled once for onnxruntime, then run at two values of its
+shape-like input; both accelir paths (the interpreter on the imported graph, the compiled model)
+are checked at each value against onnx's ReferenceEvaluator and onnxruntime running the original
+model.  XLA refuses such a graph naming the input, and ``static_inputs`` still specialises it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx.reference import ReferenceEvaluator
+
+import accelir
+from accelir.errors import LoweringError
+from accelir.frontends.onnx import import_onnx
+from accelir.interpreter import run_graph
+from accelir.unbacked import unbacked_dims
+
+_ONNX = {np.dtype(np.float32): T.FLOAT, np.dtype(np.float64): T.DOUBLE, np.dtype(np.int64): T.INT64,
+         np.dtype(np.int32): T.INT32}
+
+
+@dataclass
+class Case:
+    id: str
+    op: str
+    inputs: list[np.ndarray | None]  # the first value of every input (None: omitted)
+    second: dict[int, np.ndarray]  # the inputs that change for the second run, by position
+    ir_op: str  # the op the import must make
+    attrs: dict[str, Any] = field(default_factory=dict)
+    opset: int = 20
+    tol: float = 1e-5
+    onnxruntime_agrees: bool = True  # whether onnxruntime on the original model is an oracle here
+
+
+def _i64(*v: int) -> np.ndarray:
+    return np.asarray(v, np.int64)
+
+
+def _scalar(v: Any, dtype: Any = np.int64) -> np.ndarray:
+    return np.asarray(v, dtype)
+
+
+def _cases() -> list[Case]:
+    r = np.random.default_rng(0)
+    f32 = lambda *s: r.standard_normal(s).astype(np.float32)  # noqa: E731
+    return [
+        Case("affine_grid_2d", "AffineGrid", [f32(2, 2, 3), _i64(2, 3, 5, 6)], {1: _i64(2, 3, 4, 7)},
+             "affine_grid_dynamic"),
+        Case("affine_grid_3d_align_corners", "AffineGrid", [f32(1, 3, 4), _i64(1, 2, 3, 4, 5)],
+             {1: _i64(1, 2, 2, 5, 3)}, "affine_grid_dynamic", attrs={"align_corners": 1}),
+        # [N, C * prod(block), L]: both image / block pairs give 12 blocks of 4
+        Case("col2im", "Col2Im", [f32(1, 8, 12), _i64(4, 5), _i64(2, 2)], {1: _i64(6, 4), 2: _i64(4, 1)},
+             "col2im_dynamic", opset=18),
+        Case("col2im_strides_pads", "Col2Im", [f32(1, 12, 9), _i64(5, 4), _i64(3, 2)], {1: _i64(5, 5), 2: _i64(2, 3)},
+             "col2im_dynamic", attrs={"strides": [2, 1], "pads": [1, 0, 1, 0]}, opset=18),
+        Case("rfft_axis", "DFT", [f32(1, 6, 8, 1), None, _scalar(1)], {2: _scalar(2)}, "dft_dynamic",
+             attrs={"onesided": 1}),
+        Case("irfft_axis", "DFT", [f32(1, 4, 5, 2), None, _scalar(-3)], {2: _scalar(2)}, "dft_dynamic",
+             attrs={"inverse": 1, "onesided": 1}),
+        Case("dft_length", "DFT", [f32(2, 6, 2), _scalar(4)], {1: _scalar(9)}, "dft_dynamic"),
+        Case("stft_step_and_length", "STFT", [f32(1, 64, 1), _scalar(8), None, _scalar(16)],
+             {1: _scalar(5), 3: _scalar(10)}, "stft_dynamic", opset=17, tol=1e-4),
+        Case("stft_window", "STFT", [f32(2, 40, 2), _scalar(4), np.hanning(12).astype(np.float32)],
+             {1: _scalar(7)}, "stft_dynamic", attrs={"onesided": 0}, opset=17, tol=1e-4),
+        Case("mel_weight_matrix", "MelWeightMatrix",
+             [_scalar(8, np.int32), _scalar(64, np.int32), _scalar(8000, np.int32), _scalar(0, np.float32),
+              _scalar(4000, np.float32)],
+             {0: _scalar(5, np.int32), 1: _scalar(32, np.int32), 3: _scalar(100, np.float32)},
+             "mel_weight_matrix_dynamic", opset=17),
+        # onnxruntime's MaxUnpool places the values by the output_shape's planes, ONNX by the unpooled
+        # tensor's: only ONNX's reference is the oracle (accelir pads the unpooled tensor, as ONNX does)
+        Case("maxunpool_output_shape", "MaxUnpool", [f32(1, 1, 2, 2), _i64(5, 3, 12, 15).reshape(1, 1, 2, 2),
+                                                     _i64(1, 1, 5, 5)], {2: _i64(1, 1, 4, 6)}, "pad_dynamic",
+             attrs={"kernel_shape": [2, 2], "strides": [2, 2]}, opset=18, onnxruntime_agrees=False),
+    ]
+
+
+CASES = _cases()
+
+
+def _names(case: Case) -> list[str]:
+    return ["" if a is None else f"in{i}" for i, a in enumerate(case.inputs)]
+
+
+def _model(case: Case) -> onnx.ModelProto:
+    names = _names(case)
+    ins = [h.make_tensor_value_info(n, _ONNX[a.dtype], list(a.shape)) for n, a in zip(names, case.inputs) if n]
+    g = h.make_graph([h.make_node(case.op, names, ["out"], **case.attrs)], case.id, ins,
+                     [h.make_empty_tensor_value_info("out")])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", case.opset)])
+
+
+def _feeds(case: Case, second: bool) -> dict[str, np.ndarray]:
+    values = {i: a for i, a in enumerate(case.inputs) if a is not None}
+    if second:
+        values.update(case.second)
+    return {f"in{i}": a for i, a in values.items()}
+
+
+def _ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_one_compiled_model_matches_the_oracles_at_two_values_of_the_shape_input(case: Case) -> None:
+    model = _model(case)
+    g = import_onnx(model)
+    assert case.ir_op in {n.op for n in g.nodes}, str(g)
+    assert unbacked_dims(g), str(g)
+    compiled = accelir.optimize(model, _feeds(case, False), backend="onnxruntime")
+    shapes = set()
+    for second in (False, True):
+        feeds = _feeds(case, second)
+        want = ReferenceEvaluator(model).run(None, feeds)[0]
+        oracles = {"reference": want}
+        if case.onnxruntime_agrees:
+            oracles["onnxruntime"] = _ort(model, feeds)
+        got = {"interpreter": run_graph(g, list(feeds.values()))[0], "compiled": compiled(*feeds.values())[0]}
+        for label, y in got.items():
+            y = np.asarray(y)
+            assert y.dtype == want.dtype and y.shape == want.shape, f"{label}: {y.dtype}{y.shape}"
+            for oracle, w in oracles.items():
+                np.testing.assert_allclose(y, w, rtol=case.tol, atol=case.tol * max(1.0, float(np.abs(w).max())),
+                                           err_msg=f"{case.id} ({label} vs {oracle}, second={second})")
+        shapes.add(want.shape)
+    assert len(shapes) == 2, "the two values of the shape input should give two output shapes"
+
+
+def test_xla_refuses_naming_the_input_and_static_inputs_still_specialises() -> None:
+    case = CASES[[c.id for c in CASES].index("stft_step_and_length")]
+    model = _model(case)
+    feeds = _feeds(case, False)
+    with pytest.raises(LoweringError, match=r"\[STFT\].*graph input\(s\) 'in3'.*static_inputs"):
+        accelir.optimize(model, feeds, backend="xla")
+    static = {k: feeds[k] for k in ("in1", "in3")}
+    compiled = accelir.optimize(model, {"in0": feeds["in0"]}, backend="xla", static_inputs=static)
+    np.testing.assert_allclose(np.asarray(compiled(feeds["in0"])[0]), ReferenceEvaluator(model).run(None, feeds)[0],
+                               rtol=1e-4, atol=1e-4)
