@@ -25,7 +25,10 @@ import accelir
 from accelir.errors import LoweringError
 from accelir.frontends.onnx import import_onnx
 from accelir.interpreter import run_graph
+from accelir.lowering.onnx import to_onnx
+from accelir.text import parse
 from accelir.unbacked import unbacked_dims
+from accelir.verify import verify
 
 _ONNX = {np.dtype(np.float32): T.FLOAT, np.dtype(np.float64): T.DOUBLE, np.dtype(np.int64): T.INT64,
          np.dtype(np.int32): T.INT32}
@@ -150,3 +153,76 @@ def test_xla_refuses_naming_the_input_and_static_inputs_still_specialises() -> N
     compiled = accelir.optimize(model, {"in0": feeds["in0"]}, backend="xla", static_inputs=static)
     np.testing.assert_allclose(np.asarray(compiled(feeds["in0"])[0]), ReferenceEvaluator(model).run(None, feeds)[0],
                                rtol=1e-4, atol=1e-4)
+
+
+# ----- a Loop whose trip count is run-time data ----------------------------------------
+
+def _loop_model() -> onnx.ModelProto:
+    """trips (a graph input) iterations of prev + delta, each iteration's value a scan output (ONNX's
+    expanded Range, with a second scan output that reads the iteration number)."""
+    body = h.make_graph(
+        [h.make_node("Identity", ["cond"], ["cond_out"]), h.make_node("Add", ["prev", "delta"], ["current"]),
+         h.make_node("Identity", ["prev"], ["range"]), h.make_node("Cast", ["i"], ["i_f"], to=T.FLOAT),
+         h.make_node("Mul", ["i_f", "prev"], ["scaled"])], "body",
+        [h.make_tensor_value_info("i", T.INT64, []), h.make_tensor_value_info("cond", T.BOOL, []),
+         h.make_tensor_value_info("prev", T.FLOAT, [2])],
+        [h.make_tensor_value_info("cond_out", T.BOOL, []), h.make_tensor_value_info("current", T.FLOAT, [2]),
+         h.make_tensor_value_info("range", T.FLOAT, [2]), h.make_tensor_value_info("scaled", T.FLOAT, [2])])
+    g = h.make_graph([h.make_node("Loop", ["trips", "go", "start"], ["last", "values", "scaled"], body=body)],
+                     "loop", [h.make_tensor_value_info("trips", T.INT64, []),
+                              h.make_tensor_value_info("start", T.FLOAT, [2]),
+                              h.make_tensor_value_info("delta", T.FLOAT, [2])],
+                     [h.make_tensor_value_info(n, T.FLOAT, None) for n in ("last", "values", "scaled")],
+                     [h.make_tensor("go", T.BOOL, [], [True])])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_a_loop_of_run_time_trip_count_with_scan_outputs_runs_at_two_counts() -> None:
+    model = _loop_model()
+    g = import_onnx(model)
+    assert "range_dynamic" in {n.op for n in g.nodes} and unbacked_dims(g), str(g)
+    start, delta = np.asarray([1.0, -2.0], np.float32), np.asarray([0.5, 3.0], np.float32)
+    compiled = accelir.optimize(model, (np.asarray(3, np.int64), start, delta), backend="onnxruntime")
+    for trips in (3, 6):
+        feeds = {"trips": np.asarray(trips, np.int64), "start": start, "delta": delta}
+        want = ReferenceEvaluator(model).run(None, feeds)
+        direct = _ort(model, feeds)
+        assert want[1].shape == (trips, 2)
+        for label, outs in (("interpreter", run_graph(g, list(feeds.values()))),
+                            ("compiled", compiled(*feeds.values()))):
+            for k, (y, w) in enumerate(zip(outs, want)):
+                np.testing.assert_allclose(np.asarray(y), w, rtol=1e-6, err_msg=f"{label} output {k} at {trips}")
+        np.testing.assert_allclose(direct, want[0], rtol=1e-6)
+    with pytest.raises(LoweringError, match=r"range_dynamic.*input 1 \(graph input 'trips'\).*static_inputs"):
+        accelir.optimize(model, (np.asarray(3, np.int64), start, delta), backend="xla")
+
+
+def test_a_reverse_scan_over_a_run_time_length_lowers_for_onnxruntime() -> None:
+    """A scan without a length takes its scanned operand's leading dim, here unbacked."""
+    g = parse("""graph rev(%n: i64[], %x: f32[3]) -> (f32[3], f32[u0,3]) {
+  %zero = constant() {name="zero", value=0} : i64[]
+  %one = constant() {name="one", value=1} : i64[]
+  %steps = range_dynamic(%zero, %n, %one) {syms=["u0"]} : i64[u0]
+  %c, %ys = scan(%x, %steps) {num_carry=1, reverse=true} : f32[3], f32[u0,3] {
+    graph body(%a: f32[3], %i: i64[]) -> (f32[3], f32[3]) {
+      %f = cast(%i) {dtype=f32} : f32[]
+      %a2 = add(%a, %f) : f32[3]
+      return %a2, %a2
+    }
+  }
+  return %c, %ys
+}
+""")
+    verify(g)
+    model = to_onnx(g)
+    x = np.asarray([0.0, 1.0, -1.0], np.float32)
+    for n in (2, 5):
+        steps = np.arange(n - 1, -1, -1, dtype=np.float32)  # reverse: i = n - 1 first
+        ys = x + np.cumsum(steps)[:, None]
+        want = [ys[-1], ys[::-1]]
+        for label, outs in (("interpreter", run_graph(g, [np.asarray(n, np.int64), x])),
+                            ("onnxruntime", ort.InferenceSession(model.SerializeToString(),
+                                                                 providers=["CPUExecutionProvider"])
+                             .run(None, {i.name: v for i, v in zip(model.graph.input, [np.asarray(n, np.int64), x])}))):
+            for k, (y, w) in enumerate(zip(outs, want)):
+                np.testing.assert_allclose(y, w, rtol=1e-6, err_msg=f"{label} output {k} at n={n}")

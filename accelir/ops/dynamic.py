@@ -45,7 +45,7 @@ def symbols_attr(op: str, attrs: Mapping[str, Any], n: int) -> tuple[str, ...]:
 
 
 # The input whose run-time value decides each op's output size (errors name it; default 0).
-DECIDED_BY: dict[str, int] = {"compress": 1, "non_max_suppression": 1, "reshape_dynamic": 1,
+DECIDED_BY: dict[str, int] = {"compress": 1, "non_max_suppression": 1, "reshape_dynamic": 1, "range_dynamic": 1,
                               "expand_dynamic": 1, "slice_dynamic": 1, "tile_dynamic": 1, "pad_dynamic": 1,
                               "topk_dynamic": 1, "reduce_dynamic": 1, "resize_dynamic": 1,
                               "squeeze_dynamic": 1, "unsqueeze_dynamic": 1, "split_dynamic": 1}
