@@ -1,6 +1,7 @@
 """Signal and image ops whose sizes come from a graph input (accelir/ops/runtime_sized.py): AffineGrid's
 size, Col2Im's image and block shapes, DFT's axis and length, STFT's frame step and length,
-MelWeightMatrix's sizes, and MaxUnpool's output_shape, fed as they come.
+MelWeightMatrix's sizes, MaxUnpool's output_shape, Resize's scales with align_corners, and a Loop's
+trip count, fed as they come.
 
 Each model is imported once and compiled once for onnxruntime, then run at two values of its
 shape-like input; both accelir paths (the interpreter on the imported graph, the compiled model)
@@ -44,7 +45,7 @@ class Case:
     attrs: dict[str, Any] = field(default_factory=dict)
     opset: int = 20
     tol: float = 1e-5
-    onnxruntime_agrees: bool = True  # whether onnxruntime on the original model is an oracle here
+    onnxruntime_agrees: bool = True  # whether onnxruntime on the original model is an oracle here (said where not)
 
 
 def _i64(*v: int) -> np.ndarray:
@@ -82,6 +83,17 @@ def _cases() -> list[Case]:
               _scalar(4000, np.float32)],
              {0: _scalar(5, np.int32), 1: _scalar(32, np.int32), 3: _scalar(100, np.float32)},
              "mel_weight_matrix_dynamic", opset=17),
+        # onnxruntime's Resize reads align_corners against the rounded output length, ONNX against
+        # in * scale: 4 * 0.6 = 2.4 and 5 * 1.7 = 8.5 show it (2.0 on 5 does not)
+        Case("resize_linear_align_corners", "Resize",
+             [f32(1, 2, 4, 5), None, np.asarray([1, 1, 0.6, 1.7], np.float32)],
+             {2: np.asarray([1, 1, 1.3, 2.0], np.float32)}, "resize_dynamic",
+             attrs={"mode": "linear", "coordinate_transformation_mode": "align_corners"}, opset=19,
+             onnxruntime_agrees=False),
+        Case("resize_cubic_align_corners", "Resize", [f32(1, 1, 5, 4), None, np.asarray([0.7, 2.0], np.float32)],
+             {2: np.asarray([1.5, 0.45], np.float32)}, "resize_dynamic",
+             attrs={"mode": "cubic", "coordinate_transformation_mode": "align_corners", "axes": [2, 3]}, opset=19,
+             onnxruntime_agrees=False),
         # onnxruntime's MaxUnpool places the values by the output_shape's planes, ONNX by the unpooled
         # tensor's: only ONNX's reference is the oracle (accelir pads the unpooled tensor, as ONNX does)
         Case("maxunpool_output_shape", "MaxUnpool", [f32(1, 1, 2, 2), _i64(5, 3, 12, 15).reshape(1, 1, 2, 2),

@@ -114,16 +114,43 @@ def _lower_reduce_dynamic(ctx, node, xs):
     return [out]
 
 
+def _resize_attrs(a) -> dict:
+    """The Resize attributes that ``resize_dynamic`` passes on unchanged."""
+    return dict(axes=list(a["axes"]), mode=a["mode"], nearest_mode=a["nearest_mode"], cubic_coeff_a=a["cubic_a"],
+                exclude_outside=int(a["exclude_outside"]), antialias=int(a["antialias"]))
+
+
 @register_lowering("resize_dynamic")
 def _lower_resize_dynamic(ctx, node, xs):
     a = node.attrs
+    if a["by"] == "scales" and a["coord"] == "align_corners" and a["mode"] != "nearest" and not a["antialias"]:
+        return [_align_corners_by_scales(ctx, node, xs[0], xs[1])]
     target = [xs[1], None] if a["by"] == "scales" else [None, _i64(ctx, xs[1])]
     roi = ctx.cast(xs[2], DType.f32) if len(xs) > 2 else None
     extra = {"extrapolation_value": a["extrapolation"]} if roi is not None else {}
-    return [ctx.kernel("Resize", xs[0], roi, *target, axes=list(a["axes"]), mode=a["mode"], **extra,
-                       coordinate_transformation_mode=a["coord"], nearest_mode=a["nearest_mode"],
-                       cubic_coeff_a=a["cubic_a"], exclude_outside=int(a["exclude_outside"]),
-                       antialias=int(a["antialias"]), keep_aspect_ratio_policy=a["policy"])]
+    return [ctx.kernel("Resize", xs[0], roi, *target, **_resize_attrs(a), **extra,
+                       coordinate_transformation_mode=a["coord"], keep_aspect_ratio_policy=a["policy"])]
+
+
+def _align_corners_by_scales(ctx, node, x, scales):
+    """ONNX's align_corners maps output i to i (in - 1) / (in * scale - 1), with the unrounded output
+    length in * scale, where onnxruntime's kernel divides by the rounded one (they differ when
+    in * scale is not whole).  tf_crop_and_resize over the region [0, (out - 1) / (in * scale - 1)]
+    to the rounded sizes ``out`` is the reference's map, its region computed at run time (in f64,
+    as the reference computes the sizes).  Linear and cubic only: the map's last float bit cannot
+    move a nearest pick there."""
+    axes, rank = list(node.attrs["axes"]), node.inputs[0].rank
+    if node.inputs[1].shape[0] == rank and len(axes) != rank:  # scales given for every dim
+        scales = ctx.op("Gather", scales, ctx.ints(axes), axis=0)
+    lengths = ctx.op("Gather", ctx.op("Shape", x, dtype=DType.i64), ctx.ints(axes), axis=0)
+    wide = ctx.op("Mul", ctx.cast(scales, DType.f64), ctx.cast(lengths, DType.f64))
+    out = ctx.op("Floor", wide)
+    one, zero = ctx.const(np.asarray(1.0)), ctx.const(np.asarray(0.0))
+    ends = ctx.op("Where", ctx.op("Greater", out, one, dtype=DType.bool),
+                  ctx.op("Div", ctx.op("Sub", out, one), ctx.op("Sub", wide, one)), zero)
+    roi = ctx.cast(ctx.op("Concat", ctx.const(np.zeros(len(axes))), ends, axis=0), DType.f32)
+    return ctx.kernel("Resize", x, roi, None, ctx.cast(out, DType.i64), **_resize_attrs(node.attrs),
+                      coordinate_transformation_mode="tf_crop_and_resize", extrapolation_value=0.0)
 
 
 @register_lowering("squeeze_dynamic", "unsqueeze_dynamic")
