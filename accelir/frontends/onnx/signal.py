@@ -115,13 +115,9 @@ def _same_type_on_every_axis(ctx: NodeContext, x: Value) -> bool:
     full complex spectrum of as many points as the axis has), so it can be selected at run time."""
     if any(type(d) is not int for d in x.shape) or x.shape[-1] not in (1, 2):
         return False
-    onesided = bool(ctx.attr("onesided", 0))
-    for length in x.shape[:-1]:
-        n = _dft_points(ctx, length)
-        k_out = n if ctx.attr("inverse", 0) or not onesided else n // 2 + 1
-        if k_out != length or (ctx.attr("inverse", 0) and onesided):
-            return False
-    return True
+    if ctx.attr("onesided", 0):  # a half spectrum (or, inverse, a real signal from one): sizes change
+        return False
+    return all(_dft_points(ctx, length) == length for length in x.shape[:-1])
 
 
 def _dft_at_run_time(ctx: NodeContext, x: Value) -> Value:
