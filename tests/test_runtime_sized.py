@@ -84,10 +84,11 @@ def _cases() -> list[Case]:
              {0: _scalar(5, np.int32), 1: _scalar(32, np.int32), 3: _scalar(100, np.float32)},
              "mel_weight_matrix_dynamic", opset=17),
         # onnxruntime's Resize reads align_corners against the rounded output length, ONNX against
-        # in * scale: 4 * 0.6 = 2.4 and 5 * 1.7 = 8.5 show it (2.0 on 5 does not)
+        # in * scale: 4 * 0.6 = 2.4 and 5 * 1.7 = 8.5 show it (2.0 on 5 does not); 5 * 1.1 = 5.5 keeps
+        # the width, which onnxruntime then leaves alone
         Case("resize_linear_align_corners", "Resize",
-             [f32(1, 2, 4, 5), None, np.asarray([1, 1, 0.6, 1.7], np.float32)],
-             {2: np.asarray([1, 1, 1.3, 2.0], np.float32)}, "resize_dynamic",
+             [f32(1, 2, 4, 5), None, np.asarray([1, 1, 0.6, 1.1], np.float32)],
+             {2: np.asarray([1, 1, 1.3, 1.7], np.float32)}, "resize_dynamic",
              attrs={"mode": "linear", "coordinate_transformation_mode": "align_corners"}, opset=19,
              onnxruntime_agrees=False),
         Case("resize_cubic_align_corners", "Resize", [f32(1, 1, 5, 4), None, np.asarray([0.7, 2.0], np.float32)],
@@ -238,3 +239,17 @@ def test_a_reverse_scan_over_a_run_time_length_lowers_for_onnxruntime() -> None:
                              .run(None, {i.name: v for i, v in zip(model.graph.input, [np.asarray(n, np.int64), x])}))):
             for k, (y, w) in enumerate(zip(outs, want)):
                 np.testing.assert_allclose(y, w, rtol=1e-6, err_msg=f"{label} output {k} at n={n}")
+
+
+def test_nearest_align_corners_by_run_time_scales_is_refused_on_onnxruntime_and_static_inputs_runs_it() -> None:
+    """onnxruntime computes the map in float32 against the rounded size: nearest picks would differ."""
+    case = Case("resize_nearest_align_corners", "Resize", [np.arange(35, dtype=np.float32).reshape(1, 1, 7, 5), None,
+                                                           np.asarray([2.2, 0.7], np.float32)], {}, "resize_dynamic",
+                attrs={"mode": "nearest", "coordinate_transformation_mode": "align_corners", "axes": [2, 3]},
+                opset=19)
+    model = _model(case)
+    feeds = _feeds(case, False)
+    with pytest.raises(LoweringError, match=r"nearest align_corners.*static_inputs"):
+        accelir.optimize(model, feeds, backend="onnxruntime")
+    compiled = accelir.optimize(model, {"in0": feeds["in0"]}, backend="onnxruntime", static_inputs={"in2": feeds["in2"]})
+    np.testing.assert_array_equal(compiled(feeds["in0"])[0], ReferenceEvaluator(model).run(None, feeds)[0])

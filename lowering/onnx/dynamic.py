@@ -123,7 +123,7 @@ def _resize_attrs(a) -> dict:
 @register_lowering("resize_dynamic")
 def _lower_resize_dynamic(ctx, node, xs):
     a = node.attrs
-    if a["by"] == "scales" and a["coord"] == "align_corners" and a["mode"] != "nearest" and not a["antialias"]:
+    if a["by"] == "scales" and a["coord"] == "align_corners":
         return [_align_corners_by_scales(ctx, node, xs[0], xs[1])]
     target = [xs[1], None] if a["by"] == "scales" else [None, _i64(ctx, xs[1])]
     roi = ctx.cast(xs[2], DType.f32) if len(xs) > 2 else None
@@ -135,11 +135,18 @@ def _lower_resize_dynamic(ctx, node, xs):
 def _align_corners_by_scales(ctx, node, x, scales):
     """ONNX's align_corners maps output i to i (in - 1) / (in * scale - 1), with the unrounded output
     length in * scale, where onnxruntime's kernel divides by the rounded one (they differ when
-    in * scale is not whole).  tf_crop_and_resize over the region [0, (out - 1) / (in * scale - 1)]
-    to the rounded sizes ``out`` is the reference's map, its region computed at run time (in f64,
-    as the reference computes the sizes).  Linear and cubic only: the map's last float bit cannot
-    move a nearest pick there."""
-    axes, rank = list(node.attrs["axes"]), node.inputs[0].rank
+    in * scale is not whole).  tf_crop_and_resize by the same scales over the region
+    [0, (out - 1) / (in * scale - 1)], out = floor(in * scale), is the reference's map, the region
+    computed at run time (in f64, as the reference computes the sizes).  By scales, not by sizes:
+    given its input's size, the kernel leaves an axis alone and ignores the region.  Linear and
+    cubic only: a nearest pick can flip where the map's float32 rounding crosses a half, and the
+    kernel's antialiased filter reads neither map; those are refused."""
+    a = node.attrs
+    if a["mode"] == "nearest" or a["antialias"]:
+        kind = "antialiased" if a["antialias"] else "nearest"
+        raise ctx.error(f"onnxruntime's Resize cannot compute {kind} align_corners resizing as ONNX does when the "
+                        "scales are a run-time value; bind them at import with static_inputs=...")
+    axes, rank = list(a["axes"]), node.inputs[0].rank
     if node.inputs[1].shape[0] == rank and len(axes) != rank:  # scales given for every dim
         scales = ctx.op("Gather", scales, ctx.ints(axes), axis=0)
     lengths = ctx.op("Gather", ctx.op("Shape", x, dtype=DType.i64), ctx.ints(axes), axis=0)
@@ -149,7 +156,7 @@ def _align_corners_by_scales(ctx, node, x, scales):
     ends = ctx.op("Where", ctx.op("Greater", out, one, dtype=DType.bool),
                   ctx.op("Div", ctx.op("Sub", out, one), ctx.op("Sub", wide, one)), zero)
     roi = ctx.cast(ctx.op("Concat", ctx.const(np.zeros(len(axes))), ends, axis=0), DType.f32)
-    return ctx.kernel("Resize", x, roi, None, ctx.cast(out, DType.i64), **_resize_attrs(node.attrs),
+    return ctx.kernel("Resize", x, roi, scales, None, **_resize_attrs(a),
                       coordinate_transformation_mode="tf_crop_and_resize", extrapolation_value=0.0)
 
 
