@@ -140,6 +140,17 @@ def _cases() -> list[Case]:
              tol=1e-5),
         Case("constant_of_shape", "ConstantOfShape", [i64(2, 3)],
              attrs={"value": h.make_tensor("v", T.INT32, [1], [7])}, ir_op="constant_of_shape"),
+        # the signal and image ops of accelir/ops/runtime_sized.py (more in tests/test_runtime_sized.py)
+        Case("affine_grid_size", "AffineGrid", [r.standard_normal((2, 2, 3)).astype(np.float32), i64(2, 1, 3, 4)],
+             ir_op="affine_grid_dynamic", opset=20),
+        Case("col2im_shapes", "Col2Im", [r.standard_normal((1, 4, 12)).astype(np.float32), i64(4, 5), i64(2, 2)],
+             ir_op="col2im_dynamic"),
+        Case("rfft_axis", "DFT", [r.standard_normal((1, 6, 8, 1)).astype(np.float32), None, np.asarray(2, np.int64)],
+             attrs={"onesided": 1}, ir_op="dft_dynamic", opset=20, tol=1e-5),
+        Case("stft_step", "STFT", [r.standard_normal((1, 32, 1)).astype(np.float32), np.asarray(5, np.int64), None,
+                                   np.asarray(8, np.int64)], ir_op="stft_dynamic", opset=17, tol=1e-5),
+        Case("mel_weight_matrix", "MelWeightMatrix", [np.asarray(v, np.int64) for v in (6, 32, 8000)]
+             + [np.asarray(v, np.float32) for v in (0.0, 3000.0)], ir_op="mel_weight_matrix_dynamic", opset=17),
     ]
 
 

@@ -104,6 +104,10 @@ def _scan_rule(types, attrs, regions):
     body = regions[0]
     nc, nk, length = attrs["num_consts"], attrs["num_carry"], attrs["length"]
     consts, carry, xs = types[:nc], types[nc:nc + nk], types[nc + nk:]
+    if length is None:  # the scanned operands' leading dim, which may be known only at run time
+        if not xs or xs[0].rank == 0:
+            raise TypeRuleError("scan: without a length it needs a scanned operand to take it from")
+        length = xs[0].shape[0]
     for t in xs:
         if t.rank == 0 or t.shape[0] != length:
             raise TypeRuleError(f"scan: scanned operand {t} must have leading dim {length}")
@@ -118,6 +122,7 @@ def _scan_ref(inputs, attrs, regions):
     import numpy as np
     nc, nk, length = attrs["num_consts"], attrs["num_carry"], attrs["length"]
     consts, carry, xs = inputs[:nc], list(inputs[nc:nc + nk]), inputs[nc + nk:]
+    length = xs[0].shape[0] if length is None else length
     body = regions[0]
     ys: list[list] = [[] for _ in range(len(body.outputs) - nk)]
     steps = range(length - 1, -1, -1) if attrs["reverse"] else range(length)
@@ -137,6 +142,7 @@ def _scan_ref(inputs, attrs, regions):
 
 
 register(OpDef("scan", _scan_rule, _scan_ref, min_inputs=0, max_inputs=None, has_regions=True,
-               attrs={"num_consts": AttrSpec("int", 0), "num_carry": AttrSpec("int", 0), "length": AttrSpec("int"),
+               attrs={"num_consts": AttrSpec("int", 0), "num_carry": AttrSpec("int", 0), "length": AttrSpec("optional_int", None),
                       "reverse": AttrSpec("bool", False)},
-               doc="lax.scan: body(consts, carry, x[i]) -> (carry, y[i]); returns (carry, stacked ys)"))
+               doc="lax.scan: body(consts, carry, x[i]) -> (carry, y[i]); returns (carry, stacked ys); length None: "
+                   "the scanned operands' leading dim (an unbacked one: a loop whose trip count is run-time data)"))

@@ -45,7 +45,7 @@ def symbols_attr(op: str, attrs: Mapping[str, Any], n: int) -> tuple[str, ...]:
 
 
 # The input whose run-time value decides each op's output size (errors name it; default 0).
-DECIDED_BY: dict[str, int] = {"compress": 1, "non_max_suppression": 1, "reshape_dynamic": 1,
+DECIDED_BY: dict[str, int] = {"compress": 1, "non_max_suppression": 1, "reshape_dynamic": 1, "range_dynamic": 1,
                               "expand_dynamic": 1, "slice_dynamic": 1, "tile_dynamic": 1, "pad_dynamic": 1,
                               "topk_dynamic": 1, "reduce_dynamic": 1, "resize_dynamic": 1,
                               "squeeze_dynamic": 1, "unsqueeze_dynamic": 1, "split_dynamic": 1}
@@ -85,6 +85,14 @@ def _reg(name: str, rule, ref, unbacked, *, bounds=None, min_inputs=1, max_input
     DATA_DEPENDENT_OPS.append(name)
     register(OpDef(name, rule, ref, min_inputs=min_inputs, max_inputs=max_inputs,
                    attrs={**(attrs or {}), **_SYMS}, unbacked=unbacked, bounds=bounds, doc=doc))
+
+
+def register_data_dependent(name: str, rule, ref, unbacked, *, decided_by: int = 0, **kw: Any) -> None:
+    """Registers an op of this family defined in another module (accelir/ops/runtime_sized.py), so
+    that the lowerings and the errors that walk ``DATA_DEPENDENT_OPS`` and ``DECIDED_BY`` meet it."""
+    if decided_by:
+        DECIDED_BY[name] = decided_by
+    _reg(name, rule, ref, unbacked, **kw)
 
 
 # ----- selections --------------------------------------------------------------------

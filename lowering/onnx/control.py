@@ -78,18 +78,21 @@ def _lower_scan(ctx, node, xs):
     consts, carry, seqs = xs[:nc], xs[nc:nc + nk], xs[nc + nk:]
     carry_t = [v.type for v in node.inputs[nc:nc + nk]]
     y_t = [v.type for v in body_g.outputs[nk:]]
+    # no length: the scanned operands' leading dim, read at run time
+    trips = ctx.const(np.asarray(length, np.int64)) if length is not None else \
+        ctx.op("Gather", ctx.op("Shape", seqs[0], dtype=DType.i64), ctx.const(np.asarray(0, np.int64)), axis=0)
 
     def body(sub, ins):
         i = sub.op("Reshape", ins[0], sub.ints([]))  # the iteration count may come as [1]
         if reverse:
-            i = sub.op("Sub", sub.const(np.asarray(length - 1, np.int64)), i)
+            i = sub.op("Sub", sub.op("Sub", trips, sub.const(np.asarray(1, np.int64))), i)
         slices = [sub.op("Gather", x, i, axis=0) for x in seqs]
         outs = sub.emit_graph(body_g, list(consts) + list(ins[2:]) + slices)
         return [sub.op("Identity", ins[1])] + outs
 
     g = ctx.subgraph("scan_body", [TensorType(DType.i64, ()), TensorType(DType.bool, ())] + carry_t, body,
                      [TensorType(DType.bool, ())] + carry_t + y_t)
-    outs = ctx.op("Loop", ctx.const(np.asarray(length, np.int64)), NO_VALUE, *carry,
+    outs = ctx.op("Loop", trips, NO_VALUE, *carry,
                   out_dtypes=[t.dtype for t in carry_t + y_t], body=g)
     outs = list(outs)
     if reverse:

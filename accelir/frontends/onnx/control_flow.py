@@ -244,6 +244,32 @@ def _unrolled_loop(ctx: NodeContext, body: Any, init: list[Any], n_scan: int) ->
     return state + stacked
 
 
+def _scan_of_run_time_length(ctx: NodeContext, body: Any, init: list[Any]) -> list[Any]:
+    """A Loop with scan outputs that runs a run-time number of iterations (its condition fixed): a
+    scan over the iteration numbers 0 .. trips - 1, a range whose length is an unbacked dim, which
+    the scan outputs' leading dim takes (onnxruntime runs it; XLA refuses the range by name)."""
+    if ctx.input(0) is None:
+        raise ctx.unsupported("scan outputs of a loop without a trip count")
+    trips = reshape(ctx, ctx.cast(ctx.input(0), DType.i64), ())
+    if ctx.input(1) is not None:  # a loop that does not start runs no iteration
+        trips = ctx.op("where", reshape(ctx, ctx.input(1), ()), trips, ctx.scalar(0, DType.i64))
+    steps = ctx.op("range_dynamic", ctx.scalar(0, DType.i64), trips, ctx.scalar(1, DType.i64))
+    return _scan_over_steps(ctx, body, init, steps, None)
+
+
+def _scan_over_steps(ctx: NodeContext, body: Any, init: list[Any], steps: Value, length: int | None) -> list[Any]:
+    """The Loop as a scan over ``steps`` (its iteration numbers), the condition fixed to true."""
+    iter_name, cond_name = body.input[0].name, body.input[1].name
+    proto = _loop_body(body, [vi.name for vi in body.input[2:]] + [iter_name], [vi.name for vi in body.output[1:]],
+                       [cond_name])
+    names = free_names(proto)
+    _, consts = _captured_values(ctx, names)
+    region = _region(ctx, proto, [v.type for v in init] + [TensorType(DType.i64, ())], names,
+                     f"{ctx.node.name or 'loop'}_body", captures_first=True)
+    return list(ctx.b.node("scan", consts + init + [steps], {"num_consts": len(consts), "num_carry": len(init),
+                                                             "length": length}, regions=[region]).outputs)
+
+
 @rule("Loop")
 def _loop(ctx: NodeContext):
     body = ctx.attrs["body"]
@@ -264,6 +290,8 @@ def _loop(ctx: NodeContext):
                               "sets their shape, which the IR needs when building the graph")
     trips = ctx.known(0) if m_in is not None else None
     first = ctx.known(1) if c_in is not None else np.array(True)
+    if n_scan and (ctx.dynamic(0) or ctx.dynamic(1)):
+        return _scan_of_run_time_length(ctx, body, init)
     if n_scan:
         trips = ctx.values(0, "trip count") if m_in is not None else None
         if trips is None:
@@ -273,16 +301,8 @@ def _loop(ctx: NodeContext):
     i64 = TensorType(DType.i64, ())
     if fixed and static:
         # a fixed number of iterations: a scan over the iteration numbers
-        length = int(np.asarray(trips).item()) if bool(np.asarray(first).item()) else 0
-        proto = _loop_body(body, state_names + [iter_name], [vi.name for vi in body.output[1:]], [cond_name])
-        names = free_names(proto)
-        _, consts = _captured_values(ctx, names)
-        region = _region(ctx, proto, [v.type for v in init] + [i64], names, f"{ctx.node.name or 'loop'}_body",
-                         captures_first=True)
-        steps = ctx.op("iota", shape=(max(length, 0),), axis=0, dtype=DType.i64)
-        return list(ctx.b.node("scan", consts + init + [steps],
-                                     {"num_consts": len(consts), "num_carry": n_state, "length": max(length, 0)},
-                                     regions=[region]).outputs)
+        length = max(int(np.asarray(trips).item()) if bool(np.asarray(first).item()) else 0, 0)
+        return _scan_over_steps(ctx, body, init, ctx.op("iota", shape=(length,), axis=0, dtype=DType.i64), length)
     # otherwise a while loop over (iteration, trip count, condition, state..., captured values...)
     taken = {vi.name for vi in body.input} | {o for n in body.node for o in n.output}
     trip_name = f"{iter_name}__trips"

@@ -1,4 +1,5 @@
-"""ONNX ops whose output sizes the data decides: NonZero, Unique, Compress, NonMaxSuppression.
+"""ONNX ops whose output sizes the data decides: NonZero, Unique, Compress, NonMaxSuppression,
+and AffineGrid when its size is a run-time value.
 
 Each becomes the IR op of the same meaning (accelir/ops/dynamic.py), whose output carries
 an unbacked dim; onnxruntime runs it, XLA pads it to its upper bound (lowering/jax/padding.py).
@@ -44,3 +45,11 @@ def _nms(ctx: NodeContext):
     ins = [boxes, scores] + [ctx.input(i) if ctx.input(i) is not None else ctx.const(defaults[i - 2])
                              for i in range(2, last + 1)]
     return [ctx.op("non_max_suppression", *ins, center_point_box=int(ctx.attr("center_point_box", 0)))]
+
+
+@rule("AffineGrid")
+def _affine_grid(ctx: NodeContext):
+    if not ctx.dynamic(1):
+        return None  # the size is known at import: the schema's function body builds the grid from core ops
+    size = ctx.input(1)
+    return [ctx.op("affine_grid_dynamic", ctx.input(0), size, align_corners=bool(ctx.attr("align_corners", 0)))]

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
+
 from ...ir import DType, Value
 from .context import NodeContext, conv_attrs, reshape, rule, static_dims
 
@@ -130,6 +132,8 @@ def _max_unpool(ctx: NodeContext):
     y = ctx.op("scatter_nd", zeros, reshape(ctx, ctx.cast(idx, DType.i64), (math.prod(size), 1)),
                reshape(ctx, x, (math.prod(size),)))
     y = reshape(ctx, y, inferred)
+    if ctx.dynamic(2):
+        return [_pad_to_output_shape(ctx, y, inferred)]
     if ctx.input(2) is not None:
         want = [int(v) for v in ctx.values(2, "output_shape").reshape(-1)]
         extra = [w - i for w, i in zip(want, inferred)]
@@ -140,9 +144,25 @@ def _max_unpool(ctx: NodeContext):
     return [y]
 
 
+def _pad_to_output_shape(ctx: NodeContext, y: Value, inferred: Sequence[int]) -> Value:
+    """MaxUnpool's ``y`` padded at the end of each spatial dim up to a run-time output_shape (input 2)."""
+    shape = ctx.input(2)
+    k = len(inferred) - 2
+    if shape.rank != 1 or shape.shape[0] != len(inferred):
+        raise ctx.unsupported(f"an output_shape {shape.type} for an output of rank {len(inferred)}")
+    spatial = ctx.op("slice", ctx.cast(shape, DType.i64), starts=(2,), stops=(2 + k,), axes=(0,))
+    ends = ctx.op("sub", spatial, ctx.const(np.asarray(inferred[2:], np.int64)))
+    pads = ctx.op("concat", ctx.const(np.zeros(k, np.int64)), ends, axis=0)
+    return ctx.op("pad_dynamic", y, pads, axes=tuple(range(2, 2 + k)))
+
+
 @rule("Col2Im")
 def _col2im(ctx: NodeContext):
     x = ctx.input(0)
+    if ctx.dynamic(1) or ctx.dynamic(2):  # the output's shape is known at run time: col2im_dynamic
+        k = ctx.input(1).shape[0] if ctx.input(1).rank == 1 else 0
+        return [ctx.op("col2im_dynamic", x, ctx.input(1), ctx.input(2), strides=tuple(ctx.attr("strides", [1] * k)),
+                       dilations=tuple(ctx.attr("dilations", [1] * k)), pads=tuple(ctx.attr("pads", [0] * (2 * k))))]
     image = tuple(int(v) for v in ctx.values(1, "image_shape").reshape(-1))
     block = tuple(int(v) for v in ctx.values(2, "block_shape").reshape(-1))
     k = len(image)

@@ -17,40 +17,11 @@ import numpy as np
 
 from ... import dims as D
 from ...ir import DType, TensorType, Value
+from ...ops.runtime_sized import dft_matrix, mel_weight_matrix
 from .context import (IMPORT_VALUE_BYTES, NodeContext, OnnxImportError, fits_import_budget, norm_axis, onnx_dtype,
                       reshape, rule, select_on_runtime_axis, static_dims)
 
 __all__ = ["dft_matrix", "dft_operator"]
-
-
-def dft_matrix(length: int, n: int, c_in: int, inverse: bool, onesided: bool) -> np.ndarray:
-    """The [length * c_in, K * c_out] f64 matrix of an ONNX DFT (K, c_out as ONNX's DFT gives them)."""
-    irfft = inverse and onesided
-    m = min(length, n // 2 + 1 if irfft else n)  # input points that count (the rest is truncated)
-    k_out = n if inverse or not onesided else n // 2 + 1
-    j = np.arange(m)[:, None]
-    k = np.arange(k_out)[None, :]
-    # forward: e^{-i t}; inverse: e^{+i t} / n, with t = 2 pi j k / n; rows are inputs, columns outputs
-    theta = 2 * np.pi * ((j * k) % n) / n
-    cos, sin = np.cos(theta), np.sin(theta)
-    sign = 1.0 if inverse else -1.0
-    scale = 1.0 / n if inverse else 1.0
-    if irfft:
-        # input bin j stands for itself and its mirror n - j: twice, except DC and Nyquist
-        weight = np.where((np.arange(m) == 0) | (2 * np.arange(m) == n), 1.0, 2.0)[:, None]
-        cos, sin = cos * weight, sin * weight
-        # real output only: Re(X e^{+it}) = Xr cos t - Xi sin t
-        blocks = {(0, 0): cos, (1, 0): -sin}
-        c_out = 1
-    else:
-        # (Xr + i Xi)(cos t + i sign sin t)
-        blocks = {(0, 0): cos, (0, 1): sign * sin, (1, 0): -sign * sin, (1, 1): cos}
-        c_out = 2
-    mat = np.zeros((length, c_in, k_out, c_out))
-    for (ci, co), blk in blocks.items():
-        if ci < c_in:
-            mat[:m, ci, :, co] = blk * scale
-    return mat.reshape(length * c_in, k_out * c_out)
 
 
 def dft_operator(ctx: NodeContext, length: int, n: int, c_in: int, inverse: bool, onesided: bool) -> Value:
@@ -117,8 +88,11 @@ def _dft(ctx: NodeContext):
     x = ctx.input(0)
     if not x.dtype.is_float:
         raise ctx.unsupported(f"a DFT of {x.dtype}")
-    if ctx.opset >= 20 and ctx.dynamic(2):  # the transform along each axis, the one asked for selected
+    if ctx.opset >= 20 and ctx.dynamic(2) and not ctx.dynamic(1) and _same_type_on_every_axis(ctx, x):
+        # the transform along each axis, the one asked for selected: every backend runs it
         return [select_on_runtime_axis(ctx, 2, x.rank, lambda a: _dft_along(ctx, x, a) if a < x.rank - 1 else None)]
+    if ctx.dynamic(1) or (ctx.opset >= 20 and ctx.dynamic(2)):
+        return [_dft_at_run_time(ctx, x)]
     if ctx.opset >= 20:
         axis = int(ctx.values(2, "axis").item()) if ctx.input(2) is not None else -2
     else:
@@ -129,13 +103,37 @@ def _dft(ctx: NodeContext):
     return [_dft_along(ctx, x, axis)]
 
 
+def _dft_points(ctx: NodeContext, length: int) -> int:
+    """The transform's length: the dft_length input, else the axis's (irfft: the full spectrum's)."""
+    if ctx.input(1) is not None:
+        return int(ctx.values(1, "dft_length").item())
+    return 2 * (length - 1) if ctx.attr("inverse", 0) and ctx.attr("onesided", 0) else length
+
+
+def _same_type_on_every_axis(ctx: NodeContext, x: Value) -> bool:
+    """Whether the transform gives one result type whichever axis the run-time input picks (a
+    full complex spectrum of as many points as the axis has), so it can be selected at run time."""
+    if any(type(d) is not int for d in x.shape) or x.shape[-1] not in (1, 2):
+        return False
+    if ctx.attr("onesided", 0):  # a half spectrum (or, inverse, a real signal from one): sizes change
+        return False
+    return all(_dft_points(ctx, length) == length for length in x.shape[:-1])
+
+
+def _dft_at_run_time(ctx: NodeContext, x: Value) -> Value:
+    """``dft_dynamic``: the axis or the length is a run-time value, and the result's sizes depend on it."""
+    if ctx.opset >= 20:
+        axis = ctx.input(2) if ctx.input(2) is not None else ctx.const(np.asarray(-2, np.int64))
+    else:
+        axis = ctx.const(np.asarray(ctx.attr("axis", 1), np.int64))
+    ins = [x, reshape(ctx, axis, ())] + ([reshape(ctx, ctx.input(1), ())] if ctx.input(1) is not None else [])
+    return ctx.op("dft_dynamic", *ins, inverse=bool(ctx.attr("inverse", 0)), onesided=bool(ctx.attr("onesided", 0)))
+
+
 def _dft_along(ctx: NodeContext, x: Value, axis: int) -> Value:
     inverse, onesided = bool(ctx.attr("inverse", 0)), bool(ctx.attr("onesided", 0))
     length = _static(ctx, x.shape[axis], "signal length")
-    if ctx.input(1) is not None:
-        n = int(ctx.values(1, "dft_length").item())
-    else:
-        n = 2 * (length - 1) if inverse and onesided else length
+    n = _dft_points(ctx, length)
     c_in = _static(ctx, x.shape[-1], "complex dim")
     if c_in not in (1, 2) or n <= 0:
         raise ctx.unsupported(f"a trailing dim of {c_in} (1: real, 2: complex) with {n} points")
@@ -159,9 +157,24 @@ def _frame_starts(ctx: NodeContext, frames: int, step: int, width: int, length: 
     return ctx.op("where", inside, starts, ctx.scalar(0, DType.i64))
 
 
+def _stft_at_run_time(ctx: NodeContext, x: Value, window: Value | None) -> Value:
+    """``stft_dynamic``: the frame step or length is a run-time value, so the frame count (and with a
+    run-time length, the bins) are; no window is a window of ones of the frame's length."""
+    if window is None:
+        if ctx.input(3) is None:
+            frame_length = ctx.const(np.asarray([_static(ctx, x.shape[1], "signal length")], np.int64))
+        else:
+            frame_length = reshape(ctx, ctx.input(3), (1,))
+        window = ctx.op("constant_of_shape", frame_length, value=1.0, dtype=x.dtype)
+    step = reshape(ctx, ctx.input(1), ())
+    return ctx.op("stft_dynamic", x, step, window, onesided=bool(ctx.attr("onesided", 1)))
+
+
 @rule("STFT")
 def _stft(ctx: NodeContext):
     x, window = ctx.input(0), ctx.input(2)
+    if ctx.dynamic(1) or ctx.dynamic(3):
+        return [_stft_at_run_time(ctx, x, window)]
     step = int(ctx.values(1, "frame_step").item())
     length = _static(ctx, x.shape[1], "signal length")
     if ctx.input(3) is not None:
@@ -187,6 +200,9 @@ def _stft(ctx: NodeContext):
 
 @rule("MelWeightMatrix")
 def _mel_weight_matrix(ctx: NodeContext):
+    if any(ctx.dynamic(i) for i in range(5)):  # its sizes are known at run time: computed there
+        dt = onnx_dtype(ctx.attr("output_datatype", 1), f"{ctx.label}: its output_datatype")
+        return [ctx.op("mel_weight_matrix_dynamic", *(reshape(ctx, ctx.input(i), ()) for i in range(5)), dtype=dt)]
     bins, dft_length = (int(ctx.values(i, what).item()) for i, what in ((0, "num_mel_bins"), (1, "dft_length")))
     rate = ctx.values(2, "sample_rate").item()
     lo, hi = (float(ctx.values(i, what).item()) for i, what in ((3, "lower_edge_hertz"), (4, "upper_edge_hertz")))
@@ -196,17 +212,4 @@ def _mel_weight_matrix(ctx: NodeContext):
         raise OnnxImportError(f"{ctx.label}: its output {TensorType(dt, shape)} takes "
                               f"{math.prod(shape) * dt.itemsize:,} bytes, over the {IMPORT_VALUE_BYTES:,} bytes a "
                               "value computed at import may take")
-    # mel = 2595 log10(1 + f / 700); bins + 2 points spread evenly on the mel scale
-    lo_mel, hi_mel = (2595 * math.log1p(f / 700) / math.log(10) for f in (lo, hi))
-    mel = np.arange(bins + 2) * ((hi_mel - lo_mel) / (bins + 2)) + lo_mel
-    edges = (((dft_length + 1) * (700 * np.expm1(mel / 2595 * np.log(10)))) // rate).astype(int)
-    out = np.zeros(shape)
-    for i in range(bins):
-        left, center, right = edges[i], edges[i + 1], edges[i + 2]
-        if center == left:
-            out[center, i] = 1
-        else:
-            out[left:center + 1, i] = (np.arange(left, center + 1) - left) / (center - left)
-        if right > center:
-            out[center:right, i] = (right - np.arange(center, right)) / (right - center)
-    return [ctx.const(out.astype(dt.numpy))]
+    return [ctx.const(mel_weight_matrix(bins, dft_length, rate, lo, hi).astype(dt.numpy))]
