@@ -71,9 +71,12 @@ def _run_passes(graph: Graph, backend: str, level: int, passes: Sequence[Any] | 
 
 def optimize_causal_lm(model: Any, example_inputs: Any = None, *, backend: str = "onnxruntime", device: str = "cpu",
                        level: int = 2, passes: Sequence[Any] | None = None,
-                       debug: dict[str, Any] | None = None) -> "GenerationModel":
-    """``optimize()`` for a causal LM: prefill and decode graphs, optimised and lowered for ``backend``."""
+                       debug: dict[str, Any] | None = None, precision: str = "fp32", accuracy: Any = None,
+                       calibration: Sequence[Any] | None = None) -> "GenerationModel":
+    """``optimize()`` for a causal LM: prefill and decode graphs, optimised and lowered for ``backend``, in
+    ``precision`` within ``accuracy`` (:mod:`accelir.generation_precision`)."""
     from .frontends.torch.generation import capture_causal_lm, name_cache_io
+    from .generation_precision import apply_generation_precision
     if backend not in ("onnxruntime", "xla"):
         raise AccelirError(f"backend={backend!r}: a causal LM generates on 'onnxruntime' or 'xla'; choose one")
     report = OptimizeReport()
@@ -85,9 +88,14 @@ def optimize_causal_lm(model: Any, example_inputs: Any = None, *, backend: str =
     t0 = time.perf_counter()
     report.passes = _run_passes(prefill, backend, level, passes, debug)
     decode_report = _run_passes(decode, backend, level, passes, debug)
+    report.stages["passes"] = time.perf_counter() - t0
+    if precision != "fp32":
+        t0 = time.perf_counter()
+        samples = _prompt_samples(example_inputs, calibration, layout.vocab_size)
+        report.precision = apply_generation_precision(prefill, decode, precision, accuracy, samples, backend, device)
+        report.stages["precision"] = time.perf_counter() - t0
     for g in (prefill, decode):
         name_cache_io(g, layout)
-    report.stages["passes"] = time.perf_counter() - t0
     report.nodes_after = prefill.num_nodes()
     t0 = time.perf_counter()
     runner = build_runner(prefill, backend, device)
@@ -110,6 +118,26 @@ def _example_prefill(example_inputs: Any) -> list:
     ids = np.asarray(ids, dtype=np.int64)
     mask = np.ones_like(ids)
     return [ids, mask, _positions(mask)]
+
+
+def _prompt_samples(example_inputs: Any, calibration: Sequence[Any] | None, vocab: int) -> list[list[np.ndarray]]:
+    """The prefill inputs an accuracy budget is checked on: the example prompt, or each ``calibration``
+    entry (``input_ids`` or ``(input_ids[, attention_mask])``), as ``[ids, mask, positions]``."""
+    if calibration is None:
+        example = _example_prefill(example_inputs)
+        return [example] if example else []
+    out = []
+    for i, entry in enumerate(calibration):
+        ids, mask = (list(entry) + [None])[:2] if isinstance(entry, (tuple, list)) else (entry, None)
+        ids = _int_array(f"calibration[{i}] input_ids", ids)
+        mask = np.ones_like(ids) if mask is None else _int_array(f"calibration[{i}] attention_mask", mask)
+        if ids.ndim != 2 or ids.size == 0 or mask.shape != ids.shape:
+            raise InputError(f"calibration[{i}]: expected input_ids shaped [batch, sequence] and a mask of the "
+                             f"same shape, got {list(ids.shape)} and {list(mask.shape)}")
+        if ids.min() < 0 or ids.max() >= vocab:
+            raise InputError(f"calibration[{i}] input_ids: token ids must lie in the vocabulary [0, {vocab})")
+        out.append([ids, mask, _positions(mask)])
+    return out
 
 
 def _token_defaults(model: Any) -> dict[str, Any]:

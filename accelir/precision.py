@@ -32,7 +32,7 @@ from .accuracy import PRECISIONS, Budget, Errors, measure
 from .errors import AccelirError
 from .ir import Graph
 
-__all__ = ["PRECISION_PASSES", "Precision", "quantisable_layers", "PrecisionError", "PrecisionReport", "LayerError", "check_precision",
+__all__ = ["PRECISION_PASSES", "Precision", "quantisable_layers", "named_layers", "PrecisionError", "PrecisionReport", "LayerError", "check_precision",
            "choose_precision", "apply_precision"]
 
 Runner = Callable[..., list]
@@ -191,6 +191,14 @@ class _Trials:
             ins = [e if i is None else e.worst(measure([want[i]], [have[i]])) for e, i in zip(ins, self.layer_inputs)]
         self._cache[keep] = (model, outs, ins)
         return self._cache[keep]
+
+
+def named_layers(graph: Graph, precision: Precision) -> list[tuple[int, str]]:
+    """(position, name) of each layer ``precision`` may change, named as :class:`PrecisionReport` names
+    them: graphs captured from one model (a causal LM's prefill and decode) name a layer alike."""
+    from .passes.quant_targets import layer_name
+    layers = precision.layers(graph)
+    return list(zip([p for p, _ in layers], _unique([layer_name(node) for _, node in layers])))
 
 
 def _unique(names: list[str]) -> list[str]:
