@@ -162,3 +162,21 @@ def test_calibration_prompts_are_checked_and_used():
     assert cm.report.precision.prefill.samples == 2 == cm.report.precision.decode.samples
     with pytest.raises(InputError, match=r"calibration\[0\] input_ids: token ids must lie in the vocabulary"):
         accelir.optimize(model, (prompt(),), precision="int8", calibration=[(torch.full((1, 4), 100),)])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+def test_export_writes_the_shared_weights_once(precision, tmp_path):
+    """A model whose weights pass SHARED_DATA_MIN_BYTES: the decode file reads the prefill's .data."""
+    torch.manual_seed(0)
+    model = T.GPT2LMHeadModel(T.GPT2Config(n_layer=1, n_embd=128, n_head=4, vocab_size=4096, n_positions=64,
+                                           initializer_range=0.2)).eval()
+    cm = accelir.optimize(model, (prompt(),), precision=precision, accuracy=LOOSE if precision == "int4" else None)
+    path = str(tmp_path / "lm.onnx")
+    cm.export(path)
+    files = {p.name: p.stat().st_size for p in tmp_path.iterdir()}
+    assert "lm.onnx.data" in files and "lm.decode.onnx.data" not in files
+    weights = sum(a.nbytes for a in cm.graph.constants.values() if a.nbytes >= 1024)
+    assert files["lm.onnx.data"] < 1.1 * weights and sum(files.values()) < 1.2 * weights
+    ids = prompt()
+    want = cm.generate(ids, max_new_tokens=8)[0, 7:].tolist()
+    assert plain_onnxruntime_greedy(path, str(tmp_path / "lm.decode.onnx"), ids.numpy(), 8) == want
