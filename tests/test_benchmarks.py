@@ -110,11 +110,25 @@ def test_quick_caffe_states_conversion_time_and_latency_ratio():
 def test_quick_generate_times_every_peer_or_says_why_not():
     out = _assert_ran(_run_script(["benchmarks/generate.py", "--quick", "--allow-load", "--models", "qwen2-0.5b"],
                                   timeout=900))
-    rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| ")}
+    rows: dict[str, str] = {}
+    for line in out.splitlines():  # the timing table's rows (the flat-latency table below repeats some names)
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0].strip("| "), line)
     for system in ("transformers eager", "transformers torch.compile static cache", "onnxruntime-genai builder fp32",
                    "accelir -> onnxruntime", "accelir -> xla"):
         assert rows[system].endswith("| yes |"), rows[system]  # timed, and greedy gives transformers' tokens
     assert "not installable here" in rows["optimum ORTModelForCausalLM"]
+    # int4 / int8 weights: timed, with their logits' error where their tokens differ
+    for system in ("accelir -> onnxruntime int4", "accelir -> xla int8"):
+        assert rows[system].endswith("| yes |") or "logits cosine" in rows[system], rows[system]
+    assert "not run with --quick" in rows["accelir -> xla int4"]
+    # flat latency: each float system at each past length, with attention's own growth taken out
+    flat = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.endswith("flat) |")}
+    assert {"transformers eager", "accelir -> onnxruntime", "accelir -> xla"} <= set(flat), out
+    assert "| attention alone (eager sdpa, every layer) |" in out and "past 8 | past 32" in out
+    # peak memory in a fresh process, beside the weights and cache it is held to
+    memory = [line for line in out.splitlines() if line.startswith("| accelir -> onnxruntime int4 |")][-1]
+    assert float(memory.split("|")[2]) > 0 and "weights 0.8 MiB" in out and "x 1.25" in out
 
 
 def test_quick_torch_compile_compares_accelir_with_inductor_and_eager():
