@@ -161,7 +161,7 @@ def _accelir(backend: str, precision: str = "fp32") -> Callable[..., Generator]:
         prompt = _prompt(model, 8)
         cm = accelir.optimize(model, (prompt,), backend=backend, precision=precision,
                               accuracy=None if precision == "fp32" else EVERY_LAYER)
-        if backend == "onnxruntime":  # the benchmark's thread count, as benchmarks.run gives accelir's sessions
+        if backend == "onnxruntime" and threads:  # the benchmark's thread count, as benchmarks.run gives accelir's sessions
             from accelir.generation import _OrtSteps
             from accelir.lowering.onnxruntime import OnnxRuntimeModule
             cm._stepper = _OrtSteps(OnnxRuntimeModule(cm.graph, threads=threads),
@@ -349,16 +349,21 @@ def _rss_mib(field_name: str) -> float:
 
 def _memory_child(label: str, name: str, quick: bool, prompt: int, new: int, threads: int) -> dict[str, Any]:
     """In a fresh process: import every runtime (so each system's figure counts the same libraries), note the
-    resident set, build the model and the system, generate once; the peak resident set over the baseline."""
+    resident set, build the model and the system, generate once; the peak resident set over the baseline,
+    and the resident set the model alone added and the one left after the generation.  The system is built
+    with its runtimes' own thread settings (``threads=0``: memory does not depend on them, and accelir's
+    onnxruntime sessions are then the ones ``optimize`` made, not rebuilt beside them)."""
     import importlib
     for lib in ("torch", "transformers", "onnxruntime", "jax", "accelir"):
         importlib.import_module(lib)
     base = _rss_mib("VmRSS")
     model = _build_model(name, quick)
+    model_mib = _rss_mib("VmRSS") - base
     with tempfile.TemporaryDirectory() as tmp:
-        gen = SYSTEMS[label](model, tmp, threads)
+        gen = SYSTEMS[label](model, tmp, 0)
         gen(_prompt(model, prompt), new, _NullStreamer())
-    return {"system": label, "peak_mib": _rss_mib("VmHWM") - base}
+        after = _rss_mib("VmRSS") - base
+    return {"system": label, "peak_mib": _rss_mib("VmHWM") - base, "model_mib": model_mib, "after_mib": after}
 
 
 class _NullStreamer:
@@ -397,13 +402,14 @@ def _memory_table(name: str, rows: list[dict[str, Any]], weights: float, cache: 
     target = 1.25 * (weights + cache)
     lines = [f"{name}: weights {weights:.1f} MiB (float32), cache {cache:.2f} MiB (float32, prompt + new tokens); "
              f"target: peak at most (weights + cache) x 1.25 = {target:.1f} MiB",
-             "", f"| {name}: system | peak resident set over the process's baseline MiB | / (weights + cache) |",
-             "|---|---|---|"]
+             "", f"| {name}: system | peak resident set over the process's baseline MiB | / (weights + cache) | "
+             "the torch model alone MiB | resident after generating MiB |", "|---|---|---|---|---|"]
     for r in rows:
         if "peak_mib" not in r:
-            lines.append(f"| {r['system']} | - | {r['note']} |")
+            lines.append(f"| {r['system']} | - | {r['note']} | - | - |")
         else:
-            lines.append(f"| {r['system']} | {r['peak_mib']:.1f} | {r['peak_mib'] / (weights + cache):.2f} |")
+            lines.append(f"| {r['system']} | {r['peak_mib']:.1f} | {r['peak_mib'] / (weights + cache):.2f} | "
+                         f"{r['model_mib']:.1f} | {r['after_mib']:.1f} |")
     return "\n".join(lines)
 
 

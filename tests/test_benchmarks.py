@@ -128,7 +128,9 @@ def test_quick_generate_times_every_peer_or_says_why_not():
     assert "| attention alone (eager sdpa, every layer) |" in out and "past 8 | past 32" in out
     # peak memory in a fresh process, beside the weights and cache it is held to
     memory = [line for line in out.splitlines() if line.startswith("| accelir -> onnxruntime int4 |")][-1]
-    assert float(memory.split("|")[2]) > 0 and "weights 0.8 MiB" in out and "x 1.25" in out
+    cells = [float(c) for c in memory.split("|")[2:-1]]
+    assert len(cells) == 4 and cells[0] > 0 and cells[0] >= cells[3]  # the peak is the most it held
+    assert "weights 0.8 MiB" in out and "x 1.25" in out
 
 
 def test_quick_torch_compile_compares_accelir_with_inductor_and_eager():
