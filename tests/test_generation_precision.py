@@ -182,3 +182,20 @@ def test_export_writes_the_shared_weights_once(precision, tmp_path):
     ids = prompt()
     want = cm.generate(ids, max_new_tokens=8)[0, 7:].tolist()
     assert plain_onnxruntime_greedy(path, str(tmp_path / "lm.decode.onnx"), ids.numpy(), 8) == want
+
+
+def test_fp16_keeps_the_cache_writes_in_float32_for_the_xla_in_place_step():
+    """Under fp16 the decode graph's cache outputs stay ``concat(past, new)`` in float32: the form the XLA
+    step writes in place (a cast after it would hide it).  Measured on onnxruntime here, which is faster
+    to build than XLA for the precision search; the graphs are the XLA pipeline's."""
+    from accelir.generation import in_place_cache
+    from accelir.generation_precision import apply_generation_precision
+    float_cm = accelir.optimize(model_of("gpt2"), (prompt(),), backend="xla")
+    prefill, decode = float_cm.graph.copy(), float_cm.decode_graph.copy()
+    ids = prompt().numpy()
+    samples = [[ids, np.ones_like(ids), np.arange(ids.shape[1])[None]]]
+    report = apply_generation_precision(prefill, decode, "fp16", {"cosine": 0.99}, samples, "onnxruntime", "cpu")
+    assert report.decode.errors.cosine >= 0.99 and any(n.op == "cast" for n in decode.nodes)
+    for v in decode.outputs[1:]:
+        assert v.producer.op == "concat" and str(v.type.dtype) == "f32", v.producer.describe()
+    in_place_cache(decode)  # the XLA step's rewrite takes it
