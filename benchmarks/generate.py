@@ -35,6 +35,8 @@ Two more measurements per model:
   figure is the peak resident set (VmHWM) over that baseline.  It includes the torch model every
   system starts from.  Printed beside the float32 weights and cache sizes and the target (peak at
   most weights + cache + 25%).
+- **Export size.** Each accelir onnxruntime system's exported pair (``lm.onnx``, ``lm.decode.onnx``
+  and their data) on disk, beside the distinct weights its two graphs hold.
 
 The machine's load is recorded; a run under load prints no table unless ``--allow-load``.
 Needs a quiet machine (the full run takes about an hour on 2 CPUs):
@@ -170,6 +172,7 @@ def _accelir(backend: str, precision: str = "fp32") -> Callable[..., Generator]:
         def generate(ids: Any, n: int, streamer: Any) -> Any:
             return cm.generate(ids, max_new_tokens=n, min_new_tokens=n, streamer=streamer)
         generate.report = cm.report.precision  # type: ignore[attr-defined]
+        generate.compiled = cm  # type: ignore[attr-defined]
         return generate
     return build
 
@@ -261,6 +264,25 @@ def _table(name: str, rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['system']} | {r['first_ms']:.1f} | {r['token_ms']:.2f} | {ratio} | {r['build']:.1f} | "
                      f"{same} |")
     return "\n".join(lines)
+
+
+def export_sizes(gens: dict[str, Generator], tmp: str) -> str:
+    """The exported ONNX pair's size on disk for each accelir onnxruntime system, beside the bytes of the
+    distinct weights its two graphs hold (what the pair holds when it writes shared weights once)."""
+    parts = []
+    for label, gen in gens.items():
+        cm = getattr(gen, "compiled", None)
+        if cm is None or cm.backend != "onnxruntime":
+            continue
+        folder = os.path.join(tmp, "export-" + label.split()[-1])
+        os.makedirs(folder)
+        cm.export(os.path.join(folder, "lm.onnx"))
+        on_disk = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
+        arrays = {(a.__array_interface__["data"][0], a.nbytes): a.nbytes for g in (cm.graph, cm.decode_graph)
+                  for a in g.constants.values()}  # by memory: arrays both graphs share count once
+        parts.append(f"{label}: {on_disk / 2**20:.1f} MiB on disk, {sum(arrays.values()) / 2**20:.1f} MiB of "
+                     "distinct weight arrays in its two graphs")
+    return "exported pair (lm.onnx + lm.decode.onnx + data): " + "; ".join(parts)
 
 
 # ----- flat latency: per-token time against the past length --------------------------------
@@ -481,12 +503,14 @@ def main(argv: list[str] | None = None) -> int:
             rows, gens, model = run_model(name, quick=opts.quick, prompt=prompt, new=new, threads=threads,
                                           rounds=rounds, tmp=tmp)
             flat = flat_latency(model, gens, pasts, steps)
+            sizes = export_sizes(gens, tmp)
         del gens
         ran = [r["system"] for r in rows if "token_ms" in r]
         memory = peak_memory([s for s in (QUICK_MEMORY if opts.quick else ran)], name, opts, prompt, new, threads)
         weights, cache = weights_and_cache_mib(model, prompt + new)
         tables.append(f"{name}{' (tiny)' if opts.quick else ''}: {load[0]}\n\n" + _table(name, rows) + "\n\n"
-                      + _flat_table(name, pasts, flat) + "\n\n" + _memory_table(name, memory, weights, cache))
+                      + _flat_table(name, pasts, flat) + "\n\n" + _memory_table(name, memory, weights, cache)
+                      + "\n\n" + sizes)
     print(guard.finish())
     print(f"prompt {prompt}, {new} new tokens greedy, batch 1, {threads} thread(s) per runtime, medians of "
           f"{rounds} round(s) after a warm-up; int4 / int8 rows quantise every layer (block 32 for int4); "

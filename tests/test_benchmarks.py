@@ -131,6 +131,7 @@ def test_quick_generate_times_every_peer_or_says_why_not():
     cells = [float(c) for c in memory.split("|")[2:-1]]
     assert len(cells) == 4 and cells[0] > 0 and cells[0] >= cells[3]  # the peak is the most it held
     assert "weights 0.8 MiB" in out and "x 1.25" in out
+    assert "accelir -> onnxruntime int4: " in next(line for line in out.splitlines() if line.startswith("exported pair"))
 
 
 def test_quick_torch_compile_compares_accelir_with_inductor_and_eager():
