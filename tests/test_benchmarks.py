@@ -134,6 +134,22 @@ def test_quick_generate_times_every_peer_or_says_why_not():
     assert "accelir -> onnxruntime int4: " in next(line for line in out.splitlines() if line.startswith("exported pair"))
 
 
+def test_generate_runs_each_thread_count_in_a_fresh_process(monkeypatch, capsys):
+    from benchmarks import generate
+    calls = []
+
+    class Done:
+        returncode = 0
+    monkeypatch.setattr(generate.subprocess, "run", lambda args, **kw: calls.append(args) or Done())
+    assert generate.main(["--quick", "--threads", "1,2", "--allow-load", "--models", "gpt2"]) == 0
+    assert [c[c.index("--threads") + 1] for c in calls] == ["1", "2"]
+    assert all(c[-2:] != ["--threads", "1,2"] and "1,2" not in c and c[2:6] == ["--quick", "--allow-load", "--models",
+                                                                              "gpt2"] for c in calls), calls
+    assert capsys.readouterr().out.count("thread(s) per runtime =====") == 2
+    with pytest.raises(SystemExit, match="positive thread counts"):
+        generate.main(["--threads", "1,0"])
+
+
 def test_quick_torch_compile_compares_accelir_with_inductor_and_eager():
     out = _assert_ran(_run_script(["-m", "benchmarks.torch_compile", "--quick", "--allow-load", "--models", "bert"],
                                   timeout=900))
