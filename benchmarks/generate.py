@@ -39,9 +39,11 @@ Two more measurements per model:
   and their data) on disk, beside the distinct weights its two graphs hold.
 
 The machine's load is recorded; a run under load prints no table unless ``--allow-load``.
-Needs a quiet machine (the full run takes about an hour on 2 CPUs):
+Needs a quiet machine.  The whole run takes hours on 2 CPUs (Qwen2-0.5B size is about four times
+GPT-2 small's work), so it may be run a model and a thread count at a time:
 
     python benchmarks/generate.py --threads 1,2        # full-size models, one and two threads
+    python benchmarks/generate.py --models gpt2 --threads 1
     python benchmarks/generate.py --quick --allow-load # tiny configs, 8 tokens, one round (a check)
 """
 
