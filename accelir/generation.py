@@ -423,13 +423,14 @@ class GenerationModel(CompiledModel):
         """As ``CompiledModel.export``; ``.onnx``, ``.mlir`` and ``.hlo`` write the prefill graph to ``path``
         and the decode graph beside it (``model.onnx`` -> ``model.decode.onnx``): both files or, on any
         failure, neither.  Weights the two ONNX graphs share (1 MiB or more) are written once, to
-        ``model.onnx.data``, which ``model.decode.onnx`` reads too.  The decode graph's StableHLO keeps its batch and past length symbolic; its HLO
-        (static shapes) is for a past as long as the example prompt."""
+        ``model.onnx.data``, which ``model.decode.onnx`` reads too.  The decode graph's StableHLO keeps
+        its batch and past length symbolic; its HLO (static shapes) is for a past as long as the example
+        prompt."""
         path = os.fspath(path)
         suffix = os.path.splitext(path)[1].lower()
         if suffix == ".onnx":
             from .lowering.onnx import save_onnx_files, to_onnx
-            # the prefill file is renamed into place last, so a reader never finds it without its decode graph
+            # the prefill file is renamed into place last, so a reader never finds it without its decode graph;
             # weights both graphs hold are written once (share): the decode graph's file points at them
             save_onnx_files([(to_onnx(self.graph), path), (to_onnx(self.decode_graph), decode_path(path))],
                             overwrite=overwrite, share=True)
