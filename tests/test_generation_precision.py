@@ -199,3 +199,13 @@ def test_fp16_keeps_the_cache_writes_in_float32_for_the_xla_in_place_step():
     for v in decode.outputs[1:]:
         assert v.producer.op == "concat" and str(v.type.dtype) == "f32", v.producer.describe()
     in_place_cache(decode)  # the XLA step's rewrite takes it
+
+
+def test_layers_only_the_prefill_needs_in_float_are_kept_in_the_decode_graph_too():
+    """cosine 0.93 lies between what int4 on every layer gives the prefill logits (0.903) and the decode
+    step's (0.949): the decode graph alone would quantise every layer, but keeps the prefill's choice."""
+    cm = compiled("llama", "onnxruntime", "int4", {"cosine": 0.93})
+    report = cm.report.precision
+    assert report.prefill.kept and sorted(report.decode.kept) == sorted(report.prefill.kept)
+    assert quantised_ops(cm.decode_graph) == quantised_ops(cm.graph) == len(report.layers) - len(report.kept)
+    assert report.decode.errors.cosine >= 0.949  # measured again with those layers in float: no worse
