@@ -407,7 +407,8 @@ _MODEL_PATHS: list[tuple[Callable[[Any], bool], Callable[..., CompiledModel]]] =
 
 def register_model_path(accepts: Callable[[Any], bool], optimize_fn: Callable[..., CompiledModel]) -> None:
     """Route the models ``accepts`` takes (optimised without dynamic_shapes, example_kwargs or capture
-    options) to ``optimize_fn(model, example_inputs, backend=, device=, level=, passes=, debug=)``.
+    options) to ``optimize_fn(model, example_inputs, backend=, device=, level=, passes=, debug=, precision=,
+    accuracy=, calibration=)``.
 
     A module above this one (``accelir.generation``: causal LMs, captured as a prefill and a decode
     graph) registers its path here, so this module never imports it."""
@@ -452,12 +453,8 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
         Budget.parse(accuracy, precision)  # a bad budget is refused before the capture
     for accepts, special in _MODEL_PATHS:
         if accepts(model) and dynamic_shapes is None and not example_kwargs and not capture_options and mesh is None:
-            if precision != "fp32":
-                raise AccelirError(f"precision={precision!r} is not available for a causal LM's generation graphs "
-                                   "yet; optimize it in fp32, or export it and quantise the ONNX file with "
-                                   "`accelir optimize lm.onnx --precision ...`")
             return special(model, example_inputs, backend=backend, device=device, level=level, passes=passes,
-                           debug=debug)
+                           debug=debug, precision=precision, accuracy=accuracy, calibration=calibration)
     if (mesh is None) != (sharding is None) or (mesh is not None and backend != "xla"):
         raise AccelirError("mesh= and sharding= go together, with backend='xla' (XLA's SPMD partitioner splits "
                            "the model)")

@@ -72,9 +72,12 @@ def run_passes(graph: Graph, backend: str, level: int, passes: Sequence[Any] | N
 
 def optimize_causal_lm(model: Any, example_inputs: Any = None, *, backend: str = "onnxruntime", device: str = "cpu",
                        level: int = 2, passes: Sequence[Any] | None = None,
-                       debug: dict[str, Any] | None = None) -> "GenerationModel":
-    """``optimize()`` for a causal LM: prefill and decode graphs, optimised and lowered for ``backend``."""
+                       debug: dict[str, Any] | None = None, precision: str = "fp32", accuracy: Any = None,
+                       calibration: Sequence[Any] | None = None) -> "GenerationModel":
+    """``optimize()`` for a causal LM: prefill and decode graphs, optimised and lowered for ``backend``, in
+    ``precision`` within ``accuracy`` (:mod:`accelir.generation_precision`)."""
     from .frontends.torch.generation import capture_causal_lm, name_cache_io
+    from .generation_precision import apply_generation_precision
     if backend not in ("onnxruntime", "xla"):
         raise AccelirError(f"backend={backend!r}: a causal LM generates on 'onnxruntime' or 'xla'; choose one")
     report = OptimizeReport()
@@ -86,9 +89,14 @@ def optimize_causal_lm(model: Any, example_inputs: Any = None, *, backend: str =
     t0 = time.perf_counter()
     report.passes = run_passes(prefill, backend, level, passes, debug)
     decode_report = run_passes(decode, backend, level, passes, debug)
+    report.stages["passes"] = time.perf_counter() - t0
+    if precision != "fp32":
+        t0 = time.perf_counter()
+        samples = _prompt_samples(example_inputs, calibration, layout.vocab_size)
+        report.precision = apply_generation_precision(prefill, decode, precision, accuracy, samples, backend, device)
+        report.stages["precision"] = time.perf_counter() - t0
     for g in (prefill, decode):
         name_cache_io(g, layout)
-    report.stages["passes"] = time.perf_counter() - t0
     report.nodes_after = prefill.num_nodes()
     t0 = time.perf_counter()
     runner = build_runner(prefill, backend, device)
@@ -111,6 +119,26 @@ def _example_prefill(example_inputs: Any) -> list:
     ids = np.asarray(ids, dtype=np.int64)
     mask = np.ones_like(ids)
     return [ids, mask, _positions(mask)]
+
+
+def _prompt_samples(example_inputs: Any, calibration: Sequence[Any] | None, vocab: int) -> list[list[np.ndarray]]:
+    """The prefill inputs an accuracy budget is checked on: the example prompt, or each ``calibration``
+    entry (``input_ids`` or ``(input_ids[, attention_mask])``), as ``[ids, mask, positions]``."""
+    if calibration is None:
+        example = _example_prefill(example_inputs)
+        return [example] if example else []
+    out = []
+    for i, entry in enumerate(calibration):
+        ids, mask = (list(entry) + [None])[:2] if isinstance(entry, (tuple, list)) else (entry, None)
+        ids = _int_array(f"calibration[{i}] input_ids", ids)
+        mask = np.ones_like(ids) if mask is None else _int_array(f"calibration[{i}] attention_mask", mask)
+        if ids.ndim != 2 or ids.size == 0 or mask.shape != ids.shape:
+            raise InputError(f"calibration[{i}]: expected input_ids shaped [batch, sequence] and a mask of the "
+                             f"same shape, got {list(ids.shape)} and {list(mask.shape)}")
+        if ids.min() < 0 or ids.max() >= vocab:
+            raise InputError(f"calibration[{i}] input_ids: token ids must lie in the vocabulary [0, {vocab})")
+        out.append([ids, mask, _positions(mask)])
+    return out
 
 
 def _token_defaults(model: Any) -> dict[str, Any]:
@@ -398,15 +426,18 @@ class GenerationModel(CompiledModel):
     def export(self, path: str | os.PathLike, *, overwrite: bool = False) -> str:
         """As ``CompiledModel.export``; ``.onnx``, ``.mlir`` and ``.hlo`` write the prefill graph to ``path``
         and the decode graph beside it (``model.onnx`` -> ``model.decode.onnx``): both files or, on any
-        failure, neither.  The decode graph's StableHLO keeps its batch and past length symbolic; its HLO
-        (static shapes) is for a past as long as the example prompt."""
+        failure, neither.  Weights the two ONNX graphs share (1 MiB or more) are written once, to
+        ``model.onnx.data``, which ``model.decode.onnx`` reads too.  The decode graph's StableHLO keeps
+        its batch and past length symbolic; its HLO (static shapes) is for a past as long as the example
+        prompt."""
         path = os.fspath(path)
         suffix = os.path.splitext(path)[1].lower()
         if suffix == ".onnx":
             from .lowering.onnx import save_onnx_files, to_onnx
-            # the prefill file is renamed into place last, so a reader never finds it without its decode graph
+            # the prefill file is renamed into place last, so a reader never finds it without its decode graph;
+            # weights both graphs hold are written once (share): the decode graph's file points at them
             save_onnx_files([(to_onnx(self.graph), path), (to_onnx(self.decode_graph), decode_path(path))],
-                            overwrite=overwrite)
+                            overwrite=overwrite, share=True)
             return path
         if suffix not in (".mlir", ".hlo"):
             return super().export(path, overwrite=overwrite)

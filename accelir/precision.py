@@ -32,8 +32,8 @@ from .accuracy import PRECISIONS, Budget, Errors, measure
 from .errors import AccelirError
 from .ir import Graph
 
-__all__ = ["PRECISION_PASSES", "Precision", "quantisable_layers", "PrecisionError", "PrecisionReport", "LayerError", "check_precision",
-           "choose_precision", "apply_precision"]
+__all__ = ["PRECISION_PASSES", "Precision", "quantisable_layers", "named_layers", "PrecisionError", "PrecisionReport",
+           "LayerError", "check_precision", "choose_precision", "apply_precision"]
 
 Runner = Callable[..., list]
 PassFactory = Callable[[frozenset], Callable[[Graph], bool]]
@@ -142,12 +142,11 @@ class _Trials:
 
     def __init__(self, graph: Graph, precision: Precision, samples: Sequence[list[np.ndarray]],
                  build: Callable[[Graph], Runner]):
-        from .passes.quant_targets import layer_name
         self.make, self.build, self.samples = precision.make, build, samples
         self.probe = graph.copy()
         layers = precision.layers(self.probe)
         self.positions = [p for p, _ in layers]
-        self.names = _unique([layer_name(node) for _, node in layers])
+        self.names = [name for _, name in named_layers(self.probe, precision)]
         self.n_outputs = len(self.probe.outputs)
         self.outputs = list(self.probe.outputs)
         graph_inputs = {id(v) for v in self.probe.inputs}
@@ -191,6 +190,14 @@ class _Trials:
             ins = [e if i is None else e.worst(measure([want[i]], [have[i]])) for e, i in zip(ins, self.layer_inputs)]
         self._cache[keep] = (model, outs, ins)
         return self._cache[keep]
+
+
+def named_layers(graph: Graph, precision: Precision) -> list[tuple[int, str]]:
+    """(position, name) of each layer ``precision`` may change, named as :class:`PrecisionReport` names
+    them: graphs captured from one model (a causal LM's prefill and decode) name a layer alike."""
+    from .passes.quant_targets import layer_name
+    layers = precision.layers(graph)
+    return list(zip([p for p, _ in layers], _unique([layer_name(node) for _, node in layers])))
 
 
 def _unique(names: list[str]) -> list[str]:

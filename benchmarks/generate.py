@@ -2,9 +2,9 @@
 
 Full-size GPT-2 small and a Qwen2-0.5B-size config (random weights), a 32-token prompt,
 128 new tokens greedy (``min_new_tokens`` too, so every system makes all of them), batch 1,
-``--threads`` intra-op threads per runtime (run it once with 1 and once with 2: XLA's
-thread count is fixed when jax starts).  For each system: the time to the first token
-(prefill), the median per-token decode latency, the build time, and whether its tokens
+``--threads`` intra-op threads per runtime (a list such as ``1,2`` runs each count in a fresh
+process: XLA's thread count is fixed when jax starts).  For each system: the time to the first
+token (prefill), the median per-token decode latency, the build time, and whether its tokens
 are transformers' eager tokens.  Systems, timed in interleaved rounds whose order rotates:
 
 - transformers eager ``generate`` (DynamicCache);
@@ -12,11 +12,38 @@ are transformers' eager tokens.  Systems, timed in interleaved rounds whose orde
 - onnxruntime-genai's model builder output (fp32, CPU; the builder reads the
   ``save_pretrained`` directory), where the builder supports the architecture;
 - optimum's ``ORTModelForCausalLM``: listed, not run (it needs transformers<4.58);
-- accelir -> onnxruntime and accelir -> XLA (``accelir.optimize`` + ``cm.generate``).
+- accelir -> onnxruntime and accelir -> XLA (``accelir.optimize`` + ``cm.generate``), in float32,
+  and with int4 (block 32) and int8 weights (``precision=``, every layer quantised whatever its
+  error, as onnxruntime's quantisers do; the row gives the prefill logits' cosine to float32,
+  since quantised tokens may differ from eager's).
+
+A system that does not install or run here is a row saying why, never dropped.
+
+Two more measurements per model:
+
+- **Flat latency.** The per-token decode time at past lengths 32, 128, 512 and 1024 (a prompt just
+  short of each, a few steps timed), for eager and accelir's float systems.  Attention itself reads
+  the whole cache each step, so its cost grows linearly with the past in any runtime; the target is
+  that the rest stays flat (within 20%).  Attention's own growth is measured, not fitted: one decode
+  step's attention alone, every layer, over a cache of each length (eager torch's
+  ``scaled_dot_product_attention``).  A linear fit could not tell it apart from a per-step copy of
+  the cache, which also grows linearly and is what the check is for.  The table gives each system's
+  ratio to the shortest past, and ``(t(L) - (attn(L) - attn(L0))) / t(L0)``: at most 1.20 is flat.
+- **Peak memory.** Each system in a fresh process that first imports every runtime (torch,
+  transformers, onnxruntime, jax, accelir), so each figure counts the same libraries; then the
+  resident set (VmRSS) is noted, the model and the system are built and one generation runs; the
+  figure is the peak resident set (VmHWM) over that baseline.  It includes the torch model every
+  system starts from.  Printed beside the float32 weights and cache sizes and the target (peak at
+  most weights + cache + 25%).
+- **Export size.** Each accelir onnxruntime system's exported pair (``lm.onnx``, ``lm.decode.onnx``
+  and their data) on disk, beside the distinct weights its two graphs hold.
 
 The machine's load is recorded; a run under load prints no table unless ``--allow-load``.
+Needs a quiet machine.  The whole run takes hours on 2 CPUs (Qwen2-0.5B size is about four times
+GPT-2 small's work), so it may be run a model and a thread count at a time:
 
-    python benchmarks/generate.py --threads 1          # full-size models
+    python benchmarks/generate.py --threads 1,2        # full-size models, one and two threads
+    python benchmarks/generate.py --models gpt2 --threads 1
     python benchmarks/generate.py --quick --allow-load # tiny configs, 8 tokens, one round (a check)
 """
 
@@ -24,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import statistics
@@ -66,19 +94,23 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}"[:160]
 
 
-def _transformers_eager(model: Any, ids: Any, n: int, tmp: str, threads: int) -> Callable[[Any], Any]:
-    return lambda streamer: model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=streamer)
+Generator = Callable[[Any, int, Any], Any]  # (prompt ids, new tokens, streamer) -> tokens
 
 
-def _transformers_compiled(model: Any, ids: Any, n: int, tmp: str, threads: int) -> Callable[[Any], Any]:
+def _transformers_eager(model: Any, tmp: str, threads: int) -> Generator:
+    return lambda ids, n, streamer: model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                                   streamer=streamer)
+
+
+def _transformers_compiled(model: Any, tmp: str, threads: int) -> Generator:
     import torch
     compiled = copy.deepcopy(model)  # the eager peer keeps its own forward
     compiled.forward = torch.compile(compiled.forward)
-    return lambda streamer: compiled.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                              cache_implementation="static", streamer=streamer)
+    return lambda ids, n, streamer: compiled.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                                      cache_implementation="static", streamer=streamer)
 
 
-def _ort_genai(model: Any, ids: Any, n: int, tmp: str, threads: int) -> Callable[[Any], Any]:
+def _ort_genai(model: Any, tmp: str, threads: int) -> Generator:
     import numpy as np
     import onnxruntime_genai as og
     import torch
@@ -92,9 +124,9 @@ def _ort_genai(model: Any, ids: Any, n: int, tmp: str, threads: int) -> Callable
     _set_genai_threads(os.path.join(out, "genai_config.json"), threads)
     config = og.Config(out)
     og_model = og.Model(config)
-    prompt = ids.numpy().astype(np.int32)
 
-    def generate(streamer: Any) -> Any:
+    def generate(ids: Any, n: int, streamer: Any) -> Any:
+        prompt = ids.numpy().astype(np.int32)
         params = og.GeneratorParams(og_model)
         params.set_search_options(max_length=prompt.shape[1] + n, min_length=prompt.shape[1] + n, do_sample=False)
         generator = og.Generator(og_model, params)
@@ -122,50 +154,89 @@ def _set_genai_threads(path: str, threads: int) -> None:
         json.dump(config, f, indent=4)
 
 
-def _accelir(backend: str) -> Callable[..., Callable[[Any], Any]]:
-    def build(model: Any, ids: Any, n: int, tmp: str, threads: int) -> Callable[[Any], Any]:
+#: the budget of the int4 / int8 rows: every layer quantised whatever its error (what onnxruntime's
+#: quantisers do, and what a row of per-token speed with int4 weights asks); its error is reported
+EVERY_LAYER = {"max_abs": 1e30}
+
+
+def _accelir(backend: str, precision: str = "fp32") -> Callable[..., Generator]:
+    def build(model: Any, tmp: str, threads: int) -> Generator:
         import accelir
-        cm = accelir.optimize(model, (ids,), backend=backend)
-        if backend == "onnxruntime":  # the benchmark's thread count, as benchmarks.run gives accelir's sessions
+        prompt = _prompt(model, 8)
+        cm = accelir.optimize(model, (prompt,), backend=backend, precision=precision,
+                              accuracy=None if precision == "fp32" else EVERY_LAYER)
+        if backend == "onnxruntime" and threads:  # the benchmark's thread count, as benchmarks.run gives accelir's sessions
             from accelir.generation import OrtSteps
             from accelir.lowering.onnxruntime import OnnxRuntimeModule
             cm._stepper = OrtSteps(OnnxRuntimeModule(cm.graph, threads=threads),
-                                   OnnxRuntimeModule(cm.decode_graph, threads=threads))
-        return lambda streamer: cm.generate(ids, max_new_tokens=n, min_new_tokens=n, streamer=streamer)
+                                    OnnxRuntimeModule(cm.decode_graph, threads=threads))
+
+        def generate(ids: Any, n: int, streamer: Any) -> Any:
+            return cm.generate(ids, max_new_tokens=n, min_new_tokens=n, streamer=streamer)
+        generate.report = cm.report.precision  # type: ignore[attr-defined]
+        generate.compiled = cm  # type: ignore[attr-defined]
+        return generate
     return build
 
 
-SYSTEMS: dict[str, Callable[..., Callable[[Any], Any]]] = {
+SYSTEMS: dict[str, Callable[..., Generator]] = {
     "transformers eager": _transformers_eager,
     "transformers torch.compile static cache": _transformers_compiled,
     "onnxruntime-genai builder fp32": _ort_genai,
     "accelir -> onnxruntime": _accelir("onnxruntime"),
     "accelir -> xla": _accelir("xla"),
+    "accelir -> onnxruntime int4": _accelir("onnxruntime", "int4"),
+    "accelir -> xla int4": _accelir("xla", "int4"),
+    "accelir -> onnxruntime int8": _accelir("onnxruntime", "int8"),
+    "accelir -> xla int8": _accelir("xla", "int8"),
 }
+#: the systems of the flat-latency check (the float ones: their logits are comparable step for step)
+FLAT_SYSTEMS = ("transformers eager", "accelir -> onnxruntime", "accelir -> xla")
+#: what ``--quick`` leaves out to stay a fast check: the XLA int4 / int8 rows (the same code as the
+#: onnxruntime ones, and XLA compiles each graph the precision search measures), and the peak memory of
+#: all but one system (the fresh-process measurement)
+QUICK_SKIPS = ("accelir -> xla int4", "accelir -> xla int8")
+QUICK_MEMORY = ("accelir -> onnxruntime int4",)
 
 
-def run_model(name: str, *, quick: bool, prompt: int, new: int, threads: int, rounds: int) -> list[dict[str, Any]]:
-    """One row per system: build time, first-token and per-token medians, same tokens as eager, or the error."""
+def _prompt(model: Any, length: int, seed: int = 0) -> Any:
     import torch
-    from accelir.generation import GenerationTiming
+    return torch.randint(0, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _build_model(name: str, quick: bool) -> Any:
+    import torch
     torch.manual_seed(0)
-    model = MODELS[name](quick)
-    ids = torch.randint(0, model.config.vocab_size, (1, prompt))
+    return MODELS[name](quick)
+
+
+def run_model(name: str, *, quick: bool, prompt: int, new: int, threads: int, rounds: int, tmp: str
+              ) -> tuple[list[dict[str, Any]], dict[str, Generator], Any]:
+    """One row per system: build time, first-token and per-token medians, same tokens as eager, or the error;
+    and the built systems (for the flat-latency check) and the model."""
+    from accelir.generation import GenerationTiming
+    model = _build_model(name, quick)
+    ids = _prompt(model, prompt)
     rows: dict[str, dict[str, Any]] = {OPTIMUM: {"system": OPTIMUM, "note": OPTIMUM_NOTE}}
+    gens: dict[str, Generator] = {}
     runs: dict[str, Callable[[Any], Any]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, build in SYSTEMS.items():
-            t0 = time.perf_counter()
-            try:
-                runs[label] = build(model, ids, new, tmp, threads)
-                GenerationTiming.measure(runs[label])  # warm-up (compiles, first-call set-up)
-                rows[label] = {"system": label, "build": time.perf_counter() - t0, "timings": []}
-            except Exception as e:  # noqa: BLE001 - a peer that cannot run here is reported, not fatal
-                runs.pop(label, None)
-                rows[label] = {"system": label, "note": _first_line(e)}
-        for r in range(rounds):
-            for label in rotated(list(runs), r):
-                rows[label]["timings"].append(GenerationTiming.measure(runs[label]))
+    for label, build in SYSTEMS.items():
+        if quick and label in QUICK_SKIPS:
+            rows[label] = {"system": label, "note": "not run with --quick"}
+            continue
+        t0 = time.perf_counter()
+        try:
+            gens[label] = build(model, tmp, threads)
+            runs[label] = functools.partial(gens[label], ids, new)
+            GenerationTiming.measure(runs[label])  # warm-up (compiles, first-call set-up)
+            rows[label] = {"system": label, "build": time.perf_counter() - t0, "timings": []}
+        except Exception as e:  # noqa: BLE001 - a peer that cannot run here is reported, not fatal
+            runs.pop(label, None)
+            gens.pop(label, None)
+            rows[label] = {"system": label, "note": _first_line(e)}
+    for r in range(rounds):
+        for label in rotated(list(runs), r):
+            rows[label]["timings"].append(GenerationTiming.measure(runs[label]))
     reference = rows["transformers eager"]["timings"][0].tokens.tolist() if "transformers eager" in runs else None
     out = []
     for label in list(SYSTEMS) + [OPTIMUM]:
@@ -175,8 +246,11 @@ def run_model(name: str, *, quick: bool, prompt: int, new: int, threads: int, ro
             row["first_ms"] = statistics.median(t.first_token for t in timings) * 1e3
             row["token_ms"] = statistics.median(t.per_token for t in timings) * 1e3
             row["same"] = timings[0].tokens.tolist() == reference
+            report = getattr(gens[label], "report", None)
+            if report is not None:  # quantised: its tokens may differ; say how far its logits are
+                row["error"] = f"logits cosine {report.errors.cosine:.4f} to fp32"
         out.append(row)
-    return out
+    return out, gens, model
 
 
 def _table(name: str, rows: list[dict[str, Any]]) -> str:
@@ -188,38 +262,261 @@ def _table(name: str, rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['system']} | - | - | - | - | {r.get('note', '')} |")
             continue
         ratio = f"{r['token_ms'] / eager:.2f}" if eager else "-"
+        same = "yes" if r["same"] else ("no, " + r["error"] if "error" in r else "NO")
         lines.append(f"| {r['system']} | {r['first_ms']:.1f} | {r['token_ms']:.2f} | {ratio} | {r['build']:.1f} | "
-                     f"{'yes' if r['same'] else 'NO'} |")
+                     f"{same} |")
     return "\n".join(lines)
 
 
+def export_sizes(gens: dict[str, Generator], tmp: str) -> str:
+    """The exported ONNX pair's size on disk for each accelir onnxruntime system, beside the bytes of the
+    distinct weights its two graphs hold (what the pair holds when it writes shared weights once)."""
+    parts = []
+    for label, gen in gens.items():
+        cm = getattr(gen, "compiled", None)
+        if cm is None or cm.backend != "onnxruntime":
+            continue
+        folder = os.path.join(tmp, "export-" + label.split()[-1])
+        os.makedirs(folder)
+        cm.export(os.path.join(folder, "lm.onnx"))
+        on_disk = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
+        arrays = {(a.__array_interface__["data"][0], a.nbytes): a.nbytes for g in (cm.graph, cm.decode_graph)
+                  for a in g.constants.values()}  # by memory: arrays both graphs share count once
+        parts.append(f"{label}: {on_disk / 2**20:.1f} MiB on disk, {sum(arrays.values()) / 2**20:.1f} MiB of "
+                     "distinct weight arrays in its two graphs")
+    return "exported pair (lm.onnx + lm.decode.onnx + data): " + "; ".join(parts)
+
+
+# ----- flat latency: per-token time against the past length --------------------------------
+
+def _attention_shape(config: Any) -> tuple[int, int, int, int]:
+    """(layers, heads, kv heads, head dim) from a transformers config (GPT-2's names or Llama's)."""
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    heads = getattr(config, "num_attention_heads", None) or config.n_head
+    hidden = getattr(config, "hidden_size", None) or config.n_embd
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    return layers, heads, kv, getattr(config, "head_dim", None) or hidden // heads
+
+
+def attention_step_ms(config: Any, past: int, repeats: int = 20) -> float:
+    """The median time of one decode step's attention alone, every layer, over a cache ``past`` long:
+    eager torch's ``scaled_dot_product_attention`` of one query over the keys and values.  This is the
+    growth with the past that attention itself brings (it reads the whole cache each step) in any runtime;
+    what a system's per-token time grows beyond it is what the flat-latency target bounds."""
+    import torch
+    import torch.nn.functional as F
+    layers, heads, kv, dim = _attention_shape(config)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, heads, 1, dim, generator=g)
+    cache = [(torch.randn(1, kv, past, dim, generator=g), torch.randn(1, kv, past, dim, generator=g))
+             for _ in range(layers)]
+
+    def step() -> None:
+        with torch.no_grad():
+            for k, v in cache:
+                F.scaled_dot_product_attention(q, k, v, enable_gqa=kv != heads)
+    step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def flat_latency(model: Any, gens: dict[str, Generator], pasts: list[int], steps: int) -> dict[str, Any]:
+    """Per-token decode ms of each flat-latency system at each past length (a prompt ``past - steps - 1``
+    long, ``steps + 1`` new tokens: the steps run over pasts up to ``past``, within the position limit),
+    and attention's own."""
+    from accelir.generation import GenerationTiming
+    out: dict[str, Any] = {"attention": [attention_step_ms(model.config, p) for p in pasts]}
+    for label in FLAT_SYSTEMS:
+        if label not in gens:
+            continue
+        times = []
+        for p in pasts:
+            run = functools.partial(gens[label], _prompt(model, p - steps - 1, seed=p), steps + 1)
+            GenerationTiming.measure(run)  # warm-up: XLA compiles each prompt length
+            times.append(statistics.median(GenerationTiming.measure(run).per_token for _ in range(2)) * 1e3)
+        out[label] = times
+    return out
+
+
+def _flat_table(name: str, pasts: list[int], flat: dict[str, Any]) -> str:
+    """Each system's per-token ms by past length, its ratio to the first, and the ratio with attention's own
+    growth taken out: ``(t(L) - (attn(L) - attn(L0))) / t(L0)``, against the target of at most 1.20."""
+    attn = flat["attention"]
+    head = " | ".join(f"past {p}" for p in pasts)
+    lines = [f"| {name}: per-token ms | {head} | ratio to past {pasts[0]} | without attention's growth |",
+             "|---|" + "---|" * (len(pasts) + 2)]
+    for label, times in flat.items():
+        cells = " | ".join(f"{t:.2f}" for t in times)
+        ratio = " / ".join(f"{t / times[0]:.2f}" for t in times[1:])
+        if label == "attention":
+            lines.append(f"| attention alone (eager sdpa, every layer) | {cells} | {ratio} | - |")
+            continue
+        flat_ratio = [(t - (a - attn[0])) / times[0] for t, a in zip(times[1:], attn[1:])]
+        verdict = "flat" if max(flat_ratio) <= 1.2 else "NOT flat"
+        lines.append(f"| {label} | {cells} | {ratio} | {' / '.join(f'{r:.2f}' for r in flat_ratio)} ({verdict}) |")
+    return "\n".join(lines)
+
+
+# ----- peak memory: one fresh process per system ------------------------------------------
+
+def _rss_mib(field_name: str) -> float:
+    """VmRSS (now) or VmHWM (the peak) of this process, MiB."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _memory_child(label: str, name: str, quick: bool, prompt: int, new: int, threads: int) -> dict[str, Any]:
+    """In a fresh process: import every runtime (so each system's figure counts the same libraries), note the
+    resident set, build the model and the system, generate once; the peak resident set over the baseline,
+    and the resident set the model alone added and the one left after the generation.  The system is built
+    with its runtimes' own thread settings (``threads=0``: memory does not depend on them, and accelir's
+    onnxruntime sessions are then the ones ``optimize`` made, not rebuilt beside them)."""
+    import importlib
+    for lib in ("torch", "transformers", "onnxruntime", "jax", "accelir"):
+        importlib.import_module(lib)
+    base = _rss_mib("VmRSS")
+    model = _build_model(name, quick)
+    model_mib = _rss_mib("VmRSS") - base
+    with tempfile.TemporaryDirectory() as tmp:
+        gen = SYSTEMS[label](model, tmp, 0)
+        gen(_prompt(model, prompt), new, _NullStreamer())
+        after = _rss_mib("VmRSS") - base
+    return {"system": label, "peak_mib": _rss_mib("VmHWM") - base, "model_mib": model_mib, "after_mib": after}
+
+
+class _NullStreamer:
+    def put(self, value: Any) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+def peak_memory(labels: list[str], name: str, opts: argparse.Namespace, prompt: int, new: int, threads: int
+                ) -> list[dict[str, Any]]:
+    """Each system's peak resident set over its process's baseline, each in a fresh process."""
+    rows = []
+    for label in labels:
+        args = [sys.executable, os.path.abspath(__file__), "--memory-of", label, "--models", name, "--threads",
+                str(threads), "--prompt", str(prompt), "--new", str(new)] + (["--quick"] if opts.quick else [])
+        proc = subprocess.run(args, capture_output=True, text=True)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("MEMORY ")), None)
+        if line is None:
+            err = [x for x in proc.stderr.splitlines() if x.strip()]
+            rows.append({"system": label, "note": (err[-1] if err else f"exit {proc.returncode}")[:160]})
+        else:
+            rows.append(json.loads(line[len("MEMORY "):]))
+    return rows
+
+
+def weights_and_cache_mib(model: Any, tokens: int) -> tuple[float, float]:
+    """The model's weights and a float32 cache of ``tokens`` tokens (keys and values, every layer), MiB."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    layers, _, kv, dim = _attention_shape(model.config)
+    return weights, 2 * layers * kv * tokens * dim * 4 / 2**20
+
+
+def _memory_table(name: str, rows: list[dict[str, Any]], weights: float, cache: float) -> str:
+    target = 1.25 * (weights + cache)
+    lines = [f"{name}: weights {weights:.1f} MiB (float32), cache {cache:.2f} MiB (float32, prompt + new tokens); "
+             f"target: peak at most (weights + cache) x 1.25 = {target:.1f} MiB",
+             "", f"| {name}: system | peak resident set over the process's baseline MiB | / (weights + cache) | "
+             "the torch model alone MiB | resident after generating MiB |", "|---|---|---|---|---|"]
+    for r in rows:
+        if "peak_mib" not in r:
+            lines.append(f"| {r['system']} | - | {r['note']} | - | - |")
+        else:
+            lines.append(f"| {r['system']} | {r['peak_mib']:.1f} | {r['peak_mib'] / (weights + cache):.2f} | "
+                         f"{r['model_mib']:.1f} | {r['after_mib']:.1f} |")
+    return "\n".join(lines)
+
+
+def _thread_counts(text: str) -> list[int]:
+    try:
+        counts = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise SystemExit(f"--threads {text!r}: give positive thread counts, e.g. 1 or 1,2")
+    return counts
+
+
+def _each_thread_count(argv: list[str], counts: list[int]) -> int:
+    """Run this script once per thread count, each in a fresh process (XLA's thread count is fixed when jax
+    starts); their outputs follow one another."""
+    rest, skip = [], False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+        elif a == "--threads":
+            skip = True
+        elif not a.startswith("--threads="):
+            rest.append(a)
+    status = 0
+    for n in counts:
+        print(f"===== {n} thread(s) per runtime =====", flush=True)
+        status |= subprocess.run([sys.executable, os.path.abspath(__file__), *rest, "--threads", str(n)]).returncode
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
-    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per runtime")
+    parser.add_argument("--threads", default="1", help="intra-op threads per runtime, or a list (1,2): each count "
+                        "runs in a fresh process")
     parser.add_argument("--prompt", type=int, default=None, help="prompt tokens (default 32; 8 with --quick)")
     parser.add_argument("--new", type=int, default=None, help="new tokens (default 128; 8 with --quick)")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5; 1 with --quick)")
+    parser.add_argument("--past", default=None, help="past lengths of the flat-latency check (default "
+                        "32,128,512,1024; 8,32 with --quick)")
     parser.add_argument("--quick", action="store_true", help="tiny configs, few tokens, one round: a check that "
                         "the script runs, not a measurement")
+    parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # one system's peak, in a child
     add_load_arguments(parser)
     opts = parser.parse_args(argv)
+    counts = _thread_counts(opts.threads)
+    if len(counts) > 1:
+        return _each_thread_count(argv, counts)
+    threads = counts[0]
     from benchmarks.run import _set_threads  # noqa: PLC2701 - the thread setting every benchmark shares
-    _set_threads(opts.threads)
-    guard = guard_from(opts, threads=opts.threads)
+    _set_threads(threads)
     prompt = opts.prompt or (8 if opts.quick else 32)
     new = opts.new or (8 if opts.quick else 128)
+    if opts.memory_of:
+        print("MEMORY " + json.dumps(_memory_child(opts.memory_of, opts.models, opts.quick, prompt, new, threads)))
+        return 0
+    guard = guard_from(opts, threads=threads)
     rounds = opts.rounds or (1 if opts.quick else 5)
+    pasts = [int(p) for p in (opts.past or ("8,32" if opts.quick else "32,128,512,1024")).split(",")]
+    steps = 4 if opts.quick else 8
     tables = []
     for name in [m.strip() for m in opts.models.split(",") if m.strip()]:
         if name not in MODELS:
             parser.error(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-        with guard.watch() as load:
-            rows = run_model(name, quick=opts.quick, prompt=prompt, new=new, threads=opts.threads, rounds=rounds)
-        tables.append(f"{name}{' (tiny)' if opts.quick else ''}: {load[0]}\n\n" + _table(name, rows))
+        with guard.watch() as load, tempfile.TemporaryDirectory() as tmp:
+            rows, gens, model = run_model(name, quick=opts.quick, prompt=prompt, new=new, threads=threads,
+                                          rounds=rounds, tmp=tmp)
+            flat = flat_latency(model, gens, pasts, steps)
+            sizes = export_sizes(gens, tmp)
+        del gens
+        ran = [r["system"] for r in rows if "token_ms" in r]
+        memory = peak_memory([s for s in (QUICK_MEMORY if opts.quick else ran)], name, opts, prompt, new, threads)
+        weights, cache = weights_and_cache_mib(model, prompt + new)
+        tables.append(f"{name}{' (tiny)' if opts.quick else ''}: {load[0]}\n\n" + _table(name, rows) + "\n\n"
+                      + _flat_table(name, pasts, flat) + "\n\n" + _memory_table(name, memory, weights, cache)
+                      + "\n\n" + sizes)
     print(guard.finish())
-    print(f"prompt {prompt}, {new} new tokens greedy, batch 1, {opts.threads} thread(s) per runtime, medians of "
-          f"{rounds} round(s) after a warm-up\n")
+    print(f"prompt {prompt}, {new} new tokens greedy, batch 1, {threads} thread(s) per runtime, medians of "
+          f"{rounds} round(s) after a warm-up; int4 / int8 rows quantise every layer (block 32 for int4); "
+          f"flat-latency check: {steps} steps around each past length\n")
     print("\n\n".join(tables))
     return 0
 

@@ -46,6 +46,7 @@ from accelir.ir import DType, Graph, Node, TensorType, Value
 from accelir.ops import registry
 from accelir.ops.qdq import QDQ_OPS
 
+from .convert_once import converted
 from .pattern import rewrite_budget
 from .registry import register_pass
 
@@ -173,7 +174,8 @@ class _Conversion:
         if src is not None:
             found = src
         elif v.is_constant:
-            arr = saturate(np.asarray(v.const_value), self.low)
+            low = self.low
+            arr = converted(("convert_float", str(low)), np.asarray(v.const_value), lambda a: saturate(a, low))
             found = self.graph.const(arr, name=f"{v.producer.attrs['name']}_{self.low}", before=v.producer.next,
                                      meta=v.producer.meta)
             self.made.append(found.producer)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 
 from accelir.ir import Builder, DType, Graph, Node, Value
 from accelir.ops.quant import QUANT_OPS
 
+from .convert_once import converted
 from .pattern import provenance, remove_dead, rewrite_budget
 
 __all__ = ["QuantTarget", "quant_targets", "is_quantized", "rewrite_targets", "layer_name"]
@@ -76,10 +77,11 @@ def layer_name(node: Node) -> str:
 
 def rewrite_targets(graph: Graph, keep: frozenset[int], pass_name: str,
                     quantize: Callable[[np.ndarray], Sequence[tuple[str, np.ndarray]]],
-                    make: Callable[[Builder, QuantTarget, list[Value]], Value]) -> bool:
+                    make: Callable[[Builder, QuantTarget, list[Value]], Value], settings: Hashable = ()) -> bool:
     """Replace each target not in ``keep`` by ``make(builder, target, constants)``, where ``constants``
-    hold ``quantize(weight)``'s named arrays (a weight read by several nodes is quantised once); nothing
-    when the graph is quantised already.  True when something changed."""
+    hold ``quantize(weight)``'s named arrays (a weight read by several nodes is quantised once; inside
+    ``convert_once()``, once for every graph: ``settings`` are what ``quantize`` depends on besides the
+    weight); nothing when the graph is quantised already.  True when something changed."""
     if is_quantized(graph):
         return False
     done: dict[str, list[str]] = {}  # weight constant -> the names of its quantised arrays
@@ -97,7 +99,8 @@ def rewrite_targets(graph: Graph, keep: frozenset[int], pass_name: str,
         if base in done:
             consts = [graph.constant_ref(name, before=t.node, meta=b.meta) for name in done[base]]
         else:
-            consts = [b.const(a, name=f"{base}_{suffix}") for suffix, a in quantize(t.weight)]
+            arrays = converted((pass_name, settings), t.weight, quantize)
+            consts = [b.const(a, name=f"{base}_{suffix}") for suffix, a in arrays]
             done[base] = [c.producer.attrs["name"] for c in consts]
         graph.replace(t.node, [make(b, t, consts)])
         remove_dead(graph, [weight_node])

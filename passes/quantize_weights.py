@@ -60,7 +60,8 @@ class QuantizeWeights:
                     activation=t.activation)
 
     def __call__(self, graph: Graph) -> bool:
-        return rewrite_targets(graph, frozenset(self.keep), "quantize_weights", self._quantize, self._make)
+        return rewrite_targets(graph, frozenset(self.keep), "quantize_weights", self._quantize, self._make,
+                               (self.bits, self.block_size, self.symmetric))
 
 
 quantize_weights = register_pass("quantize_weights")(QuantizeWeights())

@@ -130,11 +130,44 @@ def test_quick_caffe_states_conversion_time_and_latency_ratio():
 def test_quick_generate_times_every_peer_or_says_why_not():
     out = _assert_ran(_run_script(["benchmarks/generate.py", "--quick", "--allow-load", "--models", "qwen2-0.5b"],
                                   timeout=900))
-    rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| ")}
+    rows: dict[str, str] = {}
+    for line in out.splitlines():  # the timing table's rows (the flat-latency table below repeats some names)
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0].strip("| "), line)
     for system in ("transformers eager", "transformers torch.compile static cache", "onnxruntime-genai builder fp32",
                    "accelir -> onnxruntime", "accelir -> xla"):
         assert rows[system].endswith("| yes |"), rows[system]  # timed, and greedy gives transformers' tokens
     assert "not installable here" in rows["optimum ORTModelForCausalLM"]
+    # int4 / int8 weights: timed, with their logits' error where their tokens differ
+    for system in ("accelir -> onnxruntime int4", "accelir -> onnxruntime int8"):
+        assert rows[system].endswith("| yes |") or "logits cosine" in rows[system], rows[system]
+    assert "not run with --quick" in rows["accelir -> xla int4"] and "not run with --quick" in rows["accelir -> xla int8"]
+    # flat latency: each float system at each past length, with attention's own growth taken out
+    flat = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.endswith("flat) |")}
+    assert {"transformers eager", "accelir -> onnxruntime", "accelir -> xla"} <= set(flat), out
+    assert "| attention alone (eager sdpa, every layer) |" in out and "past 8 | past 32" in out
+    # peak memory in a fresh process, beside the weights and cache it is held to
+    memory = [line for line in out.splitlines() if line.startswith("| accelir -> onnxruntime int4 |")][-1]
+    cells = [float(c) for c in memory.split("|")[2:-1]]
+    assert len(cells) == 4 and cells[0] > 0 and cells[0] >= cells[3]  # the peak is the most it held
+    assert "weights 0.8 MiB" in out and "x 1.25" in out
+    assert "accelir -> onnxruntime int4: " in next(line for line in out.splitlines() if line.startswith("exported pair"))
+
+
+def test_generate_runs_each_thread_count_in_a_fresh_process(monkeypatch, capsys):
+    from benchmarks import generate
+    calls = []
+
+    class Done:
+        returncode = 0
+    monkeypatch.setattr(generate.subprocess, "run", lambda args, **kw: calls.append(args) or Done())
+    assert generate.main(["--quick", "--threads", "1,2", "--allow-load", "--models", "gpt2"]) == 0
+    assert [c[c.index("--threads") + 1] for c in calls] == ["1", "2"]
+    assert all(c[-2:] != ["--threads", "1,2"] and "1,2" not in c and c[2:6] == ["--quick", "--allow-load", "--models",
+                                                                              "gpt2"] for c in calls), calls
+    assert capsys.readouterr().out.count("thread(s) per runtime =====") == 2
+    with pytest.raises(SystemExit, match="positive thread counts"):
+        generate.main(["--threads", "1,0"])
 
 
 def test_quick_torch_compile_compares_accelir_with_inductor_and_eager():

@@ -140,21 +140,67 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike, external_data: bo
     save_onnx_files([(model, path)], external_data, overwrite=overwrite)
 
 
+#: the bytes a pair of models must repeat before ``save_onnx_files(share=True)`` writes them once (in
+#: external data, which small pairs do without)
+SHARED_DATA_MIN_BYTES = 1 << 20
+
+
 def save_onnx_files(models: Sequence[tuple[onnx.ModelProto, str | os.PathLike]], external_data: bool | None = None,
-                    *, overwrite: bool = False) -> None:
+                    *, overwrite: bool = False, share: bool = False) -> None:
     """``save_onnx`` for models that belong together (a prefill and a decode graph): every file is
-    written or, on any failure, none; the first model's file is renamed into place last."""
+    written or, on any failure, none; the first model's file is renamed into place last.
+
+    With ``share``, an initializer whose bytes an earlier model of the list holds is written once:
+    when such repeats come to ``SHARED_DATA_MIN_BYTES`` or more, the models' large initializers go to
+    external data, and a repeat points at the earlier model's ``.data`` file (onnxruntime reads each
+    model's external data relative to it, so the pair must stay together in one folder)."""
     paths = [os.fspath(p) for _, p in models]
     files = [f for p in paths for f in (p, p + ".data")]
+    written = {} if share and _repeated_bytes([m for m, _ in models]) >= SHARED_DATA_MIN_BYTES else None
     with atomic_outputs(*files, overwrite=overwrite) as out:
         for (model, _), path in zip(models, paths):
-            external = external_data
+            external = external_data if written is None else True
             if external is None:
                 external = sum(len(t.raw_data) for t in model.graph.initializer) >= EXTERNAL_DATA_THRESHOLD
             if external:
-                _write_external_data(model, out.temp(path + ".data"), os.path.basename(path) + ".data")
+                if written is not None and not _own_data(model, written):
+                    _point_at_shared(model, written)  # every large initializer is an earlier model's
+                else:
+                    _write_external_data(model, out.temp(path + ".data"), os.path.basename(path) + ".data",
+                                         written=written)
             with open(out.temp(path), "wb") as f:
                 f.write(model.SerializeToString())
+
+
+def _digest(t: TensorProto) -> tuple:
+    import hashlib
+    return t.data_type, tuple(t.dims), hashlib.blake2b(t.raw_data, digest_size=20).digest()
+
+
+def _large(model: onnx.ModelProto, threshold: int = 1024) -> Iterator[TensorProto]:
+    return (t for t in _initializers(model.graph) if t.HasField("raw_data") and len(t.raw_data) >= threshold)
+
+
+def _repeated_bytes(models: Sequence[onnx.ModelProto]) -> int:
+    """The bytes of the models' large initializers that an earlier model holds already."""
+    seen: set[tuple] = set()
+    repeated = 0
+    for model in models:
+        digests = {_digest(t): len(t.raw_data) for t in _large(model)}
+        repeated += sum(n for d, n in digests.items() if d in seen)
+        seen.update(digests)
+    return repeated
+
+
+def _own_data(model: onnx.ModelProto, written: dict[tuple, tuple[str, int, int]]) -> bool:
+    return any(_digest(t) not in written for t in _large(model))
+
+
+def _point_at_shared(model: onnx.ModelProto, written: dict[tuple, tuple[str, int, int]]) -> None:
+    from onnx.external_data_helper import set_external_data
+    for t in list(_large(model)):
+        set_external_data(t, *written[_digest(t)])
+        t.ClearField("raw_data")
 
 
 def _initializers(graph: onnx.GraphProto) -> Iterator[TensorProto]:
@@ -167,16 +213,22 @@ def _initializers(graph: onnx.GraphProto) -> Iterator[TensorProto]:
 
 
 def _write_external_data(model: onnx.ModelProto, data_file: str, location: str, threshold: int = 1024,
-                         align: int = 64) -> None:
+                         align: int = 64, written: dict[tuple, tuple[str, int, int]] | None = None) -> None:
     """Move every initializer of ``threshold`` bytes and up into ``data_file`` (offsets aligned to
-    ``align``), pointing the model at ``location``, the name the file will have beside it."""
+    ``align``), pointing the model at ``location``, the name the file will have beside it.  With
+    ``written`` (bytes -> where an earlier file holds them), an initializer found there points at it
+    instead, and the ones written here join it."""
     from onnx.external_data_helper import set_external_data
     with open(data_file, "wb") as f:
-        for t in _initializers(model.graph):
-            if not t.HasField("raw_data") or len(t.raw_data) < threshold:
-                continue
-            f.write(b"\0" * (-f.tell() % align))
-            offset = f.tell()
-            f.write(t.raw_data)
-            set_external_data(t, location, offset, len(t.raw_data))
+        for t in list(_large(model, threshold)):
+            key = _digest(t) if written is not None else None
+            if key is not None and key in written:
+                set_external_data(t, *written[key])
+            else:
+                f.write(b"\0" * (-f.tell() % align))
+                offset = f.tell()
+                f.write(t.raw_data)
+                set_external_data(t, location, offset, len(t.raw_data))
+                if key is not None:
+                    written[key] = (location, offset, len(t.raw_data))
             t.ClearField("raw_data")
