@@ -43,11 +43,19 @@ def is_flax_decoder(model: Any) -> bool:
 
 def optimize_flax_decoder(model: Any, example_inputs: Any = None, *, backend: str = "onnxruntime",
                           device: str = "cpu", level: int = 2, passes: Sequence[Any] | None = None,
-                          debug: dict[str, Any] | None = None) -> "FlaxGenerationModel":
-    """``optimize()`` for a bound flax decoder: its decode step, optimised and lowered for ``backend``."""
+                          debug: dict[str, Any] | None = None, precision: str = "fp32", accuracy: Any = None,
+                          calibration: Sequence[Any] | None = None) -> "FlaxGenerationModel":
+    """``optimize()`` for a bound flax decoder: its decode step, optimised and lowered for ``backend``.
+
+    Reduced precision is built for transformers causal LMs only (:mod:`accelir.generation_precision`); a flax
+    decoder is refused with ``precision`` other than "fp32" rather than run in float32 unasked."""
     from .frontends.jax.generation import capture_flax_decoder, name_step_io
     if backend not in ("onnxruntime", "xla"):
         raise AccelirError(f"backend={backend!r}: a flax decoder generates on 'onnxruntime' or 'xla'; choose one")
+    if precision != "fp32" or accuracy is not None or calibration is not None:
+        raise AccelirError(f"precision={precision!r}: a flax decoder generates in float32 only; reduced precision "
+                           "on the generation path is built for transformers causal LMs (leave precision, "
+                           "accuracy and calibration unset)")
     report = OptimizeReport()
     t0 = time.perf_counter()
     graph, layout = capture_flax_decoder(model)

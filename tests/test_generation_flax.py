@@ -487,3 +487,10 @@ def test_a_step_that_does_not_fit_is_a_capture_error():
     with pytest.raises(CaptureError, match=r"cannot capture CacheDecoder's decode step \(one token, input_ids "
                                            r"\[batch, 1\] int32, with attention_mask, position_ids\): .*temperature"):
         capture_flax_decoder(CacheDecoder(needs_more, params, jax_init_cache, capacity=CAPACITY))
+
+
+def test_reduced_precision_is_refused_for_a_flax_decoder():
+    """Reduced precision is built for transformers causal LMs; a flax decoder says so instead of running float32."""
+    module = MaskFreeDecoder()
+    with pytest.raises(AccelirError, match=r"precision='int8': a flax decoder generates in float32 only"):
+        accelir.optimize(module.bind(init(module)), (prompt(1)[0],), precision="int8")
