@@ -96,6 +96,19 @@ def test_reductions_argmax_topk_and_gather_from_the_end_ignore_the_padding() -> 
     _compiled_once(compiled)
 
 
+
+@pytest.mark.parametrize("backend", ["xla", "onnxruntime"])
+def test_shape_and_size_of_a_selection_read_its_count(backend: str) -> None:
+    """Shape and Size of x[nonzero(x)] read the count through types only, with no edge to the NonZero:
+    the cleanup passes must keep it."""
+    nodes = [h.make_node("NonZero", ["x"], ["nz"]), h.make_node("Squeeze", ["nz", "zero"], ["idx"]),
+             h.make_node("Gather", ["x", "idx"], ["y"]), h.make_node("Shape", ["y"], ["shape"]),
+             h.make_node("Size", ["y"], ["size"])]
+    model = _graph(nodes, [h.make_tensor_value_info("x", T.FLOAT, [10])], ["shape", "size"], [_i64("zero", 0)])
+    compiled = accelir.optimize(model, (with_nonzeros(3, 1),), backend=backend)
+    for n, seed in ((3, 1), (7, 2), (0, 3)):
+        _check(model, compiled, {"x": with_nonzeros(n, seed)})
+
 # ----- Compress, TopK with a computed k, Unique ----------------------------------------
 
 def test_compress_then_reduce_sum_and_mean_over_the_selection() -> None:
