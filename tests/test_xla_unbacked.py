@@ -359,6 +359,44 @@ def test_a_data_dependent_dim_broadcast_against_a_static_size_is_refused() -> No
         to_jax(g)
 
 
+
+def _selection_rows(g: Graph, nz) -> object:
+    return g.apply("cast", g.apply("transpose", nz, perm=(1, 0)), dtype=DType.f32)  # f32[u, 2]
+
+
+_ONES31, _ONES324 = np.ones((3, 1), np.float32), np.ones((3, 2, 4), np.float32)
+
+
+@pytest.mark.parametrize("make, oracle", [
+    (lambda g, rows: g.apply("concat", rows, g.const(_ONES31, name="c"), axis=1),
+     lambda rows: np.concatenate([rows, _ONES31], axis=1)),
+    (lambda g, rows: g.apply("concat", g.const(_ONES31, name="c"), rows, axis=1),
+     lambda rows: np.concatenate([_ONES31, rows], axis=1)),
+    (lambda g, rows: g.apply("matmul", g.apply("reshape", rows, shape=(rows.shape[0], 1, 2)),
+                             g.const(_ONES324, name="w")),
+     lambda rows: rows.reshape(-1, 1, 2) @ _ONES324),
+], ids=["concat-rows-first", "concat-rows-last", "matmul-batch"])
+def test_a_data_dependent_dim_taken_equal_to_another_size_is_refused(make, oracle) -> None:
+    """Concat's dims off its axis and matmul's batch dims are taken equal across inputs by the type rule
+    (u0 to 3); padded, the buffers would not line up, or the padding would be read as values.
+    onnxruntime runs the graph where u0 is 3."""
+    g, nz = _nonzero_2d()
+    g.set_outputs([make(g, _selection_rows(g, nz))])
+    with pytest.raises(LoweringError, match=r"(concat|matmul).*data-dependent dim u0.*onnxruntime"):
+        to_jax(g)
+    x = np.asarray([[0, 1, 0, 2], [3, 0, 0, 0], [0, 0, 0, 0]], np.float32)  # three nonzeros
+    got = accelir.optimize(g, backend="onnxruntime")(x)
+    np.testing.assert_array_equal(got, oracle(np.asarray(np.nonzero(x)).T.astype(np.float32)))
+
+
+def test_concat_of_two_selections_of_unrelated_counts_is_refused() -> None:
+    """The rule takes u1 to equal u0; where they differ onnxruntime fails, padded XLA would return padding."""
+    g, nz = _nonzero_2d()
+    other = g.apply("nonzero", g.add_input(TensorType(DType.f32, (3, 4)), "x2"))
+    g.set_outputs([g.apply("concat", nz, other, axis=0)])
+    with pytest.raises(LoweringError, match=r"concat.*data-dependent dim u1 against size u0.*onnxruntime"):
+        to_jax(g)
+
 class _MaskedSum(torch.nn.Module):
     def forward(self, x: torch.Tensor):
         y = x[x > 0]
