@@ -465,3 +465,25 @@ def test_torch_unique_of_the_kept_labels(backend: str) -> None:
             assert torch.equal(got, want), f"output {i}"
     if backend == "xla":
         _compiled_once(compiled)
+
+
+class _WhereAlone(torch.nn.Module):
+    """torch.where with the condition alone: nonzero(as_tuple=True) under another name."""
+
+    def forward(self, x: torch.Tensor):
+        r, c = torch.where(x > 0)
+        return r * 4 + c, torch.where(x[0] < 0)[0]
+
+
+@pytest.mark.parametrize("backend", ["xla", "onnxruntime"])
+def test_torch_where_with_the_condition_alone(backend: str) -> None:
+    model = _WhereAlone()
+    g = torch.Generator().manual_seed(12)
+    calls = [(torch.randn(5, 4, generator=g) + shift,) for shift in (0.0, 0.7, -0.6)]
+    compiled = accelir.optimize(model, calls[0], backend=backend)
+    for args in calls:
+        for i, (got, want) in enumerate(zip(compiled(*args), model(*args))):
+            assert got.shape == want.shape and got.dtype == want.dtype, f"output {i}"
+            assert torch.equal(got, want), f"output {i}"
+    if backend == "xla":
+        _compiled_once(compiled)
