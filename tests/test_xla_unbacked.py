@@ -243,6 +243,26 @@ def test_nms_with_a_run_time_box_limit_pads_to_every_box() -> None:
     _compiled_once(compiled)
 
 
+
+@pytest.mark.parametrize("given", [2, 3], ids=["boxes-and-scores", "and-a-box-limit"])
+def test_nms_with_its_optional_inputs_left_out(given: int) -> None:
+    """The IoU threshold (and the box limit) take ONNX's defaults, 0, when the model leaves them out.
+    onnx's ReferenceEvaluator fails on the left-out inputs itself: onnxruntime is the oracle."""
+    r = seeded(13)
+    inputs = [random_boxes(r, 7), r.uniform(size=(1, 2, 7)).astype(np.float32), np.asarray([3], np.int64)][:given]
+    names = ["b", "s", "m"][:given]
+    model = _graph([h.make_node("NonMaxSuppression", names, ["selected"])],
+                   [h.make_tensor_value_info(n, T.INT64 if n == "m" else T.FLOAT, list(a.shape))
+                    for n, a in zip(names, inputs)], ["selected"], opset=11)
+    compiled = accelir.optimize(model, tuple(inputs), backend="xla")
+    for seed in (14, 15):
+        r = seeded(seed)
+        feeds = dict(zip(names, [random_boxes(r, 7), r.uniform(size=(1, 2, 7)).astype(np.float32), inputs[-1]]))
+        (want,), (got,) = run_ort(model, feeds), compiled(*feeds.values())
+        assert got.dtype == want.dtype and len(want) == (0 if given == 2 else 6)
+        np.testing.assert_array_equal(got, want)
+    _compiled_once(compiled)
+
 # ----- refusals ------------------------------------------------------------------------
 
 def test_every_masked_op_has_a_padded_rule_and_every_producer_a_rule_of_its_own() -> None:

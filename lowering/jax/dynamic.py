@@ -207,7 +207,10 @@ def _constant_int(ctx: RuleContext, i: int) -> int | None:
 
 
 def _scalar_input(rest: tuple, i: int, default: Any) -> Any:
-    return rest[i].reshape(-1)[0] if len(rest) > i and rest[i].size else default
+    """Optional input ``i`` of ``rest`` (its first entry), else ``default`` as an array (None: None)."""
+    if len(rest) > i and rest[i].size:
+        return rest[i].reshape(-1)[0]
+    return None if default is None else jnp.asarray(default)
 
 
 def _corners(b: Any, center: bool) -> Any:
