@@ -109,6 +109,25 @@ def test_shape_and_size_of_a_selection_read_its_count(backend: str) -> None:
     for n, seed in ((3, 1), (7, 2), (0, 3)):
         _check(model, compiled, {"x": with_nonzeros(n, seed)})
 
+
+@pytest.mark.parametrize("backend", ["xla", "onnxruntime"])
+def test_constant_slices_of_a_selection_clamp_to_its_count(backend: str) -> None:
+    """x[nonzero(x)][1:], [-2:] and [0:2]: a count the data decides may be below the slice's bounds, so the
+    sliced size is the data's too (not u0 - 1 or 2), and Shape reads it."""
+    bounds = {"tail": (1, 2**63 - 1), "last_two": (-2, 2**63 - 1), "first_two": (0, 2)}
+    nodes = [h.make_node("NonZero", ["x"], ["nz"]), h.make_node("Squeeze", ["nz", "zero"], ["idx"]),
+             h.make_node("Gather", ["x", "idx"], ["y"])]
+    inits = [_i64("zero", 0)]
+    for name, (start, stop) in bounds.items():
+        nodes += [h.make_node("Slice", ["y", f"{name}_s", f"{name}_e"], [name]),
+                  h.make_node("Shape", [name], [f"{name}_shape"])]
+        inits += [_i64(f"{name}_s", start), _i64(f"{name}_e", stop)]
+    outs = [o for name in bounds for o in (name, f"{name}_shape")]
+    model = _graph(nodes, [h.make_tensor_value_info("x", T.FLOAT, [10])], outs, inits)
+    compiled = accelir.optimize(model, (with_nonzeros(3, 1),), backend=backend)
+    for n, seed in ((3, 1), (1, 2), (0, 3), (6, 4)):
+        _check(model, compiled, {"x": with_nonzeros(n, seed)})
+
 # ----- Compress, TopK with a computed k, Unique ----------------------------------------
 
 def test_compress_then_reduce_sum_and_mean_over_the_selection() -> None:

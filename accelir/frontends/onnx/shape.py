@@ -142,6 +142,12 @@ def _concat(ctx: NodeContext):
     return [nonempty[0] if len(nonempty) == 1 else ctx.op("concat", *nonempty, axis=ax)]
 
 
+def _data_dependent(ctx: NodeContext, d: D.Dim) -> bool:
+    """Whether dim ``d`` names a symbol no graph input carries: an unbacked dim, which the data decides."""
+    carried = {s for v in ctx.imp.main.inputs for dim in v.shape for s in D.symbols(dim)}
+    return bool(D.symbols(d) - carried)
+
+
 def _slice_axis(ctx: NodeContext, x: Value, ax: int, start: D.Dim, stop: D.Dim, step: int) -> Value:
     """x[start:stop:step] on one axis with ONNX's clamping (negative steps flip the axis)."""
     dim = x.shape[ax]
@@ -169,6 +175,10 @@ def _slice_axis(ctx: NodeContext, x: Value, ax: int, start: D.Dim, stop: D.Dim, 
             e = s
         if s == 0 and e == dim and step == 1:
             return x
+        if type(start) is int and type(stop) is int and _data_dependent(ctx, dim):
+            # a size the data decides may be below any bound: clamp at run time, to a size of its own
+            bounds = [ctx.const(np.asarray([v], np.int64), DType.i64) for v in (start, stop, step)]
+            return ctx.op("slice_dynamic", x, *bounds, axes=(ax,))
         return ctx.op("slice", x, starts=(s,), stops=(e,), steps=(step,), axes=(ax,))
     if type(dim) is not int:
         raise ctx.unsupported("negative slice steps need a static dim")
