@@ -248,6 +248,10 @@ def _split(ctx: NodeContext):
             raise ctx.unsupported("an even split of a symbolic dim")
         chunk = -(-dim // n)
         sizes = [min(chunk, dim - i * chunk) for i in range(n)]
+    if _data_dependent(ctx, x.shape[ax]) and all(type(k) is int for k in sizes):
+        # the sizes must add up to a count the data decides: checked at run time, as the Split kernel does
+        split = ctx.const(np.asarray(sizes, np.int64), DType.i64)
+        return list(ctx.ops("split_dynamic", x, split, axis=ax, outputs=n_out))
     outs, start = [], 0
     for size in sizes:
         stop = D.dim_add(start, size)
