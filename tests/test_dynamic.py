@@ -20,7 +20,7 @@ from onnx import helper as h
 from onnx.reference import ReferenceEvaluator
 
 import accelir
-from accelir.errors import LoweringError, VerificationError
+from accelir.errors import AccelirError, LoweringError, VerificationError
 from accelir.frontends.onnx import import_onnx
 from accelir.interpreter import run_graph
 from accelir.ir import DType, Graph, TensorType
@@ -314,6 +314,19 @@ def test_constant_split_sizes_of_a_selection_must_add_up_to_its_count() -> None:
         run_ort(model, {"x": x})
     with pytest.raises(Exception, match="Split"):
         compiled(x)
+
+
+def test_squeeze_without_axes_of_a_selection_is_refused_at_import() -> None:
+    """ONNX drops the count's dim where the data make it 1: the rank would depend on the data."""
+    nodes = [*nonzero_gather_model().graph.node, h.make_node("Squeeze", ["y"], ["squeezed"])]
+    g = h.make_graph(nodes, "squeeze", [h.make_tensor_value_info("x", T.FLOAT, [10])],
+                     [h.make_empty_tensor_value_info("squeezed")], [h.make_tensor("zero", T.INT64, [1], [0])])
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    assert run_ort(model, {"x": with_nonzeros(1, 1)})[0].shape == ()
+    assert run_ort(model, {"x": with_nonzeros(3, 1)})[0].shape == (3,)
+    with pytest.raises(AccelirError, match=r"\(Squeeze\): Squeeze without axes drops a data-dependent dim.*give "
+                                           r"Squeeze its axes"):
+        accelir.optimize(model, (with_nonzeros(3, 1),), backend="onnxruntime")
 
 def test_xla_refuses_a_data_dependent_size_without_bound_naming_node_input_and_backend() -> None:
     """Range's length has no upper bound to pad to (tests/test_xla_unbacked.py: the bounded ones run)."""

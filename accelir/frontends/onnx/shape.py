@@ -105,6 +105,9 @@ def _squeeze(ctx: NodeContext):
         return [ctx.op("squeeze_dynamic", x, ctx.input(1))]
     axes = ctx.axes(1)
     if axes is None:
+        if any(_data_dependent(ctx, d) for d in x.shape):
+            raise DynamicValueError("Squeeze without axes drops a data-dependent dim exactly when the data make it "
+                                    "1, which sets the result's rank; give Squeeze its axes")
         axes = tuple(i for i, d in enumerate(x.shape) if d == 1)
     return [ctx.op("squeeze", x, axes=tuple(norm_axis(ctx, a, x.rank) for a in axes)) if axes else x]
 
