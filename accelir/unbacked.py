@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from .ir import Graph, Node
 
 __all__ = ["ATTR", "Unbacked", "introduced", "fresh_symbols", "unbacked_dims", "check_symbols",
-           "symbols_attr", "why_data_dependent", "deciding_input", "deciding_inputs", "data_dependent_behind"]
+           "symbols_attr", "why_data_dependent", "deciding_input", "deciding_inputs", "data_dependent_behind",
+           "sizes_read_from"]
 
 MAX_PER_NODE = 1024  # more would be a malformed node (a rank or an output count out of reason)
 
@@ -100,6 +101,19 @@ def unbacked_dims(graph: "Graph") -> dict[str, Unbacked]:
         for s, (lo, hi) in zip(syms, bounds):
             out[s] = Unbacked(s, node, lo, hi)
     return out
+
+
+def sizes_read_from(node: "Node") -> bool:
+    """Whether a value of another node has a dim naming a symbol ``node`` introduces.  Such a size
+    (``Size`` of a selection: a broadcast to ``[u0]``, summed) is read from ``node`` with no edge
+    to it, so the node is live even when none of its outputs is."""
+    syms = set(introduced(node))
+    if not syms:
+        return False
+    for n in _walk(_root(node.graph)):
+        if n is not node and any(D.symbols(d) & syms for v in (*n.inputs, *n.outputs) for d in v.shape):
+            return True
+    return False
 
 
 def check_symbols(graph: "Graph") -> tuple["Node", str] | None:

@@ -20,7 +20,7 @@ from onnx import helper as h
 from onnx.reference import ReferenceEvaluator
 
 import accelir
-from accelir.errors import LoweringError, VerificationError
+from accelir.errors import AccelirError, LoweringError, VerificationError
 from accelir.frontends.onnx import import_onnx
 from accelir.interpreter import run_graph
 from accelir.ir import DType, Graph, TensorType
@@ -293,6 +293,40 @@ def test_compiled_model_runs_at_two_sizes_of_a_data_dependent_dim() -> None:
         assert got.shape == (n,)
         np.testing.assert_array_equal(got, ReferenceEvaluator(model).run(None, {"x": x})[0])
 
+
+
+def test_constant_split_sizes_of_a_selection_must_add_up_to_its_count() -> None:
+    """Split [1, 2] of x[nonzero(x)]: onnxruntime fails where the count is not 3; the compiled model must fail
+    too, not slice [0:1] and [1:3] and type the second part as 2 whatever it holds."""
+    nodes = [*nonzero_gather_model().graph.node, h.make_node("Split", ["y", "sizes"], ["head", "rest"], axis=0),
+             h.make_node("Shape", ["rest"], ["rest_shape"])]
+    g = h.make_graph(nodes, "split", [h.make_tensor_value_info("x", T.FLOAT, [10])],
+                     [h.make_empty_tensor_value_info(o) for o in ("head", "rest", "rest_shape")],
+                     [h.make_tensor("zero", T.INT64, [1], [0]), h.make_tensor("sizes", T.INT64, [2], [1, 2])])
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    compiled = accelir.optimize(model, (with_nonzeros(3, 1),), backend="onnxruntime")
+    x = with_nonzeros(3, 2)
+    for got, want, direct in zip(compiled(x), ReferenceEvaluator(model).run(None, {"x": x}), run_ort(model, {"x": x})):
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got, direct)
+    x = with_nonzeros(2, 3)
+    with pytest.raises(Exception, match="Split"):
+        run_ort(model, {"x": x})
+    with pytest.raises(Exception, match="Split"):
+        compiled(x)
+
+
+def test_squeeze_without_axes_of_a_selection_is_refused_at_import() -> None:
+    """ONNX drops the count's dim where the data make it 1: the rank would depend on the data."""
+    nodes = [*nonzero_gather_model().graph.node, h.make_node("Squeeze", ["y"], ["squeezed"])]
+    g = h.make_graph(nodes, "squeeze", [h.make_tensor_value_info("x", T.FLOAT, [10])],
+                     [h.make_empty_tensor_value_info("squeezed")], [h.make_tensor("zero", T.INT64, [1], [0])])
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    assert run_ort(model, {"x": with_nonzeros(1, 1)})[0].shape == ()
+    assert run_ort(model, {"x": with_nonzeros(3, 1)})[0].shape == (3,)
+    with pytest.raises(AccelirError, match=r"\(Squeeze\): Squeeze without axes drops a data-dependent dim.*give "
+                                           r"Squeeze its axes"):
+        accelir.optimize(model, (with_nonzeros(3, 1),), backend="onnxruntime")
 
 def test_xla_refuses_a_data_dependent_size_without_bound_naming_node_input_and_backend() -> None:
     """Range's length has no upper bound to pad to (tests/test_xla_unbacked.py: the bounded ones run)."""

@@ -296,6 +296,26 @@ def test_dce_inside_regions():
         }""")
 
 
+
+def test_dce_keeps_the_node_a_data_dependent_size_is_read_from():
+    """Size of a selection reads the count u0 through types only: nonzero has no user, yet stays."""
+    check(dce, """
+        graph main(%x: f32[8]) -> (i64[]) {
+          %nz = nonzero(%x) {syms=["u0"]} : i64[1,u0]
+          %c = constant() {name="c", value=1} : i64[]
+          %0 = broadcast_to(%c) {shape=["u0"]} : i64[u0]
+          %1 = reduce_sum(%0) {axes=[0], keepdims=false} : i64[]
+          %2 = exp(%x) : f32[8]
+          return %1
+        }""", """
+        graph main(%x: f32[8]) -> (i64[]) {
+          %nz = nonzero(%x) {syms=["u0"]} : i64[1,u0]
+          %c = constant() {name="c", value=1} : i64[]
+          %0 = broadcast_to(%c) {shape=["u0"]} : i64[u0]
+          %1 = reduce_sum(%0) {axes=[0], keepdims=false} : i64[]
+          return %1
+        }""")
+
 # ----- fold_constants ----------------------------------------------------------------
 
 def test_fold_constants_folds_shape_arithmetic_and_keeps_dtype():

@@ -23,7 +23,7 @@ from onnx import helper as h
 from onnx.reference import ReferenceEvaluator
 
 import accelir
-from accelir.errors import LoweringError
+from accelir.errors import AccelirError, LoweringError
 from accelir.frontends.onnx import import_onnx
 from accelir.interpreter import run_graph
 from accelir.lowering.onnx import to_onnx
@@ -167,6 +167,16 @@ def test_xla_refuses_naming_the_input_and_static_inputs_still_specialises() -> N
     np.testing.assert_allclose(np.asarray(compiled(feeds["in0"])[0]), ReferenceEvaluator(model).run(None, feeds)[0],
                                rtol=1e-4, atol=1e-4)
 
+
+
+def test_a_run_time_size_that_does_not_fit_is_named_in_plain_numbers() -> None:
+    case = next(c for c in CASES if c.op == "AffineGrid")
+    g = import_onnx(_model(case))
+    theta = case.inputs[0]
+    size = np.asarray([theta.shape[0] + 1, 1, *([3] * (case.inputs[1].shape[0] - 2))], np.int64)
+    with pytest.raises(AccelirError, match=rf"size \[{theta.shape[0] + 1}, 1, 3, .*does not fit theta") as e:
+        run_graph(g, [theta, size])
+    assert "np." not in str(e.value)
 
 # ----- a Loop whose trip count is run-time data ----------------------------------------
 

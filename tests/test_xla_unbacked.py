@@ -96,6 +96,38 @@ def test_reductions_argmax_topk_and_gather_from_the_end_ignore_the_padding() -> 
     _compiled_once(compiled)
 
 
+
+@pytest.mark.parametrize("backend", ["xla", "onnxruntime"])
+def test_shape_and_size_of_a_selection_read_its_count(backend: str) -> None:
+    """Shape and Size of x[nonzero(x)] read the count through types only, with no edge to the NonZero:
+    the cleanup passes must keep it."""
+    nodes = [h.make_node("NonZero", ["x"], ["nz"]), h.make_node("Squeeze", ["nz", "zero"], ["idx"]),
+             h.make_node("Gather", ["x", "idx"], ["y"]), h.make_node("Shape", ["y"], ["shape"]),
+             h.make_node("Size", ["y"], ["size"])]
+    model = _graph(nodes, [h.make_tensor_value_info("x", T.FLOAT, [10])], ["shape", "size"], [_i64("zero", 0)])
+    compiled = accelir.optimize(model, (with_nonzeros(3, 1),), backend=backend)
+    for n, seed in ((3, 1), (7, 2), (0, 3)):
+        _check(model, compiled, {"x": with_nonzeros(n, seed)})
+
+
+@pytest.mark.parametrize("backend", ["xla", "onnxruntime"])
+def test_constant_slices_of_a_selection_clamp_to_its_count(backend: str) -> None:
+    """x[nonzero(x)][1:], [-2:] and [0:2]: a count the data decides may be below the slice's bounds, so the
+    sliced size is the data's too (not u0 - 1 or 2), and Shape reads it."""
+    bounds = {"tail": (1, 2**63 - 1), "last_two": (-2, 2**63 - 1), "first_two": (0, 2)}
+    nodes = [h.make_node("NonZero", ["x"], ["nz"]), h.make_node("Squeeze", ["nz", "zero"], ["idx"]),
+             h.make_node("Gather", ["x", "idx"], ["y"])]
+    inits = [_i64("zero", 0)]
+    for name, (start, stop) in bounds.items():
+        nodes += [h.make_node("Slice", ["y", f"{name}_s", f"{name}_e"], [name]),
+                  h.make_node("Shape", [name], [f"{name}_shape"])]
+        inits += [_i64(f"{name}_s", start), _i64(f"{name}_e", stop)]
+    outs = [o for name in bounds for o in (name, f"{name}_shape")]
+    model = _graph(nodes, [h.make_tensor_value_info("x", T.FLOAT, [10])], outs, inits)
+    compiled = accelir.optimize(model, (with_nonzeros(3, 1),), backend=backend)
+    for n, seed in ((3, 1), (1, 2), (0, 3), (6, 4)):
+        _check(model, compiled, {"x": with_nonzeros(n, seed)})
+
 # ----- Compress, TopK with a computed k, Unique ----------------------------------------
 
 def test_compress_then_reduce_sum_and_mean_over_the_selection() -> None:
@@ -230,6 +262,26 @@ def test_nms_with_a_run_time_box_limit_pads_to_every_box() -> None:
     _compiled_once(compiled)
 
 
+
+@pytest.mark.parametrize("given", [2, 3], ids=["boxes-and-scores", "and-a-box-limit"])
+def test_nms_with_its_optional_inputs_left_out(given: int) -> None:
+    """The IoU threshold (and the box limit) take ONNX's defaults, 0, when the model leaves them out.
+    onnx's ReferenceEvaluator fails on the left-out inputs itself: onnxruntime is the oracle."""
+    r = seeded(13)
+    inputs = [random_boxes(r, 7), r.uniform(size=(1, 2, 7)).astype(np.float32), np.asarray([3], np.int64)][:given]
+    names = ["b", "s", "m"][:given]
+    model = _graph([h.make_node("NonMaxSuppression", names, ["selected"])],
+                   [h.make_tensor_value_info(n, T.INT64 if n == "m" else T.FLOAT, list(a.shape))
+                    for n, a in zip(names, inputs)], ["selected"], opset=11)
+    compiled = accelir.optimize(model, tuple(inputs), backend="xla")
+    for seed in (14, 15):
+        r = seeded(seed)
+        feeds = dict(zip(names, [random_boxes(r, 7), r.uniform(size=(1, 2, 7)).astype(np.float32), inputs[-1]]))
+        (want,), (got,) = run_ort(model, feeds), compiled(*feeds.values())
+        assert got.dtype == want.dtype and len(want) == (0 if given == 2 else 6)
+        np.testing.assert_array_equal(got, want)
+    _compiled_once(compiled)
+
 # ----- refusals ------------------------------------------------------------------------
 
 def test_every_masked_op_has_a_padded_rule_and_every_producer_a_rule_of_its_own() -> None:
@@ -346,6 +398,44 @@ def test_a_data_dependent_dim_broadcast_against_a_static_size_is_refused() -> No
         to_jax(g)
 
 
+
+def _selection_rows(g: Graph, nz) -> object:
+    return g.apply("cast", g.apply("transpose", nz, perm=(1, 0)), dtype=DType.f32)  # f32[u, 2]
+
+
+_ONES31, _ONES324 = np.ones((3, 1), np.float32), np.ones((3, 2, 4), np.float32)
+
+
+@pytest.mark.parametrize("make, oracle", [
+    (lambda g, rows: g.apply("concat", rows, g.const(_ONES31, name="c"), axis=1),
+     lambda rows: np.concatenate([rows, _ONES31], axis=1)),
+    (lambda g, rows: g.apply("concat", g.const(_ONES31, name="c"), rows, axis=1),
+     lambda rows: np.concatenate([_ONES31, rows], axis=1)),
+    (lambda g, rows: g.apply("matmul", g.apply("reshape", rows, shape=(rows.shape[0], 1, 2)),
+                             g.const(_ONES324, name="w")),
+     lambda rows: rows.reshape(-1, 1, 2) @ _ONES324),
+], ids=["concat-rows-first", "concat-rows-last", "matmul-batch"])
+def test_a_data_dependent_dim_taken_equal_to_another_size_is_refused(make, oracle) -> None:
+    """Concat's dims off its axis and matmul's batch dims are taken equal across inputs by the type rule
+    (u0 to 3); padded, the buffers would not line up, or the padding would be read as values.
+    onnxruntime runs the graph where u0 is 3."""
+    g, nz = _nonzero_2d()
+    g.set_outputs([make(g, _selection_rows(g, nz))])
+    with pytest.raises(LoweringError, match=r"(concat|matmul).*data-dependent dim u0.*onnxruntime"):
+        to_jax(g)
+    x = np.asarray([[0, 1, 0, 2], [3, 0, 0, 0], [0, 0, 0, 0]], np.float32)  # three nonzeros
+    got = accelir.optimize(g, backend="onnxruntime")(x)
+    np.testing.assert_array_equal(got, oracle(np.asarray(np.nonzero(x)).T.astype(np.float32)))
+
+
+def test_concat_of_two_selections_of_unrelated_counts_is_refused() -> None:
+    """The rule takes u1 to equal u0; where they differ onnxruntime fails, padded XLA would return padding."""
+    g, nz = _nonzero_2d()
+    other = g.apply("nonzero", g.add_input(TensorType(DType.f32, (3, 4)), "x2"))
+    g.set_outputs([g.apply("concat", nz, other, axis=0)])
+    with pytest.raises(LoweringError, match=r"concat.*data-dependent dim u1 against size u0.*onnxruntime"):
+        to_jax(g)
+
 class _MaskedSum(torch.nn.Module):
     def forward(self, x: torch.Tensor):
         y = x[x > 0]
@@ -407,6 +497,28 @@ def test_torch_unique_of_the_kept_labels(backend: str) -> None:
     g = torch.Generator().manual_seed(11)
     calls = [(torch.randint(0, k, (16,), generator=g), torch.rand(16, generator=g) * s)
              for k, s in ((4, 1.0), (9, 1.4), (3, 0.6))]
+    compiled = accelir.optimize(model, calls[0], backend=backend)
+    for args in calls:
+        for i, (got, want) in enumerate(zip(compiled(*args), model(*args))):
+            assert got.shape == want.shape and got.dtype == want.dtype, f"output {i}"
+            assert torch.equal(got, want), f"output {i}"
+    if backend == "xla":
+        _compiled_once(compiled)
+
+
+class _WhereAlone(torch.nn.Module):
+    """torch.where with the condition alone: nonzero(as_tuple=True) under another name."""
+
+    def forward(self, x: torch.Tensor):
+        r, c = torch.where(x > 0)
+        return r * 4 + c, torch.where(x[0] < 0)[0]
+
+
+@pytest.mark.parametrize("backend", ["xla", "onnxruntime"])
+def test_torch_where_with_the_condition_alone(backend: str) -> None:
+    model = _WhereAlone()
+    g = torch.Generator().manual_seed(12)
+    calls = [(torch.randn(5, 4, generator=g) + shift,) for shift in (0.0, 0.7, -0.6)]
     compiled = accelir.optimize(model, calls[0], backend=backend)
     for args in calls:
         for i, (got, want) in enumerate(zip(compiled(*args), model(*args))):

@@ -69,7 +69,8 @@ def _affine_grid_ref(inputs, attrs, regions):
     theta, size = inputs
     n, _, *spatial = (int(s) for s in size)  # (N, C, [D,] H, W): the grid has no channel dim
     if n != theta.shape[0] or min(spatial) < 0:
-        raise TypeRuleError(f"affine_grid_dynamic: size {list(size)} does not fit theta {list(theta.shape)}")
+        raise TypeRuleError(f"affine_grid_dynamic: size {[int(s) for s in size]} does not fit theta "
+                            f"{list(theta.shape)}")
     axes = [_grid_axis(s, attrs["align_corners"]) for s in spatial]
     # the homogeneous points (x, y[, z], 1), x along the last spatial dim
     mesh = np.meshgrid(*axes, indexing="ij")

@@ -202,17 +202,15 @@ def _unique(ctx, x, *, axis, sorted, **attrs):
 
 def _constant_int(ctx: RuleContext, i: int) -> int | None:
     """Input ``i`` when it is a constant of the graph (its first entry), else None."""
-    if len(ctx.node.inputs) <= i:
-        return None
-    v = ctx.node.inputs[i]
-    if v.producer is None or v.producer.op != "constant":
-        return None
-    arr = np.asarray(v.graph.constants[v.producer.attrs["name"]]).reshape(-1)
-    return int(arr[0]) if arr.size else None
+    arr = ctx.node.inputs[i].const_value if len(ctx.node.inputs) > i else None
+    return int(np.asarray(arr).reshape(-1)[0]) if arr is not None and np.size(arr) else None
 
 
 def _scalar_input(rest: tuple, i: int, default: Any) -> Any:
-    return rest[i].reshape(-1)[0] if len(rest) > i and rest[i].size else default
+    """Optional input ``i`` of ``rest`` (its first entry), else ``default`` as an array (None: None)."""
+    if len(rest) > i and rest[i].size:
+        return rest[i].reshape(-1)[0]
+    return None if default is None else jnp.asarray(default)
 
 
 def _corners(b: Any, center: bool) -> Any:

@@ -106,14 +106,37 @@ def _bare(node: Node, syms: Any) -> str | None:
     return None
 
 
+def _why_aligned(shapes: Sequence[Sequence[Any]], out: Sequence[Any], syms: Any, broadcasts: bool,
+                 skip: int | None = None) -> str | None:
+    """Why a type rule took a dim of ``shapes`` (each right-aligned with ``out``; axis ``skip`` aside) to equal
+    the output's where one of the two is a data-dependent dim and they differ, or None.  The rule assumes the
+    sizes agree at run time; on padded buffers they do not line up, or the padding is read as values, so
+    each data-dependent dim must reach the output as itself (a broadcast 1 aside)."""
+    for i, shape in enumerate(shapes):
+        for k, d in enumerate(shape):
+            j = len(out) - len(shape) + k
+            o = out[j]
+            if j == skip or d == o or (broadcasts and d == 1) or not (d in syms or o in syms):
+                continue
+            if d in syms:
+                return f"it broadcasts the data-dependent dim {d} against size {o}"
+            return f"it takes dim {j} of input {i} ({d}) to be the data-dependent dim {o}"
+    return None
+
+
 def _why_broadcast(node: Node, syms: Any) -> str | None:
-    """An unbacked dim broadcast against a static size is assumed equal to it by the type rule; on a padded
-    buffer that would treat the padding as values, so each one must reach the output as itself."""
+    """An elementwise op's type rule takes an unbacked dim broadcast against a static size to equal it."""
+    return _why_aligned([v.shape for v in node.inputs], node.outputs[0].shape, syms, broadcasts=True)
+
+
+def _why_assumed_equal(node: Node, syms: Any) -> str | None:
+    """Concat's dims off its axis, and matmul's batch dims, are taken equal across inputs by the type rule."""
     out = node.outputs[0].shape
-    for v in node.inputs:
-        for k, d in enumerate(v.shape):
-            if d in syms and out[len(out) - v.rank + k] != d:
-                return f"it broadcasts the data-dependent dim {d} against size {out[len(out) - v.rank + k]}"
+    if node.op == "concat":
+        return _why_aligned([v.shape for v in node.inputs], out, syms, broadcasts=False,
+                            skip=node.attrs["axis"] % len(out))
+    if node.op == "matmul" and min(v.rank for v in node.inputs[:2]) >= 2:
+        return _why_aligned([v.shape[:-2] for v in node.inputs[:2]], out[:-2], syms, broadcasts=True)
     return None
 
 
@@ -173,6 +196,9 @@ def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
         ok = all(registry.get(o).elementwise or o == "constant" for o in inner)
         return None if ok else "a fusion region that is not elementwise"
     if op in _AXIS_OPS:
+        assumed = _why_assumed_equal(node, syms)
+        if assumed is not None:
+            return assumed
         for i, ax in _mixed_axes(node):
             if i < len(node.inputs) and ax < node.inputs[i].rank and node.inputs[i].shape[ax] in syms:
                 if op == "slice" and _full_slice(node, ax):

@@ -2,7 +2,8 @@
 and AffineGrid when its size is a run-time value.
 
 Each becomes the IR op of the same meaning (accelir/ops/dynamic.py), whose output carries
-an unbacked dim; onnxruntime runs it, XLA pads it to its upper bound (lowering/jax/padding.py).
+an unbacked dim; onnxruntime runs it, XLA pads it to its upper bound (lowering/jax/padding.py),
+except AffineGrid's grid, which has no bound and which XLA refuses by name.
 """
 
 from __future__ import annotations

@@ -105,6 +105,9 @@ def _squeeze(ctx: NodeContext):
         return [ctx.op("squeeze_dynamic", x, ctx.input(1))]
     axes = ctx.axes(1)
     if axes is None:
+        if any(_data_dependent(ctx, d) for d in x.shape):
+            raise DynamicValueError("Squeeze without axes drops a data-dependent dim exactly when the data make it "
+                                    "1, which sets the result's rank; give Squeeze its axes")
         axes = tuple(i for i, d in enumerate(x.shape) if d == 1)
     return [ctx.op("squeeze", x, axes=tuple(norm_axis(ctx, a, x.rank) for a in axes)) if axes else x]
 
@@ -142,6 +145,12 @@ def _concat(ctx: NodeContext):
     return [nonempty[0] if len(nonempty) == 1 else ctx.op("concat", *nonempty, axis=ax)]
 
 
+def _data_dependent(ctx: NodeContext, d: D.Dim) -> bool:
+    """Whether dim ``d`` names a symbol no graph input carries: an unbacked dim, which the data decides."""
+    carried = {s for v in ctx.imp.main.inputs for dim in v.shape for s in D.symbols(dim)}
+    return bool(D.symbols(d) - carried)
+
+
 def _slice_axis(ctx: NodeContext, x: Value, ax: int, start: D.Dim, stop: D.Dim, step: int) -> Value:
     """x[start:stop:step] on one axis with ONNX's clamping (negative steps flip the axis)."""
     dim = x.shape[ax]
@@ -169,6 +178,10 @@ def _slice_axis(ctx: NodeContext, x: Value, ax: int, start: D.Dim, stop: D.Dim, 
             e = s
         if s == 0 and e == dim and step == 1:
             return x
+        if type(start) is int and type(stop) is int and _data_dependent(ctx, dim):
+            # a size the data decides may be below any bound: clamp at run time, to a size of its own
+            bounds = [ctx.const(np.asarray([v], np.int64), DType.i64) for v in (start, stop, step)]
+            return ctx.op("slice_dynamic", x, *bounds, axes=(ax,))
         return ctx.op("slice", x, starts=(s,), stops=(e,), steps=(step,), axes=(ax,))
     if type(dim) is not int:
         raise ctx.unsupported("negative slice steps need a static dim")
@@ -238,6 +251,10 @@ def _split(ctx: NodeContext):
             raise ctx.unsupported("an even split of a symbolic dim")
         chunk = -(-dim // n)
         sizes = [min(chunk, dim - i * chunk) for i in range(n)]
+    if _data_dependent(ctx, x.shape[ax]) and all(type(k) is int for k in sizes):
+        # the sizes must add up to a count the data decides: checked at run time, as the Split kernel does
+        split = ctx.const(np.asarray(sizes, np.int64), DType.i64)
+        return list(ctx.ops("split_dynamic", x, split, axis=ax, outputs=n_out))
     outs, start = [], 0
     for size in sizes:
         stop = D.dim_add(start, size)

@@ -185,6 +185,8 @@ def _fmod(ctx, a):
 
 @rule("where")
 def _where(ctx, a):
+    if "self" not in a:  # torch.where(condition) alone is nonzero(condition, as_tuple=True)
+        return RULES["nonzero_numpy"](ctx, {"self": a["condition"]})
     dt = ctx.out_dtype
     return ctx.b.op("where", _as_bool(ctx, a["condition"]), ctx.operand(a["self"], dt), ctx.operand(a["other"], dt))
 
