@@ -303,3 +303,31 @@ def test_scan_body_reading_an_outer_sequence():
     m = _model(nodes, [_vi("a", F32, [2]), _vi("init", F32, [2]), _vi("xs", F32, [3, 2])],
                [_vi("final"), _vi("ys")], [_i64("one", 1), numpy_helper.from_array(np.ones(2, np.float32), "c")])
     check(m, _feeds(a=(2,), init=(2,), xs=(3, 2)))
+
+
+def _nested_loops_reading_a_sequence(trips: int, depth: int):
+    """``depth`` Loops nested in each other, each ``trips`` iterations, the innermost reading an outer
+    sequence: every level is unrolled at import, so the import builds trips ** depth bodies."""
+    def body(level: int):
+        if level == depth:
+            nodes = [helper.make_node("SequenceAt", ["seq", "zero"], [f"item{level}"]),
+                     helper.make_node("Add", [f"acc{level}", f"item{level}"], [f"acc{level}_out"])]
+        else:
+            nodes = [helper.make_node("Loop", ["trips", "", f"acc{level}"], [f"acc{level}_out"], body=body(level + 1))]
+        nodes.append(helper.make_node("Identity", [f"c{level}"], [f"c{level}_out"]))
+        return helper.make_graph(nodes, f"body{level}", [_vi(f"i{level}", I64, []), _vi(f"c{level}", TensorProto.BOOL, []),
+                                                         _vi(f"acc{level}", F32, [2])],
+                                 [_vi(f"c{level}_out", TensorProto.BOOL, []), _vi(f"acc{level}_out", F32, [2])])
+    nodes = [helper.make_node("SplitToSequence", ["x"], ["seq"], axis=0, keepdims=0),
+             helper.make_node("Loop", ["trips", "", "x0"], ["y"], body=body(1), name="outer")]
+    return _model(nodes, [_vi("x", F32, [3, 2]), _vi("x0", F32, [2])], [_vi("y")], [_i64("trips", trips), _i64("zero", 0)])
+
+
+def test_nested_loops_unrolled_at_import_are_bounded_in_nodes():
+    """Each level's iteration limit alone lets nested loops multiply: a file of a few hundred bytes
+    would build 150 ** 2 bodies (and 256 ** 3 one level deeper).  The nodes one unrolled loop
+    builds, its nested loops included, are bounded, so the import is refused in bounded time."""
+    x = _feeds(x=(3, 2), x0=(2,))
+    check(_nested_loops_reading_a_sequence(4, 2), x, [x["x0"] + 16 * x["x"][0]])
+    with pytest.raises(UnsupportedOpError, match=r"Loop.*unrolled at import.*over 32,768 nodes"):
+        import_onnx(_nested_loops_reading_a_sequence(150, 2))

@@ -14,6 +14,9 @@ __all__: list[str] = []
 
 # how many iterations a Loop carrying a sequence may be unrolled into at import
 MAX_UNROLLED_ITERATIONS = 256
+# how many nodes one unrolled Loop may build, the loops nested in its body included: the iteration
+# limit alone multiplies with each level of nesting (256 ** depth bodies from a small file)
+MAX_UNROLLED_NODES = 1 << 15
 
 
 Layout = list  # per output of a region: None for a tensor, the (length, dtype) of a sequence spread into its items
@@ -216,10 +219,15 @@ def _unrolled_loop(ctx: NodeContext, body: Any, init: list[Any], n_scan: int) ->
     iter_name, cond_name = body.input[0].name, body.input[1].name
     state, scans = list(init), [[] for _ in range(n_scan)]
     i = 0
+    start = ctx.graph.num_nodes(recursive=False)
     while go and (trips is None or i < trips):
         if i == MAX_UNROLLED_ITERATIONS:
             raise ctx.unsupported(f"it carries a sequence, so it is unrolled at import, and it runs over "
                                   f"{MAX_UNROLLED_ITERATIONS} iterations; carry tensors instead")
+        if ctx.graph.num_nodes(recursive=False) - start > MAX_UNROLLED_NODES:
+            raise ctx.unsupported(f"it carries a sequence, so it is unrolled at import, and its first {i} iterations "
+                                  f"(nested loops included) built over {MAX_UNROLLED_NODES:,} nodes; carry tensors "
+                                  "instead")
         scope = ImportScope(ctx.imp, ctx.graph, ctx.scope, ctx.scope.opsets, closed=False,
                             origin_prefix=f"{ctx.scope.origin_prefix}{ctx.node.name or 'loop'}/{i}/")
         scope.define(iter_name, ctx.scalar(i, DType.i64))
