@@ -313,14 +313,16 @@ def _nested_loops_reading_a_sequence(trips: int, depth: int):
             nodes = [helper.make_node("SequenceAt", ["seq", "zero"], [f"item{level}"]),
                      helper.make_node("Add", [f"acc{level}", f"item{level}"], [f"acc{level}_out"])]
         else:
-            nodes = [helper.make_node("Loop", ["trips", "", f"acc{level}"], [f"acc{level}_out"], body=body(level + 1))]
+            nodes = [helper.make_node("Loop", ["trips", "", f"acc{level}"], [f"acc{level}_out"],
+                                      body=body(level + 1))]
         nodes.append(helper.make_node("Identity", [f"c{level}"], [f"c{level}_out"]))
-        return helper.make_graph(nodes, f"body{level}", [_vi(f"i{level}", I64, []), _vi(f"c{level}", TensorProto.BOOL, []),
-                                                         _vi(f"acc{level}", F32, [2])],
+        inputs = [_vi(f"i{level}", I64, []), _vi(f"c{level}", TensorProto.BOOL, []), _vi(f"acc{level}", F32, [2])]
+        return helper.make_graph(nodes, f"body{level}", inputs,
                                  [_vi(f"c{level}_out", TensorProto.BOOL, []), _vi(f"acc{level}_out", F32, [2])])
     nodes = [helper.make_node("SplitToSequence", ["x"], ["seq"], axis=0, keepdims=0),
              helper.make_node("Loop", ["trips", "", "x0"], ["y"], body=body(1), name="outer")]
-    return _model(nodes, [_vi("x", F32, [3, 2]), _vi("x0", F32, [2])], [_vi("y")], [_i64("trips", trips), _i64("zero", 0)])
+    return _model(nodes, [_vi("x", F32, [3, 2]), _vi("x0", F32, [2])], [_vi("y")],
+                  [_i64("trips", trips), _i64("zero", 0)])
 
 
 def test_nested_loops_unrolled_at_import_are_bounded_in_nodes():
@@ -331,3 +333,25 @@ def test_nested_loops_unrolled_at_import_are_bounded_in_nodes():
     check(_nested_loops_reading_a_sequence(4, 2), x, [x["x0"] + 16 * x["x"][0]])
     with pytest.raises(UnsupportedOpError, match=r"Loop.*unrolled at import.*over 32,768 nodes"):
         import_onnx(_nested_loops_reading_a_sequence(150, 2))
+
+
+def test_nested_sequence_maps_are_bounded_in_nodes():
+    """SequenceMap imports its body once per item, and a body may split its item and map again: the
+    items multiply with each level (200 * 200 bodies here).  The nodes one SequenceMap builds, the
+    maps nested in its body included, are bounded as an unrolled Loop's are."""
+    def nested(n: int):
+        inner = helper.make_graph([helper.make_node("Neg", ["cell"], ["neg"])], "inner",
+                                  [_vi("cell", F32, [1])], [_vi("neg", F32, [1])])
+        outer = helper.make_graph([helper.make_node("SplitToSequence", ["row"], ["cells"], axis=0),
+                                   helper.make_node("SequenceMap", ["cells"], ["negs"], body=inner),
+                                   helper.make_node("ConcatFromSequence", ["negs"], ["out"], axis=0)],
+                                  "outer", [_vi("row", F32, [n])], [_vi("out", F32, [n])])
+        nodes = [helper.make_node("SplitToSequence", ["x"], ["rows"], axis=0, keepdims=0),
+                 helper.make_node("SequenceMap", ["rows"], ["outs"], body=outer, name="map"),
+                 helper.make_node("ConcatFromSequence", ["outs"], ["y"], axis=0, new_axis=1)]
+        return _model(nodes, [_vi("x", F32, [n, n])], [_vi("y")])
+    x = _feeds(x=(3, 3))  # numpy as the oracle: onnxruntime 1.32 fails to inline nested SequenceMaps
+    assert_close(import_and_run(nested(3), x)[1], [-x["x"]])
+    assert_close(_lowered(nested(3), x), [-x["x"]])
+    with pytest.raises(UnsupportedOpError, match=r"'map' \(SequenceMap\).*over 32,768 nodes"):
+        import_onnx(nested(200))

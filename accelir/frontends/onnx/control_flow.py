@@ -7,16 +7,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...ir import DType, Graph, TensorType, Value
-from .context import (DynamicValueError, ImportScope, NodeContext, OnnxImportError, StaticSequence, free_names,
-                      norm_axis, reshape, rule)
+from .context import (DynamicValueError, ImportScope, NodeContext, OnnxImportError, StaticSequence, check_unrolled,
+                      free_names, norm_axis, reshape, rule)
 
 __all__: list[str] = []
 
-# how many iterations a Loop carrying a sequence may be unrolled into at import
+# how many iterations a Loop carrying a sequence may be unrolled into at import (and MAX_UNROLLED_NODES)
 MAX_UNROLLED_ITERATIONS = 256
-# how many nodes one unrolled Loop may build, the loops nested in its body included: the iteration
-# limit alone multiplies with each level of nesting (256 ** depth bodies from a small file)
-MAX_UNROLLED_NODES = 1 << 15
 
 
 Layout = list  # per output of a region: None for a tensor, the (length, dtype) of a sequence spread into its items
@@ -224,10 +221,7 @@ def _unrolled_loop(ctx: NodeContext, body: Any, init: list[Any], n_scan: int) ->
         if i == MAX_UNROLLED_ITERATIONS:
             raise ctx.unsupported(f"it carries a sequence, so it is unrolled at import, and it runs over "
                                   f"{MAX_UNROLLED_ITERATIONS} iterations; carry tensors instead")
-        if ctx.graph.num_nodes(recursive=False) - start > MAX_UNROLLED_NODES:
-            raise ctx.unsupported(f"it carries a sequence, so it is unrolled at import, and its first {i} iterations "
-                                  f"(nested loops included) built over {MAX_UNROLLED_NODES:,} nodes; carry tensors "
-                                  "instead")
+        check_unrolled(ctx, start, i, "it carries a sequence, so it is unrolled at import", "carry tensors instead")
         scope = ImportScope(ctx.imp, ctx.graph, ctx.scope, ctx.scope.opsets, closed=False,
                             origin_prefix=f"{ctx.scope.origin_prefix}{ctx.node.name or 'loop'}/{i}/")
         scope.define(iter_name, ctx.scalar(i, DType.i64))

@@ -18,8 +18,8 @@ from typing import Sequence
 
 from ... import dims as D
 from ...ir import DType, Value
-from .context import (DynamicValueError, ImportScope, NodeContext, OnnxImportError, StaticSequence, norm_axis,
-                      onnx_dtype, rule)
+from .context import (DynamicValueError, ImportScope, NodeContext, OnnxImportError, StaticSequence, check_unrolled,
+                      norm_axis, onnx_dtype, rule)
 
 __all__: list[str] = []
 
@@ -183,7 +183,9 @@ def _sequence_map(ctx: NodeContext):
             raise OnnxImportError(f"{ctx.label}: its sequences differ in length ({n} and {len(v.items)} at input "
                                   f"{i})")
     outs: list[list[Value]] = [[] for _ in body.output]
+    start = ctx.graph.num_nodes(recursive=False)
     for k in range(n):
+        check_unrolled(ctx, start, k, "its body is imported once per item", "map over fewer, larger items")
         scope = ImportScope(ctx.imp, ctx.graph, ctx.scope, ctx.scope.opsets, closed=False,
                             origin_prefix=f"{ctx.scope.origin_prefix}{ctx.node.name or 'SequenceMap'}/{k}/")
         for vi, v in zip(body.input, ctx.inputs):
