@@ -355,3 +355,16 @@ def test_nested_sequence_maps_are_bounded_in_nodes():
     assert_close(_lowered(nested(3), x), [-x["x"]])
     with pytest.raises(UnsupportedOpError, match=r"'map' \(SequenceMap\).*over 32,768 nodes"):
         import_onnx(nested(200))
+
+
+@pytest.mark.parametrize("split", [None, 1, "sizes", "run-time sizes"])
+def test_splitting_into_too_many_items_is_refused_before_building_them(split):
+    """SplitToSequence builds one slice per item: a declared dim of 10 ** 12 would ask the importer for
+    10 ** 12 nodes.  More items than one unrolling may build are refused, naming the count."""
+    n = 10 ** 12 if split in (None, 1) else 40_000
+    inits = [_i64("split", 1)] if split == 1 else [_i64("split", [1] * n)] if split == "sizes" else []
+    inputs = [_vi("x", F32, [n])] + ([_vi("split", I64, [n])] if split == "run-time sizes" else [])
+    nodes = [helper.make_node("SplitToSequence", ["x"] + ([] if split is None else ["split"]), ["s"], name="split"),
+             helper.make_node("SequenceLength", ["s"], ["y"])]
+    with pytest.raises(UnsupportedOpError, match=rf"'split' \(SplitToSequence\): it splits into {n:,} items, over"):
+        import_onnx(_model(nodes, inputs, [_vi("y", I64)], inits))
