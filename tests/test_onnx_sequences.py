@@ -196,6 +196,22 @@ def test_if_giving_sequences_of_two_lengths_is_refused():
         import_onnx(m)
 
 
+def test_if_giving_sequences_of_two_element_types_says_so():
+    """Branches whose sequences have one length but two element types: the refusal names the types,
+    not a length known only at run time."""
+    def branch(name, dtype):
+        nodes = [helper.make_node("Cast", ["a"], [f"{name}_a"], to=dtype),
+                 helper.make_node("SequenceConstruct", [f"{name}_a"], [f"{name}_s"])]
+        return helper.make_graph(nodes, name, [], [_seq_vi(f"{name}_s", dtype)])
+    nodes = [helper.make_node("If", ["c"], ["s"], then_branch=branch("then", F32), else_branch=branch("else", I64)),
+             helper.make_node("SequenceLength", ["s"], ["n"])]
+    m = _model(nodes, [_vi("c", TensorProto.BOOL, []), _vi("a", F32, [2])], [_vi("n", I64)])
+    with pytest.raises(UnsupportedOpError, match=r"\(If\): its then branch gives \(a sequence of 1 f32 tensors\) "
+                                                 r"and its else branch \(a sequence of 1 i64 tensors\), element "
+                                                 r"types that differ; give both branches sequences of one type"):
+        import_onnx(m)
+
+
 # ----- refusals ------------------------------------------------------------------------
 
 def test_a_sequence_graph_input_or_output_is_refused_saying_what_to_do():

@@ -110,9 +110,11 @@ def _if(ctx: NodeContext):
     regions = [_region(ctx, g, [], names, f"{ctx.node.name or 'if'}_{tag}", layout=lay) for g, tag, lay in
                ((else_g, "else", layouts[0]), (then_g, "then", layouts[1]))]
     if layouts[0] != layouts[1]:
+        lengths = [[None if shape is None else shape[0] for shape in lay] for lay in layouts]
+        why = ("element types that differ; give both branches sequences of one type" if lengths[0] == lengths[1] else
+               "so a sequence's length would be known only at run time; give both branches sequences of one length")
         raise ctx.unsupported(f"its then branch gives ({_describe(layouts[1])}) and its else branch "
-                              f"({_describe(layouts[0])}), so a sequence's length would be known only at run time; "
-                              "give both branches sequences of one length")
+                              f"({_describe(layouts[0])}), {why}")
     pred = reshape(ctx, cond, ()) if cond.rank else cond
     return _gathered(ctx.b.node("cond", [pred] + vals, regions=regions).outputs, layouts[0])
 
