@@ -8,7 +8,8 @@ known at import pick and edit items, SequenceLength is a constant, ConcatFromSeq
 concatenates (or stacks, ``new_axis``) the items and SequenceMap applies its body item by
 item.  No sequence node reaches the graph, so both backends run the result as plain tensor ops.
 What cannot be unrolled is refused at the node, saying why: a length or position known only at
-run time, an empty sequence concatenated, mixed element types.  A sequence as a graph input or
+run time, an empty sequence concatenated, mixed element types, more items or unrolled nodes
+than ``MAX_UNROLLED_NODES`` (the import's time and memory stay bounded).  A sequence as a graph input or
 output is refused by the driver; Loop and If carry static sequences (control_flow.py).
 """
 
