@@ -196,6 +196,22 @@ def test_if_giving_sequences_of_two_lengths_is_refused():
         import_onnx(m)
 
 
+def test_if_giving_sequences_of_two_element_types_says_so():
+    """Branches whose sequences have one length but two element types: the refusal names the types,
+    not a length known only at run time."""
+    def branch(name, dtype):
+        nodes = [helper.make_node("Cast", ["a"], [f"{name}_a"], to=dtype),
+                 helper.make_node("SequenceConstruct", [f"{name}_a"], [f"{name}_s"])]
+        return helper.make_graph(nodes, name, [], [_seq_vi(f"{name}_s", dtype)])
+    nodes = [helper.make_node("If", ["c"], ["s"], then_branch=branch("then", F32), else_branch=branch("else", I64)),
+             helper.make_node("SequenceLength", ["s"], ["n"])]
+    m = _model(nodes, [_vi("c", TensorProto.BOOL, []), _vi("a", F32, [2])], [_vi("n", I64)])
+    with pytest.raises(UnsupportedOpError, match=r"\(If\): its then branch gives \(a sequence of 1 f32 tensors\) "
+                                                 r"and its else branch \(a sequence of 1 i64 tensors\), element "
+                                                 r"types that differ; give both branches sequences of one type"):
+        import_onnx(m)
+
+
 # ----- refusals ------------------------------------------------------------------------
 
 def test_a_sequence_graph_input_or_output_is_refused_saying_what_to_do():
@@ -303,3 +319,68 @@ def test_scan_body_reading_an_outer_sequence():
     m = _model(nodes, [_vi("a", F32, [2]), _vi("init", F32, [2]), _vi("xs", F32, [3, 2])],
                [_vi("final"), _vi("ys")], [_i64("one", 1), numpy_helper.from_array(np.ones(2, np.float32), "c")])
     check(m, _feeds(a=(2,), init=(2,), xs=(3, 2)))
+
+
+def _nested_loops_reading_a_sequence(trips: int, depth: int):
+    """``depth`` Loops nested in each other, each ``trips`` iterations, the innermost reading an outer
+    sequence: every level is unrolled at import, so the import builds trips ** depth bodies."""
+    def body(level: int):
+        if level == depth:
+            nodes = [helper.make_node("SequenceAt", ["seq", "zero"], [f"item{level}"]),
+                     helper.make_node("Add", [f"acc{level}", f"item{level}"], [f"acc{level}_out"])]
+        else:
+            nodes = [helper.make_node("Loop", ["trips", "", f"acc{level}"], [f"acc{level}_out"],
+                                      body=body(level + 1))]
+        nodes.append(helper.make_node("Identity", [f"c{level}"], [f"c{level}_out"]))
+        inputs = [_vi(f"i{level}", I64, []), _vi(f"c{level}", TensorProto.BOOL, []), _vi(f"acc{level}", F32, [2])]
+        return helper.make_graph(nodes, f"body{level}", inputs,
+                                 [_vi(f"c{level}_out", TensorProto.BOOL, []), _vi(f"acc{level}_out", F32, [2])])
+    nodes = [helper.make_node("SplitToSequence", ["x"], ["seq"], axis=0, keepdims=0),
+             helper.make_node("Loop", ["trips", "", "x0"], ["y"], body=body(1), name="outer")]
+    return _model(nodes, [_vi("x", F32, [3, 2]), _vi("x0", F32, [2])], [_vi("y")],
+                  [_i64("trips", trips), _i64("zero", 0)])
+
+
+def test_nested_loops_unrolled_at_import_are_bounded_in_nodes():
+    """Each level's iteration limit alone lets nested loops multiply: a file of a few hundred bytes
+    would build 150 ** 2 bodies (and 256 ** 3 one level deeper).  The nodes one unrolled loop
+    builds, its nested loops included, are bounded, so the import is refused in bounded time."""
+    x = _feeds(x=(3, 2), x0=(2,))
+    check(_nested_loops_reading_a_sequence(4, 2), x, [x["x0"] + 16 * x["x"][0]])
+    with pytest.raises(UnsupportedOpError, match=r"Loop.*unrolled at import.*over 32,768 nodes"):
+        import_onnx(_nested_loops_reading_a_sequence(150, 2))
+
+
+def test_nested_sequence_maps_are_bounded_in_nodes():
+    """SequenceMap imports its body once per item, and a body may split its item and map again: the
+    items multiply with each level (200 * 200 bodies here).  The nodes one SequenceMap builds, the
+    maps nested in its body included, are bounded as an unrolled Loop's are."""
+    def nested(n: int):
+        inner = helper.make_graph([helper.make_node("Neg", ["cell"], ["neg"])], "inner",
+                                  [_vi("cell", F32, [1])], [_vi("neg", F32, [1])])
+        outer = helper.make_graph([helper.make_node("SplitToSequence", ["row"], ["cells"], axis=0),
+                                   helper.make_node("SequenceMap", ["cells"], ["negs"], body=inner),
+                                   helper.make_node("ConcatFromSequence", ["negs"], ["out"], axis=0)],
+                                  "outer", [_vi("row", F32, [n])], [_vi("out", F32, [n])])
+        nodes = [helper.make_node("SplitToSequence", ["x"], ["rows"], axis=0, keepdims=0),
+                 helper.make_node("SequenceMap", ["rows"], ["outs"], body=outer, name="map"),
+                 helper.make_node("ConcatFromSequence", ["outs"], ["y"], axis=0, new_axis=1)]
+        return _model(nodes, [_vi("x", F32, [n, n])], [_vi("y")])
+    x = _feeds(x=(3, 3))  # numpy as the oracle: onnxruntime 1.32 fails to inline nested SequenceMaps
+    assert_close(import_and_run(nested(3), x)[1], [-x["x"]])
+    assert_close(_lowered(nested(3), x), [-x["x"]])
+    with pytest.raises(UnsupportedOpError, match=r"'map' \(SequenceMap\).*over 32,768 nodes"):
+        import_onnx(nested(200))
+
+
+@pytest.mark.parametrize("split", [None, 1, "sizes", "run-time sizes"])
+def test_splitting_into_too_many_items_is_refused_before_building_them(split):
+    """SplitToSequence builds one slice per item: a declared dim of 10 ** 12 would ask the importer for
+    10 ** 12 nodes.  More items than one unrolling may build are refused, naming the count."""
+    n = 10 ** 12 if split in (None, 1) else 40_000
+    inits = [_i64("split", 1)] if split == 1 else [_i64("split", [1] * n)] if split == "sizes" else []
+    inputs = [_vi("x", F32, [n])] + ([_vi("split", I64, [n])] if split == "run-time sizes" else [])
+    nodes = [helper.make_node("SplitToSequence", ["x"] + ([] if split is None else ["split"]), ["s"], name="split"),
+             helper.make_node("SequenceLength", ["s"], ["y"])]
+    with pytest.raises(UnsupportedOpError, match=rf"'split' \(SplitToSequence\): it splits into {n:,} items, over"):
+        import_onnx(_model(nodes, inputs, [_vi("y", I64)], inits))

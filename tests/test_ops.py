@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from accelir import DType, Graph, TensorType, interpret, verify
+from accelir.errors import VerificationError
 from accelir.ops.nn import GRID_MODE_OLD_NAMES
 from accelir.ops import REGISTRY
 from accelir.ops.dynamic import DATA_DEPENDENT_OPS
@@ -660,3 +661,19 @@ def test_take_along_axis_indices_smaller_than_x_like_torch_gather():
     idx = ints(2, 3, lo=0, hi=4)
     (got,) = interpret(build("take_along_axis", [x, idx], {"axis": 0}), x, idx)
     np.testing.assert_array_equal(got, torch.gather(T(x), 0, T(idx)).numpy())
+
+
+@pytest.mark.parametrize("mask", [(2, 1, 3, 3), (1, 1, 1, 3, 3)])
+def test_an_attention_mask_may_not_widen_the_result(mask):
+    """The result's shape is q's batch and rows: a mask that broadcasts the scores beyond them would
+    make the reference's result larger than the node's type (and simplify, dropping an all-keep mask,
+    would change it), so the type rule refuses it; a mask of the scores' shape or narrower is fine."""
+    g = Graph()
+    q = g.add_input(TensorType(DType.f32, (1, 2, 3, 4)))
+    fits = g.add_input(TensorType(DType.f32, (2, 1, 3)))
+    assert g.builder().op("attention", q, q, q, fits).type == q.type
+    sym = g.add_input(TensorType(DType.f32, ("n", 2, 3, 4)))  # a symbolic batch may be the mask's 2 at run time
+    assert g.builder().op("attention", sym, sym, sym, g.add_input(TensorType(DType.f32, (2, 1, 3, 3)))).type == sym.type
+    m = g.add_input(TensorType(DType.f32, mask))
+    with pytest.raises(VerificationError, match=r"attention: the mask .* broadcasts the scores .* beyond them"):
+        g.builder().op("attention", q, q, q, m)

@@ -318,7 +318,11 @@ def _attention_rule(types, attrs):
         m = types[3]
         if m.dtype is not DType.bool and m.dtype != q.dtype:
             raise TypeRuleError(f"attention: mask must be bool or {q.dtype}, got {m.dtype}")
-        broadcast_shapes(m.shape, batch + (q.shape[-2], k.shape[-2]), op="attention mask")
+        scores = batch + (q.shape[-2], k.shape[-2])
+        full = broadcast_shapes(m.shape, scores, op="attention mask")
+        if len(full) > len(scores) or any(type(s) is int and d != s for d, s in zip(full[-len(scores):], scores)):
+            raise TypeRuleError(f"attention: the mask {m} broadcasts the scores {list(scores)} to {list(full)}, "
+                                "beyond them; give the mask the scores' shape or one that broadcasts into it")
     return [TensorType(q.dtype, batch + (q.shape[-2], v.shape[-1]))]
 
 

@@ -26,7 +26,7 @@ from .proto import DynamicValueError, ImportScope, OnnxImportError, free_names, 
 
 __all__ = ["NodeContext", "Rule", "RULES", "MS_RULES", "rule", "HUGE", "IMPORT_VALUE_BYTES", "fits_import_budget",
            "value_bytes", "norm_axis", "select_on_runtime_axis", "static_dims", "reshape", "conv_attrs", "reverse_prefixes",
-           "StaticSequence",
+           "StaticSequence", "MAX_UNROLLED_NODES", "check_unrolled",
            # from .proto, for the rules
            "OnnxImportError", "DynamicValueError", "ImportScope", "onnx_dtype", "free_names"]
 
@@ -56,6 +56,20 @@ class StaticSequence:
 
     def describe(self) -> str:
         return f"a sequence of {len(self.items)} {self.dtype} tensors"
+
+
+# how many nodes one unrolling at import (a Loop carrying a sequence, a SequenceMap) may build, the
+# unrollings nested in it included: a limit per level alone multiplies with each level of nesting
+MAX_UNROLLED_NODES = 1 << 15
+
+
+def check_unrolled(ctx: "NodeContext", start: int, done: int, why: str, instead: str) -> None:
+    """Refuse the unrolling of ``ctx``'s node (``why`` it is unrolled) once it has built over
+    ``MAX_UNROLLED_NODES`` nodes since ``start`` (the graph's node count when it began), ``done``
+    iterations in; ``instead`` says what to do."""
+    if ctx.graph.num_nodes(recursive=False) - start > MAX_UNROLLED_NODES:
+        raise ctx.unsupported(f"{why}, and its first {done} iterations (nested unrollings included) built over "
+                              f"{MAX_UNROLLED_NODES:,} nodes; {instead}")
 
 
 class NodeContext(RuleContext):

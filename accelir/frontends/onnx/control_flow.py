@@ -7,12 +7,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...ir import DType, Graph, TensorType, Value
-from .context import (DynamicValueError, ImportScope, NodeContext, OnnxImportError, StaticSequence, free_names,
-                      norm_axis, reshape, rule)
+from .context import (DynamicValueError, ImportScope, NodeContext, OnnxImportError, StaticSequence, check_unrolled,
+                      free_names, norm_axis, reshape, rule)
 
 __all__: list[str] = []
 
-# how many iterations a Loop carrying a sequence may be unrolled into at import
+# how many iterations a Loop carrying a sequence may be unrolled into at import (and MAX_UNROLLED_NODES)
 MAX_UNROLLED_ITERATIONS = 256
 
 
@@ -110,9 +110,11 @@ def _if(ctx: NodeContext):
     regions = [_region(ctx, g, [], names, f"{ctx.node.name or 'if'}_{tag}", layout=lay) for g, tag, lay in
                ((else_g, "else", layouts[0]), (then_g, "then", layouts[1]))]
     if layouts[0] != layouts[1]:
+        lengths = [[None if shape is None else shape[0] for shape in lay] for lay in layouts]
+        why = ("element types that differ; give both branches sequences of one type" if lengths[0] == lengths[1] else
+               "so a sequence's length would be known only at run time; give both branches sequences of one length")
         raise ctx.unsupported(f"its then branch gives ({_describe(layouts[1])}) and its else branch "
-                              f"({_describe(layouts[0])}), so a sequence's length would be known only at run time; "
-                              "give both branches sequences of one length")
+                              f"({_describe(layouts[0])}), {why}")
     pred = reshape(ctx, cond, ()) if cond.rank else cond
     return _gathered(ctx.b.node("cond", [pred] + vals, regions=regions).outputs, layouts[0])
 
@@ -216,10 +218,12 @@ def _unrolled_loop(ctx: NodeContext, body: Any, init: list[Any], n_scan: int) ->
     iter_name, cond_name = body.input[0].name, body.input[1].name
     state, scans = list(init), [[] for _ in range(n_scan)]
     i = 0
+    start = ctx.graph.num_nodes(recursive=False)
     while go and (trips is None or i < trips):
         if i == MAX_UNROLLED_ITERATIONS:
             raise ctx.unsupported(f"it carries a sequence, so it is unrolled at import, and it runs over "
                                   f"{MAX_UNROLLED_ITERATIONS} iterations; carry tensors instead")
+        check_unrolled(ctx, start, i, "it carries a sequence, so it is unrolled at import", "carry tensors instead")
         scope = ImportScope(ctx.imp, ctx.graph, ctx.scope, ctx.scope.opsets, closed=False,
                             origin_prefix=f"{ctx.scope.origin_prefix}{ctx.node.name or 'loop'}/{i}/")
         scope.define(iter_name, ctx.scalar(i, DType.i64))

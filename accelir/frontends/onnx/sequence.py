@@ -8,7 +8,8 @@ known at import pick and edit items, SequenceLength is a constant, ConcatFromSeq
 concatenates (or stacks, ``new_axis``) the items and SequenceMap applies its body item by
 item.  No sequence node reaches the graph, so both backends run the result as plain tensor ops.
 What cannot be unrolled is refused at the node, saying why: a length or position known only at
-run time, an empty sequence concatenated, mixed element types.  A sequence as a graph input or
+run time, an empty sequence concatenated, mixed element types, more items or unrolled nodes
+than ``MAX_UNROLLED_NODES`` (the import's time and memory stay bounded).  A sequence as a graph input or
 output is refused by the driver; Loop and If carry static sequences (control_flow.py).
 """
 
@@ -18,8 +19,8 @@ from typing import Sequence
 
 from ... import dims as D
 from ...ir import DType, Value
-from .context import (DynamicValueError, ImportScope, NodeContext, OnnxImportError, StaticSequence, norm_axis,
-                      onnx_dtype, rule)
+from .context import (MAX_UNROLLED_NODES, DynamicValueError, ImportScope, NodeContext, OnnxImportError,
+                      StaticSequence, check_unrolled, norm_axis, onnx_dtype, rule)
 
 __all__: list[str] = []
 
@@ -119,11 +120,13 @@ def _split_to_sequence(ctx: NodeContext):
     split = ctx.input(1)
     if split is not None and split.rank == 1 and type(split.shape[0]) is int and ctx.dynamic(1):
         # sizes known only at run time, but how many: the pieces' extents are data-dependent dims
+        _check_items(ctx, split.shape[0])
         items = ctx.ops("split_dynamic", x, split, axis=ax, outputs=split.shape[0])
         return [StaticSequence(tuple(items), x.dtype)]
     if split is None:
         if type(dim) is not int:
             raise _unknown_length(ctx, f"it splits symbolic dim {dim!r} of {x.type} into pieces of 1")
+        _check_items(ctx, dim)
         pieces = [ctx.op("slice", x, starts=(i,), stops=(i + 1,), axes=(ax,)) for i in range(dim)]
         if not ctx.attr("keepdims", 1):
             pieces = [ctx.op("squeeze", p, axes=(ax,)) for p in pieces]
@@ -136,8 +139,10 @@ def _split_to_sequence(ctx: NodeContext):
             raise _unknown_length(ctx, f"it splits dim {dim!r} of {x.type} into pieces of {size!r}")
         if size <= 0:
             raise OnnxImportError(f"{ctx.label}: split size {size} must be positive")
+        _check_items(ctx, -(-dim // size))
         sizes: list[D.Dim] = [min(size, dim - start) for start in range(0, dim, size)]
     else:
+        _check_items(ctx, split.shape[0] if split.rank == 1 and type(split.shape[0]) is int else 0)
         sizes = list(ctx.ints(1, "split"))
         if any(type(s) is int and s < 0 for s in sizes):
             raise OnnxImportError(f"{ctx.label}: split sizes {sizes} must not be negative")
@@ -150,6 +155,13 @@ def _split_to_sequence(ctx: NodeContext):
     if type(start) is int and type(dim) is int and start != dim:
         raise OnnxImportError(f"{ctx.label}: split sizes {sizes} add up to {start}, not to dim {ax}'s {dim}")
     return [StaticSequence(tuple(pieces), x.dtype)]
+
+
+def _check_items(ctx: NodeContext, n: int) -> None:
+    """Refuse, before building them, more items than one unrolling may build nodes: one slice each."""
+    if n > MAX_UNROLLED_NODES:
+        raise ctx.unsupported(f"it splits into {n:,} items, over the {MAX_UNROLLED_NODES:,} that a sequence unrolled "
+                              "at import may hold (one node each); split into fewer, larger pieces")
 
 
 def _unknown_length(ctx: NodeContext, why: str) -> DynamicValueError:
@@ -183,7 +195,9 @@ def _sequence_map(ctx: NodeContext):
             raise OnnxImportError(f"{ctx.label}: its sequences differ in length ({n} and {len(v.items)} at input "
                                   f"{i})")
     outs: list[list[Value]] = [[] for _ in body.output]
+    start = ctx.graph.num_nodes(recursive=False)
     for k in range(n):
+        check_unrolled(ctx, start, k, "its body is imported once per item", "map over fewer, larger items")
         scope = ImportScope(ctx.imp, ctx.graph, ctx.scope, ctx.scope.opsets, closed=False,
                             origin_prefix=f"{ctx.scope.origin_prefix}{ctx.node.name or 'SequenceMap'}/{k}/")
         for vi, v in zip(body.input, ctx.inputs):
