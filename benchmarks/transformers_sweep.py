@@ -62,6 +62,11 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 QUICK = ("bert", "vit", "wav2vec2")
 BATCH, SEQ, IMAGE, AUDIO_SAMPLES, AUDIO_FRAMES = 2, 16, 64, 4000, 64
 MARK = "@@transformers_sweep@@ "  # prefixes the worker's result lines; the models print on stdout too
+STAGE = "@@transformers_sweep_stage@@ "  # prefixes the stage the worker enters, named when a model times out
+
+
+def _stage(name: str) -> None:
+    print(STAGE + name, flush=True)
 
 
 @dataclass(frozen=True)
@@ -135,10 +140,12 @@ _WIDTH = {"hidden_size": 32, "d_model": 32, "n_embd": 32, "embed_dim": 32, "dim"
           "d_ff": 64, "d_inner": 64, "hidden_dim": 64, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
           "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32, "num_experts": 4,
           "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
-          "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2}
+          "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2, "n_group": 1, "topk_group": 1,
+          "kv_lora_rank": 16, "q_lora_rank": 32, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16}
 _WIDTH_LISTS = {"hidden_sizes": 16, "embed_dims": 16, "conv_dim": 32, "tdnn_dim": 32}
 _TOKENS = re.compile(r"^\w*_token_ids?$")
 VOCAB = 256
+MAX_PARAMETERS = 50_000_000  # a gentler shrink that leaves more is not run: too slow on a CPU
 
 
 def _overrides(config: Any, tier: int) -> dict[str, Any]:
@@ -243,7 +250,8 @@ def _tensors(output: Any) -> list[Any]:
 
 
 def build(case: Case) -> tuple[Any, dict[str, Any], list[Any], int]:
-    """The model at the smallest tier that builds and runs eagerly, its input and eager outputs."""
+    """The model at the smallest tier that builds and runs eagerly, its input and eager outputs.
+    A model over ``MAX_PARAMETERS`` is not built: its size is read on the meta device first."""
     import torch
     import transformers
     from transformers import CONFIG_MAPPING
@@ -254,6 +262,10 @@ def build(case: Case) -> tuple[Any, dict[str, Any], list[Any], int]:
     for tier in range(3):
         try:
             config = shrink_config(config_class, tier)
+            with torch.device("meta"):  # the size before the weights are made
+                size = sum(p.numel() for p in model_class(config).parameters())
+            if size > MAX_PARAMETERS:
+                raise RuntimeError(f"{size / 1e6:.0f}M parameters at shrink tier {tier}")
             torch.manual_seed(0)
             model = model_class(config).eval()
             _randomize_norm_statistics(model)
@@ -262,10 +274,10 @@ def build(case: Case) -> tuple[Any, dict[str, Any], list[Any], int]:
                     with torch.no_grad():
                         return model, kwargs, _tensors(model(**kwargs)), tier
                 except Exception as e:  # noqa: BLE001 - any failure of the model's own forward
-                    error = e
+                    error = error or e
         except Exception as e:  # noqa: BLE001 - a config or constructor that refuses the shrunk values
-            error = e
-    raise RuntimeError(_line(error))
+            error = error or e
+    raise RuntimeError(_line(error))  # the smallest config's reason: the gentler ones often only grow too big
 
 
 def _line(e: BaseException | None) -> str:
@@ -309,16 +321,19 @@ def run_case(case: Case) -> Record:
         if reason:
             record.status, record.reason = "composite", reason
             return record
+        _stage("build")
         model, kwargs, want, record.tier = build(case)
     except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
         record.reason = _line(e)
         return record
+    _stage("torch.export")
     record.export_mode, why = _export_mode(model, kwargs)
     if not record.export_mode:
         record.status, record.reason = "export", f"torch.export fails: {why}"
         return record
     record.status = "captured"
     try:
+        _stage("accelir.capture")
         graph = accelir.capture(model, (), example_kwargs=kwargs, strict=record.export_mode == "strict")
         flat = [np.asarray(x) for x in graph.meta.pop("signature").flatten(**kwargs)]
     except Exception as e:  # noqa: BLE001
@@ -329,6 +344,7 @@ def run_case(case: Case) -> Record:
     budget = DEFAULT_BUDGETS["fp32"]
     for backend in ("onnxruntime", "xla"):
         try:
+            _stage(f"optimize {backend}")
             got = accelir.optimize(graph, flat, backend=backend)(*flat)
             got = [np.asarray(x) for x in (got if isinstance(got, (list, tuple)) else [got])]
             errors = measure(want, got)
@@ -382,7 +398,7 @@ class _Worker:
             self.stop()
             self.proc = self._start()
         self.served += 1
-        t0 = time.perf_counter()
+        t0, stage = time.perf_counter(), "start"
         self.proc.stdin.write(json.dumps(asdict(case)) + "\n")
         self.proc.stdin.flush()
         while True:
@@ -390,7 +406,7 @@ class _Worker:
             ready, _, _ = select.select([self.proc.stdout], [], [], max(left, 0))
             if not ready:
                 self.stop()
-                return Record(case.family, case.name, "timeout", f"no result in {timeout:.0f} s",
+                return Record(case.family, case.name, "timeout", f"no result in {timeout:.0f} s (in {stage})",
                               seconds=round(timeout, 1))
             line = self.proc.stdout.readline()
             if not line:
@@ -398,6 +414,8 @@ class _Worker:
                 self.stop()
                 return Record(case.family, case.name, "crash", f"the worker died (exit code {code})",
                               seconds=round(time.perf_counter() - t0, 1))
+            if line.startswith(STAGE):
+                stage = line[len(STAGE):].strip()
             if line.startswith(MARK):
                 return Record(**json.loads(line[len(MARK):]))
 
