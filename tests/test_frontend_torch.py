@@ -521,6 +521,22 @@ def test_reshape_as_view_as_expand_as_and_meshgrid_match_torch(dtype, method):
         _check_backends(_ShapeLikes(), args)
 
 
+class _Eye(nn.Module):
+    def forward(self, x):
+        n = x.shape[-1]
+        return x @ (torch.eye(n) * 2 - 1), torch.eye(n, 3, dtype=torch.int64), torch.eye(2, n, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("method", ["export", "fx"])
+def test_eye_square_rectangular_in_every_dtype(method):
+    x = torch.randn(2, 5, generator=torch.Generator().manual_seed(0))
+    g = capture_torch(_Eye(), (x,), method=method)
+    verify(g)
+    _assert_close(_run(g, x), _Eye()(x))
+    if method == "export":
+        _check_backends(_Eye(), (x,))
+
+
 class _Copy(nn.Module):
     def forward(self, x, y):
         buf = torch.zeros_like(y)
