@@ -7,8 +7,8 @@ each type contributes its base model (``MODEL_MAPPING_NAMES``), or its first tas
 has no base model; ``--heads`` adds the family's task heads.  Each is built from its config
 class's defaults, shrunk by :func:`shrink_config` (layers, widths, heads, vocabulary, image size;
 a gentler shrink when the aggressive one does not build or run), with random weights from a fixed
-seed, in eval mode, with random batch-norm statistics, and called on an input of its modality
-(``input_ids``, ``pixel_values``, ``input_values`` or ``input_features``, by the model's
+seed, in eval mode, with random batch-norm statistics and no constant parameter, and called on an
+input of its modality (``input_ids``, ``pixel_values``, ``input_values`` or ``input_features``, by the model's
 ``main_input_name``).  Then:
 
 1. ``torch.export.export`` (non-strict, then strict): a model it cannot capture is recorded as
@@ -232,11 +232,17 @@ def _example_inputs(model: Any, config: Any) -> list[dict[str, Any]]:
     raise ValueError(f"main input {name!r} is not one of this sweep's modalities")
 
 
-def _randomize_norm_statistics(model: Any) -> None:
-    """Batch-norm running statistics away from (0, 1), so that folding them is tested."""
+def _randomize_constants(model: Any) -> None:
+    """Batch-norm running statistics away from (0, 1), so that folding them is tested, and noise on
+    every parameter that the model's init left constant (zero gates and biases, unit norm scales):
+    a zero router ties every expert, and which of equal scores ``topk`` picks is the kernel's choice;
+    a zero projection hides its whole branch from the comparison."""
     import torch
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point() and p.numel() > 1 and bool((p == p.reshape(-1)[0]).all()):
+                p.add_(torch.randn(p.shape, generator=gen) * 0.02)
         for m in model.modules():
             if isinstance(getattr(m, "running_var", None), torch.Tensor) and m.running_var.is_floating_point():
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
@@ -268,7 +274,7 @@ def build(case: Case) -> tuple[Any, dict[str, Any], list[Any], int]:
                 raise RuntimeError(f"{size / 1e6:.0f}M parameters at shrink tier {tier}")
             torch.manual_seed(0)
             model = model_class(config).eval()
-            _randomize_norm_statistics(model)
+            _randomize_constants(model)
             for kwargs in _example_inputs(model, config):
                 try:
                     with torch.no_grad():
