@@ -40,9 +40,11 @@ import re
 import select
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from itertools import zip_longest
 from typing import Any
 
 if not __package__:  # run as a script: make the repo root importable, as ``-m`` does
@@ -127,8 +129,10 @@ def enumerate_cases(families: tuple[str, ...] = tuple(FAMILIES), heads: bool = F
         if heads:
             classes += [c for c in heads_of_type if c not in classes]
         cases += [Case(family, model_type, c) for c in dict.fromkeys(classes)]
-    order = {f: i for i, f in enumerate(("text", "vision", "audio"))}  # text first: the most models
-    return sorted(cases, key=lambda c: (order[c.family], c.model_type, c.class_name))
+    by_family = [sorted((c for c in cases if c.family == f), key=lambda c: (c.model_type, c.class_name))
+                 for f in FAMILIES]
+    turns = zip_longest(*by_family)  # the families take turns, so that a sweep cut short has some of each
+    return [c for turn in turns for c in turn if c is not None]
 
 
 # ----- a small config --------------------------------------------------------------------
@@ -404,6 +408,8 @@ class _Worker:
             self.stop()
             self.proc = self._start()
         self.served += 1
+        self.log.write(f"\n===== {case.name}\n")
+        self.log.flush()
         t0, stage = time.perf_counter(), "start"
         self.proc.stdin.write(json.dumps(asdict(case)) + "\n")
         self.proc.stdin.flush()
@@ -427,24 +433,39 @@ class _Worker:
 
 
 def sweep(cases: list[Case], out_dir: str, timeout: float, restart_every: int = 20,
-          previous: dict[str, Record] | None = None, verbose: bool = True) -> dict[str, Record]:
-    """Run ``cases`` (the JSON and the table rewritten after each), keeping ``previous`` records of
-    models not in ``cases``."""
+          previous: dict[str, Record] | None = None, verbose: bool = True, jobs: int = 1) -> dict[str, Record]:
+    """Run ``cases`` on ``jobs`` workers (the JSON and the table rewritten after each model), keeping
+    ``previous`` records of models not in ``cases``."""
     records = dict(previous or {})
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "transformers_sweep.log"), "a", encoding="utf-8") as log:
+    pending = list(reversed(cases))
+    lock = threading.Lock()
+    done = [0]
+
+    def drain(log: Any) -> None:
         pool = _Worker(log, restart_every)
         try:
-            for i, case in enumerate(cases):
-                log.write(f"\n===== {case.name}\n")
-                log.flush()
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    case = pending.pop()
                 record = pool.run(case, timeout)
-                records[case.name] = record
-                write(records, out_dir)
-                if verbose:
-                    print(f"[{i + 1}/{len(cases)}] {case.family} {case.name}: {_short(record)}", flush=True)
+                with lock:
+                    records[case.name] = record
+                    write(records, out_dir)
+                    done[0] += 1
+                    if verbose:
+                        print(f"[{done[0]}/{len(cases)}] {case.family} {case.name}: {_short(record)}", flush=True)
         finally:
             pool.stop()
+
+    with open(os.path.join(out_dir, "transformers_sweep.log"), "a", encoding="utf-8") as log:
+        threads = [threading.Thread(target=drain, args=(log,)) for _ in range(max(1, jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     return records
 
 
@@ -520,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", action="store_true", help="also each family's task heads, not only base models")
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}: a check that the sweep works")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per model (default 300)")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes side by side (default 1)")
     parser.add_argument("--restart-every", type=int, default=20, help="models per worker process (default 20)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the records in OUT's JSON; run only the models not there, or those --models names")
@@ -542,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = [c for c in cases if c.name not in previous]
     print(f"settings: transformers sweep of {len(cases)} models ({', '.join(families)}), batch {BATCH}, "
           f"timeout {args.timeout:.0f} s a model, budget max_rel 1e-4 against eager torch", flush=True)
-    records = sweep(cases, args.out, args.timeout, args.restart_every, previous)
+    records = sweep(cases, args.out, args.timeout, args.restart_every, previous, jobs=args.jobs)
     print(markdown(records))
     print(f"wrote {args.out}/transformers_sweep.json, transformers_sweep.md")
     return 0
