@@ -537,6 +537,24 @@ def test_eye_square_rectangular_in_every_dtype(method):
         _check_backends(_Eye(), (x,))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])  # torch's im2col takes floats only
+@pytest.mark.parametrize("shape,kernel,dilation,padding,stride", [
+    ((2, 3, 7, 6), (3, 2), (1, 2), (1, 0), (2, 1)),
+    ((2, 4, 16, 1), (9, 1), 1, (4, 0), 1),  # a 1-d convolution written as an unfold over a [C, T, 1] plane
+    ((3, 5, 5), 2, 1, 1, 2),  # unbatched
+])
+def test_unfold_matches_torch(dtype, shape, kernel, dilation, padding, stride):
+    unfold = nn.Unfold(kernel, dilation=dilation, padding=padding, stride=stride)
+    x = _random(shape, dtype, torch.Generator().manual_seed(3))
+    x[0, 0, 0] = float("inf")  # the slices copy it: no inf * 0
+    g = capture_torch(unfold, (x,))
+    verify(g)
+    torch.testing.assert_close(_run(g, x), unfold(x), rtol=0, atol=0)
+    for backend in ("onnxruntime", "xla"):
+        got = accelir.optimize(unfold, (x,), backend=backend)(x)
+        torch.testing.assert_close(_as_torch(got), unfold(x), rtol=0, atol=0)
+
+
 class _Copy(nn.Module):
     def forward(self, x, y):
         buf = torch.zeros_like(y)

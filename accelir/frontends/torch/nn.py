@@ -311,6 +311,29 @@ for _n in (1, 2, 3):
     RULES.add(_adaptive_rule("max_pool", _n), f"adaptive_max_pool{_n}d")
 
 
+@rule("im2col")
+def _im2col(ctx, a):
+    """nn.Unfold: each kernel offset is one strided slice of the zero-padded input, and the slices
+    stacked after the channel axis give torch's (channel, kernel row, kernel column) order.  Slices
+    copy, so the result is exact in every dtype (a one-hot convolution would turn inf into nan)."""
+    x = ctx.value(a["self"])
+    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = (_ntuple(a[k], 2) for k in ("kernel_size", "dilation", "padding",
+                                                                         "stride"))
+    if ph or pw:
+        x = ctx.b.op("pad", x, pads=((0, 0),) * (x.rank - 2) + ((ph, ph), (pw, pw)), value=0.0)
+    h, w = x.shape[-2:]
+    if not (isinstance(h, int) and isinstance(w, int)):
+        raise ctx.unsupported("im2col of an input with dynamic height or width (accelir takes static sizes)")
+    oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+    axis = x.rank - 2  # the slices stack here, after the channel axis
+    parts = [ctx.b.op("unsqueeze", ctx.b.op("slice", x, starts=(i * dh, j * dw),
+                                            stops=(i * dh + (oh - 1) * sh + 1, j * dw + (ow - 1) * sw + 1),
+                                            steps=(sh, sw), axes=(axis, axis + 1)), axes=(axis,))
+             for i in range(kh) for j in range(kw)]
+    y = parts[0] if len(parts) == 1 else ctx.b.op("concat", *parts, axis=axis)
+    return ctx.b.op("reshape", y, shape=ctx.out_shape)
+
+
 # ----- interpolation (F.interpolate) ------------------------------------------------------------
 # Where torch's kernels sample the input, in ONNX Resize's terms: legacy nearest reads floor(i / s)
 # (asymmetric, floor); nearest-exact reads floor((i + 0.5) / s) (half_pixel, round half up); linear
