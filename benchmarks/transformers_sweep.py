@@ -145,7 +145,11 @@ _WIDTH = {"hidden_size": 32, "d_model": 32, "n_embd": 32, "embed_dim": 32, "dim"
           "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32, "num_experts": 4,
           "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
           "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2, "n_group": 1, "topk_group": 1,
-          "kv_lora_rank": 16, "q_lora_rank": 32, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16}
+          "kv_lora_rank": 16, "q_lora_rank": 32, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16,
+          "rotary_dim": 8, "state_size": 16, "mamba_d_state": 16, "d_state": 16, "n_groups": 1,
+          "mamba_n_groups": 1, "mamba_d_head": 16}
+#: (heads, head width, expansion) of state-space mixers: heads x width must be expansion x hidden size
+_SSM_HEADS = (("num_heads", "head_dim", "expand"), ("mamba_n_heads", "mamba_d_head", "mamba_expand"))
 _WIDTH_LISTS = {"hidden_sizes": 16, "embed_dims": 16, "conv_dim": 32, "tdnn_dim": 32}
 _TOKENS = re.compile(r"^\w*_token_ids?$")
 VOCAB = 256
@@ -187,6 +191,12 @@ def _overrides(config: Any, tier: int) -> dict[str, Any]:
             out[key] = [min(x, base if key in ("conv_dim", "tdnn_dim") else base * 2 ** i) for i, x in enumerate(v)]
         elif key == "num_heads" and isinstance(v, (list, tuple)):
             out[key] = [min(x, 2 ** i) for i, x in enumerate(v)]
+    _per_layer_lists(values, out)
+    for heads, width, expand in _SSM_HEADS:
+        if tier == 0 and all(isinstance(values.get(k), int) for k in (heads, width, expand)):
+            hidden = out.get("hidden_size", values.get("hidden_size"))
+            if isinstance(hidden, int):
+                out[heads] = max(1, values[expand] * hidden // out.get(width, values[width]))
     if "vocab_size" in out:  # special token ids must stay inside the smaller vocabulary
         for key, v in values.items():
             if _TOKENS.match(key) and v is not None:
@@ -196,6 +206,25 @@ def _overrides(config: Any, tier: int) -> dict[str, Any]:
     if "use_cache" in values:
         out["use_cache"] = False
     return out
+
+
+def _per_layer_lists(values: dict[str, Any], out: dict[str, Any]) -> None:
+    """Lists with one entry a layer (``layer_types``, block patterns) cut to the new layer count,
+    keeping one layer of each kind first (a sliding and a full attention layer, say); the count
+    grows to at most 4 where there are more kinds."""
+    layers = [k for k in out if _LAYERS.match(k) and k in values and isinstance(values[k], int)]
+    if not layers:
+        return
+    before = values[layers[0]]
+    for key, v in values.items():
+        if isinstance(v, (list, tuple)) and len(v) == before and before > 2 and key not in out \
+                and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v):
+            kinds = list(dict.fromkeys(v))
+            n = min(max(out[layers[0]], len(kinds)), 4)
+            out[key] = (kinds + list(v))[:n]
+            for k in layers:
+                if values[k] == before:
+                    out[k] = n
 
 
 def shrink_config(config_class: type, tier: int = 0) -> Any:
@@ -226,11 +255,13 @@ def _example_inputs(model: Any, config: Any) -> list[dict[str, Any]]:
         size = getattr(config, "image_size", IMAGE)
         h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
         return [{name: torch.randn(BATCH, getattr(config, "num_channels", 3), h, w, generator=gen)}]
-    if name == "input_values":
-        return [{name: torch.randn(BATCH, AUDIO_SAMPLES, generator=gen)}]
+    bins = next((getattr(config, k) for k in ("num_mel_bins", "feature_size", "input_feat_per_channel")
+                 if isinstance(getattr(config, k, None), int)), 80)
+    if name == "input_values":  # a waveform, or a spectrogram of the config's length (AST)
+        frames = getattr(config, "max_length", AUDIO_FRAMES)
+        return [{name: torch.randn(BATCH, AUDIO_SAMPLES, generator=gen)},
+                {name: torch.randn(BATCH, frames if isinstance(frames, int) else AUDIO_FRAMES, bins, generator=gen)}]
     if name == "input_features":
-        bins = next((getattr(config, k) for k in ("num_mel_bins", "feature_size", "input_feat_per_channel")
-                     if isinstance(getattr(config, k, None), int)), 80)
         return [{name: torch.randn(BATCH, AUDIO_FRAMES, bins, generator=gen)},
                 {name: torch.randn(BATCH, bins, AUDIO_FRAMES, generator=gen)}]
     raise ValueError(f"main input {name!r} is not one of this sweep's modalities")
