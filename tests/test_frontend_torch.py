@@ -555,6 +555,16 @@ def test_unfold_matches_torch(dtype, shape, kernel, dilation, padding, stride):
         torch.testing.assert_close(_as_torch(got), unfold(x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dim", [1, -1])
+def test_glu_gates_the_first_half_with_the_second(dim):
+    x = torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(4))
+    glu = nn.GLU(dim)
+    g = capture_torch(glu, (x,))
+    verify(g)
+    _assert_close(_run(g, x), glu(x))
+    _check_backends(glu, (x,))
+
+
 class _Copy(nn.Module):
     def forward(self, x, y):
         buf = torch.zeros_like(y)

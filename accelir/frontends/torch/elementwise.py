@@ -225,6 +225,17 @@ def _hard(ctx, a):
     return t if ctx.name == "hardsigmoid" else ctx.b.op("mul", x, t)
 
 
+@rule("glu")
+def _glu(ctx, a):
+    """F.glu: the first half along ``dim`` gated by the sigmoid of the second half."""
+    x = ctx.value(a["self"])
+    ax = wrap_axis(a.get("dim", -1), x.rank)
+    half = ctx.out_shape[ax]
+    first = ctx.b.op("slice", x, starts=(0,), stops=(half,), steps=(1,), axes=(ax,))
+    second = ctx.b.op("slice", x, starts=(half,), stops=(x.shape[ax],), steps=(1,), axes=(ax,))
+    return ctx.b.op("mul", first, ctx.b.op("sigmoid", second))
+
+
 @rule("leaky_relu")
 def _leaky_relu(ctx, a):
     x = ctx.value(a["self"])
