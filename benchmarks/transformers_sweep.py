@@ -150,6 +150,7 @@ _WIDTH = {"hidden_size": 32, "d_model": 32, "n_embd": 32, "embed_dim": 32, "dim"
           "mamba_n_groups": 1, "mamba_d_head": 16}
 #: (heads, head width, expansion) of state-space mixers: heads x width must be expansion x hidden size
 _SSM_HEADS = (("num_heads", "head_dim", "expand"), ("mamba_n_heads", "mamba_d_head", "mamba_expand"))
+_SCALES = {"depth_coefficient": 0.25, "depth_multiplier": 0.25}  # widths are tied to other fields
 _WIDTH_LISTS = {"hidden_sizes": 16, "embed_dims": 16, "conv_dim": 32, "tdnn_dim": 32}
 _TOKENS = re.compile(r"^\w*_token_ids?$")
 VOCAB = 256
@@ -158,7 +159,8 @@ MAX_PARAMETERS = 50_000_000  # a gentler shrink that leaves more is not run: too
 
 def _overrides(config: Any, tier: int) -> dict[str, Any]:
     """The config values to change at ``tier`` (0: layers, widths, heads, vocabulary, image size;
-    1: layers, stage depths, vocabulary, image size; 2: layers and stage depths only)."""
+    1: layers, stage depths, vocabulary, image size, width and depth multipliers; 2: layers and stage
+    depths only)."""
     import inspect
     params = inspect.signature(type(config).__init__).parameters  # derived fields are not set, but computed
     values = {k: v for k, v in vars(config).items() if k in params}
@@ -178,6 +180,8 @@ def _overrides(config: Any, tier: int) -> dict[str, Any]:
             out[key] = [IMAGE] * len(v)
         elif key == "vocab_size" and isinstance(v, int) and v > VOCAB:
             out[key] = VOCAB
+        elif key in _SCALES and isinstance(v, float):
+            out[key] = min(v, _SCALES[key])
         elif tier >= 1:
             continue
         elif isinstance(v, int) and _HEADS.match(key):
