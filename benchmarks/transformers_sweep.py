@@ -166,6 +166,8 @@ def _overrides(config: Any, tier: int) -> dict[str, Any]:
     values = {k: v for k, v in vars(config).items() if k in params}
     out: dict[str, Any] = {}
     for key, v in values.items():
+        if key == "num_experts_per_tok" and v is None:  # some defaults leave the router's k unset
+            out[key] = 2
         if isinstance(v, bool) or v is None:
             continue
         if isinstance(v, int) and _LAYERS.match(key) and v > 2:
@@ -259,7 +261,8 @@ def _example_inputs(model: Any, config: Any) -> list[dict[str, Any]]:
         size = getattr(config, "image_size", IMAGE)
         h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
         return [{name: torch.randn(BATCH, getattr(config, "num_channels", 3), h, w, generator=gen)}]
-    bins = next((getattr(config, k) for k in ("num_mel_bins", "feature_size", "input_feat_per_channel")
+    bins = next((getattr(config, k) for k in ("feature_projection_input_dim", "num_mel_bins", "feature_size",
+                                              "input_feat_per_channel")
                  if isinstance(getattr(config, k, None), int)), 80)
     if name == "input_values":  # a waveform, or a spectrogram of the config's length (AST)
         frames = getattr(config, "max_length", AUDIO_FRAMES)
