@@ -555,6 +555,24 @@ def test_unfold_matches_torch(dtype, shape, kernel, dilation, padding, stride):
         torch.testing.assert_close(_as_torch(got), unfold(x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("size,kernel,dilation,padding,stride,batched", [
+    ((7, 6), (3, 2), (1, 2), (1, 0), (2, 1), True),  # overlapping windows: their columns add up
+    ((8, 8), 2, 1, 0, 2, True),  # MobileViT's patches back into a plane
+    ((5, 5), 2, 1, 1, 2, False),
+])
+def test_fold_matches_torch(dtype, size, kernel, dilation, padding, stride, batched):
+    fold = nn.Fold(size, kernel, dilation=dilation, padding=padding, stride=stride)
+    unfold = nn.Unfold(kernel, dilation=dilation, padding=padding, stride=stride)
+    cols = unfold(torch.zeros(1, 3, *size)).shape[1:]
+    x = _random((2, *cols) if batched else tuple(cols), dtype, torch.Generator().manual_seed(5))
+    g = capture_torch(fold, (x,))
+    verify(g)
+    torch.testing.assert_close(_run(g, x), fold(x))
+    for backend in ("onnxruntime", "xla"):
+        torch.testing.assert_close(_as_torch(accelir.optimize(fold, (x,), backend=backend)(x)), fold(x))
+
+
 @pytest.mark.parametrize("dim", [1, -1])
 def test_glu_gates_the_first_half_with_the_second(dim):
     x = torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(4))
