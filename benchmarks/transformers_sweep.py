@@ -150,6 +150,7 @@ _WIDTH = {"hidden_size": 32, "d_model": 32, "n_embd": 32, "embed_dim": 32, "dim"
           "mamba_n_groups": 1, "mamba_d_head": 16}
 #: (heads, head width, expansion) of state-space mixers: heads x width must be expansion x hidden size
 _SSM_HEADS = (("num_heads", "head_dim", "expand"), ("mamba_n_heads", "mamba_d_head", "mamba_expand"))
+_UNSET = {"num_experts_per_tok": 2}
 _SCALES = {"depth_coefficient": 0.25, "depth_multiplier": 0.25}  # widths are tied to other fields
 _WIDTH_LISTS = {"hidden_sizes": 16, "embed_dims": 16, "conv_dim": 32, "tdnn_dim": 32}
 _TOKENS = re.compile(r"^\w*_token_ids?$")
@@ -166,8 +167,8 @@ def _overrides(config: Any, tier: int) -> dict[str, Any]:
     values = {k: v for k, v in vars(config).items() if k in params}
     out: dict[str, Any] = {}
     for key, v in values.items():
-        if key == "num_experts_per_tok" and v is None:  # some defaults leave the router's k unset
-            out[key] = 2
+        if key in _UNSET and v is None:  # some defaults leave the experts unset, and then cannot build
+            out[key] = _UNSET[key]
         if isinstance(v, bool) or v is None:
             continue
         if isinstance(v, int) and _LAYERS.match(key) and v > 2:
