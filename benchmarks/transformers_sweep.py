@@ -411,7 +411,11 @@ def worker() -> None:
     """Read cases (JSON lines) on stdin, write one ``MARK``-prefixed record line each on stdout."""
     os.environ.setdefault("KERAS_BACKEND", "jax")
     import torch
+    from transformers import CONFIG_MAPPING  # noqa: F401 - imported before the first model's clock starts
+
+    import accelir.accuracy  # noqa: F401
     torch.set_num_threads(1)
+    _stage("ready")
     for line in sys.stdin:
         case = Case(**json.loads(line))
         try:
@@ -431,10 +435,15 @@ class _Worker:
         self.log, self.restart_every, self.proc, self.served = log, restart_every, None, 0
 
     def _start(self) -> subprocess.Popen:
+        """A worker that has imported its libraries (the model's timeout starts after that)."""
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", TOKENIZERS_PARALLELISM="false",
                    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
-        return subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker"], stdin=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, bufsize=1)
+        for line in proc.stdout:
+            if line.startswith(STAGE + "ready"):
+                return proc
+        raise RuntimeError(f"the sweep's worker exited before it was ready (exit code {proc.wait()}); see the log")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -457,7 +466,7 @@ class _Worker:
             ready, _, _ = select.select([self.proc.stdout], [], [], max(left, 0))
             if not ready:
                 self.stop()
-                return Record(case.family, case.name, "timeout", f"no result in {timeout:.0f} s (in {stage})",
+                return Record(case.family, case.name, "timeout", f"no result in {timeout:g} s (in {stage})",
                               seconds=round(timeout, 1))
             line = self.proc.stdout.readline()
             if not line:
