@@ -378,6 +378,27 @@ def test_in_place_update_of_a_view_is_rejected(method):
             capture_torch(model, (torch.randn(3, 4),), method=method)
 
 
+@pytest.mark.parametrize("method", ["export", "fx"])
+def test_in_place_update_of_a_view_whose_base_is_not_read_again(method):
+    """A transpose or reshape of a fresh tensor updated in place, its base never read again (a relative
+    position bias built as ``table.view(...).transpose(0, 1).add_(other)``): nothing to write back."""
+    class FreshView(nn.Module):
+        def forward(self, x, y):
+            v = (x * 2).view(2, 3, 4).transpose(0, 1)
+            v.add_(y).div_(3.0)
+            w = (x + 1).reshape(3, 8).t()
+            w.mul_(y.reshape(8, 3))
+            return v, w + 1
+
+    gen = torch.Generator().manual_seed(11)
+    args = (torch.randn(6, 4, generator=gen), torch.randn(3, 2, 4, generator=gen))
+    g = capture_torch(FreshView(), args, method=method)
+    verify(g)
+    _assert_close(_run(g, *args), FreshView()(*args))
+    if method == "export":
+        _check_backends(FreshView(), args)
+
+
 def test_slice_and_select_assignments_are_written_back_into_their_base():
     class Assign(nn.Module):
         def forward(self, x, v):

@@ -253,6 +253,8 @@ def _inplace(fn: Rule, functional: str) -> Rule:
     def wrapped(ctx, a):
         target = a.get("self")
         chain = _view_chain(ctx.conv, target) if _is_view(ctx.conv, target) else [target]
+        if chain is None and _unobserved_view(ctx.conv, target, ctx.node):
+            chain = [target]  # nothing reads the base again: the update needs no write-back
         if chain is None or (len(chain) > 1 and _read_stale_alias(ctx.conv, chain, ctx.node)):
             raise ctx.unsupported("an in-place update of this view also changes its base tensor and its "
                                   "other views; use the out-of-place op (x = x + y) or torch.Tensor.index_put "
@@ -280,6 +282,26 @@ def _view_chain(conv: Any, node: torch.fx.Node) -> list | None:
             return None
         chain.append(args["self"])
     return chain
+
+
+def _unobserved_view(conv: Any, node: torch.fx.Node, at: torch.fx.Node) -> bool:
+    """Whether ``node`` is a view (of any kind: a transpose, a reshape) whose base, the views between
+    them and their other views are all read only before ``at``: an update of ``node`` there changes
+    nothing that is read later but ``node`` itself, as ``fresh.transpose(0, 1).add_(y)`` does."""
+    chain = [node]
+    while _is_view(conv, chain[-1]):
+        view = chain[-1]
+        if view.target is operator.getitem:
+            chain.append(view.args[0])
+            continue
+        source = conv.resolve(view)[2].get("self")
+        if not isinstance(source, torch.fx.Node):
+            return False
+        chain.append(source)
+    below = chain[1:]
+    if any(not user < at for base in below for user in base.users if user not in chain):
+        return False
+    return not _read_stale_alias(conv, chain, at)
 
 
 def _read_stale_alias(conv: Any, chain: list, at: torch.fx.Node) -> bool:
