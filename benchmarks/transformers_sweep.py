@@ -150,7 +150,7 @@ _WIDTH = {"hidden_size": 32, "d_model": 32, "emb_dim": 32, "n_embd": 32, "embed_
           "mamba_n_groups": 1, "mamba_d_head": 16}
 #: (heads, head width, expansion) of state-space mixers: heads x width must be expansion x hidden size
 _SSM_HEADS = (("num_heads", "head_dim", "expand"), ("mamba_n_heads", "mamba_d_head", "mamba_expand"))
-_UNSET = {"num_experts_per_tok": 2}
+_UNSET = {"num_experts_per_tok": 2, "head_dim": 16, "num_key_value_heads": 2}  # hidden 32 / heads 2
 _SCALES = {"depth_coefficient": 0.25, "depth_multiplier": 0.25}  # widths are tied to other fields
 _WIDTH_LISTS = {"hidden_sizes": 16, "embed_dims": 16, "conv_dim": 32, "tdnn_dim": 32}
 _TOKENS = re.compile(r"^\w*_token_ids?$")
@@ -181,7 +181,7 @@ def _overrides(config: Any, tier: int) -> dict[str, Any]:
             out[key] = IMAGE
         elif key == "image_size" and isinstance(v, (list, tuple)) and max(v) > IMAGE:
             out[key] = [IMAGE] * len(v)
-        elif key == "vocab_size" and isinstance(v, int) and v > VOCAB:
+        elif key.endswith("vocab_size") and isinstance(v, int) and v > VOCAB:  # entity vocabularies too
             out[key] = VOCAB
         elif key in _SCALES and isinstance(v, float):
             out[key] = min(v, _SCALES[key])
