@@ -594,6 +594,18 @@ def test_fold_matches_torch(dtype, size, kernel, dilation, padding, stride, batc
         torch.testing.assert_close(_as_torch(accelir.optimize(fold, (x,), backend=backend)(x)), fold(x))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_sigmoid_stays_finite_far_out(dtype):
+    x = torch.cat([torch.randn(20, generator=torch.Generator().manual_seed(6)), torch.tensor([-200.0, 200.0, 0.0])])
+    x = x.to(dtype)
+    model = nn.LogSigmoid()
+    g = capture_torch(model, (x,))
+    verify(g)
+    torch.testing.assert_close(_run(g, x), model(x))
+    for backend in ("onnxruntime", "xla"):
+        torch.testing.assert_close(_as_torch(accelir.optimize(model, (x,), backend=backend)(x)), model(x))
+
+
 @pytest.mark.parametrize("dim", [1, -1])
 def test_glu_gates_the_first_half_with_the_second(dim):
     x = torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(4))

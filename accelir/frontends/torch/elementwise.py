@@ -261,6 +261,15 @@ def _softplus(ctx, a):
     return ctx.b.op("where", ctx.b.op("gt", bx, ctx.const(a["threshold"], x.dtype)), x, soft)
 
 
+@rule("log_sigmoid")
+def _log_sigmoid(ctx, a):
+    """log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)): finite for every x (log of sigmoid underflows
+    to -inf below about -88 in float32)."""
+    x = ctx.value(a["self"])
+    tail = ctx.b.op("log1p", ctx.b.op("exp", ctx.b.op("neg", ctx.b.op("abs", x))))
+    return ctx.b.op("sub", ctx.b.op("min", x, ctx.const(0, x.dtype)), tail)
+
+
 @rule("mish")
 def _mish(ctx, a):
     x = ctx.value(a["self"])
