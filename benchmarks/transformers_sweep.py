@@ -240,9 +240,13 @@ def shrink_config(config_class: type, tier: int = 0) -> Any:
     return config_class(**_overrides(config_class(), tier))
 
 
+_PARTS = re.compile(r"text|vision|audio|speech|image|encoder|decoder|backbone|vq|patch|fov|model|global")
+
+
 def composite_reason(config: Any) -> str:
-    """Why ``config`` is composite (sub-configs: vision-text, encoder-decoder), or ""."""
-    subs = sorted(getattr(config, "sub_configs", None) or {})
+    """Why ``config`` is composite (sub-configs of other models: vision-text, encoder-decoder, a
+    backbone), or "".  Sub-configs of one model's own parts (``attn_config``, ``ffn_config``) are not."""
+    subs = sorted(k for k in (getattr(config, "sub_configs", None) or {}) if _PARTS.search(k))
     if subs:
         return "composite: " + ", ".join(subs)
     return "composite: encoder-decoder" if getattr(config, "is_encoder_decoder", False) else ""
