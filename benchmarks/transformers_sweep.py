@@ -139,7 +139,8 @@ def enumerate_cases(families: tuple[str, ...] = tuple(FAMILIES), heads: bool = F
 
 _LAYERS = re.compile(r"^(num_hidden_layers|num_layers|n_layers?|encoder_layers|decoder_layers|num_\w+_layers)$")
 _HEADS = re.compile(r"^(num_attention_heads|n_heads?|num_heads|\w+_attention_heads)$")
-_WIDTH = {"hidden_size": 32, "d_model": 32, "emb_dim": 32, "n_embd": 32, "embed_dim": 32, "dim": 32, "embedding_size": 32,
+_WIDTH = {"hidden_size": 32, "d_model": 32, "emb_dim": 32, "n_embd": 32, "embed_dim": 32, "dim": 32,
+          "embedding_size": 32,
           "head_dim": 16, "attention_head_size": 16, "intermediate_size": 64, "ffn_dim": 64, "n_inner": 64,
           "d_ff": 64, "d_inner": 64, "hidden_dim": 64, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
           "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32, "num_experts": 4,

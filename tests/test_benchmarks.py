@@ -166,7 +166,8 @@ def test_transformers_sweep_records_a_model_past_its_timeout_and_goes_on(tmp_pat
     from benchmarks import transformers_sweep as sweep
     cases = [sweep.Case("text", "bert", "BertModel"), sweep.Case("text", "no-such-type", "NoSuchModel")]
     records = sweep.sweep(cases, str(tmp_path), timeout=0.5, verbose=False)
-    assert records["bert:BertModel"].status == "timeout" and "no result in 0.5 s (in " in records["bert:BertModel"].reason
+    bert = records["bert:BertModel"]
+    assert bert.status == "timeout" and "no result in 0.5 s (in " in bert.reason
     assert records["no-such-type:NoSuchModel"].status == "build"  # the next model ran on a fresh worker
 
 
