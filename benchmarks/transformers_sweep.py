@@ -140,7 +140,8 @@ def enumerate_cases(families: tuple[str, ...] = tuple(FAMILIES), heads: bool = F
 _LAYERS = re.compile(r"^(num_hidden_layers|num_layers|n_layers?|encoder_layers|decoder_layers|num_\w+_layers)$")
 _HEADS = re.compile(r"^(num_attention_heads|n_heads?|num_heads|\w+_attention_heads)$")
 _WIDTH = {"hidden_size": 32, "d_model": 32, "emb_dim": 32, "n_embd": 32, "embed_dim": 32, "dim": 32,
-          "embedding_size": 32,
+          "embedding_size": 32, "hidden_size_per_layer_input": 16, "ffn_hidden_size": 64,
+          "expert_ffn_hidden_size": 32, "zero_expert_num": 2,
           "head_dim": 16, "attention_head_size": 16, "intermediate_size": 64, "ffn_dim": 64, "n_inner": 64,
           "d_ff": 64, "d_inner": 64, "hidden_dim": 64, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
           "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32, "num_experts": 4,
@@ -182,7 +183,7 @@ def _overrides(config: Any, tier: int) -> dict[str, Any]:
             out[key] = IMAGE
         elif key == "image_size" and isinstance(v, (list, tuple)) and max(v) > IMAGE:
             out[key] = [IMAGE] * len(v)
-        elif key.endswith("vocab_size") and isinstance(v, int) and v > VOCAB:  # entity vocabularies too
+        elif "vocab_size" in key and isinstance(v, int) and v > VOCAB:  # entity and per-layer vocabularies too
             out[key] = VOCAB
         elif key in _SCALES and isinstance(v, float):
             out[key] = min(v, _SCALES[key])
