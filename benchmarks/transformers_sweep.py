@@ -319,6 +319,8 @@ def build(case: Case) -> tuple[Any, dict[str, Any], list[Any], int]:
     for tier in range(3):
         try:
             config = shrink_config(config_class, tier)
+            if "SequenceClassification" in case.class_name and getattr(config, "pad_token_id", 0) is None:
+                config.pad_token_id = VOCAB - 1  # the head pools the last token that is not padding
             with torch.device("meta"):  # the size before the weights are made
                 size = sum(p.numel() for p in model_class(config).parameters())
             if size > MAX_PARAMETERS:
