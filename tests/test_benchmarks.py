@@ -201,6 +201,42 @@ def test_quick_gpu_check_says_what_is_missing():
     assert "--device cpu" in proc.stderr
 
 
+def test_quick_transformers_sweep_writes_counts_per_family_and_json(tmp_path):
+    import json
+    out = _assert_ran(_run_script(["benchmarks/transformers_sweep.py", "--quick", "--out", str(tmp_path)], timeout=900))
+    data = json.loads((tmp_path / "transformers_sweep.json").read_text())
+    records = {r["name"]: r for r in data["models"]}
+    assert set(records) == {"bert:BertModel", "vit:ViTModel", "wav2vec2:Wav2Vec2Model"}
+    for r in records.values():  # one model of each family, all captured and matching eager on both backends
+        assert r["status"] == "captured" and r["export_mode"] == "non-strict", r
+        assert {b: o["result"] for b, o in r["backends"].items()} == {"onnxruntime": "match", "xla": "match"}, r
+    assert data["summary"]["all"]["match xla"] == 3 and set(data["summary"]) == {"text", "vision", "audio", "all"}
+    assert "| text | 1 | 0 | 0 | 0 | 1 | 1 | 1 | 0 | 0 | 0 |" in out
+    assert (tmp_path / "transformers_sweep.md").read_text().startswith("| family | models |")
+
+
+def test_transformers_sweep_records_a_model_past_its_timeout_and_goes_on(tmp_path):
+    from benchmarks import transformers_sweep as sweep
+    cases = [sweep.Case("text", "bert", "BertModel"), sweep.Case("text", "no-such-type", "NoSuchModel")]
+    records = sweep.sweep(cases, str(tmp_path), timeout=0.5, verbose=False)
+    bert = records["bert:BertModel"]
+    assert bert.status == "timeout" and "no result in 0.5 s (in " in bert.reason
+    assert records["no-such-type:NoSuchModel"].status == "build"  # the next model ran on a fresh worker
+
+
+def test_transformers_sweep_shrinks_keeping_one_layer_of_each_kind():
+    from transformers import Gemma3TextConfig, Mamba2Config, Wav2Vec2Config
+
+    from benchmarks.transformers_sweep import shrink_config
+    gemma = shrink_config(Gemma3TextConfig)
+    assert gemma.num_hidden_layers == 2 and gemma.hidden_size == 32 and gemma.vocab_size == 256
+    assert gemma.layer_types == ["sliding_attention", "full_attention"]
+    mamba = shrink_config(Mamba2Config)  # state-space heads x head width = expansion x hidden size
+    assert mamba.num_heads * mamba.head_dim == mamba.expand * mamba.hidden_size
+    wav = shrink_config(Wav2Vec2Config)  # the conv feature extractor keeps its length, derived counts follow
+    assert len(wav.conv_dim) == len(wav.conv_kernel) == wav.num_feat_extract_layers == 7
+
+
 # ----- the load --------------------------------------------------------------------------
 
 def _loads(monkeypatch, *readings: float) -> None:

@@ -371,11 +371,51 @@ def test_in_place_update_of_a_view_is_rejected(method):
             rows[0].add_(1)
             return col * 2
 
-    # fx cannot trace item assignment at all; export captures a select update (written back)
+    # fx cannot trace item assignment at all; export captures a select or strided slice update (written back)
     exported = (StaleAlias(), StaleInnerAlias())
-    for model in (SplitWrite(), StridedWrite()) + ((ViewWrite(),) if method == "fx" else exported):
+    for model in (SplitWrite(),) + ((ViewWrite(), StridedWrite()) if method == "fx" else exported):
         with pytest.raises(UnsupportedOpError, match="view"):
             capture_torch(model, (torch.randn(3, 4),), method=method)
+
+
+@pytest.mark.parametrize("method", ["export", "fx"])
+def test_in_place_update_of_a_view_whose_base_is_not_read_again(method):
+    """A transpose or reshape of a fresh tensor updated in place, its base never read again (a relative
+    position bias built as ``table.view(...).transpose(0, 1).add_(other)``): nothing to write back."""
+    class FreshView(nn.Module):
+        def forward(self, x, y):
+            v = (x * 2).view(2, 3, 4).transpose(0, 1)
+            v.add_(y).div_(3.0)
+            w = (x + 1).reshape(3, 8).t()
+            w.mul_(y.reshape(8, 3))
+            return v, w + 1
+
+    gen = torch.Generator().manual_seed(11)
+    args = (torch.randn(6, 4, generator=gen), torch.randn(3, 2, 4, generator=gen))
+    g = capture_torch(FreshView(), args, method=method)
+    verify(g)
+    _assert_close(_run(g, *args), FreshView()(*args))
+    if method == "export":
+        _check_backends(FreshView(), args)
+
+
+def test_strided_slice_assignments_are_written_back_into_their_base():
+    """Rows of a base written through a strided slice of a select of it, the base read again after,
+    and a view of the base read by the update itself (multimodal rotary sections are laid out so)."""
+    class Strided(nn.Module):
+        def forward(self, f):
+            f = f * 1
+            f[:, ::2, 1].add_(1.0)
+            out = f[0]
+            for d, off in ((1, 1), (2, 2)):
+                out[..., off:11:3] = f[d, ..., off:11:3]
+            return torch.cat((out, out), -1), f * 2
+
+    f = torch.randn(3, 4, 12, generator=torch.Generator().manual_seed(12))
+    g = capture_torch(Strided(), (f,))
+    verify(g)
+    _assert_close(_run(g, f), Strided()(f))
+    _check_backends(Strided(), (f,))
 
 
 def test_slice_and_select_assignments_are_written_back_into_their_base():
@@ -519,6 +559,80 @@ def test_reshape_as_view_as_expand_as_and_meshgrid_match_torch(dtype, method):
     _assert_close(_run(g, *args), _ShapeLikes()(*args))
     if dtype is torch.float32 and method == "export":
         _check_backends(_ShapeLikes(), args)
+
+
+class _Eye(nn.Module):
+    def forward(self, x):
+        n = x.shape[-1]
+        return x @ (torch.eye(n) * 2 - 1), torch.eye(n, 3, dtype=torch.int64), torch.eye(2, n, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("method", ["export", "fx"])
+def test_eye_square_rectangular_in_every_dtype(method):
+    x = torch.randn(2, 5, generator=torch.Generator().manual_seed(0))
+    g = capture_torch(_Eye(), (x,), method=method)
+    verify(g)
+    _assert_close(_run(g, x), _Eye()(x))
+    if method == "export":
+        _check_backends(_Eye(), (x,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])  # torch's im2col takes floats only
+@pytest.mark.parametrize("shape,kernel,dilation,padding,stride", [
+    ((2, 3, 7, 6), (3, 2), (1, 2), (1, 0), (2, 1)),
+    ((2, 4, 16, 1), (9, 1), 1, (4, 0), 1),  # a 1-d convolution written as an unfold over a [C, T, 1] plane
+    ((3, 5, 5), 2, 1, 1, 2),  # unbatched
+])
+def test_unfold_matches_torch(dtype, shape, kernel, dilation, padding, stride):
+    unfold = nn.Unfold(kernel, dilation=dilation, padding=padding, stride=stride)
+    x = _random(shape, dtype, torch.Generator().manual_seed(3))
+    x[0, 0, 0] = float("inf")  # the slices copy it: no inf * 0
+    g = capture_torch(unfold, (x,))
+    verify(g)
+    torch.testing.assert_close(_run(g, x), unfold(x), rtol=0, atol=0)
+    for backend in ("onnxruntime", "xla"):
+        got = accelir.optimize(unfold, (x,), backend=backend)(x)
+        torch.testing.assert_close(_as_torch(got), unfold(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("size,kernel,dilation,padding,stride,batched", [
+    ((7, 6), (3, 2), (1, 2), (1, 0), (2, 1), True),  # overlapping windows: their columns add up
+    ((8, 8), 2, 1, 0, 2, True),  # MobileViT's patches back into a plane
+    ((5, 5), 2, 1, 1, 2, False),
+])
+def test_fold_matches_torch(dtype, size, kernel, dilation, padding, stride, batched):
+    fold = nn.Fold(size, kernel, dilation=dilation, padding=padding, stride=stride)
+    unfold = nn.Unfold(kernel, dilation=dilation, padding=padding, stride=stride)
+    cols = unfold(torch.zeros(1, 3, *size)).shape[1:]
+    x = _random((2, *cols) if batched else tuple(cols), dtype, torch.Generator().manual_seed(5))
+    g = capture_torch(fold, (x,))
+    verify(g)
+    torch.testing.assert_close(_run(g, x), fold(x))
+    for backend in ("onnxruntime", "xla"):
+        torch.testing.assert_close(_as_torch(accelir.optimize(fold, (x,), backend=backend)(x)), fold(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_sigmoid_stays_finite_far_out(dtype):
+    x = torch.cat([torch.randn(20, generator=torch.Generator().manual_seed(6)), torch.tensor([-200.0, 200.0, 0.0])])
+    x = x.to(dtype)
+    model = nn.LogSigmoid()
+    g = capture_torch(model, (x,))
+    verify(g)
+    torch.testing.assert_close(_run(g, x), model(x))
+    for backend in ("onnxruntime", "xla"):
+        torch.testing.assert_close(_as_torch(accelir.optimize(model, (x,), backend=backend)(x)), model(x))
+
+
+@pytest.mark.parametrize("dim", [1, -1])
+def test_glu_gates_the_first_half_with_the_second(dim):
+    x = torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(4))
+    glu = nn.GLU(dim)
+    g = capture_torch(glu, (x,))
+    verify(g)
+    _assert_close(_run(g, x), glu(x))
+    _check_backends(glu, (x,))
 
 
 class _Copy(nn.Module):

@@ -101,3 +101,14 @@ def test_grouped_mm_with_offsets_and_batched(backend):
     _check(lambda a, w, o: torch._grouped_mm(a, w, offs=o), a, w, offs, backend=backend, tol=1e-2)
     b = torch.randn(3, 5, 8, dtype=torch.bfloat16)
     _check(lambda b, w: torch._grouped_mm(b, w), b, w, backend=backend, tol=1e-2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_transformers_grouped_mm_fallback(backend):
+    """transformers' mixture-of-experts layers call their own custom op on the CPU in float32;
+    torch.export keeps it as one opaque node, which means a grouped matmul by offsets."""
+    import transformers.integrations.moe  # noqa: F401 - importing it registers the op
+    torch.manual_seed(6)
+    a, w = torch.randn(10, 8), torch.randn(3, 8, 16)
+    offs = torch.tensor([4, 4, 10], dtype=torch.int32)  # an empty middle group
+    _check(lambda a, w, o: torch.ops.transformers.grouped_mm_fallback(a, w, o), a, w, offs, backend=backend)

@@ -20,6 +20,7 @@ import functools
 import operator
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.fx
 
@@ -256,6 +257,8 @@ def _inplace(fn: Rule, functional: str) -> Rule:
     def wrapped(ctx, a):
         target = a.get("self")
         chain = _view_chain(ctx.conv, target) if _is_view(ctx.conv, target) else [target]
+        if chain is None and _unobserved_view(ctx.conv, target, ctx.node):
+            chain = [target]  # nothing reads the base again: the update needs no write-back
         if chain is None or (len(chain) > 1 and _read_stale_alias(ctx.conv, chain, ctx.node)):
             raise ctx.unsupported("an in-place update of this view also changes its base tensor and its "
                                   "other views; use the out-of-place op (x = x + y) or torch.Tensor.index_put "
@@ -279,10 +282,30 @@ def _view_chain(conv: Any, node: torch.fx.Node) -> list | None:
     chain = [node]
     while _is_view(conv, chain[-1]):
         name, _, args = conv.resolve(chain[-1])
-        if name not in ("slice", "select") or (name == "slice" and conv.python(args["step"]) != 1):
+        if name not in ("slice", "select") or (name == "slice" and not conv.python(args["step"]) >= 1):
             return None
         chain.append(args["self"])
     return chain
+
+
+def _unobserved_view(conv: Any, node: torch.fx.Node, at: torch.fx.Node) -> bool:
+    """Whether ``node`` is a view (of any kind: a transpose, a reshape) whose base, the views between
+    them and their other views are all read only before ``at``: an update of ``node`` there changes
+    nothing that is read later but ``node`` itself, as ``fresh.transpose(0, 1).add_(y)`` does."""
+    chain = [node]
+    while _is_view(conv, chain[-1]):
+        view = chain[-1]
+        if view.target is operator.getitem:
+            chain.append(view.args[0])
+            continue
+        source = conv.resolve(view)[2].get("self")
+        if not isinstance(source, torch.fx.Node):
+            return False
+        chain.append(source)
+    below = chain[1:]
+    if any(not user < at for base in below for user in base.users if user not in chain):
+        return False
+    return not _read_stale_alias(conv, chain, at)
 
 
 def _read_stale_alias(conv: Any, chain: list, at: torch.fx.Node) -> bool:
@@ -294,7 +317,7 @@ def _read_stale_alias(conv: Any, chain: list, at: torch.fx.Node) -> bool:
             if user in seen or not user < at or not _is_view(conv, user):
                 continue
             seen.add(user)
-            if any(not r < at for r in user.users if r not in seen):
+            if any(not r < at for r in user.users if r not in seen and r is not at):  # ``at`` reads it first
                 return True
             stack.append(user)
     return False
@@ -315,12 +338,27 @@ def _write_back(ctx: NodeContext, chain: list, new: Value) -> Value:
                 raise ctx.unsupported("an in-place update of a select needs a static index and dim")
             start %= size
             new = ctx.b.op("unsqueeze", new, axes=(ax,))
+        elif ctx.conv.python(args["step"]) != 1:
+            new = _scatter_strided(ctx, base, new, ax, args)
+            continue
         else:
             start = slice_bounds(size, ctx.scalar_of(args["start"]), ctx.scalar_of(args["end"]), 1)[0]
         starts = [ctx.const(0, DType.i64)] * base.rank
         starts[ax] = ctx.dim_value(start) if isinstance(start, str) else ctx.const(start, DType.i64)
         new = ctx.b.op("dynamic_update_slice", base, new, *starts)
     return new
+
+
+def _scatter_strided(ctx: NodeContext, base: Value, new: Value, ax: int, args: Mapping[str, Any]) -> Value:
+    """``base`` with the slice ``start:end:step`` of axis ``ax`` replaced by ``new``: one scatter of the
+    slice's positions, known at capture."""
+    step, size = ctx.conv.python(args["step"]), base.shape[ax]
+    lo, hi = slice_bounds(size, ctx.scalar_of(args["start"]), ctx.scalar_of(args["end"]), step)
+    if not all(isinstance(v, int) for v in (lo, hi, size)):
+        raise ctx.unsupported("an in-place update of a strided slice needs static bounds and dim")
+    positions = np.arange(lo, hi, step, dtype=np.int64).reshape([-1 if i == ax else 1 for i in range(base.rank)])
+    index = ctx.b.op("broadcast_to", ctx.const(positions, DType.i64), shape=new.shape)
+    return ctx.b.op("scatter_elements", base, index, new, axis=ax, reduction="none")
 
 
 def _updated_by(conv: Any, node: torch.fx.Node) -> Any:

@@ -74,6 +74,15 @@ def _arange(ctx, a):
     return idx
 
 
+@rule("eye")
+def _eye(ctx, a):
+    """torch.eye(n[, m]): true where the row index equals the column index, in torch's dtype."""
+    n, m = ctx.out_shape
+    rows = ctx.b.op("iota", shape=(n, 1), axis=0, dtype=DType.i64)
+    cols = ctx.b.op("iota", shape=(1, m), axis=1, dtype=DType.i64)
+    return ctx.cast(ctx.b.op("eq", rows, cols), ctx.out_dtype)
+
+
 @rule("tril", "triu")
 def _tri(ctx, a):
     x = ctx.value(a["self"])

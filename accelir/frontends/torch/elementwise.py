@@ -227,6 +227,17 @@ def _hard(ctx, a):
     return t if ctx.name == "hardsigmoid" else ctx.b.op("mul", x, t)
 
 
+@rule("glu")
+def _glu(ctx, a):
+    """F.glu: the first half along ``dim`` gated by the sigmoid of the second half."""
+    x = ctx.value(a["self"])
+    ax = wrap_axis(a.get("dim", -1), x.rank)
+    half = ctx.out_shape[ax]
+    first = ctx.b.op("slice", x, starts=(0,), stops=(half,), steps=(1,), axes=(ax,))
+    second = ctx.b.op("slice", x, starts=(half,), stops=(x.shape[ax],), steps=(1,), axes=(ax,))
+    return ctx.b.op("mul", first, ctx.b.op("sigmoid", second))
+
+
 @rule("leaky_relu")
 def _leaky_relu(ctx, a):
     x = ctx.value(a["self"])
@@ -250,6 +261,15 @@ def _softplus(ctx, a):
     bx = ctx.b.op("mul", x, beta)
     soft = ctx.b.op("div", ctx.b.op("log1p", ctx.b.op("exp", bx)), beta)
     return ctx.b.op("where", ctx.b.op("gt", bx, ctx.const(a["threshold"], x.dtype)), x, soft)
+
+
+@rule("log_sigmoid")
+def _log_sigmoid(ctx, a):
+    """log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)): finite for every x (log of sigmoid underflows
+    to -inf below about -88 in float32)."""
+    x = ctx.value(a["self"])
+    tail = ctx.b.op("log1p", ctx.b.op("exp", ctx.b.op("neg", ctx.b.op("abs", x))))
+    return ctx.b.op("sub", ctx.b.op("min", x, ctx.const(0, x.dtype)), tail)
 
 
 @rule("mish")

@@ -98,12 +98,24 @@ def _addmm_family(ctx, a):
 @rule("_grouped_mm")
 def _grouped_mm(ctx, a):
     """torch._grouped_mm: with ``offs`` (cumulative row ends of each group), the rows of a 2-d A in
-    group g multiply B[g]; without, a batched matmul. Rows pick their group's product from every
-    group's: G products where one suffices, but every op static and no data-dependent shape."""
-    x, w = ctx.value(a["self"]), ctx.value(a["mat2"])
+    group g multiply B[g]; without, a batched matmul."""
+    return _grouped_product(ctx, a["self"], a["mat2"], a.get("offs"), a.get("bias"))
+
+
+@rule("grouped_mm_fallback")
+def _grouped_mm_fallback(ctx, a):
+    """transformers' ``grouped_mm_fallback(input, weight, offs)``: the custom op its mixture-of-experts
+    layers call where torch's grouped kernel does not apply (on the CPU, float32). It is opaque to
+    torch.export, and means ``_grouped_mm(input, weight, offs=offs)``."""
+    return _grouped_product(ctx, a["input"], a["weight"], a["offs"], None)
+
+
+def _grouped_product(ctx, a_arg, b_arg, offs, bias):
+    """Rows pick their group's product from every group's: G products where one suffices, but every
+    op static and no data-dependent shape."""
+    x, w = ctx.value(a_arg), ctx.value(b_arg)
     dt = ctx.out_dtype
     x, w = ctx.cast(x, dt), ctx.cast(w, dt)
-    offs = a.get("offs")
     if offs is None:
         y = ctx.b.op("matmul", x, w)
     elif x.rank == 2 and w.rank == 3:
@@ -119,6 +131,6 @@ def _grouped_mm(ctx, a):
     else:
         raise ctx.unsupported(f"_grouped_mm of a rank-{x.rank} and a rank-{w.rank} operand with offs "
                               "(accelir takes 2-d A with 3-d B)")
-    if a.get("bias") is not None:
-        y = ctx.b.op("add", y, ctx.cast(ctx.value(a["bias"]), dt))
+    if bias is not None:
+        y = ctx.b.op("add", y, ctx.cast(ctx.value(bias), dt))
     return y

@@ -311,6 +311,57 @@ for _n in (1, 2, 3):
     RULES.add(_adaptive_rule("max_pool", _n), f"adaptive_max_pool{_n}d")
 
 
+@rule("im2col")
+def _im2col(ctx, a):
+    """nn.Unfold: each kernel offset is one strided slice of the zero-padded input, and the slices
+    stacked after the channel axis give torch's (channel, kernel row, kernel column) order.  Slices
+    copy, so the result is exact in every dtype (a one-hot convolution would turn inf into nan)."""
+    x = ctx.value(a["self"])
+    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = _window(a)
+    if ph or pw:
+        x = ctx.b.op("pad", x, pads=((0, 0),) * (x.rank - 2) + ((ph, ph), (pw, pw)), value=0.0)
+    h, w = x.shape[-2:]
+    if not (isinstance(h, int) and isinstance(w, int)):
+        raise ctx.unsupported("im2col of an input with dynamic height or width (accelir takes static sizes)")
+    oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+    axis = x.rank - 2  # the slices stack here, after the channel axis
+    parts = [ctx.b.op("unsqueeze", ctx.b.op("slice", x, starts=(i * dh, j * dw),
+                                            stops=(i * dh + (oh - 1) * sh + 1, j * dw + (ow - 1) * sw + 1),
+                                            steps=(sh, sw), axes=(axis, axis + 1)), axes=(axis,))
+             for i in range(kh) for j in range(kw)]
+    y = parts[0] if len(parts) == 1 else ctx.b.op("concat", *parts, axis=axis)
+    return ctx.b.op("reshape", y, shape=ctx.out_shape)
+
+
+@rule("col2im")
+def _col2im(ctx, a):
+    """nn.Fold, im2col's adjoint: every column element is added into the output pixel its kernel offset
+    and window position land on.  The targets are known at capture, so this is one scatter-add of a
+    constant index into the zero-padded plane, then the padding cut off."""
+    x = ctx.value(a["self"])
+    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = _window(a)
+    h, w = _ntuple(a["output_size"], 2)
+    hp, wp = h + 2 * ph, w + 2 * pw
+    oh, ow = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+    lead = tuple(ctx.out_shape[:-2])  # (N, C) or (C,)
+    i, j, y, z = np.meshgrid(np.arange(kh), np.arange(kw), np.arange(oh), np.arange(ow), indexing="ij")
+    target = ((i * dh + y * sh) * wp + (j * dw + z * sw)).reshape(-1)  # (kernel offset, window) -> pixel
+    cols = ctx.b.op("reshape", x, shape=lead + (target.size,))
+    index = ctx.b.op("broadcast_to", ctx.const(target, DType.i64), shape=lead + (target.size,))
+    zeros = ctx.b.op("broadcast_to", ctx.const(0, x.dtype), shape=lead + (hp * wp,))
+    plane = ctx.b.op("scatter_elements", zeros, index, cols, axis=len(lead), reduction="add")
+    plane = ctx.b.op("reshape", plane, shape=lead + (hp, wp))
+    if ph or pw:
+        plane = ctx.b.op("slice", plane, starts=(ph, pw), stops=(ph + h, pw + w), steps=(1, 1),
+                         axes=(len(lead), len(lead) + 1))
+    return plane
+
+
+def _window(a: dict) -> tuple[tuple[int, ...], ...]:
+    """(kernel, dilation, padding, stride) of an im2col / col2im call, each as (height, width)."""
+    return tuple(_ntuple(a[k], 2) for k in ("kernel_size", "dilation", "padding", "stride"))
+
+
 # ----- interpolation (F.interpolate) ------------------------------------------------------------
 # Where torch's kernels sample the input, in ONNX Resize's terms: legacy nearest reads floor(i / s)
 # (asymmetric, floor); nearest-exact reads floor((i + 0.5) / s) (half_pixel, round half up); linear
