@@ -234,5 +234,8 @@ def _histc(ctx, a):
 
 @rule("bincount")
 def _bincount(ctx, a):
-    raise ctx.unsupported("bincount's output length is the largest value in its input, known only at run time; "
-                          "use torch.histc or one_hot(x, n).sum(0) with a fixed n")
+    """torch.bincount: its length, max(max(x) + 1, minlength), is a data-dependent (unbacked) dim."""
+    x, weights = ctx.value(a["self"]), a.get("weights")
+    ins = [x] if weights is None else [x, ctx.cast(ctx.value(weights), ctx.out_dtype)]
+    counts = ctx.b.op("bincount", *ins, minlength=int(a.get("minlength", 0)))
+    return ctx.name_unbacked(ctx.cast(counts, ctx.out_dtype))
