@@ -97,6 +97,24 @@ def test_bincount_on_xla_is_refused_naming_the_op_and_the_remedy():
         accelir.optimize(Fn(lambda x: torch.bincount(x, minlength=16)), (VALUES[0],), backend="xla")
 
 
+def _top_positive(x):
+    k = (x > 0).sum().item()
+    values, indices = torch.topk(x, k, dim=-1)
+    return values, indices, values.sum()
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "xla", "interpreter"])
+def test_topk_with_k_from_item_runs_at_each_calls_k(backend):
+    model = Fn(_top_positive)
+    gen = torch.Generator().manual_seed(1)
+    cm = None
+    for shift in (0.0, 0.6, -0.6, -5.0):  # k = about 4, 6, 2, then 0
+        x = torch.randn(9, generator=gen) + shift
+        cm = cm or _compile(model, (x,), backend)
+        assert "topk_dynamic" in {n.op for n in cm.graph.nodes}
+        _same(model(x), cm(x), exact=False)  # indices exactly, the sum within rounding
+
+
 class TinyMoE(torch.nn.Module):
     """Router logits -> top-2 experts per token -> tokens per expert (bincount) for the load-balancing
     loss, and a loop over the experts weighting each one's output by its gate."""

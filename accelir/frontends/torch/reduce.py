@@ -93,7 +93,17 @@ def _cumsum(ctx, a):
 @rule("topk")
 def _topk(ctx, a):
     x = ctx.value(a["self"])
-    return ctx.b.ops("topk", x, k=int(ctx.scalar_of(a["k"])), axis=wrap_axis(a["dim"], x.rank), largest=a["largest"])
+    k, axis = ctx.scalar_of(a["k"]), wrap_axis(a["dim"], x.rank)
+    if not isinstance(k, str):
+        return ctx.b.ops("topk", x, k=int(k), axis=axis, largest=a["largest"])
+    # k computed from the data (``.item()``, an unbacked symbol) or a symbolic size: read at run time
+    item = ctx.conv.item_values.get(k)
+    kv = ctx.cast(item if item is not None else ctx.dim_value(k), DType.i64)
+    k1 = ctx.b.op("reshape", kv, shape=(1,)) if kv.rank != 1 else kv
+    outs = ctx.b.ops("topk_dynamic", x, k1, axis=axis, largest=a["largest"])
+    for out, val in zip(outs, ctx.val):
+        ctx.name_unbacked(out, val)
+    return outs
 
 
 @rule("sort")
