@@ -116,6 +116,31 @@ def test_topk_with_k_from_item_runs_at_each_calls_k(backend):
         _same(model(x), cm(x), exact=False)  # indices exactly, the sum within rounding
 
 
+def _top_positive_and_two(x):
+    k = (x[:7] > 0).sum().item() + 2  # an expression of the .item() symbol, at most 9
+    return torch.topk(x, k, largest=False)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "xla"])
+def test_topk_with_k_an_expression_of_item(backend):
+    model = Fn(_top_positive_and_two)
+    gen = torch.Generator().manual_seed(2)
+    cm = None
+    for shift in (0.0, 0.8, -0.8):
+        x = torch.randn(9, generator=gen) + shift
+        cm = cm or _compile(model, (x,), backend)
+        _same(model(x), cm(x), exact=True)
+
+
+def test_topk_with_k_past_the_dim_is_an_input_error_on_onnxruntime():
+    model = Fn(lambda x: torch.topk(x, (x > 0).sum().item() + 3))
+    cm = _compile(model, (-torch.arange(1.0, 10.0),), "onnxruntime")
+    with pytest.raises(RuntimeError):
+        model(torch.ones(9))
+    with pytest.raises(InputError, match="in TopK.*'topk_dynamic': k argument"):
+        cm(torch.ones(9))
+
+
 class TinyMoE(torch.nn.Module):
     """Router logits -> top-2 experts per token -> tokens per expert (bincount) for the load-balancing
     loss, and a loop over the experts weighting each one's output by its gate."""

@@ -97,9 +97,7 @@ def _topk(ctx, a):
     if not isinstance(k, str):
         return ctx.b.ops("topk", x, k=int(k), axis=axis, largest=a["largest"])
     # k computed from the data (``.item()``, an unbacked symbol) or a symbolic size: read at run time
-    item = ctx.conv.item_values.get(k)
-    kv = ctx.cast(item if item is not None else ctx.dim_value(k), DType.i64)
-    k1 = ctx.b.op("reshape", kv, shape=(1,)) if kv.rank != 1 else kv
+    k1 = ctx.b.op("reshape", ctx.number_value(k), shape=(1,))
     outs = ctx.b.ops("topk_dynamic", x, k1, axis=axis, largest=a["largest"])
     for out, val in zip(outs, ctx.val):
         ctx.name_unbacked(out, val)
