@@ -156,10 +156,10 @@ class OnnxRuntimeModule:
             raise LoweringError(f"the model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
                                 f"got {len(inputs)}")
         as_torch = bool(inputs) and all(_is_torch(x) for x in inputs)
-        if self.device == "cuda" and as_torch:
-            return self._run_cuda(inputs)
         state = self._ort.capi.onnxruntime_pybind11_state
-        try:
+        try:  # a kernel failing on the data (bincount of a negative value, say) is the caller's input error
+            if self.device == "cuda" and as_torch:
+                return self._run_cuda(inputs)
             outs = self._run_host(inputs)
         except (state.InvalidArgument, state.Fail, state.RuntimeException) as e:
             raise run_time_error(str(e)) from None
