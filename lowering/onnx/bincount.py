@@ -11,8 +11,9 @@ from accelir.ir import DType
 from .context import register_lowering
 
 
-def _zeros(ctx, length, dtype: DType):
-    return ctx.op("ConstantOfShape", length, dtype=dtype, value=numpy_helper.from_array(np.zeros(1, dtype.numpy)))
+def _full(ctx, shape, value: int, dtype: DType):
+    """A tensor of the run-time ``shape`` (an i64 vector) filled with ``value``."""
+    return ctx.op("ConstantOfShape", shape, dtype=dtype, value=numpy_helper.from_array(np.full(1, value, dtype.numpy)))
 
 
 @register_lowering("bincount")
@@ -27,9 +28,8 @@ def _lower_bincount(ctx, node, xs):
     low = ctx.op("ReduceMin", ctx.op("Concat", x, ctx.ints([0]), axis=0), keepdims=1)
     idx = ctx.op("Where", ctx.op("Less", low, ctx.ints([0]), dtype=DType.bool), length, x)
     if len(xs) == 1:
-        upd = ctx.op("ConstantOfShape", ctx.op("Shape", x, dtype=DType.i64), dtype=DType.i64,
-                     value=numpy_helper.from_array(np.ones(1, np.int64)))
+        upd = _full(ctx, ctx.op("Shape", x, dtype=DType.i64), 1, DType.i64)
     else:
         upd = ctx.cast(xs[1], compute)
-    counts = ctx.op("ScatterElements", _zeros(ctx, length, compute), idx, upd, axis=0, reduction="add")
+    counts = ctx.op("ScatterElements", _full(ctx, length, 0, compute), idx, upd, axis=0, reduction="add")
     return [ctx.cast(counts, out)]
