@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import accelir
-from accelir import InputError, LoweringError
+from accelir import InputError, LoweringError, UnsupportedOpError
 from accelir.interpreter import interpret
 
 VALUES = [torch.tensor([1, 4, 4, 2, 0, 1]), torch.tensor([0, 0, 9, 1, 1, 1]), torch.tensor([0, 0, 0, 0, 0, 0]),
@@ -139,6 +139,12 @@ def test_topk_with_k_past_the_dim_is_an_input_error_on_onnxruntime():
         model(torch.ones(9))
     with pytest.raises(InputError, match="in TopK.*'topk_dynamic': k argument"):
         cm(torch.ones(9))
+
+
+def test_topk_with_k_a_symbolic_size_is_refused_clearly():
+    model = Fn(lambda x: torch.topk(x, x.shape[0])[0] + x)
+    with pytest.raises(UnsupportedOpError, match=r"topk with k = n, a symbolic size; give a static k.*\.item\(\)"):
+        accelir.optimize(model, (torch.randn(9),), dynamic_shapes=(({0: torch.export.Dim("n")},),))
 
 
 class TinyMoE(torch.nn.Module):

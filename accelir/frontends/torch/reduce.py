@@ -96,7 +96,11 @@ def _topk(ctx, a):
     k, axis = ctx.scalar_of(a["k"]), wrap_axis(a["dim"], x.rank)
     if not isinstance(k, str):
         return ctx.b.ops("topk", x, k=int(k), axis=axis, largest=a["largest"])
-    # k computed from the data (``.item()``, an unbacked symbol) or a symbolic size: read at run time
+    if not D.symbols(k) & set(ctx.conv.item_values):
+        # the result would get a dim of its own where torch's is the size expression k
+        raise ctx.unsupported(f"topk with k = {k}, a symbolic size; give a static k, or compute k from the data "
+                              "with .item()")
+    # k computed from the data (``.item()``, an unbacked symbol): read at run time
     k1 = ctx.b.op("reshape", ctx.number_value(k), shape=(1,))
     outs = ctx.b.ops("topk_dynamic", x, k1, axis=axis, largest=a["largest"])
     for out, val in zip(outs, ctx.val):
