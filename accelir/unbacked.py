@@ -182,6 +182,8 @@ def why_data_dependent(node: "Node") -> str:
     src = f" (graph input {v.name!r})" if v.is_graph_input else \
         (f" (computed from graph input(s) {', '.join(repr(n) for n in behind)})" if behind else "")
     syms = ", ".join(introduced(node))
+    frontend = _root(node.graph).meta.get("frontend") if node.graph is not None else None
+    # static_inputs is an option of the ONNX import; a torch / jax / Caffe capture has no such remedy
+    bind = ", or bind the input at import with static_inputs=..." if frontend in (None, "onnx") else ""
     return (f"{node.describe()}: its output size ({syms}) depends on the run-time value of input {i}{src}, "
-            "and this backend needs static sizes; compile with backend=\"onnxruntime\", or bind the input "
-            "at import with static_inputs=...")
+            f"and this backend needs static sizes; compile with backend=\"onnxruntime\"{bind}")

@@ -34,6 +34,7 @@ from accelir.ir import Graph
 
 from .onnx.kernels import EXTERNAL_DATA_THRESHOLD, ONNX_TYPE_STRINGS
 from .onnx.model import save_onnx, to_onnx, to_onnx_external
+from .onnx.run_time import run_time_error
 
 __all__ = ["OnnxRuntimeModule", "PROVIDERS", "disabled_optimizers"]
 
@@ -155,19 +156,13 @@ class OnnxRuntimeModule:
             raise LoweringError(f"the model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
                                 f"got {len(inputs)}")
         as_torch = bool(inputs) and all(_is_torch(x) for x in inputs)
-        if self.device == "cuda" and as_torch:
-            return self._run_cuda(inputs)
-        if self._plain_io:
-            outs = self.session.run(self.output_names, {n: to_numpy(x) for n, x in zip(self.input_names, inputs)})
-        else:
-            # bf16, which numpy lacks, goes in and out as OrtValues
-            binding = self.session.io_binding()
-            for name, x in zip(self.input_names, inputs):
-                binding.bind_ortvalue_input(name, self._to_ortvalue(to_numpy(x)))
-            for name in self.output_names:
-                binding.bind_output(name)
-            self.session.run_with_iobinding(binding)
-            outs = [self._from_ortvalue(v) for v in binding.get_outputs()]
+        state = self._ort.capi.onnxruntime_pybind11_state
+        try:  # a kernel failing on the data (bincount of a negative value, say) is the caller's input error
+            if self.device == "cuda" and as_torch:
+                return self._run_cuda(inputs)
+            outs = self._run_host(inputs)
+        except (state.InvalidArgument, state.Fail, state.RuntimeException) as e:
+            raise run_time_error(str(e)) from None
         if as_torch:
             import torch
             return [_torch_from_numpy(torch, o) for o in outs]
@@ -175,6 +170,18 @@ class OnnxRuntimeModule:
             import jax.numpy as jnp
             return [jnp.asarray(o) for o in outs]
         return outs
+
+    def _run_host(self, inputs: Sequence[Any]) -> list:
+        if self._plain_io:
+            return self.session.run(self.output_names, {n: to_numpy(x) for n, x in zip(self.input_names, inputs)})
+        # bf16, which numpy lacks, goes in and out as OrtValues
+        binding = self.session.io_binding()
+        for name, x in zip(self.input_names, inputs):
+            binding.bind_ortvalue_input(name, self._to_ortvalue(to_numpy(x)))
+        for name in self.output_names:
+            binding.bind_output(name)
+        self.session.run_with_iobinding(binding)
+        return [self._from_ortvalue(v) for v in binding.get_outputs()]
 
     def _to_ortvalue(self, a: np.ndarray):
         OrtValue = self._ort.OrtValue

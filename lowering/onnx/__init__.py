@@ -51,7 +51,7 @@ Choices a reader should know:
 from __future__ import annotations
 
 # the rule modules register their rules on import
-from . import control, decode, dynamic, elementwise, linalg, nn, qdq, quant, reduce, shape  # noqa: F401
+from . import bincount, control, decode, dynamic, elementwise, linalg, nn, qdq, quant, reduce, shape  # noqa: F401
 from .context import NO_VALUE, ONNX_RULES, SAME, LoweringContext, OnnxValue, register_lowering, rule_for
 from .kernels import (EXTERNAL_DATA_THRESHOLD, EXTERNAL_LOCATION, EXTERNAL_WEIGHT_BYTES, MIN_OPSET, MS_DOMAIN,
                       ONNX_DTYPE, ONNX_TYPE_STRINGS, default_opset, input_var, supported_dtypes)

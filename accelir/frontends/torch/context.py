@@ -137,6 +137,26 @@ class NodeContext(RuleContext):
                 keys.append(int if isinstance(x, str) else type(x))
         return _promote(tuple(keys))
 
+    def number_value(self, d: D.Dim) -> Value:
+        """A (symbolic) integer argument as a 0-d i64 value: symbols of ``.item()`` read from their tensors
+        at run time (sums, differences and products of them), the others from the shapes carrying them."""
+        items = self.conv.item_values
+        if not any(s in items for s in D.symbols(d)):
+            return self.dim_value(d)
+        ops = {"+": "add", "-": "sub", "*": "mul"}
+
+        def symbol(s: str) -> Value:
+            return self.b.op("reshape", self.cast(items[s], DType.i64), shape=()) if s in items else self.dim_value(s)
+
+        def binop(op: str, a: Value, b: Value) -> Value:
+            if op not in ops:
+                raise self.unsupported(f"a number {d} computed with {op!r} from .item() values; "
+                                       "compute it as a tensor before .item()")
+            return self.b.op(ops[op], a, b)
+
+        return D.evaluate_with(d, symbol, const=lambda c: self.const(c, DType.i64), binop=binop,
+                               neg=lambda a: self.b.op("neg", a))
+
     def unsupported(self, why: str) -> UnsupportedOpError:
         return UnsupportedOpError(f"torch op {self.name} at {source_of(self.meta)}: {why}", [self.name])
 

@@ -150,6 +150,9 @@ class Converter:
         self.tensor_consts: dict[int, Value] = {}
         self.tensor_names: dict[int, str] = {}
         self.vals: dict[torch.fx.Node, Any] = {}
+        # torch's unbacked symbol of a tensor's .item() (``u0``) -> that 0-d tensor, so an op taking the
+        # number as a size operand (topk's k) can read it at run time
+        self.item_values: dict[str, Value] = {}
 
     # --- types
     def dim(self, d: Any) -> D.Dim:
@@ -262,6 +265,7 @@ class Converter:
     def convert_node(self, gm: torch.fx.GraphModule, node: torch.fx.Node) -> Any:
         val = self.vals[node] if node in self.vals else node.meta.get("val")
         if _is_int_like(val):
+            self._keep_item(node, val)
             return self.dim(val)
         if node.op != "call_module" and _is_plain_python(val):
             return self.python(tuple(val) if isinstance(val, torch.Size) else val)
@@ -286,6 +290,13 @@ class Converter:
         except VerificationError as e:
             raise VerificationError(f"torch op {name} at {source_of(meta)}: {e}") from e
         return self.check_result(ctx, out)
+
+    def _keep_item(self, node: torch.fx.Node, val: Any) -> None:
+        """Record the tensor behind an integer ``.item()`` that torch.export named by a fresh symbol."""
+        if isinstance(val, torch.SymInt) and val.node.expr.is_Symbol and node.op == "call_function" \
+                and self.resolve(node)[0] in ("item", "_local_scalar_dense") \
+                and isinstance(self.env.get(node.args[0]), Value):
+            self.item_values.setdefault(val.node.expr.name, self.value(node.args[0]))
 
     def check_result(self, ctx: NodeContext, out: Any) -> Any:
         """Make the result agree with torch's dtype; a wrong rank or static size is a bug."""

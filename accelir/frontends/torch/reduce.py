@@ -93,7 +93,19 @@ def _cumsum(ctx, a):
 @rule("topk")
 def _topk(ctx, a):
     x = ctx.value(a["self"])
-    return ctx.b.ops("topk", x, k=int(ctx.scalar_of(a["k"])), axis=wrap_axis(a["dim"], x.rank), largest=a["largest"])
+    k, axis = ctx.scalar_of(a["k"]), wrap_axis(a["dim"], x.rank)
+    if not isinstance(k, str):
+        return ctx.b.ops("topk", x, k=int(k), axis=axis, largest=a["largest"])
+    if not D.symbols(k) & set(ctx.conv.item_values):
+        # the result would get a dim of its own where torch's is the size expression k
+        raise ctx.unsupported(f"topk with k = {k}, a symbolic size; give a static k, or compute k from the data "
+                              "with .item()")
+    # k computed from the data (``.item()``, an unbacked symbol): read at run time
+    k1 = ctx.b.op("reshape", ctx.number_value(k), shape=(1,))
+    outs = ctx.b.ops("topk_dynamic", x, k1, axis=axis, largest=a["largest"])
+    for out, val in zip(outs, ctx.val):
+        ctx.name_unbacked(out, val)
+    return outs
 
 
 @rule("sort")
@@ -234,5 +246,8 @@ def _histc(ctx, a):
 
 @rule("bincount")
 def _bincount(ctx, a):
-    raise ctx.unsupported("bincount's output length is the largest value in its input, known only at run time; "
-                          "use torch.histc or one_hot(x, n).sum(0) with a fixed n")
+    """torch.bincount: its length, max(max(x) + 1, minlength), is a data-dependent (unbacked) dim."""
+    x, weights = ctx.value(a["self"]), a.get("weights")
+    ins = [x] if weights is None else [x, ctx.cast(ctx.value(weights), ctx.out_dtype)]
+    counts = ctx.b.op("bincount", *ins, minlength=int(a.get("minlength", 0)))
+    return ctx.name_unbacked(ctx.cast(counts, ctx.out_dtype))
