@@ -19,7 +19,7 @@ import numpy as np
 from jax import lax
 
 from accelir import dims
-from accelir.errors import AccelirError, LoweringError
+from accelir.errors import AccelirError, InputError, LoweringError
 from accelir.unbacked import unbacked_dims
 from accelir.arrays import to_numpy
 from accelir.ir import DType, Graph, Node, TensorType
@@ -201,6 +201,16 @@ class RuleContext:
         """Record the valid length of an unbacked dim the node introduces."""
         self.lowering.lengths[sym] = length
 
+    def require(self, ok: Any, message: str) -> None:
+        """A run-time condition of the node's inputs (a traced bool) that the original op would raise on.
+
+        Nothing can raise inside a jitted program, so the condition is returned beside the outputs and
+        checked once the program has run: a failed one is an InputError naming this node, never padding or
+        clamped values passed off as a result. Only graphs with data-dependent sizes carry them."""
+        if self.lowering.checks is None:
+            raise LoweringError(f"{self.node.op}: a run-time check outside a graph with data-dependent sizes")
+        self.lowering.checks.append((jnp.asarray(ok, bool).reshape(()), f"{self.node.describe()}: {message}"))
+
 
 def constant_key(prefix: str, name: str) -> str:
     return f"{prefix}/{name}"
@@ -217,6 +227,8 @@ class Lowering:
     splats: Mapping[str, tuple[np.ndarray, tuple[int, ...]]] = field(default_factory=dict)
     # a graph with data-dependent sizes: each unbacked dim's valid length (None: a graph without them)
     lengths: dict[str, Any] | None = None
+    # and its run-time checks: (traced bool, message) for inputs the original op refuses (RuleContext.require)
+    checks: list[tuple[Any, str]] | None = None
 
     def constant(self, graph: Graph, name: str) -> Any:
         key = constant_key(self.prefixes[id(graph)], name)
@@ -367,21 +379,27 @@ class JaxFunction:
                 else:
                     (self.params if arr.size > PARAM_MIN_ELEMENTS else self._small)[key] = arr
         self._device_params: dict[Any, dict[str, Any]] = {}
+        self.check_messages: list[str] = []  # the messages of the checks ``apply`` returns last, in order
 
     def apply(self, params: Mapping[str, Any], *inputs: Any) -> list:
         lowering = Lowering(self._prefixes, params, self._small, self.layouts, self._splats,
-                            lengths={} if self.padded else None)
+                            lengths={} if self.padded else None, checks=[] if self.padded else None)
         outs = lowering.run(self.graph, *inputs)
         if not self.padded:
             return outs
-        return outs + [jnp.asarray(lowering.lengths[s], jnp.int64) for s in self.lengths_out]
+        self.check_messages = [message for _, message in lowering.checks]
+        return (outs + [jnp.asarray(lowering.lengths[s], jnp.int64) for s in self.lengths_out]
+                + [ok for ok, _ in lowering.checks])
 
     def crop(self, results: Sequence[Any]) -> list:
         """``apply``'s results as the graph's outputs: each padded buffer sliced to its valid lengths."""
         if not self.padded:
             return list(results)
-        n = len(self.graph.outputs)
-        lengths = dict(zip(self.lengths_out, (int(k) for k in jax.device_get(list(results[n:])))))
+        n, m = len(self.graph.outputs), len(self.lengths_out)
+        for ok, message in zip(jax.device_get(list(results[n + m:])), self.check_messages):
+            if not bool(ok):
+                raise InputError(message)
+        lengths = dict(zip(self.lengths_out, (int(k) for k in jax.device_get(list(results[n:n + m])))))
         outs = []
         for v, o in zip(self.graph.outputs, results[:n]):
             cut = tuple(slice(0, lengths[d]) if d in lengths else slice(None) for d in v.shape)

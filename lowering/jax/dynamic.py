@@ -111,7 +111,10 @@ def _topk_dynamic(ctx, x, k, *, axis, largest, **attrs):
     values, order = JAX_RULES["sort"](ctx, _fill(x, mask, _sort_fill(x.dtype, largest)), axis=ax,
                                       descending=largest)
     valid = x.shape[ax] if mask is None else ctx.length(ctx.node.inputs[0].shape[ax])
-    _set_lengths(ctx, jnp.clip(k.reshape(-1)[0].astype(_I64), 0, valid))
+    k = k.reshape(-1)[0].astype(_I64)
+    ctx.require((k >= 0) & (k <= valid), "k is negative or larger than the axis it selects from, which "
+                "onnxruntime and torch refuse; keep k within the axis length")
+    _set_lengths(ctx, jnp.clip(k, 0, valid))
     return [values, order]
 
 
