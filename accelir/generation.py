@@ -99,9 +99,12 @@ def optimize_causal_lm(model: Any, example_inputs: Any = None, *, backend: str =
         name_cache_io(g, layout)
     report.nodes_after = prefill.num_nodes()
     t0 = time.perf_counter()
-    runner = build_runner(prefill, backend, device)
-    stepper = (OrtSteps(runner, build_runner(decode, backend, device)) if backend == "onnxruntime"
-               else _XlaSteps(runner, decode))
+    if backend == "onnxruntime":
+        stepper = OrtSteps.build(prefill, decode, device)
+        runner = stepper.prefill_runner
+    else:
+        runner = build_runner(prefill, backend, device)
+        stepper = _XlaSteps(runner, decode)
     report.chosen = backend
     report.stages["lowering"] = time.perf_counter() - t0
     example = _example_prefill(example_inputs)
@@ -158,7 +161,18 @@ def _positions(mask: np.ndarray) -> np.ndarray:
 class OrtSteps:
     """Prefill then decode steps on onnxruntime, the cache held as OrtValues between steps."""
 
+    @classmethod
+    def build(cls, prefill: Graph, decode: Graph, device: str = "cpu", threads: int | None = None) -> "OrtSteps":
+        """Both sessions over one copy of the weights: each reads the graphs' arrays (views of the model's
+        parameters) in place.  Only the decode session prepacks its matmul weights (one more copy of
+        them, which the per-token time needs); the prefill runs once per generation on the weights as
+        they lie, since a second prepacked copy would cost the weights' size again."""
+        from .lowering.onnxruntime import OnnxRuntimeModule
+        return cls(OnnxRuntimeModule(prefill, device=device, threads=threads, share_weights=True, prepack=False),
+                   OnnxRuntimeModule(decode, device=device, threads=threads, share_weights=True))
+
     def __init__(self, prefill: Any, decode: Any):
+        self.prefill_runner = prefill
         self.prefill_session = prefill.session
         self.decode_session = decode.session
         self.device = "cuda" if prefill.device == "cuda" else "cpu"
