@@ -77,3 +77,17 @@ def test_tied_lm_head_is_read_through_trans_b():
         assert sorted(n.op_type for n in readers) == ["Gather", "Gemm"]
         gemm = next(n for n in readers if n.op_type == "Gemm")
         assert {a.name: onnx.helper.get_attribute_value(a) for a in gemm.attribute}.get("transB") == 1
+
+
+def test_only_the_decode_session_prepacks_float_weights():
+    # a prepacked copy is the weights' size again: the decode step needs it, the prefill goes without
+    steps = _compiled(_model())._stepper
+
+    def prepacking_off(session) -> bool:
+        entries = session.get_session_options()
+        try:
+            return entries.get_session_config_entry("session.disable_prepacking") == "1"
+        except RuntimeError:  # never set: onnxruntime's default, prepacking on
+            return False
+    assert prepacking_off(steps.prefill_session)
+    assert not prepacking_off(steps.decode_session)
