@@ -94,7 +94,7 @@ class OnnxRuntimeModule:
         ``share_weights`` (a Graph on the CPU, default options): the session reads the graph's arrays in
         place (``add_initializer``) instead of copying them, so sessions of graphs that hold the same
         arrays (a causal LM's prefill and decode graphs, views of the model's parameters) hold one copy
-        between them.  ``prepack=False`` turns off the kernels' prepacked weight copies
+        between them.  ``prepack=False`` (default options) turns off the kernels' prepacked weight copies
         (``session.disable_prepacking``): a session that keeps them holds a second copy of its matmul
         weights, which onnxruntime's Python API cannot share between sessions."""
         ort = _import_ort()
