@@ -86,10 +86,18 @@ class OnnxRuntimeModule:
     """An ONNX model ready to run on ONNX Runtime; call it with arrays in graph input order."""
 
     def __init__(self, model: onnx.ModelProto | str | os.PathLike | Graph, device: str = "cpu",
-                 session_options: Any = None, threads: int | None = None):
+                 session_options: Any = None, threads: int | None = None, *, share_weights: bool = False,
+                 prepack: bool = True):
         """``session_options``: used as given (default: ORT_ENABLE_ALL); ``threads``: the intra-op
         thread count of the default options.  With ``session_options`` a Graph's weights go inside
-        the model, since external initializers would be added to (and stay in) the caller's options."""
+        the model, since external initializers would be added to (and stay in) the caller's options.
+
+        ``share_weights`` (a Graph on the CPU, default options): the session reads the graph's arrays in
+        place (``add_initializer``) instead of copying them, so sessions of graphs that hold the same
+        arrays (a causal LM's prefill and decode graphs, views of the model's parameters) hold one copy
+        between them.  ``prepack=False`` (default options) turns off the kernels' prepacked weight copies
+        (``session.disable_prepacking``): a session that keeps them holds a second copy of its matmul
+        weights, which onnxruntime's Python API cannot share between sessions."""
         ort = _import_ort()
         self._ort = ort
         if device not in PROVIDERS:
@@ -108,6 +116,8 @@ class OnnxRuntimeModule:
             session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             if threads:
                 session_options.intra_op_num_threads = threads
+            if not prepack:
+                session_options.add_session_config_entry("session.disable_prepacking", "1")
         elif threads:
             raise LoweringError("OnnxRuntimeModule takes threads or session_options, not both: set "
                                 "intra_op_num_threads in the session options")
@@ -117,6 +127,9 @@ class OnnxRuntimeModule:
                 self._weights = [self._to_ortvalue(a) for a in weights.values()]
                 if weights:
                     session_options.add_external_initializers(list(weights), self._weights)
+                if share_weights and device == "cpu":
+                    for name, value in zip(weights, self._weights):
+                        session_options.add_initializer(name, value)  # used in place, never copied
             else:
                 model = to_onnx(model)
         providers = [provider] if device == "cpu" else [provider, PROVIDERS["cpu"]]

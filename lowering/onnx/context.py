@@ -309,7 +309,14 @@ class LoweringContext:
     def transposed_weight(self, v: Value) -> OnnxValue | None:
         """An initializer holding the transpose of the 2-D constant ``v`` without copying, where ``v``'s
         array is a transposed view (folding ``transpose(weight)`` leaves torch's [N, K] linear weights
-        so): the caller reads it with transB."""
+        so): the caller reads it with transB.  ``transpose(weight)`` left unfolded (a tied embedding
+        read by a gather too, too big to fold) reads ``weight`` itself, so ONNX Runtime does not fold
+        the transpose into a copy of the weight in every session."""
+        src = v.producer
+        if src is not None and src.op == "transpose" and tuple(src.attrs["perm"]) == (1, 0):
+            arr = src.inputs[0].const_value
+            if arr is not None and arr.flags.c_contiguous:
+                return self.array_initializer(arr, src.inputs[0].producer.attrs["name"])
         arr = v.const_value
         if arr is None or arr.ndim != 2 or arr.flags.c_contiguous or not arr.flags.f_contiguous:
             return None

@@ -1,0 +1,93 @@
+"""One copy of the weights on the onnxruntime generation path.
+
+The prefill and decode sessions read the model's parameters in place (``add_initializer`` over
+views of torch's tensors), so a change made to a parameter in place after ``optimize`` shows in
+what they compute: eager torch on the changed model is the oracle.  Copies of the weights (one per
+session, as before) would keep the old values.  A tied embedding's ``transpose`` feeds the
+lm_head's Gemm through transB, so onnxruntime does not fold it into a copy in every session.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+import transformers as T
+
+import accelir
+from accelir.generation import GenerationModel
+from accelir.lowering.onnx.model import to_onnx_external
+
+# vocab 4096 x hidden 96: the tied lm_head's transpose (1.5 MiB) is over fold_constants' 1 MiB cap
+CONFIG = dict(n_layer=2, n_embd=96, n_head=4, vocab_size=4096, n_positions=64, initializer_range=0.2,
+              bos_token_id=1, eos_token_id=2)
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return T.GPT2LMHeadModel(T.GPT2Config(**CONFIG)).eval()
+
+
+def _compiled(model: torch.nn.Module) -> GenerationModel:
+    ids = torch.randint(0, CONFIG["vocab_size"], (1, 6), generator=torch.Generator().manual_seed(1))
+    cm = accelir.optimize(model, (ids,), backend="onnxruntime")
+    assert isinstance(cm, GenerationModel)
+    return cm
+
+
+def _perturb(params: list[torch.nn.Parameter], seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+def test_prefill_reads_the_models_weight_matrices_in_place():
+    model = _model()
+    cm = _compiled(model)
+    # the matrices: the weights' memory (vectors under 1 KiB go inside the model, as copies)
+    _perturb([p for p in model.parameters() if p.ndim == 2], seed=2)
+    ids = torch.randint(0, CONFIG["vocab_size"], (2, 7), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = model(ids).logits.numpy()
+    got = cm(ids).logits.numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_both_sessions_read_the_position_table_in_place():
+    # the decode session prepacks its matmul weights (a copy it needs for speed), so only a table it
+    # gathers from changes here: both sessions must read the model's own
+    model = _model()
+    cm = _compiled(model)
+    _perturb([model.transformer.wpe.weight], seed=4)
+    ids = torch.randint(0, CONFIG["vocab_size"], (1, 5), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                              min_new_tokens=12, pad_token_id=0)
+    assert torch.equal(cm.generate(ids, max_new_tokens=12, min_new_tokens=12), want)
+
+
+def test_tied_lm_head_is_read_through_trans_b():
+    cm = _compiled(_model())
+    for graph in (cm.graph, cm.decode_graph):
+        proto, weights = to_onnx_external(graph)
+        big = {n for n, a in weights.items() if a.shape == (CONFIG["vocab_size"], CONFIG["n_embd"])}
+        assert len(big) == 1
+        readers = [n for n in proto.graph.node if big & set(n.input)]
+        assert sorted(n.op_type for n in readers) == ["Gather", "Gemm"]
+        gemm = next(n for n in readers if n.op_type == "Gemm")
+        assert {a.name: onnx.helper.get_attribute_value(a) for a in gemm.attribute}.get("transB") == 1
+
+
+def test_only_the_decode_session_prepacks_float_weights():
+    # a prepacked copy is the weights' size again: the decode step needs it, the prefill goes without
+    steps = _compiled(_model())._stepper
+
+    def prepacking_off(session) -> bool:
+        entries = session.get_session_options()
+        try:
+            return entries.get_session_config_entry("session.disable_prepacking") == "1"
+        except RuntimeError:  # never set: onnxruntime's default, prepacking on
+            return False
+    assert prepacking_off(steps.prefill_session)
+    assert not prepacking_off(steps.decode_session)
