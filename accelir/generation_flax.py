@@ -68,7 +68,11 @@ def optimize_flax_decoder(model: Any, example_inputs: Any = None, *, backend: st
     report.stages["passes"] = time.perf_counter() - t0
     report.nodes_after = graph.num_nodes()
     t0 = time.perf_counter()
-    runner = build_runner(graph, backend, device)
+    if backend == "onnxruntime":  # the session reads the step's weights in place, as the torch path's do
+        from .lowering.onnxruntime import OnnxRuntimeModule
+        runner = OnnxRuntimeModule(graph, device=device, share_weights=True)
+    else:
+        runner = build_runner(graph, backend, device)
     stepper = _FlaxOrtSteps(runner, layout) if backend == "onnxruntime" else _FlaxXlaSteps(runner, layout)
     report.chosen = backend
     report.stages["lowering"] = time.perf_counter() - t0
