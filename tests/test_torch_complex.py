@@ -118,6 +118,11 @@ FFTS = {
     "rfftn": (lambda x: _r(torch.fft.rfftn(x, dim=(0, 2))), [(4, 3, 6)]),
     "irfftn": (lambda x: torch.fft.irfftn(_c(x), dim=(0, 1)), [(4, 5, 2)]),
     "fft_roundtrip": (lambda x: torch.fft.ifft(torch.fft.fft(x)).real, [(2, 10)]),
+    # aten's primitives, as a decomposed graph holds them (normalization 0: none, 1: 1 / sqrt(n), 2: 1 / n)
+    "_fft_r2c": (lambda x: _r(torch.ops.aten._fft_r2c(x, [0, 2], 1, True)), [(3, 2, 6)]),
+    "_fft_r2c_twosided": (lambda x: _r(torch.ops.aten._fft_r2c(x, [1], 0, False)), [(3, 5)]),
+    "_fft_c2c_inverse": (lambda x: _r(torch.ops.aten._fft_c2c(_c(x), [0], 2, False)), [(4, 3, 2)]),
+    "_fft_c2r": (lambda x: torch.ops.aten._fft_c2r(_c(x), [0, 1], 0, 7), [(3, 4, 2)]),
 }
 
 
@@ -207,6 +212,17 @@ def test_fourier_mixing_block_matches_eager(backend):
     block = FourierMixing().eval()
     x = _inputs([(2, 12, 16)], torch.float32)[0]
     _check(block, (x,), backend, rtol=1e-4)
+
+
+def test_fft_over_static_dims_keeps_other_dims_dynamic_and_refuses_a_dynamic_one():
+    torch.manual_seed(0)
+    block = FourierMixing().eval()
+    x = _inputs([(2, 12, 16)], torch.float32)[0]
+    cm = accelir.optimize(block, (x,), backend="onnxruntime", dynamic_shapes=({0: torch.export.Dim("batch")},))
+    x = _inputs([(5, 12, 16)], torch.float32, seed=1)[0]
+    torch.testing.assert_close(torch.as_tensor(cm(x)), block(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(UnsupportedOpError, match=r"fft_fftn .*FFT along dim 1, of size seq not known at capture"):
+        accelir.capture(block, (x,), dynamic_shapes=({1: torch.export.Dim("seq")},))
 
 
 # ----- refusals ----------------------------------------------------------------------
