@@ -214,6 +214,22 @@ def test_fourier_mixing_block_matches_eager(backend):
     _check(block, (x,), backend, rtol=1e-4)
 
 
+def test_fourier_mixing_block_on_the_fx_path():
+    torch.manual_seed(0)
+    block = FourierMixing().eval()
+    x = _inputs([(2, 12, 16)], torch.float32)[0]
+    cm = accelir.optimize(block, (x,), backend="onnxruntime", method="fx")  # .real is a getattr node there
+    torch.testing.assert_close(torch.as_tensor(cm(x)), block(x), rtol=1e-4, atol=1e-5)
+
+    class Indexed(torch.nn.Module):  # x[...] of a complex tensor on the fx path
+        def forward(self, x):
+            return torch.view_as_complex(x)[1:, ::2].real
+
+    x = x[..., :2].contiguous()
+    z = accelir.optimize(Indexed(), (x,), method="fx", backend="onnxruntime")(x)
+    torch.testing.assert_close(torch.as_tensor(z), x[1:, ::2, 0])
+
+
 def test_fft_over_static_dims_keeps_other_dims_dynamic_and_refuses_a_dynamic_one():
     torch.manual_seed(0)
     block = FourierMixing().eval()
@@ -243,6 +259,15 @@ def test_an_op_without_a_complex_rule_is_refused_naming_op_node_and_line():
     msg = str(e.value)
     assert msg.startswith("torch op exp (node exp) at ") and "test_torch_complex.py:" in msg
     assert "view_as_real" in msg and "polar" in msg and len(msg.splitlines()) == 1
+
+
+def test_python_code_on_a_complex_tensor_on_the_fx_path_is_refused_naming_the_node():
+    class Attribute(torch.nn.Module):
+        def forward(self, x):
+            return x * (torch.view_as_complex(x).dtype == torch.complex64)
+
+    with pytest.raises(CaptureError, match=r"^torch op getattr \(node getattr\w*\) at .*python code on a complex"):
+        accelir.capture(Attribute(), _inputs([(3, 2)], torch.float32), method="fx")
 
 
 def test_a_complex_input_is_refused_pointing_to_view_as_real():

@@ -100,7 +100,7 @@ def _per_part(ctx: NodeContext, a: dict) -> Complex | Value:
     for take in (lambda c: c.re, lambda c: _imag(ctx, c))[:1 + imaginary]:
         args = dict(a)
         args.update({k: [take(c) for c in v] if isinstance(v, list) else take(v) for k, v in operands.items()})
-        parts.append(RULES[ctx.name](sub, args))
+        parts.append(ctx.conv.rules[ctx.name](sub, args))  # the converter's table: fx's x[...] is in it
     return Complex(*parts) if out_complex else parts[0]
 
 
@@ -110,7 +110,7 @@ complex_rule("view", "_unsafe_view", "reshape", "flatten", "unflatten", "view_co
              "transpose_copy", "t", "mT", "numpy_T", "slice", "slice_copy", "narrow", "narrow_copy", "select",
              "select_copy", "cat", "concat", "concatenate", "stack", "flip", "roll", "repeat", "tile", "index",
              "index_select", "_to_copy", "to", "type_as", "_to_dtype", "clone", "contiguous", "alias", "detach",
-             "lift_fresh_copy", "lift_fresh", "resolve_conj", "resolve_neg", "positive")(_per_part)
+             "lift_fresh_copy", "lift_fresh", "resolve_conj", "resolve_neg", "positive", "tensor_getitem")(_per_part)
 
 
 # ----- making and taking apart ---------------------------------------------------------

@@ -297,6 +297,9 @@ class Converter:
                                      NodeContext(self, node, val, meta, name or target_name(node)))
             rules = COMPLEX_RULES
         elif name not in self.rules:
+            if is_python_op(node) and self.takes_complex(None, {"args": node.args}):
+                raise _complex_error("python code on a complex tensor", NodeContext(self, node, val, meta,
+                                                                                     target_name(node)))
             if is_python_op(node):
                 return node.target(*self.python(node.args), **{k: self.python(v) for k, v in node.kwargs.items()})
             raise _unsupported_error([(name or target_name(node), meta)])
