@@ -156,6 +156,10 @@ def _capture_export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_s
     for spec in sig.input_specs:
         node = placeholders[spec.arg.name] if hasattr(spec.arg, "name") else None
         if spec.kind == InputKind.USER_INPUT:
+            if isinstance(spec.arg, TensorArgument) and node.meta["val"].is_complex():
+                raise CaptureError(f"input {spec.arg.name!r} is a {node.meta['val'].dtype} tensor, and an accelir "
+                                   "graph takes real tensors only: pass torch.view_as_real(x) and call "
+                                   "torch.view_as_complex on it inside the model")
             if isinstance(spec.arg, TensorArgument):
                 inputs.append(g.add_input(conv.tensor_type(node.meta["val"]), spec.arg.name))
                 input_leaves.append(user_index)
