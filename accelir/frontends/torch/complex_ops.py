@@ -30,7 +30,7 @@ import torch.fx
 
 from ...ir import DType, Value
 from ...ops.runtime_sized import dft_matrix
-from .context import COMPLEX_DTYPES, RULES, Complex, NodeContext, complex_rule, rule, torch_dtype, wrap_axis
+from .context import COMPLEX_DTYPES, Complex, NodeContext, complex_rule, rule, torch_dtype, wrap_axis
 
 __all__: list[str] = []
 
@@ -74,11 +74,6 @@ def _imag(ctx: NodeContext, c: Complex) -> Value:
     if c.im is not None:
         return c.im
     return ctx.b.op("broadcast_to", ctx.scalar(0, c.re), shape=c.re.shape)
-
-
-def _is_complex_arg(ctx: NodeContext, arg: Any) -> bool:
-    v = ctx.conv.env.get(arg) if isinstance(arg, torch.fx.Node) else arg
-    return isinstance(v, Complex) or (isinstance(v, torch.Tensor) and v.is_complex())
 
 
 # ----- layout ops: the real rule on each part --------------------------------------------
