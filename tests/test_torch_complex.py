@@ -305,3 +305,23 @@ def test_transformers_models_with_complex_numbers_or_noise_match_eager(model_typ
         got = accelir.optimize(graph, flat, backend=backend)(*flat)
         got = [np.asarray(x) for x in (got if isinstance(got, (list, tuple)) else [got])]
         assert not DEFAULT_BUDGETS["fp32"].violations(measure(want, got)), backend
+
+
+@pytest.mark.slow
+def test_llama4_vision_rotary_from_a_complex_buffer_matches_eager():
+    """Llama 4's vision encoder keeps its rotary frequencies as a complex64 buffer (``freqs_ci``)."""
+    from transformers import Llama4VisionConfig, Llama4VisionModel
+
+    from accelir.accuracy import DEFAULT_BUDGETS, measure
+    config = Llama4VisionConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
+                                vision_output_dim=64, image_size=64, patch_size=16, projector_input_dim=64,
+                                projector_output_dim=64)
+    torch.manual_seed(0)
+    model = Llama4VisionModel(config).eval()
+    assert model.rotary_embedding.freqs_ci.dtype == torch.complex64
+    x = _inputs([(1, 3, 64, 64)], torch.float32)[0]
+    with torch.no_grad():
+        want = model(x).last_hidden_state.numpy()
+    for backend in BACKENDS:
+        got = np.asarray(accelir.optimize(model, (x,), backend=backend)(x).last_hidden_state)
+        assert not DEFAULT_BUDGETS["fp32"].violations(measure([want], [got])), backend
