@@ -9,7 +9,8 @@ class's defaults, shrunk by :func:`shrink_config` (layers, widths, heads, vocabu
 a gentler shrink when the aggressive one does not build or run), with random weights from a fixed
 seed, in eval mode, with random batch-norm statistics and no constant parameter, and called on an
 input of its modality (``input_ids``, ``pixel_values``, ``input_values`` or ``input_features``, by the model's
-``main_input_name``).  Then:
+``main_input_name``), and a fixed-seed ``noise`` where the model takes one in place of a ``torch.rand``
+draw in forward (ViT-MAE's random masking).  Then:
 
 1. ``torch.export.export`` (non-strict, then strict): a model it cannot capture is recorded as
    "torch.export fails" and left out of the target;
@@ -283,6 +284,30 @@ def _example_inputs(model: Any, config: Any) -> list[dict[str, Any]]:
     raise ValueError(f"main input {name!r} is not one of this sweep's modalities")
 
 
+def _noise_of(model: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``noise`` for a model whose forward takes it and draws it with ``torch.rand`` when it is not given
+    (transformers' masked autoencoders: ViT-MAE's random masking): a fixed-seed tensor of the shape the
+    model draws, found by watching one eager call, so that eager torch and accelir mask the same patches."""
+    import inspect
+
+    import torch
+    from torch.overrides import TorchFunctionMode
+    if "noise" not in inspect.signature(model.forward).parameters:
+        return {}
+    shapes = []
+
+    class Draws(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.rand:
+                shapes.append(tuple(out.shape))
+            return out
+
+    with torch.no_grad(), Draws():
+        model(**kwargs)
+    return {"noise": torch.rand(shapes[0], generator=torch.Generator().manual_seed(2))} if shapes else {}
+
+
 def _randomize_constants(model: Any) -> None:
     """Batch-norm running statistics away from (0, 1), so that folding them is tested, and noise on
     every parameter that the model's init left constant (zero gates and biases, unit norm scales):
@@ -330,6 +355,7 @@ def build(case: Case) -> tuple[Any, dict[str, Any], list[Any], int]:
             _randomize_constants(model)
             for kwargs in _example_inputs(model, config):
                 try:
+                    kwargs = {**kwargs, **_noise_of(model, kwargs)}
                     with torch.no_grad():
                         return model, kwargs, _tensors(model(**kwargs)), tier
                 except Exception as e:  # noqa: BLE001 - any failure of the model's own forward

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import operator
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -31,7 +32,7 @@ from ..base import RuleContext, RuleTable
 
 __all__ = ["TORCH_DTYPES", "torch_dtype", "source_of", "NodeContext", "Rule", "RULES", "rule", "bind_schema",
            "resolve_aten", "slice_bounds", "wrap_axis", "full", "full_like_type", "to_out", "INT_MAX",
-           "add_inplace_variants"]
+           "add_inplace_variants", "Complex", "COMPLEX_DTYPES", "COMPLEX_RULES", "complex_rule"]
 
 TORCH_DTYPES: dict[torch.dtype, DType] = {
     torch.float16: DType.f16, torch.bfloat16: DType.bf16, torch.float32: DType.f32, torch.float64: DType.f64,
@@ -45,6 +46,10 @@ def torch_dtype(dt: torch.dtype) -> DType:
     try:
         return TORCH_DTYPES[dt]
     except KeyError:
+        if dt.is_complex:
+            raise UnsupportedOpError(f"torch dtype {dt} has no accelir dtype: a complex tensor can cross the "
+                                     "graph's boundary only as real numbers; pass or return "
+                                     "torch.view_as_real(x) instead") from None
         raise UnsupportedOpError(f"torch dtype {dt} has no accelir dtype; supported: "
                                  f"{', '.join(str(d) for d in TORCH_DTYPES)}") from None
 
@@ -102,7 +107,9 @@ class NodeContext(RuleContext):
         return self.conv.value(arg, self)
 
     def is_tensor(self, arg: Any) -> bool:
-        return isinstance(arg, torch.Tensor) or (isinstance(arg, torch.fx.Node)
+        """A tensor argument: an fx node of one, a torch tensor, or an IR value put in its place (one part
+        of a complex tensor, see the complex rules)."""
+        return isinstance(arg, (torch.Tensor, Value)) or (isinstance(arg, torch.fx.Node)
                                                  and isinstance(self.conv.env.get(arg), (Value, torch.Tensor)))
 
     def scalar_of(self, arg: Any) -> Any:
@@ -248,6 +255,28 @@ def slice_bounds(size: D.Dim, start: Any, end: Any, step: int) -> tuple[D.Dim, D
     if type(lo) is int and type(hi) is int and hi < lo:
         hi = lo
     return lo, hi
+
+
+# ----- complex values ----------------------------------------------------------------
+
+#: the dtype of each part of a complex tensor
+COMPLEX_DTYPES: dict[torch.dtype, DType] = {torch.complex32: DType.f16, torch.complex64: DType.f32,
+                                            torch.complex128: DType.f64}
+
+
+@dataclass(frozen=True)
+class Complex:
+    """A complex tensor inside the converter, as its real and imaginary parts: real IR values of the
+    part dtype (the IR has no complex dtype, and none reaches the graph).  ``im`` None stands for an
+    imaginary part known to be zero (a real tensor taken as complex), which saves the products with it."""
+
+    re: Value
+    im: Value | None = None
+
+
+#: rules for nodes that take or give a complex tensor; the converter sends such nodes here, not to RULES
+COMPLEX_RULES = RuleTable()
+complex_rule = COMPLEX_RULES.rule
 
 
 # ----- in-place variants -------------------------------------------------------------

@@ -17,15 +17,20 @@ import torch.utils._pytree as pytree
 
 from ... import dims as D
 from ...arrays import to_numpy
-from ...errors import UnsupportedOpError, VerificationError
+from ...errors import CaptureError, UnsupportedOpError, VerificationError
 from ...ir import Graph, TensorType, Value
-from .context import TORCH_DTYPES, NodeContext, source_of, torch_dtype
+from .context import COMPLEX_DTYPES, COMPLEX_RULES, TORCH_DTYPES, Complex, NodeContext, source_of, torch_dtype
 
 __all__ = ["Converter", "TorchSignature", "bind_outputs", "provenance", "ASSERTS", "is_python_op", "target_name"]
 
 # ops that only check or constrain; they produce nothing the graph needs
 ASSERTS = frozenset({"_assert_tensor_metadata", "_assert_scalar", "_assert_async", "sym_constrain_range",
                       "sym_constrain_range_for_size", "_print", "_check_is_size"})
+# ops that draw random numbers: a captured graph cannot repeat the draw, so they are refused by what they do
+RANDOM_OPS = frozenset(f"{op}{tail}" for tail in ("", "_") for op in (
+    "rand", "randn", "rand_like", "randn_like", "randint", "randint_like", "randperm", "normal", "bernoulli",
+    "uniform", "multinomial", "poisson", "exponential", "geometric", "cauchy", "log_normal", "random",
+    "binomial", "_standard_gamma", "_sample_dirichlet"))
 
 
 # ----- signature ---------------------------------------------------------------------
@@ -153,6 +158,8 @@ class Converter:
         # torch's unbacked symbol of a tensor's .item() (``u0``) -> that 0-d tensor, so an op taking the
         # number as a size operand (topk's k) can read it at run time
         self.item_values: dict[str, Value] = {}
+        # id of a complex tensor constant -> (the tensor, kept alive; its parts as constants)
+        self.complex_consts: dict[int, tuple[torch.Tensor, Complex]] = {}
 
     # --- types
     def dim(self, d: Any) -> D.Dim:
@@ -169,12 +176,16 @@ class Converter:
 
     # --- values
     def value(self, arg: Any, ctx: NodeContext | None = None) -> Value:
+        if isinstance(arg, Value):  # already converted: a complex tensor's part given to a real rule
+            return arg
         if isinstance(arg, torch.fx.Node):
             v = self.env.get(arg)
             if isinstance(v, Value):
                 return v
             if isinstance(v, torch.Tensor):
                 return self.tensor_constant(v, self.tensor_names.get(id(v)), ctx.meta if ctx else None)
+            if isinstance(v, Complex):
+                raise _complex_error(f"a complex tensor (fx node {arg.name}) reaches a rule for real tensors", ctx)
             raise VerificationError(f"fx node {arg.name} is not a tensor (it is {v!r})")
         if isinstance(arg, torch.Tensor):
             return self.tensor_constant(arg, self.tensor_names.get(id(arg)), ctx.meta if ctx else None)
@@ -223,7 +234,8 @@ class Converter:
                     node.op != "call_module" and _is_plain_python(val)):
                 continue
             name, _, _ = self.resolve(node)
-            if not is_python_op(node) and (name is None or (name not in self.rules and name not in ASSERTS)):
+            if not is_python_op(node) and (name is None or (name not in self.rules and name not in ASSERTS
+                                                            and name not in COMPLEX_RULES)):
                 label = name or target_name(node)
                 missing.append((label, provenance(node, label)))
             elif name in _HIGHER_ORDER:
@@ -278,13 +290,22 @@ class Converter:
                                   for a in node.args[_HIGHER_ORDER[name] + 1:]])
             return tuple(self.env[o] for o in outs) if isinstance(outs, (tuple, list)) else self.env[outs]
         meta = provenance(node, name if name else target_name(node))
-        if name not in self.rules:
+        rules = self.rules
+        if self.takes_complex(val, args):
+            if name not in COMPLEX_RULES:
+                raise _complex_error("this op is not carried out on complex tensors",
+                                     NodeContext(self, node, val, meta, name or target_name(node)))
+            rules = COMPLEX_RULES
+        elif name not in self.rules:
+            if is_python_op(node) and self.takes_complex(None, {"args": node.args}):
+                raise _complex_error("python code on a complex tensor", NodeContext(self, node, val, meta,
+                                                                                     target_name(node)))
             if is_python_op(node):
                 return node.target(*self.python(node.args), **{k: self.python(v) for k, v in node.kwargs.items()})
             raise _unsupported_error([(name or target_name(node), meta)])
         ctx = NodeContext(self, node, val, meta, name)
         try:
-            out = self.rules[name](ctx, args)
+            out = rules[name](ctx, args)
         except UnsupportedOpError:
             raise
         except VerificationError as e:
@@ -298,8 +319,22 @@ class Converter:
                 and isinstance(self.env.get(node.args[0]), Value):
             self.item_values.setdefault(val.node.expr.name, self.value(node.args[0]))
 
+    def takes_complex(self, val: Any, args: Mapping[str, Any]) -> bool:
+        """Whether a node gives a complex tensor or takes one (a converted node, a complex constant, a
+        python complex number), directly or in a list argument."""
+        if _is_complex(val) or (isinstance(val, (tuple, list)) and any(_is_complex(v) for v in val)):
+            return True
+        for arg in args.values():
+            for a in (arg if isinstance(arg, (tuple, list)) else (arg,)):
+                v = self.env.get(a) if isinstance(a, torch.fx.Node) else a
+                if isinstance(v, (Complex, complex)) or _is_complex(v):
+                    return True
+        return False
+
     def check_result(self, ctx: NodeContext, out: Any) -> Any:
         """Make the result agree with torch's dtype; a wrong rank or static size is a bug."""
+        if isinstance(out, Complex):
+            return _check_complex(ctx, out)
         if isinstance(out, Value):
             want = ctx.out_type
             if out.dtype is not want.dtype:
@@ -316,12 +351,49 @@ class Converter:
             vals = ctx.val if isinstance(ctx.val, (tuple, list)) else [None] * len(out)
             fixed = []
             for o, v in zip(out, vals):
-                if isinstance(o, Value) and isinstance(v, torch.Tensor):
+                if isinstance(o, (Value, Complex)) and isinstance(v, torch.Tensor):
                     sub = NodeContext(ctx.conv, ctx.node, v, ctx.meta, ctx.name)
                     o = self.check_result(sub, o)
                 fixed.append(o)
             return tuple(fixed)
         return out
+
+
+def _is_complex(val: Any) -> bool:
+    return isinstance(val, torch.Tensor) and val.is_complex()
+
+
+def _check_complex(ctx: NodeContext, out: Complex) -> Complex:
+    """Both parts of a complex result in the part dtype and torch's shape (an imaginary part computed from
+    one operand only may still have that operand's shape)."""
+    if not _is_complex(ctx.val):
+        raise VerificationError(f"torch op {ctx.name} at {source_of(ctx.meta)}: mapped to a complex value, "
+                                f"torch says {ctx.val.dtype if isinstance(ctx.val, torch.Tensor) else ctx.val!r}")
+    dtype, shape = COMPLEX_DTYPES[ctx.val.dtype], ctx.out_shape
+    parts = []
+    for part in (out.re, out.im):
+        if part is not None:
+            part = ctx.cast(part, dtype)
+            if part.shape != shape and part.rank <= len(shape):
+                part = ctx.b.op("broadcast_to", part, shape=shape)
+            if part.rank != len(shape) or any(type(a) is int and type(b) is int and a != b
+                                              for a, b in zip(part.shape, shape)):
+                raise VerificationError(f"torch op {ctx.name} at {source_of(ctx.meta)}: mapped to complex parts "
+                                        f"{part.type}, torch says {list(shape)}")
+        parts.append(part)
+    return Complex(*parts)
+
+
+def _complex_error(why: str, ctx: NodeContext | None) -> CaptureError:
+    """The one-line refusal of a complex tensor where accelir cannot carry one."""
+    where = f"torch op {ctx.name} (node {ctx.node.name}) at {source_of(ctx.meta)}" if ctx else "a torch op"
+    return CaptureError(f"{where}: {why}. accelir carries complex values only through {_COMPLEX_OPS}; compute "
+                        "this step on real tensors (torch.view_as_real(x), or x.real and x.imag) in the model")
+
+
+_COMPLEX_OPS = ("polar, complex, view_as_complex, view_as_real, real, imag, abs, angle, add, sub, mul, div, neg, "
+                "conj, FFTs over static dims (torch.fft.fft / ifft / rfft / irfft and their 2-d and n-d forms) and "
+                "layout ops (views, slices, transposes, cat, stack, dtype changes)")
 
 
 # higher-order ops whose body is a submodule to inline: name -> index of the submodule arg
@@ -359,8 +431,14 @@ def is_python_op(node: torch.fx.Node) -> bool:
 
 
 def _unsupported_error(missing: list[tuple[str, dict[str, str]]]) -> UnsupportedOpError:
+    missing = sorted(missing, key=lambda m: m[0] not in RANDOM_OPS)  # a random draw is what to fix first
     first, meta = missing[0]
     lines = [f"torch op {first} has no accelir mapping (at {source_of(meta)}; origin {meta.get('origin')})."]
+    if first in RANDOM_OPS:
+        lines = [f"torch op {first} at {source_of(meta)} draws random numbers in forward, and a captured graph "
+                 "cannot repeat the draw: pass the numbers in as an input (transformers models that take "
+                 "`noise`, such as ViT-MAE, take them as noise=...), or call model.eval() if it is a training-"
+                 "time draw."]
     if len(missing) > 1:
         lines.append("The graph also uses these unsupported ops:")
         for name, m in missing[1:]:
@@ -378,6 +456,10 @@ def bind_outputs(conv: Converter, leaves: Sequence[Any]) -> tuple[list[Value], l
     slots: list = []
     for o in leaves:
         v = conv.env.get(o) if isinstance(o, torch.fx.Node) else o
+        if isinstance(v, Complex) or _is_complex(v):
+            where = f"node {o.name} at {source_of(provenance(o, 'output'))}" if isinstance(o, torch.fx.Node) else ""
+            raise CaptureError(f"output {len(slots)} of the model ({where}) is a complex tensor, which an accelir "
+                               "graph cannot return: return torch.view_as_real(x), or x.real and x.imag")
         if isinstance(v, torch.Tensor):
             v = conv.value(o)
         if isinstance(v, Value):

@@ -26,13 +26,13 @@ import torch.utils._pytree as pytree
 
 from ...errors import CaptureError, UnsupportedOpError
 from ...ir import Graph
-from . import creation, elementwise, indexing, linalg, nn, reduce, shape
-from .context import RULES, add_inplace_variants, resolve_aten
+from . import complex_ops, creation, elementwise, indexing, linalg, nn, reduce, shape
+from .context import COMPLEX_RULES, RULES, add_inplace_variants, resolve_aten
 from .converter import ASSERTS, Converter, TorchSignature, bind_outputs, is_python_op, target_name
 from .fx import capture_fx
 
 # the rule modules, by op family: importing them registers their rules in RULES; then the in-place variants
-RULE_MODULES = (creation, elementwise, indexing, linalg, nn, reduce, shape)
+RULE_MODULES = (complex_ops, creation, elementwise, indexing, linalg, nn, reduce, shape)
 add_inplace_variants()
 
 
@@ -45,7 +45,8 @@ def unsupported_ops(gm: torch.fx.GraphModule) -> list[str]:
     for node in gm.graph.nodes:
         if node.op == "call_function":
             name, _, _ = resolve_aten(node)
-            if not is_python_op(node) and (name is None or (name not in RULES and name not in ASSERTS)):
+            if not is_python_op(node) and (name is None or (name not in RULES and name not in ASSERTS
+                                                            and name not in COMPLEX_RULES)):
                 names.append(name or target_name(node))
     return list(dict.fromkeys(names))
 
@@ -155,6 +156,10 @@ def _capture_export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_s
     for spec in sig.input_specs:
         node = placeholders[spec.arg.name] if hasattr(spec.arg, "name") else None
         if spec.kind == InputKind.USER_INPUT:
+            if isinstance(spec.arg, TensorArgument) and node.meta["val"].is_complex():
+                raise CaptureError(f"input {spec.arg.name!r} is a {node.meta['val'].dtype} tensor, and an accelir "
+                                   "graph takes real tensors only: pass torch.view_as_real(x) and call "
+                                   "torch.view_as_complex on it inside the model")
             if isinstance(spec.arg, TensorArgument):
                 inputs.append(g.add_input(conv.tensor_type(node.meta["val"]), spec.arg.name))
                 input_leaves.append(user_index)
@@ -163,7 +168,7 @@ def _capture_export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_s
             user_index += 1
         elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
             tensor = ep.state_dict[spec.target] if spec.target in ep.state_dict else ep.constants[spec.target]
-            if isinstance(tensor, torch.Tensor) and node is not None and node.users:
+            if isinstance(tensor, torch.Tensor) and not tensor.is_complex() and node is not None and node.users:
                 tensor = conv.tensor_constant(tensor, spec.target, {"origin": f"state_dict[{spec.target!r}]"})
             inputs.append(tensor)
         else:

@@ -246,6 +246,8 @@ def _resolver(gm: torch.fx.GraphModule, vals: Mapping) -> Callable[[torch.fx.Nod
             # the aten rules take python scalars on either side, so bind by position
             a = {"self": args[0]} if len(args) == 1 else {"self": args[0], "other": args[1]}
             return _OPERATORS[t], t, a
+        if t is getattr and args[1] in ("real", "imag") and _is_tensor(vals, args[0]):
+            return args[1], t, {"self": args[0]}  # x.real / x.imag: attributes that are ops
         if t in _FUNCTIONS:
             name, a = _FUNCTIONS[t](*args, **kwargs)
             return name, t, a
