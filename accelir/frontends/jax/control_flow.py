@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ...ir import Graph, TensorType, Value
-from .context import RULES, EqnContext, open_jaxpr, rule
+from .context import RULES, EqnContext, open_jaxpr, rule, to_dim
 
 __all__: list[str] = []
 
@@ -82,8 +82,10 @@ def _scan(cx, *args, jaxpr, length, reverse, num_consts, num_carry, **p):
     carry, xs = rest[:num_carry], rest[num_carry:]
     body_in = _types(dyn) + _types(carry) + [TensorType(t.dtype, t.shape[1:]) for t in _types(xs)]
     body = cx.region(jaxpr, body_in, "body", closure=fixed)
+    steps = to_dim(length)  # a symbolic length (a scan over a symbolic axis) is the scanned operands' dim
     node = cx.b.node("scan", [*dyn, *carry, *xs], {"num_consts": len(dyn), "num_carry": num_carry,
-                                                   "length": int(length), "reverse": bool(reverse)},
+                                                   "length": steps if isinstance(steps, int) else None,
+                                                   "reverse": bool(reverse)},
                      regions=[body])
     return list(node.outputs)
 
