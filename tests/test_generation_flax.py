@@ -567,3 +567,36 @@ def test_reduced_precision_is_refused_for_a_flax_decoder():
     with pytest.raises(AccelirError, match=r"precision='int8': a flax decoder generates in float32 only"):
         accelir.optimize(module.bind(init(module)), (prompt(1)[0],), precision="int8")
 
+
+FLAX_FACTORY = """
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class Decoder(nn.Module):
+    @nn.compact
+    def __call__(self, input_ids):
+        x = nn.Embed(50, 16, embedding_init=nn.initializers.normal(0.5))(input_ids)
+        x = x + nn.MultiHeadDotProductAttention(num_heads=2, decode=True)(x)
+        return nn.Dense(50)(x)
+
+
+def make():
+    module = Decoder()
+    variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 32), jnp.int32))
+    return module.bind(variables), (jnp.array([[3, 14, 15, 9, 2]], jnp.int32),)
+"""
+
+
+def test_bench_generate_times_a_flax_decoder_against_its_jax_loop(tmp_path, capsys):
+    from accelir.cli import main
+    path = tmp_path / "flax_factory.py"
+    path.write_text(FLAX_FACTORY)
+    assert main(["bench", f"{path}:make", "--generate", "6", "--repeats", "2", "--warmup", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("6 new tokens after a prompt of 5, batch 1, greedy")
+    rows = {line.split("  ")[0].strip(): line.split() for line in lines[2:]}
+    assert set(rows) == {"jax loop", "accelir -> onnxruntime", "accelir -> xla"}
+    for row in rows.values():
+        assert float(row[-4]) > 0 and float(row[-3]) > 0 and row[-1] == "yes"
