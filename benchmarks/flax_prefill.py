@@ -1,6 +1,6 @@
 """Time to first token of a flax decoder: its prompt in one prefill call against one step call per token.
 
-    python benchmarks/flax_prefill.py [--models small,large] [--rounds 20] [--allow-load]
+    python benchmarks/flax_prefill.py [--models small,large] [--rounds 20] [--allow-load] [--quick]
 
 A flax decoder's ``decode=True`` attention takes one token per call.  accelir captures its step
 scanned over the prompt as a prefill graph, run in one call; before, the prompt went through the
@@ -113,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="small,large", help=f"comma-separated, of {', '.join(CONFIGS)}")
     parser.add_argument("--backends", default="onnxruntime,xla")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="the small model, 3 rounds: a check that the script runs")
     add_load_arguments(parser)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.rounds = "small", 3
     guard = guard_from(args, threads=2)
     rows = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
