@@ -159,6 +159,8 @@ def test_the_prompt_goes_in_one_runtime_call(backend, monkeypatch):
     assert header.endswith("-> (f32[batch,1,100], i32[], f32[batch,64,2,16], f32[batch,64,2,16], i32[], "
                            "f32[batch,64,2,16], f32[batch,64,2,16]) {")
     assert cm.prefill_graph.op_histogram().get("scan") == 1
+    scan = next(n for n in cm.prefill_graph if n.op == "scan")
+    assert scan.attrs["num_consts"] == 1  # the mask; the weights are constants of the body, as in the step
     stepper = cm._stepper
     calls = []
     if backend == "onnxruntime":
