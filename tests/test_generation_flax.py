@@ -292,6 +292,9 @@ def test_bad_inputs_are_clear_errors_before_the_runtime(backend):
     with pytest.raises(InputError, match=r"prompt \(7 tokens\) plus max_new_tokens \(60\) is 67 tokens, over the "
                                          r"model's cache capacity \(64,"):
         cm.generate(ids, max_new_tokens=60)
+    with pytest.raises(InputError, match=r"prompt \(70 tokens\) plus max_new_tokens \(1\) is 71 tokens, over the "
+                                         r"model's cache capacity \(64,"):  # before the prefill graph runs
+        cm.generate(jnp.ones((1, 70), jnp.int32), max_new_tokens=1)
     with pytest.raises(InputError, match="token ids must be integers.*float32"):
         cm.generate(ids.astype(jnp.float32), max_new_tokens=2)
     with pytest.raises(InputError, match=r"token id 100 is outside the vocabulary \[0, 100\)"):
