@@ -636,18 +636,22 @@ def _bench_generate(inp: LoadedInput, args: argparse.Namespace) -> int:
 
     import accelir
     from .generation import GenerationTiming, is_causal_lm
+    from .generation_flax import is_flax_decoder
 
     n = args.generate
     if n < 1:
         raise UsageError(f"--generate: the number of new tokens must be at least 1, got {n}")
-    if inp.kind != "factory" or not is_causal_lm(inp.model):
+    flax = inp.kind == "factory" and is_flax_decoder(inp.model)
+    if inp.kind != "factory" or not (flax or is_causal_lm(inp.model)):
         raise AccelirError(f"{args.input}: --generate needs a factory returning a transformers causal LM with "
-                           "use_cache=True and its prompt ids")
+                           "use_cache=True, or a flax decoder with its cache, and its prompt ids")
     ids = inp.example_inputs[0]
     options = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False)  # every system makes all n tokens
+    eager = "jax loop" if flax else "transformers generate"  # a flax decoder's own loop: its step jitted, per token
     systems: dict[str, Callable[[Any], Any]] = {
-        "transformers generate": lambda streamer: inp.model.generate(ids, streamer=streamer, **options)}
-    build = {"transformers generate": 0.0}
+        eager: _jax_loop(inp.model, ids, n) if flax else
+        lambda streamer: inp.model.generate(ids, streamer=streamer, **options)}
+    build = {eager: 0.0}
     for b in [b.strip() for b in args.backends.split(",") if b.strip()]:
         if b not in BACKENDS:
             raise UsageError(f"--backends: unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
@@ -663,7 +667,7 @@ def _bench_generate(inp: LoadedInput, args: argparse.Namespace) -> int:
                 timing = GenerationTiming.measure(fn)
                 if r >= args.warmup:
                     runs[label].append(timing)
-    reference = runs["transformers generate"][0].tokens.tolist() if args.repeats else None
+    reference = runs[eager][0].tokens.tolist() if args.repeats else None
     width = max(len(k) for k in systems)
     print(f"{n} new tokens after a prompt of {ids.shape[1]}, batch {ids.shape[0]}, greedy; medians of "
           f"{args.repeats} runs")
@@ -674,6 +678,13 @@ def _bench_generate(inp: LoadedInput, args: argparse.Namespace) -> int:
         same = "yes" if timings and timings[0].tokens.tolist() == reference else "no"
         print(f"{label:{width}s}  {first:14.3f}  {step:12.3f}  {build[label]:8.2f}  {same}")
     return 0
+
+
+def _jax_loop(model: Any, ids: Any, n: int) -> Callable[[Any], Any]:
+    """``generate(streamer)`` for a flax decoder run as flax's decoding loops run it (the baseline of --generate)."""
+    from .frontends.jax.generation import jax_greedy
+    greedy = jax_greedy(model)
+    return lambda streamer: greedy(ids, n, streamer)
 
 
 # ----- passes ------------------------------------------------------------------------
@@ -879,8 +890,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed runs of each system first")
     p.add_argument("--repeats", type=int, default=20, help="timed rounds (each system once per round)")
     p.add_argument("--generate", type=int, metavar="N", default=None,
-                   help="time generating N tokens (IN: a factory of a causal LM and its prompt): time to first "
-                   "token and per-token latency")
+                   help="time generating N tokens (IN: a factory of a causal LM or a flax decoder and its prompt): "
+                   "time to first token and per-token latency")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("passes", parents=[debug], help="list the registered passes and the pipelines",

@@ -2,18 +2,20 @@
 
 The model is a bound ``flax.linen`` module with a ``cache`` collection, a ``flax.nnx`` module
 with ``nnx.Cache`` state, or a :class:`CacheDecoder` (``apply_fn``, ``params`` and ``init_cache``
-of a jax decoder whose cache is an explicit pytree).  Its decode step is captured as one graph
-(:mod:`accelir.frontends.jax.generation`),
-run through the pass pipeline and lowered for one backend.  The decoding loop is the one of
-:class:`accelir.generation.GenerationModel` (greedy, sampling, EOS and padding, a streamer), so
-the flax path has the torch path's API and semantics; only the steps differ.  The cache is
-flax's own, fixed capacity, and the prompt goes through the step one token at a time, as
-flax's decoding loops feed it (its ``decode=True`` attention takes one token per call):
+of a jax decoder whose cache is an explicit pytree).  Its decode step and its prefill are captured
+as two graphs (:mod:`accelir.frontends.jax.generation`), run through the pass pipeline and lowered
+for one backend.  The decoding loop is the one of :class:`accelir.generation.GenerationModel`
+(greedy, sampling, EOS and padding, a streamer), so the flax path has the torch path's API and
+semantics; only the steps differ.  The cache is flax's own, fixed capacity.  The prompt goes
+in one runtime call: the prefill graph is the step scanned over the prompt's positions (flax's
+``decode=True`` attention takes one token per call), so its time to first token pays one call's
+dispatch, not one per prompt token:
 
 - onnxruntime: the cache leaves are OrtValues bound (IO binding) as the next step's inputs,
   as :class:`accelir.generation.OrtSteps` keeps a transformers model's cache;
-- xla: the cache leaves are device buffers donated to one jitted step; the model writes the
-  new keys and values with ``dynamic_update_slice`` itself, so XLA updates them in place.
+- xla: the cache leaves are device buffers donated to the jitted prefill, then to one jitted
+  step; the model writes the new keys and values with ``dynamic_update_slice`` itself, so XLA
+  updates them in place.  The prefill compiles once per prompt length.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .api import CompiledModel, OptimizeReport, build_runner, register_model_pat
 from .errors import AccelirError, InputError
 from .frontends.jax.generation import CacheDecoder
 from .generation import GenerationModel, OrtSteps, run_passes
+from .ir import Graph
 
 if TYPE_CHECKING:
     from .frontends.jax.generation import FlaxCacheLayout
@@ -45,7 +48,7 @@ def optimize_flax_decoder(model: Any, example_inputs: Any = None, *, backend: st
                           device: str = "cpu", level: int = 2, passes: Sequence[Any] | None = None,
                           debug: dict[str, Any] | None = None, precision: str = "fp32", accuracy: Any = None,
                           calibration: Sequence[Any] | None = None) -> "FlaxGenerationModel":
-    """``optimize()`` for a bound flax decoder: its decode step, optimised and lowered for ``backend``.
+    """``optimize()`` for a bound flax decoder: its prefill and decode step, optimised and lowered for ``backend``.
 
     Reduced precision is built for transformers causal LMs only (:mod:`accelir.generation_precision`); a flax
     decoder is refused with ``precision`` other than "fp32" rather than run in float32 unasked."""
@@ -58,28 +61,32 @@ def optimize_flax_decoder(model: Any, example_inputs: Any = None, *, backend: st
                            "accuracy and calibration unset)")
     report = OptimizeReport()
     t0 = time.perf_counter()
-    graph, layout = capture_flax_decoder(model)
+    prefill, graph, layout = capture_flax_decoder(model)
     report.stages["capture"] = time.perf_counter() - t0
     source = graph.copy()
     report.nodes_before = graph.num_nodes()
     t0 = time.perf_counter()
     report.passes = run_passes(graph, backend, level, passes, debug)
-    name_step_io(graph, layout)
+    prefill_report = run_passes(prefill, backend, level, passes, debug)
+    for g in (prefill, graph):
+        name_step_io(g, layout)
     report.stages["passes"] = time.perf_counter() - t0
     report.nodes_after = graph.num_nodes()
     t0 = time.perf_counter()
-    if backend == "onnxruntime":  # the session reads the step's weights in place, as the torch path's do
+    if backend == "onnxruntime":  # the sessions read the graphs' weights in place, as the torch path's do
         from .lowering.onnxruntime import OnnxRuntimeModule
         runner = OnnxRuntimeModule(graph, device=device, share_weights=True)
+        stepper: Any = _FlaxOrtSteps(OnnxRuntimeModule(prefill, device=device, share_weights=True), runner, layout)
     else:
         runner = build_runner(graph, backend, device)
-    stepper = _FlaxOrtSteps(runner, layout) if backend == "onnxruntime" else _FlaxXlaSteps(runner, layout)
+        stepper = _FlaxXlaSteps(build_runner(prefill, backend, device), runner, layout)
     report.chosen = backend
     report.stages["lowering"] = time.perf_counter() - t0
     return FlaxGenerationModel(graph, source, runner, backend=backend, device=device, report=report,
                                example_inputs=_example_step(layout, example_inputs), decode_graph=graph,
                                decode_source_graph=source, decode_report=report.passes, layout=layout,
-                               stepper=stepper, defaults={"eos_token_id": None, "pad_token_id": None})
+                               stepper=stepper, defaults={"eos_token_id": None, "pad_token_id": None},
+                               prefill_graph=prefill, prefill_report=prefill_report)
 
 
 def _example_step(layout: FlaxCacheLayout, example_inputs: Any) -> list[np.ndarray]:
@@ -90,56 +97,51 @@ def _example_step(layout: FlaxCacheLayout, example_inputs: Any) -> list[np.ndarr
     return layout.step_inputs(first, np.ones((batch, 1)), first) + layout.empty_cache(batch)
 
 
-def _feed_prompt(decode: Callable[..., np.ndarray], ids: np.ndarray, mask: np.ndarray,
-                 positions: np.ndarray) -> np.ndarray:
-    """The prompt through the step, token by token; the logits after its last token."""
-    for t in range(ids.shape[1]):
-        logits = decode(ids[:, t:t + 1], mask[:, :t + 1], positions[:, t:t + 1])
-    return logits
-
-
 class _FlaxOrtSteps(OrtSteps):
-    """The step on onnxruntime, the cache leaves held as OrtValues between steps."""
+    """Prefill and step on onnxruntime, the cache leaves held as OrtValues between steps."""
 
-    def __init__(self, runner: Any, layout: FlaxCacheLayout):
-        super().__init__(runner, runner)
+    def __init__(self, prefill: Any, decode: Any, layout: FlaxCacheLayout):
+        super().__init__(prefill, decode)
         self.layout = layout
-        self._empty: list[np.ndarray] = []
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, capacity: int) -> np.ndarray:
         import onnxruntime
-        self._empty = self.layout.empty_cache(ids.shape[0])  # the first OrtValues read these arrays in place
-        self.present = [onnxruntime.OrtValue.ortvalue_from_numpy(x, self.device) for x in self._empty]
-        return _feed_prompt(self.decode, ids, mask, pos)
+        empty = self.layout.empty_cache(ids.shape[0])  # read in place by the OrtValues: kept through the run
+        past = [onnxruntime.OrtValue.ortvalue_from_numpy(x, self.device) for x in empty]  # 0-d leaves stay 0-d
+        return self._run(self.prefill_session, self.layout.step_inputs(ids, mask, pos), past)
 
     def decode(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
         return self._run(self.decode_session, self.layout.step_inputs(ids, mask, pos), self.present)
 
 
 class _FlaxXlaSteps:
-    """The step under jax.jit, the cache leaves device buffers donated to each step and written in place."""
+    """Prefill and step under jax.jit, the cache leaves device buffers donated to each call and written in place."""
 
-    def __init__(self, runner: Any, layout: FlaxCacheLayout):
+    def __init__(self, prefill: Any, runner: Any, layout: FlaxCacheLayout):
         import jax
         from .lowering.jax.context import x64_scope
-        fn = runner.function
+        fn, pre_fn = runner.function, prefill.function
         self.layout = layout
         self.device = runner.device
         self.x64_scope = x64_scope
-        self.needs_x64 = fn.needs_x64
-        self.params = fn.device_params(self.device)
+        self.needs_x64 = fn.needs_x64 or pre_fn.needs_x64
+        self.pre_params = pre_fn.device_params(self.device)
+        self.params = _params_sharing_arrays(fn, pre_fn, self.pre_params, self.device)
 
-        def step(params: dict, cache: list, *feeds: Any) -> tuple:
-            outs = fn.apply(params, *feeds, *cache)
-            return outs[0][:, -1, :], list(outs[1:])
-        self._step = jax.jit(step, donate_argnums=(1,), compiler_options=runner.compiler_options)
+        def call(fn: Any) -> Callable:
+            def run(params: dict, cache: list, *feeds: Any) -> tuple:
+                outs = fn.apply(params, *feeds, *cache)
+                return outs[0][:, -1, :], list(outs[1:])
+            return jax.jit(run, donate_argnums=(1,), compiler_options=runner.compiler_options)
+        self._prefill, self._step = call(pre_fn), call(fn)
         self.buffers: list[Any] = []
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, capacity: int) -> np.ndarray:
         import jax
         with self.x64_scope(self.needs_x64):
-            self.buffers = [jax.device_put(x, self.device) for x in self.layout.empty_cache(ids.shape[0])]
-        return _feed_prompt(self.decode, ids, mask, pos)
+            empty = [jax.device_put(x, self.device) for x in self.layout.empty_cache(ids.shape[0])]
+            logits, self.buffers = self._prefill(self.pre_params, empty, *self.layout.step_inputs(ids, mask, pos))
+            return np.asarray(logits)
 
     def decode(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
         with self.x64_scope(self.needs_x64):
@@ -147,13 +149,35 @@ class _FlaxXlaSteps:
             return np.asarray(logits)
 
 
+def _params_sharing_arrays(fn: Any, other: Any, other_device: dict[str, Any], device: Any) -> dict[str, Any]:
+    """``fn``'s device parameters, reusing ``other``'s device array for each weight both graphs hold (the same
+    memory: both were captured from the model's arrays), so the step does not put a second copy of the
+    weights on the device.  The prefill's weights sit in its scan's body, under other keys than the step's:
+    they are matched by memory, not by name."""
+    import jax
+    from .lowering.jax.context import x64_scope
+
+    def where(a: np.ndarray) -> tuple:
+        return a.__array_interface__["data"][0], a.shape, a.dtype.str, a.strides
+    placed = {where(a): other_device[k] for k, a in other.params.items()}
+    with x64_scope(fn.needs_x64):
+        return {k: placed.get(where(a)) if where(a) in placed else jax.device_put(a, device)
+                for k, a in fn.params.items()}
+
+
 class FlaxGenerationModel(GenerationModel):
     """A compiled flax decoder: ``cm.generate(...)`` decodes (jax ids in, jax ids out); ``cm(...)`` runs one
     step graph on its inputs in graph order (``cm.graph``: ids, mask / positions if taken, the cache);
-    ``export`` writes that one graph (its cache, empty, is the past of the first token)."""
+    ``export`` writes that one graph (its cache, empty, is the past of the first token).
+    ``cm.prefill_graph`` takes a whole prompt in one call (the step scanned over its positions)."""
 
     __call__ = CompiledModel.__call__
     export = CompiledModel.export
+
+    def __init__(self, *args: Any, prefill_graph: Graph, prefill_report: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.prefill_graph = prefill_graph
+        self.prefill_report = prefill_report
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """As :meth:`GenerationModel.generate`, whose decoding loop (transformers' order of warpers,

@@ -48,6 +48,14 @@ def test_quick_capture_scripts_state_their_settings_and_load(script):
     assert "thread" in out
 
 
+def test_quick_flax_prefill_times_both_ways_on_both_backends():
+    out = _assert_ran(_run_script(["benchmarks/flax_prefill.py", "--quick", "--allow-load"], timeout=600))
+    assert f"{conditions.cpu_count()} CPUs" in out and "load " in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("small ")]
+    assert [r[1] for r in rows] == ["onnxruntime", "xla"]
+    assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
+
+
 def test_quick_passes_states_threads_machine_sizes():
     out = _assert_ran(_run_script(["benchmarks/passes.py", "--quick", "--allow-load", "--sizes", "300", "600"]))
     settings = next(line for line in out.splitlines() if line.startswith("settings:"))

@@ -429,6 +429,24 @@ def test_symbolic_batch():
     assert_close(accelir.run_graph(g, sig.flatten(x2, w)), jax.jit(fn)(x2, w))
 
 
+def test_scan_over_a_symbolic_axis_runs_its_length_at_run_time():
+    """A scan over a symbolic dim (a prompt of any length) is one scan node whose trip count is that dim, read
+    at run time by the reference, onnxruntime's Loop and XLA."""
+    w = _randn(4, 4)
+
+    def fn(xs, w):
+        carry, ys = lax.scan(lambda c, x: (jnp.tanh(c @ w + x), c.sum()), jnp.zeros_like(xs[0]), xs)
+        return carry, ys
+    g = capture_and_check(fn, _randn(3, 2, 4), w, symbolic_shapes=("n, 2, 4", None))
+    scan = next(n for n in g if n.op == "scan")
+    assert scan.attrs["length"] is None and g.outputs[1].type.shape == ("n",)
+    for backend in ("onnxruntime", "xla"):
+        cm = accelir.optimize(fn, (_randn(3, 2, 4), w), backend=backend, dynamic_shapes=("n, 2, 4", None))
+        for n in (1, 5):
+            xs = _randn(n, 2, 4)
+            assert_close(cm(xs, w), jax.jit(fn)(xs, w))
+
+
 def test_symbolic_spec_pytree_and_conv():
     import flax.linen as nn
     x = _randn(2, 8, 8, 3)

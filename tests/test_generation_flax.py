@@ -149,6 +149,39 @@ def test_greedy_tokens_equal_the_jax_loop(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_the_prompt_goes_in_one_runtime_call(backend, monkeypatch):
+    """The prefill graph is the step scanned over the prompt (one scan node, the prompt's length symbolic):
+    a generation makes one call for the prompt and one per new token after the first, whatever the
+    prompt's length, with the tokens of the loop that feeds the prompt token by token."""
+    cm = compiled(backend)
+    header = str(cm.prefill_graph).splitlines()[0]
+    assert "(%input_ids: i32[batch,seq], %attention_mask: i32[batch,64], %position_ids: i32[batch,seq], " in header
+    assert header.endswith("-> (f32[batch,1,100], i32[], f32[batch,64,2,16], f32[batch,64,2,16], i32[], "
+                           "f32[batch,64,2,16], f32[batch,64,2,16]) {")
+    assert cm.prefill_graph.op_histogram().get("scan") == 1
+    scan = next(n for n in cm.prefill_graph if n.op == "scan")
+    assert scan.attrs["num_consts"] == 1  # the mask; the weights are constants of the body, as in the step
+    stepper = cm._stepper
+    calls = []
+    if backend == "onnxruntime":
+        run = stepper._run
+        monkeypatch.setattr(stepper, "_run", lambda session, *a: calls.append(
+            "prefill" if session is stepper.prefill_session else "step") or run(session, *a))
+    else:
+        for name in ("_prefill", "_step"):
+            monkeypatch.setattr(stepper, name, (lambda fn, name: lambda *a: calls.append(name[1:]) or fn(*a))(
+                getattr(stepper, name), name))
+    rng = np.random.default_rng(5)
+    for length in (1, 12):
+        ids = jnp.asarray(rng.integers(3, VOCAB, (3, length)).astype(np.int32))
+        mask = jnp.ones((3, length), jnp.int32).at[0, :length // 2].set(0)
+        calls.clear()
+        got = cm.generate(ids, attention_mask=mask, max_new_tokens=6)
+        assert calls == ["prefill"] + ["step"] * 5, length
+        assert np.asarray(got).tolist() == reference(ids, mask, 6).tolist(), length
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_model_without_a_mask_generates_unpadded_prompts_and_refuses_padded_ones(backend):
     cm = compiled(backend, "mask-free")
     ids, _ = prompt(1)
@@ -259,6 +292,9 @@ def test_bad_inputs_are_clear_errors_before_the_runtime(backend):
     with pytest.raises(InputError, match=r"prompt \(7 tokens\) plus max_new_tokens \(60\) is 67 tokens, over the "
                                          r"model's cache capacity \(64,"):
         cm.generate(ids, max_new_tokens=60)
+    with pytest.raises(InputError, match=r"prompt \(70 tokens\) plus max_new_tokens \(1\) is 71 tokens, over the "
+                                         r"model's cache capacity \(64,"):  # before the prefill graph runs
+        cm.generate(jnp.ones((1, 70), jnp.int32), max_new_tokens=1)
     with pytest.raises(InputError, match="token ids must be integers.*float32"):
         cm.generate(ids.astype(jnp.float32), max_new_tokens=2)
     with pytest.raises(InputError, match=r"token id 100 is outside the vocabulary \[0, 100\)"):
@@ -449,6 +485,47 @@ def test_an_explicit_cache_pytree_gives_the_tokens_of_its_own_loop(backend):
                          backend=backend)
 
 
+def jax_prefill(params, cache, input_ids, attention_mask, position_ids):
+    """jax_apply for a whole prompt at once: query i sits in slot index + i and sees the slots up to it that
+    the mask keeps."""
+    batch, length = input_ids.shape
+    x = params["embed"][input_ids] + params["positions"][position_ids]
+    index, layers = cache["index"], []
+    slot = index + jnp.arange(length)
+    visible = (attention_mask[:, None, None, :] > 0) & (jnp.arange(CAPACITY) <= slot[:, None])[None, None]
+    for p, c in zip(params["layers"], cache["layers"]):
+        q, k, v = (t.reshape(batch, length, 2, 16) for t in jnp.split(x @ p["qkv"], 3, axis=-1))
+        keys = jax.lax.dynamic_update_slice(c["k"], k, (0, index, 0, 0))
+        values = jax.lax.dynamic_update_slice(c["v"], v, (0, index, 0, 0))
+        scores = jnp.where(visible, jnp.einsum("bqhd,bkhd->bhqk", q, keys) / 4.0, -1e9)
+        x = x + jnp.tanh(jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, -1), values).reshape(x.shape) @ p["out"])
+        layers.append({"k": keys, "v": values})
+    return jnp.tanh(x) @ params["head"], {"index": index + length, "layers": layers}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_cache_decoder_prefills_with_its_own_prefill_fn(backend):
+    """A prefill_fn taking the whole prompt becomes the prefill graph as it is (no scan), and gives the tokens
+    of apply_fn's own loop."""
+    params = jax_params()
+    cm = accelir.optimize(CacheDecoder(jax_apply, params, jax_init_cache, capacity=CAPACITY, prefill_fn=jax_prefill),
+                          (prompt(1)[0],), backend=backend)
+    assert "scan" not in cm.prefill_graph.op_histogram()
+    assert "%input_ids: i32[batch,seq]" in str(cm.prefill_graph).splitlines()[0]
+    step = jax.jit(lambda cache, *inputs: (lambda out: (out[0][:, -1], out[1]))(jax_apply(params, cache, *inputs)))
+    for batch in (1, 3):
+        ids, mask = prompt(batch)
+        want = greedy_loop(step, jax_init_cache(batch), ids, mask, 12)
+        assert np.asarray(cm.generate(ids, attention_mask=mask, max_new_tokens=12)).tolist() == want.tolist()
+
+    def flat_logits(params, cache, input_ids, attention_mask, position_ids):
+        logits, new = jax_prefill(params, cache, input_ids, attention_mask, position_ids)
+        return logits[:, -1], new
+    with pytest.raises(CaptureError, match=r"prefill_fn must return logits \[batch, seq, vocab\]; it returned "
+                                           r"shape \[batch, 100\]"):
+        capture_flax_decoder(CacheDecoder(jax_apply, params, jax_init_cache, capacity=CAPACITY, prefill_fn=flat_logits))
+
+
 class _ScanBlock(nn.Module):
     @nn.compact
     def __call__(self, x, _):
@@ -494,3 +571,37 @@ def test_reduced_precision_is_refused_for_a_flax_decoder():
     module = MaskFreeDecoder()
     with pytest.raises(AccelirError, match=r"precision='int8': a flax decoder generates in float32 only"):
         accelir.optimize(module.bind(init(module)), (prompt(1)[0],), precision="int8")
+
+
+FLAX_FACTORY = """
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class Decoder(nn.Module):
+    @nn.compact
+    def __call__(self, input_ids):
+        x = nn.Embed(50, 16, embedding_init=nn.initializers.normal(0.5))(input_ids)
+        x = x + nn.MultiHeadDotProductAttention(num_heads=2, decode=True)(x)
+        return nn.Dense(50)(x)
+
+
+def make():
+    module = Decoder()
+    variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 32), jnp.int32))
+    return module.bind(variables), (jnp.array([[3, 14, 15, 9, 2]], jnp.int32),)
+"""
+
+
+def test_bench_generate_times_a_flax_decoder_against_its_jax_loop(tmp_path, capsys):
+    from accelir.cli import main
+    path = tmp_path / "flax_factory.py"
+    path.write_text(FLAX_FACTORY)
+    assert main(["bench", f"{path}:make", "--generate", "6", "--repeats", "2", "--warmup", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("6 new tokens after a prompt of 5, batch 1, greedy")
+    rows = {line.split("  ")[0].strip(): line.split() for line in lines[2:]}
+    assert set(rows) == {"jax loop", "accelir -> onnxruntime", "accelir -> xla"}
+    for row in rows.values():
+        assert float(row[-4]) > 0 and float(row[-3]) > 0 and row[-1] == "yes"

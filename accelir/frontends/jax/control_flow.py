@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ...ir import Graph, TensorType, Value
-from .context import RULES, EqnContext, open_jaxpr, rule
+from .context import RULES, EqnContext, open_jaxpr, rule, to_dim
 
 __all__: list[str] = []
 
@@ -78,13 +78,25 @@ def _state_region(cx: EqnContext, closed: Any, fixed: list[Value], state: list[V
 @rule("scan")
 def _scan(cx, *args, jaxpr, length, reverse, num_consts, num_carry, **p):
     consts, rest = args[:num_consts], list(args[num_consts:])
-    fixed, dyn = _split_closure(consts)
+    dyn = [v for v in consts if v.const_value is None]
     carry, xs = rest[:num_carry], rest[num_carry:]
-    body_in = _types(dyn) + _types(carry) + [TensorType(t.dtype, t.shape[1:]) for t in _types(xs)]
-    body = cx.region(jaxpr, body_in, "body", closure=fixed)
+    body = _scan_body(cx, jaxpr, consts, _types(carry) + [TensorType(t.dtype, t.shape[1:]) for t in _types(xs)])
+    steps = to_dim(length)  # a symbolic length (a scan over a symbolic axis) is the scanned operands' dim
     node = cx.b.node("scan", [*dyn, *carry, *xs], {"num_consts": len(dyn), "num_carry": num_carry,
-                                                   "length": int(length), "reverse": bool(reverse)},
+                                                   "length": steps if isinstance(steps, int) else None,
+                                                   "reverse": bool(reverse)},
                      regions=[body])
     return list(node.outputs)
 
 
+def _scan_body(cx: EqnContext, closed: Any, consts: Sequence[Value], rest: list[TensorType]) -> Graph:
+    """A scan's body region: its leading invars read ``consts``, the constant ones (weights, wherever
+    they stand among the run-time values) copied in, so that passes and backends see them as weights;
+    the others are the region's first inputs, in order, then inputs of the ``rest`` types."""
+    jaxpr, jaxpr_consts = open_jaxpr(closed)
+    region = Graph("body")
+    sub = cx.conv.child(region)
+    threaded = iter([region.add_input(v.type) for v in consts if v.const_value is None])
+    bound = [next(threaded) if v.const_value is None else sub.constant(v.const_value, name="const") for v in consts]
+    region.set_outputs(sub.run(jaxpr, jaxpr_consts, bound + [region.add_input(t) for t in rest], cx.conv.caller))
+    return region

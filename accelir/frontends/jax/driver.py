@@ -66,20 +66,20 @@ class JaxSignature:
 # ----- entry point -------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=256)
-def _symbolic_shape(spec: str) -> tuple:
-    # one scope for every capture: the same spec gives the same dim objects, so jax's trace
-    # caches of inner jitted functions hit as they do for a plain make_jaxpr
+def _symbolic_shape(spec: str, constraints: tuple[str, ...] = ()) -> tuple:
+    # one scope for every capture with the same constraints: the same spec gives the same dim objects,
+    # so jax's trace caches of inner jitted functions hit as they do for a plain make_jaxpr
     import jax
-    return tuple(jax.export.symbolic_shape(spec, scope=_scope()))
+    return tuple(jax.export.symbolic_shape(spec, scope=_scope(constraints)))
 
 
-@functools.lru_cache(maxsize=1)
-def _scope() -> Any:
+@functools.lru_cache(maxsize=16)
+def _scope(constraints: tuple[str, ...] = ()) -> Any:
     import jax
-    return jax.export.SymbolicScope()
+    return jax.export.SymbolicScope(constraints)
 
 
-def _abstract_args(args: tuple, symbolic_shapes: Sequence[Any] | None) -> tuple:
+def _abstract_args(args: tuple, symbolic_shapes: Sequence[Any] | None, constraints: tuple[str, ...] = ()) -> tuple:
     """Replace the arrays that have a shape spec by ShapeDtypeStructs with symbolic dims."""
     if symbolic_shapes is None:
         return args
@@ -90,7 +90,7 @@ def _abstract_args(args: tuple, symbolic_shapes: Sequence[Any] | None) -> tuple:
     def leaf(spec: Any, arr: Any) -> Any:
         if spec is None:
             return arr
-        shape = _symbolic_shape(spec)
+        shape = _symbolic_shape(spec, constraints)
         if len(shape) != np.ndim(arr):
             raise ValueError(f"shape spec {spec!r} has rank {len(shape)}, the example array has shape "
                              f"{np.shape(arr)}")
@@ -124,7 +124,8 @@ def path_name(path: Sequence[Any]) -> str:
 
 
 def capture_jax(fn: Callable, example_args: Sequence[Any], *, example_kwargs: dict | None = None,
-                params_as_constants: bool = False, symbolic_shapes: Sequence[Any] | None = None) -> Graph:
+                params_as_constants: bool = False, symbolic_shapes: Sequence[Any] | None = None,
+                shape_constraints: Sequence[str] = ()) -> Graph:
     """Capture ``fn(*example_args, **example_kwargs)`` as an accelir Graph.
 
     ``params_as_constants`` freezes the leaves of the first argument (a parameter
@@ -133,12 +134,14 @@ def capture_jax(fn: Callable, example_args: Sequence[Any], *, example_kwargs: di
     passes.  ``symbolic_shapes`` has one entry per positional argument: None (static),
     a ``jax.export.symbolic_shape`` spec string such as ``"batch, 128"``, or a pytree of
     such strings matching the argument; dims named alike are the same symbol.
+    ``shape_constraints`` bound the symbols for jax's shape checks (``"seq <= 64"``: a prompt written
+    into a cache of 64 slots).
     """
     import jax
 
     args = tuple(example_args)
     kwargs = dict(example_kwargs or {})
-    traced_args = _abstract_args(args, symbolic_shapes)
+    traced_args = _abstract_args(args, symbolic_shapes, tuple(shape_constraints))
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*traced_args, **kwargs)
     leaves, in_tree = jax.tree_util.tree_flatten((args, kwargs))
     names = _leaf_names((args, kwargs))

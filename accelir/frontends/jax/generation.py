@@ -15,8 +15,15 @@ So the model has one graph, the decode step
 captured by the jax frontend from ``module.apply(variables, ..., mutable=["cache"])`` with
 the cache as explicit graph inputs and outputs (its flattened pytree, leaves named by their
 path: ``cache.Block_0.MultiHeadDotProductAttention_0.cached_key``), batch symbolic and the
-capacity the model's own.  A prompt goes through the same step one token at a time, as
-flax's own decoding loops feed it.  ``attention_mask`` and ``position_ids`` are passed when
+capacity the model's own.  A prompt goes in one call, through the prefill graph
+
+    input_ids [batch, seq] (, attention_mask [batch, capacity]) (, position_ids [batch, seq]), cache...
+        -> logits [batch, 1, vocab] (the prompt's last position), the cache with the prompt written...
+
+the same step scanned over the prompt's positions (``lax.scan``: one ``scan`` node, its length
+the symbolic ``seq``), since flax's ``decode=True`` attention takes one token per call; a
+:class:`CacheDecoder` may instead give a ``prefill_fn`` that takes the whole prompt at once.
+``attention_mask`` and ``position_ids`` are passed when
 the module's ``__call__`` takes arguments of those names, in transformers' flax convention:
 the mask spans the cache's slots (1 on the tokens written so far and the new one, 0 on
 padding and empty slots); positions count each sequence's tokens, padding excluded.
@@ -34,7 +41,7 @@ from ...errors import CaptureError
 from ...ir import Graph
 
 __all__ = ["CacheDecoder", "FlaxCacheLayout", "flax_cache_problem", "is_flax_module", "capture_flax_decoder",
-           "name_step_io"]
+           "name_step_io", "jax_greedy"]
 
 # what a step may take beside the ids, in this order, when the module's __call__ names it
 OPTIONAL_INPUTS = ("attention_mask", "position_ids")
@@ -47,12 +54,18 @@ class CacheDecoder:
     cache with that token written, of the same structure; it may also take ``attention_mask`` and
     ``position_ids`` (by those names, as a flax module's ``__call__`` does).  ``init_cache(batch)`` gives
     an empty cache, batch first.  ``capacity`` is how many tokens the cache holds; None reads it from
-    flax-style ``cached_key`` / ``cached_value`` leaves ([batch, length, heads, depth])."""
+    flax-style ``cached_key`` / ``cached_value`` leaves ([batch, length, heads, depth]).
+
+    ``prefill_fn`` (optional), of ``apply_fn``'s form, takes a whole prompt at once: ids and positions
+    [batch, seq], the mask [batch, capacity] (1 on the prompt's tokens, 0 on its padding and on the
+    empty slots); it returns logits [batch, seq, vocab] and the cache with the prompt written, as
+    ``seq`` calls of ``apply_fn`` would.  Without it the prompt goes through ``apply_fn`` scanned."""
 
     apply_fn: Callable[..., tuple]
     params: Any
     init_cache: Callable[[int], Any]
     capacity: int | None = None
+    prefill_fn: Callable[..., tuple] | None = None
 
 
 def _flax_api(model: Any) -> str | None:
@@ -80,8 +93,9 @@ def flax_cache_problem(model: Any) -> str | None:
     if api is None:
         return f"a {name} is not a flax.linen or flax.nnx module"
     if api == "explicit":
-        return None if callable(model.apply_fn) and callable(model.init_cache) else \
-            "CacheDecoder's apply_fn and init_cache must be callables"
+        return None if callable(model.apply_fn) and callable(model.init_cache) and \
+            (model.prefill_fn is None or callable(model.prefill_fn)) else \
+            "CacheDecoder's apply_fn, init_cache and prefill_fn (when given) must be callables"
     if api == "nnx":
         from flax import nnx
         if not _leaves(nnx.state(model, nnx.Cache)):
@@ -220,20 +234,66 @@ def _nnx_parts(model: Any) -> tuple[Any, Any, Callable]:
 
 def _explicit_parts(model: CacheDecoder) -> tuple[Any, Any, Callable]:
     """A CacheDecoder's parameters, its empty cache of batch 1, and ``make_step`` as for linen."""
+    def make_step(tree: Any, inputs: tuple[str, ...]) -> Callable:
+        return _explicit_call(model.apply_fn, "apply_fn", tree, inputs)
+    return model.params, model.init_cache(1), make_step
+
+
+def _explicit_call(fn: Callable, name: str, tree: Any, inputs: tuple[str, ...]) -> Callable:
+    """``fn`` (a CacheDecoder's ``apply_fn`` or ``prefill_fn``) over flat arrays: ``(weights, *inputs, *cache) ->
+    (logits, *cache)``; the cache it returns must have the structure it took."""
     import jax
 
-    def make_step(tree: Any, inputs: tuple[str, ...]) -> Callable:
-        def step(weights: Any, *args: Any) -> tuple:
-            named = dict(zip(inputs, args))
-            cache = jax.tree_util.tree_unflatten(tree, args[len(inputs):])
-            logits, new = model.apply_fn(weights, cache, named.pop("input_ids"), **named)
-            leaves, new_tree = jax.tree_util.tree_flatten(new)
-            if new_tree != tree:
-                raise CaptureError(f"CacheDecoder.apply_fn returned a cache of another structure than it took: "
-                                   f"{new_tree}, not {tree}")
-            return (logits, *leaves)
-        return step
-    return model.params, model.init_cache(1), make_step
+    def call(weights: Any, *args: Any) -> tuple:
+        named = dict(zip(inputs, args))
+        cache = jax.tree_util.tree_unflatten(tree, args[len(inputs):])
+        logits, new = fn(weights, cache, named.pop("input_ids"), **named)
+        leaves, new_tree = jax.tree_util.tree_flatten(new)
+        if new_tree != tree:
+            raise CaptureError(f"CacheDecoder.{name} returned a cache of another structure than it took: "
+                               f"{new_tree}, not {tree}")
+        return (logits, *leaves)
+    return call
+
+
+def _last_position(prefill: Callable) -> Callable:
+    """A prefill returning logits [batch, seq, vocab], as one returning the last position's [batch, 1, vocab]."""
+    def last(weights: Any, *args: Any) -> tuple:
+        logits, *cache = prefill(weights, *args)
+        if getattr(logits, "ndim", None) != 3:
+            raise CaptureError(f"CacheDecoder.prefill_fn must return logits [batch, seq, vocab]; it returned "
+                               f"shape {list(getattr(logits, 'shape', []))}")
+        return (logits[:, -1:], *cache)
+    return last
+
+
+def _scanned(step: Callable, layout: FlaxCacheLayout, dtype: np.dtype) -> Callable:
+    """``step`` over a whole prompt in one function: ``prefill(weights, *inputs, *cache) -> (logits [batch, 1,
+    vocab], *cache)``, one ``lax.scan`` over the prompt's positions whose step t takes token t, its position,
+    and the mask's slots up to t (those written so far and its own), as the prompt fed token by token
+    sees them.  The last step's logits are carried, not stacked: a prompt's logits would be [seq, batch,
+    vocab]."""
+    import jax.numpy as jnp
+    from jax import lax
+    inputs = layout.inputs
+    slots = np.arange(layout.max_positions)
+
+    def prefill(weights: Any, *args: Any) -> tuple:
+        named = dict(zip(inputs, args))
+        mask = named.pop("attention_mask", None)
+        per_token = {k: jnp.swapaxes(x, 0, 1)[..., None] for k, x in named.items()}  # [seq, batch, 1]
+
+        def body(carry: tuple, x: dict) -> tuple:
+            t, _, cache = carry
+            feeds = dict(x)
+            if mask is not None:
+                feeds["attention_mask"] = jnp.where(slots <= t, mask, jnp.zeros_like(mask))
+            out = step(weights, *(feeds[k] for k in inputs), *cache)
+            return (t + 1, out[0], tuple(out[1:])), None
+        first = jnp.zeros((args[0].shape[0], 1, layout.vocab_size), dtype)
+        (_, logits, cache), _ = lax.scan(body, (jnp.int32(0), first, tuple(args[len(inputs):])), per_token)
+        return (logits, *cache)
+    return prefill
 
 
 def _flax_errors() -> tuple[type, ...]:
@@ -248,8 +308,21 @@ def _flax_errors() -> tuple[type, ...]:
 _PARTS = {"linen": _linen_parts, "nnx": _nnx_parts, "explicit": _explicit_parts}
 
 
-def capture_flax_decoder(model: Any) -> tuple[Graph, FlaxCacheLayout]:
-    """The decode-step graph of a flax decoder and its cache layout (see the module docstring)."""
+@dataclass(frozen=True)
+class _DecoderParts:
+    """What capture and the plain jax loop read from a decoder: its weights, its cache's tree and leaf names,
+    the step's inputs, an empty cache per batch, the capacity, and the step over flat arrays."""
+
+    weights: Any
+    tree: Any
+    names: tuple[str, ...]
+    inputs: tuple[str, ...]
+    empty: Callable[[int], list[np.ndarray]]
+    capacity: int
+    step: Callable[..., tuple]
+
+
+def _decoder_parts(model: Any) -> _DecoderParts:
     problem = flax_cache_problem(model)
     if problem:
         raise CaptureError(f"cannot capture a key/value cache path: {problem}")
@@ -262,27 +335,75 @@ def capture_flax_decoder(model: Any) -> tuple[Graph, FlaxCacheLayout]:
     inputs = ("input_ids",) + tuple(k for k in OPTIONAL_INPUTS if k in params)
     empty = ((lambda batch: _cache_leaves(model.init_cache(batch))[1]) if api == "explicit"
              else _repeat_first_row(leaves))
-    graph = _capture_step(model, make_step(tree, inputs), weights, inputs, empty(1), capacity)
-    layout = FlaxCacheLayout(inputs=inputs, ids_dtype=np.dtype(np.int32), cache_names=tuple(names), empty=empty,
+    return _DecoderParts(weights, tree, tuple(names), inputs, empty, capacity, make_step(tree, inputs))
+
+
+def capture_flax_decoder(model: Any) -> tuple[Graph, Graph, FlaxCacheLayout]:
+    """The prefill and decode-step graphs of a flax decoder and its cache layout (see the module docstring)."""
+    parts = _decoder_parts(model)
+    inputs, capacity, empty = parts.inputs, parts.capacity, parts.empty
+    graph = _capture(model, parts.step, parts.weights, inputs, empty(1), capacity, "decode step (one token", "1")
+    layout = FlaxCacheLayout(inputs=inputs, ids_dtype=np.dtype(np.int32), cache_names=parts.names, empty=empty,
                              vocab_size=int(graph.outputs[0].type.shape[-1]), max_positions=capacity)
-    name_step_io(graph, layout)
-    graph.meta.pop("signature", None)  # called with flat arrays by the generation driver
-    return graph, layout
+    if isinstance(model, CacheDecoder) and model.prefill_fn is not None:
+        prefill = _last_position(_explicit_call(model.prefill_fn, "prefill_fn", parts.tree, inputs))
+    else:
+        prefill = _scanned(parts.step, layout, graph.outputs[0].type.dtype.numpy)
+    prefill_graph = _capture(model, prefill, parts.weights, inputs, empty(1), capacity, "prefill (the whole prompt",
+                             "seq")
+    for g in (prefill_graph, graph):
+        name_step_io(g, layout)
+        g.meta.pop("signature", None)  # called with flat arrays by the generation driver
+    return prefill_graph, graph, layout
 
 
-def _capture_step(model: Any, step: Callable, weights: Any, inputs: tuple[str, ...], cache: list[np.ndarray],
-                  capacity: int) -> Graph:
-    """``step`` captured for one int32 token per sequence, batch symbolic, the weights as constants."""
+def jax_greedy(model: Any) -> Callable[[Any, int, Any], np.ndarray]:
+    """The decoder's own greedy loop in plain jax, as flax's decoding loops run it: ``greedy(ids, new, streamer)``
+    feeds the prompt (ids [batch, seq], no padding) one token per call of the step under ``jax.jit``, then
+    each argmax, and returns ids [batch, seq + new]; ``streamer`` (or None) gets ``put`` per step and ``end``.
+    What ``accelir bench --generate`` times a flax decoder against."""
+    import jax
+    parts = _decoder_parts(model)
+    step = jax.jit(lambda *args: parts.step(parts.weights, *args))
+
+    def greedy(ids: Any, new: int, streamer: Any = None) -> np.ndarray:
+        tokens = np.asarray(ids, np.int32)
+        batch, length = tokens.shape
+        cache = parts.empty(batch)
+        if streamer is not None:
+            streamer.put(tokens)
+        for t in range(length + new - 1):
+            mask = np.zeros((batch, parts.capacity), np.int32)
+            mask[:, :t + 1] = 1
+            feeds = {"input_ids": tokens[:, t:t + 1], "attention_mask": mask, "position_ids": np.full((batch, 1), t,
+                                                                                                     np.int32)}
+            logits, *cache = step(*(feeds[k] for k in parts.inputs), *cache)
+            if t >= length - 1:
+                nxt = np.asarray(logits)[:, -1].argmax(-1).astype(np.int32)[:, None]
+                tokens = np.concatenate([tokens, nxt], axis=1)
+                if streamer is not None:
+                    streamer.put(nxt[:, 0])
+        if streamer is not None:
+            streamer.end()
+        return tokens
+    return greedy
+
+
+def _capture(model: Any, fn: Callable, weights: Any, inputs: tuple[str, ...], cache: list[np.ndarray],
+             capacity: int, what: str, seq: str) -> Graph:
+    """``fn`` (the step, or the prefill) captured for ``seq`` int32 tokens per sequence ("1" or the symbolic
+    "seq"), batch symbolic, the weights as constants; ``what`` names it in errors."""
     from .driver import capture_jax
-    ids = np.zeros((1, 1), np.int32)
+    ids = np.zeros((1, 1 if seq == "1" else 2), np.int32)
     example = {"input_ids": ids, "attention_mask": np.ones((1, capacity), np.int32), "position_ids": ids}
-    specs = {"input_ids": "batch, 1", "attention_mask": f"batch, {capacity}", "position_ids": "batch, 1"}
+    specs = {"input_ids": f"batch, {seq}", "attention_mask": f"batch, {capacity}", "position_ids": f"batch, {seq}"}
     cache_specs = [None if x.ndim == 0 else ", ".join(["batch"] + [str(d) for d in x.shape[1:]]) for x in cache]
     try:
-        graph = capture_jax(step, (weights, *(example[k] for k in inputs), *cache), params_as_constants=True,
-                            symbolic_shapes=(None, *(specs[k] for k in inputs), *cache_specs))
+        graph = capture_jax(fn, (weights, *(example[k] for k in inputs), *cache), params_as_constants=True,
+                            symbolic_shapes=(None, *(specs[k] for k in inputs), *cache_specs),
+                            shape_constraints=() if seq == "1" else (f"{seq} <= {capacity}",))
     except (ValueError, TypeError, *_flax_errors()) as e:  # flax's own checks of a decode call
-        raise CaptureError(f"cannot capture {type(model).__name__}'s decode step (one token, input_ids [batch, 1] "
+        raise CaptureError(f"cannot capture {type(model).__name__}'s {what}, input_ids [batch, {seq}] "
                            f"int32, with {', '.join(inputs[1:]) or 'no other input'}): "
                            f"{str(e).splitlines()[0]}") from None
     logits = graph.outputs[0].type.shape
