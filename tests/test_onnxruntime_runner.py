@@ -500,6 +500,52 @@ def test_batch_norms_left_to_onnxruntime_are_folded_into_its_conv_kernels(tmp_pa
     assert "FusedConv" in ops and "BatchNormalization" not in ops
 
 
+class ConvBnBlock(torch.nn.Module):
+    """A bottleneck's end: conv without bias + batch norm, the residual added, relu."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)) + x)
+
+
+def _session_convs(graph: Graph, tmp_path) -> list[onnx.NodeProto]:
+    """The conv nodes of onnxruntime's optimised CPU session over ``graph`` (ORT_ENABLE_EXTENDED:
+    its fusions, before the machine-specific NCHWc layout)."""
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    OnnxRuntimeModule(graph, session_options=options)
+    nodes = onnx.load(options.optimized_model_filepath).graph.node
+    assert "BatchNormalization" not in {n.op_type for n in nodes}
+    return [n for n in nodes if n.op_type in ("Conv", "FusedConv")]
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_a_batch_norm_without_shift_leaves_onnxruntime_conv_without_a_bias(tmp_path, trained):
+    """A freshly initialised batch norm (mean and bias zero) after a conv without bias becomes a
+    conv without bias in onnxruntime's session, as the exporters' files do, not one that adds a bias
+    of zeros; trained statistics keep the bias.  Both match eager torch."""
+    torch.manual_seed(0)
+    model = ConvBnBlock().eval()
+    if trained:
+        model.bn.running_mean.normal_(0, 0.1)
+    with torch.no_grad():
+        model.bn.running_var.uniform_(0.5, 1.5)
+        model.bn.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 8, 10, 10, generator=torch.Generator().manual_seed(1))
+    cm = accelir.optimize(model, (x,), backend="onnxruntime")
+    convs = _session_convs(cm.graph, tmp_path)
+    assert len(convs) == 1
+    assert (len(convs[0].input) > 2 and convs[0].input[2] != "") == trained
+    with torch.no_grad():
+        assert_relative_close(cm(x), model(x), 1e-5)
+
+
 @pytest.mark.parametrize("name,fused", [("gpt2", {"Attention", "Gemm", "LayerNormalization"}),
                                         ("bert", {"MultiHeadAttention", "Gemm", "LayerNormalization"}),
                                         ("cnn", {"Conv", "BatchNormalization"})])

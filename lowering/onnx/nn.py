@@ -154,9 +154,28 @@ def _lower_skip_rms_norm(ctx, node, xs):
 
 @register_lowering("batch_norm")
 def _lower_batch_norm(ctx, node, xs):
+    k = _batch_norm_scale_only(ctx, node)
+    if k is not None:
+        return [in_compute(ctx, [xs[0], ctx.const(k)], ("Mul",), lambda v: ctx.op("Mul", *v))]
     # x, scale / bias and mean / var are three type variables: compute all in one dtype
     return [in_compute(ctx, xs, ("BatchNormalization",),
                         lambda v: ctx.op("BatchNormalization", *v, epsilon=node.attrs["epsilon"]))]
+
+
+def _batch_norm_scale_only(ctx: LoweringContext, node: Node) -> np.ndarray | None:
+    """For ONNX Runtime, a batch norm with constant parameters whose mean and bias are zero (a
+    freshly initialised one's) as the per-channel factor ``scale / sqrt(var + eps)``, shaped to
+    broadcast over ``x``; else None.  ONNX Runtime folds a BatchNormalization into the conv before
+    it with a bias, here all zeros, which its conv kernels still add; it folds a Mul into the conv's
+    weights (ConvMulFusion) and leaves the conv without one."""
+    if ctx.target != "onnxruntime":
+        return None
+    scale, bias, mean, var = (v.const_value for v in node.inputs[1:])
+    if scale is None or var is None or bias is None or mean is None or bias.any() or mean.any():
+        return None
+    x = node.inputs[0]
+    k = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + node.attrs["epsilon"])
+    return k.astype(x.dtype.numpy).reshape((-1,) + (1,) * (x.type.rank - 2))
 
 
 # GridSample-16 names the modes bilinear / bicubic (GRID_MODE_OLD_NAMES) and takes 4-D inputs only;
