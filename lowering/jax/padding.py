@@ -195,6 +195,10 @@ def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
         inner = [n.op for r in node.regions for n in r.nodes]
         ok = all(registry.get(o).elementwise or o == "constant" for o in inner)
         return None if ok else "a fusion region that is not elementwise"
+    if op == "slice":
+        bounds = _why_slice_bounds(node, syms)
+        if bounds is not None:
+            return bounds
     if op in _AXIS_OPS:
         assumed = _why_assumed_equal(node, syms)
         if assumed is not None:
@@ -206,6 +210,24 @@ def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
                 return f"it mixes entries along axis {ax} of input {i}, whose size is data-dependent"
         return None
     return "its lowering is not known to be right on a padded buffer"
+
+
+def _why_slice_bounds(node: Node, syms: Any) -> str | None:
+    """Why a slice whose bounds name a data-dependent dim cannot run padded, or None.  On the padded
+    program such a dim stands for its bound, not its value: a slice from 0 to it keeps the padded
+    buffer's first entries (the value's, where the axis holds the bound), any other use of it in
+    a bound would slice at the wrong place."""
+    a, x = node.attrs, node.inputs[0]
+    for k, ax in enumerate(a["axes"]):
+        start, stop = a["starts"][k], a["stops"][k]
+        step = a["steps"][k] if a["steps"] else 1
+        if not (_mentions(start, syms) or _mentions(stop, syms)):
+            continue
+        size = x.shape[ax % x.rank]
+        high = getattr(syms.get(stop), "high", None) if isinstance(syms, dict) else None
+        if start != 0 or step != 1 or stop not in syms or type(size) is not int or high is None or high > size:
+            return f"its bounds on axis {ax % x.rank} ({start}:{stop}) are computed from a data-dependent size"
+    return None
 
 
 def _full_slice(node: Node, axis: int) -> bool:
@@ -221,7 +243,7 @@ def _full_slice(node: Node, axis: int) -> bool:
 def check_padding(graph: Graph) -> None:
     """Raise a LoweringError naming the first node that meets a data-dependent dim in a way XLA cannot
     pad (or a data-dependent op with no upper bound); nothing for a graph without unbacked dims."""
-    syms = set(unbacked_dims(graph))
+    syms = unbacked_dims(graph)  # each with its bound: a slice to one must stay within its axis
     if not syms:
         return
     _check(graph, syms, in_region=False)
@@ -232,7 +254,7 @@ def check_padding(graph: Graph) -> None:
                                     f"the XLA lowering slices outputs only to a whole data-dependent dim; {REMEDY}")
 
 
-def _check(graph: Graph, syms: set[str], in_region: bool) -> None:
+def _check(graph: Graph, syms: Any, in_region: bool) -> None:
     for node in graph.nodes:
         if node.op in DATA_DEPENDENT_OPS and node.op not in PRODUCERS:
             raise no_bound(node)

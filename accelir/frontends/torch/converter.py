@@ -18,7 +18,8 @@ import torch.utils._pytree as pytree
 from ... import dims as D
 from ...arrays import to_numpy
 from ...errors import UnsupportedOpError, VerificationError
-from ...ir import Graph, TensorType, Value
+from ...ir import Builder, DType, Graph, Node, TensorType, Value
+from ...unbacked import sizes_read_from
 from .context import TORCH_DTYPES, NodeContext, source_of, torch_dtype
 
 __all__ = ["Converter", "TorchSignature", "bind_outputs", "provenance", "ASSERTS", "is_python_op", "target_name"]
@@ -150,9 +151,10 @@ class Converter:
         self.tensor_consts: dict[int, Value] = {}
         self.tensor_names: dict[int, str] = {}
         self.vals: dict[torch.fx.Node, Any] = {}
-        # torch's unbacked symbol of a tensor's .item() (``u0``) -> that 0-d tensor, so an op taking the
-        # number as a size operand (topk's k) can read it at run time
+        # the IR symbol bound to torch's unbacked symbol of a tensor's .item() -> that 0-d tensor, so an op
+        # taking the number as an operand (topk's k) reads it at run time
         self.item_values: dict[str, Value] = {}
+        self.witnesses: list[list[Node]] = []  # the nodes binding .item() symbols to run-time sizes (bind_item)
 
     # --- types
     def dim(self, d: Any) -> D.Dim:
@@ -292,11 +294,38 @@ class Converter:
         return self.check_result(ctx, out)
 
     def _keep_item(self, node: torch.fx.Node, val: Any) -> None:
-        """Record the tensor behind an integer ``.item()`` that torch.export named by a fresh symbol."""
+        """Bind the fresh symbol torch.export gives an integer ``.item()`` (``u0``; ``.tolist()`` is one
+        ``.item()`` an element) to the tensor it reads, through :meth:`bind_item`."""
         if isinstance(val, torch.SymInt) and val.node.expr.is_Symbol and node.op == "call_function" \
                 and self.resolve(node)[0] in ("item", "_local_scalar_dense") \
-                and isinstance(self.env.get(node.args[0]), Value):
-            self.item_values.setdefault(val.node.expr.name, self.value(node.args[0]))
+                and isinstance(self.env.get(node.args[0]), Value) and val.node.expr.name not in self.dim_names:
+            meta = provenance(node, self.resolve(node)[0] or target_name(node))
+            self.dim_names[val.node.expr.name] = self.bind_item(self.value(node.args[0]), meta)
+
+    def bind_item(self, scalar: Value, meta: Mapping[str, str]) -> str:
+        """An IR unbacked dim whose run-time value is ``scalar``'s: the dim of a witness, a ConstantOfShape
+        of that length, so every later size using the number (a slice bound, a split size, a view or
+        zeros shape, an arange length) is a symbolic dim the lowerings compute from a value carrying it.
+        The number read as a number (topk's k) comes from ``scalar`` itself (``item_values``); a witness
+        no size reads is dropped after the conversion (:meth:`drop_unused_witnesses`)."""
+        b = Builder(self.graph, None, meta)
+        n = scalar if scalar.dtype is DType.i64 else b.op("cast", scalar, dtype=DType.i64)
+        witness = b.node("constant_of_shape", [b.op("reshape", n, shape=(1,))], {"dtype": DType.bool})
+        self.witnesses.append(b.created)
+        sym = witness.output.shape[0]
+        self.item_values[sym] = scalar
+        return sym
+
+    def drop_unused_witnesses(self) -> None:
+        """Remove the witnesses of numbers that no size ended up reading (read as numbers, or not at all),
+        with the reshape / cast that fed only them."""
+        for created in self.witnesses:
+            if created[-1].output.uses() or sizes_read_from(created[-1]):
+                continue
+            for node in reversed(created):
+                if not any(o.uses() for o in node.outputs):
+                    self.graph.remove(node)
+        self.witnesses = []
 
     def check_result(self, ctx: NodeContext, out: Any) -> Any:
         """Make the result agree with torch's dtype; a wrong rank or static size is a bug."""
@@ -308,6 +337,8 @@ class Converter:
                                             for a, b in zip(out.shape, want.shape)):
                 raise VerificationError(f"torch op {ctx.name} at {source_of(ctx.meta)}: mapped to {out.type}, "
                                         f"torch says {want}")
+            if isinstance(ctx.val, torch.Tensor):  # a size torch named afresh (a slice to an .item()) is ours
+                ctx.name_unbacked(out)
             if out.producer is not None and out.producer.graph is ctx.conv.graph:
                 if ctx.node.name and out.name is None:
                     out.name = ctx.node.name
