@@ -147,3 +147,25 @@ def test_xla_refuses_a_slice_starting_at_a_padded_size():
     with pytest.raises(LoweringError, match=r"^node 'slice' .*narrow\]: its bounds on axis 0 \(u0:u0\+2\) are "
                                             r"computed from a data-dependent size.*backend=\"onnxruntime\""):
         accelir.optimize(model, (torch.randn(6), torch.randn(9)), backend="xla")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type, class_name, line", [("jetmoe", "JetMoeModel", "modeling_jetmoe.py"),
+                                                         ("reformer", "ReformerModel", "modeling_reformer.py")])
+def test_sweep_models_sized_by_data_match_eager_on_onnxruntime(model_type, class_name, line):
+    """The transformers sweep's small configs: JetMoE groups tokens per expert by ``.tolist()`` counts,
+    Reformer cuts its axial position table at ``position_ids.max().item()``."""
+    import numpy as np
+
+    from accelir.accuracy import DEFAULT_BUDGETS, measure
+    from benchmarks import transformers_sweep as sweep
+
+    model, kwargs, want, _ = sweep.build(sweep.Case("text", model_type, class_name))
+    graph = accelir.capture(model, (), example_kwargs=kwargs)
+    flat = [np.asarray(x) for x in graph.meta.pop("signature").flatten(**kwargs)]
+    assert any(u.node.op == "constant_of_shape" for u in unbacked_dims(graph).values())
+    got = accelir.optimize(graph, flat, backend="onnxruntime")(*flat)
+    got = [np.asarray(x) for x in (got if isinstance(got, (list, tuple)) else [got])]
+    assert not DEFAULT_BUDGETS["fp32"].violations(measure([w.detach().numpy() for w in want], got))
+    with pytest.raises(LoweringError, match=rf"^node 'constant_of_shape' .*{line}:\d+; item\].*no upper bound"):
+        accelir.optimize(graph, flat, backend="xla")
