@@ -7,6 +7,7 @@ are unspecified.  A node is lowered on such buffers only where that is provably 
 
 - *producers* (``PRODUCERS``) compute the padded buffer and the length; their bound comes from
   their input shapes (NonZero: the element count; Compress, TopK and Slice: the axis size; ...);
+  a ConstantOfShape carries its own (``bound``: the range torch.export recorded for an ``.item()``);
 - *transparent* nodes work on the padded buffer as they are: each valid output entry reads
   only valid input entries (elementwise ops, transposes, a gather whose indices are padded);
 - *masked* nodes (``MASKED``) mix entries along an unbacked axis (a reduction over it, a top-k
@@ -29,7 +30,7 @@ from accelir.ops import registry
 from accelir.ops.dynamic import DATA_DEPENDENT_OPS
 from accelir.unbacked import introduced, unbacked_dims, why_data_dependent
 
-__all__ = ["PRODUCERS", "MASKED", "check_padding", "output_symbols", "introduced_sizes", "unbacked_axes",
+__all__ = ["PRODUCERS", "MASKED", "bounded", "check_padding", "output_symbols", "introduced_sizes", "unbacked_axes",
            "refusal", "no_bound"]
 
 # data-dependent ops whose output size has an upper bound given their input shapes
@@ -157,14 +158,14 @@ def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
     """Why ``node`` cannot run on padded buffers, or None when it can."""
     op = node.op
     opdef = registry.get(op)
-    if op in DATA_DEPENDENT_OPS and op not in PRODUCERS:
+    if op in DATA_DEPENDENT_OPS and not bounded(node):
         return None  # _check refuses it first (no_bound)
-    if in_region and op in PRODUCERS:
+    if in_region and bounded(node):
         return "a data-dependent size inside a region (loop or branch body)"
     bare = _bare(node, syms)
     if bare is not None:
         return bare
-    if op in PRODUCERS:
+    if bounded(node):
         if op == "unique" and unbacked_axes(node.inputs[0].type, syms) and (
                 node.attrs["axis"] is not None or node.inputs[0].rank > 1):
             return "unique of slices or of a flattened value whose size is itself data-dependent"
@@ -254,11 +255,16 @@ def check_padding(graph: Graph) -> None:
                                     f"the XLA lowering slices outputs only to a whole data-dependent dim; {REMEDY}")
 
 
+def bounded(node: Node) -> bool:
+    """Whether a data-dependent ``node`` has an upper bound to pad its sizes to."""
+    return node.op in PRODUCERS or (node.op == "constant_of_shape" and node.attrs["bound"] is not None)
+
+
 def _check(graph: Graph, syms: Any, in_region: bool) -> None:
     for node in graph.nodes:
-        if node.op in DATA_DEPENDENT_OPS and node.op not in PRODUCERS:
+        if node.op in DATA_DEPENDENT_OPS and not bounded(node):
             raise no_bound(node)
-        if _touched(node, syms) or node.op in PRODUCERS:
+        if _touched(node, syms) or bounded(node):
             why = _why_not(node, syms, in_region)
             if why is not None:
                 raise refusal(node, why)

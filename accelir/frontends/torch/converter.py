@@ -300,17 +300,18 @@ class Converter:
                 and self.resolve(node)[0] in ("item", "_local_scalar_dense") \
                 and isinstance(self.env.get(node.args[0]), Value) and val.node.expr.name not in self.dim_names:
             meta = provenance(node, self.resolve(node)[0] or target_name(node))
-            self.dim_names[val.node.expr.name] = self.bind_item(self.value(node.args[0]), meta)
+            self.dim_names[val.node.expr.name] = self.bind_item(self.value(node.args[0]), meta, _upper_bound(val))
 
-    def bind_item(self, scalar: Value, meta: Mapping[str, str]) -> str:
+    def bind_item(self, scalar: Value, meta: Mapping[str, str], bound: int | None = None) -> str:
         """An IR unbacked dim whose run-time value is ``scalar``'s: the dim of a witness, a ConstantOfShape
         of that length, so every later size using the number (a slice bound, a split size, a view or
         zeros shape, an arange length) is a symbolic dim the lowerings compute from a value carrying it.
         The number read as a number (topk's k) comes from ``scalar`` itself (``item_values``); a witness
-        no size reads is dropped after the conversion (:meth:`drop_unused_witnesses`)."""
+        no size reads is dropped after the conversion (:meth:`drop_unused_witnesses`).  ``bound``, the
+        upper end of the range torch.export recorded for the number, is what XLA pads the dim to."""
         b = Builder(self.graph, None, meta)
         n = scalar if scalar.dtype is DType.i64 else b.op("cast", scalar, dtype=DType.i64)
-        witness = b.node("constant_of_shape", [b.op("reshape", n, shape=(1,))], {"dtype": DType.bool})
+        witness = b.node("constant_of_shape", [b.op("reshape", n, shape=(1,))], {"dtype": DType.bool, "bound": bound})
         self.witnesses.append(b.created)
         sym = witness.output.shape[0]
         self.item_values[sym] = scalar
@@ -353,6 +354,19 @@ class Converter:
                 fixed.append(o)
             return tuple(fixed)
         return out
+
+
+MAX_BOUND = 1 << 20  # a larger bound on an .item() size pads XLA's buffers past reason: no bound then
+
+
+def _upper_bound(val: torch.SymInt) -> int | None:
+    """The upper end of the value range torch.export recorded for an unbacked symbol (its ``torch._check``s,
+    its ``.item()`` of a bounded count), or None when it has none (or one too large to pad to)."""
+    ranges = getattr(val.node.shape_env, "var_to_range", {})
+    upper = getattr(ranges.get(val.node.expr), "upper", None)
+    if upper is None or not getattr(upper, "is_Integer", False) or not 0 <= int(upper) <= MAX_BOUND:
+        return None
+    return int(upper)
 
 
 # higher-order ops whose body is a submodule to inline: name -> index of the submodule arg
