@@ -24,7 +24,12 @@ from .context import TORCH_DTYPES, NodeContext, source_of, torch_dtype
 
 __all__ = ["Converter", "TorchSignature", "bind_outputs", "provenance", "ASSERTS", "is_python_op", "target_name"]
 
-# ops that only check or constrain; they produce nothing the graph needs
+# ops that only check or constrain; they produce nothing the graph needs.  Of the range torch.export
+# records for an .item() used as a size (``u0 >= 0``, ``u0 <= 8``: sym_constrain_range*, _check_is_size,
+# the _assert_scalar of its bounds), 0 and the upper end are kept as the bounds of the number's witness,
+# which the lowerings check at run time (Converter.bind_item); a lower end above 0 is not.  Other
+# _assert_scalar conditions (split sizes summing to the dim) have no IR op to check them and are
+# dropped: eager torch raises where they fail.
 ASSERTS = frozenset({"_assert_tensor_metadata", "_assert_scalar", "_assert_async", "sym_constrain_range",
                       "sym_constrain_range_for_size", "_print", "_check_is_size"})
 
