@@ -210,3 +210,17 @@ def test_sweep_models_sized_by_data_match_eager_on_onnxruntime(model_type, class
     with pytest.raises(LoweringError, match=rf"^node 'slice' .*{line}:\d+; \w+\]: its (bounds|output dim) .*computed "
                                             r"from a data-dependent.*backend=\"onnxruntime\""):
         accelir.optimize(graph, flat, backend="xla")
+
+
+def _first(x, k):
+    n = k.item()
+    return x[:n] * 2, torch.arange(n, dtype=torch.int32)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16, torch.uint8])
+def test_an_item_of_every_integer_dtype_sizes_the_graph_at_run_time(dtype):
+    model = Fn(_first)
+    x = torch.randn(8, generator=torch.Generator().manual_seed(8))
+    cm = accelir.optimize(model, (x, torch.tensor(3, dtype=dtype)), backend="onnxruntime")
+    for k in (3, 0, 8, 5):
+        _same(model(x, torch.tensor(k, dtype=dtype)), cm(x, torch.tensor(k, dtype=dtype)))
