@@ -104,16 +104,26 @@ def unbacked_dims(graph: "Graph") -> dict[str, Unbacked]:
 
 
 def sizes_read_from(node: "Node") -> bool:
-    """Whether a value of another node has a dim naming a symbol ``node`` introduces.  Such a size
-    (``Size`` of a selection: a broadcast to ``[u0]``, summed) is read from ``node`` with no edge
-    to it, so the node is live even when none of its outputs is."""
+    """Whether a value or a dims attribute of another node has a dim naming a symbol ``node`` introduces.
+    Such a size (``Size`` of a selection: a broadcast to ``[u0]``, summed; a slice starting at it) is
+    read from ``node`` with no edge to it, so the node is live even when none of its outputs is."""
     syms = set(introduced(node))
     if not syms:
         return False
     for n in _walk(_root(node.graph)):
-        if n is not node and any(D.symbols(d) & syms for v in (*n.inputs, *n.outputs) for d in v.shape):
+        if n is not node and any(D.symbols(d) & syms for d in _dims_of(n)):
             return True
     return False
+
+
+def _dims_of(node: "Node") -> Iterator[Any]:
+    """The dims of ``node``'s input and output types and of its dims attributes (a slice's starts)."""
+    for v in (*node.inputs, *node.outputs):
+        yield from v.shape
+    if registry.is_registered(node.op):
+        for k, spec in registry.get(node.op).attrs.items():
+            if spec.kind == "dims":
+                yield from node.attrs.get(k) or ()
 
 
 def check_symbols(graph: "Graph") -> tuple["Node", str] | None:

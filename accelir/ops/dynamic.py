@@ -473,13 +473,24 @@ def _cos_rule(types, attrs):
 
 
 def _cos_ref(inputs, attrs, regions):
-    return [np.full(tuple(int(s) for s in inputs[0]), attrs["value"], dtype=attrs["dtype"].numpy)]
+    shape = tuple(int(s) for s in inputs[0])
+    if attrs["bound"] is not None and not all(0 <= s <= attrs["bound"] for s in shape):
+        raise TypeRuleError(f"constant_of_shape: shape {list(shape)} is outside its bound 0..{attrs['bound']}")
+    return [np.full(shape, attrs["value"], dtype=attrs["dtype"].numpy)]
+
+
+def _cos_bounds(types, attrs):
+    n = types[0].shape[0] if types[0].rank == 1 and type(types[0].shape[0]) is int else 0
+    return [(0, attrs["bound"])] * n
 
 
 _reg("constant_of_shape", _cos_rule, _cos_ref,
      lambda types, attrs: types[0].shape[0] if types[0].rank == 1 and type(types[0].shape[0]) is int else 0,
-     attrs={"value": AttrSpec("float", 0.0), "dtype": AttrSpec("dtype", DType.f32)},
-     doc="a tensor of a run-time shape filled with value (ONNX ConstantOfShape)")
+     bounds=_cos_bounds,
+     attrs={"value": AttrSpec("float", 0.0), "dtype": AttrSpec("dtype", DType.f32),
+            "bound": AttrSpec("optional_int", None)},
+     doc="a tensor of a run-time shape filled with value (ONNX ConstantOfShape); bound, when given, is a "
+         "known upper bound of every dim (a size torch.export bounds), which XLA pads to")
 
 
 _REDUCTIONS = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min, "prod": np.prod}

@@ -22,7 +22,7 @@ from jax import lax
 from accelir.ops.dynamic import DATA_DEPENDENT_OPS
 from accelir.unbacked import introduced
 
-from .context import JAX_RULES, RuleContext, register_lowering, register_padded
+from .context import JAX_DTYPES, JAX_RULES, RuleContext, register_lowering, register_padded
 from .padding import PRODUCERS, no_bound, unbacked_axes
 from .reduce import positive_axes
 
@@ -127,6 +127,19 @@ def _slice_bounds(s: Any, e: Any, st: Any, n: Any) -> tuple[Any, Any]:
     e = jnp.where(up, jnp.clip(e, 0, n), jnp.clip(e, -1, n - 1))
     span, stride = jnp.where(up, e - s, s - e), jnp.maximum(jnp.abs(st), 1)
     return s, jnp.where(st == 0, 0, jnp.maximum((span + stride - 1) // stride, 0))
+
+
+@register_lowering("constant_of_shape")  # in place of _refuse: padded where it has a bound
+def _constant_of_shape(ctx, shape, *, value, dtype, bound, **attrs):
+    """A buffer of the bound along each dim, each dim's valid length read from ``shape`` (a size torch.export
+    bounds, read with ``.item()``); a size past the bound is the model's own check failing (``require``)."""
+    if bound is None or ctx.lowering.lengths is None:
+        raise no_bound(ctx.node)
+    sizes = shape.reshape(-1).astype(_I64)
+    ctx.require(jnp.all((sizes >= 0) & (sizes <= bound)), f"a size is outside 0..{bound}, the range torch.export "
+                "recorded for it (the model's own checks refuse it); keep the data within that range")
+    _set_lengths(ctx, *(jnp.clip(sizes[i], 0, bound) for i in range(sizes.shape[0])))
+    return jnp.full((bound,) * sizes.shape[0], value, JAX_DTYPES[dtype])
 
 
 @register_lowering("slice_dynamic")

@@ -7,6 +7,7 @@ are unspecified.  A node is lowered on such buffers only where that is provably 
 
 - *producers* (``PRODUCERS``) compute the padded buffer and the length; their bound comes from
   their input shapes (NonZero: the element count; Compress, TopK and Slice: the axis size; ...);
+  a ConstantOfShape carries its own (``bound``: the range torch.export recorded for an ``.item()``);
 - *transparent* nodes work on the padded buffer as they are: each valid output entry reads
   only valid input entries (elementwise ops, transposes, a gather whose indices are padded);
 - *masked* nodes (``MASKED``) mix entries along an unbacked axis (a reduction over it, a top-k
@@ -29,7 +30,7 @@ from accelir.ops import registry
 from accelir.ops.dynamic import DATA_DEPENDENT_OPS
 from accelir.unbacked import introduced, unbacked_dims, why_data_dependent
 
-__all__ = ["PRODUCERS", "MASKED", "check_padding", "output_symbols", "introduced_sizes", "unbacked_axes",
+__all__ = ["PRODUCERS", "MASKED", "bounded", "check_padding", "output_symbols", "introduced_sizes", "unbacked_axes",
            "refusal", "no_bound"]
 
 # data-dependent ops whose output size has an upper bound given their input shapes
@@ -157,14 +158,14 @@ def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
     """Why ``node`` cannot run on padded buffers, or None when it can."""
     op = node.op
     opdef = registry.get(op)
-    if op in DATA_DEPENDENT_OPS and op not in PRODUCERS:
+    if op in DATA_DEPENDENT_OPS and not bounded(node):
         return None  # _check refuses it first (no_bound)
-    if in_region and op in PRODUCERS:
+    if in_region and bounded(node):
         return "a data-dependent size inside a region (loop or branch body)"
     bare = _bare(node, syms)
     if bare is not None:
         return bare
-    if op in PRODUCERS:
+    if bounded(node):
         if op == "unique" and unbacked_axes(node.inputs[0].type, syms) and (
                 node.attrs["axis"] is not None or node.inputs[0].rank > 1):
             return "unique of slices or of a flattened value whose size is itself data-dependent"
@@ -195,6 +196,10 @@ def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
         inner = [n.op for r in node.regions for n in r.nodes]
         ok = all(registry.get(o).elementwise or o == "constant" for o in inner)
         return None if ok else "a fusion region that is not elementwise"
+    if op == "slice":
+        bounds = _why_slice_bounds(node, syms)
+        if bounds is not None:
+            return bounds
     if op in _AXIS_OPS:
         assumed = _why_assumed_equal(node, syms)
         if assumed is not None:
@@ -206,6 +211,24 @@ def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
                 return f"it mixes entries along axis {ax} of input {i}, whose size is data-dependent"
         return None
     return "its lowering is not known to be right on a padded buffer"
+
+
+def _why_slice_bounds(node: Node, syms: Any) -> str | None:
+    """Why a slice whose bounds name a data-dependent dim cannot run padded, or None.  On the padded
+    program such a dim stands for its bound, not its value: a slice from 0 to it keeps the padded
+    buffer's first entries (the value's, where the axis holds the bound), any other use of it in
+    a bound would slice at the wrong place."""
+    a, x = node.attrs, node.inputs[0]
+    for k, ax in enumerate(a["axes"]):
+        start, stop = a["starts"][k], a["stops"][k]
+        step = a["steps"][k] if a["steps"] else 1
+        if not (_mentions(start, syms) or _mentions(stop, syms)):
+            continue
+        size = x.shape[ax % x.rank]
+        high = getattr(syms.get(stop), "high", None) if isinstance(syms, dict) else None
+        if start != 0 or step != 1 or stop not in syms or type(size) is not int or high is None or high > size:
+            return f"its bounds on axis {ax % x.rank} ({start}:{stop}) are computed from a data-dependent size"
+    return None
 
 
 def _full_slice(node: Node, axis: int) -> bool:
@@ -221,7 +244,7 @@ def _full_slice(node: Node, axis: int) -> bool:
 def check_padding(graph: Graph) -> None:
     """Raise a LoweringError naming the first node that meets a data-dependent dim in a way XLA cannot
     pad (or a data-dependent op with no upper bound); nothing for a graph without unbacked dims."""
-    syms = set(unbacked_dims(graph))
+    syms = unbacked_dims(graph)  # each with its bound: a slice to one must stay within its axis
     if not syms:
         return
     _check(graph, syms, in_region=False)
@@ -232,11 +255,16 @@ def check_padding(graph: Graph) -> None:
                                     f"the XLA lowering slices outputs only to a whole data-dependent dim; {REMEDY}")
 
 
-def _check(graph: Graph, syms: set[str], in_region: bool) -> None:
+def bounded(node: Node) -> bool:
+    """Whether a data-dependent ``node`` has an upper bound to pad its sizes to."""
+    return node.op in PRODUCERS or (node.op == "constant_of_shape" and node.attrs["bound"] is not None)
+
+
+def _check(graph: Graph, syms: Any, in_region: bool) -> None:
     for node in graph.nodes:
-        if node.op in DATA_DEPENDENT_OPS and node.op not in PRODUCERS:
+        if node.op in DATA_DEPENDENT_OPS and not bounded(node):
             raise no_bound(node)
-        if _touched(node, syms) or node.op in PRODUCERS:
+        if _touched(node, syms) or bounded(node):
             why = _why_not(node, syms, in_region)
             if why is not None:
                 raise refusal(node, why)

@@ -101,7 +101,16 @@ def _lower_topk_dynamic(ctx, node, xs):
 def _lower_constant_of_shape(ctx, node, xs):
     dt = node.attrs["dtype"]
     value = numpy_helper.from_array(np.asarray([node.attrs["value"]]).astype(dt.numpy))
-    return [ctx.op("ConstantOfShape", _i64(ctx, xs[0]), dtype=dt, value=value)]
+    shape = _i64(ctx, xs[0])
+    out = ctx.op("ConstantOfShape", shape, dtype=dt, value=value)
+    bound = node.attrs["bound"]
+    if bound is None:
+        return [out]
+    # the bound is a check of the model's (torch.export's range of an .item()): ONNX has no assert, so a
+    # ConstantOfShape of bound - shape fails on a negative dim, and an empty slice of it joins the output
+    rest = ctx.op("ConstantOfShape", ctx.op("Sub", ctx.ints([bound]), shape), dtype=dt, value=value)
+    none = ctx.op("Slice", rest, ctx.ints([0] * node.outputs[0].rank), ctx.ints([0] * node.outputs[0].rank))
+    return [ctx.op("Concat", out, none, axis=0)]
 
 
 @register_lowering("reduce_dynamic")

@@ -17,7 +17,10 @@ from accelir.ops.bincount import NEGATIVE_BIN
 __all__ = ["RUN_TIME_CHECKS", "run_time_error"]
 
 # accelir op -> what a failure of its lowering at run time means
-RUN_TIME_CHECKS: dict[str, str] = {"bincount": NEGATIVE_BIN}
+RUN_TIME_CHECKS: dict[str, str] = {
+    "bincount": NEGATIVE_BIN,
+    "constant_of_shape": "constant_of_shape: a size is negative, or past the bound torch.export recorded for a size "
+                         "read from data (the model's own checks refuse it); keep the data within that range"}
 
 _NODE = re.compile(r"Name:'([^'/]+)/([^']*)'")
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 import torch.fx
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 from ... import dims as D
 from ...errors import UnsupportedOpError
@@ -94,7 +95,8 @@ class NodeContext(RuleContext):
         """Name torch's data-dependent sizes (``u0``...) in this node's result (``val``, default the node's
         own) after the IR's own symbols in ``out``, so later sizes that mention them read the same dims."""
         for d, ours in zip((self.val if val is None else val).shape, out.shape):
-            if isinstance(d, torch.SymInt) and d.node.expr.is_Symbol and isinstance(ours, str):
+            if isinstance(d, torch.SymInt) and d.node.expr.is_Symbol and isinstance(ours, str) \
+                    and free_unbacked_symbols(d.node.expr):  # torch's own input dims keep their names
                 self.conv.dim_names.setdefault(d.node.expr.name, ours)
         return out
 

@@ -18,12 +18,18 @@ import torch.utils._pytree as pytree
 from ... import dims as D
 from ...arrays import to_numpy
 from ...errors import CaptureError, UnsupportedOpError, VerificationError
-from ...ir import Graph, TensorType, Value
+from ...ir import Builder, DType, Graph, Node, TensorType, Value
+from ...unbacked import sizes_read_from
 from .context import COMPLEX_DTYPES, COMPLEX_RULES, TORCH_DTYPES, Complex, NodeContext, source_of, torch_dtype
 
 __all__ = ["Converter", "TorchSignature", "bind_outputs", "provenance", "ASSERTS", "is_python_op", "target_name"]
 
-# ops that only check or constrain; they produce nothing the graph needs
+# ops that only check or constrain; they produce nothing the graph needs.  Of the range torch.export
+# records for an .item() used as a size (``u0 >= 0``, ``u0 <= 8``: sym_constrain_range*, _check_is_size,
+# the _assert_scalar of its bounds), 0 and the upper end are kept as the bounds of the number's witness,
+# which the lowerings check at run time (Converter.bind_item); a lower end above 0 is not.  Other
+# _assert_scalar conditions (split sizes summing to the dim) have no IR op to check them and are
+# dropped: eager torch raises where they fail.
 ASSERTS = frozenset({"_assert_tensor_metadata", "_assert_scalar", "_assert_async", "sym_constrain_range",
                       "sym_constrain_range_for_size", "_print", "_check_is_size"})
 # ops that draw random numbers: a captured graph cannot repeat the draw, so they are refused by what they do
@@ -155,11 +161,12 @@ class Converter:
         self.tensor_consts: dict[int, Value] = {}
         self.tensor_names: dict[int, str] = {}
         self.vals: dict[torch.fx.Node, Any] = {}
-        # torch's unbacked symbol of a tensor's .item() (``u0``) -> that 0-d tensor, so an op taking the
-        # number as a size operand (topk's k) can read it at run time
+        # the IR symbol bound to torch's unbacked symbol of a tensor's .item() -> that 0-d tensor, so an op
+        # taking the number as an operand (topk's k) reads it at run time
         self.item_values: dict[str, Value] = {}
         # id of a complex tensor constant -> (the tensor, kept alive; its parts as constants)
         self.complex_consts: dict[int, tuple[torch.Tensor, Complex]] = {}
+        self.witnesses: list[list[Node]] = []  # the nodes binding .item() symbols to run-time sizes (bind_item)
 
     # --- types
     def dim(self, d: Any) -> D.Dim:
@@ -313,11 +320,39 @@ class Converter:
         return self.check_result(ctx, out)
 
     def _keep_item(self, node: torch.fx.Node, val: Any) -> None:
-        """Record the tensor behind an integer ``.item()`` that torch.export named by a fresh symbol."""
+        """Bind the fresh symbol torch.export gives an integer ``.item()`` (``u0``; ``.tolist()`` is one
+        ``.item()`` an element) to the tensor it reads, through :meth:`bind_item`."""
         if isinstance(val, torch.SymInt) and val.node.expr.is_Symbol and node.op == "call_function" \
                 and self.resolve(node)[0] in ("item", "_local_scalar_dense") \
-                and isinstance(self.env.get(node.args[0]), Value):
-            self.item_values.setdefault(val.node.expr.name, self.value(node.args[0]))
+                and isinstance(self.env.get(node.args[0]), Value) and val.node.expr.name not in self.dim_names:
+            meta = provenance(node, self.resolve(node)[0] or target_name(node))
+            self.dim_names[val.node.expr.name] = self.bind_item(self.value(node.args[0]), meta, _upper_bound(val))
+
+    def bind_item(self, scalar: Value, meta: Mapping[str, str], bound: int | None = None) -> str:
+        """An IR unbacked dim whose run-time value is ``scalar``'s: the dim of a witness, a ConstantOfShape
+        of that length, so every later size using the number (a slice bound, a split size, a view or
+        zeros shape, an arange length) is a symbolic dim the lowerings compute from a value carrying it.
+        The number read as a number (topk's k) comes from ``scalar`` itself (``item_values``); a witness
+        no size reads is dropped after the conversion (:meth:`drop_unused_witnesses`).  ``bound``, the
+        upper end of the range torch.export recorded for the number, is what XLA pads the dim to."""
+        b = Builder(self.graph, None, meta)
+        n = scalar if scalar.dtype is DType.i64 else b.op("cast", scalar, dtype=DType.i64)
+        witness = b.node("constant_of_shape", [b.op("reshape", n, shape=(1,))], {"dtype": DType.bool, "bound": bound})
+        self.witnesses.append(b.created)
+        sym = witness.output.shape[0]
+        self.item_values[sym] = scalar
+        return sym
+
+    def drop_unused_witnesses(self) -> None:
+        """Remove the witnesses of numbers that no size ended up reading (read as numbers, or not at all),
+        with the reshape / cast that fed only them."""
+        for created in self.witnesses:
+            if created[-1].output.uses() or sizes_read_from(created[-1]):
+                continue
+            for node in reversed(created):
+                if not any(o.uses() for o in node.outputs):
+                    self.graph.remove(node)
+        self.witnesses = []
 
     def takes_complex(self, val: Any, args: Mapping[str, Any]) -> bool:
         """Whether a node gives a complex tensor or takes one (a converted node, a complex constant, a
@@ -343,6 +378,8 @@ class Converter:
                                             for a, b in zip(out.shape, want.shape)):
                 raise VerificationError(f"torch op {ctx.name} at {source_of(ctx.meta)}: mapped to {out.type}, "
                                         f"torch says {want}")
+            if isinstance(ctx.val, torch.Tensor):  # a size torch named afresh (a slice to an .item()) is ours
+                ctx.name_unbacked(out)
             if out.producer is not None and out.producer.graph is ctx.conv.graph:
                 if ctx.node.name and out.name is None:
                     out.name = ctx.node.name
@@ -394,6 +431,19 @@ def _complex_error(why: str, ctx: NodeContext | None) -> CaptureError:
 _COMPLEX_OPS = ("polar, complex, view_as_complex, view_as_real, real, imag, abs, angle, add, sub, mul, div, neg, "
                 "conj, FFTs over static dims (torch.fft.fft / ifft / rfft / irfft and their 2-d and n-d forms) and "
                 "layout ops (views, slices, transposes, cat, stack, dtype changes)")
+
+
+MAX_BOUND = 1 << 20  # a larger bound on an .item() size pads XLA's buffers past reason: no bound then
+
+
+def _upper_bound(val: torch.SymInt) -> int | None:
+    """The upper end of the value range torch.export recorded for an unbacked symbol (its ``torch._check``s,
+    its ``.item()`` of a bounded count), or None when it has none (or one too large to pad to)."""
+    ranges = getattr(val.node.shape_env, "var_to_range", {})
+    upper = getattr(ranges.get(val.node.expr), "upper", None)
+    if upper is None or not getattr(upper, "is_Integer", False) or not 0 <= int(upper) <= MAX_BOUND:
+        return None
+    return int(upper)
 
 
 # higher-order ops whose body is a submodule to inline: name -> index of the submodule arg

@@ -176,6 +176,7 @@ def _capture_export(model: torch.nn.Module, args: tuple, kwargs: dict, dynamic_s
     outs = conv.run(ep.graph_module, inputs)
     results, slots = bind_outputs(conv, list(outs) if isinstance(outs, (list, tuple)) else [outs])
     g.set_outputs(results)
+    conv.drop_unused_witnesses()
     kw_order = _kwarg_names(ep.call_spec.in_spec)
     g.meta["frontend"] = "torch"
     g.meta["signature"] = TorchSignature(ep.call_spec.in_spec, input_leaves, ep.call_spec.out_spec, slots, kw_order)
