@@ -1,6 +1,7 @@
 """onnxruntime's MatMulNBits (4 bits) at each accuracy level on this CPU: how fast, and how far from exact.
 
-    python -m benchmarks.int4_kernels [--threads 1] [--repeats 30] [--blocks 32,128] [--levels 0,1,4] [--quick] [--allow-load]
+    python -m benchmarks.int4_kernels [--threads 1] [--repeats 30] [--blocks 32,128] [--levels 0,1,4]
+                                      [--quick] [--allow-load]
 
 One-node MatMulNBits models (4 bits, symmetric, the weight quantised and packed by accelir's own
 ``quantize_blockwise`` / ``pack_nbits``, ORT_ENABLE_ALL, the same thread count), one per accuracy level,
@@ -74,7 +75,8 @@ def _session(k: int, n: int, block: int, level: int, packed: np.ndarray, scales:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               initializer=[numpy_helper.from_array(packed, "b"),
                                            numpy_helper.from_array(scales.reshape(-1), "s")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
+                                                    helper.make_opsetid("com.microsoft", 1)])
     return ort_session(model.SerializeToString(), threads)
 
 
