@@ -1,7 +1,7 @@
 """onnxruntime's MatMulNBits (4 bits) at each accuracy level on this CPU: how fast, and how far from exact.
 
     python -m benchmarks.int4_kernels [--threads 1] [--repeats 30] [--blocks 32,128] [--levels 0,1,4]
-                                      [--quick] [--allow-load]
+                                      [--gpt2] [--quick] [--allow-load]
 
 One-node MatMulNBits models (4 bits, symmetric, the weight quantised and packed by accelir's own
 ``quantize_blockwise`` / ``pack_nbits``, ORT_ENABLE_ALL, the same thread count), one per accuracy level,
@@ -16,8 +16,15 @@ so time other processes take is not counted; a shared machine is compared fairly
 The table gives each level's median CPU ms and its ratio to level 0, and each level's error
 (``accelir.accuracy.measure``'s max_rel and 1 - cosine) against ``x @ W`` in float64, ``W`` the
 dequantised weight: what every level multiplies by, so the error is the kernel's own (level 4's is
-the rounding of x).  ``--quick`` times two small shapes for three rounds: a check that the script
-runs, not a measurement.
+the rounding of x).
+
+``--gpt2`` also compares the levels end to end on GPT-2 small (random weights), in one process by
+CPU time: accelir fp32 and ``precision="int4"`` at each level, every layer quantised (block 32): the
+128-token forward of ``GPT2Model`` (median of ``--repeats`` interleaved calls, one intra-op thread),
+and the per-token decode time of ``cm.generate`` on ``GPT2LMHeadModel`` (prompt 32: the CPU time of
+65 tokens less that of 1, over 64; median of 3 rotating rounds), each with its cosine to eager
+float32 and whether its greedy tokens equal level 0's.  ``--quick`` times two small shapes (and a
+miniature GPT-2) for three rounds: a check that the script runs, not a measurement.
 """
 
 from __future__ import annotations
@@ -103,6 +110,91 @@ def run_shape(m: int, k: int, n: int, block: int, levels: list[int], threads: in
     return out
 
 
+#: prompt and new tokens of the ``--gpt2`` decode timing
+PROMPT, NEW = 32, 64
+
+
+def _gpt2_forward(levels: list[int], repeats: int, quick: bool) -> dict[str, tuple[float, float]]:
+    """System -> (median CPU s of GPT2Model's forward, cosine to eager float32)."""
+    import torch
+
+    import accelir
+    from accelir.accuracy import measure
+    from accelir.arrays import to_numpy
+    from accelir.lowering.onnxruntime import OnnxRuntimeModule
+    from accelir.passes import QuantizeWeights, pipeline
+    from accelir.timing import time_interleaved
+    from benchmarks.conditions import session_call
+    from benchmarks.models import MODELS
+    model, inputs = MODELS["gpt2"].build(quick)
+    with torch.no_grad():
+        want = model(*inputs).last_hidden_state
+    calls, cosine = {}, {}
+    for level in [None, *levels]:
+        name = "accelir fp32" if level is None else f"accelir int4, level {level}"
+        quantise = [] if level is None else [QuantizeWeights(bits=4, block_size=32, accuracy_level=level)]
+        cm = accelir.optimize(model, inputs, passes=[*pipeline(2, "onnxruntime"), *quantise])
+        runner = OnnxRuntimeModule(cm.graph, threads=1)
+        calls[name] = session_call(runner.session, [to_numpy(x) for x in cm.graph.meta["signature"].flatten(*inputs)],
+                                   runner)
+        cosine[name] = measure([want], [calls[name]()[0]]).cosine
+    timings = time_interleaved(calls, warmup=2, repeats=repeats, clock=time.process_time)
+    return {name: (t.median, cosine[name]) for name, t in timings.items()}
+
+
+def _gpt2_decode(levels: list[int], quick: bool) -> dict[str, tuple[float, float, bool]]:
+    """System -> (CPU s per decode token of cm.generate, prefill cosine to eager, tokens equal level 0's)."""
+    import numpy as np
+    import torch
+    import transformers as T
+
+    import accelir
+    from accelir.accuracy import measure
+    from benchmarks.conditions import rotated
+    from benchmarks.precision import int4_at_level
+    torch.manual_seed(0)
+    config = T.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000) if quick else T.GPT2Config()
+    model = T.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, config.vocab_size, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(ids).logits
+    cms = {"accelir fp32": accelir.optimize(model, (ids,))}
+    for level in levels:
+        with int4_at_level(level):
+            cms[f"accelir int4, level {level}"] = accelir.optimize(model, (ids,), precision="int4",
+                                                                   accuracy={"max_abs": 1e30})
+    runs: dict[tuple[str, int], list[float]] = {(name, n): [] for name in cms for n in (1, NEW + 1)}
+    tokens = {}
+    for r in range(4):  # the first round warms up
+        for name, n in rotated(list(runs), r):
+            t0 = time.process_time()
+            out = cms[name].generate(ids, max_new_tokens=n)
+            if r:
+                runs[(name, n)].append(time.process_time() - t0)
+            tokens[name] = out[0, PROMPT:].tolist()
+    med = {key: float(np.median(v)) for key, v in runs.items()}
+    base = f"accelir int4, level {levels[0]}"
+    return {name: ((med[(name, NEW + 1)] - med[(name, 1)]) / NEW, measure([want], [cm(ids).logits]).cosine,
+                   tokens[name] == tokens[base]) for name, cm in cms.items()}
+
+
+def gpt2_report(levels: list[int], repeats: int, quick: bool) -> str:
+    """The ``--gpt2`` table: forward and per-token decode CPU time of fp32 and int4 at each level."""
+    forward, decode = _gpt2_forward(levels, repeats, quick), _gpt2_decode(levels, quick)
+    base = f"accelir int4, level {levels[0]}"
+    lines = [f"GPT-2 {'(miniature) ' if quick else 'small '}end to end, process CPU time: forward of "
+             f"{16 if quick else 128} tokens "
+             f"(GPT2Model, 1 intra-op thread) and decode per token (cm.generate, prompt {PROMPT}, {NEW} tokens)",
+             "| system | forward cpu ms | vs fp32 | cosine | decode cpu ms / token | vs fp32 | cosine | tokens = "
+             f"level {levels[0]}'s |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    f32f, f32d = forward["accelir fp32"][0], decode["accelir fp32"][0]
+    for name in forward:
+        (fs, fc), (ds, dc, same) = forward[name], decode[name]
+        lines.append(f"| {name} | {fs * 1e3:.2f} | {fs / f32f:.2f}x | {fc:.6f} | {ds * 1e3:.2f} | {ds / f32d:.2f}x | "
+                     f"{dc:.6f} | {'' if name in ('accelir fp32', base) else same} |")
+    return "\n".join(lines)
+
+
 def _row(m: int, k: int, n: int, block: int, levels: list[int], r: dict[int, dict[str, float]]) -> str:
     base = r[levels[0]]["cpu_s"]
     times = " | ".join(f"{r[lv]['cpu_s'] * 1e3:.3f} ({r[lv]['cpu_s'] / base:.2f}x, IQR {r[lv]['spread']:.0%})"
@@ -118,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=30, help="timed rounds (default 30)")
     ap.add_argument("--blocks", default="32,128", help="block sizes, comma-separated (default 32,128)")
     ap.add_argument("--levels", default="0,1,4", help="accuracy levels, comma-separated, the first the baseline")
+    ap.add_argument("--gpt2", action="store_true", help="also GPT-2 small end to end: forward and decode per token")
     ap.add_argument("--quick", action="store_true", help="two small shapes, three rounds: a check that it runs")
     add_load_arguments(ap)
     args = ap.parse_args(argv)
@@ -139,8 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MatMulNBits (4 bits, symmetric) by accuracy level on ONNX Runtime CPU, ORT_ENABLE_ALL, {args.threads} "
           "intra-op thread(s); cpu ms: median process CPU time per session.run over interleaved rounds (ratio to "
           f"level {levels[0]}); error against x @ dequantised W in float64")
+    if args.gpt2:
+        with guard.watch():
+            table = gpt2_report(levels, 3 if args.quick else args.repeats, args.quick)
     print(guard.finish())
     print("\n".join(lines))
+    if args.gpt2:
+        print("\n" + table)
     return 0
 
 

@@ -51,7 +51,7 @@ if not __package__:  # run as a script: make the repo root importable, as ``-m``
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.conditions import LoadGuard, add_load_arguments, guard_from, session_call
 
-__all__ = ["main", "run_model", "PRECISION_OF"]
+__all__ = ["main", "run_model", "PRECISION_OF", "int4_at_level"]
 
 PRECISION_OF = {"bert": "int8", "gpt2": "int4", "qwen2": "int4"}
 BLOCK_SIZE = 32
@@ -96,7 +96,7 @@ def _first(out: Any) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _int4_at(level: int) -> Iterator[None]:
+def int4_at_level(level: int) -> Iterator[None]:
     """``precision="int4"`` at accuracy level ``level`` while inside, whatever the backend's default."""
     from accelir.passes import QuantizeWeights
     from accelir.precision import PRECISION_PASSES, Precision
@@ -125,7 +125,7 @@ def _accelir(model: Any, inputs: tuple, threads: int, precision: str, level: int
         cm = accelir.optimize(model, inputs, passes=[*pipeline(2, "onnxruntime"), quantise])
         rep = None
     else:
-        with _int4_at(level):
+        with int4_at_level(level):
             cm = accelir.optimize(model, inputs, precision=precision)
     build = time.perf_counter() - t0
     runner = OnnxRuntimeModule(cm.graph, threads=threads)  # the benchmark's thread count, as for the peer

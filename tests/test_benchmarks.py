@@ -86,10 +86,11 @@ def test_quick_precision_runs_accelir_and_the_peer_at_the_accuracy_level_asked()
 
 
 def test_quick_int4_kernels_times_each_accuracy_level():
-    out = _assert_ran(_run_script(["-m", "benchmarks.int4_kernels", "--quick", "--allow-load"], timeout=300))
-    for row in ("| [4,128] x [128,64] | 32 | ", "| [1,128] x [128,64] | 128 | "):
+    out = _assert_ran(_run_script(["-m", "benchmarks.int4_kernels", "--quick", "--allow-load", "--gpt2"], timeout=600))
+    for row in ("| [4,128] x [128,64] | 32 | ", "| [1,128] x [128,64] | 128 | ", "| accelir fp32 | ",
+                "| accelir int4, level 0 | ", "| accelir int4, level 4 | "):
         assert row in out
-    assert "level 4 cpu ms" in out and "(1.00x" in out
+    assert "level 4 cpu ms" in out and "(1.00x" in out and "decode cpu ms / token" in out
     rows = [line for line in out.splitlines() if line.startswith("| [")]
     assert len(rows) == 4 and all("(= level 0)" not in row.split("|")[-2] for row in rows)  # level 4 rounds x
 
