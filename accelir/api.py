@@ -497,7 +497,7 @@ def optimize(model: Any, example_inputs: Any = None, *, backend: str = "onnxrunt
             measured_on = "xla" if backend == "auto" else measured_on
             check_precision_backend(graph, precision, measured_on, device)
         report.precision = apply_precision(graph, precision, accuracy, samples,
-                                           lambda g: build_runner(g, measured_on, device))
+                                           lambda g: build_runner(g, measured_on, device), measured_on, device)
         report.stages["precision"] = time.perf_counter() - t0
     report.nodes_after = graph.num_nodes()
 

@@ -432,7 +432,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         with progress.step(f"precision {args.precision}"):
             report.precision = apply_precision(graph, args.precision, args.accuracy, samples,
-                                               lambda g: build_runner(g, backend, args.device))
+                                               lambda g: build_runner(g, backend, args.device), backend, args.device)
         report.stages["precision"] = time.perf_counter() - t0
         print(report.precision)
     report.nodes_before, report.nodes_after = source.num_nodes(), graph.num_nodes()

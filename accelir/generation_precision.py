@@ -124,7 +124,7 @@ def apply_generation_precision(prefill: Graph, decode: Graph, precision: str, ac
     from .api import build_runner
     from .pass_manager import PassManager
     from .passes.convert_once import convert_once
-    chosen = check_precision(precision)
+    chosen = check_precision(precision, backend, device)
     if chosen is None:
         return None
     if precision == "bf16":  # a conversion that buys nothing where the backend has no bf16 kernels
@@ -139,7 +139,8 @@ def apply_generation_precision(prefill: Graph, decode: Graph, precision: str, ac
     with convert_once():
         graphs = (_logits_only(prefill), _logits_only(decode))
         feeds = (list(samples), decode_samples(prefill, samples, build))
-        reports = [choose_precision(g, precision, accuracy, s, build)[1] for g, s in zip(graphs, feeds)]
+        reports = [choose_precision(g, precision, accuracy, s, build, backend, device)[1]
+                   for g, s in zip(graphs, feeds)]
         names = set().union(*(_kept_names(g, r, chosen) for g, r in zip(graphs, reports)))
         for graph, probe, report, feed in zip((prefill, decode), graphs, reports, feeds):
             own = _kept_positions(report)

@@ -15,6 +15,10 @@ the layers to leave in float32.  The orchestration is the same for every precisi
 4. when only keeping every layer meets the budget, raise a :class:`PrecisionError` naming the layers
    that break it; a user never gets a silently worse model, nor a silently unquantised one.
 
+A precision may depend on the backend that runs it (:meth:`Precision.on`): int4 asks onnxruntime's CPU
+kernel to round the activations to int8 per block (``accuracy_level`` 4, :func:`int4_accuracy_level`),
+and the budget is measured with that level, the arithmetic the user gets.
+
 A pass ``make`` returns must leave a graph it has converted alone (the PassManager reruns it to a fixed
 point, and its own insertions move the positions ``keep`` names).  fp16 / bf16 take the same pass
 factory form, but their nodes to keep are found by :func:`accelir.float_precision.find_float_precision`
@@ -23,7 +27,7 @@ factory form, but their nodes to keep are found by :func:`accelir.float_precisio
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -32,8 +36,8 @@ from .accuracy import PRECISIONS, Budget, Errors, measure
 from .errors import AccelirError
 from .ir import Graph
 
-__all__ = ["PRECISION_PASSES", "Precision", "quantisable_layers", "named_layers", "PrecisionError", "PrecisionReport",
-           "LayerError", "check_precision", "choose_precision", "apply_precision"]
+__all__ = ["PRECISION_PASSES", "Precision", "int4_accuracy_level", "quantisable_layers", "named_layers",
+           "PrecisionError", "PrecisionReport", "LayerError", "check_precision", "choose_precision", "apply_precision"]
 
 Runner = Callable[..., list]
 PassFactory = Callable[[frozenset], Callable[[Graph], bool]]
@@ -56,6 +60,15 @@ class Precision:
     #: a float dtype ("f16", "bf16"): the nodes to keep are found by accelir.float_precision's search
     #: (values beyond the dtype's range first, then bisection over nodes) rather than by layer ranking
     search: str | None = None
+    #: ``make`` for the backend that runs the graph, ``(keep, backend, device) -> pass``, where it matters
+    make_on: Callable[[frozenset, str | None, str], Callable[[Graph], bool]] | None = None
+
+    def on(self, backend: str | None, device: str = "cpu") -> Precision:
+        """This precision as ``backend`` on ``device`` runs it (None: the backend-neutral default)."""
+        if self.make_on is None:
+            return self
+        make_on = self.make_on
+        return replace(self, make=lambda keep: make_on(keep, backend, device), make_on=None)
 
 
 def _int8(keep: frozenset) -> Callable[[Graph], bool]:
@@ -63,9 +76,23 @@ def _int8(keep: frozenset) -> Callable[[Graph], bool]:
     return QuantizeDynamic(keep=keep)
 
 
-def _int4(keep: frozenset) -> Callable[[Graph], bool]:
+def int4_accuracy_level(backend: str | None, device: str = "cpu") -> int:
+    """``matmul_nbits``' accuracy level for precision="int4" on ``backend``: 4 on onnxruntime's CPU, where
+    MatMulNBits then rounds x to int8 per block and multiplies integers (faster than dequantising the
+    weight blocks to f32 on every call: ``benchmarks/int4_kernels.py``); 0 elsewhere: XLA dequantises
+    inside its f32 dot, where rounding x is extra work, and onnxruntime's CUDA kernel does not read the
+    level.  None (no backend named) is 0, the arithmetic every backend shares."""
+    from .ops.quant import ACCURACY_INT8
+    return ACCURACY_INT8 if backend == "onnxruntime" and device == "cpu" else 0
+
+
+def _int4_on(keep: frozenset, backend: str | None, device: str) -> Callable[[Graph], bool]:
     from .passes import QuantizeWeights
-    return QuantizeWeights(bits=4, block_size=32, keep=keep)
+    return QuantizeWeights(bits=4, block_size=32, accuracy_level=int4_accuracy_level(backend, device), keep=keep)
+
+
+def _int4(keep: frozenset) -> Callable[[Graph], bool]:
+    return _int4_on(keep, None, "cpu")
 
 
 def _float(dtype: str) -> Precision:
@@ -76,7 +103,7 @@ def _float(dtype: str) -> Precision:
 
 
 #: precision -> how to get it; fp32 needs nothing.
-PRECISION_PASSES: dict[str, Precision] = {"int8": Precision(_int8), "int4": Precision(_int4),
+PRECISION_PASSES: dict[str, Precision] = {"int8": Precision(_int8), "int4": Precision(_int4, make_on=_int4_on),
                                           "fp16": _float("f16"), "bf16": _float("bf16")}
 
 
@@ -124,8 +151,9 @@ class PrecisionReport:
         return "\n".join(lines)
 
 
-def check_precision(precision: str) -> Precision | None:
-    """How to get ``precision`` (None for fp32); a clear error for one that is unknown or not built."""
+def check_precision(precision: str, backend: str | None = None, device: str = "cpu") -> Precision | None:
+    """How to get ``precision`` on ``backend`` (None for fp32); a clear error for one that is unknown or
+    not built."""
     if precision not in PRECISIONS:
         raise PrecisionError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
@@ -134,7 +162,7 @@ def check_precision(precision: str) -> Precision | None:
     if make is None:
         have = ", ".join(["fp32", *PRECISION_PASSES])
         raise PrecisionError(f"precision {precision!r} is not available in this build; use one of {have}")
-    return make
+    return make.on(backend, device)
 
 
 class _Trials:
@@ -217,11 +245,12 @@ def _badness(e: Errors, budget: Budget) -> float:
 
 
 def choose_precision(graph: Graph, precision: str, accuracy: Any, samples: Sequence[list[np.ndarray]],
-                     build: Callable[[Graph], Runner]) -> tuple[Callable[[Graph], bool] | None, PrecisionReport]:
-    """The pass that puts ``graph`` (float32, optimised) in ``precision`` within the budget ``accuracy`` on
-    ``samples`` (flat numpy input lists), measured by running graphs built with ``build(graph)``, and its
-    report; None for fp32.  ``graph`` is not changed: the caller runs the pass."""
-    chosen = check_precision(precision)
+                     build: Callable[[Graph], Runner], backend: str | None = None, device: str = "cpu"
+                     ) -> tuple[Callable[[Graph], bool] | None, PrecisionReport]:
+    """The pass that puts ``graph`` (float32, optimised) in ``precision`` as ``backend`` runs it, within the
+    budget ``accuracy`` on ``samples`` (flat numpy input lists), measured by running graphs built with
+    ``build(graph)``, and its report; None for fp32.  ``graph`` is not changed: the caller runs the pass."""
+    chosen = check_precision(precision, backend, device)
     budget = Budget.parse(accuracy, precision)
     report = PrecisionReport(precision, budget, samples=len(samples))
     if chosen is None:
@@ -309,12 +338,13 @@ def _budget_error(precision: str, budget: Budget, errors: Errors, trials: _Trial
 
 
 def apply_precision(graph: Graph, precision: str, accuracy: Any, samples: Sequence[list[np.ndarray]],
-                    build: Callable[[Graph], Runner]) -> PrecisionReport:
-    """Put the optimised float32 ``graph`` in ``precision`` in place, within the budget ``accuracy`` on
-    ``samples``, measured by running graphs built with ``build(graph)`` (the backend's runner); the
-    report says how it went.  ``optimize`` and the command line both call this."""
+                    build: Callable[[Graph], Runner], backend: str | None = None, device: str = "cpu"
+                    ) -> PrecisionReport:
+    """Put the optimised float32 ``graph`` in ``precision`` in place, as ``backend`` on ``device`` runs it,
+    within the budget ``accuracy`` on ``samples``, measured by running graphs built with ``build(graph)``
+    (that backend's runner); the report says how it went.  ``optimize`` and the command line both call this."""
     from .pass_manager import PassManager
-    chosen, report = choose_precision(graph, precision, accuracy, samples, build)
+    chosen, report = choose_precision(graph, precision, accuracy, samples, build, backend, device)
     if chosen is not None:
         PassManager([chosen]).run(graph)
     return report

@@ -13,7 +13,8 @@ are transformers' eager tokens.  Systems, timed in interleaved rounds whose orde
   ``save_pretrained`` directory), where the builder supports the architecture;
 - optimum's ``ORTModelForCausalLM``: listed, not run (it needs transformers<4.58);
 - accelir -> onnxruntime and accelir -> XLA (``accelir.optimize`` + ``cm.generate``), in float32,
-  and with int4 (block 32) and int8 weights (``precision=``, every layer quantised whatever its
+  and with int4 (block 32; MatMulNBits at accuracy level 4 on onnxruntime's CPU, x rounded to int8 per
+  block, ``accelir.precision.int4_accuracy_level``) and int8 weights (``precision=``, every layer quantised whatever its
   error, as onnxruntime's quantisers do; the row gives the prefill logits' cosine to float32,
   since quantised tokens may differ from eager's).
 
@@ -535,8 +536,10 @@ def main(argv: list[str] | None = None) -> int:
                       + _flat_table(name, pasts, flat) + "\n\n" + _memory_table(name, memory, weights, cache)
                       + "\n\n" + sizes)
     print(guard.finish())
+    from accelir.precision import int4_accuracy_level
     print(f"prompt {prompt}, {new} new tokens greedy, batch 1, {threads} thread(s) per runtime, medians of "
-          f"{rounds} round(s) after a warm-up; int4 / int8 rows quantise every layer (block 32 for int4); "
+          f"{rounds} round(s) after a warm-up; int4 / int8 rows quantise every layer (block 32 for int4, at "
+          f"MatMulNBits accuracy level {int4_accuracy_level('onnxruntime', 'cpu')} on onnxruntime); "
           f"flat-latency check: {steps} steps around each past length\n")
     print("\n\n".join(tables))
     return 0

@@ -1,6 +1,7 @@
 """accelir's int8 / int4 against onnxruntime's own quantisers, side by side (ONNX Runtime, CPU).
 
-    python -m benchmarks.precision [--models bert,gpt2,qwen2] [--threads 1] [--repeats 20] [--quick] [--allow-load]
+    python -m benchmarks.precision [--models bert,gpt2,qwen2] [--threads 1] [--repeats 20] [--accuracy-level N]
+                                   [--quick] [--allow-load]
 
 For each model (batch 1, random weights from the config; ``benchmarks/models.py`` for BERT-base and
 GPT-2 small at 128 tokens, and a Qwen2-0.5B-sized config here) it builds
@@ -13,7 +14,12 @@ GPT-2 small at 128 tokens, and a Qwen2-0.5B-sized config here) it builds
   quantisable layer, whatever the error: what the peer does, the like-for-like row;
 - the peer: the TorchScript export (``torch.onnx.export(dynamo=False)``) quantised by
   ``onnxruntime.quantization.quantize_dynamic`` (int8 weights per channel, as accelir's) for int8, or
-  by ``MatMulNBitsQuantizer`` (4 bits, block 32, symmetric, accuracy level 0, as accelir's) for int4.
+  by ``MatMulNBitsQuantizer`` (4 bits, block 32, symmetric, as accelir's) for int4.
+
+Every int4 system runs MatMulNBits at one accuracy level, ``--accuracy-level`` (default: the level
+``precision="int4"`` uses on onnxruntime's CPU, ``accelir.precision.int4_accuracy_level``; at 4 the
+kernel rounds x to int8 per block): accelir's budget row measures its budget at that level, and the
+peer's quantizer writes it into its nodes.
 
 Every session has ORT_ENABLE_ALL and the same intra-op thread count.  Each system's first output is
 measured against eager torch in float32 (``accelir.accuracy.measure``: cosine and max_rel), then the
@@ -21,7 +27,7 @@ systems are timed in interleaved rounds (``accelir.timing.time_interleaved``).  
 median latency, how many of the weight-reading contractions each quantised (the peer's
 MatMulNBitsQuantizer takes MatMul only, so GPT-2's Conv1D layers, exported as Gemm, stay float there),
 the ratio of accelir's quantised model to the peer (target <= 1.0x, at a cosine no
-lower than the peer's) and to accelir's own fp32 (the speed-up a user gets for the accuracy shown).
+lower than the peer's; GPT-2's peer row is the float model, its Gemm layers untouched, and is kept so) and to accelir's own fp32 (the speed-up a user gets for the accuracy shown).
 The machine's load is recorded; a run under load prints no table unless ``--allow-load`` is given
 (``benchmarks/conditions.py``).  Generation's per-token decode speed with int4 weights is not measured
 here: it needs the KV-cache generation path, which this script does not build on.  ``--quick`` runs miniatures of each model and three rounds: a check
@@ -31,12 +37,13 @@ that the script runs, not a measurement.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -44,7 +51,7 @@ if not __package__:  # run as a script: make the repo root importable, as ``-m``
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.conditions import LoadGuard, add_load_arguments, guard_from, session_call
 
-__all__ = ["main", "run_model", "PRECISION_OF"]
+__all__ = ["main", "run_model", "PRECISION_OF", "int4_at_level"]
 
 PRECISION_OF = {"bert": "int8", "gpt2": "int4", "qwen2": "int4"}
 BLOCK_SIZE = 32
@@ -88,20 +95,38 @@ def _first(out: Any) -> np.ndarray:
     return np.asarray(to_numpy(first))
 
 
-def _accelir(model: Any, inputs: tuple, threads: int, precision: str, every_layer: bool = False) -> System:
+@contextlib.contextmanager
+def int4_at_level(level: int) -> Iterator[None]:
+    """``precision="int4"`` at accuracy level ``level`` while inside, whatever the backend's default."""
+    from accelir.passes import QuantizeWeights
+    from accelir.precision import PRECISION_PASSES, Precision
+    saved = PRECISION_PASSES["int4"]
+    PRECISION_PASSES["int4"] = Precision(lambda keep: QuantizeWeights(bits=4, block_size=BLOCK_SIZE,
+                                                                      accuracy_level=level, keep=keep))
+    try:
+        yield
+    finally:
+        PRECISION_PASSES["int4"] = saved
+
+
+def _accelir(model: Any, inputs: tuple, threads: int, precision: str, level: int, every_layer: bool = False
+             ) -> System:
     """accelir at ``precision`` within its default budget, or with ``every_layer`` every quantisable
-    layer quantised whatever the error (what onnxruntime's quantisers do: the like-for-like row)."""
+    layer quantised whatever the error (what onnxruntime's quantisers do: the like-for-like row);
+    int4 at accuracy level ``level``."""
     import accelir
     from accelir.arrays import to_numpy
     from accelir.lowering.onnxruntime import OnnxRuntimeModule
     from accelir.passes import QuantizeDynamic, QuantizeWeights, pipeline
     t0 = time.perf_counter()
     if every_layer:
-        quantise = QuantizeDynamic() if precision == "int8" else QuantizeWeights(bits=4, block_size=BLOCK_SIZE)
+        quantise = (QuantizeDynamic() if precision == "int8" else
+                    QuantizeWeights(bits=4, block_size=BLOCK_SIZE, accuracy_level=level))
         cm = accelir.optimize(model, inputs, passes=[*pipeline(2, "onnxruntime"), quantise])
         rep = None
     else:
-        cm = accelir.optimize(model, inputs, precision=precision)
+        with int4_at_level(level):
+            cm = accelir.optimize(model, inputs, precision=precision)
     build = time.perf_counter() - t0
     runner = OnnxRuntimeModule(cm.graph, threads=threads)  # the benchmark's thread count, as for the peer
     flat = [to_numpy(x) for x in cm.graph.meta["signature"].flatten(*inputs)]
@@ -128,7 +153,7 @@ def _onnx_layers(path: str) -> str:
     return f"{quantised}/{quantised + left}"
 
 
-def _peer(model: Any, inputs: tuple, threads: int, precision: str, tmp: str) -> System:
+def _peer(model: Any, inputs: tuple, threads: int, precision: str, level: int, tmp: str) -> System:
     import onnx
     import torch
 
@@ -143,7 +168,7 @@ def _peer(model: Any, inputs: tuple, threads: int, precision: str, tmp: str) -> 
     else:
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
         quantizer = MatMulNBitsQuantizer(onnx.load(path), bits=4, block_size=BLOCK_SIZE, is_symmetric=True,
-                                         accuracy_level=0)
+                                         accuracy_level=level)
         quantizer.process()
         quantizer.model.save_model_to_file(qpath, use_external_data_format=False)
     session = ort_session(qpath, threads)
@@ -152,39 +177,47 @@ def _peer(model: Any, inputs: tuple, threads: int, precision: str, tmp: str) -> 
     return System(call, np.asarray(call()[0]), build, _onnx_layers(qpath))
 
 
-def run_model(name: str, *, quick: bool, threads: int, repeats: int, guard: LoadGuard) -> dict[str, Any]:
-    """One model's row: per system its latency, cosine / max_rel against eager float32 and build time."""
+def run_model(name: str, *, quick: bool, threads: int, repeats: int, guard: LoadGuard, level: int | None = None
+              ) -> dict[str, Any]:
+    """One model's row: per system its latency, cosine / max_rel against eager float32 and build time;
+    int4 systems at accuracy level ``level`` (None: what accelir uses on onnxruntime's CPU)."""
     import torch
 
     from accelir.accuracy import measure
+    from accelir.precision import PrecisionError, int4_accuracy_level
     from accelir.timing import time_interleaved
+    level = int4_accuracy_level("onnxruntime", "cpu") if level is None else level
     precision = PRECISION_OF[name]
     model, inputs = _build_model(name, quick)
     with torch.no_grad():
         reference = _first(model(*inputs))
-    peer_name = "ort quantize_dynamic" if precision == "int8" else f"ort MatMulNBitsQuantizer (block {BLOCK_SIZE})"
-    from accelir.precision import PrecisionError
+    peer_name = ("ort quantize_dynamic" if precision == "int8" else
+                 f"ort MatMulNBitsQuantizer (block {BLOCK_SIZE}, level {level})")
     over_budget: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        systems = {"accelir fp32": _accelir(model, inputs, threads, "fp32")}
+        systems = {"accelir fp32": _accelir(model, inputs, threads, "fp32", level)}
         try:
-            systems[f"accelir {precision}"] = _accelir(model, inputs, threads, precision)
+            systems[f"accelir {precision}"] = _accelir(model, inputs, threads, precision, level)
         except PrecisionError as e:  # a row of its own: the budget this model cannot meet at this precision
             over_budget[f"accelir {precision}"] = str(e).split("; the layers")[0]
-        systems[f"accelir {precision}, every layer"] = _accelir(model, inputs, threads, precision, every_layer=True)
-        systems[peer_name] = _peer(model, inputs, threads, precision, tmp)
+        systems[f"accelir {precision}, every layer"] = _accelir(model, inputs, threads, precision, level,
+                                                                every_layer=True)
+        systems[peer_name] = _peer(model, inputs, threads, precision, level, tmp)
         with guard.watch() as load:
             timings = time_interleaved({k: s.call for k, s in systems.items()}, warmup=2 if quick else 5,
                                        repeats=repeats)
     errors = {k: measure([reference], [s.output]) for k, s in systems.items()}
     return {"model": name, "precision": precision, "peer": peer_name, "load": str(load[0]), "over_budget": over_budget,
+            "accuracy_level": level if precision == "int4" else None,
             "systems": {k: {"median_ms": timings[k].median * 1e3, "cosine": errors[k].cosine,
                             "max_rel": errors[k].max_rel, "build_s": s.build_s, "layers": s.layers} for k, s in systems.items()}}
 
 
 def report(rows: list[dict[str, Any]], threads: int, conditions: str) -> str:
     lines = [f"accelir reduced precision against onnxruntime's quantisers: batch 1, ONNX Runtime CPU, ORT_ENABLE_ALL, "
-             f"{threads} intra-op thread(s) for every session; error against eager torch float32", conditions, "",
+             f"{threads} intra-op thread(s) for every session; error against eager torch float32"
+             + "".join(sorted({f"; int4 at MatMulNBits accuracy level {r['accuracy_level']}, accelir and peer alike"
+                               for r in rows if r.get("accuracy_level") is not None})), conditions, "",
              "| model | system | quantised layers | median ms | cosine | max_rel | build s | vs peer | vs accelir fp32 "
              "| load |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in rows:
@@ -205,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="bert,gpt2,qwen2", help="comma-separated: bert (int8), gpt2, qwen2 (int4)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads of every session (default 1)")
     ap.add_argument("--repeats", type=int, default=20, help="timed rounds (default 20)")
+    ap.add_argument("--accuracy-level", type=int, choices=range(5), default=None,
+                    help="MatMulNBits accuracy level of every int4 system, accelir's and the peer's (default: what "
+                         "precision='int4' uses on onnxruntime's CPU)")
     ap.add_argument("--quick", action="store_true", help="miniature models and three rounds: a check that it runs")
     add_load_arguments(ap)
     args = ap.parse_args(argv)
@@ -216,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     torch.set_num_threads(args.threads)
     rows = [run_model(n, quick=args.quick, threads=args.threads, repeats=3 if args.quick else args.repeats,
-                      guard=guard) for n in names]
+                      guard=guard, level=args.accuracy_level) for n in names]
     print(report(rows, args.threads, guard.finish()))
     return 0
 

@@ -4,8 +4,10 @@ weight -> ``matmul_nbits(x, b_packed, scales[, zero_points][, b]) {bits, block_s
 The weight is cut into blocks of ``block_size`` along K and quantised to ``bits`` (4 or 8) per block,
 symmetric (zero point 2^(bits-1), implied) or with a zero point per block, and packed in onnxruntime's
 MatMulNBits layout; x stays in float.  ``accuracy_level`` is passed to the kernel (0: its default,
-1: f32, 2: f16, 3: bf16, 4: int8 activations).  ``keep`` and the no-op on a quantised graph are as
-in ``quantize_dynamic``.
+1: f32, 2: f16, 3: bf16, 4: int8 activations) and is part of the op's arithmetic: at 4 x is rounded
+to int8 per block (``accelir.ops.quant``), on every backend.  ``precision="int4"`` picks the level of
+the backend that runs the graph (``accelir.precision.int4_accuracy_level``).  ``keep`` and the no-op
+on a quantised graph are as in ``quantize_dynamic``.
 """
 
 from __future__ import annotations

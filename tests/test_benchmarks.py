@@ -80,9 +80,27 @@ def test_quick_run_writes_every_column(tmp_path):
 def test_quick_precision_against_onnxruntimes_quantisers():
     out = _assert_ran(_run_script(["-m", "benchmarks.precision", "--quick", "--allow-load"], timeout=900))
     for row in ("| bert | accelir int8 |", "| bert | ort quantize_dynamic |", "| gpt2 | accelir int4 |",
-                "| qwen2 | ort MatMulNBitsQuantizer (block 32) |", "| qwen2 | accelir fp32 |"):
+                "| qwen2 | ort MatMulNBitsQuantizer (block 32, level 4) |", "| qwen2 | accelir fp32 |"):
         assert row in out
     assert "vs peer" in out and f"on {conditions.cpu_count()} CPUs" in out
+    assert "int4 at MatMulNBits accuracy level 4, accelir and peer alike" in out
+
+
+def test_quick_precision_runs_accelir_and_the_peer_at_the_accuracy_level_asked():
+    out = _assert_ran(_run_script(["-m", "benchmarks.precision", "--quick", "--allow-load", "--models", "qwen2",
+                                   "--accuracy-level", "0"], timeout=600))
+    assert "| qwen2 | ort MatMulNBitsQuantizer (block 32, level 0) |" in out and "accuracy level 0" in out
+    assert "| qwen2 | accelir int4 |" in out
+
+
+def test_quick_int4_kernels_times_each_accuracy_level():
+    out = _assert_ran(_run_script(["-m", "benchmarks.int4_kernels", "--quick", "--allow-load", "--gpt2"], timeout=600))
+    for row in ("| [4,128] x [128,64] | 32 | ", "| [1,128] x [128,64] | 128 | ", "| accelir fp32 | ",
+                "| accelir int4, level 0 | ", "| accelir int4, level 4 | "):
+        assert row in out
+    assert "level 4 cpu ms" in out and "(1.00x" in out and "decode cpu ms / token" in out
+    rows = [line for line in out.splitlines() if line.startswith("| [")]
+    assert len(rows) == 4 and all("(= level 0)" not in row.split("|")[-2] for row in rows)  # level 4 rounds x
 
 
 def test_quick_int8_kernels_compares_the_three_forms():

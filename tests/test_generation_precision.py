@@ -20,7 +20,7 @@ from accelir import InputError
 from accelir.accuracy import Budget, measure
 from accelir.generation_precision import GenerationPrecision, shared_constant_bytes
 from accelir.ir import Graph
-from accelir.precision import PrecisionError
+from accelir.precision import PrecisionError, int4_accuracy_level
 
 NEW = 16
 _COMMON = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128, vocab_size=100,
@@ -117,6 +117,14 @@ def test_first_step_logits_within_the_budget_of_float32_eager(precision, backend
     assert report.decode.samples == report.prefill.samples == 1 and budget.met(report.decode.errors)
     # the reported error (against accelir's float32 graph) is the error against eager float32
     assert abs(report.prefill.errors.cosine - errors.cosine) < 1e-4
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "xla"])
+def test_int4_runs_both_graphs_at_the_backends_accuracy_level(backend):
+    cm = compiled("llama", backend, "int4", LOOSE)
+    for g in (cm.graph, cm.decode_graph):
+        assert {n.attrs["accuracy_level"] for n in g.nodes if n.op == "matmul_nbits"} == {
+            int4_accuracy_level(backend, "cpu")}
 
 
 def test_both_graphs_hold_one_copy_of_the_quantised_weights():

@@ -11,7 +11,8 @@ import transformers
 import accelir
 from accelir.accuracy import DEFAULT_BUDGETS, Budget, measure
 from accelir.cli import main
-from accelir.precision import PRECISION_PASSES, PrecisionError
+from accelir.lowering.onnx import to_onnx
+from accelir.precision import PRECISION_PASSES, PrecisionError, int4_accuracy_level
 
 BACKENDS = ["onnxruntime", "xla"]
 
@@ -51,6 +52,28 @@ def test_mlp_within_budget_on_both_backends(precision, op, backend):
     assert DEFAULT_BUDGETS[precision].met(errors)
     assert errors.cosine < 1.0  # it is quantised
     assert "precision " + precision in str(cm.report) and "quantised" in str(cm.report)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_int4_accuracy_level_follows_the_backend_and_the_budget_is_measured_at_it(backend):
+    """onnxruntime's CPU kernel rounds x to int8 per block (level 4), XLA dequantises into an f32 dot (level
+    0); the reported error is that of the graph as it runs, at its level."""
+    m, x = _mlp(), _inputs(1)
+    cm = accelir.optimize(m, (x,), precision="int4", backend=backend)
+    level = {"onnxruntime": 4, "xla": 0}[backend]
+    assert int4_accuracy_level(backend, "cpu") == level
+    assert {n.attrs["accuracy_level"] for n in cm.graph.nodes if n.op == "matmul_nbits"} == {level}
+    fp32 = accelir.optimize(m, (x,), backend=backend)
+    assert measure([fp32(x)], [cm(x)]).cosine == pytest.approx(cm.report.precision.errors.cosine, abs=1e-6)
+    if backend == "onnxruntime":
+        levels = {a.i for n in to_onnx(cm.graph).graph.node if n.op_type == "MatMulNBits" for a in n.attribute
+                  if a.name == "accuracy_level"}
+        assert levels == {4}
+
+
+def test_int4_accuracy_level_elsewhere_is_the_shared_arithmetic():
+    assert int4_accuracy_level("onnxruntime", "cuda") == 0 and int4_accuracy_level(None) == 0
+    assert PRECISION_PASSES["int4"].make(frozenset()).accuracy_level == 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

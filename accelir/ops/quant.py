@@ -13,12 +13,21 @@ bits element ``2i`` of a block in the low nibble of byte ``i``, ``2i + 1`` in th
 ``scales`` f32 ``[N, n_blocks]``, ``zero_points`` u8 ``[N, ceil(n_blocks * bits / 8)]`` packed the
 same way (absent: the symmetric zero point ``2^(bits-1)``).  Weight ``k, n`` is
 ``(q - zp) * scale`` of its block; the reference dequantises and multiplies in f32, which is
-onnxruntime's arithmetic at ``accuracy_level`` 0 and 1 (levels 2-4 let it quantise or round ``x``
-too, so they agree to the accuracy they name, not bit for bit).
+onnxruntime's arithmetic at ``accuracy_level`` 0 and 1 (levels 2 and 3 let a CPU with f16 / bf16
+kernels compute in those; the reference stays f32, as onnxruntime does on x86).  At level 4
+(``ACCURACY_INT8``) onnxruntime's CPU kernel (MLAS, CompInt8) also quantises ``x`` to int8, per row
+and per block of ``block_size`` along K, symmetric: ``amax = max|block|``, ``scale = amax / 127``,
+``q = round_half_even(x * (127 / amax))`` (0 for an all-zero block), all in f32, then multiplies
+integers and rescales by ``scale * w_scale`` per block.  The reference, the decomposition and the
+XLA lowering round ``x`` exactly so (:func:`quantize_activation_blocks`) and multiply the rounded
+``q * scale`` by the dequantised weight in f32: the same sum in exact arithmetic, so they differ
+from onnxruntime by the order of f32 additions only: about 1e-7 of the sum of magnitudes
+``|x_rounded| @ |W|`` in the tests, which hold them within 1e-5 of it (without the rounding of x
+the difference is ~4e-4 of it).
 
 The helpers ``quantize_dynamic_activation``, ``quantize_per_channel``, ``quantize_blockwise``,
-``pack_nbits`` and ``unpack_nbits`` are what the passes and the lowerings use, so the numbers a
-test checks are those the toolkit computes.
+``quantize_activation_blocks``, ``pack_nbits`` and ``unpack_nbits`` are what the passes and the
+lowerings use, so the numbers a test checks are those the toolkit computes.
 """
 
 from __future__ import annotations
@@ -33,12 +42,16 @@ from .qdq import dynamic_quantization_params, quantize_array
 from .registry import AttrSpec, OpDef, TypeRuleError, register
 
 __all__ = ["QUANT_OPS", "quantize_dynamic_activation", "quantize_per_channel", "quantize_blockwise",
-           "pack_nbits", "unpack_nbits", "dequantize_nbits", "nbits_blocks", "dynamic_quant_accumulate"]
+           "pack_nbits", "unpack_nbits", "dequantize_nbits", "nbits_blocks", "dynamic_quant_accumulate",
+           "ACCURACY_INT8", "quantize_activation_blocks", "round_activation_blocks"]
 
 #: The ops a quantisation pass leaves; quantising a graph holding them again changes nothing.
 QUANT_OPS = ("dynamic_quant_linear", "matmul_nbits")
 
 _F32 = np.float32
+
+#: ``matmul_nbits``' accuracy level at which onnxruntime's CPU kernel quantises ``x`` to int8 per block
+ACCURACY_INT8 = 4
 
 
 # ----- the arithmetic ------------------------------------------------------------------
@@ -104,6 +117,30 @@ def quantize_blockwise(w: np.ndarray, bits: int, block_size: int,
     safe = np.where(scale == 0, _F32(1), scale).astype(_F32)
     q = np.clip(np.rint(blocks / safe[..., None]) + zp[..., None].astype(_F32), 0, qmax).astype(np.uint8)
     return q.reshape(n, nb * block_size), scale, zp
+
+
+def quantize_activation_blocks(x: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` [..., K] as onnxruntime's MatMulNBits rounds it at accuracy level 4: (q i8 [..., n_blocks,
+    block_size], scale f32 [..., n_blocks]).  Per block of ``block_size`` along K (the last one padded
+    with zeros): ``scale = amax / 127`` and ``q = round_half_even(x * (127 / amax))``, in f32, as MLAS's
+    QuantizeARow_CompInt8 computes them (``127 / amax`` in one division, not ``1 / scale``: the two
+    differ by an ulp, enough to move a value on a rounding tie); an all-zero block gives q = 0."""
+    x = np.asarray(x, dtype=_F32)
+    k = x.shape[-1]
+    nb = nbits_blocks(k, block_size)
+    xb = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, nb * block_size - k)]).reshape(x.shape[:-1] + (nb, block_size))
+    amax = np.max(np.abs(xb), axis=-1)
+    with np.errstate(all="ignore"):
+        inv = np.where(amax != 0, _F32(127) / amax, _F32(0)).astype(_F32)
+        q = np.rint(xb * inv[..., None]).astype(np.int8)
+    return q, (amax / _F32(127)).astype(_F32)
+
+
+def round_activation_blocks(x: np.ndarray, block_size: int) -> np.ndarray:
+    """``x`` after level 4's rounding, back in f32: ``q * scale`` of :func:`quantize_activation_blocks`."""
+    q, scale = quantize_activation_blocks(x, block_size)
+    k = np.shape(x)[-1]
+    return (q.astype(_F32) * scale[..., None]).reshape(q.shape[:-2] + (-1,))[..., :k]
 
 
 def pack_nbits(values: np.ndarray, bits: int) -> np.ndarray:
@@ -239,9 +276,26 @@ def _unpack_ir(b, packed, bits: int, count: int):
     return b.op("cast", xi, dtype=DType.f32)
 
 
+def _round_activation_ir(b, x, block: int):
+    """IR nodes rounding ``x`` [..., K] as :func:`round_activation_blocks` does (accuracy level 4)."""
+    k, lead = x.shape[-1], tuple(x.shape[:-1])
+    nb = nbits_blocks(k, block)
+    if k != nb * block:
+        x = b.op("pad", x, pads=((0, 0),) * len(lead) + ((0, nb * block - k),))
+    xb = b.op("reshape", x, shape=lead + (nb, block))
+    amax = b.op("reduce_max", b.op("abs", xb), axes=(-1,), keepdims=True)
+    zero = b.scalar(0.0, DType.f32)
+    inv = b.op("where", b.op("eq", amax, zero), zero, b.op("div", b.scalar(127.0, DType.f32), amax))
+    q = b.op("round", b.op("mul", xb, inv))
+    y = b.op("reshape", b.op("mul", q, b.op("div", amax, b.scalar(127.0, DType.f32))), shape=lead + (nb * block,))
+    return y if k == nb * block else b.op("slice", y, starts=(0,), stops=(k,), axes=(len(lead),))
+
+
 def _nbits_decompose(b, inputs, attrs):
     """Unpack, dequantise to the f32 [K, N] weight, matmul: a backend without an int4 kernel runs this."""
     x, packed, s, zp, bias = _nbits_parts(inputs, attrs)
+    if attrs["accuracy_level"] == ACCURACY_INT8:
+        x = _round_activation_ir(b, x, attrs["block_size"])
     bits, block = attrs["bits"], attrs["block_size"]
     n, nb = packed.shape[0], packed.shape[1]
     q = _unpack_ir(b, packed, bits, block)  # [N, nb, block]
@@ -264,6 +318,8 @@ def _nbits_decompose(b, inputs, attrs):
 def _nbits_ref(inputs, attrs, regions):
     x, b, s, zp, bias = _nbits_parts(inputs, attrs)
     w = dequantize_nbits(b, s, zp, attrs["bits"], attrs["block_size"], x.shape[-1])
+    if attrs["accuracy_level"] == ACCURACY_INT8:
+        x = round_activation_blocks(x, attrs["block_size"])
     y = np.matmul(x.astype(_F32), w)
     if bias is not None:
         y = y + bias
@@ -274,4 +330,5 @@ def _nbits_ref(inputs, attrs, regions):
 register(OpDef("matmul_nbits", _nbits_rule, _nbits_ref, min_inputs=3, max_inputs=5, attrs=_NBITS_ATTRS,
                composite=True, decompose=_nbits_decompose,
                doc="activation(x @ W + bias), W [K, N] held blockwise in bits-bit integers in MatMulNBits' "
-                   "layout: (q - zero_point) * scale per block of block_size along K"))
+                   "layout: (q - zero_point) * scale per block of block_size along K; at accuracy_level 4 x is "
+                   "rounded to int8 per block of block_size first, as onnxruntime's CPU kernel does"))

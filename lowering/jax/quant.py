@@ -6,13 +6,18 @@ uint8 activations are shifted to int8 (``q - 128``) and the shift comes back as
 ``(128 - zp) * sum_k w[k, n]``, so the integer result is the reference's bit for bit.
 
 ``matmul_nbits`` unpacks its weights to ``jnp.int4`` / ``int8`` and dequantises them inside the jitted
-function, so XLA fuses the dequantisation into the producer of the dot.
+function, so XLA fuses the dequantisation into the producer of the dot.  At accuracy level 4 it first
+rounds x to int8 per block as onnxruntime's CPU kernel does (``accelir.ops.quant``'s
+``quantize_activation_blocks``, the same f32 steps), then multiplies the rounded x in f32: the same
+products as onnxruntime's integer sums, added in another order.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 from jax import lax
+
+from accelir.ops.quant import ACCURACY_INT8, nbits_blocks
 
 from .context import apply_activation, register_lowering
 
@@ -49,6 +54,19 @@ def _unpack(packed, bits: int, count: int):
     return out[..., :count]
 
 
+def _round_activation(x, block_size: int):
+    """x [..., K] rounded to int8 per block of ``block_size`` and scaled back: accuracy level 4's x."""
+    f32 = jnp.float32
+    k = x.shape[-1]
+    nb = nbits_blocks(k, block_size)
+    lead = tuple(x.shape[:-1])
+    xb = jnp.pad(x, [(0, 0)] * len(lead) + [(0, nb * block_size - k)]).reshape(lead + (nb, block_size))
+    amax = jnp.max(jnp.abs(xb), axis=-1, keepdims=True)
+    inv = jnp.where(amax == 0, f32(0), f32(127) / amax)
+    q = jnp.round(xb * inv)  # half to even, as MLAS rounds
+    return (q * (amax / f32(127))).reshape(lead + (nb * block_size,))[..., :k]
+
+
 @register_lowering("matmul_nbits")
 def _matmul_nbits(ctx, x, b, scales, *rest, bits, block_size, zero_points, accuracy_level, activation):
     rest = list(rest)
@@ -64,6 +82,8 @@ def _matmul_nbits(ctx, x, b, scales, *rest, bits, block_size, zero_points, accur
         zps = _unpack(zp, bits, nb).astype(jnp.float32)[..., None]
         w = _unpack(b, bits, block_size).astype(jnp.uint8).astype(jnp.float32) - zps
     w = (w * scales[..., None]).reshape(n, nb * block_size)[:, :k]
+    if accuracy_level == ACCURACY_INT8:
+        x = _round_activation(x, block_size)
     y = lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
     if bias is not None:
         y = y + bias
