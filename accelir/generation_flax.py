@@ -102,7 +102,7 @@ class _FlaxOrtSteps(OrtSteps):
     """The step on onnxruntime, the cache leaves held as OrtValues between steps."""
 
     def __init__(self, runner: Any, layout: FlaxCacheLayout):
-        super().__init__(runner, runner)
+        super().__init__(runner)
         self.layout = layout
         self._empty: list[np.ndarray] = []
 
