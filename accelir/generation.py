@@ -169,7 +169,7 @@ class OrtSteps:
     in over an empty past (length 0), each step as one token over the cache so far.  So one session
     holds the prepacked copy of the matmul weights that both need for speed; a separate prefill session
     would either add a second packed copy (the weights' size again) or run the prompt unpacked (GPT-2
-    small: a first token about 1.4x slower)."""
+    small: a first token 1.6x slower)."""
 
     @classmethod
     def build(cls, decode: Graph, device: str = "cpu", threads: int | None = None) -> "OrtSteps":
