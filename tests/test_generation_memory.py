@@ -113,9 +113,9 @@ def test_one_session_with_prepacked_weights_runs_the_prompt_and_the_steps():
     cm = _compiled(model)
     sessions = _sessions(cm)
     assert len(sessions) == 1 and _prepacks(sessions[0])
-    ids, mask = torch.randint(3, CONFIG["vocab_size"], (3, 6), generator=torch.Generator().manual_seed(6)), \
-        torch.ones(3, 6, dtype=torch.long)
-    mask[0, :2] = 0
+    ids = torch.randint(3, CONFIG["vocab_size"], (3, 6), generator=torch.Generator().manual_seed(6))
+    mask = torch.ones(3, 6, dtype=torch.long)
+    mask[0, :2] = 0  # left padding: the prompt's causal mask and pads inside the one kernel
     with torch.no_grad():
         want = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=8, min_new_tokens=8,
                               pad_token_id=0)
