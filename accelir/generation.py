@@ -7,9 +7,12 @@ both run through the pass pipeline, and lowered for one backend.  The decoding l
 a streamer) follows transformers' ``generate`` step for step, so greedy decoding gives
 its tokens; only the model steps run on the backend:
 
-- onnxruntime: the cache never leaves the session's side.  The present keys/values of
-  step t are ORT-allocated OrtValues bound (IO binding) as the past inputs of step t+1;
-  only the token ids, mask and positions go in and the logits come out through numpy.
+- onnxruntime: one session, over the decode graph, which takes any number of new tokens:
+  the prompt goes in over an empty past, then one token per step (:class:`OrtSteps`), so the
+  prompt and the steps share one prepacked copy of the weights.  The cache never leaves the
+  session's side: the present keys/values of step t are ORT-allocated OrtValues bound (IO
+  binding) as the past inputs of step t+1; only the token ids, mask and positions go in and
+  the logits come out through numpy.  The prefill graph is kept for ``export`` and the report.
 - xla: the cache is one fixed-capacity buffer per key / value and layer (prompt plus new
   tokens, rounded up to 64, at most the model's position limit).  The decode graph is
   rewritten (:func:`in_place_cache`) so that each ``concat(past, new)`` becomes a
@@ -99,9 +102,9 @@ def optimize_causal_lm(model: Any, example_inputs: Any = None, *, backend: str =
         name_cache_io(g, layout)
     report.nodes_after = prefill.num_nodes()
     t0 = time.perf_counter()
-    if backend == "onnxruntime":
-        stepper = OrtSteps.build(prefill, decode, device, precision=precision)
-        runner = stepper.prefill_runner
+    if backend == "onnxruntime":  # one session: the prompt runs through the decode graph over an empty past
+        stepper = OrtSteps.build(decode, device)
+        runner = stepper
     else:
         runner = build_runner(prefill, backend, device)
         stepper = _XlaSteps(runner, decode)
@@ -159,31 +162,45 @@ def _positions(mask: np.ndarray) -> np.ndarray:
 # ----- the backends' steps -------------------------------------------------------------
 
 class OrtSteps:
-    """Prefill then decode steps on onnxruntime, the cache held as OrtValues between steps."""
+    """The prompt and the decode steps through one onnxruntime session over the decode graph, the cache
+    held as OrtValues between steps.
+
+    The decode graph takes any number of new tokens (a symbolic count) over the past: the prompt goes
+    in over an empty past (length 0), each step as one token over the cache so far.  So one session
+    holds the prepacked copy of the matmul weights that both need for speed; a separate prefill session
+    would either add a second packed copy (the weights' size again) or run the prompt unpacked (GPT-2
+    small: a first token 1.6x slower)."""
 
     @classmethod
-    def build(cls, prefill: Graph, decode: Graph, device: str = "cpu", threads: int | None = None,
-              precision: str = "fp32") -> "OrtSteps":
-        """Both sessions over one copy of the weights: each reads the graphs' arrays (views of the model's
-        parameters) in place.  The decode session prepacks its matmul weights (one more copy of them,
-        which the per-token time needs).  With float weights the prefill, which runs once per
-        generation, reads them as they lie: a second prepacked copy would cost the weights' size again
-        (GPT-2 small: 471 MiB, for a first token about 1.5x slower).  int4 / int8 weights are packed
-        in the prefill too: their packed copies are small, and their kernels are several times slower
-        without them."""
+    def build(cls, decode: Graph, device: str = "cpu", threads: int | None = None) -> "OrtSteps":
+        """The session reads the graph's arrays (views of the model's parameters) in place.  It runs without
+        onnxruntime's CPU memory arena: each step's cache is a token longer than the last one, so the
+        arena could not reuse the blocks the last step freed and kept growing (GPT-2 small, prompt 32 +
+        128 tokens: 10 MiB more after one generation, 22 MiB after two; per-token time the same)."""
         from .lowering.onnxruntime import OnnxRuntimeModule
-        prepack = precision in ("int4", "int8")
-        return cls(OnnxRuntimeModule(prefill, device=device, threads=threads, share_weights=True, prepack=prepack),
-                   OnnxRuntimeModule(decode, device=device, threads=threads, share_weights=True))
+        past = [(v.type.shape[1], v.type.shape[3], v.type.dtype.numpy) for v in decode.inputs[3:]]
+        return cls(OnnxRuntimeModule(decode, device=device, threads=threads, share_weights=True, arena=False), past)
 
-    def __init__(self, prefill: Any, decode: Any):
-        self.prefill_runner = prefill
-        self.prefill_session = prefill.session
-        self.decode_session = decode.session
-        self.device = "cuda" if prefill.device == "cuda" else "cpu"
+    def __init__(self, runner: Any, past: Sequence[tuple[int, int, np.dtype]] = ()):
+        """``runner``: the decode graph's OnnxRuntimeModule; ``past``: each cache input's kv heads, head
+        dim and dtype (its shape is ``[batch, kv_heads, past, head_dim]``)."""
+        self.runner = runner
+        self.past = list(past)
+        self.decode_session = runner.session
+        self.device = "cuda" if runner.device == "cuda" else "cpu"
         self.present: list[Any] = []
-        self._names = {id(s): ([i.name for i in s.get_inputs()], [o.name for o in s.get_outputs()])
-                       for s in (prefill.session, decode.session)}
+        self._names = {id(runner.session): (runner.input_names, runner.output_names)}
+        self._empty: list[np.ndarray] = []
+
+    def empty_past(self, batch: int) -> list[np.ndarray]:
+        """Zero-length past keys / values ``[batch, kv_heads, 0, head_dim]``, one per cache input."""
+        return [np.zeros((batch, heads, 0, dim), dtype) for heads, dim, dtype in self.past]
+
+    def __call__(self, ids: Any, mask: Any, pos: Any) -> list:
+        """Every output of the prompt over an empty past (``cm(...)``): each position's logits and the cache."""
+        import torch
+        empty = [torch.from_numpy(e) for e in self.empty_past(int(ids.shape[0]))]
+        return self.runner(ids, mask, pos, *empty)
 
     def _run(self, session: Any, feeds: Sequence[np.ndarray], past: Sequence[Any]) -> np.ndarray:
         binding = session.io_binding()
@@ -201,7 +218,10 @@ class OrtSteps:
         return outs[0].numpy()[:, -1, :]
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, capacity: int) -> np.ndarray:
-        return self._run(self.prefill_session, (ids, mask, pos), ())
+        import onnxruntime
+        self._empty = self.empty_past(ids.shape[0])  # the OrtValues read these arrays in place
+        past = [onnxruntime.OrtValue.ortvalue_from_numpy(x, self.device) for x in self._empty]
+        return self._run(self.decode_session, (ids, mask, pos), past)
 
     def decode(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
         return self._run(self.decode_session, (ids, mask, pos), self.present)
@@ -315,8 +335,9 @@ def _step_function(fn: Any) -> Callable:
 # ----- the compiled model and its decoding loop --------------------------------------------
 
 class GenerationModel(CompiledModel):
-    """A compiled causal LM: ``cm(input_ids, attention_mask=None)`` runs the prefill graph and returns
-    a transformers ``CausalLMOutputWithPast``, like the model; ``cm.generate(...)`` decodes."""
+    """A compiled causal LM: ``cm(input_ids, attention_mask=None)`` runs the prompt (on onnxruntime through
+    the decode graph over an empty past, on XLA through the prefill graph) and returns a transformers
+    ``CausalLMOutputWithPast``, like the model; ``cm.generate(...)`` decodes."""
 
     def __init__(self, graph: Graph, source_graph: Graph, runner: Callable[..., list], *, decode_graph: Graph,
                  decode_source_graph: Graph, decode_report: Any, layout: Any, stepper: Any,
@@ -479,7 +500,7 @@ class GenerationModel(CompiledModel):
         not matter: they only give the HLO its static shapes)."""
         from .dims import evaluate
         ids = self._example_inputs[0]
-        bindings = {"batch": int(ids.shape[0]), "past": int(ids.shape[1])}
+        bindings = {"batch": int(ids.shape[0]), "past": int(ids.shape[1]), "seq": 1}
         out = []
         for v in self.decode_graph.inputs:
             shape = tuple(evaluate(d, bindings) if not isinstance(d, int) else d for d in v.type.shape)

@@ -101,7 +101,11 @@ class _FlaxOrtSteps(OrtSteps):
     """Prefill and step on onnxruntime, the cache leaves held as OrtValues between steps."""
 
     def __init__(self, prefill: Any, decode: Any, layout: FlaxCacheLayout):
-        super().__init__(prefill, decode)
+        """``prefill``: the prompt's graph (the step scanned over it) and ``decode``: the step, each an
+        OnnxRuntimeModule; the flax step takes one token, so the prompt has a session of its own."""
+        super().__init__(decode)
+        self.prefill_session = prefill.session
+        self._names[id(prefill.session)] = (prefill.input_names, prefill.output_names)
         self.layout = layout
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, capacity: int) -> np.ndarray:

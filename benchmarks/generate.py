@@ -176,7 +176,7 @@ def _accelir(backend: str, precision: str = "fp32") -> Callable[..., Generator]:
                               accuracy=None if precision == "fp32" else EVERY_LAYER)
         if backend == "onnxruntime" and threads:  # the benchmark's thread count, as benchmarks.run gives accelir's sessions
             from accelir.generation import OrtSteps
-            cm._stepper = OrtSteps.build(cm.graph, cm.decode_graph, threads=threads, precision=precision)
+            cm._stepper = cm._runner = OrtSteps.build(cm.decode_graph, threads=threads)  # one session, as optimize's
 
         def generate(ids: Any, n: int, streamer: Any) -> Any:
             return cm.generate(ids, max_new_tokens=n, min_new_tokens=n, streamer=streamer)

@@ -87,7 +87,7 @@ class OnnxRuntimeModule:
 
     def __init__(self, model: onnx.ModelProto | str | os.PathLike | Graph, device: str = "cpu",
                  session_options: Any = None, threads: int | None = None, *, share_weights: bool = False,
-                 prepack: bool = True):
+                 prepack: bool = True, arena: bool = True):
         """``session_options``: used as given (default: ORT_ENABLE_ALL); ``threads``: the intra-op
         thread count of the default options.  With ``session_options`` a Graph's weights go inside
         the model, since external initializers would be added to (and stay in) the caller's options.
@@ -97,7 +97,9 @@ class OnnxRuntimeModule:
         arrays (a causal LM's prefill and decode graphs, views of the model's parameters) hold one copy
         between them.  ``prepack=False`` (default options) turns off the kernels' prepacked weight copies
         (``session.disable_prepacking``): a session that keeps them holds a second copy of its matmul
-        weights, which onnxruntime's Python API cannot share between sessions."""
+        weights, which onnxruntime's Python API cannot share between sessions.  ``arena=False`` (default
+        options) turns off onnxruntime's CPU memory arena: freed buffers go back to the allocator
+        instead of staying in the arena's bins."""
         ort = _import_ort()
         self._ort = ort
         if device not in PROVIDERS:
@@ -118,6 +120,8 @@ class OnnxRuntimeModule:
                 session_options.intra_op_num_threads = threads
             if not prepack:
                 session_options.add_session_config_entry("session.disable_prepacking", "1")
+            if not arena:
+                session_options.enable_cpu_mem_arena = False
         elif threads:
             raise LoweringError("OnnxRuntimeModule takes threads or session_options, not both: set "
                                 "intra_op_num_threads in the session options")

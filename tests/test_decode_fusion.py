@@ -230,6 +230,43 @@ def test_kernels_take_symbolic_batch_and_past():
         assert_close(cm(*xs), accelir.interpret(g, *xs), 1e-5)
 
 
+MULTI_TOKEN = """
+graph main(%q: f32[batch,4,seq,16], %k: f32[batch,2,seq,16], %v: f32[batch,2,seq,16], %pk: f32[batch,2,past,16], %pv: f32[batch,2,past,16], %m: bool[batch,1,seq,past+seq]) -> (f32[batch,4,seq,16], f32[batch,2,past+seq,16], f32[batch,2,past+seq,16]) {
+  %0, %1, %2 = group_query_attention(%q, %k, %v, %pk, %pv, %m) {scale=0.25} : f32[batch,4,seq,16], f32[batch,2,past+seq,16], f32[batch,2,past+seq,16]
+  return %0, %1, %2
+}
+"""
+
+
+def _causal_padded_mask(pads: list[int], past: int, seq: int) -> np.ndarray:
+    """[B, 1, seq, past + seq]: query i sees keys up to past + i, none of its row's left pads."""
+    total = past + seq
+    causal = np.arange(total)[None, :] <= past + np.arange(seq)[:, None]
+    keep = np.arange(total)[None, :] >= np.asarray(pads)[:, None]
+    return (causal[None] & keep[:, None])[:, None]
+
+
+@pytest.mark.parametrize("pads,past,seq", [([3, 0, 5], 0, 7),  # a left-padded prompt over an empty past
+                                           ([2, 0, 4], 6, 1),  # one generated token per row
+                                           ([0], 4, 3)])       # a second prompt chunk (batch 1)
+def test_group_query_attention_takes_many_new_tokens(pads, past, seq):
+    # one GroupQueryAttention serves the prompt and the steps: the kernel's causal mask agrees with the
+    # IR's, and a pad's query (which sees only pads) stays finite, so no NaN reaches the keys that
+    # the next layer would make from it
+    g = accelir.parse(MULTI_TOKEN)
+    kernels = collections.Counter(n.op_type for n in to_onnx(g).graph.node)
+    assert kernels["GroupQueryAttention"] == 1, kernels
+    cm = accelir.optimize(g, backend="onnxruntime", level=0)
+    batch = len(pads)
+    xs = random_inputs(g, seed=past + seq, sizes={"batch": batch, "past": past, "seq": seq, "past+seq": past + seq})
+    xs[5] = _causal_padded_mask(pads, past, seq)
+    got, want = cm(*xs), accelir.interpret(g, *xs)
+    assert all(np.isfinite(y).all() for y in got)
+    real = xs[5][:, 0].any(-1)  # queries that see a key: the reference's rows (a pad's row is its own)
+    assert_close([got[0].transpose(0, 2, 1, 3)[real], *got[1:]], [want[0].transpose(0, 2, 1, 3)[real], *want[1:]],
+                 1e-5)
+
+
 def _jax_decode_step():
     """A decode step written in jax: rotate-half rotary, the cache concat, ``jnp.repeat`` of the kv heads."""
     import jax

@@ -105,9 +105,10 @@ def test_call_gives_the_models_logits_and_cache(backend):
 def test_cache_shapes_are_symbolic_in_the_ir():
     cm = compiled("llama", "onnxruntime")
     decode = str(cm.decode_graph).splitlines()[0]
-    assert "%input_ids: i64[batch,1], %attention_mask: i64[batch,past+1]" in decode
+    # the decode step takes any number of new tokens: one while generating, the prompt over an empty past
+    assert "%input_ids: i64[batch,seq], %attention_mask: i64[batch,past+seq]" in decode
     assert "%past_key_0: f32[batch,2,past,16]" in decode and "%past_value_1: f32[batch,2,past,16]" in decode
-    assert "-> (f32[batch,1,100], f32[batch,2,past+1,16]" in decode
+    assert "-> (f32[batch,seq,100], f32[batch,2,past+seq,16]" in decode
     prefill = str(cm.graph).splitlines()[0]
     assert "%input_ids: i64[batch,seq]" in prefill and "f32[batch,2,seq,16]" in prefill
     # on onnxruntime every layer's decode attention is fused into GroupQueryAttention, the present
@@ -199,9 +200,9 @@ def test_xla_reuses_one_compiled_step_and_a_fixed_capacity_buffer():
     assert step_graph.op_histogram().get("dynamic_update_slice") == 4 and "concat" not in {
         n.op for n in step_graph.nodes if n.outputs[0].name and n.outputs[0].name.startswith("present")}
     assert str(step_graph).splitlines()[0].endswith(
-        "%cache_index: i64[], %cache_key_0: f32[batch,2,past+1,16], %cache_value_0: f32[batch,2,past+1,16], "
-        "%cache_key_1: f32[batch,2,past+1,16], %cache_value_1: f32[batch,2,past+1,16]) -> (f32[batch,1,100], "
-        "f32[batch,2,past+1,16], f32[batch,2,past+1,16], f32[batch,2,past+1,16], f32[batch,2,past+1,16]) {")
+        "%cache_index: i64[], %cache_key_0: f32[batch,2,past+seq,16], %cache_value_0: f32[batch,2,past+seq,16], "
+        "%cache_key_1: f32[batch,2,past+seq,16], %cache_value_1: f32[batch,2,past+seq,16]) -> (f32[batch,seq,100], "
+        "f32[batch,2,past+seq,16], f32[batch,2,past+seq,16], f32[batch,2,past+seq,16], f32[batch,2,past+seq,16]) {")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -262,6 +263,30 @@ def test_export_writes_the_pair_and_plain_onnxruntime_generates_the_same_tokens(
         logits, *past = decode.run(None, feed)
         tokens.append(int(logits[0, -1].argmax()))
     assert tokens == model.generate(ids, max_new_tokens=6, do_sample=False)[0, 7:].tolist()
+
+
+def test_exported_decode_graph_alone_takes_a_left_padded_prompt_over_an_empty_past(tmp_path):
+    # the one-file form: the prompt through lm.decode.onnx with past keys / values of length 0
+    import onnxruntime as ort
+    model, cm = model_of("llama"), compiled("llama", "onnxruntime")
+    cm.export(str(tmp_path / "lm.onnx"))
+    decode = ort.InferenceSession(str(tmp_path / "lm.decode.onnx"))
+    past_names = [i.name for i in decode.get_inputs()][3:]
+    ids, mask = (t.numpy() for t in prompt(3))
+    empty = np.zeros((3, 2, 0, 16), np.float32)  # [batch, kv heads, 0, head dim]
+    pos = np.clip(mask.cumsum(-1) - 1, 0, None)
+    logits, *cache = decode.run(None, {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
+                                       **{name: empty for name in past_names}})
+    tokens = [logits[:, -1].argmax(-1)]
+    for _ in range(NEW - 1):
+        mask = np.concatenate([mask, np.ones((3, 1), np.int64)], axis=1)
+        pos = pos[:, -1:] + 1
+        logits, *cache = decode.run(None, {"input_ids": tokens[-1][:, None], "attention_mask": mask,
+                                           "position_ids": pos, **dict(zip(past_names, cache))})
+        tokens.append(logits[:, -1].argmax(-1))
+    ids_t, mask_t = prompt(3)
+    want = model.generate(ids_t, attention_mask=mask_t, max_new_tokens=NEW, do_sample=False)[:, 7:]
+    assert np.stack(tokens, axis=1).tolist() == want.tolist()
 
 
 def test_export_writes_both_files_or_neither(tmp_path):

@@ -1,16 +1,19 @@
 """One copy of the weights on the onnxruntime generation path.
 
-The prefill and decode sessions read the model's parameters in place (``add_initializer`` over
-views of torch's tensors), so a change made to a parameter in place after ``optimize`` shows in
-what they compute: eager torch on the changed model is the oracle.  Copies of the weights (one per
-session, as before) would keep the old values.  A tied embedding's ``transpose`` feeds the
-lm_head's Gemm through transB, so onnxruntime does not fold it into a copy in every session.
+One session runs the prompt (through the decode graph, over an empty past) and every step, so
+the prepacked copy of the matmul weights that decoding needs is made once.  The session reads
+the model's parameters in place (``add_initializer`` over views of torch's tensors), so a change
+made in place after ``optimize`` to a table it gathers from shows in what it computes: eager torch
+on the changed model is the oracle.  A copy of the weights would keep the old values.  A tied
+embedding's ``transpose`` feeds the lm_head's Gemm through transB, so onnxruntime does not fold it
+into a copy.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime
 import torch
 import transformers as T
 
@@ -42,11 +45,12 @@ def _perturb(params: list[torch.nn.Parameter], seed: int) -> None:
             p.add_(torch.randn(p.shape, generator=g) * 0.5)
 
 
-def test_prefill_reads_the_models_weight_matrices_in_place():
+def test_the_prompt_reads_the_position_table_in_place():
+    # the session prepacks its matmul weights (a copy it needs for speed), so only a table it gathers
+    # from changes here; cm(...) runs the prompt through the one session
     model = _model()
     cm = _compiled(model)
-    # the matrices: the weights' memory (vectors under 1 KiB go inside the model, as copies)
-    _perturb([p for p in model.parameters() if p.ndim == 2], seed=2)
+    _perturb([model.transformer.wpe.weight], seed=2)
     ids = torch.randint(0, CONFIG["vocab_size"], (2, 7), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         want = model(ids).logits.numpy()
@@ -54,9 +58,7 @@ def test_prefill_reads_the_models_weight_matrices_in_place():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_both_sessions_read_the_position_table_in_place():
-    # the decode session prepacks its matmul weights (a copy it needs for speed), so only a table it
-    # gathers from changes here: both sessions must read the model's own
+def test_generation_reads_the_position_table_in_place():
     model = _model()
     cm = _compiled(model)
     _perturb([model.transformer.wpe.weight], seed=4)
@@ -79,15 +81,45 @@ def test_tied_lm_head_is_read_through_trans_b():
         assert {a.name: onnx.helper.get_attribute_value(a) for a in gemm.attribute}.get("transB") == 1
 
 
-def test_only_the_decode_session_prepacks_float_weights():
-    # a prepacked copy is the weights' size again: the decode step needs it, the prefill goes without
-    steps = _compiled(_model())._stepper
+def _sessions(root: object) -> list:
+    """The onnxruntime sessions an object holds, through accelir's objects and plain containers."""
+    found, seen, todo = [], set(), [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, onnxruntime.InferenceSession):
+            found.append(obj)
+        elif isinstance(obj, dict):
+            todo += list(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            todo += list(obj)
+        elif type(obj).__module__.startswith("accelir") and hasattr(obj, "__dict__"):
+            todo += list(vars(obj).values())
+    return found
 
-    def prepacking_off(session) -> bool:
-        entries = session.get_session_options()
-        try:
-            return entries.get_session_config_entry("session.disable_prepacking") == "1"
-        except RuntimeError:  # never set: onnxruntime's default, prepacking on
-            return False
-    assert prepacking_off(steps.prefill_session)
-    assert not prepacking_off(steps.decode_session)
+
+def _prepacks(session: onnxruntime.InferenceSession) -> bool:
+    try:
+        return session.get_session_options().get_session_config_entry("session.disable_prepacking") != "1"
+    except RuntimeError:  # never set: onnxruntime's default, prepacking on
+        return True
+
+
+def test_one_session_with_prepacked_weights_runs_the_prompt_and_the_steps():
+    # a prepacked copy is the weights' size again: the prompt and the steps share the one copy
+    model = _model()
+    cm = _compiled(model)
+    sessions = _sessions(cm)
+    assert len(sessions) == 1 and _prepacks(sessions[0])
+    # without the CPU arena: a step's cache is a token longer than the last one's, which the arena's
+    # bins could not reuse
+    assert not sessions[0].get_session_options().enable_cpu_mem_arena
+    ids = torch.randint(3, CONFIG["vocab_size"], (3, 6), generator=torch.Generator().manual_seed(6))
+    mask = torch.ones(3, 6, dtype=torch.long)
+    mask[0, :2] = 0  # left padding: the prompt's causal mask and pads inside the one kernel
+    with torch.no_grad():
+        want = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=8, min_new_tokens=8,
+                              pad_token_id=0)
+    assert torch.equal(cm.generate(ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8), want)

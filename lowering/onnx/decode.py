@@ -8,11 +8,15 @@ contract does not fit) their decompositions:
   cache is those rows flattened to [B * S, rotary_dim / 2] and the position ids are 0 .. B * S - 1:
   whatever computed cos / sin (a cache gathered by position, or ``cos(position * inv_freq)``)
   stays in the graph, and the kernel does the rotation.
-* ``group_query_attention`` -> ``GroupQueryAttention`` for one new token (S == 1).  Every row's
-  ``seqlens_k`` is the whole past length P, so the kernel appends the new key at P, as the IR's
-  concat does, and left padding is the mask, passed as ``attention_bias``; the kernel's own
-  causal mask is then trivially true (the one query sits at the last position).  q, k and v go in
-  as the [B, 1, heads * H] values their heads were split from, where they have one.
+* ``group_query_attention`` -> ``GroupQueryAttention`` for one new token (S == 1), or for S new
+  tokens of symbolic count: one step of generation, or the whole prompt over an empty past, so one
+  session runs both.  Every row's ``seqlens_k`` is P + S - 1 (the kernel's "total length - 1"), so
+  the kernel appends the new keys at P, as the IR's concat does, and left padding is the mask,
+  passed as ``attention_bias``.  The kernel's own causal mask agrees with the IR's (each query sees
+  the keys up to its own position), and is trivially true for one new token; a left pad's query,
+  which sees no key, stays finite.  The kernel takes S > 1 over a non-empty past for a batch of
+  one only (onnxruntime's "subsequent prompt"): the generation loop never asks for it.  q, k and v
+  go in as the [B, S, heads * H] values their heads were split from, where they have one.
 
 The rotary embedding of q and k stays a RotaryEmbedding before the GroupQueryAttention rather
 than the latter's ``do_rotary``: with an empty past, onnxruntime 1.32's kernel takes the new
@@ -78,12 +82,12 @@ def _lower_gqa(ctx, node, xs):
     q_t, k_t, v_t, pk_t = (v.type for v in node.inputs[:4])
     b, n, s, h = q_t.shape
     kv = k_t.shape[1]
-    if not _fits(ctx, q_t.dtype, "GroupQueryAttention") or s != 1 or v_t.shape[3] != h \
+    if not _fits(ctx, q_t.dtype, "GroupQueryAttention") or (type(s) is int and s != 1) or v_t.shape[3] != h \
             or type(h) is not int:
         return lower_via_decomposition(ctx, node, xs)
     past = pk_t.shape[2]
     total = D.dim_add(past, s)
-    seqlens = ctx.cast(ctx.op("Expand", ctx.dim(past), ctx.dims((b,))), DType.i32)
+    seqlens = ctx.cast(ctx.op("Expand", ctx.dim(D.dim_sub(total, 1)), ctx.dims((b,))), DType.i32)
     total_len = ctx.cast(ctx.scalar_dim(total), DType.i32)
     bias = attention_bias(ctx, node.inputs[5].type, xs[5], (b, n, s, total)) if len(xs) == 6 else None
     scale = node.attrs["scale"]

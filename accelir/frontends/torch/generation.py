@@ -8,8 +8,10 @@ flattened the same way.  Two exports of it give:
 
 - the prefill graph: ``input_ids, attention_mask, position_ids -> logits, present...``
   with symbolic ``batch`` and ``seq``;
-- the decode graph: one new token per sequence plus the past (``past`` long, symbolic)
-  -> the logits of that token and the present (``past+1`` long).
+- the decode graph: ``seq`` new tokens per sequence plus the past (``past`` long; both symbolic)
+  -> the logits of those tokens and the present (``past+seq`` long).  One token per step while
+  generating; the whole prompt over an empty past (``past`` 0) gives what the prefill graph
+  gives, so one onnxruntime session can run both.
 
 The cache tensors are ``[batch, kv_heads, length, head_dim]``, keys then values, layer
 by layer; graph inputs and outputs are named ``past_key_{i}`` / ``past_value_{i}`` and
@@ -25,14 +27,15 @@ from typing import Any
 
 import torch
 
+from ... import dims
 from ...errors import CaptureError
-from ...ir import Graph
+from ...ir import Graph, TensorType
 
 __all__ = ["CacheStep", "CacheLayout", "capture_causal_lm", "cache_path_problem"]
 
 # example sizes of the exports: distinct and over 1, so torch.export neither specialises a
 # dynamic dim to 0 / 1 nor confuses one with another
-_BATCH, _PROMPT, _PAST = 2, 5, 7
+_BATCH, _PROMPT, _PAST, _STEP = 2, 5, 7, 3
 
 
 def cache_path_problem(model: Any) -> str | None:
@@ -172,6 +175,25 @@ def _export_graph(step: CacheStep, args: tuple, spec: tuple) -> Graph:
     return capture_torch(step, args, dynamic_shapes=spec, strict=False, export_options=options)
 
 
+_DIM_OPS = {"+": dims.dim_add, "-": dims.dim_sub, "*": dims.dim_mul, "//": dims.dim_floordiv, "%": dims.dim_mod}
+
+
+def _tie_mask_length(graph: Graph) -> None:
+    """Name the decode graph's mask length by what it is, ``past+seq`` (the present keys' and values'
+    length), in every type that names torch.export's dim of its own for it (``total``)."""
+    length = dims.dim_add("past", "seq")
+
+    def tied(d: dims.Dim) -> dims.Dim:
+        if type(d) is int or "total" not in dims.symbols(d):
+            return d
+        return dims.evaluate_with(d, lambda name: length if name == "total" else name, const=lambda c: c,
+                                  binop=lambda op, a, b: _DIM_OPS[op](a, b), neg=lambda a: dims.dim_sub(0, a))
+    for v in [*graph.inputs, *(o for node in graph.nodes for o in node.outputs)]:
+        shape = tuple(tied(d) for d in v.shape)
+        if shape != tuple(v.shape):
+            v.type = TensorType(v.type.dtype, shape)
+
+
 def _capture(model: torch.nn.Module) -> tuple[Graph, Graph, CacheLayout]:
     from torch.export import Dim
     problem = cache_path_problem(model)
@@ -188,13 +210,22 @@ def _capture(model: torch.nn.Module) -> tuple[Graph, Graph, CacheLayout]:
                            "value per layer; accelir generates with such caches only")
     limit = _token_limit(model.config)
     batch = Dim("batch")
-    seq, past = (Dim("seq"), Dim("past")) if limit is None else (Dim("seq", max=limit), Dim("past", max=limit - 1))
-    row = {0: batch, 1: seq}
+    row = {0: batch, 1: Dim("seq") if limit is None else Dim("seq", max=limit)}
     prefill = _export_graph(step, (ids, mask, pos), (row, row, row))
     past_example = [torch.zeros(_BATCH, p.shape[1], _PAST, p.shape[3], dtype=p.dtype) for p in present]
+    new = pos[:, :_STEP] + _PAST
+    # the mask covers past and new tokens, a length torch.export cannot derive from two dims: its own dim
+    # (the past and the new tokens are each at least 2 in torch.export's ranges, though the step runs with 0)
+    if limit is None:
+        new_row, past, total = row, Dim("past"), Dim("total", min=4)
+    else:
+        seq = Dim("seq", max=limit - 2)
+        new_row, past, total = {0: batch, 1: seq}, Dim("past", max=limit - 2), Dim("total", min=4, max=limit)
     decode = _export_graph(
-        step, (ids[:, :1], torch.ones(_BATCH, _PAST + 1, dtype=torch.long), torch.full((_BATCH, 1), _PAST), past_example),
-        ({0: batch}, {0: batch, 1: past + 1}, {0: batch}, [{0: batch, 2: past}] * len(present)))
+        step, (torch.zeros(_BATCH, _STEP, dtype=torch.long), torch.ones(_BATCH, _PAST + _STEP, dtype=torch.long), new,
+               past_example),
+        (new_row, {0: batch, 1: total}, new_row, [{0: batch, 2: past}] * len(present)))
+    _tie_mask_length(decode)
     layout = _layout(model, present)
     for g, with_past in ((prefill, False), (decode, True)):
         _name_io(g, layout, with_past)
