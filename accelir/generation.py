@@ -206,7 +206,7 @@ class OrtSteps:
         binding = session.io_binding()
         inputs, outputs = self._names[id(session)]
         for name, x in zip(inputs, feeds):
-            binding.bind_cpu_input(name, np.ascontiguousarray(x))
+            binding.bind_cpu_input(name, np.require(x, requirements="C"))  # a 0-d feed stays 0-d
         for name, v in zip(inputs[len(feeds):], past):
             binding.bind_ortvalue_input(name, v)
         binding.bind_output(outputs[0], "cpu")  # the logits, read by the sampler

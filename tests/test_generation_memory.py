@@ -123,3 +123,28 @@ def test_one_session_with_prepacked_weights_runs_the_prompt_and_the_steps():
         want = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=8, min_new_tokens=8,
                               pad_token_id=0)
     assert torch.equal(cm.generate(ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8), want)
+
+
+def test_a_zero_dimensional_feed_reaches_the_session_as_it_is():
+    """The step's feeds go to the io binding as C-contiguous arrays; a 0-d one (a flax cache index, a
+    scale) must stay 0-d, where np.ascontiguousarray would have made it shape [1] and onnxruntime would
+    refuse the rank."""
+    from types import SimpleNamespace
+
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+
+    from accelir.generation import OrtSteps
+    g = h.make_graph([h.make_node("Mul", ["ids", "s"], ["logits"]), h.make_node("Identity", ["s"], ["present"])],
+                     "g", [h.make_tensor_value_info("ids", TP.FLOAT, [1, 2, 3]), h.make_tensor_value_info("s", TP.FLOAT, [])],
+                     [h.make_tensor_value_info("logits", TP.FLOAT, [1, 2, 3]),
+                      h.make_tensor_value_info("present", TP.FLOAT, [])])
+    model = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    runner = SimpleNamespace(session=session, device="cpu", input_names=["ids", "s"],
+                             output_names=["logits", "present"])
+    steps = OrtSteps(runner)
+    ids = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    last = steps._run(session, (ids, np.array(2.0, np.float32)), [])
+    np.testing.assert_array_equal(last, ids[:, -1, :] * 2)
+    assert steps.present[0].shape() == []
