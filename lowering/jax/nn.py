@@ -99,8 +99,8 @@ def _batched(x):
     return x.reshape((math.prod(x.shape[:-2]),) + tuple(x.shape[-2:]))
 
 
-def _contract(a, b, a_dim: int, b_dim: int):
-    """``a`` by ``b`` over one dim each, batched over their common leading dims, as one three-dimensional
+def _contract(a, b, b_dim: int):
+    """``a`` by ``b`` over ``a``'s last dim and ``b``'s ``b_dim``, batched over their common leading dims, as one three-dimensional
     ``dot_general``: neither operand is transposed, so a key / value cache is read where it lies.
 
     ``matmul(q, swapaxes(k))`` over 4-d operands leaves XLA:CPU a transpose of the keys and reshapes
@@ -118,7 +118,7 @@ def _attention(ctx, q, k, v, mask=None, *, scale, causal):
     if scale is None:
         d = q.shape[-1]
         scale = 1.0 / np.sqrt(d) if type(d) is int else lax.rsqrt(jnp.asarray(d, q.dtype))
-    s = _contract(q, k, q.ndim - 1, k.ndim - 1) * jnp.asarray(scale, q.dtype)
+    s = _contract(q, k, k.ndim - 1) * jnp.asarray(scale, q.dtype)
     neg = jnp.asarray(-jnp.inf, s.dtype)
     if causal:
         shape = (q.shape[-2], k.shape[-2])
@@ -126,7 +126,7 @@ def _attention(ctx, q, k, v, mask=None, *, scale, causal):
         s = jnp.where(keep, s, neg)
     if mask is not None:
         s = jnp.where(mask, s, neg) if mask.dtype == jnp.bool_ else s + mask
-    return _contract(_softmax(s, -1), v, s.ndim - 1, v.ndim - 2)
+    return _contract(_softmax(s, -1), v, v.ndim - 2)
 
 
 @register_lowering("linear", upcast=True)
