@@ -229,10 +229,17 @@ class OrtSteps:
 
 def in_place_cache(decode: Graph) -> Graph:
     """The decode graph over fixed-capacity cache buffers: each ``present = concat(past, new)`` (axis 2)
-    becomes ``dynamic_update_slice(cache, new, 0, 0, cache_index, 0)`` over a new input ``cache_*`` of
-    the present's type, at a new scalar input ``cache_index``; the attention then reads the buffer
-    itself, so a step writes one token's keys and values and copies nothing.  The past inputs stay
-    (unread): a caller passes any ``[batch, heads, capacity - 1, head_dim]`` array for them."""
+    becomes ``dynamic_update_slice(cache, new, 0, cache_index, 0)`` over a new input ``cache_*`` of
+    the present's type with batch and heads merged (``[batch*heads, capacity, head_dim]``), at a new
+    scalar input ``cache_index``; the attention then reads the buffer itself (a reshape back to four
+    dims, a view), so a step writes one token's keys and values and copies nothing.  The past inputs
+    stay (unread): a caller passes any ``[batch, heads, capacity - 1, head_dim]`` array for them.
+
+    The buffers are three-dimensional because that is the shape the attention's dots take them in:
+    a buffer written in place in one shape and read in another was copied by XLA:CPU (the in-place
+    write and the reshape cannot share the buffer), and that copy of the whole cache each step made
+    the per-token time grow with the capacity."""
+    from .dims import dim_mul
     from .ir import DType, TensorType
     from .verify import verify
     g = decode.copy()
@@ -242,11 +249,16 @@ def in_place_cache(decode: Graph) -> Graph:
         if node is None or node.op != "concat" or node.attrs["axis"] % v.rank != 2 or not node.inputs[0].is_graph_input:
             raise LoweringError(f"the decode graph's cache output {v.name} is not concat(past, new) on axis 2; "
                                 "the XLA generation path needs that form")
-        cache = g.add_input(v.type, v.name.replace("present", "cache"))
+        batch, heads, length, dim = v.shape
+        merged = (dim_mul(batch, heads), length, dim)
+        cache = g.add_input(TensorType(v.dtype, merged), v.name.replace("present", "cache"))
         b = g.builder(before=node)
         zero = b.scalar(0, DType.i64)
-        out = b.op("dynamic_update_slice", cache, node.inputs[1], zero, zero, index, zero)
-        v.replace_all_uses_with(out)
+        new = b.op("reshape", node.inputs[1], shape=(merged[0], 1, dim))
+        out = b.op("dynamic_update_slice", cache, new, zero, index, zero)
+        at = g.outputs.index(v)
+        v.replace_all_uses_with(b.op("reshape", out, shape=tuple(v.shape)))  # the attention reads a view
+        g.outputs[at] = out
         g.remove(node)
         out.name = v.name
     verify(g)
@@ -315,6 +327,8 @@ def _prefill_function(fn: Any) -> Callable:
         outs = fn.apply(params, ids, mask, pos)
         pad = capacity - ids.shape[1]
         buffers = [jnp.pad(p, ((0, 0), (0, 0), (0, pad), (0, 0))) for p in outs[1:]]
+        # held as in_place_cache's step takes them: batch and heads merged
+        buffers = [p.reshape((p.shape[0] * p.shape[1],) + p.shape[2:]) for p in buffers]
         return outs[0][:, -1, :], buffers
     return prefill
 
@@ -325,8 +339,9 @@ def _step_function(fn: Any) -> Callable:
     from jax import lax
 
     def step(params: dict, buffers: list, ids: Any, mask: Any, pos: Any, index: Any) -> tuple:
-        capacity = buffers[0].shape[2]
-        unread = [lax.slice_in_dim(b, 0, capacity - 1, axis=2) for b in buffers]  # the past inputs, dead
+        # the past inputs, dead: four-dimensional, one slot short of the buffers
+        unread = [lax.slice_in_dim(b, 0, b.shape[1] - 1, axis=1) for b in buffers]
+        unread = [u.reshape((ids.shape[0], -1) + u.shape[1:]) for u in unread]
         outs = fn.apply(params, ids, mask, pos, *unread, index, *buffers)
         return outs[0][:, -1, :], outs[1:]
     return step

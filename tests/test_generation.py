@@ -11,6 +11,7 @@ Qwen2, Mistral, Phi and Gemma under ``-m slow``.  Each model is captured once pe
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -189,7 +190,8 @@ def test_xla_reuses_one_compiled_step_and_a_fixed_capacity_buffer():
     before = steps._cache_size()
     cm.generate(ids, attention_mask=mask, max_new_tokens=NEW)
     assert steps._cache_size() == before + 1  # one compiled step for all 23 decode steps
-    assert cm._stepper.buffers[0].shape == (2, 2, 64, 16)  # 7 + 24 tokens -> capacity 64 (the position limit)
+    # 7 + 24 tokens -> capacity 64 (the position limit); batch and heads merged, as the attention reads them
+    assert cm._stepper.buffers[0].shape == (2 * 2, 64, 16)
     cm.generate(ids, attention_mask=mask, max_new_tokens=10)
     assert steps._cache_size() == before + 1
     # the step writes the new token into the donated buffers (in place) and attends over them: no concat
@@ -200,9 +202,41 @@ def test_xla_reuses_one_compiled_step_and_a_fixed_capacity_buffer():
     assert step_graph.op_histogram().get("dynamic_update_slice") == 4 and "concat" not in {
         n.op for n in step_graph.nodes if n.outputs[0].name and n.outputs[0].name.startswith("present")}
     assert str(step_graph).splitlines()[0].endswith(
-        "%cache_index: i64[], %cache_key_0: f32[batch,2,past+seq,16], %cache_value_0: f32[batch,2,past+seq,16], "
-        "%cache_key_1: f32[batch,2,past+seq,16], %cache_value_1: f32[batch,2,past+seq,16]) -> (f32[batch,seq,100], "
-        "f32[batch,2,past+seq,16], f32[batch,2,past+seq,16], f32[batch,2,past+seq,16], f32[batch,2,past+seq,16]) {")
+        "%cache_index: i64[], %cache_key_0: f32[2*batch,past+seq,16], %cache_value_0: f32[2*batch,past+seq,16], "
+        "%cache_key_1: f32[2*batch,past+seq,16], %cache_value_1: f32[2*batch,past+seq,16]) -> (f32[batch,seq,100], "
+        "f32[2*batch,past+seq,16], f32[2*batch,past+seq,16], f32[2*batch,past+seq,16], f32[2*batch,past+seq,16]) {")
+
+
+def _hlo_shape(line: str) -> tuple[int, ...] | None:
+    """The dims of the array an HLO instruction line produces (None for tuples and scalars' absence)."""
+    match = re.match(r"\s*(?:ROOT )?%\S+ = [a-z0-9]+\[([0-9,]*)\]", line)
+    return tuple(int(d) for d in match.group(1).split(",") if d) if match else None
+
+
+def test_xla_step_writes_each_cache_buffer_once_in_place_and_copies_none():
+    """The compiled decode step's HLO: every instruction that makes an array the size of a cache buffer
+    (a copy, a transpose, a second write) is one fused in-place write of a buffer, one per buffer.  A copy
+    of the cache each step made XLA's per-token time grow with the cache's capacity."""
+    cm = compiled("gpt2", "xla")
+    ids, mask = prompt(1)
+    cm.generate(ids, attention_mask=mask, max_new_tokens=3)
+    st = cm._stepper
+    shape = st.buffers[0].shape  # [batch * heads, capacity, head_dim] = [4, 64, 16]
+    full = np.zeros((1, st.capacity), np.int64)
+    full[:, :st.filled + 1] = 1
+    with st.x64_scope(st.needs_x64):
+        text = st._step.lower(st.dec_params, st.buffers, ids[:, -1:].numpy(), full, np.full((1, 1), st.filled),
+                              np.int64(st.filled)).compile().as_text()
+    computations = dict(re.findall(r"\n(?:ENTRY )?(%\S+) [^\n]*\{\n(.*?)\n\}", text, re.S))
+    entry = text[text.index("\nENTRY"):].split("\n}")[0].splitlines()[1:]
+    size = int(np.prod(shape))
+    cache_sized = [line for line in entry if (dims := _hlo_shape(line)) is not None and int(np.prod(dims)) == size
+                   and shape[1] in dims and shape[2] in dims and " parameter(" not in line and " bitcast(" not in line]
+    assert len(cache_sized) == len(st.buffers), "\n".join(cache_sized)
+    for line in cache_sized:
+        called = re.search(r"calls=(%[\w.-]+)", line)
+        root = [s for s in computations[called.group(1)].splitlines() if "ROOT" in s] if called else [line]
+        assert called and "dynamic-update-slice(" in root[0], line
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -4,6 +4,8 @@ quantize_dynamic / quantize_weights as IR text in, IR text out plus numerics."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -430,9 +432,68 @@ def test_xla_contracts_int8_into_int32_and_holds_int4_weights():
     QuantizeWeights()(h)
     from accelir.lowering.jax import stablehlo
     text = stablehlo(g, [np.zeros((2, 64), np.float32)])
-    assert "(tensor<2x64xi8>, tensor<64x32xi8>) -> tensor<2x32xi32>" in text
+    # the weight stays int8; XLA:CPU has no fast integer dot, so the contraction runs as exact float32
+    # slices whose integer sums are added in int32, and no widened copy of the weight is made
+    assert "tensor<64x32xi8>" in text and "tensor<2x32xi32>" in text
+    assert not [w for w in ("64x32xi32", "64x32xi64", "32xi64") if w in text], text
     text4 = stablehlo(h, [np.zeros((2, 64), np.float32)])
     assert "xi4>" in text4 and "-> tensor<2x32xf32>" in text4
+
+
+@pytest.mark.parametrize("k", [2048, 1000, 97])
+def test_xla_int8_contraction_is_exact_where_float32_sums_would_round(k):
+    """Activations at the top of the uint8 range against weights of one sign per column: the integer
+    sum (k * 255 * 127 at most) passes 2^24, beyond which a float32 dot of K terms rounds.  The scales
+    are powers of two (x in steps of 1/16 from 0 to 255/16, weights +-127/8), so the output is the
+    accumulator rounded once to float32 and scaled by 2^-7 exactly: the sliced float32 dots must give
+    the int32 accumulator exactly.  K = 97 has no slice length worth it and runs as an int32 dot."""
+    rng = np.random.default_rng(12)
+    signs = np.stack([np.ones(k), -np.ones(k), rng.choice([-1.0, 1.0], k)], axis=1)
+    g, q, scale = _dynamic_graph((signs * 127 / 8).astype(np.float32), None)
+    x = np.where(rng.random((1, 5, k)) < 0.9, 255 / 16, 0.0).astype(np.float32)
+    x[0, 0, 0] = 0.0
+    xq, xs, xz = quantize_dynamic_activation(x)
+    assert xs == 1 / 16 and xz == 0 and np.all(scale == 1 / 8)
+    acc = np.matmul(xq.astype(np.int64), q.astype(np.int64))
+    assert np.abs(acc).max() > 2 ** 24 or k < 518
+    got = np.asarray(JaxModule(g)(x)[0])
+    np.testing.assert_array_equal(got * np.float32(128), acc.astype(np.float32))
+
+
+def _compiled_hlo(g: Graph, x: np.ndarray) -> str:
+    import jax
+    from accelir.lowering.jax import to_jax
+    fn = to_jax(g)
+    return jax.jit(fn.apply).lower(fn.device_params(), x).compile().as_text()
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_xla_converts_quantised_weights_a_block_at_a_time(precision):
+    """XLA:CPU cannot convert inside a dot: a quantised weight converted whole (to float32, or int8 to
+    int32 for an integer dot) was written to memory and read back each call.  The compiled program
+    converts blocks of it next to their dots, so no wider array as large as the weight exists; the
+    result is the reference's (int8: bit for bit)."""
+    rng = np.random.default_rng(13)
+    k, n = 1024, 400  # int8: slices of 512 by 384 columns; int4: blocks of 192 rows
+    w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
+    x = rng.standard_normal((1, 5, k)).astype(np.float32)
+    if precision == "int8":
+        g, q, scale = _dynamic_graph(w, None)
+    else:
+        g = Graph("g")
+        xin = g.add_input(TensorType(DType.f32, ("b", 5, k)), "x")
+        g.set_outputs([g.apply("linear", xin, g.const(w, name="w"), activation="none")])
+        QuantizeWeights(bits=4, block_size=32)(g)
+        assert [n.op for n in g.nodes if n.op != "constant"] == ["matmul_nbits"]
+    text = _compiled_hlo(g, x)
+    shapes = re.findall(r"= (?:f32|s16|s32|s64)\[([0-9,]+)\]", text)  # the weight widened whole
+    assert not [s for s in shapes if np.prod([int(d) for d in s.split(",")]) >= k * n], text
+    got = np.asarray(JaxModule(g)(x)[0])
+    if precision == "int8":
+        xq, xs, xz = quantize_dynamic_activation(x)
+        acc = np.matmul(xq.astype(np.int64) - int(xz), q.astype(np.int64))
+        np.testing.assert_array_equal(np.rint(got / (xs * scale)).astype(np.int64), acc)
+    np.testing.assert_allclose(got, accelir.interpret(g, x)[0], rtol=1e-5, atol=1e-5)
 
 
 def _linear_graph(w: np.ndarray) -> Graph:

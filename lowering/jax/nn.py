@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,12 +94,31 @@ def _batch_norm(ctx, x, scale, bias, mean, var, *, epsilon):
     return held((data - mean) * k + bias, perm)
 
 
+def _batched(x):
+    """``x`` as ``[batch, rows, cols]``, its leading dims merged into one (a view: row-major)."""
+    return x.reshape((math.prod(x.shape[:-2]),) + tuple(x.shape[-2:]))
+
+
+def _contract(a, b, b_dim: int):
+    """``a`` by ``b`` over ``a``'s last dim and ``b``'s ``b_dim``, batched over their common leading dims, as one three-dimensional
+    ``dot_general``: neither operand is transposed, so a key / value cache is read where it lies.
+
+    ``matmul(q, swapaxes(k))`` over 4-d operands leaves XLA:CPU a transpose of the keys and reshapes
+    between the operands and the dot; a decode step then copies its whole key / value cache each step
+    (the reshapes of a freshly written cache buffer cannot share its memory), a cost that grows with
+    the cache's capacity.  Operands of different leading dims (broadcast heads) go through ``matmul``."""
+    if a.ndim < 3 or a.shape[:-2] != b.shape[:-2]:
+        return jnp.matmul(a, b if b_dim == b.ndim - 2 else jnp.swapaxes(b, -1, -2))
+    out = lax.dot_general(_batched(a), _batched(b), (((2,), (b_dim - b.ndim + 3,)), ((0,), (0,))))
+    return out.reshape(tuple(a.shape[:-1]) + (out.shape[-1],))
+
+
 @register_lowering("attention", upcast=True)
 def _attention(ctx, q, k, v, mask=None, *, scale, causal):
     if scale is None:
         d = q.shape[-1]
         scale = 1.0 / np.sqrt(d) if type(d) is int else lax.rsqrt(jnp.asarray(d, q.dtype))
-    s = jnp.matmul(q, jnp.swapaxes(k, -1, -2)) * jnp.asarray(scale, q.dtype)
+    s = _contract(q, k, k.ndim - 1) * jnp.asarray(scale, q.dtype)
     neg = jnp.asarray(-jnp.inf, s.dtype)
     if causal:
         shape = (q.shape[-2], k.shape[-2])
@@ -105,7 +126,7 @@ def _attention(ctx, q, k, v, mask=None, *, scale, causal):
         s = jnp.where(keep, s, neg)
     if mask is not None:
         s = jnp.where(mask, s, neg) if mask.dtype == jnp.bool_ else s + mask
-    return jnp.matmul(_softmax(s, -1), v)
+    return _contract(_softmax(s, -1), v, v.ndim - 2)
 
 
 @register_lowering("linear", upcast=True)

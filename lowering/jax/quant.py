@@ -1,18 +1,24 @@
 """jax rules: the integer-quantised contractions ``dynamic_quant_linear`` and ``matmul_nbits``.
 
 ``dynamic_quant_linear`` quantises x with the arithmetic of ``accelir.ops.quant`` (onnxruntime's
-DynamicQuantizeLinear), then contracts int8 by int8 in a ``dot_general`` accumulating in int32: the
-uint8 activations are shifted to int8 (``q - 128``) and the shift comes back as
-``(128 - zp) * sum_k w[k, n]``, so the integer result is the reference's bit for bit.
+DynamicQuantizeLinear), then contracts ``q - zp`` by the int8 weight into an int32 accumulator, the
+reference's integer bit for bit.  XLA:CPU has no fast integer dot (it widens both operands to int32,
+and ran GPT-2 small's int8 decode step 14x slower than float32), so the contraction runs as float32
+dots over slices of K short enough that every partial sum is an integer below 2^24, which float32
+holds exactly (``_EXACT_K``); the slices' exact sums are added in int32.  The same integers as an int32
+dot, whatever order the dot sums in.
 
 ``matmul_nbits`` unpacks its weights to ``jnp.int4`` / ``int8`` and dequantises them inside the jitted
-function, so XLA fuses the dequantisation into the producer of the dot.  At accuracy level 4 it first
-rounds x to int8 per block as onnxruntime's CPU kernel does (``accelir.ops.quant``'s
-``quantize_activation_blocks``, the same f32 steps), then multiplies the rounded x in f32: the same
-products as onnxruntime's integer sums, added in another order.
+function, a block of rows at a time next to its dot (``_BLOCK``), so a step reads the packed weights
+from memory and their float32 form from cache.  At accuracy level 4 it first rounds x to int8 per
+block as onnxruntime's CPU kernel does (``accelir.ops.quant``'s ``quantize_activation_blocks``, the
+same f32 steps), then multiplies the rounded x in f32: the same products as onnxruntime's integer
+sums, added in another order.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax.numpy as jnp
 from jax import lax
@@ -33,12 +39,66 @@ def _quantize_activation(x):
     return (q.astype(jnp.int32) - 128).astype(jnp.int8), zp.astype(jnp.int32), scale
 
 
+#: the longest slice of K whose float32 sum of ``(q - zp) * w`` products is exact: each product is an
+#: integer of magnitude at most 255 * 128, and 512 of them stay below 2^24
+_EXACT_K = 512
+#: below this slice length the float form's dots are too small to pay; the int32 dot runs instead
+_MIN_SLICE = 64
+
+
+#: the weight values one dot of a quantised contraction converts to float32 (768 KiB of them): XLA:CPU
+#: cannot convert inside its dot, so the float32 copy of each block is made just before its dot and read
+#: from cache, and a step reads the weight from memory in its stored width only.  Converting whole
+#: weights instead wrote and read a float32 copy of every weight each step: over twelve int8 [768, 3072]
+#: weights, blocks of 0.1M, 0.2M and 0.4M values and whole weights took 5.6, 4.1, 7.9 and 56 ms a pass
+#: (CPU time, one thread), the same weights in float32 5.7 ms.
+_BLOCK = 196608
+
+
+def _blocks(n: int, other: int) -> list[slice]:
+    """Slices of ``n`` of about ``_BLOCK / other`` each (at least 64) for blocks of ``other`` by them."""
+    step = max(64, _BLOCK // other)
+    return [slice(j, min(j + step, n)) for j in range(0, n, step)]
+
+
+def _exact_slice(k: int) -> int | None:
+    """The longest slice of K, a divisor of it, within ``_EXACT_K`` (None if shorter than ``_MIN_SLICE``)."""
+    best = max((c for c in range(1, min(k, _EXACT_K) + 1) if k % c == 0), default=1)
+    return best if best >= _MIN_SLICE or best == k else None
+
+
+def _integer_dot(xq, zp, w):
+    """``sum_k (q[..., k] - zp) * w[k, n]`` as int32, exactly: float32 dots over slices of K (each an
+    exact integer), added in int32; an int32 dot where K has no slice length that pays.  Each dot takes
+    a block of the weight of about ``_BLOCK`` values (:func:`_blocks`)."""
+    k, n = w.shape
+    c = _exact_slice(k) if type(k) is int else None
+    if c is None:
+        acc = lax.dot_general(xq, w, (((xq.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
+        return acc + (128 - zp) * jnp.sum(w, axis=0, dtype=jnp.int32)
+    lead = xq.shape[:-1]
+    d = xq.astype(jnp.float32) + (128 - zp).astype(jnp.float32)  # q - zp, integers in [-255, 255]
+    d = d.reshape((math.prod(lead), k))
+    # true (|q - zp| <= 255), but XLA cannot know it: each block's conversion then waits for the
+    # activations, next to its dot, where XLA would otherwise convert every block at the program's start
+    # (optimization_barrier does not survive XLA:CPU's pipeline)
+    ready = jnp.all(jnp.abs(d) < 512)
+    cols = []
+    for j in _blocks(n, c):
+        acc = None
+        for i in range(0, k, c):
+            # by lax, not the array's astype: a numpy weight (a small constant) stays int8 in the program
+            block = jnp.where(ready, lax.convert_element_type(w[i:i + c, j], jnp.float32), jnp.float32(0))
+            part = lax.dot_general(d[:, i:i + c], block, (((1,), (0,)), ((), ()))).astype(jnp.int32)
+            acc = part if acc is None else acc + part
+        cols.append(acc)
+    return jnp.concatenate(cols, axis=-1).reshape(tuple(lead) + (n,))
+
+
 @register_lowering("dynamic_quant_linear")
 def _dynamic_quant_linear(ctx, x, w, w_scale, bias=None, *, activation):
     xq, zp, scale = _quantize_activation(x)
-    acc = lax.dot_general(xq, w, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
-    acc = acc + (128 - zp) * jnp.sum(w.astype(jnp.int32), axis=0)
-    y = acc.astype(jnp.float32) * (scale * w_scale)
+    y = _integer_dot(xq, zp, w).astype(jnp.float32) * (scale * w_scale)
     if bias is not None:
         y = y + bias
     return apply_activation(ctx, y, activation)
@@ -67,13 +127,9 @@ def _round_activation(x, block_size: int):
     return (q * (amax / f32(127))).reshape(lead + (nb * block_size,))[..., :k]
 
 
-@register_lowering("matmul_nbits")
-def _matmul_nbits(ctx, x, b, scales, *rest, bits, block_size, zero_points, accuracy_level, activation):
-    rest = list(rest)
-    zp = rest.pop(0) if zero_points else None
-    bias = rest.pop(0) if rest else None
-    n, nb, _ = b.shape
-    k = x.shape[-1]
+def _dequantized(b, scales, zp, bits: int, block_size: int, k: int):
+    """Packed rows ``b`` ([rows, blocks, packed]) as their float32 ``[rows, k]`` weight."""
+    rows, nb, _ = b.shape
     if zp is None:
         # symmetric: q - 2^(bits-1) fits the signed type of the width, int4 for 4 bits
         signed = (_unpack(b, bits, block_size).astype(jnp.int16) - (1 << (bits - 1)))
@@ -81,10 +137,29 @@ def _matmul_nbits(ctx, x, b, scales, *rest, bits, block_size, zero_points, accur
     else:
         zps = _unpack(zp, bits, nb).astype(jnp.float32)[..., None]
         w = _unpack(b, bits, block_size).astype(jnp.uint8).astype(jnp.float32) - zps
-    w = (w * scales[..., None]).reshape(n, nb * block_size)[:, :k]
+    return (w * scales[..., None]).reshape(rows, nb * block_size)[:, :k]
+
+
+@register_lowering("matmul_nbits")
+def _matmul_nbits(ctx, x, b, scales, *rest, bits, block_size, zero_points, accuracy_level, activation):
+    rest = list(rest)
+    zp = rest.pop(0) if zero_points else None
+    bias = rest.pop(0) if rest else None
+    n = b.shape[0]
+    k = x.shape[-1]
+    lead = x.shape[:-1]
+    x2 = x.reshape((math.prod(lead), k))
     if accuracy_level == ACCURACY_INT8:
-        x = _round_activation(x, block_size)
-    y = lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+        x2 = _round_activation(x2, block_size)
+    # true for every x, NaN included, but XLA cannot know it: each block is dequantised once x is
+    # there, next to its dot, not all at the program's start (see _BLOCK)
+    ready = jnp.all((x2 == x2) | (x2 != x2))
+    parts = []
+    for r in _blocks(n, k):
+        w = _dequantized(b[r], scales[r], None if zp is None else zp[r], bits, block_size, k)
+        w = jnp.where(ready, w, jnp.float32(0))
+        parts.append(lax.dot_general(x2, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32))
+    y = jnp.concatenate(parts, axis=-1).reshape(tuple(lead) + (n,))
     if bias is not None:
         y = y + bias
     return apply_activation(ctx, y, activation)
