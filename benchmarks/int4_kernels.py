@@ -165,8 +165,7 @@ def _gpt2_decode(levels: list[int], quick: bool) -> dict[str, tuple[float, float
             cms[f"accelir int4, level {level}"] = accelir.optimize(model, (ids,), precision="int4",
                                                                    accuracy={"max_abs": 1e30})
     for name, cm in cms.items():  # one intra-op thread, as benchmarks/generate.py gives accelir's sessions
-        cm._stepper = OrtSteps.build(cm.graph, cm.decode_graph, threads=1,
-                                     precision="fp32" if name == "accelir fp32" else "int4")
+        cm._stepper = cm._runner = OrtSteps.build(cm.decode_graph, threads=1)  # one session, as optimize's
     runs: dict[tuple[str, int], list[float]] = {(name, n): [] for name in cms for n in (1, NEW + 1)}
     tokens = {}
     for r in range(4):  # the first round warms up
