@@ -224,3 +224,23 @@ def test_an_item_of_every_integer_dtype_sizes_the_graph_at_run_time(dtype):
     cm = accelir.optimize(model, (x, torch.tensor(3, dtype=dtype)), backend="onnxruntime")
     for k in (3, 0, 8, 5):
         _same(model(x, torch.tensor(k, dtype=dtype)), cm(x, torch.tensor(k, dtype=dtype)))
+
+
+def _means(x):
+    n = (x[:, 0] > 0).sum().item()
+    torch._check(n <= x.shape[0])  # a bound XLA pads to
+    return x[:n].mean(), x[:n].mean(0), x[x > 0].mean()
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "xla", "interpreter"])
+def test_a_mean_over_a_data_dependent_size_of_zero_is_nan_as_in_torch(backend):
+    """A mean over no entries is nan in torch; onnxruntime's ReduceMean of none would give 0."""
+    model = Fn(_means)
+    gen = torch.Generator().manual_seed(9)
+    calls = [torch.randn(6, 3, generator=gen), -torch.rand(6, 3, generator=gen) - 0.1]
+    cm = _compile(model, (calls[0],), backend)
+    for x in calls:
+        want = model(x)
+        assert want[0].isnan().item() == (x is calls[1])
+        for w, g in zip(want, cm(x)):
+            torch.testing.assert_close(torch.as_tensor(g), w, rtol=1e-6, atol=1e-6, equal_nan=True)
