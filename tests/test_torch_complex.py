@@ -68,6 +68,9 @@ ELEMENTWISE = {
     "rsub_python": (lambda x: _r(1.5 - _c(x)), [(3, 2)]),
     "div": (lambda x, y: _r(_c(x) / _c(y)), [(3, 4, 2), (3, 4, 2)]),
     "div_real": (lambda x, y: _r(_c(x) / (y.abs() + 1)), [(3, 4, 2), (3, 4)]),
+    # torch scales by the divisor's size: no overflow of its square (huge) or underflow to 0 (tiny) in float32
+    "div_huge": (lambda x, y: _r((_c(x) * 1e25) / (_c(y) * 1e25)), [(3, 4, 2), (3, 4, 2)]),
+    "div_tiny": (lambda x, y: _r(_c(x) / (_c(y) * 1e-25)), [(3, 4, 2), (3, 4, 2)]),
     "neg_conj": (lambda x: _r(-_c(x).conj() * _c(x)), [(6, 2)]),
     "polar": (lambda r, t: _r(torch.polar(r.abs(), t)), [(3, 5), (3, 5)]),
     "complex": (lambda a, b: _r(torch.complex(a, b) * torch.complex(b, a)), [(3, 5), (3, 5)]),
