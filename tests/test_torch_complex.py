@@ -76,6 +76,8 @@ ELEMENTWISE = {
     "complex": (lambda a, b: _r(torch.complex(a, b) * torch.complex(b, a)), [(3, 5), (3, 5)]),
     "real_imag": (lambda x, y: ((_c(x) * _c(y)).real, (_c(x) * _c(y)).imag), [(4, 2), (4, 2)]),
     "abs": (lambda x: _c(x).abs(), [(7, 2)]),
+    "abs_huge_tiny_zero": (lambda x: torch.cat([(_c(x) * 1e25).abs(), (_c(x) * 1e-25).abs(), (_c(x) * 0).abs()]),
+                           [(7, 2)]),
     "angle": (lambda x: _c(x).angle(), [(7, 2)]),
     "to_complex_and_back": (lambda x: (x.to(torch.complex128) * 1j).imag.to(x.dtype), [(3, 4)]),
 }

@@ -163,7 +163,18 @@ def _abs(ctx, a):
     c = _operand(ctx, a["self"], _part_dtype(ctx))
     if c.im is None:
         return ctx.b.op("abs", c.re)
-    return ctx.b.op("sqrt", ctx.b.op("add", ctx.b.op("mul", c.re, c.re), ctx.b.op("mul", c.im, c.im)))
+    return _hypot(ctx, c.re, c.im)
+
+
+def _hypot(ctx: NodeContext, a: Value, b: Value) -> Value:
+    """``sqrt(a^2 + b^2)`` with both scaled by ``s = max(|a|, |b|)`` first, as torch's abs does, so that a size
+    past 1e19 or below 1e-19 in float32 neither overflows nor underflows; 0 where both are 0."""
+    op = ctx.b.op
+    s = op("max", op("abs", a), op("abs", b))
+    zero = op("eq", s, ctx.scalar(0, s))
+    safe = op("where", zero, ctx.scalar(1, s), s)
+    p, q = op("div", a, safe), op("div", b, safe)
+    return op("mul", op("sqrt", op("add", op("mul", p, p), op("mul", q, q))), s)
 
 
 @complex_rule("angle")
