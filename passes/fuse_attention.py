@@ -32,6 +32,16 @@ from .registry import register_pass
 __all__ = ["fuse_attention", "ATTENTION_RULES"]
 
 
+def _additive_fill(fill: float, dtype: np.dtype) -> float:
+    """A where-mask's fill as an additive mask's, raised to a quarter of the dtype's minimum where it lies
+    below (flax and transformers fill with ``finfo.min``): the weights stay the same, exp of either is 0 next
+    to an unmasked score and a row masked everywhere still has equal weights, but onnxruntime's Attention
+    overflows a bias of ``finfo.min`` to -inf and gives such a row zeros instead of the mean of v."""
+    if not np.issubdtype(dtype, np.floating):
+        return fill
+    return max(fill, float(np.finfo(dtype).min) / 4)
+
+
 class _Reject(Exception):
     """A near match: the message says which check failed."""
 
@@ -205,7 +215,7 @@ def _attention(m: Match, b: Builder) -> Value | None:
     if sc.mask is not None:
         mask = sc.mask
         if sc.fill is not None:
-            mask = b.op("where", mask, b.scalar(0.0, q), b.scalar(sc.fill, q))
+            mask = b.op("where", mask, b.scalar(0.0, q), b.scalar(_additive_fill(sc.fill, q.dtype.numpy), q))
         inputs.append(mask)
     try:
         y = b.op("attention", *inputs, scale=sc.scale)

@@ -604,7 +604,7 @@ graph main(%q: f32[2,5,8], %k: f32[2,6,8], %v: f32[2,6,8], %m: bool[2,5,6]) -> (
          """
 graph main(%q: f32[2,5,8], %k: f32[2,6,8], %v: f32[2,6,8], %m: bool[2,5,6]) -> (f32[2,5,8]) {
   %0 = constant() {name="c", value=0.0} : f32[]
-  %1 = constant() {name="c_0", value=-3.4028235e+38} : f32[]
+  %1 = constant() {name="c_0", value=-8.5070587e+37} : f32[]
   %2 = where(%m, %0, %1) : f32[2,5,6]
   %3 = attention(%q, %k, %v, %2) {scale=0.125, causal=false} : f32[2,5,8]
   return %3
@@ -627,7 +627,7 @@ graph main(%q: f32[b,5,8], %k: f32[b,6,8], %v: f32[b,6,8], %m: bool[b,5,6]) -> (
          """
 graph main(%q: f32[b,5,8], %k: f32[b,6,8], %v: f32[b,6,8], %m: bool[b,5,6]) -> (f32[b,5,8]) {
   %0 = constant() {name="c", value=0.0} : f32[]
-  %1 = constant() {name="c_0", value=-3.4028235e+38} : f32[]
+  %1 = constant() {name="c_0", value=-8.5070587e+37} : f32[]
   %2 = where(%m, %0, %1) : f32[b,5,6]
   %3 = attention(%q, %k, %v, %2) {scale=0.125, causal=false} : f32[b,5,8]
   return %3
@@ -926,3 +926,22 @@ def test_pipelines_place_the_fusion_passes() -> None:
                       "fuse_conv_bn", "fuse_conv_act"]
     assert "fuse_elementwise" not in names
     assert [pass_name(p) for p in pipeline(3, "xla")][-1] == "fuse_elementwise"
+
+
+def test_a_row_masked_everywhere_by_the_dtype_minimum_averages_the_values_on_onnxruntime():
+    """flax writes a mask as ``where(m, s, finfo.min)``: a row masked everywhere (a batch row of padding only)
+    softmaxes to equal weights, the mean of v.  onnxruntime's Attention overflows a bias of finfo.min itself
+    and gives zeros there; the fused mask's fill is kept clear of that, with the same weights."""
+    import jax
+    import jax.numpy as jnp
+
+    def fn(q, k, v, m):
+        s = jnp.where(m, jnp.einsum("bhqd,bhkd->bhqk", q, k) * 0.25, jnp.finfo(jnp.float32).min)
+        return jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(s, axis=-1), v)
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, 2, n, 16)).astype(np.float32) for n in (1, 64, 64))
+    m = np.zeros((2, 2, 1, 64), bool)
+    m[0, :, :, :5] = True
+    cm = accelir.optimize(fn, (q, k, v, m), backend="onnxruntime")
+    assert "attention" in {n.op for n in cm.graph.nodes}
+    assert_close(np.asarray(cm(q, k, v, m)), np.asarray(jax.jit(fn)(q, k, v, m)))

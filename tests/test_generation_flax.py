@@ -149,6 +149,16 @@ def test_greedy_tokens_equal_the_jax_loop(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_row_of_padding_only_gives_the_tokens_of_the_jax_loop(backend):
+    """A row masked everywhere attends with equal weights in flax (its mask's fill is finfo.min), so its tokens
+    are the loop's too; the other rows are unaffected."""
+    ids = np.array([[5, 6, 7, 8], [0, 0, 0, 0], [0, 0, 9, 10]], np.int32)  # batch 3: batch 2 is another test's
+    mask = (ids > 0).astype(np.int32)
+    got = compiled(backend).generate(jnp.asarray(ids), attention_mask=jnp.asarray(mask), max_new_tokens=3)
+    assert np.asarray(got).tolist() == reference(ids, mask, 3).tolist()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_the_prompt_goes_in_one_runtime_call(backend, monkeypatch):
     """The prefill graph is the step scanned over the prompt (one scan node, the prompt's length symbolic):
     a generation makes one call for the prompt and one per new token after the first, whatever the

@@ -68,11 +68,16 @@ ELEMENTWISE = {
     "rsub_python": (lambda x: _r(1.5 - _c(x)), [(3, 2)]),
     "div": (lambda x, y: _r(_c(x) / _c(y)), [(3, 4, 2), (3, 4, 2)]),
     "div_real": (lambda x, y: _r(_c(x) / (y.abs() + 1)), [(3, 4, 2), (3, 4)]),
+    # torch scales by the divisor's size: no overflow of its square (huge) or underflow to 0 (tiny) in float32
+    "div_huge": (lambda x, y: _r((_c(x) * 1e25) / (_c(y) * 1e25)), [(3, 4, 2), (3, 4, 2)]),
+    "div_tiny": (lambda x, y: _r(_c(x) / (_c(y) * 1e-25)), [(3, 4, 2), (3, 4, 2)]),
     "neg_conj": (lambda x: _r(-_c(x).conj() * _c(x)), [(6, 2)]),
     "polar": (lambda r, t: _r(torch.polar(r.abs(), t)), [(3, 5), (3, 5)]),
     "complex": (lambda a, b: _r(torch.complex(a, b) * torch.complex(b, a)), [(3, 5), (3, 5)]),
     "real_imag": (lambda x, y: ((_c(x) * _c(y)).real, (_c(x) * _c(y)).imag), [(4, 2), (4, 2)]),
     "abs": (lambda x: _c(x).abs(), [(7, 2)]),
+    "abs_huge_tiny_zero": (lambda x: torch.cat([(_c(x) * 1e25).abs(), (_c(x) * 1e-25).abs(), (_c(x) * 0).abs()]),
+                           [(7, 2)]),
     "angle": (lambda x: _c(x).angle(), [(7, 2)]),
     "to_complex_and_back": (lambda x: (x.to(torch.complex128) * 1j).imag.to(x.dtype), [(3, 4)]),
 }

@@ -10,7 +10,7 @@ import torch
 
 import accelir
 from accelir import dims as D
-from accelir import InputError, LoweringError
+from accelir import InputError, LoweringError, UnsupportedOpError
 from accelir.interpreter import interpret
 from accelir.unbacked import unbacked_dims
 
@@ -224,3 +224,35 @@ def test_an_item_of_every_integer_dtype_sizes_the_graph_at_run_time(dtype):
     cm = accelir.optimize(model, (x, torch.tensor(3, dtype=dtype)), backend="onnxruntime")
     for k in (3, 0, 8, 5):
         _same(model(x, torch.tensor(k, dtype=dtype)), cm(x, torch.tensor(k, dtype=dtype)))
+
+
+def _means(x):
+    n = (x[:, 0] > 0).sum().item()
+    torch._check(n <= x.shape[0])  # a bound XLA pads to
+    return x[:n].mean(), x[:n].mean(0), x[x > 0].mean()
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "xla", "interpreter"])
+def test_a_mean_over_a_data_dependent_size_of_zero_is_nan_as_in_torch(backend):
+    """A mean over no entries is nan in torch; onnxruntime's ReduceMean of none would give 0."""
+    model = Fn(_means)
+    gen = torch.Generator().manual_seed(9)
+    calls = [torch.randn(6, 3, generator=gen), -torch.rand(6, 3, generator=gen) - 0.1]
+    cm = _compile(model, (calls[0],), backend)
+    for x in calls:
+        want = model(x)
+        assert want[0].isnan().item() == (x is calls[1])
+        for w, g in zip(want, cm(x)):
+            torch.testing.assert_close(torch.as_tensor(g), w, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("fn", [lambda x: x * x.sum().item(), lambda x: x * (x.sum() > 0).item()],
+                         ids=["float", "bool"])
+def test_a_float_or_bool_item_is_refused_saying_to_keep_it_a_tensor(fn):
+    """Only an integer .item() is carried (bound to a run-time value); a float or bool one is refused in one
+    line naming the node's source and the remedy, not as an op accelir lacks."""
+    with pytest.raises(UnsupportedOpError) as e:
+        accelir.capture(Fn(fn), (torch.randn(4),))
+    first = str(e.value).splitlines()[0]
+    assert first.startswith("torch op item at ") and "test_torch_data_sizes.py" in first
+    assert "python number" in first and "keep it a tensor" in first and "no accelir mapping" not in first

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from accelir.ir import DType, TensorType
+from accelir import dims as D
+from accelir.ir import DType, Node, TensorType
 from accelir.ops.shape import inverse_perm
 
 from .context import LoweringContext, OnnxValue, SAME, register_lowering
@@ -22,8 +23,20 @@ def _lower_reduce(ctx, node, xs):
     axes = node.attrs["axes"]
     if not axes:
         return [x]
+    if node.op == "reduce_mean" and node.outputs[0].dtype.is_float \
+            and not all(D.is_static(node.inputs[0].shape[a]) for a in axes):
+        return [_mean_over_run_time_size(ctx, node, x)]
     out = ctx.kernel(_REDUCE[node.op], x, ctx.ints(axes), keepdims=int(node.attrs["keepdims"]))
     return [out]
+
+
+def _mean_over_run_time_size(ctx: LoweringContext, node: Node, x: OnnxValue) -> OnnxValue:
+    """A mean over axes of run-time size (a selection's, which may be empty) as their sum over their count:
+    ONNX Runtime's ReduceMean of no entries is 0, torch's and numpy's mean of none is nan (0 / 0)."""
+    axes, t = node.attrs["axes"], node.inputs[0].type
+    total = ctx.kernel("ReduceSum", x, ctx.ints(axes), keepdims=int(node.attrs["keepdims"]))
+    count = ctx.cast(ctx.scalar_dim(D.dim_prod(t.shape[a] for a in axes)), total.dtype)
+    return ctx.kernel("Div", total, count)
 
 
 @register_lowering("argmax", "argmin")

@@ -7,8 +7,9 @@ The converter sends every node that takes or gives a complex tensor to these rul
 never reaches the graph's inputs, outputs or a real rule.
 
 * Arithmetic is written out on the parts: ``(a + bi)(c + di) = (ac - bd) + (ad + bc)i``;
-  division by ``c + di`` multiplies by its conjugate over ``c^2 + d^2`` (torch scales
-  first, which only matters near the float range's ends).
+  division by ``c + di`` multiplies by its conjugate over ``c^2 + d^2``, both scaled
+  first by ``max(|c|, |d|)`` as torch does, so a divisor near the float range's ends
+  neither overflows nor underflows.
 * Layout ops (views, slices, transposes, dtype changes, cat / stack) do the same to both
   parts, so they reuse the real rules, given each part in the complex operand's place.
 * FFTs over dims of static size are products with constant DFT matrices, one per
@@ -162,7 +163,18 @@ def _abs(ctx, a):
     c = _operand(ctx, a["self"], _part_dtype(ctx))
     if c.im is None:
         return ctx.b.op("abs", c.re)
-    return ctx.b.op("sqrt", ctx.b.op("add", ctx.b.op("mul", c.re, c.re), ctx.b.op("mul", c.im, c.im)))
+    return _hypot(ctx, c.re, c.im)
+
+
+def _hypot(ctx: NodeContext, a: Value, b: Value) -> Value:
+    """``sqrt(a^2 + b^2)`` with both scaled by ``s = max(|a|, |b|)`` first, as torch's abs does, so that a size
+    past 1e19 or below 1e-19 in float32 neither overflows nor underflows; 0 where both are 0."""
+    op = ctx.b.op
+    s = op("max", op("abs", a), op("abs", b))
+    zero = op("eq", s, ctx.scalar(0, s))
+    safe = op("where", zero, ctx.scalar(1, s), s)
+    p, q = op("div", a, safe), op("div", b, safe)
+    return op("mul", op("sqrt", op("add", op("mul", p, p), op("mul", q, q))), s)
 
 
 @complex_rule("angle")
@@ -228,8 +240,12 @@ def _div(ctx, a):
     b = ctx.b
     if y.im is None:
         return Complex(b.op("div", x.re, y.re), None if x.im is None else b.op("div", x.im, y.re))
-    num = _mul(ctx, x, Complex(y.re, b.op("neg", y.im)))
-    den = b.op("add", b.op("mul", y.re, y.re), b.op("mul", y.im, y.im))
+    # y scaled by its larger part's size first, as torch does: c^2 + d^2 neither overflows (|y| > 1e19 in
+    # float32) nor underflows to 0 (|y| < 1e-19); x / y = (x conj(y / s) / |y / s|^2) / s
+    s = b.op("max", b.op("abs", y.re), b.op("abs", y.im))
+    c, d = b.op("div", y.re, s), b.op("div", y.im, s)
+    num = _mul(ctx, x, Complex(c, b.op("neg", d)))
+    den = b.op("mul", b.op("add", b.op("mul", c, c), b.op("mul", d, d)), s)
     return Complex(b.op("div", num.re, den), b.op("div", num.im, den))
 
 

@@ -32,6 +32,7 @@ __all__ = ["Converter", "TorchSignature", "bind_outputs", "provenance", "ASSERTS
 # dropped: eager torch raises where they fail.
 ASSERTS = frozenset({"_assert_tensor_metadata", "_assert_scalar", "_assert_async", "sym_constrain_range",
                       "sym_constrain_range_for_size", "_print", "_check_is_size"})
+_ITEM_OPS = ("item", "_local_scalar_dense")  # a tensor's value read as a python number
 # ops that draw random numbers: a captured graph cannot repeat the draw, so they are refused by what they do
 RANDOM_OPS = frozenset(f"{op}{tail}" for tail in ("", "_") for op in (
     "rand", "randn", "rand_like", "randn_like", "randint", "randint_like", "randperm", "normal", "bernoulli",
@@ -323,7 +324,7 @@ class Converter:
         """Bind the fresh symbol torch.export gives an integer ``.item()`` (``u0``; ``.tolist()`` is one
         ``.item()`` an element) to the tensor it reads, through :meth:`bind_item`."""
         if isinstance(val, torch.SymInt) and val.node.expr.is_Symbol and node.op == "call_function" \
-                and self.resolve(node)[0] in ("item", "_local_scalar_dense") \
+                and self.resolve(node)[0] in _ITEM_OPS \
                 and isinstance(self.env.get(node.args[0]), Value) and val.node.expr.name not in self.dim_names:
             meta = provenance(node, self.resolve(node)[0] or target_name(node))
             self.dim_names[val.node.expr.name] = self.bind_item(self.value(node.args[0]), meta, _upper_bound(val))
@@ -489,6 +490,10 @@ def _unsupported_error(missing: list[tuple[str, dict[str, str]]]) -> Unsupported
                  "cannot repeat the draw: pass the numbers in as an input (transformers models that take "
                  "`noise`, such as ViT-MAE, take them as noise=...), or call model.eval() if it is a training-"
                  "time draw."]
+    elif first in _ITEM_OPS:  # an integer .item() is bound to a run-time size (Converter.bind_item), never missing
+        lines = [f"torch op {first} at {source_of(meta)} reads a float or bool tensor as a python number, which a "
+                 "captured graph cannot carry (an integer .item() can: it becomes a run-time size): keep it a "
+                 "tensor (x * t rather than x * t.item())."]
     if len(missing) > 1:
         lines.append("The graph also uses these unsupported ops:")
         for name, m in missing[1:]:
