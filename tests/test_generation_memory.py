@@ -113,9 +113,8 @@ def test_one_session_with_prepacked_weights_runs_the_prompt_and_the_steps():
     cm = _compiled(model)
     sessions = _sessions(cm)
     assert len(sessions) == 1 and _prepacks(sessions[0])
-    # without the CPU arena: a step's cache is a token longer than the last one's, which the arena's
-    # bins could not reuse
-    assert not sessions[0].get_session_options().enable_cpu_mem_arena
+    # with the CPU arena: without it each step's one-token-longer cache is a fresh system allocation
+    assert sessions[0].get_session_options().enable_cpu_mem_arena
     ids = torch.randint(3, CONFIG["vocab_size"], (3, 6), generator=torch.Generator().manual_seed(6))
     mask = torch.ones(3, 6, dtype=torch.long)
     mask[0, :2] = 0  # left padding: the prompt's causal mask and pads inside the one kernel
