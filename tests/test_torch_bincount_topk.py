@@ -9,33 +9,11 @@ import torch
 
 import accelir
 from accelir import InputError, LoweringError, UnsupportedOpError
-from accelir.interpreter import interpret
+
+from torch_fn import Fn, compile_on
 
 VALUES = [torch.tensor([1, 4, 4, 2, 0, 1]), torch.tensor([0, 0, 9, 1, 1, 1]), torch.tensor([0, 0, 0, 0, 0, 0]),
           torch.tensor([2, 2, 3, 1, 0, 5])]
-
-
-class Fn(torch.nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *xs):
-        return self.fn(*xs)
-
-
-class Interpreted:
-    """The captured graph run by accelir's interpreter (the op references), called like a compiled model."""
-
-    def __init__(self, model, args):
-        self.graph = accelir.capture(model, args)
-
-    def __call__(self, *xs):
-        return tuple(torch.from_numpy(a) for a in interpret(self.graph, *(x.numpy() for x in xs)))
-
-
-def _compile(model, args, backend):
-    return Interpreted(model, args) if backend == "interpreter" else accelir.optimize(model, args, backend=backend)
 
 
 def _same(want, got, exact: bool) -> None:
@@ -55,7 +33,7 @@ def _same(want, got, exact: bool) -> None:
 @pytest.mark.parametrize("minlength", [0, 7])
 def test_bincount_counts_at_lengths_the_data_decide(backend, dtype, minlength):
     model = Fn(lambda x: torch.bincount(x, minlength=minlength))
-    cm = _compile(model, (VALUES[0].to(dtype),), backend)
+    cm = compile_on(model, (VALUES[0].to(dtype),), backend)
     assert "bincount" in {n.op for n in cm.graph.nodes}
     for x in VALUES:  # lengths 5, 10, 1 (or minlength 7) from one compiled model
         _same(model(x.to(dtype)), cm(x.to(dtype)), exact=True)
@@ -67,7 +45,7 @@ def test_bincount_sums_weights_in_their_dtype(backend, wdtype):
     model = Fn(lambda x, w: torch.bincount(x, weights=w, minlength=3))
     gen = torch.Generator().manual_seed(0)
     w = torch.rand(6, generator=gen).to(wdtype)
-    cm = _compile(model, (VALUES[0], w), backend)
+    cm = compile_on(model, (VALUES[0], w), backend)
     for x in VALUES:
         w = torch.rand(6, generator=gen).to(wdtype)
         _same(model(x, w), cm(x, w), exact=False)
@@ -77,13 +55,13 @@ def test_bincount_of_an_empty_input_is_minlength_zeros():
     model = Fn(lambda x: torch.bincount(x, minlength=4))
     x = torch.zeros(0, dtype=torch.int64)
     for backend in ("onnxruntime", "interpreter"):
-        _same(model(x), _compile(model, (x,), backend)(x), exact=True)
+        _same(model(x), compile_on(model, (x,), backend)(x), exact=True)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "interpreter"])
 def test_a_negative_value_is_an_error_as_in_torch(backend):
     model = Fn(lambda x: torch.bincount(x))
-    cm = _compile(model, (VALUES[0],), backend)
+    cm = compile_on(model, (VALUES[0],), backend)
     bad = torch.tensor([1, 4, -1, 2, 0, 1])
     with pytest.raises(RuntimeError):
         model(bad)
@@ -111,7 +89,7 @@ def test_topk_with_k_from_item_runs_at_each_calls_k(backend):
     cm = None
     for shift in (0.0, 0.6, -0.6, -5.0):  # k = about 4, 6, 2, then 0
         x = torch.randn(9, generator=gen) + shift
-        cm = cm or _compile(model, (x,), backend)
+        cm = cm or compile_on(model, (x,), backend)
         assert "topk_dynamic" in {n.op for n in cm.graph.nodes}
         _same(model(x), cm(x), exact=False)  # indices exactly, the sum within rounding
 
@@ -128,7 +106,7 @@ def test_topk_with_k_an_expression_of_item(backend):
     cm = None
     for shift in (0.0, 0.8, -0.8):
         x = torch.randn(9, generator=gen) + shift
-        cm = cm or _compile(model, (x,), backend)
+        cm = cm or compile_on(model, (x,), backend)
         _same(model(x), cm(x), exact=True)
 
 
@@ -137,7 +115,7 @@ def test_topk_with_k_an_expression_of_item(backend):
 def test_topk_with_k_past_the_dim_is_an_input_error(backend, message):
     """torch raises; XLA cannot raise inside its program, so it returns the check and the runner raises."""
     model = Fn(lambda x: torch.topk(x, (x > 0).sum().item() + 3))
-    cm = _compile(model, (-torch.arange(1.0, 10.0),), backend)
+    cm = compile_on(model, (-torch.arange(1.0, 10.0),), backend)
     with pytest.raises(RuntimeError):
         model(torch.ones(9))
     with pytest.raises(InputError, match=message):

@@ -8,16 +8,9 @@ import torch
 
 import accelir
 
+from torch_fn import Fn
+
 BACKENDS = ["onnxruntime", "xla"]
-
-
-class Fn(torch.nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *xs):
-        return self.fn(*xs)
 
 
 def _check(fn, *inputs, backend, exact=False, tol=1e-5):
