@@ -80,7 +80,8 @@ def _format(p: _Poly) -> Dim:
     terms = []
     for m in sorted(p, key=lambda m: (len(m) == 0, m)):
         c = p[m]
-        body = "*".join(m)
+        # an opaque atom (``x//2``) among other factors is bracketed: ``2*x//2`` would read as ``(2*x)//2``
+        body = "*".join(a if len(m) == 1 and abs(c) == 1 or _is_atom_name(a) else f"({a})" for a in m)
         if not m:
             text = str(abs(c))
         elif abs(c) == 1:

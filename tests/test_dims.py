@@ -42,3 +42,11 @@ def test_an_unbound_symbol_and_code_are_refused():
         D.evaluate("2*seq", {})
     with pytest.raises(ValueError, match="not a dimension expression"):
         D.evaluate_with("__import__('os')", lambda s: 0)
+
+
+def test_a_product_with_a_floor_division_prints_unambiguously():
+    # a lowering evaluates the text: "2*(s-1)//2" would read as (2*(s-1))//2
+    a = D.dim_add(D.dim_floordiv(D.dim_sub("s", 1), 2), 1)
+    p = D.dim_prod([a, a])
+    for s in range(1, 40):
+        assert eval(p, {"s": s}) == ((s - 1) // 2 + 1) ** 2 == D.evaluate(p, {"s": s})
