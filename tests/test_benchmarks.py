@@ -125,7 +125,9 @@ def test_quick_onnxruntime_models_profile_only(tmp_path):
                                     "dynamo + accelir's options"]
     assert rows[0][4] == "1.000" and all(float(r[2]) > 0 for r in rows)
     assert "accelir / best export, either options, by CPU time: " in out and "fastest export" not in out
-    assert "/ accelir: Gemm " in out
+    # the kernel time by op type of each system (the order of the tiny model's kernels is a near tie)
+    accelir_ops = [line for line in out.splitlines() if line.startswith("gpt2") and "/ accelir: " in line]
+    assert len(accelir_ops) == 1 and " Gemm " in accelir_ops[0]
     assert len(list(tmp_path.glob("gpt2-*.json"))) == 5
 
 
