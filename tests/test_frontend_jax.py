@@ -538,3 +538,17 @@ def test_a_contraction_of_all_of_x_is_a_matmul(f, shapes):
     g = capture_jax(f, args)
     assert "matmul" in g.op_histogram() and "dot_general" not in g.op_histogram()
     np.testing.assert_allclose(accelir.run_graph(g, args)[0], np.asarray(f(*args)), rtol=1e-5, atol=1e-5)
+
+
+def test_captures_under_many_shape_constraints_keep_each_ones_symbols_in_one_scope():
+    """Each set of shape constraints has its own symbolic scope, and a capture's dims must all come from one:
+    after captures under many other constraints, a capture under the first ones again, with a spec not seen
+    before, still works (a scope forgotten and made anew would mix with the dims kept of the old one)."""
+    def fn(x, y):
+        return x[:, :1] + y[:, :1]
+    for cap in range(4, 24):
+        capture_jax(fn, (np.zeros((1, 2), np.float32), np.zeros((1, 3), np.float32)),
+                    symbolic_shapes=("b, seq", "b, 3"), shape_constraints=(f"seq <= {cap}",))
+    g = capture_jax(fn, (np.zeros((1, 2), np.float32), np.zeros((1, 5), np.float32)),
+                    symbolic_shapes=("b, seq", "b, 5"), shape_constraints=("seq <= 4",))
+    assert g.inputs[0].type.shape == ("b", "seq")

@@ -73,8 +73,11 @@ def _symbolic_shape(spec: str, constraints: tuple[str, ...] = ()) -> tuple:
     return tuple(jax.export.symbolic_shape(spec, scope=_scope(constraints)))
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=None)
 def _scope(constraints: tuple[str, ...] = ()) -> Any:
+    # never evicted: _symbolic_shape keeps dims of this scope, and a scope made anew for the same
+    # constraints would mix with them in one capture (jax: "(b, 1), (b, 1)" incompatible).  One per
+    # distinct constraint set (a flax decoder's cache capacity), each a few objects
     import jax
     return jax.export.SymbolicScope(constraints)
 
