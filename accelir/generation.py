@@ -35,7 +35,7 @@ from .errors import AccelirError, InputError, LoweringError
 from .ir import Graph
 
 __all__ = ["is_causal_lm", "optimize_causal_lm", "GenerationModel", "GenerationTiming", "decode_path", "OrtSteps",
-           "run_passes"]
+           "run_passes", "shared_device_params"]
 
 _CAPACITY_STEP = 64  # the XLA cache's capacity is rounded up to a multiple of this
 
@@ -280,7 +280,7 @@ class _XlaSteps:
         self.needs_x64 = pre_fn.needs_x64 or dec_fn.needs_x64
         pre_params = pre_fn.device_params(self.device)
         self.pre_params = pre_params
-        self.dec_params = _shared_params(dec_fn, pre_fn, pre_params, self.device)
+        self.dec_params = shared_device_params(dec_fn, pre_fn, pre_params, self.device)
         options = prefill.compiler_options  # accelir's XLA options (its CPU fault workarounds)
         self._prefill = jax.jit(_prefill_function(pre_fn), static_argnums=(4,), compiler_options=options)
         self._step = jax.jit(_step_function(dec_fn), donate_argnums=(1,), compiler_options=options)
@@ -305,19 +305,19 @@ class _XlaSteps:
             return np.asarray(logits)
 
 
-def _shared_params(fn: Any, other: Any, other_device: dict[str, Any], device: Any) -> dict[str, Any]:
-    """``fn``'s device parameters, reusing ``other``'s device arrays for the same weights (both graphs hold
-    views of the model's tensors), so the decode graph does not put a second copy of them on the device."""
+def shared_device_params(fn: Any, other: Any, other_device: dict[str, Any], device: Any) -> dict[str, Any]:
+    """``fn``'s device parameters, reusing ``other``'s device array for each weight both graphs hold (the same
+    memory: both were captured as views of the model's arrays), so the second graph does not put another copy
+    of the weights on the device.  Weights are matched by memory, not by name: a flax prefill holds its
+    weights in its scan's body, under other names than the step's."""
     import jax
     from .lowering.jax.context import x64_scope
-    out = {}
+
+    def where(a: np.ndarray) -> tuple:
+        return a.__array_interface__["data"][0], a.shape, a.dtype.str, a.strides
+    placed = {where(a): other_device[k] for k, a in other.params.items()}
     with x64_scope(fn.needs_x64):
-        for key, arr in fn.params.items():
-            mine = other.params.get(key)
-            same = (mine is not None and mine.shape == arr.shape and mine.dtype == arr.dtype
-                    and np.shares_memory(mine, arr) and mine.strides == arr.strides)
-            out[key] = other_device[key] if same else jax.device_put(arr, device)
-    return out
+        return {k: placed[where(a)] if where(a) in placed else jax.device_put(a, device) for k, a in fn.params.items()}
 
 
 def _prefill_function(fn: Any) -> Callable:

@@ -28,7 +28,7 @@ import numpy as np
 from .api import CompiledModel, OptimizeReport, build_runner, register_model_path
 from .errors import AccelirError, InputError
 from .frontends.jax.generation import CacheDecoder
-from .generation import GenerationModel, OrtSteps, run_passes
+from .generation import GenerationModel, OrtSteps, run_passes, shared_device_params
 from .ir import Graph
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ class _FlaxXlaSteps:
         self.x64_scope = x64_scope
         self.needs_x64 = fn.needs_x64 or pre_fn.needs_x64
         self.pre_params = pre_fn.device_params(self.device)
-        self.params = _params_sharing_arrays(fn, pre_fn, self.pre_params, self.device)
+        self.params = shared_device_params(fn, pre_fn, self.pre_params, self.device)
 
         def call(fn: Any) -> Callable:
             def run(params: dict, cache: list, *feeds: Any) -> tuple:
@@ -151,22 +151,6 @@ class _FlaxXlaSteps:
         with self.x64_scope(self.needs_x64):
             logits, self.buffers = self._step(self.params, self.buffers, *self.layout.step_inputs(ids, mask, pos))
             return np.asarray(logits)
-
-
-def _params_sharing_arrays(fn: Any, other: Any, other_device: dict[str, Any], device: Any) -> dict[str, Any]:
-    """``fn``'s device parameters, reusing ``other``'s device array for each weight both graphs hold (the same
-    memory: both were captured from the model's arrays), so the step does not put a second copy of the
-    weights on the device.  The prefill's weights sit in its scan's body, under other keys than the step's:
-    they are matched by memory, not by name."""
-    import jax
-    from .lowering.jax.context import x64_scope
-
-    def where(a: np.ndarray) -> tuple:
-        return a.__array_interface__["data"][0], a.shape, a.dtype.str, a.strides
-    placed = {where(a): other_device[k] for k, a in other.params.items()}
-    with x64_scope(fn.needs_x64):
-        return {k: placed.get(where(a)) if where(a) in placed else jax.device_put(a, device)
-                for k, a in fn.params.items()}
 
 
 class FlaxGenerationModel(GenerationModel):

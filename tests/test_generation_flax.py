@@ -615,3 +615,13 @@ def test_bench_generate_times_a_flax_decoder_against_its_jax_loop(tmp_path, caps
     assert set(rows) == {"jax loop", "accelir -> onnxruntime", "accelir -> xla"}
     for row in rows.values():
         assert float(row[-4]) > 0 and float(row[-3]) > 0 and row[-1] == "yes"
+
+
+def test_the_xla_step_reuses_the_prefills_device_weights():
+    """The prefill (the step scanned: its weights in the scan's body, under other names) and the step hold one
+    device copy of each of the model's weight matrices between them."""
+    stepper = compiled("xla")._stepper
+    model = [k for k in stepper.params if ".params." in k]  # the model's own arrays, not ones a pass made
+    assert len(model) >= 7
+    prefill = {id(a) for a in stepper.pre_params.values()}
+    assert all(id(stepper.params[k]) in prefill for k in model)
