@@ -625,3 +625,17 @@ def test_the_xla_step_reuses_the_prefills_device_weights():
     assert len(model) >= 7
     prefill = {id(a) for a in stepper.pre_params.values()}
     assert all(id(stepper.params[k]) in prefill for k in model)
+
+
+def test_the_jax_loop_refuses_a_generation_longer_than_the_cache():
+    """Past its cache's capacity flax's step would write every further token into the last slot (jax clamps the
+    update's index) and give tokens of a model it is not: the loop refuses it, as generate does."""
+    from accelir.frontends.jax.generation import jax_greedy
+    namespace: dict = {}
+    exec(FLAX_FACTORY, namespace)
+    model, (ids,) = namespace["make"]()
+    greedy = jax_greedy(model)
+    assert greedy(ids, 27).shape == (1, 32)  # the capacity, 32, exactly
+    with pytest.raises(InputError, match=r"the prompt \(5 tokens\) plus 28 new tokens is 33 tokens, over the "
+                                         r"model's cache capacity \(32, "):
+        greedy(ids, 28)

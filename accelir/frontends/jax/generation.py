@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ...errors import CaptureError
+from ...errors import CaptureError, InputError
 from ...ir import Graph
 
 __all__ = ["CacheDecoder", "FlaxCacheLayout", "flax_cache_problem", "is_flax_module", "capture_flax_decoder",
@@ -369,6 +369,9 @@ def jax_greedy(model: Any) -> Callable[[Any, int, Any], np.ndarray]:
     def greedy(ids: Any, new: int, streamer: Any = None) -> np.ndarray:
         tokens = np.asarray(ids, np.int32)
         batch, length = tokens.shape
+        if length + new > parts.capacity:  # flax's step would clamp the write into the last slot: wrong tokens
+            raise InputError(f"the prompt ({length} tokens) plus {new} new tokens is {length + new} tokens, over "
+                             f"the model's cache capacity ({parts.capacity}, fixed when its cache was initialised)")
         cache = parts.empty(batch)
         if streamer is not None:
             streamer.put(tokens)
