@@ -270,6 +270,23 @@ def test_matmul_nbits_lowering_matches_the_reference(backend, bits, block, symme
         assert [n.op_type for n in to_onnx(g).graph.node if n.op_type != "Reshape"] == ["MatMulNBits", "Relu"]
 
 
+@pytest.mark.parametrize("backend", ["reference", *sorted(RUNNERS)])
+@pytest.mark.parametrize("quantise", [QuantizeDynamic(), QuantizeWeights(bits=4, block_size=32),
+                                      QuantizeWeights(bits=4, block_size=32, accuracy_level=4)],
+                         ids=["int8", "int4", "int4-level4"])
+def test_quantised_layers_take_an_empty_batch(backend, quantise):
+    """A batch of no rows gives no rows, as the float layer does: no reduction over the empty x is
+    left without an identity, no reshape has a length to infer from nothing."""
+    w = np.random.default_rng(15).standard_normal((72, 12)).astype(np.float32)
+    g = Graph("g")
+    x = g.add_input(TensorType(DType.f32, ("b", 72)), "x")
+    g.set_outputs([g.apply("linear", x, g.const(w, name="w"), activation="none")])
+    quantise(g)
+    empty = np.zeros((0, 72), np.float32)
+    got = accelir.interpret(g, empty)[0] if backend == "reference" else np.asarray(RUNNERS[backend](g)(empty)[0])
+    assert got.shape == (0, 12) and got.dtype == np.float32
+
+
 # ----- the passes ----------------------------------------------------------------------------
 
 SRC = """

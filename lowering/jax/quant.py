@@ -31,8 +31,9 @@ from .context import apply_activation, register_lowering
 def _quantize_activation(x):
     """(q - 128 as int8, zero point as int32, scale): DynamicQuantizeLinear in jnp, f32 throughout."""
     f32 = jnp.float32
-    lo = jnp.minimum(jnp.min(x), f32(0))
-    hi = jnp.maximum(jnp.max(x), f32(0))
+    # 0 as the reductions' initial value: the range always holds 0, and an empty batch has a range
+    lo = jnp.min(x, initial=f32(0))
+    hi = jnp.max(x, initial=f32(0))
     scale = jnp.where(hi == lo, f32(1), (hi - lo) / f32(255))
     zp = jnp.round(jnp.clip(f32(0) - lo / scale, f32(0), f32(255)))
     q = jnp.clip(jnp.round(x / scale) + zp, f32(0), f32(255))
