@@ -56,6 +56,14 @@ _MIN_SLICE = 64
 _BLOCK = 196608
 
 
+def _after(x):
+    """A boolean scalar, true for every ``x`` (NaN, inf and empty included), that XLA cannot evaluate
+    before ``x`` exists.  A weight block converted under ``where(_after(x), block, 0)`` is widened once
+    its layer's input is there, not at the program's start with every other layer's blocks
+    (``lax.optimization_barrier`` does not survive XLA:CPU's pipeline)."""
+    return jnp.all((x == x) | (x != x))
+
+
 def _blocks(n: int, other: int) -> list[slice]:
     """Slices of ``n`` of about ``_BLOCK / other`` each (at least 64) for blocks of ``other`` by them."""
     step = max(64, _BLOCK // other)
@@ -80,10 +88,7 @@ def _integer_dot(xq, zp, w):
     lead = xq.shape[:-1]
     d = xq.astype(jnp.float32) + (128 - zp).astype(jnp.float32)  # q - zp, integers in [-255, 255]
     d = d.reshape((math.prod(lead), k))
-    # true (|q - zp| <= 255), but XLA cannot know it: each block's conversion then waits for the
-    # activations, next to its dot, where XLA would otherwise convert every block at the program's start
-    # (optimization_barrier does not survive XLA:CPU's pipeline)
-    ready = jnp.all(jnp.abs(d) < 512)
+    ready = _after(d)
     cols = []
     for j in _blocks(n, c):
         acc = None
@@ -152,9 +157,7 @@ def _matmul_nbits(ctx, x, b, scales, *rest, bits, block_size, zero_points, accur
     x2 = x.reshape((math.prod(lead), k))
     if accuracy_level == ACCURACY_INT8:
         x2 = _round_activation(x2, block_size)
-    # true for every x, NaN included, but XLA cannot know it: each block is dequantised once x is
-    # there, next to its dot, not all at the program's start (see _BLOCK)
-    ready = jnp.all((x2 == x2) | (x2 != x2))
+    ready = _after(x2)
     parts = []
     for r in _blocks(n, k):
         w = _dequantized(b[r], scales[r], None if zp is None else zp[r], bits, block_size, k)
