@@ -91,6 +91,22 @@ def test_quick_precision_runs_accelir_and_the_peer_at_the_accuracy_level_asked()
                                    "--accuracy-level", "0"], timeout=600))
     assert "| qwen2 | ort MatMulNBitsQuantizer (block 32, level 0) |" in out and "accuracy level 0" in out
     assert "| qwen2 | accelir int4 |" in out
+    assert "| qwen2 | ort MatMulNBitsQuantizer (block 32, level 0), accelir's options |" in out
+
+
+def test_precision_report_compares_with_the_faster_of_the_peers_sessions():
+    """The peer's file runs on onnxruntime's default optimizers and on accelir's; "vs peer" is against
+    the faster, so that a session option accelir's rows alone had cannot make the ratio."""
+    from benchmarks.precision import PEER_ACCELIR_OPTIONS, report
+    peer = "ort quantize_dynamic"
+
+    def system(ms: float) -> dict:
+        return {"median_ms": ms, "cosine": 1.0, "max_rel": 0.0, "build_s": 1.0, "layers": "1/1"}
+    row = {"model": "bert", "peer": peer, "peers": [peer, peer + PEER_ACCELIR_OPTIONS], "load": "0.1",
+           "systems": {"accelir fp32": system(200.0), "accelir int8": system(100.0), peer: system(125.0),
+                       peer + PEER_ACCELIR_OPTIONS: system(100.0)}}
+    line = next(x for x in report([row], 1, "").splitlines() if x.startswith("| bert | accelir int8 |"))
+    assert line.split("|")[8].strip() == "1.00x"
 
 
 def test_quick_int4_kernels_times_each_accuracy_level():
