@@ -27,7 +27,8 @@ of the peer's two sessions.  Each system's first output is
 measured against eager torch in float32 (``accelir.accuracy.measure``: cosine and max_rel), then the
 systems are timed in interleaved rounds (``accelir.timing.time_interleaved``).  The table gives the
 median latency, how many of the weight-reading contractions each quantised (the peer's
-MatMulNBitsQuantizer takes MatMul only, so GPT-2's Conv1D layers, exported as Gemm, stay float there),
+MatMulNBitsQuantizer takes MatMul only, so GPT-2's Conv1D layers, exported as Gemm, stay float there,
+and "vs peer" says "peer float" rather than compare int4 with float32),
 the ratio of accelir's quantised model to the peer (target <= 1.0x, at a cosine no
 lower than the peer's; GPT-2's peer row is the float model, its Gemm layers untouched, and is kept so) and to accelir's own fp32 (the speed-up a user gets for the accuracy shown).
 The machine's load is recorded; a run under load prints no table unless ``--allow-load`` is given
@@ -240,8 +241,11 @@ def report(rows: list[dict[str, Any]], threads: int, conditions: str) -> str:
         for name, why in row.get("over_budget", {}).items():
             lines.append(f"| {row['model']} | {name} | not built: {why} | | | | | | | {row['load']} |")
         for name, r in s.items():
-            peer_ms = min(s[p]["median_ms"] for p in row.get("peers", [row["peer"]]))
-            vs_peer = f"{r['median_ms'] / peer_ms:.2f}x" if name.startswith("accelir int") else ""
+            peers = [s[p] for p in row.get("peers", [row["peer"]])]
+            vs_peer = ""
+            if name.startswith("accelir int"):  # no ratio to a peer whose quantiser left every layer in float
+                vs_peer = ("peer float" if all(p["layers"].startswith("0/") for p in peers) else
+                           f"{r['median_ms'] / min(p['median_ms'] for p in peers):.2f}x")
             vs_fp32 = f"{r['median_ms'] / fp32['median_ms']:.2f}x"
             lines.append(f"| {row['model']} | {name} | {r['layers']} | {r['median_ms']:.3f} | {r['cosine']:.6f} | {r['max_rel']:.3g} | "
                          f"{r['build_s']:.1f} | {vs_peer} | {vs_fp32} | {row['load']} |")

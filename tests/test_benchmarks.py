@@ -109,6 +109,21 @@ def test_precision_report_compares_with_the_faster_of_the_peers_sessions():
     assert line.split("|")[8].strip() == "1.00x"
 
 
+def test_precision_report_gives_no_ratio_to_a_peer_that_quantised_nothing():
+    """MatMulNBitsQuantizer leaves GPT-2's Gemm layers in float: accelir's int4 against that is not a
+    comparison of quantisers, and the report says so instead of a ratio."""
+    from benchmarks.precision import PEER_ACCELIR_OPTIONS, report
+    peer = "ort MatMulNBitsQuantizer (block 32, level 4)"
+
+    def system(ms: float, layers: str) -> dict:
+        return {"median_ms": ms, "cosine": 1.0, "max_rel": 0.0, "build_s": 1.0, "layers": layers}
+    row = {"model": "gpt2", "peer": peer, "peers": [peer, peer + PEER_ACCELIR_OPTIONS], "load": "0.1",
+           "systems": {"accelir fp32": system(200.0, ""), "accelir int4": system(180.0, "48/48"),
+                       peer: system(210.0, "0/48"), peer + PEER_ACCELIR_OPTIONS: system(205.0, "0/48")}}
+    line = next(x for x in report([row], 1, "").splitlines() if x.startswith("| gpt2 | accelir int4 |"))
+    assert line.split("|")[8].strip() == "peer float"
+
+
 def test_quick_int4_kernels_times_each_accuracy_level():
     out = _assert_ran(_run_script(["-m", "benchmarks.int4_kernels", "--quick", "--allow-load", "--gpt2"], timeout=600))
     for row in ("| [4,128] x [128,64] | 32 | ", "| [1,128] x [128,64] | 128 | ", "| accelir fp32 | ",
