@@ -134,6 +134,14 @@ def test_quick_int4_kernels_times_each_accuracy_level():
     assert len(rows) == 4 and all("(= level 0)" not in row.split("|")[-2] for row in rows)  # level 4 rounds x
 
 
+def test_int4_kernels_times_by_wall_clock_where_idle_threads_would_spin():
+    """With one intra-op thread the kernel runs on the calling thread and CPU time is its work; with more,
+    onnxruntime's idle threads spin, and CPU time would count their waiting."""
+    out = _assert_ran(_run_script(["-m", "benchmarks.int4_kernels", "--quick", "--allow-load", "--threads", "2",
+                                   "--levels", "0,4", "--blocks", "32"], timeout=600))
+    assert "level 4 wall ms" in out and "wall-clock time per session.run" in out and "cpu ms" not in out
+
+
 def test_quick_int8_kernels_compares_the_three_forms():
     out = _assert_ran(_run_script(["-m", "benchmarks.int8_kernels", "--quick", "--allow-load"], timeout=300))
     assert "| [4,64] x [64,64] | " in out and "(1.00x)" in out and "MatMulIntegerToFloat" in out
