@@ -9,8 +9,8 @@ holds exactly (``_EXACT_K``); the slices' exact sums are added in int32.  The sa
 dot, whatever order the dot sums in.
 
 ``matmul_nbits`` unpacks its weights to ``jnp.int4`` / ``int8`` and dequantises them inside the jitted
-function, a block of rows at a time next to its dot (``_BLOCK``), so a step reads the packed weights
-from memory and their float32 form from cache.  At accuracy level 4 it first rounds x to int8 per
+function, a block of rows at a time with a dot of its own (``_BLOCK``), each layer's blocks once its
+input is there (``_after``).  At accuracy level 4 it first rounds x to int8 per
 block as onnxruntime's CPU kernel does (``accelir.ops.quant``'s ``quantize_activation_blocks``, the
 same f32 steps), then multiplies the rounded x in f32: the same products as onnxruntime's integer
 sums, added in another order.
@@ -48,11 +48,13 @@ _MIN_SLICE = 64
 
 
 #: the weight values one dot of a quantised contraction converts to float32 (768 KiB of them): XLA:CPU
-#: cannot convert inside its dot, so the float32 copy of each block is made just before its dot and read
-#: from cache, and a step reads the weight from memory in its stored width only.  Converting whole
-#: weights instead wrote and read a float32 copy of every weight each step: over twelve int8 [768, 3072]
-#: weights, blocks of 0.1M, 0.2M and 0.4M values and whole weights took 5.6, 4.1, 7.9 and 56 ms a pass
-#: (CPU time, one thread), the same weights in float32 5.7 ms.
+#: cannot convert inside its dot, so each block gets a float32 copy and a dot of its own.  (The compiled
+#: schedule converts all of one layer's blocks before that layer's first dot, not each next to its dot;
+#: gating each block on the dot before it interleaves them, and made int4 no faster and int8 slower,
+#: 1.4x at 128 rows and 7x at one, CPU time.)  Converting whole weights instead wrote and read a
+#: float32 copy of every weight each step: over twelve int8 [768, 3072] weights, blocks of 0.1M, 0.2M
+#: and 0.4M values and whole weights took 5.6, 4.1, 7.9 and 56 ms a pass (CPU time, one thread), the
+#: same weights in float32 5.7 ms.
 _BLOCK = 196608
 
 
