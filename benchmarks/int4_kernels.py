@@ -13,6 +13,8 @@ per block and multiplies integers (``accelir.ops.quant``'s docstring gives the a
 The levels of one shape are timed in interleaved rounds, the order rotating, by the CPU time of each
 ``session.run`` (``time.process_time``: with one intra-op thread the kernel runs on the calling thread,
 so time other processes take is not counted; a shared machine is compared fairly within one run).
+With ``--threads`` above 1 the shapes are timed by wall clock instead: onnxruntime's idle intra-op
+threads spin, and process CPU time would count their waiting as the kernel's work.
 The table gives each level's median CPU ms and its ratio to level 0, and each level's error
 (``accelir.accuracy.measure``'s max_rel and 1 - cosine) against ``x @ W`` in float64, ``W`` the
 dequantised weight: what every level multiplies by, so the error is the kernel's own (level 4's is
@@ -101,13 +103,19 @@ def run_shape(m: int, k: int, n: int, block: int, levels: list[int], threads: in
     sessions = {level: _session(k, n, block, level, packed, scales, threads) for level in levels}
     outputs = {level: s.run(None, {"x": x})[0] for level, s in sessions.items()}
     timings = time_interleaved({level: (lambda s=s: s.run(None, {"x": x})) for level, s in sessions.items()},
-                               warmup=3, repeats=repeats, clock=time.process_time)
+                               warmup=3, repeats=repeats, clock=shape_clock(threads))
     out = {}
     for level in levels:
         e = measure([exact], [outputs[level]])
         out[level] = {"cpu_s": timings[level].median, "spread": timings[level].spread, "max_rel": e.max_rel,
                       "cosine": e.cosine, "same_as_0": bool(np.array_equal(outputs[level], outputs[levels[0]]))}
     return out
+
+
+def shape_clock(threads: int) -> Any:
+    """The clock of :func:`run_shape`: process CPU time with one intra-op thread (the kernel runs on the
+    calling thread), else wall clock (idle intra-op threads spin, and CPU time would count it)."""
+    return time.process_time if threads == 1 else time.perf_counter
 
 
 #: prompt and new tokens of the ``--gpt2`` decode timing
@@ -224,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     if not blocks or any(b not in (16, 32, 64, 128, 256) for b in blocks):
         ap.error(f"--blocks {args.blocks}: choose from 16, 32, 64, 128, 256")
     guard = guard_from(args, args.threads)
-    lines = ["| x @ w | block | " + " | ".join(f"level {lv} cpu ms" for lv in levels) + " | "
+    unit = "cpu ms" if shape_clock(args.threads) is time.process_time else "wall ms"
+    lines = ["| x @ w | block | " + " | ".join(f"level {lv} {unit}" for lv in levels) + " | "
              + " | ".join(f"level {lv} max_rel / 1-cos" for lv in levels) + " |",
              "|---|---:|" + "---:|" * (2 * len(levels))]
     for m, k, n in QUICK_SHAPES if args.quick else SHAPES:
@@ -233,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_shape(m, k, n, block, levels, args.threads, 3 if args.quick else args.repeats)
             lines.append(_row(m, k, n, block, levels, r))
     print(f"MatMulNBits (4 bits, symmetric) by accuracy level on ONNX Runtime CPU, ORT_ENABLE_ALL, {args.threads} "
-          "intra-op thread(s); cpu ms: median process CPU time per session.run over interleaved rounds (ratio to "
+          f"intra-op thread(s); {unit}: median "
+          f"{'process CPU time' if unit == 'cpu ms' else 'wall-clock time'} per session.run over interleaved rounds (ratio to "
           f"level {levels[0]}); error against x @ dequantised W in float64")
     if args.gpt2:
         with guard.watch():

@@ -91,6 +91,37 @@ def test_quick_precision_runs_accelir_and_the_peer_at_the_accuracy_level_asked()
                                    "--accuracy-level", "0"], timeout=600))
     assert "| qwen2 | ort MatMulNBitsQuantizer (block 32, level 0) |" in out and "accuracy level 0" in out
     assert "| qwen2 | accelir int4 |" in out
+    assert "| qwen2 | ort MatMulNBitsQuantizer (block 32, level 0), accelir's options |" in out
+
+
+def test_precision_report_compares_with_the_faster_of_the_peers_sessions():
+    """The peer's file runs on onnxruntime's default optimizers and on accelir's; "vs peer" is against
+    the faster, so that a session option accelir's rows alone had cannot make the ratio."""
+    from benchmarks.precision import PEER_ACCELIR_OPTIONS, report
+    peer = "ort quantize_dynamic"
+
+    def system(ms: float) -> dict:
+        return {"median_ms": ms, "cosine": 1.0, "max_rel": 0.0, "build_s": 1.0, "layers": "1/1"}
+    row = {"model": "bert", "peer": peer, "peers": [peer, peer + PEER_ACCELIR_OPTIONS], "load": "0.1",
+           "systems": {"accelir fp32": system(200.0), "accelir int8": system(100.0), peer: system(125.0),
+                       peer + PEER_ACCELIR_OPTIONS: system(100.0)}}
+    line = next(x for x in report([row], 1, "").splitlines() if x.startswith("| bert | accelir int8 |"))
+    assert line.split("|")[8].strip() == "1.00x"
+
+
+def test_precision_report_gives_no_ratio_to_a_peer_that_quantised_nothing():
+    """MatMulNBitsQuantizer leaves GPT-2's Gemm layers in float: accelir's int4 against that is not a
+    comparison of quantisers, and the report says so instead of a ratio."""
+    from benchmarks.precision import PEER_ACCELIR_OPTIONS, report
+    peer = "ort MatMulNBitsQuantizer (block 32, level 4)"
+
+    def system(ms: float, layers: str) -> dict:
+        return {"median_ms": ms, "cosine": 1.0, "max_rel": 0.0, "build_s": 1.0, "layers": layers}
+    row = {"model": "gpt2", "peer": peer, "peers": [peer, peer + PEER_ACCELIR_OPTIONS], "load": "0.1",
+           "systems": {"accelir fp32": system(200.0, ""), "accelir int4": system(180.0, "48/48"),
+                       peer: system(210.0, "0/48"), peer + PEER_ACCELIR_OPTIONS: system(205.0, "0/48")}}
+    line = next(x for x in report([row], 1, "").splitlines() if x.startswith("| gpt2 | accelir int4 |"))
+    assert line.split("|")[8].strip() == "peer float"
 
 
 def test_quick_int4_kernels_times_each_accuracy_level():
@@ -101,6 +132,14 @@ def test_quick_int4_kernels_times_each_accuracy_level():
     assert "level 4 cpu ms" in out and "(1.00x" in out and "decode cpu ms / token" in out
     rows = [line for line in out.splitlines() if line.startswith("| [")]
     assert len(rows) == 4 and all("(= level 0)" not in row.split("|")[-2] for row in rows)  # level 4 rounds x
+
+
+def test_int4_kernels_times_by_wall_clock_where_idle_threads_would_spin():
+    """With one intra-op thread the kernel runs on the calling thread and CPU time is its work; with more,
+    onnxruntime's idle threads spin, and CPU time would count their waiting."""
+    out = _assert_ran(_run_script(["-m", "benchmarks.int4_kernels", "--quick", "--allow-load", "--threads", "2",
+                                   "--levels", "0,4", "--blocks", "32"], timeout=600))
+    assert "level 4 wall ms" in out and "wall-clock time per session.run" in out and "cpu ms" not in out
 
 
 def test_quick_int8_kernels_compares_the_three_forms():

@@ -270,6 +270,23 @@ def test_matmul_nbits_lowering_matches_the_reference(backend, bits, block, symme
         assert [n.op_type for n in to_onnx(g).graph.node if n.op_type != "Reshape"] == ["MatMulNBits", "Relu"]
 
 
+@pytest.mark.parametrize("backend", ["reference", *sorted(RUNNERS)])
+@pytest.mark.parametrize("quantise", [QuantizeDynamic(), QuantizeWeights(bits=4, block_size=32),
+                                      QuantizeWeights(bits=4, block_size=32, accuracy_level=4)],
+                         ids=["int8", "int4", "int4-level4"])
+def test_quantised_layers_take_an_empty_batch(backend, quantise):
+    """A batch of no rows gives no rows, as the float layer does: no reduction over the empty x is
+    left without an identity, no reshape has a length to infer from nothing."""
+    w = np.random.default_rng(15).standard_normal((72, 12)).astype(np.float32)
+    g = Graph("g")
+    x = g.add_input(TensorType(DType.f32, ("b", 72)), "x")
+    g.set_outputs([g.apply("linear", x, g.const(w, name="w"), activation="none")])
+    quantise(g)
+    empty = np.zeros((0, 72), np.float32)
+    got = accelir.interpret(g, empty)[0] if backend == "reference" else np.asarray(RUNNERS[backend](g)(empty)[0])
+    assert got.shape == (0, 12) and got.dtype == np.float32
+
+
 # ----- the passes ----------------------------------------------------------------------------
 
 SRC = """
@@ -494,6 +511,26 @@ def test_xla_converts_quantised_weights_a_block_at_a_time(precision):
         acc = np.matmul(xq.astype(np.int64) - int(xz), q.astype(np.int64))
         np.testing.assert_array_equal(np.rint(got / (xs * scale)).astype(np.int64), acc)
     np.testing.assert_allclose(got, accelir.interpret(g, x)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_xla_widens_a_layers_weight_only_once_the_layer_before_is_done(precision):
+    """Each weight block's conversion is gated on the layer's x, so XLA cannot schedule the second
+    layer's widened weight at the program's start, beside the first's: in the compiled order every block
+    of the second weight is made after the first layer's output (f32[5,512])."""
+    rng = np.random.default_rng(14)
+    w1, w2 = ((rng.standard_normal(s) * 0.05).astype(np.float32) for s in ((1024, 512), (512, 256)))
+    g = Graph("g")
+    x = g.add_input(TensorType(DType.f32, ("b", 1024)), "x")
+    h = g.apply("linear", x, g.const(w1, name="w1"), activation="relu")
+    g.set_outputs([g.apply("linear", h, g.const(w2, name="w2"), activation="none")])
+    (QuantizeDynamic() if precision == "int8" else QuantizeWeights(bits=4, block_size=32))(g)
+    text = _compiled_hlo(g, rng.standard_normal((5, 1024)).astype(np.float32))
+    entry = text[text.index("ENTRY"):]
+    shapes = [m.group(1) for m in re.finditer(r"= (f32\[[0-9,]+\])\S* fusion\(", entry)]
+    second = "f32[512,256]" if precision == "int8" else "f32[256,512]"  # a block of w2 widened
+    assert second in shapes and "f32[5,512]" in shapes, shapes
+    assert shapes.index(second) > max(i for i, s in enumerate(shapes) if s == "f32[5,512]"), shapes
 
 
 def _linear_graph(w: np.ndarray) -> Graph:

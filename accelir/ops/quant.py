@@ -140,7 +140,8 @@ def round_activation_blocks(x: np.ndarray, block_size: int) -> np.ndarray:
     """``x`` after level 4's rounding, back in f32: ``q * scale`` of :func:`quantize_activation_blocks`."""
     q, scale = quantize_activation_blocks(x, block_size)
     k = np.shape(x)[-1]
-    return (q.astype(_F32) * scale[..., None]).reshape(q.shape[:-2] + (-1,))[..., :k]
+    # the padded length spelled out, not -1: numpy cannot infer it for an empty batch
+    return (q.astype(_F32) * scale[..., None]).reshape(q.shape[:-2] + (q.shape[-2] * q.shape[-1],))[..., :k]
 
 
 def pack_nbits(values: np.ndarray, bits: int) -> np.ndarray:

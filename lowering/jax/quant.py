@@ -9,8 +9,8 @@ holds exactly (``_EXACT_K``); the slices' exact sums are added in int32.  The sa
 dot, whatever order the dot sums in.
 
 ``matmul_nbits`` unpacks its weights to ``jnp.int4`` / ``int8`` and dequantises them inside the jitted
-function, a block of rows at a time next to its dot (``_BLOCK``), so a step reads the packed weights
-from memory and their float32 form from cache.  At accuracy level 4 it first rounds x to int8 per
+function, a block of rows at a time with a dot of its own (``_BLOCK``), each layer's blocks once its
+input is there (``_after``).  At accuracy level 4 it first rounds x to int8 per
 block as onnxruntime's CPU kernel does (``accelir.ops.quant``'s ``quantize_activation_blocks``, the
 same f32 steps), then multiplies the rounded x in f32: the same products as onnxruntime's integer
 sums, added in another order.
@@ -31,8 +31,9 @@ from .context import apply_activation, register_lowering
 def _quantize_activation(x):
     """(q - 128 as int8, zero point as int32, scale): DynamicQuantizeLinear in jnp, f32 throughout."""
     f32 = jnp.float32
-    lo = jnp.minimum(jnp.min(x), f32(0))
-    hi = jnp.maximum(jnp.max(x), f32(0))
+    # 0 as the reductions' initial value: the range always holds 0, and an empty batch has a range
+    lo = jnp.min(x, initial=f32(0))
+    hi = jnp.max(x, initial=f32(0))
     scale = jnp.where(hi == lo, f32(1), (hi - lo) / f32(255))
     zp = jnp.round(jnp.clip(f32(0) - lo / scale, f32(0), f32(255)))
     q = jnp.clip(jnp.round(x / scale) + zp, f32(0), f32(255))
@@ -47,12 +48,22 @@ _MIN_SLICE = 64
 
 
 #: the weight values one dot of a quantised contraction converts to float32 (768 KiB of them): XLA:CPU
-#: cannot convert inside its dot, so the float32 copy of each block is made just before its dot and read
-#: from cache, and a step reads the weight from memory in its stored width only.  Converting whole
-#: weights instead wrote and read a float32 copy of every weight each step: over twelve int8 [768, 3072]
-#: weights, blocks of 0.1M, 0.2M and 0.4M values and whole weights took 5.6, 4.1, 7.9 and 56 ms a pass
-#: (CPU time, one thread), the same weights in float32 5.7 ms.
+#: cannot convert inside its dot, so each block gets a float32 copy and a dot of its own.  (The compiled
+#: schedule converts all of one layer's blocks before that layer's first dot, not each next to its dot;
+#: gating each block on the dot before it interleaves them, and made int4 no faster and int8 slower,
+#: 1.4x at 128 rows and 7x at one, CPU time.)  Converting whole weights instead wrote and read a
+#: float32 copy of every weight each step: over twelve int8 [768, 3072] weights, blocks of 0.1M, 0.2M
+#: and 0.4M values and whole weights took 5.6, 4.1, 7.9 and 56 ms a pass (CPU time, one thread), the
+#: same weights in float32 5.7 ms.
 _BLOCK = 196608
+
+
+def _after(x):
+    """A boolean scalar, true for every ``x`` (NaN, inf and empty included), that XLA cannot evaluate
+    before ``x`` exists.  A weight block converted under ``where(_after(x), block, 0)`` is widened once
+    its layer's input is there, not at the program's start with every other layer's blocks
+    (``lax.optimization_barrier`` does not survive XLA:CPU's pipeline)."""
+    return jnp.all((x == x) | (x != x))
 
 
 def _blocks(n: int, other: int) -> list[slice]:
@@ -79,10 +90,7 @@ def _integer_dot(xq, zp, w):
     lead = xq.shape[:-1]
     d = xq.astype(jnp.float32) + (128 - zp).astype(jnp.float32)  # q - zp, integers in [-255, 255]
     d = d.reshape((math.prod(lead), k))
-    # true (|q - zp| <= 255), but XLA cannot know it: each block's conversion then waits for the
-    # activations, next to its dot, where XLA would otherwise convert every block at the program's start
-    # (optimization_barrier does not survive XLA:CPU's pipeline)
-    ready = jnp.all(jnp.abs(d) < 512)
+    ready = _after(d)
     cols = []
     for j in _blocks(n, c):
         acc = None
@@ -151,9 +159,7 @@ def _matmul_nbits(ctx, x, b, scales, *rest, bits, block_size, zero_points, accur
     x2 = x.reshape((math.prod(lead), k))
     if accuracy_level == ACCURACY_INT8:
         x2 = _round_activation(x2, block_size)
-    # true for every x, NaN included, but XLA cannot know it: each block is dequantised once x is
-    # there, next to its dot, not all at the program's start (see _BLOCK)
-    ready = jnp.all((x2 == x2) | (x2 != x2))
+    ready = _after(x2)
     parts = []
     for r in _blocks(n, k):
         w = _dequantized(b[r], scales[r], None if zp is None else zp[r], bits, block_size, k)
