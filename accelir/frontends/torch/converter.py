@@ -19,7 +19,7 @@ from ... import dims as D
 from ...arrays import to_numpy
 from ...errors import CaptureError, UnsupportedOpError, VerificationError
 from ...ir import Builder, DType, Graph, Node, TensorType, Value
-from ...unbacked import sizes_read_from
+from ...unbacked import size_readers, sizes_read_from
 from .context import COMPLEX_DTYPES, COMPLEX_RULES, TORCH_DTYPES, Complex, NodeContext, source_of, torch_dtype
 
 __all__ = ["Converter", "TorchSignature", "bind_outputs", "provenance", "ASSERTS", "is_python_op", "target_name"]
@@ -347,8 +347,11 @@ class Converter:
     def drop_unused_witnesses(self) -> None:
         """Remove the witnesses of numbers that no size ended up reading (read as numbers, or not at all),
         with the reshape / cast that fed only them."""
+        if not self.witnesses:
+            return
+        readers = size_readers(self.graph)  # one walk for all: removing a witness changes no other's readers
         for created in self.witnesses:
-            if created[-1].output.uses() or sizes_read_from(created[-1]):
+            if created[-1].output.uses() or sizes_read_from(created[-1], readers):
                 continue
             for node in reversed(created):
                 if not any(o.uses() for o in node.outputs):
