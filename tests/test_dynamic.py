@@ -400,3 +400,17 @@ def test_detection_postprocessing_end_to_end_on_onnxruntime() -> None:
         for g_, w, d in zip(got, want, direct):
             np.testing.assert_array_equal(g_, w)
             np.testing.assert_array_equal(g_, d)
+
+
+def test_a_bounded_constant_of_shape_checks_its_bound_without_allocating_to_it() -> None:
+    """The ONNX check of ``bound`` (a size torch.export bounds) must cost nothing at a large bound: a
+    filler of ``bound - size`` entries per dim would be 2^40 entries for two dims bounded by 2^20."""
+    g = parse("""graph main(%s: i64[2]) -> (f32[u0,u1]) {
+      %0 = constant_of_shape(%s) {value=1.0, dtype=f32, bound=1048576, syms=["u0", "u1"]} : f32[u0,u1]
+      return %0
+    }""")
+    model = to_onnx(g)
+    for shape in ([0, 0], [2, 3], [1048576, 0]):
+        assert run_ort(model, {"s": np.array(shape)})[0].shape == tuple(shape)
+    with pytest.raises(Exception, match="ConstantOfShape"):
+        run_ort(model, {"s": np.array([1048577, 1])})
