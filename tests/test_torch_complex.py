@@ -330,3 +330,16 @@ def test_llama4_vision_rotary_from_a_complex_buffer_matches_eager():
     for backend in BACKENDS:
         got = np.asarray(accelir.optimize(model, (x,), backend=backend)(x).last_hidden_state)
         assert not DEFAULT_BUDGETS["fp32"].violations(measure([want], [got])), backend
+
+
+def test_an_fft_whose_dft_matrix_is_too_large_is_refused_before_building_it(monkeypatch):
+    """The DFT is built as constant matrices, a square of the points: past the cap (a 4096-point transform,
+    lowered here) the capture refuses in one line instead of building gigabytes of constants."""
+    from accelir.frontends.torch import complex_ops
+    monkeypatch.setattr(complex_ops, "MAX_DFT_ENTRIES", 64 * 64, raising=False)
+    x = _inputs([(3, 65)], torch.float32)[0]
+    with pytest.raises(UnsupportedOpError) as e:
+        accelir.capture(Fn(lambda x: torch.fft.fft(x).abs()), (x,))
+    msg = str(e.value)
+    assert msg.startswith("torch op fft_fft at ") and "65 points" in msg and len(msg.splitlines()) == 1
+    accelir.capture(Fn(lambda x: torch.fft.fft(x[:, :64]).abs()), (x,))  # at the cap: built

@@ -272,6 +272,9 @@ def _norm_scale(norm: str | None, inverse: bool) -> str:
     return "n" if (norm == "forward") != inverse else "none"
 
 
+MAX_DFT_ENTRIES = 1 << 24  # per DFT matrix (a 4096-point transform): its cost grows as the square of the points
+
+
 def _dft(ctx: NodeContext, x: Complex, axis: int, n: int | None, *, inverse: bool, onesided: bool,
          scale: str) -> Complex:
     """One DFT of ``x`` along ``axis`` to ``n`` points, as products with constant cos / sin matrices:
@@ -283,6 +286,11 @@ def _dft(ctx: NodeContext, x: Complex, axis: int, n: int | None, *, inverse: boo
                               "built as a constant matrix: make that dim static")
     n = (2 * (length - 1) if inverse and onesided else length) if n is None or n == -1 else n
     c_out = 1 if inverse and onesided else 2
+    entries = length * (n // 2 + 1 if onesided and not inverse else n)
+    if entries > MAX_DFT_ENTRIES:
+        raise ctx.unsupported(f"an FFT of {length} points to {n} along dim {axis}: its DFT matrices, built as "
+                              f"constants, would hold {entries:,} entries each, over accelir's {MAX_DFT_ENTRIES:,}; "
+                              "compute this FFT outside the captured model")
     built_in = 1.0 / n if inverse else 1.0  # dft_matrix scales the inverse by 1 / n, as ONNX's DFT does
     factor = {"none": 1.0, "sqrt": 1.0 / math.sqrt(n), "n": 1.0 / n}[scale] / built_in
     blocks = dft_matrix(length, n, 2, inverse, onesided).reshape(length, 2, -1, c_out) * factor
