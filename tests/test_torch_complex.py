@@ -343,3 +343,21 @@ def test_an_fft_whose_dft_matrix_is_too_large_is_refused_before_building_it(monk
     msg = str(e.value)
     assert msg.startswith("torch op fft_fft at ") and "65 points" in msg and len(msg.splitlines()) == 1
     accelir.capture(Fn(lambda x: torch.fft.fft(x[:, :64]).abs()), (x,))  # at the cap: built
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_complex_abs_and_division_at_zeros_and_infinities_match_eager(dtype, backend):
+    """|inf + 1i| is inf, x / 0 is a complex inf and x / inf is 0, as in torch (Smith's division), not the nan
+    that scaling by the larger part's size (inf / inf, 0 / 0) gives."""
+    inf = float("inf")
+    y = torch.tensor([[0.0, 0.0], [inf, 0.0], [inf, 1.0], [2.0, -inf], [1.0, 1.0], [1e30, 1e-30], [0.0, 3.0],
+                      [-0.0, -0.0]], dtype=dtype)
+    x = torch.tensor([[1.0, 2.0], [1.0, -1.0], [3.0, 0.5], [-2.0, 1.0], [1.0, 0.0], [2.0, 5.0], [4.0, -1.0],
+                      [-1.0, 2.0]],
+                     dtype=dtype)
+    model = Fn(lambda x, y: (_c(y).abs(), _r(_c(x) / _c(y))))
+    want = model(x, y)
+    got = accelir.optimize(model, (x, y), backend=backend)(x, y)
+    for w, g in zip(want, got):
+        torch.testing.assert_close(torch.as_tensor(g), w, equal_nan=False)

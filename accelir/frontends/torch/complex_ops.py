@@ -7,9 +7,9 @@ The converter sends every node that takes or gives a complex tensor to these rul
 never reaches the graph's inputs, outputs or a real rule.
 
 * Arithmetic is written out on the parts: ``(a + bi)(c + di) = (ac - bd) + (ad + bc)i``;
-  division by ``c + di`` multiplies by its conjugate over ``c^2 + d^2``, both scaled
-  first by ``max(|c|, |d|)`` as torch does, so a divisor near the float range's ends
-  neither overflows nor underflows.
+  division by ``c + di`` is Smith's, as torch's: divided through by the larger part, so a
+  divisor near the float range's ends neither overflows nor underflows, and one of 0 or inf
+  gives torch's inf or 0.
 * Layout ops (views, slices, transposes, dtype changes, cat / stack) do the same to both
   parts, so they reuse the real rules, given each part in the complex operand's place.
 * FFTs over dims of static size are products with constant DFT matrices, one per
@@ -174,7 +174,8 @@ def _hypot(ctx: NodeContext, a: Value, b: Value) -> Value:
     zero = op("eq", s, ctx.scalar(0, s))
     safe = op("where", zero, ctx.scalar(1, s), s)
     p, q = op("div", a, safe), op("div", b, safe)
-    return op("mul", op("sqrt", op("add", op("mul", p, p), op("mul", q, q))), s)
+    size = op("mul", op("sqrt", op("add", op("mul", p, p), op("mul", q, q))), s)
+    return op("where", op("isinf", s), s, size)  # an infinite part: inf, not inf / inf
 
 
 @complex_rule("angle")
@@ -240,13 +241,22 @@ def _div(ctx, a):
     b = ctx.b
     if y.im is None:
         return Complex(b.op("div", x.re, y.re), None if x.im is None else b.op("div", x.im, y.re))
-    # y scaled by its larger part's size first, as torch does: c^2 + d^2 neither overflows (|y| > 1e19 in
-    # float32) nor underflows to 0 (|y| < 1e-19); x / y = (x conj(y / s) / |y / s|^2) / s
-    s = b.op("max", b.op("abs", y.re), b.op("abs", y.im))
-    c, d = b.op("div", y.re, s), b.op("div", y.im, s)
-    num = _mul(ctx, x, Complex(c, b.op("neg", d)))
-    den = b.op("mul", b.op("add", b.op("mul", c, c), b.op("mul", d, d)), s)
-    return Complex(b.op("div", num.re, den), b.op("div", num.im, den))
+    # Smith's division, as torch's: with y = c + di divided through by its larger part, c^2 + d^2 neither
+    # overflows (|y| > 1e19 in float32) nor underflows to 0 (|y| < 1e-19); a divisor of 0 gives a complex
+    # inf (x's parts over 0) and an infinite one 0, where scaling by max(|c|, |d|) gave inf / inf = nan
+    p, q, c, d = x.re, _imag(ctx, x), y.re, y.im
+    wide = b.op("ge", b.op("abs", c), b.op("abs", d))  # |c| >= |d|: divide through by c, else by d
+
+    def pick(if_wide: Value, if_tall: Value) -> Value:
+        return b.op("where", wide, if_wide, if_tall)
+
+    big, small = pick(c, d), pick(d, c)
+    rat = b.op("div", small, big)
+    scl = b.op("reciprocal", b.op("add", big, b.op("mul", small, rat)))
+    re = b.op("mul", pick(b.op("add", p, b.op("mul", q, rat)), b.op("add", b.op("mul", p, rat), q)), scl)
+    im = b.op("mul", pick(b.op("sub", q, b.op("mul", p, rat)), b.op("sub", b.op("mul", q, rat), p)), scl)
+    zero, size = b.op("eq", big, ctx.scalar(0, big)), b.op("abs", big)  # over +0, as torch: a -0 divisor too
+    return Complex(b.op("where", zero, b.op("div", p, size), re), b.op("where", zero, b.op("div", q, size), im))
 
 
 @complex_rule("neg", "negative")
