@@ -237,6 +237,16 @@ def test_a_mean_over_a_data_dependent_size_of_zero_is_nan_as_in_torch(backend):
             torch.testing.assert_close(torch.as_tensor(g), w, rtol=1e-6, atol=1e-6, equal_nan=True)
 
 
+def test_a_float16_mean_over_a_large_run_time_size_is_not_overflowed():
+    """The empty-mean fix must keep ReduceMean's own accumulation: a float16 sum of 70000 ones, or its count,
+    is past float16's range (65504), so a sum over a count would be inf / inf."""
+    model = Fn(lambda x: (x.mean(0), x[x > 0].mean()))
+    x = torch.ones(70000, 2, dtype=torch.float16)
+    cm = accelir.optimize(model, (x[:10],), backend="onnxruntime", dynamic_shapes=(({0: torch.export.Dim("n")},),))
+    for w, g in zip(model(x), cm(x)):
+        torch.testing.assert_close(torch.as_tensor(g), w, equal_nan=False)
+
+
 @pytest.mark.parametrize("fn", [lambda x: x * x.sum().item(), lambda x: x * (x.sum() > 0).item()],
                          ids=["float", "bool"])
 def test_a_float_or_bool_item_is_refused_saying_to_keep_it_a_tensor(fn):
