@@ -414,3 +414,12 @@ def test_a_bounded_constant_of_shape_checks_its_bound_without_allocating_to_it()
         assert run_ort(model, {"s": np.array(shape)})[0].shape == tuple(shape)
     with pytest.raises(Exception, match="ConstantOfShape"):
         run_ort(model, {"s": np.array([1048577, 1])})
+
+
+def test_a_negative_bound_on_constant_of_shape_is_refused_by_its_type_rule() -> None:
+    """No size is below 0: a negative bound could only fail every run, later and less clearly."""
+    with pytest.raises(AccelirError, match=r"constant_of_shape: bound -1 .*0 or more"):
+        verify(parse("""graph main(%s: i64[1]) -> (f32[u0]) {
+          %0 = constant_of_shape(%s) {value=1.0, dtype=f32, bound=-1, syms=["u0"]} : f32[u0]
+          return %0
+        }"""))
