@@ -18,6 +18,10 @@ DTYPES = [torch.float32, torch.float64]
 
 
 class Fn(torch.nn.Module):
+    """``fn`` as a module.  Kept here rather than imported from torch_fn: non-strict torch.export records
+    only the frames of ``forward`` methods as a node's stack trace, not the lambda's, so the source line
+    an error names is this forward's, which the refusal tests check is in this file."""
+
     def __init__(self, fn):
         super().__init__()
         self.fn = fn
