@@ -365,3 +365,20 @@ def test_complex_abs_and_division_at_zeros_and_infinities_match_eager(dtype, bac
     got = accelir.optimize(model, (x, y), backend=backend)(x, y)
     for w, g in zip(want, got):
         torch.testing.assert_close(torch.as_tensor(g), w, equal_nan=False)
+
+
+def test_layers_transforming_the_same_dims_share_their_dft_matrices():
+    """A Fourier-mixing stack: each layer's fftn reads the same constant matrices, made once per graph."""
+    def stack(layers):
+        def f(x):
+            for _ in range(layers):
+                x = torch.fft.fftn(x, dim=(1, 2)).real + x
+            return x
+        return Fn(f)
+
+    def matrices(graph):
+        return sum(1 for n in graph.nodes if n.op == "constant" and n.output.type.rank == 2)
+
+    x = _inputs([(2, 12, 16)], torch.float32)[0]
+    assert matrices(accelir.capture(stack(4), (x,))) == matrices(accelir.capture(stack(1), (x,))) > 0
+    _check(stack(4), (x,), "onnxruntime", rtol=1e-4)

@@ -303,7 +303,11 @@ def _dft(ctx: NodeContext, x: Complex, axis: int, n: int | None, *, inverse: boo
                               "compute this FFT outside the captured model")
     built_in = 1.0 / n if inverse else 1.0  # dft_matrix scales the inverse by 1 / n, as ONNX's DFT does
     factor = {"none": 1.0, "sqrt": 1.0 / math.sqrt(n), "n": 1.0 / n}[scale] / built_in
-    blocks = dft_matrix(length, n, 2, inverse, onesided).reshape(length, 2, -1, c_out) * factor
+    key = ("dft", length, n, inverse, onesided, factor)
+    blocks = ctx.conv.built.get(key)
+    if blocks is None:
+        blocks = dft_matrix(length, n, 2, inverse, onesided).reshape(length, 2, -1, c_out) * factor
+        ctx.conv.built[key] = blocks
     rank = x.re.rank
     perm = tuple(i for i in range(rank) if i != axis) + (axis,)
     back = tuple(int(i) for i in np.argsort(perm))
@@ -314,10 +318,20 @@ def _dft(ctx: NodeContext, x: Complex, axis: int, n: int | None, *, inverse: boo
     inputs = [moved(p, perm) if p is not None else None for p in (x.re, x.im)]
     outs = []
     for co in range(c_out):
-        terms = [ctx.b.op("matmul", v, ctx.const(blocks[:, ci, :, co], v.dtype)) for ci, v in enumerate(inputs)
-                 if v is not None]
+        terms = [ctx.b.op("matmul", v, _dft_block(ctx, key, blocks, ci, co, v.dtype))
+                 for ci, v in enumerate(inputs) if v is not None]
         outs.append(moved(terms[0] if len(terms) == 1 else ctx.b.op("add", *terms), back))
     return Complex(outs[0], outs[1] if c_out == 2 else None)
+
+
+def _dft_block(ctx: NodeContext, key: tuple, blocks: np.ndarray, ci: int, co: int, dtype: DType) -> Value:
+    """One real block of a DFT matrix as a constant, made once per graph: every layer of a Fourier-mixing
+    stack transforms the same dims and reads the same matrices."""
+    full = key + (ci, co, dtype)
+    block = ctx.conv.built.get(full)
+    if block is None:
+        block = ctx.conv.built[full] = ctx.const(blocks[:, ci, :, co], dtype)
+    return block
 
 
 def _transform(ctx: NodeContext, x: Complex, dims: list[int], sizes: list[int | None], *, inverse: bool,

@@ -167,6 +167,9 @@ class Converter:
         self.item_values: dict[str, Value] = {}
         # id of a complex tensor constant -> (the tensor, kept alive; its parts as constants)
         self.complex_consts: dict[int, tuple[torch.Tensor, Complex]] = {}
+        # what a rule builds from its attributes alone, keyed by the rule (an FFT's DFT matrices and their
+        # constants): made once per graph however many nodes ask
+        self.built: dict[tuple, Any] = {}
         self.witnesses: list[list[Node]] = []  # the nodes binding .item() symbols to run-time sizes (bind_item)
 
     # --- types
