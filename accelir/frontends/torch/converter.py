@@ -22,7 +22,8 @@ from ...ir import Builder, DType, Graph, Node, TensorType, Value
 from ...unbacked import size_readers, sizes_read_from
 from .context import COMPLEX_DTYPES, COMPLEX_RULES, TORCH_DTYPES, Complex, NodeContext, source_of, torch_dtype
 
-__all__ = ["Converter", "TorchSignature", "bind_outputs", "provenance", "ASSERTS", "is_python_op", "target_name"]
+__all__ = ["Converter", "TorchSignature", "bind_outputs", "provenance", "ASSERTS", "has_rule", "is_python_op",
+           "target_name"]
 
 # ops that only check or constrain; they produce nothing the graph needs.  Of the range torch.export
 # records for an .item() used as a size (``u0 >= 0``, ``u0 <= 8``: sym_constrain_range*, _check_is_size,
@@ -245,8 +246,7 @@ class Converter:
                     node.op != "call_module" and _is_plain_python(val)):
                 continue
             name, _, _ = self.resolve(node)
-            if not is_python_op(node) and (name is None or (name not in self.rules and name not in ASSERTS
-                                                            and name not in COMPLEX_RULES)):
+            if not is_python_op(node) and not has_rule(name, self.rules):
                 label = name or target_name(node)
                 missing.append((label, provenance(node, label)))
             elif name in _HIGHER_ORDER:
@@ -401,6 +401,12 @@ class Converter:
                 fixed.append(o)
             return tuple(fixed)
         return out
+
+
+def has_rule(name: str | None, rules: Mapping[str, Callable]) -> bool:
+    """Whether the converter maps aten op ``name``: a rule of ``rules`` (real tensors) or of the complex
+    rules, or a check it drops (ASSERTS).  The one test of the up-front check and ``unsupported_ops``."""
+    return name is not None and (name in rules or name in ASSERTS or name in COMPLEX_RULES)
 
 
 def _is_complex(val: Any) -> bool:
