@@ -80,8 +80,10 @@ def _format(p: _Poly) -> Dim:
     terms = []
     for m in sorted(p, key=lambda m: (len(m) == 0, m)):
         c = p[m]
-        # an opaque atom (``x//2``) among other factors is bracketed: ``2*x//2`` would read as ``(2*x)//2``
-        body = "*".join(a if len(m) == 1 and abs(c) == 1 or _is_atom_name(a) else f"({a})" for a in m)
+        # an opaque atom (``x//2``) among other factors is bracketed: ``2*x//2`` would read as ``(2*x)//2``;
+        # so is one negated at the front: ``-x//2`` would read as ``(-x)//2``
+        bare = len(m) == 1 and (c == 1 or (c == -1 and bool(terms)))
+        body = "*".join(a if bare or _is_atom_name(a) else f"({a})" for a in m)
         if not m:
             text = str(abs(c))
         elif abs(c) == 1:

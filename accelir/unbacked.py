@@ -15,7 +15,7 @@ op's ``bounds`` rule and are read with :func:`unbacked_dims`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from . import dims as D
 from .ops import registry
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ATTR", "Unbacked", "introduced", "fresh_symbols", "unbacked_dims", "check_symbols",
            "symbols_attr", "why_data_dependent", "deciding_input", "deciding_inputs", "data_dependent_behind",
-           "sizes_read_from"]
+           "sizes_read_from", "size_readers"]
 
 MAX_PER_NODE = 1024  # more would be a malformed node (a rank or an output count out of reason)
 
@@ -103,17 +103,35 @@ def unbacked_dims(graph: "Graph") -> dict[str, Unbacked]:
     return out
 
 
-def sizes_read_from(node: "Node") -> bool:
+def sizes_read_from(node: "Node", readers: Mapping[str, Sequence["Node"]] | None = None) -> bool:
     """Whether a value or a dims attribute of another node has a dim naming a symbol ``node`` introduces.
     Such a size (``Size`` of a selection: a broadcast to ``[u0]``, summed; a slice starting at it) is
-    read from ``node`` with no edge to it, so the node is live even when none of its outputs is."""
+    read from ``node`` with no edge to it, so the node is live even when none of its outputs is.
+    ``readers`` (:func:`size_readers` of the graph) answers without walking the graph again, for a
+    caller asking about many nodes."""
     syms = set(introduced(node))
     if not syms:
         return False
+    if readers is not None:
+        return any(n is not node for s in syms for n in readers.get(s, ()))
     for n in _walk(_root(node.graph)):
         if n is not node and any(D.symbols(d) & syms for d in _dims_of(n)):
             return True
     return False
+
+
+def size_readers(graph: "Graph") -> dict[str, list["Node"]]:
+    """Each symbol named by a dim of a node of ``graph``'s root (regions included: its types and dims
+    attributes), with the nodes naming it, from one walk."""
+    out: dict[str, list["Node"]] = {}
+    for n in _walk(_root(graph)):
+        names: set[str] = set()
+        for d in _dims_of(n):
+            if type(d) is not int:
+                names |= D.symbols(d)
+        for s in names:
+            out.setdefault(s, []).append(n)
+    return out
 
 
 def _dims_of(node: "Node") -> Iterator[Any]:

@@ -50,3 +50,14 @@ def test_a_product_with_a_floor_division_prints_unambiguously():
     p = D.dim_prod([a, a])
     for s in range(1, 40):
         assert eval(p, {"s": s}) == ((s - 1) // 2 + 1) ** 2 == D.evaluate(p, {"s": s})
+
+
+def test_a_negated_floor_division_leading_the_text_prints_unambiguously():
+    # "-(s-1)//2+s" would read as (-(s-1))//2 + s: the ceiling s - (s-1)//2 one too small at even s
+    cases = [(D.dim_sub("s", D.dim_floordiv(D.dim_sub("s", 1), 2)), lambda s: s - (s - 1) // 2),
+             (D.dim_sub(2, D.dim_floordiv("s", 2)), lambda s: 2 - s // 2),
+             (D.dim_sub(1, D.dim_mod("s", 3)), lambda s: 1 - s % 3)]
+    for d, want in cases:
+        assert D.canonical(d) == d
+        for s in range(1, 40):
+            assert eval(d, {"s": s}) == want(s) == D.evaluate(d, {"s": s})

@@ -400,3 +400,26 @@ def test_detection_postprocessing_end_to_end_on_onnxruntime() -> None:
         for g_, w, d in zip(got, want, direct):
             np.testing.assert_array_equal(g_, w)
             np.testing.assert_array_equal(g_, d)
+
+
+def test_a_bounded_constant_of_shape_checks_its_bound_without_allocating_to_it() -> None:
+    """The ONNX check of ``bound`` (a size torch.export bounds) must cost nothing at a large bound: a
+    filler of ``bound - size`` entries per dim would be 2^40 entries for two dims bounded by 2^20."""
+    g = parse("""graph main(%s: i64[2]) -> (f32[u0,u1]) {
+      %0 = constant_of_shape(%s) {value=1.0, dtype=f32, bound=1048576, syms=["u0", "u1"]} : f32[u0,u1]
+      return %0
+    }""")
+    model = to_onnx(g)
+    for shape in ([0, 0], [2, 3], [1048576, 0]):
+        assert run_ort(model, {"s": np.array(shape)})[0].shape == tuple(shape)
+    with pytest.raises(Exception, match="ConstantOfShape"):
+        run_ort(model, {"s": np.array([1048577, 1])})
+
+
+def test_a_negative_bound_on_constant_of_shape_is_refused_by_its_type_rule() -> None:
+    """No size is below 0: a negative bound could only fail every run, later and less clearly."""
+    with pytest.raises(AccelirError, match=r"constant_of_shape: bound -1 .*0 or more"):
+        verify(parse("""graph main(%s: i64[1]) -> (f32[u0]) {
+          %0 = constant_of_shape(%s) {value=1.0, dtype=f32, bound=-1, syms=["u0"]} : f32[u0]
+          return %0
+        }"""))

@@ -18,6 +18,10 @@ DTYPES = [torch.float32, torch.float64]
 
 
 class Fn(torch.nn.Module):
+    """``fn`` as a module.  Kept here rather than imported from torch_fn: non-strict torch.export records
+    only the frames of ``forward`` methods as a node's stack trace, not the lambda's, so the source line
+    an error names is this forward's, which the refusal tests check is in this file."""
+
     def __init__(self, fn):
         super().__init__()
         self.fn = fn
@@ -330,3 +334,51 @@ def test_llama4_vision_rotary_from_a_complex_buffer_matches_eager():
     for backend in BACKENDS:
         got = np.asarray(accelir.optimize(model, (x,), backend=backend)(x).last_hidden_state)
         assert not DEFAULT_BUDGETS["fp32"].violations(measure([want], [got])), backend
+
+
+def test_an_fft_whose_dft_matrix_is_too_large_is_refused_before_building_it(monkeypatch):
+    """The DFT is built as constant matrices, a square of the points: past the cap (a 4096-point transform,
+    lowered here) the capture refuses in one line instead of building gigabytes of constants."""
+    from accelir.frontends.torch import complex_ops
+    monkeypatch.setattr(complex_ops, "MAX_DFT_ENTRIES", 64 * 64, raising=False)
+    x = _inputs([(3, 65)], torch.float32)[0]
+    with pytest.raises(UnsupportedOpError) as e:
+        accelir.capture(Fn(lambda x: torch.fft.fft(x).abs()), (x,))
+    msg = str(e.value)
+    assert msg.startswith("torch op fft_fft at ") and "65 points" in msg and len(msg.splitlines()) == 1
+    accelir.capture(Fn(lambda x: torch.fft.fft(x[:, :64]).abs()), (x,))  # at the cap: built
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_complex_abs_and_division_at_zeros_and_infinities_match_eager(dtype, backend):
+    """|inf + 1i| is inf, x / 0 is a complex inf and x / inf is 0, as in torch (Smith's division), not the nan
+    that scaling by the larger part's size (inf / inf, 0 / 0) gives."""
+    inf = float("inf")
+    y = torch.tensor([[0.0, 0.0], [inf, 0.0], [inf, 1.0], [2.0, -inf], [1.0, 1.0], [1e30, 1e-30], [0.0, 3.0],
+                      [-0.0, -0.0]], dtype=dtype)
+    x = torch.tensor([[1.0, 2.0], [1.0, -1.0], [3.0, 0.5], [-2.0, 1.0], [1.0, 0.0], [2.0, 5.0], [4.0, -1.0],
+                      [-1.0, 2.0]],
+                     dtype=dtype)
+    model = Fn(lambda x, y: (_c(y).abs(), _r(_c(x) / _c(y))))
+    want = model(x, y)
+    got = accelir.optimize(model, (x, y), backend=backend)(x, y)
+    for w, g in zip(want, got):
+        torch.testing.assert_close(torch.as_tensor(g), w, equal_nan=False)
+
+
+def test_layers_transforming_the_same_dims_share_their_dft_matrices():
+    """A Fourier-mixing stack: each layer's fftn reads the same constant matrices, made once per graph."""
+    def stack(layers):
+        def f(x):
+            for _ in range(layers):
+                x = torch.fft.fftn(x, dim=(1, 2)).real + x
+            return x
+        return Fn(f)
+
+    def matrices(graph):
+        return sum(1 for n in graph.nodes if n.op == "constant" and n.output.type.rank == 2)
+
+    x = _inputs([(2, 12, 16)], torch.float32)[0]
+    assert matrices(accelir.capture(stack(4), (x,))) == matrices(accelir.capture(stack(1), (x,))) > 0
+    _check(stack(4), (x,), "onnxruntime", rtol=1e-4)

@@ -469,6 +469,8 @@ _reg("topk_dynamic", _topk_dynamic_rule, _topk_dynamic_ref, _fixed(1),
 def _cos_rule(types, attrs):
     (shape,) = types
     n = _static_length("constant_of_shape", "shape", shape)
+    if attrs["bound"] is not None and attrs["bound"] < 0:
+        raise TypeRuleError(f"constant_of_shape: bound {attrs['bound']} is not a size; a bound is 0 or more")
     return [TensorType(attrs["dtype"], symbols_attr("constant_of_shape", attrs, n))]
 
 

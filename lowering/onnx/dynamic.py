@@ -107,9 +107,10 @@ def _lower_constant_of_shape(ctx, node, xs):
     if bound is None:
         return [out]
     # the bound is a check of the model's (torch.export's range of an .item()): ONNX has no assert, so a
-    # ConstantOfShape of bound - shape fails on a negative dim, and an empty slice of it joins the output
-    rest = ctx.op("ConstantOfShape", ctx.op("Sub", ctx.ints([bound]), shape), dtype=dt, value=value)
-    none = ctx.op("Slice", rest, ctx.ints([0] * node.outputs[0].rank), ctx.ints([0] * node.outputs[0].rank))
+    # ConstantOfShape of min(bound - shape, 0) fails on a dim past the bound and is otherwise empty (it
+    # allocates nothing, whatever the bound); it joins the output, so it runs
+    over = ctx.op("Min", ctx.op("Sub", ctx.ints([bound]), shape), ctx.ints([0]))
+    none = ctx.op("ConstantOfShape", over, dtype=dt, value=value)
     return [ctx.op("Concat", out, none, axis=0)]
 
 

@@ -31,12 +31,14 @@ def _lower_reduce(ctx, node, xs):
 
 
 def _mean_over_run_time_size(ctx: LoweringContext, node: Node, x: OnnxValue) -> OnnxValue:
-    """A mean over axes of run-time size (a selection's, which may be empty) as their sum over their count:
-    ONNX Runtime's ReduceMean of no entries is 0, torch's and numpy's mean of none is nan (0 / 0)."""
+    """A mean over axes of run-time size (a selection's, which may be empty): ONNX Runtime's ReduceMean,
+    nan where the count is 0 (its mean of no entries is 0; torch's and numpy's is nan, 0 / 0).  The
+    kernel's own accumulation stays: a float16 sum or count past 65504 would be inf."""
     axes, t = node.attrs["axes"], node.inputs[0].type
-    total = ctx.kernel("ReduceSum", x, ctx.ints(axes), keepdims=int(node.attrs["keepdims"]))
-    count = ctx.cast(ctx.scalar_dim(D.dim_prod(t.shape[a] for a in axes)), total.dtype)
-    return ctx.kernel("Div", total, count)
+    mean = ctx.kernel("ReduceMean", x, ctx.ints(axes), keepdims=int(node.attrs["keepdims"]))
+    empty = ctx.op("Equal", ctx.scalar_dim(D.dim_prod(t.shape[a] for a in axes)), ctx.const(np.asarray(0, np.int64)))
+    nan = ctx.const(np.asarray(np.nan, mean.dtype.numpy))
+    return ctx.kernel("Where", empty, nan, mean, main=1)
 
 
 @register_lowering("argmax", "argmin")

@@ -7,9 +7,9 @@ The converter sends every node that takes or gives a complex tensor to these rul
 never reaches the graph's inputs, outputs or a real rule.
 
 * Arithmetic is written out on the parts: ``(a + bi)(c + di) = (ac - bd) + (ad + bc)i``;
-  division by ``c + di`` multiplies by its conjugate over ``c^2 + d^2``, both scaled
-  first by ``max(|c|, |d|)`` as torch does, so a divisor near the float range's ends
-  neither overflows nor underflows.
+  division by ``c + di`` is Smith's, as torch's: divided through by the larger part, so a
+  divisor near the float range's ends neither overflows nor underflows, and one of 0 or inf
+  gives torch's inf or 0.
 * Layout ops (views, slices, transposes, dtype changes, cat / stack) do the same to both
   parts, so they reuse the real rules, given each part in the complex operand's place.
 * FFTs over dims of static size are products with constant DFT matrices, one per
@@ -174,7 +174,8 @@ def _hypot(ctx: NodeContext, a: Value, b: Value) -> Value:
     zero = op("eq", s, ctx.scalar(0, s))
     safe = op("where", zero, ctx.scalar(1, s), s)
     p, q = op("div", a, safe), op("div", b, safe)
-    return op("mul", op("sqrt", op("add", op("mul", p, p), op("mul", q, q))), s)
+    size = op("mul", op("sqrt", op("add", op("mul", p, p), op("mul", q, q))), s)
+    return op("where", op("isinf", s), s, size)  # an infinite part: inf, not inf / inf
 
 
 @complex_rule("angle")
@@ -240,13 +241,22 @@ def _div(ctx, a):
     b = ctx.b
     if y.im is None:
         return Complex(b.op("div", x.re, y.re), None if x.im is None else b.op("div", x.im, y.re))
-    # y scaled by its larger part's size first, as torch does: c^2 + d^2 neither overflows (|y| > 1e19 in
-    # float32) nor underflows to 0 (|y| < 1e-19); x / y = (x conj(y / s) / |y / s|^2) / s
-    s = b.op("max", b.op("abs", y.re), b.op("abs", y.im))
-    c, d = b.op("div", y.re, s), b.op("div", y.im, s)
-    num = _mul(ctx, x, Complex(c, b.op("neg", d)))
-    den = b.op("mul", b.op("add", b.op("mul", c, c), b.op("mul", d, d)), s)
-    return Complex(b.op("div", num.re, den), b.op("div", num.im, den))
+    # Smith's division, as torch's: with y = c + di divided through by its larger part, c^2 + d^2 neither
+    # overflows (|y| > 1e19 in float32) nor underflows to 0 (|y| < 1e-19); a divisor of 0 gives a complex
+    # inf (x's parts over 0) and an infinite one 0, where scaling by max(|c|, |d|) gave inf / inf = nan
+    p, q, c, d = x.re, _imag(ctx, x), y.re, y.im
+    wide = b.op("ge", b.op("abs", c), b.op("abs", d))  # |c| >= |d|: divide through by c, else by d
+
+    def pick(if_wide: Value, if_tall: Value) -> Value:
+        return b.op("where", wide, if_wide, if_tall)
+
+    big, small = pick(c, d), pick(d, c)
+    rat = b.op("div", small, big)
+    scl = b.op("reciprocal", b.op("add", big, b.op("mul", small, rat)))
+    re = b.op("mul", pick(b.op("add", p, b.op("mul", q, rat)), b.op("add", b.op("mul", p, rat), q)), scl)
+    im = b.op("mul", pick(b.op("sub", q, b.op("mul", p, rat)), b.op("sub", b.op("mul", q, rat), p)), scl)
+    zero, size = b.op("eq", big, ctx.scalar(0, big)), b.op("abs", big)  # over +0, as torch: a -0 divisor too
+    return Complex(b.op("where", zero, b.op("div", p, size), re), b.op("where", zero, b.op("div", q, size), im))
 
 
 @complex_rule("neg", "negative")
@@ -272,6 +282,9 @@ def _norm_scale(norm: str | None, inverse: bool) -> str:
     return "n" if (norm == "forward") != inverse else "none"
 
 
+MAX_DFT_ENTRIES = 1 << 24  # per DFT matrix (a 4096-point transform): its cost grows as the square of the points
+
+
 def _dft(ctx: NodeContext, x: Complex, axis: int, n: int | None, *, inverse: bool, onesided: bool,
          scale: str) -> Complex:
     """One DFT of ``x`` along ``axis`` to ``n`` points, as products with constant cos / sin matrices:
@@ -283,9 +296,18 @@ def _dft(ctx: NodeContext, x: Complex, axis: int, n: int | None, *, inverse: boo
                               "built as a constant matrix: make that dim static")
     n = (2 * (length - 1) if inverse and onesided else length) if n is None or n == -1 else n
     c_out = 1 if inverse and onesided else 2
+    entries = length * (n // 2 + 1 if onesided and not inverse else n)
+    if entries > MAX_DFT_ENTRIES:
+        raise ctx.unsupported(f"an FFT of {length} points to {n} along dim {axis}: its DFT matrices, built as "
+                              f"constants, would hold {entries:,} entries each, over accelir's {MAX_DFT_ENTRIES:,}; "
+                              "compute this FFT outside the captured model")
     built_in = 1.0 / n if inverse else 1.0  # dft_matrix scales the inverse by 1 / n, as ONNX's DFT does
     factor = {"none": 1.0, "sqrt": 1.0 / math.sqrt(n), "n": 1.0 / n}[scale] / built_in
-    blocks = dft_matrix(length, n, 2, inverse, onesided).reshape(length, 2, -1, c_out) * factor
+    key = ("dft", length, n, inverse, onesided, factor)
+    blocks = ctx.conv.built.get(key)
+    if blocks is None:
+        blocks = dft_matrix(length, n, 2, inverse, onesided).reshape(length, 2, -1, c_out) * factor
+        ctx.conv.built[key] = blocks
     rank = x.re.rank
     perm = tuple(i for i in range(rank) if i != axis) + (axis,)
     back = tuple(int(i) for i in np.argsort(perm))
@@ -296,10 +318,20 @@ def _dft(ctx: NodeContext, x: Complex, axis: int, n: int | None, *, inverse: boo
     inputs = [moved(p, perm) if p is not None else None for p in (x.re, x.im)]
     outs = []
     for co in range(c_out):
-        terms = [ctx.b.op("matmul", v, ctx.const(blocks[:, ci, :, co], v.dtype)) for ci, v in enumerate(inputs)
-                 if v is not None]
+        terms = [ctx.b.op("matmul", v, _dft_block(ctx, key, blocks, ci, co, v.dtype))
+                 for ci, v in enumerate(inputs) if v is not None]
         outs.append(moved(terms[0] if len(terms) == 1 else ctx.b.op("add", *terms), back))
     return Complex(outs[0], outs[1] if c_out == 2 else None)
+
+
+def _dft_block(ctx: NodeContext, key: tuple, blocks: np.ndarray, ci: int, co: int, dtype: DType) -> Value:
+    """One real block of a DFT matrix as a constant, made once per graph: every layer of a Fourier-mixing
+    stack transforms the same dims and reads the same matrices."""
+    full = key + (ci, co, dtype)
+    block = ctx.conv.built.get(full)
+    if block is None:
+        block = ctx.conv.built[full] = ctx.const(blocks[:, ci, :, co], dtype)
+    return block
 
 
 def _transform(ctx: NodeContext, x: Complex, dims: list[int], sizes: list[int | None], *, inverse: bool,

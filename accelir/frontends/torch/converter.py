@@ -19,10 +19,11 @@ from ... import dims as D
 from ...arrays import to_numpy
 from ...errors import CaptureError, UnsupportedOpError, VerificationError
 from ...ir import Builder, DType, Graph, Node, TensorType, Value
-from ...unbacked import sizes_read_from
+from ...unbacked import size_readers, sizes_read_from
 from .context import COMPLEX_DTYPES, COMPLEX_RULES, TORCH_DTYPES, Complex, NodeContext, source_of, torch_dtype
 
-__all__ = ["Converter", "TorchSignature", "bind_outputs", "provenance", "ASSERTS", "is_python_op", "target_name"]
+__all__ = ["Converter", "TorchSignature", "bind_outputs", "provenance", "ASSERTS", "has_rule", "is_python_op",
+           "target_name"]
 
 # ops that only check or constrain; they produce nothing the graph needs.  Of the range torch.export
 # records for an .item() used as a size (``u0 >= 0``, ``u0 <= 8``: sym_constrain_range*, _check_is_size,
@@ -167,6 +168,9 @@ class Converter:
         self.item_values: dict[str, Value] = {}
         # id of a complex tensor constant -> (the tensor, kept alive; its parts as constants)
         self.complex_consts: dict[int, tuple[torch.Tensor, Complex]] = {}
+        # what a rule builds from its attributes alone, keyed by the rule (an FFT's DFT matrices and their
+        # constants): made once per graph however many nodes ask
+        self.built: dict[tuple, Any] = {}
         self.witnesses: list[list[Node]] = []  # the nodes binding .item() symbols to run-time sizes (bind_item)
 
     # --- types
@@ -242,8 +246,7 @@ class Converter:
                     node.op != "call_module" and _is_plain_python(val)):
                 continue
             name, _, _ = self.resolve(node)
-            if not is_python_op(node) and (name is None or (name not in self.rules and name not in ASSERTS
-                                                            and name not in COMPLEX_RULES)):
+            if not is_python_op(node) and not has_rule(name, self.rules):
                 label = name or target_name(node)
                 missing.append((label, provenance(node, label)))
             elif name in _HIGHER_ORDER:
@@ -347,8 +350,11 @@ class Converter:
     def drop_unused_witnesses(self) -> None:
         """Remove the witnesses of numbers that no size ended up reading (read as numbers, or not at all),
         with the reshape / cast that fed only them."""
+        if not self.witnesses:
+            return
+        readers = size_readers(self.graph)  # one walk for all: removing a witness changes no other's readers
         for created in self.witnesses:
-            if created[-1].output.uses() or sizes_read_from(created[-1]):
+            if created[-1].output.uses() or sizes_read_from(created[-1], readers):
                 continue
             for node in reversed(created):
                 if not any(o.uses() for o in node.outputs):
@@ -395,6 +401,12 @@ class Converter:
                 fixed.append(o)
             return tuple(fixed)
         return out
+
+
+def has_rule(name: str | None, rules: Mapping[str, Callable]) -> bool:
+    """Whether the converter maps aten op ``name``: a rule of ``rules`` (real tensors) or of the complex
+    rules, or a check it drops (ASSERTS).  The one test of the up-front check and ``unsupported_ops``."""
+    return name is not None and (name in rules or name in ASSERTS or name in COMPLEX_RULES)
 
 
 def _is_complex(val: Any) -> bool:

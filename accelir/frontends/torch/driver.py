@@ -27,8 +27,8 @@ import torch.utils._pytree as pytree
 from ...errors import CaptureError, UnsupportedOpError
 from ...ir import Graph
 from . import complex_ops, creation, elementwise, indexing, linalg, nn, reduce, shape
-from .context import COMPLEX_RULES, RULES, add_inplace_variants, resolve_aten
-from .converter import ASSERTS, Converter, TorchSignature, bind_outputs, is_python_op, target_name
+from .context import RULES, add_inplace_variants, resolve_aten
+from .converter import Converter, TorchSignature, bind_outputs, has_rule, is_python_op, target_name
 from .fx import capture_fx
 
 # the rule modules, by op family: importing them registers their rules in RULES; then the in-place variants
@@ -45,8 +45,7 @@ def unsupported_ops(gm: torch.fx.GraphModule) -> list[str]:
     for node in gm.graph.nodes:
         if node.op == "call_function":
             name, _, _ = resolve_aten(node)
-            if not is_python_op(node) and (name is None or (name not in RULES and name not in ASSERTS
-                                                            and name not in COMPLEX_RULES)):
+            if not is_python_op(node) and not has_rule(name, RULES):
                 names.append(name or target_name(node))
     return list(dict.fromkeys(names))
 
