@@ -29,16 +29,16 @@ import numpy as np
 from accelir.ir import Graph, Node, Value
 from accelir.ops.nn import split_heads
 
-from .pattern import NearMiss, provenance, qdq_group_member, remove_dead, rewrite_budget
+from .pattern import NearMiss, holds_qdq, provenance, qdq_group_member, remove_dead, rewrite_budget
 from .recognizers import channel_vector
 from .registry import register_pass
 
 __all__ = ["FuseParallelLinear", "fuse_parallel_linear"]
 
 
-def _member(node: Node) -> tuple[Value, np.ndarray, np.ndarray | None, str] | str | None:
+def _member(node: Node, qdq: bool) -> tuple[Value, np.ndarray, np.ndarray | None, str] | str | None:
     """``(x, W, b, activation)`` of a projection that can join a merge, a reason it cannot, or None
-    when the node is no projection at all."""
+    when the node is no projection at all.  ``qdq``: whether the program holds QDQ groups at all."""
     if node.op == "linear":
         activation = node.attrs["activation"]
     elif node.op == "matmul":
@@ -51,7 +51,7 @@ def _member(node: Node) -> tuple[Value, np.ndarray, np.ndarray | None, str] | st
     w = w_v.const_value
     if w is None:
         return "the weight is not a constant"
-    member = qdq_group_member(node)
+    member = qdq_group_member(node) if qdq else None
     if member is not None:
         return f"{member.describe()} is part of a quantised (QDQ) group"
     b = None
@@ -91,15 +91,15 @@ class FuseParallelLinear:
 
     def __call__(self, graph: Graph) -> bool:
         self.near_misses.clear()
-        return self._run(graph)
+        return self._run(graph, holds_qdq(graph))
 
-    def _run(self, graph: Graph) -> bool:
+    def _run(self, graph: Graph, qdq: bool) -> bool:
         changed = False
         groups: dict[tuple, list[tuple[Node, np.ndarray, np.ndarray | None]]] = {}
         for node in list(graph.nodes):
             for r in node.regions:
-                changed |= self._run(r)
-            got = _member(node)
+                changed |= self._run(r, qdq)
+            got = _member(node, qdq)
             if got is None:
                 continue
             if isinstance(got, str):

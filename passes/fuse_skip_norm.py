@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from accelir.ir import Graph, Node
 
-from .pattern import NearMiss, provenance, qdq_group_member, rewrite_budget
+from .pattern import NearMiss, holds_qdq, provenance, qdq_group_member, rewrite_budget
 from .registry import register_pass
 
 __all__ = ["FuseSkipNorm", "fuse_skip_norm"]
@@ -52,7 +52,7 @@ class FuseSkipNorm:
 
     def __call__(self, graph: Graph) -> bool:
         self.near_misses.clear()
-        return self._run(graph)
+        return self._run(graph, holds_qdq(graph))
 
     @property
     def __name__(self) -> str:
@@ -62,11 +62,11 @@ class FuseSkipNorm:
         if self.verbose:
             self.near_misses.append(NearMiss(_SKIP_OF[node.op], reason, node))
 
-    def _run(self, graph: Graph) -> bool:
+    def _run(self, graph: Graph, qdq: bool) -> bool:
         changed = False
         for norm in list(graph.nodes):
             for r in norm.regions:
-                changed |= self._run(r)
+                changed |= self._run(r, qdq)
             if norm.op not in _SKIP_OF or norm.graph is not graph:
                 continue
             s = norm.inputs[0]
@@ -81,7 +81,7 @@ class FuseSkipNorm:
             else:
                 self._miss(norm, "neither operand of the residual add has the sum's shape")
                 continue
-            member = qdq_group_member(norm) or qdq_group_member(add)
+            member = (qdq_group_member(norm) or qdq_group_member(add)) if qdq else None
             if member is not None:
                 self._miss(norm, f"{member.describe()} is part of a quantised (QDQ) group")
                 continue

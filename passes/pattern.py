@@ -53,7 +53,7 @@ from accelir.ops import registry
 __all__ = [
     "Pattern", "Op", "Var", "Const", "Alt", "P", "Match", "Rule", "NearMiss", "RulePass",
     "RewriteBudget", "rewrite_budget", "rewrite_limit", "apply_rules", "provenance", "remove_dead",
-    "same_type", "MatchAttempt", "qdq_group_member",
+    "same_type", "MatchAttempt", "qdq_group_member", "holds_qdq",
 ]
 
 log = logging.getLogger("accelir.passes")
@@ -535,6 +535,20 @@ def provenance(node: Node, pass_name: str | None, rule: str | None) -> dict[str,
     return meta
 
 
+QDQ_OPS = frozenset({"quantize_linear", "dequantize_linear"})
+
+
+def holds_qdq(graph: Graph) -> bool:
+    """Whether the program ``graph`` belongs to (the outermost graph and every region in it) holds a
+    quantize or dequantize node.  Where none does, no node is part of a QDQ group, so a pass checks this
+    once and skips :func:`qdq_group_member`'s walk over what each rewrite absorbs (on a float GPT-2
+    small, 329 walks took 0.2 s, half the passes' time)."""
+    top = graph
+    while top.parent is not None:
+        top = top.parent.graph
+    return not QDQ_OPS.isdisjoint(top.op_histogram())
+
+
 def qdq_group_member(root: Node) -> Node | None:
     """A node among ``root`` and the producers only it reads (what a rewrite at ``root`` absorbs)
     that belongs to a DequantizeLinear -> op -> QuantizeLinear group: it reads a ``dequantize_linear``
@@ -643,6 +657,7 @@ class _Driver:
         self.queued: set[Node] = set()
         self.rewrites = 0
         self.fired: dict[str, int] = {}
+        self.qdq = holds_qdq(graph)
 
     def push(self, node: Node) -> None:
         # only nodes some rule roots at are worth queueing
@@ -715,7 +730,7 @@ class _Driver:
             matches = rule.pattern.matches(root_value, {}, attempt)
         builder: _RuleBuilder | None = None
         for b in matches:
-            member = qdq_group_member(node)
+            member = qdq_group_member(node) if self.qdq else None
             if member is not None:
                 attempt.fail(lambda: f"{rule.name}: {member.describe()} is part of a quantised (QDQ) group")
                 break

@@ -260,3 +260,26 @@ def test_blocked_quantisation_before_opset_21_lowers_through_its_decomposition()
         onnx.checker.check_model(model)
         assert ("QuantizeLinear" in _op_types(model)) is native
         np.testing.assert_array_equal(OnnxRuntimeModule(model)(x, s)[0], want[0])
+
+
+def test_a_float_program_skips_the_qdq_group_walk(monkeypatch):
+    """The walk over what each rewrite absorbs runs only where the program holds a quantize or
+    dequantize node: a float graph's fusions never take it (it was half the passes' time on GPT-2)."""
+    from accelir.passes import fuse_parallel_linear as fpl, fuse_skip_norm as fsn, pattern
+    calls = []
+
+    def counted(root):
+        calls.append(root.op)
+        return None
+    for module in (pattern, fsn, fpl):
+        monkeypatch.setattr(module, "qdq_group_member", counted)
+    plain = accelir.parse(_text("""
+        graph main(%x: f32[4,8], %w: f32[8,6], %b: f32[6]) -> (f32[4,6]) {
+          %m = matmul(%x, %w) : f32[4,6]
+          %y = add(%m, %b) : f32[4,6]
+          return %y
+        }"""))
+    assert fuse_linear(plain) is True and calls == []
+    quantised = accelir.parse(_text(QDQ_LINEAR))
+    fuse_linear(quantised)
+    assert calls, "a program with QDQ nodes must check each rewrite for a QDQ group"
