@@ -271,7 +271,6 @@ class _XlaSteps:
 
     def __init__(self, prefill: Any, decode: Graph):
         import jax
-        from .contiguous_weights import hold_weights_transposed
         from .grouped_attention import group_attention_heads
         from .lowering.jax import to_jax
         from .lowering.jax.context import x64_scope
@@ -280,7 +279,6 @@ class _XlaSteps:
         pre_fn = prefill.function
         step_graph = in_place_cache(decode)
         group_attention_heads(step_graph)  # grouped-query heads read the kv buffers as they lie, not repeated
-        hold_weights_transposed(step_graph)  # a tied lm head read along its rows: the step reads it each token
         dec_fn = to_jax(step_graph)
         self.needs_x64 = pre_fn.needs_x64 or dec_fn.needs_x64
         pre_params = pre_fn.device_params(self.device)

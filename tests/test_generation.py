@@ -241,26 +241,6 @@ def test_xla_step_writes_each_cache_buffer_once_in_place_and_copies_none(arch):
         assert called and "dynamic-update-slice(" in root[0], line
 
 
-def test_xla_step_holds_the_tied_lm_head_transposed_and_the_prefill_shares_the_table():
-    """GPT-2's lm head is its token table, transposed: the step holds one [hidden, vocab] copy (XLA:CPU's dot
-    over the table's rows ran 15% slower than over its columns, a cost paid every token); the token lookup
-    and the prefill keep reading the model's own [vocab, hidden] table, one device array for both.  The
-    table is over constant folding's 1 MiB (a smaller one is folded, transposed, by the passes)."""
-    torch.manual_seed(0)
-    model = T.GPT2LMHeadModel(T.GPT2Config(n_layer=1, n_embd=64, n_head=4, vocab_size=5000, n_positions=64,
-                                           initializer_range=0.2)).eval()
-    ids = torch.randint(3, 5000, (1, 7), generator=torch.Generator().manual_seed(0))
-    cm = accelir.optimize(model, (ids,), backend="xla")
-    got = cm.generate(ids, max_new_tokens=8)
-    assert got.tolist() == model.generate(ids, max_new_tokens=8, do_sample=False).tolist()
-    st = cm._stepper
-    table = model.lm_head.weight.detach().numpy()  # [5000, 64], tied to the token embedding
-    held = [k for k, a in st.dec_params.items() if a.shape == (64, 5000)]
-    assert len(held) == 1 and np.array_equal(np.asarray(st.dec_params[held[0]]), table.T)
-    shared = [k for k, a in st.dec_params.items() if a.shape == (5000, 64)]
-    assert len(shared) == 1 and any(st.dec_params[shared[0]] is a for a in st.pre_params.values())
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_inputs_are_clear_errors_before_the_runtime(backend):
     cm = compiled("gpt2", backend)
