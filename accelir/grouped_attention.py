@@ -72,7 +72,7 @@ def _grouped_mask(b, mask: Value, node: Node, kv: int, groups: int) -> Value | N
         return None
     mb, mh, ms, mt = (1,) * (4 - mask.rank) + tuple(mask.shape)
     per_head = mh == heads and heads != 1
-    if not per_head and (mh != 1 or ms not in (1, seq)):
+    if ms not in (1, seq) or not per_head and mh != 1:
         return None
     m = mask if mask.rank == 4 else b.op("reshape", mask, shape=(mb, mh, ms, mt))
     rows = dim_mul(groups, seq)
