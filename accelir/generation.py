@@ -271,12 +271,15 @@ class _XlaSteps:
 
     def __init__(self, prefill: Any, decode: Graph):
         import jax
+        from .grouped_attention import group_attention_heads
         from .lowering.jax import to_jax
         from .lowering.jax.context import x64_scope
         self.x64_scope = x64_scope
         self.device = prefill.device
         pre_fn = prefill.function
-        dec_fn = to_jax(in_place_cache(decode))
+        step_graph = in_place_cache(decode)
+        group_attention_heads(step_graph)  # grouped-query heads read the kv buffers as they lie, not repeated
+        dec_fn = to_jax(step_graph)
         self.needs_x64 = pre_fn.needs_x64 or dec_fn.needs_x64
         pre_params = pre_fn.device_params(self.device)
         self.pre_params = pre_params

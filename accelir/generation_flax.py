@@ -15,7 +15,9 @@ dispatch, not one per prompt token:
   as :class:`accelir.generation.OrtSteps` keeps a transformers model's cache;
 - xla: the cache leaves are device buffers donated to the jitted prefill, then to one jitted
   step; the model writes the new keys and values with ``dynamic_update_slice`` itself, so XLA
-  updates them in place.  The prefill compiles once per prompt length.
+  updates them in place.  The prefill compiles once per prompt length rounded up to a multiple of
+  16: a shorter prompt is left-padded to it (mask 0, as a batch's pads are), where the module takes
+  the mask and the positions that hide the pads and the cache has room for them.
 """
 
 from __future__ import annotations
@@ -118,6 +120,9 @@ class _FlaxOrtSteps(OrtSteps):
         return self._run(self.decode_session, self.layout.step_inputs(ids, mask, pos), self.present)
 
 
+_PROMPT_BUCKET = 16  # the XLA prefill compiles once per prompt length rounded up to a multiple of this
+
+
 class _FlaxXlaSteps:
     """Prefill and step under jax.jit, the cache leaves device buffers donated to each call and written in place."""
 
@@ -139,15 +144,27 @@ class _FlaxXlaSteps:
             return jax.jit(run, donate_argnums=(1,), compiler_options=runner.compiler_options)
         self._prefill, self._step = call(pre_fn), call(fn)
         self.buffers: list[Any] = []
+        self.padding = 0  # the slots the prompt was left-padded with: the steps' masks hide them too
+        self.can_pad = {"attention_mask", "position_ids"} <= set(layout.inputs)
+
+    def _padding(self, length: int, total: int) -> int:
+        """Pads before a prompt of ``length`` tokens in a generation of ``total``: up to the next multiple of
+        _PROMPT_BUCKET, so a few compiled prefills serve every length, where the mask hides the pads (the
+        positions skip them) and the cache has room for them; else none."""
+        pad = -length % _PROMPT_BUCKET
+        return pad if self.can_pad and total + pad <= self.layout.max_positions else 0
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, capacity: int) -> np.ndarray:
         import jax
+        self.padding = self._padding(ids.shape[1], capacity)
+        ids, mask, pos = (np.pad(a, ((0, 0), (self.padding, 0))) for a in (ids, mask, pos))
         with self.x64_scope(self.needs_x64):
             empty = [jax.device_put(x, self.device) for x in self.layout.empty_cache(ids.shape[0])]
             logits, self.buffers = self._prefill(self.pre_params, empty, *self.layout.step_inputs(ids, mask, pos))
             return np.asarray(logits)
 
     def decode(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        mask = np.pad(mask, ((0, 0), (self.padding, 0)))
         with self.x64_scope(self.needs_x64):
             logits, self.buffers = self._step(self.params, self.buffers, *self.layout.step_inputs(ids, mask, pos))
             return np.asarray(logits)
@@ -178,7 +195,9 @@ class FlaxGenerationModel(GenerationModel):
         return super().generate(*args, **kwargs)
 
     def capacity_for(self, total: int) -> int:
-        return self.layout.max_positions  # the model's own, fixed when its cache was initialised
+        """The slots a generation of ``total`` tokens fills: the cache is the model's own, fixed when it was
+        initialised; the XLA prefill pads a prompt within the slots left."""
+        return total
 
     def _prompt(self, input_ids: Any, attention_mask: Any) -> tuple[np.ndarray, np.ndarray, bool]:
         ids, mask, as_numpy = super()._prompt(input_ids, attention_mask)

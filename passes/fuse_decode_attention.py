@@ -31,14 +31,14 @@ from accelir.ops import TypeRuleError, infer_types, normalize_attrs
 from .pattern import NearMiss, provenance, remove_dead, rewrite_budget
 from .registry import register_pass
 
-__all__ = ["fuse_decode_attention", "FuseDecodeAttention"]
+__all__ = ["fuse_decode_attention", "FuseDecodeAttention", "repeated_kv"]
 
 
 class _Reject(Exception):
     """A near match: the message says which check failed."""
 
 
-def _repeated(v: Value, heads: int) -> tuple[Value, list[Node]]:
+def repeated_kv(v: Value, heads: int) -> tuple[Value, list[Node]]:
     """``(t, nodes)`` where ``v`` is ``repeat_kv(t)`` up to ``heads`` heads (``nodes``: the repeat),
     or ``(v, [])`` when ``v`` is not a repeat."""
     r = v.producer
@@ -61,7 +61,7 @@ def _repeated(v: Value, heads: int) -> tuple[Value, list[Node]]:
 
 def _cache(v: Value, attention: Node) -> tuple[Value, Value, Value]:
     """``(past, new, present)`` of a key or value operand ``v`` of ``attention``."""
-    t, repeat = _repeated(v, attention.inputs[0].shape[1])
+    t, repeat = repeated_kv(v, attention.inputs[0].shape[1])
     node = t.producer
     if node is None or node.op != "concat" or len(node.inputs) != 2 or node.attrs["axis"] % 4 != 2:
         raise _Reject("the keys / values are not concat(past, new) on the length axis")

@@ -191,6 +191,24 @@ def test_the_prompt_goes_in_one_runtime_call(backend, monkeypatch):
         assert np.asarray(got).tolist() == reference(ids, mask, 6).tolist(), length
 
 
+def test_xla_prompts_of_nearby_lengths_share_one_compiled_prefill():
+    """The XLA prefill (the step scanned over the prompt) is compiled per prompt shape: prompts of 5 and 11
+    tokens are left-padded to 16 (mask 0, positions skipping the pads), one compile for both, the tokens the
+    loop's; a prompt with no room left for pads before the capacity runs at its own length."""
+    cm = compiled("xla")
+    prefill = cm._stepper._prefill
+    rng = np.random.default_rng(9)
+    sizes = []
+    for length, new in ((5, 6), (11, 6), (61, 3)):  # batch 4: a shape no other test compiles
+        ids = jnp.asarray(rng.integers(3, VOCAB, (4, length)).astype(np.int32))
+        mask = jnp.ones((4, length), jnp.int32).at[1, :2].set(0)
+        got = cm.generate(ids, attention_mask=mask, max_new_tokens=new)
+        assert np.asarray(got).tolist() == reference(ids, mask, new).tolist(), length
+        sizes.append(prefill._cache_size())
+    assert sizes[1] == sizes[0] and sizes[2] == sizes[1] + 1
+    assert cm._stepper.padding == 0  # 61 + 3 tokens fill the 64 slots: no room to pad 61 to 64
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_model_without_a_mask_generates_unpadded_prompts_and_refuses_padded_ones(backend):
     cm = compiled(backend, "mask-free")
@@ -248,7 +266,8 @@ def test_xla_reuses_one_compiled_step_and_donates_the_cache():
     cm.generate(ids, attention_mask=mask, max_new_tokens=NEW)
     assert step._cache_size() == before + 1  # one compiled step for the prompt and every new token
     old = cm._stepper.buffers
-    assert int(old[0]) == PROMPT + NEW - 1 and old[1].shape == (2, CAPACITY, 2, 16)
+    # the cache index: the prompt's 7 tokens left-padded to 16 (the prefill's bucket), then 23 steps
+    assert cm._stepper.padding == 9 and int(old[0]) == 9 + PROMPT + NEW - 1 and old[1].shape == (2, CAPACITY, 2, 16)
     cm._stepper.decode(np.asarray(ids[:, -1:]), np.ones((2, PROMPT + NEW), np.int64), np.full((2, 1), PROMPT + NEW - 1))
     assert all(b.is_deleted() for b in old)  # donated: XLA wrote the step's cache over them
 
