@@ -303,12 +303,16 @@ def test_reshape_merging_a_data_dependent_dim_is_refused_by_name() -> None:
         accelir.optimize(g, backend="xla")
 
 
-def test_concat_along_a_data_dependent_dim_is_refused_by_name() -> None:
+def test_concat_along_a_data_dependent_dim_packs_the_parts() -> None:
+    """The second part's rows follow the first's valid rows, not its padding; the join runs at every count."""
     g, nz = _nonzero_2d()
     g.set_outputs([g.apply("concat", nz, nz, axis=1)])
-    with pytest.raises(LoweringError, match=r"concat.*output dim 2\*u0 is computed from a data-dependent dim.*"
-                                            r"onnxruntime"):
-        accelir.optimize(g, backend="xla")
+    compiled = accelir.optimize(g, backend="xla")
+    for x in (np.asarray([[0, 1, 0, 2], [3, 0, 0, 0], [0, 0, 0, 4]], np.float32), np.zeros((3, 4), np.float32),
+              np.ones((3, 4), np.float32)):
+        want = np.asarray(np.nonzero(x))
+        np.testing.assert_array_equal(compiled(x), np.concatenate([want, want], axis=1))
+    _compiled_once(compiled)
 
 
 def test_unique_of_a_padded_value_and_a_matmul_contracting_it_are_refused() -> None:
@@ -327,11 +331,11 @@ def test_unique_of_a_padded_value_and_a_matmul_contracting_it_are_refused() -> N
 
 def test_onnxruntime_still_runs_what_xla_refuses() -> None:
     g, nz = _nonzero_2d()
-    g.set_outputs([g.apply("concat", nz, nz, axis=1)])
+    g.set_outputs([g.apply("reshape", nz, shape=(nz.shape[1], 2))])  # XLA refuses it (test above)
     x = np.asarray([[0, 1, 0, 2], [3, 0, 0, 0], [0, 0, 0, 4]], np.float32)
     got = accelir.optimize(g, backend="onnxruntime")(x)
     want = np.asarray(np.nonzero(x))
-    np.testing.assert_array_equal(got, np.concatenate([want, want], axis=1))
+    np.testing.assert_array_equal(got, want.reshape(-1, 2))
 
 
 def test_export_and_sharding_refuse_padded_programs(tmp_path) -> None:

@@ -1,0 +1,99 @@
+"""Slices, joins and reshapes along padded axes on XLA (padding.DERIVING).
+
+On a padded buffer (lowering/jax/padding.py) the valid entries of an axis sized by data are its
+front, and a dim computed from such sizes (``u0+u1``) is held in a buffer of its upper bound
+(lowering/jax/padded_dims.py).  These rules keep that so:
+
+- a slice whose start or stop is computed from data-dependent dims (the second part of a split
+  by ``.tolist()`` sizes starts where the first ends; a table cut at ``max // 64 + 1``) gathers
+  its rows from the start read at run time, into a buffer of the result's bound;
+- a join along a padded axis packs each part's valid rows after the previous part's, by a gather
+  from the parts laid end to end;
+- a reshape merging a padded axis with the static axes after it moves no entry; its buffer must
+  be the merged dim's, or it is refused by name.
+
+The bounds a node assumes (a slice within its axis, parts adding up to a static join) are checked
+at run time (``RuleContext.require``), as torch's own checks would raise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax.numpy as jnp
+
+from .context import JAX_RULES, RuleContext, register_padded
+from .padded_dims import buffer_size, mentions, run_time_value
+from .padding import refusal
+
+_I64 = jnp.int64
+
+
+def _value(ctx: RuleContext, d: Any) -> Any:
+    """Dim ``d`` at run time (traced where it is computed from data-dependent dims)."""
+    return run_time_value(d, ctx.lowering.lengths, ctx.bindings)
+
+
+def _size(ctx: RuleContext, d: Any) -> int:
+    """The size of the buffer holding dim ``d``."""
+    return buffer_size(d, ctx.lowering.lengths, ctx.bindings)
+
+
+@register_padded("slice")
+def _slice(ctx, x, *, starts, stops, steps, axes):
+    """Axes with run-time bounds gather from their start; the others slice as usual (their bounds are
+    static, or the whole of a padded axis: padding.py refuses other slices of one)."""
+    node, lengths = ctx.node, ctx.lowering.lengths
+    a = node.attrs
+    fixed = [k for k in range(len(axes)) if not (mentions(a["starts"][k], lengths) or mentions(a["stops"][k], lengths))]
+    x = JAX_RULES["slice"](ctx, x, starts=[starts[k] for k in fixed], stops=[stops[k] for k in fixed],
+                           steps=[steps[k] for k in fixed] if steps else (), axes=[axes[k] for k in fixed])
+    for k, ax in enumerate(axes):
+        if k in fixed:
+            continue
+        ax %= x.ndim
+        step = steps[k] if steps else 1
+        start, stop, n = (jnp.asarray(_value(ctx, d), _I64)
+                          for d in (a["starts"][k], a["stops"][k], node.inputs[0].shape[ax]))
+        ctx.require((0 <= start) & (start <= stop) & (stop <= n),
+                    f"its bounds on axis {ax} ({a['starts'][k]}:{a['stops'][k]}) fall outside the axis of size "
+                    f"{node.inputs[0].shape[ax]}, which torch refuses; keep the sizes the data give within it")
+        size = _size(ctx, node.outputs[0].shape[ax])
+        idx = jnp.clip(start + jnp.arange(size, dtype=_I64) * step, 0, x.shape[ax] - 1)
+        x = jnp.take(x, idx, axis=ax)
+    return x
+
+
+@register_padded("concat")
+def _concat(ctx, *xs, axis):
+    """Parts along a padded axis are laid end to end, then each output row gathered from its part's
+    row: output row ``j`` of part ``i`` is that part's row ``j - offset_i``, ``offset_i`` the valid
+    rows before it.  Rows past the last part are padding (row 0)."""
+    node, lengths = ctx.node, ctx.lowering.lengths
+    ax = axis % xs[0].ndim
+    dims = [v.shape[ax] for v in node.inputs]
+    if not any(d in lengths for d in dims):
+        return JAX_RULES["concat"](ctx, *xs, axis=axis)
+    out = node.outputs[0].shape[ax]
+    rows = jnp.arange(_size(ctx, out), dtype=_I64)
+    src = jnp.zeros_like(rows)
+    offset, base = jnp.zeros((), _I64), 0
+    for x, d in zip(xs, dims):
+        n = jnp.asarray(_value(ctx, d), _I64)
+        src = jnp.where((rows >= offset) & (rows < offset + n), base + rows - offset, src)
+        offset, base = offset + n, base + x.shape[ax]
+    if type(out) is int:
+        ctx.require(offset == out, f"its parts along axis {ax} do not add up to {out}, which torch refuses; keep "
+                    "the sizes the data give adding up to it")
+    return jnp.take(jnp.concatenate(xs, axis=ax), src, axis=ax)
+
+
+@register_padded("reshape")
+def _reshape(ctx, x, *, shape):
+    """The buffer reshapes as the value does where each padded axis keeps its place (padding.py); the
+    merged axis's buffer must then be the merged dim's own, which holds for the dims torch gives."""
+    if x.size != math.prod(int(d) for d in shape):
+        raise refusal(ctx.node, f"its buffer of shape {tuple(x.shape)} does not reshape to {tuple(shape)}, the "
+                                "buffer sizes of its data-dependent dims")
+    return jnp.reshape(x, shape)
