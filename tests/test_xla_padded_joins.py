@@ -51,6 +51,16 @@ def _experts(x, ids, w):
     return y, parts[1] * 2, again[2].sum(0), torch.cat([again[2], again[0]]).cumsum(0)
 
 
+def _routed(x, ids, gates):
+    """JetMoE's return to the tokens: the parts' join (its size the sum of the counts, which torch checks
+    is the token count) added to its tokens' rows (``index_add`` broadcasts the 8 indices to it), and
+    scaled by the 8 tokens' gates."""
+    sizes = (ids[:, None] == torch.arange(3)).sum(0).tolist()
+    order = torch.argsort(ids, stable=True)
+    joined = torch.cat([p * (i + 1) for i, p in enumerate(x[order].split(sizes, dim=0))])
+    return torch.zeros(8, 4).index_add(0, order, joined), joined * gates[order][:, None]
+
+
 def _window(x, y):
     """A window of ``y`` starting at a count, and the rest of ``y`` after it (size ``9 - n``)."""
     n = (x > 0).sum().item()
@@ -86,6 +96,7 @@ def _gen(seed: int) -> torch.Generator:
 W = torch.randn(3, 4, 5, generator=_gen(0))
 TABLE = torch.randn(2, 4, 4, 3, generator=_gen(1))
 X8 = torch.randn(8, 4, generator=_gen(2))
+GATES = torch.rand(8, generator=_gen(10))
 
 # each model, then its calls: the data-dependent sizes at 0, in between and at their bound
 CASES = {
@@ -94,6 +105,10 @@ CASES = {
         (X8, torch.tensor([0, 0, 0, 0, 0, 0, 0, 0]), W),  # parts 1 and 2 empty, part 0 at its bound
         (X8, torch.tensor([1, 1, 1, 1, 1, 1, 1, 1]), W),
         (X8, torch.tensor([2, 2, 2, 2, 2, 2, 2, 2]), W)]),
+    "joined parts added back to their tokens": (_routed, [
+        (X8, torch.tensor([2, 0, 1, 2, 2, 0, 1, 2]), GATES),
+        (X8, torch.tensor([0, 0, 0, 0, 0, 0, 0, 0]), GATES),
+        (X8, torch.tensor([2, 1, 2, 1, 2, 1, 2, 1]), GATES)]),
     "window at a count and the rest": (_window, [
         (torch.randn(6, generator=_gen(3)), torch.randn(9, generator=_gen(4))),
         (-torch.ones(6), torch.randn(9, generator=_gen(5))),  # n = 0

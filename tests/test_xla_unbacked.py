@@ -19,7 +19,7 @@ from onnx import helper as h
 from onnx.reference import ReferenceEvaluator
 
 import accelir
-from accelir.errors import AccelirError, LoweringError
+from accelir.errors import AccelirError, InputError, LoweringError
 from accelir.frontends.onnx import import_onnx
 from accelir.ir import DType, Graph, TensorType
 from accelir.lowering.jax import JAX_RULES, PADDED_RULES, stablehlo, to_jax
@@ -391,15 +391,21 @@ def test_torch_boolean_indexing_masked_select_and_nonzero(backend: str) -> None:
         _compiled_once(compiled)
 
 
-def test_a_data_dependent_dim_broadcast_against_a_static_size_is_refused() -> None:
-    """The type rule takes u0 to equal 5 there; padded, XLA would add the padding as if it were values."""
+def test_a_data_dependent_dim_taken_to_be_a_static_size_is_checked_at_run_time() -> None:
+    """The type rule takes u0 to equal 5 there: XLA cuts the padded buffer to 5 rows where the count is 5
+    (onnxruntime runs that too), and raises InputError where it is not, never adding the padding as values."""
     g, nz = _nonzero_2d()
     row = g.apply("reshape", g.apply("slice", nz, starts=(0,), stops=(1,), steps=(1,), axes=(0,)),
                   shape=(nz.shape[1],))
     g.set_outputs([g.apply("add", row, g.const(np.arange(5, dtype=np.int64), name="five"))])
     assert g.outputs[0].shape == (5,)
-    with pytest.raises(LoweringError, match=r"add.*broadcasts the data-dependent dim u0 against size 5.*onnxruntime"):
-        to_jax(g)
+    compiled = accelir.optimize(g, backend="xla")
+    x = np.asarray([[0, 1, 0, 2], [3, 0, 0, 0], [0, 5, 6, 0]], np.float32)  # five nonzeros
+    want = np.nonzero(x)[0] + np.arange(5)
+    np.testing.assert_array_equal(compiled(x), want)
+    np.testing.assert_array_equal(accelir.optimize(g, backend="onnxruntime")(x), want)
+    with pytest.raises(InputError, match=r"^node 'add' .*dim 0 of input 0 \(u0\) differs from 5 at run time"):
+        compiled(np.ones((3, 4), np.float32))
 
 
 

@@ -19,13 +19,16 @@ at run time (``RuleContext.require``), as torch's own checks would raise.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import jax.numpy as jnp
+from jax import lax
 
-from .context import JAX_RULES, RuleContext, register_padded
+from accelir.ops import registry
+
+from .context import JAX_RULES, RuleContext, register_padded, rule_for
 from .padded_dims import buffer_size, mentions, run_time_value
-from .padding import refusal
+from .padding import refusal, unbacked_axes
 
 _I64 = jnp.int64
 
@@ -97,3 +100,63 @@ def _reshape(ctx, x, *, shape):
         raise refusal(ctx.node, f"its buffer of shape {tuple(x.shape)} does not reshape to {tuple(shape)}, the "
                                 "buffer sizes of its data-dependent dims")
     return jnp.reshape(x, shape)
+
+
+# ----- a static size the type rule takes to be a padded one, or the other way ----------
+
+def _aligned(ctx: RuleContext, xs: Sequence[Any], out: Sequence[Any], sizes: Sequence[int]) -> list:
+    """Each input resized, axis by axis, to the buffer of the output dim it is broadcast to where the type
+    rule took the two to be equal (``64`` and ``u0+u1+u2+u3``: torch's split checks that the parts add up
+    to the whole): checked at run time, then the buffer padded or cut to the output's, its valid rows
+    the same."""
+    lengths = ctx.lowering.lengths
+    fixed = []
+    for i, (v, x) in enumerate(zip(ctx.node.inputs, xs)):
+        lead = len(out) - v.rank
+        for k, a in enumerate(v.shape):
+            o = out[lead + k]
+            if a == o or a == 1 or not (mentions(a, lengths) or mentions(o, lengths)):
+                continue
+            ctx.require(jnp.asarray(_value(ctx, a)) == jnp.asarray(_value(ctx, o)),
+                        f"dim {k} of input {i} ({a}) differs from {o} at run time, which the type rule takes "
+                        "them to be (torch checks it where the model computes them)")
+            size, have = sizes[lead + k], x.shape[k]
+            if have > size:
+                x = lax.slice_in_dim(x, 0, size, axis=k)
+            elif have < size:
+                x = jnp.pad(x, [(0, size - have if j == k else 0) for j in range(x.ndim)])
+        fixed.append(x)
+    return fixed
+
+
+def _elementwise(op: str):
+    def rule(ctx, *xs, **attrs):
+        out = ctx.node.outputs[0].shape
+        return rule_for(op)(ctx, *_aligned(ctx, xs, out, [_size(ctx, d) for d in out]), **attrs)
+    return rule
+
+
+for _op, _def in list(registry.REGISTRY.items()):
+    if _def.elementwise:
+        register_padded(_op)(_elementwise(_op))
+
+
+@register_padded("broadcast_to")
+def _broadcast_to(ctx, x, *, shape):
+    (x,) = _aligned(ctx, [x], ctx.node.outputs[0].shape, shape)
+    return jnp.broadcast_to(x, shape)
+
+
+@register_padded("scatter_elements")
+def _scatter_elements(ctx, x, idx, upd, *, axis, reduction):
+    """Index entries in the padding of the indices' padded axes are sent past the end (dropped); a negative
+    index along a padded axis of ``x`` counts from its valid end."""
+    lengths = ctx.lowering.lengths
+    ax = axis % x.ndim
+    idx = idx.astype(_I64)
+    sym = unbacked_axes(ctx.node.inputs[0].type, lengths).get(ax)
+    if sym is not None:
+        idx = jnp.where(idx < 0, idx + ctx.length(sym), idx)
+    for k, d in unbacked_axes(ctx.node.inputs[1].type, lengths).items():
+        idx = jnp.where(lax.broadcasted_iota(_I64, idx.shape, k) < ctx.length(d), idx, x.shape[ax])
+    return JAX_RULES["scatter_elements"](ctx, x, idx, upd, axis=axis, reduction=reduction)

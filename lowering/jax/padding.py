@@ -205,7 +205,9 @@ def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
                 return "non_max_suppression with a data-dependent batch or class count"
         return None
     if opdef.elementwise or op == "broadcast_to":
-        return _why_broadcast(node, syms)
+        return None  # a size taken equal to a padded one is checked and aligned at run time (padded_shape.py)
+    if op == "scatter_elements":
+        return _why_scatter(node, syms)
     if op in _MOVERS or op in MASKED:
         return None
     if op == "take_along_axis":  # the rule cuts x to the indices' other dims: those must be x's own
@@ -222,7 +224,7 @@ def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
     if op == "fusion":
         inner = [n.op for r in node.regions for n in r.nodes]
         ok = all(registry.get(o).elementwise or o == "constant" for o in inner)
-        return None if ok else "a fusion region that is not elementwise"
+        return _why_broadcast(node, syms) if ok else "a fusion region that is not elementwise"
     if op in _AXIS_OPS:
         assumed = _why_assumed_equal(node, syms)
         if assumed is not None:
@@ -234,6 +236,19 @@ def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
                 return f"it mixes entries along axis {ax} of input {i}, whose size is data-dependent"
         return None
     return "its lowering is not known to be right on a padded buffer"
+
+
+def _why_scatter(node: Node, syms: Any) -> str | None:
+    """A scatter's indices and updates must share their padded axes (the padding of the indices is dropped),
+    and off the scatter axis match the value's where either is padded."""
+    x, idx, upd = (v.shape for v in node.inputs)
+    ax = node.attrs["axis"] % len(x)
+    for k, (a, b) in enumerate(zip(idx, upd)):
+        if a != b and (a in syms or b in syms):
+            return f"its indices and updates differ on axis {k} ({a}, {b}), one of them data-dependent"
+        if k != ax and a != x[k] and (a in syms or x[k] in syms):
+            return f"its indices take axis {k} of size {a} to be the value's {x[k]}, one of them data-dependent"
+    return None
 
 
 def _run_time_bounds(node: Node, axis: int, syms: Any) -> bool:
