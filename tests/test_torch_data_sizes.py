@@ -186,18 +186,29 @@ def test_sweep_models_sized_by_data_match_eager_on_both_backends(model_type, cla
     bounds torch.export recorded; JetMoE's second expert starts where the first ends and the parts are
     joined, Reformer cuts at ``max // 64 + 1`` and merges the rows: both run on padded buffers."""
     import numpy as np
+    import torch.utils._pytree as pytree
 
     from accelir.accuracy import DEFAULT_BUDGETS, measure
     from benchmarks import transformers_sweep as sweep
 
     model, kwargs, want, _ = sweep.build(sweep.Case("text", model_type, class_name))
     graph = accelir.capture(model, (), example_kwargs=kwargs)
-    flat = [np.asarray(x) for x in graph.meta.pop("signature").flatten(**kwargs)]
+    signature = graph.meta.pop("signature")
     assert any(u.node.op == "constant_of_shape" for u in unbacked_dims(graph).values())
+    # other tokens route otherwise (other counts per expert): one compiled model serves both
+    other = {**kwargs, "input_ids": torch.randint(0, sweep.VOCAB, kwargs["input_ids"].shape,
+                                                  generator=torch.Generator().manual_seed(11))}
+    with torch.no_grad():
+        leaves = pytree.tree_leaves(model(**other))
+    calls = [(kwargs, want), (other, [x for x in leaves if isinstance(x, torch.Tensor)])]
+    flats = [[np.asarray(x) for x in signature.flatten(**kw)] for kw, _ in calls]
     for backend in ("onnxruntime", "xla"):
-        got = accelir.optimize(graph, flat, backend=backend)(*flat)
-        got = [np.asarray(x) for x in (got if isinstance(got, (list, tuple)) else [got])]
-        assert not DEFAULT_BUDGETS["fp32"].violations(measure([w.detach().numpy() for w in want], got)), backend
+        compiled = accelir.optimize(graph, flats[0], backend=backend)
+        for flat, (_, expected) in zip(flats, calls):
+            got = compiled(*flat)
+            got = [np.asarray(x) for x in (got if isinstance(got, (list, tuple)) else [got])]
+            assert not DEFAULT_BUDGETS["fp32"].violations(measure([w.detach().numpy() for w in expected], got)), \
+                backend
 
 
 def _first(x, k):
