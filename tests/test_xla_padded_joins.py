@@ -62,9 +62,9 @@ def _routed(x, ids, gates):
 
 
 def _window(x, y):
-    """A window of ``y`` starting at a count, and the rest of ``y`` after it (size ``9 - n``)."""
+    """A window of ``y`` starting at a count, the rest of ``y`` after it (size ``9 - n``), every other one."""
     n = (x > 0).sum().item()
-    return y.narrow(0, n, 3) * 2, y[n:] + 1, y[n:].sum(), y[n:].cumsum(0)
+    return y.narrow(0, n, 3) * 2, y[n:] + 1, y[n:].sum(), y[n:].cumsum(0), y[n::2] * 3
 
 
 def _joined(x):
@@ -179,3 +179,17 @@ def test_a_reshape_splitting_a_joined_size_is_refused_by_name():
 def test_the_range_of_a_dim_computed_from_bounded_sizes(dim, ranges, want):
     assert dim_range(dim, ranges.get) == want
     assert dim_range(dim, {}.get) is None
+
+
+def test_a_scatter_whose_indices_and_updates_differ_on_a_padded_axis_is_refused():
+    """Where the indices' padding and the updates' do not line up, which updates are padding is not known."""
+    g = Graph("scatter")
+    x = g.add_input(TensorType(DType.f32, (6,)), "x")
+    n = g.apply("nonzero", x).shape[1]
+    upd = g.apply("slice", x, starts=(0,), stops=(n,), axes=(0,))
+    idx = g.apply("broadcast_to", g.const(np.zeros(1, np.int64), name="zero"), shape=(n,))
+    other = g.apply("concat", upd, upd, axis=0)  # 2*u0 updates for u0 indices: the type rule takes them equal
+    g.set_outputs([g.apply("scatter_elements", x, idx, other, axis=0, reduction="add")])
+    with pytest.raises(LoweringError, match=r"^node 'scatter_elements' .*indices and updates differ on axis 0 "
+                                            r"\(u0, 2\*u0\).*backend=\"onnxruntime\""):
+        accelir.optimize(g, backend="xla")
