@@ -1,4 +1,4 @@
-"""Slices, joins and reshapes along padded axes on XLA (padding.DERIVING).
+"""Slices, joins and reshapes along padded axes on XLA (padding.DERIVING), and the sizes they meet.
 
 On a padded buffer (lowering/jax/padding.py) the valid entries of an axis sized by data are its
 front, and a dim computed from such sizes (``u0+u1``) is held in a buffer of its upper bound
@@ -10,10 +10,13 @@ front, and a dim computed from such sizes (``u0+u1``) is held in a buffer of its
 - a join along a padded axis packs each part's valid rows after the previous part's, by a gather
   from the parts laid end to end;
 - a reshape merging a padded axis with the static axes after it moves no entry; its buffer must
-  be the merged dim's, or it is refused by name.
+  be the merged dim's, or it is refused by name;
+- where an elementwise op or a broadcast takes a static size to be a padded one (a join of a
+  split's parts against the whole), the buffer is cut or padded to the output's;
+- a scatter drops the entries in the padding of its indices.
 
-The bounds a node assumes (a slice within its axis, parts adding up to a static join) are checked
-at run time (``RuleContext.require``), as torch's own checks would raise.
+The sizes a node assumes (a slice within its axis, parts adding up to a static join, a size taken
+to be another) are checked at run time (``RuleContext.require``), as torch's own checks would raise.
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ def _slice(ctx, x, *, starts, stops, steps, axes):
     static, or the whole of a padded axis: padding.py refuses other slices of one)."""
     node, lengths = ctx.node, ctx.lowering.lengths
     a = node.attrs
-    fixed = [k for k in range(len(axes)) if not (mentions(a["starts"][k], lengths) or mentions(a["stops"][k], lengths))]
+    fixed = [k for k in range(len(axes))
+             if not (mentions(a["starts"][k], lengths) or mentions(a["stops"][k], lengths))]
     x = JAX_RULES["slice"](ctx, x, starts=[starts[k] for k in fixed], stops=[stops[k] for k in fixed],
                            steps=[steps[k] for k in fixed] if steps else (), axes=[axes[k] for k in fixed])
     for k, ax in enumerate(axes):
