@@ -89,6 +89,14 @@ def _table(table, pos):
     return torch.stack([flat[i].index_select(0, pos[i]) for i in range(2)]), t.sum((1, 2)), t * 3
 
 
+def _regrouped(x):
+    """Rows cut at a count, flattened (``4 * n``), then grouped again by 4 and by 2."""
+    n = (x[:, 0] > 0).sum().item()
+    torch._check(n <= 6)
+    flat = x[:n].reshape(-1) * 2
+    return flat, flat.view(-1, 4).cumsum(0), flat.view(n, 2, 2).amax(1)
+
+
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -118,6 +126,10 @@ CASES = {
         (torch.zeros(8),),  # both counts 0
         (torch.ones(8),),  # n at its bound
         (-torch.full((8,), 3.0),)]),  # m at its bound
+    "rows flattened and grouped again": (_regrouped, [
+        (torch.randn(6, 4, generator=_gen(12)),),
+        (-torch.ones(6, 4),),  # no rows
+        (torch.ones(6, 4),)]),  # every row
     "table cut at max // 4 + 1 and merged": (_table, [
         (TABLE, torch.tensor([[0, 3, 5, 2, 1], [4, 6, 7, 0, 2]])),
         (TABLE, torch.tensor([[0, 0, 0, 0, 0], [0, 0, 0, 0, 0]])),  # m = 0: one row kept

@@ -151,15 +151,17 @@ def _why_assumed_equal(node: Node, syms: Any) -> str | None:
 
 def _reshape_keeps_axes(node: Node, syms: Any) -> bool:
     """A reshape keeps padding right when each padded dim stays one dim, alone or merged with the
-    static dims right after it, with the same extent before and after it: the valid entries are
-    then the front of the merged axis (the first ``n * 64`` of ``[n, 64]`` flattened), and the padded
-    buffer reshapes as the value does."""
+    static dims right after it (or split into a padded dim and static dims after it), with the same
+    extent before and after it: the valid entries are then the front of the merged axis (the first
+    ``n * 64`` of ``[n, 64]`` flattened), and the padded buffer reshapes as the value does."""
     src, dst = node.inputs[0].shape, node.outputs[0].shape
     held: set[int] = set()
     for i, s in enumerate(src):
         if s not in syms:
             continue
         j = _merged_at(src, dst, i) if list(src).count(s) == 1 else None
+        if j is None:  # or split into a padded axis and static axes after it: the merge read backwards
+            j = next((k for k, d in enumerate(dst) if _mentions(d, syms) and _merged_at(dst, src, k) == i), None)
         if j is None:
             return False
         held.add(j)
