@@ -120,8 +120,8 @@ def _aligned(ctx: RuleContext, xs: Sequence[Any], out: Sequence[Any], sizes: Seq
             if a == o or a == 1 or not (mentions(a, lengths) or mentions(o, lengths)):
                 continue
             ctx.require(jnp.asarray(_value(ctx, a)) == jnp.asarray(_value(ctx, o)),
-                        f"dim {k} of input {i} ({a}) differs from {o} at run time, which the type rule takes "
-                        "them to be (torch checks it where the model computes them)")
+                        f"dim {k} of input {i} ({a}) differs from {o} at run time, though the graph takes them "
+                        "to be equal (torch checks it where the model computes them); feed data for which they agree")
             size, have = sizes[lead + k], x.shape[k]
             if have > size:
                 x = lax.slice_in_dim(x, 0, size, axis=k)
@@ -132,6 +132,7 @@ def _aligned(ctx: RuleContext, xs: Sequence[Any], out: Sequence[Any], sizes: Seq
 
 
 def _elementwise(op: str):
+    """``op``'s own rule on its inputs aligned to its output (the rule itself needs no padded form)."""
     def rule(ctx, *xs, **attrs):
         out = ctx.node.outputs[0].shape
         return rule_for(op)(ctx, *_aligned(ctx, xs, out, [_size(ctx, d) for d in out]), **attrs)
