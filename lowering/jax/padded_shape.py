@@ -80,10 +80,12 @@ def _concat(ctx, *xs, axis):
     rows before it.  Rows past the last part are padding (row 0)."""
     node, lengths = ctx.node, ctx.lowering.lengths
     ax = axis % xs[0].ndim
+    whole = node.outputs[0].shape
+    xs = _aligned(ctx, xs, whole, [_size(ctx, d) for d in whole], skip=ax)  # the other axes, taken equal
     dims = [v.shape[ax] for v in node.inputs]
     if not any(d in lengths for d in dims):
         return JAX_RULES["concat"](ctx, *xs, axis=axis)
-    out = node.outputs[0].shape[ax]
+    out = whole[ax]
     rows = jnp.arange(_size(ctx, out), dtype=_I64)
     src = jnp.zeros_like(rows)
     offset, base = jnp.zeros((), _I64), 0
@@ -106,18 +108,19 @@ def _reshape(ctx, x, *, shape):
 
 # ----- a static size the type rule takes to be a padded one, or the other way ----------
 
-def _aligned(ctx: RuleContext, xs: Sequence[Any], out: Sequence[Any], sizes: Sequence[int]) -> list:
-    """Each input resized, axis by axis, to the buffer of the output dim it is broadcast to where the type
-    rule took the two to be equal (``64`` and ``u0+u1+u2+u3``: torch's split checks that the parts add up
-    to the whole): checked at run time, then the buffer padded or cut to the output's, its valid rows
-    the same."""
+def _aligned(ctx: RuleContext, xs: Sequence[Any], out: Sequence[Any], sizes: Sequence[int],
+             skip: int | None = None) -> list:
+    """Each input resized, axis by axis (but ``skip``), to the buffer of the output dim it is broadcast to
+    where the type rule took the two to be equal (``64`` and ``u0+u1+u2+u3``: torch's split checks that
+    the parts add up to the whole): checked at run time, then the buffer padded or cut to the output's,
+    its valid rows the same."""
     lengths = ctx.lowering.lengths
     fixed = []
     for i, (v, x) in enumerate(zip(ctx.node.inputs, xs)):
         lead = len(out) - v.rank
         for k, a in enumerate(v.shape):
             o = out[lead + k]
-            if a == o or a == 1 or not (mentions(a, lengths) or mentions(o, lengths)):
+            if lead + k == skip or a == o or a == 1 or not (mentions(a, lengths) or mentions(o, lengths)):
                 continue
             ctx.require(jnp.asarray(_value(ctx, a)) == jnp.asarray(_value(ctx, o)),
                         f"dim {k} of input {i} ({a}) differs from {o} at run time, though the graph takes them "

@@ -139,11 +139,9 @@ def _why_broadcast(node: Node, syms: Any) -> str | None:
 
 
 def _why_assumed_equal(node: Node, syms: Any) -> str | None:
-    """Concat's dims off its axis, and matmul's batch dims, are taken equal across inputs by the type rule."""
+    """Matmul's batch dims are taken equal across inputs by the type rule (concat's dims off its axis too,
+    but its padded rule checks them at run time and aligns the buffers)."""
     out = node.outputs[0].shape
-    if node.op == "concat":
-        return _why_aligned([v.shape for v in node.inputs], out, syms, broadcasts=False,
-                            skip=node.attrs["axis"] % len(out))
     if node.op == "matmul" and min(v.rank for v in node.inputs[:2]) >= 2:
         return _why_aligned([v.shape[:-2] for v in node.inputs[:2]], out[:-2], syms, broadcasts=True)
     return None
