@@ -15,7 +15,10 @@ are unspecified.  A node is lowered on such buffers only where that is provably 
 - *deriving* nodes (``DERIVING``) give an axis whose size is an expression of unbacked dims (a
   slice from or to one, a join of padded parts, a padded axis merged with static ones): their
   padded rule packs the valid entries to the front of a buffer of the expression's upper bound
-  (lowering/jax/padded_dims.py), and later nodes treat that dim as they treat an unbacked one.
+  (lowering/jax/padded_dims.py), and later nodes treat that dim as they treat an unbacked one;
+- where an elementwise op, a broadcast or a concat (off its axis) takes a static size to be a
+  padded one (a join of a split's parts against the whole), the padded rule checks the two agree
+  at run time and cuts or pads the buffer to the output's (lowering/jax/padded_shape.py).
 
 Everything else that meets an unbacked dim is refused before tracing, naming the node and
 the dim, with ``backend="onnxruntime"`` as the remedy: a node is either padded-correct or
