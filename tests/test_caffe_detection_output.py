@@ -14,7 +14,6 @@ import pytest
 
 import accelir
 from accelir.accuracy import DEFAULT_BUDGETS, measure
-from accelir.errors import AccelirError
 from accelir.frontends.caffe import CaffeError, capture_caffe
 from accelir.interpreter import interpret
 
@@ -232,12 +231,21 @@ def test_mobilenet_ssd_net_ends_with_detection_output(tmp_path):
     _same_rows(opencv, as_opencv_detections(got, opencv.shape[2]), "onnxruntime against OpenCV")
 
 
-def test_xla_refuses_it_naming_the_data_dependent_node(tmp_path):
-    inputs = ssd_inputs(0)
-    proto, model = _write(tmp_path, inputs, dict(num_classes=4, keep_top_k=5, confidence_threshold=0.3))
-    with pytest.raises(AccelirError, match=r"deploy.prototxt:\d+; caffe DetectionOutput.*data-dependent dim.*"
-                                           r"backend=\"onnxruntime\""):
-        accelir.optimize(proto, inputs, caffemodel=model, backend="xla")
+def test_xla_runs_it_compiled_once_at_every_row_count(tmp_path):
+    """The rows are a join of each image's detections and its placeholder row, their count the data's: XLA
+    runs the join on padded buffers, one program for every count (nothing detected included)."""
+    inputs = ssd_inputs(0, batch=2)
+    params = dict(num_classes=4, keep_top_k=5, confidence_threshold=0.3)
+    proto, model = _write(tmp_path, inputs, params)
+    cm = accelir.optimize(proto, inputs, caffemodel=model, backend="xla")
+    first_blank = inputs[1].copy()
+    first_blank[0] = 0  # the first image detects nothing: its placeholder row, then the second's rows
+    counts = set()
+    for args in (inputs, (inputs[0], first_blank, inputs[2]), (inputs[0], np.zeros_like(inputs[1]), inputs[2])):
+        want = caffe_detection_output(*args, **params)
+        _same_rows(want, np.asarray(cm(*args)), "xla against Caffe's loops")
+        counts.add(want.shape[2])
+    assert len(counts) == 3, counts
 
 
 @pytest.mark.parametrize("params, data, message", [

@@ -19,7 +19,7 @@ from onnx import helper as h
 from onnx.reference import ReferenceEvaluator
 
 import accelir
-from accelir.errors import AccelirError, LoweringError
+from accelir.errors import AccelirError, InputError, LoweringError
 from accelir.frontends.onnx import import_onnx
 from accelir.ir import DType, Graph, TensorType
 from accelir.lowering.jax import JAX_RULES, PADDED_RULES, stablehlo, to_jax
@@ -303,12 +303,16 @@ def test_reshape_merging_a_data_dependent_dim_is_refused_by_name() -> None:
         accelir.optimize(g, backend="xla")
 
 
-def test_concat_along_a_data_dependent_dim_is_refused_by_name() -> None:
+def test_concat_along_a_data_dependent_dim_packs_the_parts() -> None:
+    """The second part's rows follow the first's valid rows, not its padding; the join runs at every count."""
     g, nz = _nonzero_2d()
     g.set_outputs([g.apply("concat", nz, nz, axis=1)])
-    with pytest.raises(LoweringError, match=r"concat.*output dim 2\*u0 is computed from a data-dependent dim.*"
-                                            r"onnxruntime"):
-        accelir.optimize(g, backend="xla")
+    compiled = accelir.optimize(g, backend="xla")
+    for x in (np.asarray([[0, 1, 0, 2], [3, 0, 0, 0], [0, 0, 0, 4]], np.float32), np.zeros((3, 4), np.float32),
+              np.ones((3, 4), np.float32)):
+        want = np.asarray(np.nonzero(x))
+        np.testing.assert_array_equal(compiled(x), np.concatenate([want, want], axis=1))
+    _compiled_once(compiled)
 
 
 def test_unique_of_a_padded_value_and_a_matmul_contracting_it_are_refused() -> None:
@@ -327,11 +331,11 @@ def test_unique_of_a_padded_value_and_a_matmul_contracting_it_are_refused() -> N
 
 def test_onnxruntime_still_runs_what_xla_refuses() -> None:
     g, nz = _nonzero_2d()
-    g.set_outputs([g.apply("concat", nz, nz, axis=1)])
+    g.set_outputs([g.apply("reshape", nz, shape=(nz.shape[1], 2))])  # XLA refuses it (test above)
     x = np.asarray([[0, 1, 0, 2], [3, 0, 0, 0], [0, 0, 0, 4]], np.float32)
     got = accelir.optimize(g, backend="onnxruntime")(x)
     want = np.asarray(np.nonzero(x))
-    np.testing.assert_array_equal(got, np.concatenate([want, want], axis=1))
+    np.testing.assert_array_equal(got, want.reshape(-1, 2))
 
 
 def test_export_and_sharding_refuse_padded_programs(tmp_path) -> None:
@@ -387,15 +391,21 @@ def test_torch_boolean_indexing_masked_select_and_nonzero(backend: str) -> None:
         _compiled_once(compiled)
 
 
-def test_a_data_dependent_dim_broadcast_against_a_static_size_is_refused() -> None:
-    """The type rule takes u0 to equal 5 there; padded, XLA would add the padding as if it were values."""
+def test_a_data_dependent_dim_taken_to_be_a_static_size_is_checked_at_run_time() -> None:
+    """The type rule takes u0 to equal 5 there: XLA cuts the padded buffer to 5 rows where the count is 5
+    (onnxruntime runs that too), and raises InputError where it is not, never adding the padding as values."""
     g, nz = _nonzero_2d()
     row = g.apply("reshape", g.apply("slice", nz, starts=(0,), stops=(1,), steps=(1,), axes=(0,)),
                   shape=(nz.shape[1],))
     g.set_outputs([g.apply("add", row, g.const(np.arange(5, dtype=np.int64), name="five"))])
     assert g.outputs[0].shape == (5,)
-    with pytest.raises(LoweringError, match=r"add.*broadcasts the data-dependent dim u0 against size 5.*onnxruntime"):
-        to_jax(g)
+    compiled = accelir.optimize(g, backend="xla")
+    x = np.asarray([[0, 1, 0, 2], [3, 0, 0, 0], [0, 5, 6, 0]], np.float32)  # five nonzeros
+    want = np.nonzero(x)[0] + np.arange(5)
+    np.testing.assert_array_equal(compiled(x), want)
+    np.testing.assert_array_equal(accelir.optimize(g, backend="onnxruntime")(x), want)
+    with pytest.raises(InputError, match=r"^node 'add' .*dim 0 of input 0 \(u0\) differs from 5 at run time"):
+        compiled(np.ones((3, 4), np.float32))
 
 
 
@@ -406,35 +416,53 @@ def _selection_rows(g: Graph, nz) -> object:
 _ONES31, _ONES324 = np.ones((3, 1), np.float32), np.ones((3, 2, 4), np.float32)
 
 
-@pytest.mark.parametrize("make, oracle", [
-    (lambda g, rows: g.apply("concat", rows, g.const(_ONES31, name="c"), axis=1),
-     lambda rows: np.concatenate([rows, _ONES31], axis=1)),
-    (lambda g, rows: g.apply("concat", g.const(_ONES31, name="c"), rows, axis=1),
-     lambda rows: np.concatenate([_ONES31, rows], axis=1)),
-    (lambda g, rows: g.apply("matmul", g.apply("reshape", rows, shape=(rows.shape[0], 1, 2)),
-                             g.const(_ONES324, name="w")),
-     lambda rows: rows.reshape(-1, 1, 2) @ _ONES324),
-], ids=["concat-rows-first", "concat-rows-last", "matmul-batch"])
-def test_a_data_dependent_dim_taken_equal_to_another_size_is_refused(make, oracle) -> None:
-    """Concat's dims off its axis and matmul's batch dims are taken equal across inputs by the type rule
-    (u0 to 3); padded, the buffers would not line up, or the padding would be read as values.
-    onnxruntime runs the graph where u0 is 3."""
+_THREE = np.asarray([[0, 1, 0, 2], [3, 0, 0, 0], [0, 0, 0, 0]], np.float32)  # three nonzeros
+
+
+def _rows_of(x: np.ndarray) -> np.ndarray:
+    return np.asarray(np.nonzero(x)).T.astype(np.float32)
+
+
+def test_a_matmul_taking_a_data_dependent_batch_dim_to_be_another_size_is_refused() -> None:
+    """Matmul's batch dims are taken equal across inputs by the type rule (u0 to 3); padded, the buffers
+    would not line up.  onnxruntime runs the graph where u0 is 3."""
     g, nz = _nonzero_2d()
-    g.set_outputs([make(g, _selection_rows(g, nz))])
-    with pytest.raises(LoweringError, match=r"(concat|matmul).*data-dependent dim u0.*onnxruntime"):
+    rows = _selection_rows(g, nz)
+    g.set_outputs([g.apply("matmul", g.apply("reshape", rows, shape=(rows.shape[0], 1, 2)),
+                           g.const(_ONES324, name="w"))])
+    with pytest.raises(LoweringError, match=r"matmul.*data-dependent dim u0.*onnxruntime"):
         to_jax(g)
-    x = np.asarray([[0, 1, 0, 2], [3, 0, 0, 0], [0, 0, 0, 0]], np.float32)  # three nonzeros
-    got = accelir.optimize(g, backend="onnxruntime")(x)
-    np.testing.assert_array_equal(got, oracle(np.asarray(np.nonzero(x)).T.astype(np.float32)))
+    got = accelir.optimize(g, backend="onnxruntime")(_THREE)
+    np.testing.assert_array_equal(got, _rows_of(_THREE).reshape(-1, 1, 2) @ _ONES324)
 
 
-def test_concat_of_two_selections_of_unrelated_counts_is_refused() -> None:
-    """The rule takes u1 to equal u0; where they differ onnxruntime fails, padded XLA would return padding."""
+@pytest.mark.parametrize("first", [True, False], ids=["rows-first", "rows-last"])
+def test_a_concat_taking_a_data_dependent_dim_off_its_axis_to_be_another_size_checks_it(first: bool) -> None:
+    """The type rule takes u0 to be 3 off the concat axis: XLA checks it at run time and cuts the buffer to
+    it (onnxruntime runs it too), and raises InputError at another count, never returning padding."""
+    g, nz = _nonzero_2d()
+    rows, ones = _selection_rows(g, nz), g.const(_ONES31, name="c")
+    g.set_outputs([g.apply("concat", *((rows, ones) if first else (ones, rows)), axis=1)])
+    want = np.concatenate((_rows_of(_THREE), _ONES31) if first else (_ONES31, _rows_of(_THREE)), axis=1)
+    np.testing.assert_array_equal(accelir.optimize(g, backend="onnxruntime")(_THREE), want)
+    compiled = accelir.optimize(g, backend="xla")
+    np.testing.assert_array_equal(compiled(_THREE), want)
+    with pytest.raises(InputError, match=r"^node 'concat' .*(\(u0\) differs from 3|\(3\) differs from u0) at run time"):
+        compiled(np.ones((3, 4), np.float32))
+
+
+def test_concat_of_two_selections_of_unrelated_counts_checks_they_agree() -> None:
+    """The rule takes u1 to equal u0: where they agree XLA joins them; where they differ onnxruntime fails,
+    and XLA raises InputError rather than returning padding."""
     g, nz = _nonzero_2d()
     other = g.apply("nonzero", g.add_input(TensorType(DType.f32, (3, 4)), "x2"))
     g.set_outputs([g.apply("concat", nz, other, axis=0)])
-    with pytest.raises(LoweringError, match=r"concat.*data-dependent dim u1 against size u0.*onnxruntime"):
-        to_jax(g)
+    compiled = accelir.optimize(g, backend="xla")
+    x2 = np.asarray([[5, 0, 0, 0], [0, 0, 6, 7], [0, 0, 0, 0]], np.float32)  # three nonzeros too
+    np.testing.assert_array_equal(compiled(_THREE, x2), np.concatenate([np.nonzero(_THREE), np.nonzero(x2)]))
+    with pytest.raises(InputError, match=r"^node 'concat' .*\(u1\) differs from u0 at run time"):
+        compiled(_THREE, np.ones((3, 4), np.float32))
+
 
 class _MaskedSum(torch.nn.Module):
     def forward(self, x: torch.Tensor):

@@ -43,7 +43,7 @@ and how; ``dynamic`` holds the rules); what cannot be padded right is refused by
 from __future__ import annotations
 
 # the rule modules register their rules on import
-from . import control, dynamic, elementwise, linalg, nn, quant, reduce, shape  # noqa: F401
+from . import control, dynamic, elementwise, linalg, nn, padded_shape, quant, reduce, shape  # noqa: F401
 from .context import (JAX_RULES, PADDED_RULES, PARAM_MIN_ELEMENTS, JaxFunction, RuleContext, check_lowerable,
                       register_lowering, register_padded, rule_for, to_jax, x64_scope)
 from .export import export_jax, hlo, load_exported, stablehlo

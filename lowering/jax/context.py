@@ -28,7 +28,8 @@ from accelir.ops.activations import activation
 from accelir.splat import splat_scalar
 
 from .layout import Permuted, common_layout, held, in_layout, kernel_last, logical, with_data
-from .padding import check_padding, introduced_sizes, output_symbols
+from .padded_dims import buffer_size
+from .padding import check_padding, introduced_sizes, note_lengths, output_symbols
 
 Rule = Callable[..., Any]
 
@@ -265,6 +266,9 @@ class Lowering:
         for k, spec in registry.get(node.op).attrs.items():
             if spec.kind == "dims" and any(type(d) is not int for d in attrs[k]):
                 try:
+                    if self.lengths is not None:  # a dim computed from data-dependent dims: its buffer's size
+                        attrs[k] = tuple(buffer_size(d, self.lengths, bindings) for d in attrs[k])
+                        continue
                     # bound values may be jax symbolic dims (shape polymorphism): they have the same arithmetic
                     attrs[k] = tuple(dims.evaluate_with(d, bindings.__getitem__) for d in attrs[k])
                 except KeyError as e:
@@ -281,6 +285,7 @@ class Lowering:
             outs = self.lower_node(node, [env[id(v)] for v in node.inputs], b)
             if self.lengths is not None:  # the padded size of a data-dependent dim, for the attributes naming it
                 b.update(introduced_sizes(node, [o.shape for o in outs]))
+                note_lengths(self.lengths, node, b)
             for v, o in zip(node.outputs, outs):
                 env[id(v)] = o
         outs = [env[id(v)] for v in graph.outputs]

@@ -11,7 +11,14 @@ are unspecified.  A node is lowered on such buffers only where that is provably 
 - *transparent* nodes work on the padded buffer as they are: each valid output entry reads
   only valid input entries (elementwise ops, transposes, a gather whose indices are padded);
 - *masked* nodes (``MASKED``) mix entries along an unbacked axis (a reduction over it, a top-k
-  along it, a gather reading it): their padded rule masks the padding first.
+  along it, a gather reading it): their padded rule masks the padding first;
+- *deriving* nodes (``DERIVING``) give an axis whose size is an expression of unbacked dims (a
+  slice from or to one, a join of padded parts, a padded axis merged with static ones): their
+  padded rule packs the valid entries to the front of a buffer of the expression's upper bound
+  (lowering/jax/padded_dims.py), and later nodes treat that dim as they treat an unbacked one;
+- where an elementwise op, a broadcast or a concat (off its axis) takes a static size to be a
+  padded one (a join of a split's parts against the whole), the padded rule checks the two agree
+  at run time and cuts or pads the buffer to the output's (lowering/jax/padded_shape.py).
 
 Everything else that meets an unbacked dim is refused before tracing, naming the node and
 the dim, with ``backend="onnxruntime"`` as the remedy: a node is either padded-correct or
@@ -21,17 +28,19 @@ length, outside jit, so one compiled program serves every length.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from accelir import dims as D
 from accelir.errors import LoweringError
 from accelir.ir import Graph, Node, TensorType
 from accelir.ops import registry
 from accelir.ops.dynamic import DATA_DEPENDENT_OPS
-from accelir.unbacked import introduced, unbacked_dims, why_data_dependent
+from accelir.unbacked import Unbacked, introduced, unbacked_dims, why_data_dependent
 
-__all__ = ["PRODUCERS", "MASKED", "bounded", "check_padding", "output_symbols", "introduced_sizes", "unbacked_axes",
-           "refusal", "no_bound"]
+from .padded_dims import dim_range, mentions, run_time_value
+
+__all__ = ["PRODUCERS", "MASKED", "DERIVING", "bounded", "check_padding", "output_symbols", "introduced_sizes",
+           "unbacked_axes", "refusal", "no_bound", "note_lengths"]
 
 # data-dependent ops whose output size has an upper bound given their input shapes
 PRODUCERS = frozenset({"nonzero", "compress", "unique", "non_max_suppression", "topk_dynamic", "slice_dynamic"})
@@ -39,6 +48,8 @@ PRODUCERS = frozenset({"nonzero", "compress", "unique", "non_max_suppression", "
 MASKED = frozenset({"reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "reduce_prod", "reduce_any",
                     "reduce_all", "argmax", "argmin", "topk", "sort", "gather", "softmax", "log_softmax", "cumsum",
                     "cumprod", "cummax", "cummin"})
+# ops whose padded rule gives an axis sized by an expression of data-dependent dims (padded_dims.py)
+DERIVING = frozenset({"slice", "concat", "reshape"})
 # ops that move entries without mixing them along any axis
 _MOVERS = frozenset({"transpose", "squeeze", "unsqueeze", "iota", "constant"})
 # ops that mix entries along the axes ``_mixed_axes`` names; fine where none of those is unbacked
@@ -131,27 +142,46 @@ def _why_broadcast(node: Node, syms: Any) -> str | None:
 
 
 def _why_assumed_equal(node: Node, syms: Any) -> str | None:
-    """Concat's dims off its axis, and matmul's batch dims, are taken equal across inputs by the type rule."""
+    """Matmul's batch dims are taken equal across inputs by the type rule (concat's dims off its axis too,
+    but its padded rule checks them at run time and aligns the buffers)."""
     out = node.outputs[0].shape
-    if node.op == "concat":
-        return _why_aligned([v.shape for v in node.inputs], out, syms, broadcasts=False,
-                            skip=node.attrs["axis"] % len(out))
     if node.op == "matmul" and min(v.rank for v in node.inputs[:2]) >= 2:
         return _why_aligned([v.shape[:-2] for v in node.inputs[:2]], out[:-2], syms, broadcasts=True)
     return None
 
 
 def _reshape_keeps_axes(node: Node, syms: Any) -> bool:
-    """A reshape keeps padding right when each unbacked dim stays one dim with the same static
-    extent before and after it: the padded buffer then reshapes as the value does."""
+    """A reshape keeps padding right when each padded dim stays one dim, alone or merged with the
+    static dims right after it (or split into a padded dim and static dims after it), with the same
+    extent before and after it: the valid entries are then the front of the merged axis (the first
+    ``n * 64`` of ``[n, 64]`` flattened), and the padded buffer reshapes as the value does."""
     src, dst = node.inputs[0].shape, node.outputs[0].shape
-    for s in {d for d in src if d in syms} | {d for d in dst if d in syms}:
-        if list(src).count(s) != 1 or list(dst).count(s) != 1:
+    held: set[int] = set()
+    for i, s in enumerate(src):
+        if s not in syms:
+            continue
+        j = _merged_at(src, dst, i) if list(src).count(s) == 1 else None
+        if j is None:  # or split into a padded axis and static axes after it: the merge read backwards
+            j = next((k for k, d in enumerate(dst) if _mentions(d, syms) and _merged_at(dst, src, k) == i), None)
+        if j is None:
             return False
-        i, j = src.index(s), dst.index(s)
-        if D.dim_prod(src[:i]) != D.dim_prod(dst[:j]) or D.dim_prod(src[i + 1:]) != D.dim_prod(dst[j + 1:]):
-            return False
-    return True
+        held.add(j)
+    return all(j in held for j, d in enumerate(dst) if _mentions(d, syms))
+
+
+def _merged_at(src: Sequence[Any], dst: Sequence[Any], i: int) -> int | None:
+    """The output axis holding input axis ``i`` merged with the static axes right after it (none to all
+    of them), the extents before and after it unchanged; None if there is none."""
+    for m in range(len(src) - i):
+        inner = src[i + 1:i + 1 + m]
+        if any(type(d) is not int for d in inner):
+            return None
+        want = D.dim_mul(src[i], D.dim_prod(inner))
+        for j, d in enumerate(dst):
+            if d == want and D.dim_prod(src[:i]) == D.dim_prod(dst[:j]) \
+                    and D.dim_prod(src[i + 1 + m:]) == D.dim_prod(dst[j + 1:]):
+                return j
+    return None
 
 
 def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
@@ -162,7 +192,7 @@ def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
         return None  # _check refuses it first (no_bound)
     if in_region and bounded(node):
         return "a data-dependent size inside a region (loop or branch body)"
-    bare = _bare(node, syms)
+    bare = None if op in DERIVING else _bare(node, syms)
     if bare is not None:
         return bare
     if bounded(node):
@@ -178,7 +208,9 @@ def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
                 return "non_max_suppression with a data-dependent batch or class count"
         return None
     if opdef.elementwise or op == "broadcast_to":
-        return _why_broadcast(node, syms)
+        return None  # a size taken equal to a padded one is checked and aligned at run time (padded_shape.py)
+    if op == "scatter_elements":
+        return _why_scatter(node, syms)
     if op in _MOVERS or op in MASKED:
         return None
     if op == "take_along_axis":  # the rule cuts x to the indices' other dims: those must be x's own
@@ -195,40 +227,51 @@ def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
     if op == "fusion":
         inner = [n.op for r in node.regions for n in r.nodes]
         ok = all(registry.get(o).elementwise or o == "constant" for o in inner)
-        return None if ok else "a fusion region that is not elementwise"
-    if op == "slice":
-        bounds = _why_slice_bounds(node, syms)
-        if bounds is not None:
-            return bounds
+        return _why_broadcast(node, syms) if ok else "a fusion region that is not elementwise"
     if op in _AXIS_OPS:
         assumed = _why_assumed_equal(node, syms)
         if assumed is not None:
             return assumed
         for i, ax in _mixed_axes(node):
             if i < len(node.inputs) and ax < node.inputs[i].rank and node.inputs[i].shape[ax] in syms:
-                if op == "slice" and _full_slice(node, ax):
-                    continue
+                if op == "concat" or op == "slice" and (_full_slice(node, ax) or _run_time_bounds(node, ax, syms)):
+                    continue  # their padded rules pack the valid entries (lowering/jax/padded_shape.py)
                 return f"it mixes entries along axis {ax} of input {i}, whose size is data-dependent"
         return None
     return "its lowering is not known to be right on a padded buffer"
 
 
-def _why_slice_bounds(node: Node, syms: Any) -> str | None:
-    """Why a slice whose bounds name a data-dependent dim cannot run padded, or None.  On the padded
-    program such a dim stands for its bound, not its value: a slice from 0 to it keeps the padded
-    buffer's first entries (the value's, where the axis holds the bound), any other use of it in
-    a bound would slice at the wrong place."""
-    a, x = node.attrs, node.inputs[0]
-    for k, ax in enumerate(a["axes"]):
-        start, stop = a["starts"][k], a["stops"][k]
-        step = a["steps"][k] if a["steps"] else 1
-        if not (_mentions(start, syms) or _mentions(stop, syms)):
-            continue
-        size = x.shape[ax % x.rank]
-        high = getattr(syms.get(stop), "high", None) if isinstance(syms, dict) else None
-        if start != 0 or step != 1 or stop not in syms or type(size) is not int or high is None or high > size:
-            return f"its bounds on axis {ax % x.rank} ({start}:{stop}) are computed from a data-dependent size"
+def _why_scatter(node: Node, syms: Any) -> str | None:
+    """A scatter's indices and updates must share their padded axes (the padding of the indices is dropped),
+    and off the scatter axis match the value's where either is padded."""
+    x, idx, upd = (v.shape for v in node.inputs)
+    ax = node.attrs["axis"] % len(x)
+    for k, (a, b) in enumerate(zip(idx, upd)):
+        if a != b and (a in syms or b in syms):
+            return f"its indices and updates differ on axis {k} ({a}, {b}), one of them data-dependent"
+        if k != ax and a != x[k] and (a in syms or x[k] in syms):
+            return f"its indices take axis {k} of size {a} to be the value's {x[k]}, one of them data-dependent"
     return None
+
+
+def _run_time_bounds(node: Node, axis: int, syms: Any) -> bool:
+    """Whether a slice's start or stop on ``axis`` is computed from a data-dependent dim: its padded
+    rule then reads the bounds at run time, from the valid lengths."""
+    a, rank = node.attrs, node.inputs[0].rank
+    return any(ax % rank == axis and (_mentions(a["starts"][k], syms) or _mentions(a["stops"][k], syms))
+               for k, ax in enumerate(a["axes"]))
+
+
+def _derive(node: Node, syms: dict[str, Unbacked]) -> None:
+    """Record each output dim of a deriving node that is an expression of data-dependent dims as a padded
+    dim of its own (``syms``), with its range where the dims it is computed from have one."""
+    for v in node.outputs:
+        for d in v.shape:
+            if _mentions(d, syms) and d not in syms:
+                base = {s: syms[s] for s in D.symbols(d) if s in syms}
+                found = dim_range(d, lambda s: (base[s].low, base[s].high)
+                                  if s in base and base[s].high is not None else None)
+                syms[d] = Unbacked(d, node, *(found or (0, None)))
 
 
 def _full_slice(node: Node, axis: int) -> bool:
@@ -268,20 +311,32 @@ def _check(graph: Graph, syms: Any, in_region: bool) -> None:
             why = _why_not(node, syms, in_region)
             if why is not None:
                 raise refusal(node, why)
+            if node.op in DERIVING:
+                _derive(node, syms)
         for region in node.regions:
             _check(region, syms, in_region=True)
 
 
 def output_symbols(graph: Graph) -> tuple[str, ...]:
-    """The unbacked symbols the graph's outputs carry as whole dims, in order of first appearance: the
-    lengths the padded program returns after its outputs."""
+    """The data-dependent dims the graph's outputs carry (unbacked symbols and dims derived from them,
+    ``check_padding`` refuses others), in order of first appearance: the lengths the padded program
+    returns after its outputs."""
     syms = set(unbacked_dims(graph))
     out: list[str] = []
     for v in graph.outputs:
         for d in v.shape:
-            if isinstance(d, str) and d in syms and d not in out:
+            if _mentions(d, syms) and d not in out:
                 out.append(d)
     return tuple(out)
+
+
+def note_lengths(lengths: dict[str, Any], node: Node, bindings: Mapping[str, Any]) -> None:
+    """Record the valid length of each output dim of ``node`` computed from data-dependent dims that has
+    none yet (a derived dim: ``u0+u1``, ``u0//64+1``): the expression on the valid lengths."""
+    for v in node.outputs:
+        for d in v.shape:
+            if type(d) is not int and d not in lengths and mentions(d, lengths):
+                lengths[d] = run_time_value(d, lengths, bindings)
 
 
 def introduced_sizes(node: Node, shapes: Sequence[Sequence[int]]) -> dict[str, int]:
