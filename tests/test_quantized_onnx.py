@@ -164,6 +164,14 @@ graph main(%x: u8[4,8], %w: i8[8,6], %b: f32[6]) -> (u8[4,6]) {
 """
 
 
+PLAIN_LINEAR = """
+        graph main(%x: f32[4,8], %w: f32[8,6], %b: f32[6]) -> (f32[4,6]) {
+          %m = matmul(%x, %w) : f32[4,6]
+          %y = add(%m, %b) : f32[4,6]
+          return %y
+        }"""
+
+
 def test_fusion_leaves_a_qdq_group_whole():
     g = accelir.parse(_text(QDQ_LINEAR))
     text = str(g)
@@ -172,12 +180,7 @@ def test_fusion_leaves_a_qdq_group_whole():
     assert str(g) == text
     assert any("is part of a quantised (QDQ) group" in m.reason for m in verbose.near_misses), verbose.near_misses
     # the same matmul + add without the quantised ends fuses
-    plain = accelir.parse(_text("""
-        graph main(%x: f32[4,8], %w: f32[8,6], %b: f32[6]) -> (f32[4,6]) {
-          %m = matmul(%x, %w) : f32[4,6]
-          %y = add(%m, %b) : f32[4,6]
-          return %y
-        }"""))
+    plain = accelir.parse(_text(PLAIN_LINEAR))
     assert fuse_linear(plain) is True and "linear(" in str(plain)
 
 
@@ -273,12 +276,7 @@ def test_a_float_program_skips_the_qdq_group_walk(monkeypatch):
         return None
     for module in (pattern, fsn, fpl):
         monkeypatch.setattr(module, "qdq_group_member", counted)
-    plain = accelir.parse(_text("""
-        graph main(%x: f32[4,8], %w: f32[8,6], %b: f32[6]) -> (f32[4,6]) {
-          %m = matmul(%x, %w) : f32[4,6]
-          %y = add(%m, %b) : f32[4,6]
-          return %y
-        }"""))
+    plain = accelir.parse(_text(PLAIN_LINEAR))
     assert fuse_linear(plain) is True and calls == []
     quantised = accelir.parse(_text(QDQ_LINEAR))
     fuse_linear(quantised)

@@ -13,7 +13,7 @@ from accelir import dims as D
 from accelir import InputError, LoweringError, UnsupportedOpError
 from accelir.unbacked import unbacked_dims
 
-from torch_fn import compile_on
+from torch_fn import assert_same_outputs, compile_on
 
 
 class Fn(torch.nn.Module):
@@ -30,13 +30,7 @@ class Fn(torch.nn.Module):
 
 
 def _same(want, got) -> None:
-    want = want if isinstance(want, tuple) else (want,)
-    got = tuple(got) if isinstance(got, (tuple, list)) else (got,)
-    assert len(want) == len(got)
-    for w, g in zip(want, got):
-        g = torch.as_tensor(g)
-        assert g.dtype == w.dtype and g.shape == w.shape, (g, w)
-        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
+    assert_same_outputs(want, got, 1e-6)
 
 
 def _grouped(x, ids):

@@ -19,6 +19,8 @@ from accelir.errors import InputError, LoweringError
 from accelir.ir import DType, Graph, TensorType
 from accelir.lowering.jax.padded_dims import dim_range
 
+from torch_fn import assert_same_outputs
+
 
 class Fn(torch.nn.Module):
     """``fn`` as a module (here, so that a refusal's source line is this file's)."""
@@ -32,13 +34,7 @@ class Fn(torch.nn.Module):
 
 
 def _same(want, got) -> None:
-    want = want if isinstance(want, tuple) else (want,)
-    got = tuple(got) if isinstance(got, (tuple, list)) else (got,)
-    assert len(want) == len(got)
-    for i, (w, g) in enumerate(zip(want, got)):
-        g = torch.as_tensor(g)
-        assert g.dtype == w.dtype and g.shape == w.shape, (i, g.shape, w.shape)
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5, msg=f"output {i}")
+    assert_same_outputs(want, got, 1e-5)
 
 
 def _experts(x, ids, w):

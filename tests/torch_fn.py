@@ -30,6 +30,18 @@ class Interpreted:
         return tuple(torch.from_numpy(a) for a in interpret(self.graph, *(x.numpy() for x in xs)))
 
 
+def assert_same_outputs(want, got, tol: float) -> None:
+    """Every output of ``got`` (one value or a sequence) has eager's ``want`` dtype and shape and its
+    values within ``tol`` (relative and absolute)."""
+    want = want if isinstance(want, tuple) else (want,)
+    got = tuple(got) if isinstance(got, (tuple, list)) else (got,)
+    assert len(want) == len(got)
+    for i, (w, g) in enumerate(zip(want, got)):
+        g = torch.as_tensor(g)
+        assert g.dtype == w.dtype and g.shape == w.shape, (i, g.dtype, g.shape, w.dtype, w.shape)
+        torch.testing.assert_close(g, w, rtol=tol, atol=tol, msg=f"output {i}")
+
+
 def compile_on(model, args, backend):
     """``model`` compiled for ``backend``, or run by the interpreter for ``backend="interpreter"``."""
     return Interpreted(model, args) if backend == "interpreter" else accelir.optimize(model, args, backend=backend)
