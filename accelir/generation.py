@@ -166,25 +166,39 @@ class OrtSteps:
     held as OrtValues between steps.
 
     The decode graph takes any number of new tokens (a symbolic count) over the past: the prompt goes
-    in over an empty past (length 0), each step as one token over the cache so far.  So one session
-    holds the prepacked copy of the matmul weights that both need for speed; a separate prefill session
-    would either add a second packed copy (the weights' size again) or run the prompt unpacked (GPT-2
-    small: a first token 1.6x slower)."""
+    in, then each step as one token over the cache so far.  So one session holds the prepacked copy of
+    the matmul weights that both need for speed; a separate prefill session would either add a second
+    packed copy (the weights' size again) or run the prompt unpacked (GPT-2 small: a first token 1.6x
+    slower).
+
+    Where every decode attention is onnxruntime's GroupQueryAttention, the session runs the decode graph
+    over one buffer per cache tensor (:mod:`accelir.generation_cache`): ``generate`` allocates each at
+    the capacity (prompt plus new tokens, as XLA's) once, and binds it as both the past input and the
+    present output of the prompt and of every step, so the kernel writes the new tokens' keys and values
+    into it and no step copies the cache or allocates a longer one.  Elsewhere the present keys / values
+    of a step, one token longer than its past, are the next step's past."""
 
     @classmethod
-    def build(cls, decode: Graph, device: str = "cpu", threads: int | None = None) -> "OrtSteps":
+    def build(cls, decode: Graph, device: str = "cpu", threads: int | None = None, *, share_cache: bool = True,
+              arena: bool = True) -> "OrtSteps":
         """The session reads the graph's arrays (views of the model's parameters) in place.  It keeps
         onnxruntime's CPU memory arena: each step's cache is a token longer than the last one, which
         without the arena is a fresh allocation from the system every step (GPT-2 small at a past of
         1024: 75 MiB of new pages a token, and per-token time no longer flat); with it, the arena grows
-        by about 10 MiB over a generation of 160 tokens."""
+        by about 10 MiB over a generation of 160 tokens.  ``share_cache=False`` keeps the concat form
+        even where the shared buffers apply (a comparison's baseline)."""
+        from .generation_cache import share_cache_buffers
         from .lowering.onnxruntime import OnnxRuntimeModule
         past = [(v.type.shape[1], v.type.shape[3], v.type.dtype.numpy) for v in decode.inputs[3:]]
-        return cls(OnnxRuntimeModule(decode, device=device, threads=threads, share_weights=True), past)
+        names = [v.name for v in decode.inputs[3:]], [v.name for v in decode.outputs[1:]]
+        rewrite = (lambda model: share_cache_buffers(model, *names)) if share_cache else None
+        return cls(OnnxRuntimeModule(decode, device=device, threads=threads, share_weights=True, arena=arena,
+                                     rewrite=rewrite), past)
 
     def __init__(self, runner: Any, past: Sequence[tuple[int, int, np.dtype]] = ()):
         """``runner``: the decode graph's OnnxRuntimeModule; ``past``: each cache input's kv heads, head
         dim and dtype (its shape is ``[batch, kv_heads, past, head_dim]``)."""
+        from .generation_cache import shares_cache
         self.runner = runner
         self.past = list(past)
         self.decode_session = runner.session
@@ -192,6 +206,8 @@ class OrtSteps:
         self.present: list[Any] = []
         self._names = {id(runner.session): (runner.input_names, runner.output_names)}
         self._empty: list[np.ndarray] = []
+        self.shared = bool(self.past) and shares_cache(runner.session)  # one buffer per cache tensor
+        self.buffers: list[Any] = []  # the shared buffers of the current generation
 
     def empty_past(self, batch: int) -> list[np.ndarray]:
         """Zero-length past keys / values ``[batch, kv_heads, 0, head_dim]``, one per cache input."""
@@ -211,8 +227,11 @@ class OrtSteps:
         for name, v in zip(inputs[len(feeds):], past):
             binding.bind_ortvalue_input(name, v)
         binding.bind_output(outputs[0], "cpu")  # the logits, read by the sampler
-        for name in outputs[1:]:
-            binding.bind_output(name, self.device)  # the cache stays where the session runs
+        for i, name in enumerate(outputs[1:]):
+            if self.buffers:
+                binding.bind_ortvalue_output(name, self.buffers[i])  # the past's own buffer: written in place
+            else:
+                binding.bind_output(name, self.device)  # the cache stays where the session runs
         session.run_with_iobinding(binding)
         outs = binding.get_outputs()
         self.present = list(outs[1:])
@@ -220,12 +239,17 @@ class OrtSteps:
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, capacity: int) -> np.ndarray:
         import onnxruntime
-        self._empty = self.empty_past(ids.shape[0])  # the OrtValues read these arrays in place
+        batch = ids.shape[0]
+        if self.shared:  # zeroed pages the kernel fills as it writes; the OrtValues read the arrays in place
+            self._empty = [np.zeros((batch, heads, capacity, dim), dtype) for heads, dim, dtype in self.past]
+        else:
+            self._empty = self.empty_past(batch)  # the OrtValues read these arrays in place
         past = [onnxruntime.OrtValue.ortvalue_from_numpy(x, self.device) for x in self._empty]
+        self.buffers = past if self.shared else []
         return self._run(self.decode_session, (ids, mask, pos), past)
 
     def decode(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        return self._run(self.decode_session, (ids, mask, pos), self.present)
+        return self._run(self.decode_session, (ids, mask, pos), self.buffers or self.present)
 
 
 def in_place_cache(decode: Graph) -> Graph:

@@ -179,7 +179,10 @@ def test_onnxruntime_keeps_the_cache_in_ortvalues():
     cm.generate(ids, attention_mask=mask, max_new_tokens=5)
     present = cm._stepper.present
     assert len(present) == 4 and all(isinstance(v, onnxruntime.OrtValue) for v in present)
-    assert present[0].shape() == [1, 2, 7 + 4, 16]  # the past of a sixth token: the prompt and four steps
+    # one buffer per cache tensor at the capacity (7 + 5 tokens, rounded up to 64, the position limit),
+    # the past and the present of every step
+    assert present[0].shape() == [1, 2, 64, 16]
+    assert [v.data_ptr() for v in present] == [v.data_ptr() for v in cm._stepper.buffers]
 
 
 def test_xla_reuses_one_compiled_step_and_a_fixed_capacity_buffer():
