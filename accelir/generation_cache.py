@@ -45,9 +45,14 @@ _MS_DOMAIN = "com.microsoft"
 _LENGTH_AXIS = 2  # [batch, kv_heads, length, head_dim]
 
 
-def shares_cache(session: Any) -> bool:
-    """Whether an onnxruntime session runs a model :func:`share_cache_buffers` rewrote."""
-    return any(len(i.shape) == 4 and i.shape[_LENGTH_AXIS] == CAPACITY for i in session.get_inputs())
+def shares_cache(model: Any) -> bool:
+    """Whether an ONNX model, or the model an onnxruntime session runs, is one :func:`share_cache_buffers`
+    rewrote."""
+    if isinstance(model, onnx.ModelProto):
+        shapes = [[d.dim_param for d in i.type.tensor_type.shape.dim] for i in model.graph.input]
+    else:
+        shapes = [i.shape for i in model.get_inputs()]
+    return any(len(s) == 4 and s[_LENGTH_AXIS] == CAPACITY for s in shapes)
 
 
 def share_cache_buffers(model: onnx.ModelProto, past: Sequence[str], present: Sequence[str],

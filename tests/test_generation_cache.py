@@ -88,6 +88,8 @@ def test_attention_that_does_not_fuse_keeps_the_concat_form_and_transformers_tok
     cm = accelir.optimize(model, (ids[:1],), backend="onnxruntime", level=0)  # no fusion: no GroupQueryAttention
     assert "group_query_attention" not in cm.decode_graph.op_histogram()
     assert not cm._stepper.shared
+    # each step allocates its one-token-longer present: the CPU arena keeps those allocations from the system
+    assert cm._stepper.decode_session.get_session_options().enable_cpu_mem_arena
     with torch.no_grad():
         want = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=8, min_new_tokens=8,
                               pad_token_id=0)
