@@ -8,11 +8,14 @@ a streamer) follows transformers' ``generate`` step for step, so greedy decoding
 its tokens; only the model steps run on the backend:
 
 - onnxruntime: one session, over the decode graph, which takes any number of new tokens:
-  the prompt goes in over an empty past, then one token per step (:class:`OrtSteps`), so the
-  prompt and the steps share one prepacked copy of the weights.  The cache never leaves the
-  session's side: the present keys/values of step t are ORT-allocated OrtValues bound (IO
-  binding) as the past inputs of step t+1; only the token ids, mask and positions go in and
-  the logits come out through numpy.  The prefill graph is kept for ``export`` and the report.
+  the prompt goes in, then one token per step (:class:`OrtSteps`), so the prompt and the steps
+  share one prepacked copy of the weights.  The cache never leaves the session's side: where
+  the decode attention is onnxruntime's GroupQueryAttention, it is one capacity-sized OrtValue
+  per key / value and layer, bound (IO binding) as both the past input and the present output
+  of every call, which the kernel writes in place (:mod:`accelir.generation_cache`); elsewhere
+  the present keys/values of step t are ORT-allocated OrtValues bound as the past inputs of step
+  t+1.  Only the token ids, mask and positions go in and the logits come out through numpy.
+  The prefill graph is kept for ``export`` and the report.
 - xla: the cache is one fixed-capacity buffer per key / value and layer (prompt plus new
   tokens, rounded up to 64, at most the model's position limit).  The decode graph is
   rewritten (:func:`in_place_cache`) so that each ``concat(past, new)`` becomes a
