@@ -95,3 +95,20 @@ def test_attention_that_does_not_fuse_keeps_the_concat_form_and_transformers_tok
                               pad_token_id=0)
     assert torch.equal(cm.generate(ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8), want)
     assert cm._stepper.present[0].shape()[2] == 6 + 8 - 1  # a present as long as its tokens, made each step
+
+
+def test_gpt2_attention_takes_its_projection_packed_and_gives_transformers_tokens():
+    # q, k and v are slices of c_attn's output in that order: the kernel reads them packed, and the
+    # Split onnxruntime would run each step for them is not made
+    proto, _, _ = _decode_proto()
+    attentions = [n for n in proto.graph.node if n.op_type == "GroupQueryAttention"]
+    assert len(attentions) == CONFIG["n_layer"] and all(list(n.input[1:3]) == ["", ""] for n in attentions)
+    assert not [n for n in proto.graph.node if n.op_type in ("Split", "Slice")]
+    model, cm = _model(), _cache["cm"]
+    ids = torch.randint(3, 100, (3, 6), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones(3, 6, dtype=torch.long)
+    mask[1, :3] = 0
+    with torch.no_grad():
+        want = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=10, min_new_tokens=10,
+                              pad_token_id=0)
+    assert torch.equal(cm.generate(ids, attention_mask=mask, max_new_tokens=10, min_new_tokens=10), want)
