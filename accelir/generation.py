@@ -8,11 +8,14 @@ a streamer) follows transformers' ``generate`` step for step, so greedy decoding
 its tokens; only the model steps run on the backend:
 
 - onnxruntime: one session, over the decode graph, which takes any number of new tokens:
-  the prompt goes in over an empty past, then one token per step (:class:`OrtSteps`), so the
-  prompt and the steps share one prepacked copy of the weights.  The cache never leaves the
-  session's side: the present keys/values of step t are ORT-allocated OrtValues bound (IO
-  binding) as the past inputs of step t+1; only the token ids, mask and positions go in and
-  the logits come out through numpy.  The prefill graph is kept for ``export`` and the report.
+  the prompt goes in, then one token per step (:class:`OrtSteps`), so the prompt and the steps
+  share one prepacked copy of the weights.  The cache never leaves the session's side: where
+  the decode attention is onnxruntime's GroupQueryAttention, it is one capacity-sized OrtValue
+  per key / value and layer, bound (IO binding) as both the past input and the present output
+  of every call, which the kernel writes in place (:mod:`accelir.generation_cache`); elsewhere
+  the present keys/values of step t are ORT-allocated OrtValues bound as the past inputs of step
+  t+1.  Only the token ids, mask and positions go in and the logits come out through numpy.
+  The prefill graph is kept for ``export`` and the report.
 - xla: the cache is one fixed-capacity buffer per key / value and layer (prompt plus new
   tokens, rounded up to 64, at most the model's position limit).  The decode graph is
   rewritten (:func:`in_place_cache`) so that each ``concat(past, new)`` becomes a
@@ -166,25 +169,44 @@ class OrtSteps:
     held as OrtValues between steps.
 
     The decode graph takes any number of new tokens (a symbolic count) over the past: the prompt goes
-    in over an empty past (length 0), each step as one token over the cache so far.  So one session
-    holds the prepacked copy of the matmul weights that both need for speed; a separate prefill session
-    would either add a second packed copy (the weights' size again) or run the prompt unpacked (GPT-2
-    small: a first token 1.6x slower)."""
+    in, then each step as one token over the cache so far.  So one session holds the prepacked copy of
+    the matmul weights that both need for speed; a separate prefill session would either add a second
+    packed copy (the weights' size again) or run the prompt unpacked (GPT-2 small: a first token 1.6x
+    slower).
+
+    Where every decode attention is onnxruntime's GroupQueryAttention, the session runs the decode graph
+    over one buffer per cache tensor (:mod:`accelir.generation_cache`): ``generate`` allocates each at
+    the capacity (prompt plus new tokens, as XLA's) once, and binds it as both the past input and the
+    present output of the prompt and of every step, so the kernel writes the new tokens' keys and values
+    into it and no step copies the cache or allocates a longer one.  Elsewhere the present keys / values
+    of a step, one token longer than its past, are the next step's past."""
 
     @classmethod
-    def build(cls, decode: Graph, device: str = "cpu", threads: int | None = None) -> "OrtSteps":
-        """The session reads the graph's arrays (views of the model's parameters) in place.  It keeps
-        onnxruntime's CPU memory arena: each step's cache is a token longer than the last one, which
-        without the arena is a fresh allocation from the system every step (GPT-2 small at a past of
-        1024: 75 MiB of new pages a token, and per-token time no longer flat); with it, the arena grows
-        by about 10 MiB over a generation of 160 tokens."""
+    def build(cls, decode: Graph, device: str = "cpu", threads: int | None = None, *, share_cache: bool = True,
+              arena: bool | None = None) -> "OrtSteps":
+        """The session reads the graph's arrays (views of the model's parameters) in place.
+
+        onnxruntime's CPU memory arena (``arena=None``: chosen by the cache's form): over the shared
+        buffers no step allocates a cache, and the session runs without the arena, whose bins would keep
+        the prompt's and the steps' freed buffers (GPT-2 small: 17 MiB less at the peak, the per-token
+        time the same within the noise of a loaded machine).  In the concat form each step's cache is a
+        token longer than the last one, which without the arena is a fresh allocation from the system
+        every step (GPT-2 small at a past of 1024: 75 MiB of new pages a token, and per-token time no
+        longer flat), so that form keeps it.  ``share_cache=False`` keeps the concat form even where the
+        shared buffers apply (a comparison's baseline)."""
+        from .generation_cache import share_cache_buffers, shares_cache
         from .lowering.onnxruntime import OnnxRuntimeModule
         past = [(v.type.shape[1], v.type.shape[3], v.type.dtype.numpy) for v in decode.inputs[3:]]
-        return cls(OnnxRuntimeModule(decode, device=device, threads=threads, share_weights=True), past)
+        names = [v.name for v in decode.inputs[3:]], [v.name for v in decode.outputs[1:]]
+        rewrite = (lambda model: share_cache_buffers(model, *names)) if share_cache else None
+        keep_arena = (lambda model: not shares_cache(model)) if arena is None else arena
+        return cls(OnnxRuntimeModule(decode, device=device, threads=threads, share_weights=True, arena=keep_arena,
+                                     rewrite=rewrite), past)
 
     def __init__(self, runner: Any, past: Sequence[tuple[int, int, np.dtype]] = ()):
         """``runner``: the decode graph's OnnxRuntimeModule; ``past``: each cache input's kv heads, head
         dim and dtype (its shape is ``[batch, kv_heads, past, head_dim]``)."""
+        from .generation_cache import shares_cache
         self.runner = runner
         self.past = list(past)
         self.decode_session = runner.session
@@ -192,6 +214,8 @@ class OrtSteps:
         self.present: list[Any] = []
         self._names = {id(runner.session): (runner.input_names, runner.output_names)}
         self._empty: list[np.ndarray] = []
+        self.shared = bool(self.past) and shares_cache(runner.session)  # one buffer per cache tensor
+        self.buffers: list[Any] = []  # the shared buffers of the current generation
 
     def empty_past(self, batch: int) -> list[np.ndarray]:
         """Zero-length past keys / values ``[batch, kv_heads, 0, head_dim]``, one per cache input."""
@@ -211,8 +235,11 @@ class OrtSteps:
         for name, v in zip(inputs[len(feeds):], past):
             binding.bind_ortvalue_input(name, v)
         binding.bind_output(outputs[0], "cpu")  # the logits, read by the sampler
-        for name in outputs[1:]:
-            binding.bind_output(name, self.device)  # the cache stays where the session runs
+        for i, name in enumerate(outputs[1:]):
+            if self.buffers:
+                binding.bind_ortvalue_output(name, self.buffers[i])  # the past's own buffer: written in place
+            else:
+                binding.bind_output(name, self.device)  # the cache stays where the session runs
         session.run_with_iobinding(binding)
         outs = binding.get_outputs()
         self.present = list(outs[1:])
@@ -220,12 +247,17 @@ class OrtSteps:
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, capacity: int) -> np.ndarray:
         import onnxruntime
-        self._empty = self.empty_past(ids.shape[0])  # the OrtValues read these arrays in place
+        batch = ids.shape[0]
+        if self.shared:  # zeroed pages the kernel fills as it writes; the OrtValues read the arrays in place
+            self._empty = [np.zeros((batch, heads, capacity, dim), dtype) for heads, dim, dtype in self.past]
+        else:
+            self._empty = self.empty_past(batch)  # the OrtValues read these arrays in place
         past = [onnxruntime.OrtValue.ortvalue_from_numpy(x, self.device) for x in self._empty]
+        self.buffers = past if self.shared else []
         return self._run(self.decode_session, (ids, mask, pos), past)
 
     def decode(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        return self._run(self.decode_session, (ids, mask, pos), self.present)
+        return self._run(self.decode_session, (ids, mask, pos), self.buffers or self.present)
 
 
 def in_place_cache(decode: Graph) -> Graph:
@@ -441,12 +473,14 @@ class GenerationModel(CompiledModel):
         new_tokens: list[torch.Tensor] = []
         eos_ids = torch.tensor(eos, dtype=torch.long)
         # min_new_tokens masks the EOS scores; an EOS id outside the vocabulary (a tiny config's default) has none
-        eos_scored = eos_ids[(eos_ids >= 0) & (eos_ids < self.layout.vocab_size)]
+        eos_scored = eos_ids[(eos_ids >= 0) & (eos_ids < self.layout.vocab_size)].numpy()
         for step in range(max_new_tokens):
-            scores = torch.tensor(np.asarray(logits), dtype=torch.float32)  # a copy: jax's arrays are read-only
+            # scores in numpy: torch copies a vocabulary-sized row on its thread pool, whose wake-up costs more
+            # than the copy (GPT-2 small on a loaded machine: 7 ms of CPU a token); a copy, since jax's arrays
+            # are read-only and the EOS scores are masked in place
+            scores = np.array(logits, dtype=np.float32)
             if eos and step < min_new_tokens:
-                scores = scores.clone()
-                scores[:, eos_scored] = -float("inf")
+                scores[:, eos_scored] = -np.inf
             tokens = choose(scores)
             if eos:
                 tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad))
@@ -554,7 +588,7 @@ def _sampler(do_sample: bool, temperature: float, top_k: int | None, top_p: floa
     its order (temperature, top-k, top-p)."""
     import torch
     if not do_sample:
-        return lambda scores: torch.argmax(scores, dim=-1)
+        return lambda scores: torch.from_numpy(np.argmax(scores, axis=-1))  # the first maximum, as torch.argmax
     if not temperature > 0:
         raise InputError(f"temperature must be > 0 when sampling, got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
@@ -565,7 +599,7 @@ def _sampler(do_sample: bool, temperature: float, top_k: int | None, top_p: floa
         generator = torch.Generator().manual_seed(int(seed))
 
     def draw(scores: Any) -> Any:
-        scores = scores / temperature
+        scores = torch.from_numpy(scores) / temperature
         if top_k is not None and top_k < scores.shape[-1]:
             kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
             scores = scores.masked_fill(scores < kth, -float("inf"))

@@ -21,7 +21,7 @@ import ctypes
 import os
 import sys
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -87,7 +87,8 @@ class OnnxRuntimeModule:
 
     def __init__(self, model: onnx.ModelProto | str | os.PathLike | Graph, device: str = "cpu",
                  session_options: Any = None, threads: int | None = None, *, share_weights: bool = False,
-                 prepack: bool = True, arena: bool = True):
+                 prepack: bool = True, arena: bool | Callable[[Any], bool] = True,
+                 rewrite: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None):
         """``session_options``: used as given (default: ORT_ENABLE_ALL); ``threads``: the intra-op
         thread count of the default options.  With ``session_options`` a Graph's weights go inside
         the model, since external initializers would be added to (and stay in) the caller's options.
@@ -99,7 +100,9 @@ class OnnxRuntimeModule:
         (``session.disable_prepacking``): a session that keeps them holds a second copy of its matmul
         weights, which onnxruntime's Python API cannot share between sessions.  ``arena=False`` (default
         options) turns off onnxruntime's CPU memory arena: freed buffers go back to the allocator
-        instead of staying in the arena's bins."""
+        instead of staying in the arena's bins; ``arena`` may also be a function of the model the session
+        loads that says.  ``rewrite`` (a Graph): applied to the lowered model before the session loads it,
+        for a session-only form of the graph."""
         ort = _import_ort()
         self._ort = ort
         if device not in PROVIDERS:
@@ -120,8 +123,6 @@ class OnnxRuntimeModule:
                 session_options.intra_op_num_threads = threads
             if not prepack:
                 session_options.add_session_config_entry("session.disable_prepacking", "1")
-            if not arena:
-                session_options.enable_cpu_mem_arena = False
         elif threads:
             raise LoweringError("OnnxRuntimeModule takes threads or session_options, not both: set "
                                 "intra_op_num_threads in the session options")
@@ -136,6 +137,10 @@ class OnnxRuntimeModule:
                         session_options.add_initializer(name, value)  # used in place, never copied
             else:
                 model = to_onnx(model)
+            if rewrite is not None:
+                model = rewrite(model)
+        if own_options and not (arena(model) if callable(arena) else arena):
+            session_options.enable_cpu_mem_arena = False
         providers = [provider] if device == "cpu" else [provider, PROVIDERS["cpu"]]
         self.session = self._open(model, session_options, providers)
         self.input_names = [i.name for i in self.session.get_inputs()]

@@ -179,7 +179,10 @@ def test_onnxruntime_keeps_the_cache_in_ortvalues():
     cm.generate(ids, attention_mask=mask, max_new_tokens=5)
     present = cm._stepper.present
     assert len(present) == 4 and all(isinstance(v, onnxruntime.OrtValue) for v in present)
-    assert present[0].shape() == [1, 2, 7 + 4, 16]  # the past of a sixth token: the prompt and four steps
+    # one buffer per cache tensor at the capacity (7 + 5 tokens, rounded up to 64, the position limit),
+    # the past and the present of every step
+    assert present[0].shape() == [1, 2, 64, 16]
+    assert [v.data_ptr() for v in present] == [v.data_ptr() for v in cm._stepper.buffers]
 
 
 def test_xla_reuses_one_compiled_step_and_a_fixed_capacity_buffer():
@@ -379,3 +382,32 @@ def test_bench_generate_reports_first_token_and_per_token_latency(tmp_path, caps
     assert set(rows) == {"transformers generate", "accelir -> onnxruntime"}
     for row in rows.values():
         assert float(row[-4]) > 0 and float(row[-3]) > 0 and row[-1] == "yes"
+
+
+def test_greedy_decoding_keeps_the_vocabulary_sized_scores_out_of_torch():
+    # torch runs a copy, a clone or an argmax of a [batch, vocab] row on its thread pool, whose wake-up
+    # cost GPT-2 small 7 ms of CPU a token on a loaded machine: the scores stay numpy until a token is chosen
+    from torch.overrides import TorchFunctionMode
+
+    vocab = model_of("llama").config.vocab_size
+
+    class Record(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.seen: list[str] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            tensors = [x for x in (*args, out) if isinstance(x, torch.Tensor)]
+            if any(t.numel() >= vocab for t in tensors):
+                self.seen.append(getattr(func, "__name__", repr(func)))
+            return out
+
+    cm = compiled("llama", "onnxruntime")
+    ids, mask = prompt(1)
+    want = model_of("llama").generate(ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                                      eos_token_id=5, pad_token_id=0)
+    with Record() as record:
+        got = cm.generate(ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, eos_token_id=5, pad_token_id=0)
+    assert record.seen == []
+    assert got.tolist() == want.tolist()

@@ -113,8 +113,9 @@ def test_one_session_with_prepacked_weights_runs_the_prompt_and_the_steps():
     cm = _compiled(model)
     sessions = _sessions(cm)
     assert len(sessions) == 1 and _prepacks(sessions[0])
-    # with the CPU arena: without it each step's one-token-longer cache is a fresh system allocation
-    assert sessions[0].get_session_options().enable_cpu_mem_arena
+    # without the CPU arena: over the shared cache buffers no step allocates a cache, and the arena's bins
+    # would only keep freed activations (the concat form keeps it: tests/test_generation_cache.py)
+    assert not sessions[0].get_session_options().enable_cpu_mem_arena
     ids = torch.randint(3, CONFIG["vocab_size"], (3, 6), generator=torch.Generator().manual_seed(6))
     mask = torch.ones(3, 6, dtype=torch.long)
     mask[0, :2] = 0  # left padding: the prompt's causal mask and pads inside the one kernel
@@ -147,3 +148,29 @@ def test_a_zero_dimensional_feed_reaches_the_session_as_it_is():
     last = steps._run(session, (ids, np.array(2.0, np.float32)), [])
     np.testing.assert_array_equal(last, ids[:, -1, :] * 2)
     assert steps.present[0].shape() == []
+
+
+def test_the_steps_write_one_capacity_sized_buffer_per_cache_tensor():
+    # the prompt and every step read and write one OrtValue per cache tensor, allocated once at the
+    # capacity: GroupQueryAttention writes the new token's keys and values into it, so no step allocates
+    # a cache or copies one; eager torch's cache is the oracle for what the buffers hold
+    model = _model()
+    steps = _compiled(model)._stepper
+    fed = torch.randint(3, CONFIG["vocab_size"], (1, 5), generator=torch.Generator().manual_seed(7)).numpy()
+    logits = steps.prefill(fed, np.ones_like(fed), np.arange(5)[None], 16)
+    buffers = [v.data_ptr() for v in steps.present]  # the prompt's present: the buffers of the whole generation
+    assert len(buffers) == 4
+    for _ in range(6):
+        n = fed.shape[1]
+        fed = np.concatenate([fed, logits.argmax(-1)[:, None]], axis=1)
+        logits = steps.decode(fed[:, -1:], np.ones((1, n + 1), np.int64), np.array([[n]]))
+        assert [v.data_ptr() for v in steps.present] == buffers
+        assert all(v.shape() == [1, CONFIG["n_head"], 16, CONFIG["n_embd"] // CONFIG["n_head"]] for v in steps.present)
+    with torch.no_grad():
+        out = model(torch.from_numpy(fed), use_cache=True)
+    np.testing.assert_allclose(logits, out.logits[:, -1].numpy(), rtol=1e-4, atol=1e-4)
+    want = [t.numpy() for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+    for buffer, cache in zip(steps.present, want):
+        held = buffer.numpy()
+        np.testing.assert_allclose(held[:, :, :fed.shape[1]], cache, rtol=1e-4, atol=1e-4)
+        assert not held[:, :, fed.shape[1]:].any()  # the rows past the tokens so far: never written

@@ -16,7 +16,8 @@ contract does not fit) their decompositions:
   the keys up to its own position), and is trivially true for one new token; a left pad's query,
   which sees no key, stays finite.  The kernel takes S > 1 over a non-empty past for a batch of
   one only (onnxruntime's "subsequent prompt"): the generation loop never asks for it.  q, k and v
-  go in as the [B, S, heads * H] values their heads were split from, where they have one.
+  go in as the [B, S, heads * H] values their heads were split from, where they have one, and as
+  one packed query where those were sliced in order from one projection (GPT-2's c_attn).
 
 The rotary embedding of q and k stays a RotaryEmbedding before the GroupQueryAttention rather
 than the latter's ``do_rotary``: with an empty past, onnxruntime 1.32's kernel takes the new
@@ -77,6 +78,29 @@ def _packed(ctx, v: Value, lowered, heads: int, head_dim: int):
     return ctx.op("Reshape", ctx.op("Transpose", lowered, perm=[0, 2, 1, 3]), ctx.ints([0, 0, heads * head_dim]))
 
 
+def _packed_qkv(ctx, q: Value, k: Value, v: Value, heads: int, kv: int, head_dim: int):
+    """The [B, S, (heads + 2 kv) * H] value q, k and v were sliced from, in that order along its last
+    axis (one projection, as GPT-2's), lowered; else None.  The kernel takes it as its packed query,
+    so the three slices (a Split onnxruntime runs each step) are not made."""
+    parts = [split_heads(x) for x in (q, k, v)]
+    if any(p is None for p in parts) or [p[1] for p in parts] != [heads, kv, kv]:
+        return None
+    slices = [p[0].producer for p in parts]
+    if any(s is None or s.op != "slice" for s in slices):
+        return None
+    x = slices[0].inputs[0]
+    widths, start = (heads * head_dim, kv * head_dim, kv * head_dim), 0
+    for s, width in zip(slices, widths):
+        a = s.attrs
+        if s.inputs[0] is not x or tuple(a["axes"]) not in ((2,), (-1,)) or tuple(a["steps"]) not in ((), (1,)) \
+                or tuple(a["starts"]) != (start,) or tuple(a["stops"]) != (start + width,):
+            return None
+        start += width
+    if x.rank != 3 or x.shape[2] != start:
+        return None
+    return ctx.value_of(x)
+
+
 @register_lowering("group_query_attention")
 def _lower_gqa(ctx, node, xs):
     q_t, k_t, v_t, pk_t = (v.type for v in node.inputs[:4])
@@ -92,7 +116,11 @@ def _lower_gqa(ctx, node, xs):
     bias = attention_bias(ctx, node.inputs[5].type, xs[5], (b, n, s, total)) if len(xs) == 6 else None
     scale = node.attrs["scale"]
     scale = float(scale if scale is not None else 1.0 / np.sqrt(h))
-    q, k, v = (_packed(ctx, node.inputs[i], xs[i], heads, h) for i, heads in enumerate((n, kv, kv)))
+    qkv = _packed_qkv(ctx, *node.inputs[:3], n, kv, h)
+    if qkv is not None:
+        q, k, v = qkv, None, None
+    else:
+        q, k, v = (_packed(ctx, node.inputs[i], xs[i], heads, h) for i, heads in enumerate((n, kv, kv)))
     y, present_k, present_v = ctx.op(
         "GroupQueryAttention", q, k, v, xs[3], xs[4], seqlens, total_len, None, None, None, bias,
         out_dtypes=[q_t.dtype] * 3, domain=MS_DOMAIN, num_heads=n, kv_num_heads=kv, scale=scale)
