@@ -155,9 +155,19 @@ class _FlaxXlaSteps:
         return pad if self.can_pad and total + pad <= self.layout.max_positions else 0
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, capacity: int) -> np.ndarray:
-        import jax
         self.padding = self._padding(ids.shape[1], capacity)
-        ids, mask, pos = (np.pad(a, ((0, 0), (self.padding, 0))) for a in (ids, mask, pos))
+        logits = self._prefilled(*(np.pad(a, ((0, 0), (self.padding, 0))) for a in (ids, mask, pos)))
+        if self.padding and not np.isfinite(logits).all():
+            # a module that masks with -inf gives a pad row, which sees no slot, NaN keys and values in the
+            # layers after the first, and 0 * NaN reaches the prompt's tokens: this prompt runs unpadded, as
+            # do the module's later ones (a NaN the module gives unpadded too is its own, returned as before)
+            self.can_pad, self.padding = False, 0
+            logits = self._prefilled(ids, mask, pos)
+        return logits
+
+    def _prefilled(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """The prompt's last logits from a fresh cache, its buffers kept for the steps."""
+        import jax
         with self.x64_scope(self.needs_x64):
             empty = [jax.device_put(x, self.device) for x in self.layout.empty_cache(ids.shape[0])]
             logits, self.buffers = self._prefill(self.pre_params, empty, *self.layout.step_inputs(ids, mask, pos))
