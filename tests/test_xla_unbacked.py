@@ -413,6 +413,23 @@ def _selection_rows(g: Graph, nz) -> object:
     return g.apply("cast", g.apply("transpose", nz, perm=(1, 0)), dtype=DType.f32)  # f32[u, 2]
 
 
+def test_a_fused_chain_taking_a_data_dependent_dim_to_be_a_static_size_runs_as_unfused() -> None:
+    """Level 3 fuses the elementwise chain into one region; its nodes keep their padded rules, so the fusion
+    runs (and checks the size at run time) where the unfused chain does, rather than being refused."""
+    g, nz = _nonzero_2d()
+    row = g.apply("reshape", g.apply("slice", nz, starts=(0,), stops=(1,), steps=(1,), axes=(0,)),
+                  shape=(nz.shape[1],))
+    summed = g.apply("add", g.apply("cast", row, dtype=DType.f32), g.const(np.arange(5, dtype=np.float32), name="five"))
+    g.set_outputs([g.apply("exp", g.apply("mul", summed, summed))])
+    compiled = accelir.optimize(g, backend="xla", level=3)
+    assert any(n.op == "fusion" for n in compiled.graph.nodes)
+    x = np.asarray([[0, 1, 0, 2], [3, 0, 0, 0], [0, 5, 6, 0]], np.float32)  # five nonzeros
+    want = np.exp(np.square(np.nonzero(x)[0] + np.arange(5)).astype(np.float32))
+    np.testing.assert_allclose(compiled(x), want, rtol=1e-6)
+    with pytest.raises(InputError, match=r"^node 'add' .*dim 0 of input 0 \(u0\) differs from 5 at run time"):
+        compiled(np.ones((3, 4), np.float32))
+
+
 _ONES31, _ONES324 = np.ones((3, 1), np.float32), np.ones((3, 2, 4), np.float32)
 
 

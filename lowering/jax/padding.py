@@ -136,11 +136,6 @@ def _why_aligned(shapes: Sequence[Sequence[Any]], out: Sequence[Any], syms: Any,
     return None
 
 
-def _why_broadcast(node: Node, syms: Any) -> str | None:
-    """An elementwise op's type rule takes an unbacked dim broadcast against a static size to equal it."""
-    return _why_aligned([v.shape for v in node.inputs], node.outputs[0].shape, syms, broadcasts=True)
-
-
 def _why_assumed_equal(node: Node, syms: Any) -> str | None:
     """Matmul's batch dims are taken equal across inputs by the type rule (concat's dims off its axis too,
     but its padded rule checks them at run time and aligns the buffers)."""
@@ -227,7 +222,8 @@ def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
     if op == "fusion":
         inner = [n.op for r in node.regions for n in r.nodes]
         ok = all(registry.get(o).elementwise or o == "constant" for o in inner)
-        return _why_broadcast(node, syms) if ok else "a fusion region that is not elementwise"
+        # its nodes lower by their own padded rules, which check and align a size taken equal to a padded one
+        return None if ok else "a fusion region that is not elementwise"
     if op in _AXIS_OPS:
         assumed = _why_assumed_equal(node, syms)
         if assumed is not None:
