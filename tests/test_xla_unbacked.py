@@ -571,3 +571,34 @@ def test_torch_where_with_the_condition_alone(backend: str) -> None:
             assert torch.equal(got, want), f"output {i}"
     if backend == "xla":
         _compiled_once(compiled)
+
+
+class _ConvChain(torch.nn.Module):
+    """Convs with an elementwise op between them, the positive entries selected at the end (or all kept)."""
+
+    def __init__(self, select: bool):
+        super().__init__()
+        self.select = select
+        self.convs = torch.nn.ModuleList([torch.nn.Conv2d(4, 4, 3, padding=1) for _ in range(3)])
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = torch.tanh(conv(x)) * 0.5
+        return x[x > 0.1] if self.select else x
+
+
+def test_a_conv_chain_before_a_data_dependent_size_keeps_its_layout() -> None:
+    """The ops between convs meet no data-dependent dim, so they lower by their own rules on the channels-last
+    values: a selection at the end adds the one transpose its read needs, not one per op of the chain."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 8, 8)
+    counts = {}
+    for select in (False, True):
+        model = _ConvChain(select).eval()
+        compiled = accelir.optimize(model, (x,), backend="xla")
+        fn = compiled._runner.function
+        text = jax.jit(lambda *a: fn.apply(fn.params, *a)).lower(x.numpy()).as_text()
+        counts[select] = text.count("stablehlo.transpose")
+        with torch.no_grad():
+            torch.testing.assert_close(torch.as_tensor(np.asarray(compiled(x))), model(x), rtol=1e-5, atol=1e-5)
+    assert counts[True] <= counts[False] + 1, counts

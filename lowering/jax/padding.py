@@ -40,7 +40,7 @@ from accelir.unbacked import Unbacked, introduced, unbacked_dims, why_data_depen
 from .padded_dims import dim_range, mentions, run_time_value
 
 __all__ = ["PRODUCERS", "MASKED", "DERIVING", "bounded", "check_padding", "output_symbols", "introduced_sizes",
-           "unbacked_axes", "refusal", "no_bound", "note_lengths"]
+           "unbacked_axes", "refusal", "no_bound", "note_lengths", "meets_padding"]
 
 # data-dependent ops whose output size has an upper bound given their input shapes
 PRODUCERS = frozenset({"nonzero", "compress", "unique", "non_max_suppression", "topk_dynamic", "slice_dynamic"})
@@ -90,6 +90,12 @@ def _touched(node: Node, syms: Any) -> set[str]:
             for d in node.attrs.get(k) or ():
                 found |= _mentions(d, syms)
     return found
+
+
+def meets_padding(node: Node, lengths: Mapping[str, Any]) -> bool:
+    """Whether ``node`` introduces a data-dependent dim or meets one already lowered (``lengths``): only such a
+    node needs its padded rule; any other lowers by its own, which keeps the layouts of a conv's values."""
+    return bool(introduced(node)) or bool(_touched(node, lengths))
 
 
 def _mixed_axes(node: Node) -> list[tuple[int, int]]:
