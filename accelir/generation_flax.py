@@ -17,7 +17,8 @@ dispatch, not one per prompt token:
   step; the model writes the new keys and values with ``dynamic_update_slice`` itself, so XLA
   updates them in place.  The prefill compiles once per prompt length rounded up to a multiple of
   16: a shorter prompt is left-padded to it (mask 0, as a batch's pads are), where the module takes
-  the mask and the positions that hide the pads and the cache has room for them.
+  the mask and the positions that hide the pads, the cache has room for them, and the padded
+  prompt's logits come out finite (a module masking with -inf gives its pads NaN: it runs unpadded).
 """
 
 from __future__ import annotations
