@@ -18,7 +18,7 @@ dispatch, not one per prompt token:
   updates them in place.  The prefill compiles once per prompt length rounded up to a multiple of
   16: a shorter prompt is left-padded to it (mask 0, as a batch's pads are), where the module takes
   the mask and the positions that hide the pads, the cache has room for them, and the padded
-  prompt's logits come out finite (a module masking with -inf gives its pads NaN: it runs unpadded).
+  prompt's logits come out without NaN (a module masking with -inf gives its pads NaN: it runs unpadded).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ class _FlaxXlaSteps:
     def prefill(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, capacity: int) -> np.ndarray:
         self.padding = self._padding(ids.shape[1], capacity)
         logits = self._prefilled(*(np.pad(a, ((0, 0), (self.padding, 0))) for a in (ids, mask, pos)))
-        if self.padding and not np.isfinite(logits).all():
+        if self.padding and np.isnan(logits).any():  # -inf logits (a token masked out) are the module's own
             # a module that masks with -inf gives a pad row, which sees no slot, NaN keys and values in the
             # layers after the first, and 0 * NaN reaches the prompt's tokens: this prompt runs unpadded, as
             # do the module's later ones (a NaN the module gives unpadded too is its own, returned as before)
