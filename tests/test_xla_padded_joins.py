@@ -187,6 +187,9 @@ def test_a_reshape_splitting_a_joined_size_is_refused_by_name():
     ("u0%4", {"u0": (0, 15)}, (0, 3)),
     ("u0%16", {"u0": (2, 15)}, (2, 15)),
     ("u0*u1", {"u0": (0, 8), "u1": (0, 3)}, (0, 24)),
+    ("u0//-2", {"u0": (0, 7)}, (-4, 0)),
+    ("-(u0//-2)", {"u0": (0, 7)}, (0, 4)),
+    ("u0%-4", {"u0": (0, 15)}, (-3, 0)),
 ], ids=str)
 def test_the_range_of_a_dim_computed_from_bounded_sizes(dim, ranges, want):
     assert dim_range(dim, ranges.get) == want
@@ -227,3 +230,18 @@ def test_a_scatter_index_outside_a_padded_axis_is_an_input_error_not_a_write_to_
         with pytest.raises(InputError, match=r"^node 'scatter_elements' .*an index along axis 0 falls outside its u0 "
                                               r"entries"):
             compiled(x_, np.asarray(bad))
+
+
+def test_a_slice_to_a_ceil_division_of_a_count_runs_padded():
+    """``-(n // -2)`` (n / 2 rounded up) divides by a negative constant: its bound is still the corners'."""
+    g = Graph("ceil")
+    x = g.add_input(TensorType(DType.f32, (6,)), "x")
+    y = g.add_input(TensorType(DType.f32, (7,)), "y")
+    n = g.apply("nonzero", x).shape[1]
+    half = g.apply("slice", y, starts=(0,), stops=(D.dim_sub(0, D.dim_floordiv(n, -2)),), axes=(0,))
+    g.set_outputs([g.apply("mul", half, half)])
+    compiled = accelir.optimize(g, backend="xla")
+    y_ = np.arange(7, dtype=np.float32) + 1
+    for k in (0, 1, 2, 5, 6):
+        x_ = np.asarray([1] * k + [0] * (6 - k), np.float32)
+        np.testing.assert_array_equal(compiled(x_, y_), y_[:-(k // -2)] ** 2)
