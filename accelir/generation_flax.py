@@ -17,7 +17,8 @@ dispatch, not one per prompt token:
   step; the model writes the new keys and values with ``dynamic_update_slice`` itself, so XLA
   updates them in place.  The prefill compiles once per prompt length rounded up to a multiple of
   16: a shorter prompt is left-padded to it (mask 0, as a batch's pads are), where the module takes
-  the mask and the positions that hide the pads and the cache has room for them.
+  the mask and the positions that hide the pads, the cache has room for them, and the padded
+  prompt's logits come out without NaN (a module masking with -inf gives its pads NaN: it runs unpadded).
 """
 
 from __future__ import annotations
@@ -155,9 +156,19 @@ class _FlaxXlaSteps:
         return pad if self.can_pad and total + pad <= self.layout.max_positions else 0
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, capacity: int) -> np.ndarray:
-        import jax
         self.padding = self._padding(ids.shape[1], capacity)
-        ids, mask, pos = (np.pad(a, ((0, 0), (self.padding, 0))) for a in (ids, mask, pos))
+        logits = self._prefilled(*(np.pad(a, ((0, 0), (self.padding, 0))) for a in (ids, mask, pos)))
+        if self.padding and np.isnan(logits).any():  # -inf logits (a token masked out) are the module's own
+            # a module that masks with -inf gives a pad row, which sees no slot, NaN keys and values in the
+            # layers after the first, and 0 * NaN reaches the prompt's tokens: this prompt runs unpadded, as
+            # do the module's later ones (a NaN the module gives unpadded too is its own, returned as before)
+            self.can_pad, self.padding = False, 0
+            logits = self._prefilled(ids, mask, pos)
+        return logits
+
+    def _prefilled(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """The prompt's last logits from a fresh cache, its buffers kept for the steps."""
+        import jax
         with self.x64_scope(self.needs_x64):
             empty = [jax.device_put(x, self.device) for x in self.layout.empty_cache(ids.shape[0])]
             logits, self.buffers = self._prefill(self.pre_params, empty, *self.layout.step_inputs(ids, mask, pos))

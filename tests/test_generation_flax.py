@@ -209,6 +209,47 @@ def test_xla_prompts_of_nearby_lengths_share_one_compiled_prefill():
     assert cm._stepper.padding == 0  # 61 + 3 tokens fill the 64 slots: no room to pad 61 to 64
 
 
+def _infinite_mask_attention(query, key, value, bias=None, mask=None, **kwargs):
+    """flax's attention with the mask as a -inf bias, as hand-written jax decoders often mask: a row that sees
+    no slot gives NaN."""
+    return nn.dot_product_attention(query, key, value, bias=jnp.where(mask, 0.0, -jnp.inf).astype(query.dtype),
+                                    **kwargs)
+
+
+class InfiniteMaskDecoder(nn.Module):
+    """The masked decoder, its attention masking with -inf."""
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask, position_ids):
+        x = nn.Embed(VOCAB, 32, embedding_init=_wide)(input_ids) + \
+            nn.Embed(CAPACITY, 32, embedding_init=_wide)(position_ids)
+        for _ in range(2):
+            x = x + nn.MultiHeadDotProductAttention(num_heads=2, decode=True, kernel_init=_wide,
+                                                    attention_fn=_infinite_mask_attention)(
+                nn.LayerNorm()(x), mask=attention_mask[:, None, None, :].astype(bool))
+        return nn.Dense(VOCAB, kernel_init=_wide)(nn.LayerNorm()(x))
+
+
+def test_xla_prompts_of_a_module_masking_with_infinity_are_not_left_padded():
+    """Left pads see no slot: under a -inf mask their keys and values are NaN from the second layer on, which
+    would reach the prompt's tokens (0 * NaN); the prompt runs unpadded instead, its tokens the jax loop's."""
+    module = InfiniteMaskDecoder()
+    variables = init(module, 3)
+
+    @jax.jit
+    def step(cache, ids, mask, positions):
+        logits, mutated = module.apply({"params": variables["params"], "cache": cache}, ids, mask, positions,
+                                       mutable=["cache"])
+        return logits[:, -1], mutated["cache"]
+
+    cm = accelir.optimize(module.bind(variables), (prompt(1)[0],), backend="xla")
+    ids, mask = prompt(1)
+    want = greedy_loop(step, init(module, 3)["cache"], ids, mask, 8)
+    for _ in range(2):  # the second prompt goes unpadded at once
+        assert np.asarray(cm.generate(ids, attention_mask=mask, max_new_tokens=8)).tolist() == want.tolist()
+        assert cm._stepper.padding == 0 and not cm._stepper.can_pad
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_model_without_a_mask_generates_unpadded_prompts_and_refuses_padded_ones(backend):
     cm = compiled(backend, "mask-free")

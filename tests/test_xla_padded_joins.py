@@ -183,6 +183,9 @@ def test_a_reshape_splitting_a_joined_size_is_refused_by_name():
     ("u0%4", {"u0": (0, 15)}, (0, 3)),
     ("u0%16", {"u0": (2, 15)}, (2, 15)),
     ("u0*u1", {"u0": (0, 8), "u1": (0, 3)}, (0, 24)),
+    ("u0//-2", {"u0": (0, 7)}, (-4, 0)),
+    ("-(u0//-2)", {"u0": (0, 7)}, (0, 4)),
+    ("u0%-4", {"u0": (0, 15)}, (-3, 0)),
 ], ids=str)
 def test_the_range_of_a_dim_computed_from_bounded_sizes(dim, ranges, want):
     assert dim_range(dim, ranges.get) == want
@@ -201,3 +204,40 @@ def test_a_scatter_whose_indices_and_updates_differ_on_a_padded_axis_is_refused(
     with pytest.raises(LoweringError, match=r"^node 'scatter_elements' .*indices and updates differ on axis 0 "
                                             r"\(u0, 2\*u0\).*backend=\"onnxruntime\""):
         accelir.optimize(g, backend="xla")
+
+
+def test_a_scatter_index_outside_a_padded_axis_is_an_input_error_not_a_write_to_a_valid_row():
+    """Along a padded axis a negative index counts from the valid end; one before the start (-8 of 3 valid rows in
+    a buffer of 6) would count from the buffer's end onto a valid row: refused at run time, as onnxruntime does."""
+    g = Graph("scatter")
+    x = g.add_input(TensorType(DType.f32, (6,)), "x")
+    idx = g.add_input(TensorType(DType.i64, (2,)), "idx")
+    n = g.apply("nonzero", x).shape[1]
+    rows = g.apply("slice", x, starts=(0,), stops=(n,), axes=(0,))
+    upd = g.const(np.asarray([10, 20], np.float32), name="upd")
+    g.set_outputs([g.apply("scatter_elements", rows, idx, upd, axis=0, reduction="add")])
+    compiled = accelir.optimize(g, backend="xla")
+    x_ = np.asarray([1, 2, 3, 0, 0, 0], np.float32)  # three valid rows
+    for good in ([-1, 0], [-3, 2], [2, 2]):
+        want = x_[:3].copy()
+        np.add.at(want, np.asarray(good), [10, 20])
+        np.testing.assert_array_equal(compiled(x_, np.asarray(good)), want)
+    for bad in ([-8, 0], [-4, 0], [3, 0]):
+        with pytest.raises(InputError, match=r"^node 'scatter_elements' .*an index along axis 0 falls outside its u0 "
+                                              r"entries"):
+            compiled(x_, np.asarray(bad))
+
+
+def test_a_slice_to_a_ceil_division_of_a_count_runs_padded():
+    """``-(n // -2)`` (n / 2 rounded up) divides by a negative constant: its bound is still the corners'."""
+    g = Graph("ceil")
+    x = g.add_input(TensorType(DType.f32, (6,)), "x")
+    y = g.add_input(TensorType(DType.f32, (7,)), "y")
+    n = g.apply("nonzero", x).shape[1]
+    half = g.apply("slice", y, starts=(0,), stops=(D.dim_sub(0, D.dim_floordiv(n, -2)),), axes=(0,))
+    g.set_outputs([g.apply("mul", half, half)])
+    compiled = accelir.optimize(g, backend="xla")
+    y_ = np.arange(7, dtype=np.float32) + 1
+    for k in (0, 1, 2, 5, 6):
+        x_ = np.asarray([1] * k + [0] * (6 - k), np.float32)
+        np.testing.assert_array_equal(compiled(x_, y_), y_[:-(k // -2)] ** 2)

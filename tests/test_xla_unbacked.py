@@ -413,6 +413,23 @@ def _selection_rows(g: Graph, nz) -> object:
     return g.apply("cast", g.apply("transpose", nz, perm=(1, 0)), dtype=DType.f32)  # f32[u, 2]
 
 
+def test_a_fused_chain_taking_a_data_dependent_dim_to_be_a_static_size_runs_as_unfused() -> None:
+    """Level 3 fuses the elementwise chain into one region; its nodes keep their padded rules, so the fusion
+    runs (and checks the size at run time) where the unfused chain does, rather than being refused."""
+    g, nz = _nonzero_2d()
+    row = g.apply("reshape", g.apply("slice", nz, starts=(0,), stops=(1,), steps=(1,), axes=(0,)),
+                  shape=(nz.shape[1],))
+    summed = g.apply("add", g.apply("cast", row, dtype=DType.f32), g.const(np.arange(5, dtype=np.float32), name="five"))
+    g.set_outputs([g.apply("exp", g.apply("mul", summed, summed))])
+    compiled = accelir.optimize(g, backend="xla", level=3)
+    assert any(n.op == "fusion" for n in compiled.graph.nodes)
+    x = np.asarray([[0, 1, 0, 2], [3, 0, 0, 0], [0, 5, 6, 0]], np.float32)  # five nonzeros
+    want = np.exp(np.square(np.nonzero(x)[0] + np.arange(5)).astype(np.float32))
+    np.testing.assert_allclose(compiled(x), want, rtol=1e-6)
+    with pytest.raises(InputError, match=r"^node 'add' .*dim 0 of input 0 \(u0\) differs from 5 at run time"):
+        compiled(np.ones((3, 4), np.float32))
+
+
 _ONES31, _ONES324 = np.ones((3, 1), np.float32), np.ones((3, 2, 4), np.float32)
 
 
@@ -554,3 +571,34 @@ def test_torch_where_with_the_condition_alone(backend: str) -> None:
             assert torch.equal(got, want), f"output {i}"
     if backend == "xla":
         _compiled_once(compiled)
+
+
+class _ConvChain(torch.nn.Module):
+    """Convs with an elementwise op between them, the positive entries selected at the end (or all kept)."""
+
+    def __init__(self, select: bool):
+        super().__init__()
+        self.select = select
+        self.convs = torch.nn.ModuleList([torch.nn.Conv2d(4, 4, 3, padding=1) for _ in range(3)])
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = torch.tanh(conv(x)) * 0.5
+        return x[x > 0.1] if self.select else x
+
+
+def test_a_conv_chain_before_a_data_dependent_size_keeps_its_layout() -> None:
+    """The ops between convs meet no data-dependent dim, so they lower by their own rules on the channels-last
+    values: a selection at the end adds the one transpose its read needs, not one per op of the chain."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 8, 8)
+    counts = {}
+    for select in (False, True):
+        model = _ConvChain(select).eval()
+        compiled = accelir.optimize(model, (x,), backend="xla")
+        fn = compiled._runner.function
+        text = jax.jit(lambda *a: fn.apply(fn.params, *a)).lower(x.numpy()).as_text()
+        counts[select] = text.count("stablehlo.transpose")
+        with torch.no_grad():
+            torch.testing.assert_close(torch.as_tensor(np.asarray(compiled(x))), model(x), rtol=1e-5, atol=1e-5)
+    assert counts[True] <= counts[False] + 1, counts

@@ -29,7 +29,7 @@ from accelir.splat import splat_scalar
 
 from .layout import Permuted, common_layout, held, in_layout, kernel_last, logical, with_data
 from .padded_dims import buffer_size
-from .padding import check_padding, introduced_sizes, note_lengths, output_symbols
+from .padding import check_padding, introduced_sizes, meets_padding, note_lengths, output_symbols
 
 Rule = Callable[..., Any]
 
@@ -292,7 +292,7 @@ class Lowering:
         return outs if keep_layout else [logical(o) for o in outs]
 
     def lower_node(self, node: Node, args: list, bindings: Mapping[str, Any]) -> list:
-        padded = self.lengths is not None and node.op in PADDED_RULES
+        padded = self.lengths is not None and node.op in PADDED_RULES and meets_padding(node, self.lengths)
         rule = PADDED_RULES[node.op] if padded else rule_for(node.op)
         attrs = self.resolve_attrs(node, bindings)
         if node.op not in _LAYOUT_AWARE or padded:

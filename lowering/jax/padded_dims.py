@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from accelir import dims as D
+from accelir.errors import LoweringError
 
 __all__ = ["dim_range", "buffer_size", "run_time_value", "mentions"]
 
@@ -28,7 +29,7 @@ def _corners(a: Range, b: Range, f: Callable[[int, int], int]) -> Range:
 
 def _combine(op: str, a: Range | None, b: Range | None) -> Range | None:
     """Interval arithmetic of one dim operator; None where the result has no bound (a divisor that
-    may be 0 or negative, an operand with none)."""
+    may be 0, an operand with none)."""
     if a is None or b is None:
         return None
     if op == "+":
@@ -37,11 +38,13 @@ def _combine(op: str, a: Range | None, b: Range | None) -> Range | None:
         return a[0] - b[1], a[1] - b[0]
     if op == "*":
         return _corners(a, b, lambda x, y: x * y)
-    if b[0] <= 0:
+    if b[0] <= 0 <= b[1]:
         return None
-    if op == "//":  # floor division by a positive divisor is monotone in each operand
+    if op == "//":  # floor division by a divisor of one sign is monotone in each operand (-(u0 // -2): a ceil)
         return _corners(a, b, lambda x, y: x // y)
-    if op == "%":
+    if op == "%":  # Python's remainder takes the divisor's sign
+        if b[1] < 0:
+            return b[0] + 1, 0
         return (a[0], a[1]) if a[0] >= 0 and a[1] < b[0] else (0, b[1] - 1)
     return None
 
@@ -71,8 +74,8 @@ def buffer_size(d: D.Dim, lengths: Mapping[str, Any], bindings: Mapping[str, Any
         return (0, n) if name in lengths else (n, n)
 
     found = dim_range(d, symbol)
-    if found is None:  # padding.py refuses such dims before tracing
-        raise ValueError(f"dim {d} has no upper bound")
+    if found is None:  # only a divisor that may be 0, which no frontend gives
+        raise LoweringError(f"dim {d} has no upper bound to pad its buffer to; compile with backend=\"onnxruntime\"")
     return max(found[1], 0)
 
 

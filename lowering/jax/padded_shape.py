@@ -156,13 +156,20 @@ def _broadcast_to(ctx, x, *, shape):
 @register_padded("scatter_elements")
 def _scatter_elements(ctx, x, idx, upd, *, axis, reduction):
     """Index entries in the padding of the indices' padded axes are sent past the end (dropped); a negative
-    index along a padded axis of ``x`` counts from its valid end."""
+    index along a padded axis of ``x`` counts from its valid end, and one outside its valid entries is
+    refused at run time (counted from the buffer's end, it could land on a valid row)."""
     lengths = ctx.lowering.lengths
     ax = axis % x.ndim
     idx = idx.astype(_I64)
+    valid = jnp.ones(idx.shape, bool)
+    for k, d in unbacked_axes(ctx.node.inputs[1].type, lengths).items():
+        valid &= lax.broadcasted_iota(_I64, idx.shape, k) < ctx.length(d)
     sym = unbacked_axes(ctx.node.inputs[0].type, lengths).get(ax)
     if sym is not None:
-        idx = jnp.where(idx < 0, idx + ctx.length(sym), idx)
-    for k, d in unbacked_axes(ctx.node.inputs[1].type, lengths).items():
-        idx = jnp.where(lax.broadcasted_iota(_I64, idx.shape, k) < ctx.length(d), idx, x.shape[ax])
+        n = ctx.length(sym)
+        ctx.require(jnp.all(~valid | ((idx >= -n) & (idx < n))),
+                    f"an index along axis {ax} falls outside its {sym} entries, which torch and onnxruntime refuse; "
+                    "keep the indices within the axis")
+        idx = jnp.where(idx < 0, idx + n, idx)
+    idx = jnp.where(valid, idx, x.shape[ax])
     return JAX_RULES["scatter_elements"](ctx, x, idx, upd, axis=axis, reduction=reduction)

@@ -40,7 +40,7 @@ from accelir.unbacked import Unbacked, introduced, unbacked_dims, why_data_depen
 from .padded_dims import dim_range, mentions, run_time_value
 
 __all__ = ["PRODUCERS", "MASKED", "DERIVING", "bounded", "check_padding", "output_symbols", "introduced_sizes",
-           "unbacked_axes", "refusal", "no_bound", "note_lengths"]
+           "unbacked_axes", "refusal", "no_bound", "note_lengths", "meets_padding"]
 
 # data-dependent ops whose output size has an upper bound given their input shapes
 PRODUCERS = frozenset({"nonzero", "compress", "unique", "non_max_suppression", "topk_dynamic", "slice_dynamic"})
@@ -92,6 +92,12 @@ def _touched(node: Node, syms: Any) -> set[str]:
     return found
 
 
+def meets_padding(node: Node, lengths: Mapping[str, Any]) -> bool:
+    """Whether ``node`` introduces a data-dependent dim or meets one already lowered (``lengths``): only such a
+    node needs its padded rule; any other lowers by its own, which keeps the layouts of a conv's values."""
+    return bool(introduced(node)) or bool(_touched(node, lengths))
+
+
 def _mixed_axes(node: Node) -> list[tuple[int, int]]:
     """(input index, axis) pairs along which ``node`` mixes entries (an op of ``_AXIS_OPS``)."""
     x = node.inputs[0]
@@ -134,11 +140,6 @@ def _why_aligned(shapes: Sequence[Sequence[Any]], out: Sequence[Any], syms: Any,
                 return f"it broadcasts the data-dependent dim {d} against size {o}"
             return f"it takes dim {j} of input {i} ({d}) to be the data-dependent dim {o}"
     return None
-
-
-def _why_broadcast(node: Node, syms: Any) -> str | None:
-    """An elementwise op's type rule takes an unbacked dim broadcast against a static size to equal it."""
-    return _why_aligned([v.shape for v in node.inputs], node.outputs[0].shape, syms, broadcasts=True)
 
 
 def _why_assumed_equal(node: Node, syms: Any) -> str | None:
@@ -227,7 +228,8 @@ def _why_not(node: Node, syms: Any, in_region: bool) -> str | None:
     if op == "fusion":
         inner = [n.op for r in node.regions for n in r.nodes]
         ok = all(registry.get(o).elementwise or o == "constant" for o in inner)
-        return _why_broadcast(node, syms) if ok else "a fusion region that is not elementwise"
+        # its nodes lower by their own padded rules, which check and align a size taken equal to a padded one
+        return None if ok else "a fusion region that is not elementwise"
     if op in _AXIS_OPS:
         assumed = _why_assumed_equal(node, syms)
         if assumed is not None:
