@@ -23,7 +23,7 @@ session (a session-only rewrite, as :func:`accelir.generation.in_place_cache` is
   ``attention_mask``'s length less ``input_ids``' (the mask covers the past and the new tokens).
 
 It applies where every present output is made by a GroupQueryAttention over the matching past input
-and nothing else reads a past input but those kernels and ``Shape`` nodes; otherwise (attention that
+and read by no node, and nothing else reads a past input but those kernels and ``Shape`` nodes; otherwise (attention that
 did not fuse into the kernel, a cast between the cache and the kernel) the model is returned as it
 is and the session keeps the concat form.  With an empty past (capacity 0) the rewritten model
 computes what the concat form does, so ``cm(...)`` runs the prompt through the same session.
@@ -65,6 +65,9 @@ def share_cache_buffers(model: onnx.ModelProto, past: Sequence[str], present: Se
     inputs = {i.name for i in graph.input}
     if not past or len(past) != len(present) or total not in inputs or new not in inputs \
             or not set(past) <= inputs or not _fused(graph, dict(zip(present, past))):
+        return model
+    # a shared present is the whole capacity-sized buffer: a node reading it would see the capacity's rows
+    if any(set(present) & set(node.input) or _subgraph_reads(node, set(present)) for node in graph.node):
         return model
     length_reads = _length_reads(graph, set(past))
     if length_reads is None:

@@ -112,3 +112,13 @@ def test_gpt2_attention_takes_its_projection_packed_and_gives_transformers_token
         want = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=10, min_new_tokens=10,
                               pad_token_id=0)
     assert torch.equal(cm.generate(ids, attention_mask=mask, max_new_tokens=10, min_new_tokens=10), want)
+
+
+def test_a_present_read_inside_the_graph_keeps_the_concat_form():
+    # the shared present is the whole capacity-sized buffer: a node reading it would see the capacity's
+    # rows, not the past's and the new tokens'
+    proto, past, present = _decode_proto()
+    proto.graph.node.append(h.make_node("Shape", [present[0]], ["present_shape"]))
+    proto.graph.output.append(h.make_tensor_value_info("present_shape", TP.INT64, [4]))
+    assert share_cache_buffers(proto, past, present) is proto
+
