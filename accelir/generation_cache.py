@@ -66,6 +66,9 @@ def share_cache_buffers(model: onnx.ModelProto, past: Sequence[str], present: Se
     if not past or len(past) != len(present) or total not in inputs or new not in inputs \
             or not set(past) <= inputs or not _fused(graph, dict(zip(present, past))):
         return model
+    declared = {v.name: v.type.tensor_type for v in list(graph.input) + list(graph.output)}
+    if any(name not in declared or len(declared[name].shape.dim) != 4 for name in [*past, *present]):
+        return model  # not a [batch, kv_heads, length, head_dim] cache: no length axis to declare
     # a shared present is the whole capacity-sized buffer: a node reading it would see the capacity's rows
     if any(set(present) & set(node.input) or _subgraph_reads(node, set(present)) for node in graph.node):
         return model
