@@ -27,6 +27,7 @@ its tokens; only the model steps run on the backend:
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -400,6 +401,9 @@ class GenerationModel(CompiledModel):
         self.layout = layout
         self._stepper = stepper
         self._defaults = defaults
+        # the stepper holds one generation's cache from its prompt to its last step: a second thread's prompt
+        # would replace the buffers the first one's steps read, so generations on one model take turns
+        self._generating = threading.Lock()
 
     def __call__(self, input_ids: Any, attention_mask: Any = None, position_ids: Any = None) -> Any:
         import torch
@@ -468,32 +472,33 @@ class GenerationModel(CompiledModel):
         prompt = torch.from_numpy(ids)
         if streamer is not None:
             streamer.put(prompt)
-        logits = self._stepper.prefill(ids, mask, _positions(mask), self.capacity_for(total))
         unfinished = torch.ones(ids.shape[0], dtype=torch.bool)
         new_tokens: list[torch.Tensor] = []
         eos_ids = torch.tensor(eos, dtype=torch.long)
         # min_new_tokens masks the EOS scores; an EOS id outside the vocabulary (a tiny config's default) has none
         eos_scored = eos_ids[(eos_ids >= 0) & (eos_ids < self.layout.vocab_size)].numpy()
-        for step in range(max_new_tokens):
-            # scores in numpy: torch copies a vocabulary-sized row on its thread pool, whose wake-up costs more
-            # than the copy (GPT-2 small on a loaded machine: 7 ms of CPU a token); a copy, since jax's arrays
-            # are read-only and the EOS scores are masked in place
-            scores = np.array(logits, dtype=np.float32)
-            if eos and step < min_new_tokens:
-                scores[:, eos_scored] = -np.inf
-            tokens = choose(scores)
-            if eos:
-                tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad))
-            new_tokens.append(tokens)
-            if streamer is not None:
-                streamer.put(tokens)
-            if eos:
-                unfinished &= ~torch.isin(tokens, eos_ids)
-            if step == max_new_tokens - 1 or not unfinished.any():
-                break
-            mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], axis=1)
-            position = position + 1
-            logits = self._stepper.decode(tokens.numpy()[:, None].astype(np.int64), mask, position)
+        with self._generating:
+            logits = self._stepper.prefill(ids, mask, _positions(mask), self.capacity_for(total))
+            for step in range(max_new_tokens):
+                # scores in numpy: torch copies a vocabulary-sized row on its thread pool, whose wake-up costs more
+                # than the copy (GPT-2 small on a loaded machine: 7 ms of CPU a token); a copy, since jax's arrays
+                # are read-only and the EOS scores are masked in place
+                scores = np.array(logits, dtype=np.float32)
+                if eos and step < min_new_tokens:
+                    scores[:, eos_scored] = -np.inf
+                tokens = choose(scores)
+                if eos:
+                    tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad))
+                new_tokens.append(tokens)
+                if streamer is not None:
+                    streamer.put(tokens)
+                if eos:
+                    unfinished &= ~torch.isin(tokens, eos_ids)
+                if step == max_new_tokens - 1 or not unfinished.any():
+                    break
+                mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], axis=1)
+                position = position + 1
+                logits = self._stepper.decode(tokens.numpy()[:, None].astype(np.int64), mask, position)
         if streamer is not None:
             streamer.end()
         out = torch.cat([prompt] + [t[:, None] for t in new_tokens], dim=1)

@@ -23,7 +23,7 @@ session (a session-only rewrite, as :func:`accelir.generation.in_place_cache` is
   ``attention_mask``'s length less ``input_ids``' (the mask covers the past and the new tokens).
 
 It applies where every present output is made by a GroupQueryAttention over the matching past input
-and nothing else reads a past input but those kernels and ``Shape`` nodes; otherwise (attention that
+and read by no node, and nothing else reads a past input but those kernels and ``Shape`` nodes; otherwise (attention that
 did not fuse into the kernel, a cast between the cache and the kernel) the model is returned as it
 is and the session keeps the concat form.  With an empty past (capacity 0) the rewritten model
 computes what the concat form does, so ``cm(...)`` runs the prompt through the same session.
@@ -36,12 +36,14 @@ from typing import Any, Sequence
 import onnx
 from onnx import helper
 
+from .lowering.onnx.context import names_read
+from .lowering.onnx.kernels import MS_DOMAIN
+
 __all__ = ["CAPACITY", "share_cache_buffers", "shares_cache"]
 
 #: the symbolic length of the shared past / present buffers in the rewritten model
 CAPACITY = "capacity"
 
-_MS_DOMAIN = "com.microsoft"
 _LENGTH_AXIS = 2  # [batch, kv_heads, length, head_dim]
 
 
@@ -66,6 +68,12 @@ def share_cache_buffers(model: onnx.ModelProto, past: Sequence[str], present: Se
     if not past or len(past) != len(present) or total not in inputs or new not in inputs \
             or not set(past) <= inputs or not _fused(graph, dict(zip(present, past))):
         return model
+    declared = {v.name: v.type.tensor_type for v in list(graph.input) + list(graph.output)}
+    if any(name not in declared or len(declared[name].shape.dim) != 4 for name in [*past, *present]):
+        return model  # not a [batch, kv_heads, length, head_dim] cache: no length axis to declare
+    # a shared present is the whole capacity-sized buffer: a node reading it would see the capacity's rows
+    if any(set(present) & names_read(node) for node in graph.node):
+        return model
     length_reads = _length_reads(graph, set(past))
     if length_reads is None:
         return model
@@ -80,7 +88,7 @@ def _fused(graph: onnx.GraphProto, past_of: dict[str, str]) -> bool:
     3 or 4 is the matching past input."""
     found = {}
     for node in graph.node:
-        if node.op_type != "GroupQueryAttention" or node.domain != _MS_DOMAIN:
+        if node.op_type != "GroupQueryAttention" or node.domain != MS_DOMAIN:
             continue
         for out_index, in_index in ((1, 3), (2, 4)):
             if len(node.output) > out_index and node.output[out_index] in past_of:
@@ -95,10 +103,10 @@ def _length_reads(graph: onnx.GraphProto, past: set[str]) -> list[int] | None:
     for index, node in enumerate(graph.node):
         read = [i for i, name in enumerate(node.input) if name in past]
         if not read:
-            if _subgraph_reads(node, past):
+            if past & names_read(node):  # a control-flow body's read from the outer scope
                 return None
             continue
-        if node.op_type == "GroupQueryAttention" and node.domain == _MS_DOMAIN and set(read) <= {3, 4}:
+        if node.op_type == "GroupQueryAttention" and node.domain == MS_DOMAIN and set(read) <= {3, 4}:
             continue
         if node.op_type != "Shape" or node.domain not in ("", "ai.onnx"):
             return None
@@ -116,16 +124,6 @@ def _shape_span(node: onnx.NodeProto) -> tuple[int, int] | None:
     start, end = attrs.get("start", 0), attrs.get("end", 4)
     start, end = (a + 4 if a < 0 else a for a in (start, end))
     return (max(start, 0), min(end, 4)) if start < end else None
-
-
-def _subgraph_reads(node: onnx.NodeProto, names: set[str]) -> bool:
-    """Whether a control-flow node's bodies read any of ``names`` from the outer scope."""
-    for attr in node.attribute:
-        for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-            for inner in g.node:
-                if names & set(inner.input) or _subgraph_reads(inner, names):
-                    return True
-    return False
 
 
 def _rewrite(graph: onnx.GraphProto, past: set[str], present: set[str], length_reads: list[int], total: str,

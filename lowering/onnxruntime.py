@@ -101,8 +101,8 @@ class OnnxRuntimeModule:
         weights, which onnxruntime's Python API cannot share between sessions.  ``arena=False`` (default
         options) turns off onnxruntime's CPU memory arena: freed buffers go back to the allocator
         instead of staying in the arena's bins; ``arena`` may also be a function of the model the session
-        loads that says.  ``rewrite`` (a Graph): applied to the lowered model before the session loads it,
-        for a session-only form of the graph."""
+        loads that says.  ``rewrite`` (a Graph or a ModelProto): applied to the ONNX model before the session
+        loads it, for a session-only form of the model."""
         ort = _import_ort()
         self._ort = ort
         if device not in PROVIDERS:
@@ -137,8 +137,11 @@ class OnnxRuntimeModule:
                         session_options.add_initializer(name, value)  # used in place, never copied
             else:
                 model = to_onnx(model)
-            if rewrite is not None:
-                model = rewrite(model)
+        if rewrite is not None:
+            if not isinstance(model, onnx.ModelProto):
+                raise LoweringError("OnnxRuntimeModule's rewrite takes a Graph or an onnx.ModelProto, not a file: "
+                                    "load the file with onnx.load and pass the model")
+            model = rewrite(model)
         if own_options and not (arena(model) if callable(arena) else arena):
             session_options.enable_cpu_mem_arena = False
         providers = [provider] if device == "cpu" else [provider, PROVIDERS["cpu"]]

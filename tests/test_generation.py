@@ -411,3 +411,35 @@ def test_greedy_decoding_keeps_the_vocabulary_sized_scores_out_of_torch():
         got = cm.generate(ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, eos_token_id=5, pad_token_id=0)
     assert record.seen == []
     assert got.tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_threads_generating_on_one_model_each_get_their_own_tokens(backend):
+    # each generation's cache (onnxruntime's shared buffers, XLA's capacity buffers) lives from its prompt to
+    # its last step: a second thread's prompt must not replace the buffers the first one's steps read
+    import threading
+
+    model, cm = model_of("llama"), compiled("llama", backend)
+    prompts = [prompt(3), prompt(1)]
+    with torch.no_grad():
+        want = [model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=12, min_new_tokens=12,
+                               pad_token_id=0) for ids, mask in prompts]
+    got: dict[int, list] = {0: [], 1: []}
+    start = threading.Barrier(2)
+
+    def run(i: int) -> None:
+        ids, mask = prompts[i]
+        start.wait()
+        for _ in range(3):
+            try:
+                got[i].append(cm.generate(ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12))
+            except Exception as e:  # noqa: BLE001 - reported by the assertion below
+                got[i].append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        assert all(isinstance(g, torch.Tensor) and torch.equal(g, want[i]) for g in got[i]), got[i]

@@ -112,3 +112,23 @@ def test_gpt2_attention_takes_its_projection_packed_and_gives_transformers_token
         want = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=10, min_new_tokens=10,
                               pad_token_id=0)
     assert torch.equal(cm.generate(ids, attention_mask=mask, max_new_tokens=10, min_new_tokens=10), want)
+
+
+def test_a_present_read_inside_the_graph_keeps_the_concat_form():
+    # the shared present is the whole capacity-sized buffer: a node reading it would see the capacity's
+    # rows, not the past's and the new tokens'
+    proto, past, present = _decode_proto()
+    proto.graph.node.append(h.make_node("Shape", [present[0]], ["present_shape"]))
+    proto.graph.output.append(h.make_tensor_value_info("present_shape", TP.INT64, [4]))
+    assert share_cache_buffers(proto, past, present) is proto
+
+
+
+def test_a_cache_tensor_declared_without_its_four_dims_keeps_the_concat_form():
+    # the rewrite declares the length axis (2) of each past and present: one without that axis is not a
+    # cache it knows, and is left as it is rather than failing inside the rewrite
+    proto, past, present = _decode_proto()
+    for value in proto.graph.output:
+        if value.name == present[0]:
+            value.type.tensor_type.ClearField("shape")
+    assert share_cache_buffers(proto, past, present) is proto

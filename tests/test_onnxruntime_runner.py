@@ -603,3 +603,24 @@ def test_jax_inputs_give_jax_outputs_as_on_xla():
             np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, atol=1e-6)
     got = accelir.optimize(f, (np.asarray(x), np.asarray(y)))(np.asarray(x), np.asarray(y))
     assert all(type(g) is np.ndarray for g in got)  # numpy in, numpy out
+
+
+def test_a_session_only_rewrite_applies_to_a_model_proto_and_a_file_is_refused(tmp_path):
+    # the rewrite is the session's form of the model: one given a ModelProto must not be dropped silently
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+    def negate(model: onnx.ModelProto) -> onnx.ModelProto:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        out.graph.node[0].op_type = "Neg"
+        return out
+
+    ones = np.ones(2, np.float32)
+    np.testing.assert_array_equal(OnnxRuntimeModule(proto, rewrite=negate)(ones)[0], -ones)
+    path = tmp_path / "m.onnx"
+    onnx.save(proto, str(path))
+    with pytest.raises(LoweringError, match="rewrite"):
+        OnnxRuntimeModule(str(path), rewrite=negate)
