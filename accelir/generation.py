@@ -404,6 +404,7 @@ class GenerationModel(CompiledModel):
         # the stepper holds one generation's cache from its prompt to its last step: a second thread's prompt
         # would replace the buffers the first one's steps read, so generations on one model take turns
         self._generating = threading.Lock()
+        self._generating_in: int | None = None  # the thread whose generation holds the lock
 
     def __call__(self, input_ids: Any, attention_mask: Any = None, position_ids: Any = None) -> Any:
         import torch
@@ -462,6 +463,10 @@ class GenerationModel(CompiledModel):
         import torch
         ids, mask, as_numpy = self._prompt(input_ids, attention_mask)
         self._check_length(ids.shape[1], max_new_tokens, min_new_tokens)
+        if self._generating_in == threading.get_ident():
+            raise InputError("generate() was called from inside a generation of the same model (from its streamer?): "
+                             "generations on one model take turns, so it would wait for itself; call it once the "
+                             "first one has returned")
         eos = _token_list(self._defaults["eos_token_id"] if eos_token_id is None else eos_token_id)
         pad = pad_token_id if pad_token_id is not None else self._defaults["pad_token_id"]
         if pad is None and eos:
@@ -478,27 +483,31 @@ class GenerationModel(CompiledModel):
         # min_new_tokens masks the EOS scores; an EOS id outside the vocabulary (a tiny config's default) has none
         eos_scored = eos_ids[(eos_ids >= 0) & (eos_ids < self.layout.vocab_size)].numpy()
         with self._generating:
-            logits = self._stepper.prefill(ids, mask, _positions(mask), self.capacity_for(total))
-            for step in range(max_new_tokens):
-                # scores in numpy: torch copies a vocabulary-sized row on its thread pool, whose wake-up costs more
-                # than the copy (GPT-2 small on a loaded machine: 7 ms of CPU a token); a copy, since jax's arrays
-                # are read-only and the EOS scores are masked in place
-                scores = np.array(logits, dtype=np.float32)
-                if eos and step < min_new_tokens:
-                    scores[:, eos_scored] = -np.inf
-                tokens = choose(scores)
-                if eos:
-                    tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad))
-                new_tokens.append(tokens)
-                if streamer is not None:
-                    streamer.put(tokens)
-                if eos:
-                    unfinished &= ~torch.isin(tokens, eos_ids)
-                if step == max_new_tokens - 1 or not unfinished.any():
-                    break
-                mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], axis=1)
-                position = position + 1
-                logits = self._stepper.decode(tokens.numpy()[:, None].astype(np.int64), mask, position)
+            self._generating_in = threading.get_ident()
+            try:
+                logits = self._stepper.prefill(ids, mask, _positions(mask), self.capacity_for(total))
+                for step in range(max_new_tokens):
+                    # scores in numpy: torch copies a vocabulary-sized row on its thread pool, whose wake-up
+                    # costs more than the copy (GPT-2 small on a loaded machine: 7 ms of CPU a token); a copy,
+                    # since jax's arrays are read-only and the EOS scores are masked in place
+                    scores = np.array(logits, dtype=np.float32)
+                    if eos and step < min_new_tokens:
+                        scores[:, eos_scored] = -np.inf
+                    tokens = choose(scores)
+                    if eos:
+                        tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad))
+                    new_tokens.append(tokens)
+                    if streamer is not None:
+                        streamer.put(tokens)
+                    if eos:
+                        unfinished &= ~torch.isin(tokens, eos_ids)
+                    if step == max_new_tokens - 1 or not unfinished.any():
+                        break
+                    mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], axis=1)
+                    position = position + 1
+                    logits = self._stepper.decode(tokens.numpy()[:, None].astype(np.int64), mask, position)
+            finally:
+                self._generating_in = None
         if streamer is not None:
             streamer.end()
         out = torch.cat([prompt] + [t[:, None] for t in new_tokens], dim=1)

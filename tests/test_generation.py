@@ -443,3 +443,32 @@ def test_two_threads_generating_on_one_model_each_get_their_own_tokens(backend):
         t.join()
     for i in range(2):
         assert all(isinstance(g, torch.Tensor) and torch.equal(g, want[i]) for g in got[i]), got[i]
+
+
+def test_generate_from_inside_a_generation_of_the_same_model_is_an_input_error():
+    # a streamer that generates on the model it streams from would wait for its own generation's turn
+    import threading
+
+    cm = compiled("llama", "onnxruntime")
+    ids, mask = prompt(1)
+    seen: list = []
+
+    class Nested:
+        def put(self, tokens):
+            if tokens.dim() == 1 and not seen:  # a step's tokens (the prompt comes first, 2-d)
+                try:
+                    cm.generate(ids, attention_mask=mask, max_new_tokens=2)
+                except InputError as e:
+                    seen.append(e)
+
+        def end(self):
+            pass
+
+    worker = threading.Thread(target=lambda: cm.generate(ids, attention_mask=mask, max_new_tokens=3, streamer=Nested()),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "the nested generate() waited for its own generation"
+    assert seen and "inside a generation of the same model" in str(seen[0])
+    # the model generates again afterwards
+    assert cm.generate(ids, attention_mask=mask, max_new_tokens=2).shape[1] == ids.shape[1] + 2
