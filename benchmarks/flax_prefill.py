@@ -69,9 +69,9 @@ def decoder(config: Config):
     return Decoder().bind(variables), ids
 
 
-def token_by_token(stepper, layout, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
+def token_by_token(backend: str, stepper, layout, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """The prompt through the step graph, one call per token (the flax path before its prefill graph)."""
-    if hasattr(stepper, "buffers"):  # xla: device buffers donated to each step
+    if backend == "xla":  # device buffers donated to each step
         import jax
         stepper.buffers = [jax.device_put(x, stepper.device) for x in layout.empty_cache(ids.shape[0])]
     else:  # onnxruntime: OrtValues bound as the next step's inputs
@@ -91,7 +91,7 @@ def measure(name: str, backend: str, rounds: int) -> tuple[float, float, float, 
     mask = np.ones_like(ids, dtype=np.int64)
     pos = np.arange(ids.shape[1], dtype=np.int64)[None]
     systems = {"prefill graph": lambda: stepper.prefill(ids, mask, pos, layout.max_positions),
-               "token by token": lambda: token_by_token(stepper, layout, ids, mask, pos)}
+               "token by token": lambda: token_by_token(backend, stepper, layout, ids, mask, pos)}
     first = {k: np.asarray(fn()) for k, fn in systems.items()}
     np.testing.assert_allclose(first["prefill graph"], first["token by token"], rtol=1e-4, atol=1e-4)
     for fn in systems.values():  # warm-up
