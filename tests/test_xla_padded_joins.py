@@ -23,7 +23,8 @@ from torch_fn import assert_same_outputs
 
 
 class Fn(torch.nn.Module):
-    """``fn`` as a module (here, so that a refusal's source line is this file's)."""
+    """``fn`` as a module, here rather than from torch_fn: non-strict torch.export records only
+    ``forward`` frames as a node's stack trace, and the refusal tests match this file in the source line."""
 
     def __init__(self, fn):
         super().__init__()
