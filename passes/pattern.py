@@ -639,7 +639,7 @@ def _root_only(p: Pattern) -> bool:
 
 class _Driver:
     def __init__(self, graph: Graph, rules: Sequence[Rule], pass_name: str | None, verbose: bool,
-                 max_iterations: int, veto: frozenset[str]):
+                 max_iterations: int, veto: frozenset[str], qdq: bool):
         self.graph = graph
         self.pass_name = pass_name
         self.verbose = verbose
@@ -657,7 +657,7 @@ class _Driver:
         self.queued: set[Node] = set()
         self.rewrites = 0
         self.fired: dict[str, int] = {}
-        self.qdq = holds_qdq(graph)
+        self.qdq = qdq
 
     def push(self, node: Node) -> None:
         # only nodes some rule roots at are worth queueing
@@ -790,16 +790,19 @@ class _Driver:
 
 def apply_rules(graph: Graph, rules: Sequence[Rule], *, max_iterations: int = 8, verbose: bool = False,
                 pass_name: str | None = None, near_misses: list[NearMiss] | None = None,
-                veto: frozenset[str] = frozenset(), regions: bool = True) -> int:
+                veto: frozenset[str] = frozenset(), regions: bool = True, qdq: bool | None = None) -> int:
     """Rewrite ``graph`` with ``rules`` to a fixed point; returns the number of rewrites.
 
     Rules are tried in order at each node whose op roots one of them; the first whose
     ``fn`` returns a replacement wins.  ``max_iterations`` bounds the rewrites to
     ``max_iterations * (nodes + 1)``; a rule set that keeps going raises PassError.
     ``verbose`` collects near misses into ``near_misses`` (and logs them).  ``veto``
-    names rules not to apply.  ``regions`` also rewrites inside region graphs.
+    names rules not to apply.  ``regions`` also rewrites inside region graphs.  ``qdq``: whether
+    the program holds QDQ nodes (:func:`holds_qdq`), found once and handed to the regions.
     """
-    d = _Driver(graph, rules, pass_name, verbose, max_iterations, veto)
+    if qdq is None:
+        qdq = holds_qdq(graph)
+    d = _Driver(graph, rules, pass_name, verbose, max_iterations, veto, qdq)
     count = d.run()
     if verbose:
         for nm in d.near.values():
@@ -810,7 +813,7 @@ def apply_rules(graph: Graph, rules: Sequence[Rule], *, max_iterations: int = 8,
         for n in graph.nodes:
             for r in n.regions:
                 count += apply_rules(r, rules, max_iterations=max_iterations, verbose=verbose, pass_name=pass_name,
-                                     near_misses=near_misses, veto=veto)
+                                     near_misses=near_misses, veto=veto, qdq=qdq)
     return count
 
 

@@ -313,6 +313,25 @@ def test_rewrites_inside_regions():
     np.testing.assert_allclose(_run(g, x)[0], np.exp(x), rtol=1e-6)
 
 
+def test_the_program_is_searched_for_qdq_nodes_once_however_many_regions(monkeypatch):
+    # each region's rewrite used to histogram the whole program again: quadratic in the regions
+    from accelir.passes import pattern
+    calls = []
+    real = pattern.holds_qdq
+    monkeypatch.setattr(pattern, "holds_qdq", lambda g: calls.append(g) or real(g))
+    body = """  %{i} = fusion(%x) {{kind="elementwise"}} : f32[4] {{
+    graph body(%a: f32[4]) -> (f32[4]) {{
+      %n = neg(%a) : f32[4]
+      %m = neg(%n) : f32[4]
+      return %m
+    }}
+  }}"""
+    g = accelir.parse("graph main(%x: f32[4]) -> (f32[4], f32[4], f32[4]) {\n"
+                      + "\n".join(body.format(i=i) for i in range(3)) + "\n  return %0, %1, %2\n}")
+    assert pattern.apply_rules(g, [NEG_NEG]) == 3
+    assert len(calls) == 1
+
+
 def test_veto_and_rule_pass():
     text = """graph main(%x: f32[4]) -> (f32[4]) {
   %0 = neg(%x) : f32[4]
