@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .api import CompiledModel, OptimizeReport, build_runner, pass_list, register_model_path
+from .api import CompiledModel, OptimizeReport, pass_list, register_model_path
 from .errors import AccelirError, InputError, LoweringError
 from .ir import Graph
 
@@ -110,7 +110,8 @@ def optimize_causal_lm(model: Any, example_inputs: Any = None, *, backend: str =
         stepper = OrtSteps.build(decode, device)
         runner = stepper
     else:
-        runner = build_runner(prefill, backend, device)
+        from .lowering.jax import JaxModule
+        runner = JaxModule(prefill, device=device, rows_of_outputs=True)  # the linear weights as the step reads them
         stepper = _XlaSteps(runner, decode)
     report.chosen = backend
     report.stages["lowering"] = time.perf_counter() - t0
@@ -312,7 +313,7 @@ class _XlaSteps:
         pre_fn = prefill.function
         step_graph = in_place_cache(decode)
         group_attention_heads(step_graph)  # grouped-query heads read the kv buffers as they lie, not repeated
-        dec_fn = to_jax(step_graph)
+        dec_fn = to_jax(step_graph, rows_of_outputs=True)  # one token's matrix-vector products stream rows
         self.needs_x64 = pre_fn.needs_x64 or dec_fn.needs_x64
         pre_params = pre_fn.device_params(self.device)
         self.pre_params = pre_params
@@ -345,15 +346,28 @@ def shared_device_params(fn: Any, other: Any, other_device: dict[str, Any], devi
     """``fn``'s device parameters, reusing ``other``'s device array for each weight both graphs hold (the same
     memory: both were captured as views of the model's arrays), so the second graph does not put another copy
     of the weights on the device.  Weights are matched by memory, not by name: a flax prefill holds its
-    weights in its scan's body, under other names than the step's."""
+    weights in its scan's body, under other names than the step's.  An array a pass made in each graph
+    (Llama's q, k and v weights merged into one) is matched by value."""
     import jax
     from .lowering.jax.context import x64_scope
 
     def where(a: np.ndarray) -> tuple:
         return a.__array_interface__["data"][0], a.shape, a.dtype.str, a.strides
+
+    def head(a: np.ndarray) -> tuple:  # a cheap key for arrays made by a pass (merged q / k / v), equal by value
+        return a.shape, a.dtype.str, np.ascontiguousarray(a.reshape(-1)[:64]).tobytes()
     placed = {where(a): other_device[k] for k, a in other.params.items()}
+    made: dict[tuple, list[tuple[np.ndarray, Any]]] = {}
+    for k, a in other.params.items():
+        made.setdefault(head(a), []).append((a, other_device[k]))
+
+    def put(a: np.ndarray) -> Any:
+        if where(a) in placed:
+            return placed[where(a)]
+        same = next((d for b, d in made.get(head(a), ()) if np.array_equal(a, b)), None)
+        return same if same is not None else jax.device_put(a, device)
     with x64_scope(fn.needs_x64):
-        return {k: placed[where(a)] if where(a) in placed else jax.device_put(a, device) for k, a in fn.params.items()}
+        return {k: put(a) for k, a in fn.params.items()}
 
 
 def _prefill_function(fn: Any) -> Callable:

@@ -13,13 +13,15 @@ load are an A/B between runs of this script, or within one run, not the quiet ta
 ``--model qwen2`` is a grouped-query model (Qwen2-0.5B's layer: hidden 896, 14 query heads over 2
 kv heads; ``--layers`` of them, a 32000-token vocabulary).  ``--without REWRITE`` times, in the same
 rounds, the step built without one of its rewrites (``group_attention_heads``: the kv heads repeated
-to every query head over the cache, what the XLA step did before).  ``--floor`` times the memory-read floor of the step's weights: a jitted
+to every query head over the cache, what the XLA step did before; ``rows_of_outputs``: the linear weights
+held as the IR's ``[K, N]``, not by rows).  ``--floor`` times the memory-read floor of the step's weights: a jitted
 sum over the model's float32 weights (each read once, as a step must read them), and numpy's sum over
 the same memory, in the same rounds as the step::
 
     python benchmarks/xla_step.py --model qwen2 --layers 4 --precisions fp32 --capacities 160,1056 \
         --without group_attention_heads
     python benchmarks/xla_step.py --precisions fp32 --capacities 64 --floor
+    python benchmarks/xla_step.py --precisions fp32 --capacities 64 --without rows_of_outputs
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ import time
 from typing import Any, Callable
 
 
-def _model(name: str, layers: int) -> Any:
+def _model(name: str, layers: int, quick: bool = False) -> Any:
     import transformers as T
     if name == "gpt2":
-        return T.GPT2LMHeadModel(T.GPT2Config(n_layer=layers)).eval()
-    return T.Qwen2ForCausalLM(T.Qwen2Config(num_hidden_layers=layers, hidden_size=896, num_attention_heads=14,
-                                            num_key_value_heads=2, intermediate_size=4864, vocab_size=32000,
-                                            max_position_embeddings=4096, tie_word_embeddings=True)).eval()
+        tiny = dict(n_embd=64, n_head=4, vocab_size=500, n_positions=256) if quick else {}
+        return T.GPT2LMHeadModel(T.GPT2Config(n_layer=layers, **tiny)).eval()
+    size = (dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, vocab_size=500)
+            if quick else dict(hidden_size=896, num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864,
+                               vocab_size=32000))
+    return T.Qwen2ForCausalLM(T.Qwen2Config(num_hidden_layers=layers, max_position_embeddings=4096,
+                                            tie_word_embeddings=True, **size)).eval()
 
 
 def step_timer(cm: Any, capacity: int, prompt: int = 32, steps: int = 5) -> Callable[[], float]:
@@ -84,7 +89,12 @@ def floor_timers(cm: Any) -> tuple[float, dict[str, Callable[[], float]]]:
 
 
 #: the decode step's rewrites ``--without`` can switch off (what the step did before each)
-STEP_REWRITES = {"group_attention_heads": "accelir.grouped_attention.group_attention_heads"}
+# name -> (what to patch, what stands in for it while the variant is built)
+STEP_REWRITES = {
+    "group_attention_heads": ("accelir.grouped_attention.group_attention_heads", lambda graph: 0),
+    # the linear weights in the IR's [K, N] instead of held by rows, [N, K]
+    "rows_of_outputs": ("accelir.lowering.jax.context._linear_weight_layouts", lambda graphs, prefixes: {}),
+}
 
 
 def _compiled(model: Any, precision: str, without: str | None) -> Any:
@@ -96,7 +106,7 @@ def _compiled(model: Any, precision: str, without: str | None) -> Any:
     kwargs = dict(backend="xla", precision=precision, accuracy=None if precision == "fp32" else {"max_abs": 1e30})
     if without is None:
         return accelir.optimize(model, (prompt,), **kwargs)
-    with mock.patch(STEP_REWRITES[without], lambda graph: 0):
+    with mock.patch(*STEP_REWRITES[without]):
         return accelir.optimize(model, (prompt,), **kwargs)
 
 
@@ -110,11 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--without", choices=tuple(STEP_REWRITES), default=None,
                         help="also time the step built without this rewrite, in the same rounds")
     parser.add_argument("--floor", action="store_true", help="also time reading the step's float32 weights once")
+    parser.add_argument("--quick", action="store_true", help="tiny configs (64 wide, 500 tokens), one round: a check "
+                        "that the script runs, not a measurement")
     opts = parser.parse_args(argv)
+    if opts.quick:
+        opts.rounds = 1
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
     import torch
     torch.set_num_threads(1)
-    layers = opts.layers or (12 if opts.model == "gpt2" else 4)
+    layers = opts.layers or (2 if opts.quick else 12 if opts.model == "gpt2" else 4)
     capacities = [int(c) for c in opts.capacities.split(",")]
     print(f"{opts.model}, {layers} layers; load average {os.getloadavg()[0]:.2f} at the start; CPU ms per decode "
           f"step, one thread, medians of {opts.rounds} rounds")
@@ -122,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|" + "---:|" * len(capacities))
     for precision in opts.precisions.split(","):
         torch.manual_seed(0)
-        model = _model(opts.model, layers)
+        model = _model(opts.model, layers, opts.quick)
         variants = {precision: _compiled(model, precision, None)}
         if opts.without:
             variants[f"{precision}, without {opts.without}"] = _compiled(model, precision, opts.without)

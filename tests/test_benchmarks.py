@@ -56,6 +56,18 @@ def test_quick_flax_prefill_times_both_ways_on_both_backends():
     assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
 
 
+@pytest.mark.parametrize("model", ["gpt2", "qwen2"])
+def test_quick_xla_step_times_each_variant_and_the_floor(model):
+    out = _assert_ran(_run_script(["benchmarks/xla_step.py", "--quick", "--model", model, "--precisions", "fp32,int8",
+                                   "--capacities", "40,64", "--without", "rows_of_outputs", "--floor"], timeout=600))
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines() if line.startswith("| ")
+            and not line.startswith("| step") and not line.startswith("|---")}
+    assert set(rows) == {"fp32", "fp32, without rows_of_outputs", "floor: jitted sum over the weights",
+                         "floor: numpy sum over the weights", "int8", "int8, without rows_of_outputs"}, out
+    assert all(len(cells) == 2 and all(float(c) >= 0 for c in cells) for cells in rows.values()), out
+    assert "load average" in out and "float32 weights" in out
+
+
 def test_quick_passes_states_threads_machine_sizes():
     out = _assert_ran(_run_script(["benchmarks/passes.py", "--quick", "--allow-load", "--sizes", "300", "600"]))
     settings = next(line for line in out.splitlines() if line.startswith("settings:"))

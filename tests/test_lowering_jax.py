@@ -693,6 +693,49 @@ def test_channels_last_convs_match_interpreter(channels_last_io):
     assert len(fn.layouts) == 2 and not set(fn.layouts) & set(fn.params)
 
 
+def linear_graph(dtype: DType = DType.f32) -> Graph:
+    """Two linears (one with a bias, one a [K, N] transposed view of an [N, K] array, as torch's
+    nn.Linear weights come into the IR) and a linear weight also read by another op."""
+    rng = np.random.default_rng(7)
+    np_dt = dtype.numpy
+    g = Graph("linears")
+    x = g.add_input(TensorType(dtype, ("batch", 1, 24)), "x")
+    w1 = g.const(rng.uniform(-1, 1, (24, 40)).astype(np_dt))
+    nk = rng.uniform(-1, 1, (16, 40)).astype(np_dt)
+    w2 = g.const(nk.T)  # [40, 16], a view of nk's memory
+    shared = g.const(rng.uniform(-1, 1, (16, 16)).astype(np_dt))
+    h = g.apply("linear", x, w1, g.const(rng.uniform(-1, 1, 40).astype(np_dt)), activation="relu")
+    y = g.apply("linear", h, w2, activation="none")
+    z = g.apply("linear", y, shared, activation="none")
+    g.set_outputs([z, g.apply("reduce_sum", shared, axes=(0,))])
+    verify(g)
+    return g
+
+
+@pytest.mark.parametrize("dtype", [DType.f32, DType.f16])
+def test_linear_weights_held_by_rows_match_the_ir_layout(dtype):
+    """``rows_of_outputs``: a weight read only by linears is held [N, K] (an nn.Linear's own memory where the IR
+    holds a transposed view of it) and passed per call; one read by another op too keeps the IR's layout.  The
+    outputs are the interpreter's, and the dots contract the held weights' dim 1 with no transpose of them."""
+    g = linear_graph(dtype)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 1, 24)).astype(dtype.numpy)
+    want = interpret(g, x)
+    for rows in (False, True):
+        got = JaxModule(g, compiler_options=FAST_COMPILE, rows_of_outputs=rows)(x)
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert_close(a, b, TOL, err_msg=f"rows={rows} output {i}")
+    fn = to_jax(g, rows_of_outputs=True)
+    held = {k: fn.params[k] for k in fn.layouts}
+    assert sorted(a.shape for a in held.values()) == [(16, 40), (40, 24)]
+    nk = next(a for a in held.values() if a.shape == (16, 40))
+    assert nk.flags.c_contiguous  # the nn.Linear-like weight as it lies: no copy to put on the device
+    assert not to_jax(g).layouts  # not asked: the IR's layout
+    text = JaxModule(g, compiler_options=FAST_COMPILE, rows_of_outputs=True).lower(x).compile().as_text()
+    assert "transpose(" not in text, text
+    assert text.count("rhs_contracting_dims={1}") >= 2, text
+
+
 def test_channels_last_convs_with_symbolic_batch_export():
     rng = np.random.default_rng(6)
     g = Graph()

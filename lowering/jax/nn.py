@@ -11,7 +11,7 @@ from jax import lax
 
 from accelir.ops.shape import inverse_perm
 
-from .layout import held, logical, parts
+from .layout import Permuted, held, logical, parts
 from .context import apply_activation, pointwise, register_lowering
 
 # ----- rules: composites -------------------------------------------------------------
@@ -129,9 +129,15 @@ def _attention(ctx, q, k, v, mask=None, *, scale, causal):
     return _contract(_softmax(s, -1), v, v.ndim - 2)
 
 
-@register_lowering("linear", upcast=True)
+@register_lowering("linear", upcast=True, layout=True)
 def _linear(ctx, x, w, bias=None, *, activation):
-    y = jnp.matmul(x, w)
+    x, bias = logical(x), None if bias is None else logical(bias)
+    if isinstance(w, Permuted) and w.perm == (1, 0):  # held [N, K] (JaxFunction's rows_of_outputs)
+        # one dot over the rows as they lie: a transpose of the weight before jnp.matmul becomes, inside XLA:CPU,
+        # a copy fused into the dot's loop, slower than its dot kernel
+        y = lax.dot_general(x, w.data, (((x.ndim - 1,), (1,)), ((), ())))
+    else:
+        y = jnp.matmul(x, logical(w))
     if bias is not None:
         y = y + bias
     return apply_activation(ctx, y, activation)

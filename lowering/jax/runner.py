@@ -72,11 +72,13 @@ class JaxModule:
     same device).  Outputs come back as a list in the caller's framework: torch if any
     input is a torch tensor, else jax if any is a jax array, else numpy.
     ``compiler_options`` go to XLA (e.g. ``{"xla_backend_optimization_level": 0}`` to
-    compile faster), over accelir's own on CPU (``_cpu_compiler_options``).
+    compile faster), over accelir's own on CPU (``_cpu_compiler_options``).  ``rows_of_outputs``:
+    the ``linear`` weights held ``[N, K]`` (:class:`JaxFunction`), as a decode step reads them best.
     """
 
-    def __init__(self, graph: Graph, device: str | None = None, compiler_options: Mapping[str, Any] | None = None):
-        self.function = to_jax(graph)
+    def __init__(self, graph: Graph, device: str | None = None, compiler_options: Mapping[str, Any] | None = None,
+                 *, rows_of_outputs: bool = False):
+        self.function = to_jax(graph, rows_of_outputs=rows_of_outputs)
         self.graph = graph
         self.device = jax_device(device)
         keys = tuple(self.function.params)
