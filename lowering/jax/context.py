@@ -377,7 +377,9 @@ class JaxFunction:
     faster than the ``[K, N]`` the IR holds (GPT-2 small's layer weights: 12.1 against 13.9 ms a
     step, one thread); the ``linear`` rule sees the IR's ``[K, N]`` through one transpose that XLA
     folds into the dot.  A torch ``nn.Linear``'s weight is ``[N, K]`` already, its IR constant a
-    transposed view of it: held so, it goes to the device as it lies.
+    transposed view of it: held so, it goes to the device as it lies.  The price is in the
+    matrix-matrix products of a prompt, which XLA:CPU runs slower over ``[N, K]`` (GPT-2 small's
+    32-token prefill: 143 against 125 ms CPU), once per generation against every token's gain.
 
     A graph with data-dependent sizes (lowering/jax/padding.py) runs on padded buffers: ``apply``
     returns its outputs padded, then the valid length of each unbacked dim in ``lengths_out``;
