@@ -44,8 +44,10 @@ Two more measurements per model:
   and their data) on disk, beside the distinct weights its two graphs hold.
 
 The machine's load is recorded; a run under load prints no table unless ``--allow-load``.
-Needs a quiet machine.  The whole run takes hours on 2 CPUs (Qwen2-0.5B size is about four times
-GPT-2 small's work), so it may be run a model and a thread count at a time:
+Needs a quiet machine.  On 2 CPUs GPT-2 small takes about ten minutes a thread count at three
+rounds, the Qwen2-0.5B size about half an hour at two (most of it building each system twice, the
+second time for its memory); a run may take a model and a thread count at a time, and a thread
+count that finds the machine still loaded by the one before is refused (rerun it alone):
 
     python benchmarks/generate.py --threads 1,2        # full-size models, one and two threads
     python benchmarks/generate.py --models gpt2 --threads 1
