@@ -329,9 +329,9 @@ class Lowering:
 _CONVS = ("conv", "fused_conv")
 
 
-def _weight_layouts(graphs: Sequence[Graph], prefixes: Mapping[int, str]) -> dict[str, tuple[int, ...]]:
-    """Constant keys whose every read is a convolution's weight, with the channels-last
-    permutation they are best held in (OIHW -> HWIO)."""
+def _read_only_as(graphs: Sequence[Graph], prefixes: Mapping[int, str],
+                  weight: Callable[[Node, int], bool]) -> dict[str, int]:
+    """The rank of each constant (by key) that is read, and read only where ``weight(user, slot)`` holds."""
     verdict: dict[str, bool] = {}
     ranks: dict[str, int] = {}
     for g in graphs:
@@ -340,26 +340,24 @@ def _weight_layouts(graphs: Sequence[Graph], prefixes: Mapping[int, str]) -> dic
                 continue
             key = constant_key(prefixes[id(g)], node.attrs["name"])
             out = node.outputs[0]
-            as_weight = bool(out.uses()) and all(user.op in _CONVS and i == 1 for user, i in out.uses())
+            as_weight = bool(out.uses()) and all(weight(user, i) for user, i in out.uses())
             verdict[key] = verdict.get(key, True) and as_weight
             ranks[key] = out.rank
-    return {k: kernel_last(ranks[k]) for k, ok in verdict.items() if ok}
+    return {k: ranks[k] for k, ok in verdict.items() if ok}
+
+
+def _weight_layouts(graphs: Sequence[Graph], prefixes: Mapping[int, str]) -> dict[str, tuple[int, ...]]:
+    """Constant keys whose every read is a convolution's weight, with the channels-last
+    permutation they are best held in (OIHW -> HWIO)."""
+    weights = _read_only_as(graphs, prefixes, lambda user, i: user.op in _CONVS and i == 1)
+    return {k: kernel_last(rank) for k, rank in weights.items()}
 
 
 def _linear_weight_layouts(graphs: Sequence[Graph], prefixes: Mapping[int, str]) -> dict[str, tuple[int, ...]]:
     """Constant keys whose every read is a ``linear``'s two-dimensional weight (``[K, N]`` in the IR), with the
     permutation that holds them ``[N, K]``: each output feature's weights one contiguous row."""
-    verdict: dict[str, bool] = {}
-    for g in graphs:
-        for node in g.nodes:
-            if node.op != "constant":
-                continue
-            key = constant_key(prefixes[id(g)], node.attrs["name"])
-            out = node.outputs[0]
-            as_weight = out.rank == 2 and bool(out.uses()) and all(
-                user.op == "linear" and i == 1 for user, i in out.uses())
-            verdict[key] = verdict.get(key, True) and as_weight
-    return {k: (1, 0) for k, ok in verdict.items() if ok}
+    weights = _read_only_as(graphs, prefixes, lambda user, i: user.op == "linear" and i == 1)
+    return {k: (1, 0) for k, rank in weights.items() if rank == 2}
 
 
 class JaxFunction:
