@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["to_numpy", "to_torch"]
+__all__ = ["memory_key", "to_numpy", "to_torch"]
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -41,3 +41,9 @@ def to_torch(a: Any) -> Any:
     if a.dtype.name == "bfloat16":
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
+
+
+def memory_key(a: np.ndarray) -> tuple:
+    """Where an array's elements lie: equal for two arrays that are the same elements of the same memory
+    (two names for one weight, or two graphs' views of the model's array), whatever their names."""
+    return a.__array_interface__["data"][0], a.shape, a.dtype.str, a.strides

@@ -349,23 +349,22 @@ def shared_device_params(fn: Any, other: Any, other_device: dict[str, Any], devi
     weights in its scan's body, under other names than the step's.  An array a pass made in each graph
     (Llama's q, k and v weights merged into one) is matched by value."""
     import jax
+    from .arrays import memory_key
     from .lowering.jax.context import x64_scope
-
-    def where(a: np.ndarray) -> tuple:
-        return a.__array_interface__["data"][0], a.shape, a.dtype.str, a.strides
 
     def head(a: np.ndarray) -> tuple:  # a cheap key for arrays made by a pass (merged q / k / v), equal by value
         return a.shape, a.dtype.str, a.flat[:64].tobytes()  # 64 elements read, however the array lies
-    placed = {where(a): other_device[k] for k, a in other.params.items()}
+    placed = {memory_key(a): other_device[k] for k, a in other.params.items()}
     made: dict[tuple, list[tuple[np.ndarray, Any]]] = {}
     for k, a in other.params.items():
         made.setdefault(head(a), []).append((a, other_device[k]))
 
     def put(a: np.ndarray) -> Any:
-        if where(a) in placed:
-            return placed[where(a)]
+        if memory_key(a) in placed:
+            return placed[memory_key(a)]
         same = next((d for b, d in made.get(head(a), ()) if np.array_equal(a, b)), None)
-        return same if same is not None else jax.device_put(a, device)
+        placed[memory_key(a)] = same if same is not None else jax.device_put(a, device)  # once for two names
+        return placed[memory_key(a)]
     with x64_scope(fn.needs_x64):
         return {k: put(a) for k, a in fn.params.items()}
 

@@ -21,7 +21,7 @@ from jax import lax
 from accelir import dims
 from accelir.errors import AccelirError, InputError, LoweringError
 from accelir.unbacked import unbacked_dims
-from accelir.arrays import to_numpy
+from accelir.arrays import memory_key, to_numpy
 from accelir.ir import DType, Graph, Node, TensorType
 from accelir.ops import registry
 from accelir.ops.activations import activation
@@ -373,8 +373,8 @@ class JaxFunction:
     ``params``, the same permutation in ``layouts``): a matrix-vector product (one token's decode
     step) then reads each output's weights as one contiguous row, which XLA:CPU's dot kernels stream
     faster than the ``[K, N]`` the IR holds (GPT-2 small's layer weights: 12.1 against 13.9 ms a
-    step, one thread); the ``linear`` rule sees the IR's ``[K, N]`` through one transpose that XLA
-    folds into the dot.  A torch ``nn.Linear``'s weight is ``[N, K]`` already, its IR constant a
+    step, one thread); the layout-aware ``linear`` rule contracts the held weight's dim 1 where it
+    lies.  A torch ``nn.Linear``'s weight is ``[N, K]`` already, its IR constant a
     transposed view of it: held so, it goes to the device as it lies.  The price is in the
     matrix-matrix products of a prompt, which XLA:CPU runs slower over ``[N, K]`` (GPT-2 small's
     32-token prefill: 143 against 125 ms CPU), once per generation against every token's gain.
@@ -449,7 +449,7 @@ class JaxFunction:
             # embedding and the lm head's weight held by rows)
 
             def put(a: np.ndarray) -> Any:
-                where = (a.__array_interface__["data"][0], a.shape, a.dtype.str, a.strides)
+                where = memory_key(a)
                 if where not in placed:
                     placed[where] = jax.device_put(a, device)
                 return placed[where]
