@@ -344,9 +344,17 @@ def test_decode_step_on_onnxruntime(arch, attn):
     ops = collections.Counter(n.op for n in cm.graph.nodes)
     assert ops["group_query_attention"] == layers and ops["attention"] == 0, ops
     assert ops["rotary_embedding"] == (2 * layers if arch in ROTARY_ARCHS else 0), ops
-    kernels = collections.Counter(n.op_type for n in to_onnx(cm.graph).graph.node)
+    lowered = to_onnx(cm.graph).graph.node
+    kernels = collections.Counter(n.op_type for n in lowered)
     assert kernels["GroupQueryAttention"] == layers, kernels
     assert kernels["RotaryEmbedding"] == ops["rotary_embedding"], kernels
+    # the rotations take the projections' [B, S, heads * H] outputs as they lie, and the attention their results
+    made_by = {o: n.op_type for n in lowered for o in n.output}
+    assert [made_by[n.input[0]] for n in lowered if n.op_type == "RotaryEmbedding"] == \
+        ["Split"] * kernels["RotaryEmbedding"], made_by
+    if arch in ROTARY_ARCHS:
+        assert all(made_by[i] == "RotaryEmbedding" for n in lowered if n.op_type == "GroupQueryAttention"
+                   for i in n.input[:2])
     _check(cm, step, f"{arch} ({attn}) on onnxruntime", PASTS)
 
 

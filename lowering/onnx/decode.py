@@ -3,11 +3,14 @@
 On onnxruntime they become its com.microsoft kernels, elsewhere (or where the kernel's
 contract does not fit) their decompositions:
 
-* ``rotary_embedding`` -> ``RotaryEmbedding`` on the [B, N, S, H] input.  The kernel gathers
-  cos / sin rows from a cache by position id; the IR hands it the rows already gathered, so the
-  cache is those rows flattened to [B * S, rotary_dim / 2] and the position ids are 0 .. B * S - 1:
-  whatever computed cos / sin (a cache gathered by position, or ``cos(position * inv_freq)``)
-  stays in the graph, and the kernel does the rotation.
+* ``rotary_embedding`` -> ``RotaryEmbedding``.  The kernel gathers cos / sin rows from a cache by
+  position id; the IR hands it the rows already gathered, so the cache is those rows flattened to
+  [B * S, rotary_dim / 2] and the position ids are 0 .. B * S - 1: whatever computed cos / sin (a
+  cache gathered by position, or ``cos(position * inv_freq)``) stays in the graph, and the kernel
+  does the rotation.  Where the [B, N, S, H] input's heads were split from a [B, S, N * H] value (a
+  projection's output), the kernel rotates that value as it lies (its 3-D form, ``num_heads``
+  giving the heads) and a GroupQueryAttention reading the rotated heads takes the 3-D result: no
+  Transpose to the heads and back around the kernel (a Qwen2 decode step: eight nodes a layer).
 * ``group_query_attention`` -> ``GroupQueryAttention`` for one new token (S == 1), or for S new
   tokens of symbolic count: one step of generation, or the whole prompt over an empty past, so one
   session runs both.  Every row's ``seqlens_k`` is P + S - 1 (the kernel's "total length - 1"), so
@@ -56,6 +59,8 @@ def _lower_rotary(ctx, node, xs):
     r = node.attrs["rotary_dim"] or h
     if not _fits(ctx, x_t.dtype, "RotaryEmbedding") or type(n) is not int or type(h) is not int:
         return lower_via_decomposition(ctx, node, xs)
+    split = split_heads(node.inputs[0])
+    packed = ctx.value_of(split[0]) if split is not None and split[1] == n else None
     cos, sin = (_cache_rows(ctx, t, v.type.shape[0], b, s, r // 2) for t, v in zip(xs[1:], node.inputs[1:]))
     n_rows = D.dim_mul(b, s)
     if type(n_rows) is int:
@@ -63,13 +68,21 @@ def _lower_rotary(ctx, node, xs):
     else:
         zero, one = (ctx.const(np.asarray(i, np.int64)) for i in (0, 1))
         positions = ctx.op("Reshape", ctx.op("Range", zero, ctx.scalar_dim(n_rows), one), ctx.dims((b, s)))
-    return [ctx.op("RotaryEmbedding", xs[0], positions, cos, sin, domain=MS_DOMAIN, num_heads=n,
-                   rotary_embedding_dim=r, interleaved=int(node.attrs["interleaved"]))]
+    rotated = ctx.op("RotaryEmbedding", xs[0] if packed is None else packed, positions, cos, sin, domain=MS_DOMAIN,
+                     num_heads=n, rotary_embedding_dim=r, interleaved=int(node.attrs["interleaved"]))
+    if packed is None:
+        return [rotated]
+    ctx.packed_heads[id(node.outputs[0])] = rotated
+    # the [B, N, S, H] heads, for a reader that wants them (none where an attention kernel takes the 3-D form)
+    return [ctx.op("Transpose", ctx.op("Reshape", rotated, ctx.ints([0, 0, n, h])), perm=[0, 2, 1, 3])]
 
 
 def _packed(ctx, v: Value, lowered, heads: int, head_dim: int):
     """The IR's [B, heads, S, H] ``v`` (lowered to ``lowered``) as the kernel's [B, S, heads * H]: the
-    value its heads were split from where it has one, else a transpose and a reshape."""
+    value its heads were split from where it has one (or the 3-D form a rule made of it), else a
+    transpose and a reshape."""
+    if id(v) in ctx.packed_heads:
+        return ctx.packed_heads[id(v)]
     split = split_heads(v)
     if split is not None and split[1] == heads:
         packed = ctx.value_of(split[0])
