@@ -11,6 +11,9 @@
   tolerance by dtype, relative to the output's peak; a wrong cell is not timed.
 - Every ONNX Runtime session is timed the same way: ``session.run`` on inputs already
   converted to numpy, so no system pays a conversion the others do not.
+- The machine's memory bandwidth (``BandwidthProbe``): a shared virtual machine's bandwidth drops
+  for seconds at a time while the load average stays the same; measurements of memory-bound work
+  (a decode step reads every weight) taken in such a window are retaken, or flagged.
 """
 
 from __future__ import annotations
@@ -18,15 +21,17 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
 __all__ = ["Load", "LoadGuard", "add_load_arguments", "guard_from", "check_outputs", "session_call", "machine",
-           "cpu_count", "rotated"]
+           "cpu_count", "rotated", "BandwidthProbe"]
 
 DEFAULT_MAX_LOAD = 0.5
 
@@ -36,6 +41,63 @@ def rotated(items: Sequence[Any], round_: int) -> list[Any]:
     ``accelir.timing.time_interleaved`` does, so that no system always goes first."""
     k = round_ % len(items) if items else 0
     return list(items[k:]) + list(items[:k])
+
+
+T = TypeVar("T")
+
+
+class BandwidthProbe:
+    """The machine's memory bandwidth, read before and after each measurement of memory-bound work.
+
+    On a shared virtual machine a neighbour streaming memory on the host slows every process here at
+    once, for seconds, and the load average does not show it (on the 2-CPU machine these benchmarks were
+    taken on: a 64 MiB sum 1.5x slower for about ten seconds, in two processes alike).  A decode step
+    reads every weight, so a generation timed in such a window is that much slower, whichever system it
+    is, and a rotation of a few rounds does not even it out.  A reading is the median of ``sums``
+    one-thread sums of a ``mib`` MiB array (GB/s).  ``measure`` runs a measurement between two readings;
+    where either is below ``tolerance`` of the best reading so far it is retaken, up to ``retakes``
+    times, and where every try was, the last is kept and said to be unfair."""
+
+    def __init__(self, mib: int = 64, sums: int = 5, tolerance: float = 0.8, retakes: int = 2):
+        self.array = np.ones((mib << 20) // 8)
+        self.sums, self.tolerance, self.retakes = sums, tolerance, retakes
+        self.best = 0.0
+        self.retaken = 0  # measurements taken again
+        self.unfair = 0  # measurements kept with a low reading
+
+    def read(self) -> float:
+        """The bandwidth now, GB/s (and the best so far updated)."""
+        times = []
+        for _ in range(self.sums):
+            t0 = time.perf_counter()
+            self.array.sum()
+            times.append(time.perf_counter() - t0)
+        gbs = self.array.nbytes / statistics.median(times) / 1e9
+        self.best = max(self.best, gbs)
+        return gbs
+
+    def settle(self, readings: int = 5) -> None:
+        """A few readings, so that the first measurement has a best to be compared with."""
+        for _ in range(readings):
+            self.read()
+
+    def measure(self, run: Callable[[], T]) -> tuple[T, bool]:
+        """``run()`` between two readings, retaken while a reading is low: (its result, whether fair)."""
+        for attempt in range(self.retakes + 1):
+            before = self.read()
+            result = run()
+            after = self.read()
+            if min(before, after) >= self.tolerance * self.best:
+                return result, True
+            if attempt < self.retakes:
+                self.retaken += 1
+        self.unfair += 1
+        return result, False
+
+    def summary(self) -> str:
+        return (f"memory-bandwidth probe (a {self.array.nbytes >> 20} MiB sum, one thread): best {self.best:.1f} GB/s; "
+                f"{self.retaken} measurement(s) retaken for a reading below {self.tolerance:.0%} of the best, "
+                f"{self.unfair} kept below it (flagged)")
 
 
 def cpu_count() -> int:

@@ -43,7 +43,10 @@ Two more measurements per model:
 - **Export size.** Each accelir onnxruntime system's exported pair (``lm.onnx``, ``lm.decode.onnx``
   and their data) on disk, beside the distinct weights its two graphs hold.
 
-The machine's load is recorded; a run under load prints no table unless ``--allow-load``.
+The machine's load is recorded; a run under load prints no table unless ``--allow-load``.  Each
+timed generation (and each flat-latency measurement) runs between two readings of the machine's
+memory bandwidth (``benchmarks.conditions.BandwidthProbe``): one taken while a neighbour on a shared
+host held the memory bandwidth down is retaken, and one still taken so is flagged in the table.
 Needs a quiet machine.  On 2 CPUs GPT-2 small takes about ten minutes a thread count at three
 rounds, the Qwen2-0.5B size about half an hour at two (most of it building each system twice, the
 second time for its memory); a run may take a model and a thread count at a time, and a thread
@@ -70,7 +73,7 @@ from typing import Any, Callable
 
 if not __package__:  # run as a script: make the repo root importable, as ``-m`` does
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.conditions import add_load_arguments, guard_from, rotated  # noqa: E402
+from benchmarks.conditions import BandwidthProbe, add_load_arguments, guard_from, rotated  # noqa: E402
 
 __all__ = ["MODELS", "main"]
 
@@ -219,10 +222,11 @@ def _build_model(name: str, quick: bool) -> Any:
     return MODELS[name](quick)
 
 
-def run_model(name: str, *, quick: bool, prompt: int, new: int, threads: int, rounds: int, tmp: str
-              ) -> tuple[list[dict[str, Any]], dict[str, Generator], Any]:
+def run_model(name: str, *, quick: bool, prompt: int, new: int, threads: int, rounds: int, tmp: str,
+              probe: BandwidthProbe | None = None) -> tuple[list[dict[str, Any]], dict[str, Generator], Any]:
     """One row per system: build time, first-token and per-token medians, same tokens as eager, or the error;
-    and the built systems (for the flat-latency check) and the model."""
+    and the built systems (for the flat-latency check) and the model.  Each timed generation runs through
+    ``probe`` (retaken while the machine's memory bandwidth is down; a row says how many stayed so)."""
     from accelir.generation import GenerationTiming
     model = _build_model(name, quick)
     ids = _prompt(model, prompt)
@@ -238,14 +242,18 @@ def run_model(name: str, *, quick: bool, prompt: int, new: int, threads: int, ro
             gens[label] = build(model, tmp, threads)
             runs[label] = functools.partial(gens[label], ids, new)
             GenerationTiming.measure(runs[label])  # warm-up (compiles, first-call set-up)
-            rows[label] = {"system": label, "build": time.perf_counter() - t0, "timings": []}
+            rows[label] = {"system": label, "build": time.perf_counter() - t0, "timings": [], "unfair": 0}
         except Exception as e:  # noqa: BLE001 - a peer that cannot run here is reported, not fatal
             runs.pop(label, None)
             gens.pop(label, None)
             rows[label] = {"system": label, "note": _first_line(e)}
+    probe = probe or BandwidthProbe()
+    probe.settle()
     for r in range(rounds):
         for label in rotated(list(runs), r):
-            rows[label]["timings"].append(GenerationTiming.measure(runs[label]))
+            timing, fair = probe.measure(functools.partial(GenerationTiming.measure, runs[label]))
+            rows[label]["timings"].append(timing)
+            rows[label]["unfair"] += not fair
     reference = rows["transformers eager"]["timings"][0].tokens.tolist() if "transformers eager" in runs else None
     out = []
     for label in list(SYSTEMS) + [OPTIMUM]:
@@ -272,7 +280,8 @@ def _table(name: str, rows: list[dict[str, Any]]) -> str:
             continue
         ratio = f"{r['token_ms'] / eager:.2f}" if eager else "-"
         same = "yes" if r["same"] else ("no, " + r["error"] if "error" in r else "NO")
-        lines.append(f"| {r['system']} | {r['first_ms']:.1f} | {r['token_ms']:.2f} | {ratio} | {r['build']:.1f} | "
+        low = f" ({r['unfair']} round(s) at low memory bandwidth)" if r.get("unfair") else ""
+        lines.append(f"| {r['system']} | {r['first_ms']:.1f} | {r['token_ms']:.2f}{low} | {ratio} | {r['build']:.1f} | "
                      f"{same} |")
     return "\n".join(lines)
 
@@ -333,11 +342,13 @@ def attention_step_ms(config: Any, past: int, repeats: int = 20) -> float:
     return statistics.median(times) * 1e3
 
 
-def flat_latency(model: Any, gens: dict[str, Generator], pasts: list[int], steps: int) -> dict[str, Any]:
+def flat_latency(model: Any, gens: dict[str, Generator], pasts: list[int], steps: int,
+                 probe: BandwidthProbe | None = None) -> dict[str, Any]:
     """Per-token decode ms of each flat-latency system at each past length (a prompt ``past - steps - 1``
     long, ``steps + 1`` new tokens: the steps run over pasts up to ``past``, within the position limit),
-    and attention's own."""
+    and attention's own; each generation through ``probe`` (retaken while the memory bandwidth is down)."""
     from accelir.generation import GenerationTiming
+    probe = probe or BandwidthProbe()
     out: dict[str, Any] = {"attention": [attention_step_ms(model.config, p) for p in pasts]}
     for label in FLAT_SYSTEMS:
         if label not in gens:
@@ -346,7 +357,8 @@ def flat_latency(model: Any, gens: dict[str, Generator], pasts: list[int], steps
         for p in pasts:
             run = functools.partial(gens[label], _prompt(model, p - steps - 1, seed=p), steps + 1)
             GenerationTiming.measure(run)  # warm-up: XLA compiles each prompt length
-            times.append(statistics.median(GenerationTiming.measure(run).per_token for _ in range(2)) * 1e3)
+            times.append(statistics.median(probe.measure(functools.partial(GenerationTiming.measure, run))[0].per_token
+                                           for _ in range(2)) * 1e3)
         out[label] = times
     return out
 
@@ -525,16 +537,18 @@ def main(argv: list[str] | None = None) -> int:
     for name in [m.strip() for m in opts.models.split(",") if m.strip()]:
         if name not in MODELS:
             parser.error(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+        probe = BandwidthProbe()
         with guard.watch() as load, tempfile.TemporaryDirectory() as tmp:
             rows, gens, model = run_model(name, quick=opts.quick, prompt=prompt, new=new, threads=threads,
-                                          rounds=rounds, tmp=tmp)
-            flat = flat_latency(model, gens, pasts, steps)
+                                          rounds=rounds, tmp=tmp, probe=probe)
+            flat = flat_latency(model, gens, pasts, steps, probe)
             sizes = export_sizes(gens, tmp)
         del gens
         ran = [r["system"] for r in rows if "token_ms" in r]
         memory = peak_memory([s for s in (QUICK_MEMORY if opts.quick else ran)], name, opts, prompt, new, threads)
         weights, cache = weights_and_cache_mib(model, prompt + new)
-        tables.append(f"{name}{' (tiny)' if opts.quick else ''}: {load[0]}\n\n" + _table(name, rows) + "\n\n"
+        tables.append(f"{name}{' (tiny)' if opts.quick else ''}: {load[0]}; {probe.summary()}\n\n"
+                      + _table(name, rows) + "\n\n"
                       + _flat_table(name, pasts, flat) + "\n\n" + _memory_table(name, memory, weights, cache)
                       + "\n\n" + sizes)
     print(guard.finish())
