@@ -185,6 +185,31 @@ def test_onnxruntime_keeps_the_cache_in_ortvalues():
     assert [v.data_ptr() for v in present] == [v.data_ptr() for v in cm._stepper.buffers]
 
 
+def test_onnxruntime_steps_bind_the_cache_once_and_read_back_only_the_logits(monkeypatch):
+    # the buffers are every run's past and present: one io binding for the generation, each run rebinding
+    # the token feeds and writing its logits into an array of its own; no cache tensor comes back to Python
+    cm = compiled("llama", "onnxruntime")
+    steps = cm._stepper
+    ids, mask = prompt(1)
+    want = cm.generate(ids, attention_mask=mask, max_new_tokens=5)
+    made, read_back = [], []
+    io_binding = steps.decode_session.io_binding
+
+    def counted():
+        binding = io_binding()
+        get_outputs = binding.get_outputs
+        binding.get_outputs = lambda: read_back.append(1) or get_outputs()
+        made.append(binding)
+        return binding
+    monkeypatch.setattr(steps.decode_session, "io_binding", counted)
+    assert torch.equal(cm.generate(ids, attention_mask=mask, max_new_tokens=5), want)
+    assert len(made) == 1 and not read_back
+    filled = ids.shape[1] + 4
+    one, two = (steps.decode(ids[:, -1:].numpy(), np.ones((1, filled + 1), np.int64), np.full((1, 1), filled))
+                for _ in range(2))
+    assert not np.shares_memory(one, two)  # a later step does not overwrite the logits a caller holds
+
+
 def test_xla_reuses_one_compiled_step_and_a_fixed_capacity_buffer():
     cm = compiled("llama", "xla")
     ids, mask = prompt(3)
