@@ -46,7 +46,8 @@ Two more measurements per model:
 The machine's load is recorded; a run under load prints no table unless ``--allow-load``.  Each
 timed generation (and each flat-latency measurement) runs between two readings of the machine's
 memory bandwidth (``benchmarks.conditions.BandwidthProbe``): one taken while a neighbour on a shared
-host held the memory bandwidth down is retaken, and one still taken so is flagged in the table.
+host held the memory bandwidth down is retaken; one still taken so is flagged in the timing table,
+or (a flat-latency run) counted in the probe's line above the tables.
 Needs a quiet machine.  On 2 CPUs GPT-2 small takes about ten minutes a thread count at three
 rounds, the Qwen2-0.5B size about half an hour at two (most of it building each system twice, the
 second time for its memory); a run may take a model and a thread count at a time, and a thread

@@ -79,9 +79,9 @@ class LoweringContext:
         self.composites: list[Node] = []  # the composite nodes whose decomposition is being lowered
         self._env: dict[int, OnnxValue] = {}
         self.split_outputs: dict[int, OnnxValue] = {}  # id(slice node) -> its part of a Split already emitted
-        # id(IR [B, N, S, H] value) -> the [B, S, N * H] ONNX value it is the heads of, where a rule made
-        # that packed form first (a RotaryEmbedding over the value its heads were split from)
-        self.packed_heads: dict[int, OnnxValue] = {}
+        # id(IR [B, N, S, H] value) -> (that value, the [B, S, N * H] ONNX value it is the heads of), where a
+        # rule made that packed form first (a RotaryEmbedding over the value its heads were split from)
+        self.packed_heads: dict[int, tuple[Value, OnnxValue]] = {}
 
     @property
     def opset(self) -> int:

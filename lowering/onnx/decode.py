@@ -72,7 +72,7 @@ def _lower_rotary(ctx, node, xs):
                      num_heads=n, rotary_embedding_dim=r, interleaved=int(node.attrs["interleaved"]))
     if packed is None:
         return [rotated]
-    ctx.packed_heads[id(node.outputs[0])] = rotated
+    ctx.packed_heads[id(node.outputs[0])] = (node.outputs[0], rotated)
     # the [B, N, S, H] heads, for a reader that wants them (none where an attention kernel takes the 3-D form)
     return [ctx.op("Transpose", ctx.op("Reshape", rotated, ctx.ints([0, 0, n, h])), perm=[0, 2, 1, 3])]
 
@@ -81,8 +81,9 @@ def _packed(ctx, v: Value, lowered, heads: int, head_dim: int):
     """The IR's [B, heads, S, H] ``v`` (lowered to ``lowered``) as the kernel's [B, S, heads * H]: the
     value its heads were split from where it has one (or the 3-D form a rule made of it), else a
     transpose and a reshape."""
-    if id(v) in ctx.packed_heads:
-        return ctx.packed_heads[id(v)]
+    known = ctx.packed_heads.get(id(v))
+    if known is not None and known[0] is v:  # the value itself, not one that reused a freed value's id
+        return known[1]
     split = split_heads(v)
     if split is not None and split[1] == heads:
         packed = ctx.value_of(split[0])
