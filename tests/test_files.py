@@ -38,8 +38,10 @@ def add_weight_graph(n: int = 64, name: str = "w", seed: int = 0) -> Graph:
 # ----- interrupted exports -------------------------------------------------------------
 
 _CHILD = textwrap.dedent("""
-    import os, sys, time
+    import os, signal, sys, time
     import numpy as np
+    # Python's own SIGINT handler: a process started from a shell's background job inherits SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, {repo!r})
     import accelir
     from accelir import DType, Graph, TensorType
