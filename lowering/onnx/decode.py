@@ -38,7 +38,7 @@ from accelir.ops.nn import split_heads
 
 from .context import lower_via_decomposition, register_lowering
 from .kernels import MS_DOMAIN, supported_dtypes
-from .nn import attention_bias
+from .nn import attention_bias, heads_of
 
 
 def _fits(ctx, dtype: DType, op_type: str) -> bool:
@@ -74,7 +74,7 @@ def _lower_rotary(ctx, node, xs):
         return [rotated]
     ctx.packed_heads[id(node.outputs[0])] = (node.outputs[0], rotated)
     # the [B, N, S, H] heads, for a reader that wants them (none where an attention kernel takes the 3-D form)
-    return [ctx.op("Transpose", ctx.op("Reshape", rotated, ctx.ints([0, 0, n, h])), perm=[0, 2, 1, 3])]
+    return [heads_of(ctx, rotated, n, h)]
 
 
 def _packed(ctx, v: Value, lowered, heads: int, head_dim: int):
@@ -138,5 +138,4 @@ def _lower_gqa(ctx, node, xs):
     y, present_k, present_v = ctx.op(
         "GroupQueryAttention", q, k, v, xs[3], xs[4], seqlens, total_len, None, None, None, bias,
         out_dtypes=[q_t.dtype] * 3, domain=MS_DOMAIN, num_heads=n, kv_num_heads=kv, scale=scale)
-    y = ctx.op("Transpose", ctx.op("Reshape", y, ctx.ints([0, 0, n, h])), perm=[0, 2, 1, 3])
-    return [y, present_k, present_v]
+    return [heads_of(ctx, y, n, h), present_k, present_v]

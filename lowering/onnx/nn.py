@@ -327,8 +327,12 @@ def _multi_head_attention(ctx: LoweringContext, node: Node, xs: list[OnnxValue])
     else:  # query, key, value, bias, key_padding_mask, attention_bias
         ins = lowered + [None, None, bias]
     y = ctx.op(op_type, *ins, domain=MS_DOMAIN, num_heads=n, scale=scale, unidirectional=1 if causal else None)
-    y = ctx.op("Reshape", y, ctx.ints([0, 0, n, node.outputs[0].shape[3]]))
-    return ctx.op("Transpose", y, perm=[0, 2, 1, 3])
+    return heads_of(ctx, y, n, node.outputs[0].shape[3])
+
+
+def heads_of(ctx: LoweringContext, x: OnnxValue, heads: int, head_dim: int) -> OnnxValue:
+    """A kernel's [B, S, heads * head_dim] value as the IR's [B, heads, S, head_dim] heads."""
+    return ctx.op("Transpose", ctx.op("Reshape", x, ctx.ints([0, 0, heads, head_dim])), perm=[0, 2, 1, 3])
 
 
 @register_lowering("attention")
