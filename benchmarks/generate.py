@@ -70,7 +70,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 if not __package__:  # run as a script: make the repo root importable, as ``-m`` does
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -224,7 +224,8 @@ def _build_model(name: str, quick: bool) -> Any:
 
 
 def run_model(name: str, *, quick: bool, prompt: int, new: int, threads: int, rounds: int, tmp: str,
-              probe: BandwidthProbe | None = None) -> tuple[list[dict[str, Any]], dict[str, Generator], Any]:
+              probe: BandwidthProbe | None = None, systems: Sequence[str] | None = None
+              ) -> tuple[list[dict[str, Any]], dict[str, Generator], Any]:
     """One row per system: build time, first-token and per-token medians, same tokens as eager, or the error;
     and the built systems (for the flat-latency check) and the model.  Each timed generation runs through
     ``probe`` (retaken while the machine's memory bandwidth is down; a row says how many stayed so)."""
@@ -235,6 +236,9 @@ def run_model(name: str, *, quick: bool, prompt: int, new: int, threads: int, ro
     gens: dict[str, Generator] = {}
     runs: dict[str, Callable[[Any], Any]] = {}
     for label, build in SYSTEMS.items():
+        if systems is not None and label not in systems:
+            rows[label] = {"system": label, "note": "not asked for (--systems)"}
+            continue
         if quick and label in QUICK_SKIPS:
             rows[label] = {"system": label, "note": "not run with --quick"}
             continue
@@ -516,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
                         "32,128,512,1024; 8,32 with --quick)")
     parser.add_argument("--quick", action="store_true", help="tiny configs, few tokens, one round: a check that "
                         "the script runs, not a measurement")
+    parser.add_argument("--systems", default=None, help="comma-separated, from the table's system names (default: "
+                        "all); e.g. two systems interleaved alone, without the others' runtimes in the process")
     parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # one system's peak, in a child
     add_load_arguments(parser)
     opts = parser.parse_args(argv)
@@ -531,6 +537,10 @@ def main(argv: list[str] | None = None) -> int:
         print("MEMORY " + json.dumps(_memory_child(opts.memory_of, opts.models, opts.quick, prompt, new, threads)))
         return 0
     guard = guard_from(opts, threads=threads)
+    systems = None if opts.systems is None else [x.strip() for x in opts.systems.split(",") if x.strip()]
+    unknown = sorted(set(systems or ()) - set(SYSTEMS))
+    if unknown:
+        parser.error(f"unknown system(s) {', '.join(map(repr, unknown))}; choose from {', '.join(SYSTEMS)}")
     rounds = opts.rounds or (1 if opts.quick else 5)
     pasts = [int(p) for p in (opts.past or ("8,32" if opts.quick else "32,128,512,1024")).split(",")]
     steps = 4 if opts.quick else 8
@@ -541,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         probe = BandwidthProbe()
         with guard.watch() as load, tempfile.TemporaryDirectory() as tmp:
             rows, gens, model = run_model(name, quick=opts.quick, prompt=prompt, new=new, threads=threads,
-                                          rounds=rounds, tmp=tmp, probe=probe)
+                                          rounds=rounds, tmp=tmp, probe=probe, systems=systems)
             flat = flat_latency(model, gens, pasts, steps, probe)
             sizes = export_sizes(gens, tmp)
         del gens

@@ -252,6 +252,20 @@ def test_bandwidth_probe_retakes_a_measurement_taken_while_bandwidth_was_down(mo
     assert real.read() > 0 and real.best > 0
 
 
+def test_generate_times_only_the_systems_asked_for(monkeypatch, capsys):
+    from benchmarks import generate
+    with pytest.raises(SystemExit):
+        generate.main(["--quick", "--allow-load", "--systems", "accelir -> onnxruntime,nope"])
+    assert "unknown system(s) 'nope'" in capsys.readouterr().err
+    built = []
+    monkeypatch.setitem(generate.SYSTEMS, "accelir -> xla", lambda *a: built.append("xla") or (lambda *b: None))
+    rows, gens, _ = generate.run_model("gpt2", quick=True, prompt=4, new=2, threads=1, rounds=1, tmp="",
+                                       systems=["transformers eager"])
+    by_name = {r["system"]: r for r in rows}
+    assert not built and set(gens) == {"transformers eager"}
+    assert by_name["accelir -> xla"]["note"] == "not asked for (--systems)"
+
+
 def test_generate_runs_each_thread_count_in_a_fresh_process(monkeypatch, capsys):
     from benchmarks import generate
     calls = []
