@@ -5,7 +5,7 @@ the prepacked copy of the matmul weights that decoding needs is made once.  The 
 the model's parameters in place (``add_initializer`` over views of torch's tensors), so a change
 made in place after ``optimize`` to a table it gathers from shows in what it computes: eager torch
 on the changed model is the oracle.  A copy of the weights would keep the old values.  A tied
-embedding's ``transpose`` feeds the lm_head's Gemm through transB, so onnxruntime does not fold it
+embedding's ``transpose`` feeds the lm_head's FusedMatMul through transB, so onnxruntime does not fold it
 into a copy.
 """
 
@@ -76,8 +76,8 @@ def test_tied_lm_head_is_read_through_trans_b():
         big = {n for n, a in weights.items() if a.shape == (CONFIG["vocab_size"], CONFIG["n_embd"])}
         assert len(big) == 1
         readers = [n for n in proto.graph.node if big & set(n.input)]
-        assert sorted(n.op_type for n in readers) == ["Gather", "Gemm"]
-        gemm = next(n for n in readers if n.op_type == "Gemm")
+        assert sorted(n.op_type for n in readers) == ["FusedMatMul", "Gather"]  # [B, S, H] @ W^T, no bias
+        gemm = next(n for n in readers if n.op_type == "FusedMatMul")
         assert {a.name: onnx.helper.get_attribute_value(a) for a in gemm.attribute}.get("transB") == 1
 
 

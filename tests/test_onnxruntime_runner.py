@@ -411,18 +411,23 @@ def _linear_graph(x_shape, w: np.ndarray | None, bias: tuple | None = (20,), act
 _W = np.random.default_rng(3).normal(size=(20, 16)).astype(np.float32).T
 
 
-@pytest.mark.parametrize("x_shape,w,bias,activation,trans_b", [
-    ((6, 16), _W, (20,), "none", 1),
-    ((2, 3, 16), _W, (20,), "relu", 1),
-    ((2, 3, 16), np.ascontiguousarray(_W), (1,), "none", None),
-    (("b", 3, 16), _W, None, "gelu", 1),
-    (("b", "s", 16), None, (20,), "gelu_tanh", None),
+@pytest.mark.parametrize("x_shape,w,bias,activation,trans_b,kernel", [
+    ((6, 16), _W, (20,), "none", 1, "Gemm"),
+    ((2, 3, 16), _W, (20,), "relu", 1, "Gemm"),
+    ((2, 3, 16), np.ascontiguousarray(_W), (1,), "none", None, "Gemm"),
+    ((6, 16), _W, None, "none", 1, "Gemm"),
+    # no bias for an epilogue: the leading dims stay as they are, without Reshapes to [M, K] and back
+    (("b", 3, 16), _W, None, "gelu", 1, "FusedMatMul"),
+    (("b", "s", 16), np.ascontiguousarray(_W), None, "none", None, "FusedMatMul"),
+    (("b", "s", 16), None, (20,), "gelu_tanh", None, "Gemm"),
 ])
-def test_linear_is_one_gemm(x_shape, w, bias, activation, trans_b):
+def test_linear_is_one_matmul_kernel(x_shape, w, bias, activation, trans_b, kernel):
     g = _linear_graph(x_shape, w, bias, activation)
     model, weights = to_onnx_external(g)
-    gemm = [n for n in model.graph.node if n.op_type == "Gemm"]
-    assert len(gemm) == 1 and "MatMul" not in {n.op_type for n in model.graph.node}
+    ops = [n.op_type for n in model.graph.node]
+    gemm = [n for n in model.graph.node if n.op_type == kernel]
+    assert len(gemm) == 1 and {"MatMul", "Gemm", "FusedMatMul"} & set(ops) == {kernel}
+    assert ("Reshape" in ops) == (kernel == "Gemm" and len(x_shape) > 2)
     assert {a.name: a.i for a in gemm[0].attribute}.get("transB") == trans_b
     if w is not None:  # the initializer ORT is handed is the weight's own memory, not a copy
         assert any(np.shares_memory(a, w) for a in weights.values())

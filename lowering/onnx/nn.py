@@ -364,6 +364,13 @@ def _gemm(ctx: LoweringContext, node: Node, xs: list[OnnxValue]) -> OnnxValue | 
     w = ctx.transposed_weight(node.inputs[1])
     lead = tuple(x_t.shape[:-1])
     x = xs[0]
+    if x_t.rank > 2 and len(xs) == 2 and ctx.target == "onnxruntime" and \
+            x_t.dtype in supported_dtypes("FusedMatMul", MS_DOMAIN, ctx.opset):
+        # no bias to add in an epilogue: one MatMul over the leading dims as they are, without the Reshapes to
+        # [M, K] and back (two nodes a linear, a decoder layer's step has five); FusedMatMul reads a transposed
+        # weight through transB, prepacked as Gemm's
+        return ctx.op("FusedMatMul", x, xs[1] if w is None else w, domain=MS_DOMAIN,
+                      transB=None if w is None else 1)
     if x_t.rank > 2:
         m = D.dim_prod(lead)
         x = ctx.op("Reshape", x, ctx.ints([m if type(m) is int else -1, k]))
