@@ -69,6 +69,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -223,9 +224,113 @@ def _build_model(name: str, quick: bool) -> Any:
     return MODELS[name](quick)
 
 
+class _Baton:
+    """Two generations in lockstep: one runs while the other waits, handing over at every token."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.holder = 0
+        self.done = [False, False]
+
+    def wait_turn(self, me: int) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.holder == me or self.done[1 - me])
+
+    def hand_over(self, me: int) -> None:
+        with self.cond:
+            if not self.done[1 - me]:
+                self.holder = 1 - me
+                self.cond.notify_all()
+                self.cond.wait_for(lambda: self.holder == me or self.done[1 - me])
+
+    def finish(self, me: int) -> None:
+        with self.cond:
+            self.done[me] = True
+            self.holder = 1 - me
+            self.cond.notify_all()
+
+
+def lockstep(runs: Sequence[Callable[[Any], Any]]) -> list[tuple[float, list[float], Any]]:
+    """Two generations, token by token in turn: each runs in a thread of its own and hands over to the
+    other at every token its streamer is given, so the two token k's run a few tens of milliseconds
+    apart, under the same memory bandwidth and load (on a shared host these drift by up to 1.5x within
+    seconds, more than two systems of the same kernels differ).  Per system: the first token's time,
+    each later token's time (from its turn starting to its token), and the tokens."""
+    baton = _Baton()
+    stamps: list[list[tuple[float, float]]] = [[], []]
+    results: list[Any] = [None, None]
+    errors: list[BaseException | None] = [None, None]
+
+    class Streamer:
+        def __init__(self, me: int) -> None:
+            self.me = me
+            self.resumed = time.perf_counter()
+
+        def put(self, value: Any) -> None:
+            done = time.perf_counter()
+            stamps[self.me].append((self.resumed, done))
+            baton.hand_over(self.me)
+            self.resumed = time.perf_counter()
+
+        def end(self) -> None:
+            pass
+
+    def work(me: int) -> None:
+        try:
+            baton.wait_turn(me)
+            results[me] = runs[me](Streamer(me))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            errors[me] = e
+        finally:
+            baton.finish(me)
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for e in errors:
+        if e is not None:
+            raise e
+    out = []
+    for me in (0, 1):
+        spans = [done - resumed for resumed, done in stamps[me][1:]]  # [0] is the prompt's put
+        out.append((spans[0] if spans else float("nan"), spans[1:], results[me]))
+    return out
+
+
+def paired_rows(labels: Sequence[str], runs: dict[str, Callable[[Any], Any]], rounds: int,
+                probe: BandwidthProbe, rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``rounds`` lockstep generations of the two systems (the one that starts alternating): each row's
+    first-token and per-token medians as ``run_model`` takes them, and the paired per-token ratio."""
+    from accelir.generation import GenerationTiming
+    ratios: list[float] = []
+    for r in range(rounds):
+        pair = rotated(list(labels), r)
+        result, fair = probe.measure(lambda: lockstep([runs[x] for x in pair]))
+        by = dict(zip(pair, result))
+        a, b = by[labels[0]][1], by[labels[1]][1]
+        ratios += [x / y for x, y in zip(a, b)]
+        for label in pair:
+            first, steps, tokens = by[label]
+            rows[label]["timings"].append(GenerationTiming(first, statistics.median(steps) if steps else float("nan"),
+                                                           tokens))
+            rows[label]["unfair"] += not fair
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [float("nan")] * 3
+    return {"systems": list(labels), "median": statistics.median(ratios) if ratios else float("nan"),
+            "q1": q[0], "q3": q[2], "pairs": len(ratios), "rounds": rounds}
+
+
+def paired_line(paired: dict[str, Any]) -> str:
+    a, b = paired["systems"]
+    return (f"Paired per-token ratio {a} / {b}, the two generations in lockstep (token k of each a few tens of "
+            f"ms apart): median {paired['median']:.3f} (quartiles {paired['q1']:.3f}-{paired['q3']:.3f}) over "
+            f"{paired['pairs']} token pairs in {paired['rounds']} round(s)")
+
+
 def run_model(name: str, *, quick: bool, prompt: int, new: int, threads: int, rounds: int, tmp: str,
-              probe: BandwidthProbe | None = None, systems: Sequence[str] | None = None
-              ) -> tuple[list[dict[str, Any]], dict[str, Generator], Any]:
+              probe: BandwidthProbe | None = None, systems: Sequence[str] | None = None,
+              paired: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, Generator], Any]:
     """One row per system: build time, first-token and per-token medians, same tokens as eager, or the error;
     and the built systems (for the flat-latency check) and the model.  Each timed generation runs through
     ``probe`` (retaken while the machine's memory bandwidth is down; a row says how many stayed so)."""
@@ -254,7 +359,12 @@ def run_model(name: str, *, quick: bool, prompt: int, new: int, threads: int, ro
             rows[label] = {"system": label, "note": _first_line(e)}
     probe = probe or BandwidthProbe()
     probe.settle()
-    for r in range(rounds):
+    if paired is not None:  # the two systems in lockstep; the paired ratio goes into ``paired``
+        pair = [label for label in (systems or SYSTEMS) if label in runs]  # the ratio: the first named / the second
+        if len(pair) != 2:
+            raise RuntimeError(f"--paired times two systems in lockstep; {len(pair)} built: {', '.join(pair) or 'none'}")
+        paired.update(paired_rows(pair, runs, rounds, probe, rows))
+    for r in range(0 if paired is not None else rounds):
         for label in rotated(list(runs), r):
             timing, fair = probe.measure(functools.partial(GenerationTiming.measure, runs[label]))
             rows[label]["timings"].append(timing)
@@ -267,7 +377,7 @@ def run_model(name: str, *, quick: bool, prompt: int, new: int, threads: int, ro
         if timings:
             row["first_ms"] = statistics.median(t.first_token for t in timings) * 1e3
             row["token_ms"] = statistics.median(t.per_token for t in timings) * 1e3
-            row["same"] = timings[0].tokens.tolist() == reference
+            row["same"] = None if reference is None else timings[0].tokens.tolist() == reference
             report = getattr(gens[label], "report", None)
             if report is not None:  # quantised: its tokens may differ; say how far its logits are
                 row["error"] = f"logits cosine {report.errors.cosine:.4f} to fp32"
@@ -284,7 +394,8 @@ def _table(name: str, rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['system']} | - | - | - | - | {r.get('note', '')} |")
             continue
         ratio = f"{r['token_ms'] / eager:.2f}" if eager else "-"
-        same = "yes" if r["same"] else ("no, " + r["error"] if "error" in r else "NO")
+        same = ("not compared: eager not run" if r["same"] is None else "yes" if r["same"] else
+                ("no, " + r["error"] if "error" in r else "NO"))
         low = f" ({r['unfair']} round(s) at low memory bandwidth)" if r.get("unfair") else ""
         lines.append(f"| {r['system']} | {r['first_ms']:.1f} | {r['token_ms']:.2f}{low} | {ratio} | {r['build']:.1f} | "
                      f"{same} |")
@@ -522,6 +633,9 @@ def main(argv: list[str] | None = None) -> int:
                         "the script runs, not a measurement")
     parser.add_argument("--systems", default=None, help="comma-separated, from the table's system names (default: "
                         "all); e.g. two systems interleaved alone, without the others' runtimes in the process")
+    parser.add_argument("--paired", action="store_true", help="with two --systems: run their generations token by "
+                        "token in lockstep and report the paired per-token ratio (each token k of the two under the "
+                        "same machine conditions)")
     parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # one system's peak, in a child
     add_load_arguments(parser)
     opts = parser.parse_args(argv)
@@ -541,6 +655,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(systems or ()) - set(SYSTEMS))
     if unknown:
         parser.error(f"unknown system(s) {', '.join(map(repr, unknown))}; choose from {', '.join(SYSTEMS)}")
+    if opts.paired and len(systems or ()) != 2:
+        parser.error("--paired needs --systems naming two systems")
     rounds = opts.rounds or (1 if opts.quick else 5)
     pasts = [int(p) for p in (opts.past or ("8,32" if opts.quick else "32,128,512,1024")).split(",")]
     steps = 4 if opts.quick else 8
@@ -550,8 +666,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
         probe = BandwidthProbe()
         with guard.watch() as load, tempfile.TemporaryDirectory() as tmp:
+            paired: dict[str, Any] | None = {} if opts.paired else None
             rows, gens, model = run_model(name, quick=opts.quick, prompt=prompt, new=new, threads=threads,
-                                          rounds=rounds, tmp=tmp, probe=probe, systems=systems)
+                                          rounds=rounds, tmp=tmp, probe=probe, systems=systems, paired=paired)
             flat = flat_latency(model, gens, pasts, steps, probe)
             sizes = export_sizes(gens, tmp)
         del gens
@@ -559,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
         memory = peak_memory([s for s in (QUICK_MEMORY if opts.quick else ran)], name, opts, prompt, new, threads)
         weights, cache = weights_and_cache_mib(model, prompt + new)
         tables.append(f"{name}{' (tiny)' if opts.quick else ''}: {load[0]}; {probe.summary()}\n\n"
-                      + _table(name, rows) + "\n\n"
+                      + _table(name, rows) + "\n\n" + (paired_line(paired) + "\n\n" if paired else "")
                       + _flat_table(name, pasts, flat) + "\n\n" + _memory_table(name, memory, weights, cache)
                       + "\n\n" + sizes)
     print(guard.finish())

@@ -13,6 +13,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -264,6 +265,49 @@ def test_generate_times_only_the_systems_asked_for(monkeypatch, capsys):
     by_name = {r["system"]: r for r in rows}
     assert not built and set(gens) == {"transformers eager"}
     assert by_name["accelir -> xla"]["note"] == "not asked for (--systems)"
+
+
+def _fake_generation(name: str, tokens: int, seconds: float, events: list):
+    def run(streamer):
+        streamer.put("prompt")
+        for k in range(tokens):
+            events.append((name, k))
+            time.sleep(seconds)
+            streamer.put(k)
+        streamer.end()
+        return name
+    return run
+
+
+def test_lockstep_generations_take_turns_token_by_token_and_time_only_their_own_turns():
+    from benchmarks import generate
+    events: list = []
+    fast, slow = _fake_generation("a", 5, 0.002, events), _fake_generation("b", 3, 0.012, events)
+    (a_first, a_steps, a_out), (b_first, b_steps, b_out) = generate.lockstep([fast, slow])
+    # token k of each runs next to the other's; "a" goes on alone once "b" has made its three
+    assert events == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 3), ("a", 4)]
+    assert (a_out, b_out) == ("a", "b") and (len(a_steps), len(b_steps)) == (4, 2)
+    # each span is the system's own turn, not the other's too: "a" never sees "b"'s 12 ms
+    assert 0.002 <= a_first < 0.010 and all(0.002 <= t < 0.010 for t in a_steps)
+    assert 0.012 <= b_first and all(0.012 <= t < 0.030 for t in b_steps)
+    rows = {x: {"timings": [], "unfair": 0} for x in "ab"}
+    probe = type("Probe", (), {"measure": staticmethod(lambda run: (run(), True))})()
+    paired = generate.paired_rows(["a", "b"], {"a": fast, "b": slow}, 2, probe, rows)
+    assert paired["pairs"] == 4 and paired["median"] < 0.5 and len(rows["a"]["timings"]) == 2
+    assert "median" in generate.paired_line(paired)
+
+    def broken(streamer):
+        streamer.put("prompt")
+        raise ValueError("the peer failed")
+    with pytest.raises(ValueError, match="the peer failed"):  # the other generation is not left waiting
+        generate.lockstep([broken, _fake_generation("c", 3, 0.0, [])])
+
+
+def test_generate_paired_needs_two_systems(capsys):
+    from benchmarks import generate
+    with pytest.raises(SystemExit):
+        generate.main(["--quick", "--allow-load", "--paired", "--systems", "accelir -> onnxruntime"])
+    assert "--paired needs --systems naming two systems" in capsys.readouterr().err
 
 
 def test_generate_runs_each_thread_count_in_a_fresh_process(monkeypatch, capsys):
