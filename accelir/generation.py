@@ -188,7 +188,7 @@ class OrtSteps:
 
     @classmethod
     def build(cls, decode: Graph, device: str = "cpu", threads: int | None = None, *, share_cache: bool = True,
-              arena: bool | None = None) -> "OrtSteps":
+              arena: bool | None = None, config: dict[str, str] | None = None) -> "OrtSteps":
         """The session reads the graph's arrays (views of the model's parameters) in place.
 
         onnxruntime's CPU memory arena (``arena=None``: chosen by the cache's form): over the shared
@@ -198,7 +198,7 @@ class OrtSteps:
         token longer than the last one, which without the arena is a fresh allocation from the system
         every step (GPT-2 small at a past of 1024: 75 MiB of new pages a token, and per-token time no
         longer flat), so that form keeps it.  ``share_cache=False`` keeps the concat form even where the
-        shared buffers apply (a comparison's baseline)."""
+        shared buffers apply (a comparison's baseline).  ``config``: the session's config entries."""
         from .generation_cache import share_cache_buffers, shares_cache
         from .lowering.onnxruntime import OnnxRuntimeModule
         past = [(v.type.shape[1], v.type.shape[3], v.type.dtype.numpy) for v in decode.inputs[3:]]
@@ -206,7 +206,7 @@ class OrtSteps:
         rewrite = (lambda model: share_cache_buffers(model, *names)) if share_cache else None
         keep_arena = (lambda model: not shares_cache(model)) if arena is None else arena
         return cls(OnnxRuntimeModule(decode, device=device, threads=threads, share_weights=True, arena=keep_arena,
-                                     rewrite=rewrite), past)
+                                     rewrite=rewrite, config=config), past)
 
     def __init__(self, runner: Any, past: Sequence[tuple[int, int, np.dtype]] = ()):
         """``runner``: the decode graph's OnnxRuntimeModule; ``past``: each cache input's kv heads, head

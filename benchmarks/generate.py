@@ -48,6 +48,16 @@ timed generation (and each flat-latency measurement) runs between two readings o
 memory bandwidth (``benchmarks.conditions.BandwidthProbe``): one taken while a neighbour on a shared
 host held the memory bandwidth down is retaken; one still taken so is flagged in the timing table,
 or (a flat-latency run) counted in the probe's line above the tables.
+
+The bandwidth drifts within seconds, so whole generations taken in turn cannot rank two systems that
+run the same kernels.  ``--paired`` with two onnxruntime systems in ``--systems`` runs their
+generations in lockstep: each in a thread of its own, handing over to the other at every token, so a
+token's time is its own turn only and token k of the two run tens of milliseconds apart; it reports
+the median of the per-token ratios (first named / second) and their quartiles.  Both sessions then
+stop their thread pool's spinning once a run returns (``session.force_spinning_stop``; within a run
+the pool spins as always): left spinning, a pool takes a core for about 40 ms after its run, and
+each system's step ran at half speed in the other's wake.
+
 Needs a quiet machine.  On 2 CPUs GPT-2 small takes about ten minutes a thread count at three
 rounds, the Qwen2-0.5B size about half an hour at two (most of it building each system twice, the
 second time for its memory); a run may take a model and a thread count at a time, and a thread
@@ -56,6 +66,8 @@ count that finds the machine still loaded by the one before is refused (rerun it
     python benchmarks/generate.py --threads 1,2        # full-size models, one and two threads
     python benchmarks/generate.py --models gpt2 --threads 1
     python benchmarks/generate.py --quick --allow-load # tiny configs, 8 tokens, one round (a check)
+    python benchmarks/generate.py --models qwen2-0.5b --threads 2 --rounds 6 --paired \
+        --systems "accelir -> onnxruntime,onnxruntime-genai builder fp32"
 """
 
 from __future__ import annotations
@@ -159,13 +171,26 @@ def _ort_genai(model: Any, tmp: str, threads: int) -> Generator:
     return generate
 
 
+#: onnxruntime session config entries every onnxruntime system of the run gets (``--paired`` sets one)
+SESSION_CONFIG: dict[str, str] = {}
+#: what ``--paired`` gives them: onnxruntime's intra-op pool spins about 40 ms after a run returns, taking a
+#: core from whichever system runs next (two 50 ms steps in lockstep each took twice their time); the pool
+#: still spins within a run
+SPINNING_STOP = {"session.force_spinning_stop": "1"}
+#: the systems ``--paired`` can put in lockstep: those whose runtime's idle spinning it can stop
+PAIRABLE = ("onnxruntime-genai builder fp32", "accelir -> onnxruntime", "accelir -> onnxruntime int4",
+            "accelir -> onnxruntime int8")
+
+
 def _set_genai_threads(path: str, threads: int) -> None:
-    """The builder's session options with ``threads`` intra-op threads, as accelir's sessions get them:
-    left alone, onnxruntime-genai's session takes every core."""
+    """The builder's session options with ``threads`` intra-op threads, as accelir's sessions get them
+    (left alone, onnxruntime-genai's session takes every core), and the run's ``SESSION_CONFIG`` (an entry
+    onnxruntime-genai does not know goes to ``AddConfigEntry``)."""
     with open(path, encoding="utf-8") as f:
         config = json.load(f)
     options = config["model"]["decoder"].setdefault("session_options", {})
     options["intra_op_num_threads"] = threads
+    options.update(SESSION_CONFIG)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(config, f, indent=4)
 
@@ -183,7 +208,8 @@ def _accelir(backend: str, precision: str = "fp32") -> Callable[..., Generator]:
                               accuracy=None if precision == "fp32" else EVERY_LAYER)
         if backend == "onnxruntime" and threads:  # the benchmark's thread count, as benchmarks.run gives accelir's sessions
             from accelir.generation import OrtSteps
-            cm._stepper = cm._runner = OrtSteps.build(cm.decode_graph, threads=threads)  # one session, as optimize's
+            cm._stepper = cm._runner = OrtSteps.build(cm.decode_graph, threads=threads,  # one session, as optimize's
+                                                      config=dict(SESSION_CONFIG) or None)
 
         def generate(ids: Any, n: int, streamer: Any) -> Any:
             return cm.generate(ids, max_new_tokens=n, min_new_tokens=n, streamer=streamer)
@@ -324,8 +350,9 @@ def paired_rows(labels: Sequence[str], runs: dict[str, Callable[[Any], Any]], ro
 def paired_line(paired: dict[str, Any]) -> str:
     a, b = paired["systems"]
     return (f"Paired per-token ratio {a} / {b}, the two generations in lockstep (token k of each a few tens of "
-            f"ms apart): median {paired['median']:.3f} (quartiles {paired['q1']:.3f}-{paired['q3']:.3f}) over "
-            f"{paired['pairs']} token pairs in {paired['rounds']} round(s)")
+            f"ms apart; both sessions with {', '.join(f'{k}={v}' for k, v in SPINNING_STOP.items())}): median "
+            f"{paired['median']:.3f} (quartiles {paired['q1']:.3f}-{paired['q3']:.3f}) over {paired['pairs']} token "
+            f"pairs in {paired['rounds']} round(s)")
 
 
 def run_model(name: str, *, quick: bool, prompt: int, new: int, threads: int, rounds: int, tmp: str,
@@ -655,8 +682,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(systems or ()) - set(SYSTEMS))
     if unknown:
         parser.error(f"unknown system(s) {', '.join(map(repr, unknown))}; choose from {', '.join(SYSTEMS)}")
-    if opts.paired and len(systems or ()) != 2:
-        parser.error("--paired needs --systems naming two systems")
+    if opts.paired:
+        if len(systems or ()) != 2:
+            parser.error("--paired needs --systems naming two systems")
+        other = [x for x in systems if x not in PAIRABLE]
+        if other:
+            parser.error(f"--paired runs onnxruntime systems only ({', '.join(PAIRABLE)}): their sessions can be told "
+                         f"to stop spinning once a run returns; {', '.join(other)} would spin into the other's turn")
+        SESSION_CONFIG.update(SPINNING_STOP)
     rounds = opts.rounds or (1 if opts.quick else 5)
     pasts = [int(p) for p in (opts.past or ("8,32" if opts.quick else "32,128,512,1024")).split(",")]
     steps = 4 if opts.quick else 8

@@ -88,7 +88,8 @@ class OnnxRuntimeModule:
     def __init__(self, model: onnx.ModelProto | str | os.PathLike | Graph, device: str = "cpu",
                  session_options: Any = None, threads: int | None = None, *, share_weights: bool = False,
                  prepack: bool = True, arena: bool | Callable[[Any], bool] = True,
-                 rewrite: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None):
+                 rewrite: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
+                 config: dict[str, str] | None = None):
         """``session_options``: used as given (default: ORT_ENABLE_ALL); ``threads``: the intra-op
         thread count of the default options.  With ``session_options`` a Graph's weights go inside
         the model, since external initializers would be added to (and stay in) the caller's options.
@@ -102,7 +103,8 @@ class OnnxRuntimeModule:
         options) turns off onnxruntime's CPU memory arena: freed buffers go back to the allocator
         instead of staying in the arena's bins; ``arena`` may also be a function of the model the session
         loads that says.  ``rewrite`` (a Graph or a ModelProto): applied to the ONNX model before the session
-        loads it, for a session-only form of the model."""
+        loads it, for a session-only form of the model.  ``config`` (default options): session config entries
+        (``add_session_config_entry``), e.g. ``{"session.force_spinning_stop": "1"}``."""
         ort = _import_ort()
         self._ort = ort
         if device not in PROVIDERS:
@@ -123,9 +125,11 @@ class OnnxRuntimeModule:
                 session_options.intra_op_num_threads = threads
             if not prepack:
                 session_options.add_session_config_entry("session.disable_prepacking", "1")
-        elif threads:
-            raise LoweringError("OnnxRuntimeModule takes threads or session_options, not both: set "
-                                "intra_op_num_threads in the session options")
+            for key, value in (config or {}).items():
+                session_options.add_session_config_entry(key, value)
+        elif threads or config:
+            raise LoweringError("OnnxRuntimeModule takes threads or config with its own options, not session_options "
+                                "too: set intra_op_num_threads and the config entries in the session options")
         if isinstance(model, Graph):
             if own_options:
                 model, weights = to_onnx_external(model)

@@ -303,11 +303,26 @@ def test_lockstep_generations_take_turns_token_by_token_and_time_only_their_own_
         generate.lockstep([broken, _fake_generation("c", 3, 0.0, [])])
 
 
-def test_generate_paired_needs_two_systems(capsys):
+def test_generate_paired_needs_two_onnxruntime_systems_and_stops_their_spinning(monkeypatch, tmp_path, capsys):
     from benchmarks import generate
     with pytest.raises(SystemExit):
         generate.main(["--quick", "--allow-load", "--paired", "--systems", "accelir -> onnxruntime"])
     assert "--paired needs --systems naming two systems" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        generate.main(["--quick", "--allow-load", "--paired", "--systems", "accelir -> onnxruntime,accelir -> xla"])
+    assert "would spin into the other's turn" in capsys.readouterr().err
+    # the setting reaches both kinds of session: onnxruntime-genai's config and accelir's steps
+    monkeypatch.setattr(generate, "SESSION_CONFIG", dict(generate.SPINNING_STOP))
+    path = tmp_path / "genai_config.json"
+    path.write_text('{"model": {"decoder": {"session_options": {"log_id": "x"}}}}')
+    generate._set_genai_threads(str(path), 2)
+    import json
+    assert json.loads(path.read_text())["model"]["decoder"]["session_options"] == {
+        "log_id": "x", "intra_op_num_threads": 2, "session.force_spinning_stop": "1"}
+    model = generate._build_model("qwen2-0.5b", True)
+    run = generate.SYSTEMS["accelir -> onnxruntime"](model, str(tmp_path), 1)
+    options = run.compiled._stepper.decode_session.get_session_options()
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
 
 
 def test_generate_runs_each_thread_count_in_a_fresh_process(monkeypatch, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
 import transformers
@@ -435,6 +436,14 @@ def test_linear_is_one_matmul_kernel(x_shape, w, bias, activation, trans_b, kern
     want = accelir.interpret(g, *xs)[0]
     for runner in (OnnxRuntimeModule(g), OnnxRuntimeModule(to_onnx(g))):
         np.testing.assert_allclose(runner(*xs)[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_session_config_entries_reach_the_session():
+    g = _linear_graph((2, 16), _W, (20,))
+    runner = OnnxRuntimeModule(g, threads=1, config={"session.force_spinning_stop": "1"})
+    assert runner.session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
+    with pytest.raises(LoweringError, match="not session_options too"):
+        OnnxRuntimeModule(g, session_options=onnxruntime.SessionOptions(), config={"session.force_spinning_stop": "1"})
 
 
 def test_integer_linear_keeps_matmul():
