@@ -682,9 +682,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(systems or ()) - set(SYSTEMS))
     if unknown:
         parser.error(f"unknown system(s) {', '.join(map(repr, unknown))}; choose from {', '.join(SYSTEMS)}")
+    SESSION_CONFIG.clear()  # this run's settings only
     if opts.paired:
-        if len(systems or ()) != 2:
-            parser.error("--paired needs --systems naming two systems")
+        if len(set(systems or ())) != 2:
+            parser.error("--paired needs --systems naming two different systems (one system in lockstep with itself "
+                         "would wait on its own generation)")
         other = [x for x in systems if x not in PAIRABLE]
         if other:
             parser.error(f"--paired runs onnxruntime systems only ({', '.join(PAIRABLE)}): their sessions can be told "

@@ -282,14 +282,14 @@ def _fake_generation(name: str, tokens: int, seconds: float, events: list):
 def test_lockstep_generations_take_turns_token_by_token_and_time_only_their_own_turns():
     from benchmarks import generate
     events: list = []
-    fast, slow = _fake_generation("a", 5, 0.002, events), _fake_generation("b", 3, 0.012, events)
+    fast, slow = _fake_generation("a", 5, 0.002, events), _fake_generation("b", 3, 0.05, events)
     (a_first, a_steps, a_out), (b_first, b_steps, b_out) = generate.lockstep([fast, slow])
     # token k of each runs next to the other's; "a" goes on alone once "b" has made its three
     assert events == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 3), ("a", 4)]
     assert (a_out, b_out) == ("a", "b") and (len(a_steps), len(b_steps)) == (4, 2)
-    # each span is the system's own turn, not the other's too: "a" never sees "b"'s 12 ms
-    assert 0.002 <= a_first < 0.010 and all(0.002 <= t < 0.010 for t in a_steps)
-    assert 0.012 <= b_first and all(0.012 <= t < 0.030 for t in b_steps)
+    # each span is the system's own turn, not the other's too: "a" never sees "b"'s 50 ms
+    assert 0.002 <= a_first < 0.05 and all(0.002 <= t < 0.05 for t in a_steps)
+    assert 0.05 <= b_first and all(0.05 <= t for t in b_steps)
     rows = {x: {"timings": [], "unfair": 0} for x in "ab"}
     probe = type("Probe", (), {"measure": staticmethod(lambda run: (run(), True))})()
     paired = generate.paired_rows(["a", "b"], {"a": fast, "b": slow}, 2, probe, rows)
@@ -307,7 +307,10 @@ def test_generate_paired_needs_two_onnxruntime_systems_and_stops_their_spinning(
     from benchmarks import generate
     with pytest.raises(SystemExit):
         generate.main(["--quick", "--allow-load", "--paired", "--systems", "accelir -> onnxruntime"])
-    assert "--paired needs --systems naming two systems" in capsys.readouterr().err
+    assert "--paired needs --systems naming two different systems" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        generate.main(["--quick", "--allow-load", "--paired", "--systems", "accelir -> onnxruntime,accelir -> onnxruntime"])
+    assert "would wait on its own generation" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         generate.main(["--quick", "--allow-load", "--paired", "--systems", "accelir -> onnxruntime,accelir -> xla"])
     assert "would spin into the other's turn" in capsys.readouterr().err

@@ -36,7 +36,8 @@ Choices a reader should know:
   kernels when ``target="onnxruntime"`` (SimplifiedLayerNormalization, FastGelu, Gelu,
   QuickGelu, FusedConv, MultiHeadAttention) where their semantics match exactly, and
   otherwise to the op's own decomposition.  ``linear`` is one Gemm over the input
-  flattened to 2-D (bias in the epilogue, a transposed weight read through transB);
+  flattened to 2-D (bias in the epilogue, a transposed weight read through transB), or on
+  ONNX Runtime without a bias over more dims, one FusedMatMul over the input as it lies;
   the skip norms stay Add + norm (ORT's fused skip-norm CPU kernels are the slower).
   ``grid_sample`` / ``roi_align`` / ``deform_conv`` become GridSample / RoiAlign /
   DeformConv where ONNX Runtime has a kernel at the opset that agrees with the ONNX

@@ -356,7 +356,9 @@ def _lower_attention(ctx, node, xs):
 def _gemm(ctx: LoweringContext, node: Node, xs: list[OnnxValue]) -> OnnxValue | None:
     """``x @ w + b`` as one Gemm over x flattened to [M, K], where Gemm has a kernel for the dtype:
     the bias is added in the product's epilogue, the weight is prepacked once at session start, and
-    a weight stored transposed is read as it lies through transB; else None."""
+    a weight stored transposed is read as it lies through transB; else None.  On onnxruntime a
+    bias-free product over more than two dims is one FusedMatMul over x as it lies instead (transB
+    likewise, the same prepacked kernel), without the Reshapes to [M, K] and back."""
     x_t, w_t = node.inputs[0].type, node.inputs[1].type
     k, n = w_t.shape
     if x_t.rank < 2 or type(k) is not int or x_t.dtype not in supported_dtypes("Gemm", "", ctx.opset):
@@ -367,8 +369,9 @@ def _gemm(ctx: LoweringContext, node: Node, xs: list[OnnxValue]) -> OnnxValue | 
     if x_t.rank > 2 and len(xs) == 2 and ctx.target == "onnxruntime" and \
             x_t.dtype in supported_dtypes("FusedMatMul", MS_DOMAIN, ctx.opset):
         # no bias to add in an epilogue: one MatMul over the leading dims as they are, without the Reshapes to
-        # [M, K] and back (two nodes a linear, a decoder layer's step has five); FusedMatMul reads a transposed
-        # weight through transB, prepacked as Gemm's
+        # [M, K] and back (two nodes a linear; a Qwen2 / Llama layer's step has four such linears, o_proj, gate,
+        # up and down, and the lm_head one more); FusedMatMul reads a transposed weight through transB,
+        # prepacked as Gemm's
         return ctx.op("FusedMatMul", x, xs[1] if w is None else w, domain=MS_DOMAIN,
                       transB=None if w is None else 1)
     if x_t.rank > 2:
