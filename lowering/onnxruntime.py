@@ -128,8 +128,9 @@ class OnnxRuntimeModule:
             for key, value in (config or {}).items():
                 session_options.add_session_config_entry(key, value)
         elif threads or config:
-            raise LoweringError("OnnxRuntimeModule takes threads or config with its own options, not session_options "
-                                "too: set intra_op_num_threads and the config entries in the session options")
+            raise LoweringError("OnnxRuntimeModule takes threads or session_options, not both (nor config with "
+                                "session_options): set intra_op_num_threads and the config entries in the session "
+                                "options")
         if isinstance(model, Graph):
             if own_options:
                 model, weights = to_onnx_external(model)

@@ -442,7 +442,7 @@ def test_session_config_entries_reach_the_session():
     g = _linear_graph((2, 16), _W, (20,))
     runner = OnnxRuntimeModule(g, threads=1, config={"session.force_spinning_stop": "1"})
     assert runner.session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
-    with pytest.raises(LoweringError, match="not session_options too"):
+    with pytest.raises(LoweringError, match="nor config with session_options"):
         OnnxRuntimeModule(g, session_options=onnxruntime.SessionOptions(), config={"session.force_spinning_stop": "1"})
 
 
