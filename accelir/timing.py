@@ -39,11 +39,19 @@ class Timing:
         return max(self.runs)
 
     @property
+    def quartiles(self) -> tuple[float, float]:
+        """The first and third quartiles of the runs (the median twice for a single run)."""
+        if len(self.runs) < 2:
+            return self.median, self.median
+        q1, _, q3 = statistics.quantiles(self.runs, n=4, method="inclusive")
+        return q1, q3
+
+    @property
     def spread(self) -> float:
         """The interquartile range relative to the median: how far one run is from the next."""
         if len(self.runs) < 2:
             return 0.0
-        q1, _, q3 = statistics.quantiles(self.runs, n=4, method="inclusive")
+        q1, q3 = self.quartiles
         return (q3 - q1) / self.median if self.median > 0 else 0.0
 
     def __str__(self) -> str:

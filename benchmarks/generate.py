@@ -342,9 +342,11 @@ def paired_rows(labels: Sequence[str], runs: dict[str, Callable[[Any], Any]], ro
             rows[label]["timings"].append(GenerationTiming(first, statistics.median(steps) if steps else float("nan"),
                                                            tokens))
             rows[label]["unfair"] += not fair
-    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [float("nan")] * 3
-    return {"systems": list(labels), "median": statistics.median(ratios) if ratios else float("nan"),
-            "q1": q[0], "q3": q[2], "pairs": len(ratios), "rounds": rounds}
+    from accelir.timing import Timing
+    spread = Timing(tuple(ratios)) if ratios else Timing((float("nan"),))
+    q1, q3 = spread.quartiles
+    return {"systems": list(labels), "median": spread.median, "q1": q1, "q3": q3, "pairs": len(ratios),
+            "rounds": rounds}
 
 
 def paired_line(paired: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ def test_spread_is_the_interquartile_range_over_the_median():
     t = Timing((1.0, 2.0, 3.0, 4.0, 5.0))
     assert t.median == 3.0 and t.spread == pytest.approx((4.0 - 2.0) / 3.0)
     assert Timing((2.0,)).spread == 0.0
+    assert t.quartiles == (2.0, 4.0) and Timing((2.0,)).quartiles == (2.0, 2.0)
 
 
 def test_table_compares_medians_as_time_ratios_and_warns_on_wide_spread():
