@@ -126,6 +126,10 @@ class OnnxRuntimeModule:
             if not prepack:
                 session_options.add_session_config_entry("session.disable_prepacking", "1")
             for key, value in (config or {}).items():
+                if not isinstance(key, str) or not isinstance(value, str):
+                    raise LoweringError(f"OnnxRuntimeModule config entry {key!r}: {value!r} is not a string pair; "
+                                        "onnxruntime's session config takes strings, e.g. "
+                                        "{'session.force_spinning_stop': '1'}")
                 session_options.add_session_config_entry(key, value)
         elif threads or config:
             raise LoweringError("OnnxRuntimeModule takes threads or session_options, not both (nor config with "

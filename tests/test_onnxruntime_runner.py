@@ -444,6 +444,8 @@ def test_session_config_entries_reach_the_session():
     assert runner.session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
     with pytest.raises(LoweringError, match="nor config with session_options"):
         OnnxRuntimeModule(g, session_options=onnxruntime.SessionOptions(), config={"session.force_spinning_stop": "1"})
+    with pytest.raises(LoweringError, match="'session.force_spinning_stop': 1 is not a string pair"):
+        OnnxRuntimeModule(g, threads=1, config={"session.force_spinning_stop": 1})
 
 
 def test_integer_linear_keeps_matmul():
