@@ -433,9 +433,19 @@ def test_linear_is_one_matmul_kernel(x_shape, w, bias, activation, trans_b, kern
     if w is not None:  # the initializer ORT is handed is the weight's own memory, not a copy
         assert any(np.shares_memory(a, w) for a in weights.values())
     xs = _random_inputs(g, {"b": 2, "s": 3})
-    want = accelir.interpret(g, *xs)[0]
+    want = _torch_linear(xs[0], w if w is not None else xs[1], bias, activation)
     for runner in (OnnxRuntimeModule(g), OnnxRuntimeModule(to_onnx(g))):
         np.testing.assert_allclose(runner(*xs)[0], want, rtol=1e-5, atol=1e-5)
+
+
+def _torch_linear(x: np.ndarray, w: np.ndarray, bias: tuple | None, activation: str) -> np.ndarray:
+    """Eager torch's ``activation(x @ w + bias)``, ``bias`` as ``_linear_graph`` makes it."""
+    y = torch.from_numpy(x) @ torch.from_numpy(np.ascontiguousarray(w))
+    if bias is not None:
+        y = y + torch.from_numpy((np.arange(np.prod(bias)).reshape(bias) / 7).astype(np.float32))
+    act = {"none": lambda t: t, "relu": torch.relu, "gelu": torch.nn.functional.gelu,
+           "gelu_tanh": lambda t: torch.nn.functional.gelu(t, approximate="tanh")}[activation]
+    return act(y).numpy()
 
 
 def test_session_config_entries_reach_the_session():
